@@ -1,0 +1,74 @@
+/*
+ * circ: the front door. `circ <tool> args...` runs circ-<tool> found next to
+ * this binary first, then on PATH, as git does for its subcommands.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "opt.h"
+
+static const char *const tools[][2] = {
+	{"tokenize", "text and task datasets to token streams (GPT-2 BPE)"},
+	{"dataset", "generate task datasets (IOI, greater-than, induction, docstring)"},
+	{"forward", "run the model: metric, top-k, logits per example"},
+	{"harvest", "clean and reference activations and gradients per example"},
+	{"patch", "run with edges or nodes patched; faithfulness of a circuit"},
+	{"score", "score every edge (eap, eap-ig, exact)"},
+	{"prune", "scores to circuits (top-n, threshold, greedy, ACDC)"},
+	{"render", "circuits to DOT, SVG, graph JSON, HTML, text"},
+	{"cat", "print any stream as JSON lines; JSON lines back to a stream"},
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: circ <tool> [args...]\n       circ --help | --version\n\ntools:\n");
+	for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++)
+		fprintf(f, "  %-10s %s\n", tools[i][0], tools[i][1]);
+	fprintf(f, "\n'circ <tool> --help' and 'man circ-<tool>' describe each tool.\n");
+}
+
+int main(int argc, char **argv)
+{
+	char self[PATH_MAX], path[PATH_MAX + 64];
+	ssize_t n;
+	circ_init("circ");
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		usage(stdout);
+		return fclose(stdout) ? 2 : 0;
+	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+		printf("circ %s\n", CIRC_VERSION);
+		return fclose(stdout) ? 2 : 0;
+	}
+	if (argv[1][0] == '-' || strchr(argv[1], '/'))
+		circ_usage_error("unknown option or tool '%s'", argv[1]);
+	/* Next to this binary first, so that a build tree runs its own tools. */
+	n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n > 0) {
+		char *slash;
+		self[n] = 0;
+		slash = strrchr(self, '/');
+		if (slash) {
+			*slash = 0;
+			snprintf(path, sizeof path, "%s/circ-%s", self, argv[1]);
+			if (access(path, X_OK) == 0) {
+				argv[1] = path;
+				execv(path, argv + 1);
+			}
+		}
+	}
+	snprintf(path, sizeof path, "circ-%s", argv[1]);
+	argv[1] = path;
+	execvp(path, argv + 1);
+	if (errno == ENOENT)
+		circ_usage_error("'%s' is not a circ tool (see 'circ --help')", path + 5);
+	circ_dief("cannot run '%s': %s", path, strerror(errno));
+}

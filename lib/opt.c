@@ -1,0 +1,173 @@
+/*
+ * opt: option tables -> getopt_long, --help text, and the exit-code policy
+ * shared by every tool (0 ok, 1 data or runtime error, 2 usage error).
+ */
+#include "opt.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const circ_opt common_opts[] = {
+	{"help", CIRC_OPT_HELP, NULL, "show this help and exit"},
+	{"version", CIRC_OPT_VERSION, NULL, "show the version and exit"},
+	{0},
+};
+
+static const circ_opt stream_opts[] = {
+	{"output", CIRC_OPT_OUTPUT, "FILE", "write to FILE (atomically, via a temporary) instead of stdout"},
+	{"json", CIRC_OPT_JSON, NULL, "write JSON lines instead of a binary stream"},
+	{"no-compress", CIRC_OPT_NO_COMPRESS, NULL, "write plain msgpack (no zstd)"},
+	{"level", CIRC_OPT_LEVEL, "N", "zstd level, 1..19 (default 3)"},
+	{"force", CIRC_OPT_FORCE, NULL, "write a binary stream even to a terminal"},
+	{0},
+};
+
+void circ_init(const char *progname)
+{
+	circ_progname = progname;
+	/* A closed pipe ends the tool quietly, as `circ-x | head -1` expects,
+	 * even when the parent ignored SIGPIPE. */
+	signal(SIGPIPE, SIG_DFL);
+}
+
+static size_t count(const circ_opt *o)
+{
+	size_t n = 0;
+	while (o && o[n].name)
+		n++;
+	return n;
+}
+
+static void help_table(const circ_opt *o, FILE *f)
+{
+	for (; o && o->name; o++) {
+		char left[64];
+		if (o->key < 256 && o->key > ' ')
+			snprintf(left, sizeof left, "-%c, --%s%s%s", o->key, o->name, o->arg ? " " : "",
+				 o->arg ? o->arg : "");
+		else
+			snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg ? " " : "",
+				 o->arg ? o->arg : "");
+		fprintf(f, "  %-28s %s\n", left, o->help);
+	}
+}
+
+void circ_cli_help(const circ_cli *cli, FILE *f)
+{
+	fprintf(f, "usage: %s %s\n%s\n\noptions:\n", circ_progname, cli->usage, cli->summary);
+	help_table(cli->opts, f);
+	if (cli->stream_out)
+		help_table(stream_opts, f);
+	help_table(common_opts, f);
+	fprintf(f, "\nSee man %s for details.\n", circ_progname);
+}
+
+void circ_usage_error(const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "%s: ", circ_progname);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry '%s --help' for more information.\n", circ_progname);
+	exit(2);
+}
+
+void circ_die(const circ_error *e)
+{
+	fprintf(stderr, "%s: %s\n", circ_progname, e->msg);
+	exit(1);
+}
+
+void circ_dief(const char *fmt, ...)
+{
+	va_list ap;
+	fprintf(stderr, "%s: ", circ_progname);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+int64_t circ_opt_i64(const char *opt, const char *arg, int64_t lo, int64_t hi)
+{
+	int64_t v;
+	if (circ_parse_i64(arg, &v) < 0 || v < lo || v > hi)
+		circ_usage_error("option '--%s': '%s' is not an integer in %lld..%lld", opt, arg,
+				 (long long)lo, (long long)hi);
+	return v;
+}
+
+double circ_opt_f64(const char *opt, const char *arg)
+{
+	double v;
+	if (circ_parse_f64(arg, &v) < 0)
+		circ_usage_error("option '--%s': '%s' is not a number", opt, arg);
+	return v;
+}
+
+static void add(struct option *lo, size_t *nl, char *so, size_t *ns, const circ_opt *o)
+{
+	for (; o && o->name; o++) {
+		lo[*nl].name = o->name;
+		lo[*nl].has_arg = o->arg ? required_argument : no_argument;
+		lo[*nl].flag = NULL;
+		lo[*nl].val = o->key;
+		(*nl)++;
+		if (o->key < 256 && o->key > ' ') {
+			so[(*ns)++] = (char)o->key;
+			if (o->arg)
+				so[(*ns)++] = ':';
+		}
+	}
+}
+
+int circ_cli_parse(circ_cli *cli, int argc, char **argv,
+		   int (*handle)(int key, const char *arg, void *ctx), void *ctx)
+{
+	size_t n = count(cli->opts) + count(stream_opts) + count(common_opts) + 1;
+	struct option *lo = circ_xcalloc(n, sizeof *lo);
+	char *so = circ_xcalloc(3 * n + 2, 1);
+	size_t nl = 0, ns = 0;
+	int c;
+	so[ns++] = ':';
+	add(lo, &nl, so, &ns, cli->opts);
+	if (cli->stream_out)
+		add(lo, &nl, so, &ns, stream_opts);
+	add(lo, &nl, so, &ns, common_opts);
+	circ_writer_opts_default(&cli->wopts);
+	cli->output = "-";
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
+		switch (c) {
+		case CIRC_OPT_HELP:
+			circ_cli_help(cli, stdout);
+			if (fclose(stdout) != 0)
+				exit(2);
+			exit(0);
+		case CIRC_OPT_VERSION:
+			printf("%s %s\n", circ_progname, CIRC_VERSION);
+			exit(fclose(stdout) != 0 ? 2 : 0);
+		case CIRC_OPT_OUTPUT: cli->output = optarg; break;
+		case CIRC_OPT_JSON: cli->wopts.json = 1; break;
+		case CIRC_OPT_NO_COMPRESS: cli->wopts.compress = 0; break;
+		case CIRC_OPT_LEVEL: cli->wopts.level = (int)circ_opt_i64("level", optarg, 1, 19); break;
+		case CIRC_OPT_FORCE: cli->wopts.force = 1; break;
+		case '?':
+			if (optopt && optopt < 256)
+				circ_usage_error("unknown option '-%c'", optopt);
+			circ_usage_error("unknown option '%s'", argv[optind - 1]);
+		case ':':
+			circ_usage_error("option '%s' needs an argument", argv[optind - 1]);
+		default:
+			if (!handle || handle(c, optarg, ctx) < 0)
+				exit(2);
+		}
+	}
+	free(lo);
+	free(so);
+	return optind;
+}

@@ -1,0 +1,57 @@
+/*
+ * opt: command-line options declared as a table, git-style. The same table
+ * drives getopt_long and the --help text, so help never drifts from the
+ * parser. Tools print help to stdout (exit 0) and usage errors to stderr
+ * (exit 2).
+ */
+#ifndef CIRC_OPT_H
+#define CIRC_OPT_H
+
+#include "stream.h"
+
+typedef struct circ_opt {
+	const char *name; /* long name without dashes */
+	int key;	  /* short letter, or a value >= 256 for long-only */
+	const char *arg;  /* argument name, NULL for flags */
+	const char *help;
+} circ_opt;
+
+/* Common options every stream-writing tool accepts; their keys: */
+enum {
+	CIRC_OPT_HELP = 'h',
+	CIRC_OPT_VERSION = 'V',
+	CIRC_OPT_OUTPUT = 'o',
+	CIRC_OPT_JSON = 1000,
+	CIRC_OPT_NO_COMPRESS,
+	CIRC_OPT_LEVEL,
+	CIRC_OPT_FORCE,
+	CIRC_OPT_FIRST_TOOL = 1100 /* tools number their long-only keys from here */
+};
+
+typedef struct circ_cli {
+	const char *usage;	 /* "[options] [file]" */
+	const char *summary;	 /* one line */
+	const circ_opt *opts;	 /* tool options, terminated by {0} */
+	int stream_out;		 /* adds --json/--no-compress/--level/--force/--output */
+	circ_writer_opts wopts;	 /* filled by the common options */
+	const char *output;	 /* --output, default "-" */
+} circ_cli;
+
+/* Sets circ_progname, installs the SIGPIPE policy. Call first in main. */
+void circ_init(const char *progname);
+/* Parses argv. Calls handle(key, optarg, ctx) for each tool option; handle
+ * returns 0, or -1 after it has printed a usage error. Handles --help,
+ * --version and the common options itself (exits). Returns optind. */
+int circ_cli_parse(circ_cli *cli, int argc, char **argv,
+		   int (*handle)(int key, const char *arg, void *ctx), void *ctx);
+void circ_cli_help(const circ_cli *cli, FILE *f);
+/* Usage error: prints "<prog>: <msg>" and a hint, exits 2. */
+void circ_usage_error(const char *fmt, ...) CIRC_PRINTF(1, 2) CIRC_NORETURN;
+/* Data/runtime error: prints "<prog>: <e->msg>", exits 1. */
+void circ_die(const circ_error *e) CIRC_NORETURN;
+void circ_dief(const char *fmt, ...) CIRC_PRINTF(1, 2) CIRC_NORETURN;
+/* Option argument parsing that exits 2 with a message naming the option. */
+int64_t circ_opt_i64(const char *opt, const char *arg, int64_t lo, int64_t hi);
+double circ_opt_f64(const char *opt, const char *arg);
+
+#endif

@@ -1,0 +1,1333 @@
+/*
+ * stream: reading and writing circ's record streams (see stream.h).
+ *
+ * Reading has two layers. The byte layer yields the stream's bytes, from a
+ * plain file or through a zstd decoder (sniffed by the frame magic). The
+ * record layer turns those bytes into msgpack objects, either straight from
+ * msgpack (bytes are decompressed directly into the unpacker's buffer, so a
+ * record is copied once) or by parsing JSON lines (sniffed by '{'), which are
+ * converted to msgpack so that every tool sees the same objects.
+ *
+ * Writing packs each record through a msgpack packer whose callback stages
+ * small writes and passes large ones (tensor data) straight to the zstd
+ * encoder. Every write is checked; an output named by path is written to a
+ * temporary and renamed at close, so a failed run leaves no file that looks
+ * complete; on a pipe, the missing trailer tells the reader the same.
+ */
+#include "stream.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "json.h"
+
+#define CHUNK (1u << 17)
+#define STAGE_CAP (1u << 16)
+
+static const char *const dtype_names[CIRC_DTYPE_COUNT] = {"f32", "f64", "f16", "bf16",
+							   "i32", "i64", "u8"};
+static const size_t dtype_sizes[CIRC_DTYPE_COUNT] = {4, 8, 2, 2, 4, 8, 1};
+
+const char *circ_dtype_name(circ_dtype d)
+{
+	return (unsigned)d < CIRC_DTYPE_COUNT ? dtype_names[d] : "?";
+}
+
+size_t circ_dtype_size(circ_dtype d)
+{
+	return (unsigned)d < CIRC_DTYPE_COUNT ? dtype_sizes[d] : 0;
+}
+
+int circ_dtype_parse(const char *s, size_t n, circ_dtype *d)
+{
+	if (!s)
+		return -1;
+	for (int i = 0; i < CIRC_DTYPE_COUNT; i++)
+		if (strlen(dtype_names[i]) == n && !memcmp(dtype_names[i], s, n)) {
+			*d = (circ_dtype)i;
+			return 0;
+		}
+	return -1;
+}
+
+int64_t circ_tensor_numel(const circ_tensor *t)
+{
+	int64_t n = 1;
+	for (int i = 0; i < t->ndim; i++)
+		n *= t->shape[i];
+	return n;
+}
+
+static float f16_to_f32(uint16_t h)
+{
+	uint32_t s = (uint32_t)(h >> 15) << 31, ex = (h >> 10) & 31, m = h & 1023, bits;
+	float f;
+	if (ex == 0) {
+		f = ldexpf((float)m, -24);
+		return s ? -f : f;
+	}
+	bits = ex == 31 ? (s | 0x7f800000u | (m << 13)) : (s | ((ex + 112) << 23) | (m << 13));
+	memcpy(&f, &bits, 4);
+	return f;
+}
+
+int circ_tensor_copy_f32(const circ_tensor *t, float *out, circ_error *e)
+{
+	int64_t n = circ_tensor_numel(t), i;
+	const unsigned char *p = t->data;
+	switch (t->dtype) {
+	case CIRC_F32: memcpy(out, p, (size_t)n * 4); return 0;
+	case CIRC_F64:
+		for (i = 0; i < n; i++) {
+			double d;
+			memcpy(&d, p + 8 * i, 8);
+			out[i] = (float)d;
+		}
+		return 0;
+	case CIRC_F16:
+	case CIRC_BF16:
+		for (i = 0; i < n; i++) {
+			uint16_t h;
+			memcpy(&h, p + 2 * i, 2);
+			if (t->dtype == CIRC_F16) {
+				out[i] = f16_to_f32(h);
+			} else {
+				uint32_t u = (uint32_t)h << 16;
+				memcpy(&out[i], &u, 4);
+			}
+		}
+		return 0;
+	default:
+		return circ_errorf(e, "expected a float tensor, got dtype %s",
+				   circ_dtype_name(t->dtype));
+	}
+}
+
+int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e)
+{
+	int64_t n = circ_tensor_numel(t), i;
+	const unsigned char *p = t->data;
+	switch (t->dtype) {
+	case CIRC_I32: memcpy(out, p, (size_t)n * 4); return 0;
+	case CIRC_U8:
+		for (i = 0; i < n; i++)
+			out[i] = p[i];
+		return 0;
+	case CIRC_I64:
+		for (i = 0; i < n; i++) {
+			int64_t v;
+			memcpy(&v, p + 8 * i, 8);
+			if (v < INT32_MIN || v > INT32_MAX)
+				return circ_errorf(e, "value %lld at index %lld does not fit in i32",
+						   (long long)v, (long long)i);
+			out[i] = (int32_t)v;
+		}
+		return 0;
+	default:
+		return circ_errorf(e, "expected an integer tensor, got dtype %s",
+				   circ_dtype_name(t->dtype));
+	}
+}
+
+/* ---- field access ---- */
+
+const char *circ_obj_type_name(const msgpack_object *o)
+{
+	switch (o->type) {
+	case MSGPACK_OBJECT_NIL: return "nil";
+	case MSGPACK_OBJECT_BOOLEAN: return "bool";
+	case MSGPACK_OBJECT_POSITIVE_INTEGER:
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "int";
+	case MSGPACK_OBJECT_FLOAT32:
+	case MSGPACK_OBJECT_FLOAT64: return "float";
+	case MSGPACK_OBJECT_STR: return "string";
+	case MSGPACK_OBJECT_BIN: return "bin";
+	case MSGPACK_OBJECT_ARRAY: return "array";
+	case MSGPACK_OBJECT_MAP: return "map";
+	default: return "ext";
+	}
+}
+
+int circ_obj_str_eq(const msgpack_object *o, const char *s)
+{
+	size_t n = strlen(s);
+	return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && !memcmp(o->via.str.ptr, s, n);
+}
+
+const msgpack_object *circ_rec_get(const msgpack_object *map, const char *key)
+{
+	if (!map || map->type != MSGPACK_OBJECT_MAP)
+		return NULL;
+	for (uint32_t i = 0; i < map->via.map.size; i++)
+		if (circ_obj_str_eq(&map->via.map.ptr[i].key, key))
+			return &map->via.map.ptr[i].val;
+	return NULL;
+}
+
+static const msgpack_object *need(const msgpack_object *map, const char *key, circ_error *e)
+{
+	const msgpack_object *o = circ_rec_get(map, key);
+	if (!o)
+		circ_errorf(e, "missing field '%s'", key);
+	return o;
+}
+
+int circ_rec_str(const msgpack_object *map, const char *key, const char **s, size_t *n,
+		 circ_error *e)
+{
+	const msgpack_object *o = need(map, key, e);
+	if (!o)
+		return -1;
+	if (o->type != MSGPACK_OBJECT_STR)
+		return circ_errorf(e, "field '%s': expected string, got %s", key,
+				   circ_obj_type_name(o));
+	*s = o->via.str.ptr;
+	if (n)
+		*n = o->via.str.size;
+	return 0;
+}
+
+int circ_rec_strdup(const msgpack_object *map, const char *key, char **s, circ_error *e)
+{
+	const char *p;
+	size_t n;
+	if (circ_rec_str(map, key, &p, &n, e) < 0)
+		return -1;
+	if (memchr(p, 0, n))
+		return circ_errorf(e, "field '%s': string contains a NUL byte", key);
+	*s = circ_xmalloc(n + 1);
+	memcpy(*s, p, n);
+	(*s)[n] = 0;
+	return 0;
+}
+
+int circ_rec_i64(const msgpack_object *map, const char *key, int64_t *v, circ_error *e)
+{
+	const msgpack_object *o = need(map, key, e);
+	if (!o)
+		return -1;
+	if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+		if (o->via.u64 > INT64_MAX)
+			return circ_errorf(e, "field '%s': integer out of range", key);
+		*v = (int64_t)o->via.u64;
+	} else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+		*v = o->via.i64;
+	} else {
+		return circ_errorf(e, "field '%s': expected int, got %s", key,
+				   circ_obj_type_name(o));
+	}
+	return 0;
+}
+
+int circ_rec_f64(const msgpack_object *map, const char *key, double *v, circ_error *e)
+{
+	const msgpack_object *o = need(map, key, e);
+	if (!o)
+		return -1;
+	switch (o->type) {
+	case MSGPACK_OBJECT_FLOAT32:
+	case MSGPACK_OBJECT_FLOAT64: *v = o->via.f64; return 0;
+	case MSGPACK_OBJECT_POSITIVE_INTEGER: *v = (double)o->via.u64; return 0;
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER: *v = (double)o->via.i64; return 0;
+	default:
+		return circ_errorf(e, "field '%s': expected number, got %s", key,
+				   circ_obj_type_name(o));
+	}
+}
+
+int circ_rec_bool(const msgpack_object *map, const char *key, int *v, circ_error *e)
+{
+	const msgpack_object *o = need(map, key, e);
+	if (!o)
+		return -1;
+	if (o->type != MSGPACK_OBJECT_BOOLEAN)
+		return circ_errorf(e, "field '%s': expected bool, got %s", key,
+				   circ_obj_type_name(o));
+	*v = o->via.boolean;
+	return 0;
+}
+
+int circ_rec_array(const msgpack_object *map, const char *key, const msgpack_object_array **arr,
+		   circ_error *e)
+{
+	const msgpack_object *o = need(map, key, e);
+	if (!o)
+		return -1;
+	if (o->type != MSGPACK_OBJECT_ARRAY)
+		return circ_errorf(e, "field '%s': expected array, got %s", key,
+				   circ_obj_type_name(o));
+	*arr = &o->via.array;
+	return 0;
+}
+
+int circ_obj_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
+{
+	const msgpack_object *dt, *sh, *da;
+	uint64_t numel = 1, need_bytes;
+	if (o->type != MSGPACK_OBJECT_MAP)
+		return circ_errorf(e, "expected a tensor map, got %s", circ_obj_type_name(o));
+	dt = need(o, "dtype", e);
+	sh = dt ? need(o, "shape", e) : NULL;
+	da = sh ? need(o, "data", e) : NULL;
+	if (!da)
+		return circ_error_prefix(e, "tensor");
+	if (dt->type != MSGPACK_OBJECT_STR ||
+	    circ_dtype_parse(dt->via.str.ptr, dt->via.str.size, &t->dtype) < 0)
+		return circ_errorf(e, "tensor: unknown dtype");
+	if (sh->type != MSGPACK_OBJECT_ARRAY || sh->via.array.size > CIRC_MAX_DIMS)
+		return circ_errorf(e, "tensor: shape must be an array of at most %d sizes",
+				   CIRC_MAX_DIMS);
+	if (da->type != MSGPACK_OBJECT_BIN)
+		return circ_errorf(e, "tensor: data must be bin, got %s", circ_obj_type_name(da));
+	t->ndim = (int)sh->via.array.size;
+	for (int i = 0; i < t->ndim; i++) {
+		const msgpack_object *d = &sh->via.array.ptr[i];
+		if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER || d->via.u64 > (1ull << 40))
+			return circ_errorf(e, "tensor: shape[%d] is not a valid size", i);
+		t->shape[i] = (int64_t)d->via.u64;
+		numel *= d->via.u64;
+		if (numel > (1ull << 40))
+			return circ_errorf(e, "tensor: shape too large");
+	}
+	need_bytes = numel * circ_dtype_size(t->dtype);
+	if (need_bytes != da->via.bin.size) {
+		char dims[256] = "";
+		size_t k = 0;
+		for (int i = 0; i < t->ndim && k < sizeof dims - 24; i++)
+			k += (size_t)snprintf(dims + k, sizeof dims - k, i ? ",%lld" : "%lld",
+					      (long long)t->shape[i]);
+		return circ_errorf(e, "tensor: shape [%s] %s needs %llu bytes, data has %u", dims,
+				   circ_dtype_name(t->dtype), (unsigned long long)need_bytes,
+				   da->via.bin.size);
+	}
+	t->data = da->via.bin.ptr;
+	t->nbytes = da->via.bin.size;
+	return 0;
+}
+
+int circ_rec_tensor(const msgpack_object *map, const char *key, circ_tensor *t, circ_error *e)
+{
+	const msgpack_object *o = need(map, key, e);
+	if (!o)
+		return -1;
+	if (circ_obj_tensor(o, t, e) < 0)
+		return circ_error_prefix(e, "field '%s'", key);
+	return 0;
+}
+
+/* ---- packing ---- */
+
+void circ_pack_strn(msgpack_packer *pk, const char *s, size_t n)
+{
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s, n);
+}
+
+void circ_pack_str(msgpack_packer *pk, const char *s)
+{
+	circ_pack_strn(pk, s, strlen(s));
+}
+
+void circ_pack_kv_str(msgpack_packer *pk, const char *k, const char *v)
+{
+	circ_pack_str(pk, k);
+	circ_pack_str(pk, v);
+}
+
+void circ_pack_kv_i64(msgpack_packer *pk, const char *k, int64_t v)
+{
+	circ_pack_str(pk, k);
+	msgpack_pack_int64(pk, v);
+}
+
+void circ_pack_kv_f64(msgpack_packer *pk, const char *k, double v)
+{
+	circ_pack_str(pk, k);
+	msgpack_pack_double(pk, v);
+}
+
+void circ_pack_tensor(msgpack_packer *pk, circ_dtype dtype, int ndim, const int64_t *shape,
+		      const void *data)
+{
+	size_t n = circ_dtype_size(dtype);
+	msgpack_pack_map(pk, 3);
+	circ_pack_kv_str(pk, "dtype", circ_dtype_name(dtype));
+	circ_pack_str(pk, "shape");
+	msgpack_pack_array(pk, (size_t)ndim);
+	for (int i = 0; i < ndim; i++) {
+		msgpack_pack_int64(pk, shape[i]);
+		n *= (size_t)shape[i];
+	}
+	circ_pack_str(pk, "data");
+	msgpack_pack_bin(pk, n);
+	msgpack_pack_bin_body(pk, data, n);
+}
+
+void circ_pack_kv_tensor(msgpack_packer *pk, const char *k, circ_dtype dtype, int ndim,
+			 const int64_t *shape, const void *data)
+{
+	circ_pack_str(pk, k);
+	circ_pack_tensor(pk, dtype, ndim, shape, data);
+}
+
+/* ---- reader ---- */
+
+enum { FMT_MSGPACK, FMT_JSON };
+
+struct circ_reader {
+	char *name; /* quoted, for messages */
+	int fd, own_fd;
+	/* byte layer */
+	int zstd;
+	ZSTD_DStream *zd;
+	unsigned char *in; /* (CHUNK) raw input */
+	ZSTD_inBuffer zin;
+	size_t zret; /* last ZSTD_decompressStream result: 0 = at a frame boundary */
+	int raw_eof;
+	unsigned char *pend; /* decoded bytes read while sniffing, not yet consumed */
+	size_t npend, pend_off;
+	/* record layer */
+	int fmt;
+	msgpack_unpacker up;
+	int up_init;
+	msgpack_unpacked res;
+	char *line;
+	size_t line_len, line_cap, line_off;
+	int line_eof;
+	msgpack_sbuffer jsb;
+	msgpack_unpacked jres;
+	size_t max_record;
+	/* stream state */
+	msgpack_sbuffer hdr_sb;
+	msgpack_unpacked hdr;
+	char hdr_digest[72];
+	char *kind;
+	const msgpack_object *pending; /* first data record of a headerless JSON input */
+	int64_t recno, ndata_part;
+	int ended, parts;
+};
+
+static int rd_fail(const circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
+static int rd_fail(const circ_reader *r, circ_error *e, const char *fmt, ...)
+{
+	char m[sizeof e->msg];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof m, fmt, ap);
+	va_end(ap);
+	return circ_errorf(e, "%s: record %lld: %s", r->name, (long long)r->recno, m);
+}
+
+int circ_reader_fail(const circ_reader *r, circ_error *e)
+{
+	return circ_error_prefix(e, "%s: record %lld", r->name, (long long)r->recno);
+}
+
+/* Reads raw bytes; 0 at EOF. */
+static ssize_t raw_read(circ_reader *r, void *buf, size_t n, circ_error *e)
+{
+	ssize_t k;
+	if (r->raw_eof)
+		return 0;
+	do
+		k = read(r->fd, buf, n);
+	while (k < 0 && errno == EINTR);
+	if (k < 0)
+		return circ_errorf(e, "%s: read error: %s", r->name, strerror(errno));
+	if (k == 0)
+		r->raw_eof = 1;
+	return k;
+}
+
+/* Byte layer: up to n decoded bytes into buf; 0 at proper EOF, -1 on error. */
+static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
+{
+	if (r->pend_off < r->npend) {
+		size_t k = r->npend - r->pend_off < n ? r->npend - r->pend_off : n;
+		memcpy(buf, r->pend + r->pend_off, k);
+		r->pend_off += k;
+		return (ssize_t)k;
+	}
+	if (!r->zstd)
+		return raw_read(r, buf, n, e);
+	for (;;) {
+		ZSTD_outBuffer out = {buf, n, 0};
+		size_t ret;
+		if (r->zin.pos == r->zin.size) {
+			ssize_t k = raw_read(r, r->in, CHUNK, e);
+			if (k < 0)
+				return -1;
+			if (k == 0) {
+				if (r->zret != 0)
+					return circ_errorf(e, "%s: record %lld: truncated zstd frame "
+							      "(input ends inside a compressed frame)",
+							   r->name, (long long)r->recno + 1);
+				return 0;
+			}
+			r->zin.src = r->in;
+			r->zin.size = (size_t)k;
+			r->zin.pos = 0;
+		}
+		ret = ZSTD_decompressStream(r->zd, &out, &r->zin);
+		if (ZSTD_isError(ret))
+			return circ_errorf(e, "%s: record %lld: corrupt zstd data: %s", r->name,
+					   (long long)r->recno + 1, ZSTD_getErrorName(ret));
+		r->zret = ret;
+		if (out.pos > 0)
+			return (ssize_t)out.pos;
+	}
+}
+
+/* Length of the msgpack object at p if all n bytes hold it whole, 0 if it
+ * needs more bytes, SIZE_MAX if it is invalid. Nothing is allocated: the
+ * unpacker is only called on whole objects, so a tiny input that declares a
+ * map of 2^32 entries cannot make it allocate gigabytes. */
+static size_t mp_complete(const unsigned char *p, size_t n)
+{
+	size_t i = 0;
+	uint64_t todo = 1;
+	while (todo > 0) {
+		unsigned c;
+		uint64_t len = 0, kids = 0;
+		size_t w = 0; /* width of a length field */
+		if (i >= n)
+			return 0;
+		c = p[i++];
+		todo--;
+		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+			continue;
+		if (c <= 0x8f) {
+			todo += 2 * (uint64_t)(c & 0xf);
+			continue;
+		}
+		if (c <= 0x9f) {
+			todo += c & 0xf;
+			continue;
+		}
+		if (c <= 0xbf) {
+			len = c & 0x1f;
+		} else {
+			switch (c) {
+			case 0xc4: case 0xd9: w = 1; break;
+			case 0xc5: case 0xda: w = 2; break;
+			case 0xc6: case 0xdb: w = 4; break;
+			case 0xc7: w = 1, len = 1; break;
+			case 0xc8: w = 2, len = 1; break;
+			case 0xc9: w = 4, len = 1; break;
+			case 0xca: len = 4; break;
+			case 0xcb: len = 8; break;
+			case 0xcc: case 0xd0: len = 1; break;
+			case 0xcd: case 0xd1: len = 2; break;
+			case 0xce: case 0xd2: len = 4; break;
+			case 0xcf: case 0xd3: len = 8; break;
+			case 0xd4: len = 2; break;
+			case 0xd5: len = 3; break;
+			case 0xd6: len = 5; break;
+			case 0xd7: len = 9; break;
+			case 0xd8: len = 17; break;
+			case 0xdc: w = 2, kids = 1; break;
+			case 0xdd: w = 4, kids = 1; break;
+			case 0xde: w = 2, kids = 2; break;
+			case 0xdf: w = 4, kids = 2; break;
+			default: return SIZE_MAX; /* 0xc1 */
+			}
+		}
+		if (w) {
+			uint64_t v = 0;
+			if (n - i < w)
+				return 0;
+			for (size_t j = 0; j < w; j++)
+				v = v << 8 | p[i + j];
+			i += w;
+			if (kids) {
+				todo += kids * v;
+				continue;
+			}
+			len += v;
+		}
+		if (n - i < len)
+			return 0;
+		i += (size_t)len;
+	}
+	return i;
+}
+
+/* Record layer, msgpack: next object or 0 at EOF. */
+static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
+{
+	for (;;) {
+		size_t avail = r->up.used - r->up.off, need;
+		ssize_t k;
+		need = avail ? mp_complete((const unsigned char *)r->up.buffer + r->up.off, avail) : 0;
+		if (need == SIZE_MAX)
+			return circ_errorf(e, "%s: record %lld: invalid msgpack data", r->name,
+					   (long long)r->recno + 1);
+		if (need > 0) {
+			msgpack_unpack_return ret = msgpack_unpacker_next(&r->up, &r->res);
+			if (ret == MSGPACK_UNPACK_SUCCESS) {
+				*o = &r->res.data;
+				return 1;
+			}
+			if (ret == MSGPACK_UNPACK_NOMEM_ERROR)
+				return circ_errorf(e, "%s: record %lld: out of memory", r->name,
+						   (long long)r->recno + 1);
+			return circ_errorf(e, "%s: record %lld: invalid msgpack data", r->name,
+					   (long long)r->recno + 1);
+		}
+		if (avail > r->max_record)
+			return circ_errorf(e, "%s: record %lld: record larger than %zu bytes", r->name,
+					   (long long)r->recno + 1, r->max_record);
+		/* Grow reads geometrically so that rescanning a large record stays linear. */
+		{
+			size_t want = avail > CHUNK ? avail : CHUNK, got = 0;
+			if (msgpack_unpacker_buffer_capacity(&r->up) < want &&
+			    !msgpack_unpacker_reserve_buffer(&r->up, want))
+				return circ_errorf(e, "%s: out of memory", r->name);
+			while (got < want) {
+				k = bytes_read(r, msgpack_unpacker_buffer(&r->up),
+					       msgpack_unpacker_buffer_capacity(&r->up), e);
+				if (k < 0)
+					return -1;
+				if (k == 0)
+					break;
+				msgpack_unpacker_buffer_consumed(&r->up, (size_t)k);
+				got += (size_t)k;
+				if (msgpack_unpacker_buffer_capacity(&r->up) == 0)
+					break;
+			}
+			if (got == 0) {
+				if (avail > 0)
+					return circ_errorf(e,
+							   "%s: record %lld: truncated msgpack object at "
+							   "end of input (a declared length runs past "
+							   "the data)",
+							   r->name, (long long)r->recno + 1);
+				return 0;
+			}
+		}
+	}
+}
+
+/* Record layer, JSON lines: next object or 0 at EOF. Blank lines are skipped. */
+static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
+{
+	for (;;) {
+		char *nl = r->line_off < r->line_len
+				   ? memchr(r->line + r->line_off, '\n', r->line_len - r->line_off)
+				   : NULL;
+		size_t start = r->line_off, n;
+		json_t *j;
+		json_error_t je;
+		msgpack_packer pk;
+		size_t off = 0;
+		if (!nl && !r->line_eof) {
+			ssize_t k;
+			if (r->line_off) {
+				memmove(r->line, r->line + r->line_off, r->line_len - r->line_off);
+				r->line_len -= r->line_off;
+				r->line_off = 0;
+			}
+			if (r->line_cap - r->line_len < CHUNK) {
+				if (r->line_len > r->max_record)
+					return circ_errorf(e, "%s: record %lld: line longer than %zu bytes",
+							   r->name, (long long)r->recno + 1, r->max_record);
+				r->line_cap = r->line_cap * 2 + CHUNK;
+				r->line = circ_xrealloc(r->line, r->line_cap);
+			}
+			k = bytes_read(r, r->line + r->line_len, r->line_cap - r->line_len, e);
+			if (k < 0)
+				return -1;
+			if (k == 0)
+				r->line_eof = 1;
+			r->line_len += (size_t)k;
+			continue;
+		}
+		n = nl ? (size_t)(nl - (r->line + start)) : r->line_len - start;
+		if (!nl && n == 0)
+			return 0;
+		r->line_off = nl ? start + n + 1 : r->line_len;
+		{
+			size_t i = 0;
+			while (i < n && strchr(" \t\r", r->line[start + i]))
+				i++;
+			if (i == n)
+				continue;
+		}
+		j = json_loadb(r->line + start, n, JSON_DECODE_ANY, &je);
+		if (!j)
+			return circ_errorf(e, "%s: record %lld: invalid JSON: %s (column %d)", r->name,
+					   (long long)r->recno + 1, je.text, je.column);
+		if (!json_is_object(j)) {
+			json_decref(j);
+			return circ_errorf(e, "%s: record %lld: expected a JSON object per line",
+					   r->name, (long long)r->recno + 1);
+		}
+		msgpack_sbuffer_clear(&r->jsb);
+		msgpack_packer_init(&pk, &r->jsb, msgpack_sbuffer_write);
+		if (circ_json_to_msgpack(j, &pk, e) < 0) {
+			json_decref(j);
+			return circ_error_prefix(e, "%s: record %lld", r->name,
+						 (long long)r->recno + 1);
+		}
+		json_decref(j);
+		if (msgpack_unpack_next(&r->jres, r->jsb.data, r->jsb.size, &off) !=
+		    MSGPACK_UNPACK_SUCCESS)
+			return circ_errorf(e, "%s: record %lld: internal error converting JSON",
+					   r->name, (long long)r->recno + 1);
+		*o = &r->jres.data;
+		return 1;
+	}
+}
+
+static int next_raw(circ_reader *r, const msgpack_object **o, circ_error *e)
+{
+	return r->fmt == FMT_JSON ? next_json(r, o, e) : next_msgpack(r, o, e);
+}
+
+static int first_key_is(const msgpack_object *o, const char *k)
+{
+	return o->type == MSGPACK_OBJECT_MAP && o->via.map.size > 0 &&
+	       circ_obj_str_eq(&o->via.map.ptr[0].key, k);
+}
+
+/* Validates a header record and keeps an owned copy of the first one. */
+static int take_header(circ_reader *r, const msgpack_object *o, circ_error *e)
+{
+	const msgpack_object *f = circ_rec_get(o, "format"), *v, *k;
+	msgpack_packer pk;
+	size_t off = 0;
+	if (!circ_obj_str_eq(f, CIRC_FORMAT)) {
+		if (f && f->type == MSGPACK_OBJECT_STR)
+			return rd_fail(r, e, "foreign header: format is '%.*s', not 'circ'",
+				       (int)f->via.str.size, f->via.str.ptr);
+		return rd_fail(r, e, "foreign header: 'format' is not a string");
+	}
+	v = circ_rec_get(o, "version");
+	if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+		return rd_fail(r, e, "header has no valid 'version'");
+	if (v->via.u64 != CIRC_FORMAT_VERSION)
+		return rd_fail(r, e, "unknown stream version %llu (this circ reads version %d)",
+			       (unsigned long long)v->via.u64, CIRC_FORMAT_VERSION);
+	k = circ_rec_get(o, "kind");
+	if (!k || k->type != MSGPACK_OBJECT_STR)
+		return rd_fail(r, e, "header has no 'kind'");
+	if (r->parts > 0) {
+		const msgpack_object *a = circ_rec_get(&r->hdr.data, "model_digest"),
+				     *b = circ_rec_get(o, "model_digest");
+		if (!circ_obj_str_eq(k, r->kind))
+			return rd_fail(r, e, "concatenated stream of kind '%.*s' follows kind '%s'",
+				       (int)k->via.str.size, k->via.str.ptr, r->kind);
+		if (a && b && !msgpack_object_equal(*a, *b))
+			return rd_fail(r, e, "concatenated stream comes from another model "
+					     "(model_digest differs)");
+		r->parts++;
+		return 0;
+	}
+	msgpack_packer_init(&pk, &r->hdr_sb, msgpack_sbuffer_write);
+	msgpack_pack_object(&pk, *o);
+	if (msgpack_unpack_next(&r->hdr, r->hdr_sb.data, r->hdr_sb.size, &off) !=
+	    MSGPACK_UNPACK_SUCCESS)
+		return rd_fail(r, e, "internal error copying the header");
+	{
+		circ_sha256 s;
+		circ_sha256_init(&s);
+		circ_sha256_update(&s, r->hdr_sb.data, r->hdr_sb.size);
+		circ_sha256_final_hex(&s, r->hdr_digest);
+	}
+	k = circ_rec_get(&r->hdr.data, "kind");
+	r->kind = circ_xmalloc(k->via.str.size + 1);
+	memcpy(r->kind, k->via.str.ptr, k->via.str.size);
+	r->kind[k->via.str.size] = 0;
+	r->parts = 1;
+	return 0;
+}
+
+static void generic_header(circ_reader *r)
+{
+	msgpack_packer pk;
+	size_t off = 0;
+	circ_sha256 s;
+	msgpack_packer_init(&pk, &r->hdr_sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 3);
+	circ_pack_kv_str(&pk, "format", CIRC_FORMAT);
+	circ_pack_kv_i64(&pk, "version", CIRC_FORMAT_VERSION);
+	circ_pack_kv_str(&pk, "kind", "records");
+	msgpack_unpack_next(&r->hdr, r->hdr_sb.data, r->hdr_sb.size, &off);
+	circ_sha256_init(&s);
+	circ_sha256_update(&s, r->hdr_sb.data, r->hdr_sb.size);
+	circ_sha256_final_hex(&s, r->hdr_digest);
+	r->kind = circ_xstrdup("records");
+	r->parts = 1;
+}
+
+static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e);
+
+circ_reader *circ_reader_open_fd(int fd, const char *name, const char *kind, circ_error *e)
+{
+	circ_reader *r = circ_xcalloc(1, sizeof *r);
+	size_t len = strlen(name) + 3;
+	r->name = circ_xmalloc(len);
+	snprintf(r->name, len, "'%s'", name);
+	r->fd = fd;
+	return reader_start(r, kind, e);
+}
+
+circ_reader *circ_reader_open(const char *path, const char *kind, circ_error *e)
+{
+	circ_reader *r = circ_xcalloc(1, sizeof *r);
+	if (!strcmp(path, "-")) {
+		r->name = circ_xstrdup("'<stdin>'");
+		r->fd = 0;
+	} else {
+		struct stat st;
+		size_t len = strlen(path) + 3;
+		r->name = circ_xmalloc(len);
+		snprintf(r->name, len, "'%s'", path);
+		r->fd = open(path, O_RDONLY);
+		if (r->fd < 0) {
+			circ_errorf(e, "%s: %s", r->name, strerror(errno));
+			goto fail;
+		}
+		r->own_fd = 1;
+		if (fstat(r->fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+			circ_errorf(e, "%s: is a directory", r->name);
+			goto fail;
+		}
+	}
+	return reader_start(r, kind, e);
+fail:
+	circ_reader_free(r);
+	return NULL;
+}
+
+/* Sniffs the encoding and format, then reads and checks the header. */
+static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e)
+{
+	const msgpack_object *o;
+	unsigned char head[4096];
+	ssize_t n;
+	size_t i;
+	const char *lim = getenv("CIRC_MAX_RECORD");
+	int64_t limv;
+
+	r->max_record = (size_t)1 << 31;
+	if (lim && circ_parse_i64(lim, &limv) == 0 && limv > 0)
+		r->max_record = (size_t)limv;
+	msgpack_sbuffer_init(&r->jsb);
+	msgpack_sbuffer_init(&r->hdr_sb);
+	msgpack_unpacked_init(&r->res);
+	msgpack_unpacked_init(&r->jres);
+	msgpack_unpacked_init(&r->hdr);
+	r->in = circ_xmalloc(CHUNK);
+	/* Sniff: zstd magic, then (after decoding) '{' for JSON lines. */
+	n = raw_read(r, r->in, 4, e);
+	if (n < 0)
+		goto fail;
+	while (n > 0 && n < 4) {
+		ssize_t k = raw_read(r, r->in + n, (size_t)(4 - n), e);
+		if (k < 0)
+			goto fail;
+		if (k == 0)
+			break;
+		n += k;
+	}
+	if (n == 4 && r->in[0] == 0x28 && r->in[1] == 0xb5 && r->in[2] == 0x2f && r->in[3] == 0xfd) {
+		r->zstd = 1;
+		r->zd = ZSTD_createDStream();
+		if (!r->zd) {
+			circ_errorf(e, "%s: cannot create zstd decoder", r->name);
+			goto fail;
+		}
+		r->zin.src = r->in;
+		r->zin.size = (size_t)n;
+		r->zin.pos = 0;
+		r->zret = 1;
+		n = 0;
+	} else {
+		memcpy(head, r->in, (size_t)n);
+	}
+	/* Gather the first decoded bytes for the format sniff. */
+	{
+		size_t have = (size_t)n;
+		while (have < 64) {
+			ssize_t k;
+			if (r->zstd) {
+				k = bytes_read(r, head + have, sizeof head - have, e);
+			} else {
+				k = raw_read(r, head + have, sizeof head - have, e);
+			}
+			if (k < 0)
+				goto fail;
+			if (k == 0)
+				break;
+			have += (size_t)k;
+		}
+		r->pend = circ_xmalloc(have ? have : 1);
+		memcpy(r->pend, head, have);
+		r->npend = have;
+	}
+	if (r->npend == 0) {
+		circ_errorf(e, "%s: record 0: empty input (no header)", r->name);
+		goto fail;
+	}
+	for (i = 0; i < r->npend && strchr(" \t\r\n", r->pend[i]); i++)
+		;
+	if (i < r->npend && r->pend[i] == '{') {
+		r->fmt = FMT_JSON;
+	} else {
+		r->fmt = FMT_MSGPACK;
+		if (!msgpack_unpacker_init(&r->up, CHUNK)) {
+			circ_errorf(e, "%s: out of memory", r->name);
+			goto fail;
+		}
+		r->up_init = 1;
+	}
+	r->recno = -1; /* messages during the header read name record 0 */
+	n = next_raw(r, &o, e);
+	r->recno = 0;
+	if (n < 0)
+		goto fail;
+	if (n == 0) {
+		circ_errorf(e, "%s: record 0: empty input (no header)", r->name);
+		goto fail;
+	}
+	if (o->type != MSGPACK_OBJECT_MAP) {
+		rd_fail(r, e, "expected a map, got %s", circ_obj_type_name(o));
+		goto fail;
+	}
+	if (circ_rec_get(o, "format")) {
+		if (take_header(r, o, e) < 0)
+			goto fail;
+	} else if (r->fmt == FMT_JSON && !first_key_is(o, "$end")) {
+		generic_header(r);
+		r->pending = o;
+	} else {
+		rd_fail(r, e, "missing header: the first record has no 'format' field");
+		goto fail;
+	}
+	if (kind && strcmp(r->kind, kind) && strcmp(r->kind, "records")) {
+		rd_fail(r, e, "stream kind is '%s', expected '%s'", r->kind, kind);
+		goto fail;
+	}
+	return r;
+fail:
+	circ_reader_free(r);
+	return NULL;
+}
+
+const msgpack_object *circ_reader_header(const circ_reader *r)
+{
+	return &r->hdr.data;
+}
+
+const char *circ_reader_kind(const circ_reader *r)
+{
+	return r->kind;
+}
+
+const char *circ_reader_name(const circ_reader *r)
+{
+	return r->name;
+}
+
+int64_t circ_reader_recno(const circ_reader *r)
+{
+	return r->recno;
+}
+
+const char *circ_reader_header_digest(const circ_reader *r)
+{
+	return r->hdr_digest;
+}
+
+int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
+{
+	const msgpack_object *o;
+	int k;
+	if (r->pending) {
+		*rec = r->pending;
+		r->pending = NULL;
+		r->recno++;
+		r->ndata_part++;
+		return 1;
+	}
+	for (;;) {
+		k = next_raw(r, &o, e);
+		if (k < 0)
+			return -1;
+		if (k == 0) {
+			if (r->fmt == FMT_MSGPACK && !r->ended)
+				return circ_errorf(e,
+						   "%s: record %lld: stream ends without its end "
+						   "record (incomplete: the writer did not finish)",
+						   r->name, (long long)r->recno + 1);
+			return 0;
+		}
+		r->recno++;
+		if (o->type != MSGPACK_OBJECT_MAP)
+			return rd_fail(r, e, "expected a map, got %s", circ_obj_type_name(o));
+		if (first_key_is(o, "$end")) {
+			const msgpack_object *c = circ_rec_get(&o->via.map.ptr[0].val, "records");
+			if (r->ended)
+				return rd_fail(r, e, "second end record");
+			if (!c || c->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+				return rd_fail(r, e, "end record without a record count");
+			if ((int64_t)c->via.u64 != r->ndata_part)
+				return rd_fail(r, e, "end record counts %llu records, stream has %lld",
+					       (unsigned long long)c->via.u64,
+					       (long long)r->ndata_part);
+			r->ended = 1;
+			r->recno--;
+			continue;
+		}
+		if (circ_rec_get(o, "format") && (r->ended || r->fmt == FMT_JSON)) {
+			/* the next of several concatenated streams */
+			if (take_header(r, o, e) < 0)
+				return -1;
+			r->ended = 0;
+			r->ndata_part = 0;
+			r->recno--;
+			continue;
+		}
+		if (r->ended)
+			return rd_fail(r, e, "data after the end record");
+		r->ndata_part++;
+		*rec = o;
+		return 1;
+	}
+}
+
+void circ_reader_free(circ_reader *r)
+{
+	if (!r)
+		return;
+	if (r->own_fd && r->fd >= 0)
+		close(r->fd);
+	if (r->zd)
+		ZSTD_freeDStream(r->zd);
+	if (r->up_init) {
+		msgpack_unpacked_destroy(&r->res);
+		msgpack_unpacker_destroy(&r->up);
+	}
+	msgpack_unpacked_destroy(&r->jres);
+	msgpack_unpacked_destroy(&r->hdr);
+	msgpack_sbuffer_destroy(&r->jsb);
+	msgpack_sbuffer_destroy(&r->hdr_sb);
+	free(r->in);
+	free(r->pend);
+	free(r->line);
+	free(r->kind);
+	free(r->name);
+	free(r);
+}
+
+/* ---- writer ---- */
+
+struct circ_writer {
+	int fd, own_fd;
+	char *path, *tmp, *name;
+	int json, compress;
+	ZSTD_CStream *zc;
+	unsigned char *zout; /* (zout_cap) */
+	size_t zout_cap;
+	unsigned char *stage; /* (STAGE_CAP) small writes gathered before the encoder */
+	size_t nstage;
+	msgpack_packer pk;
+	msgpack_sbuffer jsb; /* JSON mode: the current record */
+	char *jbuf;
+	size_t jlen, jcap;
+	int64_t nrec; /* records written, header included */
+	int err;      /* first errno from a write, or -1 for an encoder error */
+	char errmsg[256];
+};
+
+void circ_writer_opts_default(circ_writer_opts *o)
+{
+	o->json = 0;
+	o->compress = 1;
+	o->level = 3;
+	o->force = 0;
+}
+
+static int write_all(circ_writer *w, const void *buf, size_t n)
+{
+	const char *p = buf;
+	if (w->err)
+		return -1;
+	while (n > 0) {
+		ssize_t k = write(w->fd, p, n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			w->err = k < 0 ? errno : EIO;
+			return -1;
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+static int sink(circ_writer *w, const void *buf, size_t n, ZSTD_EndDirective mode)
+{
+	ZSTD_inBuffer in = {buf, n, 0};
+	if (!w->compress)
+		return write_all(w, buf, n);
+	for (;;) {
+		ZSTD_outBuffer out = {w->zout, w->zout_cap, 0};
+		size_t r = ZSTD_compressStream2(w->zc, &out, &in, mode);
+		if (ZSTD_isError(r)) {
+			w->err = -1;
+			snprintf(w->errmsg, sizeof w->errmsg, "zstd: %s", ZSTD_getErrorName(r));
+			return -1;
+		}
+		if (out.pos && write_all(w, w->zout, out.pos) < 0)
+			return -1;
+		if (mode == ZSTD_e_end ? r == 0 : in.pos == in.size)
+			return 0;
+	}
+}
+
+static int flush_stage(circ_writer *w)
+{
+	int r = 0;
+	if (w->nstage)
+		r = sink(w, w->stage, w->nstage, ZSTD_e_continue);
+	w->nstage = 0;
+	return r;
+}
+
+static int pack_cb(void *data, const char *buf, size_t len)
+{
+	circ_writer *w = data;
+	if (w->err)
+		return -1;
+	if (w->json)
+		return msgpack_sbuffer_write(&w->jsb, buf, len);
+	if (len >= STAGE_CAP / 2) {
+		if (flush_stage(w) < 0)
+			return -1;
+		return sink(w, buf, len, ZSTD_e_continue);
+	}
+	if (w->nstage + len > STAGE_CAP && flush_stage(w) < 0)
+		return -1;
+	memcpy(w->stage + w->nstage, buf, len);
+	w->nstage += len;
+	return 0;
+}
+
+static int wr_error(circ_writer *w, circ_error *e)
+{
+	if (w->err == -1)
+		return circ_errorf(e, "%s: %s", w->name, w->errmsg);
+	if (w->err == EPIPE)
+		return circ_errorf(e, "%s: write error: broken pipe", w->name);
+	return circ_errorf(e, "%s: write error: %s", w->name, strerror(w->err));
+}
+
+circ_writer *circ_writer_open(const char *path, const circ_writer_opts *o, circ_error *e)
+{
+	circ_writer *w = circ_xcalloc(1, sizeof *w);
+	circ_writer_opts def;
+	if (!o) {
+		circ_writer_opts_default(&def);
+		o = &def;
+	}
+	w->json = o->json;
+	w->compress = !o->json && o->compress;
+	if (!strcmp(path, "-")) {
+		w->fd = 1;
+		w->name = circ_xstrdup("'<stdout>'");
+	} else {
+		size_t n = strlen(path) + 32;
+		struct stat st;
+		w->name = circ_xmalloc(n);
+		snprintf(w->name, n, "'%s'", path);
+		if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+			/* a device or FIFO: write to it directly, never rename over it */
+			w->fd = open(path, O_WRONLY);
+			if (w->fd < 0) {
+				circ_errorf(e, "%s: cannot open: %s", w->name, strerror(errno));
+				circ_writer_abort(w);
+				return NULL;
+			}
+			w->own_fd = 1;
+			goto opened;
+		}
+		w->path = circ_xstrdup(path);
+		w->tmp = circ_xmalloc(n);
+		snprintf(w->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+		w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+		if (w->fd < 0) {
+			circ_errorf(e, "%s: cannot create: %s", w->name, strerror(errno));
+			free(w->tmp);
+			w->tmp = NULL;
+			circ_writer_abort(w);
+			return NULL;
+		}
+		w->own_fd = 1;
+	}
+opened:
+	if (!w->json && !o->force && isatty(w->fd)) {
+		circ_errorf(e, "refusing to write a binary stream to a terminal "
+			       "(use --json to read it, or --force)");
+		circ_writer_abort(w);
+		return NULL;
+	}
+	if (w->compress) {
+		size_t r;
+		w->zc = ZSTD_createCStream();
+		if (!w->zc) {
+			circ_errorf(e, "cannot create zstd encoder");
+			circ_writer_abort(w);
+			return NULL;
+		}
+		r = ZSTD_CCtx_setParameter(w->zc, ZSTD_c_compressionLevel, o->level);
+		if (!ZSTD_isError(r))
+			r = ZSTD_CCtx_setParameter(w->zc, ZSTD_c_checksumFlag, 1);
+		if (ZSTD_isError(r)) {
+			circ_errorf(e, "zstd: %s", ZSTD_getErrorName(r));
+			circ_writer_abort(w);
+			return NULL;
+		}
+		w->zout_cap = ZSTD_CStreamOutSize();
+		w->zout = circ_xmalloc(w->zout_cap);
+	}
+	w->stage = circ_xmalloc(STAGE_CAP);
+	msgpack_sbuffer_init(&w->jsb);
+	msgpack_packer_init(&w->pk, w, pack_cb);
+	return w;
+}
+
+msgpack_packer *circ_writer_packer(circ_writer *w)
+{
+	return &w->pk;
+}
+
+int circ_writer_end_record(circ_writer *w, circ_error *e)
+{
+	if (w->err)
+		return wr_error(w, e);
+	w->nrec++;
+	if (w->json) {
+		msgpack_unpacked u;
+		size_t off = 0;
+		int r;
+		msgpack_unpacked_init(&u);
+		if (msgpack_unpack_next(&u, w->jsb.data, w->jsb.size, &off) !=
+			MSGPACK_UNPACK_SUCCESS ||
+		    off != w->jsb.size) {
+			msgpack_unpacked_destroy(&u);
+			return circ_errorf(e, "%s: internal error: record is not one msgpack object",
+					   w->name);
+		}
+		w->jlen = 0;
+		r = circ_json_from_msgpack(&u.data, &w->jbuf, &w->jlen, &w->jcap, e);
+		msgpack_unpacked_destroy(&u);
+		msgpack_sbuffer_clear(&w->jsb);
+		if (r < 0)
+			return circ_error_prefix(e, "%s: record %lld", w->name, (long long)w->nrec - 1);
+		w->jbuf[w->jlen++] = '\n';
+		if (write_all(w, w->jbuf, w->jlen) < 0)
+			return wr_error(w, e);
+		return 0;
+	}
+	if (w->nstage >= STAGE_CAP / 2 && flush_stage(w) < 0)
+		return wr_error(w, e);
+	return 0;
+}
+
+int circ_writer_raw(circ_writer *w, const void *buf, size_t n, circ_error *e)
+{
+	pack_cb(w, buf, n);
+	return circ_writer_end_record(w, e);
+}
+
+void circ_writer_header(circ_writer *w, const char *kind, int argc, char **argv,
+			circ_reader *const *inputs, int ninputs, int nextra)
+{
+	msgpack_packer *pk = &w->pk;
+	msgpack_pack_map(pk, (size_t)(7 + nextra));
+	circ_pack_kv_str(pk, "format", CIRC_FORMAT);
+	circ_pack_kv_i64(pk, "version", CIRC_FORMAT_VERSION);
+	circ_pack_kv_str(pk, "kind", kind);
+	circ_pack_kv_str(pk, "tool", circ_progname);
+	circ_pack_kv_str(pk, "tool_version", CIRC_VERSION);
+	circ_pack_str(pk, "args");
+	msgpack_pack_array(pk, argc > 1 ? (size_t)argc - 1 : 0);
+	for (int i = 1; i < argc; i++)
+		circ_pack_str(pk, argv[i]);
+	circ_pack_str(pk, "inputs");
+	msgpack_pack_array(pk, (size_t)ninputs);
+	for (int i = 0; i < ninputs; i++) {
+		msgpack_pack_map(pk, 2);
+		circ_pack_kv_str(pk, "kind", circ_reader_kind(inputs[i]));
+		circ_pack_kv_str(pk, "digest", circ_reader_header_digest(inputs[i]));
+	}
+}
+
+int circ_writer_close(circ_writer *w, circ_error *e)
+{
+	int rc = 0;
+	if (!w)
+		return 0;
+	if (w->err) {
+		rc = wr_error(w, e);
+		goto out;
+	}
+	if (!w->json) {
+		msgpack_pack_map(&w->pk, 1);
+		circ_pack_str(&w->pk, "$end");
+		msgpack_pack_map(&w->pk, 1);
+		circ_pack_kv_i64(&w->pk, "records", w->nrec > 0 ? w->nrec - 1 : 0);
+		if (flush_stage(w) < 0 || (w->compress && sink(w, NULL, 0, ZSTD_e_end) < 0)) {
+			rc = wr_error(w, e);
+			goto out;
+		}
+	}
+	if (w->own_fd) {
+		if (close(w->fd) < 0) {
+			w->err = errno;
+			w->own_fd = 0;
+			rc = wr_error(w, e);
+			goto out;
+		}
+		w->own_fd = 0;
+		if (w->tmp && rename(w->tmp, w->path) < 0) {
+			rc = circ_errorf(e, "%s: cannot rename into place: %s", w->name,
+					 strerror(errno));
+			goto out;
+		}
+		free(w->tmp);
+		w->tmp = NULL;
+	}
+out:
+	circ_writer_abort(w);
+	return rc;
+}
+
+void circ_writer_abort(circ_writer *w)
+{
+	if (!w)
+		return;
+	if (w->own_fd)
+		close(w->fd);
+	if (w->tmp)
+		unlink(w->tmp);
+	if (w->zc)
+		ZSTD_freeCStream(w->zc);
+	msgpack_sbuffer_destroy(&w->jsb);
+	free(w->zout);
+	free(w->stage);
+	free(w->jbuf);
+	free(w->path);
+	free(w->tmp);
+	free(w->name);
+	free(w);
+}

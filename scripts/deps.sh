@@ -1,0 +1,36 @@
+#!/bin/sh
+# Installs what circ needs on Debian 12, and only what is missing, so that a
+# fresh machine can build and test with one command. Idempotent; quiet when
+# everything is present. Called by `make deps` (and so by `make check`).
+set -eu
+cd "$(dirname "$0")/.."
+
+PKGS="build-essential pkg-config libmsgpack-dev libzstd-dev zstd libjansson-dev
+libutf8proc-dev libopenblas-dev parallel bats bats-support bats-assert jq
+graphviz python3 python3-torch python3-numpy python3-jsonschema clang libclang-rt-14-dev
+clang-format chromium openssh-client"
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+		missing="$missing $p"
+	fi
+done
+# Node.js may come from elsewhere (the machine image ships one); add Debian's only if absent.
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
+if [ -n "$missing" ]; then
+	echo "deps: installing:$missing" >&2
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -q >&2
+	# shellcheck disable=SC2086
+	$SUDO apt-get install -y -q --no-install-recommends $missing >&2
+fi
+
+# npm references for the tokenizer tests and benchmark (pinned by the lock file).
+if [ -f tests/js/package.json ] && [ ! -f tests/js/node_modules/.circ-ok ]; then
+	echo "deps: npm ci in tests/js" >&2
+	(cd tests/js && npm ci --no-audit --no-fund --loglevel=error >&2 && touch node_modules/.circ-ok)
+fi
