@@ -47,6 +47,8 @@ TOOLS = $(filter-out circ,$(notdir $(basename $(CMD_SRC))))
 BINS = $(B)/bin/circ $(TOOLS:%=$(B)/bin/circ-%)
 UNIT_SRC = $(sort $(wildcard tests/unit/*.c))
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+BENCH_SRC = $(sort $(wildcard bench/*.c))
+BENCH_BIN = $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
 all: 
 .PHONY: check-sanitize all deps check unit bats run bench install uninstall clean format format-check fuzz fuzz-ci
@@ -74,6 +76,9 @@ $(B)/bin/circ-%: $(B)/cmd/%.o $(B)/libcirc.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(B)/tests/%: $(B)/tests/unit/%.o $(B)/libcirc.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(B)/bench/%: $(B)/bench/%.o $(B)/libcirc.a
+	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 
@@ -104,8 +109,8 @@ check-sanitize:
 run: deps all
 	@$(MAKE) --no-print-directory -f pipelines/demo.mk
 
-bench: deps all
-	@bench/run.sh
+bench: deps all $(BENCH_BIN)
+	@B=$(B) bench/run.sh
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1
@@ -125,7 +130,7 @@ format-check:
 clean:
 	rm -rf build bin
 
--include $(LIB_OBJ:.o=.d) $(CMD_SRC:%.c=$(B)/%.d) $(UNIT_SRC:%.c=$(B)/%.d)
+-include $(LIB_OBJ:.o=.d) $(CMD_SRC:%.c=$(B)/%.d) $(UNIT_SRC:%.c=$(B)/%.d) $(BENCH_SRC:%.c=$(B)/%.d)
 
 # Fuzzing the stream reader with libFuzzer (clang). `make fuzz` runs until
 # stopped (FUZZ_SECONDS=N to bound it); new inputs are kept in the corpus.

@@ -28,6 +28,8 @@
 #include "json.h"
 
 #define CHUNK (1u << 17)
+#define UNPACK_INIT (1u << 23) /* unpacker buffer: whole tensor records land without regrowth */
+#define UNPACK_READ (1u << 20)
 #define STAGE_CAP (1u << 16)
 
 static const char *const dtype_names[CIRC_DTYPE_COUNT] = {"f32", "f64", "f16", "bf16",
@@ -585,7 +587,7 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 					   (long long)r->recno + 1, r->max_record);
 		/* Grow reads geometrically so that rescanning a large record stays linear. */
 		{
-			size_t want = avail > CHUNK ? avail : CHUNK, got = 0;
+			size_t want = avail > UNPACK_READ ? avail : UNPACK_READ, got = 0;
 			if (msgpack_unpacker_buffer_capacity(&r->up) < want &&
 			    !msgpack_unpacker_reserve_buffer(&r->up, want))
 				return circ_errorf(e, "%s: out of memory", r->name);
@@ -882,7 +884,7 @@ static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e
 		r->fmt = FMT_JSON;
 	} else {
 		r->fmt = FMT_MSGPACK;
-		if (!msgpack_unpacker_init(&r->up, CHUNK)) {
+		if (!msgpack_unpacker_init(&r->up, UNPACK_INIT)) {
 			circ_errorf(e, "%s: out of memory", r->name);
 			goto fail;
 		}

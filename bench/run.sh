@@ -1,0 +1,15 @@
+#!/bin/sh
+# make bench: every hot path side by side with its reference on this machine.
+# Ratios > 1 mean circ is faster. Run on an idle machine; OPENBLAS_CORETYPE
+# is left as the environment sets it.
+set -u
+cd "$(dirname "$0")/.."
+export B=${B:-build/release}
+status=0
+for b in stream tokenize model attrib acdc; do
+	if [ -x "bench/$b.sh" ]; then
+		echo "== $b"
+		"bench/$b.sh" || status=1
+	fi
+done
+exit $status
