@@ -19,7 +19,7 @@ static const circ_opt stream_opts[] = {
 	{"output", CIRC_OPT_OUTPUT, "FILE", "write to FILE (atomically, via a temporary) instead of stdout"},
 	{"json", CIRC_OPT_JSON, NULL, "write JSON lines instead of a binary stream"},
 	{"no-compress", CIRC_OPT_NO_COMPRESS, NULL, "write plain msgpack (no zstd)"},
-	{"level", CIRC_OPT_LEVEL, "N", "zstd level, 1..19 (default 3)"},
+	{"compress-level", CIRC_OPT_LEVEL, "N", "zstd level, 1..19 (default 3)"},
 	{"force", CIRC_OPT_FORCE, NULL, "write a binary stream even to a terminal"},
 	{0},
 };
@@ -154,7 +154,7 @@ int circ_cli_parse(circ_cli *cli, int argc, char **argv,
 		case CIRC_OPT_OUTPUT: cli->output = optarg; break;
 		case CIRC_OPT_JSON: cli->wopts.json = 1; break;
 		case CIRC_OPT_NO_COMPRESS: cli->wopts.compress = 0; break;
-		case CIRC_OPT_LEVEL: cli->wopts.level = (int)circ_opt_i64("level", optarg, 1, 19); break;
+		case CIRC_OPT_LEVEL: cli->wopts.level = (int)circ_opt_i64("compress-level", optarg, 1, 19); break;
 		case CIRC_OPT_FORCE: cli->wopts.force = 1; break;
 		case '?':
 			if (optopt && optopt < 256)

@@ -1,0 +1,448 @@
+/*
+ * example: token records -> examples -> equal-length batches, and the task
+ * metrics with their gradients (see example.h for the definitions).
+ */
+#include "example.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const metric_names[CIRC_METRIC_COUNT] = {"logit_diff", "prob_diff",
+							     "logprob", "kl"};
+
+const char *circ_metric_name(circ_metric_kind k)
+{
+	return (unsigned)k < CIRC_METRIC_COUNT ? metric_names[k] : "?";
+}
+
+int circ_metric_parse(const char *s, size_t n, circ_metric_kind *k)
+{
+	for (int i = 0; i < CIRC_METRIC_COUNT; i++)
+		if (strlen(metric_names[i]) == n && !memcmp(metric_names[i], s, n)) {
+			*k = (circ_metric_kind)i;
+			return 0;
+		}
+	return -1;
+}
+
+int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e)
+{
+	const char *s;
+	size_t n;
+	if (circ_rec_str(hdr, "metric", &s, &n, e) < 0)
+		return circ_error_prefix(e, "header");
+	if (circ_metric_parse(s, n, k) < 0)
+		return circ_errorf(e, "header: field 'metric': unknown metric '%.*s' (logit_diff, "
+				      "prob_diff, logprob or kl)",
+				   (int)n, s);
+	return 0;
+}
+
+static int tokens_field(const msgpack_object *rec, const char *key, int vocab, int n_ctx,
+			int32_t **out, int *T, circ_error *e)
+{
+	circ_tensor t;
+	int64_t n;
+	if (circ_rec_tensor(rec, key, &t, e) < 0)
+		return -1;
+	if (t.ndim != 1)
+		return circ_errorf(e, "field '%s': expected a 1-d tensor of token ids, got %d dims",
+				   key, t.ndim);
+	n = t.shape[0];
+	if (n < 1)
+		return circ_errorf(e, "field '%s': no tokens", key);
+	if (n_ctx > 0 && n > n_ctx)
+		return circ_errorf(e, "field '%s': %lld tokens, longer than the model's context (%d)",
+				   key, (long long)n, n_ctx);
+	*out = circ_xmalloc((size_t)n * sizeof **out);
+	if (circ_tensor_copy_i32(&t, *out, e) < 0) {
+		free(*out);
+		*out = NULL;
+		return circ_error_prefix(e, "field '%s'", key);
+	}
+	for (int64_t i = 0; i < n; i++)
+		if ((*out)[i] < 0 || (vocab > 0 && (*out)[i] >= vocab)) {
+			circ_errorf(e,
+				    "field '%s': token %d at position %lld is outside the vocabulary "
+				    "(%d tokens; was the stream made with another tokenizer?)",
+				    key, (*out)[i], (long long)i, vocab);
+			free(*out);
+			*out = NULL;
+			return -1;
+		}
+	*T = (int)n;
+	return 0;
+}
+
+static int int_list(const msgpack_object *rec, const char *key, int optional, int vocab,
+		    int32_t **out, int *n, circ_error *e)
+{
+	const msgpack_object *o = circ_rec_get(rec, key);
+	*out = NULL;
+	*n = 0;
+	if (!o) {
+		if (optional)
+			return 0;
+		return circ_errorf(e, "missing field '%s'", key);
+	}
+	if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+		*out = circ_xmalloc(sizeof **out);
+		if (o->via.u64 > INT32_MAX || (vocab > 0 && o->via.u64 >= (uint64_t)vocab))
+			return circ_errorf(e, "field '%s': %llu is out of range", key,
+					   (unsigned long long)o->via.u64);
+		(*out)[0] = (int32_t)o->via.u64;
+		*n = 1;
+		return 0;
+	}
+	if (o->type != MSGPACK_OBJECT_ARRAY)
+		return circ_errorf(e, "field '%s': expected an int or an array of ints, got %s", key,
+				   circ_obj_type_name(o));
+	*out = circ_xmalloc((o->via.array.size ? o->via.array.size : 1) * sizeof **out);
+	for (uint32_t i = 0; i < o->via.array.size; i++) {
+		const msgpack_object *v = &o->via.array.ptr[i];
+		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX)
+			return circ_errorf(e, "field '%s': item %u is not a non-negative int", key, i);
+		if (vocab > 0 && v->via.u64 >= (uint64_t)vocab)
+			return circ_errorf(e,
+					   "field '%s': token %llu is outside the vocabulary (%d "
+					   "tokens)",
+					   key, (unsigned long long)v->via.u64, vocab);
+		(*out)[i] = (int32_t)v->via.u64;
+	}
+	*n = (int)o->via.array.size;
+	return 0;
+}
+
+int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
+		       circ_example *ex, circ_error *e)
+{
+	int Tc = 0;
+	memset(ex, 0, sizeof *ex);
+	if (circ_rec_i64(rec, "id", &ex->id, e) < 0)
+		goto fail;
+	if (tokens_field(rec, "clean", vocab, n_ctx, &ex->clean, &ex->T, e) < 0 ||
+	    tokens_field(rec, "corrupt", vocab, n_ctx, &ex->corrupt, &Tc, e) < 0)
+		goto fail;
+	if (Tc != ex->T) {
+		circ_errorf(e, "clean and corrupt differ in length (%d and %d tokens)", ex->T, Tc);
+		goto fail;
+	}
+	if (int_list(rec, "pos", 0, 0, &ex->pos, &ex->npos, e) < 0 ||
+	    int_list(rec, "answer", metric == CIRC_METRIC_KL, vocab, &ex->ans, &ex->nans, e) < 0 ||
+	    int_list(rec, "wrong", 1, vocab, &ex->wrong, &ex->nwrong, e) < 0)
+		goto fail;
+	if (ex->npos < 1) {
+		circ_errorf(e, "field 'pos': no read position");
+		goto fail;
+	}
+	for (int i = 0; i < ex->npos; i++)
+		if (ex->pos[i] >= ex->T) {
+			circ_errorf(e, "field 'pos': position %d is past the last token (%d tokens)",
+				    ex->pos[i], ex->T);
+			goto fail;
+		}
+	switch (metric) {
+	case CIRC_METRIC_LOGIT_DIFF:
+		if (ex->npos > 1 && (ex->nans != ex->npos || ex->nwrong != ex->npos)) {
+			circ_errorf(e, "logit_diff over %d positions needs one answer and one wrong "
+				       "answer per position (got %d and %d)",
+				    ex->npos, ex->nans, ex->nwrong);
+			goto fail;
+		}
+		if (ex->nans < 1 || ex->nwrong < 1) {
+			circ_errorf(e, "logit_diff needs an answer and a wrong answer");
+			goto fail;
+		}
+		break;
+	case CIRC_METRIC_PROB_DIFF:
+		if (ex->npos != 1 || ex->nans < 1) {
+			circ_errorf(e, "prob_diff reads one position and needs answers");
+			goto fail;
+		}
+		break;
+	case CIRC_METRIC_LOGPROB:
+		if ((ex->npos > 1 && ex->nans != ex->npos) || ex->nans < 1) {
+			circ_errorf(e, "logprob over %d positions needs one answer per position (got "
+				       "%d)",
+				    ex->npos, ex->nans);
+			goto fail;
+		}
+		break;
+	default: break;
+	}
+	return 0;
+fail:
+	circ_example_free(ex);
+	return -1;
+}
+
+void circ_example_free(circ_example *ex)
+{
+	if (!ex)
+		return;
+	free(ex->clean);
+	free(ex->corrupt);
+	free(ex->pos);
+	free(ex->ans);
+	free(ex->wrong);
+	memset(ex, 0, sizeof *ex);
+}
+
+/* ---- batches ---- */
+
+struct circ_batcher {
+	circ_reader *r;
+	circ_metric_kind metric;
+	int vocab, n_ctx, max_b;
+	circ_example pending;
+	int has_pending, eof;
+	int64_t count;
+	circ_batch b;
+};
+
+circ_batcher *circ_batcher_new(circ_reader *r, circ_metric_kind metric, int vocab, int n_ctx,
+			       int max_b)
+{
+	circ_batcher *bt = circ_xcalloc(1, sizeof *bt);
+	bt->r = r;
+	bt->metric = metric;
+	bt->vocab = vocab;
+	bt->n_ctx = n_ctx;
+	bt->max_b = max_b < 1 ? 1 : max_b;
+	bt->b.ex = circ_xcalloc((size_t)bt->max_b, sizeof *bt->b.ex);
+	bt->b.row0 = circ_xcalloc((size_t)bt->max_b, sizeof *bt->b.row0);
+	return bt;
+}
+
+static void batch_clear(circ_batch *b)
+{
+	for (int i = 0; i < b->B; i++)
+		circ_example_free(&b->ex[i]);
+	b->B = 0;
+	b->n_read = 0;
+}
+
+int circ_batcher_next(circ_batcher *bt, circ_batch **out, circ_error *e)
+{
+	circ_batch *b = &bt->b;
+	batch_clear(b);
+	for (;;) {
+		circ_example ex;
+		const msgpack_object *rec;
+		int k;
+		if (bt->has_pending) {
+			ex = bt->pending;
+			bt->has_pending = 0;
+		} else {
+			if (bt->eof)
+				break;
+			k = circ_reader_next(bt->r, &rec, e);
+			if (k < 0)
+				return -1;
+			if (k == 0) {
+				bt->eof = 1;
+				break;
+			}
+			if (circ_example_parse(rec, bt->metric, bt->vocab, bt->n_ctx, &ex, e) < 0)
+				return circ_reader_fail(bt->r, e);
+			bt->count++;
+		}
+		if (b->B > 0 && ex.T != b->T) {
+			bt->pending = ex;
+			bt->has_pending = 1;
+			break;
+		}
+		b->T = ex.T;
+		b->ex[b->B++] = ex;
+		if (b->B == bt->max_b)
+			break;
+	}
+	if (b->B == 0)
+		return 0;
+	b->clean = circ_xrealloc(b->clean, (size_t)b->B * (size_t)b->T * sizeof *b->clean);
+	b->corrupt = circ_xrealloc(b->corrupt, (size_t)b->B * (size_t)b->T * sizeof *b->corrupt);
+	b->n_read = 0;
+	for (int i = 0; i < b->B; i++) {
+		memcpy(b->clean + (size_t)i * b->T, b->ex[i].clean, (size_t)b->T * 4);
+		memcpy(b->corrupt + (size_t)i * b->T, b->ex[i].corrupt, (size_t)b->T * 4);
+		b->row0[i] = b->n_read;
+		b->n_read += b->ex[i].npos;
+	}
+	b->read_b = circ_xrealloc(b->read_b, (size_t)b->n_read * sizeof *b->read_b);
+	b->read_t = circ_xrealloc(b->read_t, (size_t)b->n_read * sizeof *b->read_t);
+	for (int i = 0, k = 0; i < b->B; i++)
+		for (int j = 0; j < b->ex[i].npos; j++, k++) {
+			b->read_b[k] = i;
+			b->read_t[k] = b->ex[i].pos[j];
+		}
+	*out = b;
+	return 1;
+}
+
+int64_t circ_batcher_count(const circ_batcher *bt)
+{
+	return bt->count;
+}
+
+void circ_batcher_free(circ_batcher *bt)
+{
+	if (!bt)
+		return;
+	batch_clear(&bt->b);
+	if (bt->has_pending)
+		circ_example_free(&bt->pending);
+	free(bt->b.ex);
+	free(bt->b.row0);
+	free(bt->b.clean);
+	free(bt->b.corrupt);
+	free(bt->b.read_b);
+	free(bt->b.read_t);
+	free(bt);
+}
+
+/* ---- metrics ---- */
+
+void circ_log_softmax(float *out, const float *logits, int n, int V)
+{
+	for (int i = 0; i < n; i++) {
+		const float *z = logits + (size_t)i * V;
+		float *o = out + (size_t)i * V;
+		double mx = -INFINITY, s = 0;
+		for (int k = 0; k < V; k++)
+			if (z[k] > mx)
+				mx = z[k];
+		for (int k = 0; k < V; k++)
+			s += exp(z[k] - mx);
+		double lse = mx + log(s);
+		for (int k = 0; k < V; k++)
+			o[k] = (float)(z[k] - lse);
+	}
+}
+
+/* Softmax of one row into p (V), in double; returns log-sum-exp. */
+static double softmax_row(const float *z, int V, double *p)
+{
+	double mx = -INFINITY, s = 0;
+	for (int k = 0; k < V; k++)
+		if (z[k] > mx)
+			mx = z[k];
+	for (int k = 0; k < V; k++)
+		s += (p[k] = exp(z[k] - mx));
+	for (int k = 0; k < V; k++)
+		p[k] /= s;
+	return mx + log(s);
+}
+
+double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
+			const float *clean_logp, int V, float *dlogits)
+{
+	const circ_example *ex = &bt->ex[b];
+	int row0 = bt->row0[b], n = ex->npos;
+	double m = 0;
+	double *p = circ_xmalloc((size_t)V * sizeof *p);
+	for (int i = 0; i < n; i++) {
+		const float *z = logits + (size_t)(row0 + i) * V;
+		float *dz = dlogits ? dlogits + (size_t)(row0 + i) * V : NULL;
+		if (dz)
+			memset(dz, 0, (size_t)V * sizeof *dz);
+		switch (k) {
+		case CIRC_METRIC_LOGIT_DIFF:
+			if (n == 1) {
+				for (int j = 0; j < ex->nans; j++) {
+					m += z[ex->ans[j]] / (double)ex->nans;
+					if (dz)
+						dz[ex->ans[j]] += 1.0f / (float)ex->nans;
+				}
+				for (int j = 0; j < ex->nwrong; j++) {
+					m -= z[ex->wrong[j]] / (double)ex->nwrong;
+					if (dz)
+						dz[ex->wrong[j]] -= 1.0f / (float)ex->nwrong;
+				}
+			} else {
+				m += (z[ex->ans[i]] - z[ex->wrong[i]]) / (double)n;
+				if (dz) {
+					dz[ex->ans[i]] += 1.0f / (float)n;
+					dz[ex->wrong[i]] -= 1.0f / (float)n;
+				}
+			}
+			break;
+		case CIRC_METRIC_PROB_DIFF: {
+			double v = 0;
+			softmax_row(z, V, p);
+			for (int j = 0; j < ex->nans; j++)
+				v += p[ex->ans[j]];
+			for (int j = 0; j < ex->nwrong; j++)
+				v -= p[ex->wrong[j]];
+			m += v;
+			if (dz) {
+				/* dm/dz_k = p_k (c_k - m), c_k = +1 per answer, -1 per wrong */
+				for (int q = 0; q < V; q++)
+					dz[q] = (float)(-p[q] * v);
+				for (int j = 0; j < ex->nans; j++)
+					dz[ex->ans[j]] += (float)p[ex->ans[j]];
+				for (int j = 0; j < ex->nwrong; j++)
+					dz[ex->wrong[j]] -= (float)p[ex->wrong[j]];
+			}
+			break;
+		}
+		case CIRC_METRIC_LOGPROB: {
+			softmax_row(z, V, p);
+			if (n == 1) {
+				double pa = 0;
+				for (int j = 0; j < ex->nans; j++)
+					pa += p[ex->ans[j]];
+				m += log(pa);
+				if (dz) {
+					for (int q = 0; q < V; q++)
+						dz[q] = (float)-p[q];
+					for (int j = 0; j < ex->nans; j++)
+						dz[ex->ans[j]] += (float)(p[ex->ans[j]] / pa);
+				}
+			} else {
+				m += log(p[ex->ans[i]]) / n;
+				if (dz) {
+					for (int q = 0; q < V; q++)
+						dz[q] = (float)(-p[q] / n);
+					dz[ex->ans[i]] += 1.0f / (float)n;
+				}
+			}
+			break;
+		}
+		case CIRC_METRIC_KL: {
+			const float *lp = clean_logp + (size_t)(row0 + i) * V;
+			double lse = softmax_row(z, V, p), kl = 0;
+			for (int q = 0; q < V; q++) {
+				double P = exp(lp[q]);
+				if (P > 0)
+					kl += P * (lp[q] - (z[q] - lse));
+				if (dz)
+					dz[q] = (float)((p[q] - P) / n);
+			}
+			m += kl / n;
+			break;
+		}
+		default: break;
+		}
+	}
+	free(p);
+	return m;
+}
+
+int circ_metric_higher_better(circ_metric_kind k)
+{
+	return k != CIRC_METRIC_KL;
+}
+
+int circ_metric_correct(const circ_batch *bt, int b, const float *logits, int V)
+{
+	const circ_example *ex = &bt->ex[b];
+	const float *z = logits + (size_t)bt->row0[b] * V;
+	int best = 0;
+	if (ex->nans < 1)
+		return 0;
+	for (int k = 1; k < V; k++)
+		if (z[k] > z[best])
+			best = k;
+	return best == ex->ans[0];
+}

@@ -1,0 +1,104 @@
+/*
+ * example: the examples of a task as the discovery tools use them — a clean
+ * prompt, its corrupted counterpart, the positions read, the answer and the
+ * wrong answer — parsed from a token stream (circ-tokenize), gathered into
+ * batches of equal length, and scored by the task's metric with its gradient
+ * with respect to the logits, so that a backward pass can start from it.
+ *
+ * Metrics, per example, over its read positions p_1..p_n (usually one, the
+ * last; several for induction-like tasks, where answer i belongs to p_i):
+ *   logit_diff  mean over answers of logit[a] - mean over wrongs of logit[w]
+ *               (at the single read position)
+ *   prob_diff   sum over answers of p[a] - sum over wrongs of p[w]
+ *   logprob     mean over i of log p_i[answer_i]
+ *   kl          mean over i of KL(clean_i || current_i), needing the clean
+ *               log-probabilities at the same rows (lower is closer)
+ * The gradient is d metric / d logits at each read row.
+ *
+ * Layering: uses util and stream; used by patch, attrib and the tools.
+ */
+#ifndef CIRC_EXAMPLE_H
+#define CIRC_EXAMPLE_H
+
+#include <msgpack.h>
+#include <stdint.h>
+
+#include "stream.h"
+
+typedef enum circ_metric_kind {
+	CIRC_METRIC_LOGIT_DIFF,
+	CIRC_METRIC_PROB_DIFF,
+	CIRC_METRIC_LOGPROB,
+	CIRC_METRIC_KL,
+	CIRC_METRIC_COUNT
+} circ_metric_kind;
+
+const char *circ_metric_name(circ_metric_kind k);
+int circ_metric_parse(const char *s, size_t n, circ_metric_kind *k); /* 0 ok, -1 unknown */
+
+/* One example. Arrays are owned (circ_example_free). */
+typedef struct circ_example {
+	int64_t id;
+	int T;
+	int32_t *clean;	  /* (T) */
+	int32_t *corrupt; /* (T) */
+	int npos;
+	int32_t *pos;	  /* (npos) read positions, each < T */
+	int nans, nwrong;
+	int32_t *ans;	  /* (nans) */
+	int32_t *wrong;	  /* (nwrong) */
+} circ_example;
+
+/* Parses a tokens record. vocab and n_ctx bound ids and length (0: no
+ * check). Errors name the field: "field 'clean': token 50300 at position 3 is
+ * outside the vocabulary (50257 tokens)", "... 1100 tokens, longer than the
+ * model's context (1024)". The metric decides how answers pair with
+ * positions (see above). */
+int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
+		       circ_example *ex, circ_error *e);
+void circ_example_free(circ_example *ex);
+
+/* Metric kind from a tokens header ("metric"); -1 with a message if absent
+ * or unknown. */
+int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e);
+
+/* Reads examples from a token stream into batches of up to max_b examples
+ * of equal length (a batch ends where the length changes: keep a dataset's
+ * lengths grouped for speed). */
+typedef struct circ_batch {
+	int B, T;
+	circ_example *ex;	/* (B) */
+	int32_t *clean;		/* (B, T) */
+	int32_t *corrupt;	/* (B, T) */
+	int n_read;		/* sum of npos */
+	int32_t *read_b, *read_t; /* (n_read) rows: example b, position t */
+	int *row0;		/* (B) first read row of each example */
+} circ_batch;
+
+typedef struct circ_batcher circ_batcher;
+circ_batcher *circ_batcher_new(circ_reader *r, circ_metric_kind metric, int vocab, int n_ctx,
+			       int max_b);
+/* Next batch: 1 (valid until the next call), 0 at end, -1 with a message
+ * naming the file and record. */
+int circ_batcher_next(circ_batcher *bt, circ_batch **b, circ_error *e);
+int64_t circ_batcher_count(const circ_batcher *bt); /* examples read so far */
+void circ_batcher_free(circ_batcher *bt);
+
+/* Log-softmax of each of n rows of V logits into out (n, V). */
+void circ_log_softmax(float *out, const float *logits, int n, int V);
+
+/* Metric of example b of the batch from the logits rows of its reads
+ * (rows row0[b] .. row0[b]+npos-1 of `logits`, (N, V)). clean_logp is the
+ * clean log-softmax at the same rows (kl only; else may be NULL). When
+ * dlogits is not NULL, writes d metric / d logits into the same rows of
+ * dlogits (N, V) (other rows untouched). Returns the metric. */
+double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
+			const float *clean_logp, int V, float *dlogits);
+/* 1 for metrics where higher means the behaviour is stronger (logit_diff,
+ * prob_diff, logprob); 0 for kl. Scores are effects on the loss: -metric, or
+ * kl itself. */
+int circ_metric_higher_better(circ_metric_kind k);
+/* 1 if the top-1 token at the example's first read row is its first answer. */
+int circ_metric_correct(const circ_batch *bt, int b, const float *logits, int V);
+
+#endif
