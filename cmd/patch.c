@@ -1,15 +1,467 @@
 /*
- * circ-patch: not built yet (see the project's issues). It says so and exits 1
- * rather than pretending to work.
+ * circ-patch: run the model with edges or nodes of its graph patched and
+ * report how much of the behaviour a circuit keeps:
+ *   f = (m(C) - m(empty)) / (m(M) - m(empty)),
+ * with m(M) the clean model, m(empty) every edge patched, m(C) every edge
+ * outside the circuit patched (means over examples). With --curve it scores
+ * circuits of the top-ranked edges at MIB's sizes and writes a curve stream
+ * with its areas (CPR: area under f; CMD: area between f and 1).
  */
-#include "opt.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
-static const circ_opt opts[] = {{0}};
+#include "circuit.h"
+#include "evalm.h"
+#include "opt.h"
+#include "patch.h"
+
+enum {
+	OPT_MODEL = 'm',
+	OPT_CIRCUIT = 'c',
+	OPT_EDGES = CIRC_OPT_FIRST_TOOL,
+	OPT_NODES,
+	OPT_CURVE,
+	OPT_ABSOLUTE,
+	OPT_ABLATION,
+	OPT_MEAN_REF,
+	OPT_PER_POSITION,
+	OPT_METRIC,
+	OPT_LEVEL,
+	OPT_CONVENTION,
+	OPT_BATCH,
+	OPT_THREADS,
+	OPT_FRACTIONS,
+};
+
+static const circ_opt opts[] = {
+	{"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 directory"},
+	{"circuit", OPT_CIRCUIT, "FILE", "circuit stream: its edges are kept, every other edge patched"},
+	{"edges", OPT_EDGES, "FILE", "stream of {\"edge\": name} records: these edges are patched"},
+	{"nodes", OPT_NODES, "LIST", "comma-separated nodes whose outputs are patched everywhere"},
+	{"curve", OPT_CURVE, "SCORES", "faithfulness curve of top-ranked circuits from a scores stream"},
+	{"absolute", OPT_ABSOLUTE, NULL, "with --curve: rank edges by |score| (as for CMD)"},
+	{"fractions", OPT_FRACTIONS, "LIST", "with --curve: circuit sizes as fractions of all edges"},
+	{"ablation", OPT_ABLATION, "A", "resample (default), mean or zero"},
+	{"mean-ref", OPT_MEAN_REF, "FILE", "token stream whose clean prompts give the means"},
+	{"per-position", OPT_PER_POSITION, NULL, "mean ablation with one mean per position"},
+	{"metric", OPT_METRIC, "M", "override the task's metric (logit_diff, prob_diff, logprob, kl)"},
+	{"level", OPT_LEVEL, "L", "edge (default) or node"},
+	{"convention", OPT_CONVENTION, "C", "eap-ig (default) or acdc"},
+	{"batch", OPT_BATCH, "N", "examples per batch (default 16)"},
+	{"threads", OPT_THREADS, "N", "threads (default 1)"},
+	{0},
+};
+
+static struct {
+	const char *model, *circuit, *edges, *nodes, *curve, *mean_ref, *fractions;
+	int absolute, per_position, batch, threads, has_metric;
+	circ_ablation ablation;
+	circ_metric_kind metric;
+	circ_graph_level level;
+	circ_input_conv conv;
+	int level_set, conv_set;
+} o = {.batch = 16, .threads = 1, .ablation = CIRC_ABL_RESAMPLE};
+
+static int handle(int key, const char *arg, void *ctx)
+{
+	switch (key) {
+	case OPT_MODEL: o.model = arg; return 0;
+	case OPT_CIRCUIT: o.circuit = arg; return 0;
+	case OPT_EDGES: o.edges = arg; return 0;
+	case OPT_NODES: o.nodes = arg; return 0;
+	case OPT_CURVE: o.curve = arg; return 0;
+	case OPT_ABSOLUTE: o.absolute = 1; return 0;
+	case OPT_FRACTIONS: o.fractions = arg; return 0;
+	case OPT_ABLATION:
+		if (circ_ablation_parse(arg, &o.ablation) < 0)
+			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
+		return 0;
+	case OPT_MEAN_REF: o.mean_ref = arg; return 0;
+	case OPT_PER_POSITION: o.per_position = 1; return 0;
+	case OPT_METRIC:
+		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
+			circ_usage_error("unknown metric '%s'", arg);
+		o.has_metric = 1;
+		return 0;
+	case OPT_LEVEL:
+		if (circ_graph_level_parse(arg, &o.level) < 0)
+			circ_usage_error("unknown level '%s' (edge, node)", arg);
+		o.level_set = 1;
+		return 0;
+	case OPT_CONVENTION:
+		if (circ_graph_input_parse(arg, &o.conv) < 0)
+			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
+		o.conv_set = 1;
+		return 0;
+	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
+	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	}
+	return -1;
+}
+
+/* Circuits to evaluate: one (--circuit, --edges, --nodes) or a curve. */
+typedef struct job {
+	int n;
+	uint8_t **keep;	  /* (n) each (E) */
+	double *fraction; /* (n) curve only */
+	int64_t *n_edges; /* (n) */
+	int *stage;	  /* (n) lowest stage with a patched edge */
+} job;
+
+static int lowest_patched_stage(circ_patcher *p, const circ_graph *g, const uint8_t *keep)
+{
+	int lo = 2 * g->n_layer + 1;
+	for (int64_t ed = 0; ed < g->n_edges; ed++)
+		if (!keep[ed]) {
+			int s = circ_patcher_recv_stage(p, g->edge_recv[ed]);
+			if (s < lo)
+				lo = s;
+		}
+	return lo;
+}
+
+static void read_edges_to_patch(const char *path, const circ_graph *g, uint8_t *keep)
+{
+	circ_error e;
+	circ_reader *r = circ_reader_open(path, NULL, &e);
+	const msgpack_object *rec;
+	int k;
+	if (!r)
+		circ_die(&e);
+	memset(keep, 1, (size_t)g->n_edges);
+	while ((k = circ_reader_next(r, &rec, &e)) > 0) {
+		const char *s;
+		size_t n;
+		int64_t ed;
+		if (circ_rec_str(rec, "edge", &s, &n, &e) < 0 ||
+		    circ_graph_parse_edge(g, s, n, &ed, &e) < 0) {
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		keep[ed] = 0;
+	}
+	if (k < 0)
+		circ_die(&e);
+	circ_reader_free(r);
+}
+
+static void patch_nodes(const char *list, const circ_graph *g, uint8_t *keep)
+{
+	circ_error e;
+	const char *s = list;
+	memset(keep, 1, (size_t)g->n_edges);
+	while (*s) {
+		size_t n = strcspn(s, ",");
+		int node;
+		if (circ_graph_parse_node(g, s, n, &node, &e) < 0)
+			circ_usage_error("--nodes: %s", e.msg);
+		if (node >= g->n_up)
+			circ_usage_error("--nodes: logits has no output to patch");
+		for (int64_t ed = 0; ed < g->n_edges; ed++)
+			if (g->edge_up[ed] == node)
+				keep[ed] = 0;
+		s += n;
+		if (*s == ',')
+			s++;
+	}
+}
+
+static const double default_fractions[] = {0.001, 0.002, 0.005, 0.01, 0.02,
+					   0.05,  0.1,	 0.2,	0.5,  1.0};
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"[options]", "circ-patch is not built yet.", opts, 0};
+	circ_cli cli = {"--model DIR (--circuit FILE | --edges FILE | --nodes LIST | --curve SCORES) "
+			"[options] [tokens]",
+			"Run the model with edges patched; report faithfulness (f) per example and "
+			"overall, or a faithfulness curve.",
+			opts, 1};
+	circ_error e;
+	circ_model *m;
+	circ_graph *g = NULL;
+	circ_reader *r, *inputs[2];
+	int ninputs = 0;
+	circ_patcher *p;
+	circ_batcher *bt;
+	circ_batch *b;
+	circ_writer *w;
+	circ_patch_opts po = {0};
+	circ_progress pr;
+	const char *in = "-", *md;
+	job jb = {0};
+	double *sum_c, sum_m = 0, sum_0 = 0, *out;
+	int64_t count = 0;
+	int i, k, nsel;
+	circ_scores *sc = NULL;
+	circ_circuit *cc = NULL;
+
 	circ_init("circ-patch");
-	circ_cli_parse(&cli, argc, argv, NULL, NULL);
-	circ_dief("not built yet");
+	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	nsel = !!o.circuit + !!o.edges + !!o.nodes + !!o.curve;
+	if (nsel != 1)
+		circ_usage_error("give exactly one of --circuit, --edges, --nodes and --curve");
+	if (argc - i > 1)
+		circ_usage_error("one token stream at most");
+	if (argc - i == 1)
+		in = argv[i];
+	if (!o.model)
+		circ_usage_error("--model DIR is required");
+	if ((o.absolute || o.fractions) && !o.curve)
+		circ_usage_error("--absolute and --fractions go with --curve");
+	m = circ_model_open(o.model, NULL, &e);
+	if (!m)
+		circ_die(&e);
+	md = circ_model_digest(m, &e);
+	if (!md)
+		circ_die(&e);
+	/* the graph comes from the circuit or scores when they name one */
+	if (o.circuit) {
+		circ_reader *cr = circ_reader_open(o.circuit, "circuit", &e);
+		if (!cr || !(cc = circ_circuit_read(cr, NULL, &e)))
+			circ_die(&e);
+		if (cc->model_digest && *cc->model_digest && strcmp(cc->model_digest, md))
+			circ_dief("'%s': the circuit was found on another model (model_digest differs)",
+				  o.circuit);
+		g = cc->g;
+		inputs[ninputs++] = cr;
+	} else if (o.curve) {
+		circ_reader *sr = circ_reader_open(o.curve, "scores", &e);
+		if (!sr || !(sc = circ_scores_read(sr, &e)))
+			circ_die(&e);
+		if (sc->model_digest && *sc->model_digest && strcmp(sc->model_digest, md))
+			circ_dief("'%s': scores of another model (model_digest differs)", o.curve);
+		g = sc->g;
+		inputs[ninputs++] = sr;
+	} else {
+		g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head,
+				   o.level_set ? o.level : CIRC_LEVEL_EDGE, &e);
+		if (!g)
+			circ_die(&e);
+		if (o.conv_set)
+			g->input = o.conv;
+	}
+	if (g->n_layer != circ_model_config(m)->n_layer || g->n_head != circ_model_config(m)->n_head)
+		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
+			  g->n_layer, g->n_head, o.model);
+
+	r = circ_reader_open(in, "tokens", &e);
+	if (!r)
+		circ_die(&e);
+	inputs[ninputs++] = r;
+	if (!o.has_metric && circ_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0)
+		circ_die(&e);
+	po.ablation = o.ablation;
+	po.mean_per_position = o.per_position;
+	po.metric = o.metric;
+	po.threads = o.threads;
+	po.max_b = o.batch;
+	po.max_t = circ_model_config(m)->n_ctx;
+	p = circ_patcher_new(m, g, &po, &e);
+	if (!p)
+		circ_die(&e);
+
+	/* the circuits */
+	if (o.curve) {
+		int64_t *order = circ_xmalloc((size_t)g->n_edges * sizeof *order);
+		double fr[64];
+		int nf = 0;
+		if (o.fractions) {
+			const char *s = o.fractions;
+			while (*s && nf < 64) {
+				char t[64];
+				size_t n = strcspn(s, ",");
+				double v;
+				snprintf(t, sizeof t, "%.*s", (int)(n < 63 ? n : 63), s);
+				if (circ_parse_f64(t, &v) < 0 || v < 0 || v > 1 ||
+				    (nf && v <= fr[nf - 1]))
+					circ_usage_error("--fractions: '%s' is not an increasing "
+							 "fraction in [0, 1]",
+							 t);
+				fr[nf++] = v;
+				s += n;
+				if (*s == ',')
+					s++;
+			}
+		} else {
+			nf = (int)(sizeof default_fractions / sizeof *default_fractions);
+			memcpy(fr, default_fractions, sizeof default_fractions);
+		}
+		circ_rank_edges(g, sc->score, !o.absolute, order);
+		jb.n = nf;
+		jb.keep = circ_xcalloc((size_t)nf, sizeof *jb.keep);
+		jb.fraction = circ_xcalloc((size_t)nf, sizeof(double));
+		jb.n_edges = circ_xcalloc((size_t)nf, sizeof(int64_t));
+		for (int j = 0; j < nf; j++) {
+			int64_t n = circ_curve_n_edges(fr[j], g->n_edges);
+			jb.keep[j] = circ_xcalloc((size_t)g->n_edges, 1);
+			for (int64_t q = 0; q < n && q < sc->n_scored; q++)
+				jb.keep[j][order[q]] = 1;
+			jb.fraction[j] = fr[j];
+			jb.n_edges[j] = circ_count_kept(g, jb.keep[j]);
+		}
+		free(order);
+	} else {
+		jb.n = 1;
+		jb.keep = circ_xcalloc(1, sizeof *jb.keep);
+		jb.keep[0] = circ_xcalloc((size_t)g->n_edges, 1);
+		jb.n_edges = circ_xcalloc(1, sizeof(int64_t));
+		if (o.circuit)
+			memcpy(jb.keep[0], cc->keep, (size_t)g->n_edges);
+		else if (o.edges)
+			read_edges_to_patch(o.edges, g, jb.keep[0]);
+		else
+			patch_nodes(o.nodes, g, jb.keep[0]);
+		jb.n_edges[0] = circ_count_kept(g, jb.keep[0]);
+	}
+	jb.stage = circ_xcalloc((size_t)jb.n, sizeof(int));
+	for (int j = 0; j < jb.n; j++)
+		jb.stage[j] = lowest_patched_stage(p, g, jb.keep[j]);
+
+	if (o.ablation == CIRC_ABL_MEAN) {
+		circ_reader *mr;
+		circ_batcher *mb;
+		if (!o.mean_ref && !strcmp(in, "-"))
+			circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
+		mr = circ_reader_open(o.mean_ref ? o.mean_ref : in, "tokens", &e);
+		if (!mr)
+			circ_die(&e);
+		mb = circ_batcher_new(mr, o.metric, circ_model_config(m)->vocab_size,
+				      circ_model_config(m)->n_ctx, o.batch);
+		while ((k = circ_batcher_next(mb, &b, &e)) > 0)
+			if (circ_patcher_mean_add(p, b, &e) < 0)
+				circ_die(&e);
+		if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
+			circ_die(&e);
+		circ_batcher_free(mb);
+		circ_reader_free(mr);
+	}
+
+	w = circ_writer_open(cli.output, &cli.wopts, &e);
+	if (!w)
+		circ_die(&e);
+	if (o.curve) {
+		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g, circ_metric_name(o.metric),
+				       o.absolute, md, 1);
+		circ_pack_kv_str(circ_writer_packer(w), "ablation", circ_ablation_name(o.ablation));
+	} else {
+		msgpack_packer *pk;
+		circ_writer_header(w, "patch", argc, argv, inputs, ninputs, 5);
+		pk = circ_writer_packer(w);
+		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
+		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.ablation));
+		circ_pack_str(pk, "graph");
+		circ_graph_pack(pk, g);
+		circ_pack_kv_str(pk, "model_digest", md);
+		circ_pack_kv_i64(pk, "n_edges", jb.n_edges[0]);
+	}
+	if (circ_writer_end_record(w, &e) < 0)
+		circ_die(&e);
+
+	sum_c = circ_xcalloc((size_t)jb.n, sizeof(double));
+	out = circ_xmalloc((size_t)o.batch * sizeof *out);
+	bt = circ_batcher_new(r, o.metric, circ_model_config(m)->vocab_size,
+			      circ_model_config(m)->n_ctx, o.batch);
+	circ_progress_start(&pr, "examples", 0);
+	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
+		const double *mc, *m0;
+		if (circ_patcher_load(p, b, &e) < 0)
+			circ_die(&e);
+		mc = circ_patcher_clean_metric(p);
+		m0 = circ_patcher_ref_metric(p);
+		/* circuits from the largest patched stage down reuse the clean run most */
+		for (int j = jb.n - 1; j >= 0; j--) {
+			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0)
+				circ_die(&e);
+			for (int bb = 0; bb < b->B; bb++)
+				sum_c[j] += out[bb];
+			if (!o.curve)
+				for (int bb = 0; bb < b->B; bb++) {
+					msgpack_packer *pk = circ_writer_packer(w);
+					double den = mc[bb] - m0[bb];
+					msgpack_pack_map(pk, 5);
+					circ_pack_kv_i64(pk, "id", b->ex[bb].id);
+					circ_pack_kv_f64(pk, "metric_model", mc[bb]);
+					circ_pack_kv_f64(pk, "metric_empty", m0[bb]);
+					circ_pack_kv_f64(pk, "metric_circuit", out[bb]);
+					circ_pack_kv_f64(pk, "faithfulness",
+							 den != 0 ? (out[bb] - m0[bb]) / den : NAN);
+					if (circ_writer_end_record(w, &e) < 0)
+						circ_die(&e);
+				}
+		}
+		for (int bb = 0; bb < b->B; bb++) {
+			sum_m += mc[bb];
+			sum_0 += m0[bb];
+		}
+		count += b->B;
+		circ_progress_step(&pr, b->B);
+	}
+	if (k < 0)
+		circ_die(&e);
+	circ_progress_end(&pr);
+	if (count == 0)
+		circ_dief("%s: no examples", circ_reader_name(r));
+	{
+		double mm = sum_m / count, m0 = sum_0 / count;
+		if (o.curve) {
+			double *f = circ_xmalloc((size_t)jb.n * sizeof *f);
+			circ_curve_area area;
+			for (int j = 0; j < jb.n; j++) {
+				f[j] = (sum_c[j] / count - m0) / (mm - m0);
+				if (circ_curve_write_point(w, jb.fraction[j], jb.n_edges[j], f[j],
+							   sum_c[j] / count, &e) < 0)
+					circ_die(&e);
+			}
+			if (circ_curve_areas(jb.fraction, f, jb.n, 0, &area, &e) < 0 ||
+			    circ_curve_write_summary(w, area.area_under, area.area_from_1, &e) < 0)
+				circ_die(&e);
+			fprintf(stderr, "%s: %lld examples, %s ranking: area under f %.4f, area "
+					"between f and 1 %.4f\n",
+				circ_progname, (long long)count, o.absolute ? "|score|" : "signed",
+				area.area_under, area.area_from_1);
+			free(f);
+		} else {
+			msgpack_packer *pk = circ_writer_packer(w);
+			double mcirc = sum_c[0] / count, f = (mcirc - m0) / (mm - m0);
+			msgpack_pack_map(pk, 7);
+			circ_pack_str(pk, "summary");
+			msgpack_pack_true(pk);
+			circ_pack_kv_i64(pk, "n", count);
+			circ_pack_kv_i64(pk, "n_edges", jb.n_edges[0]);
+			circ_pack_kv_f64(pk, "metric_model", mm);
+			circ_pack_kv_f64(pk, "metric_empty", m0);
+			circ_pack_kv_f64(pk, "metric_circuit", mcirc);
+			circ_pack_kv_f64(pk, "faithfulness", f);
+			if (circ_writer_end_record(w, &e) < 0)
+				circ_die(&e);
+			fprintf(stderr,
+				"%s: %lld examples, %lld edges kept: m(model) %.4f, m(empty) %.4f, "
+				"m(circuit) %.4f, faithfulness %.4f\n",
+				circ_progname, (long long)count, (long long)jb.n_edges[0], mm, m0, mcirc,
+				f);
+		}
+	}
+	if (circ_writer_close(w, &e) < 0)
+		circ_die(&e);
+	for (int j = 0; j < jb.n; j++)
+		free(jb.keep[j]);
+	free(jb.keep);
+	free(jb.fraction);
+	free(jb.n_edges);
+	free(jb.stage);
+	free(sum_c);
+	free(out);
+	circ_batcher_free(bt);
+	circ_patcher_free(p);
+	for (int j = 0; j < ninputs; j++)
+		circ_reader_free(inputs[j]);
+	if (cc)
+		circ_circuit_free(cc);
+	else if (sc)
+		circ_scores_free(sc);
+	else
+		circ_graph_free(g);
+	circ_model_free(m);
+	return 0;
 }

@@ -1,15 +1,441 @@
 /*
- * circ-score: not built yet (see the project's issues). It says so and exits 1
- * rather than pretending to work.
+ * circ-score: one score per edge of the model's graph, for a task given as a
+ * token stream: eap, eap-ig, eap-ig-activations or exact patching. Scores
+ * are means over examples written with their sums and counts, so that
+ * shards scored in parallel merge exactly (--merge).
  */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attrib.h"
+#include "circuit.h"
 #include "opt.h"
 
-static const circ_opt opts[] = {{0}};
+enum {
+	OPT_MODEL = 'm',
+	OPT_METHOD = CIRC_OPT_FIRST_TOOL,
+	OPT_STEPS,
+	OPT_ABLATION,
+	OPT_MEAN_REF,
+	OPT_PER_POSITION,
+	OPT_METRIC,
+	OPT_LEVEL,
+	OPT_CONVENTION,
+	OPT_BATCH,
+	OPT_THREADS,
+	OPT_LIST_EDGES,
+	OPT_MERGE,
+	OPT_ACTS,
+};
+
+static const circ_opt opts[] = {
+	{"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"},
+	{"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations or exact"},
+	{"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5)"},
+	{"ablation", OPT_ABLATION, "A", "resample (default: the corrupted prompt), mean or zero"},
+	{"mean-ref", OPT_MEAN_REF, "FILE", "token stream whose clean prompts give the means (default: the input)"},
+	{"per-position", OPT_PER_POSITION, NULL, "mean ablation with one mean per position"},
+	{"metric", OPT_METRIC, "M", "override the task's metric (logit_diff, prob_diff, logprob, kl)"},
+	{"level", OPT_LEVEL, "L", "edge (default: q/k/v receivers) or node (whole heads)"},
+	{"convention", OPT_CONVENTION, "C", "eap-ig (default: input is the token embedding) or acdc"},
+	{"batch", OPT_BATCH, "N", "examples per batch (default 16)"},
+	{"threads", OPT_THREADS, "N", "threads (default 1)"},
+	{"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
+	{"merge", OPT_MERGE, NULL, "merge score streams (shards) given as files or concatenated"},
+	{"acts", OPT_ACTS, NULL, "eap from an acts stream (circ-harvest) instead of running the model"},
+	{0},
+};
+
+static struct {
+	const char *model, *mean_ref;
+	circ_attr_method method;
+	int steps, per_position, batch, threads, list_edges, merge, has_metric, acts;
+	circ_ablation ablation;
+	circ_metric_kind metric;
+	circ_graph_level level;
+	circ_input_conv conv;
+} o = {NULL, NULL, CIRC_ATTR_EAP, 5, 0, 16, 1, 0, 0, 0, 0, CIRC_ABL_RESAMPLE, CIRC_METRIC_KL,
+       CIRC_LEVEL_EDGE, CIRC_INPUT_EAPIG};
+
+static int handle(int key, const char *arg, void *ctx)
+{
+	switch (key) {
+	case OPT_MODEL: o.model = arg; return 0;
+	case OPT_METHOD:
+		if (circ_attr_parse(arg, &o.method) < 0)
+			circ_usage_error("unknown method '%s' (eap, eap-ig, eap-ig-activations, exact)",
+					 arg);
+		return 0;
+	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 1000); return 0;
+	case OPT_ABLATION:
+		if (circ_ablation_parse(arg, &o.ablation) < 0)
+			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
+		return 0;
+	case OPT_MEAN_REF: o.mean_ref = arg; return 0;
+	case OPT_PER_POSITION: o.per_position = 1; return 0;
+	case OPT_METRIC:
+		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
+			circ_usage_error("unknown metric '%s'", arg);
+		o.has_metric = 1;
+		return 0;
+	case OPT_LEVEL:
+		if (circ_graph_level_parse(arg, &o.level) < 0)
+			circ_usage_error("unknown level '%s' (edge, node)", arg);
+		return 0;
+	case OPT_CONVENTION:
+		if (circ_graph_input_parse(arg, &o.conv) < 0)
+			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
+		return 0;
+	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
+	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
+	case OPT_MERGE: o.merge = 1; return 0;
+	case OPT_ACTS: o.acts = 1; return 0;
+	}
+	return -1;
+}
+
+static void write_scores(circ_writer *w, const circ_graph *g, const double *sum,
+			 const int64_t *count, circ_error *e)
+{
+	char name[CIRC_NAME_MAX];
+	for (int64_t ed = 0; ed < g->n_edges; ed++) {
+		msgpack_packer *pk = circ_writer_packer(w);
+		if (count[ed] == 0)
+			continue;
+		circ_graph_edge_name(g, ed, name, sizeof name);
+		msgpack_pack_map(pk, 4);
+		circ_pack_kv_str(pk, "edge", name);
+		circ_pack_kv_f64(pk, "score", sum[ed] / (double)count[ed]);
+		circ_pack_kv_f64(pk, "sum", sum[ed]);
+		circ_pack_kv_i64(pk, "count", count[ed]);
+		if (circ_writer_end_record(w, e) < 0) {
+			circ_writer_abort(w);
+			circ_die(e);
+		}
+	}
+}
+
+static int same_str(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
+static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
+{
+	circ_error e;
+	circ_scores *acc = NULL;
+	circ_reader **rs = circ_xcalloc((size_t)nfiles, sizeof *rs);
+	circ_writer *w;
+	for (int f = 0; f < nfiles; f++) {
+		circ_scores *s;
+		rs[f] = circ_reader_open(files[f], "scores", &e);
+		if (!rs[f] || !(s = circ_scores_read(rs[f], &e)))
+			circ_die(&e);
+		if (!acc) {
+			acc = s;
+			continue;
+		}
+		if (!circ_graph_same(acc->g, s->g) || !same_str(acc->method, s->method) ||
+		    !same_str(acc->metric, s->metric) || !same_str(acc->model_digest, s->model_digest))
+			circ_dief("%s: scores of another graph, method, metric or model than %s",
+				  circ_reader_name(rs[f]), circ_reader_name(rs[0]));
+		for (int64_t ed = 0; ed < acc->g->n_edges; ed++) {
+			acc->sum[ed] += s->sum[ed];
+			acc->count[ed] += s->count[ed];
+		}
+		if (acc->n_examples >= 0 && s->n_examples >= 0)
+			acc->n_examples += s->n_examples;
+		circ_scores_free(s);
+	}
+	for (int64_t ed = 0; ed < acc->g->n_edges; ed++)
+		if (!isnan(acc->score[ed]) && acc->count[ed] == 0)
+			circ_dief("%s: edge scores without sum and count cannot be merged",
+				  circ_reader_name(rs[0]));
+	w = circ_writer_open(cli->output, &cli->wopts, &e);
+	if (!w)
+		circ_die(&e);
+	circ_writer_header(w, "scores", argc, argv, rs, nfiles, 6);
+	{
+		msgpack_packer *pk = circ_writer_packer(w);
+		circ_pack_kv_str(pk, "method", acc->method ? acc->method : "unknown");
+		circ_pack_kv_str(pk, "metric", acc->metric ? acc->metric : "unknown");
+		circ_pack_str(pk, "graph");
+		circ_graph_pack(pk, acc->g);
+		circ_pack_kv_str(pk, "model_digest", acc->model_digest ? acc->model_digest : "");
+		circ_pack_kv_str(pk, "dataset_digest", acc->dataset_digest ? acc->dataset_digest : "");
+		circ_pack_kv_i64(pk, "n_examples", acc->n_examples);
+	}
+	if (circ_writer_end_record(w, &e) < 0)
+		circ_die(&e);
+	write_scores(w, acc->g, acc->sum, acc->count, &e);
+	if (circ_writer_close(w, &e) < 0)
+		circ_die(&e);
+	for (int f = 0; f < nfiles; f++)
+		circ_reader_free(rs[f]);
+	free(rs);
+	circ_scores_free(acc);
+	return 0;
+}
+
+static char *hdr_strdup(const msgpack_object *hdr, const char *key)
+{
+	char *s = NULL;
+	circ_error e;
+	if (circ_rec_strdup(hdr, key, &s, &e) < 0)
+		return circ_xstrdup("");
+	return s;
+}
+
+/* eap from harvested activations: no model run at all. */
+static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
+{
+	circ_error e;
+	circ_reader *r = circ_reader_open(in, "acts", &e);
+	const msgpack_object *hdr, *rec;
+	circ_graph *g;
+	double *sum;
+	int64_t *count, n = 0, d_model;
+	char *md, *dd, *metric;
+	circ_writer *w;
+	int k;
+	if (!r)
+		circ_die(&e);
+	hdr = circ_reader_header(r);
+	if (!(g = circ_graph_from_header(hdr, &e)) || circ_rec_i64(hdr, "d_model", &d_model, &e) < 0) {
+		circ_reader_fail(r, &e);
+		circ_die(&e);
+	}
+	md = hdr_strdup(hdr, "model_digest");
+	dd = hdr_strdup(hdr, "dataset_digest");
+	metric = hdr_strdup(hdr, "metric");
+	if (o.model) {
+		circ_model *m = circ_model_open(o.model, NULL, &e);
+		const char *d = m ? circ_model_digest(m, &e) : NULL;
+		if (!d)
+			circ_die(&e);
+		if (strcmp(d, md))
+			circ_dief("%s: harvested from another model than '%s' (model_digest differs)",
+				  circ_reader_name(r), o.model);
+		circ_model_free(m);
+	}
+	sum = circ_xcalloc((size_t)g->n_edges, sizeof *sum);
+	while ((k = circ_reader_next(r, &rec, &e)) > 0) {
+		circ_tensor td, tg;
+		int64_t T;
+		float *diff, *grad;
+		int R = g->n_layer * (3 * g->n_head + 1) + 1;
+		if (circ_rec_i64(rec, "T", &T, &e) < 0 || circ_rec_tensor(rec, "diff", &td, &e) < 0 ||
+		    circ_rec_tensor(rec, "grad", &tg, &e) < 0) {
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		if (td.ndim != 3 || td.shape[0] != g->n_up || td.shape[1] != T ||
+		    td.shape[2] != d_model || tg.ndim != 3 || tg.shape[0] != R || tg.shape[1] != T ||
+		    tg.shape[2] != d_model) {
+			circ_errorf(&e, "tensors 'diff' and 'grad' must be [%d, T, %lld] and [%d, T, "
+					"%lld]",
+				    g->n_up, (long long)d_model, R, (long long)d_model);
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		diff = circ_xmalloc(td.nbytes);
+		grad = circ_xmalloc(tg.nbytes);
+		if (circ_tensor_copy_f32(&td, diff, &e) < 0 || circ_tensor_copy_f32(&tg, grad, &e) < 0) {
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		circ_eap_add(sum, g, (int)d_model, (int)T, diff, grad);
+		free(diff);
+		free(grad);
+		n++;
+	}
+	if (k < 0)
+		circ_die(&e);
+	if (n == 0)
+		circ_dief("%s: no examples", circ_reader_name(r));
+	w = circ_writer_open(cli->output, &cli->wopts, &e);
+	if (!w)
+		circ_die(&e);
+	{
+		msgpack_packer *pk;
+		circ_writer_header(w, "scores", argc, argv, &r, 1, 7);
+		pk = circ_writer_packer(w);
+		circ_pack_kv_str(pk, "method", "eap");
+		circ_pack_kv_str(pk, "metric", metric);
+		circ_pack_str(pk, "graph");
+		circ_graph_pack(pk, g);
+		circ_pack_kv_str(pk, "model_digest", md);
+		circ_pack_kv_str(pk, "dataset_digest", dd);
+		circ_pack_kv_i64(pk, "n_examples", n);
+		circ_pack_kv_i64(pk, "steps", 0);
+		if (circ_writer_end_record(w, &e) < 0)
+			circ_die(&e);
+	}
+	count = circ_xmalloc((size_t)g->n_edges * sizeof *count);
+	for (int64_t ed = 0; ed < g->n_edges; ed++)
+		count[ed] = n;
+	write_scores(w, g, sum, count, &e);
+	if (circ_writer_close(w, &e) < 0)
+		circ_die(&e);
+	free(sum);
+	free(count);
+	free(md);
+	free(dd);
+	free(metric);
+	circ_graph_free(g);
+	circ_reader_free(r);
+	return 0;
+}
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"[options]", "circ-score is not built yet.", opts, 0};
+	circ_cli cli = {"--model DIR [options] [tokens]",
+			"Score every edge of the model's graph for the task in a token stream.", opts,
+			1};
+	circ_error e;
+	circ_model *m;
+	circ_graph *g;
+	circ_reader *r;
+	circ_patcher *p;
+	circ_attrib *a;
+	circ_batcher *bt;
+	circ_batch *b;
+	circ_writer *w;
+	circ_patch_opts po = {0};
+	circ_progress pr;
+	const char *dataset_digest, *in = "-";
+	const msgpack_object *dd;
+	int64_t *count;
+	char *dd_copy = NULL;
+	int i, k;
+
 	circ_init("circ-score");
-	circ_cli_parse(&cli, argc, argv, NULL, NULL);
-	circ_dief("not built yet");
+	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	if (o.merge)
+		return merge(&cli, argc, argv, argc - i ? argc - i : 1,
+			     argc - i ? argv + i : (char *[]){"-"});
+	if (argc - i > 1)
+		circ_usage_error("one token stream at most");
+	if (argc - i == 1)
+		in = argv[i];
+	if (o.acts) {
+		if (o.method != CIRC_ATTR_EAP)
+			circ_usage_error("--acts gives eap scores only");
+		return score_acts(&cli, argc, argv, in);
+	}
+	if (!o.model)
+		circ_usage_error("--model DIR is required");
+	m = circ_model_open(o.model, NULL, &e);
+	if (!m)
+		circ_die(&e);
+	g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head, o.level, &e);
+	if (!g)
+		circ_die(&e);
+	g->input = o.conv;
+	if (o.list_edges) {
+		if (circ_graph_write_edges(g, stdout, &e) < 0 || fclose(stdout) != 0)
+			circ_dief("'<stdout>': write error");
+		return 0;
+	}
+	r = circ_reader_open(in, "tokens", &e);
+	if (!r)
+		circ_die(&e);
+	if (!o.has_metric && circ_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0)
+		circ_die(&e);
+	dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
+	if (dd && dd->type == MSGPACK_OBJECT_STR) {
+		dd_copy = circ_xmalloc(dd->via.str.size + 1);
+		memcpy(dd_copy, dd->via.str.ptr, dd->via.str.size);
+		dd_copy[dd->via.str.size] = 0;
+		dataset_digest = dd_copy;
+	} else {
+		dataset_digest = circ_reader_header_digest(r);
+	}
+	po.ablation = o.ablation;
+	po.mean_per_position = o.per_position;
+	po.metric = o.metric;
+	po.threads = o.threads;
+	po.max_b = o.batch;
+	po.max_t = circ_model_config(m)->n_ctx;
+	po.backward = circ_attr_needs_backward(o.method);
+	p = circ_patcher_new(m, g, &po, &e);
+	if (!p)
+		circ_die(&e);
+	if (o.ablation == CIRC_ABL_MEAN) {
+		circ_reader *mr = circ_reader_open(o.mean_ref ? o.mean_ref : in, "tokens", &e);
+		circ_batcher *mb;
+		if (!mr)
+			circ_die(&e);
+		if (!o.mean_ref && !strcmp(in, "-"))
+			circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
+		mb = circ_batcher_new(mr, o.metric, circ_model_config(m)->vocab_size,
+				      circ_model_config(m)->n_ctx, o.batch);
+		while ((k = circ_batcher_next(mb, &b, &e)) > 0)
+			if (circ_patcher_mean_add(p, b, &e) < 0)
+				circ_die(&e);
+		if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
+			circ_die(&e);
+		circ_batcher_free(mb);
+		circ_reader_free(mr);
+	}
+	a = circ_attrib_new(p, o.method, o.steps);
+	bt = circ_batcher_new(r, o.metric, circ_model_config(m)->vocab_size,
+			      circ_model_config(m)->n_ctx, o.batch);
+	circ_progress_start(&pr, o.method == CIRC_ATTR_EXACT ? "edges" : "examples", 0);
+	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
+		if (circ_patcher_load(p, b, &e) < 0 || circ_attrib_batch(a, &pr, &e) < 0)
+			circ_die(&e);
+		if (o.method != CIRC_ATTR_EXACT)
+			circ_progress_step(&pr, b->B);
+	}
+	if (k < 0)
+		circ_die(&e);
+	circ_progress_end(&pr);
+	if (circ_attrib_count(a) == 0)
+		circ_dief("%s: no examples", circ_reader_name(r));
+
+	w = circ_writer_open(cli.output, &cli.wopts, &e);
+	if (!w)
+		circ_die(&e);
+	{
+		const char *md = circ_model_digest(m, &e);
+		msgpack_packer *pk;
+		if (!md)
+			circ_die(&e);
+		circ_writer_header(w, "scores", argc, argv, &r, 1, 9);
+		pk = circ_writer_packer(w);
+		circ_pack_kv_str(pk, "method", circ_attr_name(o.method));
+		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
+		circ_pack_str(pk, "graph");
+		circ_graph_pack(pk, g);
+		circ_pack_kv_str(pk, "model_digest", md);
+		circ_pack_kv_str(pk, "dataset_digest", dataset_digest);
+		circ_pack_kv_i64(pk, "n_examples", circ_attrib_count(a));
+		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.ablation));
+		circ_pack_kv_i64(pk, "steps", o.method == CIRC_ATTR_EAP_IG ||
+							 o.method == CIRC_ATTR_EAP_IG_ACT
+						 ? o.steps
+						 : 0);
+		circ_pack_str(pk, "sign");
+		circ_pack_str(pk, "positive: patching the edge hurts the behaviour (raises -metric or kl)");
+		if (circ_writer_end_record(w, &e) < 0)
+			circ_die(&e);
+	}
+	count = circ_xmalloc((size_t)g->n_edges * sizeof *count);
+	for (int64_t ed = 0; ed < g->n_edges; ed++)
+		count[ed] = circ_attrib_count(a);
+	write_scores(w, g, circ_attrib_sums(a), count, &e);
+	if (circ_writer_close(w, &e) < 0)
+		circ_die(&e);
+	free(count);
+	free(dd_copy);
+	circ_batcher_free(bt);
+	circ_attrib_free(a);
+	circ_patcher_free(p);
+	circ_reader_free(r);
+	circ_graph_free(g);
+	circ_model_free(m);
+	return 0;
 }

@@ -301,6 +301,54 @@ void circ_batcher_free(circ_batcher *bt)
 	free(bt);
 }
 
+static int32_t *dup_i32(const int32_t *p, size_t n)
+{
+	int32_t *q = circ_xmalloc((n ? n : 1) * sizeof *q);
+	if (n)
+		memcpy(q, p, n * sizeof *q);
+	return q;
+}
+
+circ_batch *circ_batch_clone(const circ_batch *b)
+{
+	circ_batch *c = circ_xcalloc(1, sizeof *c);
+	size_t bt = (size_t)b->B * (size_t)b->T;
+	*c = *b;
+	c->ex = circ_xcalloc((size_t)b->B, sizeof *c->ex);
+	for (int i = 0; i < b->B; i++) {
+		const circ_example *x = &b->ex[i];
+		circ_example *y = &c->ex[i];
+		*y = *x;
+		y->clean = dup_i32(x->clean, (size_t)x->T);
+		y->corrupt = dup_i32(x->corrupt, (size_t)x->T);
+		y->pos = dup_i32(x->pos, (size_t)x->npos);
+		y->ans = dup_i32(x->ans, (size_t)x->nans);
+		y->wrong = dup_i32(x->wrong, (size_t)x->nwrong);
+	}
+	c->clean = dup_i32(b->clean, bt);
+	c->corrupt = dup_i32(b->corrupt, bt);
+	c->read_b = dup_i32(b->read_b, (size_t)b->n_read);
+	c->read_t = dup_i32(b->read_t, (size_t)b->n_read);
+	c->row0 = circ_xmalloc((size_t)b->B * sizeof *c->row0);
+	memcpy(c->row0, b->row0, (size_t)b->B * sizeof *c->row0);
+	return c;
+}
+
+void circ_batch_free(circ_batch *b)
+{
+	if (!b)
+		return;
+	for (int i = 0; i < b->B; i++)
+		circ_example_free(&b->ex[i]);
+	free(b->ex);
+	free(b->clean);
+	free(b->corrupt);
+	free(b->read_b);
+	free(b->read_t);
+	free(b->row0);
+	free(b);
+}
+
 /* ---- metrics ---- */
 
 void circ_log_softmax(float *out, const float *logits, int n, int V)

@@ -84,6 +84,11 @@ int circ_batcher_next(circ_batcher *bt, circ_batch **b, circ_error *e);
 int64_t circ_batcher_count(const circ_batcher *bt); /* examples read so far */
 void circ_batcher_free(circ_batcher *bt);
 
+/* A deep copy of a batch that outlives the batcher's next call (ACDC keeps
+ * every batch of the dataset); free with circ_batch_free. */
+circ_batch *circ_batch_clone(const circ_batch *b);
+void circ_batch_free(circ_batch *b); /* NULL is a no-op */
+
 /* Log-softmax of each of n rows of V logits into out (n, V). */
 void circ_log_softmax(float *out, const float *logits, int n, int V);
 

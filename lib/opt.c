@@ -144,11 +144,13 @@ int circ_cli_parse(circ_cli *cli, int argc, char **argv,
 	while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
 		switch (c) {
 		case CIRC_OPT_HELP:
+			free(lo);
+			free(so);
 			circ_cli_help(cli, stdout);
-			if (fclose(stdout) != 0)
-				exit(2);
-			exit(0);
+			exit(fclose(stdout) != 0 ? 2 : 0);
 		case CIRC_OPT_VERSION:
+			free(lo);
+			free(so);
 			printf("%s %s\n", circ_progname, CIRC_VERSION);
 			exit(fclose(stdout) != 0 ? 2 : 0);
 		case CIRC_OPT_OUTPUT: cli->output = optarg; break;

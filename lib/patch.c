@@ -279,6 +279,13 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 	}
 }
 
+void circ_patcher_scale_ref(circ_patcher *p, double eps)
+{
+	size_t n = (size_t)p->U * (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
+	for (size_t i = 0; i < n; i++)
+		p->ref_out[i] = p->clean_out[i] + (float)eps * (p->ref_out[i] - p->clean_out[i]);
+}
+
 const circ_batch *circ_patcher_batch(const circ_patcher *p)
 {
 	return p->b;
@@ -405,6 +412,11 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 		stage = p->clean_below;
 	if (stage < 0)
 		stage = 0;
+	if (stage > 2 * p->L) {
+		/* nothing patched and the run is the clean one */
+		memcpy(out, p->m_clean, (size_t)b->B * sizeof *out);
+		return 0;
+	}
 	f.start_stage = stage;
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;

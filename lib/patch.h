@@ -67,6 +67,11 @@ int circ_patcher_mean_finish(circ_patcher *p, circ_error *e);
 int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e);
 const circ_batch *circ_patcher_batch(const circ_patcher *p);
 
+/* Moves every reference output toward the clean one: ref = clean +
+ * eps * (ref - clean). eps = 1 leaves them; eps -> 0 makes patching a
+ * small perturbation (where attribution patching becomes exact). */
+void circ_patcher_scale_ref(circ_patcher *p, double eps);
+
 /* Metric per example of the clean run and of the reference run (B). */
 const double *circ_patcher_clean_metric(const circ_patcher *p);
 const double *circ_patcher_ref_metric(const circ_patcher *p);

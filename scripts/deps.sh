@@ -30,7 +30,13 @@ if [ -n "$missing" ]; then
 fi
 
 # npm references for the tokenizer tests and benchmark (pinned by the lock file).
-if [ -f tests/js/package.json ] && [ ! -f tests/js/node_modules/.circ-ok ]; then
-	echo "deps: npm ci in tests/js" >&2
-	(cd tests/js && npm ci --no-audit --no-fund --loglevel=error >&2 && touch node_modules/.circ-ok)
+# The marker holds the lock file's digest, so a changed lock reinstalls.
+if [ -f tests/js/package.json ]; then
+	want=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
+	have=$(cat tests/js/node_modules/.circ-ok 2>/dev/null || true)
+	if [ "$want" != "$have" ]; then
+		echo "deps: npm ci in tests/js" >&2
+		(cd tests/js && npm ci --no-audit --no-fund --loglevel=error >&2 &&
+			echo "$want" >node_modules/.circ-ok)
+	fi
 fi

@@ -206,6 +206,50 @@ def loss_of(kind, m):
     return m if kind == "kl" else -m
 
 
+def acdc_ref(M, exs, kind, tau):
+    """ACDC by brute force: every test is a full patched forward. Loss: kl
+    from the clean model (kind kl) or -metric. Receivers from logits down,
+    incoming edges from the latest upstream node down; a receiver whose
+    node reaches nothing is skipped. Returns the kept edge names (before
+    dangling-edge removal, which circ does after; the test compares after
+    removing dangling edges on both sides with circ-prune's own rule)."""
+    with torch.no_grad():
+        data = []
+        for ex in exs:
+            lc, oc = M.run(ex["clean"])
+            lr, orf = M.run(ex["corrupt"])
+            pos = ex["pos"] if isinstance(ex["pos"], list) else [ex["pos"]]
+            clp = torch.stack([lc[t].log_softmax(-1) for t in pos])
+            data.append((ex, orf, clp))
+        edges = M.edges()
+        removed = set()
+        def loss():
+            tot = 0.0
+            for ex, orf, clp in data:
+                lp_, _ = M.run(ex["clean"], patch=removed, ref=orf)
+                tot += loss_of(kind, metric(kind, lp_, ex, clp).item())
+            return tot / len(data)
+        cur = loss()
+        recvs = M.recvs()
+        kept_out = lambda node: node == "logits" or any(
+            M.node_name(u) == node and (ri, u) not in removed for _, ri, u in edges)
+        for ri in range(len(recvs) - 1, -1, -1):
+            rname = recvs[ri][0]
+            node = rname.split("<")[0]
+            ins = [(name, r2, u) for name, r2, u in edges if r2 == ri]
+            if not kept_out(node):
+                removed |= {(ri, u) for _, _, u in ins}
+                continue
+            for name, _, u in reversed(ins):
+                removed.add((ri, u))
+                after = loss()
+                if after - cur < tau:
+                    cur = after
+                else:
+                    removed.discard((ri, u))
+        return [name for name, ri, u in edges if (ri, u) not in removed]
+
+
 def make(args):
     torch.manual_seed(args.seed)
     M = Model(args.layers, args.heads, args.embd, args.vocab, args.ctx, args.seed)
@@ -235,6 +279,16 @@ def make(args):
     exact = [0.0] * len(edges)
     eap = [0.0] * len(edges)
     eapig = [0.0] * len(edges)
+    igact = [0.0] * len(edges)
+    exact_mean = [0.0] * len(edges)
+    # mean ablation: each node's output averaged over every position of every clean prompt
+    with torch.no_grad():
+        acc = None
+        for ex in exs:
+            _, oc = M.run(ex["clean"])
+            s_ = [o.sum(0) for o in oc]
+            acc = s_ if acc is None else [a + b for a, b in zip(acc, s_)]
+        means = [a / (len(exs) * args.T) for a in acc]
     mc_all, mr_all = [], []
     # a random circuit: each edge kept with probability 1/2
     keep = (torch.rand(len(edges), generator=g) < 0.5).tolist()
@@ -256,10 +310,15 @@ def make(args):
             patched = {(ri, u) for ei, (name, ri, u) in enumerate(edges) if not keep[ei]}
             lp_, _ = M.run(ex["clean"], patch=patched, ref=orf)
             mcirc_all.append(metric(kind, lp_, ex, clp).item())
+        with torch.no_grad():
+            mref = [means[u].expand(args.T, M.C) for u in range(M.n_up())]
+            for ei, (name, ri, u) in enumerate(edges):
+                lp_, _ = M.run(ex["clean"], patch={(ri, u)}, ref=mref)
+                exact_mean[ei] += loss_of(kind, metric(kind, lp_, ex, clp).item()) - loss_of(kind, mc)
         diff = [orf[u] - oc[u] for u in range(M.n_up())]
-        def grads(input_embed=None):
+        def grads(input_embed=None, act_delta=None):
             probes = {ri: torch.zeros(len(ex["clean"]), M.C, requires_grad=True) for ri in range(len(M.recvs()))}
-            lg, _ = M.run(ex["clean"], probes=probes, input_embed=input_embed)
+            lg, _ = M.run(ex["clean"], probes=probes, input_embed=input_embed, act_delta=act_delta)
             loss_of(kind, metric(kind, lg, ex, clp)).backward()
             return {ri: pr.grad for ri, pr in probes.items()}
         G = grads()
@@ -274,8 +333,24 @@ def make(args):
             Gs = Gk if Gs is None else {ri: Gs[ri] + Gk[ri] for ri in Gs}
         for ei, (name, ri, u) in enumerate(edges):
             eapig[ei] += (diff[u] * Gs[ri]).sum().item() / steps
+        # eap-ig-activations: one unit (input, a layer's heads, an MLP) interpolated at a time
+        units = [([0], -1)]
+        for l in range(M.L):
+            units.append(([M.head(l, h) for h in range(M.H)], 2 * l))
+            units.append(([M.mlp(l)], 2 * l + 1))
+        for nodes, stage in units:
+            Gs = None
+            for k in range(1, steps + 1):
+                a = k / steps
+                delta = sum((1 - a) * (orf[u] - oc[u]) for u in nodes).detach()
+                Gk = grads(act_delta=(stage, delta))
+                Gs = Gk if Gs is None else {ri: Gs[ri] + Gk[ri] for ri in Gs}
+            for ei, (name, ri, u) in enumerate(edges):
+                if u in nodes:
+                    igact[ei] += (diff[u] * Gs[ri]).sum().item() / steps
     n = len(exs)
     mM, m0, mC = sum(mc_all) / n, sum(mr_all) / n, sum(mcirc_all) / n
+    acdc = acdc_ref(M, exs, kind, args.tau) if args.tau > 0 else None
     with open(args.dir + "/circuit.jsonl", "w") as f:
         f.write(json.dumps({"format": "circ", "version": 1, "kind": "circuit",
                             "graph": {"n_layer": M.L, "n_head": M.H, "level": "edge"},
@@ -286,13 +361,50 @@ def make(args):
     ref = {"metric": kind, "n_edges": len(edges), "edges": [e[0] for e in edges],
            "metric_clean": mc_all, "metric_ref": mr_all,
            "exact": [s / n for s in exact], "eap": [s / n for s in eap], "eap-ig": [s / n for s in eapig],
+           "eap-ig-activations": [s / n for s in igact], "exact-mean": [s / n for s in exact_mean], "acdc": acdc,
            "circuit": {"metric_model": mM, "metric_empty": m0, "metric_circuit": mC,
                        "faithfulness": (mC - m0) / (mM - m0)}}
     json.dump(ref, open(args.dir + "/ref.json", "w"))
 
 
+def undangle(edges):
+    """Drops edges not on a path input -> logits (nodes named without <q|k|v>)."""
+    edges = set(edges)
+    while True:
+        parts = [(e, e.split("->")[0], e.split("->")[1].split("<")[0]) for e in edges]
+        reach = {"input"}
+        changed = True
+        while changed:
+            changed = False
+            for e, u, v in parts:
+                if u in reach and v not in reach:
+                    reach.add(v)
+                    changed = True
+        live = {"logits"}
+        changed = True
+        while changed:
+            changed = False
+            for e, u, v in parts:
+                if v in live and u not in live:
+                    live.add(u)
+                    changed = True
+        keep = {e for e, u, v in parts if u in reach and v in live}
+        if keep == edges:
+            return edges
+        edges = keep
+
+
 def compare(args):
     ref = json.load(open(args.ref))
+    if args.key == "acdc":
+        # the circuit after dangling-edge removal must equal the reference's
+        got = {json.loads(l)["edge"] for i, l in enumerate(open(args.scores)) if i > 0}
+        want = undangle(set(ref["acdc"]))
+        if got != want:
+            print(f"FAIL: acdc differs: circ only {sorted(got - want)[:8]}, reference only {sorted(want - got)[:8]}")
+            sys.exit(1)
+        print(f"acdc: circ and the reference keep the same {len(got)} edges")
+        return
     want = dict(zip(ref["edges"], ref[args.key]))
     got = {}
     for i, line in enumerate(open(args.scores)):
@@ -312,7 +424,8 @@ def compare(args):
             worst, wname = err, k
     print(f"{args.key}: {len(want)} edges, largest |score| {scale:.4g}, "
           f"worst excess error {worst:.3g} at {wname}")
-    if worst > args.atol * scale:
+    # a floor, for scores that vanish (eap on kl: the gradient is zero at the clean run)
+    if worst > args.atol * max(scale, 1e-3):
         print(f"FAIL: {wname}: circ {got[wname]!r} reference {want[wname]!r}")
         sys.exit(1)
 
@@ -324,6 +437,7 @@ mk.add_argument("dir")
 for k, v in [("layers", 2), ("heads", 3), ("embd", 24), ("vocab", 40), ("ctx", 16), ("T", 7), ("n", 3), ("seed", 1), ("steps", 5)]:
     mk.add_argument("--" + k, type=int, default=v)
 mk.add_argument("--metric", default="logit_diff")
+mk.add_argument("--tau", type=float, default=0.0)
 cp = sub.add_parser("compare")
 cp.add_argument("ref")
 cp.add_argument("key")

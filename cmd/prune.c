@@ -1,0 +1,596 @@
+/*
+ * circ-prune: turns a scores stream into a circuit stream. One selection
+ * mode (--top-n, --threshold, --greedy) picks edges by score, as EAP-IG's
+ * apply_topn / apply_threshold / apply_greedy do; then every edge that does
+ * not lie on a path input -> ... -> logits is dropped, always. With --truth
+ * the circuit and the scores are also evaluated against a ground-truth edge
+ * list (ROC AUC of the scores, MIB-style AUROC, TPR/FPR of the circuit); the
+ * numbers go into the circuit header ("eval") and, with --report, into a
+ * JSON file.
+ *
+ * ACDC (--acdc) is a mode of its own that drives patching instead of reading
+ * scores; run_acdc below is the hook where it plugs in.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "acdc.h"
+#include "circuit.h"
+#include "evalm.h"
+#include "opt.h"
+
+enum {
+	OPT_TOP_N = CIRC_OPT_FIRST_TOOL,
+	OPT_THRESHOLD,
+	OPT_GREEDY,
+	OPT_ACDC,
+	OPT_SIGNED,
+	OPT_TRUTH,
+	OPT_REPORT,
+	OPT_MODEL,
+	OPT_TAU,
+	OPT_METRIC,
+	OPT_ABS_CHANGE,
+	OPT_LOG,
+	OPT_ABLATION,
+	OPT_MEAN_REF,
+	OPT_PER_POSITION,
+	OPT_LEVEL,
+	OPT_CONVENTION,
+	OPT_BATCH,
+	OPT_THREADS,
+};
+
+static const circ_opt opts[] = {
+    {"top-n", OPT_TOP_N, "N", "keep the N best edges (N may be a percentage: 5%)"},
+    {"threshold", OPT_THRESHOLD, "T", "keep the edges whose |score| is at least T"},
+    {"greedy", OPT_GREEDY, "N", "grow N edges greedily from logits (N may be a percentage)"},
+    {"acdc", OPT_ACDC, NULL, "ACDC: patch edges one by one (input: a token stream; needs --model)"},
+    {"signed", OPT_SIGNED, NULL, "rank by the signed score instead of |score|"},
+    {"truth", OPT_TRUTH, "FILE", "evaluate against a ground-truth circuit or edge list"},
+    {"report", OPT_REPORT, "FILE", "with --truth: also write the evaluation as JSON to FILE"},
+    {"model", OPT_MODEL, "DIR", "acdc: Hugging Face GPT-2 directory"},
+    {"tau", OPT_TAU, "T", "acdc: keep an edge when patching it raises the loss by tau or more (default 0.01)"},
+    {"metric", OPT_METRIC, "M", "acdc: loss: kl (default) or the task's metric (logit_diff, ...)"},
+    {"abs-change", OPT_ABS_CHANGE, NULL, "acdc: compare |change| with tau"},
+    {"log", OPT_LOG, "FILE", "acdc: write every decision to FILE (a decisions stream)"},
+    {"ablation", OPT_ABLATION, "A", "acdc: resample (default), mean or zero"},
+    {"mean-ref", OPT_MEAN_REF, "FILE", "acdc: token stream whose clean prompts give the means"},
+    {"per-position", OPT_PER_POSITION, NULL, "acdc: mean ablation with one mean per position"},
+    {"level", OPT_LEVEL, "L", "acdc: edge (default) or node"},
+    {"convention", OPT_CONVENTION, "C", "acdc: eap-ig (default) or acdc"},
+    {"batch", OPT_BATCH, "N", "acdc: examples per batch (default 16)"},
+    {"threads", OPT_THREADS, "N", "acdc: threads (default 1)"},
+    {0},
+};
+
+typedef enum { MODE_NONE, MODE_TOP_N, MODE_THRESHOLD, MODE_GREEDY, MODE_ACDC } mode_t_;
+
+static const char *const mode_names[] = {"", "top-n", "threshold", "greedy", "acdc"};
+
+static struct {
+	mode_t_ mode;
+	const char *size; /* --top-n / --greedy argument, parsed once E is known */
+	double threshold;
+	int signed_;
+	const char *truth, *report;
+	/* acdc */
+	const char *model, *log, *mean_ref;
+	double tau;
+	int metric_set, abs_change, per_position, batch, threads;
+	circ_metric_kind metric;
+	circ_ablation ablation;
+	circ_graph_level level;
+	circ_input_conv conv;
+} o = {.tau = 0.01, .batch = 16, .threads = 1, .metric = CIRC_METRIC_KL};
+
+static void set_mode(mode_t_ m)
+{
+	if (o.mode != MODE_NONE && o.mode != m)
+		circ_usage_error("--%s and --%s exclude each other", mode_names[o.mode],
+				 mode_names[m]);
+	o.mode = m;
+}
+
+static int handle(int key, const char *arg, void *ctx)
+{
+	(void)ctx;
+	switch (key) {
+	case OPT_TOP_N:
+		set_mode(MODE_TOP_N);
+		o.size = arg;
+		return 0;
+	case OPT_GREEDY:
+		set_mode(MODE_GREEDY);
+		o.size = arg;
+		return 0;
+	case OPT_THRESHOLD:
+		set_mode(MODE_THRESHOLD);
+		o.threshold = circ_opt_f64("threshold", arg);
+		if (!isfinite(o.threshold))
+			circ_usage_error("option '--threshold': '%s' is not finite", arg);
+		return 0;
+	case OPT_ACDC:
+		set_mode(MODE_ACDC);
+		return 0;
+	case OPT_SIGNED:
+		o.signed_ = 1;
+		return 0;
+	case OPT_TRUTH:
+		o.truth = arg;
+		return 0;
+	case OPT_REPORT:
+		o.report = arg;
+		return 0;
+	case OPT_MODEL: o.model = arg; return 0;
+	case OPT_TAU:
+		o.tau = circ_opt_f64("tau", arg);
+		if (!isfinite(o.tau))
+			circ_usage_error("option '--tau': '%s' is not finite", arg);
+		return 0;
+	case OPT_METRIC:
+		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
+			circ_usage_error("unknown metric '%s' (kl, logit_diff, prob_diff, logprob)", arg);
+		o.metric_set = 1;
+		return 0;
+	case OPT_ABS_CHANGE: o.abs_change = 1; return 0;
+	case OPT_LOG: o.log = arg; return 0;
+	case OPT_ABLATION:
+		if (circ_ablation_parse(arg, &o.ablation) < 0)
+			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
+		return 0;
+	case OPT_MEAN_REF: o.mean_ref = arg; return 0;
+	case OPT_PER_POSITION: o.per_position = 1; return 0;
+	case OPT_LEVEL:
+		if (circ_graph_level_parse(arg, &o.level) < 0)
+			circ_usage_error("unknown level '%s' (edge, node)", arg);
+		return 0;
+	case OPT_CONVENTION:
+		if (circ_graph_input_parse(arg, &o.conv) < 0)
+			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
+		return 0;
+	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
+	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	}
+	return -1;
+}
+
+/* "N" or "P%" (P in 0..100, n = floor(P/100 * E) as MIB sizes its circuits). */
+static int64_t parse_size(const char *opt, const char *arg, int64_t n_edges)
+{
+	size_t len = strlen(arg);
+	if (len > 1 && arg[len - 1] == '%') {
+		char buf[64];
+		double p;
+		if (len >= sizeof buf)
+			circ_usage_error("option '--%s': '%s' is not a size", opt, arg);
+		memcpy(buf, arg, len - 1);
+		buf[len - 1] = 0;
+		if (circ_parse_f64(buf, &p) < 0 || !(p >= 0 && p <= 100))
+			circ_usage_error("option '--%s': '%s' is not a percentage in 0..100%%", opt,
+					 arg);
+		return circ_curve_n_edges(p / 100, n_edges);
+	}
+	return circ_opt_i64(opt, arg, 0, INT64_MAX);
+}
+
+typedef struct evaluation {
+	circ_confusion conf;
+	double auc, mib_auroc, mib_fpr[CIRC_MIB_NFRAC], mib_tpr[CIRC_MIB_NFRAC];
+	int64_t n_truth;
+} evaluation;
+
+static void evaluate(const circ_scores *s, const uint8_t *keep, const uint8_t *truth,
+		     evaluation *ev)
+{
+	circ_error e;
+	int64_t E = s->g->n_edges;
+	double *key = circ_xmalloc((size_t)E * sizeof *key);
+	for (int64_t i = 0; i < E; i++)
+		key[i] = circ_rank_key(s->score[i], o.signed_);
+	ev->n_truth = circ_count_kept(s->g, truth);
+	if (circ_roc_auc(key, truth, E, &ev->auc, &e) < 0 ||
+	    circ_mib_auroc(s->g, s->score, o.signed_, truth, &ev->mib_auroc, ev->mib_fpr,
+			   ev->mib_tpr, &e) < 0) {
+		circ_error_prefix(&e, "'%s'", o.truth);
+		circ_die(&e);
+	}
+	circ_confusion_compute(keep, truth, E, &ev->conf);
+	free(key);
+}
+
+static void pack_f64_or_nil(msgpack_packer *pk, const char *k, double v)
+{
+	circ_pack_str(pk, k);
+	if (isnan(v))
+		msgpack_pack_nil(pk);
+	else
+		msgpack_pack_double(pk, v);
+}
+
+static void pack_eval(msgpack_packer *pk, const evaluation *ev, const char *truth_digest)
+{
+	msgpack_pack_map(pk, 13);
+	circ_pack_kv_str(pk, "truth", truth_digest);
+	circ_pack_kv_i64(pk, "n_truth", ev->n_truth);
+	pack_f64_or_nil(pk, "auc", ev->auc);
+	pack_f64_or_nil(pk, "mib_auroc", ev->mib_auroc);
+	pack_f64_or_nil(pk, "tpr", ev->conf.tpr);
+	pack_f64_or_nil(pk, "fpr", ev->conf.fpr);
+	pack_f64_or_nil(pk, "precision", ev->conf.precision);
+	circ_pack_kv_i64(pk, "tp", ev->conf.tp);
+	circ_pack_kv_i64(pk, "fp", ev->conf.fp);
+	circ_pack_kv_i64(pk, "fn", ev->conf.fn);
+	circ_pack_kv_i64(pk, "tn", ev->conf.tn);
+	circ_pack_str(pk, "mib_fpr");
+	msgpack_pack_array(pk, CIRC_MIB_NFRAC);
+	for (int k = 0; k < CIRC_MIB_NFRAC; k++)
+		msgpack_pack_double(pk, ev->mib_fpr[k]);
+	circ_pack_str(pk, "mib_tpr");
+	msgpack_pack_array(pk, CIRC_MIB_NFRAC);
+	for (int k = 0; k < CIRC_MIB_NFRAC; k++)
+		msgpack_pack_double(pk, ev->mib_tpr[k]);
+}
+
+static void json_num(FILE *f, double v)
+{
+	if (isnan(v))
+		fputs("null", f);
+	else
+		fprintf(f, "%.17g", v);
+}
+
+/* The report: one JSON object, written to a temporary and renamed. */
+static void write_report(const evaluation *ev, int64_t n_kept)
+{
+	size_t n = strlen(o.report) + 32;
+	char *tmp = circ_xmalloc(n);
+	struct stat st;
+	if (stat(o.report, &st) == 0 && !S_ISREG(st.st_mode))
+		snprintf(tmp, n, "%s", o.report); /* a device or FIFO: never rename over it */
+	else
+		snprintf(tmp, n, "%s.tmp.%ld", o.report, (long)getpid());
+	int direct = !strcmp(tmp, o.report);
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		circ_dief("'%s': cannot create: %s", o.report, strerror(errno));
+	fprintf(f, "{\"n_edges\":%lld,\"n_truth\":%lld,\"auc\":", (long long)n_kept,
+		(long long)ev->n_truth);
+	json_num(f, ev->auc);
+	fputs(",\"mib_auroc\":", f);
+	json_num(f, ev->mib_auroc);
+	fputs(",\"tpr\":", f);
+	json_num(f, ev->conf.tpr);
+	fputs(",\"fpr\":", f);
+	json_num(f, ev->conf.fpr);
+	fputs(",\"precision\":", f);
+	json_num(f, ev->conf.precision);
+	fprintf(f, ",\"tp\":%lld,\"fp\":%lld,\"fn\":%lld,\"tn\":%lld", (long long)ev->conf.tp,
+		(long long)ev->conf.fp, (long long)ev->conf.fn, (long long)ev->conf.tn);
+	fputs(",\"mib_fraction\":[", f);
+	for (int k = 0; k < CIRC_MIB_NFRAC; k++) {
+		fputs(k ? "," : "", f);
+		json_num(f, circ_mib_fractions[k]);
+	}
+	fputs("],\"mib_fpr\":[", f);
+	for (int k = 0; k < CIRC_MIB_NFRAC; k++) {
+		fputs(k ? "," : "", f);
+		json_num(f, ev->mib_fpr[k]);
+	}
+	fputs("],\"mib_tpr\":[", f);
+	for (int k = 0; k < CIRC_MIB_NFRAC; k++) {
+		fputs(k ? "," : "", f);
+		json_num(f, ev->mib_tpr[k]);
+	}
+	fputs("]}\n", f);
+	int bad = ferror(f);
+	if (fclose(f) != 0 || bad || (!direct && rename(tmp, o.report) != 0)) {
+		int err = errno;
+		if (!direct)
+			remove(tmp);
+		circ_dief("'%s': write error: %s", o.report, strerror(err ? err : EIO));
+	}
+	free(tmp);
+}
+
+/* Evaluates keep against --truth (if given) and writes the circuit stream
+ * (and --report). s supplies the graph, the scores ranking the edges for the
+ * AUC, and the model digest; r is the input recorded in the header. */
+static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
+			  const circ_scores *s, const uint8_t *keep, const circ_circuit_source *srcp)
+{
+	circ_error e;
+	const circ_graph *g = s->g;
+	circ_circuit_source src = *srcp;
+	circ_reader *tr = NULL;
+	evaluation ev;
+	char truth_digest[72] = "";
+	if (o.truth) {
+		tr = circ_reader_open(o.truth, NULL, &e);
+		if (!tr)
+			circ_die(&e);
+		circ_circuit *t = circ_circuit_read(tr, g, &e);
+		if (!t)
+			circ_die(&e);
+		if (t->model_digest && s->model_digest && strcmp(t->model_digest, s->model_digest))
+			circ_dief("'%s': the truth comes from another model than %s "
+				  "(model_digest differs)",
+				  o.truth, circ_reader_name(r));
+		evaluate(s, keep, t->keep, &ev);
+		/* A headerless edge list has only a generic header: name it by its bytes. */
+		if (strcmp(o.truth, "-") && circ_sha256_file(o.truth, truth_digest, &e) < 0)
+			circ_die(&e);
+		if (!strcmp(o.truth, "-"))
+			snprintf(truth_digest, sizeof truth_digest, "%s",
+				 circ_reader_header_digest(tr));
+		circ_circuit_free(t);
+	}
+
+	circ_writer *w = circ_writer_open(cli->output, &cli->wopts, &e);
+	if (!w)
+		circ_die(&e);
+	circ_reader *inputs[2] = {r, tr};
+	circ_circuit_pack_header(w, argc, argv, inputs, tr ? 2 : 1, g, &src, s->model_digest,
+				 tr ? 1 : 0);
+	if (tr) {
+		circ_pack_str(circ_writer_packer(w), "eval");
+		pack_eval(circ_writer_packer(w), &ev, truth_digest);
+	}
+	if (circ_writer_end_record(w, &e) < 0 ||
+	    circ_circuit_write_edges(w, g, keep, s->score, &e) < 0) {
+		circ_writer_abort(w);
+		circ_die(&e);
+	}
+	if (circ_writer_close(w, &e) < 0) /* frees w either way */
+		circ_die(&e);
+	if (o.report)
+		write_report(&ev, circ_count_kept(g, keep));
+	circ_reader_free(tr);
+}
+
+/* ACDC: reads a token stream, drives patching with incremental
+ * recomputation, and writes the circuit (scores: each tested edge's change
+ * of the loss, which ranks the edges for --truth) and, with --log, every
+ * decision as a "decisions" stream. */
+typedef struct acdc_log {
+	circ_writer *w;
+	const circ_graph *g;
+	double *change; /* (E) NaN for edges never tested */
+} acdc_log;
+
+static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
+{
+	acdc_log *lg = ctx;
+	char name[CIRC_NAME_MAX];
+	lg->change[st->edge] = st->after - st->before;
+	if (!lg->w)
+		return 0;
+	msgpack_packer *pk = circ_writer_packer(lg->w);
+	circ_graph_edge_name(lg->g, st->edge, name, sizeof name);
+	msgpack_pack_map(pk, 5);
+	circ_pack_kv_str(pk, "edge", name);
+	circ_pack_kv_f64(pk, "before", st->before);
+	circ_pack_kv_f64(pk, "after", st->after);
+	circ_pack_kv_f64(pk, "change", st->after - st->before);
+	circ_pack_str(pk, "kept");
+	if (st->kept)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+	return circ_writer_end_record(lg->w, e);
+}
+
+static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
+{
+	circ_error e;
+	circ_model *m;
+	circ_graph *g;
+	circ_reader *r;
+	circ_batcher *bt;
+	circ_batch *b;
+	circ_patcher **ps = NULL;
+	circ_patch_opts po = {0};
+	circ_acdc_opts ao = {o.tau, o.abs_change};
+	circ_progress pr;
+	acdc_log lg = {0};
+	uint8_t *keep;
+	int n = 0, k;
+	int64_t tests;
+	double t0;
+	const char *md;
+
+	if (!o.model)
+		circ_usage_error("--acdc needs --model DIR");
+	if (o.signed_ || o.size)
+		circ_usage_error("--signed and sizes do not apply to --acdc");
+	m = circ_model_open(o.model, NULL, &e);
+	if (!m || !(md = circ_model_digest(m, &e)))
+		circ_die(&e);
+	g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head, o.level, &e);
+	if (!g)
+		circ_die(&e);
+	g->input = o.conv;
+	r = circ_reader_open(input, "tokens", &e);
+	if (!r)
+		circ_die(&e);
+	if (!o.metric_set)
+		o.metric = CIRC_METRIC_KL;
+	po.ablation = o.ablation;
+	po.mean_per_position = o.per_position;
+	po.metric = o.metric;
+	po.threads = o.threads;
+	po.max_b = o.batch;
+	po.max_t = circ_model_config(m)->n_ctx;
+	/* one patcher per batch: every edge test runs the whole dataset */
+	bt = circ_batcher_new(r, o.metric, circ_model_config(m)->vocab_size,
+			      circ_model_config(m)->n_ctx, o.batch);
+	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
+		/* the batcher reuses its batch: each patcher keeps a copy */
+		circ_batch *copy = circ_batch_clone(b);
+		circ_patcher *p;
+		po.max_b = copy->B;
+		po.max_t = copy->T;
+		p = circ_patcher_new(m, g, &po, &e);
+		if (!p)
+			circ_die(&e);
+		if (o.ablation == CIRC_ABL_MEAN) {
+			circ_reader *mr;
+			circ_batcher *mb;
+			circ_batch *mbb;
+			if (!o.mean_ref && !strcmp(input, "-"))
+				circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
+			mr = circ_reader_open(o.mean_ref ? o.mean_ref : input, "tokens", &e);
+			if (!mr)
+				circ_die(&e);
+			mb = circ_batcher_new(mr, o.metric, circ_model_config(m)->vocab_size,
+					      circ_model_config(m)->n_ctx, 1);
+			while ((k = circ_batcher_next(mb, &mbb, &e)) > 0)
+				if (circ_patcher_mean_add(p, mbb, &e) < 0)
+					circ_die(&e);
+			if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
+				circ_die(&e);
+			circ_batcher_free(mb);
+			circ_reader_free(mr);
+		}
+		if (circ_patcher_load(p, copy, &e) < 0)
+			circ_die(&e);
+		ps = circ_xrealloc(ps, (size_t)(n + 1) * sizeof *ps);
+		ps[n++] = p;
+	}
+	if (k < 0)
+		circ_die(&e);
+	if (n == 0)
+		circ_dief("%s: no examples", circ_reader_name(r));
+
+	lg.g = g;
+	lg.change = circ_xmalloc((size_t)g->n_edges * sizeof(double));
+	for (int64_t ed = 0; ed < g->n_edges; ed++)
+		lg.change[ed] = NAN;
+	if (o.log) {
+		circ_writer_opts lo = cli->wopts;
+		msgpack_packer *pk;
+		lg.w = circ_writer_open(o.log, &lo, &e);
+		if (!lg.w)
+			circ_die(&e);
+		circ_writer_header(lg.w, "decisions", argc, argv, &r, 1, 5);
+		pk = circ_writer_packer(lg.w);
+		circ_pack_str(pk, "graph");
+		circ_graph_pack(pk, g);
+		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
+		circ_pack_kv_f64(pk, "tau", o.tau);
+		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.ablation));
+		circ_pack_kv_str(pk, "model_digest", md);
+		if (circ_writer_end_record(lg.w, &e) < 0)
+			circ_die(&e);
+	}
+	keep = circ_xmalloc((size_t)g->n_edges);
+	circ_progress_start(&pr, "edge tests", g->n_edges);
+	t0 = circ_now();
+	if (circ_acdc_run(ps, n, &ao, keep, log_step, &lg, &tests, &pr, &e) < 0) {
+		circ_writer_abort(lg.w);
+		circ_die(&e);
+	}
+	circ_progress_end(&pr);
+	{
+		double dt = circ_now() - t0;
+		fprintf(stderr, "%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
+			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
+			(long long)circ_count_kept(g, keep));
+	}
+	if (lg.w && circ_writer_close(lg.w, &e) < 0)
+		circ_die(&e);
+	{
+		circ_scores sc = {0};
+		circ_circuit_source src;
+		sc.g = g;
+		sc.score = lg.change;
+		sc.model_digest = (char *)md;
+		sc.method = "acdc";
+		sc.metric = (char *)circ_metric_name(o.metric);
+		circ_circuit_source_init(&src);
+		src.method = "acdc";
+		src.mode = "acdc";
+		src.tau = o.tau;
+		src.metric = circ_metric_name(o.metric);
+		write_circuit(cli, argc, argv, r, &sc, keep, &src);
+	}
+	for (int i = 0; i < n; i++) {
+		circ_batch_free((circ_batch *)circ_patcher_batch(ps[i]));
+		circ_patcher_free(ps[i]);
+	}
+	free(ps);
+	free(keep);
+	free(lg.change);
+	circ_batcher_free(bt);
+	circ_reader_free(r);
+	circ_graph_free(g);
+	circ_model_free(m);
+	return 0;
+}
+int main(int argc, char **argv)
+{
+	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc) [scores]",
+			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
+	circ_error e;
+	circ_init("circ-prune");
+	int i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	if (argc - i > 1)
+		circ_usage_error("one input at most (got %d)", argc - i);
+	const char *input = i < argc ? argv[i] : "-";
+	if (o.mode == MODE_NONE)
+		circ_usage_error("choose a mode: --top-n, --threshold, --greedy or --acdc");
+	if (o.report && !o.truth)
+		circ_usage_error("--report needs --truth");
+	if (o.mode == MODE_ACDC)
+		return run_acdc(&cli, argc, argv, input);
+	if (o.model)
+		circ_usage_error("--model goes with --acdc");
+
+	circ_reader *r = circ_reader_open(input, "scores", &e);
+	if (!r)
+		circ_die(&e);
+	circ_scores *s = circ_scores_read(r, &e);
+	if (!s)
+		circ_die(&e);
+	const circ_graph *g = s->g;
+	uint8_t *keep = circ_xmalloc((size_t)g->n_edges);
+	circ_circuit_source src;
+	circ_circuit_source_init(&src);
+	src.method = s->method;
+	src.mode = mode_names[o.mode];
+	src.signed_ = o.signed_;
+	src.metric = s->metric;
+	int rc = 0;
+	switch (o.mode) {
+	case MODE_TOP_N:
+		src.n = parse_size("top-n", o.size, g->n_edges);
+		rc = circ_select_topn(g, s->score, src.n, o.signed_, keep, &e);
+		break;
+	case MODE_GREEDY:
+		src.n = parse_size("greedy", o.size, g->n_edges);
+		rc = circ_select_greedy(g, s->score, src.n, o.signed_, keep, &e);
+		break;
+	case MODE_THRESHOLD:
+		src.threshold = o.threshold;
+		circ_select_threshold(g, s->score, o.threshold, o.signed_, keep);
+		break;
+	default:
+		abort();
+	}
+	if (rc < 0) {
+		circ_error_prefix(&e, "%s", circ_reader_name(r));
+		circ_die(&e);
+	}
+	circ_prune_dangling(g, keep);
+
+	write_circuit(&cli, argc, argv, r, s, keep, &src);
+	free(keep);
+	circ_reader_free(r);
+	circ_scores_free(s);
+	return 0;
+}

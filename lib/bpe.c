@@ -1,0 +1,1380 @@
+/*
+ * bpe: GPT-2 byte-level BPE (see bpe.h for the exact rules).
+ *
+ * Data layout. Token bytes live in one arena (tok_off/tok_len per id, len
+ * -1 for ids the vocabulary skips). The merge list is an open-addressing
+ * table keyed by the pair of ids (left << 32 | right) giving the merge's
+ * rank and the merged id; GPT-2 has 50000 merges, so the table has 2^17
+ * slots and a lookup is one or two probes.
+ *
+ * Encoding a piece: ids start as the byte tokens; pieces of up to
+ * SCAN_MAX bytes merge by a linear scan over a rank array (the rank of the
+ * pair at i and i+1), which is fastest for words; longer pieces use a
+ * linked list and a binary heap of (rank, position) with lazy deletion, so
+ * a megabyte without a space costs O(n log n), not O(n^2).
+ *
+ * The cache maps a piece's bytes to its ids: open addressing over 64-bit
+ * hashes, keys and ids in two arenas. When it is half full (or an arena
+ * is) it is emptied wholesale: simpler than LRU, and the hot pieces of any
+ * text come back within a few kilobytes. Its memory is bounded.
+ *
+ * Pre-tokenisation scans bytes: ASCII by a small classifier, other
+ * characters decoded strictly (no overlongs, no surrogates, nothing past
+ * U+10FFFF) and classified with utf8proc_category. Invalid bytes are
+ * single "other" characters. The scanner reports "need more input" when a
+ * decision depends on bytes past the buffer, which is what lets the
+ * streaming encoder cut its input anywhere.
+ */
+#include "bpe.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+#define SCAN_MAX      64	/* pieces up to this many bytes merge by scanning */
+#define CACHE_KEY_MAX 256	/* longer pieces are not cached */
+#define CACHE_DEFAULT (1 << 16) /* slots; at most half are used */
+#define NO_RANK	      INT32_MAX
+#define EMPTY_KEY     UINT64_MAX
+
+typedef struct special {
+	char *text;
+	size_t len;
+	int32_t id;
+} special;
+
+typedef struct cache_slot {
+	uint64_t hash; /* 0 = empty (hashes are forced non-zero) */
+	uint32_t key_off, key_len, ids_off, n_ids;
+} cache_slot;
+
+struct circ_bpe {
+	int32_t n_ids;	  /* largest id + 1 */
+	int64_t *tok_off; /* (n_ids) offset into tok_bytes */
+	int32_t *tok_len; /* (n_ids) byte length, -1 for an unused id */
+	unsigned char *tok_bytes;
+	int32_t byte_id[256]; /* id of each single-byte token, -1 if absent */
+	int32_t n_merges;
+	size_t pair_mask;   /* pair table has pair_mask + 1 slots */
+	uint64_t *pair_key; /* left << 32 | right, EMPTY_KEY if free */
+	int32_t *pair_rank;
+	int32_t *pair_id;
+	special *specials;
+	int n_specials;
+	int32_t eot;
+	char digest[72];
+	/* piece cache */
+	cache_slot *cache;
+	size_t cache_mask, cache_count;
+	unsigned char *ckeys;
+	size_t ckeys_len, ckeys_cap;
+	int32_t *cids;
+	size_t cids_len, cids_cap;
+	/* scratch for merging */
+	int32_t *sym, *rank, *nxt, *prv;
+	size_t scratch_cap;
+	struct heap_ent *heap;
+	size_t heap_cap;
+};
+
+struct heap_ent {
+	int32_t rank, pos, left, right;
+};
+
+/* ---------------------------------------------------------------- ids */
+
+void circ_ids_push(circ_ids *a, int32_t id)
+{
+	if (a->n == a->cap) {
+		a->cap = a->cap ? a->cap * 2 : 64;
+		a->v = circ_xrealloc(a->v, a->cap * sizeof *a->v);
+	}
+	a->v[a->n++] = id;
+}
+
+void circ_ids_free(circ_ids *a)
+{
+	free(a->v);
+	a->v = NULL;
+	a->n = a->cap = 0;
+}
+
+/* --------------------------------------------------- byte-to-unicode map */
+
+/* GPT-2 maps every byte to a printable code point: the printable bytes
+ * '!'..'~', 0xA1..0xAC and 0xAE..0xFF to themselves, the other 68 bytes in
+ * order to U+0100 upwards. */
+static void byte_to_unicode(int32_t cp_of[256])
+{
+	int n = 0;
+	for (int b = 0; b < 256; b++) {
+		if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))
+			cp_of[b] = b;
+		else
+			cp_of[b] = 256 + n++;
+	}
+}
+
+/* Inverse: code point -> byte, for code points below 324; -1 elsewhere. */
+static int unicode_to_byte(int32_t cp)
+{
+	static int16_t inv[324];
+	static int ready;
+	if (!ready) { /* idempotent, so a benign race between threads */
+		int32_t cp_of[256];
+		byte_to_unicode(cp_of);
+		for (int i = 0; i < 324; i++)
+			inv[i] = -1;
+		for (int b = 0; b < 256; b++)
+			inv[cp_of[b]] = (int16_t)b;
+		ready = 1;
+	}
+	return cp >= 0 && cp < 324 ? inv[cp] : -1;
+}
+
+/* Converts a vocabulary string (byte-to-unicode form) to raw bytes in out
+ * (at most n bytes). Returns the byte count, or -1 if some character is not
+ * in the byte-to-unicode image (then the token is not byte-level). */
+static long vocab_str_bytes(const char *s, size_t n, unsigned char *out)
+{
+	const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+	long k = 0;
+	size_t i = 0;
+	while (i < n) {
+		utf8proc_int32_t cp;
+		utf8proc_ssize_t l = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
+		if (l <= 0)
+			return -1;
+		int b = unicode_to_byte(cp);
+		if (b < 0)
+			return -1;
+		out[k++] = (unsigned char)b;
+		i += (size_t)l;
+	}
+	return k;
+}
+
+/* ------------------------------------------------------------ hashing */
+
+static inline uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static uint64_t hash_bytes(const unsigned char *p, size_t n)
+{
+	uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * 0xff51afd7ed558ccdULL), w;
+	while (n >= 8) {
+		memcpy(&w, p, 8);
+		h = (h ^ w) * 0x87c37b91114253d5ULL;
+		h ^= h >> 31;
+		p += 8;
+		n -= 8;
+	}
+	w = 0;
+	memcpy(&w, p, n);
+	h = mix64(h ^ w);
+	return h ? h : 1;
+}
+
+/* ------------------------------------------------------------ pair table */
+
+static inline uint64_t pair_key(int32_t a, int32_t b)
+{
+	return (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+}
+
+static inline size_t pair_find(const circ_bpe *b, uint64_t key)
+{
+	size_t i = (size_t)mix64(key) & b->pair_mask;
+	while (b->pair_key[i] != EMPTY_KEY && b->pair_key[i] != key)
+		i = (i + 1) & b->pair_mask;
+	return i;
+}
+
+/* Rank of merging a with c, or NO_RANK; the merged id in *id. */
+static inline int32_t pair_lookup(const circ_bpe *b, int32_t a, int32_t c, int32_t *id)
+{
+	size_t i = pair_find(b, pair_key(a, c));
+	if (b->pair_key[i] == EMPTY_KEY)
+		return NO_RANK;
+	*id = b->pair_id[i];
+	return b->pair_rank[i];
+}
+
+/* ------------------------------------------------------------ loading */
+
+static char *read_file(const char *path, size_t *len, circ_error *e)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t n = 0, cap = 0;
+	if (!f) {
+		circ_errorf(e, "'%s': %s", path, strerror(errno));
+		return NULL;
+	}
+	for (;;) {
+		if (cap - n < 65536) {
+			cap = cap ? cap * 2 : 1 << 20;
+			buf = circ_xrealloc(buf, cap + 1);
+		}
+		size_t got = fread(buf + n, 1, cap - n, f);
+		n += got;
+		if (got == 0)
+			break;
+	}
+	if (ferror(f)) {
+		circ_errorf(e, "'%s': read error: %s", path, strerror(errno));
+		fclose(f);
+		free(buf);
+		return NULL;
+	}
+	fclose(f);
+	buf[n] = 0;
+	*len = n;
+	return buf;
+}
+
+static circ_bpe *bpe_alloc(void)
+{
+	circ_bpe *b = circ_xcalloc(1, sizeof *b);
+	b->eot = -1;
+	for (int i = 0; i < 256; i++)
+		b->byte_id[i] = -1;
+	circ_bpe_set_cache(b, CACHE_DEFAULT);
+	return b;
+}
+
+/* Fills the token table from a JSON object {token string: id}. Tokens that
+ * are not byte-level (only possible among added tokens) keep their UTF-8
+ * bytes. extra_max is the largest id among added tokens (or -1). */
+static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, const char *name,
+		      circ_error *e)
+{
+	const char *key;
+	json_t *val;
+	int64_t max_id = extra_max;
+	size_t total = 0;
+
+	json_object_foreach(vocab, key, val)
+	{
+		json_int_t id;
+		if (!json_is_integer(val) || (id = json_integer_value(val)) < 0 ||
+		    id > INT32_MAX - 1)
+			return circ_errorf(e, "'%s': token '%s': id must be a non-negative integer",
+					   name, key);
+		if (id > max_id)
+			max_id = id;
+		total += strlen(key);
+	}
+	if (max_id < 0)
+		return circ_errorf(e, "'%s': empty vocabulary", name);
+	b->n_ids = (int32_t)(max_id + 1);
+	b->tok_off = circ_xmalloc((size_t)b->n_ids * sizeof *b->tok_off);
+	b->tok_len = circ_xmalloc((size_t)b->n_ids * sizeof *b->tok_len);
+	for (int32_t i = 0; i < b->n_ids; i++)
+		b->tok_len[i] = -1;
+	b->tok_bytes = circ_xmalloc(total + 1);
+	size_t off = 0;
+	json_object_foreach(vocab, key, val)
+	{
+		int32_t id = (int32_t)json_integer_value(val);
+		size_t klen = json_object_iter_key_len(json_object_key_to_iter(key));
+		if (b->tok_len[id] >= 0)
+			return circ_errorf(e, "'%s': id %d is given to two tokens", name, (int)id);
+		long n = vocab_str_bytes(key, klen, b->tok_bytes + off);
+		if (n < 0) { /* not byte-level: keep the text */
+			memcpy(b->tok_bytes + off, key, klen);
+			n = (long)klen;
+		} else if (n == 1 && b->byte_id[b->tok_bytes[off]] < 0) {
+			b->byte_id[b->tok_bytes[off]] = id;
+		}
+		b->tok_off[id] = (int64_t)off;
+		b->tok_len[id] = (int32_t)n;
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+static void pair_table_alloc(circ_bpe *b, size_t n)
+{
+	size_t cap = 16;
+	while (cap < 2 * n + 2)
+		cap *= 2;
+	b->pair_mask = cap - 1;
+	b->pair_key = circ_xmalloc(cap * sizeof *b->pair_key);
+	b->pair_rank = circ_xmalloc(cap * sizeof *b->pair_rank);
+	b->pair_id = circ_xmalloc(cap * sizeof *b->pair_id);
+	for (size_t i = 0; i < cap; i++)
+		b->pair_key[i] = EMPTY_KEY;
+}
+
+/* Looks a vocabulary string up; -1 if absent. */
+static int32_t vocab_get(json_t *vocab, const char *s, size_t n)
+{
+	json_t *v = json_object_getn(vocab, s, n);
+	return v ? (int32_t)json_integer_value(v) : -1;
+}
+
+/* Adds merge number rank: left and right (vocabulary strings). where names
+ * the merge for messages ("'merges.txt': line 7"). */
+static int add_merge(circ_bpe *b, json_t *vocab, const char *l, size_t ln, const char *r, size_t rn,
+		     const char *where, circ_error *e)
+{
+	char stackbuf[512], *cat = ln + rn < sizeof stackbuf ? stackbuf : circ_xmalloc(ln + rn + 1);
+	int32_t a = vocab_get(vocab, l, ln), c = vocab_get(vocab, r, rn), m;
+	int rc = 0;
+	memcpy(cat, l, ln);
+	memcpy(cat + ln, r, rn);
+	cat[ln + rn] = 0;
+	m = vocab_get(vocab, cat, ln + rn);
+	if (a < 0)
+		rc = circ_errorf(e, "%s: '%.*s %.*s': '%.*s' is not in the vocabulary", where,
+				 (int)ln, l, (int)rn, r, (int)ln, l);
+	else if (c < 0)
+		rc = circ_errorf(e, "%s: '%.*s %.*s': '%.*s' is not in the vocabulary", where,
+				 (int)ln, l, (int)rn, r, (int)rn, r);
+	else if (m < 0)
+		rc = circ_errorf(e,
+				 "%s: '%.*s %.*s': the merged token '%s' is not in the vocabulary",
+				 where, (int)ln, l, (int)rn, r, cat);
+	else if (b->tok_len[a] < 0 || b->tok_len[c] < 0 ||
+		 b->tok_len[m] != b->tok_len[a] + b->tok_len[c])
+		rc = circ_errorf(e, "%s: '%.*s %.*s': not a byte-level merge", where, (int)ln, l,
+				 (int)rn, r);
+	if (cat != stackbuf)
+		free(cat);
+	if (rc < 0)
+		return -1;
+	size_t i = pair_find(b, pair_key(a, c));
+	if (b->pair_key[i] == EMPTY_KEY) { /* a repeated merge keeps its first rank */
+		b->pair_key[i] = pair_key(a, c);
+		b->pair_rank[i] = b->n_merges;
+		b->pair_id[i] = m;
+	}
+	b->n_merges++;
+	return 0;
+}
+
+static void add_special(circ_bpe *b, const char *text, int32_t id)
+{
+	for (int i = 0; i < b->n_specials; i++)
+		if (!strcmp(b->specials[i].text, text))
+			return;
+	b->specials = circ_xrealloc(b->specials, (size_t)(b->n_specials + 1) * sizeof *b->specials);
+	b->specials[b->n_specials].text = circ_xstrdup(text);
+	b->specials[b->n_specials].len = strlen(text);
+	b->specials[b->n_specials].id = id;
+	b->n_specials++;
+	if (!strcmp(text, "<|endoftext|>"))
+		b->eot = id;
+}
+
+static json_t *parse_json(const char *buf, size_t len, const char *name, circ_error *e)
+{
+	json_error_t je;
+	json_t *j = json_loadb(buf, len, JSON_ALLOW_NUL, &je);
+	if (!j)
+		circ_errorf(e, "'%s': line %d: invalid JSON: %s", name, je.line, je.text);
+	return j;
+}
+
+circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, circ_error *e)
+{
+	size_t vlen, mlen;
+	char *vbuf = NULL, *mbuf = NULL;
+	json_t *vocab = NULL;
+	circ_bpe *b = bpe_alloc();
+	circ_sha256 sha;
+
+	if (!(vbuf = read_file(vocab_json, &vlen, e)) || !(mbuf = read_file(merges_txt, &mlen, e)))
+		goto fail;
+	if (!(vocab = parse_json(vbuf, vlen, vocab_json, e)))
+		goto fail;
+	if (!json_is_object(vocab)) {
+		circ_errorf(e, "'%s': expected a JSON object of token -> id", vocab_json);
+		goto fail;
+	}
+	if (load_vocab(b, vocab, -1, vocab_json, e) < 0)
+		goto fail;
+
+	/* merges.txt: an optional "#version" line, then "left right" lines. */
+	size_t nlines = 0;
+	for (size_t i = 0; i < mlen; i++)
+		nlines += mbuf[i] == '\n';
+	pair_table_alloc(b, nlines + 1);
+	char *p = mbuf, *end = mbuf + mlen;
+	for (long line = 1; p < end; line++) {
+		char *nl = memchr(p, '\n', (size_t)(end - p)), *eol = nl ? nl : end;
+		size_t n = (size_t)(eol - p);
+		if (n && p[n - 1] == '\r')
+			n--;
+		if (!(line == 1 && n >= 8 && !memcmp(p, "#version", 8)) && n > 0) {
+			char *sp = memchr(p, ' ', n), where[1100];
+			if (!sp || sp == p || sp == p + n - 1 ||
+			    memchr(sp + 1, ' ', (size_t)(p + n - sp - 1))) {
+				circ_errorf(
+				    e, "'%s': line %ld: expected two tokens separated by one space",
+				    merges_txt, line);
+				goto fail;
+			}
+			snprintf(where, sizeof where, "'%s': line %ld", merges_txt, line);
+			if (add_merge(b, vocab, p, (size_t)(sp - p), sp + 1,
+				      (size_t)(p + n - sp - 1), where, e) < 0)
+				goto fail;
+		}
+		p = eol + (nl ? 1 : 0);
+	}
+	json_t *eot = json_object_get(vocab, "<|endoftext|>");
+	if (eot)
+		add_special(b, "<|endoftext|>", (int32_t)json_integer_value(eot));
+	circ_sha256_init(&sha);
+	circ_sha256_update(&sha, vbuf, vlen);
+	circ_sha256_update(&sha, mbuf, mlen);
+	circ_sha256_final_hex(&sha, b->digest);
+	json_decref(vocab);
+	free(vbuf);
+	free(mbuf);
+	return b;
+fail:
+	json_decref(vocab);
+	free(vbuf);
+	free(mbuf);
+	circ_bpe_free(b);
+	return NULL;
+}
+
+/* 1 if the pre_tokenizer is GPT-2's ByteLevel (alone or in a Sequence). */
+static int is_byte_level(json_t *pt, int *prefix_space)
+{
+	const char *type = json_string_value(json_object_get(pt, "type"));
+	if (!type)
+		return 0;
+	if (!strcmp(type, "ByteLevel")) {
+		*prefix_space = json_is_true(json_object_get(pt, "add_prefix_space"));
+		return 1;
+	}
+	if (!strcmp(type, "Sequence")) {
+		json_t *list = json_object_get(pt, "pretokenizers");
+		if (json_array_size(list) == 1)
+			return is_byte_level(json_array_get(list, 0), prefix_space);
+	}
+	return 0;
+}
+
+circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
+{
+	size_t len;
+	char *buf = read_file(path, &len, e);
+	json_t *root = NULL, *model, *vocab, *merges, *added, *pt;
+	circ_bpe *b = NULL;
+	int32_t extra_max = -1;
+	int prefix_space = 0;
+	circ_sha256 sha;
+
+	if (!buf)
+		return NULL;
+	if (!(root = parse_json(buf, len, path, e)))
+		goto fail;
+	model = json_object_get(root, "model");
+	vocab = json_object_get(model, "vocab");
+	merges = json_object_get(model, "merges");
+	added = json_object_get(root, "added_tokens");
+	pt = json_object_get(root, "pre_tokenizer");
+	const char *type = json_string_value(json_object_get(model, "type"));
+	if (!json_is_object(model) || (type && strcmp(type, "BPE")) || !json_is_object(vocab) ||
+	    !json_is_array(merges)) {
+		circ_errorf(
+		    e,
+		    "'%s': not a BPE tokenizer (expected model.type \"BPE\" with vocab and merges)",
+		    path);
+		goto fail;
+	}
+	if (!json_is_null(pt) && pt && !is_byte_level(pt, &prefix_space)) {
+		circ_errorf(e, "'%s': unsupported pre_tokenizer (only GPT-2's ByteLevel)", path);
+		goto fail;
+	}
+	if (prefix_space) {
+		circ_errorf(
+		    e, "'%s': add_prefix_space is true; only GPT-2's setting (false) is supported",
+		    path);
+		goto fail;
+	}
+	for (size_t i = 0; i < json_array_size(added); i++) {
+		json_t *t = json_array_get(added, i), *id = json_object_get(t, "id");
+		if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+		    json_integer_value(id) > INT32_MAX - 1 ||
+		    !json_is_string(json_object_get(t, "content"))) {
+			circ_errorf(e, "'%s': added_tokens[%zu]: expected \"id\" and \"content\"",
+				    path, i);
+			goto fail;
+		}
+		if (json_integer_value(id) > extra_max)
+			extra_max = (int32_t)json_integer_value(id);
+	}
+	b = bpe_alloc();
+	if (load_vocab(b, vocab, extra_max, path, e) < 0)
+		goto fail;
+	pair_table_alloc(b, json_array_size(merges));
+	for (size_t i = 0; i < json_array_size(merges); i++) {
+		json_t *m = json_array_get(merges, i);
+		const char *l, *r;
+		size_t ln, rn;
+		char where[1100];
+		snprintf(where, sizeof where, "'%s': merges[%zu]", path, i);
+		if (json_is_string(m)) { /* "left right" */
+			const char *s = json_string_value(m), *sp = strchr(s, ' ');
+			if (!sp || sp == s || !sp[1] || strchr(sp + 1, ' ')) {
+				circ_errorf(e, "%s: expected two tokens separated by one space",
+					    where);
+				goto fail;
+			}
+			l = s, ln = (size_t)(sp - s), r = sp + 1, rn = strlen(sp + 1);
+		} else if (json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
+			   json_is_string(json_array_get(m, 1))) { /* ["left", "right"] */
+			l = json_string_value(json_array_get(m, 0));
+			ln = json_string_length(json_array_get(m, 0));
+			r = json_string_value(json_array_get(m, 1));
+			rn = json_string_length(json_array_get(m, 1));
+		} else {
+			circ_errorf(e, "%s: expected \"left right\" or [left, right]", where);
+			goto fail;
+		}
+		if (add_merge(b, vocab, l, ln, r, rn, where, e) < 0)
+			goto fail;
+	}
+	for (size_t i = 0; i < json_array_size(added); i++) {
+		json_t *t = json_array_get(added, i);
+		int32_t id = (int32_t)json_integer_value(json_object_get(t, "id"));
+		const char *text = json_string_value(json_object_get(t, "content"));
+		if (b->tok_len[id] < 0) { /* only in added_tokens: its text is its bytes */
+			size_t n = strlen(text);
+			size_t used = 0;
+			for (int32_t k = 0; k < b->n_ids; k++)
+				if (b->tok_len[k] >= 0 &&
+				    (size_t)(b->tok_off[k] + b->tok_len[k]) > used)
+					used = (size_t)(b->tok_off[k] + b->tok_len[k]);
+			b->tok_bytes = circ_xrealloc(b->tok_bytes, used + n + 1);
+			memcpy(b->tok_bytes + used, text, n);
+			b->tok_off[id] = (int64_t)used;
+			b->tok_len[id] = (int32_t)n;
+		}
+		if (json_is_true(json_object_get(t, "special")))
+			add_special(b, text, id);
+	}
+	json_t *eot = json_object_get(vocab, "<|endoftext|>");
+	if (eot)
+		add_special(b, "<|endoftext|>", (int32_t)json_integer_value(eot));
+	circ_sha256_init(&sha);
+	circ_sha256_update(&sha, buf, len);
+	circ_sha256_final_hex(&sha, b->digest);
+	json_decref(root);
+	free(buf);
+	return b;
+fail:
+	json_decref(root);
+	free(buf);
+	circ_bpe_free(b);
+	return NULL;
+}
+
+static int file_exists(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (f)
+		fclose(f);
+	return f != NULL;
+}
+
+circ_bpe *circ_bpe_load_dir(const char *dir, circ_error *e)
+{
+	size_t n = strlen(dir) + 32;
+	char *v = circ_xmalloc(n), *m = circ_xmalloc(n), *t = circ_xmalloc(n);
+	circ_bpe *b = NULL;
+	snprintf(v, n, "%s/vocab.json", dir);
+	snprintf(m, n, "%s/merges.txt", dir);
+	snprintf(t, n, "%s/tokenizer.json", dir);
+	if (file_exists(v) || file_exists(m))
+		b = circ_bpe_load_files(v, m, e);
+	else if (file_exists(t))
+		b = circ_bpe_load_tokenizer_json(t, e);
+	else
+		circ_errorf(e,
+			    "'%s': no tokenizer there (expected vocab.json and merges.txt, or "
+			    "tokenizer.json)",
+			    dir);
+	free(v);
+	free(m);
+	free(t);
+	return b;
+}
+
+void circ_bpe_free(circ_bpe *b)
+{
+	if (!b)
+		return;
+	free(b->tok_off);
+	free(b->tok_len);
+	free(b->tok_bytes);
+	free(b->pair_key);
+	free(b->pair_rank);
+	free(b->pair_id);
+	for (int i = 0; i < b->n_specials; i++)
+		free(b->specials[i].text);
+	free(b->specials);
+	free(b->cache);
+	free(b->ckeys);
+	free(b->cids);
+	free(b->sym);
+	free(b->rank);
+	free(b->nxt);
+	free(b->prv);
+	free(b->heap);
+	free(b);
+}
+
+int32_t circ_bpe_vocab_size(const circ_bpe *b)
+{
+	return b->n_ids;
+}
+
+int32_t circ_bpe_n_merges(const circ_bpe *b)
+{
+	return b->n_merges;
+}
+
+const char *circ_bpe_digest(const circ_bpe *b)
+{
+	return b->digest;
+}
+
+int32_t circ_bpe_eot(const circ_bpe *b)
+{
+	return b->eot;
+}
+
+const unsigned char *circ_bpe_token_bytes(const circ_bpe *b, int32_t id, size_t *len)
+{
+	if (id < 0 || id >= b->n_ids || b->tok_len[id] < 0)
+		return NULL;
+	*len = (size_t)b->tok_len[id];
+	return b->tok_bytes + b->tok_off[id];
+}
+
+/* ------------------------------------------------------------ cache */
+
+void circ_bpe_set_cache(circ_bpe *b, size_t entries)
+{
+	free(b->cache);
+	b->cache = NULL;
+	b->cache_mask = 0;
+	b->cache_count = 0;
+	b->ckeys_len = b->cids_len = 0;
+	if (!entries)
+		return;
+	size_t cap = 16;
+	while (cap < entries)
+		cap *= 2;
+	b->cache = circ_xcalloc(cap, sizeof *b->cache);
+	b->cache_mask = cap - 1;
+	/* Arenas sized for the average piece; overflow also empties the cache. */
+	b->ckeys_cap = cap * 8;
+	b->cids_cap = cap * 2;
+	b->ckeys = circ_xrealloc(b->ckeys, b->ckeys_cap);
+	b->cids = circ_xrealloc(b->cids, b->cids_cap * sizeof *b->cids);
+}
+
+static void cache_clear(circ_bpe *b)
+{
+	memset(b->cache, 0, (b->cache_mask + 1) * sizeof *b->cache);
+	b->cache_count = 0;
+	b->ckeys_len = b->cids_len = 0;
+}
+
+/* Returns the slot of the piece (hash h), found or empty. */
+static inline cache_slot *cache_find(circ_bpe *b, const unsigned char *p, size_t n, uint64_t h)
+{
+	size_t i = (size_t)h & b->cache_mask;
+	for (;;) {
+		cache_slot *s = &b->cache[i];
+		if (!s->hash ||
+		    (s->hash == h && s->key_len == n && !memcmp(b->ckeys + s->key_off, p, n)))
+			return s;
+		i = (i + 1) & b->cache_mask;
+	}
+}
+
+static void cache_put(circ_bpe *b, const unsigned char *p, size_t n, uint64_t h, const int32_t *ids,
+		      size_t nids)
+{
+	if (b->cache_count + 1 > (b->cache_mask + 1) / 2 || b->ckeys_len + n > b->ckeys_cap ||
+	    b->cids_len + nids > b->cids_cap)
+		cache_clear(b);
+	if (b->ckeys_len + n > b->ckeys_cap || b->cids_len + nids > b->cids_cap)
+		return; /* larger than the whole arena */
+	cache_slot *s = cache_find(b, p, n, h);
+	s->hash = h;
+	s->key_off = (uint32_t)b->ckeys_len;
+	s->key_len = (uint32_t)n;
+	s->ids_off = (uint32_t)b->cids_len;
+	s->n_ids = (uint32_t)nids;
+	memcpy(b->ckeys + b->ckeys_len, p, n);
+	memcpy(b->cids + b->cids_len, ids, nids * sizeof *ids);
+	b->ckeys_len += n;
+	b->cids_len += nids;
+	b->cache_count++;
+}
+
+/* ------------------------------------------------------------ merging */
+
+static void scratch_reserve(circ_bpe *b, size_t n)
+{
+	if (n <= b->scratch_cap)
+		return;
+	size_t cap = b->scratch_cap ? b->scratch_cap : 256;
+	while (cap < n)
+		cap *= 2;
+	b->sym = circ_xrealloc(b->sym, cap * sizeof *b->sym);
+	b->rank = circ_xrealloc(b->rank, cap * sizeof *b->rank);
+	b->nxt = circ_xrealloc(b->nxt, cap * sizeof *b->nxt);
+	b->prv = circ_xrealloc(b->prv, cap * sizeof *b->prv);
+	b->scratch_cap = cap;
+}
+
+/* Merges sym[0..n) in place by scanning; returns the new length. */
+static size_t merge_scan(const circ_bpe *b, int32_t *sym, int32_t *rank, size_t n)
+{
+	int32_t id = -1;
+	for (size_t i = 0; i + 1 < n; i++)
+		rank[i] = pair_lookup(b, sym[i], sym[i + 1], &id);
+	while (n > 1) {
+		size_t best = 0;
+		int32_t r = rank[0];
+		for (size_t i = 1; i + 1 < n; i++)
+			if (rank[i] < r)
+				r = rank[i], best = i;
+		if (r == NO_RANK)
+			break;
+		pair_lookup(b, sym[best], sym[best + 1], &id);
+		sym[best] = id;
+		/* drop element best + 1 from both arrays */
+		memmove(sym + best + 1, sym + best + 2, (n - best - 2) * sizeof *sym);
+		if (best + 2 < n)
+			memmove(rank + best + 1, rank + best + 2, (n - best - 3) * sizeof *rank);
+		n--;
+		if (best + 1 < n)
+			rank[best] = pair_lookup(b, sym[best], sym[best + 1], &id);
+		if (best > 0)
+			rank[best - 1] = pair_lookup(b, sym[best - 1], sym[best], &id);
+	}
+	return n;
+}
+
+static inline int heap_less(const struct heap_ent *x, const struct heap_ent *y)
+{
+	return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
+}
+
+static void heap_push(circ_bpe *b, size_t *n, struct heap_ent v)
+{
+	if (*n == b->heap_cap) {
+		b->heap_cap = b->heap_cap ? b->heap_cap * 2 : 256;
+		b->heap = circ_xrealloc(b->heap, b->heap_cap * sizeof *b->heap);
+	}
+	size_t i = (*n)++;
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!heap_less(&v, &b->heap[p]))
+			break;
+		b->heap[i] = b->heap[p];
+		i = p;
+	}
+	b->heap[i] = v;
+}
+
+static struct heap_ent heap_pop(circ_bpe *b, size_t *n)
+{
+	struct heap_ent top = b->heap[0], last = b->heap[--*n];
+	size_t i = 0;
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= *n)
+			break;
+		if (c + 1 < *n && heap_less(&b->heap[c + 1], &b->heap[c]))
+			c++;
+		if (!heap_less(&b->heap[c], &last))
+			break;
+		b->heap[i] = b->heap[c];
+		i = c;
+	}
+	if (*n)
+		b->heap[i] = last;
+	return top;
+}
+
+/* Merges sym[0..n) with a heap; compacts the survivors to the front of sym
+ * and returns their count. sym[i] of a dead position is -1. */
+static size_t merge_heap(circ_bpe *b, size_t n)
+{
+	int32_t *sym = b->sym, *nxt = b->nxt, *prv = b->prv, id = -1;
+	size_t hn = 0;
+	for (size_t i = 0; i < n; i++) {
+		nxt[i] = i + 1 < n ? (int32_t)(i + 1) : -1;
+		prv[i] = (int32_t)i - 1;
+	}
+	for (size_t i = 0; i + 1 < n; i++) {
+		int32_t r = pair_lookup(b, sym[i], sym[i + 1], &id);
+		if (r != NO_RANK)
+			heap_push(b, &hn, (struct heap_ent){r, (int32_t)i, sym[i], sym[i + 1]});
+	}
+	while (hn) {
+		struct heap_ent t = heap_pop(b, &hn);
+		int32_t i = t.pos, j = nxt[i];
+		/* stale unless both symbols are still the ones this entry saw */
+		if (sym[i] != t.left || j < 0 || sym[j] != t.right)
+			continue;
+		pair_lookup(b, t.left, t.right, &id);
+		sym[i] = id;
+		sym[j] = -1;
+		nxt[i] = nxt[j];
+		if (nxt[j] >= 0)
+			prv[nxt[j]] = i;
+		if (prv[i] >= 0) {
+			int32_t r = pair_lookup(b, sym[prv[i]], sym[i], &id);
+			if (r != NO_RANK)
+				heap_push(b, &hn,
+					  (struct heap_ent){r, prv[i], sym[prv[i]], sym[i]});
+		}
+		if (nxt[i] >= 0) {
+			int32_t r = pair_lookup(b, sym[i], sym[nxt[i]], &id);
+			if (r != NO_RANK)
+				heap_push(b, &hn, (struct heap_ent){r, i, sym[i], sym[nxt[i]]});
+		}
+	}
+	size_t k = 0;
+	for (int32_t i = 0; i >= 0; i = nxt[i])
+		sym[k++] = sym[i];
+	return k;
+}
+
+static int missing_byte(unsigned char c, circ_error *e)
+{
+	return circ_errorf(e, "byte 0x%02x has no token in the vocabulary", c);
+}
+
+/* Appends the ids of one piece. */
+static int encode_piece(circ_bpe *b, const unsigned char *p, size_t n, circ_ids *out, circ_error *e)
+{
+	if (n == 1) {
+		if (b->byte_id[p[0]] < 0)
+			return missing_byte(p[0], e);
+		circ_ids_push(out, b->byte_id[p[0]]);
+		return 0;
+	}
+	uint64_t h = 0;
+	if (b->cache && n <= CACHE_KEY_MAX) {
+		h = hash_bytes(p, n);
+		cache_slot *s = cache_find(b, p, n, h);
+		if (s->hash) {
+			for (uint32_t i = 0; i < s->n_ids; i++)
+				circ_ids_push(out, b->cids[s->ids_off + i]);
+			return 0;
+		}
+	}
+	scratch_reserve(b, n);
+	for (size_t i = 0; i < n; i++) {
+		if ((b->sym[i] = b->byte_id[p[i]]) < 0)
+			return missing_byte(p[i], e);
+	}
+	size_t k = n <= SCAN_MAX ? merge_scan(b, b->sym, b->rank, n) : merge_heap(b, n);
+	for (size_t i = 0; i < k; i++)
+		circ_ids_push(out, b->sym[i]);
+	if (h)
+		cache_put(b, p, n, h, b->sym, k);
+	return 0;
+}
+
+/* ------------------------------------------------------------ pre-tokenisation */
+
+enum { C_L = 1, C_N, C_S, C_O };
+
+static int js_space(int32_t c)
+{
+	return (c >= 9 && c <= 13) || c == 0x20 || c == 0xA0 || c == 0x1680 ||
+	       (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+	       c == 0x205F || c == 0x3000 || c == 0xFEFF;
+}
+
+static int cp_class(int32_t c)
+{
+	if (js_space(c))
+		return C_S;
+	switch (utf8proc_category(c)) {
+	case UTF8PROC_CATEGORY_LU:
+	case UTF8PROC_CATEGORY_LL:
+	case UTF8PROC_CATEGORY_LT:
+	case UTF8PROC_CATEGORY_LM:
+	case UTF8PROC_CATEGORY_LO:
+		return C_L;
+	case UTF8PROC_CATEGORY_ND:
+	case UTF8PROC_CATEGORY_NL:
+	case UTF8PROC_CATEGORY_NO:
+		return C_N;
+	default:
+		return C_O;
+	}
+}
+
+static inline int ascii_class(unsigned c)
+{
+	if ((unsigned)((c | 32) - 'a') < 26)
+		return C_L;
+	if ((unsigned)(c - '0') < 10)
+		return C_N;
+	if (c == ' ' || (c >= 9 && c <= 13))
+		return C_S;
+	return C_O;
+}
+
+/* Length (1..4) and class of the character at s[i], i < n. Returns 0 when
+ * the bytes end inside a character that could still be valid and !eof.
+ * An invalid byte is one character of class C_O. */
+static inline int char_at(const unsigned char *s, size_t n, size_t i, int eof, int *cls)
+{
+	unsigned c = s[i];
+	if (c < 0x80) {
+		*cls = ascii_class(c);
+		return 1;
+	}
+	int need;
+	unsigned lo = 0x80, hi = 0xBF;
+	int32_t cp;
+	if (c >= 0xC2 && c <= 0xDF)
+		need = 1, cp = c & 0x1F;
+	else if (c >= 0xE0 && c <= 0xEF) {
+		need = 2, cp = c & 0x0F;
+		if (c == 0xE0)
+			lo = 0xA0;
+		else if (c == 0xED)
+			hi = 0x9F;
+	} else if (c >= 0xF0 && c <= 0xF4) {
+		need = 3, cp = c & 0x07;
+		if (c == 0xF0)
+			lo = 0x90;
+		else if (c == 0xF4)
+			hi = 0x8F;
+	} else {
+		*cls = C_O;
+		return 1;
+	}
+	for (int k = 1; k <= need; k++) {
+		if (i + (size_t)k >= n) {
+			if (!eof)
+				return 0;
+			*cls = C_O;
+			return 1;
+		}
+		unsigned d = s[i + (size_t)k];
+		if (d < lo || d > hi) {
+			*cls = C_O;
+			return 1;
+		}
+		lo = 0x80, hi = 0xBF;
+		cp = (cp << 6) | (int32_t)(d & 0x3F);
+	}
+	*cls = cp_class(cp);
+	return need + 1;
+}
+
+/* End of the run of class cls that starts at i. */
+static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, int eof, size_t *end)
+{
+	int k, l;
+	while (i < n) {
+		if (s[i] < 0x80) { /* ASCII fast path */
+			if (ascii_class(s[i]) != cls)
+				break;
+			i++;
+			continue;
+		}
+		if (!(l = char_at(s, n, i, eof, &k)))
+			return 0;
+		if (k != cls)
+			break;
+		i += (size_t)l;
+	}
+	if (i >= n && !eof)
+		return 0;
+	*end = i;
+	return 1;
+}
+
+int circ_bpe_pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size_t *end)
+{
+	int cls, l;
+	unsigned char c = s[i];
+
+	if (c == '\'') { /* 's 't 're 've 'm 'll 'd, lower case only */
+		if (i + 1 >= n) {
+			if (!eof)
+				return 0;
+		} else {
+			unsigned char c1 = s[i + 1];
+			if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
+				*end = i + 2;
+				return 1;
+			}
+			if (c1 == 'r' || c1 == 'v' || c1 == 'l') {
+				if (i + 2 >= n) {
+					if (!eof)
+						return 0;
+				} else if (s[i + 2] == (c1 == 'l' ? 'l' : 'e')) {
+					*end = i + 3;
+					return 1;
+				}
+			}
+		}
+		return run_end(s, n, i, C_O, eof, end);
+	}
+	if (c == ' ') { /* " ?" before a letter, number or other run */
+		if (i + 1 >= n) {
+			if (!eof)
+				return 0;
+			*end = n;
+			return 1;
+		}
+		if (!(l = char_at(s, n, i + 1, eof, &cls)))
+			return 0;
+		if (cls != C_S)
+			return run_end(s, n, i + 1, cls, eof, end);
+	} else {
+		if (!(l = char_at(s, n, i, eof, &cls)))
+			return 0;
+		if (cls != C_S)
+			return run_end(s, n, i, cls, eof, end);
+	}
+	/* Whitespace: \s+(?!\S) keeps the last space for the next piece when a
+	 * non-space follows a run of two or more; \s+ takes a lone one. */
+	size_t j = i, last = i;
+	while (j < n) {
+		if (!(l = char_at(s, n, j, eof, &cls)))
+			return 0;
+		if (cls != C_S)
+			break;
+		last = j;
+		j += (size_t)l;
+	}
+	if (j >= n) {
+		if (!eof)
+			return 0;
+		*end = n;
+		return 1;
+	}
+	*end = last > i ? last : j;
+	return 1;
+}
+
+/* ------------------------------------------------------------ encoding */
+
+struct circ_bpe_stream {
+	circ_bpe *b;
+	int flags;
+	unsigned char *buf;
+	size_t len, cap, pos;
+};
+
+circ_bpe_stream *circ_bpe_stream_new(circ_bpe *b, int flags)
+{
+	circ_bpe_stream *s = circ_xcalloc(1, sizeof *s);
+	s->b = b;
+	s->flags = flags;
+	return s;
+}
+
+void circ_bpe_stream_free(circ_bpe_stream *s)
+{
+	if (!s)
+		return;
+	free(s->buf);
+	free(s);
+}
+
+/* First special token in s[from..n): its index in *at and the special. */
+static const special *find_special(const circ_bpe *b, const unsigned char *s, size_t from, size_t n,
+				   size_t *at)
+{
+	const special *best = NULL;
+	size_t best_at = n;
+	for (int k = 0; k < b->n_specials; k++) {
+		const special *sp = &b->specials[k];
+		const unsigned char *hit = memmem(s + from, n - from, sp->text, sp->len);
+		if (hit && ((size_t)(hit - s) < best_at ||
+			    ((size_t)(hit - s) == best_at && sp->len > best->len))) {
+			best = sp;
+			best_at = (size_t)(hit - s);
+		}
+	}
+	*at = best_at;
+	return best;
+}
+
+/* Bytes at the end of s[from..n) that begin some special token and so
+ * must wait for more input before they are tokenised. */
+static size_t special_tail(const circ_bpe *b, const unsigned char *s, size_t from, size_t n)
+{
+	size_t keep = 0;
+	for (int k = 0; k < b->n_specials; k++) {
+		const special *sp = &b->specials[k];
+		for (size_t t = sp->len - 1; t > keep; t--)
+			if (t <= n - from && !memcmp(s + n - t, sp->text, t)) {
+				keep = t;
+				break;
+			}
+	}
+	return keep;
+}
+
+/* Tokenises what can be decided in s->buf[pos..len). */
+static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
+{
+	circ_bpe *b = s->b;
+	const unsigned char *buf = s->buf;
+	for (;;) {
+		size_t limit = s->len, at = s->len, end;
+		int seg_eof = eof;
+		const special *sp = NULL;
+		if ((s->flags & CIRC_BPE_SPECIAL) && b->n_specials) {
+			sp = find_special(b, buf, s->pos, s->len, &at);
+			if (sp)
+				limit = at, seg_eof = 1;
+			else if (!eof)
+				limit = s->len - special_tail(b, buf, s->pos, s->len);
+		}
+		while (s->pos < limit) {
+			if (!circ_bpe_pretok_next(buf, limit, s->pos, seg_eof, &end))
+				return 0;
+			if (encode_piece(b, buf + s->pos, end - s->pos, out, e) < 0)
+				return -1;
+			s->pos = end;
+		}
+		if (!sp)
+			return 0;
+		circ_ids_push(out, sp->id);
+		s->pos = at + sp->len;
+	}
+}
+
+int circ_bpe_stream_feed(circ_bpe_stream *s, const char *data, size_t n, circ_ids *out,
+			 circ_error *e)
+{
+	if (s->pos) { /* drop what is done */
+		memmove(s->buf, s->buf + s->pos, s->len - s->pos);
+		s->len -= s->pos;
+		s->pos = 0;
+	}
+	if (s->len + n > s->cap) {
+		s->cap = s->cap ? s->cap : 65536;
+		while (s->cap < s->len + n)
+			s->cap *= 2;
+		s->buf = circ_xrealloc(s->buf, s->cap);
+	}
+	memcpy(s->buf + s->len, data, n);
+	s->len += n;
+	return stream_run(s, 0, out, e);
+}
+
+int circ_bpe_stream_finish(circ_bpe_stream *s, circ_ids *out, circ_error *e)
+{
+	int rc = stream_run(s, 1, out, e);
+	s->len = s->pos = 0;
+	return rc;
+}
+
+int circ_bpe_encode(circ_bpe *b, const char *text, size_t n, int flags, circ_ids *out,
+		    circ_error *e)
+{
+	/* A stream over the caller's buffer, without copying it. */
+	circ_bpe_stream s = {b, flags, (unsigned char *)(uintptr_t)text, n, n, 0};
+	return stream_run(&s, 1, out, e);
+}
+
+int32_t circ_bpe_single(circ_bpe *b, const char *text, size_t n)
+{
+	circ_ids ids = {0};
+	circ_error e;
+	int32_t id = -1;
+	if (circ_bpe_encode(b, text, n, 0, &ids, &e) == 0 && ids.n == 1)
+		id = ids.v[0];
+	circ_ids_free(&ids);
+	return id;
+}
+
+char *circ_bpe_decode(const circ_bpe *b, const int32_t *ids, size_t n, size_t *len, circ_error *e)
+{
+	size_t total = 0, k = 0, l;
+	for (size_t i = 0; i < n; i++) {
+		if (!circ_bpe_token_bytes(b, ids[i], &l)) {
+			circ_errorf(e, "token %zu: id %ld is not in the vocabulary", i,
+				    (long)ids[i]);
+			return NULL;
+		}
+		total += l;
+	}
+	char *out = circ_xmalloc(total + 1);
+	for (size_t i = 0; i < n; i++) {
+		const unsigned char *p = circ_bpe_token_bytes(b, ids[i], &l);
+		memcpy(out + k, p, l);
+		k += l;
+	}
+	out[k] = 0;
+	*len = k;
+	return out;
+}
+
+/* ------------------------------------------------------------ reference twin */
+
+/* The reference follows the pattern literally: decode the whole text to
+ * code points (an invalid byte b becomes -1 - b), then at each position try
+ * the alternatives in order, each greedy with backtracking as a regex
+ * engine would; merge naively by recomputing every pair's rank. */
+
+static int ref_class(int32_t c)
+{
+	return c < 0 ? C_O : cp_class(c);
+}
+
+static int ref_is(int32_t c, int cls)
+{
+	return ref_class(c) == cls;
+}
+
+/* Length of the match of alternatives 2-4 (" ?" then a run of cls), 0 if none. */
+static size_t ref_opt_space_run(const int32_t *cp, size_t n, size_t i, int cls)
+{
+	for (int with_space = 1; with_space >= 0; with_space--) {
+		size_t j = i;
+		if (with_space) {
+			if (cp[j] != ' ')
+				continue;
+			j++;
+		}
+		size_t k = j;
+		while (k < n && ref_is(cp[k], cls))
+			k++;
+		if (k > j)
+			return k - i;
+	}
+	return 0;
+}
+
+static size_t ref_piece(const int32_t *cp, size_t n, size_t i)
+{
+	static const char *contr[] = {"s", "t", "re", "ve", "m", "ll", "d"};
+	if (cp[i] == '\'')
+		for (int c = 0; c < 7; c++) {
+			size_t l = strlen(contr[c]), k;
+			for (k = 0; k < l && i + 1 + k < n && cp[i + 1 + k] == contr[c][k]; k++)
+				;
+			if (k == l)
+				return l + 1;
+		}
+	size_t m;
+	if ((m = ref_opt_space_run(cp, n, i, C_L)) || (m = ref_opt_space_run(cp, n, i, C_N)) ||
+	    (m = ref_opt_space_run(cp, n, i, C_O)))
+		return m;
+	size_t k = i;
+	while (k < n && ref_is(cp[k], C_S))
+		k++;
+	for (size_t t = k; t > i; t--) /* \s+(?!\S), backtracking from greedy */
+		if (t == n || ref_is(cp[t], C_S))
+			return t - i;
+	return k - i; /* \s+ (never 0: the alternatives cover every class) */
+}
+
+static int ref_encode_bytes(const circ_bpe *b, const unsigned char *p, size_t n, circ_ids *out,
+			    circ_error *e)
+{
+	int32_t *sym = circ_xmalloc((n ? n : 1) * sizeof *sym), id = -1;
+	for (size_t i = 0; i < n; i++)
+		if ((sym[i] = b->byte_id[p[i]]) < 0) {
+			free(sym);
+			return missing_byte(p[i], e);
+		}
+	while (n > 1) {
+		int32_t best = NO_RANK;
+		size_t at = 0;
+		for (size_t i = 0; i + 1 < n; i++) {
+			int32_t r = pair_lookup(b, sym[i], sym[i + 1], &id);
+			if (r < best)
+				best = r, at = i;
+		}
+		if (best == NO_RANK)
+			break;
+		pair_lookup(b, sym[at], sym[at + 1], &id);
+		sym[at] = id;
+		for (size_t i = at + 1; i + 1 < n; i++)
+			sym[i] = sym[i + 1];
+		n--;
+	}
+	for (size_t i = 0; i < n; i++)
+		circ_ids_push(out, sym[i]);
+	free(sym);
+	return 0;
+}
+
+static int ref_encode_segment(const circ_bpe *b, const unsigned char *s, size_t n, circ_ids *out,
+			      circ_error *e)
+{
+	int32_t *cp = circ_xmalloc((n ? n : 1) * sizeof *cp);
+	size_t *off = circ_xmalloc((n + 1) * sizeof *off), m = 0, i = 0;
+	int rc = 0;
+	while (i < n) {
+		utf8proc_int32_t c;
+		utf8proc_ssize_t l = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &c);
+		if (l <= 0 || !utf8proc_codepoint_valid(c))
+			c = -1 - (int32_t)s[i], l = 1;
+		off[m] = i;
+		cp[m++] = c;
+		i += (size_t)l;
+	}
+	off[m] = n;
+	for (size_t k = 0; k < m && rc == 0;) {
+		size_t len = ref_piece(cp, m, k);
+		rc = ref_encode_bytes(b, s + off[k], off[k + len] - off[k], out, e);
+		k += len;
+	}
+	free(cp);
+	free(off);
+	return rc;
+}
+
+int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags, circ_ids *out,
+			circ_error *e)
+{
+	const unsigned char *s = (const unsigned char *)text;
+	size_t pos = 0;
+	for (;;) {
+		size_t at = n;
+		const special *sp = NULL;
+		if (flags & CIRC_BPE_SPECIAL) /* earliest, then longest */
+			for (int k = 0; k < b->n_specials; k++)
+				for (size_t i = pos; i + b->specials[k].len <= n && i <= at; i++)
+					if (!memcmp(s + i, b->specials[k].text,
+						    b->specials[k].len)) {
+						if (i < at || b->specials[k].len > sp->len)
+							at = i, sp = &b->specials[k];
+						break;
+					}
+		if (ref_encode_segment(b, s + pos, at - pos, out, e) < 0)
+			return -1;
+		if (!sp)
+			return 0;
+		circ_ids_push(out, sp->id);
+		pos = at + sp->len;
+	}
+}

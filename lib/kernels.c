@@ -1,0 +1,930 @@
+/*
+ * kernels: fast and reference numeric kernels for the GPT-2 forward and
+ * backward (see kernels.h for the contracts).
+ *
+ * The fast element-wise and row kernels come in two builds of the same
+ * formulas: an AVX2+FMA one (compiled with a target attribute, chosen once
+ * at run time with __builtin_cpu_supports) and a portable scalar one. The
+ * vector versions never switch to scalar code for a tail: they pad the last
+ * partial vector through a small buffer, so every element goes through the
+ * same instructions and results do not depend on n or on alignment. Each
+ * SIMD loop carries its scalar meaning in a comment.
+ *
+ * Transcendentals: exp is a Cody-Waite range reduction and a degree-6
+ * polynomial (relative error < 2e-7); tanh(u) = 1 - 2/(exp(2u) + 1); erf is
+ * Abramowitz-Stegun 7.1.26 (absolute error < 1.5e-7). The
+ * reference twins use libm in double.
+ */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CIRC_X86 1
+#include <immintrin.h>
+#else
+#define CIRC_X86 0
+#endif
+
+/* OpenBLAS exports this; cblas.h declares it in most builds, not all. */
+void openblas_set_num_threads(int num_threads);
+
+static int use_avx2(void)
+{
+#if CIRC_X86
+	static int have = -1;
+	if (have < 0) {
+		__builtin_cpu_init();
+		have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+		if (getenv("CIRC_NO_SIMD"))
+			have = 0;
+	}
+	return have;
+#else
+	return 0;
+#endif
+}
+
+/* ================================================================ pool */
+
+struct circ_pool {
+	int n; /* threads including the caller */
+	pthread_t *th;
+	pthread_mutex_t mu;
+	pthread_cond_t go, done;
+	unsigned gen;	 /* bumped for each job */
+	int pending;	 /* workers still running the current job */
+	int quit;
+	size_t total;
+	void (*fn)(void *ctx, size_t begin, size_t end);
+	void *ctx;
+};
+
+typedef struct pool_arg {
+	circ_pool *p;
+	int idx;
+} pool_arg;
+
+static void pool_chunk(const circ_pool *p, int idx, size_t *b, size_t *e)
+{
+	size_t per = p->total / (size_t)p->n, rem = p->total % (size_t)p->n;
+	size_t i = (size_t)idx;
+	*b = i * per + (i < rem ? i : rem);
+	*e = *b + per + (i < rem ? 1 : 0);
+}
+
+static void *pool_main(void *v)
+{
+	pool_arg *a = v;
+	circ_pool *p = a->p;
+	unsigned seen = 0;
+	for (;;) {
+		size_t b, e;
+		pthread_mutex_lock(&p->mu);
+		while (p->gen == seen && !p->quit)
+			pthread_cond_wait(&p->go, &p->mu);
+		if (p->quit) {
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+		seen = p->gen;
+		pthread_mutex_unlock(&p->mu);
+		pool_chunk(p, a->idx, &b, &e);
+		if (b < e)
+			p->fn(p->ctx, b, e);
+		pthread_mutex_lock(&p->mu);
+		if (--p->pending == 0)
+			pthread_cond_signal(&p->done);
+		pthread_mutex_unlock(&p->mu);
+	}
+	free(a);
+	return NULL;
+}
+
+circ_pool *circ_pool_new(int nthreads)
+{
+	circ_pool *p = circ_xcalloc(1, sizeof *p);
+	int i;
+	p->n = nthreads < 1 ? 1 : nthreads;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->go, NULL);
+	pthread_cond_init(&p->done, NULL);
+	if (p->n > 1)
+		p->th = circ_xcalloc((size_t)p->n - 1, sizeof *p->th);
+	for (i = 1; i < p->n; i++) {
+		pool_arg *a = circ_xmalloc(sizeof *a);
+		a->p = p;
+		a->idx = i;
+		if (pthread_create(&p->th[i - 1], NULL, pool_main, a) != 0) {
+			free(a);
+			p->n = i; /* run with the threads we have */
+			break;
+		}
+	}
+	return p;
+}
+
+void circ_pool_free(circ_pool *p)
+{
+	int i;
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->quit = 1;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	for (i = 1; i < p->n; i++)
+		pthread_join(p->th[i - 1], NULL);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->go);
+	pthread_cond_destroy(&p->done);
+	free(p->th);
+	free(p);
+}
+
+int circ_pool_threads(const circ_pool *p)
+{
+	return p ? p->n : 1;
+}
+
+void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, size_t end),
+		   void *ctx)
+{
+	size_t b, e;
+	if (n == 0)
+		return;
+	if (!p || p->n == 1 || n == 1) {
+		fn(ctx, 0, n);
+		return;
+	}
+	pthread_mutex_lock(&p->mu);
+	p->fn = fn;
+	p->ctx = ctx;
+	p->total = n;
+	p->pending = p->n - 1;
+	p->gen++;
+	pthread_cond_broadcast(&p->go);
+	pthread_mutex_unlock(&p->mu);
+	pool_chunk(p, 0, &b, &e);
+	if (b < e)
+		fn(ctx, b, e);
+	pthread_mutex_lock(&p->mu);
+	while (p->pending > 0)
+		pthread_cond_wait(&p->done, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+}
+
+void circ_blas_threads(int n)
+{
+	static int current = -1;
+	if (n < 1)
+		n = 1;
+	if (n != current) {
+		openblas_set_num_threads(n);
+		current = n;
+	}
+}
+
+/* ================================================================ gemm */
+
+void circ_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+	       const float *b, int ldb, float beta, float *c, int ldc)
+{
+	if (m <= 0 || n <= 0)
+		return;
+	if (k <= 0) {
+		int i, j;
+		for (i = 0; i < m; i++)
+			for (j = 0; j < n; j++)
+				c[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
+		return;
+	}
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+		    n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+		   const float *b, int ldb, float beta, float *c, int ldc)
+{
+	int i, j, p;
+	for (i = 0; i < m; i++)
+		for (j = 0; j < n; j++) {
+			double s = 0;
+			float *cij = &c[(size_t)i * ldc + j];
+			for (p = 0; p < k; p++) {
+				double av = ta ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p];
+				double bv = tb ? b[(size_t)j * ldb + p] : b[(size_t)p * ldb + j];
+				s += av * bv;
+			}
+			*cij = (float)(alpha * s + (beta == 0 ? 0.0 : (double)beta * *cij));
+		}
+}
+
+/* ================================================================ SIMD helpers */
+
+#if CIRC_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* Horizontal sum of 8 lanes in a fixed order. */
+AVX2 static inline float hsum8(__m256 v)
+{
+	__m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+	lo = _mm_add_ps(lo, hi);
+	lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+	lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+	return _mm_cvtss_f32(lo);
+}
+
+/* Loads n < 8 floats, the rest zero. */
+AVX2 static inline __m256 load_partial(const float *p, size_t n)
+{
+	float buf[8] = {0};
+	memcpy(buf, p, n * sizeof *p);
+	return _mm256_loadu_ps(buf);
+}
+
+AVX2 static inline void store_partial(float *p, __m256 v, size_t n)
+{
+	float buf[8];
+	_mm256_storeu_ps(buf, v);
+	memcpy(p, buf, n * sizeof *p);
+}
+
+/* exp(x): n = round(x log2 e), r = x - n ln2 (two-part), p(r) ~ e^r,
+ * result = p * 2^n; below -87.33 the result is 0, above 88.72 +inf. */
+AVX2 static inline __m256 exp8(__m256 x)
+{
+	const __m256 hi = _mm256_set1_ps(88.7228394f), lo = _mm256_set1_ps(-87.3365479f);
+	__m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+	__m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
+	__m256 xc = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+	__m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+				   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), xc);
+	r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+	__m256 p = _mm256_set1_ps(1.9875691500e-4f);
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+	p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+	/* 2^n in two halves so that n = 128 (x near 88.7) does not overflow the exponent */
+	__m256i ni = _mm256_cvtps_epi32(n);
+	__m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+	__m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+	__m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+	__m256 res = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+	res = _mm256_andnot_ps(under, res);
+	res = _mm256_blendv_ps(res, _mm256_set1_ps(INFINITY), over);
+	return _mm256_blendv_ps(res, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)); /* NaN stays NaN */
+}
+
+AVX2 static void vexp_avx2(float *out, const float *inp, size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) /* out[i] = expf(inp[i]) */
+		_mm256_storeu_ps(out + i, exp8(_mm256_loadu_ps(inp + i)));
+	if (i < n)
+		store_partial(out + i, exp8(load_partial(inp + i, n - i)), n - i);
+}
+
+/* tanh(u) = 1 - 2 / (exp(2u) + 1): exact limits at +-inf, absolute error
+ * ~1e-7 near 0 (relative error there is larger; GELU only needs absolute). */
+AVX2 static inline __m256 tanh8(__m256 u)
+{
+	__m256 e = exp8(_mm256_add_ps(u, u));
+	__m256 one = _mm256_set1_ps(1.0f);
+	return _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+}
+
+/* erf(x) = sign(x) (1 - poly(t) exp(-x^2)), t = 1/(1 + p|x|) (A&S 7.1.26). */
+AVX2 static inline __m256 erf8(__m256 x)
+{
+	const __m256 sgn = _mm256_set1_ps(-0.0f);
+	__m256 s = _mm256_and_ps(x, sgn), ax = _mm256_andnot_ps(sgn, x);
+	__m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+				 _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), ax, _mm256_set1_ps(1.0f)));
+	__m256 p = _mm256_set1_ps(1.061405429f);
+	p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+	p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+	p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+	p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+	p = _mm256_mul_ps(p, t);
+	__m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(ax, ax)));
+	__m256 y = _mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.0f));
+	return _mm256_or_ps(y, s);
+}
+#endif
+
+/* Scalar twins of the SIMD formulas for machines without AVX2 (same
+ * formulas, libm where the SIMD path uses its own approximations). */
+static float tanh_s(float u)
+{
+	return tanhf(u);
+}
+
+/* ================================================================ element-wise */
+
+void circ_vexp(float *out, const float *inp, size_t n)
+{
+	size_t i;
+#if CIRC_X86
+	if (use_avx2()) {
+		vexp_avx2(out, inp, n);
+		return;
+	}
+#endif
+	for (i = 0; i < n; i++)
+		out[i] = expf(inp[i]);
+}
+
+void circ_vadd(float *y, const float *x, size_t n)
+{
+	size_t i;
+	for (i = 0; i < n; i++) /* vectorised by the compiler: no reduction */
+		y[i] += x[i];
+}
+
+double circ_logsoftmax_row(float *out, const float *inp, int n)
+{
+	double mx = -INFINITY, s = 0, lse;
+	int i;
+	for (i = 0; i < n; i++)
+		if (inp[i] > mx)
+			mx = inp[i];
+	for (i = 0; i < n; i++)
+		s += exp((double)inp[i] - mx);
+	lse = mx + log(s);
+	for (i = 0; i < n; i++)
+		out[i] = (float)((double)inp[i] - lse);
+	return lse;
+}
+
+/* ================================================================ GELU */
+
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+#define SQRT1_2 0.7071067811865476f
+
+#if CIRC_X86
+AVX2 static inline __m256 gelu8(__m256 x, int exact)
+{
+	__m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+	if (exact) /* 0.5 x (1 + erf(x / sqrt 2)) */
+		return _mm256_mul_ps(_mm256_mul_ps(half, x),
+				     _mm256_add_ps(one, erf8(_mm256_mul_ps(x, _mm256_set1_ps(SQRT1_2)))));
+	/* 0.5 x (1 + tanh(k (x + a x^3))) */
+	__m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+	__m256 u = _mm256_mul_ps(_mm256_set1_ps(GELU_K), _mm256_fmadd_ps(_mm256_set1_ps(GELU_A), x3, x));
+	return _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, tanh8(u)));
+}
+
+/* gelu'(x) */
+AVX2 static inline __m256 dgelu8(__m256 x, int exact)
+{
+	__m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+	if (exact) { /* Phi(x) + x phi(x) */
+		__m256 cdf = _mm256_mul_ps(half, _mm256_add_ps(one, erf8(_mm256_mul_ps(x, _mm256_set1_ps(SQRT1_2)))));
+		__m256 pdf = _mm256_mul_ps(_mm256_set1_ps(0.3989422804014327f),
+					   exp8(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(x, x))));
+		return _mm256_fmadd_ps(x, pdf, cdf);
+	}
+	/* 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2) */
+	__m256 x2 = _mm256_mul_ps(x, x);
+	__m256 u = _mm256_mul_ps(_mm256_set1_ps(GELU_K),
+				 _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_A), x2), x, x));
+	__m256 t = tanh8(u);
+	__m256 du = _mm256_mul_ps(_mm256_set1_ps(GELU_K),
+				  _mm256_fmadd_ps(_mm256_set1_ps(3.0f * GELU_A), x2, one));
+	__m256 sech2 = _mm256_fnmadd_ps(t, t, one);
+	__m256 a = _mm256_mul_ps(half, _mm256_add_ps(one, t));
+	return _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(half, x), sech2), du, a);
+}
+
+AVX2 static void gelu_fwd_avx2(float *out, const float *inp, size_t n, int exact)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(out + i, gelu8(_mm256_loadu_ps(inp + i), exact));
+	if (i < n)
+		store_partial(out + i, gelu8(load_partial(inp + i, n - i), exact), n - i);
+}
+
+AVX2 static void gelu_bwd_avx2(float *dinp, const float *inp, const float *dout, size_t n,
+			       int exact, int inplace)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) { /* dinp += gelu'(inp) dout (or d = gelu'(inp) d) */
+		__m256 g = _mm256_mul_ps(dgelu8(_mm256_loadu_ps(inp + i), exact),
+					 _mm256_loadu_ps(dout + i));
+		if (!inplace)
+			g = _mm256_add_ps(g, _mm256_loadu_ps(dinp + i));
+		_mm256_storeu_ps(dinp + i, g);
+	}
+	if (i < n) {
+		size_t r = n - i;
+		__m256 g = _mm256_mul_ps(dgelu8(load_partial(inp + i, r), exact),
+					 load_partial(dout + i, r));
+		if (!inplace)
+			g = _mm256_add_ps(g, load_partial(dinp + i, r));
+		store_partial(dinp + i, g, r);
+	}
+}
+#endif
+
+static float gelu_s(float x, int exact)
+{
+	if (exact)
+		return 0.5f * x * (1.0f + erff(x * SQRT1_2));
+	return 0.5f * x * (1.0f + tanh_s(GELU_K * (x + GELU_A * x * x * x)));
+}
+
+static float dgelu_s(float x, int exact)
+{
+	if (exact)
+		return 0.5f * (1.0f + erff(x * SQRT1_2)) +
+		       x * 0.3989422804014327f * expf(-0.5f * x * x);
+	float t = tanh_s(GELU_K * (x + GELU_A * x * x * x));
+	return 0.5f * (1.0f + t) +
+	       0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+}
+
+void circ_gelu_fwd(float *out, const float *inp, size_t n, int exact)
+{
+	size_t i;
+#if CIRC_X86
+	if (use_avx2()) {
+		gelu_fwd_avx2(out, inp, n, exact);
+		return;
+	}
+#endif
+	for (i = 0; i < n; i++)
+		out[i] = gelu_s(inp[i], exact);
+}
+
+void circ_gelu_bwd(float *dinp, const float *inp, const float *dout, size_t n, int exact)
+{
+	size_t i;
+#if CIRC_X86
+	if (use_avx2()) {
+		gelu_bwd_avx2(dinp, inp, dout, n, exact, 0);
+		return;
+	}
+#endif
+	for (i = 0; i < n; i++)
+		dinp[i] += dgelu_s(inp[i], exact) * dout[i];
+}
+
+void circ_gelu_bwd_inplace(float *d, const float *inp, size_t n, int exact)
+{
+	size_t i;
+#if CIRC_X86
+	if (use_avx2()) {
+		gelu_bwd_avx2(d, inp, d, n, exact, 1);
+		return;
+	}
+#endif
+	for (i = 0; i < n; i++)
+		d[i] *= dgelu_s(inp[i], exact);
+}
+
+static double gelu_d(double x, int exact)
+{
+	if (exact)
+		return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+	return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+void circ_gelu_fwd_ref(float *out, const float *inp, size_t n, int exact)
+{
+	size_t i;
+	for (i = 0; i < n; i++)
+		out[i] = (float)gelu_d(inp[i], exact);
+}
+
+void circ_gelu_bwd_ref(float *dinp, const float *inp, const float *dout, size_t n, int exact)
+{
+	size_t i;
+	for (i = 0; i < n; i++) {
+		double x = inp[i], g;
+		if (exact) {
+			g = 0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI);
+		} else {
+			double k = sqrt(2.0 / M_PI), t = tanh(k * (x + 0.044715 * x * x * x));
+			g = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+		}
+		dinp[i] = (float)(dinp[i] + g * dout[i]);
+	}
+}
+
+/* ================================================================ LayerNorm */
+
+#if CIRC_X86
+AVX2 static float dot_avx2(const float *a, const float *b, int n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 16 <= n; i += 16) { /* s += a[i] * b[i] */
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+	}
+	for (; i + 8 <= n; i += 8)
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+	if (i < n)
+		s1 = _mm256_fmadd_ps(load_partial(a + i, (size_t)(n - i)),
+				     load_partial(b + i, (size_t)(n - i)), s1);
+	return hsum8(_mm256_add_ps(s0, s1));
+}
+
+AVX2 static void layernorm_row_avx2(float *o, float *mean, float *rstd, const float *x,
+				    const float *w, const float *b, int C, float eps)
+{
+	__m256 s = _mm256_setzero_ps(), v = _mm256_setzero_ps(), m8, r8;
+	float m, r;
+	int i = 0;
+	for (; i + 8 <= C; i += 8) /* s += x[i] */
+		s = _mm256_add_ps(s, _mm256_loadu_ps(x + i));
+	if (i < C)
+		s = _mm256_add_ps(s, load_partial(x + i, (size_t)(C - i)));
+	m = hsum8(s) / (float)C;
+	m8 = _mm256_set1_ps(m);
+	for (i = 0; i + 8 <= C; i += 8) { /* v += (x[i] - m)^2 */
+		__m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m8);
+		v = _mm256_fmadd_ps(d, d, v);
+	}
+	if (i < C) { /* padded lanes stay 0 so they add nothing */
+		float buf[8] = {0};
+		for (int j = 0; j < C - i; j++)
+			buf[j] = x[i + j] - m;
+		__m256 d = _mm256_loadu_ps(buf);
+		v = _mm256_fmadd_ps(d, d, v);
+	}
+	r = 1.0f / sqrtf(hsum8(v) / (float)C + eps);
+	r8 = _mm256_set1_ps(r);
+	for (i = 0; i + 8 <= C; i += 8) { /* o = (x - m) r w + b */
+		__m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
+		_mm256_storeu_ps(o + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+	}
+	if (i < C) {
+		size_t k = (size_t)(C - i);
+		__m256 d = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
+		store_partial(o + i, _mm256_fmadd_ps(d, load_partial(w + i, k), load_partial(b + i, k)), k);
+	}
+	if (mean)
+		*mean = m;
+	if (rstd)
+		*rstd = r;
+}
+
+/* One row of the LayerNorm input gradient:
+ *   u = w dy, xh = (x - m) r, a = mean(u), c = mean(u xh),
+ *   dx += r (u - a - xh c)   (and dacc += the same). */
+AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy, const float *x,
+					float m, float r, const float *w, int C)
+{
+	__m256 sa = _mm256_setzero_ps(), sc = _mm256_setzero_ps();
+	__m256 m8 = _mm256_set1_ps(m), r8 = _mm256_set1_ps(r);
+	float a, c;
+	int i = 0;
+	for (; i + 8 <= C; i += 8) {
+		__m256 u = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(dy + i));
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
+		sa = _mm256_add_ps(sa, u);
+		sc = _mm256_fmadd_ps(u, xh, sc);
+	}
+	if (i < C) { /* padded lanes have u = 0, so they add nothing */
+		size_t k = (size_t)(C - i);
+		__m256 u = _mm256_mul_ps(load_partial(w + i, k), load_partial(dy + i, k));
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
+		sa = _mm256_add_ps(sa, u);
+		sc = _mm256_fmadd_ps(u, xh, sc);
+	}
+	a = hsum8(sa) / (float)C;
+	c = hsum8(sc) / (float)C;
+	__m256 a8 = _mm256_set1_ps(a), c8 = _mm256_set1_ps(c);
+	for (i = 0; i + 8 <= C; i += 8) {
+		__m256 u = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(dy + i));
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
+		__m256 g = _mm256_mul_ps(r8, _mm256_fnmadd_ps(xh, c8, _mm256_sub_ps(u, a8)));
+		_mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
+		if (dacc)
+			_mm256_storeu_ps(dacc + i, _mm256_add_ps(_mm256_loadu_ps(dacc + i), g));
+	}
+	if (i < C) {
+		size_t k = (size_t)(C - i);
+		__m256 u = _mm256_mul_ps(load_partial(w + i, k), load_partial(dy + i, k));
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
+		__m256 g = _mm256_mul_ps(r8, _mm256_fnmadd_ps(xh, c8, _mm256_sub_ps(u, a8)));
+		store_partial(dx + i, _mm256_add_ps(load_partial(dx + i, k), g), k);
+		if (dacc)
+			store_partial(dacc + i, _mm256_add_ps(load_partial(dacc + i, k), g), k);
+	}
+}
+#endif
+
+static void layernorm_row_s(float *o, float *mean, float *rstd, const float *x, const float *w,
+			    const float *b, int C, float eps)
+{
+	float s = 0, v = 0, m, r;
+	int i;
+	for (i = 0; i < C; i++)
+		s += x[i];
+	m = s / (float)C;
+	for (i = 0; i < C; i++)
+		v += (x[i] - m) * (x[i] - m);
+	r = 1.0f / sqrtf(v / (float)C + eps);
+	for (i = 0; i < C; i++)
+		o[i] = (x[i] - m) * r * w[i] + b[i];
+	if (mean)
+		*mean = m;
+	if (rstd)
+		*rstd = r;
+}
+
+void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const float *inp, int ldi,
+			const float *w, const float *b, int N, int C, float eps)
+{
+	int n;
+#if CIRC_X86
+	if (use_avx2()) {
+		for (n = 0; n < N; n++)
+			layernorm_row_avx2(out + (size_t)n * ldo, mean ? mean + n : NULL,
+					   rstd ? rstd + n : NULL, inp + (size_t)n * ldi, w, b, C, eps);
+		return;
+	}
+#endif
+	for (n = 0; n < N; n++)
+		layernorm_row_s(out + (size_t)n * ldo, mean ? mean + n : NULL, rstd ? rstd + n : NULL,
+				inp + (size_t)n * ldi, w, b, C, eps);
+}
+
+void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
+			    int ldi, const float *w, const float *b, int N, int C, float eps)
+{
+	int n, i;
+	for (n = 0; n < N; n++) {
+		const float *x = inp + (size_t)n * ldi;
+		double s = 0, v = 0, m, r;
+		for (i = 0; i < C; i++)
+			s += x[i];
+		m = s / C;
+		for (i = 0; i < C; i++)
+			v += (x[i] - m) * (x[i] - m);
+		r = 1.0 / sqrt(v / C + eps);
+		for (i = 0; i < C; i++)
+			out[(size_t)n * ldo + i] = (float)((x[i] - m) * r * w[i] + b[i]);
+		if (mean)
+			mean[n] = (float)m;
+		if (rstd)
+			rstd[n] = (float)r;
+	}
+}
+
+void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float *inp,
+			const float *mean, const float *rstd, const float *w, int N, int C)
+{
+	int n, i;
+	for (n = 0; n < N; n++) {
+		size_t o = (size_t)n * C;
+#if CIRC_X86
+		if (use_avx2()) {
+			layernorm_bwd_row_avx2(dinp + o, dacc ? dacc + o : NULL, dout + o, inp + o,
+					       mean[n], rstd[n], w, C);
+			continue;
+		}
+#endif
+		float a = 0, c = 0, m = mean[n], r = rstd[n];
+		for (i = 0; i < C; i++) {
+			float u = w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			a += u;
+			c += u * xh;
+		}
+		a /= (float)C;
+		c /= (float)C;
+		for (i = 0; i < C; i++) {
+			float u = w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			float g = r * (u - a - xh * c);
+			dinp[o + i] += g;
+			if (dacc)
+				dacc[o + i] += g;
+		}
+	}
+}
+
+void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const float *inp,
+			    const float *mean, const float *rstd, const float *w, int N, int C)
+{
+	int n, i;
+	for (n = 0; n < N; n++) {
+		size_t o = (size_t)n * C;
+		double a = 0, c = 0, m = mean[n], r = rstd[n];
+		for (i = 0; i < C; i++) {
+			double u = (double)w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			a += u;
+			c += u * xh;
+		}
+		a /= C;
+		c /= C;
+		for (i = 0; i < C; i++) {
+			double u = (double)w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			double g = r * (u - a - xh * c);
+			dinp[o + i] = (float)(dinp[o + i] + g);
+			if (dacc)
+				dacc[o + i] = (float)(dacc[o + i] + g);
+		}
+	}
+}
+
+/* ================================================================ attention */
+
+/* Fast: per (b, h): scores with a vector dot, softmax with the fast exp,
+ * z_t = sum_s att[t][s] v_s with a vector axpy. */
+#if CIRC_X86
+AVX2 static void axpy_avx2(float *y, float a, const float *x, int n)
+{
+	__m256 a8 = _mm256_set1_ps(a);
+	int i = 0;
+	for (; i + 8 <= n; i += 8) /* y += a x */
+		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(a8, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+	for (; i < n; i++)
+		y[i] = fmaf(a, x[i], y[i]);
+}
+#endif
+
+static float dot_s(const float *a, const float *b, int n)
+{
+#if CIRC_X86
+	if (use_avx2())
+		return dot_avx2(a, b, n);
+#endif
+	float s = 0;
+	for (int i = 0; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+static void axpy_s(float *y, float a, const float *x, int n)
+{
+#if CIRC_X86
+	if (use_avx2()) {
+		axpy_avx2(y, a, x, n);
+		return;
+	}
+#endif
+	for (int i = 0; i < n; i++)
+		y[i] += a * x[i];
+}
+
+void circ_attn_fwd(float *z, float *att, const float *qkv, int B, int T, int C, int H)
+{
+	int D = C / H, b, h, t, s;
+	float scale = 1.0f / sqrtf((float)D);
+	size_t C3 = (size_t)3 * C;
+	for (b = 0; b < B; b++)
+		for (h = 0; h < H; h++) {
+			const float *base = qkv + (size_t)b * T * C3;
+			float *A = att + ((size_t)b * H + h) * T * T;
+			for (t = 0; t < T; t++) {
+				const float *q = base + t * C3 + h * D;
+				float *row = A + (size_t)t * T, mx = -INFINITY, sum = 0;
+				float *zt = z + ((size_t)b * T + t) * C + h * D;
+				for (s = 0; s <= t; s++) {
+					row[s] = dot_s(q, base + s * C3 + C + h * D, D) * scale;
+					if (row[s] > mx)
+						mx = row[s];
+				}
+				for (s = 0; s <= t; s++)
+					row[s] -= mx;
+				circ_vexp(row, row, (size_t)t + 1);
+				for (s = 0; s <= t; s++)
+					sum += row[s];
+				for (s = 0; s <= t; s++)
+					row[s] /= sum;
+				for (s = t + 1; s < T; s++)
+					row[s] = 0;
+				memset(zt, 0, (size_t)D * sizeof *zt);
+				for (s = 0; s <= t; s++)
+					axpy_s(zt, row[s], base + s * C3 + 2 * C + h * D, D);
+			}
+		}
+}
+
+void circ_attn_fwd_ref(float *z, float *att, const float *qkv, int B, int T, int C, int H)
+{
+	int D = C / H, b, h, t, s, d;
+	double scale = 1.0 / sqrt((double)D);
+	size_t C3 = (size_t)3 * C;
+	double *row = circ_xmalloc((size_t)T * sizeof *row);
+	for (b = 0; b < B; b++)
+		for (h = 0; h < H; h++) {
+			const float *base = qkv + (size_t)b * T * C3;
+			for (t = 0; t < T; t++) {
+				double mx = -INFINITY, sum = 0;
+				for (s = 0; s <= t; s++) {
+					double dot = 0;
+					for (d = 0; d < D; d++)
+						dot += (double)base[t * C3 + h * D + d] *
+						       base[s * C3 + C + h * D + d];
+					row[s] = dot * scale;
+					if (row[s] > mx)
+						mx = row[s];
+				}
+				for (s = 0; s <= t; s++) {
+					row[s] = exp(row[s] - mx);
+					sum += row[s];
+				}
+				for (s = 0; s < T; s++)
+					att[(((size_t)b * H + h) * T + t) * T + s] =
+					    s <= t ? (float)(row[s] / sum) : 0.0f;
+				for (d = 0; d < D; d++) {
+					double acc = 0;
+					for (s = 0; s <= t; s++)
+						acc += row[s] / sum * base[s * C3 + 2 * C + h * D + d];
+					z[((size_t)b * T + t) * C + h * D + d] = (float)acc;
+				}
+			}
+		}
+	free(row);
+}
+
+void circ_attn_bwd(float *dqkv, const float *dz, const float *qkv, const float *att, int B,
+		   int T, int C, int H)
+{
+	int D = C / H, b, h, t, s;
+	float scale = 1.0f / sqrtf((float)D);
+	size_t C3 = (size_t)3 * C;
+	float datt[CIRC_ATTN_MAX_T];
+	for (b = 0; b < B; b++)
+		for (h = 0; h < H; h++) {
+			const float *base = qkv + (size_t)b * T * C3;
+			float *dbase = dqkv + (size_t)b * T * C3;
+			const float *A = att + ((size_t)b * H + h) * T * T;
+			for (t = 0; t < T; t++) {
+				const float *row = A + (size_t)t * T;
+				const float *dzt = dz + ((size_t)b * T + t) * C + h * D;
+				float dot = 0;
+				for (s = 0; s <= t; s++) {
+					/* datt = dz_t . v_s; dv_s += att dz_t */
+					datt[s] = dot_s(dzt, base + s * C3 + 2 * C + h * D, D);
+					axpy_s(dbase + s * C3 + 2 * C + h * D, row[s], dzt, D);
+					dot += row[s] * datt[s];
+				}
+				for (s = 0; s <= t; s++) {
+					/* softmax backward, then the scaled q.k product */
+					float ds = row[s] * (datt[s] - dot) * scale;
+					axpy_s(dbase + t * C3 + h * D, ds, base + s * C3 + C + h * D, D);
+					axpy_s(dbase + s * C3 + C + h * D, ds, base + t * C3 + h * D, D);
+				}
+			}
+		}
+}
+
+void circ_attn_bwd_ref(float *dqkv, const float *dz, const float *qkv, const float *att, int B,
+		       int T, int C, int H)
+{
+	int D = C / H, b, h, t, s, d;
+	double scale = 1.0 / sqrt((double)D);
+	size_t C3 = (size_t)3 * C;
+	double *datt = circ_xmalloc((size_t)T * sizeof *datt);
+	for (b = 0; b < B; b++)
+		for (h = 0; h < H; h++) {
+			const float *base = qkv + (size_t)b * T * C3;
+			float *dbase = dqkv + (size_t)b * T * C3;
+			const float *A = att + ((size_t)b * H + h) * T * T;
+			for (t = 0; t < T; t++) {
+				const float *dzt = dz + ((size_t)b * T + t) * C + h * D;
+				double dot = 0;
+				for (s = 0; s <= t; s++) {
+					double acc = 0;
+					for (d = 0; d < D; d++)
+						acc += (double)dzt[d] * base[s * C3 + 2 * C + h * D + d];
+					datt[s] = acc;
+					dot += A[t * T + s] * acc;
+					for (d = 0; d < D; d++)
+						dbase[s * C3 + 2 * C + h * D + d] = (float)(
+						    dbase[s * C3 + 2 * C + h * D + d] +
+						    (double)A[t * T + s] * dzt[d]);
+				}
+				for (s = 0; s <= t; s++) {
+					double ds = A[t * T + s] * (datt[s] - dot) * scale;
+					for (d = 0; d < D; d++) {
+						dbase[t * C3 + h * D + d] = (float)(
+						    dbase[t * C3 + h * D + d] +
+						    ds * base[s * C3 + C + h * D + d]);
+						dbase[s * C3 + C + h * D + d] = (float)(
+						    dbase[s * C3 + C + h * D + d] +
+						    ds * base[t * C3 + h * D + d]);
+					}
+				}
+			}
+		}
+	free(datt);
+}

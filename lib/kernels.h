@@ -1,0 +1,115 @@
+/*
+ * kernels: the numeric building blocks of the GPT-2 forward and backward —
+ * matrix multiply, LayerNorm, GELU, causal attention, softmax — each as a
+ * fast version and a plain reference twin (suffix _ref) that the unit tests
+ * compare against. The reference twins accumulate in double and use libm;
+ * they are slow and obviously correct.
+ *
+ * Conventions (after llm.c): outputs first, then inputs, then dimensions.
+ * Backward kernels ACCUMULATE (+=) into their gradient outputs, so that
+ * gradients from several paths (and, later, parameter gradients over a
+ * batch) add up without extra buffers; callers zero what they start.
+ * All matrices are row-major with explicit leading dimensions.
+ *
+ * Dimension letters: N rows, C width, B batch, T sequence, H heads,
+ * D = C/H head width, n element count.
+ *
+ * Speed: matrix multiplies go to OpenBLAS (cblas_sgemm); the element-wise
+ * and row kernels have AVX2+FMA versions chosen at run time (the build
+ * targets x86-64-v2; the CPU may do better), with a portable scalar path
+ * that computes the same formulas. Row kernels can be split over a thread
+ * pool (circ_pool).
+ *
+ * Layering: kernels use util only.
+ */
+#ifndef CIRC_KERNELS_H
+#define CIRC_KERNELS_H
+
+#include <stddef.h>
+
+/* ---- thread pool ---- */
+
+/* A fixed set of worker threads for data-parallel loops. A pool of 1 (or a
+ * NULL pool) runs everything on the calling thread. */
+typedef struct circ_pool circ_pool;
+/* Starts nthreads-1 workers (the caller is the nth). Never fails: if threads
+ * cannot be created the pool runs serially. */
+circ_pool *circ_pool_new(int nthreads);
+void circ_pool_free(circ_pool *p); /* NULL is a no-op */
+int circ_pool_threads(const circ_pool *p);
+/* Calls fn(ctx, begin, end) over a partition of [0, n) into contiguous
+ * chunks, one per thread, and returns when all are done. Not reentrant. */
+void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, size_t end),
+		   void *ctx);
+
+/* Sets OpenBLAS's (process-wide) thread count. */
+void circ_blas_threads(int n);
+
+/* ---- matrix multiply ---- */
+
+/* c (m, n) = alpha * op(a) op(b) + beta * c; op(a) is (m, k): a itself
+ * (ta = 0, lda >= k) or a's transpose (ta = 1, a is (k, m), lda >= m);
+ * likewise b. Row-major, like cblas_sgemm with CblasRowMajor. */
+void circ_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+	       const float *b, int ldb, float beta, float *c, int ldc);
+void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+		   const float *b, int ldb, float beta, float *c, int ldc);
+
+/* ---- LayerNorm over the last dimension ---- */
+
+/* out (N, C) = (inp - mean) * rstd * w + b, per row; mean, rstd (N) are
+ * stored for the backward (either may be NULL). rstd = 1/sqrt(var + eps),
+ * var the biased variance. Rows of inp are ldi apart, rows of out ldo. */
+void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const float *inp, int ldi,
+			const float *w, const float *b, int N, int C, float eps);
+void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
+			    int ldi, const float *w, const float *b, int N, int C, float eps);
+/* Input gradient: dinp (N, C) += d LN(inp)/d inp applied to dout, with the
+ * mean and rstd of the forward. If dacc is not NULL the same values are also
+ * added to dacc (N, C) (one pass for a receiver's gradient and the residual
+ * sum). All (N, C) arrays contiguous. */
+void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float *inp,
+			const float *mean, const float *rstd, const float *w, int N, int C);
+void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const float *inp,
+			    const float *mean, const float *rstd, const float *w, int N, int C);
+
+/* ---- GELU ---- */
+
+/* exact = 0: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ("gelu_new");
+ * exact = 1: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) ("gelu"). out may be inp. */
+void circ_gelu_fwd(float *out, const float *inp, size_t n, int exact);
+void circ_gelu_fwd_ref(float *out, const float *inp, size_t n, int exact);
+/* dinp (n) += gelu'(inp) * dout. */
+void circ_gelu_bwd(float *dinp, const float *inp, const float *dout, size_t n, int exact);
+void circ_gelu_bwd_ref(float *dinp, const float *inp, const float *dout, size_t n, int exact);
+/* In place: d (n) = gelu'(inp) * d (the usual fused use). */
+void circ_gelu_bwd_inplace(float *d, const float *inp, size_t n, int exact);
+
+/* ---- causal multi-head attention (the part between the projections) ---- */
+
+#define CIRC_ATTN_MAX_T 8192
+
+/* qkv (B, T, 3C): per row Q | K | V, head h at columns h*D of each.
+ * att (B, H, T, T): softmax(q k^T / sqrt(D)) over keys 0..t, zero above the
+ * diagonal. z (B, T, C): att @ v, head h at columns h*D. */
+void circ_attn_fwd(float *z, float *att, const float *qkv, int B, int T, int C, int H);
+void circ_attn_fwd_ref(float *z, float *att, const float *qkv, int B, int T, int C, int H);
+/* dqkv (B, T, 3C) += gradient through the attention given dz (B, T, C),
+ * with att from the forward. T <= CIRC_ATTN_MAX_T. */
+void circ_attn_bwd(float *dqkv, const float *dz, const float *qkv, const float *att, int B,
+		   int T, int C, int H);
+void circ_attn_bwd_ref(float *dqkv, const float *dz, const float *qkv, const float *att, int B,
+		       int T, int C, int H);
+
+/* ---- element-wise helpers ---- */
+
+/* exp with relative error below 2e-7 over the float range (0 below -87.3,
+ * +inf above 88.7); vectorised with AVX2 when available. out may be inp. */
+void circ_vexp(float *out, const float *inp, size_t n);
+/* y (n) += x (n). */
+void circ_vadd(float *y, const float *x, size_t n);
+/* log-softmax of one row: out (n) = inp - logsumexp(inp), computed in double
+ * for the normaliser. Returns the logsumexp. out may be inp. */
+double circ_logsoftmax_row(float *out, const float *inp, int n);
+
+#endif

@@ -1,0 +1,356 @@
+/*
+ * model: a GPT-2 (Hugging Face layout) in C, decomposed for circuit
+ * discovery: a forward pass that keeps every node's output and lets a hook
+ * change any receiver's input, and a backward pass that gives the gradient
+ * of a scalar metric at every receiver's input and every node's output.
+ *
+ * Dimension letters (used in every shape comment of this file):
+ *   L layers, H heads, C = n_embd, D = C/H head width, F = n_inner (MLP
+ *   width), V vocabulary, P = n_ctx positions, B sequences in a batch, T
+ *   tokens per sequence (the same T for every sequence of a batch), N read
+ *   rows (positions at which logits are computed), U upstream nodes,
+ *   R receivers.
+ *
+ * Nodes and receivers (EAP-IG / MIB conventions; lib/graph.h names them and
+ * uses exactly this numbering):
+ *   upstream node u: 0 = input; then for each layer l the heads a{l}.h{h}
+ *     (u = 1 + l*(H+1) + h) and then m{l} (u = 1 + l*(H+1) + H).
+ *     U = 1 + L*(H+1). (graph.h calls this n_up; its node index n_up is the
+ *     logits node, which has no output here.)
+ *   receiver r: for each layer l, for each head h, its q, k and v inputs
+ *     (r = l*(3H+1) + 3h + c, c = 0 q, 1 k, 2 v), then m{l}
+ *     (r = l*(3H+1) + 3H); finally logits (r = L*(3H+1)). R = L*(3H+1) + 1.
+ *   What a node outputs:
+ *     input  the token embedding wte[token] (default), or token plus
+ *            positional embedding when the run uses the ACDC convention;
+ *     a{l}.h{h}  z_h @ W_O[h*D:(h+1)*D, :], WITHOUT the c_proj bias;
+ *     m{l}   the MLP's output, its c_proj bias included.
+ *   The positional embedding (default convention) and every attention c_proj
+ *   bias belong to no node: they are constants of the residual stream.
+ *   What a receiver reads: each q/k/v receiver of layer l the residual before
+ *   that layer's ln_1; m{l} the residual before ln_2 (which includes the
+ *   heads of layer l); logits the final residual before ln_f. A receiver's
+ *   input is that residual plus an optional per-receiver additive delta set
+ *   by the forward hook; the residual itself is always the plain sum of the
+ *   current run's node outputs and the constants.
+ *
+ * Stages: the forward is a sequence of stages s = 0 .. 2L: stage 2l is layer
+ * l's attention, 2l+1 its MLP, 2L the final LayerNorm and unembedding.
+ * Residual s (B, T, C) is the input of stage s: residual 2l feeds the q/k/v
+ * receivers of layer l, residual 2l+1 feeds m{l}, residual 2L feeds logits.
+ *
+ * Memory: weights are memory-mapped (F32, aligned) or converted once to f32
+ * (F16, BF16); a run owns one activation arena sized from the config and the
+ * largest B and T it was made for, so forwards never allocate (receiver
+ * delta buffers are the exception: made on first use, then kept).
+ *
+ * Backward: parameter gradients are not computed yet (training, issue 7).
+ * The backward kernels accumulate (+=) into their outputs, as llm.c's do, so
+ * a weight-gradient buffer with the circ_weights layout (circ_weights_alloc)
+ * can be added without changing this API; circ_bwd already has its field.
+ *
+ * Threads: a run has a thread count used both for OpenBLAS
+ * (openblas_set_num_threads, which is process-wide: set at every forward and
+ * backward) and for circ's own kernels (a small pthread pool of the run).
+ *
+ * Layering: model uses util, stream (dtypes), safetensors and kernels.
+ */
+#ifndef CIRC_MODEL_H
+#define CIRC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+/* ---- configuration ---- */
+
+typedef enum circ_act {
+	CIRC_ACT_GELU_NEW, /* "gelu_new", "gelu_pytorch_tanh": the tanh approximation */
+	CIRC_ACT_GELU	   /* "gelu": exact, x * Phi(x) with erf */
+} circ_act;
+
+typedef struct circ_config {
+	int n_layer;		   /* L */
+	int n_head;		   /* H */
+	int n_embd;		   /* C; a multiple of H */
+	int n_ctx;		   /* P, "n_positions" (or "n_ctx") in config.json */
+	int vocab_size;		   /* V */
+	int n_inner;		   /* F; null or absent in config.json -> 4*C */
+	double layer_norm_epsilon; /* absent -> 1e-5 (the Hugging Face default) */
+	circ_act act;		   /* absent -> gelu_new (the Hugging Face default) */
+} circ_config;
+
+/* Reads and checks dir/config.json (path is the file itself when it does not
+ * name a directory). Required keys: n_layer, n_head, n_embd, vocab_size and
+ * n_positions or n_ctx (positive integers; n_embd a multiple of n_head).
+ * Keys that would change the architecture in ways circ does not implement
+ * (scale_attn_weights false, scale_attn_by_inverse_layer_idx true,
+ * reorder_and_upcast_attn true, add_cross_attention true) are errors.
+ * -1 with "'<file>': key '<key>': <problem>" on any error. */
+int circ_config_load(const char *path, circ_config *c, circ_error *e);
+/* Checks a config's values (ranges, divisibility); -1 naming the field. */
+int circ_config_check(const circ_config *c, circ_error *e);
+/* Writes config.json for c (Hugging Face GPT-2 keys). -1 on I/O error. */
+int circ_config_write(const char *path, const circ_config *c, circ_error *e);
+const char *circ_act_name(circ_act a); /* "gelu_new" / "gelu" */
+
+/* ---- weights ---- */
+
+/* Pointers to one layer's parameters. Conv1D layout: [in, out] row-major. */
+typedef struct circ_layer_weights {
+	float *ln1_w, *ln1_b;	/* (C) */
+	float *attn_w;		/* (C, 3C) columns Q | K | V, head h at h*D within each */
+	float *attn_b;		/* (3C) */
+	float *proj_w;		/* (C, C) rows h*D..(h+1)*D are head h's W_O */
+	float *proj_b;		/* (C) */
+	float *ln2_w, *ln2_b;	/* (C) */
+	float *fc_w;		/* (C, F) */
+	float *fc_b;		/* (F) */
+	float *fcproj_w;	/* (F, C) */
+	float *fcproj_b;	/* (C) */
+} circ_layer_weights;
+
+/* All parameters. For a loaded model the pointers point into the mapped
+ * file (read-only memory: never write through them) or into one converted
+ * f32 buffer. lm_head == wte when the file has no lm_head.weight (tied). */
+typedef struct circ_weights {
+	float *wte;			/* (V, C) */
+	float *wpe;			/* (P, C) */
+	circ_layer_weights *layers;	/* (L) */
+	float *lnf_w, *lnf_b;		/* (C) */
+	float *lm_head;			/* (V, C); == wte when tied */
+	float *mem;			/* the owned buffer, or NULL */
+	size_t n_params;		/* number of floats in mem (tied lm_head counted once) */
+} circ_weights;
+
+/* Number of parameters of a config (lm_head tied, so counted once). */
+size_t circ_config_n_params(const circ_config *c);
+/* Allocates one zeroed, 64-byte aligned buffer of n_params floats and points
+ * every field into it, in a fixed order (wte, wpe, then per layer ln1_w ..
+ * fcproj_b, then lnf_w, lnf_b; lm_head tied to wte). Used for in-memory
+ * models, and for parameter gradients later (issue 7). Never fails (OOM
+ * exits). Free with circ_weights_free. */
+void circ_weights_alloc(circ_weights *w, const circ_config *c);
+void circ_weights_free(circ_weights *w); /* frees mem and layers; NULL-safe */
+
+/* ---- the model ---- */
+
+typedef struct circ_model circ_model;
+
+typedef struct circ_model_opts {
+	int allow_nonfinite; /* 1: accept NaN/Inf in weights (default 0: error) */
+	int copy;	     /* 1: copy weights into owned, writable memory (default 0) */
+} circ_model_opts;
+void circ_model_opts_default(circ_model_opts *o);
+
+/* Opens a Hugging Face GPT-2 directory: dir/config.json and
+ * dir/model.safetensors. Tensor names may carry the "transformer." prefix
+ * or not; attn.bias and attn.masked_bias buffers are ignored; lm_head.weight
+ * is used when present, else tied to wte. Every tensor is checked: dtype
+ * (F32, F16 or BF16), shape against the config, no missing or unexpected
+ * tensors, no NaN/Inf (unless allowed). o may be NULL (defaults). NULL with
+ * a message naming the file and the tensor on any error. */
+circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_error *e);
+/* A model over weights the caller built (e.g. circ_weights_alloc then
+ * filled): takes ownership of *w (its mem and layers; *w is zeroed). The
+ * config is checked; NULL with a message if it is bad. Its digest hashes the
+ * config.json text circ_config_write would write and the safetensors bytes
+ * circ_model_save would write. */
+circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e);
+void circ_model_free(circ_model *m); /* NULL is a no-op */
+
+const circ_config *circ_model_config(const circ_model *m);
+const circ_weights *circ_model_weights(const circ_model *m);
+/* Directory the model was opened from, or NULL for circ_model_new. */
+const char *circ_model_dir(const circ_model *m);
+
+/* "sha256:<hex>" of the config.json bytes followed by the model.safetensors
+ * bytes; computed on the first call (reads the mapped file), then cached.
+ * Tools put it in stream headers and compare. NULL with a message only if
+ * the files cannot be read. The string lives as long as the model. */
+const char *circ_model_digest(circ_model *m, circ_error *e);
+
+/* Writes dir/config.json and dir/model.safetensors (F32, names with the
+ * "transformer." prefix, Conv1D layout, no lm_head: tied) for m. dir is
+ * created if missing. -1 with a message on error. */
+int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
+/* Writes a model with random weights: a deterministic function of c and
+ * seed (circ_rng): normal(0, 0.02) matrices and embeddings, c_proj matrices
+ * normal(0, 0.02/sqrt(2L)) as GPT-2 initialises them, LayerNorm weights
+ * 1 + normal(0, 0.1), biases normal(0, 0.02) (non-zero so that tests see
+ * them). dtype is "F32", "F16" or "BF16" (the file's dtype). For tests and
+ * fixtures. -1 with a message on error. */
+int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed,
+			    const char *dtype, circ_error *e);
+
+/* ---- numbering (no checks: arguments must be in range) ---- */
+
+int circ_model_n_up(const circ_model *m);	/* U = 1 + L*(H+1) */
+int circ_model_n_recv(const circ_model *m);	/* R = L*(3H+1) + 1 */
+int circ_node_input(const circ_model *m);	/* 0 */
+int circ_node_head(const circ_model *m, int layer, int head);
+int circ_node_mlp(const circ_model *m, int layer);
+/* c = 0 q, 1 k, 2 v. */
+int circ_recv_qkv(const circ_model *m, int layer, int head, int c);
+int circ_recv_mlp(const circ_model *m, int layer);
+int circ_recv_logits(const circ_model *m);
+/* Stage whose input a receiver reads: 2l for q/k/v of layer l, 2l+1 for m{l},
+ * 2L for logits. */
+int circ_recv_stage(const circ_model *m, int recv);
+/* Stage that produces a node's output: -1 for input (the embedding), 2l for a
+ * head of layer l, 2l+1 for m{l}. */
+int circ_node_stage(const circ_model *m, int node);
+
+/* ---- runs: activations of one batch ---- */
+
+typedef struct circ_run circ_run;
+
+typedef struct circ_run_opts {
+	int threads;		/* OpenBLAS and circ threads; <= 0: 1 */
+	int acdc_convention;	/* 1: the input node is token + positional embedding */
+	int keep_nodes;		/* 1 (default): per-head outputs kept (U, B, T, C);
+				 * 0: only the fused attention output is computed
+				 * (faster; node outputs of heads then read as NULL) */
+	int backward;		/* 1: allocate the backward arena (default 0) */
+	int keep_recv_grads;	/* with backward: 1 (default) keep every receiver's
+				 * gradient (R, B, T, C); 0: only the current
+				 * stage's, visible to the backward hook */
+	int reference;		/* 1: use the reference kernels (double
+				 * accumulation, slow): for tests */
+} circ_run_opts;
+void circ_run_opts_default(circ_run_opts *o);
+
+/* A run for batches of up to max_b sequences of up to max_t tokens
+ * (max_t <= n_ctx). The arena is allocated here: circ_run_arena_bytes tells
+ * its size. o may be NULL (defaults). NULL with a message on bad sizes. */
+circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run_opts *o,
+		       circ_error *e);
+void circ_run_free(circ_run *r); /* NULL is a no-op */
+size_t circ_run_arena_bytes(const circ_run *r);
+const circ_model *circ_run_model(const circ_run *r);
+/* B and T of the last forward (0 before any). */
+int circ_run_b(const circ_run *r);
+int circ_run_t(const circ_run *r);
+/* Changes the thread count (takes effect at the next forward/backward). */
+void circ_run_set_threads(circ_run *r, int threads);
+
+/* Where logits are computed. Rows of the logits buffer follow this order. */
+typedef enum circ_read_mode {
+	CIRC_READ_LAST,	/* (b, T-1) for each b: N = B (the default) */
+	CIRC_READ_ALL,	/* every (b, t), b-major: N = B*T */
+	CIRC_READ_LIST,	/* the given (b, t) pairs: N = n_read */
+	CIRC_READ_NONE	/* no unembedding (stops after ln_f) */
+} circ_read_mode;
+
+typedef struct circ_read {
+	int32_t b, t;
+} circ_read;
+
+typedef enum circ_stage_kind {
+	CIRC_STAGE_ATTN,  /* before layer l's attention (its q/k/v receivers) */
+	CIRC_STAGE_MLP,	  /* before layer l's MLP (its m receiver) */
+	CIRC_STAGE_FINAL  /* before ln_f (the logits receiver); layer == L */
+} circ_stage_kind;
+
+/* Forward hook: called before each stage from the start stage on. It may
+ * read the outputs of every node computed so far (circ_run_node_out) and
+ * the stage's residual (circ_run_resid), and set deltas on the receivers of
+ * this stage (circ_run_delta). Return 0, or -1 with a message to abort the
+ * forward (the run's contents are then unspecified). */
+typedef int (*circ_fwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind stage,
+			     circ_error *e);
+
+typedef struct circ_fwd {
+	const int32_t *tokens;	/* (B, T) token ids, each in [0, V) */
+	int B, T;		/* 1 <= B <= max_b, 1 <= T <= max_t */
+	circ_read_mode read;
+	int n_read;		/* CIRC_READ_LIST: number of pairs */
+	const circ_read *reads;	/* CIRC_READ_LIST: (n_read) pairs, any order, repeats allowed */
+	const float *input_embed; /* optional (B, T, C): the input node's output
+				   * instead of the embedding lookup (e.g. EAP-IG
+				   * interpolation); tokens may then be NULL */
+	circ_fwd_hook hook;	/* optional */
+	void *hook_ctx;
+	int start_stage;	/* 0: full forward. s > 0: resume at stage s; the run
+				 * must already hold the state below s for the same
+				 * tokens, B and T (a previous forward on this run, or
+				 * circ_run_copy_prefix from another run) */
+} circ_fwd;
+/* Zeroed fwd with read = CIRC_READ_LAST. */
+void circ_fwd_init(circ_fwd *f);
+
+/* Runs the forward. Receiver deltas of stages >= start_stage are cleared
+ * first; the hook sets them again. Token ids out of range, T > max_t,
+ * B > max_b, bad read pairs, or a resume without a matching prefix are errors
+ * (-1 with a message). */
+int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e);
+
+/* Copies into dst the state of src that a forward resumed at stage s needs
+ * and that a backward reads for the stages below s: tokens, B, T, the input
+ * node, the node outputs of stages < s, residuals 0..s, LayerNorm statistics,
+ * attention and MLP activations and receiver deltas of stages < s. dst and
+ * src must be runs of the same model with the same options and dst's sizes
+ * at least src's B and T. -1 with a message otherwise. */
+int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_error *e);
+
+/* ---- reading a run (pointers valid until the next forward or free) ---- */
+
+/* Output of upstream node u: (B, T, C), row-major for the current B, T.
+ * NULL for heads when the run does not keep node outputs. */
+const float *circ_run_node_out(const circ_run *r, int node);
+/* Residual s (input of stage s, without any delta): (B, T, C). */
+const float *circ_run_resid(const circ_run *r, int stage);
+/* Attention probabilities of layer l: (B, H, T, T), row t over keys 0..t
+ * (entries above the diagonal are 0). */
+const float *circ_run_attn(const circ_run *r, int layer);
+/* Logits at the read rows: (N, V); *n_rows set when not NULL. */
+const float *circ_run_logits(const circ_run *r, int *n_rows);
+/* The read rows of the last forward: (N) pairs. */
+const circ_read *circ_run_reads(const circ_run *r, int *n_rows);
+
+/* Receiver delta of the current stage: a zeroed (B, T, C) buffer the hook
+ * adds into (input = residual + delta). The receiver must belong to the
+ * stage the hook was called for (or a later one); a second call in the same
+ * forward returns the same buffer without zeroing it. */
+float *circ_run_delta(circ_run *r, int recv);
+/* The delta of a receiver in this forward, or NULL if it has none. */
+const float *circ_run_get_delta(const circ_run *r, int recv);
+
+/* ---- backward ---- */
+
+/* Backward hook: called once per stage, from 2L down to 0, when the
+ * gradients of that stage's receivers (circ_run_recv_grad) and of the
+ * residual feeding it are final. Return 0, or -1 with a message to abort. */
+typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind stage,
+			     circ_error *e);
+
+typedef struct circ_bwd {
+	const float *dlogits;	/* (N, V): d metric / d logits at the read rows of
+				 * the last forward (CIRC_READ_NONE: not allowed) */
+	circ_bwd_hook hook;	/* optional */
+	void *hook_ctx;
+	circ_weights *dweights;	/* parameter gradients (+=); must be NULL for now
+				 * (issue 7) */
+} circ_bwd;
+
+/* One backward pass from dlogits through the last forward of r (made with
+ * backward enabled). Deltas are constants (the gradient does not flow
+ * through them). Fills the receiver gradients and the residual gradients.
+ * -1 with a message if the run has no backward arena, no forward was made,
+ * the forward read no logits, or dweights is not NULL. */
+int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e);
+
+/* Gradient of the metric with respect to receiver recv's input: (B, T, C)
+ * (the path through that receiver only: for a q receiver, its ln_1 and its
+ * head's q projection). With keep_recv_grads 0, only the receivers of the
+ * stage being reported to the backward hook are available (else NULL). */
+const float *circ_run_recv_grad(const circ_run *r, int recv);
+/* Gradient of the metric with respect to upstream node u's output: (B, T, C),
+ * the sum over its downstream receivers. All heads of a layer share one
+ * buffer (the residual gradient after the attention of that layer). */
+const float *circ_run_node_grad(const circ_run *r, int node);
+/* Gradient with respect to residual s (all paths): (B, T, C). */
+const float *circ_run_resid_grad(const circ_run *r, int stage);
+
+#endif

@@ -1,0 +1,93 @@
+/*
+ * safetensors: reading (memory-mapped, validated) and writing of the
+ * safetensors format that Hugging Face uses for weights.
+ *
+ * The format: an 8-byte little-endian header length n, n bytes of JSON
+ * ({"<name>": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
+ * ..., optional "__metadata__": {str: str}}), then the data region; offsets
+ * are relative to its start. Nothing in the file is trusted before it is
+ * checked: the header length against the file size, the JSON, each dtype,
+ * each shape against its byte range, every range inside the data region,
+ * no two ranges overlapping and no byte of the data region left unindexed
+ * (the reference implementation's rule), no duplicate names. Every error
+ * names the file and, where there is one, the tensor:
+ *   "'m.safetensors': tensor 'h.0.mlp.c_fc.weight': data_offsets [0, 12] hold
+ *    12 bytes, shape [3, 2] of F32 needs 24"
+ *
+ * Tensors are not copied: data points into the read-only mapping, which
+ * lives until circ_st_close. Data may be unaligned (a header's length need
+ * not be a multiple of 4); circ_st_aligned says whether a tensor can be
+ * used in place as float.
+ *
+ * The writer produces the same format from tensors in memory: names in the
+ * given order, data in the same order, the header padded with spaces to a
+ * multiple of 8 bytes so every tensor is 8-byte aligned in the file. It
+ * writes to a temporary file and renames it into place, so a failed write
+ * never leaves a file that looks complete.
+ *
+ * Layering: uses util and stream (for circ_dtype).
+ */
+#ifndef CIRC_SAFETENSORS_H
+#define CIRC_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stream.h"
+#include "util.h"
+
+/* One tensor of a file (reader) or to write (writer). */
+typedef struct circ_st_tensor {
+	const char *name;
+	circ_dtype dtype; /* F64, F32, F16, BF16, I64, I32 or U8 */
+	int ndim;
+	int64_t shape[CIRC_MAX_DIMS];
+	const void *data; /* little-endian elements; reader: into the mapping */
+	size_t nbytes;	  /* numel * dtype size */
+} circ_st_tensor;
+
+typedef struct circ_st circ_st;
+
+/* Maps and validates path. NULL with "'<path>': <problem>" (and the tensor's
+ * name when one is at fault) on any error, including an empty or short file,
+ * a header length beyond the file, bad JSON, an unknown dtype ("I8", "BOOL",
+ * ... are rejected as circ has no use for them), a negative or overflowing
+ * shape, offsets outside the data region, overlaps or gaps. */
+circ_st *circ_st_open(const char *path, circ_error *e);
+void circ_st_close(circ_st *f); /* NULL is a no-op */
+
+const char *circ_st_path(const circ_st *f);
+int circ_st_count(const circ_st *f);
+/* Tensor i (0 <= i < count), in the order of their data offsets. */
+const circ_st_tensor *circ_st_at(const circ_st *f, int i);
+/* Tensor by exact name, or NULL. */
+const circ_st_tensor *circ_st_find(const circ_st *f, const char *name);
+/* A "__metadata__" value by key, or NULL. */
+const char *circ_st_metadata(const circ_st *f, const char *key);
+/* The whole mapped file (for digests). */
+const void *circ_st_bytes(const circ_st *f, size_t *len);
+/* 1 if t's data is 4-byte aligned (usable in place as float/int32). */
+int circ_st_aligned(const circ_st_tensor *t);
+
+/* Converts n elements of a float dtype (F32, F16, BF16, F64) to f32. */
+void circ_st_to_f32(float *out, const void *data, circ_dtype dtype, size_t n);
+/* Rounds f32 to F16 / BF16 bits (round to nearest even; NaN stays NaN,
+ * overflow gives infinity). */
+uint16_t circ_f32_to_f16(float f);
+uint16_t circ_f32_to_bf16(float f);
+float circ_f16_to_f32(uint16_t h);
+float circ_bf16_to_f32(uint16_t h);
+
+/* Writes n tensors to path; metadata is n_meta key/value pairs (meta[2i]
+ * the key, meta[2i+1] the value), may be NULL. Names must be unique and
+ * non-empty, nbytes must match the shape. -1 with "'<path>': ..." on error
+ * (the temporary file is removed). */
+int circ_st_write(const char *path, int n, const circ_st_tensor *t, int n_meta,
+		  const char *const *meta, circ_error *e);
+/* The same bytes, fed to a sink instead of a file (for digests): sink is
+ * called with consecutive pieces of the file. */
+int circ_st_serialize(int n, const circ_st_tensor *t, int n_meta, const char *const *meta,
+		      void (*sink)(void *ctx, const void *p, size_t len), void *ctx,
+		      circ_error *e);
+
+#endif

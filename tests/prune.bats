@@ -1,0 +1,208 @@
+#!/usr/bin/env bats
+# circ-prune: selection modes against goldens and against an independent
+# Python reference of EAP-IG's selection and pruning, the path property of
+# every circuit, ground-truth evaluation, and bad input.
+load helper
+
+D=tests/data/prune
+PY=/usr/bin/python3
+
+# Edge names of a circuit stream, one a line.
+edges_of() {
+	circ-cat "$1" | tail -n +2 | jq -r .edge
+}
+
+@test "prune --help lists every option and exits 0" {
+	run --separate-stderr circ-prune --help
+	assert_success
+	for o in --top-n --threshold --greedy --acdc --signed --truth --report --output --json; do
+		assert_output --partial -- "$o"
+	done
+}
+
+@test "prune: a bad flag, no mode, two modes and bad sizes are usage errors" {
+	run --separate-stderr circ-prune --nope
+	assert_failure 2
+	[[ "$stderr" == *"circ-prune: unknown option '--nope'"* ]]
+	run --separate-stderr circ-prune $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"choose a mode"* ]]
+	run --separate-stderr circ-prune --top-n 3 --greedy 3 $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"--top-n and --greedy exclude each other"* ]]
+	run --separate-stderr circ-prune --top-n -3 $D/scores.jsonl
+	assert_failure 2
+	run --separate-stderr circ-prune --top-n 150% $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"not a percentage"* ]]
+	run --separate-stderr circ-prune --threshold abc $D/scores.jsonl
+	assert_failure 2
+	run --separate-stderr circ-prune --top-n 3 --report "$T/r.json" $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"--report needs --truth"* ]]
+}
+
+@test "prune --acdc needs a model and a token stream" {
+	run --separate-stderr circ-prune --acdc $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"--acdc needs --model DIR"* ]]
+	run --separate-stderr circ-prune --acdc --model tests/data/tiny/model $D/scores.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"stream kind is 'scores', expected 'tokens'"* ]]
+}
+
+@test "prune: golden circuits for top-n, greedy and signed threshold" {
+	circ-prune --json --top-n 8 $D/scores.jsonl | tail -n +2 | cmp - $D/golden-top8.jsonl
+	circ-prune --json --greedy 6 $D/scores.jsonl | tail -n +2 | cmp - $D/golden-greedy6.jsonl
+	circ-prune --json --threshold 0.3 --signed $D/scores.jsonl | tail -n +2 |
+		cmp - $D/golden-threshold-signed.jsonl
+}
+
+@test "prune: the header records the graph, the source and the model" {
+	run --separate-stderr bash -c "circ-prune --json --top-n 10% $D/scores.jsonl | head -1"
+	assert_success
+	h="$output"
+	[ "$(jq -c .graph <<<"$h")" = '{"n_layer":2,"n_head":2,"level":"edge"}' ]
+	[ "$(jq -c .source <<<"$h")" = '{"method":"eap-ig","mode":"top-n","n":4,"signed":false,"metric":"logit_diff"}' ]
+	[ "$(jq -r .kind <<<"$h")" = circuit ]
+	[ "$(jq -r .n_edges_total <<<"$h")" = 46 ]
+	[ "$(jq -r .model_digest <<<"$h")" = "$(head -1 $D/scores.jsonl | jq -r .model_digest)" ]
+}
+
+@test "prune: output follows the circuit schema; binary by default" {
+	circ-prune --greedy 8 --truth $D/truth.jsonl $D/scores.jsonl >"$T/c.circ"
+	run zstd -t "$T/c.circ"
+	assert_success
+	circ-cat "$T/c.circ" | $PY tests/validate.py schemas/circuit.schema.json
+	$PY tests/validate.py schemas/scores.schema.json $D/scores.jsonl
+}
+
+@test "prune matches the Python reference of EAP-IG's selection on a GPT-2-small-shaped graph" {
+	$PY $D/random_scores.py 12 12 3 >"$T/s.jsonl"
+	for args in "top-n 3000" "top-n 6000 signed" "threshold 1.5" "greedy 400" "greedy 3000 signed"; do
+		set -- $args
+		flags="--$1 $2"
+		[ "${3:-}" = signed ] && flags="$flags --signed"
+		$PY $D/ref_select.py $args <"$T/s.jsonl" >"$T/ref.txt"
+		circ-prune $flags "$T/s.jsonl" >"$T/c.circ"
+		edges_of "$T/c.circ" >"$T/mine.txt"
+		[ -s "$T/ref.txt" ]
+		cmp "$T/ref.txt" "$T/mine.txt"
+	done
+}
+
+@test "prune: every kept edge lies on a path input -> ... -> logits" {
+	$PY $D/random_scores.py 4 3 5 >"$T/s.jsonl"
+	for mode in "--top-n 60" "--threshold 0.8" "--greedy 30" "--top-n 50%"; do
+		circ-prune $mode "$T/s.jsonl" >"$T/c.circ"
+		edges_of "$T/c.circ" | $PY -c '
+import re, sys
+edges = [re.match(r"(.*)->([^<]*)", l).groups() for l in sys.stdin.read().split()]
+fwd, bwd = {"input"}, {"logits"}
+for _ in range(20):  # grow to a fixpoint; the graph has < 20 ranks
+    for u, v in edges:
+        if u in fwd: fwd.add(v)
+        if v in bwd: bwd.add(u)
+bad = [f"{u}->{v}" for u, v in edges if u not in fwd or v not in bwd]
+assert edges and not bad, bad
+'
+	done
+}
+
+@test "prune: sizes may be percentages of the graph's edges (floor, as MIB)" {
+	run --separate-stderr bash -c "circ-prune --json --greedy 50% $D/scores.jsonl | head -1 | jq .source.n"
+	assert_output 23
+	run --separate-stderr bash -c "circ-prune --json --top-n 0 $D/scores.jsonl | wc -l"
+	assert_output 1
+}
+
+@test "prune --truth records AUC, MIB AUROC, TPR and FPR in the header and the report" {
+	circ-prune --json --top-n 7 --truth $D/truth.jsonl --report "$T/r.json" $D/scores.jsonl >"$T/c.jsonl"
+	ev=$(head -1 "$T/c.jsonl" | jq -c .eval)
+	[ "$(jq .auc <<<"$ev")" = 1 ]
+	[ "$(jq .n_truth <<<"$ev")" = 7 ]
+	[ "$(jq .tp <<<"$ev")" = "$(tail -n +2 "$T/c.jsonl" | jq -s '[.[].edge] - ["input->a1.h0<v>"] | length')" ]
+	[ "$(jq .truth <<<"$ev")" = "\"sha256:$(sha256sum $D/truth.jsonl | cut -c1-64)\"" ]
+	[ "$(jq -c '[.auc, .tpr, .tp + .fp + .fn + .tn]' "$T/r.json")" = "[1,$(jq .tpr <<<"$ev"),46]" ]
+	[ "$(jq '.mib_tpr | length' "$T/r.json")" = 10 ]
+	awk -v a="$(jq .mib_auroc "$T/r.json")" 'BEGIN { exit !(a > 0.9 && a <= 1) }'
+	# Inverted scores rank the truth last.
+	jq -c 'if .score then .score = -.score | .sum = -.sum else . end' $D/scores.jsonl >"$T/neg.jsonl"
+	circ-prune --json --top-n 7 --signed --truth $D/truth.jsonl --report "$T/r2.json" "$T/neg.jsonl" >/dev/null
+	awk -v a="$(jq .auc "$T/r2.json")" 'BEGIN { exit !(a < 0.8) }'
+}
+
+@test "prune --truth: an edge that is not in the graph is an error naming the record" {
+	printf '{"edge":"input->m0"}\n{"edge":"a2.h0->logits"}\n' >"$T/t.jsonl"
+	run --separate-stderr circ-prune --top-n 5 --truth "$T/t.jsonl" $D/scores.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"'$T/t.jsonl': record 2: edge 'a2.h0->logits': node 'a2.h0': no layer 2 (the graph has layers 0-1)"* ]]
+}
+
+@test "prune --truth: a truth circuit from another model is refused" {
+	circ-prune --json --top-n 8 $D/scores.jsonl |
+		jq -c 'if .model_digest then .model_digest = "sha256:'"$(printf '%064d' 0)"'" else . end' >"$T/t.jsonl"
+	run --separate-stderr circ-prune --top-n 5 --truth "$T/t.jsonl" $D/scores.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"model_digest differs"* ]]
+}
+
+@test "prune: an edge name that does not exist in the graph is a clear error" {
+	{ head -2 $D/scores.jsonl; echo '{"edge":"a12.h0->logits","score":1}'; } >"$T/s.jsonl"
+	run --separate-stderr circ-prune --top-n 1 "$T/s.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"record 2: edge 'a12.h0->logits': node 'a12.h0': no layer 12 (the graph has layers 0-1)"* ]]
+	{ head -1 $D/scores.jsonl; echo '{"edge":"input->a0.h0","score":1}'; } >"$T/s.jsonl"
+	run --separate-stderr circ-prune --top-n 1 "$T/s.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"needs its receiver <q>, <k> or <v>"* ]]
+	{ head -1 $D/scores.jsonl; echo '{"edge":"m1->a0.h0<q>","score":1}'; } >"$T/s.jsonl"
+	run --separate-stderr circ-prune --top-n 1 "$T/s.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"no such edge"* ]]
+}
+
+@test "prune: more edges than are scored is an error" {
+	run --separate-stderr circ-prune --top-n 47 $D/scores.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"cannot keep 47 edges: 46 of the graph's 46 edges have scores"* ]]
+}
+
+@test "prune: concatenated shards merge exactly through sum and count" {
+	# Two half-shards whose sums add up to the whole.
+	jq -c 'if .edge then .sum = .sum / 2 | .count = 4 | .score = .sum / 4 else . end' $D/scores.jsonl >"$T/half.jsonl"
+	cat "$T/half.jsonl" "$T/half.jsonl" >"$T/both.jsonl"
+	circ-prune --json --top-n 8 "$T/both.jsonl" | tail -n +2 | jq -r .edge >"$T/a.txt"
+	jq -r .edge $D/golden-top8.jsonl | cmp - "$T/a.txt"
+	# A repeated edge without sum and count cannot be merged.
+	{ cat $D/scores.jsonl; echo '{"edge":"input->m0","score":1}'; } >"$T/dup.jsonl"
+	run --separate-stderr circ-prune --top-n 3 "$T/dup.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"edge 'input->m0' listed twice"* ]]
+}
+
+@test "prune: empty input, wrong kind and a truncated stream are errors" {
+	run --separate-stderr circ-prune --top-n 3 </dev/null
+	assert_failure 1
+	circ-prune --top-n 8 $D/scores.jsonl >"$T/c.circ"
+	run --separate-stderr circ-prune --top-n 3 "$T/c.circ"
+	assert_failure 1
+	[[ "$stderr" == *"circuit"* ]]
+	circ-cat --to-msgpack --no-compress $D/scores.jsonl >"$T/s.circ"
+	head -c 1000 "$T/s.circ" >"$T/cut.circ"
+	run --separate-stderr circ-prune --top-n 3 "$T/cut.circ"
+	assert_failure 1
+	# The whole binary stream works and gives the golden circuit.
+	circ-prune --json --top-n 8 "$T/s.circ" | tail -n +2 | cmp - $D/golden-top8.jsonl
+}
+
+@test "prune: a write error is reported (exit 1)" {
+	run --separate-stderr circ-prune --json --top-n 8 -o /dev/full $D/scores.jsonl
+	assert_failure 1
+	run --separate-stderr circ-prune --top-n 8 --truth $D/truth.jsonl --report /dev/full/x $D/scores.jsonl
+	assert_failure 1
+	run --separate-stderr circ-prune --top-n 8 --truth $D/truth.jsonl --report /dev/full $D/scores.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"'/dev/full': write error"* ]]
+	[ -c /dev/full ]
+}

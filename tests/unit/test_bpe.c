@@ -1,0 +1,505 @@
+/*
+ * Unit tests for lib/bpe (GPT-2 BPE), lib/rng and the data lists of
+ * lib/tasks. Needs CIRC_ROOT (set by `make unit`) for the GPT-2 vocabulary
+ * in fixtures/gpt2-tokenizer and the lists in fixtures/tasks.
+ *
+ * The fast encoder (ASCII classifier, scan or heap merges, piece cache,
+ * streaming) is compared with circ_bpe_encode_ref (literal regex semantics,
+ * naive merges) on random texts built from troublesome fragments and on
+ * random bytes; ids must be identical. Known ids (checked against
+ * js-tiktoken's gpt2 encoding) pin the absolute result, and the exactness
+ * test in tests/tokenize.bats compares whole corpora with js-tiktoken.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bpe.h"
+#include "rng.h"
+#include "tasks.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                                           \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "test_bpe:%d: ", __LINE__);                                \
+			fprintf(stderr, __VA_ARGS__);                                              \
+			fputc('\n', stderr);                                                       \
+			failures++;                                                                \
+		}                                                                                  \
+	} while (0)
+
+static char root[4096];
+
+static circ_bpe *load_gpt2(void)
+{
+	char dir[4200];
+	circ_error e;
+	snprintf(dir, sizeof dir, "%s/fixtures/gpt2-tokenizer", root);
+	circ_bpe *b = circ_bpe_load_dir(dir, &e);
+	if (!b) {
+		fprintf(stderr, "test_bpe: %s\n", e.msg);
+		exit(1);
+	}
+	return b;
+}
+
+static int same(const circ_ids *a, const circ_ids *b)
+{
+	return a->n == b->n && (!a->n || !memcmp(a->v, b->v, a->n * sizeof *a->v));
+}
+
+static void dump(const char *what, const char *s, size_t n, const circ_ids *a, const circ_ids *b)
+{
+	fprintf(stderr, "  %s: text (%zu bytes):", what, n);
+	for (size_t i = 0; i < n && i < 80; i++)
+		fprintf(stderr, " %02x", (unsigned char)s[i]);
+	fprintf(stderr, "\n  fast:");
+	for (size_t i = 0; i < a->n && i < 40; i++)
+		fprintf(stderr, " %d", a->v[i]);
+	fprintf(stderr, "\n  ref: ");
+	for (size_t i = 0; i < b->n && i < 40; i++)
+		fprintf(stderr, " %d", b->v[i]);
+	fputc('\n', stderr);
+}
+
+/* Known encodings (ids from js-tiktoken 1.0.21, getEncoding("gpt2")). */
+static void test_known(circ_bpe *b)
+{
+	static const struct {
+		const char *text;
+		int flags;
+		int32_t ids[16];
+		int n;
+	} cases[] = {
+	    {"Hello world", 0, {15496, 995}, 2},
+	    {" the", 0, {262}, 1},
+	    {"I'm here, aren't you?  Yes<|endoftext|>  x",
+	     CIRC_BPE_SPECIAL,
+	     {40, 1101, 994, 11, 3588, 470, 345, 30, 220, 3363, 50256, 220, 2124},
+	     13},
+	    {"   hi  ", 0, {220, 220, 23105, 220, 220}, 5},
+	    {"<|endoftext|>", 0, {27, 91, 437, 1659, 5239, 91, 29}, 7},
+	    {"<|endoftext|>", CIRC_BPE_SPECIAL, {50256}, 1},
+	    {"", 0, {0}, 0},
+	};
+	circ_error e;
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		circ_ids a = {0};
+		int rc = circ_bpe_encode(b, cases[c].text, strlen(cases[c].text), cases[c].flags,
+					 &a, &e);
+		CHECK(rc == 0 && a.n == (size_t)cases[c].n &&
+			  (!a.n || !memcmp(a.v, cases[c].ids, a.n * sizeof *a.v)),
+		      "known case %zu ('%s') differs", c, cases[c].text);
+		circ_ids_free(&a);
+	}
+	CHECK(circ_bpe_vocab_size(b) == 50257, "vocab size %d", circ_bpe_vocab_size(b));
+	CHECK(circ_bpe_n_merges(b) == 50000, "merges %d", circ_bpe_n_merges(b));
+	CHECK(circ_bpe_eot(b) == 50256, "eot %d", circ_bpe_eot(b));
+	CHECK(circ_bpe_single(b, " Mary", 5) == 5335, "' Mary' single");
+	CHECK(circ_bpe_single(b, " Maryland's", 11) == -1, "' Maryland's' is not single");
+}
+
+/* Pieces of the pre-tokeniser on hand-picked cases (pieces joined by '|'). */
+static void test_pretok(void)
+{
+	static const char *cases[][2] = {
+	    {"Hello world", "Hello| world"},
+	    {"don't DON'T", "don|'t| DON|'|T"},
+	    {"we'll they're I've 'd 's", "we|'ll| they|'re| I|'ve| '|d| '|s"},
+	    {"a  b", "a| | b"},
+	    {"a \n b", "a| \n| b"},
+	    {"x\n\ny", "x|\n|\n|y"},
+	    {"a\n\n\n b", "a|\n\n\n| b"},
+	    {"x  ", "x|  "},
+	    {"12345 678", "12345| 678"},
+	    {"!!!'s", "!!!'|s"},
+	    {" '''", " '''"},
+	    {"\t\tx", "\t|\t|x"},
+	    {"\xe3\x80\x80x", "\xe3\x80\x80|x"},	    /* U+3000 ideographic space */
+	    {"e\xcc\x81t\xc3\xa9", "e|\xcc\x81|t\xc3\xa9"}, /* combining acute is "other" */
+	    {"\xff\xfe ab", "\xff\xfe| ab"},
+	    {"a'", "a|'"},
+	    {"'r", "'|r"},
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		const unsigned char *s = (const unsigned char *)cases[c][0];
+		size_t n = strlen(cases[c][0]), pos = 0, end, k = 0;
+		char got[256];
+		while (pos < n && circ_bpe_pretok_next(s, n, pos, 1, &end)) {
+			if (pos)
+				got[k++] = '|';
+			memcpy(got + k, s + pos, end - pos);
+			k += end - pos;
+			pos = end;
+		}
+		got[k] = 0;
+		CHECK(!strcmp(got, cases[c][1]), "pretok case %zu: got '%s', want '%s'", c, got,
+		      cases[c][1]);
+	}
+}
+
+/* Fragments that stress every rule; random texts are concatenations. */
+static const char *frags[] = {
+    "a",
+    "Z",
+    "hello",
+    " world",
+    " ",
+    "  ",
+    "   ",
+    "\t",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\v",
+    "\f",
+    "'",
+    "'s",
+    "'S",
+    "'t",
+    "'re",
+    "'RE",
+    "'ve",
+    "'m",
+    "'ll",
+    "'LL",
+    "'d",
+    "'x",
+    "''",
+    "0",
+    "42",
+    " 2023",
+    "3.14",
+    "!",
+    "?!",
+    "...",
+    "--",
+    "@#$",
+    "(",
+    ")",
+    "\"",
+    "\xc3\xa9",
+    "\xc3\x89",
+    "e\xcc\x81",
+    "\xcc\x81", /* é É e+acute, acute */
+    "\xe4\xb8\xad\xe6\x96\x87",
+    "\xe6\x97\xa5\xe6\x9c\xac", /* CJK */
+    "\xd9\xa3",
+    "\xe0\xa5\xa8",
+    "\xe2\x85\xa2",
+    "\xc2\xbd", /* Arabic-Indic 3, Devanagari 2, roman III, 1/2 */
+    "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9", /* man ZWJ woman */
+    "\xf0\x9f\x98\x80",
+    "\xe2\x80\x8d",
+    "\xef\xb8\x8f", /* emoji, ZWJ, VS16 */
+    "\xc2\xa0",
+    "\xe3\x80\x80",
+    "\xe2\x80\xa8",
+    "\xef\xbb\xbf",
+    "\xc2\x85", /* NBSP, ideographic sp, LS, BOM, NEL */
+    "\xd0\x9f\xd1\x80\xd0\xb8",
+    "\xce\xb1\xce\xb2",
+    "\xd7\xa9\xd7\x9c", /* Cyrillic, Greek, Hebrew */
+    "\xff",
+    "\xc3",
+    "\xe2\x82",
+    "\xed\xa0\x80",
+    "\xc0\xaf",
+    "\xf4\x90\x80\x80", /* invalid */
+    "<|endoftext|>",
+    "<|",
+    "|>",
+    "\x00",
+    "\x7f",
+};
+
+static size_t random_text(circ_rng *r, char *buf, size_t cap)
+{
+	size_t n = 0, parts = 1 + circ_rng_below(r, 24);
+	for (size_t i = 0; i < parts; i++) {
+		const char *f = frags[circ_rng_below(r, sizeof frags / sizeof *frags)];
+		size_t l = f[0] ? strlen(f) : 1; /* "\x00" is one NUL byte */
+		if (n + l > cap)
+			break;
+		memcpy(buf + n, f, l);
+		n += l;
+	}
+	return n;
+}
+
+static void test_fast_vs_ref(circ_bpe *b)
+{
+	circ_rng r;
+	char buf[4096];
+	circ_error e;
+	int bad = 0;
+	circ_rng_seed(&r, 1);
+	for (int t = 0; t < 20000 && bad < 5; t++) {
+		size_t n;
+		if (t % 4 == 3) { /* raw random bytes */
+			n = circ_rng_below(&r, 40);
+			for (size_t i = 0; i < n; i++)
+				buf[i] = (char)circ_rng_below(&r, 256);
+		} else {
+			n = random_text(&r, buf, sizeof buf);
+		}
+		int flags = (t & 1) ? CIRC_BPE_SPECIAL : 0;
+		circ_ids a = {0}, c = {0};
+		int ra = circ_bpe_encode(b, buf, n, flags, &a, &e);
+		int rc = circ_bpe_encode_ref(b, buf, n, flags, &c, &e);
+		if (ra || rc || !same(&a, &c)) {
+			bad++;
+			CHECK(0, "fast and reference encodings differ (case %d)", t);
+			dump("fast vs ref", buf, n, &a, &c);
+		}
+		/* bytes are bytes: decoding gives the input back */
+		size_t dl;
+		char *d = circ_bpe_decode(b, a.v, a.n, &dl, &e);
+		CHECK(d && dl == n && !memcmp(d, buf, n), "decode(encode(x)) != x (case %d)", t);
+		free(d);
+		circ_ids_free(&a);
+		circ_ids_free(&c);
+	}
+}
+
+static void test_stream(circ_bpe *b)
+{
+	circ_rng r;
+	char buf[4096];
+	circ_error e;
+	circ_bpe_stream *s = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
+	circ_rng_seed(&r, 2);
+	for (int t = 0; t < 3000; t++) {
+		size_t n = random_text(&r, buf, sizeof buf), pos = 0;
+		circ_ids whole = {0}, parts = {0};
+		circ_bpe_encode(b, buf, n, CIRC_BPE_SPECIAL, &whole, &e);
+		while (pos < n) { /* chunks of 0..7 bytes, cut anywhere */
+			size_t k = circ_rng_below(&r, 8);
+			if (k > n - pos)
+				k = n - pos;
+			CHECK(circ_bpe_stream_feed(s, buf + pos, k, &parts, &e) == 0, "feed");
+			pos += k;
+		}
+		CHECK(circ_bpe_stream_finish(s, &parts, &e) == 0, "finish");
+		if (!same(&whole, &parts)) {
+			CHECK(0, "streamed encoding differs (case %d)", t);
+			dump("whole vs streamed", buf, n, &whole, &parts);
+			t = 3000;
+		}
+		circ_ids_free(&whole);
+		circ_ids_free(&parts);
+	}
+	circ_bpe_stream_free(s);
+}
+
+/* Long pieces take the heap path; a tiny cache is emptied constantly. */
+static void test_long_and_cache(circ_bpe *b)
+{
+	circ_rng r;
+	size_t n = 6000;
+	char *buf = malloc(n);
+	circ_error e;
+	circ_rng_seed(&r, 3);
+	for (int kind = 0; kind < 3; kind++) {
+		for (size_t i = 0; i < n; i++)
+			buf[i] = kind == 0   ? (char)('a' + circ_rng_below(&r, 26))
+				 : kind == 1 ? "ab"[circ_rng_below(&r, 2)]
+					     : ' ';
+		circ_ids a = {0}, c = {0};
+		circ_bpe_encode(b, buf, n, 0, &a, &e);
+		circ_bpe_encode_ref(b, buf, n, 0, &c, &e);
+		CHECK(same(&a, &c), "long piece kind %d: heap and reference differ", kind);
+		circ_ids_free(&a);
+		circ_ids_free(&c);
+	}
+	free(buf);
+
+	char text[4096];
+	for (int pass = 0; pass < 3; pass++) {
+		circ_bpe_set_cache(b, pass == 0 ? 0 : pass == 1 ? 16 : 1 << 16);
+		circ_rng_seed(&r, 4);
+		for (int t = 0; t < 2000; t++) {
+			size_t m = random_text(&r, text, sizeof text);
+			circ_ids a = {0}, c = {0};
+			circ_bpe_encode(b, text, m, 0, &a, &e);
+			circ_bpe_encode_ref(b, text, m, 0, &c, &e);
+			if (!same(&a, &c)) {
+				CHECK(0, "cache size pass %d: differs", pass);
+				t = 2000;
+			}
+			circ_ids_free(&a);
+			circ_ids_free(&c);
+		}
+	}
+}
+
+static int write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "wb");
+	if (!f)
+		return -1;
+	fputs(text, f);
+	return fclose(f);
+}
+
+/* A tiny byte-level vocabulary: bytes 'a' 'b' 'c' and ' ' (as "Ġ") only. */
+static void test_small_vocab(void)
+{
+	char dir[] = "/tmp/circ-test-bpe-XXXXXX", p[256], q[256];
+	circ_error e;
+	if (!mkdtemp(dir)) {
+		CHECK(0, "mkdtemp");
+		return;
+	}
+	snprintf(p, sizeof p, "%s/vocab.json", dir);
+	snprintf(q, sizeof q, "%s/merges.txt", dir);
+	write_file(
+	    p,
+	    "{\"a\":0,\"b\":1,\"c\":2,\"\\u0120\":3,\"ab\":4,\"\\u0120ab\":5,\"<|endoftext|>\":6}");
+	write_file(q, "#version: 0.2\na b\n\xc4\xa0 ab\n");
+	circ_bpe *b = circ_bpe_load_dir(dir, &e);
+	CHECK(b != NULL, "small vocab: %s", b ? "" : e.msg);
+	if (b) {
+		circ_ids a = {0};
+		CHECK(circ_bpe_encode(b, "ab abc", 6, 0, &a, &e) == 0 && a.n == 3 && a.v[0] == 4 &&
+			  a.v[1] == 5 && a.v[2] == 2,
+		      "small vocab encoding");
+		a.n = 0;
+		CHECK(circ_bpe_encode(b, "abd", 3, 0, &a, &e) == -1 && strstr(e.msg, "0x64"),
+		      "missing byte reported: %s", e.msg);
+		CHECK(circ_bpe_eot(b) == 6, "small vocab eot");
+		circ_ids_free(&a);
+		circ_bpe_free(b);
+	}
+	/* merges that disagree with the vocabulary */
+	write_file(q, "#version: 0.2\na b\nb c\n");
+	b = circ_bpe_load_dir(dir, &e);
+	CHECK(!b && strstr(e.msg, "line 3") && strstr(e.msg, "'bc' is not in the vocabulary"),
+	      "bad merge message: %s", e.msg);
+	circ_bpe_free(b);
+	write_file(q, "#version: 0.2\na x\n");
+	b = circ_bpe_load_dir(dir, &e);
+	CHECK(!b && strstr(e.msg, "'x' is not in the vocabulary"), "bad part message: %s", e.msg);
+	circ_bpe_free(b);
+	/* tokenizer.json form of the same vocabulary */
+	remove(p);
+	remove(q);
+	snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+	write_file(p,
+		   "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"\\u0120\":3,"
+		   "\"ab\":4,\"\\u0120ab\":5},\"merges\":[\"a b\",[\"\\u0120\",\"ab\"]]},"
+		   "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},"
+		   "\"added_tokens\":[{\"id\":6,\"content\":\"<|endoftext|>\",\"special\":true}]}");
+	b = circ_bpe_load_dir(dir, &e);
+	CHECK(b != NULL, "tokenizer.json: %s", b ? "" : e.msg);
+	if (b) {
+		circ_ids a = {0};
+		CHECK(circ_bpe_encode(b, "ab<|endoftext|>", 15, CIRC_BPE_SPECIAL, &a, &e) == 0 &&
+			  a.n == 2 && a.v[0] == 4 && a.v[1] == 6,
+		      "tokenizer.json encoding");
+		circ_ids_free(&a);
+		CHECK(circ_bpe_vocab_size(b) == 7, "tokenizer.json vocab size");
+		circ_bpe_free(b);
+	}
+	remove(p);
+	b = circ_bpe_load_dir(dir, &e);
+	CHECK(!b && strstr(e.msg, "no tokenizer there"), "empty dir message: %s", e.msg);
+	rmdir(dir);
+}
+
+/* Reference values of the generator (computed from the published
+ * splitmix64 and xoshiro256** algorithms; see rng.h). */
+static void test_rng(void)
+{
+	circ_rng r;
+	uint64_t x = 0;
+	CHECK(circ_splitmix64(&x) == 0xe220a8397b1dcdafULL, "splitmix64(0) first output");
+	circ_rng_seed(&r, 42);
+	uint64_t first = circ_rng_next(&r);
+	circ_rng r2;
+	circ_rng_seed(&r2, 42);
+	CHECK(circ_rng_next(&r2) == first, "same seed, same draw");
+	circ_rng_seed(&r2, 43);
+	CHECK(circ_rng_next(&r2) != first, "other seed, other draw");
+	/* below(): in range, and roughly uniform */
+	int counts[10] = {0};
+	for (int i = 0; i < 100000; i++)
+		counts[circ_rng_below(&r, 10)]++;
+	for (int i = 0; i < 10; i++)
+		CHECK(counts[i] > 9500 && counts[i] < 10500, "below(10) bucket %d: %d", i,
+		      counts[i]);
+	double sum = 0, sq = 0;
+	for (int i = 0; i < 100000; i++) {
+		double v = circ_rng_normal(&r);
+		sum += v;
+		sq += v * v;
+	}
+	CHECK(sum / 1e5 > -0.02 && sum / 1e5 < 0.02 && sq / 1e5 > 0.97 && sq / 1e5 < 1.03,
+	      "normal moments %g %g", sum / 1e5, sq / 1e5);
+	size_t out[5];
+	CHECK(circ_rng_sample(&r, 5, 5, out) == 0, "sample all");
+	int seen = 0;
+	for (int i = 0; i < 5; i++)
+		seen |= 1 << out[i];
+	CHECK(seen == 31, "sample is a permutation");
+	CHECK(circ_rng_sample(&r, 3, 4, out) == -1, "sample k > n fails");
+	for (int i = 0; i < 1000; i++) {
+		int64_t v = circ_rng_range(&r, -3, 3);
+		CHECK(v >= -3 && v <= 3, "range");
+	}
+}
+
+/* The lists compiled into lib/tasks equal the JSON files in fixtures/tasks. */
+static void test_task_lists(void)
+{
+	static const struct {
+		const char *file, *key, *list;
+	} lists[] = {
+	    {"ioi_lists.json", "NAMES", "ioi.names"},
+	    {"ioi_lists.json", "PLACES", "ioi.places"},
+	    {"ioi_lists.json", "OBJECTS", "ioi.objects"},
+	    {"ioi_lists.json", "BABA_TEMPLATES", "ioi.baba_templates"},
+	    {"ioi_lists.json", "ABBA_TEMPLATES", "ioi.abba_templates"},
+	    {"greaterthan.json", "NOUNS", "greater-than.nouns"},
+	    {"docstring_lists.json", "variable_names", "docstring.variable_names"},
+	    {"docstring_lists.json", "common_single_token_nouns", "docstring.nouns"},
+	};
+	for (size_t i = 0; i < sizeof lists / sizeof *lists; i++) {
+		char path[4200];
+		json_error_t je;
+		snprintf(path, sizeof path, "%s/fixtures/tasks/%s", root, lists[i].file);
+		json_t *j = json_load_file(path, 0, &je), *arr = json_object_get(j, lists[i].key);
+		size_t n;
+		const char *const *l = circ_task_list(lists[i].list, &n);
+		CHECK(j && l && json_array_size(arr) == n, "list %s: size", lists[i].list);
+		for (size_t k = 0; l && k < n && k < json_array_size(arr); k++)
+			CHECK(!strcmp(l[k], json_string_value(json_array_get(arr, k))),
+			      "list %s item %zu differs", lists[i].list, k);
+		json_decref(j);
+	}
+}
+
+int main(void)
+{
+	const char *r = getenv("CIRC_ROOT");
+	snprintf(root, sizeof root, "%s", r ? r : ".");
+	circ_bpe *b = load_gpt2();
+	test_known(b);
+	test_pretok();
+	test_fast_vs_ref(b);
+	test_stream(b);
+	test_long_and_cache(b);
+	circ_bpe_free(b);
+	test_small_vocab();
+	test_rng();
+	test_task_lists();
+	if (failures)
+		fprintf(stderr, "test_bpe: %d failure(s)\n", failures);
+	else
+		printf("test_bpe: ok\n");
+	return failures != 0;
+}

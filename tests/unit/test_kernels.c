@@ -1,0 +1,320 @@
+/*
+ * test_kernels: every fast kernel against its reference twin, on random
+ * inputs of awkward sizes (tails that are not a multiple of the vector
+ * width, strided rows), and the reference backward kernels against central
+ * finite differences of the reference forwards (computed in double through
+ * a scalar loss sum(out * g)). Both the AVX2 path and the portable path are
+ * tested: the test re-runs itself with CIRC_NO_SIMD=1.
+ *
+ * Tolerances (relative to the scale of the values):
+ *   gemm 2e-6 * sqrt(k); LayerNorm fwd 2e-6, bwd 1e-5; GELU fwd 1e-6
+ *   (tanh) / 4e-7 abs (erf); GELU bwd 2e-6; exp 3e-7 relative; attention
+ *   2e-6 fwd, 1e-5 bwd; finite differences 1e-4 relative.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels.h"
+#include "rng.h"
+#include "util.h"
+
+static int failures;
+static circ_rng rng;
+
+#define CHECK(cond)                                                                        \
+	do {                                                                               \
+		if (!(cond)) {                                                             \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+			failures++;                                                        \
+		}                                                                          \
+	} while (0)
+
+static float *randv(size_t n, double scale)
+{
+	float *v = circ_xalloc_aligned(n * sizeof *v);
+	for (size_t i = 0; i < n; i++)
+		v[i] = (float)(circ_rng_normal(&rng) * scale);
+	return v;
+}
+
+static float *copyv(const float *a, size_t n)
+{
+	float *v = circ_xalloc_aligned(n * sizeof *v);
+	memcpy(v, a, n * sizeof *v);
+	return v;
+}
+
+/* max |a - b| / (max |b| + floor) over n; prints when above tol. */
+static int close_to(const char *what, const float *a, const float *b, size_t n, double tol,
+		    double floor)
+{
+	double mx = 0, err = 0;
+	size_t at = 0;
+	for (size_t i = 0; i < n; i++) {
+		double d = fabs((double)a[i] - b[i]);
+		if (fabs(b[i]) > mx)
+			mx = fabs(b[i]);
+		if (d > err || isnan(d)) {
+			err = isnan(d) ? INFINITY : d;
+			at = i;
+		}
+	}
+	err /= mx + floor;
+	if (!(err <= tol)) {
+		fprintf(stderr, "%s: relative error %.3g > %.3g at %zu (%.9g vs %.9g)\n", what, err,
+			tol, at, a[at], b[at]);
+		return 0;
+	}
+	return 1;
+}
+
+static void test_gemm(void)
+{
+	int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 9, 33}, {64, 48, 64}, {5, 130, 3}};
+	for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+		for (int ta = 0; ta < 2; ta++)
+			for (int tb = 0; tb < 2; tb++) {
+				int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+				int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
+				float *a = randv((size_t)(ta ? k : m) * lda, 1);
+				float *b = randv((size_t)(tb ? n : k) * ldb, 1);
+				float *c1 = randv((size_t)m * ldc, 1), *c2 = copyv(c1, (size_t)m * ldc);
+				circ_gemm(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c1, ldc);
+				circ_gemm_ref(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c2, ldc);
+				CHECK(close_to("gemm", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+				circ_gemm(ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c1, ldc);
+				circ_gemm_ref(ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
+				CHECK(close_to("gemm beta 0", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+				free(a), free(b), free(c1), free(c2);
+			}
+}
+
+static void test_layernorm(void)
+{
+	int widths[] = {1, 2, 7, 8, 13, 16, 64, 100, 768};
+	for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
+		int C = widths[wi], N = 5, ld = C + 3;
+		float *x = randv((size_t)N * ld, 2), *w = randv((size_t)C, 1), *b = randv((size_t)C, 1);
+		float *o1 = circ_xalloc_aligned((size_t)N * ld * 4), *o2 = circ_xalloc_aligned((size_t)N * ld * 4);
+		float m1[5], r1[5], m2[5], r2[5];
+		for (int i = 0; i < N * ld; i++)
+			x[i] += 3.0f; /* a mean far from 0 */
+		circ_layernorm_fwd(o1, ld, m1, r1, x, ld, w, b, N, C, 1e-5f);
+		circ_layernorm_fwd_ref(o2, ld, m2, r2, x, ld, w, b, N, C, 1e-5f);
+		CHECK(close_to("layernorm out", o1, o2, (size_t)N * ld, 2e-6, 1e-3));
+		CHECK(close_to("layernorm mean", m1, m2, (size_t)N, 2e-6, 1e-3));
+		CHECK(close_to("layernorm rstd", r1, r2, (size_t)N, C == 1 ? 1e-3 : 2e-6, 1e-3));
+
+		/* backward on contiguous rows */
+		float *xc = randv((size_t)N * C, 2), *dy = randv((size_t)N * C, 1);
+		float *d1 = randv((size_t)N * C, 1), *d2 = copyv(d1, (size_t)N * C);
+		float *a1 = randv((size_t)N * C, 1), *a2 = copyv(a1, (size_t)N * C);
+		float *oc = circ_xalloc_aligned((size_t)N * C * 4);
+		circ_layernorm_fwd_ref(oc, C, m2, r2, xc, C, w, b, N, C, 1e-5f);
+		circ_layernorm_bwd(d1, a1, dy, xc, m2, r2, w, N, C);
+		circ_layernorm_bwd_ref(d2, a2, dy, xc, m2, r2, w, N, C);
+		CHECK(close_to("layernorm bwd", d1, d2, (size_t)N * C, 1e-5, 1));
+		CHECK(close_to("layernorm bwd acc", a1, a2, (size_t)N * C, 1e-5, 1));
+
+		/* finite differences of the reference on row 0: loss = sum(out * dy) */
+		if (C >= 2 && C <= 100) {
+			float *g = circ_xcalloc((size_t)C, sizeof *g);
+			circ_layernorm_bwd_ref(g, NULL, dy, xc, m2, r2, w, 1, C);
+			for (int i = 0; i < C; i += (C > 16 ? 7 : 1)) {
+				double h = 1e-3, lp = 0, lm = 0, save = xc[i];
+				double xs[128];
+				for (int sgn = 0; sgn < 2; sgn++) {
+					double mu = 0, var = 0, l = 0;
+					for (int j = 0; j < C; j++)
+						xs[j] = xc[j] + (j == i ? (sgn ? -h : h) : 0);
+					for (int j = 0; j < C; j++)
+						mu += xs[j];
+					mu /= C;
+					for (int j = 0; j < C; j++)
+						var += (xs[j] - mu) * (xs[j] - mu);
+					var /= C;
+					for (int j = 0; j < C; j++)
+						l += ((xs[j] - mu) / sqrt(var + 1e-5) * w[j] + b[j]) * dy[j];
+					*(sgn ? &lm : &lp) = l;
+				}
+				(void)save;
+				double fd = (lp - lm) / (2 * h);
+				if (fabs(fd - g[i]) > 1e-3 * (fabs(fd) + 1)) {
+					fprintf(stderr, "layernorm fd C=%d i=%d: %g vs %g\n", C, i, fd, g[i]);
+					failures++;
+				}
+			}
+			free(g);
+		}
+		free(x), free(w), free(b), free(o1), free(o2), free(xc), free(dy), free(d1),
+		    free(d2), free(a1), free(a2), free(oc);
+	}
+}
+
+static void test_gelu(void)
+{
+	size_t n = 1003;
+	float *x = randv(n, 3), *y1 = circ_xalloc_aligned(n * 4), *y2 = circ_xalloc_aligned(n * 4);
+	x[0] = 0, x[1] = -20, x[2] = 20, x[3] = 1e-8f, x[4] = -1e-8f, x[5] = 100, x[6] = -100;
+	for (int exact = 0; exact < 2; exact++) {
+		circ_gelu_fwd(y1, x, n, exact);
+		circ_gelu_fwd_ref(y2, x, n, exact);
+		CHECK(close_to(exact ? "gelu erf" : "gelu tanh", y1, y2, n, exact ? 4e-7 : 1e-6, 1));
+		float *dy = randv(n, 1), *d1 = randv(n, 1), *d2 = copyv(d1, n), *d3 = copyv(dy, n);
+		circ_gelu_bwd(d1, x, dy, n, exact);
+		circ_gelu_bwd_ref(d2, x, dy, n, exact);
+		CHECK(close_to("gelu bwd", d1, d2, n, 2e-6, 1));
+		circ_gelu_bwd_inplace(d3, x, n, exact);
+		memset(d2, 0, n * 4);
+		circ_gelu_bwd_ref(d2, x, dy, n, exact);
+		CHECK(close_to("gelu bwd inplace", d3, d2, n, 2e-6, 1));
+		/* finite differences of the reference forward in double */
+		for (size_t i = 7; i < 40; i++) {
+			float xp = x[i] + 1e-2f, xm = x[i] - 1e-2f, yp, ym, g = 0, one = 1;
+			circ_gelu_fwd_ref(&yp, &xp, 1, exact);
+			circ_gelu_fwd_ref(&ym, &xm, 1, exact);
+			circ_gelu_bwd_ref(&g, &x[i], &one, 1, exact);
+			double fd = ((double)yp - ym) / ((double)xp - xm);
+			if (fabs(fd - g) > 1e-3) {
+				fprintf(stderr, "gelu fd x=%g: %g vs %g\n", x[i], fd, g);
+				failures++;
+			}
+		}
+		free(dy), free(d1), free(d2), free(d3);
+	}
+	free(x), free(y1), free(y2);
+}
+
+static void test_exp(void)
+{
+	size_t n = 2000;
+	float *x = randv(n, 30), *y = circ_xalloc_aligned(n * 4);
+	x[0] = -87.0f, x[1] = 88.5f, x[2] = -1000, x[3] = 1000, x[4] = 0, x[5] = -INFINITY;
+	x[6] = INFINITY, x[7] = NAN, x[8] = -87.4f, x[9] = 88.72f;
+	circ_vexp(y, x, n);
+	CHECK(y[2] == 0 && isinf(y[3]) && y[4] == 1 && y[5] == 0 && isinf(y[6]) && isnan(y[7]));
+	for (size_t i = 0; i < n; i++) {
+		double r = exp((double)x[i]);
+		if (i == 2 || i == 3 || (i >= 5 && i <= 8))
+			continue;
+		if (r > 3.4028234e38) { /* overflows float */
+			if (!isinf(y[i])) {
+				fprintf(stderr, "exp(%.9g) = %.9g, want inf\n", x[i], y[i]);
+				failures++;
+			}
+			continue;
+		}
+		if (fabs(y[i] - r) > 3e-7 * r + 1e-37) {
+			fprintf(stderr, "exp(%.9g) = %.9g, want %.9g\n", x[i], y[i], r);
+			failures++;
+			break;
+		}
+	}
+	float row[5] = {1, 2, 3, 4, 1000}, out[5];
+	double lse = circ_logsoftmax_row(out, row, 5);
+	CHECK(fabs(lse - 1000) < 1e-9 && fabs(out[4]) < 1e-6 && out[0] < -998);
+	free(x), free(y);
+}
+
+static void test_attention(void)
+{
+	int cfg[][4] = {{1, 1, 4, 1}, {2, 5, 12, 3}, {3, 16, 64, 4}, {2, 33, 40, 2}};
+	for (size_t s = 0; s < sizeof cfg / sizeof *cfg; s++) {
+		int B = cfg[s][0], T = cfg[s][1], C = cfg[s][2], H = cfg[s][3];
+		size_t nq = (size_t)B * T * 3 * C, nz = (size_t)B * T * C, na = (size_t)B * H * T * T;
+		float *qkv = randv(nq, 1.5), *z1 = circ_xalloc_aligned(nz * 4), *z2 = circ_xalloc_aligned(nz * 4);
+		float *a1 = circ_xalloc_aligned(na * 4), *a2 = circ_xalloc_aligned(na * 4);
+		circ_attn_fwd(z1, a1, qkv, B, T, C, H);
+		circ_attn_fwd_ref(z2, a2, qkv, B, T, C, H);
+		CHECK(close_to("attn z", z1, z2, nz, 2e-6, 1));
+		CHECK(close_to("attn att", a1, a2, na, 2e-6, 1));
+		float *dz = randv(nz, 1), *d1 = randv(nq, 1), *d2 = copyv(d1, nq);
+		circ_attn_bwd(d1, dz, qkv, a2, B, T, C, H);
+		circ_attn_bwd_ref(d2, dz, qkv, a2, B, T, C, H);
+		CHECK(close_to("attn bwd", d1, d2, nq, 1e-5, 1));
+		/* finite differences: loss = sum(z * dz) through the reference */
+		memset(d2, 0, nq * 4);
+		circ_attn_bwd_ref(d2, dz, qkv, a2, B, T, C, H);
+		for (size_t i = 0; i < nq; i += nq / 23 + 1) {
+			double l[2], h = 1e-2;
+			float save = qkv[i];
+			for (int sgn = 0; sgn < 2; sgn++) {
+				qkv[i] = (float)(save + (sgn ? -h : h));
+				circ_attn_fwd_ref(z2, a2, qkv, B, T, C, H);
+				l[sgn] = 0;
+				for (size_t j = 0; j < nz; j++)
+					l[sgn] += (double)z2[j] * dz[j];
+			}
+			qkv[i] = save;
+			double fd = (l[0] - l[1]) / (((double)(float)(save + h)) - (double)(float)(save - h));
+			if (fabs(fd - d2[i]) > 1e-3 * (fabs(fd) + 1)) {
+				fprintf(stderr, "attn fd cfg %zu i=%zu: %g vs %g\n", s, i, fd, d2[i]);
+				failures++;
+			}
+		}
+		free(qkv), free(z1), free(z2), free(a1), free(a2), free(dz), free(d1), free(d2);
+	}
+}
+
+typedef struct sum_ctx {
+	long long *parts;
+	int *hits;
+} sum_ctx;
+
+static void sum_task(void *v, size_t b, size_t e)
+{
+	sum_ctx *c = v;
+	for (size_t i = b; i < e; i++)
+		c->hits[i]++;
+}
+
+static void test_pool(void)
+{
+	for (int th = 1; th <= 3; th++) {
+		circ_pool *p = circ_pool_new(th);
+		int hits[1000] = {0};
+		sum_ctx c = {NULL, hits};
+		for (int rep = 0; rep < 50; rep++)
+			circ_pool_for(p, 1 + (size_t)rep * 19, sum_task, &c);
+		int ok = 1;
+		for (int i = 0; i < 1000; i++) {
+			int want = 0;
+			for (int rep = 0; rep < 50; rep++)
+				want += i < 1 + rep * 19;
+			ok &= hits[i] == want;
+		}
+		CHECK(ok);
+		CHECK(circ_pool_threads(p) == th);
+		circ_pool_free(p);
+	}
+	circ_pool_free(NULL);
+}
+
+int main(int argc, char **argv)
+{
+	circ_rng_seed(&rng, 42);
+	test_gemm();
+	test_layernorm();
+	test_gelu();
+	test_exp();
+	test_attention();
+	test_pool();
+	if (failures) {
+		fprintf(stderr, "test_kernels%s: %d failures\n", getenv("CIRC_NO_SIMD") ? " (scalar)" : "",
+			failures);
+		return 1;
+	}
+	/* Run the portable path too. */
+	if (getenv("CIRC_NO_SIMD"))
+		printf("test_kernels: ok (SIMD and portable paths)\n");
+	if (!getenv("CIRC_NO_SIMD") && argc > 0) {
+		setenv("CIRC_NO_SIMD", "1", 1);
+		execv("/proc/self/exe", argv);
+		perror("execv");
+		return 1;
+	}
+	return 0;
+}

@@ -1,0 +1,293 @@
+/*
+ * test_safetensors: the writer and reader round-trip every dtype, shape and
+ * metadata; each malformed file is refused with a message that names the
+ * file and (where there is one) the tensor; half-precision conversions are
+ * checked exhaustively against the compiler's _Float16 (all 65536 F16 bit
+ * patterns, and f32 -> F16 rounding on ties and random values) and BF16
+ * against a plain round-to-nearest-even written differently.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "rng.h"
+#include "safetensors.h"
+#include "util.h"
+
+static int failures;
+static char dir[256];
+
+/* The compiler's half type is the reference for F16 (an extension in C11). */
+__extension__ typedef _Float16 half_t;
+
+#define CHECK(cond)                                                                        \
+	do {                                                                               \
+		if (!(cond)) {                                                             \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+			failures++;                                                        \
+		}                                                                          \
+	} while (0)
+
+/* A file of: 8-byte length of header, header, then ndata bytes (0..). */
+static void write_raw(const char *path, const char *header, size_t hlen_claim, size_t ndata)
+{
+	FILE *f = fopen(path, "wb");
+	size_t hl = strlen(header);
+	unsigned char len8[8];
+	for (int i = 0; i < 8; i++)
+		len8[i] = (unsigned char)((uint64_t)hlen_claim >> (8 * i));
+	fwrite(len8, 1, 8, f);
+	fwrite(header, 1, hl, f);
+	for (size_t i = 0; i < ndata; i++)
+		fputc((int)(i & 0xff), f);
+	fclose(f);
+}
+
+/* Opens a raw file and expects failure with each of the words in msg. */
+static void expect_fail(const char *header, long hlen_claim, size_t ndata, const char *want1,
+			const char *want2)
+{
+	char path[512];
+	circ_error e = {{0}};
+	circ_st *f;
+	snprintf(path, sizeof path, "%s/bad.safetensors", dir);
+	write_raw(path, header, hlen_claim < 0 ? strlen(header) : (size_t)hlen_claim, ndata);
+	f = circ_st_open(path, &e);
+	if (f) {
+		fprintf(stderr, "accepted bad header: %s\n", header);
+		failures++;
+		circ_st_close(f);
+		return;
+	}
+	if (!strstr(e.msg, "'") || !strstr(e.msg, "bad.safetensors") || !strstr(e.msg, want1) ||
+	    (want2 && !strstr(e.msg, want2))) {
+		fprintf(stderr, "message for %s lacks '%s'/'%s': %s\n", header, want1,
+			want2 ? want2 : "", e.msg);
+		failures++;
+	}
+}
+
+static void test_roundtrip(void)
+{
+	char path[512];
+	float f32[6] = {1, -2, 3.5f, 0, 1e-20f, -7};
+	uint16_t f16[3] = {circ_f32_to_f16(1.5f), circ_f32_to_f16(-2), circ_f32_to_f16(65504)};
+	uint16_t bf16[2] = {circ_f32_to_bf16(3.25f), circ_f32_to_bf16(-1e30f)};
+	int32_t i32[2] = {7, -9};
+	double f64[1] = {0.1};
+	circ_st_tensor t[6] = {
+	    {"a.weight", CIRC_F32, 2, {2, 3}, f32, sizeof f32},
+	    {"b", CIRC_F16, 1, {3}, f16, sizeof f16},
+	    {"c", CIRC_BF16, 2, {1, 2}, bf16, sizeof bf16},
+	    {"d", CIRC_I32, 1, {2}, i32, sizeof i32},
+	    {"e", CIRC_F64, 0, {0}, f64, sizeof f64},
+	    {"empty", CIRC_F32, 2, {0, 4}, NULL, 0},
+	};
+	const char *meta[] = {"format", "pt", "note", "circ test"};
+	circ_error e = {{0}};
+	circ_st *f;
+	float out[6];
+
+	snprintf(path, sizeof path, "%s/ok.safetensors", dir);
+	CHECK(circ_st_write(path, 6, t, 2, meta, &e) == 0);
+	f = circ_st_open(path, &e);
+	CHECK(f != NULL);
+	if (!f) {
+		fprintf(stderr, "%s\n", e.msg);
+		return;
+	}
+	CHECK(circ_st_count(f) == 6);
+	CHECK(!strcmp(circ_st_metadata(f, "note"), "circ test"));
+	CHECK(circ_st_metadata(f, "absent") == NULL);
+	const circ_st_tensor *a = circ_st_find(f, "a.weight");
+	CHECK(a && a->dtype == CIRC_F32 && a->ndim == 2 && a->shape[0] == 2 && a->shape[1] == 3);
+	CHECK(a && circ_st_aligned(a) && ((uintptr_t)a->data & 7) == 0);
+	CHECK(a && !memcmp(a->data, f32, sizeof f32));
+	const circ_st_tensor *b = circ_st_find(f, "b");
+	circ_st_to_f32(out, b->data, b->dtype, 3);
+	CHECK(out[0] == 1.5f && out[1] == -2 && out[2] == 65504);
+	const circ_st_tensor *c = circ_st_find(f, "c");
+	circ_st_to_f32(out, c->data, c->dtype, 2);
+	CHECK(out[0] == 3.25f && fabsf(out[1] + 1e30f) < 1e28f);
+	const circ_st_tensor *d = circ_st_find(f, "d");
+	CHECK(d && d->dtype == CIRC_I32 && !memcmp(d->data, i32, sizeof i32));
+	const circ_st_tensor *ee = circ_st_find(f, "e");
+	CHECK(ee && ee->ndim == 0 && ee->nbytes == 8);
+	circ_st_to_f32(out, ee->data, ee->dtype, 1);
+	CHECK(out[0] == 0.1f);
+	const circ_st_tensor *em = circ_st_find(f, "empty");
+	CHECK(em && em->nbytes == 0 && em->shape[0] == 0);
+	/* in offset order */
+	CHECK(!strcmp(circ_st_at(f, 0)->name, "a.weight") || circ_st_at(f, 0)->nbytes == 0);
+	size_t len;
+	CHECK(circ_st_bytes(f, &len) != NULL && len > 8);
+	circ_st_close(f);
+	circ_st_close(NULL);
+
+	/* writer errors */
+	circ_st_tensor dup[2] = {t[0], t[0]};
+	CHECK(circ_st_write(path, 2, dup, 0, NULL, &e) < 0 && strstr(e.msg, "'a.weight'"));
+	circ_st_tensor badn = t[0];
+	badn.nbytes = 4;
+	CHECK(circ_st_write(path, 1, &badn, 0, NULL, &e) < 0 && strstr(e.msg, "do not match"));
+	CHECK(circ_st_write("/nonexistent-dir/x.safetensors", 1, t, 0, NULL, &e) < 0 &&
+	      strstr(e.msg, "/nonexistent-dir/x.safetensors"));
+	/* a failed write leaves no file */
+	CHECK(access("/nonexistent-dir/x.safetensors", F_OK) != 0);
+}
+
+static void test_errors(void)
+{
+	char path[512];
+	circ_error e = {{0}};
+	FILE *f;
+	snprintf(path, sizeof path, "%s/bad.safetensors", dir);
+
+	f = fopen(path, "wb");
+	fclose(f);
+	CHECK(circ_st_open(path, &e) == NULL && strstr(e.msg, "too short") &&
+	      strstr(e.msg, "bad.safetensors"));
+	f = fopen(path, "wb");
+	fwrite("abcde", 1, 5, f);
+	fclose(f);
+	CHECK(circ_st_open(path, &e) == NULL && strstr(e.msg, "too short"));
+	CHECK(circ_st_open("/nonexistent.safetensors", &e) == NULL &&
+	      strstr(e.msg, "'/nonexistent.safetensors'"));
+	CHECK(circ_st_open("/tmp", &e) == NULL && strstr(e.msg, "not a regular file"));
+
+	expect_fail("{}", 1000, 0, "exceeds the file", NULL);
+	expect_fail("{\"a\":", -1, 0, "bad JSON", NULL);
+	expect_fail("[1, 2]", -1, 0, "not a JSON object", NULL);
+	expect_fail("{\"a\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offsets\":[0,1]}}", -1, 1,
+		    "'a'", "unsupported dtype 'I8'");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[3,2],\"data_offsets\":[0,12]}}", -1, 12,
+		    "'w'", "needs 24");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", -1, 4,
+		    "'w'", "past the data region");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", -1, 8,
+		    "'w'", "end before");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+		    "\"v\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+		    -1, 12, "overlaps", "'w'");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+		    "\"v\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+		    -1, 12, "belong to no tensor", "'v'");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", -1, 6,
+		    "bytes 4-6", "belong to no tensor");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+		    "\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+		    -1, 8, "bad JSON", "duplicate");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", -1, 4, "'w'", "'shape'");
+	expect_fail("{\"w\":{\"shape\":[1],\"data_offsets\":[0,4]}}", -1, 4, "'w'", "'dtype'");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[1]}}", -1, 4, "'w'", "data_offsets");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", -1, 4,
+		    "'w'", "non-negative");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":1}}", -1,
+		    4, "'w'", "unexpected field 'x'");
+	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],"
+		    "\"data_offsets\":[0,4]}}",
+		    -1, 4, "'w'", "too large");
+	expect_fail("{\"__metadata__\":{\"k\":1}}", -1, 0, "metadata 'k'", NULL);
+	expect_fail("{\"__metadata__\":[]}", -1, 0, "__metadata__", NULL);
+	expect_fail("{\"w\":7}", -1, 0, "'w'", "not an object");
+	expect_fail("{\"\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", -1, 4,
+		    "empty name", NULL);
+	/* a correct minimal file still opens (the helper itself is sound) */
+	{
+		const char *hdr = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} ";
+		write_raw(path, hdr, strlen(hdr), 4);
+	}
+	circ_st *ok = circ_st_open(path, &e);
+	CHECK(ok != NULL);
+	if (ok)
+		CHECK(!circ_st_aligned(circ_st_find(ok, "w"))); /* 8 + 57 bytes: unaligned */
+	circ_st_close(ok);
+}
+
+/* Round to nearest even written as arithmetic on the value, as a twin of the
+ * bit-twiddling conversion. */
+static float bf16_twin(float f)
+{
+	if (isnan(f) || isinf(f) || f == 0)
+		return f;
+	int ex;
+	double m = frexp(f, &ex); /* f = m 2^ex, 0.5 <= |m| < 1 */
+	double scaled = ldexp(m, 8); /* 8 significant bits */
+	double r = nearbyint(scaled); /* default rounding mode: to even */
+	return (float)ldexp(r, ex - 8);
+}
+
+static void test_half(void)
+{
+	circ_rng rng;
+	circ_rng_seed(&rng, 7);
+	for (uint32_t h = 0; h < 65536; h++) {
+		half_t ref;
+		uint16_t hh = (uint16_t)h;
+		memcpy(&ref, &hh, 2);
+		float f = circ_f16_to_f32(hh), rf = (float)ref;
+		if (isnan(rf) ? !isnan(f) : memcmp(&f, &rf, 4) != 0) {
+			fprintf(stderr, "f16 %04x: %g vs %g\n", h, f, rf);
+			failures++;
+			break;
+		}
+		if (!isnan(f) && circ_f32_to_f16(f) != hh) {
+			fprintf(stderr, "f16 roundtrip %04x -> %g -> %04x\n", h, f, circ_f32_to_f16(f));
+			failures++;
+			break;
+		}
+	}
+	for (int i = 0; i < 200000; i++) {
+		float f;
+		if (i < 100000) {
+			uint32_t bits = (uint32_t)circ_rng_next(&rng);
+			memcpy(&f, &bits, 4);
+		} else {
+			f = (float)(circ_rng_normal(&rng) * pow(2, (double)(i % 40) - 25));
+		}
+		if (isnan(f))
+			continue;
+		half_t r16 = (half_t)f;
+		uint16_t want, got = circ_f32_to_f16(f);
+		memcpy(&want, &r16, 2);
+		if (got != want) {
+			fprintf(stderr, "f32 %a -> f16 %04x, want %04x\n", f, got, want);
+			failures++;
+			break;
+		}
+		float bt = bf16_twin(f), bg = circ_bf16_to_f32(circ_f32_to_bf16(f));
+		if (fabsf(f) >= 0x1p-126f && fabsf(f) < 3e38f && bt != bg) { /* normal range */
+			fprintf(stderr, "f32 %a -> bf16 %a, want %a\n", f, bg, bt);
+			failures++;
+			break;
+		}
+	}
+	CHECK(isnan(circ_bf16_to_f32(circ_f32_to_bf16(NAN))));
+	CHECK(isnan(circ_f16_to_f32(circ_f32_to_f16(NAN))));
+	CHECK(isinf(circ_f16_to_f32(circ_f32_to_f16(1e6f))));
+}
+
+int main(void)
+{
+	snprintf(dir, sizeof dir, "/tmp/circ-test-st-XXXXXX");
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	test_roundtrip();
+	test_errors();
+	test_half();
+	{
+		char cmd[300];
+		snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			failures++;
+	}
+	if (failures)
+		fprintf(stderr, "test_safetensors: %d failures\n", failures);
+	if (!failures)
+		printf("test_safetensors: ok\n");
+	return failures != 0;
+}
