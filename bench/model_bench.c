@@ -121,7 +121,8 @@ int main(int argc, char **argv)
 	double n = (double)B * T;
 	double layer = 2.0 * n * ((double)C * 3 * C + (double)C * C + 2.0 * C * F);
 	double attn = 2.0 * 2.0 * B * c->n_head * ((double)T * (T + 1) / 2) * (C / c->n_head);
-	double fwd_body = L * (layer + attn), head_full = 2.0 * n * C * V, head_last = 2.0 * B * C * V;
+	double fwd_body = L * (layer + attn), head_full = 2.0 * n * C * V,
+	       head_last = 2.0 * B * C * V;
 	/* backward to inputs only: one matmul per forward matmul, plus the
 	 * per-receiver q/k/v projections (as many flops as the fused one) */
 	double bwd = L * (layer + 2.0 * n * C * 3 * C + 2 * attn) + head_last;
@@ -185,9 +186,10 @@ int main(int argc, char **argv)
 		circ_run_free(r);
 	}
 	/* plain sgemm of the full forward's shapes (same thread count) */
-	{
+	if (!only || strstr(only, "sgemm,")) {
 		size_t mx = (size_t)(F > 3 * C ? F : 3 * C);
-		float *A = circ_xalloc_aligned((size_t)n * mx * 4), *Bm = circ_xalloc_aligned(mx * C * 4);
+		float *A = circ_xalloc_aligned((size_t)n * mx * 4),
+		      *Bm = circ_xalloc_aligned(mx * C * 4);
 		float *Cm = circ_xalloc_aligned((size_t)n * (size_t)V * 4);
 		const float *wte = circ_model_weights(m)->wte;
 		double *t = circ_xcalloc((size_t)reps, sizeof *t);

@@ -21,6 +21,8 @@ static const char *const tools[][2] = {
 	{"prune", "scores to circuits (top-n, threshold, greedy, ACDC)"},
 	{"render", "circuits to DOT, SVG, graph JSON, HTML, text"},
 	{"cat", "print any stream as JSON lines; JSON lines back to a stream"},
+	{"fixture", "write hand-built models with known circuits (ground truth)"},
+	{"train", "train small GPT-2 models on synthetic tasks"},
 };
 
 static void usage(FILE *f)

@@ -59,8 +59,8 @@ struct circ_pool {
 	pthread_t *th;
 	pthread_mutex_t mu;
 	pthread_cond_t go, done;
-	unsigned gen;	 /* bumped for each job */
-	int pending;	 /* workers still running the current job */
+	unsigned gen; /* bumped for each job */
+	int pending;  /* workers still running the current job */
 	int quit;
 	size_t total;
 	void (*fn)(void *ctx, size_t begin, size_t end);
@@ -203,11 +203,12 @@ void circ_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
 		int i, j;
 		for (i = 0; i < m; i++)
 			for (j = 0; j < n; j++)
-				c[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
+				c[(size_t)i * ldc + j] =
+				    beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
 		return;
 	}
-	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
-		    n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+		    m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
@@ -279,8 +280,10 @@ AVX2 static inline __m256 exp8(__m256 x)
 	/* 2^n in two halves so that n = 128 (x near 88.7) does not overflow the exponent */
 	__m256i ni = _mm256_cvtps_epi32(n);
 	__m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
-	__m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
-	__m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+	__m256 s1 = _mm256_castsi256_ps(
+	    _mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+	__m256 s2 = _mm256_castsi256_ps(
+	    _mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
 	__m256 res = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
 	res = _mm256_andnot_ps(under, res);
 	res = _mm256_blendv_ps(res, _mm256_set1_ps(INFINITY), over);
@@ -310,8 +313,8 @@ AVX2 static inline __m256 erf8(__m256 x)
 {
 	const __m256 sgn = _mm256_set1_ps(-0.0f);
 	__m256 s = _mm256_and_ps(x, sgn), ax = _mm256_andnot_ps(sgn, x);
-	__m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
-				 _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), ax, _mm256_set1_ps(1.0f)));
+	__m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f),
+								       ax, _mm256_set1_ps(1.0f)));
 	__m256 p = _mm256_set1_ps(1.061405429f);
 	p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
 	p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
@@ -346,11 +349,51 @@ void circ_vexp(float *out, const float *inp, size_t n)
 		out[i] = expf(inp[i]);
 }
 
+#if CIRC_X86
+AVX2 static void vsum_avx2(float *y, const float *a, const float *b, const float *const *src, int k,
+			   size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) { /* y[i] = a[i] + b[i] + src[0][i] + ... */
+		__m256 v = _mm256_loadu_ps(a + i);
+		if (b)
+			v = _mm256_add_ps(v, _mm256_loadu_ps(b + i));
+		for (int j = 0; j < k; j++)
+			v = _mm256_add_ps(v, _mm256_loadu_ps(src[j] + i));
+		_mm256_storeu_ps(y + i, v);
+	}
+	for (; i < n; i++) { /* the same additions in the same order */
+		float v = a[i];
+		if (b)
+			v += b[i];
+		for (int j = 0; j < k; j++)
+			v += src[j][i];
+		y[i] = v;
+	}
+}
+#endif
+
+void circ_vsum(float *y, const float *a, const float *b, const float *const *src, int k, size_t n)
+{
+#if CIRC_X86
+	if (use_avx2()) {
+		vsum_avx2(y, a, b, src, k, n);
+		return;
+	}
+#endif
+	for (size_t i = 0; i < n; i++) {
+		float v = a[i];
+		if (b)
+			v += b[i];
+		for (int j = 0; j < k; j++)
+			v += src[j][i];
+		y[i] = v;
+	}
+}
+
 void circ_vadd(float *y, const float *x, size_t n)
 {
-	size_t i;
-	for (i = 0; i < n; i++) /* vectorised by the compiler: no reduction */
-		y[i] += x[i];
+	circ_vsum(y, y, x, NULL, 0, n);
 }
 
 double circ_logsoftmax_row(float *out, const float *inp, int n)
@@ -370,8 +413,8 @@ double circ_logsoftmax_row(float *out, const float *inp, int n)
 
 /* ================================================================ GELU */
 
-#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
-#define GELU_A 0.044715f
+#define GELU_K	0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A	0.044715f
 #define SQRT1_2 0.7071067811865476f
 
 #if CIRC_X86
@@ -379,11 +422,13 @@ AVX2 static inline __m256 gelu8(__m256 x, int exact)
 {
 	__m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
 	if (exact) /* 0.5 x (1 + erf(x / sqrt 2)) */
-		return _mm256_mul_ps(_mm256_mul_ps(half, x),
-				     _mm256_add_ps(one, erf8(_mm256_mul_ps(x, _mm256_set1_ps(SQRT1_2)))));
+		return _mm256_mul_ps(
+		    _mm256_mul_ps(half, x),
+		    _mm256_add_ps(one, erf8(_mm256_mul_ps(x, _mm256_set1_ps(SQRT1_2)))));
 	/* 0.5 x (1 + tanh(k (x + a x^3))) */
 	__m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-	__m256 u = _mm256_mul_ps(_mm256_set1_ps(GELU_K), _mm256_fmadd_ps(_mm256_set1_ps(GELU_A), x3, x));
+	__m256 u =
+	    _mm256_mul_ps(_mm256_set1_ps(GELU_K), _mm256_fmadd_ps(_mm256_set1_ps(GELU_A), x3, x));
 	return _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, tanh8(u)));
 }
 
@@ -392,9 +437,11 @@ AVX2 static inline __m256 dgelu8(__m256 x, int exact)
 {
 	__m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
 	if (exact) { /* Phi(x) + x phi(x) */
-		__m256 cdf = _mm256_mul_ps(half, _mm256_add_ps(one, erf8(_mm256_mul_ps(x, _mm256_set1_ps(SQRT1_2)))));
-		__m256 pdf = _mm256_mul_ps(_mm256_set1_ps(0.3989422804014327f),
-					   exp8(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(x, x))));
+		__m256 cdf = _mm256_mul_ps(
+		    half, _mm256_add_ps(one, erf8(_mm256_mul_ps(x, _mm256_set1_ps(SQRT1_2)))));
+		__m256 pdf =
+		    _mm256_mul_ps(_mm256_set1_ps(0.3989422804014327f),
+				  exp8(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(x, x))));
 		return _mm256_fmadd_ps(x, pdf, cdf);
 	}
 	/* 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 a x^2) */
@@ -516,10 +563,12 @@ void circ_gelu_bwd_ref(float *dinp, const float *inp, const float *dout, size_t 
 	for (i = 0; i < n; i++) {
 		double x = inp[i], g;
 		if (exact) {
-			g = 0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI);
+			g = 0.5 * (1.0 + erf(x / sqrt(2.0))) +
+			    x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI);
 		} else {
 			double k = sqrt(2.0 / M_PI), t = tanh(k * (x + 0.044715 * x * x * x));
-			g = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+			g = 0.5 * (1.0 + t) +
+			    0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
 		}
 		dinp[i] = (float)(dinp[i] + g * dout[i]);
 	}
@@ -571,12 +620,14 @@ AVX2 static void layernorm_row_avx2(float *o, float *mean, float *rstd, const fl
 	r8 = _mm256_set1_ps(r);
 	for (i = 0; i + 8 <= C; i += 8) { /* o = (x - m) r w + b */
 		__m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
-		_mm256_storeu_ps(o + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
+		_mm256_storeu_ps(
+		    o + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
 	}
 	if (i < C) {
 		size_t k = (size_t)(C - i);
 		__m256 d = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
-		store_partial(o + i, _mm256_fmadd_ps(d, load_partial(w + i, k), load_partial(b + i, k)), k);
+		store_partial(
+		    o + i, _mm256_fmadd_ps(d, load_partial(w + i, k), load_partial(b + i, k)), k);
 	}
 	if (mean)
 		*mean = m;
@@ -588,7 +639,7 @@ AVX2 static void layernorm_row_avx2(float *o, float *mean, float *rstd, const fl
  *   u = w dy, xh = (x - m) r, a = mean(u), c = mean(u xh),
  *   dx += r (u - a - xh c)   (and dacc += the same). */
 AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy, const float *x,
-					float m, float r, const float *w, int C)
+					float m, float r, const float *w, int C, int set)
 {
 	__m256 sa = _mm256_setzero_ps(), sc = _mm256_setzero_ps();
 	__m256 m8 = _mm256_set1_ps(m), r8 = _mm256_set1_ps(r);
@@ -614,7 +665,7 @@ AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy,
 		__m256 u = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(dy + i));
 		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
 		__m256 g = _mm256_mul_ps(r8, _mm256_fnmadd_ps(xh, c8, _mm256_sub_ps(u, a8)));
-		_mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
+		_mm256_storeu_ps(dx + i, set ? g : _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
 		if (dacc)
 			_mm256_storeu_ps(dacc + i, _mm256_add_ps(_mm256_loadu_ps(dacc + i), g));
 	}
@@ -623,7 +674,7 @@ AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy,
 		__m256 u = _mm256_mul_ps(load_partial(w + i, k), load_partial(dy + i, k));
 		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
 		__m256 g = _mm256_mul_ps(r8, _mm256_fnmadd_ps(xh, c8, _mm256_sub_ps(u, a8)));
-		store_partial(dx + i, _mm256_add_ps(load_partial(dx + i, k), g), k);
+		store_partial(dx + i, set ? g : _mm256_add_ps(load_partial(dx + i, k), g), k);
 		if (dacc)
 			store_partial(dacc + i, _mm256_add_ps(load_partial(dacc + i, k), g), k);
 	}
@@ -657,13 +708,14 @@ void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const flo
 	if (use_avx2()) {
 		for (n = 0; n < N; n++)
 			layernorm_row_avx2(out + (size_t)n * ldo, mean ? mean + n : NULL,
-					   rstd ? rstd + n : NULL, inp + (size_t)n * ldi, w, b, C, eps);
+					   rstd ? rstd + n : NULL, inp + (size_t)n * ldi, w, b, C,
+					   eps);
 		return;
 	}
 #endif
 	for (n = 0; n < N; n++)
-		layernorm_row_s(out + (size_t)n * ldo, mean ? mean + n : NULL, rstd ? rstd + n : NULL,
-				inp + (size_t)n * ldi, w, b, C, eps);
+		layernorm_row_s(out + (size_t)n * ldo, mean ? mean + n : NULL,
+				rstd ? rstd + n : NULL, inp + (size_t)n * ldi, w, b, C, eps);
 }
 
 void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
@@ -689,7 +741,7 @@ void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const
 }
 
 void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float *inp,
-			const float *mean, const float *rstd, const float *w, int N, int C)
+			const float *mean, const float *rstd, const float *w, int N, int C, int set)
 {
 	int n, i;
 	for (n = 0; n < N; n++) {
@@ -697,7 +749,7 @@ void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float
 #if CIRC_X86
 		if (use_avx2()) {
 			layernorm_bwd_row_avx2(dinp + o, dacc ? dacc + o : NULL, dout + o, inp + o,
-					       mean[n], rstd[n], w, C);
+					       mean[n], rstd[n], w, C, set);
 			continue;
 		}
 #endif
@@ -712,7 +764,7 @@ void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float
 		for (i = 0; i < C; i++) {
 			float u = w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
 			float g = r * (u - a - xh * c);
-			dinp[o + i] += g;
+			dinp[o + i] = set ? g : dinp[o + i] + g;
 			if (dacc)
 				dacc[o + i] += g;
 		}
@@ -720,7 +772,8 @@ void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float
 }
 
 void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const float *inp,
-			    const float *mean, const float *rstd, const float *w, int N, int C)
+			    const float *mean, const float *rstd, const float *w, int N, int C,
+			    int set)
 {
 	int n, i;
 	for (n = 0; n < N; n++) {
@@ -736,7 +789,7 @@ void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const f
 		for (i = 0; i < C; i++) {
 			double u = (double)w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
 			double g = r * (u - a - xh * c);
-			dinp[o + i] = (float)(dinp[o + i] + g);
+			dinp[o + i] = (float)((set ? 0.0 : dinp[o + i]) + g);
 			if (dacc)
 				dacc[o + i] = (float)(dacc[o + i] + g);
 		}
@@ -753,7 +806,8 @@ AVX2 static void axpy_avx2(float *y, float a, const float *x, int n)
 	__m256 a8 = _mm256_set1_ps(a);
 	int i = 0;
 	for (; i + 8 <= n; i += 8) /* y += a x */
-		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(a8, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+		_mm256_storeu_ps(
+		    y + i, _mm256_fmadd_ps(a8, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
 	for (; i < n; i++)
 		y[i] = fmaf(a, x[i], y[i]);
 }
@@ -847,7 +901,8 @@ void circ_attn_fwd_ref(float *z, float *att, const float *qkv, int B, int T, int
 				for (d = 0; d < D; d++) {
 					double acc = 0;
 					for (s = 0; s <= t; s++)
-						acc += row[s] / sum * base[s * C3 + 2 * C + h * D + d];
+						acc +=
+						    row[s] / sum * base[s * C3 + 2 * C + h * D + d];
 					z[((size_t)b * T + t) * C + h * D + d] = (float)acc;
 				}
 			}
@@ -855,8 +910,8 @@ void circ_attn_fwd_ref(float *z, float *att, const float *qkv, int B, int T, int
 	free(row);
 }
 
-void circ_attn_bwd(float *dqkv, const float *dz, const float *qkv, const float *att, int B,
-		   int T, int C, int H)
+void circ_attn_bwd(float *dqkv, const float *dz, const float *qkv, const float *att, int B, int T,
+		   int C, int H)
 {
 	int D = C / H, b, h, t, s;
 	float scale = 1.0f / sqrtf((float)D);
@@ -880,8 +935,10 @@ void circ_attn_bwd(float *dqkv, const float *dz, const float *qkv, const float *
 				for (s = 0; s <= t; s++) {
 					/* softmax backward, then the scaled q.k product */
 					float ds = row[s] * (datt[s] - dot) * scale;
-					axpy_s(dbase + t * C3 + h * D, ds, base + s * C3 + C + h * D, D);
-					axpy_s(dbase + s * C3 + C + h * D, ds, base + t * C3 + h * D, D);
+					axpy_s(dbase + t * C3 + h * D, ds,
+					       base + s * C3 + C + h * D, D);
+					axpy_s(dbase + s * C3 + C + h * D, ds,
+					       base + t * C3 + h * D, D);
 				}
 			}
 		}
@@ -905,23 +962,24 @@ void circ_attn_bwd_ref(float *dqkv, const float *dz, const float *qkv, const flo
 				for (s = 0; s <= t; s++) {
 					double acc = 0;
 					for (d = 0; d < D; d++)
-						acc += (double)dzt[d] * base[s * C3 + 2 * C + h * D + d];
+						acc += (double)dzt[d] *
+						       base[s * C3 + 2 * C + h * D + d];
 					datt[s] = acc;
 					dot += A[t * T + s] * acc;
 					for (d = 0; d < D; d++)
-						dbase[s * C3 + 2 * C + h * D + d] = (float)(
-						    dbase[s * C3 + 2 * C + h * D + d] +
-						    (double)A[t * T + s] * dzt[d]);
+						dbase[s * C3 + 2 * C + h * D + d] =
+						    (float)(dbase[s * C3 + 2 * C + h * D + d] +
+							    (double)A[t * T + s] * dzt[d]);
 				}
 				for (s = 0; s <= t; s++) {
 					double ds = A[t * T + s] * (datt[s] - dot) * scale;
 					for (d = 0; d < D; d++) {
-						dbase[t * C3 + h * D + d] = (float)(
-						    dbase[t * C3 + h * D + d] +
-						    ds * base[s * C3 + C + h * D + d]);
-						dbase[s * C3 + C + h * D + d] = (float)(
-						    dbase[s * C3 + C + h * D + d] +
-						    ds * base[t * C3 + h * D + d]);
+						dbase[t * C3 + h * D + d] =
+						    (float)(dbase[t * C3 + h * D + d] +
+							    ds * base[s * C3 + C + h * D + d]);
+						dbase[s * C3 + C + h * D + d] =
+						    (float)(dbase[s * C3 + C + h * D + d] +
+							    ds * base[t * C3 + h * D + d]);
 					}
 				}
 			}

@@ -65,13 +65,16 @@ void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const flo
 void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
 			    int ldi, const float *w, const float *b, int N, int C, float eps);
 /* Input gradient: dinp (N, C) += d LN(inp)/d inp applied to dout, with the
- * mean and rstd of the forward. If dacc is not NULL the same values are also
+ * mean and rstd of the forward (set = 1: dinp = instead of +=, so a fresh
+ * buffer needs no zeroing). If dacc is not NULL the same values are also
  * added to dacc (N, C) (one pass for a receiver's gradient and the residual
  * sum). All (N, C) arrays contiguous. */
 void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float *inp,
-			const float *mean, const float *rstd, const float *w, int N, int C);
+			const float *mean, const float *rstd, const float *w, int N, int C,
+			int set);
 void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const float *inp,
-			    const float *mean, const float *rstd, const float *w, int N, int C);
+			    const float *mean, const float *rstd, const float *w, int N, int C,
+			    int set);
 
 /* ---- GELU ---- */
 
@@ -96,8 +99,8 @@ void circ_attn_fwd(float *z, float *att, const float *qkv, int B, int T, int C, 
 void circ_attn_fwd_ref(float *z, float *att, const float *qkv, int B, int T, int C, int H);
 /* dqkv (B, T, 3C) += gradient through the attention given dz (B, T, C),
  * with att from the forward. T <= CIRC_ATTN_MAX_T. */
-void circ_attn_bwd(float *dqkv, const float *dz, const float *qkv, const float *att, int B,
-		   int T, int C, int H);
+void circ_attn_bwd(float *dqkv, const float *dz, const float *qkv, const float *att, int B, int T,
+		   int C, int H);
 void circ_attn_bwd_ref(float *dqkv, const float *dz, const float *qkv, const float *att, int B,
 		       int T, int C, int H);
 
@@ -108,6 +111,9 @@ void circ_attn_bwd_ref(float *dqkv, const float *dz, const float *qkv, const flo
 void circ_vexp(float *out, const float *inp, size_t n);
 /* y (n) += x (n). */
 void circ_vadd(float *y, const float *x, size_t n);
+/* y (n) = a (n) + b (n) (b may be NULL: a copy), then y += each of the k
+ * sources (n), in that order. y may be a. */
+void circ_vsum(float *y, const float *a, const float *b, const float *const *src, int k, size_t n);
 /* log-softmax of one row: out (n) = inp - logsumexp(inp), computed in double
  * for the normaliser. Returns the logsumexp. out may be inp. */
 double circ_logsoftmax_row(float *out, const float *inp, int n);

@@ -56,10 +56,10 @@
 #include "stream.h"
 
 #define MAX_LAYER 1024
-#define MAX_HEAD 1024
-#define MAX_EMBD 65536
+#define MAX_HEAD  1024
+#define MAX_EMBD  65536
 #define MAX_VOCAB (1 << 24)
-#define MAX_CTX 65536
+#define MAX_CTX	  65536
 
 /* ================================================================ config */
 
@@ -139,7 +139,9 @@ static int cfg_int(json_t *root, const char *path, const char *key, int required
 	}
 	if (!json_is_integer(v))
 		return circ_errorf(e, "'%s': key '%s': expected an integer, got %s", path, key,
-				   json_is_real(v) ? "a real number" : json_is_string(v) ? "a string" : "another type");
+				   json_is_real(v)     ? "a real number"
+				   : json_is_string(v) ? "a string"
+						       : "another type");
 	if (json_integer_value(v) < 1 || json_integer_value(v) > (1 << 30))
 		return circ_errorf(e, "'%s': key '%s': %lld is out of range", path, key,
 				   (long long)json_integer_value(v));
@@ -147,8 +149,7 @@ static int cfg_int(json_t *root, const char *path, const char *key, int required
 	return 0;
 }
 
-static int cfg_bool_must(json_t *root, const char *path, const char *key, int want,
-			 circ_error *e)
+static int cfg_bool_must(json_t *root, const char *path, const char *key, int want, circ_error *e)
 {
 	json_t *v = json_object_get(root, key);
 	if (!v || json_is_null(v))
@@ -177,8 +178,8 @@ static int config_parse(const char *path, const char *text, size_t len, circ_con
 	}
 	v = json_object_get(root, "model_type");
 	if (v && (!json_is_string(v) || strcmp(json_string_value(v), "gpt2"))) {
-		circ_errorf(e, "'%s': key 'model_type': '%s' is not supported (circ reads gpt2)", path,
-			    json_is_string(v) ? json_string_value(v) : "?");
+		circ_errorf(e, "'%s': key 'model_type': '%s' is not supported (circ reads gpt2)",
+			    path, json_is_string(v) ? json_string_value(v) : "?");
 		goto out;
 	}
 	if (cfg_int(root, path, "n_layer", 1, &c->n_layer, e) < 0 ||
@@ -286,8 +287,8 @@ static char *config_text(const circ_config *c)
 	json_object_set_new(o, "n_positions", json_integer(c->n_ctx));
 	json_object_set_new(o, "n_ctx", json_integer(c->n_ctx));
 	json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
-	json_object_set_new(o, "n_inner", c->n_inner == 4 * c->n_embd ? json_null()
-								   : json_integer(c->n_inner));
+	json_object_set_new(o, "n_inner",
+			    c->n_inner == 4 * c->n_embd ? json_null() : json_integer(c->n_inner));
 	json_object_set_new(o, "activation_function", json_string(circ_act_name(c->act)));
 	json_object_set_new(o, "layer_norm_epsilon", json_real(c->layer_norm_epsilon));
 	json_object_set_new(o, "tie_word_embeddings", json_true());
@@ -377,24 +378,24 @@ typedef struct wentry {
 static int weight_table(const circ_config *c, circ_weights *w, wentry *t, int lm_head)
 {
 	int n = 0, C = c->n_embd, F = c->n_inner;
-#define ADD(nm, nd, s0, s1, sl)                                                            \
-	do {                                                                               \
-		snprintf(t[n].name, sizeof t[n].name, "%s", nm);                           \
-		t[n].ndim = nd;                                                            \
-		t[n].shape[0] = s0;                                                        \
-		t[n].shape[1] = s1;                                                        \
-		t[n].slot = sl;                                                            \
-		n++;                                                                       \
+#define ADD(nm, nd, s0, s1, sl)                                                                    \
+	do {                                                                                       \
+		snprintf(t[n].name, sizeof t[n].name, "%s", nm);                                   \
+		t[n].ndim = nd;                                                                    \
+		t[n].shape[0] = s0;                                                                \
+		t[n].shape[1] = s1;                                                                \
+		t[n].slot = sl;                                                                    \
+		n++;                                                                               \
 	} while (0)
 	ADD("wte.weight", 2, c->vocab_size, C, &w->wte);
 	ADD("wpe.weight", 2, c->n_ctx, C, &w->wpe);
 	for (int l = 0; l < c->n_layer; l++) {
 		circ_layer_weights *lw = &w->layers[l];
 		char b[48];
-#define LADD(suffix, nd, s0, s1, sl)                                                       \
-	do {                                                                               \
-		snprintf(b, sizeof b, "h.%d.%s", l, suffix);                               \
-		ADD(b, nd, s0, s1, sl);                                                    \
+#define LADD(suffix, nd, s0, s1, sl)                                                               \
+	do {                                                                                       \
+		snprintf(b, sizeof b, "h.%d.%s", l, suffix);                                       \
+		ADD(b, nd, s0, s1, sl);                                                            \
 	} while (0)
 		LADD("ln_1.weight", 1, C, 0, &lw->ln1_w);
 		LADD("ln_1.bias", 1, C, 0, &lw->ln1_b);
@@ -465,10 +466,10 @@ struct circ_model {
 	circ_config cfg;
 	circ_weights w;
 	char *dir;
-	circ_st *st;	     /* the mapped file, or NULL (in-memory model) */
-	char *config_bytes;  /* config.json as read (for the digest) */
+	circ_st *st;	    /* the mapped file, or NULL (in-memory model) */
+	char *config_bytes; /* config.json as read (for the digest) */
 	size_t config_len;
-	float *own;	     /* converted tensors of a loaded model */
+	float *own; /* converted tensors of a loaded model */
 	char digest[72];
 	int have_digest;
 };
@@ -515,7 +516,8 @@ static void shape_text(char *b, size_t n, int ndim, const int64_t *s)
 	else {
 		size_t len = (size_t)snprintf(b, n, "[");
 		for (int i = 0; i < ndim && len < n; i++)
-			len += (size_t)snprintf(b + len, n - len, "%s%lld", i ? ", " : "", (long long)s[i]);
+			len += (size_t)snprintf(b + len, n - len, "%s%lld", i ? ", " : "",
+						(long long)s[i]);
 		if (len < n)
 			snprintf(b + len, n - len, "]");
 	}
@@ -530,8 +532,7 @@ static int ignored_buffer(const char *name, int L)
 	return !strcmp(name + used, "bias") || !strcmp(name + used, "masked_bias");
 }
 
-static int check_finite(const char *file, const char *name, const float *p, size_t n,
-			circ_error *e)
+static int check_finite(const char *file, const char *name, const float *p, size_t n, circ_error *e)
 {
 	for (size_t i = 0; i < n; i++) {
 		uint32_t bits;
@@ -566,7 +567,8 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 		goto fail;
 	}
 	m->config_bytes = read_file(cfg_path, &m->config_len, e);
-	if (!m->config_bytes || config_parse(cfg_path, m->config_bytes, m->config_len, &m->cfg, e) < 0)
+	if (!m->config_bytes ||
+	    config_parse(cfg_path, m->config_bytes, m->config_len, &m->cfg, e) < 0)
 		goto fail;
 	m->st = circ_st_open(st_path, e);
 	if (!m->st)
@@ -591,13 +593,13 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 			if (!strcmp(tab[k].name, base))
 				break;
 		if (k == n_tab) {
-			circ_errorf(e, "'%s': unexpected tensor '%s' (not part of a GPT-2 with %d layers)",
-				    st_path, t->name, m->cfg.n_layer);
+			circ_errorf(
+			    e, "'%s': unexpected tensor '%s' (not part of a GPT-2 with %d layers)",
+			    st_path, t->name, m->cfg.n_layer);
 			goto fail;
 		}
 		if (found[k]) {
-			circ_errorf(e,
-				    "'%s': tensor '%s' appears twice (as '%s' and '%s')",
+			circ_errorf(e, "'%s': tensor '%s' appears twice (as '%s' and '%s')",
 				    st_path, tab[k].name, found[k]->name, t->name);
 			goto fail;
 		}
@@ -610,12 +612,12 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 		    (t->ndim == 2 && t->shape[1] != tab[k].shape[1])) {
 			shape_text(got, sizeof got, t->ndim, t->shape);
 			shape_text(want, sizeof want, tab[k].ndim, tab[k].shape);
-			circ_errorf(e,
-				    "'%s': tensor '%s': shape %s, expected %s from '%s' (n_layer %d, "
-				    "n_head %d, n_embd %d, n_inner %d, n_positions %d, vocab_size %d)",
-				    st_path, t->name, got, want, cfg_path, m->cfg.n_layer,
-				    m->cfg.n_head, m->cfg.n_embd, m->cfg.n_inner, m->cfg.n_ctx,
-				    m->cfg.vocab_size);
+			circ_errorf(
+			    e,
+			    "'%s': tensor '%s': shape %s, expected %s from '%s' (n_layer %d, "
+			    "n_head %d, n_embd %d, n_inner %d, n_positions %d, vocab_size %d)",
+			    st_path, t->name, got, want, cfg_path, m->cfg.n_layer, m->cfg.n_head,
+			    m->cfg.n_embd, m->cfg.n_inner, m->cfg.n_ctx, m->cfg.vocab_size);
 			goto fail;
 		}
 		found[k] = t;
@@ -627,7 +629,8 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 		}
 	/* In place where possible, else one owned buffer for the rest. */
 	for (int k = 0; k < n_tab; k++)
-		if (found[k] && (o->copy || found[k]->dtype != CIRC_F32 || !circ_st_aligned(found[k])))
+		if (found[k] &&
+		    (o->copy || found[k]->dtype != CIRC_F32 || !circ_st_aligned(found[k])))
 			own_n += (size_t)wentry_numel(&tab[k]);
 	if (own_n)
 		m->own = circ_xalloc_aligned(own_n * sizeof(float));
@@ -718,8 +721,8 @@ static int save_tensors(const circ_config *c, const circ_weights *w, const char 
 		const float *src = *tab[i].slot;
 		size_t len = strlen(tab[i].name) + 16;
 		(*names)[i] = circ_xmalloc(len);
-		snprintf((*names)[i], len, "%s%s", strcmp(tab[i].name, "lm_head.weight") ? "transformer." : "",
-			 tab[i].name);
+		snprintf((*names)[i], len, "%s%s",
+			 strcmp(tab[i].name, "lm_head.weight") ? "transformer." : "", tab[i].name);
 		t->name = (*names)[i];
 		t->dtype = dt;
 		t->ndim = tab[i].ndim;
@@ -730,7 +733,8 @@ static int save_tensors(const circ_config *c, const circ_weights *w, const char 
 			t->data = src;
 		} else {
 			for (size_t j = 0; j < numel; j++) {
-				uint16_t h = dt == CIRC_F16 ? circ_f32_to_f16(src[j]) : circ_f32_to_bf16(src[j]);
+				uint16_t h = dt == CIRC_F16 ? circ_f32_to_f16(src[j])
+							    : circ_f32_to_bf16(src[j]);
 				cp[2 * j] = (unsigned char)(h & 0xff);
 				cp[2 * j + 1] = (unsigned char)(h >> 8);
 			}
@@ -749,8 +753,8 @@ static void free_names(char **names, int n)
 	free(names);
 }
 
-static int save_dir(const char *dir, const circ_config *c, const circ_weights *w,
-		    const char *dtype, circ_error *e)
+static int save_dir(const char *dir, const circ_config *c, const circ_weights *w, const char *dtype,
+		    circ_error *e)
 {
 	circ_st_tensor *t = NULL;
 	char **names = NULL;
@@ -780,8 +784,8 @@ int circ_model_save(const circ_model *m, const char *dir, circ_error *e)
 	return save_dir(dir, &m->cfg, &m->w, "F32", e);
 }
 
-int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed,
-			    const char *dtype, circ_error *e)
+int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed, const char *dtype,
+			    circ_error *e)
 {
 	circ_weights w;
 	circ_rng rng;
@@ -924,41 +928,41 @@ struct circ_run {
 
 	/* state of the last forward */
 	int B, T;
-	int valid;	/* stages 0..valid-1 hold this batch's activations; -1: nothing */
-	int in_fwd;	/* the stage the hook is running for, or -1 */
+	int valid;  /* stages 0..valid-1 hold this batch's activations; -1: nothing */
+	int in_fwd; /* the stage the hook is running for, or -1 */
 	int n_read;
 	int read_none;
 	int have_bwd;
-	int bwd_stage;	/* stage reported to the backward hook (keep_recv_grads 0) */
+	int bwd_stage; /* stage reported to the backward hook (keep_recv_grads 0) */
 
 	/* the arena */
 	void *arena;
 	size_t arena_bytes;
-	int32_t *tokens;	/* (B, T) */
-	float **node;		/* (U) each (B, T, C), NULL for heads without keep_nodes */
-	float *resid;		/* (2L+1, B, T, C) */
-	float *mean, *rstd;	/* (2L+1, B*T) */
-	float *qkv;		/* (L, B, T, 3C) */
-	float *att;		/* (L, B, H, T, T) */
-	float *z;		/* (L, B, T, C) */
-	float *fc;		/* (L, B, T, F) */
-	float *s_ln;		/* scratch (B*T, C) */
-	float *s_ln2;		/* scratch (B*T, C) */
-	float *s_gelu;		/* scratch (B*T, F) */
-	float *lnf;		/* (N, C) ln_f output at the read rows */
+	int32_t *tokens;	    /* (B, T) */
+	float **node;		    /* (U) each (B, T, C), NULL for heads without keep_nodes */
+	float *resid;		    /* (2L+1, B, T, C) */
+	float *mean, *rstd;	    /* (2L+1, B*T) */
+	float *qkv;		    /* (L, B, T, 3C) */
+	float *att;		    /* (L, B, H, T, T) */
+	float *z;		    /* (L, B, T, C) */
+	float *fc;		    /* (L, B, T, F) */
+	float *s_ln;		    /* scratch (B*T, C) */
+	float *s_ln2;		    /* scratch (B*T, C) */
+	float *s_gelu;		    /* scratch (B*T, F) */
+	float *lnf;		    /* (N, C) ln_f output at the read rows */
 	float *lnf_mean, *lnf_rstd; /* (N) */
-	float *logits;		/* (N, V) */
-	circ_read *reads;	/* (N) */
+	float *logits;		    /* (N, V) */
+	circ_read *reads;	    /* (N) */
 	/* backward */
-	float *dresid;		/* (2L+1, B, T, C) */
-	float *drecv;		/* (R, B, T, C) or (3H, B, T, C) */
-	float *d_qkv;		/* (B, T, 3C) */
-	float *d_z;		/* (B, T, C) */
-	float *d_fc;		/* (B, T, F) */
-	float *d_ln;		/* (B*T, C) */
+	float *dresid; /* (2L+1, B, T, C) */
+	float *drecv;  /* (R, B, T, C) or (3H, B, T, C) */
+	float *d_qkv;  /* (B, T, 3C) */
+	float *d_z;    /* (B, T, C) */
+	float *d_fc;   /* (B, T, F) */
+	float *d_ln;   /* (B*T, C) */
 
 	/* receiver deltas */
-	float **delta;		/* (R) each (rows*C + 2*rows): delta, then mean, rstd */
+	float **delta;		 /* (R) each (rows*C + 2*rows): delta, then mean, rstd */
 	unsigned char *delta_on; /* (R) */
 };
 
@@ -981,25 +985,25 @@ void circ_fwd_init(circ_fwd *f)
 static size_t run_layout(circ_run *r, char *base)
 {
 	size_t off = 0, rows = r->rows, C = (size_t)r->C, L = (size_t)r->L, S = 2 * L + 1;
-#define CARVE(field, type, count)                                                          \
-	do {                                                                               \
-		size_t bytes_ = ((size_t)(count) * sizeof(type) + 63) & ~(size_t)63;       \
-		if (base)                                                                  \
-			r->field = (type *)(void *)(base + off);                          \
-		off += bytes_;                                                             \
+#define CARVE(field, type, count)                                                                  \
+	do {                                                                                       \
+		size_t bytes_ = ((size_t)(count) * sizeof(type) + 63) & ~(size_t)63;               \
+		if (base)                                                                          \
+			r->field = (type *)(void *)(base + off);                                   \
+		off += bytes_;                                                                     \
 	} while (0)
 	CARVE(tokens, int32_t, rows);
-	CARVE(resid, float, S * rows * C);
-	CARVE(mean, float, S * rows);
-	CARVE(rstd, float, S * rows);
-	CARVE(qkv, float, L * rows * 3 * C);
-	CARVE(att, float, L * (size_t)r->max_b * r->H * r->max_t * r->max_t);
-	CARVE(z, float, L * rows * C);
-	CARVE(fc, float, L * rows * r->F);
-	CARVE(s_ln, float, rows * C);
-	CARVE(s_ln2, float, rows * C);
+	CARVE(resid, float, S *rows *C);
+	CARVE(mean, float, S *rows);
+	CARVE(rstd, float, S *rows);
+	CARVE(qkv, float, L *rows * 3 * C);
+	CARVE(att, float, L *(size_t)r->max_b * r->H * r->max_t * r->max_t);
+	CARVE(z, float, L *rows *C);
+	CARVE(fc, float, L *rows * r->F);
+	CARVE(s_ln, float, rows *C);
+	CARVE(s_ln2, float, rows *C);
 	CARVE(s_gelu, float, rows * r->F);
-	CARVE(lnf, float, rows * C);
+	CARVE(lnf, float, rows *C);
 	CARVE(lnf_mean, float, rows);
 	CARVE(lnf_rstd, float, rows);
 	CARVE(logits, float, rows * r->V);
@@ -1011,15 +1015,15 @@ static size_t run_layout(circ_run *r, char *base)
 				r->node[u] = NULL;
 			continue;
 		}
-		CARVE(node[u], float, rows * C);
+		CARVE(node[u], float, rows *C);
 	}
 	if (r->o.backward) {
-		CARVE(dresid, float, S * rows * C);
+		CARVE(dresid, float, S *rows *C);
 		CARVE(drecv, float, (size_t)(r->o.keep_recv_grads ? r->R : 3 * r->H) * rows * C);
 		CARVE(d_qkv, float, rows * 3 * C);
-		CARVE(d_z, float, rows * C);
+		CARVE(d_z, float, rows *C);
 		CARVE(d_fc, float, rows * r->F);
-		CARVE(d_ln, float, rows * C);
+		CARVE(d_ln, float, rows *C);
 	}
 #undef CARVE
 	return off;
@@ -1040,7 +1044,8 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 		return NULL;
 	}
 	if (max_t > c->n_ctx) {
-		circ_errorf(e, "length %d is longer than the model's context (%d)", max_t, c->n_ctx);
+		circ_errorf(e, "length %d is longer than the model's context (%d)", max_t,
+			    c->n_ctx);
 		return NULL;
 	}
 	if (max_t > CIRC_ATTN_MAX_T) {
@@ -1070,8 +1075,8 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->delta = circ_xcalloc((size_t)r->R, sizeof *r->delta);
 	r->delta_on = circ_xcalloc((size_t)r->R, 1);
 	r->arena_bytes = run_layout(r, NULL);
-	r->arena = mmap(NULL, r->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			-1, 0);
+	r->arena =
+	    mmap(NULL, r->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (r->arena == MAP_FAILED) {
 		circ_errorf(e, "cannot allocate %zu bytes of activations: %s", r->arena_bytes,
 			    strerror(errno));
@@ -1244,7 +1249,7 @@ typedef struct lnb_task {
 	const circ_run *r;
 	float *dinp, *dacc;
 	const float *dout, *inp, *mean, *rstd, *w;
-	int C;
+	int C, set;
 } lnb_task;
 
 static void ln_bwd_part(void *v, size_t b, size_t e)
@@ -1253,14 +1258,14 @@ static void ln_bwd_part(void *v, size_t b, size_t e)
 	size_t C = (size_t)t->C;
 	(t->r->o.reference ? circ_layernorm_bwd_ref : circ_layernorm_bwd)(
 	    t->dinp + b * C, t->dacc ? t->dacc + b * C : NULL, t->dout + b * C, t->inp + b * C,
-	    t->mean + b, t->rstd + b, t->w, (int)(e - b), t->C);
+	    t->mean + b, t->rstd + b, t->w, (int)(e - b), t->C, t->set);
 }
 
 static void p_layernorm_bwd(const circ_run *r, float *dinp, float *dacc, const float *dout,
 			    const float *inp, const float *mean, const float *rstd, const float *w,
-			    size_t n)
+			    size_t n, int set)
 {
-	lnb_task t = {r, dinp, dacc, dout, inp, mean, rstd, w, r->C};
+	lnb_task t = {r, dinp, dacc, dout, inp, mean, rstd, w, r->C, set};
 	circ_pool_for(r->pool, n, ln_bwd_part, &t);
 }
 
@@ -1277,7 +1282,8 @@ static void gelu_part(void *v, size_t b, size_t e)
 {
 	ew_task *t = v;
 	size_t lo = b * EW_CHUNK, n = (e - b) * EW_CHUNK;
-	(t->r->o.reference ? circ_gelu_fwd_ref : circ_gelu_fwd)(t->out + lo, t->a + lo, n, t->exact);
+	(t->r->o.reference ? circ_gelu_fwd_ref : circ_gelu_fwd)(t->out + lo, t->a + lo, n,
+								t->exact);
 }
 
 static void dgelu_part(void *v, size_t b, size_t e)
@@ -1306,7 +1312,8 @@ static void p_elementwise(const circ_run *r, void (*part)(void *, size_t, size_t
 		t2.a += chunks * EW_CHUNK;
 		/* one partial chunk: call the kernels directly */
 		if (part == gelu_part)
-			(r->o.reference ? circ_gelu_fwd_ref : circ_gelu_fwd)(t2.out, t2.a, rem, t->exact);
+			(r->o.reference ? circ_gelu_fwd_ref : circ_gelu_fwd)(t2.out, t2.a, rem,
+									     t->exact);
 		else if (r->o.reference) {
 			float *tmp = circ_xcalloc(rem, sizeof *tmp);
 			circ_gelu_bwd_ref(tmp, t2.a, t2.out, rem, t->exact);
@@ -1329,9 +1336,9 @@ static void attn_fwd_part(void *v, size_t b, size_t e)
 	attn_task *t = v;
 	const circ_run *r = t->r;
 	size_t T = (size_t)r->T, C = (size_t)r->C;
-	(r->o.reference ? circ_attn_fwd_ref : circ_attn_fwd)(
-	    t->z + b * T * C, t->att + b * r->H * T * T, t->qkv + b * T * 3 * C, (int)(e - b), r->T,
-	    r->C, r->H);
+	(r->o.reference ? circ_attn_fwd_ref
+			: circ_attn_fwd)(t->z + b * T * C, t->att + b * r->H * T * T,
+					 t->qkv + b * T * 3 * C, (int)(e - b), r->T, r->C, r->H);
 }
 
 static void attn_bwd_part(void *v, size_t b, size_t e)
@@ -1358,16 +1365,11 @@ static void sum_part(void *v, size_t b, size_t e)
 {
 	sum_task *t = v;
 	size_t C = (size_t)t->C;
+	const float *src[MAX_HEAD];
 	for (size_t i = b; i < e; i++) {
-		float *o = t->out + i * C;
-		const float *a = t->a + i * C;
-		for (size_t c = 0; c < C; c++)
-			o[c] = a[c] + (t->bias ? t->bias[c] : 0.0f);
-		for (int j = 0; j < t->k; j++) {
-			const float *s = t->src[j] + i * C;
-			for (size_t c = 0; c < C; c++)
-				o[c] += s[c];
-		}
+		for (int j = 0; j < t->k; j++)
+			src[j] = t->src[j] + i * C;
+		circ_vsum(t->out + i * C, t->a + i * C, t->bias, src, t->k, C);
 	}
 }
 
@@ -1382,7 +1384,7 @@ static void gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const f
 		 const float *b, int ldb, float beta, float *c, int ldc)
 {
 	(r->o.reference ? circ_gemm_ref : circ_gemm)(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c,
-						      ldc);
+						     ldc);
 }
 
 /* Each row of c (m, n) = bias. */
@@ -1397,7 +1399,9 @@ static void bias_rows(float *c, const float *bias, size_t m, size_t n, size_t ld
 static int call_hook(circ_run *r, const circ_fwd *f, int s, circ_error *e)
 {
 	int layer = s / 2;
-	circ_stage_kind k = s == 2 * r->L ? CIRC_STAGE_FINAL : (s & 1) ? CIRC_STAGE_MLP : CIRC_STAGE_ATTN;
+	circ_stage_kind k = s == 2 * r->L ? CIRC_STAGE_FINAL
+			    : (s & 1)	  ? CIRC_STAGE_MLP
+					  : CIRC_STAGE_ATTN;
 	if (!f->hook)
 		return 0;
 	r->in_fwd = s;
@@ -1421,12 +1425,14 @@ static void embed(circ_run *r, const circ_fwd *f)
 			if (f->input_embed)
 				memcpy(in + row * C, f->input_embed + row * C, C * sizeof(float));
 			else
-				memcpy(in + row * C, w->wte + (size_t)r->tokens[row] * C, C * sizeof(float));
+				memcpy(in + row * C, w->wte + (size_t)r->tokens[row] * C,
+				       C * sizeof(float));
 			if (r->o.acdc_convention && !f->input_embed)
 				for (size_t c = 0; c < C; c++)
 					in[row * C + c] += pe[c];
 			for (size_t c = 0; c < C; c++)
-				x[row * C + c] = in[row * C + c] + (r->o.acdc_convention ? 0.0f : pe[c]);
+				x[row * C + c] =
+				    in[row * C + c] + (r->o.acdc_convention ? 0.0f : pe[c]);
 		}
 }
 
@@ -1468,10 +1474,11 @@ static void attn_stage(circ_run *r, int l)
 				if (!r->delta_on[recv])
 					continue;
 				recv_input(r, recv, x, r->s_ln);
-				p_layernorm(r, r->s_ln, delta_mean(r, recv), delta_rstd(r, recv), r->s_ln,
-					    lw->ln1_w, lw->ln1_b, n);
+				p_layernorm(r, r->s_ln, delta_mean(r, recv), delta_rstd(r, recv),
+					    r->s_ln, lw->ln1_w, lw->ln1_b, n);
 				for (size_t i = 0; i < n; i++)
-					memcpy(qkv + i * C3 + col, lw->attn_b + col, D * sizeof(float));
+					memcpy(qkv + i * C3 + col, lw->attn_b + col,
+					       D * sizeof(float));
 				gemm(r, 0, 0, (int)n, r->D, r->C, r->s_ln, r->C, lw->attn_w + col,
 				     (int)C3, 1.0f, qkv + col, (int)C3);
 			}
@@ -1520,7 +1527,8 @@ static void final_stage(circ_run *r)
 {
 	const circ_weights *w = &r->m->w;
 	const float *x = resid_at(r, 2 * r->L);
-	const float *d = r->delta_on[circ_recv_logits(r->m)] ? r->delta[circ_recv_logits(r->m)] : NULL;
+	const float *d =
+	    r->delta_on[circ_recv_logits(r->m)] ? r->delta[circ_recv_logits(r->m)] : NULL;
 	size_t C = (size_t)r->C, N = (size_t)r->n_read;
 	if (r->read_none)
 		return;
@@ -1553,7 +1561,8 @@ static int set_reads(circ_run *r, const circ_fwd *f, circ_error *e)
 		break;
 	case CIRC_READ_LIST:
 		if (f->n_read < 0 || (size_t)f->n_read > r->rows || (f->n_read && !f->reads))
-			return circ_errorf(e, "%d read positions (at most %zu)", f->n_read, r->rows);
+			return circ_errorf(e, "%d read positions (at most %zu)", f->n_read,
+					   r->rows);
 		for (int i = 0; i < f->n_read; i++) {
 			if (f->reads[i].b < 0 || f->reads[i].b >= f->B || f->reads[i].t < 0 ||
 			    f->reads[i].t >= f->T)
@@ -1569,7 +1578,8 @@ static int set_reads(circ_run *r, const circ_fwd *f, circ_error *e)
 		r->n_read = 0;
 		r->read_none = 1;
 		break;
-	default: return circ_errorf(e, "unknown read mode %d", (int)f->read);
+	default:
+		return circ_errorf(e, "unknown read mode %d", (int)f->read);
 	}
 	return 0;
 }
@@ -1578,9 +1588,11 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 {
 	int s0 = f->start_stage, S = 2 * r->L;
 	if (f->B < 1 || f->B > r->max_b)
-		return circ_errorf(e, "batch of %d sequences (this run takes 1-%d)", f->B, r->max_b);
+		return circ_errorf(e, "batch of %d sequences (this run takes 1-%d)", f->B,
+				   r->max_b);
 	if (f->T < 1 || f->T > r->max_t)
-		return circ_errorf(e, "sequences of %d tokens (this run takes 1-%d)", f->T, r->max_t);
+		return circ_errorf(e, "sequences of %d tokens (this run takes 1-%d)", f->T,
+				   r->max_t);
 	if (s0 < 0 || s0 > S)
 		return circ_errorf(e, "start stage %d is out of range (0-%d)", s0, S);
 	if (!f->tokens && !f->input_embed && s0 == 0)
@@ -1591,18 +1603,22 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 					   "cannot resume at stage %d: the run holds no matching "
 					   "prefix (%d x %d, %d stages)",
 					   s0, r->B, r->T, r->valid < 0 ? 0 : r->valid);
-		if (f->tokens && memcmp(f->tokens, r->tokens, (size_t)f->B * f->T * sizeof(int32_t)))
-			return circ_errorf(e, "cannot resume at stage %d: the tokens differ from the "
-					      "run's", s0);
+		if (f->tokens &&
+		    memcmp(f->tokens, r->tokens, (size_t)f->B * f->T * sizeof(int32_t)))
+			return circ_errorf(e,
+					   "cannot resume at stage %d: the tokens differ from the "
+					   "run's",
+					   s0);
 	} else if (f->tokens) {
 		for (int b = 0; b < f->B; b++)
 			for (int t = 0; t < f->T; t++) {
 				int32_t tok = f->tokens[(size_t)b * f->T + t];
 				if (tok < 0 || tok >= r->V)
-					return circ_errorf(e,
-							   "token %d at sequence %d, position %d is "
-							   "outside the vocabulary (%d tokens)",
-							   (int)tok, b, t, r->V);
+					return circ_errorf(
+					    e,
+					    "token %d at sequence %d, position %d is "
+					    "outside the vocabulary (%d tokens)",
+					    (int)tok, b, t, r->V);
 			}
 	}
 	if (set_reads(r, f, e) < 0)
@@ -1642,12 +1658,14 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 	size_t n, C;
 	if (dst->m != src->m && (dst->L != src->L || dst->H != src->H || dst->C != src->C))
 		return circ_errorf(e, "runs of different models");
-	if (dst->o.keep_nodes != src->o.keep_nodes || dst->o.acdc_convention != src->o.acdc_convention)
+	if (dst->o.keep_nodes != src->o.keep_nodes ||
+	    dst->o.acdc_convention != src->o.acdc_convention)
 		return circ_errorf(e, "runs with different options");
 	if (stage < 0 || stage > 2 * src->L)
 		return circ_errorf(e, "stage %d is out of range (0-%d)", stage, 2 * src->L);
 	if (src->valid < stage)
-		return circ_errorf(e, "the source run holds only %d stages", src->valid < 0 ? 0 : src->valid);
+		return circ_errorf(e, "the source run holds only %d stages",
+				   src->valid < 0 ? 0 : src->valid);
 	if (src->B > dst->max_b || src->T > dst->max_t)
 		return circ_errorf(e, "batch %d x %d does not fit the destination run (%d x %d)",
 				   src->B, src->T, dst->max_b, dst->max_t);
@@ -1669,7 +1687,8 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 		memcpy(dst->rstd + dso, src->rstd + so, n * sizeof(float));
 		if (s & 1) {
 			memcpy(dst->fc + (size_t)l * dst->rows * dst->F,
-			       src->fc + (size_t)l * src->rows * src->F, n * src->F * sizeof(float));
+			       src->fc + (size_t)l * src->rows * src->F,
+			       n * src->F * sizeof(float));
 		} else {
 			size_t aa = (size_t)src->B * src->H * src->T * src->T;
 			/* att is (B, H, T, T) packed for the current T at the layer's base */
@@ -1678,8 +1697,8 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 			memcpy(dst->att + (size_t)l * dst->max_b * dst->H * dst->max_t * dst->max_t,
 			       src->att + (size_t)l * src->max_b * src->H * src->max_t * src->max_t,
 			       aa * sizeof(float));
-			memcpy(dst->z + (size_t)l * dst->rows * C, src->z + (size_t)l * src->rows * C,
-			       n * C * sizeof(float));
+			memcpy(dst->z + (size_t)l * dst->rows * C,
+			       src->z + (size_t)l * src->rows * C, n * C * sizeof(float));
 		}
 	}
 	for (int recv = 0; recv < src->R; recv++) {
@@ -1689,7 +1708,8 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 		dst->delta_on[recv] = src->delta_on[recv];
 		if (src->delta_on[recv]) {
 			if (!dst->delta[recv])
-				dst->delta[recv] = circ_xalloc_aligned(delta_floats(dst) * sizeof(float));
+				dst->delta[recv] =
+				    circ_xalloc_aligned(delta_floats(dst) * sizeof(float));
 			memcpy(dst->delta[recv], src->delta[recv], n * C * sizeof(float));
 			memcpy(delta_mean(dst, recv), delta_mean(src, recv), n * sizeof(float));
 			memcpy(delta_rstd(dst, recv), delta_rstd(src, recv), n * sizeof(float));
@@ -1744,7 +1764,9 @@ const float *circ_run_node_grad(const circ_run *r, int node)
 
 static int call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
 {
-	circ_stage_kind k = s == 2 * r->L ? CIRC_STAGE_FINAL : (s & 1) ? CIRC_STAGE_MLP : CIRC_STAGE_ATTN;
+	circ_stage_kind k = s == 2 * r->L ? CIRC_STAGE_FINAL
+			    : (s & 1)	  ? CIRC_STAGE_MLP
+					  : CIRC_STAGE_ATTN;
 	r->bwd_stage = s;
 	if (b->hook && b->hook(b->hook_ctx, r, s / 2, k, e) < 0)
 		return -1;
@@ -1782,8 +1804,8 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			for (size_t c = 0; c < C; c++)
 				xr[i * C + c] = x[row * C + c] + (d ? d[row * C + c] : 0.0f);
 		}
-		memset(tmp, 0, N * C * sizeof(float));
-		p_layernorm_bwd(r, tmp, NULL, r->d_ln, xr, r->lnf_mean, r->lnf_rstd, w->lnf_w, N);
+		p_layernorm_bwd(r, tmp, NULL, r->d_ln, xr, r->lnf_mean, r->lnf_rstd, w->lnf_w, N,
+				1);
 		for (size_t i = 0; i < N; i++) {
 			size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
 			for (size_t c = 0; c < C; c++)
@@ -1802,15 +1824,14 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			const float *fc = r->fc + (size_t)l * r->rows * F;
 			const float *xin = recv_input(r, recv, resid_at(r, s), r->s_ln);
 			ew_task dg = {r, r->d_fc, fc, NULL, r->m->cfg.act == CIRC_ACT_GELU};
-			gemm(r, 0, 1, (int)n, r->F, r->C, g, r->C, lw->fcproj_w, r->C, 0.0f, r->d_fc,
-			     r->F);
+			gemm(r, 0, 1, (int)n, r->F, r->C, g, r->C, lw->fcproj_w, r->C, 0.0f,
+			     r->d_fc, r->F);
 			p_elementwise(r, dgelu_part, &dg, n * F);
-			gemm(r, 0, 1, (int)n, r->C, r->F, r->d_fc, r->F, lw->fc_w, r->F, 0.0f, r->d_ln,
-			     r->C);
+			gemm(r, 0, 1, (int)n, r->C, r->F, r->d_fc, r->F, lw->fc_w, r->F, 0.0f,
+			     r->d_ln, r->C);
 			memcpy(gm, g, n * C * sizeof(float));
-			memset(rg, 0, n * C * sizeof(float));
 			p_layernorm_bwd(r, rg, gm, r->d_ln, xin, r->mean + (size_t)s * r->rows,
-					r->rstd + (size_t)s * r->rows, lw->ln2_w, n);
+					r->rstd + (size_t)s * r->rows, lw->ln2_w, n, 1);
 			if (call_bhook(r, b, s, e) < 0)
 				return -1;
 		}
@@ -1820,10 +1841,12 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			const float *g = dresid_at(r, s + 1), *x = resid_at(r, s);
 			float *gx = dresid_at(r, s);
 			const float *qkv = r->qkv + (size_t)l * r->rows * C3;
-			const float *att = r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
+			const float *att =
+			    r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
 			for (int j = 0; j < 3 * r->H; j++)
 				npatched += r->delta_on[r0 + j];
-			gemm(r, 0, 1, (int)n, r->C, r->C, g, r->C, lw->proj_w, r->C, 0.0f, r->d_z, r->C);
+			gemm(r, 0, 1, (int)n, r->C, r->C, g, r->C, lw->proj_w, r->C, 0.0f, r->d_z,
+			     r->C);
 			memset(r->d_qkv, 0, n * C3 * sizeof(float));
 			{
 				attn_task t = {r, NULL, NULL, r->d_qkv, qkv, r->d_z, att};
@@ -1831,25 +1854,32 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			}
 			memcpy(gx, g, n * C * sizeof(float));
 			if (!want_recv && npatched == 0) {
-				gemm(r, 0, 1, (int)n, r->C, (int)C3, r->d_qkv, (int)C3, lw->attn_w, (int)C3,
-				     0.0f, r->d_ln, r->C);
-				p_layernorm_bwd(r, gx, NULL, r->d_ln, x, r->mean + (size_t)s * r->rows,
-						r->rstd + (size_t)s * r->rows, lw->ln1_w, n);
+				gemm(r, 0, 1, (int)n, r->C, (int)C3, r->d_qkv, (int)C3, lw->attn_w,
+				     (int)C3, 0.0f, r->d_ln, r->C);
+				p_layernorm_bwd(r, gx, NULL, r->d_ln, x,
+						r->mean + (size_t)s * r->rows,
+						r->rstd + (size_t)s * r->rows, lw->ln1_w, n, 0);
 			} else {
 				for (int h = 0; h < r->H; h++)
 					for (int c = 0; c < 3; c++) {
 						int recv = circ_recv_qkv(r->m, l, h, c);
 						size_t col = (size_t)c * C + (size_t)h * D;
-						float *rg = want_recv ? recv_grad_buf(r, recv) : r->s_ln2;
+						float *rg =
+						    want_recv ? recv_grad_buf(r, recv) : r->s_ln2;
 						const float *xin = recv_input(r, recv, x, r->s_ln);
-						const float *mu = r->delta_on[recv] ? delta_mean(r, recv)
-										    : r->mean + (size_t)s * r->rows;
-						const float *rs = r->delta_on[recv] ? delta_rstd(r, recv)
-										    : r->rstd + (size_t)s * r->rows;
-						gemm(r, 0, 1, (int)n, r->C, r->D, r->d_qkv + col, (int)C3,
-						     lw->attn_w + col, (int)C3, 0.0f, r->d_ln, r->C);
-						memset(rg, 0, n * C * sizeof(float));
-						p_layernorm_bwd(r, rg, gx, r->d_ln, xin, mu, rs, lw->ln1_w, n);
+						const float *mu =
+						    r->delta_on[recv]
+							? delta_mean(r, recv)
+							: r->mean + (size_t)s * r->rows;
+						const float *rs =
+						    r->delta_on[recv]
+							? delta_rstd(r, recv)
+							: r->rstd + (size_t)s * r->rows;
+						gemm(r, 0, 1, (int)n, r->C, r->D, r->d_qkv + col,
+						     (int)C3, lw->attn_w + col, (int)C3, 0.0f,
+						     r->d_ln, r->C);
+						p_layernorm_bwd(r, rg, gx, r->d_ln, xin, mu, rs,
+								lw->ln1_w, n, 1);
 					}
 			}
 			if (call_bhook(r, b, s, e) < 0)

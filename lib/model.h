@@ -99,29 +99,29 @@ const char *circ_act_name(circ_act a); /* "gelu_new" / "gelu" */
 
 /* Pointers to one layer's parameters. Conv1D layout: [in, out] row-major. */
 typedef struct circ_layer_weights {
-	float *ln1_w, *ln1_b;	/* (C) */
-	float *attn_w;		/* (C, 3C) columns Q | K | V, head h at h*D within each */
-	float *attn_b;		/* (3C) */
-	float *proj_w;		/* (C, C) rows h*D..(h+1)*D are head h's W_O */
-	float *proj_b;		/* (C) */
-	float *ln2_w, *ln2_b;	/* (C) */
-	float *fc_w;		/* (C, F) */
-	float *fc_b;		/* (F) */
-	float *fcproj_w;	/* (F, C) */
-	float *fcproj_b;	/* (C) */
+	float *ln1_w, *ln1_b; /* (C) */
+	float *attn_w;	      /* (C, 3C) columns Q | K | V, head h at h*D within each */
+	float *attn_b;	      /* (3C) */
+	float *proj_w;	      /* (C, C) rows h*D..(h+1)*D are head h's W_O */
+	float *proj_b;	      /* (C) */
+	float *ln2_w, *ln2_b; /* (C) */
+	float *fc_w;	      /* (C, F) */
+	float *fc_b;	      /* (F) */
+	float *fcproj_w;      /* (F, C) */
+	float *fcproj_b;      /* (C) */
 } circ_layer_weights;
 
 /* All parameters. For a loaded model the pointers point into the mapped
  * file (read-only memory: never write through them) or into one converted
  * f32 buffer. lm_head == wte when the file has no lm_head.weight (tied). */
 typedef struct circ_weights {
-	float *wte;			/* (V, C) */
-	float *wpe;			/* (P, C) */
-	circ_layer_weights *layers;	/* (L) */
-	float *lnf_w, *lnf_b;		/* (C) */
-	float *lm_head;			/* (V, C); == wte when tied */
-	float *mem;			/* the owned buffer, or NULL */
-	size_t n_params;		/* number of floats in mem (tied lm_head counted once) */
+	float *wte;		    /* (V, C) */
+	float *wpe;		    /* (P, C) */
+	circ_layer_weights *layers; /* (L) */
+	float *lnf_w, *lnf_b;	    /* (C) */
+	float *lm_head;		    /* (V, C); == wte when tied */
+	float *mem;		    /* the owned buffer, or NULL */
+	size_t n_params;	    /* number of floats in mem (tied lm_head counted once) */
 } circ_weights;
 
 /* Number of parameters of a config (lm_head tied, so counted once). */
@@ -181,14 +181,14 @@ int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
  * 1 + normal(0, 0.1), biases normal(0, 0.02) (non-zero so that tests see
  * them). dtype is "F32", "F16" or "BF16" (the file's dtype). For tests and
  * fixtures. -1 with a message on error. */
-int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed,
-			    const char *dtype, circ_error *e);
+int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed, const char *dtype,
+			    circ_error *e);
 
 /* ---- numbering (no checks: arguments must be in range) ---- */
 
-int circ_model_n_up(const circ_model *m);	/* U = 1 + L*(H+1) */
-int circ_model_n_recv(const circ_model *m);	/* R = L*(3H+1) + 1 */
-int circ_node_input(const circ_model *m);	/* 0 */
+int circ_model_n_up(const circ_model *m);   /* U = 1 + L*(H+1) */
+int circ_model_n_recv(const circ_model *m); /* R = L*(3H+1) + 1 */
+int circ_node_input(const circ_model *m);   /* 0 */
 int circ_node_head(const circ_model *m, int layer, int head);
 int circ_node_mlp(const circ_model *m, int layer);
 /* c = 0 q, 1 k, 2 v. */
@@ -207,17 +207,17 @@ int circ_node_stage(const circ_model *m, int node);
 typedef struct circ_run circ_run;
 
 typedef struct circ_run_opts {
-	int threads;		/* OpenBLAS and circ threads; <= 0: 1 */
-	int acdc_convention;	/* 1: the input node is token + positional embedding */
-	int keep_nodes;		/* 1 (default): per-head outputs kept (U, B, T, C);
-				 * 0: only the fused attention output is computed
-				 * (faster; node outputs of heads then read as NULL) */
-	int backward;		/* 1: allocate the backward arena (default 0) */
-	int keep_recv_grads;	/* with backward: 1 (default) keep every receiver's
-				 * gradient (R, B, T, C); 0: only the current
-				 * stage's, visible to the backward hook */
-	int reference;		/* 1: use the reference kernels (double
-				 * accumulation, slow): for tests */
+	int threads;	     /* OpenBLAS and circ threads; <= 0: 1 */
+	int acdc_convention; /* 1: the input node is token + positional embedding */
+	int keep_nodes;	     /* 1 (default): per-head outputs kept (U, B, T, C);
+			      * 0: only the fused attention output is computed
+			      * (faster; node outputs of heads then read as NULL) */
+	int backward;	     /* 1: allocate the backward arena (default 0) */
+	int keep_recv_grads; /* with backward: 1 (default) keep every receiver's
+			      * gradient (R, B, T, C); 0: only the current
+			      * stage's, visible to the backward hook */
+	int reference;	     /* 1: use the reference kernels (double
+			      * accumulation, slow): for tests */
 } circ_run_opts;
 void circ_run_opts_default(circ_run_opts *o);
 
@@ -237,9 +237,9 @@ void circ_run_set_threads(circ_run *r, int threads);
 
 /* Where logits are computed. Rows of the logits buffer follow this order. */
 typedef enum circ_read_mode {
-	CIRC_READ_LAST,	/* (b, T-1) for each b: N = B (the default) */
+	CIRC_READ_LAST, /* (b, T-1) for each b: N = B (the default) */
 	CIRC_READ_ALL,	/* every (b, t), b-major: N = B*T */
-	CIRC_READ_LIST,	/* the given (b, t) pairs: N = n_read */
+	CIRC_READ_LIST, /* the given (b, t) pairs: N = n_read */
 	CIRC_READ_NONE	/* no unembedding (stops after ln_f) */
 } circ_read_mode;
 
@@ -248,9 +248,9 @@ typedef struct circ_read {
 } circ_read;
 
 typedef enum circ_stage_kind {
-	CIRC_STAGE_ATTN,  /* before layer l's attention (its q/k/v receivers) */
-	CIRC_STAGE_MLP,	  /* before layer l's MLP (its m receiver) */
-	CIRC_STAGE_FINAL  /* before ln_f (the logits receiver); layer == L */
+	CIRC_STAGE_ATTN, /* before layer l's attention (its q/k/v receivers) */
+	CIRC_STAGE_MLP,	 /* before layer l's MLP (its m receiver) */
+	CIRC_STAGE_FINAL /* before ln_f (the logits receiver); layer == L */
 } circ_stage_kind;
 
 /* Forward hook: called before each stage from the start stage on. It may
@@ -262,20 +262,20 @@ typedef int (*circ_fwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind 
 			     circ_error *e);
 
 typedef struct circ_fwd {
-	const int32_t *tokens;	/* (B, T) token ids, each in [0, V) */
-	int B, T;		/* 1 <= B <= max_b, 1 <= T <= max_t */
+	const int32_t *tokens; /* (B, T) token ids, each in [0, V) */
+	int B, T;	       /* 1 <= B <= max_b, 1 <= T <= max_t */
 	circ_read_mode read;
-	int n_read;		/* CIRC_READ_LIST: number of pairs */
-	const circ_read *reads;	/* CIRC_READ_LIST: (n_read) pairs, any order, repeats allowed */
+	int n_read;		  /* CIRC_READ_LIST: number of pairs */
+	const circ_read *reads;	  /* CIRC_READ_LIST: (n_read) pairs, any order, repeats allowed */
 	const float *input_embed; /* optional (B, T, C): the input node's output
 				   * instead of the embedding lookup (e.g. EAP-IG
 				   * interpolation); tokens may then be NULL */
-	circ_fwd_hook hook;	/* optional */
+	circ_fwd_hook hook;	  /* optional */
 	void *hook_ctx;
-	int start_stage;	/* 0: full forward. s > 0: resume at stage s; the run
-				 * must already hold the state below s for the same
-				 * tokens, B and T (a previous forward on this run, or
-				 * circ_run_copy_prefix from another run) */
+	int start_stage; /* 0: full forward. s > 0: resume at stage s; the run
+			  * must already hold the state below s for the same
+			  * tokens, B and T (a previous forward on this run, or
+			  * circ_run_copy_prefix from another run) */
 } circ_fwd;
 /* Zeroed fwd with read = CIRC_READ_LAST. */
 void circ_fwd_init(circ_fwd *f);
@@ -326,11 +326,11 @@ typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind 
 			     circ_error *e);
 
 typedef struct circ_bwd {
-	const float *dlogits;	/* (N, V): d metric / d logits at the read rows of
-				 * the last forward (CIRC_READ_NONE: not allowed) */
-	circ_bwd_hook hook;	/* optional */
+	const float *dlogits; /* (N, V): d metric / d logits at the read rows of
+			       * the last forward (CIRC_READ_NONE: not allowed) */
+	circ_bwd_hook hook;   /* optional */
 	void *hook_ctx;
-	circ_weights *dweights;	/* parameter gradients (+=); must be NULL for now
+	circ_weights *dweights; /* parameter gradients (+=); must be NULL for now
 				 * (issue 7) */
 } circ_bwd;
 

@@ -54,12 +54,16 @@ static size_t st_dtype_size(circ_dtype d)
 {
 	switch (d) {
 	case CIRC_F64:
-	case CIRC_I64: return 8;
+	case CIRC_I64:
+		return 8;
 	case CIRC_F32:
-	case CIRC_I32: return 4;
+	case CIRC_I32:
+		return 4;
 	case CIRC_F16:
-	case CIRC_BF16: return 2;
-	default: return 1;
+	case CIRC_BF16:
+		return 2;
+	default:
+		return 1;
 	}
 }
 
@@ -158,26 +162,29 @@ static int parse_entry(const char *name, json_t *v, const unsigned char *data, s
 	json_array_foreach(shape, i, x)
 	{
 		if (!json_is_integer(x) || json_integer_value(x) < 0)
-			return circ_errorf(e, "tensor '%s': shape entry %zu is not a non-negative integer",
-					   name, i);
+			return circ_errorf(
+			    e, "tensor '%s': shape entry %zu is not a non-negative integer", name,
+			    i);
 		t->shape[i] = json_integer_value(x);
 	}
 	if (!offs || !json_is_array(offs) || json_array_size(offs) != 2 ||
-	    !json_is_integer(json_array_get(offs, 0)) || !json_is_integer(json_array_get(offs, 1)) ||
+	    !json_is_integer(json_array_get(offs, 0)) ||
+	    !json_is_integer(json_array_get(offs, 1)) ||
 	    json_integer_value(json_array_get(offs, 0)) < 0 ||
 	    json_integer_value(json_array_get(offs, 1)) < 0)
-		return circ_errorf(e, "tensor '%s': 'data_offsets' is not two non-negative integers",
-				   name);
+		return circ_errorf(
+		    e, "tensor '%s': 'data_offsets' is not two non-negative integers", name);
 	*begin = (size_t)json_integer_value(json_array_get(offs, 0));
 	*end = (size_t)json_integer_value(json_array_get(offs, 1));
 	if (*begin > *end)
 		return circ_errorf(e, "tensor '%s': data_offsets [%zu, %zu] end before they begin",
 				   name, *begin, *end);
 	if (*end > data_size)
-		return circ_errorf(e,
-				   "tensor '%s': data_offsets [%zu, %zu] extend past the data region "
-				   "(%zu bytes)",
-				   name, *begin, *end, data_size);
+		return circ_errorf(
+		    e,
+		    "tensor '%s': data_offsets [%zu, %zu] extend past the data region "
+		    "(%zu bytes)",
+		    name, *begin, *end, data_size);
 	if (st_nbytes(t->shape, t->ndim, st_dtype_size(t->dtype), &nb) < 0)
 		return circ_errorf(e, "tensor '%s': shape is too large", name);
 	if (nb != *end - *begin) {
@@ -186,7 +193,8 @@ static int parse_entry(const char *name, json_t *v, const unsigned char *data, s
 		return circ_errorf(e,
 				   "tensor '%s': data_offsets [%zu, %zu] hold %zu bytes, shape %s "
 				   "of %s needs %zu",
-				   name, *begin, *end, *end - *begin, sb, json_string_value(dt), nb);
+				   name, *begin, *end, *end - *begin, sb, json_string_value(dt),
+				   nb);
 	}
 	t->data = data + *begin;
 	t->nbytes = nb;
@@ -279,7 +287,8 @@ circ_st *circ_st_open(const char *path, circ_error *e)
 			json_object_foreach(v, mk, mv)
 			{
 				if (!json_is_string(mv)) {
-					circ_errorf(e, "'%s': metadata '%s' is not a string", path, mk);
+					circ_errorf(e, "'%s': metadata '%s' is not a string", path,
+						    mk);
 					goto fail;
 				}
 				f->meta[2 * f->n_meta] = circ_xstrdup(mk);
@@ -312,11 +321,12 @@ circ_st *circ_st_open(const char *path, circ_error *e)
 		for (int i = 0; i < f->n; i++) {
 			if (ranges[i].begin < at) {
 				const st_range *p = &ranges[i - 1];
-				circ_errorf(e,
-					    "'%s': tensor '%s' (bytes %zu-%zu) overlaps tensor '%s' "
-					    "(bytes %zu-%zu)",
-					    path, f->t[ranges[i].idx].name, ranges[i].begin,
-					    ranges[i].end, f->t[p->idx].name, p->begin, p->end);
+				circ_errorf(
+				    e,
+				    "'%s': tensor '%s' (bytes %zu-%zu) overlaps tensor '%s' "
+				    "(bytes %zu-%zu)",
+				    path, f->t[ranges[i].idx].name, ranges[i].begin, ranges[i].end,
+				    f->t[p->idx].name, p->begin, p->end);
 				goto fail;
 			}
 			if (ranges[i].begin > at) {
@@ -466,7 +476,8 @@ uint16_t circ_f32_to_f16(float f)
 		shift = (uint32_t)(14 - exp);
 		r = m >> shift;
 		half = 1u << (shift - 1);
-		if ((m & ((1u << shift) - 1)) > half || ((m & ((1u << shift) - 1)) == half && (r & 1)))
+		if ((m & ((1u << shift) - 1)) > half ||
+		    ((m & ((1u << shift) - 1)) == half && (r & 1)))
 			r++;
 		return (uint16_t)(sign | r);
 	}
@@ -484,18 +495,24 @@ void circ_st_to_f32(float *out, const void *data, circ_dtype dtype, size_t n)
 	size_t i;
 	for (i = 0; i < n; i++) {
 		switch (dtype) {
-		case CIRC_F32: memcpy(&out[i], p + 4 * i, 4); break;
+		case CIRC_F32:
+			memcpy(&out[i], p + 4 * i, 4);
+			break;
 		case CIRC_F64: {
 			double d;
 			memcpy(&d, p + 8 * i, 8);
 			out[i] = (float)d;
 			break;
 		}
-		case CIRC_F16: out[i] = circ_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8)); break;
+		case CIRC_F16:
+			out[i] = circ_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+			break;
 		case CIRC_BF16:
 			out[i] = circ_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
 			break;
-		default: out[i] = 0; break;
+		default:
+			out[i] = 0;
+			break;
 		}
 	}
 }
@@ -503,8 +520,7 @@ void circ_st_to_f32(float *out, const void *data, circ_dtype dtype, size_t n)
 /* ---- writer ---- */
 
 int circ_st_serialize(int n, const circ_st_tensor *t, int n_meta, const char *const *meta,
-		      void (*sink)(void *ctx, const void *p, size_t len), void *ctx,
-		      circ_error *e)
+		      void (*sink)(void *ctx, const void *p, size_t len), void *ctx, circ_error *e)
 {
 	json_t *root = json_object();
 	char *text = NULL;

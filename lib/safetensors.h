@@ -87,7 +87,6 @@ int circ_st_write(const char *path, int n, const circ_st_tensor *t, int n_meta,
 /* The same bytes, fed to a sink instead of a file (for digests): sink is
  * called with consecutive pieces of the file. */
 int circ_st_serialize(int n, const circ_st_tensor *t, int n_meta, const char *const *meta,
-		      void (*sink)(void *ctx, const void *p, size_t len), void *ctx,
-		      circ_error *e);
+		      void (*sink)(void *ctx, const void *p, size_t len), void *ctx, circ_error *e);
 
 #endif

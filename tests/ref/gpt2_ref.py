@@ -30,6 +30,11 @@ Node, receiver and stage numbering follow lib/model.h.
   {"metrics": FILE, "seed": int} writes metric goldens instead (see
   test_model.c): random logits rows, answer sets, and value and gradient of
   each metric computed by autograd.
+
+Usage: gpt2_ref.py logits DIR TOKENS.jsonl
+prints, per record of a JSON-lines token stream, {"id", "logits": [[...]]}
+with the logits at the record's read position(s) (clean prompt), for
+tests/forward.bats.
 """
 import json
 import math
@@ -280,9 +285,38 @@ def run_metrics(case):
         "nbad": nbad, "values": vals, "grads": grads})
 
 
+def print_logits(d, tokens_path):
+    cfg, w = load_model(d)
+    L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
+    D = C // H
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    act = cfg.get("activation_function", "gelu_new")
+    lines = [json.loads(x) for x in open(tokens_path) if x.strip()]
+    for rec in lines[1:]:
+        tok = torch.tensor(rec["clean"]["data"])
+        T = tok.shape[0]
+        x = w["wte.weight"][tok] + w["wpe.weight"][:T]
+        for l in range(L):
+            p = "h.%d." % l
+            h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)
+            q, k, v = (h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]).split(C, -1)
+            q, k, v = (t.view(T, H, D).transpose(0, 1) for t in (q, k, v))
+            s = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+            z = (torch.softmax(s, -1) @ v).transpose(0, 1).reshape(T, C)
+            x = x + z @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+            h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
+            x = x + gelu(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"], act) @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+        logits = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], eps) @ w["lm_head.weight"].T
+        pos = rec["pos"] if isinstance(rec["pos"], list) else [rec["pos"]]
+        print(json.dumps({"id": rec["id"], "logits": [logits[i].tolist() for i in pos]}))
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "logits":
+        print_logits(sys.argv[2], sys.argv[3])
+        return
     if len(sys.argv) != 2:
-        raise SystemExit("usage: gpt2_ref.py CASES.json")
+        raise SystemExit("usage: gpt2_ref.py CASES.json | gpt2_ref.py logits DIR TOKENS.jsonl")
     torch.manual_seed(0)
     for case in json.load(open(sys.argv[1])):
         if "metrics" in case:

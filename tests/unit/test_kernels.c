@@ -24,12 +24,12 @@
 static int failures;
 static circ_rng rng;
 
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                                        \
-		}                                                                          \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
+			failures++;                                                                \
+		}                                                                                  \
 	} while (0)
 
 static float *randv(size_t n, double scale)
@@ -81,13 +81,16 @@ static void test_gemm(void)
 				int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
 				float *a = randv((size_t)(ta ? k : m) * lda, 1);
 				float *b = randv((size_t)(tb ? n : k) * ldb, 1);
-				float *c1 = randv((size_t)m * ldc, 1), *c2 = copyv(c1, (size_t)m * ldc);
+				float *c1 = randv((size_t)m * ldc, 1),
+				      *c2 = copyv(c1, (size_t)m * ldc);
 				circ_gemm(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c1, ldc);
-				circ_gemm_ref(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c2, ldc);
+				circ_gemm_ref(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c2,
+					      ldc);
 				CHECK(close_to("gemm", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
 				circ_gemm(ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c1, ldc);
 				circ_gemm_ref(ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
-				CHECK(close_to("gemm beta 0", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+				CHECK(close_to("gemm beta 0", c1, c2, (size_t)m * ldc,
+					       2e-6 * sqrt(k), 1));
 				free(a), free(b), free(c1), free(c2);
 			}
 }
@@ -97,8 +100,10 @@ static void test_layernorm(void)
 	int widths[] = {1, 2, 7, 8, 13, 16, 64, 100, 768};
 	for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
 		int C = widths[wi], N = 5, ld = C + 3;
-		float *x = randv((size_t)N * ld, 2), *w = randv((size_t)C, 1), *b = randv((size_t)C, 1);
-		float *o1 = circ_xalloc_aligned((size_t)N * ld * 4), *o2 = circ_xalloc_aligned((size_t)N * ld * 4);
+		float *x = randv((size_t)N * ld, 2), *w = randv((size_t)C, 1),
+		      *b = randv((size_t)C, 1);
+		float *o1 = circ_xalloc_aligned((size_t)N * ld * 4),
+		      *o2 = circ_xalloc_aligned((size_t)N * ld * 4);
 		float m1[5], r1[5], m2[5], r2[5];
 		for (int i = 0; i < N * ld; i++)
 			x[i] += 3.0f; /* a mean far from 0 */
@@ -114,15 +119,20 @@ static void test_layernorm(void)
 		float *a1 = randv((size_t)N * C, 1), *a2 = copyv(a1, (size_t)N * C);
 		float *oc = circ_xalloc_aligned((size_t)N * C * 4);
 		circ_layernorm_fwd_ref(oc, C, m2, r2, xc, C, w, b, N, C, 1e-5f);
-		circ_layernorm_bwd(d1, a1, dy, xc, m2, r2, w, N, C);
-		circ_layernorm_bwd_ref(d2, a2, dy, xc, m2, r2, w, N, C);
+		circ_layernorm_bwd(d1, a1, dy, xc, m2, r2, w, N, C, 0);
+		circ_layernorm_bwd_ref(d2, a2, dy, xc, m2, r2, w, N, C, 0);
 		CHECK(close_to("layernorm bwd", d1, d2, (size_t)N * C, 1e-5, 1));
 		CHECK(close_to("layernorm bwd acc", a1, a2, (size_t)N * C, 1e-5, 1));
+		/* set mode: dinp is overwritten, dacc still accumulates */
+		circ_layernorm_bwd(d1, a1, dy, xc, m2, r2, w, N, C, 1);
+		circ_layernorm_bwd_ref(d2, a2, dy, xc, m2, r2, w, N, C, 1);
+		CHECK(close_to("layernorm bwd set", d1, d2, (size_t)N * C, 1e-5, 1));
+		CHECK(close_to("layernorm bwd set acc", a1, a2, (size_t)N * C, 1e-5, 1));
 
 		/* finite differences of the reference on row 0: loss = sum(out * dy) */
 		if (C >= 2 && C <= 100) {
 			float *g = circ_xcalloc((size_t)C, sizeof *g);
-			circ_layernorm_bwd_ref(g, NULL, dy, xc, m2, r2, w, 1, C);
+			circ_layernorm_bwd_ref(g, NULL, dy, xc, m2, r2, w, 1, C, 0);
 			for (int i = 0; i < C; i += (C > 16 ? 7 : 1)) {
 				double h = 1e-3, lp = 0, lm = 0, save = xc[i];
 				double xs[128];
@@ -137,13 +147,16 @@ static void test_layernorm(void)
 						var += (xs[j] - mu) * (xs[j] - mu);
 					var /= C;
 					for (int j = 0; j < C; j++)
-						l += ((xs[j] - mu) / sqrt(var + 1e-5) * w[j] + b[j]) * dy[j];
+						l += ((xs[j] - mu) / sqrt(var + 1e-5) * w[j] +
+						      b[j]) *
+						     dy[j];
 					*(sgn ? &lm : &lp) = l;
 				}
 				(void)save;
 				double fd = (lp - lm) / (2 * h);
 				if (fabs(fd - g[i]) > 1e-3 * (fabs(fd) + 1)) {
-					fprintf(stderr, "layernorm fd C=%d i=%d: %g vs %g\n", C, i, fd, g[i]);
+					fprintf(stderr, "layernorm fd C=%d i=%d: %g vs %g\n", C, i,
+						fd, g[i]);
 					failures++;
 				}
 			}
@@ -162,7 +175,8 @@ static void test_gelu(void)
 	for (int exact = 0; exact < 2; exact++) {
 		circ_gelu_fwd(y1, x, n, exact);
 		circ_gelu_fwd_ref(y2, x, n, exact);
-		CHECK(close_to(exact ? "gelu erf" : "gelu tanh", y1, y2, n, exact ? 4e-7 : 1e-6, 1));
+		CHECK(
+		    close_to(exact ? "gelu erf" : "gelu tanh", y1, y2, n, exact ? 4e-7 : 1e-6, 1));
 		float *dy = randv(n, 1), *d1 = randv(n, 1), *d2 = copyv(d1, n), *d3 = copyv(dy, n);
 		circ_gelu_bwd(d1, x, dy, n, exact);
 		circ_gelu_bwd_ref(d2, x, dy, n, exact);
@@ -224,8 +238,10 @@ static void test_attention(void)
 	int cfg[][4] = {{1, 1, 4, 1}, {2, 5, 12, 3}, {3, 16, 64, 4}, {2, 33, 40, 2}};
 	for (size_t s = 0; s < sizeof cfg / sizeof *cfg; s++) {
 		int B = cfg[s][0], T = cfg[s][1], C = cfg[s][2], H = cfg[s][3];
-		size_t nq = (size_t)B * T * 3 * C, nz = (size_t)B * T * C, na = (size_t)B * H * T * T;
-		float *qkv = randv(nq, 1.5), *z1 = circ_xalloc_aligned(nz * 4), *z2 = circ_xalloc_aligned(nz * 4);
+		size_t nq = (size_t)B * T * 3 * C, nz = (size_t)B * T * C,
+		       na = (size_t)B * H * T * T;
+		float *qkv = randv(nq, 1.5), *z1 = circ_xalloc_aligned(nz * 4),
+		      *z2 = circ_xalloc_aligned(nz * 4);
 		float *a1 = circ_xalloc_aligned(na * 4), *a2 = circ_xalloc_aligned(na * 4);
 		circ_attn_fwd(z1, a1, qkv, B, T, C, H);
 		circ_attn_fwd_ref(z2, a2, qkv, B, T, C, H);
@@ -249,9 +265,11 @@ static void test_attention(void)
 					l[sgn] += (double)z2[j] * dz[j];
 			}
 			qkv[i] = save;
-			double fd = (l[0] - l[1]) / (((double)(float)(save + h)) - (double)(float)(save - h));
+			double fd = (l[0] - l[1]) /
+				    (((double)(float)(save + h)) - (double)(float)(save - h));
 			if (fabs(fd - d2[i]) > 1e-3 * (fabs(fd) + 1)) {
-				fprintf(stderr, "attn fd cfg %zu i=%zu: %g vs %g\n", s, i, fd, d2[i]);
+				fprintf(stderr, "attn fd cfg %zu i=%zu: %g vs %g\n", s, i, fd,
+					d2[i]);
 				failures++;
 			}
 		}
@@ -269,6 +287,24 @@ static void sum_task(void *v, size_t b, size_t e)
 	sum_ctx *c = v;
 	for (size_t i = b; i < e; i++)
 		c->hits[i]++;
+}
+
+static void test_vsum(void)
+{
+	size_t n = 1037;
+	float *a = randv(n, 1), *b = randv(n, 1), *s1 = randv(n, 1), *s2 = randv(n, 1);
+	float *y = circ_xalloc_aligned(n * 4), *want = circ_xalloc_aligned(n * 4);
+	const float *src[2] = {s1, s2};
+	for (size_t i = 0; i < n; i++)
+		want[i] = ((a[i] + b[i]) + s1[i]) + s2[i];
+	circ_vsum(y, a, b, src, 2, n);
+	CHECK(!memcmp(y, want, n * 4)); /* same additions, same order: bit-identical */
+	memcpy(y, a, n * 4);
+	circ_vadd(y, b, n);
+	for (size_t i = 0; i < n; i++)
+		want[i] = a[i] + b[i];
+	CHECK(!memcmp(y, want, n * 4));
+	free(a), free(b), free(s1), free(s2), free(y), free(want);
 }
 
 static void test_pool(void)
@@ -301,10 +337,11 @@ int main(int argc, char **argv)
 	test_gelu();
 	test_exp();
 	test_attention();
+	test_vsum();
 	test_pool();
 	if (failures) {
-		fprintf(stderr, "test_kernels%s: %d failures\n", getenv("CIRC_NO_SIMD") ? " (scalar)" : "",
-			failures);
+		fprintf(stderr, "test_kernels%s: %d failures\n",
+			getenv("CIRC_NO_SIMD") ? " (scalar)" : "", failures);
 		return 1;
 	}
 	/* Run the portable path too. */

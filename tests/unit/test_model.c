@@ -45,21 +45,21 @@
 static int failures;
 static char tmp[256];
 
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                                        \
-		}                                                                          \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
+			failures++;                                                                \
+		}                                                                                  \
 	} while (0)
 
-#define CHECK_MSG(cond, e)                                                                 \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, #cond, \
-				(e).msg);                                                  \
-			failures++;                                                        \
-		}                                                                          \
+#define CHECK_MSG(cond, e)                                                                         \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__,      \
+				#cond, (e).msg);                                                   \
+			failures++;                                                                \
+		}                                                                                  \
 	} while (0)
 
 /* max |a - b| / (max |b| + floor); reports and fails above tol. */
@@ -81,8 +81,9 @@ static double cmp(const char *what, const float *a, const float *b, size_t n, do
 	if (getenv("CIRC_TEST_VERBOSE"))
 		fprintf(stderr, "  %-50s rel %.2e abs %.2e (tol %.0e)\n", what, rel, err, tol);
 	if (!(rel <= tol)) {
-		fprintf(stderr, "%s: error %.3g (abs %.3g, scale %.3g) > %.3g at %zu: %.9g vs %.9g\n",
-			what, rel, err, mx, tol, at, n ? a[at] : 0, n ? b[at] : 0);
+		fprintf(stderr,
+			"%s: error %.3g (abs %.3g, scale %.3g) > %.3g at %zu: %.9g vs %.9g\n", what,
+			rel, err, mx, tol, at, n ? a[at] : 0, n ? b[at] : 0);
 		failures++;
 	}
 	return err;
@@ -131,7 +132,8 @@ static int delta_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_
 		if (circ_recv_stage(m, d->recv[i]) == s) {
 			float *p = circ_run_delta(r, d->recv[i]);
 			if (!p)
-				return circ_errorf(e, "no delta buffer for receiver %d", d->recv[i]);
+				return circ_errorf(e, "no delta buffer for receiver %d",
+						   d->recv[i]);
 			memcpy(p, d->deltas + (size_t)i * d->per, d->per * sizeof(float));
 		}
 	return 0;
@@ -199,7 +201,9 @@ static void compare_case(const ref_case *rc, const char *mdir, const char *gold)
 	f.tokens = tok->data;
 	f.B = B;
 	f.T = T;
-	f.read = !strcmp(rc->read, "last") ? CIRC_READ_LAST : !strcmp(rc->read, "all") ? CIRC_READ_ALL : CIRC_READ_LIST;
+	f.read = !strcmp(rc->read, "last")  ? CIRC_READ_LAST
+		 : !strcmp(rc->read, "all") ? CIRC_READ_ALL
+					    : CIRC_READ_LIST;
 	f.n_read = (int)N;
 	f.reads = (const circ_read *)reads->data;
 	f.hook = delta_hook;
@@ -213,7 +217,8 @@ static void compare_case(const ref_case *rc, const char *mdir, const char *gold)
 		snprintf(what, sizeof what, "%s: logits", rc->name);
 		double abs_err = cmp(what, logits, gl, N * V, 2e-6, 1e-3);
 		if (abs_err > 1e-4) {
-			fprintf(stderr, "%s: logits max abs error %.3g > 1e-4\n", rc->name, abs_err);
+			fprintf(stderr, "%s: logits max abs error %.3g > 1e-4\n", rc->name,
+				abs_err);
 			failures++;
 		}
 	}
@@ -225,8 +230,8 @@ static void compare_case(const ref_case *rc, const char *mdir, const char *gold)
 	const float *ga = tensor_f32(g, "attn", (size_t)L * B * H * T * T);
 	for (int l = 0; ga && l < L; l++) {
 		snprintf(what, sizeof what, "%s: attention of layer %d", rc->name, l);
-		cmp(what, circ_run_attn(r, l), ga + (size_t)l * B * H * T * T, (size_t)B * H * T * T,
-		    2e-6, 1e-3);
+		cmp(what, circ_run_attn(r, l), ga + (size_t)l * B * H * T * T,
+		    (size_t)B * H * T * T, 2e-6, 1e-3);
 	}
 	b.dlogits = tensor_f32(g, "dlogits", N * V);
 	CHECK_MSG(b.dlogits && circ_backward(r, &b, &e) == 0, e);
@@ -256,24 +261,39 @@ static void compare_metrics(const char *gold)
 	const float *lg = circ_st_find(g, "logits")->data, *cl = circ_st_find(g, "clean")->data;
 	const int32_t *good = circ_st_find(g, "good")->data, *bad = circ_st_find(g, "bad")->data;
 	const int32_t *ng = circ_st_find(g, "ngood")->data, *nb = circ_st_find(g, "nbad")->data;
-	const float *vals = circ_st_find(g, "values")->data, *grads = circ_st_find(g, "grads")->data;
-	int n = (int)circ_st_find(g, "logits")->shape[0], V = (int)circ_st_find(g, "logits")->shape[1];
-	float *grad = circ_xcalloc((size_t)V, sizeof *grad), *clp = circ_xcalloc((size_t)V, sizeof *clp);
+	const float *vals = circ_st_find(g, "values")->data,
+		    *grads = circ_st_find(g, "grads")->data;
+	int n = (int)circ_st_find(g, "logits")->shape[0],
+	    V = (int)circ_st_find(g, "logits")->shape[1];
+	float *grad = circ_xcalloc((size_t)V, sizeof *grad),
+	      *clp = circ_xcalloc((size_t)V, sizeof *clp);
 	for (int i = 0; i < n; i++) {
 		const float *z = lg + (size_t)i * V;
 		double v[5];
 		circ_logsoftmax_row(clp, cl + (size_t)i * V, V);
 		for (int j = 0; j < 5; j++) {
 			switch (j) {
-			case 0: v[j] = circ_mt_logit_diff(z, V, good + 3 * i, ng[i], bad + 3 * i, nb[i], grad); break;
-			case 1: v[j] = circ_mt_prob_diff(z, V, good + 3 * i, ng[i], bad + 3 * i, nb[i], grad); break;
-			case 2: v[j] = circ_mt_kl(z, V, clp, grad); break;
-			case 3: v[j] = circ_mt_logprob(z, V, good[3 * i], grad); break;
-			default: v[j] = circ_mt_top1(z, V, good[3 * i], grad); break;
+			case 0:
+				v[j] = circ_mt_logit_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
+							  nb[i], grad);
+				break;
+			case 1:
+				v[j] = circ_mt_prob_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
+							 nb[i], grad);
+				break;
+			case 2:
+				v[j] = circ_mt_kl(z, V, clp, grad);
+				break;
+			case 3:
+				v[j] = circ_mt_logprob(z, V, good[3 * i], grad);
+				break;
+			default:
+				v[j] = circ_mt_top1(z, V, good[3 * i], grad);
+				break;
 			}
 			if (fabs(v[j] - vals[i * 5 + j]) > 1e-5 * (1 + fabs(vals[i * 5 + j]))) {
-				fprintf(stderr, "metric %d row %d: %.9g vs torch %.9g\n", j, i, v[j],
-					vals[i * 5 + j]);
+				fprintf(stderr, "metric %d row %d: %.9g vs torch %.9g\n", j, i,
+					v[j], vals[i * 5 + j]);
 				failures++;
 			}
 			char what[64];
@@ -316,20 +336,33 @@ static void test_reference(void)
 		return;
 	}
 	snprintf(script, sizeof script, "%s/tests/ref/gpt2_ref.py", root ? root : ".");
-	rc[n] = (ref_case){"l2h4 f32 last", small_config(2, 4, 32, 50, 16), "F32", 3, 7, "last", 0, 0, 11};
+	rc[n] = (ref_case){
+	    "l2h4 f32 last", small_config(2, 4, 32, 50, 16), "F32", 3, 7, "last", 0, 0, 11};
 	n++;
-	rc[n] = (ref_case){"l2h4 f32 all deltas", small_config(2, 4, 32, 50, 16), "F32", 3, 7, "all", 9, 0, 12};
+	rc[n] = (ref_case){
+	    "l2h4 f32 all deltas", small_config(2, 4, 32, 50, 16), "F32", 3, 7, "all", 9, 0, 12};
 	n++;
-	rc[n] = (ref_case){"l3h2 bf16 gelu list acdc", small_config(3, 2, 24, 41, 8), "BF16", 2, 5, "list", 5, 1, 13};
+	rc[n] = (ref_case){"l3h2 bf16 gelu list acdc",
+			   small_config(3, 2, 24, 41, 8),
+			   "BF16",
+			   2,
+			   5,
+			   "list",
+			   5,
+			   1,
+			   13};
 	rc[n].c.n_inner = 40;
 	rc[n].c.act = CIRC_ACT_GELU;
 	n++;
-	rc[n] = (ref_case){"l1h1 f16 T1", small_config(1, 1, 16, 23, 4), "F16", 1, 1, "last", 1, 0, 14};
+	rc[n] =
+	    (ref_case){"l1h1 f16 T1", small_config(1, 1, 16, 23, 4), "F16", 1, 1, "last", 1, 0, 14};
 	n++;
-	rc[n] = (ref_case){"l4h3 f32 T16 eps", small_config(4, 3, 48, 64, 20), "F32", 2, 16, "all", 12, 0, 15};
+	rc[n] = (ref_case){
+	    "l4h3 f32 T16 eps", small_config(4, 3, 48, 64, 20), "F32", 2, 16, "all", 12, 0, 15};
 	rc[n].c.layer_norm_epsilon = 1e-3;
 	n++;
-	rc[n] = (ref_case){"l2h8 f32 wide", small_config(2, 8, 128, 97, 12), "F32", 4, 12, "last", 3, 1, 16};
+	rc[n] = (ref_case){
+	    "l2h8 f32 wide", small_config(2, 8, 128, 97, 12), "F32", 4, 12, "last", 3, 1, 16};
 	n++;
 
 	snprintf(cases, sizeof cases, "%s/cases.json", tmp);
@@ -338,7 +371,8 @@ static void test_reference(void)
 	for (int i = 0; i < n; i++) {
 		char dir[300];
 		snprintf(dir, sizeof dir, "%s/ref%d", tmp, i);
-		if (circ_model_write_random(dir, &rc[i].c, (uint64_t)rc[i].seed, rc[i].dtype, &e) < 0) {
+		if (circ_model_write_random(dir, &rc[i].c, (uint64_t)rc[i].seed, rc[i].dtype, &e) <
+		    0) {
 			fprintf(stderr, "write_random: %s\n", e.msg);
 			failures++;
 		}
@@ -352,8 +386,9 @@ static void test_reference(void)
 	fclose(f);
 	snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s'", script, cases);
 	if (system(cmd) != 0) {
-		fprintf(stderr, "test_model: the PyTorch reference failed (%s); set CIRC_SKIP_TORCH=1 "
-				"to skip it\n",
+		fprintf(stderr,
+			"test_model: the PyTorch reference failed (%s); set CIRC_SKIP_TORCH=1 "
+			"to skip it\n",
 			cmd);
 		failures++;
 		return;
@@ -441,7 +476,8 @@ static void test_fd(void)
 	CHECK_MSG(circ_backward(r, &b, &e) == 0, e);
 	int R = circ_model_n_recv(m), U = circ_model_n_up(m);
 	size_t per = 2 * 5 * 8;
-	float *rg = circ_xcalloc((size_t)R * per, sizeof *rg), *ng = circ_xcalloc((size_t)U * per, sizeof *ng);
+	float *rg = circ_xcalloc((size_t)R * per, sizeof *rg),
+	      *ng = circ_xcalloc((size_t)U * per, sizeof *ng);
 	for (int k = 0; k < R; k++)
 		memcpy(rg + k * per, circ_run_recv_grad(r, k), per * sizeof *rg);
 	for (int u = 0; u < U; u++)
@@ -461,7 +497,8 @@ static void test_fd(void)
 			double fd = (v[0] - v[1]) / (2 * FD_EPS), an = rg[k * per + idx];
 			if (fabs(fd - an) > 2e-3 * (fabs(fd) + 0.05)) {
 				if (bad++ < 5)
-					fprintf(stderr, "fd receiver %d elem %zu: fd %.6g, backward %.6g\n",
+					fprintf(stderr,
+						"fd receiver %d elem %zu: fd %.6g, backward %.6g\n",
 						k, idx, fd, an);
 				failures++;
 			}
@@ -485,7 +522,8 @@ static void test_fd(void)
 			double fd = (v[0] - v[1]) / (2 * FD_EPS), an = ng[u * per + idx];
 			if (fabs(fd - an) > 2e-3 * (fabs(fd) + 0.05)) {
 				if (bad++ < 10)
-					fprintf(stderr, "fd node %d elem %zu: fd %.6g, backward %.6g\n", u,
+					fprintf(stderr,
+						"fd node %d elem %zu: fd %.6g, backward %.6g\n", u,
 						idx, fd, an);
 				failures++;
 			}
@@ -520,7 +558,8 @@ static int patch_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_
 		for (int u = 0; u < circ_model_n_up(m); u++) {
 			if (circ_node_stage(m, u) >= s)
 				continue;
-			const float *cur = circ_run_node_out(r, u), *ref = p->ref + (size_t)u * p->per;
+			const float *cur = circ_run_node_out(r, u),
+				    *ref = p->ref + (size_t)u * p->per;
 			for (size_t i = 0; i < p->per; i++)
 				d[i] += ref[i] - cur[i];
 		}
@@ -543,7 +582,8 @@ static int bwd_sink(void *v, circ_run *r, int layer, circ_stage_kind st, circ_er
 		if (circ_recv_stage(m, k) == s) {
 			const float *p = circ_run_recv_grad(r, k);
 			if (!p)
-				return circ_errorf(e, "receiver %d has no gradient at its stage", k);
+				return circ_errorf(e, "receiver %d has no gradient at its stage",
+						   k);
 			memcpy(g->store + (size_t)k * g->per, p, g->per * sizeof(float));
 		}
 	return 0;
@@ -649,9 +689,10 @@ static void test_consistency(void)
 		r3 = circ_run_new(m, B, T, &o2, &e);
 		CHECK_MSG(r3 && circ_forward(r3, &f, &e) == 0 && circ_backward(r3, &b, &e) == 0, e);
 		for (int u = 0; u < U; u++)
-			cmp("fused backward node grad", circ_run_node_grad(r3, u), circ_run_node_grad(r, u),
-			    per, 1e-5, 1e-6);
-		CHECK(circ_run_recv_grad(r3, circ_recv_mlp(m, 1)) == NULL); /* not the last stage's */
+			cmp("fused backward node grad", circ_run_node_grad(r3, u),
+			    circ_run_node_grad(r, u), per, 1e-5, 1e-6);
+		CHECK(circ_run_recv_grad(r3, circ_recv_mlp(m, 1)) ==
+		      NULL); /* not the last stage's */
 		/* ... and a backward hook sees every receiver's gradient at its stage */
 		grad_sink gs = {circ_xcalloc((size_t)R * per, sizeof(float)), per};
 		circ_bwd b2 = b;
@@ -659,8 +700,8 @@ static void test_consistency(void)
 		b2.hook_ctx = &gs;
 		CHECK_MSG(circ_backward(r3, &b2, &e) == 0, e);
 		for (int k = 0; k < R; k++)
-			cmp("hook receiver grad", gs.store + (size_t)k * per, circ_run_recv_grad(r, k), per,
-			    1e-6, 1e-6);
+			cmp("hook receiver grad", gs.store + (size_t)k * per,
+			    circ_run_recv_grad(r, k), per, 1e-6, 1e-6);
 		free(gs.store);
 		circ_run_free(r3);
 	}
@@ -707,13 +748,14 @@ static void test_consistency(void)
 		CHECK_MSG(circ_forward(r2, &fl, &e) == 0, e);
 		for (int bb = 0; bb < B; bb++)
 			cmp("last vs all", circ_run_logits(r2, NULL) + (size_t)bb * V,
-			    circ_run_logits(r, NULL) + ((size_t)bb * T + T - 1) * V, (size_t)V, 1e-6, 1e-3);
+			    circ_run_logits(r, NULL) + ((size_t)bb * T + T - 1) * V, (size_t)V,
+			    1e-6, 1e-3);
 		fl.read = CIRC_READ_LIST;
 		fl.n_read = 2;
 		fl.reads = rows;
 		CHECK_MSG(circ_forward(r2, &fl, &e) == 0, e);
-		cmp("list vs all", circ_run_logits(r2, NULL), circ_run_logits(r, NULL) + (2 * T + 3) * V,
-		    (size_t)V, 1e-6, 1e-3);
+		cmp("list vs all", circ_run_logits(r2, NULL),
+		    circ_run_logits(r, NULL) + (2 * T + 3) * V, (size_t)V, 1e-6, 1e-3);
 		rows[1].t = T;
 		CHECK(circ_forward(r2, &fl, &e) < 0 && strstr(e.msg, "outside the batch"));
 		fl.read = CIRC_READ_NONE;
@@ -752,7 +794,8 @@ static void test_consistency(void)
 		fe.tokens = NULL;
 		fe.input_embed = emb;
 		CHECK_MSG(circ_forward(r2, &fe, &e) == 0, e);
-		CHECK(!memcmp(circ_run_logits(r2, NULL), circ_run_logits(r, NULL), (size_t)B * T * V * 4));
+		CHECK(!memcmp(circ_run_logits(r2, NULL), circ_run_logits(r, NULL),
+			      (size_t)B * T * V * 4));
 		free(emb);
 	}
 	free(ref);
@@ -914,17 +957,31 @@ static void test_loading(void)
 	struct {
 		const char *text, *w1, *w2;
 	} bad_cfg[] = {
-	    {"{\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5}", "key 'n_layer'", "missing"},
-	    {"{\"n_layer\":2.0,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5}", "key 'n_layer'", "integer"},
-	    {"{\"n_layer\":2,\"n_head\":3,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5}", "not a multiple", NULL},
-	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13}", "key 'n_positions'", "missing"},
-	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"activation_function\":\"relu\"}", "key 'activation_function'", "'relu'"},
-	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"layer_norm_epsilon\":-1}", "key 'layer_norm_epsilon'", NULL},
-	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"scale_attn_by_inverse_layer_idx\":true}", "key 'scale_attn_by_inverse_layer_idx'", "not supported"},
-	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"model_type\":\"llama\"}", "key 'model_type'", NULL},
+	    {"{\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5}", "key 'n_layer'",
+	     "missing"},
+	    {"{\"n_layer\":2.0,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5}",
+	     "key 'n_layer'", "integer"},
+	    {"{\"n_layer\":2,\"n_head\":3,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5}",
+	     "not a multiple", NULL},
+	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13}", "key 'n_positions'",
+	     "missing"},
+	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,"
+	     "\"activation_function\":\"relu\"}",
+	     "key 'activation_function'", "'relu'"},
+	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"layer_"
+	     "norm_epsilon\":-1}",
+	     "key 'layer_norm_epsilon'", NULL},
+	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"scale_"
+	     "attn_by_inverse_layer_idx\":true}",
+	     "key 'scale_attn_by_inverse_layer_idx'", "not supported"},
+	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"model_"
+	     "type\":\"llama\"}",
+	     "key 'model_type'", NULL},
 	    {"{\"n_layer\":2,", "bad JSON", NULL},
 	    {"[]", "not a JSON object", NULL},
-	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"n_inner\":\"x\"}", "key 'n_inner'", NULL},
+	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"n_"
+	     "inner\":\"x\"}",
+	     "key 'n_inner'", NULL},
 	};
 	for (size_t i = 0; i < sizeof bad_cfg / sizeof *bad_cfg; i++) {
 		write_text(path2(d, "config.json"), bad_cfg[i].text);
@@ -933,11 +990,12 @@ static void test_loading(void)
 			expect_open_fail(d, bad_cfg[i].w1, bad_cfg[i].w2);
 	}
 	/* n_ctx instead of n_positions, n_inner null, defaults: loads */
-	write_text(path2(d, "config.json"),
-		   "{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_ctx\":5,\"n_inner\":null}");
+	write_text(path2(d, "config.json"), "{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_"
+					    "size\":13,\"n_ctx\":5,\"n_inner\":null}");
 	m = circ_model_open(d, NULL, &e);
-	CHECK_MSG(m && circ_model_config(m)->n_inner == 32 && circ_model_config(m)->act == CIRC_ACT_GELU_NEW &&
-			  circ_model_config(m)->layer_norm_epsilon == 1e-5,
+	CHECK_MSG(m && circ_model_config(m)->n_inner == 32 &&
+		      circ_model_config(m)->act == CIRC_ACT_GELU_NEW &&
+		      circ_model_config(m)->layer_norm_epsilon == 1e-5,
 		  e);
 	circ_model_free(m);
 	expect_open_fail("/nonexistent-model", "'/nonexistent-model'", "not a model directory");
@@ -952,10 +1010,12 @@ static void test_loading(void)
 	expect_open_fail(d, "model.safetensors'", "missing tensor 'h.1.ln_2.bias'");
 	snprintf(d, sizeof d, "%s/t2", tmp);
 	rewrite(base, d, ed_extra, NULL);
-	expect_open_fail(d, "model.safetensors'", "unexpected tensor 'transformer.h.0.attn.rotary'");
+	expect_open_fail(d, "model.safetensors'",
+			 "unexpected tensor 'transformer.h.0.attn.rotary'");
 	snprintf(d, sizeof d, "%s/t3", tmp);
 	rewrite(base, d, ed_shape, NULL);
-	expect_open_fail(d, "tensor 'transformer.h.0.attn.c_attn.weight'", "shape [24, 8], expected [8, 24]");
+	expect_open_fail(d, "tensor 'transformer.h.0.attn.c_attn.weight'",
+			 "shape [24, 8], expected [8, 24]");
 	snprintf(d, sizeof d, "%s/t4", tmp);
 	rewrite(base, d, ed_dtype, NULL);
 	expect_open_fail(d, "tensor 'transformer.ln_f.bias'", "dtype i32");
@@ -1023,7 +1083,9 @@ static void test_loading(void)
 		circ_model_free(m2);
 	}
 	/* F16 files load converted, BF16 too; the parameters count */
-	CHECK(circ_config_n_params(&c) == 13 * 8 + 5 * 8 + 2 * (16 + 8 * 24 + 24 + 64 + 8 + 16 + 8 * 32 + 32 + 32 * 8 + 8) + 16);
+	CHECK(circ_config_n_params(&c) ==
+	      13 * 8 + 5 * 8 + 2 * (16 + 8 * 24 + 24 + 64 + 8 + 16 + 8 * 32 + 32 + 32 * 8 + 8) +
+		  16);
 	circ_model_free(m);
 	/* numbering */
 	circ_config c2 = small_config(12, 12, 24, 10, 4);
@@ -1032,10 +1094,14 @@ static void test_loading(void)
 	CHECK_MSG(m, e);
 	if (m) {
 		CHECK(circ_model_n_up(m) == 157 && circ_model_n_recv(m) == 445);
-		CHECK(circ_node_head(m, 0, 0) == 1 && circ_node_mlp(m, 0) == 13 && circ_node_head(m, 1, 0) == 14);
-		CHECK(circ_recv_qkv(m, 0, 1, 2) == 5 && circ_recv_mlp(m, 0) == 36 && circ_recv_logits(m) == 444);
-		CHECK(circ_recv_stage(m, 36) == 1 && circ_recv_stage(m, 37) == 2 && circ_recv_stage(m, 444) == 24);
-		CHECK(circ_node_stage(m, 0) == -1 && circ_node_stage(m, 13) == 1 && circ_node_stage(m, 14) == 2);
+		CHECK(circ_node_head(m, 0, 0) == 1 && circ_node_mlp(m, 0) == 13 &&
+		      circ_node_head(m, 1, 0) == 14);
+		CHECK(circ_recv_qkv(m, 0, 1, 2) == 5 && circ_recv_mlp(m, 0) == 36 &&
+		      circ_recv_logits(m) == 444);
+		CHECK(circ_recv_stage(m, 36) == 1 && circ_recv_stage(m, 37) == 2 &&
+		      circ_recv_stage(m, 444) == 24);
+		CHECK(circ_node_stage(m, 0) == -1 && circ_node_stage(m, 13) == 1 &&
+		      circ_node_stage(m, 14) == 2);
 	}
 	circ_model_free(m);
 	free(scratch);

@@ -22,12 +22,12 @@ static char dir[256];
 /* The compiler's half type is the reference for F16 (an extension in C11). */
 __extension__ typedef _Float16 half_t;
 
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-			failures++;                                                        \
-		}                                                                          \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
+			failures++;                                                                \
+		}                                                                                  \
 	} while (0)
 
 /* A file of: 8-byte length of header, header, then ndata bytes (0..). */
@@ -160,8 +160,8 @@ static void test_errors(void)
 	expect_fail("{}", 1000, 0, "exceeds the file", NULL);
 	expect_fail("{\"a\":", -1, 0, "bad JSON", NULL);
 	expect_fail("[1, 2]", -1, 0, "not a JSON object", NULL);
-	expect_fail("{\"a\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offsets\":[0,1]}}", -1, 1,
-		    "'a'", "unsupported dtype 'I8'");
+	expect_fail("{\"a\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offsets\":[0,1]}}", -1, 1, "'a'",
+		    "unsupported dtype 'I8'");
 	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[3,2],\"data_offsets\":[0,12]}}", -1, 12,
 		    "'w'", "needs 24");
 	expect_fail("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", -1, 4,
@@ -196,7 +196,8 @@ static void test_errors(void)
 		    "empty name", NULL);
 	/* a correct minimal file still opens (the helper itself is sound) */
 	{
-		const char *hdr = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} ";
+		const char *hdr =
+		    "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} ";
 		write_raw(path, hdr, strlen(hdr), 4);
 	}
 	circ_st *ok = circ_st_open(path, &e);
@@ -213,8 +214,8 @@ static float bf16_twin(float f)
 	if (isnan(f) || isinf(f) || f == 0)
 		return f;
 	int ex;
-	double m = frexp(f, &ex); /* f = m 2^ex, 0.5 <= |m| < 1 */
-	double scaled = ldexp(m, 8); /* 8 significant bits */
+	double m = frexp(f, &ex);     /* f = m 2^ex, 0.5 <= |m| < 1 */
+	double scaled = ldexp(m, 8);  /* 8 significant bits */
 	double r = nearbyint(scaled); /* default rounding mode: to even */
 	return (float)ldexp(r, ex - 8);
 }
@@ -234,7 +235,8 @@ static void test_half(void)
 			break;
 		}
 		if (!isnan(f) && circ_f32_to_f16(f) != hh) {
-			fprintf(stderr, "f16 roundtrip %04x -> %g -> %04x\n", h, f, circ_f32_to_f16(f));
+			fprintf(stderr, "f16 roundtrip %04x -> %g -> %04x\n", h, f,
+				circ_f32_to_f16(f));
 			failures++;
 			break;
 		}

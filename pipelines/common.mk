@@ -1,0 +1,134 @@
+# pipelines/common.mk — a full circuit discovery run, shared by the task
+# pipelines (induction.mk, ioi.mk, greater-than.mk, docstring.mk):
+#
+#   dataset -> tokens -> scores -> circuit -> faithfulness, curves, ROC -> SVG, HTML, report
+#
+# Every intermediate stream is a file under a run directory named by the
+# settings it depends on, so a rerun with the same settings does nothing and
+# a changed setting reruns only what depends on it:
+#
+#   $(RUNS)/<task>/<model>/n<N>-s<SEED>/              dataset.jsonl tokens.circ
+#     <method>-<ablation>[-steps<S>]/                 scores.circ curve*.circ
+#       <prune><K>/                                   circuit.circ faithfulness.circ
+#                                                     circuit.svg circuit.html report.txt
+#     acdc-<metric>-tau<TAU>-<ablation>/              circuit.circ decisions.circ ...
+#
+# Tools write through a temporary that is renamed into place (-o), and make
+# deletes a target whose recipe failed (.DELETE_ON_ERROR), so an interrupted
+# run leaves no half-written target.
+#
+# Per-model defaults (DATASET_ARGS, DATASET_CMD, K, TRUTH, ...) come from
+# pipelines/models/<model directory name>.mk for the shipped fixtures, or from
+# circ.mk inside a model directory; settings on the command line win.
+
+TASK ?= induction
+MODEL ?= fixtures/induction-hand
+MODEL_NAME := $(notdir $(abspath $(MODEL)))
+-include pipelines/models/$(MODEL_NAME).mk
+-include $(MODEL)/circ.mk
+N ?= 100
+SEED ?= 0
+METHOD ?= eap-ig
+STEPS ?= 5
+ABLATION ?= resample
+PRUNE ?= top-n
+K ?= 20
+TAU ?= 0.01
+ACDC_METRIC ?= kl
+BATCH ?= 16
+THREADS ?= 1
+RUNS ?= runs
+DATASET_ARGS ?=
+TRUTH ?= $(wildcard $(MODEL)/truth.jsonl)
+
+
+# Tools: the build tree's when there is one, else those on PATH.
+CIRCBIN ?= $(if $(wildcard bin/circ),bin/,)
+TOOLS = $(addprefix $(CIRCBIN)circ-,dataset tokenize score prune patch render)
+
+SHELL = /bin/bash
+.SHELLFLAGS = -o pipefail -ec
+.DELETE_ON_ERROR:
+.SECONDARY:
+.SUFFIXES:
+
+DATA := $(RUNS)/$(TASK)/$(MODEL_NAME)/n$(N)-s$(SEED)
+SDIR := $(DATA)/$(METHOD)-$(ABLATION)$(if $(filter eap-ig eap-ig-activations,$(METHOD)),-steps$(STEPS))
+ifeq ($(PRUNE),acdc)
+CDIR := $(DATA)/acdc-$(ACDC_METRIC)-tau$(TAU)-$(ABLATION)
+else
+CDIR := $(SDIR)/$(PRUNE)$(K)
+endif
+MODEL_FILES := $(MODEL)/config.json $(MODEL)/model.safetensors
+COMMON := --model $(MODEL) --ablation $(ABLATION) --batch $(BATCH) --threads $(THREADS)
+
+.PHONY: all scores circuit report clean-run
+all: report
+scores: $(SDIR)/scores.circ
+circuit: $(CDIR)/circuit.circ
+report: $(CDIR)/report.txt
+	@cat $<
+
+# A model may bring its own generator (DATASET_CMD); the default is circ-dataset.
+DATASET_CMD ?= $(CIRCBIN)circ-dataset $(TASK) --n $(N) --seed $(SEED) --model-dir $(MODEL) $(DATASET_ARGS)
+
+$(DATA)/dataset.jsonl: $(CIRCBIN)circ-dataset
+	@mkdir -p $(@D)
+	$(DATASET_CMD) >$@.tmp
+	mv $@.tmp $@
+
+$(DATA)/tokens.circ: $(DATA)/dataset.jsonl $(CIRCBIN)circ-tokenize $(MODEL)/vocab.json
+	$(CIRCBIN)circ-tokenize --model-dir $(MODEL) -o $@ $<
+
+$(SDIR)/scores.circ: $(DATA)/tokens.circ $(MODEL_FILES) $(CIRCBIN)circ-score
+	@mkdir -p $(@D)
+	$(CIRCBIN)circ-score $(COMMON) --method $(METHOD) --steps $(STEPS) -o $@ $<
+
+$(SDIR)/curve.circ: $(SDIR)/scores.circ $(DATA)/tokens.circ $(CIRCBIN)circ-patch
+	$(CIRCBIN)circ-patch $(COMMON) --curve $< -o $@ $(DATA)/tokens.circ
+
+$(SDIR)/curve-abs.circ: $(SDIR)/scores.circ $(DATA)/tokens.circ $(CIRCBIN)circ-patch
+	$(CIRCBIN)circ-patch $(COMMON) --curve $< --absolute -o $@ $(DATA)/tokens.circ
+
+$(SDIR)/curve.svg: $(SDIR)/curve.circ $(CIRCBIN)circ-render
+	$(CIRCBIN)circ-render --format curve-svg --curve $< --title "$(TASK): faithfulness by circuit size ($(METHOD))" -o $@
+
+ifeq ($(PRUNE),acdc)
+$(CDIR)/circuit.circ: $(DATA)/tokens.circ $(MODEL_FILES) $(CIRCBIN)circ-prune
+	@mkdir -p $(@D)
+	$(CIRCBIN)circ-prune --acdc $(COMMON) --tau $(TAU) --metric $(ACDC_METRIC) \
+		--log $(CDIR)/decisions.circ $(if $(TRUTH),--truth $(TRUTH) --report $(CDIR)/roc.json) -o $@ $<
+SCORES_FOR_RENDER :=
+else
+$(CDIR)/circuit.circ: $(SDIR)/scores.circ $(CIRCBIN)circ-prune
+	@mkdir -p $(@D)
+	$(CIRCBIN)circ-prune --$(PRUNE) $(K) $(if $(TRUTH),--truth $(TRUTH) --report $(CDIR)/roc.json) -o $@ $<
+SCORES_FOR_RENDER := --scores $(SDIR)/scores.circ
+endif
+
+$(CDIR)/faithfulness.circ: $(CDIR)/circuit.circ $(DATA)/tokens.circ $(CIRCBIN)circ-patch
+	$(CIRCBIN)circ-patch $(COMMON) --circuit $< -o $@ $(DATA)/tokens.circ 2>$(CDIR)/faithfulness.log
+
+$(CDIR)/circuit.svg: $(CDIR)/circuit.circ $(CIRCBIN)circ-render
+	$(CIRCBIN)circ-render --format svg $(SCORES_FOR_RENDER) --title "$(TASK) circuit ($(notdir $(CDIR)))" -o $@ $<
+
+$(CDIR)/circuit.html: $(CDIR)/circuit.circ $(CIRCBIN)circ-render
+	$(CIRCBIN)circ-render --format html $(SCORES_FOR_RENDER) --title "$(TASK) circuit ($(notdir $(CDIR)))" -o $@ $<
+
+$(CDIR)/circuit.txt: $(CDIR)/circuit.circ $(CIRCBIN)circ-render
+	$(CIRCBIN)circ-render --format text $(SCORES_FOR_RENDER) -o $@ $<
+
+REPORT_INPUTS := $(CDIR)/faithfulness.circ $(CDIR)/circuit.svg $(CDIR)/circuit.html $(CDIR)/circuit.txt
+ifneq ($(PRUNE),acdc)
+REPORT_INPUTS += $(SDIR)/curve.circ $(SDIR)/curve-abs.circ $(SDIR)/curve.svg
+endif
+
+$(CDIR)/report.txt: $(REPORT_INPUTS) pipelines/report.sh
+	pipelines/report.sh "$(CIRCBIN)" "task $(TASK), model $(MODEL), $(N) examples, seed $(SEED)" \
+		"$(if $(filter acdc,$(PRUNE)),acdc (tau $(TAU), loss $(ACDC_METRIC)),$(METHOD) scores, $(PRUNE) $(K)), $(ABLATION) ablation" \
+		$(CDIR)/faithfulness.circ $(if $(filter acdc,$(PRUNE)),- -,$(SDIR)/curve.circ $(SDIR)/curve-abs.circ) \
+		$(if $(TRUTH),$(CDIR)/roc.json,-) $(CDIR)/circuit.svg $(CDIR)/circuit.html >$@.tmp
+	mv $@.tmp $@
+
+clean-run:
+	rm -rf $(DATA)
