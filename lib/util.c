@@ -28,15 +28,24 @@ int circ_errorf(circ_error *e, const char *fmt, ...)
 
 int circ_error_prefix(circ_error *e, const char *fmt, ...)
 {
-	char pre[512], old[sizeof e->msg];
+	char pre[512];
+	size_t pl, ml, room;
 	va_list ap;
 	if (!e)
 		return -1;
 	va_start(ap, fmt);
 	vsnprintf(pre, sizeof pre, fmt, ap);
 	va_end(ap);
-	memcpy(old, e->msg, sizeof old);
-	snprintf(e->msg, sizeof e->msg, "%s: %s", pre, old);
+	pl = strlen(pre);
+	ml = strnlen(e->msg, sizeof e->msg - 1);
+	room = sizeof e->msg - 1 - pl - 2; /* pl < 512 < sizeof e->msg - 2 */
+	if (ml > room)
+		ml = room;
+	memmove(e->msg + pl + 2, e->msg, ml);
+	memcpy(e->msg, pre, pl);
+	e->msg[pl] = ':';
+	e->msg[pl + 1] = ' ';
+	e->msg[pl + 2 + ml] = 0;
 	return -1;
 }
 
