@@ -11,45 +11,27 @@
 #include <string.h>
 
 #include "attrib.h"
-#include "opt.h"
+#include "patchopt.h"
 
 enum {
-	OPT_MODEL = 'm',
 	OPT_WHAT = CIRC_OPT_FIRST_TOOL,
-	OPT_ABLATION,
-	OPT_MEAN_REF,
-	OPT_PER_POSITION,
-	OPT_METRIC,
-	OPT_CONVENTION,
-	OPT_BATCH,
-	OPT_THREADS,
 };
 
 static const circ_opt opts[] = {
-	{"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 directory"},
+	CIRC_PATCH_OPT_MODEL,
 	{"what", OPT_WHAT, "LIST", "tensors per example: ref,diff,grad (default all three)"},
-	{"ablation", OPT_ABLATION, "A", "resample (default), mean or zero"},
-	{"mean-ref", OPT_MEAN_REF, "FILE", "token stream whose clean prompts give the means"},
-	{"per-position", OPT_PER_POSITION, NULL, "mean ablation with one mean per position"},
-	{"metric", OPT_METRIC, "M", "override the task's metric (logit_diff, prob_diff, logprob, kl)"},
-	{"convention", OPT_CONVENTION, "C", "eap-ig (default) or acdc"},
-	{"batch", OPT_BATCH, "N", "examples per batch (default 16)"},
-	{"threads", OPT_THREADS, "N", "threads (default 1)"},
+	CIRC_PATCH_OPT_COMMON,
 	{0},
 };
 
 static struct {
-	const char *model, *mean_ref;
-	int want_ref, want_diff, want_grad, per_position, batch, threads, has_metric;
-	circ_ablation ablation;
-	circ_metric_kind metric;
-	circ_input_conv conv;
-} o = {.want_ref = 1, .want_diff = 1, .want_grad = 1, .batch = 16, .threads = 1};
+	circ_patch_cli pc;
+	int want_ref, want_diff, want_grad;
+} o = {.want_ref = 1, .want_diff = 1, .want_grad = 1};
 
 static int handle(int key, const char *arg, void *ctx)
 {
 	switch (key) {
-	case OPT_MODEL: o.model = arg; return 0;
 	case OPT_WHAT: {
 		const char *s = arg;
 		o.want_ref = o.want_diff = o.want_grad = 0;
@@ -68,26 +50,10 @@ static int handle(int key, const char *arg, void *ctx)
 		}
 		return 0;
 	}
-	case OPT_ABLATION:
-		if (circ_ablation_parse(arg, &o.ablation) < 0)
-			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
-		return 0;
-	case OPT_MEAN_REF: o.mean_ref = arg; return 0;
-	case OPT_PER_POSITION: o.per_position = 1; return 0;
-	case OPT_METRIC:
-		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
-			circ_usage_error("unknown metric '%s'", arg);
-		o.has_metric = 1;
-		return 0;
-	case OPT_CONVENTION:
-		if (circ_graph_input_parse(arg, &o.conv) < 0)
-			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
-		return 0;
-	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
-	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
 	}
-	return -1;
+	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
+
 
 int main(int argc, char **argv)
 {
@@ -102,7 +68,7 @@ int main(int argc, char **argv)
 	circ_batcher *bt;
 	circ_batch *b;
 	circ_writer *w;
-	circ_patch_opts po = {0};
+	circ_patch_opts po;
 	circ_progress pr;
 	const char *in = "-", *md;
 	const circ_config *c;
@@ -110,57 +76,30 @@ int main(int argc, char **argv)
 	int i, k, U, R;
 
 	circ_init("circ-harvest");
+	circ_patch_cli_init(&o.pc);
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (argc - i > 1)
 		circ_usage_error("one token stream at most");
 	if (argc - i == 1)
 		in = argv[i];
-	if (!o.model)
-		circ_usage_error("--model DIR is required");
 	if (!o.want_ref && !o.want_diff && !o.want_grad)
 		circ_usage_error("--what: nothing to harvest");
-	m = circ_model_open(o.model, NULL, &e);
-	if (!m || !(md = circ_model_digest(m, &e)))
-		circ_die(&e);
+	if (o.pc.level != CIRC_LEVEL_EDGE)
+		circ_usage_error("a harvest keeps every receiver: --level node does not apply");
+	m = circ_patch_cli_model(&o.pc, &g);
+	md = circ_model_digest(m, &e);
 	c = circ_model_config(m);
 	U = circ_model_n_up(m);
 	R = circ_model_n_recv(m);
-	g = circ_graph_new(c->n_layer, c->n_head, CIRC_LEVEL_EDGE, &e);
-	if (!g)
-		circ_die(&e);
-	g->input = o.conv;
 	r = circ_reader_open(in, "tokens", &e);
 	if (!r)
 		circ_die(&e);
-	if (!o.has_metric && circ_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0)
-		circ_die(&e);
-	po.ablation = o.ablation;
-	po.mean_per_position = o.per_position;
-	po.metric = o.metric;
-	po.threads = o.threads;
-	po.max_b = o.batch;
-	po.max_t = c->n_ctx;
-	po.backward = o.want_grad;
+	circ_patch_cli_metric(&o.pc, r);
+	circ_patch_cli_opts(&o.pc, m, o.want_grad, &po);
 	p = circ_patcher_new(m, g, &po, &e);
 	if (!p)
 		circ_die(&e);
-	if (o.ablation == CIRC_ABL_MEAN) {
-		circ_reader *mr;
-		circ_batcher *mb;
-		if (!o.mean_ref && !strcmp(in, "-"))
-			circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
-		mr = circ_reader_open(o.mean_ref ? o.mean_ref : in, "tokens", &e);
-		if (!mr)
-			circ_die(&e);
-		mb = circ_batcher_new(mr, o.metric, c->vocab_size, c->n_ctx, o.batch);
-		while ((k = circ_batcher_next(mb, &b, &e)) > 0)
-			if (circ_patcher_mean_add(p, b, &e) < 0)
-				circ_die(&e);
-		if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
-			circ_die(&e);
-		circ_batcher_free(mb);
-		circ_reader_free(mr);
-	}
+	circ_patch_cli_means(&o.pc, p, m, in);
 	w = circ_writer_open(cli.output, &cli.wopts, &e);
 	if (!w)
 		circ_die(&e);
@@ -169,8 +108,8 @@ int main(int argc, char **argv)
 		const msgpack_object *dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
 		circ_writer_header(w, "acts", argc, argv, &r, 1, 8);
 		pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.ablation));
+		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
+		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
 		circ_pack_str(pk, "graph");
 		circ_graph_pack(pk, g);
 		circ_pack_kv_str(pk, "model_digest", md);
@@ -185,7 +124,7 @@ int main(int argc, char **argv)
 		if (circ_writer_end_record(w, &e) < 0)
 			circ_die(&e);
 	}
-	bt = circ_batcher_new(r, o.metric, c->vocab_size, c->n_ctx, o.batch);
+	bt = circ_batcher_new(r, o.pc.metric, c->vocab_size, c->n_ctx, o.pc.batch);
 	circ_progress_start(&pr, "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		size_t tc = (size_t)b->T * (size_t)c->n_embd, btc = (size_t)b->B * tc;

@@ -13,91 +13,46 @@
 
 #include "circuit.h"
 #include "evalm.h"
-#include "opt.h"
-#include "patch.h"
+#include "patchopt.h"
 
 enum {
-	OPT_MODEL = 'm',
 	OPT_CIRCUIT = 'c',
 	OPT_EDGES = CIRC_OPT_FIRST_TOOL,
 	OPT_NODES,
 	OPT_CURVE,
 	OPT_ABSOLUTE,
-	OPT_ABLATION,
-	OPT_MEAN_REF,
-	OPT_PER_POSITION,
-	OPT_METRIC,
-	OPT_LEVEL,
-	OPT_CONVENTION,
-	OPT_BATCH,
-	OPT_THREADS,
 	OPT_FRACTIONS,
 };
 
 static const circ_opt opts[] = {
-	{"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 directory"},
+	CIRC_PATCH_OPT_MODEL,
 	{"circuit", OPT_CIRCUIT, "FILE", "circuit stream: its edges are kept, every other edge patched"},
 	{"edges", OPT_EDGES, "FILE", "stream of {\"edge\": name} records: these edges are patched"},
 	{"nodes", OPT_NODES, "LIST", "comma-separated nodes whose outputs are patched everywhere"},
 	{"curve", OPT_CURVE, "SCORES", "faithfulness curve of top-ranked circuits from a scores stream"},
 	{"absolute", OPT_ABSOLUTE, NULL, "with --curve: rank edges by |score| (as for CMD)"},
 	{"fractions", OPT_FRACTIONS, "LIST", "with --curve: circuit sizes as fractions of all edges"},
-	{"ablation", OPT_ABLATION, "A", "resample (default), mean or zero"},
-	{"mean-ref", OPT_MEAN_REF, "FILE", "token stream whose clean prompts give the means"},
-	{"per-position", OPT_PER_POSITION, NULL, "mean ablation with one mean per position"},
-	{"metric", OPT_METRIC, "M", "override the task's metric (logit_diff, prob_diff, logprob, kl)"},
-	{"level", OPT_LEVEL, "L", "edge (default) or node"},
-	{"convention", OPT_CONVENTION, "C", "eap-ig (default) or acdc"},
-	{"batch", OPT_BATCH, "N", "examples per batch (default 16)"},
-	{"threads", OPT_THREADS, "N", "threads (default 1)"},
+	CIRC_PATCH_OPT_COMMON,
 	{0},
 };
 
 static struct {
-	const char *model, *circuit, *edges, *nodes, *curve, *mean_ref, *fractions;
-	int absolute, per_position, batch, threads, has_metric;
-	circ_ablation ablation;
-	circ_metric_kind metric;
-	circ_graph_level level;
-	circ_input_conv conv;
-	int level_set, conv_set;
-} o = {.batch = 16, .threads = 1, .ablation = CIRC_ABL_RESAMPLE};
+	circ_patch_cli pc;
+	const char *circuit, *edges, *nodes, *curve, *fractions;
+	int absolute;
+} o;
 
 static int handle(int key, const char *arg, void *ctx)
 {
 	switch (key) {
-	case OPT_MODEL: o.model = arg; return 0;
 	case OPT_CIRCUIT: o.circuit = arg; return 0;
 	case OPT_EDGES: o.edges = arg; return 0;
 	case OPT_NODES: o.nodes = arg; return 0;
 	case OPT_CURVE: o.curve = arg; return 0;
 	case OPT_ABSOLUTE: o.absolute = 1; return 0;
 	case OPT_FRACTIONS: o.fractions = arg; return 0;
-	case OPT_ABLATION:
-		if (circ_ablation_parse(arg, &o.ablation) < 0)
-			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
-		return 0;
-	case OPT_MEAN_REF: o.mean_ref = arg; return 0;
-	case OPT_PER_POSITION: o.per_position = 1; return 0;
-	case OPT_METRIC:
-		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
-			circ_usage_error("unknown metric '%s'", arg);
-		o.has_metric = 1;
-		return 0;
-	case OPT_LEVEL:
-		if (circ_graph_level_parse(arg, &o.level) < 0)
-			circ_usage_error("unknown level '%s' (edge, node)", arg);
-		o.level_set = 1;
-		return 0;
-	case OPT_CONVENTION:
-		if (circ_graph_input_parse(arg, &o.conv) < 0)
-			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
-		o.conv_set = 1;
-		return 0;
-	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
-	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
 	}
-	return -1;
+	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
 
 /* Circuits to evaluate: one (--circuit, --edges, --nodes) or a curve. */
@@ -186,7 +141,7 @@ int main(int argc, char **argv)
 	circ_batcher *bt;
 	circ_batch *b;
 	circ_writer *w;
-	circ_patch_opts po = {0};
+	circ_patch_opts po;
 	circ_progress pr;
 	const char *in = "-", *md;
 	job jb = {0};
@@ -197,6 +152,7 @@ int main(int argc, char **argv)
 	circ_circuit *cc = NULL;
 
 	circ_init("circ-patch");
+	circ_patch_cli_init(&o.pc);
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	nsel = !!o.circuit + !!o.edges + !!o.nodes + !!o.curve;
 	if (nsel != 1)
@@ -205,16 +161,10 @@ int main(int argc, char **argv)
 		circ_usage_error("one token stream at most");
 	if (argc - i == 1)
 		in = argv[i];
-	if (!o.model)
-		circ_usage_error("--model DIR is required");
 	if ((o.absolute || o.fractions) && !o.curve)
 		circ_usage_error("--absolute and --fractions go with --curve");
-	m = circ_model_open(o.model, NULL, &e);
-	if (!m)
-		circ_die(&e);
+	m = circ_patch_cli_model(&o.pc, NULL);
 	md = circ_model_digest(m, &e);
-	if (!md)
-		circ_die(&e);
 	/* the graph comes from the circuit or scores when they name one */
 	if (o.circuit) {
 		circ_reader *cr = circ_reader_open(o.circuit, "circuit", &e);
@@ -235,28 +185,21 @@ int main(int argc, char **argv)
 		inputs[ninputs++] = sr;
 	} else {
 		g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head,
-				   o.level_set ? o.level : CIRC_LEVEL_EDGE, &e);
+				   o.pc.level, &e);
 		if (!g)
 			circ_die(&e);
-		if (o.conv_set)
-			g->input = o.conv;
+		g->input = o.pc.conv;
 	}
 	if (g->n_layer != circ_model_config(m)->n_layer || g->n_head != circ_model_config(m)->n_head)
 		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
-			  g->n_layer, g->n_head, o.model);
+			  g->n_layer, g->n_head, o.pc.model);
 
 	r = circ_reader_open(in, "tokens", &e);
 	if (!r)
 		circ_die(&e);
 	inputs[ninputs++] = r;
-	if (!o.has_metric && circ_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0)
-		circ_die(&e);
-	po.ablation = o.ablation;
-	po.mean_per_position = o.per_position;
-	po.metric = o.metric;
-	po.threads = o.threads;
-	po.max_b = o.batch;
-	po.max_t = circ_model_config(m)->n_ctx;
+	circ_patch_cli_metric(&o.pc, r);
+	circ_patch_cli_opts(&o.pc, m, 0, &po);
 	p = circ_patcher_new(m, g, &po, &e);
 	if (!p)
 		circ_die(&e);
@@ -318,38 +261,21 @@ int main(int argc, char **argv)
 	for (int j = 0; j < jb.n; j++)
 		jb.stage[j] = lowest_patched_stage(p, g, jb.keep[j]);
 
-	if (o.ablation == CIRC_ABL_MEAN) {
-		circ_reader *mr;
-		circ_batcher *mb;
-		if (!o.mean_ref && !strcmp(in, "-"))
-			circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
-		mr = circ_reader_open(o.mean_ref ? o.mean_ref : in, "tokens", &e);
-		if (!mr)
-			circ_die(&e);
-		mb = circ_batcher_new(mr, o.metric, circ_model_config(m)->vocab_size,
-				      circ_model_config(m)->n_ctx, o.batch);
-		while ((k = circ_batcher_next(mb, &b, &e)) > 0)
-			if (circ_patcher_mean_add(p, b, &e) < 0)
-				circ_die(&e);
-		if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
-			circ_die(&e);
-		circ_batcher_free(mb);
-		circ_reader_free(mr);
-	}
+	circ_patch_cli_means(&o.pc, p, m, in);
 
 	w = circ_writer_open(cli.output, &cli.wopts, &e);
 	if (!w)
 		circ_die(&e);
 	if (o.curve) {
-		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g, circ_metric_name(o.metric),
+		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g, circ_metric_name(o.pc.metric),
 				       o.absolute, md, 1);
-		circ_pack_kv_str(circ_writer_packer(w), "ablation", circ_ablation_name(o.ablation));
+		circ_pack_kv_str(circ_writer_packer(w), "ablation", circ_ablation_name(o.pc.ablation));
 	} else {
 		msgpack_packer *pk;
 		circ_writer_header(w, "patch", argc, argv, inputs, ninputs, 5);
 		pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.ablation));
+		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
+		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
 		circ_pack_str(pk, "graph");
 		circ_graph_pack(pk, g);
 		circ_pack_kv_str(pk, "model_digest", md);
@@ -359,9 +285,9 @@ int main(int argc, char **argv)
 		circ_die(&e);
 
 	sum_c = circ_xcalloc((size_t)jb.n, sizeof(double));
-	out = circ_xmalloc((size_t)o.batch * sizeof *out);
-	bt = circ_batcher_new(r, o.metric, circ_model_config(m)->vocab_size,
-			      circ_model_config(m)->n_ctx, o.batch);
+	out = circ_xmalloc((size_t)o.pc.batch * sizeof *out);
+	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
+			      circ_model_config(m)->n_ctx, o.pc.batch);
 	circ_progress_start(&pr, "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		const double *mc, *m0;

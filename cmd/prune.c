@@ -22,7 +22,7 @@
 #include "acdc.h"
 #include "circuit.h"
 #include "evalm.h"
-#include "opt.h"
+#include "patchopt.h"
 
 enum {
 	OPT_TOP_N = CIRC_OPT_FIRST_TOOL,
@@ -32,18 +32,9 @@ enum {
 	OPT_SIGNED,
 	OPT_TRUTH,
 	OPT_REPORT,
-	OPT_MODEL,
 	OPT_TAU,
-	OPT_METRIC,
 	OPT_ABS_CHANGE,
 	OPT_LOG,
-	OPT_ABLATION,
-	OPT_MEAN_REF,
-	OPT_PER_POSITION,
-	OPT_LEVEL,
-	OPT_CONVENTION,
-	OPT_BATCH,
-	OPT_THREADS,
 };
 
 static const circ_opt opts[] = {
@@ -54,18 +45,11 @@ static const circ_opt opts[] = {
     {"signed", OPT_SIGNED, NULL, "rank by the signed score instead of |score|"},
     {"truth", OPT_TRUTH, "FILE", "evaluate against a ground-truth circuit or edge list"},
     {"report", OPT_REPORT, "FILE", "with --truth: also write the evaluation as JSON to FILE"},
-    {"model", OPT_MODEL, "DIR", "acdc: Hugging Face GPT-2 directory"},
     {"tau", OPT_TAU, "T", "acdc: keep an edge when patching it raises the loss by tau or more (default 0.01)"},
-    {"metric", OPT_METRIC, "M", "acdc: loss: kl (default) or the task's metric (logit_diff, ...)"},
     {"abs-change", OPT_ABS_CHANGE, NULL, "acdc: compare |change| with tau"},
     {"log", OPT_LOG, "FILE", "acdc: write every decision to FILE (a decisions stream)"},
-    {"ablation", OPT_ABLATION, "A", "acdc: resample (default), mean or zero"},
-    {"mean-ref", OPT_MEAN_REF, "FILE", "acdc: token stream whose clean prompts give the means"},
-    {"per-position", OPT_PER_POSITION, NULL, "acdc: mean ablation with one mean per position"},
-    {"level", OPT_LEVEL, "L", "acdc: edge (default) or node"},
-    {"convention", OPT_CONVENTION, "C", "acdc: eap-ig (default) or acdc"},
-    {"batch", OPT_BATCH, "N", "acdc: examples per batch (default 16)"},
-    {"threads", OPT_THREADS, "N", "acdc: threads (default 1)"},
+    CIRC_PATCH_OPT_MODEL,
+    CIRC_PATCH_OPT_COMMON,
     {0},
 };
 
@@ -80,14 +64,12 @@ static struct {
 	int signed_;
 	const char *truth, *report;
 	/* acdc */
-	const char *model, *log, *mean_ref;
+	circ_patch_cli pc;
+	const char *log;
 	double tau;
-	int metric_set, abs_change, per_position, batch, threads;
-	circ_metric_kind metric;
-	circ_ablation ablation;
-	circ_graph_level level;
-	circ_input_conv conv;
-} o = {.tau = 0.01, .batch = 16, .threads = 1, .metric = CIRC_METRIC_KL};
+	int abs_change;
+	int acdc_opt; /* a patching option was given */
+} o = {.tau = 0.01};
 
 static void set_mode(mode_t_ m)
 {
@@ -127,35 +109,17 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_REPORT:
 		o.report = arg;
 		return 0;
-	case OPT_MODEL: o.model = arg; return 0;
 	case OPT_TAU:
 		o.tau = circ_opt_f64("tau", arg);
 		if (!isfinite(o.tau))
 			circ_usage_error("option '--tau': '%s' is not finite", arg);
 		return 0;
-	case OPT_METRIC:
-		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
-			circ_usage_error("unknown metric '%s' (kl, logit_diff, prob_diff, logprob)", arg);
-		o.metric_set = 1;
-		return 0;
 	case OPT_ABS_CHANGE: o.abs_change = 1; return 0;
 	case OPT_LOG: o.log = arg; return 0;
-	case OPT_ABLATION:
-		if (circ_ablation_parse(arg, &o.ablation) < 0)
-			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
+	}
+	if (circ_patch_cli_handle(&o.pc, key, arg) == 0) {
+		o.acdc_opt = 1;
 		return 0;
-	case OPT_MEAN_REF: o.mean_ref = arg; return 0;
-	case OPT_PER_POSITION: o.per_position = 1; return 0;
-	case OPT_LEVEL:
-		if (circ_graph_level_parse(arg, &o.level) < 0)
-			circ_usage_error("unknown level '%s' (edge, node)", arg);
-		return 0;
-	case OPT_CONVENTION:
-		if (circ_graph_input_parse(arg, &o.conv) < 0)
-			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
-		return 0;
-	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
-	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
 	}
 	return -1;
 }
@@ -394,7 +358,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	circ_batcher *bt;
 	circ_batch *b;
 	circ_patcher **ps = NULL;
-	circ_patch_opts po = {0};
+	circ_patch_opts po;
 	circ_acdc_opts ao = {o.tau, o.abs_change};
 	circ_progress pr;
 	acdc_log lg = {0};
@@ -404,31 +368,22 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	double t0;
 	const char *md;
 
-	if (!o.model)
+	if (!o.pc.model)
 		circ_usage_error("--acdc needs --model DIR");
 	if (o.signed_ || o.size)
 		circ_usage_error("--signed and sizes do not apply to --acdc");
-	m = circ_model_open(o.model, NULL, &e);
-	if (!m || !(md = circ_model_digest(m, &e)))
-		circ_die(&e);
-	g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head, o.level, &e);
-	if (!g)
-		circ_die(&e);
-	g->input = o.conv;
+	m = circ_patch_cli_model(&o.pc, &g);
+	md = circ_model_digest(m, &e);
 	r = circ_reader_open(input, "tokens", &e);
 	if (!r)
 		circ_die(&e);
-	if (!o.metric_set)
-		o.metric = CIRC_METRIC_KL;
-	po.ablation = o.ablation;
-	po.mean_per_position = o.per_position;
-	po.metric = o.metric;
-	po.threads = o.threads;
-	po.max_b = o.batch;
-	po.max_t = circ_model_config(m)->n_ctx;
+	/* ACDC's loss is kl unless --metric names the task's metric */
+	if (!o.pc.metric_set)
+		o.pc.metric = CIRC_METRIC_KL;
+	circ_patch_cli_opts(&o.pc, m, 0, &po);
 	/* one patcher per batch: every edge test runs the whole dataset */
-	bt = circ_batcher_new(r, o.metric, circ_model_config(m)->vocab_size,
-			      circ_model_config(m)->n_ctx, o.batch);
+	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
+			      circ_model_config(m)->n_ctx, o.pc.batch);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		/* the batcher reuses its batch: each patcher keeps a copy */
 		circ_batch *copy = circ_batch_clone(b);
@@ -438,25 +393,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		p = circ_patcher_new(m, g, &po, &e);
 		if (!p)
 			circ_die(&e);
-		if (o.ablation == CIRC_ABL_MEAN) {
-			circ_reader *mr;
-			circ_batcher *mb;
-			circ_batch *mbb;
-			if (!o.mean_ref && !strcmp(input, "-"))
-				circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
-			mr = circ_reader_open(o.mean_ref ? o.mean_ref : input, "tokens", &e);
-			if (!mr)
-				circ_die(&e);
-			mb = circ_batcher_new(mr, o.metric, circ_model_config(m)->vocab_size,
-					      circ_model_config(m)->n_ctx, 1);
-			while ((k = circ_batcher_next(mb, &mbb, &e)) > 0)
-				if (circ_patcher_mean_add(p, mbb, &e) < 0)
-					circ_die(&e);
-			if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
-				circ_die(&e);
-			circ_batcher_free(mb);
-			circ_reader_free(mr);
-		}
+		circ_patch_cli_means(&o.pc, p, m, input);
 		if (circ_patcher_load(p, copy, &e) < 0)
 			circ_die(&e);
 		ps = circ_xrealloc(ps, (size_t)(n + 1) * sizeof *ps);
@@ -481,9 +418,9 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		pk = circ_writer_packer(lg.w);
 		circ_pack_str(pk, "graph");
 		circ_graph_pack(pk, g);
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
+		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
 		circ_pack_kv_f64(pk, "tau", o.tau);
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.ablation));
+		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
 		circ_pack_kv_str(pk, "model_digest", md);
 		if (circ_writer_end_record(lg.w, &e) < 0)
 			circ_die(&e);
@@ -511,12 +448,12 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		sc.score = lg.change;
 		sc.model_digest = (char *)md;
 		sc.method = "acdc";
-		sc.metric = (char *)circ_metric_name(o.metric);
+		sc.metric = (char *)circ_metric_name(o.pc.metric);
 		circ_circuit_source_init(&src);
 		src.method = "acdc";
 		src.mode = "acdc";
 		src.tau = o.tau;
-		src.metric = circ_metric_name(o.metric);
+		src.metric = circ_metric_name(o.pc.metric);
 		write_circuit(cli, argc, argv, r, &sc, keep, &src);
 	}
 	for (int i = 0; i < n; i++) {
@@ -538,6 +475,7 @@ int main(int argc, char **argv)
 			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
 	circ_error e;
 	circ_init("circ-prune");
+	circ_patch_cli_init(&o.pc);
 	int i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (argc - i > 1)
 		circ_usage_error("one input at most (got %d)", argc - i);
@@ -548,8 +486,8 @@ int main(int argc, char **argv)
 		circ_usage_error("--report needs --truth");
 	if (o.mode == MODE_ACDC)
 		return run_acdc(&cli, argc, argv, input);
-	if (o.model)
-		circ_usage_error("--model goes with --acdc");
+	if (o.acdc_opt || o.log)
+		circ_usage_error("--model, --log and the patching options go with --acdc");
 
 	circ_reader *r = circ_reader_open(input, "scores", &e);
 	if (!r)

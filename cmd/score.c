@@ -10,37 +10,21 @@
 
 #include "attrib.h"
 #include "circuit.h"
-#include "opt.h"
+#include "patchopt.h"
 
 enum {
-	OPT_MODEL = 'm',
 	OPT_METHOD = CIRC_OPT_FIRST_TOOL,
 	OPT_STEPS,
-	OPT_ABLATION,
-	OPT_MEAN_REF,
-	OPT_PER_POSITION,
-	OPT_METRIC,
-	OPT_LEVEL,
-	OPT_CONVENTION,
-	OPT_BATCH,
-	OPT_THREADS,
 	OPT_LIST_EDGES,
 	OPT_MERGE,
 	OPT_ACTS,
 };
 
 static const circ_opt opts[] = {
-	{"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"},
+	CIRC_PATCH_OPT_MODEL,
 	{"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations or exact"},
 	{"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5)"},
-	{"ablation", OPT_ABLATION, "A", "resample (default: the corrupted prompt), mean or zero"},
-	{"mean-ref", OPT_MEAN_REF, "FILE", "token stream whose clean prompts give the means (default: the input)"},
-	{"per-position", OPT_PER_POSITION, NULL, "mean ablation with one mean per position"},
-	{"metric", OPT_METRIC, "M", "override the task's metric (logit_diff, prob_diff, logprob, kl)"},
-	{"level", OPT_LEVEL, "L", "edge (default: q/k/v receivers) or node (whole heads)"},
-	{"convention", OPT_CONVENTION, "C", "eap-ig (default: input is the token embedding) or acdc"},
-	{"batch", OPT_BATCH, "N", "examples per batch (default 16)"},
-	{"threads", OPT_THREADS, "N", "threads (default 1)"},
+	CIRC_PATCH_OPT_COMMON,
 	{"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
 	{"merge", OPT_MERGE, NULL, "merge score streams (shards) given as files or concatenated"},
 	{"acts", OPT_ACTS, NULL, "eap from an acts stream (circ-harvest) instead of running the model"},
@@ -48,52 +32,25 @@ static const circ_opt opts[] = {
 };
 
 static struct {
-	const char *model, *mean_ref;
+	circ_patch_cli pc;
 	circ_attr_method method;
-	int steps, per_position, batch, threads, list_edges, merge, has_metric, acts;
-	circ_ablation ablation;
-	circ_metric_kind metric;
-	circ_graph_level level;
-	circ_input_conv conv;
-} o = {NULL, NULL, CIRC_ATTR_EAP, 5, 0, 16, 1, 0, 0, 0, 0, CIRC_ABL_RESAMPLE, CIRC_METRIC_KL,
-       CIRC_LEVEL_EDGE, CIRC_INPUT_EAPIG};
+	int steps, list_edges, merge, acts;
+} o = {.method = CIRC_ATTR_EAP, .steps = 5};
 
 static int handle(int key, const char *arg, void *ctx)
 {
 	switch (key) {
-	case OPT_MODEL: o.model = arg; return 0;
 	case OPT_METHOD:
 		if (circ_attr_parse(arg, &o.method) < 0)
 			circ_usage_error("unknown method '%s' (eap, eap-ig, eap-ig-activations, exact)",
 					 arg);
 		return 0;
 	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 1000); return 0;
-	case OPT_ABLATION:
-		if (circ_ablation_parse(arg, &o.ablation) < 0)
-			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
-		return 0;
-	case OPT_MEAN_REF: o.mean_ref = arg; return 0;
-	case OPT_PER_POSITION: o.per_position = 1; return 0;
-	case OPT_METRIC:
-		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
-			circ_usage_error("unknown metric '%s'", arg);
-		o.has_metric = 1;
-		return 0;
-	case OPT_LEVEL:
-		if (circ_graph_level_parse(arg, &o.level) < 0)
-			circ_usage_error("unknown level '%s' (edge, node)", arg);
-		return 0;
-	case OPT_CONVENTION:
-		if (circ_graph_input_parse(arg, &o.conv) < 0)
-			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
-		return 0;
-	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
-	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
 	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
 	case OPT_MERGE: o.merge = 1; return 0;
 	case OPT_ACTS: o.acts = 1; return 0;
 	}
-	return -1;
+	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
 
 static void write_scores(circ_writer *w, const circ_graph *g, const double *sum,
@@ -210,14 +167,14 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 	md = hdr_strdup(hdr, "model_digest");
 	dd = hdr_strdup(hdr, "dataset_digest");
 	metric = hdr_strdup(hdr, "metric");
-	if (o.model) {
-		circ_model *m = circ_model_open(o.model, NULL, &e);
+	if (o.pc.model) {
+		circ_model *m = circ_model_open(o.pc.model, NULL, &e);
 		const char *d = m ? circ_model_digest(m, &e) : NULL;
 		if (!d)
 			circ_die(&e);
 		if (strcmp(d, md))
 			circ_dief("%s: harvested from another model than '%s' (model_digest differs)",
-				  circ_reader_name(r), o.model);
+				  circ_reader_name(r), o.pc.model);
 		circ_model_free(m);
 	}
 	sum = circ_xcalloc((size_t)g->n_edges, sizeof *sum);
@@ -303,7 +260,7 @@ int main(int argc, char **argv)
 	circ_batcher *bt;
 	circ_batch *b;
 	circ_writer *w;
-	circ_patch_opts po = {0};
+	circ_patch_opts po;
 	circ_progress pr;
 	const char *dataset_digest, *in = "-";
 	const msgpack_object *dd;
@@ -312,6 +269,7 @@ int main(int argc, char **argv)
 	int i, k;
 
 	circ_init("circ-score");
+	circ_patch_cli_init(&o.pc);
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (o.merge)
 		return merge(&cli, argc, argv, argc - i ? argc - i : 1,
@@ -325,15 +283,7 @@ int main(int argc, char **argv)
 			circ_usage_error("--acts gives eap scores only");
 		return score_acts(&cli, argc, argv, in);
 	}
-	if (!o.model)
-		circ_usage_error("--model DIR is required");
-	m = circ_model_open(o.model, NULL, &e);
-	if (!m)
-		circ_die(&e);
-	g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head, o.level, &e);
-	if (!g)
-		circ_die(&e);
-	g->input = o.conv;
+	m = circ_patch_cli_model(&o.pc, &g);
 	if (o.list_edges) {
 		if (circ_graph_write_edges(g, stdout, &e) < 0 || fclose(stdout) != 0)
 			circ_dief("'<stdout>': write error");
@@ -342,8 +292,7 @@ int main(int argc, char **argv)
 	r = circ_reader_open(in, "tokens", &e);
 	if (!r)
 		circ_die(&e);
-	if (!o.has_metric && circ_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0)
-		circ_die(&e);
+	circ_patch_cli_metric(&o.pc, r);
 	dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
 	if (dd && dd->type == MSGPACK_OBJECT_STR) {
 		dd_copy = circ_xmalloc(dd->via.str.size + 1);
@@ -353,36 +302,14 @@ int main(int argc, char **argv)
 	} else {
 		dataset_digest = circ_reader_header_digest(r);
 	}
-	po.ablation = o.ablation;
-	po.mean_per_position = o.per_position;
-	po.metric = o.metric;
-	po.threads = o.threads;
-	po.max_b = o.batch;
-	po.max_t = circ_model_config(m)->n_ctx;
-	po.backward = circ_attr_needs_backward(o.method);
+	circ_patch_cli_opts(&o.pc, m, circ_attr_needs_backward(o.method), &po);
 	p = circ_patcher_new(m, g, &po, &e);
 	if (!p)
 		circ_die(&e);
-	if (o.ablation == CIRC_ABL_MEAN) {
-		circ_reader *mr = circ_reader_open(o.mean_ref ? o.mean_ref : in, "tokens", &e);
-		circ_batcher *mb;
-		if (!mr)
-			circ_die(&e);
-		if (!o.mean_ref && !strcmp(in, "-"))
-			circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
-		mb = circ_batcher_new(mr, o.metric, circ_model_config(m)->vocab_size,
-				      circ_model_config(m)->n_ctx, o.batch);
-		while ((k = circ_batcher_next(mb, &b, &e)) > 0)
-			if (circ_patcher_mean_add(p, b, &e) < 0)
-				circ_die(&e);
-		if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
-			circ_die(&e);
-		circ_batcher_free(mb);
-		circ_reader_free(mr);
-	}
+	circ_patch_cli_means(&o.pc, p, m, in);
 	a = circ_attrib_new(p, o.method, o.steps);
-	bt = circ_batcher_new(r, o.metric, circ_model_config(m)->vocab_size,
-			      circ_model_config(m)->n_ctx, o.batch);
+	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
+			      circ_model_config(m)->n_ctx, o.pc.batch);
 	circ_progress_start(&pr, o.method == CIRC_ATTR_EXACT ? "edges" : "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		if (circ_patcher_load(p, b, &e) < 0 || circ_attrib_batch(a, &pr, &e) < 0)
@@ -407,13 +334,13 @@ int main(int argc, char **argv)
 		circ_writer_header(w, "scores", argc, argv, &r, 1, 9);
 		pk = circ_writer_packer(w);
 		circ_pack_kv_str(pk, "method", circ_attr_name(o.method));
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
+		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
 		circ_pack_str(pk, "graph");
 		circ_graph_pack(pk, g);
 		circ_pack_kv_str(pk, "model_digest", md);
 		circ_pack_kv_str(pk, "dataset_digest", dataset_digest);
 		circ_pack_kv_i64(pk, "n_examples", circ_attrib_count(a));
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.ablation));
+		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
 		circ_pack_kv_i64(pk, "steps", o.method == CIRC_ATTR_EAP_IG ||
 							 o.method == CIRC_ATTR_EAP_IG_ACT
 						 ? o.steps

@@ -1,0 +1,118 @@
+/*
+ * patchopt: shared options of the patching tools (see patchopt.h).
+ */
+#include "patchopt.h"
+
+#include <string.h>
+
+void circ_patch_cli_init(circ_patch_cli *pc)
+{
+	memset(pc, 0, sizeof *pc);
+	pc->ablation = CIRC_ABL_RESAMPLE;
+	pc->metric = CIRC_METRIC_KL;
+	pc->level = CIRC_LEVEL_EDGE;
+	pc->conv = CIRC_INPUT_EAPIG;
+	pc->batch = 16;
+	pc->threads = 1;
+}
+
+int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
+{
+	switch (key) {
+	case CIRC_PO_MODEL: pc->model = arg; return 0;
+	case CIRC_PO_ABLATION:
+		if (circ_ablation_parse(arg, &pc->ablation) < 0)
+			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
+		return 0;
+	case CIRC_PO_MEAN_REF: pc->mean_ref = arg; return 0;
+	case CIRC_PO_PER_POSITION: pc->per_position = 1; return 0;
+	case CIRC_PO_METRIC:
+		if (circ_metric_parse(arg, strlen(arg), &pc->metric) < 0)
+			circ_usage_error("unknown metric '%s' (logit_diff, prob_diff, logprob, kl)", arg);
+		pc->metric_set = 1;
+		return 0;
+	case CIRC_PO_LEVEL:
+		if (circ_graph_level_parse(arg, &pc->level) < 0)
+			circ_usage_error("unknown level '%s' (edge, node)", arg);
+		pc->level_set = 1;
+		return 0;
+	case CIRC_PO_CONVENTION:
+		if (circ_graph_input_parse(arg, &pc->conv) < 0)
+			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
+		pc->conv_set = 1;
+		return 0;
+	case CIRC_PO_BATCH: pc->batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
+	case CIRC_PO_THREADS: pc->threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	}
+	return 1;
+}
+
+circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
+{
+	circ_error e;
+	circ_model *m;
+	if (!pc->model)
+		circ_usage_error("--model DIR is required");
+	m = circ_model_open(pc->model, NULL, &e);
+	if (!m || !circ_model_digest(m, &e))
+		circ_die(&e);
+	if (g) {
+		const circ_config *c = circ_model_config(m);
+		*g = circ_graph_new(c->n_layer, c->n_head, pc->level, &e);
+		if (!*g)
+			circ_die(&e);
+		(*g)->input = pc->conv;
+	}
+	return m;
+}
+
+void circ_patch_cli_metric(circ_patch_cli *pc, circ_reader *tokens)
+{
+	circ_error e;
+	if (pc->metric_set)
+		return;
+	if (circ_metric_from_header(circ_reader_header(tokens), &pc->metric, &e) < 0) {
+		circ_error_prefix(&e, "%s", circ_reader_name(tokens));
+		circ_die(&e);
+	}
+	pc->metric_set = 1;
+}
+
+void circ_patch_cli_opts(const circ_patch_cli *pc, const circ_model *m, int backward,
+			 circ_patch_opts *po)
+{
+	memset(po, 0, sizeof *po);
+	po->ablation = pc->ablation;
+	po->mean_per_position = pc->per_position;
+	po->metric = pc->metric;
+	po->threads = pc->threads;
+	po->max_b = pc->batch;
+	po->max_t = circ_model_config(m)->n_ctx;
+	po->backward = backward;
+}
+
+void circ_patch_cli_means(const circ_patch_cli *pc, circ_patcher *p, const circ_model *m,
+			  const char *input)
+{
+	const circ_config *c = circ_model_config(m);
+	circ_error e;
+	circ_reader *r;
+	circ_batcher *bt;
+	circ_batch *b;
+	int k;
+	if (pc->ablation != CIRC_ABL_MEAN)
+		return;
+	if (!pc->mean_ref && !strcmp(input, "-"))
+		circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
+	r = circ_reader_open(pc->mean_ref ? pc->mean_ref : input, "tokens", &e);
+	if (!r)
+		circ_die(&e);
+	bt = circ_batcher_new(r, pc->metric, c->vocab_size, c->n_ctx, pc->batch);
+	while ((k = circ_batcher_next(bt, &b, &e)) > 0)
+		if (circ_patcher_mean_add(p, b, &e) < 0)
+			circ_die(&e);
+	if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
+		circ_die(&e);
+	circ_batcher_free(bt);
+	circ_reader_free(r);
+}

@@ -1,0 +1,79 @@
+/*
+ * patchopt: the command-line options shared by the tools that run patched
+ * models (circ-score, circ-patch, circ-harvest, circ-prune --acdc): model,
+ * ablation and its reference, metric, graph level and convention, batch and
+ * threads. One table, one parser, one meaning for every tool.
+ *
+ * Layering: a cmd/-side helper over opt, patch and example (like opt, it may
+ * print usage errors and exit).
+ */
+#ifndef CIRC_PATCHOPT_H
+#define CIRC_PATCHOPT_H
+
+#include "opt.h"
+#include "patch.h"
+
+/* Option keys (tools number their own from CIRC_OPT_FIRST_TOOL). */
+enum {
+	CIRC_PO_MODEL = 'm',
+	CIRC_PO_ABLATION = 1050,
+	CIRC_PO_MEAN_REF,
+	CIRC_PO_PER_POSITION,
+	CIRC_PO_METRIC,
+	CIRC_PO_LEVEL,
+	CIRC_PO_CONVENTION,
+	CIRC_PO_BATCH,
+	CIRC_PO_THREADS,
+};
+
+/* The options' table entries, for a tool to list in its own table (the help
+ * texts are the same in every tool). */
+#define CIRC_PATCH_OPT_MODEL                                                              \
+	{"model", CIRC_PO_MODEL, "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"}
+#define CIRC_PATCH_OPT_COMMON                                                             \
+	{"ablation", CIRC_PO_ABLATION, "A",                                               \
+	 "resample (default: the corrupted prompt), mean or zero"},                        \
+	    {"mean-ref", CIRC_PO_MEAN_REF, "FILE",                                        \
+	     "token stream whose clean prompts give the means (default: the input)"},      \
+	    {"per-position", CIRC_PO_PER_POSITION, NULL,                                  \
+	     "mean ablation with one mean per position"},                                  \
+	    {"metric", CIRC_PO_METRIC, "M",                                               \
+	     "override the task's metric (logit_diff, prob_diff, logprob, kl)"},           \
+	    {"level", CIRC_PO_LEVEL, "L", "edge (default: q/k/v receivers) or node (whole heads)"}, \
+	    {"convention", CIRC_PO_CONVENTION, "C",                                       \
+	     "eap-ig (default: input is the token embedding) or acdc"},                   \
+	    {"batch", CIRC_PO_BATCH, "N", "examples per batch (default 16)"},             \
+	    {"threads", CIRC_PO_THREADS, "N", "threads (default 1)"}
+
+typedef struct circ_patch_cli {
+	const char *model, *mean_ref;
+	circ_ablation ablation;
+	int per_position;
+	int metric_set;
+	circ_metric_kind metric;
+	int level_set, conv_set;
+	circ_graph_level level;
+	circ_input_conv conv;
+	int batch, threads;
+} circ_patch_cli;
+
+void circ_patch_cli_init(circ_patch_cli *pc);
+/* Handles a key of the shared options: 0 if handled, 1 if not one of them
+ * (usage errors exit 2). */
+int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg);
+
+/* Opens --model (required: usage error if missing) and builds its graph at
+ * the chosen level and convention; exits 1 with the message on error. */
+circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g);
+/* The metric: --metric, else the token stream's header ("metric"). */
+void circ_patch_cli_metric(circ_patch_cli *pc, circ_reader *tokens);
+/* Patcher options for the model and the chosen settings. */
+void circ_patch_cli_opts(const circ_patch_cli *pc, const circ_model *m, int backward,
+			 circ_patch_opts *po);
+/* For mean ablation: feeds the reference dataset (--mean-ref, else the input
+ * file) to the patcher's means. Does nothing for other ablations. Exits on
+ * error (input "-" without --mean-ref is a usage error). */
+void circ_patch_cli_means(const circ_patch_cli *pc, circ_patcher *p, const circ_model *m,
+			  const char *input);
+
+#endif
