@@ -51,7 +51,7 @@ BENCH_SRC = $(sort $(wildcard bench/*.c))
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
 all: 
-.PHONY: check-sanitize all deps check unit bats run bench install uninstall clean format format-check fuzz fuzz-ci
+.PHONY: check-sanitize all deps deps-run check unit bats run bench install uninstall clean format format-check fuzz fuzz-ci
 .DELETE_ON_ERROR:
 .SECONDARY:
 # bin/ is a link to the flavour built last, so tests always run what was just built.
@@ -59,7 +59,9 @@ all: $(BINS)
 	@ln -sfn $(B)/bin bin
 
 deps:
-	@scripts/deps.sh
+	@scripts/deps.sh all
+deps-run:
+	@scripts/deps.sh run
 
 $(B)/%.o: %.c
 	@mkdir -p $(@D)
@@ -110,7 +112,8 @@ check-sanitize:
 	@$(MAKE) --no-print-directory SANITIZE=address,undefined all unit
 	@ASAN_OPTIONS=detect_leaks=0 $(MAKE) --no-print-directory SANITIZE=address,undefined bats
 
-run: deps all
+run: deps-run
+	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory -f pipelines/demo.mk
 
 bench: deps all $(BENCH_BIN)

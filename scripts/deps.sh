@@ -5,10 +5,17 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PKGS="build-essential pkg-config libmsgpack-dev libzstd-dev zstd libjansson-dev
-libutf8proc-dev libopenblas-dev parallel bats bats-support bats-assert jq
-graphviz python3 python3-torch python3-numpy python3-jsonschema clang libclang-rt-14-dev
-clang-format chromium openssh-client"
+# What building and running need (`scripts/deps.sh run`, for `make run`) ...
+RUN_PKGS="build-essential pkg-config libmsgpack-dev libzstd-dev zstd libjansson-dev
+libutf8proc-dev libopenblas-dev parallel jq graphviz"
+# ... and what the tests and benchmarks add (the default, for `make check`).
+TEST_PKGS="bats bats-support bats-assert python3 python3-torch python3-numpy
+python3-jsonschema clang libclang-rt-14-dev clang-format chromium openssh-client"
+case "${1:-all}" in
+run) PKGS=$RUN_PKGS ;;
+all) PKGS="$RUN_PKGS $TEST_PKGS" ;;
+*) echo "deps.sh: usage: deps.sh [run|all]" >&2; exit 2 ;;
+esac
 
 missing=""
 for p in $PKGS; do
@@ -16,9 +23,12 @@ for p in $PKGS; do
 		missing="$missing $p"
 	fi
 done
-# Node.js may come from elsewhere (the machine image ships one); add Debian's only if absent.
-command -v node >/dev/null 2>&1 || missing="$missing nodejs"
-command -v npm >/dev/null 2>&1 || missing="$missing npm"
+# Node.js (tests only) may come from elsewhere (the machine image ships one);
+# add Debian's only if absent.
+if [ "${1:-all}" = all ]; then
+	command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+	command -v npm >/dev/null 2>&1 || missing="$missing npm"
+fi
 if [ -n "$missing" ]; then
 	echo "deps: installing:$missing" >&2
 	SUDO=""
@@ -30,6 +40,7 @@ if [ -n "$missing" ]; then
 fi
 
 # npm references for the tokenizer tests and benchmark (pinned by the lock file).
+[ "${1:-all}" = all ] || exit 0
 # The marker holds the lock file's digest, so a changed lock reinstalls.
 if [ -f tests/js/package.json ]; then
 	want=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
