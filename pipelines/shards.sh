@@ -9,6 +9,10 @@
 #   -o OUT      merged scores stream
 set -eu
 cd "$(dirname "$0")/.."
+# GNU parallel runs remote commands through $SHELL and silently runs nothing when it
+# is unset (as under cron, CI or env -i)
+: "${SHELL:=/bin/sh}"
+export SHELL
 k=2 logins="" out=""
 while [ $# -gt 0 ]; do
 	case $1 in

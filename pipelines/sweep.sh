@@ -18,6 +18,10 @@
 # The summary prints one report per run. PARALLEL_SSH can name the ssh command to use.
 set -eu
 cd "$(dirname "$0")/.."
+# GNU parallel runs remote commands through $SHELL and silently runs nothing when it
+# is unset (as under cron, CI or env -i)
+: "${SHELL:=/bin/sh}"
+export SHELL
 jobs="" logins="" tasks=induction methods="eap eap-ig exact" seeds=0
 while [ $# -gt 0 ]; do
 	case $1 in
