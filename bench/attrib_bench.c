@@ -17,14 +17,16 @@
  *                                          the patcher + attrib path of
  *                                          circ-score --method eap (batch
  *                                          16); SCORES: write the per-edge
- *                                          sums (f64, E) and exit after one run
+ *                                          sums of the last run (f64, E) for
+ *                                          torch_eap.py --check
  *   attrib_bench exact MODEL THREADS REPS N  single-edge tests at every stage
  *                                          (incremental) and at sampled
  *                                          stages as full forwards
  *   attrib_bench acdc MODEL THREADS REPS N   ACDC edge tests at every stage
  *                                          with circuits as ACDC holds them
  * Output: one "key value ..." line per measurement (seconds are the best of
- * REPS, then the median), "rss_kb N" last; the scripts format the table.
+ * REPS, then the median; base and eap warm up on one batch first), "rss_kb
+ * N" last; the scripts format the table.
  *
  * The prompts: prompt i is drawn from circ_rng stream i of seed 42: T random
  * token ids; the corrupted prompt replaces 3 of them (at T/4, T/2, 3T/4);
@@ -217,7 +219,7 @@ static void do_base(circ_model *m, int threads, int reps, int N)
 		flop += 2 * fwd_flop(c, bs[i]->B, T_TOK) + bwd_flop(c, bs[i]->B, T_TOK);
 	for (int rep = -1; rep < reps; rep++) {
 		double t0 = circ_now();
-		for (int i = 0; i < nb; i++) {
+		for (int i = 0; i < (rep < 0 ? 1 : nb); i++) { /* warm-up: one batch */
 			const circ_batch *b = bs[i];
 			circ_fwd f;
 			circ_bwd bw = {0};
@@ -280,21 +282,19 @@ static void do_eap(circ_model *m, int threads, int reps, int N, const char *scor
 	for (int i = 0; i < nb; i++)
 		flop += 2 * fwd_flop(c, bs[i]->B, T_TOK) + bwd_flop(c, bs[i]->B, T_TOK) +
 			2.0 * (double)g->n_edges * T_TOK * c->n_embd * bs[i]->B;
-	if (scores)
-		reps = 0;
-	for (int rep = scores ? 0 : -1; rep < (scores ? 1 : reps); rep++) {
+	for (int rep = -1; rep < reps; rep++) {
 		double t0 = circ_now();
 		circ_patcher *p = circ_patcher_new(m, g, &po, &e);
 		circ_attrib *a;
 		if (!p)
 			die("eap", &e);
 		a = circ_attrib_new(p, CIRC_ATTR_EAP, 1);
-		for (int i = 0; i < nb; i++)
+		for (int i = 0; i < (rep < 0 ? 1 : nb); i++) /* warm-up: one batch */
 			if (circ_patcher_load(p, bs[i], &e) < 0 || circ_attrib_batch(a, NULL, &e) < 0)
 				die("eap", &e);
-		if (rep >= 0 && !scores)
+		if (rep >= 0)
 			t[rep] = circ_now() - t0;
-		if (scores) {
+		if (scores && rep == reps - 1) {
 			FILE *f = fopen(scores, "wb");
 			if (!f || fwrite(circ_attrib_sums(a), sizeof(double), (size_t)g->n_edges, f) !=
 					  (size_t)g->n_edges ||
@@ -306,10 +306,8 @@ static void do_eap(circ_model *m, int threads, int reps, int N, const char *scor
 		circ_attrib_free(a);
 		circ_patcher_free(p);
 	}
-	if (!scores) {
-		best_median(t, reps, &best, &med);
-		printf("eap %.6f %.6f %.3f\n", best, med, flop / 1e9);
-	}
+	best_median(t, reps, &best, &med);
+	printf("eap %.6f %.6f %.3f\n", best, med, flop / 1e9);
 	free(t);
 	circ_graph_free(g);
 	free_batches(bs, nb);
@@ -446,39 +444,61 @@ static void do_exact(circ_model *m, int threads, int reps, int N)
 }
 
 /* Keep mask of an ACDC run about to test the first edge of the stage-s
- * receiver: receivers above s are decided (a fraction `kept` of their edges
- * survives), the tested edge is patched, everything below is still kept. */
-static void acdc_mask(const circ_graph *g, const circ_patcher *p, int s, double kept,
-		      uint8_t *keep, int64_t tested)
+ * receiver: receivers above s are decided, the tested edge is patched,
+ * everything below is still kept. The decided part, by kind:
+ *   0 "spread":  5% of the decided edges kept, at random (the size of the
+ *                circuits ACDC ends with, but spread over every receiver:
+ *                the worst case for the patcher);
+ *   1 "circuit": a circuit of 20% of the nodes (input and logits always
+ *                in), half of the edges between its nodes kept (about 2%
+ *                of the graph), every other receiver fully patched, as
+ *                ACDC leaves the nodes it drops;
+ *   2 "early":   every decided edge kept (only the tested edge patched). */
+enum { NK = 3 };
+static const char *const kname[NK] = {"spread", "circuit", "early"};
+
+static void acdc_mask(const circ_graph *g, const circ_patcher *p, int s, int kind, uint8_t *keep,
+		      int64_t tested)
 {
 	circ_rng r;
+	uint8_t *in = circ_xmalloc((size_t)g->n_nodes);
 	circ_rng_seed(&r, 7);
-	for (int rv = 0; rv < g->n_recv; rv++)
-		for (int64_t ed = g->recv_first[rv]; ed < g->recv_first[rv + 1]; ed++)
-			keep[ed] = circ_patcher_recv_stage(p, rv) > s ? circ_rng_uniform(&r) < kept : 1;
+	for (int u = 0; u < g->n_nodes; u++)
+		in[u] = u == 0 || u == g->n_up || circ_rng_uniform(&r) < 0.2;
+	for (int rv = 0; rv < g->n_recv; rv++) {
+		int node;
+		circ_graph_recv_info(g, rv, NULL, &node);
+		for (int64_t ed = g->recv_first[rv]; ed < g->recv_first[rv + 1]; ed++) {
+			int u = g->edge_up[ed];
+			if (circ_patcher_recv_stage(p, rv) <= s || kind == 2)
+				keep[ed] = 1;
+			else if (kind == 0)
+				keep[ed] = circ_rng_uniform(&r) < 0.05;
+			else
+				keep[ed] = in[u] && in[node] && circ_rng_uniform(&r) < 0.5;
+		}
+	}
 	keep[tested] = 0;
+	free(in);
 }
 
-/* (2) ACDC edge tests: at every stage, a test with the circuit ACDC holds
- * then (late: 5% of the decided edges kept; mid: 50%; early: 100%) against
- * the unpatched forward from the same stage. */
+/* (2) ACDC edge tests: at every stage, a test with each kind of circuit
+ * above against the unpatched forward from the same stage. */
 static void do_acdc(circ_model *m, int threads, int reps, int N)
 {
 	const circ_config *c = circ_model_config(m);
 	circ_error e;
 	circ_graph *g = circ_graph_new(c->n_layer, c->n_head, CIRC_LEVEL_EDGE, &e);
 	int L = c->n_layer, S = 2 * L + 1;
-	static const double kept[3] = {0.05, 0.5, 1.0};
-	static const char *const kname[3] = {"late", "mid", "early"};
 	circ_batch *b;
 	circ_patcher *p;
-	double *tt[3], *base = circ_xcalloc((size_t)S, sizeof *base), full;
-	double *out = circ_xmalloc((size_t)N * sizeof *out), tot[3] = {0}, totb = 0;
+	double *tt[NK], *base = circ_xcalloc((size_t)S, sizeof *base), full;
+	double *out = circ_xmalloc((size_t)N * sizeof *out), tot[NK] = {0}, totb = 0;
 	uint8_t *keep, *all;
 	char name[CIRC_NAME_MAX];
 	if (!g)
 		die("acdc", &e);
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < NK; k++)
 		tt[k] = circ_xcalloc((size_t)S, sizeof *tt[k]);
 	p = one_batch_patcher(m, g, threads, N, &b);
 	keep = circ_xmalloc((size_t)g->n_edges);
@@ -488,8 +508,8 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 	for (int s = 2 * L; s >= 0; s--) {
 		int64_t ed = g->recv_first[recv_at_stage(g, s)];
 		base[s] = time_eval(p, all, s, -1, reps, out);
-		for (int k = 0; k < 3; k++) {
-			acdc_mask(g, p, s, kept[k], keep, ed);
+		for (int k = 0; k < NK; k++) {
+			acdc_mask(g, p, s, k, keep, ed);
 			tt[k][s] = time_eval(p, keep, s, -1, reps, out);
 		}
 	}
@@ -500,7 +520,7 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 	for (int r = 0; r < g->n_recv; r++) {
 		int s = circ_patcher_recv_stage(p, r);
 		double n = (double)(g->recv_first[r + 1] - g->recv_first[r]);
-		for (int k = 0; k < 3; k++)
+		for (int k = 0; k < NK; k++)
 			tot[k] += n * tt[k][s];
 		totb += n * base[s];
 	}
@@ -511,16 +531,16 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 			continue;
 		recv_label(g, s, name, sizeof name);
 		printf("acdc_stage %d %s %.6f", s, name, base[s]);
-		for (int k = 0; k < 3; k++)
+		for (int k = 0; k < NK; k++)
 			printf(" %.6f", tt[k][s]);
 		printf("\n");
 	}
 	printf("acdc_all %lld %.3f", (long long)g->n_edges, totb);
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < NK; k++)
 		printf(" %.3f", tot[k]);
 	printf("\n");
 	printf("acdc_worst");
-	for (int k = 0; k < 3; k++) {
+	for (int k = 0; k < NK; k++) {
 		double w = 0;
 		int ws = 0;
 		for (int s = 0; s < S; s++)
@@ -529,7 +549,7 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 		printf(" %s %.3f %d", kname[k], w, ws);
 	}
 	printf("\n");
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < NK; k++)
 		free(tt[k]);
 	free(base);
 	free(out);

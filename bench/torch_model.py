@@ -15,7 +15,8 @@ given thread count for both PyTorch and its BLAS:
              EAP-IG do), the MLP inputs and the final residual, via
              retain_grad, from a logprob metric at the last position;
              parameters do not require gradients.
-Prints "name min median" lines and "rss_kb N".
+Prints "name wall_min wall_median cpu_min" lines (seconds; cpu is the
+process's CPU time) and "rss_kb N".
 """
 import json
 import math
@@ -117,13 +118,14 @@ def main():
 
     def timeit(name, fn):
         fn()
-        ts = []
+        ts, cs = [], []
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             ts.append(time.perf_counter() - t0)
+            cs.append(time.process_time() - c0)
         ts.sort()
-        print("%s %.6f %.6f" % (name, ts[0], ts[len(ts) // 2]), flush=True)
+        print("%s %.6f %.6f %.6f" % (name, ts[0], ts[len(ts) // 2], min(cs)), flush=True)
 
     with torch.no_grad():
         timeit("fwd_full", lambda: forward(False))

@@ -8,6 +8,11 @@
  * gradients. One sgemm per stage and example replaces E dot products, and
  * the triangular structure (a stage reads only earlier nodes) halves the
  * work of a dense U x R product.
+ *
+ * Memory follows the data: the per-batch buffers are sized by the batch
+ * being scored (and grown if a larger one comes), never by the patcher's
+ * max_b x max_t, which for a GPT-2 context of 1024 tokens would be tens of
+ * gigabytes.
  */
 #include "attrib.h"
 
@@ -52,6 +57,7 @@ struct circ_attrib {
 	float *gcopy;	/* (3H+1, T*C) gradients gathered when not evenly strided */
 	float *dlogits; /* (N, V) */
 	float *x;	/* (B, T, C) interpolated input / activation delta */
+	size_t cap_btc, cap_tc, cap_rows; /* B*T*C, T*C and N the buffers hold */
 	/* eap-ig-activations hook state */
 	int unit_stage;
 	const float *unit_delta; /* (B, T, C) */
@@ -62,8 +68,6 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 	circ_attrib *a = circ_xcalloc(1, sizeof *a);
 	const circ_model *m = circ_patcher_model(p);
 	const circ_config *c = circ_model_config(m);
-	const circ_patch_opts *o = circ_patcher_opts(p);
-	size_t btc = (size_t)o->max_b * (size_t)o->max_t * (size_t)c->n_embd;
 	a->p = p;
 	a->method = method;
 	a->steps = steps < 1 ? 1 : steps;
@@ -74,18 +78,42 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 	a->U = circ_model_n_up(m);
 	a->R = circ_model_n_recv(m);
 	a->sum = circ_xcalloc((size_t)circ_patcher_graph(p)->n_edges, sizeof(double));
-	if (method != CIRC_ATTR_EXACT) {
-		a->diff = circ_xalloc_aligned((size_t)a->U * btc * sizeof(float));
+	if (method != CIRC_ATTR_EXACT)
 		a->S = circ_xmalloc((size_t)a->U * (size_t)(3 * a->H + 1) * sizeof(float));
-		a->gcopy = circ_xalloc_aligned((size_t)(3 * a->H + 1) * (size_t)o->max_t *
-					       (size_t)a->C * sizeof(float));
-		a->dlogits = circ_xmalloc((size_t)o->max_b * (size_t)o->max_t * (size_t)a->V *
-					  sizeof(float));
-		a->x = circ_xalloc_aligned(btc * sizeof(float));
-		if (method != CIRC_ATTR_EAP)
-			a->gacc = circ_xalloc_aligned((size_t)a->R * btc * sizeof(float));
-	}
 	return a;
+}
+
+/* Sizes the per-batch buffers for the batch loaded in the patcher: only
+ * dlogits when `all` is 0 (a backward pass alone). */
+static void fit_batch(circ_attrib *a, int all)
+{
+	const circ_batch *b = circ_patcher_batch(a->p);
+	size_t tc = (size_t)b->T * (size_t)a->C, btc = (size_t)b->B * tc;
+	if (a->method == CIRC_ATTR_EXACT)
+		return;
+	if ((size_t)b->n_read > a->cap_rows) {
+		free(a->dlogits);
+		a->dlogits = circ_xmalloc((size_t)b->n_read * (size_t)a->V * sizeof(float));
+		a->cap_rows = (size_t)b->n_read;
+	}
+	if (!all)
+		return;
+	if (btc > a->cap_btc) {
+		free(a->diff);
+		free(a->x);
+		free(a->gacc);
+		a->diff = circ_xalloc_aligned((size_t)a->U * btc * sizeof(float));
+		a->x = circ_xalloc_aligned(btc * sizeof(float));
+		a->gacc = a->method == CIRC_ATTR_EAP
+				  ? NULL
+				  : circ_xalloc_aligned((size_t)a->R * btc * sizeof(float));
+		a->cap_btc = btc;
+	}
+	if (tc > a->cap_tc) {
+		free(a->gcopy);
+		a->gcopy = circ_xalloc_aligned((size_t)(3 * a->H + 1) * tc * sizeof(float));
+		a->cap_tc = tc;
+	}
 }
 
 void circ_attrib_free(circ_attrib *a)
@@ -409,6 +437,7 @@ int circ_loss_backward(circ_patcher *p, circ_error *e)
 	circ_attrib *a = circ_attrib_new(p, CIRC_ATTR_EAP, 1);
 	const circ_batch *b = circ_patcher_batch(p);
 	int rc = 0;
+	fit_batch(a, 0);
 	if (!circ_patcher_is_clean(p)) {
 		circ_fwd f;
 		circ_read *reads = circ_xmalloc((size_t)b->n_read * sizeof *reads);
@@ -426,6 +455,7 @@ int circ_attrib_batch(circ_attrib *a, circ_progress *pr, circ_error *e)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
 	int rc;
+	fit_batch(a, 1);
 	switch (a->method) {
 	case CIRC_ATTR_EXACT: rc = batch_exact(a, pr, e); break;
 	case CIRC_ATTR_EAP:

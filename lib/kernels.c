@@ -796,6 +796,55 @@ void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const f
 	}
 }
 
+/* Parameter gradients: a row at a time, so that the sums over rows run in
+ * row order (the same bytes for any thread count of the caller). */
+void circ_layernorm_bwd_params(float *dw, float *db, const float *dout, const float *inp,
+			       const float *mean, const float *rstd, int N, int C)
+{
+	for (int n = 0; n < N; n++) {
+		const float *dy = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+		float m = mean[n], r = rstd[n];
+		for (int i = 0; i < C; i++) {
+			dw[i] += dy[i] * ((x[i] - m) * r);
+			db[i] += dy[i];
+		}
+	}
+}
+
+void circ_layernorm_bwd_params_ref(float *dw, float *db, const float *dout, const float *inp,
+				   const float *mean, const float *rstd, int N, int C)
+{
+	for (int i = 0; i < C; i++) {
+		double sw = 0, sb = 0;
+		for (int n = 0; n < N; n++) {
+			double dy = dout[(size_t)n * C + i];
+			sw += dy * (((double)inp[(size_t)n * C + i] - mean[n]) * rstd[n]);
+			sb += dy;
+		}
+		dw[i] = (float)(dw[i] + sw);
+		db[i] = (float)(db[i] + sb);
+	}
+}
+
+void circ_bias_bwd(float *db, const float *d, int m, int n, int ld)
+{
+	for (int i = 0; i < m; i++) {
+		const float *row = d + (size_t)i * ld;
+		for (int j = 0; j < n; j++)
+			db[j] += row[j];
+	}
+}
+
+void circ_bias_bwd_ref(float *db, const float *d, int m, int n, int ld)
+{
+	for (int j = 0; j < n; j++) {
+		double s = 0;
+		for (int i = 0; i < m; i++)
+			s += d[(size_t)i * ld + j];
+		db[j] = (float)(db[j] + s);
+	}
+}
+
 /* ================================================================ attention */
 
 /* Fast: per (b, h): scores with a vector dot, softmax with the fast exp,

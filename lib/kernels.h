@@ -76,6 +76,20 @@ void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const f
 			    const float *mean, const float *rstd, const float *w, int N, int C,
 			    int set);
 
+/* Parameter gradients of a LayerNorm: dw (C) += sum over rows of dout * xhat
+ * and db (C) += sum over rows of dout, with xhat = (inp - mean) * rstd from
+ * the forward's statistics. dout and inp are (N, C) contiguous. Rows are
+ * summed in order (deterministic); the fast version accumulates in float. */
+void circ_layernorm_bwd_params(float *dw, float *db, const float *dout, const float *inp,
+			       const float *mean, const float *rstd, int N, int C);
+void circ_layernorm_bwd_params_ref(float *dw, float *db, const float *dout, const float *inp,
+				   const float *mean, const float *rstd, int N, int C);
+
+/* Bias gradient: db (n) += sum over the m rows of d (m, n), rows ld apart
+ * (ld >= n), summed in row order. */
+void circ_bias_bwd(float *db, const float *d, int m, int n, int ld);
+void circ_bias_bwd_ref(float *db, const float *d, int m, int n, int ld);
+
 /* ---- GELU ---- */
 
 /* exact = 0: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ("gelu_new");

@@ -34,6 +34,9 @@
  * every receiver downstream of it reads that residual. When no receiver
  * gradient is wanted (no hook, not kept) and the layer has no deltas, the
  * fused projection (one GEMM) replaces the 3H small ones.
+ * With dweights, each stage also adds its parameter gradients (weight
+ * gradients as GEMMs over rows, biases and LayerNorm parameters as row
+ * sums); the embeddings get theirs from the residual gradient at stage 0.
  *
  * Threads: OpenBLAS gets the run's thread count; row and batch kernels
  * are split over the run's circ_pool.
@@ -933,7 +936,8 @@ struct circ_run {
 	int n_read;
 	int read_none;
 	int have_bwd;
-	int bwd_stage; /* stage reported to the backward hook (keep_recv_grads 0) */
+	int used_embed; /* the last full forward took input_embed, not a token lookup */
+	int bwd_stage;	/* stage reported to the backward hook (keep_recv_grads 0) */
 
 	/* the arena */
 	void *arena;
@@ -1076,7 +1080,11 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->delta_on = circ_xcalloc((size_t)r->R, 1);
 	r->arena_bytes = run_layout(r, NULL);
 	r->arena =
-	    mmap(NULL, r->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	    /* NORESERVE: a run made for long contexts reserves far more than a
+	     * short batch touches; untouched pages cost nothing, and the kernel's
+	     * overcommit heuristic must not refuse the mapping for its size. */
+	    mmap(NULL, r->arena_bytes, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (r->arena == MAP_FAILED) {
 		circ_errorf(e, "cannot allocate %zu bytes of activations: %s", r->arena_bytes,
 			    strerror(errno));
@@ -1636,6 +1644,7 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 			memcpy(r->tokens, f->tokens, (size_t)f->B * f->T * sizeof(int32_t));
 		else
 			memset(r->tokens, 0, (size_t)f->B * f->T * sizeof(int32_t));
+		r->used_embed = f->input_embed != NULL;
 		embed(r, f);
 	}
 	r->valid = s0;
@@ -1672,6 +1681,7 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 	dst->B = src->B;
 	dst->T = src->T;
 	dst->have_bwd = 0;
+	dst->used_embed = src->used_embed;
 	n = bt(src);
 	C = (size_t)src->C;
 	memcpy(dst->tokens, src->tokens, n * sizeof(int32_t));
@@ -1762,6 +1772,76 @@ const float *circ_run_node_grad(const circ_run *r, int node)
 	return dresid_at(r, circ_node_stage(r->m, node) + 1);
 }
 
+/* ---- parameter gradients ----
+ * The forward keeps LayerNorm statistics, not outputs: the outputs that the
+ * weight gradients need are rebuilt from the statistics, and the MLP's GELU
+ * output from its stored pre-activation. Every sum over rows runs in row
+ * order on the calling thread (OpenBLAS does the large ones), so gradients
+ * are the same bytes for the same thread count. */
+
+/* out (n, C) = (x - mean) * rstd * w + b, row by row. out may be x. */
+static void ln_apply(float *out, const float *x, const float *mean, const float *rstd,
+		     const float *w, const float *b, size_t n, int C)
+{
+	for (size_t i = 0; i < n; i++) {
+		float m = mean[i], rs = rstd[i];
+		for (int c = 0; c < C; c++) {
+			size_t k = i * (size_t)C + (size_t)c;
+			out[k] = (x[k] - m) * rs * w[c] + b[c];
+		}
+	}
+}
+
+static void bias_grad(const circ_run *r, float *db, const float *d, size_t m, int n, int ld)
+{
+	(r->o.reference ? circ_bias_bwd_ref : circ_bias_bwd)(db, d, (int)m, n, ld);
+}
+
+static void ln_param_grad(const circ_run *r, float *dw, float *db, const float *dout,
+			  const float *inp, const float *mean, const float *rstd, size_t n)
+{
+	(r->o.reference ? circ_layernorm_bwd_params_ref
+			: circ_layernorm_bwd_params)(dw, db, dout, inp, mean, rstd, (int)n, r->C);
+}
+
+/* dweights must be a circ_weights_alloc layout of the run's config; an
+ * untied model needs its own lm_head buffer. */
+static int check_dweights(const circ_run *r, const circ_weights *dw, circ_error *e)
+{
+	const circ_weights *w = &r->m->w;
+	if (!dw->wte || !dw->wpe || !dw->layers || !dw->lnf_w || !dw->lnf_b || !dw->lm_head)
+		return circ_errorf(e, "parameter gradients: dweights is not a circ_weights_alloc "
+				      "layout");
+	if (dw->n_params != circ_config_n_params(&r->m->cfg))
+		return circ_errorf(e,
+				   "parameter gradients: dweights holds %zu floats, the model "
+				   "%zu",
+				   dw->n_params, circ_config_n_params(&r->m->cfg));
+	if (w->lm_head != w->wte && dw->lm_head == dw->wte)
+		return circ_errorf(e,
+				   "parameter gradients: the model's lm_head is not tied to wte, "
+				   "so dweights needs its own lm_head buffer");
+	return 0;
+}
+
+/* Embedding gradients from the residual gradient at stage 0: the token
+ * rows (unless the forward took input_embed) and the positional rows
+ * (unless the ACDC convention folded them into a given input_embed). */
+static void embed_grad(const circ_run *r, circ_weights *dw)
+{
+	const float *g = dresid_at(r, 0);
+	size_t C = (size_t)r->C;
+	int tok = !r->used_embed, pos = !(r->o.acdc_convention && r->used_embed);
+	for (int b = 0; b < r->B; b++)
+		for (int t = 0; t < r->T; t++) {
+			size_t row = (size_t)b * r->T + (size_t)t;
+			if (tok)
+				circ_vadd(dw->wte + (size_t)r->tokens[row] * C, g + row * C, C);
+			if (pos)
+				circ_vadd(dw->wpe + (size_t)t * C, g + row * C, C);
+		}
+}
+
 static int call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
 {
 	circ_stage_kind k = s == 2 * r->L ? CIRC_STAGE_FINAL
@@ -1776,6 +1856,7 @@ static int call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
 int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 {
 	const circ_weights *w = &r->m->w;
+	circ_weights *dw = b->dweights;
 	size_t n, C = (size_t)r->C, C3 = 3 * C, D = (size_t)r->D, F = (size_t)r->F;
 	size_t N = (size_t)r->n_read;
 	int L = r->L, want_recv = r->o.keep_recv_grads || b->hook;
@@ -1785,8 +1866,8 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		return circ_errorf(e, "no complete forward to differentiate");
 	if (r->read_none || !b->dlogits)
 		return circ_errorf(e, "the forward read no logits (or no dlogits given)");
-	if (b->dweights)
-		return circ_errorf(e, "parameter gradients are not implemented yet");
+	if (dw && check_dweights(r, dw, e) < 0)
+		return -1;
 	circ_blas_threads(r->threads);
 	n = bt(r);
 	r->bwd_stage = -1;
@@ -1806,6 +1887,12 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		}
 		p_layernorm_bwd(r, tmp, NULL, r->d_ln, xr, r->lnf_mean, r->lnf_rstd, w->lnf_w, N,
 				1);
+		if (dw && N) { /* lm_head (V, C) += dlogits^T lnf; ln_f */
+			gemm(r, 1, 0, r->V, r->C, (int)N, b->dlogits, r->V, r->lnf, r->C, 1.0f,
+			     dw->lm_head, r->C);
+			ln_param_grad(r, dw->lnf_w, dw->lnf_b, r->d_ln, xr, r->lnf_mean,
+				      r->lnf_rstd, N);
+		}
 		for (size_t i = 0; i < N; i++) {
 			size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
 			for (size_t c = 0; c < C; c++)
@@ -1832,6 +1919,23 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			memcpy(gm, g, n * C * sizeof(float));
 			p_layernorm_bwd(r, rg, gm, r->d_ln, xin, r->mean + (size_t)s * r->rows,
 					r->rstd + (size_t)s * r->rows, lw->ln2_w, n, 1);
+			if (dw) { /* c_proj (its input rebuilt: GELU of the stored fc), c_fc, ln_2
+				   */
+				circ_layer_weights *dl = &dw->layers[l];
+				const float *mu = r->mean + (size_t)s * r->rows;
+				const float *rs = r->rstd + (size_t)s * r->rows;
+				ew_task gf = {r, r->s_gelu, fc, NULL,
+					      r->m->cfg.act == CIRC_ACT_GELU};
+				bias_grad(r, dl->fcproj_b, g, n, r->C, r->C);
+				p_elementwise(r, gelu_part, &gf, n * F);
+				gemm(r, 1, 0, r->F, r->C, (int)n, r->s_gelu, r->F, g, r->C, 1.0f,
+				     dl->fcproj_w, r->C);
+				bias_grad(r, dl->fc_b, r->d_fc, n, r->F, r->F);
+				ln_apply(r->s_ln2, xin, mu, rs, lw->ln2_w, lw->ln2_b, n, r->C);
+				gemm(r, 1, 0, r->C, r->F, (int)n, r->s_ln2, r->C, r->d_fc, r->F,
+				     1.0f, dl->fc_w, r->F);
+				ln_param_grad(r, dl->ln2_w, dl->ln2_b, r->d_ln, xin, mu, rs, n);
+			}
 			if (call_bhook(r, b, s, e) < 0)
 				return -1;
 		}
@@ -1853,12 +1957,43 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 				circ_pool_for(r->pool, (size_t)r->B, attn_bwd_part, &t);
 			}
 			memcpy(gx, g, n * C * sizeof(float));
+			if (dw) { /* c_proj; the QKV bias; W_QKV for the receivers without a
+				   * delta (their shared ln_1 output is rebuilt into d_z, free now)
+				   */
+				circ_layer_weights *dl = &dw->layers[l];
+				const float *z = r->z + (size_t)l * r->rows * C;
+				bias_grad(r, dl->proj_b, g, n, r->C, r->C);
+				gemm(r, 1, 0, r->C, r->C, (int)n, z, r->C, g, r->C, 1.0f,
+				     dl->proj_w, r->C);
+				bias_grad(r, dl->attn_b, r->d_qkv, n, (int)C3, (int)C3);
+				if (npatched < 3 * r->H)
+					ln_apply(r->d_z, x, r->mean + (size_t)s * r->rows,
+						 r->rstd + (size_t)s * r->rows, lw->ln1_w,
+						 lw->ln1_b, n, r->C);
+				if (npatched == 0)
+					gemm(r, 1, 0, r->C, (int)C3, (int)n, r->d_z, r->C, r->d_qkv,
+					     (int)C3, 1.0f, dl->attn_w, (int)C3);
+				else
+					for (int j = 0; j < 3 * r->H; j++) {
+						size_t col =
+						    (size_t)(j % 3) * C + (size_t)(j / 3) * D;
+						if (r->delta_on[r0 + j])
+							continue;
+						gemm(r, 1, 0, r->C, r->D, (int)n, r->d_z, r->C,
+						     r->d_qkv + col, (int)C3, 1.0f,
+						     dl->attn_w + col, (int)C3);
+					}
+			}
 			if (!want_recv && npatched == 0) {
 				gemm(r, 0, 1, (int)n, r->C, (int)C3, r->d_qkv, (int)C3, lw->attn_w,
 				     (int)C3, 0.0f, r->d_ln, r->C);
 				p_layernorm_bwd(r, gx, NULL, r->d_ln, x,
 						r->mean + (size_t)s * r->rows,
 						r->rstd + (size_t)s * r->rows, lw->ln1_w, n, 0);
+				if (dw)
+					ln_param_grad(r, dw->layers[l].ln1_w, dw->layers[l].ln1_b,
+						      r->d_ln, x, r->mean + (size_t)s * r->rows,
+						      r->rstd + (size_t)s * r->rows, n);
 			} else {
 				for (int h = 0; h < r->H; h++)
 					for (int c = 0; c < 3; c++) {
@@ -1880,12 +2015,28 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 						     r->d_ln, r->C);
 						p_layernorm_bwd(r, rg, gx, r->d_ln, xin, mu, rs,
 								lw->ln1_w, n, 1);
+						if (!dw)
+							continue;
+						ln_param_grad(r, dw->layers[l].ln1_w,
+							      dw->layers[l].ln1_b, r->d_ln, xin, mu,
+							      rs, n);
+						if (!r->delta_on[recv])
+							continue;
+						/* this receiver's own ln_1 output, in place of its
+						 * input (s_ln), for its W_QKV columns */
+						ln_apply(r->s_ln, xin, mu, rs, lw->ln1_w, lw->ln1_b,
+							 n, r->C);
+						gemm(r, 1, 0, r->C, r->D, (int)n, r->s_ln, r->C,
+						     r->d_qkv + col, (int)C3, 1.0f,
+						     dw->layers[l].attn_w + col, (int)C3);
 					}
 			}
 			if (call_bhook(r, b, s, e) < 0)
 				return -1;
 		}
 	}
+	if (dw)
+		embed_grad(r, dw);
 	r->have_bwd = 1;
 	return 0;
 }

@@ -42,12 +42,14 @@
  * Memory: weights are memory-mapped (F32, aligned) or converted once to f32
  * (F16, BF16); a run owns one activation arena sized from the config and the
  * largest B and T it was made for, so forwards never allocate (receiver
- * delta buffers are the exception: made on first use, then kept).
+ * delta buffers are the exception: made on first use, then kept). The arena
+ * is an anonymous mapping: address space is reserved for max_b x max_t, but
+ * only the pages a forward touches (its B x T rows) use memory.
  *
- * Backward: parameter gradients are not computed yet (training, issue 7).
- * The backward kernels accumulate (+=) into their outputs, as llm.c's do, so
- * a weight-gradient buffer with the circ_weights layout (circ_weights_alloc)
- * can be added without changing this API; circ_bwd already has its field.
+ * Backward: receiver and residual gradients, and on request parameter
+ * gradients (for training, lib/train): they are added (+=) into a buffer
+ * with the circ_weights layout (circ_weights_alloc), as llm.c's backward
+ * kernels accumulate, so a caller can sum them over batches.
  *
  * Threads: a run has a thread count used both for OpenBLAS
  * (openblas_set_num_threads, which is process-wide: set at every forward and
@@ -129,7 +131,7 @@ size_t circ_config_n_params(const circ_config *c);
 /* Allocates one zeroed, 64-byte aligned buffer of n_params floats and points
  * every field into it, in a fixed order (wte, wpe, then per layer ln1_w ..
  * fcproj_b, then lnf_w, lnf_b; lm_head tied to wte). Used for in-memory
- * models, and for parameter gradients later (issue 7). Never fails (OOM
+ * models and for parameter gradients (circ_bwd.dweights). Never fails (OOM
  * exits). Free with circ_weights_free. */
 void circ_weights_alloc(circ_weights *w, const circ_config *c);
 void circ_weights_free(circ_weights *w); /* frees mem and layers; NULL-safe */
@@ -330,15 +332,20 @@ typedef struct circ_bwd {
 			       * the last forward (CIRC_READ_NONE: not allowed) */
 	circ_bwd_hook hook;   /* optional */
 	void *hook_ctx;
-	circ_weights *dweights; /* parameter gradients (+=); must be NULL for now
-				 * (issue 7) */
+	circ_weights *dweights; /* optional: parameter gradients are added (+=)
+				 * here; a circ_weights_alloc layout of the model's
+				 * config (an untied model needs its own lm_head
+				 * buffer). Deltas stay constants; a forward with
+				 * input_embed gives no token-row (wte) gradient
+				 * from the lookup, and with the ACDC convention no
+				 * wpe gradient either */
 } circ_bwd;
 
 /* One backward pass from dlogits through the last forward of r (made with
  * backward enabled). Deltas are constants (the gradient does not flow
  * through them). Fills the receiver gradients and the residual gradients.
  * -1 with a message if the run has no backward arena, no forward was made,
- * the forward read no logits, or dweights is not NULL. */
+ * the forward read no logits, or dweights does not fit the model. */
 int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e);
 
 /* Gradient of the metric with respect to receiver recv's input: (B, T, C)

@@ -13,6 +13,39 @@
  * below it are clean. A patched forward starts at min(its lowest patched
  * stage, clean_below), so the exact method and ACDC, which visit receivers
  * from the top down, recompute only what lies above the receiver.
+ *
+ * The cost of a circuit's deltas. Written directly, receiver r's delta
+ * costs one pass over (B, T, C) per patched edge: for a circuit that patches
+ * most of the graph (ACDC late in its run, small circuits in faithfulness
+ * curves) that is many times the forward itself. Two things keep it below
+ * the forward's cost:
+ *  - the complement: the residual at stage s is the sum of the outputs of
+ *    all n_in(s) nodes before s plus constants that the clean and the
+ *    reference runs share, so with D(s) = sum over u < n_in(s) of
+ *    (ref_u - current_u), a receiver with more patched than kept inputs
+ *    gets D(s) - sum over its kept u of (ref_u - current_u). Each receiver
+ *    costs min(patched, kept) passes. D is carried up the stages of one
+ *    forward (each recomputed node is added once), starting from the sum
+ *    over the nodes below the start stage, which are the clean ones:
+ *    dclean(start) = sum over u < n_in(start) of (ref_u - clean_u), kept
+ *    for the last start stage used;
+ *  - dead nodes: a node none of whose outgoing edges is kept, or whose kept
+ *    edges all feed dead nodes, cannot change the metric: every receiver
+ *    that sees it has its edge patched, (ref_u - current_u) cancelling its
+ *    current output. Its own receivers are left unpatched (the model then
+ *    runs them on its fused path): the same metric, up to rounding, for
+ *    much less work when a circuit keeps few nodes (ACDC, faithfulness of
+ *    small circuits);
+ *  - blocking: (B, T, C) is cut into blocks of CHUNK floats; per block the
+ *    difference rows ref_u - current_u that the stage needs are made once
+ *    (in L2), then every receiver of the stage sums its rows (circ_vsum,
+ *    vectorised); the blocks are split over the patcher's thread pool.
+ * In the direct form the sums are made in the same order as one running
+ * sum over u, so results do not depend on the number of threads.
+ *
+ * Buffers sized by the batch (node outputs, deltas' sums) are allocated at
+ * load for the batch loaded, never for max_b x max_t, so that memory
+ * follows the data.
  */
 #include "patch.h"
 
@@ -20,7 +53,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 enum { MODE_CIRCUIT, MODE_EDGE };
+
+/* Floats per block of the circuit delta kernel: the difference rows of
+ * every upstream node of one block (U x CHUNK floats, 320 KiB for GPT-2
+ * small) stay in L2 while the receivers of a stage sum theirs. */
+#define CHUNK 512
+
+/* One graph receiver of the stage being patched. */
+typedef struct recv_plan {
+	float *dst[3];	/* its model receivers' delta buffers (B, T, C) */
+	int ndst;
+	int complement; /* 1: delta = D - sum of the term rows; 0: the sum */
+	int nterm;
+	const int *term; /* (nterm) upstream nodes, increasing */
+} recv_plan;
 
 struct circ_patcher {
 	const circ_model *m;
@@ -38,12 +87,38 @@ struct circ_patcher {
 	circ_read *reads; /* (max_b * max_t) */
 	double *m_clean, *m_ref; /* (max_b) */
 	float *clean_logp;	 /* (N, V) kl only */
+	size_t out_cap;		 /* floats allocated in clean_out and ref_out */
 	int clean_below;
 	/* hook state */
 	int mode;
 	const uint8_t *keep;
 	int64_t edge;
+	int start; /* start stage of the current forward */
+	/* circuit delta kernel (see the top of this file) */
+	circ_pool *pool;
+	int nslot;		/* threads of the pool: one scratch each */
+	float *scratch;		/* (nslot, U + 1, CHUNK): difference rows, then a work row */
+	const float **srcs;	/* (nslot, U) row pointers handed to circ_vsum */
+	recv_plan *plan;	/* (3H) */
+	int *terms;		/* (3H, U) */
+	uint8_t *need;		/* (U) the stage needs node u's difference row */
+	int *rows;		/* (U) the needed nodes */
+	const float **cur;	/* (U) current outputs of the nodes */
+	float *dclean;		/* (B, T, C) dclean(dclean_stage) */
+	float *dacc;		/* (B, T, C) D over u < dacc_upto in this forward */
+	size_t d_cap;		/* floats allocated in dclean and dacc */
+	uint8_t *alive;		/* (U + 1) nodes that can reach the logits in the circuit */
+	int dclean_stage;	/* -1: dclean holds nothing */
+	int dacc_upto;		/* -1: D not started in this forward */
 };
+
+/* Number of upstream nodes produced before stage s (those feeding it). */
+static int stage_n_in(const circ_patcher *p, int s)
+{
+	if (s >= 2 * p->L)
+		return p->U;
+	return 1 + (s / 2) * (p->H + 1) + (s % 2 ? p->H : 0);
+}
 
 static const char *const abl_names[] = {"resample", "mean", "zero"};
 
@@ -68,7 +143,6 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	const circ_config *c = circ_model_config(m);
 	circ_patcher *p;
 	circ_run_opts ro;
-	size_t act;
 	if (g->n_layer != c->n_layer || g->n_head != c->n_head)
 		return circ_errorf(e,
 				   "the graph (%d layers, %d heads) does not match the model (%d "
@@ -102,9 +176,18 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 		if (!p->ref)
 			goto fail;
 	}
-	act = (size_t)p->U * (size_t)p->o.max_b * (size_t)p->o.max_t * (size_t)p->C;
-	p->clean_out = circ_xalloc_aligned(act * sizeof(float));
-	p->ref_out = circ_xalloc_aligned(act * sizeof(float));
+	p->pool = circ_pool_new(o->threads);
+	p->nslot = circ_pool_threads(p->pool);
+	p->scratch = circ_xalloc_aligned((size_t)p->nslot * ((size_t)p->U + 1) * CHUNK *
+					 sizeof(float));
+	p->srcs = circ_xcalloc((size_t)p->nslot * (size_t)p->U, sizeof *p->srcs);
+	p->plan = circ_xcalloc(3 * (size_t)p->H, sizeof *p->plan);
+	p->terms = circ_xcalloc(3 * (size_t)p->H * (size_t)p->U, sizeof *p->terms);
+	p->need = circ_xcalloc((size_t)p->U, 1);
+	p->rows = circ_xcalloc((size_t)p->U, sizeof *p->rows);
+	p->cur = circ_xcalloc((size_t)p->U, sizeof *p->cur);
+	p->alive = circ_xcalloc((size_t)p->U + 1, 1);
+	p->dclean_stage = -1;
 	p->reads = circ_xcalloc((size_t)p->o.max_b * (size_t)p->o.max_t, sizeof *p->reads);
 	p->m_clean = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
 	p->m_ref = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
@@ -128,6 +211,17 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->m_clean);
 	free(p->m_ref);
 	free(p->clean_logp);
+	circ_pool_free(p->pool);
+	free(p->scratch);
+	free(p->srcs);
+	free(p->plan);
+	free(p->terms);
+	free(p->need);
+	free(p->rows);
+	free(p->cur);
+	free(p->alive);
+	free(p->dclean);
+	free(p->dacc);
 	free(p);
 }
 
@@ -220,6 +314,14 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		return circ_errorf(e, "batch of %d x %d tokens exceeds the patcher's %d x %d", b->B,
 				   b->T, p->o.max_b, p->o.max_t);
 	p->b = b;
+	p->dclean_stage = -1;
+	if (p->out_cap < (size_t)p->U * n) {
+		free(p->clean_out);
+		free(p->ref_out);
+		p->out_cap = (size_t)p->U * n;
+		p->clean_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
+		p->ref_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
+	}
 	for (int i = 0; i < b->n_read; i++) {
 		p->reads[i].b = b->read_b[i];
 		p->reads[i].t = b->read_t[i];
@@ -284,6 +386,7 @@ void circ_patcher_scale_ref(circ_patcher *p, double eps)
 	size_t n = (size_t)p->U * (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
 	for (size_t i = 0; i < n; i++)
 		p->ref_out[i] = p->clean_out[i] + (float)eps * (p->ref_out[i] - p->clean_out[i]);
+	p->dclean_stage = -1;
 }
 
 const circ_batch *circ_patcher_batch(const circ_patcher *p)
@@ -334,7 +437,7 @@ static int model_recvs(const circ_patcher *p, int r, int *mr)
 	}
 }
 
-/* Adds (ref_u - current_u) into d for every patched u of graph receiver r. */
+/* Edge mode: adds (ref_u - current_u) into d for the patched edge u->r. */
 static void add_patched(circ_patcher *p, circ_run *run, int r, float **d, int nmr, const int *mr)
 {
 	const circ_graph *g = p->g;
@@ -344,7 +447,7 @@ static void add_patched(circ_patcher *p, circ_run *run, int r, float **d, int nm
 	float *dst = NULL;
 	for (int u = 0; u < n_in; u++) {
 		const float *ref, *cur;
-		if (p->mode == MODE_CIRCUIT ? p->keep[first + u] != 0 : p->edge != first + u)
+		if (p->edge != first + u)
 			continue;
 		if (!dst)
 			dst = *d = circ_run_delta(run, mr[0]);
@@ -358,46 +461,202 @@ static void add_patched(circ_patcher *p, circ_run *run, int r, float **d, int nm
 			memcpy(circ_run_delta(run, mr[j]), dst, n * sizeof(float));
 }
 
+/* ---- circuit mode: the delta kernel ---- */
+
+typedef struct block_task {
+	circ_patcher *p;
+	size_t n;	  /* B*T*C */
+	int nplan;
+	int nrows;
+	int d_lo, d_hi;	  /* dacc = d_base + the rows of nodes d_lo .. d_hi-1 */
+	const float *d_base; /* dacc itself, dclean, or NULL: D not used */
+} block_task;
+
+/* d (n) = a - b; the arrays do not overlap. Written in groups of 8 so
+ * that -O2 vectorises it (the cheap cost model leaves the plain loop
+ * scalar). */
+static void vsub(float *restrict d, const float *restrict a, const float *restrict b, size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++)
+			d[i + j] = a[i + j] - b[i + j];
+	for (; i < n; i++)
+		d[i] = a[i] - b[i];
+}
+
+/* y (n) = sum of the k rows src (k >= 1) in order. */
+static void rows_sum(float *y, const float *const *src, int k, size_t n)
+{
+	circ_vsum(y, src[0], k > 1 ? src[1] : NULL, src + 2, k > 2 ? k - 2 : 0, n);
+}
+
+/* Slot k of the pool: the blocks k*nb/nslot .. (k+1)*nb/nslot-1. */
+static void block_part(void *ctx, size_t k0, size_t k1)
+{
+	const block_task *t = ctx;
+	circ_patcher *p = t->p;
+	size_t nb = (t->n + CHUNK - 1) / CHUNK;
+	for (size_t k = k0; k < k1; k++) {
+		float *scr = p->scratch + k * ((size_t)p->U + 1) * CHUNK;
+		float *work = scr + (size_t)p->U * CHUNK;
+		const float **src = p->srcs + k * (size_t)p->U;
+		size_t b0 = k * nb / (size_t)p->nslot, b1 = (k + 1) * nb / (size_t)p->nslot;
+		for (size_t blk = b0; blk < b1; blk++) {
+			size_t i0 = blk * CHUNK, len = t->n - i0 < CHUNK ? t->n - i0 : CHUNK;
+			/* the difference rows ref_u - current_u of the block */
+			for (int j = 0; j < t->nrows; j++) {
+				int u = p->rows[j];
+				vsub(scr + (size_t)u * CHUNK, p->ref_out + (size_t)u * t->n + i0,
+				     p->cur[u] + i0, len);
+			}
+			if (t->d_base && (t->d_hi > t->d_lo || t->d_base != p->dacc)) {
+				for (int u = t->d_lo; u < t->d_hi; u++)
+					src[u - t->d_lo] = scr + (size_t)u * CHUNK;
+				circ_vsum(p->dacc + i0, t->d_base + i0, NULL, src, t->d_hi - t->d_lo, len);
+			}
+			for (int r = 0; r < t->nplan; r++) {
+				const recv_plan *pl = &p->plan[r];
+				float *dst = pl->dst[0] + i0;
+				for (int j = 0; j < pl->nterm; j++)
+					src[j] = scr + (size_t)pl->term[j] * CHUNK;
+				if (!pl->complement) {
+					rows_sum(dst, src, pl->nterm, len);
+				} else if (pl->nterm == 0) {
+					memcpy(dst, p->dacc + i0, len * sizeof(float));
+				} else {
+					rows_sum(work, src, pl->nterm, len);
+					vsub(dst, p->dacc + i0, work, len);
+				}
+				for (int j = 1; j < pl->ndst; j++)
+					memcpy(pl->dst[j] + i0, dst, len * sizeof(float));
+			}
+		}
+	}
+}
+
+/* dclean = sum over u < n_in(s) of (ref_u - clean_u), for start stage s. */
+static void dclean_part(void *ctx, size_t k0, size_t k1)
+{
+	const block_task *t = ctx;
+	circ_patcher *p = t->p;
+	size_t n = t->n;
+	for (size_t k = k0; k < k1; k++) {
+		float *work = p->scratch + k * ((size_t)p->U + 1) * CHUNK;
+		size_t i0 = k * n / (size_t)p->nslot, i1 = (k + 1) * n / (size_t)p->nslot;
+		for (size_t c0 = i0; c0 < i1; c0 += CHUNK) {
+			size_t len = i1 - c0 < CHUNK ? i1 - c0 : CHUNK;
+			float *d = p->dclean + c0;
+			memset(d, 0, len * sizeof(float));
+			for (int u = 0; u < t->d_hi; u++) {
+				vsub(work, p->ref_out + (size_t)u * n + c0, p->clean_out + (size_t)u * n + c0,
+				     len);
+				circ_vadd(d, work, len);
+			}
+		}
+	}
+}
+
+/* Sets the deltas of the receivers of stage s for the circuit p->keep. */
+static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
+{
+	const circ_graph *g = p->g;
+	size_t n = (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
+	int recvs[3 * CIRC_GRAPH_MAX_HEAD], nr = 0, nplan = 0, use_d = 0, nrows = 0;
+	int n_stage = stage_n_in(p, s);
+	block_task t = {p, n, 0, 0, 0, 0, NULL};
+	if (s == 2 * p->L)
+		recvs[nr++] = circ_graph_recv_logits(g);
+	else if (s % 2)
+		recvs[nr++] = circ_graph_recv_mlp(g, layer);
+	else
+		for (int h = 0; h < p->H; h++)
+			for (int c = 0; c < (g->level == CIRC_LEVEL_EDGE ? 3 : 1); c++)
+				recvs[nr++] = circ_graph_recv_head(g, layer, h, c);
+	memset(p->need, 0, (size_t)p->U);
+	for (int i = 0; i < nr; i++) {
+		int r = recvs[i], n_in = circ_graph_recv_n_in(g, r), npatched = 0, mr[3], node;
+		const uint8_t *keep = p->keep + g->recv_first[r];
+		recv_plan *pl = &p->plan[nplan];
+		int *term = p->terms + (size_t)nplan * (size_t)p->U;
+		circ_graph_recv_info(g, r, NULL, &node);
+		if (!p->alive[node])
+			continue;
+		for (int u = 0; u < n_in; u++)
+			npatched += !keep[u];
+		if (npatched == 0)
+			continue;
+		/* the complement costs the kept rows plus D */
+		pl->complement = npatched > n_in - npatched + 1;
+		pl->nterm = 0;
+		for (int u = 0; u < n_in; u++)
+			if ((keep[u] != 0) == pl->complement) {
+				term[pl->nterm++] = u;
+				p->need[u] = 1;
+			}
+		pl->term = term;
+		pl->ndst = model_recvs(p, r, mr);
+		for (int j = 0; j < pl->ndst; j++)
+			pl->dst[j] = circ_run_delta(run, mr[j]);
+		use_d |= pl->complement;
+		nplan++;
+	}
+	if (nplan == 0)
+		return;
+	if (use_d) {
+		/* D over u < n_stage: from dclean(start), or from the last stage's D */
+		if (p->d_cap < n) {
+			free(p->dclean);
+			free(p->dacc);
+			p->d_cap = n;
+			p->dclean = circ_xalloc_aligned(n * sizeof(float));
+			p->dacc = circ_xalloc_aligned(n * sizeof(float));
+			p->dclean_stage = -1;
+		}
+		if (p->dacc_upto < 0) {
+			if (p->dclean_stage != p->start) {
+				block_task tc = {p, n, 0, 0, 0, stage_n_in(p, p->start), NULL};
+				circ_pool_for(p->pool, (size_t)p->nslot, dclean_part, &tc);
+				p->dclean_stage = p->start;
+			}
+			t.d_base = p->dclean;
+			t.d_lo = stage_n_in(p, p->start);
+		} else {
+			t.d_base = p->dacc;
+			t.d_lo = p->dacc_upto;
+		}
+		t.d_hi = n_stage;
+		for (int u = t.d_lo; u < t.d_hi; u++)
+			p->need[u] = 1;
+		p->dacc_upto = n_stage;
+	}
+	for (int u = 0; u < n_stage; u++)
+		if (p->need[u]) {
+			p->rows[nrows++] = u;
+			p->cur[u] = circ_run_node_out(run, u);
+		}
+	t.nplan = nplan;
+	t.nrows = nrows;
+	circ_pool_for(p->pool, (size_t)p->nslot, block_part, &t);
+}
+
 static int hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, circ_error *e)
 {
 	circ_patcher *p = ctx;
 	const circ_graph *g = p->g;
-	int mr[3], nmr;
+	int mr[3], nmr, s = sk == CIRC_STAGE_ATTN ? 2 * layer : sk == CIRC_STAGE_MLP ? 2 * layer + 1
+										       : 2 * p->L;
 	float *d;
+	(void)e;
 	if (p->mode == MODE_EDGE) {
 		int r = g->edge_recv[p->edge];
-		int s = circ_patcher_recv_stage(p, r);
-		int here = sk == CIRC_STAGE_ATTN ? 2 * layer : sk == CIRC_STAGE_MLP ? 2 * layer + 1
-										: 2 * p->L;
-		if (s == here) {
+		if (circ_patcher_recv_stage(p, r) == s) {
 			nmr = model_recvs(p, r, mr);
 			add_patched(p, run, r, &d, nmr, mr);
 		}
 		return 0;
 	}
-	switch (sk) {
-	case CIRC_STAGE_ATTN:
-		for (int h = 0; h < p->H; h++)
-			for (int c = 0; c < (g->level == CIRC_LEVEL_EDGE ? 3 : 1); c++) {
-				int r = circ_graph_recv_head(g, layer, h, c);
-				nmr = model_recvs(p, r, mr);
-				add_patched(p, run, r, &d, nmr, mr);
-			}
-		break;
-	case CIRC_STAGE_MLP: {
-		int r = circ_graph_recv_mlp(g, layer);
-		nmr = model_recvs(p, r, mr);
-		add_patched(p, run, r, &d, nmr, mr);
-		break;
-	}
-	case CIRC_STAGE_FINAL: {
-		int r = circ_graph_recv_logits(g);
-		nmr = model_recvs(p, r, mr);
-		add_patched(p, run, r, &d, nmr, mr);
-		break;
-	}
-	}
-	(void)e;
+	circuit_stage(p, run, layer, s);
 	return 0;
 }
 
@@ -418,16 +677,45 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 		return 0;
 	}
 	f.start_stage = stage;
+	p->start = stage;
+	p->dacc_upto = -1;
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
 	p->clean_below = stage;
 	return read_metric(p, p->main, out);
 }
 
+/* p->alive for the circuit p->keep: from the logits down, a node lives if
+ * one of its kept edges feeds a receiver of a live node. Receivers are
+ * numbered in topological order, so one pass from the last one suffices. */
+static void mark_alive(circ_patcher *p)
+{
+	const circ_graph *g = p->g;
+	memset(p->alive, 0, (size_t)p->U);
+	p->alive[p->U] = 1;
+	for (int r = g->n_recv - 1; r >= 0; r--) {
+		int node, n_in = circ_graph_recv_n_in(g, r);
+		const uint8_t *keep = p->keep + g->recv_first[r];
+		circ_graph_recv_info(g, r, NULL, &node);
+		if (p->alive[node])
+			for (int u = 0; u < n_in; u++)
+				p->alive[u] |= keep[u] != 0;
+	}
+}
+
 int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *out, circ_error *e)
 {
+	int live = 0;
 	p->mode = MODE_CIRCUIT;
 	p->keep = keep;
+	mark_alive(p);
+	for (int u = 0; u < p->U && !live; u++)
+		live = p->alive[u];
+	if (!live && p->o.ablation == CIRC_ABL_RESAMPLE) {
+		/* logits reads every node's reference output: the reference run */
+		memcpy(out, p->m_ref, (size_t)p->b->B * sizeof *out);
+		return 0;
+	}
 	return patched_forward(p, stage, out, e);
 }
 

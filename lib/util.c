@@ -264,3 +264,17 @@ void circ_progress_end(circ_progress *p)
 	if (p->enabled && p->last > 0)
 		fprintf(stderr, "\r\033[K");
 }
+
+int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e)
+{
+	char path[4096];
+	FILE *f;
+	if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path)
+		return circ_errorf(e, "'%s/%s': path too long", dir, name);
+	if (!(f = fopen(path, "w")))
+		return circ_errorf(e, "'%s': cannot create: %s", path, strerror(errno));
+	fputs(text, f);
+	if (ferror(f) | fclose(f))
+		return circ_errorf(e, "'%s': write error", path);
+	return 0;
+}

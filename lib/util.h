@@ -63,6 +63,10 @@ void circ_sha256_final_hex(circ_sha256 *s, char out[72]);
 /* Digest of a whole file into out ("sha256:..."); -1 with message on error. */
 int circ_sha256_file(const char *path, char out[72], circ_error *e);
 
+/* Writes text to dir/name (created or truncated), checking the write and
+ * the close; -1 with a message naming the file on error. */
+int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e);
+
 /* Progress on stderr, only when stderr is a terminal. total may be 0 (unknown). */
 typedef struct circ_progress {
 	const char *what;

@@ -60,11 +60,20 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 }
 
 @test "batch size and threads do not change the results" {
+	# the same settings give the same bytes; other batch sizes and thread
+	# counts may let OpenBLAS pick other kernels (OPENBLAS_CORETYPE), which
+	# round differently in float32
 	circ-forward --model "$M" --json --batch 1 "$TOK" | tail -n +2 >"$T/b1"
+	circ-forward --model "$M" --json --batch 1 "$TOK" | tail -n +2 >"$T/b1again"
+	cmp "$T/b1" "$T/b1again"
 	circ-forward --model "$M" --json --batch 3 "$TOK" | tail -n +2 >"$T/b3"
-	cmp "$T/b1" "$T/b3"
 	circ-forward --model "$M" --json --threads 2 "$TOK" | tail -n +2 >"$T/t2"
-	paste -d '\n' "$T/b1" "$T/t2" | jq -s -e '[range(0; length; 2) as $i | ((.[$i].metric - .[$i + 1].metric) | fabs) < 1e-5] | all'
+	for o in b3 t2; do
+		paste -d '\n' "$T/b1" "$T/$o" | jq -s -e '[range(0; length; 2) as $i |
+			((.[$i].metric - .[$i + 1].metric) | fabs) < 1e-5 and
+			.[$i].correct == .[$i + 1].correct and
+			([.[$i].top[].token] == [.[$i + 1].top[].token])] | all'
+	done
 }
 
 @test "kl: zero on the clean prompts, positive on the corrupted ones" {

@@ -4,7 +4,7 @@
 Written from the formulas, not from transformers (which is not installed):
 it reads a Hugging Face GPT-2 directory (config.json + model.safetensors,
 F32/F16/BF16, names with or without "transformer.", lm_head tied unless
-present) with a small safetensors parser of its own, and computes, with
+present) with a numpy safetensors parser (stio.py), and computes, with
 per-receiver inputs made explicit so that autograd gives each receiver's
 gradient separately:
 
@@ -12,7 +12,8 @@ gradient separately:
   z_h W_O^h without the c_proj bias, each MLP's output with its bias),
   attention probabilities, and for loss = sum(logits * dlogits):
   the gradient at every receiver's input (q, k, v of each head, each MLP,
-  logits) and at every node's output.
+  logits), at every node's output, and at every parameter (param_grad,
+  flattened in circ_weights_alloc order; lm_head tied to wte).
 
 Receivers may carry additive deltas (input = residual + delta), as in
 circ's forward hook.
@@ -39,68 +40,19 @@ tests/forward.bats.
 import json
 import math
 import re
-import struct
 import sys
 
 import numpy as np
 import torch
 
+from stio import read_safetensors, write_safetensors
+
 torch.set_default_dtype(torch.float64)
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        buf = f.read()
-    (n,) = struct.unpack("<Q", buf[:8])
-    header = json.loads(buf[8:8 + n])
-    data = buf[8 + n:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        b, e = info["data_offsets"]
-        raw = data[b:e]
-        shape = info["shape"]
-        dt = info["dtype"]
-        if dt == "F32":
-            a = np.frombuffer(raw, dtype="<f4").astype(np.float64)
-        elif dt == "F16":
-            a = np.frombuffer(raw, dtype="<f2").astype(np.float64)
-        elif dt == "BF16":
-            a = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-            a = a.astype(np.float64)
-        elif dt == "I32":
-            a = np.frombuffer(raw, dtype="<i4")
-        else:
-            raise SystemExit("unsupported dtype %s" % dt)
-        out[name] = a.reshape(shape)
-    return out
-
-
-def write_safetensors(path, tensors):
-    header = {}
-    off = 0
-    blobs = []
-    for name, a in tensors.items():
-        if a.dtype == np.int32:
-            dt, b = "I32", a.astype("<i4").tobytes()
-        else:
-            dt, b = "F32", np.ascontiguousarray(a, dtype="<f4").tobytes()
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        off += len(b)
-        blobs.append(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - (len(h) + 8) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
 
 
 def load_model(d):
     cfg = json.load(open(d + "/config.json"))
-    raw = read_safetensors(d + "/model.safetensors")
+    raw = read_safetensors(d + "/model.safetensors", float64=True)
     w = {}
     for k, v in raw.items():
         if k.startswith("transformer.") and k != "transformer.lm_head.weight":
@@ -125,8 +77,23 @@ def layer_norm(x, w, b, eps):
     return (x - mu) / torch.sqrt(var + eps) * w + b
 
 
+PARAM_ORDER = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+               "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+               "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"]
+
+
+def param_names(L):
+    """Parameter names in circ_weights_alloc order (lm_head tied to wte)."""
+    names = ["wte.weight", "wpe.weight"]
+    for l in range(L):
+        names += ["h.%d.%s" % (l, k) for k in PARAM_ORDER]
+    return names + ["ln_f.weight", "ln_f.bias"]
+
+
 def run_case(case):
     cfg, w = load_model(case["model"])
+    for k in param_names(cfg["n_layer"]):
+        w[k].requires_grad_(True)
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
     V = cfg["vocab_size"]
     D = C // H
@@ -162,7 +129,8 @@ def run_case(case):
     emb = w["wte.weight"][tok]
     if acdc:
         emb = emb + wpe
-    inp_out = emb.clone().requires_grad_(True)
+    inp_out = emb.clone()
+    inp_out.retain_grad()  # a non-leaf: wte requires grad
     x = inp_out + (0 if acdc else wpe)
     node_outs = [inp_out]
     recv_inputs = [None] * R
@@ -240,6 +208,8 @@ def run_case(case):
         "attn": torch.stack(attns).numpy(),
         "recv_grad": np.stack(rg),
         "node_grad": node_grad,
+        # d loss / d parameters, flattened in circ_weights_alloc order
+        "param_grad": np.concatenate([w[k].grad.numpy().ravel() for k in param_names(L)]),
     }
     assert out["nodes"].shape == (U, B, T, C)
     write_safetensors(case["out"], out)

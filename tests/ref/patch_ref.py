@@ -15,26 +15,12 @@ Nothing here comes from circ's C code.
   patch_ref.py compare REF.json KEY SCORES.jsonl [--atol A --rtol R]
       compares a `circ cat` of a scores stream with the reference
 """
-import json, math, struct, sys, argparse
+import json, math, sys, argparse
 import torch
 
+from stio import write_safetensors
+
 torch.set_default_dtype(torch.float64)
-
-
-def write_safetensors(path, tensors):
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        b = t.to(torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
 
 
 class Model:

@@ -14,16 +14,8 @@
 #include <unistd.h>
 
 #include "circuit.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next_rand(void)

@@ -9,16 +9,8 @@
 #include <string.h>
 
 #include "evalm.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 #define NEAR(a, b, tol) (fabs((a) - (b)) <= (tol))
 

@@ -13,16 +13,8 @@
 
 #include "graph.h"
 #include "stream.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 /* Naive enumeration: names of all edges, EAP-IG style, into a malloc'd
  * array of malloc'd strings. */

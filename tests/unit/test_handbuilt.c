@@ -30,16 +30,8 @@
 #include "graph.h"
 #include "handbuilt.h"
 #include "patch.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 #define CHECKF(cond, ...)                                                                          \
 	do {                                                                                       \

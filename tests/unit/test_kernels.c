@@ -7,7 +7,8 @@
  * tested: the test re-runs itself with CIRC_NO_SIMD=1.
  *
  * Tolerances (relative to the scale of the values):
- *   gemm 2e-6 * sqrt(k); LayerNorm fwd 2e-6, bwd 1e-5; GELU fwd 1e-6
+ *   gemm 2e-6 * sqrt(k); LayerNorm fwd 2e-6, bwd (input and parameter
+ *   gradients) 1e-5; bias gradient 1e-5; GELU fwd 1e-6
  *   (tanh) / 4e-7 abs (erf); GELU bwd 2e-6; exp 3e-7 relative; attention
  *   2e-6 fwd, 1e-5 bwd; finite differences 1e-4 relative.
  */
@@ -20,17 +21,9 @@
 #include "kernels.h"
 #include "rng.h"
 #include "util.h"
+#include "check.h"
 
-static int failures;
 static circ_rng rng;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 static float *randv(size_t n, double scale)
 {
@@ -128,6 +121,52 @@ static void test_layernorm(void)
 		circ_layernorm_bwd_ref(d2, a2, dy, xc, m2, r2, w, N, C, 1);
 		CHECK(close_to("layernorm bwd set", d1, d2, (size_t)N * C, 1e-5, 1));
 		CHECK(close_to("layernorm bwd set acc", a1, a2, (size_t)N * C, 1e-5, 1));
+
+		/* parameter gradients: fast vs reference, then finite differences of
+		 * the reference forward for w and b on all rows */
+		{
+			float *gw1 = randv((size_t)C, 1), *gw2 = copyv(gw1, (size_t)C);
+			float *gb1 = randv((size_t)C, 1), *gb2 = copyv(gb1, (size_t)C);
+			circ_layernorm_bwd_params(gw1, gb1, dy, xc, m2, r2, N, C);
+			circ_layernorm_bwd_params_ref(gw2, gb2, dy, xc, m2, r2, N, C);
+			CHECK(close_to("layernorm dw", gw1, gw2, (size_t)C, 1e-5, 1));
+			CHECK(close_to("layernorm db", gb1, gb2, (size_t)C, 1e-5, 1));
+			memset(gw2, 0, (size_t)C * 4);
+			memset(gb2, 0, (size_t)C * 4);
+			circ_layernorm_bwd_params_ref(gw2, gb2, dy, xc, m2, r2, N, C);
+			for (int i = 0; i < C; i += (C > 16 ? 5 : 1)) {
+				double lw[2], lb[2], h = 1e-3;
+				float *o = circ_xalloc_aligned((size_t)N * C * 4);
+				for (int sgn = 0; sgn < 2; sgn++) {
+					float sw = w[i], sb = b[i];
+					w[i] = (float)(sw + (sgn ? -h : h));
+					circ_layernorm_fwd_ref(o, C, NULL, NULL, xc, C, w, b, N, C,
+							       1e-5f);
+					lw[sgn] = 0;
+					for (int j = 0; j < N * C; j++)
+						lw[sgn] += (double)o[j] * dy[j];
+					w[i] = sw;
+					b[i] = (float)(sb + (sgn ? -h : h));
+					circ_layernorm_fwd_ref(o, C, NULL, NULL, xc, C, w, b, N, C,
+							       1e-5f);
+					lb[sgn] = 0;
+					for (int j = 0; j < N * C; j++)
+						lb[sgn] += (double)o[j] * dy[j];
+					b[i] = sb;
+				}
+				double fw = (lw[0] - lw[1]) / (2 * h),
+				       fb = (lb[0] - lb[1]) / (2 * h);
+				if (fabs(fw - gw2[i]) > 2e-3 * (fabs(fw) + 1) ||
+				    fabs(fb - gb2[i]) > 2e-3 * (fabs(fb) + 1)) {
+					fprintf(stderr,
+						"layernorm param fd C=%d i=%d: %g/%g vs %g/%g\n", C,
+						i, fw, fb, gw2[i], gb2[i]);
+					failures++;
+				}
+				free(o);
+			}
+			free(gw1), free(gw2), free(gb1), free(gb2);
+		}
 
 		/* finite differences of the reference on row 0: loss = sum(out * dy) */
 		if (C >= 2 && C <= 100) {
@@ -307,6 +346,16 @@ static void test_vsum(void)
 	free(a), free(b), free(s1), free(s2), free(y), free(want);
 }
 
+static void test_bias_bwd(void)
+{
+	int m = 37, n = 29, ld = 33;
+	float *d = randv((size_t)m * ld, 1), *b1 = randv((size_t)n, 1), *b2 = copyv(b1, (size_t)n);
+	circ_bias_bwd(b1, d, m, n, ld);
+	circ_bias_bwd_ref(b2, d, m, n, ld);
+	CHECK(close_to("bias bwd", b1, b2, (size_t)n, 1e-5, 1));
+	free(d), free(b1), free(b2);
+}
+
 static void test_pool(void)
 {
 	for (int th = 1; th <= 3; th++) {
@@ -338,6 +387,7 @@ int main(int argc, char **argv)
 	test_exp();
 	test_attention();
 	test_vsum();
+	test_bias_bwd();
 	test_pool();
 	if (failures) {
 		fprintf(stderr, "test_kernels%s: %d failures\n",

@@ -12,12 +12,16 @@
  *    same deltas set from a hook) and backward and compares. Tolerances, as
  *    max |circ - torch| / (max |torch| + floor) per tensor:
  *        logits 1e-4 absolute and 2e-6 relative, node outputs and attention
- *        2e-6, receiver and node gradients 2e-5 (measured errors are about
- *        10x smaller: 1e-7 - 2e-7 forward, up to 1.6e-6 gradients).
+ *        2e-6, receiver, node and parameter gradients 2e-5 (measured errors
+ *        are about 10x smaller: 1e-7 - 2e-7 forward, up to 1.6e-6
+ *        gradients). Parameter gradients (circ_bwd.dweights, every tensor
+ *        including the tied wte/lm_head and wpe) are compared tensor by
+ *        tensor.
  *    Metric values and gradients are compared with PyTorch autograd (1e-5).
  * 2. Finite differences: with the reference kernels (double accumulation),
  *    d metric / d receiver input and / d node output at sampled elements,
- *    perturbing through receiver deltas (relative 2e-3).
+ *    perturbing through receiver deltas, and d metric / d parameter at 300
+ *    sampled parameters (relative 2e-3).
  * 3. Self-consistency: node gradient = sum of its downstream receivers'
  *    gradients; patching every edge to the corrupted run's outputs
  *    reproduces the corrupted logits; keep_nodes 0, 2 threads, resumed
@@ -41,26 +45,9 @@
 #include "rng.h"
 #include "safetensors.h"
 #include "util.h"
+#include "check.h"
 
-static int failures;
 static char tmp[256];
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_MSG(cond, e)                                                                         \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__,      \
-				#cond, (e).msg);                                                   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 /* max |a - b| / (max |b| + floor); reports and fails above tol. */
 static double cmp(const char *what, const float *a, const float *b, size_t n, double tol,
@@ -163,6 +150,40 @@ static const float *tensor_f32(circ_st *f, const char *name, size_t want)
 	return t->data;
 }
 
+/* Parameter gradients tensor by tensor, in circ_weights_alloc order. */
+static void compare_params(const char *name, const circ_config *c, const circ_weights *dw,
+			   const float *want)
+{
+	static const char *const per_layer[12] = {
+	    "ln_1.weight",	  "ln_1.bias",	      "attn.c_attn.weight", "attn.c_attn.bias",
+	    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",	    "ln_2.bias",
+	    "mlp.c_fc.weight",	  "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias"};
+	size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner;
+	size_t sizes[12] = {C, C, C * 3 * C, 3 * C, C * C, C, C, C, C * F, F, F * C, C};
+	size_t off = 0;
+	char what[128];
+	if (!want)
+		return;
+#define PCMP(label, count)                                                                         \
+	do {                                                                                       \
+		snprintf(what, sizeof what, "%s: d %s", name, label);                              \
+		cmp(what, dw->mem + off, want + off, count, 2e-5, 1e-6);                           \
+		off += (count);                                                                    \
+	} while (0)
+	PCMP("wte.weight", (size_t)c->vocab_size * C);
+	PCMP("wpe.weight", (size_t)c->n_ctx * C);
+	for (int l = 0; l < c->n_layer; l++)
+		for (int k = 0; k < 12; k++) {
+			char lab[64];
+			snprintf(lab, sizeof lab, "h.%d.%s", l, per_layer[k]);
+			PCMP(lab, sizes[k]);
+		}
+	PCMP("ln_f.weight", C);
+	PCMP("ln_f.bias", C);
+#undef PCMP
+	CHECK(off == dw->n_params);
+}
+
 static void compare_case(const ref_case *rc, const char *mdir, const char *gold)
 {
 	circ_error e = {{0}};
@@ -172,6 +193,7 @@ static void compare_case(const ref_case *rc, const char *mdir, const char *gold)
 	circ_run_opts ro;
 	circ_fwd f;
 	circ_bwd b = {0};
+	circ_weights dw;
 	delta_ctx dc = {0};
 	const circ_st_tensor *tok, *drecv, *reads;
 	int B = rc->B, T = rc->T, C = rc->c.n_embd, V = rc->c.vocab_size, L = rc->c.n_layer,
@@ -234,7 +256,11 @@ static void compare_case(const ref_case *rc, const char *mdir, const char *gold)
 		    (size_t)B * H * T * T, 2e-6, 1e-3);
 	}
 	b.dlogits = tensor_f32(g, "dlogits", N * V);
+	circ_weights_alloc(&dw, &rc->c);
+	b.dweights = &dw;
 	CHECK_MSG(b.dlogits && circ_backward(r, &b, &e) == 0, e);
+	compare_params(rc->name, &rc->c, &dw, tensor_f32(g, "param_grad", dw.n_params));
+	circ_weights_free(&dw);
 	const float *gr = tensor_f32(g, "recv_grad", (size_t)circ_model_n_recv(m) * per);
 	for (int k = 0; gr && k < circ_model_n_recv(m); k++) {
 		snprintf(what, sizeof what, "%s: receiver %d gradient", rc->name, k);
@@ -532,6 +558,51 @@ static void test_fd(void)
 	free(ng);
 	circ_run_free(r);
 	circ_model_free(m);
+
+	/* parameters: a writable copy of the model (copy = 1 lays the weights
+	 * out as circ_weights_alloc does, so element i of the parameter vector
+	 * is wte[i] of the model and dw.mem[i] of the gradient) */
+	{
+		circ_model_opts mo;
+		circ_weights dw;
+		circ_model_opts_default(&mo);
+		mo.copy = 1;
+		m = circ_model_open(dir, &mo, &e);
+		CHECK_MSG(m, e);
+		if (!m)
+			return;
+		r = circ_run_new(m, 2, 5, &ro, &e);
+		fc = (fd_ctx){0};
+		CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
+		fd_metric(r, dl);
+		circ_weights_alloc(&dw, &c);
+		b.dweights = &dw;
+		CHECK_MSG(circ_backward(r, &b, &e) == 0, e);
+		float *pv = (float *)(uintptr_t)circ_model_weights(m)->wte;
+		CHECK(circ_model_weights(m)->lnf_b + c.n_embd == pv + dw.n_params);
+		for (int rep = 0; rep < 300; rep++) {
+			size_t idx = circ_rng_below(&rng, dw.n_params);
+			float save = pv[idx];
+			double v[2];
+			for (int sgn = 0; sgn < 2; sgn++) {
+				pv[idx] = save + (sgn ? -FD_EPS : FD_EPS);
+				CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
+				v[sgn] = fd_metric(r, NULL);
+			}
+			pv[idx] = save;
+			double fd = (v[0] - v[1]) / (2 * FD_EPS), an = dw.mem[idx];
+			if (fabs(fd - an) > 2e-3 * (fabs(fd) + 0.05)) {
+				if (bad++ < 15)
+					fprintf(stderr,
+						"fd parameter %zu: fd %.6g, backward %.6g\n", idx,
+						fd, an);
+				failures++;
+			}
+		}
+		circ_weights_free(&dw);
+		circ_run_free(r);
+		circ_model_free(m);
+	}
 }
 
 /* ============================================================ part 3: consistency */
@@ -775,9 +846,10 @@ static void test_consistency(void)
 		fb.T = T + 1;
 		CHECK(circ_forward(r2, &fb, &e) < 0 && strstr(e.msg, "7 tokens"));
 		CHECK(circ_run_new(m, 1, 11, &ro, &e) == NULL && strstr(e.msg, "context (10)"));
-		circ_bwd bw = {dl, NULL, NULL, (circ_weights *)1};
+		circ_weights badw = {0}; /* not a circ_weights_alloc layout */
+		circ_bwd bw = {dl, NULL, NULL, &badw};
 		CHECK_MSG(circ_forward(r2, &f, &e) == 0, e);
-		CHECK(circ_backward(r2, &bw, &e) < 0 && strstr(e.msg, "not implemented"));
+		CHECK(circ_backward(r2, &bw, &e) < 0 && strstr(e.msg, "dweights"));
 		circ_run_opts nob;
 		circ_run_opts_default(&nob);
 		r3 = circ_run_new(m, B, T, &nob, &e);

@@ -15,20 +15,12 @@
 #include "rng.h"
 #include "safetensors.h"
 #include "util.h"
+#include "check.h"
 
-static int failures;
 static char dir[256];
 
 /* The compiler's half type is the reference for F16 (an extension in C11). */
 __extension__ typedef _Float16 half_t;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
 
 /* A file of: 8-byte length of header, header, then ndata bytes (0..). */
 static void write_raw(const char *path, const char *header, size_t hlen_claim, size_t ndata)

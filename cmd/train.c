@@ -1,0 +1,573 @@
+/*
+ * circ-train: trains a small GPT-2-architecture model on one of circ's
+ * synthetic tasks (induction, ioi, greater-than) and writes it as a Hugging
+ * Face directory that every circ tool reads: config.json, model.safetensors,
+ * vocab.json, merges.txt, plus circ.mk (the pipelines' dataset settings for
+ * the model) and README.md (the command, the settings and the evaluation).
+ * With --diagnose DIR it prints per-head attention scores (previous-token,
+ * induction, duplicate-token) of any model directory instead.
+ *
+ * Everything is built in DIR.tmp-<pid> and renamed into place at the end, so
+ * an interrupted run never leaves a directory that looks complete. The
+ * output is a function of the options and the thread count.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bpe.h"
+#include "model.h"
+#include "opt.h"
+#include "train.h"
+
+enum {
+	OPT_OUT = CIRC_OPT_FIRST_TOOL,
+	OPT_SEED,
+	OPT_STEPS,
+	OPT_BATCH,
+	OPT_LR,
+	OPT_MIN_LR,
+	OPT_WARMUP,
+	OPT_WD,
+	OPT_CLIP,
+	OPT_LAYERS,
+	OPT_HEADS,
+	OPT_EMBD,
+	OPT_INNER,
+	OPT_CTX,
+	OPT_THREADS,
+	OPT_LOG,
+	OPT_EVAL,
+	OPT_NAMES,
+	OPT_SEQ_LEN,
+	OPT_MIN_REP,
+	OPT_MAX_REP,
+	OPT_CHUNKS,
+	OPT_LEN,
+	OPT_VOCAB_LO,
+	OPT_VOCAB_HI,
+	OPT_DIAGNOSE,
+	OPT_N,
+};
+
+static const circ_opt opts[] = {
+    {"out", OPT_OUT, "DIR", "write the trained model directory DIR"},
+    {"seed", OPT_SEED, "S", "random seed for weights and data, 0..2^63-1 (default 0)"},
+    {"steps", OPT_STEPS, "N", "optimisation steps (default: per task, see the manual)"},
+    {"batch", OPT_BATCH, "B", "sequences per step (default 32)"},
+    {"lr", OPT_LR, "LR", "peak learning rate (default: per task)"},
+    {"min-lr", OPT_MIN_LR, "F", "final learning rate as a fraction of the peak (default 0.1)"},
+    {"warmup", OPT_WARMUP, "N", "linear warm-up steps (default: steps/20)"},
+    {"weight-decay", OPT_WD, "WD", "AdamW weight decay of matrices and embeddings (default 0.01)"},
+    {"clip", OPT_CLIP, "G", "clip the gradient's global norm to G; 0: off (default 1)"},
+    {"layers", OPT_LAYERS, "L", "transformer layers (default 2)"},
+    {"heads", OPT_HEADS, "H", "attention heads per layer (default 4)"},
+    {"embd", OPT_EMBD, "C", "residual width, a multiple of the heads (default 64)"},
+    {"inner", OPT_INNER, "F", "MLP width (default 4C)"},
+    {"ctx", OPT_CTX, "P", "context length n_ctx (default: the task's longest sequence)"},
+    {"threads", OPT_THREADS, "N", "threads for OpenBLAS and circ's kernels (default 1)"},
+    {"log", OPT_LOG, "N", "print the mean loss every N steps on stderr (default 0: never)"},
+    {"eval", OPT_EVAL, "N", "evaluation examples, generator seed 0 (default 500)"},
+    {"names", OPT_NAMES, "K", "ioi: use the first K names of the IOI list (default 16)"},
+    {"seq-len", OPT_SEQ_LEN, "T", "induction: training sequence length (default 24)"},
+    {"chunks", OPT_CHUNKS, "K", "induction: repeated chunks per training sequence (default 4)"},
+    {"min-rep", OPT_MIN_REP, "N", "induction: fewest ids in a chunk (default 2)"},
+    {"max-rep", OPT_MAX_REP, "N", "induction: most ids in a chunk (default 3)"},
+    {"len", OPT_LEN, "L",
+     "induction and --diagnose: repeated length of the evaluation sequences (default: half "
+     "of --seq-len; --diagnose: half the context, at most 16)"},
+    {"vocab-lo", OPT_VOCAB_LO, "ID", "induction and --diagnose: smallest id drawn (default 0)"},
+    {"vocab-hi", OPT_VOCAB_HI, "ID",
+     "induction and --diagnose: ids drawn are below this (default 256; --diagnose: V)"},
+    {"diagnose", OPT_DIAGNOSE, "DIR",
+     "print per-head previous-token, induction and duplicate-token scores of DIR"},
+    {"n", OPT_N, "N", "--diagnose: number of random sequences (default 64)"},
+    {0},
+};
+
+static struct {
+	const char *out, *diagnose;
+	uint64_t seed;
+	int steps, batch, warmup, layers, heads, embd, inner, ctx, threads, log, n;
+	double lr, min_lr, wd, clip;
+	circ_ttask_opts t;
+	int given_vlo, given_vhi, given_len;
+	const char *task_only[OPT_N - CIRC_OPT_FIRST_TOOL + 1];
+	const char *given[OPT_N - CIRC_OPT_FIRST_TOOL + 1];
+} o = {.steps = -1,
+       .batch = 32,
+       .warmup = -1,
+       .layers = 2,
+       .heads = 4,
+       .embd = 64,
+       .threads = 1,
+       .n = 64,
+       .lr = -1,
+       .min_lr = 0.1,
+       .wd = 0.01,
+       .clip = 1.0};
+
+static const char *opt_name(int key)
+{
+	for (const circ_opt *p = opts; p->name; p++)
+		if (p->key == key)
+			return p->name;
+	return "?";
+}
+
+static int handle(int key, const char *arg, void *ctx)
+{
+	const char *task = NULL, *name = NULL;
+	(void)ctx;
+	switch (key) {
+	case OPT_OUT:
+		o.out = arg;
+		break;
+	case OPT_SEED:
+		o.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX);
+		break;
+	case OPT_STEPS:
+		o.steps = (int)circ_opt_i64("steps", arg, 1, 10000000);
+		break;
+	case OPT_BATCH:
+		o.batch = (int)circ_opt_i64("batch", arg, 1, 65536);
+		break;
+	case OPT_LR:
+		o.lr = circ_opt_f64("lr", arg);
+		break;
+	case OPT_MIN_LR:
+		o.min_lr = circ_opt_f64("min-lr", arg);
+		break;
+	case OPT_WARMUP:
+		o.warmup = (int)circ_opt_i64("warmup", arg, 0, 10000000);
+		break;
+	case OPT_WD:
+		o.wd = circ_opt_f64("weight-decay", arg);
+		break;
+	case OPT_CLIP:
+		o.clip = circ_opt_f64("clip", arg);
+		break;
+	case OPT_LAYERS:
+		o.layers = (int)circ_opt_i64("layers", arg, 1, 64);
+		break;
+	case OPT_HEADS:
+		o.heads = (int)circ_opt_i64("heads", arg, 1, 64);
+		break;
+	case OPT_EMBD:
+		o.embd = (int)circ_opt_i64("embd", arg, 1, 4096);
+		break;
+	case OPT_INNER:
+		o.inner = (int)circ_opt_i64("inner", arg, 1, 65536);
+		break;
+	case OPT_CTX:
+		o.ctx = (int)circ_opt_i64("ctx", arg, 2, 8192);
+		break;
+	case OPT_THREADS:
+		o.threads = (int)circ_opt_i64("threads", arg, 1, 256);
+		break;
+	case OPT_LOG:
+		o.log = (int)circ_opt_i64("log", arg, 0, 10000000);
+		break;
+	case OPT_EVAL:
+		o.t.n_eval = circ_opt_i64("eval", arg, 1, 1000000);
+		break;
+	case OPT_NAMES:
+		o.t.n_names = (int)circ_opt_i64("names", arg, 5, 100);
+		task = "ioi", name = "names";
+		break;
+	case OPT_SEQ_LEN:
+		o.t.seq_len = (int)circ_opt_i64("seq-len", arg, 4, 8192);
+		task = "induction", name = "seq-len";
+		break;
+	case OPT_MIN_REP:
+		o.t.min_rep = (int)circ_opt_i64("min-rep", arg, 1, 4096);
+		task = "induction", name = "min-rep";
+		break;
+	case OPT_MAX_REP:
+		o.t.max_rep = (int)circ_opt_i64("max-rep", arg, 2, 4096);
+		task = "induction", name = "max-rep";
+		break;
+	case OPT_CHUNKS:
+		o.t.chunks = (int)circ_opt_i64("chunks", arg, 1, 4096);
+		task = "induction", name = "chunks";
+		break;
+	case OPT_LEN:
+		o.t.eval_len = (int)circ_opt_i64("len", arg, 2, 4096);
+		o.given_len = 1;
+		break;
+	case OPT_VOCAB_LO:
+		o.t.vocab_lo = (int32_t)circ_opt_i64("vocab-lo", arg, 0, INT32_MAX - 1);
+		o.given_vlo = 1;
+		break;
+	case OPT_VOCAB_HI:
+		o.t.vocab_hi = (int32_t)circ_opt_i64("vocab-hi", arg, 1, INT32_MAX);
+		o.given_vhi = 1;
+		break;
+	case OPT_DIAGNOSE:
+		o.diagnose = arg;
+		break;
+	case OPT_N:
+		o.n = (int)circ_opt_i64("n", arg, 1, 100000);
+		break;
+	default:
+		return -1;
+	}
+	o.given[key - CIRC_OPT_FIRST_TOOL] = opt_name(key);
+	if (task)
+		o.task_only[key - CIRC_OPT_FIRST_TOOL] = task;
+	(void)name;
+	return 0;
+}
+
+/* ---- --diagnose ---- */
+
+static void close_stdout(void)
+{
+	if (fflush(stdout) != 0 || ferror(stdout) || fclose(stdout) != 0)
+		circ_dief("'<stdout>': write error");
+}
+
+static int diagnose(const char *dir)
+{
+	static const int allowed[] = {OPT_LEN, OPT_VOCAB_LO, OPT_VOCAB_HI,
+				      OPT_N,   OPT_SEED,     OPT_THREADS};
+	circ_error e;
+	circ_model *m;
+	circ_bpe *b = NULL;
+	char path[4096];
+	struct stat st;
+	int32_t skip = -1, lo = 0, hi;
+	for (int k = 0; k <= OPT_N - CIRC_OPT_FIRST_TOOL; k++) {
+		int ok = k + CIRC_OPT_FIRST_TOOL == OPT_DIAGNOSE;
+		for (size_t a = 0; a < sizeof allowed / sizeof *allowed; a++)
+			ok |= allowed[a] == k + CIRC_OPT_FIRST_TOOL;
+		if (o.given[k] && !ok)
+			circ_usage_error("option '--%s' does not apply to --diagnose", o.given[k]);
+	}
+	if (!(m = circ_model_open(dir, NULL, &e)))
+		circ_die(&e);
+	const circ_config *c = circ_model_config(m);
+	snprintf(path, sizeof path, "%s/vocab.json", dir);
+	if (stat(path, &st) == 0) {
+		if (!(b = circ_bpe_load_dir(dir, &e)))
+			circ_die(&e);
+		skip = circ_bpe_eot(b);
+	}
+	hi = o.given_vhi ? o.t.vocab_hi : c->vocab_size;
+	if (o.given_vlo)
+		lo = o.t.vocab_lo;
+	int len = o.given_len ? o.t.eval_len : (c->n_ctx / 2 < 16 ? c->n_ctx / 2 : 16);
+	size_t LH = (size_t)c->n_layer * c->n_head;
+	double *prev = circ_xmalloc(LH * sizeof *prev), *ind = circ_xmalloc(LH * sizeof *ind),
+	       *dup = circ_xmalloc(LH * sizeof *dup);
+	if (circ_diag_heads(m, o.n, len, lo, hi, skip, o.seed, o.threads, prev, ind, dup, &e) < 0)
+		circ_die(&e);
+	printf("# %s: %d random sequences of %d distinct ids from [%d, %d), repeated once; seed "
+	       "%llu\n",
+	       dir, o.n, len, (int)lo, (int)hi, (unsigned long long)o.seed);
+	printf("# prev-token: attention from t to t-1; induction: from t to t-%d (the token after "
+	       "the previous occurrence); duplicate: from t to t-%d\n",
+	       len - 1, len);
+	printf("layer\thead\tprev-token\tinduction\tduplicate\n");
+	for (int l = 0; l < c->n_layer; l++)
+		for (int h = 0; h < c->n_head; h++) {
+			size_t k = (size_t)l * c->n_head + h;
+			printf("%d\t%d\t%.4f\t%.4f\t%.4f\n", l, h, prev[k], ind[k], dup[k]);
+		}
+	close_stdout();
+	free(prev);
+	free(ind);
+	free(dup);
+	circ_bpe_free(b);
+	circ_model_free(m);
+	return 0;
+}
+
+/* ---- training ---- */
+
+typedef struct task_defaults {
+	const char *task;
+	int steps;
+	double lr;
+} task_defaults;
+
+static const task_defaults defaults[] = {
+    {"induction", 6000, 3e-3},
+    {"ioi", 2000, 2e-3},
+    {"greater-than", 1500, 2e-3},
+};
+
+/* Moves the files of tmp into dir (created if missing), then removes tmp. */
+static int move_into_place(const char *tmp, const char *dir, circ_error *e)
+{
+	static const char *const files[] = {"config.json", "model.safetensors", "vocab.json",
+					    "merges.txt",  "circ.mk",		"README.md"};
+	char a[8192], b[8192];
+	if (mkdir(dir, 0777) < 0 && errno != EEXIST)
+		return circ_errorf(e, "'%s': cannot create: %s", dir, strerror(errno));
+	for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+		snprintf(a, sizeof a, "%s/%s", tmp, files[i]);
+		snprintf(b, sizeof b, "%s/%s", dir, files[i]);
+		if (rename(a, b) < 0)
+			return circ_errorf(e, "'%s': cannot move into place: %s", b,
+					   strerror(errno));
+	}
+	if (rmdir(tmp) < 0)
+		return circ_errorf(e, "'%s': cannot remove: %s", tmp, strerror(errno));
+	return 0;
+}
+
+static char tmpdir[2048];
+
+static void remove_tmp(void)
+{
+	static const char *const files[] = {"config.json", "model.safetensors", "vocab.json",
+					    "merges.txt",  "circ.mk",		"README.md"};
+	char p[4200];
+	if (!tmpdir[0])
+		return;
+	for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+		snprintf(p, sizeof p, "%s/%s", tmpdir, files[i]);
+		unlink(p);
+	}
+	rmdir(tmpdir);
+}
+
+static void die_clean(const circ_error *e)
+{
+	remove_tmp();
+	circ_die(e);
+}
+
+static void progress(int step, int steps, double loss, double lr, double t0, int done)
+{
+	static double last;
+	double now = circ_now();
+	if (!done && now - last < 0.2)
+		return;
+	last = now;
+	fprintf(stderr, "\r%s: step %d/%d  loss %.4f  lr %.2e  %.0fs%s", circ_progname, step, steps,
+		loss, lr, now - t0, done ? "\n" : "");
+}
+
+int main(int argc, char **argv)
+{
+	circ_cli cli = {"TASK --out DIR [options]   (TASK: induction, ioi, greater-than)\n"
+			"       circ-train --diagnose DIR [--len L] [--n N] [--seed S]",
+			"Train a small GPT-2-architecture model on a synthetic task, or print "
+			"per-head attention diagnostics of a model.",
+			opts, 0};
+	circ_error e;
+	const task_defaults *td = NULL;
+	int i;
+
+	circ_init("circ-train");
+	circ_ttask_opts_default(&o.t);
+	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	if (o.diagnose) {
+		if (argc - i != 0)
+			circ_usage_error("--diagnose takes no task");
+		return diagnose(o.diagnose);
+	}
+	if (argc - i != 1)
+		circ_usage_error(argc - i ? "expected one task, got %d arguments"
+					  : "no task given (induction, ioi or greater-than)",
+				 argc - i);
+	o.t.task = argv[i];
+	for (size_t k = 0; k < sizeof defaults / sizeof *defaults; k++)
+		if (!strcmp(defaults[k].task, o.t.task))
+			td = &defaults[k];
+	if (!td)
+		circ_usage_error("unknown task '%s' (expected induction, ioi or greater-than)",
+				 o.t.task);
+	for (int k = 0; k <= OPT_N - CIRC_OPT_FIRST_TOOL; k++)
+		if (o.given[k] && o.task_only[k] && strcmp(o.task_only[k], o.t.task))
+			circ_usage_error("option '--%s' applies to %s only", o.given[k],
+					 o.task_only[k]);
+	if (strcmp(o.t.task, "induction") && (o.given_len || o.given_vlo || o.given_vhi))
+		circ_usage_error(
+		    "options '--len', '--vocab-lo' and '--vocab-hi' apply to induction "
+		    "(and --diagnose) only");
+	if (o.given[OPT_N - CIRC_OPT_FIRST_TOOL])
+		circ_usage_error("option '--n' applies to --diagnose only");
+	if (!o.out)
+		circ_usage_error("no output directory given (--out DIR)");
+	if (o.embd % o.heads)
+		circ_usage_error("option '--embd': %d is not a multiple of --heads %d", o.embd,
+				 o.heads);
+	if (o.steps < 0)
+		o.steps = td->steps;
+	if (o.lr < 0)
+		o.lr = td->lr;
+	if (!(o.lr > 0 && o.lr < 1))
+		circ_usage_error("option '--lr': must be in (0, 1)");
+	if (!(o.min_lr >= 0 && o.min_lr <= 1))
+		circ_usage_error("option '--min-lr': must be in [0, 1]");
+	if (!(o.wd >= 0 && o.wd < 1))
+		circ_usage_error("option '--weight-decay': must be in [0, 1)");
+	if (!(o.clip >= 0))
+		circ_usage_error("option '--clip': must not be negative");
+	if (o.warmup < 0)
+		o.warmup = o.steps / 20;
+	if (o.warmup > o.steps)
+		circ_usage_error("option '--warmup': more than --steps");
+	o.t.n_train = (int64_t)o.steps * o.batch;
+	if (!o.given_len)
+		o.t.eval_len = o.t.seq_len / 2;
+
+	/* the vocabulary and the data */
+	snprintf(tmpdir, sizeof tmpdir, "%s.tmp-%ld", o.out, (long)getpid());
+	if (mkdir(tmpdir, 0777) < 0) {
+		circ_errorf(&e, "'%s': cannot create: %s", tmpdir, strerror(errno));
+		tmpdir[0] = 0;
+		circ_die(&e);
+	}
+	if (circ_ttask_write_vocab(&o.t, tmpdir, &e) < 0)
+		die_clean(&e);
+	circ_bpe *bpe = circ_bpe_load_dir(tmpdir, &e);
+	if (!bpe)
+		die_clean(&e);
+	double t0 = circ_now();
+	circ_ttask *task = circ_ttask_new(&o.t, bpe, o.seed, &e);
+	if (!task)
+		die_clean(&e);
+
+	/* the model */
+	circ_config c;
+	memset(&c, 0, sizeof c);
+	c.n_layer = o.layers;
+	c.n_head = o.heads;
+	c.n_embd = o.embd;
+	c.n_inner = o.inner ? o.inner : 4 * o.embd;
+	c.vocab_size = circ_bpe_vocab_size(bpe);
+	c.n_ctx = o.ctx ? o.ctx : circ_ttask_max_len(task);
+	c.layer_norm_epsilon = 1e-5;
+	c.act = CIRC_ACT_GELU_NEW;
+	if (c.n_ctx < circ_ttask_max_len(task)) {
+		remove_tmp();
+		circ_usage_error("option '--ctx': %d is shorter than the task's sequences (%d)",
+				 c.n_ctx, circ_ttask_max_len(task));
+	}
+	circ_weights w;
+	circ_weights_alloc(&w, &c);
+	circ_train_init_weights(&w, &c, o.seed);
+	circ_model *m = circ_model_new(&c, &w, &e);
+	if (!m)
+		die_clean(&e);
+	circ_train_opts to;
+	circ_train_opts_default(&to);
+	to.threads = o.threads;
+	to.clip = o.clip;
+	to.adam.weight_decay = o.wd;
+	circ_trainer *tr = circ_trainer_new(m, o.batch, circ_ttask_max_len(task), &to, &e);
+	if (!tr)
+		die_clean(&e);
+
+	/* the loop */
+	circ_tbatch b = {0};
+	int tty = isatty(2);
+	double sum = 0, loss = 0, lr = 0;
+	int nsum = 0;
+	for (int s = 0; s < o.steps; s++) {
+		circ_ttask_batch(task, o.batch, &b);
+		lr = circ_lr_schedule(o.lr, o.min_lr, o.warmup, o.steps, s);
+		if (circ_trainer_step(tr, &b, lr, &loss, NULL, &e) < 0)
+			die_clean(&e);
+		sum += loss;
+		nsum++;
+		if (o.log && (s + 1) % o.log == 0) {
+			if (tty)
+				fputc('\r', stderr);
+			fprintf(stderr, "%s: step %d loss %.4f lr %.3e\n", circ_progname, s + 1,
+				sum / nsum, lr);
+			sum = 0;
+			nsum = 0;
+		}
+		if (tty)
+			progress(s + 1, o.steps, loss, lr, t0, s + 1 == o.steps);
+	}
+	double train_s = circ_now() - t0;
+
+	/* evaluation and output */
+	circ_ttask_eval ev;
+	if (circ_ttask_evaluate(task, tr, o.batch, &ev, &e) < 0)
+		die_clean(&e);
+	char res[1024];
+	if (!strcmp(o.t.task, "induction"))
+		snprintf(res, sizeof res,
+			 "loss on the first half %.4f, on the repeated half %.4f (nats/token); "
+			 "top-1 accuracy on the repeated half %.4f",
+			 ev.loss_first, ev.loss_repeat, ev.acc_repeat);
+	else if (!strcmp(o.t.task, "ioi"))
+		snprintf(res, sizeof res,
+			 "mean logit difference (IO - S) %.4f; IO above S in %.4f of examples; "
+			 "top-1 is IO in %.4f; loss %.4f",
+			 ev.metric, ev.acc_pair, ev.acc_top1, ev.loss);
+	else
+		snprintf(res, sizeof res,
+			 "mean probability difference (later - earlier years) %.4f; positive in "
+			 "%.4f of examples; top-1 a later year in %.4f",
+			 ev.metric, ev.acc_pair, ev.acc_top1);
+	fprintf(stderr, "%s: trained %d steps in %.1fs; evaluation on %lld examples: %s\n",
+		circ_progname, o.steps, train_s, (long long)ev.n, res);
+	if (circ_model_save(m, tmpdir, &e) < 0)
+		die_clean(&e);
+
+	char mk[1024], dsargs[256] = "", *readme;
+	size_t rl = 0, rc = 16384;
+	if (!strcmp(o.t.task, "induction")) {
+		snprintf(dsargs, sizeof dsargs, " --len %d --vocab-lo %d --vocab-hi %d",
+			 o.t.eval_len, (int)o.t.vocab_lo, (int)o.t.vocab_hi);
+		snprintf(
+		    mk, sizeof mk,
+		    "# Pipeline settings for this model (written by circ-train): the induction\n"
+		    "# recipe over the ids it was trained on.\n"
+		    "DATASET_ARGS ?=%s\n",
+		    dsargs);
+	} else
+		snprintf(
+		    mk, sizeof mk,
+		    "# Pipeline settings for this model (written by circ-train): circ-dataset's\n"
+		    "# %s recipe restricted to this vocabulary (--model-dir) needs no options.\n"
+		    "DATASET_ARGS ?=\n",
+		    o.t.task);
+	if (circ_write_text_file(tmpdir, "circ.mk", mk, &e) < 0)
+		die_clean(&e);
+	readme = circ_xmalloc(rc);
+	rl += (size_t)snprintf(readme + rl, rc - rl,
+			       "# A GPT-2-architecture model trained by circ-train on %s\n\n"
+			       "Reproduce it, from the repository root:\n\n    circ-train",
+			       o.t.task);
+	for (int k = 1; k < argc && rl < rc - 512; k++)
+		rl += (size_t)snprintf(readme + rl, rc - rl, " %s", argv[k]);
+	rl += (size_t)snprintf(
+	    readme + rl, rc - rl,
+	    "\n\nThe weights are a function of the options and the thread count.\n\n"
+	    "- architecture: %d layers, %d heads, n_embd %d, n_inner %d, n_ctx %d, "
+	    "vocabulary %d (byte-level BPE: 256 bytes, %d merges, <|endoftext|>), %zu "
+	    "parameters, lm_head tied to wte\n"
+	    "- training: %d steps of %d sequences, AdamW (betas 0.9, 0.999, eps 1e-8, "
+	    "weight decay %g on matrices and embeddings), peak learning rate %g, %d warm-up "
+	    "steps, cosine decay to %g of the peak, gradient norm clipped at %g, seed %llu\n"
+	    "- evaluation on %lld examples (`circ-dataset %s --seed 0 --model-dir DIR%s`): %s\n"
+	    "\nPer-head attention diagnostics: `circ-train --diagnose DIR`.\n",
+	    c.n_layer, c.n_head, c.n_embd, c.n_inner, c.n_ctx, c.vocab_size,
+	    (int)circ_bpe_n_merges(bpe), circ_config_n_params(&c), o.steps, o.batch, o.wd, o.lr,
+	    o.warmup, o.min_lr, o.clip, (unsigned long long)o.seed, (long long)ev.n, o.t.task,
+	    dsargs, res);
+	if (circ_write_text_file(tmpdir, "README.md", readme, &e) < 0)
+		die_clean(&e);
+	free(readme);
+	if (move_into_place(tmpdir, o.out, &e) < 0)
+		die_clean(&e);
+	tmpdir[0] = 0;
+	circ_tbatch_free(&b);
+	circ_trainer_free(tr);
+	circ_model_free(m);
+	circ_ttask_free(task);
+	circ_bpe_free(bpe);
+	return 0;
+}
