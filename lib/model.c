@@ -1092,6 +1092,7 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 		circ_run_free(r);
 		return NULL;
 	}
+	circ_advise_huge(r->arena, r->arena_bytes);
 	run_layout(r, r->arena);
 	r->pool = circ_pool_new(r->threads);
 	r->valid = -1;

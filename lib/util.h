@@ -44,6 +44,10 @@ void *circ_xrealloc(void *p, size_t n);
 char *circ_xstrdup(const char *s);
 /* Aligned (64 bytes) zeroed allocation for tensors; free with free(). */
 void *circ_xalloc_aligned(size_t n);
+/* Asks for transparent huge pages on the whole 2 MiB pages inside [p, p + n)
+ * when the range is large (circ_xalloc_aligned's big buffers, mmap'd
+ * arenas); a hint only. */
+void circ_advise_huge(void *p, size_t n);
 
 /* Strict number parsing: whole string, no overflow, no trailing garbage. 0 ok, -1 bad. */
 int circ_parse_i64(const char *s, int64_t *out);
