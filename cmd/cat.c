@@ -13,11 +13,11 @@
 enum { OPT_TO_MSGPACK = CIRC_OPT_FIRST_TOOL, OPT_HEADER, OPT_NO_HEADER, OPT_KIND };
 
 static const circ_opt opts[] = {
-	{"to-msgpack", OPT_TO_MSGPACK, NULL, "write a binary stream (zstd unless --no-compress)"},
-	{"header", OPT_HEADER, NULL, "print only the header"},
-	{"no-header", OPT_NO_HEADER, NULL, "print only the data records"},
-	{"kind", OPT_KIND, "KIND", "fail unless the stream is of this kind"},
-	{0},
+    {"to-msgpack", OPT_TO_MSGPACK, NULL, "write a binary stream (zstd unless --no-compress)"},
+    {"header", OPT_HEADER, NULL, "print only the header"},
+    {"no-header", OPT_NO_HEADER, NULL, "print only the data records"},
+    {"kind", OPT_KIND, "KIND", "fail unless the stream is of this kind"},
+    {0},
 };
 
 static struct {
@@ -45,9 +45,9 @@ static void pack_object_record(circ_writer *w, const msgpack_object *rec, circ_e
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"[options] [file...]",
-			"Print circ streams as JSON lines (header first), or JSON lines as a stream.",
-			opts, 1};
+	circ_cli cli = {
+	    "[options] [file...]",
+	    "Print circ streams as JSON lines (header first), or JSON lines as a stream.", opts, 1};
 	circ_error e;
 	circ_writer *w;
 	int i, nfiles;

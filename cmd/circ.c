@@ -12,17 +12,17 @@
 #include "opt.h"
 
 static const char *const tools[][2] = {
-	{"tokenize", "text and task datasets to token streams (GPT-2 BPE)"},
-	{"dataset", "generate task datasets (IOI, greater-than, induction, docstring)"},
-	{"forward", "run the model: metric, top-k, logits per example"},
-	{"harvest", "clean and reference activations and gradients per example"},
-	{"patch", "run with edges or nodes patched; faithfulness of a circuit"},
-	{"score", "score every edge (eap, eap-ig, exact)"},
-	{"prune", "scores to circuits (top-n, threshold, greedy, ACDC)"},
-	{"render", "circuits to DOT, SVG, graph JSON, HTML, text"},
-	{"cat", "print any stream as JSON lines; JSON lines back to a stream"},
-	{"fixture", "write hand-built models with known circuits (ground truth)"},
-	{"train", "train small GPT-2 models on synthetic tasks"},
+    {"tokenize", "text and task datasets to token streams (GPT-2 BPE)"},
+    {"dataset", "generate task datasets (IOI, greater-than, induction, docstring)"},
+    {"forward", "run the model: metric, top-k, logits per example"},
+    {"harvest", "clean and reference activations and gradients per example"},
+    {"patch", "run with edges or nodes patched; faithfulness of a circuit"},
+    {"score", "score every edge (eap, eap-ig, exact)"},
+    {"prune", "scores to circuits (top-n, threshold, greedy, ACDC)"},
+    {"render", "circuits to DOT, SVG, graph JSON, HTML, text"},
+    {"cat", "print any stream as JSON lines; JSON lines back to a stream"},
+    {"fixture", "write hand-built models with known circuits (ground truth)"},
+    {"train", "train small GPT-2 models on synthetic tasks"},
 };
 
 static void usage(FILE *f)

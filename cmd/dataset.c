@@ -55,18 +55,10 @@ static int handle(int key, const char *arg, void *ctx)
 	circ_task_opts *t = &o.t;
 	const char *name = NULL, *task = NULL;
 	switch (key) {
-	case OPT_N:
-		t->n = circ_opt_i64("n", arg, 0, INT32_MAX);
-		break;
-	case OPT_SEED:
-		t->seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX);
-		break;
-	case OPT_VOCAB_DIR:
-		o.vocab_dir = arg;
-		break;
-	case OPT_ORDER:
-		t->ioi_order = arg, name = "order", task = "ioi";
-		break;
+	case OPT_N: t->n = circ_opt_i64("n", arg, 0, INT32_MAX); break;
+	case OPT_SEED: t->seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
+	case OPT_VOCAB_DIR: o.vocab_dir = arg; break;
+	case OPT_ORDER: t->ioi_order = arg, name = "order", task = "ioi"; break;
 	case OPT_TEMPLATES:
 		t->ioi_templates = (int)circ_opt_i64("templates", arg, 1, 15);
 		name = "templates", task = "ioi";
@@ -91,8 +83,7 @@ static int handle(int key, const char *arg, void *ctx)
 		t->ind_vocab_hi = (int32_t)circ_opt_i64("vocab-hi", arg, 1, INT32_MAX);
 		name = "vocab-hi", task = "induction";
 		break;
-	default:
-		return -1;
+	default: return -1;
 	}
 	if (name) {
 		o.given[key - CIRC_OPT_FIRST_TOOL] = name;

@@ -37,7 +37,8 @@ static const circ_opt opts[] = {
     {"spec", OPT_SPEC, NULL, "print SPEC.md to stdout and exit"},
     {"random", OPT_RANDOM, NULL,
      "instead of a hand-built model, write a random-weight GPT-2 with --vocab-dir's tokenizer"},
-    {"vocab-dir", OPT_VOCAB_DIR, "DIR", "with --random: tokenizer directory (vocab.json, merges.txt)"},
+    {"vocab-dir", OPT_VOCAB_DIR, "DIR",
+     "with --random: tokenizer directory (vocab.json, merges.txt)"},
     {"layers", OPT_LAYERS, "L", "with --random: layers (default 2)"},
     {"heads", OPT_HEADS, "H", "with --random: heads per layer (default 4)"},
     {"embd", OPT_EMBD, "C", "with --random: width (default 32)"},
@@ -60,45 +61,22 @@ static int handle(int key, const char *arg, void *ctx)
 {
 	(void)ctx;
 	switch (key) {
-	case OPT_OUT:
-		o.out = arg;
-		return 0;
-	case OPT_LIST:
-		o.list = 1;
-		return 0;
-	case OPT_TRUTH:
-		o.truth = 1;
-		return 0;
-	case OPT_EXAMPLES:
-		o.examples = circ_opt_i64("examples", arg, 0, INT32_MAX);
-		return 0;
+	case OPT_OUT: o.out = arg; return 0;
+	case OPT_LIST: o.list = 1; return 0;
+	case OPT_TRUTH: o.truth = 1; return 0;
+	case OPT_EXAMPLES: o.examples = circ_opt_i64("examples", arg, 0, INT32_MAX); return 0;
 	case OPT_SEED:
 		o.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX);
 		o.seed_given = 1;
 		return 0;
-	case OPT_SPEC:
-		o.spec = 1;
-		return 0;
-	case OPT_RANDOM:
-		o.random = 1;
-		return 0;
-	case OPT_VOCAB_DIR:
-		o.vocab_dir = arg;
-		return 0;
-	case OPT_LAYERS:
-		o.layers = (int)circ_opt_i64("layers", arg, 1, 64);
-		return 0;
-	case OPT_HEADS:
-		o.heads = (int)circ_opt_i64("heads", arg, 1, 64);
-		return 0;
-	case OPT_EMBD:
-		o.embd = (int)circ_opt_i64("embd", arg, 1, 4096);
-		return 0;
-	case OPT_CTX:
-		o.ctx = (int)circ_opt_i64("ctx", arg, 1, 8192);
-		return 0;
-	default:
-		return -1;
+	case OPT_SPEC: o.spec = 1; return 0;
+	case OPT_RANDOM: o.random = 1; return 0;
+	case OPT_VOCAB_DIR: o.vocab_dir = arg; return 0;
+	case OPT_LAYERS: o.layers = (int)circ_opt_i64("layers", arg, 1, 64); return 0;
+	case OPT_HEADS: o.heads = (int)circ_opt_i64("heads", arg, 1, 64); return 0;
+	case OPT_EMBD: o.embd = (int)circ_opt_i64("embd", arg, 1, 4096); return 0;
+	case OPT_CTX: o.ctx = (int)circ_opt_i64("ctx", arg, 1, 8192); return 0;
+	default: return -1;
 	}
 }
 
@@ -176,10 +154,11 @@ static void close_stdout(void)
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {
-	    "NAME --out DIR | --list | NAME (--truth | --spec | --examples N [--seed S]) | --random "
-	    "--vocab-dir DIR --out DIR",
-	    "Write a hand-built model with a known circuit (a ground-truth fixture).", opts, 0};
+	circ_cli cli = {"NAME --out DIR | --list | NAME (--truth | --spec | --examples N [--seed "
+			"S]) | --random "
+			"--vocab-dir DIR --out DIR",
+			"Write a hand-built model with a known circuit (a ground-truth fixture).",
+			opts, 0};
 	circ_error e;
 	circ_hb_info info;
 	circ_config c;

@@ -58,24 +58,12 @@ static int handle(int key, const char *arg, void *ctx)
 {
 	(void)ctx;
 	switch (key) {
-	case OPT_MODEL:
-		o.model = arg;
-		return 0;
-	case OPT_BATCH:
-		o.batch = (int)circ_opt_i64("batch", arg, 1, 65536);
-		return 0;
-	case OPT_THREADS:
-		o.threads = (int)circ_opt_i64("threads", arg, 1, 256);
-		return 0;
-	case OPT_TOP_K:
-		o.top_k = (int)circ_opt_i64("top-k", arg, 0, 1000);
-		return 0;
-	case OPT_LOGITS:
-		o.logits = 1;
-		return 0;
-	case OPT_CORRUPT:
-		o.corrupt = 1;
-		return 0;
+	case OPT_MODEL: o.model = arg; return 0;
+	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 65536); return 0;
+	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	case OPT_TOP_K: o.top_k = (int)circ_opt_i64("top-k", arg, 0, 1000); return 0;
+	case OPT_LOGITS: o.logits = 1; return 0;
+	case OPT_CORRUPT: o.corrupt = 1; return 0;
 	case OPT_METRIC:
 		if (circ_metric_parse(arg, strlen(arg), &o.metric) < 0)
 			circ_usage_error("--metric: unknown metric '%s' (logit_diff, prob_diff, "
@@ -83,9 +71,7 @@ static int handle(int key, const char *arg, void *ctx)
 					 arg);
 		o.has_metric = 1;
 		return 0;
-	case OPT_ALLOW_NONFINITE:
-		o.allow_nonfinite = 1;
-		return 0;
+	case OPT_ALLOW_NONFINITE: o.allow_nonfinite = 1; return 0;
 	}
 	return -1;
 }

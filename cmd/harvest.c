@@ -18,10 +18,10 @@ enum {
 };
 
 static const circ_opt opts[] = {
-	CIRC_PATCH_OPT_MODEL,
-	{"what", OPT_WHAT, "LIST", "tensors per example: ref,diff,grad (default all three)"},
-	CIRC_PATCH_OPT_COMMON,
-	{0},
+    CIRC_PATCH_OPT_MODEL,
+    {"what", OPT_WHAT, "LIST", "tensors per example: ref,diff,grad (default all three)"},
+    CIRC_PATCH_OPT_COMMON,
+    {0},
 };
 
 static struct {
@@ -53,7 +53,6 @@ static int handle(int key, const char *arg, void *ctx)
 	}
 	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
-
 
 int main(int argc, char **argv)
 {
@@ -129,7 +128,8 @@ int main(int argc, char **argv)
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		size_t tc = (size_t)b->T * (size_t)c->n_embd, btc = (size_t)b->B * tc;
 		circ_run *run = circ_patcher_run(p);
-		if (circ_patcher_load(p, b, &e) < 0 || (o.want_grad && circ_loss_backward(p, &e) < 0))
+		if (circ_patcher_load(p, b, &e) < 0 ||
+		    (o.want_grad && circ_loss_backward(p, &e) < 0))
 			circ_die(&e);
 		diff = circ_xrealloc(diff, (size_t)U * tc * sizeof *diff);
 		for (int bb = 0; bb < b->B; bb++) {
@@ -150,8 +150,10 @@ int main(int argc, char **argv)
 			}
 			if (o.want_diff) {
 				for (int u = 0; u < U; u++) {
-					const float *rf = circ_patcher_ref_out(p, u) + (size_t)bb * tc,
-						    *cl = circ_patcher_clean_out(p, u) + (size_t)bb * tc;
+					const float *rf = circ_patcher_ref_out(p, u) +
+							  (size_t)bb * tc,
+						    *cl = circ_patcher_clean_out(p, u) +
+							  (size_t)bb * tc;
 					float *d = diff + (size_t)u * tc;
 					for (size_t q = 0; q < tc; q++)
 						d[q] = rf[q] - cl[q];

@@ -25,15 +25,17 @@ enum {
 };
 
 static const circ_opt opts[] = {
-	CIRC_PATCH_OPT_MODEL,
-	{"circuit", OPT_CIRCUIT, "FILE", "circuit stream: its edges are kept, every other edge patched"},
-	{"edges", OPT_EDGES, "FILE", "stream of {\"edge\": name} records: these edges are patched"},
-	{"nodes", OPT_NODES, "LIST", "comma-separated nodes whose outputs are patched everywhere"},
-	{"curve", OPT_CURVE, "SCORES", "faithfulness curve of top-ranked circuits from a scores stream"},
-	{"absolute", OPT_ABSOLUTE, NULL, "with --curve: rank edges by |score| (as for CMD)"},
-	{"fractions", OPT_FRACTIONS, "LIST", "with --curve: circuit sizes as fractions of all edges"},
-	CIRC_PATCH_OPT_COMMON,
-	{0},
+    CIRC_PATCH_OPT_MODEL,
+    {"circuit", OPT_CIRCUIT, "FILE",
+     "circuit stream: its edges are kept, every other edge patched"},
+    {"edges", OPT_EDGES, "FILE", "stream of {\"edge\": name} records: these edges are patched"},
+    {"nodes", OPT_NODES, "LIST", "comma-separated nodes whose outputs are patched everywhere"},
+    {"curve", OPT_CURVE, "SCORES",
+     "faithfulness curve of top-ranked circuits from a scores stream"},
+    {"absolute", OPT_ABSOLUTE, NULL, "with --curve: rank edges by |score| (as for CMD)"},
+    {"fractions", OPT_FRACTIONS, "LIST", "with --curve: circuit sizes as fractions of all edges"},
+    CIRC_PATCH_OPT_COMMON,
+    {0},
 };
 
 static struct {
@@ -127,11 +129,12 @@ static const double default_fractions[] = {0.001, 0.002, 0.005, 0.01, 0.02,
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"--model DIR (--circuit FILE | --edges FILE | --nodes LIST | --curve SCORES) "
-			"[options] [tokens]",
-			"Run the model with edges patched; report faithfulness (f) per example and "
-			"overall, or a faithfulness curve.",
-			opts, 1};
+	circ_cli cli = {
+	    "--model DIR (--circuit FILE | --edges FILE | --nodes LIST | --curve SCORES) "
+	    "[options] [tokens]",
+	    "Run the model with edges patched; report faithfulness (f) per example and "
+	    "overall, or a faithfulness curve.",
+	    opts, 1};
 	circ_error e;
 	circ_model *m;
 	circ_graph *g = NULL;
@@ -171,8 +174,9 @@ int main(int argc, char **argv)
 		if (!cr || !(cc = circ_circuit_read(cr, NULL, &e)))
 			circ_die(&e);
 		if (cc->model_digest && *cc->model_digest && strcmp(cc->model_digest, md))
-			circ_dief("'%s': the circuit was found on another model (model_digest differs)",
-				  o.circuit);
+			circ_dief(
+			    "'%s': the circuit was found on another model (model_digest differs)",
+			    o.circuit);
 		g = cc->g;
 		inputs[ninputs++] = cr;
 	} else if (o.curve) {
@@ -190,7 +194,8 @@ int main(int argc, char **argv)
 			circ_die(&e);
 		g->input = o.pc.conv;
 	}
-	if (g->n_layer != circ_model_config(m)->n_layer || g->n_head != circ_model_config(m)->n_head)
+	if (g->n_layer != circ_model_config(m)->n_layer ||
+	    g->n_head != circ_model_config(m)->n_head)
 		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
 			  g->n_layer, g->n_head, o.pc.model);
 
@@ -267,9 +272,10 @@ int main(int argc, char **argv)
 	if (!w)
 		circ_die(&e);
 	if (o.curve) {
-		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g, circ_metric_name(o.pc.metric),
-				       o.absolute, md, 1);
-		circ_pack_kv_str(circ_writer_packer(w), "ablation", circ_ablation_name(o.pc.ablation));
+		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g,
+				       circ_metric_name(o.pc.metric), o.absolute, md, 1);
+		circ_pack_kv_str(circ_writer_packer(w), "ablation",
+				 circ_ablation_name(o.pc.ablation));
 	} else {
 		msgpack_packer *pk;
 		circ_writer_header(w, "patch", argc, argv, inputs, ninputs, 5);
@@ -342,8 +348,9 @@ int main(int argc, char **argv)
 			if (circ_curve_areas(jb.fraction, f, jb.n, 0, &area, &e) < 0 ||
 			    circ_curve_write_summary(w, area.area_under, area.area_from_1, &e) < 0)
 				circ_die(&e);
-			fprintf(stderr, "%s: %lld examples, %s ranking: area under f %.4f, area "
-					"between f and 1 %.4f\n",
+			fprintf(stderr,
+				"%s: %lld examples, %s ranking: area under f %.4f, area "
+				"between f and 1 %.4f\n",
 				circ_progname, (long long)count, o.absolute ? "|score|" : "signed",
 				area.area_under, area.area_from_1);
 			free(f);
@@ -364,8 +371,8 @@ int main(int argc, char **argv)
 			fprintf(stderr,
 				"%s: %lld examples, %lld edges kept: m(model) %.4f, m(empty) %.4f, "
 				"m(circuit) %.4f, faithfulness %.4f\n",
-				circ_progname, (long long)count, (long long)jb.n_edges[0], mm, m0, mcirc,
-				f);
+				circ_progname, (long long)count, (long long)jb.n_edges[0], mm, m0,
+				mcirc, f);
 		}
 	}
 	if (circ_writer_close(w, &e) < 0)

@@ -45,7 +45,8 @@ static const circ_opt opts[] = {
     {"signed", OPT_SIGNED, NULL, "rank by the signed score instead of |score|"},
     {"truth", OPT_TRUTH, "FILE", "evaluate against a ground-truth circuit or edge list"},
     {"report", OPT_REPORT, "FILE", "with --truth: also write the evaluation as JSON to FILE"},
-    {"tau", OPT_TAU, "T", "acdc: keep an edge when patching it raises the loss by tau or more (default 0.01)"},
+    {"tau", OPT_TAU, "T",
+     "acdc: keep an edge when patching it raises the loss by tau or more (default 0.01)"},
     {"abs-change", OPT_ABS_CHANGE, NULL, "acdc: compare |change| with tau"},
     {"log", OPT_LOG, "FILE", "acdc: write every decision to FILE (a decisions stream)"},
     CIRC_PATCH_OPT_MODEL,
@@ -97,18 +98,10 @@ static int handle(int key, const char *arg, void *ctx)
 		if (!isfinite(o.threshold))
 			circ_usage_error("option '--threshold': '%s' is not finite", arg);
 		return 0;
-	case OPT_ACDC:
-		set_mode(MODE_ACDC);
-		return 0;
-	case OPT_SIGNED:
-		o.signed_ = 1;
-		return 0;
-	case OPT_TRUTH:
-		o.truth = arg;
-		return 0;
-	case OPT_REPORT:
-		o.report = arg;
-		return 0;
+	case OPT_ACDC: set_mode(MODE_ACDC); return 0;
+	case OPT_SIGNED: o.signed_ = 1; return 0;
+	case OPT_TRUTH: o.truth = arg; return 0;
+	case OPT_REPORT: o.report = arg; return 0;
 	case OPT_TAU:
 		o.tau = circ_opt_f64("tau", arg);
 		if (!isfinite(o.tau))
@@ -266,7 +259,8 @@ static void write_report(const evaluation *ev, int64_t n_kept)
  * (and --report). s supplies the graph, the scores ranking the edges for the
  * AUC, and the model digest; r is the input recorded in the header. */
 static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
-			  const circ_scores *s, const uint8_t *keep, const circ_circuit_source *srcp)
+			  const circ_scores *s, const uint8_t *keep,
+			  const circ_circuit_source *srcp)
 {
 	circ_error e;
 	const circ_graph *g = s->g;
@@ -435,7 +429,8 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	circ_progress_end(&pr);
 	{
 		double dt = circ_now() - t0;
-		fprintf(stderr, "%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
+		fprintf(stderr,
+			"%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
 			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
 			(long long)circ_count_kept(g, keep));
 	}
@@ -517,8 +512,7 @@ int main(int argc, char **argv)
 		src.threshold = o.threshold;
 		circ_select_threshold(g, s->score, o.threshold, o.signed_, keep);
 		break;
-	default:
-		abort();
+	default: abort();
 	}
 	if (rc < 0) {
 		circ_error_prefix(&e, "%s", circ_reader_name(r));

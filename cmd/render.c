@@ -72,30 +72,14 @@ static int handle(int key, const char *arg, void *ctx)
 		    "option '--format': unknown format '%s' (text, dot, svg, json, html, "
 		    "curve-svg)",
 		    arg);
-	case OPT_SCORES:
-		o.scores = arg;
-		return 0;
-	case OPT_CURVE:
-		o.curve = arg;
-		return 0;
-	case OPT_TITLE:
-		o.title = arg;
-		return 0;
-	case OPT_TOP:
-		o.top = (int)circ_opt_i64("top", arg, 0, 1000000);
-		return 0;
-	case OPT_D_MODEL:
-		o.d_model = circ_opt_i64("d-model", arg, 1, INT32_MAX);
-		return 0;
-	case OPT_LEGACY:
-		o.legacy = 1;
-		return 0;
-	case OPT_LIST_EDGES:
-		o.list_edges = 1;
-		return 0;
-	case OPT_GRAPH:
-		o.graph = arg;
-		return 0;
+	case OPT_SCORES: o.scores = arg; return 0;
+	case OPT_CURVE: o.curve = arg; return 0;
+	case OPT_TITLE: o.title = arg; return 0;
+	case OPT_TOP: o.top = (int)circ_opt_i64("top", arg, 0, 1000000); return 0;
+	case OPT_D_MODEL: o.d_model = circ_opt_i64("d-model", arg, 1, INT32_MAX); return 0;
+	case OPT_LEGACY: o.legacy = 1; return 0;
+	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
+	case OPT_GRAPH: o.graph = arg; return 0;
 	}
 	return -1;
 }
@@ -346,18 +330,10 @@ int main(int argc, char **argv)
 	FILE *f = out_open(cli.output);
 	int rc = 0;
 	switch (o.format) {
-	case F_TEXT:
-		rc = circ_render_text(f, &in, &e);
-		break;
-	case F_DOT:
-		rc = circ_render_dot(f, &in, &e);
-		break;
-	case F_JSON:
-		rc = circ_render_json(f, &in, &e);
-		break;
-	case F_HTML:
-		rc = circ_render_html(f, &in, &e);
-		break;
+	case F_TEXT: rc = circ_render_text(f, &in, &e); break;
+	case F_DOT: rc = circ_render_dot(f, &in, &e); break;
+	case F_JSON: rc = circ_render_json(f, &in, &e); break;
+	case F_HTML: rc = circ_render_html(f, &in, &e); break;
 	case F_SVG: {
 		char *buf = NULL;
 		size_t len = 0;
@@ -372,8 +348,7 @@ int main(int argc, char **argv)
 		free(buf);
 		break;
 	}
-	default:
-		abort();
+	default: abort();
 	}
 	if (rc < 0)
 		out_fail(f, &e);

@@ -21,14 +21,14 @@ enum {
 };
 
 static const circ_opt opts[] = {
-	CIRC_PATCH_OPT_MODEL,
-	{"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations or exact"},
-	{"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5)"},
-	CIRC_PATCH_OPT_COMMON,
-	{"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
-	{"merge", OPT_MERGE, NULL, "merge score streams (shards) given as files or concatenated"},
-	{"acts", OPT_ACTS, NULL, "eap from an acts stream (circ-harvest) instead of running the model"},
-	{0},
+    CIRC_PATCH_OPT_MODEL,
+    {"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations or exact"},
+    {"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5)"},
+    CIRC_PATCH_OPT_COMMON,
+    {"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
+    {"merge", OPT_MERGE, NULL, "merge score streams (shards) given as files or concatenated"},
+    {"acts", OPT_ACTS, NULL, "eap from an acts stream (circ-harvest) instead of running the model"},
+    {0},
 };
 
 static struct {
@@ -42,8 +42,8 @@ static int handle(int key, const char *arg, void *ctx)
 	switch (key) {
 	case OPT_METHOD:
 		if (circ_attr_parse(arg, &o.method) < 0)
-			circ_usage_error("unknown method '%s' (eap, eap-ig, eap-ig-activations, exact)",
-					 arg);
+			circ_usage_error(
+			    "unknown method '%s' (eap, eap-ig, eap-ig-activations, exact)", arg);
 		return 0;
 	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 1000); return 0;
 	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
@@ -95,7 +95,8 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 			continue;
 		}
 		if (!circ_graph_same(acc->g, s->g) || !same_str(acc->method, s->method) ||
-		    !same_str(acc->metric, s->metric) || !same_str(acc->model_digest, s->model_digest))
+		    !same_str(acc->metric, s->metric) ||
+		    !same_str(acc->model_digest, s->model_digest))
 			circ_dief("%s: scores of another graph, method, metric or model than %s",
 				  circ_reader_name(rs[f]), circ_reader_name(rs[0]));
 		for (int64_t ed = 0; ed < acc->g->n_edges; ed++) {
@@ -121,7 +122,8 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 		circ_pack_str(pk, "graph");
 		circ_graph_pack(pk, acc->g);
 		circ_pack_kv_str(pk, "model_digest", acc->model_digest ? acc->model_digest : "");
-		circ_pack_kv_str(pk, "dataset_digest", acc->dataset_digest ? acc->dataset_digest : "");
+		circ_pack_kv_str(pk, "dataset_digest",
+				 acc->dataset_digest ? acc->dataset_digest : "");
 		circ_pack_kv_i64(pk, "n_examples", acc->n_examples);
 	}
 	if (circ_writer_end_record(w, &e) < 0)
@@ -160,7 +162,8 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 	if (!r)
 		circ_die(&e);
 	hdr = circ_reader_header(r);
-	if (!(g = circ_graph_from_header(hdr, &e)) || circ_rec_i64(hdr, "d_model", &d_model, &e) < 0) {
+	if (!(g = circ_graph_from_header(hdr, &e)) ||
+	    circ_rec_i64(hdr, "d_model", &d_model, &e) < 0) {
 		circ_reader_fail(r, &e);
 		circ_die(&e);
 	}
@@ -173,8 +176,9 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 		if (!d)
 			circ_die(&e);
 		if (strcmp(d, md))
-			circ_dief("%s: harvested from another model than '%s' (model_digest differs)",
-				  circ_reader_name(r), o.pc.model);
+			circ_dief(
+			    "%s: harvested from another model than '%s' (model_digest differs)",
+			    circ_reader_name(r), o.pc.model);
 		circ_model_free(m);
 	}
 	sum = circ_xcalloc((size_t)g->n_edges, sizeof *sum);
@@ -183,23 +187,26 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 		int64_t T;
 		float *diff, *grad;
 		int R = g->n_layer * (3 * g->n_head + 1) + 1;
-		if (circ_rec_i64(rec, "T", &T, &e) < 0 || circ_rec_tensor(rec, "diff", &td, &e) < 0 ||
+		if (circ_rec_i64(rec, "T", &T, &e) < 0 ||
+		    circ_rec_tensor(rec, "diff", &td, &e) < 0 ||
 		    circ_rec_tensor(rec, "grad", &tg, &e) < 0) {
 			circ_reader_fail(r, &e);
 			circ_die(&e);
 		}
 		if (td.ndim != 3 || td.shape[0] != g->n_up || td.shape[1] != T ||
-		    td.shape[2] != d_model || tg.ndim != 3 || tg.shape[0] != R || tg.shape[1] != T ||
-		    tg.shape[2] != d_model) {
-			circ_errorf(&e, "tensors 'diff' and 'grad' must be [%d, T, %lld] and [%d, T, "
-					"%lld]",
+		    td.shape[2] != d_model || tg.ndim != 3 || tg.shape[0] != R ||
+		    tg.shape[1] != T || tg.shape[2] != d_model) {
+			circ_errorf(&e,
+				    "tensors 'diff' and 'grad' must be [%d, T, %lld] and [%d, T, "
+				    "%lld]",
 				    g->n_up, (long long)d_model, R, (long long)d_model);
 			circ_reader_fail(r, &e);
 			circ_die(&e);
 		}
 		diff = circ_xmalloc(td.nbytes);
 		grad = circ_xmalloc(tg.nbytes);
-		if (circ_tensor_copy_f32(&td, diff, &e) < 0 || circ_tensor_copy_f32(&tg, grad, &e) < 0) {
+		if (circ_tensor_copy_f32(&td, diff, &e) < 0 ||
+		    circ_tensor_copy_f32(&tg, grad, &e) < 0) {
 			circ_reader_fail(r, &e);
 			circ_die(&e);
 		}
@@ -249,8 +256,8 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
-			"Score every edge of the model's graph for the task in a token stream.", opts,
-			1};
+			"Score every edge of the model's graph for the task in a token stream.",
+			opts, 1};
 	circ_error e;
 	circ_model *m;
 	circ_graph *g;
@@ -341,12 +348,12 @@ int main(int argc, char **argv)
 		circ_pack_kv_str(pk, "dataset_digest", dataset_digest);
 		circ_pack_kv_i64(pk, "n_examples", circ_attrib_count(a));
 		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
-		circ_pack_kv_i64(pk, "steps", o.method == CIRC_ATTR_EAP_IG ||
-							 o.method == CIRC_ATTR_EAP_IG_ACT
-						 ? o.steps
-						 : 0);
+		circ_pack_kv_i64(
+		    pk, "steps",
+		    o.method == CIRC_ATTR_EAP_IG || o.method == CIRC_ATTR_EAP_IG_ACT ? o.steps : 0);
 		circ_pack_str(pk, "sign");
-		circ_pack_str(pk, "positive: patching the edge hurts the behaviour (raises -metric or kl)");
+		circ_pack_str(
+		    pk, "positive: patching the edge hurts the behaviour (raises -metric or kl)");
 		if (circ_writer_end_record(w, &e) < 0)
 			circ_die(&e);
 	}

@@ -59,30 +59,14 @@ static struct {
 static int handle(int key, const char *arg, void *ctx)
 {
 	switch (key) {
-	case OPT_VOCAB_DIR:
-		o.vocab_dir = arg;
-		return 0;
-	case OPT_TEXT:
-		o.text = 1;
-		return 0;
-	case OPT_DECODE:
-		o.decode = 1;
-		return 0;
-	case OPT_SPECIAL:
-		o.special = 1;
-		return 0;
-	case OPT_PREPEND_BOS:
-		o.bos = 1, o.dataset_only = 1;
-		return 0;
-	case OPT_TASK:
-		o.task = arg, o.dataset_only = 1;
-		return 0;
-	case OPT_METRIC:
-		o.metric = arg, o.dataset_only = 1;
-		return 0;
-	case OPT_SKIP_MISALIGNED:
-		o.skip_misaligned = 1, o.dataset_only = 1;
-		return 0;
+	case OPT_VOCAB_DIR: o.vocab_dir = arg; return 0;
+	case OPT_TEXT: o.text = 1; return 0;
+	case OPT_DECODE: o.decode = 1; return 0;
+	case OPT_SPECIAL: o.special = 1; return 0;
+	case OPT_PREPEND_BOS: o.bos = 1, o.dataset_only = 1; return 0;
+	case OPT_TASK: o.task = arg, o.dataset_only = 1; return 0;
+	case OPT_METRIC: o.metric = arg, o.dataset_only = 1; return 0;
+	case OPT_SKIP_MISALIGNED: o.skip_misaligned = 1, o.dataset_only = 1; return 0;
 	}
 	return -1;
 }

@@ -123,57 +123,23 @@ static int handle(int key, const char *arg, void *ctx)
 	const char *task = NULL, *name = NULL;
 	(void)ctx;
 	switch (key) {
-	case OPT_OUT:
-		o.out = arg;
-		break;
-	case OPT_SEED:
-		o.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX);
-		break;
-	case OPT_STEPS:
-		o.steps = (int)circ_opt_i64("steps", arg, 1, 10000000);
-		break;
-	case OPT_BATCH:
-		o.batch = (int)circ_opt_i64("batch", arg, 1, 65536);
-		break;
-	case OPT_LR:
-		o.lr = circ_opt_f64("lr", arg);
-		break;
-	case OPT_MIN_LR:
-		o.min_lr = circ_opt_f64("min-lr", arg);
-		break;
-	case OPT_WARMUP:
-		o.warmup = (int)circ_opt_i64("warmup", arg, 0, 10000000);
-		break;
-	case OPT_WD:
-		o.wd = circ_opt_f64("weight-decay", arg);
-		break;
-	case OPT_CLIP:
-		o.clip = circ_opt_f64("clip", arg);
-		break;
-	case OPT_LAYERS:
-		o.layers = (int)circ_opt_i64("layers", arg, 1, 64);
-		break;
-	case OPT_HEADS:
-		o.heads = (int)circ_opt_i64("heads", arg, 1, 64);
-		break;
-	case OPT_EMBD:
-		o.embd = (int)circ_opt_i64("embd", arg, 1, 4096);
-		break;
-	case OPT_INNER:
-		o.inner = (int)circ_opt_i64("inner", arg, 1, 65536);
-		break;
-	case OPT_CTX:
-		o.ctx = (int)circ_opt_i64("ctx", arg, 2, 8192);
-		break;
-	case OPT_THREADS:
-		o.threads = (int)circ_opt_i64("threads", arg, 1, 256);
-		break;
-	case OPT_LOG:
-		o.log = (int)circ_opt_i64("log", arg, 0, 10000000);
-		break;
-	case OPT_EVAL:
-		o.t.n_eval = circ_opt_i64("eval", arg, 1, 1000000);
-		break;
+	case OPT_OUT: o.out = arg; break;
+	case OPT_SEED: o.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
+	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 10000000); break;
+	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 65536); break;
+	case OPT_LR: o.lr = circ_opt_f64("lr", arg); break;
+	case OPT_MIN_LR: o.min_lr = circ_opt_f64("min-lr", arg); break;
+	case OPT_WARMUP: o.warmup = (int)circ_opt_i64("warmup", arg, 0, 10000000); break;
+	case OPT_WD: o.wd = circ_opt_f64("weight-decay", arg); break;
+	case OPT_CLIP: o.clip = circ_opt_f64("clip", arg); break;
+	case OPT_LAYERS: o.layers = (int)circ_opt_i64("layers", arg, 1, 64); break;
+	case OPT_HEADS: o.heads = (int)circ_opt_i64("heads", arg, 1, 64); break;
+	case OPT_EMBD: o.embd = (int)circ_opt_i64("embd", arg, 1, 4096); break;
+	case OPT_INNER: o.inner = (int)circ_opt_i64("inner", arg, 1, 65536); break;
+	case OPT_CTX: o.ctx = (int)circ_opt_i64("ctx", arg, 2, 8192); break;
+	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); break;
+	case OPT_LOG: o.log = (int)circ_opt_i64("log", arg, 0, 10000000); break;
+	case OPT_EVAL: o.t.n_eval = circ_opt_i64("eval", arg, 1, 1000000); break;
 	case OPT_NAMES:
 		o.t.n_names = (int)circ_opt_i64("names", arg, 5, 100);
 		task = "ioi", name = "names";
@@ -206,14 +172,9 @@ static int handle(int key, const char *arg, void *ctx)
 		o.t.vocab_hi = (int32_t)circ_opt_i64("vocab-hi", arg, 1, INT32_MAX);
 		o.given_vhi = 1;
 		break;
-	case OPT_DIAGNOSE:
-		o.diagnose = arg;
-		break;
-	case OPT_N:
-		o.n = (int)circ_opt_i64("n", arg, 1, 100000);
-		break;
-	default:
-		return -1;
+	case OPT_DIAGNOSE: o.diagnose = arg; break;
+	case OPT_N: o.n = (int)circ_opt_i64("n", arg, 1, 100000); break;
+	default: return -1;
 	}
 	o.given[key - CIRC_OPT_FIRST_TOOL] = opt_name(key);
 	if (task)

@@ -44,8 +44,8 @@ static int node_has_output(const circ_graph *g, const uint8_t *keep, int node)
 	return 0;
 }
 
-int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep,
-		  circ_acdc_cb cb, void *ctx, int64_t *tests, circ_progress *pr, circ_error *e)
+int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep, circ_acdc_cb cb,
+		  void *ctx, int64_t *tests, circ_progress *pr, circ_error *e)
 {
 	const circ_graph *g = circ_patcher_graph(ps[0]);
 	double cur;

@@ -37,7 +37,7 @@ typedef int (*circ_acdc_cb)(void *ctx, const circ_acdc_step *s, circ_error *e);
 /* Runs ACDC on the batches loaded into the n patchers (same graph and
  * metric). keep (E) receives the circuit. The callback (may be NULL) sees
  * every decision. *tests counts edge tests. -1 with a message on error. */
-int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep,
-		  circ_acdc_cb cb, void *ctx, int64_t *tests, circ_progress *pr, circ_error *e);
+int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep, circ_acdc_cb cb,
+		  void *ctx, int64_t *tests, circ_progress *pr, circ_error *e);
 
 #endif

@@ -22,7 +22,7 @@
 #include <string.h>
 
 static const char *const attr_names[CIRC_ATTR_COUNT] = {"eap", "eap-ig", "eap-ig-activations",
-							 "exact"};
+							"exact"};
 
 const char *circ_attr_name(circ_attr_method m)
 {
@@ -105,8 +105,8 @@ static void fit_batch(circ_attrib *a, int all)
 		a->diff = circ_xalloc_aligned((size_t)a->U * btc * sizeof(float));
 		a->x = circ_xalloc_aligned(btc * sizeof(float));
 		a->gacc = a->method == CIRC_ATTR_EAP
-				  ? NULL
-				  : circ_xalloc_aligned((size_t)a->R * btc * sizeof(float));
+			      ? NULL
+			      : circ_xalloc_aligned((size_t)a->R * btc * sizeof(float));
 		a->cap_btc = btc;
 	}
 	if (tc > a->cap_tc) {
@@ -187,27 +187,32 @@ static void accumulate_core(double *sum, const circ_graph *g, int H, int U, int 
 				Bm = g0 + (size_t)bb * tc;
 			} else {
 				for (int j = 0; j < nr; j++)
-					memcpy(gcopy + (size_t)j * tc, grads[mr0 + j] + (size_t)bb * tc,
+					memcpy(gcopy + (size_t)j * tc,
+					       grads[mr0 + j] + (size_t)bb * tc,
 					       tc * sizeof(float));
 				Bm = gcopy;
 			}
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hi - lo, nr, (int)tc, 1.0f,
-				    A, (int)tc, Bm, (int)ldb, 0.0f, S, nr);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hi - lo, nr, (int)tc,
+				    1.0f, A, (int)tc, Bm, (int)ldb, 0.0f, S, nr);
 			for (int u = lo; u < hi; u++) {
 				const float *Su = S + (size_t)(u - lo) * nr;
 				if (s == 2 * L) {
-					sum[g->recv_first[circ_graph_recv_logits(g)] + u] += scale * Su[0];
+					sum[g->recv_first[circ_graph_recv_logits(g)] + u] +=
+					    scale * Su[0];
 				} else if (s % 2 == 1) {
-					sum[g->recv_first[circ_graph_recv_mlp(g, l)] + u] += scale * Su[0];
+					sum[g->recv_first[circ_graph_recv_mlp(g, l)] + u] +=
+					    scale * Su[0];
 				} else if (g->level == CIRC_LEVEL_EDGE) {
 					for (int j = 0; j < nr; j++)
-						sum[g->recv_first[circ_graph_recv_head(g, l, j / 3, j % 3)] +
+						sum[g->recv_first[circ_graph_recv_head(g, l, j / 3,
+										       j % 3)] +
 						    u] += scale * Su[j];
 				} else {
 					for (int h = 0; h < H; h++)
-						sum[g->recv_first[circ_graph_recv_head(g, l, h, 0)] + u] +=
-							scale * ((double)Su[3 * h] + Su[3 * h + 1] +
-								 Su[3 * h + 2]);
+						sum[g->recv_first[circ_graph_recv_head(g, l, h,
+										       0)] +
+						    u] += scale * ((double)Su[3 * h] +
+								   Su[3 * h + 1] + Su[3 * h + 2]);
 				}
 			}
 		}
@@ -247,7 +252,8 @@ static void make_diff(circ_attrib *a)
 	const circ_batch *b = circ_patcher_batch(a->p);
 	size_t tc = (size_t)b->T * (size_t)a->C;
 	for (int u = 0; u < a->U; u++) {
-		const float *r = circ_patcher_ref_out(a->p, u), *c = circ_patcher_clean_out(a->p, u);
+		const float *r = circ_patcher_ref_out(a->p, u),
+			    *c = circ_patcher_clean_out(a->p, u);
 		for (int bb = 0; bb < b->B; bb++) {
 			float *d = a->diff + ((size_t)bb * a->U + (size_t)u) * tc;
 			const float *rb = r + (size_t)bb * tc, *cb = c + (size_t)bb * tc;
@@ -346,7 +352,8 @@ static int batch_ig_activations(circ_attrib *a, circ_progress *pr, circ_error *e
 		else if (unit % 2 == 1)
 			u0 = 1 + (unit / 2) * (a->H + 1), nu = a->H, a->unit_stage = unit - 1;
 		else
-			u0 = 1 + (unit / 2 - 1) * (a->H + 1) + a->H, nu = 1, a->unit_stage = unit - 1;
+			u0 = 1 + (unit / 2 - 1) * (a->H + 1) + a->H, nu = 1,
+			a->unit_stage = unit - 1;
 		memset(a->gacc, 0, (size_t)a->R * btc * sizeof(float));
 		for (int k = 1; k <= a->steps && rc == 0; k++) {
 			double alpha = (double)k / a->steps;

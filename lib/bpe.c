@@ -919,14 +919,11 @@ static int cp_class(int32_t c)
 	case UTF8PROC_CATEGORY_LL:
 	case UTF8PROC_CATEGORY_LT:
 	case UTF8PROC_CATEGORY_LM:
-	case UTF8PROC_CATEGORY_LO:
-		return C_L;
+	case UTF8PROC_CATEGORY_LO: return C_L;
 	case UTF8PROC_CATEGORY_ND:
 	case UTF8PROC_CATEGORY_NL:
-	case UTF8PROC_CATEGORY_NO:
-		return C_N;
-	default:
-		return C_O;
+	case UTF8PROC_CATEGORY_NO: return C_N;
+	default: return C_O;
 	}
 }
 

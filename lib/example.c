@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const metric_names[CIRC_METRIC_COUNT] = {"logit_diff", "prob_diff",
-							     "logprob", "kl"};
+static const char *const metric_names[CIRC_METRIC_COUNT] = {"logit_diff", "prob_diff", "logprob",
+							    "kl"};
 
 const char *circ_metric_name(circ_metric_kind k)
 {
@@ -33,8 +33,9 @@ int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ
 	if (circ_rec_str(hdr, "metric", &s, &n, e) < 0)
 		return circ_error_prefix(e, "header");
 	if (circ_metric_parse(s, n, k) < 0)
-		return circ_errorf(e, "header: field 'metric': unknown metric '%.*s' (logit_diff, "
-				      "prob_diff, logprob or kl)",
+		return circ_errorf(e,
+				   "header: field 'metric': unknown metric '%.*s' (logit_diff, "
+				   "prob_diff, logprob or kl)",
 				   (int)n, s);
 	return 0;
 }
@@ -53,7 +54,8 @@ static int tokens_field(const msgpack_object *rec, const char *key, int vocab, i
 	if (n < 1)
 		return circ_errorf(e, "field '%s': no tokens", key);
 	if (n_ctx > 0 && n > n_ctx)
-		return circ_errorf(e, "field '%s': %lld tokens, longer than the model's context (%d)",
+		return circ_errorf(e,
+				   "field '%s': %lld tokens, longer than the model's context (%d)",
 				   key, (long long)n, n_ctx);
 	*out = circ_xmalloc((size_t)n * sizeof **out);
 	if (circ_tensor_copy_i32(&t, *out, e) < 0) {
@@ -63,10 +65,11 @@ static int tokens_field(const msgpack_object *rec, const char *key, int vocab, i
 	}
 	for (int64_t i = 0; i < n; i++)
 		if ((*out)[i] < 0 || (vocab > 0 && (*out)[i] >= vocab)) {
-			circ_errorf(e,
-				    "field '%s': token %d at position %lld is outside the vocabulary "
-				    "(%d tokens; was the stream made with another tokenizer?)",
-				    key, (*out)[i], (long long)i, vocab);
+			circ_errorf(
+			    e,
+			    "field '%s': token %d at position %lld is outside the vocabulary "
+			    "(%d tokens; was the stream made with another tokenizer?)",
+			    key, (*out)[i], (long long)i, vocab);
 			free(*out);
 			*out = NULL;
 			return -1;
@@ -96,13 +99,14 @@ static int int_list(const msgpack_object *rec, const char *key, int optional, in
 		return 0;
 	}
 	if (o->type != MSGPACK_OBJECT_ARRAY)
-		return circ_errorf(e, "field '%s': expected an int or an array of ints, got %s", key,
-				   circ_obj_type_name(o));
+		return circ_errorf(e, "field '%s': expected an int or an array of ints, got %s",
+				   key, circ_obj_type_name(o));
 	*out = circ_xmalloc((o->via.array.size ? o->via.array.size : 1) * sizeof **out);
 	for (uint32_t i = 0; i < o->via.array.size; i++) {
 		const msgpack_object *v = &o->via.array.ptr[i];
 		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX)
-			return circ_errorf(e, "field '%s': item %u is not a non-negative int", key, i);
+			return circ_errorf(e, "field '%s': item %u is not a non-negative int", key,
+					   i);
 		if (vocab > 0 && v->via.u64 >= (uint64_t)vocab)
 			return circ_errorf(e,
 					   "field '%s': token %llu is outside the vocabulary (%d "
@@ -138,15 +142,17 @@ int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int v
 	}
 	for (int i = 0; i < ex->npos; i++)
 		if (ex->pos[i] >= ex->T) {
-			circ_errorf(e, "field 'pos': position %d is past the last token (%d tokens)",
+			circ_errorf(e,
+				    "field 'pos': position %d is past the last token (%d tokens)",
 				    ex->pos[i], ex->T);
 			goto fail;
 		}
 	switch (metric) {
 	case CIRC_METRIC_LOGIT_DIFF:
 		if (ex->npos > 1 && (ex->nans != ex->npos || ex->nwrong != ex->npos)) {
-			circ_errorf(e, "logit_diff over %d positions needs one answer and one wrong "
-				       "answer per position (got %d and %d)",
+			circ_errorf(e,
+				    "logit_diff over %d positions needs one answer and one wrong "
+				    "answer per position (got %d and %d)",
 				    ex->npos, ex->nans, ex->nwrong);
 			goto fail;
 		}
@@ -163,8 +169,9 @@ int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int v
 		break;
 	case CIRC_METRIC_LOGPROB:
 		if ((ex->npos > 1 && ex->nans != ex->npos) || ex->nans < 1) {
-			circ_errorf(e, "logprob over %d positions needs one answer per position (got "
-				       "%d)",
+			circ_errorf(e,
+				    "logprob over %d positions needs one answer per position (got "
+				    "%d)",
 				    ex->npos, ex->nans);
 			goto fail;
 		}

@@ -43,10 +43,10 @@ typedef struct circ_example {
 	int32_t *clean;	  /* (T) */
 	int32_t *corrupt; /* (T) */
 	int npos;
-	int32_t *pos;	  /* (npos) read positions, each < T */
+	int32_t *pos; /* (npos) read positions, each < T */
 	int nans, nwrong;
-	int32_t *ans;	  /* (nans) */
-	int32_t *wrong;	  /* (nwrong) */
+	int32_t *ans;	/* (nans) */
+	int32_t *wrong; /* (nwrong) */
 } circ_example;
 
 /* Parses a tokens record. vocab and n_ctx bound ids and length (0: no
@@ -67,12 +67,12 @@ int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ
  * lengths grouped for speed). */
 typedef struct circ_batch {
 	int B, T;
-	circ_example *ex;	/* (B) */
-	int32_t *clean;		/* (B, T) */
-	int32_t *corrupt;	/* (B, T) */
-	int n_read;		/* sum of npos */
+	circ_example *ex;	  /* (B) */
+	int32_t *clean;		  /* (B, T) */
+	int32_t *corrupt;	  /* (B, T) */
+	int n_read;		  /* sum of npos */
 	int32_t *read_b, *read_t; /* (n_read) rows: example b, position t */
-	int *row0;		/* (B) first read row of each example */
+	int *row0;		  /* (B) first read row of each example */
 } circ_batch;
 
 typedef struct circ_batcher circ_batcher;

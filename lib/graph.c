@@ -215,19 +215,13 @@ int circ_graph_node_recvs(const circ_graph *g, int node, int *first)
 	int l, h;
 	circ_graph_node_info(g, node, &k, &l, &h);
 	switch (k) {
-	case CIRC_NODE_INPUT:
-		*first = -1;
-		return 0;
+	case CIRC_NODE_INPUT: *first = -1; return 0;
 	case CIRC_NODE_HEAD:
 		*first = circ_graph_recv_head(g, l, h, 0);
 		return g->level == CIRC_LEVEL_EDGE ? 3 : 1;
-	case CIRC_NODE_MLP:
-		*first = circ_graph_recv_mlp(g, l);
-		return 1;
+	case CIRC_NODE_MLP: *first = circ_graph_recv_mlp(g, l); return 1;
 	case CIRC_NODE_LOGITS:
-	default:
-		*first = circ_graph_recv_logits(g);
-		return 1;
+	default: *first = circ_graph_recv_logits(g); return 1;
 	}
 }
 
@@ -246,15 +240,11 @@ int circ_graph_node_name(const circ_graph *g, int node, char *buf, size_t n)
 	int l, h;
 	circ_graph_node_info(g, node, &k, &l, &h);
 	switch (k) {
-	case CIRC_NODE_INPUT:
-		return snprintf(buf, n, "input");
-	case CIRC_NODE_HEAD:
-		return snprintf(buf, n, "a%d.h%d", l, h);
-	case CIRC_NODE_MLP:
-		return snprintf(buf, n, "m%d", l);
+	case CIRC_NODE_INPUT: return snprintf(buf, n, "input");
+	case CIRC_NODE_HEAD: return snprintf(buf, n, "a%d.h%d", l, h);
+	case CIRC_NODE_MLP: return snprintf(buf, n, "m%d", l);
 	case CIRC_NODE_LOGITS:
-	default:
-		return snprintf(buf, n, "logits");
+	default: return snprintf(buf, n, "logits");
 	}
 }
 
@@ -263,14 +253,10 @@ const char *circ_graph_recv_letter(const circ_graph *g, int r)
 	circ_recv_kind k;
 	circ_graph_recv_info(g, r, &k, NULL);
 	switch (k) {
-	case CIRC_RECV_Q:
-		return "q";
-	case CIRC_RECV_K:
-		return "k";
-	case CIRC_RECV_V:
-		return "v";
-	default:
-		return "";
+	case CIRC_RECV_Q: return "q";
+	case CIRC_RECV_K: return "k";
+	case CIRC_RECV_V: return "v";
+	default: return "";
 	}
 }
 

@@ -481,8 +481,7 @@ static int build_induction(circ_config *c, circ_weights *w, circ_hb_info *info, 
 				rd(&b, 0, h, PK, y.pos->off + t, t, 1.0);
 			}
 			break;
-		default: /* uniform */
-			break;
+		default: /* uniform */ break;
 		}
 		reader_random(&b, 0, h, PV, y.tok, 1.0);
 		writer_random(&b, 0, h, s->junk, s->leak);

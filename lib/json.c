@@ -62,7 +62,8 @@ static void fmt_f32(char *out, size_t n, float v)
 static void put_nonfinite(sbuf *b, double v)
 {
 	puts_(b, isnan(v) ? "{\"$f64\":\"NaN\"}"
-			  : v > 0 ? "{\"$f64\":\"Infinity\"}" : "{\"$f64\":\"-Infinity\"}");
+		 : v > 0  ? "{\"$f64\":\"Infinity\"}"
+			  : "{\"$f64\":\"-Infinity\"}");
 }
 
 static void put_f64(sbuf *b, double v)
@@ -195,7 +196,8 @@ static int is_tensor_map(const msgpack_object *o)
 	const msgpack_object_map *m = &o->via.map;
 	if (o->type != MSGPACK_OBJECT_MAP || m->size != 3)
 		return 0;
-	return circ_obj_str_eq(&m->ptr[0].key, "dtype") && circ_obj_str_eq(&m->ptr[1].key, "shape") &&
+	return circ_obj_str_eq(&m->ptr[0].key, "dtype") &&
+	       circ_obj_str_eq(&m->ptr[1].key, "shape") &&
 	       circ_obj_str_eq(&m->ptr[2].key, "data") && m->ptr[2].val.type == MSGPACK_OBJECT_BIN;
 }
 
@@ -287,11 +289,8 @@ static int put_tensor(sbuf *b, const msgpack_object *o, circ_error *e)
 			snprintf(num, sizeof num, "%lld", (long long)v);
 			break;
 		}
-		case CIRC_U8:
-			snprintf(num, sizeof num, "%u", (unsigned)p[i]);
-			break;
-		default:
-			return circ_errorf(e, "unsupported dtype");
+		case CIRC_U8: snprintf(num, sizeof num, "%u", (unsigned)p[i]); break;
+		default: return circ_errorf(e, "unsupported dtype");
 		}
 		puts_(b, num);
 	}
@@ -445,7 +444,8 @@ static int pack_tensor_json(const json_t *j, msgpack_packer *pk, circ_error *e)
 	for (i = 0; i < nd; i++) {
 		const json_t *d = json_array_get(js, i);
 		if (!json_is_integer(d) || json_integer_value(d) < 0)
-			return circ_errorf(e, "tensor: shape[%zu] is not a non-negative integer", i);
+			return circ_errorf(e, "tensor: shape[%zu] is not a non-negative integer",
+					   i);
 		shape[i] = json_integer_value(d);
 		if (shape[i] && numel > INT64_MAX / 16 / shape[i])
 			return circ_errorf(e, "tensor: shape too large");
@@ -506,7 +506,8 @@ static int pack_tensor_json(const json_t *j, msgpack_packer *pk, circ_error *e)
 			if (dt == CIRC_I32) {
 				if (iv < INT32_MIN || iv > INT32_MAX) {
 					free(data);
-					return circ_errorf(e, "tensor: data[%zu] out of i32 range", i);
+					return circ_errorf(e, "tensor: data[%zu] out of i32 range",
+							   i);
 				}
 				int32_t x = (int32_t)iv;
 				memcpy(p, &x, 4);
@@ -516,7 +517,8 @@ static int pack_tensor_json(const json_t *j, msgpack_packer *pk, circ_error *e)
 			} else {
 				if (iv < 0 || iv > 255) {
 					free(data);
-					return circ_errorf(e, "tensor: data[%zu] out of u8 range", i);
+					return circ_errorf(e, "tensor: data[%zu] out of u8 range",
+							   i);
 				}
 				*p = (unsigned char)iv;
 			}
@@ -578,7 +580,8 @@ static int pack_json(const json_t *j, msgpack_packer *pk, int depth, circ_error 
 		    json_is_string(b)) {
 			unsigned char *raw;
 			size_t n;
-			if (base64_decode(json_string_value(b), json_string_length(b), &raw, &n) < 0)
+			if (base64_decode(json_string_value(b), json_string_length(b), &raw, &n) <
+			    0)
 				return circ_errorf(e, "\"$base64\": invalid base64 text");
 			msgpack_pack_bin(pk, n);
 			msgpack_pack_bin_body(pk, raw, n);

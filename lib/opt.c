@@ -10,18 +10,19 @@
 #include <string.h>
 
 static const circ_opt common_opts[] = {
-	{"help", CIRC_OPT_HELP, NULL, "show this help and exit"},
-	{"version", CIRC_OPT_VERSION, NULL, "show the version and exit"},
-	{0},
+    {"help", CIRC_OPT_HELP, NULL, "show this help and exit"},
+    {"version", CIRC_OPT_VERSION, NULL, "show the version and exit"},
+    {0},
 };
 
 static const circ_opt stream_opts[] = {
-	{"output", CIRC_OPT_OUTPUT, "FILE", "write to FILE (atomically, via a temporary) instead of stdout"},
-	{"json", CIRC_OPT_JSON, NULL, "write JSON lines instead of a binary stream"},
-	{"no-compress", CIRC_OPT_NO_COMPRESS, NULL, "write plain msgpack (no zstd)"},
-	{"compress-level", CIRC_OPT_LEVEL, "N", "zstd level, 1..19 (default 3)"},
-	{"force", CIRC_OPT_FORCE, NULL, "write a binary stream even to a terminal"},
-	{0},
+    {"output", CIRC_OPT_OUTPUT, "FILE",
+     "write to FILE (atomically, via a temporary) instead of stdout"},
+    {"json", CIRC_OPT_JSON, NULL, "write JSON lines instead of a binary stream"},
+    {"no-compress", CIRC_OPT_NO_COMPRESS, NULL, "write plain msgpack (no zstd)"},
+    {"compress-level", CIRC_OPT_LEVEL, "N", "zstd level, 1..19 (default 3)"},
+    {"force", CIRC_OPT_FORCE, NULL, "write a binary stream even to a terminal"},
+    {0},
 };
 
 void circ_init(const char *progname)
@@ -45,8 +46,8 @@ static void help_table(const circ_opt *o, FILE *f)
 	for (; o && o->name; o++) {
 		char left[64];
 		if (o->key < 256 && o->key > ' ')
-			snprintf(left, sizeof left, "-%c, --%s%s%s", o->key, o->name, o->arg ? " " : "",
-				 o->arg ? o->arg : "");
+			snprintf(left, sizeof left, "-%c, --%s%s%s", o->key, o->name,
+				 o->arg ? " " : "", o->arg ? o->arg : "");
 		else
 			snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg ? " " : "",
 				 o->arg ? o->arg : "");
@@ -156,14 +157,15 @@ int circ_cli_parse(circ_cli *cli, int argc, char **argv,
 		case CIRC_OPT_OUTPUT: cli->output = optarg; break;
 		case CIRC_OPT_JSON: cli->wopts.json = 1; break;
 		case CIRC_OPT_NO_COMPRESS: cli->wopts.compress = 0; break;
-		case CIRC_OPT_LEVEL: cli->wopts.level = (int)circ_opt_i64("compress-level", optarg, 1, 19); break;
+		case CIRC_OPT_LEVEL:
+			cli->wopts.level = (int)circ_opt_i64("compress-level", optarg, 1, 19);
+			break;
 		case CIRC_OPT_FORCE: cli->wopts.force = 1; break;
 		case '?':
 			if (optopt && optopt < 256)
 				circ_usage_error("unknown option '-%c'", optopt);
 			circ_usage_error("unknown option '%s'", argv[optind - 1]);
-		case ':':
-			circ_usage_error("option '%s' needs an argument", argv[optind - 1]);
+		case ':': circ_usage_error("option '%s' needs an argument", argv[optind - 1]);
 		default:
 			if (!handle || handle(c, optarg, ctx) < 0)
 				exit(2);

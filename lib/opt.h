@@ -29,12 +29,12 @@ enum {
 };
 
 typedef struct circ_cli {
-	const char *usage;	 /* "[options] [file]" */
-	const char *summary;	 /* one line */
-	const circ_opt *opts;	 /* tool options, terminated by {0} */
-	int stream_out;		 /* adds --json/--no-compress/--level/--force/--output */
-	circ_writer_opts wopts;	 /* filled by the common options */
-	const char *output;	 /* --output, default "-" */
+	const char *usage;	/* "[options] [file]" */
+	const char *summary;	/* one line */
+	const circ_opt *opts;	/* tool options, terminated by {0} */
+	int stream_out;		/* adds --json/--no-compress/--level/--force/--output */
+	circ_writer_opts wopts; /* filled by the common options */
+	const char *output;	/* --output, default "-" */
 } circ_cli;
 
 /* Sets circ_progname, installs the SIGPIPE policy. Call first in main. */

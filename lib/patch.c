@@ -64,7 +64,7 @@ enum { MODE_CIRCUIT, MODE_EDGE };
 
 /* One graph receiver of the stage being patched. */
 typedef struct recv_plan {
-	float *dst[3];	/* its model receivers' delta buffers (B, T, C) */
+	float *dst[3]; /* its model receivers' delta buffers (B, T, C) */
 	int ndst;
 	int complement; /* 1: delta = D - sum of the term rows; 0: the sum */
 	int nterm;
@@ -84,7 +84,7 @@ struct circ_patcher {
 	int mean_T, mean_done;
 	float *mean; /* (U, Tm, C) or (U, C) */
 	const circ_batch *b;
-	circ_read *reads; /* (max_b * max_t) */
+	circ_read *reads;	 /* (max_b * max_t) */
 	double *m_clean, *m_ref; /* (max_b) */
 	float *clean_logp;	 /* (N, V) kl only */
 	size_t out_cap;		 /* floats allocated in clean_out and ref_out */
@@ -96,20 +96,20 @@ struct circ_patcher {
 	int start; /* start stage of the current forward */
 	/* circuit delta kernel (see the top of this file) */
 	circ_pool *pool;
-	int nslot;		/* threads of the pool: one scratch each */
-	float *scratch;		/* (nslot, U + 1, CHUNK): difference rows, then a work row */
-	const float **srcs;	/* (nslot, U) row pointers handed to circ_vsum */
-	recv_plan *plan;	/* (3H) */
-	int *terms;		/* (3H, U) */
-	uint8_t *need;		/* (U) the stage needs node u's difference row */
-	int *rows;		/* (U) the needed nodes */
-	const float **cur;	/* (U) current outputs of the nodes */
-	float *dclean;		/* (B, T, C) dclean(dclean_stage) */
-	float *dacc;		/* (B, T, C) D over u < dacc_upto in this forward */
-	size_t d_cap;		/* floats allocated in dclean and dacc */
-	uint8_t *alive;		/* (U + 1) nodes that can reach the logits in the circuit */
-	int dclean_stage;	/* -1: dclean holds nothing */
-	int dacc_upto;		/* -1: D not started in this forward */
+	int nslot;	    /* threads of the pool: one scratch each */
+	float *scratch;	    /* (nslot, U + 1, CHUNK): difference rows, then a work row */
+	const float **srcs; /* (nslot, U) row pointers handed to circ_vsum */
+	recv_plan *plan;    /* (3H) */
+	int *terms;	    /* (3H, U) */
+	uint8_t *need;	    /* (U) the stage needs node u's difference row */
+	int *rows;	    /* (U) the needed nodes */
+	const float **cur;  /* (U) current outputs of the nodes */
+	float *dclean;	    /* (B, T, C) dclean(dclean_stage) */
+	float *dacc;	    /* (B, T, C) D over u < dacc_upto in this forward */
+	size_t d_cap;	    /* floats allocated in dclean and dacc */
+	uint8_t *alive;	    /* (U + 1) nodes that can reach the logits in the circuit */
+	int dclean_stage;   /* -1: dclean holds nothing */
+	int dacc_upto;	    /* -1: D not started in this forward */
 };
 
 /* Number of upstream nodes produced before stage s (those feeding it). */
@@ -178,8 +178,8 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	}
 	p->pool = circ_pool_new(o->threads);
 	p->nslot = circ_pool_threads(p->pool);
-	p->scratch = circ_xalloc_aligned((size_t)p->nslot * ((size_t)p->U + 1) * CHUNK *
-					 sizeof(float));
+	p->scratch =
+	    circ_xalloc_aligned((size_t)p->nslot * ((size_t)p->U + 1) * CHUNK * sizeof(float));
 	p->srcs = circ_xcalloc((size_t)p->nslot * (size_t)p->U, sizeof *p->srcs);
 	p->plan = circ_xcalloc(3 * (size_t)p->H, sizeof *p->plan);
 	p->terms = circ_xcalloc(3 * (size_t)p->H * (size_t)p->U, sizeof *p->terms);
@@ -362,12 +362,13 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 			for (int bb = 0; bb < b->B; bb++)
 				for (int t = 0; t < b->T; t++)
 					memcpy(p->ref_out + (size_t)u * n +
-						       ((size_t)bb * b->T + t) * p->C,
-					       p->mean + ((size_t)u * (p->o.mean_per_position
-									  ? (size_t)p->mean_T
-									  : 1) +
-							  (p->o.mean_per_position ? (size_t)t : 0)) *
-								 p->C,
+						   ((size_t)bb * b->T + t) * p->C,
+					       p->mean +
+						   ((size_t)u * (p->o.mean_per_position
+								     ? (size_t)p->mean_T
+								     : 1) +
+						    (p->o.mean_per_position ? (size_t)t : 0)) *
+						       p->C,
 					       (size_t)p->C * sizeof(float));
 		break;
 	case CIRC_ABL_ZERO: memset(p->ref_out, 0, (size_t)p->U * n * sizeof(float)); break;
@@ -427,7 +428,9 @@ static int model_recvs(const circ_patcher *p, int r, int *mr)
 	switch (k) {
 	case CIRC_RECV_Q:
 	case CIRC_RECV_K:
-	case CIRC_RECV_V: mr[0] = circ_recv_qkv(p->m, layer, head, (int)(k - CIRC_RECV_Q)); return 1;
+	case CIRC_RECV_V:
+		mr[0] = circ_recv_qkv(p->m, layer, head, (int)(k - CIRC_RECV_Q));
+		return 1;
 	case CIRC_RECV_HEAD:
 		for (int c = 0; c < 3; c++)
 			mr[c] = circ_recv_qkv(p->m, layer, head, c);
@@ -465,10 +468,10 @@ static void add_patched(circ_patcher *p, circ_run *run, int r, float **d, int nm
 
 typedef struct block_task {
 	circ_patcher *p;
-	size_t n;	  /* B*T*C */
+	size_t n; /* B*T*C */
 	int nplan;
 	int nrows;
-	int d_lo, d_hi;	  /* dacc = d_base + the rows of nodes d_lo .. d_hi-1 */
+	int d_lo, d_hi;	     /* dacc = d_base + the rows of nodes d_lo .. d_hi-1 */
 	const float *d_base; /* dacc itself, dclean, or NULL: D not used */
 } block_task;
 
@@ -513,7 +516,8 @@ static void block_part(void *ctx, size_t k0, size_t k1)
 			if (t->d_base && (t->d_hi > t->d_lo || t->d_base != p->dacc)) {
 				for (int u = t->d_lo; u < t->d_hi; u++)
 					src[u - t->d_lo] = scr + (size_t)u * CHUNK;
-				circ_vsum(p->dacc + i0, t->d_base + i0, NULL, src, t->d_hi - t->d_lo, len);
+				circ_vsum(p->dacc + i0, t->d_base + i0, NULL, src,
+					  t->d_hi - t->d_lo, len);
 			}
 			for (int r = 0; r < t->nplan; r++) {
 				const recv_plan *pl = &p->plan[r];
@@ -549,8 +553,8 @@ static void dclean_part(void *ctx, size_t k0, size_t k1)
 			float *d = p->dclean + c0;
 			memset(d, 0, len * sizeof(float));
 			for (int u = 0; u < t->d_hi; u++) {
-				vsub(work, p->ref_out + (size_t)u * n + c0, p->clean_out + (size_t)u * n + c0,
-				     len);
+				vsub(work, p->ref_out + (size_t)u * n + c0,
+				     p->clean_out + (size_t)u * n + c0, len);
 				circ_vadd(d, work, len);
 			}
 		}
@@ -644,8 +648,10 @@ static int hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, circ_er
 {
 	circ_patcher *p = ctx;
 	const circ_graph *g = p->g;
-	int mr[3], nmr, s = sk == CIRC_STAGE_ATTN ? 2 * layer : sk == CIRC_STAGE_MLP ? 2 * layer + 1
-										       : 2 * p->L;
+	int mr[3], nmr,
+	    s = sk == CIRC_STAGE_ATTN  ? 2 * layer
+		: sk == CIRC_STAGE_MLP ? 2 * layer + 1
+				       : 2 * p->L;
 	float *d;
 	(void)e;
 	if (p->mode == MODE_EDGE) {

@@ -29,22 +29,18 @@
 #include "graph.h"
 #include "model.h"
 
-typedef enum circ_ablation {
-	CIRC_ABL_RESAMPLE,
-	CIRC_ABL_MEAN,
-	CIRC_ABL_ZERO
-} circ_ablation;
+typedef enum circ_ablation { CIRC_ABL_RESAMPLE, CIRC_ABL_MEAN, CIRC_ABL_ZERO } circ_ablation;
 
 const char *circ_ablation_name(circ_ablation a);
 int circ_ablation_parse(const char *s, circ_ablation *a);
 
 typedef struct circ_patch_opts {
 	circ_ablation ablation;
-	int mean_per_position;	/* mean ablation: one mean per position (needs equal lengths) */
+	int mean_per_position;	 /* mean ablation: one mean per position (needs equal lengths) */
 	circ_metric_kind metric; /* the metric evaluated (the task's, or kl) */
 	int threads;
-	int max_b, max_t;	/* largest batch the patcher is made for */
-	int backward;		/* 1: the main run can do a backward (attribution) */
+	int max_b, max_t; /* largest batch the patcher is made for */
+	int backward;	  /* 1: the main run can do a backward (attribution) */
 } circ_patch_opts;
 
 typedef struct circ_patcher circ_patcher;

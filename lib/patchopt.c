@@ -28,7 +28,8 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 	case CIRC_PO_PER_POSITION: pc->per_position = 1; return 0;
 	case CIRC_PO_METRIC:
 		if (circ_metric_parse(arg, strlen(arg), &pc->metric) < 0)
-			circ_usage_error("unknown metric '%s' (logit_diff, prob_diff, logprob, kl)", arg);
+			circ_usage_error("unknown metric '%s' (logit_diff, prob_diff, logprob, kl)",
+					 arg);
 		pc->metric_set = 1;
 		return 0;
 	case CIRC_PO_LEVEL:

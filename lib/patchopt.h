@@ -28,22 +28,22 @@ enum {
 
 /* The options' table entries, for a tool to list in its own table (the help
  * texts are the same in every tool). */
-#define CIRC_PATCH_OPT_MODEL                                                              \
+/* clang-format off */
+#define CIRC_PATCH_OPT_MODEL \
 	{"model", CIRC_PO_MODEL, "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"}
-#define CIRC_PATCH_OPT_COMMON                                                             \
-	{"ablation", CIRC_PO_ABLATION, "A",                                               \
-	 "resample (default: the corrupted prompt), mean or zero"},                        \
-	    {"mean-ref", CIRC_PO_MEAN_REF, "FILE",                                        \
-	     "token stream whose clean prompts give the means (default: the input)"},      \
-	    {"per-position", CIRC_PO_PER_POSITION, NULL,                                  \
-	     "mean ablation with one mean per position"},                                  \
-	    {"metric", CIRC_PO_METRIC, "M",                                               \
-	     "override the task's metric (logit_diff, prob_diff, logprob, kl)"},           \
-	    {"level", CIRC_PO_LEVEL, "L", "edge (default: q/k/v receivers) or node (whole heads)"}, \
-	    {"convention", CIRC_PO_CONVENTION, "C",                                       \
-	     "eap-ig (default: input is the token embedding) or acdc"},                   \
-	    {"batch", CIRC_PO_BATCH, "N", "examples per batch (default 16)"},             \
-	    {"threads", CIRC_PO_THREADS, "N", "threads (default 1)"}
+#define CIRC_PATCH_OPT_COMMON \
+	{"ablation", CIRC_PO_ABLATION, "A", "resample (default: the corrupted prompt), mean or zero"}, \
+	{"mean-ref", CIRC_PO_MEAN_REF, "FILE", \
+	 "token stream whose clean prompts give the means (default: the input)"}, \
+	{"per-position", CIRC_PO_PER_POSITION, NULL, "mean ablation with one mean per position"}, \
+	{"metric", CIRC_PO_METRIC, "M", \
+	 "override the task's metric (logit_diff, prob_diff, logprob, kl)"}, \
+	{"level", CIRC_PO_LEVEL, "L", "edge (default: q/k/v receivers) or node (whole heads)"}, \
+	{"convention", CIRC_PO_CONVENTION, "C", \
+	 "eap-ig (default: input is the token embedding) or acdc"}, \
+	{"batch", CIRC_PO_BATCH, "N", "examples per batch (default 16)"}, \
+	{"threads", CIRC_PO_THREADS, "N", "threads (default 1)"}
+/* clang-format on */
 
 typedef struct circ_patch_cli {
 	const char *model, *mean_ref;

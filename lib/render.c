@@ -42,14 +42,10 @@ static int node_row(const circ_graph *g, int node)
 	int l;
 	circ_graph_node_info(g, node, &k, &l, NULL);
 	switch (k) {
-	case CIRC_NODE_INPUT:
-		return 0;
-	case CIRC_NODE_HEAD:
-		return 1 + 2 * l;
-	case CIRC_NODE_MLP:
-		return 2 + 2 * l;
-	default:
-		return 2 * g->n_layer + 1;
+	case CIRC_NODE_INPUT: return 0;
+	case CIRC_NODE_HEAD: return 1 + 2 * l;
+	case CIRC_NODE_MLP: return 2 + 2 * l;
+	default: return 2 * g->n_layer + 1;
 	}
 }
 
@@ -85,20 +81,11 @@ static void put_xml(FILE *f, const char *s)
 {
 	for (; *s; s++) {
 		switch (*s) {
-		case '<':
-			fputs("&lt;", f);
-			break;
-		case '>':
-			fputs("&gt;", f);
-			break;
-		case '&':
-			fputs("&amp;", f);
-			break;
-		case '"':
-			fputs("&quot;", f);
-			break;
-		default:
-			putc(*s, f);
+		case '<': fputs("&lt;", f); break;
+		case '>': fputs("&gt;", f); break;
+		case '&': fputs("&amp;", f); break;
+		case '"': fputs("&quot;", f); break;
+		default: putc(*s, f);
 		}
 	}
 }
@@ -106,12 +93,9 @@ static void put_xml(FILE *f, const char *s)
 static const char *node_fill(circ_node_kind k)
 {
 	switch (k) {
-	case CIRC_NODE_HEAD:
-		return "#c6dbef";
-	case CIRC_NODE_MLP:
-		return "#fdd0a2";
-	default:
-		return "#e0e0e0";
+	case CIRC_NODE_HEAD: return "#c6dbef";
+	case CIRC_NODE_MLP: return "#fdd0a2";
+	default: return "#e0e0e0";
 	}
 }
 

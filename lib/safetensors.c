@@ -54,16 +54,12 @@ static size_t st_dtype_size(circ_dtype d)
 {
 	switch (d) {
 	case CIRC_F64:
-	case CIRC_I64:
-		return 8;
+	case CIRC_I64: return 8;
 	case CIRC_F32:
-	case CIRC_I32:
-		return 4;
+	case CIRC_I32: return 4;
 	case CIRC_F16:
-	case CIRC_BF16:
-		return 2;
-	default:
-		return 1;
+	case CIRC_BF16: return 2;
+	default: return 1;
 	}
 }
 
@@ -495,9 +491,7 @@ void circ_st_to_f32(float *out, const void *data, circ_dtype dtype, size_t n)
 	size_t i;
 	for (i = 0; i < n; i++) {
 		switch (dtype) {
-		case CIRC_F32:
-			memcpy(&out[i], p + 4 * i, 4);
-			break;
+		case CIRC_F32: memcpy(&out[i], p + 4 * i, 4); break;
 		case CIRC_F64: {
 			double d;
 			memcpy(&d, p + 8 * i, 8);
@@ -510,9 +504,7 @@ void circ_st_to_f32(float *out, const void *data, circ_dtype dtype, size_t n)
 		case CIRC_BF16:
 			out[i] = circ_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
 			break;
-		default:
-			out[i] = 0;
-			break;
+		default: out[i] = 0; break;
 		}
 	}
 }

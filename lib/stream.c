@@ -27,13 +27,13 @@
 
 #include "json.h"
 
-#define CHUNK (1u << 17)
+#define CHUNK	    (1u << 17)
 #define UNPACK_INIT (1u << 23) /* unpacker buffer: whole tensor records land without regrowth */
 #define UNPACK_READ (1u << 20)
-#define STAGE_CAP (1u << 16)
+#define STAGE_CAP   (1u << 16)
 
 static const char *const dtype_names[CIRC_DTYPE_COUNT] = {"f32", "f64", "f16", "bf16",
-							   "i32", "i64", "u8"};
+							  "i32", "i64", "u8"};
 static const size_t dtype_sizes[CIRC_DTYPE_COUNT] = {4, 8, 2, 2, 4, 8, 1};
 
 const char *circ_dtype_name(circ_dtype d)
@@ -126,7 +126,8 @@ int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e)
 			int64_t v;
 			memcpy(&v, p + 8 * i, 8);
 			if (v < INT32_MIN || v > INT32_MAX)
-				return circ_errorf(e, "value %lld at index %lld does not fit in i32",
+				return circ_errorf(e,
+						   "value %lld at index %lld does not fit in i32",
 						   (long long)v, (long long)i);
 			out[i] = (int32_t)v;
 		}
@@ -159,7 +160,8 @@ const char *circ_obj_type_name(const msgpack_object *o)
 int circ_obj_str_eq(const msgpack_object *o, const char *s)
 {
 	size_t n = strlen(s);
-	return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && !memcmp(o->via.str.ptr, s, n);
+	return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+	       !memcmp(o->via.str.ptr, s, n);
 }
 
 const msgpack_object *circ_rec_get(const msgpack_object *map, const char *key)
@@ -467,8 +469,9 @@ static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 				return -1;
 			if (k == 0) {
 				if (r->zret != 0)
-					return circ_errorf(e, "%s: record %lld: truncated zstd frame "
-							      "(input ends inside a compressed frame)",
+					return circ_errorf(e,
+							   "%s: record %lld: truncated zstd frame "
+							   "(input ends inside a compressed frame)",
 							   r->name, (long long)r->recno + 1);
 				return 0;
 			}
@@ -516,18 +519,25 @@ static size_t mp_complete(const unsigned char *p, size_t n)
 			len = c & 0x1f;
 		} else {
 			switch (c) {
-			case 0xc4: case 0xd9: w = 1; break;
-			case 0xc5: case 0xda: w = 2; break;
-			case 0xc6: case 0xdb: w = 4; break;
+			case 0xc4:
+			case 0xd9: w = 1; break;
+			case 0xc5:
+			case 0xda: w = 2; break;
+			case 0xc6:
+			case 0xdb: w = 4; break;
 			case 0xc7: w = 1, len = 1; break;
 			case 0xc8: w = 2, len = 1; break;
 			case 0xc9: w = 4, len = 1; break;
 			case 0xca: len = 4; break;
 			case 0xcb: len = 8; break;
-			case 0xcc: case 0xd0: len = 1; break;
-			case 0xcd: case 0xd1: len = 2; break;
-			case 0xce: case 0xd2: len = 4; break;
-			case 0xcf: case 0xd3: len = 8; break;
+			case 0xcc:
+			case 0xd0: len = 1; break;
+			case 0xcd:
+			case 0xd1: len = 2; break;
+			case 0xce:
+			case 0xd2: len = 4; break;
+			case 0xcf:
+			case 0xd3: len = 8; break;
 			case 0xd4: len = 2; break;
 			case 0xd5: len = 3; break;
 			case 0xd6: len = 5; break;
@@ -566,7 +576,8 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 	for (;;) {
 		size_t avail = r->up.used - r->up.off, need;
 		ssize_t k;
-		need = avail ? mp_complete((const unsigned char *)r->up.buffer + r->up.off, avail) : 0;
+		need =
+		    avail ? mp_complete((const unsigned char *)r->up.buffer + r->up.off, avail) : 0;
 		if (need == SIZE_MAX)
 			return circ_errorf(e, "%s: record %lld: invalid msgpack data", r->name,
 					   (long long)r->recno + 1);
@@ -583,8 +594,8 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 					   (long long)r->recno + 1);
 		}
 		if (avail > r->max_record)
-			return circ_errorf(e, "%s: record %lld: record larger than %zu bytes", r->name,
-					   (long long)r->recno + 1, r->max_record);
+			return circ_errorf(e, "%s: record %lld: record larger than %zu bytes",
+					   r->name, (long long)r->recno + 1, r->max_record);
 		/* Grow reads geometrically so that rescanning a large record stays linear. */
 		{
 			size_t want = avail > UNPACK_READ ? avail : UNPACK_READ, got = 0;
@@ -605,11 +616,12 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 			}
 			if (got == 0) {
 				if (avail > 0)
-					return circ_errorf(e,
-							   "%s: record %lld: truncated msgpack object at "
-							   "end of input (a declared length runs past "
-							   "the data)",
-							   r->name, (long long)r->recno + 1);
+					return circ_errorf(
+					    e,
+					    "%s: record %lld: truncated msgpack object at "
+					    "end of input (a declared length runs past "
+					    "the data)",
+					    r->name, (long long)r->recno + 1);
 				return 0;
 			}
 		}
@@ -621,8 +633,8 @@ static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
 {
 	for (;;) {
 		char *nl = r->line_off < r->line_len
-				   ? memchr(r->line + r->line_off, '\n', r->line_len - r->line_off)
-				   : NULL;
+			       ? memchr(r->line + r->line_off, '\n', r->line_len - r->line_off)
+			       : NULL;
 		size_t start = r->line_off, n;
 		json_t *j;
 		json_error_t je;
@@ -637,8 +649,9 @@ static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
 			}
 			if (r->line_cap - r->line_len < CHUNK) {
 				if (r->line_len > r->max_record)
-					return circ_errorf(e, "%s: record %lld: line longer than %zu bytes",
-							   r->name, (long long)r->recno + 1, r->max_record);
+					return circ_errorf(
+					    e, "%s: record %lld: line longer than %zu bytes",
+					    r->name, (long long)r->recno + 1, r->max_record);
 				r->line_cap = r->line_cap * 2 + CHUNK;
 				r->line = circ_xrealloc(r->line, r->line_cap);
 			}
@@ -663,8 +676,8 @@ static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
 		}
 		j = json_loadb(r->line + start, n, JSON_DECODE_ANY, &je);
 		if (!j)
-			return circ_errorf(e, "%s: record %lld: invalid JSON: %s (column %d)", r->name,
-					   (long long)r->recno + 1, je.text, je.column);
+			return circ_errorf(e, "%s: record %lld: invalid JSON: %s (column %d)",
+					   r->name, (long long)r->recno + 1, je.text, je.column);
 		if (!json_is_object(j)) {
 			json_decref(j);
 			return circ_errorf(e, "%s: record %lld: expected a JSON object per line",
@@ -726,8 +739,9 @@ static int take_header(circ_reader *r, const msgpack_object *o, circ_error *e)
 			return rd_fail(r, e, "concatenated stream of kind '%.*s' follows kind '%s'",
 				       (int)k->via.str.size, k->via.str.ptr, r->kind);
 		if (a && b && !msgpack_object_equal(*a, *b))
-			return rd_fail(r, e, "concatenated stream comes from another model "
-					     "(model_digest differs)");
+			return rd_fail(r, e,
+				       "concatenated stream comes from another model "
+				       "(model_digest differs)");
 		r->parts++;
 		return 0;
 	}
@@ -839,7 +853,8 @@ static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e
 			break;
 		n += k;
 	}
-	if (n == 4 && r->in[0] == 0x28 && r->in[1] == 0xb5 && r->in[2] == 0x2f && r->in[3] == 0xfd) {
+	if (n == 4 && r->in[0] == 0x28 && r->in[1] == 0xb5 && r->in[2] == 0x2f &&
+	    r->in[3] == 0xfd) {
 		r->zstd = 1;
 		r->zd = ZSTD_createDStream();
 		if (!r->zd) {
@@ -981,9 +996,9 @@ int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
 			if (!c || c->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
 				return rd_fail(r, e, "end record without a record count");
 			if ((int64_t)c->via.u64 != r->ndata_part)
-				return rd_fail(r, e, "end record counts %llu records, stream has %lld",
-					       (unsigned long long)c->via.u64,
-					       (long long)r->ndata_part);
+				return rd_fail(
+				    r, e, "end record counts %llu records, stream has %lld",
+				    (unsigned long long)c->via.u64, (long long)r->ndata_part);
 			r->ended = 1;
 			r->recno--;
 			continue;
@@ -1226,15 +1241,16 @@ int circ_writer_end_record(circ_writer *w, circ_error *e)
 			MSGPACK_UNPACK_SUCCESS ||
 		    off != w->jsb.size) {
 			msgpack_unpacked_destroy(&u);
-			return circ_errorf(e, "%s: internal error: record is not one msgpack object",
-					   w->name);
+			return circ_errorf(
+			    e, "%s: internal error: record is not one msgpack object", w->name);
 		}
 		w->jlen = 0;
 		r = circ_json_from_msgpack(&u.data, &w->jbuf, &w->jlen, &w->jcap, e);
 		msgpack_unpacked_destroy(&u);
 		msgpack_sbuffer_clear(&w->jsb);
 		if (r < 0)
-			return circ_error_prefix(e, "%s: record %lld", w->name, (long long)w->nrec - 1);
+			return circ_error_prefix(e, "%s: record %lld", w->name,
+						 (long long)w->nrec - 1);
 		w->jbuf[w->jlen++] = '\n';
 		if (write_all(w, w->jbuf, w->jlen) < 0)
 			return wr_error(w, e);

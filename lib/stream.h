@@ -30,7 +30,7 @@
 
 #include "util.h"
 
-#define CIRC_FORMAT "circ"
+#define CIRC_FORMAT	    "circ"
 #define CIRC_FORMAT_VERSION 1
 
 /* ---- tensors ---- */
@@ -122,10 +122,10 @@ void circ_reader_free(circ_reader *r);
 
 /* ---- writer ---- */
 typedef struct circ_writer_opts {
-	int json;	/* write JSON lines instead of a binary stream */
-	int compress;	/* zstd (default 1) */
-	int level;	/* zstd level (default 3) */
-	int force;	/* allow binary output to a terminal */
+	int json;     /* write JSON lines instead of a binary stream */
+	int compress; /* zstd (default 1) */
+	int level;    /* zstd level (default 3) */
+	int force;    /* allow binary output to a terminal */
 } circ_writer_opts;
 void circ_writer_opts_default(circ_writer_opts *o);
 

@@ -85,18 +85,10 @@ static void init_tensor(void *v, float *p, size_t n, int kind)
 	for (size_t i = 0; i < n; i++)
 		switch (kind) {
 		case 0:
-		case 1:
-			p[i] = (float)(0.02 * circ_rng_normal(&c->rng));
-			break;
-		case 2:
-			p[i] = (float)(c->proj_sd * circ_rng_normal(&c->rng));
-			break;
-		case 3:
-			p[i] = 1.0f;
-			break;
-		default:
-			p[i] = 0.0f;
-			break;
+		case 1: p[i] = (float)(0.02 * circ_rng_normal(&c->rng)); break;
+		case 2: p[i] = (float)(c->proj_sd * circ_rng_normal(&c->rng)); break;
+		case 3: p[i] = 1.0f; break;
+		default: p[i] = 0.0f; break;
 		}
 }
 

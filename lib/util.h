@@ -17,7 +17,7 @@
 
 #if defined(__GNUC__)
 #define CIRC_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#define CIRC_NORETURN __attribute__((noreturn))
+#define CIRC_NORETURN	  __attribute__((noreturn))
 #else
 #define CIRC_PRINTF(a, b)
 #define CIRC_NORETURN

@@ -16,7 +16,6 @@
 #include "circuit.h"
 #include "check.h"
 
-
 static uint64_t rng = 88172645463325252ull;
 static uint64_t next_rand(void)
 {

@@ -11,7 +11,6 @@
 #include "evalm.h"
 #include "check.h"
 
-
 #define NEAR(a, b, tol) (fabs((a) - (b)) <= (tol))
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;

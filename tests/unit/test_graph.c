@@ -15,7 +15,6 @@
 #include "stream.h"
 #include "check.h"
 
-
 /* Naive enumeration: names of all edges, EAP-IG style, into a malloc'd
  * array of malloc'd strings. */
 static char **naive_edges(int L, int H, int node_level, int64_t *count)

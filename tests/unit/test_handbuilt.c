@@ -32,7 +32,6 @@
 #include "patch.h"
 #include "check.h"
 
-
 #define CHECKF(cond, ...)                                                                          \
 	do {                                                                                       \
 		if (!(cond)) {                                                                     \

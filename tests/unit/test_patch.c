@@ -14,12 +14,12 @@
 #include "attrib.h"
 
 static int fails;
-#define CHECK(c)                                                                          \
-	do {                                                                              \
-		if (!(c)) {                                                               \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-			fails++;                                                          \
-		}                                                                         \
+#define CHECK(c)                                                                                   \
+	do {                                                                                       \
+		if (!(c)) {                                                                        \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);      \
+			fails++;                                                                   \
+		}                                                                                  \
 	} while (0)
 
 static circ_batch *make_batch(int B, int T, int V, uint64_t seed)
@@ -64,7 +64,8 @@ static circ_batch *make_batch(int B, int T, int V, uint64_t seed)
 }
 
 /* max |eap - exact| / max |exact| at reference scale eps */
-static double eap_vs_exact(const circ_model *m, const circ_graph *g, const circ_batch *b, double eps)
+static double eap_vs_exact(const circ_model *m, const circ_graph *g, const circ_batch *b,
+			   double eps)
 {
 	circ_error e;
 	circ_patch_opts po = {CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 1, b->B, b->T, 1};
@@ -105,7 +106,8 @@ int main(void)
 	char cmd[128];
 
 	CHECK(mkdtemp(dir) != NULL);
-	if (circ_model_write_random(dir, &c, 7, "F32", &e) < 0 || !(m = circ_model_open(dir, NULL, &e)) ||
+	if (circ_model_write_random(dir, &c, 7, "F32", &e) < 0 ||
+	    !(m = circ_model_open(dir, NULL, &e)) ||
 	    !(g = circ_graph_new(c.n_layer, c.n_head, CIRC_LEVEL_EDGE, &e))) {
 		fprintf(stderr, "%s\n", e.msg);
 		return 1;
@@ -116,15 +118,16 @@ int main(void)
 	r1 = eap_vs_exact(m, g, b, 1.0);
 	r2 = eap_vs_exact(m, g, b, 0.1);
 	r3 = eap_vs_exact(m, g, b, 0.01);
-	fprintf(stderr, "test_patch: |eap - exact| / |exact|: eps 1 %.3g, 0.1 %.3g, 0.01 %.3g\n", r1, r2,
-		r3);
+	fprintf(stderr, "test_patch: |eap - exact| / |exact|: eps 1 %.3g, 0.1 %.3g, 0.01 %.3g\n",
+		r1, r2, r3);
 	CHECK(r2 < r1 && r3 < r2);
 	CHECK(r3 < 0.02);
 	CHECK(r3 < 0.3 * r2);
 
 	/* no edge patched = clean; every edge patched = the reference run */
 	{
-		circ_patch_opts po = {CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 1, b->B, b->T, 0};
+		circ_patch_opts po = {
+		    CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 1, b->B, b->T, 0};
 		circ_patcher *p = circ_patcher_new(m, g, &po, &e);
 		uint8_t *keep = circ_xmalloc((size_t)g->n_edges);
 		double out[8], full[8];

@@ -12,12 +12,12 @@
 #include "stream.h"
 
 static int fails;
-#define CHECK(c)                                                                   \
-	do {                                                                       \
-		if (!(c)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-			fails++;                                                   \
-		}                                                                  \
+#define CHECK(c)                                                                                   \
+	do {                                                                                       \
+		if (!(c)) {                                                                        \
+			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);      \
+			fails++;                                                                   \
+		}                                                                                  \
 	} while (0)
 
 static void write_stream(const char *path, const circ_writer_opts *o, int nrec)
@@ -115,12 +115,16 @@ int main(void)
 		circ_sha256_init(&s);
 		circ_sha256_update(&s, "abc", 3);
 		circ_sha256_final_hex(&s, hex);
-		CHECK(!strcmp(hex, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+		CHECK(!strcmp(
+		    hex,
+		    "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
 		circ_sha256_init(&s);
 		for (int i = 0; i < 1000; i++)
 			circ_sha256_update(&s, "a", 1);
 		circ_sha256_final_hex(&s, hex);
-		CHECK(!strcmp(hex, "sha256:41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"));
+		CHECK(!strcmp(
+		    hex,
+		    "sha256:41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"));
 	}
 	/* strict number parsing */
 	{
