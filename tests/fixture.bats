@@ -99,6 +99,13 @@ ge() {
 	[ "$(ls "$T/a" | wc -l)" -eq 6 ] # no temporaries left behind
 }
 
+@test "fixture: the shipped hand-built models are exactly what circ-fixture writes (make fixtures)" {
+	for m in $MODELS; do
+		circ-fixture "$m" --out "$T/$m"
+		diff -r "fixtures/$m" "$T/$m"
+	done
+}
+
 @test "fixture: write errors exit 1 and say what failed" {
 	run --separate-stderr circ-fixture induction-hand --out /nonexistent/dir/x
 	assert_failure 1
