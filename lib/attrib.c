@@ -140,6 +140,12 @@ int64_t circ_attrib_count(const circ_attrib *a)
 	return a->count;
 }
 
+void circ_attrib_reset(circ_attrib *a)
+{
+	memset(a->sum, 0, (size_t)circ_patcher_graph(a->p)->n_edges * sizeof *a->sum);
+	a->count = 0;
+}
+
 /* Gradient of model receiver mr for the current batch: from the run, or the
  * IG accumulator. */
 static const float *grad_of(const circ_attrib *a, int mr, size_t btc)

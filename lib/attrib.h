@@ -47,6 +47,9 @@ int circ_attrib_batch(circ_attrib *a, circ_progress *progress, circ_error *e);
 /* Per-edge sums over examples (E) and the number of examples. */
 const double *circ_attrib_sums(const circ_attrib *a);
 int64_t circ_attrib_count(const circ_attrib *a);
+/* Zeroes the sums and the count; buffers are kept (a new pass over a
+ * dataset with the memory of the last one). */
+void circ_attrib_reset(circ_attrib *a);
 
 /* Backward pass of the loss (see above) on the clean run of the batch
  * loaded in p (re-running it if patched forwards overwrote it); afterwards
