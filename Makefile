@@ -100,6 +100,7 @@ check: deps
 	@$(MAKE) --no-print-directory bats
 ifeq ($(CI),true)
 ifndef SANITIZE
+	@$(MAKE) --no-print-directory format-check
 	@$(MAKE) --no-print-directory check-sanitize
 	@$(MAKE) --no-print-directory fuzz-ci
 	@$(MAKE) --no-print-directory all

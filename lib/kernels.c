@@ -635,11 +635,26 @@ AVX2 static void layernorm_row_avx2(float *o, float *mean, float *rstd, const fl
 		*rstd = r;
 }
 
+/* x[i..i+8) (+ add[i..i+8) when add is not NULL): a receiver's input read
+ * as residual + delta without materialising it. */
+AVX2 static inline __m256 xload(const float *x, const float *add, int i)
+{
+	__m256 v = _mm256_loadu_ps(x + i);
+	return add ? _mm256_add_ps(v, _mm256_loadu_ps(add + i)) : v;
+}
+
+AVX2 static inline __m256 xload_partial(const float *x, const float *add, int i, size_t k)
+{
+	__m256 v = load_partial(x + i, k);
+	return add ? _mm256_add_ps(v, load_partial(add + i, k)) : v;
+}
+
 /* One row of the LayerNorm input gradient:
  *   u = w dy, xh = (x - m) r, a = mean(u), c = mean(u xh),
  *   dx += r (u - a - xh c)   (and dacc += the same). */
 AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy, const float *x,
-					float m, float r, const float *w, int C, int set)
+					const float *add, float m, float r, const float *w, int C,
+					int set)
 {
 	__m256 sa = _mm256_setzero_ps(), sc = _mm256_setzero_ps();
 	__m256 m8 = _mm256_set1_ps(m), r8 = _mm256_set1_ps(r);
@@ -647,14 +662,14 @@ AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy,
 	int i = 0;
 	for (; i + 8 <= C; i += 8) {
 		__m256 u = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(dy + i));
-		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(xload(x, add, i), m8), r8);
 		sa = _mm256_add_ps(sa, u);
 		sc = _mm256_fmadd_ps(u, xh, sc);
 	}
 	if (i < C) { /* padded lanes have u = 0, so they add nothing */
 		size_t k = (size_t)(C - i);
 		__m256 u = _mm256_mul_ps(load_partial(w + i, k), load_partial(dy + i, k));
-		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(xload_partial(x, add, i, k), m8), r8);
 		sa = _mm256_add_ps(sa, u);
 		sc = _mm256_fmadd_ps(u, xh, sc);
 	}
@@ -663,7 +678,7 @@ AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy,
 	__m256 a8 = _mm256_set1_ps(a), c8 = _mm256_set1_ps(c);
 	for (i = 0; i + 8 <= C; i += 8) {
 		__m256 u = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(dy + i));
-		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(xload(x, add, i), m8), r8);
 		__m256 g = _mm256_mul_ps(r8, _mm256_fnmadd_ps(xh, c8, _mm256_sub_ps(u, a8)));
 		_mm256_storeu_ps(dx + i, set ? g : _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
 		if (dacc)
@@ -672,7 +687,7 @@ AVX2 static void layernorm_bwd_row_avx2(float *dx, float *dacc, const float *dy,
 	if (i < C) {
 		size_t k = (size_t)(C - i);
 		__m256 u = _mm256_mul_ps(load_partial(w + i, k), load_partial(dy + i, k));
-		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
+		__m256 xh = _mm256_mul_ps(_mm256_sub_ps(xload_partial(x, add, i, k), m8), r8);
 		__m256 g = _mm256_mul_ps(r8, _mm256_fnmadd_ps(xh, c8, _mm256_sub_ps(u, a8)));
 		store_partial(dx + i, set ? g : _mm256_add_ps(load_partial(dx + i, k), g), k);
 		if (dacc)
@@ -703,36 +718,58 @@ static void layernorm_row_s(float *o, float *mean, float *rstd, const float *x, 
 void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const float *inp, int ldi,
 			const float *w, const float *b, int N, int C, float eps)
 {
-	int n;
+	circ_layernorm_fwd_add(out, ldo, mean, rstd, inp, NULL, ldi, w, b, N, C, eps);
+}
+
+/* With add, each row is first summed into its output row (in L1), then
+ * normalised in place: one pass over memory, the same arithmetic as a
+ * separate sum followed by circ_layernorm_fwd. */
+void circ_layernorm_fwd_add(float *out, int ldo, float *mean, float *rstd, const float *inp,
+			    const float *add, int ldi, const float *w, const float *b, int N, int C,
+			    float eps)
+{
+	for (int n = 0; n < N; n++) {
+		float *o = out + (size_t)n * ldo;
+		const float *x = inp + (size_t)n * ldi;
+		if (add) {
+			circ_vsum(o, x, add + (size_t)n * ldi, NULL, 0, (size_t)C);
+			x = o;
+		}
 #if CIRC_X86
-	if (use_avx2()) {
-		for (n = 0; n < N; n++)
-			layernorm_row_avx2(out + (size_t)n * ldo, mean ? mean + n : NULL,
-					   rstd ? rstd + n : NULL, inp + (size_t)n * ldi, w, b, C,
-					   eps);
-		return;
-	}
+		if (use_avx2()) {
+			layernorm_row_avx2(o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, x, w,
+					   b, C, eps);
+			continue;
+		}
 #endif
-	for (n = 0; n < N; n++)
-		layernorm_row_s(out + (size_t)n * ldo, mean ? mean + n : NULL,
-				rstd ? rstd + n : NULL, inp + (size_t)n * ldi, w, b, C, eps);
+		layernorm_row_s(o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, x, w, b, C, eps);
+	}
 }
 
 void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
 			    int ldi, const float *w, const float *b, int N, int C, float eps)
 {
+	circ_layernorm_fwd_add_ref(out, ldo, mean, rstd, inp, NULL, ldi, w, b, N, C, eps);
+}
+
+void circ_layernorm_fwd_add_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
+				const float *add, int ldi, const float *w, const float *b, int N,
+				int C, float eps)
+{
 	int n, i;
 	for (n = 0; n < N; n++) {
-		const float *x = inp + (size_t)n * ldi;
+		const float *x = inp + (size_t)n * ldi, *a = add ? add + (size_t)n * ldi : NULL;
 		double s = 0, v = 0, m, r;
+#define X_(i) ((double)(a ? x[i] + a[i] : x[i])) /* the float sum, as the input is */
 		for (i = 0; i < C; i++)
-			s += x[i];
+			s += X_(i);
 		m = s / C;
 		for (i = 0; i < C; i++)
-			v += (x[i] - m) * (x[i] - m);
+			v += (X_(i) - m) * (X_(i) - m);
 		r = 1.0 / sqrt(v / C + eps);
 		for (i = 0; i < C; i++)
-			out[(size_t)n * ldo + i] = (float)((x[i] - m) * r * w[i] + b[i]);
+			out[(size_t)n * ldo + i] = (float)((X_(i) - m) * r * w[i] + b[i]);
+#undef X_
 		if (mean)
 			mean[n] = (float)m;
 		if (rstd)
@@ -743,26 +780,36 @@ void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const
 void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float *inp,
 			const float *mean, const float *rstd, const float *w, int N, int C, int set)
 {
+	circ_layernorm_bwd_add(dinp, dacc, dout, inp, NULL, mean, rstd, w, N, C, set);
+}
+
+void circ_layernorm_bwd_add(float *dinp, float *dacc, const float *dout, const float *inp,
+			    const float *add, const float *mean, const float *rstd, const float *w,
+			    int N, int C, int set)
+{
 	int n, i;
 	for (n = 0; n < N; n++) {
 		size_t o = (size_t)n * C;
+		const float *ad = add ? add + o : NULL;
 #if CIRC_X86
 		if (use_avx2()) {
 			layernorm_bwd_row_avx2(dinp + o, dacc ? dacc + o : NULL, dout + o, inp + o,
-					       mean[n], rstd[n], w, C, set);
+					       ad, mean[n], rstd[n], w, C, set);
 			continue;
 		}
 #endif
 		float a = 0, c = 0, m = mean[n], r = rstd[n];
 		for (i = 0; i < C; i++) {
-			float u = w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			float x = ad ? inp[o + i] + ad[i] : inp[o + i];
+			float u = w[i] * dout[o + i], xh = (x - m) * r;
 			a += u;
 			c += u * xh;
 		}
 		a /= (float)C;
 		c /= (float)C;
 		for (i = 0; i < C; i++) {
-			float u = w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			float x = ad ? inp[o + i] + ad[i] : inp[o + i];
+			float u = w[i] * dout[o + i], xh = (x - m) * r;
 			float g = r * (u - a - xh * c);
 			dinp[o + i] = set ? g : dinp[o + i] + g;
 			if (dacc)
@@ -775,24 +822,33 @@ void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const f
 			    const float *mean, const float *rstd, const float *w, int N, int C,
 			    int set)
 {
+	circ_layernorm_bwd_add_ref(dinp, dacc, dout, inp, NULL, mean, rstd, w, N, C, set);
+}
+
+void circ_layernorm_bwd_add_ref(float *dinp, float *dacc, const float *dout, const float *inp,
+				const float *add, const float *mean, const float *rstd,
+				const float *w, int N, int C, int set)
+{
 	int n, i;
 	for (n = 0; n < N; n++) {
 		size_t o = (size_t)n * C;
 		double a = 0, c = 0, m = mean[n], r = rstd[n];
+#define X_(i) ((double)(add ? inp[o + (i)] + add[o + (i)] : inp[o + (i)]))
 		for (i = 0; i < C; i++) {
-			double u = (double)w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			double u = (double)w[i] * dout[o + i], xh = (X_(i) - m) * r;
 			a += u;
 			c += u * xh;
 		}
 		a /= C;
 		c /= C;
 		for (i = 0; i < C; i++) {
-			double u = (double)w[i] * dout[o + i], xh = (inp[o + i] - m) * r;
+			double u = (double)w[i] * dout[o + i], xh = (X_(i) - m) * r;
 			double g = r * (u - a - xh * c);
 			dinp[o + i] = (float)((set ? 0.0 : dinp[o + i]) + g);
 			if (dacc)
 				dacc[o + i] = (float)(dacc[o + i] + g);
 		}
+#undef X_
 	}
 }
 

@@ -64,6 +64,16 @@ void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const flo
 			const float *w, const float *b, int N, int C, float eps);
 void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
 			    int ldi, const float *w, const float *b, int N, int C, float eps);
+/* The same for LN(inp + add): add (N, C) has inp's row stride; add = NULL
+ * is circ_layernorm_fwd. The sum is formed row by row in out (which must
+ * not overlap inp or add), so a receiver's input (residual + delta) needs
+ * no buffer of its own. */
+void circ_layernorm_fwd_add(float *out, int ldo, float *mean, float *rstd, const float *inp,
+			    const float *add, int ldi, const float *w, const float *b, int N, int C,
+			    float eps);
+void circ_layernorm_fwd_add_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
+				const float *add, int ldi, const float *w, const float *b, int N,
+				int C, float eps);
 /* Input gradient: dinp (N, C) += d LN(inp)/d inp applied to dout, with the
  * mean and rstd of the forward (set = 1: dinp = instead of +=, so a fresh
  * buffer needs no zeroing). If dacc is not NULL the same values are also
@@ -75,6 +85,15 @@ void circ_layernorm_bwd(float *dinp, float *dacc, const float *dout, const float
 void circ_layernorm_bwd_ref(float *dinp, float *dacc, const float *dout, const float *inp,
 			    const float *mean, const float *rstd, const float *w, int N, int C,
 			    int set);
+
+/* The same with the forward's input given as inp + add (add (N, C) or
+ * NULL), summed on the fly. */
+void circ_layernorm_bwd_add(float *dinp, float *dacc, const float *dout, const float *inp,
+			    const float *add, const float *mean, const float *rstd, const float *w,
+			    int N, int C, int set);
+void circ_layernorm_bwd_add_ref(float *dinp, float *dacc, const float *dout, const float *inp,
+				const float *add, const float *mean, const float *rstd,
+				const float *w, int N, int C, int set);
 
 /* Parameter gradients of a LayerNorm: dw (C) += sum over rows of dout * xhat
  * and db (C) += sum over rows of dout, with xhat = (inp - mean) * rstd from

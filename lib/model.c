@@ -968,6 +968,11 @@ struct circ_run {
 	/* receiver deltas */
 	float **delta;		 /* (R) each (rows*C + 2*rows): delta, then mean, rstd */
 	unsigned char *delta_on; /* (R) */
+
+	/* per-thread scratch of the row-blocked q/k/v kernels (outside the
+	 * arena: sized by the thread count, which can change) */
+	float *s_blk; /* (blk_slots, QKV_BLOCK, C) */
+	int blk_slots;
 };
 
 void circ_run_opts_default(circ_run_opts *o)
@@ -1110,6 +1115,7 @@ void circ_run_free(circ_run *r)
 		free(r->delta[i]);
 	free(r->delta);
 	free(r->delta_on);
+	free(r->s_blk);
 	free(r->node);
 	circ_pool_free(r->pool);
 	free(r);
@@ -1257,7 +1263,7 @@ static void p_layernorm(const circ_run *r, float *out, float *mean, float *rstd,
 typedef struct lnb_task {
 	const circ_run *r;
 	float *dinp, *dacc;
-	const float *dout, *inp, *mean, *rstd, *w;
+	const float *dout, *inp, *add, *mean, *rstd, *w;
 	int C, set;
 } lnb_task;
 
@@ -1265,16 +1271,19 @@ static void ln_bwd_part(void *v, size_t b, size_t e)
 {
 	lnb_task *t = v;
 	size_t C = (size_t)t->C;
-	(t->r->o.reference ? circ_layernorm_bwd_ref : circ_layernorm_bwd)(
+	(t->r->o.reference ? circ_layernorm_bwd_add_ref : circ_layernorm_bwd_add)(
 	    t->dinp + b * C, t->dacc ? t->dacc + b * C : NULL, t->dout + b * C, t->inp + b * C,
-	    t->mean + b, t->rstd + b, t->w, (int)(e - b), t->C, t->set);
+	    t->add ? t->add + b * C : NULL, t->mean + b, t->rstd + b, t->w, (int)(e - b), t->C,
+	    t->set);
 }
 
+/* LayerNorm input gradient over the pool; the forward's input was inp + add
+ * (add NULL: inp alone), summed on the fly. */
 static void p_layernorm_bwd(const circ_run *r, float *dinp, float *dacc, const float *dout,
-			    const float *inp, const float *mean, const float *rstd, const float *w,
-			    size_t n, int set)
+			    const float *inp, const float *add, const float *mean,
+			    const float *rstd, const float *w, size_t n, int set)
 {
-	lnb_task t = {r, dinp, dacc, dout, inp, mean, rstd, w, r->C, set};
+	lnb_task t = {r, dinp, dacc, dout, inp, add, mean, rstd, w, r->C, set};
 	circ_pool_for(r->pool, n, ln_bwd_part, &t);
 }
 
@@ -1457,6 +1466,128 @@ static const float *recv_input(const circ_run *r, int recv, const float *x, floa
 	return dst;
 }
 
+/* ---- q/k/v receivers with deltas, in row blocks over the pool ----
+ * When some of a layer's q/k/v receivers carry a delta, each receiver has
+ * its own ln_1 input and so its own (n, C) x (C, D) GEMM. Those GEMMs are
+ * too small for OpenBLAS's threads, so the rows are cut into blocks of at
+ * most QKV_BLOCK and each pool thread takes a contiguous share of the
+ * blocks, running OpenBLAS at one thread inside: per block, the shared
+ * ln_1 and the GEMMs over the runs of unpatched columns, then each patched
+ * receiver's LayerNorm of (residual + delta), formed row by row, and its D
+ * columns. Every column is computed once, each output row by one thread,
+ * in an order that does not depend on the thread count. */
+
+#define QKV_BLOCK 256
+
+typedef struct qkv_task {
+	circ_run *r;
+	int l, npatched;
+	size_t nblk, rb; /* blocks of rb rows (the last may be shorter) */
+	const float *x;	 /* (n, C) the layer's residual */
+	float *qkv;	 /* (n, 3C) output */
+} qkv_task;
+
+/* Scratch of thread slot k: (QKV_BLOCK, C). */
+static float *blk_scratch(circ_run *r, int k)
+{
+	return r->s_blk + (size_t)k * QKV_BLOCK * r->C;
+}
+
+/* Splits n rows into blocks (at least one per thread when there are rows
+ * enough) and makes sure every thread has its scratch. */
+static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n)
+{
+	int P = circ_pool_threads(r->pool);
+	size_t rb = (n + (size_t)P - 1) / (size_t)P;
+	if (r->blk_slots < P) {
+		free(r->s_blk);
+		r->s_blk = circ_xalloc_aligned((size_t)P * QKV_BLOCK * r->C * sizeof(float));
+		r->blk_slots = P;
+	}
+	t->r = r;
+	t->l = l;
+	t->rb = rb < 1 ? 1 : rb > QKV_BLOCK ? QKV_BLOCK : rb;
+	t->nblk = (n + t->rb - 1) / t->rb;
+}
+
+/* Column block k (of 3H, D wide) is receiver (h = k % H, c = k / H). */
+static int qkv_recv_of_col(const circ_run *r, int l, int k)
+{
+	return circ_recv_qkv(r->m, l, k % r->H, k / r->H);
+}
+
+/* Runs fn(t, scratch, first row, rows) over the blocks, split over the pool
+ * by thread slot (a slot's blocks are contiguous), OpenBLAS at 1 thread. */
+typedef struct qkv_run {
+	qkv_task *t;
+	void (*fn)(qkv_task *t, float *buf, size_t i0, size_t m);
+	size_t n;
+} qkv_run;
+
+static void qkv_slot(void *v, size_t b, size_t e)
+{
+	qkv_run *q = v;
+	qkv_task *t = q->t;
+	int P = circ_pool_threads(t->r->pool);
+	for (size_t k = b; k < e; k++) {
+		size_t b0 = t->nblk * k / (size_t)P, b1 = t->nblk * (k + 1) / (size_t)P;
+		for (size_t j = b0; j < b1; j++) {
+			size_t i0 = j * t->rb, m = q->n - i0 < t->rb ? q->n - i0 : t->rb;
+			q->fn(t, blk_scratch(t->r, (int)k), i0, m);
+		}
+	}
+}
+
+static void qkv_for(qkv_task *t, void (*fn)(qkv_task *, float *, size_t, size_t), size_t n)
+{
+	circ_run *r = t->r;
+	qkv_run q = {t, fn, n};
+	int P = circ_pool_threads(r->pool);
+	if (P > 1)
+		circ_blas_threads(1);
+	circ_pool_for(r->pool, (size_t)P, qkv_slot, &q);
+	if (P > 1)
+		circ_blas_threads(r->threads);
+}
+
+static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
+{
+	circ_run *r = t->r;
+	const circ_layer_weights *lw = &r->m->w.layers[t->l];
+	size_t C = (size_t)r->C, C3 = 3 * C, D = (size_t)r->D;
+	int K = 3 * r->H;
+	float eps = (float)r->m->cfg.layer_norm_epsilon;
+	const float *x = t->x + i0 * C;
+	float *q = t->qkv + i0 * C3;
+	bias_rows(q, lw->attn_b, m, C3, C3);
+	if (t->npatched < K) {
+		size_t so = (size_t)2 * t->l * r->rows + i0;
+		(r->o.reference ? circ_layernorm_fwd_ref : circ_layernorm_fwd)(
+		    buf, r->C, r->mean + so, r->rstd + so, x, r->C, lw->ln1_w, lw->ln1_b, (int)m,
+		    r->C, eps);
+		for (int k = 0; k < K;) {
+			int k1 = k;
+			while (k1 < K && !r->delta_on[qkv_recv_of_col(r, t->l, k1)])
+				k1++;
+			if (k1 > k)
+				gemm(r, 0, 0, (int)m, (k1 - k) * r->D, r->C, buf, r->C,
+				     lw->attn_w + (size_t)k * D, (int)C3, 1.0f, q + (size_t)k * D,
+				     (int)C3);
+			k = k1 + 1;
+		}
+	}
+	for (int k = 0; k < K; k++) {
+		int recv = qkv_recv_of_col(r, t->l, k);
+		if (!r->delta_on[recv])
+			continue;
+		(r->o.reference ? circ_layernorm_fwd_add_ref : circ_layernorm_fwd_add)(
+		    buf, r->C, delta_mean(r, recv) + i0, delta_rstd(r, recv) + i0, x,
+		    r->delta[recv] + i0 * C, r->C, lw->ln1_w, lw->ln1_b, (int)m, r->C, eps);
+		gemm(r, 0, 0, (int)m, r->D, r->C, buf, r->C, lw->attn_w + (size_t)k * D, (int)C3,
+		     1.0f, q + (size_t)k * D, (int)C3);
+	}
+}
+
 static void attn_stage(circ_run *r, int l)
 {
 	const circ_layer_weights *lw = &r->m->w.layers[l];
@@ -1468,29 +1599,20 @@ static void attn_stage(circ_run *r, int l)
 	int r0 = circ_recv_qkv(r->m, l, 0, 0), npatched = 0;
 	for (int j = 0; j < 3 * r->H; j++)
 		npatched += r->delta_on[r0 + j];
-	if (npatched < 3 * r->H) {
+	if (npatched == 0) {
 		p_layernorm(r, r->s_ln, r->mean + (size_t)2 * l * r->rows,
 			    r->rstd + (size_t)2 * l * r->rows, x, lw->ln1_w, lw->ln1_b, n);
 		bias_rows(qkv, lw->attn_b, n, C3, C3);
 		gemm(r, 0, 0, (int)n, (int)C3, r->C, r->s_ln, r->C, lw->attn_w, (int)C3, 1.0f, qkv,
 		     (int)C3);
+	} else {
+		qkv_task t;
+		qkv_task_init(r, &t, l, n);
+		t.npatched = npatched;
+		t.x = x;
+		t.qkv = qkv;
+		qkv_for(&t, qkv_fwd_block, n);
 	}
-	if (npatched)
-		for (int h = 0; h < r->H; h++)
-			for (int c = 0; c < 3; c++) {
-				int recv = circ_recv_qkv(r->m, l, h, c);
-				size_t col = (size_t)c * C + (size_t)h * D;
-				if (!r->delta_on[recv])
-					continue;
-				recv_input(r, recv, x, r->s_ln);
-				p_layernorm(r, r->s_ln, delta_mean(r, recv), delta_rstd(r, recv),
-					    r->s_ln, lw->ln1_w, lw->ln1_b, n);
-				for (size_t i = 0; i < n; i++)
-					memcpy(qkv + i * C3 + col, lw->attn_b + col,
-					       D * sizeof(float));
-				gemm(r, 0, 0, (int)n, r->D, r->C, r->s_ln, r->C, lw->attn_w + col,
-				     (int)C3, 1.0f, qkv + col, (int)C3);
-			}
 	{
 		attn_task t = {r, z, att, NULL, qkv, NULL, NULL};
 		circ_pool_for(r->pool, (size_t)r->B, attn_fwd_part, &t);
@@ -1587,8 +1709,7 @@ static int set_reads(circ_run *r, const circ_fwd *f, circ_error *e)
 		r->n_read = 0;
 		r->read_none = 1;
 		break;
-	default:
-		return circ_errorf(e, "unknown read mode %d", (int)f->read);
+	default: return circ_errorf(e, "unknown read mode %d", (int)f->read);
 	}
 	return 0;
 }
@@ -1886,8 +2007,8 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			for (size_t c = 0; c < C; c++)
 				xr[i * C + c] = x[row * C + c] + (d ? d[row * C + c] : 0.0f);
 		}
-		p_layernorm_bwd(r, tmp, NULL, r->d_ln, xr, r->lnf_mean, r->lnf_rstd, w->lnf_w, N,
-				1);
+		p_layernorm_bwd(r, tmp, NULL, r->d_ln, xr, NULL, r->lnf_mean, r->lnf_rstd, w->lnf_w,
+				N, 1);
 		if (dw && N) { /* lm_head (V, C) += dlogits^T lnf; ln_f */
 			gemm(r, 1, 0, r->V, r->C, (int)N, b->dlogits, r->V, r->lnf, r->C, 1.0f,
 			     dw->lm_head, r->C);
@@ -1910,7 +2031,11 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			const float *g = dresid_at(r, s + 1);
 			float *gm = dresid_at(r, s), *rg = recv_grad_buf(r, recv);
 			const float *fc = r->fc + (size_t)l * r->rows * F;
-			const float *xin = recv_input(r, recv, resid_at(r, s), r->s_ln);
+			/* the receiver's input (residual + delta) is needed whole only
+			 * for the parameter gradients; otherwise it is summed on the fly */
+			const float *xs = resid_at(r, s),
+				    *add = r->delta_on[recv] ? r->delta[recv] : NULL;
+			const float *xin = dw ? recv_input(r, recv, xs, r->s_ln) : xs;
 			ew_task dg = {r, r->d_fc, fc, NULL, r->m->cfg.act == CIRC_ACT_GELU};
 			gemm(r, 0, 1, (int)n, r->F, r->C, g, r->C, lw->fcproj_w, r->C, 0.0f,
 			     r->d_fc, r->F);
@@ -1918,7 +2043,8 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			gemm(r, 0, 1, (int)n, r->C, r->F, r->d_fc, r->F, lw->fc_w, r->F, 0.0f,
 			     r->d_ln, r->C);
 			memcpy(gm, g, n * C * sizeof(float));
-			p_layernorm_bwd(r, rg, gm, r->d_ln, xin, r->mean + (size_t)s * r->rows,
+			p_layernorm_bwd(r, rg, gm, r->d_ln, xin, dw ? NULL : add,
+					r->mean + (size_t)s * r->rows,
 					r->rstd + (size_t)s * r->rows, lw->ln2_w, n, 1);
 			if (dw) { /* c_proj (its input rebuilt: GELU of the stored fc), c_fc, ln_2
 				   */
@@ -1988,7 +2114,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			if (!want_recv && npatched == 0) {
 				gemm(r, 0, 1, (int)n, r->C, (int)C3, r->d_qkv, (int)C3, lw->attn_w,
 				     (int)C3, 0.0f, r->d_ln, r->C);
-				p_layernorm_bwd(r, gx, NULL, r->d_ln, x,
+				p_layernorm_bwd(r, gx, NULL, r->d_ln, x, NULL,
 						r->mean + (size_t)s * r->rows,
 						r->rstd + (size_t)s * r->rows, lw->ln1_w, n, 0);
 				if (dw)
@@ -2002,7 +2128,10 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 						size_t col = (size_t)c * C + (size_t)h * D;
 						float *rg =
 						    want_recv ? recv_grad_buf(r, recv) : r->s_ln2;
-						const float *xin = recv_input(r, recv, x, r->s_ln);
+						const float *add =
+						    r->delta_on[recv] ? r->delta[recv] : NULL;
+						const float *xin =
+						    dw ? recv_input(r, recv, x, r->s_ln) : x;
 						const float *mu =
 						    r->delta_on[recv]
 							? delta_mean(r, recv)
@@ -2014,8 +2143,9 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 						gemm(r, 0, 1, (int)n, r->C, r->D, r->d_qkv + col,
 						     (int)C3, lw->attn_w + col, (int)C3, 0.0f,
 						     r->d_ln, r->C);
-						p_layernorm_bwd(r, rg, gx, r->d_ln, xin, mu, rs,
-								lw->ln1_w, n, 1);
+						p_layernorm_bwd(r, rg, gx, r->d_ln, xin,
+								dw ? NULL : add, mu, rs, lw->ln1_w,
+								n, 1);
 						if (!dw)
 							continue;
 						ln_param_grad(r, dw->layers[l].ln1_w,

@@ -3,10 +3,9 @@
 # appears in it, and its EXAMPLES (lines starting "$ ") run successfully.
 load helper
 
-# Tools still marked "not built yet" have no page until they are built.
 tools() {
 	for b in bin/circ bin/circ-*; do
-		"$b" --help | grep -q "is not built yet" || basename "$b"
+		basename "$b"
 	done
 }
 

@@ -8,7 +8,6 @@ setup() {
 	T="$BATS_TEST_TMPDIR"
 	cd "$ROOT"
 	RUNS="$T/runs"
-	[ -d fixtures/induction-hand ] || skip "fixtures/induction-hand is not built"
 }
 
 pipe() { make --no-print-directory -f pipelines/induction.mk RUNS="$RUNS" N=16 "$@"; }

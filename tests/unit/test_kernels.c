@@ -122,6 +122,43 @@ static void test_layernorm(void)
 		CHECK(close_to("layernorm bwd set", d1, d2, (size_t)N * C, 1e-5, 1));
 		CHECK(close_to("layernorm bwd set acc", a1, a2, (size_t)N * C, 1e-5, 1));
 
+		/* the "add" twins (input = inp + add, as a receiver's residual +
+		 * delta): fast vs reference, and the reference against the plain
+		 * kernels on a materialised sum */
+		{
+			float *ad = randv((size_t)N * ld, 1), *sum = copyv(x, (size_t)N * ld);
+			float *o3 = circ_xalloc_aligned((size_t)N * ld * 4);
+			float m3[5], r3[5], m4[5], r4[5];
+			for (int i = 0; i < N * ld; i++)
+				sum[i] += ad[i];
+			circ_layernorm_fwd_add(o1, ld, m1, r1, x, ad, ld, w, b, N, C, 1e-5f);
+			circ_layernorm_fwd_add_ref(o2, ld, m4, r4, x, ad, ld, w, b, N, C, 1e-5f);
+			circ_layernorm_fwd_ref(o3, ld, m3, r3, sum, ld, w, b, N, C, 1e-5f);
+			CHECK(close_to("layernorm add out", o1, o2, (size_t)N * ld, 2e-6, 1e-3));
+			CHECK(close_to("layernorm add mean", m1, m4, (size_t)N, 2e-6, 1e-3));
+			CHECK(close_to("layernorm add rstd", r1, r4, (size_t)N,
+				       C == 1 ? 1e-3 : 2e-6, 1e-3));
+			CHECK(close_to("layernorm add ref", o2, o3, (size_t)N * ld, 0, 1));
+			free(ad), free(sum), free(o3);
+		}
+		{
+			float *ad = randv((size_t)N * C, 1), *sum = copyv(xc, (size_t)N * C);
+			float *d3 = randv((size_t)N * C, 1), *a3 = copyv(a1, (size_t)N * C);
+			float *o4 = circ_xalloc_aligned((size_t)N * C * 4), m4[5], r4[5];
+			for (int i = 0; i < N * C; i++)
+				sum[i] += ad[i];
+			circ_layernorm_fwd_ref(o4, C, m4, r4, sum, C, w, b, N, C, 1e-5f);
+			memcpy(a2, a1, (size_t)N * C * 4);
+			circ_layernorm_bwd_add(d1, a1, dy, xc, ad, m4, r4, w, N, C, 1);
+			circ_layernorm_bwd_add_ref(d2, a2, dy, xc, ad, m4, r4, w, N, C, 1);
+			circ_layernorm_bwd_ref(d3, a3, dy, sum, m4, r4, w, N, C, 1);
+			CHECK(close_to("layernorm bwd add", d1, d2, (size_t)N * C, 1e-5, 1));
+			CHECK(close_to("layernorm bwd add acc", a1, a2, (size_t)N * C, 1e-5, 1));
+			CHECK(close_to("layernorm bwd add ref", d2, d3, (size_t)N * C, 0, 1));
+			CHECK(close_to("layernorm bwd add ref acc", a2, a3, (size_t)N * C, 0, 1));
+			free(ad), free(sum), free(d3), free(a3), free(o4);
+		}
+
 		/* parameter gradients: fast vs reference, then finite differences of
 		 * the reference forward for w and b on all rows */
 		{

@@ -307,15 +307,9 @@ static void compare_metrics(const char *gold)
 				v[j] = circ_mt_prob_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
 							 nb[i], grad);
 				break;
-			case 2:
-				v[j] = circ_mt_kl(z, V, clp, grad);
-				break;
-			case 3:
-				v[j] = circ_mt_logprob(z, V, good[3 * i], grad);
-				break;
-			default:
-				v[j] = circ_mt_top1(z, V, good[3 * i], grad);
-				break;
+			case 2: v[j] = circ_mt_kl(z, V, clp, grad); break;
+			case 3: v[j] = circ_mt_logprob(z, V, good[3 * i], grad); break;
+			default: v[j] = circ_mt_top1(z, V, good[3 * i], grad); break;
 			}
 			if (fabs(v[j] - vals[i * 5 + j]) > 1e-5 * (1 + fabs(vals[i * 5 + j]))) {
 				fprintf(stderr, "metric %d row %d: %.9g vs torch %.9g\n", j, i,
@@ -611,10 +605,12 @@ typedef struct patch_ctx {
 	const float *ref; /* (U, B, T, C) reference node outputs */
 	size_t per;
 	int all_edges;
+	int some; /* patch only the receivers k with k % 3 != 1 */
 } patch_ctx;
 
 /* Patches every edge: each receiver's delta = sum over upstream u before it
- * of (ref_u - cur_u). */
+ * of (ref_u - cur_u). With p->some, only receivers k with k % 3 != 1, so
+ * that a layer has patched and unpatched q/k/v receivers side by side. */
 static int patch_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
 {
 	patch_ctx *p = v;
@@ -623,7 +619,7 @@ static int patch_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_
 	int s = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
 	(void)e;
 	for (int k = 0; k < circ_model_n_recv(m); k++) {
-		if (circ_recv_stage(m, k) != s)
+		if (circ_recv_stage(m, k) != s || (p->some && k % 3 == 1))
 			continue;
 		float *d = circ_run_delta(r, k);
 		for (int u = 0; u < circ_model_n_up(m); u++) {
@@ -660,12 +656,149 @@ static int bwd_sink(void *v, circ_run *r, int layer, circ_stage_kind st, circ_er
 	return 0;
 }
 
+/* A random F32 model written under tmp/name and opened, and n clean and n
+ * corrupted token ids below V drawn from rng seeded with tseed (left for
+ * the caller to go on with). NULL (failure counted) if it cannot be made. */
+static circ_model *random_model_pair(const char *name, const circ_config *c, uint64_t seed,
+				     uint64_t tseed, circ_rng *rng, int n, int V, int32_t *clean,
+				     int32_t *corrupt)
+{
+	circ_error e = {{0}};
+	char dir[300];
+	circ_model *m;
+	snprintf(dir, sizeof dir, "%s/%s", tmp, name);
+	CHECK_MSG(circ_model_write_random(dir, c, seed, "F32", &e) == 0, e);
+	m = circ_model_open(dir, NULL, &e);
+	CHECK_MSG(m, e);
+	circ_rng_seed(rng, tseed);
+	for (int i = 0; i < n; i++) {
+		clean[i] = (int32_t)circ_rng_below(rng, (uint64_t)V);
+		corrupt[i] = (int32_t)circ_rng_below(rng, (uint64_t)V);
+	}
+	return m;
+}
+
+/* f set up for a B x T batch read at every position. */
+static void fwd_all_rows(circ_fwd *f, int B, int T)
+{
+	circ_fwd_init(f);
+	f->B = B;
+	f->T = T;
+	f->read = CIRC_READ_ALL;
+}
+
+/* Patched forwards and backwards (every q/k/v receiver patched, or some)
+ * split over 1, 2 and 3 threads agree up to rounding with the reference
+ * kernels, and a repeat at the same thread count gives the same bytes
+ * (the q/k/v receivers run in row blocks over the pool). B*T = 21 rows:
+ * blocks of unequal size. */
+static void test_patched_threads(void)
+{
+	circ_config c = small_config(2, 4, 32, 40, 10);
+	circ_error e = {{0}};
+	enum { B = 3, T = 7, V = 40 };
+	int32_t clean[B * T], corrupt[B * T];
+	circ_rng rng;
+	circ_model *m = random_model_pair("pthreads", &c, 9, 11, &rng, B * T, V, clean, corrupt);
+	if (!m)
+		return;
+	int U = circ_model_n_up(m), R = circ_model_n_recv(m);
+	size_t per = (size_t)B * T * 32, nl = (size_t)B * T * V;
+	float *ref = circ_xcalloc((size_t)U * per, sizeof *ref);
+	float *dl = circ_xcalloc(nl, sizeof *dl);
+	circ_weights dw;
+	circ_weights_alloc(&dw, &c);
+	for (size_t i = 0; i < nl; i++)
+		dl[i] = (float)circ_rng_normal(&rng);
+	for (int some = 0; some < 2; some++) {
+		float *want_l = circ_xcalloc(nl, sizeof *want_l);
+		float *want_g = circ_xcalloc((size_t)R * per, sizeof *want_g);
+		float *first_l = circ_xcalloc(nl, sizeof *first_l);
+		float *first_g = circ_xcalloc((size_t)R * per, sizeof *first_g);
+		/* threads 0: the reference kernels (1 thread) */
+		for (int th = 0; th <= 3; th++) {
+			circ_run_opts ro;
+			circ_fwd f;
+			circ_bwd b = {0};
+			patch_ctx pc = {ref, per, 1, some};
+			circ_run *r;
+			circ_run_opts_default(&ro);
+			ro.backward = 1;
+			ro.threads = th ? th : 1;
+			ro.reference = th == 0;
+			r = circ_run_new(m, B, T, &ro, &e);
+			CHECK_MSG(r, e);
+			if (!r)
+				break;
+			fwd_all_rows(&f, B, T);
+			f.tokens = corrupt;
+			CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
+			for (int u = 0; u < U; u++)
+				memcpy(ref + u * per, circ_run_node_out(r, u), per * sizeof *ref);
+			f.tokens = clean;
+			f.hook = patch_hook;
+			f.hook_ctx = &pc;
+			b.dlogits = dl;
+			/* the reference run also asks for parameter gradients (the
+			 * serial per-receiver backward): a check independent of the
+			 * forward's row blocks */
+			if (th == 0)
+				b.dweights = &dw;
+			for (int rep = 0; rep < 2; rep++) {
+				char what[96];
+				CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
+				CHECK_MSG(circ_backward(r, &b, &e) == 0, e);
+				if (th == 0) {
+					memcpy(want_l, circ_run_logits(r, NULL),
+					       nl * sizeof(float));
+					for (int k = 0; k < R; k++)
+						memcpy(want_g + (size_t)k * per,
+						       circ_run_recv_grad(r, k),
+						       per * sizeof(float));
+					break;
+				}
+				if (rep == 1) {
+					CHECK(!memcmp(first_l, circ_run_logits(r, NULL),
+						      nl * sizeof(float)));
+					for (int k = 0; k < R; k++)
+						CHECK(!memcmp(first_g + (size_t)k * per,
+							      circ_run_recv_grad(r, k),
+							      per * sizeof(float)));
+					break;
+				}
+				snprintf(what, sizeof what, "patched (%s), %d threads: logits",
+					 some ? "some" : "all", th);
+				cmp(what, circ_run_logits(r, NULL), want_l, nl, 1e-5, 1e-3);
+				for (int k = 0; k < R; k++) {
+					snprintf(what, sizeof what,
+						 "patched (%s), %d threads: receiver %d grad",
+						 some ? "some" : "all", th, k);
+					cmp(what, circ_run_recv_grad(r, k),
+					    want_g + (size_t)k * per, per, 2e-5, 1e-6);
+				}
+				/* the second repeat compares bytes with the first */
+				memcpy(first_l, circ_run_logits(r, NULL), nl * sizeof(float));
+				for (int k = 0; k < R; k++)
+					memcpy(first_g + (size_t)k * per, circ_run_recv_grad(r, k),
+					       per * sizeof(float));
+			}
+			circ_run_free(r);
+		}
+		free(want_l);
+		free(want_g);
+		free(first_l);
+		free(first_g);
+	}
+	free(ref);
+	free(dl);
+	circ_weights_free(&dw);
+	circ_model_free(m);
+}
+
 static void test_consistency(void)
 {
 	circ_config c = small_config(3, 4, 32, 40, 10);
 	circ_error e = {{0}};
-	char dir[300];
-	circ_model *m;
 	circ_run_opts ro;
 	circ_run *r, *r2, *r3;
 	circ_fwd f;
@@ -673,17 +806,9 @@ static void test_consistency(void)
 	enum { B = 3, T = 6 };
 	int32_t clean[B * T], corrupt[B * T];
 	circ_rng rng;
-	snprintf(dir, sizeof dir, "%s/cons", tmp);
-	CHECK_MSG(circ_model_write_random(dir, &c, 5, "F32", &e) == 0, e);
-	m = circ_model_open(dir, NULL, &e);
-	CHECK_MSG(m, e);
+	circ_model *m = random_model_pair("cons", &c, 5, 8, &rng, B * T, 40, clean, corrupt);
 	if (!m)
 		return;
-	circ_rng_seed(&rng, 8);
-	for (int i = 0; i < B * T; i++) {
-		clean[i] = (int32_t)circ_rng_below(&rng, 40);
-		corrupt[i] = (int32_t)circ_rng_below(&rng, 40);
-	}
 	int U = circ_model_n_up(m), R = circ_model_n_recv(m), V = 40;
 	size_t per = (size_t)B * T * 32;
 	circ_run_opts_default(&ro);
@@ -691,10 +816,7 @@ static void test_consistency(void)
 	r = circ_run_new(m, B, T, &ro, &e);
 	r2 = circ_run_new(m, B, T, &ro, &e);
 	CHECK_MSG(r && r2, e);
-	circ_fwd_init(&f);
-	f.B = B;
-	f.T = T;
-	f.read = CIRC_READ_ALL;
+	fwd_all_rows(&f, B, T);
 
 	/* the corrupted run's node outputs and logits */
 	f.tokens = corrupt;
@@ -1188,6 +1310,7 @@ int main(void)
 	}
 	test_loading();
 	test_consistency();
+	test_patched_threads();
 	test_fd();
 	test_reference();
 	if (!failures) {
