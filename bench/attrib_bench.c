@@ -159,15 +159,17 @@ static int do_make(const char *dir)
 		   "\"logit_diff\"}\n");
 	for (int i = 0; i < 100; i++) {
 		prompt(i, T_TOK, c.vocab_size, clean, corrupt, &ans, &wrong);
-		fprintf(f, "{\"id\": %d, \"clean\": {\"dtype\": \"i32\", \"shape\": [%d], \"data\": [", i,
-			T_TOK);
+		fprintf(f,
+			"{\"id\": %d, \"clean\": {\"dtype\": \"i32\", \"shape\": [%d], \"data\": [",
+			i, T_TOK);
 		for (int t = 0; t < T_TOK; t++)
 			fprintf(f, "%s%d", t ? ", " : "", (int)clean[t]);
-		fprintf(f, "]}, \"corrupt\": {\"dtype\": \"i32\", \"shape\": [%d], \"data\": [", T_TOK);
+		fprintf(f, "]}, \"corrupt\": {\"dtype\": \"i32\", \"shape\": [%d], \"data\": [",
+			T_TOK);
 		for (int t = 0; t < T_TOK; t++)
 			fprintf(f, "%s%d", t ? ", " : "", (int)corrupt[t]);
-		fprintf(f, "]}, \"pos\": %d, \"answer\": [%d], \"wrong\": [%d]}\n", T_TOK - 1, (int)ans,
-			(int)wrong);
+		fprintf(f, "]}, \"pos\": %d, \"answer\": [%d], \"wrong\": [%d]}\n", T_TOK - 1,
+			(int)ans, (int)wrong);
 	}
 	if (fclose(f) != 0) {
 		perror(path);
@@ -301,13 +303,15 @@ static void do_eap(circ_model *m, int threads, int reps, int N, const char *scor
 		circ_attrib_reset(a);
 		t0 = circ_now();
 		for (int i = 0; i < nb; i++)
-			if (circ_patcher_load(p, bs[i], &e) < 0 || circ_attrib_batch(a, NULL, &e) < 0)
+			if (circ_patcher_load(p, bs[i], &e) < 0 ||
+			    circ_attrib_batch(a, NULL, &e) < 0)
 				die("eap", &e);
 		t[rep] = circ_now() - t0;
 		if (scores && rep == reps - 1) {
 			FILE *f = fopen(scores, "wb");
-			if (!f || fwrite(circ_attrib_sums(a), sizeof(double), (size_t)g->n_edges, f) !=
-					  (size_t)g->n_edges ||
+			if (!f ||
+			    fwrite(circ_attrib_sums(a), sizeof(double), (size_t)g->n_edges, f) !=
+				(size_t)g->n_edges ||
 			    fclose(f) != 0) {
 				perror(scores);
 				exit(1);
@@ -394,7 +398,8 @@ static void do_exact(circ_model *m, int threads, int reps, int N)
 	int L = c->n_layer, S = 2 * L + 1;
 	circ_batch *b;
 	circ_patcher *p;
-	double *inc = circ_xcalloc((size_t)S, sizeof *inc), *full = circ_xcalloc((size_t)S, sizeof *full);
+	double *inc = circ_xcalloc((size_t)S, sizeof *inc),
+	       *full = circ_xcalloc((size_t)S, sizeof *full);
 	double *out = circ_xmalloc((size_t)N * sizeof *out);
 	double *inc_out = circ_xcalloc((size_t)S * (size_t)N, sizeof *inc_out);
 	double t_all_inc = 0, t_all_full = 0, t_fwd, maxdiff = 0;

@@ -39,8 +39,8 @@ int main(int argc, char **argv)
 		circ_writer_opts o;
 		int64_t mib = atoll(argv[3]), shape[2] = {16, 16384};
 		size_t n = 16 * 16384; /* 1 MiB per record */
-		size_t pool = 64 * n;   /* records are slices of a 64 MiB pool, further apart
-					  than zstd's window, so no record repeats another */
+		size_t pool = 64 * n;  /* records are slices of a 64 MiB pool, further apart
+					 than zstd's window, so no record repeats another */
 		float *x = circ_xmalloc(pool * 4);
 		uint64_t s = 1;
 		double t0;

@@ -80,6 +80,14 @@ static void pool_chunk(const circ_pool *p, int idx, size_t *b, size_t *e)
 	*e = *b + per + (i < rem ? 1 : 0);
 }
 
+/* Set on a thread while it runs a pool's loop body. */
+static __thread int in_pool;
+
+int circ_pool_inside(void)
+{
+	return in_pool;
+}
+
 static void *pool_main(void *v)
 {
 	pool_arg *a = v;
@@ -97,8 +105,10 @@ static void *pool_main(void *v)
 		seen = p->gen;
 		pthread_mutex_unlock(&p->mu);
 		pool_chunk(p, a->idx, &b, &e);
+		in_pool = 1;
 		if (b < e)
 			p->fn(p->ctx, b, e);
+		in_pool = 0;
 		pthread_mutex_lock(&p->mu);
 		if (--p->pending == 0)
 			pthread_cond_signal(&p->done);
@@ -160,8 +170,11 @@ void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, s
 	size_t b, e;
 	if (n == 0)
 		return;
-	if (!p || p->n == 1 || n == 1) {
+	if (!p || p->n == 1 || n == 1 || in_pool) {
+		int was = in_pool;
+		in_pool = 1;
 		fn(ctx, 0, n);
+		in_pool = was;
 		return;
 	}
 	pthread_mutex_lock(&p->mu);
@@ -173,8 +186,10 @@ void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, s
 	pthread_cond_broadcast(&p->go);
 	pthread_mutex_unlock(&p->mu);
 	pool_chunk(p, 0, &b, &e);
+	in_pool = 1;
 	if (b < e)
 		fn(ctx, b, e);
+	in_pool = 0;
 	pthread_mutex_lock(&p->mu);
 	while (p->pending > 0)
 		pthread_cond_wait(&p->done, &p->mu);

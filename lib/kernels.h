@@ -37,6 +37,9 @@ typedef struct circ_pool circ_pool;
 circ_pool *circ_pool_new(int nthreads);
 void circ_pool_free(circ_pool *p); /* NULL is a no-op */
 int circ_pool_threads(const circ_pool *p);
+/* 1 on a thread running a loop body of some pool (where a nested
+ * circ_pool_for runs serially on that thread). */
+int circ_pool_inside(void);
 /* Calls fn(ctx, begin, end) over a partition of [0, n) into contiguous
  * chunks, one per thread, and returns when all are done. Not reentrant. */
 void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, size_t end),

@@ -1203,17 +1203,28 @@ static size_t delta_floats(const circ_run *r)
 	return r->rows * (size_t)r->C + 2 * r->rows;
 }
 
-float *circ_run_delta(circ_run *r, int recv)
+static float *run_delta(circ_run *r, int recv, int zero)
 {
 	if (recv < 0 || recv >= r->R || r->in_fwd < 0 || circ_recv_stage(r->m, recv) < r->in_fwd)
 		return NULL;
 	if (!r->delta[recv])
 		r->delta[recv] = circ_xalloc_aligned(delta_floats(r) * sizeof(float));
 	if (!r->delta_on[recv]) {
-		memset(r->delta[recv], 0, bt(r) * r->C * sizeof(float));
+		if (zero)
+			memset(r->delta[recv], 0, bt(r) * r->C * sizeof(float));
 		r->delta_on[recv] = 1;
 	}
 	return r->delta[recv];
+}
+
+float *circ_run_delta(circ_run *r, int recv)
+{
+	return run_delta(r, recv, 1);
+}
+
+float *circ_run_delta_raw(circ_run *r, int recv)
+{
+	return run_delta(r, recv, 0);
 }
 
 const float *circ_run_get_delta(const circ_run *r, int recv)
@@ -1398,11 +1409,57 @@ static void p_sum(const circ_run *r, float *out, const float *a, const float *co
 	circ_pool_for(r->pool, n, sum_part, &t);
 }
 
+/* GEMMs are split over the run's pool, OpenBLAS running one thread in
+ * each part: one set of threads for the whole forward, which sleep when
+ * idle (OpenBLAS's own threads spin between calls, taking the core from
+ * the pool's work on a machine with few cores). C is cut along its longer
+ * side into one part per thread, in multiples of 16 columns or rows. */
+typedef struct gemm_task {
+	int ta, tb, m, n, k, lda, ldb, ldc, P, by_cols;
+	const float *a, *b;
+	float beta;
+	float *c;
+} gemm_task;
+
+#define GEMM_SPLIT_MIN (1 << 20) /* m * n * k below which one thread does it */
+
+static void gemm_part(void *v, size_t p0, size_t p1)
+{
+	const gemm_task *t = v;
+	int len = t->by_cols ? t->n : t->m;
+	for (size_t q = p0; q < p1; q++) {
+		int i0 = (int)(((size_t)len * q / (size_t)t->P) & ~(size_t)15);
+		int i1 = q + 1 == (size_t)t->P
+			     ? len
+			     : (int)(((size_t)len * (q + 1) / (size_t)t->P) & ~(size_t)15);
+		if (i1 <= i0)
+			continue;
+		if (t->by_cols)
+			circ_gemm(t->ta, t->tb, t->m, i1 - i0, t->k, 1.0f, t->a, t->lda,
+				  t->tb ? t->b + (size_t)i0 * t->ldb : t->b + i0, t->ldb, t->beta,
+				  t->c + i0, t->ldc);
+		else
+			circ_gemm(t->ta, t->tb, i1 - i0, t->n, t->k, 1.0f,
+				  t->ta ? t->a + i0 : t->a + (size_t)i0 * t->lda, t->lda, t->b,
+				  t->ldb, t->beta, t->c + (size_t)i0 * t->ldc, t->ldc);
+	}
+}
+
 static void gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		 const float *b, int ldb, float beta, float *c, int ldc)
 {
-	(r->o.reference ? circ_gemm_ref : circ_gemm)(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c,
-						     ldc);
+	int P = circ_pool_threads(r->pool);
+	if (r->o.reference) {
+		circ_gemm_ref(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+		return;
+	}
+	if (P == 1 || circ_pool_inside() || (double)m * n * k < GEMM_SPLIT_MIN ||
+	    (m < 32 && n < 32)) {
+		circ_gemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+		return;
+	}
+	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, P, n >= m, a, b, beta, c};
+	circ_pool_for(r->pool, (size_t)P, gemm_part, &t);
 }
 
 /* Each row of c (m, n) = bias. */
@@ -1542,12 +1599,7 @@ static void qkv_for(qkv_task *t, void (*fn)(qkv_task *, float *, size_t, size_t)
 {
 	circ_run *r = t->r;
 	qkv_run q = {t, fn, n};
-	int P = circ_pool_threads(r->pool);
-	if (P > 1)
-		circ_blas_threads(1);
-	circ_pool_for(r->pool, (size_t)P, qkv_slot, &q);
-	if (P > 1)
-		circ_blas_threads(r->threads);
+	circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), qkv_slot, &q);
 }
 
 static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
@@ -1753,7 +1805,7 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 	}
 	if (set_reads(r, f, e) < 0)
 		return -1;
-	circ_blas_threads(r->threads);
+	circ_blas_threads(1);
 	r->have_bwd = 0;
 	for (int recv = 0; recv < r->R; recv++)
 		if (circ_recv_stage(r->m, recv) >= s0)
@@ -1990,7 +2042,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		return circ_errorf(e, "the forward read no logits (or no dlogits given)");
 	if (dw && check_dweights(r, dw, e) < 0)
 		return -1;
-	circ_blas_threads(r->threads);
+	circ_blas_threads(1);
 	n = bt(r);
 	r->bwd_stage = -1;
 

@@ -316,6 +316,8 @@ const circ_read *circ_run_reads(const circ_run *r, int *n_rows);
  * stage the hook was called for (or a later one); a second call in the same
  * forward returns the same buffer without zeroing it. */
 float *circ_run_delta(circ_run *r, int recv);
+/* The same buffer, not zeroed: for a hook that writes every element. */
+float *circ_run_delta_raw(circ_run *r, int recv);
 /* The delta of a receiver in this forward, or NULL if it has none. */
 const float *circ_run_get_delta(const circ_run *r, int recv);
 

@@ -36,10 +36,18 @@
  *    runs them on its fused path): the same metric, up to rounding, for
  *    much less work when a circuit keeps few nodes (ACDC, faithfulness of
  *    small circuits);
+ *  - stored differences: the rows ref_u - current_u are kept in diff
+ *    (U, B, T, C), each made once: ref_u - clean_u for the nodes below the
+ *    start stage, which stay valid from one forward to the next until the
+ *    batch or the references change (ACDC and the exact method move the
+ *    start down, so each is made once per batch), and ref_u - current_u for
+ *    a node recomputed in this forward, made when a stage first needs it;
+ *    a stage then only sums rows (an ACDC test late in its run needs the
+ *    row of nearly every node at every stage above it);
  *  - blocking: (B, T, C) is cut into blocks of CHUNK floats; per block the
- *    difference rows ref_u - current_u that the stage needs are made once
- *    (in L2), then every receiver of the stage sums its rows (circ_vsum,
- *    vectorised); the blocks are split over the patcher's thread pool.
+ *    rows a stage still lacks are made, then every receiver of the stage
+ *    sums its rows (circ_vsum, vectorised); the blocks are split over the
+ *    patcher's thread pool.
  * In the direct form the sums are made in the same order as one running
  * sum over u, so results do not depend on the number of threads.
  *
@@ -56,6 +64,7 @@
 #include "kernels.h"
 
 enum { MODE_CIRCUIT, MODE_EDGE };
+enum { DIFF_NONE, DIFF_CLEAN, DIFF_CUR };
 
 /* Floats per block of the circuit delta kernel: the difference rows of
  * every upstream node of one block (U x CHUNK floats, 320 KiB for GPT-2
@@ -97,13 +106,18 @@ struct circ_patcher {
 	/* circuit delta kernel (see the top of this file) */
 	circ_pool *pool;
 	int nslot;	    /* threads of the pool: one scratch each */
-	float *scratch;	    /* (nslot, U + 1, CHUNK): difference rows, then a work row */
+	float *scratch;	    /* (nslot, CHUNK): a work row per thread */
 	const float **srcs; /* (nslot, U) row pointers handed to circ_vsum */
 	recv_plan *plan;    /* (3H) */
 	int *terms;	    /* (3H, U) */
 	uint8_t *need;	    /* (U) the stage needs node u's difference row */
-	int *rows;	    /* (U) the needed nodes */
-	const float **cur;  /* (U) current outputs of the nodes */
+	int *rows;	    /* (U) the nodes whose rows the stage makes */
+	const float **cur;  /* (U) their outputs to subtract (clean or current) */
+	float *diff;	    /* (U, B, T, C) the difference rows, NULL until used */
+	size_t diff_cap;    /* floats allocated in diff */
+	uint8_t *dkind;	    /* (U) what diff row u holds: DIFF_NONE, _CLEAN, _CUR */
+	unsigned *dfwd;	    /* (U) for DIFF_CUR: the forward it belongs to */
+	unsigned fwd_id;    /* patched forwards so far */
 	float *dclean;	    /* (B, T, C) dclean(dclean_stage) */
 	float *dacc;	    /* (B, T, C) D over u < dacc_upto in this forward */
 	size_t d_cap;	    /* floats allocated in dclean and dacc */
@@ -111,6 +125,14 @@ struct circ_patcher {
 	int dclean_stage;   /* -1: dclean holds nothing */
 	int dacc_upto;	    /* -1: D not started in this forward */
 };
+
+/* The references or the clean run changed: dclean and the stored
+ * difference rows are stale. */
+static void diffs_stale(circ_patcher *p)
+{
+	p->dclean_stage = -1;
+	memset(p->dkind, DIFF_NONE, (size_t)p->U);
+}
 
 /* Number of upstream nodes produced before stage s (those feeding it). */
 static int stage_n_in(const circ_patcher *p, int s)
@@ -178,8 +200,7 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	}
 	p->pool = circ_pool_new(o->threads);
 	p->nslot = circ_pool_threads(p->pool);
-	p->scratch =
-	    circ_xalloc_aligned((size_t)p->nslot * ((size_t)p->U + 1) * CHUNK * sizeof(float));
+	p->scratch = circ_xalloc_aligned((size_t)p->nslot * CHUNK * sizeof(float));
 	p->srcs = circ_xcalloc((size_t)p->nslot * (size_t)p->U, sizeof *p->srcs);
 	p->plan = circ_xcalloc(3 * (size_t)p->H, sizeof *p->plan);
 	p->terms = circ_xcalloc(3 * (size_t)p->H * (size_t)p->U, sizeof *p->terms);
@@ -187,6 +208,8 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	p->rows = circ_xcalloc((size_t)p->U, sizeof *p->rows);
 	p->cur = circ_xcalloc((size_t)p->U, sizeof *p->cur);
 	p->alive = circ_xcalloc((size_t)p->U + 1, 1);
+	p->dkind = circ_xcalloc((size_t)p->U, 1);
+	p->dfwd = circ_xcalloc((size_t)p->U, sizeof *p->dfwd);
 	p->dclean_stage = -1;
 	p->reads = circ_xcalloc((size_t)p->o.max_b * (size_t)p->o.max_t, sizeof *p->reads);
 	p->m_clean = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
@@ -222,6 +245,9 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->alive);
 	free(p->dclean);
 	free(p->dacc);
+	free(p->diff);
+	free(p->dkind);
+	free(p->dfwd);
 	free(p);
 }
 
@@ -314,7 +340,7 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		return circ_errorf(e, "batch of %d x %d tokens exceeds the patcher's %d x %d", b->B,
 				   b->T, p->o.max_b, p->o.max_t);
 	p->b = b;
-	p->dclean_stage = -1;
+	diffs_stale(p);
 	if (p->out_cap < (size_t)p->U * n) {
 		free(p->clean_out);
 		free(p->ref_out);
@@ -387,7 +413,7 @@ void circ_patcher_scale_ref(circ_patcher *p, double eps)
 	size_t n = (size_t)p->U * (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
 	for (size_t i = 0; i < n; i++)
 		p->ref_out[i] = p->clean_out[i] + (float)eps * (p->ref_out[i] - p->clean_out[i]);
-	p->dclean_stage = -1;
+	diffs_stale(p);
 }
 
 const circ_batch *circ_patcher_batch(const circ_patcher *p)
@@ -461,7 +487,7 @@ static void add_patched(circ_patcher *p, circ_run *run, int r, float **d, int nm
 	}
 	if (dst)
 		for (int j = 1; j < nmr; j++)
-			memcpy(circ_run_delta(run, mr[j]), dst, n * sizeof(float));
+			memcpy(circ_run_delta_raw(run, mr[j]), dst, n * sizeof(float));
 }
 
 /* ---- circuit mode: the delta kernel ---- */
@@ -494,28 +520,33 @@ static void rows_sum(float *y, const float *const *src, int k, size_t n)
 	circ_vsum(y, src[0], k > 1 ? src[1] : NULL, src + 2, k > 2 ? k - 2 : 0, n);
 }
 
+/* Makes the difference rows t->rows lacks over [i0, i0 + len). */
+static void make_rows(const block_task *t, size_t i0, size_t len)
+{
+	circ_patcher *p = t->p;
+	for (int j = 0; j < t->nrows; j++) {
+		size_t o = (size_t)p->rows[j] * t->n + i0;
+		vsub(p->diff + o, p->ref_out + o, p->cur[p->rows[j]] + i0, len);
+	}
+}
+
 /* Slot k of the pool: the blocks k*nb/nslot .. (k+1)*nb/nslot-1. */
 static void block_part(void *ctx, size_t k0, size_t k1)
 {
 	const block_task *t = ctx;
 	circ_patcher *p = t->p;
-	size_t nb = (t->n + CHUNK - 1) / CHUNK;
+	size_t n = t->n, nb = (n + CHUNK - 1) / CHUNK;
 	for (size_t k = k0; k < k1; k++) {
-		float *scr = p->scratch + k * ((size_t)p->U + 1) * CHUNK;
-		float *work = scr + (size_t)p->U * CHUNK;
+		float *work = p->scratch + k * CHUNK;
 		const float **src = p->srcs + k * (size_t)p->U;
 		size_t b0 = k * nb / (size_t)p->nslot, b1 = (k + 1) * nb / (size_t)p->nslot;
 		for (size_t blk = b0; blk < b1; blk++) {
-			size_t i0 = blk * CHUNK, len = t->n - i0 < CHUNK ? t->n - i0 : CHUNK;
-			/* the difference rows ref_u - current_u of the block */
-			for (int j = 0; j < t->nrows; j++) {
-				int u = p->rows[j];
-				vsub(scr + (size_t)u * CHUNK, p->ref_out + (size_t)u * t->n + i0,
-				     p->cur[u] + i0, len);
-			}
+			size_t i0 = blk * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+			const float *dif = p->diff + i0;
+			make_rows(t, i0, len);
 			if (t->d_base && (t->d_hi > t->d_lo || t->d_base != p->dacc)) {
 				for (int u = t->d_lo; u < t->d_hi; u++)
-					src[u - t->d_lo] = scr + (size_t)u * CHUNK;
+					src[u - t->d_lo] = dif + (size_t)u * n;
 				circ_vsum(p->dacc + i0, t->d_base + i0, NULL, src,
 					  t->d_hi - t->d_lo, len);
 			}
@@ -523,7 +554,7 @@ static void block_part(void *ctx, size_t k0, size_t k1)
 				const recv_plan *pl = &p->plan[r];
 				float *dst = pl->dst[0] + i0;
 				for (int j = 0; j < pl->nterm; j++)
-					src[j] = scr + (size_t)pl->term[j] * CHUNK;
+					src[j] = dif + (size_t)pl->term[j] * n;
 				if (!pl->complement) {
 					rows_sum(dst, src, pl->nterm, len);
 				} else if (pl->nterm == 0) {
@@ -539,25 +570,47 @@ static void block_part(void *ctx, size_t k0, size_t k1)
 	}
 }
 
-/* dclean = sum over u < n_in(s) of (ref_u - clean_u), for start stage s. */
+/* dclean = sum over u < d_hi of (ref_u - clean_u), for start stage s,
+ * making the rows it lacks. */
 static void dclean_part(void *ctx, size_t k0, size_t k1)
 {
 	const block_task *t = ctx;
 	circ_patcher *p = t->p;
 	size_t n = t->n;
 	for (size_t k = k0; k < k1; k++) {
-		float *work = p->scratch + k * ((size_t)p->U + 1) * CHUNK;
+		const float **src = p->srcs + k * (size_t)p->U;
 		size_t i0 = k * n / (size_t)p->nslot, i1 = (k + 1) * n / (size_t)p->nslot;
 		for (size_t c0 = i0; c0 < i1; c0 += CHUNK) {
 			size_t len = i1 - c0 < CHUNK ? i1 - c0 : CHUNK;
-			float *d = p->dclean + c0;
-			memset(d, 0, len * sizeof(float));
-			for (int u = 0; u < t->d_hi; u++) {
-				vsub(work, p->ref_out + (size_t)u * n + c0,
-				     p->clean_out + (size_t)u * n + c0, len);
-				circ_vadd(d, work, len);
-			}
+			make_rows(t, c0, len);
+			for (int u = 0; u < t->d_hi; u++)
+				src[u] = p->diff + (size_t)u * n + c0;
+			if (t->d_hi)
+				rows_sum(p->dclean + c0, src, t->d_hi, len);
+			else
+				memset(p->dclean + c0, 0, len * sizeof(float));
 		}
+	}
+}
+
+/* Queues node u's difference row for making, unless diff holds it: ref_u -
+ * clean_u below the start stage, ref_u - current_u above it. */
+static void want_row(circ_patcher *p, const circ_run *run, int u, size_t n, int *nrows)
+{
+	int clean = u < stage_n_in(p, p->start);
+	if (clean ? p->dkind[u] == DIFF_CLEAN : p->dkind[u] == DIFF_CUR && p->dfwd[u] == p->fwd_id)
+		return;
+	p->rows[(*nrows)++] = u;
+	p->cur[u] = clean ? p->clean_out + (size_t)u * n : circ_run_node_out(run, u);
+}
+
+/* The rows queued are made: record what they hold. */
+static void rows_made(circ_patcher *p, int nrows)
+{
+	for (int j = 0; j < nrows; j++) {
+		int u = p->rows[j];
+		p->dkind[u] = u < stage_n_in(p, p->start) ? DIFF_CLEAN : DIFF_CUR;
+		p->dfwd[u] = p->fwd_id;
 	}
 }
 
@@ -601,12 +654,18 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		pl->term = term;
 		pl->ndst = model_recvs(p, r, mr);
 		for (int j = 0; j < pl->ndst; j++)
-			pl->dst[j] = circ_run_delta(run, mr[j]);
+			pl->dst[j] = circ_run_delta_raw(run, mr[j]); /* every element written */
 		use_d |= pl->complement;
 		nplan++;
 	}
 	if (nplan == 0)
 		return;
+	if (p->diff_cap < (size_t)p->U * n) {
+		free(p->diff);
+		p->diff_cap = (size_t)p->U * n;
+		p->diff = circ_xalloc_aligned(p->diff_cap * sizeof(float));
+		diffs_stale(p);
+	}
 	if (use_d) {
 		/* D over u < n_stage: from dclean(start), or from the last stage's D */
 		if (p->d_cap < n) {
@@ -619,8 +678,13 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		}
 		if (p->dacc_upto < 0) {
 			if (p->dclean_stage != p->start) {
-				block_task tc = {p, n, 0, 0, 0, stage_n_in(p, p->start), NULL};
+				int n_clean = stage_n_in(p, p->start), nmake = 0;
+				block_task tc = {p, n, 0, 0, 0, n_clean, NULL};
+				for (int u = 0; u < n_clean; u++)
+					want_row(p, run, u, n, &nmake);
+				tc.nrows = nmake;
 				circ_pool_for(p->pool, (size_t)p->nslot, dclean_part, &tc);
+				rows_made(p, nmake);
 				p->dclean_stage = p->start;
 			}
 			t.d_base = p->dclean;
@@ -635,13 +699,12 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		p->dacc_upto = n_stage;
 	}
 	for (int u = 0; u < n_stage; u++)
-		if (p->need[u]) {
-			p->rows[nrows++] = u;
-			p->cur[u] = circ_run_node_out(run, u);
-		}
+		if (p->need[u])
+			want_row(p, run, u, n, &nrows);
 	t.nplan = nplan;
 	t.nrows = nrows;
 	circ_pool_for(p->pool, (size_t)p->nslot, block_part, &t);
+	rows_made(p, nrows);
 }
 
 static int hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, circ_error *e)
@@ -685,6 +748,7 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 	f.start_stage = stage;
 	p->start = stage;
 	p->dacc_upto = -1;
+	p->fwd_id++;
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
 	p->clean_below = stage;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "attrib.h"
+#include "rng.h"
 
 static int fails;
 #define CHECK(c)                                                                                   \
@@ -94,6 +95,63 @@ static double eap_vs_exact(const circ_model *m, const circ_graph *g, const circ_
 	return worst / scale;
 }
 
+/* Keep mask for a test at stage s: receivers below s keep every edge, those
+ * of stage s lose one in three, those above keep each edge with
+ * probability dens. */
+static void stage_mask(const circ_graph *g, const circ_patcher *p, int s, double dens, circ_rng *r,
+		       uint8_t *keep)
+{
+	for (int64_t ed = 0; ed < g->n_edges; ed++) {
+		int rs = circ_patcher_recv_stage(p, g->edge_recv[ed]);
+		keep[ed] = rs < s ? 1 : rs == s ? ed % 3 != 0 : circ_rng_uniform(r) < dens;
+	}
+}
+
+/* The patcher keeps state between evaluations (the clean stages below the
+ * start, the stored difference rows ref - clean and ref - current, D): a
+ * long sequence of circuits, tested top-down as ACDC does, then at stages
+ * in any order, then with the references rescaled, must give what a fresh
+ * patcher gives for each circuit alone. */
+static void test_patcher_state(circ_model *m, const circ_graph *g, const circ_batch *b, int L)
+{
+	circ_patch_opts po = {CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 2, b->B, b->T, 0};
+	circ_error e;
+	circ_patcher *p = circ_patcher_new(m, g, &po, &e);
+	uint8_t *keep = circ_xmalloc((size_t)g->n_edges);
+	static const double dens[] = {0.05, 0.5, 0.95, 0.0};
+	double out[8], want[8], worst = 0;
+	circ_rng r;
+	int n = 0;
+	CHECK(p && circ_patcher_load(p, b, &e) == 0);
+	circ_rng_seed(&r, 5);
+	for (int pass = 0; pass < 3; pass++) {
+		if (pass == 2)
+			circ_patcher_scale_ref(p, 0.5);
+		for (int k = 0; k <= 2 * L; k++) {
+			int s =
+			    pass == 0 ? 2 * L - k : (int)circ_rng_below(&r, (uint64_t)(2 * L + 1));
+			circ_patcher *q = circ_patcher_new(m, g, &po, &e);
+			stage_mask(g, p, s, dens[(k + pass) % 4], &r, keep);
+			CHECK(q && circ_patcher_load(q, b, &e) == 0);
+			if (pass == 2)
+				circ_patcher_scale_ref(q, 0.5);
+			CHECK(circ_patcher_eval(p, keep, s, out, &e) == 0);
+			CHECK(circ_patcher_eval(q, keep, 0, want, &e) == 0);
+			for (int i = 0; i < b->B; i++) {
+				double d = fabs(out[i] - want[i]) / (1 + fabs(want[i]));
+				worst = d > worst ? d : worst;
+			}
+			circ_patcher_free(q);
+			n++;
+		}
+	}
+	fprintf(stderr, "test_patch: %d circuits evaluated incrementally vs fresh: worst %.3g\n", n,
+		worst);
+	CHECK(worst < 1e-5);
+	free(keep);
+	circ_patcher_free(p);
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-test-patch-XXXXXX";
@@ -123,6 +181,8 @@ int main(void)
 	CHECK(r2 < r1 && r3 < r2);
 	CHECK(r3 < 0.02);
 	CHECK(r3 < 0.3 * r2);
+
+	test_patcher_state(m, g, b, c.n_layer);
 
 	/* no edge patched = clean; every edge patched = the reference run */
 	{
