@@ -59,8 +59,8 @@ struct circ_pool {
 	pthread_t *th;
 	pthread_mutex_t mu;
 	pthread_cond_t go, done;
-	unsigned gen; /* bumped for each job */
-	int pending;  /* workers still running the current job */
+	unsigned gen; /* bumped for each job (atomic: workers spin on it) */
+	int pending;  /* workers still running the current job (atomic) */
 	int quit;
 	size_t total;
 	void (*fn)(void *ctx, size_t begin, size_t end);
@@ -88,6 +88,31 @@ int circ_pool_inside(void)
 	return in_pool;
 }
 
+/* Jobs come in quick succession during a forward (a LayerNorm, a GEMM, an
+ * elementwise pass, ...): waking a sleeping thread costs more than most of
+ * them. So a thread waiting for a job, or for the others to finish one,
+ * first spins on the counter for about POOL_SPIN pauses (some tens of
+ * microseconds), then sleeps on the condition variable. */
+#define POOL_SPIN 4000
+
+static void cpu_relax(void)
+{
+#if CIRC_X86
+	_mm_pause();
+#endif
+}
+
+/* Spins until *v != x (1) or the spin runs out (0). */
+static int spin_while(const unsigned *v, unsigned x)
+{
+	for (int i = 0; i < POOL_SPIN; i++) {
+		if (__atomic_load_n(v, __ATOMIC_ACQUIRE) != x)
+			return 1;
+		cpu_relax();
+	}
+	return 0;
+}
+
 static void *pool_main(void *v)
 {
 	pool_arg *a = v;
@@ -95,24 +120,25 @@ static void *pool_main(void *v)
 	unsigned seen = 0;
 	for (;;) {
 		size_t b, e;
-		pthread_mutex_lock(&p->mu);
-		while (p->gen == seen && !p->quit)
-			pthread_cond_wait(&p->go, &p->mu);
-		if (p->quit) {
+		if (!spin_while(&p->gen, seen)) {
+			pthread_mutex_lock(&p->mu);
+			while (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen && !p->quit)
+				pthread_cond_wait(&p->go, &p->mu);
 			pthread_mutex_unlock(&p->mu);
-			break;
 		}
-		seen = p->gen;
-		pthread_mutex_unlock(&p->mu);
+		if (__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE))
+			break;
+		seen = __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE);
 		pool_chunk(p, a->idx, &b, &e);
 		in_pool = 1;
 		if (b < e)
 			p->fn(p->ctx, b, e);
 		in_pool = 0;
-		pthread_mutex_lock(&p->mu);
-		if (--p->pending == 0)
+		if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL) == 0) {
+			pthread_mutex_lock(&p->mu);
 			pthread_cond_signal(&p->done);
-		pthread_mutex_unlock(&p->mu);
+			pthread_mutex_unlock(&p->mu);
+		}
 	}
 	free(a);
 	return NULL;
@@ -147,7 +173,8 @@ void circ_pool_free(circ_pool *p)
 	if (!p)
 		return;
 	pthread_mutex_lock(&p->mu);
-	p->quit = 1;
+	__atomic_store_n(&p->quit, 1, __ATOMIC_RELEASE);
+	__atomic_add_fetch(&p->gen, 1, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&p->go);
 	pthread_mutex_unlock(&p->mu);
 	for (i = 1; i < p->n; i++)
@@ -177,23 +204,29 @@ void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, s
 		in_pool = was;
 		return;
 	}
-	pthread_mutex_lock(&p->mu);
+	/* the job is published by the release store of gen: workers read
+	 * fn, ctx and total after their acquire load of it */
 	p->fn = fn;
 	p->ctx = ctx;
 	p->total = n;
-	p->pending = p->n - 1;
-	p->gen++;
-	pthread_cond_broadcast(&p->go);
+	__atomic_store_n(&p->pending, p->n - 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&p->mu);
+	__atomic_add_fetch(&p->gen, 1, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&p->go); /* no system call when nobody sleeps */
 	pthread_mutex_unlock(&p->mu);
 	pool_chunk(p, 0, &b, &e);
 	in_pool = 1;
 	if (b < e)
 		fn(ctx, b, e);
 	in_pool = 0;
-	pthread_mutex_lock(&p->mu);
-	while (p->pending > 0)
-		pthread_cond_wait(&p->done, &p->mu);
-	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < POOL_SPIN && __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0; i++)
+		cpu_relax();
+	if (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) {
+		pthread_mutex_lock(&p->mu);
+		while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0)
+			pthread_cond_wait(&p->done, &p->mu);
+		pthread_mutex_unlock(&p->mu);
+	}
 }
 
 void circ_blas_threads(int n)

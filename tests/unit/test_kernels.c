@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kernels.h"
@@ -393,6 +394,63 @@ static void test_bias_bwd(void)
 	free(d), free(b1), free(b2);
 }
 
+/* A job that runs a nested loop on the same pool: it must run serially on
+ * the calling thread (circ_pool_inside), not deadlock. */
+typedef struct nest_ctx {
+	circ_pool *p;
+	int hits[64][8];
+	int inside[64];
+} nest_ctx;
+
+static void nest_inner(void *v, size_t b, size_t e)
+{
+	int *row = v;
+	for (size_t i = b; i < e; i++)
+		row[i]++;
+}
+
+static void nest_outer(void *v, size_t b, size_t e)
+{
+	nest_ctx *c = v;
+	for (size_t i = b; i < e; i++) {
+		c->inside[i] = circ_pool_inside();
+		circ_pool_for(c->p, 8, nest_inner, c->hits[i]);
+	}
+}
+
+/* Hand-offs as a forward makes them: thousands of tiny jobs back to back
+ * (the threads catch them while spinning), jobs after pauses longer than
+ * the spin (they catch them asleep), nested loops, and a pool freed right
+ * after its last job. */
+static void test_pool_handoff(void)
+{
+	for (int th = 2; th <= 3; th++) {
+		circ_pool *p = circ_pool_new(th);
+		int hits[7] = {0}, ok = 1;
+		sum_ctx c = {NULL, hits};
+		for (int rep = 0; rep < 20000; rep++)
+			circ_pool_for(p, 7, sum_task, &c);
+		for (int rep = 0; rep < 5; rep++) {
+			struct timespec ts = {0, 3000000}; /* 3 ms: past the spin */
+			nanosleep(&ts, NULL);
+			circ_pool_for(p, 7, sum_task, &c);
+		}
+		for (int i = 0; i < 7; i++)
+			ok &= hits[i] == 20005;
+		CHECK(ok);
+		nest_ctx n = {p, {{0}}, {0}};
+		circ_pool_for(p, 64, nest_outer, &n);
+		for (int i = 0; i < 64; i++) {
+			ok &= n.inside[i] == 1;
+			for (int j = 0; j < 8; j++)
+				ok &= n.hits[i][j] == 1;
+		}
+		CHECK(ok);
+		CHECK(!circ_pool_inside());
+		circ_pool_free(p);
+	}
+}
+
 static void test_pool(void)
 {
 	for (int th = 1; th <= 3; th++) {
@@ -413,6 +471,7 @@ static void test_pool(void)
 		circ_pool_free(p);
 	}
 	circ_pool_free(NULL);
+	test_pool_handoff();
 }
 
 int main(int argc, char **argv)
