@@ -1131,6 +1131,11 @@ const circ_model *circ_run_model(const circ_run *r)
 	return r->m;
 }
 
+struct circ_pool *circ_run_pool(circ_run *r)
+{
+	return r->pool;
+}
+
 int circ_run_b(const circ_run *r)
 {
 	return r->valid >= 0 ? r->B : 0;

@@ -231,6 +231,9 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 void circ_run_free(circ_run *r); /* NULL is a no-op */
 size_t circ_run_arena_bytes(const circ_run *r);
 const circ_model *circ_run_model(const circ_run *r);
+/* The run's thread pool, for work between its stages (a hook's): one set of
+ * threads for both. Valid until circ_run_set_threads or circ_run_free. */
+struct circ_pool *circ_run_pool(circ_run *r);
 /* B and T of the last forward (0 before any). */
 int circ_run_b(const circ_run *r);
 int circ_run_t(const circ_run *r);

@@ -47,7 +47,7 @@
  *  - blocking: (B, T, C) is cut into blocks of CHUNK floats; per block the
  *    rows a stage still lacks are made, then every receiver of the stage
  *    sums its rows (circ_vsum, vectorised); the blocks are split over the
- *    patcher's thread pool.
+ *    main run's thread pool.
  * In the direct form the sums are made in the same order as one running
  * sum over u, so results do not depend on the number of threads.
  *
@@ -104,8 +104,9 @@ struct circ_patcher {
 	int64_t edge;
 	int start; /* start stage of the current forward */
 	/* circuit delta kernel (see the top of this file) */
-	circ_pool *pool;
-	int nslot;	    /* threads of the pool: one scratch each */
+	circ_pool *pool;    /* the main run's (see circ_run_pool), for this stage */
+	int nslot;	    /* its threads: one scratch each */
+	int slot_cap;	    /* threads the scratch is allocated for */
 	float *scratch;	    /* (nslot, CHUNK): a work row per thread */
 	const float **srcs; /* (nslot, U) row pointers handed to circ_vsum */
 	recv_plan *plan;    /* (3H) */
@@ -198,10 +199,6 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 		if (!p->ref)
 			goto fail;
 	}
-	p->pool = circ_pool_new(o->threads);
-	p->nslot = circ_pool_threads(p->pool);
-	p->scratch = circ_xalloc_aligned((size_t)p->nslot * CHUNK * sizeof(float));
-	p->srcs = circ_xcalloc((size_t)p->nslot * (size_t)p->U, sizeof *p->srcs);
 	p->plan = circ_xcalloc(3 * (size_t)p->H, sizeof *p->plan);
 	p->terms = circ_xcalloc(3 * (size_t)p->H * (size_t)p->U, sizeof *p->terms);
 	p->need = circ_xcalloc((size_t)p->U, 1);
@@ -234,7 +231,6 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->m_clean);
 	free(p->m_ref);
 	free(p->clean_logp);
-	circ_pool_free(p->pool);
 	free(p->scratch);
 	free(p->srcs);
 	free(p->plan);
@@ -660,6 +656,16 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 	}
 	if (nplan == 0)
 		return;
+	/* the run's own threads do the sums between its stages */
+	p->pool = circ_run_pool(run);
+	p->nslot = circ_pool_threads(p->pool);
+	if (p->slot_cap < p->nslot) {
+		free(p->scratch);
+		free(p->srcs);
+		p->slot_cap = p->nslot;
+		p->scratch = circ_xalloc_aligned((size_t)p->nslot * CHUNK * sizeof(float));
+		p->srcs = circ_xcalloc((size_t)p->nslot * (size_t)p->U, sizeof *p->srcs);
+	}
 	if (p->diff_cap < (size_t)p->U * n) {
 		free(p->diff);
 		p->diff_cap = (size_t)p->U * n;
