@@ -68,7 +68,7 @@ static const circ_opt opts[] = {
     {"embd", OPT_EMBD, "C", "residual width, a multiple of the heads (default 64)"},
     {"inner", OPT_INNER, "F", "MLP width (default 4C)"},
     {"ctx", OPT_CTX, "P", "context length n_ctx (default: the task's longest sequence)"},
-    {"threads", OPT_THREADS, "N", "threads for OpenBLAS and circ's kernels (default 1)"},
+    {"threads", OPT_THREADS, "N", "threads for the matrix products and circ's kernels (default 1)"},
     {"log", OPT_LOG, "N", "print the mean loss every N steps on stderr (default 0: never)"},
     {"eval", OPT_EVAL, "N", "evaluation examples, generator seed 0 (default 500)"},
     {"names", OPT_NAMES, "K", "ioi: use the first K names of the IOI list (default 16)"},

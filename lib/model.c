@@ -38,8 +38,9 @@
  * gradients as GEMMs over rows, biases and LayerNorm parameters as row
  * sums); the embeddings get theirs from the residual gradient at stage 0.
  *
- * Threads: OpenBLAS gets the run's thread count; row and batch kernels
- * are split over the run's circ_pool.
+ * Threads: everything parallel runs on the run's circ_pool: GEMMs are cut
+ * into one part per thread (OpenBLAS single-threaded in each), row and
+ * batch kernels split their rows.
  */
 #include "model.h"
 

@@ -51,9 +51,10 @@
  * with the circ_weights layout (circ_weights_alloc), as llm.c's backward
  * kernels accumulate, so a caller can sum them over batches.
  *
- * Threads: a run has a thread count used both for OpenBLAS
- * (openblas_set_num_threads, which is process-wide: set at every forward and
- * backward) and for circ's own kernels (a small pthread pool of the run).
+ * Threads: a run has a thread count, the size of its own small pthread pool,
+ * over which its GEMMs (each part a single-threaded OpenBLAS call: OpenBLAS
+ * is set to one thread, process-wide, at every forward and backward) and
+ * circ's kernels are split.
  *
  * Layering: model uses util, stream (dtypes), safetensors and kernels.
  */
@@ -209,7 +210,7 @@ int circ_node_stage(const circ_model *m, int node);
 typedef struct circ_run circ_run;
 
 typedef struct circ_run_opts {
-	int threads;	     /* OpenBLAS and circ threads; <= 0: 1 */
+	int threads;	     /* threads of the run's pool; <= 0: 1 */
 	int acdc_convention; /* 1: the input node is token + positional embedding */
 	int keep_nodes;	     /* 1 (default): per-head outputs kept (U, B, T, C);
 			      * 0: only the fused attention output is computed
