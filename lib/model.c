@@ -1532,9 +1532,9 @@ static const float *recv_input(const circ_run *r, int recv, const float *x, floa
 /* ---- q/k/v receivers with deltas, in row blocks over the pool ----
  * When some of a layer's q/k/v receivers carry a delta, each receiver has
  * its own ln_1 input and so its own (n, C) x (C, D) GEMM. Those GEMMs are
- * too small for OpenBLAS's threads, so the rows are cut into blocks of at
- * most QKV_BLOCK and each pool thread takes a contiguous share of the
- * blocks, running OpenBLAS at one thread inside: per block, the shared
+ * too narrow to split well by columns, so the rows are cut into blocks of
+ * at most QKV_BLOCK and each pool thread takes a contiguous share of the
+ * blocks, its GEMMs on that thread alone: per block, the shared
  * ln_1 and the GEMMs over the runs of unpatched columns, then each patched
  * receiver's LayerNorm of (residual + delta), formed row by row, and its D
  * columns. Every column is computed once, each output row by one thread,
@@ -1545,9 +1545,9 @@ static const float *recv_input(const circ_run *r, int recv, const float *x, floa
 typedef struct qkv_task {
 	circ_run *r;
 	int l, npatched;
-	size_t nblk, rb; /* blocks of rb rows (the last may be shorter) */
-	const float *x;	 /* (n, C) the layer's residual */
-	float *qkv;	 /* (n, 3C) output */
+	size_t n, nblk, rb; /* n rows in blocks of rb (the last may be shorter) */
+	const float *x;	    /* (n, C) the layer's residual */
+	float *qkv;	    /* (n, 3C) output */
 } qkv_task;
 
 /* Scratch of thread slot k: (QKV_BLOCK, C). */
@@ -1569,6 +1569,7 @@ static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n)
 	}
 	t->r = r;
 	t->l = l;
+	t->n = n;
 	t->rb = rb < 1 ? 1 : rb > QKV_BLOCK ? QKV_BLOCK : rb;
 	t->nblk = (n + t->rb - 1) / t->rb;
 }
@@ -1577,35 +1578,6 @@ static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n)
 static int qkv_recv_of_col(const circ_run *r, int l, int k)
 {
 	return circ_recv_qkv(r->m, l, k % r->H, k / r->H);
-}
-
-/* Runs fn(t, scratch, first row, rows) over the blocks, split over the pool
- * by thread slot (a slot's blocks are contiguous), OpenBLAS at 1 thread. */
-typedef struct qkv_run {
-	qkv_task *t;
-	void (*fn)(qkv_task *t, float *buf, size_t i0, size_t m);
-	size_t n;
-} qkv_run;
-
-static void qkv_slot(void *v, size_t b, size_t e)
-{
-	qkv_run *q = v;
-	qkv_task *t = q->t;
-	int P = circ_pool_threads(t->r->pool);
-	for (size_t k = b; k < e; k++) {
-		size_t b0 = t->nblk * k / (size_t)P, b1 = t->nblk * (k + 1) / (size_t)P;
-		for (size_t j = b0; j < b1; j++) {
-			size_t i0 = j * t->rb, m = q->n - i0 < t->rb ? q->n - i0 : t->rb;
-			q->fn(t, blk_scratch(t->r, (int)k), i0, m);
-		}
-	}
-}
-
-static void qkv_for(qkv_task *t, void (*fn)(qkv_task *, float *, size_t, size_t), size_t n)
-{
-	circ_run *r = t->r;
-	qkv_run q = {t, fn, n};
-	circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), qkv_slot, &q);
 }
 
 static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
@@ -1646,6 +1618,21 @@ static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
 	}
 }
 
+/* Thread slot k of the pool runs qkv_fwd_block over its contiguous share
+ * of the blocks. */
+static void qkv_slot(void *v, size_t b, size_t e)
+{
+	qkv_task *t = v;
+	int P = circ_pool_threads(t->r->pool);
+	for (size_t k = b; k < e; k++) {
+		size_t b0 = t->nblk * k / (size_t)P, b1 = t->nblk * (k + 1) / (size_t)P;
+		for (size_t j = b0; j < b1; j++) {
+			size_t i0 = j * t->rb, m = t->n - i0 < t->rb ? t->n - i0 : t->rb;
+			qkv_fwd_block(t, blk_scratch(t->r, (int)k), i0, m);
+		}
+	}
+}
+
 static void attn_stage(circ_run *r, int l)
 {
 	const circ_layer_weights *lw = &r->m->w.layers[l];
@@ -1669,7 +1656,7 @@ static void attn_stage(circ_run *r, int l)
 		t.npatched = npatched;
 		t.x = x;
 		t.qkv = qkv;
-		qkv_for(&t, qkv_fwd_block, n);
+		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), qkv_slot, &t);
 	}
 	{
 		attn_task t = {r, z, att, NULL, qkv, NULL, NULL};

@@ -66,9 +66,8 @@
 enum { MODE_CIRCUIT, MODE_EDGE };
 enum { DIFF_NONE, DIFF_CLEAN, DIFF_CUR };
 
-/* Floats per block of the circuit delta kernel: the difference rows of
- * every upstream node of one block (U x CHUNK floats, 320 KiB for GPT-2
- * small) stay in L2 while the receivers of a stage sum theirs. */
+/* Floats per block of the circuit delta kernel: a block of the difference
+ * rows a stage reads stays in cache while its receivers sum theirs. */
 #define CHUNK 512
 
 /* One graph receiver of the stage being patched. */
@@ -104,8 +103,7 @@ struct circ_patcher {
 	int64_t edge;
 	int start; /* start stage of the current forward */
 	/* circuit delta kernel (see the top of this file) */
-	circ_pool *pool;    /* the main run's (see circ_run_pool), for this stage */
-	int nslot;	    /* its threads: one scratch each */
+	int nslot;	    /* threads of the main run's pool: one scratch each */
 	int slot_cap;	    /* threads the scratch is allocated for */
 	float *scratch;	    /* (nslot, CHUNK): a work row per thread */
 	const float **srcs; /* (nslot, U) row pointers handed to circ_vsum */
@@ -657,8 +655,8 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 	if (nplan == 0)
 		return;
 	/* the run's own threads do the sums between its stages */
-	p->pool = circ_run_pool(run);
-	p->nslot = circ_pool_threads(p->pool);
+	circ_pool *pool = circ_run_pool(run);
+	p->nslot = circ_pool_threads(pool);
 	if (p->slot_cap < p->nslot) {
 		free(p->scratch);
 		free(p->srcs);
@@ -689,7 +687,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 				for (int u = 0; u < n_clean; u++)
 					want_row(p, run, u, n, &nmake);
 				tc.nrows = nmake;
-				circ_pool_for(p->pool, (size_t)p->nslot, dclean_part, &tc);
+				circ_pool_for(pool, (size_t)p->nslot, dclean_part, &tc);
 				rows_made(p, nmake);
 				p->dclean_stage = p->start;
 			}
@@ -709,7 +707,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 			want_row(p, run, u, n, &nrows);
 	t.nplan = nplan;
 	t.nrows = nrows;
-	circ_pool_for(p->pool, (size_t)p->nslot, block_part, &t);
+	circ_pool_for(pool, (size_t)p->nslot, block_part, &t);
 	rows_made(p, nrows);
 }
 
