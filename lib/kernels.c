@@ -14,6 +14,12 @@
  * polynomial (relative error < 2e-7); tanh(u) = 1 - 2/(exp(2u) + 1); erf is
  * Abramowitz-Stegun 7.1.26 (absolute error < 1.5e-7). The
  * reference twins use libm in double.
+ *
+ * One matrix kernel of circ's own, circ_gemm_acc: c += a b for column
+ * blocks a multiple of 16 wide, in AVX-512 (6 rows x 64 columns of
+ * accumulators), where OpenBLAS's blocking loses a third on narrow blocks
+ * such as one head's 64 columns of W_QKV. Everything else goes to
+ * OpenBLAS.
  */
 #include "kernels.h"
 
@@ -276,6 +282,126 @@ void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float
 		}
 }
 
+/* c (m, n) += a (m, k) b (k, n), one thread. Every element of c is its
+ * old value plus a[i][0] b[0][j], a[i][1] b[1][j], ... added in order of p
+ * with fused multiply-adds, so a row's result does not depend on m or on
+ * which rows share a block. */
+#if CIRC_X86
+#define AVX512 __attribute__((target("avx512f")))
+
+/* Rows i .. i+R-1 of c, columns j .. j+63: 4R accumulators, the 4 vectors
+ * of b's row p loaded once for the R broadcasts of a[., p]. */
+#define ACC_ROW(r)                                                                                 \
+	__m512 c##r##0 = _mm512_loadu_ps(c + (size_t)(r)*ldc),                                     \
+	       c##r##1 = _mm512_loadu_ps(c + (size_t)(r)*ldc + 16),                                \
+	       c##r##2 = _mm512_loadu_ps(c + (size_t)(r)*ldc + 32),                                \
+	       c##r##3 = _mm512_loadu_ps(c + (size_t)(r)*ldc + 48);
+#define FMA_ROW(r)                                                                                 \
+	x = _mm512_set1_ps(a[(size_t)(r)*lda + p]);                                                \
+	c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);                                                 \
+	c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);                                                 \
+	c##r##2 = _mm512_fmadd_ps(x, b2, c##r##2);                                                 \
+	c##r##3 = _mm512_fmadd_ps(x, b3, c##r##3);
+#define STORE_ROW(r)                                                                               \
+	_mm512_storeu_ps(c + (size_t)(r)*ldc, c##r##0);                                            \
+	_mm512_storeu_ps(c + (size_t)(r)*ldc + 16, c##r##1);                                       \
+	_mm512_storeu_ps(c + (size_t)(r)*ldc + 32, c##r##2);                                       \
+	_mm512_storeu_ps(c + (size_t)(r)*ldc + 48, c##r##3);
+
+AVX512 static void acc_6x64(int k, const float *a, int lda, const float *b, int ldb, float *c,
+			    int ldc)
+{
+	__m512 x;
+	ACC_ROW(0)
+	ACC_ROW(1) ACC_ROW(2) ACC_ROW(3) ACC_ROW(4) ACC_ROW(5) for (int p = 0; p < k; p++)
+	{
+		const float *bp = b + (size_t)p * ldb;
+		__m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16),
+		       b2 = _mm512_loadu_ps(bp + 32), b3 = _mm512_loadu_ps(bp + 48);
+		FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+	}
+	STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
+}
+
+AVX512 static void acc_1x64(int k, const float *a, int lda, const float *b, int ldb, float *c,
+			    int ldc)
+{
+	__m512 x;
+	ACC_ROW(0)
+	for (int p = 0; p < k; p++) {
+		const float *bp = b + (size_t)p * ldb;
+		__m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16),
+		       b2 = _mm512_loadu_ps(bp + 32), b3 = _mm512_loadu_ps(bp + 48);
+		FMA_ROW(0)
+	}
+	STORE_ROW(0)
+}
+
+/* One row, 16 columns: the same sums for the last n % 64 columns. */
+AVX512 static void acc_1x16(int k, const float *a, const float *b, int ldb, float *c)
+{
+	__m512 acc = _mm512_loadu_ps(c);
+	for (int p = 0; p < k; p++)
+		acc = _mm512_fmadd_ps(_mm512_set1_ps(a[p]), _mm512_loadu_ps(b + (size_t)p * ldb),
+				      acc);
+	_mm512_storeu_ps(c, acc);
+}
+
+AVX512 static void gemm_acc_avx512(int m, int n, int k, const float *a, int lda, const float *b,
+				   int ldb, float *c, int ldc)
+{
+	int j = 0;
+	for (; j + 64 <= n; j += 64) {
+		int i = 0;
+		for (; i + 6 <= m; i += 6)
+			acc_6x64(k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j,
+				 ldc);
+		for (; i < m; i++)
+			acc_1x64(k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j,
+				 ldc);
+	}
+	for (; j < n; j += 16)
+		for (int i = 0; i < m; i++)
+			acc_1x16(k, a + (size_t)i * lda, b + j, ldb, c + (size_t)i * ldc + j);
+}
+#undef ACC_ROW
+#undef FMA_ROW
+#undef STORE_ROW
+#endif
+
+static int use_avx512(void)
+{
+#if CIRC_X86
+	static int have = -1;
+	if (have < 0) {
+		__builtin_cpu_init();
+		have = __builtin_cpu_supports("avx512f") && !getenv("CIRC_NO_SIMD");
+	}
+	return have;
+#else
+	return 0;
+#endif
+}
+
+int circ_gemm_acc_fast(int n)
+{
+	return n > 0 && n % 16 == 0 && use_avx512();
+}
+
+void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+		   int ldc)
+{
+	if (m <= 0 || n <= 0 || k <= 0)
+		return;
+#if CIRC_X86
+	if (circ_gemm_acc_fast(n)) {
+		gemm_acc_avx512(m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
+#endif
+	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+}
+
 /* ================================================================ SIMD helpers */
 
 #if CIRC_X86
@@ -397,17 +523,20 @@ void circ_vexp(float *out, const float *inp, size_t n)
 		out[i] = expf(inp[i]);
 }
 
+/* y = a + b + s src[0] + s src[1] + ... with s = -1 when neg (a - x is
+ * a + (-x) exactly, so the sign flip changes nothing else). */
 #if CIRC_X86
 AVX2 static void vsum_avx2(float *y, const float *a, const float *b, const float *const *src, int k,
-			   size_t n)
+			   size_t n, int neg)
 {
+	__m256 sg = _mm256_set1_ps(neg ? -0.0f : 0.0f);
 	size_t i = 0;
-	for (; i + 8 <= n; i += 8) { /* y[i] = a[i] + b[i] + src[0][i] + ... */
+	for (; i + 8 <= n; i += 8) { /* y[i] = a[i] + b[i] +- src[0][i] +- ... */
 		__m256 v = _mm256_loadu_ps(a + i);
 		if (b)
 			v = _mm256_add_ps(v, _mm256_loadu_ps(b + i));
 		for (int j = 0; j < k; j++)
-			v = _mm256_add_ps(v, _mm256_loadu_ps(src[j] + i));
+			v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_loadu_ps(src[j] + i), sg));
 		_mm256_storeu_ps(y + i, v);
 	}
 	for (; i < n; i++) { /* the same additions in the same order */
@@ -415,17 +544,18 @@ AVX2 static void vsum_avx2(float *y, const float *a, const float *b, const float
 		if (b)
 			v += b[i];
 		for (int j = 0; j < k; j++)
-			v += src[j][i];
+			v += neg ? -src[j][i] : src[j][i];
 		y[i] = v;
 	}
 }
 #endif
 
-void circ_vsum(float *y, const float *a, const float *b, const float *const *src, int k, size_t n)
+static void vsum(float *y, const float *a, const float *b, const float *const *src, int k, size_t n,
+		 int neg)
 {
 #if CIRC_X86
 	if (use_avx2()) {
-		vsum_avx2(y, a, b, src, k, n);
+		vsum_avx2(y, a, b, src, k, n, neg);
 		return;
 	}
 #endif
@@ -434,9 +564,20 @@ void circ_vsum(float *y, const float *a, const float *b, const float *const *src
 		if (b)
 			v += b[i];
 		for (int j = 0; j < k; j++)
-			v += src[j][i];
+			v += neg ? -src[j][i] : src[j][i];
 		y[i] = v;
 	}
+}
+
+void circ_vsum(float *y, const float *a, const float *b, const float *const *src, int k, size_t n)
+{
+	vsum(y, a, b, src, k, n, 0);
+}
+
+void circ_vsum_neg(float *y, const float *a, const float *b, const float *const *src, int k,
+		   size_t n)
+{
+	vsum(y, a, b, src, k, n, 1);
 }
 
 void circ_vadd(float *y, const float *x, size_t n)

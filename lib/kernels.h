@@ -58,6 +58,15 @@ void circ_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a,
 void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
 		   const float *b, int ldb, float beta, float *c, int ldc);
 
+/* c (m, n) += a (m, k) b (k, n), row-major, on the calling thread only:
+ * circ's own kernel where circ_gemm_acc_fast(n) says so (AVX-512 and n a
+ * multiple of 16; each element summed in order of k, independent of m),
+ * else circ_gemm. It beats OpenBLAS's blocks on narrow column blocks such
+ * as one head's 64 columns of W_QKV. */
+void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+		   int ldc);
+int circ_gemm_acc_fast(int n);
+
 /* ---- LayerNorm over the last dimension ---- */
 
 /* out (N, C) = (inp - mean) * rstd * w + b, per row; mean, rstd (N) are
@@ -150,6 +159,9 @@ void circ_vadd(float *y, const float *x, size_t n);
 /* y (n) = a (n) + b (n) (b may be NULL: a copy), then y += each of the k
  * sources (n), in that order. y may be a. */
 void circ_vsum(float *y, const float *a, const float *b, const float *const *src, int k, size_t n);
+/* The same with the sources subtracted: y = a + b - src[0] - ... */
+void circ_vsum_neg(float *y, const float *a, const float *b, const float *const *src, int k,
+		   size_t n);
 /* log-softmax of one row: out (n) = inp - logsumexp(inp), computed in double
  * for the normaliser. Returns the logsumexp. out may be inp. */
 double circ_logsoftmax_row(float *out, const float *inp, int n);

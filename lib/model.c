@@ -968,7 +968,13 @@ struct circ_run {
 
 	/* receiver deltas */
 	float **delta;		 /* (R) each (rows*C + 2*rows): delta, then mean, rstd */
-	unsigned char *delta_on; /* (R) */
+	unsigned char *delta_on; /* (R) 0 none, 1 stored in delta, 2 a sum (below) */
+	/* deltas given as sums (circ_run_delta_sum): base + sign * sum of the
+	 * terms, formed where the receiver's input is read */
+	const float **dsum_base;  /* (R) */
+	const float **dsum_terms; /* (R, U) */
+	int *dsum_k;		  /* (R) */
+	signed char *dsum_sign;	  /* (R) */
 
 	/* per-thread scratch of the row-blocked q/k/v kernels (outside the
 	 * arena: sized by the thread count, which can change) */
@@ -1084,6 +1090,10 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->node = circ_xcalloc((size_t)r->U, sizeof *r->node);
 	r->delta = circ_xcalloc((size_t)r->R, sizeof *r->delta);
 	r->delta_on = circ_xcalloc((size_t)r->R, 1);
+	r->dsum_base = circ_xcalloc((size_t)r->R, sizeof *r->dsum_base);
+	r->dsum_terms = circ_xcalloc((size_t)r->R * (size_t)r->U, sizeof *r->dsum_terms);
+	r->dsum_k = circ_xcalloc((size_t)r->R, sizeof *r->dsum_k);
+	r->dsum_sign = circ_xcalloc((size_t)r->R, sizeof *r->dsum_sign);
 	r->arena_bytes = run_layout(r, NULL);
 	r->arena =
 	    /* NORESERVE: a run made for long contexts reserves far more than a
@@ -1116,6 +1126,10 @@ void circ_run_free(circ_run *r)
 		free(r->delta[i]);
 	free(r->delta);
 	free(r->delta_on);
+	free(r->dsum_base);
+	free(r->dsum_terms);
+	free(r->dsum_k);
+	free(r->dsum_sign);
 	free(r->s_blk);
 	free(r->node);
 	circ_pool_free(r->pool);
@@ -1209,12 +1223,16 @@ static size_t delta_floats(const circ_run *r)
 	return r->rows * (size_t)r->C + 2 * r->rows;
 }
 
+static void store_sum(circ_run *r, int recv);
+
 static float *run_delta(circ_run *r, int recv, int zero)
 {
 	if (recv < 0 || recv >= r->R || r->in_fwd < 0 || circ_recv_stage(r->m, recv) < r->in_fwd)
 		return NULL;
 	if (!r->delta[recv])
 		r->delta[recv] = circ_xalloc_aligned(delta_floats(r) * sizeof(float));
+	if (r->delta_on[recv] == 2)
+		store_sum(r, recv);
 	if (!r->delta_on[recv]) {
 		if (zero)
 			memset(r->delta[recv], 0, bt(r) * r->C * sizeof(float));
@@ -1235,9 +1253,106 @@ float *circ_run_delta_raw(circ_run *r, int recv)
 
 const float *circ_run_get_delta(const circ_run *r, int recv)
 {
-	if (recv < 0 || recv >= r->R || !r->delta_on[recv])
+	if (recv < 0 || recv >= r->R || r->delta_on[recv] != 1)
 		return NULL;
 	return r->delta[recv];
+}
+
+/* Rows [row0, row0 + nrows) of (x + receiver recv's delta sum) into dst,
+ * whose row 0 is row row0; x = NULL: the sum alone. The additions run in
+ * one fixed order: x, base, then the terms one by one. */
+static void form_sum(const circ_run *r, int recv, const float *x, float *dst, size_t row0,
+		     size_t nrows)
+{
+	size_t o = row0 * (size_t)r->C, len = nrows * (size_t)r->C;
+	const float *const *terms = r->dsum_terms + (size_t)recv * (size_t)r->U;
+	const float *base = r->dsum_base[recv] ? r->dsum_base[recv] + o : NULL,
+		    *a = x ? x + o : base;
+	const float *src[8];
+	int k = r->dsum_k[recv], j = 0;
+	if (!x)
+		base = NULL;
+	if (!a) {
+		memset(dst, 0, len * sizeof *dst);
+		a = dst;
+	}
+	do {
+		int g = k - j < 8 ? k - j : 8;
+		for (int i = 0; i < g; i++)
+			src[i] = terms[j + i] + o;
+		(r->dsum_sign[recv] < 0 ? circ_vsum_neg : circ_vsum)(dst, a, base, src, g, len);
+		a = dst;
+		base = NULL;
+		j += g;
+	} while (j < k);
+}
+
+#define SUM_ROWS 64 /* rows per task of store_sum */
+
+typedef struct rowsum_task {
+	const circ_run *r;
+	int recv;
+	const float *x;
+	float *dst;
+	size_t n; /* rows */
+} rowsum_task;
+
+static void rowsum_part(void *v, size_t b, size_t e)
+{
+	const rowsum_task *t = v;
+	size_t C = (size_t)t->r->C;
+	for (size_t k = b; k < e; k++) {
+		size_t i0 = k * SUM_ROWS, m = t->n - i0 < SUM_ROWS ? t->n - i0 : SUM_ROWS;
+		form_sum(t->r, t->recv, t->x, t->dst + i0 * C, i0, m);
+	}
+}
+
+/* dst (n rows) = x + receiver recv's delta sum, over the pool. */
+static void p_form_sum(const circ_run *r, int recv, const float *x, float *dst)
+{
+	rowsum_task t = {r, recv, x, dst, bt(r)};
+	circ_pool_for(r->pool, (t.n + SUM_ROWS - 1) / SUM_ROWS, rowsum_part, &t);
+}
+
+/* A delta sum becomes a stored delta. */
+static void store_sum(circ_run *r, int recv)
+{
+	p_form_sum(r, recv, NULL, r->delta[recv]);
+	r->delta_on[recv] = 1;
+}
+
+int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
+		       const float *const *terms)
+{
+	size_t n = bt(r) * (size_t)r->C;
+	if (recv < 0 || recv >= r->R || r->in_fwd < 0 || circ_recv_stage(r->m, recv) < r->in_fwd ||
+	    k < 0 || k > r->U || (sign != 1 && sign != -1))
+		return -1;
+	if (!r->delta[recv])
+		r->delta[recv] = circ_xalloc_aligned(delta_floats(r) * sizeof(float));
+	if (r->delta_on[recv] == 2)
+		store_sum(r, recv);
+	if (r->delta_on[recv] == 1) {
+		/* onto a delta already there: add the sum into it */
+		float *d = r->delta[recv];
+		for (size_t i = 0; i < n; i++) {
+			float v = base ? base[i] : 0.0f;
+			for (int j = 0; j < k; j++)
+				v = sign < 0 ? v - terms[j][i] : v + terms[j][i];
+			d[i] += v;
+		}
+		return 0;
+	}
+	r->dsum_base[recv] = base;
+	r->dsum_k[recv] = k;
+	r->dsum_sign[recv] = (signed char)sign;
+	memcpy(r->dsum_terms + (size_t)recv * (size_t)r->U, terms, (size_t)k * sizeof *terms);
+	r->delta_on[recv] = 2;
+	/* a run that may go backward, or that checks the fast kernels, keeps
+	 * every delta */
+	if (r->o.backward || r->o.reference)
+		store_sum(r, recv);
+	return 0;
 }
 
 /* LayerNorm statistics of a receiver's own input (after its delta). */
@@ -1468,6 +1583,17 @@ static void gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const f
 	circ_pool_for(r->pool, (size_t)P, gemm_part, &t);
 }
 
+/* c (m, n) += a (m, k) b (k, n) on the calling thread (inside a pool
+ * task): circ's own kernel where it has one for n columns. */
+static void gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int lda,
+		     const float *b, int ldb, float *c, int ldc)
+{
+	if (r->o.reference)
+		circ_gemm_ref(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+	else
+		circ_gemm_acc(m, n, k, a, lda, b, ldb, c, ldc);
+}
+
 /* Each row of c (m, n) = bias. */
 static void bias_rows(float *c, const float *bias, size_t m, size_t n, size_t ldc)
 {
@@ -1524,6 +1650,10 @@ static const float *recv_input(const circ_run *r, int recv, const float *x, floa
 	const float *d = r->delta[recv];
 	if (!r->delta_on[recv])
 		return x;
+	if (r->delta_on[recv] == 2) {
+		p_form_sum(r, recv, x, dst);
+		return dst;
+	}
 	for (size_t i = 0; i < n; i++)
 		dst[i] = x[i] + d[i];
 	return dst;
@@ -1532,7 +1662,10 @@ static const float *recv_input(const circ_run *r, int recv, const float *x, floa
 /* ---- q/k/v receivers with deltas, in row blocks over the pool ----
  * When some of a layer's q/k/v receivers carry a delta, each receiver has
  * its own ln_1 input and so its own (n, C) x (C, D) GEMM. Those GEMMs are
- * too narrow to split well by columns, so the rows are cut into blocks of
+ * too narrow to split well by columns (and OpenBLAS runs them a third
+ * slower than one wide GEMM: circ_gemm_acc has its own kernel for them,
+ * which the unpatched layer uses too, so patched and unpatched forwards
+ * compute their columns alike). The rows are cut into blocks of
  * at most QKV_BLOCK and each pool thread takes a contiguous share of the
  * blocks, its GEMMs on that thread alone: per block, the shared
  * ln_1 and the GEMMs over the runs of unpatched columns, then each patched
@@ -1540,7 +1673,7 @@ static const float *recv_input(const circ_run *r, int recv, const float *x, floa
  * columns. Every column is computed once, each output row by one thread,
  * in an order that does not depend on the thread count. */
 
-#define QKV_BLOCK 256
+#define QKV_BLOCK 64
 
 typedef struct qkv_task {
 	circ_run *r;
@@ -1561,7 +1694,9 @@ static float *blk_scratch(circ_run *r, int k)
 static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n)
 {
 	int P = circ_pool_threads(r->pool);
-	size_t rb = (n + (size_t)P - 1) / (size_t)P;
+	/* the same number of blocks for every thread, each at most QKV_BLOCK */
+	size_t per = (n + (size_t)P * QKV_BLOCK - 1) / ((size_t)P * QKV_BLOCK);
+	size_t rb = (n + (size_t)P * per - 1) / ((size_t)P * per);
 	if (r->blk_slots < P) {
 		free(r->s_blk);
 		r->s_blk = circ_xalloc_aligned((size_t)P * QKV_BLOCK * r->C * sizeof(float));
@@ -1600,9 +1735,9 @@ static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
 			while (k1 < K && !r->delta_on[qkv_recv_of_col(r, t->l, k1)])
 				k1++;
 			if (k1 > k)
-				gemm(r, 0, 0, (int)m, (k1 - k) * r->D, r->C, buf, r->C,
-				     lw->attn_w + (size_t)k * D, (int)C3, 1.0f, q + (size_t)k * D,
-				     (int)C3);
+				gemm_acc(r, (int)m, (k1 - k) * r->D, r->C, buf, r->C,
+					 lw->attn_w + (size_t)k * D, (int)C3, q + (size_t)k * D,
+					 (int)C3);
 			k = k1 + 1;
 		}
 	}
@@ -1610,11 +1745,19 @@ static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
 		int recv = qkv_recv_of_col(r, t->l, k);
 		if (!r->delta_on[recv])
 			continue;
-		(r->o.reference ? circ_layernorm_fwd_add_ref : circ_layernorm_fwd_add)(
-		    buf, r->C, delta_mean(r, recv) + i0, delta_rstd(r, recv) + i0, x,
-		    r->delta[recv] + i0 * C, r->C, lw->ln1_w, lw->ln1_b, (int)m, r->C, eps);
-		gemm(r, 0, 0, (int)m, r->D, r->C, buf, r->C, lw->attn_w + (size_t)k * D, (int)C3,
-		     1.0f, q + (size_t)k * D, (int)C3);
+		if (r->delta_on[recv] == 2) {
+			/* the input formed in the block (in cache), normalised in place */
+			form_sum(r, recv, t->x, buf, i0, m);
+			circ_layernorm_fwd(buf, r->C, delta_mean(r, recv) + i0,
+					   delta_rstd(r, recv) + i0, buf, r->C, lw->ln1_w,
+					   lw->ln1_b, (int)m, r->C, eps);
+		} else {
+			(r->o.reference ? circ_layernorm_fwd_add_ref : circ_layernorm_fwd_add)(
+			    buf, r->C, delta_mean(r, recv) + i0, delta_rstd(r, recv) + i0, x,
+			    r->delta[recv] + i0 * C, r->C, lw->ln1_w, lw->ln1_b, (int)m, r->C, eps);
+		}
+		gemm_acc(r, (int)m, r->D, r->C, buf, r->C, lw->attn_w + (size_t)k * D, (int)C3,
+			 q + (size_t)k * D, (int)C3);
 	}
 }
 
@@ -1643,8 +1786,8 @@ static void attn_stage(circ_run *r, int l)
 	float *z = r->z + (size_t)l * r->rows * C;
 	int r0 = circ_recv_qkv(r->m, l, 0, 0), npatched = 0;
 	for (int j = 0; j < 3 * r->H; j++)
-		npatched += r->delta_on[r0 + j];
-	if (npatched == 0) {
+		npatched += r->delta_on[r0 + j] != 0;
+	if (npatched == 0 && (r->o.reference || !circ_gemm_acc_fast((int)C3))) {
 		p_layernorm(r, r->s_ln, r->mean + (size_t)2 * l * r->rows,
 			    r->rstd + (size_t)2 * l * r->rows, x, lw->ln1_w, lw->ln1_b, n);
 		bias_rows(qkv, lw->attn_b, n, C3, C3);
@@ -1703,14 +1846,18 @@ static void final_stage(circ_run *r)
 {
 	const circ_weights *w = &r->m->w;
 	const float *x = resid_at(r, 2 * r->L);
-	const float *d =
-	    r->delta_on[circ_recv_logits(r->m)] ? r->delta[circ_recv_logits(r->m)] : NULL;
+	int recv = circ_recv_logits(r->m);
+	const float *d = r->delta_on[recv] == 1 ? r->delta[recv] : NULL;
 	size_t C = (size_t)r->C, N = (size_t)r->n_read;
 	if (r->read_none)
 		return;
 	for (size_t i = 0; i < N; i++) {
 		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
 		float *dst = r->s_ln + i * C;
+		if (r->delta_on[recv] == 2) {
+			form_sum(r, recv, x, dst, row, 1);
+			continue;
+		}
 		memcpy(dst, x + row * C, C * sizeof(float));
 		if (d)
 			for (size_t c = 0; c < C; c++)
@@ -1882,6 +2029,12 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 		int s = circ_recv_stage(src->m, recv);
 		if (s >= stage)
 			continue;
+		if (src->delta_on[recv] == 2)
+			return circ_errorf(
+			    e,
+			    "receiver %d's delta was a sum of rows not kept after its "
+			    "stage: the prefix cannot be copied",
+			    recv);
 		dst->delta_on[recv] = src->delta_on[recv];
 		if (src->delta_on[recv]) {
 			if (!dst->delta[recv])

@@ -322,7 +322,19 @@ const circ_read *circ_run_reads(const circ_run *r, int *n_rows);
 float *circ_run_delta(circ_run *r, int recv);
 /* The same buffer, not zeroed: for a hook that writes every element. */
 float *circ_run_delta_raw(circ_run *r, int recv);
-/* The delta of a receiver in this forward, or NULL if it has none. */
+/* Receiver recv's delta as a sum of rows, formed where the receiver's
+ * input is read instead of stored: delta = base + sign * (terms[0] + ... +
+ * terms[k-1]), each a (B, T, C) array like a delta (base NULL: zero; sign
+ * 1 or -1). The arrays must stay as they are until the forward has run the
+ * receiver's stage. A q/k/v receiver's input is then formed block by block
+ * next to its LayerNorm and never written out; a run made for the backward
+ * or with reference kernels stores the delta at once. A receiver that
+ * already has a delta gets the sum added to it. -1 if the receiver is not
+ * of this stage or later, or k or sign is out of range. */
+int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
+		       const float *const *terms);
+/* The delta of a receiver in this forward, or NULL if it has none (or it
+ * was given as a sum and not stored). */
 const float *circ_run_get_delta(const circ_run *r, int recv);
 
 /* ---- backward ---- */

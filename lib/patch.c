@@ -45,11 +45,15 @@
  *    a stage then only sums rows (an ACDC test late in its run needs the
  *    row of nearly every node at every stage above it);
  *  - blocking: (B, T, C) is cut into blocks of CHUNK floats; per block the
- *    rows a stage still lacks are made, then every receiver of the stage
- *    sums its rows (circ_vsum, vectorised); the blocks are split over the
- *    main run's thread pool.
- * In the direct form the sums are made in the same order as one running
- * sum over u, so results do not depend on the number of threads.
+ *    rows a stage still lacks are made and D carried on; the blocks are
+ *    split over the main run's thread pool;
+ *  - sums where they are read: a receiver's delta is handed to the run as
+ *    its rows (circ_run_delta_sum: D minus the kept rows, or the sum of
+ *    the patched ones), which forms residual + delta next to the
+ *    receiver's LayerNorm, a block of rows at a time for q/k/v, so no
+ *    delta is written out and read back.
+ * The sums are made in one fixed order of u, so results do not depend on
+ * the number of threads.
  *
  * Buffers sized by the batch (node outputs, deltas' sums) are allocated at
  * load for the batch loaded, never for max_b x max_t, so that memory
@@ -72,7 +76,7 @@ enum { DIFF_NONE, DIFF_CLEAN, DIFF_CUR };
 
 /* One graph receiver of the stage being patched. */
 typedef struct recv_plan {
-	float *dst[3]; /* its model receivers' delta buffers (B, T, C) */
+	int mr[3]; /* its model receivers */
 	int ndst;
 	int complement; /* 1: delta = D - sum of the term rows; 0: the sum */
 	int nterm;
@@ -103,9 +107,8 @@ struct circ_patcher {
 	int64_t edge;
 	int start; /* start stage of the current forward */
 	/* circuit delta kernel (see the top of this file) */
-	int nslot;	    /* threads of the main run's pool: one scratch each */
-	int slot_cap;	    /* threads the scratch is allocated for */
-	float *scratch;	    /* (nslot, CHUNK): a work row per thread */
+	int nslot;	    /* threads of the main run's pool */
+	int slot_cap;	    /* threads srcs is allocated for */
 	const float **srcs; /* (nslot, U) row pointers handed to circ_vsum */
 	recv_plan *plan;    /* (3H) */
 	int *terms;	    /* (3H, U) */
@@ -229,7 +232,6 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->m_clean);
 	free(p->m_ref);
 	free(p->clean_logp);
-	free(p->scratch);
 	free(p->srcs);
 	free(p->plan);
 	free(p->terms);
@@ -489,7 +491,6 @@ static void add_patched(circ_patcher *p, circ_run *run, int r, float **d, int nm
 typedef struct block_task {
 	circ_patcher *p;
 	size_t n; /* B*T*C */
-	int nplan;
 	int nrows;
 	int d_lo, d_hi;	     /* dacc = d_base + the rows of nodes d_lo .. d_hi-1 */
 	const float *d_base; /* dacc itself, dclean, or NULL: D not used */
@@ -531,7 +532,6 @@ static void block_part(void *ctx, size_t k0, size_t k1)
 	circ_patcher *p = t->p;
 	size_t n = t->n, nb = (n + CHUNK - 1) / CHUNK;
 	for (size_t k = k0; k < k1; k++) {
-		float *work = p->scratch + k * CHUNK;
 		const float **src = p->srcs + k * (size_t)p->U;
 		size_t b0 = k * nb / (size_t)p->nslot, b1 = (k + 1) * nb / (size_t)p->nslot;
 		for (size_t blk = b0; blk < b1; blk++) {
@@ -543,22 +543,6 @@ static void block_part(void *ctx, size_t k0, size_t k1)
 					src[u - t->d_lo] = dif + (size_t)u * n;
 				circ_vsum(p->dacc + i0, t->d_base + i0, NULL, src,
 					  t->d_hi - t->d_lo, len);
-			}
-			for (int r = 0; r < t->nplan; r++) {
-				const recv_plan *pl = &p->plan[r];
-				float *dst = pl->dst[0] + i0;
-				for (int j = 0; j < pl->nterm; j++)
-					src[j] = dif + (size_t)pl->term[j] * n;
-				if (!pl->complement) {
-					rows_sum(dst, src, pl->nterm, len);
-				} else if (pl->nterm == 0) {
-					memcpy(dst, p->dacc + i0, len * sizeof(float));
-				} else {
-					rows_sum(work, src, pl->nterm, len);
-					vsub(dst, p->dacc + i0, work, len);
-				}
-				for (int j = 1; j < pl->ndst; j++)
-					memcpy(pl->dst[j] + i0, dst, len * sizeof(float));
 			}
 		}
 	}
@@ -614,8 +598,9 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 	const circ_graph *g = p->g;
 	size_t n = (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
 	int recvs[3 * CIRC_GRAPH_MAX_HEAD], nr = 0, nplan = 0, use_d = 0, nrows = 0;
+	const float **rows;
 	int n_stage = stage_n_in(p, s);
-	block_task t = {p, n, 0, 0, 0, 0, NULL};
+	block_task t = {p, n, 0, 0, 0, NULL};
 	if (s == 2 * p->L)
 		recvs[nr++] = circ_graph_recv_logits(g);
 	else if (s % 2)
@@ -626,7 +611,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 				recvs[nr++] = circ_graph_recv_head(g, layer, h, c);
 	memset(p->need, 0, (size_t)p->U);
 	for (int i = 0; i < nr; i++) {
-		int r = recvs[i], n_in = circ_graph_recv_n_in(g, r), npatched = 0, mr[3], node;
+		int r = recvs[i], n_in = circ_graph_recv_n_in(g, r), npatched = 0, node;
 		const uint8_t *keep = p->keep + g->recv_first[r];
 		recv_plan *pl = &p->plan[nplan];
 		int *term = p->terms + (size_t)nplan * (size_t)p->U;
@@ -646,9 +631,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 				p->need[u] = 1;
 			}
 		pl->term = term;
-		pl->ndst = model_recvs(p, r, mr);
-		for (int j = 0; j < pl->ndst; j++)
-			pl->dst[j] = circ_run_delta_raw(run, mr[j]); /* every element written */
+		pl->ndst = model_recvs(p, r, pl->mr);
 		use_d |= pl->complement;
 		nplan++;
 	}
@@ -658,10 +641,8 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 	circ_pool *pool = circ_run_pool(run);
 	p->nslot = circ_pool_threads(pool);
 	if (p->slot_cap < p->nslot) {
-		free(p->scratch);
 		free(p->srcs);
 		p->slot_cap = p->nslot;
-		p->scratch = circ_xalloc_aligned((size_t)p->nslot * CHUNK * sizeof(float));
 		p->srcs = circ_xcalloc((size_t)p->nslot * (size_t)p->U, sizeof *p->srcs);
 	}
 	if (p->diff_cap < (size_t)p->U * n) {
@@ -683,7 +664,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		if (p->dacc_upto < 0) {
 			if (p->dclean_stage != p->start) {
 				int n_clean = stage_n_in(p, p->start), nmake = 0;
-				block_task tc = {p, n, 0, 0, 0, n_clean, NULL};
+				block_task tc = {p, n, 0, 0, n_clean, NULL};
 				for (int u = 0; u < n_clean; u++)
 					want_row(p, run, u, n, &nmake);
 				tc.nrows = nmake;
@@ -705,10 +686,19 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 	for (int u = 0; u < n_stage; u++)
 		if (p->need[u])
 			want_row(p, run, u, n, &nrows);
-	t.nplan = nplan;
 	t.nrows = nrows;
 	circ_pool_for(pool, (size_t)p->nslot, block_part, &t);
 	rows_made(p, nrows);
+	/* every receiver's delta as its rows, summed where the model reads them */
+	rows = p->srcs;
+	for (int i = 0; i < nplan; i++) {
+		const recv_plan *pl = &p->plan[i];
+		for (int j = 0; j < pl->nterm; j++)
+			rows[j] = p->diff + (size_t)pl->term[j] * n;
+		for (int j = 0; j < pl->ndst; j++)
+			circ_run_delta_sum(run, pl->mr[j], pl->complement ? p->dacc : NULL,
+					   pl->complement ? -1 : 1, pl->nterm, rows);
+	}
 }
 
 static int hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, circ_error *e)

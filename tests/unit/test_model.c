@@ -687,14 +687,161 @@ static void fwd_all_rows(circ_fwd *f, int B, int T)
 	f->read = CIRC_READ_ALL;
 }
 
+/* A run (options ro) that has run the corrupt tokens, their node outputs
+ * copied to ref (U, per); f set up for the whole batch. NULL on error. */
+static circ_run *run_with_ref(circ_model *m, const circ_run_opts *ro, int B, int T,
+			      const int32_t *corrupt, float *ref, size_t per, circ_fwd *f)
+{
+	circ_error e = {{0}};
+	circ_run *r = circ_run_new(m, B, T, ro, &e);
+	CHECK_MSG(r, e);
+	if (!r)
+		return NULL;
+	fwd_all_rows(f, B, T);
+	f->tokens = corrupt;
+	CHECK_MSG(circ_forward(r, f, &e) == 0, e);
+	for (int u = 0; u < circ_model_n_up(m); u++)
+		memcpy(ref + u * per, circ_run_node_out(r, u), per * sizeof *ref);
+	return r;
+}
+
+/* Deltas given as sums of rows (circ_run_delta_sum) against the same
+ * deltas written out (patch_hook): every form (the plain sum, base minus
+ * rows, a sum then more added through circ_run_delta), on q/k/v, MLP and
+ * logits receivers, formed in the model's blocks (no backward) or stored at
+ * once (a backward run), at 1 and 2 threads. */
+typedef struct sum_ctx {
+	const float *ref;
+	size_t per;
+	float *diff; /* (U, per) ref_u - cur_u */
+	float *base; /* (R, per) */
+} sum_ctx;
+
+static int sum_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
+{
+	sum_ctx *p = v;
+	const circ_model *m = circ_run_model(r);
+	int L = circ_model_config(m)->n_layer, U = circ_model_n_up(m), nu = 0;
+	int s = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
+	const float *rows[64];
+	(void)e;
+	for (int u = 0; u < U; u++) {
+		const float *cur = circ_run_node_out(r, u), *ref = p->ref + (size_t)u * p->per;
+		if (circ_node_stage(m, u) >= s)
+			continue;
+		for (size_t i = 0; i < p->per; i++)
+			p->diff[(size_t)u * p->per + i] = ref[i] - cur[i];
+		rows[nu++] = p->diff + (size_t)u * p->per;
+	}
+	for (int k = 0; k < circ_model_n_recv(m); k++) {
+		float *b = p->base + (size_t)k * p->per;
+		if (circ_recv_stage(m, k) != s || k % 3 == 1)
+			continue;
+		switch (k % 4) {
+		case 0: /* the plain sum */
+			CHECK(circ_run_delta_sum(r, k, NULL, 1, nu, rows) == 0);
+			break;
+		case 1: /* base = all rows + the odd ones, minus the odd ones */
+		case 2: {
+			const float *odd[64];
+			int no = 0;
+			for (size_t i = 0; i < p->per; i++)
+				b[i] = 0;
+			for (int j = 0; j < nu; j++)
+				for (size_t i = 0; i < p->per; i++)
+					b[i] += rows[j][i] * (j % 2 ? 2.0f : 1.0f);
+			for (int j = 1; j < nu; j += 2)
+				odd[no++] = rows[j];
+			CHECK(circ_run_delta_sum(r, k, b, -1, no, odd) == 0);
+			break;
+		}
+		default: { /* half as a sum, the rest added to the stored delta */
+			float *d;
+			CHECK(circ_run_delta_sum(r, k, NULL, 1, nu / 2, rows) == 0);
+			d = circ_run_delta(r, k);
+			for (int j = nu / 2; j < nu; j++)
+				for (size_t i = 0; i < p->per; i++)
+					d[i] += rows[j][i];
+		}
+		}
+	}
+	/* a receiver below the stage, or a bad sign, is refused */
+	CHECK(circ_run_delta_sum(r, 0, NULL, 1, 0, rows) == (s == 0 ? 0 : -1) ||
+	      circ_recv_stage(m, 0) == s);
+	CHECK(circ_run_delta_sum(r, circ_model_n_recv(m) - 1, NULL, 2, 0, rows) == -1);
+	return 0;
+}
+
+static void test_delta_sum(void)
+{
+	circ_config c = small_config(2, 2, 128, 40, 10);
+	circ_error e = {{0}};
+	enum { B = 3, T = 7, V = 40 };
+	int32_t clean[B * T], corrupt[B * T];
+	circ_rng rng;
+	circ_model *m = random_model_pair("dsum", &c, 21, 22, &rng, B * T, V, clean, corrupt);
+	if (!m)
+		return;
+	int U = circ_model_n_up(m), R = circ_model_n_recv(m);
+	size_t per = (size_t)B * T * (size_t)c.n_embd, nl = (size_t)B * T * V;
+	float *ref = circ_xcalloc((size_t)U * per, sizeof *ref);
+	float *want = circ_xcalloc(nl, sizeof *want);
+	sum_ctx sc = {ref, per, circ_xcalloc((size_t)U * per, sizeof(float)),
+		      circ_xcalloc((size_t)R * per, sizeof(float))};
+	for (int mode = 0; mode < 4; mode++) {
+		/* 0: patch_hook, reference kernels (the answer); 1, 2: sums, no
+		 * backward, 1 and 2 threads; 3: sums in a backward run */
+		circ_run_opts ro;
+		circ_fwd f;
+		circ_run *r, *r2;
+		patch_ctx pc = {ref, per, 1, 1};
+		circ_run_opts_default(&ro);
+		ro.threads = mode == 2 ? 2 : 1;
+		ro.reference = mode == 0;
+		ro.backward = mode == 3;
+		r = run_with_ref(m, &ro, B, T, corrupt, ref, per, &f);
+		if (!r)
+			break;
+		f.tokens = clean;
+		f.hook = mode ? sum_hook : patch_hook;
+		f.hook_ctx = mode ? (void *)&sc : (void *)&pc;
+		CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
+		if (mode == 0) {
+			memcpy(want, circ_run_logits(r, NULL), nl * sizeof *want);
+		} else {
+			char what[64];
+			int q0 = circ_recv_qkv(m, 1, 0, 0);
+			while (q0 % 3 == 1 || q0 % 4 == 3) /* one sum_hook left as a sum */
+				q0++;
+			snprintf(what, sizeof what, "delta sums, mode %d: logits", mode);
+			cmp(what, circ_run_logits(r, NULL), want, nl, 1e-5, 1e-3);
+			/* formed in the blocks: not stored, and no prefix to copy */
+			CHECK((circ_run_get_delta(r, q0) != NULL) == (mode == 3));
+			r2 = circ_run_new(m, B, T, &ro, &e);
+			CHECK_MSG(r2, e);
+			CHECK((circ_run_copy_prefix(r2, r, 2 * c.n_layer, &e) == 0) == (mode == 3));
+			if (mode != 3)
+				CHECK(strstr(e.msg, "sum of rows") != NULL);
+			circ_run_free(r2);
+		}
+		circ_run_free(r);
+	}
+	free(sc.diff);
+	free(sc.base);
+	free(ref);
+	free(want);
+	circ_model_free(m);
+}
+
 /* Patched forwards and backwards (every q/k/v receiver patched, or some)
  * split over 1, 2 and 3 threads agree up to rounding with the reference
  * kernels, and a repeat at the same thread count gives the same bytes
  * (the q/k/v receivers run in row blocks over the pool). B*T = 21 rows:
- * blocks of unequal size. */
-static void test_patched_threads(void)
+ * blocks of unequal size. Heads 8 wide (OpenBLAS) and 64 wide (circ's
+ * own kernel where the CPU has it, in blocks of 6 rows and a tail). */
+static void test_patched_threads(int H, int C)
 {
-	circ_config c = small_config(2, 4, 32, 40, 10);
+	circ_config c = small_config(2, H, C, 40, 10);
 	circ_error e = {{0}};
 	enum { B = 3, T = 7, V = 40 };
 	int32_t clean[B * T], corrupt[B * T];
@@ -703,7 +850,7 @@ static void test_patched_threads(void)
 	if (!m)
 		return;
 	int U = circ_model_n_up(m), R = circ_model_n_recv(m);
-	size_t per = (size_t)B * T * 32, nl = (size_t)B * T * V;
+	size_t per = (size_t)B * T * (size_t)C, nl = (size_t)B * T * V;
 	float *ref = circ_xcalloc((size_t)U * per, sizeof *ref);
 	float *dl = circ_xcalloc(nl, sizeof *dl);
 	circ_weights dw;
@@ -726,15 +873,9 @@ static void test_patched_threads(void)
 			ro.backward = 1;
 			ro.threads = th ? th : 1;
 			ro.reference = th == 0;
-			r = circ_run_new(m, B, T, &ro, &e);
-			CHECK_MSG(r, e);
+			r = run_with_ref(m, &ro, B, T, corrupt, ref, per, &f);
 			if (!r)
 				break;
-			fwd_all_rows(&f, B, T);
-			f.tokens = corrupt;
-			CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
-			for (int u = 0; u < U; u++)
-				memcpy(ref + u * per, circ_run_node_out(r, u), per * sizeof *ref);
 			f.tokens = clean;
 			f.hook = patch_hook;
 			f.hook_ctx = &pc;
@@ -1310,7 +1451,9 @@ int main(void)
 	}
 	test_loading();
 	test_consistency();
-	test_patched_threads();
+	test_delta_sum();
+	test_patched_threads(4, 32);
+	test_patched_threads(2, 128);
 	test_fd();
 	test_reference();
 	if (!failures) {
