@@ -372,12 +372,7 @@ AVX512 static void gemm_acc_avx512(int m, int n, int k, const float *a, int lda,
 static int use_avx512(void)
 {
 #if CIRC_X86
-	static int have = -1;
-	if (have < 0) {
-		__builtin_cpu_init();
-		have = __builtin_cpu_supports("avx512f") && !getenv("CIRC_NO_SIMD");
-	}
-	return have;
+	return use_avx2() && __builtin_cpu_supports("avx512f");
 #else
 	return 0;
 #endif

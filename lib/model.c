@@ -1324,7 +1324,6 @@ static void store_sum(circ_run *r, int recv)
 int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
 		       const float *const *terms)
 {
-	size_t n = bt(r) * (size_t)r->C;
 	if (recv < 0 || recv >= r->R || r->in_fwd < 0 || circ_recv_stage(r->m, recv) < r->in_fwd ||
 	    k < 0 || k > r->U || (sign != 1 && sign != -1))
 		return -1;
@@ -1332,21 +1331,15 @@ int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k
 		r->delta[recv] = circ_xalloc_aligned(delta_floats(r) * sizeof(float));
 	if (r->delta_on[recv] == 2)
 		store_sum(r, recv);
-	if (r->delta_on[recv] == 1) {
-		/* onto a delta already there: add the sum into it */
-		float *d = r->delta[recv];
-		for (size_t i = 0; i < n; i++) {
-			float v = base ? base[i] : 0.0f;
-			for (int j = 0; j < k; j++)
-				v = sign < 0 ? v - terms[j][i] : v + terms[j][i];
-			d[i] += v;
-		}
-		return 0;
-	}
 	r->dsum_base[recv] = base;
 	r->dsum_k[recv] = k;
 	r->dsum_sign[recv] = (signed char)sign;
 	memcpy(r->dsum_terms + (size_t)recv * (size_t)r->U, terms, (size_t)k * sizeof *terms);
+	if (r->delta_on[recv] == 1) {
+		/* onto a delta already there: add the sum into it */
+		p_form_sum(r, recv, r->delta[recv], r->delta[recv]);
+		return 0;
+	}
 	r->delta_on[recv] = 2;
 	/* a run that may go backward, or that checks the fast kernels, keeps
 	 * every delta */

@@ -755,13 +755,20 @@ static int sum_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_er
 			CHECK(circ_run_delta_sum(r, k, b, -1, no, odd) == 0);
 			break;
 		}
-		default: { /* half as a sum, the rest added to the stored delta */
+		default: { /* half as a sum, one row added to it as a stored delta,
+			    * the rest onto that as twice the rest minus the rest */
 			float *d;
-			CHECK(circ_run_delta_sum(r, k, NULL, 1, nu / 2, rows) == 0);
+			int h = nu / 2;
+			CHECK(circ_run_delta_sum(r, k, NULL, 1, h, rows) == 0);
 			d = circ_run_delta(r, k);
-			for (int j = nu / 2; j < nu; j++)
+			for (size_t i = 0; i < p->per; i++) {
+				d[i] += rows[h][i];
+				b[i] = 0;
+			}
+			for (int j = h + 1; j < nu; j++)
 				for (size_t i = 0; i < p->per; i++)
-					d[i] += rows[j][i];
+					b[i] += 2 * rows[j][i];
+			CHECK(circ_run_delta_sum(r, k, b, -1, nu - h - 1, rows + h + 1) == 0);
 		}
 		}
 	}
@@ -786,6 +793,7 @@ static void test_delta_sum(void)
 	size_t per = (size_t)B * T * (size_t)c.n_embd, nl = (size_t)B * T * V;
 	float *ref = circ_xcalloc((size_t)U * per, sizeof *ref);
 	float *want = circ_xcalloc(nl, sizeof *want);
+	float *want_u = circ_xcalloc((size_t)U * per, sizeof *want_u);
 	sum_ctx sc = {ref, per, circ_xcalloc((size_t)U * per, sizeof(float)),
 		      circ_xcalloc((size_t)R * per, sizeof(float))};
 	for (int mode = 0; mode < 4; mode++) {
@@ -802,12 +810,21 @@ static void test_delta_sum(void)
 		r = run_with_ref(m, &ro, B, T, corrupt, ref, per, &f);
 		if (!r)
 			break;
+		/* noise on the reference outputs: no node's clean output meets
+		 * its reference even when all its inputs are patched, so every
+		 * term of every sum is a row of its own */
+		circ_rng_seed(&rng, 23);
+		for (size_t i = 0; i < (size_t)U * per; i++)
+			ref[i] += 0.02f * (float)circ_rng_normal(&rng);
 		f.tokens = clean;
 		f.hook = mode ? sum_hook : patch_hook;
 		f.hook_ctx = mode ? (void *)&sc : (void *)&pc;
 		CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
 		if (mode == 0) {
 			memcpy(want, circ_run_logits(r, NULL), nl * sizeof *want);
+			for (int u = 0; u < U; u++)
+				memcpy(want_u + (size_t)u * per, circ_run_node_out(r, u),
+				       per * sizeof *want_u);
 		} else {
 			char what[64];
 			int q0 = circ_recv_qkv(m, 1, 0, 0);
@@ -815,6 +832,15 @@ static void test_delta_sum(void)
 				q0++;
 			snprintf(what, sizeof what, "delta sums, mode %d: logits", mode);
 			cmp(what, circ_run_logits(r, NULL), want, nl, 1e-5, 1e-3);
+			/* With every edge patched the logits see only corrupted
+			 * inputs, whatever went on below: each receiver's delta is
+			 * checked through the node it feeds. */
+			for (int u = 0; u < U; u++) {
+				snprintf(what, sizeof what, "delta sums, mode %d: node %d", mode,
+					 u);
+				cmp(what, circ_run_node_out(r, u), want_u + (size_t)u * per, per,
+				    1e-5, 1e-5);
+			}
 			/* formed in the blocks: not stored, and no prefix to copy */
 			CHECK((circ_run_get_delta(r, q0) != NULL) == (mode == 3));
 			r2 = circ_run_new(m, B, T, &ro, &e);
@@ -830,6 +856,7 @@ static void test_delta_sum(void)
 	free(sc.base);
 	free(ref);
 	free(want);
+	free(want_u);
 	circ_model_free(m);
 }
 
