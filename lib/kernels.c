@@ -777,30 +777,43 @@ AVX2 static float dot_avx2(const float *a, const float *b, int n)
 	return hsum8(_mm256_add_ps(s0, s1));
 }
 
-AVX2 static void layernorm_row_avx2(float *o, float *mean, float *rstd, const float *x,
-				    const float *w, const float *b, int C, float eps)
+/* s0..s3 summed in a fixed order, then across lanes. */
+AVX2 static inline float hsum8x4(__m256 s0, __m256 s1, __m256 s2, __m256 s3)
 {
-	__m256 s = _mm256_setzero_ps(), v = _mm256_setzero_ps(), m8, r8;
-	float m, r;
+	return hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+/* The rest of a LayerNorm row whose mean m is known: the variance, then
+ * o = (x - m) r w + b (o may be x). Four accumulators, so the sums do not
+ * wait on one add chain. */
+AVX2 static void layernorm_finish_avx2(float *o, float *mean, float *rstd, const float *x, float m,
+				       const float *w, const float *b, int C, float eps)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, m8 = _mm256_set1_ps(m), r8;
+	float r;
 	int i = 0;
-	for (; i + 8 <= C; i += 8) /* s += x[i] */
-		s = _mm256_add_ps(s, _mm256_loadu_ps(x + i));
-	if (i < C)
-		s = _mm256_add_ps(s, load_partial(x + i, (size_t)(C - i)));
-	m = hsum8(s) / (float)C;
-	m8 = _mm256_set1_ps(m);
-	for (i = 0; i + 8 <= C; i += 8) { /* v += (x[i] - m)^2 */
+	for (; i + 32 <= C; i += 32) { /* v += (x[i] - m)^2 */
+		__m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), m8);
+		__m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m8);
+		__m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), m8);
+		__m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), m8);
+		s0 = _mm256_fmadd_ps(d0, d0, s0);
+		s1 = _mm256_fmadd_ps(d1, d1, s1);
+		s2 = _mm256_fmadd_ps(d2, d2, s2);
+		s3 = _mm256_fmadd_ps(d3, d3, s3);
+	}
+	for (; i + 8 <= C; i += 8) {
 		__m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m8);
-		v = _mm256_fmadd_ps(d, d, v);
+		s0 = _mm256_fmadd_ps(d, d, s0);
 	}
 	if (i < C) { /* padded lanes stay 0 so they add nothing */
 		float buf[8] = {0};
 		for (int j = 0; j < C - i; j++)
 			buf[j] = x[i + j] - m;
 		__m256 d = _mm256_loadu_ps(buf);
-		v = _mm256_fmadd_ps(d, d, v);
+		s1 = _mm256_fmadd_ps(d, d, s1);
 	}
-	r = 1.0f / sqrtf(hsum8(v) / (float)C + eps);
+	r = 1.0f / sqrtf(hsum8x4(s0, s1, s2, s3) / (float)C + eps);
 	r8 = _mm256_set1_ps(r);
 	for (i = 0; i + 8 <= C; i += 8) { /* o = (x - m) r w + b */
 		__m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
@@ -817,6 +830,73 @@ AVX2 static void layernorm_row_avx2(float *o, float *mean, float *rstd, const fl
 		*mean = m;
 	if (rstd)
 		*rstd = r;
+}
+
+/* x[i..i+8) + b[i..i+8) +- src[0][off+i..) +- ... (b may be NULL; sg is
+ * -0.0 to subtract the src rows): the order of circ_vsum. */
+AVX2 static inline __m256 sum8(const float *x, const float *b, const float *const *src, int k,
+			       size_t off, __m256 sg, int i)
+{
+	__m256 v = _mm256_loadu_ps(x + i);
+	if (b)
+		v = _mm256_add_ps(v, _mm256_loadu_ps(b + i));
+	for (int j = 0; j < k; j++)
+		v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_loadu_ps(src[j] + off + i), sg));
+	return v;
+}
+
+/* One LayerNorm row of x + b +- the src rows (k of them, each read from
+ * element off on; b may be NULL): the sum is stored in o as its mean is
+ * taken, then normalised in place. With k = 0, b = NULL and o = x, the
+ * plain LayerNorm; the sums go the same way in every case (vector i into
+ * accumulator i mod 4), so a sum formed here and one formed first and
+ * normalised after give the same bytes. */
+AVX2 static void layernorm_sum_row_avx2(float *o, float *mean, float *rstd, const float *x,
+					const float *b, const float *const *src, int k, size_t off,
+					int neg, const float *w, const float *bias, int C,
+					float eps)
+{
+	__m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+		       _mm256_setzero_ps()};
+	__m256 sg = _mm256_set1_ps(neg ? -0.0f : 0.0f);
+	int i = 0, store = k || b || o != x;
+	for (; i + 32 <= C; i += 32) { /* o[i] = the sum; s += o[i] */
+		__m256 v0 = sum8(x, b, src, k, off, sg, i), v1 = sum8(x, b, src, k, off, sg, i + 8);
+		__m256 v2 = sum8(x, b, src, k, off, sg, i + 16),
+		       v3 = sum8(x, b, src, k, off, sg, i + 24);
+		if (store) {
+			_mm256_storeu_ps(o + i, v0);
+			_mm256_storeu_ps(o + i + 8, v1);
+			_mm256_storeu_ps(o + i + 16, v2);
+			_mm256_storeu_ps(o + i + 24, v3);
+		}
+		s[0] = _mm256_add_ps(s[0], v0);
+		s[1] = _mm256_add_ps(s[1], v1);
+		s[2] = _mm256_add_ps(s[2], v2);
+		s[3] = _mm256_add_ps(s[3], v3);
+	}
+	for (; i + 8 <= C; i += 8) {
+		__m256 v = sum8(x, b, src, k, off, sg, i);
+		if (store)
+			_mm256_storeu_ps(o + i, v);
+		s[(i / 8) & 3] = _mm256_add_ps(s[(i / 8) & 3], v);
+	}
+	if (i < C) { /* the tail through a padded buffer: lanes past C stay 0 */
+		float t[8] = {0};
+		for (int c = i; c < C; c++) {
+			float v = x[c];
+			if (b)
+				v += b[c];
+			for (int j = 0; j < k; j++)
+				v += neg ? -src[j][off + (size_t)c] : src[j][off + (size_t)c];
+			t[c - i] = v;
+		}
+		if (store)
+			memcpy(o + i, t, (size_t)(C - i) * sizeof *t);
+		s[(i / 8) & 3] = _mm256_add_ps(s[(i / 8) & 3], _mm256_loadu_ps(t));
+	}
+	layernorm_finish_avx2(o, mean, rstd, o, hsum8x4(s[0], s[1], s[2], s[3]) / (float)C, w, bias,
+			      C, eps);
 }
 
 /* x[i..i+8) (+ add[i..i+8) when add is not NULL): a receiver's input read
@@ -905,28 +985,40 @@ void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const flo
 	circ_layernorm_fwd_add(out, ldo, mean, rstd, inp, NULL, ldi, w, b, N, C, eps);
 }
 
-/* With add, each row is first summed into its output row (in L1), then
- * normalised in place: one pass over memory, the same arithmetic as a
- * separate sum followed by circ_layernorm_fwd. */
 void circ_layernorm_fwd_add(float *out, int ldo, float *mean, float *rstd, const float *inp,
 			    const float *add, int ldi, const float *w, const float *b, int N, int C,
 			    float eps)
 {
+	circ_layernorm_fwd_sum(out, ldo, mean, rstd, inp, add, NULL, 0, 0, 0, ldi, w, b, N, C, eps);
+}
+
+/* Each row is summed into its output row (in L1) as its mean is taken,
+ * then normalised in place: one pass over memory. */
+void circ_layernorm_fwd_sum(float *out, int ldo, float *mean, float *rstd, const float *x,
+			    const float *base, const float *const *terms, int k, int neg,
+			    size_t row0, int ldi, const float *w, const float *b, int N, int C,
+			    float eps)
+{
 	for (int n = 0; n < N; n++) {
-		float *o = out + (size_t)n * ldo;
-		const float *x = inp + (size_t)n * ldi;
-		if (add) {
-			circ_vsum(o, x, add + (size_t)n * ldi, NULL, 0, (size_t)C);
-			x = o;
-		}
+		size_t at = (row0 + (size_t)n) * (size_t)ldi;
+		float *o = out + (size_t)n * ldo, *mn = mean ? mean + n : NULL,
+		      *rs = rstd ? rstd + n : NULL;
+		const float *xr = x + at, *br = base ? base + at : NULL;
 #if CIRC_X86
 		if (use_avx2()) {
-			layernorm_row_avx2(o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, x, w,
-					   b, C, eps);
+			layernorm_sum_row_avx2(o, mn, rs, xr, br, terms, k, at, neg, w, b, C, eps);
 			continue;
 		}
 #endif
-		layernorm_row_s(o, mean ? mean + n : NULL, rstd ? rstd + n : NULL, x, w, b, C, eps);
+		for (int c = 0; c < C; c++) { /* the order of circ_vsum */
+			float v = xr[c];
+			if (br)
+				v += br[c];
+			for (int j = 0; j < k; j++)
+				v += neg ? -terms[j][at + (size_t)c] : terms[j][at + (size_t)c];
+			o[c] = v;
+		}
+		layernorm_row_s(o, mn, rs, o, w, b, C, eps);
 	}
 }
 

@@ -77,11 +77,22 @@ void circ_layernorm_fwd(float *out, int ldo, float *mean, float *rstd, const flo
 void circ_layernorm_fwd_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
 			    int ldi, const float *w, const float *b, int N, int C, float eps);
 /* The same for LN(inp + add): add (N, C) has inp's row stride; add = NULL
- * is circ_layernorm_fwd. The sum is formed row by row in out (which must
- * not overlap inp or add), so a receiver's input (residual + delta) needs
- * no buffer of its own. */
+ * is circ_layernorm_fwd. The sum is formed row by row in out (which may be
+ * inp, not add), so a receiver's input (residual + delta) needs no buffer
+ * of its own. */
 void circ_layernorm_fwd_add(float *out, int ldo, float *mean, float *rstd, const float *inp,
 			    const float *add, int ldi, const float *w, const float *b, int N, int C,
+			    float eps);
+/* LN(x + base +- the k term rows) over rows row0 .. row0 + N - 1 of its
+ * inputs (x, base and every term have row stride ldi; base may be NULL;
+ * neg: the terms are subtracted), into out rows 0 .. N - 1 (ldo apart),
+ * mean and rstd from index 0. Each row is summed in out, in the order x,
+ * base, terms, as circ_vsum sums, so the result is the same bytes as
+ * circ_vsum followed by circ_layernorm_fwd, in one pass over memory. out
+ * may be x; it must not overlap base or the terms. */
+void circ_layernorm_fwd_sum(float *out, int ldo, float *mean, float *rstd, const float *x,
+			    const float *base, const float *const *terms, int k, int neg,
+			    size_t row0, int ldi, const float *w, const float *b, int N, int C,
 			    float eps);
 void circ_layernorm_fwd_add_ref(float *out, int ldo, float *mean, float *rstd, const float *inp,
 				const float *add, int ldi, const float *w, const float *b, int N,

@@ -971,10 +971,12 @@ struct circ_run {
 	unsigned char *delta_on; /* (R) 0 none, 1 stored in delta, 2 a sum (below) */
 	/* deltas given as sums (circ_run_delta_sum): base + sign * sum of the
 	 * terms, formed where the receiver's input is read */
+	float **dstat;		  /* (R) LayerNorm mean and rstd (2, rows) of each input */
 	const float **dsum_base;  /* (R) */
 	const float **dsum_terms; /* (R, U) */
 	int *dsum_k;		  /* (R) */
 	signed char *dsum_sign;	  /* (R) */
+	uint8_t *dsum_abs;	  /* (R) 1: the sum is the input itself, not a delta */
 
 	/* per-thread scratch of the row-blocked q/k/v kernels (outside the
 	 * arena: sized by the thread count, which can change) */
@@ -1090,10 +1092,12 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->node = circ_xcalloc((size_t)r->U, sizeof *r->node);
 	r->delta = circ_xcalloc((size_t)r->R, sizeof *r->delta);
 	r->delta_on = circ_xcalloc((size_t)r->R, 1);
+	r->dstat = circ_xcalloc((size_t)r->R, sizeof *r->dstat);
 	r->dsum_base = circ_xcalloc((size_t)r->R, sizeof *r->dsum_base);
 	r->dsum_terms = circ_xcalloc((size_t)r->R * (size_t)r->U, sizeof *r->dsum_terms);
 	r->dsum_k = circ_xcalloc((size_t)r->R, sizeof *r->dsum_k);
 	r->dsum_sign = circ_xcalloc((size_t)r->R, sizeof *r->dsum_sign);
+	r->dsum_abs = circ_xcalloc((size_t)r->R, sizeof *r->dsum_abs);
 	r->arena_bytes = run_layout(r, NULL);
 	r->arena =
 	    /* NORESERVE: a run made for long contexts reserves far more than a
@@ -1122,14 +1126,18 @@ void circ_run_free(circ_run *r)
 		return;
 	if (r->arena)
 		munmap(r->arena, r->arena_bytes);
-	for (int i = 0; i < r->R; i++)
+	for (int i = 0; i < r->R; i++) {
 		free(r->delta[i]);
+		free(r->dstat[i]);
+	}
 	free(r->delta);
+	free(r->dstat);
 	free(r->delta_on);
 	free(r->dsum_base);
 	free(r->dsum_terms);
 	free(r->dsum_k);
 	free(r->dsum_sign);
+	free(r->dsum_abs);
 	free(r->s_blk);
 	free(r->node);
 	circ_pool_free(r->pool);
@@ -1218,9 +1226,14 @@ const circ_read *circ_run_reads(const circ_run *r, int *n_rows)
 	return r->reads;
 }
 
-static size_t delta_floats(const circ_run *r)
+/* Receiver recv's buffers: its LayerNorm statistics, and with store its
+ * delta (a delta given as a sum of rows needs none). */
+static void delta_buffers(circ_run *r, int recv, int store)
 {
-	return r->rows * (size_t)r->C + 2 * r->rows;
+	if (!r->dstat[recv])
+		r->dstat[recv] = circ_xcalloc(2 * r->rows, sizeof(float));
+	if (store && !r->delta[recv])
+		r->delta[recv] = circ_xalloc_aligned(r->rows * (size_t)r->C * sizeof(float));
 }
 
 static void store_sum(circ_run *r, int recv);
@@ -1229,8 +1242,7 @@ static float *run_delta(circ_run *r, int recv, int zero)
 {
 	if (recv < 0 || recv >= r->R || r->in_fwd < 0 || circ_recv_stage(r->m, recv) < r->in_fwd)
 		return NULL;
-	if (!r->delta[recv])
-		r->delta[recv] = circ_xalloc_aligned(delta_floats(r) * sizeof(float));
+	delta_buffers(r, recv, 1);
 	if (r->delta_on[recv] == 2)
 		store_sum(r, recv);
 	if (!r->delta_on[recv]) {
@@ -1258,20 +1270,30 @@ const float *circ_run_get_delta(const circ_run *r, int recv)
 	return r->delta[recv];
 }
 
-/* Rows [row0, row0 + nrows) of (x + receiver recv's delta sum) into dst,
- * whose row 0 is row row0; x = NULL: the sum alone. The additions run in
- * one fixed order: x, base, then the terms one by one. */
+/* Rows [row0, row0 + nrows) of receiver recv's input (x = the residual:
+ * x + the delta sum, or the input sum itself) into dst, whose row 0 is row
+ * row0; x = NULL: the delta alone (an input sum less the residual). The
+ * additions run in one fixed order: x, base, then the terms one by one
+ * (an input sum: base, the terms, then minus the residual). */
 static void form_sum(const circ_run *r, int recv, const float *x, float *dst, size_t row0,
 		     size_t nrows)
 {
 	size_t o = row0 * (size_t)r->C, len = nrows * (size_t)r->C;
 	const float *const *terms = r->dsum_terms + (size_t)recv * (size_t)r->U;
-	const float *base = r->dsum_base[recv] ? r->dsum_base[recv] + o : NULL,
-		    *a = x ? x + o : base;
+	const float *base = r->dsum_base[recv] ? r->dsum_base[recv] + o : NULL, *a, *res = NULL;
 	const float *src[8];
 	int k = r->dsum_k[recv], j = 0;
-	if (!x)
+	if (r->dsum_abs[recv]) {
+		a = base;
+		if (!x)
+			res = resid_at(r, circ_recv_stage(r->m, recv)) + o;
 		base = NULL;
+	} else if (x) {
+		a = x + o;
+	} else {
+		a = base;
+		base = NULL;
+	}
 	if (!a) {
 		memset(dst, 0, len * sizeof *dst);
 		a = dst;
@@ -1285,6 +1307,8 @@ static void form_sum(const circ_run *r, int recv, const float *x, float *dst, si
 		base = NULL;
 		j += g;
 	} while (j < k);
+	if (res)
+		circ_vsum_neg(dst, dst, NULL, &res, 1, len);
 }
 
 #define SUM_ROWS 64 /* rows per task of store_sum */
@@ -1317,23 +1341,26 @@ static void p_form_sum(const circ_run *r, int recv, const float *x, float *dst)
 /* A delta sum becomes a stored delta. */
 static void store_sum(circ_run *r, int recv)
 {
+	delta_buffers(r, recv, 1);
 	p_form_sum(r, recv, NULL, r->delta[recv]);
 	r->delta_on[recv] = 1;
 }
 
-int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
-		       const float *const *terms)
+static int set_sum(circ_run *r, int recv, const float *base, int sign, int k,
+		   const float *const *terms, int abs)
 {
 	if (recv < 0 || recv >= r->R || r->in_fwd < 0 || circ_recv_stage(r->m, recv) < r->in_fwd ||
-	    k < 0 || k > r->U || (sign != 1 && sign != -1))
+	    k < 0 || k > r->U || (sign != 1 && sign != -1) || (abs && !base))
 		return -1;
-	if (!r->delta[recv])
-		r->delta[recv] = circ_xalloc_aligned(delta_floats(r) * sizeof(float));
+	delta_buffers(r, recv, 0);
+	if (abs)
+		r->delta_on[recv] = 0; /* the input is given whole */
 	if (r->delta_on[recv] == 2)
 		store_sum(r, recv);
 	r->dsum_base[recv] = base;
 	r->dsum_k[recv] = k;
 	r->dsum_sign[recv] = (signed char)sign;
+	r->dsum_abs[recv] = (uint8_t)abs;
 	memcpy(r->dsum_terms + (size_t)recv * (size_t)r->U, terms, (size_t)k * sizeof *terms);
 	if (r->delta_on[recv] == 1) {
 		/* onto a delta already there: add the sum into it */
@@ -1348,15 +1375,27 @@ int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k
 	return 0;
 }
 
+int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
+		       const float *const *terms)
+{
+	return set_sum(r, recv, base, sign, k, terms, 0);
+}
+
+int circ_run_input_sum(circ_run *r, int recv, const float *base, int sign, int k,
+		       const float *const *terms)
+{
+	return set_sum(r, recv, base, sign, k, terms, 1);
+}
+
 /* LayerNorm statistics of a receiver's own input (after its delta). */
 static float *delta_mean(const circ_run *r, int recv)
 {
-	return r->delta[recv] + r->rows * r->C;
+	return r->dstat[recv];
 }
 
 static float *delta_rstd(const circ_run *r, int recv)
 {
-	return r->delta[recv] + r->rows * r->C + r->rows;
+	return r->dstat[recv] + r->rows;
 }
 
 /* ---- parallel kernel wrappers ---- */
@@ -1739,11 +1778,14 @@ static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
 		if (!r->delta_on[recv])
 			continue;
 		if (r->delta_on[recv] == 2) {
-			/* the input formed in the block (in cache), normalised in place */
-			form_sum(r, recv, t->x, buf, i0, m);
-			circ_layernorm_fwd(buf, r->C, delta_mean(r, recv) + i0,
-					   delta_rstd(r, recv) + i0, buf, r->C, lw->ln1_w,
-					   lw->ln1_b, (int)m, r->C, eps);
+			/* the input formed row by row (in L1), normalised in place */
+			int abs = r->dsum_abs[recv];
+			circ_layernorm_fwd_sum(
+			    buf, r->C, delta_mean(r, recv) + i0, delta_rstd(r, recv) + i0,
+			    abs ? r->dsum_base[recv] : t->x, abs ? NULL : r->dsum_base[recv],
+			    r->dsum_terms + (size_t)recv * (size_t)r->U, r->dsum_k[recv],
+			    r->dsum_sign[recv] < 0, i0, r->C, lw->ln1_w, lw->ln1_b, (int)m, r->C,
+			    eps);
 		} else {
 			(r->o.reference ? circ_layernorm_fwd_add_ref : circ_layernorm_fwd_add)(
 			    buf, r->C, delta_mean(r, recv) + i0, delta_rstd(r, recv) + i0, x,
@@ -2030,9 +2072,7 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 			    recv);
 		dst->delta_on[recv] = src->delta_on[recv];
 		if (src->delta_on[recv]) {
-			if (!dst->delta[recv])
-				dst->delta[recv] =
-				    circ_xalloc_aligned(delta_floats(dst) * sizeof(float));
+			delta_buffers(dst, recv, 1);
 			memcpy(dst->delta[recv], src->delta[recv], n * C * sizeof(float));
 			memcpy(delta_mean(dst, recv), delta_mean(src, recv), n * sizeof(float));
 			memcpy(delta_rstd(dst, recv), delta_rstd(src, recv), n * sizeof(float));

@@ -333,6 +333,14 @@ float *circ_run_delta_raw(circ_run *r, int recv);
  * of this stage or later, or k or sign is out of range. */
 int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
 		       const float *const *terms);
+/* Receiver recv's input itself as a sum of rows, in place of residual +
+ * delta: input = base + sign * (terms[0] + ... + terms[k-1]), base not
+ * NULL (say a residual of another run, with some of its inputs' share
+ * taken off). The residual of this run is then not read. Any delta set on
+ * the receiver before in this forward is dropped. Otherwise as
+ * circ_run_delta_sum; stored, the delta is the input less the residual. */
+int circ_run_input_sum(circ_run *r, int recv, const float *base, int sign, int k,
+		       const float *const *terms);
 /* The delta of a receiver in this forward, or NULL if it has none (or it
  * was given as a sum and not stored). */
 const float *circ_run_get_delta(const circ_run *r, int recv);

@@ -17,18 +17,18 @@
  * The cost of a circuit's deltas. Written directly, receiver r's delta
  * costs one pass over (B, T, C) per patched edge: for a circuit that patches
  * most of the graph (ACDC late in its run, small circuits in faithfulness
- * curves) that is many times the forward itself. Two things keep it below
+ * curves) that is many times the forward itself. These keep it below
  * the forward's cost:
  *  - the complement: the residual at stage s is the sum of the outputs of
- *    all n_in(s) nodes before s plus constants that the clean and the
- *    reference runs share, so with D(s) = sum over u < n_in(s) of
- *    (ref_u - current_u), a receiver with more patched than kept inputs
- *    gets D(s) - sum over its kept u of (ref_u - current_u). Each receiver
- *    costs min(patched, kept) passes. D is carried up the stages of one
- *    forward (each recomputed node is added once), starting from the sum
- *    over the nodes below the start stage, which are the clean ones:
- *    dclean(start) = sum over u < n_in(start) of (ref_u - clean_u), kept
- *    for the last start stage used;
+ *    all n_in(s) nodes before s plus constants that every run shares, so
+ *    a receiver that sees every input patched reads R(s) = the clean
+ *    residual + sum over u < n_in(s) of (ref_u - clean_u), the residual of
+ *    the reference (for resampling, the corrupted run's own), and one with
+ *    more patched than kept inputs reads R(s) - sum over its kept u of
+ *    (ref_u - current_u), given to the run as its input
+ *    (circ_run_input_sum): the residual is not read at all. Each receiver
+ *    costs min(patched, kept) + 1 rows. R is made once per batch and
+ *    references, for every stage, from the clean residuals kept at load;
  *  - dead nodes: a node none of whose outgoing edges is kept, or whose kept
  *    edges all feed dead nodes, cannot change the metric: every receiver
  *    that sees it has its edge patched, (ref_u - current_u) cancelling its
@@ -45,13 +45,12 @@
  *    a stage then only sums rows (an ACDC test late in its run needs the
  *    row of nearly every node at every stage above it);
  *  - blocking: (B, T, C) is cut into blocks of CHUNK floats; per block the
- *    rows a stage still lacks are made and D carried on; the blocks are
- *    split over the main run's thread pool;
- *  - sums where they are read: a receiver's delta is handed to the run as
- *    its rows (circ_run_delta_sum: D minus the kept rows, or the sum of
- *    the patched ones), which forms residual + delta next to the
- *    receiver's LayerNorm, a block of rows at a time for q/k/v, so no
- *    delta is written out and read back.
+ *    rows a stage still lacks are made; the blocks are split over the main
+ *    run's thread pool;
+ *  - sums where they are read: a receiver's input is handed to the run as
+ *    rows (R(s) minus the kept rows, or the residual plus the patched
+ *    ones), which forms it next to the receiver's LayerNorm, row by row in
+ *    blocks for q/k/v, so no delta is written out and read back.
  * The sums are made in one fixed order of u, so results do not depend on
  * the number of threads.
  *
@@ -78,7 +77,7 @@ enum { DIFF_NONE, DIFF_CLEAN, DIFF_CUR };
 typedef struct recv_plan {
 	int mr[3]; /* its model receivers */
 	int ndst;
-	int complement; /* 1: delta = D - sum of the term rows; 0: the sum */
+	int complement; /* 1: input = R(s) - sum of the term rows; 0: delta = the sum */
 	int nterm;
 	const int *term; /* (nterm) upstream nodes, increasing */
 } recv_plan;
@@ -90,6 +89,9 @@ struct circ_patcher {
 	int L, H, C, U, V;
 	circ_run *main, *ref;
 	float *clean_out; /* (U, B, T, C) */
+	float *clean_res; /* (2L + 1, B, T, C) the clean run's residuals */
+	float *rref;	  /* (2L + 1, B, T, C) R(s), NULL until used */
+	int rref_ok;	  /* rref holds R for the batch and references loaded */
 	float *ref_out;	  /* (U, B, T, C) */
 	double *mean_sum; /* (U, Tm, C) or (U, C) */
 	int64_t mean_n;
@@ -120,19 +122,14 @@ struct circ_patcher {
 	uint8_t *dkind;	    /* (U) what diff row u holds: DIFF_NONE, _CLEAN, _CUR */
 	unsigned *dfwd;	    /* (U) for DIFF_CUR: the forward it belongs to */
 	unsigned fwd_id;    /* patched forwards so far */
-	float *dclean;	    /* (B, T, C) dclean(dclean_stage) */
-	float *dacc;	    /* (B, T, C) D over u < dacc_upto in this forward */
-	size_t d_cap;	    /* floats allocated in dclean and dacc */
 	uint8_t *alive;	    /* (U + 1) nodes that can reach the logits in the circuit */
-	int dclean_stage;   /* -1: dclean holds nothing */
-	int dacc_upto;	    /* -1: D not started in this forward */
 };
 
-/* The references or the clean run changed: dclean and the stored
- * difference rows are stale. */
+/* The references or the clean run changed: R and the stored difference
+ * rows are stale. */
 static void diffs_stale(circ_patcher *p)
 {
-	p->dclean_stage = -1;
+	p->rref_ok = 0;
 	memset(p->dkind, DIFF_NONE, (size_t)p->U);
 }
 
@@ -208,7 +205,6 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	p->alive = circ_xcalloc((size_t)p->U + 1, 1);
 	p->dkind = circ_xcalloc((size_t)p->U, 1);
 	p->dfwd = circ_xcalloc((size_t)p->U, sizeof *p->dfwd);
-	p->dclean_stage = -1;
 	p->reads = circ_xcalloc((size_t)p->o.max_b * (size_t)p->o.max_t, sizeof *p->reads);
 	p->m_clean = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
 	p->m_ref = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
@@ -239,8 +235,8 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->rows);
 	free(p->cur);
 	free(p->alive);
-	free(p->dclean);
-	free(p->dacc);
+	free(p->clean_res);
+	free(p->rref);
 	free(p->diff);
 	free(p->dkind);
 	free(p->dfwd);
@@ -340,9 +336,13 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 	if (p->out_cap < (size_t)p->U * n) {
 		free(p->clean_out);
 		free(p->ref_out);
+		free(p->clean_res);
+		free(p->rref);
+		p->rref = NULL;
 		p->out_cap = (size_t)p->U * n;
 		p->clean_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
 		p->ref_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
+		p->clean_res = circ_xalloc_aligned((2 * (size_t)p->L + 1) * n * sizeof(float));
 	}
 	for (int i = 0; i < b->n_read; i++) {
 		p->reads[i].b = b->read_b[i];
@@ -354,6 +354,8 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		return -1;
 	p->clean_below = 2 * p->L + 1;
 	copy_nodes(p, p->main, p->clean_out, b);
+	for (int s = 0; s <= 2 * p->L; s++)
+		memcpy(p->clean_res + (size_t)s * n, circ_run_resid(p->main, s), n * sizeof(float));
 	free(p->clean_logp);
 	p->clean_logp = NULL;
 	if (p->o.metric == CIRC_METRIC_KL) {
@@ -492,8 +494,6 @@ typedef struct block_task {
 	circ_patcher *p;
 	size_t n; /* B*T*C */
 	int nrows;
-	int d_lo, d_hi;	     /* dacc = d_base + the rows of nodes d_lo .. d_hi-1 */
-	const float *d_base; /* dacc itself, dclean, or NULL: D not used */
 } block_task;
 
 /* d (n) = a - b; the arrays do not overlap. Written in groups of 8 so
@@ -507,12 +507,6 @@ static void vsub(float *restrict d, const float *restrict a, const float *restri
 			d[i + j] = a[i + j] - b[i + j];
 	for (; i < n; i++)
 		d[i] = a[i] - b[i];
-}
-
-/* y (n) = sum of the k rows src (k >= 1) in order. */
-static void rows_sum(float *y, const float *const *src, int k, size_t n)
-{
-	circ_vsum(y, src[0], k > 1 ? src[1] : NULL, src + 2, k > 2 ? k - 2 : 0, n);
 }
 
 /* Makes the difference rows t->rows lacks over [i0, i0 + len). */
@@ -529,46 +523,37 @@ static void make_rows(const block_task *t, size_t i0, size_t len)
 static void block_part(void *ctx, size_t k0, size_t k1)
 {
 	const block_task *t = ctx;
-	circ_patcher *p = t->p;
-	size_t n = t->n, nb = (n + CHUNK - 1) / CHUNK;
-	for (size_t k = k0; k < k1; k++) {
-		const float **src = p->srcs + k * (size_t)p->U;
-		size_t b0 = k * nb / (size_t)p->nslot, b1 = (k + 1) * nb / (size_t)p->nslot;
-		for (size_t blk = b0; blk < b1; blk++) {
-			size_t i0 = blk * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
-			const float *dif = p->diff + i0;
-			make_rows(t, i0, len);
-			if (t->d_base && (t->d_hi > t->d_lo || t->d_base != p->dacc)) {
-				for (int u = t->d_lo; u < t->d_hi; u++)
-					src[u - t->d_lo] = dif + (size_t)u * n;
-				circ_vsum(p->dacc + i0, t->d_base + i0, NULL, src,
-					  t->d_hi - t->d_lo, len);
-			}
-		}
-	}
+	size_t n = t->n, nb = (n + CHUNK - 1) / CHUNK, nslot = (size_t)t->p->nslot;
+	for (size_t k = k0; k < k1; k++)
+		for (size_t blk = k * nb / nslot; blk < (k + 1) * nb / nslot; blk++)
+			make_rows(t, blk * CHUNK,
+				  n - blk * CHUNK < CHUNK ? n - blk * CHUNK : CHUNK);
 }
 
-/* dclean = sum over u < d_hi of (ref_u - clean_u), for start stage s,
- * making the rows it lacks. */
-static void dclean_part(void *ctx, size_t k0, size_t k1)
+/* R(s) for every stage over [i0, i0 + len): the clean residual plus the
+ * sum of (ref_u - clean_u) over u < n_in(s), carried up the stages. */
+static void rref_part(void *ctx, size_t k0, size_t k1)
 {
 	const block_task *t = ctx;
 	circ_patcher *p = t->p;
-	size_t n = t->n;
-	for (size_t k = k0; k < k1; k++) {
-		const float **src = p->srcs + k * (size_t)p->U;
-		size_t i0 = k * n / (size_t)p->nslot, i1 = (k + 1) * n / (size_t)p->nslot;
-		for (size_t c0 = i0; c0 < i1; c0 += CHUNK) {
-			size_t len = i1 - c0 < CHUNK ? i1 - c0 : CHUNK;
-			make_rows(t, c0, len);
-			for (int u = 0; u < t->d_hi; u++)
-				src[u] = p->diff + (size_t)u * n + c0;
-			if (t->d_hi)
-				rows_sum(p->dclean + c0, src, t->d_hi, len);
-			else
-				memset(p->dclean + c0, 0, len * sizeof(float));
+	size_t n = t->n, nb = (n + CHUNK - 1) / CHUNK, nslot = (size_t)p->nslot;
+	float acc[CHUNK];
+	for (size_t k = k0; k < k1; k++)
+		for (size_t blk = k * nb / nslot; blk < (k + 1) * nb / nslot; blk++) {
+			size_t i0 = blk * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+			int u = 0;
+			memset(acc, 0, sizeof acc);
+			for (int s = 0; s <= 2 * p->L; s++) {
+				for (; u < stage_n_in(p, s); u++) {
+					const float *rf = p->ref_out + (size_t)u * n + i0,
+						    *cl = p->clean_out + (size_t)u * n + i0;
+					for (size_t i = 0; i < len; i++)
+						acc[i] += rf[i] - cl[i];
+				}
+				circ_vsum(p->rref + (size_t)s * n + i0,
+					  p->clean_res + (size_t)s * n + i0, acc, NULL, 0, len);
+			}
 		}
-	}
 }
 
 /* Queues node u's difference row for making, unless diff holds it: ref_u -
@@ -597,10 +582,10 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 {
 	const circ_graph *g = p->g;
 	size_t n = (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
-	int recvs[3 * CIRC_GRAPH_MAX_HEAD], nr = 0, nplan = 0, use_d = 0, nrows = 0;
+	int recvs[3 * CIRC_GRAPH_MAX_HEAD], nr = 0, nplan = 0, use_r = 0, nrows = 0;
 	const float **rows;
 	int n_stage = stage_n_in(p, s);
-	block_task t = {p, n, 0, 0, 0, NULL};
+	block_task t = {p, n, 0};
 	if (s == 2 * p->L)
 		recvs[nr++] = circ_graph_recv_logits(g);
 	else if (s % 2)
@@ -622,8 +607,9 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 			npatched += !keep[u];
 		if (npatched == 0)
 			continue;
-		/* the complement costs the kept rows plus D */
-		pl->complement = npatched > n_in - npatched + 1;
+		/* the complement costs the kept rows plus R, the sum the
+		 * patched rows plus the residual */
+		pl->complement = npatched > n_in - npatched;
 		pl->nterm = 0;
 		for (int u = 0; u < n_in; u++)
 			if ((keep[u] != 0) == pl->complement) {
@@ -632,7 +618,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 			}
 		pl->term = term;
 		pl->ndst = model_recvs(p, r, pl->mr);
-		use_d |= pl->complement;
+		use_r |= pl->complement;
 		nplan++;
 	}
 	if (nplan == 0)
@@ -651,43 +637,19 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		p->diff = circ_xalloc_aligned(p->diff_cap * sizeof(float));
 		diffs_stale(p);
 	}
-	if (use_d) {
-		/* D over u < n_stage: from dclean(start), or from the last stage's D */
-		if (p->d_cap < n) {
-			free(p->dclean);
-			free(p->dacc);
-			p->d_cap = n;
-			p->dclean = circ_xalloc_aligned(n * sizeof(float));
-			p->dacc = circ_xalloc_aligned(n * sizeof(float));
-			p->dclean_stage = -1;
-		}
-		if (p->dacc_upto < 0) {
-			if (p->dclean_stage != p->start) {
-				int n_clean = stage_n_in(p, p->start), nmake = 0;
-				block_task tc = {p, n, 0, 0, n_clean, NULL};
-				for (int u = 0; u < n_clean; u++)
-					want_row(p, run, u, n, &nmake);
-				tc.nrows = nmake;
-				circ_pool_for(pool, (size_t)p->nslot, dclean_part, &tc);
-				rows_made(p, nmake);
-				p->dclean_stage = p->start;
-			}
-			t.d_base = p->dclean;
-			t.d_lo = stage_n_in(p, p->start);
-		} else {
-			t.d_base = p->dacc;
-			t.d_lo = p->dacc_upto;
-		}
-		t.d_hi = n_stage;
-		for (int u = t.d_lo; u < t.d_hi; u++)
-			p->need[u] = 1;
-		p->dacc_upto = n_stage;
+	if (use_r && !p->rref_ok) {
+		if (!p->rref)
+			p->rref = circ_xalloc_aligned(p->out_cap / (size_t)p->U *
+						      (2 * (size_t)p->L + 1) * sizeof(float));
+		circ_pool_for(pool, (size_t)p->nslot, rref_part, &t);
+		p->rref_ok = 1;
 	}
 	for (int u = 0; u < n_stage; u++)
 		if (p->need[u])
 			want_row(p, run, u, n, &nrows);
 	t.nrows = nrows;
-	circ_pool_for(pool, (size_t)p->nslot, block_part, &t);
+	if (nrows)
+		circ_pool_for(pool, (size_t)p->nslot, block_part, &t);
 	rows_made(p, nrows);
 	/* every receiver's delta as its rows, summed where the model reads them */
 	rows = p->srcs;
@@ -696,8 +658,11 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		for (int j = 0; j < pl->nterm; j++)
 			rows[j] = p->diff + (size_t)pl->term[j] * n;
 		for (int j = 0; j < pl->ndst; j++)
-			circ_run_delta_sum(run, pl->mr[j], pl->complement ? p->dacc : NULL,
-					   pl->complement ? -1 : 1, pl->nterm, rows);
+			if (pl->complement)
+				circ_run_input_sum(run, pl->mr[j], p->rref + (size_t)s * n, -1,
+						   pl->nterm, rows);
+			else
+				circ_run_delta_sum(run, pl->mr[j], NULL, 1, pl->nterm, rows);
 	}
 }
 
@@ -741,7 +706,6 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 	}
 	f.start_stage = stage;
 	p->start = stage;
-	p->dacc_upto = -1;
 	p->fwd_id++;
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;

@@ -432,6 +432,75 @@ static void test_vsum(void)
 	free(a), free(b), free(s1), free(s2), free(y), free(want);
 }
 
+/* LN(x + base +- terms) in one pass: the same bytes as circ_vsum then
+ * circ_layernorm_fwd (as its contract says), close to the reference, at
+ * widths around the vector and unroll sizes, strided rows read from row0
+ * on, with and without base, adding and subtracting, and in place. */
+static void test_layernorm_sum(void)
+{
+	int widths[] = {1, 7, 8, 13, 31, 33, 64, 100, 768};
+	int ks[] = {0, 1, 3, 9};
+	enum { N = 4, ROW0 = 2, NT = 9 };
+	for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
+		int C = widths[wi], ld = C + 3;
+		size_t all = (size_t)(N + ROW0) * ld;
+		float *x = randv(all, 2), *base = randv(all, 1), *w = randv((size_t)C, 1),
+		      *b = randv((size_t)C, 1), *t[NT];
+		float *o1 = circ_xalloc_aligned(all * 4), *o2 = circ_xalloc_aligned(all * 4),
+		      *o3 = circ_xalloc_aligned(all * 4), *sum = circ_xalloc_aligned(all * 4);
+		float m1[N], r1[N], m2[N], r2[N], m3[N], r3[N];
+		for (int j = 0; j < NT; j++)
+			t[j] = randv(all, 1);
+		for (size_t i = 0; i < all; i++)
+			x[i] += 3.0f;
+		for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++)
+			for (int v = 0; v < 4; v++) {
+				int k = ks[ki], neg = v & 1;
+				const float *bs = v & 2 ? base : NULL;
+				char what[80];
+				for (int n = 0; n < N; n++) {
+					size_t at = (size_t)(ROW0 + n) * ld;
+					const float *src[NT];
+					for (int j = 0; j < k; j++)
+						src[j] = t[j] + at;
+					(neg ? circ_vsum_neg
+					     : circ_vsum)(sum + (size_t)n * ld, x + at,
+							  bs ? bs + at : NULL, src, k, (size_t)C);
+				}
+				circ_layernorm_fwd_sum(o1, ld, m1, r1, x, bs,
+						       (const float *const *)t, k, neg, ROW0, ld, w,
+						       b, N, C, 1e-5f);
+				circ_layernorm_fwd(o2, ld, m2, r2, sum, ld, w, b, N, C, 1e-5f);
+				circ_layernorm_fwd_ref(o3, ld, m3, r3, sum, ld, w, b, N, C, 1e-5f);
+				snprintf(what, sizeof what,
+					 "layernorm sum C=%d k=%d neg=%d base=%d", C, k, neg,
+					 bs != NULL);
+				for (int n = 0; n < N; n++)
+					CHECK(!memcmp(o1 + (size_t)n * ld, o2 + (size_t)n * ld,
+						      (size_t)C * 4));
+				CHECK(!memcmp(m1, m2, sizeof m1) && !memcmp(r1, r2, sizeof r1));
+				for (int n = 0; n < N; n++)
+					CHECK(close_to(what, o1 + (size_t)n * ld,
+						       o3 + (size_t)n * ld, (size_t)C,
+						       C <= 2 ? 2e-5 : 2e-6, 1e-3));
+				/* in place: out is x's rows */
+				{
+					float *xi = copyv(x, all);
+					circ_layernorm_fwd_sum(xi + (size_t)ROW0 * ld, ld, m2, r2,
+							       xi, bs, (const float *const *)t, k,
+							       neg, ROW0, ld, w, b, N, C, 1e-5f);
+					for (int n = 0; n < N; n++)
+						CHECK(!memcmp(xi + (size_t)(ROW0 + n) * ld,
+							      o1 + (size_t)n * ld, (size_t)C * 4));
+					free(xi);
+				}
+			}
+		for (int j = 0; j < NT; j++)
+			free(t[j]);
+		free(x), free(base), free(w), free(b), free(o1), free(o2), free(o3), free(sum);
+	}
+}
+
 static void test_bias_bwd(void)
 {
 	int m = 37, n = 29, ld = 33;
@@ -532,6 +601,7 @@ int main(int argc, char **argv)
 	test_exp();
 	test_attention();
 	test_vsum();
+	test_layernorm_sum();
 	test_bias_bwd();
 	test_pool();
 	if (failures) {

@@ -705,9 +705,10 @@ static circ_run *run_with_ref(circ_model *m, const circ_run_opts *ro, int B, int
 	return r;
 }
 
-/* Deltas given as sums of rows (circ_run_delta_sum) against the same
- * deltas written out (patch_hook): every form (the plain sum, base minus
- * rows, a sum then more added through circ_run_delta), on q/k/v, MLP and
+/* Deltas given as sums of rows (circ_run_delta_sum, circ_run_input_sum)
+ * against the same deltas written out (patch_hook): every form (the plain
+ * sum, base minus rows, the input itself as a sum, a sum then more added
+ * through circ_run_delta and as a sum), on q/k/v, MLP and
  * logits receivers, formed in the model's blocks (no backward) or stored at
  * once (a backward run), at 1 and 2 threads. */
 typedef struct sum_ctx {
@@ -741,18 +742,28 @@ static int sum_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_er
 		case 0: /* the plain sum */
 			CHECK(circ_run_delta_sum(r, k, NULL, 1, nu, rows) == 0);
 			break;
-		case 1: /* base = all rows + the odd ones, minus the odd ones */
-		case 2: {
+		case 1:	  /* base = all rows + the odd ones, minus the odd ones */
+		case 2: { /* the same as the input: the residual + that */
 			const float *odd[64];
+			const float *res = circ_run_resid(r, s);
 			int no = 0;
 			for (size_t i = 0; i < p->per; i++)
-				b[i] = 0;
+				b[i] = k % 4 == 2 ? res[i] : 0;
 			for (int j = 0; j < nu; j++)
 				for (size_t i = 0; i < p->per; i++)
 					b[i] += rows[j][i] * (j % 2 ? 2.0f : 1.0f);
 			for (int j = 1; j < nu; j += 2)
 				odd[no++] = rows[j];
-			CHECK(circ_run_delta_sum(r, k, b, -1, no, odd) == 0);
+			if (k % 4 == 1) {
+				CHECK(circ_run_delta_sum(r, k, b, -1, no, odd) == 0);
+				break;
+			}
+			/* an input sum drops a delta set before */
+			float *d = circ_run_delta(r, k);
+			for (size_t i = 0; i < p->per; i++)
+				d[i] = 1.0f;
+			CHECK(circ_run_input_sum(r, k, NULL, -1, no, odd) == -1);
+			CHECK(circ_run_input_sum(r, k, b, -1, no, odd) == 0);
 			break;
 		}
 		default: { /* half as a sum, one row added to it as a stored delta,
