@@ -29,6 +29,11 @@
  *    (circ_run_input_sum): the residual is not read at all. Each receiver
  *    costs min(patched, kept) + 1 rows. R is made once per batch and
  *    references, for every stage, from the clean residuals kept at load;
+ *  - cached bases: the kept rows of clean nodes (below the start stage)
+ *    do not change while the start and those keep bits stay, as for every
+ *    receiver above the one ACDC is testing: R(s) minus them is kept per
+ *    receiver (for at most U receivers) and reused, made the same way the
+ *    run sums, so results are the same bytes with or without it;
  *  - dead nodes: a node none of whose outgoing edges is kept, or whose kept
  *    edges all feed dead nodes, cannot change the metric: every receiver
  *    that sees it has its edge patched, (ref_u - current_u) cancelling its
@@ -80,6 +85,10 @@ typedef struct recv_plan {
 	int complement; /* 1: input = R(s) - sum of the term rows; 0: delta = the sum */
 	int nterm;
 	const int *term; /* (nterm) upstream nodes, increasing */
+	int r;		 /* the graph receiver */
+	float *base;	 /* complement: its cached base, or NULL: R(s) */
+	int nb;		 /* the first nb terms are in base */
+	int fill;	 /* base is to be made in this stage */
 } recv_plan;
 
 struct circ_patcher {
@@ -123,6 +132,13 @@ struct circ_patcher {
 	unsigned *dfwd;	    /* (U) for DIFF_CUR: the forward it belongs to */
 	unsigned fwd_id;    /* patched forwards so far */
 	uint8_t *alive;	    /* (U + 1) nodes that can reach the logits in the circuit */
+	/* cached bases (see the top of this file), per graph receiver */
+	float **cbase;	 /* (n_recv) R(s) - its kept clean rows, or NULL */
+	int n_cbase;	 /* rows allocated in cbase, at most U */
+	unsigned *c_gen; /* (n_recv) the generation its base was made in */
+	int *c_start;	 /* (n_recv) the start stage it was made for, -1: none */
+	uint8_t *c_keep; /* (n_edges) the keep bits below c_start it was made for */
+	unsigned gen;	 /* bumped whenever R or the clean rows change */
 };
 
 /* The references or the clean run changed: R and the stored difference
@@ -130,6 +146,7 @@ struct circ_patcher {
 static void diffs_stale(circ_patcher *p)
 {
 	p->rref_ok = 0;
+	p->gen++;
 	memset(p->dkind, DIFF_NONE, (size_t)p->U);
 }
 
@@ -139,6 +156,16 @@ static int stage_n_in(const circ_patcher *p, int s)
 	if (s >= 2 * p->L)
 		return p->U;
 	return 1 + (s / 2) * (p->H + 1) + (s % 2 ? p->H : 0);
+}
+
+/* Drops the cached bases (the batch grew: their rows are too short). */
+static void free_cbase(circ_patcher *p)
+{
+	for (int r = 0; p->cbase && r < p->g->n_recv; r++) {
+		free(p->cbase[r]);
+		p->cbase[r] = NULL;
+	}
+	p->n_cbase = 0;
 }
 
 static const char *const abl_names[] = {"resample", "mean", "zero"};
@@ -205,6 +232,10 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	p->alive = circ_xcalloc((size_t)p->U + 1, 1);
 	p->dkind = circ_xcalloc((size_t)p->U, 1);
 	p->dfwd = circ_xcalloc((size_t)p->U, sizeof *p->dfwd);
+	p->cbase = circ_xcalloc((size_t)g->n_recv, sizeof *p->cbase);
+	p->c_gen = circ_xcalloc((size_t)g->n_recv, sizeof *p->c_gen);
+	p->c_start = circ_xcalloc((size_t)g->n_recv, sizeof *p->c_start);
+	p->c_keep = circ_xcalloc((size_t)g->n_edges, 1);
 	p->reads = circ_xcalloc((size_t)p->o.max_b * (size_t)p->o.max_t, sizeof *p->reads);
 	p->m_clean = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
 	p->m_ref = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
@@ -240,6 +271,11 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->diff);
 	free(p->dkind);
 	free(p->dfwd);
+	free_cbase(p);
+	free(p->cbase);
+	free(p->c_gen);
+	free(p->c_start);
+	free(p->c_keep);
 	free(p);
 }
 
@@ -339,6 +375,7 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		free(p->clean_res);
 		free(p->rref);
 		p->rref = NULL;
+		free_cbase(p);
 		p->out_cap = (size_t)p->U * n;
 		p->clean_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
 		p->ref_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
@@ -556,6 +593,68 @@ static void rref_part(void *ctx, size_t k0, size_t k1)
 		}
 }
 
+typedef struct fill_task {
+	circ_patcher *p;
+	size_t n;
+	int nplan;
+	const float *rs; /* R(s) */
+} fill_task;
+
+/* The bases to be made: R(s) minus their first nb rows, as the run would
+ * sum them (so a base made here gives the same bytes as R and the rows). */
+static void fill_part(void *ctx, size_t k0, size_t k1)
+{
+	const fill_task *t = ctx;
+	circ_patcher *p = t->p;
+	size_t n = t->n, nb = (n + CHUNK - 1) / CHUNK, nslot = (size_t)p->nslot;
+	for (size_t k = k0; k < k1; k++) {
+		const float **src = p->srcs + k * (size_t)p->U;
+		for (size_t blk = k * nb / nslot; blk < (k + 1) * nb / nslot; blk++) {
+			size_t i0 = blk * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+			for (int i = 0; i < t->nplan; i++) {
+				const recv_plan *pl = &p->plan[i];
+				if (!pl->fill)
+					continue;
+				for (int j = 0; j < pl->nb; j++)
+					src[j] = p->diff + (size_t)pl->term[j] * n + i0;
+				circ_vsum_neg(pl->base + i0, t->rs + i0, NULL, src, pl->nb, len);
+			}
+		}
+	}
+}
+
+/* A complement receiver's base: R(s) minus its kept rows of the clean
+ * nodes (below the start stage), cached from one forward to the next while
+ * the batch, the start and those keep bits stay (ACDC tests thousands of
+ * edges below a receiver whose circuit is decided). At most U receivers
+ * get one (memory as ref_out's); the others read R(s) and every row. */
+static void plan_base(circ_patcher *p, recv_plan *pl, const uint8_t *keep)
+{
+	int nin0 = stage_n_in(p, p->start), nb = 0, r = pl->r;
+	pl->base = NULL;
+	pl->nb = pl->fill = 0;
+	while (nb < pl->nterm && pl->term[nb] < nin0)
+		nb++;
+	if (nb == 0)
+		return;
+	if (!p->cbase[r]) {
+		if (p->n_cbase >= p->U)
+			return;
+		p->cbase[r] = circ_xalloc_aligned(p->out_cap / (size_t)p->U * sizeof(float));
+		p->n_cbase++;
+		p->c_start[r] = -1;
+	}
+	pl->base = p->cbase[r];
+	pl->nb = nb;
+	pl->fill = p->c_gen[r] != p->gen || p->c_start[r] != p->start ||
+		   memcmp(p->c_keep + p->g->recv_first[r], keep, (size_t)nin0) != 0;
+	if (pl->fill) {
+		p->c_gen[r] = p->gen;
+		p->c_start[r] = p->start;
+		memcpy(p->c_keep + p->g->recv_first[r], keep, (size_t)nin0);
+	}
+}
+
 /* Queues node u's difference row for making, unless diff holds it: ref_u -
  * clean_u below the start stage, ref_u - current_u above it. */
 static void want_row(circ_patcher *p, const circ_run *run, int u, size_t n, int *nrows)
@@ -582,7 +681,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 {
 	const circ_graph *g = p->g;
 	size_t n = (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
-	int recvs[3 * CIRC_GRAPH_MAX_HEAD], nr = 0, nplan = 0, use_r = 0, nrows = 0;
+	int recvs[3 * CIRC_GRAPH_MAX_HEAD], nr = 0, nplan = 0, use_r = 0, nrows = 0, nfill = 0;
 	const float **rows;
 	int n_stage = stage_n_in(p, s);
 	block_task t = {p, n, 0};
@@ -595,6 +694,12 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 			for (int c = 0; c < (g->level == CIRC_LEVEL_EDGE ? 3 : 1); c++)
 				recvs[nr++] = circ_graph_recv_head(g, layer, h, c);
 	memset(p->need, 0, (size_t)p->U);
+	if (p->diff_cap < (size_t)p->U * n) {
+		free(p->diff);
+		p->diff_cap = (size_t)p->U * n;
+		p->diff = circ_xalloc_aligned(p->diff_cap * sizeof(float));
+		diffs_stale(p);
+	}
 	for (int i = 0; i < nr; i++) {
 		int r = recvs[i], n_in = circ_graph_recv_n_in(g, r), npatched = 0, node;
 		const uint8_t *keep = p->keep + g->recv_first[r];
@@ -612,13 +717,20 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		pl->complement = npatched > n_in - npatched;
 		pl->nterm = 0;
 		for (int u = 0; u < n_in; u++)
-			if ((keep[u] != 0) == pl->complement) {
+			if ((keep[u] != 0) == pl->complement)
 				term[pl->nterm++] = u;
-				p->need[u] = 1;
-			}
 		pl->term = term;
+		pl->r = r;
 		pl->ndst = model_recvs(p, r, pl->mr);
+		pl->base = NULL;
+		pl->nb = pl->fill = 0;
+		if (pl->complement)
+			plan_base(p, pl, keep);
+		/* a base in cache needs none of its rows */
+		for (int j = pl->base && !pl->fill ? pl->nb : 0; j < pl->nterm; j++)
+			p->need[term[j]] = 1;
 		use_r |= pl->complement;
+		nfill += pl->fill;
 		nplan++;
 	}
 	if (nplan == 0)
@@ -630,12 +742,6 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		free(p->srcs);
 		p->slot_cap = p->nslot;
 		p->srcs = circ_xcalloc((size_t)p->nslot * (size_t)p->U, sizeof *p->srcs);
-	}
-	if (p->diff_cap < (size_t)p->U * n) {
-		free(p->diff);
-		p->diff_cap = (size_t)p->U * n;
-		p->diff = circ_xalloc_aligned(p->diff_cap * sizeof(float));
-		diffs_stale(p);
 	}
 	if (use_r && !p->rref_ok) {
 		if (!p->rref)
@@ -651,16 +757,22 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 	if (nrows)
 		circ_pool_for(pool, (size_t)p->nslot, block_part, &t);
 	rows_made(p, nrows);
-	/* every receiver's delta as its rows, summed where the model reads them */
+	if (nfill) {
+		fill_task ft = {p, n, nplan, p->rref + (size_t)s * n};
+		circ_pool_for(pool, (size_t)p->nslot, fill_part, &ft);
+	}
+	/* every receiver's input or delta as rows, summed where the model
+	 * reads them */
 	rows = p->srcs;
 	for (int i = 0; i < nplan; i++) {
 		const recv_plan *pl = &p->plan[i];
-		for (int j = 0; j < pl->nterm; j++)
-			rows[j] = p->diff + (size_t)pl->term[j] * n;
+		for (int j = pl->nb; j < pl->nterm; j++)
+			rows[j - pl->nb] = p->diff + (size_t)pl->term[j] * n;
 		for (int j = 0; j < pl->ndst; j++)
 			if (pl->complement)
-				circ_run_input_sum(run, pl->mr[j], p->rref + (size_t)s * n, -1,
-						   pl->nterm, rows);
+				circ_run_input_sum(run, pl->mr[j],
+						   pl->base ? pl->base : p->rref + (size_t)s * n,
+						   -1, pl->nterm - pl->nb, rows);
 			else
 				circ_run_delta_sum(run, pl->mr[j], NULL, 1, pl->nterm, rows);
 	}

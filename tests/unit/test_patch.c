@@ -152,6 +152,56 @@ static void test_patcher_state(circ_model *m, const circ_graph *g, const circ_ba
 	circ_patcher_free(p);
 }
 
+/* Cached bases (R(s) minus a receiver's kept clean rows, reused while the
+ * start and those keep bits stay): ACDC's sequence at one stage (the
+ * stage's own receivers change, those above do not), then a keep bit of a
+ * clean input of the logits changed (its base must be made again), then
+ * a start below with m0 patched (no longer clean) and back; each against
+ * a fresh patcher. */
+static void test_patcher_cache(circ_model *m, const circ_graph *g, const circ_batch *b)
+{
+	circ_patch_opts po = {CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 2, b->B, b->T, 0};
+	circ_error e;
+	circ_patcher *p = circ_patcher_new(m, g, &po, &e);
+	uint8_t *keep = circ_xmalloc((size_t)g->n_edges);
+	int64_t lf = g->recv_first[circ_graph_recv_logits(g)];
+	double out[8], want[8], worst = 0;
+	circ_rng r;
+	int s = 2, starts[] = {2, 2, 2, 1, 2, 2};
+	CHECK(p && circ_patcher_load(p, b, &e) == 0);
+	circ_rng_seed(&r, 9);
+	stage_mask(g, p, s, 0.1, &r, keep);
+	keep[lf + 3] = 1; /* m0 into the logits: in their base at start 2 */
+	for (int step = 0; step < 6; step++) {
+		circ_patcher *q = circ_patcher_new(m, g, &po, &e);
+		double d = 0;
+		if (step == 1 || step == 4) /* the stage's own receivers */
+			for (int64_t ed = 0; ed < g->n_edges; ed++)
+				if (circ_patcher_recv_stage(p, g->edge_recv[ed]) == s)
+					keep[ed] ^= (ed + step) % 5 == 0;
+		if (step == 2 || step == 5)
+			keep[lf + 1 + step % 2] ^= 1; /* a layer-0 head into the logits */
+		if (step == 3 || step == 4)	      /* m0 patched, so not clean, then back */
+			for (int64_t ed = 0; ed < g->n_edges; ed++)
+				if (circ_patcher_recv_stage(p, g->edge_recv[ed]) == 1)
+					keep[ed] ^= ed % 2;
+		CHECK(q && circ_patcher_load(q, b, &e) == 0);
+		CHECK(circ_patcher_eval(p, keep, starts[step], out, &e) == 0);
+		CHECK(circ_patcher_eval(q, keep, 0, want, &e) == 0);
+		for (int i = 0; i < b->B; i++) {
+			double di = fabs(out[i] - want[i]) / (1 + fabs(want[i]));
+			d = di > d ? di : d;
+		}
+		if (d > 1e-5)
+			fprintf(stderr, "test_patch: cached bases, step %d: %.3g off\n", step, d);
+		worst = d > worst ? d : worst;
+		circ_patcher_free(q);
+	}
+	CHECK(worst < 1e-5);
+	free(keep);
+	circ_patcher_free(p);
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-test-patch-XXXXXX";
@@ -183,6 +233,7 @@ int main(void)
 	CHECK(r3 < 0.3 * r2);
 
 	test_patcher_state(m, g, b, c.n_layer);
+	test_patcher_cache(m, g, b);
 
 	/* no edge patched = clean; every edge patched = the reference run */
 	{
