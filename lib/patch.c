@@ -635,7 +635,7 @@ static void plan_base(circ_patcher *p, recv_plan *pl, const uint8_t *keep)
 	pl->nb = pl->fill = 0;
 	while (nb < pl->nterm && pl->term[nb] < nin0)
 		nb++;
-	if (nb == 0)
+	if (nb < 2) /* one row for R and one: no fewer with a base of its own */
 		return;
 	if (!p->cbase[r]) {
 		if (p->n_cbase >= p->U)
