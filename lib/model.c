@@ -1701,9 +1701,10 @@ static const float *recv_input(const circ_run *r, int recv, const float *x, floa
  * at most QKV_BLOCK and each pool thread takes a contiguous share of the
  * blocks, its GEMMs on that thread alone: per block, the shared
  * ln_1 and the GEMMs over the runs of unpatched columns, then each patched
- * receiver's LayerNorm of (residual + delta), formed row by row, and its D
- * columns. Every column is computed once, each output row by one thread,
- * in an order that does not depend on the thread count. */
+ * receiver's LayerNorm of its input (residual + delta, or an input sum),
+ * formed row by row, and its D columns. Every column is computed once,
+ * each output row by one thread, in an order that does not depend on the
+ * thread count. */
 
 #define QKV_BLOCK 64
 

@@ -108,7 +108,7 @@ static void stage_mask(const circ_graph *g, const circ_patcher *p, int s, double
 }
 
 /* The patcher keeps state between evaluations (the clean stages below the
- * start, the stored difference rows ref - clean and ref - current, D): a
+ * start, the stored difference rows ref - clean and ref - current, R(s)): a
  * long sequence of circuits, tested top-down as ACDC does, then at stages
  * in any order, then with the references rescaled, must give what a fresh
  * patcher gives for each circuit alone. */
