@@ -783,46 +783,46 @@ AVX2 static inline float hsum8x4(__m256 s0, __m256 s1, __m256 s2, __m256 s3)
 	return hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
 
-/* The rest of a LayerNorm row whose mean m is known: the variance, then
- * o = (x - m) r w + b (o may be x). Four accumulators, so the sums do not
- * wait on one add chain. */
-AVX2 static void layernorm_finish_avx2(float *o, float *mean, float *rstd, const float *x, float m,
-				       const float *w, const float *b, int C, float eps)
+/* The rest of a LayerNorm row o whose mean m is known: the variance, then
+ * o = (o - m) r w + b in place. Four accumulators, so the sums do not wait
+ * on one add chain. */
+AVX2 static void layernorm_finish_avx2(float *o, float *mean, float *rstd, float m, const float *w,
+				       const float *b, int C, float eps)
 {
 	__m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, m8 = _mm256_set1_ps(m), r8;
 	float r;
 	int i = 0;
-	for (; i + 32 <= C; i += 32) { /* v += (x[i] - m)^2 */
-		__m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), m8);
-		__m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m8);
-		__m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), m8);
-		__m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), m8);
+	for (; i + 32 <= C; i += 32) { /* v += (o[i] - m)^2 */
+		__m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(o + i), m8);
+		__m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(o + i + 8), m8);
+		__m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(o + i + 16), m8);
+		__m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(o + i + 24), m8);
 		s0 = _mm256_fmadd_ps(d0, d0, s0);
 		s1 = _mm256_fmadd_ps(d1, d1, s1);
 		s2 = _mm256_fmadd_ps(d2, d2, s2);
 		s3 = _mm256_fmadd_ps(d3, d3, s3);
 	}
 	for (; i + 8 <= C; i += 8) {
-		__m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m8);
+		__m256 d = _mm256_sub_ps(_mm256_loadu_ps(o + i), m8);
 		s0 = _mm256_fmadd_ps(d, d, s0);
 	}
 	if (i < C) { /* padded lanes stay 0 so they add nothing */
 		float buf[8] = {0};
 		for (int j = 0; j < C - i; j++)
-			buf[j] = x[i + j] - m;
+			buf[j] = o[i + j] - m;
 		__m256 d = _mm256_loadu_ps(buf);
 		s1 = _mm256_fmadd_ps(d, d, s1);
 	}
 	r = 1.0f / sqrtf(hsum8x4(s0, s1, s2, s3) / (float)C + eps);
 	r8 = _mm256_set1_ps(r);
-	for (i = 0; i + 8 <= C; i += 8) { /* o = (x - m) r w + b */
-		__m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8), r8);
+	for (i = 0; i + 8 <= C; i += 8) { /* o = (o - m) r w + b */
+		__m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(o + i), m8), r8);
 		_mm256_storeu_ps(
 		    o + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
 	}
 	if (i < C) {
 		size_t k = (size_t)(C - i);
-		__m256 d = _mm256_mul_ps(_mm256_sub_ps(load_partial(x + i, k), m8), r8);
+		__m256 d = _mm256_mul_ps(_mm256_sub_ps(load_partial(o + i, k), m8), r8);
 		store_partial(
 		    o + i, _mm256_fmadd_ps(d, load_partial(w + i, k), load_partial(b + i, k)), k);
 	}
@@ -895,8 +895,8 @@ AVX2 static void layernorm_sum_row_avx2(float *o, float *mean, float *rstd, cons
 			memcpy(o + i, t, (size_t)(C - i) * sizeof *t);
 		s[(i / 8) & 3] = _mm256_add_ps(s[(i / 8) & 3], _mm256_loadu_ps(t));
 	}
-	layernorm_finish_avx2(o, mean, rstd, o, hsum8x4(s[0], s[1], s[2], s[3]) / (float)C, w, bias,
-			      C, eps);
+	layernorm_finish_avx2(o, mean, rstd, hsum8x4(s[0], s[1], s[2], s[3]) / (float)C, w, bias, C,
+			      eps);
 }
 
 /* x[i..i+8) (+ add[i..i+8) when add is not NULL): a receiver's input read

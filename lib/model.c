@@ -967,7 +967,7 @@ struct circ_run {
 	float *d_ln;   /* (B*T, C) */
 
 	/* receiver deltas */
-	float **delta;		 /* (R) each (rows*C + 2*rows): delta, then mean, rstd */
+	float **delta;		 /* (R) each (rows, C), allocated when stored */
 	unsigned char *delta_on; /* (R) 0 none, 1 stored in delta, 2 a sum (below) */
 	/* deltas given as sums (circ_run_delta_sum): base + sign * sum of the
 	 * terms, formed where the receiver's input is read */

@@ -135,10 +135,10 @@ struct circ_patcher {
 	/* cached bases (see the top of this file), per graph receiver */
 	float **cbase;	 /* (n_recv) R(s) - its kept clean rows, or NULL */
 	int n_cbase;	 /* rows allocated in cbase, at most U */
-	unsigned *c_gen; /* (n_recv) the generation its base was made in */
-	int *c_start;	 /* (n_recv) the start stage it was made for, -1: none */
+	unsigned *c_gen; /* (n_recv) the generation its base was made in (0: none) */
+	int *c_start;	 /* (n_recv) the start stage it was made for */
 	uint8_t *c_keep; /* (n_edges) the keep bits below c_start it was made for */
-	unsigned gen;	 /* bumped whenever R or the clean rows change */
+	unsigned gen;	 /* bumped whenever R or the clean rows change (>= 1 once loaded) */
 };
 
 /* The references or the clean run changed: R and the stored difference
@@ -631,8 +631,6 @@ static void fill_part(void *ctx, size_t k0, size_t k1)
 static void plan_base(circ_patcher *p, recv_plan *pl, const uint8_t *keep)
 {
 	int nin0 = stage_n_in(p, p->start), nb = 0, r = pl->r;
-	pl->base = NULL;
-	pl->nb = pl->fill = 0;
 	while (nb < pl->nterm && pl->term[nb] < nin0)
 		nb++;
 	if (nb < 2) /* one row for R and one: no fewer with a base of its own */
@@ -642,7 +640,6 @@ static void plan_base(circ_patcher *p, recv_plan *pl, const uint8_t *keep)
 			return;
 		p->cbase[r] = circ_xalloc_aligned(p->out_cap / (size_t)p->U * sizeof(float));
 		p->n_cbase++;
-		p->c_start[r] = -1;
 	}
 	pl->base = p->cbase[r];
 	pl->nb = nb;
