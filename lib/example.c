@@ -78,10 +78,15 @@ static int tokens_field(const msgpack_object *rec, const char *key, int vocab, i
 	return 0;
 }
 
-static int int_list(const msgpack_object *rec, const char *key, int optional, int vocab,
-		    int32_t **out, int *n, circ_error *e)
+/* An int or an array of ints (what: "position" or "token id", for the
+ * messages). At most max items when max > 0: the bound is checked before
+ * anything is allocated. */
+static int int_list(const msgpack_object *rec, const char *key, const char *what, int optional,
+		    int vocab, int max, int32_t **out, int *n, circ_error *e)
 {
 	const msgpack_object *o = circ_rec_get(rec, key);
+	const msgpack_object *items;
+	uint32_t count;
 	*out = NULL;
 	*n = 0;
 	if (!o) {
@@ -89,24 +94,32 @@ static int int_list(const msgpack_object *rec, const char *key, int optional, in
 			return 0;
 		return circ_errorf(e, "missing field '%s'", key);
 	}
-	if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-		*out = circ_xmalloc(sizeof **out);
-		if (o->via.u64 > INT32_MAX || (vocab > 0 && o->via.u64 >= (uint64_t)vocab))
-			return circ_errorf(e, "field '%s': %llu is out of range", key,
-					   (unsigned long long)o->via.u64);
-		(*out)[0] = (int32_t)o->via.u64;
-		*n = 1;
-		return 0;
-	}
-	if (o->type != MSGPACK_OBJECT_ARRAY)
+	if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+	    o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+		items = o;
+		count = 1;
+	} else if (o->type == MSGPACK_OBJECT_ARRAY) {
+		items = o->via.array.ptr;
+		count = o->via.array.size;
+	} else {
 		return circ_errorf(e, "field '%s': expected an int or an array of ints, got %s",
 				   key, circ_obj_type_name(o));
-	*out = circ_xmalloc((o->via.array.size ? o->via.array.size : 1) * sizeof **out);
-	for (uint32_t i = 0; i < o->via.array.size; i++) {
-		const msgpack_object *v = &o->via.array.ptr[i];
-		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX)
-			return circ_errorf(e, "field '%s': item %u is not a non-negative int", key,
-					   i);
+	}
+	if (max > 0 && count > (uint32_t)max)
+		return circ_errorf(e, "field '%s': %u %ss for %d tokens", key, count,
+				   strcmp(what, "position") ? what : "read position", max);
+	*out = circ_xmalloc((count ? count : 1) * sizeof **out);
+	for (uint32_t i = 0; i < count; i++) {
+		const msgpack_object *v = &items[i];
+		if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+			return circ_errorf(e, "field '%s': negative %s %lld", key, what,
+					   (long long)v->via.i64);
+		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+			return circ_errorf(e, "field '%s': item %u is %s, not an int", key, i,
+					   circ_obj_type_name(v));
+		if (v->via.u64 > INT32_MAX)
+			return circ_errorf(e, "field '%s': %s %llu is out of range", key, what,
+					   (unsigned long long)v->via.u64);
 		if (vocab > 0 && v->via.u64 >= (uint64_t)vocab)
 			return circ_errorf(e,
 					   "field '%s': token %llu is outside the vocabulary (%d "
@@ -114,7 +127,7 @@ static int int_list(const msgpack_object *rec, const char *key, int optional, in
 					   key, (unsigned long long)v->via.u64, vocab);
 		(*out)[i] = (int32_t)v->via.u64;
 	}
-	*n = (int)o->via.array.size;
+	*n = (int)count;
 	return 0;
 }
 
@@ -132,21 +145,38 @@ int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int v
 		circ_errorf(e, "clean and corrupt differ in length (%d and %d tokens)", ex->T, Tc);
 		goto fail;
 	}
-	if (int_list(rec, "pos", 0, 0, &ex->pos, &ex->npos, e) < 0 ||
-	    int_list(rec, "answer", metric == CIRC_METRIC_KL, vocab, &ex->ans, &ex->nans, e) < 0 ||
-	    int_list(rec, "wrong", 1, vocab, &ex->wrong, &ex->nwrong, e) < 0)
+	/* Read positions are distinct and inside the prompt, so an example reads
+	 * at most T rows and a batch at most B x T: every buffer sized by the
+	 * batch's shape holds its reads. */
+	if (int_list(rec, "pos", "position", 0, 0, ex->T, &ex->pos, &ex->npos, e) < 0 ||
+	    int_list(rec, "answer", "token id", metric == CIRC_METRIC_KL, vocab, 0, &ex->ans,
+		     &ex->nans, e) < 0 ||
+	    int_list(rec, "wrong", "token id", 1, vocab, 0, &ex->wrong, &ex->nwrong, e) < 0)
 		goto fail;
 	if (ex->npos < 1) {
 		circ_errorf(e, "field 'pos': no read position");
 		goto fail;
 	}
-	for (int i = 0; i < ex->npos; i++)
-		if (ex->pos[i] >= ex->T) {
-			circ_errorf(e,
+	{
+		uint8_t *seen = circ_xcalloc((size_t)ex->T, 1);
+		for (int i = 0; i < ex->npos; i++) {
+			if (ex->pos[i] >= ex->T) {
+				circ_errorf(
+				    e,
 				    "field 'pos': position %d is past the last token (%d tokens)",
 				    ex->pos[i], ex->T);
-			goto fail;
+				free(seen);
+				goto fail;
+			}
+			if (seen[ex->pos[i]]++) {
+				circ_errorf(e, "field 'pos': position %d is listed twice",
+					    ex->pos[i]);
+				free(seen);
+				goto fail;
+			}
 		}
+		free(seen);
+	}
 	switch (metric) {
 	case CIRC_METRIC_LOGIT_DIFF:
 		if (ex->npos > 1 && (ex->nans != ex->npos || ex->nwrong != ex->npos)) {

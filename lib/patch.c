@@ -297,10 +297,27 @@ static void copy_nodes(const circ_patcher *p, circ_run *r, float *dst, const cir
 		memcpy(dst + (size_t)u * n, circ_run_node_out(r, u), n * sizeof(float));
 }
 
+/* A batch fits the buffers the patcher was made for: at most max_b x max_t
+ * tokens and, as circ_example_parse guarantees (distinct positions inside
+ * each prompt), at most B x T read rows. Checked before any buffer is
+ * written. */
+static int check_batch(const circ_patcher *p, const circ_batch *b, circ_error *e)
+{
+	if (b->B < 1 || b->T < 1 || b->B > p->o.max_b || b->T > p->o.max_t)
+		return circ_errorf(e, "batch of %d x %d tokens exceeds the patcher's %d x %d", b->B,
+				   b->T, p->o.max_b, p->o.max_t);
+	if (b->n_read < 1 || (int64_t)b->n_read > (int64_t)b->B * b->T)
+		return circ_errorf(e, "batch of %d x %d tokens reads %d rows (at most %d)", b->B,
+				   b->T, b->n_read, b->B * b->T);
+	return 0;
+}
+
 int circ_patcher_mean_add(circ_patcher *p, const circ_batch *b, circ_error *e)
 {
 	circ_fwd f;
 	size_t C = (size_t)p->C, Tm;
+	if (check_batch(p, b, e) < 0)
+		return -1;
 	if (p->o.mean_per_position) {
 		if (p->mean_T && p->mean_T != b->T)
 			return circ_errorf(e,
@@ -364,9 +381,8 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 {
 	circ_fwd f;
 	size_t n = (size_t)b->B * (size_t)b->T * (size_t)p->C;
-	if (b->B > p->o.max_b || b->T > p->o.max_t)
-		return circ_errorf(e, "batch of %d x %d tokens exceeds the patcher's %d x %d", b->B,
-				   b->T, p->o.max_b, p->o.max_t);
+	if (check_batch(p, b, e) < 0)
+		return -1;
 	p->b = b;
 	diffs_stale(p);
 	if (p->out_cap < (size_t)p->U * n) {
