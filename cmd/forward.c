@@ -282,6 +282,14 @@ int main(int argc, char **argv)
 		for (int q = 0; q < b->B; q++) {
 			double v = circ_metric_eval(o.metric, b, q, logits, clean_logp, V, NULL);
 			int ok = circ_metric_correct(b, q, logits, V);
+			if (!isfinite(v) && !o.allow_nonfinite) {
+				circ_writer_abort(w);
+				circ_dief("%s: example %lld: %s metric is %s (the model's numbers "
+					  "overflow; --allow-nonfinite lets it through)",
+					  circ_reader_name(r), (long long)b->ex[q].id,
+					  circ_metric_name(o.metric),
+					  isnan(v) ? "nan" : "infinite");
+			}
 			sum += v;
 			n_correct += ok;
 			n++;
@@ -296,7 +304,8 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	if (n)
 		fprintf(stderr, "%s: %lld examples, mean %s %.6g, accuracy %.4f (%lld/%lld)\n",
-			circ_progname, (long long)n, circ_metric_name(o.metric), sum / (double)n,
+			circ_progname, (long long)n, circ_metric_name(o.metric),
+			isnan(sum) ? fabs(sum) : sum / (double)n, /* "nan", never "-nan" */
 			(double)n_correct / (double)n, (long long)n_correct, (long long)n);
 	else
 		fprintf(stderr, "%s: 0 examples\n", circ_progname);

@@ -7,6 +7,7 @@
  * memory does not grow with the number of examples, and runs split over
  * examples concatenate (`cat a.acts b.acts`).
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +53,23 @@ static int handle(int key, const char *arg, void *ctx)
 	}
 	}
 	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
+}
+
+/* Exits 1 naming the example and field at the first NaN or infinity of x
+ * (n) unless --allow-nonfinite. */
+static void finite_or_die(circ_writer *w, const circ_reader *r, int64_t id, const char *field,
+			  const float *x, size_t n)
+{
+	if (o.pc.allow_nonfinite)
+		return;
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(x[i])) {
+			circ_writer_abort(w);
+			circ_dief("%s: example %lld: '%s' element %zu is %s (the model's numbers "
+				  "overflow; --allow-nonfinite lets it through)",
+				  circ_reader_name(r), (long long)id, field, i,
+				  isnan(x[i]) ? "nan" : "infinite");
+		}
 }
 
 int main(int argc, char **argv)
@@ -129,8 +147,11 @@ int main(int argc, char **argv)
 		size_t tc = (size_t)b->T * (size_t)c->n_embd, btc = (size_t)b->B * tc;
 		circ_run *run = circ_patcher_run(p);
 		if (circ_patcher_load(p, b, &e) < 0 ||
-		    (o.want_grad && circ_loss_backward(p, &e) < 0))
+		    (o.want_grad && circ_loss_backward(p, &e) < 0)) {
+			circ_writer_abort(w);
+			circ_error_prefix(&e, "%s", circ_reader_name(r));
 			circ_die(&e);
+		}
 		diff = circ_xrealloc(diff, (size_t)U * tc * sizeof *diff);
 		for (int bb = 0; bb < b->B; bb++) {
 			msgpack_packer *pk = circ_writer_packer(w);
@@ -146,6 +167,7 @@ int main(int argc, char **argv)
 					memcpy(diff + (size_t)u * tc,
 					       circ_patcher_ref_out(p, u) + (size_t)bb * tc,
 					       tc * sizeof(float));
+				finite_or_die(w, r, b->ex[bb].id, "ref", diff, (size_t)U * tc);
 				circ_pack_kv_tensor(pk, "ref", CIRC_F32, 3, shape, diff);
 			}
 			if (o.want_diff) {
@@ -158,6 +180,7 @@ int main(int argc, char **argv)
 					for (size_t q = 0; q < tc; q++)
 						d[q] = rf[q] - cl[q];
 				}
+				finite_or_die(w, r, b->ex[bb].id, "diff", diff, (size_t)U * tc);
 				circ_pack_kv_tensor(pk, "diff", CIRC_F32, 3, shape, diff);
 			}
 			if (o.want_grad) {
@@ -167,6 +190,7 @@ int main(int argc, char **argv)
 					memcpy(gr + (size_t)q * tc,
 					       circ_run_recv_grad(run, q) + (size_t)bb * tc,
 					       tc * sizeof(float));
+				finite_or_die(w, r, b->ex[bb].id, "grad", gr, (size_t)R * tc);
 				circ_pack_kv_tensor(pk, "grad", CIRC_F32, 3, shape, gr);
 				free(gr);
 			}

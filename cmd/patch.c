@@ -127,6 +127,12 @@ static void patch_nodes(const char *list, const circ_graph *g, uint8_t *keep)
 static const double default_fractions[] = {0.001, 0.002, 0.005, 0.01, 0.02,
 					   0.05,  0.1,	 0.2,	0.5,  1.0};
 
+/* A NaN (only with --allow-nonfinite) printed as "nan", never "-nan". */
+static double pos_nan(double x)
+{
+	return isnan(x) ? fabs(x) : x;
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {
@@ -297,14 +303,18 @@ int main(int argc, char **argv)
 	circ_progress_start(&pr, "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		const double *mc, *m0;
-		if (circ_patcher_load(p, b, &e) < 0)
+		if (circ_patcher_load(p, b, &e) < 0) {
+			circ_error_prefix(&e, "%s", circ_reader_name(r));
 			circ_die(&e);
+		}
 		mc = circ_patcher_clean_metric(p);
 		m0 = circ_patcher_ref_metric(p);
 		/* circuits from the largest patched stage down reuse the clean run most */
 		for (int j = jb.n - 1; j >= 0; j--) {
-			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0)
+			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0) {
+				circ_error_prefix(&e, "%s", circ_reader_name(r));
 				circ_die(&e);
+			}
 			for (int bb = 0; bb < b->B; bb++)
 				sum_c[j] += out[bb];
 			if (!o.curve)
@@ -336,6 +346,14 @@ int main(int argc, char **argv)
 		circ_dief("%s: no examples", circ_reader_name(r));
 	{
 		double mm = sum_m / count, m0 = sum_0 / count;
+		/* f = (m(circuit) - m(empty)) / (m(model) - m(empty)): undefined when the
+		 * empty circuit does what the model does */
+		if (mm == m0 && !o.pc.allow_nonfinite) {
+			circ_writer_abort(w);
+			circ_dief("%s: faithfulness is undefined: the model and the empty circuit "
+				  "have the same mean metric (%.6g) (--allow-nonfinite writes nan)",
+				  circ_reader_name(r), mm);
+		}
 		if (o.curve) {
 			double *f = circ_xmalloc((size_t)jb.n * sizeof *f);
 			circ_curve_area area;
@@ -352,7 +370,7 @@ int main(int argc, char **argv)
 				"%s: %lld examples, %s ranking: area under f %.4f, area "
 				"between f and 1 %.4f\n",
 				circ_progname, (long long)count, o.absolute ? "|score|" : "signed",
-				area.area_under, area.area_from_1);
+				pos_nan(area.area_under), pos_nan(area.area_from_1));
 			free(f);
 		} else {
 			msgpack_packer *pk = circ_writer_packer(w);
@@ -371,8 +389,8 @@ int main(int argc, char **argv)
 			fprintf(stderr,
 				"%s: %lld examples, %lld edges kept: m(model) %.4f, m(empty) %.4f, "
 				"m(circuit) %.4f, faithfulness %.4f\n",
-				circ_progname, (long long)count, (long long)jb.n_edges[0], mm, m0,
-				mcirc, f);
+				circ_progname, (long long)count, (long long)jb.n_edges[0],
+				pos_nan(mm), pos_nan(m0), pos_nan(mcirc), pos_nan(f));
 		}
 	}
 	if (circ_writer_close(w, &e) < 0)

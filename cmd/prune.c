@@ -388,8 +388,10 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		if (!p)
 			circ_die(&e);
 		circ_patch_cli_means(&o.pc, p, m, input);
-		if (circ_patcher_load(p, copy, &e) < 0)
+		if (circ_patcher_load(p, copy, &e) < 0) {
+			circ_error_prefix(&e, "%s", circ_reader_name(r));
 			circ_die(&e);
+		}
 		ps = circ_xrealloc(ps, (size_t)(n + 1) * sizeof *ps);
 		ps[n++] = p;
 	}
@@ -424,6 +426,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	t0 = circ_now();
 	if (circ_acdc_run(ps, n, &ao, keep, log_step, &lg, &tests, &pr, &e) < 0) {
 		circ_writer_abort(lg.w);
+		circ_error_prefix(&e, "%s", circ_reader_name(r));
 		circ_die(&e);
 	}
 	circ_progress_end(&pr);

@@ -62,6 +62,12 @@ static void write_scores(circ_writer *w, const circ_graph *g, const double *sum,
 		if (count[ed] == 0)
 			continue;
 		circ_graph_edge_name(g, ed, name, sizeof name);
+		if (!isfinite(sum[ed]) && !o.pc.allow_nonfinite) {
+			circ_writer_abort(w);
+			circ_dief("edge '%s': score is %s (non-finite numbers in the run; "
+				  "--allow-nonfinite writes it)",
+				  name, isnan(sum[ed]) ? "nan" : "infinite");
+		}
 		msgpack_pack_map(pk, 4);
 		circ_pack_kv_str(pk, "edge", name);
 		circ_pack_kv_f64(pk, "score", sum[ed] / (double)count[ed]);
@@ -147,6 +153,20 @@ static char *hdr_strdup(const msgpack_object *hdr, const char *key)
 	return s;
 }
 
+/* -1 with "field 'diff': element 12 is nan ..." at the first NaN or
+ * infinity of x (n). */
+static int finite_field(const char *key, const float *x, int64_t n, circ_error *e)
+{
+	for (int64_t i = 0; i < n; i++)
+		if (!isfinite(x[i]))
+			return circ_errorf(
+			    e,
+			    "field '%s': element %lld is %s (--allow-nonfinite lets it "
+			    "through)",
+			    key, (long long)i, isnan(x[i]) ? "nan" : "infinite");
+	return 0;
+}
+
 /* eap from harvested activations: no model run at all. */
 static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 {
@@ -203,10 +223,14 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 			circ_reader_fail(r, &e);
 			circ_die(&e);
 		}
-		diff = circ_xmalloc(td.nbytes);
-		grad = circ_xmalloc(tg.nbytes);
+		/* f32 copies: the stored dtype may be narrower (f16, bf16) */
+		diff = circ_xmalloc((size_t)circ_tensor_numel(&td) * sizeof *diff);
+		grad = circ_xmalloc((size_t)circ_tensor_numel(&tg) * sizeof *grad);
 		if (circ_tensor_copy_f32(&td, diff, &e) < 0 ||
-		    circ_tensor_copy_f32(&tg, grad, &e) < 0) {
+		    circ_tensor_copy_f32(&tg, grad, &e) < 0 ||
+		    (!o.pc.allow_nonfinite &&
+		     (finite_field("diff", diff, circ_tensor_numel(&td), &e) < 0 ||
+		      finite_field("grad", grad, circ_tensor_numel(&tg), &e) < 0))) {
 			circ_reader_fail(r, &e);
 			circ_die(&e);
 		}
@@ -319,8 +343,10 @@ int main(int argc, char **argv)
 			      circ_model_config(m)->n_ctx, o.pc.batch);
 	circ_progress_start(&pr, o.method == CIRC_ATTR_EXACT ? "edges" : "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
-		if (circ_patcher_load(p, b, &e) < 0 || circ_attrib_batch(a, &pr, &e) < 0)
+		if (circ_patcher_load(p, b, &e) < 0 || circ_attrib_batch(a, &pr, &e) < 0) {
+			circ_error_prefix(&e, "%s", circ_reader_name(r));
 			circ_die(&e);
+		}
 		if (o.method != CIRC_ATTR_EXACT)
 			circ_progress_step(&pr, b->B);
 	}

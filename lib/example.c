@@ -499,7 +499,8 @@ double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const f
 			double lse = softmax_row(z, V, p), kl = 0;
 			for (int q = 0; q < V; q++) {
 				double P = exp(lp[q]);
-				if (P > 0)
+				/* 0 log 0 = 0; a NaN clean row stays NaN */
+				if (P > 0 || isnan(P))
 					kl += P * (lp[q] - (z[q] - lse));
 				if (dz)
 					dz[q] = (float)((p[q] - P) / n);

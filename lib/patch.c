@@ -368,12 +368,23 @@ int circ_patcher_mean_finish(circ_patcher *p, circ_error *e)
 
 static int hook(void *ctx, circ_run *r, int layer, circ_stage_kind sk, circ_error *e);
 
-static int read_metric(circ_patcher *p, circ_run *r, double *out)
+/* The metric of each example from run r's logits; a NaN or infinite one is
+ * an error naming the example and the run (`what`) unless allowed: numbers
+ * that overflowed inside the model would otherwise become scores. */
+static int read_metric(circ_patcher *p, circ_run *r, const char *what, double *out, circ_error *e)
 {
 	int n;
 	const float *logits = circ_run_logits(r, &n);
-	for (int b = 0; b < p->b->B; b++)
+	for (int b = 0; b < p->b->B; b++) {
 		out[b] = circ_metric_eval(p->o.metric, p->b, b, logits, p->clean_logp, p->V, NULL);
+		if (!isfinite(out[b]) && !p->o.allow_nonfinite)
+			return circ_errorf(
+			    e,
+			    "example %lld: %s metric of the %s run is %s (the model's "
+			    "numbers overflow; --allow-nonfinite lets it through)",
+			    (long long)p->b->ex[b].id, circ_metric_name(p->o.metric), what,
+			    isnan(out[b]) ? "nan" : "infinite");
+	}
 	return 0;
 }
 
@@ -417,7 +428,8 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		p->clean_logp = circ_xmalloc((size_t)rows * (size_t)p->V * sizeof(float));
 		circ_log_softmax(p->clean_logp, logits, rows, p->V);
 	}
-	read_metric(p, p->main, p->m_clean);
+	if (read_metric(p, p->main, "clean", p->m_clean, e) < 0)
+		return -1;
 	/* references */
 	switch (p->o.ablation) {
 	case CIRC_ABL_RESAMPLE:
@@ -425,7 +437,8 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		if (circ_forward(p->ref, &f, e) < 0)
 			return -1;
 		copy_nodes(p, p->ref, p->ref_out, b);
-		read_metric(p, p->ref, p->m_ref);
+		if (read_metric(p, p->ref, "corrupted", p->m_ref, e) < 0)
+			return -1;
 		return 0;
 	case CIRC_ABL_MEAN:
 		if (!p->mean_done)
@@ -835,7 +848,7 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
 	p->clean_below = stage;
-	return read_metric(p, p->main, out);
+	return read_metric(p, p->main, "patched", out, e);
 }
 
 /* p->alive for the circuit p->keep: from the logits down, a node lives if

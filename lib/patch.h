@@ -39,8 +39,9 @@ typedef struct circ_patch_opts {
 	int mean_per_position;	 /* mean ablation: one mean per position (needs equal lengths) */
 	circ_metric_kind metric; /* the metric evaluated (the task's, or kl) */
 	int threads;
-	int max_b, max_t; /* largest batch the patcher is made for */
-	int backward;	  /* 1: the main run can do a backward (attribution) */
+	int max_b, max_t;    /* largest batch the patcher is made for */
+	int backward;	     /* 1: the main run can do a backward (attribution) */
+	int allow_nonfinite; /* 1: a NaN or infinite metric is no error */
 } circ_patch_opts;
 
 typedef struct circ_patcher circ_patcher;

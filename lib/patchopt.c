@@ -44,6 +44,7 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 		return 0;
 	case CIRC_PO_BATCH: pc->batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
 	case CIRC_PO_THREADS: pc->threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	case CIRC_PO_ALLOW_NONFINITE: pc->allow_nonfinite = 1; return 0;
 	}
 	return 1;
 }
@@ -52,9 +53,12 @@ circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
 {
 	circ_error e;
 	circ_model *m;
+	circ_model_opts mo;
 	if (!pc->model)
 		circ_usage_error("--model DIR is required");
-	m = circ_model_open(pc->model, NULL, &e);
+	circ_model_opts_default(&mo);
+	mo.allow_nonfinite = pc->allow_nonfinite;
+	m = circ_model_open(pc->model, &mo, &e);
 	if (!m || !circ_model_digest(m, &e))
 		circ_die(&e);
 	if (g) {
@@ -90,6 +94,7 @@ void circ_patch_cli_opts(const circ_patch_cli *pc, const circ_model *m, int back
 	po->max_b = pc->batch;
 	po->max_t = circ_model_config(m)->n_ctx;
 	po->backward = backward;
+	po->allow_nonfinite = pc->allow_nonfinite;
 }
 
 void circ_patch_cli_means(const circ_patch_cli *pc, circ_patcher *p, const circ_model *m,

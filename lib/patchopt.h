@@ -24,6 +24,7 @@ enum {
 	CIRC_PO_CONVENTION,
 	CIRC_PO_BATCH,
 	CIRC_PO_THREADS,
+	CIRC_PO_ALLOW_NONFINITE,
 };
 
 /* The options' table entries, for a tool to list in its own table (the help
@@ -42,7 +43,9 @@ enum {
 	{"convention", CIRC_PO_CONVENTION, "C", \
 	 "eap-ig (default: input is the token embedding) or acdc"}, \
 	{"batch", CIRC_PO_BATCH, "N", "examples per batch (default 16)"}, \
-	{"threads", CIRC_PO_THREADS, "N", "threads (default 1)"}
+	{"threads", CIRC_PO_THREADS, "N", "threads (default 1)"}, \
+	{"allow-nonfinite", CIRC_PO_ALLOW_NONFINITE, NULL, \
+	 "let NaN or infinite weights, activations, metrics and scores through"}
 /* clang-format on */
 
 typedef struct circ_patch_cli {
@@ -55,6 +58,7 @@ typedef struct circ_patch_cli {
 	circ_graph_level level;
 	circ_input_conv conv;
 	int batch, threads;
+	int allow_nonfinite; /* NaN/Inf weights, activations, metrics, scores let through */
 } circ_patch_cli;
 
 void circ_patch_cli_init(circ_patch_cli *pc);

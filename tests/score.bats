@@ -99,6 +99,32 @@ compare() { # dir method key [circ-score options]
 	[ "${#lines[@]}" -eq 3 ]
 }
 
+@test "score --acts reads f16 and bf16 tensors as f32 (no overflow of the f32 copies)" {
+	circ-harvest --model "$D/ld/model" --json "$D/ld/tokens.jsonl" >"$T/acts.jsonl"
+	jq -c 'if .diff then .diff.dtype = "f16" | .grad.dtype = "bf16" else . end' "$T/acts.jsonl" >"$T/acts16.jsonl"
+	circ-score --acts --json "$T/acts.jsonl" | tail -n +2 >"$T/32.jsonl"
+	circ-score --acts --json "$T/acts16.jsonl" | tail -n +2 >"$T/16.jsonl"
+	# bf16 keeps 8 bits of mantissa: within 2% of the largest score
+	jq -s -e '(.[0] | map(.score | fabs) | max) as $m |
+		[.[0], .[1]] | transpose | all(.[0].edge == .[1].edge and ((.[0].score - .[1].score) | fabs) < 0.02 * $m)' \
+		<(jq -s . "$T/32.jsonl") <(jq -s . "$T/16.jsonl")
+}
+
+@test "score --acts: a NaN or infinity in an activation is an error naming record and field" {
+	circ-harvest --model "$D/ld/model" --json "$D/ld/tokens.jsonl" >"$T/acts.jsonl"
+	jq -c 'if .id == 1 then .grad.data[5] = {"$f64": "NaN"} else . end' "$T/acts.jsonl" >"$T/nan.jsonl"
+	run --separate-stderr circ-score --acts --json "$T/nan.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"nan.jsonl': record 2: field 'grad': element 5 is nan"* ]]
+	jq -c 'if .id == 0 then .diff.data[0] = {"$f64": "-Infinity"} else . end' "$T/acts.jsonl" >"$T/inf.jsonl"
+	run --separate-stderr circ-score --acts --json "$T/inf.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"record 1: field 'diff': element 0 is infinite"* ]]
+	# let through on purpose
+	run --separate-stderr circ-score --acts --allow-nonfinite --json "$T/nan.jsonl"
+	assert_success
+}
+
 @test "shards scored apart and merged equal one run" {
 	circ-cat "$D/kl/tokens.jsonl" | head -3 >"$T/a.jsonl"
 	{ head -1 "$D/kl/tokens.jsonl"; tail -2 "$D/kl/tokens.jsonl"; } >"$T/b.jsonl"
