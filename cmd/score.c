@@ -106,11 +106,18 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 			circ_dief("%s: scores of another graph, method, metric or model than %s",
 				  circ_reader_name(rs[f]), circ_reader_name(rs[0]));
 		for (int64_t ed = 0; ed < acc->g->n_edges; ed++) {
+			if (circ_count_add(&acc->count[ed], s->count[ed], &e) < 0) {
+				char name[CIRC_NAME_MAX];
+				circ_graph_edge_name(acc->g, ed, name, sizeof name);
+				circ_dief("%s: edge '%s': field 'count': %s",
+					  circ_reader_name(rs[f]), name, e.msg);
+			}
 			acc->sum[ed] += s->sum[ed];
-			acc->count[ed] += s->count[ed];
 		}
-		if (acc->n_examples >= 0 && s->n_examples >= 0)
-			acc->n_examples += s->n_examples;
+		if (acc->n_examples >= 0 && s->n_examples >= 0 &&
+		    circ_count_add(&acc->n_examples, s->n_examples, &e) < 0)
+			circ_dief("%s: header: field 'n_examples': %s", circ_reader_name(rs[f]),
+				  e.msg);
 		circ_scores_free(s);
 	}
 	for (int64_t ed = 0; ed < acc->g->n_edges; ed++)

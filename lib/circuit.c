@@ -288,6 +288,15 @@ static int rec_edge(const circ_graph *g, const msgpack_object *rec, int64_t *edg
 	return circ_graph_parse_edge(g, s, n, edge, e);
 }
 
+int circ_count_add(int64_t *acc, int64_t v, circ_error *e)
+{
+	int64_t t;
+	if (__builtin_add_overflow(*acc, v, &t))
+		return circ_errorf(e, "count %lld + %lld overflows", (long long)*acc, (long long)v);
+	*acc = t;
+	return 0;
+}
+
 circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 {
 	const msgpack_object *h = circ_reader_header(r), *rec;
@@ -357,8 +366,11 @@ circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 					    name, (long long)first_rec[i]);
 				goto fail_rec;
 			}
+			if (circ_count_add(&s->count[i], cnt, e) < 0) {
+				circ_error_prefix(e, "edge '%s': field 'count'", name);
+				goto fail_rec;
+			}
 			s->sum[i] += sum;
-			s->count[i] += cnt;
 			s->score[i] = s->sum[i] / (double)s->count[i];
 			continue;
 		}

@@ -78,6 +78,9 @@ typedef struct circ_scores {
  * score = total sum / total count); otherwise it is an error. Messages start
  * with the reader's name and record number. NULL on error. */
 circ_scores *circ_scores_read(circ_reader *r, circ_error *e);
+/* *acc += v for counts (both >= 0); -1 with "count %lld + %lld overflows"
+ * instead of a wrapped, negative count (merged shards). */
+int circ_count_add(int64_t *acc, int64_t v, circ_error *e);
 void circ_scores_free(circ_scores *s);
 
 /* ---- the "circuit" stream ---- */

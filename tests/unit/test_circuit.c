@@ -325,6 +325,17 @@ static void test_circuit_stream(void)
 	circ_graph_free(g);
 }
 
+/* Counts add exactly up to INT64_MAX and refuse to wrap past it. */
+static void test_count_add(void)
+{
+	circ_error e;
+	int64_t c = INT64_MAX - 8;
+	CHECK(circ_count_add(&c, 8, &e) == 0 && c == INT64_MAX);
+	CHECK(circ_count_add(&c, 1, &e) == -1 && c == INT64_MAX && strstr(e.msg, "overflows"));
+	c = 3;
+	CHECK(circ_count_add(&c, 0, &e) == 0 && c == 3);
+}
+
 int main(void)
 {
 	char tmpl[] = "/tmp/test_circuit.XXXXXX";
@@ -336,6 +347,7 @@ int main(void)
 	test_random(1, 1, CIRC_LEVEL_EDGE);
 	test_scores_stream();
 	test_circuit_stream();
+	test_count_add();
 	char cmd[600];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
