@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "example.h"
 #include "metric.h"
@@ -74,46 +73,6 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ALLOW_NONFINITE: o.allow_nonfinite = 1; return 0;
 	}
 	return -1;
-}
-
-/* The vocabulary digest of the model directory, as circ-tokenize computes
- * it (vocab.json then merges.txt, or tokenizer.json), into out; 0 if the
- * directory has no tokenizer files, 1 if computed, -1 on a read error. */
-static int model_vocab_digest(const char *dir, char out[72], circ_error *e)
-{
-	char a[4096], b[4096];
-	struct stat sb;
-	circ_sha256 s;
-	const char *files[2];
-	int n = 0;
-	snprintf(a, sizeof a, "%s/vocab.json", dir);
-	snprintf(b, sizeof b, "%s/merges.txt", dir);
-	if (stat(a, &sb) == 0 && stat(b, &sb) == 0) {
-		files[n++] = a;
-		files[n++] = b;
-	} else {
-		snprintf(a, sizeof a, "%s/tokenizer.json", dir);
-		if (stat(a, &sb) != 0)
-			return 0;
-		files[n++] = a;
-	}
-	circ_sha256_init(&s);
-	for (int i = 0; i < n; i++) {
-		FILE *f = fopen(files[i], "rb");
-		char buf[65536];
-		size_t got;
-		if (!f)
-			return circ_errorf(e, "'%s': cannot read", files[i]);
-		while ((got = fread(buf, 1, sizeof buf, f)) > 0)
-			circ_sha256_update(&s, buf, got);
-		if (ferror(f)) {
-			fclose(f);
-			return circ_errorf(e, "'%s': read error", files[i]);
-		}
-		fclose(f);
-	}
-	circ_sha256_final_hex(&s, out);
-	return 1;
 }
 
 static void pack_results(circ_writer *w, const circ_batch *bt, int b, double metric, int correct,
@@ -194,22 +153,8 @@ int main(int argc, char **argv)
 		circ_error_prefix(&e, "%s", circ_reader_name(r));
 		circ_die(&e);
 	}
-	{ /* a stream tokenized with another vocabulary is refused */
-		char vd[72];
-		const char *hv;
-		size_t hn;
-		const msgpack_object *f = circ_rec_get(circ_reader_header(r), "vocab_digest");
-		int have = model_vocab_digest(o.model, vd, &e);
-		if (have < 0)
-			circ_die(&e);
-		if (have && f &&
-		    circ_rec_str(circ_reader_header(r), "vocab_digest", &hv, &hn, &e) == 0 &&
-		    (hn != strlen(vd) || memcmp(hv, vd, hn)))
-			circ_dief(
-			    "%s: header: vocab_digest %.*s differs from the model's tokenizer "
-			    "files in '%s' (%s)",
-			    circ_reader_name(r), (int)hn, hv, o.model, vd);
-	}
+	if (circ_tokens_check_vocab(r, o.model, &e) < 0)
+		circ_die(&e);
 	/* The run is sized for the longest batch so far (activations grow with
 	 * T^2 for attention: sizing for the whole context would reserve far
 	 * more than short prompts use). */

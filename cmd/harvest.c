@@ -109,7 +109,7 @@ int main(int argc, char **argv)
 	U = circ_model_n_up(m);
 	R = circ_model_n_recv(m);
 	r = circ_reader_open(in, "tokens", &e);
-	if (!r)
+	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
 		circ_die(&e);
 	circ_patch_cli_metric(&o.pc, r);
 	circ_patch_cli_opts(&o.pc, m, o.want_grad, &po);

@@ -206,7 +206,7 @@ int main(int argc, char **argv)
 			  g->n_layer, g->n_head, o.pc.model);
 
 	r = circ_reader_open(in, "tokens", &e);
-	if (!r)
+	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
 		circ_die(&e);
 	inputs[ninputs++] = r;
 	circ_patch_cli_metric(&o.pc, r);

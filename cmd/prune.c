@@ -369,7 +369,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	m = circ_patch_cli_model(&o.pc, &g);
 	md = circ_model_digest(m, &e);
 	r = circ_reader_open(input, "tokens", &e);
-	if (!r)
+	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
 		circ_die(&e);
 	/* ACDC's loss is kl unless --metric names the task's metric */
 	if (!o.pc.metric_set)

@@ -328,7 +328,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	r = circ_reader_open(in, "tokens", &e);
-	if (!r)
+	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
 		circ_die(&e);
 	circ_patch_cli_metric(&o.pc, r);
 	dd = circ_rec_get(circ_reader_header(r), "dataset_digest");

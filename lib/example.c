@@ -5,8 +5,10 @@
 #include "example.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char *const metric_names[CIRC_METRIC_COUNT] = {"logit_diff", "prob_diff", "logprob",
 							    "kl"};
@@ -224,6 +226,70 @@ void circ_example_free(circ_example *ex)
 	free(ex->ans);
 	free(ex->wrong);
 	memset(ex, 0, sizeof *ex);
+}
+
+/* ---- the tokenizer a stream was made with ---- */
+
+/* The digest of the tokenizer files in dir into out; 0 if it has none, 1 if
+ * computed, -1 on a read error. */
+static int dir_vocab_digest(const char *dir, char out[72], circ_error *e)
+{
+	char a[4096], b[4096];
+	struct stat sb;
+	circ_sha256 s;
+	const char *files[2];
+	int n = 0;
+	snprintf(a, sizeof a, "%s/vocab.json", dir);
+	snprintf(b, sizeof b, "%s/merges.txt", dir);
+	if (stat(a, &sb) == 0 && stat(b, &sb) == 0) {
+		files[n++] = a;
+		files[n++] = b;
+	} else {
+		snprintf(a, sizeof a, "%s/tokenizer.json", dir);
+		if (stat(a, &sb) != 0)
+			return 0;
+		files[n++] = a;
+	}
+	circ_sha256_init(&s);
+	for (int i = 0; i < n; i++) {
+		FILE *f = fopen(files[i], "rb");
+		char buf[65536];
+		size_t got;
+		if (!f)
+			return circ_errorf(e, "'%s': cannot read", files[i]);
+		while ((got = fread(buf, 1, sizeof buf, f)) > 0)
+			circ_sha256_update(&s, buf, got);
+		if (ferror(f)) {
+			fclose(f);
+			return circ_errorf(e, "'%s': read error", files[i]);
+		}
+		fclose(f);
+	}
+	circ_sha256_final_hex(&s, out);
+	return 1;
+}
+
+int circ_tokens_check_vocab(const circ_reader *r, const char *model_dir, circ_error *e)
+{
+	const msgpack_object *hdr = circ_reader_header(r);
+	const char *hv;
+	size_t hn;
+	char vd[72];
+	int have;
+	if (!circ_rec_get(hdr, "vocab_digest"))
+		return 0;
+	if (circ_rec_str(hdr, "vocab_digest", &hv, &hn, e) < 0)
+		return circ_error_prefix(e, "%s: header", circ_reader_name(r));
+	have = dir_vocab_digest(model_dir, vd, e);
+	if (have < 0)
+		return -1;
+	if (have && (hn != strlen(vd) || memcmp(hv, vd, hn)))
+		return circ_errorf(e,
+				   "%s: header: vocab_digest %.*s differs from the model's "
+				   "tokenizer files in '%s' (%s): the stream was made with another "
+				   "tokenizer",
+				   circ_reader_name(r), (int)hn, hv, model_dir, vd);
+	return 0;
 }
 
 /* ---- batches ---- */

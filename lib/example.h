@@ -62,6 +62,15 @@ void circ_example_free(circ_example *ex);
  * or unknown. */
 int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e);
 
+/* A token stream made with another tokenizer than the model's is refused:
+ * the header's "vocab_digest" (if any) must equal the digest of the model
+ * directory's tokenizer files, computed as circ-tokenize does (vocab.json
+ * then merges.txt, else tokenizer.json; a directory without them has
+ * nothing to compare). -1 with "'<file>': header: vocab_digest ... differs
+ * from the model's tokenizer files in '<dir>' (...)", or on a read error.
+ * Every tool that runs a model on tokens calls it. */
+int circ_tokens_check_vocab(const circ_reader *r, const char *model_dir, circ_error *e);
+
 /* Reads examples from a token stream into batches of up to max_b examples
  * of equal length (a batch ends where the length changes: keep a dataset's
  * lengths grouped for speed). */

@@ -111,7 +111,7 @@ void circ_patch_cli_means(const circ_patch_cli *pc, circ_patcher *p, const circ_
 	if (!pc->mean_ref && !strcmp(input, "-"))
 		circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
 	r = circ_reader_open(pc->mean_ref ? pc->mean_ref : input, "tokens", &e);
-	if (!r)
+	if (!r || circ_tokens_check_vocab(r, pc->model, &e) < 0)
 		circ_die(&e);
 	bt = circ_batcher_new(r, pc->metric, c->vocab_size, c->n_ctx, pc->batch);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0)
