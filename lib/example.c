@@ -32,6 +32,11 @@ int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ
 {
 	const char *s;
 	size_t n;
+	if (!circ_rec_get(hdr, "metric") && circ_obj_str_eq(circ_rec_get(hdr, "kind"), "records")) {
+		/* hand-written JSON lines without a header line */
+		*k = CIRC_METRIC_LOGIT_DIFF;
+		return 0;
+	}
 	if (circ_rec_str(hdr, "metric", &s, &n, e) < 0)
 		return circ_error_prefix(e, "header");
 	if (circ_metric_parse(s, n, k) < 0)
@@ -133,12 +138,16 @@ static int int_list(const msgpack_object *rec, const char *key, const char *what
 	return 0;
 }
 
-int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
-		       circ_example *ex, circ_error *e)
+/* circ_example_parse, with an id of default_id where the record has none
+ * (default_id >= 0: records under a generic header). */
+static int example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
+			 int64_t default_id, circ_example *ex, circ_error *e)
 {
 	int Tc = 0;
 	memset(ex, 0, sizeof *ex);
-	if (circ_rec_i64(rec, "id", &ex->id, e) < 0)
+	if (default_id >= 0 && !circ_rec_get(rec, "id"))
+		ex->id = default_id;
+	else if (circ_rec_i64(rec, "id", &ex->id, e) < 0)
 		goto fail;
 	if (tokens_field(rec, "clean", vocab, n_ctx, &ex->clean, &ex->T, e) < 0 ||
 	    tokens_field(rec, "corrupt", vocab, n_ctx, &ex->corrupt, &Tc, e) < 0)
@@ -214,6 +223,12 @@ int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int v
 fail:
 	circ_example_free(ex);
 	return -1;
+}
+
+int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
+		       circ_example *ex, circ_error *e)
+{
+	return example_parse(rec, metric, vocab, n_ctx, -1, ex, e);
 }
 
 void circ_example_free(circ_example *ex)
@@ -347,7 +362,11 @@ int circ_batcher_next(circ_batcher *bt, circ_batch **out, circ_error *e)
 				bt->eof = 1;
 				break;
 			}
-			if (circ_example_parse(rec, bt->metric, bt->vocab, bt->n_ctx, &ex, e) < 0)
+			/* headerless JSON lines: the id defaults to the line's index */
+			if (example_parse(rec, bt->metric, bt->vocab, bt->n_ctx,
+					  strcmp(circ_reader_kind(bt->r), "records") ? -1
+										     : bt->count,
+					  &ex, e) < 0)
 				return circ_reader_fail(bt->r, e);
 			bt->count++;
 		}

@@ -58,8 +58,9 @@ int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int v
 		       circ_example *ex, circ_error *e);
 void circ_example_free(circ_example *ex);
 
-/* Metric kind from a tokens header ("metric"); -1 with a message if absent
- * or unknown. */
+/* Metric kind from a tokens header ("metric"); logit_diff for the generic
+ * header of headerless JSON lines (kind "records"); -1 with a message if
+ * absent or unknown. */
 int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e);
 
 /* A token stream made with another tokenizer than the model's is refused:
@@ -73,7 +74,8 @@ int circ_tokens_check_vocab(const circ_reader *r, const char *model_dir, circ_er
 
 /* Reads examples from a token stream into batches of up to max_b examples
  * of equal length (a batch ends where the length changes: keep a dataset's
- * lengths grouped for speed). */
+ * lengths grouped for speed). Under the generic header of headerless JSON
+ * lines an example without "id" gets its 0-based line index. */
 typedef struct circ_batch {
 	int B, T;
 	circ_example *ex;	  /* (B) */

@@ -156,3 +156,19 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 	run --separate-stderr -1 circ-forward --model "$M" --json "$TOK" -o /dev/full
 	run --separate-stderr -1 bash -c "circ-forward --model $M --json $TOK >/dev/full"
 }
+
+@test "hand-written JSON lines without a header line: metric logit_diff (or --metric), id = record index" {
+	tail -n +2 "$TOK" | jq -c 'del(.id)' >"$T/nh.jsonl"
+	circ-forward --model "$M" --json "$TOK" | tail -n +2 >"$T/a.jsonl"
+	circ-forward --model "$M" --json "$T/nh.jsonl" >"$T/b.jsonl"
+	head -1 "$T/b.jsonl" | jq -e '.metric == "logit_diff"'
+	tail -n +2 "$T/b.jsonl" | cmp - "$T/a.jsonl"
+	circ-forward --model "$M" --metric logprob --json "$T/nh.jsonl" | head -1 | jq -e '.metric == "logprob"'
+	# an id given is kept
+	tail -n +2 "$TOK" | jq -c '.id += 10' >"$T/ids.jsonl"
+	circ-forward --model "$M" --json "$T/ids.jsonl" | tail -n +2 | jq -s -e 'map(.id) == [10, 11, 12, 13]'
+	# under a real header the id stays required
+	{ head -1 "$TOK"; tail -n +2 "$TOK" | jq -c 'del(.id)'; } >"$T/h.jsonl"
+	run --separate-stderr -1 circ-forward --model "$M" "$T/h.jsonl"
+	[[ "$stderr" == *"h.jsonl': record 1: missing field 'id'"* ]]
+}

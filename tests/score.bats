@@ -125,6 +125,13 @@ compare() { # dir method key [circ-score options]
 	assert_success
 }
 
+@test "a headerless JSON-lines token file scores like the same file with its header" {
+	circ-score --model "$D/ld/model" --method eap --json "$D/ld/tokens.jsonl" | tail -n +2 >"$T/a.jsonl"
+	tail -n +2 "$D/ld/tokens.jsonl" | jq -c 'del(.id)' >"$T/nh.jsonl"
+	circ-score --model "$D/ld/model" --method eap --json "$T/nh.jsonl" | tail -n +2 | cmp - "$T/a.jsonl"
+	circ-patch --model "$D/ld/model" --nodes m0 --json "$T/nh.jsonl" >/dev/null
+}
+
 @test "shards scored apart and merged equal one run" {
 	circ-cat "$D/kl/tokens.jsonl" | head -3 >"$T/a.jsonl"
 	{ head -1 "$D/kl/tokens.jsonl"; tail -2 "$D/kl/tokens.jsonl"; } >"$T/b.jsonl"
