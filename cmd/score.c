@@ -94,7 +94,17 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 	for (int f = 0; f < nfiles; f++) {
 		circ_scores *s;
 		rs[f] = circ_reader_open(files[f], "scores", &e);
-		if (!rs[f] || !(s = circ_scores_read(rs[f], &e)))
+		if (!rs[f])
+			circ_die(&e);
+		/* identical headers: the same shard twice, its counts would double */
+		for (int g = 0; g < f; g++)
+			if (!strcmp(circ_reader_header_digest(rs[f]),
+				    circ_reader_header_digest(rs[g])))
+				circ_dief(
+				    "%s: record 0: the same header as %s: the same shard twice "
+				    "would count its examples twice",
+				    circ_reader_name(rs[f]), circ_reader_name(rs[g]));
+		if (!(s = circ_scores_read(rs[f], &e)))
 			circ_die(&e);
 		if (!acc) {
 			acc = s;

@@ -319,9 +319,29 @@ struct circ_batcher {
 	circ_batch b;
 };
 
+/* At the end of each (concatenated) token stream: as many records as its
+ * header's n_examples, when it declares one, so that a stream cut at a line
+ * boundary, or with records added, is never taken as whole. */
+static int check_n_examples(void *ctx, const msgpack_object *hdr, int64_t nrec, circ_error *e)
+{
+	int64_t want;
+	(void)ctx;
+	if (!circ_rec_get(hdr, "n_examples"))
+		return 0;
+	if (circ_rec_i64(hdr, "n_examples", &want, e) < 0)
+		return circ_error_prefix(e, "header");
+	if (want != nrec)
+		return circ_errorf(e,
+				   "the header declares %lld examples (n_examples), the stream "
+				   "has %lld (cut short, or records added?)",
+				   (long long)want, (long long)nrec);
+	return 0;
+}
+
 circ_batcher *circ_batcher_new(circ_reader *r, circ_metric_kind metric, int vocab, int n_ctx,
 			       int max_b)
 {
+	circ_reader_on_part_end(r, check_n_examples, NULL);
 	circ_batcher *bt = circ_xcalloc(1, sizeof *bt);
 	bt->r = r;
 	bt->metric = metric;

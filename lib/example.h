@@ -75,7 +75,9 @@ int circ_tokens_check_vocab(const circ_reader *r, const char *model_dir, circ_er
 /* Reads examples from a token stream into batches of up to max_b examples
  * of equal length (a batch ends where the length changes: keep a dataset's
  * lengths grouped for speed). Under the generic header of headerless JSON
- * lines an example without "id" gets its 0-based line index. */
+ * lines an example without "id" gets its 0-based line index. The number
+ * of records of each (concatenated) stream must equal its header's
+ * "n_examples" where declared: checked at its end. */
 typedef struct circ_batch {
 	int B, T;
 	circ_example *ex;	  /* (B) */

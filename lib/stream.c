@@ -415,6 +415,15 @@ struct circ_reader {
 	const msgpack_object *pending; /* first data record of a headerless JSON input */
 	int64_t recno, ndata_part;
 	int ended, parts;
+	/* concatenated streams: each part's header digest (a part repeated is
+	 * refused), a copy of the current part's header after the first, and the
+	 * caller's check at the end of each part */
+	char (*part_digest)[72]; /* (parts) */
+	msgpack_sbuffer part_sb;
+	msgpack_unpacked part_hdr;
+	circ_reader_part_fn part_end;
+	void *part_ctx;
+	int part_checked; /* the last part's check ran (at the end of the input) */
 };
 
 static int rd_fail(const circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
@@ -735,6 +744,7 @@ static int take_header(circ_reader *r, const msgpack_object *o, circ_error *e)
 	if (r->parts > 0) {
 		const msgpack_object *a = circ_rec_get(&r->hdr.data, "model_digest"),
 				     *b = circ_rec_get(o, "model_digest");
+		char d[72];
 		if (!circ_obj_str_eq(k, r->kind))
 			return rd_fail(r, e, "concatenated stream of kind '%.*s' follows kind '%s'",
 				       (int)k->via.str.size, k->via.str.ptr, r->kind);
@@ -742,6 +752,31 @@ static int take_header(circ_reader *r, const msgpack_object *o, circ_error *e)
 			return rd_fail(r, e,
 				       "concatenated stream comes from another model "
 				       "(model_digest differs)");
+		/* the same header twice is the same stream (or shard) twice: its
+		 * records would count twice */
+		r->part_sb.size = 0;
+		msgpack_packer_init(&pk, &r->part_sb, msgpack_sbuffer_write);
+		msgpack_pack_object(&pk, *o);
+		{
+			circ_sha256 s;
+			circ_sha256_init(&s);
+			circ_sha256_update(&s, r->part_sb.data, r->part_sb.size);
+			circ_sha256_final_hex(&s, d);
+		}
+		for (int i = 0; i < r->parts; i++)
+			if (!strcmp(r->part_digest[i], d))
+				return rd_fail(
+				    r, e,
+				    "concatenated stream repeats the header of part %d (the "
+				    "same stream or shard twice would count its records "
+				    "twice)",
+				    i + 1);
+		if (msgpack_unpack_next(&r->part_hdr, r->part_sb.data, r->part_sb.size, &off) !=
+		    MSGPACK_UNPACK_SUCCESS)
+			return rd_fail(r, e, "internal error copying the header");
+		r->part_digest =
+		    circ_xrealloc(r->part_digest, (size_t)(r->parts + 1) * sizeof *r->part_digest);
+		memcpy(r->part_digest[r->parts], d, sizeof d);
 		r->parts++;
 		return 0;
 	}
@@ -760,8 +795,26 @@ static int take_header(circ_reader *r, const msgpack_object *o, circ_error *e)
 	r->kind = circ_xmalloc(k->via.str.size + 1);
 	memcpy(r->kind, k->via.str.ptr, k->via.str.size);
 	r->kind[k->via.str.size] = 0;
+	r->part_digest = circ_xmalloc(sizeof *r->part_digest);
+	memcpy(r->part_digest[0], r->hdr_digest, sizeof r->hdr_digest);
 	r->parts = 1;
 	return 0;
+}
+
+/* Runs the caller's check on the part that just ended (its header and
+ * number of data records); its message gets the file and record. */
+static int end_part(circ_reader *r, circ_error *e)
+{
+	const msgpack_object *h = r->parts > 1 ? &r->part_hdr.data : &r->hdr.data;
+	if (!r->part_end || r->part_end(r->part_ctx, h, r->ndata_part, e) == 0)
+		return 0;
+	return circ_reader_fail(r, e);
+}
+
+void circ_reader_on_part_end(circ_reader *r, circ_reader_part_fn fn, void *ctx)
+{
+	r->part_end = fn;
+	r->part_ctx = ctx;
 }
 
 static void generic_header(circ_reader *r)
@@ -779,6 +832,8 @@ static void generic_header(circ_reader *r)
 	circ_sha256_update(&s, r->hdr_sb.data, r->hdr_sb.size);
 	circ_sha256_final_hex(&s, r->hdr_digest);
 	r->kind = circ_xstrdup("records");
+	r->part_digest = circ_xmalloc(sizeof *r->part_digest);
+	memcpy(r->part_digest[0], r->hdr_digest, sizeof r->hdr_digest);
 	r->parts = 1;
 }
 
@@ -837,6 +892,8 @@ static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e
 		r->max_record = (size_t)limv;
 	msgpack_sbuffer_init(&r->jsb);
 	msgpack_sbuffer_init(&r->hdr_sb);
+	msgpack_sbuffer_init(&r->part_sb);
+	msgpack_unpacked_init(&r->part_hdr);
 	msgpack_unpacked_init(&r->res);
 	msgpack_unpacked_init(&r->jres);
 	msgpack_unpacked_init(&r->hdr);
@@ -984,6 +1041,11 @@ int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
 						   "%s: record %lld: stream ends without its end "
 						   "record (incomplete: the writer did not finish)",
 						   r->name, (long long)r->recno + 1);
+			if (!r->part_checked) {
+				r->part_checked = 1;
+				if (end_part(r, e) < 0)
+					return -1;
+			}
 			return 0;
 		}
 		r->recno++;
@@ -1005,7 +1067,7 @@ int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
 		}
 		if (circ_rec_get(o, "format") && (r->ended || r->fmt == FMT_JSON)) {
 			/* the next of several concatenated streams */
-			if (take_header(r, o, e) < 0)
+			if (end_part(r, e) < 0 || take_header(r, o, e) < 0)
 				return -1;
 			r->ended = 0;
 			r->ndata_part = 0;
@@ -1034,8 +1096,11 @@ void circ_reader_free(circ_reader *r)
 	}
 	msgpack_unpacked_destroy(&r->jres);
 	msgpack_unpacked_destroy(&r->hdr);
+	msgpack_unpacked_destroy(&r->part_hdr);
 	msgpack_sbuffer_destroy(&r->jsb);
 	msgpack_sbuffer_destroy(&r->hdr_sb);
+	msgpack_sbuffer_destroy(&r->part_sb);
+	free(r->part_digest);
 	free(r->in);
 	free(r->pend);
 	free(r->line);

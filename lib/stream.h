@@ -118,6 +118,14 @@ int circ_reader_fail(const circ_reader *r, circ_error *e);
 /* "sha256:..." over the header record's msgpack bytes: identifies the input
  * and, through its provenance, everything upstream. */
 const char *circ_reader_header_digest(const circ_reader *r);
+/* Concatenated streams ("parts"): a part whose header equals an earlier
+ * part's is refused (the same stream twice). fn, if set, is called at the end
+ * of each part with its header and number of data records, and returns 0 or
+ * -1 with a message (prefixed with the file and record); circ_reader_next
+ * then fails with it. */
+typedef int (*circ_reader_part_fn)(void *ctx, const msgpack_object *hdr, int64_t nrec,
+				   circ_error *e);
+void circ_reader_on_part_end(circ_reader *r, circ_reader_part_fn fn, void *ctx);
 void circ_reader_free(circ_reader *r);
 
 /* ---- writer ---- */

@@ -29,9 +29,24 @@ done
 bin=$(if [ -x bin/circ-cat ]; then echo bin/; fi)
 dir=$(mktemp -d "${out}.shards.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
-# split: the header goes to every shard, records round-robin
+# split: records round-robin; each shard gets the header with its own
+# "shard": [i, k] (so that no two shards, and no two shards' scores, have the
+# same header: the readers refuse a stream or shard given twice) and its own
+# n_examples (each shard's count is checked, so a cut input still fails)
 ${bin}circ-cat "$tokens" | awk -v k="$k" -v d="$dir" '
-	NR == 1 { for (i = 0; i < k; i++) print > (d "/" i ".jsonl"); next }
+	NR == 1 {
+		n = -1
+		if (match($0, /"n_examples":[0-9]+/))
+			n = substr($0, RSTART + 13, RLENGTH - 13) + 0
+		for (i = 0; i < k; i++) {
+			h = $0
+			if (n >= 0)
+				sub(/"n_examples":[0-9]+/, "\"n_examples\":" (n > i ? int((n - 1 - i) / k) + 1 : 0), h)
+			sub(/}$/, ",\"shard\":[" i "," k "]}", h)
+			print h > (d "/" i ".jsonl")
+		}
+		next
+	}
 	{ print > (d "/" ((NR - 2) % k) ".jsonl") }'
 i=0
 while [ $i -lt "$k" ]; do

@@ -63,11 +63,16 @@ load helper
 
 @test "concatenated streams read as one (shards)" {
 	mini_stream part | circ-cat --to-msgpack >"$T/a.circ"
-	mini_stream part | circ-cat --to-msgpack >"$T/b.circ"
+	mini_stream part | sed '1s/}$/,"shard":1}/' | circ-cat --to-msgpack >"$T/b.circ"
 	cat "$T/a.circ" "$T/b.circ" >"$T/ab.circ"
 	run --separate-stderr circ-cat --no-header "$T/ab.circ"
 	assert_success
 	[ "${#lines[@]}" -eq 6 ]
+	# the same stream twice (identical headers) would count its records twice
+	cat "$T/a.circ" "$T/b.circ" "$T/a.circ" >"$T/aba.circ"
+	run --separate-stderr circ-cat "$T/aba.circ"
+	assert_failure 1
+	[[ "$stderr" == *"aba.circ': record 7: concatenated stream repeats the header of part 1"* ]]
 	mini_stream other | circ-cat --to-msgpack >"$T/c.circ"
 	cat "$T/a.circ" "$T/c.circ" >"$T/ac.circ"
 	run --separate-stderr circ-cat "$T/ac.circ"

@@ -171,9 +171,15 @@ assert edges and not bad, bad
 @test "prune: concatenated shards merge exactly through sum and count" {
 	# Two half-shards whose sums add up to the whole.
 	jq -c 'if .edge then .sum = .sum / 2 | .count = 4 | .score = .sum / 4 else . end' $D/scores.jsonl >"$T/half.jsonl"
-	cat "$T/half.jsonl" "$T/half.jsonl" >"$T/both.jsonl"
+	jq -c 'if .edge then . else .shard = 1 end' "$T/half.jsonl" >"$T/half2.jsonl"
+	cat "$T/half.jsonl" "$T/half2.jsonl" >"$T/both.jsonl"
 	circ-prune --json --top-n 8 "$T/both.jsonl" | tail -n +2 | jq -r .edge >"$T/a.txt"
 	jq -r .edge $D/golden-top8.jsonl | cmp - "$T/a.txt"
+	# The same shard twice (identical headers) would double its counts: refused.
+	cat "$T/half.jsonl" "$T/half.jsonl" >"$T/twice.jsonl"
+	run --separate-stderr circ-prune --top-n 8 "$T/twice.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"twice.jsonl': record 47: concatenated stream repeats the header of part 1"* ]]
 	# A repeated edge without sum and count cannot be merged.
 	{ cat $D/scores.jsonl; echo '{"edge":"input->m0","score":1}'; } >"$T/dup.jsonl"
 	run --separate-stderr circ-prune --top-n 3 "$T/dup.jsonl"
