@@ -297,6 +297,26 @@ int circ_count_add(int64_t *acc, int64_t v, circ_error *e)
 	return 0;
 }
 
+/* Concatenated scores streams: n_examples is the sum over the parts' headers
+ * (-1 if a part does not declare it). */
+static int add_part_examples(void *ctx, const msgpack_object *hdr, int64_t nrec, circ_error *e)
+{
+	circ_scores *s = ctx;
+	int64_t n;
+	(void)nrec;
+	if (!circ_rec_get(hdr, "n_examples")) {
+		s->n_examples = -1;
+		return 0;
+	}
+	if (circ_rec_i64(hdr, "n_examples", &n, e) < 0)
+		return circ_error_prefix(e, "header");
+	if (n < 0)
+		return circ_errorf(e, "header: field 'n_examples': negative (%lld)", (long long)n);
+	if (s->n_examples >= 0 && circ_count_add(&s->n_examples, n, e) < 0)
+		return circ_error_prefix(e, "header: field 'n_examples'");
+	return 0;
+}
+
 circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 {
 	const msgpack_object *h = circ_reader_header(r), *rec;
@@ -318,6 +338,10 @@ circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 		goto fail_hdr;
 	if (circ_rec_get(h, "n_examples") && circ_rec_i64(h, "n_examples", &s->n_examples, e) < 0)
 		goto fail_hdr;
+	/* each part adds its own at its end: start from 0 where declared */
+	if (s->n_examples >= 0)
+		s->n_examples = 0;
+	circ_reader_on_part_end(r, add_part_examples, s);
 
 	int64_t E = s->g->n_edges;
 	s->score = circ_xmalloc((size_t)E * sizeof *s->score);
@@ -380,6 +404,7 @@ circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 		s->count[i] = cnt;
 		s->n_scored++;
 	}
+	circ_reader_on_part_end(r, NULL, NULL);
 	if (k < 0)
 		goto fail;
 	free(first_rec);

@@ -75,7 +75,8 @@ typedef struct circ_scores {
 /* Reads a whole scores stream from r (header already read by the reader).
  * Every edge name must exist in the header's graph. An edge named twice is
  * merged exactly when both records carry sum and count (shards concatenated:
- * score = total sum / total count); otherwise it is an error. Messages start
+ * score = total sum / total count); otherwise it is an error; n_examples is
+ * the sum over the parts' headers (-1 if one lacks it). Messages start
  * with the reader's name and record number. NULL on error. */
 circ_scores *circ_scores_read(circ_reader *r, circ_error *e);
 /* *acc += v for counts (both >= 0); -1 with "count %lld + %lld overflows"

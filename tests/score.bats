@@ -142,6 +142,15 @@ compare() { # dir method key [circ-score options]
 	cmp <(tail -n +2 "$T/m1.jsonl") <(tail -n +2 "$T/m2.jsonl")
 	/usr/bin/python3 $REF compare "$D/kl/ref.json" eap-ig "$T/m1.jsonl"
 	head -1 "$T/m1.jsonl" | jq -e '.n_examples == 4'
+	# concatenated, every part's n_examples counts (not the first header's alone)
+	head -1 "$T/m2.jsonl" | jq -e '.n_examples == 4'
+	# the same shard twice is refused, as files and concatenated
+	run --separate-stderr circ-score --merge "$T/a.circ" "$T/a.circ"
+	assert_failure 1
+	[[ "$stderr" == *"a.circ': record 0: the same header as"* ]]
+	run --separate-stderr bash -c "cat '$T/a.circ' '$T/b.circ' '$T/a.circ' | circ-score --merge"
+	assert_failure 1
+	[[ "$stderr" == *"concatenated stream repeats the header of part 1"* ]]
 	circ-cat "$T/a.circ" | tests/validate.py schemas/scores.schema.json
 }
 
