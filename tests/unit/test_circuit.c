@@ -203,12 +203,18 @@ static void test_scores_stream(void)
 	    "\"metric\":\"logit_diff\",\"graph\":{\"n_layer\":2,\"n_head\":2,"
 	    "\"level\":\"edge\"},\"model_digest\":\"sha256:m\",\"dataset_digest\":"
 	    "\"sha256:d\",\"n_examples\":4}\n";
+	/* a second shard's header: the same but for its own field */
+	const char *hdr2 =
+	    "{\"format\":\"circ\",\"version\":1,\"kind\":\"scores\",\"method\":\"eap\","
+	    "\"metric\":\"logit_diff\",\"graph\":{\"n_layer\":2,\"n_head\":2,"
+	    "\"level\":\"edge\"},\"model_digest\":\"sha256:m\",\"dataset_digest\":"
+	    "\"sha256:d\",\"n_examples\":3,\"shard\":1}\n";
 	char text[4096];
 	snprintf(text, sizeof text,
 		 "%s{\"edge\":\"input->logits\",\"score\":0.5,\"sum\":1.0,\"count\":2}\n"
 		 "{\"edge\":\"a0.h1->m0\",\"score\":-2.0}\n"
 		 "%s{\"edge\":\"input->logits\",\"score\":0.25,\"sum\":0.5,\"count\":2}\n",
-		 hdr, hdr);
+		 hdr, hdr2);
 	char *p = write_file("s.jsonl", text);
 	circ_reader *r = circ_reader_open(p, NULL, &e);
 	CHECK(r != NULL);
@@ -221,8 +227,21 @@ static void test_scores_stream(void)
 		CHECK(s->n_scored == 2 && s->count[i] == 4 && fabs(s->score[i] - 0.375) < 1e-15);
 		CHECK(s->score[edge_of(s->g, "a0.h1->m0")] == -2.0);
 		CHECK(isnan(s->score[0]));
-		CHECK(!strcmp(s->method, "eap") && s->n_examples == 4);
+		CHECK(!strcmp(s->method, "eap") && s->n_examples == 7);
 	}
+	circ_scores_free(s);
+	circ_reader_free(r);
+	free(p);
+
+	/* the same shard twice: refused at the repeated header */
+	snprintf(text, sizeof text,
+		 "%s{\"edge\":\"input->logits\",\"score\":0.5,\"sum\":1.0,\"count\":2}\n"
+		 "%s{\"edge\":\"input->logits\",\"score\":0.5,\"sum\":1.0,\"count\":2}\n",
+		 hdr, hdr);
+	p = write_file("twice.jsonl", text);
+	r = circ_reader_open(p, NULL, &e);
+	s = circ_scores_read(r, &e);
+	CHECK(!s && strstr(e.msg, "record 2: concatenated stream repeats the header of part 1"));
 	circ_scores_free(s);
 	circ_reader_free(r);
 	free(p);

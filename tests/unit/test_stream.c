@@ -20,11 +20,12 @@ static int fails;
 		}                                                                                  \
 	} while (0)
 
-static void write_stream(const char *path, const circ_writer_opts *o, int nrec)
+/* arg goes into the header's "args": shards of one stream differ there */
+static void write_stream_arg(const char *path, const circ_writer_opts *o, int nrec, char *arg)
 {
 	circ_error e;
 	circ_writer *w = circ_writer_open(path, o, &e);
-	char *argv[] = {"test", "--x"};
+	char *argv[] = {"test", arg};
 	float buf[1000];
 	CHECK(w != NULL);
 	circ_writer_header(w, "unit", 2, argv, NULL, 0, 1);
@@ -42,6 +43,11 @@ static void write_stream(const char *path, const circ_writer_opts *o, int nrec)
 		CHECK(circ_writer_end_record(w, &e) == 0);
 	}
 	CHECK(circ_writer_close(w, &e) == 0);
+}
+
+static void write_stream(const char *path, const circ_writer_opts *o, int nrec)
+{
+	write_stream_arg(path, o, nrec, "--x");
 }
 
 static int read_stream(const char *path, int expect)
@@ -100,13 +106,29 @@ int main(void)
 	write_stream(path, &o, 5);
 	CHECK(read_stream(path, 5) == 5);
 
-	/* concatenation of two compressed shards */
+	/* concatenation of two compressed shards (headers of their own) */
 	circ_writer_opts_default(&o);
 	write_stream(path, &o, 3);
-	snprintf(cmd, sizeof cmd, "cat %s/a.circ %s/a.circ > %s/b.circ", dir, dir, dir);
+	snprintf(path, sizeof path, "%s/c.circ", dir);
+	write_stream_arg(path, &o, 3, "--y");
+	snprintf(cmd, sizeof cmd, "cat %s/a.circ %s/c.circ > %s/b.circ", dir, dir, dir);
 	CHECK(system(cmd) == 0);
 	snprintf(path, sizeof path, "%s/b.circ", dir);
 	CHECK(read_stream(path, 3) == 6);
+	/* the same shard twice is refused at its second header */
+	snprintf(cmd, sizeof cmd, "cat %s/a.circ %s/a.circ > %s/b.circ", dir, dir, dir);
+	CHECK(system(cmd) == 0);
+	{
+		circ_error e;
+		const msgpack_object *rec;
+		circ_reader *r = circ_reader_open(path, "unit", &e);
+		int k = 0;
+		CHECK(r != NULL);
+		while (r && (k = circ_reader_next(r, &rec, &e)) > 0)
+			;
+		CHECK(k < 0 && strstr(e.msg, "record 4: concatenated stream repeats the header"));
+		circ_reader_free(r);
+	}
 
 	/* sha256 known answer */
 	{
