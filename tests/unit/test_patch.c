@@ -269,6 +269,27 @@ int main(void)
 		free(keep);
 		circ_patcher_free(p);
 	}
+	/* a batch reading more rows than B x T (what circ_example_parse rules
+	 * out) is refused before the patcher's buffers are written */
+	{
+		circ_patch_opts po = {
+		    CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 1, b->B, b->T, 0};
+		circ_patcher *p = circ_patcher_new(m, g, &po, &e);
+		circ_batch *x = circ_batch_clone(b);
+		int n = x->B * x->T + 1;
+		x->read_b = circ_xrealloc(x->read_b, (size_t)n * sizeof *x->read_b);
+		x->read_t = circ_xrealloc(x->read_t, (size_t)n * sizeof *x->read_t);
+		for (int i = 0; i < n; i++)
+			x->read_b[i] = x->read_t[i] = 0;
+		x->n_read = n;
+		CHECK(p && circ_patcher_load(p, x, &e) == -1 &&
+		      strstr(e.msg, "reads 25 rows (at most 24)"));
+		CHECK(circ_patcher_mean_add(p, x, &e) == -1 && strstr(e.msg, "reads 25 rows"));
+		x->n_read = 0;
+		CHECK(circ_patcher_load(p, x, &e) == -1);
+		circ_batch_free(x);
+		circ_patcher_free(p);
+	}
 	circ_batch_free(b);
 	circ_graph_free(g);
 	circ_model_free(m);
