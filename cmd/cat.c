@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "opt.h"
 
 enum { OPT_TO_MSGPACK = CIRC_OPT_FIRST_TOOL, OPT_HEADER, OPT_NO_HEADER, OPT_KIND };
@@ -36,11 +37,22 @@ static int handle(int key, const char *arg, void *ctx)
 	return -1;
 }
 
-static void pack_object_record(circ_writer *w, const msgpack_object *rec, circ_error *e)
+/* Writes one record of r. A record the JSON face cannot show (a tensor whose
+ * shape does not fit its data, say) is the input's fault: it is checked here,
+ * in either direction, so that the message names the input and its record. */
+static void pack_object_record(circ_writer *w, circ_reader *r, const msgpack_object *rec,
+			       circ_error *e)
 {
-	msgpack_pack_object(circ_writer_packer(w), *rec);
-	if (circ_writer_end_record(w, e) < 0)
+	if (circ_json_check(rec, e) < 0) {
+		circ_reader_fail(r, e);
+		circ_writer_abort(w);
 		circ_die(e);
+	}
+	msgpack_pack_object(circ_writer_packer(w), *rec);
+	if (circ_writer_end_record(w, e) < 0) {
+		circ_writer_abort(w);
+		circ_die(e);
+	}
 }
 
 int main(int argc, char **argv)
@@ -77,9 +89,9 @@ int main(int argc, char **argv)
 			circ_die(&e);
 		}
 		if (f == 0 && !o.no_header)
-			pack_object_record(w, circ_reader_header(r), &e);
+			pack_object_record(w, r, circ_reader_header(r), &e);
 		while (!o.header_only && (k = circ_reader_next(r, &rec, &e)) > 0)
-			pack_object_record(w, rec, &e);
+			pack_object_record(w, r, rec, &e);
 		if (!o.header_only && k < 0) {
 			circ_writer_abort(w);
 			circ_die(&e);

@@ -17,8 +17,11 @@ typedef struct sbuf {
 	size_t *len, *cap;
 } sbuf;
 
+/* A NULL buf checks without writing (circ_json_check). */
 static void put(sbuf *b, const char *s, size_t n)
 {
+	if (!b->buf)
+		return;
 	if (*b->len + n + 1 > *b->cap) {
 		size_t c = *b->cap ? *b->cap : 256;
 		while (c < *b->len + n + 1)
@@ -225,6 +228,8 @@ static int put_tensor(sbuf *b, const msgpack_object *o, circ_error *e)
 	char num[48];
 	if (circ_obj_tensor(o, &t, e) < 0)
 		return -1;
+	if (!b->buf)
+		return 0;
 	puts_(b, "{\"dtype\":");
 	put_str(b, circ_dtype_name(t.dtype), strlen(circ_dtype_name(t.dtype)));
 	puts_(b, ",\"shape\":[");
@@ -351,7 +356,8 @@ static int to_json(sbuf *b, const msgpack_object *o, int depth, circ_error *e)
 			put_str(b, k->via.str.ptr, k->via.str.size);
 			put(b, ":", 1);
 			if (to_json(b, &o->via.map.ptr[i].val, depth + 1, e) < 0)
-				return -1;
+				return circ_error_prefix(e, "field '%.*s'", (int)k->via.str.size,
+							 k->via.str.ptr);
 		}
 		put(b, "}", 1);
 		break;
@@ -364,6 +370,12 @@ int circ_json_from_msgpack(const msgpack_object *o, char **buf, size_t *len, siz
 			   circ_error *e)
 {
 	sbuf b = {buf, len, cap};
+	return to_json(&b, o, 0, e);
+}
+
+int circ_json_check(const msgpack_object *o, circ_error *e)
+{
+	sbuf b = {NULL, NULL, NULL};
 	return to_json(&b, o, 0, e);
 }
 

@@ -24,6 +24,11 @@
 /* Appends the JSON text of o (no newline) to *buf (realloc'd; *len, *cap). */
 int circ_json_from_msgpack(const msgpack_object *o, char **buf, size_t *len, size_t *cap,
 			   circ_error *e);
+/* 0 if circ_json_from_msgpack would accept o (tensor maps whose shape fits
+ * their data, string keys, UTF-8 strings, nesting), else -1 with the problem
+ * (naming the field): lets a reader blame its input, not its output. Cheap:
+ * nothing is formatted. */
+int circ_json_check(const msgpack_object *o, circ_error *e);
 /* Packs a JSON value as msgpack. */
 int circ_json_to_msgpack(const json_t *j, msgpack_packer *pk, circ_error *e);
 

@@ -79,10 +79,26 @@ static float f16_to_f32(uint16_t h)
 	return f;
 }
 
+/* A plain array's item i as a double (circ_obj_tensor checked it is a number). */
+static double item_f64(const circ_tensor *t, int64_t i)
+{
+	const msgpack_object *o = &t->items[i];
+	switch (o->type) {
+	case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
+	default: return o->via.f64;
+	}
+}
+
 int circ_tensor_copy_f32(const circ_tensor *t, float *out, circ_error *e)
 {
 	int64_t n = circ_tensor_numel(t), i;
 	const unsigned char *p = t->data;
+	if (t->items) {
+		for (i = 0; i < n; i++)
+			out[i] = (float)item_f64(t, i);
+		return 0;
+	}
 	switch (t->dtype) {
 	case CIRC_F32: memcpy(out, p, (size_t)n * 4); return 0;
 	case CIRC_F64:
@@ -115,6 +131,25 @@ int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e)
 {
 	int64_t n = circ_tensor_numel(t), i;
 	const unsigned char *p = t->data;
+	if (t->items) {
+		for (i = 0; i < n; i++) {
+			const msgpack_object *o = &t->items[i];
+			int64_t v;
+			if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+				v = o->via.u64 > INT64_MAX ? INT64_MAX : (int64_t)o->via.u64;
+			else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+				v = o->via.i64;
+			else
+				return circ_errorf(e, "expected integers, got %s at index %lld",
+						   circ_obj_type_name(o), (long long)i);
+			if (v < INT32_MIN || v > INT32_MAX)
+				return circ_errorf(e,
+						   "value %lld at index %lld does not fit in i32",
+						   (long long)v, (long long)i);
+			out[i] = (int32_t)v;
+		}
+		return 0;
+	}
 	switch (t->dtype) {
 	case CIRC_I32: memcpy(out, p, (size_t)n * 4); return 0;
 	case CIRC_U8:
@@ -270,12 +305,51 @@ int circ_rec_array(const msgpack_object *map, const char *key, const msgpack_obj
 	return 0;
 }
 
+/* The largest tensor a record may hold, in elements: far above any model's
+ * activations, and small enough that numel * 8 bytes cannot overflow. */
+#define TENSOR_MAX_NUMEL (1ull << 40)
+
+/* A plain 1-d array of numbers as a tensor (see circ_tensor). */
+static int plain_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
+{
+	int ints = 1, wide = 0;
+	for (uint32_t i = 0; i < o->via.array.size; i++) {
+		const msgpack_object *v = &o->via.array.ptr[i];
+		switch (v->type) {
+		case MSGPACK_OBJECT_POSITIVE_INTEGER:
+			if (v->via.u64 > INT32_MAX)
+				wide = 1;
+			break;
+		case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+			if (v->via.i64 < INT32_MIN)
+				wide = 1;
+			break;
+		case MSGPACK_OBJECT_FLOAT32:
+		case MSGPACK_OBJECT_FLOAT64: ints = 0; break;
+		default:
+			return circ_errorf(e, "tensor: item %u of the array is %s, not a number", i,
+					   circ_obj_type_name(v));
+		}
+	}
+	t->dtype = !ints ? CIRC_F32 : wide ? CIRC_I64 : CIRC_I32;
+	t->ndim = 1;
+	t->shape[0] = o->via.array.size;
+	t->data = NULL;
+	t->nbytes = (size_t)o->via.array.size * circ_dtype_size(t->dtype);
+	t->items = o->via.array.ptr;
+	return 0;
+}
+
 int circ_obj_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
 {
 	const msgpack_object *dt, *sh, *da;
 	uint64_t numel = 1, need_bytes;
+	t->items = NULL;
+	if (o->type == MSGPACK_OBJECT_ARRAY)
+		return plain_tensor(o, t, e);
 	if (o->type != MSGPACK_OBJECT_MAP)
-		return circ_errorf(e, "expected a tensor map, got %s", circ_obj_type_name(o));
+		return circ_errorf(e, "expected a tensor map or an array of numbers, got %s",
+				   circ_obj_type_name(o));
 	dt = need(o, "dtype", e);
 	sh = dt ? need(o, "shape", e) : NULL;
 	da = sh ? need(o, "data", e) : NULL;
@@ -292,12 +366,17 @@ int circ_obj_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
 	t->ndim = (int)sh->via.array.size;
 	for (int i = 0; i < t->ndim; i++) {
 		const msgpack_object *d = &sh->via.array.ptr[i];
-		if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER || d->via.u64 > (1ull << 40))
+		if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER || d->via.u64 > TENSOR_MAX_NUMEL)
 			return circ_errorf(e, "tensor: shape[%d] is not a valid size", i);
 		t->shape[i] = (int64_t)d->via.u64;
-		numel *= d->via.u64;
-		if (numel > (1ull << 40))
-			return circ_errorf(e, "tensor: shape too large");
+	}
+	/* The product is tested by division before it is formed, so it cannot wrap
+	 * (2^24 x 2^40 is 2^64, which would be 0). */
+	for (int i = 0; i < t->ndim; i++) {
+		uint64_t d = (uint64_t)t->shape[i];
+		if (d && numel > TENSOR_MAX_NUMEL / d)
+			return circ_errorf(e, "tensor: shape too large (more than 2^40 elements)");
+		numel *= d;
 	}
 	need_bytes = numel * circ_dtype_size(t->dtype);
 	if (need_bytes != da->via.bin.size) {

@@ -46,12 +46,17 @@ typedef enum circ_dtype {
 } circ_dtype;
 
 #define CIRC_MAX_DIMS 8
+/* A tensor field is either a tensor map or, as hand-written JSON lines give it,
+ * a plain 1-d array of numbers: all integers make an i32 tensor (i64 when one
+ * does not fit), anything else f32. A plain array keeps its items (data is
+ * NULL) and is read through circ_tensor_copy_*, like any tensor. */
 typedef struct circ_tensor {
 	circ_dtype dtype;
 	int ndim;
 	int64_t shape[CIRC_MAX_DIMS];
-	const void *data; /* may be unaligned: read with circ_tensor_copy_* */
-	size_t nbytes;
+	const void *data;	     /* may be unaligned: read with circ_tensor_copy_* */
+	size_t nbytes;		     /* numel * dtype size, for a plain array too */
+	const msgpack_object *items; /* (shape[0]) a plain array's numbers, or NULL */
 } circ_tensor;
 
 const char *circ_dtype_name(circ_dtype d);
@@ -59,7 +64,8 @@ int circ_dtype_parse(const char *s, size_t n, circ_dtype *d); /* 0 ok, -1 unknow
 size_t circ_dtype_size(circ_dtype d);
 int64_t circ_tensor_numel(const circ_tensor *t);
 /* Convert/copy into aligned buffers of numel elements (any float dtype -> f32,
- * any int dtype -> i32 with range check). */
+ * any int dtype -> i32 with range check; a plain array's integers -> f32 too,
+ * its non-integers are refused as i32). */
 int circ_tensor_copy_f32(const circ_tensor *t, float *out, circ_error *e);
 int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e);
 

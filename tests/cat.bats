@@ -195,3 +195,15 @@ load helper
 	assert_success
 	assert_equal "$stderr" ""
 }
+
+@test "hand-written JSON lines may give a plain array where a tensor is due (h13.22)" {
+	circ-forward --model tests/data/tiny/model --json tests/data/tiny/tokens.jsonl >"$T/maps.jsonl"
+	jq -c 'if .clean then .clean = .clean.data | .corrupt = .corrupt.data else . end' \
+		tests/data/tiny/tokens.jsonl >"$T/plain.jsonl"
+	grep -q '"clean":\[26,8,17,27,0,0,0\]' "$T/plain.jsonl"
+	circ-forward --model tests/data/tiny/model --json "$T/plain.jsonl" >"$T/plain.out"
+	cmp <(tail -n +2 "$T/maps.jsonl") <(tail -n +2 "$T/plain.out")
+	# and through a binary stream, where the array stays an array
+	circ-cat --to-msgpack "$T/plain.jsonl" | circ-forward --model tests/data/tiny/model --json >"$T/bin.out"
+	cmp <(tail -n +2 "$T/maps.jsonl") <(tail -n +2 "$T/bin.out")
+}
