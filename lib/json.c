@@ -307,8 +307,9 @@ static int to_json(sbuf *b, const msgpack_object *o, int depth, circ_error *e)
 {
 	char num[48];
 	uint32_t i;
-	if (depth > 64)
-		return circ_errorf(e, "nesting deeper than 64 levels");
+	if (depth >= CIRC_MAX_DEPTH &&
+	    (o->type == MSGPACK_OBJECT_ARRAY || o->type == MSGPACK_OBJECT_MAP))
+		return circ_errorf(e, "nesting deeper than %d levels", CIRC_MAX_DEPTH);
 	switch (o->type) {
 	case MSGPACK_OBJECT_NIL: puts_(b, "null"); break;
 	case MSGPACK_OBJECT_BOOLEAN: puts_(b, o->via.boolean ? "true" : "false"); break;
@@ -565,8 +566,9 @@ static int is_tensor_json(const json_t *j)
 static int pack_json(const json_t *j, msgpack_packer *pk, int depth, circ_error *e)
 {
 	double d;
-	if (depth > 64)
-		return circ_errorf(e, "nesting deeper than 64 levels");
+	/* as deep as a reader takes (stream.h) */
+	if (depth >= CIRC_MAX_DEPTH && (json_is_array(j) || json_is_object(j)))
+		return circ_errorf(e, "nesting deeper than %d levels", CIRC_MAX_DEPTH);
 	switch (json_typeof(j)) {
 	case JSON_NULL: msgpack_pack_nil(pk); break;
 	case JSON_TRUE: msgpack_pack_true(pk); break;

@@ -33,6 +33,16 @@
 #define CIRC_FORMAT	    "circ"
 #define CIRC_FORMAT_VERSION 1
 
+/* What a reader takes in one record, checked before it builds the record:
+ * containers nested at most CIRC_MAX_DEPTH deep (msgpack-c's own limit), at
+ * most CIRC_MAX_VALUES values (the environment variable of that name changes
+ * it; in JSON lines the structural bytes [ { , : are counted), and at most
+ * 2 GiB (CIRC_MAX_RECORD in the environment). Each unpacked value costs the
+ * reader about 24 bytes (JSON about 40), so a small zstd frame that inflates
+ * to 10^8 nils is refused before it takes gigabytes. */
+#define CIRC_MAX_DEPTH	32
+#define CIRC_MAX_VALUES ((size_t)1 << 24)
+
 /* ---- tensors ---- */
 typedef enum circ_dtype {
 	CIRC_F32,

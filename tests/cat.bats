@@ -207,3 +207,37 @@ load helper
 	circ-cat --to-msgpack "$T/plain.jsonl" | circ-forward --model tests/data/tiny/model --json >"$T/bin.out"
 	cmp <(tail -n +2 "$T/maps.jsonl") <(tail -n +2 "$T/bin.out")
 }
+
+# Many small records that compress poorly, for several zstd blocks and more
+# than one read-ahead of the reader (h13.17's read-ahead cases).
+many_records() {
+	echo '{"format":"circ","version":1,"kind":"x"}'
+	awk 'BEGIN { srand(1); for (i = 1; i <= 30000; i++) printf "{\"i\":%d,\"pad\":\"%08x%08x\"}\n", i, rand() * 2^32, rand() * 2^32 }'
+}
+
+@test "a cut zstd stream names the record it cuts, not one read ahead (h13.17)" {
+	many_records | circ-cat --to-msgpack >"$T/a.circ"
+	size=$(stat -c %s "$T/a.circ")
+	head -c $((size / 2)) "$T/a.circ" >"$T/t.circ"
+	run --separate-stderr circ-cat "$T/t.circ"
+	assert_failure 1
+	# the records before the cut are shown; the next one is named
+	n=${#lines[@]}
+	[ "$n" -gt 1000 ]
+	assert_equal "$stderr" "circ-cat: '$T/t.circ': record $n: truncated zstd frame (input ends inside a compressed frame)"
+}
+
+@test "corrupt zstd data names the record being read (h13.17)" {
+	many_records | circ-cat --to-msgpack >"$T/a.circ"
+	size=$(stat -c %s "$T/a.circ")
+	cp "$T/a.circ" "$T/c.circ"
+	# a wrong frame checksum (its last 4 bytes): zstd drops the last block with
+	# it, so the records before that block are shown and the next one is named
+	printf '\1\2\3\4' | dd of="$T/c.circ" bs=1 seek=$((size - 4)) conv=notrunc status=none
+	! cmp -s "$T/a.circ" "$T/c.circ"
+	run --separate-stderr circ-cat "$T/c.circ"
+	assert_failure 1
+	n=${#lines[@]}
+	[ "$n" -gt 1000 ]
+	assert_equal "$stderr" "circ-cat: '$T/c.circ': record $n: corrupt zstd data: Restored data doesn't match checksum"
+}

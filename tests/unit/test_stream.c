@@ -196,6 +196,85 @@ static void test_plain_arrays(void)
 	msgpack_sbuffer_destroy(&sb);
 }
 
+/* Reads every record of the bytes through a reader; 0 or -1 with e set. */
+static int read_bytes(const char *dir, const void *buf, size_t n, circ_error *e)
+{
+	char path[300];
+	FILE *f;
+	circ_reader *r;
+	const msgpack_object *rec;
+	int k;
+	snprintf(path, sizeof path, "%s/bytes", dir);
+	f = fopen(path, "wb");
+	CHECK(f && fwrite(buf, 1, n, f) == n && fclose(f) == 0);
+	r = circ_reader_open(path, NULL, e);
+	if (!r)
+		return -1;
+	while ((k = circ_reader_next(r, &rec, e)) > 0)
+		;
+	circ_reader_free(r);
+	return k;
+}
+
+/* h13.17: nesting as deep as the unpacker allows reads; one more level is
+ * named, in msgpack and in JSON lines alike (not "out of memory"). */
+static void test_nesting(const char *dir)
+{
+	static const unsigned char hdr[] = "\x83\xa6"
+					   "format"
+					   "\xa4"
+					   "circ"
+					   "\xa7"
+					   "version"
+					   "\x01\xa4"
+					   "kind"
+					   "\xa1"
+					   "x";
+	static const unsigned char end[] = "\x81\xa4$end\x81\xa7records\x01";
+	unsigned char buf[256];
+	char js[512];
+	circ_error e;
+	for (int depth = 31; depth <= 33; depth++) {
+		/* {"a": [[...[nil]...]]}: the map and depth-1 arrays, the innermost
+		 * array empty or holding nil */
+		for (int empty = 0; empty <= 1; empty++) {
+			size_t n = 0;
+			memcpy(buf, hdr, sizeof hdr - 1);
+			n += sizeof hdr - 1;
+			buf[n++] = 0x81, buf[n++] = 0xa1, buf[n++] = 'a';
+			for (int i = 1; i < depth; i++)
+				buf[n++] = (i == depth - 1 && empty) ? 0x90 : 0x91;
+			if (!empty)
+				buf[n++] = 0xc0;
+			memcpy(buf + n, end, sizeof end - 1);
+			n += sizeof end - 1;
+			if (depth <= CIRC_MAX_DEPTH) {
+				CHECK(read_bytes(dir, buf, n, &e) == 0);
+			} else {
+				CHECK(read_bytes(dir, buf, n, &e) < 0);
+				CHECK(strstr(e.msg, "record 1: nesting deeper than 32 levels"));
+			}
+		}
+		{
+			size_t n = (size_t)snprintf(
+			    js, sizeof js,
+			    "{\"format\":\"circ\",\"version\":1,\"kind\":\"x\"}\n{\"a\":");
+			for (int i = 1; i < depth; i++)
+				js[n++] = '[';
+			for (int i = 1; i < depth; i++)
+				js[n++] = ']';
+			js[n++] = '}';
+			js[n++] = '\n';
+			if (depth <= CIRC_MAX_DEPTH) {
+				CHECK(read_bytes(dir, js, n, &e) == 0);
+			} else {
+				CHECK(read_bytes(dir, js, n, &e) < 0);
+				CHECK(strstr(e.msg, "record 1: nesting deeper than 32 levels"));
+			}
+		}
+	}
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-unit-XXXXXX", path[256], cmd[600];
@@ -203,6 +282,7 @@ int main(void)
 	CHECK(mkdtemp(dir) != NULL);
 	test_shape_overflow();
 	test_plain_arrays();
+	test_nesting(dir);
 	snprintf(path, sizeof path, "%s/a.circ", dir);
 
 	circ_writer_opts_default(&o);
