@@ -2,8 +2,9 @@
  * circ-cat: look at streams as a person would. Prints any stream (zstd,
  * msgpack or JSON lines; several files are read one after another) as JSON
  * lines, header first; --to-msgpack turns JSON lines back into the identical
- * binary stream. The trailer is checked on reading and never printed: it is
- * the writer's proof of completion, and each writer adds its own.
+ * binary stream. The end record is checked on reading and not copied: it is
+ * the writer's proof of completion, and each writer adds its own (in JSON
+ * lines too, as the last line), so JSON -> stream -> JSON is byte-identical.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,8 @@ int main(int argc, char **argv)
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (o.header_only && o.no_header)
 		circ_usage_error("--header and --no-header exclude each other");
+	/* only the header, or only the data, is no stream: no end record */
+	cli.wopts.no_end = o.header_only || o.no_header;
 	if (!o.to_msgpack)
 		cli.wopts.json = 1;
 	else if (cli.wopts.json)

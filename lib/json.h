@@ -2,7 +2,8 @@
  * json: the JSON-lines face of circ's streams. Converts one msgpack record to
  * one line of JSON and one parsed JSON value back to msgpack, such that
  * stream -> JSON -> stream and (canonical) JSON -> stream -> JSON are
- * byte-identical. The mapping:
+ * byte-identical (canonical JSON lines end with their end record, as the
+ * writer prints them; see stream.h). The mapping:
  *   nil/bool/str/array/map     as themselves (map keys must be strings)
  *   integers                   JSON integers
  *   float64                    shortest text that reads back to the same

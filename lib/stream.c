@@ -502,6 +502,7 @@ struct circ_reader {
 	const msgpack_object *pending; /* first data record of a headerless JSON input */
 	int64_t recno, ndata_part;
 	int ended, parts;
+	int need_end; /* the current part must end with its end record (see stream.h) */
 };
 
 static int rd_fail(const circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
@@ -926,6 +927,9 @@ static int take_header(circ_reader *r, const msgpack_object *o, circ_error *e)
 	k = circ_rec_get(o, "kind");
 	if (!k || k->type != MSGPACK_OBJECT_STR)
 		return rd_fail(r, e, "header has no 'kind'");
+	/* Binary streams always end with their end record; JSON lines when a tool
+	 * wrote them (a header with "tool"), not when a person did. */
+	r->need_end = r->fmt == FMT_MSGPACK || circ_rec_get(o, "tool") != NULL;
 	if (r->parts > 0) {
 		const msgpack_object *a = circ_rec_get(&r->hdr.data, "model_digest"),
 				     *b = circ_rec_get(o, "model_digest");
@@ -1181,11 +1185,10 @@ int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
 		if (k < 0)
 			return -1;
 		if (k == 0) {
-			if (r->fmt == FMT_MSGPACK && !r->ended)
-				return circ_errorf(e,
-						   "%s: record %lld: stream ends without its end "
-						   "record (incomplete: the writer did not finish)",
-						   r->name, (long long)r->recno + 1);
+			if (r->need_end && !r->ended)
+				return next_fail(r, e,
+						 "stream ends without its end record (incomplete: "
+						 "the writer did not finish)");
 			return 0;
 		}
 		r->recno++;
@@ -1207,6 +1210,10 @@ int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
 		}
 		if (circ_rec_get(o, "format") && (r->ended || r->fmt == FMT_JSON)) {
 			/* the next of several concatenated streams */
+			if (r->need_end && !r->ended)
+				return rd_fail(r, e,
+					       "the stream before this header ends without its end "
+					       "record (incomplete: the writer did not finish)");
 			if (take_header(r, o, e) < 0)
 				return -1;
 			r->ended = 0;
@@ -1262,6 +1269,7 @@ struct circ_writer {
 	char *jbuf;
 	size_t jlen, jcap;
 	int64_t nrec; /* records written, header included */
+	int no_end;   /* write no end record (circ_writer_opts) */
 	int err;      /* first errno from a write, or -1 for an encoder error */
 	char errmsg[256];
 };
@@ -1272,6 +1280,7 @@ void circ_writer_opts_default(circ_writer_opts *o)
 	o->compress = 1;
 	o->level = 3;
 	o->force = 0;
+	o->no_end = 0;
 }
 
 static int write_all(circ_writer *w, const void *buf, size_t n)
@@ -1360,6 +1369,7 @@ circ_writer *circ_writer_open(const char *path, const circ_writer_opts *o, circ_
 	}
 	w->json = o->json;
 	w->compress = !o->json && o->compress;
+	w->no_end = o->no_end;
 	if (!strcmp(path, "-")) {
 		w->fd = 1;
 		w->name = circ_xstrdup("'<stdout>'");
@@ -1501,11 +1511,22 @@ int circ_writer_close(circ_writer *w, circ_error *e)
 		rc = wr_error(w, e);
 		goto out;
 	}
-	if (!w->json) {
-		msgpack_pack_map(&w->pk, 1);
-		circ_pack_str(&w->pk, "$end");
-		msgpack_pack_map(&w->pk, 1);
-		circ_pack_kv_i64(&w->pk, "records", w->nrec > 0 ? w->nrec - 1 : 0);
+	if (w->json && !w->no_end) {
+		/* the end record as circ_json_from_msgpack shows it */
+		char line[64];
+		int n = snprintf(line, sizeof line, "{\"$end\":{\"records\":%lld}}\n",
+				 (long long)(w->nrec > 0 ? w->nrec - 1 : 0));
+		if (write_all(w, line, (size_t)n) < 0) {
+			rc = wr_error(w, e);
+			goto out;
+		}
+	} else if (!w->json) {
+		if (!w->no_end) {
+			msgpack_pack_map(&w->pk, 1);
+			circ_pack_str(&w->pk, "$end");
+			msgpack_pack_map(&w->pk, 1);
+			circ_pack_kv_i64(&w->pk, "records", w->nrec > 0 ? w->nrec - 1 : 0);
+		}
 		if (flush_stage(w) < 0 || (w->compress && sink(w, NULL, 0, ZSTD_e_end) < 0)) {
 			rc = wr_error(w, e);
 			goto out;

@@ -8,9 +8,14 @@
  *
  * Header (record 0): {"format":"circ","version":1,"kind":<kind>,
  *   "tool":..,"tool_version":..,"args":[..],"inputs":[..], <kind fields>}.
- * Trailer (binary form only): {"$end":{"records":N}}. A binary stream that
- * ends without it is reported as incomplete, so the output of a tool that
- * died half-way never passes for a whole stream. JSON lines carry no trailer.
+ * End record (the trailer): {"$end":{"records":N}}, N the data records since
+ * the header. Every writer ends with it, in binary form and as the last line
+ * of JSON lines, and readers check the count. A binary stream that ends
+ * without it is reported as incomplete, and so are JSON lines whose header
+ * has a "tool" field (a tool wrote them), so the output of a tool that died
+ * half-way, or a copy cut at a line boundary, never passes for a whole stream.
+ * JSON lines written by hand (no "tool" in the header, or no header) may
+ * leave it out; where they give it, it is checked.
  *
  * Tensors are maps {"dtype":"f32","shape":[..],"data":<bin, little endian>}.
  * In JSON form their data is an array of numbers (f32 printed with 9
@@ -142,6 +147,8 @@ typedef struct circ_writer_opts {
 	int compress; /* zstd (default 1) */
 	int level;    /* zstd level (default 3) */
 	int force;    /* allow binary output to a terminal */
+	int no_end;   /* write no end record: the output is not a stream (circ-cat
+		       * --header, --no-header) */
 } circ_writer_opts;
 void circ_writer_opts_default(circ_writer_opts *o);
 
@@ -160,8 +167,9 @@ void circ_writer_header(circ_writer *w, const char *kind, int argc, char **argv,
 			circ_reader *const *inputs, int ninputs, int nextra);
 /* Writes a record that is already msgpack bytes (one map). */
 int circ_writer_raw(circ_writer *w, const void *buf, size_t n, circ_error *e);
-/* Writes the trailer, ends the zstd frame, flushes and closes; checks every
- * step. Must be called once; after an error, use circ_writer_abort. */
+/* Writes the end record (the trailer; in JSON lines its last line), ends the
+ * zstd frame, flushes and closes; checks every step. Must be called once;
+ * after an error, use circ_writer_abort. */
 int circ_writer_close(circ_writer *w, circ_error *e);
 /* Frees without writing the trailer (on the error path). */
 void circ_writer_abort(circ_writer *w);

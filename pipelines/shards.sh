@@ -29,13 +29,16 @@ done
 bin=$(if [ -x bin/circ-cat ]; then echo bin/; fi)
 dir=$(mktemp -d "${out}.shards.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
-# split: the header goes to every shard, records round-robin
+# split: the header goes to every shard, records round-robin, and each shard
+# ends with an end record counting its own records (the input's is dropped)
 ${bin}circ-cat "$tokens" | awk -v k="$k" -v d="$dir" '
 	NR == 1 { for (i = 0; i < k; i++) print > (d "/" i ".jsonl"); next }
-	{ print > (d "/" ((NR - 2) % k) ".jsonl") }'
+	/^\{"\$end":/ { next }
+	{ s = (NR - 2) % k; print > (d "/" s ".jsonl"); n[s]++ }
+	END { for (i = 0; i < k; i++) printf "{\"$end\":{\"records\":%d}}\n", n[i] > (d "/" i ".jsonl") }'
 i=0
 while [ $i -lt "$k" ]; do
-	[ -s "$dir/$i.jsonl" ] && [ "$(wc -l <"$dir/$i.jsonl")" -gt 1 ] || rm -f "$dir/$i.jsonl"
+	[ -s "$dir/$i.jsonl" ] && [ "$(wc -l <"$dir/$i.jsonl")" -gt 2 ] || rm -f "$dir/$i.jsonl"
 	i=$((i + 1))
 done
 ls "$dir"/*.jsonl >"$dir/list"

@@ -196,24 +196,29 @@ static void test_plain_arrays(void)
 	msgpack_sbuffer_destroy(&sb);
 }
 
-/* Reads every record of the bytes through a reader; 0 or -1 with e set. */
-static int read_bytes(const char *dir, const void *buf, size_t n, circ_error *e)
+/* Reads every record of the file through a reader; 0 or -1 with e set. */
+static int read_path(const char *path, circ_error *e)
 {
-	char path[300];
-	FILE *f;
-	circ_reader *r;
+	circ_reader *r = circ_reader_open(path, NULL, e);
 	const msgpack_object *rec;
 	int k;
-	snprintf(path, sizeof path, "%s/bytes", dir);
-	f = fopen(path, "wb");
-	CHECK(f && fwrite(buf, 1, n, f) == n && fclose(f) == 0);
-	r = circ_reader_open(path, NULL, e);
 	if (!r)
 		return -1;
 	while ((k = circ_reader_next(r, &rec, e)) > 0)
 		;
 	circ_reader_free(r);
 	return k;
+}
+
+/* The same for bytes, written to a file in dir. */
+static int read_bytes(const char *dir, const void *buf, size_t n, circ_error *e)
+{
+	char path[300];
+	FILE *f;
+	snprintf(path, sizeof path, "%s/bytes", dir);
+	f = fopen(path, "wb");
+	CHECK(f && fwrite(buf, 1, n, f) == n && fclose(f) == 0);
+	return read_path(path, e);
 }
 
 /* h13.17: nesting as deep as the unpacker allows reads; one more level is
@@ -296,6 +301,24 @@ int main(void)
 	o.json = 1;
 	write_stream(path, &o, 5);
 	CHECK(read_stream(path, 5) == 5);
+	/* h13.5: the JSON lines end with the end record, and without it (a copy
+	 * cut at a line boundary) the tool-written stream is incomplete */
+	snprintf(cmd, sizeof cmd, "tail -n 1 %s | grep -qx '{\"$end\":{\"records\":5}}'", path);
+	CHECK(system(cmd) == 0);
+	snprintf(cmd, sizeof cmd, "head -n -1 %s/a.circ > %s/cut.jsonl", dir, dir);
+	CHECK(system(cmd) == 0);
+	{
+		char cut[300];
+		circ_error e;
+		snprintf(cut, sizeof cut, "%s/cut.jsonl", dir);
+		CHECK(read_path(cut, &e) < 0);
+		CHECK(strstr(e.msg, "record 6: stream ends without its end record") != NULL);
+		CHECK(read_bytes(
+			  dir,
+			  "{\"format\":\"circ\",\"version\":1,\"kind\":\"x\",\"tool\":\"t\"}\n", 52,
+			  &e) < 0);
+		CHECK(strstr(e.msg, "record 1: stream ends without its end record") != NULL);
+	}
 
 	/* concatenation of two compressed shards */
 	circ_writer_opts_default(&o);
