@@ -604,7 +604,7 @@ static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 }
 
 /* mp_scan's answers besides "whole" (1) and "needs more bytes" (0). */
-enum { MP_INVALID = -1, MP_DEEP = -2, MP_MANY = -3 };
+enum { MP_INVALID = -1, MP_DEEP = -2, MP_MANY = -3, MP_BIG = -4 };
 
 /* Scans the msgpack object at p without allocating: 1 and its length in *len
  * if the n bytes hold it whole, 0 if it needs more bytes, or an MP_ problem.
@@ -612,9 +612,12 @@ enum { MP_INVALID = -1, MP_DEEP = -2, MP_MANY = -3 };
  * tiny input that declares a map of 2^32 entries cannot make it allocate
  * gigabytes, and neither can a small zstd frame that inflates to 10^8 nils
  * (the unpacker spends 24 bytes on each value): more than max_values values
- * fail as soon as the scan has seen them, before the record is read whole.
+ * fail as soon as the scan has seen them, before the record is read whole,
+ * and so do a container declaring more items, or a string or bin declaring
+ * more bytes (max_bytes), than a record may hold: they are refused on sight.
  * Nesting is limited to the unpacker's stack (CIRC_MAX_DEPTH containers). */
-static int mp_scan(const unsigned char *p, size_t n, size_t max_values, size_t *len)
+static int mp_scan(const unsigned char *p, size_t n, size_t max_values, size_t max_bytes,
+		   size_t *len)
 {
 	uint64_t left[CIRC_MAX_DEPTH + 1]; /* values still due at each open level */
 	int depth = 0;			   /* left[0]: the one top-level object */
@@ -684,6 +687,10 @@ static int mp_scan(const unsigned char *p, size_t n, size_t max_values, size_t *
 			else
 				skip += v;
 		}
+		if (kids > max_values - nvalues)
+			return MP_MANY;
+		if (skip > max_bytes || i + skip > max_bytes)
+			return MP_BIG;
 		if (n - i < skip)
 			return 0;
 		i += (size_t)skip;
@@ -708,7 +715,7 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 		int scan = 0;
 		if (avail)
 			scan = mp_scan((const unsigned char *)r->up.buffer + r->up.off, avail,
-				       r->max_values, &len);
+				       r->max_values, r->max_record, &len);
 		if (scan == MP_INVALID)
 			return next_fail(r, e, "invalid msgpack data");
 		if (scan == MP_DEEP)
@@ -728,7 +735,7 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 				return next_fail(r, e, "out of memory");
 			return next_fail(r, e, "invalid msgpack data");
 		}
-		if (avail > r->max_record)
+		if (scan == MP_BIG || avail > r->max_record)
 			return next_fail(r, e,
 					 "record larger than %zu bytes (CIRC_MAX_RECORD raises the "
 					 "limit)",
