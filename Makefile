@@ -153,20 +153,72 @@ clean:
 
 -include $(LIB_OBJ:.o=.d) $(CMD_SRC:%.c=$(B)/%.d) $(UNIT_SRC:%.c=$(B)/%.d) $(BENCH_SRC:%.c=$(B)/%.d)
 
-# Fuzzing the stream reader with libFuzzer (clang). `make fuzz` runs until
-# stopped (FUZZ_SECONDS=N to bound it); new inputs are kept in the corpus.
+# Fuzzing with libFuzzer (clang): one target per parser of untrusted input,
+# tests/fuzz/fuzz_<name>.c, each with a seed corpus tests/fuzz/corpus-<name>/:
+#   stream            the stream reader: sniffing, zstd, msgpack, JSON lines
+#   jsonl             the JSON-lines reader and the JSON face of records
+#   safetensors       the safetensors header parser (model.safetensors)
+#   config            config.json reading
+#   vocab             vocab.json and merges.txt
+#   tokenizer_json    tokenizer.json
+# The library is built once with -fsanitize=fuzzer-no-link,address,undefined.
+# `make fuzz [FUZZ_TARGET=name]` runs one target until stopped (FUZZ_SECONDS=N
+# to bound it); new inputs are kept in build/fuzz/new-<name>.
+FUZZ_TARGETS = stream jsonl safetensors config vocab tokenizer_json
+FUZZ_TARGET ?= stream
 FUZZ_SECONDS ?= 0
-FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -Ilib -g -O1 -fsanitize=fuzzer,address,undefined
-FUZZ_BIN = build/fuzz/fuzz_stream
-FUZZ_LIB_SRC = lib/util.c lib/stream.c lib/json.c
-$(FUZZ_BIN): tests/fuzz/fuzz_stream.c $(FUZZ_LIB_SRC) lib/stream.h lib/json.h lib/util.h
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -Ilib $(ARCHFLAGS) -g -O1 -fno-omit-frame-pointer
+FUZZ_SAN = address,undefined
+FUZZ_LIB_OBJ = $(LIB_SRC:lib/%.c=build/fuzz/lib/%.o)
+FUZZ_BINS = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+# the largest input each target is given (a safetensors header or a tokenizer needs more room)
+FUZZ_MAXLEN_stream = 4096
+FUZZ_MAXLEN_jsonl = 4096
+FUZZ_MAXLEN_safetensors = 8192
+FUZZ_MAXLEN_config = 2048
+FUZZ_MAXLEN_vocab = 16384
+FUZZ_MAXLEN_tokenizer_json = 16384
+build/fuzz/lib/%.o: lib/%.c
 	@mkdir -p $(@D)
-	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_stream.c $(FUZZ_LIB_SRC) -lmsgpackc -lzstd -ljansson -lm
-fuzz: $(FUZZ_BIN)
-	@mkdir -p build/fuzz/new
-	$(FUZZ_BIN) -max_len=4096 $(if $(filter-out 0,$(FUZZ_SECONDS)),-max_total_time=$(FUZZ_SECONDS)) \
-		build/fuzz/new tests/fuzz/corpus
-# A short bounded run for CI: the committed corpus plus 30 seconds of new inputs.
-fuzz-ci: $(FUZZ_BIN)
-	@mkdir -p build/fuzz/new
-	$(FUZZ_BIN) -max_len=4096 -max_total_time=30 -print_final_stats=0 build/fuzz/new tests/fuzz/corpus 2>&1 | tail -3
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -MMD -MP -c $< -o $@
+build/fuzz/libcirc.a: $(FUZZ_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_file.h build/fuzz/libcirc.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $< build/fuzz/libcirc.a $(LDLIBS)
+-include $(FUZZ_LIB_OBJ:.o=.d)
+fuzz: build/fuzz/fuzz_$(FUZZ_TARGET)
+	@mkdir -p build/fuzz/new-$(FUZZ_TARGET)
+	build/fuzz/fuzz_$(FUZZ_TARGET) -max_len=$(FUZZ_MAXLEN_$(FUZZ_TARGET)) \
+		$(if $(filter-out 0,$(FUZZ_SECONDS)),-max_total_time=$(FUZZ_SECONDS)) \
+		build/fuzz/new-$(FUZZ_TARGET) tests/fuzz/corpus-$(FUZZ_TARGET)
+# A bounded run for CI: each target replays its committed corpus and then
+# searches for FUZZ_CI_SECONDS_<name> seconds (about 80 s in all). Each log
+# goes to a file, not through a pipe, so a crash fails the target (and CI)
+# with its report shown; a crashing input is left in build/fuzz/ as crash-*.
+FUZZ_CI_SECONDS_stream = 18
+FUZZ_CI_SECONDS_jsonl = 14
+FUZZ_CI_SECONDS_safetensors = 12
+FUZZ_CI_SECONDS_config = 10
+FUZZ_CI_SECONDS_vocab = 13
+FUZZ_CI_SECONDS_tokenizer_json = 13
+fuzz-ci: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		case $$t in \
+		stream) max=$(FUZZ_MAXLEN_stream) secs=$(FUZZ_CI_SECONDS_stream) ;; \
+		jsonl) max=$(FUZZ_MAXLEN_jsonl) secs=$(FUZZ_CI_SECONDS_jsonl) ;; \
+		safetensors) max=$(FUZZ_MAXLEN_safetensors) secs=$(FUZZ_CI_SECONDS_safetensors) ;; \
+		config) max=$(FUZZ_MAXLEN_config) secs=$(FUZZ_CI_SECONDS_config) ;; \
+		vocab) max=$(FUZZ_MAXLEN_vocab) secs=$(FUZZ_CI_SECONDS_vocab) ;; \
+		tokenizer_json) max=$(FUZZ_MAXLEN_tokenizer_json) secs=$(FUZZ_CI_SECONDS_tokenizer_json) ;; \
+		*) max=4096 secs=10 ;; \
+		esac; \
+		mkdir -p build/fuzz/new-$$t; \
+		if build/fuzz/fuzz_$$t -max_len=$$max -max_total_time=$$secs -timeout=10 \
+			-rss_limit_mb=2048 -artifact_prefix=build/fuzz/ -print_final_stats=1 \
+			build/fuzz/new-$$t tests/fuzz/corpus-$$t >build/fuzz/$$t.log 2>&1; then \
+			echo "fuzz $$t: $$(grep -o 'stat::number_of_executed_units: *[0-9]*' build/fuzz/$$t.log | grep -o '[0-9]*$$') runs in $$secs s, no crash"; \
+		else \
+			echo "fuzz $$t: FAILED (build/fuzz/$$t.log):"; tail -n 60 build/fuzz/$$t.log; exit 1; \
+		fi; \
+	done

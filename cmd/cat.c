@@ -2,12 +2,14 @@
  * circ-cat: look at streams as a person would. Prints any stream (zstd,
  * msgpack or JSON lines; several files are read one after another) as JSON
  * lines, header first; --to-msgpack turns JSON lines back into the identical
- * binary stream. The trailer is checked on reading and never printed: it is
- * the writer's proof of completion, and each writer adds its own.
+ * binary stream. The end record is checked on reading and not copied: it is
+ * the writer's proof of completion, and each writer adds its own (in JSON
+ * lines too, as the last line), so JSON -> stream -> JSON is byte-identical.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "opt.h"
 
 enum { OPT_TO_MSGPACK = CIRC_OPT_FIRST_TOOL, OPT_HEADER, OPT_NO_HEADER, OPT_KIND };
@@ -36,11 +38,22 @@ static int handle(int key, const char *arg, void *ctx)
 	return -1;
 }
 
-static void pack_object_record(circ_writer *w, const msgpack_object *rec, circ_error *e)
+/* Writes one record of r. A record the JSON face cannot show (a tensor whose
+ * shape does not fit its data, say) is the input's fault: it is checked here,
+ * in either direction, so that the message names the input and its record. */
+static void pack_object_record(circ_writer *w, circ_reader *r, const msgpack_object *rec,
+			       circ_error *e)
 {
-	msgpack_pack_object(circ_writer_packer(w), *rec);
-	if (circ_writer_end_record(w, e) < 0)
+	if (circ_json_check(rec, e) < 0) {
+		circ_reader_fail(r, e);
+		circ_writer_abort(w);
 		circ_die(e);
+	}
+	msgpack_pack_object(circ_writer_packer(w), *rec);
+	if (circ_writer_end_record(w, e) < 0) {
+		circ_writer_abort(w);
+		circ_die(e);
+	}
 }
 
 int main(int argc, char **argv)
@@ -57,6 +70,8 @@ int main(int argc, char **argv)
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (o.header_only && o.no_header)
 		circ_usage_error("--header and --no-header exclude each other");
+	/* only the header, or only the data, is no stream: no end record */
+	cli.wopts.no_end = o.header_only || o.no_header;
 	if (!o.to_msgpack)
 		cli.wopts.json = 1;
 	else if (cli.wopts.json)
@@ -77,9 +92,9 @@ int main(int argc, char **argv)
 			circ_die(&e);
 		}
 		if (f == 0 && !o.no_header)
-			pack_object_record(w, circ_reader_header(r), &e);
+			pack_object_record(w, r, circ_reader_header(r), &e);
 		while (!o.header_only && (k = circ_reader_next(r, &rec, &e)) > 0)
-			pack_object_record(w, rec, &e);
+			pack_object_record(w, r, rec, &e);
 		if (!o.header_only && k < 0) {
 			circ_writer_abort(w);
 			circ_die(&e);

@@ -993,7 +993,7 @@ static int cmp_i64(const void *a, const void *b)
 }
 
 /* truth.jsonl: a circuit stream header, then the truth edges in canonical
- * order. Each name is checked against the graph. */
+ * order, then the end record. Each name is checked against the graph. */
 static int write_truth(FILE *f, void *ctx, circ_error *e)
 {
 	truth_ctx *t = ctx;
@@ -1025,6 +1025,7 @@ static int write_truth(FILE *f, void *ctx, circ_error *e)
 		circ_graph_edge_name(g, idx[i], name, sizeof name);
 		fprintf(f, "{\"edge\":\"%s\"}\n", name);
 	}
+	fprintf(f, "{\"$end\":{\"records\":%d}}\n", n); /* as stream writers end (stream.h) */
 	circ_graph_free(g);
 	return 0;
 }

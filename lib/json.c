@@ -17,8 +17,11 @@ typedef struct sbuf {
 	size_t *len, *cap;
 } sbuf;
 
+/* A NULL buf checks without writing (circ_json_check). */
 static void put(sbuf *b, const char *s, size_t n)
 {
+	if (!b->buf)
+		return;
 	if (*b->len + n + 1 > *b->cap) {
 		size_t c = *b->cap ? *b->cap : 256;
 		while (c < *b->len + n + 1)
@@ -225,6 +228,8 @@ static int put_tensor(sbuf *b, const msgpack_object *o, circ_error *e)
 	char num[48];
 	if (circ_obj_tensor(o, &t, e) < 0)
 		return -1;
+	if (!b->buf)
+		return 0;
 	puts_(b, "{\"dtype\":");
 	put_str(b, circ_dtype_name(t.dtype), strlen(circ_dtype_name(t.dtype)));
 	puts_(b, ",\"shape\":[");
@@ -302,8 +307,9 @@ static int to_json(sbuf *b, const msgpack_object *o, int depth, circ_error *e)
 {
 	char num[48];
 	uint32_t i;
-	if (depth > 64)
-		return circ_errorf(e, "nesting deeper than 64 levels");
+	if (depth >= CIRC_MAX_DEPTH &&
+	    (o->type == MSGPACK_OBJECT_ARRAY || o->type == MSGPACK_OBJECT_MAP))
+		return circ_errorf(e, "nesting deeper than %d levels", CIRC_MAX_DEPTH);
 	switch (o->type) {
 	case MSGPACK_OBJECT_NIL: puts_(b, "null"); break;
 	case MSGPACK_OBJECT_BOOLEAN: puts_(b, o->via.boolean ? "true" : "false"); break;
@@ -351,7 +357,8 @@ static int to_json(sbuf *b, const msgpack_object *o, int depth, circ_error *e)
 			put_str(b, k->via.str.ptr, k->via.str.size);
 			put(b, ":", 1);
 			if (to_json(b, &o->via.map.ptr[i].val, depth + 1, e) < 0)
-				return -1;
+				return circ_error_prefix(e, "field '%.*s'", (int)k->via.str.size,
+							 k->via.str.ptr);
 		}
 		put(b, "}", 1);
 		break;
@@ -364,6 +371,12 @@ int circ_json_from_msgpack(const msgpack_object *o, char **buf, size_t *len, siz
 			   circ_error *e)
 {
 	sbuf b = {buf, len, cap};
+	return to_json(&b, o, 0, e);
+}
+
+int circ_json_check(const msgpack_object *o, circ_error *e)
+{
+	sbuf b = {NULL, NULL, NULL};
 	return to_json(&b, o, 0, e);
 }
 
@@ -553,8 +566,9 @@ static int is_tensor_json(const json_t *j)
 static int pack_json(const json_t *j, msgpack_packer *pk, int depth, circ_error *e)
 {
 	double d;
-	if (depth > 64)
-		return circ_errorf(e, "nesting deeper than 64 levels");
+	/* as deep as a reader takes (stream.h) */
+	if (depth >= CIRC_MAX_DEPTH && (json_is_array(j) || json_is_object(j)))
+		return circ_errorf(e, "nesting deeper than %d levels", CIRC_MAX_DEPTH);
 	switch (json_typeof(j)) {
 	case JSON_NULL: msgpack_pack_nil(pk); break;
 	case JSON_TRUE: msgpack_pack_true(pk); break;

@@ -79,10 +79,26 @@ static float f16_to_f32(uint16_t h)
 	return f;
 }
 
+/* A plain array's item i as a double (circ_obj_tensor checked it is a number). */
+static double item_f64(const circ_tensor *t, int64_t i)
+{
+	const msgpack_object *o = &t->items[i];
+	switch (o->type) {
+	case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
+	default: return o->via.f64;
+	}
+}
+
 int circ_tensor_copy_f32(const circ_tensor *t, float *out, circ_error *e)
 {
 	int64_t n = circ_tensor_numel(t), i;
 	const unsigned char *p = t->data;
+	if (t->items) {
+		for (i = 0; i < n; i++)
+			out[i] = (float)item_f64(t, i);
+		return 0;
+	}
 	switch (t->dtype) {
 	case CIRC_F32: memcpy(out, p, (size_t)n * 4); return 0;
 	case CIRC_F64:
@@ -115,6 +131,25 @@ int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e)
 {
 	int64_t n = circ_tensor_numel(t), i;
 	const unsigned char *p = t->data;
+	if (t->items) {
+		for (i = 0; i < n; i++) {
+			const msgpack_object *o = &t->items[i];
+			int64_t v;
+			if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+				v = o->via.u64 > INT64_MAX ? INT64_MAX : (int64_t)o->via.u64;
+			else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+				v = o->via.i64;
+			else
+				return circ_errorf(e, "expected integers, got %s at index %lld",
+						   circ_obj_type_name(o), (long long)i);
+			if (v < INT32_MIN || v > INT32_MAX)
+				return circ_errorf(e,
+						   "value %lld at index %lld does not fit in i32",
+						   (long long)v, (long long)i);
+			out[i] = (int32_t)v;
+		}
+		return 0;
+	}
 	switch (t->dtype) {
 	case CIRC_I32: memcpy(out, p, (size_t)n * 4); return 0;
 	case CIRC_U8:
@@ -270,12 +305,51 @@ int circ_rec_array(const msgpack_object *map, const char *key, const msgpack_obj
 	return 0;
 }
 
+/* The largest tensor a record may hold, in elements: far above any model's
+ * activations, and small enough that numel * 8 bytes cannot overflow. */
+#define TENSOR_MAX_NUMEL (1ull << 40)
+
+/* A plain 1-d array of numbers as a tensor (see circ_tensor). */
+static int plain_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
+{
+	int ints = 1, wide = 0;
+	for (uint32_t i = 0; i < o->via.array.size; i++) {
+		const msgpack_object *v = &o->via.array.ptr[i];
+		switch (v->type) {
+		case MSGPACK_OBJECT_POSITIVE_INTEGER:
+			if (v->via.u64 > INT32_MAX)
+				wide = 1;
+			break;
+		case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+			if (v->via.i64 < INT32_MIN)
+				wide = 1;
+			break;
+		case MSGPACK_OBJECT_FLOAT32:
+		case MSGPACK_OBJECT_FLOAT64: ints = 0; break;
+		default:
+			return circ_errorf(e, "tensor: item %u of the array is %s, not a number", i,
+					   circ_obj_type_name(v));
+		}
+	}
+	t->dtype = !ints ? CIRC_F32 : wide ? CIRC_I64 : CIRC_I32;
+	t->ndim = 1;
+	t->shape[0] = o->via.array.size;
+	t->data = NULL;
+	t->nbytes = (size_t)o->via.array.size * circ_dtype_size(t->dtype);
+	t->items = o->via.array.ptr;
+	return 0;
+}
+
 int circ_obj_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
 {
 	const msgpack_object *dt, *sh, *da;
 	uint64_t numel = 1, need_bytes;
+	t->items = NULL;
+	if (o->type == MSGPACK_OBJECT_ARRAY)
+		return plain_tensor(o, t, e);
 	if (o->type != MSGPACK_OBJECT_MAP)
-		return circ_errorf(e, "expected a tensor map, got %s", circ_obj_type_name(o));
+		return circ_errorf(e, "expected a tensor map or an array of numbers, got %s",
+				   circ_obj_type_name(o));
 	dt = need(o, "dtype", e);
 	sh = dt ? need(o, "shape", e) : NULL;
 	da = sh ? need(o, "data", e) : NULL;
@@ -292,12 +366,17 @@ int circ_obj_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
 	t->ndim = (int)sh->via.array.size;
 	for (int i = 0; i < t->ndim; i++) {
 		const msgpack_object *d = &sh->via.array.ptr[i];
-		if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER || d->via.u64 > (1ull << 40))
+		if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER || d->via.u64 > TENSOR_MAX_NUMEL)
 			return circ_errorf(e, "tensor: shape[%d] is not a valid size", i);
 		t->shape[i] = (int64_t)d->via.u64;
-		numel *= d->via.u64;
-		if (numel > (1ull << 40))
-			return circ_errorf(e, "tensor: shape too large");
+	}
+	/* The product is tested by division before it is formed, so it cannot wrap
+	 * (2^24 x 2^40 is 2^64, which would be 0). */
+	for (int i = 0; i < t->ndim; i++) {
+		uint64_t d = (uint64_t)t->shape[i];
+		if (d && numel > TENSOR_MAX_NUMEL / d)
+			return circ_errorf(e, "tensor: shape too large (more than 2^40 elements)");
+		numel *= d;
 	}
 	need_bytes = numel * circ_dtype_size(t->dtype);
 	if (need_bytes != da->via.bin.size) {
@@ -404,9 +483,17 @@ struct circ_reader {
 	char *line;
 	size_t line_len, line_cap, line_off;
 	int line_eof;
+	size_t js_n;	  /* bytes of the current line scanned so far (jscan) */
+	size_t js_values; /* and what they hold: values, open brackets, string state */
+	int js_depth, js_str, js_esc;
 	msgpack_sbuffer jsb;
 	msgpack_unpacked jres;
-	size_t max_record;
+	size_t max_record, max_values;
+	/* A byte-layer error met while reading ahead: the bytes before it are
+	 * still parsed, and the error is reported for the record that needs more
+	 * (byte_err: 1 once set; byte_msg: the problem, without its prefix). */
+	int byte_err;
+	char byte_msg[200];
 	/* stream state */
 	msgpack_sbuffer hdr_sb;
 	msgpack_unpacked hdr;
@@ -424,6 +511,7 @@ struct circ_reader {
 	circ_reader_part_fn part_end;
 	void *part_ctx;
 	int part_checked; /* the last part's check ran (at the end of the input) */
+	int need_end;	  /* the current part must end with its end record (see stream.h) */
 };
 
 static int rd_fail(const circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
@@ -442,6 +530,30 @@ int circ_reader_fail(const circ_reader *r, circ_error *e)
 	return circ_error_prefix(e, "%s: record %lld", r->name, (long long)r->recno);
 }
 
+/* As rd_fail, for the record being read (the one after the last returned). */
+static int next_fail(const circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
+static int next_fail(const circ_reader *r, circ_error *e, const char *fmt, ...)
+{
+	char m[sizeof e->msg];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof m, fmt, ap);
+	va_end(ap);
+	return circ_errorf(e, "%s: record %lld: %s", r->name, (long long)r->recno + 1, m);
+}
+
+/* Keeps a byte-layer problem (see byte_err) and reports it. */
+static int byte_fail(circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
+static int byte_fail(circ_reader *r, circ_error *e, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(r->byte_msg, sizeof r->byte_msg, fmt, ap);
+	va_end(ap);
+	r->byte_err = 1;
+	return next_fail(r, e, "%s", r->byte_msg);
+}
+
 /* Reads raw bytes; 0 at EOF. */
 static ssize_t raw_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 {
@@ -452,15 +564,18 @@ static ssize_t raw_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 		k = read(r->fd, buf, n);
 	while (k < 0 && errno == EINTR);
 	if (k < 0)
-		return circ_errorf(e, "%s: read error: %s", r->name, strerror(errno));
+		return byte_fail(r, e, "read error: %s", strerror(errno));
 	if (k == 0)
 		r->raw_eof = 1;
 	return k;
 }
 
-/* Byte layer: up to n decoded bytes into buf; 0 at proper EOF, -1 on error. */
+/* Byte layer: up to n decoded bytes into buf; 0 at proper EOF, -1 on error.
+ * After an error every call fails again, naming the record then being read. */
 static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 {
+	if (r->byte_err)
+		return next_fail(r, e, "%s", r->byte_msg);
 	if (r->pend_off < r->npend) {
 		size_t k = r->npend - r->pend_off < n ? r->npend - r->pend_off : n;
 		memcpy(buf, r->pend + r->pend_off, k);
@@ -478,10 +593,10 @@ static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 				return -1;
 			if (k == 0) {
 				if (r->zret != 0)
-					return circ_errorf(e,
-							   "%s: record %lld: truncated zstd frame "
-							   "(input ends inside a compressed frame)",
-							   r->name, (long long)r->recno + 1);
+					return byte_fail(
+					    r, e,
+					    "truncated zstd frame (input ends inside a "
+					    "compressed frame)");
 				return 0;
 			}
 			r->zin.src = r->in;
@@ -490,42 +605,52 @@ static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 		}
 		ret = ZSTD_decompressStream(r->zd, &out, &r->zin);
 		if (ZSTD_isError(ret))
-			return circ_errorf(e, "%s: record %lld: corrupt zstd data: %s", r->name,
-					   (long long)r->recno + 1, ZSTD_getErrorName(ret));
+			return byte_fail(r, e, "corrupt zstd data: %s", ZSTD_getErrorName(ret));
 		r->zret = ret;
 		if (out.pos > 0)
 			return (ssize_t)out.pos;
 	}
 }
 
-/* Length of the msgpack object at p if all n bytes hold it whole, 0 if it
- * needs more bytes, SIZE_MAX if it is invalid. Nothing is allocated: the
- * unpacker is only called on whole objects, so a tiny input that declares a
- * map of 2^32 entries cannot make it allocate gigabytes. */
-static size_t mp_complete(const unsigned char *p, size_t n)
+/* mp_scan's answers besides "whole" (1) and "needs more bytes" (0). */
+enum { MP_INVALID = -1, MP_DEEP = -2, MP_MANY = -3, MP_BIG = -4 };
+
+/* Scans the msgpack object at p without allocating: 1 and its length in *len
+ * if the n bytes hold it whole, 0 if it needs more bytes, or an MP_ problem.
+ * The unpacker is only called on whole objects that passed this scan, so a
+ * tiny input that declares a map of 2^32 entries cannot make it allocate
+ * gigabytes, and neither can a small zstd frame that inflates to 10^8 nils
+ * (the unpacker spends 24 bytes on each value): more than max_values values
+ * fail as soon as the scan has seen them, before the record is read whole,
+ * and so do a container declaring more items, or a string or bin declaring
+ * more bytes (max_bytes), than a record may hold: they are refused on sight.
+ * Nesting is limited to the unpacker's stack (CIRC_MAX_DEPTH containers). */
+static int mp_scan(const unsigned char *p, size_t n, size_t max_values, size_t max_bytes,
+		   size_t *len)
 {
-	size_t i = 0;
-	uint64_t todo = 1;
-	while (todo > 0) {
+	uint64_t left[CIRC_MAX_DEPTH + 1]; /* values still due at each open level */
+	int depth = 0;			   /* left[0]: the one top-level object */
+	size_t i = 0, nvalues = 0;
+	left[0] = 1;
+	while (depth >= 0) {
 		unsigned c;
-		uint64_t len = 0, kids = 0;
+		uint64_t skip = 0, kids = 0;
 		size_t w = 0; /* width of a length field */
+		int box = 0;  /* a map or an array */
 		if (i >= n)
 			return 0;
+		if (++nvalues > max_values)
+			return MP_MANY;
 		c = p[i++];
-		todo--;
-		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
-			continue;
-		if (c <= 0x8f) {
-			todo += 2 * (uint64_t)(c & 0xf);
-			continue;
-		}
-		if (c <= 0x9f) {
-			todo += c & 0xf;
-			continue;
-		}
-		if (c <= 0xbf) {
-			len = c & 0x1f;
+		left[depth]--;
+		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+			/* a one-byte value */
+		} else if (c <= 0x8f) {
+			kids = 2 * (uint64_t)(c & 0xf), box = 1;
+		} else if (c <= 0x9f) {
+			kids = c & 0xf, box = 1;
+		} else if (c <= 0xbf) {
+			skip = c & 0x1f;
 		} else {
 			switch (c) {
 			case 0xc4:
@@ -534,29 +659,29 @@ static size_t mp_complete(const unsigned char *p, size_t n)
 			case 0xda: w = 2; break;
 			case 0xc6:
 			case 0xdb: w = 4; break;
-			case 0xc7: w = 1, len = 1; break;
-			case 0xc8: w = 2, len = 1; break;
-			case 0xc9: w = 4, len = 1; break;
-			case 0xca: len = 4; break;
-			case 0xcb: len = 8; break;
+			case 0xc7: w = 1, skip = 1; break;
+			case 0xc8: w = 2, skip = 1; break;
+			case 0xc9: w = 4, skip = 1; break;
+			case 0xca: skip = 4; break;
+			case 0xcb: skip = 8; break;
 			case 0xcc:
-			case 0xd0: len = 1; break;
+			case 0xd0: skip = 1; break;
 			case 0xcd:
-			case 0xd1: len = 2; break;
+			case 0xd1: skip = 2; break;
 			case 0xce:
-			case 0xd2: len = 4; break;
+			case 0xd2: skip = 4; break;
 			case 0xcf:
-			case 0xd3: len = 8; break;
-			case 0xd4: len = 2; break;
-			case 0xd5: len = 3; break;
-			case 0xd6: len = 5; break;
-			case 0xd7: len = 9; break;
-			case 0xd8: len = 17; break;
-			case 0xdc: w = 2, kids = 1; break;
-			case 0xdd: w = 4, kids = 1; break;
-			case 0xde: w = 2, kids = 2; break;
-			case 0xdf: w = 4, kids = 2; break;
-			default: return SIZE_MAX; /* 0xc1 */
+			case 0xd3: skip = 8; break;
+			case 0xd4: skip = 2; break;
+			case 0xd5: skip = 3; break;
+			case 0xd6: skip = 5; break;
+			case 0xd7: skip = 9; break;
+			case 0xd8: skip = 17; break;
+			case 0xdc: w = 2, kids = 1, box = 1; break;
+			case 0xdd: w = 4, kids = 1, box = 1; break;
+			case 0xde: w = 2, kids = 2, box = 1; break;
+			case 0xdf: w = 4, kids = 2, box = 1; break;
+			default: return MP_INVALID; /* 0xc1 */
 			}
 		}
 		if (w) {
@@ -566,56 +691,81 @@ static size_t mp_complete(const unsigned char *p, size_t n)
 			for (size_t j = 0; j < w; j++)
 				v = v << 8 | p[i + j];
 			i += w;
-			if (kids) {
-				todo += kids * v;
-				continue;
-			}
-			len += v;
+			if (box)
+				kids *= v;
+			else
+				skip += v;
 		}
-		if (n - i < len)
+		if (kids > max_values - nvalues)
+			return MP_MANY;
+		if (skip > max_bytes || i + skip > max_bytes)
+			return MP_BIG;
+		if (n - i < skip)
 			return 0;
-		i += (size_t)len;
+		i += (size_t)skip;
+		/* the unpacker refuses a container, empty or not, below CIRC_MAX_DEPTH
+		 * open ones; an empty one opens no level */
+		if (box && depth == CIRC_MAX_DEPTH)
+			return MP_DEEP;
+		if (kids)
+			left[++depth] = kids;
+		while (depth >= 0 && left[depth] == 0)
+			depth--;
 	}
-	return i;
+	*len = i;
+	return 1;
 }
 
 /* Record layer, msgpack: next object or 0 at EOF. */
 static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 {
 	for (;;) {
-		size_t avail = r->up.used - r->up.off, need;
-		ssize_t k;
-		need =
-		    avail ? mp_complete((const unsigned char *)r->up.buffer + r->up.off, avail) : 0;
-		if (need == SIZE_MAX)
-			return circ_errorf(e, "%s: record %lld: invalid msgpack data", r->name,
-					   (long long)r->recno + 1);
-		if (need > 0) {
+		size_t avail = r->up.used - r->up.off, len = 0;
+		int scan = 0;
+		if (avail)
+			scan = mp_scan((const unsigned char *)r->up.buffer + r->up.off, avail,
+				       r->max_values, r->max_record, &len);
+		if (scan == MP_INVALID)
+			return next_fail(r, e, "invalid msgpack data");
+		if (scan == MP_DEEP)
+			return next_fail(r, e, "nesting deeper than %d levels", CIRC_MAX_DEPTH);
+		if (scan == MP_MANY)
+			return next_fail(r, e,
+					 "more than %zu values in one record (CIRC_MAX_VALUES "
+					 "raises the limit)",
+					 r->max_values);
+		if (scan == 1) {
 			msgpack_unpack_return ret = msgpack_unpacker_next(&r->up, &r->res);
 			if (ret == MSGPACK_UNPACK_SUCCESS) {
 				*o = &r->res.data;
 				return 1;
 			}
 			if (ret == MSGPACK_UNPACK_NOMEM_ERROR)
-				return circ_errorf(e, "%s: record %lld: out of memory", r->name,
-						   (long long)r->recno + 1);
-			return circ_errorf(e, "%s: record %lld: invalid msgpack data", r->name,
-					   (long long)r->recno + 1);
+				return next_fail(r, e, "out of memory");
+			return next_fail(r, e, "invalid msgpack data");
 		}
-		if (avail > r->max_record)
-			return circ_errorf(e, "%s: record %lld: record larger than %zu bytes",
-					   r->name, (long long)r->recno + 1, r->max_record);
+		if (scan == MP_BIG || avail > r->max_record)
+			return next_fail(r, e,
+					 "record larger than %zu bytes (CIRC_MAX_RECORD raises the "
+					 "limit)",
+					 r->max_record);
 		/* Grow reads geometrically so that rescanning a large record stays linear. */
 		{
 			size_t want = avail > UNPACK_READ ? avail : UNPACK_READ, got = 0;
+			ssize_t k;
 			if (msgpack_unpacker_buffer_capacity(&r->up) < want &&
 			    !msgpack_unpacker_reserve_buffer(&r->up, want))
-				return circ_errorf(e, "%s: out of memory", r->name);
+				return next_fail(r, e, "out of memory");
 			while (got < want) {
 				k = bytes_read(r, msgpack_unpacker_buffer(&r->up),
 					       msgpack_unpacker_buffer_capacity(&r->up), e);
-				if (k < 0)
+				if (k < 0) {
+					/* parse what came before the error first: the
+					 * error belongs to the record that needs more */
+					if (got > 0)
+						break;
 					return -1;
+				}
 				if (k == 0)
 					break;
 				msgpack_unpacker_buffer_consumed(&r->up, (size_t)k);
@@ -625,31 +775,83 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
 			}
 			if (got == 0) {
 				if (avail > 0)
-					return circ_errorf(
-					    e,
-					    "%s: record %lld: truncated msgpack object at "
-					    "end of input (a declared length runs past "
-					    "the data)",
-					    r->name, (long long)r->recno + 1);
+					return next_fail(r, e,
+							 "truncated msgpack object at end of input "
+							 "(a declared length runs past the data)");
 				return 0;
 			}
 		}
 	}
 }
 
+/* Scans the current line's bytes that arrived since the last call, up to its
+ * newline: 1 if the line is whole (js_n its length), 0 if it needs more bytes,
+ * -1 on a problem. The scan counts what jansson would build before it builds
+ * it (tens of bytes a value), so a line of 10^8 nulls or 100,000 open
+ * brackets is refused early and by name; it counts the structural bytes
+ * ('[', '{', ',' and ':'), one or more per value. A NUL byte is named too
+ * (jansson would stop at it, and it is no whitespace). */
+static int jscan(circ_reader *r, circ_error *e)
+{
+	const unsigned char *p = (const unsigned char *)r->line + r->line_off;
+	size_t n = r->line_len - r->line_off, i;
+	for (i = r->js_n; i < n; i++) {
+		unsigned c = p[i];
+		if (c == '\n') {
+			r->js_n = i;
+			return 1;
+		}
+		if (c == 0)
+			return next_fail(r, e, "invalid JSON: NUL byte at column %zu", i + 1);
+		if (r->js_str) {
+			if (r->js_esc)
+				r->js_esc = 0;
+			else if (c == '\\')
+				r->js_esc = 1;
+			else if (c == '"')
+				r->js_str = 0;
+			continue;
+		}
+		switch (c) {
+		case '"': r->js_str = 1; break;
+		case '[':
+		case '{':
+			if (++r->js_depth > CIRC_MAX_DEPTH)
+				return next_fail(r, e, "nesting deeper than %d levels",
+						 CIRC_MAX_DEPTH);
+			/* fall through */
+		case ',':
+		case ':':
+			if (++r->js_values > r->max_values)
+				return next_fail(r, e,
+						 "more than %zu values in one record "
+						 "(CIRC_MAX_VALUES raises the limit)",
+						 r->max_values);
+			break;
+		case ']':
+		case '}':
+			if (r->js_depth > 0)
+				r->js_depth--;
+			break;
+		}
+	}
+	r->js_n = n;
+	return 0;
+}
+
 /* Record layer, JSON lines: next object or 0 at EOF. Blank lines are skipped. */
 static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
 {
 	for (;;) {
-		char *nl = r->line_off < r->line_len
-			       ? memchr(r->line + r->line_off, '\n', r->line_len - r->line_off)
-			       : NULL;
-		size_t start = r->line_off, n;
+		size_t start = r->line_off, n, i;
 		json_t *j;
 		json_error_t je;
 		msgpack_packer pk;
 		size_t off = 0;
-		if (!nl && !r->line_eof) {
+		int whole = jscan(r, e);
+		if (whole < 0)
+			return -1;
+		if (!whole && !r->line_eof) {
 			ssize_t k;
 			if (r->line_off) {
 				memmove(r->line, r->line + r->line_off, r->line_len - r->line_off);
@@ -658,9 +860,10 @@ static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
 			}
 			if (r->line_cap - r->line_len < CHUNK) {
 				if (r->line_len > r->max_record)
-					return circ_errorf(
-					    e, "%s: record %lld: line longer than %zu bytes",
-					    r->name, (long long)r->recno + 1, r->max_record);
+					return next_fail(r, e,
+							 "line longer than %zu bytes "
+							 "(CIRC_MAX_RECORD raises the limit)",
+							 r->max_record);
 				r->line_cap = r->line_cap * 2 + CHUNK;
 				r->line = circ_xrealloc(r->line, r->line_cap);
 			}
@@ -672,25 +875,25 @@ static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
 			r->line_len += (size_t)k;
 			continue;
 		}
-		n = nl ? (size_t)(nl - (r->line + start)) : r->line_len - start;
-		if (!nl && n == 0)
+		n = r->js_n;
+		if (!whole && n == 0)
 			return 0;
-		r->line_off = nl ? start + n + 1 : r->line_len;
-		{
-			size_t i = 0;
-			while (i < n && strchr(" \t\r", r->line[start + i]))
-				i++;
-			if (i == n)
-				continue;
+		r->line_off = start + n + (size_t)whole;
+		r->js_n = r->js_values = 0;
+		r->js_depth = r->js_str = r->js_esc = 0;
+		for (i = 0; i < n; i++) {
+			char c = r->line[start + i];
+			if (c != ' ' && c != '\t' && c != '\r')
+				break;
 		}
+		if (i == n)
+			continue;
 		j = json_loadb(r->line + start, n, JSON_DECODE_ANY, &je);
 		if (!j)
-			return circ_errorf(e, "%s: record %lld: invalid JSON: %s (column %d)",
-					   r->name, (long long)r->recno + 1, je.text, je.column);
+			return next_fail(r, e, "invalid JSON: %s (column %d)", je.text, je.column);
 		if (!json_is_object(j)) {
 			json_decref(j);
-			return circ_errorf(e, "%s: record %lld: expected a JSON object per line",
-					   r->name, (long long)r->recno + 1);
+			return next_fail(r, e, "expected a JSON object per line");
 		}
 		msgpack_sbuffer_clear(&r->jsb);
 		msgpack_packer_init(&pk, &r->jsb, msgpack_sbuffer_write);
@@ -702,8 +905,7 @@ static int next_json(circ_reader *r, const msgpack_object **o, circ_error *e)
 		json_decref(j);
 		if (msgpack_unpack_next(&r->jres, r->jsb.data, r->jsb.size, &off) !=
 		    MSGPACK_UNPACK_SUCCESS)
-			return circ_errorf(e, "%s: record %lld: internal error converting JSON",
-					   r->name, (long long)r->recno + 1);
+			return next_fail(r, e, "internal error converting JSON");
 		*o = &r->jres.data;
 		return 1;
 	}
@@ -741,6 +943,9 @@ static int take_header(circ_reader *r, const msgpack_object *o, circ_error *e)
 	k = circ_rec_get(o, "kind");
 	if (!k || k->type != MSGPACK_OBJECT_STR)
 		return rd_fail(r, e, "header has no 'kind'");
+	/* Binary streams always end with their end record; JSON lines when a tool
+	 * wrote them (a header with "tool"), not when a person did. */
+	r->need_end = r->fmt == FMT_MSGPACK || circ_rec_get(o, "tool") != NULL;
 	if (r->parts > 0) {
 		const msgpack_object *a = circ_rec_get(&r->hdr.data, "model_digest"),
 				     *b = circ_rec_get(o, "model_digest");
@@ -887,9 +1092,14 @@ static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e
 	const char *lim = getenv("CIRC_MAX_RECORD");
 	int64_t limv;
 
+	r->recno = -1; /* messages before the header is read name record 0 */
 	r->max_record = (size_t)1 << 31;
 	if (lim && circ_parse_i64(lim, &limv) == 0 && limv > 0)
 		r->max_record = (size_t)limv;
+	lim = getenv("CIRC_MAX_VALUES");
+	r->max_values = CIRC_MAX_VALUES;
+	if (lim && circ_parse_i64(lim, &limv) == 0 && limv > 0)
+		r->max_values = (size_t)limv;
 	msgpack_sbuffer_init(&r->jsb);
 	msgpack_sbuffer_init(&r->hdr_sb);
 	msgpack_sbuffer_init(&r->part_sb);
@@ -950,9 +1160,13 @@ static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e
 		circ_errorf(e, "%s: record 0: empty input (no header)", r->name);
 		goto fail;
 	}
-	for (i = 0; i < r->npend && strchr(" \t\r\n", r->pend[i]); i++)
+	/* Text: a '{' after blanks, or blanks (no msgpack header starts with one;
+	 * blanks alone are then empty JSON lines). A NUL is no blank. */
+	for (i = 0; i < r->npend && (r->pend[i] == ' ' || r->pend[i] == '\t' ||
+				     r->pend[i] == '\r' || r->pend[i] == '\n');
+	     i++)
 		;
-	if (i < r->npend && r->pend[i] == '{') {
+	if (i > 0 || r->pend[0] == '{') {
 		r->fmt = FMT_JSON;
 	} else {
 		r->fmt = FMT_MSGPACK;
@@ -962,7 +1176,6 @@ static circ_reader *reader_start(circ_reader *r, const char *kind, circ_error *e
 		}
 		r->up_init = 1;
 	}
-	r->recno = -1; /* messages during the header read name record 0 */
 	n = next_raw(r, &o, e);
 	r->recno = 0;
 	if (n < 0)
@@ -1036,11 +1249,10 @@ int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
 		if (k < 0)
 			return -1;
 		if (k == 0) {
-			if (r->fmt == FMT_MSGPACK && !r->ended)
-				return circ_errorf(e,
-						   "%s: record %lld: stream ends without its end "
-						   "record (incomplete: the writer did not finish)",
-						   r->name, (long long)r->recno + 1);
+			if (r->need_end && !r->ended)
+				return next_fail(r, e,
+						 "stream ends without its end record (incomplete: "
+						 "the writer did not finish)");
 			if (!r->part_checked) {
 				r->part_checked = 1;
 				if (end_part(r, e) < 0)
@@ -1067,6 +1279,10 @@ int circ_reader_next(circ_reader *r, const msgpack_object **rec, circ_error *e)
 		}
 		if (circ_rec_get(o, "format") && (r->ended || r->fmt == FMT_JSON)) {
 			/* the next of several concatenated streams */
+			if (r->need_end && !r->ended)
+				return rd_fail(r, e,
+					       "the stream before this header ends without its end "
+					       "record (incomplete: the writer did not finish)");
 			if (end_part(r, e) < 0 || take_header(r, o, e) < 0)
 				return -1;
 			r->ended = 0;
@@ -1125,6 +1341,7 @@ struct circ_writer {
 	char *jbuf;
 	size_t jlen, jcap;
 	int64_t nrec; /* records written, header included */
+	int no_end;   /* write no end record (circ_writer_opts) */
 	int err;      /* first errno from a write, or -1 for an encoder error */
 	char errmsg[256];
 };
@@ -1135,6 +1352,7 @@ void circ_writer_opts_default(circ_writer_opts *o)
 	o->compress = 1;
 	o->level = 3;
 	o->force = 0;
+	o->no_end = 0;
 }
 
 static int write_all(circ_writer *w, const void *buf, size_t n)
@@ -1223,6 +1441,7 @@ circ_writer *circ_writer_open(const char *path, const circ_writer_opts *o, circ_
 	}
 	w->json = o->json;
 	w->compress = !o->json && o->compress;
+	w->no_end = o->no_end;
 	if (!strcmp(path, "-")) {
 		w->fd = 1;
 		w->name = circ_xstrdup("'<stdout>'");
@@ -1364,11 +1583,22 @@ int circ_writer_close(circ_writer *w, circ_error *e)
 		rc = wr_error(w, e);
 		goto out;
 	}
-	if (!w->json) {
-		msgpack_pack_map(&w->pk, 1);
-		circ_pack_str(&w->pk, "$end");
-		msgpack_pack_map(&w->pk, 1);
-		circ_pack_kv_i64(&w->pk, "records", w->nrec > 0 ? w->nrec - 1 : 0);
+	if (w->json && !w->no_end) {
+		/* the end record as circ_json_from_msgpack shows it */
+		char line[64];
+		int n = snprintf(line, sizeof line, "{\"$end\":{\"records\":%lld}}\n",
+				 (long long)(w->nrec > 0 ? w->nrec - 1 : 0));
+		if (write_all(w, line, (size_t)n) < 0) {
+			rc = wr_error(w, e);
+			goto out;
+		}
+	} else if (!w->json) {
+		if (!w->no_end) {
+			msgpack_pack_map(&w->pk, 1);
+			circ_pack_str(&w->pk, "$end");
+			msgpack_pack_map(&w->pk, 1);
+			circ_pack_kv_i64(&w->pk, "records", w->nrec > 0 ? w->nrec - 1 : 0);
+		}
 		if (flush_stage(w) < 0 || (w->compress && sink(w, NULL, 0, ZSTD_e_end) < 0)) {
 			rc = wr_error(w, e);
 			goto out;

@@ -8,9 +8,14 @@
  *
  * Header (record 0): {"format":"circ","version":1,"kind":<kind>,
  *   "tool":..,"tool_version":..,"args":[..],"inputs":[..], <kind fields>}.
- * Trailer (binary form only): {"$end":{"records":N}}. A binary stream that
- * ends without it is reported as incomplete, so the output of a tool that
- * died half-way never passes for a whole stream. JSON lines carry no trailer.
+ * End record (the trailer): {"$end":{"records":N}}, N the data records since
+ * the header. Every writer ends with it, in binary form and as the last line
+ * of JSON lines, and readers check the count. A binary stream that ends
+ * without it is reported as incomplete, and so are JSON lines whose header
+ * has a "tool" field (a tool wrote them), so the output of a tool that died
+ * half-way, or a copy cut at a line boundary, never passes for a whole stream.
+ * JSON lines written by hand (no "tool" in the header, or no header) may
+ * leave it out; where they give it, it is checked.
  *
  * Tensors are maps {"dtype":"f32","shape":[..],"data":<bin, little endian>}.
  * In JSON form their data is an array of numbers (f32 printed with 9
@@ -33,6 +38,16 @@
 #define CIRC_FORMAT	    "circ"
 #define CIRC_FORMAT_VERSION 1
 
+/* What a reader takes in one record, checked before it builds the record:
+ * containers nested at most CIRC_MAX_DEPTH deep (msgpack-c's own limit), at
+ * most CIRC_MAX_VALUES values (the environment variable of that name changes
+ * it; in JSON lines the structural bytes [ { , : are counted), and at most
+ * 2 GiB (CIRC_MAX_RECORD in the environment). Each unpacked value costs the
+ * reader about 24 bytes (JSON about 40), so a small zstd frame that inflates
+ * to 10^8 nils is refused before it takes gigabytes. */
+#define CIRC_MAX_DEPTH	32
+#define CIRC_MAX_VALUES ((size_t)1 << 24)
+
 /* ---- tensors ---- */
 typedef enum circ_dtype {
 	CIRC_F32,
@@ -46,12 +61,17 @@ typedef enum circ_dtype {
 } circ_dtype;
 
 #define CIRC_MAX_DIMS 8
+/* A tensor field is either a tensor map or, as hand-written JSON lines give it,
+ * a plain 1-d array of numbers: all integers make an i32 tensor (i64 when one
+ * does not fit), anything else f32. A plain array keeps its items (data is
+ * NULL) and is read through circ_tensor_copy_*, like any tensor. */
 typedef struct circ_tensor {
 	circ_dtype dtype;
 	int ndim;
 	int64_t shape[CIRC_MAX_DIMS];
-	const void *data; /* may be unaligned: read with circ_tensor_copy_* */
-	size_t nbytes;
+	const void *data;	     /* may be unaligned: read with circ_tensor_copy_* */
+	size_t nbytes;		     /* numel * dtype size, for a plain array too */
+	const msgpack_object *items; /* (shape[0]) a plain array's numbers, or NULL */
 } circ_tensor;
 
 const char *circ_dtype_name(circ_dtype d);
@@ -59,7 +79,8 @@ int circ_dtype_parse(const char *s, size_t n, circ_dtype *d); /* 0 ok, -1 unknow
 size_t circ_dtype_size(circ_dtype d);
 int64_t circ_tensor_numel(const circ_tensor *t);
 /* Convert/copy into aligned buffers of numel elements (any float dtype -> f32,
- * any int dtype -> i32 with range check). */
+ * any int dtype -> i32 with range check; a plain array's integers -> f32 too,
+ * its non-integers are refused as i32). */
 int circ_tensor_copy_f32(const circ_tensor *t, float *out, circ_error *e);
 int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e);
 
@@ -134,6 +155,8 @@ typedef struct circ_writer_opts {
 	int compress; /* zstd (default 1) */
 	int level;    /* zstd level (default 3) */
 	int force;    /* allow binary output to a terminal */
+	int no_end;   /* write no end record: the output is not a stream (circ-cat
+		       * --header, --no-header) */
 } circ_writer_opts;
 void circ_writer_opts_default(circ_writer_opts *o);
 
@@ -152,8 +175,9 @@ void circ_writer_header(circ_writer *w, const char *kind, int argc, char **argv,
 			circ_reader *const *inputs, int ninputs, int nextra);
 /* Writes a record that is already msgpack bytes (one map). */
 int circ_writer_raw(circ_writer *w, const void *buf, size_t n, circ_error *e);
-/* Writes the trailer, ends the zstd frame, flushes and closes; checks every
- * step. Must be called once; after an error, use circ_writer_abort. */
+/* Writes the end record (the trailer; in JSON lines its last line), ends the
+ * zstd frame, flushes and closes; checks every step. Must be called once;
+ * after an error, use circ_writer_abort. */
 int circ_writer_close(circ_writer *w, circ_error *e);
 /* Frees without writing the trailer (on the error path). */
 void circ_writer_abort(circ_writer *w);

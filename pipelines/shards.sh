@@ -32,7 +32,8 @@ trap 'rm -rf "$dir"' EXIT
 # split: records round-robin; each shard gets the header with its own
 # "shard": [i, k] (so that no two shards, and no two shards' scores, have the
 # same header: the readers refuse a stream or shard given twice) and its own
-# n_examples (each shard's count is checked, so a cut input still fails)
+# n_examples (each shard's count is checked, so a cut input still fails), and
+# ends with an end record counting its own records (the input's is dropped)
 ${bin}circ-cat "$tokens" | awk -v k="$k" -v d="$dir" '
 	NR == 1 {
 		n = -1
@@ -47,10 +48,12 @@ ${bin}circ-cat "$tokens" | awk -v k="$k" -v d="$dir" '
 		}
 		next
 	}
-	{ print > (d "/" ((NR - 2) % k) ".jsonl") }'
+	/^\{"\$end":/ { next }
+	{ s = (NR - 2) % k; print > (d "/" s ".jsonl"); c[s]++ }
+	END { for (i = 0; i < k; i++) printf "{\"$end\":{\"records\":%d}}\n", c[i] > (d "/" i ".jsonl") }'
 i=0
 while [ $i -lt "$k" ]; do
-	[ -s "$dir/$i.jsonl" ] && [ "$(wc -l <"$dir/$i.jsonl")" -gt 1 ] || rm -f "$dir/$i.jsonl"
+	[ -s "$dir/$i.jsonl" ] && [ "$(wc -l <"$dir/$i.jsonl")" -gt 2 ] || rm -f "$dir/$i.jsonl"
 	i=$((i + 1))
 done
 ls "$dir"/*.jsonl >"$dir/list"

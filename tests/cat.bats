@@ -200,3 +200,115 @@ load helper
 	assert_success
 	assert_equal "$stderr" ""
 }
+
+@test "hand-written JSON lines may give a plain array where a tensor is due (h13.22)" {
+	circ-forward --model tests/data/tiny/model --json tests/data/tiny/tokens.jsonl >"$T/maps.jsonl"
+	jq -c 'if .clean then .clean = .clean.data | .corrupt = .corrupt.data else . end' \
+		tests/data/tiny/tokens.jsonl >"$T/plain.jsonl"
+	grep -q '"clean":\[26,8,17,27,0,0,0\]' "$T/plain.jsonl"
+	circ-forward --model tests/data/tiny/model --json "$T/plain.jsonl" >"$T/plain.out"
+	cmp <(tail -n +2 "$T/maps.jsonl") <(tail -n +2 "$T/plain.out")
+	# and through a binary stream, where the array stays an array
+	circ-cat --to-msgpack "$T/plain.jsonl" | circ-forward --model tests/data/tiny/model --json >"$T/bin.out"
+	cmp <(tail -n +2 "$T/maps.jsonl") <(tail -n +2 "$T/bin.out")
+}
+
+# Many small records that compress poorly, for several zstd blocks and more
+# than one read-ahead of the reader (h13.17's read-ahead cases).
+many_records() {
+	echo '{"format":"circ","version":1,"kind":"x"}'
+	awk 'BEGIN { srand(1); for (i = 1; i <= 30000; i++) printf "{\"i\":%d,\"pad\":\"%08x%08x\"}\n", i, rand() * 2^32, rand() * 2^32 }'
+}
+
+@test "a cut zstd stream names the record it cuts, not one read ahead (h13.17)" {
+	many_records | circ-cat --to-msgpack >"$T/a.circ"
+	size=$(stat -c %s "$T/a.circ")
+	head -c $((size / 2)) "$T/a.circ" >"$T/t.circ"
+	run --separate-stderr circ-cat "$T/t.circ"
+	assert_failure 1
+	# the records before the cut are shown; the next one is named
+	n=${#lines[@]}
+	[ "$n" -gt 1000 ]
+	assert_equal "$stderr" "circ-cat: '$T/t.circ': record $n: truncated zstd frame (input ends inside a compressed frame)"
+}
+
+@test "corrupt zstd data names the record being read (h13.17)" {
+	many_records | circ-cat --to-msgpack >"$T/a.circ"
+	size=$(stat -c %s "$T/a.circ")
+	cp "$T/a.circ" "$T/c.circ"
+	# a wrong frame checksum (its last 4 bytes): zstd drops the last block with
+	# it, so the records before that block are shown and the next one is named
+	printf '\1\2\3\4' | dd of="$T/c.circ" bs=1 seek=$((size - 4)) conv=notrunc status=none
+	! cmp -s "$T/a.circ" "$T/c.circ"
+	run --separate-stderr circ-cat "$T/c.circ"
+	assert_failure 1
+	n=${#lines[@]}
+	[ "$n" -gt 1000 ]
+	assert_equal "$stderr" "circ-cat: '$T/c.circ': record $n: corrupt zstd data: Restored data doesn't match checksum"
+}
+
+@test "JSON lines end with the end record; a cut copy of a tool's output is incomplete (h13.5)" {
+	circ-forward --model tests/data/tiny/model --json tests/data/tiny/tokens.jsonl >"$T/r.jsonl"
+	assert_equal "$(tail -1 "$T/r.jsonl")" '{"$end":{"records":4}}'
+	run --separate-stderr circ-cat "$T/r.jsonl"
+	assert_success
+	# cut at a line boundary: the header says a tool wrote it, so the end is required
+	head -n 3 "$T/r.jsonl" >"$T/cut.jsonl"
+	run --separate-stderr circ-cat "$T/cut.jsonl"
+	assert_failure 1
+	assert_equal "$stderr" "circ-cat: '$T/cut.jsonl': record 3: stream ends without its end record (incomplete: the writer did not finish)"
+	# a count that disagrees
+	{ head -n 5 "$T/r.jsonl"; echo '{"$end":{"records":5}}'; } >"$T/bad.jsonl"
+	run --separate-stderr circ-cat "$T/bad.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"record 5: end record counts 5 records, stream has 4" ]]
+	# a tool reading it says the same
+	circ-score --model tests/data/tiny/model --method exact --json tests/data/tiny/tokens.jsonl | head -n 3 >"$T/s.jsonl"
+	run --separate-stderr circ-prune --top-n 1 "$T/s.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"stream ends without its end record"* ]]
+}
+
+@test "hand-written JSON lines need no end record, and one given is checked (h13.5)" {
+	mini_stream >"$T/h.jsonl"
+	run --separate-stderr circ-cat --no-header "$T/h.jsonl"
+	assert_success
+	assert_output $'{"i":1}\n{"i":2}\n{"i":3}'
+	{ mini_stream; echo '{"$end":{"records":2}}'; } >"$T/w.jsonl"
+	run --separate-stderr circ-cat "$T/w.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"record 4: end record counts 2 records, stream has 3" ]]
+	# a header with "tool" says a tool wrote it
+	{ echo '{"format":"circ","version":1,"kind":"x","tool":"me"}'; echo '{"i":1}'; } >"$T/t.jsonl"
+	run --separate-stderr circ-cat "$T/t.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"record 2: stream ends without its end record"* ]]
+}
+
+@test "concatenated JSON-lines shards: each part ends with its own end record (h13.5)" {
+	circ-forward --model tests/data/tiny/model --json tests/data/tiny/tokens.jsonl >"$T/r.jsonl"
+	# a second shard: another header (the same one twice is refused)
+	circ-forward --model tests/data/tiny/model --json --batch 1 tests/data/tiny/tokens.jsonl >"$T/r2.jsonl"
+	cat "$T/r.jsonl" "$T/r2.jsonl" >"$T/rr.jsonl"
+	run --separate-stderr circ-cat --no-header "$T/rr.jsonl"
+	assert_success
+	[ "${#lines[@]}" -eq 8 ]
+	{ head -n 3 "$T/r.jsonl"; cat "$T/r.jsonl"; } >"$T/cut.jsonl"
+	run --separate-stderr circ-cat "$T/cut.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"record 3: the stream before this header ends without its end record"* ]]
+}
+
+@test "--header and --no-header print no end record; a whole copy round-trips (h13.5)" {
+	circ-forward --model tests/data/tiny/model tests/data/tiny/tokens.jsonl >"$T/r.circ"
+	run --separate-stderr circ-cat --header "$T/r.circ"
+	assert_success
+	[ "${#lines[@]}" -eq 1 ]
+	run --separate-stderr circ-cat --no-header "$T/r.circ"
+	assert_success
+	[ "${#lines[@]}" -eq 4 ]
+	[[ "$output" != *'$end'* ]]
+	circ-cat "$T/r.circ" >"$T/r.jsonl"
+	circ-cat --to-msgpack "$T/r.jsonl" | cmp - "$T/r.circ"
+	circ-cat --to-msgpack "$T/r.jsonl" | circ-cat | cmp - "$T/r.jsonl"
+}

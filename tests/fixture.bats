@@ -121,7 +121,7 @@ ge() {
 	for m in $MODELS; do
 		run --separate-stderr circ-fixture "$m" --truth
 		assert_success
-		diff <(sort <<<"$output") <(circ-cat "fixtures/$m/truth.jsonl" | tail -n +2 | jq -r .edge | sort)
+		diff <(sort <<<"$output") <(circ-cat --no-header "fixtures/$m/truth.jsonl" | jq -r .edge | sort)
 		circ-fixture "$m" --spec | cmp - "fixtures/$m/SPEC.md"
 	done
 }
@@ -167,7 +167,7 @@ ge() {
 		[ "$a" != "$c" ]
 		# the first k examples do not depend on N
 		diff <(circ-fixture "$m" --examples 3 --seed 9) <(circ-fixture "$m" --examples 5 --seed 9 | head -3)
-		[ "$(circ-cat "$BATS_FILE_TMPDIR/$m.tok" | tail -n +2 | wc -l)" -eq 32 ]
+		[ "$(circ-cat --no-header "$BATS_FILE_TMPDIR/$m.tok" | wc -l)" -eq 32 ]
 	done
 	# induction-hand's examples are circ-dataset's induction recipe
 	diff <(circ-fixture induction-hand --examples 4 --seed 3) \
@@ -178,7 +178,7 @@ ge() {
 	for m in $MODELS; do
 		circ-patch --model "fixtures/$m" --circuit "fixtures/$m/truth.jsonl" -o "$T/$m.patch" \
 			"$BATS_FILE_TMPDIR/$m.tok" 2>/dev/null
-		read -r mm me < <(circ-cat "$T/$m.patch" | tail -1 | jq -r '"\(.metric_model) \(.metric_empty)"')
+		read -r mm me < <(circ-cat --no-header "$T/$m.patch" | tail -1 | jq -r '"\(.metric_model) \(.metric_empty)"')
 		echo "$m: clean $mm, corrupted $me"
 		case $m in
 		induction-hand) # logprob; chance -log 32 = -3.47
@@ -200,10 +200,11 @@ ge() {
 		$PY tests/ref/gpt2_ref.py logits "fixtures/$m" "$T/$m.tok.jsonl" >"$T/$m.ref"
 		circ-patch --model "fixtures/$m" --circuit "fixtures/$m/truth.jsonl" -o "$T/$m.patch" \
 			"$BATS_FILE_TMPDIR/$m.tok" 2>/dev/null
-		circ=$(circ-cat "$T/$m.patch" | tail -1 | jq -r .metric_model)
+		circ=$(circ-cat --no-header "$T/$m.patch" | tail -1 | jq -r .metric_model)
 		$PY - "$T/$m.tok.jsonl" "$T/$m.ref" "$circ" <<'PYEOF'
 import json, math, sys
 toks = [json.loads(l) for l in open(sys.argv[1])]
+toks = [t for t in toks if "$end" not in t]  # the end record (stream.h)
 metric = toks[0]["metric"]
 ref = {r["id"]: r["logits"] for r in map(json.loads, open(sys.argv[2]))}
 def logsoftmax(row):
@@ -230,7 +231,7 @@ PYEOF
 			-o "$T/$m.patch" "$BATS_FILE_TMPDIR/$m.tok"
 		assert_success
 		echo "$stderr"
-		f=$(circ-cat "$T/$m.patch" | tail -1 | jq -r .faithfulness)
+		f=$(circ-cat --no-header "$T/$m.patch" | tail -1 | jq -r .faithfulness)
 		ge "$f" 0.9
 		ge 1.1 "$f"
 		# the circuit patched was the truth, all of it

@@ -30,7 +30,7 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 
 @test "logits match the PyTorch reference" {
 	/usr/bin/python3 tests/ref/gpt2_ref.py logits "$M" "$TOK" >"$T/ref.jsonl"
-	circ-forward --model "$M" --logits --top-k 0 --json "$TOK" | tail -n +2 >"$T/got.jsonl"
+	circ-forward --model "$M" --logits --top-k 0 --json "$TOK" | circ-cat --no-header >"$T/got.jsonl"
 	paste -d '\n' "$T/got.jsonl" "$T/ref.jsonl" | jq -s -e '
 		[range(0; length; 2) as $i | .[$i] as $g | .[$i + 1] as $r |
 		 ($g.id == $r.id) and
@@ -39,7 +39,7 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 }
 
 @test "the metric, correct and top-k agree with the logits" {
-	circ-forward --model "$M" --logits --top-k 40 --json "$TOK" | tail -n +2 >"$T/got.jsonl"
+	circ-forward --model "$M" --logits --top-k 40 --json "$TOK" | circ-cat --no-header >"$T/got.jsonl"
 	tail -n +2 "$TOK" >"$T/tok.jsonl"
 	paste -d '\n' "$T/got.jsonl" "$T/tok.jsonl" | jq -s -e '
 		[range(0; length; 2) as $i | .[$i] as $g | .[$i + 1] as $t | $g.logits.data as $z |
@@ -63,11 +63,11 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 	# the same settings give the same bytes; other batch sizes and thread
 	# counts may let OpenBLAS pick other kernels (OPENBLAS_CORETYPE), which
 	# round differently in float32
-	circ-forward --model "$M" --json --batch 1 "$TOK" | tail -n +2 >"$T/b1"
-	circ-forward --model "$M" --json --batch 1 "$TOK" | tail -n +2 >"$T/b1again"
+	circ-forward --model "$M" --json --batch 1 "$TOK" | circ-cat --no-header >"$T/b1"
+	circ-forward --model "$M" --json --batch 1 "$TOK" | circ-cat --no-header >"$T/b1again"
 	cmp "$T/b1" "$T/b1again"
-	circ-forward --model "$M" --json --batch 3 "$TOK" | tail -n +2 >"$T/b3"
-	circ-forward --model "$M" --json --threads 2 "$TOK" | tail -n +2 >"$T/t2"
+	circ-forward --model "$M" --json --batch 3 "$TOK" | circ-cat --no-header >"$T/b3"
+	circ-forward --model "$M" --json --threads 2 "$TOK" | circ-cat --no-header >"$T/t2"
 	for o in b3 t2; do
 		paste -d '\n' "$T/b1" "$T/$o" | jq -s -e '[range(0; length; 2) as $i |
 			((.[$i].metric - .[$i + 1].metric) | fabs) < 1e-5 and
@@ -77,8 +77,8 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 }
 
 @test "kl: zero on the clean prompts, positive on the corrupted ones" {
-	circ-forward --model "$M" --metric kl --json "$TOK" | tail -n +2 | jq -s -e 'map(.metric | fabs < 1e-6) | all'
-	circ-forward --model "$M" --metric kl --corrupt --json "$TOK" | tail -n +2 | jq -s -e 'map(.metric > 0) | any'
+	circ-forward --model "$M" --metric kl --json "$TOK" | circ-cat --no-header | jq -s -e 'map(.metric | fabs < 1e-6) | all'
+	circ-forward --model "$M" --metric kl --corrupt --json "$TOK" | circ-cat --no-header | jq -s -e 'map(.metric > 0) | any'
 	circ-forward --model "$M" --corrupt --json "$TOK" | head -1 | jq -e '.prompts == "corrupt"'
 }
 
@@ -98,7 +98,8 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 	hdr >"$T/empty.jsonl"
 	run --separate-stderr circ-forward --model "$M" --json "$T/empty.jsonl"
 	assert_success
-	assert_equal "$(wc -l <<<"$output")" 1
+	assert_equal "$(wc -l <<<"$output")" 2
+	assert_line --index 1 '{"$end":{"records":0}}'
 	[[ "$stderr" == *"0 examples"* ]]
 }
 
@@ -159,14 +160,14 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 
 @test "hand-written JSON lines without a header line: metric logit_diff (or --metric), id = record index" {
 	tail -n +2 "$TOK" | jq -c 'del(.id)' >"$T/nh.jsonl"
-	circ-forward --model "$M" --json "$TOK" | tail -n +2 >"$T/a.jsonl"
+	circ-forward --model "$M" --json "$TOK" | circ-cat --no-header >"$T/a.jsonl"
 	circ-forward --model "$M" --json "$T/nh.jsonl" >"$T/b.jsonl"
 	head -1 "$T/b.jsonl" | jq -e '.metric == "logit_diff"'
-	tail -n +2 "$T/b.jsonl" | cmp - "$T/a.jsonl"
+	circ-cat --no-header "$T/b.jsonl" | cmp - "$T/a.jsonl"
 	circ-forward --model "$M" --metric logprob --json "$T/nh.jsonl" | head -1 | jq -e '.metric == "logprob"'
 	# an id given is kept
 	tail -n +2 "$TOK" | jq -c '.id += 10' >"$T/ids.jsonl"
-	circ-forward --model "$M" --json "$T/ids.jsonl" | tail -n +2 | jq -s -e 'map(.id) == [10, 11, 12, 13]'
+	circ-forward --model "$M" --json "$T/ids.jsonl" | circ-cat --no-header | jq -s -e 'map(.id) == [10, 11, 12, 13]'
 	# under a real header the id stays required
 	{ head -1 "$TOK"; tail -n +2 "$TOK" | jq -c 'del(.id)'; } >"$T/h.jsonl"
 	run --separate-stderr -1 circ-forward --model "$M" "$T/h.jsonl"

@@ -47,10 +47,10 @@ compare() { # dir method key [circ-score options]
 	run --separate-stderr circ-patch --model "$D/ld/model" --circuit "$D/ld/circuit.jsonl" --json "$D/ld/tokens.jsonl"
 	assert_success
 	want=$(jq -r .circuit.faithfulness "$D/ld/ref.json")
-	got=$(tail -1 <<<"$output" | jq -r .faithfulness)
+	got=$(circ-cat --no-header <<<"$output" | tail -1 | jq -r .faithfulness)
 	awk -v a="$got" -v b="$want" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < 1e-4) }'
 	[[ "$stderr" == *"faithfulness"* ]]
-	tail -1 <<<"$output" | jq -e '.summary == true and .n == 3'
+	circ-cat --no-header <<<"$output" | tail -1 | jq -e '.summary == true and .n == 3'
 	circ-patch --model "$D/ld/model" --circuit "$D/ld/circuit.jsonl" "$D/ld/tokens.jsonl" 2>/dev/null |
 		circ-cat | tests/validate.py schemas/patch.schema.json
 }
@@ -59,12 +59,12 @@ compare() { # dir method key [circ-score options]
 	circ-score --model "$D/ld/model" --list-edges | awk '{print "{\"edge\":\"" $0 "\"}"}' >"$T/all.jsonl"
 	run --separate-stderr circ-patch --model "$D/ld/model" --edges "$T/all.jsonl" --json "$D/ld/tokens.jsonl"
 	assert_success
-	tail -1 <<<"$output" | jq -e '(.faithfulness | fabs) < 1e-6'
+	circ-cat --no-header <<<"$output" | tail -1 | jq -e '(.faithfulness | fabs) < 1e-6'
 	echo '{"format":"circ","version":1,"kind":"circuit","graph":{"n_layer":2,"n_head":3,"level":"edge"}}' >"$T/none.jsonl"
 	cat "$T/all.jsonl" >>"$T/none.jsonl"
 	run --separate-stderr circ-patch --model "$D/ld/model" --circuit "$T/none.jsonl" --json "$D/ld/tokens.jsonl"
 	assert_success
-	tail -1 <<<"$output" | jq -e '(.faithfulness - 1 | fabs) < 1e-6'
+	circ-cat --no-header <<<"$output" | tail -1 | jq -e '(.faithfulness - 1 | fabs) < 1e-6'
 }
 
 @test "circ-patch --nodes patches whole nodes; --curve writes a faithfulness curve" {
@@ -73,9 +73,9 @@ compare() { # dir method key [circ-score options]
 	circ-score --model "$D/ld/model" --method exact -o "$T/s.circ" "$D/ld/tokens.jsonl"
 	run --separate-stderr circ-patch --model "$D/ld/model" --curve "$T/s.circ" --json "$D/ld/tokens.jsonl"
 	assert_success
-	tail -1 <<<"$output" | jq -e '.summary == true and (.cpr | type) == "number"'
+	circ-cat --no-header <<<"$output" | tail -1 | jq -e '.summary == true and (.cpr | type) == "number"'
 	# the full graph is the last point: f = 1
-	tail -2 <<<"$output" | head -1 | jq -e '.fraction == 1 and ((.faithfulness - 1) | fabs) < 1e-6'
+	circ-cat --no-header <<<"$output" | tail -2 | head -1 | jq -e '.fraction == 1 and ((.faithfulness - 1) | fabs) < 1e-6'
 	circ-patch --model "$D/ld/model" --curve "$T/s.circ" "$D/ld/tokens.jsonl" | circ-cat |
 		tests/validate.py schemas/curve.schema.json
 }
@@ -102,8 +102,8 @@ compare() { # dir method key [circ-score options]
 @test "score --acts reads f16 and bf16 tensors as f32 (no overflow of the f32 copies)" {
 	circ-harvest --model "$D/ld/model" --json "$D/ld/tokens.jsonl" >"$T/acts.jsonl"
 	jq -c 'if .diff then .diff.dtype = "f16" | .grad.dtype = "bf16" else . end' "$T/acts.jsonl" >"$T/acts16.jsonl"
-	circ-score --acts --json "$T/acts.jsonl" | tail -n +2 >"$T/32.jsonl"
-	circ-score --acts --json "$T/acts16.jsonl" | tail -n +2 >"$T/16.jsonl"
+	circ-score --acts --json "$T/acts.jsonl" | circ-cat --no-header >"$T/32.jsonl"
+	circ-score --acts --json "$T/acts16.jsonl" | circ-cat --no-header >"$T/16.jsonl"
 	# bf16 keeps 8 bits of mantissa: within 2% of the largest score
 	jq -s -e '(.[0] | map(.score | fabs) | max) as $m |
 		[.[0], .[1]] | transpose | all(.[0].edge == .[1].edge and ((.[0].score - .[1].score) | fabs) < 0.02 * $m)' \
@@ -139,7 +139,7 @@ compare() { # dir method key [circ-score options]
 	circ-score --model "$D/kl/model" --method eap-ig -o "$T/b.circ" "$T/b.jsonl"
 	circ-score --merge "$T/a.circ" "$T/b.circ" --json >"$T/m1.jsonl"
 	cat "$T/a.circ" "$T/b.circ" | circ-score --merge --json >"$T/m2.jsonl"
-	cmp <(tail -n +2 "$T/m1.jsonl") <(tail -n +2 "$T/m2.jsonl")
+	cmp <(circ-cat --no-header "$T/m1.jsonl") <(circ-cat --no-header "$T/m2.jsonl")
 	/usr/bin/python3 $REF compare "$D/kl/ref.json" eap-ig "$T/m1.jsonl"
 	head -1 "$T/m1.jsonl" | jq -e '.n_examples == 4'
 	# concatenated, every part's n_examples counts (not the first header's alone)
@@ -157,7 +157,7 @@ compare() { # dir method key [circ-score options]
 @test "node-level graphs and the ACDC convention" {
 	run --separate-stderr circ-score --model "$D/ld/model" --level node --method eap --json "$D/ld/tokens.jsonl"
 	assert_success
-	[ "${#lines[@]}" -eq $((1 + $(circ-render --list-edges --graph 2,3,node | wc -l))) ]
+	[ "${#lines[@]}" -eq $((2 + $(circ-render --list-edges --graph 2,3,node | wc -l))) ]
 	run --separate-stderr circ-score --model "$D/ld/model" --convention acdc --method exact --json "$D/ld/tokens.jsonl"
 	assert_success
 	head -1 <<<"$output" | jq -e '.graph.convention == "acdc"'

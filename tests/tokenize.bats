@@ -139,7 +139,8 @@ same_as_tiktoken() {
 	assert_line --index 0 --partial '"kind":"tokens"'
 	assert_line --index 0 --partial '"task":"custom","metric":"logit_diff"'
 	assert_line --index 0 --partial '"n_examples":0'
-	[ "${#lines[@]}" -eq 1 ]
+	assert_line --index 1 '{"$end":{"records":0}}'
+	[ "${#lines[@]}" -eq 2 ]
 }
 
 @test "unreadable vocabulary: missing directory or file, malformed JSON (exit 1)" {

@@ -3,7 +3,6 @@
  * them, through sniffing, zstd, msgpack or JSON lines, every record, and the
  * JSON face of each record. The reader must fail cleanly, never crash.
  */
-#define _GNU_SOURCE
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/mman.h>

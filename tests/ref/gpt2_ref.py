@@ -263,6 +263,8 @@ def print_logits(d, tokens_path):
     act = cfg.get("activation_function", "gelu_new")
     lines = [json.loads(x) for x in open(tokens_path) if x.strip()]
     for rec in lines[1:]:
+        if "$end" in rec:  # the end record (stream.h)
+            continue
         tok = torch.tensor(rec["clean"]["data"])
         T = tok.shape[0]
         x = w["wte.weight"][tok] + w["wpe.weight"][:T]

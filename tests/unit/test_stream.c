@@ -87,11 +87,213 @@ static int read_stream(const char *path, int expect)
 	return n;
 }
 
+/* Unpacks the one object packed into sb (valid while u lives). */
+static const msgpack_object *unpack_one(msgpack_sbuffer *sb, msgpack_unpacked *u)
+{
+	size_t off = 0;
+	msgpack_unpacked_init(u);
+	CHECK(msgpack_unpack_next(u, sb->data, sb->size, &off) == MSGPACK_UNPACK_SUCCESS);
+	return &u->data;
+}
+
+/* A tensor map with the given shape and no data, packed by hand. */
+static void pack_shape(msgpack_sbuffer *sb, int nd, const uint64_t *shape)
+{
+	msgpack_packer pk;
+	msgpack_sbuffer_clear(sb);
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 3);
+	circ_pack_kv_str(&pk, "dtype", "f32");
+	circ_pack_str(&pk, "shape");
+	msgpack_pack_array(&pk, (size_t)nd);
+	for (int i = 0; i < nd; i++)
+		msgpack_pack_uint64(&pk, shape[i]);
+	circ_pack_str(&pk, "data");
+	msgpack_pack_bin(&pk, 0);
+}
+
+/* h13.3: the element count of a shape is checked without wrapping. */
+static void test_shape_overflow(void)
+{
+	msgpack_sbuffer sb;
+	msgpack_unpacked u;
+	circ_tensor t;
+	circ_error e;
+	const uint64_t wrap[2] = {16777216, 1ull << 40}, big[3] = {1 << 20, 1 << 20, 2},
+		       wrap3[3] = {1ull << 32, 1ull << 32, 1ull << 32},
+		       empty[3] = {0, 1ull << 40, 7};
+	msgpack_sbuffer_init(&sb);
+	pack_shape(&sb, 2, wrap);
+	CHECK(circ_obj_tensor(unpack_one(&sb, &u), &t, &e) < 0);
+	CHECK(strstr(e.msg, "shape too large") != NULL);
+	msgpack_unpacked_destroy(&u);
+	pack_shape(&sb, 3, big);
+	CHECK(circ_obj_tensor(unpack_one(&sb, &u), &t, &e) < 0);
+	CHECK(strstr(e.msg, "shape too large") != NULL);
+	msgpack_unpacked_destroy(&u);
+	pack_shape(&sb, 3, wrap3);
+	CHECK(circ_obj_tensor(unpack_one(&sb, &u), &t, &e) < 0);
+	msgpack_unpacked_destroy(&u);
+	/* a zero dimension makes an empty tensor whatever the others are */
+	pack_shape(&sb, 3, empty);
+	CHECK(circ_obj_tensor(unpack_one(&sb, &u), &t, &e) == 0 && circ_tensor_numel(&t) == 0);
+	msgpack_unpacked_destroy(&u);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+/* Packs the JSON text as msgpack through the JSON face. */
+static void pack_json_text(msgpack_sbuffer *sb, const char *text)
+{
+	msgpack_packer pk;
+	json_error_t je;
+	json_t *j = json_loads(text, 0, &je);
+	circ_error e;
+	CHECK(j != NULL);
+	msgpack_sbuffer_clear(sb);
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	CHECK(circ_json_to_msgpack(j, &pk, &e) == 0);
+	json_decref(j);
+}
+
+/* h13.22: a plain array of numbers is a 1-d tensor. */
+static void test_plain_arrays(void)
+{
+	msgpack_sbuffer sb;
+	msgpack_unpacked u;
+	const msgpack_object *o;
+	circ_tensor t;
+	circ_error e;
+	int32_t iv[4];
+	float fv[4];
+	msgpack_sbuffer_init(&sb);
+	pack_json_text(&sb, "{\"clean\": [464, 1175, -3]}");
+	o = unpack_one(&sb, &u);
+	CHECK(circ_rec_tensor(o, "clean", &t, &e) == 0);
+	CHECK(t.dtype == CIRC_I32 && t.ndim == 1 && t.shape[0] == 3 && t.nbytes == 12);
+	CHECK(circ_tensor_copy_i32(&t, iv, &e) == 0 && iv[0] == 464 && iv[1] == 1175 &&
+	      iv[2] == -3);
+	CHECK(circ_tensor_copy_f32(&t, fv, &e) == 0 && fv[1] == 1175.0f && fv[2] == -3.0f);
+	msgpack_unpacked_destroy(&u);
+
+	pack_json_text(&sb, "{\"x\": [1, 2.5, -0.125]}");
+	o = unpack_one(&sb, &u);
+	CHECK(circ_rec_tensor(o, "x", &t, &e) == 0 && t.dtype == CIRC_F32 && t.shape[0] == 3);
+	CHECK(circ_tensor_copy_f32(&t, fv, &e) == 0 && fv[0] == 1.0f && fv[1] == 2.5f &&
+	      fv[2] == -0.125f);
+	CHECK(circ_tensor_copy_i32(&t, iv, &e) < 0);
+	CHECK(!strcmp(e.msg, "expected integers, got float at index 1"));
+	msgpack_unpacked_destroy(&u);
+
+	pack_json_text(&sb, "{\"x\": [1, 3000000000]}");
+	o = unpack_one(&sb, &u);
+	CHECK(circ_rec_tensor(o, "x", &t, &e) == 0 && t.dtype == CIRC_I64);
+	CHECK(circ_tensor_copy_i32(&t, iv, &e) < 0);
+	CHECK(!strcmp(e.msg, "value 3000000000 at index 1 does not fit in i32"));
+	msgpack_unpacked_destroy(&u);
+
+	pack_json_text(&sb, "{\"x\": [], \"y\": [1, \"a\"], \"z\": 5}");
+	o = unpack_one(&sb, &u);
+	CHECK(circ_rec_tensor(o, "x", &t, &e) == 0 && t.ndim == 1 && t.shape[0] == 0);
+	CHECK(circ_rec_tensor(o, "y", &t, &e) < 0);
+	CHECK(!strcmp(e.msg, "field 'y': tensor: item 1 of the array is string, not a number"));
+	CHECK(circ_rec_tensor(o, "z", &t, &e) < 0);
+	CHECK(!strcmp(e.msg, "field 'z': expected a tensor map or an array of numbers, got int"));
+	msgpack_unpacked_destroy(&u);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+/* Reads every record of the file through a reader; 0 or -1 with e set. */
+static int read_path(const char *path, circ_error *e)
+{
+	circ_reader *r = circ_reader_open(path, NULL, e);
+	const msgpack_object *rec;
+	int k;
+	if (!r)
+		return -1;
+	while ((k = circ_reader_next(r, &rec, e)) > 0)
+		;
+	circ_reader_free(r);
+	return k;
+}
+
+/* The same for bytes, written to a file in dir. */
+static int read_bytes(const char *dir, const void *buf, size_t n, circ_error *e)
+{
+	char path[300];
+	FILE *f;
+	snprintf(path, sizeof path, "%s/bytes", dir);
+	f = fopen(path, "wb");
+	CHECK(f && fwrite(buf, 1, n, f) == n && fclose(f) == 0);
+	return read_path(path, e);
+}
+
+/* h13.17: nesting as deep as the unpacker allows reads; one more level is
+ * named, in msgpack and in JSON lines alike (not "out of memory"). */
+static void test_nesting(const char *dir)
+{
+	static const unsigned char hdr[] = "\x83\xa6"
+					   "format"
+					   "\xa4"
+					   "circ"
+					   "\xa7"
+					   "version"
+					   "\x01\xa4"
+					   "kind"
+					   "\xa1"
+					   "x";
+	static const unsigned char end[] = "\x81\xa4$end\x81\xa7records\x01";
+	unsigned char buf[256];
+	char js[512];
+	circ_error e;
+	for (int depth = 31; depth <= 33; depth++) {
+		/* {"a": [[...[nil]...]]}: the map and depth-1 arrays, the innermost
+		 * array empty or holding nil */
+		for (int empty = 0; empty <= 1; empty++) {
+			size_t n = 0;
+			memcpy(buf, hdr, sizeof hdr - 1);
+			n += sizeof hdr - 1;
+			buf[n++] = 0x81, buf[n++] = 0xa1, buf[n++] = 'a';
+			for (int i = 1; i < depth; i++)
+				buf[n++] = (i == depth - 1 && empty) ? 0x90 : 0x91;
+			if (!empty)
+				buf[n++] = 0xc0;
+			memcpy(buf + n, end, sizeof end - 1);
+			n += sizeof end - 1;
+			if (depth <= CIRC_MAX_DEPTH) {
+				CHECK(read_bytes(dir, buf, n, &e) == 0);
+			} else {
+				CHECK(read_bytes(dir, buf, n, &e) < 0);
+				CHECK(strstr(e.msg, "record 1: nesting deeper than 32 levels"));
+			}
+		}
+		{
+			size_t n = (size_t)snprintf(
+			    js, sizeof js,
+			    "{\"format\":\"circ\",\"version\":1,\"kind\":\"x\"}\n{\"a\":");
+			for (int i = 1; i < depth; i++)
+				js[n++] = '[';
+			for (int i = 1; i < depth; i++)
+				js[n++] = ']';
+			js[n++] = '}';
+			js[n++] = '\n';
+			if (depth <= CIRC_MAX_DEPTH) {
+				CHECK(read_bytes(dir, js, n, &e) == 0);
+			} else {
+				CHECK(read_bytes(dir, js, n, &e) < 0);
+				CHECK(strstr(e.msg, "record 1: nesting deeper than 32 levels"));
+			}
+		}
+	}
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-unit-XXXXXX", path[256], cmd[600];
 	circ_writer_opts o;
 	CHECK(mkdtemp(dir) != NULL);
+	test_shape_overflow();
+	test_plain_arrays();
+	test_nesting(dir);
 	snprintf(path, sizeof path, "%s/a.circ", dir);
 
 	circ_writer_opts_default(&o);
@@ -105,6 +307,24 @@ int main(void)
 	o.json = 1;
 	write_stream(path, &o, 5);
 	CHECK(read_stream(path, 5) == 5);
+	/* h13.5: the JSON lines end with the end record, and without it (a copy
+	 * cut at a line boundary) the tool-written stream is incomplete */
+	snprintf(cmd, sizeof cmd, "tail -n 1 %s | grep -qx '{\"$end\":{\"records\":5}}'", path);
+	CHECK(system(cmd) == 0);
+	snprintf(cmd, sizeof cmd, "head -n -1 %s/a.circ > %s/cut.jsonl", dir, dir);
+	CHECK(system(cmd) == 0);
+	{
+		char cut[300];
+		circ_error e;
+		snprintf(cut, sizeof cut, "%s/cut.jsonl", dir);
+		CHECK(read_path(cut, &e) < 0);
+		CHECK(strstr(e.msg, "record 6: stream ends without its end record") != NULL);
+		CHECK(read_bytes(
+			  dir,
+			  "{\"format\":\"circ\",\"version\":1,\"kind\":\"x\",\"tool\":\"t\"}\n", 52,
+			  &e) < 0);
+		CHECK(strstr(e.msg, "record 1: stream ends without its end record") != NULL);
+	}
 
 	/* concatenation of two compressed shards (headers of their own) */
 	circ_writer_opts_default(&o);

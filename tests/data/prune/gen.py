@@ -42,6 +42,8 @@ with open(os.path.join(out, "scores.jsonl"), "w") as f:
         # sum/count as a shard of 8 examples would carry them
         f.write(json.dumps({"edge": e, "score": s, "sum": s * 8, "count": 8},
                            separators=(",", ":")) + "\n")
+    # the end record, as every circ writer ends a stream (a "tool" header needs it)
+    f.write(json.dumps({"$end": {"records": len(edges)}}, separators=(",", ":")) + "\n")
 with open(os.path.join(out, "truth.jsonl"), "w") as f:
     for e in truth:
         f.write(json.dumps({"edge": e}) + "\n")
@@ -60,3 +62,4 @@ with open(os.path.join(out, "curve.jsonl"), "w") as f:
     from1 = sum((fr[i + 1] - fr[i]) * (abs(1 - fa[i]) + abs(1 - fa[i + 1])) / 2 for i in range(9))
     f.write(json.dumps({"summary": True, "cpr": under, "cmd": from1},
                        separators=(",", ":")) + "\n")
+    f.write(json.dumps({"$end": {"records": len(fr) + 1}}, separators=(",", ":")) + "\n")
