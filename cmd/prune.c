@@ -351,7 +351,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	circ_reader *r;
 	circ_batcher *bt;
 	circ_batch *b;
-	circ_patcher **ps = NULL;
+	circ_patcher **ps = NULL, *meanp = NULL;
 	circ_patch_opts po;
 	circ_acdc_opts ao = {o.tau, o.abs_change};
 	circ_progress pr;
@@ -375,6 +375,14 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	if (!o.pc.metric_set)
 		o.pc.metric = CIRC_METRIC_KL;
 	circ_patch_cli_opts(&o.pc, m, 0, &po);
+	/* mean ablation: the means once, by a patcher sized for any batch of
+	 * the references, shared by every batch's patcher */
+	if (o.pc.ablation == CIRC_ABL_MEAN) {
+		meanp = circ_patcher_new(m, g, &po, &e);
+		if (!meanp)
+			circ_die(&e);
+		circ_patch_cli_means(&o.pc, meanp, m, input);
+	}
 	/* one patcher per batch: every edge test runs the whole dataset */
 	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
 			      circ_model_config(m)->n_ctx, o.pc.batch);
@@ -387,8 +395,8 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		p = circ_patcher_new(m, g, &po, &e);
 		if (!p)
 			circ_die(&e);
-		circ_patch_cli_means(&o.pc, p, m, input);
-		if (circ_patcher_load(p, copy, &e) < 0)
+		if ((meanp && circ_patcher_mean_copy(p, meanp, &e) < 0) ||
+		    circ_patcher_load(p, copy, &e) < 0)
 			circ_die(&e);
 		ps = circ_xrealloc(ps, (size_t)(n + 1) * sizeof *ps);
 		ps[n++] = p;
@@ -397,6 +405,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_die(&e);
 	if (n == 0)
 		circ_dief("%s: no examples", circ_reader_name(r));
+	circ_patcher_free(meanp);
 
 	lg.g = g;
 	lg.change = circ_xmalloc((size_t)g->n_edges * sizeof(double));
