@@ -68,7 +68,9 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg);
  * CIRC_THREADS exits 2). */
 void circ_patch_cli_check(circ_patch_cli *pc);
 /* The name of the first shared option given other than those in `allowed`
- * (CIRC_PO_* keys, ended by 0), or NULL: for modes that run no model. */
+ * (CIRC_PO_* keys, ended by 0; NULL: none allowed), or NULL: for modes that
+ * run no model. Call it before circ_patch_cli_check, which sets the thread
+ * count. */
 const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed);
 
 /* Opens --model (required: usage error if missing) and builds its graph at
