@@ -128,6 +128,12 @@ int main(int argc, char **argv)
 	    strcmp(o.t.ioi_order, "abba"))
 		circ_usage_error("option '--order': '%s' is not mixed, baba or abba",
 				 o.t.ioi_order);
+	if (o.t.ind_vocab_lo >= o.t.ind_vocab_hi)
+		circ_usage_error("option '--vocab-lo' (%d) is not below --vocab-hi (%d)",
+				 (int)o.t.ind_vocab_lo, (int)o.t.ind_vocab_hi);
+	if (o.t.gt_century_lo > o.t.gt_century_hi)
+		circ_usage_error("option '--century-lo' (%d) is above --century-hi (%d)",
+				 o.t.gt_century_lo, o.t.gt_century_hi);
 	if (o.vocab_dir && !(o.t.bpe = circ_bpe_load_dir(o.vocab_dir, &e)))
 		circ_die(&e);
 	static char obuf[1 << 16];

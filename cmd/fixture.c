@@ -55,6 +55,7 @@ static struct {
 	int random;
 	const char *vocab_dir;
 	int layers, heads, embd, ctx;
+	const char *shape_opt; /* the first of --layers, --heads, --embd, --ctx given */
 } o = {.examples = -1, .seed = 1, .layers = 2, .heads = 4, .embd = 32, .ctx = 64};
 
 static int handle(int key, const char *arg, void *ctx)
@@ -72,12 +73,19 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_SPEC: o.spec = 1; return 0;
 	case OPT_RANDOM: o.random = 1; return 0;
 	case OPT_VOCAB_DIR: o.vocab_dir = arg; return 0;
-	case OPT_LAYERS: o.layers = (int)circ_opt_i64("layers", arg, 1, 64); return 0;
-	case OPT_HEADS: o.heads = (int)circ_opt_i64("heads", arg, 1, 64); return 0;
-	case OPT_EMBD: o.embd = (int)circ_opt_i64("embd", arg, 1, 4096); return 0;
-	case OPT_CTX: o.ctx = (int)circ_opt_i64("ctx", arg, 1, 8192); return 0;
+	case OPT_LAYERS: o.layers = (int)circ_opt_i64("layers", arg, 1, 64); break;
+	case OPT_HEADS: o.heads = (int)circ_opt_i64("heads", arg, 1, 64); break;
+	case OPT_EMBD: o.embd = (int)circ_opt_i64("embd", arg, 1, 4096); break;
+	case OPT_CTX: o.ctx = (int)circ_opt_i64("ctx", arg, 1, 8192); break;
 	default: return -1;
 	}
+	/* the shape options */
+	if (!o.shape_opt)
+		o.shape_opt = key == OPT_LAYERS	 ? "layers"
+			      : key == OPT_HEADS ? "heads"
+			      : key == OPT_EMBD	 ? "embd"
+						 : "ctx";
+	return 0;
 }
 
 static int emit_line(const char *line, size_t len, void *ctx, circ_error *e)
@@ -169,6 +177,9 @@ int main(int argc, char **argv)
 	circ_init("circ-fixture");
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (o.random) {
+		if (o.list || o.truth || o.spec || o.examples >= 0)
+			circ_usage_error(
+			    "--random excludes --list, --truth, --spec and --examples");
 		if (argc - i != 0 || !o.out)
 			circ_usage_error("--random takes --out DIR and no model name");
 		if (write_random(&e) < 0)
@@ -177,6 +188,8 @@ int main(int argc, char **argv)
 	}
 	if (o.vocab_dir)
 		circ_usage_error("--vocab-dir goes with --random");
+	if (o.shape_opt)
+		circ_usage_error("option '--%s' goes with --random", o.shape_opt);
 	if (o.list) {
 		if (argc - i != 0)
 			circ_usage_error("--list takes no model name");

@@ -37,7 +37,7 @@ enum {
 static const circ_opt opts[] = {
     {"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 directory (required)"},
     {"batch", OPT_BATCH, "N", "examples per forward pass (default 16)"},
-    {"threads", OPT_THREADS, "N", "threads for the model (default 1)"},
+    {"threads", OPT_THREADS, "N", "threads for the model"},
     {"top-k", OPT_TOP_K, "K", "most probable next tokens per example (default 5; 0: none)"},
     {"logits", OPT_LOGITS, NULL, "also write the full logits at the read positions"},
     {"corrupt", OPT_CORRUPT, NULL, "run the corrupted prompts instead of the clean ones"},
@@ -51,7 +51,7 @@ static struct {
 	const char *model;
 	int batch, threads, top_k, logits, corrupt, has_metric, allow_nonfinite;
 	circ_metric_kind metric;
-} o = {.batch = 16, .threads = 1, .top_k = 5};
+} o = {.batch = 16, .threads = 0, .top_k = 5};
 
 static int handle(int key, const char *arg, void *ctx)
 {
@@ -59,7 +59,9 @@ static int handle(int key, const char *arg, void *ctx)
 	switch (key) {
 	case OPT_MODEL: o.model = arg; return 0;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 65536); return 0;
-	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	case OPT_THREADS:
+		o.threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX);
+		return 0;
 	case OPT_TOP_K: o.top_k = (int)circ_opt_i64("top-k", arg, 0, 1000); return 0;
 	case OPT_LOGITS: o.logits = 1; return 0;
 	case OPT_CORRUPT: o.corrupt = 1; return 0;
@@ -138,6 +140,8 @@ int main(int argc, char **argv)
 		in = argv[i];
 	if (!o.model)
 		circ_usage_error("--model DIR is required");
+	if (!o.threads)
+		o.threads = circ_threads_default();
 
 	circ_model_opts_default(&mo);
 	mo.allow_nonfinite = o.allow_nonfinite;

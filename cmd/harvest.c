@@ -103,6 +103,7 @@ int main(int argc, char **argv)
 		circ_usage_error("--what: nothing to harvest");
 	if (o.pc.level != CIRC_LEVEL_EDGE)
 		circ_usage_error("a harvest keeps every receiver: --level node does not apply");
+	circ_patch_cli_check(&o.pc);
 	m = circ_patch_cli_model(&o.pc, &g);
 	md = circ_model_digest(m, &e);
 	c = circ_model_config(m);

@@ -133,6 +133,73 @@ static double pos_nan(double x)
 	return isnan(x) ? fabs(x) : x;
 }
 
+/* The most points a curve takes from --fractions. */
+#define MAX_FRACTIONS 64
+
+/* --fractions: increasing numbers in [0, 1], comma-separated, into fr;
+ * returns how many. Anything else, an empty list or item included, is a
+ * usage error (never a silent cut). */
+static int parse_fractions(const char *list, double fr[MAX_FRACTIONS])
+{
+	const char *s = list;
+	int nf = 0, total = 1;
+	if (!*list)
+		circ_usage_error("option '--fractions': empty list");
+	for (const char *q = list; *q; q++)
+		total += *q == ',';
+	if (total > MAX_FRACTIONS)
+		circ_usage_error("option '--fractions': %d fractions, at most %d", total,
+				 MAX_FRACTIONS);
+	for (;;) {
+		char t[64];
+		size_t n = strcspn(s, ",");
+		double v;
+		snprintf(t, sizeof t, "%.*s", (int)(n < 63 ? n : 63), s);
+		if (n > 63 || circ_parse_f64(t, &v) < 0 || !(v >= 0 && v <= 1) ||
+		    (nf && v <= fr[nf - 1]))
+			circ_usage_error("option '--fractions': '%s' is not an increasing "
+					 "fraction in [0, 1]",
+					 t);
+		fr[nf++] = v;
+		s += n;
+		if (!*s)
+			return nf;
+		s++; /* the comma: an item follows, empty or not */
+	}
+}
+
+/* --nodes: a comma-separated list of names, none empty (the names are
+ * checked against the graph once the model is open). */
+static void check_node_list(const char *list)
+{
+	const char *s = list;
+	if (!*list)
+		circ_usage_error("option '--nodes': empty list");
+	for (;;) {
+		size_t n = strcspn(s, ",");
+		if (n == 0)
+			circ_usage_error("option '--nodes': empty node name in '%s'", list);
+		s += n;
+		if (!*s)
+			return;
+		s++;
+	}
+}
+
+/* An explicit --level or --convention must agree with the graph the
+ * circuit or the scores were made on (which is the one used). */
+static void check_graph_options(const circ_graph *g, const char *path)
+{
+	if (o.pc.conv_set && o.pc.conv != g->input)
+		circ_usage_error("option '--convention %s' disagrees with the graph of '%s' (%s)",
+				 circ_graph_input_name(o.pc.conv), path,
+				 circ_graph_input_name(g->input));
+	if (o.pc.level_set && o.pc.level != g->level)
+		circ_usage_error("option '--level %s' disagrees with the graph of '%s' (%s)",
+				 circ_graph_level_name(o.pc.level), path,
+				 circ_graph_level_name(g->level));
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {
@@ -172,13 +239,34 @@ int main(int argc, char **argv)
 		in = argv[i];
 	if ((o.absolute || o.fractions) && !o.curve)
 		circ_usage_error("--absolute and --fractions go with --curve");
+	/* every option is checked before anything is read */
+	if (o.fractions) {
+		double fr[MAX_FRACTIONS];
+		parse_fractions(o.fractions, fr);
+	}
+	if (o.nodes)
+		check_node_list(o.nodes);
+	circ_patch_cli_check(&o.pc);
 	m = circ_patch_cli_model(&o.pc, NULL);
 	md = circ_model_digest(m, &e);
-	/* the graph comes from the circuit or scores when they name one */
+	/* the graph comes from the circuit or scores when they name one; a
+	 * headerless edge list takes the model's */
 	if (o.circuit) {
 		circ_reader *cr = circ_reader_open(o.circuit, "circuit", &e);
-		if (!cr || !(cc = circ_circuit_read(cr, NULL, &e)))
+		circ_graph *mg = NULL;
+		if (!cr)
 			circ_die(&e);
+		if (!strcmp(circ_reader_kind(cr), "records")) {
+			mg = circ_graph_new(circ_model_config(m)->n_layer,
+					    circ_model_config(m)->n_head, o.pc.level, &e);
+			if (!mg)
+				circ_die(&e);
+			mg->input = o.pc.conv;
+		}
+		if (!(cc = circ_circuit_read(cr, mg, &e)))
+			circ_die(&e);
+		circ_graph_free(mg);
+		check_graph_options(cc->g, o.circuit);
 		if (cc->model_digest && *cc->model_digest && strcmp(cc->model_digest, md))
 			circ_dief(
 			    "'%s': the circuit was found on another model (model_digest differs)",
@@ -191,6 +279,7 @@ int main(int argc, char **argv)
 			circ_die(&e);
 		if (sc->model_digest && *sc->model_digest && strcmp(sc->model_digest, md))
 			circ_dief("'%s': scores of another model (model_digest differs)", o.curve);
+		check_graph_options(sc->g, o.curve);
 		g = sc->g;
 		inputs[ninputs++] = sr;
 	} else {
@@ -218,25 +307,10 @@ int main(int argc, char **argv)
 	/* the circuits */
 	if (o.curve) {
 		int64_t *order = circ_xmalloc((size_t)g->n_edges * sizeof *order);
-		double fr[64];
+		double fr[MAX_FRACTIONS];
 		int nf = 0;
 		if (o.fractions) {
-			const char *s = o.fractions;
-			while (*s && nf < 64) {
-				char t[64];
-				size_t n = strcspn(s, ",");
-				double v;
-				snprintf(t, sizeof t, "%.*s", (int)(n < 63 ? n : 63), s);
-				if (circ_parse_f64(t, &v) < 0 || v < 0 || v > 1 ||
-				    (nf && v <= fr[nf - 1]))
-					circ_usage_error("--fractions: '%s' is not an increasing "
-							 "fraction in [0, 1]",
-							 t);
-				fr[nf++] = v;
-				s += n;
-				if (*s == ',')
-					s++;
-			}
+			nf = parse_fractions(o.fractions, fr);
 		} else {
 			nf = (int)(sizeof default_fractions / sizeof *default_fractions);
 			memcpy(fr, default_fractions, sizeof default_fractions);

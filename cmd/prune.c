@@ -68,7 +68,7 @@ static struct {
 	circ_patch_cli pc;
 	const char *log;
 	double tau;
-	int abs_change;
+	int tau_set, abs_change;
 	int acdc_opt; /* a patching option was given */
 } o = {.tau = 0.01};
 
@@ -106,6 +106,11 @@ static int handle(int key, const char *arg, void *ctx)
 		o.tau = circ_opt_f64("tau", arg);
 		if (!isfinite(o.tau))
 			circ_usage_error("option '--tau': '%s' is not finite", arg);
+		if (o.tau < 0)
+			circ_usage_error("option '--tau': '%s' is negative (an edge is kept when "
+					 "patching it raises the loss by tau or more)",
+					 arg);
+		o.tau_set = 1;
 		return 0;
 	case OPT_ABS_CHANGE: o.abs_change = 1; return 0;
 	case OPT_LOG: o.log = arg; return 0;
@@ -117,7 +122,8 @@ static int handle(int key, const char *arg, void *ctx)
 	return -1;
 }
 
-/* "N" or "P%" (P in 0..100, n = floor(P/100 * E) as MIB sizes its circuits). */
+/* "N" or "P%" (P in 0..100, n = floor(P/100 * E) as MIB sizes its circuits).
+ * n_edges < 0: only checks the argument (before the scores are read). */
 static int64_t parse_size(const char *opt, const char *arg, int64_t n_edges)
 {
 	size_t len = strlen(arg);
@@ -131,7 +137,7 @@ static int64_t parse_size(const char *opt, const char *arg, int64_t n_edges)
 		if (circ_parse_f64(buf, &p) < 0 || !(p >= 0 && p <= 100))
 			circ_usage_error("option '--%s': '%s' is not a percentage in 0..100%%", opt,
 					 arg);
-		return circ_curve_n_edges(p / 100, n_edges);
+		return n_edges < 0 ? 0 : circ_curve_n_edges(p / 100, n_edges);
 	}
 	return circ_opt_i64(opt, arg, 0, INT64_MAX);
 }
@@ -351,7 +357,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	circ_reader *r;
 	circ_batcher *bt;
 	circ_batch *b;
-	circ_patcher **ps = NULL;
+	circ_patcher **ps = NULL, *meanp = NULL;
 	circ_patch_opts po;
 	circ_acdc_opts ao = {o.tau, o.abs_change};
 	circ_progress pr;
@@ -366,6 +372,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_usage_error("--acdc needs --model DIR");
 	if (o.signed_ || o.size)
 		circ_usage_error("--signed and sizes do not apply to --acdc");
+	circ_patch_cli_check(&o.pc);
 	m = circ_patch_cli_model(&o.pc, &g);
 	md = circ_model_digest(m, &e);
 	r = circ_reader_open(input, "tokens", &e);
@@ -375,6 +382,14 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	if (!o.pc.metric_set)
 		o.pc.metric = CIRC_METRIC_KL;
 	circ_patch_cli_opts(&o.pc, m, 0, &po);
+	/* mean ablation: the means once, by a patcher sized for any batch of
+	 * the references, shared by every batch's patcher */
+	if (o.pc.ablation == CIRC_ABL_MEAN) {
+		meanp = circ_patcher_new(m, g, &po, &e);
+		if (!meanp)
+			circ_die(&e);
+		circ_patch_cli_means(&o.pc, meanp, m, input);
+	}
 	/* one patcher per batch: every edge test runs the whole dataset */
 	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
 			      circ_model_config(m)->n_ctx, o.pc.batch);
@@ -387,7 +402,8 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		p = circ_patcher_new(m, g, &po, &e);
 		if (!p)
 			circ_die(&e);
-		circ_patch_cli_means(&o.pc, p, m, input);
+		if (meanp && circ_patcher_mean_copy(p, meanp, &e) < 0)
+			circ_die(&e);
 		if (circ_patcher_load(p, copy, &e) < 0) {
 			circ_error_prefix(&e, "%s", circ_reader_name(r));
 			circ_die(&e);
@@ -399,6 +415,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_die(&e);
 	if (n == 0)
 		circ_dief("%s: no examples", circ_reader_name(r));
+	circ_patcher_free(meanp);
 
 	lg.g = g;
 	lg.change = circ_xmalloc((size_t)g->n_edges * sizeof(double));
@@ -486,6 +503,16 @@ int main(int argc, char **argv)
 		return run_acdc(&cli, argc, argv, input);
 	if (o.acdc_opt || o.log)
 		circ_usage_error("--model, --log and the patching options go with --acdc");
+	if (o.tau_set)
+		circ_usage_error("option '--tau' goes with --acdc");
+	if (o.abs_change)
+		circ_usage_error("option '--abs-change' goes with --acdc");
+	if (o.mode == MODE_THRESHOLD && o.threshold < 0 && !o.signed_)
+		circ_usage_error("option '--threshold': '%g' is negative (|score| is compared; "
+				 "--signed for signed scores)",
+				 o.threshold);
+	if (o.size) /* checked before the scores are read */
+		parse_size(mode_names[o.mode], o.size, -1);
 
 	circ_reader *r = circ_reader_open(input, "scores", &e);
 	if (!r)

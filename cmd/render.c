@@ -56,7 +56,8 @@ static struct {
 	int top, legacy, list_edges;
 	int64_t d_model;
 	const char *graph;
-} o = {F_TEXT, NULL, NULL, NULL, 10, 0, 0, -1, NULL};
+	int format_set, top_set;
+} o = {F_TEXT, NULL, NULL, NULL, 10, 0, 0, -1, NULL, 0, 0};
 
 static int handle(int key, const char *arg, void *ctx)
 {
@@ -66,6 +67,7 @@ static int handle(int key, const char *arg, void *ctx)
 		for (int i = 0; format_names[i]; i++)
 			if (!strcmp(arg, format_names[i])) {
 				o.format = (format_t)i;
+				o.format_set = 1;
 				return 0;
 			}
 		circ_usage_error(
@@ -75,7 +77,10 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_SCORES: o.scores = arg; return 0;
 	case OPT_CURVE: o.curve = arg; return 0;
 	case OPT_TITLE: o.title = arg; return 0;
-	case OPT_TOP: o.top = (int)circ_opt_i64("top", arg, 0, 1000000); return 0;
+	case OPT_TOP:
+		o.top = (int)circ_opt_i64("top", arg, 0, 1000000);
+		o.top_set = 1;
+		return 0;
 	case OPT_D_MODEL: o.d_model = circ_opt_i64("d-model", arg, 1, INT32_MAX); return 0;
 	case OPT_LEGACY: o.legacy = 1; return 0;
 	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
@@ -255,6 +260,38 @@ static circ_curve *read_curve(const char *path)
 	return c;
 }
 
+/* Options the chosen format or mode would ignore are usage errors. */
+static void check_options(void)
+{
+	const char *f = format_names[o.format];
+	if (o.list_edges) {
+		const char *bad = o.format_set	   ? "format"
+				  : o.scores	   ? "scores"
+				  : o.curve	   ? "curve"
+				  : o.title	   ? "title"
+				  : o.top_set	   ? "top"
+				  : o.d_model >= 0 ? "d-model"
+				  : o.legacy	   ? "eap-ig-legacy"
+						   : NULL;
+		if (bad)
+			circ_usage_error("option '--%s' does not apply to --list-edges", bad);
+		return;
+	}
+	if (o.top_set && o.format != F_TEXT)
+		circ_usage_error("option '--top' goes with --format text");
+	if (o.d_model >= 0 && o.format != F_JSON)
+		circ_usage_error("option '--d-model' goes with --format json");
+	if (o.legacy && o.format != F_JSON)
+		circ_usage_error("option '--eap-ig-legacy' goes with --format json");
+	if (o.legacy && o.d_model >= 0)
+		circ_usage_error("option '--d-model' does not apply to --eap-ig-legacy (its layout "
+				 "has no d_model)");
+	if (o.title && o.format == F_JSON)
+		circ_usage_error("option '--title' does not apply to --format %s", f);
+	if (o.curve && o.format != F_TEXT && o.format != F_CURVE_SVG)
+		circ_usage_error("option '--curve' goes with --format text or curve-svg");
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"[options] [circuit]",
@@ -269,6 +306,9 @@ int main(int argc, char **argv)
 	const char *input = i < argc ? argv[i] : "-";
 	if (o.graph && !o.list_edges)
 		circ_usage_error("--graph goes with --list-edges");
+	if (o.graph && i < argc)
+		circ_usage_error("--list-edges takes the graph from --graph or an input, not both");
+	check_options();
 	if (o.list_edges)
 		return list_edges(&cli, input);
 

@@ -34,7 +34,7 @@ static const circ_opt opts[] = {
 static struct {
 	circ_patch_cli pc;
 	circ_attr_method method;
-	int steps, list_edges, merge, acts;
+	int steps, steps_set, method_set, list_edges, merge, acts;
 } o = {.method = CIRC_ATTR_EAP, .steps = 5};
 
 static int handle(int key, const char *arg, void *ctx)
@@ -44,8 +44,12 @@ static int handle(int key, const char *arg, void *ctx)
 		if (circ_attr_parse(arg, &o.method) < 0)
 			circ_usage_error(
 			    "unknown method '%s' (eap, eap-ig, eap-ig-activations, exact)", arg);
+		o.method_set = 1;
 		return 0;
-	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 1000); return 0;
+	case OPT_STEPS:
+		o.steps = (int)circ_opt_i64("steps", arg, 1, 1000);
+		o.steps_set = 1;
+		return 0;
 	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
 	case OPT_MERGE: o.merge = 1; return 0;
 	case OPT_ACTS: o.acts = 1; return 0;
@@ -319,18 +323,48 @@ int main(int argc, char **argv)
 	circ_init("circ-score");
 	circ_patch_cli_init(&o.pc);
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
-	if (o.merge)
+	/* every option is checked before anything is read */
+	if (o.merge) {
+		const char *bad = circ_patch_cli_given(&o.pc, NULL);
+		if (bad)
+			circ_usage_error("option '--%s' does not apply to --merge", bad);
+		if (o.method_set || o.steps_set || o.acts || o.list_edges)
+			circ_usage_error("option '--%s' does not apply to --merge",
+					 o.method_set  ? "method"
+					 : o.steps_set ? "steps"
+					 : o.acts      ? "acts"
+						       : "list-edges");
 		return merge(&cli, argc, argv, argc - i ? argc - i : 1,
 			     argc - i ? argv + i : (char *[]){"-"});
+	}
 	if (argc - i > 1)
 		circ_usage_error("one token stream at most");
 	if (argc - i == 1)
 		in = argv[i];
+	if (o.steps_set && o.method != CIRC_ATTR_EAP_IG && o.method != CIRC_ATTR_EAP_IG_ACT)
+		circ_usage_error(
+		    "option '--steps' goes with --method eap-ig or eap-ig-activations");
 	if (o.acts) {
+		/* --model only checks the acts' model digest */
+		const char *bad = circ_patch_cli_given(&o.pc, (const int[]){CIRC_PO_MODEL, 0});
 		if (o.method != CIRC_ATTR_EAP)
 			circ_usage_error("--acts gives eap scores only");
+		if (bad)
+			circ_usage_error("option '--%s' does not apply to --acts", bad);
+		if (o.list_edges)
+			circ_usage_error("option '--list-edges' does not apply to --acts");
 		return score_acts(&cli, argc, argv, in);
 	}
+	if (o.list_edges) {
+		const char *bad = circ_patch_cli_given(
+		    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_LEVEL, CIRC_PO_CONVENTION, 0});
+		if (argc - i)
+			circ_usage_error("--list-edges takes no input (the graph is the model's)");
+		if (bad || o.method_set)
+			circ_usage_error("option '--%s' does not apply to --list-edges",
+					 bad ? bad : "method");
+	}
+	circ_patch_cli_check(&o.pc);
 	m = circ_patch_cli_model(&o.pc, &g);
 	if (o.list_edges) {
 		if (circ_graph_write_edges(g, stdout, &e) < 0 || fclose(stdout) != 0)

@@ -12,6 +12,7 @@
  * output is a function of the options and the thread count.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +69,7 @@ static const circ_opt opts[] = {
     {"embd", OPT_EMBD, "C", "residual width, a multiple of the heads (default 64)"},
     {"inner", OPT_INNER, "F", "MLP width (default 4C)"},
     {"ctx", OPT_CTX, "P", "context length n_ctx (default: the task's longest sequence)"},
-    {"threads", OPT_THREADS, "N", "threads for the matrix products and circ's kernels (default 1)"},
+    {"threads", OPT_THREADS, "N", "threads for the matrix products and circ's kernels"},
     {"log", OPT_LOG, "N", "print the mean loss every N steps on stderr (default 0: never)"},
     {"eval", OPT_EVAL, "N", "evaluation examples, generator seed 0 (default 500)"},
     {"names", OPT_NAMES, "K", "ioi: use the first K names of the IOI list (default 16)"},
@@ -103,7 +104,7 @@ static struct {
        .layers = 2,
        .heads = 4,
        .embd = 64,
-       .threads = 1,
+       .threads = 0,
        .n = 64,
        .lr = -1,
        .min_lr = 0.1,
@@ -127,17 +128,21 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_SEED: o.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
 	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 10000000); break;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 65536); break;
-	case OPT_LR: o.lr = circ_opt_f64("lr", arg); break;
-	case OPT_MIN_LR: o.min_lr = circ_opt_f64("min-lr", arg); break;
+	case OPT_LR: o.lr = circ_opt_f64_in("lr", arg, 0, 1, 1, 1); break;
+	case OPT_MIN_LR: o.min_lr = circ_opt_f64_in("min-lr", arg, 0, 0, 1, 0); break;
 	case OPT_WARMUP: o.warmup = (int)circ_opt_i64("warmup", arg, 0, 10000000); break;
-	case OPT_WD: o.wd = circ_opt_f64("weight-decay", arg); break;
-	case OPT_CLIP: o.clip = circ_opt_f64("clip", arg); break;
+	case OPT_WD: o.wd = circ_opt_f64_in("weight-decay", arg, 0, 0, 1, 1); break;
+	case OPT_CLIP:
+		o.clip = circ_opt_f64("clip", arg);
+		if (!isfinite(o.clip) || o.clip < 0)
+			circ_usage_error("option '--clip': '%s' is not a finite number >= 0", arg);
+		break;
 	case OPT_LAYERS: o.layers = (int)circ_opt_i64("layers", arg, 1, 64); break;
 	case OPT_HEADS: o.heads = (int)circ_opt_i64("heads", arg, 1, 64); break;
 	case OPT_EMBD: o.embd = (int)circ_opt_i64("embd", arg, 1, 4096); break;
 	case OPT_INNER: o.inner = (int)circ_opt_i64("inner", arg, 1, 65536); break;
 	case OPT_CTX: o.ctx = (int)circ_opt_i64("ctx", arg, 2, 8192); break;
-	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, 256); break;
+	case OPT_THREADS: o.threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX); break;
 	case OPT_LOG: o.log = (int)circ_opt_i64("log", arg, 0, 10000000); break;
 	case OPT_EVAL: o.t.n_eval = circ_opt_i64("eval", arg, 1, 1000000); break;
 	case OPT_NAMES:
@@ -323,11 +328,20 @@ int main(int argc, char **argv)
 			opts, 0};
 	circ_error e;
 	const task_defaults *td = NULL;
-	int i;
+	int i, threads_given;
 
 	circ_init("circ-train");
 	circ_ttask_opts_default(&o.t);
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	if (o.given_vlo && o.given_vhi && o.t.vocab_lo >= o.t.vocab_hi)
+		circ_usage_error("option '--vocab-lo' (%d) is not below --vocab-hi (%d)",
+				 (int)o.t.vocab_lo, (int)o.t.vocab_hi);
+	if (o.t.min_rep > o.t.max_rep)
+		circ_usage_error("option '--min-rep' (%d) is more than --max-rep (%d)", o.t.min_rep,
+				 o.t.max_rep);
+	threads_given = o.threads != 0;
+	if (!threads_given)
+		o.threads = circ_threads_default();
 	if (o.diagnose) {
 		if (argc - i != 0)
 			circ_usage_error("--diagnose takes no task");
@@ -359,19 +373,13 @@ int main(int argc, char **argv)
 	if (o.embd % o.heads)
 		circ_usage_error("option '--embd': %d is not a multiple of --heads %d", o.embd,
 				 o.heads);
-	if (o.steps < 0)
+	/* --steps and --lr are range-checked where parsed (a given value is
+	 * never taken for "not given") */
+	if (!o.given[OPT_STEPS - CIRC_OPT_FIRST_TOOL])
 		o.steps = td->steps;
-	if (o.lr < 0)
+	if (!o.given[OPT_LR - CIRC_OPT_FIRST_TOOL])
 		o.lr = td->lr;
-	if (!(o.lr > 0 && o.lr < 1))
-		circ_usage_error("option '--lr': must be in (0, 1)");
-	if (!(o.min_lr >= 0 && o.min_lr <= 1))
-		circ_usage_error("option '--min-lr': must be in [0, 1]");
-	if (!(o.wd >= 0 && o.wd < 1))
-		circ_usage_error("option '--weight-decay': must be in [0, 1)");
-	if (!(o.clip >= 0))
-		circ_usage_error("option '--clip': must not be negative");
-	if (o.warmup < 0)
+	if (!o.given[OPT_WARMUP - CIRC_OPT_FIRST_TOOL])
 		o.warmup = o.steps / 20;
 	if (o.warmup > o.steps)
 		circ_usage_error("option '--warmup': more than --steps");
@@ -393,8 +401,10 @@ int main(int argc, char **argv)
 		die_clean(&e);
 	double t0 = circ_now();
 	circ_ttask *task = circ_ttask_new(&o.t, bpe, o.seed, &e);
-	if (!task)
-		die_clean(&e);
+	if (!task) { /* the options do not fit the task together */
+		remove_tmp();
+		circ_usage_error("%s", e.msg);
+	}
 
 	/* the model */
 	circ_config c;
@@ -504,6 +514,8 @@ int main(int argc, char **argv)
 			       o.t.task);
 	for (int k = 1; k < argc && rl < rc - 512; k++)
 		rl += (size_t)snprintf(readme + rl, rc - rl, " %s", argv[k]);
+	if (!threads_given) /* the weights depend on it: the command names it */
+		rl += (size_t)snprintf(readme + rl, rc - rl, " --threads %d", o.threads);
 	rl += (size_t)snprintf(
 	    readme + rl, rc - rl,
 	    "\n\nThe weights are a function of the options and the thread count.\n\n"

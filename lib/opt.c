@@ -5,9 +5,12 @@
 #include "opt.h"
 
 #include <getopt.h>
+#include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const circ_opt common_opts[] = {
     {"help", CIRC_OPT_HELP, NULL, "show this help and exit"},
@@ -41,6 +44,45 @@ static size_t count(const circ_opt *o)
 	return n;
 }
 
+/* The default thread count: 0 with *bad set when CIRC_THREADS is not a
+ * thread count (the caller decides whether that is fatal). */
+static int threads_default(const char **bad, int *from_env)
+{
+	const char *env = getenv("CIRC_THREADS");
+	cpu_set_t set;
+	long n = 0;
+	*bad = NULL;
+	*from_env = env != NULL;
+	if (env) {
+		int64_t v;
+		if (circ_parse_i64(env, &v) < 0 || v < 1 || v > CIRC_THREADS_MAX) {
+			*bad = env;
+			return 0;
+		}
+		return (int)v;
+	}
+	/* the cores this process may run on (taskset, cgroup cpusets), which
+	 * can be fewer than the machine's online cores */
+	if (sched_getaffinity(0, sizeof set, &set) == 0)
+		n = CPU_COUNT(&set);
+	if (n < 1)
+		n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	return n > CIRC_THREADS_MAX ? CIRC_THREADS_MAX : (int)n;
+}
+
+int circ_threads_default(void)
+{
+	const char *bad;
+	int env, n = threads_default(&bad, &env);
+	if (bad)
+		circ_usage_error("CIRC_THREADS: '%s' is not an integer in 1..%d (the default "
+				 "thread count)",
+				 bad, CIRC_THREADS_MAX);
+	return n;
+}
+
 static void help_table(const circ_opt *o, FILE *f)
 {
 	for (; o && o->name; o++) {
@@ -51,7 +93,19 @@ static void help_table(const circ_opt *o, FILE *f)
 		else
 			snprintf(left, sizeof left, "    --%s%s%s", o->name, o->arg ? " " : "",
 				 o->arg ? o->arg : "");
-		fprintf(f, "  %-28s %s\n", left, o->help);
+		fprintf(f, "  %-28s %s", left, o->help);
+		if (!strcmp(o->name, "threads")) {
+			const char *bad;
+			int env, n = threads_default(&bad, &env);
+			if (bad)
+				fprintf(f, " (CIRC_THREADS '%s' is not a thread count)", bad);
+			else if (env)
+				fprintf(f, " (default %d: CIRC_THREADS)", n);
+			else
+				fprintf(f, " (default %d: the cores; CIRC_THREADS sets another)",
+					n);
+		}
+		fputc('\n', f);
 	}
 }
 
@@ -107,6 +161,16 @@ double circ_opt_f64(const char *opt, const char *arg)
 	double v;
 	if (circ_parse_f64(arg, &v) < 0)
 		circ_usage_error("option '--%s': '%s' is not a number", opt, arg);
+	return v;
+}
+
+double circ_opt_f64_in(const char *opt, const char *arg, double lo, int lo_open, double hi,
+		       int hi_open)
+{
+	double v = circ_opt_f64(opt, arg);
+	if (!isfinite(v) || (lo_open ? v <= lo : v < lo) || (hi_open ? v >= hi : v > hi))
+		circ_usage_error("option '--%s': '%s' is not in %c%g, %g%c", opt, arg,
+				 lo_open ? '(' : '[', lo, hi, hi_open ? ')' : ']');
 	return v;
 }
 

@@ -53,5 +53,20 @@ void circ_dief(const char *fmt, ...) CIRC_PRINTF(1, 2) CIRC_NORETURN;
 /* Option argument parsing that exits 2 with a message naming the option. */
 int64_t circ_opt_i64(const char *opt, const char *arg, int64_t lo, int64_t hi);
 double circ_opt_f64(const char *opt, const char *arg);
+/* A finite number in [lo, hi] (lo_open, hi_open: the bound itself is out),
+ * else exits 2 naming the option and the interval. */
+double circ_opt_f64_in(const char *opt, const char *arg, double lo, int lo_open, double hi,
+		       int hi_open);
+
+/* Threads: the most --threads accepts. */
+#define CIRC_THREADS_MAX 256
+/* The thread count a tool uses when --threads is not given: CIRC_THREADS
+ * when set (an integer in 1..CIRC_THREADS_MAX; anything else, empty
+ * included, is a usage error: exits 2), else the cores this process may run
+ * on (its CPU affinity, as nproc counts them; at most CIRC_THREADS_MAX).
+ * Results do not depend on it: every tool gives the same bytes for every
+ * thread count (circ-train excepted, whose weights are a function of it).
+ * The --help text of an option named "threads" states this default. */
+int circ_threads_default(void);
 
 #endif

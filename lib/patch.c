@@ -366,6 +366,23 @@ int circ_patcher_mean_finish(circ_patcher *p, circ_error *e)
 	return 0;
 }
 
+int circ_patcher_mean_copy(circ_patcher *p, const circ_patcher *src, circ_error *e)
+{
+	size_t n;
+	if (!src->mean_done)
+		return circ_errorf(e, "mean ablation: no means to copy (internal error)");
+	if (src->U != p->U || src->C != p->C || src->o.mean_per_position != p->o.mean_per_position)
+		return circ_errorf(e, "mean ablation: means of another shape (internal error)");
+	n = (size_t)p->U * (p->o.mean_per_position ? (size_t)src->mean_T : 1) * (size_t)p->C;
+	free(p->mean);
+	p->mean = circ_xmalloc(n * sizeof(float));
+	memcpy(p->mean, src->mean, n * sizeof(float));
+	p->mean_T = src->mean_T;
+	p->mean_n = src->mean_n;
+	p->mean_done = 1;
+	return 0;
+}
+
 static int hook(void *ctx, circ_run *r, int layer, circ_stage_kind sk, circ_error *e);
 
 /* The metric of each example from run r's logits; a NaN or infinite one is
@@ -463,12 +480,23 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		break;
 	case CIRC_ABL_ZERO: memset(p->ref_out, 0, (size_t)p->U * n * sizeof(float)); break;
 	}
-	/* m(empty circuit) for mean and zero: every edge patched */
+	/* m(empty circuit) for mean and zero: every edge patched, which only
+	 * the logits see (circ_patcher_eval starts it at their stage); then
+	 * the clean logits stage again, so that main holds the whole clean
+	 * run as after a resampled load: the forwards that follow resume
+	 * above their receivers and attribution runs no clean forward again. */
 	{
 		uint8_t *none = circ_xcalloc((size_t)p->g->n_edges, 1);
-		int rc = circ_patcher_eval(p, none, 0, p->m_ref, e);
+		int rc = circ_patcher_eval(p, none, 2 * p->L, p->m_ref, e);
 		free(none);
-		return rc;
+		if (rc < 0)
+			return -1;
+		fwd_setup(p, &f, b, b->clean);
+		f.start_stage = 2 * p->L;
+		if (circ_forward(p->main, &f, e) < 0)
+			return -1;
+		p->clean_below = 2 * p->L + 1;
+		return 0;
 	}
 }
 
@@ -882,6 +910,16 @@ int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *o
 		memcpy(out, p->m_ref, (size_t)p->b->B * sizeof *out);
 		return 0;
 	}
+	if (!live)
+		/* Only the logits read patched inputs (every other receiver
+		 * belongs to a dead node, left unpatched): their input is
+		 * R(2L) whatever the stages below hold, so the forward resumes
+		 * at the logits, keeping the clean run below. Starting lower
+		 * gives the same bytes for the whole cost of a forward, and
+		 * leaves main without its clean prefix, so that every later
+		 * forward of the batch started at stage 0 (zero and mean
+		 * ablation ran at half the speed of resampling). */
+		stage = 2 * p->L;
 	return patched_forward(p, stage, out, e);
 }
 

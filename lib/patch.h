@@ -57,6 +57,11 @@ void circ_patcher_free(circ_patcher *p);
  * per-position mean meets a different length. */
 int circ_patcher_mean_add(circ_patcher *p, const circ_batch *b, circ_error *e);
 int circ_patcher_mean_finish(circ_patcher *p, circ_error *e);
+/* Mean ablation: takes the finished means of src (a patcher of the same
+ * model and options, e.g. one sized for the whole reference dataset), so
+ * that patchers of several batches share one pass over the references.
+ * -1 with a message if src has no means or another shape. */
+int circ_patcher_mean_copy(circ_patcher *p, const circ_patcher *src, circ_error *e);
 
 /* Loads a batch: reference outputs of every node, the clean run, its logits
  * and metric per example (circ_patcher_clean_metric), and for kl the clean

@@ -13,7 +13,7 @@ void circ_patch_cli_init(circ_patch_cli *pc)
 	pc->level = CIRC_LEVEL_EDGE;
 	pc->conv = CIRC_INPUT_EAPIG;
 	pc->batch = 16;
-	pc->threads = 1;
+	pc->threads = 0;
 }
 
 int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
@@ -23,6 +23,7 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 	case CIRC_PO_ABLATION:
 		if (circ_ablation_parse(arg, &pc->ablation) < 0)
 			circ_usage_error("unknown ablation '%s' (resample, mean, zero)", arg);
+		pc->ablation_set = 1;
 		return 0;
 	case CIRC_PO_MEAN_REF: pc->mean_ref = arg; return 0;
 	case CIRC_PO_PER_POSITION: pc->per_position = 1; return 0;
@@ -42,11 +43,61 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 			circ_usage_error("unknown convention '%s' (eap-ig, acdc)", arg);
 		pc->conv_set = 1;
 		return 0;
-	case CIRC_PO_BATCH: pc->batch = (int)circ_opt_i64("batch", arg, 1, 4096); return 0;
-	case CIRC_PO_THREADS: pc->threads = (int)circ_opt_i64("threads", arg, 1, 256); return 0;
+	case CIRC_PO_BATCH:
+		pc->batch = (int)circ_opt_i64("batch", arg, 1, 4096);
+		pc->batch_set = 1;
+		return 0;
+	case CIRC_PO_THREADS:
+		pc->threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX);
+		return 0;
 	case CIRC_PO_ALLOW_NONFINITE: pc->allow_nonfinite = 1; return 0;
 	}
 	return 1;
+}
+
+void circ_patch_cli_check(circ_patch_cli *pc)
+{
+	if (pc->ablation != CIRC_ABL_MEAN) {
+		if (pc->per_position)
+			circ_usage_error("option '--per-position' goes with --ablation mean");
+		if (pc->mean_ref)
+			circ_usage_error("option '--mean-ref' goes with --ablation mean");
+	}
+	if (pc->threads == 0)
+		pc->threads = circ_threads_default();
+}
+
+const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
+{
+	static const struct {
+		int key;
+		const char *name;
+	} opts[] = {
+	    {CIRC_PO_MODEL, "model"},		{CIRC_PO_ABLATION, "ablation"},
+	    {CIRC_PO_MEAN_REF, "mean-ref"},	{CIRC_PO_PER_POSITION, "per-position"},
+	    {CIRC_PO_METRIC, "metric"},		{CIRC_PO_LEVEL, "level"},
+	    {CIRC_PO_CONVENTION, "convention"}, {CIRC_PO_BATCH, "batch"},
+	    {CIRC_PO_THREADS, "threads"},
+	};
+	for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
+		int given = 0, ok = 0;
+		switch (opts[i].key) {
+		case CIRC_PO_MODEL: given = pc->model != NULL; break;
+		case CIRC_PO_ABLATION: given = pc->ablation_set; break;
+		case CIRC_PO_MEAN_REF: given = pc->mean_ref != NULL; break;
+		case CIRC_PO_PER_POSITION: given = pc->per_position; break;
+		case CIRC_PO_METRIC: given = pc->metric_set; break;
+		case CIRC_PO_LEVEL: given = pc->level_set; break;
+		case CIRC_PO_CONVENTION: given = pc->conv_set; break;
+		case CIRC_PO_BATCH: given = pc->batch_set; break;
+		case CIRC_PO_THREADS: given = pc->threads != 0; break;
+		}
+		for (const int *a = allowed; a && *a; a++)
+			ok |= *a == opts[i].key;
+		if (given && !ok)
+			return opts[i].name;
+	}
+	return NULL;
 }
 
 circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)

@@ -43,7 +43,7 @@ enum {
 	{"convention", CIRC_PO_CONVENTION, "C", \
 	 "eap-ig (default: input is the token embedding) or acdc"}, \
 	{"batch", CIRC_PO_BATCH, "N", "examples per batch (default 16)"}, \
-	{"threads", CIRC_PO_THREADS, "N", "threads (default 1)"}, \
+	{"threads", CIRC_PO_THREADS, "N", "threads"}, \
 	{"allow-nonfinite", CIRC_PO_ALLOW_NONFINITE, NULL, \
 	 "let NaN or infinite weights, activations, metrics and scores through"}
 /* clang-format on */
@@ -57,7 +57,8 @@ typedef struct circ_patch_cli {
 	int level_set, conv_set;
 	circ_graph_level level;
 	circ_input_conv conv;
-	int batch, threads;
+	int batch, threads; /* threads 0: not given (circ_patch_cli_check sets it) */
+	int batch_set, ablation_set;
 	int allow_nonfinite; /* NaN/Inf weights, activations, metrics, scores let through */
 } circ_patch_cli;
 
@@ -65,6 +66,16 @@ void circ_patch_cli_init(circ_patch_cli *pc);
 /* Handles a key of the shared options: 0 if handled, 1 if not one of them
  * (usage errors exit 2). */
 int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg);
+/* After parsing, before anything is read: options that only mean something
+ * together (--per-position and --mean-ref with --ablation mean) are usage
+ * errors alone, and the thread count defaults (circ_threads_default; a bad
+ * CIRC_THREADS exits 2). */
+void circ_patch_cli_check(circ_patch_cli *pc);
+/* The name of the first shared option given other than those in `allowed`
+ * (CIRC_PO_* keys, ended by 0; NULL: none allowed), or NULL: for modes that
+ * run no model. Call it before circ_patch_cli_check, which sets the thread
+ * count. */
+const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed);
 
 /* Opens --model (required: usage error if missing) and builds its graph at
  * the chosen level and convention; exits 1 with the message on error. */

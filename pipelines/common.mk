@@ -36,7 +36,7 @@ K ?= 20
 TAU ?= 0.01
 ACDC_METRIC ?= kl
 BATCH ?= 16
-THREADS ?= 1
+THREADS ?=
 RUNS ?= runs
 DATASET_ARGS ?=
 TRUTH ?= $(wildcard $(MODEL)/truth.jsonl)
@@ -60,7 +60,9 @@ else
 CDIR := $(SDIR)/$(PRUNE)$(K)
 endif
 MODEL_FILES := $(MODEL)/config.json $(MODEL)/model.safetensors
-COMMON := --model $(MODEL) --ablation $(ABLATION) --batch $(BATCH) --threads $(THREADS)
+# THREADS empty: the tools' default (every core, or CIRC_THREADS); results are
+# the same bytes for every thread count
+COMMON := --model $(MODEL) --ablation $(ABLATION) --batch $(BATCH) $(if $(THREADS),--threads $(THREADS))
 
 .PHONY: all scores circuit report clean-run
 all: report
@@ -82,7 +84,7 @@ $(DATA)/tokens.circ: $(DATA)/dataset.jsonl $(CIRCBIN)circ-tokenize $(MODEL)/voca
 
 $(SDIR)/scores.circ: $(DATA)/tokens.circ $(MODEL_FILES) $(CIRCBIN)circ-score
 	@mkdir -p $(@D)
-	$(CIRCBIN)circ-score $(COMMON) --method $(METHOD) --steps $(STEPS) -o $@ $<
+	$(CIRCBIN)circ-score $(COMMON) --method $(METHOD) $(if $(filter eap-ig eap-ig-activations,$(METHOD)),--steps $(STEPS)) -o $@ $<
 
 $(SDIR)/curve.circ: $(SDIR)/scores.circ $(DATA)/tokens.circ $(CIRCBIN)circ-patch
 	$(CIRCBIN)circ-patch $(COMMON) --curve $< -o $@ $(DATA)/tokens.circ

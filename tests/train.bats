@@ -84,7 +84,7 @@ tiny=(--steps 4 --batch 4 --layers 1 --heads 2 --embd 16 --eval 8)
 	[ ! -e "$T/n" ]
 	[ -z "$(ls "$T" | grep 'tmp-')" ]
 	run --separate-stderr circ-train induction --out "$T/n" "${tiny[@]}" --seq-len 16 --chunks 2 --len 6 --vocab-hi 300
-	assert_failure 1
+	assert_failure 2
 	[[ "$stderr" == *"vocabulary"* ]]
 	[ -z "$(ls "$T" | grep 'tmp-')" ]
 }

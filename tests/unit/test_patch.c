@@ -205,6 +205,56 @@ static void test_patcher_cache(circ_model *m, const circ_graph *g, const circ_ba
 	circ_patcher_free(p);
 }
 
+/* Zero and mean ablation (issue 13, item 20): after a load the patcher
+ * still holds the whole clean run, as after a resampled one (its empty
+ * circuit's metric reran only the logits stage), so forwards resume above
+ * their receivers; the numbers are the bytes of full forwards from stage 0
+ * (a patcher marked dirty). Means copied from another patcher give the
+ * same bytes as means of its own. */
+static void test_constant_refs(circ_model *m, const circ_graph *g, const circ_batch *b)
+{
+	for (int abl = CIRC_ABL_MEAN; abl <= CIRC_ABL_ZERO; abl++) {
+		circ_patch_opts po = {
+		    (circ_ablation)abl, 0, CIRC_METRIC_LOGIT_DIFF, 2, b->B, b->T, 0};
+		circ_error e;
+		circ_patcher *p = circ_patcher_new(m, g, &po, &e),
+			     *q = circ_patcher_new(m, g, &po, &e),
+			     *c = circ_patcher_new(m, g, &po, &e);
+		uint8_t *none = circ_xcalloc((size_t)g->n_edges, 1);
+		double out[8], want[8];
+		CHECK(p && q && c);
+		if (abl == CIRC_ABL_MEAN) {
+			CHECK(circ_patcher_mean_add(p, b, &e) == 0 &&
+			      circ_patcher_mean_finish(p, &e) == 0);
+			CHECK(circ_patcher_mean_add(q, b, &e) == 0 &&
+			      circ_patcher_mean_finish(q, &e) == 0);
+			CHECK(circ_patcher_mean_copy(c, p, &e) == 0);
+		}
+		CHECK(circ_patcher_load(p, b, &e) == 0 && circ_patcher_load(q, b, &e) == 0 &&
+		      circ_patcher_load(c, b, &e) == 0);
+		CHECK(circ_patcher_is_clean(p));
+		for (int i = 0; i < b->B; i++)
+			CHECK(circ_patcher_ref_metric(c)[i] == circ_patcher_ref_metric(p)[i]);
+		/* the empty circuit: a full forward from stage 0 */
+		circ_patcher_dirty(q);
+		CHECK(circ_patcher_eval(q, none, 0, want, &e) == 0);
+		for (int i = 0; i < b->B; i++)
+			CHECK(want[i] == circ_patcher_ref_metric(p)[i]);
+		/* edges from the top down, each resumed at its receiver */
+		for (int64_t ed = g->n_edges - 1; ed >= 0; ed -= 7) {
+			circ_patcher_dirty(q);
+			CHECK(circ_patcher_eval_edge(p, ed, out, &e) == 0);
+			CHECK(circ_patcher_eval_edge(q, ed, want, &e) == 0);
+			for (int i = 0; i < b->B; i++)
+				CHECK(out[i] == want[i]);
+		}
+		free(none);
+		circ_patcher_free(p);
+		circ_patcher_free(q);
+		circ_patcher_free(c);
+	}
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-test-patch-XXXXXX";
@@ -237,6 +287,7 @@ int main(void)
 
 	test_patcher_state(m, g, b, c.n_layer);
 	test_patcher_cache(m, g, b);
+	test_constant_refs(m, g, b);
 
 	/* no edge patched = clean; every edge patched = the reference run */
 	{
