@@ -42,6 +42,34 @@ tiny=(--steps 4 --batch 4 --layers 1 --heads 2 --embd 16 --eval 8)
 	! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
 }
 
+@test "induction: --copies and --focus change the data, deterministically" {
+	args=("${tiny[@]}" --seq-len 16 --chunks 2 --max-rep 2 --len 6)
+	circ-train induction --out "$T/a" "${args[@]}" 2>/dev/null
+	circ-train induction --out "$T/b" "${args[@]}" --copies 3 2>/dev/null
+	circ-train induction --out "$T/c" "${args[@]}" --focus 2 2>/dev/null
+	circ-train induction --out "$T/d" "${args[@]}" --focus 2 2>/dev/null
+	! cmp -s "$T/a/model.safetensors" "$T/b/model.safetensors"
+	! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
+	cmp "$T/c/model.safetensors" "$T/d/model.safetensors"
+	grep -q -- '--focus 2' "$T/c/README.md"
+	grep -q '2 chunks of 2 distinct ids, each 2 times' "$T/c/README.md"
+	grep -q 'loss only at the repeated ids for the first 2 steps' "$T/c/README.md"
+	grep -q 'each 3 times.*loss at every position' "$T/b/README.md"
+	# the defaults are --copies 2 --focus 0
+	circ-train induction --out "$T/e" "${args[@]}" --copies 2 --focus 0 2>/dev/null
+	cmp "$T/a/model.safetensors" "$T/e/model.safetensors"
+	# what does not fit or cannot be trained is refused
+	run --separate-stderr circ-train induction --out "$T/x" "${args[@]}" --copies 5
+	assert_failure 1
+	[[ "$stderr" == *"each 5 times, do not fit"* ]]
+	run --separate-stderr circ-train induction --out "$T/x" --copies 1
+	assert_failure 2
+	run --separate-stderr circ-train ioi --out "$T/x" --focus 5
+	assert_failure 2
+	[[ "$stderr" == *"applies to induction only"* ]]
+	[ ! -e "$T/x" ]
+}
+
 @test "ioi: the vocabulary keeps the chosen names and circ-dataset uses them" {
 	run --separate-stderr circ-train ioi --out "$T/i" "${tiny[@]}" --names 6
 	assert_success
