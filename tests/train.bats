@@ -183,16 +183,16 @@ fixture_metric() { # DIR TASK -> "mean accuracy" from circ-forward
 }
 
 # The canonical two-head circuit (Olsson et al.): a previous-token head in
-# layer 0 and an induction head in layer 1. The committed fixture does
-# induction through heads at longer fixed offsets instead (see
-# fixtures/README.md), so this reports the scores and skips until a recipe
-# that trains the canonical circuit in minutes is found.
+# layer 0 and an induction head in layer 1 that attends to the token after
+# the previous occurrence of the current one. The fixture trained on chunks
+# of 2-3 ids before the --focus curriculum (commit 458716f) did induction
+# through heads at offsets 2 and 3 instead and fails this (0.29, 0.009).
 @test "the induction fixture has a previous-token head in layer 0 and an induction head in layer 1" {
 	[ -d fixtures/induction-trained ] || skip "fixtures/induction-trained not built"
 	run circ-train --diagnose fixtures/induction-trained
 	assert_success
 	prev0=$(awk -F'\t' '$1 == 0 && $3 > m { m = $3 } END { print m + 0 }' <<<"$output")
 	ind1=$(awk -F'\t' '$1 == 1 && $4 > m { m = $4 } END { print m + 0 }' <<<"$output")
-	awk -v p="$prev0" -v i="$ind1" 'BEGIN { exit !(p > 0.5 && i > 0.5) }' ||
-		skip "known gap: best layer-0 previous-token score $prev0, best layer-1 induction score $ind1 (see fixtures/README.md)"
+	echo "best layer-0 previous-token score $prev0, best layer-1 induction score $ind1"
+	awk -v p="$prev0" -v i="$ind1" 'BEGIN { exit !(p > 0.8 && i > 0.7) }'
 }
