@@ -196,3 +196,29 @@ fixture_metric() { # DIR TASK -> "mean accuracy" from circ-forward
 	echo "best layer-0 previous-token score $prev0, best layer-1 induction score $ind1"
 	awk -v p="$prev0" -v i="$ind1" 'BEGIN { exit !(p > 0.8 && i > 0.7) }'
 }
+
+# The composition behind those attention patterns, by patching each edge
+# (circ-score --method exact, the corrupted first half as the reference): the
+# previous-token head's value input and its output into the keys of the
+# induction heads are among the edges that matter most. (The fixture before
+# the --focus curriculum fails this: its best layer-0 previous-token head,
+# a0.h1, feeds no layer-1 key among its top edges.)
+@test "patching the induction fixture finds the previous-token head feeding the induction heads' keys" {
+	m=fixtures/induction-trained
+	[ -d $m ] || skip "$m not built"
+	diag=$(circ-train --diagnose $m)
+	p=$(awk -F'\t' '$1 == 0 && $3 > best { best = $3; h = $2 } END { print h }' <<<"$diag")
+	args=$(sed -n 's/^DATASET_ARGS ?= *//p' $m/circ.mk)
+	circ-dataset induction --n 16 --model-dir $m $args | circ-tokenize --model-dir $m -o "$T/tok.circ"
+	circ-score --model $m --method exact -o "$T/s.circ" "$T/tok.circ" 2>/dev/null
+	circ-cat --no-header "$T/s.circ" | jq -r '[.score, .edge] | @tsv' | sort -gr | head -10 | cut -f2 >"$T/top"
+	cat "$T/top"
+	grep -qxF "input->a0.h$p<v>" "$T/top"
+	n=0
+	for h in $(grep -o "^a0\.h$p->a1\.h[0-9]*<k>$" "$T/top" | sed 's/.*a1\.h\([0-9]*\)<k>/\1/'); do
+		awk -F'\t' -v h="$h" '$1 == 1 && $2 == h { exit !($4 > 0.5) }' <<<"$diag"
+		n=$((n + 1))
+	done
+	[ "$n" -ge 2 ]
+}
+
