@@ -1026,13 +1026,17 @@ circ_ttask *circ_ttask_new(const circ_ttask_opts *o, circ_bpe *bpe, uint64_t see
 			goto fail;
 		}
 		if (o->chunks < 1 || o->min_rep < 1 || o->max_rep < o->min_rep || o->copies < 2 ||
-		    (int64_t)o->copies * o->chunks * o->max_rep > o->seq_len || o->focus < 0 ||
-		    (o->focus > 0 && o->max_rep < 2)) {
+		    (int64_t)o->copies * o->chunks * o->max_rep > o->seq_len) {
 			circ_errorf(
 			    e,
 			    "induction: %d chunks of up to %d ids, each %d times, do not fit "
-			    "sequences of %d (or leave no repeated position to train)",
+			    "sequences of %d",
 			    o->chunks, o->max_rep, o->copies, o->seq_len);
+			goto fail;
+		}
+		if (o->focus < 0 || (o->focus > 0 && o->max_rep < 2)) {
+			circ_errorf(e, "induction: chunks of one id leave no repeated position to "
+				       "focus the loss on");
 			goto fail;
 		}
 		if (o->eval_len < 2 || 2 * o->eval_len > o->seq_len) {
