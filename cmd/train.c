@@ -47,6 +47,8 @@ enum {
 	OPT_MIN_REP,
 	OPT_MAX_REP,
 	OPT_CHUNKS,
+	OPT_COPIES,
+	OPT_FOCUS,
 	OPT_LEN,
 	OPT_VOCAB_LO,
 	OPT_VOCAB_HI,
@@ -77,6 +79,9 @@ static const circ_opt opts[] = {
     {"chunks", OPT_CHUNKS, "K", "induction: repeated chunks per training sequence (default 4)"},
     {"min-rep", OPT_MIN_REP, "N", "induction: fewest ids in a chunk (default 2)"},
     {"max-rep", OPT_MAX_REP, "N", "induction: most ids in a chunk (default 3)"},
+    {"copies", OPT_COPIES, "N", "induction: times each chunk appears (default 2)"},
+    {"focus", OPT_FOCUS, "N",
+     "induction: the first N steps take the loss only at chunks' repeated ids (default 0)"},
     {"len", OPT_LEN, "L",
      "induction and --diagnose: repeated length of the evaluation sequences (default: half "
      "of --seq-len; --diagnose: half the context, at most 16)"},
@@ -164,6 +169,14 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_CHUNKS:
 		o.t.chunks = (int)circ_opt_i64("chunks", arg, 1, 4096);
 		task = "induction", name = "chunks";
+		break;
+	case OPT_COPIES:
+		o.t.copies = (int)circ_opt_i64("copies", arg, 2, 4096);
+		task = "induction", name = "copies";
+		break;
+	case OPT_FOCUS:
+		o.t.focus = circ_opt_i64("focus", arg, 0, 10000000);
+		task = "induction", name = "focus";
 		break;
 	case OPT_LEN:
 		o.t.eval_len = (int)circ_opt_i64("len", arg, 2, 4096);
@@ -531,6 +544,32 @@ int main(int argc, char **argv)
 	    (int)circ_bpe_n_merges(bpe), circ_config_n_params(&c), o.steps, o.batch, o.wd, o.lr,
 	    o.warmup, o.min_lr, o.clip, (unsigned long long)o.seed, (long long)ev.n, o.t.task,
 	    dsargs, res);
+	if (!strcmp(o.t.task, "induction")) {
+		char data[512], reps[64], *at = strstr(readme, "- evaluation on");
+		if (o.t.min_rep == o.t.max_rep)
+			snprintf(reps, sizeof reps, "%d", o.t.max_rep);
+		else
+			snprintf(reps, sizeof reps, "%d-%d", o.t.min_rep, o.t.max_rep);
+		int dl =
+		    snprintf(data, sizeof data,
+			     "- data: sequences of %d ids holding %d chunks of %s distinct ids, "
+			     "each %d times, the rest single ids; ",
+			     o.t.seq_len, o.t.chunks, reps, o.t.copies);
+		if (o.t.focus)
+			dl +=
+			    snprintf(data + dl, sizeof data - (size_t)dl,
+				     "loss only at the repeated ids for the first %lld steps, then "
+				     "at every position\n",
+				     (long long)o.t.focus);
+		else
+			dl += snprintf(data + dl, sizeof data - (size_t)dl,
+				       "loss at every position\n");
+		if (at && rl + (size_t)dl < rc) {
+			memmove(at + dl, at, strlen(at) + 1);
+			memcpy(at, data, (size_t)dl);
+			rl += (size_t)dl;
+		}
+	}
 	if (circ_write_text_file(tmpdir, "README.md", readme, &e) < 0)
 		die_clean(&e);
 	free(readme);

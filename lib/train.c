@@ -738,6 +738,7 @@ void circ_ttask_opts_default(circ_ttask_opts *o)
 	o->chunks = 4;
 	o->min_rep = 2;
 	o->max_rep = 3;
+	o->copies = 2;
 	o->eval_len = 12;
 	o->n_names = 16;
 	o->n_train = 100000;
@@ -902,7 +903,8 @@ struct circ_ttask {
 	circ_rng rng;
 	int induction, gt;
 	exset train, eval;
-	int64_t next; /* next training example */
+	int64_t next;	 /* next training example */
+	int64_t batches; /* induction: training batches drawn */
 	int max_len;
 	circ_tbatch eb; /* evaluation batch */
 };
@@ -1023,12 +1025,18 @@ circ_ttask *circ_ttask_new(const circ_ttask_opts *o, circ_bpe *bpe, uint64_t see
 				    (int)o->vocab_lo, (int)o->vocab_hi, t->V, o->seq_len);
 			goto fail;
 		}
-		if (o->chunks < 1 || o->min_rep < 1 || o->max_rep < o->min_rep ||
-		    2 * o->chunks * o->max_rep > o->seq_len) {
-			circ_errorf(e,
-				    "induction: %d chunks of up to %d ids, each twice, do not fit "
-				    "sequences of %d",
-				    o->chunks, o->max_rep, o->seq_len);
+		if (o->chunks < 1 || o->min_rep < 1 || o->max_rep < o->min_rep || o->copies < 2 ||
+		    (int64_t)o->copies * o->chunks * o->max_rep > o->seq_len) {
+			circ_errorf(
+			    e,
+			    "induction: %d chunks of up to %d ids, each %d times, do not fit "
+			    "sequences of %d",
+			    o->chunks, o->max_rep, o->copies, o->seq_len);
+			goto fail;
+		}
+		if (o->focus < 0 || (o->focus > 0 && o->max_rep < 2)) {
+			circ_errorf(e, "induction: chunks of one id leave no repeated position to "
+				       "focus the loss on");
 			goto fail;
 		}
 		if (o->eval_len < 2 || 2 * o->eval_len > o->seq_len) {
@@ -1105,21 +1113,25 @@ static void draw_distinct(circ_rng *r, int32_t lo, int32_t hi, int32_t eot, int3
 }
 
 /* One training sequence of T ids: K chunks, each of m distinct ids (m
- * uniform in min_rep .. max_rep), each placed twice, and single random ids
- * filling the rest, all in a random order (a uniform shuffle of the chunk
- * copies and the single ids). Every id is distinct but the second copies',
- * so only a chunk's second copy is predictable, and only from its first;
- * the distances between copies differ from chunk to chunk, so no fixed
- * positional offset predicts them and matching the current token against
- * earlier ones (induction) is the model's way to lower the loss. The loss
- * is taken at every position. */
+ * uniform in min_rep .. max_rep), each placed `copies` times, and single
+ * random ids filling the rest, all in a random order (a uniform shuffle of
+ * the chunk copies and the single ids). Every id is distinct but the later
+ * copies', so only a chunk's later copies are predictable, and only from an
+ * earlier one; the distances between copies differ from chunk to chunk, so
+ * no fixed positional offset predicts them and matching the current token
+ * against earlier ones (induction) is the model's way to lower the loss.
+ * The loss is taken at every position, except in the first `focus` batches:
+ * there only where the next id is predictable (a later copy's ids but its
+ * last). */
 static void induction_batch(circ_ttask *t, int B, circ_tbatch *b)
 {
 	const circ_ttask_opts *o = &t->o;
-	int T = o->seq_len, K = o->chunks;
+	int T = o->seq_len, K = o->chunks, C = o->copies, focus = t->batches++ < o->focus;
 	int32_t *d = circ_xmalloc((size_t)T * sizeof *d);
 	int *m = circ_xmalloc((size_t)K * sizeof *m), *off = circ_xmalloc((size_t)K * sizeof *off);
 	int *item = circ_xmalloc((size_t)T * sizeof *item); /* chunk c, or K + single id */
+	int *seen = circ_xmalloc((size_t)K * sizeof *seen);
+	unsigned char *pred = circ_xmalloc((size_t)T);
 	circ_tbatch_reserve(b, B, T, B * (T - 1));
 	b->B = B;
 	b->T = T;
@@ -1132,21 +1144,30 @@ static void induction_batch(circ_ttask *t, int B, circ_tbatch *b)
 						&t->rng, (uint64_t)(o->max_rep - o->min_rep + 1));
 			off[c] = used;
 			used += m[c];
-			item[n++] = c;
-			item[n++] = c;
+			seen[c] = 0;
+			for (int r = 0; r < C; r++)
+				item[n++] = c;
 		}
-		for (int k = 0; k < T - 2 * used; k++)
+		for (int k = 0; k < T - C * used; k++)
 			item[n++] = K + k;
 		circ_rng_shuffle(&t->rng, item, (size_t)n, sizeof *item);
-		draw_distinct(&t->rng, o->vocab_lo, o->vocab_hi, t->eot, d, T - used);
+		draw_distinct(&t->rng, o->vocab_lo, o->vocab_hi, t->eot, d, T - (C - 1) * used);
 		for (int j = 0; j < n; j++) {
-			if (item[j] < K)
-				for (int q = 0; q < m[item[j]]; q++)
-					x[i++] = d[off[item[j]] + q];
-			else
+			if (item[j] < K) {
+				int c = item[j];
+				for (int q = 0; q < m[c]; q++) {
+					pred[i] = seen[c] && q + 1 < m[c];
+					x[i++] = d[off[c] + q];
+				}
+				seen[c] = 1;
+			} else {
+				pred[i] = 0;
 				x[i++] = d[used + item[j] - K];
+			}
 		}
 		for (int j = 0; j + 1 < T; j++) {
+			if (focus && !pred[j])
+				continue;
 			b->rows[b->N] = (circ_read){s, j};
 			b->targets[b->N++] = x[j + 1];
 		}
@@ -1155,6 +1176,8 @@ static void induction_batch(circ_ttask *t, int B, circ_tbatch *b)
 	free(m);
 	free(off);
 	free(item);
+	free(seen);
+	free(pred);
 }
 
 /* Examples first .. first+B-1 of s (cyclic) into b: right-padded with

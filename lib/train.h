@@ -154,6 +154,10 @@ typedef struct circ_ttask_opts {
 	int seq_len;		    /* training sequence length (default 24) */
 	int chunks;		    /* repeated chunks per sequence (default 4) */
 	int min_rep, max_rep;	    /* ids per chunk (default 2, 3) */
+	int copies;		    /* times each chunk appears (default 2) */
+	int64_t focus;		    /* the first `focus` batches take the loss only
+				     * where the next id repeats a chunk's (the
+				     * rest at every position; default 0) */
 	int eval_len;		    /* repeated length of the evaluation set (12);
 				     * 2 eval_len <= seq_len */
 	/* ioi */
@@ -186,7 +190,9 @@ void circ_ttask_free(circ_ttask *t);
 int circ_ttask_max_len(const circ_ttask *t);
 /* Fills b with B training sequences drawn with the task's generator:
  * induction, fresh random sequences in which `chunks` short runs of ids
- * each appear twice at random places, loss at every position; text tasks, the next examples of the
+ * each appear `copies` times at random places, loss at every position (in
+ * the first `focus` batches drawn, only where the next id repeats a run's);
+ * text tasks, the next examples of the
  * training set (cycled), loss at the last prompt position, target the answer (greater-than: one
  * correct year drawn uniformly). */
 void circ_ttask_batch(circ_ttask *t, int B, circ_tbatch *b);

@@ -24,6 +24,12 @@
  *    1.1e-6), the loss of each step (relative 1e-5), and the weights after
  *    4-5 steps of clipping + AdamW with a warm-up/cosine schedule (1e-3 of
  *    lr * steps; measured 6e-6 and 6e-5).
+ * 4. Induction data: with copies 3, every id of a sequence appears at most
+ *    3 times; in the --focus batches every loss row is a position whose id
+ *    appeared before and whose target follows that earlier occurrence, and
+ *    each sequence has at least one row per repeated chunk id; after them
+ *    every position is a row; the same seed gives the same batches; chunks
+ *    of one id cannot be focused on.
  *
  * Set CIRC_SKIP_TORCH=1 to skip part 3 on a machine without python3-torch.
  */
@@ -33,6 +39,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bpe.h"
 #include "kernels.h"
 #include "model.h"
 #include "rng.h"
@@ -739,6 +746,90 @@ static void test_torch(void)
 	}
 }
 
+/* Induction data: 3 chunks of 2 ids, each 3 times in 24; the first 2 batches focused. */
+static circ_ttask *induction_task(const char *dir, circ_bpe **bpe)
+{
+	circ_ttask_opts o;
+	circ_error e;
+	circ_ttask *t;
+	circ_ttask_opts_default(&o);
+	o.task = "induction";
+	o.seq_len = 24;
+	o.chunks = 3;
+	o.min_rep = 2;
+	o.max_rep = 2;
+	o.copies = 3;
+	o.focus = 2;
+	o.eval_len = 6;
+	o.n_eval = 4;
+	CHECK(circ_ttask_write_vocab(&o, dir, &e) == 0);
+	CHECK((*bpe = circ_bpe_load_dir(dir, &e)) != NULL);
+	if (!*bpe)
+		return NULL;
+	CHECK((t = circ_ttask_new(&o, *bpe, 7, &e)) != NULL);
+	return t;
+}
+
+static void test_induction_data(void)
+{
+	circ_bpe *bpe, *bpe2;
+	circ_ttask *t = induction_task(tmp, &bpe), *t2 = induction_task(tmp, &bpe2);
+	circ_tbatch b = {0}, b2 = {0};
+	const int B = 16, T = 24;
+	if (!t || !t2)
+		return;
+	for (int k = 0; k < 3; k++) {
+		int r = 0;
+		circ_ttask_batch(t, B, &b);
+		circ_ttask_batch(t2, B, &b2);
+		CHECK(b.B == B && b.T == T && b.N == b2.N);
+		CHECK(!memcmp(b.tokens, b2.tokens, (size_t)B * T * sizeof *b.tokens));
+		for (int s = 0; s < B; s++) {
+			const int32_t *x = b.tokens + (size_t)s * T;
+			int rows = 0, thrice = 0;
+			for (int j = 0; j < T; j++) {
+				int n = 0;
+				for (int i = 0; i < T; i++)
+					n += x[i] == x[j];
+				CHECK(n <= 3);
+				thrice += n == 3;
+			}
+			CHECK(thrice == 3 * 3 * 2); /* 3 chunks of 2 ids, 3 copies */
+			for (; r < b.N && b.rows[r].b == s; r++, rows++) {
+				int j = b.rows[r].t, prev = -1;
+				CHECK(j >= 0 && j + 1 < T && b.targets[r] == x[j + 1]);
+				for (int i = 0; i < j; i++)
+					if (x[i] == x[j])
+						prev = i;
+				if (k < 2)
+					CHECK(prev >= 0 && x[prev + 1] == b.targets[r]);
+			}
+			/* each chunk's first id, in its 2 later copies */
+			CHECK(k < 2 ? rows == 3 * 2 : rows == T - 1);
+		}
+		CHECK(r == b.N);
+	}
+	{ /* chunks of one id have no repeated position to focus on */
+		circ_ttask_opts o;
+		circ_error e;
+		circ_ttask_opts_default(&o);
+		o.task = "induction";
+		o.min_rep = o.max_rep = 1;
+		o.focus = 1;
+		CHECK(!circ_ttask_new(&o, bpe, 7, &e) && strstr(e.msg, "no repeated position"));
+		o.focus = 0;
+		circ_ttask *t3 = circ_ttask_new(&o, bpe, 7, &e);
+		CHECK(t3 != NULL);
+		circ_ttask_free(t3);
+	}
+	circ_tbatch_free(&b);
+	circ_tbatch_free(&b2);
+	circ_ttask_free(t);
+	circ_ttask_free(t2);
+	circ_bpe_free(bpe);
+	circ_bpe_free(bpe2);
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -751,6 +842,7 @@ int main(void)
 	test_fd();
 	test_paths();
 	test_torch();
+	test_induction_data();
 	{
 		char cmd[600];
 		snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
