@@ -205,17 +205,11 @@ static void json_num(FILE *f, double v)
 /* The report: one JSON object, written to a temporary and renamed. */
 static void write_report(const evaluation *ev, int64_t n_kept)
 {
-	size_t n = strlen(o.report) + 32;
-	char *tmp = circ_xmalloc(n);
-	struct stat st;
-	if (stat(o.report, &st) == 0 && !S_ISREG(st.st_mode))
-		snprintf(tmp, n, "%s", o.report); /* a device or FIFO: never rename over it */
-	else
-		snprintf(tmp, n, "%s.tmp.%ld", o.report, (long)getpid());
-	int direct = !strcmp(tmp, o.report);
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		circ_dief("'%s': cannot create: %s", o.report, strerror(errno));
+	circ_atomic out;
+	circ_error e;
+	FILE *f;
+	if (circ_atomic_open(&out, o.report, &e) < 0 || !(f = circ_atomic_file(&out, &e)))
+		circ_die(&e);
 	fprintf(f, "{\"n_edges\":%lld,\"n_truth\":%lld,\"auc\":", (long long)n_kept,
 		(long long)ev->n_truth);
 	json_num(f, ev->auc);
@@ -245,14 +239,8 @@ static void write_report(const evaluation *ev, int64_t n_kept)
 		json_num(f, ev->mib_tpr[k]);
 	}
 	fputs("]}\n", f);
-	int bad = ferror(f);
-	if (fclose(f) != 0 || bad || (!direct && rename(tmp, o.report) != 0)) {
-		int err = errno;
-		if (!direct)
-			remove(tmp);
-		circ_dief("'%s': write error: %s", o.report, strerror(err ? err : EIO));
-	}
-	free(tmp);
+	if (circ_atomic_commit(&out, &e) < 0)
+		circ_die(&e);
 }
 
 /* Evaluates keep against --truth (if given) and writes the circuit stream
@@ -434,6 +422,8 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
 			(long long)circ_count_kept(g, keep));
 	}
+	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
 	if (lg.w && circ_writer_close(lg.w, &e) < 0)
 		circ_die(&e);
 	{

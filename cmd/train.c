@@ -226,6 +226,8 @@ static int diagnose(const char *dir)
 	       *dup = circ_xmalloc(LH * sizeof *dup);
 	if (circ_diag_heads(m, o.n, len, lo, hi, skip, o.seed, o.threads, prev, ind, dup, &e) < 0)
 		circ_die(&e);
+	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
 	printf("# %s: %d random sequences of %d distinct ids from [%d, %d), repeated once; seed "
 	       "%llu\n",
 	       dir, o.n, len, (int)lo, (int)hi, (unsigned long long)o.seed);

@@ -209,35 +209,10 @@ static inline int32_t pair_lookup(const circ_bpe *b, int32_t a, int32_t c, int32
 
 /* ------------------------------------------------------------ loading */
 
+/* vocab.json, merges.txt, tokenizer.json: bounded, regular files only. */
 static char *read_file(const char *path, size_t *len, circ_error *e)
 {
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	size_t n = 0, cap = 0;
-	if (!f) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		return NULL;
-	}
-	for (;;) {
-		if (cap - n < 65536) {
-			cap = cap ? cap * 2 : 1 << 20;
-			buf = circ_xrealloc(buf, cap + 1);
-		}
-		size_t got = fread(buf + n, 1, cap - n, f);
-		n += got;
-		if (got == 0)
-			break;
-	}
-	if (ferror(f)) {
-		circ_errorf(e, "'%s': read error: %s", path, strerror(errno));
-		fclose(f);
-		free(buf);
-		return NULL;
-	}
-	fclose(f);
-	buf[n] = 0;
-	*len = n;
-	return buf;
+	return circ_read_file(path, CIRC_MAX_TEXT_FILE, len, e);
 }
 
 static circ_bpe *bpe_alloc(void)
