@@ -469,6 +469,12 @@ int main(int argc, char **argv)
 		circ_usage_error("choose a mode: --top-n, --threshold, --greedy or --acdc");
 	if (o.report && !o.truth)
 		circ_usage_error("--report needs --truth");
+	if (o.log && circ_same_output(o.log, cli.output))
+		circ_usage_error("--log and --output name the same file '%s'", o.log);
+	if (o.report && circ_same_output(o.report, cli.output))
+		circ_usage_error("--report and --output name the same file '%s'", o.report);
+	if (o.log && o.report && circ_same_output(o.log, o.report))
+		circ_usage_error("--log and --report name the same file '%s'", o.log);
 	if (o.mode == MODE_ACDC)
 		return run_acdc(&cli, argc, argv, input);
 	if (o.acdc_opt || o.log)

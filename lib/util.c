@@ -738,6 +738,26 @@ void circ_atomic_abort(circ_atomic *a)
 	atomic_release(a);
 }
 
+int circ_same_output(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	char *da, *ba, *db, *bb, *ra = NULL, *rb = NULL;
+	int same;
+	if (!strcmp(a, b))
+		return 1;
+	if (!strcmp(a, "-") || !strcmp(b, "-"))
+		return 0;
+	if (stat(a, &sa) == 0 && stat(b, &sb) == 0)
+		return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+	split_path(a, &da, &ba);
+	split_path(b, &db, &bb);
+	ra = realpath(da, NULL);
+	rb = realpath(db, NULL);
+	same = ra && rb && !strcmp(ra, rb) && !strcmp(ba, bb);
+	free(da), free(ba), free(db), free(bb), free(ra), free(rb);
+	return same;
+}
+
 int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e)
 {
 	char path[4096];

@@ -120,6 +120,11 @@ int circ_atomic_commit(circ_atomic *a, circ_error *e);
 /* Closes and removes the temporary; safe on an inert or committed a. */
 void circ_atomic_abort(circ_atomic *a);
 
+/* 1 if the output paths a and b would write the same file: the same string
+ * (two "-" are both stdout), one existing file under two names, or the same
+ * name in the same directory however spelled ("x", "./x", "d/../x"). */
+int circ_same_output(const char *a, const char *b);
+
 /* Writes text to dir/name atomically (as above); -1 with a message naming
  * the file on error. */
 int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e);
