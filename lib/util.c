@@ -389,7 +389,8 @@ char *circ_read_file(const char *path, size_t max, size_t *len, circ_error *e)
 #define CLEANUP_PATH  4096
 static struct {
 	volatile sig_atomic_t used;
-	pid_t pid; /* the registering process */
+	pid_t pid;  /* the registering process */
+	int is_dir; /* removed (when empty) after the files */
 	char path[CLEANUP_PATH];
 } cleanup[CLEANUP_SLOTS];
 
@@ -404,8 +405,11 @@ void circ_cleanup_run(void)
 {
 	pid_t self = getpid();
 	for (int i = 0; i < CLEANUP_SLOTS; i++)
-		if (cleanup[i].used && cleanup[i].pid == self)
+		if (cleanup[i].used && cleanup[i].pid == self && !cleanup[i].is_dir)
 			unlink(cleanup[i].path);
+	for (int i = 0; i < CLEANUP_SLOTS; i++)
+		if (cleanup[i].used && cleanup[i].pid == self && cleanup[i].is_dir)
+			rmdir(cleanup[i].path);
 }
 
 static void on_fatal(int sig)
@@ -479,7 +483,7 @@ static void cleanup_install(void)
 	install(SIGPIPE, on_fatal);
 }
 
-int circ_cleanup_add(const char *path, circ_error *e)
+static int cleanup_add(const char *path, int is_dir, circ_error *e)
 {
 	size_t n = strlen(path);
 	if (n >= CLEANUP_PATH)
@@ -489,11 +493,22 @@ int circ_cleanup_add(const char *path, circ_error *e)
 		if (!cleanup[i].used) {
 			memcpy(cleanup[i].path, path, n + 1);
 			cleanup[i].pid = getpid();
+			cleanup[i].is_dir = is_dir;
 			__atomic_signal_fence(__ATOMIC_SEQ_CST);
 			cleanup[i].used = 1;
 			return i;
 		}
 	return circ_errorf(e, "'%s': too many output files open at once", path);
+}
+
+int circ_cleanup_add(const char *path, circ_error *e)
+{
+	return cleanup_add(path, 0, e);
+}
+
+int circ_cleanup_add_dir(const char *path, circ_error *e)
+{
+	return cleanup_add(path, 1, e);
 }
 
 void circ_cleanup_remove(int slot)

@@ -137,6 +137,9 @@ int circ_write_text_file(const char *dir, const char *name, const char *text, ci
  * ignored). Returns the slot, or -1 with a message when too many are
  * registered or the path is too long. */
 int circ_cleanup_add(const char *path, circ_error *e);
+/* The same for a temporary directory: removed (rmdir, so only once empty)
+ * after every registered file. */
+int circ_cleanup_add_dir(const char *path, circ_error *e);
 /* Forgets slot (after the file was renamed away or removed); -1 is a no-op. */
 void circ_cleanup_remove(int slot);
 /* Removes every registered file now (async-signal-safe). */
