@@ -416,8 +416,10 @@ static void on_fatal(int sig)
 {
 	int saved = errno;
 	circ_cleanup_run();
-	/* SA_RESETHAND restored the default action; the signal is blocked in
-	 * the handler and kills the process as soon as the handler returns. */
+	/* The default action back (SA_RESETHAND did it, unless someone
+	 * reinstalled this handler with signal()); the signal is blocked in the
+	 * handler and kills the process as soon as the handler returns. */
+	signal(sig, SIG_DFL);
 	raise(sig);
 	errno = saved;
 }
