@@ -61,7 +61,11 @@ static int handle(int key, const char *arg, void *ctx)
 {
 	(void)ctx;
 	switch (key) {
-	case OPT_OUT: o.out = arg; return 0;
+	case OPT_OUT:
+		if (!*arg)
+			circ_usage_error("option '--out': empty output path");
+		o.out = arg;
+		return 0;
 	case OPT_LIST: o.list = 1; return 0;
 	case OPT_TRUTH: o.truth = 1; return 0;
 	case OPT_EXAMPLES: o.examples = circ_opt_i64("examples", arg, 0, INT32_MAX); return 0;

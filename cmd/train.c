@@ -123,7 +123,11 @@ static int handle(int key, const char *arg, void *ctx)
 	const char *task = NULL, *name = NULL;
 	(void)ctx;
 	switch (key) {
-	case OPT_OUT: o.out = arg; break;
+	case OPT_OUT:
+		if (!*arg)
+			circ_usage_error("option '--out': empty output path");
+		o.out = arg;
+		break;
 	case OPT_SEED: o.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
 	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 10000000); break;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 65536); break;
