@@ -700,6 +700,7 @@ int circ_atomic_commit(circ_atomic *a, circ_error *e)
 	int err = 0;
 	if (!a->path)
 		return 0;
+	errno = 0;
 	if (a->f && (fflush(a->f) != 0 || ferror(a->f)))
 		err = errno ? errno : EIO;
 	/* to disk before the rename, or a crash can leave an empty file under

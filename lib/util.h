@@ -1,5 +1,7 @@
 /*
- * util: errors as values, checked allocation, number parsing, progress, digests.
+ * util: errors as values, checked allocation, number parsing, progress, digests,
+ * and files: bounded reads of regular files, atomic output files, and the
+ * removal of temporaries at exit and on fatal signals.
  *
  * Layering: util is the bottom of lib/; it includes nothing of circ's.
  * Library code never prints or exits, with one documented exception:
