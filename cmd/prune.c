@@ -268,10 +268,15 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 				  "(model_digest differs)",
 				  o.truth, circ_reader_name(r));
 		evaluate(s, keep, t->keep, &ev);
-		/* A headerless edge list has only a generic header: name it by its bytes. */
-		if (strcmp(o.truth, "-") && circ_sha256_file(o.truth, truth_digest, &e) < 0)
+		/* A headerless edge list has only a generic header: name it by its bytes,
+		 * which only a regular file can give twice (a pipe or FIFO, read once,
+		 * is named by its header's digest, as stdin is). */
+		struct stat tst;
+		int again =
+		    strcmp(o.truth, "-") && stat(o.truth, &tst) == 0 && S_ISREG(tst.st_mode);
+		if (again && circ_sha256_file(o.truth, truth_digest, &e) < 0)
 			circ_die(&e);
-		if (!strcmp(o.truth, "-"))
+		if (!again)
 			snprintf(truth_digest, sizeof truth_digest, "%s",
 				 circ_reader_header_digest(tr));
 		circ_circuit_free(t);
