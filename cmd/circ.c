@@ -44,11 +44,15 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		usage(stdout);
-		return fclose(stdout) ? 2 : 0;
+		if (ferror(stdout) | fclose(stdout))
+			circ_dief("'<stdout>': write error: %s", strerror(errno ? errno : EIO));
+		return 0;
 	}
 	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
 		printf("circ %s\n", CIRC_VERSION);
-		return fclose(stdout) ? 2 : 0;
+		if (ferror(stdout) | fclose(stdout))
+			circ_dief("'<stdout>': write error: %s", strerror(errno ? errno : EIO));
+		return 0;
 	}
 	if (argv[1][0] == '-' || strchr(argv[1], '/'))
 		circ_usage_error("unknown option or tool '%s'", argv[1]);

@@ -62,7 +62,11 @@ static int handle(int key, const char *arg, void *ctx)
 {
 	(void)ctx;
 	switch (key) {
-	case OPT_OUT: o.out = arg; return 0;
+	case OPT_OUT:
+		if (!*arg)
+			circ_usage_error("option '--out': empty output path");
+		o.out = arg;
+		return 0;
 	case OPT_LIST: o.list = 1; return 0;
 	case OPT_TRUTH: o.truth = 1; return 0;
 	case OPT_EXAMPLES: o.examples = circ_opt_i64("examples", arg, 0, INT32_MAX); return 0;
@@ -100,23 +104,25 @@ static int copy_file(const char *from, const char *to, circ_error *e)
 {
 	char buf[1 << 16];
 	size_t n;
+	circ_atomic a;
 	FILE *in = fopen(from, "rb"), *out;
 	if (!in)
 		return circ_errorf(e, "'%s': cannot open", from);
-	out = fopen(to, "wb");
-	if (!out) {
+	if (circ_atomic_open(&a, to, e) < 0 || !(out = circ_atomic_file(&a, e))) {
+		circ_atomic_abort(&a);
 		fclose(in);
-		return circ_errorf(e, "'%s': cannot create", to);
+		return -1;
 	}
 	while ((n = fread(buf, 1, sizeof buf, in)) > 0)
 		if (fwrite(buf, 1, n, out) != n)
 			break;
-	if (ferror(in) || fclose(out) != 0) {
+	if (ferror(in)) {
+		circ_atomic_abort(&a);
 		fclose(in);
-		return circ_errorf(e, "'%s': write error", to);
+		return circ_errorf(e, "'%s': read error", from);
 	}
 	fclose(in);
-	return 0;
+	return circ_atomic_commit(&a, e);
 }
 
 /* A random-weight GPT-2 over a real tokenizer: it exercises the pipelines on

@@ -204,6 +204,8 @@ int main(int argc, char **argv)
 	if (k < 0)
 		circ_die(&e);
 	circ_progress_end(&pr);
+	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
 	if (circ_writer_close(w, &e) < 0)
 		circ_die(&e);
 	free(diff);

@@ -467,6 +467,8 @@ int main(int argc, char **argv)
 				pos_nan(mm), pos_nan(m0), pos_nan(mcirc), pos_nan(f));
 		}
 	}
+	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
 	if (circ_writer_close(w, &e) < 0)
 		circ_die(&e);
 	for (int j = 0; j < jb.n; j++)

@@ -211,17 +211,11 @@ static void json_num(FILE *f, double v)
 /* The report: one JSON object, written to a temporary and renamed. */
 static void write_report(const evaluation *ev, int64_t n_kept)
 {
-	size_t n = strlen(o.report) + 32;
-	char *tmp = circ_xmalloc(n);
-	struct stat st;
-	if (stat(o.report, &st) == 0 && !S_ISREG(st.st_mode))
-		snprintf(tmp, n, "%s", o.report); /* a device or FIFO: never rename over it */
-	else
-		snprintf(tmp, n, "%s.tmp.%ld", o.report, (long)getpid());
-	int direct = !strcmp(tmp, o.report);
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		circ_dief("'%s': cannot create: %s", o.report, strerror(errno));
+	circ_atomic out;
+	circ_error e;
+	FILE *f;
+	if (circ_atomic_open(&out, o.report, &e) < 0 || !(f = circ_atomic_file(&out, &e)))
+		circ_die(&e);
 	fprintf(f, "{\"n_edges\":%lld,\"n_truth\":%lld,\"auc\":", (long long)n_kept,
 		(long long)ev->n_truth);
 	json_num(f, ev->auc);
@@ -251,14 +245,8 @@ static void write_report(const evaluation *ev, int64_t n_kept)
 		json_num(f, ev->mib_tpr[k]);
 	}
 	fputs("]}\n", f);
-	int bad = ferror(f);
-	if (fclose(f) != 0 || bad || (!direct && rename(tmp, o.report) != 0)) {
-		int err = errno;
-		if (!direct)
-			remove(tmp);
-		circ_dief("'%s': write error: %s", o.report, strerror(err ? err : EIO));
-	}
-	free(tmp);
+	if (circ_atomic_commit(&out, &e) < 0)
+		circ_die(&e);
 }
 
 /* Evaluates keep against --truth (if given) and writes the circuit stream
@@ -286,10 +274,15 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 				  "(model_digest differs)",
 				  o.truth, circ_reader_name(r));
 		evaluate(s, keep, t->keep, &ev);
-		/* A headerless edge list has only a generic header: name it by its bytes. */
-		if (strcmp(o.truth, "-") && circ_sha256_file(o.truth, truth_digest, &e) < 0)
+		/* A headerless edge list has only a generic header: name it by its bytes,
+		 * which only a regular file can give twice (a pipe or FIFO, read once,
+		 * is named by its header's digest, as stdin is). */
+		struct stat tst;
+		int again =
+		    strcmp(o.truth, "-") && stat(o.truth, &tst) == 0 && S_ISREG(tst.st_mode);
+		if (again && circ_sha256_file(o.truth, truth_digest, &e) < 0)
 			circ_die(&e);
-		if (!strcmp(o.truth, "-"))
+		if (!again)
 			snprintf(truth_digest, sizeof truth_digest, "%s",
 				 circ_reader_header_digest(tr));
 		circ_circuit_free(t);
@@ -454,6 +447,8 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
 			(long long)circ_count_kept(g, keep));
 	}
+	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
 	if (lg.w && circ_writer_close(lg.w, &e) < 0)
 		circ_die(&e);
 	{
@@ -499,6 +494,12 @@ int main(int argc, char **argv)
 		circ_usage_error("choose a mode: --top-n, --threshold, --greedy or --acdc");
 	if (o.report && !o.truth)
 		circ_usage_error("--report needs --truth");
+	if (o.log && circ_same_output(o.log, cli.output))
+		circ_usage_error("--log and --output name the same file '%s'", o.log);
+	if (o.report && circ_same_output(o.report, cli.output))
+		circ_usage_error("--report and --output name the same file '%s'", o.report);
+	if (o.log && o.report && circ_same_output(o.log, o.report))
+		circ_usage_error("--log and --report name the same file '%s'", o.log);
 	if (o.mode == MODE_ACDC)
 		return run_acdc(&cli, argc, argv, input);
 	if (o.acdc_opt || o.log)

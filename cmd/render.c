@@ -91,56 +91,43 @@ static int handle(int key, const char *arg, void *ctx)
 
 /* ---- output: stdout, or a temporary renamed into place ---- */
 
-static const char *out_path;
-static char *out_tmp;
+static circ_atomic out_file_w;
+static int out_file; /* writing to out rather than stdout */
 
 static FILE *out_open(const char *path)
 {
+	circ_error e;
+	FILE *f;
 	if (!strcmp(path, "-"))
 		return stdout;
-	out_path = path;
-	struct stat st;
-	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-		/* a device or FIFO: write to it directly, never rename over it */
-		FILE *f = fopen(path, "w");
-		if (!f)
-			circ_dief("'%s': cannot open: %s", path, strerror(errno));
-		return f;
-	}
-	size_t n = strlen(path) + 32;
-	out_tmp = circ_xmalloc(n);
-	snprintf(out_tmp, n, "%s.tmp.%ld", path, (long)getpid());
-	FILE *f = fopen(out_tmp, "w");
-	if (!f)
-		circ_dief("'%s': cannot create: %s", path, strerror(errno));
+	if (circ_atomic_open(&out_file_w, path, &e) < 0)
+		circ_die(&e);
+	if (!(f = circ_atomic_file(&out_file_w, &e)))
+		circ_die(&e);
+	out_file = 1;
 	return f;
 }
 
 static void out_fail(FILE *f, circ_error *e)
 {
-	if (out_tmp) {
-		fclose(f);
-		remove(out_tmp);
-	}
-	circ_error_prefix(e, "'%s'", out_path ? out_path : "<stdout>");
+	(void)f;
+	circ_error_prefix(e, "'%s'", out_file ? out_file_w.path : "<stdout>");
+	if (out_file)
+		circ_atomic_abort(&out_file_w);
 	circ_die(e);
 }
 
 static void out_close(FILE *f)
 {
+	circ_error e;
+	if (out_file) {
+		if (circ_atomic_commit(&out_file_w, &e) < 0)
+			circ_die(&e);
+		return;
+	}
 	int bad = ferror(f);
-	if (fclose(f) != 0 || bad) {
-		int err = errno ? errno : EIO;
-		if (out_tmp)
-			remove(out_tmp);
-		circ_dief("'%s': write error: %s", out_path ? out_path : "<stdout>", strerror(err));
-	}
-	if (out_tmp && rename(out_tmp, out_path) != 0) {
-		int err = errno;
-		remove(out_tmp);
-		circ_dief("'%s': cannot rename into place: %s", out_path, strerror(err));
-	}
-	free(out_tmp);
+	if (fclose(f) != 0 || bad)
+		circ_dief("'<stdout>': write error: %s", strerror(errno ? errno : EIO));
 }
 
 /* Pipes text through `dot -Tsvg` (or $CIRC_DOT) into out's file descriptor

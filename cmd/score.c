@@ -438,6 +438,8 @@ int main(int argc, char **argv)
 	for (int64_t ed = 0; ed < g->n_edges; ed++)
 		count[ed] = circ_attrib_count(a);
 	write_scores(w, g, circ_attrib_sums(a), count, &e);
+	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
 	if (circ_writer_close(w, &e) < 0)
 		circ_die(&e);
 	free(count);

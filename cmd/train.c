@@ -129,7 +129,11 @@ static int handle(int key, const char *arg, void *ctx)
 	const char *task = NULL, *name = NULL;
 	(void)ctx;
 	switch (key) {
-	case OPT_OUT: o.out = arg; break;
+	case OPT_OUT:
+		if (!*arg)
+			circ_usage_error("option '--out': empty output path");
+		o.out = arg;
+		break;
 	case OPT_SEED: o.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
 	case OPT_STEPS: o.steps = (int)circ_opt_i64("steps", arg, 1, 10000000); break;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 65536); break;
@@ -244,6 +248,8 @@ static int diagnose(const char *dir)
 	       *dup = circ_xmalloc(LH * sizeof *dup);
 	if (circ_diag_heads(m, o.n, len, lo, hi, skip, o.seed, o.threads, prev, ind, dup, &e) < 0)
 		circ_die(&e);
+	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
 	printf("# %s: %d random sequences of %d distinct ids from [%d, %d), repeated once; seed "
 	       "%llu\n",
 	       dir, o.n, len, (int)lo, (int)hi, (unsigned long long)o.seed);
@@ -300,19 +306,39 @@ static int move_into_place(const char *tmp, const char *dir, circ_error *e)
 }
 
 static char tmpdir[2048];
+static const char *const tmp_files[] = {"config.json", "model.safetensors", "vocab.json",
+					"merges.txt",  "circ.mk",	    "README.md"};
+static int tmp_slots[1 + sizeof tmp_files / sizeof *tmp_files];
+
+/* The temporary directory and its files, removed if a signal (SIGINT,
+ * SIGTERM, SIGHUP) ends the run: see circ_cleanup_add. */
+static void register_tmp(void)
+{
+	circ_error e;
+	char p[4200];
+	tmp_slots[0] = circ_cleanup_add_dir(tmpdir, &e);
+	for (size_t i = 0; i < sizeof tmp_files / sizeof *tmp_files; i++) {
+		snprintf(p, sizeof p, "%s/%s", tmpdir, tmp_files[i]);
+		tmp_slots[i + 1] = circ_cleanup_add(p, &e);
+	}
+}
 
 static void remove_tmp(void)
 {
-	static const char *const files[] = {"config.json", "model.safetensors", "vocab.json",
-					    "merges.txt",  "circ.mk",		"README.md"};
 	char p[4200];
 	if (!tmpdir[0])
 		return;
-	for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-		snprintf(p, sizeof p, "%s/%s", tmpdir, files[i]);
+	for (size_t i = 0; i < sizeof tmp_files / sizeof *tmp_files; i++) {
+		snprintf(p, sizeof p, "%s/%s", tmpdir, tmp_files[i]);
 		unlink(p);
 	}
 	rmdir(tmpdir);
+}
+
+static void unregister_tmp(void)
+{
+	for (size_t i = 0; i < sizeof tmp_slots / sizeof *tmp_slots; i++)
+		circ_cleanup_remove(tmp_slots[i]);
 }
 
 static void die_clean(const circ_error *e)
@@ -407,6 +433,7 @@ int main(int argc, char **argv)
 		tmpdir[0] = 0;
 		circ_die(&e);
 	}
+	register_tmp();
 	if (circ_ttask_write_vocab(&o.t, tmpdir, &e) < 0)
 		die_clean(&e);
 	circ_bpe *bpe = circ_bpe_load_dir(tmpdir, &e);
@@ -575,6 +602,7 @@ int main(int argc, char **argv)
 	free(readme);
 	if (move_into_place(tmpdir, o.out, &e) < 0)
 		die_clean(&e);
+	unregister_tmp();
 	tmpdir[0] = 0;
 	circ_tbatch_free(&b);
 	circ_trainer_free(tr);

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <utf8proc.h>
 
 #define SCAN_MAX      64	/* pieces up to this many bytes merge by scanning */
@@ -209,35 +210,10 @@ static inline int32_t pair_lookup(const circ_bpe *b, int32_t a, int32_t c, int32
 
 /* ------------------------------------------------------------ loading */
 
+/* vocab.json, merges.txt, tokenizer.json: bounded, regular files only. */
 static char *read_file(const char *path, size_t *len, circ_error *e)
 {
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	size_t n = 0, cap = 0;
-	if (!f) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		return NULL;
-	}
-	for (;;) {
-		if (cap - n < 65536) {
-			cap = cap ? cap * 2 : 1 << 20;
-			buf = circ_xrealloc(buf, cap + 1);
-		}
-		size_t got = fread(buf + n, 1, cap - n, f);
-		n += got;
-		if (got == 0)
-			break;
-	}
-	if (ferror(f)) {
-		circ_errorf(e, "'%s': read error: %s", path, strerror(errno));
-		fclose(f);
-		free(buf);
-		return NULL;
-	}
-	fclose(f);
-	buf[n] = 0;
-	*len = n;
-	return buf;
+	return circ_read_file(path, CIRC_MAX_TEXT_FILE, len, e);
 }
 
 static circ_bpe *bpe_alloc(void)
@@ -583,12 +559,12 @@ fail:
 	return NULL;
 }
 
+/* By name only: opening a FIFO to see would wait for a writer (read_file
+ * then refuses what is not a regular file, with a message). */
 static int file_exists(const char *path)
 {
-	FILE *f = fopen(path, "rb");
-	if (f)
-		fclose(f);
-	return f != NULL;
+	struct stat st;
+	return stat(path, &st) == 0;
 }
 
 circ_bpe *circ_bpe_load_dir(const char *dir, circ_error *e)

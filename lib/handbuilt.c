@@ -905,44 +905,26 @@ typedef int (*write_fn)(FILE *f, void *ctx, circ_error *e);
 /* Writes dir/name through a temporary in dir, renamed into place. */
 static int write_file(const char *dir, const char *name, write_fn fn, void *ctx, circ_error *e)
 {
-	size_t n = strlen(dir) + strlen(name) + 32;
-	char *path = circ_xmalloc(n), *tmp = circ_xmalloc(n);
-	FILE *f = NULL;
-	int fd, rc = -1;
+	size_t n = strlen(dir) + strlen(name) + 2;
+	char *path = circ_xmalloc(n);
+	circ_atomic a;
+	FILE *f;
+	int rc = -1;
 	snprintf(path, n, "%s/%s", dir, name);
-	snprintf(tmp, n, "%s.tmp.XXXXXX", path);
-	fd = mkstemp(tmp);
-	if (fd < 0) {
-		circ_errorf(e, "'%s': cannot create: %s", path, strerror(errno));
+	if (circ_atomic_open(&a, path, e) < 0)
 		goto out;
-	}
-	fchmod(fd, 0644);
-	if (!(f = fdopen(fd, "w"))) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		close(fd);
-		unlink(tmp);
+	if (!(f = circ_atomic_file(&a, e))) {
+		circ_atomic_abort(&a);
 		goto out;
 	}
 	if (fn(f, ctx, e) < 0) {
 		circ_error_prefix(e, "'%s'", path);
-		fclose(f);
-		unlink(tmp);
+		circ_atomic_abort(&a);
 		goto out;
 	}
-	if (ferror(f) | (fclose(f) != 0)) {
-		circ_errorf(e, "'%s': write error", path);
-		unlink(tmp);
-		goto out;
-	}
-	if (rename(tmp, path) < 0) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		unlink(tmp);
-		goto out;
-	}
-	rc = 0;
+	rc = circ_atomic_commit(&a, e);
 out:
 	free(path);
-	free(tmp);
 	return rc;
 }
 

@@ -99,37 +99,10 @@ int circ_config_check(const circ_config *c, circ_error *e)
 	return 0;
 }
 
-/* Reads a whole file into a NUL-terminated buffer. */
+/* Reads a small text file whole (bounded; a FIFO or device refused). */
 static char *read_file(const char *path, size_t *len, circ_error *e)
 {
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	size_t n = 0, cap = 0;
-	if (!f) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		return NULL;
-	}
-	for (;;) {
-		size_t got;
-		if (cap - n < 4096) {
-			cap = cap ? 2 * cap : 8192;
-			buf = circ_xrealloc(buf, cap + 1);
-		}
-		got = fread(buf + n, 1, cap - n, f);
-		n += got;
-		if (got == 0)
-			break;
-	}
-	if (ferror(f)) {
-		circ_errorf(e, "'%s': read error", path);
-		fclose(f);
-		free(buf);
-		return NULL;
-	}
-	fclose(f);
-	buf[n] = 0;
-	*len = n;
-	return buf;
+	return circ_read_file(path, CIRC_MAX_TEXT_FILE, len, e);
 }
 
 static int cfg_int(json_t *root, const char *path, const char *key, int required, int *out,
@@ -323,35 +296,16 @@ static char *config_text(const circ_config *c)
 
 static int write_text(const char *path, const char *text, circ_error *e)
 {
-	size_t plen = strlen(path);
-	char *tmp = circ_xmalloc(plen + 16);
+	circ_atomic a;
 	FILE *f;
-	int fd, bad;
-	snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-	fd = mkstemp(tmp);
-	if (fd < 0) {
-		circ_errorf(e, "'%s': cannot create: %s", path, strerror(errno));
-		free(tmp);
+	if (circ_atomic_open(&a, path, e) < 0)
+		return -1;
+	if (!(f = circ_atomic_file(&a, e))) {
+		circ_atomic_abort(&a);
 		return -1;
 	}
-	fchmod(fd, 0644);
-	f = fdopen(fd, "w");
-	if (!f) {
-		close(fd);
-		unlink(tmp);
-		free(tmp);
-		return circ_errorf(e, "'%s': %s", path, strerror(errno));
-	}
-	bad = fputs(text, f) < 0;
-	bad |= fclose(f) != 0;
-	if (bad || rename(tmp, path) < 0) {
-		circ_errorf(e, "'%s': write failed: %s", path, strerror(errno));
-		unlink(tmp);
-		free(tmp);
-		return -1;
-	}
-	free(tmp);
-	return 0;
+	fputs(text, f);
+	return circ_atomic_commit(&a, e);
 }
 
 int circ_config_write(const char *path, const circ_config *c, circ_error *e)
@@ -496,6 +450,11 @@ const circ_weights *circ_model_weights(const circ_model *m)
 const char *circ_model_dir(const circ_model *m)
 {
 	return m->dir;
+}
+
+int circ_model_check_unchanged(const circ_model *m, circ_error *e)
+{
+	return m->st ? circ_st_check_unchanged(m->st, e) : 0;
 }
 
 void circ_model_free(circ_model *m)

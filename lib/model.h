@@ -168,6 +168,16 @@ const circ_weights *circ_model_weights(const circ_model *m);
 /* Directory the model was opened from, or NULL for circ_model_new. */
 const char *circ_model_dir(const circ_model *m);
 
+/* 0 if model.safetensors, used in place from its mapping, is the file it
+ * was at circ_model_open: same size, modification and change times (a file
+ * rewritten in place during a run, as cp does, would give results computed
+ * partly from other weights under the old digest). -1 with "'<dir>/
+ * model.safetensors': changed while in use ..." otherwise; always 0 for a
+ * model from circ_model_new. Every tool that runs a model calls this before
+ * it commits its output. (A file truncated under the mapping is reported by
+ * the SIGBUS guard, see circ_guard_mapping in util.h.) */
+int circ_model_check_unchanged(const circ_model *m, circ_error *e);
+
 /* "sha256:<hex>" of the config.json bytes followed by the model.safetensors
  * bytes; computed on the first call (reads the mapped file), then cached.
  * Tools put it in stream headers and compare. NULL with a message only if

@@ -4,6 +4,7 @@
  */
 #include "opt.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <sched.h>
@@ -174,6 +175,15 @@ double circ_opt_f64_in(const char *opt, const char *arg, double lo, int lo_open,
 	return v;
 }
 
+/* --help and --version: a failed write is a write error (exit 1), as for
+ * any output, with a message. */
+static void close_stdout(void)
+{
+	int bad = ferror(stdout);
+	if (fclose(stdout) != 0 || bad)
+		circ_dief("'<stdout>': write error: %s", strerror(errno ? errno : EIO));
+}
+
 static void add(struct option *lo, size_t *nl, char *so, size_t *ns, const circ_opt *o)
 {
 	for (; o && o->name; o++) {
@@ -212,13 +222,19 @@ int circ_cli_parse(circ_cli *cli, int argc, char **argv,
 			free(lo);
 			free(so);
 			circ_cli_help(cli, stdout);
-			exit(fclose(stdout) != 0 ? 2 : 0);
+			close_stdout();
+			exit(0);
 		case CIRC_OPT_VERSION:
 			free(lo);
 			free(so);
 			printf("%s %s\n", circ_progname, CIRC_VERSION);
-			exit(fclose(stdout) != 0 ? 2 : 0);
-		case CIRC_OPT_OUTPUT: cli->output = optarg; break;
+			close_stdout();
+			exit(0);
+		case CIRC_OPT_OUTPUT:
+			if (!*optarg)
+				circ_usage_error("option '--output': empty output path");
+			cli->output = optarg;
+			break;
 		case CIRC_OPT_JSON: cli->wopts.json = 1; break;
 		case CIRC_OPT_NO_COMPRESS: cli->wopts.compress = 0; break;
 		case CIRC_OPT_LEVEL:

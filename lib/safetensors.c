@@ -33,7 +33,10 @@ struct circ_st {
 	circ_st_tensor *t; /* (n), sorted by offset */
 	char **names;	   /* owned copies of the names */
 	int n_meta;
-	char **meta; /* (2 * n_meta) key, value */
+	char **meta;	/* (2 * n_meta) key, value */
+	int fd;		/* of the mapped file, kept for circ_st_check_unchanged */
+	struct stat st; /* at open, for the same */
+	int guard;	/* SIGBUS guard slot of the mapping */
 };
 
 static const struct {
@@ -95,8 +98,12 @@ void circ_st_close(circ_st *f)
 {
 	if (!f)
 		return;
-	if (f->map)
+	if (f->map) {
+		circ_unguard_mapping(f->guard);
 		munmap((void *)f->map, f->size);
+	}
+	if (f->fd >= 0)
+		close(f->fd);
 	for (int i = 0; i < f->n; i++)
 		free(f->names[i]);
 	for (int i = 0; i < 2 * f->n_meta; i++)
@@ -210,19 +217,12 @@ circ_st *circ_st_open(const char *path, circ_error *e)
 	size_t *begins = NULL, *ends = NULL;
 
 	f->path = circ_xstrdup(path);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
+	f->guard = -1;
+	f->fd = -1;
+	fd = circ_open_regular(path, &sb, e); /* a FIFO is refused, never waited on */
+	if (fd < 0)
 		goto fail;
-	}
-	if (fstat(fd, &sb) < 0) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		goto fail;
-	}
-	if (!S_ISREG(sb.st_mode)) {
-		circ_errorf(e, "'%s': not a regular file", path);
-		goto fail;
-	}
+	f->st = sb;
 	f->size = (size_t)sb.st_size;
 	if (f->size < 8) {
 		circ_errorf(e, "'%s': file too short for a safetensors header (%zu bytes)", path,
@@ -235,8 +235,11 @@ circ_st *circ_st_open(const char *path, circ_error *e)
 		circ_errorf(e, "'%s': cannot map: %s", path, strerror(errno));
 		goto fail;
 	}
-	close(fd);
+	f->fd = fd;
 	fd = -1;
+	/* The file is used in place: truncated under the mapping, it would kill
+	 * the process with a bare SIGBUS on the next page read. */
+	f->guard = circ_guard_mapping(f->map, f->size, path);
 	for (int i = 7; i >= 0; i--)
 		hlen = hlen << 8 | f->map[i];
 	if (hlen > f->size - 8) {
@@ -362,6 +365,30 @@ fail:
 	free(ends);
 	circ_st_close(f);
 	return NULL;
+}
+
+int circ_st_check_unchanged(const circ_st *f, circ_error *e)
+{
+	/* The mapped file itself, by its descriptor: one renamed over the path
+	 * leaves the mapping whole and the results consistent; only a change to
+	 * this file mixes weights. The change time also moves when a rewrite
+	 * is disguised with an old modification time (cp -p), but also when a
+	 * link is made or removed (the rename above), so it counts only while
+	 * the link count stays. Timestamps move in jiffies: a rewrite within a
+	 * few milliseconds of the file's last change cannot be seen. */
+	struct stat now;
+	const struct stat *then = &f->st;
+	if (fstat(f->fd, &now) < 0)
+		return circ_errorf(e, "'%s': %s", f->path, strerror(errno));
+	if (now.st_size != then->st_size || now.st_mtim.tv_sec != then->st_mtim.tv_sec ||
+	    now.st_mtim.tv_nsec != then->st_mtim.tv_nsec ||
+	    (now.st_nlink == then->st_nlink && (now.st_ctim.tv_sec != then->st_ctim.tv_sec ||
+						now.st_ctim.tv_nsec != then->st_ctim.tv_nsec)))
+		return circ_errorf(e,
+				   "'%s': changed while in use (its size or modification time "
+				   "differs from when it was opened); the results are discarded",
+				   f->path);
+	return 0;
 }
 
 const char *circ_st_path(const circ_st *f)
@@ -599,45 +626,22 @@ static void to_file(void *ctx, const void *p, size_t len)
 int circ_st_write(const char *path, int n, const circ_st_tensor *t, int n_meta,
 		  const char *const *meta, circ_error *e)
 {
-	size_t plen = strlen(path);
-	char *tmp = circ_xmalloc(plen + 16);
+	circ_atomic a;
 	file_sink s = {NULL, 0};
-	int fd;
-	snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-	fd = mkstemp(tmp);
-	if (fd < 0) {
-		circ_errorf(e, "'%s': cannot create: %s", path, strerror(errno));
-		free(tmp);
+	if (circ_atomic_open(&a, path, e) < 0)
 		return -1;
-	}
-	fchmod(fd, 0644);
-	s.f = fdopen(fd, "wb");
-	if (!s.f) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		close(fd);
+	if (!(s.f = circ_atomic_file(&a, e)))
 		goto fail;
-	}
 	if (circ_st_serialize(n, t, n_meta, meta, to_file, &s, e) < 0) {
 		circ_error_prefix(e, "'%s'", path);
-		fclose(s.f);
 		goto fail;
 	}
-	if (fflush(s.f) != 0 && !s.err)
-		s.err = errno;
-	if (fclose(s.f) != 0 && !s.err)
-		s.err = errno;
 	if (s.err) {
 		circ_errorf(e, "'%s': write failed: %s", path, strerror(s.err));
 		goto fail;
 	}
-	if (rename(tmp, path) < 0) {
-		circ_errorf(e, "'%s': %s", path, strerror(errno));
-		goto fail;
-	}
-	free(tmp);
-	return 0;
+	return circ_atomic_commit(&a, e);
 fail:
-	unlink(tmp);
-	free(tmp);
+	circ_atomic_abort(&a);
 	return -1;
 }

@@ -56,6 +56,14 @@ typedef struct circ_st circ_st;
 circ_st *circ_st_open(const char *path, circ_error *e);
 void circ_st_close(circ_st *f); /* NULL is a no-op */
 
+/* 0 if the file at the path is still the one mapped at open, untouched
+ * (device, inode, size, modification and change times); else -1 with
+ * "'<path>': changed while in use ...". The data is used in place from the
+ * mapping, so a file rewritten during a run (as cp does, in place) would
+ * give results computed partly from other weights: tools call this before
+ * committing their output. (Truncation is caught earlier: see
+ * circ_guard_mapping.) */
+int circ_st_check_unchanged(const circ_st *f, circ_error *e);
 const char *circ_st_path(const circ_st *f);
 int circ_st_count(const circ_st *f);
 /* Tensor i (0 <= i < count), in the order of their data offsets. */

@@ -1329,7 +1329,8 @@ void circ_reader_free(circ_reader *r)
 
 struct circ_writer {
 	int fd, own_fd;
-	char *path, *tmp, *name;
+	circ_atomic out; /* own_fd: the file (a temporary renamed into place at close) */
+	char *name;
 	int json, compress;
 	ZSTD_CStream *zc;
 	unsigned char *zout; /* (zout_cap) */
@@ -1447,34 +1448,15 @@ circ_writer *circ_writer_open(const char *path, const circ_writer_opts *o, circ_
 		w->name = circ_xstrdup("'<stdout>'");
 	} else {
 		size_t n = strlen(path) + 32;
-		struct stat st;
 		w->name = circ_xmalloc(n);
 		snprintf(w->name, n, "'%s'", path);
-		if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-			/* a device or FIFO: write to it directly, never rename over it */
-			w->fd = open(path, O_WRONLY);
-			if (w->fd < 0) {
-				circ_errorf(e, "%s: cannot open: %s", w->name, strerror(errno));
-				circ_writer_abort(w);
-				return NULL;
-			}
-			w->own_fd = 1;
-			goto opened;
-		}
-		w->path = circ_xstrdup(path);
-		w->tmp = circ_xmalloc(n);
-		snprintf(w->tmp, n, "%s.tmp.%ld", path, (long)getpid());
-		w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0666);
-		if (w->fd < 0) {
-			circ_errorf(e, "%s: cannot create: %s", w->name, strerror(errno));
-			free(w->tmp);
-			w->tmp = NULL;
+		if (circ_atomic_open(&w->out, path, e) < 0) {
 			circ_writer_abort(w);
 			return NULL;
 		}
+		w->fd = w->out.fd;
 		w->own_fd = 1;
 	}
-opened:
 	if (!w->json && !o->force && isatty(w->fd)) {
 		circ_errorf(e, "refusing to write a binary stream to a terminal "
 			       "(use --json to read it, or --force)");
@@ -1605,20 +1587,8 @@ int circ_writer_close(circ_writer *w, circ_error *e)
 		}
 	}
 	if (w->own_fd) {
-		if (close(w->fd) < 0) {
-			w->err = errno;
-			w->own_fd = 0;
-			rc = wr_error(w, e);
-			goto out;
-		}
 		w->own_fd = 0;
-		if (w->tmp && rename(w->tmp, w->path) < 0) {
-			rc = circ_errorf(e, "%s: cannot rename into place: %s", w->name,
-					 strerror(errno));
-			goto out;
-		}
-		free(w->tmp);
-		w->tmp = NULL;
+		rc = circ_atomic_commit(&w->out, e);
 	}
 out:
 	circ_writer_abort(w);
@@ -1630,17 +1600,13 @@ void circ_writer_abort(circ_writer *w)
 	if (!w)
 		return;
 	if (w->own_fd)
-		close(w->fd);
-	if (w->tmp)
-		unlink(w->tmp);
+		circ_atomic_abort(&w->out);
 	if (w->zc)
 		ZSTD_freeCStream(w->zc);
 	msgpack_sbuffer_destroy(&w->jsb);
 	free(w->zout);
 	free(w->stage);
 	free(w->jbuf);
-	free(w->path);
-	free(w->tmp);
 	free(w->name);
 	free(w);
 }

@@ -161,7 +161,10 @@ typedef struct circ_writer_opts {
 void circ_writer_opts_default(circ_writer_opts *o);
 
 typedef struct circ_writer circ_writer;
-/* Opens path ("-" is stdout). Refuses binary output to a terminal unless forced. */
+/* Opens path ("-" is stdout). Refuses binary output to a terminal unless forced.
+ * A path is written through a temporary beside it (circ_atomic_open in
+ * util.h): renamed into place by circ_writer_close, removed by
+ * circ_writer_abort, at exit and on fatal signals. */
 circ_writer *circ_writer_open(const char *path, const circ_writer_opts *o, circ_error *e);
 /* The packer for the current record: pack exactly one map, then call
  * circ_writer_end_record. */

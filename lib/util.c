@@ -1,15 +1,22 @@
 /*
  * util: the bottom layer of lib/ — error values, allocation, strict number
- * parsing, SHA-256 for provenance digests, and terminal-only progress.
+ * parsing, SHA-256 for provenance digests, terminal-only progress, and the
+ * file handling every tool shares: bounded reads of regular files, atomic
+ * output files, and the cleanup of temporaries on exit and fatal signals.
  */
 #include "util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -234,9 +241,10 @@ int circ_sha256_file(const char *path, char out[72], circ_error *e)
 	static unsigned char buf[1 << 16];
 	circ_sha256 s;
 	ssize_t n;
-	int fd = open(path, O_RDONLY);
+	struct stat st;
+	int fd = circ_open_regular(path, &st, e);
 	if (fd < 0)
-		return circ_errorf(e, "'%s': %s", path, strerror(errno));
+		return -1;
 	circ_sha256_init(&s);
 	while ((n = read(fd, buf, sizeof buf)) > 0)
 		circ_sha256_update(&s, buf, (size_t)n);
@@ -291,16 +299,496 @@ void circ_progress_end(circ_progress *p)
 		fprintf(stderr, "\r\033[K");
 }
 
+/* ---- reading files ---- */
+
+int circ_open_regular(const char *path, struct stat *st, circ_error *e)
+{
+	/* O_NONBLOCK: opening a FIFO for reading would wait for a writer */
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		return circ_errorf(e, "'%s': %s", path, strerror(errno));
+	if (fstat(fd, st) < 0) {
+		int err = errno;
+		close(fd);
+		return circ_errorf(e, "'%s': %s", path, strerror(err));
+	}
+	if (!S_ISREG(st->st_mode)) {
+		close(fd);
+		return circ_errorf(e, "'%s': not a regular file (%s)", path,
+				   S_ISDIR(st->st_mode)	   ? "a directory"
+				   : S_ISFIFO(st->st_mode) ? "a FIFO"
+				   : S_ISSOCK(st->st_mode) ? "a socket"
+							   : "a device");
+	}
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+		int err = errno;
+		close(fd);
+		return circ_errorf(e, "'%s': %s", path, strerror(err));
+	}
+	return fd;
+}
+
+char *circ_read_file(const char *path, size_t max, size_t *len, circ_error *e)
+{
+	struct stat st;
+	char *buf;
+	size_t n = 0, cap;
+	int fd = circ_open_regular(path, &st, e);
+	if (fd < 0)
+		return NULL;
+	if ((uint64_t)st.st_size > max) {
+		close(fd);
+		circ_errorf(e, "'%s': too large (%lld bytes; the limit is %zu)", path,
+			    (long long)st.st_size, max);
+		return NULL;
+	}
+	/* the size is a hint: the file may grow, or (in /proc) say 0 */
+	cap = (size_t)st.st_size + 1;
+	buf = circ_xmalloc(cap + 1);
+	for (;;) {
+		ssize_t k;
+		if (n == cap) {
+			if (cap > max) {
+				close(fd);
+				free(buf);
+				circ_errorf(e, "'%s': too large (over the limit of %zu bytes)",
+					    path, max);
+				return NULL;
+			}
+			cap = cap * 2 < max + 1 ? cap * 2 : max + 1;
+			buf = circ_xrealloc(buf, cap + 1);
+		}
+		k = read(fd, buf + n, cap - n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			int err = errno;
+			close(fd);
+			free(buf);
+			circ_errorf(e, "'%s': read error: %s", path, strerror(err));
+			return NULL;
+		}
+		if (k == 0)
+			break;
+		n += (size_t)k;
+	}
+	close(fd);
+	buf[n] = 0;
+	*len = n;
+	return buf;
+}
+
+/* ---- cleanup on exit and fatal signals ----
+ *
+ * The registry is a fixed table so that the signal handlers can walk it
+ * without locks or allocation: a slot's path is written before its `used`
+ * flag is set, and the flag cleared before the path is reused. Only the
+ * process that registered a file removes it (a forked child that exits
+ * leaves its parent's temporaries alone). */
+#define CLEANUP_SLOTS 16
+#define CLEANUP_PATH  4096
+static struct {
+	volatile sig_atomic_t used;
+	pid_t pid;  /* the registering process */
+	int is_dir; /* removed (when empty) after the files */
+	char path[CLEANUP_PATH];
+} cleanup[CLEANUP_SLOTS];
+
+#define GUARD_SLOTS 8
+static struct {
+	volatile sig_atomic_t used;
+	uintptr_t lo, hi;
+	char path[CLEANUP_PATH];
+} guard[GUARD_SLOTS];
+
+void circ_cleanup_run(void)
+{
+	pid_t self = getpid();
+	for (int i = 0; i < CLEANUP_SLOTS; i++)
+		if (cleanup[i].used && cleanup[i].pid == self && !cleanup[i].is_dir)
+			unlink(cleanup[i].path);
+	for (int i = 0; i < CLEANUP_SLOTS; i++)
+		if (cleanup[i].used && cleanup[i].pid == self && cleanup[i].is_dir)
+			rmdir(cleanup[i].path);
+}
+
+static void on_fatal(int sig)
+{
+	int saved = errno;
+	circ_cleanup_run();
+	/* The default action back (SA_RESETHAND did it, unless someone
+	 * reinstalled this handler with signal()); the signal is blocked in the
+	 * handler and kills the process as soon as the handler returns. */
+	signal(sig, SIG_DFL);
+	raise(sig);
+	errno = saved;
+}
+
+static void put(const char *s)
+{
+	size_t n = strlen(s);
+	while (n > 0) {
+		ssize_t k = write(STDERR_FILENO, s, n);
+		if (k <= 0)
+			return;
+		s += k;
+		n -= (size_t)k;
+	}
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	uintptr_t a = (uintptr_t)si->si_addr;
+	(void)uc;
+	for (int i = 0; i < GUARD_SLOTS; i++)
+		if (guard[i].used && a >= guard[i].lo && a < guard[i].hi) {
+			put(circ_progname);
+			put(": '");
+			put(guard[i].path);
+			put("': the file was truncated or changed while in use (bus error)\n");
+			circ_cleanup_run();
+			_exit(1);
+		}
+	/* not ours: die of it as before, without leaving temporaries */
+	circ_cleanup_run();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void install(int sig, void (*fn)(int))
+{
+	struct sigaction sa, old;
+	if (sigaction(sig, NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+		return; /* ignored by the parent (nohup, a background job): keep it so */
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = fn;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESETHAND;
+	sigaction(sig, &sa, NULL);
+}
+
+static void cleanup_atexit(void)
+{
+	circ_cleanup_run();
+}
+
+static void cleanup_install(void)
+{
+	static int done;
+	if (done)
+		return;
+	done = 1;
+	atexit(cleanup_atexit);
+	install(SIGINT, on_fatal);
+	install(SIGTERM, on_fatal);
+	install(SIGHUP, on_fatal);
+	install(SIGPIPE, on_fatal);
+}
+
+static int cleanup_add(const char *path, int is_dir, circ_error *e)
+{
+	size_t n = strlen(path);
+	if (n >= CLEANUP_PATH)
+		return circ_errorf(e, "'%s': path too long", path);
+	cleanup_install();
+	for (int i = 0; i < CLEANUP_SLOTS; i++)
+		if (!cleanup[i].used) {
+			memcpy(cleanup[i].path, path, n + 1);
+			cleanup[i].pid = getpid();
+			cleanup[i].is_dir = is_dir;
+			__atomic_signal_fence(__ATOMIC_SEQ_CST);
+			cleanup[i].used = 1;
+			return i;
+		}
+	return circ_errorf(e, "'%s': too many output files open at once", path);
+}
+
+int circ_cleanup_add(const char *path, circ_error *e)
+{
+	return cleanup_add(path, 0, e);
+}
+
+int circ_cleanup_add_dir(const char *path, circ_error *e)
+{
+	return cleanup_add(path, 1, e);
+}
+
+void circ_cleanup_remove(int slot)
+{
+	if (slot >= 0 && slot < CLEANUP_SLOTS)
+		cleanup[slot].used = 0;
+}
+
+int circ_guard_mapping(const void *p, size_t n, const char *path)
+{
+	static int installed;
+	size_t len = strlen(path);
+	if (len >= CLEANUP_PATH)
+		len = CLEANUP_PATH - 1;
+	if (!installed) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof sa);
+		sa.sa_sigaction = on_sigbus;
+		sigemptyset(&sa.sa_mask);
+		sa.sa_flags = SA_SIGINFO;
+		if (sigaction(SIGBUS, &sa, NULL) < 0)
+			return -1;
+		installed = 1;
+	}
+	for (int i = 0; i < GUARD_SLOTS; i++)
+		if (!guard[i].used) {
+			guard[i].lo = (uintptr_t)p;
+			guard[i].hi = (uintptr_t)p + n;
+			memcpy(guard[i].path, path, len);
+			guard[i].path[len] = 0;
+			__atomic_signal_fence(__ATOMIC_SEQ_CST);
+			guard[i].used = 1;
+			return i;
+		}
+	return -1;
+}
+
+void circ_unguard_mapping(int slot)
+{
+	if (slot >= 0 && slot < GUARD_SLOTS)
+		guard[slot].used = 0;
+}
+
+/* ---- writing files atomically ---- */
+
+/* A temporary is stale when no live writer holds its lock; the age guards
+ * the moment between its creation and its writer's flock. */
+#define STALE_AGE 60
+
+static mode_t file_mode(void)
+{
+	static mode_t mode;
+	static int known;
+	if (!known) { /* umask can only be read by setting it */
+		mode_t u = umask(022);
+		umask(u);
+		mode = 0666 & ~u;
+		known = 1;
+	}
+	return mode;
+}
+
+/* Removes "<base>.tmp.XXXXXX" files in dir that are regular, ours, over
+ * STALE_AGE seconds old and locked by nobody. Best effort: any doubt keeps
+ * the file. */
+static void clear_stale(const char *dir, const char *base)
+{
+	size_t bl = strlen(base);
+	time_t now = time(NULL);
+	struct dirent *d;
+	int dfd;
+	DIR *dp = opendir(dir);
+	if (!dp)
+		return;
+	dfd = dirfd(dp);
+	while ((d = readdir(dp))) {
+		const char *s = d->d_name;
+		struct stat st;
+		int fd, ok = 1;
+		if (strncmp(s, base, bl) || strncmp(s + bl, ".tmp.", 5) || strlen(s + bl + 5) != 6)
+			continue;
+		for (int i = 0; i < 6; i++) {
+			char c = s[bl + 5 + i];
+			ok &= (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+			      (c >= 'A' && c <= 'Z');
+		}
+		if (!ok)
+			continue;
+		fd = openat(dfd, s, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+		    st.st_mtime < now - STALE_AGE && flock(fd, LOCK_EX | LOCK_NB) == 0)
+			unlinkat(dfd, s, 0);
+		close(fd);
+	}
+	closedir(dp);
+}
+
+static void split_path(const char *path, char **dir, char **base)
+{
+	char *a = circ_xstrdup(path), *b = circ_xstrdup(path);
+	*dir = circ_xstrdup(dirname(a));
+	*base = circ_xstrdup(basename(b));
+	free(a);
+	free(b);
+}
+
+int circ_atomic_open(circ_atomic *a, const char *path, circ_error *e)
+{
+	struct stat st;
+	size_t n = strlen(path);
+	char *dir, *base;
+	memset(a, 0, sizeof *a);
+	a->fd = -1;
+	a->slot = -1;
+	if (!*path)
+		return circ_errorf(e, "empty output path");
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		/* a device or FIFO: write to it directly, never rename over it */
+		a->fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
+		if (a->fd < 0)
+			return circ_errorf(e, "'%s': cannot open: %s", path, strerror(errno));
+		a->path = circ_xstrdup(path);
+		return 0;
+	}
+	split_path(path, &dir, &base);
+	clear_stale(dir, base);
+	free(dir);
+	free(base);
+	a->tmp = circ_xmalloc(n + 12);
+	memcpy(a->tmp, path, n);
+	memcpy(a->tmp + n, ".tmp.XXXXXX", 12);
+	{ /* no signal between the creation and the registration */
+		sigset_t block, old;
+		int err;
+		sigemptyset(&block);
+		sigaddset(&block, SIGINT);
+		sigaddset(&block, SIGTERM);
+		sigaddset(&block, SIGHUP);
+		pthread_sigmask(SIG_BLOCK, &block, &old);
+		a->fd = mkostemp(a->tmp, O_CLOEXEC);
+		err = errno;
+		if (a->fd >= 0 && (a->slot = circ_cleanup_add(a->tmp, e)) < 0) {
+			close(a->fd);
+			unlink(a->tmp);
+			a->fd = -1;
+			err = 0;
+		}
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (a->fd < 0) {
+			free(a->tmp);
+			a->tmp = NULL;
+			if (!err)
+				return circ_error_prefix(e, "'%s': cannot create", path);
+			return circ_errorf(e, "'%s': cannot create: %s", path, strerror(err));
+		}
+	}
+	(void)flock(a->fd, LOCK_EX | LOCK_NB); /* marks it live; no lock, no harm */
+	(void)fchmod(a->fd, file_mode());
+	a->path = circ_xstrdup(path);
+	return 0;
+}
+
+FILE *circ_atomic_file(circ_atomic *a, circ_error *e)
+{
+	if (!a->f && !(a->f = fdopen(a->fd, "w")))
+		circ_errorf(e, "'%s': %s", a->path, strerror(errno));
+	return a->f;
+}
+
+static void atomic_release(circ_atomic *a)
+{
+	if (a->f)
+		fclose(a->f);
+	else if (a->fd >= 0)
+		close(a->fd);
+	a->f = NULL;
+	a->fd = -1;
+	free(a->path);
+	free(a->tmp);
+	a->path = a->tmp = NULL;
+}
+
+int circ_atomic_commit(circ_atomic *a, circ_error *e)
+{
+	int err = 0;
+	if (!a->path)
+		return 0;
+	errno = 0;
+	if (a->f && (fflush(a->f) != 0 || ferror(a->f)))
+		err = errno ? errno : EIO;
+	/* to disk before the rename, or a crash can leave an empty file under
+	 * the final name; not for a device or FIFO (fsync says EINVAL) */
+	if (!err && a->tmp && fsync(a->fd) < 0)
+		err = errno;
+	/* renamed while the lock is still held, so that it never looks stale */
+	if (!err && a->tmp && rename(a->tmp, a->path) < 0) {
+		err = errno;
+		circ_errorf(e, "'%s': cannot rename into place: %s", a->path, strerror(err));
+		circ_atomic_abort(a);
+		return -1;
+	}
+	if (!err && a->tmp) {
+		circ_cleanup_remove(a->slot);
+		a->slot = -1;
+		free(a->tmp);
+		a->tmp = NULL;
+	}
+	if (a->f) {
+		if (fclose(a->f) != 0 && !err)
+			err = errno ? errno : EIO;
+		a->f = NULL;
+		a->fd = -1;
+	} else if (a->fd >= 0) {
+		if (close(a->fd) < 0 && !err)
+			err = errno;
+		a->fd = -1;
+	}
+	if (err) {
+		circ_errorf(e, "'%s': write error: %s", a->path, strerror(err));
+		circ_atomic_abort(a);
+		return -1;
+	}
+	atomic_release(a);
+	return 0;
+}
+
+void circ_atomic_abort(circ_atomic *a)
+{
+	if (a->f) {
+		fclose(a->f);
+		a->f = NULL;
+		a->fd = -1;
+	}
+	if (a->fd >= 0)
+		close(a->fd);
+	a->fd = -1;
+	if (a->tmp)
+		unlink(a->tmp);
+	circ_cleanup_remove(a->slot);
+	a->slot = -1;
+	atomic_release(a);
+}
+
+int circ_same_output(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	char *da, *ba, *db, *bb, *ra = NULL, *rb = NULL;
+	int same;
+	if (!strcmp(a, b))
+		return 1;
+	if (!strcmp(a, "-") || !strcmp(b, "-"))
+		return 0;
+	if (stat(a, &sa) == 0 && stat(b, &sb) == 0)
+		return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+	split_path(a, &da, &ba);
+	split_path(b, &db, &bb);
+	ra = realpath(da, NULL);
+	rb = realpath(db, NULL);
+	same = ra && rb && !strcmp(ra, rb) && !strcmp(ba, bb);
+	free(da), free(ba), free(db), free(bb), free(ra), free(rb);
+	return same;
+}
+
 int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e)
 {
 	char path[4096];
+	circ_atomic a;
 	FILE *f;
 	if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path)
 		return circ_errorf(e, "'%s/%s': path too long", dir, name);
-	if (!(f = fopen(path, "w")))
-		return circ_errorf(e, "'%s': cannot create: %s", path, strerror(errno));
+	if (circ_atomic_open(&a, path, e) < 0)
+		return -1;
+	if (!(f = circ_atomic_file(&a, e))) {
+		circ_atomic_abort(&a);
+		return -1;
+	}
 	fputs(text, f);
-	if (ferror(f) | fclose(f))
-		return circ_errorf(e, "'%s': write error", path);
-	return 0;
+	return circ_atomic_commit(&a, e);
 }

@@ -1,5 +1,7 @@
 /*
- * util: errors as values, checked allocation, number parsing, progress, digests.
+ * util: errors as values, checked allocation, number parsing, progress, digests,
+ * and files: bounded reads of regular files, atomic output files, and the
+ * removal of temporaries at exit and on fatal signals.
  *
  * Layering: util is the bottom of lib/; it includes nothing of circ's.
  * Library code never prints or exits, with one documented exception:
@@ -12,6 +14,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/stat.h>
 
 #define CIRC_VERSION "0.1.0"
 
@@ -67,9 +71,89 @@ void circ_sha256_final_hex(circ_sha256 *s, char out[72]);
 /* Digest of a whole file into out ("sha256:..."); -1 with message on error. */
 int circ_sha256_file(const char *path, char out[72], circ_error *e);
 
-/* Writes text to dir/name (created or truncated), checking the write and
- * the close; -1 with a message naming the file on error. */
+/* ---- reading files ---- */
+
+/* The bound on a small text file read whole (config.json, vocab.json,
+ * tokenizer.json, an index): far above any real one, far below what a
+ * mistaken /dev/zero or a huge file would cost. */
+#define CIRC_MAX_TEXT_FILE ((size_t)64 << 20)
+
+/* Opens path for reading without ever blocking (a FIFO is refused, not
+ * waited on) and refuses anything but a regular file; fills *st. The
+ * descriptor is blocking and close-on-exec. -1 with "'<path>': <problem>". */
+int circ_open_regular(const char *path, struct stat *st, circ_error *e);
+/* Reads a whole regular file of at most max bytes into a NUL-terminated
+ * heap buffer (free it); *len is its length. NULL with "'<path>': <problem>"
+ * for a missing, non-regular or oversized file or a read error. */
+char *circ_read_file(const char *path, size_t max, size_t *len, circ_error *e);
+
+/* ---- writing files atomically ----
+ *
+ * An output file is written to a temporary made with mkstemp beside it
+ * ("<path>.tmp.XXXXXX": O_EXCL, so a planted symlink is never followed),
+ * flushed to disk and renamed over path, so a reader sees the old file or the
+ * whole new one, never a part. The final file gets the mode a plain creat()
+ * would (0666 & ~umask). A path that exists and is not a regular file (a
+ * device, a FIFO) is written directly, never renamed over.
+ *
+ * Every temporary is registered for cleanup: it is removed when the program
+ * exits without committing it (exit() on any error path), and on SIGINT,
+ * SIGTERM, SIGHUP and SIGPIPE (then the signal is raised again, so the exit
+ * status still tells). While it is being written the temporary holds a
+ * flock, so a temporary that nobody holds, of a writer that died (SIGKILL,
+ * a crash), is recognisably stale: opening a new one removes the stale
+ * temporaries of the same path that are over a minute old. */
+typedef struct circ_atomic {
+	int fd;	    /* write here (or through f) */
+	FILE *f;    /* from circ_atomic_file, or NULL */
+	char *path; /* the final name */
+	char *tmp;  /* the temporary, NULL when writing directly */
+	int slot;   /* cleanup registration, -1 if none */
+} circ_atomic;
+
+/* Starts writing path. -1 with "'<path>': cannot create: ..." on error
+ * (a is then inert: circ_atomic_abort is a no-op on it). */
+int circ_atomic_open(circ_atomic *a, const char *path, circ_error *e);
+/* A stdio stream on a->fd, owned by a (closed by commit or abort). */
+FILE *circ_atomic_file(circ_atomic *a, circ_error *e);
+/* Flushes, syncs and renames into place; closes either way. -1 with
+ * "'<path>': write error: ..." (the temporary removed) on error. */
+int circ_atomic_commit(circ_atomic *a, circ_error *e);
+/* Closes and removes the temporary; safe on an inert or committed a. */
+void circ_atomic_abort(circ_atomic *a);
+
+/* 1 if the output paths a and b would write the same file: the same string
+ * (two "-" are both stdout), one existing file under two names, or the same
+ * name in the same directory however spelled ("x", "./x", "d/../x"). */
+int circ_same_output(const char *a, const char *b);
+
+/* Writes text to dir/name atomically (as above); -1 with a message naming
+ * the file on error. */
 int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e);
+
+/* ---- cleanup on exit and on fatal signals ---- */
+
+/* Registers path (copied) to be unlinked if the program exits or is killed
+ * by SIGINT, SIGTERM, SIGHUP or SIGPIPE before circ_cleanup_remove(slot).
+ * The handlers are installed on first use (a signal the parent ignored stays
+ * ignored). Returns the slot, or -1 with a message when too many are
+ * registered or the path is too long. */
+int circ_cleanup_add(const char *path, circ_error *e);
+/* The same for a temporary directory: removed (rmdir, so only once empty)
+ * after every registered file. */
+int circ_cleanup_add_dir(const char *path, circ_error *e);
+/* Forgets slot (after the file was renamed away or removed); -1 is a no-op. */
+void circ_cleanup_remove(int slot);
+/* Removes every registered file now (async-signal-safe). */
+void circ_cleanup_run(void);
+
+/* Guards a read-only file mapping: a SIGBUS with its address inside
+ * [p, p + n) (the file was truncated under the mapping) prints
+ * "<prog>: '<path>': the file was truncated or changed while in use (bus
+ * error)", removes the registered temporaries and exits 1. Returns the slot,
+ * or -1 when all are taken (the mapping then goes unguarded). */
+int circ_guard_mapping(const void *p, size_t n, const char *path);
+void circ_unguard_mapping(int slot); /* -1 is a no-op */
 
 /* Progress on stderr, only when stderr is a terminal. total may be 0 (unknown). */
 typedef struct circ_progress {

@@ -13,9 +13,14 @@
 #                                                     circuit.svg circuit.html report.txt
 #     acdc-<metric>-tau<TAU>-<ablation>/              circuit.circ decisions.circ ...
 #
-# Tools write through a temporary that is renamed into place (-o), and make
-# deletes a target whose recipe failed (.DELETE_ON_ERROR), so an interrupted
-# run leaves no half-written target.
+# Every target is written through a temporary of its recipe's own and
+# renamed into place (the tools' -o; pipelines/atomic.sh for what a shell
+# command writes), so a failed or interrupted run leaves no half-written
+# target, and runs in parallel over one run directory (pipelines/sweep.sh,
+# several makes) each finish: whichever rename comes last leaves the same
+# whole file. For that reason make never deletes a target itself: not after
+# a failed recipe (no .DELETE_ON_ERROR: it would delete the target that a
+# parallel run just completed), not on an interrupt (.PRECIOUS).
 #
 # Per-model defaults (DATASET_ARGS, DATASET_CMD, K, TRUTH, ...) come from
 # pipelines/models/<model directory name>.mk for the shipped fixtures, or from
@@ -48,8 +53,8 @@ TOOLS = $(addprefix $(CIRCBIN)circ-,dataset tokenize score prune patch render)
 
 SHELL = /bin/bash
 .SHELLFLAGS = -o pipefail -ec
-.DELETE_ON_ERROR:
 .SECONDARY:
+ATOMIC := . pipelines/atomic.sh
 .SUFFIXES:
 
 DATA := $(RUNS)/$(TASK)/$(MODEL_NAME)/n$(N)-s$(SEED)
@@ -76,8 +81,7 @@ DATASET_CMD ?= $(CIRCBIN)circ-dataset $(TASK) --n $(N) --seed $(SEED) --model-di
 
 $(DATA)/dataset.jsonl: $(CIRCBIN)circ-dataset
 	@mkdir -p $(@D)
-	$(DATASET_CMD) >$@.tmp
-	mv $@.tmp $@
+	$(ATOMIC) $@; $(DATASET_CMD) >"$$tmp"; atomic_commit
 
 $(DATA)/tokens.circ: $(DATA)/dataset.jsonl $(CIRCBIN)circ-tokenize $(MODEL)/vocab.json
 	$(CIRCBIN)circ-tokenize --model-dir $(MODEL) -o $@ $<
@@ -109,7 +113,9 @@ SCORES_FOR_RENDER := --scores $(SDIR)/scores.circ
 endif
 
 $(CDIR)/faithfulness.circ: $(CDIR)/circuit.circ $(DATA)/tokens.circ $(CIRCBIN)circ-patch
-	$(CIRCBIN)circ-patch $(COMMON) --circuit $< -o $@ $(DATA)/tokens.circ 2>$(CDIR)/faithfulness.log
+	$(ATOMIC) $(CDIR)/faithfulness.log; \
+	$(CIRCBIN)circ-patch $(COMMON) --circuit $< -o $@ $(DATA)/tokens.circ 2>"$$tmp" || { cat "$$tmp" >&2; exit 1; }; \
+	atomic_commit
 
 $(CDIR)/circuit.svg: $(CDIR)/circuit.circ $(CIRCBIN)circ-render
 	$(CIRCBIN)circ-render --format svg $(SCORES_FOR_RENDER) --title "$(TASK) circuit ($(notdir $(CDIR)))" -o $@ $<
@@ -126,11 +132,16 @@ REPORT_INPUTS += $(SDIR)/curve.circ $(SDIR)/curve-abs.circ $(SDIR)/curve.svg
 endif
 
 $(CDIR)/report.txt: $(REPORT_INPUTS) pipelines/report.sh
-	pipelines/report.sh "$(CIRCBIN)" "task $(TASK), model $(MODEL), $(N) examples, seed $(SEED)" \
+	$(ATOMIC) $@; pipelines/report.sh "$(CIRCBIN)" "task $(TASK), model $(MODEL), $(N) examples, seed $(SEED)" \
 		"$(if $(filter acdc,$(PRUNE)),acdc (tau $(TAU), loss $(ACDC_METRIC)),$(METHOD) scores, $(PRUNE) $(K)), $(ABLATION) ablation" \
 		$(CDIR)/faithfulness.circ $(if $(filter acdc,$(PRUNE)),- -,$(SDIR)/curve.circ $(SDIR)/curve-abs.circ) \
-		$(if $(TRUTH),$(CDIR)/roc.json,-) $(CDIR)/circuit.svg $(CDIR)/circuit.html >$@.tmp
-	mv $@.tmp $@
+		$(if $(TRUTH),$(CDIR)/roc.json,-) $(CDIR)/circuit.svg $(CDIR)/circuit.html >"$$tmp"; \
+	atomic_commit
+
+# Every target: written atomically, never to be deleted by make (see the top).
+.PRECIOUS: $(DATA)/dataset.jsonl $(DATA)/tokens.circ $(SDIR)/scores.circ $(SDIR)/curve.circ \
+	$(SDIR)/curve-abs.circ $(SDIR)/curve.svg $(CDIR)/circuit.circ $(CDIR)/faithfulness.circ \
+	$(CDIR)/circuit.svg $(CDIR)/circuit.html $(CDIR)/circuit.txt $(CDIR)/report.txt
 
 clean-run:
 	rm -rf $(DATA)

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Score a token stream in K shards, in parallel (or on several hosts), and
 # merge them: the merged scores equal one run's (sums and counts add).
 #
@@ -7,7 +7,10 @@
 #   -k K        number of shards (examples go round-robin)
 #   -S LOGINS   GNU parallel --sshlogin list (see sweep.sh)
 #   -o OUT      merged scores stream
-set -eu
+#
+# Fails (non-zero) when any stage fails: a cut or bad token stream, a shard's
+# scoring, the merge; OUT is then left as it was.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 # GNU parallel runs remote commands through $SHELL and silently runs nothing when it
 # is unset (as under cron, CI or env -i)
@@ -20,7 +23,7 @@ while [ $# -gt 0 ]; do
 	-S) logins=$2; shift 2 ;;
 	-o) out=$2; shift 2 ;;
 	--) shift; break ;;
-	-h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+	-h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	-*) echo "shards.sh: unknown option '$1'" >&2; exit 2 ;;
 	*) tokens=$1; shift ;;
 	esac

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Fan a discovery pipeline out over tasks, methods and seeds with GNU parallel,
 # on this machine or on several hosts.
 #
@@ -16,7 +16,9 @@
 # Each combination is one `make -f pipelines/<task>.mk METHOD=<m> SEED=<s> ...`, so a sweep
 # reuses every stream an earlier run made (datasets and tokens are shared across methods).
 # The summary prints one report per run. PARALLEL_SSH can name the ssh command to use.
-set -eu
+# Runs in parallel share the run directory safely (every target is written through a
+# temporary of its own, see pipelines/common.mk); the sweep fails when any run fails.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 # GNU parallel runs remote commands through $SHELL and silently runs nothing when it
 # is unset (as under cron, CI or env -i)
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
 	-m) methods=$2; shift 2 ;;
 	-s) seeds=$2; shift 2 ;;
 	--) shift; break ;;
-	-h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+	-h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	*) echo "sweep.sh: unknown option '$1'" >&2; exit 2 ;;
 	esac
 done

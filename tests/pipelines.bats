@@ -97,3 +97,79 @@ PY
 		[ -s "$RUNS/$task/gpt2-random/n6-s0/eap-resample/top-n20/circuit.html" ]
 	done
 }
+
+@test "shards.sh fails when a stage fails: a cut token stream is never merged" {
+	pipe METHOD=eap scores >/dev/null
+	tok=$(ls "$RUNS"/induction/*/n16-s0/tokens.circ)
+	# plain msgpack cut inside record 11: circ-cat gives the records before it, then fails
+	circ-cat --to-msgpack --no-compress "$tok" >"$T/plain.circ"
+	head -c $(($(stat -c %s "$T/plain.circ") * 2 / 3)) "$T/plain.circ" >"$T/cut.circ"
+	run pipelines/shards.sh -k 2 -o "$T/m.circ" "$T/cut.circ" -- --model fixtures/induction-hand --method eap
+	assert_failure
+	assert_output --partial "cut.circ"
+	[ ! -e "$T/m.circ" ]
+	[ -z "$(find "$T" -name 'm.circ*')" ]
+}
+
+@test "report.sh fails on a curve without its number, never printing null" {
+	pipe METHOD=eap report >/dev/null
+	d=$(ls -d "$RUNS"/induction/*/n16-s0/eap-resample)
+	c=$d/top-n8
+	circ-cat "$d/curve.circ" | jq -c 'if .cpr then del(.cpr) else . end' >"$T/nocpr.jsonl"
+	run pipelines/report.sh bin/ t s "$c/faithfulness.circ" "$T/nocpr.jsonl" "$d/curve-abs.circ" - x y
+	assert_failure
+	refute_output --partial "null"
+	assert_output --partial "'$T/nocpr.jsonl': no CPR"
+	# a curve cut short: circ-cat's error, not the last whole record's number
+	head -c $(($(stat -c %s "$d/curve.circ") - 20)) "$d/curve.circ" >"$T/cut.circ"
+	run pipelines/report.sh bin/ t s "$c/faithfulness.circ" "$T/cut.circ" "$d/curve-abs.circ" - x y
+	assert_failure
+	assert_output --partial "'$T/cut.circ': cannot be read whole"
+	refute_output --partial "CPR ("
+	run pipelines/report.sh bin/ t s "$T/cut.circ" - - - x y
+	assert_failure
+}
+
+@test "parallel runs over one fresh run directory all succeed and agree" {
+	for i in 1 2 3 4; do
+		pipe -s METHOD=eap report >"$T/out$i" 2>"$T/err$i" &
+		pids="${pids:-} $!"
+	done
+	for p in $pids; do wait "$p" || { cat "$T"/err*; return 1; }; done
+	for i in 2 3 4; do cmp "$T/out1" "$T/out$i"; done
+	grep -q faithfulness "$T/out1"
+	[ -z "$(find "$RUNS" -name '*.tmp*')" ]
+}
+
+@test "parallel sweeps over one fresh run directory succeed every time" {
+	for k in 1 2 3; do
+		rm -rf "$RUNS"
+		pipelines/sweep.sh -j 3 -m "eap eap-ig exact" -- RUNS="$RUNS" N=8 >"$T/a" 2>&1 &
+		a=$!
+		pipelines/sweep.sh -j 3 -m "exact eap" -- RUNS="$RUNS" N=8 >"$T/b" 2>&1 &
+		b=$!
+		wait $a || { cat "$T/a"; return 1; }
+		wait $b || { cat "$T/b"; return 1; }
+		[ "$(grep -c faithfulness "$T/a")" -eq 3 ]
+		[ -z "$(find "$RUNS" -name '*.tmp*')" ]
+	done
+}
+
+@test "a run clears its targets' stale temporaries and keeps a live writer's" {
+	pipe METHOD=eap scores >/dev/null
+	data=$(ls -d "$RUNS"/induction/*/n16-s0)
+	rm "$data/dataset.jsonl" "$data/tokens.circ" "$data"/eap-resample/scores.circ
+	for f in dataset.jsonl.tmp.aaaaaa tokens.circ.tmp.bbbbbb tokens.circ.tmp.cccccc; do
+		echo stale >"$data/$f"
+		touch -d '-2 min' "$data/$f"
+	done
+	# a writer still alive (it holds the lock) keeps its temporary
+	flock "$data/tokens.circ.tmp.cccccc" sleep 30 &
+	holder=$!
+	sleep 0.2
+	pipe METHOD=eap scores >/dev/null
+	[ ! -e "$data/dataset.jsonl.tmp.aaaaaa" ]
+	[ ! -e "$data/tokens.circ.tmp.bbbbbb" ]
+	[ -e "$data/tokens.circ.tmp.cccccc" ]
+	kill "$holder"
+}
