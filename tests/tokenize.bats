@@ -302,4 +302,45 @@ same_as_tiktoken() {
 	m1=$(tail -1 "$T/m1") m2=$(tail -1 "$T/m2")
 	echo "max RSS: 1 MB input ${m1} KB, 16 MB input ${m2} KB"
 	[ "$m2" -lt $((m1 + 4096)) ]
+	# h13.12: one 4 MB word (no break) costs under 12 bytes a byte (9.5 at
+	# most, the man page says; 31 before), and decodes back to itself
+	tr -dc a-z </dev/urandom | head -c 4000000 >"$T/word.txt"
+	head -c 4000000 /dev/zero | tr '\0' '7' >"$T/digits.txt"
+	for f in word digits; do
+		/usr/bin/time -f %M circ-tokenize --vocab-dir $V --text "$T/$f.txt" 2>"$T/m3" >"$T/$f.ids"
+		m3=$(tail -1 "$T/m3")
+		echo "max RSS: 4 MB $f ${m3} KB (bound $((m1 + 4000000 * 12 / 1024)) KB)"
+		[ "$m3" -lt $((m1 + 4000000 * 12 / 1024)) ]
+	done
+	circ-tokenize --vocab-dir $V --decode "$T/word.ids" | cmp - "$T/word.txt"
+	[ "$(wc -w <"$T/digits.ids")" -eq 2000000 ] # "77" is the longest run of 7s in GPT-2
+}
+
+@test "h13.12: a vocabulary id far beyond the entries is refused before allocating" {
+	mkdir "$T/v"
+	printf '{"a":0,"b":2147483646}' >"$T/v/vocab.json"
+	printf '#version: 0.2\n' >"$T/v/merges.txt"
+	run --separate-stderr circ-tokenize --vocab-dir "$T/v" --text </dev/null
+	assert_failure 1
+	[[ "$stderr" == *"'$T/v/vocab.json': token 'b': id 2147483646 is far beyond the 2 tokens given (ids must be below 1028)"* ]]
+	mkdir "$T/tj"
+	printf '{"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"added_tokens":[{"id":2147483000,"content":"x"}]}' >"$T/tj/tokenizer.json"
+	run --separate-stderr circ-tokenize --vocab-dir "$T/tj" --text </dev/null
+	assert_failure 1
+	[[ "$stderr" == *"'$T/tj/tokenizer.json': added_tokens[0]: id 2147483000 is far beyond the 2 tokens given (ids must be below 1028)"* ]]
+}
+
+@test "h13.12: a tokenizer.json with 100,000 added tokens loads in linear time" {
+	mkdir "$T/tj"
+	$PY -c '
+import json
+n = 100000
+added = [{"id": 1 + i, "content": "<|t%d|>" % i, "special": i % 2 == 0} for i in range(n)]
+print(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "added_tokens": added}))' >"$T/tj/tokenizer.json"
+	run --separate-stderr timeout 10 bash -c "printf '[1,100000,2]' | circ-tokenize --vocab-dir '$T/tj' --decode --json"
+	assert_success
+	assert_output '"<|t0|><|t99999|><|t1|>"'
+	run --separate-stderr timeout 10 bash -c "printf '\"a<|t4|>a<|t6|>\"' | circ-tokenize --vocab-dir '$T/tj' --text --json --special"
+	assert_success
+	assert_output '[0,5,0,7]'
 }
