@@ -31,7 +31,7 @@ same_as_tiktoken() {
 @test "tokenize --help lists its options and exits 0" {
 	run --separate-stderr circ-tokenize --help
 	assert_success
-	for f in --vocab-dir --model-dir --text --decode --special --prepend-bos --task --metric --skip-misaligned --json; do
+	for f in --vocab-dir --model-dir --vocab-size --text --decode --special --prepend-bos --task --metric --skip-misaligned --json; do
 		assert_output --partial -- "$f"
 	done
 }
@@ -274,7 +274,7 @@ same_as_tiktoken() {
 @test "bad dataset: positions out of range, metric disagreement, answers per position" {
 	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":2,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
 	assert_failure 1
-	[[ "$stderr" == *"line 1: field 'pos': value is not a position in 0..1"* ]]
+	[[ "$stderr" == *"line 1: field 'pos': 2 is not a position in 0..1"* ]]
 	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":[0,1],\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
 	assert_failure 1
 	[[ "$stderr" == *"line 1: 2 positions but 1 answers (one answer per position)"* ]]
@@ -343,4 +343,97 @@ print(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "ad
 	run --separate-stderr timeout 10 bash -c "printf '\"a<|t4|>a<|t6|>\"' | circ-tokenize --vocab-dir '$T/tj' --text --json --special"
 	assert_success
 	assert_output '[0,5,0,7]'
+}
+
+@test "h13.10: conflicting or ignored options are usage errors (exit 2)" {
+	run --separate-stderr circ-tokenize --vocab-dir $V --text --decode </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"circ-tokenize: --text and --decode cannot be combined (one mode at a time)"* ]]
+	run --separate-stderr circ-tokenize --vocab-dir $V --decode --special </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"--special applies to text (--text and dataset mode), not to --decode"* ]]
+	for o in --no-compress "--compress-level 9" --force; do
+		run --separate-stderr circ-tokenize --vocab-dir $V --text $o </dev/null
+		assert_failure 2
+		[[ "$stderr" == *"--no-compress, --compress-level and --force apply to dataset mode only"* ]]
+	done
+	run --separate-stderr circ-tokenize --vocab-dir $V --text --vocab-size 10 </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"--prepend-bos, --task, --metric, --vocab-size and --skip-misaligned apply to dataset mode only"* ]]
+	run --separate-stderr circ-tokenize --vocab-dir $V --model-dir $V --text </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"--vocab-dir and --model-dir: give one tokenizer directory"* ]]
+	run --separate-stderr circ-tokenize --vocab-dir $V --vocab-dir $V --text </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"option '--vocab-dir' given twice"* ]]
+	run --separate-stderr circ-tokenize --vocab-size 0 </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"option '--vocab-size'"* ]]
+}
+
+@test "h13.17: a negative position has its own message; others name the value" {
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":-1,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"'<stdin>': line 1: field 'pos': -1 is negative (positions count from 0: 0..1)"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":[0,-3],\"answer_ids\":[5,6],\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos': item 1: -3 is negative (positions count from 0: 0..1)"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":[0,\"1\"],\"answer_ids\":[5,6],\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos': item 1 is not an integer"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":1.5,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos' must be an integer or an array of integers"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":-1,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V --prepend-bos"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos': -1 is negative (positions count from 0: 0..1)"* ]]
+}
+
+@test "h13.19: id input needs no vocabulary; the vocab size is --vocab-size's or the model's" {
+	printf '%s\n' '{"clean_ids":[1,2,3],"corrupt_ids":[4,5,6],"answer_ids":7,"wrong_ids":[8]}' >"$T/d.jsonl"
+	run --separate-stderr circ-tokenize --json "$T/d.jsonl"
+	assert_success
+	refute_line --index 0 --partial 'vocab_size'
+	refute_line --index 0 --partial 'vocab_digest'
+	assert_line --index 1 '{"id":0,"clean":{"dtype":"i32","shape":[3],"data":[1,2,3]},"corrupt":{"dtype":"i32","shape":[3],"data":[4,5,6]},"pos":2,"answer":[7],"wrong":[8]}'
+	circ-tokenize "$T/d.jsonl" | circ-cat | $PY tests/validate.py schemas/tokens.schema.json
+	run --separate-stderr circ-tokenize --json --vocab-size 64 "$T/d.jsonl"
+	assert_success
+	assert_line --index 0 --partial '"vocab_size":64'
+	run --separate-stderr circ-tokenize --vocab-size 8 "$T/d.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"'$T/d.jsonl': line 1: field 'wrong_ids': item 0: id 8 is not below the vocab size 8 (--vocab-size)"* ]]
+	# a model directory: config.json gives the size, tokenizer files or not
+	run --separate-stderr circ-tokenize --json --model-dir tests/data/tiny/model "$T/d.jsonl"
+	assert_success
+	assert_line --index 0 --partial '"vocab_size":40'
+	printf '%s\n' '{"clean_ids":[1,2,3],"corrupt_ids":[4,5,40],"answer_ids":7,"wrong_ids":[8]}' >"$T/e.jsonl"
+	run --separate-stderr circ-tokenize --model-dir tests/data/tiny/model "$T/e.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'corrupt_ids': item 2: id 40 is not below the vocab size 40 ('tests/data/tiny/model/config.json')"* ]]
+	run --separate-stderr circ-tokenize --model-dir tests/data/tiny/model --vocab-size 64 "$T/d.jsonl"
+	assert_failure 2
+	[[ "$stderr" == *"option '--vocab-size': 64 differs from vocab_size 40 in 'tests/data/tiny/model/config.json'"* ]]
+	# a tokenizer's ids checked against a smaller model
+	mkdir "$T/m"
+	cp $V/vocab.json $V/merges.txt "$T/m/"
+	sed 's/"vocab_size": 40/"vocab_size": 64/' tests/data/tiny/model/config.json >"$T/m/config.json"
+	echo '{"clean":"a b","corrupt":"a c","answer":" x","wrong":" y"}' >"$T/t.jsonl"
+	run --separate-stderr circ-tokenize --model-dir "$T/m" "$T/t.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'clean': id 64 is not below the vocab size 64 ('$T/m/config.json')"* ]]
+	# text needs a tokenizer; so does --prepend-bos
+	run --separate-stderr circ-tokenize "$T/t.jsonl"
+	assert_failure 2
+	[[ "$stderr" == *"'$T/t.jsonl': line 1: field 'clean' is text: give --vocab-dir DIR to tokenize it"* ]]
+	run --separate-stderr circ-tokenize --model-dir tests/data/tiny/model "$T/t.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"no tokenizer there"* ]]
+	run --separate-stderr circ-tokenize --prepend-bos "$T/d.jsonl"
+	assert_failure 2
+	[[ "$stderr" == *"--prepend-bos needs the tokenizer's <|endoftext|>: give --vocab-dir DIR"* ]]
+	# with a tokenizer and no size given, the tokenizer's size as before
+	run --separate-stderr circ-tokenize --json --vocab-dir $V "$T/d.jsonl"
+	assert_success
+	assert_line --index 0 --partial '"vocab_size":50257'
 }
