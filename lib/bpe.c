@@ -34,10 +34,13 @@
 #include "bpe.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #define SCAN_MAX      64	/* pieces up to this many bytes merge by scanning */
@@ -230,35 +233,64 @@ static inline int32_t pair_lookup(const circ_bpe *b, int32_t a, int32_t c, int32
 
 /* ------------------------------------------------------------ loading */
 
+/* Tokenizer files are read whole, so only a regular file of at most
+ * FILE_MAX bytes is read: a FIFO would block and /dev/zero never end. */
+#define FILE_MAX (1L << 30)
+
 static char *read_file(const char *path, size_t *len, circ_error *e)
 {
-	FILE *f = fopen(path, "rb");
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
 	char *buf = NULL;
-	size_t n = 0, cap = 0;
-	if (!f) {
+	size_t n = 0;
+	if (fd < 0) {
 		circ_errorf(e, "'%s': %s", path, strerror(errno));
 		return NULL;
 	}
+	if (fstat(fd, &st) != 0) {
+		circ_errorf(e, "'%s': %s", path, strerror(errno));
+		goto fail;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		circ_errorf(e, "'%s': is a directory", path);
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		circ_errorf(e, "'%s': not a regular file", path);
+		goto fail;
+	}
+	if (st.st_size > FILE_MAX) {
+		circ_errorf(e, "'%s': %lld bytes: too large for a tokenizer file (at most %ld)",
+			    path, (long long)st.st_size, FILE_MAX);
+		goto fail;
+	}
+	/* One byte more than the size, to see a file that grew while read. */
+	size_t want = (size_t)st.st_size + 1;
+	buf = circ_xmalloc(want + 1);
 	for (;;) {
-		if (cap - n < 65536) {
-			cap = cap ? cap * 2 : 1 << 20;
-			buf = circ_xrealloc(buf, cap + 1);
+		ssize_t got = read(fd, buf + n, want - n);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0) {
+			circ_errorf(e, "'%s': read error: %s", path, strerror(errno));
+			goto fail;
 		}
-		size_t got = fread(buf + n, 1, cap - n, f);
-		n += got;
 		if (got == 0)
 			break;
+		n += (size_t)got;
+		if (n == want) {
+			circ_errorf(e, "'%s': the file grew while it was read", path);
+			goto fail;
+		}
 	}
-	if (ferror(f)) {
-		circ_errorf(e, "'%s': read error: %s", path, strerror(errno));
-		fclose(f);
-		free(buf);
-		return NULL;
-	}
-	fclose(f);
+	close(fd);
 	buf[n] = 0;
 	*len = n;
 	return buf;
+fail:
+	close(fd);
+	free(buf);
+	return NULL;
 }
 
 static circ_bpe *bpe_alloc(void)
@@ -566,9 +598,10 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 	merges = json_object_get(model, "merges");
 	added = json_object_get(root, "added_tokens");
 	pt = json_object_get(root, "pre_tokenizer");
-	const char *type = json_string_value(json_object_get(model, "type"));
-	if (!json_is_object(model) || (type && strcmp(type, "BPE")) || !json_is_object(vocab) ||
-	    !json_is_array(merges)) {
+	json_t *jtype = json_object_get(model, "type");
+	const char *type = json_string_value(jtype);
+	if (!json_is_object(model) || (jtype && (!type || strcmp(type, "BPE"))) ||
+	    !json_is_object(vocab) || !json_is_array(merges)) {
 		circ_errorf(
 		    e,
 		    "'%s': not a BPE tokenizer (expected model.type \"BPE\" with vocab and merges)",
@@ -700,12 +733,11 @@ fail:
 	return NULL;
 }
 
+/* stat, not open: opening a FIFO would block. */
 static int file_exists(const char *path)
 {
-	FILE *f = fopen(path, "rb");
-	if (f)
-		fclose(f);
-	return f != NULL;
+	struct stat st;
+	return stat(path, &st) == 0;
 }
 
 circ_bpe *circ_bpe_load_dir(const char *dir, circ_error *e)
