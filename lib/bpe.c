@@ -469,6 +469,8 @@ static int special_cmp(const void *x, const void *y)
 static void specials_done(circ_bpe *b)
 {
 	int k = 0;
+	if (!b->n_specials)
+		return;
 	qsort(b->specials, (size_t)b->n_specials, sizeof *b->specials, special_cmp);
 	for (int i = 0; i < b->n_specials; i++) {
 		special *sp = &b->specials[i];
