@@ -79,6 +79,13 @@ struct circ_bpe {
 	int n_specials;
 	size_t specials_cap;
 	size_t special_max; /* longest special's length */
+	/* The specials as a trie, so finding them costs the same however many
+	 * there are: edges in an open-addressing table keyed node << 8 | byte. */
+	unsigned char special_first[256]; /* 1 for a byte some special starts with */
+	uint64_t *trie_key;		  /* EMPTY_KEY if free */
+	int32_t *trie_next;
+	int32_t *trie_term; /* (nodes) the special ending at a node, or -1 */
+	size_t trie_mask;
 	int32_t eot;
 	char digest[72];
 	/* piece cache */
@@ -486,6 +493,51 @@ static void specials_done(circ_bpe *b)
 			b->eot = sp->id;
 	}
 	b->n_specials = k;
+	/* the trie: at most one node per byte of the specials, plus the root */
+	size_t bytes = 0, cap = 16;
+	for (int i = 0; i < k; i++)
+		bytes += b->specials[i].len;
+	while (cap < 2 * bytes + 2)
+		cap *= 2;
+	b->trie_mask = cap - 1;
+	b->trie_key = circ_xmalloc(cap * sizeof *b->trie_key);
+	b->trie_next = circ_xmalloc(cap * sizeof *b->trie_next);
+	b->trie_term = circ_xmalloc((bytes + 1) * sizeof *b->trie_term);
+	for (size_t i = 0; i < cap; i++)
+		b->trie_key[i] = EMPTY_KEY;
+	b->trie_term[0] = -1;
+	int32_t nodes = 1;
+	for (int i = 0; i < k; i++) {
+		const special *sp = &b->specials[i];
+		int32_t node = 0;
+		b->special_first[(unsigned char)sp->text[0]] = 1;
+		for (size_t j = 0; j < sp->len; j++) {
+			uint64_t key = (uint64_t)node << 8 | (unsigned char)sp->text[j];
+			size_t h = (size_t)mix64(key) & b->trie_mask;
+			while (b->trie_key[h] != EMPTY_KEY && b->trie_key[h] != key)
+				h = (h + 1) & b->trie_mask;
+			if (b->trie_key[h] == EMPTY_KEY) {
+				b->trie_key[h] = key;
+				b->trie_next[h] = nodes;
+				b->trie_term[nodes++] = -1;
+			}
+			node = b->trie_next[h];
+		}
+		b->trie_term[node] = i;
+	}
+}
+
+/* The trie node after node on byte c, or -1. */
+static inline int32_t trie_step(const circ_bpe *b, int32_t node, unsigned char c)
+{
+	uint64_t key = (uint64_t)node << 8 | c;
+	size_t h = (size_t)mix64(key) & b->trie_mask;
+	while (b->trie_key[h] != EMPTY_KEY) {
+		if (b->trie_key[h] == key)
+			return b->trie_next[h];
+		h = (h + 1) & b->trie_mask;
+	}
+	return -1;
 }
 
 static json_t *parse_json(const char *buf, size_t len, const char *name, circ_error *e)
@@ -778,6 +830,9 @@ void circ_bpe_free(circ_bpe *b)
 	for (int i = 0; i < b->n_specials; i++)
 		free(b->specials[i].text);
 	free(b->specials);
+	free(b->trie_key);
+	free(b->trie_next);
+	free(b->trie_term);
 	free(b->cache);
 	free(b->ckeys);
 	free(b->cids);
@@ -1308,23 +1363,27 @@ void circ_bpe_stream_free(circ_bpe_stream *s)
 	free(s);
 }
 
-/* First special token in s[from..n): its index in *at and the special. */
+/* First special token in s[from..n) (the earliest, then the longest): its
+ * index in *at and the special. A walk down the trie at each position
+ * whose byte starts a special: the cost grows with the text and the
+ * longest special, not with the number of specials. */
 static const special *find_special(const circ_bpe *b, const unsigned char *s, size_t from, size_t n,
 				   size_t *at)
 {
-	const special *best = NULL;
-	size_t best_at = n;
-	for (int k = 0; k < b->n_specials; k++) {
-		const special *sp = &b->specials[k];
-		const unsigned char *hit = memmem(s + from, n - from, sp->text, sp->len);
-		if (hit && ((size_t)(hit - s) < best_at ||
-			    ((size_t)(hit - s) == best_at && sp->len > best->len))) {
-			best = sp;
-			best_at = (size_t)(hit - s);
+	for (size_t p = from; p < n; p++) {
+		if (!b->special_first[s[p]])
+			continue;
+		int32_t node = 0, best = -1;
+		for (size_t q = p; q < n && (node = trie_step(b, node, s[q])) >= 0; q++)
+			if (b->trie_term[node] >= 0)
+				best = b->trie_term[node];
+		if (best >= 0) {
+			*at = p;
+			return &b->specials[best];
 		}
 	}
-	*at = best_at;
-	return best;
+	*at = n;
+	return NULL;
 }
 
 /* Tokenises what can be decided in s->buf[pos..len). */

@@ -333,7 +333,7 @@ same_as_tiktoken() {
 	[[ "$stderr" == *"'$T/tj/tokenizer.json': added_tokens[0]: id 2147483000 is far beyond the 2 tokens given (ids must be below 1028)"* ]]
 }
 
-@test "h13.12: a tokenizer.json with 100,000 added tokens loads in linear time" {
+@test "h13.12: a tokenizer.json with 100,000 added tokens loads, and finds its specials, in linear time" {
 	mkdir "$T/tj"
 	$PY -c '
 import json
@@ -346,6 +346,12 @@ print(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "ad
 	run --separate-stderr timeout 10 bash -c "printf '\"a<|t4|>a<|t6|>\"' | circ-tokenize --vocab-dir '$T/tj' --text --json --special"
 	assert_success
 	assert_output '[0,5,0,7]'
+	# and finding them in text costs the same however many there are
+	$PY -c 'import sys; sys.stdout.write("a<|t4|><|t99998|>" * 20000)' >"$T/many.txt"
+	run --separate-stderr timeout 10 circ-tokenize --vocab-dir "$T/tj" --text --special "$T/many.txt"
+	assert_success
+	[ "$(echo "$output" | wc -w)" -eq 60000 ]
+	[[ "$output" == "0 5 99999 0 5 99999 "* ]]
 }
 
 @test "h13.10: conflicting or ignored options are usage errors (exit 2)" {
