@@ -1399,15 +1399,19 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 			/* Searched once: a special cut by the end of the buffer starts
 			 * in its last special_max - 1 bytes, which wait for more. */
 			size_t from = s->spec_from > s->pos ? s->spec_from : s->pos;
+			/* no special starting before safe can end past the buffer */
+			size_t safe = s->len - from > b->special_max - 1
+					  ? s->len - (b->special_max - 1)
+					  : from;
 			sp = find_special(b, buf, from, s->len, &at);
+			if (sp && !eof && at >= safe) /* a longer or earlier one may yet come */
+				sp = NULL;
 			if (sp) {
 				limit = at, seg_eof = 1;
 			} else {
-				s->spec_from = s->len - from > b->special_max - 1
-						   ? s->len - (b->special_max - 1)
-						   : from;
+				s->spec_from = safe;
 				if (!eof)
-					limit = s->spec_from;
+					limit = safe;
 			}
 		}
 		while (s->pos < limit) {

@@ -405,6 +405,40 @@ static void test_small_vocab(void)
 		CHECK(circ_bpe_vocab_size(b) == 7, "tokenizer.json vocab size");
 		circ_bpe_free(b);
 	}
+	/* specials that overlap: the earliest wins, then the longest, however
+	 * the text is cut into chunks */
+	write_file(p, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"x\":2,"
+		      "\"<\":3,\">\":4,\"y\":5},\"merges\":[]},\"added_tokens\":["
+		      "{\"id\":6,\"content\":\"<a>\",\"special\":true},"
+		      "{\"id\":7,\"content\":\"x<a>yy\",\"special\":true},"
+		      "{\"id\":8,\"content\":\"<a>b\",\"special\":true}]}");
+	b = circ_bpe_load_dir(dir, &e);
+	CHECK(b != NULL, "overlapping specials: %s", b ? "" : e.msg);
+	for (int t = 0; b && t < 6; t++) {
+		static const char *texts[] = {"x<a>yy",	  "x<a>y",  "<a>b",
+					      "<a>bb<a>", "ax<a>b", "<a>x<a>yyb"};
+		const char *text = texts[t];
+		size_t n = strlen(text);
+		circ_ids whole = {0}, ref = {0};
+		circ_bpe_encode(b, text, n, CIRC_BPE_SPECIAL, &whole, &e);
+		circ_bpe_encode_ref(b, text, n, CIRC_BPE_SPECIAL, &ref, &e);
+		CHECK(same(&whole, &ref), "overlapping specials in '%s': fast and reference differ",
+		      text);
+		for (size_t cut = 1; cut < n; cut++) {
+			circ_ids parts = {0};
+			circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
+			circ_bpe_stream_feed(st, text, cut, &parts, &e);
+			circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
+			circ_bpe_stream_finish(st, &parts, &e);
+			circ_bpe_stream_free(st);
+			CHECK(same(&whole, &parts),
+			      "overlapping specials in '%s' cut at %zu differ", text, cut);
+			circ_ids_free(&parts);
+		}
+		circ_ids_free(&whole);
+		circ_ids_free(&ref);
+	}
+	circ_bpe_free(b);
 	remove(p);
 	b = circ_bpe_load_dir(dir, &e);
 	CHECK(!b && strstr(e.msg, "no tokenizer there"), "empty dir message: %s", e.msg);
