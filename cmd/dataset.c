@@ -16,6 +16,7 @@ enum {
 	OPT_N = CIRC_OPT_FIRST_TOOL,
 	OPT_SEED,
 	OPT_VOCAB_DIR,
+	OPT_MODEL_DIR,
 	OPT_ORDER,
 	OPT_TEMPLATES,
 	OPT_CENTURY_LO,
@@ -31,7 +32,7 @@ static const circ_opt opts[] = {
     {"vocab-dir", OPT_VOCAB_DIR, "DIR",
      "tokenizer directory (vocab.json + merges.txt, or tokenizer.json): keep only single-token "
      "entries"},
-    {"model-dir", OPT_VOCAB_DIR, "DIR", "same as --vocab-dir"},
+    {"model-dir", OPT_MODEL_DIR, "DIR", "same as --vocab-dir"},
     {"order", OPT_ORDER, "O", "ioi: mixed (default), baba or abba"},
     {"templates", OPT_TEMPLATES, "K",
      "ioi: use the first K templates of each order (default all 15)"},
@@ -46,6 +47,7 @@ static const circ_opt opts[] = {
 static struct {
 	circ_task_opts t;
 	const char *vocab_dir;
+	int vocab_key;						      /* the option that gave it */
 	const char *only_for[OPT_VOCAB_HI - CIRC_OPT_FIRST_TOOL + 1]; /* task an option needs */
 	const char *given[OPT_VOCAB_HI - CIRC_OPT_FIRST_TOOL + 1];    /* its name, when given */
 } o;
@@ -57,7 +59,17 @@ static int handle(int key, const char *arg, void *ctx)
 	switch (key) {
 	case OPT_N: t->n = circ_opt_i64("n", arg, 0, INT32_MAX); break;
 	case OPT_SEED: t->seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
-	case OPT_VOCAB_DIR: o.vocab_dir = arg; break;
+	case OPT_VOCAB_DIR:
+	case OPT_MODEL_DIR:
+		if (o.vocab_dir && o.vocab_key == key)
+			circ_usage_error("option '--%s' given twice",
+					 key == OPT_VOCAB_DIR ? "vocab-dir" : "model-dir");
+		if (o.vocab_dir)
+			circ_usage_error(
+			    "--vocab-dir and --model-dir: give one tokenizer directory");
+		o.vocab_dir = arg;
+		o.vocab_key = key;
+		break;
 	case OPT_ORDER: t->ioi_order = arg, name = "order", task = "ioi"; break;
 	case OPT_TEMPLATES:
 		t->ioi_templates = (int)circ_opt_i64("templates", arg, 1, 15);
@@ -128,12 +140,32 @@ int main(int argc, char **argv)
 	    strcmp(o.t.ioi_order, "abba"))
 		circ_usage_error("option '--order': '%s' is not mixed, baba or abba",
 				 o.t.ioi_order);
-	if (o.t.ind_vocab_lo >= o.t.ind_vocab_hi)
-		circ_usage_error("option '--vocab-lo' (%d) is not below --vocab-hi (%d)",
-				 (int)o.t.ind_vocab_lo, (int)o.t.ind_vocab_hi);
-	if (o.t.gt_century_lo > o.t.gt_century_hi)
-		circ_usage_error("option '--century-lo' (%d) is above --century-hi (%d)",
-				 o.t.gt_century_lo, o.t.gt_century_hi);
+	/* Ranges the options (with the defaults they leave) make empty. */
+	circ_task_opts def;
+	char why[64] = "";
+	circ_task_opts_default(&def);
+	if (!strcmp(o.t.task, "greater-than") && o.t.gt_century_lo > o.t.gt_century_hi) {
+		if (!o.given[OPT_CENTURY_HI - CIRC_OPT_FIRST_TOOL])
+			snprintf(why, sizeof why, " (the default --century-hi is %d)",
+				 def.gt_century_hi);
+		else if (!o.given[OPT_CENTURY_LO - CIRC_OPT_FIRST_TOOL])
+			snprintf(why, sizeof why, " (the default --century-lo is %d)",
+				 def.gt_century_lo);
+		circ_usage_error(
+		    "options '--century-lo' and '--century-hi': centuries %d..%d run backwards%s",
+		    o.t.gt_century_lo, o.t.gt_century_hi, why);
+	}
+	if (!strcmp(o.t.task, "induction") && o.t.ind_vocab_lo >= o.t.ind_vocab_hi) {
+		if (!o.given[OPT_VOCAB_HI - CIRC_OPT_FIRST_TOOL])
+			snprintf(why, sizeof why, " (the default --vocab-hi is %d)",
+				 (int)def.ind_vocab_hi);
+		else if (!o.given[OPT_VOCAB_LO - CIRC_OPT_FIRST_TOOL])
+			snprintf(why, sizeof why, " (the default --vocab-lo is %d)",
+				 (int)def.ind_vocab_lo);
+		circ_usage_error(
+		    "options '--vocab-lo' and '--vocab-hi': the id range [%d, %d) is empty%s",
+		    (int)o.t.ind_vocab_lo, (int)o.t.ind_vocab_hi, why);
+	}
 	if (o.vocab_dir && !(o.t.bpe = circ_bpe_load_dir(o.vocab_dir, &e)))
 		circ_die(&e);
 	static char obuf[1 << 16];

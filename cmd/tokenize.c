@@ -16,15 +16,19 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <utf8proc.h>
 
 #include "bpe.h"
 #include "json.h"
+#include "model.h"
 #include "opt.h"
 #include "tasks.h"
 
 enum {
 	OPT_VOCAB_DIR = CIRC_OPT_FIRST_TOOL,
+	OPT_MODEL_DIR,
+	OPT_VOCAB_SIZE,
 	OPT_TEXT,
 	OPT_DECODE,
 	OPT_SPECIAL,
@@ -36,8 +40,11 @@ enum {
 
 static const circ_opt opts[] = {
     {"vocab-dir", OPT_VOCAB_DIR, "DIR",
-     "tokenizer directory: vocab.json + merges.txt, or tokenizer.json (required)"},
-    {"model-dir", OPT_VOCAB_DIR, "DIR", "same as --vocab-dir (a Hugging Face model directory)"},
+     "tokenizer directory: vocab.json + merges.txt, or tokenizer.json (needed for text)"},
+    {"model-dir", OPT_MODEL_DIR, "DIR",
+     "a model directory: its tokenizer files, and config.json's vocab_size for the header"},
+    {"vocab-size", OPT_VOCAB_SIZE, "N",
+     "dataset: the model's vocabulary size, stamped on the header; every id must be below it"},
     {"text", OPT_TEXT, NULL,
      "plain mode: text in, ids out (with --json: JSON strings in, arrays out)"},
     {"decode", OPT_DECODE, NULL, "ids in, text out (with --json: arrays in, JSON strings out)"},
@@ -52,14 +59,36 @@ static const circ_opt opts[] = {
 };
 
 static struct {
-	const char *vocab_dir, *task, *metric;
+	const char *vocab_dir, *model_dir, *task, *metric;
+	int64_t vocab_size; /* --vocab-size, 0 when not given */
 	int text, decode, special, bos, skip_misaligned, dataset_only;
 } o;
+
+/* The tokenizer (NULL until some text needs it, in dataset mode), and the
+ * vocabulary size every id is checked against (0: none known). */
+static circ_bpe *tok;
+static int64_t vsize;
+static char vsize_src[4400]; /* "--vocab-size" or "'<dir>/config.json'" */
 
 static int handle(int key, const char *arg, void *ctx)
 {
 	switch (key) {
-	case OPT_VOCAB_DIR: o.vocab_dir = arg; return 0;
+	case OPT_VOCAB_DIR:
+	case OPT_MODEL_DIR: {
+		const char *name = key == OPT_VOCAB_DIR ? "vocab-dir" : "model-dir";
+		const char **dir = key == OPT_VOCAB_DIR ? &o.vocab_dir : &o.model_dir;
+		if (*dir)
+			circ_usage_error("option '--%s' given twice", name);
+		*dir = arg;
+		if (o.vocab_dir && o.model_dir)
+			circ_usage_error(
+			    "--vocab-dir and --model-dir: give one tokenizer directory");
+		return 0;
+	}
+	case OPT_VOCAB_SIZE:
+		o.vocab_size = circ_opt_i64("vocab-size", arg, 1, INT32_MAX);
+		o.dataset_only = 1;
+		return 0;
 	case OPT_TEXT: o.text = 1; return 0;
 	case OPT_DECODE: o.decode = 1; return 0;
 	case OPT_SPECIAL: o.special = 1; return 0;
@@ -208,19 +237,20 @@ static void decode_mode(circ_bpe *b, FILE *in, const char *name, int json)
 			if (c == EOF)
 				break;
 			ungetc(c, in);
-			char tok[32];
-			size_t k = 0;
+			char word[32];
+			size_t k = 0, len = 0;
 			while ((c = getc(in)) != EOF && c != ' ' && c != '\n' && c != '\t' &&
 			       c != '\r')
-				if (k < sizeof tok - 1)
-					tok[k++] = (char)c;
-			tok[k] = 0;
+				if (len++ < sizeof word - 1)
+					word[k++] = (char)c;
+			word[k] = 0;
 			size_t l;
 			const unsigned char *p;
 			int64_t id;
-			if (circ_parse_i64(tok, &id) < 0)
-				circ_dief("'%s': token %zu: '%s' is not an integer id", name, index,
-					  tok);
+			/* a word cut to fit is no id, whatever its first 31 bytes say */
+			if (len > k || circ_parse_i64(word, &id) < 0)
+				circ_dief("'%s': token %zu: '%s%s' is not an integer id", name,
+					  index, word, len > k ? "..." : "");
 			if (!(p = circ_bpe_token_bytes(
 				  b, id < INT32_MIN || id > INT32_MAX ? -1 : (int32_t)id, &l)))
 				circ_dief("'%s': token %zu: id %lld is not in the vocabulary", name,
@@ -315,7 +345,36 @@ static long ds_line;
 		exit(1);                                                                           \
 	} while (0)
 
-/* An id list field: an array of integers, each a token of the vocabulary. */
+/* Refuses an id at or above the vocabulary size (what names the field or
+ * the item in the message). */
+static void check_size(const char *what, int64_t id)
+{
+	if (vsize && id >= vsize)
+		LINE_FAIL("%s: id %lld is not below the vocab size %lld (%s)", what, (long long)id,
+			  (long long)vsize, vsize_src);
+}
+
+/* The tokenizer, loaded now if --model-dir names one; a usage error naming
+ * the field when no directory was given. */
+static circ_bpe *need_tokenizer(const char *key)
+{
+	circ_error e;
+	if (tok)
+		return tok;
+	if (!o.model_dir) {
+		fprintf(stderr,
+			"%s: '%s': line %ld: field '%s' is text: give --vocab-dir DIR to "
+			"tokenize it\n",
+			circ_progname, ds_name, ds_line, key);
+		exit(2);
+	}
+	if (!(tok = circ_bpe_load_dir(o.model_dir, &e)))
+		circ_die(&e);
+	return tok;
+}
+
+/* An id list field: an array of integers, each below the vocabulary size
+ * and a token of the vocabulary when there is one. */
 static void get_ids(json_t *ex, const char *key, const circ_bpe *b, circ_ids *out, int allow_int)
 {
 	json_t *v = json_object_get(ex, key);
@@ -332,8 +391,12 @@ static void get_ids(json_t *ex, const char *key, const circ_bpe *b, circ_ids *ou
 	for (size_t i = 0; i < json_array_size(v); i++) {
 		json_t *x = json_array_get(v, i);
 		json_int_t id = json_integer_value(x);
-		if (!json_is_integer(x) || id < 0 || id > INT32_MAX ||
-		    !circ_bpe_token_bytes(b, (int32_t)id, &l))
+		char what[64];
+		if (!json_is_integer(x) || id < 0 || id > INT32_MAX)
+			LINE_FAIL("field '%s': item %zu is not a token id", key, i);
+		snprintf(what, sizeof what, "field '%s': item %zu", key, i);
+		check_size(what, id);
+		if (b && !circ_bpe_token_bytes(b, (int32_t)id, &l))
 			LINE_FAIL("field '%s': item %zu is not a token id of this vocabulary", key,
 				  i);
 		circ_ids_push(out, (int32_t)id);
@@ -342,9 +405,10 @@ static void get_ids(json_t *ex, const char *key, const circ_bpe *b, circ_ids *ou
 }
 
 /* An answer field: a string or an array of strings, each one token. */
-static void get_answers(json_t *ex, const char *key, circ_bpe *b, circ_ids *out)
+static void get_answers(json_t *ex, const char *key, circ_ids *out)
 {
 	json_t *v = json_object_get(ex, key);
+	circ_bpe *b = need_tokenizer(key);
 	size_t n = json_is_array(v) ? json_array_size(v) : 1;
 	for (size_t i = 0; i < n; i++) {
 		json_t *s = json_is_array(v) ? json_array_get(v, i) : v;
@@ -364,20 +428,28 @@ static void get_answers(json_t *ex, const char *key, circ_bpe *b, circ_ids *out)
 			LINE_FAIL("%s '%s' is %zu tokens ([%s]), not 1", key, json_string_value(s),
 				  ids.n, list);
 		}
+		char what[64];
+		snprintf(what, sizeof what, "field '%s'", key);
+		check_size(what, ids.v[0]);
 		circ_ids_push(out, ids.v[0]);
 		circ_ids_free(&ids);
 	}
 }
 
-static void encode_prompt(json_t *ex, const char *key, circ_bpe *b, circ_ids *out)
+static void encode_prompt(json_t *ex, const char *key, circ_ids *out)
 {
 	json_t *v = json_object_get(ex, key);
 	circ_error e;
+	size_t from = out->n;
 	if (!json_is_string(v))
 		LINE_FAIL("field '%s' must be a string", key);
-	if (circ_bpe_encode(b, json_string_value(v), json_string_length(v),
+	if (circ_bpe_encode(need_tokenizer(key), json_string_value(v), json_string_length(v),
 			    o.special ? CIRC_BPE_SPECIAL : 0, out, &e) < 0)
 		LINE_FAIL("field '%s': %s", key, e.msg);
+	char what[64];
+	snprintf(what, sizeof what, "field '%s'", key);
+	for (size_t i = from; i < out->n; i++)
+		check_size(what, out->v[i]);
 }
 
 /* Agrees a per-line string field (task, metric) with the value so far. */
@@ -402,9 +474,9 @@ static void agree(json_t *ex, const char *key, const char *opt, const char **val
 
 /* Parses and tokenises one dataset line. Returns 0, or 1 when the pair is
  * misaligned and --skip-misaligned is on. */
-static int parse_example(json_t *ex, circ_bpe *b, const char *metric, example *x)
+static int parse_example(json_t *ex, const char *metric, example *x)
 {
-	int32_t bos = circ_bpe_eot(b);
+	int32_t bos = tok ? circ_bpe_eot(tok) : -1;
 	if (json_object_get(ex, "clean_ids") || json_object_get(ex, "corrupt_ids")) {
 		if (!json_object_get(ex, "clean_ids"))
 			LINE_FAIL("missing field 'clean_ids'");
@@ -414,8 +486,8 @@ static int parse_example(json_t *ex, circ_bpe *b, const char *metric, example *x
 			circ_ids_push(&x->clean, bos);
 			circ_ids_push(&x->corrupt, bos);
 		}
-		get_ids(ex, "clean_ids", b, &x->clean, 0);
-		get_ids(ex, "corrupt_ids", b, &x->corrupt, 0);
+		get_ids(ex, "clean_ids", tok, &x->clean, 0);
+		get_ids(ex, "corrupt_ids", tok, &x->corrupt, 0);
 	} else {
 		if (!json_object_get(ex, "clean"))
 			LINE_FAIL("missing field 'clean'");
@@ -425,8 +497,8 @@ static int parse_example(json_t *ex, circ_bpe *b, const char *metric, example *x
 			circ_ids_push(&x->clean, bos);
 			circ_ids_push(&x->corrupt, bos);
 		}
-		encode_prompt(ex, "clean", b, &x->clean);
-		encode_prompt(ex, "corrupt", b, &x->corrupt);
+		encode_prompt(ex, "clean", &x->clean);
+		encode_prompt(ex, "corrupt", &x->corrupt);
 	}
 	if (x->clean.n == (size_t)o.bos)
 		LINE_FAIL("clean prompt is empty");
@@ -440,15 +512,15 @@ static int parse_example(json_t *ex, circ_bpe *b, const char *metric, example *x
 	int need_answer = strcmp(metric, "kl") != 0;
 	int need_wrong = !strcmp(metric, "logit_diff") || !strcmp(metric, "prob_diff");
 	if (json_object_get(ex, "answer_ids"))
-		get_ids(ex, "answer_ids", b, &x->answer, 1);
+		get_ids(ex, "answer_ids", tok, &x->answer, 1);
 	else if (json_object_get(ex, "answer"))
-		get_answers(ex, "answer", b, &x->answer);
+		get_answers(ex, "answer", &x->answer);
 	else if (need_answer)
 		LINE_FAIL("missing field 'answer'");
 	if (json_object_get(ex, "wrong_ids"))
-		get_ids(ex, "wrong_ids", b, &x->wrong, 1);
+		get_ids(ex, "wrong_ids", tok, &x->wrong, 1);
 	else if (json_object_get(ex, "wrong"))
-		get_answers(ex, "wrong", b, &x->wrong);
+		get_answers(ex, "wrong", &x->wrong);
 	else if (need_wrong)
 		LINE_FAIL("missing field 'wrong' (metric %s needs wrong answers)", metric);
 	if (need_answer && !x->answer.n)
@@ -458,16 +530,27 @@ static int parse_example(json_t *ex, circ_bpe *b, const char *metric, example *x
 	if (!pos) {
 		circ_ids_push(&x->pos, (int32_t)x->clean.n - 1);
 	} else {
+		/* positions as the dataset counts them: 0..last, before --prepend-bos */
+		size_t last = x->clean.n - 1 - (size_t)o.bos;
+		if (!json_is_integer(pos) && !json_is_array(pos))
+			LINE_FAIL("field 'pos' must be an integer or an array of integers");
 		x->pos_list = json_is_array(pos);
 		size_t n = x->pos_list ? json_array_size(pos) : 1;
 		for (size_t i = 0; i < n; i++) {
 			json_t *p = x->pos_list ? json_array_get(pos, i) : pos;
-			json_int_t v = json_integer_value(p) + o.bos;
-			if (!json_is_integer(p) || v < o.bos || v >= (json_int_t)x->clean.n)
-				LINE_FAIL("field 'pos': %s is not a position in 0..%zu",
-					  json_is_integer(p) ? "value" : "item",
-					  x->clean.n - 1 - (size_t)o.bos);
-			circ_ids_push(&x->pos, (int32_t)v);
+			char what[64] = "field 'pos'";
+			if (x->pos_list)
+				snprintf(what, sizeof what, "field 'pos': item %zu", i);
+			if (!json_is_integer(p))
+				LINE_FAIL("%s is not an integer", what);
+			json_int_t v = json_integer_value(p);
+			if (v < 0)
+				LINE_FAIL("%s: %lld is negative (positions count from 0: 0..%zu)",
+					  what, (long long)v, last);
+			if ((uint64_t)v > last)
+				LINE_FAIL("%s: %lld is not a position in 0..%zu", what,
+					  (long long)v, last);
+			circ_ids_push(&x->pos, (int32_t)v + o.bos);
 		}
 		if (!n)
 			LINE_FAIL("field 'pos' is empty");
@@ -490,8 +573,7 @@ static void pack_ids(msgpack_packer *pk, const char *key, const circ_ids *ids)
 		msgpack_pack_int32(pk, ids->v[i]);
 }
 
-static void dataset_mode(circ_bpe *b, FILE *in, const char *name, circ_cli *cli, int argc,
-			 char **argv)
+static void dataset_mode(FILE *in, const char *name, circ_cli *cli, int argc, char **argv)
 {
 	size_t len;
 	char *data = slurp(in, name, &len), digest[72];
@@ -506,8 +588,19 @@ static void dataset_mode(circ_bpe *b, FILE *in, const char *name, circ_cli *cli,
 	size_t nex = 0, cap = 0, skipped = 0;
 	int uniform = 1;
 	ds_name = name;
-	if (o.bos && circ_bpe_eot(b) < 0)
-		circ_dief("'%s': --prepend-bos: the vocabulary has no <|endoftext|>", o.vocab_dir);
+	if (o.bos) {
+		circ_error e;
+		if (!tok && !(tok = circ_bpe_load_dir(o.model_dir, &e)))
+			circ_die(&e);
+		if (circ_bpe_eot(tok) < 0)
+			circ_dief("'%s': --prepend-bos: the vocabulary has no <|endoftext|>",
+				  o.vocab_dir ? o.vocab_dir : o.model_dir);
+		if (vsize && circ_bpe_eot(tok) >= vsize)
+			circ_dief(
+			    "--prepend-bos: <|endoftext|> (id %d) is not below the vocab size "
+			    "%lld (%s)",
+			    (int)circ_bpe_eot(tok), (long long)vsize, vsize_src);
+	}
 
 	/* First pass over the lines: task and metric must agree. */
 	char *p = data, *end = data + len;
@@ -555,7 +648,7 @@ static void dataset_mode(circ_bpe *b, FILE *in, const char *name, circ_cli *cli,
 		example x = {0};
 		ds_line = lineno[i];
 		x.line = lineno[i] - 1;
-		if (parse_example(lines[i], b, metric, &x)) {
+		if (parse_example(lines[i], metric, &x)) {
 			skipped++;
 			free_example(&x);
 		} else {
@@ -580,15 +673,21 @@ static void dataset_mode(circ_bpe *b, FILE *in, const char *name, circ_cli *cli,
 	if (!w)
 		circ_die(&e);
 	msgpack_packer *pk;
-	circ_writer_header(w, "tokens", argc, argv, NULL, 0, uniform && nex ? 9 : 8);
+	/* The vocabulary's digest when there is one; its size when some option
+	 * or the tokenizer says it (ids alone say nothing of the model's). */
+	int64_t stamp = vsize ? vsize : tok ? circ_bpe_vocab_size(tok) : 0;
+	circ_writer_header(w, "tokens", argc, argv, NULL, 0,
+			   6 + (tok != NULL) + (stamp > 0) + (uniform && nex));
 	pk = circ_writer_packer(w);
 	circ_pack_kv_str(pk, "task", task);
 	circ_pack_kv_str(pk, "metric", metric);
-	circ_pack_kv_str(pk, "vocab_digest", circ_bpe_digest(b));
+	if (tok)
+		circ_pack_kv_str(pk, "vocab_digest", circ_bpe_digest(tok));
 	circ_pack_kv_str(pk, "dataset_digest", digest);
 	circ_pack_kv_i64(pk, "n_examples", (int64_t)nex);
 	circ_pack_kv_i64(pk, "n_skipped", (int64_t)skipped);
-	circ_pack_kv_i64(pk, "vocab_size", circ_bpe_vocab_size(b));
+	if (stamp)
+		circ_pack_kv_i64(pk, "vocab_size", stamp);
 	circ_pack_str(pk, "prepend_bos");
 	if (o.bos)
 		msgpack_pack_true(pk);
@@ -632,49 +731,110 @@ fail:
 	circ_die(&e);
 }
 
+/* 1 if dir holds tokenizer files (what circ_bpe_load_dir looks for). */
+static int has_tokenizer(const char *dir)
+{
+	static const char *files[] = {"vocab.json", "merges.txt", "tokenizer.json"};
+	char path[4200];
+	struct stat st;
+	for (int i = 0; i < 3; i++) {
+		snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+		if (stat(path, &st) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* The vocabulary size ids are checked against: --vocab-size, else the
+ * model directory's config.json (they must agree when both are given). */
+static void find_vocab_size(void)
+{
+	char path[4200];
+	struct stat st;
+	circ_config c;
+	circ_error e;
+	if (o.model_dir) {
+		snprintf(path, sizeof path, "%s/config.json", o.model_dir);
+		if (stat(path, &st) == 0) {
+			if (circ_config_load(path, &c, &e) < 0)
+				circ_die(&e);
+			if (o.vocab_size && o.vocab_size != c.vocab_size)
+				circ_usage_error("option '--vocab-size': %lld differs from "
+						 "vocab_size %d in '%s'",
+						 (long long)o.vocab_size, c.vocab_size, path);
+			vsize = c.vocab_size;
+			snprintf(vsize_src, sizeof vsize_src, "'%s'", path);
+		}
+	}
+	if (o.vocab_size) {
+		vsize = o.vocab_size;
+		snprintf(vsize_src, sizeof vsize_src, "--vocab-size");
+	}
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {
-	    "--vocab-dir DIR [options] [file]",
+	    "[--vocab-dir DIR | --model-dir DIR] [options] [file]",
 	    "Tokenize a dataset of prompt pairs (or plain text) with GPT-2 byte-level BPE.", opts,
 	    1};
+	circ_writer_opts wdef;
 	circ_error e;
 	const char *name;
 	int i;
 
 	circ_init("circ-tokenize");
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	circ_writer_opts_default(&wdef);
 	if (argc - i > 1)
 		circ_usage_error("expected at most one input file, got %d", argc - i);
-	if (!o.vocab_dir)
+	if (o.text && o.decode)
+		circ_usage_error("--text and --decode cannot be combined (one mode at a time)");
+	if ((o.text || o.decode) && !o.vocab_dir && !o.model_dir)
 		circ_usage_error(
 		    "no vocabulary: give --vocab-dir DIR (e.g. fixtures/gpt2-tokenizer)");
+	if (o.decode && o.special)
+		circ_usage_error("--special applies to text (--text and dataset mode), not to "
+				 "--decode");
 	if ((o.text || o.decode) && o.dataset_only)
-		circ_usage_error("--prepend-bos, --task, --metric and --skip-misaligned apply to "
-				 "dataset mode only");
+		circ_usage_error("--prepend-bos, --task, --metric, --vocab-size and "
+				 "--skip-misaligned apply to dataset mode only");
 	if ((o.text || o.decode) && strcmp(cli.output, "-"))
 		circ_usage_error("--output applies to dataset mode only (redirect stdout instead)");
+	if ((o.text || o.decode) &&
+	    (cli.wopts.compress != wdef.compress || cli.wopts.level != wdef.level ||
+	     cli.wopts.force != wdef.force))
+		circ_usage_error(
+		    "--no-compress, --compress-level and --force apply to dataset mode "
+		    "only (text and decode modes write text)");
+	if (o.bos && !o.vocab_dir && !o.model_dir)
+		circ_usage_error("--prepend-bos needs the tokenizer's <|endoftext|>: give "
+				 "--vocab-dir DIR");
 	if (o.metric && !valid_metric(o.metric))
 		circ_usage_error(
 		    "option '--metric': '%s' is not logit_diff, prob_diff, logprob or kl",
 		    o.metric);
-	circ_bpe *b = circ_bpe_load_dir(o.vocab_dir, &e);
-	if (!b)
+	/* A tokenizer named is loaded now, so a bad one fails before any input
+	 * is read; dataset mode with ids alone needs none. */
+	const char *dir = o.vocab_dir ? o.vocab_dir : o.model_dir;
+	if (dir && (o.vocab_dir || o.text || o.decode || has_tokenizer(dir)) &&
+	    !(tok = circ_bpe_load_dir(dir, &e)))
 		circ_die(&e);
 	FILE *in = open_input(i < argc ? argv[i] : "-", &name);
 	if (o.text || o.decode) {
 		static char obuf[1 << 16];
 		setvbuf(stdout, obuf, _IOFBF, sizeof obuf);
 		if (o.decode)
-			decode_mode(b, in, name, cli.wopts.json);
+			decode_mode(tok, in, name, cli.wopts.json);
 		else
-			text_mode(b, in, name, cli.wopts.json);
+			text_mode(tok, in, name, cli.wopts.json);
 		close_stdout();
 	} else {
-		dataset_mode(b, in, name, &cli, argc, argv);
+		find_vocab_size();
+		dataset_mode(in, name, &cli, argc, argv);
 	}
 	if (in != stdin)
 		fclose(in);
-	circ_bpe_free(b);
+	circ_bpe_free(tok);
 	return 0;
 }

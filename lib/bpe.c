@@ -9,9 +9,10 @@
  *
  * Encoding a piece: ids start as the byte tokens; pieces of up to
  * SCAN_MAX bytes merge by a linear scan over a rank array (the rank of the
- * pair at i and i+1), which is fastest for words; longer pieces use a
- * linked list and a binary heap of (rank, position) with lazy deletion, so
- * a megabyte without a space costs O(n log n), not O(n^2).
+ * pair at i and i+1), which is fastest for words; longer pieces merge in
+ * place over byte positions with a tournament tree over blocks of ranks
+ * (merge_long), so a megabyte without a space costs O(n log n), not
+ * O(n^2), and about 9 bytes of memory per byte of the piece.
  *
  * The cache maps a piece's bytes to its ids: open addressing over 64-bit
  * hashes, keys and ids in two arenas. When it is half full (or an arena
@@ -23,19 +24,28 @@
  * U+10FFFF) and classified with utf8proc_category. Invalid bytes are
  * single "other" characters. The scanner reports "need more input" when a
  * decision depends on bytes past the buffer, which is what lets the
- * streaming encoder cut its input anywhere.
+ * streaming encoder cut its input anywhere; it says how far it got, so a
+ * long piece arriving in chunks is scanned once, not once per chunk.
+ *
+ * Loading trusts no size in the files: ids are bounded by the number of
+ * tokens named (id_limit) before the table indexed by id is allocated, and
+ * added tokens are sized and deduplicated in linear or n log n time.
  */
 #include "bpe.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #define SCAN_MAX      64	/* pieces up to this many bytes merge by scanning */
+#define SCRATCH_KEEP  (1 << 16) /* merge scratch kept between pieces up to this */
+#define PIECE_MAX     INT32_MAX /* longest piece (positions are int32) */
 #define CACHE_KEY_MAX 256	/* longer pieces are not cached */
 #define CACHE_DEFAULT (1 << 16) /* slots; at most half are used */
 #define NO_RANK	      INT32_MAX
@@ -45,6 +55,7 @@ typedef struct special {
 	char *text;
 	size_t len;
 	int32_t id;
+	int order; /* the order added: the first of a repeated text wins */
 } special;
 
 typedef struct cache_slot {
@@ -57,6 +68,7 @@ struct circ_bpe {
 	int64_t *tok_off; /* (n_ids) offset into tok_bytes */
 	int32_t *tok_len; /* (n_ids) byte length, -1 for an unused id */
 	unsigned char *tok_bytes;
+	size_t tok_used;      /* bytes of tok_bytes in use */
 	int32_t byte_id[256]; /* id of each single-byte token, -1 if absent */
 	int32_t n_merges;
 	size_t pair_mask;   /* pair table has pair_mask + 1 slots */
@@ -65,6 +77,15 @@ struct circ_bpe {
 	int32_t *pair_id;
 	special *specials;
 	int n_specials;
+	size_t specials_cap;
+	size_t special_max; /* longest special's length */
+	/* The specials as a trie, so finding them costs the same however many
+	 * there are: edges in an open-addressing table keyed node << 8 | byte. */
+	unsigned char special_first[256]; /* 1 for a byte some special starts with */
+	uint64_t *trie_key;		  /* EMPTY_KEY if free */
+	int32_t *trie_next;
+	int32_t *trie_term; /* (nodes) the special ending at a node, or -1 */
+	size_t trie_mask;
 	int32_t eot;
 	char digest[72];
 	/* piece cache */
@@ -75,14 +96,11 @@ struct circ_bpe {
 	int32_t *cids;
 	size_t cids_len, cids_cap;
 	/* scratch for merging */
-	int32_t *sym, *rank, *nxt, *prv;
+	int32_t *sym, *rank; /* (piece bytes) */
 	size_t scratch_cap;
-	struct heap_ent *heap;
-	size_t heap_cap;
-};
-
-struct heap_ent {
-	int32_t rank, pos, left, right;
+	uint64_t
+	    *tree; /* (2 * leaves) least (rank, position) key of each block, and of pairs of them */
+	size_t tree_cap;
 };
 
 /* ---------------------------------------------------------------- ids */
@@ -94,6 +112,18 @@ void circ_ids_push(circ_ids *a, int32_t id)
 		a->v = circ_xrealloc(a->v, a->cap * sizeof *a->v);
 	}
 	a->v[a->n++] = id;
+}
+
+/* Room for k more ids. */
+static void ids_reserve(circ_ids *a, size_t k)
+{
+	if (a->cap - a->n >= k)
+		return;
+	size_t cap = a->cap ? a->cap : 64;
+	while (cap - a->n < k)
+		cap *= 2;
+	a->v = circ_xrealloc(a->v, cap * sizeof *a->v);
+	a->cap = cap;
 }
 
 void circ_ids_free(circ_ids *a)
@@ -226,27 +256,50 @@ static circ_bpe *bpe_alloc(void)
 	return b;
 }
 
+/* Ids must be below this. The token table is indexed by id and allocated
+ * before anything else is checked, so a few bytes of JSON must not be able
+ * to ask for gigabytes. Real vocabularies are dense (GPT-2's ids are
+ * 0..50256); twice the tokens named plus 1024 leaves room for holes and
+ * keeps the table proportional to the file. */
+static int64_t id_limit(size_t named)
+{
+	return 2 * (int64_t)named + 1024;
+}
+
+/* A token's text for messages: at most 60 bytes of it. */
+#define TOKEN_FMT	"'%.*s%s'"
+#define TOKEN_ARG(s, n) (int)((n) < 60 ? (n) : 60), (s), (n) > 60 ? "..." : ""
+
 /* Fills the token table from a JSON object {token string: id}. Tokens that
  * are not byte-level (only possible among added tokens) keep their UTF-8
- * bytes. extra_max is the largest id among added tokens (or -1). */
-static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, const char *name,
-		      circ_error *e)
+ * bytes. extra_max is the largest id among the n_added added tokens (or
+ * -1). */
+static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, size_t n_added,
+		      const char *name, circ_error *e)
 {
 	const char *key;
 	json_t *val;
-	int64_t max_id = extra_max;
+	int64_t max_id = extra_max, limit = id_limit(json_object_size(vocab) + n_added);
 	size_t total = 0;
 
 	json_object_foreach(vocab, key, val)
 	{
 		json_int_t id;
-		if (!json_is_integer(val) || (id = json_integer_value(val)) < 0 ||
-		    id > INT32_MAX - 1)
-			return circ_errorf(e, "'%s': token '%s': id must be a non-negative integer",
-					   name, key);
+		size_t klen = json_object_iter_key_len(json_object_key_to_iter(key));
+		if (!json_is_integer(val) || (id = json_integer_value(val)) < 0)
+			return circ_errorf(
+			    e, "'%s': token " TOKEN_FMT ": id must be a non-negative integer", name,
+			    TOKEN_ARG(key, klen));
+		if (id >= limit)
+			return circ_errorf(e,
+					   "'%s': token " TOKEN_FMT
+					   ": id %lld is far beyond the %zu "
+					   "tokens given (ids must be below %lld)",
+					   name, TOKEN_ARG(key, klen), (long long)id,
+					   json_object_size(vocab) + n_added, (long long)limit);
 		if (id > max_id)
 			max_id = id;
-		total += strlen(key);
+		total += klen;
 	}
 	if (max_id < 0)
 		return circ_errorf(e, "'%s': empty vocabulary", name);
@@ -274,6 +327,7 @@ static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, const char 
 		b->tok_len[id] = (int32_t)n;
 		off += (size_t)n;
 	}
+	b->tok_used = off;
 	return 0;
 }
 
@@ -337,24 +391,105 @@ static int add_merge(circ_bpe *b, json_t *vocab, const char *l, size_t ln, const
 	return 0;
 }
 
-static void add_special(circ_bpe *b, const char *text, int32_t id)
+/* Adds a special token; duplicates are dropped by specials_done. */
+static void add_special(circ_bpe *b, const char *text, size_t len, int32_t id)
 {
-	for (int i = 0; i < b->n_specials; i++)
-		if (!strcmp(b->specials[i].text, text))
-			return;
-	b->specials = circ_xrealloc(b->specials, (size_t)(b->n_specials + 1) * sizeof *b->specials);
-	b->specials[b->n_specials].text = circ_xstrdup(text);
-	b->specials[b->n_specials].len = strlen(text);
-	b->specials[b->n_specials].id = id;
-	b->n_specials++;
-	if (!strcmp(text, "<|endoftext|>"))
-		b->eot = id;
+	if ((size_t)b->n_specials == b->specials_cap) {
+		b->specials_cap = b->specials_cap ? 2 * b->specials_cap : 16;
+		b->specials = circ_xrealloc(b->specials, b->specials_cap * sizeof *b->specials);
+	}
+	special *sp = &b->specials[b->n_specials];
+	sp->text = circ_xmalloc(len + 1);
+	memcpy(sp->text, text, len);
+	sp->text[len] = 0;
+	sp->len = len;
+	sp->id = id;
+	sp->order = b->n_specials++;
+}
+
+static int special_cmp(const void *x, const void *y)
+{
+	const special *a = x, *c = y;
+	if (a->len != c->len)
+		return a->len < c->len ? -1 : 1;
+	int d = memcmp(a->text, c->text, a->len);
+	return d ? d : a->order < c->order ? -1 : a->order > c->order;
+}
+
+/* Sorts the specials and keeps the first of each text (n log n: a file
+ * with many added tokens must not load in quadratic time); finds the
+ * longest and <|endoftext|>. */
+static void specials_done(circ_bpe *b)
+{
+	int k = 0;
+	if (!b->n_specials)
+		return;
+	qsort(b->specials, (size_t)b->n_specials, sizeof *b->specials, special_cmp);
+	for (int i = 0; i < b->n_specials; i++) {
+		special *sp = &b->specials[i];
+		if (k && sp->len == b->specials[k - 1].len &&
+		    !memcmp(sp->text, b->specials[k - 1].text, sp->len)) {
+			free(sp->text);
+			continue;
+		}
+		b->specials[k++] = *sp;
+		if (sp->len > b->special_max)
+			b->special_max = sp->len;
+		if (!strcmp(sp->text, "<|endoftext|>"))
+			b->eot = sp->id;
+	}
+	b->n_specials = k;
+	/* the trie: at most one node per byte of the specials, plus the root */
+	size_t bytes = 0, cap = 16;
+	for (int i = 0; i < k; i++)
+		bytes += b->specials[i].len;
+	while (cap < 2 * bytes + 2)
+		cap *= 2;
+	b->trie_mask = cap - 1;
+	b->trie_key = circ_xmalloc(cap * sizeof *b->trie_key);
+	b->trie_next = circ_xmalloc(cap * sizeof *b->trie_next);
+	b->trie_term = circ_xmalloc((bytes + 1) * sizeof *b->trie_term);
+	for (size_t i = 0; i < cap; i++)
+		b->trie_key[i] = EMPTY_KEY;
+	b->trie_term[0] = -1;
+	int32_t nodes = 1;
+	for (int i = 0; i < k; i++) {
+		const special *sp = &b->specials[i];
+		int32_t node = 0;
+		b->special_first[(unsigned char)sp->text[0]] = 1;
+		for (size_t j = 0; j < sp->len; j++) {
+			uint64_t key = (uint64_t)node << 8 | (unsigned char)sp->text[j];
+			size_t h = (size_t)mix64(key) & b->trie_mask;
+			while (b->trie_key[h] != EMPTY_KEY && b->trie_key[h] != key)
+				h = (h + 1) & b->trie_mask;
+			if (b->trie_key[h] == EMPTY_KEY) {
+				b->trie_key[h] = key;
+				b->trie_next[h] = nodes;
+				b->trie_term[nodes++] = -1;
+			}
+			node = b->trie_next[h];
+		}
+		b->trie_term[node] = i;
+	}
+}
+
+/* The trie node after node on byte c, or -1. */
+static inline int32_t trie_step(const circ_bpe *b, int32_t node, unsigned char c)
+{
+	uint64_t key = (uint64_t)node << 8 | c;
+	size_t h = (size_t)mix64(key) & b->trie_mask;
+	while (b->trie_key[h] != EMPTY_KEY) {
+		if (b->trie_key[h] == key)
+			return b->trie_next[h];
+		h = (h + 1) & b->trie_mask;
+	}
+	return -1;
 }
 
 static json_t *parse_json(const char *buf, size_t len, const char *name, circ_error *e)
 {
 	json_error_t je;
-	json_t *j = json_loadb(buf, len, JSON_ALLOW_NUL, &je);
+	json_t *j = json_loadb(buf, len, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &je);
 	if (!j)
 		circ_errorf(e, "'%s': line %d: invalid JSON: %s", name, je.line, je.text);
 	return j;
@@ -376,7 +511,7 @@ circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, ci
 		circ_errorf(e, "'%s': expected a JSON object of token -> id", vocab_json);
 		goto fail;
 	}
-	if (load_vocab(b, vocab, -1, vocab_json, e) < 0)
+	if (load_vocab(b, vocab, -1, 0, vocab_json, e) < 0)
 		goto fail;
 
 	/* merges.txt: an optional "#version" line, then "left right" lines. */
@@ -408,7 +543,8 @@ circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, ci
 	}
 	json_t *eot = json_object_get(vocab, "<|endoftext|>");
 	if (eot)
-		add_special(b, "<|endoftext|>", (int32_t)json_integer_value(eot));
+		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot));
+	specials_done(b);
 	circ_sha256_init(&sha);
 	circ_sha256_update(&sha, vbuf, vlen);
 	circ_sha256_update(&sha, mbuf, mlen);
@@ -462,9 +598,10 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 	merges = json_object_get(model, "merges");
 	added = json_object_get(root, "added_tokens");
 	pt = json_object_get(root, "pre_tokenizer");
-	const char *type = json_string_value(json_object_get(model, "type"));
-	if (!json_is_object(model) || (type && strcmp(type, "BPE")) || !json_is_object(vocab) ||
-	    !json_is_array(merges)) {
+	json_t *jtype = json_object_get(model, "type");
+	const char *type = json_string_value(jtype);
+	if (!json_is_object(model) || (jtype && (!type || strcmp(type, "BPE"))) ||
+	    !json_is_object(vocab) || !json_is_array(merges)) {
 		circ_errorf(
 		    e,
 		    "'%s': not a BPE tokenizer (expected model.type \"BPE\" with vocab and merges)",
@@ -481,12 +618,33 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		    path);
 		goto fail;
 	}
+	if (added && !json_is_array(added)) {
+		circ_errorf(e, "'%s': added_tokens must be an array", path);
+		goto fail;
+	}
+	int64_t limit = id_limit(json_object_size(vocab) + json_array_size(added));
 	for (size_t i = 0; i < json_array_size(added); i++) {
-		json_t *t = json_array_get(added, i), *id = json_object_get(t, "id");
-		if (!json_is_integer(id) || json_integer_value(id) < 0 ||
-		    json_integer_value(id) > INT32_MAX - 1 ||
-		    !json_is_string(json_object_get(t, "content"))) {
+		json_t *t = json_array_get(added, i), *id = json_object_get(t, "id"),
+		       *text = json_object_get(t, "content");
+		if (!json_is_integer(id) || json_integer_value(id) < 0 || !json_is_string(text)) {
 			circ_errorf(e, "'%s': added_tokens[%zu]: expected \"id\" and \"content\"",
+				    path, i);
+			goto fail;
+		}
+		if (json_integer_value(id) >= limit) {
+			circ_errorf(e,
+				    "'%s': added_tokens[%zu]: id %lld is far beyond the %zu tokens "
+				    "given (ids must be below %lld)",
+				    path, i, (long long)json_integer_value(id),
+				    json_object_size(vocab) + json_array_size(added),
+				    (long long)limit);
+			goto fail;
+		}
+		if (!json_string_length(text) ||
+		    strlen(json_string_value(text)) != json_string_length(text)) {
+			circ_errorf(e,
+				    "'%s': added_tokens[%zu]: content must be a non-empty string "
+				    "without NUL",
 				    path, i);
 			goto fail;
 		}
@@ -494,7 +652,7 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 			extra_max = (int32_t)json_integer_value(id);
 	}
 	b = bpe_alloc();
-	if (load_vocab(b, vocab, extra_max, path, e) < 0)
+	if (load_vocab(b, vocab, extra_max, json_array_size(added), path, e) < 0)
 		goto fail;
 	pair_table_alloc(b, json_array_size(merges));
 	for (size_t i = 0; i < json_array_size(merges); i++) {
@@ -524,28 +682,44 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		if (add_merge(b, vocab, l, ln, r, rn, where, e) < 0)
 			goto fail;
 	}
+	/* Added tokens the vocabulary lacks: their text is their bytes. One
+	 * pass to size the arena, one to fill it (linear, however many). */
+	size_t extra = 0, used = b->tok_used;
+	int32_t *first = circ_xmalloc((size_t)b->n_ids * sizeof *first); /* added index + 1 */
+	memset(first, 0, (size_t)b->n_ids * sizeof *first);
 	for (size_t i = 0; i < json_array_size(added); i++) {
 		json_t *t = json_array_get(added, i);
 		int32_t id = (int32_t)json_integer_value(json_object_get(t, "id"));
-		const char *text = json_string_value(json_object_get(t, "content"));
-		if (b->tok_len[id] < 0) { /* only in added_tokens: its text is its bytes */
-			size_t n = strlen(text);
-			size_t used = 0;
-			for (int32_t k = 0; k < b->n_ids; k++)
-				if (b->tok_len[k] >= 0 &&
-				    (size_t)(b->tok_off[k] + b->tok_len[k]) > used)
-					used = (size_t)(b->tok_off[k] + b->tok_len[k]);
-			b->tok_bytes = circ_xrealloc(b->tok_bytes, used + n + 1);
-			memcpy(b->tok_bytes + used, text, n);
+		if (first[id]) {
+			circ_errorf(e, "'%s': added_tokens[%zu]: id %d is also added_tokens[%d]",
+				    path, i, (int)id, (int)first[id] - 1);
+			free(first);
+			goto fail;
+		}
+		first[id] = (int32_t)i + 1;
+		if (b->tok_len[id] < 0)
+			extra += json_string_length(json_object_get(t, "content"));
+	}
+	free(first);
+	b->tok_bytes = circ_xrealloc(b->tok_bytes, used + extra + 1);
+	for (size_t i = 0; i < json_array_size(added); i++) {
+		json_t *t = json_array_get(added, i), *text = json_object_get(t, "content");
+		int32_t id = (int32_t)json_integer_value(json_object_get(t, "id"));
+		size_t n = json_string_length(text);
+		if (b->tok_len[id] < 0) {
+			memcpy(b->tok_bytes + used, json_string_value(text), n);
 			b->tok_off[id] = (int64_t)used;
 			b->tok_len[id] = (int32_t)n;
+			used += n;
 		}
 		if (json_is_true(json_object_get(t, "special")))
-			add_special(b, text, id);
+			add_special(b, json_string_value(text), n, id);
 	}
+	b->tok_used = used;
 	json_t *eot = json_object_get(vocab, "<|endoftext|>");
 	if (eot)
-		add_special(b, "<|endoftext|>", (int32_t)json_integer_value(eot));
+		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot));
+	specials_done(b);
 	circ_sha256_init(&sha);
 	circ_sha256_update(&sha, buf, len);
 	circ_sha256_final_hex(&sha, b->digest);
@@ -603,14 +777,15 @@ void circ_bpe_free(circ_bpe *b)
 	for (int i = 0; i < b->n_specials; i++)
 		free(b->specials[i].text);
 	free(b->specials);
+	free(b->trie_key);
+	free(b->trie_next);
+	free(b->trie_term);
 	free(b->cache);
 	free(b->ckeys);
 	free(b->cids);
 	free(b->sym);
 	free(b->rank);
-	free(b->nxt);
-	free(b->prv);
-	free(b->heap);
+	free(b->tree);
 	free(b);
 }
 
@@ -717,8 +892,6 @@ static void scratch_reserve(circ_bpe *b, size_t n)
 		cap *= 2;
 	b->sym = circ_xrealloc(b->sym, cap * sizeof *b->sym);
 	b->rank = circ_xrealloc(b->rank, cap * sizeof *b->rank);
-	b->nxt = circ_xrealloc(b->nxt, cap * sizeof *b->nxt);
-	b->prv = circ_xrealloc(b->prv, cap * sizeof *b->prv);
 	b->scratch_cap = cap;
 }
 
@@ -751,90 +924,103 @@ static size_t merge_scan(const circ_bpe *b, int32_t *sym, int32_t *rank, size_t 
 	return n;
 }
 
-static inline int heap_less(const struct heap_ent *x, const struct heap_ent *y)
+/* Long pieces merge in place over byte positions. sym[i] is the id of the
+ * token that starts at byte i, and is >= 0 only there; the last byte of a
+ * token of two or more bytes holds -(start + 1), and other bytes -1. So the
+ * right neighbour of the token at i starts at i + tok_len[sym[i]], and the
+ * left one ends at i - 1. rank[i] is the rank of the pair that starts at i
+ * (NO_RANK where none does). The next merge, the least key rank << 32 |
+ * position (lowest rank, then leftmost: the scan's and the reference's
+ * order), comes from a tournament tree over blocks of BLOCK bytes whose
+ * leaves are each block's least key. A merge changes three ranks at most,
+ * and a block is rescanned only when its least key rose. Memory: 8 bytes
+ * per byte of the piece and one key per block; time O(BLOCK + log n) per
+ * merge. Pieces are below 2^31 bytes (checked by the caller). */
+#define BLOCK 64
+
+static inline uint64_t merge_key(int32_t rank, size_t pos)
 {
-	return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
+	return (uint64_t)(uint32_t)rank << 32 | (uint32_t)pos;
 }
 
-static void heap_push(circ_bpe *b, size_t *n, struct heap_ent v)
+static uint64_t block_least(const int32_t *rank, size_t lo, size_t hi)
 {
-	if (*n == b->heap_cap) {
-		b->heap_cap = b->heap_cap ? b->heap_cap * 2 : 256;
-		b->heap = circ_xrealloc(b->heap, b->heap_cap * sizeof *b->heap);
-	}
-	size_t i = (*n)++;
-	while (i > 0) {
-		size_t p = (i - 1) / 2;
-		if (!heap_less(&v, &b->heap[p]))
-			break;
-		b->heap[i] = b->heap[p];
-		i = p;
-	}
-	b->heap[i] = v;
+	int32_t r = NO_RANK;
+	size_t at = lo;
+	for (size_t i = lo; i < hi; i++)
+		if (rank[i] < r)
+			r = rank[i], at = i;
+	return merge_key(r, at);
 }
 
-static struct heap_ent heap_pop(circ_bpe *b, size_t *n)
+/* Sets leaf x (an index into tree) and the minima above it. */
+static void tree_set(uint64_t *tree, size_t x, uint64_t key)
 {
-	struct heap_ent top = b->heap[0], last = b->heap[--*n];
-	size_t i = 0;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= *n)
+	tree[x] = key;
+	for (x >>= 1; x; x >>= 1) {
+		uint64_t m = tree[2 * x] < tree[2 * x + 1] ? tree[2 * x] : tree[2 * x + 1];
+		if (tree[x] == m)
 			break;
-		if (c + 1 < *n && heap_less(&b->heap[c + 1], &b->heap[c]))
-			c++;
-		if (!heap_less(&b->heap[c], &last))
-			break;
-		b->heap[i] = b->heap[c];
-		i = c;
+		tree[x] = m;
 	}
-	if (*n)
-		b->heap[i] = last;
-	return top;
 }
 
-/* Merges sym[0..n) with a heap; compacts the survivors to the front of sym
- * and returns their count. sym[i] of a dead position is -1. */
-static size_t merge_heap(circ_bpe *b, size_t n)
+static void set_rank(int32_t *rank, uint64_t *tree, size_t leaves, size_t n, size_t i, int32_t r)
 {
-	int32_t *sym = b->sym, *nxt = b->nxt, *prv = b->prv, id = -1;
-	size_t hn = 0;
-	for (size_t i = 0; i < n; i++) {
-		nxt[i] = i + 1 < n ? (int32_t)(i + 1) : -1;
-		prv[i] = (int32_t)i - 1;
+	size_t blk = i / BLOCK, x = leaves + blk;
+	uint64_t key = merge_key(r, i), cur = tree[x];
+	rank[i] = r;
+	if (key < cur)
+		tree_set(tree, x, key);
+	else if (key != cur && (uint32_t)cur == (uint32_t)i) /* the block's least rose */
+		tree_set(tree, x,
+			 block_least(rank, blk * BLOCK,
+				     blk * BLOCK + BLOCK < n ? blk * BLOCK + BLOCK : n));
+}
+
+/* Merges the byte tokens in sym[0..n); the survivors end at the front of
+ * sym. Returns their count. */
+static size_t merge_long(circ_bpe *b, size_t n)
+{
+	int32_t *sym = b->sym, *rank = b->rank, id = -1, unused;
+	size_t nb = (n + BLOCK - 1) / BLOCK, leaves = 1;
+	while (leaves < nb)
+		leaves *= 2;
+	if (2 * leaves > b->tree_cap) {
+		b->tree_cap = 2 * leaves;
+		b->tree = circ_xrealloc(b->tree, b->tree_cap * sizeof *b->tree);
 	}
-	for (size_t i = 0; i + 1 < n; i++) {
-		int32_t r = pair_lookup(b, sym[i], sym[i + 1], &id);
-		if (r != NO_RANK)
-			heap_push(b, &hn, (struct heap_ent){r, (int32_t)i, sym[i], sym[i + 1]});
-	}
-	while (hn) {
-		struct heap_ent t = heap_pop(b, &hn);
-		int32_t i = t.pos, j = nxt[i];
-		/* stale unless both symbols are still the ones this entry saw */
-		if (sym[i] != t.left || j < 0 || sym[j] != t.right)
-			continue;
-		pair_lookup(b, t.left, t.right, &id);
-		sym[i] = id;
-		sym[j] = -1;
-		nxt[i] = nxt[j];
-		if (nxt[j] >= 0)
-			prv[nxt[j]] = i;
-		if (prv[i] >= 0) {
-			int32_t r = pair_lookup(b, sym[prv[i]], sym[i], &id);
-			if (r != NO_RANK)
-				heap_push(b, &hn,
-					  (struct heap_ent){r, prv[i], sym[prv[i]], sym[i]});
-		}
-		if (nxt[i] >= 0) {
-			int32_t r = pair_lookup(b, sym[i], sym[nxt[i]], &id);
-			if (r != NO_RANK)
-				heap_push(b, &hn, (struct heap_ent){r, i, sym[i], sym[nxt[i]]});
+	uint64_t *tree = b->tree;
+	for (size_t i = 0; i < n; i++)
+		rank[i] = i + 1 < n ? pair_lookup(b, sym[i], sym[i + 1], &unused) : NO_RANK;
+	for (size_t k = 0; k < leaves; k++)
+		tree[leaves + k] =
+		    k < nb ? block_least(rank, k * BLOCK, (k + 1) * BLOCK < n ? (k + 1) * BLOCK : n)
+			   : UINT64_MAX;
+	for (size_t x = leaves - 1; x >= 1; x--)
+		tree[x] = tree[2 * x] < tree[2 * x + 1] ? tree[2 * x] : tree[2 * x + 1];
+	while ((int32_t)(tree[1] >> 32) != NO_RANK) {
+		size_t a = (uint32_t)tree[1], m = a + (size_t)b->tok_len[sym[a]],
+		       c = m + (size_t)b->tok_len[sym[m]];
+		pair_lookup(b, sym[a], sym[m], &id);
+		sym[a] = id;
+		sym[m] = -1;
+		sym[c - 1] = -(int32_t)a - 1;
+		set_rank(rank, tree, leaves, n, m, NO_RANK);
+		set_rank(rank, tree, leaves, n, a,
+			 c < n ? pair_lookup(b, id, sym[c], &unused) : NO_RANK);
+		if (a > 0) {
+			int32_t v = sym[a - 1];
+			size_t p = v >= 0 ? a - 1 : (size_t)(-(int64_t)v - 1);
+			set_rank(rank, tree, leaves, n, p, pair_lookup(b, sym[p], id, &unused));
 		}
 	}
 	size_t k = 0;
-	for (int32_t i = 0; i >= 0; i = nxt[i])
-		sym[k++] = sym[i];
+	for (size_t i = 0; i < n;) {
+		int32_t t = sym[i];
+		sym[k++] = t;
+		i += (size_t)b->tok_len[t];
+	}
 	return k;
 }
 
@@ -862,16 +1048,32 @@ static int encode_piece(circ_bpe *b, const unsigned char *p, size_t n, circ_ids 
 			return 0;
 		}
 	}
+	if (n > PIECE_MAX)
+		return circ_errorf(e, "a piece of %zu bytes without a break (at most %d)", n,
+				   PIECE_MAX);
 	scratch_reserve(b, n);
 	for (size_t i = 0; i < n; i++) {
 		if ((b->sym[i] = b->byte_id[p[i]]) < 0)
 			return missing_byte(p[i], e);
 	}
-	size_t k = n <= SCAN_MAX ? merge_scan(b, b->sym, b->rank, n) : merge_heap(b, n);
-	for (size_t i = 0; i < k; i++)
-		circ_ids_push(out, b->sym[i]);
+	size_t k = n <= SCAN_MAX ? merge_scan(b, b->sym, b->rank, n) : merge_long(b, n);
 	if (h)
 		cache_put(b, p, n, h, b->sym, k);
+	if (n > SCRATCH_KEEP) { /* a long word's scratch goes, its ranks before the ids grow */
+		free(b->rank);
+		free(b->tree);
+		b->rank = NULL;
+		b->tree = NULL;
+		b->tree_cap = 0;
+	}
+	ids_reserve(out, k);
+	memcpy(out->v + out->n, b->sym, k * sizeof *out->v);
+	out->n += k;
+	if (n > SCRATCH_KEEP) {
+		free(b->sym);
+		b->sym = NULL;
+		b->scratch_cap = 0;
+	}
 	return 0;
 }
 
@@ -964,10 +1166,15 @@ static inline int char_at(const unsigned char *s, size_t n, size_t i, int eof, i
 	return need + 1;
 }
 
-/* End of the run of class cls that starts at i. */
-static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, int eof, size_t *end)
+/* End of the run of class cls that starts at i. Returning 0 (more input
+ * needed), sets *seen to where it stopped: a character boundary up to which
+ * the run is known, so the next call, with more input, starts there. */
+static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, int eof, size_t *end,
+			  size_t *seen)
 {
 	int k, l;
+	if (*seen > i)
+		i = *seen;
 	while (i < n) {
 		if (s[i] < 0x80) { /* ASCII fast path */
 			if (ascii_class(s[i]) != cls)
@@ -975,19 +1182,27 @@ static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, i
 			i++;
 			continue;
 		}
-		if (!(l = char_at(s, n, i, eof, &k)))
+		if (!(l = char_at(s, n, i, eof, &k))) {
+			*seen = i;
 			return 0;
+		}
 		if (k != cls)
 			break;
 		i += (size_t)l;
 	}
-	if (i >= n && !eof)
+	if (i >= n && !eof) {
+		*seen = i;
 		return 0;
+	}
 	*end = i;
 	return 1;
 }
 
-int circ_bpe_pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size_t *end)
+/* circ_bpe_pretok_next, resumable: *seen (0 the first time) is where the
+ * last call on the same piece start stopped for want of input. Without it
+ * a long word fed in chunks would be rescanned from its start each time. */
+static int pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size_t *end,
+		       size_t *seen)
 {
 	int cls, l;
 	unsigned char c = s[i];
@@ -1012,7 +1227,7 @@ int circ_bpe_pretok_next(const unsigned char *s, size_t n, size_t i, int eof, si
 				}
 			}
 		}
-		return run_end(s, n, i, C_O, eof, end);
+		return run_end(s, n, i, C_O, eof, end, seen);
 	}
 	if (c == ' ') { /* " ?" before a letter, number or other run */
 		if (i + 1 >= n) {
@@ -1024,32 +1239,48 @@ int circ_bpe_pretok_next(const unsigned char *s, size_t n, size_t i, int eof, si
 		if (!(l = char_at(s, n, i + 1, eof, &cls)))
 			return 0;
 		if (cls != C_S)
-			return run_end(s, n, i + 1, cls, eof, end);
+			return run_end(s, n, i + 1, cls, eof, end, seen);
 	} else {
 		if (!(l = char_at(s, n, i, eof, &cls)))
 			return 0;
 		if (cls != C_S)
-			return run_end(s, n, i, cls, eof, end);
+			return run_end(s, n, i, cls, eof, end, seen);
 	}
 	/* Whitespace: \s+(?!\S) keeps the last space for the next piece when a
 	 * non-space follows a run of two or more; \s+ takes a lone one. */
 	size_t j = i, last = i;
+	if (*seen > i) { /* [i, *seen) are spaces: last is the one before *seen */
+		last = *seen - 1;
+		while (last > i && (s[last] & 0xC0) == 0x80)
+			last--;
+		j = *seen;
+	}
 	while (j < n) {
-		if (!(l = char_at(s, n, j, eof, &cls)))
+		if (!(l = char_at(s, n, j, eof, &cls))) {
+			*seen = j;
 			return 0;
+		}
 		if (cls != C_S)
 			break;
 		last = j;
 		j += (size_t)l;
 	}
 	if (j >= n) {
-		if (!eof)
+		if (!eof) {
+			*seen = j;
 			return 0;
+		}
 		*end = n;
 		return 1;
 	}
 	*end = last > i ? last : j;
 	return 1;
+}
+
+int circ_bpe_pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size_t *end)
+{
+	size_t seen = 0;
+	return pretok_next(s, n, i, eof, end, &seen);
 }
 
 /* ------------------------------------------------------------ encoding */
@@ -1059,6 +1290,8 @@ struct circ_bpe_stream {
 	int flags;
 	unsigned char *buf;
 	size_t len, cap, pos;
+	size_t seen_at, seen; /* the piece at seen_at is scanned up to seen */
+	size_t spec_from;     /* no special token starts in [pos, spec_from) */
 };
 
 circ_bpe_stream *circ_bpe_stream_new(circ_bpe *b, int flags)
@@ -1077,39 +1310,27 @@ void circ_bpe_stream_free(circ_bpe_stream *s)
 	free(s);
 }
 
-/* First special token in s[from..n): its index in *at and the special. */
+/* First special token in s[from..n) (the earliest, then the longest): its
+ * index in *at and the special. A walk down the trie at each position
+ * whose byte starts a special: the cost grows with the text and the
+ * longest special, not with the number of specials. */
 static const special *find_special(const circ_bpe *b, const unsigned char *s, size_t from, size_t n,
 				   size_t *at)
 {
-	const special *best = NULL;
-	size_t best_at = n;
-	for (int k = 0; k < b->n_specials; k++) {
-		const special *sp = &b->specials[k];
-		const unsigned char *hit = memmem(s + from, n - from, sp->text, sp->len);
-		if (hit && ((size_t)(hit - s) < best_at ||
-			    ((size_t)(hit - s) == best_at && sp->len > best->len))) {
-			best = sp;
-			best_at = (size_t)(hit - s);
+	for (size_t p = from; p < n; p++) {
+		if (!b->special_first[s[p]])
+			continue;
+		int32_t node = 0, best = -1;
+		for (size_t q = p; q < n && (node = trie_step(b, node, s[q])) >= 0; q++)
+			if (b->trie_term[node] >= 0)
+				best = b->trie_term[node];
+		if (best >= 0) {
+			*at = p;
+			return &b->specials[best];
 		}
 	}
-	*at = best_at;
-	return best;
-}
-
-/* Bytes at the end of s[from..n) that begin some special token and so
- * must wait for more input before they are tokenised. */
-static size_t special_tail(const circ_bpe *b, const unsigned char *s, size_t from, size_t n)
-{
-	size_t keep = 0;
-	for (int k = 0; k < b->n_specials; k++) {
-		const special *sp = &b->specials[k];
-		for (size_t t = sp->len - 1; t > keep; t--)
-			if (t <= n - from && !memcmp(s + n - t, sp->text, t)) {
-				keep = t;
-				break;
-			}
-	}
-	return keep;
+	*at = n;
+	return NULL;
 }
 
 /* Tokenises what can be decided in s->buf[pos..len). */
@@ -1122,23 +1343,40 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 		int seg_eof = eof;
 		const special *sp = NULL;
 		if ((s->flags & CIRC_BPE_SPECIAL) && b->n_specials) {
-			sp = find_special(b, buf, s->pos, s->len, &at);
-			if (sp)
+			/* Searched once: a special cut by the end of the buffer starts
+			 * in its last special_max - 1 bytes, which wait for more. */
+			size_t from = s->spec_from > s->pos ? s->spec_from : s->pos;
+			/* no special starting before safe can end past the buffer */
+			size_t safe = s->len - from > b->special_max - 1
+					  ? s->len - (b->special_max - 1)
+					  : from;
+			sp = find_special(b, buf, from, s->len, &at);
+			if (sp && !eof && at >= safe) /* a longer or earlier one may yet come */
+				sp = NULL;
+			if (sp) {
 				limit = at, seg_eof = 1;
-			else if (!eof)
-				limit = s->len - special_tail(b, buf, s->pos, s->len);
+			} else {
+				s->spec_from = safe;
+				if (!eof)
+					limit = safe;
+			}
 		}
 		while (s->pos < limit) {
-			if (!circ_bpe_pretok_next(buf, limit, s->pos, seg_eof, &end))
+			size_t seen = s->seen_at == s->pos && s->seen <= limit ? s->seen : 0;
+			if (!pretok_next(buf, limit, s->pos, seg_eof, &end, &seen)) {
+				s->seen_at = s->pos, s->seen = seen;
 				return 0;
+			}
 			if (encode_piece(b, buf + s->pos, end - s->pos, out, e) < 0)
 				return -1;
 			s->pos = end;
+			s->seen = 0;
 		}
 		if (!sp)
 			return 0;
 		circ_ids_push(out, sp->id);
 		s->pos = at + sp->len;
+		s->seen = 0;
 	}
 }
 
@@ -1148,6 +1386,9 @@ int circ_bpe_stream_feed(circ_bpe_stream *s, const char *data, size_t n, circ_id
 	if (s->pos) { /* drop what is done */
 		memmove(s->buf, s->buf + s->pos, s->len - s->pos);
 		s->len -= s->pos;
+		s->seen_at = s->seen_at >= s->pos ? s->seen_at - s->pos : 0;
+		s->seen = s->seen >= s->pos ? s->seen - s->pos : 0;
+		s->spec_from = s->spec_from >= s->pos ? s->spec_from - s->pos : 0;
 		s->pos = 0;
 	}
 	if (s->len + n > s->cap) {
@@ -1164,7 +1405,7 @@ int circ_bpe_stream_feed(circ_bpe_stream *s, const char *data, size_t n, circ_id
 int circ_bpe_stream_finish(circ_bpe_stream *s, circ_ids *out, circ_error *e)
 {
 	int rc = stream_run(s, 1, out, e);
-	s->len = s->pos = 0;
+	s->len = s->pos = s->seen_at = s->seen = s->spec_from = 0;
 	return rc;
 }
 
@@ -1172,7 +1413,8 @@ int circ_bpe_encode(circ_bpe *b, const char *text, size_t n, int flags, circ_ids
 		    circ_error *e)
 {
 	/* A stream over the caller's buffer, without copying it. */
-	circ_bpe_stream s = {b, flags, (unsigned char *)(uintptr_t)text, n, n, 0};
+	circ_bpe_stream s = {
+	    .b = b, .flags = flags, .buf = (unsigned char *)(uintptr_t)text, .len = n, .cap = n};
 	return stream_run(&s, 1, out, e);
 }
 

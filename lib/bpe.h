@@ -23,10 +23,14 @@
  * passed; otherwise "<|endoftext|>" is encoded as ordinary text.
  *
  * Speed: a bounded cache maps recent pieces to their ids; pieces of up to
- * 64 bytes merge with a linear scan, longer ones with a heap (O(n log n)),
- * so a long run without spaces stays fast. circ_bpe_encode_ref is the plain
- * reference twin (literal regex semantics over a code point array, naive
- * merges, no cache) that the unit test compares against.
+ * 64 bytes merge with a linear scan, longer ones in place with a tree over
+ * blocks of pair ranks (O(n log n)), so a long run without spaces stays
+ * fast. Memory: a piece is merged whole (BPE's result depends on all of
+ * it), at about 9 bytes per byte of the piece (9.5 at most: the bytes,
+ * 4 for the token ids and 4 for the pair ranks, and the tree); the ranks
+ * are freed before the ids are copied out. Pieces are below 2^31 bytes. circ_bpe_encode_ref is the
+ * plain reference twin (literal regex semantics over a code point array, naive merges, no cache)
+ * that the unit test compares against.
  *
  * A circ_bpe is not thread-safe while encoding (the cache is shared): use
  * one per thread. Loading and decoding only read it.
@@ -56,8 +60,11 @@ enum {
 
 /* Loads a Hugging Face tokenizer directory: vocab.json + merges.txt when
  * both are present, else tokenizer.json. Fails (NULL, message naming the
- * file) when neither is there, a file cannot be read or parsed, an id is
- * negative or repeated, or vocabulary and merges disagree (a merge whose
+ * file) when neither is there, a file cannot be read or parsed (repeated
+ * JSON keys included), an id is negative or repeated, an id is far beyond
+ * the number of tokens named (at least 2 x (vocabulary + added tokens) +
+ * 1024: the table indexed by id is sized from it), an added token is
+ * empty or holds NUL, or vocabulary and merges disagree (a merge whose
  * parts or result are not in the vocabulary). */
 circ_bpe *circ_bpe_load_dir(const char *dir, circ_error *e);
 /* Loads the two GPT-2 files given by path. Same failures. */
@@ -82,7 +89,8 @@ int32_t circ_bpe_eot(const circ_bpe *b);
 const unsigned char *circ_bpe_token_bytes(const circ_bpe *b, int32_t id, size_t *len);
 
 /* Appends the ids of text[0..n) to out. Fails only when a byte has no
- * token in the vocabulary (never for GPT-2's, which has all 256). */
+ * token in the vocabulary (never for GPT-2's, which has all 256) or a
+ * piece is 2^31 bytes or longer. */
 int circ_bpe_encode(circ_bpe *b, const char *text, size_t n, int flags, circ_ids *out,
 		    circ_error *e);
 /* The reference twin of circ_bpe_encode: same contract, slow and plain. */
@@ -98,9 +106,9 @@ char *circ_bpe_decode(const circ_bpe *b, const int32_t *ids, size_t n, size_t *l
 
 /* Streaming encoder: feed text in chunks of any size (cut anywhere, even
  * inside a UTF-8 character or a special token); ids are appended to out as
- * soon as their piece is complete. Memory is bounded by the longest piece,
- * not by the input. circ_bpe_stream_finish ends the text (and may be
- * followed by more feeding, for a new text). The ids equal those of
+ * soon as their piece is complete. Memory is bounded by the longest piece
+ * (about 10 bytes per byte of it, see Speed above), not by the input. circ_bpe_stream_finish ends
+ * the text (and may be followed by more feeding, for a new text). The ids equal those of
  * circ_bpe_encode on the concatenated chunks. */
 typedef struct circ_bpe_stream circ_bpe_stream;
 circ_bpe_stream *circ_bpe_stream_new(circ_bpe *b, int flags);

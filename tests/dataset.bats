@@ -228,3 +228,24 @@ EOF
 	assert_failure 1
 	[[ "$stderr" == *"write error"* ]]
 }
+
+@test "h13.10: options that contradict each other are usage errors (exit 2)" {
+	run --separate-stderr circ-dataset greater-than --vocab-dir $V --century-lo 15 --century-hi 12
+	assert_failure 2
+	[[ "$stderr" == *"options '--century-lo' and '--century-hi': centuries 15..12 run backwards"* ]]
+	run --separate-stderr circ-dataset greater-than --vocab-dir $V --century-lo 18
+	assert_failure 2
+	[[ "$stderr" == *"centuries 18..17 run backwards (the default --century-hi is 17)"* ]]
+	run --separate-stderr circ-dataset induction --vocab-lo 100 --vocab-hi 50
+	assert_failure 2
+	[[ "$stderr" == *"options '--vocab-lo' and '--vocab-hi': the id range [100, 50) is empty"* ]]
+	run --separate-stderr circ-dataset induction --vocab-hi 500
+	assert_failure 2
+	[[ "$stderr" == *"the id range [1000, 500) is empty (the default --vocab-lo is 1000)"* ]]
+	run --separate-stderr circ-dataset ioi --vocab-dir $V --model-dir $V
+	assert_failure 2
+	[[ "$stderr" == *"--vocab-dir and --model-dir: give one tokenizer directory"* ]]
+	run --separate-stderr circ-dataset ioi --vocab-dir $V --vocab-dir $V
+	assert_failure 2
+	[[ "$stderr" == *"option '--vocab-dir' given twice"* ]]
+}

@@ -31,7 +31,7 @@ same_as_tiktoken() {
 @test "tokenize --help lists its options and exits 0" {
 	run --separate-stderr circ-tokenize --help
 	assert_success
-	for f in --vocab-dir --model-dir --text --decode --special --prepend-bos --task --metric --skip-misaligned --json; do
+	for f in --vocab-dir --model-dir --vocab-size --text --decode --special --prepend-bos --task --metric --skip-misaligned --json; do
 		assert_output --partial -- "$f"
 	done
 }
@@ -275,7 +275,7 @@ same_as_tiktoken() {
 @test "bad dataset: positions out of range, metric disagreement, answers per position" {
 	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":2,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
 	assert_failure 1
-	[[ "$stderr" == *"line 1: field 'pos': value is not a position in 0..1"* ]]
+	[[ "$stderr" == *"line 1: field 'pos': 2 is not a position in 0..1"* ]]
 	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":[0,1],\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
 	assert_failure 1
 	[[ "$stderr" == *"line 1: 2 positions but 1 answers (one answer per position)"* ]]
@@ -303,4 +303,147 @@ same_as_tiktoken() {
 	m1=$(tail -1 "$T/m1") m2=$(tail -1 "$T/m2")
 	echo "max RSS: 1 MB input ${m1} KB, 16 MB input ${m2} KB"
 	[ "$m2" -lt $((m1 + 4096)) ]
+	# h13.12: one 4 MB word (no break) costs under 12 bytes a byte (9.5 at
+	# most, the man page says; 31 before), and decodes back to itself.
+	# AddressSanitizer's shadow and quarantine add about 5.
+	local per=12
+	ldd "$(command -v circ-tokenize)" | grep -q libasan && per=17
+	tr -dc a-z </dev/urandom | head -c 4000000 >"$T/word.txt"
+	head -c 4000000 /dev/zero | tr '\0' '7' >"$T/digits.txt"
+	for f in word digits; do
+		/usr/bin/time -f %M circ-tokenize --vocab-dir $V --text "$T/$f.txt" 2>"$T/m3" >"$T/$f.ids"
+		m3=$(tail -1 "$T/m3")
+		echo "max RSS: 4 MB $f ${m3} KB (bound $((m1 + 4000000 * per / 1024)) KB)"
+		[ "$m3" -lt $((m1 + 4000000 * per / 1024)) ]
+	done
+	circ-tokenize --vocab-dir $V --decode "$T/word.ids" | cmp - "$T/word.txt"
+	[ "$(wc -w <"$T/digits.ids")" -eq 2000000 ] # "77" is the longest run of 7s in GPT-2
+}
+
+@test "h13.12: a vocabulary id far beyond the entries is refused before allocating" {
+	mkdir "$T/v"
+	printf '{"a":0,"b":2147483646}' >"$T/v/vocab.json"
+	printf '#version: 0.2\n' >"$T/v/merges.txt"
+	run --separate-stderr circ-tokenize --vocab-dir "$T/v" --text </dev/null
+	assert_failure 1
+	[[ "$stderr" == *"'$T/v/vocab.json': token 'b': id 2147483646 is far beyond the 2 tokens given (ids must be below 1028)"* ]]
+	mkdir "$T/tj"
+	printf '{"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"added_tokens":[{"id":2147483000,"content":"x"}]}' >"$T/tj/tokenizer.json"
+	run --separate-stderr circ-tokenize --vocab-dir "$T/tj" --text </dev/null
+	assert_failure 1
+	[[ "$stderr" == *"'$T/tj/tokenizer.json': added_tokens[0]: id 2147483000 is far beyond the 2 tokens given (ids must be below 1028)"* ]]
+}
+
+@test "h13.12: a tokenizer.json with 100,000 added tokens loads, and finds its specials, in linear time" {
+	mkdir "$T/tj"
+	$PY -c '
+import json
+n = 100000
+added = [{"id": 1 + i, "content": "<|t%d|>" % i, "special": i % 2 == 0} for i in range(n)]
+print(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "added_tokens": added}))' >"$T/tj/tokenizer.json"
+	run --separate-stderr timeout 10 bash -c "printf '[1,100000,2]' | circ-tokenize --vocab-dir '$T/tj' --decode --json"
+	assert_success
+	assert_output '"<|t0|><|t99999|><|t1|>"'
+	run --separate-stderr timeout 10 bash -c "printf '\"a<|t4|>a<|t6|>\"' | circ-tokenize --vocab-dir '$T/tj' --text --json --special"
+	assert_success
+	assert_output '[0,5,0,7]'
+	# and finding them in text costs the same however many there are
+	$PY -c 'import sys; sys.stdout.write("a<|t4|><|t99998|>" * 20000)' >"$T/many.txt"
+	run --separate-stderr timeout 10 circ-tokenize --vocab-dir "$T/tj" --text --special "$T/many.txt"
+	assert_success
+	[ "$(echo "$output" | wc -w)" -eq 60000 ]
+	[[ "$output" == "0 5 99999 0 5 99999 "* ]]
+}
+
+@test "h13.10: conflicting or ignored options are usage errors (exit 2)" {
+	run --separate-stderr circ-tokenize --vocab-dir $V --text --decode </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"circ-tokenize: --text and --decode cannot be combined (one mode at a time)"* ]]
+	run --separate-stderr circ-tokenize --vocab-dir $V --decode --special </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"--special applies to text (--text and dataset mode), not to --decode"* ]]
+	for o in --no-compress "--compress-level 9" --force; do
+		run --separate-stderr circ-tokenize --vocab-dir $V --text $o </dev/null
+		assert_failure 2
+		[[ "$stderr" == *"--no-compress, --compress-level and --force apply to dataset mode only"* ]]
+	done
+	run --separate-stderr circ-tokenize --vocab-dir $V --text --vocab-size 10 </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"--prepend-bos, --task, --metric, --vocab-size and --skip-misaligned apply to dataset mode only"* ]]
+	run --separate-stderr circ-tokenize --vocab-dir $V --model-dir $V --text </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"--vocab-dir and --model-dir: give one tokenizer directory"* ]]
+	run --separate-stderr circ-tokenize --vocab-dir $V --vocab-dir $V --text </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"option '--vocab-dir' given twice"* ]]
+	run --separate-stderr circ-tokenize --vocab-size 0 </dev/null
+	assert_failure 2
+	[[ "$stderr" == *"option '--vocab-size'"* ]]
+}
+
+@test "h13.17: a negative position has its own message; others name the value" {
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":-1,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"'<stdin>': line 1: field 'pos': -1 is negative (positions count from 0: 0..1)"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":[0,-3],\"answer_ids\":[5,6],\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos': item 1: -3 is negative (positions count from 0: 0..1)"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":[0,\"1\"],\"answer_ids\":[5,6],\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos': item 1 is not an integer"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":1.5,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos' must be an integer or an array of integers"* ]]
+	run --separate-stderr bash -c "echo '{\"clean_ids\":[1,2],\"corrupt_ids\":[3,4],\"pos\":-1,\"answer_ids\":5,\"metric\":\"logprob\"}' | circ-tokenize --vocab-dir $V --prepend-bos"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'pos': -1 is negative (positions count from 0: 0..1)"* ]]
+}
+
+@test "h13.19: id input needs no vocabulary; the vocab size is --vocab-size's or the model's" {
+	printf '%s\n' '{"clean_ids":[1,2,3],"corrupt_ids":[4,5,6],"answer_ids":7,"wrong_ids":[8]}' >"$T/d.jsonl"
+	run --separate-stderr circ-tokenize --json "$T/d.jsonl"
+	assert_success
+	refute_line --index 0 --partial 'vocab_size'
+	refute_line --index 0 --partial 'vocab_digest'
+	assert_line --index 1 '{"id":0,"clean":{"dtype":"i32","shape":[3],"data":[1,2,3]},"corrupt":{"dtype":"i32","shape":[3],"data":[4,5,6]},"pos":2,"answer":[7],"wrong":[8]}'
+	circ-tokenize "$T/d.jsonl" | circ-cat | $PY tests/validate.py schemas/tokens.schema.json
+	run --separate-stderr circ-tokenize --json --vocab-size 64 "$T/d.jsonl"
+	assert_success
+	assert_line --index 0 --partial '"vocab_size":64'
+	run --separate-stderr circ-tokenize --vocab-size 8 "$T/d.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"'$T/d.jsonl': line 1: field 'wrong_ids': item 0: id 8 is not below the vocab size 8 (--vocab-size)"* ]]
+	# a model directory: config.json gives the size, tokenizer files or not
+	run --separate-stderr circ-tokenize --json --model-dir tests/data/tiny/model "$T/d.jsonl"
+	assert_success
+	assert_line --index 0 --partial '"vocab_size":40'
+	printf '%s\n' '{"clean_ids":[1,2,3],"corrupt_ids":[4,5,40],"answer_ids":7,"wrong_ids":[8]}' >"$T/e.jsonl"
+	run --separate-stderr circ-tokenize --model-dir tests/data/tiny/model "$T/e.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'corrupt_ids': item 2: id 40 is not below the vocab size 40 ('tests/data/tiny/model/config.json')"* ]]
+	run --separate-stderr circ-tokenize --model-dir tests/data/tiny/model --vocab-size 64 "$T/d.jsonl"
+	assert_failure 2
+	[[ "$stderr" == *"option '--vocab-size': 64 differs from vocab_size 40 in 'tests/data/tiny/model/config.json'"* ]]
+	# a tokenizer's ids checked against a smaller model
+	mkdir "$T/m"
+	cp $V/vocab.json $V/merges.txt "$T/m/"
+	sed 's/"vocab_size": 40/"vocab_size": 64/' tests/data/tiny/model/config.json >"$T/m/config.json"
+	echo '{"clean":"a b","corrupt":"a c","answer":" x","wrong":" y"}' >"$T/t.jsonl"
+	run --separate-stderr circ-tokenize --model-dir "$T/m" "$T/t.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"line 1: field 'clean': id 64 is not below the vocab size 64 ('$T/m/config.json')"* ]]
+	# text needs a tokenizer; so does --prepend-bos
+	run --separate-stderr circ-tokenize "$T/t.jsonl"
+	assert_failure 2
+	[[ "$stderr" == *"'$T/t.jsonl': line 1: field 'clean' is text: give --vocab-dir DIR to tokenize it"* ]]
+	run --separate-stderr circ-tokenize --model-dir tests/data/tiny/model "$T/t.jsonl"
+	assert_failure 1
+	[[ "$stderr" == *"no tokenizer there"* ]]
+	run --separate-stderr circ-tokenize --prepend-bos "$T/d.jsonl"
+	assert_failure 2
+	[[ "$stderr" == *"--prepend-bos needs the tokenizer's <|endoftext|>: give --vocab-dir DIR"* ]]
+	# with a tokenizer and no size given, the tokenizer's size as before
+	run --separate-stderr circ-tokenize --json --vocab-dir $V "$T/d.jsonl"
+	assert_success
+	assert_line --index 0 --partial '"vocab_size":50257'
 }

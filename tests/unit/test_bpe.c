@@ -3,7 +3,7 @@
  * lib/tasks. Needs CIRC_ROOT (set by `make unit`) for the GPT-2 vocabulary
  * in fixtures/gpt2-tokenizer and the lists in fixtures/tasks.
  *
- * The fast encoder (ASCII classifier, scan or heap merges, piece cache,
+ * The fast encoder (ASCII classifier, scan or block-tree merges, piece cache,
  * streaming) is compared with circ_bpe_encode_ref (literal regex semantics,
  * naive merges) on random texts built from troublesome fragments and on
  * random bytes; ids must be identical. Known ids (checked against
@@ -296,7 +296,7 @@ static void test_stream(circ_bpe *b)
 	circ_bpe_stream_free(s);
 }
 
-/* Long pieces take the heap path; a tiny cache is emptied constantly. */
+/* Long pieces take the block-tree path; a tiny cache is emptied constantly. */
 static void test_long_and_cache(circ_bpe *b)
 {
 	circ_rng r;
@@ -312,7 +312,7 @@ static void test_long_and_cache(circ_bpe *b)
 		circ_ids a = {0}, c = {0};
 		circ_bpe_encode(b, buf, n, 0, &a, &e);
 		circ_bpe_encode_ref(b, buf, n, 0, &c, &e);
-		CHECK(same(&a, &c), "long piece kind %d: heap and reference differ", kind);
+		CHECK(same(&a, &c), "long piece kind %d: fast and reference differ", kind);
 		circ_ids_free(&a);
 		circ_ids_free(&c);
 	}
@@ -405,9 +405,137 @@ static void test_small_vocab(void)
 		CHECK(circ_bpe_vocab_size(b) == 7, "tokenizer.json vocab size");
 		circ_bpe_free(b);
 	}
+	/* specials that overlap: the earliest wins, then the longest, however
+	 * the text is cut into chunks */
+	write_file(p, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"x\":2,"
+		      "\"<\":3,\">\":4,\"y\":5},\"merges\":[]},\"added_tokens\":["
+		      "{\"id\":6,\"content\":\"<a>\",\"special\":true},"
+		      "{\"id\":7,\"content\":\"x<a>yy\",\"special\":true},"
+		      "{\"id\":8,\"content\":\"<a>b\",\"special\":true}]}");
+	b = circ_bpe_load_dir(dir, &e);
+	CHECK(b != NULL, "overlapping specials: %s", b ? "" : e.msg);
+	for (int t = 0; b && t < 6; t++) {
+		static const char *texts[] = {"x<a>yy",	  "x<a>y",  "<a>b",
+					      "<a>bb<a>", "ax<a>b", "<a>x<a>yyb"};
+		const char *text = texts[t];
+		size_t n = strlen(text);
+		circ_ids whole = {0}, ref = {0};
+		circ_bpe_encode(b, text, n, CIRC_BPE_SPECIAL, &whole, &e);
+		circ_bpe_encode_ref(b, text, n, CIRC_BPE_SPECIAL, &ref, &e);
+		CHECK(same(&whole, &ref), "overlapping specials in '%s': fast and reference differ",
+		      text);
+		for (size_t cut = 1; cut < n; cut++) {
+			circ_ids parts = {0};
+			circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
+			circ_bpe_stream_feed(st, text, cut, &parts, &e);
+			circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
+			circ_bpe_stream_finish(st, &parts, &e);
+			circ_bpe_stream_free(st);
+			CHECK(same(&whole, &parts),
+			      "overlapping specials in '%s' cut at %zu differ", text, cut);
+			circ_ids_free(&parts);
+		}
+		circ_ids_free(&whole);
+		circ_ids_free(&ref);
+	}
+	circ_bpe_free(b);
 	remove(p);
 	b = circ_bpe_load_dir(dir, &e);
 	CHECK(!b && strstr(e.msg, "no tokenizer there"), "empty dir message: %s", e.msg);
+	rmdir(dir);
+}
+
+/* Long pieces and long runs of spaces fed in chunks of 1..300 bytes: the
+ * scanner resumes where it stopped (also inside a multibyte space), and the
+ * ids equal the whole text's and the reference's. */
+static void test_long_stream(circ_bpe *b)
+{
+	static const char *parts[] = {"q", "7", "\xe3\x80\x80", " ", "\n", "\xc3\xa9", "!"};
+	circ_rng r;
+	circ_error e;
+	size_t n = 30000;
+	char *buf = malloc(n + 8);
+	circ_rng_seed(&r, 9);
+	for (int kind = 0; kind < 5; kind++) {
+		size_t k = 0;
+		while (k < n) { /* long runs of one part, the kinds mixing a few */
+			const char *p =
+			    parts[kind == 4 ? circ_rng_below(&r, 7)
+					    : ((size_t)kind * 2 + circ_rng_below(&r, 2)) % 7];
+			for (size_t rep = 1 + circ_rng_below(&r, kind == 4 ? 3 : 5000);
+			     rep-- && k + strlen(p) <= n;)
+				for (const char *c = p; *c; c++)
+					buf[k++] = *c;
+			if (k + 4 > n)
+				break;
+		}
+		circ_ids whole = {0}, parts_ids = {0}, ref = {0};
+		circ_bpe_encode(b, buf, k, 0, &whole, &e);
+		circ_bpe_encode_ref(b, buf, k, 0, &ref, &e);
+		circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
+		for (size_t at = 0; at < k;) {
+			size_t c = 1 + circ_rng_below(&r, 300);
+			if (c > k - at)
+				c = k - at;
+			circ_bpe_stream_feed(st, buf + at, c, &parts_ids, &e);
+			at += c;
+		}
+		circ_bpe_stream_finish(st, &parts_ids, &e);
+		circ_bpe_stream_free(st);
+		CHECK(same(&whole, &ref), "long kind %d: whole and reference differ", kind);
+		CHECK(same(&whole, &parts_ids), "long kind %d: whole and streamed differ", kind);
+		circ_ids_free(&whole);
+		circ_ids_free(&parts_ids);
+		circ_ids_free(&ref);
+	}
+	free(buf);
+}
+
+/* Merge ranks that do not follow the order the tokens were built in (a
+ * merge of merged tokens ranked before the merges that make them, ties
+ * between overlapping pairs): the long-piece merger must apply exactly the
+ * reference's merges, lowest rank first and leftmost first, on pieces that
+ * cross its blocks. */
+static void test_long_merge_order(void)
+{
+	char dir[] = "/tmp/circ-test-bpe-XXXXXX", p[256], q[256];
+	circ_error e;
+	circ_rng r;
+	if (!mkdtemp(dir)) {
+		CHECK(0, "mkdtemp");
+		return;
+	}
+	snprintf(p, sizeof p, "%s/vocab.json", dir);
+	snprintf(q, sizeof q, "%s/merges.txt", dir);
+	write_file(p, "{\"a\":0,\"b\":1,\"c\":2,\"ab\":3,\"bc\":4,\"aa\":5,\"abc\":6,"
+		      "\"aab\":7,\"aaaa\":8,\"bcbc\":9,\"cc\":10,\"abab\":11}");
+	write_file(q, "#version: 0.2\nab c\naa aa\nb c\nbc bc\na b\na ab\naa b\na a\nc "
+		      "c\nab ab\n");
+	circ_bpe *b = circ_bpe_load_dir(dir, &e);
+	CHECK(b != NULL, "merge order vocab: %s", b ? "" : e.msg);
+	circ_rng_seed(&r, 11);
+	char *buf = malloc(1200);
+	for (int t = 0; b && t < 400; t++) {
+		size_t n = t < 200 ? 60 + (size_t)t : 1 + circ_rng_below(&r, 1200);
+		size_t alpha = 1 + (size_t)t % 3;
+		for (size_t i = 0; i < n; i++)
+			buf[i] = (char)('a' + circ_rng_below(&r, alpha));
+		circ_ids a = {0}, c = {0};
+		circ_bpe_encode(b, buf, n, 0, &a, &e);
+		circ_bpe_encode_ref(b, buf, n, 0, &c, &e);
+		if (!same(&a, &c)) {
+			dump("merge order", buf, n, &a, &c);
+			CHECK(0, "merge order: %zu letters of %zu: fast and reference differ", n,
+			      alpha);
+			t = 400;
+		}
+		circ_ids_free(&a);
+		circ_ids_free(&c);
+	}
+	free(buf);
+	circ_bpe_free(b);
+	remove(p);
+	remove(q);
 	rmdir(dir);
 }
 
@@ -493,8 +621,10 @@ int main(void)
 	test_fast_vs_ref(b);
 	test_stream(b);
 	test_long_and_cache(b);
+	test_long_stream(b);
 	circ_bpe_free(b);
 	test_small_vocab();
+	test_long_merge_order();
 	test_rng();
 	test_task_lists();
 	if (failures)
