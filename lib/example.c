@@ -4,11 +4,13 @@
  */
 #include "example.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char *const metric_names[CIRC_METRIC_COUNT] = {"logit_diff", "prob_diff", "logprob",
 							    "kl"};
@@ -267,18 +269,23 @@ static int dir_vocab_digest(const char *dir, char out[72], circ_error *e)
 	}
 	circ_sha256_init(&s);
 	for (int i = 0; i < n; i++) {
-		FILE *f = fopen(files[i], "rb");
+		/* opened without blocking: a FIFO named vocab.json is refused */
+		int fd = circ_open_regular(files[i], &sb, e);
 		char buf[65536];
-		size_t got;
-		if (!f)
-			return circ_errorf(e, "'%s': cannot read", files[i]);
-		while ((got = fread(buf, 1, sizeof buf, f)) > 0)
-			circ_sha256_update(&s, buf, got);
-		if (ferror(f)) {
-			fclose(f);
-			return circ_errorf(e, "'%s': read error", files[i]);
+		ssize_t got;
+		if (fd < 0)
+			return -1;
+		while ((got = read(fd, buf, sizeof buf)) != 0) {
+			if (got < 0 && errno == EINTR)
+				continue;
+			if (got < 0) {
+				circ_errorf(e, "'%s': read error: %s", files[i], strerror(errno));
+				close(fd);
+				return -1;
+			}
+			circ_sha256_update(&s, buf, (size_t)got);
 		}
-		fclose(f);
+		close(fd);
 	}
 	circ_sha256_final_hex(&s, out);
 	return 1;
