@@ -35,6 +35,7 @@ enum {
 	OPT_TAU,
 	OPT_ABS_CHANGE,
 	OPT_LOG,
+	OPT_PARTIAL,
 };
 
 static const circ_opt opts[] = {
@@ -43,6 +44,7 @@ static const circ_opt opts[] = {
     {"greedy", OPT_GREEDY, "N", "grow N edges greedily from logits (N may be a percentage)"},
     {"acdc", OPT_ACDC, NULL, "ACDC: patch edges one by one (input: a token stream; needs --model)"},
     {"signed", OPT_SIGNED, NULL, "rank by the signed score instead of |score|"},
+    {"partial", OPT_PARTIAL, NULL, "accept scores that leave edges out (those are never selected)"},
     {"truth", OPT_TRUTH, "FILE", "evaluate against a ground-truth circuit or edge list"},
     {"report", OPT_REPORT, "FILE", "with --truth: also write the evaluation as JSON to FILE"},
     {"tau", OPT_TAU, "T",
@@ -62,7 +64,7 @@ static struct {
 	mode_t_ mode;
 	const char *size; /* --top-n / --greedy argument, parsed once E is known */
 	double threshold;
-	int signed_;
+	int signed_, partial;
 	const char *truth, *report;
 	/* acdc */
 	circ_patch_cli pc;
@@ -100,6 +102,7 @@ static int handle(int key, const char *arg, void *ctx)
 		return 0;
 	case OPT_ACDC: set_mode(MODE_ACDC); return 0;
 	case OPT_SIGNED: o.signed_ = 1; return 0;
+	case OPT_PARTIAL: o.partial = 1; return 0;
 	case OPT_TRUTH: o.truth = arg; return 0;
 	case OPT_REPORT: o.report = arg; return 0;
 	case OPT_TAU:
@@ -148,8 +151,8 @@ typedef struct evaluation {
 	int64_t n_truth;
 } evaluation;
 
-static void evaluate(const circ_scores *s, const uint8_t *keep, const uint8_t *truth,
-		     evaluation *ev)
+static void evaluate(const circ_scores *s, const char *name, const uint8_t *keep,
+		     const uint8_t *truth, evaluation *ev)
 {
 	circ_error e;
 	int64_t E = s->g->n_edges;
@@ -160,7 +163,7 @@ static void evaluate(const circ_scores *s, const uint8_t *keep, const uint8_t *t
 	if (circ_roc_auc(key, truth, E, &ev->auc, &e) < 0 ||
 	    circ_mib_auroc(s->g, s->score, o.signed_, truth, &ev->mib_auroc, ev->mib_fpr,
 			   ev->mib_tpr, &e) < 0) {
-		circ_error_prefix(&e, "'%s'", o.truth);
+		circ_error_prefix(&e, "%s: evaluating against '%s'", name, o.truth);
 		circ_die(&e);
 	}
 	circ_confusion_compute(keep, truth, E, &ev->conf);
@@ -273,7 +276,7 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 			circ_dief("'%s': the truth comes from another model than %s "
 				  "(model_digest differs)",
 				  o.truth, circ_reader_name(r));
-		evaluate(s, keep, t->keep, &ev);
+		evaluate(s, circ_reader_name(r), keep, t->keep, &ev);
 		/* A headerless edge list has only a generic header: name it by its bytes,
 		 * which only a regular file can give twice (a pipe or FIFO, read once,
 		 * is named by its header's digest, as stdin is). */
@@ -500,8 +503,11 @@ int main(int argc, char **argv)
 		circ_usage_error("--report and --output name the same file '%s'", o.report);
 	if (o.log && o.report && circ_same_output(o.log, o.report))
 		circ_usage_error("--log and --report name the same file '%s'", o.log);
-	if (o.mode == MODE_ACDC)
+	if (o.mode == MODE_ACDC) {
+		if (o.partial)
+			circ_usage_error("option '--partial' goes with scores, not --acdc");
 		return run_acdc(&cli, argc, argv, input);
+	}
 	if (o.acdc_opt || o.log)
 		circ_usage_error("--model, --log and the patching options go with --acdc");
 	if (o.tau_set)
@@ -522,6 +528,25 @@ int main(int argc, char **argv)
 	if (!s)
 		circ_die(&e);
 	const circ_graph *g = s->g;
+	/* Scores that leave edges out (a filtered or hand-made stream) would
+	 * select among what is left and say nothing: refused unless asked for. */
+	if (s->n_scored < g->n_edges) {
+		if (!o.partial) {
+			char name[CIRC_NAME_MAX];
+			int64_t miss = 0;
+			while (!isnan(s->score[miss]))
+				miss++;
+			circ_graph_edge_name(g, miss, name, sizeof name);
+			circ_dief("%s: %lld of %lld edges scored (the first missing is '%s'): a "
+				  "filtered or incomplete scores stream? --partial selects among "
+				  "the scored edges only",
+				  circ_reader_name(r), (long long)s->n_scored,
+				  (long long)g->n_edges, name);
+		}
+		fprintf(
+		    stderr, "%s: %lld of %lld edges have no score: never selected (--partial)\n",
+		    circ_progname, (long long)(g->n_edges - s->n_scored), (long long)g->n_edges);
+	}
 	uint8_t *keep = circ_xmalloc((size_t)g->n_edges);
 	circ_circuit_source src;
 	circ_circuit_source_init(&src);
@@ -549,7 +574,13 @@ int main(int argc, char **argv)
 		circ_error_prefix(&e, "%s", circ_reader_name(r));
 		circ_die(&e);
 	}
+	int64_t selected = circ_count_kept(g, keep);
 	circ_prune_dangling(g, keep);
+	if (selected > 0 && circ_count_kept(g, keep) == 0)
+		fprintf(stderr,
+			"%s: warning: none of the %lld selected edges lies on a path from input to "
+			"logits: the circuit is empty\n",
+			circ_progname, (long long)selected);
 
 	write_circuit(&cli, argc, argv, r, s, keep, &src);
 	free(keep);

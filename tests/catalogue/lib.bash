@@ -24,3 +24,16 @@ b[8 + n + lo:8 + n + hi] = struct.pack("<f", 3e38) * ((hi - lo) // 4)
 open(sys.argv[2], "wb").write(b)
 PY
 }
+
+# The tiny model's eap scores without their first n edges, with an end
+# record that counts what is left (a filtered stream, not a cut one).
+partial_scores() { # n
+	circ-score --model "$TINY" --method eap --json "$TINYTOK" 2>/dev/null |
+		awk -v n="$1" 'NR == 1 { print; next } /^\{"\$end"/ { next } NR > n + 1 { print; k++ }
+			END { printf "{\"$end\":{\"records\":%d}}\n", k }'
+}
+# The same with only the first n edges left (none into the logits).
+head_scores() { # n
+	circ-score --model "$TINY" --method eap --json "$TINYTOK" 2>/dev/null | head -n "$(($1 + 1))"
+	printf '{"$end":{"records":%d}}\n' "$1"
+}
