@@ -10,7 +10,7 @@ RUN_PKGS="build-essential pkg-config libmsgpack-dev libzstd-dev zstd libjansson-
 libutf8proc-dev libopenblas-dev parallel jq graphviz"
 # ... and what the tests and benchmarks add (the default, for `make check`).
 TEST_PKGS="bats bats-support bats-assert python3 python3-torch python3-numpy
-python3-jsonschema clang libclang-rt-14-dev clang-format chromium openssh-client"
+python3-jsonschema time clang libclang-rt-14-dev clang-format chromium openssh-client"
 case "${1:-all}" in
 run) PKGS=$RUN_PKGS ;;
 all) PKGS="$RUN_PKGS $TEST_PKGS" ;;

@@ -81,7 +81,7 @@ load helper
 }
 
 @test "binary output to a terminal is refused" {
-	command -v script >/dev/null || skip "no script(1)"
+	need_cmd script bsdutils
 	run script -qec "circ-cat --to-msgpack $ROOT/tests/data/stream/roundtrip.jsonl" /dev/null
 	assert_failure
 	assert_output --partial "refusing to write a binary stream to a terminal"

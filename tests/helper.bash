@@ -19,3 +19,11 @@ mini_stream() {
 	printf '{"format":"circ","version":1,"kind":"%s"}\n' "${1:-test}"
 	printf '{"i":%d}\n' 1 2 3
 }
+
+# Skips a test whose tool is missing on a developer's machine; in CI, where
+# make deps installs everything, a missing tool is a failure (no test skips).
+need_cmd() { # path-or-name package
+	command -v "$1" >/dev/null && return 0
+	[ "${CI:-}" != true ] || fail "$1 is missing in CI (package $2; make deps installs it)"
+	skip "$1 is not installed (package $2; make deps installs it)"
+}

@@ -295,7 +295,7 @@ same_as_tiktoken() {
 }
 
 @test "--text streams: memory does not grow with the input" {
-	command -v /usr/bin/time >/dev/null || skip "GNU time is not installed"
+	need_cmd /usr/bin/time time
 	head -c 1000000 /dev/zero | tr '\0' 'x' | sed 's/x\{20\}/& /g' >"$T/small.txt"
 	for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do cat "$T/small.txt"; done >"$T/big.txt"
 	/usr/bin/time -f %M circ-tokenize --vocab-dir $V --text "$T/small.txt" 2>"$T/m1" >/dev/null

@@ -168,7 +168,7 @@ fixture_metric() { # DIR TASK -> "mean accuracy" from circ-forward
 
 @test "the trained fixtures solve their tasks well above chance" {
 	for f in induction ioi greater-than; do
-		[ -d "fixtures/$f-trained" ] || skip "fixtures/$f-trained not built"
+		[ -d "fixtures/$f-trained" ] || fail "fixtures/$f-trained is missing (make fixtures)"
 	done
 	read -r m a < <(fixture_metric fixtures/induction-trained induction)
 	echo "induction: mean log-probability of the repeated tokens $m (chance -5.55), accuracy $a"
@@ -188,7 +188,7 @@ fixture_metric() { # DIR TASK -> "mean accuracy" from circ-forward
 # of 2-3 ids before the --focus curriculum (commit 458716f) did induction
 # through heads at offsets 2 and 3 instead and fails this (0.29, 0.009).
 @test "the induction fixture has a previous-token head in layer 0 and an induction head in layer 1" {
-	[ -d fixtures/induction-trained ] || skip "fixtures/induction-trained not built"
+	[ -d fixtures/induction-trained ] || fail "fixtures/induction-trained is missing (make fixtures)"
 	run circ-train --diagnose fixtures/induction-trained
 	assert_success
 	prev0=$(awk -F'\t' '$1 == 0 && $3 > m { m = $3 } END { print m + 0 }' <<<"$output")
@@ -205,7 +205,7 @@ fixture_metric() { # DIR TASK -> "mean accuracy" from circ-forward
 # a0.h1, feeds no layer-1 key among its top edges.)
 @test "patching the induction fixture finds the previous-token head feeding the induction heads' keys" {
 	m=fixtures/induction-trained
-	[ -d $m ] || skip "$m not built"
+	[ -d $m ] || fail "$m is missing (make fixtures)"
 	diag=$(circ-train --diagnose $m)
 	p=$(awk -F'\t' '$1 == 0 && $3 > best { best = $3; h = $2 } END { print h }' <<<"$diag")
 	args=$(sed -n 's/^DATASET_ARGS ?= *//p' $m/circ.mk)
