@@ -514,15 +514,26 @@ struct circ_reader {
 	int need_end;	  /* the current part must end with its end record (see stream.h) */
 };
 
+/* "'<file>': record N: <formatted>" for record N. */
+static int rec_vfail(const circ_reader *r, circ_error *e, int64_t recno, const char *fmt,
+		     va_list ap) CIRC_PRINTF(4, 0);
+static int rec_vfail(const circ_reader *r, circ_error *e, int64_t recno, const char *fmt,
+		     va_list ap)
+{
+	char m[sizeof e->msg];
+	vsnprintf(m, sizeof m, fmt, ap);
+	return circ_errorf(e, "%s: record %lld: %s", r->name, (long long)recno, m);
+}
+
+/* A problem with the record last returned. */
 static int rd_fail(const circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
 static int rd_fail(const circ_reader *r, circ_error *e, const char *fmt, ...)
 {
-	char m[sizeof e->msg];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(m, sizeof m, fmt, ap);
+	rec_vfail(r, e, r->recno, fmt, ap);
 	va_end(ap);
-	return circ_errorf(e, "%s: record %lld: %s", r->name, (long long)r->recno, m);
+	return -1;
 }
 
 int circ_reader_fail(const circ_reader *r, circ_error *e)
@@ -534,12 +545,11 @@ int circ_reader_fail(const circ_reader *r, circ_error *e)
 static int next_fail(const circ_reader *r, circ_error *e, const char *fmt, ...) CIRC_PRINTF(3, 4);
 static int next_fail(const circ_reader *r, circ_error *e, const char *fmt, ...)
 {
-	char m[sizeof e->msg];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(m, sizeof m, fmt, ap);
+	rec_vfail(r, e, r->recno + 1, fmt, ap);
 	va_end(ap);
-	return circ_errorf(e, "%s: record %lld: %s", r->name, (long long)r->recno + 1, m);
+	return -1;
 }
 
 /* Keeps a byte-layer problem (see byte_err) and reports it. */
