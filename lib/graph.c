@@ -59,9 +59,14 @@ circ_graph *circ_graph_new(int n_layer, int n_head, circ_graph_level level, circ
 		total += circ_graph_recv_n_in(g, r);
 	}
 	g->recv_first[g->n_recv] = total;
-	if (total > INT32_MAX) {
+	/* Checked before the per-edge arrays exist: a header of a few bytes
+	 * must not make a reader allocate gigabytes. */
+	if (total > CIRC_GRAPH_MAX_EDGES) {
 		circ_graph_free(g);
-		circ_errorf(e, "graph: %d layers of %d heads make too many edges", n_layer, n_head);
+		circ_errorf(e,
+			    "graph: %d layers of %d heads make %lld edges, more than a dense "
+			    "graph holds (%lld)",
+			    n_layer, n_head, (long long)total, (long long)CIRC_GRAPH_MAX_EDGES);
 		return NULL;
 	}
 	g->n_edges = total;

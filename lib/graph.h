@@ -64,6 +64,9 @@
 /* Limits on the shape (so that every edge index fits an int32). */
 #define CIRC_GRAPH_MAX_LAYER 1024
 #define CIRC_GRAPH_MAX_HEAD  1024
+/* Edges of a dense graph: 2^27, about 33 bytes each in a scores run (4 GiB);
+ * an edge-level graph of 80 layers of 64 heads has 40 million. */
+#define CIRC_GRAPH_MAX_EDGES ((int64_t)1 << 27)
 
 typedef enum circ_graph_level { CIRC_LEVEL_EDGE, CIRC_LEVEL_NODE } circ_graph_level;
 typedef enum circ_input_conv { CIRC_INPUT_EAPIG, CIRC_INPUT_ACDC } circ_input_conv;
