@@ -21,7 +21,7 @@
 #include "example.h"
 #include "metric.h"
 #include "model.h"
-#include "opt.h"
+#include "cli/opt.h"
 
 enum {
 	OPT_MODEL = 'm',

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "attrib.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
 
 enum {
 	OPT_WHAT = CIRC_OPT_FIRST_TOOL,

@@ -13,7 +13,7 @@
 
 #include "circuit.h"
 #include "evalm.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
 
 enum {
 	OPT_CIRCUIT = 'c',

@@ -22,7 +22,7 @@
 #include "acdc.h"
 #include "circuit.h"
 #include "evalm.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
 
 enum {
 	OPT_TOP_N = CIRC_OPT_FIRST_TOOL,

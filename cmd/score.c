@@ -10,7 +10,7 @@
 
 #include "attrib.h"
 #include "circuit.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
 
 enum {
 	OPT_METHOD = CIRC_OPT_FIRST_TOOL,
