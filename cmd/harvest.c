@@ -13,6 +13,7 @@
 
 #include "attrib.h"
 #include "cli/patchopt.h"
+#include "cli/progress.h"
 
 enum {
 	OPT_WHAT = CIRC_OPT_FIRST_TOOL,
@@ -143,7 +144,7 @@ int main(int argc, char **argv)
 			circ_die(&e);
 	}
 	bt = circ_batcher_new(r, o.pc.metric, c->vocab_size, c->n_ctx, o.pc.batch);
-	circ_progress_start(&pr, "examples", 0);
+	circ_cli_progress(&pr, "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		size_t tc = (size_t)b->T * (size_t)c->n_embd, btc = (size_t)b->B * tc;
 		circ_run *run = circ_patcher_run(p);

@@ -14,6 +14,7 @@
 #include "circuit.h"
 #include "evalm.h"
 #include "cli/patchopt.h"
+#include "cli/progress.h"
 
 enum {
 	OPT_CIRCUIT = 'c',
@@ -374,7 +375,7 @@ int main(int argc, char **argv)
 	out = circ_xmalloc((size_t)o.pc.batch * sizeof *out);
 	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
 			      circ_model_config(m)->n_ctx, o.pc.batch);
-	circ_progress_start(&pr, "examples", 0);
+	circ_cli_progress(&pr, "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		const double *mc, *m0;
 		if (circ_patcher_load(p, b, &e) < 0) {

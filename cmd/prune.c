@@ -23,6 +23,7 @@
 #include "circuit.h"
 #include "evalm.h"
 #include "cli/patchopt.h"
+#include "cli/progress.h"
 
 enum {
 	OPT_TOP_N = CIRC_OPT_FIRST_TOOL,
@@ -435,7 +436,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 			circ_die(&e);
 	}
 	keep = circ_xmalloc((size_t)g->n_edges);
-	circ_progress_start(&pr, "edge tests", g->n_edges);
+	circ_cli_progress(&pr, "edge tests", g->n_edges);
 	t0 = circ_now();
 	if (circ_acdc_run(ps, n, &ao, keep, log_step, &lg, &tests, &pr, &e) < 0) {
 		circ_writer_abort(lg.w);

@@ -11,6 +11,7 @@
 #include "attrib.h"
 #include "circuit.h"
 #include "cli/patchopt.h"
+#include "cli/progress.h"
 
 enum {
 	OPT_METHOD = CIRC_OPT_FIRST_TOOL,
@@ -392,7 +393,7 @@ int main(int argc, char **argv)
 	a = circ_attrib_new(p, o.method, o.steps);
 	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
 			      circ_model_config(m)->n_ctx, o.pc.batch);
-	circ_progress_start(&pr, o.method == CIRC_ATTR_EXACT ? "edges" : "examples", 0);
+	circ_cli_progress(&pr, o.method == CIRC_ATTR_EXACT ? "edges" : "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		if (circ_patcher_load(p, b, &e) < 0 || circ_attrib_batch(a, &pr, &e) < 0) {
 			circ_error_prefix(&e, "%s", circ_reader_name(r));
