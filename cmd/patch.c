@@ -135,38 +135,17 @@ static double pos_nan(double x)
 }
 
 /* The most points a curve takes from --fractions. */
-#define MAX_FRACTIONS 64
+#define MAX_FRACTIONS CIRC_FRACTIONS_MAX
 
-/* --fractions: increasing numbers in [0, 1], comma-separated, into fr;
- * returns how many. Anything else, an empty list or item included, is a
- * usage error (never a silent cut). */
+/* --fractions into fr (circ_parse_fractions); returns how many. A bad list
+ * is a usage error. */
 static int parse_fractions(const char *list, double fr[MAX_FRACTIONS])
 {
-	const char *s = list;
-	int nf = 0, total = 1;
-	if (!*list)
-		circ_usage_error("option '--fractions': empty list");
-	for (const char *q = list; *q; q++)
-		total += *q == ',';
-	if (total > MAX_FRACTIONS)
-		circ_usage_error("option '--fractions': %d fractions, at most %d", total,
-				 MAX_FRACTIONS);
-	for (;;) {
-		char t[64];
-		size_t n = strcspn(s, ",");
-		double v;
-		snprintf(t, sizeof t, "%.*s", (int)(n < 63 ? n : 63), s);
-		if (n > 63 || circ_parse_f64(t, &v) < 0 || !(v >= 0 && v <= 1) ||
-		    (nf && v <= fr[nf - 1]))
-			circ_usage_error("option '--fractions': '%s' is not an increasing "
-					 "fraction in [0, 1]",
-					 t);
-		fr[nf++] = v;
-		s += n;
-		if (!*s)
-			return nf;
-		s++; /* the comma: an item follows, empty or not */
-	}
+	circ_error e;
+	int nf = circ_parse_fractions(list, fr, &e);
+	if (nf < 0)
+		circ_usage_error("option '--fractions': %s", e.msg);
+	return nf;
 }
 
 /* --nodes: a comma-separated list of names, none empty (the names are

@@ -157,6 +157,32 @@ int circ_parse_f64(const char *s, double *out)
 	return 0;
 }
 
+int circ_parse_fractions(const char *list, double fr[CIRC_FRACTIONS_MAX], circ_error *e)
+{
+	const char *s = list;
+	int nf = 0, total = 1;
+	if (!*list)
+		return circ_errorf(e, "empty list");
+	for (const char *q = list; *q; q++)
+		total += *q == ',';
+	if (total > CIRC_FRACTIONS_MAX)
+		return circ_errorf(e, "%d fractions, at most %d", total, CIRC_FRACTIONS_MAX);
+	for (;;) {
+		char t[64];
+		size_t n = strcspn(s, ",");
+		double v;
+		snprintf(t, sizeof t, "%.*s", (int)(n < 63 ? n : 63), s);
+		if (n > 63 || circ_parse_f64(t, &v) < 0 || !(v >= 0 && v <= 1) ||
+		    (nf && v <= fr[nf - 1]))
+			return circ_errorf(e, "'%s' is not an increasing fraction in [0, 1]", t);
+		fr[nf++] = v;
+		s += n;
+		if (!*s)
+			return nf;
+		s++; /* the comma: an item follows, empty or not */
+	}
+}
+
 /* ---- SHA-256 (FIPS 180-4) ---- */
 static const uint32_t K256[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,

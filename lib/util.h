@@ -59,6 +59,15 @@ void circ_advise_huge(void *p, size_t n);
 int circ_parse_i64(const char *s, int64_t *out);
 int circ_parse_f64(const char *s, double *out);
 
+/* The most fractions circ_parse_fractions takes. */
+#define CIRC_FRACTIONS_MAX 64
+/* A comma-separated list of increasing fractions in [0, 1] ("0.01,0.1,1")
+ * into fr[0..CIRC_FRACTIONS_MAX); returns how many. -1 with a message for
+ * an empty list or item, a list longer than CIRC_FRACTIONS_MAX (never a
+ * silent cut), or an item that is not a number above the previous one in
+ * [0, 1]. */
+int circ_parse_fractions(const char *list, double fr[CIRC_FRACTIONS_MAX], circ_error *e);
+
 /* SHA-256, for provenance digests. */
 typedef struct circ_sha256 {
 	uint32_t h[8];
