@@ -14,7 +14,7 @@
 #include "circuit.h"
 #include "evalm.h"
 #include "cli/patchopt.h"
-#include "cli/progress.h"
+#include "cli/session.h"
 
 enum {
 	OPT_CIRCUIT = 'c',
@@ -188,22 +188,20 @@ int main(int argc, char **argv)
 	    "Run the model with edges patched; report faithfulness (f) per example and "
 	    "overall, or a faithfulness curve.",
 	    opts, 1};
+	circ_session s = {0};
 	circ_error e;
 	circ_model *m;
 	circ_graph *g = NULL;
 	circ_reader *r, *inputs[2];
 	int ninputs = 0;
 	circ_patcher *p;
-	circ_batcher *bt;
 	circ_batch *b;
 	circ_writer *w;
-	circ_patch_opts po;
-	circ_progress pr;
 	const char *in = "-", *md;
 	job jb = {0};
 	double *sum_c, sum_m = 0, sum_0 = 0, *out;
 	int64_t count = 0;
-	int i, k, nsel;
+	int i, nsel;
 	circ_scores *sc = NULL;
 	circ_circuit *cc = NULL;
 
@@ -227,8 +225,8 @@ int main(int argc, char **argv)
 	if (o.nodes)
 		check_node_list(o.nodes);
 	circ_patch_cli_check(&o.pc);
-	m = circ_patch_cli_model(&o.pc, NULL);
-	md = circ_model_digest(m, &e);
+	circ_session_model(&s, &o.pc, 0);
+	m = s.m, md = s.model_digest;
 	/* the graph comes from the circuit or scores when they name one; a
 	 * headerless edge list takes the model's */
 	if (o.circuit) {
@@ -274,15 +272,11 @@ int main(int argc, char **argv)
 		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
 			  g->n_layer, g->n_head, o.pc.model);
 
-	r = circ_reader_open(in, "tokens", &e);
-	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
-		circ_die(&e);
-	inputs[ninputs++] = r;
+	circ_session_tokens(&s, in);
+	r = inputs[ninputs++] = s.r;
 	circ_patch_cli_metric(&o.pc, r);
-	circ_patch_cli_opts(&o.pc, m, 0, &po);
-	p = circ_patcher_new(m, g, &po, &e);
-	if (!p)
-		circ_die(&e);
+	circ_session_patcher(&s, g, 0);
+	p = s.p;
 
 	/* the circuits */
 	if (o.curve) {
@@ -326,11 +320,10 @@ int main(int argc, char **argv)
 	for (int j = 0; j < jb.n; j++)
 		jb.stage[j] = lowest_patched_stage(p, g, jb.keep[j]);
 
-	circ_patch_cli_means(&o.pc, p, m, in);
+	circ_session_means(&s);
 
-	w = circ_writer_open(cli.output, &cli.wopts, &e);
-	if (!w)
-		circ_die(&e);
+	circ_session_output(&s, &cli);
+	w = s.w;
 	if (o.curve) {
 		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g,
 				       circ_metric_name(o.pc.metric), o.absolute, md, 1);
@@ -352,23 +345,15 @@ int main(int argc, char **argv)
 
 	sum_c = circ_xcalloc((size_t)jb.n, sizeof(double));
 	out = circ_xmalloc((size_t)o.pc.batch * sizeof *out);
-	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
-			      circ_model_config(m)->n_ctx, o.pc.batch);
-	circ_cli_progress(&pr, "examples", 0);
-	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
+	while (circ_session_next(&s, &b)) {
 		const double *mc, *m0;
-		if (circ_patcher_load(p, b, &e) < 0) {
-			circ_error_prefix(&e, "%s", circ_reader_name(r));
-			circ_die(&e);
-		}
+		circ_session_load(&s, b, 0);
 		mc = circ_patcher_clean_metric(p);
 		m0 = circ_patcher_ref_metric(p);
 		/* circuits from the largest patched stage down reuse the clean run most */
 		for (int j = jb.n - 1; j >= 0; j--) {
-			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0) {
-				circ_error_prefix(&e, "%s", circ_reader_name(r));
-				circ_die(&e);
-			}
+			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0)
+				circ_session_die(&s, &e);
 			for (int bb = 0; bb < b->B; bb++)
 				sum_c[j] += out[bb];
 			if (!o.curve)
@@ -391,11 +376,7 @@ int main(int argc, char **argv)
 			sum_0 += m0[bb];
 		}
 		count += b->B;
-		circ_progress_step(&pr, b->B);
 	}
-	if (k < 0)
-		circ_die(&e);
-	circ_progress_end(&pr);
 	if (count == 0)
 		circ_dief("%s: no examples", circ_reader_name(r));
 	{
@@ -447,10 +428,7 @@ int main(int argc, char **argv)
 				pos_nan(mm), pos_nan(m0), pos_nan(mcirc), pos_nan(f));
 		}
 	}
-	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
-		circ_die(&e);
-	if (circ_writer_close(w, &e) < 0)
-		circ_die(&e);
+	circ_session_finish(&s);
 	for (int j = 0; j < jb.n; j++)
 		free(jb.keep[j]);
 	free(jb.keep);
@@ -459,16 +437,14 @@ int main(int argc, char **argv)
 	free(jb.stage);
 	free(sum_c);
 	free(out);
-	circ_batcher_free(bt);
-	circ_patcher_free(p);
-	for (int j = 0; j < ninputs; j++)
+	for (int j = 0; j < ninputs - 1; j++) /* the last is the session's */
 		circ_reader_free(inputs[j]);
+	circ_session_free(&s);
 	if (cc)
 		circ_circuit_free(cc);
 	else if (sc)
 		circ_scores_free(sc);
 	else
 		circ_graph_free(g);
-	circ_model_free(m);
 	return 0;
 }
