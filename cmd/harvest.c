@@ -73,6 +73,57 @@ static void finite_or_die(circ_writer *w, const circ_reader *r, int64_t id, cons
 		}
 }
 
+/* One example's record: its metrics and the tensors --what asks for, each
+ * gathered from the batch's (U or R, B, T, C) rows into diff (U*T*C) first. */
+static void pack_example(circ_session *s, const circ_batch *b, int bb, float *diff)
+{
+	const circ_config *c = s->c;
+	int U = circ_model_n_up(s->m), R = circ_model_n_recv(s->m);
+	size_t tc = (size_t)b->T * (size_t)c->n_embd;
+	circ_run *run = circ_patcher_run(s->p);
+	circ_writer *w = s->w;
+	circ_reader *r = s->r;
+	circ_error e;
+	msgpack_packer *pk = circ_writer_packer(w);
+	int64_t shape[3] = {U, b->T, c->n_embd};
+	msgpack_pack_map(pk, 4 + o.want_ref + o.want_diff + o.want_grad);
+	circ_pack_kv_i64(pk, "id", b->ex[bb].id);
+	circ_pack_kv_i64(pk, "T", b->T);
+	circ_pack_kv_f64(pk, "metric_clean", circ_patcher_clean_metric(s->p)[bb]);
+	circ_pack_kv_f64(pk, "metric_ref", circ_patcher_ref_metric(s->p)[bb]);
+	if (o.want_ref) {
+		/* one example's rows are strided by B*T*C: gather them */
+		for (int u = 0; u < U; u++)
+			memcpy(diff + (size_t)u * tc,
+			       circ_patcher_ref_out(s->p, u) + (size_t)bb * tc, tc * sizeof(float));
+		finite_or_die(w, r, b->ex[bb].id, "ref", diff, (size_t)U * tc);
+		circ_pack_kv_tensor(pk, "ref", CIRC_F32, 3, shape, diff);
+	}
+	if (o.want_diff) {
+		for (int u = 0; u < U; u++) {
+			const float *rf = circ_patcher_ref_out(s->p, u) + (size_t)bb * tc,
+				    *cl = circ_patcher_clean_out(s->p, u) + (size_t)bb * tc;
+			float *d = diff + (size_t)u * tc;
+			for (size_t q = 0; q < tc; q++)
+				d[q] = rf[q] - cl[q];
+		}
+		finite_or_die(w, r, b->ex[bb].id, "diff", diff, (size_t)U * tc);
+		circ_pack_kv_tensor(pk, "diff", CIRC_F32, 3, shape, diff);
+	}
+	if (o.want_grad) {
+		float *gr = circ_xmalloc((size_t)R * tc * sizeof *gr);
+		shape[0] = R;
+		for (int q = 0; q < R; q++)
+			memcpy(gr + (size_t)q * tc, circ_run_recv_grad(run, q) + (size_t)bb * tc,
+			       tc * sizeof(float));
+		finite_or_die(w, r, b->ex[bb].id, "grad", gr, (size_t)R * tc);
+		circ_pack_kv_tensor(pk, "grad", CIRC_F32, 3, shape, gr);
+		free(gr);
+	}
+	if (circ_writer_end_record(w, &e) < 0)
+		circ_die(&e);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
@@ -135,53 +186,10 @@ int main(int argc, char **argv)
 	}
 	while (circ_session_next(&s, &b)) {
 		size_t tc = (size_t)b->T * (size_t)c->n_embd;
-		circ_run *run = circ_patcher_run(s.p);
 		circ_session_load(&s, b, o.want_grad);
 		diff = circ_xrealloc(diff, (size_t)U * tc * sizeof *diff);
-		for (int bb = 0; bb < b->B; bb++) {
-			msgpack_packer *pk = circ_writer_packer(w);
-			int64_t shape[3] = {U, b->T, c->n_embd};
-			msgpack_pack_map(pk, 4 + o.want_ref + o.want_diff + o.want_grad);
-			circ_pack_kv_i64(pk, "id", b->ex[bb].id);
-			circ_pack_kv_i64(pk, "T", b->T);
-			circ_pack_kv_f64(pk, "metric_clean", circ_patcher_clean_metric(s.p)[bb]);
-			circ_pack_kv_f64(pk, "metric_ref", circ_patcher_ref_metric(s.p)[bb]);
-			if (o.want_ref) {
-				/* one example's rows are strided by B*T*C: gather them */
-				for (int u = 0; u < U; u++)
-					memcpy(diff + (size_t)u * tc,
-					       circ_patcher_ref_out(s.p, u) + (size_t)bb * tc,
-					       tc * sizeof(float));
-				finite_or_die(w, r, b->ex[bb].id, "ref", diff, (size_t)U * tc);
-				circ_pack_kv_tensor(pk, "ref", CIRC_F32, 3, shape, diff);
-			}
-			if (o.want_diff) {
-				for (int u = 0; u < U; u++) {
-					const float *rf = circ_patcher_ref_out(s.p, u) +
-							  (size_t)bb * tc,
-						    *cl = circ_patcher_clean_out(s.p, u) +
-							  (size_t)bb * tc;
-					float *d = diff + (size_t)u * tc;
-					for (size_t q = 0; q < tc; q++)
-						d[q] = rf[q] - cl[q];
-				}
-				finite_or_die(w, r, b->ex[bb].id, "diff", diff, (size_t)U * tc);
-				circ_pack_kv_tensor(pk, "diff", CIRC_F32, 3, shape, diff);
-			}
-			if (o.want_grad) {
-				float *gr = circ_xmalloc((size_t)R * tc * sizeof *gr);
-				shape[0] = R;
-				for (int q = 0; q < R; q++)
-					memcpy(gr + (size_t)q * tc,
-					       circ_run_recv_grad(run, q) + (size_t)bb * tc,
-					       tc * sizeof(float));
-				finite_or_die(w, r, b->ex[bb].id, "grad", gr, (size_t)R * tc);
-				circ_pack_kv_tensor(pk, "grad", CIRC_F32, 3, shape, gr);
-				free(gr);
-			}
-			if (circ_writer_end_record(w, &e) < 0)
-				circ_die(&e);
-		}
+		for (int bb = 0; bb < b->B; bb++)
+			pack_example(&s, b, bb, diff);
 	}
 	circ_session_finish(&s);
 	free(diff);
