@@ -139,7 +139,7 @@ usage_error() {
 	usage_error "--random excludes --list, --truth, --spec and --examples" \
 		circ-fixture --random --vocab-dir fixtures/gpt2-tokenizer --out "$T/x" --list
 	[ ! -e "$T/x" ]
-	usage_error "option '--vocab-lo' (10) is not below --vocab-hi (5)" \
+	usage_error "options '--vocab-lo' and '--vocab-hi': the id range [10, 5) is empty" \
 		circ-dataset induction --vocab-lo 10 --vocab-hi 5 --n 2
 }
 
