@@ -180,6 +180,108 @@ static void check_graph_options(const circ_graph *g, const char *path)
 				 circ_graph_level_name(g->level));
 }
 
+/* The graph to patch: the circuit's or the scores' when they name one (their
+ * reader goes into inputs, for the header's provenance; *cc or *sc is set),
+ * else the model's at --level and --convention. It must match the model. */
+static circ_graph *patch_graph(circ_session *s, circ_reader **inputs, int *ninputs,
+			       circ_circuit **cc, circ_scores **sc)
+{
+	const circ_config *c = s->c;
+	const char *md = s->model_digest;
+	circ_graph *g;
+	circ_error e;
+	/* the graph comes from the circuit or scores when they name one; a
+	 * headerless edge list takes the model's */
+	if (o.circuit) {
+		circ_reader *cr = circ_reader_open(o.circuit, "circuit", &e);
+		circ_graph *mg = NULL;
+		if (!cr)
+			circ_die(&e);
+		if (!strcmp(circ_reader_kind(cr), "records")) {
+			mg = circ_graph_new(c->n_layer, c->n_head, o.pc.level, &e);
+			if (!mg)
+				circ_die(&e);
+			mg->input = o.pc.conv;
+		}
+		if (!(*cc = circ_circuit_read(cr, mg, &e)))
+			circ_die(&e);
+		circ_graph_free(mg);
+		check_graph_options((*cc)->g, o.circuit);
+		if ((*cc)->model_digest && *(*cc)->model_digest && strcmp((*cc)->model_digest, md))
+			circ_dief(
+			    "'%s': the circuit was found on another model (model_digest differs)",
+			    o.circuit);
+		g = (*cc)->g;
+		inputs[(*ninputs)++] = cr;
+	} else if (o.curve) {
+		circ_reader *sr = circ_reader_open(o.curve, "scores", &e);
+		if (!sr || !(*sc = circ_scores_read(sr, &e)))
+			circ_die(&e);
+		if ((*sc)->model_digest && *(*sc)->model_digest && strcmp((*sc)->model_digest, md))
+			circ_dief("'%s': scores of another model (model_digest differs)", o.curve);
+		check_graph_options((*sc)->g, o.curve);
+		g = (*sc)->g;
+		inputs[(*ninputs)++] = sr;
+	} else {
+		g = circ_graph_new(c->n_layer, c->n_head, o.pc.level, &e);
+		if (!g)
+			circ_die(&e);
+		g->input = o.pc.conv;
+	}
+	if (g->n_layer != c->n_layer || g->n_head != c->n_head)
+		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
+			  g->n_layer, g->n_head, o.pc.model);
+	return g;
+}
+
+/* The circuits to evaluate: one (--circuit, --edges, --nodes), or the
+ * curve's, the top-scored edges at each fraction; each with the lowest
+ * stage it patches, where its recomputation starts. */
+static void make_jobs(job *jb, const circ_graph *g, circ_patcher *p, const circ_circuit *cc,
+		      const circ_scores *sc)
+{
+	if (o.curve) {
+		int64_t *order = circ_xmalloc((size_t)g->n_edges * sizeof *order);
+		double fr[MAX_FRACTIONS];
+		int nf = 0;
+		if (o.fractions) {
+			nf = parse_fractions(o.fractions, fr);
+		} else {
+			nf = (int)(sizeof default_fractions / sizeof *default_fractions);
+			memcpy(fr, default_fractions, sizeof default_fractions);
+		}
+		circ_rank_edges(g, sc->score, !o.absolute, order);
+		jb->n = nf;
+		jb->keep = circ_xcalloc((size_t)nf, sizeof *jb->keep);
+		jb->fraction = circ_xcalloc((size_t)nf, sizeof(double));
+		jb->n_edges = circ_xcalloc((size_t)nf, sizeof(int64_t));
+		for (int j = 0; j < nf; j++) {
+			int64_t n = circ_curve_n_edges(fr[j], g->n_edges);
+			jb->keep[j] = circ_xcalloc((size_t)g->n_edges, 1);
+			for (int64_t q = 0; q < n && q < sc->n_scored; q++)
+				jb->keep[j][order[q]] = 1;
+			jb->fraction[j] = fr[j];
+			jb->n_edges[j] = circ_count_kept(g, jb->keep[j]);
+		}
+		free(order);
+	} else {
+		jb->n = 1;
+		jb->keep = circ_xcalloc(1, sizeof *jb->keep);
+		jb->keep[0] = circ_xcalloc((size_t)g->n_edges, 1);
+		jb->n_edges = circ_xcalloc(1, sizeof(int64_t));
+		if (o.circuit)
+			memcpy(jb->keep[0], cc->keep, (size_t)g->n_edges);
+		else if (o.edges)
+			read_edges_to_patch(o.edges, g, jb->keep[0]);
+		else
+			patch_nodes(o.nodes, g, jb->keep[0]);
+		jb->n_edges[0] = circ_count_kept(g, jb->keep[0]);
+	}
+	jb->stage = circ_xcalloc((size_t)jb->n, sizeof(int));
+	for (int j = 0; j < jb->n; j++)
+		jb->stage[j] = lowest_patched_stage(p, g, jb->keep[j]);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {
@@ -190,7 +292,6 @@ int main(int argc, char **argv)
 	    opts, 1};
 	circ_session s = {0};
 	circ_error e;
-	circ_model *m;
 	circ_graph *g = NULL;
 	circ_reader *r, *inputs[2];
 	int ninputs = 0;
@@ -226,100 +327,15 @@ int main(int argc, char **argv)
 		check_node_list(o.nodes);
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 0);
-	m = s.m, md = s.model_digest;
-	/* the graph comes from the circuit or scores when they name one; a
-	 * headerless edge list takes the model's */
-	if (o.circuit) {
-		circ_reader *cr = circ_reader_open(o.circuit, "circuit", &e);
-		circ_graph *mg = NULL;
-		if (!cr)
-			circ_die(&e);
-		if (!strcmp(circ_reader_kind(cr), "records")) {
-			mg = circ_graph_new(circ_model_config(m)->n_layer,
-					    circ_model_config(m)->n_head, o.pc.level, &e);
-			if (!mg)
-				circ_die(&e);
-			mg->input = o.pc.conv;
-		}
-		if (!(cc = circ_circuit_read(cr, mg, &e)))
-			circ_die(&e);
-		circ_graph_free(mg);
-		check_graph_options(cc->g, o.circuit);
-		if (cc->model_digest && *cc->model_digest && strcmp(cc->model_digest, md))
-			circ_dief(
-			    "'%s': the circuit was found on another model (model_digest differs)",
-			    o.circuit);
-		g = cc->g;
-		inputs[ninputs++] = cr;
-	} else if (o.curve) {
-		circ_reader *sr = circ_reader_open(o.curve, "scores", &e);
-		if (!sr || !(sc = circ_scores_read(sr, &e)))
-			circ_die(&e);
-		if (sc->model_digest && *sc->model_digest && strcmp(sc->model_digest, md))
-			circ_dief("'%s': scores of another model (model_digest differs)", o.curve);
-		check_graph_options(sc->g, o.curve);
-		g = sc->g;
-		inputs[ninputs++] = sr;
-	} else {
-		g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head,
-				   o.pc.level, &e);
-		if (!g)
-			circ_die(&e);
-		g->input = o.pc.conv;
-	}
-	if (g->n_layer != circ_model_config(m)->n_layer ||
-	    g->n_head != circ_model_config(m)->n_head)
-		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
-			  g->n_layer, g->n_head, o.pc.model);
-
+	md = s.model_digest;
+	g = patch_graph(&s, inputs, &ninputs, &cc, &sc);
 	circ_session_tokens(&s, in);
 	r = inputs[ninputs++] = s.r;
 	circ_patch_cli_metric(&o.pc, r);
 	circ_session_patcher(&s, g, 0);
 	p = s.p;
 
-	/* the circuits */
-	if (o.curve) {
-		int64_t *order = circ_xmalloc((size_t)g->n_edges * sizeof *order);
-		double fr[MAX_FRACTIONS];
-		int nf = 0;
-		if (o.fractions) {
-			nf = parse_fractions(o.fractions, fr);
-		} else {
-			nf = (int)(sizeof default_fractions / sizeof *default_fractions);
-			memcpy(fr, default_fractions, sizeof default_fractions);
-		}
-		circ_rank_edges(g, sc->score, !o.absolute, order);
-		jb.n = nf;
-		jb.keep = circ_xcalloc((size_t)nf, sizeof *jb.keep);
-		jb.fraction = circ_xcalloc((size_t)nf, sizeof(double));
-		jb.n_edges = circ_xcalloc((size_t)nf, sizeof(int64_t));
-		for (int j = 0; j < nf; j++) {
-			int64_t n = circ_curve_n_edges(fr[j], g->n_edges);
-			jb.keep[j] = circ_xcalloc((size_t)g->n_edges, 1);
-			for (int64_t q = 0; q < n && q < sc->n_scored; q++)
-				jb.keep[j][order[q]] = 1;
-			jb.fraction[j] = fr[j];
-			jb.n_edges[j] = circ_count_kept(g, jb.keep[j]);
-		}
-		free(order);
-	} else {
-		jb.n = 1;
-		jb.keep = circ_xcalloc(1, sizeof *jb.keep);
-		jb.keep[0] = circ_xcalloc((size_t)g->n_edges, 1);
-		jb.n_edges = circ_xcalloc(1, sizeof(int64_t));
-		if (o.circuit)
-			memcpy(jb.keep[0], cc->keep, (size_t)g->n_edges);
-		else if (o.edges)
-			read_edges_to_patch(o.edges, g, jb.keep[0]);
-		else
-			patch_nodes(o.nodes, g, jb.keep[0]);
-		jb.n_edges[0] = circ_count_kept(g, jb.keep[0]);
-	}
-	jb.stage = circ_xcalloc((size_t)jb.n, sizeof(int));
-	for (int j = 0; j < jb.n; j++)
-		jb.stage[j] = lowest_patched_stage(p, g, jb.keep[j]);
-
+	make_jobs(&jb, g, p, cc, sc);
 	circ_session_means(&s);
 
 	circ_session_output(&s, &cli);
