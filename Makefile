@@ -43,7 +43,12 @@ comma := ,
 
 LIB_SRC = $(sort $(wildcard lib/*.c))
 LIB_OBJ = $(LIB_SRC:%.c=$(B)/%.o)
+# Every cmd/*.c is a tool; code the tools share (option tables, usage errors,
+# progress on a terminal, the session helper) lives in cmd/cli/, built into
+# libcirccli.a. lib/ never uses it.
 CMD_SRC = $(sort $(wildcard cmd/*.c))
+CLI_SRC = $(sort $(wildcard cmd/cli/*.c))
+CLI_OBJ = $(CLI_SRC:%.c=$(B)/%.o)
 TOOLS = $(filter-out circ,$(notdir $(basename $(CMD_SRC))))
 BINS = $(B)/bin/circ $(TOOLS:%=$(B)/bin/circ-%)
 UNIT_SRC = $(sort $(wildcard tests/unit/*.c))
@@ -72,10 +77,14 @@ $(B)/libcirc.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/bin/circ: $(B)/cmd/circ.o $(B)/libcirc.a
+$(B)/libcirccli.a: $(CLI_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/bin/circ: $(B)/cmd/circ.o $(B)/libcirccli.a $(B)/libcirc.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(B)/bin/circ-%: $(B)/cmd/%.o $(B)/libcirc.a
+$(B)/bin/circ-%: $(B)/cmd/%.o $(B)/libcirccli.a $(B)/libcirc.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(B)/tests/%: $(B)/tests/unit/%.o $(B)/libcirc.a
@@ -142,7 +151,7 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(BINS)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(wildcard man/*.1)))
 
-FORMAT_SRC = $(wildcard lib/*.[ch] cmd/*.c tests/unit/*.[ch])
+FORMAT_SRC = $(wildcard lib/*.[ch] cmd/*.c cmd/cli/*.[ch] tests/unit/*.[ch])
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:
@@ -151,7 +160,7 @@ format-check:
 clean:
 	rm -rf build bin
 
--include $(LIB_OBJ:.o=.d) $(CMD_SRC:%.c=$(B)/%.d) $(UNIT_SRC:%.c=$(B)/%.d) $(BENCH_SRC:%.c=$(B)/%.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(CMD_SRC:%.c=$(B)/%.d) $(UNIT_SRC:%.c=$(B)/%.d) $(BENCH_SRC:%.c=$(B)/%.d)
 
 # Fuzzing with libFuzzer (clang): one target per parser of untrusted input,
 # tests/fuzz/fuzz_<name>.c, each with a seed corpus tests/fuzz/corpus-<name>/:

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "json.h"
-#include "opt.h"
+#include "cli/opt.h"
 
 enum { OPT_TO_MSGPACK = CIRC_OPT_FIRST_TOOL, OPT_HEADER, OPT_NO_HEADER, OPT_KIND };
 

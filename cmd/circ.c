@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "opt.h"
+#include "cli/opt.h"
 
 static const char *const tools[][2] = {
     {"tokenize", "text and task datasets to token streams (GPT-2 BPE)"},

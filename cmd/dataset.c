@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "bpe.h"
-#include "opt.h"
+#include "cli/opt.h"
 #include "tasks.h"
 
 enum {

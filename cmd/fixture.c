@@ -10,7 +10,7 @@
 
 #include "bpe.h"
 #include "handbuilt.h"
-#include "opt.h"
+#include "cli/opt.h"
 
 enum {
 	OPT_OUT = CIRC_OPT_FIRST_TOOL,

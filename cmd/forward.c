@@ -21,7 +21,8 @@
 #include "example.h"
 #include "metric.h"
 #include "model.h"
-#include "opt.h"
+#include "cli/opt.h"
+#include "cli/progress.h"
 
 enum {
 	OPT_MODEL = 'm',
@@ -190,7 +191,7 @@ int main(int argc, char **argv)
 	}
 
 	bt = circ_batcher_new(r, o.metric, V, c->n_ctx, o.batch);
-	circ_progress_start(&pr, "examples", 0);
+	circ_cli_progress(&pr, "examples", 0);
 	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
 		circ_fwd f;
 		int rows;

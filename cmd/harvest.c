@@ -12,7 +12,8 @@
 #include <string.h>
 
 #include "attrib.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
+#include "cli/session.h"
 
 enum {
 	OPT_WHAT = CIRC_OPT_FIRST_TOOL,
@@ -72,25 +73,72 @@ static void finite_or_die(circ_writer *w, const circ_reader *r, int64_t id, cons
 		}
 }
 
+/* One example's record: its metrics and the tensors --what asks for, each
+ * gathered from the batch's (U or R, B, T, C) rows into diff (U*T*C) first. */
+static void pack_example(circ_session *s, const circ_batch *b, int bb, float *diff)
+{
+	const circ_config *c = s->c;
+	int U = circ_model_n_up(s->m), R = circ_model_n_recv(s->m);
+	size_t tc = (size_t)b->T * (size_t)c->n_embd;
+	circ_run *run = circ_patcher_run(s->p);
+	circ_writer *w = s->w;
+	circ_reader *r = s->r;
+	circ_error e;
+	msgpack_packer *pk = circ_writer_packer(w);
+	int64_t shape[3] = {U, b->T, c->n_embd};
+	msgpack_pack_map(pk, 4 + o.want_ref + o.want_diff + o.want_grad);
+	circ_pack_kv_i64(pk, "id", b->ex[bb].id);
+	circ_pack_kv_i64(pk, "T", b->T);
+	circ_pack_kv_f64(pk, "metric_clean", circ_patcher_clean_metric(s->p)[bb]);
+	circ_pack_kv_f64(pk, "metric_ref", circ_patcher_ref_metric(s->p)[bb]);
+	if (o.want_ref) {
+		/* one example's rows are strided by B*T*C: gather them */
+		for (int u = 0; u < U; u++)
+			memcpy(diff + (size_t)u * tc,
+			       circ_patcher_ref_out(s->p, u) + (size_t)bb * tc, tc * sizeof(float));
+		finite_or_die(w, r, b->ex[bb].id, "ref", diff, (size_t)U * tc);
+		circ_pack_kv_tensor(pk, "ref", CIRC_F32, 3, shape, diff);
+	}
+	if (o.want_diff) {
+		for (int u = 0; u < U; u++) {
+			const float *rf = circ_patcher_ref_out(s->p, u) + (size_t)bb * tc,
+				    *cl = circ_patcher_clean_out(s->p, u) + (size_t)bb * tc;
+			float *d = diff + (size_t)u * tc;
+			for (size_t q = 0; q < tc; q++)
+				d[q] = rf[q] - cl[q];
+		}
+		finite_or_die(w, r, b->ex[bb].id, "diff", diff, (size_t)U * tc);
+		circ_pack_kv_tensor(pk, "diff", CIRC_F32, 3, shape, diff);
+	}
+	if (o.want_grad) {
+		float *gr = circ_xmalloc((size_t)R * tc * sizeof *gr);
+		shape[0] = R;
+		for (int q = 0; q < R; q++)
+			memcpy(gr + (size_t)q * tc, circ_run_recv_grad(run, q) + (size_t)bb * tc,
+			       tc * sizeof(float));
+		finite_or_die(w, r, b->ex[bb].id, "grad", gr, (size_t)R * tc);
+		circ_pack_kv_tensor(pk, "grad", CIRC_F32, 3, shape, gr);
+		free(gr);
+	}
+	if (circ_writer_end_record(w, &e) < 0)
+		circ_die(&e);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
 			"Reference outputs, output differences and receiver gradients per example.",
 			opts, 1};
+	circ_session s = {0};
 	circ_error e;
-	circ_model *m;
 	circ_graph *g;
 	circ_reader *r;
-	circ_patcher *p;
-	circ_batcher *bt;
 	circ_batch *b;
 	circ_writer *w;
-	circ_patch_opts po;
-	circ_progress pr;
 	const char *in = "-", *md;
 	const circ_config *c;
 	float *diff = NULL;
-	int i, k, U, R;
+	int i, U, R;
 
 	circ_init("circ-harvest");
 	circ_patch_cli_init(&o.pc);
@@ -104,23 +152,17 @@ int main(int argc, char **argv)
 	if (o.pc.level != CIRC_LEVEL_EDGE)
 		circ_usage_error("a harvest keeps every receiver: --level node does not apply");
 	circ_patch_cli_check(&o.pc);
-	m = circ_patch_cli_model(&o.pc, &g);
-	md = circ_model_digest(m, &e);
-	c = circ_model_config(m);
-	U = circ_model_n_up(m);
-	R = circ_model_n_recv(m);
-	r = circ_reader_open(in, "tokens", &e);
-	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
-		circ_die(&e);
+	circ_session_model(&s, &o.pc, 1);
+	g = s.g, md = s.model_digest, c = s.c;
+	U = circ_model_n_up(s.m);
+	R = circ_model_n_recv(s.m);
+	circ_session_tokens(&s, in);
+	r = s.r;
 	circ_patch_cli_metric(&o.pc, r);
-	circ_patch_cli_opts(&o.pc, m, o.want_grad, &po);
-	p = circ_patcher_new(m, g, &po, &e);
-	if (!p)
-		circ_die(&e);
-	circ_patch_cli_means(&o.pc, p, m, in);
-	w = circ_writer_open(cli.output, &cli.wopts, &e);
-	if (!w)
-		circ_die(&e);
+	circ_session_patcher(&s, NULL, o.want_grad);
+	circ_session_means(&s);
+	circ_session_output(&s, &cli);
+	w = s.w;
 	{
 		msgpack_packer *pk;
 		const msgpack_object *dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
@@ -142,77 +184,15 @@ int main(int argc, char **argv)
 		if (circ_writer_end_record(w, &e) < 0)
 			circ_die(&e);
 	}
-	bt = circ_batcher_new(r, o.pc.metric, c->vocab_size, c->n_ctx, o.pc.batch);
-	circ_progress_start(&pr, "examples", 0);
-	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
-		size_t tc = (size_t)b->T * (size_t)c->n_embd, btc = (size_t)b->B * tc;
-		circ_run *run = circ_patcher_run(p);
-		if (circ_patcher_load(p, b, &e) < 0 ||
-		    (o.want_grad && circ_loss_backward(p, &e) < 0)) {
-			circ_writer_abort(w);
-			circ_error_prefix(&e, "%s", circ_reader_name(r));
-			circ_die(&e);
-		}
+	while (circ_session_next(&s, &b)) {
+		size_t tc = (size_t)b->T * (size_t)c->n_embd;
+		circ_session_load(&s, b, o.want_grad);
 		diff = circ_xrealloc(diff, (size_t)U * tc * sizeof *diff);
-		for (int bb = 0; bb < b->B; bb++) {
-			msgpack_packer *pk = circ_writer_packer(w);
-			int64_t shape[3] = {U, b->T, c->n_embd};
-			msgpack_pack_map(pk, 4 + o.want_ref + o.want_diff + o.want_grad);
-			circ_pack_kv_i64(pk, "id", b->ex[bb].id);
-			circ_pack_kv_i64(pk, "T", b->T);
-			circ_pack_kv_f64(pk, "metric_clean", circ_patcher_clean_metric(p)[bb]);
-			circ_pack_kv_f64(pk, "metric_ref", circ_patcher_ref_metric(p)[bb]);
-			if (o.want_ref) {
-				/* one example's rows are strided by B*T*C: gather them */
-				for (int u = 0; u < U; u++)
-					memcpy(diff + (size_t)u * tc,
-					       circ_patcher_ref_out(p, u) + (size_t)bb * tc,
-					       tc * sizeof(float));
-				finite_or_die(w, r, b->ex[bb].id, "ref", diff, (size_t)U * tc);
-				circ_pack_kv_tensor(pk, "ref", CIRC_F32, 3, shape, diff);
-			}
-			if (o.want_diff) {
-				for (int u = 0; u < U; u++) {
-					const float *rf = circ_patcher_ref_out(p, u) +
-							  (size_t)bb * tc,
-						    *cl = circ_patcher_clean_out(p, u) +
-							  (size_t)bb * tc;
-					float *d = diff + (size_t)u * tc;
-					for (size_t q = 0; q < tc; q++)
-						d[q] = rf[q] - cl[q];
-				}
-				finite_or_die(w, r, b->ex[bb].id, "diff", diff, (size_t)U * tc);
-				circ_pack_kv_tensor(pk, "diff", CIRC_F32, 3, shape, diff);
-			}
-			if (o.want_grad) {
-				float *gr = circ_xmalloc((size_t)R * tc * sizeof *gr);
-				shape[0] = R;
-				for (int q = 0; q < R; q++)
-					memcpy(gr + (size_t)q * tc,
-					       circ_run_recv_grad(run, q) + (size_t)bb * tc,
-					       tc * sizeof(float));
-				finite_or_die(w, r, b->ex[bb].id, "grad", gr, (size_t)R * tc);
-				circ_pack_kv_tensor(pk, "grad", CIRC_F32, 3, shape, gr);
-				free(gr);
-			}
-			(void)btc;
-			if (circ_writer_end_record(w, &e) < 0)
-				circ_die(&e);
-		}
-		circ_progress_step(&pr, b->B);
+		for (int bb = 0; bb < b->B; bb++)
+			pack_example(&s, b, bb, diff);
 	}
-	if (k < 0)
-		circ_die(&e);
-	circ_progress_end(&pr);
-	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
-		circ_die(&e);
-	if (circ_writer_close(w, &e) < 0)
-		circ_die(&e);
+	circ_session_finish(&s);
 	free(diff);
-	circ_batcher_free(bt);
-	circ_patcher_free(p);
-	circ_reader_free(r);
-	circ_graph_free(g);
-	circ_model_free(m);
+	circ_session_free(&s);
 	return 0;
 }

@@ -13,7 +13,8 @@
 
 #include "circuit.h"
 #include "evalm.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
+#include "cli/session.h"
 
 enum {
 	OPT_CIRCUIT = 'c',
@@ -134,38 +135,17 @@ static double pos_nan(double x)
 }
 
 /* The most points a curve takes from --fractions. */
-#define MAX_FRACTIONS 64
+#define MAX_FRACTIONS CIRC_FRACTIONS_MAX
 
-/* --fractions: increasing numbers in [0, 1], comma-separated, into fr;
- * returns how many. Anything else, an empty list or item included, is a
- * usage error (never a silent cut). */
+/* --fractions into fr (circ_parse_fractions); returns how many. A bad list
+ * is a usage error. */
 static int parse_fractions(const char *list, double fr[MAX_FRACTIONS])
 {
-	const char *s = list;
-	int nf = 0, total = 1;
-	if (!*list)
-		circ_usage_error("option '--fractions': empty list");
-	for (const char *q = list; *q; q++)
-		total += *q == ',';
-	if (total > MAX_FRACTIONS)
-		circ_usage_error("option '--fractions': %d fractions, at most %d", total,
-				 MAX_FRACTIONS);
-	for (;;) {
-		char t[64];
-		size_t n = strcspn(s, ",");
-		double v;
-		snprintf(t, sizeof t, "%.*s", (int)(n < 63 ? n : 63), s);
-		if (n > 63 || circ_parse_f64(t, &v) < 0 || !(v >= 0 && v <= 1) ||
-		    (nf && v <= fr[nf - 1]))
-			circ_usage_error("option '--fractions': '%s' is not an increasing "
-					 "fraction in [0, 1]",
-					 t);
-		fr[nf++] = v;
-		s += n;
-		if (!*s)
-			return nf;
-		s++; /* the comma: an item follows, empty or not */
-	}
+	circ_error e;
+	int nf = circ_parse_fractions(list, fr, &e);
+	if (nf < 0)
+		circ_usage_error("option '--fractions': %s", e.msg);
+	return nf;
 }
 
 /* --nodes: a comma-separated list of names, none empty (the names are
@@ -200,6 +180,108 @@ static void check_graph_options(const circ_graph *g, const char *path)
 				 circ_graph_level_name(g->level));
 }
 
+/* The graph to patch: the circuit's or the scores' when they name one (their
+ * reader goes into inputs, for the header's provenance; *cc or *sc is set),
+ * else the model's at --level and --convention. It must match the model. */
+static circ_graph *patch_graph(circ_session *s, circ_reader **inputs, int *ninputs,
+			       circ_circuit **cc, circ_scores **sc)
+{
+	const circ_config *c = s->c;
+	const char *md = s->model_digest;
+	circ_graph *g;
+	circ_error e;
+	/* the graph comes from the circuit or scores when they name one; a
+	 * headerless edge list takes the model's */
+	if (o.circuit) {
+		circ_reader *cr = circ_reader_open(o.circuit, "circuit", &e);
+		circ_graph *mg = NULL;
+		if (!cr)
+			circ_die(&e);
+		if (!strcmp(circ_reader_kind(cr), "records")) {
+			mg = circ_graph_new(c->n_layer, c->n_head, o.pc.level, &e);
+			if (!mg)
+				circ_die(&e);
+			mg->input = o.pc.conv;
+		}
+		if (!(*cc = circ_circuit_read(cr, mg, &e)))
+			circ_die(&e);
+		circ_graph_free(mg);
+		check_graph_options((*cc)->g, o.circuit);
+		if ((*cc)->model_digest && *(*cc)->model_digest && strcmp((*cc)->model_digest, md))
+			circ_dief(
+			    "'%s': the circuit was found on another model (model_digest differs)",
+			    o.circuit);
+		g = (*cc)->g;
+		inputs[(*ninputs)++] = cr;
+	} else if (o.curve) {
+		circ_reader *sr = circ_reader_open(o.curve, "scores", &e);
+		if (!sr || !(*sc = circ_scores_read(sr, &e)))
+			circ_die(&e);
+		if ((*sc)->model_digest && *(*sc)->model_digest && strcmp((*sc)->model_digest, md))
+			circ_dief("'%s': scores of another model (model_digest differs)", o.curve);
+		check_graph_options((*sc)->g, o.curve);
+		g = (*sc)->g;
+		inputs[(*ninputs)++] = sr;
+	} else {
+		g = circ_graph_new(c->n_layer, c->n_head, o.pc.level, &e);
+		if (!g)
+			circ_die(&e);
+		g->input = o.pc.conv;
+	}
+	if (g->n_layer != c->n_layer || g->n_head != c->n_head)
+		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
+			  g->n_layer, g->n_head, o.pc.model);
+	return g;
+}
+
+/* The circuits to evaluate: one (--circuit, --edges, --nodes), or the
+ * curve's, the top-scored edges at each fraction; each with the lowest
+ * stage it patches, where its recomputation starts. */
+static void make_jobs(job *jb, const circ_graph *g, circ_patcher *p, const circ_circuit *cc,
+		      const circ_scores *sc)
+{
+	if (o.curve) {
+		int64_t *order = circ_xmalloc((size_t)g->n_edges * sizeof *order);
+		double fr[MAX_FRACTIONS];
+		int nf = 0;
+		if (o.fractions) {
+			nf = parse_fractions(o.fractions, fr);
+		} else {
+			nf = (int)(sizeof default_fractions / sizeof *default_fractions);
+			memcpy(fr, default_fractions, sizeof default_fractions);
+		}
+		circ_rank_edges(g, sc->score, !o.absolute, order);
+		jb->n = nf;
+		jb->keep = circ_xcalloc((size_t)nf, sizeof *jb->keep);
+		jb->fraction = circ_xcalloc((size_t)nf, sizeof(double));
+		jb->n_edges = circ_xcalloc((size_t)nf, sizeof(int64_t));
+		for (int j = 0; j < nf; j++) {
+			int64_t n = circ_curve_n_edges(fr[j], g->n_edges);
+			jb->keep[j] = circ_xcalloc((size_t)g->n_edges, 1);
+			for (int64_t q = 0; q < n && q < sc->n_scored; q++)
+				jb->keep[j][order[q]] = 1;
+			jb->fraction[j] = fr[j];
+			jb->n_edges[j] = circ_count_kept(g, jb->keep[j]);
+		}
+		free(order);
+	} else {
+		jb->n = 1;
+		jb->keep = circ_xcalloc(1, sizeof *jb->keep);
+		jb->keep[0] = circ_xcalloc((size_t)g->n_edges, 1);
+		jb->n_edges = circ_xcalloc(1, sizeof(int64_t));
+		if (o.circuit)
+			memcpy(jb->keep[0], cc->keep, (size_t)g->n_edges);
+		else if (o.edges)
+			read_edges_to_patch(o.edges, g, jb->keep[0]);
+		else
+			patch_nodes(o.nodes, g, jb->keep[0]);
+		jb->n_edges[0] = circ_count_kept(g, jb->keep[0]);
+	}
+	jb->stage = circ_xcalloc((size_t)jb->n, sizeof(int));
+	for (int j = 0; j < jb->n; j++)
+		jb->stage[j] = lowest_patched_stage(p, g, jb->keep[j]);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {
@@ -208,22 +290,19 @@ int main(int argc, char **argv)
 	    "Run the model with edges patched; report faithfulness (f) per example and "
 	    "overall, or a faithfulness curve.",
 	    opts, 1};
+	circ_session s = {0};
 	circ_error e;
-	circ_model *m;
 	circ_graph *g = NULL;
 	circ_reader *r, *inputs[2];
 	int ninputs = 0;
 	circ_patcher *p;
-	circ_batcher *bt;
 	circ_batch *b;
 	circ_writer *w;
-	circ_patch_opts po;
-	circ_progress pr;
 	const char *in = "-", *md;
 	job jb = {0};
 	double *sum_c, sum_m = 0, sum_0 = 0, *out;
 	int64_t count = 0;
-	int i, k, nsel;
+	int i, nsel;
 	circ_scores *sc = NULL;
 	circ_circuit *cc = NULL;
 
@@ -247,110 +326,20 @@ int main(int argc, char **argv)
 	if (o.nodes)
 		check_node_list(o.nodes);
 	circ_patch_cli_check(&o.pc);
-	m = circ_patch_cli_model(&o.pc, NULL);
-	md = circ_model_digest(m, &e);
-	/* the graph comes from the circuit or scores when they name one; a
-	 * headerless edge list takes the model's */
-	if (o.circuit) {
-		circ_reader *cr = circ_reader_open(o.circuit, "circuit", &e);
-		circ_graph *mg = NULL;
-		if (!cr)
-			circ_die(&e);
-		if (!strcmp(circ_reader_kind(cr), "records")) {
-			mg = circ_graph_new(circ_model_config(m)->n_layer,
-					    circ_model_config(m)->n_head, o.pc.level, &e);
-			if (!mg)
-				circ_die(&e);
-			mg->input = o.pc.conv;
-		}
-		if (!(cc = circ_circuit_read(cr, mg, &e)))
-			circ_die(&e);
-		circ_graph_free(mg);
-		check_graph_options(cc->g, o.circuit);
-		if (cc->model_digest && *cc->model_digest && strcmp(cc->model_digest, md))
-			circ_dief(
-			    "'%s': the circuit was found on another model (model_digest differs)",
-			    o.circuit);
-		g = cc->g;
-		inputs[ninputs++] = cr;
-	} else if (o.curve) {
-		circ_reader *sr = circ_reader_open(o.curve, "scores", &e);
-		if (!sr || !(sc = circ_scores_read(sr, &e)))
-			circ_die(&e);
-		if (sc->model_digest && *sc->model_digest && strcmp(sc->model_digest, md))
-			circ_dief("'%s': scores of another model (model_digest differs)", o.curve);
-		check_graph_options(sc->g, o.curve);
-		g = sc->g;
-		inputs[ninputs++] = sr;
-	} else {
-		g = circ_graph_new(circ_model_config(m)->n_layer, circ_model_config(m)->n_head,
-				   o.pc.level, &e);
-		if (!g)
-			circ_die(&e);
-		g->input = o.pc.conv;
-	}
-	if (g->n_layer != circ_model_config(m)->n_layer ||
-	    g->n_head != circ_model_config(m)->n_head)
-		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",
-			  g->n_layer, g->n_head, o.pc.model);
-
-	r = circ_reader_open(in, "tokens", &e);
-	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
-		circ_die(&e);
-	inputs[ninputs++] = r;
+	circ_session_model(&s, &o.pc, 0);
+	md = s.model_digest;
+	g = patch_graph(&s, inputs, &ninputs, &cc, &sc);
+	circ_session_tokens(&s, in);
+	r = inputs[ninputs++] = s.r;
 	circ_patch_cli_metric(&o.pc, r);
-	circ_patch_cli_opts(&o.pc, m, 0, &po);
-	p = circ_patcher_new(m, g, &po, &e);
-	if (!p)
-		circ_die(&e);
+	circ_session_patcher(&s, g, 0);
+	p = s.p;
 
-	/* the circuits */
-	if (o.curve) {
-		int64_t *order = circ_xmalloc((size_t)g->n_edges * sizeof *order);
-		double fr[MAX_FRACTIONS];
-		int nf = 0;
-		if (o.fractions) {
-			nf = parse_fractions(o.fractions, fr);
-		} else {
-			nf = (int)(sizeof default_fractions / sizeof *default_fractions);
-			memcpy(fr, default_fractions, sizeof default_fractions);
-		}
-		circ_rank_edges(g, sc->score, !o.absolute, order);
-		jb.n = nf;
-		jb.keep = circ_xcalloc((size_t)nf, sizeof *jb.keep);
-		jb.fraction = circ_xcalloc((size_t)nf, sizeof(double));
-		jb.n_edges = circ_xcalloc((size_t)nf, sizeof(int64_t));
-		for (int j = 0; j < nf; j++) {
-			int64_t n = circ_curve_n_edges(fr[j], g->n_edges);
-			jb.keep[j] = circ_xcalloc((size_t)g->n_edges, 1);
-			for (int64_t q = 0; q < n && q < sc->n_scored; q++)
-				jb.keep[j][order[q]] = 1;
-			jb.fraction[j] = fr[j];
-			jb.n_edges[j] = circ_count_kept(g, jb.keep[j]);
-		}
-		free(order);
-	} else {
-		jb.n = 1;
-		jb.keep = circ_xcalloc(1, sizeof *jb.keep);
-		jb.keep[0] = circ_xcalloc((size_t)g->n_edges, 1);
-		jb.n_edges = circ_xcalloc(1, sizeof(int64_t));
-		if (o.circuit)
-			memcpy(jb.keep[0], cc->keep, (size_t)g->n_edges);
-		else if (o.edges)
-			read_edges_to_patch(o.edges, g, jb.keep[0]);
-		else
-			patch_nodes(o.nodes, g, jb.keep[0]);
-		jb.n_edges[0] = circ_count_kept(g, jb.keep[0]);
-	}
-	jb.stage = circ_xcalloc((size_t)jb.n, sizeof(int));
-	for (int j = 0; j < jb.n; j++)
-		jb.stage[j] = lowest_patched_stage(p, g, jb.keep[j]);
+	make_jobs(&jb, g, p, cc, sc);
+	circ_session_means(&s);
 
-	circ_patch_cli_means(&o.pc, p, m, in);
-
-	w = circ_writer_open(cli.output, &cli.wopts, &e);
-	if (!w)
-		circ_die(&e);
+	circ_session_output(&s, &cli);
+	w = s.w;
 	if (o.curve) {
 		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g,
 				       circ_metric_name(o.pc.metric), o.absolute, md, 1);
@@ -372,23 +361,15 @@ int main(int argc, char **argv)
 
 	sum_c = circ_xcalloc((size_t)jb.n, sizeof(double));
 	out = circ_xmalloc((size_t)o.pc.batch * sizeof *out);
-	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
-			      circ_model_config(m)->n_ctx, o.pc.batch);
-	circ_progress_start(&pr, "examples", 0);
-	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
+	while (circ_session_next(&s, &b)) {
 		const double *mc, *m0;
-		if (circ_patcher_load(p, b, &e) < 0) {
-			circ_error_prefix(&e, "%s", circ_reader_name(r));
-			circ_die(&e);
-		}
+		circ_session_load(&s, b, 0);
 		mc = circ_patcher_clean_metric(p);
 		m0 = circ_patcher_ref_metric(p);
 		/* circuits from the largest patched stage down reuse the clean run most */
 		for (int j = jb.n - 1; j >= 0; j--) {
-			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0) {
-				circ_error_prefix(&e, "%s", circ_reader_name(r));
-				circ_die(&e);
-			}
+			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0)
+				circ_session_die(&s, &e);
 			for (int bb = 0; bb < b->B; bb++)
 				sum_c[j] += out[bb];
 			if (!o.curve)
@@ -411,11 +392,7 @@ int main(int argc, char **argv)
 			sum_0 += m0[bb];
 		}
 		count += b->B;
-		circ_progress_step(&pr, b->B);
 	}
-	if (k < 0)
-		circ_die(&e);
-	circ_progress_end(&pr);
 	if (count == 0)
 		circ_dief("%s: no examples", circ_reader_name(r));
 	{
@@ -467,10 +444,7 @@ int main(int argc, char **argv)
 				pos_nan(mm), pos_nan(m0), pos_nan(mcirc), pos_nan(f));
 		}
 	}
-	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
-		circ_die(&e);
-	if (circ_writer_close(w, &e) < 0)
-		circ_die(&e);
+	circ_session_finish(&s);
 	for (int j = 0; j < jb.n; j++)
 		free(jb.keep[j]);
 	free(jb.keep);
@@ -479,16 +453,14 @@ int main(int argc, char **argv)
 	free(jb.stage);
 	free(sum_c);
 	free(out);
-	circ_batcher_free(bt);
-	circ_patcher_free(p);
-	for (int j = 0; j < ninputs; j++)
+	for (int j = 0; j < ninputs - 1; j++) /* the last is the session's */
 		circ_reader_free(inputs[j]);
+	circ_session_free(&s);
 	if (cc)
 		circ_circuit_free(cc);
 	else if (sc)
 		circ_scores_free(sc);
 	else
 		circ_graph_free(g);
-	circ_model_free(m);
 	return 0;
 }

@@ -22,7 +22,9 @@
 #include "acdc.h"
 #include "circuit.h"
 #include "evalm.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
+#include "cli/progress.h"
+#include "cli/session.h"
 
 enum {
 	OPT_TOP_N = CIRC_OPT_FIRST_TOOL,
@@ -347,13 +349,14 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 
 static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 {
+	circ_session s = {0};
 	circ_error e;
 	circ_model *m;
 	circ_graph *g;
 	circ_reader *r;
 	circ_batcher *bt;
 	circ_batch *b;
-	circ_patcher **ps = NULL, *meanp = NULL;
+	circ_patcher **ps = NULL;
 	circ_patch_opts po;
 	circ_acdc_opts ao = {o.tau, o.abs_change};
 	circ_progress pr;
@@ -369,11 +372,10 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	if (o.signed_ || o.size)
 		circ_usage_error("--signed and sizes do not apply to --acdc");
 	circ_patch_cli_check(&o.pc);
-	m = circ_patch_cli_model(&o.pc, &g);
-	md = circ_model_digest(m, &e);
-	r = circ_reader_open(input, "tokens", &e);
-	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
-		circ_die(&e);
+	circ_session_model(&s, &o.pc, 1);
+	m = s.m, g = s.g, md = s.model_digest;
+	circ_session_tokens(&s, input);
+	r = s.r;
 	/* ACDC's loss is kl unless --metric names the task's metric */
 	if (!o.pc.metric_set)
 		o.pc.metric = CIRC_METRIC_KL;
@@ -381,10 +383,8 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	/* mean ablation: the means once, by a patcher sized for any batch of
 	 * the references, shared by every batch's patcher */
 	if (o.pc.ablation == CIRC_ABL_MEAN) {
-		meanp = circ_patcher_new(m, g, &po, &e);
-		if (!meanp)
-			circ_die(&e);
-		circ_patch_cli_means(&o.pc, meanp, m, input);
+		circ_session_patcher(&s, NULL, 0);
+		circ_session_means(&s);
 	}
 	/* one patcher per batch: every edge test runs the whole dataset */
 	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
@@ -398,7 +398,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		p = circ_patcher_new(m, g, &po, &e);
 		if (!p)
 			circ_die(&e);
-		if (meanp && circ_patcher_mean_copy(p, meanp, &e) < 0)
+		if (s.p && circ_patcher_mean_copy(p, s.p, &e) < 0)
 			circ_die(&e);
 		if (circ_patcher_load(p, copy, &e) < 0) {
 			circ_error_prefix(&e, "%s", circ_reader_name(r));
@@ -411,7 +411,8 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_die(&e);
 	if (n == 0)
 		circ_dief("%s: no examples", circ_reader_name(r));
-	circ_patcher_free(meanp);
+	circ_patcher_free(s.p); /* the means are copied: free its activations now */
+	s.p = NULL;
 
 	lg.g = g;
 	lg.change = circ_xmalloc((size_t)g->n_edges * sizeof(double));
@@ -435,7 +436,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 			circ_die(&e);
 	}
 	keep = circ_xmalloc((size_t)g->n_edges);
-	circ_progress_start(&pr, "edge tests", g->n_edges);
+	circ_cli_progress(&pr, "edge tests", g->n_edges);
 	t0 = circ_now();
 	if (circ_acdc_run(ps, n, &ao, keep, log_step, &lg, &tests, &pr, &e) < 0) {
 		circ_writer_abort(lg.w);
@@ -450,8 +451,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
 			(long long)circ_count_kept(g, keep));
 	}
-	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
-		circ_die(&e);
+	circ_session_finish(&s);
 	if (lg.w && circ_writer_close(lg.w, &e) < 0)
 		circ_die(&e);
 	{
@@ -477,9 +477,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	free(keep);
 	free(lg.change);
 	circ_batcher_free(bt);
-	circ_reader_free(r);
-	circ_graph_free(g);
-	circ_model_free(m);
+	circ_session_free(&s);
 	return 0;
 }
 int main(int argc, char **argv)

@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "opt.h"
+#include "cli/opt.h"
 #include "render.h"
 
 enum {

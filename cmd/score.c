@@ -10,7 +10,9 @@
 
 #include "attrib.h"
 #include "circuit.h"
-#include "patchopt.h"
+#include "cli/patchopt.h"
+#include "cli/progress.h"
+#include "cli/session.h"
 
 enum {
 	OPT_METHOD = CIRC_OPT_FIRST_TOOL,
@@ -303,22 +305,19 @@ int main(int argc, char **argv)
 	circ_cli cli = {"--model DIR [options] [tokens]",
 			"Score every edge of the model's graph for the task in a token stream.",
 			opts, 1};
+	circ_session s = {0};
 	circ_error e;
 	circ_model *m;
 	circ_graph *g;
 	circ_reader *r;
-	circ_patcher *p;
 	circ_attrib *a;
-	circ_batcher *bt;
 	circ_batch *b;
 	circ_writer *w;
-	circ_patch_opts po;
-	circ_progress pr;
 	const char *dataset_digest, *in = "-";
 	const msgpack_object *dd;
 	int64_t *count;
 	char *dd_copy = NULL;
-	int i, k;
+	int i;
 
 	circ_init("circ-score");
 	circ_patch_cli_init(&o.pc);
@@ -365,15 +364,15 @@ int main(int argc, char **argv)
 					 bad ? bad : "method");
 	}
 	circ_patch_cli_check(&o.pc);
-	m = circ_patch_cli_model(&o.pc, &g);
+	circ_session_model(&s, &o.pc, 1);
+	m = s.m, g = s.g;
 	if (o.list_edges) {
 		if (circ_graph_write_edges(g, stdout, &e) < 0 || fclose(stdout) != 0)
 			circ_dief("'<stdout>': write error");
 		return 0;
 	}
-	r = circ_reader_open(in, "tokens", &e);
-	if (!r || circ_tokens_check_vocab(r, o.pc.model, &e) < 0)
-		circ_die(&e);
+	circ_session_tokens(&s, in);
+	r = s.r;
 	circ_patch_cli_metric(&o.pc, r);
 	dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
 	if (dd && dd->type == MSGPACK_OBJECT_STR) {
@@ -384,32 +383,21 @@ int main(int argc, char **argv)
 	} else {
 		dataset_digest = circ_reader_header_digest(r);
 	}
-	circ_patch_cli_opts(&o.pc, m, circ_attr_needs_backward(o.method), &po);
-	p = circ_patcher_new(m, g, &po, &e);
-	if (!p)
-		circ_die(&e);
-	circ_patch_cli_means(&o.pc, p, m, in);
-	a = circ_attrib_new(p, o.method, o.steps);
-	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
-			      circ_model_config(m)->n_ctx, o.pc.batch);
-	circ_progress_start(&pr, o.method == CIRC_ATTR_EXACT ? "edges" : "examples", 0);
-	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
-		if (circ_patcher_load(p, b, &e) < 0 || circ_attrib_batch(a, &pr, &e) < 0) {
-			circ_error_prefix(&e, "%s", circ_reader_name(r));
-			circ_die(&e);
-		}
-		if (o.method != CIRC_ATTR_EXACT)
-			circ_progress_step(&pr, b->B);
+	circ_session_patcher(&s, NULL, circ_attr_needs_backward(o.method));
+	circ_session_means(&s);
+	a = circ_attrib_new(s.p, o.method, o.steps);
+	if (o.method == CIRC_ATTR_EXACT) /* counted by the edge, inside the batch */
+		circ_cli_progress(&s.pr, "edges", 0);
+	while (circ_session_next(&s, &b)) {
+		circ_session_load(&s, b, 0);
+		if (circ_attrib_batch(a, &s.pr, &e) < 0)
+			circ_session_die(&s, &e);
 	}
-	if (k < 0)
-		circ_die(&e);
-	circ_progress_end(&pr);
 	if (circ_attrib_count(a) == 0)
 		circ_dief("%s: no examples", circ_reader_name(r));
 
-	w = circ_writer_open(cli.output, &cli.wopts, &e);
-	if (!w)
-		circ_die(&e);
+	circ_session_output(&s, &cli);
+	w = s.w;
 	{
 		const char *md = circ_model_digest(m, &e);
 		msgpack_packer *pk;
@@ -438,17 +426,10 @@ int main(int argc, char **argv)
 	for (int64_t ed = 0; ed < g->n_edges; ed++)
 		count[ed] = circ_attrib_count(a);
 	write_scores(w, g, circ_attrib_sums(a), count, &e);
-	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
-		circ_die(&e);
-	if (circ_writer_close(w, &e) < 0)
-		circ_die(&e);
+	circ_session_finish(&s);
 	free(count);
 	free(dd_copy);
-	circ_batcher_free(bt);
 	circ_attrib_free(a);
-	circ_patcher_free(p);
-	circ_reader_free(r);
-	circ_graph_free(g);
-	circ_model_free(m);
+	circ_session_free(&s);
 	return 0;
 }

@@ -22,7 +22,7 @@
 #include "bpe.h"
 #include "json.h"
 #include "model.h"
-#include "opt.h"
+#include "cli/opt.h"
 #include "tasks.h"
 
 enum {

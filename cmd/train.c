@@ -21,7 +21,7 @@
 
 #include "bpe.h"
 #include "model.h"
-#include "opt.h"
+#include "cli/opt.h"
 #include "train.h"
 
 enum {

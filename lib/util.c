@@ -1,6 +1,6 @@
 /*
  * util: the bottom layer of lib/ — error values, allocation, strict number
- * parsing, SHA-256 for provenance digests, terminal-only progress, and the
+ * parsing, SHA-256 for provenance digests, progress counted for a callback, and the
  * file handling every tool shares: bounded reads of regular files, atomic
  * output files, and the cleanup of temporaries on exit and fatal signals.
  */
@@ -157,6 +157,32 @@ int circ_parse_f64(const char *s, double *out)
 	return 0;
 }
 
+int circ_parse_fractions(const char *list, double fr[CIRC_FRACTIONS_MAX], circ_error *e)
+{
+	const char *s = list;
+	int nf = 0, total = 1;
+	if (!*list)
+		return circ_errorf(e, "empty list");
+	for (const char *q = list; *q; q++)
+		total += *q == ',';
+	if (total > CIRC_FRACTIONS_MAX)
+		return circ_errorf(e, "%d fractions, at most %d", total, CIRC_FRACTIONS_MAX);
+	for (;;) {
+		char t[64];
+		size_t n = strcspn(s, ",");
+		double v;
+		snprintf(t, sizeof t, "%.*s", (int)(n < 63 ? n : 63), s);
+		if (n > 63 || circ_parse_f64(t, &v) < 0 || !(v >= 0 && v <= 1) ||
+		    (nf && v <= fr[nf - 1]))
+			return circ_errorf(e, "'%s' is not an increasing fraction in [0, 1]", t);
+		fr[nf++] = v;
+		s += n;
+		if (!*s)
+			return nf;
+		s++; /* the comma: an item follows, empty or not */
+	}
+}
+
 /* ---- SHA-256 (FIPS 180-4) ---- */
 static const uint32_t K256[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -258,7 +284,7 @@ int circ_sha256_file(const char *path, char out[72], circ_error *e)
 	return 0;
 }
 
-/* ---- progress ---- */
+/* ---- progress (counted here, drawn by the caller's callback) ---- */
 double circ_now(void)
 {
 	struct timespec ts;
@@ -266,37 +292,29 @@ double circ_now(void)
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-void circ_progress_start(circ_progress *p, const char *what, int64_t total)
+void circ_progress_start(circ_progress *p, const char *what, int64_t total, circ_progress_fn report,
+			 void *ctx)
 {
 	p->what = what;
 	p->total = total;
 	p->done = 0;
-	p->last = 0;
-	p->enabled = isatty(STDERR_FILENO) && !getenv("CIRC_NO_PROGRESS");
+	p->report = report;
+	p->ctx = ctx;
 }
 
 void circ_progress_step(circ_progress *p, int64_t n)
 {
-	double t;
+	if (!p)
+		return;
 	p->done += n;
-	if (!p->enabled)
-		return;
-	t = circ_now();
-	if (t - p->last < 0.2 && p->done != p->total)
-		return;
-	p->last = t;
-	if (p->total > 0)
-		fprintf(stderr, "\r%s: %s %lld/%lld (%.0f%%)", circ_progname, p->what,
-			(long long)p->done, (long long)p->total,
-			100.0 * (double)p->done / (double)p->total);
-	else
-		fprintf(stderr, "\r%s: %s %lld", circ_progname, p->what, (long long)p->done);
+	if (p->report)
+		p->report(p, 0, p->ctx);
 }
 
 void circ_progress_end(circ_progress *p)
 {
-	if (p->enabled && p->last > 0)
-		fprintf(stderr, "\r\033[K");
+	if (p && p->report)
+		p->report(p, 1, p->ctx);
 }
 
 /* ---- reading files ---- */

@@ -6,7 +6,9 @@
  * Layering: util is the bottom of lib/; it includes nothing of circ's.
  * Library code never prints or exits, with one documented exception:
  * allocation failure (circ_xmalloc and friends) prints and exits 1, as git
- * and zstd's programs do; a caller cannot do anything useful after it.
+ * and zstd's programs do; a caller cannot do anything useful after it. (A
+ * guarded mapping's SIGBUS, circ_guard_mapping, also prints and exits 1: a
+ * fault inside a read has no caller to return an error to.)
  */
 #ifndef CIRC_UTIL_H
 #define CIRC_UTIL_H
@@ -56,6 +58,15 @@ void circ_advise_huge(void *p, size_t n);
 /* Strict number parsing: whole string, no overflow, no trailing garbage. 0 ok, -1 bad. */
 int circ_parse_i64(const char *s, int64_t *out);
 int circ_parse_f64(const char *s, double *out);
+
+/* The most fractions circ_parse_fractions takes. */
+#define CIRC_FRACTIONS_MAX 64
+/* A comma-separated list of increasing fractions in [0, 1] ("0.01,0.1,1")
+ * into fr[0..CIRC_FRACTIONS_MAX); returns how many. -1 with a message for
+ * an empty list or item, a list longer than CIRC_FRACTIONS_MAX (never a
+ * silent cut), or an item that is not a number above the previous one in
+ * [0, 1]. */
+int circ_parse_fractions(const char *list, double fr[CIRC_FRACTIONS_MAX], circ_error *e);
 
 /* SHA-256, for provenance digests. */
 typedef struct circ_sha256 {
@@ -155,15 +166,26 @@ void circ_cleanup_run(void);
 int circ_guard_mapping(const void *p, size_t n, const char *path);
 void circ_unguard_mapping(int slot); /* -1 is a no-op */
 
-/* Progress on stderr, only when stderr is a terminal. total may be 0 (unknown). */
-typedef struct circ_progress {
-	const char *what;
-	int64_t total, done;
-	double last;
-	int enabled;
-} circ_progress;
-void circ_progress_start(circ_progress *p, const char *what, int64_t total);
+/* Progress of a long computation, reported to a callback: lib/ counts and
+ * never draws; the caller decides what a report looks like (cmd/cli/progress.h
+ * draws a line on stderr when it is a terminal). */
+typedef struct circ_progress circ_progress;
+/* Called after every step (end 0) and once by circ_progress_end (end 1);
+ * steps can come thousands of times a second, so it throttles itself. */
+typedef void (*circ_progress_fn)(const circ_progress *p, int end, void *ctx);
+struct circ_progress {
+	const char *what;	 /* what is counted ("examples", "edge tests") */
+	int64_t total, done;	 /* total 0: unknown */
+	circ_progress_fn report; /* NULL: nobody listens */
+	void *ctx;		 /* report's context */
+};
+/* Starts counting what (total may be 0: unknown), reporting to report(ctx)
+ * (NULL: counts silently). */
+void circ_progress_start(circ_progress *p, const char *what, int64_t total, circ_progress_fn report,
+			 void *ctx);
+/* Counts n more done and reports; p may be NULL (nothing happens). */
 void circ_progress_step(circ_progress *p, int64_t n);
+/* The last report (end 1); p may be NULL. */
 void circ_progress_end(circ_progress *p);
 
 double circ_now(void); /* monotonic seconds */

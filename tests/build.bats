@@ -31,3 +31,19 @@ load helper
 		[ "$status" -eq 2 ] || { echo "$b: bad flag gave $status"; return 1; }
 	done
 }
+
+@test "lib/ only computes: no messages, exits or option parsing (allocation failure aside)" {
+	# A message on stderr is allowed only for running out of memory, an exit
+	# only right after one, and _exit only in util's SIGBUS guard of a
+	# mapping (a fault inside a read has nobody to return an error to). The
+	# headers only document.
+	run awk '
+		/stderr|stdout\)|[^_a-z]exit\(|circ_die|circ_usage_error|getopt|"opt\.h"|"patchopt\.h"/ {
+			ok = (/fprintf\(stderr, .*out of memory/ || (/[^_a-z]exit\(1\)/ && prev ~ /out of memory/))
+			if (!ok && $0 !~ /<stdout>/) { print FILENAME ":" FNR ": " $0; bad = 1 }
+		}
+		/_exit\(/ && FILENAME != "lib/util.c" { print FILENAME ":" FNR ": " $0; bad = 1 }
+		{ prev = $0 }
+		END { exit bad }' lib/*.c
+	[ "$status" -eq 0 ] || { echo "$output"; return 1; }
+}

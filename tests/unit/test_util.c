@@ -276,6 +276,55 @@ static void test_unchanged(void)
 	CHECK(!circ_st_open(in_dir("fifo.safetensors"), &e) && strstr(e.msg, "not a regular file"));
 }
 
+/* --fractions: increasing fractions in [0, 1]; the 65th is an error, never a
+ * silent cut */
+static void test_fractions(void)
+{
+	double fr[CIRC_FRACTIONS_MAX];
+	char list[CIRC_FRACTIONS_MAX * 8 + 8];
+	size_t n = 0;
+	circ_error e;
+	CHECK(circ_parse_fractions("0,0.5,1", fr, &e) == 3 && fr[0] == 0 && fr[1] == 0.5 &&
+	      fr[2] == 1);
+	CHECK(circ_parse_fractions("", fr, &e) < 0 && !strcmp(e.msg, "empty list"));
+	CHECK(circ_parse_fractions("0.1,", fr, &e) < 0 && strstr(e.msg, "'' is not"));
+	CHECK(circ_parse_fractions("0.5,0.5", fr, &e) < 0 &&
+	      !strcmp(e.msg, "'0.5' is not an increasing fraction in [0, 1]"));
+	CHECK(circ_parse_fractions("1.5", fr, &e) < 0);
+	CHECK(circ_parse_fractions("nan", fr, &e) < 0);
+	for (int i = 0; i < CIRC_FRACTIONS_MAX; i++)
+		n += (size_t)snprintf(list + n, sizeof list - n, "%s%.4f", i ? "," : "",
+				      (i + 1) / 100.0);
+	CHECK(circ_parse_fractions(list, fr, &e) == CIRC_FRACTIONS_MAX);
+	snprintf(list + n, sizeof list - n, ",0.99");
+	CHECK(circ_parse_fractions(list, fr, &e) < 0 && !strcmp(e.msg, "65 fractions, at most 64"));
+}
+
+/* lib/ counts progress and reports to the caller's callback, never drawing */
+static int reports, ended;
+static void count_reports(const circ_progress *p, int end, void *ctx)
+{
+	*(int64_t *)ctx = p->done;
+	reports++;
+	ended += end;
+}
+
+static void test_progress(void)
+{
+	circ_progress p;
+	int64_t seen = 0;
+	circ_progress_start(&p, "examples", 10, count_reports, &seen);
+	circ_progress_step(&p, 4);
+	circ_progress_step(&p, 6);
+	circ_progress_end(&p);
+	CHECK(reports == 3 && ended == 1 && seen == 10);
+	circ_progress_start(&p, "examples", 0, NULL, NULL);
+	circ_progress_step(&p, 3);
+	circ_progress_end(&p);
+	circ_progress_step(NULL, 1);
+	CHECK(p.done == 3 && reports == 3);
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof dir, "/tmp/circ-test-util.XXXXXX");
@@ -287,6 +336,8 @@ int main(void)
 	test_read_file();
 	test_sigbus();
 	test_unchanged();
+	test_fractions();
+	test_progress();
 	if (!failures) {
 		char cmd[128];
 		snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -4,8 +4,8 @@
  * ablation and its reference, metric, graph level and convention, batch and
  * threads. One table, one parser, one meaning for every tool.
  *
- * Layering: a cmd/-side helper over opt, patch and example (like opt, it may
- * print usage errors and exit).
+ * Layering: cmd/cli/, over opt and lib/'s patch and example (like opt, it
+ * prints usage errors and exits).
  */
 #ifndef CIRC_PATCHOPT_H
 #define CIRC_PATCHOPT_H

@@ -3,6 +3,9 @@
  * drives getopt_long and the --help text, so help never drifts from the
  * parser. Tools print help to stdout (exit 0) and usage errors to stderr
  * (exit 2).
+ *
+ * Layering: cmd/cli/ is the tools' side of the line: it prints and exits, so
+ * lib/ never includes it (lib/ returns errors as values).
  */
 #ifndef CIRC_OPT_H
 #define CIRC_OPT_H

@@ -1,0 +1,18 @@
+/*
+ * progress: the tools' drawing of lib/'s progress reports (util.h's
+ * circ_progress): one line on stderr, "\r<prog>: <what> <done>/<total> (<pct>%)"
+ * (or "<done>" when the total is unknown), redrawn at most five times a
+ * second and erased at the end, so that the tool's own messages start on a
+ * clean line. Only when stderr is a terminal and CIRC_NO_PROGRESS is unset:
+ * a log file or a pipe never sees it.
+ */
+#ifndef CIRC_CLI_PROGRESS_H
+#define CIRC_CLI_PROGRESS_H
+
+#include "util.h"
+
+/* Starts p counting what (total 0: unknown), drawn as above. A tool draws
+ * one progress line at a time (the drawer's state is the process's). */
+void circ_cli_progress(circ_progress *p, const char *what, int64_t total);
+
+#endif

@@ -1,0 +1,114 @@
+/*
+ * session: the patching tools' shared opening and closing (see session.h).
+ */
+#include "session.h"
+
+#include "progress.h"
+
+void circ_session_model(circ_session *s, circ_patch_cli *pc, int with_graph)
+{
+	circ_error e;
+	s->pc = pc;
+	s->m = circ_patch_cli_model(pc, with_graph ? &s->g : NULL);
+	s->c = circ_model_config(s->m);
+	/* circ_patch_cli_model digested the weights: this is the kept digest */
+	if (!(s->model_digest = circ_model_digest(s->m, &e)))
+		circ_die(&e);
+}
+
+void circ_session_tokens(circ_session *s, const char *input)
+{
+	circ_error e;
+	s->input = input;
+	s->r = circ_reader_open(input, "tokens", &e);
+	if (!s->r || circ_tokens_check_vocab(s->r, s->pc->model, &e) < 0)
+		circ_die(&e);
+}
+
+void circ_session_patcher(circ_session *s, circ_graph *g, int backward)
+{
+	circ_error e;
+	circ_patch_opts po;
+	circ_patch_cli_opts(s->pc, s->m, backward, &po);
+	s->p = circ_patcher_new(s->m, g ? g : s->g, &po, &e);
+	if (!s->p)
+		circ_die(&e);
+}
+
+void circ_session_means(circ_session *s)
+{
+	circ_patch_cli_means(s->pc, s->p, s->m, s->input);
+}
+
+void circ_session_output(circ_session *s, const circ_cli *cli)
+{
+	circ_error e;
+	s->w = circ_writer_open(cli->output, &cli->wopts, &e);
+	if (!s->w)
+		circ_die(&e);
+}
+
+int circ_session_next(circ_session *s, circ_batch **b)
+{
+	circ_error e;
+	int k;
+	if (!s->bt) {
+		s->bt = circ_batcher_new(s->r, s->pc->metric, s->c->vocab_size, s->c->n_ctx,
+					 s->pc->batch);
+		if (!s->pr.what) {
+			circ_cli_progress(&s->pr, "examples", 0);
+			s->count_batches = 1;
+		}
+	}
+	if (s->last && s->count_batches)
+		circ_progress_step(&s->pr, s->last->B);
+	s->last = NULL;
+	k = circ_batcher_next(s->bt, b, &e);
+	if (k < 0)
+		circ_die(&e);
+	if (k == 0) {
+		circ_progress_end(&s->pr);
+		return 0;
+	}
+	s->last = *b;
+	return 1;
+}
+
+void circ_session_load(circ_session *s, circ_batch *b, int backward)
+{
+	circ_error e;
+	if (circ_patcher_load(s->p, b, &e) < 0 || (backward && circ_loss_backward(s->p, &e) < 0))
+		circ_session_die(s, &e);
+}
+
+void circ_session_die(circ_session *s, circ_error *e)
+{
+	circ_writer_abort(s->w);
+	s->w = NULL;
+	circ_error_prefix(e, "%s", circ_reader_name(s->r));
+	circ_die(e);
+}
+
+void circ_session_finish(circ_session *s)
+{
+	circ_error e;
+	if (circ_model_check_unchanged(s->m, &e) < 0) /* weights used in place: not rewritten? */
+		circ_die(&e);
+	if (s->w) {
+		circ_writer *w = s->w;
+		s->w = NULL;
+		if (circ_writer_close(w, &e) < 0)
+			circ_die(&e);
+	}
+}
+
+void circ_session_free(circ_session *s)
+{
+	circ_writer_abort(s->w);
+	circ_batcher_free(s->bt);
+	circ_patcher_free(s->p);
+	circ_reader_free(s->r);
+	circ_graph_free(s->g);
+	circ_model_free(s->m);
+	*s = (circ_session){0};
+}

@@ -1,0 +1,65 @@
+/*
+ * session: what the patching tools (circ-score, circ-patch, circ-harvest,
+ * circ-prune --acdc) open before their read loop and check after it, in one
+ * order and with one set of messages: the model (--model, digested) and its
+ * graph, the token stream (its vocabulary checked against the model's), the
+ * patcher and its means, the output stream, and the batches with progress.
+ * Each step exits with the message on error (it is cmd/'s side: lib/ returns
+ * errors as values), so a tool's main reads as options, open, loop, close.
+ *
+ * A session starts zeroed (`circ_session s = {0};`) and is freed by
+ * circ_session_free; every field below may be read by the tool.
+ */
+#ifndef CIRC_CLI_SESSION_H
+#define CIRC_CLI_SESSION_H
+
+#include "attrib.h"
+#include "example.h"
+#include "patchopt.h"
+
+typedef struct circ_session {
+	circ_patch_cli *pc;	  /* the options (circ_patch_cli_check'ed) */
+	circ_model *m;		  /* --model */
+	const circ_config *c;	  /* m's configuration */
+	const char *model_digest; /* "sha256:..." of m's weights */
+	circ_graph *g;		  /* the model's graph at --level/--convention, or NULL */
+	const char *input;	  /* the token stream's path ("-": standard input) */
+	circ_reader *r;		  /* the token stream, or NULL */
+	circ_patcher *p;	  /* NULL until circ_session_patcher */
+	circ_writer *w;		  /* NULL until circ_session_output; aborted on errors */
+	circ_batcher *bt;	  /* NULL until the first circ_session_next */
+	circ_progress pr;	  /* "examples" counted by batch, unless the tool starts it */
+	int count_batches;	  /* circ_session_next counts batches in pr */
+	circ_batch *last;	  /* the batch handed out last (counted at the next call) */
+} circ_session;
+
+/* Opens pc's model (a missing --model is a usage error) and, with_graph, its
+ * graph; digests the weights. */
+void circ_session_model(circ_session *s, circ_patch_cli *pc, int with_graph);
+/* Opens the token stream input ("-": standard input) and checks its
+ * vocabulary against the model's. */
+void circ_session_tokens(circ_session *s, const char *input);
+/* The patcher over s->g (or over g when s->g is NULL) with the options' ablation,
+ * metric, batch and threads; backward for gradients. The means (mean
+ * ablation) are a separate step, circ_session_means. */
+void circ_session_patcher(circ_session *s, circ_graph *g, int backward);
+/* For mean ablation: the means from --mean-ref, else the token stream. */
+void circ_session_means(circ_session *s);
+/* Opens the output stream (cli's --output and stream options). */
+void circ_session_output(circ_session *s, const circ_cli *cli);
+/* The next batch of the token stream into *b (1), or 0 at its end (the
+ * progress then ends). Unless the tool started s->pr itself, progress counts
+ * "examples" (each batch when the next one is asked for). */
+int circ_session_next(circ_session *s, circ_batch **b);
+/* Loads batch b into the patcher (clean and reference runs); with backward,
+ * also the metric's gradients. An error names the token stream. */
+void circ_session_load(circ_session *s, circ_batch *b, int backward);
+/* Dies with e prefixed by the token stream's name, after aborting the output. */
+void circ_session_die(circ_session *s, circ_error *e) CIRC_NORETURN;
+/* After the loop: the weights, used in place, were not rewritten meanwhile,
+ * and the output (if any) is closed, checked and renamed into place. */
+void circ_session_finish(circ_session *s);
+/* Frees everything the session opened (not pc); safe on a zeroed session. */
+void circ_session_free(circ_session *s);
+
+#endif
