@@ -74,10 +74,11 @@ static void run_job(job *j)
 		const circ_config *c = circ_model_config(circ_run_model(j->r));
 		int n;
 		const float *lg = circ_run_logits(j->r, &n);
+		const int32_t ans = 11;
 		circ_bwd b = {0};
 		for (int i = 0; i < n; i++)
-			circ_mt_logprob(lg + (size_t)i * c->vocab_size, c->vocab_size, 11,
-					j->dl + (size_t)i * c->vocab_size);
+			circ_mt_logprob(lg + (size_t)i * c->vocab_size, c->vocab_size, &ans, 1, 1,
+					NULL, j->dl + (size_t)i * c->vocab_size);
 		b.dlogits = j->dl;
 		if (circ_backward(j->r, &b, &e) < 0) {
 			fprintf(stderr, "model_bench: %s\n", e.msg);

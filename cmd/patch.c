@@ -375,14 +375,14 @@ int main(int argc, char **argv)
 			if (!o.curve)
 				for (int bb = 0; bb < b->B; bb++) {
 					msgpack_packer *pk = circ_writer_packer(w);
-					double den = mc[bb] - m0[bb];
 					msgpack_pack_map(pk, 5);
 					circ_pack_kv_i64(pk, "id", b->ex[bb].id);
 					circ_pack_kv_f64(pk, "metric_model", mc[bb]);
 					circ_pack_kv_f64(pk, "metric_empty", m0[bb]);
 					circ_pack_kv_f64(pk, "metric_circuit", out[bb]);
-					circ_pack_kv_f64(pk, "faithfulness",
-							 den != 0 ? (out[bb] - m0[bb]) / den : NAN);
+					circ_pack_kv_f64(
+					    pk, "faithfulness",
+					    circ_faithfulness(out[bb], m0[bb], mc[bb]));
 					if (circ_writer_end_record(w, &e) < 0)
 						circ_die(&e);
 				}
@@ -409,7 +409,7 @@ int main(int argc, char **argv)
 			double *f = circ_xmalloc((size_t)jb.n * sizeof *f);
 			circ_curve_area area;
 			for (int j = 0; j < jb.n; j++) {
-				f[j] = (sum_c[j] / count - m0) / (mm - m0);
+				f[j] = circ_faithfulness(sum_c[j] / count, m0, mm);
 				if (circ_curve_write_point(w, jb.fraction[j], jb.n_edges[j], f[j],
 							   sum_c[j] / count, &e) < 0)
 					circ_die(&e);
@@ -425,7 +425,7 @@ int main(int argc, char **argv)
 			free(f);
 		} else {
 			msgpack_packer *pk = circ_writer_packer(w);
-			double mcirc = sum_c[0] / count, f = (mcirc - m0) / (mm - m0);
+			double mcirc = sum_c[0] / count, f = circ_faithfulness(mcirc, m0, mm);
 			msgpack_pack_map(pk, 7);
 			circ_pack_str(pk, "summary");
 			msgpack_pack_true(pk);

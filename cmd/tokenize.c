@@ -21,6 +21,7 @@
 
 #include "bpe.h"
 #include "json.h"
+#include "metric.h"
 #include "model.h"
 #include "cli/opt.h"
 #include "tasks.h"
@@ -102,8 +103,8 @@ static int handle(int key, const char *arg, void *ctx)
 
 static int valid_metric(const char *m)
 {
-	return !strcmp(m, "logit_diff") || !strcmp(m, "prob_diff") || !strcmp(m, "logprob") ||
-	       !strcmp(m, "kl");
+	circ_metric_kind k;
+	return circ_metric_parse(m, strlen(m), &k) == 0;
 }
 
 static FILE *open_input(const char *path, const char **name)

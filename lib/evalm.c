@@ -178,6 +178,12 @@ int circ_curve_areas(const double *x, const double *f, int64_t n, int log_x, cir
 	return 0;
 }
 
+double circ_faithfulness(double m_circuit, double m_empty, double m_model)
+{
+	double den = m_model - m_empty;
+	return den != 0 ? (m_circuit - m_empty) / den : NAN;
+}
+
 int64_t circ_curve_n_edges(double fraction, int64_t n_edges)
 {
 	return (int64_t)floor(fraction * (double)n_edges);

@@ -71,6 +71,13 @@ typedef struct circ_curve_area {
  * log_scale option does). -1 with a message otherwise. */
 int circ_curve_areas(const double *x, const double *f, int64_t n, int log_x, circ_curve_area *out,
 		     circ_error *e);
+/* Faithfulness f = (m_circuit - m_empty) / (m_model - m_empty) of a circuit
+ * from the metric with the circuit's edges kept (every other edge patched),
+ * with no edge kept, and of the unpatched model (per example or means over
+ * examples). Undefined when the empty circuit does what the model does
+ * (m_model - m_empty == 0): NaN then, which callers report or write. */
+double circ_faithfulness(double m_circuit, double m_empty, double m_model);
+
 /* Circuit size for a curve point: floor(fraction * n_edges), as MIB. */
 int64_t circ_curve_n_edges(double fraction, int64_t n_edges);
 

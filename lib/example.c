@@ -5,30 +5,11 @@
 #include "example.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static const char *const metric_names[CIRC_METRIC_COUNT] = {"logit_diff", "prob_diff", "logprob",
-							    "kl"};
-
-const char *circ_metric_name(circ_metric_kind k)
-{
-	return (unsigned)k < CIRC_METRIC_COUNT ? metric_names[k] : "?";
-}
-
-int circ_metric_parse(const char *s, size_t n, circ_metric_kind *k)
-{
-	for (int i = 0; i < CIRC_METRIC_COUNT; i++)
-		if (strlen(metric_names[i]) == n && !memcmp(metric_names[i], s, n)) {
-			*k = (circ_metric_kind)i;
-			return 0;
-		}
-	return -1;
-}
 
 int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e)
 {
@@ -498,149 +479,20 @@ void circ_batch_free(circ_batch *b)
 	free(b);
 }
 
-/* ---- metrics ---- */
-
-void circ_log_softmax(float *out, const float *logits, int n, int V)
-{
-	for (int i = 0; i < n; i++) {
-		const float *z = logits + (size_t)i * V;
-		float *o = out + (size_t)i * V;
-		double mx = -INFINITY, s = 0;
-		for (int k = 0; k < V; k++)
-			if (z[k] > mx)
-				mx = z[k];
-		for (int k = 0; k < V; k++)
-			s += exp(z[k] - mx);
-		double lse = mx + log(s);
-		for (int k = 0; k < V; k++)
-			o[k] = (float)(z[k] - lse);
-	}
-}
-
-/* Softmax of one row into p (V), in double; returns log-sum-exp. */
-static double softmax_row(const float *z, int V, double *p)
-{
-	double mx = -INFINITY, s = 0;
-	for (int k = 0; k < V; k++)
-		if (z[k] > mx)
-			mx = z[k];
-	for (int k = 0; k < V; k++)
-		s += (p[k] = exp(z[k] - mx));
-	for (int k = 0; k < V; k++)
-		p[k] /= s;
-	return mx + log(s);
-}
+/* ---- metrics (lib/metric computes them) ---- */
 
 double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
 			const float *clean_logp, int V, float *dlogits)
 {
 	const circ_example *ex = &bt->ex[b];
-	int row0 = bt->row0[b], n = ex->npos;
-	double m = 0;
-	double *p = circ_xmalloc((size_t)V * sizeof *p);
-	for (int i = 0; i < n; i++) {
-		const float *z = logits + (size_t)(row0 + i) * V;
-		float *dz = dlogits ? dlogits + (size_t)(row0 + i) * V : NULL;
-		if (dz)
-			memset(dz, 0, (size_t)V * sizeof *dz);
-		switch (k) {
-		case CIRC_METRIC_LOGIT_DIFF:
-			if (n == 1) {
-				for (int j = 0; j < ex->nans; j++) {
-					m += z[ex->ans[j]] / (double)ex->nans;
-					if (dz)
-						dz[ex->ans[j]] += 1.0f / (float)ex->nans;
-				}
-				for (int j = 0; j < ex->nwrong; j++) {
-					m -= z[ex->wrong[j]] / (double)ex->nwrong;
-					if (dz)
-						dz[ex->wrong[j]] -= 1.0f / (float)ex->nwrong;
-				}
-			} else {
-				m += (z[ex->ans[i]] - z[ex->wrong[i]]) / (double)n;
-				if (dz) {
-					dz[ex->ans[i]] += 1.0f / (float)n;
-					dz[ex->wrong[i]] -= 1.0f / (float)n;
-				}
-			}
-			break;
-		case CIRC_METRIC_PROB_DIFF: {
-			double v = 0;
-			softmax_row(z, V, p);
-			for (int j = 0; j < ex->nans; j++)
-				v += p[ex->ans[j]];
-			for (int j = 0; j < ex->nwrong; j++)
-				v -= p[ex->wrong[j]];
-			m += v;
-			if (dz) {
-				/* dm/dz_k = p_k (c_k - m), c_k = +1 per answer, -1 per wrong */
-				for (int q = 0; q < V; q++)
-					dz[q] = (float)(-p[q] * v);
-				for (int j = 0; j < ex->nans; j++)
-					dz[ex->ans[j]] += (float)p[ex->ans[j]];
-				for (int j = 0; j < ex->nwrong; j++)
-					dz[ex->wrong[j]] -= (float)p[ex->wrong[j]];
-			}
-			break;
-		}
-		case CIRC_METRIC_LOGPROB: {
-			softmax_row(z, V, p);
-			if (n == 1) {
-				double pa = 0;
-				for (int j = 0; j < ex->nans; j++)
-					pa += p[ex->ans[j]];
-				m += log(pa);
-				if (dz) {
-					for (int q = 0; q < V; q++)
-						dz[q] = (float)-p[q];
-					for (int j = 0; j < ex->nans; j++)
-						dz[ex->ans[j]] += (float)(p[ex->ans[j]] / pa);
-				}
-			} else {
-				m += log(p[ex->ans[i]]) / n;
-				if (dz) {
-					for (int q = 0; q < V; q++)
-						dz[q] = (float)(-p[q] / n);
-					dz[ex->ans[i]] += 1.0f / (float)n;
-				}
-			}
-			break;
-		}
-		case CIRC_METRIC_KL: {
-			const float *lp = clean_logp + (size_t)(row0 + i) * V;
-			double lse = softmax_row(z, V, p), kl = 0;
-			for (int q = 0; q < V; q++) {
-				double P = exp(lp[q]);
-				/* 0 log 0 = 0; a NaN clean row stays NaN */
-				if (P > 0 || isnan(P))
-					kl += P * (lp[q] - (z[q] - lse));
-				if (dz)
-					dz[q] = (float)((p[q] - P) / n);
-			}
-			m += kl / n;
-			break;
-		}
-		default: break;
-		}
-	}
-	free(p);
-	return m;
-}
-
-int circ_metric_higher_better(circ_metric_kind k)
-{
-	return k != CIRC_METRIC_KL;
+	size_t off = (size_t)bt->row0[b] * (size_t)V;
+	return circ_metric_example(k, ex->npos, ex->ans, ex->nans, ex->wrong, ex->nwrong,
+				   logits + off, clean_logp ? clean_logp + off : NULL, V,
+				   dlogits ? dlogits + off : NULL);
 }
 
 int circ_metric_correct(const circ_batch *bt, int b, const float *logits, int V)
 {
 	const circ_example *ex = &bt->ex[b];
-	const float *z = logits + (size_t)bt->row0[b] * V;
-	int best = 0;
-	if (ex->nans < 1)
-		return 0;
-	for (int k = 1; k < V; k++)
-		if (z[k] > z[best])
-			best = k;
-	return best == ex->ans[0];
+	return ex->nans >= 1 && circ_mt_argmax(logits + (size_t)bt->row0[b] * V, V) == ex->ans[0];
 }

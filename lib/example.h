@@ -1,21 +1,13 @@
 /*
  * example: the examples of a task as the discovery tools use them — a clean
  * prompt, its corrupted counterpart, the positions read, the answer and the
- * wrong answer — parsed from a token stream (circ-tokenize), gathered into
- * batches of equal length, and scored by the task's metric with its gradient
- * with respect to the logits, so that a backward pass can start from it.
+ * wrong answer — parsed from a token stream (circ-tokenize) and gathered
+ * into batches of equal length; and each example's metric read from a
+ * batch's logits rows (the arithmetic is lib/metric's, per example: see
+ * circ_metric_example for how answers pair with read positions).
  *
- * Metrics, per example, over its read positions p_1..p_n (usually one, the
- * last; several for induction-like tasks, where answer i belongs to p_i):
- *   logit_diff  mean over answers of logit[a] - mean over wrongs of logit[w]
- *               (at the single read position)
- *   prob_diff   sum over answers of p[a] - sum over wrongs of p[w]
- *   logprob     mean over i of log p_i[answer_i]
- *   kl          mean over i of KL(clean_i || current_i), needing the clean
- *               log-probabilities at the same rows (lower is closer)
- * The gradient is d metric / d logits at each read row.
- *
- * Layering: uses util and stream; used by patch, attrib and the tools.
+ * Layering: uses util, stream and metric; used by patch, attrib and the
+ * tools.
  */
 #ifndef CIRC_EXAMPLE_H
 #define CIRC_EXAMPLE_H
@@ -23,18 +15,8 @@
 #include <msgpack.h>
 #include <stdint.h>
 
+#include "metric.h"
 #include "stream.h"
-
-typedef enum circ_metric_kind {
-	CIRC_METRIC_LOGIT_DIFF,
-	CIRC_METRIC_PROB_DIFF,
-	CIRC_METRIC_LOGPROB,
-	CIRC_METRIC_KL,
-	CIRC_METRIC_COUNT
-} circ_metric_kind;
-
-const char *circ_metric_name(circ_metric_kind k);
-int circ_metric_parse(const char *s, size_t n, circ_metric_kind *k); /* 0 ok, -1 unknown */
 
 /* One example. Arrays are owned (circ_example_free). */
 typedef struct circ_example {
@@ -52,8 +34,8 @@ typedef struct circ_example {
 /* Parses a tokens record. vocab and n_ctx bound ids and length (0: no
  * check). Errors name the field: "field 'clean': token 50300 at position 3 is
  * outside the vocabulary (50257 tokens)", "... 1100 tokens, longer than the
- * model's context (1024)". The metric decides how answers pair with
- * positions (see above). */
+ * model's context (1024)". The metric decides which answers an example
+ * needs (see circ_metric_example). */
 int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
 		       circ_example *ex, circ_error *e);
 void circ_example_free(circ_example *ex);
@@ -102,21 +84,16 @@ void circ_batcher_free(circ_batcher *bt);
 circ_batch *circ_batch_clone(const circ_batch *b);
 void circ_batch_free(circ_batch *b); /* NULL is a no-op */
 
-/* Log-softmax of each of n rows of V logits into out (n, V). */
-void circ_log_softmax(float *out, const float *logits, int n, int V);
-
 /* Metric of example b of the batch from the logits rows of its reads
- * (rows row0[b] .. row0[b]+npos-1 of `logits`, (N, V)). clean_logp is the
- * clean log-softmax at the same rows (kl only; else may be NULL). When
- * dlogits is not NULL, writes d metric / d logits into the same rows of
- * dlogits (N, V) (other rows untouched). Returns the metric. */
+ * (rows row0[b] .. row0[b]+npos-1 of `logits`, (N, V)): circ_metric_example
+ * on those rows. clean_logp is the clean log-softmax at the same rows (kl
+ * only; else may be NULL). When dlogits is not NULL, writes d metric / d
+ * logits into the same rows of dlogits (N, V) (other rows untouched).
+ * Returns the metric. */
 double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
 			const float *clean_logp, int V, float *dlogits);
-/* 1 for metrics where higher means the behaviour is stronger (logit_diff,
- * prob_diff, logprob); 0 for kl. Scores are effects on the loss: -metric, or
- * kl itself. */
-int circ_metric_higher_better(circ_metric_kind k);
-/* 1 if the top-1 token at the example's first read row is its first answer. */
+/* 1 if the top-1 token (circ_mt_argmax) at the example's first read row is
+ * its first answer; 0 if it has no answer. */
 int circ_metric_correct(const circ_batch *bt, int b, const float *logits, int V);
 
 #endif

@@ -580,21 +580,6 @@ void circ_vadd(float *y, const float *x, size_t n)
 	circ_vsum(y, y, x, NULL, 0, n);
 }
 
-double circ_logsoftmax_row(float *out, const float *inp, int n)
-{
-	double mx = -INFINITY, s = 0, lse;
-	int i;
-	for (i = 0; i < n; i++)
-		if (inp[i] > mx)
-			mx = inp[i];
-	for (i = 0; i < n; i++)
-		s += exp((double)inp[i] - mx);
-	lse = mx + log(s);
-	for (i = 0; i < n; i++)
-		out[i] = (float)((double)inp[i] - lse);
-	return lse;
-}
-
 /* ================================================================ GELU */
 
 #define GELU_K	0.7978845608028654f /* sqrt(2/pi) */

@@ -173,8 +173,5 @@ void circ_vsum(float *y, const float *a, const float *b, const float *const *src
 /* The same with the sources subtracted: y = a + b - src[0] - ... */
 void circ_vsum_neg(float *y, const float *a, const float *b, const float *const *src, int k,
 		   size_t n);
-/* log-softmax of one row: out (n) = inp - logsumexp(inp), computed in double
- * for the normaliser. Returns the logsumexp. out may be inp. */
-double circ_logsoftmax_row(float *out, const float *inp, int n);
 
 #endif

@@ -1,6 +1,7 @@
 /*
- * train: initialisation, cross-entropy, AdamW, the trainer, task data and
- * attention diagnostics (see train.h for the contracts).
+ * train: initialisation, AdamW, the trainer, task data and attention
+ * diagnostics (see train.h for the contracts). The loss and the evaluation
+ * metrics are lib/metric's.
  *
  * The trainer owns one circ_run (backward arena, no per-head node outputs,
  * no kept receiver gradients: the fused backward path) and one gradient
@@ -121,39 +122,6 @@ unsigned char *circ_train_decay_mask(const circ_config *c)
 	each_tensor(&w, c, mask_tensor, &mc);
 	circ_weights_free(&w);
 	return mc.mask;
-}
-
-/* ================================================================ loss */
-
-double circ_xent(const float *logits, int N, int V, const int32_t *targets, float *dlogits,
-		 float *row_loss)
-{
-	double total = 0;
-	float *ex = dlogits ? NULL : circ_xmalloc((size_t)V * sizeof *ex);
-	for (int i = 0; i < N; i++) {
-		const float *x = logits + (size_t)i * V;
-		float *d = dlogits ? dlogits + (size_t)i * V : ex, mx = x[0];
-		double s = 0, li;
-		for (int j = 1; j < V; j++)
-			mx = x[j] > mx ? x[j] : mx;
-		for (int j = 0; j < V; j++)
-			d[j] = x[j] - mx;
-		circ_vexp(d, d, (size_t)V); /* relative error < 2e-7 */
-		for (int j = 0; j < V; j++)
-			s += d[j];
-		li = log(s) - ((double)x[targets[i]] - mx);
-		total += li;
-		if (row_loss)
-			row_loss[i] = (float)li;
-		if (dlogits) {
-			float k = (float)(1.0 / (s * N));
-			for (int j = 0; j < V; j++)
-				d[j] *= k;
-			d[targets[i]] -= (float)(1.0 / N);
-		}
-	}
-	free(ex);
-	return N ? total / N : 0;
 }
 
 /* ================================================================ optimiser */
@@ -1291,12 +1259,8 @@ static int eval_induction(circ_ttask *t, circ_trainer *tr, int batch, circ_ttask
 				lf += rl[r];
 				nf++;
 			} else if (i >= L) {
-				const float *x = lg + (size_t)r * V;
-				int best = 0;
-				for (int k = 1; k < V; k++)
-					best = x[k] > x[best] ? k : best;
 				lr += rl[r];
-				acc += best == b->targets[r];
+				acc += circ_mt_argmax(lg + (size_t)r * V, V) == b->targets[r];
 				nr++;
 			}
 		}
@@ -1318,18 +1282,21 @@ int circ_ttask_evaluate(circ_ttask *t, circ_trainer *tr, int batch, circ_ttask_e
 {
 	const exset *s = &t->eval;
 	int V = t->V;
-	double metric = 0, pair = 0, top = 0, loss = 0;
+	double metric = 0, pair = 0, top = 0, loss = 0, *p;
 	memset(out, 0, sizeof *out);
 	if (batch < 1)
 		batch = 1;
 	if (t->induction)
 		return eval_induction(t, tr, batch, out, e);
+	p = circ_xmalloc((size_t)V * sizeof *p);
 	for (int64_t first = 0; first < s->n; first += batch) {
 		int B = (int)(s->n - first < batch ? s->n - first : batch);
 		const float *lg;
 		text_batch(t, s, first, B, 0, &t->eb);
-		if (circ_trainer_eval(tr, &t->eb, NULL, &lg, e) < 0)
+		if (circ_trainer_eval(tr, &t->eb, NULL, &lg, e) < 0) {
+			free(p);
 			return -1;
+		}
 		for (int k = 0; k < B; k++) {
 			int64_t i = first + k;
 			const float *x = lg + (size_t)k * V;
@@ -1337,34 +1304,21 @@ int circ_ttask_evaluate(circ_ttask *t, circ_trainer *tr, int batch, circ_ttask_e
 				      *wr = s->wrong.v + s->wrong_off[i];
 			size_t na = s->ans_off[i + 1] - s->ans_off[i];
 			size_t nw = s->wrong_off[i + 1] - s->wrong_off[i];
-			double mx = x[0], z = 0;
-			int best = 0, best_ok = 0;
-			for (int j = 1; j < V; j++) {
-				mx = x[j] > mx ? x[j] : mx;
-				best = x[j] > x[best] ? j : best;
-			}
-			for (int j = 0; j < V; j++)
-				z += exp((double)x[j] - mx);
-			double lse = mx + log(z);
+			/* the loss of the training target: the first answer (ioi), one
+			 * drawn uniformly from the answers (greater-than) */
+			int best = circ_mt_argmax(x, V), best_ok = 0, nt = t->gt ? (int)na : 1;
+			double lse = circ_mt_lse(x, V), nll = 0, m;
 			for (size_t a = 0; a < na; a++)
 				best_ok |= ans[a] == best;
-			if (t->gt) {
-				double pa = 0, pw = 0, la = 0;
-				for (size_t a = 0; a < na; a++) {
-					pa += exp(x[ans[a]] - lse);
-					la += lse - x[ans[a]];
-				}
-				for (size_t w = 0; w < nw; w++)
-					pw += exp(x[wr[w]] - lse);
-				metric += pa - pw;
-				pair += pa > pw;
-				loss += na ? la / (double)na : 0;
-			} else {
-				double ld = (double)x[ans[0]] - x[wr[0]];
-				metric += ld;
-				pair += ld > 0;
-				loss += lse - x[ans[0]];
-			}
+			for (int a = 0; a < nt; a++)
+				nll += lse - x[ans[a]];
+			loss += nt ? nll / nt : 0;
+			if (t->gt)
+				m = circ_mt_prob_diff(x, V, ans, (int)na, wr, (int)nw, 1, p, NULL);
+			else
+				m = circ_mt_logit_diff(x, V, ans, 1, wr, 1, 1, NULL);
+			metric += m;
+			pair += m > 0;
 			top += best_ok;
 		}
 	}
@@ -1375,6 +1329,7 @@ int circ_ttask_evaluate(circ_ttask *t, circ_trainer *tr, int batch, circ_ttask_e
 		out->acc_top1 = top / (double)s->n;
 		out->loss = loss / (double)s->n;
 	}
+	free(p);
 	return 0;
 }
 

@@ -5,8 +5,6 @@
  * Pieces, from the bottom up:
  *   - GPT-2's initialisation of a parameter buffer (circ_weights_alloc
  *     layout), from a seed;
- *   - mean cross-entropy of logits rows against target ids, with its
- *     gradient;
  *   - AdamW as PyTorch defines it (decoupled weight decay, bias-corrected
  *     moments), global-norm gradient clipping as clip_grad_norm_ does it,
  *     and a linear-warmup cosine learning-rate schedule;
@@ -28,7 +26,7 @@
  * Dimension letters: B sequences, T tokens, N loss rows, V vocabulary,
  * L layers, H heads, n parameters.
  *
- * Layering: train uses util, rng, bpe, tasks, kernels and model.
+ * Layering: train uses util, rng, bpe, tasks, kernels, model and metric.
  */
 #ifndef CIRC_TRAIN_H
 #define CIRC_TRAIN_H
@@ -37,6 +35,7 @@
 #include <stdint.h>
 
 #include "bpe.h"
+#include "metric.h"
 #include "model.h"
 #include "util.h"
 
@@ -52,15 +51,6 @@ void circ_train_init_weights(circ_weights *w, const circ_config *c, uint64_t see
  * embeddings and every matrix), 0 for biases and LayerNorm parameters, in
  * the circ_weights_alloc order. Free with free(). */
 unsigned char *circ_train_decay_mask(const circ_config *c);
-
-/* ---- loss ---- */
-
-/* Mean cross-entropy of N rows of logits (N, V) against targets (N), each
- * in [0, V). When dlogits (N, V) is not NULL it receives d loss / d logits
- * (softmax minus one-hot, over N); row_loss (N), when not NULL, each row's
- * loss. Log-sum-exp in double. Returns the mean (0 for N = 0). */
-double circ_xent(const float *logits, int N, int V, const int32_t *targets, float *dlogits,
-		 float *row_loss);
 
 /* ---- optimiser ---- */
 

@@ -1,7 +1,8 @@
 /*
  * test_evalm: ROC AUC against its pairwise reference twin and against the
  * area under its own ROC staircase; confusion counts; faithfulness-curve
- * areas against hand-computed values; MIB-style AUROC properties.
+ * areas against hand-computed values; faithfulness and its undefined case;
+ * MIB-style AUROC properties.
  */
 #include <math.h>
 #include <stdio.h>
@@ -122,6 +123,17 @@ static void test_curve(void)
 	CHECK(circ_curve_n_edges(1.0, 32491) == 32491);
 }
 
+static void test_faithfulness(void)
+{
+	CHECK(circ_faithfulness(2, 1, 3) == 0.5);
+	CHECK(circ_faithfulness(3, 1, 3) == 1 && circ_faithfulness(1, 1, 3) == 0);
+	CHECK(circ_faithfulness(-1, 1, 3) == -1); /* worse than the empty circuit */
+	/* undefined when the model and the empty circuit agree, whatever m(C) */
+	CHECK(isnan(circ_faithfulness(2, 1, 1)) && isnan(circ_faithfulness(1, 1, 1)));
+	CHECK(isnan(circ_faithfulness(2, INFINITY, INFINITY)));
+	CHECK(isnan(circ_faithfulness(NAN, 1, 3)) && isnan(circ_faithfulness(2, 1, NAN)));
+}
+
 static void test_mib_auroc(void)
 {
 	circ_error e;
@@ -162,6 +174,7 @@ int main(void)
 	test_auc_random();
 	test_confusion();
 	test_curve();
+	test_faithfulness();
 	test_mib_auroc();
 	if (failures) {
 		fprintf(stderr, "test_evalm: %d failures\n", failures);

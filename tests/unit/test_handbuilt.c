@@ -317,14 +317,9 @@ static void task_score(const circ_batch *b, circ_metric_kind k, circ_run *run, i
 	*mean = 0;
 	for (int i = 0; i < b->B; i++) {
 		*mean += circ_metric_eval(k, b, i, lg, NULL, V, NULL);
-		for (int p = 0; p < b->ex[i].npos; p++) {
-			const float *row = lg + (size_t)(b->row0[i] + p) * (size_t)V;
-			int best = 0;
-			for (int v = 1; v < V; v++)
-				if (row[v] > row[best])
-					best = v;
-			right += best == b->ex[i].ans[p];
-		}
+		for (int p = 0; p < b->ex[i].npos; p++)
+			right += circ_mt_argmax(lg + (size_t)(b->row0[i] + p) * (size_t)V, V) ==
+				 b->ex[i].ans[p];
 	}
 	*mean /= b->B;
 	*acc = (double)right / b->n_read;

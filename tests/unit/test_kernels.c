@@ -344,9 +344,6 @@ static void test_exp(void)
 			break;
 		}
 	}
-	float row[5] = {1, 2, 3, 4, 1000}, out[5];
-	double lse = circ_logsoftmax_row(out, row, 5);
-	CHECK(fabs(lse - 1000) < 1e-9 && fabs(out[4]) < 1e-6 && out[0] < -998);
 	free(x), free(y);
 }
 

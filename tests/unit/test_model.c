@@ -293,6 +293,7 @@ static void compare_metrics(const char *gold)
 	    V = (int)circ_st_find(g, "logits")->shape[1];
 	float *grad = circ_xcalloc((size_t)V, sizeof *grad),
 	      *clp = circ_xcalloc((size_t)V, sizeof *clp);
+	double *p = circ_xcalloc((size_t)V, sizeof *p);
 	for (int i = 0; i < n; i++) {
 		const float *z = lg + (size_t)i * V;
 		double v[5];
@@ -301,14 +302,14 @@ static void compare_metrics(const char *gold)
 			switch (j) {
 			case 0:
 				v[j] = circ_mt_logit_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
-							  nb[i], grad);
+							  nb[i], 1, grad);
 				break;
 			case 1:
 				v[j] = circ_mt_prob_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
-							 nb[i], grad);
+							 nb[i], 1, p, grad);
 				break;
-			case 2: v[j] = circ_mt_kl(z, V, clp, grad); break;
-			case 3: v[j] = circ_mt_logprob(z, V, good[3 * i], grad); break;
+			case 2: v[j] = circ_mt_kl(z, V, clp, 1, p, grad); break;
+			case 3: v[j] = circ_mt_logprob(z, V, good + 3 * i, 1, 1, NULL, grad); break;
 			default: v[j] = circ_mt_top1(z, V, good[3 * i], grad); break;
 			}
 			if (fabs(v[j] - vals[i * 5 + j]) > 1e-5 * (1 + fabs(vals[i * 5 + j]))) {
@@ -336,8 +337,9 @@ static void compare_metrics(const char *gold)
 			CHECK(lg[v] <= lg[ids[4]]);
 	}
 	int32_t badid = V;
-	CHECK(isnan(circ_mt_logprob(lg, V, V, NULL)));
-	CHECK(isnan(circ_mt_logit_diff(lg, V, &badid, 1, good, 1, NULL)));
+	CHECK(isnan(circ_mt_logprob(lg, V, &badid, 1, 1, NULL, NULL)));
+	CHECK(isnan(circ_mt_logit_diff(lg, V, &badid, 1, good, 1, 1, NULL)));
+	free(p);
 	free(grad);
 	free(clp);
 	circ_st_close(g);
@@ -454,8 +456,8 @@ static double fd_metric(circ_run *r, float *dl)
 	int n, V = circ_model_config(circ_run_model(r))->vocab_size;
 	const float *lg = circ_run_logits(r, &n);
 	int32_t a = 3, w = 5;
-	double v = circ_mt_logprob(lg, V, 3, dl);
-	v += circ_mt_logit_diff(lg + V, V, &a, 1, &w, 1, dl ? dl + V : NULL);
+	double v = circ_mt_logprob(lg, V, &a, 1, 1, NULL, dl);
+	v += circ_mt_logit_diff(lg + V, V, &a, 1, &w, 1, 1, dl ? dl + V : NULL);
 	return v;
 }
 
