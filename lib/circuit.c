@@ -331,13 +331,24 @@ circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 	s->g = circ_graph_from_header(h, e);
 	if (!s->g)
 		goto fail_hdr;
-	if (opt_strdup(h, "method", &s->method, e) < 0 ||
-	    opt_strdup(h, "metric", &s->metric, e) < 0 ||
-	    opt_strdup(h, "model_digest", &s->model_digest, e) < 0 ||
-	    opt_strdup(h, "dataset_digest", &s->dataset_digest, e) < 0)
+	circ_hdr_field f[] = {
+	    CIRC_HDR_MAY("method", CIRC_HDR_STR),
+	    CIRC_HDR_MAY("metric", CIRC_HDR_STR),
+	    CIRC_HDR_MAY("model_digest", CIRC_HDR_STR),
+	    CIRC_HDR_MAY("dataset_digest", CIRC_HDR_STR),
+	    CIRC_HDR_MAY("ablation", CIRC_HDR_STR),
+	    CIRC_HDR_MAY("n_examples", CIRC_HDR_I64),
+	    CIRC_HDR_MAY("steps", CIRC_HDR_I64),
+	};
+	if (circ_hdr_read(h, f, CIRC_HDR_N(f), e) < 0)
 		goto fail_hdr;
-	if (circ_rec_get(h, "n_examples") && circ_rec_i64(h, "n_examples", &s->n_examples, e) < 0)
-		goto fail_hdr;
+	s->method = circ_hdr_strdup(&f[0]);
+	s->metric = circ_hdr_strdup(&f[1]);
+	s->model_digest = circ_hdr_strdup(&f[2]);
+	s->dataset_digest = circ_hdr_strdup(&f[3]);
+	s->ablation = circ_hdr_strdup(&f[4]);
+	s->n_examples = f[5].skip ? -1 : f[5].i;
+	s->steps = f[6].skip ? -1 : f[6].i;
 	/* each part adds its own at its end: start from 0 where declared */
 	if (s->n_examples >= 0)
 		s->n_examples = 0;
@@ -432,6 +443,7 @@ void circ_scores_free(circ_scores *s)
 	free(s->metric);
 	free(s->model_digest);
 	free(s->dataset_digest);
+	free(s->ablation);
 	free(s);
 }
 
@@ -570,42 +582,43 @@ void circ_circuit_free(circ_circuit *c)
 	free(c);
 }
 
-void circ_circuit_pack_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
-			      int ninputs, const circ_graph *g, const circ_circuit_source *src,
-			      const char *model_digest, int nextra)
+void circ_circuit_pack_graph(msgpack_packer *pk, const void *g)
 {
-	msgpack_packer *pk = circ_writer_packer(w);
-	circ_writer_header(w, "circuit", argc, argv, inputs, ninputs,
-			   3 + (model_digest != NULL) + nextra);
-	circ_pack_str(pk, "graph");
 	circ_graph_pack(pk, g);
-	int n = (src->method != NULL) + (src->mode != NULL) + (src->n >= 0) +
-		!isnan(src->threshold) + (src->signed_ >= 0) + !isnan(src->tau) +
-		(src->metric != NULL);
-	circ_pack_str(pk, "source");
-	msgpack_pack_map(pk, (size_t)n);
-	if (src->method)
-		circ_pack_kv_str(pk, "method", src->method);
-	if (src->mode)
-		circ_pack_kv_str(pk, "mode", src->mode);
-	if (src->n >= 0)
-		circ_pack_kv_i64(pk, "n", src->n);
-	if (!isnan(src->threshold))
-		circ_pack_kv_f64(pk, "threshold", src->threshold);
-	if (src->signed_ >= 0) {
-		circ_pack_str(pk, "signed");
-		if (src->signed_)
-			msgpack_pack_true(pk);
-		else
-			msgpack_pack_false(pk);
-	}
-	if (!isnan(src->tau))
-		circ_pack_kv_f64(pk, "tau", src->tau);
-	if (src->metric)
-		circ_pack_kv_str(pk, "metric", src->metric);
-	if (model_digest)
-		circ_pack_kv_str(pk, "model_digest", model_digest);
-	circ_pack_kv_i64(pk, "n_edges_total", g->n_edges);
+}
+
+static void pack_source(msgpack_packer *pk, const void *ctx)
+{
+	const circ_circuit_source *src = ctx;
+	circ_hdr_field f[] = {
+	    CIRC_HDR_STR_IF(src->method, "method", src->method),
+	    CIRC_HDR_STR_IF(src->mode, "mode", src->mode),
+	    CIRC_HDR_I64_IF(src->n >= 0, "n", src->n),
+	    CIRC_HDR_F64_IF(!isnan(src->threshold), "threshold", src->threshold),
+	    CIRC_HDR_BOOL_IF(src->signed_ >= 0, "signed", src->signed_),
+	    CIRC_HDR_F64_IF(!isnan(src->tau), "tau", src->tau),
+	    CIRC_HDR_STR_IF(src->metric, "metric", src->metric),
+	};
+	msgpack_pack_map(pk, (size_t)circ_hdr_count(f, CIRC_HDR_N(f)));
+	circ_hdr_pack(pk, f, CIRC_HDR_N(f));
+}
+
+int circ_circuit_write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
+			      int ninputs, const circ_graph *g, const circ_circuit_source *src,
+			      const char *model_digest, const circ_hdr_field *extra, int nextra,
+			      circ_error *e)
+{
+	circ_hdr_field own[] = {
+	    CIRC_HDR_GRAPH(g),
+	    CIRC_HDR_PACK("source", pack_source, src),
+	    CIRC_HDR_STR_IF(model_digest, "model_digest", model_digest),
+	    CIRC_HDR_I64("n_edges_total", g->n_edges),
+	};
+	circ_hdr_field *f = circ_hdr_join(own, CIRC_HDR_N(own), extra, nextra);
+	int r = circ_writer_header_fields(w, "circuit", argc, argv, inputs, ninputs, f,
+					  CIRC_HDR_N(own) + nextra, e);
+	free(f);
+	return r;
 }
 
 int circ_circuit_write_edges(circ_writer *w, const circ_graph *g, const uint8_t *keep,
