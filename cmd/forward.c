@@ -173,10 +173,10 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	{
 		circ_hdr_field f[] = {
-		    CIRC_HDR_STR("metric", circ_metric_name(o.metric)),
-		    CIRC_HDR_STR("prompts", o.corrupt ? "corrupt" : "clean"),
-		    CIRC_HDR_I64("top_k", o.top_k),
-		    CIRC_HDR_STR("model_digest", md),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.metric)),
+		    CIRC_HDR(STR, "prompts", o.corrupt ? "corrupt" : "clean"),
+		    CIRC_HDR(I64, "top_k", o.top_k),
+		    CIRC_HDR(STR, "model_digest", md),
 		    circ_hdr_dataset_digest(r),
 		};
 		if (circ_writer_header_fields(w, "results", argc, argv, &r, 1, f, CIRC_HDR_N(f),

@@ -124,14 +124,14 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	{
 		circ_hdr_field f[] = {
-		    CIRC_HDR_STR("metric", circ_metric_name(o.pc.metric)),
-		    CIRC_HDR_STR("ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
 		    CIRC_HDR_GRAPH(g),
-		    CIRC_HDR_STR("model_digest", md),
+		    CIRC_HDR(STR, "model_digest", md),
 		    circ_hdr_dataset_digest(r),
-		    CIRC_HDR_I64("d_model", c->n_embd),
-		    CIRC_HDR_I64("n_up", U),
-		    CIRC_HDR_I64("n_recv", R),
+		    CIRC_HDR(I64, "d_model", c->n_embd),
+		    CIRC_HDR(I64, "n_up", U),
+		    CIRC_HDR(I64, "n_recv", R),
 		};
 		if (circ_writer_header_fields(w, "acts", argc, argv, &r, 1, f, CIRC_HDR_N(f), &e) <
 		    0)

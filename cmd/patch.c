@@ -353,7 +353,7 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	if (o.curve) {
 		circ_hdr_field f[] = {
-		    CIRC_HDR_STR("ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
 		};
 		if (circ_curve_write_header(w, argc, argv, inputs, ninputs, g,
 					    circ_metric_name(o.pc.metric), o.absolute, md, f,
@@ -361,11 +361,11 @@ int main(int argc, char **argv)
 			circ_die(&e);
 	} else {
 		circ_hdr_field f[] = {
-		    CIRC_HDR_STR("metric", circ_metric_name(o.pc.metric)),
-		    CIRC_HDR_STR("ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
 		    CIRC_HDR_GRAPH(g),
-		    CIRC_HDR_STR("model_digest", md),
-		    CIRC_HDR_I64("n_edges", jb.n_edges[0]),
+		    CIRC_HDR(STR, "model_digest", md),
+		    CIRC_HDR(I64, "n_edges", jb.n_edges[0]),
 		};
 		if (circ_writer_header_fields(w, "patch", argc, argv, inputs, ninputs, f,
 					      CIRC_HDR_N(f), &e) < 0)

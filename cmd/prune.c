@@ -304,7 +304,7 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 		circ_die(&e);
 	circ_reader *inputs[2] = {r, tr};
 	eval_field ef = {&ev, truth_digest};
-	circ_hdr_field extra[] = {CIRC_HDR_PACK("eval", pack_eval, &ef)};
+	circ_hdr_field extra[] = {CIRC_HDR_FN("eval", pack_eval, &ef)};
 	if (circ_circuit_write_header(w, argc, argv, inputs, tr ? 2 : 1, g, &src, s->model_digest,
 				      extra, tr ? 1 : 0, &e) < 0 ||
 	    circ_circuit_write_edges(w, g, keep, s->score, &e) < 0) {
@@ -426,10 +426,10 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_writer_opts lo = cli->wopts;
 		circ_hdr_field f[] = {
 		    CIRC_HDR_GRAPH(g),
-		    CIRC_HDR_STR("metric", circ_metric_name(o.pc.metric)),
-		    CIRC_HDR_F64("tau", o.tau),
-		    CIRC_HDR_STR("ablation", circ_ablation_name(o.pc.ablation)),
-		    CIRC_HDR_STR("model_digest", md),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(F64, "tau", o.tau),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR(STR, "model_digest", md),
 		};
 		lg.w = circ_writer_open(o.log, &lo, &e);
 		if (!lg.w)

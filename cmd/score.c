@@ -103,15 +103,15 @@ static void write_header(circ_writer *w, int argc, char **argv, circ_reader *con
 {
 	circ_error e;
 	circ_hdr_field f[] = {
-	    CIRC_HDR_STR("method", h->method),
-	    CIRC_HDR_STR("metric", h->metric),
+	    CIRC_HDR(STR, "method", h->method),
+	    CIRC_HDR(STR, "metric", h->metric),
 	    CIRC_HDR_GRAPH(h->g),
-	    CIRC_HDR_STR("model_digest", h->model_digest),
-	    CIRC_HDR_STR("dataset_digest", h->dataset_digest),
-	    CIRC_HDR_I64("n_examples", h->n_examples),
-	    CIRC_HDR_STR_IF(h->ablation, "ablation", h->ablation),
-	    CIRC_HDR_I64_IF(h->steps >= 0, "steps", h->steps),
-	    CIRC_HDR_STR("sign", CIRC_SCORES_SIGN),
+	    CIRC_HDR(STR, "model_digest", h->model_digest),
+	    CIRC_HDR(STR, "dataset_digest", h->dataset_digest),
+	    CIRC_HDR(I64, "n_examples", h->n_examples),
+	    CIRC_HDR_IF(h->ablation, STR, "ablation", h->ablation),
+	    CIRC_HDR_IF(h->steps >= 0, I64, "steps", h->steps),
+	    CIRC_HDR(STR, "sign", CIRC_SCORES_SIGN),
 	};
 	if (circ_writer_header_fields(w, "scores", argc, argv, inputs, ninputs, f, CIRC_HDR_N(f),
 				      &e) < 0)
@@ -237,11 +237,9 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 		circ_die(&e);
 	hdr = circ_reader_header(r);
 	circ_hdr_field hf[] = {
-	    CIRC_HDR_NEED("d_model", CIRC_HDR_I64),
-	    CIRC_HDR_MAY("model_digest", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("dataset_digest", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("metric", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("ablation", CIRC_HDR_STR),
+	    CIRC_HDR_NEED(I64, "d_model"),	 CIRC_HDR_MAY(STR, "model_digest"),
+	    CIRC_HDR_MAY(STR, "dataset_digest"), CIRC_HDR_MAY(STR, "metric"),
+	    CIRC_HDR_MAY(STR, "ablation"),
 	};
 	if (!(g = circ_graph_from_header(hdr, &e)) ||
 	    circ_hdr_read(hdr, hf, CIRC_HDR_N(hf), &e) < 0) {

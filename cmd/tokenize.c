@@ -677,15 +677,15 @@ static void dataset_mode(FILE *in, const char *name, circ_cli *cli, int argc, ch
 	 * or the tokenizer says it (ids alone say nothing of the model's). */
 	int64_t stamp = vsize ? vsize : tok ? circ_bpe_vocab_size(tok) : 0;
 	circ_hdr_field f[] = {
-	    CIRC_HDR_STR("task", task),
-	    CIRC_HDR_STR("metric", metric),
-	    CIRC_HDR_STR_IF(tok, "vocab_digest", tok ? circ_bpe_digest(tok) : NULL),
-	    CIRC_HDR_STR("dataset_digest", digest),
-	    CIRC_HDR_I64("n_examples", (int64_t)nex),
-	    CIRC_HDR_I64("n_skipped", (int64_t)skipped),
-	    CIRC_HDR_I64_IF(stamp, "vocab_size", stamp),
-	    CIRC_HDR_BOOL("prepend_bos", o.bos),
-	    CIRC_HDR_I64_IF(uniform && nex, "seq_len", nex ? (int64_t)ex[0].clean.n : 0),
+	    CIRC_HDR(STR, "task", task),
+	    CIRC_HDR(STR, "metric", metric),
+	    CIRC_HDR_IF(tok, STR, "vocab_digest", tok ? circ_bpe_digest(tok) : NULL),
+	    CIRC_HDR(STR, "dataset_digest", digest),
+	    CIRC_HDR(I64, "n_examples", (int64_t)nex),
+	    CIRC_HDR(I64, "n_skipped", (int64_t)skipped),
+	    CIRC_HDR_IF(stamp, I64, "vocab_size", stamp),
+	    CIRC_HDR(BOOL, "prepend_bos", o.bos),
+	    CIRC_HDR_IF(uniform && nex, I64, "seq_len", nex ? (int64_t)ex[0].clean.n : 0),
 	};
 	if (circ_writer_header_fields(w, "tokens", argc, argv, NULL, 0, f, CIRC_HDR_N(f), &e) < 0)
 		goto fail;

@@ -332,13 +332,10 @@ circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 	if (!s->g)
 		goto fail_hdr;
 	circ_hdr_field f[] = {
-	    CIRC_HDR_MAY("method", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("metric", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("model_digest", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("dataset_digest", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("ablation", CIRC_HDR_STR),
-	    CIRC_HDR_MAY("n_examples", CIRC_HDR_I64),
-	    CIRC_HDR_MAY("steps", CIRC_HDR_I64),
+	    CIRC_HDR_MAY(STR, "method"),       CIRC_HDR_MAY(STR, "metric"),
+	    CIRC_HDR_MAY(STR, "model_digest"), CIRC_HDR_MAY(STR, "dataset_digest"),
+	    CIRC_HDR_MAY(STR, "ablation"),     CIRC_HDR_MAY(I64, "n_examples"),
+	    CIRC_HDR_MAY(I64, "steps"),
 	};
 	if (circ_hdr_read(h, f, CIRC_HDR_N(f), e) < 0)
 		goto fail_hdr;
@@ -591,13 +588,13 @@ static void pack_source(msgpack_packer *pk, const void *ctx)
 {
 	const circ_circuit_source *src = ctx;
 	circ_hdr_field f[] = {
-	    CIRC_HDR_STR_IF(src->method, "method", src->method),
-	    CIRC_HDR_STR_IF(src->mode, "mode", src->mode),
-	    CIRC_HDR_I64_IF(src->n >= 0, "n", src->n),
-	    CIRC_HDR_F64_IF(!isnan(src->threshold), "threshold", src->threshold),
-	    CIRC_HDR_BOOL_IF(src->signed_ >= 0, "signed", src->signed_),
-	    CIRC_HDR_F64_IF(!isnan(src->tau), "tau", src->tau),
-	    CIRC_HDR_STR_IF(src->metric, "metric", src->metric),
+	    CIRC_HDR_IF(src->method, STR, "method", src->method),
+	    CIRC_HDR_IF(src->mode, STR, "mode", src->mode),
+	    CIRC_HDR_IF(src->n >= 0, I64, "n", src->n),
+	    CIRC_HDR_IF(!isnan(src->threshold), F64, "threshold", src->threshold),
+	    CIRC_HDR_IF(src->signed_ >= 0, BOOL, "signed", src->signed_),
+	    CIRC_HDR_IF(!isnan(src->tau), F64, "tau", src->tau),
+	    CIRC_HDR_IF(src->metric, STR, "metric", src->metric),
 	};
 	msgpack_pack_map(pk, (size_t)circ_hdr_count(f, CIRC_HDR_N(f)));
 	circ_hdr_pack(pk, f, CIRC_HDR_N(f));
@@ -610,9 +607,9 @@ int circ_circuit_write_header(circ_writer *w, int argc, char **argv, circ_reader
 {
 	circ_hdr_field own[] = {
 	    CIRC_HDR_GRAPH(g),
-	    CIRC_HDR_PACK("source", pack_source, src),
-	    CIRC_HDR_STR_IF(model_digest, "model_digest", model_digest),
-	    CIRC_HDR_I64("n_edges_total", g->n_edges),
+	    CIRC_HDR_FN("source", pack_source, src),
+	    CIRC_HDR_IF(model_digest, STR, "model_digest", model_digest),
+	    CIRC_HDR(I64, "n_edges_total", g->n_edges),
 	};
 	circ_hdr_field *f = circ_hdr_join(own, CIRC_HDR_N(own), extra, nextra);
 	int r = circ_writer_header_fields(w, "circuit", argc, argv, inputs, ninputs, f,

@@ -126,7 +126,7 @@ void circ_circuit_free(circ_circuit *c);
 /* A circ_hdr_pack_fn packing the graph g (a circ_graph) as headers carry
  * it; CIRC_HDR_GRAPH(g) is the header field "graph". */
 void circ_circuit_pack_graph(msgpack_packer *pk, const void *g);
-#define CIRC_HDR_GRAPH(g) CIRC_HDR_PACK("graph", circ_circuit_pack_graph, (g))
+#define CIRC_HDR_GRAPH(g) CIRC_HDR_FN("graph", circ_circuit_pack_graph, (g))
 
 /* Writes a circuit header record: the common fields, then "graph",
  * "source", "model_digest" (if not NULL), "n_edges_total", then the

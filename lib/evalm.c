@@ -323,9 +323,9 @@ int circ_curve_write_header(circ_writer *w, int argc, char **argv, circ_reader *
 {
 	circ_hdr_field own[] = {
 	    CIRC_HDR_GRAPH(g),
-	    CIRC_HDR_STR("metric", metric ? metric : ""),
-	    CIRC_HDR_BOOL_IF(absolute >= 0, "absolute", absolute > 0),
-	    CIRC_HDR_STR_IF(model_digest, "model_digest", model_digest),
+	    CIRC_HDR(STR, "metric", metric ? metric : ""),
+	    CIRC_HDR_IF(absolute >= 0, BOOL, "absolute", absolute > 0),
+	    CIRC_HDR_IF(model_digest, STR, "model_digest", model_digest),
 	};
 	circ_hdr_field *f = circ_hdr_join(own, CIRC_HDR_N(own), extra, nextra);
 	int r = circ_writer_header_fields(w, "curve", argc, argv, inputs, ninputs, f,

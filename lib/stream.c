@@ -1349,7 +1349,7 @@ const circ_hdr_field *circ_hdr_find(const circ_hdr_field *f, int nf, const char 
 circ_hdr_field circ_hdr_dataset_digest(const circ_reader *r)
 {
 	const msgpack_object *dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
-	circ_hdr_field f = CIRC_HDR_STR("dataset_digest", circ_reader_header_digest(r));
+	circ_hdr_field f = CIRC_HDR(STR, "dataset_digest", circ_reader_header_digest(r));
 	if (dd && dd->type == MSGPACK_OBJECT_STR) {
 		f.type = CIRC_HDR_OBJ;
 		f.o = dd;

@@ -103,9 +103,9 @@ int circ_writer_end_record(circ_writer *w, circ_error *e);
  * reader fills the same table from a header, and its errors name the field.
  *
  *	circ_hdr_field f[] = {
- *		CIRC_HDR_STR("metric", name),
- *		CIRC_HDR_I64_IF(n >= 0, "n_examples", n),
- *		CIRC_HDR_PACK("graph", pack_graph, g),
+ *		CIRC_HDR(STR, "metric", name),
+ *		CIRC_HDR_IF(n >= 0, I64, "n_examples", n),
+ *		CIRC_HDR_FN("graph", pack_graph, g),
  *	};
  *	circ_writer_header_fields(w, "scores", argc, argv, &r, 1, f, CIRC_HDR_N(f), &e);
  */
@@ -135,64 +135,32 @@ typedef struct circ_hdr_field {
 } circ_hdr_field;
 
 #define CIRC_HDR_N(f) ((int)(sizeof(f) / sizeof((f)[0])))
-/* Writer fields; the _IF forms are left out when cond is false. */
-#define CIRC_HDR_STR(k, v)                                                                         \
+/* Writer fields: CIRC_HDR(T, key, value) with T one of STR, I64, F64,
+ * BOOL, OBJ; CIRC_HDR_IF(cond, T, key, value) is left out when cond is
+ * false; CIRC_HDR_FN[_IF] packs through fn(pk, ctx). */
+#define CIRC_HDR_IF(c, T, k, v)                                                                    \
 	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_STR, .s = (v)                                         \
+		.key = (k), .type = CIRC_HDR_##T, .skip = !(c), CIRC_HDR_V_##T(v)                  \
 	}
-#define CIRC_HDR_STR_IF(c, k, v)                                                                   \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_STR, .skip = !(c), .s = (v)                           \
-	}
-#define CIRC_HDR_I64(k, v)                                                                         \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_I64, .i = (v)                                         \
-	}
-#define CIRC_HDR_I64_IF(c, k, v)                                                                   \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_I64, .skip = !(c), .i = (v)                           \
-	}
-#define CIRC_HDR_F64(k, v)                                                                         \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_F64, .f = (v)                                         \
-	}
-#define CIRC_HDR_F64_IF(c, k, v)                                                                   \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_F64, .skip = !(c), .f = (v)                           \
-	}
-#define CIRC_HDR_BOOL(k, v)                                                                        \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_BOOL, .i = !!(v)                                      \
-	}
-#define CIRC_HDR_BOOL_IF(c, k, v)                                                                  \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_BOOL, .skip = !(c), .i = !!(v)                        \
-	}
-#define CIRC_HDR_OBJ(k, v)                                                                         \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_OBJ, .o = (v)                                         \
-	}
-#define CIRC_HDR_OBJ_IF(c, k, v)                                                                   \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_OBJ, .skip = !(c), .o = (v)                           \
-	}
-#define CIRC_HDR_PACK(k, fn, c)                                                                    \
-	{                                                                                          \
-		.key = (k), .type = CIRC_HDR_PACK, .pack = (fn), .ctx = (c)                        \
-	}
-#define CIRC_HDR_PACK_IF(c, k, fn, x)                                                              \
+#define CIRC_HDR(T, k, v)  CIRC_HDR_IF(1, T, k, v)
+#define CIRC_HDR_V_STR(v)  .s = (v)
+#define CIRC_HDR_V_I64(v)  .i = (v)
+#define CIRC_HDR_V_F64(v)  .f = (v)
+#define CIRC_HDR_V_BOOL(v) .i = !!(v)
+#define CIRC_HDR_V_OBJ(v)  .o = (v)
+#define CIRC_HDR_FN_IF(c, k, fn, x)                                                                \
 	{                                                                                          \
 		.key = (k), .type = CIRC_HDR_PACK, .skip = !(c), .pack = (fn), .ctx = (x)          \
 	}
-/* Reader fields: required, or optional (skip set when absent). */
-#define CIRC_HDR_NEED(k, t)                                                                        \
+#define CIRC_HDR_FN(k, fn, x) CIRC_HDR_FN_IF(1, k, fn, x)
+/* Reader fields of type T (STR, I64, F64, BOOL, OBJ): required, or
+ * optional (skip set when absent). */
+#define CIRC_HDR_READ(T, k, opt)                                                                   \
 	{                                                                                          \
-		.key = (k), .type = (t)                                                            \
+		.key = (k), .type = CIRC_HDR_##T, .optional = (opt)                                \
 	}
-#define CIRC_HDR_MAY(k, t)                                                                         \
-	{                                                                                          \
-		.key = (k), .type = (t), .optional = 1                                             \
-	}
+#define CIRC_HDR_NEED(T, k) CIRC_HDR_READ(T, k, 0)
+#define CIRC_HDR_MAY(T, k)  CIRC_HDR_READ(T, k, 1)
 
 /* The number of fields the table packs (those not skipped). */
 int circ_hdr_count(const circ_hdr_field *f, int nf);

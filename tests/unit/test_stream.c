@@ -28,7 +28,7 @@ static void write_stream_arg(const char *path, const circ_writer_opts *o, int nr
 	char *argv[] = {"test", arg};
 	float buf[1000];
 	CHECK(w != NULL);
-	circ_hdr_field f[] = {CIRC_HDR_STR("model_digest", "sha256:00")};
+	circ_hdr_field f[] = {CIRC_HDR(STR, "model_digest", "sha256:00")};
 	CHECK(circ_writer_header_fields(w, "unit", 2, argv, NULL, 0, f, CIRC_HDR_N(f), &e) == 0);
 	for (int r = 0; r < nrec; r++) {
 		msgpack_packer *pk = circ_writer_packer(w);
@@ -342,8 +342,8 @@ static void test_header_fields(const char *dir)
 	w = circ_writer_open(path, &o, &e);
 	CHECK(w != NULL);
 	circ_hdr_field f[] = {
-	    CIRC_HDR_STR("s", "text"), CIRC_HDR_I64_IF(0, "gone", 7), CIRC_HDR_I64("i", -3),
-	    CIRC_HDR_F64("f", 0.5),    CIRC_HDR_BOOL("b", 1),
+	    CIRC_HDR(STR, "s", "text"), CIRC_HDR_IF(0, I64, "gone", 7), CIRC_HDR(I64, "i", -3),
+	    CIRC_HDR(F64, "f", 0.5),	CIRC_HDR(BOOL, "b", 1),
 	};
 	CHECK(circ_hdr_count(f, CIRC_HDR_N(f)) == 4);
 	CHECK(circ_writer_header_fields(w, "unit", 0, NULL, NULL, 0, f, CIRC_HDR_N(f), &e) == 0);
@@ -357,9 +357,8 @@ static void test_header_fields(const char *dir)
 	CHECK(circ_obj_str_eq(&h->via.map.ptr[7].key, "s"));
 	CHECK(circ_obj_str_eq(&h->via.map.ptr[8].key, "i"));
 	circ_hdr_field g[] = {
-	    CIRC_HDR_NEED("s", CIRC_HDR_STR),  CIRC_HDR_MAY("gone", CIRC_HDR_I64),
-	    CIRC_HDR_NEED("i", CIRC_HDR_I64),  CIRC_HDR_NEED("f", CIRC_HDR_F64),
-	    CIRC_HDR_NEED("b", CIRC_HDR_BOOL),
+	    CIRC_HDR_NEED(STR, "s"), CIRC_HDR_MAY(I64, "gone"), CIRC_HDR_NEED(I64, "i"),
+	    CIRC_HDR_NEED(F64, "f"), CIRC_HDR_NEED(BOOL, "b"),
 	};
 	CHECK(circ_hdr_read(h, g, CIRC_HDR_N(g), &e) == 0);
 	char *s = circ_hdr_strdup(&g[0]);
@@ -367,9 +366,9 @@ static void test_header_fields(const char *dir)
 	free(s);
 	CHECK(g[1].skip && circ_hdr_strdup(&g[1]) == NULL);
 	CHECK(g[2].i == -3 && g[3].f == 0.5 && g[4].i == 1);
-	circ_hdr_field bad[] = {CIRC_HDR_NEED("s", CIRC_HDR_I64)};
+	circ_hdr_field bad[] = {CIRC_HDR_NEED(I64, "s")};
 	CHECK(circ_hdr_read(h, bad, 1, &e) < 0 && strstr(e.msg, "field 's'") != NULL);
-	circ_hdr_field missing[] = {CIRC_HDR_NEED("gone", CIRC_HDR_I64)};
+	circ_hdr_field missing[] = {CIRC_HDR_NEED(I64, "gone")};
 	CHECK(circ_hdr_read(h, missing, 1, &e) < 0 &&
 	      strstr(e.msg, "missing field 'gone'") != NULL);
 	circ_reader_free(r);
