@@ -270,14 +270,6 @@ int64_t circ_count_kept(const circ_graph *g, const uint8_t *keep)
 /* ---- streams ---- */
 
 /* Optional string field: *out stays NULL when absent. */
-static int opt_strdup(const msgpack_object *map, const char *key, char **out, circ_error *e)
-{
-	*out = NULL;
-	if (!circ_rec_get(map, key))
-		return 0;
-	return circ_rec_strdup(map, key, out, e);
-}
-
 /* The edge index named by the record's "edge" field. */
 static int rec_edge(const circ_graph *g, const msgpack_object *rec, int64_t *edge, circ_error *e)
 {
@@ -493,29 +485,34 @@ circ_circuit *circ_circuit_read(circ_reader *r, const circ_graph *expect, circ_e
 				    circ_graph_input_name(expect->input));
 			goto fail_hdr;
 		}
-		if (opt_strdup(h, "model_digest", &c->model_digest, e) < 0)
+		circ_hdr_field f[] = {
+		    CIRC_HDR_MAY(STR, "model_digest"),
+		    CIRC_HDR_MAY(OBJ, "source"),
+		    CIRC_HDR_MAY(I64, "n_edges_total"),
+		};
+		circ_hdr_field sf[] = {
+		    CIRC_HDR_MAY(STR, "method"),  CIRC_HDR_MAY(STR, "mode"),
+		    CIRC_HDR_MAY(I64, "n"),	  CIRC_HDR_MAY(F64, "threshold"),
+		    CIRC_HDR_MAY(BOOL, "signed"),
+		};
+		if (circ_hdr_read(h, f, CIRC_HDR_N(f), e) < 0)
 			goto fail_hdr;
-		const msgpack_object *src = circ_rec_get(h, "source");
-		if (src &&
-		    (opt_strdup(src, "method", &c->method, e) < 0 ||
-		     opt_strdup(src, "mode", &c->mode, e) < 0 ||
-		     (circ_rec_get(src, "n") && circ_rec_i64(src, "n", &c->source_n, e) < 0) ||
-		     (circ_rec_get(src, "threshold") &&
-		      circ_rec_f64(src, "threshold", &c->source_threshold, e) < 0) ||
-		     (circ_rec_get(src, "signed") &&
-		      circ_rec_bool(src, "signed", &c->source_signed, e) < 0))) {
-			circ_error_prefix(e, "field 'source'");
-			goto fail_hdr;
-		}
-		if (circ_rec_get(h, "n_edges_total")) {
-			int64_t tot;
-			if (circ_rec_i64(h, "n_edges_total", &tot, e) < 0)
-				goto fail_hdr;
-			if (tot != c->g->n_edges) {
-				circ_errorf(e, "n_edges_total is %lld but the graph has %lld edges",
-					    (long long)tot, (long long)c->g->n_edges);
+		c->model_digest = circ_hdr_strdup(&f[0]);
+		if (!f[1].skip) {
+			if (circ_hdr_read(f[1].o, sf, CIRC_HDR_N(sf), e) < 0) {
+				circ_error_prefix(e, "field 'source'");
 				goto fail_hdr;
 			}
+			c->method = circ_hdr_strdup(&sf[0]);
+			c->mode = circ_hdr_strdup(&sf[1]);
+			c->source_n = sf[2].skip ? c->source_n : sf[2].i;
+			c->source_threshold = sf[3].skip ? c->source_threshold : sf[3].f;
+			c->source_signed = sf[4].skip ? c->source_signed : (int)sf[4].i;
+		}
+		if (!f[2].skip && f[2].i != c->g->n_edges) {
+			circ_errorf(e, "n_edges_total is %lld but the graph has %lld edges",
+				    (long long)f[2].i, (long long)c->g->n_edges);
+			goto fail_hdr;
 		}
 	} else {
 		circ_errorf(e, "%s: expected a circuit stream or an edge list, got kind '%s'",
