@@ -198,6 +198,77 @@ static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 /* mp_scan's answers besides "whole" (1) and "needs more bytes" (0). */
 enum { MP_INVALID = -1, MP_DEEP = -2, MP_MANY = -3, MP_BIG = -4 };
 
+/* What a msgpack object's first byte c announces: a length field of w
+ * bytes follows (whose value, times per, is more items for a container, or
+ * more payload bytes otherwise), then skip payload bytes; kids items are
+ * known from c itself; box for a map or an array. -1 for 0xc1, which
+ * msgpack never uses. The reader's scan and the writer's check share it. */
+typedef struct mp_head {
+	unsigned w, per;
+	uint64_t skip, kids;
+	int box;
+} mp_head;
+
+static int mp_head_of(unsigned c, mp_head *h)
+{
+	memset(h, 0, sizeof *h);
+	if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+		return 0; /* a one-byte value */
+	if (c <= 0x8f) {
+		h->kids = 2 * (uint64_t)(c & 0xf), h->box = 1;
+		return 0;
+	}
+	if (c <= 0x9f) {
+		h->kids = c & 0xf, h->box = 1;
+		return 0;
+	}
+	if (c <= 0xbf) {
+		h->skip = c & 0x1f;
+		return 0;
+	}
+	switch (c) {
+	case 0xc4:
+	case 0xd9: h->w = 1; break;
+	case 0xc5:
+	case 0xda: h->w = 2; break;
+	case 0xc6:
+	case 0xdb: h->w = 4; break;
+	case 0xc7: h->w = 1, h->skip = 1; break;
+	case 0xc8: h->w = 2, h->skip = 1; break;
+	case 0xc9: h->w = 4, h->skip = 1; break;
+	case 0xca: h->skip = 4; break;
+	case 0xcb: h->skip = 8; break;
+	case 0xcc:
+	case 0xd0: h->skip = 1; break;
+	case 0xcd:
+	case 0xd1: h->skip = 2; break;
+	case 0xce:
+	case 0xd2: h->skip = 4; break;
+	case 0xcf:
+	case 0xd3: h->skip = 8; break;
+	case 0xd4: h->skip = 2; break;
+	case 0xd5: h->skip = 3; break;
+	case 0xd6: h->skip = 5; break;
+	case 0xd7: h->skip = 9; break;
+	case 0xd8: h->skip = 17; break;
+	case 0xdc: h->w = 2, h->per = 1, h->box = 1; break;
+	case 0xdd: h->w = 4, h->per = 1, h->box = 1; break;
+	case 0xde: h->w = 2, h->per = 2, h->box = 1; break;
+	case 0xdf: h->w = 4, h->per = 2, h->box = 1; break;
+	default: return -1;
+	}
+	return 0;
+}
+
+/* The head h completed by its length field's value v. */
+static void mp_head_len(mp_head *h, uint64_t v)
+{
+	if (h->box)
+		h->kids += h->per * v;
+	else
+		h->skip += v;
+}
+
 /* Scans the msgpack object at p without allocating: 1 and its length in *len
  * if the n bytes hold it whole, 0 if it needs more bytes, or an MP_ problem.
  * The unpacker is only called on whole objects that passed this scan, so a
@@ -216,69 +287,25 @@ static int mp_scan(const unsigned char *p, size_t n, size_t max_values, size_t m
 	size_t i = 0, nvalues = 0;
 	left[0] = 1;
 	while (depth >= 0) {
-		unsigned c;
-		uint64_t skip = 0, kids = 0;
-		size_t w = 0; /* width of a length field */
-		int box = 0;  /* a map or an array */
+		mp_head h;
 		if (i >= n)
 			return 0;
 		if (++nvalues > max_values)
 			return MP_MANY;
-		c = p[i++];
 		left[depth]--;
-		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
-			/* a one-byte value */
-		} else if (c <= 0x8f) {
-			kids = 2 * (uint64_t)(c & 0xf), box = 1;
-		} else if (c <= 0x9f) {
-			kids = c & 0xf, box = 1;
-		} else if (c <= 0xbf) {
-			skip = c & 0x1f;
-		} else {
-			switch (c) {
-			case 0xc4:
-			case 0xd9: w = 1; break;
-			case 0xc5:
-			case 0xda: w = 2; break;
-			case 0xc6:
-			case 0xdb: w = 4; break;
-			case 0xc7: w = 1, skip = 1; break;
-			case 0xc8: w = 2, skip = 1; break;
-			case 0xc9: w = 4, skip = 1; break;
-			case 0xca: skip = 4; break;
-			case 0xcb: skip = 8; break;
-			case 0xcc:
-			case 0xd0: skip = 1; break;
-			case 0xcd:
-			case 0xd1: skip = 2; break;
-			case 0xce:
-			case 0xd2: skip = 4; break;
-			case 0xcf:
-			case 0xd3: skip = 8; break;
-			case 0xd4: skip = 2; break;
-			case 0xd5: skip = 3; break;
-			case 0xd6: skip = 5; break;
-			case 0xd7: skip = 9; break;
-			case 0xd8: skip = 17; break;
-			case 0xdc: w = 2, kids = 1, box = 1; break;
-			case 0xdd: w = 4, kids = 1, box = 1; break;
-			case 0xde: w = 2, kids = 2, box = 1; break;
-			case 0xdf: w = 4, kids = 2, box = 1; break;
-			default: return MP_INVALID; /* 0xc1 */
-			}
-		}
-		if (w) {
+		if (mp_head_of(p[i++], &h) < 0)
+			return MP_INVALID;
+		if (h.w) {
 			uint64_t v = 0;
-			if (n - i < w)
+			if (n - i < h.w)
 				return 0;
-			for (size_t j = 0; j < w; j++)
+			for (size_t j = 0; j < h.w; j++)
 				v = v << 8 | p[i + j];
-			i += w;
-			if (box)
-				kids *= v;
-			else
-				skip += v;
+			i += h.w;
+			mp_head_len(&h, v);
 		}
+		uint64_t skip = h.skip, kids = h.kids;
+		int box = h.box;
 		if (kids > max_values - nvalues)
 			return MP_MANY;
 		if (skip > max_bytes || i + skip > max_bytes)
@@ -919,81 +946,23 @@ void circ_reader_free(circ_reader *r)
 typedef struct rec_scan {
 	uint64_t owed;	    /* objects still to come in this record */
 	uint64_t skip;	    /* payload bytes still to pass over */
-	unsigned char h[9]; /* the object's first byte and its length bytes */
+	unsigned char h[5]; /* the object's first byte and its length field */
 	int hn, hneed;
 	int started;
 } rec_scan;
 
-/* Bytes of a length or value after the first byte b, and the payload it
- * announces: 0 none, 1 the length in bytes, 2 array items, 3 map pairs, 4 an
- * ext (the length plus its type byte); -1 for a byte msgpack never uses. */
-static int scan_head(unsigned b, int *kind, int *fixed)
-{
-	*kind = 0;
-	*fixed = 0;
-	if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
-		return 0;
-	if (b <= 0x8f) { /* fixmap, fixarray, fixstr: the count is in b */
-		*kind = 3;
-		return 0;
-	}
-	if (b <= 0x9f) {
-		*kind = 2;
-		return 0;
-	}
-	if (b <= 0xbf) {
-		*kind = 1;
-		return 0;
-	}
-	switch (b) {
-	case 0xc4:
-	case 0xc5:
-	case 0xc6: /* bin 8/16/32 */ *kind = 1; return 1 << (b - 0xc4);
-	case 0xc7:
-	case 0xc8:
-	case 0xc9: /* ext 8/16/32 */ *kind = 4; return 1 << (b - 0xc7);
-	case 0xca: return 4;
-	case 0xcb: return 8;
-	case 0xcc:
-	case 0xcd:
-	case 0xce:
-	case 0xcf: return 1 << (b - 0xcc);
-	case 0xd0:
-	case 0xd1:
-	case 0xd2:
-	case 0xd3: return 1 << (b - 0xd0);
-	case 0xd4:
-	case 0xd5:
-	case 0xd6:
-	case 0xd7:
-	case 0xd8: /* fixext 1..16 and its type */ *fixed = 1 + (1 << (b - 0xd4)); return 0;
-	case 0xd9:
-	case 0xda:
-	case 0xdb: /* str 8/16/32 */ *kind = 1; return 1 << (b - 0xd9);
-	case 0xdc:
-	case 0xdd: *kind = 2; return 2 << (b - 0xdc);
-	case 0xde:
-	case 0xdf: *kind = 3; return 2 << (b - 0xde);
-	default: return -1; /* 0xc1 */
-	}
-}
-
-/* An object's head is complete: what it owes. */
+/* An object's head (first byte and length field) is complete: what it owes. */
 static void scan_object(rec_scan *s)
 {
-	int kind, fixed, nlen = scan_head(s->h[0], &kind, &fixed);
-	uint64_t n = 0;
-	if (s->h[0] >= 0x80 && s->h[0] <= 0xbf)
-		n = s->h[0] & (s->h[0] <= 0x9f ? 0x0fu : 0x1fu);
-	else if (kind)
-		for (int i = 0; i < nlen; i++)
-			n = n << 8 | s->h[1 + i];
-	s->owed--;
-	s->skip = (uint64_t)fixed + (kind == 1 ? n : kind == 4 ? n + 1 : 0);
-	if (kind == 2)
-		s->owed += n;
-	else if (kind == 3)
-		s->owed += 2 * n;
+	mp_head h;
+	uint64_t v = 0;
+	mp_head_of(s->h[0], &h);
+	for (unsigned i = 0; i < h.w; i++)
+		v = v << 8 | s->h[1 + i];
+	if (h.w)
+		mp_head_len(&h, v);
+	s->owed = s->owed - 1 + h.kids;
+	s->skip = h.skip;
 }
 
 /* Follows len more bytes of the record; 0, or -1 with the problem in msg
@@ -1009,7 +978,16 @@ static int scan_bytes(rec_scan *s, const unsigned char *p, size_t len, char *msg
 			continue;
 		}
 		if (s->hn == 0) {
-			int kind, fixed, nlen;
+			mp_head h;
+			unsigned c = *p;
+			if (s->owed && (c <= 0x7f || c >= 0xa0) && (c <= 0xbf || c >= 0xe0)) {
+				/* fast path: a fixint or fixstr, most of a small record */
+				s->owed--;
+				s->skip = c >= 0xa0 && c <= 0xbf ? c & 0x1f : 0;
+				p++;
+				len--;
+				continue;
+			}
 			if (!s->started) {
 				s->started = 1;
 				s->owed = 1;
@@ -1023,12 +1001,23 @@ static int scan_bytes(rec_scan *s, const unsigned char *p, size_t len, char *msg
 					 "(a map's count is lower than the entries packed)");
 				return -1;
 			}
-			nlen = scan_head(*p, &kind, &fixed);
-			if (nlen < 0) {
+			if (mp_head_of(*p, &h) < 0) {
 				snprintf(msg, cap, "internal error: record has byte 0xc1");
 				return -1;
 			}
-			s->hneed = 1 + nlen;
+			if (len > h.w) { /* the whole head is here: the usual case */
+				uint64_t v = 0;
+				for (unsigned j = 1; j <= h.w; j++)
+					v = v << 8 | p[j];
+				if (h.w)
+					mp_head_len(&h, v);
+				s->owed = s->owed - 1 + h.kids;
+				s->skip = h.skip;
+				p += 1 + h.w;
+				len -= 1 + h.w;
+				continue;
+			}
+			s->hneed = 1 + (int)h.w;
 		}
 		s->h[s->hn++] = *p++;
 		len--;
@@ -1056,6 +1045,7 @@ struct circ_writer {
 	size_t zout_cap;
 	unsigned char *stage; /* (STAGE_CAP) small writes gathered before the encoder */
 	size_t nstage;
+	size_t nscan; /* of those, followed by scan */
 	msgpack_packer pk;
 	msgpack_sbuffer jsb; /* JSON mode: the current record */
 	char *jbuf;
@@ -1115,12 +1105,33 @@ static int sink(circ_writer *w, const void *buf, size_t n, ZSTD_EndDirective mod
 	}
 }
 
+/* Follows the staged bytes not yet followed, then buf (len bytes: a large
+ * write that bypasses the stage); -1 with w->err set when they are not the
+ * rest of one map. It runs at each record's end and before the stage is
+ * emptied, over runs of bytes rather than each packer call, which keeps the
+ * check's cost on small records low. */
+static int scan_pending(circ_writer *w, const void *buf, size_t len, int64_t recno)
+{
+	char m[200];
+	if ((w->nstage > w->nscan &&
+	     scan_bytes(&w->scan, w->stage + w->nscan, w->nstage - w->nscan, m, sizeof m) < 0) ||
+	    (len && scan_bytes(&w->scan, buf, len, m, sizeof m) < 0)) {
+		snprintf(w->errmsg, sizeof w->errmsg, "record %lld: %s", (long long)recno, m);
+		w->err = -1;
+		return -1;
+	}
+	w->nscan = w->nstage;
+	return 0;
+}
+
 static int flush_stage(circ_writer *w)
 {
 	int r = 0;
+	if (scan_pending(w, NULL, 0, w->nrec) < 0)
+		return -1;
 	if (w->nstage)
 		r = sink(w, w->stage, w->nstage, ZSTD_e_continue);
-	w->nstage = 0;
+	w->nstage = w->nscan = 0;
 	return r;
 }
 
@@ -1131,14 +1142,8 @@ static int pack_cb(void *data, const char *buf, size_t len)
 		return -1;
 	if (w->json)
 		return msgpack_sbuffer_write(&w->jsb, buf, len);
-	char m[200];
-	if (scan_bytes(&w->scan, (const unsigned char *)buf, len, m, sizeof m) < 0) {
-		snprintf(w->errmsg, sizeof w->errmsg, "record %lld: %s", (long long)w->nrec, m);
-		w->err = -1;
-		return -1;
-	}
 	if (len >= STAGE_CAP / 2) {
-		if (flush_stage(w) < 0)
+		if (flush_stage(w) < 0 || scan_pending(w, buf, len, w->nrec) < 0)
 			return -1;
 		return sink(w, buf, len, ZSTD_e_continue);
 	}
@@ -1248,6 +1253,8 @@ int circ_writer_end_record(circ_writer *w, circ_error *e)
 			return wr_error(w, e);
 		return 0;
 	}
+	if (scan_pending(w, NULL, 0, w->nrec - 1) < 0)
+		return wr_error(w, e);
 	if (!scan_whole(&w->scan)) {
 		w->err = -1;
 		snprintf(w->errmsg, sizeof w->errmsg,
@@ -1423,7 +1430,7 @@ int circ_writer_close(circ_writer *w, circ_error *e)
 			goto out;
 		}
 	} else if (!w->json) {
-		if (w->scan.started) {
+		if (w->scan.started || w->nstage > w->nscan) {
 			w->err = -1;
 			snprintf(w->errmsg, sizeof w->errmsg,
 				 "record %lld: internal error: record not ended",

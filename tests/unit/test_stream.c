@@ -292,12 +292,13 @@ static void test_nesting(const char *dir)
 static void test_map_count(const char *dir)
 {
 	char path[300];
-	for (int mode = 0; mode < 3; mode++) {
+	static float big[1 << 16]; /* a tensor that bypasses the writer's stage */
+	for (int mode = 0; mode < 5; mode++) {
 		circ_writer_opts o;
 		circ_error e;
 		circ_writer *w;
 		circ_writer_opts_default(&o);
-		o.compress = mode != 1;
+		o.compress = mode % 2 == 0;
 		snprintf(path, sizeof path, "%s/count%d.circ", dir, mode);
 		w = circ_writer_open(path, &o, &e);
 		CHECK(w != NULL);
@@ -315,6 +316,22 @@ static void test_map_count(const char *dir)
 			circ_pack_kv_str(pk, "b", "x");
 			CHECK(circ_writer_end_record(w, &e) < 0);
 			CHECK(strstr(e.msg, "count is higher") != NULL);
+		} else if (mode == 3) { /* count 3, two entries, one a large tensor */
+			int64_t shape[1] = {1 << 16};
+			msgpack_pack_map(pk, 3);
+			circ_pack_kv_i64(pk, "a", 1);
+			circ_pack_kv_tensor(pk, "x", CIRC_F32, 1, shape, big);
+			CHECK(circ_writer_end_record(w, &e) < 0);
+			CHECK(strstr(e.msg, "record 1: internal error") != NULL);
+			CHECK(strstr(e.msg, "count is higher") != NULL);
+		} else if (mode ==
+			   4) { /* count 1, then a large tensor: caught before it is written */
+			int64_t shape[1] = {1 << 16};
+			msgpack_pack_map(pk, 1);
+			circ_pack_kv_i64(pk, "a", 1);
+			circ_pack_kv_tensor(pk, "x", CIRC_F32, 1, shape, big);
+			CHECK(circ_writer_end_record(w, &e) < 0);
+			CHECK(strstr(e.msg, "count is lower") != NULL);
 		} else { /* a record packed, never ended */
 			msgpack_pack_map(pk, 1);
 			circ_pack_kv_i64(pk, "a", 1);
