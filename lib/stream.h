@@ -20,7 +20,14 @@
  * Tensors are maps {"dtype":"f32","shape":[..],"data":<bin, little endian>}.
  * In JSON form their data is an array of numbers (f32 printed with 9
  * significant digits), so JSON -> stream -> JSON is byte-identical.
- * Any other bin is {"$base64":"..."} in JSON.
+ * Any other bin is {"$base64":"..."} in JSON. Tensors, field access and
+ * packing helpers live in record.h (below this module and json.h, which this
+ * one uses: json.h never uses stream.h).
+ *
+ * Writing checks the shape of every record in binary form as the JSON form
+ * does: a map packed with more or fewer entries than its count fails the
+ * record (an internal error), never a silently corrupt stream. Headers are
+ * written from tables (circ_hdr_field) whose count the writer computes.
  *
  * Reading is streaming: memory is bounded by the largest record.
  * Records are numbered from 0 (the header); errors read
