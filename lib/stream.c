@@ -1385,29 +1385,56 @@ char *circ_hdr_strdup(const circ_hdr_field *f)
 	return s;
 }
 
+typedef struct hdr_args {
+	int argc;
+	char **argv;
+} hdr_args;
+
+typedef struct hdr_inputs {
+	circ_reader *const *r;
+	int n;
+} hdr_inputs;
+
+/* "args": the command line after the tool's name. */
+static void pack_args(msgpack_packer *pk, const void *ctx)
+{
+	const hdr_args *a = ctx;
+	msgpack_pack_array(pk, a->argc > 1 ? (size_t)a->argc - 1 : 0);
+	for (int i = 1; i < a->argc; i++)
+		circ_pack_str(pk, a->argv[i]);
+}
+
+/* "inputs": each input stream's kind and header digest. */
+static void pack_inputs(msgpack_packer *pk, const void *ctx)
+{
+	const hdr_inputs *in = ctx;
+	msgpack_pack_array(pk, (size_t)in->n);
+	for (int i = 0; i < in->n; i++) {
+		msgpack_pack_map(pk, 2);
+		circ_pack_kv_str(pk, "kind", circ_reader_kind(in->r[i]));
+		circ_pack_kv_str(pk, "digest", circ_reader_header_digest(in->r[i]));
+	}
+}
+
 int circ_writer_header_fields(circ_writer *w, const char *kind, int argc, char **argv,
 			      circ_reader *const *inputs, int ninputs, const circ_hdr_field *f,
 			      int nf, circ_error *e)
 {
-	msgpack_packer *pk = &w->pk;
-	msgpack_pack_map(pk, (size_t)(7 + circ_hdr_count(f, nf)));
-	circ_pack_kv_str(pk, "format", CIRC_FORMAT);
-	circ_pack_kv_i64(pk, "version", CIRC_FORMAT_VERSION);
-	circ_pack_kv_str(pk, "kind", kind);
-	circ_pack_kv_str(pk, "tool", circ_progname);
-	circ_pack_kv_str(pk, "tool_version", CIRC_VERSION);
-	circ_pack_str(pk, "args");
-	msgpack_pack_array(pk, argc > 1 ? (size_t)argc - 1 : 0);
-	for (int i = 1; i < argc; i++)
-		circ_pack_str(pk, argv[i]);
-	circ_pack_str(pk, "inputs");
-	msgpack_pack_array(pk, (size_t)ninputs);
-	for (int i = 0; i < ninputs; i++) {
-		msgpack_pack_map(pk, 2);
-		circ_pack_kv_str(pk, "kind", circ_reader_kind(inputs[i]));
-		circ_pack_kv_str(pk, "digest", circ_reader_header_digest(inputs[i]));
-	}
-	circ_hdr_pack(pk, f, nf);
+	hdr_args a = {argc, argv};
+	hdr_inputs in = {inputs, ninputs};
+	circ_hdr_field common[] = {
+	    CIRC_HDR(STR, "format", CIRC_FORMAT),
+	    CIRC_HDR(I64, "version", CIRC_FORMAT_VERSION),
+	    CIRC_HDR(STR, "kind", kind),
+	    CIRC_HDR(STR, "tool", circ_progname),
+	    CIRC_HDR(STR, "tool_version", CIRC_VERSION),
+	    CIRC_HDR_FN("args", pack_args, &a),
+	    CIRC_HDR_FN("inputs", pack_inputs, &in),
+	};
+	msgpack_pack_map(
+	    &w->pk, (size_t)(circ_hdr_count(common, CIRC_HDR_N(common)) + circ_hdr_count(f, nf)));
+	circ_hdr_pack(&w->pk, common, CIRC_HDR_N(common));
+	circ_hdr_pack(&w->pk, f, nf);
 	return circ_writer_end_record(w, e);
 }
 
