@@ -608,11 +608,8 @@ int circ_circuit_write_header(circ_writer *w, int argc, char **argv, circ_reader
 	    CIRC_HDR_IF(model_digest, STR, "model_digest", model_digest),
 	    CIRC_HDR(I64, "n_edges_total", g->n_edges),
 	};
-	circ_hdr_field *f = circ_hdr_join(own, CIRC_HDR_N(own), extra, nextra);
-	int r = circ_writer_header_fields(w, "circuit", argc, argv, inputs, ninputs, f,
-					  CIRC_HDR_N(own) + nextra, e);
-	free(f);
-	return r;
+	return circ_writer_header_ext(w, "circuit", argc, argv, inputs, ninputs, own,
+				      CIRC_HDR_N(own), extra, nextra, e);
 }
 
 int circ_circuit_write_edges(circ_writer *w, const circ_graph *g, const uint8_t *keep,

@@ -327,11 +327,8 @@ int circ_curve_write_header(circ_writer *w, int argc, char **argv, circ_reader *
 	    CIRC_HDR_IF(absolute >= 0, BOOL, "absolute", absolute > 0),
 	    CIRC_HDR_IF(model_digest, STR, "model_digest", model_digest),
 	};
-	circ_hdr_field *f = circ_hdr_join(own, CIRC_HDR_N(own), extra, nextra);
-	int r = circ_writer_header_fields(w, "curve", argc, argv, inputs, ninputs, f,
-					  CIRC_HDR_N(own) + nextra, e);
-	free(f);
-	return r;
+	return circ_writer_header_ext(w, "curve", argc, argv, inputs, ninputs, own, CIRC_HDR_N(own),
+				      extra, nextra, e);
 }
 
 int circ_curve_write_point(circ_writer *w, double fraction, int64_t n_edges, double faithfulness,

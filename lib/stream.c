@@ -1364,16 +1364,6 @@ circ_hdr_field circ_hdr_dataset_digest(const circ_reader *r)
 	return f;
 }
 
-circ_hdr_field *circ_hdr_join(const circ_hdr_field *a, int na, const circ_hdr_field *b, int nb)
-{
-	circ_hdr_field *f = circ_xmalloc((size_t)(na + nb + 1) * sizeof *f);
-	if (na)
-		memcpy(f, a, (size_t)na * sizeof *f);
-	if (nb)
-		memcpy(f + na, b, (size_t)nb * sizeof *f);
-	return f;
-}
-
 char *circ_hdr_strdup(const circ_hdr_field *f)
 {
 	char *s;
@@ -1420,6 +1410,13 @@ int circ_writer_header_fields(circ_writer *w, const char *kind, int argc, char *
 			      circ_reader *const *inputs, int ninputs, const circ_hdr_field *f,
 			      int nf, circ_error *e)
 {
+	return circ_writer_header_ext(w, kind, argc, argv, inputs, ninputs, f, nf, NULL, 0, e);
+}
+
+int circ_writer_header_ext(circ_writer *w, const char *kind, int argc, char **argv,
+			   circ_reader *const *inputs, int ninputs, const circ_hdr_field *f, int nf,
+			   const circ_hdr_field *extra, int nextra, circ_error *e)
+{
 	hdr_args a = {argc, argv};
 	hdr_inputs in = {inputs, ninputs};
 	circ_hdr_field common[] = {
@@ -1431,10 +1428,11 @@ int circ_writer_header_fields(circ_writer *w, const char *kind, int argc, char *
 	    CIRC_HDR_FN("args", pack_args, &a),
 	    CIRC_HDR_FN("inputs", pack_inputs, &in),
 	};
-	msgpack_pack_map(
-	    &w->pk, (size_t)(circ_hdr_count(common, CIRC_HDR_N(common)) + circ_hdr_count(f, nf)));
+	msgpack_pack_map(&w->pk, (size_t)(circ_hdr_count(common, CIRC_HDR_N(common)) +
+					  circ_hdr_count(f, nf) + circ_hdr_count(extra, nextra)));
 	circ_hdr_pack(&w->pk, common, CIRC_HDR_N(common));
 	circ_hdr_pack(&w->pk, f, nf);
+	circ_hdr_pack(&w->pk, extra, nextra);
 	return circ_writer_end_record(w, e);
 }
 

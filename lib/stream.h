@@ -183,9 +183,6 @@ const circ_hdr_field *circ_hdr_find(const circ_hdr_field *f, int nf, const char 
  * r's own dataset_digest where its header has one (the dataset's, passed on
  * from tokens), else r's header digest. */
 circ_hdr_field circ_hdr_dataset_digest(const circ_reader *r);
-/* A heap table of a's na fields followed by b's nb (free it): a module's
- * own fields and its caller's extra ones. */
-circ_hdr_field *circ_hdr_join(const circ_hdr_field *a, int na, const circ_hdr_field *b, int nb);
 /* A heap copy of a read string field (NULL when skipped); free it. */
 char *circ_hdr_strdup(const circ_hdr_field *f);
 
@@ -195,6 +192,11 @@ char *circ_hdr_strdup(const circ_hdr_field *f);
 int circ_writer_header_fields(circ_writer *w, const char *kind, int argc, char **argv,
 			      circ_reader *const *inputs, int ninputs, const circ_hdr_field *f,
 			      int nf, circ_error *e);
+/* The same with a second table after the first: a module's own fields,
+ * then its caller's extra ones (extra may be NULL when nextra is 0). */
+int circ_writer_header_ext(circ_writer *w, const char *kind, int argc, char **argv,
+			   circ_reader *const *inputs, int ninputs, const circ_hdr_field *f, int nf,
+			   const circ_hdr_field *extra, int nextra, circ_error *e);
 /* Writes a record that is already msgpack bytes (one map). */
 int circ_writer_raw(circ_writer *w, const void *buf, size_t n, circ_error *e);
 /* Writes the end record (the trailer; in JSON lines its last line), ends the
