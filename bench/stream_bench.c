@@ -52,8 +52,7 @@ int main(int argc, char **argv)
 		t0 = circ_now();
 		if (!(w = circ_writer_open(argv[2], &o, &e)))
 			goto fail;
-		circ_writer_header(w, "bench", argc, argv, NULL, 0, 0);
-		if (circ_writer_end_record(w, &e) < 0)
+		if (circ_writer_header_fields(w, "bench", argc, argv, NULL, 0, NULL, 0, &e) < 0)
 			goto fail;
 		for (int64_t r = 0; r < mib; r++) {
 			msgpack_packer *pk = circ_writer_packer(w);

@@ -173,20 +173,15 @@ int main(int argc, char **argv)
 	if (!w)
 		circ_die(&e);
 	{
-		msgpack_packer *pk;
-		const msgpack_object *dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
-		circ_writer_header(w, "results", argc, argv, &r, 1, 5);
-		pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.metric));
-		circ_pack_kv_str(pk, "prompts", o.corrupt ? "corrupt" : "clean");
-		circ_pack_kv_i64(pk, "top_k", o.top_k);
-		circ_pack_kv_str(pk, "model_digest", md);
-		circ_pack_str(pk, "dataset_digest");
-		if (dd && dd->type == MSGPACK_OBJECT_STR)
-			msgpack_pack_object(pk, *dd);
-		else
-			circ_pack_str(pk, circ_reader_header_digest(r));
-		if (circ_writer_end_record(w, &e) < 0)
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.metric)),
+		    CIRC_HDR(STR, "prompts", o.corrupt ? "corrupt" : "clean"),
+		    CIRC_HDR(I64, "top_k", o.top_k),
+		    CIRC_HDR(STR, "model_digest", md),
+		    circ_hdr_dataset_digest(r),
+		};
+		if (circ_writer_header_fields(w, "results", argc, argv, &r, 1, f, CIRC_HDR_N(f),
+					      &e) < 0)
 			circ_die(&e);
 	}
 

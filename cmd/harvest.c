@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "attrib.h"
+#include "circuit.h"
 #include "cli/patchopt.h"
 #include "cli/session.h"
 
@@ -164,24 +165,18 @@ int main(int argc, char **argv)
 	circ_session_output(&s, &cli);
 	w = s.w;
 	{
-		msgpack_packer *pk;
-		const msgpack_object *dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
-		circ_writer_header(w, "acts", argc, argv, &r, 1, 8);
-		pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
-		circ_pack_str(pk, "graph");
-		circ_graph_pack(pk, g);
-		circ_pack_kv_str(pk, "model_digest", md);
-		circ_pack_str(pk, "dataset_digest");
-		if (dd && dd->type == MSGPACK_OBJECT_STR)
-			msgpack_pack_object(pk, *dd);
-		else
-			circ_pack_str(pk, circ_reader_header_digest(r));
-		circ_pack_kv_i64(pk, "d_model", c->n_embd);
-		circ_pack_kv_i64(pk, "n_up", U);
-		circ_pack_kv_i64(pk, "n_recv", R);
-		if (circ_writer_end_record(w, &e) < 0)
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR_GRAPH(g),
+		    CIRC_HDR(STR, "model_digest", md),
+		    circ_hdr_dataset_digest(r),
+		    CIRC_HDR(I64, "d_model", c->n_embd),
+		    CIRC_HDR(I64, "n_up", U),
+		    CIRC_HDR(I64, "n_recv", R),
+		};
+		if (circ_writer_header_fields(w, "acts", argc, argv, &r, 1, f, CIRC_HDR_N(f), &e) <
+		    0)
 			circ_die(&e);
 	}
 	while (circ_session_next(&s, &b)) {

@@ -341,23 +341,25 @@ int main(int argc, char **argv)
 	circ_session_output(&s, &cli);
 	w = s.w;
 	if (o.curve) {
-		circ_curve_pack_header(w, argc, argv, inputs, ninputs, g,
-				       circ_metric_name(o.pc.metric), o.absolute, md, 1);
-		circ_pack_kv_str(circ_writer_packer(w), "ablation",
-				 circ_ablation_name(o.pc.ablation));
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+		};
+		if (circ_curve_write_header(w, argc, argv, inputs, ninputs, g,
+					    circ_metric_name(o.pc.metric), o.absolute, md, f,
+					    CIRC_HDR_N(f), &e) < 0)
+			circ_die(&e);
 	} else {
-		msgpack_packer *pk;
-		circ_writer_header(w, "patch", argc, argv, inputs, ninputs, 5);
-		pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
-		circ_pack_str(pk, "graph");
-		circ_graph_pack(pk, g);
-		circ_pack_kv_str(pk, "model_digest", md);
-		circ_pack_kv_i64(pk, "n_edges", jb.n_edges[0]);
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR_GRAPH(g),
+		    CIRC_HDR(STR, "model_digest", md),
+		    CIRC_HDR(I64, "n_edges", jb.n_edges[0]),
+		};
+		if (circ_writer_header_fields(w, "patch", argc, argv, inputs, ninputs, f,
+					      CIRC_HDR_N(f), &e) < 0)
+			circ_die(&e);
 	}
-	if (circ_writer_end_record(w, &e) < 0)
-		circ_die(&e);
 
 	sum_c = circ_xcalloc((size_t)jb.n, sizeof(double));
 	out = circ_xmalloc((size_t)o.pc.batch * sizeof *out);

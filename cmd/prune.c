@@ -181,8 +181,16 @@ static void pack_f64_or_nil(msgpack_packer *pk, const char *k, double v)
 		msgpack_pack_double(pk, v);
 }
 
-static void pack_eval(msgpack_packer *pk, const evaluation *ev, const char *truth_digest)
+typedef struct eval_field {
+	const evaluation *ev;
+	const char *truth_digest;
+} eval_field;
+
+/* The header field "eval" (a circ_hdr_pack_fn over an eval_field). */
+static void pack_eval(msgpack_packer *pk, const void *ctx)
 {
+	const evaluation *ev = ((const eval_field *)ctx)->ev;
+	const char *truth_digest = ((const eval_field *)ctx)->truth_digest;
 	msgpack_pack_map(pk, 13);
 	circ_pack_kv_str(pk, "truth", truth_digest);
 	circ_pack_kv_i64(pk, "n_truth", ev->n_truth);
@@ -297,13 +305,10 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 	if (!w)
 		circ_die(&e);
 	circ_reader *inputs[2] = {r, tr};
-	circ_circuit_pack_header(w, argc, argv, inputs, tr ? 2 : 1, g, &src, s->model_digest,
-				 tr ? 1 : 0);
-	if (tr) {
-		circ_pack_str(circ_writer_packer(w), "eval");
-		pack_eval(circ_writer_packer(w), &ev, truth_digest);
-	}
-	if (circ_writer_end_record(w, &e) < 0 ||
+	eval_field ef = {&ev, truth_digest};
+	circ_hdr_field extra[] = {CIRC_HDR_FN("eval", pack_eval, &ef)};
+	if (circ_circuit_write_header(w, argc, argv, inputs, tr ? 2 : 1, g, &src, s->model_digest,
+				      extra, tr ? 1 : 0, &e) < 0 ||
 	    circ_circuit_write_edges(w, g, keep, s->score, &e) < 0) {
 		circ_writer_abort(w);
 		circ_die(&e);
@@ -420,19 +425,18 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		lg.change[ed] = NAN;
 	if (o.log) {
 		circ_writer_opts lo = cli->wopts;
-		msgpack_packer *pk;
+		circ_hdr_field f[] = {
+		    CIRC_HDR_GRAPH(g),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(F64, "tau", o.tau),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR(STR, "model_digest", md),
+		};
 		lg.w = circ_writer_open(o.log, &lo, &e);
 		if (!lg.w)
 			circ_die(&e);
-		circ_writer_header(lg.w, "decisions", argc, argv, &r, 1, 5);
-		pk = circ_writer_packer(lg.w);
-		circ_pack_str(pk, "graph");
-		circ_graph_pack(pk, g);
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
-		circ_pack_kv_f64(pk, "tau", o.tau);
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
-		circ_pack_kv_str(pk, "model_digest", md);
-		if (circ_writer_end_record(lg.w, &e) < 0)
+		if (circ_writer_header_fields(lg.w, "decisions", argc, argv, &r, 1, f,
+					      CIRC_HDR_N(f), &e) < 0)
 			circ_die(&e);
 	}
 	keep = circ_xmalloc((size_t)g->n_edges);

@@ -86,6 +86,40 @@ static void write_scores(circ_writer *w, const circ_graph *g, const double *sum,
 	}
 }
 
+/* What a scores header says besides the common fields (NULL strings and
+ * negative steps are left out). */
+typedef struct scores_header {
+	const char *method, *metric;
+	const circ_graph *g;
+	const char *model_digest, *dataset_digest;
+	int64_t n_examples;
+	const char *ablation;
+	int64_t steps;
+} scores_header;
+
+/* The one scores header of every mode (runs, --acts, --merge), so that
+ * none loses a field: "ablation" and "sign" travel with every scores
+ * stream. */
+static void write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
+			 int ninputs, const scores_header *h)
+{
+	circ_error e;
+	circ_hdr_field f[] = {
+	    CIRC_HDR(STR, "method", h->method),
+	    CIRC_HDR(STR, "metric", h->metric),
+	    CIRC_HDR_GRAPH(h->g),
+	    CIRC_HDR(STR, "model_digest", h->model_digest),
+	    CIRC_HDR(STR, "dataset_digest", h->dataset_digest),
+	    CIRC_HDR(I64, "n_examples", h->n_examples),
+	    CIRC_HDR_IF(h->ablation, STR, "ablation", h->ablation),
+	    CIRC_HDR_IF(h->steps >= 0, I64, "steps", h->steps),
+	    CIRC_HDR(STR, "sign", CIRC_SCORES_SIGN),
+	};
+	if (circ_writer_header_fields(w, "scores", argc, argv, inputs, ninputs, f, CIRC_HDR_N(f),
+				      &e) < 0)
+		circ_die(&e);
+}
+
 static int same_str(const char *a, const char *b)
 {
 	return (!a && !b) || (a && b && !strcmp(a, b));
@@ -121,6 +155,10 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 		    !same_str(acc->model_digest, s->model_digest))
 			circ_dief("%s: scores of another graph, method, metric or model than %s",
 				  circ_reader_name(rs[f]), circ_reader_name(rs[0]));
+		if (!same_str(acc->ablation, s->ablation) || acc->steps != s->steps)
+			circ_dief("%s: scores made with another ablation or number of steps "
+				  "than %s",
+				  circ_reader_name(rs[f]), circ_reader_name(rs[0]));
 		for (int64_t ed = 0; ed < acc->g->n_edges; ed++) {
 			if (circ_count_add(&acc->count[ed], s->count[ed], &e) < 0) {
 				char name[CIRC_NAME_MAX];
@@ -143,20 +181,19 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 	w = circ_writer_open(cli->output, &cli->wopts, &e);
 	if (!w)
 		circ_die(&e);
-	circ_writer_header(w, "scores", argc, argv, rs, nfiles, 6);
 	{
-		msgpack_packer *pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "method", acc->method ? acc->method : "unknown");
-		circ_pack_kv_str(pk, "metric", acc->metric ? acc->metric : "unknown");
-		circ_pack_str(pk, "graph");
-		circ_graph_pack(pk, acc->g);
-		circ_pack_kv_str(pk, "model_digest", acc->model_digest ? acc->model_digest : "");
-		circ_pack_kv_str(pk, "dataset_digest",
-				 acc->dataset_digest ? acc->dataset_digest : "");
-		circ_pack_kv_i64(pk, "n_examples", acc->n_examples);
+		scores_header h = {
+		    acc->method ? acc->method : "unknown",
+		    acc->metric ? acc->metric : "unknown",
+		    acc->g,
+		    acc->model_digest ? acc->model_digest : "",
+		    acc->dataset_digest ? acc->dataset_digest : "",
+		    acc->n_examples,
+		    acc->ablation,
+		    acc->steps,
+		};
+		write_header(w, argc, argv, rs, nfiles, &h);
 	}
-	if (circ_writer_end_record(w, &e) < 0)
-		circ_die(&e);
 	write_scores(w, acc->g, acc->sum, acc->count, &e);
 	if (circ_writer_close(w, &e) < 0)
 		circ_die(&e);
@@ -167,13 +204,9 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 	return 0;
 }
 
-static char *hdr_strdup(const msgpack_object *hdr, const char *key)
+static char *or_empty(char *s)
 {
-	char *s = NULL;
-	circ_error e;
-	if (circ_rec_strdup(hdr, key, &s, &e) < 0)
-		return circ_xstrdup("");
-	return s;
+	return s ? s : circ_xstrdup("");
 }
 
 /* -1 with "field 'diff': element 12 is nan ..." at the first NaN or
@@ -199,20 +232,27 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 	circ_graph *g;
 	double *sum;
 	int64_t *count, n = 0, d_model;
-	char *md, *dd, *metric;
+	char *md, *dd, *metric, *ablation;
 	circ_writer *w;
 	int k;
 	if (!r)
 		circ_die(&e);
 	hdr = circ_reader_header(r);
+	circ_hdr_field hf[] = {
+	    CIRC_HDR_NEED(I64, "d_model"),	 CIRC_HDR_MAY(STR, "model_digest"),
+	    CIRC_HDR_MAY(STR, "dataset_digest"), CIRC_HDR_MAY(STR, "metric"),
+	    CIRC_HDR_MAY(STR, "ablation"),
+	};
 	if (!(g = circ_graph_from_header(hdr, &e)) ||
-	    circ_rec_i64(hdr, "d_model", &d_model, &e) < 0) {
+	    circ_hdr_read(hdr, hf, CIRC_HDR_N(hf), &e) < 0) {
 		circ_reader_fail(r, &e);
 		circ_die(&e);
 	}
-	md = hdr_strdup(hdr, "model_digest");
-	dd = hdr_strdup(hdr, "dataset_digest");
-	metric = hdr_strdup(hdr, "metric");
+	d_model = hf[0].i;
+	md = or_empty(circ_hdr_strdup(&hf[1]));
+	dd = or_empty(circ_hdr_strdup(&hf[2]));
+	metric = or_empty(circ_hdr_strdup(&hf[3]));
+	ablation = circ_hdr_strdup(&hf[4]);
 	if (o.pc.model) {
 		circ_model *m = circ_model_open(o.pc.model, NULL, &e);
 		const char *d = m ? circ_model_digest(m, &e) : NULL;
@@ -270,19 +310,8 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 	if (!w)
 		circ_die(&e);
 	{
-		msgpack_packer *pk;
-		circ_writer_header(w, "scores", argc, argv, &r, 1, 7);
-		pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "method", "eap");
-		circ_pack_kv_str(pk, "metric", metric);
-		circ_pack_str(pk, "graph");
-		circ_graph_pack(pk, g);
-		circ_pack_kv_str(pk, "model_digest", md);
-		circ_pack_kv_str(pk, "dataset_digest", dd);
-		circ_pack_kv_i64(pk, "n_examples", n);
-		circ_pack_kv_i64(pk, "steps", 0);
-		if (circ_writer_end_record(w, &e) < 0)
-			circ_die(&e);
+		scores_header h = {"eap", metric, g, md, dd, n, ablation, 0};
+		write_header(w, argc, argv, &r, 1, &h);
 	}
 	count = circ_xmalloc((size_t)g->n_edges * sizeof *count);
 	for (int64_t ed = 0; ed < g->n_edges; ed++)
@@ -295,6 +324,7 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 	free(md);
 	free(dd);
 	free(metric);
+	free(ablation);
 	circ_graph_free(g);
 	circ_reader_free(r);
 	return 0;
@@ -400,27 +430,19 @@ int main(int argc, char **argv)
 	w = s.w;
 	{
 		const char *md = circ_model_digest(m, &e);
-		msgpack_packer *pk;
 		if (!md)
 			circ_die(&e);
-		circ_writer_header(w, "scores", argc, argv, &r, 1, 9);
-		pk = circ_writer_packer(w);
-		circ_pack_kv_str(pk, "method", circ_attr_name(o.method));
-		circ_pack_kv_str(pk, "metric", circ_metric_name(o.pc.metric));
-		circ_pack_str(pk, "graph");
-		circ_graph_pack(pk, g);
-		circ_pack_kv_str(pk, "model_digest", md);
-		circ_pack_kv_str(pk, "dataset_digest", dataset_digest);
-		circ_pack_kv_i64(pk, "n_examples", circ_attrib_count(a));
-		circ_pack_kv_str(pk, "ablation", circ_ablation_name(o.pc.ablation));
-		circ_pack_kv_i64(
-		    pk, "steps",
-		    o.method == CIRC_ATTR_EAP_IG || o.method == CIRC_ATTR_EAP_IG_ACT ? o.steps : 0);
-		circ_pack_str(pk, "sign");
-		circ_pack_str(
-		    pk, "positive: patching the edge hurts the behaviour (raises -metric or kl)");
-		if (circ_writer_end_record(w, &e) < 0)
-			circ_die(&e);
+		scores_header h = {
+		    circ_attr_name(o.method),
+		    circ_metric_name(o.pc.metric),
+		    g,
+		    md,
+		    dataset_digest,
+		    circ_attrib_count(a),
+		    circ_ablation_name(o.pc.ablation),
+		    o.method == CIRC_ATTR_EAP_IG || o.method == CIRC_ATTR_EAP_IG_ACT ? o.steps : 0,
+		};
+		write_header(w, argc, argv, &r, 1, &h);
 	}
 	count = circ_xmalloc((size_t)g->n_edges * sizeof *count);
 	for (int64_t ed = 0; ed < g->n_edges; ed++)

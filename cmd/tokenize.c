@@ -677,26 +677,18 @@ static void dataset_mode(FILE *in, const char *name, circ_cli *cli, int argc, ch
 	/* The vocabulary's digest when there is one; its size when some option
 	 * or the tokenizer says it (ids alone say nothing of the model's). */
 	int64_t stamp = vsize ? vsize : tok ? circ_bpe_vocab_size(tok) : 0;
-	circ_writer_header(w, "tokens", argc, argv, NULL, 0,
-			   6 + (tok != NULL) + (stamp > 0) + (uniform && nex));
-	pk = circ_writer_packer(w);
-	circ_pack_kv_str(pk, "task", task);
-	circ_pack_kv_str(pk, "metric", metric);
-	if (tok)
-		circ_pack_kv_str(pk, "vocab_digest", circ_bpe_digest(tok));
-	circ_pack_kv_str(pk, "dataset_digest", digest);
-	circ_pack_kv_i64(pk, "n_examples", (int64_t)nex);
-	circ_pack_kv_i64(pk, "n_skipped", (int64_t)skipped);
-	if (stamp)
-		circ_pack_kv_i64(pk, "vocab_size", stamp);
-	circ_pack_str(pk, "prepend_bos");
-	if (o.bos)
-		msgpack_pack_true(pk);
-	else
-		msgpack_pack_false(pk);
-	if (uniform && nex)
-		circ_pack_kv_i64(pk, "seq_len", (int64_t)ex[0].clean.n);
-	if (circ_writer_end_record(w, &e) < 0)
+	circ_hdr_field f[] = {
+	    CIRC_HDR(STR, "task", task),
+	    CIRC_HDR(STR, "metric", metric),
+	    CIRC_HDR_IF(tok, STR, "vocab_digest", tok ? circ_bpe_digest(tok) : NULL),
+	    CIRC_HDR(STR, "dataset_digest", digest),
+	    CIRC_HDR(I64, "n_examples", (int64_t)nex),
+	    CIRC_HDR(I64, "n_skipped", (int64_t)skipped),
+	    CIRC_HDR_IF(stamp, I64, "vocab_size", stamp),
+	    CIRC_HDR(BOOL, "prepend_bos", o.bos),
+	    CIRC_HDR_IF(uniform && nex, I64, "seq_len", nex ? (int64_t)ex[0].clean.n : 0),
+	};
+	if (circ_writer_header_fields(w, "tokens", argc, argv, NULL, 0, f, CIRC_HDR_N(f), &e) < 0)
 		goto fail;
 	for (size_t i = 0; i < nex; i++) {
 		example *x = &ex[i];

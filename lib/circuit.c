@@ -270,14 +270,6 @@ int64_t circ_count_kept(const circ_graph *g, const uint8_t *keep)
 /* ---- streams ---- */
 
 /* Optional string field: *out stays NULL when absent. */
-static int opt_strdup(const msgpack_object *map, const char *key, char **out, circ_error *e)
-{
-	*out = NULL;
-	if (!circ_rec_get(map, key))
-		return 0;
-	return circ_rec_strdup(map, key, out, e);
-}
-
 /* The edge index named by the record's "edge" field. */
 static int rec_edge(const circ_graph *g, const msgpack_object *rec, int64_t *edge, circ_error *e)
 {
@@ -331,13 +323,21 @@ circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 	s->g = circ_graph_from_header(h, e);
 	if (!s->g)
 		goto fail_hdr;
-	if (opt_strdup(h, "method", &s->method, e) < 0 ||
-	    opt_strdup(h, "metric", &s->metric, e) < 0 ||
-	    opt_strdup(h, "model_digest", &s->model_digest, e) < 0 ||
-	    opt_strdup(h, "dataset_digest", &s->dataset_digest, e) < 0)
+	circ_hdr_field f[] = {
+	    CIRC_HDR_MAY(STR, "method"),       CIRC_HDR_MAY(STR, "metric"),
+	    CIRC_HDR_MAY(STR, "model_digest"), CIRC_HDR_MAY(STR, "dataset_digest"),
+	    CIRC_HDR_MAY(STR, "ablation"),     CIRC_HDR_MAY(I64, "n_examples"),
+	    CIRC_HDR_MAY(I64, "steps"),
+	};
+	if (circ_hdr_read(h, f, CIRC_HDR_N(f), e) < 0)
 		goto fail_hdr;
-	if (circ_rec_get(h, "n_examples") && circ_rec_i64(h, "n_examples", &s->n_examples, e) < 0)
-		goto fail_hdr;
+	s->method = circ_hdr_strdup(&f[0]);
+	s->metric = circ_hdr_strdup(&f[1]);
+	s->model_digest = circ_hdr_strdup(&f[2]);
+	s->dataset_digest = circ_hdr_strdup(&f[3]);
+	s->ablation = circ_hdr_strdup(&f[4]);
+	s->n_examples = f[5].skip ? -1 : f[5].i;
+	s->steps = f[6].skip ? -1 : f[6].i;
 	/* each part adds its own at its end: start from 0 where declared */
 	if (s->n_examples >= 0)
 		s->n_examples = 0;
@@ -432,6 +432,7 @@ void circ_scores_free(circ_scores *s)
 	free(s->metric);
 	free(s->model_digest);
 	free(s->dataset_digest);
+	free(s->ablation);
 	free(s);
 }
 
@@ -484,29 +485,34 @@ circ_circuit *circ_circuit_read(circ_reader *r, const circ_graph *expect, circ_e
 				    circ_graph_input_name(expect->input));
 			goto fail_hdr;
 		}
-		if (opt_strdup(h, "model_digest", &c->model_digest, e) < 0)
+		circ_hdr_field f[] = {
+		    CIRC_HDR_MAY(STR, "model_digest"),
+		    CIRC_HDR_MAY(OBJ, "source"),
+		    CIRC_HDR_MAY(I64, "n_edges_total"),
+		};
+		circ_hdr_field sf[] = {
+		    CIRC_HDR_MAY(STR, "method"),  CIRC_HDR_MAY(STR, "mode"),
+		    CIRC_HDR_MAY(I64, "n"),	  CIRC_HDR_MAY(F64, "threshold"),
+		    CIRC_HDR_MAY(BOOL, "signed"),
+		};
+		if (circ_hdr_read(h, f, CIRC_HDR_N(f), e) < 0)
 			goto fail_hdr;
-		const msgpack_object *src = circ_rec_get(h, "source");
-		if (src &&
-		    (opt_strdup(src, "method", &c->method, e) < 0 ||
-		     opt_strdup(src, "mode", &c->mode, e) < 0 ||
-		     (circ_rec_get(src, "n") && circ_rec_i64(src, "n", &c->source_n, e) < 0) ||
-		     (circ_rec_get(src, "threshold") &&
-		      circ_rec_f64(src, "threshold", &c->source_threshold, e) < 0) ||
-		     (circ_rec_get(src, "signed") &&
-		      circ_rec_bool(src, "signed", &c->source_signed, e) < 0))) {
-			circ_error_prefix(e, "field 'source'");
-			goto fail_hdr;
-		}
-		if (circ_rec_get(h, "n_edges_total")) {
-			int64_t tot;
-			if (circ_rec_i64(h, "n_edges_total", &tot, e) < 0)
-				goto fail_hdr;
-			if (tot != c->g->n_edges) {
-				circ_errorf(e, "n_edges_total is %lld but the graph has %lld edges",
-					    (long long)tot, (long long)c->g->n_edges);
+		c->model_digest = circ_hdr_strdup(&f[0]);
+		if (!f[1].skip) {
+			if (circ_hdr_read(f[1].o, sf, CIRC_HDR_N(sf), e) < 0) {
+				circ_error_prefix(e, "field 'source'");
 				goto fail_hdr;
 			}
+			c->method = circ_hdr_strdup(&sf[0]);
+			c->mode = circ_hdr_strdup(&sf[1]);
+			c->source_n = sf[2].skip ? c->source_n : sf[2].i;
+			c->source_threshold = sf[3].skip ? c->source_threshold : sf[3].f;
+			c->source_signed = sf[4].skip ? c->source_signed : (int)sf[4].i;
+		}
+		if (!f[2].skip && f[2].i != c->g->n_edges) {
+			circ_errorf(e, "n_edges_total is %lld but the graph has %lld edges",
+				    (long long)f[2].i, (long long)c->g->n_edges);
+			goto fail_hdr;
 		}
 	} else {
 		circ_errorf(e, "%s: expected a circuit stream or an edge list, got kind '%s'",
@@ -570,42 +576,40 @@ void circ_circuit_free(circ_circuit *c)
 	free(c);
 }
 
-void circ_circuit_pack_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
-			      int ninputs, const circ_graph *g, const circ_circuit_source *src,
-			      const char *model_digest, int nextra)
+void circ_circuit_pack_graph(msgpack_packer *pk, const void *g)
 {
-	msgpack_packer *pk = circ_writer_packer(w);
-	circ_writer_header(w, "circuit", argc, argv, inputs, ninputs,
-			   3 + (model_digest != NULL) + nextra);
-	circ_pack_str(pk, "graph");
 	circ_graph_pack(pk, g);
-	int n = (src->method != NULL) + (src->mode != NULL) + (src->n >= 0) +
-		!isnan(src->threshold) + (src->signed_ >= 0) + !isnan(src->tau) +
-		(src->metric != NULL);
-	circ_pack_str(pk, "source");
-	msgpack_pack_map(pk, (size_t)n);
-	if (src->method)
-		circ_pack_kv_str(pk, "method", src->method);
-	if (src->mode)
-		circ_pack_kv_str(pk, "mode", src->mode);
-	if (src->n >= 0)
-		circ_pack_kv_i64(pk, "n", src->n);
-	if (!isnan(src->threshold))
-		circ_pack_kv_f64(pk, "threshold", src->threshold);
-	if (src->signed_ >= 0) {
-		circ_pack_str(pk, "signed");
-		if (src->signed_)
-			msgpack_pack_true(pk);
-		else
-			msgpack_pack_false(pk);
-	}
-	if (!isnan(src->tau))
-		circ_pack_kv_f64(pk, "tau", src->tau);
-	if (src->metric)
-		circ_pack_kv_str(pk, "metric", src->metric);
-	if (model_digest)
-		circ_pack_kv_str(pk, "model_digest", model_digest);
-	circ_pack_kv_i64(pk, "n_edges_total", g->n_edges);
+}
+
+static void pack_source(msgpack_packer *pk, const void *ctx)
+{
+	const circ_circuit_source *src = ctx;
+	circ_hdr_field f[] = {
+	    CIRC_HDR_IF(src->method, STR, "method", src->method),
+	    CIRC_HDR_IF(src->mode, STR, "mode", src->mode),
+	    CIRC_HDR_IF(src->n >= 0, I64, "n", src->n),
+	    CIRC_HDR_IF(!isnan(src->threshold), F64, "threshold", src->threshold),
+	    CIRC_HDR_IF(src->signed_ >= 0, BOOL, "signed", src->signed_),
+	    CIRC_HDR_IF(!isnan(src->tau), F64, "tau", src->tau),
+	    CIRC_HDR_IF(src->metric, STR, "metric", src->metric),
+	};
+	msgpack_pack_map(pk, (size_t)circ_hdr_count(f, CIRC_HDR_N(f)));
+	circ_hdr_pack(pk, f, CIRC_HDR_N(f));
+}
+
+int circ_circuit_write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
+			      int ninputs, const circ_graph *g, const circ_circuit_source *src,
+			      const char *model_digest, const circ_hdr_field *extra, int nextra,
+			      circ_error *e)
+{
+	circ_hdr_field own[] = {
+	    CIRC_HDR_GRAPH(g),
+	    CIRC_HDR_FN("source", pack_source, src),
+	    CIRC_HDR_IF(model_digest, STR, "model_digest", model_digest),
+	    CIRC_HDR(I64, "n_edges_total", g->n_edges),
+	};
+	return circ_writer_header_ext(w, "circuit", argc, argv, inputs, ninputs, own,
+				      CIRC_HDR_N(own), extra, nextra, e);
 }
 
 int circ_circuit_write_edges(circ_writer *w, const circ_graph *g, const uint8_t *keep,

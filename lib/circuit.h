@@ -69,8 +69,13 @@ typedef struct circ_scores {
 	int64_t n_scored;      /* edges with a score */
 	char *method, *metric; /* NULL if absent from the header */
 	char *model_digest, *dataset_digest;
+	char *ablation;	    /* NULL if absent */
 	int64_t n_examples; /* -1 if absent */
+	int64_t steps;	    /* -1 if absent */
 } circ_scores;
+
+/* The scores header's "sign": what a positive score means. */
+#define CIRC_SCORES_SIGN "positive: patching the edge hurts the behaviour (raises -metric or kl)"
 
 /* Reads a whole scores stream from r (header already read by the reader).
  * Every edge name must exist in the header's graph. An edge named twice is
@@ -118,12 +123,18 @@ typedef struct circ_circuit {
 circ_circuit *circ_circuit_read(circ_reader *r, const circ_graph *expect, circ_error *e);
 void circ_circuit_free(circ_circuit *c);
 
-/* Writes a circuit header: the common fields, then "graph", "source",
- * "model_digest" (if not NULL), "n_edges_total", and leaves nextra more
- * key/value pairs for the caller, who then calls circ_writer_end_record. */
-void circ_circuit_pack_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
+/* A circ_hdr_pack_fn packing the graph g (a circ_graph) as headers carry
+ * it; CIRC_HDR_GRAPH(g) is the header field "graph". */
+void circ_circuit_pack_graph(msgpack_packer *pk, const void *g);
+#define CIRC_HDR_GRAPH(g) CIRC_HDR_FN("graph", circ_circuit_pack_graph, (g))
+
+/* Writes a circuit header record: the common fields, then "graph",
+ * "source", "model_digest" (if not NULL), "n_edges_total", then the
+ * caller's nextra fields (extra may be NULL when nextra is 0). */
+int circ_circuit_write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
 			      int ninputs, const circ_graph *g, const circ_circuit_source *src,
-			      const char *model_digest, int nextra);
+			      const char *model_digest, const circ_hdr_field *extra, int nextra,
+			      circ_error *e);
 /* Writes one record {"edge", "score"} per kept edge in canonical order
  * ("score" omitted where NaN or score is NULL). */
 int circ_circuit_write_edges(circ_writer *w, const circ_graph *g, const uint8_t *keep,

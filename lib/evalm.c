@@ -322,25 +322,19 @@ void circ_curve_free(circ_curve *c)
 	free(c);
 }
 
-void circ_curve_pack_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
+int circ_curve_write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
 			    int ninputs, const circ_graph *g, const char *metric, int absolute,
-			    const char *model_digest, int nextra)
+			    const char *model_digest, const circ_hdr_field *extra, int nextra,
+			    circ_error *e)
 {
-	msgpack_packer *pk = circ_writer_packer(w);
-	circ_writer_header(w, "curve", argc, argv, inputs, ninputs,
-			   2 + (absolute >= 0) + (model_digest != NULL) + nextra);
-	circ_pack_str(pk, "graph");
-	circ_graph_pack(pk, g);
-	circ_pack_kv_str(pk, "metric", metric ? metric : "");
-	if (absolute >= 0) {
-		circ_pack_str(pk, "absolute");
-		if (absolute)
-			msgpack_pack_true(pk);
-		else
-			msgpack_pack_false(pk);
-	}
-	if (model_digest)
-		circ_pack_kv_str(pk, "model_digest", model_digest);
+	circ_hdr_field own[] = {
+	    CIRC_HDR_GRAPH(g),
+	    CIRC_HDR(STR, "metric", metric ? metric : ""),
+	    CIRC_HDR_IF(absolute >= 0, BOOL, "absolute", absolute > 0),
+	    CIRC_HDR_IF(model_digest, STR, "model_digest", model_digest),
+	};
+	return circ_writer_header_ext(w, "curve", argc, argv, inputs, ninputs, own, CIRC_HDR_N(own),
+				      extra, nextra, e);
 }
 
 int circ_curve_write_point(circ_writer *w, double fraction, int64_t n_edges, double faithfulness,

@@ -110,13 +110,13 @@ typedef struct circ_curve {
  * message names the file and record). */
 circ_curve *circ_curve_read(circ_reader *r, circ_error *e);
 void circ_curve_free(circ_curve *c);
-/* Writing: the header (common fields, then "graph", "metric", "absolute"
- * when >= 0, "model_digest" when not NULL; nextra more pairs for the caller,
- * who then calls circ_writer_end_record), one record per point, and the
- * summary record. */
-void circ_curve_pack_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
+/* Writing: the header record (common fields, then "graph", "metric",
+ * "absolute" when >= 0, "model_digest" when not NULL, then the caller's
+ * nextra fields), one record per point, and the summary record. */
+int circ_curve_write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
 			    int ninputs, const circ_graph *g, const char *metric, int absolute,
-			    const char *model_digest, int nextra);
+			    const char *model_digest, const circ_hdr_field *extra, int nextra,
+			    circ_error *e);
 int circ_curve_write_point(circ_writer *w, double fraction, int64_t n_edges, double faithfulness,
 			   double metric, circ_error *e);
 int circ_curve_write_summary(circ_writer *w, double cpr, double cmd, circ_error *e);

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "stream.h"
+#include "record.h"
 
 typedef struct sbuf {
 	char **buf;

@@ -20,6 +20,7 @@
 #include <msgpack.h>
 #include <stdio.h>
 
+#include "record.h"
 #include "util.h"
 
 /* Appends the JSON text of o (no newline) to *buf (realloc'd; *len, *cap). */

@@ -32,433 +32,6 @@
 #define UNPACK_READ (1u << 20)
 #define STAGE_CAP   (1u << 16)
 
-static const char *const dtype_names[CIRC_DTYPE_COUNT] = {"f32", "f64", "f16", "bf16",
-							  "i32", "i64", "u8"};
-static const size_t dtype_sizes[CIRC_DTYPE_COUNT] = {4, 8, 2, 2, 4, 8, 1};
-
-const char *circ_dtype_name(circ_dtype d)
-{
-	return (unsigned)d < CIRC_DTYPE_COUNT ? dtype_names[d] : "?";
-}
-
-size_t circ_dtype_size(circ_dtype d)
-{
-	return (unsigned)d < CIRC_DTYPE_COUNT ? dtype_sizes[d] : 0;
-}
-
-int circ_dtype_parse(const char *s, size_t n, circ_dtype *d)
-{
-	if (!s)
-		return -1;
-	for (int i = 0; i < CIRC_DTYPE_COUNT; i++)
-		if (strlen(dtype_names[i]) == n && !memcmp(dtype_names[i], s, n)) {
-			*d = (circ_dtype)i;
-			return 0;
-		}
-	return -1;
-}
-
-int64_t circ_tensor_numel(const circ_tensor *t)
-{
-	int64_t n = 1;
-	for (int i = 0; i < t->ndim; i++)
-		n *= t->shape[i];
-	return n;
-}
-
-static float f16_to_f32(uint16_t h)
-{
-	uint32_t s = (uint32_t)(h >> 15) << 31, ex = (h >> 10) & 31, m = h & 1023, bits;
-	float f;
-	if (ex == 0) {
-		f = ldexpf((float)m, -24);
-		return s ? -f : f;
-	}
-	bits = ex == 31 ? (s | 0x7f800000u | (m << 13)) : (s | ((ex + 112) << 23) | (m << 13));
-	memcpy(&f, &bits, 4);
-	return f;
-}
-
-/* A plain array's item i as a double (circ_obj_tensor checked it is a number). */
-static double item_f64(const circ_tensor *t, int64_t i)
-{
-	const msgpack_object *o = &t->items[i];
-	switch (o->type) {
-	case MSGPACK_OBJECT_POSITIVE_INTEGER: return (double)o->via.u64;
-	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return (double)o->via.i64;
-	default: return o->via.f64;
-	}
-}
-
-int circ_tensor_copy_f32(const circ_tensor *t, float *out, circ_error *e)
-{
-	int64_t n = circ_tensor_numel(t), i;
-	const unsigned char *p = t->data;
-	if (t->items) {
-		for (i = 0; i < n; i++)
-			out[i] = (float)item_f64(t, i);
-		return 0;
-	}
-	switch (t->dtype) {
-	case CIRC_F32: memcpy(out, p, (size_t)n * 4); return 0;
-	case CIRC_F64:
-		for (i = 0; i < n; i++) {
-			double d;
-			memcpy(&d, p + 8 * i, 8);
-			out[i] = (float)d;
-		}
-		return 0;
-	case CIRC_F16:
-	case CIRC_BF16:
-		for (i = 0; i < n; i++) {
-			uint16_t h;
-			memcpy(&h, p + 2 * i, 2);
-			if (t->dtype == CIRC_F16) {
-				out[i] = f16_to_f32(h);
-			} else {
-				uint32_t u = (uint32_t)h << 16;
-				memcpy(&out[i], &u, 4);
-			}
-		}
-		return 0;
-	default:
-		return circ_errorf(e, "expected a float tensor, got dtype %s",
-				   circ_dtype_name(t->dtype));
-	}
-}
-
-int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e)
-{
-	int64_t n = circ_tensor_numel(t), i;
-	const unsigned char *p = t->data;
-	if (t->items) {
-		for (i = 0; i < n; i++) {
-			const msgpack_object *o = &t->items[i];
-			int64_t v;
-			if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-				v = o->via.u64 > INT64_MAX ? INT64_MAX : (int64_t)o->via.u64;
-			else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-				v = o->via.i64;
-			else
-				return circ_errorf(e, "expected integers, got %s at index %lld",
-						   circ_obj_type_name(o), (long long)i);
-			if (v < INT32_MIN || v > INT32_MAX)
-				return circ_errorf(e,
-						   "value %lld at index %lld does not fit in i32",
-						   (long long)v, (long long)i);
-			out[i] = (int32_t)v;
-		}
-		return 0;
-	}
-	switch (t->dtype) {
-	case CIRC_I32: memcpy(out, p, (size_t)n * 4); return 0;
-	case CIRC_U8:
-		for (i = 0; i < n; i++)
-			out[i] = p[i];
-		return 0;
-	case CIRC_I64:
-		for (i = 0; i < n; i++) {
-			int64_t v;
-			memcpy(&v, p + 8 * i, 8);
-			if (v < INT32_MIN || v > INT32_MAX)
-				return circ_errorf(e,
-						   "value %lld at index %lld does not fit in i32",
-						   (long long)v, (long long)i);
-			out[i] = (int32_t)v;
-		}
-		return 0;
-	default:
-		return circ_errorf(e, "expected an integer tensor, got dtype %s",
-				   circ_dtype_name(t->dtype));
-	}
-}
-
-/* ---- field access ---- */
-
-const char *circ_obj_type_name(const msgpack_object *o)
-{
-	switch (o->type) {
-	case MSGPACK_OBJECT_NIL: return "nil";
-	case MSGPACK_OBJECT_BOOLEAN: return "bool";
-	case MSGPACK_OBJECT_POSITIVE_INTEGER:
-	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "int";
-	case MSGPACK_OBJECT_FLOAT32:
-	case MSGPACK_OBJECT_FLOAT64: return "float";
-	case MSGPACK_OBJECT_STR: return "string";
-	case MSGPACK_OBJECT_BIN: return "bin";
-	case MSGPACK_OBJECT_ARRAY: return "array";
-	case MSGPACK_OBJECT_MAP: return "map";
-	default: return "ext";
-	}
-}
-
-int circ_obj_str_eq(const msgpack_object *o, const char *s)
-{
-	size_t n = strlen(s);
-	return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
-	       !memcmp(o->via.str.ptr, s, n);
-}
-
-const msgpack_object *circ_rec_get(const msgpack_object *map, const char *key)
-{
-	if (!map || map->type != MSGPACK_OBJECT_MAP)
-		return NULL;
-	for (uint32_t i = 0; i < map->via.map.size; i++)
-		if (circ_obj_str_eq(&map->via.map.ptr[i].key, key))
-			return &map->via.map.ptr[i].val;
-	return NULL;
-}
-
-static const msgpack_object *need(const msgpack_object *map, const char *key, circ_error *e)
-{
-	const msgpack_object *o = circ_rec_get(map, key);
-	if (!o)
-		circ_errorf(e, "missing field '%s'", key);
-	return o;
-}
-
-int circ_rec_str(const msgpack_object *map, const char *key, const char **s, size_t *n,
-		 circ_error *e)
-{
-	const msgpack_object *o = need(map, key, e);
-	if (!o)
-		return -1;
-	if (o->type != MSGPACK_OBJECT_STR)
-		return circ_errorf(e, "field '%s': expected string, got %s", key,
-				   circ_obj_type_name(o));
-	*s = o->via.str.ptr;
-	if (n)
-		*n = o->via.str.size;
-	return 0;
-}
-
-int circ_rec_strdup(const msgpack_object *map, const char *key, char **s, circ_error *e)
-{
-	const char *p;
-	size_t n;
-	if (circ_rec_str(map, key, &p, &n, e) < 0)
-		return -1;
-	if (memchr(p, 0, n))
-		return circ_errorf(e, "field '%s': string contains a NUL byte", key);
-	*s = circ_xmalloc(n + 1);
-	memcpy(*s, p, n);
-	(*s)[n] = 0;
-	return 0;
-}
-
-int circ_rec_i64(const msgpack_object *map, const char *key, int64_t *v, circ_error *e)
-{
-	const msgpack_object *o = need(map, key, e);
-	if (!o)
-		return -1;
-	if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-		if (o->via.u64 > INT64_MAX)
-			return circ_errorf(e, "field '%s': integer out of range", key);
-		*v = (int64_t)o->via.u64;
-	} else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
-		*v = o->via.i64;
-	} else {
-		return circ_errorf(e, "field '%s': expected int, got %s", key,
-				   circ_obj_type_name(o));
-	}
-	return 0;
-}
-
-int circ_rec_f64(const msgpack_object *map, const char *key, double *v, circ_error *e)
-{
-	const msgpack_object *o = need(map, key, e);
-	if (!o)
-		return -1;
-	switch (o->type) {
-	case MSGPACK_OBJECT_FLOAT32:
-	case MSGPACK_OBJECT_FLOAT64: *v = o->via.f64; return 0;
-	case MSGPACK_OBJECT_POSITIVE_INTEGER: *v = (double)o->via.u64; return 0;
-	case MSGPACK_OBJECT_NEGATIVE_INTEGER: *v = (double)o->via.i64; return 0;
-	default:
-		return circ_errorf(e, "field '%s': expected number, got %s", key,
-				   circ_obj_type_name(o));
-	}
-}
-
-int circ_rec_bool(const msgpack_object *map, const char *key, int *v, circ_error *e)
-{
-	const msgpack_object *o = need(map, key, e);
-	if (!o)
-		return -1;
-	if (o->type != MSGPACK_OBJECT_BOOLEAN)
-		return circ_errorf(e, "field '%s': expected bool, got %s", key,
-				   circ_obj_type_name(o));
-	*v = o->via.boolean;
-	return 0;
-}
-
-int circ_rec_array(const msgpack_object *map, const char *key, const msgpack_object_array **arr,
-		   circ_error *e)
-{
-	const msgpack_object *o = need(map, key, e);
-	if (!o)
-		return -1;
-	if (o->type != MSGPACK_OBJECT_ARRAY)
-		return circ_errorf(e, "field '%s': expected array, got %s", key,
-				   circ_obj_type_name(o));
-	*arr = &o->via.array;
-	return 0;
-}
-
-/* The largest tensor a record may hold, in elements: far above any model's
- * activations, and small enough that numel * 8 bytes cannot overflow. */
-#define TENSOR_MAX_NUMEL (1ull << 40)
-
-/* A plain 1-d array of numbers as a tensor (see circ_tensor). */
-static int plain_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
-{
-	int ints = 1, wide = 0;
-	for (uint32_t i = 0; i < o->via.array.size; i++) {
-		const msgpack_object *v = &o->via.array.ptr[i];
-		switch (v->type) {
-		case MSGPACK_OBJECT_POSITIVE_INTEGER:
-			if (v->via.u64 > INT32_MAX)
-				wide = 1;
-			break;
-		case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-			if (v->via.i64 < INT32_MIN)
-				wide = 1;
-			break;
-		case MSGPACK_OBJECT_FLOAT32:
-		case MSGPACK_OBJECT_FLOAT64: ints = 0; break;
-		default:
-			return circ_errorf(e, "tensor: item %u of the array is %s, not a number", i,
-					   circ_obj_type_name(v));
-		}
-	}
-	t->dtype = !ints ? CIRC_F32 : wide ? CIRC_I64 : CIRC_I32;
-	t->ndim = 1;
-	t->shape[0] = o->via.array.size;
-	t->data = NULL;
-	t->nbytes = (size_t)o->via.array.size * circ_dtype_size(t->dtype);
-	t->items = o->via.array.ptr;
-	return 0;
-}
-
-int circ_obj_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e)
-{
-	const msgpack_object *dt, *sh, *da;
-	uint64_t numel = 1, need_bytes;
-	t->items = NULL;
-	if (o->type == MSGPACK_OBJECT_ARRAY)
-		return plain_tensor(o, t, e);
-	if (o->type != MSGPACK_OBJECT_MAP)
-		return circ_errorf(e, "expected a tensor map or an array of numbers, got %s",
-				   circ_obj_type_name(o));
-	dt = need(o, "dtype", e);
-	sh = dt ? need(o, "shape", e) : NULL;
-	da = sh ? need(o, "data", e) : NULL;
-	if (!da)
-		return circ_error_prefix(e, "tensor");
-	if (dt->type != MSGPACK_OBJECT_STR ||
-	    circ_dtype_parse(dt->via.str.ptr, dt->via.str.size, &t->dtype) < 0)
-		return circ_errorf(e, "tensor: unknown dtype");
-	if (sh->type != MSGPACK_OBJECT_ARRAY || sh->via.array.size > CIRC_MAX_DIMS)
-		return circ_errorf(e, "tensor: shape must be an array of at most %d sizes",
-				   CIRC_MAX_DIMS);
-	if (da->type != MSGPACK_OBJECT_BIN)
-		return circ_errorf(e, "tensor: data must be bin, got %s", circ_obj_type_name(da));
-	t->ndim = (int)sh->via.array.size;
-	for (int i = 0; i < t->ndim; i++) {
-		const msgpack_object *d = &sh->via.array.ptr[i];
-		if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER || d->via.u64 > TENSOR_MAX_NUMEL)
-			return circ_errorf(e, "tensor: shape[%d] is not a valid size", i);
-		t->shape[i] = (int64_t)d->via.u64;
-	}
-	/* The product is tested by division before it is formed, so it cannot wrap
-	 * (2^24 x 2^40 is 2^64, which would be 0). */
-	for (int i = 0; i < t->ndim; i++) {
-		uint64_t d = (uint64_t)t->shape[i];
-		if (d && numel > TENSOR_MAX_NUMEL / d)
-			return circ_errorf(e, "tensor: shape too large (more than 2^40 elements)");
-		numel *= d;
-	}
-	need_bytes = numel * circ_dtype_size(t->dtype);
-	if (need_bytes != da->via.bin.size) {
-		char dims[256] = "";
-		size_t k = 0;
-		for (int i = 0; i < t->ndim && k < sizeof dims - 24; i++)
-			k += (size_t)snprintf(dims + k, sizeof dims - k, i ? ",%lld" : "%lld",
-					      (long long)t->shape[i]);
-		return circ_errorf(e, "tensor: shape [%s] %s needs %llu bytes, data has %u", dims,
-				   circ_dtype_name(t->dtype), (unsigned long long)need_bytes,
-				   da->via.bin.size);
-	}
-	t->data = da->via.bin.ptr;
-	t->nbytes = da->via.bin.size;
-	return 0;
-}
-
-int circ_rec_tensor(const msgpack_object *map, const char *key, circ_tensor *t, circ_error *e)
-{
-	const msgpack_object *o = need(map, key, e);
-	if (!o)
-		return -1;
-	if (circ_obj_tensor(o, t, e) < 0)
-		return circ_error_prefix(e, "field '%s'", key);
-	return 0;
-}
-
-/* ---- packing ---- */
-
-void circ_pack_strn(msgpack_packer *pk, const char *s, size_t n)
-{
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s, n);
-}
-
-void circ_pack_str(msgpack_packer *pk, const char *s)
-{
-	circ_pack_strn(pk, s, strlen(s));
-}
-
-void circ_pack_kv_str(msgpack_packer *pk, const char *k, const char *v)
-{
-	circ_pack_str(pk, k);
-	circ_pack_str(pk, v);
-}
-
-void circ_pack_kv_i64(msgpack_packer *pk, const char *k, int64_t v)
-{
-	circ_pack_str(pk, k);
-	msgpack_pack_int64(pk, v);
-}
-
-void circ_pack_kv_f64(msgpack_packer *pk, const char *k, double v)
-{
-	circ_pack_str(pk, k);
-	msgpack_pack_double(pk, v);
-}
-
-void circ_pack_tensor(msgpack_packer *pk, circ_dtype dtype, int ndim, const int64_t *shape,
-		      const void *data)
-{
-	size_t n = circ_dtype_size(dtype);
-	msgpack_pack_map(pk, 3);
-	circ_pack_kv_str(pk, "dtype", circ_dtype_name(dtype));
-	circ_pack_str(pk, "shape");
-	msgpack_pack_array(pk, (size_t)ndim);
-	for (int i = 0; i < ndim; i++) {
-		msgpack_pack_int64(pk, shape[i]);
-		n *= (size_t)shape[i];
-	}
-	circ_pack_str(pk, "data");
-	msgpack_pack_bin(pk, n);
-	msgpack_pack_bin_body(pk, data, n);
-}
-
-void circ_pack_kv_tensor(msgpack_packer *pk, const char *k, circ_dtype dtype, int ndim,
-			 const int64_t *shape, const void *data)
-{
-	circ_pack_str(pk, k);
-	circ_pack_tensor(pk, dtype, ndim, shape, data);
-}
-
 /* ---- reader ---- */
 
 enum { FMT_MSGPACK, FMT_JSON };
@@ -625,6 +198,77 @@ static ssize_t bytes_read(circ_reader *r, void *buf, size_t n, circ_error *e)
 /* mp_scan's answers besides "whole" (1) and "needs more bytes" (0). */
 enum { MP_INVALID = -1, MP_DEEP = -2, MP_MANY = -3, MP_BIG = -4 };
 
+/* What a msgpack object's first byte c announces: a length field of w
+ * bytes follows (whose value, times per, is more items for a container, or
+ * more payload bytes otherwise), then skip payload bytes; kids items are
+ * known from c itself; box for a map or an array. -1 for 0xc1, which
+ * msgpack never uses. The reader's scan and the writer's check share it. */
+typedef struct mp_head {
+	unsigned w, per;
+	uint64_t skip, kids;
+	int box;
+} mp_head;
+
+static int mp_head_of(unsigned c, mp_head *h)
+{
+	memset(h, 0, sizeof *h);
+	if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+		return 0; /* a one-byte value */
+	if (c <= 0x8f) {
+		h->kids = 2 * (uint64_t)(c & 0xf), h->box = 1;
+		return 0;
+	}
+	if (c <= 0x9f) {
+		h->kids = c & 0xf, h->box = 1;
+		return 0;
+	}
+	if (c <= 0xbf) {
+		h->skip = c & 0x1f;
+		return 0;
+	}
+	switch (c) {
+	case 0xc4:
+	case 0xd9: h->w = 1; break;
+	case 0xc5:
+	case 0xda: h->w = 2; break;
+	case 0xc6:
+	case 0xdb: h->w = 4; break;
+	case 0xc7: h->w = 1, h->skip = 1; break;
+	case 0xc8: h->w = 2, h->skip = 1; break;
+	case 0xc9: h->w = 4, h->skip = 1; break;
+	case 0xca: h->skip = 4; break;
+	case 0xcb: h->skip = 8; break;
+	case 0xcc:
+	case 0xd0: h->skip = 1; break;
+	case 0xcd:
+	case 0xd1: h->skip = 2; break;
+	case 0xce:
+	case 0xd2: h->skip = 4; break;
+	case 0xcf:
+	case 0xd3: h->skip = 8; break;
+	case 0xd4: h->skip = 2; break;
+	case 0xd5: h->skip = 3; break;
+	case 0xd6: h->skip = 5; break;
+	case 0xd7: h->skip = 9; break;
+	case 0xd8: h->skip = 17; break;
+	case 0xdc: h->w = 2, h->per = 1, h->box = 1; break;
+	case 0xdd: h->w = 4, h->per = 1, h->box = 1; break;
+	case 0xde: h->w = 2, h->per = 2, h->box = 1; break;
+	case 0xdf: h->w = 4, h->per = 2, h->box = 1; break;
+	default: return -1;
+	}
+	return 0;
+}
+
+/* The head h completed by its length field's value v. */
+static void mp_head_len(mp_head *h, uint64_t v)
+{
+	if (h->box)
+		h->kids += h->per * v;
+	else
+		h->skip += v;
+}
+
 /* Scans the msgpack object at p without allocating: 1 and its length in *len
  * if the n bytes hold it whole, 0 if it needs more bytes, or an MP_ problem.
  * The unpacker is only called on whole objects that passed this scan, so a
@@ -643,69 +287,25 @@ static int mp_scan(const unsigned char *p, size_t n, size_t max_values, size_t m
 	size_t i = 0, nvalues = 0;
 	left[0] = 1;
 	while (depth >= 0) {
-		unsigned c;
-		uint64_t skip = 0, kids = 0;
-		size_t w = 0; /* width of a length field */
-		int box = 0;  /* a map or an array */
+		mp_head h;
 		if (i >= n)
 			return 0;
 		if (++nvalues > max_values)
 			return MP_MANY;
-		c = p[i++];
 		left[depth]--;
-		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
-			/* a one-byte value */
-		} else if (c <= 0x8f) {
-			kids = 2 * (uint64_t)(c & 0xf), box = 1;
-		} else if (c <= 0x9f) {
-			kids = c & 0xf, box = 1;
-		} else if (c <= 0xbf) {
-			skip = c & 0x1f;
-		} else {
-			switch (c) {
-			case 0xc4:
-			case 0xd9: w = 1; break;
-			case 0xc5:
-			case 0xda: w = 2; break;
-			case 0xc6:
-			case 0xdb: w = 4; break;
-			case 0xc7: w = 1, skip = 1; break;
-			case 0xc8: w = 2, skip = 1; break;
-			case 0xc9: w = 4, skip = 1; break;
-			case 0xca: skip = 4; break;
-			case 0xcb: skip = 8; break;
-			case 0xcc:
-			case 0xd0: skip = 1; break;
-			case 0xcd:
-			case 0xd1: skip = 2; break;
-			case 0xce:
-			case 0xd2: skip = 4; break;
-			case 0xcf:
-			case 0xd3: skip = 8; break;
-			case 0xd4: skip = 2; break;
-			case 0xd5: skip = 3; break;
-			case 0xd6: skip = 5; break;
-			case 0xd7: skip = 9; break;
-			case 0xd8: skip = 17; break;
-			case 0xdc: w = 2, kids = 1, box = 1; break;
-			case 0xdd: w = 4, kids = 1, box = 1; break;
-			case 0xde: w = 2, kids = 2, box = 1; break;
-			case 0xdf: w = 4, kids = 2, box = 1; break;
-			default: return MP_INVALID; /* 0xc1 */
-			}
-		}
-		if (w) {
+		if (mp_head_of(p[i++], &h) < 0)
+			return MP_INVALID;
+		if (h.w) {
 			uint64_t v = 0;
-			if (n - i < w)
+			if (n - i < h.w)
 				return 0;
-			for (size_t j = 0; j < w; j++)
+			for (size_t j = 0; j < h.w; j++)
 				v = v << 8 | p[i + j];
-			i += w;
-			if (box)
-				kids *= v;
-			else
-				skip += v;
+			i += h.w;
+			mp_head_len(&h, v);
 		}
+		uint64_t skip = h.skip, kids = h.kids;
+		int box = h.box;
 		if (kids > max_values - nvalues)
 			return MP_MANY;
 		if (skip > max_bytes || i + skip > max_bytes)
@@ -1337,6 +937,104 @@ void circ_reader_free(circ_reader *r)
 
 /* ---- writer ---- */
 
+/* What the bytes of the record being written still owe, so that a binary
+ * write checks a map's count as the JSON face does (it unpacks the record):
+ * a header packed with the wrong number of entries would otherwise be read
+ * back with its keys and values shifted, or swallow the next record. No
+ * stack is needed: a map of n announces 2n more objects, an array n, and
+ * the record is whole when no object is owed. */
+typedef struct rec_scan {
+	uint64_t owed;	    /* objects still to come in this record */
+	uint64_t skip;	    /* payload bytes still to pass over */
+	unsigned char h[5]; /* the object's first byte and its length field */
+	int hn, hneed;
+	int started;
+} rec_scan;
+
+/* An object's head (first byte and length field) is complete: what it owes. */
+static void scan_object(rec_scan *s)
+{
+	mp_head h;
+	uint64_t v = 0;
+	mp_head_of(s->h[0], &h);
+	for (unsigned i = 0; i < h.w; i++)
+		v = v << 8 | s->h[1 + i];
+	if (h.w)
+		mp_head_len(&h, v);
+	s->owed = s->owed - 1 + h.kids;
+	s->skip = h.skip;
+}
+
+/* Follows len more bytes of the record; 0, or -1 with the problem in msg
+ * when they are not the rest of one msgpack map. */
+static int scan_bytes(rec_scan *s, const unsigned char *p, size_t len, char *msg, size_t cap)
+{
+	while (len) {
+		if (s->skip) {
+			size_t k = s->skip < len ? (size_t)s->skip : len;
+			s->skip -= k;
+			p += k;
+			len -= k;
+			continue;
+		}
+		if (s->hn == 0) {
+			mp_head h;
+			unsigned c = *p;
+			if (s->owed && (c <= 0x7f || c >= 0xa0) && (c <= 0xbf || c >= 0xe0)) {
+				/* fast path: a fixint or fixstr, most of a small record */
+				s->owed--;
+				s->skip = c >= 0xa0 && c <= 0xbf ? c & 0x1f : 0;
+				p++;
+				len--;
+				continue;
+			}
+			if (!s->started) {
+				s->started = 1;
+				s->owed = 1;
+				if (!((*p >= 0x80 && *p <= 0x8f) || *p == 0xde || *p == 0xdf)) {
+					snprintf(msg, cap, "internal error: record is not a map");
+					return -1;
+				}
+			} else if (s->owed == 0) {
+				snprintf(msg, cap,
+					 "internal error: record goes on after its map ends "
+					 "(a map's count is lower than the entries packed)");
+				return -1;
+			}
+			if (mp_head_of(*p, &h) < 0) {
+				snprintf(msg, cap, "internal error: record has byte 0xc1");
+				return -1;
+			}
+			if (len > h.w) { /* the whole head is here: the usual case */
+				uint64_t v = 0;
+				for (unsigned j = 1; j <= h.w; j++)
+					v = v << 8 | p[j];
+				if (h.w)
+					mp_head_len(&h, v);
+				s->owed = s->owed - 1 + h.kids;
+				s->skip = h.skip;
+				p += 1 + h.w;
+				len -= 1 + h.w;
+				continue;
+			}
+			s->hneed = 1 + (int)h.w;
+		}
+		s->h[s->hn++] = *p++;
+		len--;
+		if (s->hn == s->hneed) {
+			s->hn = 0;
+			scan_object(s);
+		}
+	}
+	return 0;
+}
+
+/* 1 when the bytes followed since the last record make one whole map. */
+static int scan_whole(const rec_scan *s)
+{
+	return s->started && s->owed == 0 && s->skip == 0 && s->hn == 0;
+}
+
 struct circ_writer {
 	int fd, own_fd;
 	circ_atomic out; /* own_fd: the file (a temporary renamed into place at close) */
@@ -1347,13 +1045,15 @@ struct circ_writer {
 	size_t zout_cap;
 	unsigned char *stage; /* (STAGE_CAP) small writes gathered before the encoder */
 	size_t nstage;
+	size_t nscan; /* of those, followed by scan */
 	msgpack_packer pk;
 	msgpack_sbuffer jsb; /* JSON mode: the current record */
 	char *jbuf;
 	size_t jlen, jcap;
-	int64_t nrec; /* records written, header included */
-	int no_end;   /* write no end record (circ_writer_opts) */
-	int err;      /* first errno from a write, or -1 for an encoder error */
+	rec_scan scan; /* binary mode: the current record's shape so far */
+	int64_t nrec;  /* records written, header included */
+	int no_end;    /* write no end record (circ_writer_opts) */
+	int err;       /* first errno from a write, or -1 for an encoder error */
 	char errmsg[256];
 };
 
@@ -1405,12 +1105,33 @@ static int sink(circ_writer *w, const void *buf, size_t n, ZSTD_EndDirective mod
 	}
 }
 
+/* Follows the staged bytes not yet followed, then buf (len bytes: a large
+ * write that bypasses the stage); -1 with w->err set when they are not the
+ * rest of one map. It runs at each record's end and before the stage is
+ * emptied, over runs of bytes rather than each packer call, which keeps the
+ * check's cost on small records low. */
+static int scan_pending(circ_writer *w, const void *buf, size_t len, int64_t recno)
+{
+	char m[200];
+	if ((w->nstage > w->nscan &&
+	     scan_bytes(&w->scan, w->stage + w->nscan, w->nstage - w->nscan, m, sizeof m) < 0) ||
+	    (len && scan_bytes(&w->scan, buf, len, m, sizeof m) < 0)) {
+		snprintf(w->errmsg, sizeof w->errmsg, "record %lld: %s", (long long)recno, m);
+		w->err = -1;
+		return -1;
+	}
+	w->nscan = w->nstage;
+	return 0;
+}
+
 static int flush_stage(circ_writer *w)
 {
 	int r = 0;
+	if (scan_pending(w, NULL, 0, w->nrec) < 0)
+		return -1;
 	if (w->nstage)
 		r = sink(w, w->stage, w->nstage, ZSTD_e_continue);
-	w->nstage = 0;
+	w->nstage = w->nscan = 0;
 	return r;
 }
 
@@ -1422,7 +1143,7 @@ static int pack_cb(void *data, const char *buf, size_t len)
 	if (w->json)
 		return msgpack_sbuffer_write(&w->jsb, buf, len);
 	if (len >= STAGE_CAP / 2) {
-		if (flush_stage(w) < 0)
+		if (flush_stage(w) < 0 || scan_pending(w, buf, len, w->nrec) < 0)
 			return -1;
 		return sink(w, buf, len, ZSTD_e_continue);
 	}
@@ -1532,6 +1253,17 @@ int circ_writer_end_record(circ_writer *w, circ_error *e)
 			return wr_error(w, e);
 		return 0;
 	}
+	if (scan_pending(w, NULL, 0, w->nrec - 1) < 0)
+		return wr_error(w, e);
+	if (!scan_whole(&w->scan)) {
+		w->err = -1;
+		snprintf(w->errmsg, sizeof w->errmsg,
+			 "record %lld: internal error: record is not one whole map (a map's "
+			 "count is higher than the entries packed)",
+			 (long long)w->nrec - 1);
+		return wr_error(w, e);
+	}
+	memset(&w->scan, 0, sizeof w->scan);
 	if (w->nstage >= STAGE_CAP / 2 && flush_stage(w) < 0)
 		return wr_error(w, e);
 	return 0;
@@ -1543,27 +1275,165 @@ int circ_writer_raw(circ_writer *w, const void *buf, size_t n, circ_error *e)
 	return circ_writer_end_record(w, e);
 }
 
-void circ_writer_header(circ_writer *w, const char *kind, int argc, char **argv,
-			circ_reader *const *inputs, int ninputs, int nextra)
+/* ---- declarative headers ---- */
+
+int circ_hdr_count(const circ_hdr_field *f, int nf)
 {
-	msgpack_packer *pk = &w->pk;
-	msgpack_pack_map(pk, (size_t)(7 + nextra));
-	circ_pack_kv_str(pk, "format", CIRC_FORMAT);
-	circ_pack_kv_i64(pk, "version", CIRC_FORMAT_VERSION);
-	circ_pack_kv_str(pk, "kind", kind);
-	circ_pack_kv_str(pk, "tool", circ_progname);
-	circ_pack_kv_str(pk, "tool_version", CIRC_VERSION);
-	circ_pack_str(pk, "args");
-	msgpack_pack_array(pk, argc > 1 ? (size_t)argc - 1 : 0);
-	for (int i = 1; i < argc; i++)
-		circ_pack_str(pk, argv[i]);
-	circ_pack_str(pk, "inputs");
-	msgpack_pack_array(pk, (size_t)ninputs);
-	for (int i = 0; i < ninputs; i++) {
-		msgpack_pack_map(pk, 2);
-		circ_pack_kv_str(pk, "kind", circ_reader_kind(inputs[i]));
-		circ_pack_kv_str(pk, "digest", circ_reader_header_digest(inputs[i]));
+	int n = 0;
+	for (int i = 0; i < nf; i++)
+		n += !f[i].skip;
+	return n;
+}
+
+void circ_hdr_pack(msgpack_packer *pk, const circ_hdr_field *f, int nf)
+{
+	for (int i = 0; i < nf; i++) {
+		if (f[i].skip)
+			continue;
+		circ_pack_str(pk, f[i].key);
+		switch (f[i].type) {
+		case CIRC_HDR_STR: circ_pack_str(pk, f[i].s); break;
+		case CIRC_HDR_I64: msgpack_pack_int64(pk, f[i].i); break;
+		case CIRC_HDR_F64: msgpack_pack_double(pk, f[i].f); break;
+		case CIRC_HDR_BOOL:
+			if (f[i].i)
+				msgpack_pack_true(pk);
+			else
+				msgpack_pack_false(pk);
+			break;
+		case CIRC_HDR_OBJ:
+			if (f[i].o)
+				msgpack_pack_object(pk, *f[i].o);
+			else
+				msgpack_pack_nil(pk);
+			break;
+		case CIRC_HDR_PACK: f[i].pack(pk, f[i].ctx); break;
+		}
 	}
+}
+
+int circ_hdr_read(const msgpack_object *hdr, circ_hdr_field *f, int nf, circ_error *e)
+{
+	for (int i = 0; i < nf; i++) {
+		const msgpack_object *o = circ_rec_get(hdr, f[i].key);
+		int r = 0;
+		f[i].skip = 0;
+		f[i].o = o;
+		if (!o) {
+			if (f[i].optional) {
+				f[i].skip = 1;
+				continue;
+			}
+			return circ_errorf(e, "missing field '%s'", f[i].key);
+		}
+		switch (f[i].type) {
+		case CIRC_HDR_STR: r = circ_rec_str(hdr, f[i].key, &f[i].s, &f[i].n, e); break;
+		case CIRC_HDR_I64: r = circ_rec_i64(hdr, f[i].key, &f[i].i, e); break;
+		case CIRC_HDR_F64: r = circ_rec_f64(hdr, f[i].key, &f[i].f, e); break;
+		case CIRC_HDR_BOOL: {
+			int b = 0;
+			r = circ_rec_bool(hdr, f[i].key, &b, e);
+			f[i].i = b;
+			break;
+		}
+		case CIRC_HDR_OBJ:
+		case CIRC_HDR_PACK: break;
+		}
+		if (r < 0)
+			return -1;
+	}
+	return 0;
+}
+
+const circ_hdr_field *circ_hdr_find(const circ_hdr_field *f, int nf, const char *key)
+{
+	for (int i = 0; i < nf; i++)
+		if (!strcmp(f[i].key, key))
+			return &f[i];
+	return NULL;
+}
+
+circ_hdr_field circ_hdr_dataset_digest(const circ_reader *r)
+{
+	const msgpack_object *dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
+	circ_hdr_field f = CIRC_HDR(STR, "dataset_digest", circ_reader_header_digest(r));
+	if (dd && dd->type == MSGPACK_OBJECT_STR) {
+		f.type = CIRC_HDR_OBJ;
+		f.o = dd;
+	}
+	return f;
+}
+
+char *circ_hdr_strdup(const circ_hdr_field *f)
+{
+	char *s;
+	if (f->skip || f->type != CIRC_HDR_STR || !f->s)
+		return NULL;
+	s = circ_xmalloc(f->n + 1);
+	memcpy(s, f->s, f->n);
+	s[f->n] = 0;
+	return s;
+}
+
+typedef struct hdr_args {
+	int argc;
+	char **argv;
+} hdr_args;
+
+typedef struct hdr_inputs {
+	circ_reader *const *r;
+	int n;
+} hdr_inputs;
+
+/* "args": the command line after the tool's name. */
+static void pack_args(msgpack_packer *pk, const void *ctx)
+{
+	const hdr_args *a = ctx;
+	msgpack_pack_array(pk, a->argc > 1 ? (size_t)a->argc - 1 : 0);
+	for (int i = 1; i < a->argc; i++)
+		circ_pack_str(pk, a->argv[i]);
+}
+
+/* "inputs": each input stream's kind and header digest. */
+static void pack_inputs(msgpack_packer *pk, const void *ctx)
+{
+	const hdr_inputs *in = ctx;
+	msgpack_pack_array(pk, (size_t)in->n);
+	for (int i = 0; i < in->n; i++) {
+		msgpack_pack_map(pk, 2);
+		circ_pack_kv_str(pk, "kind", circ_reader_kind(in->r[i]));
+		circ_pack_kv_str(pk, "digest", circ_reader_header_digest(in->r[i]));
+	}
+}
+
+int circ_writer_header_fields(circ_writer *w, const char *kind, int argc, char **argv,
+			      circ_reader *const *inputs, int ninputs, const circ_hdr_field *f,
+			      int nf, circ_error *e)
+{
+	return circ_writer_header_ext(w, kind, argc, argv, inputs, ninputs, f, nf, NULL, 0, e);
+}
+
+int circ_writer_header_ext(circ_writer *w, const char *kind, int argc, char **argv,
+			   circ_reader *const *inputs, int ninputs, const circ_hdr_field *f, int nf,
+			   const circ_hdr_field *extra, int nextra, circ_error *e)
+{
+	hdr_args a = {argc, argv};
+	hdr_inputs in = {inputs, ninputs};
+	circ_hdr_field common[] = {
+	    CIRC_HDR(STR, "format", CIRC_FORMAT),
+	    CIRC_HDR(I64, "version", CIRC_FORMAT_VERSION),
+	    CIRC_HDR(STR, "kind", kind),
+	    CIRC_HDR(STR, "tool", circ_progname),
+	    CIRC_HDR(STR, "tool_version", CIRC_VERSION),
+	    CIRC_HDR_FN("args", pack_args, &a),
+	    CIRC_HDR_FN("inputs", pack_inputs, &in),
+	};
+	msgpack_pack_map(&w->pk, (size_t)(circ_hdr_count(common, CIRC_HDR_N(common)) +
+					  circ_hdr_count(f, nf) + circ_hdr_count(extra, nextra)));
+	circ_hdr_pack(&w->pk, common, CIRC_HDR_N(common));
+	circ_hdr_pack(&w->pk, f, nf);
+	circ_hdr_pack(&w->pk, extra, nextra);
+	return circ_writer_end_record(w, e);
 }
 
 int circ_writer_close(circ_writer *w, circ_error *e)
@@ -1585,6 +1455,14 @@ int circ_writer_close(circ_writer *w, circ_error *e)
 			goto out;
 		}
 	} else if (!w->json) {
+		if (w->scan.started || w->nstage > w->nscan) {
+			w->err = -1;
+			snprintf(w->errmsg, sizeof w->errmsg,
+				 "record %lld: internal error: record not ended",
+				 (long long)w->nrec);
+			rc = wr_error(w, e);
+			goto out;
+		}
 		if (!w->no_end) {
 			msgpack_pack_map(&w->pk, 1);
 			circ_pack_str(&w->pk, "$end");

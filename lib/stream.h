@@ -20,7 +20,14 @@
  * Tensors are maps {"dtype":"f32","shape":[..],"data":<bin, little endian>}.
  * In JSON form their data is an array of numbers (f32 printed with 9
  * significant digits), so JSON -> stream -> JSON is byte-identical.
- * Any other bin is {"$base64":"..."} in JSON.
+ * Any other bin is {"$base64":"..."} in JSON. Tensors, field access and
+ * packing helpers live in record.h (below this module and json.h, which this
+ * one uses: json.h never uses stream.h).
+ *
+ * Writing checks the shape of every record in binary form as the JSON form
+ * does: a map packed with more or fewer entries than its count fails the
+ * record (an internal error), never a silently corrupt stream. Headers are
+ * written from tables (circ_hdr_field) whose count the writer computes.
  *
  * Reading is streaming: memory is bounded by the largest record.
  * Records are numbered from 0 (the header); errors read
@@ -33,87 +40,11 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "record.h"
 #include "util.h"
 
 #define CIRC_FORMAT	    "circ"
 #define CIRC_FORMAT_VERSION 1
-
-/* What a reader takes in one record, checked before it builds the record:
- * containers nested at most CIRC_MAX_DEPTH deep (msgpack-c's own limit), at
- * most CIRC_MAX_VALUES values (the environment variable of that name changes
- * it; in JSON lines the structural bytes [ { , : are counted), and at most
- * 2 GiB (CIRC_MAX_RECORD in the environment). Each unpacked value costs the
- * reader about 24 bytes (JSON about 40), so a small zstd frame that inflates
- * to 10^8 nils is refused before it takes gigabytes. */
-#define CIRC_MAX_DEPTH	32
-#define CIRC_MAX_VALUES ((size_t)1 << 24)
-
-/* ---- tensors ---- */
-typedef enum circ_dtype {
-	CIRC_F32,
-	CIRC_F64,
-	CIRC_F16,
-	CIRC_BF16,
-	CIRC_I32,
-	CIRC_I64,
-	CIRC_U8,
-	CIRC_DTYPE_COUNT
-} circ_dtype;
-
-#define CIRC_MAX_DIMS 8
-/* A tensor field is either a tensor map or, as hand-written JSON lines give it,
- * a plain 1-d array of numbers: all integers make an i32 tensor (i64 when one
- * does not fit), anything else f32. A plain array keeps its items (data is
- * NULL) and is read through circ_tensor_copy_*, like any tensor. */
-typedef struct circ_tensor {
-	circ_dtype dtype;
-	int ndim;
-	int64_t shape[CIRC_MAX_DIMS];
-	const void *data;	     /* may be unaligned: read with circ_tensor_copy_* */
-	size_t nbytes;		     /* numel * dtype size, for a plain array too */
-	const msgpack_object *items; /* (shape[0]) a plain array's numbers, or NULL */
-} circ_tensor;
-
-const char *circ_dtype_name(circ_dtype d);
-int circ_dtype_parse(const char *s, size_t n, circ_dtype *d); /* 0 ok, -1 unknown */
-size_t circ_dtype_size(circ_dtype d);
-int64_t circ_tensor_numel(const circ_tensor *t);
-/* Convert/copy into aligned buffers of numel elements (any float dtype -> f32,
- * any int dtype -> i32 with range check; a plain array's integers -> f32 too,
- * its non-integers are refused as i32). */
-int circ_tensor_copy_f32(const circ_tensor *t, float *out, circ_error *e);
-int circ_tensor_copy_i32(const circ_tensor *t, int32_t *out, circ_error *e);
-
-/* ---- record field access (errors name the field) ---- */
-const msgpack_object *circ_rec_get(const msgpack_object *map, const char *key);
-int circ_rec_str(const msgpack_object *map, const char *key, const char **s, size_t *n,
-		 circ_error *e);
-/* Copies into a NUL-terminated heap string (free it). */
-int circ_rec_strdup(const msgpack_object *map, const char *key, char **s, circ_error *e);
-int circ_rec_i64(const msgpack_object *map, const char *key, int64_t *v, circ_error *e);
-int circ_rec_f64(const msgpack_object *map, const char *key, double *v, circ_error *e);
-int circ_rec_bool(const msgpack_object *map, const char *key, int *v, circ_error *e);
-/* Array field: *arr points to the items. */
-int circ_rec_array(const msgpack_object *map, const char *key, const msgpack_object_array **arr,
-		   circ_error *e);
-int circ_rec_tensor(const msgpack_object *map, const char *key, circ_tensor *t, circ_error *e);
-/* Decode an object (not a field) as a tensor. */
-int circ_obj_tensor(const msgpack_object *o, circ_tensor *t, circ_error *e);
-const char *circ_obj_type_name(const msgpack_object *o);
-/* 1 if a str object equals s. */
-int circ_obj_str_eq(const msgpack_object *o, const char *s);
-
-/* ---- packing helpers ---- */
-void circ_pack_str(msgpack_packer *pk, const char *s);
-void circ_pack_strn(msgpack_packer *pk, const char *s, size_t n);
-void circ_pack_kv_str(msgpack_packer *pk, const char *k, const char *v);
-void circ_pack_kv_i64(msgpack_packer *pk, const char *k, int64_t v);
-void circ_pack_kv_f64(msgpack_packer *pk, const char *k, double v);
-/* Packs the tensor map (3 entries). data is little-endian, numel * size bytes. */
-void circ_pack_tensor(msgpack_packer *pk, circ_dtype dtype, int ndim, const int64_t *shape,
-		      const void *data);
-void circ_pack_kv_tensor(msgpack_packer *pk, const char *k, circ_dtype dtype, int ndim,
-			 const int64_t *shape, const void *data);
 
 /* ---- reader ---- */
 typedef struct circ_reader circ_reader;
@@ -170,12 +101,102 @@ circ_writer *circ_writer_open(const char *path, const circ_writer_opts *o, circ_
  * circ_writer_end_record. */
 msgpack_packer *circ_writer_packer(circ_writer *w);
 int circ_writer_end_record(circ_writer *w, circ_error *e);
-/* Packs the header's first entries and leaves the map open for nextra more
- * key/value pairs of the kind's own; the caller packs them and calls
- * circ_writer_end_record. inputs may be NULL; each input is a reader whose
- * kind and header digest are recorded. */
-void circ_writer_header(circ_writer *w, const char *kind, int argc, char **argv,
-			circ_reader *const *inputs, int ninputs, int nextra);
+
+/* ---- declarative headers ----
+ * A kind's own header fields as a table, one skeleton for writer and
+ * reader. The writer packs the common fields (format, version, kind, tool,
+ * tool_version, args, inputs) and then the table's fields that are not
+ * skipped, in table order, the map's count computed from the table. A
+ * reader fills the same table from a header, and its errors name the field.
+ *
+ *	circ_hdr_field f[] = {
+ *		CIRC_HDR(STR, "metric", name),
+ *		CIRC_HDR_IF(n >= 0, I64, "n_examples", n),
+ *		CIRC_HDR_FN("graph", pack_graph, g),
+ *	};
+ *	circ_writer_header_fields(w, "scores", argc, argv, &r, 1, f, CIRC_HDR_N(f), &e);
+ */
+typedef enum circ_hdr_type {
+	CIRC_HDR_STR,  /* s (writer: NUL-terminated; reader: s and n, not terminated) */
+	CIRC_HDR_I64,  /* i */
+	CIRC_HDR_F64,  /* f (reader: any number) */
+	CIRC_HDR_BOOL, /* i: 0 or 1 */
+	CIRC_HDR_OBJ,  /* o: any msgpack value, packed as it is */
+	CIRC_HDR_PACK  /* writer: pack(pk, ctx) packs the value; reader: like OBJ */
+} circ_hdr_type;
+
+typedef void (*circ_hdr_pack_fn)(msgpack_packer *pk, const void *ctx);
+
+typedef struct circ_hdr_field {
+	const char *key;
+	circ_hdr_type type;
+	int skip;     /* writer: leave the field out; reader: set when it is absent */
+	int optional; /* reader: the field may be absent (then skip is set) */
+	const char *s;
+	size_t n;
+	int64_t i;
+	double f;
+	const msgpack_object *o;
+	circ_hdr_pack_fn pack;
+	const void *ctx;
+} circ_hdr_field;
+
+#define CIRC_HDR_N(f) ((int)(sizeof(f) / sizeof((f)[0])))
+/* Writer fields: CIRC_HDR(T, key, value) with T one of STR, I64, F64,
+ * BOOL, OBJ; CIRC_HDR_IF(cond, T, key, value) is left out when cond is
+ * false; CIRC_HDR_FN[_IF] packs through fn(pk, ctx). */
+#define CIRC_HDR_IF(c, T, k, v)                                                                    \
+	{                                                                                          \
+		.key = (k), .type = CIRC_HDR_##T, .skip = !(c), CIRC_HDR_V_##T(v)                  \
+	}
+#define CIRC_HDR(T, k, v)  CIRC_HDR_IF(1, T, k, v)
+#define CIRC_HDR_V_STR(v)  .s = (v)
+#define CIRC_HDR_V_I64(v)  .i = (v)
+#define CIRC_HDR_V_F64(v)  .f = (v)
+#define CIRC_HDR_V_BOOL(v) .i = !!(v)
+#define CIRC_HDR_V_OBJ(v)  .o = (v)
+#define CIRC_HDR_FN_IF(c, k, fn, x)                                                                \
+	{                                                                                          \
+		.key = (k), .type = CIRC_HDR_PACK, .skip = !(c), .pack = (fn), .ctx = (x)          \
+	}
+#define CIRC_HDR_FN(k, fn, x) CIRC_HDR_FN_IF(1, k, fn, x)
+/* Reader fields of type T (STR, I64, F64, BOOL, OBJ): required, or
+ * optional (skip set when absent). */
+#define CIRC_HDR_READ(T, k, opt)                                                                   \
+	{                                                                                          \
+		.key = (k), .type = CIRC_HDR_##T, .optional = (opt)                                \
+	}
+#define CIRC_HDR_NEED(T, k) CIRC_HDR_READ(T, k, 0)
+#define CIRC_HDR_MAY(T, k)  CIRC_HDR_READ(T, k, 1)
+
+/* The number of fields the table packs (those not skipped). */
+int circ_hdr_count(const circ_hdr_field *f, int nf);
+/* Packs the fields not skipped as key/value pairs (no map header). */
+void circ_hdr_pack(msgpack_packer *pk, const circ_hdr_field *f, int nf);
+/* Fills f from the map hdr: each field's value (pointers into hdr, valid
+ * while it lives), skip set for an absent optional field. -1 with
+ * "header: field 'k': ..." on a missing required field or a wrong type. */
+int circ_hdr_read(const msgpack_object *hdr, circ_hdr_field *f, int nf, circ_error *e);
+/* The field named key in f, or NULL. */
+const circ_hdr_field *circ_hdr_find(const circ_hdr_field *f, int nf, const char *key);
+/* The field "dataset_digest" that a stream made from r's records carries:
+ * r's own dataset_digest where its header has one (the dataset's, passed on
+ * from tokens), else r's header digest. */
+circ_hdr_field circ_hdr_dataset_digest(const circ_reader *r);
+/* A heap copy of a read string field (NULL when skipped); free it. */
+char *circ_hdr_strdup(const circ_hdr_field *f);
+
+/* Writes the header record: the common fields, then f's (nf may be 0), and
+ * ends the record (circ_writer_end_record's result). inputs may be NULL;
+ * each input is a reader whose kind and header digest are recorded. */
+int circ_writer_header_fields(circ_writer *w, const char *kind, int argc, char **argv,
+			      circ_reader *const *inputs, int ninputs, const circ_hdr_field *f,
+			      int nf, circ_error *e);
+/* The same with a second table after the first: a module's own fields,
+ * then its caller's extra ones (extra may be NULL when nextra is 0). */
+int circ_writer_header_ext(circ_writer *w, const char *kind, int argc, char **argv,
+			   circ_reader *const *inputs, int ninputs, const circ_hdr_field *f, int nf,
+			   const circ_hdr_field *extra, int nextra, circ_error *e);
 /* Writes a record that is already msgpack bytes (one map). */
 int circ_writer_raw(circ_writer *w, const void *buf, size_t n, circ_error *e);
 /* Writes the end record (the trailer; in JSON lines its last line), ends the

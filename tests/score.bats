@@ -154,6 +154,28 @@ compare() { # dir method key [circ-score options]
 	circ-cat "$T/a.circ" | tests/validate.py schemas/scores.schema.json
 }
 
+@test "scores made with --merge or --acts keep ablation and sign (and steps), and validate" {
+	circ-cat "$D/kl/tokens.jsonl" | head -3 >"$T/a.jsonl"
+	{ head -1 "$D/kl/tokens.jsonl"; tail -2 "$D/kl/tokens.jsonl"; } >"$T/b.jsonl"
+	circ-score --model "$D/kl/model" --method eap-ig --ablation zero -o "$T/a.circ" "$T/a.jsonl"
+	circ-score --model "$D/kl/model" --method eap-ig --ablation zero -o "$T/b.circ" "$T/b.jsonl"
+	circ-score --merge "$T/a.circ" "$T/b.circ" -o "$T/m.circ"
+	circ-cat "$T/m.circ" | tests/validate.py schemas/scores.schema.json
+	circ-cat --header "$T/a.circ" | jq -c '{ablation, sign, steps}' >"$T/want"
+	circ-cat --header "$T/m.circ" | jq -c '{ablation, sign, steps}' | cmp - "$T/want"
+	grep -q '"ablation":"zero"' "$T/want"
+	# shards made with another ablation are not merged
+	circ-score --model "$D/kl/model" --method eap-ig -o "$T/c.circ" "$T/b.jsonl"
+	run --separate-stderr circ-score --merge "$T/a.circ" "$T/c.circ"
+	assert_failure 1
+	[[ "$stderr" == *"c.circ': scores made with another ablation"* ]]
+	# --acts: the harvest's ablation
+	circ-harvest --model "$D/ld/model" --ablation zero -o "$T/acts.circ" "$D/ld/tokens.jsonl"
+	circ-score --acts "$T/acts.circ" -o "$T/s.circ"
+	circ-cat "$T/s.circ" | tests/validate.py schemas/scores.schema.json
+	circ-cat --header "$T/s.circ" | jq -e '.ablation == "zero" and (.sign | startswith("positive")) and .steps == 0'
+}
+
 @test "node-level graphs and the ACDC convention" {
 	run --separate-stderr circ-score --model "$D/ld/model" --level node --method eap --json "$D/ld/tokens.jsonl"
 	assert_success

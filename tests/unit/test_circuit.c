@@ -296,8 +296,8 @@ static void test_circuit_stream(void)
 		src.n = 5;
 		src.signed_ = 0;
 		char *argv[] = {"test", "--top-n", "5", NULL};
-		circ_circuit_pack_header(w, 3, argv, NULL, 0, g, &src, "sha256:x", 0);
-		CHECK(circ_writer_end_record(w, &e) == 0);
+		CHECK(circ_circuit_write_header(w, 3, argv, NULL, 0, g, &src, "sha256:x", NULL, 0,
+						&e) == 0);
 		CHECK(circ_circuit_write_edges(w, g, keep, sc, &e) == 0);
 		CHECK(circ_writer_close(w, &e) == 0);
 		circ_reader *r = circ_reader_open(path, NULL, &e);

@@ -28,9 +28,8 @@ static void write_stream_arg(const char *path, const circ_writer_opts *o, int nr
 	char *argv[] = {"test", arg};
 	float buf[1000];
 	CHECK(w != NULL);
-	circ_writer_header(w, "unit", 2, argv, NULL, 0, 1);
-	circ_pack_kv_str(circ_writer_packer(w), "model_digest", "sha256:00");
-	CHECK(circ_writer_end_record(w, &e) == 0);
+	circ_hdr_field f[] = {CIRC_HDR(STR, "model_digest", "sha256:00")};
+	CHECK(circ_writer_header_fields(w, "unit", 2, argv, NULL, 0, f, CIRC_HDR_N(f), &e) == 0);
 	for (int r = 0; r < nrec; r++) {
 		msgpack_packer *pk = circ_writer_packer(w);
 		int64_t shape[2] = {10, 100};
@@ -286,6 +285,112 @@ static void test_nesting(const char *dir)
 	}
 }
 
+/* A map whose count disagrees with its entries fails loudly in binary mode
+ * too (JSON mode unpacks each record), at the record or at close: too low a
+ * count (extra entries), too high (missing entries), and a record left
+ * open. */
+static void test_map_count(const char *dir)
+{
+	char path[300];
+	static float big[1 << 16]; /* a tensor that bypasses the writer's stage */
+	for (int mode = 0; mode < 5; mode++) {
+		circ_writer_opts o;
+		circ_error e;
+		circ_writer *w;
+		circ_writer_opts_default(&o);
+		o.compress = mode % 2 == 0;
+		snprintf(path, sizeof path, "%s/count%d.circ", dir, mode);
+		w = circ_writer_open(path, &o, &e);
+		CHECK(w != NULL);
+		CHECK(circ_writer_header_fields(w, "unit", 0, NULL, NULL, 0, NULL, 0, &e) == 0);
+		msgpack_packer *pk = circ_writer_packer(w);
+		if (mode == 0) { /* count 1, two entries */
+			msgpack_pack_map(pk, 1);
+			circ_pack_kv_i64(pk, "a", 1);
+			circ_pack_kv_i64(pk, "b", 2);
+			CHECK(circ_writer_end_record(w, &e) < 0);
+			CHECK(strstr(e.msg, "count is lower") != NULL);
+		} else if (mode == 1) { /* count 3, two entries */
+			msgpack_pack_map(pk, 3);
+			circ_pack_kv_i64(pk, "a", 1);
+			circ_pack_kv_str(pk, "b", "x");
+			CHECK(circ_writer_end_record(w, &e) < 0);
+			CHECK(strstr(e.msg, "count is higher") != NULL);
+		} else if (mode == 3) { /* count 3, two entries, one a large tensor */
+			int64_t shape[1] = {1 << 16};
+			msgpack_pack_map(pk, 3);
+			circ_pack_kv_i64(pk, "a", 1);
+			circ_pack_kv_tensor(pk, "x", CIRC_F32, 1, shape, big);
+			CHECK(circ_writer_end_record(w, &e) < 0);
+			CHECK(strstr(e.msg, "record 1: internal error") != NULL);
+			CHECK(strstr(e.msg, "count is higher") != NULL);
+		} else if (mode ==
+			   4) { /* count 1, then a large tensor: caught before it is written */
+			int64_t shape[1] = {1 << 16};
+			msgpack_pack_map(pk, 1);
+			circ_pack_kv_i64(pk, "a", 1);
+			circ_pack_kv_tensor(pk, "x", CIRC_F32, 1, shape, big);
+			CHECK(circ_writer_end_record(w, &e) < 0);
+			CHECK(strstr(e.msg, "count is lower") != NULL);
+		} else { /* a record packed, never ended */
+			msgpack_pack_map(pk, 1);
+			circ_pack_kv_i64(pk, "a", 1);
+			CHECK(circ_writer_close(w, &e) < 0);
+			CHECK(strstr(e.msg, "not ended") != NULL);
+			w = NULL;
+		}
+		if (w)
+			CHECK(circ_writer_close(w, &e) < 0);
+		CHECK(access(path, F_OK) != 0); /* nothing committed */
+	}
+}
+
+/* The header table: counts and order from the table, skipped fields left
+ * out, and the reader filling the same table with errors naming the field. */
+static void test_header_fields(const char *dir)
+{
+	char path[300];
+	circ_error e;
+	circ_writer *w;
+	circ_reader *r;
+	circ_writer_opts o;
+	circ_writer_opts_default(&o);
+	snprintf(path, sizeof path, "%s/hdr.circ", dir);
+	w = circ_writer_open(path, &o, &e);
+	CHECK(w != NULL);
+	circ_hdr_field f[] = {
+	    CIRC_HDR(STR, "s", "text"), CIRC_HDR_IF(0, I64, "gone", 7), CIRC_HDR(I64, "i", -3),
+	    CIRC_HDR(F64, "f", 0.5),	CIRC_HDR(BOOL, "b", 1),
+	};
+	CHECK(circ_hdr_count(f, CIRC_HDR_N(f)) == 4);
+	CHECK(circ_writer_header_fields(w, "unit", 0, NULL, NULL, 0, f, CIRC_HDR_N(f), &e) == 0);
+	CHECK(circ_writer_close(w, &e) == 0);
+	r = circ_reader_open(path, "unit", &e);
+	CHECK(r != NULL);
+	if (!r)
+		return;
+	const msgpack_object *h = circ_reader_header(r);
+	CHECK(h->via.map.size == 11);
+	CHECK(circ_obj_str_eq(&h->via.map.ptr[7].key, "s"));
+	CHECK(circ_obj_str_eq(&h->via.map.ptr[8].key, "i"));
+	circ_hdr_field g[] = {
+	    CIRC_HDR_NEED(STR, "s"), CIRC_HDR_MAY(I64, "gone"), CIRC_HDR_NEED(I64, "i"),
+	    CIRC_HDR_NEED(F64, "f"), CIRC_HDR_NEED(BOOL, "b"),
+	};
+	CHECK(circ_hdr_read(h, g, CIRC_HDR_N(g), &e) == 0);
+	char *s = circ_hdr_strdup(&g[0]);
+	CHECK(s && !strcmp(s, "text"));
+	free(s);
+	CHECK(g[1].skip && circ_hdr_strdup(&g[1]) == NULL);
+	CHECK(g[2].i == -3 && g[3].f == 0.5 && g[4].i == 1);
+	circ_hdr_field bad[] = {CIRC_HDR_NEED(I64, "s")};
+	CHECK(circ_hdr_read(h, bad, 1, &e) < 0 && strstr(e.msg, "field 's'") != NULL);
+	circ_hdr_field missing[] = {CIRC_HDR_NEED(I64, "gone")};
+	CHECK(circ_hdr_read(h, missing, 1, &e) < 0 &&
+	      strstr(e.msg, "missing field 'gone'") != NULL);
+	circ_reader_free(r);
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-unit-XXXXXX", path[256], cmd[600];
@@ -294,6 +399,8 @@ int main(void)
 	test_shape_overflow();
 	test_plain_arrays();
 	test_nesting(dir);
+	test_map_count(dir);
+	test_header_fields(dir);
 	snprintf(path, sizeof path, "%s/a.circ", dir);
 
 	circ_writer_opts_default(&o);
