@@ -328,7 +328,7 @@ static int act_hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, cir
 		return 0;
 	if (sk == CIRC_STAGE_ATTN) {
 		for (int h = 0; h < a->H; h++)
-			for (int c = 0; c < 3; c++) {
+			for (circ_qkv c = CIRC_QKV_Q; c <= CIRC_QKV_V; c++) {
 				float *d = circ_run_delta(run, circ_recv_qkv(m, layer, h, c));
 				for (size_t i = 0; i < btc; i++)
 					d[i] += a->unit_delta[i];

@@ -204,8 +204,9 @@ int circ_model_n_recv(const circ_model *m); /* R = L*(3H+1) + 1 */
 int circ_node_input(const circ_model *m);   /* 0 */
 int circ_node_head(const circ_model *m, int layer, int head);
 int circ_node_mlp(const circ_model *m, int layer);
-/* c = 0 q, 1 k, 2 v. */
-int circ_recv_qkv(const circ_model *m, int layer, int head, int c);
+/* Which input of a head a receiver is (the order of its three receivers). */
+typedef enum circ_qkv { CIRC_QKV_Q, CIRC_QKV_K, CIRC_QKV_V } circ_qkv;
+int circ_recv_qkv(const circ_model *m, int layer, int head, circ_qkv c);
 int circ_recv_mlp(const circ_model *m, int layer);
 int circ_recv_logits(const circ_model *m);
 /* Stage whose input a receiver reads: 2l for q/k/v of layer l, 2l+1 for m{l},
@@ -302,14 +303,6 @@ void circ_fwd_init(circ_fwd *f);
  * (-1 with a message). */
 int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e);
 
-/* Copies into dst the state of src that a forward resumed at stage s needs
- * and that a backward reads for the stages below s: tokens, B, T, the input
- * node, the node outputs of stages < s, residuals 0..s, LayerNorm statistics,
- * attention and MLP activations and receiver deltas of stages < s. dst and
- * src must be runs of the same model with the same options and dst's sizes
- * at least src's B and T. -1 with a message otherwise. */
-int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_error *e);
-
 /* ---- reading a run (pointers valid until the next forward or free) ---- */
 
 /* Output of upstream node u: (B, T, C), row-major for the current B, T.
@@ -325,6 +318,15 @@ const float *circ_run_logits(const circ_run *r, int *n_rows);
 /* The read rows of the last forward: (N) pairs. */
 const circ_read *circ_run_reads(const circ_run *r, int *n_rows);
 
+/* ---- patch support: receiver deltas and resuming at a stage ----
+ * What lib/patch (and the attribution over it) drives: from a forward hook,
+ * the input of any receiver of the current stage or a later one becomes
+ * residual + delta (or a given sum of rows), and a forward can resume at a
+ * stage from the state of another run (circ_fwd.start_stage). */
+
+/* Sign of the terms of a sum of rows (circ_run_delta_sum, circ_run_input_sum). */
+typedef enum circ_sign { CIRC_SIGN_MINUS = -1, CIRC_SIGN_PLUS = 1 } circ_sign;
+
 /* Receiver delta of the current stage: a zeroed (B, T, C) buffer the hook
  * adds into (input = residual + delta). The receiver must belong to the
  * stage the hook was called for (or a later one); a second call in the same
@@ -335,13 +337,12 @@ float *circ_run_delta_raw(circ_run *r, int recv);
 /* Receiver recv's delta as a sum of rows, formed where the receiver's
  * input is read instead of stored: delta = base + sign * (terms[0] + ... +
  * terms[k-1]), each a (B, T, C) array like a delta (base NULL: zero; sign
- * 1 or -1). The arrays must stay as they are until the forward has run the
- * receiver's stage. A q/k/v receiver's input is then formed block by block
- * next to its LayerNorm and never written out; a run made for the backward
- * or with reference kernels stores the delta at once. A receiver that
- * already has a delta gets the sum added to it. -1 if the receiver is not
- * of this stage or later, or k or sign is out of range. */
-int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
+ * CIRC_SIGN_PLUS or CIRC_SIGN_MINUS). The arrays must stay as they are until the forward has run
+ * the receiver's stage. A q/k/v receiver's input is then formed block by block next to its
+ * LayerNorm and never written out; a run made for the backward or with reference kernels stores the
+ * delta at once. A receiver that already has a delta gets the sum added to it. -1 if the receiver
+ * is not of this stage or later, or k or sign is out of range. */
+int circ_run_delta_sum(circ_run *r, int recv, const float *base, circ_sign sign, int k,
 		       const float *const *terms);
 /* Receiver recv's input itself as a sum of rows, in place of residual +
  * delta: input = base + sign * (terms[0] + ... + terms[k-1]), base not
@@ -349,11 +350,19 @@ int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k
  * taken off). The residual of this run is then not read. Any delta set on
  * the receiver before in this forward is dropped. Otherwise as
  * circ_run_delta_sum; stored, the delta is the input less the residual. */
-int circ_run_input_sum(circ_run *r, int recv, const float *base, int sign, int k,
+int circ_run_input_sum(circ_run *r, int recv, const float *base, circ_sign sign, int k,
 		       const float *const *terms);
 /* The delta of a receiver in this forward, or NULL if it has none (or it
  * was given as a sum and not stored). */
 const float *circ_run_get_delta(const circ_run *r, int recv);
+
+/* Copies into dst the state of src that a forward resumed at stage s needs
+ * and that a backward reads for the stages below s: tokens, B, T, the input
+ * node, the node outputs of stages < s, residuals 0..s, LayerNorm statistics,
+ * attention and MLP activations and receiver deltas of stages < s. dst and
+ * src must be runs of the same model with the same options and dst's sizes
+ * at least src's B and T. -1 with a message otherwise. */
+int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_error *e);
 
 /* ---- backward ---- */
 

@@ -71,7 +71,8 @@
 
 #include "kernels.h"
 
-enum { MODE_CIRCUIT, MODE_EDGE };
+/* What a patched forward patches: a circuit (keep mask) or single edges. */
+typedef enum patch_mode { MODE_CIRCUIT, MODE_EDGE } patch_mode;
 enum { DIFF_NONE, DIFF_CLEAN, DIFF_CUR };
 
 /* Floats per block of the circuit delta kernel: a block of the difference
@@ -113,7 +114,7 @@ struct circ_patcher {
 	size_t out_cap;		 /* floats allocated in clean_out and ref_out */
 	int clean_below;
 	/* hook state */
-	int mode;
+	patch_mode mode;
 	const uint8_t *keep;
 	int64_t edge;
 	int start; /* start stage of the current forward */
@@ -547,10 +548,10 @@ static int model_recvs(const circ_patcher *p, int r, int *mr)
 	case CIRC_RECV_Q:
 	case CIRC_RECV_K:
 	case CIRC_RECV_V:
-		mr[0] = circ_recv_qkv(p->m, layer, head, (int)(k - CIRC_RECV_Q));
+		mr[0] = circ_recv_qkv(p->m, layer, head, (circ_qkv)(k - CIRC_RECV_Q));
 		return 1;
 	case CIRC_RECV_HEAD:
-		for (int c = 0; c < 3; c++)
+		for (circ_qkv c = CIRC_QKV_Q; c <= CIRC_QKV_V; c++)
 			mr[c] = circ_recv_qkv(p->m, layer, head, c);
 		return 3;
 	case CIRC_RECV_MLP: mr[0] = circ_recv_mlp(p->m, layer); return 1;
@@ -826,9 +827,10 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 			if (pl->complement)
 				circ_run_input_sum(run, pl->mr[j],
 						   pl->base ? pl->base : p->rref + (size_t)s * n,
-						   -1, pl->nterm - pl->nb, rows);
+						   CIRC_SIGN_MINUS, pl->nterm - pl->nb, rows);
 			else
-				circ_run_delta_sum(run, pl->mr[j], NULL, 1, pl->nterm, rows);
+				circ_run_delta_sum(run, pl->mr[j], NULL, CIRC_SIGN_PLUS, pl->nterm,
+						   rows);
 	}
 }
 
