@@ -38,63 +38,77 @@
 
 /* ================================================================ numbering */
 
+int model_topology_make(circ_model *m, circ_error *e)
+{
+	circ_topo_desc d;
+	circ_topo_desc_init(&d, m->cfg.n_layer, m->cfg.n_head);
+	m->topo = circ_topology_new(&d, e);
+	if (!m->topo)
+		return -1;
+	/* the GPT-2 forward's own layout: stage 2l, 2l+1, 2L; a layer's q/k/v
+	 * receivers from its first, head by head */
+	CIRC_ASSERT(m->topo->n_stage == 2 * m->cfg.n_layer + 1);
+	CIRC_ASSERT(circ_topo_recv_head(m->topo, 0, 0, CIRC_RECV_Q) == 0 &&
+		    circ_topo_recv_mlp(m->topo, 0) == 3 * m->cfg.n_head);
+	return 0;
+}
+
+const circ_topology *circ_model_topology(const circ_model *m)
+{
+	return m->topo;
+}
+
 int circ_model_n_up(const circ_model *m)
 {
-	return 1 + m->cfg.n_layer * (m->cfg.n_head + 1);
+	return m->topo->n_up;
 }
 
 int circ_model_n_recv(const circ_model *m)
 {
-	return m->cfg.n_layer * (3 * m->cfg.n_head + 1) + 1;
+	return m->topo->n_recv;
 }
 
 int circ_node_input(const circ_model *m)
 {
-	(void)m;
-	return 0;
+	return circ_topo_node_input(m->topo);
 }
 
 int circ_node_head(const circ_model *m, int layer, int head)
 {
-	return 1 + layer * (m->cfg.n_head + 1) + head;
+	return circ_topo_node_head(m->topo, layer, head);
 }
 
 int circ_node_mlp(const circ_model *m, int layer)
 {
-	return 1 + layer * (m->cfg.n_head + 1) + m->cfg.n_head;
+	return circ_topo_node_mlp(m->topo, layer);
 }
 
-int circ_recv_qkv(const circ_model *m, int layer, int head, circ_qkv c)
+int circ_recv_qkv(const circ_model *m, int layer, int head, circ_recv_kind k)
 {
-	return layer * (3 * m->cfg.n_head + 1) + 3 * head + c;
+	CIRC_ASSERT(k == CIRC_RECV_Q || k == CIRC_RECV_K || k == CIRC_RECV_V);
+	return circ_topo_recv_head(m->topo, layer, head, k);
 }
 
 int circ_recv_mlp(const circ_model *m, int layer)
 {
-	return layer * (3 * m->cfg.n_head + 1) + 3 * m->cfg.n_head;
+	return circ_topo_recv_mlp(m->topo, layer);
 }
 
 int circ_recv_logits(const circ_model *m)
 {
-	return m->cfg.n_layer * (3 * m->cfg.n_head + 1);
+	return circ_topo_recv_logits(m->topo);
 }
 
 int circ_recv_stage(const circ_model *m, int recv)
 {
-	int per = 3 * m->cfg.n_head + 1, l = recv / per;
-	if (l >= m->cfg.n_layer)
-		return 2 * m->cfg.n_layer;
-	return 2 * l + (recv % per == 3 * m->cfg.n_head);
+	CIRC_ASSERT(recv >= 0 && recv < m->topo->n_recv);
+	return m->topo->recv[recv].stage;
 }
 
 int circ_node_stage(const circ_model *m, int node)
 {
-	int l, h;
-	if (node == 0)
-		return -1;
-	l = (node - 1) / (m->cfg.n_head + 1);
-	h = (node - 1) % (m->cfg.n_head + 1);
-	return 2 * l + (h == m->cfg.n_head);
+	CIRC_ASSERT(node >= 0 && node < m->topo->n_up);
+	return m->topo->node[node].stage;
 }
 
 /* ================================================================ runs */
@@ -142,7 +156,7 @@ static size_t run_layout(circ_run *r, char *base)
 	CARVE(logits, float, rows * r->V);
 	CARVE(reads, circ_read, rows);
 	for (int u = 0; u < r->U; u++) {
-		int is_head = u > 0 && (u - 1) % (r->H + 1) != r->H;
+		int is_head = r->m->topo->node[u].kind == CIRC_NODE_HEAD;
 		if (is_head && !r->o.keep_nodes) {
 			if (base)
 				r->node[u] = NULL;

@@ -11,8 +11,9 @@
  *   rows (positions at which logits are computed), U upstream nodes,
  *   R receivers.
  *
- * Nodes and receivers (EAP-IG / MIB conventions; lib/graph.h names them and
- * uses exactly this numbering):
+ * Nodes and receivers (EAP-IG / MIB conventions; lib/topology numbers them,
+ * the model keeps an edge-level topology of its config and the numbering
+ * functions below ask it; lib/graph names them):
  *   upstream node u: 0 = input; then for each layer l the heads a{l}.h{h}
  *     (u = 1 + l*(H+1) + h) and then m{l} (u = 1 + l*(H+1) + H).
  *     U = 1 + L*(H+1). (graph.h calls this n_up; its node index n_up is the
@@ -56,7 +57,8 @@
  * is set to one thread, process-wide, at every forward and backward) and
  * circ's kernels are split.
  *
- * Layering: model uses util, stream (dtypes), safetensors and kernels.
+ * Layering: model uses util, stream (dtypes), safetensors, kernels and
+ * topology.
  */
 #ifndef CIRC_MODEL_H
 #define CIRC_MODEL_H
@@ -64,6 +66,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "topology.h"
 #include "util.h"
 
 /* ---- configuration ---- */
@@ -197,16 +200,18 @@ int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
 int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed, const char *dtype,
 			    circ_error *e);
 
-/* ---- numbering (no checks: arguments must be in range) ---- */
+/* ---- numbering (lib/topology's; arguments checked with CIRC_ASSERT) ---- */
 
+/* The model's edge-level topology (nodes, receivers, stages); lives as long
+ * as the model. A hook finds its stage's kind, layer and receivers there. */
+const circ_topology *circ_model_topology(const circ_model *m);
 int circ_model_n_up(const circ_model *m);   /* U = 1 + L*(H+1) */
 int circ_model_n_recv(const circ_model *m); /* R = L*(3H+1) + 1 */
 int circ_node_input(const circ_model *m);   /* 0 */
 int circ_node_head(const circ_model *m, int layer, int head);
 int circ_node_mlp(const circ_model *m, int layer);
-/* Which input of a head a receiver is (the order of its three receivers). */
-typedef enum circ_qkv { CIRC_QKV_Q, CIRC_QKV_K, CIRC_QKV_V } circ_qkv;
-int circ_recv_qkv(const circ_model *m, int layer, int head, circ_qkv c);
+/* Receiver of a head's input k: CIRC_RECV_Q, CIRC_RECV_K or CIRC_RECV_V. */
+int circ_recv_qkv(const circ_model *m, int layer, int head, circ_recv_kind k);
 int circ_recv_mlp(const circ_model *m, int layer);
 int circ_recv_logits(const circ_model *m);
 /* Stage whose input a receiver reads: 2l for q/k/v of layer l, 2l+1 for m{l},
@@ -264,19 +269,14 @@ typedef struct circ_read {
 	int32_t b, t;
 } circ_read;
 
-typedef enum circ_stage_kind {
-	CIRC_STAGE_ATTN, /* before layer l's attention (its q/k/v receivers) */
-	CIRC_STAGE_MLP,	 /* before layer l's MLP (its m receiver) */
-	CIRC_STAGE_FINAL /* before ln_f (the logits receiver); layer == L */
-} circ_stage_kind;
-
-/* Forward hook: called before each stage from the start stage on. It may
+/* Forward hook: called before each stage s (an index of the model's
+ * topology: circ_model_topology(m)->stage[s] gives its kind, layer and
+ * receivers) from the start stage on. It may
  * read the outputs of every node computed so far (circ_run_node_out) and
  * the stage's residual (circ_run_resid), and set deltas on the receivers of
  * this stage (circ_run_delta). Return 0, or -1 with a message to abort the
  * forward (the run's contents are then unspecified). */
-typedef int (*circ_fwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind stage,
-			     circ_error *e);
+typedef int (*circ_fwd_hook)(void *ctx, circ_run *r, int stage, circ_error *e);
 
 typedef struct circ_fwd {
 	const int32_t *tokens; /* (B, T) token ids, each in [0, V) */
@@ -366,11 +366,10 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 
 /* ---- backward ---- */
 
-/* Backward hook: called once per stage, from 2L down to 0, when the
+/* Backward hook: called once per stage s, from 2L down to 0, when the
  * gradients of that stage's receivers (circ_run_recv_grad) and of the
  * residual feeding it are final. Return 0, or -1 with a message to abort. */
-typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind stage,
-			     circ_error *e);
+typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int stage, circ_error *e);
 
 typedef struct circ_bwd {
 	const float *dlogits; /* (N, V): d metric / d logits at the read rows of

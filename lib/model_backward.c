@@ -47,7 +47,8 @@ static float *recv_grad_buf(const circ_run *r, int recv)
 		return r->drecv + (size_t)recv * r->rows * r->C;
 	if (s & 1)
 		return r->drecv;
-	return r->drecv + (size_t)(recv - circ_recv_qkv(r->m, s / 2, 0, 0)) * r->rows * r->C;
+	return r->drecv +
+	       (size_t)(recv - circ_recv_qkv(r->m, s / 2, 0, CIRC_RECV_Q)) * r->rows * r->C;
 }
 
 const float *circ_run_recv_grad(const circ_run *r, int recv)
@@ -138,11 +139,8 @@ static void embed_grad(const circ_run *r, circ_weights *dw)
 
 static int call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
 {
-	circ_stage_kind k = s == 2 * r->L ? CIRC_STAGE_FINAL
-			    : (s & 1)	  ? CIRC_STAGE_MLP
-					  : CIRC_STAGE_ATTN;
 	r->bwd_stage = s;
-	if (b->hook && b->hook(b->hook_ctx, r, s / 2, k, e) < 0)
+	if (b->hook && b->hook(b->hook_ctx, r, s, e) < 0)
 		return -1;
 	return 0;
 }
@@ -240,7 +238,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		}
 		/* attention */
 		{
-			int s = 2 * l, r0 = circ_recv_qkv(r->m, l, 0, 0), npatched = 0;
+			int s = 2 * l, r0 = circ_recv_qkv(r->m, l, 0, CIRC_RECV_Q), npatched = 0;
 			const float *g = dresid_at(r, s + 1), *x = resid_at(r, s);
 			float *gx = dresid_at(r, s);
 			const float *qkv = r->qkv + (size_t)l * r->rows * C3;

@@ -16,14 +16,10 @@
 
 static int call_hook(circ_run *r, const circ_fwd *f, int s, circ_error *e)
 {
-	int layer = s / 2;
-	circ_stage_kind k = s == 2 * r->L ? CIRC_STAGE_FINAL
-			    : (s & 1)	  ? CIRC_STAGE_MLP
-					  : CIRC_STAGE_ATTN;
 	if (!f->hook)
 		return 0;
 	r->in_fwd = s;
-	if (f->hook(f->hook_ctx, r, layer, k, e) < 0) {
+	if (f->hook(f->hook_ctx, r, s, e) < 0) {
 		r->in_fwd = -1;
 		return -1;
 	}
@@ -108,7 +104,7 @@ static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n)
 /* Column block k (of 3H, D wide) is receiver (h = k % H, c = k / H). */
 static int qkv_recv_of_col(const circ_run *r, int l, int k)
 {
-	return circ_recv_qkv(r->m, l, k % r->H, k / r->H);
+	return circ_recv_qkv(r->m, l, k % r->H, (circ_recv_kind)(CIRC_RECV_Q + k / r->H));
 }
 
 static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
@@ -183,7 +179,7 @@ static void attn_stage(circ_run *r, int l)
 	float *qkv = r->qkv + (size_t)l * r->rows * C3;
 	float *att = r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
 	float *z = r->z + (size_t)l * r->rows * C;
-	int r0 = circ_recv_qkv(r->m, l, 0, 0), npatched = 0;
+	int r0 = circ_recv_qkv(r->m, l, 0, CIRC_RECV_Q), npatched = 0;
 	for (int j = 0; j < 3 * r->H; j++)
 		npatched += r->delta_on[r0 + j] != 0;
 	if (npatched == 0 && (r->o.reference || !circ_gemm_acc_fast((int)C3))) {

@@ -41,6 +41,7 @@ struct circ_model {
 	float *own; /* converted tensors of a loaded model */
 	char digest[72];
 	int have_digest;
+	circ_topology *topo; /* edge level, made from cfg (model_topology_make) */
 };
 
 struct circ_run {
@@ -114,6 +115,11 @@ int model_config_parse(const char *path, const char *text, size_t len, circ_conf
 char *model_join_path(const char *dir, const char *name);
 int model_is_dir(const char *p);
 char *model_config_text(const circ_config *c);
+
+/* ---- numbering (model.c) ---- */
+
+/* Makes m->topo from m->cfg: -1 with a message if it cannot be made. */
+int model_topology_make(circ_model *m, circ_error *e);
 
 /* ---- runs (model.c), for the forward and the backward ---- */
 

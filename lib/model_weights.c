@@ -151,6 +151,7 @@ void circ_model_free(circ_model *m)
 	if (!m)
 		return;
 	circ_st_close(m->st);
+	circ_topology_free(m->topo);
 	free(m->own);
 	free(m->w.mem);
 	free(m->w.layers);
@@ -305,6 +306,8 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	if (!found[lm_idx])
 		m->w.lm_head = m->w.wte;
 	m->w.n_params = circ_config_n_params(&m->cfg);
+	if (model_topology_make(m, e) < 0)
+		goto fail;
 	free(tab);
 	free(found);
 	free(cfg_path);
@@ -334,6 +337,10 @@ circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e)
 	if (!m->w.lm_head)
 		m->w.lm_head = m->w.wte;
 	memset(w, 0, sizeof *w);
+	if (model_topology_make(m, e) < 0) {
+		circ_model_free(m);
+		return NULL;
+	}
 	return m;
 }
 
