@@ -179,7 +179,9 @@ static void accumulate_core(double *sum, const circ_graph *g, const circ_topolog
 			    double scale, int u_lo, int u_hi, float *gcopy, float *S)
 {
 	size_t tc = (size_t)T * (size_t)C, btc = (size_t)B * tc;
-	int *gr = circ_xmalloc((size_t)mt->n_recv * sizeof *gr);
+	int *gr;
+	CIRC_ASSERT(g->topo->dense); /* edge(u -> r) = recv_first[r] + u */
+	gr = circ_xmalloc((size_t)mt->n_recv * sizeof *gr);
 	for (int mr = 0; mr < mt->n_recv; mr++) {
 		gr[mr] = circ_topo_map_recv(mt, mr, g->topo);
 		CIRC_ASSERT(gr[mr] >= 0);

@@ -16,23 +16,13 @@
  * A node-level graph treats each head as one receiver (no q/k/v split): its
  * edges are written `a0.h1->a2.h3`. Everything else is the same.
  *
- * Numbering (made by lib/topology, which the model and the patching code
- * ask too; do not change it):
- *   upstream index u:  0 = input; then for each layer l: heads a{l}.h0 ..
- *                      a{l}.h{H-1}, then m{l}.  n_up = 1 + L*(H+1).
- *                      u = 1 + l*(H+1) + h for a head, 1 + l*(H+1) + H for m{l}.
- *   receiver index r:  edge level: for each layer l: for each head h: q, k,
- *                      v; then m{l}; finally logits.  n_recv = L*(3H+1) + 1.
- *                      r = l*(3H+1) + 3h + c (c = 0 q, 1 k, 2 v), l*(3H+1) + 3H
- *                      for m{l}, L*(3H+1) for logits.
- *                      node level: for each layer l: heads h0..h{H-1}, then
- *                      m{l}; finally logits.  n_recv = L*(H+1) + 1.
- *   node index:        the upstream index for input, heads and MLPs; logits
- *                      is n_up.  n_nodes = n_up + 1.
- *   edge index e:      canonical order, by receiver, then upstream. The
- *                      upstream nodes feeding a receiver are always a prefix
- *                      0 .. n_in(r)-1 of the upstream order, so
- *                      e = recv_first[r] + u, with no search.
+ * Numbering: lib/topology's (topology.h writes it out; do not change it):
+ * upstream nodes u (input, then per layer its heads and its MLP; n_up =
+ * 1 + L*(H+1)), the node index (logits is n_up), receivers r (per layer each
+ * head's q, k, v, or the head at node level, then the MLP's, then logits)
+ * and edges e in canonical order, by receiver, then upstream; the upstream
+ * nodes feeding a receiver are a prefix 0 .. n_in(r)-1, so e =
+ * recv_first[r] + u.
  *   Note: EAP-IG's own "backward index" groups a layer's receivers as all q,
  *   then all k, then all v; circ groups them by head. Names are the same, so
  *   exchange by name (circ-render --format json) is unaffected.

@@ -468,6 +468,7 @@ static void store_sum(circ_run *r, int recv)
 static int set_sum(circ_run *r, int recv, const float *base, circ_sign sign, int k,
 		   const float *const *terms, int abs)
 {
+	CIRC_ASSERT(k <= 0 || terms != NULL);
 	if (recv < 0 || recv >= r->R || r->in_fwd < 0 || circ_recv_stage(r->m, recv) < r->in_fwd ||
 	    k < 0 || k > r->U || (sign != CIRC_SIGN_PLUS && sign != CIRC_SIGN_MINUS) ||
 	    (abs && !base))

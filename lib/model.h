@@ -11,16 +11,12 @@
  *   rows (positions at which logits are computed), U upstream nodes,
  *   R receivers.
  *
- * Nodes and receivers (EAP-IG / MIB conventions; lib/topology numbers them,
- * the model keeps an edge-level topology of its config and the numbering
- * functions below ask it; lib/graph names them):
- *   upstream node u: 0 = input; then for each layer l the heads a{l}.h{h}
- *     (u = 1 + l*(H+1) + h) and then m{l} (u = 1 + l*(H+1) + H).
- *     U = 1 + L*(H+1). (graph.h calls this n_up; its node index n_up is the
- *     logits node, which has no output here.)
- *   receiver r: for each layer l, for each head h, its q, k and v inputs
- *     (r = l*(3H+1) + 3h + c, c = 0 q, 1 k, 2 v), then m{l}
- *     (r = l*(3H+1) + 3H); finally logits (r = L*(3H+1)). R = L*(3H+1) + 1.
+ * Nodes, receivers and stages are numbered by lib/topology (topology.h
+ * writes the numbering out; EAP-IG / MIB conventions): the model keeps an
+ * edge-level topology of its config (circ_model_topology) and the numbering
+ * functions below ask it; lib/graph names them. In short: node 0 the input,
+ * then per layer its heads and its MLP (U = 1 + L*(H+1)); receivers per
+ * layer each head's q, k, v, then the MLP's, then logits (R = L*(3H+1) + 1).
  *   What a node outputs:
  *     input  the token embedding wte[token] (default), or token plus
  *            positional embedding when the run uses the ACDC convention;
@@ -35,10 +31,9 @@
  *   by the forward hook; the residual itself is always the plain sum of the
  *   current run's node outputs and the constants.
  *
- * Stages: the forward is a sequence of stages s = 0 .. 2L: stage 2l is layer
- * l's attention, 2l+1 its MLP, 2L the final LayerNorm and unembedding.
- * Residual s (B, T, C) is the input of stage s: residual 2l feeds the q/k/v
- * receivers of layer l, residual 2l+1 feeds m{l}, residual 2L feeds logits.
+ * Stages (topology.h): the forward is a sequence of stages s = 0 .. 2L:
+ * stage 2l is layer l's attention, 2l+1 its MLP, 2L the final LayerNorm and
+ * unembedding. Residual s (B, T, C) is the input of stage s. Hooks get s.
  *
  * Memory: weights are memory-mapped (F32, aligned) or converted once to f32
  * (F16, BF16); a run owns one activation arena sized from the config and the

@@ -306,7 +306,10 @@ static int set_reads(circ_run *r, const circ_fwd *f, circ_error *e)
 
 int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 {
-	int s0 = f->start_stage, S = 2 * r->L;
+	int s0, S;
+	CIRC_ASSERT(r != NULL && f != NULL);
+	s0 = f->start_stage;
+	S = circ_topo_stage_final(r->m->topo);
 	if (f->B < 1 || f->B > r->max_b)
 		return circ_errorf(e, "batch of %d sequences (this run takes 1-%d)", f->B,
 				   r->max_b);
@@ -377,6 +380,7 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_error *e)
 {
 	size_t n, C;
+	CIRC_ASSERT(dst != NULL && src != NULL);
 	if (dst->m != src->m && (dst->L != src->L || dst->H != src->H || dst->C != src->C))
 		return circ_errorf(e, "runs of different models");
 	if (dst->o.keep_nodes != src->o.keep_nodes ||

@@ -887,6 +887,7 @@ static void mark_alive(circ_patcher *p)
 int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *out, circ_error *e)
 {
 	int live = 0;
+	CIRC_ASSERT(p->b != NULL && keep != NULL && out != NULL); /* a batch loaded */
 	p->mode = MODE_CIRCUIT;
 	p->keep = keep;
 	mark_alive(p);
@@ -912,6 +913,7 @@ int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *o
 
 int circ_patcher_eval_edge(circ_patcher *p, int64_t edge, double *out, circ_error *e)
 {
+	CIRC_ASSERT(p->b != NULL && edge >= 0 && edge < p->g->n_edges);
 	p->mode = MODE_EDGE;
 	p->edge = edge;
 	return patched_forward(p, circ_patcher_recv_stage(p, p->g->edge_recv[edge]), out, e);
