@@ -219,6 +219,10 @@ static void test_gpt2_small(void)
 					snprintf(up, sizeof up, "a%d.h%d", (u - 1) / 13,
 						 (u - 1) % 13);
 				snprintf(want, sizeof want, "%s->%s", up, recv);
+				if (i >= g->n_edges) {
+					bad++;
+					continue;
+				}
 				circ_graph_edge_name(g, i, got, sizeof got);
 				bad += strcmp(got, want) != 0;
 			}
