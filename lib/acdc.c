@@ -51,7 +51,7 @@ int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *ke
 	double cur;
 	*tests = 0;
 	memset(keep, 1, (size_t)g->n_edges);
-	if (loss(ps, n, keep, 2 * g->n_layer + 1, &cur, e) < 0)
+	if (loss(ps, n, keep, g->topo->n_stage, &cur, e) < 0)
 		return -1;
 	for (int r = g->n_recv - 1; r >= 0; r--) {
 		int node, stage = circ_patcher_recv_stage(ps[0], r);

@@ -50,18 +50,30 @@ struct circ_attrib {
 	int steps;
 	double *sum; /* (E) */
 	int64_t count;
-	int L, H, U, R, C, V;
-	float *diff;	/* (B, U, T*C) ref - clean */
-	float *gacc;	/* (R, B, T, C) summed gradients (IG) */
-	float *S;	/* (U, 3H+1) */
-	float *gcopy;	/* (3H+1, T*C) gradients gathered when not evenly strided */
-	float *dlogits; /* (N, V) */
-	float *x;	/* (B, T, C) interpolated input / activation delta */
+	const circ_topology *mt; /* the model's (edge level) */
+	int U, R, C, V;
+	int max_recv;			  /* most model receivers of one stage (Rs) */
+	float *diff;			  /* (B, U, T*C) ref - clean */
+	float *gacc;			  /* (R, B, T, C) summed gradients (IG) */
+	float *S;			  /* (U, Rs) */
+	float *gcopy;			  /* (Rs, T*C) gradients gathered when not evenly strided */
+	float *dlogits;			  /* (N, V) */
+	float *x;			  /* (B, T, C) interpolated input / activation delta */
 	size_t cap_btc, cap_tc, cap_rows; /* B*T*C, T*C and N the buffers hold */
 	/* eap-ig-activations hook state */
 	int unit_stage;
 	const float *unit_delta; /* (B, T, C) */
 };
+
+/* Most receivers of one stage of t. */
+static int stage_max_recv(const circ_topology *t)
+{
+	int n = 0;
+	for (int s = 0; s < t->n_stage; s++)
+		if (t->stage[s].n_recv > n)
+			n = t->stage[s].n_recv;
+	return n;
+}
 
 circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps)
 {
@@ -71,15 +83,15 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 	a->p = p;
 	a->method = method;
 	a->steps = steps < 1 ? 1 : steps;
-	a->L = c->n_layer;
-	a->H = c->n_head;
+	a->mt = circ_model_topology(m);
+	a->max_recv = stage_max_recv(a->mt);
 	a->C = c->n_embd;
 	a->V = c->vocab_size;
 	a->U = circ_model_n_up(m);
 	a->R = circ_model_n_recv(m);
 	a->sum = circ_xcalloc((size_t)circ_patcher_graph(p)->n_edges, sizeof(double));
 	if (method != CIRC_ATTR_EXACT)
-		a->S = circ_xmalloc((size_t)a->U * (size_t)(3 * a->H + 1) * sizeof(float));
+		a->S = circ_xmalloc((size_t)a->U * (size_t)a->max_recv * sizeof(float));
 	return a;
 }
 
@@ -111,7 +123,7 @@ static void fit_batch(circ_attrib *a, int all)
 	}
 	if (tc > a->cap_tc) {
 		free(a->gcopy);
-		a->gcopy = circ_xalloc_aligned((size_t)(3 * a->H + 1) * tc * sizeof(float));
+		a->gcopy = circ_xalloc_aligned((size_t)a->max_recv * tc * sizeof(float));
 		a->cap_tc = tc;
 	}
 }
@@ -157,29 +169,32 @@ static const float *grad_of(const circ_attrib *a, int mr, size_t btc)
 
 /* The shared core: sum[edge(u->r)] += scale * diff_u . grad_r for u in
  * [u_lo, u_hi), over B examples of T tokens. diff is (B, U, T*C); grads[mr]
- * is model receiver mr's gradient (B, T, C). gcopy and S are scratch:
- * (3H+1, T*C) and (U, 3H+1). Receiver numbering is the model's; node-level
- * graphs sum a head's q, k and v. */
-static void accumulate_core(double *sum, const circ_graph *g, int H, int U, int C, int B, int T,
-			    const float *diff, const float *const *grads, double scale, int u_lo,
-			    int u_hi, float *gcopy, float *S)
+ * is model receiver mr's gradient (B, T, C), mt the model's topology.
+ * gcopy and S are scratch: (Rs, T*C) and (U, Rs), Rs the most receivers of
+ * a stage. Each graph receiver gets the sum of its model receivers' scores
+ * (a node-level head sums its q, k and v), added up in double in the
+ * model's order. */
+static void accumulate_core(double *sum, const circ_graph *g, const circ_topology *mt, int U, int C,
+			    int B, int T, const float *diff, const float *const *grads,
+			    double scale, int u_lo, int u_hi, float *gcopy, float *S)
 {
-	int L = g->n_layer;
 	size_t tc = (size_t)T * (size_t)C, btc = (size_t)B * tc;
-	for (int s = 0; s <= 2 * L; s++) {
-		int l = s / 2, mr0, nr, n_in, lo, hi;
+	int *gr;
+	CIRC_ASSERT(g->topo->dense); /* edge(u -> r) = recv_first[r] + u */
+	gr = circ_xmalloc((size_t)mt->n_recv * sizeof *gr);
+	for (int mr = 0; mr < mt->n_recv; mr++) {
+		gr[mr] = circ_topo_map_recv(mt, mr, g->topo);
+		CIRC_ASSERT(gr[mr] >= 0);
+	}
+	for (int s = 0; s < mt->n_stage; s++) {
+		const circ_topo_stage *st = &mt->stage[s];
+		int mr0 = st->first_recv, nr = st->n_recv, n_in = st->n_in, lo, hi;
 		const float *g0;
 		size_t ldb;
 		int strided = 1;
-		if (s == 2 * L)
-			mr0 = L * (3 * H + 1), nr = 1, n_in = U;
-		else if (s % 2 == 0)
-			mr0 = l * (3 * H + 1), nr = 3 * H, n_in = 1 + l * (H + 1);
-		else
-			mr0 = l * (3 * H + 1) + 3 * H, nr = 1, n_in = 1 + l * (H + 1) + H;
 		lo = u_lo;
 		hi = u_hi < n_in ? u_hi : n_in;
-		if (lo >= hi)
+		if (lo >= hi || nr == 0)
 			continue;
 		g0 = grads[mr0];
 		for (int j = 1; j < nr; j++)
@@ -202,27 +217,17 @@ static void accumulate_core(double *sum, const circ_graph *g, int H, int U, int 
 				    1.0f, A, (int)tc, Bm, (int)ldb, 0.0f, S, nr);
 			for (int u = lo; u < hi; u++) {
 				const float *Su = S + (size_t)(u - lo) * nr;
-				if (s == 2 * L) {
-					sum[g->recv_first[circ_graph_recv_logits(g)] + u] +=
-					    scale * Su[0];
-				} else if (s % 2 == 1) {
-					sum[g->recv_first[circ_graph_recv_mlp(g, l)] + u] +=
-					    scale * Su[0];
-				} else if (g->level == CIRC_LEVEL_EDGE) {
-					for (int j = 0; j < nr; j++)
-						sum[g->recv_first[circ_graph_recv_head(g, l, j / 3,
-										       j % 3)] +
-						    u] += scale * Su[j];
-				} else {
-					for (int h = 0; h < H; h++)
-						sum[g->recv_first[circ_graph_recv_head(g, l, h,
-										       0)] +
-						    u] += scale * ((double)Su[3 * h] +
-								   Su[3 * h + 1] + Su[3 * h + 2]);
+				for (int j = 0; j < nr;) {
+					int r = gr[mr0 + j];
+					double acc = Su[j++];
+					while (j < nr && gr[mr0 + j] == r)
+						acc += Su[j++];
+					sum[g->recv_first[r] + u] += scale * acc;
 				}
 			}
 		}
 	}
+	free(gr);
 }
 
 static void accumulate(circ_attrib *a, double scale, int u_lo, int u_hi)
@@ -232,7 +237,7 @@ static void accumulate(circ_attrib *a, double scale, int u_lo, int u_hi)
 	const float **grads = circ_xmalloc((size_t)a->R * sizeof *grads);
 	for (int r = 0; r < a->R; r++)
 		grads[r] = grad_of(a, r, btc);
-	accumulate_core(a->sum, circ_patcher_graph(a->p), a->H, a->U, a->C, b->B, b->T, a->diff,
+	accumulate_core(a->sum, circ_patcher_graph(a->p), a->mt, a->U, a->C, b->B, b->T, a->diff,
 			grads, scale, u_lo, u_hi, a->gcopy, a->S);
 	free(grads);
 }
@@ -240,17 +245,34 @@ static void accumulate(circ_attrib *a, double scale, int u_lo, int u_hi)
 void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const float *diff,
 		  const float *grad)
 {
-	int H = g->n_head, U = g->n_up, R = g->n_layer * (3 * H + 1) + 1;
+	circ_topology *own = NULL;
+	const circ_topology *mt = g->topo;
+	int U = g->n_up, R, Rs;
 	size_t tc = (size_t)T * (size_t)d_model;
-	const float **grads = circ_xmalloc((size_t)R * sizeof *grads);
-	float *gcopy = circ_xmalloc((size_t)(3 * H + 1) * tc * sizeof(float));
-	float *S = circ_xmalloc((size_t)U * (size_t)(3 * H + 1) * sizeof(float));
+	const float **grads;
+	float *gcopy, *S;
+	if (g->level != CIRC_LEVEL_EDGE) {
+		/* the model's receivers: the edge-level topology of the shape */
+		circ_topo_desc d = g->topo->d;
+		circ_error e;
+		d.level = CIRC_LEVEL_EDGE;
+		d.recv_kinds = 0;
+		own = circ_topology_new(&d, &e);
+		CIRC_ASSERT(own != NULL); /* the graph's shape was accepted */
+		mt = own;
+	}
+	R = mt->n_recv;
+	Rs = stage_max_recv(mt);
+	grads = circ_xmalloc((size_t)R * sizeof *grads);
+	gcopy = circ_xmalloc((size_t)Rs * tc * sizeof(float));
+	S = circ_xmalloc((size_t)U * (size_t)Rs * sizeof(float));
 	for (int r = 0; r < R; r++)
 		grads[r] = grad + (size_t)r * tc;
-	accumulate_core(sum, g, H, U, d_model, 1, T, diff, grads, 1.0, 0, U, gcopy, S);
+	accumulate_core(sum, g, mt, U, d_model, 1, T, diff, grads, 1.0, 0, U, gcopy, S);
 	free(grads);
 	free(gcopy);
 	free(S);
+	circ_topology_free(own);
 }
 
 static void make_diff(circ_attrib *a)
@@ -315,29 +337,17 @@ static void fwd_clean_setup(circ_attrib *a, circ_fwd *f, circ_read *reads)
 	f->reads = reads;
 }
 
-static int act_hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, circ_error *e)
+static int act_hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_attrib *a = ctx;
-	const circ_model *m = circ_patcher_model(a->p);
 	const circ_batch *b = circ_patcher_batch(a->p);
 	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
-	int s = sk == CIRC_STAGE_ATTN ? 2 * layer : sk == CIRC_STAGE_MLP ? 2 * layer + 1 : 2 * a->L;
-	int mr[64 * 3 + 1], n = 0;
+	const circ_topo_stage *st = &a->mt->stage[s];
 	(void)e;
 	if (s <= a->unit_stage)
 		return 0;
-	if (sk == CIRC_STAGE_ATTN) {
-		for (int h = 0; h < a->H; h++)
-			for (int c = 0; c < 3; c++) {
-				float *d = circ_run_delta(run, circ_recv_qkv(m, layer, h, c));
-				for (size_t i = 0; i < btc; i++)
-					d[i] += a->unit_delta[i];
-			}
-		return 0;
-	}
-	mr[n++] = sk == CIRC_STAGE_MLP ? circ_recv_mlp(m, layer) : circ_recv_logits(m);
-	for (int j = 0; j < n; j++) {
-		float *d = circ_run_delta(run, mr[j]);
+	for (int r = st->first_recv; r < st->first_recv + st->n_recv; r++) {
+		float *d = circ_run_delta(run, r);
 		for (size_t i = 0; i < btc; i++)
 			d[i] += a->unit_delta[i];
 	}
@@ -350,16 +360,16 @@ static int batch_ig_activations(circ_attrib *a, circ_progress *pr, circ_error *e
 	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
 	circ_read *reads = circ_xmalloc((size_t)b->n_read * sizeof *reads);
 	int rc = 0;
-	/* units: input, then per layer its heads and its MLP */
-	for (int unit = 0; unit < 1 + 2 * a->L && rc == 0; unit++) {
+	/* units: the input, then the nodes of each stage (per layer its heads,
+	 * then its MLP); unit k > 0 is made by stage k - 1 */
+	for (int unit = 0; unit < a->mt->n_stage && rc == 0; unit++) {
 		int u0, nu;
-		if (unit == 0)
-			u0 = 0, nu = 1, a->unit_stage = -1;
-		else if (unit % 2 == 1)
-			u0 = 1 + (unit / 2) * (a->H + 1), nu = a->H, a->unit_stage = unit - 1;
-		else
-			u0 = 1 + (unit / 2 - 1) * (a->H + 1) + a->H, nu = 1,
-			a->unit_stage = unit - 1;
+		if (unit == 0) {
+			u0 = circ_topo_node_input(a->mt), nu = 1, a->unit_stage = -1;
+		} else {
+			const circ_topo_stage *st = &a->mt->stage[unit - 1];
+			u0 = st->first_node, nu = st->n_node, a->unit_stage = unit - 1;
+		}
 		memset(a->gacc, 0, (size_t)a->R * btc * sizeof(float));
 		for (int k = 1; k <= a->steps && rc == 0; k++) {
 			double alpha = (double)k / a->steps;

@@ -2,13 +2,11 @@
  * graph: nodes, receivers and edges of a transformer's computational graph
  * (see graph.h for the numbering and the conventions).
  *
- * Design: every index is arithmetic on (layer, head), so lookups need no
- * hash map. The upstream nodes feeding any receiver form a prefix of the
- * upstream order (input, then layer by layer heads then MLP), which makes
- * "edge index = first edge of the receiver + upstream index". The graph
- * still materialises per-edge arrays (edge_up, edge_recv) and the dense
- * (receiver, upstream) mask, because callers iterate over them in tight
- * loops; for GPT-2 small that is about 300 KB.
+ * Design: lib/topology numbers nodes, receivers and edges (the upstream
+ * nodes feeding any receiver form a prefix of the upstream order, which
+ * makes "edge index = first edge of the receiver + upstream index"); the
+ * graph adds names, the input convention, stream headers and the dense
+ * (receiver, upstream) mask, which callers read in tight loops.
  *
  * Names are parsed strictly so that each edge has exactly one spelling:
  * decimal numbers without sign or leading zeros, nothing after the name.
@@ -23,65 +21,32 @@
 
 /* ---- shape ---- */
 
-static int recvs_per_layer(const circ_graph *g)
-{
-	return g->level == CIRC_LEVEL_EDGE ? 3 * g->n_head + 1 : g->n_head + 1;
-}
-
 circ_graph *circ_graph_new(int n_layer, int n_head, circ_graph_level level, circ_error *e)
 {
-	if (n_layer < 1 || n_layer > CIRC_GRAPH_MAX_LAYER) {
-		circ_errorf(e, "graph: n_layer %d out of range (1-%d)", n_layer,
-			    CIRC_GRAPH_MAX_LAYER);
+	circ_topo_desc d;
+	circ_topology *t;
+	circ_graph *g;
+	circ_topo_desc_init(&d, n_layer, n_head);
+	d.level = level;
+	t = circ_topology_new(&d, e);
+	if (!t)
 		return NULL;
-	}
-	if (n_head < 1 || n_head > CIRC_GRAPH_MAX_HEAD) {
-		circ_errorf(e, "graph: n_head %d out of range (1-%d)", n_head, CIRC_GRAPH_MAX_HEAD);
-		return NULL;
-	}
-	if (level != CIRC_LEVEL_EDGE && level != CIRC_LEVEL_NODE) {
-		circ_errorf(e, "graph: bad level %d", (int)level);
-		return NULL;
-	}
-	circ_graph *g = circ_xcalloc(1, sizeof *g);
+	g = circ_xcalloc(1, sizeof *g);
+	g->topo = t;
 	g->n_layer = n_layer;
 	g->n_head = n_head;
 	g->level = level;
 	g->input = CIRC_INPUT_EAPIG;
-	g->n_up = 1 + n_layer * (n_head + 1);
-	g->n_recv = n_layer * recvs_per_layer(g) + 1;
-	g->n_nodes = g->n_up + 1;
-
-	g->recv_first = circ_xmalloc(((size_t)g->n_recv + 1) * sizeof *g->recv_first);
-	int64_t total = 0;
-	for (int r = 0; r < g->n_recv; r++) {
-		g->recv_first[r] = total;
-		total += circ_graph_recv_n_in(g, r);
-	}
-	g->recv_first[g->n_recv] = total;
-	/* Checked before the per-edge arrays exist: a header of a few bytes
-	 * must not make a reader allocate gigabytes. */
-	if (total > CIRC_GRAPH_MAX_EDGES) {
-		circ_graph_free(g);
-		circ_errorf(e,
-			    "graph: %d layers of %d heads make %lld edges, more than a dense "
-			    "graph holds (%lld)",
-			    n_layer, n_head, (long long)total, (long long)CIRC_GRAPH_MAX_EDGES);
-		return NULL;
-	}
-	g->n_edges = total;
-	g->edge_up = circ_xmalloc((size_t)total * sizeof *g->edge_up);
-	g->edge_recv = circ_xmalloc((size_t)total * sizeof *g->edge_recv);
+	g->n_up = t->n_up;
+	g->n_recv = t->n_recv;
+	g->n_nodes = t->n_nodes;
+	g->n_edges = t->n_edges;
+	g->recv_first = t->recv_first;
+	g->edge_up = t->edge_up;
+	g->edge_recv = t->edge_recv;
 	g->mask = circ_xcalloc((size_t)g->n_recv * (size_t)g->n_up, 1);
-	for (int r = 0; r < g->n_recv; r++) {
-		int n_in = circ_graph_recv_n_in(g, r);
-		int64_t first = g->recv_first[r];
-		for (int u = 0; u < n_in; u++) {
-			g->edge_up[first + u] = u;
-			g->edge_recv[first + u] = r;
-			g->mask[(size_t)r * (size_t)g->n_up + (size_t)u] = 1;
-		}
-	}
+	for (int64_t i = 0; i < g->n_edges; i++)
+		g->mask[(size_t)g->edge_recv[i] * (size_t)g->n_up + (size_t)g->edge_up[i]] = 1;
 	return g;
 }
 
@@ -89,9 +54,7 @@ void circ_graph_free(circ_graph *g)
 {
 	if (!g)
 		return;
-	free(g->recv_first);
-	free(g->edge_up);
-	free(g->edge_recv);
+	circ_topology_free(g->topo);
 	free(g->mask);
 	free(g);
 }
@@ -102,132 +65,85 @@ int circ_graph_same(const circ_graph *a, const circ_graph *b)
 	       a->input == b->input;
 }
 
-/* ---- numbering ---- */
+/* ---- numbering: lib/topology's ---- */
 
 int circ_graph_up_input(const circ_graph *g)
 {
-	(void)g;
-	return 0;
+	return circ_topo_node_input(g->topo);
 }
 
 int circ_graph_up_head(const circ_graph *g, int layer, int head)
 {
-	return 1 + layer * (g->n_head + 1) + head;
+	return circ_topo_node_head(g->topo, layer, head);
 }
 
 int circ_graph_up_mlp(const circ_graph *g, int layer)
 {
-	return 1 + layer * (g->n_head + 1) + g->n_head;
+	return circ_topo_node_mlp(g->topo, layer);
 }
 
 int circ_graph_node_logits(const circ_graph *g)
 {
-	return g->n_up;
+	return circ_topo_node_logits(g->topo);
 }
 
-int circ_graph_recv_head(const circ_graph *g, int layer, int head, int c)
+int circ_graph_recv_head(const circ_graph *g, int layer, int head, circ_recv_kind k)
 {
-	if (g->level == CIRC_LEVEL_NODE)
-		return layer * (g->n_head + 1) + head;
-	return layer * (3 * g->n_head + 1) + 3 * head + c;
+	return circ_topo_recv_head(g->topo, layer, head, k);
 }
 
 int circ_graph_recv_mlp(const circ_graph *g, int layer)
 {
-	return layer * recvs_per_layer(g) + recvs_per_layer(g) - 1;
+	return circ_topo_recv_mlp(g->topo, layer);
 }
 
 int circ_graph_recv_logits(const circ_graph *g)
 {
-	return g->n_recv - 1;
+	return circ_topo_recv_logits(g->topo);
 }
 
 int circ_graph_recv_n_in(const circ_graph *g, int r)
 {
-	if (r == g->n_recv - 1)
-		return g->n_up;
-	int per = recvs_per_layer(g);
-	int layer = r / per, within = r % per;
-	int below = 1 + layer * (g->n_head + 1); /* input and every earlier layer */
-	return within == per - 1 ? below + g->n_head : below;
+	return circ_topo_recv_n_in(g->topo, r);
 }
 
 int64_t circ_graph_edge(const circ_graph *g, int r, int u)
 {
-	if (r < 0 || r >= g->n_recv || u < 0 || u >= circ_graph_recv_n_in(g, r))
-		return -1;
-	return g->recv_first[r] + u;
+	return circ_topo_edge(g->topo, r, u);
 }
 
 void circ_graph_node_info(const circ_graph *g, int node, circ_node_kind *kind, int *layer,
 			  int *head)
 {
-	circ_node_kind k;
-	int l = -1, h = -1;
-	if (node == 0) {
-		k = CIRC_NODE_INPUT;
-	} else if (node == g->n_up) {
-		k = CIRC_NODE_LOGITS;
-		l = g->n_layer;
-	} else {
-		l = (node - 1) / (g->n_head + 1);
-		int within = (node - 1) % (g->n_head + 1);
-		if (within == g->n_head) {
-			k = CIRC_NODE_MLP;
-		} else {
-			k = CIRC_NODE_HEAD;
-			h = within;
-		}
-	}
+	const circ_topo_node *n;
+	CIRC_ASSERT(node >= 0 && node < g->n_nodes);
+	n = &g->topo->node[node];
 	if (kind)
-		*kind = k;
+		*kind = n->kind;
 	if (layer)
-		*layer = l;
+		*layer = n->layer;
 	if (head)
-		*head = h;
+		*head = n->head;
 }
 
 void circ_graph_recv_info(const circ_graph *g, int r, circ_recv_kind *kind, int *node)
 {
-	circ_recv_kind k;
-	int n;
-	if (r == g->n_recv - 1) {
-		k = CIRC_RECV_LOGITS;
-		n = g->n_up;
-	} else {
-		int per = recvs_per_layer(g);
-		int layer = r / per, within = r % per;
-		if (within == per - 1) {
-			k = CIRC_RECV_MLP;
-			n = circ_graph_up_mlp(g, layer);
-		} else if (g->level == CIRC_LEVEL_NODE) {
-			k = CIRC_RECV_HEAD;
-			n = circ_graph_up_head(g, layer, within);
-		} else {
-			k = (circ_recv_kind)(within % 3);
-			n = circ_graph_up_head(g, layer, within / 3);
-		}
-	}
+	const circ_topo_recv *x;
+	CIRC_ASSERT(r >= 0 && r < g->n_recv);
+	x = &g->topo->recv[r];
 	if (kind)
-		*kind = k;
+		*kind = x->kind;
 	if (node)
-		*node = n;
+		*node = x->node;
 }
 
 int circ_graph_node_recvs(const circ_graph *g, int node, int *first)
 {
-	circ_node_kind k;
-	int l, h;
-	circ_graph_node_info(g, node, &k, &l, &h);
-	switch (k) {
-	case CIRC_NODE_INPUT: *first = -1; return 0;
-	case CIRC_NODE_HEAD:
-		*first = circ_graph_recv_head(g, l, h, 0);
-		return g->level == CIRC_LEVEL_EDGE ? 3 : 1;
-	case CIRC_NODE_MLP: *first = circ_graph_recv_mlp(g, l); return 1;
-	case CIRC_NODE_LOGITS:
-	default: *first = circ_graph_recv_logits(g); return 1;
-	}
+	const circ_topo_node *n;
+	CIRC_ASSERT(node >= 0 && node < g->n_nodes);
+	n = &g->topo->node[node];
+	*first = n->n_recv ? n->first_recv : -1;
+	return n->n_recv;
 }
 
 int circ_graph_node_layer(const circ_graph *g, int node)

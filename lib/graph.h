@@ -16,22 +16,13 @@
  * A node-level graph treats each head as one receiver (no q/k/v split): its
  * edges are written `a0.h1->a2.h3`. Everything else is the same.
  *
- * Numbering (shared with the model and patching code; do not change it):
- *   upstream index u:  0 = input; then for each layer l: heads a{l}.h0 ..
- *                      a{l}.h{H-1}, then m{l}.  n_up = 1 + L*(H+1).
- *                      u = 1 + l*(H+1) + h for a head, 1 + l*(H+1) + H for m{l}.
- *   receiver index r:  edge level: for each layer l: for each head h: q, k,
- *                      v; then m{l}; finally logits.  n_recv = L*(3H+1) + 1.
- *                      r = l*(3H+1) + 3h + c (c = 0 q, 1 k, 2 v), l*(3H+1) + 3H
- *                      for m{l}, L*(3H+1) for logits.
- *                      node level: for each layer l: heads h0..h{H-1}, then
- *                      m{l}; finally logits.  n_recv = L*(H+1) + 1.
- *   node index:        the upstream index for input, heads and MLPs; logits
- *                      is n_up.  n_nodes = n_up + 1.
- *   edge index e:      canonical order, by receiver, then upstream. The
- *                      upstream nodes feeding a receiver are always a prefix
- *                      0 .. n_in(r)-1 of the upstream order, so
- *                      e = recv_first[r] + u, with no search.
+ * Numbering: lib/topology's (topology.h writes it out; do not change it):
+ * upstream nodes u (input, then per layer its heads and its MLP; n_up =
+ * 1 + L*(H+1)), the node index (logits is n_up), receivers r (per layer each
+ * head's q, k, v, or the head at node level, then the MLP's, then logits)
+ * and edges e in canonical order, by receiver, then upstream; the upstream
+ * nodes feeding a receiver are a prefix 0 .. n_in(r)-1, so e =
+ * recv_first[r] + u.
  *   Note: EAP-IG's own "backward index" groups a layer's receivers as all q,
  *   then all k, then all v; circ groups them by head. Names are the same, so
  *   exchange by name (circ-render --format json) is unaffected.
@@ -47,7 +38,7 @@
  * before the layer's first LayerNorm, and logits reads the final residual
  * before ln_f. The graph only records the convention; the model applies it.
  *
- * Layering: graph uses util and stream (for the header map); patching, scoring
+ * Layering: graph uses util, topology and stream (for the header map); patching, scoring
  * and pruning use graph.
  */
 #ifndef CIRC_GRAPH_H
@@ -57,35 +48,16 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "topology.h"
 #include "util.h"
 
 /* Longest node, receiver or edge name plus NUL, for any graph circ accepts. */
 #define CIRC_NAME_MAX 64
 /* Limits on the shape (so that every edge index fits an int32). */
-#define CIRC_GRAPH_MAX_LAYER 1024
-#define CIRC_GRAPH_MAX_HEAD  1024
-/* Edges of a dense graph: 2^27, about 33 bytes each in a scores run (4 GiB);
- * an edge-level graph of 80 layers of 64 heads has 40 million. */
-#define CIRC_GRAPH_MAX_EDGES ((int64_t)1 << 27)
+#define CIRC_GRAPH_MAX_LAYER CIRC_TOPO_MAX_LAYER
+#define CIRC_GRAPH_MAX_HEAD  CIRC_TOPO_MAX_HEAD
 
-typedef enum circ_graph_level { CIRC_LEVEL_EDGE, CIRC_LEVEL_NODE } circ_graph_level;
 typedef enum circ_input_conv { CIRC_INPUT_EAPIG, CIRC_INPUT_ACDC } circ_input_conv;
-
-typedef enum circ_node_kind {
-	CIRC_NODE_INPUT,
-	CIRC_NODE_HEAD,
-	CIRC_NODE_MLP,
-	CIRC_NODE_LOGITS
-} circ_node_kind;
-
-typedef enum circ_recv_kind {
-	CIRC_RECV_Q,
-	CIRC_RECV_K,
-	CIRC_RECV_V,
-	CIRC_RECV_HEAD, /* a whole head, node-level graphs only */
-	CIRC_RECV_MLP,
-	CIRC_RECV_LOGITS
-} circ_recv_kind;
 
 /* Dimension letters: L layers, H heads, U = n_up, R = n_recv, E = n_edges. */
 typedef struct circ_graph {
@@ -100,6 +72,7 @@ typedef struct circ_graph {
 	int32_t *edge_up;      /* (E) upstream index of each edge */
 	int32_t *edge_recv;    /* (E) receiver index of each edge */
 	uint8_t *mask;	       /* (R, U) 1 where the edge u->r exists */
+	circ_topology *topo;   /* the numbering; the arrays above are its own */
 } circ_graph;
 
 /* A new graph for a model of n_layer layers and n_head heads per layer, with
@@ -115,8 +88,9 @@ int circ_graph_up_input(const circ_graph *g); /* 0 */
 int circ_graph_up_head(const circ_graph *g, int layer, int head);
 int circ_graph_up_mlp(const circ_graph *g, int layer);
 int circ_graph_node_logits(const circ_graph *g); /* n_up */
-/* Receiver of a head: c = 0 q, 1 k, 2 v (ignored at node level). */
-int circ_graph_recv_head(const circ_graph *g, int layer, int head, int c);
+/* Receiver of a head's input k: CIRC_RECV_Q, _K or _V (ignored at node
+ * level). */
+int circ_graph_recv_head(const circ_graph *g, int layer, int head, circ_recv_kind k);
 int circ_graph_recv_mlp(const circ_graph *g, int layer);
 int circ_graph_recv_logits(const circ_graph *g);
 /* Number of upstream nodes feeding receiver r (they are u = 0 .. n-1). */

@@ -11,15 +11,12 @@
  *   rows (positions at which logits are computed), U upstream nodes,
  *   R receivers.
  *
- * Nodes and receivers (EAP-IG / MIB conventions; lib/graph.h names them and
- * uses exactly this numbering):
- *   upstream node u: 0 = input; then for each layer l the heads a{l}.h{h}
- *     (u = 1 + l*(H+1) + h) and then m{l} (u = 1 + l*(H+1) + H).
- *     U = 1 + L*(H+1). (graph.h calls this n_up; its node index n_up is the
- *     logits node, which has no output here.)
- *   receiver r: for each layer l, for each head h, its q, k and v inputs
- *     (r = l*(3H+1) + 3h + c, c = 0 q, 1 k, 2 v), then m{l}
- *     (r = l*(3H+1) + 3H); finally logits (r = L*(3H+1)). R = L*(3H+1) + 1.
+ * Nodes, receivers and stages are numbered by lib/topology (topology.h
+ * writes the numbering out; EAP-IG / MIB conventions): the model keeps an
+ * edge-level topology of its config (circ_model_topology) and the numbering
+ * functions below ask it; lib/graph names them. In short: node 0 the input,
+ * then per layer its heads and its MLP (U = 1 + L*(H+1)); receivers per
+ * layer each head's q, k, v, then the MLP's, then logits (R = L*(3H+1) + 1).
  *   What a node outputs:
  *     input  the token embedding wte[token] (default), or token plus
  *            positional embedding when the run uses the ACDC convention;
@@ -34,10 +31,9 @@
  *   by the forward hook; the residual itself is always the plain sum of the
  *   current run's node outputs and the constants.
  *
- * Stages: the forward is a sequence of stages s = 0 .. 2L: stage 2l is layer
- * l's attention, 2l+1 its MLP, 2L the final LayerNorm and unembedding.
- * Residual s (B, T, C) is the input of stage s: residual 2l feeds the q/k/v
- * receivers of layer l, residual 2l+1 feeds m{l}, residual 2L feeds logits.
+ * Stages (topology.h): the forward is a sequence of stages s = 0 .. 2L:
+ * stage 2l is layer l's attention, 2l+1 its MLP, 2L the final LayerNorm and
+ * unembedding. Residual s (B, T, C) is the input of stage s. Hooks get s.
  *
  * Memory: weights are memory-mapped (F32, aligned) or converted once to f32
  * (F16, BF16); a run owns one activation arena sized from the config and the
@@ -56,7 +52,8 @@
  * is set to one thread, process-wide, at every forward and backward) and
  * circ's kernels are split.
  *
- * Layering: model uses util, stream (dtypes), safetensors and kernels.
+ * Layering: model uses util, stream (dtypes), safetensors, kernels and
+ * topology.
  */
 #ifndef CIRC_MODEL_H
 #define CIRC_MODEL_H
@@ -64,6 +61,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "topology.h"
 #include "util.h"
 
 /* ---- configuration ---- */
@@ -197,15 +195,18 @@ int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
 int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed, const char *dtype,
 			    circ_error *e);
 
-/* ---- numbering (no checks: arguments must be in range) ---- */
+/* ---- numbering (lib/topology's; arguments checked with CIRC_ASSERT) ---- */
 
+/* The model's edge-level topology (nodes, receivers, stages); lives as long
+ * as the model. A hook finds its stage's kind, layer and receivers there. */
+const circ_topology *circ_model_topology(const circ_model *m);
 int circ_model_n_up(const circ_model *m);   /* U = 1 + L*(H+1) */
 int circ_model_n_recv(const circ_model *m); /* R = L*(3H+1) + 1 */
 int circ_node_input(const circ_model *m);   /* 0 */
 int circ_node_head(const circ_model *m, int layer, int head);
 int circ_node_mlp(const circ_model *m, int layer);
-/* c = 0 q, 1 k, 2 v. */
-int circ_recv_qkv(const circ_model *m, int layer, int head, int c);
+/* Receiver of a head's input k: CIRC_RECV_Q, CIRC_RECV_K or CIRC_RECV_V. */
+int circ_recv_qkv(const circ_model *m, int layer, int head, circ_recv_kind k);
 int circ_recv_mlp(const circ_model *m, int layer);
 int circ_recv_logits(const circ_model *m);
 /* Stage whose input a receiver reads: 2l for q/k/v of layer l, 2l+1 for m{l},
@@ -263,19 +264,14 @@ typedef struct circ_read {
 	int32_t b, t;
 } circ_read;
 
-typedef enum circ_stage_kind {
-	CIRC_STAGE_ATTN, /* before layer l's attention (its q/k/v receivers) */
-	CIRC_STAGE_MLP,	 /* before layer l's MLP (its m receiver) */
-	CIRC_STAGE_FINAL /* before ln_f (the logits receiver); layer == L */
-} circ_stage_kind;
-
-/* Forward hook: called before each stage from the start stage on. It may
+/* Forward hook: called before each stage s (an index of the model's
+ * topology: circ_model_topology(m)->stage[s] gives its kind, layer and
+ * receivers) from the start stage on. It may
  * read the outputs of every node computed so far (circ_run_node_out) and
  * the stage's residual (circ_run_resid), and set deltas on the receivers of
  * this stage (circ_run_delta). Return 0, or -1 with a message to abort the
  * forward (the run's contents are then unspecified). */
-typedef int (*circ_fwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind stage,
-			     circ_error *e);
+typedef int (*circ_fwd_hook)(void *ctx, circ_run *r, int stage, circ_error *e);
 
 typedef struct circ_fwd {
 	const int32_t *tokens; /* (B, T) token ids, each in [0, V) */
@@ -302,14 +298,6 @@ void circ_fwd_init(circ_fwd *f);
  * (-1 with a message). */
 int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e);
 
-/* Copies into dst the state of src that a forward resumed at stage s needs
- * and that a backward reads for the stages below s: tokens, B, T, the input
- * node, the node outputs of stages < s, residuals 0..s, LayerNorm statistics,
- * attention and MLP activations and receiver deltas of stages < s. dst and
- * src must be runs of the same model with the same options and dst's sizes
- * at least src's B and T. -1 with a message otherwise. */
-int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_error *e);
-
 /* ---- reading a run (pointers valid until the next forward or free) ---- */
 
 /* Output of upstream node u: (B, T, C), row-major for the current B, T.
@@ -325,6 +313,15 @@ const float *circ_run_logits(const circ_run *r, int *n_rows);
 /* The read rows of the last forward: (N) pairs. */
 const circ_read *circ_run_reads(const circ_run *r, int *n_rows);
 
+/* ---- patch support: receiver deltas and resuming at a stage ----
+ * What lib/patch (and the attribution over it) drives: from a forward hook,
+ * the input of any receiver of the current stage or a later one becomes
+ * residual + delta (or a given sum of rows), and a forward can resume at a
+ * stage from the state of another run (circ_fwd.start_stage). */
+
+/* Sign of the terms of a sum of rows (circ_run_delta_sum, circ_run_input_sum). */
+typedef enum circ_sign { CIRC_SIGN_MINUS = -1, CIRC_SIGN_PLUS = 1 } circ_sign;
+
 /* Receiver delta of the current stage: a zeroed (B, T, C) buffer the hook
  * adds into (input = residual + delta). The receiver must belong to the
  * stage the hook was called for (or a later one); a second call in the same
@@ -335,13 +332,12 @@ float *circ_run_delta_raw(circ_run *r, int recv);
 /* Receiver recv's delta as a sum of rows, formed where the receiver's
  * input is read instead of stored: delta = base + sign * (terms[0] + ... +
  * terms[k-1]), each a (B, T, C) array like a delta (base NULL: zero; sign
- * 1 or -1). The arrays must stay as they are until the forward has run the
- * receiver's stage. A q/k/v receiver's input is then formed block by block
- * next to its LayerNorm and never written out; a run made for the backward
- * or with reference kernels stores the delta at once. A receiver that
- * already has a delta gets the sum added to it. -1 if the receiver is not
- * of this stage or later, or k or sign is out of range. */
-int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k,
+ * CIRC_SIGN_PLUS or CIRC_SIGN_MINUS). The arrays must stay as they are until the forward has run
+ * the receiver's stage. A q/k/v receiver's input is then formed block by block next to its
+ * LayerNorm and never written out; a run made for the backward or with reference kernels stores the
+ * delta at once. A receiver that already has a delta gets the sum added to it. -1 if the receiver
+ * is not of this stage or later, or k or sign is out of range. */
+int circ_run_delta_sum(circ_run *r, int recv, const float *base, circ_sign sign, int k,
 		       const float *const *terms);
 /* Receiver recv's input itself as a sum of rows, in place of residual +
  * delta: input = base + sign * (terms[0] + ... + terms[k-1]), base not
@@ -349,19 +345,26 @@ int circ_run_delta_sum(circ_run *r, int recv, const float *base, int sign, int k
  * taken off). The residual of this run is then not read. Any delta set on
  * the receiver before in this forward is dropped. Otherwise as
  * circ_run_delta_sum; stored, the delta is the input less the residual. */
-int circ_run_input_sum(circ_run *r, int recv, const float *base, int sign, int k,
+int circ_run_input_sum(circ_run *r, int recv, const float *base, circ_sign sign, int k,
 		       const float *const *terms);
 /* The delta of a receiver in this forward, or NULL if it has none (or it
  * was given as a sum and not stored). */
 const float *circ_run_get_delta(const circ_run *r, int recv);
 
+/* Copies into dst the state of src that a forward resumed at stage s needs
+ * and that a backward reads for the stages below s: tokens, B, T, the input
+ * node, the node outputs of stages < s, residuals 0..s, LayerNorm statistics,
+ * attention and MLP activations and receiver deltas of stages < s. dst and
+ * src must be runs of the same model with the same options and dst's sizes
+ * at least src's B and T. -1 with a message otherwise. */
+int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_error *e);
+
 /* ---- backward ---- */
 
-/* Backward hook: called once per stage, from 2L down to 0, when the
+/* Backward hook: called once per stage s, from 2L down to 0, when the
  * gradients of that stage's receivers (circ_run_recv_grad) and of the
  * residual feeding it are final. Return 0, or -1 with a message to abort. */
-typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int layer, circ_stage_kind stage,
-			     circ_error *e);
+typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int stage, circ_error *e);
 
 typedef struct circ_bwd {
 	const float *dlogits; /* (N, V): d metric / d logits at the read rows of

@@ -71,7 +71,8 @@
 
 #include "kernels.h"
 
-enum { MODE_CIRCUIT, MODE_EDGE };
+/* What a patched forward patches: a circuit (keep mask) or single edges. */
+typedef enum patch_mode { MODE_CIRCUIT, MODE_EDGE } patch_mode;
 enum { DIFF_NONE, DIFF_CLEAN, DIFF_CUR };
 
 /* Floats per block of the circuit delta kernel: a block of the difference
@@ -95,7 +96,11 @@ struct circ_patcher {
 	const circ_model *m;
 	const circ_graph *g;
 	circ_patch_opts o;
-	int L, H, C, U, V;
+	const circ_topology *t;	 /* the graph's */
+	const circ_topology *mt; /* the model's (edge level) */
+	int C, U, V;
+	int S;	      /* stages */
+	int max_recv; /* most graph receivers of one stage */
 	circ_run *main, *ref;
 	float *clean_out; /* (U, B, T, C) */
 	float *clean_res; /* (2L + 1, B, T, C) the clean run's residuals */
@@ -113,7 +118,7 @@ struct circ_patcher {
 	size_t out_cap;		 /* floats allocated in clean_out and ref_out */
 	int clean_below;
 	/* hook state */
-	int mode;
+	patch_mode mode;
 	const uint8_t *keep;
 	int64_t edge;
 	int start; /* start stage of the current forward */
@@ -153,9 +158,7 @@ static void diffs_stale(circ_patcher *p)
 /* Number of upstream nodes produced before stage s (those feeding it). */
 static int stage_n_in(const circ_patcher *p, int s)
 {
-	if (s >= 2 * p->L)
-		return p->U;
-	return 1 + (s / 2) * (p->H + 1) + (s % 2 ? p->H : 0);
+	return s >= p->S ? p->U : p->t->stage[s].n_in;
 }
 
 /* Drops the cached bases (the batch grew: their rows are too short). */
@@ -205,8 +208,15 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 		p->o.max_b = 1;
 	if (p->o.max_t < 1 || p->o.max_t > c->n_ctx)
 		p->o.max_t = c->n_ctx;
-	p->L = c->n_layer;
-	p->H = c->n_head;
+	p->t = g->topo;
+	p->mt = circ_model_topology(m);
+	/* the delta kernels read a receiver's keep bits as a prefix */
+	CIRC_ASSERT(p->t->dense && p->t->n_nodes == p->mt->n_nodes &&
+		    p->t->n_stage == p->mt->n_stage);
+	p->S = p->t->n_stage;
+	for (int s = 0; s < p->S; s++)
+		if (p->t->stage[s].n_recv > p->max_recv)
+			p->max_recv = p->t->stage[s].n_recv;
 	p->C = c->n_embd;
 	p->V = c->vocab_size;
 	p->U = circ_model_n_up(m);
@@ -224,8 +234,8 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 		if (!p->ref)
 			goto fail;
 	}
-	p->plan = circ_xcalloc(3 * (size_t)p->H, sizeof *p->plan);
-	p->terms = circ_xcalloc(3 * (size_t)p->H * (size_t)p->U, sizeof *p->terms);
+	p->plan = circ_xcalloc((size_t)p->max_recv, sizeof *p->plan);
+	p->terms = circ_xcalloc((size_t)p->max_recv * (size_t)p->U, sizeof *p->terms);
 	p->need = circ_xcalloc((size_t)p->U, 1);
 	p->rows = circ_xcalloc((size_t)p->U, sizeof *p->rows);
 	p->cur = circ_xcalloc((size_t)p->U, sizeof *p->cur);
@@ -383,7 +393,7 @@ int circ_patcher_mean_copy(circ_patcher *p, const circ_patcher *src, circ_error 
 	return 0;
 }
 
-static int hook(void *ctx, circ_run *r, int layer, circ_stage_kind sk, circ_error *e);
+static int hook(void *ctx, circ_run *r, int s, circ_error *e);
 
 /* The metric of each example from run r's logits; a NaN or infinite one is
  * an error naming the example and the run (`what`) unless allowed: numbers
@@ -423,7 +433,7 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		p->out_cap = (size_t)p->U * n;
 		p->clean_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
 		p->ref_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
-		p->clean_res = circ_xalloc_aligned((2 * (size_t)p->L + 1) * n * sizeof(float));
+		p->clean_res = circ_xalloc_aligned((size_t)p->S * n * sizeof(float));
 	}
 	for (int i = 0; i < b->n_read; i++) {
 		p->reads[i].b = b->read_b[i];
@@ -433,9 +443,9 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 	fwd_setup(p, &f, b, b->clean);
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
-	p->clean_below = 2 * p->L + 1;
+	p->clean_below = p->S;
 	copy_nodes(p, p->main, p->clean_out, b);
-	for (int s = 0; s <= 2 * p->L; s++)
+	for (int s = 0; s < p->S; s++)
 		memcpy(p->clean_res + (size_t)s * n, circ_run_resid(p->main, s), n * sizeof(float));
 	free(p->clean_logp);
 	p->clean_logp = NULL;
@@ -487,15 +497,15 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 	 * above their receivers and attribution runs no clean forward again. */
 	{
 		uint8_t *none = circ_xcalloc((size_t)p->g->n_edges, 1);
-		int rc = circ_patcher_eval(p, none, 2 * p->L, p->m_ref, e);
+		int rc = circ_patcher_eval(p, none, circ_topo_stage_final(p->t), p->m_ref, e);
 		free(none);
 		if (rc < 0)
 			return -1;
 		fwd_setup(p, &f, b, b->clean);
-		f.start_stage = 2 * p->L;
+		f.start_stage = circ_topo_stage_final(p->t);
 		if (circ_forward(p->main, &f, e) < 0)
 			return -1;
-		p->clean_below = 2 * p->L + 1;
+		p->clean_below = p->S;
 		return 0;
 	}
 }
@@ -525,37 +535,23 @@ const double *circ_patcher_ref_metric(const circ_patcher *p)
 
 int circ_patcher_recv_stage(const circ_patcher *p, int r)
 {
-	circ_recv_kind k;
-	int node, layer;
-	circ_graph_recv_info(p->g, r, &k, &node);
-	layer = circ_graph_node_layer(p->g, node);
-	switch (k) {
-	case CIRC_RECV_MLP: return 2 * layer + 1;
-	case CIRC_RECV_LOGITS: return 2 * p->L;
-	default: return 2 * layer;
-	}
+	CIRC_ASSERT(r >= 0 && r < p->t->n_recv);
+	return p->t->recv[r].stage;
 }
 
-/* Model receivers of graph receiver r: 1, or 3 for a node-level head. */
+/* Model receivers of graph receiver r: 1, or all of a node-level head's. */
 static int model_recvs(const circ_patcher *p, int r, int *mr)
 {
-	circ_recv_kind k;
-	int node, layer, head;
-	circ_graph_recv_info(p->g, r, &k, &node);
-	circ_graph_node_info(p->g, node, NULL, &layer, &head);
-	switch (k) {
-	case CIRC_RECV_Q:
-	case CIRC_RECV_K:
-	case CIRC_RECV_V:
-		mr[0] = circ_recv_qkv(p->m, layer, head, (int)(k - CIRC_RECV_Q));
-		return 1;
-	case CIRC_RECV_HEAD:
-		for (int c = 0; c < 3; c++)
-			mr[c] = circ_recv_qkv(p->m, layer, head, c);
-		return 3;
-	case CIRC_RECV_MLP: mr[0] = circ_recv_mlp(p->m, layer); return 1;
-	default: mr[0] = circ_recv_logits(p->m); return 1;
+	const circ_topo_node *n = &p->mt->node[p->t->recv[r].node];
+	if (p->t->recv[r].kind == CIRC_RECV_HEAD) {
+		CIRC_ASSERT(n->n_recv <= 3);
+		for (int j = 0; j < n->n_recv; j++)
+			mr[j] = n->first_recv + j;
+		return n->n_recv;
 	}
+	mr[0] = circ_topo_map_recv(p->t, r, p->mt);
+	CIRC_ASSERT(mr[0] >= 0);
+	return 1;
 }
 
 /* Edge mode: adds (ref_u - current_u) into d for the patched edge u->r. */
@@ -637,7 +633,7 @@ static void rref_part(void *ctx, size_t k0, size_t k1)
 			size_t i0 = blk * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
 			int u = 0;
 			memset(acc, 0, sizeof acc);
-			for (int s = 0; s <= 2 * p->L; s++) {
+			for (int s = 0; s < p->S; s++) {
 				for (; u < stage_n_in(p, s); u++) {
 					const float *rf = p->ref_out + (size_t)u * n + i0,
 						    *cl = p->clean_out + (size_t)u * n + i0;
@@ -731,22 +727,15 @@ static void rows_made(circ_patcher *p, int nrows)
 }
 
 /* Sets the deltas of the receivers of stage s for the circuit p->keep. */
-static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
+static void circuit_stage(circ_patcher *p, circ_run *run, int s)
 {
 	const circ_graph *g = p->g;
 	size_t n = (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
-	int recvs[3 * CIRC_GRAPH_MAX_HEAD], nr = 0, nplan = 0, use_r = 0, nrows = 0, nfill = 0;
+	int r0 = p->t->stage[s].first_recv, nr = p->t->stage[s].n_recv;
+	int nplan = 0, use_r = 0, nrows = 0, nfill = 0;
 	const float **rows;
 	int n_stage = stage_n_in(p, s);
 	block_task t = {p, n, 0};
-	if (s == 2 * p->L)
-		recvs[nr++] = circ_graph_recv_logits(g);
-	else if (s % 2)
-		recvs[nr++] = circ_graph_recv_mlp(g, layer);
-	else
-		for (int h = 0; h < p->H; h++)
-			for (int c = 0; c < (g->level == CIRC_LEVEL_EDGE ? 3 : 1); c++)
-				recvs[nr++] = circ_graph_recv_head(g, layer, h, c);
 	memset(p->need, 0, (size_t)p->U);
 	if (p->diff_cap < (size_t)p->U * n) {
 		free(p->diff);
@@ -755,7 +744,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 		diffs_stale(p);
 	}
 	for (int i = 0; i < nr; i++) {
-		int r = recvs[i], n_in = circ_graph_recv_n_in(g, r), npatched = 0, node;
+		int r = r0 + i, n_in = circ_graph_recv_n_in(g, r), npatched = 0, node;
 		const uint8_t *keep = p->keep + g->recv_first[r];
 		recv_plan *pl = &p->plan[nplan];
 		int *term = p->terms + (size_t)nplan * (size_t)p->U;
@@ -799,8 +788,8 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 	}
 	if (use_r && !p->rref_ok) {
 		if (!p->rref)
-			p->rref = circ_xalloc_aligned(p->out_cap / (size_t)p->U *
-						      (2 * (size_t)p->L + 1) * sizeof(float));
+			p->rref = circ_xalloc_aligned(p->out_cap / (size_t)p->U * (size_t)p->S *
+						      sizeof(float));
 		circ_pool_for(pool, (size_t)p->nslot, rref_part, &t);
 		p->rref_ok = 1;
 	}
@@ -826,20 +815,18 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int layer, int s)
 			if (pl->complement)
 				circ_run_input_sum(run, pl->mr[j],
 						   pl->base ? pl->base : p->rref + (size_t)s * n,
-						   -1, pl->nterm - pl->nb, rows);
+						   CIRC_SIGN_MINUS, pl->nterm - pl->nb, rows);
 			else
-				circ_run_delta_sum(run, pl->mr[j], NULL, 1, pl->nterm, rows);
+				circ_run_delta_sum(run, pl->mr[j], NULL, CIRC_SIGN_PLUS, pl->nterm,
+						   rows);
 	}
 }
 
-static int hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, circ_error *e)
+static int hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_patcher *p = ctx;
 	const circ_graph *g = p->g;
-	int mr[3], nmr,
-	    s = sk == CIRC_STAGE_ATTN  ? 2 * layer
-		: sk == CIRC_STAGE_MLP ? 2 * layer + 1
-				       : 2 * p->L;
+	int mr[3], nmr;
 	float *d;
 	(void)e;
 	if (p->mode == MODE_EDGE) {
@@ -850,7 +837,7 @@ static int hook(void *ctx, circ_run *run, int layer, circ_stage_kind sk, circ_er
 		}
 		return 0;
 	}
-	circuit_stage(p, run, layer, s);
+	circuit_stage(p, run, s);
 	return 0;
 }
 
@@ -865,7 +852,7 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 		stage = p->clean_below;
 	if (stage < 0)
 		stage = 0;
-	if (stage > 2 * p->L) {
+	if (stage > circ_topo_stage_final(p->t)) {
 		/* nothing patched and the run is the clean one */
 		memcpy(out, p->m_clean, (size_t)b->B * sizeof *out);
 		return 0;
@@ -900,6 +887,7 @@ static void mark_alive(circ_patcher *p)
 int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *out, circ_error *e)
 {
 	int live = 0;
+	CIRC_ASSERT(p->b != NULL && keep != NULL && out != NULL); /* a batch loaded */
 	p->mode = MODE_CIRCUIT;
 	p->keep = keep;
 	mark_alive(p);
@@ -919,12 +907,13 @@ int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *o
 		 * leaves main without its clean prefix, so that every later
 		 * forward of the batch started at stage 0 (zero and mean
 		 * ablation ran at half the speed of resampling). */
-		stage = 2 * p->L;
+		stage = circ_topo_stage_final(p->t);
 	return patched_forward(p, stage, out, e);
 }
 
 int circ_patcher_eval_edge(circ_patcher *p, int64_t edge, double *out, circ_error *e)
 {
+	CIRC_ASSERT(p->b != NULL && edge >= 0 && edge < p->g->n_edges);
 	p->mode = MODE_EDGE;
 	p->edge = edge;
 	return patched_forward(p, circ_patcher_recv_stage(p, p->g->edge_recv[edge]), out, e);
@@ -957,7 +946,7 @@ void circ_patcher_dirty(circ_patcher *p)
 
 int circ_patcher_is_clean(const circ_patcher *p)
 {
-	return p->clean_below > 2 * p->L;
+	return p->clean_below > circ_topo_stage_final(p->t);
 }
 
 const circ_graph *circ_patcher_graph(const circ_patcher *p)

@@ -810,3 +810,10 @@ int circ_write_text_file(const char *dir, const char *name, const char *text, ci
 	fputs(text, f);
 	return circ_atomic_commit(&a, e);
 }
+
+void circ_assert_fail(const char *file, int line, const char *cond)
+{
+	fprintf(stderr, "%s:%d: assertion failed: %s\n", file, line, cond);
+	fflush(stderr);
+	abort();
+}

@@ -29,6 +29,13 @@
 #define CIRC_NORETURN
 #endif
 
+/* Always-on assertion for programmer errors (an index out of range at a
+ * numbering or run-API boundary), on in release builds as ggml's
+ * GGML_ASSERT: prints "file:line: assertion failed: cond" to stderr and
+ * aborts. Never for bad input, which is an error value. */
+#define CIRC_ASSERT(cond) ((cond) ? (void)0 : circ_assert_fail(__FILE__, __LINE__, #cond))
+void circ_assert_fail(const char *file, int line, const char *cond) CIRC_NORETURN;
+
 /* An error message filled in by the failing function; callers add context
  * in front with circ_error_prefix. Functions return -1 (or NULL) on error. */
 typedef struct circ_error {

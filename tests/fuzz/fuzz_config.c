@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for config.json reading (lib/model.c): any bytes as a
+ * libFuzzer target for config.json reading (lib/model_config.c): any bytes as a
  * model's config.json, through circ_config_load and circ_config_check. Every
  * input must load or be refused with a message, never crash.
  */

@@ -109,12 +109,10 @@ typedef struct delta_ctx {
 	size_t per; /* B*T*C */
 } delta_ctx;
 
-static int delta_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
+static int delta_hook(void *v, circ_run *r, int s, circ_error *e)
 {
 	delta_ctx *d = v;
 	const circ_model *m = circ_run_model(r);
-	int L = circ_model_config(m)->n_layer;
-	int s = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
 	for (int i = 0; i < d->k; i++)
 		if (circ_recv_stage(m, d->recv[i]) == s) {
 			float *p = circ_run_delta(r, d->recv[i]);
@@ -436,12 +434,10 @@ typedef struct fd_ctx {
 	int lo, hi;
 } fd_ctx;
 
-static int fd_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
+static int fd_hook(void *v, circ_run *r, int s, circ_error *e)
 {
 	fd_ctx *c = v;
 	const circ_model *m = circ_run_model(r);
-	int L = circ_model_config(m)->n_layer;
-	int s = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
 	(void)e;
 	for (int k = c->lo; k < c->hi; k++)
 		if (circ_recv_stage(m, k) == s)
@@ -613,12 +609,10 @@ typedef struct patch_ctx {
 /* Patches every edge: each receiver's delta = sum over upstream u before it
  * of (ref_u - cur_u). With p->some, only receivers k with k % 3 != 1, so
  * that a layer has patched and unpatched q/k/v receivers side by side. */
-static int patch_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
+static int patch_hook(void *v, circ_run *r, int s, circ_error *e)
 {
 	patch_ctx *p = v;
 	const circ_model *m = circ_run_model(r);
-	int L = circ_model_config(m)->n_layer;
-	int s = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
 	(void)e;
 	for (int k = 0; k < circ_model_n_recv(m); k++) {
 		if (circ_recv_stage(m, k) != s || (p->some && k % 3 == 1))
@@ -641,12 +635,10 @@ typedef struct grad_sink {
 	size_t per;
 } grad_sink;
 
-static int bwd_sink(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
+static int bwd_sink(void *v, circ_run *r, int s, circ_error *e)
 {
 	grad_sink *g = v;
 	const circ_model *m = circ_run_model(r);
-	int L = circ_model_config(m)->n_layer;
-	int s = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
 	for (int k = 0; k < circ_model_n_recv(m); k++)
 		if (circ_recv_stage(m, k) == s) {
 			const float *p = circ_run_recv_grad(r, k);
@@ -720,12 +712,11 @@ typedef struct sum_ctx {
 	float *base; /* (R, per) */
 } sum_ctx;
 
-static int sum_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
+static int sum_hook(void *v, circ_run *r, int s, circ_error *e)
 {
 	sum_ctx *p = v;
 	const circ_model *m = circ_run_model(r);
-	int L = circ_model_config(m)->n_layer, U = circ_model_n_up(m), nu = 0;
-	int s = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
+	int U = circ_model_n_up(m), nu = 0;
 	const float *rows[64];
 	(void)e;
 	for (int u = 0; u < U; u++) {

@@ -144,12 +144,10 @@ typedef struct fd_setup {
 	size_t btc; /* B*T*C */
 } fd_setup;
 
-static int full_hook(void *v, circ_run *r, int layer, circ_stage_kind st, circ_error *e)
+static int full_hook(void *v, circ_run *r, int stage, circ_error *e)
 {
 	fd_setup *s = v;
 	const circ_model *m = circ_run_model(r);
-	int L = circ_model_config(m)->n_layer;
-	int stage = st == CIRC_STAGE_FINAL ? 2 * L : 2 * layer + (st == CIRC_STAGE_MLP);
 	(void)e;
 	for (int k = 0; k < s->d.n; k++)
 		if (circ_recv_stage(m, s->d.recv[k]) == stage)

@@ -1,0 +1,190 @@
+/*
+ * model_impl: what the parts of the model share and nobody else sees: the
+ * model and run structures and the helpers that more than one of
+ * model_config.c, model_weights.c, model.c (runs: arena, accessors,
+ * receiver deltas, the pool-parallel kernel wrappers), model_forward.c and
+ * model_backward.c call. Not a public header: only lib/model*.c include it.
+ * Dimension letters as in model.h.
+ */
+#ifndef CIRC_MODEL_IMPL_H
+#define CIRC_MODEL_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "model.h"
+#include "safetensors.h"
+#include "util.h"
+
+#define MAX_LAYER 1024
+#define MAX_HEAD  1024
+#define MAX_EMBD  65536
+#define MAX_VOCAB (1 << 24)
+#define MAX_CTX	  65536
+
+/* What a receiver's input is in the current forward (circ_run.delta_on). */
+typedef enum circ_delta_state {
+	CIRC_DELTA_NONE,   /* the residual */
+	CIRC_DELTA_STORED, /* the residual + its stored delta buffer */
+	CIRC_DELTA_SUM	   /* a sum of rows (dsum_*), formed where it is read */
+} circ_delta_state;
+
+struct circ_model {
+	circ_config cfg;
+	circ_weights w;
+	char *dir;
+	circ_st *st;	    /* the mapped file, or NULL (in-memory model) */
+	char *config_bytes; /* config.json as read (for the digest) */
+	size_t config_len;
+	float *own; /* converted tensors of a loaded model */
+	char digest[72];
+	int have_digest;
+	circ_topology *topo; /* edge level, made from cfg (model_topology_make) */
+};
+
+struct circ_run {
+	const circ_model *m;
+	circ_run_opts o;
+	int L, H, C, D, F, V, U, R;
+	int max_b, max_t;
+	size_t rows; /* max_b * max_t */
+	circ_pool *pool;
+	int threads;
+
+	/* state of the last forward */
+	int B, T;
+	int valid;  /* stages 0..valid-1 hold this batch's activations; -1: nothing */
+	int in_fwd; /* the stage the hook is running for, or -1 */
+	int n_read;
+	int read_none;
+	int have_bwd;
+	int used_embed; /* the last full forward took input_embed, not a token lookup */
+	int bwd_stage;	/* stage reported to the backward hook (keep_recv_grads 0) */
+
+	/* the arena */
+	void *arena;
+	size_t arena_bytes;
+	int32_t *tokens;	    /* (B, T) */
+	float **node;		    /* (U) each (B, T, C), NULL for heads without keep_nodes */
+	float *resid;		    /* (2L+1, B, T, C) */
+	float *mean, *rstd;	    /* (2L+1, B*T) */
+	float *qkv;		    /* (L, B, T, 3C) */
+	float *att;		    /* (L, B, H, T, T) */
+	float *z;		    /* (L, B, T, C) */
+	float *fc;		    /* (L, B, T, F) */
+	float *s_ln;		    /* scratch (B*T, C) */
+	float *s_ln2;		    /* scratch (B*T, C) */
+	float *s_gelu;		    /* scratch (B*T, F) */
+	float *lnf;		    /* (N, C) ln_f output at the read rows */
+	float *lnf_mean, *lnf_rstd; /* (N) */
+	float *logits;		    /* (N, V) */
+	circ_read *reads;	    /* (N) */
+	/* backward */
+	float *dresid; /* (2L+1, B, T, C) */
+	float *drecv;  /* (R, B, T, C) or (3H, B, T, C) */
+	float *d_qkv;  /* (B, T, 3C) */
+	float *d_z;    /* (B, T, C) */
+	float *d_fc;   /* (B, T, F) */
+	float *d_ln;   /* (B*T, C) */
+
+	/* receiver deltas */
+	float **delta;		 /* (R) each (rows, C), allocated when stored */
+	unsigned char *delta_on; /* (R) a circ_delta_state */
+	/* deltas given as sums (circ_run_delta_sum): base + sign * sum of the
+	 * terms, formed where the receiver's input is read */
+	float **dstat;		  /* (R) LayerNorm mean and rstd (2, rows) of each input */
+	const float **dsum_base;  /* (R) */
+	const float **dsum_terms; /* (R, U) */
+	int *dsum_k;		  /* (R) */
+	signed char *dsum_sign;	  /* (R) */
+	uint8_t *dsum_abs;	  /* (R) 1: the sum is the input itself, not a delta */
+
+	/* per-thread scratch of the row-blocked q/k/v kernels (outside the
+	 * arena: sized by the thread count, which can change) */
+	float *s_blk; /* (blk_slots, QKV_BLOCK, C) */
+	int blk_slots;
+};
+
+/* ---- config (model_config.c), for the weights ---- */
+
+char *model_read_file(const char *path, size_t *len, circ_error *e);
+int model_config_parse(const char *path, const char *text, size_t len, circ_config *c,
+		       circ_error *e);
+char *model_join_path(const char *dir, const char *name);
+int model_is_dir(const char *p);
+char *model_config_text(const circ_config *c);
+
+/* ---- numbering (model.c) ---- */
+
+/* Makes m->topo from m->cfg: -1 with a message if it cannot be made. */
+int model_topology_make(circ_model *m, circ_error *e);
+
+/* ---- runs (model.c), for the forward and the backward ---- */
+
+static inline size_t bt(const circ_run *r)
+{
+	return (size_t)r->B * r->T;
+}
+
+static inline float *resid_at(const circ_run *r, int s)
+{
+	return r->resid + (size_t)s * r->rows * r->C;
+}
+
+/* LayerNorm statistics of a receiver's own input (after its delta). */
+static inline float *delta_mean(const circ_run *r, int recv)
+{
+	return r->dstat[recv];
+}
+
+static inline float *delta_rstd(const circ_run *r, int recv)
+{
+	return r->dstat[recv] + r->rows;
+}
+
+/* Each row of c (m, n) = bias. */
+static inline void bias_rows(float *c, const float *bias, size_t m, size_t n, size_t ldc)
+{
+	for (size_t i = 0; i < m; i++)
+		memcpy(c + i * ldc, bias, n * sizeof *c);
+}
+
+typedef struct ew_task {
+	const circ_run *r;
+	float *out;
+	const float *a, *b;
+	int exact;
+} ew_task;
+
+typedef struct attn_task {
+	const circ_run *r;
+	float *z, *att, *dqkv;
+	const float *qkv, *dz, *catt;
+} attn_task;
+
+void model_delta_buffers(circ_run *r, int recv, int store);
+void model_form_sum(const circ_run *r, int recv, const float *x, float *dst, size_t row0,
+		    size_t nrows);
+void model_p_form_sum(const circ_run *r, int recv, const float *x, float *dst);
+const float *model_recv_input(const circ_run *r, int recv, const float *x, float *dst);
+void model_p_layernorm(const circ_run *r, float *out, float *mean, float *rstd, const float *inp,
+		       const float *w, const float *b, size_t n);
+void model_p_layernorm_bwd(const circ_run *r, float *dinp, float *dacc, const float *dout,
+			   const float *inp, const float *add, const float *mean, const float *rstd,
+			   const float *w, size_t n, int set);
+void model_gelu_part(void *v, size_t b, size_t e);
+void model_dgelu_part(void *v, size_t b, size_t e);
+void model_p_elementwise(const circ_run *r, void (*part)(void *, size_t, size_t), ew_task *t,
+			 size_t n);
+void model_attn_fwd_part(void *v, size_t b, size_t e);
+void model_attn_bwd_part(void *v, size_t b, size_t e);
+void model_p_sum(const circ_run *r, float *out, const float *a, const float *const *src, int k,
+		 const float *bias, size_t n);
+void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
+		const float *b, int ldb, float beta, float *c, int ldc);
+void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
+		    int ldb, float *c, int ldc);
+
+#endif
