@@ -89,7 +89,7 @@ static void prompt(int i, int T, int V, int32_t *clean, int32_t *corrupt, int32_
 	*wrong = (int32_t)circ_rng_below(&r, (uint64_t)V);
 }
 
-/* A batch of prompts i0 .. i0+B-1, as circ_batcher would give it. */
+/* A batch of prompts i0 .. i0+B-1, as circ_batch_reader would give it. */
 static circ_batch *make_batch(int i0, int B, int T, int V)
 {
 	circ_batch *b = circ_xcalloc(1, sizeof *b);
@@ -244,7 +244,7 @@ static void do_base(circ_model *m, int threads, int reps, int N)
 				die("base", &e);
 			lg = circ_run_logits(rc, NULL);
 			for (int j = 0; j < b->B; j++)
-				circ_metric_eval(CIRC_METRIC_LOGIT_DIFF, b, j, lg, NULL, V, dl);
+				circ_batch_metric(CIRC_METRIC_LOGIT_DIFF, b, j, lg, NULL, V, dl);
 			bw.dlogits = dl;
 			if (circ_backward(rc, &bw, &e) < 0)
 				die("base", &e);

@@ -77,7 +77,7 @@ static void run_job(job *j)
 		const int32_t ans = 11;
 		circ_bwd b = {0};
 		for (int i = 0; i < n; i++)
-			circ_mt_logprob(lg + (size_t)i * c->vocab_size, c->vocab_size, &ans, 1, 1,
+			circ_metric_logprob(lg + (size_t)i * c->vocab_size, c->vocab_size, &ans, 1, 1,
 					NULL, j->dl + (size_t)i * c->vocab_size);
 		b.dlogits = j->dl;
 		if (circ_backward(j->r, &b, &e) < 0) {

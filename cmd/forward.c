@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "example.h"
+#include "batch.h"
 #include "metric.h"
 #include "model.h"
 #include "cli/opt.h"
@@ -86,7 +86,7 @@ static void pack_results(circ_writer *w, const circ_batch *bt, int b, double met
 	const float *row = logits + (size_t)bt->row0[b] * V;
 	int32_t ids[1000];
 	double probs[1000];
-	int k = o.top_k ? circ_mt_topk(row, V, o.top_k, ids, probs) : 0;
+	int k = o.top_k ? circ_metric_topk(row, V, o.top_k, ids, probs) : 0;
 	msgpack_pack_map(pk, 4 + o.logits);
 	circ_pack_kv_i64(pk, "id", ex->id);
 	circ_pack_kv_f64(pk, "metric", metric);
@@ -121,7 +121,7 @@ int main(int argc, char **argv)
 	circ_run *run;
 	circ_run_opts ro;
 	circ_reader *r;
-	circ_batcher *bt;
+	circ_batch_reader *bt;
 	circ_batch *b;
 	circ_writer *w;
 	const circ_config *c;
@@ -154,11 +154,12 @@ int main(int argc, char **argv)
 	r = circ_reader_open(in, "tokens", &e);
 	if (!r)
 		circ_die(&e);
-	if (!o.has_metric && circ_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0) {
+	if (!o.has_metric &&
+	    circ_batch_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0) {
 		circ_error_prefix(&e, "%s", circ_reader_name(r));
 		circ_die(&e);
 	}
-	if (circ_tokens_check_vocab(r, o.model, &e) < 0)
+	if (circ_batch_check_vocab(r, o.model, &e) < 0)
 		circ_die(&e);
 	/* The run is sized for the longest batch so far (activations grow with
 	 * T^2 for attention: sizing for the whole context would reserve far
@@ -185,9 +186,9 @@ int main(int argc, char **argv)
 			circ_die(&e);
 	}
 
-	bt = circ_batcher_new(r, o.metric, V, c->n_ctx, o.batch);
+	bt = circ_batch_reader_new(r, o.metric, V, c->n_ctx, o.batch);
 	circ_cli_progress(&pr, "examples", 0);
-	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
+	while ((k = circ_batch_reader_next(bt, &b, &e)) > 0) {
 		circ_fwd f;
 		int rows;
 		const float *logits;
@@ -216,7 +217,7 @@ int main(int argc, char **argv)
 			logits = circ_run_logits(run, &rows);
 			clean_logp =
 			    circ_xrealloc(clean_logp, (size_t)rows * V * sizeof *clean_logp);
-			circ_log_softmax(clean_logp, logits, rows, V);
+			circ_metric_log_softmax(clean_logp, logits, rows, V);
 		}
 		f.tokens = o.corrupt ? b->corrupt : b->clean;
 		if ((o.metric != CIRC_METRIC_KL || o.corrupt) && circ_forward(run, &f, &e) < 0) {
@@ -225,8 +226,8 @@ int main(int argc, char **argv)
 		}
 		logits = circ_run_logits(run, &rows);
 		for (int q = 0; q < b->B; q++) {
-			double v = circ_metric_eval(o.metric, b, q, logits, clean_logp, V, NULL);
-			int ok = circ_metric_correct(b, q, logits, V);
+			double v = circ_batch_metric(o.metric, b, q, logits, clean_logp, V, NULL);
+			int ok = circ_batch_correct(b, q, logits, V);
 			if (!isfinite(v) && !o.allow_nonfinite) {
 				circ_writer_abort(w);
 				circ_dief("%s: example %lld: %s metric is %s (the model's numbers "
@@ -258,7 +259,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: 0 examples\n", circ_progname);
 	free(reads);
 	free(clean_logp);
-	circ_batcher_free(bt);
+	circ_batch_reader_free(bt);
 	circ_run_free(run);
 	circ_reader_free(r);
 	circ_model_free(m);

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "circuit.h"
-#include "evalm.h"
+#include "eval.h"
 #include "cli/patchopt.h"
 #include "cli/session.h"
 
@@ -256,7 +256,7 @@ static void make_jobs(job *jb, const circ_graph *g, circ_patcher *p, const circ_
 		jb->fraction = circ_xcalloc((size_t)nf, sizeof(double));
 		jb->n_edges = circ_xcalloc((size_t)nf, sizeof(int64_t));
 		for (int j = 0; j < nf; j++) {
-			int64_t n = circ_curve_n_edges(fr[j], g->n_edges);
+			int64_t n = circ_eval_curve_n_edges(fr[j], g->n_edges);
 			jb->keep[j] = circ_xcalloc((size_t)g->n_edges, 1);
 			for (int64_t q = 0; q < n && q < sc->n_scored; q++)
 				jb->keep[j][order[q]] = 1;
@@ -344,9 +344,9 @@ int main(int argc, char **argv)
 		circ_hdr_field f[] = {
 		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
 		};
-		if (circ_curve_write_header(w, argc, argv, inputs, ninputs, g,
-					    circ_metric_name(o.pc.metric), o.absolute, md, f,
-					    CIRC_HDR_N(f), &e) < 0)
+		if (circ_eval_curve_write_header(w, argc, argv, inputs, ninputs, g,
+						 circ_metric_name(o.pc.metric), o.absolute, md, f,
+						 CIRC_HDR_N(f), &e) < 0)
 			circ_die(&e);
 	} else {
 		circ_hdr_field f[] = {
@@ -384,7 +384,7 @@ int main(int argc, char **argv)
 					circ_pack_kv_f64(pk, "metric_circuit", out[bb]);
 					circ_pack_kv_f64(
 					    pk, "faithfulness",
-					    circ_faithfulness(out[bb], m0[bb], mc[bb]));
+					    circ_eval_faithfulness(out[bb], m0[bb], mc[bb]));
 					if (circ_writer_end_record(w, &e) < 0)
 						circ_die(&e);
 				}
@@ -411,13 +411,14 @@ int main(int argc, char **argv)
 			double *f = circ_xmalloc((size_t)jb.n * sizeof *f);
 			circ_curve_area area;
 			for (int j = 0; j < jb.n; j++) {
-				f[j] = circ_faithfulness(sum_c[j] / count, m0, mm);
-				if (circ_curve_write_point(w, jb.fraction[j], jb.n_edges[j], f[j],
-							   sum_c[j] / count, &e) < 0)
+				f[j] = circ_eval_faithfulness(sum_c[j] / count, m0, mm);
+				if (circ_eval_curve_write_point(w, jb.fraction[j], jb.n_edges[j],
+								f[j], sum_c[j] / count, &e) < 0)
 					circ_die(&e);
 			}
-			if (circ_curve_areas(jb.fraction, f, jb.n, 0, &area, &e) < 0 ||
-			    circ_curve_write_summary(w, area.area_under, area.area_from_1, &e) < 0)
+			if (circ_eval_curve_areas(jb.fraction, f, jb.n, 0, &area, &e) < 0 ||
+			    circ_eval_curve_write_summary(w, area.area_under, area.area_from_1,
+							  &e) < 0)
 				circ_die(&e);
 			fprintf(stderr,
 				"%s: %lld examples, %s ranking: area under f %.4f, area "
@@ -427,7 +428,7 @@ int main(int argc, char **argv)
 			free(f);
 		} else {
 			msgpack_packer *pk = circ_writer_packer(w);
-			double mcirc = sum_c[0] / count, f = circ_faithfulness(mcirc, m0, mm);
+			double mcirc = sum_c[0] / count, f = circ_eval_faithfulness(mcirc, m0, mm);
 			msgpack_pack_map(pk, 7);
 			circ_pack_str(pk, "summary");
 			msgpack_pack_true(pk);

@@ -21,7 +21,7 @@
 
 #include "acdc.h"
 #include "circuit.h"
-#include "evalm.h"
+#include "eval.h"
 #include "cli/patchopt.h"
 #include "cli/progress.h"
 #include "cli/session.h"
@@ -142,7 +142,7 @@ static int64_t parse_size(const char *opt, const char *arg, int64_t n_edges)
 		if (circ_parse_f64(buf, &p) < 0 || !(p >= 0 && p <= 100))
 			circ_usage_error("option '--%s': '%s' is not a percentage in 0..100%%", opt,
 					 arg);
-		return n_edges < 0 ? 0 : circ_curve_n_edges(p / 100, n_edges);
+		return n_edges < 0 ? 0 : circ_eval_curve_n_edges(p / 100, n_edges);
 	}
 	return circ_opt_i64(opt, arg, 0, INT64_MAX);
 }
@@ -162,13 +162,13 @@ static void evaluate(const circ_scores *s, const char *name, const uint8_t *keep
 	for (int64_t i = 0; i < E; i++)
 		key[i] = circ_rank_key(s->score[i], o.signed_);
 	ev->n_truth = circ_count_kept(s->g, truth);
-	if (circ_roc_auc(key, truth, E, &ev->auc, &e) < 0 ||
-	    circ_mib_auroc(s->g, s->score, o.signed_, truth, &ev->mib_auroc, ev->mib_fpr,
-			   ev->mib_tpr, &e) < 0) {
+	if (circ_eval_roc_auc(key, truth, E, &ev->auc, &e) < 0 ||
+	    circ_eval_mib_auroc(s->g, s->score, o.signed_, truth, &ev->mib_auroc, ev->mib_fpr,
+				ev->mib_tpr, &e) < 0) {
 		circ_error_prefix(&e, "%s: evaluating against '%s'", name, o.truth);
 		circ_die(&e);
 	}
-	circ_confusion_compute(keep, truth, E, &ev->conf);
+	circ_eval_confusion(keep, truth, E, &ev->conf);
 	free(key);
 }
 
@@ -359,7 +359,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	circ_model *m;
 	circ_graph *g;
 	circ_reader *r;
-	circ_batcher *bt;
+	circ_batch_reader *bt;
 	circ_batch *b;
 	circ_patcher **ps = NULL;
 	circ_patch_opts po;
@@ -392,9 +392,9 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_session_means(&s);
 	}
 	/* one patcher per batch: every edge test runs the whole dataset */
-	bt = circ_batcher_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
-			      circ_model_config(m)->n_ctx, o.pc.batch);
-	while ((k = circ_batcher_next(bt, &b, &e)) > 0) {
+	bt = circ_batch_reader_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
+				   circ_model_config(m)->n_ctx, o.pc.batch);
+	while ((k = circ_batch_reader_next(bt, &b, &e)) > 0) {
 		/* the batcher reuses its batch: each patcher keeps a copy */
 		circ_batch *copy = circ_batch_clone(b);
 		circ_patcher *p;
@@ -480,7 +480,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	free(ps);
 	free(keep);
 	free(lg.change);
-	circ_batcher_free(bt);
+	circ_batch_reader_free(bt);
 	circ_session_free(&s);
 	return 0;
 }

@@ -240,7 +240,7 @@ static circ_curve *read_curve(const char *path)
 	circ_reader *r = circ_reader_open(path, "curve", &e);
 	if (!r)
 		circ_die(&e);
-	circ_curve *c = circ_curve_read(r, &e);
+	circ_curve *c = circ_eval_curve_read(r, &e);
 	if (!c)
 		circ_die(&e);
 	circ_reader_free(r);
@@ -310,7 +310,7 @@ int main(int argc, char **argv)
 		if (circ_render_curve_svg(f, c, o.title, &e) < 0)
 			out_fail(f, &e);
 		out_close(f);
-		circ_curve_free(c);
+		circ_eval_curve_free(c);
 		return 0;
 	}
 
@@ -381,7 +381,7 @@ int main(int argc, char **argv)
 		out_fail(f, &e);
 	out_close(f);
 	free(score);
-	circ_curve_free(cv);
+	circ_eval_curve_free(cv);
 	circ_circuit_free(c);
 	circ_reader_free(r);
 	circ_scores_free(s);

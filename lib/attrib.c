@@ -300,8 +300,8 @@ static int backward_from_metric(circ_attrib *a, circ_error *e)
 	const float *logits = circ_run_logits(run, NULL);
 	circ_bwd bw = {0};
 	for (int bb = 0; bb < b->B; bb++)
-		circ_metric_eval(circ_patcher_opts(a->p)->metric, b, bb, logits,
-				 circ_patcher_clean_logp(a->p), a->V, a->dlogits);
+		circ_batch_metric(circ_patcher_opts(a->p)->metric, b, bb, logits,
+				  circ_patcher_clean_logp(a->p), a->V, a->dlogits);
 	/* scores are effects on the loss: -metric for task metrics, kl itself */
 	if (circ_metric_higher_better(circ_patcher_opts(a->p)->metric))
 		for (size_t i = 0; i < (size_t)b->n_read * (size_t)a->V; i++)

@@ -16,7 +16,7 @@
  * order terms of eap are exact patching effects to first order: as the
  * reference approaches the clean run, eap -> exact.
  *
- * Layering: uses patch (and so model, graph, example).
+ * Layering: uses patch (and so model, graph, batch).
  */
 #ifndef CIRC_ATTRIB_H
 #define CIRC_ATTRIB_H

@@ -64,7 +64,7 @@ static double row_max(const float *z, int V)
 	return mx;
 }
 
-double circ_mt_lse(const float *z, int V)
+double circ_metric_lse(const float *z, int V)
 {
 	double mx = row_max(z, V), s = 0;
 	for (int i = 0; i < V; i++)
@@ -72,7 +72,7 @@ double circ_mt_lse(const float *z, int V)
 	return mx + log(s);
 }
 
-double circ_mt_softmax(double *p, const float *z, int V)
+double circ_metric_softmax(double *p, const float *z, int V)
 {
 	double mx = row_max(z, V), s = 0;
 	for (int i = 0; i < V; i++)
@@ -82,22 +82,22 @@ double circ_mt_softmax(double *p, const float *z, int V)
 	return mx + log(s);
 }
 
-double circ_logsoftmax_row(float *out, const float *inp, int n)
+double circ_metric_log_softmax_row(float *out, const float *inp, int n)
 {
-	double lse = circ_mt_lse(inp, n);
+	double lse = circ_metric_lse(inp, n);
 	for (int i = 0; i < n; i++)
 		out[i] = (float)((double)inp[i] - lse);
 	return lse;
 }
 
-void circ_log_softmax(float *out, const float *logits, int n, int V)
+void circ_metric_log_softmax(float *out, const float *logits, int n, int V)
 {
 	for (int i = 0; i < n; i++)
-		circ_logsoftmax_row(out + (size_t)i * V, logits + (size_t)i * V, V);
+		circ_metric_log_softmax_row(out + (size_t)i * V, logits + (size_t)i * V, V);
 }
 
-double circ_mt_logit_diff(const float *z, int V, const int32_t *good, int ngood, const int32_t *bad,
-			  int nbad, int nrows, float *grad)
+double circ_metric_logit_diff(const float *z, int V, const int32_t *good, int ngood,
+			      const int32_t *bad, int nbad, int nrows, float *grad)
 {
 	double m = 0;
 	if (ngood < 1 || nbad < 1 || !ids_ok(good, ngood, V) || !ids_ok(bad, nbad, V))
@@ -123,14 +123,14 @@ static double *scratch(double *p, int V, double **own)
 	return p ? p : *own;
 }
 
-double circ_mt_prob_diff(const float *z, int V, const int32_t *good, int ngood, const int32_t *bad,
-			 int nbad, int nrows, double *p, float *grad)
+double circ_metric_prob_diff(const float *z, int V, const int32_t *good, int ngood,
+			     const int32_t *bad, int nbad, int nrows, double *p, float *grad)
 {
 	double m = 0, *own;
 	if (V < 1 || !ids_ok(good, ngood, V) || !ids_ok(bad, nbad, V))
 		return NAN;
 	p = scratch(p, V, &own);
-	circ_mt_softmax(p, z, V);
+	circ_metric_softmax(p, z, V);
 	for (int i = 0; i < ngood; i++)
 		m += p[good[i]];
 	for (int i = 0; i < nbad; i++)
@@ -147,14 +147,14 @@ double circ_mt_prob_diff(const float *z, int V, const int32_t *good, int ngood, 
 	return m;
 }
 
-double circ_mt_logprob(const float *z, int V, const int32_t *ans, int nans, int nrows, double *p,
-		       float *grad)
+double circ_metric_logprob(const float *z, int V, const int32_t *ans, int nans, int nrows,
+			   double *p, float *grad)
 {
 	double pa = 0, *own;
 	if (nans < 1 || !ids_ok(ans, nans, V))
 		return NAN;
 	p = scratch(p, V, &own);
-	circ_mt_softmax(p, z, V);
+	circ_metric_softmax(p, z, V);
 	for (int i = 0; i < nans; i++)
 		pa += p[ans[i]];
 	if (grad) {
@@ -167,13 +167,14 @@ double circ_mt_logprob(const float *z, int V, const int32_t *ans, int nans, int 
 	return log(pa);
 }
 
-double circ_mt_kl(const float *z, int V, const float *clean_logp, int nrows, double *p, float *grad)
+double circ_metric_kl(const float *z, int V, const float *clean_logp, int nrows, double *p,
+		      float *grad)
 {
 	double lse, kl = 0, *own;
 	if (V < 1)
 		return NAN;
 	p = scratch(p, V, &own);
-	lse = circ_mt_softmax(p, z, V);
+	lse = circ_metric_softmax(p, z, V);
 	for (int v = 0; v < V; v++) {
 		double c = exp(clean_logp[v]);
 		/* 0 log 0 = 0; a NaN clean row stays NaN */
@@ -186,7 +187,7 @@ double circ_mt_kl(const float *z, int V, const float *clean_logp, int nrows, dou
 	return kl;
 }
 
-int circ_mt_argmax(const float *z, int V)
+int circ_metric_argmax(const float *z, int V)
 {
 	int best = V > 0 ? 0 : -1;
 	for (int v = 1; v < V; v++)
@@ -195,13 +196,13 @@ int circ_mt_argmax(const float *z, int V)
 	return best;
 }
 
-double circ_mt_top1(const float *z, int V, int32_t answer, float *grad)
+double circ_metric_top1(const float *z, int V, int32_t answer, float *grad)
 {
 	if (answer < 0 || answer >= V)
 		return NAN;
 	if (grad)
 		memset(grad, 0, (size_t)V * sizeof *grad);
-	return circ_mt_argmax(z, V) == answer ? 1.0 : 0.0;
+	return circ_metric_argmax(z, V) == answer ? 1.0 : 0.0;
 }
 
 /* Before: larger logit, or equal logit and lower id. */
@@ -210,7 +211,7 @@ static int before(const float *z, int a, int b)
 	return z[a] > z[b] || (z[a] == z[b] && a < b);
 }
 
-int circ_mt_topk(const float *z, int V, int k, int32_t *ids, double *probs)
+int circ_metric_topk(const float *z, int V, int k, int32_t *ids, double *probs)
 {
 	int n = 0;
 	double l;
@@ -232,14 +233,14 @@ int circ_mt_topk(const float *z, int V, int k, int32_t *ids, double *probs)
 		if (n < k)
 			n++;
 	}
-	l = circ_mt_lse(z, V);
+	l = circ_metric_lse(z, V);
 	for (int i = 0; i < n; i++)
 		probs[i] = exp(z[ids[i]] - l);
 	return n;
 }
 
-double circ_xent(const float *logits, int N, int V, const int32_t *targets, float *dlogits,
-		 float *row_loss)
+double circ_metric_xent(const float *logits, int N, int V, const int32_t *targets, float *dlogits,
+			float *row_loss)
 {
 	double total = 0;
 	float *ex = dlogits ? NULL : circ_xmalloc((size_t)V * sizeof *ex);
@@ -292,16 +293,16 @@ double circ_metric_example(circ_metric_kind k, int npos, const int32_t *ans, int
 		int na = multi ? 1 : nans, nw = multi ? 1 : nwrong;
 		switch (k) {
 		case CIRC_METRIC_LOGIT_DIFF:
-			m += circ_mt_logit_diff(z, V, a, na, w, nw, npos, dz) / npos;
+			m += circ_metric_logit_diff(z, V, a, na, w, nw, npos, dz) / npos;
 			break;
 		case CIRC_METRIC_PROB_DIFF:
-			m += circ_mt_prob_diff(z, V, a, na, w, nw, npos, p, dz) / npos;
+			m += circ_metric_prob_diff(z, V, a, na, w, nw, npos, p, dz) / npos;
 			break;
 		case CIRC_METRIC_LOGPROB:
-			m += circ_mt_logprob(z, V, a, na, npos, p, dz) / npos;
+			m += circ_metric_logprob(z, V, a, na, npos, p, dz) / npos;
 			break;
 		default:
-			m += circ_mt_kl(z, V, clean_logp + (size_t)i * V, npos, p, dz) / npos;
+			m += circ_metric_kl(z, V, clean_logp + (size_t)i * V, npos, p, dz) / npos;
 			break;
 		}
 	}

@@ -308,7 +308,7 @@ static void copy_nodes(const circ_patcher *p, circ_run *r, float *dst, const cir
 }
 
 /* A batch fits the buffers the patcher was made for: at most max_b x max_t
- * tokens and, as circ_example_parse guarantees (distinct positions inside
+ * tokens and, as circ_batch_parse_example guarantees (distinct positions inside
  * each prompt), at most B x T read rows. Checked before any buffer is
  * written. */
 static int check_batch(const circ_patcher *p, const circ_batch *b, circ_error *e)
@@ -403,7 +403,7 @@ static int read_metric(circ_patcher *p, circ_run *r, const char *what, double *o
 	int n;
 	const float *logits = circ_run_logits(r, &n);
 	for (int b = 0; b < p->b->B; b++) {
-		out[b] = circ_metric_eval(p->o.metric, p->b, b, logits, p->clean_logp, p->V, NULL);
+		out[b] = circ_batch_metric(p->o.metric, p->b, b, logits, p->clean_logp, p->V, NULL);
 		if (!isfinite(out[b]) && !p->o.allow_nonfinite)
 			return circ_errorf(
 			    e,
@@ -453,7 +453,7 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		int rows;
 		const float *logits = circ_run_logits(p->main, &rows);
 		p->clean_logp = circ_xmalloc((size_t)rows * (size_t)p->V * sizeof(float));
-		circ_log_softmax(p->clean_logp, logits, rows, p->V);
+		circ_metric_log_softmax(p->clean_logp, logits, rows, p->V);
 	}
 	if (read_metric(p, p->main, "clean", p->m_clean, e) < 0)
 		return -1;

@@ -20,12 +20,12 @@
  * A node-level graph's head receiver stands for the head's q, k and v
  * receivers of the model together.
  *
- * Layering: uses model, graph, example.
+ * Layering: uses model, graph, batch.
  */
 #ifndef CIRC_PATCH_H
 #define CIRC_PATCH_H
 
-#include "example.h"
+#include "batch.h"
 #include "graph.h"
 #include "model.h"
 

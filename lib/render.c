@@ -356,7 +356,8 @@ int circ_render_text(FILE *f, const circ_render_in *in, circ_error *e)
 		circ_error sub;
 		if (!isnan(c->cpr) || !isnan(c->cmd))
 			fprintf(f, "CPR %.4f  CMD %.4f\n", c->cpr, c->cmd);
-		else if (circ_curve_areas(c->fraction, c->faithfulness, c->n, 0, &a, &sub) == 0)
+		else if (circ_eval_curve_areas(c->fraction, c->faithfulness, c->n, 0, &a, &sub) ==
+			 0)
 			fprintf(f, "area under f %.4f  area |1-f| %.4f\n", a.area_under,
 				a.area_from_1);
 	}
@@ -686,7 +687,7 @@ int circ_render_curve_svg(FILE *f, const circ_curve *c, const char *title, circ_
 		    f,
 		    "<text x=\"320\" y=\"40\" text-anchor=\"middle\">CPR %.4f, CMD %.4f</text>\n",
 		    c->cpr, c->cmd);
-	else if (circ_curve_areas(c->fraction, c->faithfulness, c->n, 0, &a, &sub) == 0)
+	else if (circ_eval_curve_areas(c->fraction, c->faithfulness, c->n, 0, &a, &sub) == 0)
 		fprintf(f,
 			"<text x=\"320\" y=\"40\" text-anchor=\"middle\">area under f %.4f, "
 			"area |1 - f| %.4f</text>\n",

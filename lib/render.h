@@ -8,7 +8,7 @@
  * Output is deterministic: the same inputs give byte-identical output, so
  * the golden tests can compare files.
  *
- * Layering: render uses graph, circuit and evalm.
+ * Layering: render uses graph, circuit and eval.
  */
 #ifndef CIRC_RENDER_H
 #define CIRC_RENDER_H
@@ -16,7 +16,7 @@
 #include <stdio.h>
 
 #include "circuit.h"
-#include "evalm.h"
+#include "eval.h"
 
 typedef struct circ_render_in {
 	const circ_graph *g;

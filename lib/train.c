@@ -373,7 +373,8 @@ int circ_trainer_grad(circ_trainer *t, const circ_tbatch *b, double *loss, circ_
 	double l;
 	if (forward_rows(t, b, e) < 0)
 		return -1;
-	l = circ_xent(circ_run_logits(t->run, NULL), b->N, t->V, b->targets, t->dlogits, NULL);
+	l = circ_metric_xent(circ_run_logits(t->run, NULL), b->N, t->V, b->targets, t->dlogits,
+			     NULL);
 	memset(t->g.mem, 0, t->n * sizeof *t->g.mem);
 	bw.dlogits = t->dlogits;
 	bw.dweights = &t->g;
@@ -409,7 +410,7 @@ int circ_trainer_eval(circ_trainer *t, const circ_tbatch *b, float *row_loss,
 	if (forward_rows(t, b, e) < 0)
 		return -1;
 	lg = circ_run_logits(t->run, NULL);
-	circ_xent(lg, b->N, t->V, b->targets, NULL, row_loss);
+	circ_metric_xent(lg, b->N, t->V, b->targets, NULL, row_loss);
 	if (logits_out)
 		*logits_out = lg;
 	return 0;
@@ -1260,7 +1261,7 @@ static int eval_induction(circ_ttask *t, circ_trainer *tr, int batch, circ_ttask
 				nf++;
 			} else if (i >= L) {
 				lr += rl[r];
-				acc += circ_mt_argmax(lg + (size_t)r * V, V) == b->targets[r];
+				acc += circ_metric_argmax(lg + (size_t)r * V, V) == b->targets[r];
 				nr++;
 			}
 		}
@@ -1306,17 +1307,18 @@ int circ_ttask_evaluate(circ_ttask *t, circ_trainer *tr, int batch, circ_ttask_e
 			size_t nw = s->wrong_off[i + 1] - s->wrong_off[i];
 			/* the loss of the training target: the first answer (ioi), one
 			 * drawn uniformly from the answers (greater-than) */
-			int best = circ_mt_argmax(x, V), best_ok = 0, nt = t->gt ? (int)na : 1;
-			double lse = circ_mt_lse(x, V), nll = 0, m;
+			int best = circ_metric_argmax(x, V), best_ok = 0, nt = t->gt ? (int)na : 1;
+			double lse = circ_metric_lse(x, V), nll = 0, m;
 			for (size_t a = 0; a < na; a++)
 				best_ok |= ans[a] == best;
 			for (int a = 0; a < nt; a++)
 				nll += lse - x[ans[a]];
 			loss += nt ? nll / nt : 0;
 			if (t->gt)
-				m = circ_mt_prob_diff(x, V, ans, (int)na, wr, (int)nw, 1, p, NULL);
+				m = circ_metric_prob_diff(x, V, ans, (int)na, wr, (int)nw, 1, p,
+							  NULL);
 			else
-				m = circ_mt_logit_diff(x, V, ans, 1, wr, 1, 1, NULL);
+				m = circ_metric_logit_diff(x, V, ans, 1, wr, 1, 1, NULL);
 			metric += m;
 			pair += m > 0;
 			top += best_ok;

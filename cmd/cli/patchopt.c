@@ -127,7 +127,7 @@ void circ_patch_cli_metric(circ_patch_cli *pc, circ_reader *tokens)
 	circ_error e;
 	if (pc->metric_set)
 		return;
-	if (circ_metric_from_header(circ_reader_header(tokens), &pc->metric, &e) < 0) {
+	if (circ_batch_metric_from_header(circ_reader_header(tokens), &pc->metric, &e) < 0) {
 		circ_error_prefix(&e, "%s", circ_reader_name(tokens));
 		circ_die(&e);
 	}
@@ -154,7 +154,7 @@ void circ_patch_cli_means(const circ_patch_cli *pc, circ_patcher *p, const circ_
 	const circ_config *c = circ_model_config(m);
 	circ_error e;
 	circ_reader *r;
-	circ_batcher *bt;
+	circ_batch_reader *bt;
 	circ_batch *b;
 	int k;
 	if (pc->ablation != CIRC_ABL_MEAN)
@@ -162,14 +162,14 @@ void circ_patch_cli_means(const circ_patch_cli *pc, circ_patcher *p, const circ_
 	if (!pc->mean_ref && !strcmp(input, "-"))
 		circ_usage_error("mean ablation on standard input needs --mean-ref FILE");
 	r = circ_reader_open(pc->mean_ref ? pc->mean_ref : input, "tokens", &e);
-	if (!r || circ_tokens_check_vocab(r, pc->model, &e) < 0)
+	if (!r || circ_batch_check_vocab(r, pc->model, &e) < 0)
 		circ_die(&e);
-	bt = circ_batcher_new(r, pc->metric, c->vocab_size, c->n_ctx, pc->batch);
-	while ((k = circ_batcher_next(bt, &b, &e)) > 0)
+	bt = circ_batch_reader_new(r, pc->metric, c->vocab_size, c->n_ctx, pc->batch);
+	while ((k = circ_batch_reader_next(bt, &b, &e)) > 0)
 		if (circ_patcher_mean_add(p, b, &e) < 0)
 			circ_die(&e);
 	if (k < 0 || circ_patcher_mean_finish(p, &e) < 0)
 		circ_die(&e);
-	circ_batcher_free(bt);
+	circ_batch_reader_free(bt);
 	circ_reader_free(r);
 }

@@ -4,7 +4,7 @@
  * ablation and its reference, metric, graph level and convention, batch and
  * threads. One table, one parser, one meaning for every tool.
  *
- * Layering: cmd/cli/, over opt and lib/'s patch and example (like opt, it
+ * Layering: cmd/cli/, over opt and lib/'s patch and batch (like opt, it
  * prints usage errors and exits).
  */
 #ifndef CIRC_PATCHOPT_H

@@ -21,7 +21,7 @@ void circ_session_tokens(circ_session *s, const char *input)
 	circ_error e;
 	s->input = input;
 	s->r = circ_reader_open(input, "tokens", &e);
-	if (!s->r || circ_tokens_check_vocab(s->r, s->pc->model, &e) < 0)
+	if (!s->r || circ_batch_check_vocab(s->r, s->pc->model, &e) < 0)
 		circ_die(&e);
 }
 
@@ -53,8 +53,8 @@ int circ_session_next(circ_session *s, circ_batch **b)
 	circ_error e;
 	int k;
 	if (!s->bt) {
-		s->bt = circ_batcher_new(s->r, s->pc->metric, s->c->vocab_size, s->c->n_ctx,
-					 s->pc->batch);
+		s->bt = circ_batch_reader_new(s->r, s->pc->metric, s->c->vocab_size, s->c->n_ctx,
+					      s->pc->batch);
 		if (!s->pr.what) {
 			circ_cli_progress(&s->pr, "examples", 0);
 			s->count_batches = 1;
@@ -63,7 +63,7 @@ int circ_session_next(circ_session *s, circ_batch **b)
 	if (s->last && s->count_batches)
 		circ_progress_step(&s->pr, s->last->B);
 	s->last = NULL;
-	k = circ_batcher_next(s->bt, b, &e);
+	k = circ_batch_reader_next(s->bt, b, &e);
 	if (k < 0)
 		circ_die(&e);
 	if (k == 0) {
@@ -105,7 +105,7 @@ void circ_session_finish(circ_session *s)
 void circ_session_free(circ_session *s)
 {
 	circ_writer_abort(s->w);
-	circ_batcher_free(s->bt);
+	circ_batch_reader_free(s->bt);
 	circ_patcher_free(s->p);
 	circ_reader_free(s->r);
 	circ_graph_free(s->g);

@@ -14,7 +14,7 @@
 #define CIRC_CLI_SESSION_H
 
 #include "attrib.h"
-#include "example.h"
+#include "batch.h"
 #include "patchopt.h"
 
 typedef struct circ_session {
@@ -27,7 +27,7 @@ typedef struct circ_session {
 	circ_reader *r;		  /* the token stream, or NULL */
 	circ_patcher *p;	  /* NULL until circ_session_patcher */
 	circ_writer *w;		  /* NULL until circ_session_output; aborted on errors */
-	circ_batcher *bt;	  /* NULL until the first circ_session_next */
+	circ_batch_reader *bt;	  /* NULL until the first circ_session_next */
 	circ_progress pr;	  /* "examples" counted by batch, unless the tool starts it */
 	int count_batches;	  /* circ_session_next counts batches in pr */
 	circ_batch *last;	  /* the batch handed out last (counted at the next call) */

@@ -133,7 +133,7 @@ static circ_batch *make_batch(const char *name, circ_metric_kind *metric)
 static void free_batch(circ_batch *b)
 {
 	for (int i = 0; i < b->B; i++)
-		circ_example_free(&b->ex[i]);
+		circ_batch_example_free(&b->ex[i]);
 	free(b->ex);
 	free(b->clean);
 	free(b->corrupt);
@@ -316,9 +316,9 @@ static void task_score(const circ_batch *b, circ_metric_kind k, circ_run *run, i
 	int right = 0;
 	*mean = 0;
 	for (int i = 0; i < b->B; i++) {
-		*mean += circ_metric_eval(k, b, i, lg, NULL, V, NULL);
+		*mean += circ_batch_metric(k, b, i, lg, NULL, V, NULL);
 		for (int p = 0; p < b->ex[i].npos; p++)
-			right += circ_mt_argmax(lg + (size_t)(b->row0[i] + p) * (size_t)V, V) ==
+			right += circ_metric_argmax(lg + (size_t)(b->row0[i] + p) * (size_t)V, V) ==
 				 b->ex[i].ans[p];
 	}
 	*mean /= b->B;

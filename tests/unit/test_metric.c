@@ -33,11 +33,11 @@ static double row_metric(circ_metric_kind k, const float *z, const int32_t *ans,
 {
 	switch (k) {
 	case CIRC_METRIC_LOGIT_DIFF:
-		return circ_mt_logit_diff(z, V, ans, nans, wrong, nwrong, nrows, grad);
+		return circ_metric_logit_diff(z, V, ans, nans, wrong, nwrong, nrows, grad);
 	case CIRC_METRIC_PROB_DIFF:
-		return circ_mt_prob_diff(z, V, ans, nans, wrong, nwrong, nrows, NULL, grad);
-	case CIRC_METRIC_LOGPROB: return circ_mt_logprob(z, V, ans, nans, nrows, NULL, grad);
-	default: return circ_mt_kl(z, V, clp, nrows, NULL, grad);
+		return circ_metric_prob_diff(z, V, ans, nans, wrong, nwrong, nrows, NULL, grad);
+	case CIRC_METRIC_LOGPROB: return circ_metric_logprob(z, V, ans, nans, nrows, NULL, grad);
+	default: return circ_metric_kl(z, V, clp, nrows, NULL, grad);
 	}
 }
 
@@ -49,7 +49,7 @@ static void test_aggregation(void)
 	int32_t ans[NPOS] = {2, 5, 7}, wrong[NPOS] = {3, 0, 8};
 	for (int i = 0; i < NPOS * V; i++)
 		z[i] = 6 * uniform() - 3, clp[i] = 4 * uniform() - 2;
-	circ_log_softmax(clp, clp, NPOS, V);
+	circ_metric_log_softmax(clp, clp, NPOS, V);
 	for (int k = 0; k < CIRC_METRIC_COUNT; k++) {
 		circ_metric_kind mk = (circ_metric_kind)k;
 		/* one row, answer sets */
@@ -81,8 +81,8 @@ static void test_aggregation(void)
 	/* kl reads no answers */
 	CHECK(isfinite(circ_metric_example(CIRC_METRIC_KL, NPOS, NULL, 0, NULL, 0, z, clp, V, g)));
 	/* kl of the clean distribution itself is 0, its gradient too */
-	circ_log_softmax(clp, z, 1, V);
-	CHECK(fabs(circ_mt_kl(z, V, clp, 1, NULL, gr)) < 1e-6);
+	circ_metric_log_softmax(clp, z, 1, V);
+	CHECK(fabs(circ_metric_kl(z, V, clp, 1, NULL, gr)) < 1e-6);
 	for (int v = 0; v < V; v++)
 		CHECK(fabsf(gr[v]) < 1e-6f);
 }
@@ -94,7 +94,7 @@ static void test_gradients(void)
 	int32_t ans[2] = {1, 4}, wrong[2] = {6, 0};
 	for (int i = 0; i < V; i++)
 		z[i] = 4 * uniform() - 2, clp[i] = 4 * uniform() - 2;
-	circ_log_softmax(clp, clp, 1, V);
+	circ_metric_log_softmax(clp, clp, 1, V);
 	for (int k = 0; k < CIRC_METRIC_COUNT; k++) {
 		circ_metric_kind mk = (circ_metric_kind)k;
 		row_metric(mk, z, ans, 2, wrong, 2, clp, 1, g);
@@ -125,11 +125,11 @@ static void test_order(void)
 	int32_t ans[2] = {2, 7}, wrong[2] = {3, 5};
 	for (int i = 0; i < V; i++)
 		z[i] = 10 * uniform() - 5;
-	CHECK(circ_mt_logit_diff(z, V, ans, 2, wrong, 1, 1, NULL) ==
+	CHECK(circ_metric_logit_diff(z, V, ans, 2, wrong, 1, 1, NULL) ==
 	      (z[2] / 2.0 + z[7] / 2.0) - z[3] / 1.0);
-	double m = circ_mt_prob_diff(z, V, ans, 1, wrong, 2, 1, p, NULL);
+	double m = circ_metric_prob_diff(z, V, ans, 1, wrong, 2, 1, p, NULL);
 	CHECK(m == (p[2] - p[3]) - p[5]); /* p: the row's softmax on return */
-	CHECK(circ_mt_logprob(z, V, ans, 2, 1, NULL, NULL) == log(p[2] + p[7]));
+	CHECK(circ_metric_logprob(z, V, ans, 2, 1, NULL, NULL) == log(p[2] + p[7]));
 	double s = 0;
 	for (int v = 0; v < V; v++)
 		s += p[v];
@@ -140,12 +140,12 @@ static void test_guards(void)
 {
 	float z[V] = {0};
 	int32_t bad = V, neg = -1, ok = 1;
-	CHECK(isnan(circ_mt_logit_diff(z, V, &bad, 1, &ok, 1, 1, NULL)));
-	CHECK(isnan(circ_mt_logit_diff(z, V, &ok, 1, &ok, 0, 1, NULL)));
-	CHECK(isnan(circ_mt_prob_diff(z, V, &ok, 1, &neg, 1, 1, NULL, NULL)));
-	CHECK(isnan(circ_mt_logprob(z, V, &bad, 1, 1, NULL, NULL)));
-	CHECK(isnan(circ_mt_logprob(z, V, &ok, 0, 1, NULL, NULL)));
-	CHECK(isnan(circ_mt_top1(z, V, bad, NULL)));
+	CHECK(isnan(circ_metric_logit_diff(z, V, &bad, 1, &ok, 1, 1, NULL)));
+	CHECK(isnan(circ_metric_logit_diff(z, V, &ok, 1, &ok, 0, 1, NULL)));
+	CHECK(isnan(circ_metric_prob_diff(z, V, &ok, 1, &neg, 1, 1, NULL, NULL)));
+	CHECK(isnan(circ_metric_logprob(z, V, &bad, 1, 1, NULL, NULL)));
+	CHECK(isnan(circ_metric_logprob(z, V, &ok, 0, 1, NULL, NULL)));
+	CHECK(isnan(circ_metric_top1(z, V, bad, NULL)));
 	CHECK(isnan(circ_metric_example(CIRC_METRIC_COUNT, 1, &ok, 1, &ok, 1, z, NULL, V, NULL)));
 	circ_metric_kind k;
 	for (int i = 0; i < CIRC_METRIC_COUNT; i++) {
@@ -161,19 +161,19 @@ static void test_guards(void)
 static void test_rows(void)
 {
 	float row[5] = {1, 2, 3, 4, 1000}, out[5];
-	double lse = circ_logsoftmax_row(out, row, 5);
+	double lse = circ_metric_log_softmax_row(out, row, 5);
 	CHECK(fabs(lse - 1000) < 1e-9 && fabs(out[4]) < 1e-6 && out[0] < -998);
-	CHECK(circ_mt_lse(row, 5) == lse);
+	CHECK(circ_metric_lse(row, 5) == lse);
 	/* ties: the lowest id first */
 	float t[6] = {1, 3, 3, 0, 3, 2};
 	int32_t ids[6];
 	double probs[6];
-	CHECK(circ_mt_argmax(t, 6) == 1 && circ_mt_argmax(t, 0) == -1);
-	CHECK(circ_mt_topk(t, 6, 4, ids, probs) == 4);
+	CHECK(circ_metric_argmax(t, 6) == 1 && circ_metric_argmax(t, 0) == -1);
+	CHECK(circ_metric_topk(t, 6, 4, ids, probs) == 4);
 	CHECK(ids[0] == 1 && ids[1] == 2 && ids[2] == 4 && ids[3] == 5);
 	CHECK(probs[0] == probs[2] && probs[3] < probs[0]);
-	CHECK(circ_mt_topk(t, 6, 9, ids, probs) == 6 && ids[5] == 3); /* k > V: V */
-	CHECK(circ_mt_top1(t, 6, 1, NULL) == 1 && circ_mt_top1(t, 6, 2, NULL) == 0);
+	CHECK(circ_metric_topk(t, 6, 9, ids, probs) == 6 && ids[5] == 3); /* k > V: V */
+	CHECK(circ_metric_top1(t, 6, 1, NULL) == 1 && circ_metric_top1(t, 6, 2, NULL) == 0);
 }
 
 int main(void)

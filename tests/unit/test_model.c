@@ -295,20 +295,22 @@ static void compare_metrics(const char *gold)
 	for (int i = 0; i < n; i++) {
 		const float *z = lg + (size_t)i * V;
 		double v[5];
-		circ_logsoftmax_row(clp, cl + (size_t)i * V, V);
+		circ_metric_log_softmax_row(clp, cl + (size_t)i * V, V);
 		for (int j = 0; j < 5; j++) {
 			switch (j) {
 			case 0:
-				v[j] = circ_mt_logit_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
-							  nb[i], 1, grad);
+				v[j] = circ_metric_logit_diff(z, V, good + 3 * i, ng[i],
+							      bad + 3 * i, nb[i], 1, grad);
 				break;
 			case 1:
-				v[j] = circ_mt_prob_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
-							 nb[i], 1, p, grad);
+				v[j] = circ_metric_prob_diff(z, V, good + 3 * i, ng[i], bad + 3 * i,
+							     nb[i], 1, p, grad);
 				break;
-			case 2: v[j] = circ_mt_kl(z, V, clp, 1, p, grad); break;
-			case 3: v[j] = circ_mt_logprob(z, V, good + 3 * i, 1, 1, NULL, grad); break;
-			default: v[j] = circ_mt_top1(z, V, good[3 * i], grad); break;
+			case 2: v[j] = circ_metric_kl(z, V, clp, 1, p, grad); break;
+			case 3:
+				v[j] = circ_metric_logprob(z, V, good + 3 * i, 1, 1, NULL, grad);
+				break;
+			default: v[j] = circ_metric_top1(z, V, good[3 * i], grad); break;
 			}
 			if (fabs(v[j] - vals[i * 5 + j]) > 1e-5 * (1 + fabs(vals[i * 5 + j]))) {
 				fprintf(stderr, "metric %d row %d: %.9g vs torch %.9g\n", j, i,
@@ -323,10 +325,10 @@ static void compare_metrics(const char *gold)
 	/* top-k against a sort */
 	int32_t ids[5];
 	double probs[5];
-	CHECK(circ_mt_topk(lg, V, 5, ids, probs) == 5);
+	CHECK(circ_metric_topk(lg, V, 5, ids, probs) == 5);
 	for (int i = 1; i < 5; i++)
 		CHECK(lg[ids[i - 1]] >= lg[ids[i]] && probs[i - 1] >= probs[i]);
-	CHECK(ids[0] == circ_mt_argmax(lg, V));
+	CHECK(ids[0] == circ_metric_argmax(lg, V));
 	for (int v = 0; v < V; v++) {
 		int in = 0;
 		for (int i = 0; i < 5; i++)
@@ -335,8 +337,8 @@ static void compare_metrics(const char *gold)
 			CHECK(lg[v] <= lg[ids[4]]);
 	}
 	int32_t badid = V;
-	CHECK(isnan(circ_mt_logprob(lg, V, &badid, 1, 1, NULL, NULL)));
-	CHECK(isnan(circ_mt_logit_diff(lg, V, &badid, 1, good, 1, 1, NULL)));
+	CHECK(isnan(circ_metric_logprob(lg, V, &badid, 1, 1, NULL, NULL)));
+	CHECK(isnan(circ_metric_logit_diff(lg, V, &badid, 1, good, 1, 1, NULL)));
 	free(p);
 	free(grad);
 	free(clp);
@@ -452,8 +454,8 @@ static double fd_metric(circ_run *r, float *dl)
 	int n, V = circ_model_config(circ_run_model(r))->vocab_size;
 	const float *lg = circ_run_logits(r, &n);
 	int32_t a = 3, w = 5;
-	double v = circ_mt_logprob(lg, V, &a, 1, 1, NULL, dl);
-	v += circ_mt_logit_diff(lg + V, V, &a, 1, &w, 1, 1, dl ? dl + V : NULL);
+	double v = circ_metric_logprob(lg, V, &a, 1, 1, NULL, dl);
+	v += circ_metric_logit_diff(lg + V, V, &a, 1, &w, 1, 1, dl ? dl + V : NULL);
 	return v;
 }
 

@@ -320,7 +320,7 @@ int main(void)
 		free(keep);
 		circ_patcher_free(p);
 	}
-	/* a batch reading more rows than B x T (what circ_example_parse rules
+	/* a batch reading more rows than B x T (what circ_batch_parse_example rules
 	 * out) is refused before the patcher's buffers are written */
 	{
 		circ_patch_opts po = {

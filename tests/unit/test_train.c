@@ -463,7 +463,7 @@ static void test_pieces(void)
 	/* cross-entropy: value and gradient against a direct computation */
 	float lg[2 * 5] = {1, 2, 3, 4, 5, -1, 0, 0, 0, 10}, d[10];
 	int32_t tg[2] = {4, 1};
-	double l = circ_xent(lg, 2, 5, tg, d, NULL);
+	double l = circ_metric_xent(lg, 2, 5, tg, d, NULL);
 	double z0 = 0, z1 = 0;
 	for (int j = 0; j < 5; j++)
 		z0 += exp(lg[j]), z1 += exp(lg[5 + j]);

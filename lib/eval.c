@@ -1,12 +1,12 @@
 /*
- * evalm: ROC/AUC, confusion counts and faithfulness-curve areas (see
- * evalm.h for the definitions, which follow the MIB benchmark).
+ * eval: ROC/AUC, confusion counts and faithfulness-curve areas (see
+ * eval.h for the definitions, which follow the MIB benchmark).
  *
  * Design: the AUC sorts once and sums average ranks, O(n log n); a pairwise
  * count stays beside it as the reference twin. NaN scores become -inf so
  * that unscored edges rank last together instead of poisoning the sort.
  */
-#include "evalm.h"
+#include "eval.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -55,7 +55,8 @@ static item *sorted_items(const double *score, const uint8_t *label, int64_t n)
 	return it;
 }
 
-int circ_roc_auc(const double *score, const uint8_t *label, int64_t n, double *auc, circ_error *e)
+int circ_eval_roc_auc(const double *score, const uint8_t *label, int64_t n, double *auc,
+		      circ_error *e)
 {
 	int64_t P, N;
 	if (count_labels(label, n, &P, &N, e) < 0)
@@ -81,7 +82,7 @@ int circ_roc_auc(const double *score, const uint8_t *label, int64_t n, double *a
 	return 0;
 }
 
-double circ_roc_auc_ref(const double *score, const uint8_t *label, int64_t n)
+double circ_eval_roc_auc_ref(const double *score, const uint8_t *label, int64_t n)
 {
 	double wins = 0, pairs = 0;
 	for (int64_t i = 0; i < n; i++) {
@@ -98,8 +99,8 @@ double circ_roc_auc_ref(const double *score, const uint8_t *label, int64_t n)
 	return pairs > 0 ? wins / pairs : NAN;
 }
 
-int64_t circ_roc_curve(const double *score, const uint8_t *label, int64_t n, circ_roc_point *pts,
-		       circ_error *e)
+int64_t circ_eval_roc_curve(const double *score, const uint8_t *label, int64_t n,
+			    circ_roc_point *pts, circ_error *e)
 {
 	int64_t P, N;
 	if (count_labels(label, n, &P, &N, e) < 0)
@@ -122,7 +123,7 @@ int64_t circ_roc_curve(const double *score, const uint8_t *label, int64_t n, cir
 	return m;
 }
 
-double circ_trapezoid(const double *x, const double *y, int64_t n)
+double circ_eval_trapezoid(const double *x, const double *y, int64_t n)
 {
 	double a = 0;
 	for (int64_t i = 0; i + 1 < n; i++)
@@ -130,7 +131,7 @@ double circ_trapezoid(const double *x, const double *y, int64_t n)
 	return a;
 }
 
-void circ_confusion_compute(const uint8_t *pred, const uint8_t *label, int64_t n, circ_confusion *c)
+void circ_eval_confusion(const uint8_t *pred, const uint8_t *label, int64_t n, circ_confusion *c)
 {
 	memset(c, 0, sizeof *c);
 	for (int64_t i = 0; i < n; i++) {
@@ -146,8 +147,8 @@ void circ_confusion_compute(const uint8_t *pred, const uint8_t *label, int64_t n
 	c->recall = c->tpr;
 }
 
-int circ_curve_areas(const double *x, const double *f, int64_t n, int log_x, circ_curve_area *out,
-		     circ_error *e)
+int circ_eval_curve_areas(const double *x, const double *f, int64_t n, int log_x,
+			  circ_curve_area *out, circ_error *e)
 {
 	if (n < 2)
 		return circ_errorf(e, "curve: needs at least 2 points, got %lld", (long long)n);
@@ -178,19 +179,19 @@ int circ_curve_areas(const double *x, const double *f, int64_t n, int log_x, cir
 	return 0;
 }
 
-double circ_faithfulness(double m_circuit, double m_empty, double m_model)
+double circ_eval_faithfulness(double m_circuit, double m_empty, double m_model)
 {
 	double den = m_model - m_empty;
 	return den != 0 ? (m_circuit - m_empty) / den : NAN;
 }
 
-int64_t circ_curve_n_edges(double fraction, int64_t n_edges)
+int64_t circ_eval_curve_n_edges(double fraction, int64_t n_edges)
 {
 	return (int64_t)floor(fraction * (double)n_edges);
 }
 
-int circ_mib_auroc(const circ_graph *g, const double *score, int signed_, const uint8_t *truth,
-		   double *auroc, double *fpr, double *tpr, circ_error *e)
+int circ_eval_mib_auroc(const circ_graph *g, const double *score, int signed_, const uint8_t *truth,
+			double *auroc, double *fpr, double *tpr, circ_error *e)
 {
 	int64_t P, N, scored = 0;
 	if (count_labels(truth, g->n_edges, &P, &N, e) < 0)
@@ -209,7 +210,7 @@ int circ_mib_auroc(const circ_graph *g, const double *score, int signed_, const 
 		}
 		circ_prune_dangling(g, keep);
 		circ_confusion c;
-		circ_confusion_compute(keep, truth, g->n_edges, &c);
+		circ_eval_confusion(keep, truth, g->n_edges, &c);
 		x[k] = c.fpr;
 		y[k] = c.tpr;
 	}
@@ -227,7 +228,7 @@ int circ_mib_auroc(const circ_graph *g, const double *score, int signed_, const 
 
 /* ---- curve stream ---- */
 
-circ_curve *circ_curve_read(circ_reader *r, circ_error *e)
+circ_curve *circ_eval_curve_read(circ_reader *r, circ_error *e)
 {
 	const msgpack_object *h = circ_reader_header(r), *rec;
 	circ_curve *c = circ_xcalloc(1, sizeof *c);
@@ -305,11 +306,11 @@ fail_rec:
 fail_hdr:
 	circ_error_prefix(e, "%s: record 0", circ_reader_name(r));
 fail:
-	circ_curve_free(c);
+	circ_eval_curve_free(c);
 	return NULL;
 }
 
-void circ_curve_free(circ_curve *c)
+void circ_eval_curve_free(circ_curve *c)
 {
 	if (!c)
 		return;
@@ -322,10 +323,10 @@ void circ_curve_free(circ_curve *c)
 	free(c);
 }
 
-int circ_curve_write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
-			    int ninputs, const circ_graph *g, const char *metric, int absolute,
-			    const char *model_digest, const circ_hdr_field *extra, int nextra,
-			    circ_error *e)
+int circ_eval_curve_write_header(circ_writer *w, int argc, char **argv, circ_reader *const *inputs,
+				 int ninputs, const circ_graph *g, const char *metric, int absolute,
+				 const char *model_digest, const circ_hdr_field *extra, int nextra,
+				 circ_error *e)
 {
 	circ_hdr_field own[] = {
 	    CIRC_HDR_GRAPH(g),
@@ -337,8 +338,8 @@ int circ_curve_write_header(circ_writer *w, int argc, char **argv, circ_reader *
 				      extra, nextra, e);
 }
 
-int circ_curve_write_point(circ_writer *w, double fraction, int64_t n_edges, double faithfulness,
-			   double metric, circ_error *e)
+int circ_eval_curve_write_point(circ_writer *w, double fraction, int64_t n_edges,
+				double faithfulness, double metric, circ_error *e)
 {
 	msgpack_packer *pk = circ_writer_packer(w);
 	msgpack_pack_map(pk, 4);
@@ -349,7 +350,7 @@ int circ_curve_write_point(circ_writer *w, double fraction, int64_t n_edges, dou
 	return circ_writer_end_record(w, e);
 }
 
-int circ_curve_write_summary(circ_writer *w, double cpr, double cmd, circ_error *e)
+int circ_eval_curve_write_summary(circ_writer *w, double cpr, double cmd, circ_error *e)
 {
 	msgpack_packer *pk = circ_writer_packer(w);
 	msgpack_pack_map(pk, 3);

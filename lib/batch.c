@@ -1,8 +1,8 @@
 /*
- * example: token records -> examples -> equal-length batches, and the task
- * metrics with their gradients (see example.h for the definitions).
+ * batch: token records -> examples -> equal-length batches, and the task
+ * metrics with their gradients (see batch.h for the definitions).
  */
-#include "example.h"
+#include "batch.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e)
+int circ_batch_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e)
 {
 	const char *s;
 	size_t n;
@@ -121,7 +121,7 @@ static int int_list(const msgpack_object *rec, const char *key, const char *what
 	return 0;
 }
 
-/* circ_example_parse, with an id of default_id where the record has none
+/* circ_batch_parse_example, with an id of default_id where the record has none
  * (default_id >= 0: records under a generic header). */
 static int example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
 			 int64_t default_id, circ_example *ex, circ_error *e)
@@ -204,17 +204,17 @@ static int example_parse(const msgpack_object *rec, circ_metric_kind metric, int
 	}
 	return 0;
 fail:
-	circ_example_free(ex);
+	circ_batch_example_free(ex);
 	return -1;
 }
 
-int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
-		       circ_example *ex, circ_error *e)
+int circ_batch_parse_example(const msgpack_object *rec, circ_metric_kind metric, int vocab,
+			     int n_ctx, circ_example *ex, circ_error *e)
 {
 	return example_parse(rec, metric, vocab, n_ctx, -1, ex, e);
 }
 
-void circ_example_free(circ_example *ex)
+void circ_batch_example_free(circ_example *ex)
 {
 	if (!ex)
 		return;
@@ -272,7 +272,7 @@ static int dir_vocab_digest(const char *dir, char out[72], circ_error *e)
 	return 1;
 }
 
-int circ_tokens_check_vocab(const circ_reader *r, const char *model_dir, circ_error *e)
+int circ_batch_check_vocab(const circ_reader *r, const char *model_dir, circ_error *e)
 {
 	const msgpack_object *hdr = circ_reader_header(r);
 	const char *hv;
@@ -297,7 +297,7 @@ int circ_tokens_check_vocab(const circ_reader *r, const char *model_dir, circ_er
 
 /* ---- batches ---- */
 
-struct circ_batcher {
+struct circ_batch_reader {
 	circ_reader *r;
 	circ_metric_kind metric;
 	int vocab, n_ctx, max_b;
@@ -326,11 +326,11 @@ static int check_n_examples(void *ctx, const msgpack_object *hdr, int64_t nrec, 
 	return 0;
 }
 
-circ_batcher *circ_batcher_new(circ_reader *r, circ_metric_kind metric, int vocab, int n_ctx,
-			       int max_b)
+circ_batch_reader *circ_batch_reader_new(circ_reader *r, circ_metric_kind metric, int vocab,
+					 int n_ctx, int max_b)
 {
 	circ_reader_on_part_end(r, check_n_examples, NULL);
-	circ_batcher *bt = circ_xcalloc(1, sizeof *bt);
+	circ_batch_reader *bt = circ_xcalloc(1, sizeof *bt);
 	bt->r = r;
 	bt->metric = metric;
 	bt->vocab = vocab;
@@ -344,12 +344,12 @@ circ_batcher *circ_batcher_new(circ_reader *r, circ_metric_kind metric, int voca
 static void batch_clear(circ_batch *b)
 {
 	for (int i = 0; i < b->B; i++)
-		circ_example_free(&b->ex[i]);
+		circ_batch_example_free(&b->ex[i]);
 	b->B = 0;
 	b->n_read = 0;
 }
 
-int circ_batcher_next(circ_batcher *bt, circ_batch **out, circ_error *e)
+int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **out, circ_error *e)
 {
 	circ_batch *b = &bt->b;
 	batch_clear(b);
@@ -410,18 +410,18 @@ int circ_batcher_next(circ_batcher *bt, circ_batch **out, circ_error *e)
 	return 1;
 }
 
-int64_t circ_batcher_count(const circ_batcher *bt)
+int64_t circ_batch_reader_count(const circ_batch_reader *bt)
 {
 	return bt->count;
 }
 
-void circ_batcher_free(circ_batcher *bt)
+void circ_batch_reader_free(circ_batch_reader *bt)
 {
 	if (!bt)
 		return;
 	batch_clear(&bt->b);
 	if (bt->has_pending)
-		circ_example_free(&bt->pending);
+		circ_batch_example_free(&bt->pending);
 	free(bt->b.ex);
 	free(bt->b.row0);
 	free(bt->b.clean);
@@ -469,7 +469,7 @@ void circ_batch_free(circ_batch *b)
 	if (!b)
 		return;
 	for (int i = 0; i < b->B; i++)
-		circ_example_free(&b->ex[i]);
+		circ_batch_example_free(&b->ex[i]);
 	free(b->ex);
 	free(b->clean);
 	free(b->corrupt);
@@ -481,8 +481,8 @@ void circ_batch_free(circ_batch *b)
 
 /* ---- metrics (lib/metric computes them) ---- */
 
-double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
-			const float *clean_logp, int V, float *dlogits)
+double circ_batch_metric(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
+			 const float *clean_logp, int V, float *dlogits)
 {
 	const circ_example *ex = &bt->ex[b];
 	size_t off = (size_t)bt->row0[b] * (size_t)V;
@@ -491,8 +491,9 @@ double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const f
 				   dlogits ? dlogits + off : NULL);
 }
 
-int circ_metric_correct(const circ_batch *bt, int b, const float *logits, int V)
+int circ_batch_correct(const circ_batch *bt, int b, const float *logits, int V)
 {
 	const circ_example *ex = &bt->ex[b];
-	return ex->nans >= 1 && circ_mt_argmax(logits + (size_t)bt->row0[b] * V, V) == ex->ans[0];
+	return ex->nans >= 1 &&
+	       circ_metric_argmax(logits + (size_t)bt->row0[b] * V, V) == ex->ans[0];
 }

@@ -1,5 +1,5 @@
 /*
- * example: the examples of a task as the discovery tools use them — a clean
+ * batch: the examples of a task as the discovery tools use them — a clean
  * prompt, its corrupted counterpart, the positions read, the answer and the
  * wrong answer — parsed from a token stream (circ-tokenize) and gathered
  * into batches of equal length; and each example's metric read from a
@@ -9,8 +9,8 @@
  * Layering: uses util, stream and metric; used by patch, attrib and the
  * tools.
  */
-#ifndef CIRC_EXAMPLE_H
-#define CIRC_EXAMPLE_H
+#ifndef CIRC_BATCH_H
+#define CIRC_BATCH_H
 
 #include <msgpack.h>
 #include <stdint.h>
@@ -18,7 +18,7 @@
 #include "metric.h"
 #include "stream.h"
 
-/* One example. Arrays are owned (circ_example_free). */
+/* One example. Arrays are owned (circ_batch_example_free). */
 typedef struct circ_example {
 	int64_t id;
 	int T;
@@ -36,14 +36,14 @@ typedef struct circ_example {
  * outside the vocabulary (50257 tokens)", "... 1100 tokens, longer than the
  * model's context (1024)". The metric decides which answers an example
  * needs (see circ_metric_example). */
-int circ_example_parse(const msgpack_object *rec, circ_metric_kind metric, int vocab, int n_ctx,
-		       circ_example *ex, circ_error *e);
-void circ_example_free(circ_example *ex);
+int circ_batch_parse_example(const msgpack_object *rec, circ_metric_kind metric, int vocab,
+			     int n_ctx, circ_example *ex, circ_error *e);
+void circ_batch_example_free(circ_example *ex);
 
 /* Metric kind from a tokens header ("metric"); logit_diff for the generic
  * header of headerless JSON lines (kind "records"); -1 with a message if
  * absent or unknown. */
-int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e);
+int circ_batch_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ_error *e);
 
 /* A token stream made with another tokenizer than the model's is refused:
  * the header's "vocab_digest" (if any) must equal the digest of the model
@@ -52,7 +52,7 @@ int circ_metric_from_header(const msgpack_object *hdr, circ_metric_kind *k, circ
  * nothing to compare). -1 with "'<file>': header: vocab_digest ... differs
  * from the model's tokenizer files in '<dir>' (...)", or on a read error.
  * Every tool that runs a model on tokens calls it. */
-int circ_tokens_check_vocab(const circ_reader *r, const char *model_dir, circ_error *e);
+int circ_batch_check_vocab(const circ_reader *r, const char *model_dir, circ_error *e);
 
 /* Reads examples from a token stream into batches of up to max_b examples
  * of equal length (a batch ends where the length changes: keep a dataset's
@@ -70,14 +70,14 @@ typedef struct circ_batch {
 	int *row0;		  /* (B) first read row of each example */
 } circ_batch;
 
-typedef struct circ_batcher circ_batcher;
-circ_batcher *circ_batcher_new(circ_reader *r, circ_metric_kind metric, int vocab, int n_ctx,
-			       int max_b);
+typedef struct circ_batch_reader circ_batch_reader;
+circ_batch_reader *circ_batch_reader_new(circ_reader *r, circ_metric_kind metric, int vocab,
+					 int n_ctx, int max_b);
 /* Next batch: 1 (valid until the next call), 0 at end, -1 with a message
  * naming the file and record. */
-int circ_batcher_next(circ_batcher *bt, circ_batch **b, circ_error *e);
-int64_t circ_batcher_count(const circ_batcher *bt); /* examples read so far */
-void circ_batcher_free(circ_batcher *bt);
+int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **b, circ_error *e);
+int64_t circ_batch_reader_count(const circ_batch_reader *bt); /* examples read so far */
+void circ_batch_reader_free(circ_batch_reader *bt);
 
 /* A deep copy of a batch that outlives the batcher's next call (ACDC keeps
  * every batch of the dataset); free with circ_batch_free. */
@@ -90,10 +90,10 @@ void circ_batch_free(circ_batch *b); /* NULL is a no-op */
  * only; else may be NULL). When dlogits is not NULL, writes d metric / d
  * logits into the same rows of dlogits (N, V) (other rows untouched).
  * Returns the metric. */
-double circ_metric_eval(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
-			const float *clean_logp, int V, float *dlogits);
-/* 1 if the top-1 token (circ_mt_argmax) at the example's first read row is
+double circ_batch_metric(circ_metric_kind k, const circ_batch *bt, int b, const float *logits,
+			 const float *clean_logp, int V, float *dlogits);
+/* 1 if the top-1 token (circ_metric_argmax) at the example's first read row is
  * its first answer; 0 if it has no answer. */
-int circ_metric_correct(const circ_batch *bt, int b, const float *logits, int V);
+int circ_batch_correct(const circ_batch *bt, int b, const float *logits, int V);
 
 #endif
