@@ -243,20 +243,6 @@ char *model_config_text(const circ_config *c)
 	return s;
 }
 
-static int write_text(const char *path, const char *text, circ_error *e)
-{
-	circ_atomic a;
-	FILE *f;
-	if (circ_atomic_open(&a, path, e) < 0)
-		return -1;
-	if (!(f = circ_atomic_file(&a, e))) {
-		circ_atomic_abort(&a);
-		return -1;
-	}
-	fputs(text, f);
-	return circ_atomic_commit(&a, e);
-}
-
 int circ_config_write(const char *path, const circ_config *c, circ_error *e)
 {
 	char *t;
@@ -264,7 +250,7 @@ int circ_config_write(const char *path, const circ_config *c, circ_error *e)
 	if (circ_config_check(c, e) < 0)
 		return -1;
 	t = model_config_text(c);
-	rc = write_text(path, t, e);
+	rc = circ_write_text(path, t, e);
 	free(t);
 	return rc;
 }

@@ -794,13 +794,10 @@ int circ_same_output(const char *a, const char *b)
 	return same;
 }
 
-int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e)
+int circ_write_text(const char *path, const char *text, circ_error *e)
 {
-	char path[4096];
 	circ_atomic a;
 	FILE *f;
-	if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path)
-		return circ_errorf(e, "'%s/%s': path too long", dir, name);
 	if (circ_atomic_open(&a, path, e) < 0)
 		return -1;
 	if (!(f = circ_atomic_file(&a, e))) {
@@ -809,6 +806,14 @@ int circ_write_text_file(const char *dir, const char *name, const char *text, ci
 	}
 	fputs(text, f);
 	return circ_atomic_commit(&a, e);
+}
+
+int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e)
+{
+	char path[4096];
+	if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path)
+		return circ_errorf(e, "'%s/%s': path too long", dir, name);
+	return circ_write_text(path, text, e);
 }
 
 void circ_assert_fail(const char *file, int line, const char *cond)

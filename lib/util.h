@@ -148,6 +148,8 @@ int circ_same_output(const char *a, const char *b);
 /* Writes text to dir/name atomically (as above); -1 with a message naming
  * the file on error. */
 int circ_write_text_file(const char *dir, const char *name, const char *text, circ_error *e);
+/* The same for a whole path. */
+int circ_write_text(const char *path, const char *text, circ_error *e);
 
 /* ---- cleanup on exit and on fatal signals ---- */
 
