@@ -248,7 +248,7 @@ int main(int argc, char **argv)
 	circ_session_output(&s, &cli);
 	write_header(&s, argc, argv);
 
-	circ_session_batches(&s, o.metric, o.batch);
+	circ_session_batches(&s, o.metric, o.batch, 1);
 	while (circ_session_next(&s, &b))
 		write_batch(&s, &rn, b, forward_batch(&s, &rn, b), &t);
 	circ_session_finish(&s);

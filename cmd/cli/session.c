@@ -72,10 +72,10 @@ void circ_session_output(circ_session *s, const circ_cli *cli)
 		circ_die(&e);
 }
 
-void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch)
+void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch, int progress)
 {
 	s->bt = circ_batch_reader_new(s->r, metric, s->c->vocab_size, s->c->n_ctx, batch);
-	if (!s->pr.what) {
+	if (progress && !s->pr.what) {
 		circ_cli_progress(&s->pr, "examples", 0);
 		s->count_batches = 1;
 	}
@@ -86,7 +86,7 @@ int circ_session_next(circ_session *s, circ_batch **b)
 	circ_error e;
 	int k;
 	if (!s->bt)
-		circ_session_batches(s, s->pc->metric, s->pc->batch);
+		circ_session_batches(s, s->pc->metric, s->pc->batch, 1);
 	if (s->last && s->count_batches)
 		circ_progress_step(&s->pr, s->last->B);
 	s->last = NULL;

@@ -60,9 +60,10 @@ void circ_session_means(circ_session *s);
 /* Opens the output stream (cli's --output and stream options). */
 void circ_session_output(circ_session *s, const circ_cli *cli);
 /* Starts the token stream's batches for the metric, batch examples each,
- * and (unless the tool started s->pr) the progress over "examples";
+ * and, with progress, unless the tool started s->pr, the progress over
+ * "examples" (circ-prune --acdc reads its batches without one);
  * circ_session_next does it with the patching options' when no tool did. */
-void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch);
+void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch, int progress);
 /* The next batch of the token stream into *b (1), or 0 at its end (the
  * progress then ends). Unless the tool started s->pr itself, progress counts
  * "examples" (each batch when the next one is asked for). */
