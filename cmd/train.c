@@ -455,6 +455,21 @@ static void model_config(circ_config *c, const circ_bpe *bpe, const circ_ttask *
 	}
 }
 
+/* The model to train: its configuration into c (model_config), its weights
+ * drawn from --seed (the model owns them). */
+static circ_model *new_model(circ_config *c, const circ_bpe *bpe, const circ_ttask *task)
+{
+	circ_error e;
+	circ_weights w;
+	circ_model *m;
+	model_config(c, bpe, task);
+	circ_weights_alloc(&w, c);
+	circ_train_init_weights(&w, c, o.seed);
+	if (!(m = circ_model_new(c, &w, &e)))
+		die_clean(&e);
+	return m;
+}
+
 /* The trainer of m with the options' optimiser settings. */
 static circ_trainer *new_trainer(circ_model *m, const circ_ttask *task)
 {
@@ -622,7 +637,6 @@ int main(int argc, char **argv)
 			opts, 0};
 	circ_error e;
 	circ_config c;
-	circ_weights w;
 	circ_tbatch b = {0};
 	circ_ttask_eval ev;
 	char res[1024], dsargs[256] = "";
@@ -652,12 +666,7 @@ int main(int argc, char **argv)
 		remove_tmp();
 		circ_usage_error("%s", e.msg);
 	}
-	model_config(&c, bpe, task);
-	circ_weights_alloc(&w, &c);
-	circ_train_init_weights(&w, &c, o.seed);
-	circ_model *m = circ_model_new(&c, &w, &e);
-	if (!m)
-		die_clean(&e);
+	circ_model *m = new_model(&c, bpe, task);
 	circ_trainer *tr = new_trainer(m, task);
 
 	train(tr, task, &b, t0);
