@@ -22,7 +22,7 @@
 #include "metric.h"
 #include "model.h"
 #include "cli/opt.h"
-#include "cli/progress.h"
+#include "cli/session.h"
 
 enum {
 	OPT_MODEL = 'm',
@@ -110,28 +110,118 @@ static void pack_results(circ_writer *w, const circ_batch *bt, int b, double met
 		circ_die(e);
 }
 
+/* The model's run, sized for the longest batch so far (activations grow
+ * with T^2 for attention: sizing for the whole context would reserve far
+ * more than short prompts use), and the buffers reused across batches. */
+typedef struct runner {
+	circ_run *run;
+	circ_run_opts ro;
+	int run_t;	   /* the run's T */
+	circ_read *reads;  /* (n_read) */
+	float *clean_logp; /* (rows, V) the kl metric's clean log-probabilities */
+} runner;
+
+/* Sums over the examples written. */
+typedef struct totals {
+	double sum;
+	int64_t n, n_correct;
+} totals;
+
+/* Runs the batch (the clean prompts first for kl; then the clean or
+ * corrupted prompts) and returns the logits at its read positions. */
+static const float *forward_batch(circ_session *s, runner *rn, const circ_batch *b)
+{
+	circ_error e;
+	circ_fwd f;
+	int rows, V = s->c->vocab_size;
+	const float *logits;
+	if (b->T > rn->run_t) {
+		circ_run_free(rn->run);
+		rn->run_t = b->T;
+		rn->run = circ_run_new(s->m, o.batch, rn->run_t, &rn->ro, &e);
+		if (!rn->run)
+			circ_die(&e);
+	}
+	rn->reads = circ_xrealloc(rn->reads, (size_t)b->n_read * sizeof *rn->reads);
+	for (int q = 0; q < b->n_read; q++)
+		rn->reads[q] = (circ_read){b->read_b[q], b->read_t[q]};
+	circ_fwd_init(&f);
+	f.B = b->B;
+	f.T = b->T;
+	f.read = CIRC_READ_LIST;
+	f.n_read = b->n_read;
+	f.reads = rn->reads;
+	if (o.metric == CIRC_METRIC_KL) { /* the clean distribution first */
+		f.tokens = b->clean;
+		if (circ_forward(rn->run, &f, &e) < 0) {
+			circ_error_prefix(&e, "%s", circ_reader_name(s->r));
+			circ_die(&e);
+		}
+		logits = circ_run_logits(rn->run, &rows);
+		rn->clean_logp =
+		    circ_xrealloc(rn->clean_logp, (size_t)rows * V * sizeof *rn->clean_logp);
+		circ_metric_log_softmax(rn->clean_logp, logits, rows, V);
+	}
+	f.tokens = o.corrupt ? b->corrupt : b->clean;
+	if ((o.metric != CIRC_METRIC_KL || o.corrupt) && circ_forward(rn->run, &f, &e) < 0) {
+		circ_error_prefix(&e, "%s", circ_reader_name(s->r));
+		circ_die(&e);
+	}
+	return circ_run_logits(rn->run, &rows);
+}
+
+/* Each example's metric and record (a non-finite metric exits 1 unless
+ * --allow-nonfinite). */
+static void write_batch(circ_session *s, const runner *rn, const circ_batch *b, const float *logits,
+			totals *t)
+{
+	circ_error e;
+	int V = s->c->vocab_size;
+	for (int q = 0; q < b->B; q++) {
+		double v = circ_batch_metric(o.metric, b, q, logits, rn->clean_logp, V, NULL);
+		int ok = circ_batch_correct(b, q, logits, V);
+		if (!isfinite(v) && !o.allow_nonfinite) {
+			circ_writer_abort(s->w);
+			circ_dief("%s: example %lld: %s metric is %s (the model's numbers "
+				  "overflow; --allow-nonfinite lets it through)",
+				  circ_reader_name(s->r), (long long)b->ex[q].id,
+				  circ_metric_name(o.metric), isnan(v) ? "nan" : "infinite");
+		}
+		t->sum += v;
+		t->n_correct += ok;
+		t->n++;
+		pack_results(s->w, b, q, v, ok, logits, V, &e);
+	}
+}
+
+/* The output's header. */
+static void write_header(circ_session *s, int argc, char **argv)
+{
+	circ_error e;
+	circ_hdr_field f[] = {
+	    CIRC_HDR(STR, "metric", circ_metric_name(o.metric)),
+	    CIRC_HDR(STR, "prompts", o.corrupt ? "corrupt" : "clean"),
+	    CIRC_HDR(I64, "top_k", o.top_k),
+	    CIRC_HDR(STR, "model_digest", s->model_digest),
+	    circ_hdr_dataset_digest(s->r),
+	};
+	if (circ_writer_header_fields(s->w, "results", argc, argv, &s->r, 1, f, CIRC_HDR_N(f), &e) <
+	    0)
+		circ_die(&e);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
 			"Run the model on a token stream: metric, top-k and logits per example.",
 			opts, 1};
+	circ_session s = {0};
 	circ_error e;
-	circ_model *m;
-	circ_model_opts mo;
-	circ_run *run;
-	circ_run_opts ro;
-	circ_reader *r;
-	circ_batch_reader *bt;
 	circ_batch *b;
-	circ_writer *w;
-	const circ_config *c;
-	const char *in = "-", *md;
-	circ_read *reads = NULL;
-	float *clean_logp = NULL;
-	double sum = 0;
-	int64_t n = 0, n_correct = 0;
-	int i, k, V, run_t;
-	circ_progress pr;
+	const char *in = "-";
+	runner rn = {0};
+	totals t = {0};
+	int i;
 
 	circ_init("circ-forward");
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
@@ -144,124 +234,34 @@ int main(int argc, char **argv)
 	if (!o.threads)
 		o.threads = circ_threads_default();
 
-	circ_model_opts_default(&mo);
-	mo.allow_nonfinite = o.allow_nonfinite;
-	m = circ_model_open(o.model, &mo, &e);
-	if (!m || !(md = circ_model_digest(m, &e)))
-		circ_die(&e);
-	c = circ_model_config(m);
-	V = c->vocab_size;
-	r = circ_reader_open(in, "tokens", &e);
-	if (!r)
-		circ_die(&e);
+	circ_session_open_model(&s, o.model, o.allow_nonfinite);
+	circ_session_reader(&s, in);
 	if (!o.has_metric &&
-	    circ_batch_metric_from_header(circ_reader_header(r), &o.metric, &e) < 0) {
-		circ_error_prefix(&e, "%s", circ_reader_name(r));
+	    circ_batch_metric_from_header(circ_reader_header(s.r), &o.metric, &e) < 0) {
+		circ_error_prefix(&e, "%s", circ_reader_name(s.r));
 		circ_die(&e);
 	}
-	if (circ_batch_check_vocab(r, o.model, &e) < 0)
-		circ_die(&e);
-	/* The run is sized for the longest batch so far (activations grow with
-	 * T^2 for attention: sizing for the whole context would reserve far
-	 * more than short prompts use). */
-	circ_run_opts_default(&ro);
-	ro.threads = o.threads;
-	ro.keep_nodes = 0; /* only the output is needed */
-	run = NULL;
-	run_t = 0;
+	circ_session_check_vocab(&s);
+	circ_run_opts_default(&rn.ro);
+	rn.ro.threads = o.threads;
+	rn.ro.keep_nodes = 0; /* only the output is needed */
+	circ_session_output(&s, &cli);
+	write_header(&s, argc, argv);
 
-	w = circ_writer_open(cli.output, &cli.wopts, &e);
-	if (!w)
-		circ_die(&e);
-	{
-		circ_hdr_field f[] = {
-		    CIRC_HDR(STR, "metric", circ_metric_name(o.metric)),
-		    CIRC_HDR(STR, "prompts", o.corrupt ? "corrupt" : "clean"),
-		    CIRC_HDR(I64, "top_k", o.top_k),
-		    CIRC_HDR(STR, "model_digest", md),
-		    circ_hdr_dataset_digest(r),
-		};
-		if (circ_writer_header_fields(w, "results", argc, argv, &r, 1, f, CIRC_HDR_N(f),
-					      &e) < 0)
-			circ_die(&e);
-	}
-
-	bt = circ_batch_reader_new(r, o.metric, V, c->n_ctx, o.batch);
-	circ_cli_progress(&pr, "examples", 0);
-	while ((k = circ_batch_reader_next(bt, &b, &e)) > 0) {
-		circ_fwd f;
-		int rows;
-		const float *logits;
-		if (b->T > run_t) {
-			circ_run_free(run);
-			run_t = b->T;
-			run = circ_run_new(m, o.batch, run_t, &ro, &e);
-			if (!run)
-				circ_die(&e);
-		}
-		reads = circ_xrealloc(reads, (size_t)b->n_read * sizeof *reads);
-		for (int q = 0; q < b->n_read; q++)
-			reads[q] = (circ_read){b->read_b[q], b->read_t[q]};
-		circ_fwd_init(&f);
-		f.B = b->B;
-		f.T = b->T;
-		f.read = CIRC_READ_LIST;
-		f.n_read = b->n_read;
-		f.reads = reads;
-		if (o.metric == CIRC_METRIC_KL) { /* the clean distribution first */
-			f.tokens = b->clean;
-			if (circ_forward(run, &f, &e) < 0) {
-				circ_error_prefix(&e, "%s", circ_reader_name(r));
-				circ_die(&e);
-			}
-			logits = circ_run_logits(run, &rows);
-			clean_logp =
-			    circ_xrealloc(clean_logp, (size_t)rows * V * sizeof *clean_logp);
-			circ_metric_log_softmax(clean_logp, logits, rows, V);
-		}
-		f.tokens = o.corrupt ? b->corrupt : b->clean;
-		if ((o.metric != CIRC_METRIC_KL || o.corrupt) && circ_forward(run, &f, &e) < 0) {
-			circ_error_prefix(&e, "%s", circ_reader_name(r));
-			circ_die(&e);
-		}
-		logits = circ_run_logits(run, &rows);
-		for (int q = 0; q < b->B; q++) {
-			double v = circ_batch_metric(o.metric, b, q, logits, clean_logp, V, NULL);
-			int ok = circ_batch_correct(b, q, logits, V);
-			if (!isfinite(v) && !o.allow_nonfinite) {
-				circ_writer_abort(w);
-				circ_dief("%s: example %lld: %s metric is %s (the model's numbers "
-					  "overflow; --allow-nonfinite lets it through)",
-					  circ_reader_name(r), (long long)b->ex[q].id,
-					  circ_metric_name(o.metric),
-					  isnan(v) ? "nan" : "infinite");
-			}
-			sum += v;
-			n_correct += ok;
-			n++;
-			pack_results(w, b, q, v, ok, logits, V, &e);
-		}
-		circ_progress_step(&pr, b->B);
-	}
-	if (k < 0)
-		circ_die(&e);
-	circ_progress_end(&pr);
-	if (circ_model_check_unchanged(m, &e) < 0) /* weights used in place: not rewritten? */
-		circ_die(&e);
-	if (circ_writer_close(w, &e) < 0)
-		circ_die(&e);
-	if (n)
+	circ_session_batches(&s, o.metric, o.batch, 1);
+	while (circ_session_next(&s, &b))
+		write_batch(&s, &rn, b, forward_batch(&s, &rn, b), &t);
+	circ_session_finish(&s);
+	if (t.n)
 		fprintf(stderr, "%s: %lld examples, mean %s %.6g, accuracy %.4f (%lld/%lld)\n",
-			circ_progname, (long long)n, circ_metric_name(o.metric),
-			isnan(sum) ? fabs(sum) : sum / (double)n, /* "nan", never "-nan" */
-			(double)n_correct / (double)n, (long long)n_correct, (long long)n);
+			circ_progname, (long long)t.n, circ_metric_name(o.metric),
+			isnan(t.sum) ? fabs(t.sum) : t.sum / (double)t.n, /* "nan", never "-nan" */
+			(double)t.n_correct / (double)t.n, (long long)t.n_correct, (long long)t.n);
 	else
 		fprintf(stderr, "%s: 0 examples\n", circ_progname);
-	free(reads);
-	free(clean_logp);
-	circ_batch_reader_free(bt);
-	circ_run_free(run);
-	circ_reader_free(r);
-	circ_model_free(m);
+	free(rn.reads);
+	free(rn.clean_logp);
+	circ_run_free(rn.run);
+	circ_session_free(&s);
 	return 0;
 }

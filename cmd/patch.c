@@ -282,6 +282,176 @@ static void make_jobs(job *jb, const circ_graph *g, circ_patcher *p, const circ_
 		jb->stage[j] = lowest_patched_stage(p, g, jb->keep[j]);
 }
 
+static void job_free(job *jb)
+{
+	for (int j = 0; j < jb->n; j++)
+		free(jb->keep[j]);
+	free(jb->keep);
+	free(jb->fraction);
+	free(jb->n_edges);
+	free(jb->stage);
+}
+
+/* The options, checked before anything is read; returns the token stream's
+ * path ("-": standard input). */
+static const char *check_options(int argc, char **argv, int i)
+{
+	int nsel = !!o.circuit + !!o.edges + !!o.nodes + !!o.curve;
+	if (nsel != 1)
+		circ_usage_error("give exactly one of --circuit, --edges, --nodes and --curve");
+	if (argc - i > 1)
+		circ_usage_error("one token stream at most");
+	if ((o.absolute || o.fractions) && !o.curve)
+		circ_usage_error("--absolute and --fractions go with --curve");
+	if (o.fractions) {
+		double fr[MAX_FRACTIONS];
+		parse_fractions(o.fractions, fr);
+	}
+	if (o.nodes)
+		check_node_list(o.nodes);
+	circ_patch_cli_check(&o.pc);
+	return argc - i == 1 ? argv[i] : "-";
+}
+
+/* The output's header: a curve stream's, or a patch stream's. */
+static void write_header(circ_session *s, int argc, char **argv, circ_reader **inputs, int ninputs,
+			 const circ_graph *g, const job *jb)
+{
+	circ_error e;
+	if (o.curve) {
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+		};
+		if (circ_eval_curve_write_header(s->w, argc, argv, inputs, ninputs, g,
+						 circ_metric_name(o.pc.metric), o.absolute,
+						 s->model_digest, f, CIRC_HDR_N(f), &e) < 0)
+			circ_die(&e);
+	} else {
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+		    CIRC_HDR_GRAPH(g),
+		    CIRC_HDR(STR, "model_digest", s->model_digest),
+		    CIRC_HDR(I64, "n_edges", jb->n_edges[0]),
+		};
+		if (circ_writer_header_fields(s->w, "patch", argc, argv, inputs, ninputs, f,
+					      CIRC_HDR_N(f), &e) < 0)
+			circ_die(&e);
+	}
+}
+
+/* Sums over the examples read so far. */
+typedef struct totals {
+	double *sum_c;	     /* (n) each circuit's metric */
+	double sum_m, sum_0; /* the model's and the empty circuit's metric */
+	int64_t count;	     /* examples */
+} totals;
+
+/* Runs every circuit of jb on batch b (out: B metrics); without --curve,
+ * one record per example. */
+static void run_batch(circ_session *s, const circ_batch *b, const job *jb, double *out, totals *t)
+{
+	circ_patcher *p = s->p;
+	const double *mc = circ_patcher_clean_metric(p), *m0 = circ_patcher_ref_metric(p);
+	circ_error e;
+	/* circuits from the largest patched stage down reuse the clean run most */
+	for (int j = jb->n - 1; j >= 0; j--) {
+		if (circ_patcher_eval(p, jb->keep[j], jb->stage[j], out, &e) < 0)
+			circ_session_die(s, &e);
+		for (int bb = 0; bb < b->B; bb++)
+			t->sum_c[j] += out[bb];
+		if (!o.curve)
+			for (int bb = 0; bb < b->B; bb++) {
+				msgpack_packer *pk = circ_writer_packer(s->w);
+				msgpack_pack_map(pk, 5);
+				circ_pack_kv_i64(pk, "id", b->ex[bb].id);
+				circ_pack_kv_f64(pk, "metric_model", mc[bb]);
+				circ_pack_kv_f64(pk, "metric_empty", m0[bb]);
+				circ_pack_kv_f64(pk, "metric_circuit", out[bb]);
+				circ_pack_kv_f64(pk, "faithfulness",
+						 circ_eval_faithfulness(out[bb], m0[bb], mc[bb]));
+				if (circ_writer_end_record(s->w, &e) < 0)
+					circ_die(&e);
+			}
+	}
+	for (int bb = 0; bb < b->B; bb++) {
+		t->sum_m += mc[bb];
+		t->sum_0 += m0[bb];
+	}
+	t->count += b->B;
+}
+
+/* --curve's points, its areas (written and printed). */
+static void write_curve(circ_writer *w, const job *jb, const totals *t, double mm, double m0)
+{
+	circ_error e;
+	double *f = circ_xmalloc((size_t)jb->n * sizeof *f);
+	circ_curve_area area;
+	int64_t count = t->count;
+	for (int j = 0; j < jb->n; j++) {
+		f[j] = circ_eval_faithfulness(t->sum_c[j] / count, m0, mm);
+		if (circ_eval_curve_write_point(w, jb->fraction[j], jb->n_edges[j], f[j],
+						t->sum_c[j] / count, &e) < 0)
+			circ_die(&e);
+	}
+	if (circ_eval_curve_areas(jb->fraction, f, jb->n, 0, &area, &e) < 0 ||
+	    circ_eval_curve_write_summary(w, area.area_under, area.area_from_1, &e) < 0)
+		circ_die(&e);
+	fprintf(stderr,
+		"%s: %lld examples, %s ranking: area under f %.4f, area "
+		"between f and 1 %.4f\n",
+		circ_progname, (long long)count, o.absolute ? "|score|" : "signed",
+		pos_nan(area.area_under), pos_nan(area.area_from_1));
+	free(f);
+}
+
+/* The one circuit's summary record and line. */
+static void write_summary(circ_writer *w, const job *jb, const totals *t, double mm, double m0)
+{
+	circ_error e;
+	msgpack_packer *pk = circ_writer_packer(w);
+	int64_t count = t->count;
+	double mcirc = t->sum_c[0] / count, f = circ_eval_faithfulness(mcirc, m0, mm);
+	msgpack_pack_map(pk, 7);
+	circ_pack_str(pk, "summary");
+	msgpack_pack_true(pk);
+	circ_pack_kv_i64(pk, "n", count);
+	circ_pack_kv_i64(pk, "n_edges", jb->n_edges[0]);
+	circ_pack_kv_f64(pk, "metric_model", mm);
+	circ_pack_kv_f64(pk, "metric_empty", m0);
+	circ_pack_kv_f64(pk, "metric_circuit", mcirc);
+	circ_pack_kv_f64(pk, "faithfulness", f);
+	if (circ_writer_end_record(w, &e) < 0)
+		circ_die(&e);
+	fprintf(stderr,
+		"%s: %lld examples, %lld edges kept: m(model) %.4f, m(empty) %.4f, "
+		"m(circuit) %.4f, faithfulness %.4f\n",
+		circ_progname, (long long)count, (long long)jb->n_edges[0], pos_nan(mm),
+		pos_nan(m0), pos_nan(mcirc), pos_nan(f));
+}
+
+/* After the loop: the means over the examples, then the curve or the
+ * summary. */
+static void finish(circ_session *s, const job *jb, const totals *t)
+{
+	double mm, m0;
+	if (t->count == 0)
+		circ_dief("%s: no examples", circ_reader_name(s->r));
+	mm = t->sum_m / t->count, m0 = t->sum_0 / t->count;
+	/* f = (m(circuit) - m(empty)) / (m(model) - m(empty)): undefined when the
+	 * empty circuit does what the model does */
+	if (mm == m0 && !o.pc.allow_nonfinite) {
+		circ_writer_abort(s->w);
+		circ_dief("%s: faithfulness is undefined: the model and the empty circuit "
+			  "have the same mean metric (%.6g) (--allow-nonfinite writes nan)",
+			  circ_reader_name(s->r), mm);
+	}
+	if (o.curve)
+		write_curve(s->w, jb, t, mm, m0);
+	else
+		write_summary(s->w, jb, t, mm, m0);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {
@@ -291,170 +461,41 @@ int main(int argc, char **argv)
 	    "overall, or a faithfulness curve.",
 	    opts, 1};
 	circ_session s = {0};
-	circ_error e;
-	circ_graph *g = NULL;
-	circ_reader *r, *inputs[2];
+	circ_graph *g;
+	circ_reader *inputs[2];
 	int ninputs = 0;
-	circ_patcher *p;
 	circ_batch *b;
-	circ_writer *w;
-	const char *in = "-", *md;
+	const char *in;
 	job jb = {0};
-	double *sum_c, sum_m = 0, sum_0 = 0, *out;
-	int64_t count = 0;
-	int i, nsel;
+	totals t = {0};
+	double *out;
 	circ_scores *sc = NULL;
 	circ_circuit *cc = NULL;
 
 	circ_init("circ-patch");
 	circ_patch_cli_init(&o.pc);
-	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
-	nsel = !!o.circuit + !!o.edges + !!o.nodes + !!o.curve;
-	if (nsel != 1)
-		circ_usage_error("give exactly one of --circuit, --edges, --nodes and --curve");
-	if (argc - i > 1)
-		circ_usage_error("one token stream at most");
-	if (argc - i == 1)
-		in = argv[i];
-	if ((o.absolute || o.fractions) && !o.curve)
-		circ_usage_error("--absolute and --fractions go with --curve");
-	/* every option is checked before anything is read */
-	if (o.fractions) {
-		double fr[MAX_FRACTIONS];
-		parse_fractions(o.fractions, fr);
-	}
-	if (o.nodes)
-		check_node_list(o.nodes);
-	circ_patch_cli_check(&o.pc);
+	in = check_options(argc, argv, circ_cli_parse(&cli, argc, argv, handle, NULL));
 	circ_session_model(&s, &o.pc, 0);
-	md = s.model_digest;
 	g = patch_graph(&s, inputs, &ninputs, &cc, &sc);
 	circ_session_tokens(&s, in);
-	r = inputs[ninputs++] = s.r;
-	circ_patch_cli_metric(&o.pc, r);
+	inputs[ninputs++] = s.r;
+	circ_patch_cli_metric(&o.pc, s.r);
 	circ_session_patcher(&s, g, 0);
-	p = s.p;
-
-	make_jobs(&jb, g, p, cc, sc);
+	make_jobs(&jb, g, s.p, cc, sc);
 	circ_session_means(&s);
-
 	circ_session_output(&s, &cli);
-	w = s.w;
-	if (o.curve) {
-		circ_hdr_field f[] = {
-		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
-		};
-		if (circ_eval_curve_write_header(w, argc, argv, inputs, ninputs, g,
-						 circ_metric_name(o.pc.metric), o.absolute, md, f,
-						 CIRC_HDR_N(f), &e) < 0)
-			circ_die(&e);
-	} else {
-		circ_hdr_field f[] = {
-		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
-		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
-		    CIRC_HDR_GRAPH(g),
-		    CIRC_HDR(STR, "model_digest", md),
-		    CIRC_HDR(I64, "n_edges", jb.n_edges[0]),
-		};
-		if (circ_writer_header_fields(w, "patch", argc, argv, inputs, ninputs, f,
-					      CIRC_HDR_N(f), &e) < 0)
-			circ_die(&e);
-	}
+	write_header(&s, argc, argv, inputs, ninputs, g, &jb);
 
-	sum_c = circ_xcalloc((size_t)jb.n, sizeof(double));
+	t.sum_c = circ_xcalloc((size_t)jb.n, sizeof(double));
 	out = circ_xmalloc((size_t)o.pc.batch * sizeof *out);
 	while (circ_session_next(&s, &b)) {
-		const double *mc, *m0;
 		circ_session_load(&s, b, 0);
-		mc = circ_patcher_clean_metric(p);
-		m0 = circ_patcher_ref_metric(p);
-		/* circuits from the largest patched stage down reuse the clean run most */
-		for (int j = jb.n - 1; j >= 0; j--) {
-			if (circ_patcher_eval(p, jb.keep[j], jb.stage[j], out, &e) < 0)
-				circ_session_die(&s, &e);
-			for (int bb = 0; bb < b->B; bb++)
-				sum_c[j] += out[bb];
-			if (!o.curve)
-				for (int bb = 0; bb < b->B; bb++) {
-					msgpack_packer *pk = circ_writer_packer(w);
-					msgpack_pack_map(pk, 5);
-					circ_pack_kv_i64(pk, "id", b->ex[bb].id);
-					circ_pack_kv_f64(pk, "metric_model", mc[bb]);
-					circ_pack_kv_f64(pk, "metric_empty", m0[bb]);
-					circ_pack_kv_f64(pk, "metric_circuit", out[bb]);
-					circ_pack_kv_f64(
-					    pk, "faithfulness",
-					    circ_eval_faithfulness(out[bb], m0[bb], mc[bb]));
-					if (circ_writer_end_record(w, &e) < 0)
-						circ_die(&e);
-				}
-		}
-		for (int bb = 0; bb < b->B; bb++) {
-			sum_m += mc[bb];
-			sum_0 += m0[bb];
-		}
-		count += b->B;
+		run_batch(&s, b, &jb, out, &t);
 	}
-	if (count == 0)
-		circ_dief("%s: no examples", circ_reader_name(r));
-	{
-		double mm = sum_m / count, m0 = sum_0 / count;
-		/* f = (m(circuit) - m(empty)) / (m(model) - m(empty)): undefined when the
-		 * empty circuit does what the model does */
-		if (mm == m0 && !o.pc.allow_nonfinite) {
-			circ_writer_abort(w);
-			circ_dief("%s: faithfulness is undefined: the model and the empty circuit "
-				  "have the same mean metric (%.6g) (--allow-nonfinite writes nan)",
-				  circ_reader_name(r), mm);
-		}
-		if (o.curve) {
-			double *f = circ_xmalloc((size_t)jb.n * sizeof *f);
-			circ_curve_area area;
-			for (int j = 0; j < jb.n; j++) {
-				f[j] = circ_eval_faithfulness(sum_c[j] / count, m0, mm);
-				if (circ_eval_curve_write_point(w, jb.fraction[j], jb.n_edges[j],
-								f[j], sum_c[j] / count, &e) < 0)
-					circ_die(&e);
-			}
-			if (circ_eval_curve_areas(jb.fraction, f, jb.n, 0, &area, &e) < 0 ||
-			    circ_eval_curve_write_summary(w, area.area_under, area.area_from_1,
-							  &e) < 0)
-				circ_die(&e);
-			fprintf(stderr,
-				"%s: %lld examples, %s ranking: area under f %.4f, area "
-				"between f and 1 %.4f\n",
-				circ_progname, (long long)count, o.absolute ? "|score|" : "signed",
-				pos_nan(area.area_under), pos_nan(area.area_from_1));
-			free(f);
-		} else {
-			msgpack_packer *pk = circ_writer_packer(w);
-			double mcirc = sum_c[0] / count, f = circ_eval_faithfulness(mcirc, m0, mm);
-			msgpack_pack_map(pk, 7);
-			circ_pack_str(pk, "summary");
-			msgpack_pack_true(pk);
-			circ_pack_kv_i64(pk, "n", count);
-			circ_pack_kv_i64(pk, "n_edges", jb.n_edges[0]);
-			circ_pack_kv_f64(pk, "metric_model", mm);
-			circ_pack_kv_f64(pk, "metric_empty", m0);
-			circ_pack_kv_f64(pk, "metric_circuit", mcirc);
-			circ_pack_kv_f64(pk, "faithfulness", f);
-			if (circ_writer_end_record(w, &e) < 0)
-				circ_die(&e);
-			fprintf(stderr,
-				"%s: %lld examples, %lld edges kept: m(model) %.4f, m(empty) %.4f, "
-				"m(circuit) %.4f, faithfulness %.4f\n",
-				circ_progname, (long long)count, (long long)jb.n_edges[0],
-				pos_nan(mm), pos_nan(m0), pos_nan(mcirc), pos_nan(f));
-		}
-	}
+	finish(&s, &jb, &t);
 	circ_session_finish(&s);
-	for (int j = 0; j < jb.n; j++)
-		free(jb.keep[j]);
-	free(jb.keep);
-	free(jb.fraction);
-	free(jb.n_edges);
-	free(jb.stage);
-	free(sum_c);
+	job_free(&jb);
+	free(t.sum_c);
 	free(out);
 	for (int j = 0; j < ninputs - 1; j++) /* the last is the session's */
 		circ_reader_free(inputs[j]);

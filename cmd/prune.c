@@ -352,25 +352,109 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 	return circ_writer_end_record(lg->w, e);
 }
 
+/* One patcher per batch of s's token stream (every edge test runs the whole
+ * dataset), each over its own copy of the batch and with the means of s's
+ * patcher (mean ablation), which is then freed; *n gets the count. */
+static circ_patcher **acdc_patchers(circ_session *s, circ_patch_opts *po, int *n)
+{
+	circ_error e;
+	circ_patcher **ps = NULL;
+	circ_batch *b;
+	circ_session_batches(s, o.pc.metric, o.pc.batch, 0);
+	while (circ_session_next(s, &b)) {
+		/* the batcher reuses its batch: each patcher keeps a copy */
+		circ_batch *copy = circ_batch_clone(b);
+		circ_patcher *p;
+		po->max_b = copy->B;
+		po->max_t = copy->T;
+		p = circ_patcher_new(s->m, s->g, po, &e);
+		if (!p)
+			circ_die(&e);
+		if (s->p && circ_patcher_mean_copy(p, s->p, &e) < 0)
+			circ_die(&e);
+		if (circ_patcher_load(p, copy, &e) < 0)
+			circ_session_die(s, &e);
+		ps = circ_xrealloc(ps, (size_t)(*n + 1) * sizeof *ps);
+		ps[(*n)++] = p;
+	}
+	if (*n == 0)
+		circ_dief("%s: no examples", circ_reader_name(s->r));
+	circ_patcher_free(s->p); /* the means are copied: free its activations now */
+	s->p = NULL;
+	return ps;
+}
+
+/* --log: the decisions stream, opened with its header (lg->w). */
+static void open_log(const circ_cli *cli, int argc, char **argv, circ_session *s, acdc_log *lg)
+{
+	circ_error e;
+	circ_writer_opts lo = cli->wopts;
+	circ_hdr_field f[] = {
+	    CIRC_HDR_GRAPH(s->g),
+	    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+	    CIRC_HDR(F64, "tau", o.tau),
+	    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+	    CIRC_HDR(STR, "model_digest", s->model_digest),
+	};
+	lg->w = circ_writer_open(o.log, &lo, &e);
+	if (!lg->w)
+		circ_die(&e);
+	if (circ_writer_header_fields(lg->w, "decisions", argc, argv, &s->r, 1, f, CIRC_HDR_N(f),
+				      &e) < 0)
+		circ_die(&e);
+}
+
+/* ACDC over the n patchers ps into keep, with the edge tests' progress and
+ * a line on stderr at the end. */
+static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_t *keep)
+{
+	circ_error e;
+	circ_acdc_opts ao = {o.tau, o.abs_change};
+	circ_progress pr;
+	int64_t tests;
+	double t0, dt;
+	circ_cli_progress(&pr, "edge tests", s->g->n_edges);
+	t0 = circ_now();
+	if (circ_acdc_run(ps, n, &ao, keep, log_step, lg, &tests, &pr, &e) < 0) {
+		circ_writer_abort(lg->w);
+		circ_error_prefix(&e, "%s", circ_reader_name(s->r));
+		circ_die(&e);
+	}
+	circ_progress_end(&pr);
+	dt = circ_now() - t0;
+	fprintf(stderr, "%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
+		circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
+		(long long)circ_count_kept(s->g, keep));
+}
+
+/* The circuit stream of ACDC's selection, its scores the logged changes. */
+static void write_acdc_circuit(circ_cli *cli, int argc, char **argv, circ_session *s,
+			       const acdc_log *lg, const uint8_t *keep)
+{
+	circ_scores sc = {0};
+	circ_circuit_source src;
+	sc.g = s->g;
+	sc.score = lg->change;
+	sc.model_digest = (char *)s->model_digest;
+	sc.method = "acdc";
+	sc.metric = (char *)circ_metric_name(o.pc.metric);
+	circ_circuit_source_init(&src);
+	src.method = "acdc";
+	src.mode = "acdc";
+	src.tau = o.tau;
+	src.metric = circ_metric_name(o.pc.metric);
+	write_circuit(cli, argc, argv, s->r, &sc, keep, &src);
+}
+
 static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 {
 	circ_session s = {0};
 	circ_error e;
-	circ_model *m;
-	circ_graph *g;
-	circ_reader *r;
-	circ_batch_reader *bt;
-	circ_batch *b;
-	circ_patcher **ps = NULL;
+	circ_patcher **ps;
 	circ_patch_opts po;
-	circ_acdc_opts ao = {o.tau, o.abs_change};
-	circ_progress pr;
 	acdc_log lg = {0};
 	uint8_t *keep;
-	int n = 0, k;
-	int64_t tests;
-	double t0;
-	const char *md;
+	int n = 0;
 
 	if (!o.pc.model)
 		circ_usage_error("--acdc needs --model DIR");
@@ -378,101 +462,30 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_usage_error("--signed and sizes do not apply to --acdc");
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 1);
-	m = s.m, g = s.g, md = s.model_digest;
 	circ_session_tokens(&s, input);
-	r = s.r;
 	/* ACDC's loss is kl unless --metric names the task's metric */
 	if (!o.pc.metric_set)
 		o.pc.metric = CIRC_METRIC_KL;
-	circ_patch_cli_opts(&o.pc, m, 0, &po);
+	circ_patch_cli_opts(&o.pc, s.m, 0, &po);
 	/* mean ablation: the means once, by a patcher sized for any batch of
 	 * the references, shared by every batch's patcher */
 	if (o.pc.ablation == CIRC_ABL_MEAN) {
 		circ_session_patcher(&s, NULL, 0);
 		circ_session_means(&s);
 	}
-	/* one patcher per batch: every edge test runs the whole dataset */
-	bt = circ_batch_reader_new(r, o.pc.metric, circ_model_config(m)->vocab_size,
-				   circ_model_config(m)->n_ctx, o.pc.batch);
-	while ((k = circ_batch_reader_next(bt, &b, &e)) > 0) {
-		/* the batcher reuses its batch: each patcher keeps a copy */
-		circ_batch *copy = circ_batch_clone(b);
-		circ_patcher *p;
-		po.max_b = copy->B;
-		po.max_t = copy->T;
-		p = circ_patcher_new(m, g, &po, &e);
-		if (!p)
-			circ_die(&e);
-		if (s.p && circ_patcher_mean_copy(p, s.p, &e) < 0)
-			circ_die(&e);
-		if (circ_patcher_load(p, copy, &e) < 0) {
-			circ_error_prefix(&e, "%s", circ_reader_name(r));
-			circ_die(&e);
-		}
-		ps = circ_xrealloc(ps, (size_t)(n + 1) * sizeof *ps);
-		ps[n++] = p;
-	}
-	if (k < 0)
-		circ_die(&e);
-	if (n == 0)
-		circ_dief("%s: no examples", circ_reader_name(r));
-	circ_patcher_free(s.p); /* the means are copied: free its activations now */
-	s.p = NULL;
-
-	lg.g = g;
-	lg.change = circ_xmalloc((size_t)g->n_edges * sizeof(double));
-	for (int64_t ed = 0; ed < g->n_edges; ed++)
+	ps = acdc_patchers(&s, &po, &n);
+	lg.g = s.g;
+	lg.change = circ_xmalloc((size_t)s.g->n_edges * sizeof(double));
+	for (int64_t ed = 0; ed < s.g->n_edges; ed++)
 		lg.change[ed] = NAN;
-	if (o.log) {
-		circ_writer_opts lo = cli->wopts;
-		circ_hdr_field f[] = {
-		    CIRC_HDR_GRAPH(g),
-		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
-		    CIRC_HDR(F64, "tau", o.tau),
-		    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
-		    CIRC_HDR(STR, "model_digest", md),
-		};
-		lg.w = circ_writer_open(o.log, &lo, &e);
-		if (!lg.w)
-			circ_die(&e);
-		if (circ_writer_header_fields(lg.w, "decisions", argc, argv, &r, 1, f,
-					      CIRC_HDR_N(f), &e) < 0)
-			circ_die(&e);
-	}
-	keep = circ_xmalloc((size_t)g->n_edges);
-	circ_cli_progress(&pr, "edge tests", g->n_edges);
-	t0 = circ_now();
-	if (circ_acdc_run(ps, n, &ao, keep, log_step, &lg, &tests, &pr, &e) < 0) {
-		circ_writer_abort(lg.w);
-		circ_error_prefix(&e, "%s", circ_reader_name(r));
-		circ_die(&e);
-	}
-	circ_progress_end(&pr);
-	{
-		double dt = circ_now() - t0;
-		fprintf(stderr,
-			"%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
-			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
-			(long long)circ_count_kept(g, keep));
-	}
+	if (o.log)
+		open_log(cli, argc, argv, &s, &lg);
+	keep = circ_xmalloc((size_t)s.g->n_edges);
+	acdc(&s, ps, n, &lg, keep);
 	circ_session_finish(&s);
 	if (lg.w && circ_writer_close(lg.w, &e) < 0)
 		circ_die(&e);
-	{
-		circ_scores sc = {0};
-		circ_circuit_source src;
-		sc.g = g;
-		sc.score = lg.change;
-		sc.model_digest = (char *)md;
-		sc.method = "acdc";
-		sc.metric = (char *)circ_metric_name(o.pc.metric);
-		circ_circuit_source_init(&src);
-		src.method = "acdc";
-		src.mode = "acdc";
-		src.tau = o.tau;
-		src.metric = circ_metric_name(o.pc.metric);
-		write_circuit(cli, argc, argv, r, &sc, keep, &src);
-	}
+	write_acdc_circuit(cli, argc, argv, &s, &lg, keep);
 	for (int i = 0; i < n; i++) {
 		circ_batch_free((circ_batch *)circ_patcher_batch(ps[i]));
 		circ_patcher_free(ps[i]);
@@ -480,36 +493,29 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	free(ps);
 	free(keep);
 	free(lg.change);
-	circ_batch_reader_free(bt);
 	circ_session_free(&s);
 	return 0;
 }
-int main(int argc, char **argv)
+
+/* The options every mode shares: a mode, and no two outputs on one file. */
+static void check_common_options(const circ_cli *cli)
 {
-	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc) [scores]",
-			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
-	circ_error e;
-	circ_init("circ-prune");
-	circ_patch_cli_init(&o.pc);
-	int i = circ_cli_parse(&cli, argc, argv, handle, NULL);
-	if (argc - i > 1)
-		circ_usage_error("one input at most (got %d)", argc - i);
-	const char *input = i < argc ? argv[i] : "-";
 	if (o.mode == MODE_NONE)
 		circ_usage_error("choose a mode: --top-n, --threshold, --greedy or --acdc");
 	if (o.report && !o.truth)
 		circ_usage_error("--report needs --truth");
-	if (o.log && circ_same_output(o.log, cli.output))
+	if (o.log && circ_same_output(o.log, cli->output))
 		circ_usage_error("--log and --output name the same file '%s'", o.log);
-	if (o.report && circ_same_output(o.report, cli.output))
+	if (o.report && circ_same_output(o.report, cli->output))
 		circ_usage_error("--report and --output name the same file '%s'", o.report);
 	if (o.log && o.report && circ_same_output(o.log, o.report))
 		circ_usage_error("--log and --report name the same file '%s'", o.log);
-	if (o.mode == MODE_ACDC) {
-		if (o.partial)
-			circ_usage_error("option '--partial' goes with scores, not --acdc");
-		return run_acdc(&cli, argc, argv, input);
-	}
+}
+
+/* Selecting from scores: ACDC's options do not apply; the size is checked
+ * before the scores are read. */
+static void check_selection_options(void)
+{
 	if (o.acdc_opt || o.log)
 		circ_usage_error("--model, --log and the patching options go with --acdc");
 	if (o.tau_set)
@@ -520,18 +526,20 @@ int main(int argc, char **argv)
 		circ_usage_error("option '--threshold': '%g' is negative (|score| is compared; "
 				 "--signed for signed scores)",
 				 o.threshold);
-	if (o.size) /* checked before the scores are read */
+	if (o.size)
 		parse_size(mode_names[o.mode], o.size, -1);
+}
 
-	circ_reader *r = circ_reader_open(input, "scores", &e);
-	if (!r)
-		circ_die(&e);
+/* The scores in r. Scores that leave edges out (a filtered or hand-made
+ * stream) would select among what is left and say nothing: refused unless
+ * --partial. */
+static circ_scores *read_scores(circ_reader *r)
+{
+	circ_error e;
 	circ_scores *s = circ_scores_read(r, &e);
 	if (!s)
 		circ_die(&e);
 	const circ_graph *g = s->g;
-	/* Scores that leave edges out (a filtered or hand-made stream) would
-	 * select among what is left and say nothing: refused unless asked for. */
 	if (s->n_scored < g->n_edges) {
 		if (!o.partial) {
 			char name[CIRC_NAME_MAX];
@@ -549,25 +557,34 @@ int main(int argc, char **argv)
 		    stderr, "%s: %lld of %lld edges have no score: never selected (--partial)\n",
 		    circ_progname, (long long)(g->n_edges - s->n_scored), (long long)g->n_edges);
 	}
-	uint8_t *keep = circ_xmalloc((size_t)g->n_edges);
-	circ_circuit_source src;
-	circ_circuit_source_init(&src);
-	src.method = s->method;
-	src.mode = mode_names[o.mode];
-	src.signed_ = o.signed_;
-	src.metric = s->metric;
+	return s;
+}
+
+/* The mode's selection from the scores (read from r) into keep, then the
+ * dangling edges dropped (a warning when nothing selected is left); src
+ * gets the settings. */
+static void select_circuit(const circ_reader *r, const circ_scores *s, uint8_t *keep,
+			   circ_circuit_source *src)
+{
+	circ_error e;
+	const circ_graph *g = s->g;
 	int rc = 0;
+	circ_circuit_source_init(src);
+	src->method = s->method;
+	src->mode = mode_names[o.mode];
+	src->signed_ = o.signed_;
+	src->metric = s->metric;
 	switch (o.mode) {
 	case MODE_TOP_N:
-		src.n = parse_size("top-n", o.size, g->n_edges);
-		rc = circ_select_topn(g, s->score, src.n, o.signed_, keep, &e);
+		src->n = parse_size("top-n", o.size, g->n_edges);
+		rc = circ_select_topn(g, s->score, src->n, o.signed_, keep, &e);
 		break;
 	case MODE_GREEDY:
-		src.n = parse_size("greedy", o.size, g->n_edges);
-		rc = circ_select_greedy(g, s->score, src.n, o.signed_, keep, &e);
+		src->n = parse_size("greedy", o.size, g->n_edges);
+		rc = circ_select_greedy(g, s->score, src->n, o.signed_, keep, &e);
 		break;
 	case MODE_THRESHOLD:
-		src.threshold = o.threshold;
+		src->threshold = o.threshold;
 		circ_select_threshold(g, s->score, o.threshold, o.signed_, keep);
 		break;
 	default: abort();
@@ -583,7 +600,34 @@ int main(int argc, char **argv)
 			"%s: warning: none of the %lld selected edges lies on a path from input to "
 			"logits: the circuit is empty\n",
 			circ_progname, (long long)selected);
+}
 
+int main(int argc, char **argv)
+{
+	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc) [scores]",
+			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
+	circ_error e;
+	circ_circuit_source src;
+	circ_init("circ-prune");
+	circ_patch_cli_init(&o.pc);
+	int i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	if (argc - i > 1)
+		circ_usage_error("one input at most (got %d)", argc - i);
+	const char *input = i < argc ? argv[i] : "-";
+	check_common_options(&cli);
+	if (o.mode == MODE_ACDC) {
+		if (o.partial)
+			circ_usage_error("option '--partial' goes with scores, not --acdc");
+		return run_acdc(&cli, argc, argv, input);
+	}
+	check_selection_options();
+
+	circ_reader *r = circ_reader_open(input, "scores", &e);
+	if (!r)
+		circ_die(&e);
+	circ_scores *s = read_scores(r);
+	uint8_t *keep = circ_xmalloc((size_t)s->g->n_edges);
+	select_circuit(r, s, keep, &src);
 	write_circuit(&cli, argc, argv, r, s, keep, &src);
 	free(keep);
 	circ_reader_free(r);

@@ -279,6 +279,81 @@ static void check_options(void)
 		circ_usage_error("option '--curve' goes with --format text or curve-svg");
 }
 
+/* --format curve-svg: plots the curve from --curve or input (given: an
+ * input was named). */
+static int plot_curve(const circ_cli *cli, const char *input, int given)
+{
+	circ_error e;
+	if (o.scores)
+		circ_usage_error("--scores does not go with --format curve-svg");
+	if (o.curve && given)
+		circ_usage_error("--format curve-svg reads one curve: --curve or an input, "
+				 "not both");
+	circ_curve *c = read_curve(o.curve ? o.curve : input);
+	FILE *f = out_open(cli->output);
+	if (circ_render_curve_svg(f, c, o.title, &e) < 0)
+		out_fail(f, &e);
+	out_close(f);
+	circ_eval_curve_free(c);
+	return 0;
+}
+
+/* The --scores stream, or NULL without it. */
+static circ_scores *read_scores(void)
+{
+	circ_error e;
+	circ_scores *s = NULL;
+	if (o.scores) {
+		circ_reader *sr = circ_reader_open(o.scores, "scores", &e);
+		if (!sr || !(s = circ_scores_read(sr, &e)))
+			circ_die(&e);
+		circ_reader_free(sr);
+	}
+	return s;
+}
+
+/* The circuit in r, over the scores' graph when there are scores (which must
+ * come from the same model). */
+static circ_circuit *read_circuit(circ_reader *r, const circ_scores *s)
+{
+	circ_error e;
+	circ_circuit *c = circ_circuit_read(r, s ? s->g : NULL, &e);
+	if (!c)
+		circ_die(&e);
+	if (s && s->model_digest && c->model_digest && strcmp(s->model_digest, c->model_digest))
+		circ_dief("'%s': scores come from another model than the circuit %s "
+			  "(model_digest differs)",
+			  o.scores, circ_reader_name(r));
+	return c;
+}
+
+/* Draws in to f in the --format (svg: DOT through dot). */
+static int render(FILE *f, const circ_render_in *in, circ_error *e)
+{
+	switch (o.format) {
+	case F_TEXT: return circ_render_text(f, in, e);
+	case F_DOT: return circ_render_dot(f, in, e);
+	case F_JSON: return circ_render_json(f, in, e);
+	case F_HTML: return circ_render_html(f, in, e);
+	case F_SVG: {
+		char *buf = NULL;
+		size_t len = 0;
+		int rc;
+		FILE *m = open_memstream(&buf, &len);
+		if (!m)
+			circ_dief("open_memstream: %s", strerror(errno));
+		rc = circ_render_dot(m, in, e);
+		if (fclose(m) != 0 && rc == 0)
+			rc = circ_errorf(e, "memory stream: %s", strerror(errno));
+		if (rc == 0)
+			rc = run_dot(buf, len, f, e);
+		free(buf);
+		return rc;
+	}
+	default: abort();
+	}
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"[options] [circuit]",
@@ -298,39 +373,14 @@ int main(int argc, char **argv)
 	check_options();
 	if (o.list_edges)
 		return list_edges(&cli, input);
+	if (o.format == F_CURVE_SVG)
+		return plot_curve(&cli, input, i < argc);
 
-	if (o.format == F_CURVE_SVG) {
-		if (o.scores)
-			circ_usage_error("--scores does not go with --format curve-svg");
-		if (o.curve && i < argc)
-			circ_usage_error("--format curve-svg reads one curve: --curve or an input, "
-					 "not both");
-		circ_curve *c = read_curve(o.curve ? o.curve : input);
-		FILE *f = out_open(cli.output);
-		if (circ_render_curve_svg(f, c, o.title, &e) < 0)
-			out_fail(f, &e);
-		out_close(f);
-		circ_eval_curve_free(c);
-		return 0;
-	}
-
-	circ_scores *s = NULL;
-	if (o.scores) {
-		circ_reader *sr = circ_reader_open(o.scores, "scores", &e);
-		if (!sr || !(s = circ_scores_read(sr, &e)))
-			circ_die(&e);
-		circ_reader_free(sr);
-	}
+	circ_scores *s = read_scores();
 	circ_reader *r = circ_reader_open(input, NULL, &e);
 	if (!r)
 		circ_die(&e);
-	circ_circuit *c = circ_circuit_read(r, s ? s->g : NULL, &e);
-	if (!c)
-		circ_die(&e);
-	if (s && s->model_digest && c->model_digest && strcmp(s->model_digest, c->model_digest))
-		circ_dief("'%s': scores come from another model than the circuit %s "
-			  "(model_digest differs)",
-			  o.scores, circ_reader_name(r));
+	circ_circuit *c = read_circuit(r, s);
 	circ_curve *cv = NULL;
 	if (o.curve) {
 		cv = read_curve(o.curve);
@@ -355,29 +405,7 @@ int main(int argc, char **argv)
 			     .d_model = o.d_model,
 			     .legacy = o.legacy};
 	FILE *f = out_open(cli.output);
-	int rc = 0;
-	switch (o.format) {
-	case F_TEXT: rc = circ_render_text(f, &in, &e); break;
-	case F_DOT: rc = circ_render_dot(f, &in, &e); break;
-	case F_JSON: rc = circ_render_json(f, &in, &e); break;
-	case F_HTML: rc = circ_render_html(f, &in, &e); break;
-	case F_SVG: {
-		char *buf = NULL;
-		size_t len = 0;
-		FILE *m = open_memstream(&buf, &len);
-		if (!m)
-			circ_dief("open_memstream: %s", strerror(errno));
-		rc = circ_render_dot(m, &in, &e);
-		if (fclose(m) != 0 && rc == 0)
-			rc = circ_errorf(&e, "memory stream: %s", strerror(errno));
-		if (rc == 0)
-			rc = run_dot(buf, len, f, &e);
-		free(buf);
-		break;
-	}
-	default: abort();
-	}
-	if (rc < 0)
+	if (render(f, &in, &e) < 0)
 		out_fail(f, &e);
 	out_close(f);
 	free(score);

@@ -330,6 +330,87 @@ static int score_acts(circ_cli *cli, int argc, char **argv, const char *in)
 	return 0;
 }
 
+/* --merge takes none of the scoring options. */
+static void check_merge_options(void)
+{
+	const char *bad = circ_patch_cli_given(&o.pc, NULL);
+	if (bad)
+		circ_usage_error("option '--%s' does not apply to --merge", bad);
+	if (o.method_set || o.steps_set || o.acts || o.list_edges)
+		circ_usage_error("option '--%s' does not apply to --merge", o.method_set  ? "method"
+									    : o.steps_set ? "steps"
+									    : o.acts
+										? "acts"
+										: "list-edges");
+}
+
+/* --acts: eap scores only; --model only checks the acts' model digest. */
+static void check_acts_options(void)
+{
+	const char *bad = circ_patch_cli_given(&o.pc, (const int[]){CIRC_PO_MODEL, 0});
+	if (o.method != CIRC_ATTR_EAP)
+		circ_usage_error("--acts gives eap scores only");
+	if (bad)
+		circ_usage_error("option '--%s' does not apply to --acts", bad);
+	if (o.list_edges)
+		circ_usage_error("option '--list-edges' does not apply to --acts");
+}
+
+/* --list-edges: the model's graph only (nargs: the arguments given). */
+static void check_list_edges_options(int nargs)
+{
+	const char *bad = circ_patch_cli_given(
+	    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_LEVEL, CIRC_PO_CONVENTION, 0});
+	if (nargs)
+		circ_usage_error("--list-edges takes no input (the graph is the model's)");
+	if (bad || o.method_set)
+		circ_usage_error("option '--%s' does not apply to --list-edges",
+				 bad ? bad : "method");
+}
+
+/* The token stream's dataset digest: its header's "dataset_digest" (copied
+ * into *copy, for the caller to free), else the header's own digest. */
+static const char *dataset_digest(circ_reader *r, char **copy)
+{
+	const msgpack_object *dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
+	if (dd && dd->type == MSGPACK_OBJECT_STR) {
+		*copy = circ_xmalloc(dd->via.str.size + 1);
+		memcpy(*copy, dd->via.str.ptr, dd->via.str.size);
+		(*copy)[dd->via.str.size] = 0;
+		return *copy;
+	}
+	return circ_reader_header_digest(r);
+}
+
+/* The scores stream: its header, then every edge's sum over the examples
+ * a attributed. */
+static void write_output(circ_session *s, int argc, char **argv, const circ_attrib *a,
+			 const char *dd)
+{
+	circ_error e;
+	const circ_graph *g = s->g;
+	int64_t *count;
+	const char *md = circ_model_digest(s->m, &e);
+	if (!md)
+		circ_die(&e);
+	scores_header h = {
+	    circ_attr_name(o.method),
+	    circ_metric_name(o.pc.metric),
+	    g,
+	    md,
+	    dd,
+	    circ_attrib_count(a),
+	    circ_ablation_name(o.pc.ablation),
+	    o.method == CIRC_ATTR_EAP_IG || o.method == CIRC_ATTR_EAP_IG_ACT ? o.steps : 0,
+	};
+	write_header(s->w, argc, argv, &s->r, 1, &h);
+	count = circ_xmalloc((size_t)g->n_edges * sizeof *count);
+	for (int64_t ed = 0; ed < g->n_edges; ed++)
+		count[ed] = circ_attrib_count(a);
+	write_scores(s->w, g, circ_attrib_sums(a), count, &e);
+	free(count);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
@@ -337,15 +418,9 @@ int main(int argc, char **argv)
 			opts, 1};
 	circ_session s = {0};
 	circ_error e;
-	circ_model *m;
-	circ_graph *g;
-	circ_reader *r;
 	circ_attrib *a;
 	circ_batch *b;
-	circ_writer *w;
-	const char *dataset_digest, *in = "-";
-	const msgpack_object *dd;
-	int64_t *count;
+	const char *dd, *in = "-";
 	char *dd_copy = NULL;
 	int i;
 
@@ -354,15 +429,7 @@ int main(int argc, char **argv)
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	/* every option is checked before anything is read */
 	if (o.merge) {
-		const char *bad = circ_patch_cli_given(&o.pc, NULL);
-		if (bad)
-			circ_usage_error("option '--%s' does not apply to --merge", bad);
-		if (o.method_set || o.steps_set || o.acts || o.list_edges)
-			circ_usage_error("option '--%s' does not apply to --merge",
-					 o.method_set  ? "method"
-					 : o.steps_set ? "steps"
-					 : o.acts      ? "acts"
-						       : "list-edges");
+		check_merge_options();
 		return merge(&cli, argc, argv, argc - i ? argc - i : 1,
 			     argc - i ? argv + i : (char *[]){"-"});
 	}
@@ -374,45 +441,21 @@ int main(int argc, char **argv)
 		circ_usage_error(
 		    "option '--steps' goes with --method eap-ig or eap-ig-activations");
 	if (o.acts) {
-		/* --model only checks the acts' model digest */
-		const char *bad = circ_patch_cli_given(&o.pc, (const int[]){CIRC_PO_MODEL, 0});
-		if (o.method != CIRC_ATTR_EAP)
-			circ_usage_error("--acts gives eap scores only");
-		if (bad)
-			circ_usage_error("option '--%s' does not apply to --acts", bad);
-		if (o.list_edges)
-			circ_usage_error("option '--list-edges' does not apply to --acts");
+		check_acts_options();
 		return score_acts(&cli, argc, argv, in);
 	}
-	if (o.list_edges) {
-		const char *bad = circ_patch_cli_given(
-		    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_LEVEL, CIRC_PO_CONVENTION, 0});
-		if (argc - i)
-			circ_usage_error("--list-edges takes no input (the graph is the model's)");
-		if (bad || o.method_set)
-			circ_usage_error("option '--%s' does not apply to --list-edges",
-					 bad ? bad : "method");
-	}
+	if (o.list_edges)
+		check_list_edges_options(argc - i);
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 1);
-	m = s.m, g = s.g;
 	if (o.list_edges) {
-		if (circ_graph_write_edges(g, stdout, &e) < 0 || fclose(stdout) != 0)
+		if (circ_graph_write_edges(s.g, stdout, &e) < 0 || fclose(stdout) != 0)
 			circ_dief("'<stdout>': write error");
 		return 0;
 	}
 	circ_session_tokens(&s, in);
-	r = s.r;
-	circ_patch_cli_metric(&o.pc, r);
-	dd = circ_rec_get(circ_reader_header(r), "dataset_digest");
-	if (dd && dd->type == MSGPACK_OBJECT_STR) {
-		dd_copy = circ_xmalloc(dd->via.str.size + 1);
-		memcpy(dd_copy, dd->via.str.ptr, dd->via.str.size);
-		dd_copy[dd->via.str.size] = 0;
-		dataset_digest = dd_copy;
-	} else {
-		dataset_digest = circ_reader_header_digest(r);
-	}
+	circ_patch_cli_metric(&o.pc, s.r);
+	dd = dataset_digest(s.r, &dd_copy);
 	circ_session_patcher(&s, NULL, circ_attr_needs_backward(o.method));
 	circ_session_means(&s);
 	a = circ_attrib_new(s.p, o.method, o.steps);
@@ -424,32 +467,10 @@ int main(int argc, char **argv)
 			circ_session_die(&s, &e);
 	}
 	if (circ_attrib_count(a) == 0)
-		circ_dief("%s: no examples", circ_reader_name(r));
-
+		circ_dief("%s: no examples", circ_reader_name(s.r));
 	circ_session_output(&s, &cli);
-	w = s.w;
-	{
-		const char *md = circ_model_digest(m, &e);
-		if (!md)
-			circ_die(&e);
-		scores_header h = {
-		    circ_attr_name(o.method),
-		    circ_metric_name(o.pc.metric),
-		    g,
-		    md,
-		    dataset_digest,
-		    circ_attrib_count(a),
-		    circ_ablation_name(o.pc.ablation),
-		    o.method == CIRC_ATTR_EAP_IG || o.method == CIRC_ATTR_EAP_IG_ACT ? o.steps : 0,
-		};
-		write_header(w, argc, argv, &r, 1, &h);
-	}
-	count = circ_xmalloc((size_t)g->n_edges * sizeof *count);
-	for (int64_t ed = 0; ed < g->n_edges; ed++)
-		count[ed] = circ_attrib_count(a);
-	write_scores(w, g, circ_attrib_sums(a), count, &e);
+	write_output(&s, argc, argv, a, dd);
 	circ_session_finish(&s);
-	free(count);
 	free(dd_copy);
 	circ_attrib_free(a);
 	circ_session_free(&s);

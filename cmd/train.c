@@ -358,20 +358,11 @@ static void progress(int step, int steps, double loss, double lr, double t0, int
 		loss, lr, now - t0, done ? "\n" : "");
 }
 
-int main(int argc, char **argv)
+/* The checks every mode shares; the thread count defaults. Returns whether
+ * --threads was given (the training README then names the default). */
+static int check_common_options(void)
 {
-	circ_cli cli = {"TASK --out DIR [options]   (TASK: induction, ioi, greater-than)\n"
-			"       circ-train --diagnose DIR [--len L] [--n N] [--seed S]",
-			"Train a small GPT-2-architecture model on a synthetic task, or print "
-			"per-head attention diagnostics of a model.",
-			opts, 0};
-	circ_error e;
-	const task_defaults *td = NULL;
-	int i, threads_given;
-
-	circ_init("circ-train");
-	circ_ttask_opts_default(&o.t);
-	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	int threads_given;
 	if (o.given_vlo && o.given_vhi && o.t.vocab_lo >= o.t.vocab_hi)
 		circ_usage_error("option '--vocab-lo' (%d) is not below --vocab-hi (%d)",
 				 (int)o.t.vocab_lo, (int)o.t.vocab_hi);
@@ -381,16 +372,19 @@ int main(int argc, char **argv)
 	threads_given = o.threads != 0;
 	if (!threads_given)
 		o.threads = circ_threads_default();
-	if (o.diagnose) {
-		if (argc - i != 0)
-			circ_usage_error("--diagnose takes no task");
-		return diagnose(o.diagnose);
-	}
-	if (argc - i != 1)
-		circ_usage_error(argc - i ? "expected one task, got %d arguments"
-					  : "no task given (induction, ioi or greater-than)",
-				 argc - i);
-	o.t.task = argv[i];
+	return threads_given;
+}
+
+/* The training run's task (the nargs arguments args) and options, checked
+ * together; the task's defaults filled in. */
+static void check_training_options(int nargs, char **args)
+{
+	const task_defaults *td = NULL;
+	if (nargs != 1)
+		circ_usage_error(nargs ? "expected one task, got %d arguments"
+				       : "no task given (induction, ioi or greater-than)",
+				 nargs);
+	o.t.task = args[0];
 	for (size_t k = 0; k < sizeof defaults / sizeof *defaults; k++)
 		if (!strcmp(defaults[k].task, o.t.task))
 			td = &defaults[k];
@@ -425,8 +419,13 @@ int main(int argc, char **argv)
 	o.t.n_train = (int64_t)o.steps * o.batch;
 	if (!o.given_len)
 		o.t.eval_len = o.t.seq_len / 2;
+}
 
-	/* the vocabulary and the data */
+/* Creates the temporary directory DIR.tmp-<pid> (tmpdir), registered for
+ * removal on signals. */
+static void make_tmpdir(void)
+{
+	circ_error e;
 	snprintf(tmpdir, sizeof tmpdir, "%s.tmp-%ld", o.out, (long)getpid());
 	if (mkdir(tmpdir, 0777) < 0) {
 		circ_errorf(&e, "'%s': cannot create: %s", tmpdir, strerror(errno));
@@ -434,58 +433,71 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	}
 	register_tmp();
-	if (circ_ttask_write_vocab(&o.t, tmpdir, &e) < 0)
-		die_clean(&e);
-	circ_bpe *bpe = circ_bpe_load_dir(tmpdir, &e);
-	if (!bpe)
-		die_clean(&e);
-	double t0 = circ_now();
-	circ_ttask *task = circ_ttask_new(&o.t, bpe, o.seed, &e);
-	if (!task) { /* the options do not fit the task together */
-		remove_tmp();
-		circ_usage_error("%s", e.msg);
-	}
+}
 
-	/* the model */
-	circ_config c;
-	memset(&c, 0, sizeof c);
-	c.n_layer = o.layers;
-	c.n_head = o.heads;
-	c.n_embd = o.embd;
-	c.n_inner = o.inner ? o.inner : 4 * o.embd;
-	c.vocab_size = circ_bpe_vocab_size(bpe);
-	c.n_ctx = o.ctx ? o.ctx : circ_ttask_max_len(task);
-	c.layer_norm_epsilon = 1e-5;
-	c.act = CIRC_ACT_GELU_NEW;
-	if (c.n_ctx < circ_ttask_max_len(task)) {
+/* The model's configuration from the options, the vocabulary and the task
+ * (a --ctx shorter than the task's sequences is a usage error). */
+static void model_config(circ_config *c, const circ_bpe *bpe, const circ_ttask *task)
+{
+	memset(c, 0, sizeof *c);
+	c->n_layer = o.layers;
+	c->n_head = o.heads;
+	c->n_embd = o.embd;
+	c->n_inner = o.inner ? o.inner : 4 * o.embd;
+	c->vocab_size = circ_bpe_vocab_size(bpe);
+	c->n_ctx = o.ctx ? o.ctx : circ_ttask_max_len(task);
+	c->layer_norm_epsilon = 1e-5;
+	c->act = CIRC_ACT_GELU_NEW;
+	if (c->n_ctx < circ_ttask_max_len(task)) {
 		remove_tmp();
 		circ_usage_error("option '--ctx': %d is shorter than the task's sequences (%d)",
-				 c.n_ctx, circ_ttask_max_len(task));
+				 c->n_ctx, circ_ttask_max_len(task));
 	}
+}
+
+/* The model to train: its configuration into c (model_config), its weights
+ * drawn from --seed (the model owns them). */
+static circ_model *new_model(circ_config *c, const circ_bpe *bpe, const circ_ttask *task)
+{
+	circ_error e;
 	circ_weights w;
-	circ_weights_alloc(&w, &c);
-	circ_train_init_weights(&w, &c, o.seed);
-	circ_model *m = circ_model_new(&c, &w, &e);
-	if (!m)
+	circ_model *m;
+	model_config(c, bpe, task);
+	circ_weights_alloc(&w, c);
+	circ_train_init_weights(&w, c, o.seed);
+	if (!(m = circ_model_new(c, &w, &e)))
 		die_clean(&e);
+	return m;
+}
+
+/* The trainer of m with the options' optimiser settings. */
+static circ_trainer *new_trainer(circ_model *m, const circ_ttask *task)
+{
+	circ_error e;
 	circ_train_opts to;
+	circ_trainer *tr;
 	circ_train_opts_default(&to);
 	to.threads = o.threads;
 	to.clip = o.clip;
 	to.adam.weight_decay = o.wd;
-	circ_trainer *tr = circ_trainer_new(m, o.batch, circ_ttask_max_len(task), &to, &e);
+	tr = circ_trainer_new(m, o.batch, circ_ttask_max_len(task), &to, &e);
 	if (!tr)
 		die_clean(&e);
+	return tr;
+}
 
-	/* the loop */
-	circ_tbatch b = {0};
+/* The optimisation steps, with --log lines and the progress line on a
+ * terminal; b is the batch buffer. */
+static void train(circ_trainer *tr, circ_ttask *task, circ_tbatch *b, double t0)
+{
+	circ_error e;
 	int tty = isatty(2);
 	double sum = 0, loss = 0, lr = 0;
 	int nsum = 0;
 	for (int s = 0; s < o.steps; s++) {
-		circ_ttask_batch(task, o.batch, &b);
+		circ_ttask_batch(task, o.batch, b);
 		lr = circ_lr_schedule(o.lr, o.min_lr, o.warmup, o.steps, s);
-		if (circ_trainer_step(tr, &b, lr, &loss, NULL, &e) < 0)
+		if (circ_trainer_step(tr, b, lr, &loss, NULL, &e) < 0)
 			die_clean(&e);
 		sum += loss;
 		nsum++;
@@ -500,38 +512,37 @@ int main(int argc, char **argv)
 		if (tty)
 			progress(s + 1, o.steps, loss, lr, t0, s + 1 == o.steps);
 	}
-	double train_s = circ_now() - t0;
+}
 
-	/* evaluation and output */
-	circ_ttask_eval ev;
-	if (circ_ttask_evaluate(task, tr, o.batch, &ev, &e) < 0)
-		die_clean(&e);
-	char res[1024];
+/* The evaluation's sentence for the task into res (n bytes). */
+static void describe_eval(const circ_ttask_eval *ev, char *res, size_t n)
+{
 	if (!strcmp(o.t.task, "induction"))
-		snprintf(res, sizeof res,
+		snprintf(res, n,
 			 "loss on the first half %.4f, on the repeated half %.4f (nats/token); "
 			 "top-1 accuracy on the repeated half %.4f",
-			 ev.loss_first, ev.loss_repeat, ev.acc_repeat);
+			 ev->loss_first, ev->loss_repeat, ev->acc_repeat);
 	else if (!strcmp(o.t.task, "ioi"))
-		snprintf(res, sizeof res,
+		snprintf(res, n,
 			 "mean logit difference (IO - S) %.4f; IO above S in %.4f of examples; "
 			 "top-1 is IO in %.4f; loss %.4f",
-			 ev.metric, ev.acc_pair, ev.acc_top1, ev.loss);
+			 ev->metric, ev->acc_pair, ev->acc_top1, ev->loss);
 	else
-		snprintf(res, sizeof res,
+		snprintf(res, n,
 			 "mean probability difference (later - earlier years) %.4f; positive in "
 			 "%.4f of examples; top-1 a later year in %.4f",
-			 ev.metric, ev.acc_pair, ev.acc_top1);
-	fprintf(stderr, "%s: trained %d steps in %.1fs; evaluation on %lld examples: %s\n",
-		circ_progname, o.steps, train_s, (long long)ev.n, res);
-	if (circ_model_save(m, tmpdir, &e) < 0)
-		die_clean(&e);
+			 ev->metric, ev->acc_pair, ev->acc_top1);
+}
 
-	char mk[1024], dsargs[256] = "", *readme;
-	size_t rl = 0, rc = 16384;
+/* circ.mk: the pipelines' dataset settings; dsargs (n bytes) gets the
+ * dataset options the README names too. */
+static void write_circ_mk(char *dsargs, size_t n)
+{
+	circ_error e;
+	char mk[1024];
 	if (!strcmp(o.t.task, "induction")) {
-		snprintf(dsargs, sizeof dsargs, " --len %d --vocab-lo %d --vocab-hi %d",
-			 o.t.eval_len, (int)o.t.vocab_lo, (int)o.t.vocab_hi);
+		snprintf(dsargs, n, " --len %d --vocab-lo %d --vocab-hi %d", o.t.eval_len,
+			 (int)o.t.vocab_lo, (int)o.t.vocab_hi);
 		snprintf(
 		    mk, sizeof mk,
 		    "# Pipeline settings for this model (written by circ-train): the induction\n"
@@ -547,6 +558,45 @@ int main(int argc, char **argv)
 		    o.t.task);
 	if (circ_write_text_file(tmpdir, "circ.mk", mk, &e) < 0)
 		die_clean(&e);
+}
+
+/* For induction: the data's line, inserted before the README's evaluation
+ * line (readme holds rl of rc bytes); returns the new length. */
+static size_t readme_insert_data(char *readme, size_t rl, size_t rc)
+{
+	char data[512], reps[64], *at = strstr(readme, "- evaluation on");
+	if (o.t.min_rep == o.t.max_rep)
+		snprintf(reps, sizeof reps, "%d", o.t.max_rep);
+	else
+		snprintf(reps, sizeof reps, "%d-%d", o.t.min_rep, o.t.max_rep);
+	int dl = snprintf(data, sizeof data,
+			  "- data: sequences of %d ids holding %d chunks of %s distinct ids, "
+			  "each %d times, the rest single ids; ",
+			  o.t.seq_len, o.t.chunks, reps, o.t.copies);
+	if (o.t.focus)
+		dl += snprintf(data + dl, sizeof data - (size_t)dl,
+			       "loss only at the repeated ids for the first %lld steps, then "
+			       "at every position\n",
+			       (long long)o.t.focus);
+	else
+		dl += snprintf(data + dl, sizeof data - (size_t)dl, "loss at every position\n");
+	if (at && rl + (size_t)dl < rc) {
+		memmove(at + dl, at, strlen(at) + 1);
+		memcpy(at, data, (size_t)dl);
+		rl += (size_t)dl;
+	}
+	return rl;
+}
+
+/* README.md: the command that reproduces the model, its settings and the
+ * evaluation (res, over ev->n examples). */
+static void write_readme(int argc, char **argv, int threads_given, const circ_config *c,
+			 const circ_bpe *bpe, const circ_ttask_eval *ev, const char *dsargs,
+			 const char *res)
+{
+	circ_error e;
+	char *readme;
+	size_t rl = 0, rc = 16384;
 	readme = circ_xmalloc(rc);
 	rl += (size_t)snprintf(readme + rl, rc - rl,
 			       "# A GPT-2-architecture model trained by circ-train on %s\n\n"
@@ -567,39 +617,71 @@ int main(int argc, char **argv)
 	    "steps, cosine decay to %g of the peak, gradient norm clipped at %g, seed %llu\n"
 	    "- evaluation on %lld examples (`circ-dataset %s --seed 0 --model-dir DIR%s`): %s\n"
 	    "\nPer-head attention diagnostics: `circ-train --diagnose DIR`.\n",
-	    c.n_layer, c.n_head, c.n_embd, c.n_inner, c.n_ctx, c.vocab_size,
-	    (int)circ_bpe_n_merges(bpe), circ_config_n_params(&c), o.steps, o.batch, o.wd, o.lr,
-	    o.warmup, o.min_lr, o.clip, (unsigned long long)o.seed, (long long)ev.n, o.t.task,
+	    c->n_layer, c->n_head, c->n_embd, c->n_inner, c->n_ctx, c->vocab_size,
+	    (int)circ_bpe_n_merges(bpe), circ_config_n_params(c), o.steps, o.batch, o.wd, o.lr,
+	    o.warmup, o.min_lr, o.clip, (unsigned long long)o.seed, (long long)ev->n, o.t.task,
 	    dsargs, res);
-	if (!strcmp(o.t.task, "induction")) {
-		char data[512], reps[64], *at = strstr(readme, "- evaluation on");
-		if (o.t.min_rep == o.t.max_rep)
-			snprintf(reps, sizeof reps, "%d", o.t.max_rep);
-		else
-			snprintf(reps, sizeof reps, "%d-%d", o.t.min_rep, o.t.max_rep);
-		int dl =
-		    snprintf(data, sizeof data,
-			     "- data: sequences of %d ids holding %d chunks of %s distinct ids, "
-			     "each %d times, the rest single ids; ",
-			     o.t.seq_len, o.t.chunks, reps, o.t.copies);
-		if (o.t.focus)
-			dl +=
-			    snprintf(data + dl, sizeof data - (size_t)dl,
-				     "loss only at the repeated ids for the first %lld steps, then "
-				     "at every position\n",
-				     (long long)o.t.focus);
-		else
-			dl += snprintf(data + dl, sizeof data - (size_t)dl,
-				       "loss at every position\n");
-		if (at && rl + (size_t)dl < rc) {
-			memmove(at + dl, at, strlen(at) + 1);
-			memcpy(at, data, (size_t)dl);
-			rl += (size_t)dl;
-		}
-	}
+	if (!strcmp(o.t.task, "induction"))
+		rl = readme_insert_data(readme, rl, rc);
 	if (circ_write_text_file(tmpdir, "README.md", readme, &e) < 0)
 		die_clean(&e);
 	free(readme);
+}
+
+int main(int argc, char **argv)
+{
+	circ_cli cli = {"TASK --out DIR [options]   (TASK: induction, ioi, greater-than)\n"
+			"       circ-train --diagnose DIR [--len L] [--n N] [--seed S]",
+			"Train a small GPT-2-architecture model on a synthetic task, or print "
+			"per-head attention diagnostics of a model.",
+			opts, 0};
+	circ_error e;
+	circ_config c;
+	circ_tbatch b = {0};
+	circ_ttask_eval ev;
+	char res[1024], dsargs[256] = "";
+	int i, threads_given;
+
+	circ_init("circ-train");
+	circ_ttask_opts_default(&o.t);
+	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
+	threads_given = check_common_options();
+	if (o.diagnose) {
+		if (argc - i != 0)
+			circ_usage_error("--diagnose takes no task");
+		return diagnose(o.diagnose);
+	}
+	check_training_options(argc - i, argv + i);
+
+	/* the vocabulary, the data, the model */
+	make_tmpdir();
+	if (circ_ttask_write_vocab(&o.t, tmpdir, &e) < 0)
+		die_clean(&e);
+	circ_bpe *bpe = circ_bpe_load_dir(tmpdir, &e);
+	if (!bpe)
+		die_clean(&e);
+	double t0 = circ_now();
+	circ_ttask *task = circ_ttask_new(&o.t, bpe, o.seed, &e);
+	if (!task) { /* the options do not fit the task together */
+		remove_tmp();
+		circ_usage_error("%s", e.msg);
+	}
+	circ_model *m = new_model(&c, bpe, task);
+	circ_trainer *tr = new_trainer(m, task);
+
+	train(tr, task, &b, t0);
+	double train_s = circ_now() - t0;
+
+	/* evaluation and output */
+	if (circ_ttask_evaluate(task, tr, o.batch, &ev, &e) < 0)
+		die_clean(&e);
+	describe_eval(&ev, res, sizeof res);
+	fprintf(stderr, "%s: trained %d steps in %.1fs; evaluation on %lld examples: %s\n",
+		circ_progname, o.steps, train_s, (long long)ev.n, res);
+	if (circ_model_save(m, tmpdir, &e) < 0)
+		die_clean(&e);
+	write_circ_mk(dsargs, sizeof dsargs);
+	write_readme(argc, argv, threads_given, &c, bpe, &ev, dsargs, res);
 	if (move_into_place(tmpdir, o.out, &e) < 0)
 		die_clean(&e);
 	unregister_tmp();

@@ -100,18 +100,26 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
 	return NULL;
 }
 
-circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
+circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite)
 {
 	circ_error e;
 	circ_model *m;
 	circ_model_opts mo;
-	if (!pc->model)
-		circ_usage_error("--model DIR is required");
 	circ_model_opts_default(&mo);
-	mo.allow_nonfinite = pc->allow_nonfinite;
-	m = circ_model_open(pc->model, &mo, &e);
+	mo.allow_nonfinite = allow_nonfinite;
+	m = circ_model_open(dir, &mo, &e);
 	if (!m || !circ_model_digest(m, &e))
 		circ_die(&e);
+	return m;
+}
+
+circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
+{
+	circ_error e;
+	circ_model *m;
+	if (!pc->model)
+		circ_usage_error("--model DIR is required");
+	m = circ_cli_open_model(pc->model, pc->allow_nonfinite);
 	if (g) {
 		const circ_config *c = circ_model_config(m);
 		*g = circ_graph_new(c->n_layer, c->n_head, pc->level, &e);

@@ -77,6 +77,9 @@ void circ_patch_cli_check(circ_patch_cli *pc);
  * count. */
 const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed);
 
+/* Opens the model in dir (--allow-nonfinite: allow_nonfinite) and digests
+ * its weights; exits 1 with the message on error. */
+circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite);
 /* Opens --model (required: usage error if missing) and builds its graph at
  * the chosen level and convention; exits 1 with the message on error. */
 circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g);

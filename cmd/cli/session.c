@@ -9,6 +9,7 @@ void circ_session_model(circ_session *s, circ_patch_cli *pc, int with_graph)
 {
 	circ_error e;
 	s->pc = pc;
+	s->model_dir = pc->model;
 	s->m = circ_patch_cli_model(pc, with_graph ? &s->g : NULL);
 	s->c = circ_model_config(s->m);
 	/* circ_patch_cli_model digested the weights: this is the kept digest */
@@ -16,12 +17,35 @@ void circ_session_model(circ_session *s, circ_patch_cli *pc, int with_graph)
 		circ_die(&e);
 }
 
+void circ_session_open_model(circ_session *s, const char *dir, int allow_nonfinite)
+{
+	circ_error e;
+	s->model_dir = dir;
+	s->m = circ_cli_open_model(dir, allow_nonfinite);
+	s->c = circ_model_config(s->m);
+	if (!(s->model_digest = circ_model_digest(s->m, &e)))
+		circ_die(&e);
+}
+
 void circ_session_tokens(circ_session *s, const char *input)
+{
+	circ_session_reader(s, input);
+	circ_session_check_vocab(s);
+}
+
+void circ_session_reader(circ_session *s, const char *input)
 {
 	circ_error e;
 	s->input = input;
 	s->r = circ_reader_open(input, "tokens", &e);
-	if (!s->r || circ_batch_check_vocab(s->r, s->pc->model, &e) < 0)
+	if (!s->r)
+		circ_die(&e);
+}
+
+void circ_session_check_vocab(circ_session *s)
+{
+	circ_error e;
+	if (circ_batch_check_vocab(s->r, s->model_dir, &e) < 0)
 		circ_die(&e);
 }
 
@@ -48,18 +72,21 @@ void circ_session_output(circ_session *s, const circ_cli *cli)
 		circ_die(&e);
 }
 
+void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch, int progress)
+{
+	s->bt = circ_batch_reader_new(s->r, metric, s->c->vocab_size, s->c->n_ctx, batch);
+	if (progress && !s->pr.what) {
+		circ_cli_progress(&s->pr, "examples", 0);
+		s->count_batches = 1;
+	}
+}
+
 int circ_session_next(circ_session *s, circ_batch **b)
 {
 	circ_error e;
 	int k;
-	if (!s->bt) {
-		s->bt = circ_batch_reader_new(s->r, s->pc->metric, s->c->vocab_size, s->c->n_ctx,
-					      s->pc->batch);
-		if (!s->pr.what) {
-			circ_cli_progress(&s->pr, "examples", 0);
-			s->count_batches = 1;
-		}
-	}
+	if (!s->bt)
+		circ_session_batches(s, s->pc->metric, s->pc->batch, 1);
 	if (s->last && s->count_batches)
 		circ_progress_step(&s->pr, s->last->B);
 	s->last = NULL;

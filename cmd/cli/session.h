@@ -1,6 +1,7 @@
 /*
- * session: what the patching tools (circ-score, circ-patch, circ-harvest,
- * circ-prune --acdc) open before their read loop and check after it, in one
+ * session: what the model tools (circ-score, circ-patch, circ-harvest,
+ * circ-prune --acdc; circ-forward without the patching options and the
+ * patcher) open before their read loop and check after it, in one
  * order and with one set of messages: the model (--model, digested) and its
  * graph, the token stream (its vocabulary checked against the model's), the
  * patcher and its means, the output stream, and the batches with progress.
@@ -18,7 +19,8 @@
 #include "patchopt.h"
 
 typedef struct circ_session {
-	circ_patch_cli *pc;	  /* the options (circ_patch_cli_check'ed) */
+	circ_patch_cli *pc;	  /* the options (circ_patch_cli_check'ed), or NULL */
+	const char *model_dir;	  /* the model's directory (--model) */
 	circ_model *m;		  /* --model */
 	const circ_config *c;	  /* m's configuration */
 	const char *model_digest; /* "sha256:..." of m's weights */
@@ -36,9 +38,19 @@ typedef struct circ_session {
 /* Opens pc's model (a missing --model is a usage error) and, with_graph, its
  * graph; digests the weights. */
 void circ_session_model(circ_session *s, circ_patch_cli *pc, int with_graph);
+/* For a tool without the patching options (circ-forward): opens the model
+ * in dir (--allow-nonfinite: allow_nonfinite) without a graph and digests
+ * its weights; s->pc stays NULL, so the batches come from
+ * circ_session_batches. */
+void circ_session_open_model(circ_session *s, const char *dir, int allow_nonfinite);
 /* Opens the token stream input ("-": standard input) and checks its
- * vocabulary against the model's. */
+ * vocabulary against the model's (circ_session_reader, then
+ * circ_session_check_vocab). */
 void circ_session_tokens(circ_session *s, const char *input);
+/* Opens the token stream input ("-": standard input), unchecked. */
+void circ_session_reader(circ_session *s, const char *input);
+/* Checks the token stream's vocabulary against the model's. */
+void circ_session_check_vocab(circ_session *s);
 /* The patcher over s->g (or over g when s->g is NULL) with the options' ablation,
  * metric, batch and threads; backward for gradients. The means (mean
  * ablation) are a separate step, circ_session_means. */
@@ -47,6 +59,11 @@ void circ_session_patcher(circ_session *s, circ_graph *g, int backward);
 void circ_session_means(circ_session *s);
 /* Opens the output stream (cli's --output and stream options). */
 void circ_session_output(circ_session *s, const circ_cli *cli);
+/* Starts the token stream's batches for the metric, batch examples each,
+ * and, with progress, unless the tool started s->pr, the progress over
+ * "examples" (circ-prune --acdc reads its batches without one);
+ * circ_session_next does it with the patching options' when no tool did. */
+void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch, int progress);
 /* The next batch of the token stream into *b (1), or 0 at its end (the
  * progress then ends). Unless the tool started s->pr itself, progress counts
  * "examples" (each batch when the next one is asked for). */
