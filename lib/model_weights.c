@@ -478,11 +478,117 @@ static void sha_sink(void *ctx, const void *p, size_t len)
 	circ_sha256_update(ctx, p, len);
 }
 
+/* ---- the digest cache ----
+ *
+ * Hashing a model of several GB would cost every command seconds, so the
+ * digest of a safetensors file is kept in a small file per model under
+ * $CIRC_CACHE_DIR (default $XDG_CACHE_HOME/circ, else ~/.cache/circ; "off"
+ * turns it off), keyed as git's index keys a file: the device, inode, size,
+ * modification and change times of model.safetensors, and the digest of
+ * config.json's bytes. Any change to the file changes the key. A file
+ * changed in the last few seconds is not cached (a rewrite within the
+ * timestamps' granularity would keep the key), and a cache entry that does
+ * not hold exactly its key and a digest is ignored. The cache is only ever
+ * a shortcut: without it the digest is computed, as before. */
+
+#define DIGEST_CACHE_MIN_AGE 2.0 /* seconds since the file last changed */
+
+static int cache_dir(char *out, size_t n)
+{
+	const char *d = getenv("CIRC_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"),
+		   *h = getenv("HOME");
+	int k;
+	if (d)
+		k = (*d && strcmp(d, "off")) ? snprintf(out, n, "%s", d) : -1;
+	else if (x && *x)
+		k = snprintf(out, n, "%s/circ", x);
+	else if (h && *h)
+		k = snprintf(out, n, "%s/.cache/circ", h);
+	else
+		k = -1;
+	return k < 0 || (size_t)k >= n ? -1 : 0;
+}
+
+/* The cache file of a key into path and the entry's text into text. */
+static int cache_entry(const circ_model *m, char *path, size_t np, char *key, size_t nk,
+		       double *age)
+{
+	char dir[3072], id[256], cfg[72], name[72];
+	circ_sha256 s;
+	if (cache_dir(dir, sizeof dir) < 0)
+		return -1;
+	circ_st_identity(m->st, id, sizeof id, age);
+	circ_sha256_init(&s);
+	circ_sha256_update(&s, m->config_bytes, m->config_len);
+	circ_sha256_final_hex(&s, cfg);
+	if ((size_t)snprintf(key, nk, "circ-digest 1 %s config %s", id, cfg) >= nk)
+		return -1;
+	circ_sha256_init(&s);
+	circ_sha256_update(&s, key, strlen(key));
+	circ_sha256_final_hex(&s, name);
+	/* name is "sha256:<hex>": the hex names the entry */
+	if ((size_t)snprintf(path, np, "%s/digest-%.40s", dir, name + 7) >= np)
+		return -1;
+	return 0;
+}
+
+static int cache_get(const circ_model *m, char out[72])
+{
+	char path[4096], key[512], want[600];
+	double age;
+	size_t len;
+	circ_error e;
+	char *t;
+	int ok;
+	if (cache_entry(m, path, sizeof path, key, sizeof key, &age) < 0 ||
+	    age < DIGEST_CACHE_MIN_AGE)
+		return -1;
+	if (access(path, F_OK) != 0 || !(t = circ_read_file(path, 4096, &len, &e)))
+		return -1;
+	snprintf(want, sizeof want, "%s\n", key);
+	ok = !strncmp(t, want, strlen(want)) && len == strlen(want) + 71 + 1 &&
+	     !strncmp(t + strlen(want), "sha256:", 7) && t[len - 1] == '\n';
+	for (size_t i = strlen(want) + 7; ok && i < len - 1; i++)
+		ok = (t[i] >= '0' && t[i] <= '9') || (t[i] >= 'a' && t[i] <= 'f');
+	if (ok)
+		snprintf(out, 72, "%.71s", t + strlen(want));
+	free(t);
+	return ok ? 0 : -1;
+}
+
+/* Best effort: a cache that cannot be written is no cache. */
+static void cache_put(const circ_model *m, const char *digest)
+{
+	char path[4096], key[512], text[600], dir[3072];
+	double age;
+	circ_error e;
+	if (cache_entry(m, path, sizeof path, key, sizeof key, &age) < 0 ||
+	    age < DIGEST_CACHE_MIN_AGE || cache_dir(dir, sizeof dir) < 0)
+		return;
+	if (access(dir, W_OK) != 0) {
+		/* make it and its parent (~/.cache) if absent */
+		char *slash = strrchr(dir, '/');
+		if (slash && slash != dir) {
+			*slash = 0;
+			mkdir(dir, 0777);
+			*slash = '/';
+		}
+		if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+			return;
+	}
+	snprintf(text, sizeof text, "%s\n%s\n", key, digest);
+	(void)circ_write_text(path, text, &e);
+}
+
 const char *circ_model_digest(circ_model *m, circ_error *e)
 {
 	circ_sha256 s;
 	if (m->have_digest)
 		return m->digest;
+	if (m->st && cache_get(m, m->digest) == 0) {
+		m->have_digest = 1;
+		return m->digest;
+	}
 	circ_sha256_init(&s);
 	if (m->st) {
 		size_t len;
@@ -510,5 +616,7 @@ const char *circ_model_digest(circ_model *m, circ_error *e)
 	}
 	circ_sha256_final_hex(&s, m->digest);
 	m->have_digest = 1;
+	if (m->st)
+		cache_put(m, m->digest);
 	return m->digest;
 }

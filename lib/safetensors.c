@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Header JSON larger than this is refused (the reference implementation's
@@ -365,6 +366,22 @@ fail:
 	free(ends);
 	circ_st_close(f);
 	return NULL;
+}
+
+void circ_st_identity(const circ_st *f, char *out, size_t n, double *age)
+{
+	const struct stat *st = &f->st;
+	struct timespec now;
+	double last;
+	snprintf(out, n, "%llu %llu %lld %lld.%09ld %lld.%09ld", (unsigned long long)st->st_dev,
+		 (unsigned long long)st->st_ino, (long long)st->st_size,
+		 (long long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec, (long long)st->st_ctim.tv_sec,
+		 st->st_ctim.tv_nsec);
+	clock_gettime(CLOCK_REALTIME, &now);
+	last = (double)st->st_mtim.tv_sec + 1e-9 * (double)st->st_mtim.tv_nsec;
+	if ((double)st->st_ctim.tv_sec + 1e-9 * (double)st->st_ctim.tv_nsec > last)
+		last = (double)st->st_ctim.tv_sec + 1e-9 * (double)st->st_ctim.tv_nsec;
+	*age = (double)now.tv_sec + 1e-9 * (double)now.tv_nsec - last;
 }
 
 int circ_st_check_unchanged(const circ_st *f, circ_error *e)

@@ -65,6 +65,12 @@ void circ_st_close(circ_st *f); /* NULL is a no-op */
  * circ_guard_mapping.) */
 int circ_st_check_unchanged(const circ_st *f, circ_error *e);
 const char *circ_st_path(const circ_st *f);
+/* The file's identity when it was opened, as git's index keys a file:
+ * "dev ino size mtime.ns ctime.ns" into out (NUL-terminated, truncated to
+ * n); *age is how many seconds before now it was last modified or changed
+ * (a file changed within the timestamps' granularity cannot be told from
+ * its next version by this key, so callers trust it only when old enough). */
+void circ_st_identity(const circ_st *f, char *out, size_t n, double *age);
 int circ_st_count(const circ_st *f);
 /* Tensor i (0 <= i < count), in the order of their data offsets. */
 const circ_st_tensor *circ_st_at(const circ_st *f, int i);

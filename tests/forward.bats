@@ -173,3 +173,38 @@ hdr() { printf '{"format":"circ","version":1,"kind":"tokens","metric":"%s"}\n' "
 	run --separate-stderr -1 circ-forward --model "$M" "$T/h.jsonl"
 	[[ "$stderr" == *"h.jsonl': record 1: missing field 'id'"* ]]
 }
+
+@test "the model digest is cached by file identity, never served for a changed file" {
+	cp -r tests/data/tiny/model "$T/m"
+	touch -d '1 hour ago' "$T/m/model.safetensors"
+	sleep 2.1 # the change time (now, after cp) must be old enough to be trusted
+	digest() { circ-forward --model "$T/m" --json tests/data/tiny/tokens.jsonl 2>/dev/null | head -1 | jq -r .model_digest; }
+	want=$(CIRC_CACHE_DIR=off digest)
+	# first run computes and caches, the second reads the cache: same digest
+	export CIRC_CACHE_DIR="$T/cache"
+	[ "$(digest)" = "$want" ]
+	[ "$(ls "$T/cache" | wc -l)" -eq 1 ]
+	[ "$(digest)" = "$want" ]
+	# a planted wrong digest under the right key is what the cache would serve:
+	# proves the cache is read (then restored)
+	f=$(ls "$T/cache"/*)
+	cp "$f" "$T/entry"
+	sed -i "2s/.*/sha256:$(printf '%064d' 7)/" "$f"
+	[ "$(digest)" = "sha256:$(printf '%064d' 7)" ]
+	# garbage in an entry is ignored
+	printf 'junk\n' >"$f"
+	[ "$(digest)" = "$want" ]
+	cp "$T/entry" "$f"
+	# the file rewritten in place, same size, old modification time: another key
+	python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(-4,2); b=f.read(4); f.seek(-4,2); f.write(bytes(x^1 for x in b))' "$T/m/model.safetensors"
+	touch -d '1 hour ago' "$T/m/model.safetensors"
+	sleep 2.1 # the change time must be old enough for the cache to be trusted
+	new=$(digest)
+	[ "$new" != "$want" ]
+	[ "$new" = "$(CIRC_CACHE_DIR=off digest)" ]
+	# a file changed just now is not cached
+	rm -rf "$T/cache"
+	touch "$T/m/model.safetensors"
+	digest >/dev/null
+	[ ! -d "$T/cache" ] || [ "$(ls "$T/cache" | wc -l)" -eq 0 ]
+}
