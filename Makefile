@@ -193,7 +193,7 @@ build/fuzz/lib/%.o: lib/%.c
 build/fuzz/libcirc.a: $(FUZZ_LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_file.h build/fuzz/libcirc.a
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_file.h tests/fuzz/fuzz_bpe.h build/fuzz/libcirc.a
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $< build/fuzz/libcirc.a $(LDLIBS)
 -include $(FUZZ_LIB_OBJ:.o=.d)
 fuzz: build/fuzz/fuzz_$(FUZZ_TARGET)

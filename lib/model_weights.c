@@ -509,83 +509,87 @@ static int cache_dir(char *out, size_t n)
 	return k < 0 || (size_t)k >= n ? -1 : 0;
 }
 
-/* The cache file of a key into path and the entry's text into text. */
-static int cache_entry(const circ_model *m, char *path, size_t np, char *key, size_t nk,
-		       double *age)
+/* One model's cache entry: its file, its key, and the directory. */
+typedef struct digest_entry {
+	char dir[3072], path[4096], key[512];
+} digest_entry;
+
+/* Fills d for m; -1 when there is no cache or the file changed too lately
+ * for its identity to be trusted. */
+static int cache_entry(const circ_model *m, digest_entry *d)
 {
-	char dir[3072], id[256], cfg[72], name[72];
+	char id[256], cfg[72], name[72];
+	double age;
 	circ_sha256 s;
-	if (cache_dir(dir, sizeof dir) < 0)
+	if (cache_dir(d->dir, sizeof d->dir) < 0)
 		return -1;
-	circ_st_identity(m->st, id, sizeof id, age);
+	circ_st_identity(m->st, id, sizeof id, &age);
+	if (age < DIGEST_CACHE_MIN_AGE)
+		return -1;
 	circ_sha256_init(&s);
 	circ_sha256_update(&s, m->config_bytes, m->config_len);
 	circ_sha256_final_hex(&s, cfg);
-	if ((size_t)snprintf(key, nk, "circ-digest 1 %s config %s", id, cfg) >= nk)
+	if ((size_t)snprintf(d->key, sizeof d->key, "circ-digest 1 %s config %s", id, cfg) >=
+	    sizeof d->key)
 		return -1;
 	circ_sha256_init(&s);
-	circ_sha256_update(&s, key, strlen(key));
+	circ_sha256_update(&s, d->key, strlen(d->key));
 	circ_sha256_final_hex(&s, name);
 	/* name is "sha256:<hex>": the hex names the entry */
-	if ((size_t)snprintf(path, np, "%s/digest-%.40s", dir, name + 7) >= np)
+	if ((size_t)snprintf(d->path, sizeof d->path, "%s/digest-%.40s", d->dir, name + 7) >=
+	    sizeof d->path)
 		return -1;
 	return 0;
 }
 
-static int cache_get(const circ_model *m, char out[72])
+/* The digest an entry holds: exactly its key, a newline, a digest, a newline. */
+static int cache_get(const digest_entry *d, char out[72])
 {
-	char path[4096], key[512], want[600];
-	double age;
-	size_t len;
+	size_t len, k = strlen(d->key);
 	circ_error e;
-	char *t;
+	char *t = circ_read_file(d->path, 4096, &len, &e);
 	int ok;
-	if (cache_entry(m, path, sizeof path, key, sizeof key, &age) < 0 ||
-	    age < DIGEST_CACHE_MIN_AGE)
+	if (!t)
 		return -1;
-	if (access(path, F_OK) != 0 || !(t = circ_read_file(path, 4096, &len, &e)))
-		return -1;
-	snprintf(want, sizeof want, "%s\n", key);
-	ok = !strncmp(t, want, strlen(want)) && len == strlen(want) + 71 + 1 &&
-	     !strncmp(t + strlen(want), "sha256:", 7) && t[len - 1] == '\n';
-	for (size_t i = strlen(want) + 7; ok && i < len - 1; i++)
+	ok = len == k + 1 + 71 + 1 && !strncmp(t, d->key, k) && t[k] == '\n' &&
+	     !strncmp(t + k + 1, "sha256:", 7) && t[len - 1] == '\n';
+	for (size_t i = k + 1 + 7; ok && i < len - 1; i++)
 		ok = (t[i] >= '0' && t[i] <= '9') || (t[i] >= 'a' && t[i] <= 'f');
 	if (ok)
-		snprintf(out, 72, "%.71s", t + strlen(want));
+		snprintf(out, 72, "%.71s", t + k + 1);
 	free(t);
 	return ok ? 0 : -1;
 }
 
 /* Best effort: a cache that cannot be written is no cache. */
-static void cache_put(const circ_model *m, const char *digest)
+static void cache_put(digest_entry *d, const char *digest)
 {
-	char path[4096], key[512], text[600], dir[3072];
-	double age;
+	char text[600];
 	circ_error e;
-	if (cache_entry(m, path, sizeof path, key, sizeof key, &age) < 0 ||
-	    age < DIGEST_CACHE_MIN_AGE || cache_dir(dir, sizeof dir) < 0)
-		return;
-	if (access(dir, W_OK) != 0) {
+	if (access(d->dir, W_OK) != 0) {
 		/* make it and its parent (~/.cache) if absent */
-		char *slash = strrchr(dir, '/');
-		if (slash && slash != dir) {
+		char *slash = strrchr(d->dir, '/');
+		if (slash && slash != d->dir) {
 			*slash = 0;
-			mkdir(dir, 0777);
+			mkdir(d->dir, 0777);
 			*slash = '/';
 		}
-		if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+		if (mkdir(d->dir, 0777) != 0 && errno != EEXIST)
 			return;
 	}
-	snprintf(text, sizeof text, "%s\n%s\n", key, digest);
-	(void)circ_write_text(path, text, &e);
+	snprintf(text, sizeof text, "%s\n%s\n", d->key, digest);
+	(void)circ_write_text(d->path, text, &e);
 }
 
 const char *circ_model_digest(circ_model *m, circ_error *e)
 {
 	circ_sha256 s;
+	digest_entry d;
+	int cached;
 	if (m->have_digest)
 		return m->digest;
-	if (m->st && cache_get(m, m->digest) == 0) {
+	cached = m->st && cache_entry(m, &d) == 0;
+	if (cached && cache_get(&d, m->digest) == 0) {
 		m->have_digest = 1;
 		return m->digest;
 	}
@@ -616,7 +620,7 @@ const char *circ_model_digest(circ_model *m, circ_error *e)
 	}
 	circ_sha256_final_hex(&s, m->digest);
 	m->have_digest = 1;
-	if (m->st)
-		cache_put(m, m->digest);
+	if (cached)
+		cache_put(&d, m->digest);
 	return m->digest;
 }

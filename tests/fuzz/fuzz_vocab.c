@@ -7,13 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bpe.h"
+#include "fuzz_bpe.h"
 #include "fuzz_file.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static const char text[] = "Hello world, it's 2024!\n  héllo <|endoftext|>";
 	const uint8_t *nul = memchr(data, 0, size);
 	size_t nv = nul ? (size_t)(nul - data) : size;
 	char vpath[64], mpath[64];
@@ -29,15 +28,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	}
 	b = circ_bpe_load_files(vpath, mpath, &e);
-	if (b) {
-		circ_ids ids = {0};
-		if (circ_bpe_encode(b, text, sizeof text - 1, 0, &ids, &e) == 0) {
-			size_t len;
-			free(circ_bpe_decode(b, ids.v, ids.n, &len, &e));
-		}
-		circ_ids_free(&ids);
-		circ_bpe_free(b);
-	}
+	if (b)
+		fuzz_use_bpe(b);
 	close(mfd);
 	close(vfd);
 	return 0;
