@@ -7,6 +7,12 @@
  * from the config (name, shape, destination). F32 tensors that are 4-byte
  * aligned are used in place; others are converted once into one owned
  * buffer.
+ *
+ * The other families: their config is read in full (model_config.c) and
+ * their checkpoint (one file or shards, lib/safetensors' sets) checked
+ * against the family's table of names and shapes (model_names.c); as no
+ * forward runs them yet, circ_model_open then refuses them by name, and
+ * circ_model_describe reports what was read.
  */
 #include <errno.h>
 #include <math.h>
@@ -17,6 +23,7 @@
 #include <unistd.h>
 
 #include "model_impl.h"
+#include "model_names.h"
 #include "rng.h"
 #include "safetensors.h"
 #include "stream.h"
@@ -197,6 +204,101 @@ static int check_finite(const char *file, const char *name, const float *p, size
 	return 0;
 }
 
+/* The weights of a family other than GPT-2, checked against its table:
+ * every tensor expected, nothing unexpected (known buffers aside), F32, F16
+ * or BF16, the shape the config gives. */
+static int family_check(const char *dir, const circ_config *c, const char *cfg_path, circ_error *e)
+{
+	circ_st_set *set = circ_st_set_open(dir, e);
+	model_tensor *tab = NULL;
+	unsigned char *seen = NULL;
+	int n, rc = -1;
+	if (!set)
+		return -1;
+	n = model_names_list(c, &tab);
+	seen = circ_xcalloc((size_t)n, 1);
+	for (int i = 0; i < circ_st_set_count(set); i++) {
+		const char *file;
+		const circ_st_tensor *t = circ_st_set_at(set, i, &file);
+		int k;
+		char got[96], want[96];
+		if (model_names_ignored(c, t->name))
+			continue;
+		for (k = 0; k < n; k++)
+			if (!strcmp(tab[k].name, t->name))
+				break;
+		if (k == n) {
+			circ_errorf(
+			    e,
+			    "'%s': unexpected tensor '%s' (not part of this %s with %d layers%s)",
+			    file, t->name, circ_model_type_name(c->model_type), c->n_layer,
+			    c->untied ? "" : " and tied embeddings, per tie_word_embeddings");
+			goto out;
+		}
+		if (t->dtype != CIRC_F32 && t->dtype != CIRC_F16 && t->dtype != CIRC_BF16) {
+			circ_errorf(e, "'%s': tensor '%s': dtype %s (expected F32, F16 or BF16)",
+				    file, t->name, circ_dtype_name(t->dtype));
+			goto out;
+		}
+		if (t->ndim != tab[k].ndim || t->shape[0] != tab[k].shape[0] ||
+		    (t->ndim == 2 && t->shape[1] != tab[k].shape[1])) {
+			shape_text(got, sizeof got, t->ndim, t->shape);
+			shape_text(want, sizeof want, tab[k].ndim, tab[k].shape);
+			circ_errorf(
+			    e,
+			    "'%s': tensor '%s': shape %s, expected %s from '%s' (layers %d, "
+			    "heads %d, kv heads %d, head_dim %d, hidden %d, intermediate %d, "
+			    "vocabulary %d)",
+			    file, t->name, got, want, cfg_path, c->n_layer, c->n_head,
+			    circ_config_kv_heads(c), circ_config_head_dim(c), c->n_embd, c->n_inner,
+			    c->vocab_size);
+			goto out;
+		}
+		seen[k] = 1;
+	}
+	for (int k = 0; k < n; k++)
+		if (!seen[k]) {
+			circ_errorf(e, "'%s': missing tensor '%s'",
+				    circ_st_set_index(set) ? circ_st_set_index(set)
+							   : circ_st_path(circ_st_set_file(set, 0)),
+				    tab[k].name);
+			goto out;
+		}
+	rc = 0;
+out:
+	free(seen);
+	free(tab);
+	circ_st_set_close(set);
+	return rc;
+}
+
+char *circ_model_describe(const char *dir, circ_error *e)
+{
+	char *cfg_path, *text, *out = NULL;
+	circ_config c;
+	size_t len;
+	if (!model_is_dir(dir)) {
+		circ_errorf(e, "'%s': not a model directory (config.json and model.safetensors)",
+			    dir);
+		return NULL;
+	}
+	cfg_path = model_join_path(dir, "config.json");
+	text = model_read_file(cfg_path, &len, e);
+	if (text && model_config_parse(cfg_path, text, len, &c, e) == 0) {
+		if (c.model_type == CIRC_MODEL_GPT2) {
+			circ_model *m = circ_model_open(dir, NULL, e);
+			if (m)
+				out = circ_config_describe(&m->cfg, m->w.lm_head == m->w.wte);
+			circ_model_free(m);
+		} else if (family_check(dir, &c, cfg_path, e) == 0) {
+			out = circ_config_describe(&c, !c.untied);
+		}
+	}
+	free(text);
+	free(cfg_path);
+	return out;
+}
+
 circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_error *e)
 {
 	circ_model *m = circ_xcalloc(1, sizeof *m);
@@ -223,6 +325,16 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	if (!m->config_bytes ||
 	    model_config_parse(cfg_path, m->config_bytes, m->config_len, &m->cfg, e) < 0)
 		goto fail;
+	if (m->cfg.model_type != CIRC_MODEL_GPT2) {
+		/* its files are checked first, so a broken one is named as such */
+		if (family_check(dir, &m->cfg, cfg_path, e) == 0)
+			circ_errorf(e,
+				    "'%s': model_type '%s': circ reads this family's config and "
+				    "weights, but its forward is not implemented yet (circ runs "
+				    "gpt2; see circ-forward --describe)",
+				    cfg_path, circ_model_type_name(m->cfg.model_type));
+		goto fail;
+	}
 	m->st = circ_st_open(st_path, e);
 	if (!m->st)
 		goto fail;

@@ -147,7 +147,7 @@ def arch_of(cfg):
         "attn_softcap": None, "final_softcap": None, "attn_scale": D ** -0.5,
         "sliding_window": None, "local_layers": [],
         "tied_embeddings": bool(cfg.get("tie_word_embeddings", mt.startswith("gemma"))),
-        "rope_scaling": None, "rotary_dim": D,
+        "rope_scaling": None, "rotary_dim": D, "rope_local_theta": None,
     }
     if mt == "gpt_neox":
         a.update(norm="layernorm", norm_eps=cfg["layer_norm_eps"], mlp="plain",
@@ -197,6 +197,8 @@ def arch_of(cfg):
         a["local_layers"] = [i for i, t in enumerate(types) if t == "sliding_attention"]
     if mt == "gemma3_text":
         a["rope_local_theta"] = float(cfg["rope_local_base_freq"])
+    if a["activation"] == "gelu_pytorch_tanh":  # the same function as gelu_new
+        a["activation"] = "gelu_new"
     return a
 
 
@@ -292,7 +294,7 @@ def forward(a, W, names, tokens):
                     q = rms(q, W[p + "self_attn.q_norm.weight"], eps, off)
                     k = rms(k, W[p + "self_attn.k_norm.weight"], eps, off)
             theta, scaling = a["rope_theta"], a["rope_scaling"]
-            if local and "rope_local_theta" in a:
+            if local and a["rope_local_theta"]:
                 theta, scaling = a["rope_local_theta"], None
             q = rope(q, pos, a["rotary_dim"], theta, scaling)
             k = rope(k, pos, a["rotary_dim"], theta, scaling)
