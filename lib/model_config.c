@@ -630,6 +630,28 @@ int circ_config_load(const char *path, circ_config *c, circ_error *e)
 	return rc;
 }
 
+/* The fewest significant digits that read every real of o (and of the
+ * objects in it) back exactly: "1e-05", not 1.0000000000000001e-05. */
+static int shortest_precision(json_t *o)
+{
+	int prec = 1;
+	const char *k;
+	json_t *v;
+	json_object_foreach (o, k, v) {
+		if (json_is_object(v)) {
+			int p = shortest_precision(v);
+			prec = p > prec ? p : prec;
+		}
+		for (; json_is_real(v) && prec < 17; prec++) {
+			char b[64];
+			snprintf(b, sizeof b, "%.*g", prec, json_real_value(v));
+			if (strtod(b, NULL) == json_real_value(v))
+				break;
+		}
+	}
+	return prec;
+}
+
 static json_t *num_or_null(double x)
 {
 	return x ? json_real(x) : json_null();
@@ -694,7 +716,7 @@ char *circ_config_describe(const circ_config *c, int tied)
 	json_object_set_new(o, "sliding_window",
 			    c->sliding_window ? json_integer(c->sliding_window) : json_null());
 	json_object_set_new(o, "local_layers", loc);
-	s = json_dumps(o, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+	s = json_dumps(o, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(shortest_precision(o)));
 	json_decref(o);
 	if (!s) {
 		fprintf(stderr, "%s: out of memory (describing a config)\n", circ_progname);
