@@ -157,3 +157,38 @@ PY
 	run circ-forward --model "$T/one" --describe
 	assert_success
 }
+
+@test "tests/data/families is what tests/ref/families.py writes (float64 references, seeded)" {
+	/usr/bin/python3 tests/ref/families.py "$T/fam"
+	# the models byte for byte; the reference logits to 1e-5 (float64 sums
+	# may differ in their last bits from one CPU to another)
+	diff -r -x reference.safetensors "$T/fam" "$FAM"
+	python3 - "$FAM" "$T/fam" <<'PY'
+import json, math, os, struct, sys
+def read(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__":
+            continue
+        lo, hi = v["data_offsets"]
+        fmt = "<%d%s" % ((hi - lo) // 4, "i" if v["dtype"] == "I32" else "f")
+        out[k] = (v["shape"], v["dtype"], struct.unpack(fmt, b[8 + n + lo:8 + n + hi]))
+    return out
+for name in sorted(os.listdir(sys.argv[1])):
+    d = os.path.join(sys.argv[1], name)
+    ref = read(os.path.join(d, "reference.safetensors"))
+    new = read(os.path.join(sys.argv[2], name, "reference.safetensors"))
+    V = json.load(open(os.path.join(d, "config.json")))["vocab_size"]
+    S, T = ref["tokens"][0]
+    # logits of every position: (S, T, V), F32, finite, not all near zero
+    assert ref["logits"][:2] == ([S, T, V], "F32"), name
+    xs = ref["logits"][2]
+    assert all(math.isfinite(x) for x in xs) and max(map(abs, xs)) > 0.1, name
+    assert ref["tokens"] == new["tokens"], name
+    worst = max(abs(a - b) for a, b in zip(xs, new["logits"][2]))
+    assert worst < 1e-5, (name, worst)
+PY
+}

@@ -481,6 +481,23 @@ CASES = [
 SEQS, T = 3, 10
 
 
+def self_check(a, W, names, tokens, logits):
+    """What a reference can check of itself: a model whose every layer is
+    local sees only the last n_layer * (W - 1) + 1 tokens, so changing the
+    first token leaves the logits from that far on unchanged and changes
+    the ones before; a model with a global layer changes everywhere."""
+    t2 = tokens.clone()
+    t2[0] = (t2[0] + 1) % a["vocab_size"]
+    other = forward(a, W, names, t2)
+    moved = (other - logits).abs().amax(-1) > 1e-9
+    if a["sliding_window"] and len(a["local_layers"]) == a["n_layer"]:
+        reach = a["n_layer"] * (a["sliding_window"] - 1) + 1
+        assert reach < len(tokens), "the window must be shorter than the prompt"
+        assert moved[:reach].all() and not moved[reach:].any(), moved
+    else:
+        assert moved.all(), moved
+
+
 def make(outdir, name, dtype, shards, extra, seed):
     cfg = dict(COMMON)
     cfg.update(extra)
@@ -501,6 +518,7 @@ def make(outdir, name, dtype, shards, extra, seed):
         items.append((tname, dtype, shape, b))
     tokens = torch.randint(0, cfg["vocab_size"], (SEQS, T), dtype=torch.int64)
     logits = torch.stack([forward(a, W, names, tokens[s]) for s in range(SEQS)])
+    self_check(a, W, names, tokens[0], logits[0])
     d = os.path.join(outdir, name)
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(d):
