@@ -266,7 +266,10 @@ void circ_model_opts_default(circ_model_opts *o);
  * is used when present, else tied to wte. Every tensor is checked: dtype
  * (F32, F16 or BF16), shape against the config, no missing or unexpected
  * tensors, no NaN/Inf (unless allowed). o may be NULL (defaults). NULL with
- * a message naming the file and the tensor on any error. */
+ * a message naming the file and the tensor on any error. A directory of
+ * another family (config.json's model_type) has its config and weights
+ * checked (see circ_model_describe), then is refused: "model_type '<t>':
+ * ... its forward is not implemented yet". */
 circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_error *e);
 /* A model over weights the caller built (e.g. circ_weights_alloc then
  * filled): takes ownership of *w (its mem and layers; *w is zeroed). The

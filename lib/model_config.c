@@ -350,11 +350,30 @@ static int hf_layers(json_t *root, const char *path, circ_config *c, int pattern
 	return 0;
 }
 
-/* The sliding window: sliding_window an integer or null (none). */
-static int hf_window(json_t *root, const char *path, circ_config *c, circ_error *e)
+/* A number that a config may set to null for "none" (0) and may leave out
+ * for the configuration class's default def (transformers tells the two
+ * apart: Gemma2Config's attn_logit_softcapping is 50 when absent, off when
+ * null). */
+static int hf_num_or_none(json_t *o, const char *path, const char *key, double def, double *out,
+			  circ_error *e)
+{
+	json_t *v = json_object_get(o, key);
+	if (v && json_is_null(v)) {
+		*out = 0;
+		return 0;
+	}
+	return hf_num(o, path, key, def, out, e) < 0 ? -1 : 0;
+}
+
+/* The sliding window: an integer, null (none), or absent (def). */
+static int hf_window(json_t *root, const char *path, circ_config *c, int def, circ_error *e)
 {
 	json_t *v = json_object_get(root, "sliding_window");
-	if (!v || json_is_null(v))
+	if (!v) {
+		c->sliding_window = def;
+		return 0;
+	}
+	if (json_is_null(v))
 		return 0;
 	return cfg_int(root, path, "sliding_window", 1, &c->sliding_window, e);
 }
@@ -431,7 +450,9 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 			c->rotary_dim = 0;
 		goto done;
 	}
-	if (hf_num(root, path, "rms_norm_eps", 1e-6, &c->layer_norm_epsilon, e) < 0 ||
+	/* the configuration classes' defaults: 1e-5 for OLMo 2, 1e-6 for the rest */
+	if (hf_num(root, path, "rms_norm_eps", fam == CIRC_MODEL_OLMO2 ? 1e-5 : 1e-6,
+		   &c->layer_norm_epsilon, e) < 0 ||
 	    hf_rope(root, path, c, fam == CIRC_MODEL_GEMMA3_TEXT ? 1e6 : 10000, e) < 0)
 		return -1;
 	if (fam != CIRC_MODEL_GEMMA3_TEXT)
@@ -456,7 +477,7 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 		c->no_bias_mlp = !b;
 		break;
 	case CIRC_MODEL_MISTRAL:
-		if (hf_window(root, path, c, e) < 0)
+		if (hf_window(root, path, c, 4096, e) < 0) /* MistralConfig's default */
 			return -1;
 		break;
 	case CIRC_MODEL_QWEN2:
@@ -485,14 +506,21 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 		if (fam == CIRC_MODEL_GEMMA2)
 			pattern = 2;
 		c->norm_place = CIRC_NORM_PRE_POST;
-		if (hf_num(root, path, "attn_logit_softcapping", 0, &c->attn_softcap, e) < 0 ||
-		    hf_num(root, path, "final_logit_softcapping", 0, &c->final_softcap, e) < 0 ||
-		    hf_num(root, path, "query_pre_attn_scalar", 0, &c->query_pre_attn_scalar, e) <
+		/* Gemma2Config: soft-caps 50 and 30 when absent; Gemma3TextConfig: none;
+		 * both: query_pre_attn_scalar 256, sliding_window 4096 */
+		if (hf_num_or_none(root, path, "attn_logit_softcapping",
+				   fam == CIRC_MODEL_GEMMA2 ? 50 : 0, &c->attn_softcap, e) < 0 ||
+		    hf_num_or_none(root, path, "final_logit_softcapping",
+				   fam == CIRC_MODEL_GEMMA2 ? 30 : 0, &c->final_softcap, e) < 0 ||
+		    hf_num(root, path, "query_pre_attn_scalar", 256, &c->query_pre_attn_scalar, e) <
 			0 ||
-		    hf_window(root, path, c, e) < 0)
+		    hf_window(root, path, c, 4096, e) < 0)
 			return -1;
 		if (!(c->query_pre_attn_scalar > 0))
-			c->query_pre_attn_scalar = c->head_dim;
+			return circ_errorf(e,
+					   "'%s': key 'query_pre_attn_scalar': expected a positive "
+					   "number",
+					   path);
 		break;
 	case CIRC_MODEL_GEMMA: break;
 	case CIRC_MODEL_OLMO2:
@@ -637,7 +665,8 @@ static int shortest_precision(json_t *o)
 	int prec = 1;
 	const char *k;
 	json_t *v;
-	json_object_foreach (o, k, v) {
+	json_object_foreach(o, k, v)
+	{
 		if (json_is_object(v)) {
 			int p = shortest_precision(v);
 			prec = p > prec ? p : prec;
