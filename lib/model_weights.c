@@ -204,6 +204,24 @@ static int check_finite(const char *file, const char *name, const float *p, size
 	return 0;
 }
 
+/* t is F32, F16 or BF16 and has the shape (ndim, shape) the config gives;
+ * -1 naming the file, the tensor, cfg_path and the config's dimensions (dims)
+ * otherwise. */
+static int check_tensor(const char *file, const circ_st_tensor *t, int ndim, const int64_t *shape,
+			const char *cfg_path, const char *dims, circ_error *e)
+{
+	char got[96], want[96];
+	if (t->dtype != CIRC_F32 && t->dtype != CIRC_F16 && t->dtype != CIRC_BF16)
+		return circ_errorf(e, "'%s': tensor '%s': dtype %s (expected F32, F16 or BF16)",
+				   file, t->name, circ_dtype_name(t->dtype));
+	if (t->ndim == ndim && t->shape[0] == shape[0] && (ndim == 1 || t->shape[1] == shape[1]))
+		return 0;
+	shape_text(got, sizeof got, t->ndim, t->shape);
+	shape_text(want, sizeof want, ndim, shape);
+	return circ_errorf(e, "'%s': tensor '%s': shape %s, expected %s from '%s' (%s)", file,
+			   t->name, got, want, cfg_path, dims);
+}
+
 /* The weights of a family other than GPT-2, checked against its table:
  * every tensor expected, nothing unexpected (known buffers aside), F32, F16
  * or BF16, the shape the config gives. */
@@ -213,15 +231,20 @@ static int family_check(const char *dir, const circ_config *c, const char *cfg_p
 	model_tensor *tab = NULL;
 	unsigned char *seen = NULL;
 	int n, rc = -1;
+	char dims[200];
 	if (!set)
 		return -1;
+	snprintf(dims, sizeof dims,
+		 "layers %d, heads %d, kv heads %d, head_dim %d, hidden %d, intermediate %d, "
+		 "vocabulary %d",
+		 c->n_layer, c->n_head, circ_config_kv_heads(c), circ_config_head_dim(c), c->n_embd,
+		 c->n_inner, c->vocab_size);
 	n = model_names_list(c, &tab);
 	seen = circ_xcalloc((size_t)n, 1);
 	for (int i = 0; i < circ_st_set_count(set); i++) {
 		const char *file;
 		const circ_st_tensor *t = circ_st_set_at(set, i, &file);
 		int k;
-		char got[96], want[96];
 		if (model_names_ignored(c, t->name))
 			continue;
 		for (k = 0; k < n; k++)
@@ -235,25 +258,8 @@ static int family_check(const char *dir, const circ_config *c, const char *cfg_p
 			    c->untied ? "" : " and tied embeddings, per tie_word_embeddings");
 			goto out;
 		}
-		if (t->dtype != CIRC_F32 && t->dtype != CIRC_F16 && t->dtype != CIRC_BF16) {
-			circ_errorf(e, "'%s': tensor '%s': dtype %s (expected F32, F16 or BF16)",
-				    file, t->name, circ_dtype_name(t->dtype));
+		if (check_tensor(file, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) < 0)
 			goto out;
-		}
-		if (t->ndim != tab[k].ndim || t->shape[0] != tab[k].shape[0] ||
-		    (t->ndim == 2 && t->shape[1] != tab[k].shape[1])) {
-			shape_text(got, sizeof got, t->ndim, t->shape);
-			shape_text(want, sizeof want, tab[k].ndim, tab[k].shape);
-			circ_errorf(
-			    e,
-			    "'%s': tensor '%s': shape %s, expected %s from '%s' (layers %d, "
-			    "heads %d, kv heads %d, head_dim %d, hidden %d, intermediate %d, "
-			    "vocabulary %d)",
-			    file, t->name, got, want, cfg_path, c->n_layer, c->n_head,
-			    circ_config_kv_heads(c), circ_config_head_dim(c), c->n_embd, c->n_inner,
-			    c->vocab_size);
-			goto out;
-		}
 		seen[k] = 1;
 	}
 	for (int k = 0; k < n; k++)
@@ -310,6 +316,7 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	int n_tab, lm_idx;
 	size_t own_n = 0;
 	float *p;
+	char dims[200];
 
 	if (!o) {
 		circ_model_opts_default(&defo);
@@ -339,6 +346,10 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	if (!m->st)
 		goto fail;
 	m->w.layers = circ_xcalloc((size_t)m->cfg.n_layer, sizeof *m->w.layers);
+	snprintf(dims, sizeof dims,
+		 "n_layer %d, n_head %d, n_embd %d, n_inner %d, n_positions %d, vocab_size %d",
+		 m->cfg.n_layer, m->cfg.n_head, m->cfg.n_embd, m->cfg.n_inner, m->cfg.n_ctx,
+		 m->cfg.vocab_size);
 	tab = circ_xcalloc((size_t)(15 + 12 * m->cfg.n_layer), sizeof *tab);
 	n_tab = weight_table(&m->cfg, &m->w, tab, 1);
 	lm_idx = n_tab - 1;
@@ -349,7 +360,6 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 		const circ_st_tensor *t = circ_st_at(m->st, i);
 		const char *base = t->name;
 		int k;
-		char got[96], want[96];
 		if (!strncmp(base, "transformer.", 12) && strcmp(base + 12, "lm_head.weight"))
 			base += 12;
 		if (ignored_buffer(base, m->cfg.n_layer))
@@ -368,23 +378,8 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 				    st_path, tab[k].name, found[k]->name, t->name);
 			goto fail;
 		}
-		if (t->dtype != CIRC_F32 && t->dtype != CIRC_F16 && t->dtype != CIRC_BF16) {
-			circ_errorf(e, "'%s': tensor '%s': dtype %s (expected F32, F16 or BF16)",
-				    st_path, t->name, circ_dtype_name(t->dtype));
+		if (check_tensor(st_path, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) < 0)
 			goto fail;
-		}
-		if (t->ndim != tab[k].ndim || t->shape[0] != tab[k].shape[0] ||
-		    (t->ndim == 2 && t->shape[1] != tab[k].shape[1])) {
-			shape_text(got, sizeof got, t->ndim, t->shape);
-			shape_text(want, sizeof want, tab[k].ndim, tab[k].shape);
-			circ_errorf(
-			    e,
-			    "'%s': tensor '%s': shape %s, expected %s from '%s' (n_layer %d, "
-			    "n_head %d, n_embd %d, n_inner %d, n_positions %d, vocab_size %d)",
-			    st_path, t->name, got, want, cfg_path, m->cfg.n_layer, m->cfg.n_head,
-			    m->cfg.n_embd, m->cfg.n_inner, m->cfg.n_ctx, m->cfg.vocab_size);
-			goto fail;
-		}
 		found[k] = t;
 	}
 	for (int k = 0; k < n_tab; k++)

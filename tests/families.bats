@@ -122,8 +122,8 @@ edit_config() {
 	edit_config gemma3_text '.rope_parameters = {full_attention: (.rope_scaling + {rope_theta: .rope_theta}), sliding_attention: {rope_type: "default", rope_theta: .rope_local_base_freq}} | del(.rope_scaling, .rope_theta, .rope_local_base_freq)'
 	[ "$(circ-forward --model "$T/m" --describe | jq -c '[.local_layers, .rope_theta, .rope_local_theta, .rope_scaling]')" = "$b" ]
 	# gemma2 without layer_types: even layers slide
-	edit_config gemma2 'del(.layer_types)'
-	circ-forward --model "$T/m" --describe | jq -e '.local_layers == [0, 2]'
+	describes_as gemma2 'del(.layer_types)' \
+	    '.local_layers == [0, 2]'
 }
 
 @test "a sharded checkpoint reads as the same tensors in one file" {
@@ -193,21 +193,27 @@ for name in sorted(os.listdir(sys.argv[1])):
 PY
 }
 
+# Family $1's config through jq filter $2 describes as jq test $3 says.
+describes_as() {
+	edit_config "$1" "$2"
+	circ-forward --model "$T/m" --describe | jq -e "$3"
+}
+
 @test "absent keys take the transformers configuration classes' defaults; null means none" {
-	edit_config gemma2 'del(.attn_logit_softcapping, .final_logit_softcapping, .query_pre_attn_scalar, .sliding_window, .layer_types)'
-	circ-forward --model "$T/m" --describe | jq -e '.attn_softcap == 50 and .final_softcap == 30 and .attn_scale == 0.0625 and .sliding_window == 4096 and .local_layers == [0, 2]'
-	edit_config gemma2 '.attn_logit_softcapping = null | .sliding_window = null'
-	circ-forward --model "$T/m" --describe | jq -e '.attn_softcap == null and .final_softcap == 3 and .sliding_window == null and .local_layers == []'
-	edit_config gemma3_text 'del(.sliding_window_pattern, .rope_theta, .rope_local_base_freq, .final_logit_softcapping)'
-	circ-forward --model "$T/m" --describe | jq -e '.local_layers == [0, 1, 2, 3] and .rope_theta == 1e6 and .rope_local_theta == 10000 and .final_softcap == null'
-	edit_config mistral 'del(.sliding_window)'
-	circ-forward --model "$T/m" --describe | jq -e '.sliding_window == 4096'
-	edit_config olmo2 'del(.rms_norm_eps, .rope_theta)'
-	circ-forward --model "$T/m" --describe | jq -e '.norm_eps == 1e-5 and .rope_theta == 10000'
-	edit_config gpt_neox 'del(.rotary_pct, .rotary_emb_base, .use_parallel_residual, .layer_norm_eps, .hidden_act)'
-	circ-forward --model "$T/m" --describe | jq -e '.rotary_dim == 4 and .rope_theta == 10000 and .parallel_residual and .norm_eps == 1e-5 and .activation == "gelu"'
-	edit_config gemma 'del(.hidden_activation, .tie_word_embeddings)'
-	circ-forward --model "$T/m" --describe | jq -e '.activation == "gelu_new" and .tied_embeddings and .embed_scale == 8 and .norm_offset == 1'
+	describes_as gemma2 'del(.attn_logit_softcapping, .final_logit_softcapping, .query_pre_attn_scalar, .sliding_window, .layer_types)' \
+	    '.attn_softcap == 50 and .final_softcap == 30 and .attn_scale == 0.0625 and .sliding_window == 4096 and .local_layers == [0, 2]'
+	describes_as gemma2 '.attn_logit_softcapping = null | .sliding_window = null' \
+	    '.attn_softcap == null and .final_softcap == 3 and .sliding_window == null and .local_layers == []'
+	describes_as gemma3_text 'del(.sliding_window_pattern, .rope_theta, .rope_local_base_freq, .final_logit_softcapping)' \
+	    '.local_layers == [0, 1, 2, 3] and .rope_theta == 1e6 and .rope_local_theta == 10000 and .final_softcap == null'
+	describes_as mistral 'del(.sliding_window)' \
+	    '.sliding_window == 4096'
+	describes_as olmo2 'del(.rms_norm_eps, .rope_theta)' \
+	    '.norm_eps == 1e-5 and .rope_theta == 10000'
+	describes_as gpt_neox 'del(.rotary_pct, .rotary_emb_base, .use_parallel_residual, .layer_norm_eps, .hidden_act)' \
+	    '.rotary_dim == 4 and .rope_theta == 10000 and .parallel_residual and .norm_eps == 1e-5 and .activation == "gelu"'
+	describes_as gemma 'del(.hidden_activation, .tie_word_embeddings)' \
+	    '.activation == "gelu_new" and .tied_embeddings and .embed_scale == 8 and .norm_offset == 1'
 	edit_config qwen2 'del(.num_key_value_heads)'
 	run --separate-stderr -1 circ-forward --model "$T/m" --describe
 	[[ "$stderr" == *"tensor 'model.layers.0.self_attn.k_proj.weight': shape [32, 64], expected [64, 64]"* ]]
