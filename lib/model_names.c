@@ -7,13 +7,16 @@
  * where one name means different things the conditions tell them apart:
  * "post_attention_layernorm" is the norm before the MLP in Llama, Mistral,
  * Qwen and Gemma 1, but the norm of the attention's output in Gemma 2 and 3
- * and OLMo 2.
+ * and OLMo 2. model_names_bind matches a checkpoint (lib/safetensors' set of
+ * one file or shards) against the table, checking every tensor's dtype and
+ * shape (model_check_tensor, which GPT-2's loader uses too).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model_names.h"
+#include "safetensors.h"
 
 /* Condition bits. */
 enum {
@@ -208,4 +211,93 @@ int model_names_ignored(const circ_config *c, const char *name)
 			return 1;
 	}
 	return 0;
+}
+
+static void shape_text(char *b, size_t n, int ndim, const int64_t *s)
+{
+	if (ndim == 1)
+		snprintf(b, n, "[%lld]", (long long)s[0]);
+	else if (ndim == 2)
+		snprintf(b, n, "[%lld, %lld]", (long long)s[0], (long long)s[1]);
+	else {
+		size_t len = (size_t)snprintf(b, n, "[");
+		for (int i = 0; i < ndim && len < n; i++)
+			len += (size_t)snprintf(b + len, n - len, "%s%lld", i ? ", " : "",
+						(long long)s[i]);
+		if (len < n)
+			snprintf(b + len, n - len, "]");
+	}
+}
+
+/* t is F32, F16 or BF16 and has the shape (ndim, shape) the config gives;
+ * -1 naming the file, the tensor, cfg_path and the config's dimensions (dims)
+ * otherwise. */
+int model_check_tensor(const char *file, const circ_st_tensor *t, int ndim, const int64_t *shape,
+		       const char *cfg_path, const char *dims, circ_error *e)
+{
+	char got[96], want[96];
+	if (t->dtype != CIRC_F32 && t->dtype != CIRC_F16 && t->dtype != CIRC_BF16)
+		return circ_errorf(e, "'%s': tensor '%s': dtype %s (expected F32, F16 or BF16)",
+				   file, t->name, circ_dtype_name(t->dtype));
+	if (t->ndim == ndim && t->shape[0] == shape[0] && (ndim == 1 || t->shape[1] == shape[1]))
+		return 0;
+	shape_text(got, sizeof got, t->ndim, t->shape);
+	shape_text(want, sizeof want, ndim, shape);
+	return circ_errorf(e, "'%s': tensor '%s': shape %s, expected %s from '%s' (%s)", file,
+			   t->name, got, want, cfg_path, dims);
+}
+
+int model_names_bind(const circ_config *c, const circ_st_set *set, const char *cfg_path,
+		     model_tensor **tab_out, const circ_st_tensor ***found_out, circ_error *e)
+{
+	model_tensor *tab = NULL;
+	const circ_st_tensor **found;
+	char dims[200];
+	int n;
+	snprintf(dims, sizeof dims,
+		 "layers %d, heads %d, kv heads %d, head_dim %d, hidden %d, intermediate %d, "
+		 "vocabulary %d",
+		 c->n_layer, c->n_head, circ_config_kv_heads(c), circ_config_head_dim(c), c->n_embd,
+		 c->n_inner, c->vocab_size);
+	n = model_names_list(c, &tab);
+	found = circ_xcalloc((size_t)n, sizeof *found);
+	for (int i = 0; i < circ_st_set_count(set); i++) {
+		const char *file;
+		const circ_st_tensor *t = circ_st_set_at(set, i, &file);
+		int k;
+		if (model_names_ignored(c, t->name))
+			continue;
+		for (k = 0; k < n; k++)
+			if (!strcmp(tab[k].name, t->name))
+				break;
+		if (k == n) {
+			circ_errorf(e,
+				    "'%s': unexpected tensor '%s' (not part of this %s with %d "
+				    "layers%s)",
+				    file, t->name, circ_model_type_name(c->model_type), c->n_layer,
+				    c->untied ? ""
+					      : " and tied embeddings, per tie_word_embeddings");
+			goto fail;
+		}
+		if (model_check_tensor(file, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) < 0)
+			goto fail;
+		found[k] = t; /* names are unique in a set: no tensor is found twice */
+	}
+	for (int k = 0; k < n; k++)
+		if (!found[k]) {
+			circ_errorf(e, "'%s': missing tensor '%s'",
+				    circ_st_set_index(set) ? circ_st_set_index(set)
+							   : circ_st_path(circ_st_set_file(set, 0)),
+				    tab[k].name);
+			goto fail;
+		}
+	*tab_out = tab;
+	*found_out = found;
+	return n;
+fail:
+	free(tab);
+	free(found);
+	*tab_out = NULL;
+	*found_out = NULL;
+	return -1;
 }

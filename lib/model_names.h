@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "safetensors.h"
 
 /* What a tensor is to the forward. Per layer unless said. nn.Linear layout:
  * weights are (out, in). */
@@ -69,5 +70,20 @@ int model_names_list(const circ_config *c, model_tensor **out);
 /* 1 if name is a buffer some checkpoints of c's family carry and no
  * forward reads (rotary inv_freq, GPT-NeoX's attention masks). */
 int model_names_ignored(const circ_config *c, const char *name);
+
+/* Binds c's table to the tensors of a checkpoint: (*found)[k] is the tensor
+ * of set named (*tab)[k].name (pointers into the set's mappings, valid
+ * while it is open). Every tensor of the set must be in the table (or an
+ * ignored buffer), F32, F16 or BF16, with the table's shape, and every
+ * tensor of the table must be there. Returns the count, with *tab and
+ * *found allocated (free both); -1 with a message naming the file, the
+ * tensor and, for a shape, cfg_path and the config's dimensions. */
+int model_names_bind(const circ_config *c, const circ_st_set *set, const char *cfg_path,
+		     model_tensor **tab, const circ_st_tensor ***found, circ_error *e);
+/* t is F32, F16 or BF16 with the shape (ndim, shape) the config gives; -1
+ * naming file, the tensor, cfg_path and dims (the config's dimensions in
+ * words) otherwise. */
+int model_check_tensor(const char *file, const circ_st_tensor *t, int ndim, const int64_t *shape,
+		       const char *cfg_path, const char *dims, circ_error *e);
 
 #endif

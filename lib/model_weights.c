@@ -167,22 +167,6 @@ void circ_model_free(circ_model *m)
 	free(m);
 }
 
-static void shape_text(char *b, size_t n, int ndim, const int64_t *s)
-{
-	if (ndim == 1)
-		snprintf(b, n, "[%lld]", (long long)s[0]);
-	else if (ndim == 2)
-		snprintf(b, n, "[%lld, %lld]", (long long)s[0], (long long)s[1]);
-	else {
-		size_t len = (size_t)snprintf(b, n, "[");
-		for (int i = 0; i < ndim && len < n; i++)
-			len += (size_t)snprintf(b + len, n - len, "%s%lld", i ? ", " : "",
-						(long long)s[i]);
-		if (len < n)
-			snprintf(b + len, n - len, "]");
-	}
-}
-
 /* "h.12.attn.bias" / "h.12.attn.masked_bias" with 0 <= 12 < L. */
 static int ignored_buffer(const char *name, int L)
 {
@@ -204,24 +188,6 @@ static int check_finite(const char *file, const char *name, const float *p, size
 	return 0;
 }
 
-/* t is F32, F16 or BF16 and has the shape (ndim, shape) the config gives;
- * -1 naming the file, the tensor, cfg_path and the config's dimensions (dims)
- * otherwise. */
-static int check_tensor(const char *file, const circ_st_tensor *t, int ndim, const int64_t *shape,
-			const char *cfg_path, const char *dims, circ_error *e)
-{
-	char got[96], want[96];
-	if (t->dtype != CIRC_F32 && t->dtype != CIRC_F16 && t->dtype != CIRC_BF16)
-		return circ_errorf(e, "'%s': tensor '%s': dtype %s (expected F32, F16 or BF16)",
-				   file, t->name, circ_dtype_name(t->dtype));
-	if (t->ndim == ndim && t->shape[0] == shape[0] && (ndim == 1 || t->shape[1] == shape[1]))
-		return 0;
-	shape_text(got, sizeof got, t->ndim, t->shape);
-	shape_text(want, sizeof want, ndim, shape);
-	return circ_errorf(e, "'%s': tensor '%s': shape %s, expected %s from '%s' (%s)", file,
-			   t->name, got, want, cfg_path, dims);
-}
-
 /* The weights of a family other than GPT-2, checked against its table:
  * every tensor expected, nothing unexpected (known buffers aside), F32, F16
  * or BF16, the shape the config gives. */
@@ -229,53 +195,15 @@ static int family_check(const char *dir, const circ_config *c, const char *cfg_p
 {
 	circ_st_set *set = circ_st_set_open(dir, e);
 	model_tensor *tab = NULL;
-	unsigned char *seen = NULL;
-	int n, rc = -1;
-	char dims[200];
+	const circ_st_tensor **found = NULL;
+	int n;
 	if (!set)
 		return -1;
-	snprintf(dims, sizeof dims,
-		 "layers %d, heads %d, kv heads %d, head_dim %d, hidden %d, intermediate %d, "
-		 "vocabulary %d",
-		 c->n_layer, c->n_head, circ_config_kv_heads(c), circ_config_head_dim(c), c->n_embd,
-		 c->n_inner, c->vocab_size);
-	n = model_names_list(c, &tab);
-	seen = circ_xcalloc((size_t)n, 1);
-	for (int i = 0; i < circ_st_set_count(set); i++) {
-		const char *file;
-		const circ_st_tensor *t = circ_st_set_at(set, i, &file);
-		int k;
-		if (model_names_ignored(c, t->name))
-			continue;
-		for (k = 0; k < n; k++)
-			if (!strcmp(tab[k].name, t->name))
-				break;
-		if (k == n) {
-			circ_errorf(
-			    e,
-			    "'%s': unexpected tensor '%s' (not part of this %s with %d layers%s)",
-			    file, t->name, circ_model_type_name(c->model_type), c->n_layer,
-			    c->untied ? "" : " and tied embeddings, per tie_word_embeddings");
-			goto out;
-		}
-		if (check_tensor(file, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) < 0)
-			goto out;
-		seen[k] = 1;
-	}
-	for (int k = 0; k < n; k++)
-		if (!seen[k]) {
-			circ_errorf(e, "'%s': missing tensor '%s'",
-				    circ_st_set_index(set) ? circ_st_set_index(set)
-							   : circ_st_path(circ_st_set_file(set, 0)),
-				    tab[k].name);
-			goto out;
-		}
-	rc = 0;
-out:
-	free(seen);
+	n = model_names_bind(c, set, cfg_path, &tab, &found, e);
 	free(tab);
+	free(found);
 	circ_st_set_close(set);
-	return rc;
+	return n < 0 ? -1 : 0;
 }
 
 char *circ_model_describe(const char *dir, circ_error *e)
@@ -378,7 +306,8 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 				    st_path, tab[k].name, found[k]->name, t->name);
 			goto fail;
 		}
-		if (check_tensor(st_path, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) < 0)
+		if (model_check_tensor(st_path, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) <
+		    0)
 			goto fail;
 		found[k] = t;
 	}
