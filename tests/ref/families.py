@@ -18,6 +18,13 @@ For each case it writes OUTDIR/<name>/ with
                           test compares them)
 Seeded: the same files on every run (torch.manual_seed per case).
 
+Before writing, the script checks what a reference can check of itself:
+RoPE is a norm-keeping rotation whose q.k depends only on the distance of
+positions (default, linear, llama3, partial), llama3 keeps high frequencies
+and divides low ones by factor; grouped-query attention equals multi-head
+attention with each kv head's weights repeated for its group; a model of
+sliding-window layers only sees exactly n_layer * (W - 1) + 1 tokens back.
+
 What each family is, and the transformers source each detail follows
 (src/transformers/models/<family>/modeling_<family>.py unless said):
 
@@ -549,10 +556,69 @@ def make(outdir, name, dtype, shards, extra, seed):
         f.write("\n")
 
 
+def check_rope():
+    """RoPE is a rotation by angle pos * inv_freq of the pairs (x_i, x_{i+rot/2}):
+    norms are kept and q.k depends only on the distance of the positions,
+    for every scaling and for partial rotation (the rest passes through)."""
+    g = torch.Generator().manual_seed(7)
+    for rot, scaling in [(16, None), (16, {"type": "linear", "factor": 2.0}),
+                         (16, {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 16}), (4, None)]:
+        q, k = torch.randn(1, 16, generator=g), torch.randn(1, 16, generator=g)
+        p = torch.arange(12)
+        rq = rope(q.expand(12, 16), p, rot, 10000.0, scaling)
+        rk = rope(k.expand(12, 16), p, rot, 10000.0, scaling)
+        assert torch.allclose(rq.norm(dim=-1), q.norm(), atol=1e-12)
+        assert torch.equal(rq[:, rot:], q.expand(12, 16)[:, rot:])
+        dots = rq @ rk.T
+        for d in range(-3, 4):
+            band = torch.diagonal(dots, d)
+            assert torch.allclose(band, band[0].expand_as(band), atol=1e-10), (rot, scaling, d)
+    # llama3: high frequencies kept, low ones divided by factor, a blend between
+    f = inv_freq(16, 10000.0, None)
+    f3 = inv_freq(16, 10000.0, {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 16})
+    wavelen = 2 * math.pi / f
+    assert torch.equal(f3[wavelen < 4], f[wavelen < 4])
+    assert torch.allclose(f3[wavelen > 16], f[wavelen > 16] / 8)
+    mid = (wavelen >= 4) & (wavelen <= 16)
+    assert mid.any() and ((f3[mid] <= f[mid]) & (f3[mid] >= f[mid] / 8)).all()
+
+
+def check_gqa(cfg):
+    """Grouped-query attention is multi-head attention with each key/value
+    head's weights repeated for the query heads of its group (query head h
+    reads kv head h // (H / K)): the same logits."""
+    a = arch_of(cfg)
+    names = HF_NAMES["default"]
+    torch.manual_seed(5)
+    W = {n: torch.randn(shape) * (0.3 if kind != "norm" else 0.1) + (kind == "norm")
+         for n, shape, kind in tensors_of(a, names)}
+    tokens = torch.randint(0, a["vocab_size"], (8,))
+    full = dict(a, n_kv_head=a["n_head"])
+    rep, D = a["n_head"] // a["n_kv_head"], a["head_dim"]
+    W2 = dict(W)
+    for l in range(a["n_layer"]):
+        for m in ("k_proj", "v_proj"):
+            for part in ("weight", "bias"):
+                n = names["layer"] % l + "self_attn.%s.%s" % (m, part)
+                if n in W:
+                    w = W[n].view(a["n_kv_head"], D, *W[n].shape[1:])
+                    W2[n] = w.repeat_interleave(rep, 0).reshape(a["n_head"] * D, *W[n].shape[1:])
+    assert torch.allclose(forward(a, W, names, tokens), forward(full, W2, names, tokens),
+                          atol=1e-10)
+
+
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "data", "families")
+    check_rope()
     for i, (name, dtype, shards, extra) in enumerate(CASES):
+        if extra.get("num_key_value_heads", COMMON["num_attention_heads"]) < \
+                COMMON["num_attention_heads"]:
+            check_gqa(dict(COMMON, **extra))
         make(outdir, name, dtype, shards, extra, 1000 + i)
 
 
