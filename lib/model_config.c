@@ -462,8 +462,10 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 		/* sqrt(C) as a float32 (HF: a tensor cast to the weights' dtype;
 		 * this is its value for float32 weights) */
 		c->embed_scale = (double)(float)sqrt((double)c->n_embd);
-		if (hf_act(root, path, "hidden_activation", "gelu_pytorch_tanh", &c->act, e) < 0)
+		if (hf_act(root, path, "hidden_activation", "gelu_pytorch_tanh", &c->act, e) < 0 ||
+		    hf_bool(root, path, "attention_bias", 0, &b, e) < 0)
 			return -1;
+		c->no_bias_qkv = c->no_bias_o = !b; /* GemmaAttention: q, k, v and o */
 	} else if (hf_act(root, path, "hidden_act", "silu", &c->act, e) < 0) {
 		return -1;
 	}

@@ -103,6 +103,9 @@ edit_config() {
 	edit_config gemma '.model_type = "gemma2"'
 	run --separate-stderr -1 circ-forward --model "$T/m" --describe
 	[[ "$stderr" == *"model.safetensors': missing tensor 'model.layers.0.pre_feedforward_layernorm.weight'" ]]
+	edit_config gemma3_text '.attention_bias = true'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == *"model.safetensors': missing tensor 'model.layers.0.self_attn.q_proj.bias'" ]]
 	edit_config gemma2 '.head_dim = 8'
 	run --separate-stderr -1 circ-forward --model "$T/m" --describe
 	[[ "$stderr" == *"tensor 'model.layers.0.self_attn.q_proj.weight': shape [64, 64], expected [32, 64]"* ]]

@@ -61,7 +61,8 @@ qwen3 (modeling_qwen3.py): as llama, head_dim from the config (here not
 gemma (modeling_gemma.py): RMSNorm scaled by (1 + w) (GemmaRMSNorm);
   embeddings times sqrt(d) (normalizer; computed in float32 here, as HF does
   for float32 weights); GeGLU with hidden_activation gelu_pytorch_tanh (the
-  tanh GELU); tied; scale head_dim^-0.5; multi-query (n_kv 1).
+  tanh GELU); tied; scale head_dim^-0.5; multi-query (n_kv 1); biases on
+  q, k, v, o when attention_bias (GemmaAttention; off here).
 gemma2 (modeling_gemma2.py): as gemma plus: input_layernorm and
   post_attention_layernorm around the attention, pre_feedforward_layernorm and
   post_feedforward_layernorm around the MLP (Gemma2DecoderLayer); scores
@@ -176,8 +177,9 @@ def arch_of(cfg):
                 low_freq_factor=float(rs["low_freq_factor"]),
                 high_freq_factor=float(rs["high_freq_factor"]),
                 original_max_position_embeddings=rs["original_max_position_embeddings"])
-    if mt in ("llama",):
+    if mt in ("llama", "qwen3", "olmo2") or mt.startswith("gemma"):
         a["bias_qkv"] = a["bias_o"] = cfg.get("attention_bias", False)
+    if mt == "llama":
         a["bias_mlp"] = cfg.get("mlp_bias", False)
     if mt == "mistral" and cfg.get("sliding_window"):
         a["sliding_window"] = cfg["sliding_window"]
