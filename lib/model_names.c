@@ -32,7 +32,9 @@ enum {
 	MLP_B = 1 << 9,
 	QK_NORM = 1 << 10,
 	UNTIED = 1 << 11,
-	LAYER = 1 << 12 /* per layer (the name has %d) */
+	TIED = 1 << 12,
+	LAYER = 1 << 13,   /* per layer (the name has %d) */
+	OPTIONAL = 1 << 14 /* may be absent (a marker, not a condition) */
 };
 
 /* Dimensions. */
@@ -68,6 +70,7 @@ static const name_row rows[] = {
     {NEOX, "gpt_neox.final_layer_norm.weight", MODEL_W_FINAL_W, D_C, D_NONE},
     {NEOX, "gpt_neox.final_layer_norm.bias", MODEL_W_FINAL_B, D_C, D_NONE},
     {NEOX | UNTIED, "embed_out.weight", MODEL_W_LM_HEAD, D_V, D_C},
+    {NEOX | TIED | OPTIONAL, "embed_out.weight", MODEL_W_LM_HEAD, D_V, D_C},
 
     /* Llama, Mistral, Qwen 2 and 3, Gemma 1-3, OLMo 2: modeling_llama.py and kin */
     {HF, "model.embed_tokens.weight", MODEL_W_EMBED, D_V, D_C},
@@ -98,6 +101,8 @@ static const name_row rows[] = {
     {HF | LAYER | MLP_B, "model.layers.%d.mlp.down_proj.bias", MODEL_W_DOWN_B, D_C, D_NONE},
     {HF, "model.norm.weight", MODEL_W_FINAL_W, D_C, D_NONE},
     {HF | UNTIED, "lm_head.weight", MODEL_W_LM_HEAD, D_V, D_C},
+    /* tied checkpoints may carry a copy, which transformers ties over */
+    {HF | TIED | OPTIONAL, "lm_head.weight", MODEL_W_LM_HEAD, D_V, D_C},
 };
 
 /* Buffers some checkpoints carry (older conversions); suffixes of a layer's
@@ -133,9 +138,8 @@ static unsigned have_bits(const circ_config *c)
 		h |= MLP_B;
 	if (c->qk_norm != CIRC_QK_NORM_NONE)
 		h |= QK_NORM;
-	if (c->untied)
-		h |= UNTIED;
-	return h | LAYER;
+	h |= c->untied ? UNTIED : TIED;
+	return h | LAYER | OPTIONAL;
 }
 
 static int64_t dim_of(const circ_config *c, dim d)
@@ -170,6 +174,7 @@ static void add(model_tensor *t, const circ_config *c, const name_row *r, int la
 	t->shape[0] = dim_of(c, r->d0);
 	t->shape[1] = dim_of(c, r->d1);
 	t->ndim = r->d1 == D_NONE ? 1 : 2;
+	t->optional = (r->need & OPTIONAL) != 0;
 }
 
 int model_names_list(const circ_config *c, model_tensor **out)
@@ -273,24 +278,36 @@ int model_names_bind(const circ_config *c, const circ_st_set *set, const char *c
 		if (k == n) {
 			circ_errorf(e,
 				    "'%s': unexpected tensor '%s' (not part of this %s with %d "
-				    "layers%s)",
-				    file, t->name, circ_model_type_name(c->model_type), c->n_layer,
-				    c->untied ? ""
-					      : " and tied embeddings, per tie_word_embeddings");
+				    "layers)",
+				    file, t->name, circ_model_type_name(c->model_type), c->n_layer);
 			goto fail;
 		}
 		if (model_check_tensor(file, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) < 0)
 			goto fail;
 		found[k] = t; /* names are unique in a set: no tensor is found twice */
 	}
-	for (int k = 0; k < n; k++)
-		if (!found[k]) {
+	for (int k = 0; k < n; k++) {
+		if (!found[k] && !tab[k].optional) {
 			circ_errorf(e, "'%s': missing tensor '%s'",
 				    circ_st_set_index(set) ? circ_st_set_index(set)
 							   : circ_st_path(circ_st_set_file(set, 0)),
 				    tab[k].name);
 			goto fail;
 		}
+		/* a tied output embedding's copy must be the embedding (the
+		 * model uses the embedding, as transformers does) */
+		if (found[k] && tab[k].optional && tab[k].role == MODEL_W_LM_HEAD &&
+		    (found[k]->dtype != found[0]->dtype || found[k]->nbytes != found[0]->nbytes ||
+		     memcmp(found[k]->data, found[0]->data, found[0]->nbytes))) {
+			circ_errorf(e,
+				    "'%s': tensor '%s' differs from '%s', but tie_word_embeddings "
+				    "is true in '%s' (the model would use '%s')",
+				    circ_st_set_index(set) ? circ_st_set_index(set)
+							   : circ_st_path(circ_st_set_file(set, 0)),
+				    tab[k].name, tab[0].name, cfg_path, tab[0].name);
+			goto fail;
+		}
+	}
 	*tab_out = tab;
 	*found_out = found;
 	return n;

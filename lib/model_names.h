@@ -62,9 +62,11 @@ typedef struct model_tensor {
 	int layer; /* -1 for model-wide tensors */
 	int ndim;
 	int64_t shape[2];
+	int optional; /* may be absent: a tied model's copy of the embedding */
 } model_tensor;
 
-/* The tensors of c's family (not GPT-2), in table order, layer by layer;
+/* The tensors of c's family (not GPT-2), in table order, layer by layer
+ * (the embedding first: index 0);
  * *out is allocated (free it). Returns the count. */
 int model_names_list(const circ_config *c, model_tensor **out);
 /* 1 if name is a buffer some checkpoints of c's family carry and no
