@@ -455,8 +455,14 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 		   &c->layer_norm_epsilon, e) < 0 ||
 	    hf_rope(root, path, c, fam == CIRC_MODEL_GEMMA3_TEXT ? 1e6 : 10000, e) < 0)
 		return -1;
-	if (fam != CIRC_MODEL_GEMMA3_TEXT)
+	if (fam != CIRC_MODEL_GEMMA3_TEXT) {
+		if (c->rope_local_theta && c->rope_local_theta != c->rope_theta)
+			return circ_errorf(e,
+					   "'%s': key 'rope_parameters': a RoPE base of its own for "
+					   "sliding-window layers is not supported for %s (gemma3_text)",
+					   path, circ_model_type_name(fam));
 		c->rope_local_theta = 0;
+	}
 	if (gemma) {
 		c->norm_offset = 1;
 		/* sqrt(C) as a float32 (HF: a tensor cast to the weights' dtype;
