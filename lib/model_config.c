@@ -378,6 +378,22 @@ static int hf_window(json_t *root, const char *path, circ_config *c, int def, ci
 	return cfg_int(root, path, "sliding_window", 1, &c->sliding_window, e);
 }
 
+/* The fraction of each head that RoPE turns: rotary_pct (GPT-NeoX's hub
+ * files), else partial_rotary_factor (recent transformers: at the top or in
+ * rope_parameters), else def. */
+static int hf_rotary_fraction(json_t *root, const char *path, double def, double *out,
+			      circ_error *e)
+{
+	json_t *rp = json_object_get(root, "rope_parameters");
+	int r = hf_num(root, path, "rotary_pct", def, out, e);
+	if (r != 1)
+		return r;
+	r = hf_num(root, path, "partial_rotary_factor", def, out, e);
+	if (r != 1 || !json_is_object(rp))
+		return r < 0 ? -1 : 0;
+	return hf_num(rp, path, "partial_rotary_factor", def, out, e) < 0 ? -1 : 0;
+}
+
 static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_config *c,
 		    circ_error *e)
 {
@@ -432,7 +448,7 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 		    hf_act(root, path, "hidden_act", "gelu", &c->act, e) < 0 ||
 		    hf_bool(root, path, "use_parallel_residual", 1, &c->parallel_residual, e) < 0 ||
 		    hf_bool(root, path, "attention_bias", 1, &b, e) < 0 ||
-		    hf_num(root, path, "rotary_pct", 0.25, &x, e) < 0 ||
+		    hf_rotary_fraction(root, path, 0.25, &x, e) < 0 ||
 		    hf_num(root, path, "rotary_emb_base", 10000, &c->rope_theta, e) < 0 ||
 		    hf_rope(root, path, c, c->rope_theta, e) < 0)
 			return -1;
@@ -451,6 +467,13 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 		goto done;
 	}
 	/* the configuration classes' defaults: 1e-5 for OLMo 2, 1e-6 for the rest */
+	if (hf_rotary_fraction(root, path, 1, &x, e) < 0)
+		return -1;
+	if (x != 1)
+		return circ_errorf(e,
+				   "'%s': key 'partial_rotary_factor': %g is not supported for %s "
+				   "(1; partial rotary: gpt_neox)",
+				   path, x, circ_model_type_name(fam));
 	if (hf_num(root, path, "rms_norm_eps", fam == CIRC_MODEL_OLMO2 ? 1e-5 : 1e-6,
 		   &c->layer_norm_epsilon, e) < 0 ||
 	    hf_rope(root, path, c, fam == CIRC_MODEL_GEMMA3_TEXT ? 1e6 : 10000, e) < 0)

@@ -150,6 +150,11 @@ PY
 	[ "$(circ-forward --model "$T/m" --describe | jq -c '[.local_layers, .rope_theta, .rope_local_theta, .rope_scaling]')" = "$b" ]
 	edit_config gemma3_text '.rope_parameters = {full_attention: (.rope_scaling + {rope_theta: .rope_theta}), sliding_attention: {rope_type: "default", rope_theta: .rope_local_base_freq}} | del(.rope_scaling, .rope_theta, .rope_local_base_freq)'
 	[ "$(circ-forward --model "$T/m" --describe | jq -c '[.local_layers, .rope_theta, .rope_local_theta, .rope_scaling]')" = "$b" ]
+	# GPT-NeoX's rotary fraction as recent transformers spell it
+	edit_config gpt_neox 'del(.rotary_pct) | .rope_parameters = {rope_type: "default", rope_theta: 10000, partial_rotary_factor: 0.5}'
+	circ-forward --model "$T/m" --describe | jq -e '.rotary_dim == 8'
+	edit_config gpt_neox 'del(.rotary_pct) | .partial_rotary_factor = 0.25'
+	circ-forward --model "$T/m" --describe | jq -e '.rotary_dim == 4'
 	# gemma2 without layer_types: even layers slide
 	describes_as gemma2 'del(.layer_types)' \
 	    '.local_layers == [0, 2]'
