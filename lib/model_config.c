@@ -480,10 +480,11 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 		return -1;
 	if (fam != CIRC_MODEL_GEMMA3_TEXT) {
 		if (c->rope_local_theta && c->rope_local_theta != c->rope_theta)
-			return circ_errorf(e,
-					   "'%s': key 'rope_parameters': a RoPE base of its own for "
-					   "sliding-window layers is not supported for %s (gemma3_text)",
-					   path, circ_model_type_name(fam));
+			return circ_errorf(
+			    e,
+			    "'%s': key 'rope_parameters': a RoPE base of its own for "
+			    "sliding-window layers is not supported for %s (gemma3_text)",
+			    path, circ_model_type_name(fam));
 		c->rope_local_theta = 0;
 	}
 	if (gemma) {
