@@ -466,7 +466,6 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 			c->rotary_dim = 0;
 		goto done;
 	}
-	/* the configuration classes' defaults: 1e-5 for OLMo 2, 1e-6 for the rest */
 	if (hf_rotary_fraction(root, path, 1, &x, e) < 0)
 		return -1;
 	if (x != 1)
@@ -474,6 +473,7 @@ static int hf_parse(json_t *root, const char *path, circ_model_type fam, circ_co
 				   "'%s': key 'partial_rotary_factor': %g is not supported for %s "
 				   "(1; partial rotary: gpt_neox)",
 				   path, x, circ_model_type_name(fam));
+	/* the configuration classes' defaults: 1e-5 for OLMo 2, 1e-6 for the rest */
 	if (hf_num(root, path, "rms_norm_eps", fam == CIRC_MODEL_OLMO2 ? 1e-5 : 1e-6,
 		   &c->layer_norm_epsilon, e) < 0 ||
 	    hf_rope(root, path, c, fam == CIRC_MODEL_GEMMA3_TEXT ? 1e6 : 10000, e) < 0)
