@@ -33,6 +33,7 @@ enum {
 	OPT_CORRUPT,
 	OPT_METRIC,
 	OPT_ALLOW_NONFINITE,
+	OPT_DESCRIBE,
 };
 
 static const circ_opt opts[] = {
@@ -45,12 +46,14 @@ static const circ_opt opts[] = {
     {"metric", OPT_METRIC, "M",
      "override the stream's metric (logit_diff, prob_diff, logprob, kl)"},
     {"allow-nonfinite", OPT_ALLOW_NONFINITE, NULL, "accept NaN or infinite weights"},
+    {"describe", OPT_DESCRIBE, NULL,
+     "print the model's architecture as read (JSON) after checking its weights, and exit"},
     {0},
 };
 
 static struct {
 	const char *model;
-	int batch, threads, top_k, logits, corrupt, has_metric, allow_nonfinite;
+	int batch, threads, top_k, logits, corrupt, has_metric, allow_nonfinite, describe;
 	circ_metric_kind metric;
 } o = {.batch = 16, .threads = 0, .top_k = 5};
 
@@ -74,6 +77,7 @@ static int handle(int key, const char *arg, void *ctx)
 		o.has_metric = 1;
 		return 0;
 	case OPT_ALLOW_NONFINITE: o.allow_nonfinite = 1; return 0;
+	case OPT_DESCRIBE: o.describe = 1; return 0;
 	}
 	return -1;
 }
@@ -231,6 +235,18 @@ int main(int argc, char **argv)
 		in = argv[i];
 	if (!o.model)
 		circ_usage_error("--model DIR is required");
+	if (o.describe) {
+		char *d = circ_model_describe(o.model, &e);
+		if (!d)
+			circ_die(&e);
+		if (printf("%s\n", d) < 0 || fflush(stdout) != 0 || ferror(stdout) ||
+		    fclose(stdout) != 0) {
+			circ_errorf(&e, "'<stdout>': write error");
+			circ_die(&e);
+		}
+		free(d);
+		return 0;
+	}
 	if (!o.threads)
 		o.threads = circ_threads_default();
 

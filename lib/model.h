@@ -68,33 +68,148 @@
 
 typedef enum circ_act {
 	CIRC_ACT_GELU_NEW, /* "gelu_new", "gelu_pytorch_tanh": the tanh approximation */
-	CIRC_ACT_GELU	   /* "gelu": exact, x * Phi(x) with erf */
+	CIRC_ACT_GELU,	   /* "gelu": exact, x * Phi(x) with erf */
+	CIRC_ACT_SILU	   /* "silu" (also spelled "swish"): x * sigmoid(x) */
 } circ_act;
+
+/* The model families circ reads (config.json's model_type). */
+typedef enum circ_model_type {
+	CIRC_MODEL_GPT2, /* 0: a config made field by field is GPT-2 */
+	CIRC_MODEL_GPT_NEOX,
+	CIRC_MODEL_LLAMA,
+	CIRC_MODEL_MISTRAL,
+	CIRC_MODEL_QWEN2,
+	CIRC_MODEL_QWEN3,
+	CIRC_MODEL_GEMMA,
+	CIRC_MODEL_GEMMA2,
+	CIRC_MODEL_GEMMA3_TEXT,
+	CIRC_MODEL_OLMO2,
+	CIRC_MODEL_COUNT
+} circ_model_type;
+
+typedef enum circ_norm_kind {
+	CIRC_NORM_LAYERNORM, /* (x - mean) / sqrt(var + eps) * w + b */
+	CIRC_NORM_RMSNORM    /* x / sqrt(mean(x^2) + eps) * (norm_offset + w), no bias */
+} circ_norm_kind;
+
+/* Where a block's norms are. */
+typedef enum circ_norm_place {
+	CIRC_NORM_PRE,	    /* x + f(norm(x)): GPT-2, Llama, ... */
+	CIRC_NORM_PRE_POST, /* x + norm_post(f(norm_pre(x))): Gemma 2 and 3 */
+	CIRC_NORM_POST	    /* x + norm_post(f(x)): OLMo 2 */
+} circ_norm_place;
+
+typedef enum circ_qk_norm {
+	CIRC_QK_NORM_NONE,
+	CIRC_QK_NORM_HEAD, /* RMSNorm of each head's q and k over D (Qwen 3, Gemma 3) */
+	CIRC_QK_NORM_WHOLE /* RMSNorm over the whole projection, H*D and K*D (OLMo 2) */
+} circ_qk_norm;
+
+typedef enum circ_pos_kind {
+	CIRC_POS_LEARNED, /* wpe added to the token embedding (GPT-2) */
+	CIRC_POS_ROTARY	  /* RoPE, rotate_half convention, on q and k */
+} circ_pos_kind;
+
+typedef enum circ_rope_scaling {
+	CIRC_ROPE_DEFAULT, /* inv_freq_i = theta^(-2i/rotary_dim) */
+	CIRC_ROPE_LINEAR,  /* inv_freq / rope_factor */
+	CIRC_ROPE_LLAMA3   /* Llama 3.1's: long wavelengths / factor, a blend in between */
+} circ_rope_scaling;
+
+typedef enum circ_mlp_kind {
+	CIRC_MLP_PLAIN, /* proj(act(fc(x))) */
+	CIRC_MLP_GATED	/* down(act(gate(x)) * up(x)): SwiGLU, GeGLU */
+} circ_mlp_kind;
+
+/* Upper bound of n_layer (circ_config.local_layer). */
+#define CIRC_CONFIG_MAX_LAYER 1024
 
 typedef struct circ_config {
 	int n_layer;		   /* L */
 	int n_head;		   /* H */
-	int n_embd;		   /* C; a multiple of H */
-	int n_ctx;		   /* P, "n_positions" (or "n_ctx") in config.json */
+	int n_embd;		   /* C; a multiple of H (GPT-2) */
+	int n_ctx;		   /* P, "n_positions" (or "n_ctx") in config.json;
+				    * max_position_embeddings (at most 65536) */
 	int vocab_size;		   /* V */
 	int n_inner;		   /* F; null or absent in config.json -> 4*C */
-	double layer_norm_epsilon; /* absent -> 1e-5 (the Hugging Face default) */
+	double layer_norm_epsilon; /* absent -> 1e-5 (the Hugging Face default);
+				    * every norm's epsilon (rms_norm_eps) */
 	circ_act act;		   /* absent -> gelu_new (the Hugging Face default) */
+
+	/* The architecture as data. Every field's zero is GPT-2's choice, so a
+	 * GPT-2 config made field by field (or by position, as above) needs
+	 * none of them; circ_config_load fills them from config.json. Helpers
+	 * below give the derived values (head width, kv heads, ...). */
+	circ_model_type model_type;
+	int n_kv_head;		    /* K: key/value heads (grouped-query); 0 -> H */
+	int head_dim;		    /* D; 0 -> C/H */
+	circ_norm_kind norm;	    /* every norm of the model (blocks, final, q/k) */
+	double norm_offset;	    /* RMSNorm scale is offset + w: 0, or 1 (Gemma) */
+	circ_norm_place norm_place; /* the blocks' norms */
+	circ_qk_norm qk_norm;
+	circ_pos_kind pos;
+	double rope_theta;		/* RoPE base of full-attention layers */
+	int rotary_dim;			/* leading dims of each head rotated; 0 -> D */
+	circ_rope_scaling rope_scaling; /* of full-attention layers */
+	double rope_factor;		/* linear, llama3 */
+	double rope_low_freq_factor;	/* llama3 */
+	double rope_high_freq_factor;	/* llama3 */
+	int rope_original_ctx;		/* llama3: original_max_position_embeddings */
+	double rope_local_theta;	/* base of sliding-window layers, which then
+					 * use no scaling (Gemma 3); 0: as full layers */
+	circ_mlp_kind mlp;
+	int no_bias_qkv;	      /* 1: q, k, v projections have no bias */
+	int no_bias_o;		      /* 1: the attention output projection has none */
+	int no_bias_mlp;	      /* 1: the MLP's projections have none */
+	int parallel_residual;	      /* 1: x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX) */
+	int untied;		      /* 1: the output embedding is its own tensor
+				       * (GPT-2: decided by the file, as before) */
+	double embed_scale;	      /* token embeddings times this; 0 -> 1 (Gemma: sqrt(C)) */
+	double attn_softcap;	      /* scores -> c * tanh(scores / c); 0: none */
+	double final_softcap;	      /* logits -> c * tanh(logits / c); 0: none */
+	double query_pre_attn_scalar; /* scores scaled by 1/sqrt(this); 0 -> 1/sqrt(D) */
+	int sliding_window;	      /* W: a local layer's query i sees keys j with
+				       * 0 <= i - j < W; 0: no local layers */
+	unsigned char local_layer[CIRC_CONFIG_MAX_LAYER]; /* (L) 1: layer attends
+							   * within the sliding window (and uses
+							   * rope_local_theta when set) */
 } circ_config;
 
 /* Reads and checks dir/config.json (path is the file itself when it does not
- * name a directory). Required keys: n_layer, n_head, n_embd, vocab_size and
- * n_positions or n_ctx (positive integers; n_embd a multiple of n_head).
- * Keys that would change the architecture in ways circ does not implement
- * (scale_attn_weights false, scale_attn_by_inverse_layer_idx true,
- * reorder_and_upcast_attn true, add_cross_attention true) are errors.
+ * name a directory). model_type absent or "gpt2": required keys n_layer,
+ * n_head, n_embd, vocab_size and n_positions or n_ctx (positive integers;
+ * n_embd a multiple of n_head); keys that would change the architecture in
+ * ways circ does not implement (scale_attn_weights false,
+ * scale_attn_by_inverse_layer_idx true, reorder_and_upcast_attn true,
+ * add_cross_attention true) are errors. The other families (gpt_neox, llama,
+ * mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, olmo2) are read from
+ * their Hugging Face keys (hidden_size, num_attention_heads, ...; RoPE
+ * scaling from rope_scaling or rope_parameters: default, linear or llama3);
+ * an unknown model_type or a setting circ does not implement is an error
+ * naming the key and listing what is supported.
  * -1 with "'<file>': key '<key>': <problem>" on any error. */
 int circ_config_load(const char *path, circ_config *c, circ_error *e);
 /* Checks a config's values (ranges, divisibility); -1 naming the field. */
 int circ_config_check(const circ_config *c, circ_error *e);
-/* Writes config.json for c (Hugging Face GPT-2 keys). -1 on I/O error. */
+/* Writes config.json for c (Hugging Face GPT-2 keys; GPT-2 only). -1 on I/O
+ * error or another family. */
 int circ_config_write(const char *path, const circ_config *c, circ_error *e);
-const char *circ_act_name(circ_act a); /* "gelu_new" / "gelu" */
+const char *circ_act_name(circ_act a);		     /* "gelu_new" / "gelu" / "silu" */
+const char *circ_model_type_name(circ_model_type f); /* the model_type: "gpt2", "llama", ... */
+int circ_config_head_dim(const circ_config *c);	     /* D: head_dim, or C/H */
+int circ_config_kv_heads(const circ_config *c);	     /* K: n_kv_head, or H */
+int circ_config_rotary_dim(const circ_config *c);    /* 0 for learned positions */
+/* The parsed architecture as one JSON object (keys as circ-forward
+ * --describe prints them; tied is -1 when the weights decide it, else 0 or
+ * 1). Allocated; the caller frees it. */
+char *circ_config_describe(const circ_config *c, int tied);
+/* Reads dir's config.json and checks its weights (every tensor's name,
+ * dtype and shape; GPT-2's as circ_model_open does) without running
+ * anything, and returns circ_config_describe of it, tied from the
+ * checkpoint. For every family circ reads, also those whose forward is not
+ * implemented yet (which circ_model_open refuses). NULL with a message
+ * naming the file and key or tensor on any error. */
+char *circ_model_describe(const char *dir, circ_error *e);
 
 /* ---- weights ---- */
 
@@ -151,7 +266,10 @@ void circ_model_opts_default(circ_model_opts *o);
  * is used when present, else tied to wte. Every tensor is checked: dtype
  * (F32, F16 or BF16), shape against the config, no missing or unexpected
  * tensors, no NaN/Inf (unless allowed). o may be NULL (defaults). NULL with
- * a message naming the file and the tensor on any error. */
+ * a message naming the file and the tensor on any error. A directory of
+ * another family (config.json's model_type) has its config and weights
+ * checked (see circ_model_describe), then is refused: "model_type '<t>':
+ * ... its forward is not implemented yet". */
 circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_error *e);
 /* A model over weights the caller built (e.g. circ_weights_alloc then
  * filled): takes ownership of *w (its mem and layers; *w is zeroed). The

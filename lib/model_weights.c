@@ -7,6 +7,12 @@
  * from the config (name, shape, destination). F32 tensors that are 4-byte
  * aligned are used in place; others are converted once into one owned
  * buffer.
+ *
+ * The other families: their config is read in full (model_config.c) and
+ * their checkpoint (one file or shards, lib/safetensors' sets) checked
+ * against the family's table of names and shapes (model_names.c); as no
+ * forward runs them yet, circ_model_open then refuses them by name, and
+ * circ_model_describe reports what was read.
  */
 #include <errno.h>
 #include <math.h>
@@ -17,6 +23,7 @@
 #include <unistd.h>
 
 #include "model_impl.h"
+#include "model_names.h"
 #include "rng.h"
 #include "safetensors.h"
 #include "stream.h"
@@ -160,22 +167,6 @@ void circ_model_free(circ_model *m)
 	free(m);
 }
 
-static void shape_text(char *b, size_t n, int ndim, const int64_t *s)
-{
-	if (ndim == 1)
-		snprintf(b, n, "[%lld]", (long long)s[0]);
-	else if (ndim == 2)
-		snprintf(b, n, "[%lld, %lld]", (long long)s[0], (long long)s[1]);
-	else {
-		size_t len = (size_t)snprintf(b, n, "[");
-		for (int i = 0; i < ndim && len < n; i++)
-			len += (size_t)snprintf(b + len, n - len, "%s%lld", i ? ", " : "",
-						(long long)s[i]);
-		if (len < n)
-			snprintf(b + len, n - len, "]");
-	}
-}
-
 /* "h.12.attn.bias" / "h.12.attn.masked_bias" with 0 <= 12 < L. */
 static int ignored_buffer(const char *name, int L)
 {
@@ -197,6 +188,51 @@ static int check_finite(const char *file, const char *name, const float *p, size
 	return 0;
 }
 
+/* The weights of a family other than GPT-2, checked against its table:
+ * every tensor expected, nothing unexpected (known buffers aside), F32, F16
+ * or BF16, the shape the config gives. */
+static int family_check(const char *dir, const circ_config *c, const char *cfg_path, circ_error *e)
+{
+	circ_st_set *set = circ_st_set_open(dir, e);
+	model_tensor *tab = NULL;
+	const circ_st_tensor **found = NULL;
+	int n;
+	if (!set)
+		return -1;
+	n = model_names_bind(c, set, cfg_path, &tab, &found, e);
+	free(tab);
+	free(found);
+	circ_st_set_close(set);
+	return n < 0 ? -1 : 0;
+}
+
+char *circ_model_describe(const char *dir, circ_error *e)
+{
+	char *cfg_path, *text, *out = NULL;
+	circ_config c;
+	size_t len;
+	if (!model_is_dir(dir)) {
+		circ_errorf(e, "'%s': not a model directory (config.json and model.safetensors)",
+			    dir);
+		return NULL;
+	}
+	cfg_path = model_join_path(dir, "config.json");
+	text = model_read_file(cfg_path, &len, e);
+	if (text && model_config_parse(cfg_path, text, len, &c, e) == 0) {
+		if (c.model_type == CIRC_MODEL_GPT2) {
+			circ_model *m = circ_model_open(dir, NULL, e);
+			if (m)
+				out = circ_config_describe(&m->cfg, m->w.lm_head == m->w.wte);
+			circ_model_free(m);
+		} else if (family_check(dir, &c, cfg_path, e) == 0) {
+			out = circ_config_describe(&c, !c.untied);
+		}
+	}
+	free(text);
+	free(cfg_path);
+	return out;
+}
+
 circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_error *e)
 {
 	circ_model *m = circ_xcalloc(1, sizeof *m);
@@ -208,6 +244,7 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	int n_tab, lm_idx;
 	size_t own_n = 0;
 	float *p;
+	char dims[200];
 
 	if (!o) {
 		circ_model_opts_default(&defo);
@@ -223,10 +260,24 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	if (!m->config_bytes ||
 	    model_config_parse(cfg_path, m->config_bytes, m->config_len, &m->cfg, e) < 0)
 		goto fail;
+	if (m->cfg.model_type != CIRC_MODEL_GPT2) {
+		/* its files are checked first, so a broken one is named as such */
+		if (family_check(dir, &m->cfg, cfg_path, e) == 0)
+			circ_errorf(e,
+				    "'%s': model_type '%s': circ reads this family's config and "
+				    "weights, but its forward is not implemented yet (circ runs "
+				    "gpt2; see circ-forward --describe)",
+				    cfg_path, circ_model_type_name(m->cfg.model_type));
+		goto fail;
+	}
 	m->st = circ_st_open(st_path, e);
 	if (!m->st)
 		goto fail;
 	m->w.layers = circ_xcalloc((size_t)m->cfg.n_layer, sizeof *m->w.layers);
+	snprintf(dims, sizeof dims,
+		 "n_layer %d, n_head %d, n_embd %d, n_inner %d, n_positions %d, vocab_size %d",
+		 m->cfg.n_layer, m->cfg.n_head, m->cfg.n_embd, m->cfg.n_inner, m->cfg.n_ctx,
+		 m->cfg.vocab_size);
 	tab = circ_xcalloc((size_t)(15 + 12 * m->cfg.n_layer), sizeof *tab);
 	n_tab = weight_table(&m->cfg, &m->w, tab, 1);
 	lm_idx = n_tab - 1;
@@ -237,7 +288,6 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 		const circ_st_tensor *t = circ_st_at(m->st, i);
 		const char *base = t->name;
 		int k;
-		char got[96], want[96];
 		if (!strncmp(base, "transformer.", 12) && strcmp(base + 12, "lm_head.weight"))
 			base += 12;
 		if (ignored_buffer(base, m->cfg.n_layer))
@@ -256,23 +306,9 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 				    st_path, tab[k].name, found[k]->name, t->name);
 			goto fail;
 		}
-		if (t->dtype != CIRC_F32 && t->dtype != CIRC_F16 && t->dtype != CIRC_BF16) {
-			circ_errorf(e, "'%s': tensor '%s': dtype %s (expected F32, F16 or BF16)",
-				    st_path, t->name, circ_dtype_name(t->dtype));
+		if (model_check_tensor(st_path, t, tab[k].ndim, tab[k].shape, cfg_path, dims, e) <
+		    0)
 			goto fail;
-		}
-		if (t->ndim != tab[k].ndim || t->shape[0] != tab[k].shape[0] ||
-		    (t->ndim == 2 && t->shape[1] != tab[k].shape[1])) {
-			shape_text(got, sizeof got, t->ndim, t->shape);
-			shape_text(want, sizeof want, tab[k].ndim, tab[k].shape);
-			circ_errorf(
-			    e,
-			    "'%s': tensor '%s': shape %s, expected %s from '%s' (n_layer %d, "
-			    "n_head %d, n_embd %d, n_inner %d, n_positions %d, vocab_size %d)",
-			    st_path, t->name, got, want, cfg_path, m->cfg.n_layer, m->cfg.n_head,
-			    m->cfg.n_embd, m->cfg.n_inner, m->cfg.n_ctx, m->cfg.vocab_size);
-			goto fail;
-		}
 		found[k] = t;
 	}
 	for (int k = 0; k < n_tab; k++)

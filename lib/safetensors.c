@@ -662,3 +662,217 @@ fail:
 	circ_atomic_abort(&a);
 	return -1;
 }
+
+/* ================================================================ sets */
+
+struct circ_st_set {
+	char *index; /* path of the index, or NULL */
+	int n_files;
+	circ_st **files; /* (n_files) */
+	int n;		 /* tensors in all files */
+	int *start;	 /* (n_files + 1) index of each file's first tensor */
+};
+
+void circ_st_set_close(circ_st_set *s)
+{
+	if (!s)
+		return;
+	for (int k = 0; k < s->n_files; k++)
+		circ_st_close(s->files[k]);
+	free(s->files);
+	free(s->start);
+	free(s->index);
+	free(s);
+}
+
+static char *join_path(const char *dir, const char *name)
+{
+	size_t n = strlen(dir) + strlen(name) + 2;
+	char *p = circ_xmalloc(n);
+	snprintf(p, n, "%s/%s", dir, name);
+	return p;
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The shard names of a weight_map, sorted and unique, checked to be plain
+ * file names; -1 with a message naming the index. */
+static int shard_names(const char *index, json_t *map, const char ***out, int *n, circ_error *e)
+{
+	const char *key, **names = circ_xcalloc(json_object_size(map) + 1, sizeof *names);
+	json_t *v;
+	int k = 0, m = 0;
+	json_object_foreach(map, key, v)
+	{
+		const char *f = json_is_string(v) ? json_string_value(v) : NULL;
+		if (!f || !*f || strchr(f, '/') || !strcmp(f, ".") || !strcmp(f, "..")) {
+			free(names);
+			return circ_errorf(e,
+					   "'%s': weight_map: tensor '%s': expected the file name "
+					   "of a shard in the same directory",
+					   index, key);
+		}
+		names[k++] = f;
+	}
+	qsort(names, (size_t)k, sizeof *names, str_cmp);
+	for (int i = 0; i < k; i++)
+		if (!m || strcmp(names[m - 1], names[i]))
+			names[m++] = names[i];
+	*out = names;
+	*n = m;
+	return 0;
+}
+
+circ_st_set *circ_st_set_open(const char *dir, circ_error *e)
+{
+	circ_st_set *s = circ_xcalloc(1, sizeof *s);
+	char *single = join_path(dir, "model.safetensors"), *text = NULL;
+	const char **names = NULL, *key;
+	json_t *root = NULL, *map, *v;
+	json_error_t jerr;
+	struct stat sb;
+	size_t len;
+	char *index = join_path(dir, "model.safetensors.index.json");
+	int single_there = stat(single, &sb) == 0 || errno != ENOENT;
+	if (single_there || (stat(index, &sb) != 0 && errno == ENOENT)) {
+		/* model.safetensors (its own errors when absent and no index) */
+		free(index);
+		s->n_files = 1;
+		s->files = circ_xcalloc(1, sizeof *s->files);
+		s->files[0] = circ_st_open(single, e);
+		if (!s->files[0])
+			goto fail;
+		goto count;
+	}
+	s->index = index;
+	text = circ_read_file(s->index, CIRC_MAX_TEXT_FILE, &len, e);
+	if (!text)
+		goto fail;
+	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root) {
+		circ_errorf(e, "'%s': bad JSON at line %d: %s", s->index, jerr.line, jerr.text);
+		goto fail;
+	}
+	map = json_object_get(root, "weight_map");
+	if (!json_is_object(map) || !json_object_size(map)) {
+		circ_errorf(e,
+			    "'%s': key 'weight_map': expected an object of tensor names to "
+			    "shard files",
+			    s->index);
+		goto fail;
+	}
+	if (shard_names(s->index, map, &names, &s->n_files, e) < 0)
+		goto fail;
+	s->files = circ_xcalloc((size_t)s->n_files, sizeof *s->files);
+	for (int k = 0; k < s->n_files; k++) {
+		char *p = join_path(dir, names[k]);
+		s->files[k] = circ_st_open(p, e);
+		free(p);
+		if (!s->files[k]) {
+			circ_error_prefix(e, "'%s': weight_map names shard '%s'", s->index,
+					  names[k]);
+			goto fail;
+		}
+	}
+	/* the weight_map and the shards agree, both ways */
+	json_object_foreach(map, key, v)
+	{
+		const char *f = json_string_value(v);
+		int k = (int)((const char **)bsearch(&f, names, (size_t)s->n_files, sizeof *names,
+						     str_cmp) -
+			      names);
+		if (!circ_st_find(s->files[k], key)) {
+			circ_errorf(e, "'%s': weight_map: tensor '%s' is not in its shard '%s'",
+				    s->index, key, f);
+			goto fail;
+		}
+	}
+	for (int k = 0; k < s->n_files; k++)
+		for (int i = 0; i < circ_st_count(s->files[k]); i++) {
+			const char *t = circ_st_at(s->files[k], i)->name;
+			json_t *w = json_object_get(map, t);
+			if (!w) {
+				circ_errorf(e, "'%s': tensor '%s' is not in the weight_map of '%s'",
+					    circ_st_path(s->files[k]), t, s->index);
+				goto fail;
+			}
+			if (strcmp(json_string_value(w), names[k])) {
+				circ_errorf(e, "'%s': tensor '%s' is in two shards ('%s' and '%s')",
+					    s->index, t, json_string_value(w), names[k]);
+				goto fail;
+			}
+		}
+count:
+	s->start = circ_xcalloc((size_t)s->n_files + 1, sizeof *s->start);
+	for (int k = 0; k < s->n_files; k++)
+		s->start[k + 1] = s->start[k] + circ_st_count(s->files[k]);
+	s->n = s->start[s->n_files];
+	json_decref(root);
+	free(names);
+	free(text);
+	free(single);
+	return s;
+fail:
+	json_decref(root);
+	free(names);
+	free(text);
+	free(single);
+	circ_st_set_close(s);
+	return NULL;
+}
+
+int circ_st_set_files(const circ_st_set *s)
+{
+	return s->n_files;
+}
+
+const circ_st *circ_st_set_file(const circ_st_set *s, int k)
+{
+	return k >= 0 && k < s->n_files ? s->files[k] : NULL;
+}
+
+const char *circ_st_set_index(const circ_st_set *s)
+{
+	return s->index;
+}
+
+int circ_st_set_count(const circ_st_set *s)
+{
+	return s->n;
+}
+
+const circ_st_tensor *circ_st_set_at(const circ_st_set *s, int i, const char **file)
+{
+	int k = 0;
+	if (i < 0 || i >= s->n)
+		return NULL;
+	while (i >= s->start[k + 1])
+		k++;
+	if (file)
+		*file = circ_st_path(s->files[k]);
+	return circ_st_at(s->files[k], i - s->start[k]);
+}
+
+const circ_st_tensor *circ_st_set_find(const circ_st_set *s, const char *name, const char **file)
+{
+	for (int k = 0; k < s->n_files; k++) {
+		const circ_st_tensor *t = circ_st_find(s->files[k], name);
+		if (t) {
+			if (file)
+				*file = circ_st_path(s->files[k]);
+			return t;
+		}
+	}
+	return NULL;
+}
+
+int circ_st_set_check_unchanged(const circ_st_set *s, circ_error *e)
+{
+	for (int k = 0; k < s->n_files; k++)
+		if (circ_st_check_unchanged(s->files[k], e) < 0)
+			return -1;
+	return 0;
+}

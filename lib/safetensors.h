@@ -92,6 +92,37 @@ uint16_t circ_f32_to_bf16(float f);
 float circ_f16_to_f32(uint16_t h);
 float circ_bf16_to_f32(uint16_t h);
 
+/* ---- a model's weights: one file, or shards with an index ----
+ *
+ * A Hugging Face directory holds model.safetensors, or (large models)
+ * model-0000k-of-0000n.safetensors shards with model.safetensors.index.json:
+ * {"metadata": {...}, "weight_map": {"<tensor>": "<shard file>", ...}}.
+ * A set opens whichever the directory has (model.safetensors first, as
+ * transformers does) and checks the index against the shards: every shard
+ * named exists and is a valid file (shard names are plain file names in
+ * the directory), every tensor of the weight_map is in the shard it names,
+ * every tensor of a shard is in the weight_map under that shard (a name in
+ * two shards is an error), and the JSON has no duplicate keys. */
+typedef struct circ_st_set circ_st_set;
+
+/* Opens dir's weights. NULL with "'<file>': <problem>" naming the index or
+ * the shard (and the tensor) at fault. */
+circ_st_set *circ_st_set_open(const char *dir, circ_error *e);
+void circ_st_set_close(circ_st_set *s); /* NULL is a no-op */
+/* Files of the set (1 without an index), in the order of their names. */
+int circ_st_set_files(const circ_st_set *s);
+const circ_st *circ_st_set_file(const circ_st_set *s, int k);
+/* The index's path, or NULL for a single file. */
+const char *circ_st_set_index(const circ_st_set *s);
+/* Tensors of all files: file by file, each in its order of offsets. *file
+ * (when not NULL) is set to the path of the file holding it. */
+int circ_st_set_count(const circ_st_set *s);
+const circ_st_tensor *circ_st_set_at(const circ_st_set *s, int i, const char **file);
+/* Tensor by exact name, or NULL. */
+const circ_st_tensor *circ_st_set_find(const circ_st_set *s, const char *name, const char **file);
+/* circ_st_check_unchanged of every file. */
+int circ_st_set_check_unchanged(const circ_st_set *s, circ_error *e);
+
 /* Writes n tensors to path; metadata is n_meta key/value pairs (meta[2i]
  * the key, meta[2i+1] the value), may be NULL. Names must be unique and
  * non-empty, nbytes must match the shape. -1 with "'<path>': ..." on error

@@ -1343,7 +1343,7 @@ static void test_loading(void)
 	     "attn_by_inverse_layer_idx\":true}",
 	     "key 'scale_attn_by_inverse_layer_idx'", "not supported"},
 	    {"{\"n_layer\":2,\"n_head\":2,\"n_embd\":8,\"vocab_size\":13,\"n_positions\":5,\"model_"
-	     "type\":\"llama\"}",
+	     "type\":\"phi3\"}",
 	     "key 'model_type'", NULL},
 	    {"{\"n_layer\":2,", "bad JSON", NULL},
 	    {"[]", "not a JSON object", NULL},

@@ -4,12 +4,17 @@
  * file and (where there is one) the tensor; half-precision conversions are
  * checked exhaustively against the compiler's _Float16 (all 65536 F16 bit
  * patterns, and f32 -> F16 rounding on ties and random values) and BF16
- * against a plain round-to-nearest-even written differently.
+ * against a plain round-to-nearest-even written differently. Sets: a
+ * sharded checkpoint reads as its tensors with the files that hold them, and
+ * every broken index (missing shard, a tensor in two shards or in none of
+ * those named, bad JSON, a path for a shard name) is refused naming the
+ * index or the shard and the tensor.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "rng.h"
@@ -263,6 +268,153 @@ static void test_half(void)
 	CHECK(isinf(circ_f16_to_f32(circ_f32_to_f16(1e6f))));
 }
 
+static void write_text_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (!f)
+		return;
+	fputs(text, f);
+	fclose(f);
+}
+
+/* dir/s/: shard a.safetensors (x, y), b.safetensors (z); index as given. */
+static void make_shards(const char *sub, const char *index)
+{
+	char p[600];
+	float v[4] = {1, 2, 3, 4};
+	circ_st_tensor t[3] = {
+	    {.name = "x", .dtype = CIRC_F32, .ndim = 1, .shape = {2}, .data = v, .nbytes = 8},
+	    {.name = "y",
+	     .dtype = CIRC_F32,
+	     .ndim = 2,
+	     .shape = {1, 2},
+	     .data = v + 2,
+	     .nbytes = 8},
+	    {.name = "z", .dtype = CIRC_F32, .ndim = 1, .shape = {1}, .data = v, .nbytes = 4}};
+	circ_error e = {{0}};
+	snprintf(p, sizeof p, "rm -rf '%s/%s' && mkdir '%s/%s'", dir, sub, dir, sub);
+	CHECK(system(p) == 0);
+	snprintf(p, sizeof p, "%s/%s/a.safetensors", dir, sub);
+	CHECK_MSG(circ_st_write(p, 2, t, 0, NULL, &e) == 0, e);
+	snprintf(p, sizeof p, "%s/%s/b.safetensors", dir, sub);
+	CHECK_MSG(circ_st_write(p, 1, t + 2, 0, NULL, &e) == 0, e);
+	snprintf(p, sizeof p, "%s/%s/model.safetensors.index.json", dir, sub);
+	write_text_file(p, index);
+}
+
+static void expect_set_fail(const char *index, const char *want1, const char *want2)
+{
+	char d[400];
+	circ_error e = {{0}};
+	circ_st_set *s;
+	make_shards("bad", index);
+	snprintf(d, sizeof d, "%s/bad", dir);
+	s = circ_st_set_open(d, &e);
+	if (s) {
+		fprintf(stderr, "accepted bad index: %s\n", index);
+		failures++;
+		circ_st_set_close(s);
+		return;
+	}
+	if (!strstr(e.msg, want1) || (want2 && !strstr(e.msg, want2))) {
+		fprintf(stderr, "message for %s lacks '%s'/'%s': %s\n", index, want1,
+			want2 ? want2 : "", e.msg);
+		failures++;
+	}
+}
+
+static void test_sets(void)
+{
+	char d[400], p[600];
+	const char *file = NULL;
+	circ_error e = {{0}};
+	circ_st_set *s;
+	const circ_st_tensor *t;
+	make_shards("ok", "{\"metadata\": {\"total_size\": 20}, \"weight_map\": "
+			  "{\"z\": \"b.safetensors\", \"x\": \"a.safetensors\", \"y\": "
+			  "\"a.safetensors\"}}");
+	snprintf(d, sizeof d, "%s/ok", dir);
+	s = circ_st_set_open(d, &e);
+	CHECK_MSG(s != NULL, e);
+	if (s) {
+		CHECK(circ_st_set_files(s) == 2 && circ_st_set_count(s) == 3);
+		CHECK(circ_st_set_index(s) && strstr(circ_st_set_index(s), "index.json"));
+		t = circ_st_set_find(s, "z", &file);
+		CHECK(t && t->shape[0] == 1 && file && strstr(file, "/ok/b.safetensors"));
+		t = circ_st_set_find(s, "y", &file);
+		CHECK(t && t->ndim == 2 && ((const float *)t->data)[1] == 4 &&
+		      strstr(file, "/ok/a.safetensors"));
+		CHECK(circ_st_set_find(s, "w", NULL) == NULL);
+		/* file by file, in the order of their names */
+		CHECK(!strcmp(circ_st_set_at(s, 0, &file)->name, "x") && strstr(file, "a.safe"));
+		CHECK(!strcmp(circ_st_set_at(s, 2, &file)->name, "z") && strstr(file, "b.safe"));
+		CHECK(circ_st_set_at(s, 3, NULL) == NULL && circ_st_set_at(s, -1, NULL) == NULL);
+		CHECK_MSG(circ_st_set_check_unchanged(s, &e) == 0, e);
+		circ_st_set_close(s);
+	}
+	/* model.safetensors, when there, is the set (as transformers prefers it) */
+	snprintf(p, sizeof p, "cp '%s/ok/b.safetensors' '%s/ok/model.safetensors'", dir, dir);
+	CHECK(system(p) == 0);
+	s = circ_st_set_open(d, &e);
+	CHECK_MSG(s && circ_st_set_files(s) == 1 && circ_st_set_count(s) == 1 &&
+		      !circ_st_set_index(s),
+		  e);
+	circ_st_set_close(s);
+	/* neither file: the single file's error */
+	snprintf(d, sizeof d, "%s/none", dir);
+	CHECK(mkdir(d, 0777) == 0);
+	s = circ_st_set_open(d, &e);
+	CHECK(!s && strstr(e.msg, "none/model.safetensors'"));
+
+	expect_set_fail("{\"weight_map\": {\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", "
+			"\"z\": \"c.safetensors\"}}",
+			"index.json': weight_map names shard 'c.safetensors'", "c.safetensors'");
+	expect_set_fail("{\"weight_map\": {\"x\": \"a.safetensors\", \"z\": \"b.safetensors\"}}",
+			"a.safetensors': tensor 'y' is not in the weight_map of", "index.json'");
+	expect_set_fail("{\"weight_map\": {\"x\": \"a.safetensors\", \"y\": \"b.safetensors\", "
+			"\"z\": \"b.safetensors\"}}",
+			"weight_map: tensor 'y' is not in its shard 'b.safetensors'", NULL);
+	expect_set_fail("{\"weight_map\": {\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", "
+			"\"z\": \"b.safetensors\", \"w\": \"a.safetensors\"}}",
+			"tensor 'w' is not in its shard 'a.safetensors'", NULL);
+	expect_set_fail("{\"weight_map\": {\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", "
+			"\"x\": \"b.safetensors\"}}",
+			"index.json': bad JSON", "duplicate");
+	expect_set_fail("{\"weight_map\": {\"x\": ", "index.json': bad JSON", NULL);
+	expect_set_fail("{\"weight_map\": {}}", "key 'weight_map'", NULL);
+	expect_set_fail("[]", "key 'weight_map'", NULL);
+	expect_set_fail("{\"weight_map\": {\"x\": \"../ok/a.safetensors\"}}",
+			"tensor 'x': expected the file name of a shard", NULL);
+	expect_set_fail("{\"weight_map\": {\"x\": 3}}", "tensor 'x': expected the file name", NULL);
+	/* a tensor in two shards: b.safetensors also holds x */
+	{
+		char q[600];
+		float v[2] = {5, 6};
+		circ_st_tensor t2[2] = {{.name = "x",
+					 .dtype = CIRC_F32,
+					 .ndim = 1,
+					 .shape = {2},
+					 .data = v,
+					 .nbytes = 8},
+					{.name = "z",
+					 .dtype = CIRC_F32,
+					 .ndim = 1,
+					 .shape = {1},
+					 .data = v,
+					 .nbytes = 4}};
+		make_shards("two", "{\"weight_map\": {\"x\": \"a.safetensors\", \"y\": "
+				   "\"a.safetensors\", \"z\": \"b.safetensors\"}}");
+		snprintf(q, sizeof q, "%s/two/b.safetensors", dir);
+		CHECK_MSG(circ_st_write(q, 2, t2, 0, NULL, &e) == 0, e);
+		snprintf(d, sizeof d, "%s/two", dir);
+		s = circ_st_set_open(d, &e);
+		CHECK(!s && strstr(e.msg, "tensor 'x' is in two shards ('a.safetensors' and "
+					  "'b.safetensors')"));
+		circ_st_set_close(s);
+	}
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof dir, "/tmp/circ-test-st-XXXXXX");
@@ -273,6 +425,7 @@ int main(void)
 	test_roundtrip();
 	test_errors();
 	test_half();
+	test_sets();
 	{
 		char cmd[300];
 		snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

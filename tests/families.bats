@@ -1,0 +1,254 @@
+#!/usr/bin/env bats
+# Model families (issue 16): every directory of tests/data/families (made by
+# tests/ref/families.py, which also writes arch.json: the architecture as
+# that independent script reads the config) is read by circ-forward
+# --describe into the same architecture; running one is refused by name
+# until its forward exists; broken configs and checkpoints are refused
+# naming the file and the key or tensor. (Refused configs and broken shard
+# indexes: tests/catalogue/files.cases, f16.*.)
+load helper
+
+FAM=tests/data/families
+
+# The test models (hub-configs/ holds configs of released models only:
+# tests/unit/test_families.c).
+models() {
+	for d in "$FAM"/*/; do
+		[ -e "$d/config.json" ] && echo "$d"
+	done
+}
+
+# Compares the JSON on stdin (circ's) with arch.json $1: every key of
+# arch.json must have the same value (numbers to 1e-12 relative).
+same_arch() {
+	python3 -c '
+import json, math, sys
+want = json.load(open(sys.argv[1]))
+got = json.loads(sys.stdin.read())
+def same(a, b):
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+bad = [k for k in want if k not in got or not same(want[k], got[k])]
+for k in bad:
+    print("%s: %s: circ %r, reference %r" % (sys.argv[1], k, got.get(k), want[k]))
+sys.exit(1 if bad else 0)' "$1"
+}
+
+@test "--describe: every family reads as tests/ref/families.py reads it" {
+	n=0
+	for d in $(models); do
+		run --separate-stderr circ-forward --model "$d" --describe
+		assert_success
+		[ -z "$stderr" ]
+		printf '%s\n' "$output" | same_arch "$d/arch.json"
+		n=$((n + 1))
+	done
+	[ "$n" -ge 10 ]
+}
+
+@test "--describe: the families are what their directories say" {
+	for d in $(models); do
+		t=$(circ-forward --model "$d" --describe | jq -r .model_type)
+		[ "$t" = "$(jq -r .model_type "$d/config.json")" ]
+	done
+	circ-forward --model "$FAM/llama" --describe | jq -e '.rope_scaling.type == "llama3" and .n_kv_head == 2 and .tied_embeddings == false'
+	circ-forward --model "$FAM/llama-tied" --describe | jq -e '.tied_embeddings and .bias_qkv and .bias_mlp'
+	circ-forward --model "$FAM/gemma2" --describe | jq -e '.local_layers == [0, 2] and .attn_softcap == 2 and .final_softcap == 3 and .norm_placement == "pre_post"'
+	circ-forward --model "$FAM/gemma3_text" --describe | jq -e '.local_layers == [0, 1, 3] and .rope_local_theta == 10000 and .qk_norm == "per_head"'
+	circ-forward --model "$FAM/gpt_neox" --describe | jq -e '.rotary_dim == 4 and .parallel_residual and .norm == "layernorm"'
+	circ-forward --model "$FAM/olmo2" --describe | jq -e '.qk_norm == "whole" and .norm_placement == "post"'
+}
+
+@test "--describe: GPT-2 as before, its tiedness from the file" {
+	run --separate-stderr circ-forward --model tests/data/tiny/model --describe
+	assert_success
+	printf '%s\n' "$output" | jq -e '.model_type == "gpt2" and .position == "learned" and .tied_embeddings and .n_layer == 2 and .activation == "gelu_new" and .bias_qkv'
+	run --separate-stderr -1 circ-forward --model nosuchdir --describe
+	[[ "$stderr" == "circ-forward: 'nosuchdir': not a model directory"* ]]
+}
+
+@test "--describe is in --help" {
+	run circ-forward --help
+	assert_success
+	assert_output --partial -- "--describe"
+}
+
+@test "running a family without a forward is refused by name, exit 1" {
+	for d in $(models); do
+		t=$(jq -r .model_type "$d/config.json")
+		run --separate-stderr -1 circ-forward --model "$d" tests/data/tiny/tokens.jsonl
+		[[ "$stderr" == *"model_type '$t'"*"forward is not implemented yet"* ]]
+		run --separate-stderr -1 circ-score --model "$d" tests/data/tiny/tokens.jsonl
+		[[ "$stderr" == *"model_type '$t'"*"forward is not implemented yet"* ]]
+	done
+}
+
+# A copy of family $1 in $T/m with config.json passed through jq filter $2.
+edit_config() {
+	rm -rf "$T/m"
+	cp -r "$FAM/$1" "$T/m"
+	jq "$2" "$FAM/$1/config.json" >"$T/m/config.json"
+}
+
+@test "a config that does not match the weights names the tensor, the file and the config" {
+	edit_config qwen3 '.intermediate_size = 100'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == "circ-forward: '$T/m/model.safetensors': tensor 'model.layers.0.mlp.gate_proj.weight': shape [96, 64], expected [100, 64] from '$T/m/config.json'"* ]]
+	edit_config qwen3 '.tie_word_embeddings = true'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == "circ-forward: '$T/m/model.safetensors': tensor 'lm_head.weight' differs from 'model.embed_tokens.weight', but tie_word_embeddings is true in '$T/m/config.json'"* ]]
+	edit_config qwen2 '.tie_word_embeddings = false'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == "circ-forward: '$T/m/model.safetensors': missing tensor 'lm_head.weight'" ]]
+	edit_config olmo2 '.num_hidden_layers = 3'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == *"missing tensor 'model.layers.2.self_attn.q_proj.weight'" ]]
+	edit_config gemma '.model_type = "gemma2"'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == *"model.safetensors': missing tensor 'model.layers.0.pre_feedforward_layernorm.weight'" ]]
+	edit_config gemma3_text '.attention_bias = true'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == *"model.safetensors': missing tensor 'model.layers.0.self_attn.q_proj.bias'" ]]
+	edit_config gemma2 '.head_dim = 8'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == *"tensor 'model.layers.0.self_attn.q_proj.weight': shape [64, 64], expected [32, 64]"* ]]
+}
+
+@test "a tied checkpoint may carry a copy of the embedding as lm_head.weight" {
+	mkdir "$T/m"
+	cp "$FAM/llama-tied/config.json" "$T/m/"
+	python3 - "$FAM/llama-tied/model.safetensors" "$T/m/model.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+data = b[8 + n:]
+lo, hi = h["model.embed_tokens.weight"]["data_offsets"]
+h["lm_head.weight"] = dict(h["model.embed_tokens.weight"], data_offsets=[len(data), len(data) + hi - lo])
+hb = json.dumps(h).encode()
+hb += b" " * (-len(hb) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(hb)) + hb + data + data[lo:hi])
+PY
+	[ "$(circ-forward --model "$T/m" --describe)" = "$(circ-forward --model "$FAM/llama-tied" --describe)" ]
+}
+
+@test "the spellings of RoPE scaling and of the layer pattern read the same" {
+	# rope_scaling with "type" (older files), rope_parameters (recent transformers)
+	a=$(circ-forward --model "$FAM/llama" --describe | jq -c .rope_scaling)
+	edit_config llama '.rope_scaling |= (.type = .rope_type | del(.rope_type))'
+	[ "$(circ-forward --model "$T/m" --describe | jq -c .rope_scaling)" = "$a" ]
+	edit_config llama '.rope_parameters = (.rope_scaling + {rope_theta: .rope_theta}) | del(.rope_scaling) | del(.rope_theta)'
+	circ-forward --model "$T/m" --describe | jq -e ".rope_theta == 500000 and (.rope_scaling | tojson) == $(printf '%s' "$a" | jq -R .)"
+	# gemma3 by layer_types and by per-layer-type rope_parameters
+	b=$(circ-forward --model "$FAM/gemma3_text" --describe | jq -c '[.local_layers, .rope_theta, .rope_local_theta, .rope_scaling]')
+	edit_config gemma3_text 'del(.sliding_window_pattern) | .layer_types = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]'
+	[ "$(circ-forward --model "$T/m" --describe | jq -c '[.local_layers, .rope_theta, .rope_local_theta, .rope_scaling]')" = "$b" ]
+	edit_config gemma3_text '.rope_parameters = {full_attention: (.rope_scaling + {rope_theta: .rope_theta}), sliding_attention: {rope_type: "default", rope_theta: .rope_local_base_freq}} | del(.rope_scaling, .rope_theta, .rope_local_base_freq)'
+	[ "$(circ-forward --model "$T/m" --describe | jq -c '[.local_layers, .rope_theta, .rope_local_theta, .rope_scaling]')" = "$b" ]
+	# GPT-NeoX's rotary fraction as recent transformers spell it
+	edit_config gpt_neox 'del(.rotary_pct) | .rope_parameters = {rope_type: "default", rope_theta: 10000, partial_rotary_factor: 0.5}'
+	circ-forward --model "$T/m" --describe | jq -e '.rotary_dim == 8'
+	edit_config gpt_neox 'del(.rotary_pct) | .partial_rotary_factor = 0.25'
+	circ-forward --model "$T/m" --describe | jq -e '.rotary_dim == 4'
+	# gemma2 without layer_types: even layers slide
+	describes_as gemma2 'del(.layer_types)' \
+	    '.local_layers == [0, 2]'
+}
+
+@test "a sharded checkpoint reads as the same tensors in one file" {
+	python3 - "$FAM/llama" "$T/one" <<'PY'
+import json, os, shutil, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst)
+shutil.copy(os.path.join(src, "config.json"), dst)
+idx = json.load(open(os.path.join(src, "model.safetensors.index.json")))
+header, blobs, off = {}, [], 0
+for shard in sorted(set(idx["weight_map"].values())):
+    b = open(os.path.join(src, shard), "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    for k, v in h.items():
+        if k == "__metadata__":
+            continue
+        lo, hi = v["data_offsets"]
+        header[k] = {"dtype": v["dtype"], "shape": v["shape"], "data_offsets": [off, off + hi - lo]}
+        blobs.append(b[8 + n + lo:8 + n + hi])
+        off += hi - lo
+hb = json.dumps(header).encode()
+hb += b" " * (-len(hb) % 8)
+with open(os.path.join(dst, "model.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(hb)) + hb + b"".join(blobs))
+PY
+	[ "$(circ-forward --model "$T/one" --describe)" = "$(circ-forward --model "$FAM/llama" --describe)" ]
+	# model.safetensors wins over an index, as in transformers
+	cp "$FAM/llama"/model*.safetensors* "$T/one/"
+	rm "$T/one/model-00002-of-00002.safetensors"
+	run circ-forward --model "$T/one" --describe
+	assert_success
+}
+
+@test "tests/data/families is what tests/ref/families.py writes (float64 references, seeded)" {
+	/usr/bin/python3 tests/ref/families.py "$T/fam"
+	# the models byte for byte; the reference logits to 1e-5 (float64 sums
+	# may differ in their last bits from one CPU to another)
+	diff -r -x reference.safetensors -x hub-configs "$T/fam" "$FAM"
+	python3 - "$FAM" "$T/fam" <<'PY'
+import json, math, os, struct, sys
+def read(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__":
+            continue
+        lo, hi = v["data_offsets"]
+        fmt = "<%d%s" % ((hi - lo) // 4, "i" if v["dtype"] == "I32" else "f")
+        out[k] = (v["shape"], v["dtype"], struct.unpack(fmt, b[8 + n + lo:8 + n + hi]))
+    return out
+for name in sorted(os.listdir(sys.argv[2])):
+    d = os.path.join(sys.argv[1], name)
+    ref = read(os.path.join(d, "reference.safetensors"))
+    new = read(os.path.join(sys.argv[2], name, "reference.safetensors"))
+    V = json.load(open(os.path.join(d, "config.json")))["vocab_size"]
+    S, T = ref["tokens"][0]
+    # logits of every position: (S, T, V), F32, finite, not all near zero
+    assert ref["logits"][:2] == ([S, T, V], "F32"), name
+    xs = ref["logits"][2]
+    assert all(math.isfinite(x) for x in xs) and max(map(abs, xs)) > 0.1, name
+    assert ref["tokens"] == new["tokens"], name
+    worst = max(abs(a - b) for a, b in zip(xs, new["logits"][2]))
+    assert worst < 1e-5, (name, worst)
+PY
+}
+
+# Family $1's config through jq filter $2 describes as jq test $3 says.
+describes_as() {
+	edit_config "$1" "$2"
+	circ-forward --model "$T/m" --describe | jq -e "$3"
+}
+
+@test "absent keys take the transformers configuration classes' defaults; null means none" {
+	describes_as gemma2 'del(.attn_logit_softcapping, .final_logit_softcapping, .query_pre_attn_scalar, .sliding_window, .layer_types)' \
+	    '.attn_softcap == 50 and .final_softcap == 30 and .attn_scale == 0.0625 and .sliding_window == 4096 and .local_layers == [0, 2]'
+	describes_as gemma2 '.attn_logit_softcapping = null | .sliding_window = null' \
+	    '.attn_softcap == null and .final_softcap == 3 and .sliding_window == null and .local_layers == []'
+	describes_as gemma3_text 'del(.sliding_window_pattern, .rope_theta, .rope_local_base_freq, .final_logit_softcapping)' \
+	    '.local_layers == [0, 1, 2, 3] and .rope_theta == 1e6 and .rope_local_theta == 10000 and .final_softcap == null'
+	describes_as mistral 'del(.sliding_window)' \
+	    '.sliding_window == 4096'
+	describes_as olmo2 'del(.rms_norm_eps, .rope_theta)' \
+	    '.norm_eps == 1e-5 and .rope_theta == 10000'
+	describes_as gpt_neox 'del(.rotary_pct, .rotary_emb_base, .use_parallel_residual, .layer_norm_eps, .hidden_act)' \
+	    '.rotary_dim == 4 and .rope_theta == 10000 and .parallel_residual and .norm_eps == 1e-5 and .activation == "gelu"'
+	describes_as gemma 'del(.hidden_activation, .tie_word_embeddings)' \
+	    '.activation == "gelu_new" and .tied_embeddings and .embed_scale == 8 and .norm_offset == 1'
+	edit_config qwen2 'del(.num_key_value_heads)'
+	run --separate-stderr -1 circ-forward --model "$T/m" --describe
+	[[ "$stderr" == *"tensor 'model.layers.0.self_attn.k_proj.weight': shape [32, 64], expected [64, 64]"* ]]
+}
