@@ -32,7 +32,7 @@
 #   WHOLE_FWD_N       prompts for circ-forward (32)
 #   WHOLE_EAP_N       prompts for circ-score --method eap (32)
 #   WHOLE_IG_N        prompts for --method eap-ig (16)
-#   WHOLE_IGA_N       prompts for --method eap-ig-activations (2: 25 units x 5 steps)
+#   WHOLE_IGA_N       prompts for --method eap-ig-activations (1: 25 units x 5 steps each)
 #   WHOLE_EXACT_N     prompts for --method exact (1)
 #   WHOLE_EXACT_LEVEL edge or node (node: 11,611 edges; edge level tests all
 #                     32,491 edges, about 4 minutes a prompt on 2 cores)
@@ -43,9 +43,9 @@
 #   WHOLE_CURVE_N     prompts for circ-patch --curve (16; scores from the eap row)
 #   WHOLE_ONLY        run only these rows (space-separated: forward logits eap
 #                     cold eap-ig eap-ig-activations exact acdc curve)
-#   WHOLE_VMEM_KB     address-space limit of every timed process (ulimit -v,
-#                     default 24000000), so that a runaway run fails instead of
-#                     taking the shared machine's memory
+#   WHOLE_VMEM_KB     address-space limit of every timed process (ulimit -v;
+#                     default none: circ reserves tens of GB of address space
+#                     for its runs and faults in only what it uses)
 #   WHOLE_TOL         largest relative difference accepted (1e-3; exact and
 #                     acdc 1e-2: differences of nearly equal float32 metrics)
 # `bench/whole.sh --cpu` prints only the CPU lines (bench/run.sh uses it).
@@ -75,14 +75,14 @@ MODEL=${CIRC_BENCH_MODEL:-${TMPDIR:-/tmp}/circ-bench-gpt2-random}
 N_FWD=${WHOLE_FWD_N:-32}
 N_EAP=${WHOLE_EAP_N:-32}
 N_IG=${WHOLE_IG_N:-16}
-N_IGA=${WHOLE_IGA_N:-2}
+N_IGA=${WHOLE_IGA_N:-1}
 N_EXACT=${WHOLE_EXACT_N:-1}
 EXACT_LEVEL=${WHOLE_EXACT_LEVEL:-node}
 N_ACDC=${WHOLE_ACDC_N:-16}
 TAU=${WHOLE_ACDC_TAU:-2.5e-4}
 N_CURVE=${WHOLE_CURVE_N:-16}
 ONLY=${WHOLE_ONLY:-forward logits eap cold eap-ig eap-ig-activations exact acdc curve}
-VMEM=${WHOLE_VMEM_KB:-24000000}
+VMEM=${WHOLE_VMEM_KB:-}
 TOL=${WHOLE_TOL:-1e-3}
 PY=/usr/bin/python3
 BIN=bin
@@ -144,7 +144,7 @@ timed() {
 	rm -f "$d/$name.t"
 	i=0
 	while [ "$i" -lt "$REPS" ]; do
-		if ! (ulimit -v "$VMEM" && exec /usr/bin/time -f '%e %U %S %M' -o "$d/$name.t1" "$@") >"$d/$name.out" 2>"$d/$name.err"; then
+		if ! (if [ -n "$VMEM" ]; then ulimit -v "$VMEM"; fi && exec /usr/bin/time -f '%e %U %S %M' -o "$d/$name.t1" "$@") >"$d/$name.out" 2>"$d/$name.err"; then
 			echo "  $name: FAILED: $*" >&2
 			tail -3 "$d/$name.err" >&2
 			rm -f "$d/$name.t"
@@ -210,9 +210,9 @@ check() {
 }
 want() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 tw() { # torch run: NAME MODE TOKENS N OUT [options]
-	n=$1
-	shift
-	timed "$n" $TENV $PY bench/torch_whole.py run "$1" "$MODEL" "$2" "$3" "$TH" "$4" "$@" || status=1
+	n=$1 mode=$2 tok=$3 num=$4 out=$5
+	shift 5
+	timed "$n" $TENV $PY bench/torch_whole.py run "$mode" "$MODEL" "$tok" "$num" "$TH" "$out" "$@" || status=1
 }
 ordie() { "$@" || status=1; }
 
