@@ -307,23 +307,26 @@ def run_eap(g, clean, corrupt, pos, ans, wrong, method, steps, batch):
             continue
         with torch.no_grad():
             g.forward_nodes(g.wte[tc], ps, diff, -1.0)
-        if method == "eap-ig":
-            ec, er = g.wte[tc], g.wte[tr]
+        def mean_grads(runs):
+            """Runs each (embedding, unit, delta) with one backward; the
+            receivers' gradients averaged, as add_scores takes them."""
             acc = None
-            for k in range(steps):
-                logits, recv, xf = g.forward_split(er + (k / steps) * (ec - er), ps)
+            for emb, unit, delta in runs:
+                logits, recv, xf = g.forward_split(emb, ps, unit=unit, delta=delta)
                 (-metric(logits, ans[sl], wrong[sl]).sum()).backward()
-                grads = [[t.grad for t in ins] + [xm.grad] for ins, xm in recv] + [xf.grad]
+                grads = [t.grad for ins, xm in recv for t in ins + [xm]] + [xf.grad]
                 if acc is None:
                     acc = grads
                 else:
-                    for a_, b_ in zip(acc[:-1], grads[:-1]):
-                        for j in range(4):
-                            a_[j] += b_[j]
-                    acc[-1] += grads[-1]
-            # scores from the summed gradients, through the same add_scores
-            recv = [([_G(t / steps) for t in a_[:3]], _G(a_[3] / steps)) for a_ in acc[:-1]]
-            add_scores(g, S, diff, recv, _G(acc[-1] / steps))
+                    for x_, y_ in zip(acc, grads):
+                        x_ += y_
+            acc = [_G(t / len(runs)) for t in acc]
+            return [(acc[4 * l:4 * l + 3], acc[4 * l + 3]) for l in range(g.L)], acc[-1]
+
+        if method == "eap-ig":
+            ec, er = g.wte[tc], g.wte[tr]
+            recv, xf = mean_grads([(er + (k / steps) * (ec - er), None, None) for k in range(steps)])
+            add_scores(g, S, diff, recv, xf)
             continue
         # eap-ig-activations: units 0 (input), 2l+1 (layer l's heads), 2l+2 (its MLP)
         for unit in range(2 * g.L + 1):
@@ -333,20 +336,8 @@ def run_eap(g, clean, corrupt, pos, ans, wrong, method, steps, batch):
                 l, j = divmod(unit - 1, 2)
                 us = (g.u0(l), g.u0(l) + g.H) if j == 0 else (g.u0(l) + g.H, g.u0(l) + g.H + 1)
             dsum = diff[us[0]:us[1]].sum(0)
-            acc = None
-            for k in range(1, steps + 1):
-                logits, recv, xf = g.forward_split(g.wte[tc], ps, unit=unit, delta=(1 - k / steps) * dsum)
-                (-metric(logits, ans[sl], wrong[sl]).sum()).backward()
-                grads = [[t.grad for t in ins] + [xm.grad] for ins, xm in recv] + [xf.grad]
-                if acc is None:
-                    acc = grads
-                else:
-                    for a_, b_ in zip(acc[:-1], grads[:-1]):
-                        for j in range(4):
-                            a_[j] += b_[j]
-                    acc[-1] += grads[-1]
-            recv = [([_G(t / steps) for t in a_[:3]], _G(a_[3] / steps)) for a_ in acc[:-1]]
-            add_scores(g, S, diff, recv, _G(acc[-1] / steps), us)
+            recv, xf = mean_grads([(g.wte[tc], unit, (1 - k / steps) * dsum) for k in range(1, steps + 1)])
+            add_scores(g, S, diff, recv, xf, us)
     return scores_to_edges(S, g.L, g.H) / clean.shape[0]
 
 

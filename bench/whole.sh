@@ -33,16 +33,19 @@
 #   WHOLE_EAP_N       prompts for circ-score --method eap (32)
 #   WHOLE_IG_N        prompts for --method eap-ig (16)
 #   WHOLE_IGA_N       prompts for --method eap-ig-activations (1: 25 units x 5 steps each)
-#   WHOLE_EXACT_N     prompts for --method exact (1)
-#   WHOLE_EXACT_LEVEL edge or node (node: 11,611 edges; edge level tests all
-#                     32,491 edges, about 4 minutes a prompt on 2 cores)
+#   WHOLE_EXACT_N     prompts for --method exact (1; the row is not run unless
+#                     WHOLE_ONLY names it: every edge is a patched forward, and
+#                     even one prompt at node level takes circ about 5 minutes
+#                     of CPU, 11,611 edges at some 40 edges/s)
+#   WHOLE_EXACT_LEVEL edge or node (node; edge level has 32,491 edges)
 #   WHOLE_ACDC_N      prompts for circ-prune --acdc (16)
 #   WHOLE_ACDC_TAU    its tau (2.5e-4: with random weights the KL changes are
 #                     1e-5 to 3e-4; this keeps m11->logits, so that m11's
 #                     edges are tested too: about 300 tests)
 #   WHOLE_CURVE_N     prompts for circ-patch --curve (16; scores from the eap row)
-#   WHOLE_ONLY        run only these rows (space-separated: forward logits eap
-#                     cold eap-ig eap-ig-activations exact acdc curve)
+#   WHOLE_ONLY        the rows to run (space-separated; default: forward logits
+#                     eap cold eap-ig eap-ig-activations acdc curve; exact too
+#                     when named)
 #   WHOLE_VMEM_KB     address-space limit of every timed process (ulimit -v;
 #                     default none: circ reserves tens of GB of address space
 #                     for its runs and faults in only what it uses)
@@ -81,7 +84,7 @@ EXACT_LEVEL=${WHOLE_EXACT_LEVEL:-node}
 N_ACDC=${WHOLE_ACDC_N:-16}
 TAU=${WHOLE_ACDC_TAU:-2.5e-4}
 N_CURVE=${WHOLE_CURVE_N:-16}
-ONLY=${WHOLE_ONLY:-forward logits eap cold eap-ig eap-ig-activations exact acdc curve}
+ONLY=${WHOLE_ONLY:-forward logits eap cold eap-ig eap-ig-activations acdc curve}
 VMEM=${WHOLE_VMEM_KB:-}
 TOL=${WHOLE_TOL:-1e-3}
 PY=/usr/bin/python3
