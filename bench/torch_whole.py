@@ -431,7 +431,8 @@ class Patched:
             self.cache = []
             self.clean_logits = g.forward_nodes(g.wte[clean], pos, cl, 1.0, self.cache)
             self.dclean = cl - self.ref
-            self.D = torch.empty_like(cl)
+            self.D = self.dclean.clone()  # (current - corrupt) outputs of the last run
+        self.low = g.U  # D[low:] may hold the last run's nodes, not the clean run's
         self.n_in = [(g.u0(r // (3 * g.H + 1)) + (g.H if r % (3 * g.H + 1) == 3 * g.H else 0))
                      if r < g.R - 1 else g.U for r in range(g.R)]
 
@@ -451,7 +452,9 @@ class Patched:
         btc = B * T * C
         D = self.D
         first = g.u0(s0 // 2) + (H if s0 % 2 else 0)  # the input and every node below s0
-        D[:first] = self.dclean[:first]
+        if self.low < first:
+            D[self.low:first] = self.dclean[self.low:first]
+        self.low = first
         x = self.cache[s0]
         with torch.no_grad():
             for l in range(s0 // 2, g.L):
