@@ -176,7 +176,8 @@ row() {
 	ti=$(inner "$3")
 	cr=$(field "$2" 4)
 	tr=$(field "$3" 4)
-	awk -v l="$1" -v cw="$cw" -v tw="$tw" -v ti="${ti:-nan}" -v cr="$cr" -v tr="$tr" -v goal="$4" -v chk="$5" -v cu="$(field "$2" 2)" -v cs="$(field "$2" 3)" 'BEGIN {
+	awk -v l="$1" -v cw="$cw" -v tw="$tw" -v ti="${ti:-nan}" -v cr="$cr" -v tr="$tr" -v goal="$4" -v chk="$5" -v cu="$(field "$2" 2)" -v cs="$(field "$2" 3)" \
+		-v tu="$(field "$3" 2)" -v ts="$(field "$3" 3)" 'BEGIN {
 		r = (cw + 0 > 0 && tw + 0 > 0) ? tw / cw : -1
 		g = "-"
 		if (goal != "-") {
@@ -188,7 +189,8 @@ row() {
 		printf "  %-44s | %8.2f | %8.2f | %8.2f | %6s | %7.0fM | %8.0fM | %s\n", l, cw, tw, ti,
 		    r < 0 ? "-" : sprintf("%.2f", r), cr / 1024, tr / 1024, g
 		if (cw != "nan")
-			printf "  %-44s   (circ user %.2f s, sys %.2f s)%s\n", "", cu, cs, chk == "" ? "" : "; " chk
+			printf "  %-44s   (CPU: circ user %.2f s, sys %.2f s; torch user %.2f s, sys %.2f s)%s\n", "", cu, cs, tu, ts,
+			    chk == "" ? "" : ";\n  " sprintf("%-44s   ", "") chk
 		else if (chk != "")
 			printf "  %-44s   %s\n", "", chk
 	}'
@@ -295,5 +297,6 @@ if want curve; then
 	row "circ-patch --curve, $N_CURVE prompts, 10 circuits" c_curve t_curve - "$(check curve "$d/tcurve.jsonl" "$d/curve" "$TOL")"
 fi
 echo "  (circ s, torch s: whole commands, wall clock; inner s: the PyTorch script's work alone;"
-echo "   ratio: torch end to end / circ; RSS: peak resident memory; check: max |torch - circ| / max |circ|)"
+echo "   ratio: torch end to end / circ; RSS: peak resident memory; check: max |torch - circ| / max |circ|;"
+echo "   on a shared machine wall time includes waiting for a core: compare the CPU times too)"
 exit $status
