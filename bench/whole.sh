@@ -189,7 +189,8 @@ row() {
 		printf "  %-44s | %8.2f | %8.2f | %8.2f | %6s | %7.0fM | %8.0fM | %s\n", l, cw, tw, ti,
 		    r < 0 ? "-" : sprintf("%.2f", r), cr / 1024, tr / 1024, g
 		if (cw != "nan")
-			printf "  %-44s   (CPU: circ user %.2f s, sys %.2f s; torch user %.2f s, sys %.2f s)%s\n", "", cu, cs, tu, ts,
+			printf "  %-44s   (CPU: circ user %.2f s, sys %.2f s; torch user %.2f s, sys %.2f s; ratio %s)%s\n", "", cu, cs, tu, ts,
+			    (cu + cs > 0 && tu != "nan") ? sprintf("%.2f", (tu + ts) / (cu + cs)) : "-",
 			    chk == "" ? "" : ";\n  " sprintf("%-44s   ", "") chk
 		else if (chk != "")
 			printf "  %-44s   %s\n", "", chk
