@@ -49,6 +49,28 @@ def load(d):
     return cfg, w
 
 
+def load_mmap(d):
+    """As load(), but the tensors are views of a copy-on-write memory map of
+    model.safetensors (as the safetensors library loads a file): no read
+    of the whole file into memory, no copy; pages are read as touched."""
+    cfg = json.load(open(d + "/config.json"))
+    path = d + "/model.safetensors"
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        hdr = json.loads(f.read(n))
+    mm = np.memmap(path, dtype=np.uint8, mode="c")
+    w = {}
+    for k, v in hdr.items():
+        if k == "__metadata__":
+            continue
+        assert v["dtype"] == "F32"
+        b, e = v["data_offsets"]
+        a = mm[8 + n + b:8 + n + e].view("<f4")
+        k = k[len("transformer."):] if k.startswith("transformer.") else k
+        w[k] = torch.from_numpy(a).view(v["shape"])
+    return cfg, w
+
+
 def main():
     d, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     B, T = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) >= 6 else (32, 16)
