@@ -86,6 +86,11 @@ void circ_sha256_init(circ_sha256 *s);
 void circ_sha256_update(circ_sha256 *s, const void *data, size_t n);
 /* Writes "sha256:<64 hex>" (72 bytes incl. NUL) into out. */
 void circ_sha256_final_hex(circ_sha256 *s, char out[72]);
+/* Which block function runs: on 1 the SHA extensions where the CPU has them
+ * (the default), 0 the portable one, -1 leaves the choice as it is.
+ * Returns 1 when the SHA extensions are in use. Both give the same digest
+ * (tests compare them). */
+int circ_sha256_accel(int on);
 /* Digest of a whole file into out ("sha256:..."); -1 with message on error. */
 int circ_sha256_file(const char *path, char out[72], circ_error *e);
 

@@ -475,6 +475,37 @@ int main(void)
 		    hex,
 		    "sha256:41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"));
 	}
+	/* sha256: the SHA-extension and portable block functions agree on every
+	 * length around the block and buffer boundaries, fed whole or in pieces */
+	{
+		static unsigned char buf[4099];
+		char a[72], b[72];
+		int accel = circ_sha256_accel(-1), bad = 0;
+		for (size_t i = 0; i < sizeof buf; i++)
+			buf[i] = (unsigned char)(i * 131u + (i >> 7));
+		for (size_t n = 0; n < sizeof buf; n += n < 300 ? 1 : 61) {
+			for (int mode = 0; mode < 2; mode++) {
+				circ_sha256 s;
+				circ_sha256_accel(mode);
+				circ_sha256_init(&s);
+				if (mode == 0) {
+					circ_sha256_update(&s, buf, n);
+				} else {
+					size_t k = n / 3;
+					circ_sha256_update(&s, buf, k);
+					circ_sha256_update(&s, buf + k, n - k);
+				}
+				circ_sha256_final_hex(&s, mode ? b : a);
+			}
+			bad += strcmp(a, b) != 0;
+		}
+		CHECK(bad == 0);
+		circ_sha256_accel(1);
+		fprintf(stderr, "test_stream: sha256 with the SHA extensions: %s\n",
+			circ_sha256_accel(-1) ? "yes (compared with the portable one)"
+					      : "no (portable only)");
+		circ_sha256_accel(accel);
+	}
 	/* strict number parsing */
 	{
 		int64_t v;
