@@ -352,7 +352,7 @@ void model_delta_buffers(circ_run *r, int recv, int store)
 	if (!r->dstat[recv])
 		r->dstat[recv] = circ_xcalloc(2 * r->rows, sizeof(float));
 	if (store && !r->delta[recv])
-		r->delta[recv] = circ_xalloc_aligned(r->rows * (size_t)r->C * sizeof(float));
+		r->delta[recv] = circ_xmalloc_aligned(r->rows * (size_t)r->C * sizeof(float));
 }
 
 static void store_sum(circ_run *r, int recv);
