@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 static const char *const attr_names[CIRC_ATTR_COUNT] = {"eap", "eap-ig", "eap-ig-activations",
 							"exact"};
 
@@ -60,16 +62,16 @@ struct circ_attrib {
 	int64_t count;
 	const circ_topology *mt; /* the model's (edge level) */
 	int U, R, C, V;
-	int max_recv;			  /* most model receivers of one stage (Rs) */
-	int *gr;			  /* (R) graph receiver of each model receiver */
-	const float **grads;		  /* (R) the gradients scored (a stage's, or gacc) */
-	float *own_diff;		  /* (U, B, T, C) ref - clean, unless the patcher has it */
-	float *gacc;			  /* (R, B, T, C) summed gradients (IG) */
-	float *S;			  /* (U, Rs) */
-	float *gcopy;			  /* (Rs, T*C) gradients gathered when not evenly strided */
-	float *dlogits;			  /* (N, V) */
-	float *x;			  /* (B, T, C) interpolated input / activation delta (IG) */
-	size_t cap_btc, cap_tc, cap_rows; /* B*T*C, T*C and N the buffers hold */
+	int max_recv;	     /* most model receivers of one stage (Rs) */
+	int *gr;	     /* (R) graph receiver of each model receiver */
+	const float **grads; /* (R) the gradients scored (a stage's, or gacc) */
+	float *gacc;	     /* (R, B, T, C) gradients summed over the steps (IG) */
+	float *own_diff;     /* (U, B, T, C) ref - clean, unless the patcher has it */
+	float *S;	     /* (B, U, Rs) the products of a stage */
+	float *gcopy;	     /* (Rs, T*C) gradients gathered when not evenly strided */
+	float *dlogits;	     /* (N, V) */
+	float *x;	     /* (B, T, C) interpolated input / activation delta (IG) */
+	size_t cap_btc, cap_tc, cap_rows, cap_b; /* B*T*C, T*C, N and B the buffers hold */
 	/* eap-ig-activations hook state */
 	int unit_stage;
 	const float *unit_delta; /* (B, T, C) */
@@ -111,7 +113,6 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 	a->R = circ_model_n_recv(m);
 	a->sum = circ_xcalloc((size_t)circ_patcher_graph(p)->n_edges, sizeof(double));
 	if (method != CIRC_ATTR_EXACT) {
-		a->S = circ_xmalloc((size_t)a->U * (size_t)a->max_recv * sizeof(float));
 		a->gr = circ_xmalloc((size_t)a->R * sizeof *a->gr);
 		a->grads = circ_xcalloc((size_t)a->R, sizeof *a->grads);
 		map_recvs(a->gr, circ_patcher_graph(p), a->mt);
@@ -147,6 +148,12 @@ static void fit_batch(circ_attrib *a, int all)
 		a->gacc = ig ? circ_xmalloc_aligned((size_t)a->R * btc * sizeof(float)) : NULL;
 		a->cap_btc = btc;
 	}
+	if ((size_t)b->B > a->cap_b) {
+		free(a->S);
+		a->S =
+		    circ_xmalloc((size_t)b->B * (size_t)a->U * (size_t)a->max_recv * sizeof(float));
+		a->cap_b = (size_t)b->B;
+	}
 	if (tc > a->cap_tc) {
 		free(a->gcopy);
 		a->gcopy = circ_xmalloc_aligned((size_t)a->max_recv * tc * sizeof(float));
@@ -173,11 +180,10 @@ void circ_attrib_free(circ_attrib *a)
 size_t circ_attrib_bytes(const circ_attrib *a)
 {
 	size_t n = (size_t)circ_patcher_graph(a->p)->n_edges * sizeof(double), f = 0;
-	int ig = a->method == CIRC_ATTR_EAP_IG || a->method == CIRC_ATTR_EAP_IG_ACT;
-	if (a->S)
-		f += (size_t)a->U * (size_t)a->max_recv;
+	f += a->cap_b * (size_t)a->U * (size_t)a->max_recv;
 	f += a->own_diff ? (size_t)a->U * a->cap_btc : 0;
-	f += ig ? ((size_t)a->R + 1) * a->cap_btc : 0;
+	f += a->x ? a->cap_btc : 0;
+	f += a->gacc ? (size_t)a->R * a->cap_btc : 0;
 	f += a->gcopy ? (size_t)a->max_recv * a->cap_tc : 0;
 	f += a->cap_rows * (size_t)a->V;
 	return n + f * sizeof(float);
@@ -202,8 +208,8 @@ void circ_attrib_reset(circ_attrib *a)
 /* What the score product of one stage reads: B examples of T tokens;
  * diff (U, B, T*C) the (ref - clean) rows of the upstream nodes; grads[mr]
  * model receiver mr's gradient (B, T, C); gr the graph receiver of each
- * model receiver; gcopy (Rs, T*C) and S (U, Rs) scratch, Rs the most
- * receivers of a stage. */
+ * model receiver; gcopy (Rs, T*C) and S (B, U, Rs) scratch, Rs the most
+ * receivers of a stage; pool (or NULL) splits the examples' products. */
 typedef struct score_in {
 	double *sum;
 	const circ_graph *g;
@@ -213,14 +219,39 @@ typedef struct score_in {
 	const float *diff;
 	const float *const *grads;
 	float *gcopy, *S;
+	circ_pool *pool;
 } score_in;
+
+/* One stage's products, example by example: S_b (m, n) = A_b B_b^T, with
+ * A_b = a + b*tc (m rows lda apart) and B_b = g + b*tc (n rows ldb apart). */
+typedef struct prod_task {
+	const float *a, *g;
+	float *S;
+	int m, n, k, lda, ldb;
+} prod_task;
+
+static void prod_one(const prod_task *t, size_t bb, const float *gb, int ldb)
+{
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->m, t->n, t->k, 1.0f,
+		    t->a + bb * (size_t)t->k, t->lda, gb, ldb, 0.0f,
+		    t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
+}
+
+static void prod_part(void *ctx, size_t b0, size_t b1)
+{
+	const prod_task *t = ctx;
+	for (size_t bb = b0; bb < b1; bb++)
+		prod_one(t, bb, t->g + bb * (size_t)t->k, t->ldb);
+}
 
 /* The shared core, for stage s of the model: sum[edge(u->r)] += scale *
  * diff_u . grad_r for u in [u_lo, u_hi). Each graph receiver gets the sum
  * of its model receivers' scores (a node-level head sums its q, k and v),
- * added up in double in the model's order. An edge's receiver belongs to
- * one stage, so scoring stage by stage, in any order of the stages, adds
- * the same numbers to each sum in the same order. */
+ * added up in double in the model's order, example after example. An
+ * edge's receiver belongs to one stage, so scoring stage by stage, in any
+ * order of the stages, adds the same numbers to each sum in the same
+ * order; the products are the same however the examples are split over
+ * threads. */
 static void stage_scores(const score_in *in, int s, double scale, int u_lo, int u_hi)
 {
 	const circ_topo_stage *st = &in->mt->stage[s];
@@ -230,6 +261,7 @@ static void stage_scores(const score_in *in, int s, double scale, int u_lo, int 
 	const float *g0 = in->grads[mr0];
 	uintptr_t step = (uintptr_t)tc;
 	int strided = 1;
+	prod_task t;
 	if (lo >= hi || nr == 0)
 		return;
 	/* the A rows (one per node) lie btc apart */
@@ -242,21 +274,25 @@ static void stage_scores(const score_in *in, int s, double scale, int u_lo, int 
 	for (int j = 1; j < nr && strided; j++)
 		if (in->grads[mr0 + j] != g0 + (size_t)j * step)
 			strided = 0;
-	for (int bb = 0; bb < in->B; bb++) {
-		const float *A = in->diff + (size_t)lo * btc + (size_t)bb * tc;
-		const float *Bm;
-		if (strided) {
-			Bm = g0 + (size_t)bb * tc;
-		} else {
+	t = (prod_task){
+	    in->diff + (size_t)lo * btc, g0, in->S, hi - lo, nr, (int)tc, (int)btc, (int)step};
+	if (strided && in->pool) {
+		circ_pool_for(in->pool, (size_t)in->B, prod_part, &t);
+	} else if (strided) {
+		prod_part(&t, 0, (size_t)in->B);
+	} else {
+		/* gathered example by example into gcopy (Rs, T*C) */
+		for (int bb = 0; bb < in->B; bb++) {
 			for (int j = 0; j < nr; j++)
 				memcpy(in->gcopy + (size_t)j * tc,
 				       in->grads[mr0 + j] + (size_t)bb * tc, tc * sizeof(float));
-			Bm = in->gcopy;
+			prod_one(&t, (size_t)bb, in->gcopy, (int)tc);
 		}
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hi - lo, nr, (int)tc, 1.0f, A,
-			    (int)btc, Bm, strided ? (int)step : (int)tc, 0.0f, in->S, nr);
+	}
+	for (int bb = 0; bb < in->B; bb++) {
+		const float *Sb = in->S + (size_t)bb * (size_t)(hi - lo) * (size_t)nr;
 		for (int u = lo; u < hi; u++) {
-			const float *Su = in->S + (size_t)(u - lo) * nr;
+			const float *Su = Sb + (size_t)(u - lo) * nr;
 			for (int j = 0; j < nr;) {
 				int r = in->gr[mr0 + j];
 				double acc = Su[j++];
@@ -282,11 +318,11 @@ static score_in score_input(circ_attrib *a)
 		       a->C,	 b->B,
 		       b->T,	 diff_rows(a),
 		       a->grads, a->gcopy,
-		       a->S};
+		       a->S,	 circ_run_pool(circ_patcher_run(a->p))};
 	return in;
 }
 
-/* Scores from the summed gradients of IG, every stage. */
+/* Scores from the gradients summed over IG's steps, every stage. */
 static void accumulate(circ_attrib *a, double scale, int u_lo, int u_hi)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
@@ -329,7 +365,7 @@ void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const fl
 		grads[r] = grad + (size_t)r * tc;
 	map_recvs(gr, g, mt);
 	{
-		score_in in = {sum, g, mt, gr, d_model, 1, T, diff, grads, gcopy, S};
+		score_in in = {sum, g, mt, gr, d_model, 1, T, diff, grads, gcopy, S, NULL};
 		for (int s = 0; s < mt->n_stage; s++)
 			stage_scores(&in, s, 1.0, 0, U);
 	}
@@ -371,7 +407,8 @@ static int eap_hook(void *ctx, circ_run *run, int s, circ_error *e)
 	return 0;
 }
 
-/* Backward hook of IG: the stage's receiver gradients summed into gacc. */
+/* Backward hook of IG: the stage's receiver gradients summed into gacc
+ * (so that the run need keep one stage's). */
 static int ig_hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_attrib *a = ctx;

@@ -285,9 +285,9 @@ static double *scores_with(const circ_model *m, const circ_graph *g, const circ_
  * by the shape. The bound: the arena of a run that keeps one stage's
  * receiver gradients, one (ref - clean) per node, the input's two copies,
  * the reference logits, the accumulator's sums, products and dlogits, and
- * for IG the summed gradients (R) and the interpolated input. A run that
- * kept every receiver's gradient, or a second copy of the node outputs or
- * differences, is over it. */
+ * for IG the gradients summed over the steps (R) and the interpolated
+ * input. A run that kept every receiver's gradient, or a second copy of
+ * the node outputs or differences, is over it. */
 static void test_attrib_memory(const circ_model *m, const circ_graph *g, const circ_batch *b)
 {
 	const circ_config *c = circ_model_config(m);
@@ -325,8 +325,8 @@ static void test_attrib_memory(const circ_model *m, const circ_graph *g, const c
 		lean = scores_with(m, g, b, &po, meths[i], &bytes);
 		CHECK(memcmp(full, lean, (size_t)g->n_edges * sizeof *full) == 0);
 		bound = arena0 +
-			((U + 2) * btc + (size_t)b->n_read * (size_t)c->vocab_size * 2 + U * rs +
-			 rs * tc + (ig ? (R + 1) * btc : 0)) *
+			((U + 2) * btc + (size_t)b->n_read * (size_t)c->vocab_size * 2 +
+			 (size_t)b->B * U * rs + rs * tc + (ig ? (R + 1) * btc : 0)) *
 			    sizeof(float) +
 			(size_t)g->n_edges * sizeof(double);
 		fprintf(stderr,
