@@ -280,6 +280,26 @@ static double *scores_with(const circ_model *m, const circ_graph *g, const circ_
 	return out;
 }
 
+/* Arena bytes of a run with options ro after a forward of b's clean prompts
+ * (the arena is laid out by the first forward). */
+static size_t arena_after_forward(const circ_model *m, const circ_batch *b, const circ_run_opts *ro)
+{
+	circ_error e;
+	circ_run *r = circ_run_new(m, b->B, b->T, ro, &e);
+	circ_fwd f;
+	size_t n;
+	circ_fwd_init(&f);
+	f.tokens = b->clean;
+	f.B = b->B;
+	f.T = b->T;
+	CHECK(r != NULL && circ_run_arena_bytes(r) == 0);
+	CHECK(circ_forward(r, &f, &e) == 0);
+	n = circ_run_arena_bytes(r);
+	CHECK(n > 0);
+	circ_run_free(r);
+	return n;
+}
+
 /* Attribution alone: the same scores (bit for bit: the same sums in the
  * same order) as from a patcher that keeps everything, and memory bounded
  * by the shape. The bound: the arena of a run that keeps one stage's
@@ -305,15 +325,9 @@ static void test_attrib_memory(const circ_model *m, const circ_graph *g, const c
 	circ_run_opts_default(&ro);
 	ro.backward = 1;
 	ro.keep_recv_grads = 0;
-	r = circ_run_new(m, b->B, b->T, &ro, &e);
-	CHECK(r != NULL);
-	arena0 = circ_run_arena_bytes(r);
-	circ_run_free(r);
+	arena0 = arena_after_forward(m, b, &ro);
 	ro.keep_recv_grads = 1;
-	r = circ_run_new(m, b->B, b->T, &ro, &e);
-	CHECK(r != NULL);
-	arena_all = circ_run_arena_bytes(r);
-	circ_run_free(r);
+	arena_all = arena_after_forward(m, b, &ro);
 	for (size_t i = 0; i < sizeof meths / sizeof *meths; i++) {
 		circ_patch_opts po = {
 		    CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 1, b->B, b->T, 1};
