@@ -284,7 +284,7 @@ static void do_eap(circ_model *m, int threads, int reps, int N, const char *scor
 	 * attention buffers by max_t^2), which for GPT-2 small does not fit in
 	 * memory: the benchmark gives the prompts' length */
 	po.max_t = T_TOK;
-	po.backward = 1;
+	circ_attrib_patch_opts(CIRC_ATTR_EAP, &po); /* as circ-score makes it */
 	for (int i = 0; i < nb; i++)
 		flop += 2 * fwd_flop(c, bs[i]->B, T_TOK) + bwd_flop(c, bs[i]->B, T_TOK) +
 			2.0 * (double)g->n_edges * T_TOK * c->n_embd * bs[i]->B;

@@ -456,7 +456,7 @@ int main(int argc, char **argv)
 	circ_session_tokens(&s, in);
 	circ_patch_cli_metric(&o.pc, s.r);
 	dd = dataset_digest(s.r, &dd_copy);
-	circ_session_patcher(&s, NULL, circ_attr_needs_backward(o.method));
+	circ_session_attrib_patcher(&s, o.method);
 	circ_session_means(&s);
 	a = circ_attrib_new(s.p, o.method, o.steps);
 	if (o.method == CIRC_ATTR_EXACT) /* counted by the edge, inside the batch */

@@ -17,9 +17,12 @@
 #include "attrib.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "kernels.h"
 
 static const char *const attr_names[CIRC_ATTR_COUNT] = {"eap", "eap-ig", "eap-ig-activations",
 							"exact"};
@@ -44,6 +47,13 @@ int circ_attr_needs_backward(circ_attr_method m)
 	return m != CIRC_ATTR_EXACT;
 }
 
+void circ_attrib_patch_opts(circ_attr_method m, circ_patch_opts *o)
+{
+	o->backward = circ_attr_needs_backward(m);
+	o->stage_grads = o->backward;
+	o->diff_only = o->backward;
+}
+
 struct circ_attrib {
 	circ_patcher *p;
 	circ_attr_method method;
@@ -52,14 +62,16 @@ struct circ_attrib {
 	int64_t count;
 	const circ_topology *mt; /* the model's (edge level) */
 	int U, R, C, V;
-	int max_recv;			  /* most model receivers of one stage (Rs) */
-	float *diff;			  /* (B, U, T*C) ref - clean */
-	float *gacc;			  /* (R, B, T, C) summed gradients (IG) */
-	float *S;			  /* (U, Rs) */
-	float *gcopy;			  /* (Rs, T*C) gradients gathered when not evenly strided */
-	float *dlogits;			  /* (N, V) */
-	float *x;			  /* (B, T, C) interpolated input / activation delta */
-	size_t cap_btc, cap_tc, cap_rows; /* B*T*C, T*C and N the buffers hold */
+	int max_recv;	     /* most model receivers of one stage (Rs) */
+	int *gr;	     /* (R) graph receiver of each model receiver */
+	const float **grads; /* (R) the gradients scored (a stage's, or gacc) */
+	float *gacc;	     /* (R, B, T, C) gradients summed over the steps (IG) */
+	float *own_diff;     /* (U, B, T, C) ref - clean, unless the patcher has it */
+	float *S;	     /* (B, U, Rs) the products of a stage */
+	float *gcopy;	     /* (Rs, T*C) gradients gathered when not evenly strided */
+	float *dlogits;	     /* (N, V) */
+	float *x;	     /* (B, T, C) interpolated input / activation delta (IG) */
+	size_t cap_btc, cap_tc, cap_rows, cap_b; /* B*T*C, T*C, N and B the buffers hold */
 	/* eap-ig-activations hook state */
 	int unit_stage;
 	const float *unit_delta; /* (B, T, C) */
@@ -73,6 +85,16 @@ static int stage_max_recv(const circ_topology *t)
 		if (t->stage[s].n_recv > n)
 			n = t->stage[s].n_recv;
 	return n;
+}
+
+/* gr (mt->n_recv): the receiver of g's topology each model receiver maps to. */
+static void map_recvs(int *gr, const circ_graph *g, const circ_topology *mt)
+{
+	CIRC_ASSERT(g->topo->dense); /* edge(u -> r) = recv_first[r] + u */
+	for (int mr = 0; mr < mt->n_recv; mr++) {
+		gr[mr] = circ_topo_map_recv(mt, mr, g->topo);
+		CIRC_ASSERT(gr[mr] >= 0);
+	}
 }
 
 circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps)
@@ -90,17 +112,22 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 	a->U = circ_model_n_up(m);
 	a->R = circ_model_n_recv(m);
 	a->sum = circ_xcalloc((size_t)circ_patcher_graph(p)->n_edges, sizeof(double));
-	if (method != CIRC_ATTR_EXACT)
-		a->S = circ_xmalloc((size_t)a->U * (size_t)a->max_recv * sizeof(float));
+	if (method != CIRC_ATTR_EXACT) {
+		a->gr = circ_xmalloc((size_t)a->R * sizeof *a->gr);
+		a->grads = circ_xcalloc((size_t)a->R, sizeof *a->grads);
+		map_recvs(a->gr, circ_patcher_graph(p), a->mt);
+	}
 	return a;
 }
 
 /* Sizes the per-batch buffers for the batch loaded in the patcher: only
- * dlogits when `all` is 0 (a backward pass alone). */
+ * dlogits when `all` is 0 (a backward pass alone). Grown only, never
+ * zeroed here: each is written before it is read. */
 static void fit_batch(circ_attrib *a, int all)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
 	size_t tc = (size_t)b->T * (size_t)a->C, btc = (size_t)b->B * tc;
+	int ig = a->method == CIRC_ATTR_EAP_IG || a->method == CIRC_ATTR_EAP_IG_ACT;
 	if (a->method == CIRC_ATTR_EXACT)
 		return;
 	if ((size_t)b->n_read > a->cap_rows) {
@@ -111,19 +138,25 @@ static void fit_batch(circ_attrib *a, int all)
 	if (!all)
 		return;
 	if (btc > a->cap_btc) {
-		free(a->diff);
+		free(a->own_diff);
 		free(a->x);
 		free(a->gacc);
-		a->diff = circ_xalloc_aligned((size_t)a->U * btc * sizeof(float));
-		a->x = circ_xalloc_aligned(btc * sizeof(float));
-		a->gacc = a->method == CIRC_ATTR_EAP
-			      ? NULL
-			      : circ_xalloc_aligned((size_t)a->R * btc * sizeof(float));
+		a->own_diff = circ_patcher_diff(a->p, 0)
+				  ? NULL
+				  : circ_xmalloc_aligned((size_t)a->U * btc * sizeof(float));
+		a->x = ig ? circ_xmalloc_aligned(btc * sizeof(float)) : NULL;
+		a->gacc = ig ? circ_xmalloc_aligned((size_t)a->R * btc * sizeof(float)) : NULL;
 		a->cap_btc = btc;
+	}
+	if ((size_t)b->B > a->cap_b) {
+		free(a->S);
+		a->S =
+		    circ_xmalloc((size_t)b->B * (size_t)a->U * (size_t)a->max_recv * sizeof(float));
+		a->cap_b = (size_t)b->B;
 	}
 	if (tc > a->cap_tc) {
 		free(a->gcopy);
-		a->gcopy = circ_xalloc_aligned((size_t)a->max_recv * tc * sizeof(float));
+		a->gcopy = circ_xmalloc_aligned((size_t)a->max_recv * tc * sizeof(float));
 		a->cap_tc = tc;
 	}
 }
@@ -133,13 +166,27 @@ void circ_attrib_free(circ_attrib *a)
 	if (!a)
 		return;
 	free(a->sum);
-	free(a->diff);
+	free(a->own_diff);
 	free(a->gacc);
 	free(a->S);
+	free(a->gr);
+	free(a->grads);
 	free(a->gcopy);
 	free(a->dlogits);
 	free(a->x);
 	free(a);
+}
+
+size_t circ_attrib_bytes(const circ_attrib *a)
+{
+	size_t n = (size_t)circ_patcher_graph(a->p)->n_edges * sizeof(double), f = 0;
+	f += a->cap_b * (size_t)a->U * (size_t)a->max_recv;
+	f += a->own_diff ? (size_t)a->U * a->cap_btc : 0;
+	f += a->x ? a->cap_btc : 0;
+	f += a->gacc ? (size_t)a->R * a->cap_btc : 0;
+	f += a->gcopy ? (size_t)a->max_recv * a->cap_tc : 0;
+	f += a->cap_rows * (size_t)a->V;
+	return n + f * sizeof(float);
 }
 
 const double *circ_attrib_sums(const circ_attrib *a)
@@ -158,88 +205,134 @@ void circ_attrib_reset(circ_attrib *a)
 	a->count = 0;
 }
 
-/* Gradient of model receiver mr for the current batch: from the run, or the
- * IG accumulator. */
-static const float *grad_of(const circ_attrib *a, int mr, size_t btc)
+/* What the score product of one stage reads: B examples of T tokens;
+ * diff (U, B, T*C) the (ref - clean) rows of the upstream nodes; grads[mr]
+ * model receiver mr's gradient (B, T, C); gr the graph receiver of each
+ * model receiver; gcopy (Rs, T*C) and S (B, U, Rs) scratch, Rs the most
+ * receivers of a stage; pool (or NULL) splits the examples' products. */
+typedef struct score_in {
+	double *sum;
+	const circ_graph *g;
+	const circ_topology *mt;
+	const int *gr;
+	int C, B, T;
+	const float *diff;
+	const float *const *grads;
+	float *gcopy, *S;
+	circ_pool *pool;
+} score_in;
+
+/* One stage's products, example by example: S_b (m, n) = A_b B_b^T, with
+ * A_b = a + b*tc (m rows lda apart) and B_b = g + b*tc (n rows ldb apart). */
+typedef struct prod_task {
+	const float *a, *g;
+	float *S;
+	int m, n, k, lda, ldb;
+} prod_task;
+
+static void prod_one(const prod_task *t, size_t bb, const float *gb, int ldb)
 {
-	if (a->gacc)
-		return a->gacc + (size_t)mr * btc;
-	return circ_run_recv_grad(circ_patcher_run(a->p), mr);
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->m, t->n, t->k, 1.0f,
+		    t->a + bb * (size_t)t->k, t->lda, gb, ldb, 0.0f,
+		    t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
 }
 
-/* The shared core: sum[edge(u->r)] += scale * diff_u . grad_r for u in
- * [u_lo, u_hi), over B examples of T tokens. diff is (B, U, T*C); grads[mr]
- * is model receiver mr's gradient (B, T, C), mt the model's topology.
- * gcopy and S are scratch: (Rs, T*C) and (U, Rs), Rs the most receivers of
- * a stage. Each graph receiver gets the sum of its model receivers' scores
- * (a node-level head sums its q, k and v), added up in double in the
- * model's order. */
-static void accumulate_core(double *sum, const circ_graph *g, const circ_topology *mt, int U, int C,
-			    int B, int T, const float *diff, const float *const *grads,
-			    double scale, int u_lo, int u_hi, float *gcopy, float *S)
+static void prod_part(void *ctx, size_t b0, size_t b1)
 {
-	size_t tc = (size_t)T * (size_t)C, btc = (size_t)B * tc;
-	int *gr;
-	CIRC_ASSERT(g->topo->dense); /* edge(u -> r) = recv_first[r] + u */
-	gr = circ_xmalloc((size_t)mt->n_recv * sizeof *gr);
-	for (int mr = 0; mr < mt->n_recv; mr++) {
-		gr[mr] = circ_topo_map_recv(mt, mr, g->topo);
-		CIRC_ASSERT(gr[mr] >= 0);
+	const prod_task *t = ctx;
+	for (size_t bb = b0; bb < b1; bb++)
+		prod_one(t, bb, t->g + bb * (size_t)t->k, t->ldb);
+}
+
+/* The shared core, for stage s of the model: sum[edge(u->r)] += scale *
+ * diff_u . grad_r for u in [u_lo, u_hi). Each graph receiver gets the sum
+ * of its model receivers' scores (a node-level head sums its q, k and v),
+ * added up in double in the model's order, example after example. An
+ * edge's receiver belongs to one stage, so scoring stage by stage, in any
+ * order of the stages, adds the same numbers to each sum in the same
+ * order; the products are the same however the examples are split over
+ * threads. */
+static void stage_scores(const score_in *in, int s, double scale, int u_lo, int u_hi)
+{
+	const circ_topo_stage *st = &in->mt->stage[s];
+	size_t tc = (size_t)in->T * (size_t)in->C, btc = (size_t)in->B * tc;
+	int mr0 = st->first_recv, nr = st->n_recv, lo = u_lo,
+	    hi = u_hi < st->n_in ? u_hi : st->n_in;
+	const float *g0 = in->grads[mr0];
+	uintptr_t step = (uintptr_t)tc;
+	int strided = 1;
+	prod_task t;
+	if (lo >= hi || nr == 0)
+		return;
+	/* the A rows (one per node) lie btc apart */
+	CIRC_ASSERT(btc <= INT_MAX);
+	/* the receivers' gradients evenly spaced: one strided matrix */
+	if (nr > 1)
+		step = ((uintptr_t)in->grads[mr0 + 1] - (uintptr_t)g0) / sizeof(float);
+	if (step < tc || step > INT_MAX)
+		strided = 0;
+	for (int j = 1; j < nr && strided; j++)
+		if (in->grads[mr0 + j] != g0 + (size_t)j * step)
+			strided = 0;
+	t = (prod_task){
+	    in->diff + (size_t)lo * btc, g0, in->S, hi - lo, nr, (int)tc, (int)btc, (int)step};
+	if (strided && in->pool) {
+		circ_pool_for(in->pool, (size_t)in->B, prod_part, &t);
+	} else if (strided) {
+		prod_part(&t, 0, (size_t)in->B);
+	} else {
+		/* gathered example by example into gcopy (Rs, T*C) */
+		for (int bb = 0; bb < in->B; bb++) {
+			for (int j = 0; j < nr; j++)
+				memcpy(in->gcopy + (size_t)j * tc,
+				       in->grads[mr0 + j] + (size_t)bb * tc, tc * sizeof(float));
+			prod_one(&t, (size_t)bb, in->gcopy, (int)tc);
+		}
 	}
-	for (int s = 0; s < mt->n_stage; s++) {
-		const circ_topo_stage *st = &mt->stage[s];
-		int mr0 = st->first_recv, nr = st->n_recv, n_in = st->n_in, lo, hi;
-		const float *g0;
-		size_t ldb;
-		int strided = 1;
-		lo = u_lo;
-		hi = u_hi < n_in ? u_hi : n_in;
-		if (lo >= hi || nr == 0)
-			continue;
-		g0 = grads[mr0];
-		for (int j = 1; j < nr; j++)
-			if (grads[mr0 + j] != g0 + (size_t)j * btc)
-				strided = 0;
-		ldb = strided ? btc : tc;
-		for (int bb = 0; bb < B; bb++) {
-			const float *A = diff + ((size_t)bb * U + (size_t)lo) * tc;
-			const float *Bm;
-			if (strided) {
-				Bm = g0 + (size_t)bb * tc;
-			} else {
-				for (int j = 0; j < nr; j++)
-					memcpy(gcopy + (size_t)j * tc,
-					       grads[mr0 + j] + (size_t)bb * tc,
-					       tc * sizeof(float));
-				Bm = gcopy;
-			}
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hi - lo, nr, (int)tc,
-				    1.0f, A, (int)tc, Bm, (int)ldb, 0.0f, S, nr);
-			for (int u = lo; u < hi; u++) {
-				const float *Su = S + (size_t)(u - lo) * nr;
-				for (int j = 0; j < nr;) {
-					int r = gr[mr0 + j];
-					double acc = Su[j++];
-					while (j < nr && gr[mr0 + j] == r)
-						acc += Su[j++];
-					sum[g->recv_first[r] + u] += scale * acc;
-				}
+	for (int bb = 0; bb < in->B; bb++) {
+		const float *Sb = in->S + (size_t)bb * (size_t)(hi - lo) * (size_t)nr;
+		for (int u = lo; u < hi; u++) {
+			const float *Su = Sb + (size_t)(u - lo) * nr;
+			for (int j = 0; j < nr;) {
+				int r = in->gr[mr0 + j];
+				double acc = Su[j++];
+				while (j < nr && in->gr[mr0 + j] == r)
+					acc += Su[j++];
+				in->sum[in->g->recv_first[r] + u] += scale * acc;
 			}
 		}
 	}
-	free(gr);
 }
 
+/* The difference rows of the loaded batch (U, B, T, C). */
+static const float *diff_rows(const circ_attrib *a)
+{
+	return a->own_diff ? a->own_diff : circ_patcher_diff(a->p, 0);
+}
+
+static score_in score_input(circ_attrib *a)
+{
+	const circ_batch *b = circ_patcher_batch(a->p);
+	score_in in = {a->sum,	 circ_patcher_graph(a->p),
+		       a->mt,	 a->gr,
+		       a->C,	 b->B,
+		       b->T,	 diff_rows(a),
+		       a->grads, a->gcopy,
+		       a->S,	 circ_run_pool(circ_patcher_run(a->p))};
+	return in;
+}
+
+/* Scores from the gradients summed over IG's steps, every stage. */
 static void accumulate(circ_attrib *a, double scale, int u_lo, int u_hi)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
 	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
-	const float **grads = circ_xmalloc((size_t)a->R * sizeof *grads);
+	score_in in;
 	for (int r = 0; r < a->R; r++)
-		grads[r] = grad_of(a, r, btc);
-	accumulate_core(a->sum, circ_patcher_graph(a->p), a->mt, a->U, a->C, b->B, b->T, a->diff,
-			grads, scale, u_lo, u_hi, a->gcopy, a->S);
-	free(grads);
+		a->grads[r] = a->gacc + (size_t)r * btc;
+	in = score_input(a);
+	for (int s = 0; s < a->mt->n_stage; s++)
+		stage_scores(&in, s, scale, u_lo, u_hi);
 }
 
 void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const float *diff,
@@ -250,6 +343,7 @@ void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const fl
 	int U = g->n_up, R, Rs;
 	size_t tc = (size_t)T * (size_t)d_model;
 	const float **grads;
+	int *gr;
 	float *gcopy, *S;
 	if (g->level != CIRC_LEVEL_EDGE) {
 		/* the model's receivers: the edge-level topology of the shape */
@@ -264,36 +358,76 @@ void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const fl
 	R = mt->n_recv;
 	Rs = stage_max_recv(mt);
 	grads = circ_xmalloc((size_t)R * sizeof *grads);
+	gr = circ_xmalloc((size_t)R * sizeof *gr);
 	gcopy = circ_xmalloc((size_t)Rs * tc * sizeof(float));
 	S = circ_xmalloc((size_t)U * (size_t)Rs * sizeof(float));
 	for (int r = 0; r < R; r++)
 		grads[r] = grad + (size_t)r * tc;
-	accumulate_core(sum, g, mt, U, d_model, 1, T, diff, grads, 1.0, 0, U, gcopy, S);
+	map_recvs(gr, g, mt);
+	{
+		score_in in = {sum, g, mt, gr, d_model, 1, T, diff, grads, gcopy, S, NULL};
+		for (int s = 0; s < mt->n_stage; s++)
+			stage_scores(&in, s, 1.0, 0, U);
+	}
 	free(grads);
+	free(gr);
 	free(gcopy);
 	free(S);
 	circ_topology_free(own);
 }
 
+/* (U, B, T, C) ref - clean, when the patcher keeps both outputs. */
 static void make_diff(circ_attrib *a)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
-	size_t tc = (size_t)b->T * (size_t)a->C;
+	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
+	if (!a->own_diff)
+		return;
 	for (int u = 0; u < a->U; u++) {
 		const float *r = circ_patcher_ref_out(a->p, u),
 			    *c = circ_patcher_clean_out(a->p, u);
-		for (int bb = 0; bb < b->B; bb++) {
-			float *d = a->diff + ((size_t)bb * a->U + (size_t)u) * tc;
-			const float *rb = r + (size_t)bb * tc, *cb = c + (size_t)bb * tc;
-			for (size_t i = 0; i < tc; i++)
-				d[i] = rb[i] - cb[i];
-		}
+		float *d = a->own_diff + (size_t)u * btc;
+		for (size_t i = 0; i < btc; i++)
+			d[i] = r[i] - c[i];
 	}
+}
+
+/* Backward hook of EAP: the scores of the stage whose receivers'
+ * gradients the run holds now (so that the run need keep one stage's). */
+static int eap_hook(void *ctx, circ_run *run, int s, circ_error *e)
+{
+	circ_attrib *a = ctx;
+	const circ_topo_stage *st = &a->mt->stage[s];
+	score_in in;
+	(void)e;
+	for (int mr = st->first_recv; mr < st->first_recv + st->n_recv; mr++)
+		a->grads[mr] = circ_run_recv_grad(run, mr);
+	in = score_input(a);
+	stage_scores(&in, s, 1.0, 0, a->U);
+	return 0;
+}
+
+/* Backward hook of IG: the stage's receiver gradients summed into gacc
+ * (so that the run need keep one stage's). */
+static int ig_hook(void *ctx, circ_run *run, int s, circ_error *e)
+{
+	circ_attrib *a = ctx;
+	const circ_batch *b = circ_patcher_batch(a->p);
+	const circ_topo_stage *st = &a->mt->stage[s];
+	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
+	(void)e;
+	for (int r = st->first_recv; r < st->first_recv + st->n_recv; r++) {
+		const float *gr = circ_run_recv_grad(run, r);
+		float *acc = a->gacc + (size_t)r * btc;
+		for (size_t i = 0; i < btc; i++)
+			acc[i] += gr[i];
+	}
+	return 0;
 }
 
 /* Metric gradient at the read rows of the main run's last forward, then
  * one backward pass. */
-static int backward_from_metric(circ_attrib *a, circ_error *e)
+static int backward_from_metric(circ_attrib *a, circ_bwd_hook hook, circ_error *e)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
 	circ_run *run = circ_patcher_run(a->p);
@@ -307,18 +441,9 @@ static int backward_from_metric(circ_attrib *a, circ_error *e)
 		for (size_t i = 0; i < (size_t)b->n_read * (size_t)a->V; i++)
 			a->dlogits[i] = -a->dlogits[i];
 	bw.dlogits = a->dlogits;
+	bw.hook = hook;
+	bw.hook_ctx = a;
 	return circ_backward(run, &bw, e);
-}
-
-static void add_grads(circ_attrib *a, size_t btc)
-{
-	circ_run *run = circ_patcher_run(a->p);
-	for (int r = 0; r < a->R; r++) {
-		const float *gr = circ_run_recv_grad(run, r);
-		float *acc = a->gacc + (size_t)r * btc;
-		for (size_t i = 0; i < btc; i++)
-			acc[i] += gr[i];
-	}
 }
 
 static void fwd_clean_setup(circ_attrib *a, circ_fwd *f, circ_read *reads)
@@ -378,10 +503,9 @@ static int batch_ig_activations(circ_attrib *a, circ_progress *pr, circ_error *e
 			 * receiver sees (1-alpha) * sum over the unit of (ref - clean) more */
 			memset(a->x, 0, btc * sizeof(float));
 			for (int u = u0; u < u0 + nu; u++) {
-				const float *r = circ_patcher_ref_out(a->p, u),
-					    *c = circ_patcher_clean_out(a->p, u);
+				const float *d = diff_rows(a) + (size_t)u * btc;
 				for (size_t i = 0; i < btc; i++)
-					a->x[i] += (float)((1.0 - alpha) * (r[i] - c[i]));
+					a->x[i] += (float)((1.0 - alpha) * d[i]);
 			}
 			a->unit_delta = a->x;
 			fwd_clean_setup(a, &f, reads);
@@ -389,9 +513,7 @@ static int batch_ig_activations(circ_attrib *a, circ_progress *pr, circ_error *e
 			f.hook_ctx = a;
 			rc = circ_forward(circ_patcher_run(a->p), &f, e);
 			if (rc == 0)
-				rc = backward_from_metric(a, e);
-			if (rc == 0)
-				add_grads(a, btc);
+				rc = backward_from_metric(a, ig_hook, e);
 		}
 		if (rc == 0)
 			accumulate(a, 1.0 / a->steps, u0, u0 + nu);
@@ -420,9 +542,7 @@ static int batch_ig_inputs(circ_attrib *a, circ_error *e)
 		f.input_embed = a->x;
 		rc = circ_forward(circ_patcher_run(a->p), &f, e);
 		if (rc == 0)
-			rc = backward_from_metric(a, e);
-		if (rc == 0)
-			add_grads(a, btc);
+			rc = backward_from_metric(a, ig_hook, e);
 	}
 	circ_patcher_dirty(a->p);
 	free(reads);
@@ -469,7 +589,7 @@ int circ_loss_backward(circ_patcher *p, circ_error *e)
 		free(reads);
 	}
 	if (rc == 0)
-		rc = backward_from_metric(a, e);
+		rc = backward_from_metric(a, NULL, e);
 	circ_attrib_free(a);
 	return rc;
 }
@@ -492,9 +612,8 @@ int circ_attrib_batch(circ_attrib *a, circ_progress *pr, circ_error *e)
 			if (rc < 0)
 				return -1;
 		}
-		rc = backward_from_metric(a, e);
-		if (rc == 0)
-			accumulate(a, 1.0, 0, a->U);
+		/* scored stage by stage as the backward makes the gradients */
+		rc = backward_from_metric(a, eap_hook, e);
 		break;
 	case CIRC_ATTR_EAP_IG:
 		make_diff(a);

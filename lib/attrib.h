@@ -47,6 +47,13 @@ int circ_attrib_batch(circ_attrib *a, circ_progress *progress, circ_error *e);
 /* Per-edge sums over examples (E) and the number of examples. */
 const double *circ_attrib_sums(const circ_attrib *a);
 int64_t circ_attrib_count(const circ_attrib *a);
+/* Bytes of the buffers the accumulator holds now (for tests that bound
+ * memory by the shape). */
+size_t circ_attrib_bytes(const circ_attrib *a);
+/* Options for a patcher that only feeds an accumulator of method m (backward
+ * for the gradient methods, receiver gradients one stage at a time, and
+ * only ref - clean kept per node), on top of o's. */
+void circ_attrib_patch_opts(circ_attr_method m, circ_patch_opts *o);
 /* Zeroes the sums and the count; buffers are kept (a new pass over a
  * dataset with the memory of the last one). */
 void circ_attrib_reset(circ_attrib *a);

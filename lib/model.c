@@ -5,16 +5,19 @@
  * model_weights.c).
  *
  * The run. One anonymous mapping holds every activation of a run, carved
- * into buffers by run_layout() from the config and the largest batch; pages
- * a forward never touches (full logits, say, when only the last position is
- * read) cost nothing. Per stage s (2l attention, 2l+1 MLP, 2L final):
+ * into buffers by run_layout() from the config and the largest batch
+ * actually seen (made at the first forward, remade larger only when a
+ * larger batch comes, its length rounded up to 16 tokens), not the largest
+ * the run was made for (a tool passes the model's context, 1024 tokens, for
+ * prompts of 16); pages a forward never touches (full logits, say, when
+ * only the last position is read) cost nothing. Per stage s (2l attention, 2l+1 MLP, 2L final):
  *   resid[s]     (B, T, C) the residual entering the stage
  *   mean/rstd[s] (B, T)    LayerNorm statistics of the stage's shared input
  *   qkv[l] (B, T, 3C), att[l] (B, H, T, T), z[l] (B, T, C): attention
  *   fc[l] (B, T, F): the MLP's pre-activation
  *   node[u] (B, T, C): each upstream node's output
- * Buffers are sized for max_b * max_t rows and used as (B*T) contiguous
- * rows for the current B and T.
+ * Buffers are sized for max_b * max_t rows (the layout's) and used as
+ * (B*T) contiguous rows for the current B and T.
  *
  * Receiver deltas. A q/k/v receiver with a delta gets its own LayerNorm of
  * (residual + delta) and its own D-column slice of the QKV projection,
@@ -214,9 +217,8 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->V = c->vocab_size;
 	r->U = circ_model_n_up(m);
 	r->R = circ_model_n_recv(m);
-	r->max_b = max_b;
-	r->max_t = max_t;
-	r->rows = (size_t)max_b * max_t;
+	r->lim_b = max_b;
+	r->lim_t = max_t;
 	r->threads = o->threads < 1 ? 1 : o->threads;
 	r->node = circ_xcalloc((size_t)r->U, sizeof *r->node);
 	r->delta = circ_xcalloc((size_t)r->R, sizeof *r->delta);
@@ -227,26 +229,61 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->dsum_k = circ_xcalloc((size_t)r->R, sizeof *r->dsum_k);
 	r->dsum_sign = circ_xcalloc((size_t)r->R, sizeof *r->dsum_sign);
 	r->dsum_abs = circ_xcalloc((size_t)r->R, sizeof *r->dsum_abs);
-	r->arena_bytes = run_layout(r, NULL);
-	r->arena =
-	    /* NORESERVE: a run made for long contexts reserves far more than a
-	     * short batch touches; untouched pages cost nothing, and the kernel's
-	     * overcommit heuristic must not refuse the mapping for its size. */
-	    mmap(NULL, r->arena_bytes, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (r->arena == MAP_FAILED) {
-		circ_errorf(e, "cannot allocate %zu bytes of activations: %s", r->arena_bytes,
-			    strerror(errno));
-		r->arena = NULL;
-		circ_run_free(r);
-		return NULL;
-	}
-	circ_advise_huge(r->arena, r->arena_bytes);
-	run_layout(r, r->arena);
 	r->pool = circ_pool_new(r->threads);
 	r->valid = -1;
 	r->in_fwd = -1;
 	return r;
+}
+
+/* Frees the receivers' delta buffers (sized by the layout). */
+static void free_deltas(circ_run *r)
+{
+	for (int i = 0; i < r->R; i++) {
+		free(r->delta[i]);
+		free(r->dstat[i]);
+		r->delta[i] = NULL;
+		r->dstat[i] = NULL;
+		r->delta_on[i] = CIRC_DELTA_NONE;
+	}
+}
+
+int model_run_fit(circ_run *r, int B, int T, circ_error *e)
+{
+	circ_run old = *r;
+	int nb, nt;
+	if (B < 1 || B > r->lim_b)
+		return circ_errorf(e, "batch of %d sequences (this run takes 1-%d)", B, r->lim_b);
+	if (T < 1 || T > r->lim_t)
+		return circ_errorf(e, "sequences of %d tokens (this run takes 1-%d)", T, r->lim_t);
+	if (B <= r->max_b && T <= r->max_t)
+		return 0;
+	nb = B > r->max_b ? B : r->max_b;
+	nt = (T + 15) & ~15;
+	nt = nt > r->lim_t ? r->lim_t : nt;
+	nt = nt > r->max_t ? nt : r->max_t;
+	r->max_b = nb;
+	r->max_t = nt;
+	r->rows = (size_t)nb * (size_t)nt;
+	r->arena_bytes = run_layout(r, NULL);
+	r->arena =
+	    /* NORESERVE: untouched pages cost nothing, and the kernel's
+	     * overcommit heuristic must not refuse the mapping for its size */
+	    mmap(NULL, r->arena_bytes, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (r->arena == MAP_FAILED) {
+		size_t want = r->arena_bytes;
+		*r = old;
+		return circ_errorf(e, "cannot allocate %zu bytes of activations: %s", want,
+				   strerror(errno));
+	}
+	if (old.arena)
+		munmap(old.arena, old.arena_bytes);
+	circ_advise_huge(r->arena, r->arena_bytes);
+	run_layout(r, r->arena);
+	free_deltas(r);
+	r->valid = -1;
+	r->have_bwd = 0;
+	return 0;
 }
 
 void circ_run_free(circ_run *r)
@@ -255,10 +292,7 @@ void circ_run_free(circ_run *r)
 		return;
 	if (r->arena)
 		munmap(r->arena, r->arena_bytes);
-	for (int i = 0; i < r->R; i++) {
-		free(r->delta[i]);
-		free(r->dstat[i]);
-	}
+	free_deltas(r);
 	free(r->delta);
 	free(r->dstat);
 	free(r->delta_on);
@@ -352,7 +386,7 @@ void model_delta_buffers(circ_run *r, int recv, int store)
 	if (!r->dstat[recv])
 		r->dstat[recv] = circ_xcalloc(2 * r->rows, sizeof(float));
 	if (store && !r->delta[recv])
-		r->delta[recv] = circ_xalloc_aligned(r->rows * (size_t)r->C * sizeof(float));
+		r->delta[recv] = circ_xmalloc_aligned(r->rows * (size_t)r->C * sizeof(float));
 }
 
 static void store_sum(circ_run *r, int recv);

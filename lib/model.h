@@ -354,8 +354,10 @@ typedef struct circ_run_opts {
 void circ_run_opts_default(circ_run_opts *o);
 
 /* A run for batches of up to max_b sequences of up to max_t tokens
- * (max_t <= n_ctx). The arena is allocated here: circ_run_arena_bytes tells
- * its size. o may be NULL (defaults). NULL with a message on bad sizes. */
+ * (max_t <= n_ctx). The arena is allocated by the first forward for its
+ * batch (its length rounded up to 16 tokens), and remade larger when a
+ * larger batch comes: circ_run_arena_bytes tells its size (0 before).
+ * o may be NULL (defaults). NULL with a message on bad sizes. */
 circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run_opts *o,
 		       circ_error *e);
 void circ_run_free(circ_run *r); /* NULL is a no-op */

@@ -310,12 +310,8 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 	CIRC_ASSERT(r != NULL && f != NULL);
 	s0 = f->start_stage;
 	S = circ_topo_stage_final(r->m->topo);
-	if (f->B < 1 || f->B > r->max_b)
-		return circ_errorf(e, "batch of %d sequences (this run takes 1-%d)", f->B,
-				   r->max_b);
-	if (f->T < 1 || f->T > r->max_t)
-		return circ_errorf(e, "sequences of %d tokens (this run takes 1-%d)", f->T,
-				   r->max_t);
+	if (model_run_fit(r, f->B, f->T, e) < 0)
+		return -1;
 	if (s0 < 0 || s0 > S)
 		return circ_errorf(e, "start stage %d is out of range (0-%d)", s0, S);
 	if (!f->tokens && !f->input_embed && s0 == 0)
@@ -391,9 +387,8 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 	if (src->valid < stage)
 		return circ_errorf(e, "the source run holds only %d stages",
 				   src->valid < 0 ? 0 : src->valid);
-	if (src->B > dst->max_b || src->T > dst->max_t)
-		return circ_errorf(e, "batch %d x %d does not fit the destination run (%d x %d)",
-				   src->B, src->T, dst->max_b, dst->max_t);
+	if (model_run_fit(dst, src->B, src->T, e) < 0)
+		return -1;
 	dst->B = src->B;
 	dst->T = src->T;
 	dst->have_bwd = 0;

@@ -48,8 +48,10 @@ struct circ_run {
 	const circ_model *m;
 	circ_run_opts o;
 	int L, H, C, D, F, V, U, R;
-	int max_b, max_t;
-	size_t rows; /* max_b * max_t */
+	int lim_b, lim_t; /* the largest batch the run was made for */
+	int max_b, max_t; /* the batch the arena is laid out for now (grown to
+			   * the largest seen, lim_b x lim_t at most) */
+	size_t rows;	  /* max_b * max_t */
 	circ_pool *pool;
 	int threads;
 
@@ -164,6 +166,9 @@ typedef struct attn_task {
 	const float *qkv, *dz, *catt;
 } attn_task;
 
+/* Lays the arena out for batches of B x T if it is smaller (what it held
+ * is lost); -1 with a message if B x T is over the run's limits. */
+int model_run_fit(circ_run *r, int B, int T, circ_error *e);
 void model_delta_buffers(circ_run *r, int recv, int store);
 void model_form_sum(const circ_run *r, int recv, const float *x, float *dst, size_t row0,
 		    size_t nrows);

@@ -1,13 +1,16 @@
 /*
  * patch: patched runs over a batch (see patch.h).
  *
- * The patcher owns two runs of the model: `main`, which holds the clean run
- * of the loaded batch and is reused for every patched forward, and `ref`,
- * which runs the corrupted prompts. Patched forwards go through the model's
- * forward hook: before each stage, the hook adds into each receiver of that
- * stage the sum over its patched upstream nodes of (reference - current
- * output), reading the current outputs from the run itself, so that a
- * patched node's effect propagates to every later receiver.
+ * The patcher owns one run of the model, `main`. A load runs the corrupted
+ * prompts on it first (keeping their node outputs and their logits at the
+ * read rows), then the clean ones, so that it holds the clean run of the
+ * loaded batch, reused for every patched forward. Patched forwards go
+ * through the model's forward hook: before each stage, the hook adds into
+ * each receiver of that stage the sum over its patched upstream nodes of
+ * (reference - current output), reading the current outputs from the run
+ * itself, so that a patched node's effect propagates to every later
+ * receiver. A patcher made for gradient attribution alone (diff_only)
+ * keeps ref - clean per node instead of both outputs.
  *
  * clean_below tracks how much of `main` still holds the clean run: stages
  * below it are clean. A patched forward starts at min(its lowest patched
@@ -61,7 +64,9 @@
  *
  * Buffers sized by the batch (node outputs, deltas' sums) are allocated at
  * load for the batch loaded, never for max_b x max_t, so that memory
- * follows the data.
+ * follows the data; they are kept and reused by later batches (grown only
+ * for a larger one) and not zeroed, as every one is written before it is
+ * read.
  */
 #include "patch.h"
 
@@ -99,14 +104,17 @@ struct circ_patcher {
 	const circ_topology *t;	 /* the graph's */
 	const circ_topology *mt; /* the model's (edge level) */
 	int C, U, V;
-	int S;	      /* stages */
-	int max_recv; /* most graph receivers of one stage */
-	circ_run *main, *ref;
-	float *clean_out; /* (U, B, T, C) */
-	float *clean_res; /* (2L + 1, B, T, C) the clean run's residuals */
-	float *rref;	  /* (2L + 1, B, T, C) R(s), NULL until used */
-	int rref_ok;	  /* rref holds R for the batch and references loaded */
-	float *ref_out;	  /* (U, B, T, C) */
+	int S;		   /* stages */
+	int max_recv;	   /* most graph receivers of one stage */
+	circ_run *main;	   /* every forward: the clean, reference and patched runs */
+	float *clean_out;  /* (U, B, T, C); diff_only: the input node's (B, T, C) */
+	float *clean_res;  /* (2L + 1, B, T, C) the clean run's residuals */
+	float *rref;	   /* (2L + 1, B, T, C) R(s), NULL until used */
+	int rref_ok;	   /* rref holds R for the batch and references loaded */
+	float *ref_out;	   /* (U, B, T, C); diff_only: ref - clean */
+	float *ref_in;	   /* diff_only: the input node's reference output (B, T, C) */
+	float *ref_logits; /* the reference run's logits at the read rows (N, V) */
+	size_t ref_logits_cap;
 	double *mean_sum; /* (U, Tm, C) or (U, C) */
 	int64_t mean_n;
 	int mean_T, mean_done;
@@ -220,20 +228,21 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	p->C = c->n_embd;
 	p->V = c->vocab_size;
 	p->U = circ_model_n_up(m);
+	if (p->o.ablation != CIRC_ABL_RESAMPLE)
+		p->o.diff_only = 0;
+	if (!p->o.backward)
+		p->o.stage_grads = 0;
 	circ_run_opts_default(&ro);
 	ro.threads = o->threads;
 	ro.acdc_convention = g->input == CIRC_INPUT_ACDC;
 	ro.keep_nodes = 1;
 	ro.backward = o->backward;
+	ro.keep_recv_grads = !p->o.stage_grads;
+	/* one run: the reference forward of a load runs on it before the
+	 * clean one (a second run would double the activations held) */
 	p->main = circ_run_new(m, p->o.max_b, p->o.max_t, &ro, e);
 	if (!p->main)
 		goto fail;
-	ro.backward = 0;
-	if (o->ablation == CIRC_ABL_RESAMPLE) {
-		p->ref = circ_run_new(m, p->o.max_b, p->o.max_t, &ro, e);
-		if (!p->ref)
-			goto fail;
-	}
 	p->plan = circ_xcalloc((size_t)p->max_recv, sizeof *p->plan);
 	p->terms = circ_xcalloc((size_t)p->max_recv * (size_t)p->U, sizeof *p->terms);
 	p->need = circ_xcalloc((size_t)p->U, 1);
@@ -260,9 +269,10 @@ void circ_patcher_free(circ_patcher *p)
 	if (!p)
 		return;
 	circ_run_free(p->main);
-	circ_run_free(p->ref);
 	free(p->clean_out);
 	free(p->ref_out);
+	free(p->ref_in);
+	free(p->ref_logits);
 	free(p->mean_sum);
 	free(p->mean);
 	free(p->reads);
@@ -398,10 +408,9 @@ static int hook(void *ctx, circ_run *r, int s, circ_error *e);
 /* The metric of each example from run r's logits; a NaN or infinite one is
  * an error naming the example and the run (`what`) unless allowed: numbers
  * that overflowed inside the model would otherwise become scores. */
-static int read_metric(circ_patcher *p, circ_run *r, const char *what, double *out, circ_error *e)
+static int read_metric(circ_patcher *p, const float *logits, const char *what, double *out,
+		       circ_error *e)
 {
-	int n;
-	const float *logits = circ_run_logits(r, &n);
 	for (int b = 0; b < p->b->B; b++) {
 		out[b] = circ_batch_metric(p->o.metric, p->b, b, logits, p->clean_logp, p->V, NULL);
 		if (!isfinite(out[b]) && !p->o.allow_nonfinite)
@@ -415,6 +424,69 @@ static int read_metric(circ_patcher *p, circ_run *r, const char *what, double *o
 	return 0;
 }
 
+/* The reference forward of a resampled load, on the main run before the
+ * clean one: its node outputs into ref_out, its logits at the read rows
+ * kept for the metric (which for kl needs the clean run's). */
+static int ref_forward(circ_patcher *p, const circ_batch *b, size_t n, circ_error *e)
+{
+	circ_fwd f;
+	int rows;
+	const float *logits;
+	size_t nl;
+	fwd_setup(p, &f, b, b->corrupt);
+	if (circ_forward(p->main, &f, e) < 0)
+		return -1;
+	copy_nodes(p, p->main, p->ref_out, b);
+	if (p->o.diff_only)
+		memcpy(p->ref_in, p->ref_out, n * sizeof(float));
+	logits = circ_run_logits(p->main, &rows);
+	nl = (size_t)rows * (size_t)p->V;
+	if (nl > p->ref_logits_cap) {
+		free(p->ref_logits);
+		p->ref_logits = circ_xmalloc(nl * sizeof(float));
+		p->ref_logits_cap = nl;
+	}
+	memcpy(p->ref_logits, logits, nl * sizeof(float));
+	return 0;
+}
+
+/* Buffers for a batch of n = B*T*C floats per node, grown only. */
+static void fit_outputs(circ_patcher *p, size_t n)
+{
+	if (p->out_cap >= (size_t)p->U * n)
+		return;
+	free(p->clean_out);
+	free(p->ref_out);
+	free(p->ref_in);
+	free(p->clean_res);
+	free(p->rref);
+	p->rref = NULL;
+	p->ref_in = p->clean_res = NULL;
+	free_cbase(p);
+	p->out_cap = (size_t)p->U * n;
+	p->ref_out = circ_xmalloc_aligned(p->out_cap * sizeof(float));
+	if (p->o.diff_only) {
+		p->clean_out = circ_xmalloc_aligned(n * sizeof(float));
+		p->ref_in = circ_xmalloc_aligned(n * sizeof(float));
+	} else {
+		p->clean_out = circ_xmalloc_aligned(p->out_cap * sizeof(float));
+		p->clean_res = circ_xmalloc_aligned((size_t)p->S * n * sizeof(float));
+	}
+}
+
+/* diff_only: ref_out = ref - clean in place, node by node (the float
+ * difference attribution used to make from the two copies). */
+static void make_diffs(circ_patcher *p, size_t n)
+{
+	for (int u = 0; u < p->U; u++) {
+		float *d = p->ref_out + (size_t)u * n;
+		const float *c = circ_run_node_out(p->main, u);
+		for (size_t i = 0; i < n; i++)
+			d[i] = d[i] - c[i];
+	}
+	memcpy(p->clean_out, circ_run_node_out(p->main, 0), n * sizeof(float));
+}
+
 int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 {
 	circ_fwd f;
@@ -423,30 +495,26 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		return -1;
 	p->b = b;
 	diffs_stale(p);
-	if (p->out_cap < (size_t)p->U * n) {
-		free(p->clean_out);
-		free(p->ref_out);
-		free(p->clean_res);
-		free(p->rref);
-		p->rref = NULL;
-		free_cbase(p);
-		p->out_cap = (size_t)p->U * n;
-		p->clean_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
-		p->ref_out = circ_xalloc_aligned(p->out_cap * sizeof(float));
-		p->clean_res = circ_xalloc_aligned((size_t)p->S * n * sizeof(float));
-	}
+	fit_outputs(p, n);
 	for (int i = 0; i < b->n_read; i++) {
 		p->reads[i].b = b->read_b[i];
 		p->reads[i].t = b->read_t[i];
 	}
+	if (p->o.ablation == CIRC_ABL_RESAMPLE && ref_forward(p, b, n, e) < 0)
+		return -1;
 	/* clean run */
 	fwd_setup(p, &f, b, b->clean);
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
 	p->clean_below = p->S;
-	copy_nodes(p, p->main, p->clean_out, b);
-	for (int s = 0; s < p->S; s++)
-		memcpy(p->clean_res + (size_t)s * n, circ_run_resid(p->main, s), n * sizeof(float));
+	if (p->o.diff_only) {
+		make_diffs(p, n);
+	} else {
+		copy_nodes(p, p->main, p->clean_out, b);
+		for (int s = 0; s < p->S; s++)
+			memcpy(p->clean_res + (size_t)s * n, circ_run_resid(p->main, s),
+			       n * sizeof(float));
+	}
 	free(p->clean_logp);
 	p->clean_logp = NULL;
 	if (p->o.metric == CIRC_METRIC_KL) {
@@ -455,18 +523,11 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 		p->clean_logp = circ_xmalloc((size_t)rows * (size_t)p->V * sizeof(float));
 		circ_metric_log_softmax(p->clean_logp, logits, rows, p->V);
 	}
-	if (read_metric(p, p->main, "clean", p->m_clean, e) < 0)
+	if (read_metric(p, circ_run_logits(p->main, NULL), "clean", p->m_clean, e) < 0)
 		return -1;
 	/* references */
 	switch (p->o.ablation) {
-	case CIRC_ABL_RESAMPLE:
-		fwd_setup(p, &f, b, b->corrupt);
-		if (circ_forward(p->ref, &f, e) < 0)
-			return -1;
-		copy_nodes(p, p->ref, p->ref_out, b);
-		if (read_metric(p, p->ref, "corrupted", p->m_ref, e) < 0)
-			return -1;
-		return 0;
+	case CIRC_ABL_RESAMPLE: return read_metric(p, p->ref_logits, "corrupted", p->m_ref, e);
 	case CIRC_ABL_MEAN:
 		if (!p->mean_done)
 			return circ_errorf(e, "mean ablation: no means (internal error)");
@@ -512,6 +573,7 @@ int circ_patcher_load(circ_patcher *p, const circ_batch *b, circ_error *e)
 
 void circ_patcher_scale_ref(circ_patcher *p, double eps)
 {
+	CIRC_ASSERT(!p->o.diff_only);
 	size_t n = (size_t)p->U * (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
 	for (size_t i = 0; i < n; i++)
 		p->ref_out[i] = p->clean_out[i] + (float)eps * (p->ref_out[i] - p->clean_out[i]);
@@ -691,7 +753,7 @@ static void plan_base(circ_patcher *p, recv_plan *pl, const uint8_t *keep)
 	if (!p->cbase[r]) {
 		if (p->n_cbase >= p->U)
 			return;
-		p->cbase[r] = circ_xalloc_aligned(p->out_cap / (size_t)p->U * sizeof(float));
+		p->cbase[r] = circ_xmalloc_aligned(p->out_cap / (size_t)p->U * sizeof(float));
 		p->n_cbase++;
 	}
 	pl->base = p->cbase[r];
@@ -740,7 +802,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int s)
 	if (p->diff_cap < (size_t)p->U * n) {
 		free(p->diff);
 		p->diff_cap = (size_t)p->U * n;
-		p->diff = circ_xalloc_aligned(p->diff_cap * sizeof(float));
+		p->diff = circ_xmalloc_aligned(p->diff_cap * sizeof(float));
 		diffs_stale(p);
 	}
 	for (int i = 0; i < nr; i++) {
@@ -788,8 +850,8 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int s)
 	}
 	if (use_r && !p->rref_ok) {
 		if (!p->rref)
-			p->rref = circ_xalloc_aligned(p->out_cap / (size_t)p->U * (size_t)p->S *
-						      sizeof(float));
+			p->rref = circ_xmalloc_aligned(p->out_cap / (size_t)p->U * (size_t)p->S *
+						       sizeof(float));
 		circ_pool_for(pool, (size_t)p->nslot, rref_part, &t);
 		p->rref_ok = 1;
 	}
@@ -863,7 +925,7 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
 	p->clean_below = stage;
-	return read_metric(p, p->main, "patched", out, e);
+	return read_metric(p, circ_run_logits(p->main, NULL), "patched", out, e);
 }
 
 /* p->alive for the circuit p->keep: from the logits down, a node lives if
@@ -887,7 +949,8 @@ static void mark_alive(circ_patcher *p)
 int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *out, circ_error *e)
 {
 	int live = 0;
-	CIRC_ASSERT(p->b != NULL && keep != NULL && out != NULL); /* a batch loaded */
+	/* a batch loaded, and both outputs of every node kept */
+	CIRC_ASSERT(p->b != NULL && keep != NULL && out != NULL && !p->o.diff_only);
 	p->mode = MODE_CIRCUIT;
 	p->keep = keep;
 	mark_alive(p);
@@ -913,7 +976,7 @@ int circ_patcher_eval(circ_patcher *p, const uint8_t *keep, int stage, double *o
 
 int circ_patcher_eval_edge(circ_patcher *p, int64_t edge, double *out, circ_error *e)
 {
-	CIRC_ASSERT(p->b != NULL && edge >= 0 && edge < p->g->n_edges);
+	CIRC_ASSERT(p->b != NULL && edge >= 0 && edge < p->g->n_edges && !p->o.diff_only);
 	p->mode = MODE_EDGE;
 	p->edge = edge;
 	return patched_forward(p, circ_patcher_recv_stage(p, p->g->edge_recv[edge]), out, e);
@@ -926,12 +989,37 @@ circ_run *circ_patcher_run(circ_patcher *p)
 
 const float *circ_patcher_clean_out(const circ_patcher *p, int node)
 {
+	CIRC_ASSERT(!p->o.diff_only || node == 0);
 	return p->clean_out + (size_t)node * (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
 }
 
 const float *circ_patcher_ref_out(const circ_patcher *p, int node)
 {
+	if (p->o.diff_only) {
+		CIRC_ASSERT(node == 0);
+		return p->ref_in;
+	}
 	return p->ref_out + (size_t)node * (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
+}
+
+const float *circ_patcher_diff(const circ_patcher *p, int node)
+{
+	if (!p->o.diff_only || !p->b)
+		return NULL;
+	return p->ref_out + (size_t)node * (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C;
+}
+
+size_t circ_patcher_bytes(const circ_patcher *p)
+{
+	size_t n = p->out_cap / (size_t)p->U, f = 0; /* floats per node */
+	f += p->ref_out ? p->out_cap : 0;
+	f += p->clean_out ? (p->o.diff_only ? n : p->out_cap) : 0;
+	f += p->ref_in ? n : 0;
+	f += p->clean_res ? (size_t)p->S * n : 0;
+	f += p->rref ? (size_t)p->S * n : 0;
+	f += p->diff ? p->diff_cap : 0;
+	f += (size_t)p->n_cbase * n + p->ref_logits_cap;
+	return circ_run_arena_bytes(p->main) + f * sizeof(float);
 }
 
 const float *circ_patcher_clean_logp(const circ_patcher *p)

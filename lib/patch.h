@@ -42,6 +42,15 @@ typedef struct circ_patch_opts {
 	int max_b, max_t;    /* largest batch the patcher is made for */
 	int backward;	     /* 1: the main run can do a backward (attribution) */
 	int allow_nonfinite; /* 1: a NaN or infinite metric is no error */
+	int stage_grads;     /* with backward: the main run keeps the receiver
+			      * gradients of one stage at a time, for a backward
+			      * hook (circ_run_opts.keep_recv_grads 0) */
+	int diff_only;	     /* resample ablation: keep only ref - clean of every
+			      * node (circ_patcher_diff), not both outputs, for
+			      * gradient attribution: no patched forwards
+			      * (circ_patcher_eval*, circ_patcher_scale_ref), and
+			      * circ_patcher_clean_out/ref_out give the input node
+			      * only. Ignored for the other ablations */
 } circ_patch_opts;
 
 typedef struct circ_patcher circ_patcher;
@@ -95,6 +104,13 @@ int circ_patcher_recv_stage(const circ_patcher *p, int r);
 circ_run *circ_patcher_run(circ_patcher *p);
 const float *circ_patcher_clean_out(const circ_patcher *p, int node);
 const float *circ_patcher_ref_out(const circ_patcher *p, int node);
+/* ref - clean of node u (B, T, C) for the loaded batch, made as the float
+ * difference of the two outputs; NULL unless the patcher was made with
+ * diff_only (and resample). */
+const float *circ_patcher_diff(const circ_patcher *p, int node);
+/* Bytes of the buffers the patcher holds now (its run's arena included):
+ * for tests that bound memory by the shape. */
+size_t circ_patcher_bytes(const circ_patcher *p);
 /* Clean log-probabilities at the read rows (N, V), kl only (else NULL). */
 const float *circ_patcher_clean_logp(const circ_patcher *p);
 /* Marks the main run as no longer holding the clean prefix (call after

@@ -93,24 +93,41 @@ char *circ_xstrdup(const char *s)
 	return memcpy(circ_xmalloc(n), s, n);
 }
 
-/* Buffers from this size on are aligned and rounded to 2 MiB and offered to
- * the kernel for transparent huge pages: activations and gradients of a
- * GPT-2-small batch are hundreds of megabytes, and touching them 4 KiB at
- * a time costs more page faults (slow under a hypervisor) than the work. */
+/* With CIRC_HUGEPAGES=1, buffers from this size on are aligned and rounded
+ * to 2 MiB and offered to the kernel for transparent huge pages. Off by
+ * default: with the kernel's defrag=madvise setting (common) a fault in an
+ * advised region may stall in direct compaction when memory is fragmented
+ * (seconds of system time for a one-batch command), and once buffers are
+ * allocated once and reused, 4 KiB pages cost little (see man/circ.1). */
 #define HUGE_FROM ((size_t)4 << 20)
 #define HUGE_PAGE ((size_t)2 << 20)
 
-void *circ_xalloc_aligned(size_t n)
+int circ_hugepages(void)
+{
+	const char *v = getenv("CIRC_HUGEPAGES");
+	return v && !strcmp(v, "1");
+}
+
+void *circ_xmalloc_aligned(size_t n)
 {
 	void *p = NULL;
 	size_t r = (n + 63) & ~(size_t)63, align = 64;
-	if (r >= HUGE_FROM) {
+	int huge = r >= HUGE_FROM && circ_hugepages();
+	if (huge) {
 		r = (r + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
 		align = HUGE_PAGE;
 	}
 	if (posix_memalign(&p, align, r ? r : 64) != 0)
 		oom(n);
-	circ_advise_huge(p, r);
+	if (huge)
+		circ_advise_huge(p, r);
+	return p;
+}
+
+void *circ_xalloc_aligned(size_t n)
+{
+	size_t r = (n + 63) & ~(size_t)63;
+	void *p = circ_xmalloc_aligned(n);
 	memset(p, 0, r ? r : 64);
 	return p;
 }
@@ -121,7 +138,7 @@ void circ_advise_huge(void *p, size_t n)
 	/* the whole huge pages inside the range */
 	uintptr_t a = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
 	uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)(HUGE_PAGE - 1);
-	if (n >= HUGE_FROM && b > a)
+	if (n >= HUGE_FROM && b > a && circ_hugepages())
 		(void)madvise((void *)a, b - a, MADV_HUGEPAGE); /* a hint: failure is fine */
 #else
 	(void)p;

@@ -55,11 +55,17 @@ void *circ_xmalloc(size_t n);
 void *circ_xcalloc(size_t n, size_t size);
 void *circ_xrealloc(void *p, size_t n);
 char *circ_xstrdup(const char *s);
-/* Aligned (64 bytes) zeroed allocation for tensors; free with free(). */
+/* Aligned (64 bytes) allocation for tensors, not zeroed (for buffers that
+ * are written before they are read: no page is touched here); free with
+ * free(). */
+void *circ_xmalloc_aligned(size_t n);
+/* The same, zeroed. */
 void *circ_xalloc_aligned(size_t n);
-/* Asks for transparent huge pages on the whole 2 MiB pages inside [p, p + n)
- * when the range is large (circ_xalloc_aligned's big buffers, mmap'd
- * arenas); a hint only. */
+/* 1 if CIRC_HUGEPAGES=1 asks for transparent huge pages on big buffers. */
+int circ_hugepages(void);
+/* With CIRC_HUGEPAGES=1, asks for transparent huge pages on the whole 2 MiB
+ * pages inside [p, p + n) when the range is large (circ_xmalloc_aligned's
+ * big buffers, mmap'd arenas); a hint only. Else does nothing. */
 void circ_advise_huge(void *p, size_t n);
 
 /* Strict number parsing: whole string, no overflow, no trailing garbage. 0 ok, -1 bad. */

@@ -49,14 +49,27 @@ void circ_session_check_vocab(circ_session *s)
 		circ_die(&e);
 }
 
-void circ_session_patcher(circ_session *s, circ_graph *g, int backward)
+/* method < 0: a patcher for patching; else for that attribution method. */
+static void make_patcher(circ_session *s, circ_graph *g, int backward, int method)
 {
 	circ_error e;
 	circ_patch_opts po;
 	circ_patch_cli_opts(s->pc, s->m, backward, &po);
+	if (method >= 0)
+		circ_attrib_patch_opts((circ_attr_method)method, &po);
 	s->p = circ_patcher_new(s->m, g ? g : s->g, &po, &e);
 	if (!s->p)
 		circ_die(&e);
+}
+
+void circ_session_patcher(circ_session *s, circ_graph *g, int backward)
+{
+	make_patcher(s, g, backward, -1);
+}
+
+void circ_session_attrib_patcher(circ_session *s, circ_attr_method m)
+{
+	make_patcher(s, NULL, circ_attr_needs_backward(m), (int)m);
 }
 
 void circ_session_means(circ_session *s)

@@ -55,6 +55,9 @@ void circ_session_check_vocab(circ_session *s);
  * metric, batch and threads; backward for gradients. The means (mean
  * ablation) are a separate step, circ_session_means. */
 void circ_session_patcher(circ_session *s, circ_graph *g, int backward);
+/* The patcher over s->g for an accumulator of method m alone (circ-score):
+ * as circ_session_patcher, with circ_attrib_patch_opts (less memory). */
+void circ_session_attrib_patcher(circ_session *s, circ_attr_method m);
 /* For mean ablation: the means from --mean-ref, else the token stream. */
 void circ_session_means(circ_session *s);
 /* Opens the output stream (cli's --output and stream options). */

@@ -4,7 +4,11 @@
  *    run (the first-order property attribution patching rests on);
  *  - patching no edge gives the clean metric, every edge the reference run;
  *  - incremental recomputation (a forward resumed at the receiver's stage)
- *    gives the same numbers as a full patched forward.
+ *    gives the same numbers as a full patched forward;
+ *  - a patcher made for attribution alone (circ_attrib_patch_opts) gives
+ *    the same scores as a patching one and holds no more memory than the
+ *    shape needs: one stage's receiver gradients, one set of node
+ *    differences (a memory test, not a timed one).
  */
 #include <math.h>
 #include <stdio.h>
@@ -255,6 +259,103 @@ static void test_constant_refs(circ_model *m, const circ_graph *g, const circ_ba
 	}
 }
 
+/* Scores of method `meth` on batch b from a patcher made with o. */
+static double *scores_with(const circ_model *m, const circ_graph *g, const circ_batch *b,
+			   const circ_patch_opts *o, circ_attr_method meth, size_t *bytes)
+{
+	circ_error e;
+	circ_patcher *p = circ_patcher_new(m, g, o, &e);
+	circ_attrib *a;
+	double *out = circ_xmalloc((size_t)g->n_edges * sizeof *out);
+	if (!p || circ_patcher_load(p, b, &e) < 0) {
+		fprintf(stderr, "%s\n", e.msg);
+		exit(1);
+	}
+	a = circ_attrib_new(p, meth, 3);
+	CHECK(circ_attrib_batch(a, NULL, &e) == 0);
+	memcpy(out, circ_attrib_sums(a), (size_t)g->n_edges * sizeof *out);
+	*bytes = circ_patcher_bytes(p) + circ_attrib_bytes(a);
+	circ_attrib_free(a);
+	circ_patcher_free(p);
+	return out;
+}
+
+/* Arena bytes of a run with options ro after a forward of b's clean prompts
+ * (the arena is laid out by the first forward). */
+static size_t arena_after_forward(const circ_model *m, const circ_batch *b, const circ_run_opts *ro)
+{
+	circ_error e;
+	circ_run *r = circ_run_new(m, b->B, b->T, ro, &e);
+	circ_fwd f;
+	size_t n;
+	circ_fwd_init(&f);
+	f.tokens = b->clean;
+	f.B = b->B;
+	f.T = b->T;
+	CHECK(r != NULL && circ_run_arena_bytes(r) == 0);
+	CHECK(circ_forward(r, &f, &e) == 0);
+	n = circ_run_arena_bytes(r);
+	CHECK(n > 0);
+	circ_run_free(r);
+	return n;
+}
+
+/* Attribution alone: the same scores (bit for bit: the same sums in the
+ * same order) as from a patcher that keeps everything, and memory bounded
+ * by the shape. The bound: the arena of a run that keeps one stage's
+ * receiver gradients, one (ref - clean) per node, the input's two copies,
+ * the reference logits, the accumulator's sums, products and dlogits, and
+ * for IG the gradients summed over the steps (R) and the interpolated
+ * input. A run that kept every receiver's gradient, or a second copy of
+ * the node outputs or differences, is over it. */
+static void test_attrib_memory(const circ_model *m, const circ_graph *g, const circ_batch *b)
+{
+	const circ_config *c = circ_model_config(m);
+	const circ_attr_method meths[] = {CIRC_ATTR_EAP, CIRC_ATTR_EAP_IG, CIRC_ATTR_EAP_IG_ACT};
+	size_t U = (size_t)circ_model_n_up(m), R = (size_t)circ_model_n_recv(m),
+	       tc = (size_t)b->T * (size_t)c->n_embd, btc = (size_t)b->B * tc, rs = 0, arena0,
+	       arena_all;
+	const circ_topology *t = circ_model_topology(m);
+	circ_run_opts ro;
+	circ_run *r;
+	circ_error e;
+	for (int s = 0; s < t->n_stage; s++)
+		if ((size_t)t->stage[s].n_recv > rs)
+			rs = (size_t)t->stage[s].n_recv;
+	circ_run_opts_default(&ro);
+	ro.backward = 1;
+	ro.keep_recv_grads = 0;
+	arena0 = arena_after_forward(m, b, &ro);
+	ro.keep_recv_grads = 1;
+	arena_all = arena_after_forward(m, b, &ro);
+	for (size_t i = 0; i < sizeof meths / sizeof *meths; i++) {
+		circ_patch_opts po = {
+		    CIRC_ABL_RESAMPLE, 0, CIRC_METRIC_LOGIT_DIFF, 1, b->B, b->T, 1};
+		size_t full_bytes, bytes, bound;
+		int ig = meths[i] != CIRC_ATTR_EAP;
+		double *full = scores_with(m, g, b, &po, meths[i], &full_bytes), *lean;
+		circ_attrib_patch_opts(meths[i], &po);
+		CHECK(po.backward && po.stage_grads && po.diff_only);
+		lean = scores_with(m, g, b, &po, meths[i], &bytes);
+		CHECK(memcmp(full, lean, (size_t)g->n_edges * sizeof *full) == 0);
+		bound = arena0 +
+			((U + 2) * btc + (size_t)b->n_read * (size_t)c->vocab_size * 2 +
+			 (size_t)b->B * U * rs + rs * tc + (ig ? (R + 1) * btc : 0)) *
+			    sizeof(float) +
+			(size_t)g->n_edges * sizeof(double);
+		fprintf(stderr,
+			"test_patch: %s holds %zu bytes (bound %zu; a patching patcher %zu, "
+			"every receiver's gradient kept %zu more)\n",
+			circ_attr_name(meths[i]), bytes, bound, full_bytes, arena_all - arena0);
+		CHECK(bytes <= bound);
+		/* the bound can fail: over it with every gradient or a second diff */
+		CHECK(bound < bytes + (arena_all - arena0) &&
+		      bound < bytes + U * btc * sizeof(float));
+		free(full);
+		free(lean);
+	}
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-test-patch-XXXXXX";
@@ -288,6 +389,7 @@ int main(void)
 	test_patcher_state(m, g, b, c.n_layer);
 	test_patcher_cache(m, g, b);
 	test_constant_refs(m, g, b);
+	test_attrib_memory(m, g, b);
 
 	/* no edge patched = clean; every edge patched = the reference run */
 	{
