@@ -317,8 +317,6 @@ static void test_attrib_memory(const circ_model *m, const circ_graph *g, const c
 	       arena_all;
 	const circ_topology *t = circ_model_topology(m);
 	circ_run_opts ro;
-	circ_run *r;
-	circ_error e;
 	for (int s = 0; s < t->n_stage; s++)
 		if ((size_t)t->stage[s].n_recv > rs)
 			rs = (size_t)t->stage[s].n_recv;
