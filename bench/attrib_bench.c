@@ -24,6 +24,15 @@
  *                                          stages as full forwards
  *   attrib_bench acdc MODEL THREADS REPS N   ACDC edge tests at every stage
  *                                          with circuits as ACDC holds them
+ *   attrib_bench acdc-tau MODEL THREADS REPS N
+ *                                          the KL loss of each edge into
+ *                                          logits patched alone (resample,
+ *                                          the whole graph kept): ACDC keeps
+ *                                          every one, so every node stays
+ *                                          connected and all edges are
+ *                                          tested, when tau is below the
+ *                                          least ("acdc_tau_min X"); the same
+ *                                          for m{L-1} and a{L-1}.h0<q>
  * Output: one "key value ..." line per measurement (seconds are the best of
  * REPS, then the median; base and eap warm up on one batch first, with
  * their runs, patcher and buffers made before the clock starts: eap prints
@@ -596,6 +605,62 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 	circ_graph_free(g);
 }
 
+/* (3) acdc-tau: single-edge KL changes of the top receivers (ACDC's first
+ * tests, made from the whole graph, where the loss is 0): the least into
+ * logits bounds the tau at which ACDC keeps every node connected. */
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static void do_acdc_tau(circ_model *m, int threads, int N)
+{
+	const circ_config *c = circ_model_config(m);
+	circ_error e;
+	circ_graph *g = circ_graph_new(c->n_layer, c->n_head, CIRC_LEVEL_EDGE, &e);
+	circ_patch_opts po = {0};
+	circ_patcher *p;
+	circ_batch *b;
+	int L = c->n_layer;
+	double *out = circ_xmalloc((size_t)N * sizeof *out), *ch;
+	char name[CIRC_NAME_MAX];
+	if (!g)
+		die("acdc-tau", &e);
+	b = make_batch(0, N, T_TOK, c->vocab_size);
+	po.ablation = CIRC_ABL_RESAMPLE;
+	po.metric = CIRC_METRIC_KL;
+	po.threads = threads;
+	po.max_b = N;
+	po.max_t = T_TOK;
+	p = circ_patcher_new(m, g, &po, &e);
+	if (!p || circ_patcher_load(p, b, &e) < 0)
+		die("patcher", &e);
+	ch = circ_xmalloc((size_t)g->n_up * sizeof *ch);
+	for (int k = 0; k < 3; k++) {
+		int s = k == 0 ? 2 * L : k == 1 ? 2 * L - 1 : 2 * L - 2;
+		int r = recv_at_stage(g, s), n = circ_graph_recv_n_in(g, r);
+		for (int u = 0; u < n; u++) {
+			double sum = 0;
+			if (circ_patcher_eval_edge(p, g->recv_first[r] + u, out, &e) < 0)
+				die("acdc-tau", &e);
+			for (int i = 0; i < N; i++)
+				sum += out[i];
+			ch[u] = sum / N;
+		}
+		qsort(ch, (size_t)n, sizeof *ch, cmp_double);
+		circ_graph_recv_name(g, r, name, sizeof name);
+		printf("acdc_tau_recv %s %d %.6g %.6g %.6g\n", name, n, ch[0], ch[n / 2], ch[n - 1]);
+		if (k == 0)
+			printf("acdc_tau_min %.6g\n", ch[0]);
+	}
+	free(ch);
+	free(out);
+	circ_patcher_free(p);
+	circ_batch_free(b);
+	circ_graph_free(g);
+}
+
 int main(int argc, char **argv)
 {
 	circ_error e;
@@ -605,7 +670,7 @@ int main(int argc, char **argv)
 		return do_make(argv[2]);
 	if (argc < 6) {
 		fprintf(stderr, "usage: attrib_bench make DIR\n"
-				"       attrib_bench base|eap|exact|acdc MODEL THREADS REPS N "
+				"       attrib_bench base|eap|exact|acdc|acdc-tau MODEL THREADS REPS N "
 				"[SCORES]\n");
 		return 2;
 	}
@@ -627,6 +692,8 @@ int main(int argc, char **argv)
 		do_exact(m, threads, reps, N);
 	else if (!strcmp(argv[1], "acdc"))
 		do_acdc(m, threads, reps, N);
+	else if (!strcmp(argv[1], "acdc-tau"))
+		do_acdc_tau(m, threads, N);
 	else {
 		fprintf(stderr, "attrib_bench: unknown mode '%s'\n", argv[1]);
 		return 2;
