@@ -19,7 +19,8 @@
 # at this size), ACDC_TAU (default: half the least single-edge change into
 # logits), ACDC_GOAL (seconds, default 1800), ACDC_OUT (keep the run's
 # circuit, log and time in this directory), ACDC_GROUPS (fixtures: the G
-# compared, default "4 16 64"), ACDC_OLD (fixtures: another circ-prune whose
+# compared, default "4 16 64"), ACDC_FIXTURE_TAU (fixtures: default 0.01),
+# ACDC_OLD (fixtures: another circ-prune whose
 # default decisions must equal this one's, e.g. main's build).
 set -eu
 B=${B:-build/release}
@@ -40,7 +41,8 @@ kept_of() {
 
 fixtures() {
 	groups=${ACDC_GROUPS:-"4 16 64"}
-	printf "acdc --group G against exact ACDC on the fixtures (32 examples, seed 1; tau 0.01, kl)\n"
+	ftau=${ACDC_FIXTURE_TAU:-0.01}
+	printf "acdc --group G against exact ACDC on the fixtures (32 examples, seed 1; tau %s, kl)\n" "$ftau"
 	printf "  %-21s %-6s %6s %6s %6s %7s %8s %8s\n" fixture G tests edges kept differ faithful auc
 	for m in induction-hand ioi-hand ioi-trained induction-trained greater-than-trained; do
 		case $m in
@@ -57,14 +59,14 @@ fixtures() {
 		truth=
 		[ -f "fixtures/$m/truth.jsonl" ] && truth="--truth fixtures/$m/truth.jsonl"
 		if [ -n "${ACDC_OLD:-}" ]; then
-			"$ACDC_OLD" --acdc --model "fixtures/$m" --log "$d/old.log" -o "$d/old.circ" \
+			"$ACDC_OLD" --acdc --model "fixtures/$m" --tau "$ftau" --log "$d/old.log" -o "$d/old.circ" \
 			    "$d/$m.tok" 2>/dev/null
 		fi
 		for g in 0 $groups; do
 			opt=
 			[ "$g" = 0 ] || opt="--group $g"
 			# shellcheck disable=SC2086
-			circ-prune --acdc --model "fixtures/$m" $opt $truth --log "$d/g$g.log" \
+			circ-prune --acdc --model "fixtures/$m" --tau "$ftau" $opt $truth --log "$d/g$g.log" \
 			    -o "$d/g$g.circ" "$d/$m.tok" 2>"$d/err"
 			tests=$(sed -n 's/.*acdc: \([0-9]*\) edge tests.*/\1/p; s/.*decided by \([0-9]*\) group tests.*/\1/p' "$d/err")
 			edges=$(circ-cat --no-header "$d/g$g.log" | wc -l)

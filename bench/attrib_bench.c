@@ -28,11 +28,12 @@
  *                                          the KL loss of each edge into
  *                                          logits patched alone (resample,
  *                                          the whole graph kept): ACDC keeps
- *                                          every one, so every node stays
- *                                          connected and all edges are
- *                                          tested, when tau is below the
- *                                          least ("acdc_tau_min X"); the same
- *                                          for m{L-1} and a{L-1}.h0<q>
+ *                                          every one of a head or MLP, so
+ *                                          each of them stays connected and
+ *                                          all edges are tested, when tau is
+ *                                          below the least of those
+ *                                          ("acdc_tau_min X"); the same for
+ *                                          m{L-1}
  * Output: one "key value ..." line per measurement (seconds are the best of
  * REPS, then the median; base and eap warm up on one batch first, with
  * their runs, patcher and buffers made before the clock starts: eap prints
@@ -606,8 +607,13 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 }
 
 /* (3) acdc-tau: single-edge KL changes of the top receivers (ACDC's first
- * tests, made from the whole graph, where the loss is 0): the least into
- * logits bounds the tau at which ACDC keeps every node connected. */
+ * tests, made from the whole graph, where the loss is 0). ACDC tests the
+ * edges into logits from the whole graph but for the input's, which comes
+ * last: with tau below the least change of a head or MLP into logits it
+ * keeps all of those, and every receiver is then tested. The input node
+ * has no receivers, so its own edge does not count (with resampling at
+ * other positions than the read one it changes nothing: the least of all
+ * is rounding). */
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -637,9 +643,8 @@ static void do_acdc_tau(circ_model *m, int threads, int N)
 	if (!p || circ_patcher_load(p, b, &e) < 0)
 		die("patcher", &e);
 	ch = circ_xmalloc((size_t)g->n_up * sizeof *ch);
-	for (int k = 0; k < 3; k++) {
-		int s = k == 0 ? 2 * L : k == 1 ? 2 * L - 1 : 2 * L - 2;
-		int r = recv_at_stage(g, s), n = circ_graph_recv_n_in(g, r);
+	for (int k = 0; k < 2; k++) {
+		int r = recv_at_stage(g, 2 * L - k), n = circ_graph_recv_n_in(g, r);
 		for (int u = 0; u < n; u++) {
 			double sum = 0;
 			if (circ_patcher_eval_edge(p, g->recv_first[r] + u, out, &e) < 0)
@@ -648,11 +653,14 @@ static void do_acdc_tau(circ_model *m, int threads, int N)
 				sum += out[i];
 			ch[u] = sum / N;
 		}
-		qsort(ch, (size_t)n, sizeof *ch, cmp_double);
 		circ_graph_recv_name(g, r, name, sizeof name);
-		printf("acdc_tau_recv %s %d %.6g %.6g %.6g\n", name, n, ch[0], ch[n / 2], ch[n - 1]);
+		printf("acdc_tau_input %s %.6g\n", name, ch[0]);
+		/* the heads and MLPs (u >= 1) */
+		qsort(ch + 1, (size_t)n - 1, sizeof *ch, cmp_double);
+		printf("acdc_tau_recv %s %d %.6g %.6g %.6g %.6g\n", name, n - 1, ch[1],
+		       ch[1 + (n - 1) / 20], ch[1 + (n - 1) / 2], ch[n - 1]);
 		if (k == 0)
-			printf("acdc_tau_min %.6g\n", ch[0]);
+			printf("acdc_tau_min %.6g\n", ch[1]);
 	}
 	free(ch);
 	free(out);
