@@ -365,8 +365,8 @@ static double time_eval(circ_patcher *p, const uint8_t *keep, int stage, int64_t
 	return best;
 }
 
-static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int threads, int N,
-				       circ_batch **bp)
+static circ_patcher *metric_patcher(circ_model *m, const circ_graph *g, int threads, int N,
+				    circ_metric_kind metric, circ_batch **bp)
 {
 	const circ_config *c = circ_model_config(m);
 	circ_patch_opts po = {0};
@@ -374,7 +374,7 @@ static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int t
 	circ_patcher *p;
 	*bp = make_batch(0, N, T_TOK, c->vocab_size);
 	po.ablation = CIRC_ABL_RESAMPLE;
-	po.metric = CIRC_METRIC_LOGIT_DIFF;
+	po.metric = metric;
 	po.threads = threads;
 	po.max_b = N;
 	po.max_t = T_TOK;
@@ -382,6 +382,12 @@ static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int t
 	if (!p || circ_patcher_load(p, *bp, &e) < 0)
 		die("patcher", &e);
 	return p;
+}
+
+static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int threads, int N,
+				       circ_batch **bp)
+{
+	return metric_patcher(m, g, threads, N, CIRC_METRIC_LOGIT_DIFF, bp);
 }
 
 /* Sampled stages for the tables: receivers of layers 0, 3, 6, 9, 11 (q and
@@ -625,7 +631,6 @@ static void do_acdc_tau(circ_model *m, int threads, int N)
 	const circ_config *c = circ_model_config(m);
 	circ_error e;
 	circ_graph *g = circ_graph_new(c->n_layer, c->n_head, CIRC_LEVEL_EDGE, &e);
-	circ_patch_opts po = {0};
 	circ_patcher *p;
 	circ_batch *b;
 	int L = c->n_layer;
@@ -633,15 +638,7 @@ static void do_acdc_tau(circ_model *m, int threads, int N)
 	char name[CIRC_NAME_MAX];
 	if (!g)
 		die("acdc-tau", &e);
-	b = make_batch(0, N, T_TOK, c->vocab_size);
-	po.ablation = CIRC_ABL_RESAMPLE;
-	po.metric = CIRC_METRIC_KL;
-	po.threads = threads;
-	po.max_b = N;
-	po.max_t = T_TOK;
-	p = circ_patcher_new(m, g, &po, &e);
-	if (!p || circ_patcher_load(p, b, &e) < 0)
-		die("patcher", &e);
+	p = metric_patcher(m, g, threads, N, CIRC_METRIC_KL, &b);
 	ch = circ_xmalloc((size_t)g->n_up * sizeof *ch);
 	for (int k = 0; k < 2; k++) {
 		int r = recv_at_stage(g, 2 * L - k), n = circ_graph_recv_n_in(g, r);
