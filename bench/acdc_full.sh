@@ -39,6 +39,21 @@ kept_of() {
 	circ-cat --no-header "$1" | jq -r '"\(.edge) \(.kept)"' | sort
 }
 
+# One row of the fixtures table: fixture $1, group $2 (0: exact), model $3,
+# tokens $4, from $d/g$2.log, $d/g$2.circ and circ-prune's stderr in $d/err.
+row() {
+	tests=$(sed -n 's/.*acdc: \([0-9]*\) edge tests.*/\1/p; s/.*decided by \([0-9]*\) group tests.*/\1/p' "$d/err")
+	edges=$(circ-cat --no-header "$d/g$2.log" | wc -l)
+	kept=$(circ-cat --no-header "$d/g$2.circ" | wc -l)
+	kept_of "$d/g$2.log" >"$d/k$2"
+	differ=$(diff "$d/k0" "$d/k$2" | sed -n 's/^[<>] \([^ ]*\) .*/\1/p' | sort -u | wc -l)
+	faith=$(circ-patch --model "$3" --circuit "$d/g$2.circ" -o /dev/null "$4" 2>&1 |
+	    sed -n 's/.*faithfulness \([-0-9.e]*\).*/\1/p')
+	auc=$(circ-cat "$d/g$2.circ" | head -1 | jq -r '.eval.auc // "-"')
+	printf "  %-21s %-6s %6s %6s %6s %7s %8.4f %8s\n" "$1" "$([ "$2" = 0 ] && echo exact || echo "$2")" \
+	    "$tests" "$edges" "$kept" "$differ" "$faith" "$auc"
+}
+
 fixtures() {
 	groups=${ACDC_GROUPS:-"4 16 64"}
 	ftau=${ACDC_FIXTURE_TAU:-0.01}
@@ -68,17 +83,7 @@ fixtures() {
 			# shellcheck disable=SC2086
 			circ-prune --acdc --model "fixtures/$m" --tau "$ftau" $opt $truth --log "$d/g$g.log" \
 			    -o "$d/g$g.circ" "$d/$m.tok" 2>"$d/err"
-			tests=$(sed -n 's/.*acdc: \([0-9]*\) edge tests.*/\1/p; s/.*decided by \([0-9]*\) group tests.*/\1/p' "$d/err")
-			edges=$(circ-cat --no-header "$d/g$g.log" | wc -l)
-			kept=$(circ-cat --no-header "$d/g$g.circ" | wc -l)
-			kept_of "$d/g$g.log" >"$d/k$g"
-			differ=$(diff "$d/k0" "$d/k$g" | sed -n 's/^[<>] \([^ ]*\) .*/\1/p' | sort -u | wc -l)
-			faith=$(circ-patch --model "fixtures/$m" --circuit "$d/g$g.circ" -o /dev/null "$d/$m.tok" 2>&1 |
-			    sed -n 's/.*faithfulness \([-0-9.e]*\).*/\1/p')
-			auc=-
-			[ -n "$truth" ] && auc=$(circ-cat "$d/g$g.circ" | head -1 | jq -r .eval.auc)
-			printf "  %-21s %-6s %6s %6s %6s %7s %8.4f %8s\n" "$m" "$([ "$g" = 0 ] && echo exact || echo "$g")" \
-			    "$tests" "$edges" "$kept" "$differ" "$faith" "$auc"
+			row "$m" "$g" "fixtures/$m" "$d/$m.tok"
 		done
 		if [ -n "${ACDC_OLD:-}" ]; then
 			if cmp -s "$d/old.log" "$d/g0.log" || [ "$(circ-cat --no-header "$d/old.log")" = "$(circ-cat --no-header "$d/g0.log")" ]; then
@@ -87,6 +92,26 @@ fixtures() {
 				printf "  %-21s exact: decisions DIFFER from %s\n" "$m" "$ACDC_OLD"
 			fi
 		fi
+	done
+	# A random model of the fixtures' size (4 layers, 4 heads, d 64, ioi-trained's
+	# vocabulary and prompts), at the tau the full-scale run uses: half the
+	# least change of a head or MLP into logits (from a run that keeps them all).
+	m=random-4x4
+	circ-fixture --random --vocab-dir fixtures/ioi-trained --layers 4 --heads 4 --embd 64 --ctx 32 \
+	    --out "$d/$m" >/dev/null
+	circ-dataset ioi --n 32 --seed 1 --model-dir fixtures/ioi-trained |
+	    circ-tokenize --model-dir fixtures/ioi-trained -o "$d/$m.tok"
+	circ-prune --acdc --model "$d/$m" --tau 0 --log "$d/t.log" -o /dev/null "$d/$m.tok" 2>/dev/null
+	rtau=$(circ-cat --no-header "$d/t.log" | jq -s -r \
+	    '[.[] | select((.edge | endswith("->logits")) and (.edge | startswith("input") | not)) | .change] | min / 2')
+	printf "  %s at tau %s (half the least change of a head or MLP into logits):\n" "$m" "$rtau"
+	for g in 0 $groups; do
+		opt=
+		[ "$g" = 0 ] || opt="--group $g"
+		# shellcheck disable=SC2086
+		circ-prune --acdc --model "$d/$m" --tau "$rtau" $opt --log "$d/g$g.log" -o "$d/g$g.circ" \
+		    "$d/$m.tok" 2>"$d/err"
+		row "$m" "$g" "$d/$m" "$d/$m.tok"
 	done
 	printf "  differ: edges whose decision (or whether it was tested) is not exact ACDC's\n"
 }
