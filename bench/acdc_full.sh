@@ -15,7 +15,7 @@
 #   bench/acdc_full.sh fixtures   --group G against exact ACDC on the fixtures
 #
 # Environment: THREADS (default 2), ACDC_N (prompts, default 100),
-# ACDC_GROUP (--group; default 16, an approximation: 1 is exact ACDC, hours
+# ACDC_GROUP (--group; default 64, an approximation: 1 is exact ACDC, hours
 # at this size), ACDC_TAU (default: half the least single-edge change into
 # logits), ACDC_GOAL (seconds, default 1800), ACDC_OUT (keep the run's
 # circuit, log and time in this directory), ACDC_GROUPS (fixtures: the G
@@ -118,7 +118,7 @@ fixtures() {
 
 full() {
 	N=${ACDC_N:-100}
-	G=${ACDC_GROUP:-16}
+	G=${ACDC_GROUP:-64}
 	GOAL=${ACDC_GOAL:-1800}
 	$bin make "$d/m" >/dev/null
 	if [ "$N" -lt 100 ]; then
