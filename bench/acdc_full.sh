@@ -11,6 +11,14 @@
 # (attrib_bench acdc-tau): ACDC then keeps every edge into logits, every node
 # reaches the logits, and every edge is tested.
 #
+# First measurement (Intel Xeon, AVX-512, 2 threads, machine shared, load
+# 6-10; killed at 52 min for lack of time, so the total is EXTRAPOLATED):
+# tau 2.29e-6, --group 64: 1,631 tests decided the ~18,700 edges of logits
+# and layers 11-8 in 22.4 CPU-min (peak RSS 6.6 GB); at 3.8 CPU-s per full
+# forward of 100 prompts (layer 8's tests), the rest costs 34-93 CPU-min
+# (tests per edge or per receiver as in layer 8): 28-58 min on 2 idle
+# cores, against about 6.6 h for exact ACDC (12,570 full forwards' worth).
+#
 #   bench/acdc_full.sh            the full-scale run (make bench-acdc-full)
 #   bench/acdc_full.sh fixtures   --group G against exact ACDC on the fixtures
 #
