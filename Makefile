@@ -57,7 +57,7 @@ BENCH_SRC = $(sort $(wildcard bench/*.c))
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
 all: 
-.PHONY: fixtures check-sanitize all deps deps-run check unit bats run bench install uninstall clean format format-check fuzz fuzz-ci
+.PHONY: fixtures check-sanitize all deps deps-run check unit bats run bench bench-acdc-full install uninstall clean format format-check fuzz fuzz-ci
 .DELETE_ON_ERROR:
 .SECONDARY:
 # bin/ is a link to the flavour built last, so tests always run what was just built.
@@ -129,6 +129,11 @@ run: deps-run
 
 bench: deps all $(BENCH_BIN)
 	@B=$(B) bench/run.sh
+
+# ACDC at full scale (GPT-2 small shape, 100 prompts, every edge decided):
+# tens of minutes, so not part of make bench (bench/acdc_full.sh).
+bench-acdc-full: all $(BENCH_BIN)
+	@B=$(B) bench/acdc_full.sh
 
 # Rebuild the shipped fixture models in place (fixtures/README.md): the
 # hand-built ones from their specification, the trained ones with the

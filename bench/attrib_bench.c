@@ -24,6 +24,16 @@
  *                                          stages as full forwards
  *   attrib_bench acdc MODEL THREADS REPS N   ACDC edge tests at every stage
  *                                          with circuits as ACDC holds them
+ *   attrib_bench acdc-tau MODEL THREADS REPS N
+ *                                          the KL loss of each edge into
+ *                                          logits patched alone (resample,
+ *                                          the whole graph kept): ACDC keeps
+ *                                          every one of a head or MLP, so
+ *                                          each of them stays connected and
+ *                                          all edges are tested, when tau is
+ *                                          below the least of those
+ *                                          ("acdc_tau_min X"); the same for
+ *                                          m{L-1}
  * Output: one "key value ..." line per measurement (seconds are the best of
  * REPS, then the median; base and eap warm up on one batch first, with
  * their runs, patcher and buffers made before the clock starts: eap prints
@@ -355,8 +365,8 @@ static double time_eval(circ_patcher *p, const uint8_t *keep, int stage, int64_t
 	return best;
 }
 
-static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int threads, int N,
-				       circ_batch **bp)
+static circ_patcher *metric_patcher(circ_model *m, const circ_graph *g, int threads, int N,
+				    circ_metric_kind metric, circ_batch **bp)
 {
 	const circ_config *c = circ_model_config(m);
 	circ_patch_opts po = {0};
@@ -364,7 +374,7 @@ static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int t
 	circ_patcher *p;
 	*bp = make_batch(0, N, T_TOK, c->vocab_size);
 	po.ablation = CIRC_ABL_RESAMPLE;
-	po.metric = CIRC_METRIC_LOGIT_DIFF;
+	po.metric = metric;
 	po.threads = threads;
 	po.max_b = N;
 	po.max_t = T_TOK;
@@ -372,6 +382,12 @@ static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int t
 	if (!p || circ_patcher_load(p, *bp, &e) < 0)
 		die("patcher", &e);
 	return p;
+}
+
+static circ_patcher *one_batch_patcher(circ_model *m, const circ_graph *g, int threads, int N,
+				       circ_batch **bp)
+{
+	return metric_patcher(m, g, threads, N, CIRC_METRIC_LOGIT_DIFF, bp);
 }
 
 /* Sampled stages for the tables: receivers of layers 0, 3, 6, 9, 11 (q and
@@ -596,6 +612,60 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 	circ_graph_free(g);
 }
 
+/* (3) acdc-tau: single-edge KL changes of the top receivers (ACDC's first
+ * tests, made from the whole graph, where the loss is 0). ACDC tests the
+ * edges into logits from the whole graph but for the input's, which comes
+ * last: with tau below the least change of a head or MLP into logits it
+ * keeps all of those, and every receiver is then tested. The input node
+ * has no receivers, so its own edge does not count (with resampling at
+ * other positions than the read one it changes nothing: the least of all
+ * is rounding). */
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static void do_acdc_tau(circ_model *m, int threads, int N)
+{
+	const circ_config *c = circ_model_config(m);
+	circ_error e;
+	circ_graph *g = circ_graph_new(c->n_layer, c->n_head, CIRC_LEVEL_EDGE, &e);
+	circ_patcher *p;
+	circ_batch *b;
+	int L = c->n_layer;
+	double *out = circ_xmalloc((size_t)N * sizeof *out), *ch;
+	char name[CIRC_NAME_MAX];
+	if (!g)
+		die("acdc-tau", &e);
+	p = metric_patcher(m, g, threads, N, CIRC_METRIC_KL, &b);
+	ch = circ_xmalloc((size_t)g->n_up * sizeof *ch);
+	for (int k = 0; k < 2; k++) {
+		int r = recv_at_stage(g, 2 * L - k), n = circ_graph_recv_n_in(g, r);
+		for (int u = 0; u < n; u++) {
+			double sum = 0;
+			if (circ_patcher_eval_edge(p, g->recv_first[r] + u, out, &e) < 0)
+				die("acdc-tau", &e);
+			for (int i = 0; i < N; i++)
+				sum += out[i];
+			ch[u] = sum / N;
+		}
+		circ_graph_recv_name(g, r, name, sizeof name);
+		printf("acdc_tau_input %s %.6g\n", name, ch[0]);
+		/* the heads and MLPs (u >= 1) */
+		qsort(ch + 1, (size_t)n - 1, sizeof *ch, cmp_double);
+		printf("acdc_tau_recv %s %d %.6g %.6g %.6g %.6g\n", name, n - 1, ch[1],
+		       ch[1 + (n - 1) / 20], ch[1 + (n - 1) / 2], ch[n - 1]);
+		if (k == 0)
+			printf("acdc_tau_min %.6g\n", ch[1]);
+	}
+	free(ch);
+	free(out);
+	circ_patcher_free(p);
+	circ_batch_free(b);
+	circ_graph_free(g);
+}
+
 int main(int argc, char **argv)
 {
 	circ_error e;
@@ -605,7 +675,7 @@ int main(int argc, char **argv)
 		return do_make(argv[2]);
 	if (argc < 6) {
 		fprintf(stderr, "usage: attrib_bench make DIR\n"
-				"       attrib_bench base|eap|exact|acdc MODEL THREADS REPS N "
+				"       attrib_bench base|eap|exact|acdc|acdc-tau MODEL THREADS REPS N "
 				"[SCORES]\n");
 		return 2;
 	}
@@ -627,6 +697,8 @@ int main(int argc, char **argv)
 		do_exact(m, threads, reps, N);
 	else if (!strcmp(argv[1], "acdc"))
 		do_acdc(m, threads, reps, N);
+	else if (!strcmp(argv[1], "acdc-tau"))
+		do_acdc_tau(m, threads, N);
 	else {
 		fprintf(stderr, "attrib_bench: unknown mode '%s'\n", argv[1]);
 		return 2;

@@ -37,6 +37,7 @@ enum {
 	OPT_TAU,
 	OPT_ABS_CHANGE,
 	OPT_LOG,
+	OPT_GROUP,
 	OPT_PARTIAL,
 };
 
@@ -53,6 +54,9 @@ static const circ_opt opts[] = {
      "acdc: keep an edge when patching it raises the loss by tau or more (default 0.01)"},
     {"abs-change", OPT_ABS_CHANGE, NULL, "acdc: compare |change| with tau"},
     {"log", OPT_LOG, "FILE", "acdc: write every decision to FILE (a decisions stream)"},
+    {"group", OPT_GROUP, "G",
+     "acdc, an approximation: test G edges at once, split groups at or above tau (default 1: "
+     "exact)"},
     CIRC_PATCH_OPT_MODEL,
     CIRC_PATCH_OPT_COMMON,
     {0},
@@ -73,6 +77,7 @@ static struct {
 	const char *log;
 	double tau;
 	int tau_set, abs_change;
+	int group;    /* --group, 0 when not given */
 	int acdc_opt; /* a patching option was given */
 } o = {.tau = 0.01};
 
@@ -119,6 +124,7 @@ static int handle(int key, const char *arg, void *ctx)
 		return 0;
 	case OPT_ABS_CHANGE: o.abs_change = 1; return 0;
 	case OPT_LOG: o.log = arg; return 0;
+	case OPT_GROUP: o.group = (int)circ_opt_i64("group", arg, 1, 1 << 20); return 0;
 	}
 	if (circ_patch_cli_handle(&o.pc, key, arg) == 0) {
 		o.acdc_opt = 1;
@@ -327,7 +333,9 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 typedef struct acdc_log {
 	circ_writer *w;
 	const circ_graph *g;
-	double *change; /* (E) NaN for edges never tested */
+	double *change;	 /* (E) NaN for edges never tested */
+	int64_t decided; /* edges decided by a test */
+	int groups;	 /* 1: --group was given, each record names its group's size */
 } acdc_log;
 
 static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
@@ -335,11 +343,12 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 	acdc_log *lg = ctx;
 	char name[CIRC_NAME_MAX];
 	lg->change[st->edge] = st->after - st->before;
+	lg->decided++;
 	if (!lg->w)
 		return 0;
 	msgpack_packer *pk = circ_writer_packer(lg->w);
 	circ_graph_edge_name(lg->g, st->edge, name, sizeof name);
-	msgpack_pack_map(pk, 5);
+	msgpack_pack_map(pk, lg->groups ? 6 : 5);
 	circ_pack_kv_str(pk, "edge", name);
 	circ_pack_kv_f64(pk, "before", st->before);
 	circ_pack_kv_f64(pk, "after", st->after);
@@ -349,6 +358,8 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 		msgpack_pack_true(pk);
 	else
 		msgpack_pack_false(pk);
+	if (lg->groups)
+		circ_pack_kv_i64(pk, "group", st->group);
 	return circ_writer_end_record(lg->w, e);
 }
 
@@ -395,6 +406,7 @@ static void open_log(const circ_cli *cli, int argc, char **argv, circ_session *s
 	    CIRC_HDR(F64, "tau", o.tau),
 	    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
 	    CIRC_HDR(STR, "model_digest", s->model_digest),
+	    CIRC_HDR_IF(o.group > 0, I64, "group", o.group),
 	};
 	lg->w = circ_writer_open(o.log, &lo, &e);
 	if (!lg->w)
@@ -409,7 +421,7 @@ static void open_log(const circ_cli *cli, int argc, char **argv, circ_session *s
 static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_t *keep)
 {
 	circ_error e;
-	circ_acdc_opts ao = {o.tau, o.abs_change};
+	circ_acdc_opts ao = {o.tau, o.abs_change, o.group};
 	circ_progress pr;
 	int64_t tests;
 	double t0, dt;
@@ -422,9 +434,18 @@ static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_
 	}
 	circ_progress_end(&pr);
 	dt = circ_now() - t0;
-	fprintf(stderr, "%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
-		circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
-		(long long)circ_count_kept(s->g, keep));
+	if (o.group)
+		fprintf(stderr,
+			"%s: acdc: %lld edges decided by %lld group tests of up to %d in %.2fs "
+			"(%.1f edges/s), %lld edges kept\n",
+			circ_progname, (long long)lg->decided, (long long)tests, o.group, dt,
+			dt > 0 ? (double)lg->decided / dt : 0.0,
+			(long long)circ_count_kept(s->g, keep));
+	else
+		fprintf(stderr,
+			"%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
+			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
+			(long long)circ_count_kept(s->g, keep));
 }
 
 /* The circuit stream of ACDC's selection, its scores the logged changes. */
@@ -475,6 +496,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	}
 	ps = acdc_patchers(&s, &po, &n);
 	lg.g = s.g;
+	lg.groups = o.group > 0;
 	lg.change = circ_xmalloc((size_t)s.g->n_edges * sizeof(double));
 	for (int64_t ed = 0; ed < s.g->n_edges; ed++)
 		lg.change[ed] = NAN;
@@ -522,6 +544,8 @@ static void check_selection_options(void)
 		circ_usage_error("option '--tau' goes with --acdc");
 	if (o.abs_change)
 		circ_usage_error("option '--abs-change' goes with --acdc");
+	if (o.group)
+		circ_usage_error("option '--group' goes with --acdc");
 	if (o.mode == MODE_THRESHOLD && o.threshold < 0 && !o.signed_)
 		circ_usage_error("option '--threshold': '%g' is negative (|score| is compared; "
 				 "--signed for signed scores)",

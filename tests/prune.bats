@@ -51,6 +51,68 @@ edges_of() {
 	[[ "$stderr" == *"stream kind is 'scores', expected 'tokens'"* ]]
 }
 
+# An ACDC token stream of fixture $1 (32 examples) in $T/$1.tok.
+acdc_tokens() {
+	circ-fixture "$1" --examples 32 --seed 1 | circ-tokenize --vocab-dir "fixtures/$1" >"$T/$1.tok"
+}
+
+# The decisions of log $1 without the group key, one JSON line each.
+decisions() {
+	circ-cat --no-header "$1" | jq -c 'del(.group)'
+}
+
+@test "prune --acdc --group: usage errors" {
+	run --separate-stderr circ-prune --acdc --model tests/data/tiny/model --group 0 tests/data/tiny/tokens.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"'--group'"* ]]
+	run --separate-stderr circ-prune --top-n 3 --group 4 $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"option '--group' goes with --acdc"* ]]
+}
+
+@test "prune --acdc --group 1 makes exact ACDC's decisions, tests and circuit" {
+	for m in induction-hand ioi-hand; do
+		acdc_tokens $m
+		circ-prune --acdc --model fixtures/$m --log "$T/exact.log" --json "$T/$m.tok" \
+			>"$T/exact.jsonl" 2>"$T/exact.err"
+		circ-prune --acdc --model fixtures/$m --group 1 --log "$T/g1.log" --json "$T/$m.tok" \
+			>"$T/g1.jsonl" 2>"$T/g1.err"
+		diff <(decisions "$T/exact.log") <(decisions "$T/g1.log")
+		diff <(circ-cat --no-header "$T/exact.jsonl") <(circ-cat --no-header "$T/g1.jsonl")
+		# every record of the group run names its group of 1; the header the option
+		circ-cat --no-header "$T/g1.log" | jq -e '.group == 1' >/dev/null
+		circ-cat "$T/g1.log" | head -1 | jq -e '.group == 1' >/dev/null
+		circ-cat "$T/exact.log" | head -1 | jq -e 'has("group") | not' >/dev/null
+		n=$(circ-cat --no-header "$T/exact.log" | wc -l)
+		grep -q "acdc: $n edge tests" "$T/exact.err"
+		grep -q "acdc: $n edges decided by $n group tests" "$T/g1.err"
+	done
+	circ-cat "$T/g1.log" | tests/validate.py schemas/decisions.schema.json
+}
+
+@test "prune --acdc --group 8: fewer tests; groups dropped below tau, kept edges alone at or above it" {
+	for m in induction-hand ioi-hand; do
+		acdc_tokens $m
+		circ-prune --acdc --model fixtures/$m --log "$T/exact.log" --json "$T/$m.tok" \
+			>"$T/exact.jsonl" 2>/dev/null
+		circ-prune --acdc --model fixtures/$m --group 8 --log "$T/g8.log" --json "$T/$m.tok" \
+			>"$T/g8.jsonl" 2>"$T/g8.err"
+		circ-cat "$T/g8.log" | tests/validate.py schemas/decisions.schema.json
+		# each edge decided once; a kept edge was tested alone, at or above tau
+		circ-cat --no-header "$T/g8.log" | jq -s -e \
+			'(map(.edge) | length == (unique | length)) and
+			 all(.[]; if .kept then .group == 1 and .change >= 0.01 else .change < 0.01 end) and
+			 any(.[]; .group > 1)' >/dev/null
+		# fewer forwards than edges decided
+		read -r dec tests < <(sed -n 's/.*acdc: \([0-9]*\) edges decided by \([0-9]*\) group tests.*/\1 \2/p' "$T/g8.err")
+		[ "$tests" -lt "$dec" ]
+		# on these fixtures (effects nearly additive) the same edges kept and decided as exact ACDC
+		diff <(circ-cat --no-header "$T/exact.log" | jq -r '"\(.edge) \(.kept)"' | sort) \
+			<(circ-cat --no-header "$T/g8.log" | jq -r '"\(.edge) \(.kept)"' | sort)
+		diff <(circ-cat --no-header "$T/exact.jsonl" | jq -r .edge) <(circ-cat --no-header "$T/g8.jsonl" | jq -r .edge)
+	done
+}
+
 @test "prune: golden circuits for top-n, greedy and signed threshold" {
 	circ-prune --json --top-n 8 $D/scores.jsonl | circ-cat --no-header | cmp - $D/golden-top8.jsonl
 	circ-prune --json --greedy 6 $D/scores.jsonl | circ-cat --no-header | cmp - $D/golden-greedy6.jsonl
