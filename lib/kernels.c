@@ -289,52 +289,56 @@ void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float
 #if CIRC_X86
 #define AVX512 __attribute__((target("avx512f")))
 
-/* Rows i .. i+R-1 of c, columns j .. j+63: 4R accumulators, the 4 vectors
- * of b's row p loaded once for the R broadcasts of a[., p]. */
-#define ACC_ROW(r)                                                                                 \
-	__m512 c##r##0 = _mm512_loadu_ps(c + (size_t)(r)*ldc),                                     \
-	       c##r##1 = _mm512_loadu_ps(c + (size_t)(r)*ldc + 16),                                \
-	       c##r##2 = _mm512_loadu_ps(c + (size_t)(r)*ldc + 32),                                \
-	       c##r##3 = _mm512_loadu_ps(c + (size_t)(r)*ldc + 48);
-#define FMA_ROW(r)                                                                                 \
-	x = _mm512_set1_ps(a[(size_t)(r)*lda + p]);                                                \
-	c##r##0 = _mm512_fmadd_ps(x, b0, c##r##0);                                                 \
-	c##r##1 = _mm512_fmadd_ps(x, b1, c##r##1);                                                 \
-	c##r##2 = _mm512_fmadd_ps(x, b2, c##r##2);                                                 \
-	c##r##3 = _mm512_fmadd_ps(x, b3, c##r##3);
-#define STORE_ROW(r)                                                                               \
-	_mm512_storeu_ps(c + (size_t)(r)*ldc, c##r##0);                                            \
-	_mm512_storeu_ps(c + (size_t)(r)*ldc + 16, c##r##1);                                       \
-	_mm512_storeu_ps(c + (size_t)(r)*ldc + 32, c##r##2);                                       \
-	_mm512_storeu_ps(c + (size_t)(r)*ldc + 48, c##r##3);
-
-AVX512 static void acc_6x64(int k, const float *a, int lda, const float *b, int ldb, float *c,
-			    int ldc)
+/* Rows 0 .. R-1 of c, columns 0 .. 63, over kc values of p: 4R
+ * accumulators, the 4 vectors of b's row p loaded once for the R
+ * broadcasts of a[., p]. b is a packed panel (row p at b + 64 p) or b
+ * itself (ldb apart): the sums are the same either way. R is a constant
+ * at every call, so the arrays below live in registers. zero: start the
+ * sums from 0 instead of c. */
+AVX512 static inline __attribute__((always_inline)) void
+acc_rx64(int R, int zero, int kc, const float *a, int lda, const float *b, int ldb, float *c,
+	 int ldc)
 {
-	__m512 x;
-	ACC_ROW(0)
-	ACC_ROW(1) ACC_ROW(2) ACC_ROW(3) ACC_ROW(4) ACC_ROW(5) for (int p = 0; p < k; p++)
-	{
+	__m512 acc[6][4];
+	_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+		_Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) acc[r][v] =
+		    zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)r * ldc + 16 * v);
+	for (int p = 0; p < kc; p++) {
 		const float *bp = b + (size_t)p * ldb;
 		__m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16),
 		       b2 = _mm512_loadu_ps(bp + 32), b3 = _mm512_loadu_ps(bp + 48);
-		FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+		_Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {
+			/* c[r][j] += a[r][p] * b[p][j] */
+			__m512 x = _mm512_set1_ps(a[(size_t)r * lda + p]);
+			acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+			acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+			acc[r][2] = _mm512_fmadd_ps(x, b2, acc[r][2]);
+			acc[r][3] = _mm512_fmadd_ps(x, b3, acc[r][3]);
+		}
 	}
-	STORE_ROW(0) STORE_ROW(1) STORE_ROW(2) STORE_ROW(3) STORE_ROW(4) STORE_ROW(5)
+	_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+		_Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)
+			_mm512_storeu_ps(c + (size_t)r * ldc + 16 * v, acc[r][v]);
 }
 
-AVX512 static void acc_1x64(int k, const float *a, int lda, const float *b, int ldb, float *c,
-			    int ldc)
+/* All m rows of one 64-column block, kc values of p, in tiles of 6 rows
+ * (the tail in tiles of 4, 2 and 1). */
+AVX512 static void acc_rows_x64(int m, int zero, int kc, const float *a, int lda, const float *b,
+				int ldb, float *c, int ldc)
 {
-	__m512 x;
-	ACC_ROW(0)
-	for (int p = 0; p < k; p++) {
-		const float *bp = b + (size_t)p * ldb;
-		__m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16),
-		       b2 = _mm512_loadu_ps(bp + 32), b3 = _mm512_loadu_ps(bp + 48);
-		FMA_ROW(0)
+	int i = 0;
+	for (; i + 6 <= m; i += 6)
+		acc_rx64(6, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
+	if (i + 4 <= m) {
+		acc_rx64(4, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
+		i += 4;
 	}
-	STORE_ROW(0)
+	if (i + 2 <= m) {
+		acc_rx64(2, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
+		i += 2;
+	}
+	if (i < m)
+		acc_rx64(1, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
 }
 
 /* One row, 16 columns: the same sums for the last n % 64 columns. */
@@ -347,26 +351,40 @@ AVX512 static void acc_1x16(int k, const float *a, const float *b, int ldb, floa
 	_mm512_storeu_ps(c, acc);
 }
 
-AVX512 static void gemm_acc_avx512(int m, int n, int k, const float *a, int lda, const float *b,
-				   int ldb, float *c, int ldc)
+/* p is cut into blocks of GEMM_KC and each block's 64 columns of b are
+ * copied into a contiguous panel (32 KiB, which stays in L1 while all m
+ * rows use it): read in place, rows of b ldb apart fall into a few cache
+ * sets and miss again for every tile of rows. Cutting p changes no sum:
+ * each accumulator goes to c and comes back between blocks, exactly, and
+ * the order of p is kept. Few rows do not repay the copy. */
+#define GEMM_KC 128
+#define GEMM_PACK_MIN_M 8
+
+AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a, int lda,
+				   const float *b, int ldb, float *c, int ldc)
 {
+	_Alignas(64) float panel[GEMM_KC * 64];
 	int j = 0;
 	for (; j + 64 <= n; j += 64) {
-		int i = 0;
-		for (; i + 6 <= m; i += 6)
-			acc_6x64(k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j,
-				 ldc);
-		for (; i < m; i++)
-			acc_1x64(k, a + (size_t)i * lda, lda, b + j, ldb, c + (size_t)i * ldc + j,
-				 ldc);
+		if (m < GEMM_PACK_MIN_M) {
+			acc_rows_x64(m, zero, k, a, lda, b + j, ldb, c + j, ldc);
+			continue;
+		}
+		for (int p0 = 0; p0 < k; p0 += GEMM_KC) {
+			int kc = k - p0 < GEMM_KC ? k - p0 : GEMM_KC;
+			for (int p = 0; p < kc; p++)
+				memcpy(panel + (size_t)p * 64, b + (size_t)(p0 + p) * ldb + j,
+				       64 * sizeof(float));
+			acc_rows_x64(m, zero && p0 == 0, kc, a + p0, lda, panel, 64, c + j, ldc);
+		}
 	}
 	for (; j < n; j += 16)
-		for (int i = 0; i < m; i++)
+		for (int i = 0; i < m; i++) {
+			if (zero)
+				memset(c + (size_t)i * ldc + j, 0, 16 * sizeof(float));
 			acc_1x16(k, a + (size_t)i * lda, b + j, ldb, c + (size_t)i * ldc + j);
+		}
 }
-#undef ACC_ROW
-#undef FMA_ROW
-#undef STORE_ROW
 #endif
 
 static int use_avx512(void)
@@ -390,11 +408,25 @@ void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b,
 		return;
 #if CIRC_X86
 	if (circ_gemm_acc_fast(n)) {
-		gemm_acc_avx512(m, n, k, a, lda, b, ldb, c, ldc);
+		gemm_acc_avx512(0, m, n, k, a, lda, b, ldb, c, ldc);
 		return;
 	}
 #endif
 	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+}
+
+void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+		   int ldc)
+{
+	if (m <= 0 || n <= 0)
+		return;
+#if CIRC_X86
+	if (k > 0 && circ_gemm_acc_fast(n)) {
+		gemm_acc_avx512(1, m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
+#endif
+	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
 /* ================================================================ SIMD helpers */

@@ -67,6 +67,13 @@ void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b,
 		   int ldc);
 int circ_gemm_acc_fast(int n);
 
+/* c (m, n) = a (m, k) b (k, n): circ_gemm_acc's sums started from 0 (c's
+ * old values are not read), else circ_gemm with beta 0. Each element is
+ * the sum in order of k with fused multiply-adds, as OpenBLAS's kernels
+ * compute it for k within one of their blocks. */
+void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+		   int ldc);
+
 /* ---- LayerNorm over the last dimension ---- */
 
 /* out (N, C) = (inp - mean) * rstd * w + b, per row; mean, rstd (N) are

@@ -90,19 +90,22 @@ static void test_gemm(void)
 }
 
 /* circ_gemm_acc (c += a b) against the reference, over row counts around
- * the kernel's 6-row blocks and column counts around its 64- and 16-wide
- * blocks (and widths it leaves to OpenBLAS); each row's result must not
- * depend on the rows computed with it. */
+ * the kernel's 6-row blocks (and its 4-, 2- and 1-row tails, and the row
+ * count from which it packs b), depths around its 128-deep blocks, and
+ * column counts around its 64- and 16-wide blocks (and widths it leaves
+ * to OpenBLAS); each row's result must not depend on the rows computed
+ * with it. circ_gemm_set (c = a b) likewise, and bit for bit the same as
+ * circ_gemm_acc on a zeroed c. */
 static void test_gemm_acc(void)
 {
-	int ms[] = {1, 5, 6, 7, 13, 128}, ns[] = {16, 48, 64, 80, 144, 10, 2304},
-	    ks[] = {1, 7, 768};
+	int ms[] = {1, 5, 6, 7, 8, 9, 13, 128}, ns[] = {16, 48, 64, 80, 144, 10, 2304},
+	    ks[] = {1, 7, 128, 129, 768};
 	for (size_t im = 0; im < sizeof ms / sizeof *ms; im++)
 		for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
 			for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++) {
 				int m = ms[im], n = ns[in], k = ks[ik];
 				int lda = k + 3, ldb = n + 5, ldc = n + 2;
-				float *a, *b, *c1, *c2, *c3;
+				float *a, *b, *c1, *c2, *c3, *c4, *c5;
 				if ((size_t)m * n * k > (size_t)20 << 20)
 					continue;
 				a = randv((size_t)m * lda, 1);
@@ -121,7 +124,20 @@ static void test_gemm_acc(void)
 					CHECK(!memcmp(c3 + (size_t)(m - 1) * ldc,
 						      c1 + (size_t)(m - 1) * ldc,
 						      (size_t)n * sizeof *c1));
-				free(a), free(b), free(c1), free(c2), free(c3);
+				c4 = randv((size_t)m * ldc, 1);
+				c5 = circ_xcalloc((size_t)m * ldc, sizeof *c5);
+				circ_gemm_set(m, n, k, a, lda, b, ldb, c4, ldc);
+				circ_gemm_acc(m, n, k, a, lda, b, ldb, c5, ldc);
+				memset(c2, 0, (size_t)m * ldc * sizeof *c2);
+				circ_gemm_ref(0, 0, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
+				for (int i = 0; i < m; i++) /* columns past n: untouched */
+					for (int j = n; j < ldc; j++)
+						c4[(size_t)i * ldc + j] = 0;
+				CHECK(close_to("gemm_set", c4, c2, (size_t)m * ldc, 2e-6 * sqrt(k),
+					       1));
+				if (circ_gemm_acc_fast(n))
+					CHECK(!memcmp(c4, c5, (size_t)m * ldc * sizeof *c4));
+				free(a), free(b), free(c1), free(c2), free(c3), free(c4), free(c5);
 			}
 	CHECK(!circ_gemm_acc_fast(10) && !circ_gemm_acc_fast(0));
 }
