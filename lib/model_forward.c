@@ -66,6 +66,11 @@ static void embed(circ_run *r, const circ_fwd *f)
  * thread count. */
 
 #define QKV_BLOCK 64
+/* Unpatched, circ's kernel computes every row alike whatever the block, so
+ * the blocks may be larger (b is packed once per block). With receivers
+ * patched, columns of a width circ_gemm_acc leaves to OpenBLAS come out of
+ * kernels that depend on the block's rows: those blocks stay QKV_BLOCK. */
+#define QKV_BLOCK_CLEAN 256
 
 typedef struct qkv_task {
 	circ_run *r;
@@ -75,29 +80,30 @@ typedef struct qkv_task {
 	float *qkv;	    /* (n, 3C) output */
 } qkv_task;
 
-/* Scratch of thread slot k: (QKV_BLOCK, C). */
+/* Scratch of thread slot k: (QKV_BLOCK_CLEAN, C). */
 static float *blk_scratch(circ_run *r, int k)
 {
-	return r->s_blk + (size_t)k * QKV_BLOCK * r->C;
+	return r->s_blk + (size_t)k * QKV_BLOCK_CLEAN * r->C;
 }
 
-/* Splits n rows into blocks (at least one per thread when there are rows
- * enough) and makes sure every thread has its scratch. */
-static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n)
+/* Splits n rows into blocks of at most mb rows (at least one per thread
+ * when there are rows enough) and makes sure every thread has its scratch. */
+static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n, size_t mb)
 {
 	int P = circ_pool_threads(r->pool);
-	/* the same number of blocks for every thread, each at most QKV_BLOCK */
-	size_t per = (n + (size_t)P * QKV_BLOCK - 1) / ((size_t)P * QKV_BLOCK);
+	/* the same number of blocks for every thread, each at most mb */
+	size_t per = (n + (size_t)P * mb - 1) / ((size_t)P * mb);
 	size_t rb = (n + (size_t)P * per - 1) / ((size_t)P * per);
 	if (r->blk_slots < P) {
 		free(r->s_blk);
-		r->s_blk = circ_xalloc_aligned((size_t)P * QKV_BLOCK * r->C * sizeof(float));
+		r->s_blk =
+		    circ_xalloc_aligned((size_t)P * QKV_BLOCK_CLEAN * r->C * sizeof(float));
 		r->blk_slots = P;
 	}
 	t->r = r;
 	t->l = l;
 	t->n = n;
-	t->rb = rb < 1 ? 1 : rb > QKV_BLOCK ? QKV_BLOCK : rb;
+	t->rb = rb < 1 ? 1 : rb > mb ? mb : rb;
 	t->nblk = (n + t->rb - 1) / t->rb;
 }
 
@@ -171,6 +177,47 @@ static void qkv_slot(void *v, size_t b, size_t e)
 	}
 }
 
+/* ---- per-head outputs and the residual after attention, in one job ----
+ * Each head's output z_h W_h (a K = D deep product) is its own GEMM; as
+ * twelve OpenBLAS calls over the pool they pay twelve packings and twelve
+ * hand-offs, and the sum of the outputs is one more pass. Here each pool
+ * thread takes a contiguous share of the rows (a multiple of 6, the
+ * kernel's tile) and computes every head's output for them with
+ * circ_gemm_set (the sums OpenBLAS forms for a block of k, started from
+ * 0), then the residual for the same rows, the additions in the order
+ * model_p_sum makes them. */
+typedef struct proj_task {
+	circ_run *r;
+	int l;
+	const float *z, *x; /* (n, C) the heads' outputs side by side; the residual */
+} proj_task;
+
+static void proj_slot(void *v, size_t b, size_t e)
+{
+	proj_task *t = v;
+	circ_run *r = t->r;
+	const circ_layer_weights *lw = &r->m->w.layers[t->l];
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, P = (size_t)circ_pool_threads(r->pool);
+	float *res = resid_at(r, 2 * t->l + 1);
+	for (size_t q = b; q < e; q++) {
+		size_t i0 = n * q / P / 6 * 6, i1 = q + 1 == P ? n : n * (q + 1) / P / 6 * 6;
+		const float *src[MAX_HEAD];
+		if (i1 <= i0)
+			continue;
+		for (int h = 0; h < r->H; h++) {
+			float *out = r->node[circ_node_head(r->m, t->l, h)];
+			circ_gemm_set((int)(i1 - i0), r->C, r->D, t->z + i0 * C + (size_t)h * D,
+				      r->C, lw->proj_w + (size_t)h * D * C, r->C, out + i0 * C,
+				      r->C);
+		}
+		for (size_t i = i0; i < i1; i++) {
+			for (int h = 0; h < r->H; h++)
+				src[h] = r->node[circ_node_head(r->m, t->l, h)] + i * C;
+			circ_vsum(res + i * C, t->x + i * C, lw->proj_b, src, r->H, C);
+		}
+	}
+}
+
 static void attn_stage(circ_run *r, int l)
 {
 	const circ_layer_weights *lw = &r->m->w.layers[l];
@@ -190,7 +237,7 @@ static void attn_stage(circ_run *r, int l)
 			   qkv, (int)C3);
 	} else {
 		qkv_task t;
-		qkv_task_init(r, &t, l, n);
+		qkv_task_init(r, &t, l, n, npatched ? QKV_BLOCK : QKV_BLOCK_CLEAN);
 		t.npatched = npatched;
 		t.x = x;
 		t.qkv = qkv;
@@ -200,7 +247,10 @@ static void attn_stage(circ_run *r, int l)
 		attn_task t = {r, z, att, NULL, qkv, NULL, NULL};
 		circ_pool_for(r->pool, (size_t)r->B, model_attn_fwd_part, &t);
 	}
-	if (r->o.keep_nodes) {
+	if (r->o.keep_nodes && !r->o.reference) {
+		proj_task t = {r, l, z, x};
+		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), proj_slot, &t);
+	} else if (r->o.keep_nodes) {
 		const float *src[MAX_HEAD];
 		for (int h = 0; h < r->H; h++) {
 			float *out = r->node[circ_node_head(r->m, l, h)];
