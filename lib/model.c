@@ -685,9 +685,31 @@ typedef struct gemm_task {
 	const float *a, *b;
 	float beta;
 	float *c;
+	const float *bias; /* (n) set into each part's block of c first, or NULL */
+	float *act;	   /* each part's block of c through GELU into act (ldc), or NULL */
+	int exact;
 } gemm_task;
 
 #define GEMM_SPLIT_MIN (1 << 20) /* m * n * k below which one thread does it */
+
+/* Rows i0 .. i1-1, columns j0 .. j1-1 of the product: the bias, the GEMM,
+ * the activation, so each block is still in this core's caches. */
+static void gemm_block(const gemm_task *t, int i0, int i1, int j0, int j1)
+{
+	size_t ldc = (size_t)t->ldc, w = (size_t)(j1 - j0);
+	float *c = t->c + (size_t)i0 * ldc + j0;
+	if (t->bias)
+		for (int i = i0; i < i1; i++)
+			memcpy(c + (size_t)(i - i0) * ldc, t->bias + j0, w * sizeof(float));
+	circ_gemm(t->ta, t->tb, i1 - i0, j1 - j0, t->k, 1.0f,
+		  t->ta ? t->a + i0 : t->a + (size_t)i0 * t->lda, t->lda,
+		  t->tb ? t->b + (size_t)j0 * t->ldb : t->b + j0, t->ldb, t->bias ? 1.0f : t->beta,
+		  c, t->ldc);
+	if (t->act)
+		for (int i = i0; i < i1; i++)
+			circ_gelu_fwd(t->act + (size_t)i * ldc + j0, c + (size_t)(i - i0) * ldc, w,
+				      t->exact);
+}
 
 static void gemm_part(void *v, size_t p0, size_t p1)
 {
@@ -701,31 +723,56 @@ static void gemm_part(void *v, size_t p0, size_t p1)
 		if (i1 <= i0)
 			continue;
 		if (t->by_cols)
-			circ_gemm(t->ta, t->tb, t->m, i1 - i0, t->k, 1.0f, t->a, t->lda,
-				  t->tb ? t->b + (size_t)i0 * t->ldb : t->b + i0, t->ldb, t->beta,
-				  t->c + i0, t->ldc);
+			gemm_block(t, 0, t->m, i0, i1);
 		else
-			circ_gemm(t->ta, t->tb, i1 - i0, t->n, t->k, 1.0f,
-				  t->ta ? t->a + i0 : t->a + (size_t)i0 * t->lda, t->lda, t->b,
-				  t->ldb, t->beta, t->c + (size_t)i0 * t->ldc, t->ldc);
+			gemm_block(t, i0, i1, 0, t->n);
 	}
+}
+
+static void gemm_run(const circ_run *r, gemm_task *t)
+{
+	int P = circ_pool_threads(r->pool);
+	if (P == 1 || circ_pool_inside() || (double)t->m * t->n * t->k < GEMM_SPLIT_MIN ||
+	    (t->m < 32 && t->n < 32)) {
+		gemm_block(t, 0, t->m, 0, t->n);
+		return;
+	}
+	t->P = P;
+	t->by_cols = t->n >= t->m;
+	circ_pool_for(r->pool, (size_t)P, gemm_part, t);
 }
 
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc)
 {
-	int P = circ_pool_threads(r->pool);
 	if (r->o.reference) {
 		circ_gemm_ref(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 		return;
 	}
-	if (P == 1 || circ_pool_inside() || (double)m * n * k < GEMM_SPLIT_MIN ||
-	    (m < 32 && n < 32)) {
-		circ_gemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, 1, 0, a, b, beta, c, NULL, NULL, 0};
+	gemm_run(r, &t);
+}
+
+/* c (m, n) = bias + a b (every row of c starts as bias), and act = GELU(c)
+ * when act is not NULL (exact: erf, else tanh), over the pool as
+ * model_gemm cuts it: each part sets, multiplies and activates its own
+ * block, with no serial pass and no second job. */
+void model_gemm_bias(const circ_run *r, int m, int n, int k, const float *a, int lda,
+		     const float *b, int ldb, const float *bias, float *c, int ldc, float *act,
+		     int exact)
+{
+	if (r->o.reference) {
+		for (int i = 0; i < m; i++)
+			memcpy(c + (size_t)i * ldc, bias, (size_t)n * sizeof(float));
+		circ_gemm_ref(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+		if (act)
+			for (int i = 0; i < m; i++)
+				circ_gelu_fwd_ref(act + (size_t)i * ldc, c + (size_t)i * ldc,
+						  (size_t)n, exact);
 		return;
 	}
-	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, P, n >= m, a, b, beta, c};
-	circ_pool_for(r->pool, (size_t)P, gemm_part, &t);
+	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, bias, act, exact};
+	gemm_run(r, &t);
 }
 
 /* c (m, n) += a (m, k) b (k, n) on the calling thread (inside a pool

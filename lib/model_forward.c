@@ -275,17 +275,14 @@ static void mlp_stage(circ_run *r, int l)
 	float *fc = r->fc + (size_t)l * r->rows * F;
 	float *out = r->node[circ_node_mlp(r->m, l)];
 	int recv = circ_recv_mlp(r->m, l);
-	ew_task g = {r, r->s_gelu, fc, NULL, r->m->cfg.act == CIRC_ACT_GELU};
 	const float *src[1] = {out};
 	xin = model_recv_input(r, recv, x, r->s_ln);
 	model_p_layernorm(r, r->s_ln, r->mean + (size_t)(2 * l + 1) * r->rows,
 			  r->rstd + (size_t)(2 * l + 1) * r->rows, xin, lw->ln2_w, lw->ln2_b, n);
-	bias_rows(fc, lw->fc_b, n, F, F);
-	model_gemm(r, 0, 0, (int)n, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, 1.0f, fc, r->F);
-	model_p_elementwise(r, model_gelu_part, &g, n * F);
-	bias_rows(out, lw->fcproj_b, n, (size_t)r->C, (size_t)r->C);
-	model_gemm(r, 0, 0, (int)n, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, 1.0f, out,
-		   r->C);
+	model_gemm_bias(r, (int)n, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, lw->fc_b, fc, r->F,
+			r->s_gelu, r->m->cfg.act == CIRC_ACT_GELU);
+	model_gemm_bias(r, (int)n, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, lw->fcproj_b,
+			out, r->C, NULL, 0);
 	model_p_sum(r, resid_at(r, 2 * l + 2), x, src, 1, NULL, n);
 }
 

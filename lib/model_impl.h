@@ -184,6 +184,9 @@ void model_p_sum(const circ_run *r, float *out, const float *a, const float *con
 		 const float *bias, size_t n);
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc);
+void model_gemm_bias(const circ_run *r, int m, int n, int k, const float *a, int lda,
+		     const float *b, int ldb, const float *bias, float *c, int ldc, float *act,
+		     int exact);
 void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
 		    int ldb, float *c, int ldc);
 
