@@ -48,6 +48,10 @@ void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, s
 /* Sets OpenBLAS's (process-wide) thread count. */
 void circ_blas_threads(int n);
 
+/* For tests: the widest vector code the kernels may choose, 0 portable, 1
+ * AVX2, 2 AVX-512 (the default; each only where the CPU has it). */
+void circ_simd_limit(int level);
+
 /* ---- matrix multiply ---- */
 
 /* c (m, n) = alpha * op(a) op(b) + beta * c; op(a) is (m, k): a itself
