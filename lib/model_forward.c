@@ -180,12 +180,13 @@ static void qkv_slot(void *v, size_t b, size_t e)
 /* ---- per-head outputs and the residual after attention, in one job ----
  * Each head's output z_h W_h (a K = D deep product) is its own GEMM; as
  * twelve OpenBLAS calls over the pool they pay twelve packings and twelve
- * hand-offs, and the sum of the outputs is one more pass. Here each pool
- * thread takes a contiguous share of the rows (a multiple of 6, the
- * kernel's tile) and computes every head's output for them with
- * circ_gemm_set (the sums OpenBLAS forms for a block of k, started from
- * 0), then the residual for the same rows, the additions in the order
- * model_p_sum makes them. */
+ * hand-offs, and the sum of the outputs is one more pass over them all.
+ * Here each pool thread takes a contiguous share of the rows (a multiple
+ * of 6, the kernel's tile) and, one block of 64 output columns at a time,
+ * computes every head's output for them with circ_gemm_set (the sums
+ * OpenBLAS forms for a block of k, started from 0), then the residual for
+ * the same rows and columns while the heads' blocks are in its cache, the
+ * additions in the order model_p_sum makes them. */
 typedef struct proj_task {
 	circ_run *r;
 	int l;
@@ -198,22 +199,27 @@ static void proj_slot(void *v, size_t b, size_t e)
 	circ_run *r = t->r;
 	const circ_layer_weights *lw = &r->m->w.layers[t->l];
 	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, P = (size_t)circ_pool_threads(r->pool);
-	float *res = resid_at(r, 2 * t->l + 1);
+	size_t jb = C % 64 ? C : 64;
+	float *res = resid_at(r, 2 * t->l + 1), *out[MAX_HEAD];
+	for (int h = 0; h < r->H; h++)
+		out[h] = r->node[circ_node_head(r->m, t->l, h)];
 	for (size_t q = b; q < e; q++) {
 		size_t i0 = n * q / P / 6 * 6, i1 = q + 1 == P ? n : n * (q + 1) / P / 6 * 6;
 		const float *src[MAX_HEAD];
 		if (i1 <= i0)
 			continue;
-		for (int h = 0; h < r->H; h++) {
-			float *out = r->node[circ_node_head(r->m, t->l, h)];
-			circ_gemm_set((int)(i1 - i0), r->C, r->D, t->z + i0 * C + (size_t)h * D,
-				      r->C, lw->proj_w + (size_t)h * D * C, r->C, out + i0 * C,
-				      r->C);
-		}
-		for (size_t i = i0; i < i1; i++) {
+		for (size_t j = 0; j < C; j += jb) {
 			for (int h = 0; h < r->H; h++)
-				src[h] = r->node[circ_node_head(r->m, t->l, h)] + i * C;
-			circ_vsum(res + i * C, t->x + i * C, lw->proj_b, src, r->H, C);
+				circ_gemm_set((int)(i1 - i0), (int)jb, r->D,
+					      t->z + i0 * C + (size_t)h * D, r->C,
+					      lw->proj_w + (size_t)h * D * C + j, r->C,
+					      out[h] + i0 * C + j, r->C);
+			for (size_t i = i0; i < i1; i++) {
+				for (int h = 0; h < r->H; h++)
+					src[h] = out[h] + i * C + j;
+				circ_vsum(res + i * C + j, t->x + i * C + j, lw->proj_b + j, src,
+					  r->H, jb);
+			}
 		}
 	}
 }
@@ -275,15 +281,14 @@ static void mlp_stage(circ_run *r, int l)
 	float *fc = r->fc + (size_t)l * r->rows * F;
 	float *out = r->node[circ_node_mlp(r->m, l)];
 	int recv = circ_recv_mlp(r->m, l);
-	const float *src[1] = {out};
 	xin = model_recv_input(r, recv, x, r->s_ln);
 	model_p_layernorm(r, r->s_ln, r->mean + (size_t)(2 * l + 1) * r->rows,
 			  r->rstd + (size_t)(2 * l + 1) * r->rows, xin, lw->ln2_w, lw->ln2_b, n);
-	model_gemm_bias(r, (int)n, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, lw->fc_b, fc, r->F,
-			r->s_gelu, r->m->cfg.act == CIRC_ACT_GELU);
-	model_gemm_bias(r, (int)n, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, lw->fcproj_b,
-			out, r->C, NULL, 0);
-	model_p_sum(r, resid_at(r, 2 * l + 2), x, src, 1, NULL, n);
+	model_epi fc_ep = {lw->fc_b, r->s_gelu, r->m->cfg.act == CIRC_ACT_GELU, NULL, NULL};
+	model_epi proj_ep = {lw->fcproj_b, NULL, 0, resid_at(r, 2 * l + 2), x};
+	model_gemm_epi(r, (int)n, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, fc, r->F, &fc_ep);
+	model_gemm_epi(r, (int)n, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, out, r->C,
+		       &proj_ep);
 }
 
 static void final_stage(circ_run *r)
