@@ -302,19 +302,21 @@ void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float
  * itself (ldb apart): the sums are the same either way. R is a constant
  * at every call, so the arrays below live in registers. zero: start the
  * sums from 0 instead of c. */
-AVX512 static inline __attribute__((always_inline)) void
-acc_rx64(int R, int zero, int kc, const float *a, int lda, const float *b, int ldb, float *c,
-	 int ldc)
+AVX512 static inline __attribute__((always_inline)) void acc_rx64(int R, int zero, int kc,
+								  const float *a, int lda,
+								  const float *b, int ldb, float *c,
+								  int ldc)
 {
 	__m512 acc[6][4];
 	_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
-		_Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) acc[r][v] =
-		    zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)r * ldc + 16 * v);
+	    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) acc[r][v] =
+		zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)r * ldc + 16 * v);
 	for (int p = 0; p < kc; p++) {
 		const float *bp = b + (size_t)p * ldb;
 		__m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16),
 		       b2 = _mm512_loadu_ps(bp + 32), b3 = _mm512_loadu_ps(bp + 48);
-		_Pragma("GCC unroll 6") for (int r = 0; r < R; r++) {
+		_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+		{
 			/* c[r][j] += a[r][p] * b[p][j] */
 			__m512 x = _mm512_set1_ps(a[(size_t)r * lda + p]);
 			acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
@@ -324,8 +326,8 @@ acc_rx64(int R, int zero, int kc, const float *a, int lda, const float *b, int l
 		}
 	}
 	_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
-		_Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)
-			_mm512_storeu_ps(c + (size_t)r * ldc + 16 * v, acc[r][v]);
+	    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)
+		_mm512_storeu_ps(c + (size_t)r * ldc + 16 * v, acc[r][v]);
 }
 
 /* All m rows of one 64-column block, kc values of p, in tiles of 6 rows
@@ -364,7 +366,7 @@ AVX512 static void acc_1x16(int k, const float *a, const float *b, int ldb, floa
  * sets and miss again for every tile of rows. Cutting p changes no sum:
  * each accumulator goes to c and comes back between blocks, exactly, and
  * the order of p is kept. Few rows do not repay the copy. */
-#define GEMM_KC 128
+#define GEMM_KC		128
 #define GEMM_PACK_MIN_M 8
 
 AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a, int lda,
@@ -394,6 +396,70 @@ AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a
 }
 #endif
 
+#if CIRC_X86
+/* c (m, n) = a (m, k) b (n, k)^T for few rows of a and many of b (the
+ * logits of a few positions): each element a dot product of two rows, in
+ * 16 lanes over p (lane l sums p = l, l + 16, ... in order with fused
+ * multiply-adds), the lanes then added in a fixed order; so an element's
+ * bits depend on neither the tile it falls in nor m or n. Tiles of 2 rows
+ * of a and 8 of b: the 8 rows of b stay in L1 while every pair of a's
+ * rows passes them, so b streams from memory once. k a multiple of 16. */
+#define DOT_TILE(R, S)                                                                             \
+	AVX512 static void dot_tile_##R##x##S(int k, const float *a, int lda, const float *b,      \
+					      int ldb, float *c, int ldc)                          \
+	{                                                                                          \
+		__m512 acc[R][S];                                                                  \
+		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+		    _Pragma("GCC unroll 8") for (int s = 0; s < S; s++) acc[r][s] =                \
+			_mm512_setzero_ps();                                                       \
+		for (int p = 0; p < k; p += 16) {                                                  \
+			__m512 av[R];                                                              \
+			_Pragma("GCC unroll 8") for (int r = 0; r < R; r++) av[r] =                \
+			    _mm512_loadu_ps(a + (size_t)r * lda + p);                              \
+			_Pragma("GCC unroll 8") for (int s = 0; s < S; s++)                        \
+			{                                                                          \
+				__m512 bv = _mm512_loadu_ps(b + (size_t)s * ldb + p);              \
+				_Pragma("GCC unroll 8") for (int r = 0; r < R;                     \
+							     r++) /* acc[r][s] += a[r][p..]        \
+								     b[s][p..] */                  \
+				    acc[r][s] = _mm512_fmadd_ps(av[r], bv, acc[r][s]);             \
+			}                                                                          \
+		}                                                                                  \
+		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+		    _Pragma("GCC unroll 8") for (int s = 0; s < S; s++) c[(size_t)r * ldc + s] =   \
+			_mm512_reduce_add_ps(acc[r][s]);                                           \
+	}
+DOT_TILE(2, 8)
+DOT_TILE(1, 8)
+DOT_TILE(2, 1)
+DOT_TILE(1, 1)
+#undef DOT_TILE
+
+AVX512 static void gemm_bt_avx512(int m, int n, int k, const float *a, int lda, const float *b,
+				  int ldb, float *c, int ldc)
+{
+	int j = 0;
+	for (; j + 8 <= n; j += 8) {
+		int i = 0;
+		for (; i + 2 <= m; i += 2)
+			dot_tile_2x8(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				     c + (size_t)i * ldc + j, ldc);
+		if (i < m)
+			dot_tile_1x8(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				     c + (size_t)i * ldc + j, ldc);
+	}
+	for (; j < n; j++) {
+		int i = 0;
+		for (; i + 2 <= m; i += 2)
+			dot_tile_2x1(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				     c + (size_t)i * ldc + j, ldc);
+		if (i < m)
+			dot_tile_1x1(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				     c + (size_t)i * ldc + j, ldc);
+	}
+}
+#endif
+
 static int use_avx512(void)
 {
 #if CIRC_X86
@@ -420,6 +486,25 @@ void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b,
 	}
 #endif
 	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+}
+
+int circ_gemm_bt_fast(int k)
+{
+	return k > 0 && k % 16 == 0 && use_avx512();
+}
+
+void circ_gemm_bt_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		      float *c, int ldc)
+{
+	if (m <= 0 || n <= 0)
+		return;
+#if CIRC_X86
+	if (circ_gemm_bt_fast(k)) {
+		gemm_bt_avx512(m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
+#endif
+	circ_gemm(0, 1, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
 void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
@@ -597,9 +682,10 @@ AVX512 static void vsum_avx512(float *y, const float *a, const float *b, const f
 		if (b)
 			v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b + i));
 		for (int j = 0; j < k; j++)
-			v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_xor_si512(
-						 _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src[j] + i)),
-						 _mm512_castps_si512(sg))));
+			v = _mm512_add_ps(
+			    v, _mm512_castsi512_ps(_mm512_xor_si512(
+				   _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src[j] + i)),
+				   _mm512_castps_si512(sg))));
 		_mm512_mask_storeu_ps(y + i, m, v);
 	}
 }

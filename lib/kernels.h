@@ -78,6 +78,15 @@ int circ_gemm_acc_fast(int n);
 void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
 		   int ldc);
 
+/* c (m, n) = a (m, k) b (n, k)^T, on the calling thread, for few rows of
+ * a and many of b (a few positions' logits against the vocabulary): circ's
+ * own kernel where circ_gemm_bt_fast(k) says so (AVX-512 and k a multiple
+ * of 16), which reads b once; each element a dot product whose bits do
+ * not depend on m, n or its place (not OpenBLAS's bits); else circ_gemm. */
+void circ_gemm_bt_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		      float *c, int ldc);
+int circ_gemm_bt_fast(int k);
+
 /* ---- LayerNorm over the last dimension ---- */
 
 /* out (N, C) = (inp - mean) * rstd * w + b, per row; mean, rstd (N) are

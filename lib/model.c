@@ -762,8 +762,8 @@ void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const fl
  * with ldc), over the pool as model_gemm cuts it: each part sets,
  * multiplies and finishes its own block, with no serial pass and no
  * second job. */
-void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int lda,
-		    const float *b, int ldb, float *c, int ldc, const model_epi *ep)
+void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
+		    int ldb, float *c, int ldc, const model_epi *ep)
 {
 	if (r->o.reference) {
 		for (int i = 0; i < m; i++) {

@@ -96,8 +96,7 @@ static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n, size_t mb)
 	size_t rb = (n + (size_t)P * per - 1) / ((size_t)P * per);
 	if (r->blk_slots < P) {
 		free(r->s_blk);
-		r->s_blk =
-		    circ_xalloc_aligned((size_t)P * QKV_BLOCK_CLEAN * r->C * sizeof(float));
+		r->s_blk = circ_xalloc_aligned((size_t)P * QKV_BLOCK_CLEAN * r->C * sizeof(float));
 		r->blk_slots = P;
 	}
 	t->r = r;
@@ -198,7 +197,8 @@ static void proj_slot(void *v, size_t b, size_t e)
 	proj_task *t = v;
 	circ_run *r = t->r;
 	const circ_layer_weights *lw = &r->m->w.layers[t->l];
-	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, P = (size_t)circ_pool_threads(r->pool);
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D,
+	       P = (size_t)circ_pool_threads(r->pool);
 	size_t jb = C % 64 ? C : 64;
 	float *res = resid_at(r, 2 * t->l + 1), *out[MAX_HEAD];
 	for (int h = 0; h < r->H; h++)
@@ -291,6 +291,33 @@ static void mlp_stage(circ_run *r, int l)
 		       &proj_ep);
 }
 
+/* ---- logits of a few positions ----
+ * With few read rows (the last position of each sequence) the unembedding
+ * is a pass over the whole (V, C) matrix for little arithmetic: OpenBLAS
+ * packs all of it for those rows; circ_gemm_bt_set reads each row of it
+ * once, straight into dot products, each thread a share of the
+ * vocabulary. Only for matrices that stream from memory (the fixtures'
+ * small vocabularies keep OpenBLAS and its bits). */
+#define HEAD_FEW_ROWS	  64
+#define HEAD_STREAM_BYTES ((size_t)4 << 20)
+
+typedef struct head_task {
+	circ_run *r;
+	int n; /* read rows */
+} head_task;
+
+static void head_part(void *v, size_t b, size_t e)
+{
+	head_task *t = v;
+	circ_run *r = t->r;
+	size_t V = (size_t)r->V, C = (size_t)r->C, P = (size_t)circ_pool_threads(r->pool);
+	for (size_t q = b; q < e; q++) {
+		size_t j0 = V * q / P, j1 = V * (q + 1) / P;
+		circ_gemm_bt_set(t->n, (int)(j1 - j0), r->C, r->lnf, r->C, r->m->w.lm_head + j0 * C,
+				 r->C, r->logits + j0, r->V);
+	}
+}
+
 static void final_stage(circ_run *r)
 {
 	const circ_weights *w = &r->m->w;
@@ -313,6 +340,12 @@ static void final_stage(circ_run *r)
 				dst[c] += d[row * C + c];
 	}
 	model_p_layernorm(r, r->lnf, r->lnf_mean, r->lnf_rstd, r->s_ln, w->lnf_w, w->lnf_b, N);
+	if (!r->o.reference && N <= HEAD_FEW_ROWS && circ_gemm_bt_fast(r->C) &&
+	    (size_t)r->V * C * sizeof(float) >= HEAD_STREAM_BYTES) {
+		head_task t = {r, (int)N};
+		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), head_part, &t);
+		return;
+	}
 	model_gemm(r, 0, 1, (int)N, r->V, r->C, r->lnf, r->C, w->lm_head, r->C, 0.0f, r->logits,
 		   r->V);
 }

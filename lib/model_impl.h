@@ -192,8 +192,8 @@ typedef struct model_epi {
 	float *res;	   /* res = res_x + c, or NULL */
 	const float *res_x;
 } model_epi;
-void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int lda,
-		    const float *b, int ldb, float *c, int ldc, const model_epi *ep);
+void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
+		    int ldb, float *c, int ldc, const model_epi *ep);
 void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
 		    int ldb, float *c, int ldc);
 

@@ -142,6 +142,44 @@ static void test_gemm_acc(void)
 	CHECK(!circ_gemm_acc_fast(10) && !circ_gemm_acc_fast(0));
 }
 
+/* circ_gemm_bt_set (c = a b^T) against the reference over row and column
+ * counts around its 2 x 8 tiles; each element's bits must not depend on
+ * the rows and columns computed with it. */
+static void test_gemm_bt(void)
+{
+	int ms[] = {1, 2, 3, 32, 33}, ns[] = {1, 7, 8, 9, 100}, ks[] = {16, 160, 768, 10};
+	for (size_t im = 0; im < sizeof ms / sizeof *ms; im++)
+		for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
+			for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++) {
+				int m = ms[im], n = ns[in], k = ks[ik];
+				int lda = k + 3, ldb = k + 5, ldc = n + 2;
+				float *a = randv((size_t)m * lda, 1),
+				      *b = randv((size_t)n * ldb, 1);
+				float *c1 = circ_xcalloc((size_t)m * ldc, sizeof *c1),
+				      *c2 = circ_xcalloc((size_t)m * ldc, sizeof *c2),
+				      *c3 = circ_xcalloc((size_t)m * ldc, sizeof *c3);
+				circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c1, ldc);
+				circ_gemm_ref(0, 1, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
+				CHECK(close_to("gemm_bt", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k),
+					       1));
+				/* the last row and the last column alone: the same bits */
+				circ_gemm_bt_set(1, n, k, a + (size_t)(m - 1) * lda, lda, b, ldb,
+						 c3 + (size_t)(m - 1) * ldc, ldc);
+				circ_gemm_bt_set(m, 1, k, a, lda, b + (size_t)(n - 1) * ldb, ldb,
+						 c3 + n - 1, ldc);
+				if (circ_gemm_bt_fast(k)) {
+					CHECK(!memcmp(c3 + (size_t)(m - 1) * ldc,
+						      c1 + (size_t)(m - 1) * ldc,
+						      (size_t)n * sizeof *c1));
+					for (int i = 0; i < m; i++)
+						CHECK(c3[(size_t)i * ldc + n - 1] ==
+						      c1[(size_t)i * ldc + n - 1]);
+				}
+				free(a), free(b), free(c1), free(c2), free(c3);
+			}
+	CHECK(!circ_gemm_bt_fast(10) && !circ_gemm_bt_fast(0));
+}
+
 static void test_layernorm(void)
 {
 	int widths[] = {1, 2, 7, 8, 13, 16, 64, 100, 768};
@@ -616,6 +654,7 @@ int main(int argc, char **argv)
 	circ_rng_seed(&rng, 42);
 	test_gemm();
 	test_gemm_acc();
+	test_gemm_bt();
 	test_layernorm();
 	test_gelu();
 	test_exp();
