@@ -301,11 +301,12 @@ void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float
  * broadcasts of a[., p]. b is a packed panel (row p at b + 64 p) or b
  * itself (ldb apart): the sums are the same either way. R is a constant
  * at every call, so the arrays below live in registers. zero: start the
- * sums from 0 instead of c. */
+ * sums from 0 instead of c. res (ldr apart), if not NULL: res += the
+ * finished sums, while they are in registers. */
 AVX512 static inline __attribute__((always_inline)) void acc_rx64(int R, int zero, int kc,
 								  const float *a, int lda,
 								  const float *b, int ldb, float *c,
-								  int ldc)
+								  int ldc, float *res, int ldr)
 {
 	__m512 acc[6][4];
 	_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
@@ -328,26 +329,35 @@ AVX512 static inline __attribute__((always_inline)) void acc_rx64(int R, int zer
 	_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
 	    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++)
 		_mm512_storeu_ps(c + (size_t)r * ldc + 16 * v, acc[r][v]);
+	if (res)
+		_Pragma("GCC unroll 6") for (int r = 0; r < R; r++)
+		    _Pragma("GCC unroll 4") for (int v = 0; v < 4; v++) _mm512_storeu_ps(
+			res + (size_t)r * ldr + 16 * v,
+			_mm512_add_ps(_mm512_loadu_ps(res + (size_t)r * ldr + 16 * v), acc[r][v]));
 }
 
 /* All m rows of one 64-column block, kc values of p, in tiles of 6 rows
  * (the tail in tiles of 4, 2 and 1). */
 AVX512 static void acc_rows_x64(int m, int zero, int kc, const float *a, int lda, const float *b,
-				int ldb, float *c, int ldc)
+				int ldb, float *c, int ldc, float *res, int ldr)
 {
 	int i = 0;
+#define ACC_TILE(R)                                                                                \
+	acc_rx64(R, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc,          \
+		 res ? res + (size_t)i * ldr : NULL, ldr)
 	for (; i + 6 <= m; i += 6)
-		acc_rx64(6, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
+		ACC_TILE(6);
 	if (i + 4 <= m) {
-		acc_rx64(4, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
+		ACC_TILE(4);
 		i += 4;
 	}
 	if (i + 2 <= m) {
-		acc_rx64(2, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
+		ACC_TILE(2);
 		i += 2;
 	}
 	if (i < m)
-		acc_rx64(1, zero, kc, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc);
+		ACC_TILE(1);
+#undef ACC_TILE
 }
 
 /* One row, 16 columns: the same sums for the last n % 64 columns. */
@@ -370,13 +380,14 @@ AVX512 static void acc_1x16(int k, const float *a, const float *b, int ldb, floa
 #define GEMM_PACK_MIN_M 8
 
 AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a, int lda,
-				   const float *b, int ldb, float *c, int ldc)
+				   const float *b, int ldb, float *c, int ldc, float *res, int ldr)
 {
 	_Alignas(64) float panel[GEMM_KC * 64];
 	int j = 0;
 	for (; j + 64 <= n; j += 64) {
+		float *rj = res ? res + j : NULL;
 		if (m < GEMM_PACK_MIN_M) {
-			acc_rows_x64(m, zero, k, a, lda, b + j, ldb, c + j, ldc);
+			acc_rows_x64(m, zero, k, a, lda, b + j, ldb, c + j, ldc, rj, ldr);
 			continue;
 		}
 		for (int p0 = 0; p0 < k; p0 += GEMM_KC) {
@@ -384,14 +395,21 @@ AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a
 			for (int p = 0; p < kc; p++)
 				memcpy(panel + (size_t)p * 64, b + (size_t)(p0 + p) * ldb + j,
 				       64 * sizeof(float));
-			acc_rows_x64(m, zero && p0 == 0, kc, a + p0, lda, panel, 64, c + j, ldc);
+			acc_rows_x64(m, zero && p0 == 0, kc, a + p0, lda, panel, 64, c + j, ldc,
+				     p0 + kc == k ? rj : NULL, ldr);
 		}
 	}
 	for (; j < n; j += 16)
 		for (int i = 0; i < m; i++) {
+			float *ci = c + (size_t)i * ldc + j;
 			if (zero)
-				memset(c + (size_t)i * ldc + j, 0, 16 * sizeof(float));
-			acc_1x16(k, a + (size_t)i * lda, b + j, ldb, c + (size_t)i * ldc + j);
+				memset(ci, 0, 16 * sizeof(float));
+			acc_1x16(k, a + (size_t)i * lda, b + j, ldb, ci);
+			if (res) {
+				float *ri = res + (size_t)i * ldr + j;
+				_mm512_storeu_ps(
+				    ri, _mm512_add_ps(_mm512_loadu_ps(ri), _mm512_loadu_ps(ci)));
+			}
 		}
 }
 #endif
@@ -481,7 +499,7 @@ void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b,
 		return;
 #if CIRC_X86
 	if (circ_gemm_acc_fast(n)) {
-		gemm_acc_avx512(0, m, n, k, a, lda, b, ldb, c, ldc);
+		gemm_acc_avx512(0, m, n, k, a, lda, b, ldb, c, ldc, NULL, 0);
 		return;
 	}
 #endif
@@ -514,11 +532,28 @@ void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b,
 		return;
 #if CIRC_X86
 	if (k > 0 && circ_gemm_acc_fast(n)) {
-		gemm_acc_avx512(1, m, n, k, a, lda, b, ldb, c, ldc);
+		gemm_acc_avx512(1, m, n, k, a, lda, b, ldb, c, ldc, NULL, 0);
 		return;
 	}
 #endif
 	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		       float *c, int ldc, float *res, int ldr)
+{
+	if (m <= 0 || n <= 0)
+		return;
+#if CIRC_X86
+	if (k > 0 && circ_gemm_acc_fast(n)) {
+		gemm_acc_avx512(1, m, n, k, a, lda, b, ldb, c, ldc, res, ldr);
+		return;
+	}
+#endif
+	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+	for (int i = 0; i < m; i++)
+		for (int j = 0; j < n; j++) /* res += c */
+			res[(size_t)i * ldr + j] += c[(size_t)i * ldc + j];
 }
 
 /* ================================================================ SIMD helpers */

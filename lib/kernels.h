@@ -77,6 +77,10 @@ int circ_gemm_acc_fast(int n);
  * compute it for k within one of their blocks. */
 void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
 		   int ldc);
+/* circ_gemm_set, then res (m, n; rows ldr apart) += c, each element one
+ * float addition, done while the sums are still in registers. */
+void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		       float *c, int ldc, float *res, int ldr);
 
 /* c (m, n) = a (m, k) b (n, k)^T, on the calling thread, for few rows of
  * a and many of b (a few positions' logits against the vocabulary): circ's

@@ -182,10 +182,11 @@ static void qkv_slot(void *v, size_t b, size_t e)
  * hand-offs, and the sum of the outputs is one more pass over them all.
  * Here each pool thread takes a contiguous share of the rows (a multiple
  * of 6, the kernel's tile) and, one block of 64 output columns at a time,
- * computes every head's output for them with circ_gemm_set (the sums
- * OpenBLAS forms for a block of k, started from 0), then the residual for
- * the same rows and columns while the heads' blocks are in its cache, the
- * additions in the order model_p_sum makes them. */
+ * sets the residual to x + b and computes every head's output for them
+ * with circ_gemm_set_add (the sums OpenBLAS forms for a block of k,
+ * started from 0), which adds each head's output to the residual while it
+ * is in registers: the additions model_p_sum makes, in its order, with no
+ * pass over the heads' outputs. */
 typedef struct proj_task {
 	circ_run *r;
 	int l;
@@ -205,21 +206,17 @@ static void proj_slot(void *v, size_t b, size_t e)
 		out[h] = r->node[circ_node_head(r->m, t->l, h)];
 	for (size_t q = b; q < e; q++) {
 		size_t i0 = n * q / P / 6 * 6, i1 = q + 1 == P ? n : n * (q + 1) / P / 6 * 6;
-		const float *src[MAX_HEAD];
 		if (i1 <= i0)
 			continue;
 		for (size_t j = 0; j < C; j += jb) {
-			for (int h = 0; h < r->H; h++)
-				circ_gemm_set((int)(i1 - i0), (int)jb, r->D,
-					      t->z + i0 * C + (size_t)h * D, r->C,
-					      lw->proj_w + (size_t)h * D * C + j, r->C,
-					      out[h] + i0 * C + j, r->C);
-			for (size_t i = i0; i < i1; i++) {
-				for (int h = 0; h < r->H; h++)
-					src[h] = out[h] + i * C + j;
-				circ_vsum(res + i * C + j, t->x + i * C + j, lw->proj_b + j, src,
-					  r->H, jb);
-			}
+			for (size_t i = i0; i < i1; i++) /* res = x + b */
+				circ_vsum(res + i * C + j, t->x + i * C + j, lw->proj_b + j, NULL,
+					  0, jb);
+			for (int h = 0; h < r->H; h++) /* res += out_h, head by head */
+				circ_gemm_set_add(
+				    (int)(i1 - i0), (int)jb, r->D, t->z + i0 * C + (size_t)h * D,
+				    r->C, lw->proj_w + (size_t)h * D * C + j, r->C,
+				    out[h] + i0 * C + j, r->C, res + i0 * C + j, r->C);
 		}
 	}
 }

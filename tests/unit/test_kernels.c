@@ -137,6 +137,22 @@ static void test_gemm_acc(void)
 					       1));
 				if (circ_gemm_acc_fast(n))
 					CHECK(!memcmp(c4, c5, (size_t)m * ldc * sizeof *c4));
+				/* circ_gemm_set_add: the same c, and res + c in res */
+				{
+					float *r1 = randv((size_t)m * ldc, 1),
+					      *r2 = copyv(r1, (size_t)m * ldc);
+					memset(c5, 0, (size_t)m * ldc * sizeof *c5);
+					circ_gemm_set_add(m, n, k, a, lda, b, ldb, c5, ldc, r1,
+							  ldc);
+					circ_gemm_set(m, n, k, a, lda, b, ldb, c2, ldc);
+					for (int i = 0; i < m; i++)
+						for (int j = 0; j < n; j++) {
+							size_t o = (size_t)i * ldc + j;
+							CHECK(c5[o] == c2[o]);
+							CHECK(r1[o] == r2[o] + c2[o]);
+						}
+					free(r1), free(r2);
+				}
 				free(a), free(b), free(c1), free(c2), free(c3), free(c4), free(c5);
 			}
 	CHECK(!circ_gemm_acc_fast(10) && !circ_gemm_acc_fast(0));
