@@ -15,11 +15,18 @@
  * Abramowitz-Stegun 7.1.26 (absolute error < 1.5e-7). The
  * reference twins use libm in double.
  *
- * One matrix kernel of circ's own, circ_gemm_acc: c += a b for column
- * blocks a multiple of 16 wide, in AVX-512 (6 rows x 64 columns of
- * accumulators), where OpenBLAS's blocking loses a third on narrow blocks
- * such as one head's 64 columns of W_QKV. Everything else goes to
- * OpenBLAS.
+ * Where the CPU has AVX-512 the hottest element-wise kernels (the tanh
+ * GELU, vsum) have a third build, lane for lane the AVX2 one, so the bits
+ * do not depend on which runs.
+ *
+ * Two matrix kernels of circ's own, in AVX-512: circ_gemm_acc (c += a b,
+ * and circ_gemm_set, c = a b) for column blocks a multiple of 16 wide (6
+ * rows x 64 columns of accumulators, b packed in L1-sized panels), where
+ * OpenBLAS's blocking loses a third on narrow blocks such as one head's 64
+ * columns of W_QKV or a head's K = 64 output projection; and
+ * circ_gemm_bt_set (c = a b^T) for a few rows against a large matrix (the
+ * last positions' logits), which reads the matrix once instead of packing
+ * it. Everything else goes to OpenBLAS.
  */
 #include "kernels.h"
 
