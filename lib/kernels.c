@@ -558,9 +558,9 @@ void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float
 	}
 #endif
 	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
-	for (int i = 0; i < m; i++)
-		for (int j = 0; j < n; j++) /* res += c */
-			res[(size_t)i * ldr + j] += c[(size_t)i * ldc + j];
+	for (int i = 0; i < m; i++) /* res += c */
+		circ_vsum(res + (size_t)i * ldr, res + (size_t)i * ldr, c + (size_t)i * ldc, NULL,
+			  0, (size_t)n);
 }
 
 /* ================================================================ SIMD helpers */
