@@ -48,6 +48,10 @@ void circ_pool_for(circ_pool *p, size_t n, void (*fn)(void *ctx, size_t begin, s
 /* Sets OpenBLAS's (process-wide) thread count. */
 void circ_blas_threads(int n);
 
+/* For tests: the widest vector code the kernels may choose, 0 portable, 1
+ * AVX2, 2 AVX-512 (the default; each only where the CPU has it). */
+void circ_simd_limit(int level);
+
 /* ---- matrix multiply ---- */
 
 /* c (m, n) = alpha * op(a) op(b) + beta * c; op(a) is (m, k): a itself
@@ -66,6 +70,26 @@ void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float
 void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
 		   int ldc);
 int circ_gemm_acc_fast(int n);
+
+/* c (m, n) = a (m, k) b (k, n): circ_gemm_acc's sums started from 0 (c's
+ * old values are not read), else circ_gemm with beta 0. Each element is
+ * the sum in order of k with fused multiply-adds, as OpenBLAS's kernels
+ * compute it for k within one of their blocks. */
+void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+		   int ldc);
+/* circ_gemm_set, then res (m, n; rows ldr apart) += c, each element one
+ * float addition, done while the sums are still in registers. */
+void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		       float *c, int ldc, float *res, int ldr);
+
+/* c (m, n) = a (m, k) b (n, k)^T, on the calling thread, for few rows of
+ * a and many of b (a few positions' logits against the vocabulary): circ's
+ * own kernel where circ_gemm_bt_fast(k) says so (AVX-512 and k a multiple
+ * of 16), which reads b once; each element a dot product whose bits do
+ * not depend on m, n or its place (not OpenBLAS's bits); else circ_gemm. */
+void circ_gemm_bt_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		      float *c, int ldc);
+int circ_gemm_bt_fast(int k);
 
 /* ---- LayerNorm over the last dimension ---- */
 

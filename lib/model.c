@@ -719,9 +719,35 @@ typedef struct gemm_task {
 	const float *a, *b;
 	float beta;
 	float *c;
+	model_epi ep; /* what each part does with its block besides the GEMM */
 } gemm_task;
 
 #define GEMM_SPLIT_MIN (1 << 20) /* m * n * k below which one thread does it */
+
+/* Rows i0 .. i1-1, columns j0 .. j1-1 of the product: the bias, the GEMM,
+ * the activation, the residual sum, so each block is still in this core's
+ * caches when the next step reads it. */
+static void gemm_block(const gemm_task *t, int i0, int i1, int j0, int j1)
+{
+	const model_epi *ep = &t->ep;
+	size_t ldc = (size_t)t->ldc, w = (size_t)(j1 - j0);
+	float *c = t->c + (size_t)i0 * ldc + j0;
+	if (ep->bias)
+		for (int i = i0; i < i1; i++)
+			memcpy(c + (size_t)(i - i0) * ldc, ep->bias + j0, w * sizeof(float));
+	circ_gemm(t->ta, t->tb, i1 - i0, j1 - j0, t->k, 1.0f,
+		  t->ta ? t->a + i0 : t->a + (size_t)i0 * t->lda, t->lda,
+		  t->tb ? t->b + (size_t)j0 * t->ldb : t->b + j0, t->ldb, ep->bias ? 1.0f : t->beta,
+		  c, t->ldc);
+	for (int i = i0; i < i1; i++) {
+		const float *ci = c + (size_t)(i - i0) * ldc;
+		size_t o = (size_t)i * ldc + j0;
+		if (ep->act)
+			circ_gelu_fwd(ep->act + o, ci, w, ep->exact);
+		if (ep->res)
+			circ_vsum(ep->res + o, ep->res_x + o, NULL, &ci, 1, w);
+	}
+}
 
 static void gemm_part(void *v, size_t p0, size_t p1)
 {
@@ -735,31 +761,62 @@ static void gemm_part(void *v, size_t p0, size_t p1)
 		if (i1 <= i0)
 			continue;
 		if (t->by_cols)
-			circ_gemm(t->ta, t->tb, t->m, i1 - i0, t->k, 1.0f, t->a, t->lda,
-				  t->tb ? t->b + (size_t)i0 * t->ldb : t->b + i0, t->ldb, t->beta,
-				  t->c + i0, t->ldc);
+			gemm_block(t, 0, t->m, i0, i1);
 		else
-			circ_gemm(t->ta, t->tb, i1 - i0, t->n, t->k, 1.0f,
-				  t->ta ? t->a + i0 : t->a + (size_t)i0 * t->lda, t->lda, t->b,
-				  t->ldb, t->beta, t->c + (size_t)i0 * t->ldc, t->ldc);
+			gemm_block(t, i0, i1, 0, t->n);
 	}
+}
+
+static void gemm_run(const circ_run *r, gemm_task *t)
+{
+	int P = circ_pool_threads(r->pool);
+	if (P == 1 || circ_pool_inside() || (double)t->m * t->n * t->k < GEMM_SPLIT_MIN ||
+	    (t->m < 32 && t->n < 32)) {
+		gemm_block(t, 0, t->m, 0, t->n);
+		return;
+	}
+	t->P = P;
+	t->by_cols = t->n >= t->m;
+	circ_pool_for(r->pool, (size_t)P, gemm_part, t);
 }
 
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc)
 {
-	int P = circ_pool_threads(r->pool);
 	if (r->o.reference) {
 		circ_gemm_ref(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 		return;
 	}
-	if (P == 1 || circ_pool_inside() || (double)m * n * k < GEMM_SPLIT_MIN ||
-	    (m < 32 && n < 32)) {
-		circ_gemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, 1, 0, a, b, beta, c, {0}};
+	gemm_run(r, &t);
+}
+
+/* c (m, n) = bias + a b (every row of c starts as bias), then, where
+ * given, act = GELU(c) (exact: erf, else tanh) and res = res_x + c (all
+ * with ldc), over the pool as model_gemm cuts it: each part sets,
+ * multiplies and finishes its own block, with no serial pass and no
+ * second job. */
+void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
+		    int ldb, float *c, int ldc, const model_epi *ep)
+{
+	if (r->o.reference) {
+		for (int i = 0; i < m; i++) {
+			float *ci = c + (size_t)i * ldc;
+			memcpy(ci, ep->bias, (size_t)n * sizeof(float));
+			circ_gemm_ref(0, 0, 1, n, k, 1.0f, a + (size_t)i * lda, lda, b, ldb, 1.0f,
+				      ci, ldc);
+			if (ep->act)
+				circ_gelu_fwd_ref(ep->act + (size_t)i * ldc, ci, (size_t)n,
+						  ep->exact);
+			if (ep->res)
+				for (int j = 0; j < n; j++)
+					ep->res[(size_t)i * ldc + j] =
+					    ep->res_x[(size_t)i * ldc + j] + ci[j];
+		}
 		return;
 	}
-	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, P, n >= m, a, b, beta, c};
-	circ_pool_for(r->pool, (size_t)P, gemm_part, &t);
+	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, *ep};
+	gemm_run(r, &t);
 }
 
 /* c (m, n) += a (m, k) b (k, n) on the calling thread (inside a pool

@@ -66,6 +66,11 @@ static void embed(circ_run *r, const circ_fwd *f)
  * thread count. */
 
 #define QKV_BLOCK 64
+/* Unpatched, circ's kernel computes every row alike whatever the block, so
+ * the blocks may be larger (b is packed once per block). With receivers
+ * patched, columns of a width circ_gemm_acc leaves to OpenBLAS come out of
+ * kernels that depend on the block's rows: those blocks stay QKV_BLOCK. */
+#define QKV_BLOCK_CLEAN 256
 
 typedef struct qkv_task {
 	circ_run *r;
@@ -75,29 +80,29 @@ typedef struct qkv_task {
 	float *qkv;	    /* (n, 3C) output */
 } qkv_task;
 
-/* Scratch of thread slot k: (QKV_BLOCK, C). */
+/* Scratch of thread slot k: (QKV_BLOCK_CLEAN, C). */
 static float *blk_scratch(circ_run *r, int k)
 {
-	return r->s_blk + (size_t)k * QKV_BLOCK * r->C;
+	return r->s_blk + (size_t)k * QKV_BLOCK_CLEAN * r->C;
 }
 
-/* Splits n rows into blocks (at least one per thread when there are rows
- * enough) and makes sure every thread has its scratch. */
-static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n)
+/* Splits n rows into blocks of at most mb rows (at least one per thread
+ * when there are rows enough) and makes sure every thread has its scratch. */
+static void qkv_task_init(circ_run *r, qkv_task *t, int l, size_t n, size_t mb)
 {
 	int P = circ_pool_threads(r->pool);
-	/* the same number of blocks for every thread, each at most QKV_BLOCK */
-	size_t per = (n + (size_t)P * QKV_BLOCK - 1) / ((size_t)P * QKV_BLOCK);
+	/* the same number of blocks for every thread, each at most mb */
+	size_t per = (n + (size_t)P * mb - 1) / ((size_t)P * mb);
 	size_t rb = (n + (size_t)P * per - 1) / ((size_t)P * per);
 	if (r->blk_slots < P) {
 		free(r->s_blk);
-		r->s_blk = circ_xalloc_aligned((size_t)P * QKV_BLOCK * r->C * sizeof(float));
+		r->s_blk = circ_xalloc_aligned((size_t)P * QKV_BLOCK_CLEAN * r->C * sizeof(float));
 		r->blk_slots = P;
 	}
 	t->r = r;
 	t->l = l;
 	t->n = n;
-	t->rb = rb < 1 ? 1 : rb > QKV_BLOCK ? QKV_BLOCK : rb;
+	t->rb = rb < 1 ? 1 : rb > mb ? mb : rb;
 	t->nblk = (n + t->rb - 1) / t->rb;
 }
 
@@ -171,6 +176,51 @@ static void qkv_slot(void *v, size_t b, size_t e)
 	}
 }
 
+/* ---- per-head outputs and the residual after attention, in one job ----
+ * Each head's output z_h W_h (a K = D deep product) is its own GEMM; as
+ * twelve OpenBLAS calls over the pool they pay twelve packings and twelve
+ * hand-offs, and the sum of the outputs is one more pass over them all.
+ * Here each pool thread takes a contiguous share of the rows (a multiple
+ * of 6, the kernel's tile) and, one block of 64 output columns at a time,
+ * sets the residual to x + b and computes every head's output for them
+ * with circ_gemm_set_add (the sums OpenBLAS forms for a block of k,
+ * started from 0), which adds each head's output to the residual while it
+ * is in registers: the additions model_p_sum makes, in its order, with no
+ * pass over the heads' outputs. */
+typedef struct proj_task {
+	circ_run *r;
+	int l;
+	const float *z, *x; /* (n, C) the heads' outputs side by side; the residual */
+} proj_task;
+
+static void proj_slot(void *v, size_t b, size_t e)
+{
+	proj_task *t = v;
+	circ_run *r = t->r;
+	const circ_layer_weights *lw = &r->m->w.layers[t->l];
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D,
+	       P = (size_t)circ_pool_threads(r->pool);
+	size_t jb = C % 64 ? C : 64;
+	float *res = resid_at(r, 2 * t->l + 1), *out[MAX_HEAD];
+	for (int h = 0; h < r->H; h++)
+		out[h] = r->node[circ_node_head(r->m, t->l, h)];
+	for (size_t q = b; q < e; q++) {
+		size_t i0 = n * q / P / 6 * 6, i1 = q + 1 == P ? n : n * (q + 1) / P / 6 * 6;
+		if (i1 <= i0)
+			continue;
+		for (size_t j = 0; j < C; j += jb) {
+			for (size_t i = i0; i < i1; i++) /* res = x + b */
+				circ_vsum(res + i * C + j, t->x + i * C + j, lw->proj_b + j, NULL,
+					  0, jb);
+			for (int h = 0; h < r->H; h++) /* res += out_h, head by head */
+				circ_gemm_set_add(
+				    (int)(i1 - i0), (int)jb, r->D, t->z + i0 * C + (size_t)h * D,
+				    r->C, lw->proj_w + (size_t)h * D * C + j, r->C,
+				    out[h] + i0 * C + j, r->C, res + i0 * C + j, r->C);
+		}
+	}
+}
+
 static void attn_stage(circ_run *r, int l)
 {
 	const circ_layer_weights *lw = &r->m->w.layers[l];
@@ -190,7 +240,7 @@ static void attn_stage(circ_run *r, int l)
 			   qkv, (int)C3);
 	} else {
 		qkv_task t;
-		qkv_task_init(r, &t, l, n);
+		qkv_task_init(r, &t, l, n, npatched ? QKV_BLOCK : QKV_BLOCK_CLEAN);
 		t.npatched = npatched;
 		t.x = x;
 		t.qkv = qkv;
@@ -200,7 +250,10 @@ static void attn_stage(circ_run *r, int l)
 		attn_task t = {r, z, att, NULL, qkv, NULL, NULL};
 		circ_pool_for(r->pool, (size_t)r->B, model_attn_fwd_part, &t);
 	}
-	if (r->o.keep_nodes) {
+	if (r->o.keep_nodes && !r->o.reference) {
+		proj_task t = {r, l, z, x};
+		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), proj_slot, &t);
+	} else if (r->o.keep_nodes) {
 		const float *src[MAX_HEAD];
 		for (int h = 0; h < r->H; h++) {
 			float *out = r->node[circ_node_head(r->m, l, h)];
@@ -225,18 +278,41 @@ static void mlp_stage(circ_run *r, int l)
 	float *fc = r->fc + (size_t)l * r->rows * F;
 	float *out = r->node[circ_node_mlp(r->m, l)];
 	int recv = circ_recv_mlp(r->m, l);
-	ew_task g = {r, r->s_gelu, fc, NULL, r->m->cfg.act == CIRC_ACT_GELU};
-	const float *src[1] = {out};
 	xin = model_recv_input(r, recv, x, r->s_ln);
 	model_p_layernorm(r, r->s_ln, r->mean + (size_t)(2 * l + 1) * r->rows,
 			  r->rstd + (size_t)(2 * l + 1) * r->rows, xin, lw->ln2_w, lw->ln2_b, n);
-	bias_rows(fc, lw->fc_b, n, F, F);
-	model_gemm(r, 0, 0, (int)n, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, 1.0f, fc, r->F);
-	model_p_elementwise(r, model_gelu_part, &g, n * F);
-	bias_rows(out, lw->fcproj_b, n, (size_t)r->C, (size_t)r->C);
-	model_gemm(r, 0, 0, (int)n, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, 1.0f, out,
-		   r->C);
-	model_p_sum(r, resid_at(r, 2 * l + 2), x, src, 1, NULL, n);
+	model_epi fc_ep = {lw->fc_b, r->s_gelu, r->m->cfg.act == CIRC_ACT_GELU, NULL, NULL};
+	model_epi proj_ep = {lw->fcproj_b, NULL, 0, resid_at(r, 2 * l + 2), x};
+	model_gemm_epi(r, (int)n, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, fc, r->F, &fc_ep);
+	model_gemm_epi(r, (int)n, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, out, r->C,
+		       &proj_ep);
+}
+
+/* ---- logits of a few positions ----
+ * With few read rows (the last position of each sequence) the unembedding
+ * is a pass over the whole (V, C) matrix for little arithmetic: OpenBLAS
+ * packs all of it for those rows; circ_gemm_bt_set reads each row of it
+ * once, straight into dot products, each thread a share of the
+ * vocabulary. Only for matrices that stream from memory (the fixtures'
+ * small vocabularies keep OpenBLAS and its bits). */
+#define HEAD_FEW_ROWS	  64
+#define HEAD_STREAM_BYTES ((size_t)4 << 20)
+
+typedef struct head_task {
+	circ_run *r;
+	int n; /* read rows */
+} head_task;
+
+static void head_part(void *v, size_t b, size_t e)
+{
+	head_task *t = v;
+	circ_run *r = t->r;
+	size_t V = (size_t)r->V, C = (size_t)r->C, P = (size_t)circ_pool_threads(r->pool);
+	for (size_t q = b; q < e; q++) {
+		size_t j0 = V * q / P, j1 = V * (q + 1) / P;
+		circ_gemm_bt_set(t->n, (int)(j1 - j0), r->C, r->lnf, r->C, r->m->w.lm_head + j0 * C,
+				 r->C, r->logits + j0, r->V);
+	}
 }
 
 static void final_stage(circ_run *r)
@@ -261,6 +337,12 @@ static void final_stage(circ_run *r)
 				dst[c] += d[row * C + c];
 	}
 	model_p_layernorm(r, r->lnf, r->lnf_mean, r->lnf_rstd, r->s_ln, w->lnf_w, w->lnf_b, N);
+	if (!r->o.reference && N <= HEAD_FEW_ROWS && circ_gemm_bt_fast(r->C) &&
+	    (size_t)r->V * C * sizeof(float) >= HEAD_STREAM_BYTES) {
+		head_task t = {r, (int)N};
+		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), head_part, &t);
+		return;
+	}
 	model_gemm(r, 0, 1, (int)N, r->V, r->C, r->lnf, r->C, w->lm_head, r->C, 0.0f, r->logits,
 		   r->V);
 }

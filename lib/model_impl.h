@@ -189,6 +189,16 @@ void model_p_sum(const circ_run *r, float *out, const float *a, const float *con
 		 const float *bias, size_t n);
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc);
+/* What model_gemm_epi does to each block of its product (see model.c). */
+typedef struct model_epi {
+	const float *bias; /* (n) c starts as the bias (required) */
+	float *act;	   /* act = GELU(c), or NULL */
+	int exact;	   /* act: erf GELU, else tanh */
+	float *res;	   /* res = res_x + c, or NULL */
+	const float *res_x;
+} model_epi;
+void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
+		    int ldb, float *c, int ldc, const model_epi *ep);
 void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
 		    int ldb, float *c, int ldc);
 

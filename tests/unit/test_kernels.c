@@ -89,41 +89,108 @@ static void test_gemm(void)
 			}
 }
 
+/* Runs fn over every (m, n, k) of the three lists. */
+#define FOR_SHAPES(fn, ms, ns, ks)                                                                 \
+	for (size_t im = 0; im < sizeof ms / sizeof *ms; im++)                                     \
+		for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)                             \
+			for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++)                     \
+	fn(ms[im], ns[in], ks[ik])
+
+static void gemm_acc_case(int m, int n, int k)
+{
+	int lda = k + 3, ldb = n + 5, ldc = n + 2;
+	float *a, *b, *c1, *c2, *c3, *c4, *c5;
+	if ((size_t)m * n * k > (size_t)20 << 20)
+		return;
+	a = randv((size_t)m * lda, 1);
+	b = randv((size_t)k * ldb, 1);
+	c1 = randv((size_t)m * ldc, 1);
+	c2 = copyv(c1, (size_t)m * ldc);
+	c3 = copyv(c1, (size_t)m * ldc);
+	circ_gemm_acc(m, n, k, a, lda, b, ldb, c1, ldc);
+	circ_gemm_ref(0, 0, m, n, k, 1, a, lda, b, ldb, 1, c2, ldc);
+	CHECK(close_to("gemm_acc", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+	/* the last row alone: the same bits when circ's kernel runs */
+	circ_gemm_acc(1, n, k, a + (size_t)(m - 1) * lda, lda, b, ldb, c3 + (size_t)(m - 1) * ldc,
+		      ldc);
+	if (circ_gemm_acc_fast(n))
+		CHECK(!memcmp(c3 + (size_t)(m - 1) * ldc, c1 + (size_t)(m - 1) * ldc,
+			      (size_t)n * sizeof *c1));
+	c4 = randv((size_t)m * ldc, 1);
+	c5 = circ_xcalloc((size_t)m * ldc, sizeof *c5);
+	circ_gemm_set(m, n, k, a, lda, b, ldb, c4, ldc);
+	circ_gemm_acc(m, n, k, a, lda, b, ldb, c5, ldc);
+	memset(c2, 0, (size_t)m * ldc * sizeof *c2);
+	circ_gemm_ref(0, 0, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
+	for (int i = 0; i < m; i++) /* columns past n: untouched */
+		for (int j = n; j < ldc; j++)
+			c4[(size_t)i * ldc + j] = 0;
+	CHECK(close_to("gemm_set", c4, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+	if (circ_gemm_acc_fast(n))
+		CHECK(!memcmp(c4, c5, (size_t)m * ldc * sizeof *c4));
+	/* circ_gemm_set_add: the same c, and res + c in res */
+	{
+		float *r1 = randv((size_t)m * ldc, 1), *r2 = copyv(r1, (size_t)m * ldc);
+		memset(c5, 0, (size_t)m * ldc * sizeof *c5);
+		circ_gemm_set_add(m, n, k, a, lda, b, ldb, c5, ldc, r1, ldc);
+		circ_gemm_set(m, n, k, a, lda, b, ldb, c2, ldc);
+		for (int i = 0; i < m; i++)
+			for (int j = 0; j < n; j++) {
+				size_t o = (size_t)i * ldc + j;
+				CHECK(c5[o] == c2[o]);
+				CHECK(r1[o] == r2[o] + c2[o]);
+			}
+		free(r1), free(r2);
+	}
+	free(a), free(b), free(c1), free(c2), free(c3), free(c4), free(c5);
+}
+
 /* circ_gemm_acc (c += a b) against the reference, over row counts around
- * the kernel's 6-row blocks and column counts around its 64- and 16-wide
- * blocks (and widths it leaves to OpenBLAS); each row's result must not
- * depend on the rows computed with it. */
+ * the kernel's 6-row blocks (and its 4-, 2- and 1-row tails, and the row
+ * count from which it packs b), depths around its 128-deep blocks, and
+ * column counts around its 64- and 16-wide blocks (and widths it leaves
+ * to OpenBLAS); each row's result must not depend on the rows computed
+ * with it. circ_gemm_set (c = a b) likewise, and bit for bit the same as
+ * circ_gemm_acc on a zeroed c. */
 static void test_gemm_acc(void)
 {
-	int ms[] = {1, 5, 6, 7, 13, 128}, ns[] = {16, 48, 64, 80, 144, 10, 2304},
-	    ks[] = {1, 7, 768};
-	for (size_t im = 0; im < sizeof ms / sizeof *ms; im++)
-		for (size_t in = 0; in < sizeof ns / sizeof *ns; in++)
-			for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++) {
-				int m = ms[im], n = ns[in], k = ks[ik];
-				int lda = k + 3, ldb = n + 5, ldc = n + 2;
-				float *a, *b, *c1, *c2, *c3;
-				if ((size_t)m * n * k > (size_t)20 << 20)
-					continue;
-				a = randv((size_t)m * lda, 1);
-				b = randv((size_t)k * ldb, 1);
-				c1 = randv((size_t)m * ldc, 1);
-				c2 = copyv(c1, (size_t)m * ldc);
-				c3 = copyv(c1, (size_t)m * ldc);
-				circ_gemm_acc(m, n, k, a, lda, b, ldb, c1, ldc);
-				circ_gemm_ref(0, 0, m, n, k, 1, a, lda, b, ldb, 1, c2, ldc);
-				CHECK(close_to("gemm_acc", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k),
-					       1));
-				/* the last row alone: the same bits when circ's kernel runs */
-				circ_gemm_acc(1, n, k, a + (size_t)(m - 1) * lda, lda, b, ldb,
-					      c3 + (size_t)(m - 1) * ldc, ldc);
-				if (circ_gemm_acc_fast(n))
-					CHECK(!memcmp(c3 + (size_t)(m - 1) * ldc,
-						      c1 + (size_t)(m - 1) * ldc,
-						      (size_t)n * sizeof *c1));
-				free(a), free(b), free(c1), free(c2), free(c3);
-			}
+	int ms[] = {1, 5, 6, 7, 8, 9, 13, 128}, ns[] = {16, 48, 64, 80, 144, 10, 2304},
+	    ks[] = {1, 7, 128, 129, 768};
+	FOR_SHAPES(gemm_acc_case, ms, ns, ks);
 	CHECK(!circ_gemm_acc_fast(10) && !circ_gemm_acc_fast(0));
+}
+
+static void gemm_bt_case(int m, int n, int k)
+{
+	int lda = k + 3, ldb = k + 5, ldc = n + 2;
+	float *a = randv((size_t)m * lda, 1), *b = randv((size_t)n * ldb, 1);
+	float *c1 = circ_xcalloc((size_t)m * ldc, sizeof *c1),
+	      *c2 = circ_xcalloc((size_t)m * ldc, sizeof *c2),
+	      *c3 = circ_xcalloc((size_t)m * ldc, sizeof *c3);
+	circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c1, ldc);
+	circ_gemm_ref(0, 1, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
+	CHECK(close_to("gemm_bt", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+	/* the last row and the last column alone: the same bits */
+	circ_gemm_bt_set(1, n, k, a + (size_t)(m - 1) * lda, lda, b, ldb,
+			 c3 + (size_t)(m - 1) * ldc, ldc);
+	circ_gemm_bt_set(m, 1, k, a, lda, b + (size_t)(n - 1) * ldb, ldb, c3 + n - 1, ldc);
+	if (circ_gemm_bt_fast(k)) {
+		CHECK(!memcmp(c3 + (size_t)(m - 1) * ldc, c1 + (size_t)(m - 1) * ldc,
+			      (size_t)n * sizeof *c1));
+		for (int i = 0; i < m; i++)
+			CHECK(c3[(size_t)i * ldc + n - 1] == c1[(size_t)i * ldc + n - 1]);
+	}
+	free(a), free(b), free(c1), free(c2), free(c3);
+}
+
+/* circ_gemm_bt_set (c = a b^T) against the reference over row and column
+ * counts around its 2 x 8 tiles; each element's bits must not depend on
+ * the rows and columns computed with it. */
+static void test_gemm_bt(void)
+{
+	int ms[] = {1, 2, 3, 32, 33}, ns[] = {1, 7, 8, 9, 100}, ks[] = {16, 160, 768, 10};
+	FOR_SHAPES(gemm_bt_case, ms, ns, ks);
+	CHECK(!circ_gemm_bt_fast(10) && !circ_gemm_bt_fast(0));
 }
 
 static void test_layernorm(void)
@@ -291,6 +358,13 @@ static void test_gelu(void)
 	x[0] = 0, x[1] = -20, x[2] = 20, x[3] = 1e-8f, x[4] = -1e-8f, x[5] = 100, x[6] = -100;
 	for (int exact = 0; exact < 2; exact++) {
 		circ_gelu_fwd(y1, x, n, exact);
+		/* the AVX-512 build gives the AVX2 build's bits, any length */
+		circ_simd_limit(1);
+		for (size_t m = n - 20; m <= n; m++) {
+			circ_gelu_fwd(y2, x, m, exact);
+			CHECK(!memcmp(y1, y2, m * sizeof *y1));
+		}
+		circ_simd_limit(2);
 		circ_gelu_fwd_ref(y2, x, n, exact);
 		CHECK(
 		    close_to(exact ? "gelu erf" : "gelu tanh", y1, y2, n, exact ? 4e-7 : 1e-6, 1));
@@ -593,6 +667,7 @@ int main(int argc, char **argv)
 	circ_rng_seed(&rng, 42);
 	test_gemm();
 	test_gemm_acc();
+	test_gemm_bt();
 	test_layernorm();
 	test_gelu();
 	test_exp();

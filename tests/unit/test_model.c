@@ -350,7 +350,7 @@ static void test_reference(void)
 	const char *root = getenv("CIRC_ROOT");
 	char script[512], cases[512], cmd[2048];
 	FILE *f;
-	ref_case rc[6];
+	ref_case rc[7];
 	int n = 0;
 	circ_error e = {{0}};
 	if (getenv("CIRC_SKIP_TORCH")) {
@@ -385,6 +385,18 @@ static void test_reference(void)
 	n++;
 	rc[n] = (ref_case){
 	    "l2h8 f32 wide", small_config(2, 8, 128, 97, 12), "F32", 4, 12, "last", 3, 1, 16};
+	n++;
+	/* a vocabulary large enough (V C floats >= 4 MB) for the few-rows
+	 * unembedding kernel (circ_gemm_bt_set) */
+	rc[n] = (ref_case){"l1h2 f32 large vocab",
+			   small_config(1, 2, 64, 16400, 8),
+			   "F32",
+			   3,
+			   5,
+			   "last",
+			   0,
+			   0,
+			   17};
 	n++;
 
 	snprintf(cases, sizeof cases, "%s/cases.json", tmp);
