@@ -58,8 +58,8 @@ enum {
 	CIRC_BPE_SPECIAL = 1 /* text "<|endoftext|>" (and other specials) -> its id */
 };
 
-/* Loads a Hugging Face tokenizer directory: vocab.json + merges.txt when
- * both are present, else tokenizer.json. Fails (NULL, message naming the
+/* Loads a Hugging Face tokenizer directory: tokenizer.json when it is
+ * there, else vocab.json + merges.txt. Fails (NULL, message naming the
  * file) when neither is there, a file cannot be read or parsed (repeated
  * JSON keys included), an id is negative or repeated, an id is far beyond
  * the number of tokens named (at least 2 x (vocabulary + added tokens) +
@@ -84,6 +84,10 @@ int32_t circ_bpe_n_merges(const circ_bpe *b);
 const char *circ_bpe_digest(const circ_bpe *b);
 /* Id of <|endoftext|>, or -1 if the vocabulary has none. */
 int32_t circ_bpe_eot(const circ_bpe *b);
+/* The id the tokenizer puts before a text (TemplateProcessing's token
+ * before $A in tokenizer.json, e.g. Llama 3.1's <|begin_of_text|>), or -1
+ * when it puts none. Encoding never adds it: callers do. */
+int32_t circ_bpe_bos(const circ_bpe *b);
 /* The bytes of token id (raw bytes, not the byte-to-unicode form); NULL
  * for an id the vocabulary does not have. */
 const unsigned char *circ_bpe_token_bytes(const circ_bpe *b, int32_t id, size_t *len);
