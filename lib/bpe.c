@@ -77,6 +77,8 @@ struct circ_bpe {
 	int byte_fallback; /* characters without a token become <0xNN> tokens */
 	int ignore_merges; /* a piece that is a token is that token */
 	int32_t bos;	   /* the id TemplateProcessing puts first, or -1 */
+	int32_t unk;	   /* model.unk_token's id, or -1 */
+	int fuse_unk;	   /* a run of unknown tokens is one */
 	int n_plain;	   /* added tokens that are not special */
 	/* model vocabulary text -> id (ignore_merges, SentencePiece characters) */
 	uint64_t *vh_key; /* hash, 0 if free */
@@ -269,6 +271,7 @@ static circ_bpe *bpe_alloc(void)
 	circ_bpe *b = circ_xcalloc(1, sizeof *b);
 	b->eot = -1;
 	b->bos = -1;
+	b->unk = -1;
 	for (int i = 0; i < 256; i++)
 		b->byte_id[i] = -1;
 	circ_bpe_set_cache(b, CACHE_DEFAULT);
@@ -838,6 +841,7 @@ static int hf_components(circ_bpe *b, json_t *root, const char *path, circ_error
 		}
 	b->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
 	b->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
+	b->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
 	return 0;
 }
 
@@ -927,6 +931,9 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 	}
 	if (load_vocab(b, vocab, extra_max, json_array_size(added), path, e) < 0)
 		goto fail;
+	json_t *unk = json_object_get(model, "unk_token");
+	if (json_is_string(unk))
+		b->unk = vocab_get(vocab, json_string_value(unk), json_string_length(unk));
 	pair_table_alloc(b, json_array_size(merges));
 	for (size_t i = 0; i < json_array_size(merges); i++) {
 		json_t *m = json_array_get(merges, i);
@@ -1317,45 +1324,86 @@ static int missing_byte(unsigned char c, circ_error *e)
 	return circ_errorf(e, "byte 0x%02x has no token in the vocabulary", c);
 }
 
-/* SentencePiece style: the first symbols of p[0..n) are its characters'
- * tokens, or the byte tokens of a character without one. Into b->sym in
- * merge_long's layout when long, packed (*k of them) when not. */
-static int sp_symbols(circ_bpe *b, const unsigned char *p, size_t n, size_t *k, circ_error *e)
+/* Whether character p[0..l) falls back to its bytes' tokens: byte_fallback
+ * on and all of them there (else it is the unknown token, as in tokenizers). */
+static int has_bytes(const circ_bpe *b, const unsigned char *p, size_t l)
 {
-	int packed = n <= SCAN_MAX;
+	if (!b->byte_fallback)
+		return 0;
+	for (size_t q = 0; q < l; q++)
+		if (b->byte_id[p[q]] < 0)
+			return 0;
+	return 1;
+}
+
+/* A character with neither a token nor byte tokens: the unknown token, or
+ * an error when there is none (never dropped, unlike tokenizers.js). */
+static int no_token(const circ_bpe *b, const unsigned char *p, size_t l, circ_error *e)
+{
+	if (b->unk >= 0)
+		return 0;
+	if (b->byte_fallback)
+		for (size_t q = 0; q < l; q++)
+			if (b->byte_id[p[q]] < 0)
+				return missing_byte(p[q], e);
+	return circ_errorf(e, "character '%.*s' has no token in the vocabulary", (int)l,
+			   (const char *)p);
+}
+
+/* SentencePiece style: the first symbols of p[0..n) are its characters'
+ * tokens, or the byte tokens of a character without one, or (UNK_SYM, which
+ * no merge joins) the unknown token. Into b->sym in merge_long's layout
+ * unless packed, packed (*k of them) when packed. Returns 1 when an unknown
+ * token needs the packed layout, 0, or -1 on error. */
+#define UNK_SYM(b) ((b)->n_ids)
+static int sp_symbols(circ_bpe *b, const unsigned char *p, size_t n, int packed, size_t *k,
+		      circ_error *e)
+{
 	size_t m = 0;
 	for (size_t i = 0; i < n;) {
 		utf8proc_int32_t cp;
-		utf8proc_ssize_t l = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
-		if (l <= 0)
-			l = 1;
-		int32_t id = vh_get(b, p + i, (size_t)l, hash_bytes(p + i, (size_t)l));
+		utf8proc_ssize_t r = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
+		size_t l = r > 0 ? (size_t)r : 1;
+		int32_t id = vh_get(b, p + i, l, hash_bytes(p + i, l));
 		if (id >= 0) {
 			if (packed) {
 				b->sym[m++] = id;
 			} else {
 				b->sym[i] = id;
-				for (utf8proc_ssize_t q = 1; q < l; q++)
-					b->sym[i + (size_t)q] = -1;
+				for (size_t q = 1; q < l; q++)
+					b->sym[i + q] = -1;
 				if (l > 1)
-					b->sym[i + (size_t)l - 1] = -(int32_t)i - 1;
+					b->sym[i + l - 1] = -(int32_t)i - 1;
 			}
+		} else if (has_bytes(b, p + i, l)) {
+			for (size_t q = 0; q < l; q++)
+				b->sym[packed ? m++ : i + q] = b->byte_id[p[i + q]];
 		} else {
-			if (!b->byte_fallback)
-				return circ_errorf(
-				    e, "character '%.*s' has no token in the vocabulary", (int)l,
-				    (const char *)p + i);
-			for (utf8proc_ssize_t q = 0; q < l; q++) {
-				unsigned char c = p[i + (size_t)q];
-				if (b->byte_id[c] < 0)
-					return missing_byte(c, e);
-				b->sym[packed ? m++ : i + (size_t)q] = b->byte_id[c];
-			}
+			if (no_token(b, p + i, l, e) < 0)
+				return -1;
+			if (!packed)
+				return 1;
+			b->sym[m++] = UNK_SYM(b);
 		}
-		i += (size_t)l;
+		i += l;
 	}
 	*k = m;
 	return 0;
+}
+
+/* UNK_SYM -> the unknown token's id, a run of them one with fuse_unk.
+ * Returns the new count. */
+static size_t unk_ids(const circ_bpe *b, int32_t *sym, size_t k)
+{
+	size_t j = 0;
+	if (!b->sp)
+		return k;
+	for (size_t i = 0; i < k; i++) {
+		if (sym[i] == UNK_SYM(b) && b->fuse_unk && j && sym[j - 1] == b->unk)
+			continue;
+		sym[j++] = sym[i] == UNK_SYM(b) ? b->unk : sym[i];
+	}
+	return j;
 }
 
 /* Appends the ids of one piece. */
@@ -1389,15 +1437,19 @@ static int encode_piece(circ_bpe *b, const unsigned char *p, size_t n, circ_ids 
 				   PIECE_MAX);
 	scratch_reserve(b, n);
 	size_t k = n;
+	int packed = n <= SCAN_MAX, r;
 	if (b->sp) {
-		if (sp_symbols(b, p, n, &k, e) < 0)
+		if ((r = sp_symbols(b, p, n, packed, &k, e)) == 1) /* unknown: scan */
+			r = sp_symbols(b, p, n, packed = 1, &k, e);
+		if (r < 0)
 			return -1;
 	} else {
 		for (size_t i = 0; i < n; i++)
 			if ((b->sym[i] = b->byte_id[p[i]]) < 0)
 				return missing_byte(p[i], e);
 	}
-	k = n <= SCAN_MAX ? merge_scan(b, b->sym, b->rank, k) : merge_long(b, n);
+	k = packed ? merge_scan(b, b->sym, b->rank, k) : merge_long(b, n);
+	k = unk_ids(b, b->sym, k);
 	if (h)
 		cache_put(b, p, n, h, b->sym, k);
 	if (n > SCRATCH_KEEP) { /* a long word's scratch goes, its ranks before the ids grow */
@@ -2104,10 +2156,11 @@ static long ref_symbols(const circ_bpe *b, const unsigned char *p, size_t n, int
 			    utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
 			l = r > 0 ? (size_t)r : 1;
 			id = vh_get(b, p + i, l, hash_bytes(p + i, l));
-			if (id < 0 && !b->byte_fallback)
-				return circ_errorf(
-				    e, "character '%.*s' has no token in the vocabulary", (int)l,
-				    (const char *)p + i);
+			if (id < 0 && !has_bytes(b, p + i, l)) {
+				if (no_token(b, p + i, l, e) < 0)
+					return -1;
+				id = UNK_SYM(b);
+			}
 		}
 		if (id >= 0)
 			sym[k++] = id;
@@ -2151,6 +2204,7 @@ static int ref_encode_bytes(const circ_bpe *b, const unsigned char *p, size_t n,
 			sym[i] = sym[i + 1];
 		n--;
 	}
+	n = unk_ids(b, sym, n);
 	for (size_t i = 0; i < n; i++)
 		circ_ids_push(out, sym[i]);
 	free(sym);

