@@ -66,6 +66,8 @@ typedef struct cache_slot {
 
 /* What a tokenizer.json asks for beyond GPT-2 (see bpe.h). */
 enum { PRETOK_GPT2, PRETOK_LLAMA3, PRETOK_NONE };
+/* Metaspace's prepend_scheme */
+enum { META_ALWAYS = 1, META_FIRST, META_NEVER };
 
 struct circ_bpe {
 	int pretok;	   /* PRETOK_* */
@@ -74,6 +76,7 @@ struct circ_bpe {
 	int sp;		   /* SentencePiece style: vocabulary text as is, ▁ for spaces */
 	int sp_prepend;	   /* normalizer: Prepend "▁" to each text between added tokens */
 	int sp_replace;	   /* normalizer: Replace " " by "▁" */
+	int meta;	   /* pre-tokenizer Metaspace: 0 none, else META_* */
 	int byte_fallback; /* characters without a token become <0xNN> tokens */
 	int ignore_merges; /* a piece that is a token is that token */
 	int32_t bos;	   /* the id TemplateProcessing puts first, or -1 */
@@ -706,7 +709,8 @@ static int hf_normalizer(circ_bpe *b, json_t *n, const char *where, const char *
 }
 
 #define PRETOKENIZERS                                                                              \
-	"null; ByteLevel (add_prefix_space false); a Sequence of Split (Llama 3's or Qwen 2's "    \
+	"null; ByteLevel (add_prefix_space false); Metaspace (split false); a Sequence of Split "  \
+	"(Llama 3's or Qwen 2's "                                                                  \
 	"pattern, Isolated) and ByteLevel (use_regex false); Split on \" \" after a normalizer "   \
 	"that replaces spaces"
 
@@ -727,6 +731,25 @@ static int hf_pretokenizer(circ_bpe *b, json_t *pt, const char *path, circ_error
 				      PRETOKENIZERS);
 		b->pretok = PRETOK_GPT2;
 		b->sp = 0;
+		return 0;
+	}
+	if (!strcmp(t, "Metaspace")) {
+		const char *ps = json_string_value(json_object_get(pt, "prepend_scheme"));
+		if (!is_str(pt, "replacement", SP_SPACE))
+			return refuse(e, path, "pre_tokenizer.replacement", "this replacement",
+				      "\"" SP_SPACE "\"");
+		if (!json_is_false(json_object_get(pt, "split")))
+			return refuse(e, path, "pre_tokenizer.split", "true (or absent)",
+				      "false: tokenizers.js, the reference, never splits");
+		if (!ps || !strcmp(ps, "always"))
+			b->meta = META_ALWAYS;
+		else if (!strcmp(ps, "first"))
+			b->meta = META_FIRST;
+		else if (!strcmp(ps, "never"))
+			b->meta = META_NEVER;
+		else
+			return refuse(e, path, "pre_tokenizer.prepend_scheme", "this scheme",
+				      "always, first, never");
 		return 0;
 	}
 	if (!strcmp(t, "Split") && is_str(json_object_get(pt, "pattern"), "String", " ") &&
@@ -823,6 +846,8 @@ static int hf_components(circ_bpe *b, json_t *root, const char *path, circ_error
 	    hf_postprocessor(b, json_object_get(root, "post_processor"), "post_processor", path,
 			     e) < 0)
 		return -1;
+	if (b->meta && (b->nfc || b->sp_prepend || b->sp_replace))
+		return refuse(e, path, "normalizer", "a normalizer with Metaspace", "null");
 	if (b->nfc && (b->sp_prepend || b->sp_replace))
 		return refuse(e, path, "normalizer", "NFC with " SP_SPACE " replacement",
 			      NORMALIZERS);
@@ -1800,8 +1825,15 @@ static int pretok_any(const circ_bpe *b, const unsigned char *s, size_t n, size_
 }
 
 /* The normalizer: text[0..n) -> a new buffer (*len bytes). */
-static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, size_t n, size_t *len,
-				circ_error *e)
+static int normalizes(const circ_bpe *b)
+{
+	return b->nfc || b->sp_prepend || b->sp_replace || b->meta;
+}
+
+/* The normalizer (and Metaspace): text[0..n) -> a new buffer (*len bytes).
+ * first: the text starts the input (Metaspace's prepend_scheme first). */
+static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, size_t n, int first,
+				size_t *len, circ_error *e)
 {
 	unsigned char *out;
 	if (b->nfc) { /* valid stretches composed; a byte that is not UTF-8 stays as it is */
@@ -1841,17 +1873,20 @@ static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, si
 		*len = k;
 		return out;
 	}
-	/* SentencePiece: Prepend "▁", Replace " " by "▁" */
+	/* SentencePiece: Prepend "▁", Replace " " by "▁"; or Metaspace, which
+	 * prepends unless the text starts with one */
 	size_t spaces = 0, k = 0;
+	int meta_pre = b->meta == META_ALWAYS || (b->meta == META_FIRST && first);
 	for (size_t i = 0; i < n; i++)
 		spaces += text[i] == ' ';
 	out = circ_xmalloc(n + 2 * spaces + 4);
-	if (b->sp_prepend && n) {
+	if (n && (b->sp_prepend ||
+		  (meta_pre && text[0] != ' ' && (n < 3 || memcmp(text, SP_SPACE, 3))))) {
 		memcpy(out, SP_SPACE, 3);
 		k = 3;
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (text[i] == ' ' && b->sp_replace) {
+		if (text[i] == ' ' && (b->sp_replace || b->meta)) {
 			memcpy(out + k, SP_SPACE, 3);
 			k += 3;
 		} else {
@@ -1864,15 +1899,15 @@ static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, si
 
 /* Normalizes, pre-tokenizes and encodes text[0..n) whole (a text between
  * added tokens, for tokenizers with a normalizer or no pre-tokenizer). */
-static int encode_whole(circ_bpe *b, const unsigned char *text, size_t n, circ_ids *out,
+static int encode_whole(circ_bpe *b, const unsigned char *text, size_t n, int first, circ_ids *out,
 			circ_error *e)
 {
 	size_t len = n, pos = 0, end, seen;
 	unsigned char *norm = NULL;
 	const unsigned char *t = text;
 	int rc = 0;
-	if (b->nfc || b->sp_prepend || b->sp_replace) {
-		if (!(norm = normalize(b, text, n, &len, e)))
+	if (normalizes(b)) {
+		if (!(norm = normalize(b, text, n, first, &len, e)))
 			return -1;
 		t = norm;
 	}
@@ -1901,6 +1936,7 @@ struct circ_bpe_stream {
 	size_t len, cap, pos;
 	size_t seen_at, seen; /* the piece at seen_at is scanned up to seen */
 	size_t spec_from;     /* no special token starts in [pos, spec_from) */
+	int started;	      /* something of this text is encoded (Metaspace's "first") */
 };
 
 circ_bpe_stream *circ_bpe_stream_new(circ_bpe *b, int flags)
@@ -1971,11 +2007,11 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 					limit = safe;
 			}
 		}
-		if (b->nfc || b->sp_prepend || b->sp_replace || b->pretok == PRETOK_NONE) {
+		if (normalizes(b) || b->pretok == PRETOK_NONE) {
 			/* normalizers see a whole text between added tokens */
 			if (!seg_eof)
 				return 0;
-			if (encode_whole(b, buf + s->pos, limit - s->pos, out, e) < 0)
+			if (encode_whole(b, buf + s->pos, limit - s->pos, !s->started, out, e) < 0)
 				return -1;
 			s->pos = limit;
 		}
@@ -1993,6 +2029,7 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 		if (!sp)
 			return 0;
 		circ_ids_push(out, sp->id);
+		s->started = 1;
 		s->pos = at + sp->len;
 		s->seen = 0;
 	}
@@ -2024,6 +2061,7 @@ int circ_bpe_stream_finish(circ_bpe_stream *s, circ_ids *out, circ_error *e)
 {
 	int rc = stream_run(s, 1, out, e);
 	s->len = s->pos = s->seen_at = s->seen = s->spec_from = 0;
+	s->started = 0;
 	return rc;
 }
 
@@ -2211,14 +2249,13 @@ static int ref_encode_bytes(const circ_bpe *b, const unsigned char *p, size_t n,
 	return 0;
 }
 
-static int ref_encode_segment(const circ_bpe *b, const unsigned char *s, size_t n, circ_ids *out,
-			      circ_error *e)
+static int ref_encode_segment(const circ_bpe *b, const unsigned char *s, size_t n, int first,
+			      circ_ids *out, circ_error *e)
 {
 	if (b->pretok != PRETOK_GPT2) { /* normalized, then (no pre-tokenizer) one piece */
 		size_t len = n;
 		unsigned char *norm = NULL;
-		if ((b->nfc || b->sp_prepend || b->sp_replace) &&
-		    !(norm = normalize(b, s, n, &len, e)))
+		if (normalizes(b) && !(norm = normalize(b, s, n, first, &len, e)))
 			return -1;
 		if (b->pretok == PRETOK_NONE) {
 			int rc = ref_encode_bytes(b, norm ? norm : s, len, out, e);
@@ -2268,7 +2305,7 @@ int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags
 							at = i, sp = &b->specials[k];
 						break;
 					}
-		if (ref_encode_segment(b, s + pos, at - pos, out, e) < 0)
+		if (ref_encode_segment(b, s + pos, at - pos, pos == 0, out, e) < 0)
 			return -1;
 		if (!sp)
 			return 0;

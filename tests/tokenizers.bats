@@ -77,6 +77,21 @@ same_as_hf() { # family, or a directory
 	done
 }
 
+@test "Metaspace (prepend_scheme always, first, never; split false): Llama 2's vocabulary, ids identical" {
+	need_js llama2
+	for sch in always first never; do
+		mkdir "$T/$sch"
+		jq -c --arg s $sch '.normalizer = null |
+			.pre_tokenizer = {type: "Metaspace", replacement: "\u2581", prepend_scheme: $s, split: false}' \
+			"$(dir_of llama2)/tokenizer.json" >"$T/$sch/tokenizer.json"
+		same_as_hf "$T/$sch"
+	done
+	# "first": only a text at the start of the input gets its "▁"
+	run --separate-stderr circ-tokenize --vocab-dir "$T/first" --text --json --special <<<'"a<s>a"'
+	assert_success
+	[ "$output" = "$(jq -n '"a<s>a"' | node $JS/hf_encode.mjs "$T/first" --json /dev/stdin)" ]
+}
+
 @test "special tokens are text without --special; added tokens that are not special never are" {
 	need_js llama3
 	run --separate-stderr circ-tokenize --vocab-dir "$(dir_of llama3)" --text <<<'<|begin_of_text|>'
