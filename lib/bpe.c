@@ -55,8 +55,9 @@ typedef struct special {
 	char *text;
 	size_t len;
 	int32_t id;
-	int order;   /* the order added: the first of a repeated text wins */
-	int special; /* 1: matched only with CIRC_BPE_SPECIAL; 0: always (an added token) */
+	int order;	    /* the order added: the first of a repeated text wins */
+	int special;	    /* 1: matched only with CIRC_BPE_SPECIAL; 0: always (an added token) */
+	int lstrip, rstrip; /* white space before / after it is dropped */
 } special;
 
 typedef struct cache_slot {
@@ -482,6 +483,7 @@ static void add_special(circ_bpe *b, const char *text, size_t len, int32_t id, i
 	sp->len = len;
 	sp->id = id;
 	sp->special = is_special;
+	sp->lstrip = sp->rstrip = 0;
 	sp->order = b->n_specials++;
 }
 
@@ -932,16 +934,14 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		}
 		if (json_integer_value(id) > extra_max)
 			extra_max = (int32_t)json_integer_value(id);
-		static const char *const flag[] = {"lstrip", "rstrip", "single_word"};
-		for (int f = 0; f < 3; f++)
-			if (json_is_true(json_object_get(t, flag[f]))) {
-				circ_errorf(
-				    e,
-				    "'%s': added_tokens[%zu]: \"%s\": true is not supported "
-				    "(only false)",
-				    path, i, flag[f]);
-				goto fail;
-			}
+		if (json_is_true(json_object_get(t, "single_word"))) {
+			circ_errorf(
+			    e,
+			    "'%s': added_tokens[%zu]: \"single_word\": true is not supported "
+			    "(only false: tokenizers.js, the reference, ignores it)",
+			    path, i);
+			goto fail;
+		}
 		json_t *norm = json_object_get(t, "normalized");
 		if ((b->nfc || b->sp_replace || b->sp_prepend) &&
 		    (json_is_true(norm) ||
@@ -1019,6 +1019,8 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		}
 		add_special(b, json_string_value(text), n, id,
 			    json_is_true(json_object_get(t, "special")));
+		b->specials[b->n_specials - 1].lstrip = json_is_true(json_object_get(t, "lstrip"));
+		b->specials[b->n_specials - 1].rstrip = json_is_true(json_object_get(t, "rstrip"));
 	}
 	b->tok_used = used;
 	if (b->bos >= b->n_ids || (b->bos >= 0 && b->tok_len[b->bos] < 0)) {
@@ -1937,6 +1939,7 @@ struct circ_bpe_stream {
 	size_t seen_at, seen; /* the piece at seen_at is scanned up to seen */
 	size_t spec_from;     /* no special token starts in [pos, spec_from) */
 	int started;	      /* something of this text is encoded (Metaspace's "first") */
+	int skip_space;	      /* the last added token was rstrip: white space after it goes */
 };
 
 circ_bpe_stream *circ_bpe_stream_new(circ_bpe *b, int flags)
@@ -1979,6 +1982,36 @@ static const special *find_special(const circ_bpe *b, const unsigned char *s, si
 	return NULL;
 }
 
+/* The white space of an added token's lstrip and rstrip: tokenizers.js
+ * trims with String.prototype.trim, whose white space is ECMAScript's. */
+static size_t space_len(const unsigned char *s, size_t n, size_t i, int eof, int *need_more)
+{
+	utf8proc_int32_t cp;
+	utf8proc_ssize_t l = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
+	*need_more = 0;
+	if (l > 0)
+		return js_space(cp) ? (size_t)l : 0;
+	if (!eof && s[i] >= 0xC0 && n - i < 4) /* maybe a character cut by the buffer */
+		*need_more = 1;
+	return 0;
+}
+
+/* The end of s[from..to) without its trailing white space. */
+static size_t trim_end(const unsigned char *s, size_t from, size_t to)
+{
+	while (to > from) {
+		size_t st = to - 1;
+		int more;
+		while (st > from && to - st < 4 && (s[st] & 0xC0) == 0x80)
+			st--;
+		size_t l = space_len(s, to, st, 1, &more);
+		if (!l || st + l != to)
+			break;
+		to = st;
+	}
+	return to;
+}
+
 /* Tokenises what can be decided in s->buf[pos..len). */
 static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 {
@@ -1988,6 +2021,15 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 		size_t limit = s->len, at = s->len, end;
 		int seg_eof = eof;
 		const special *sp = NULL;
+		while (s->skip_space) { /* rstrip */
+			int more = 0;
+			size_t l = s->pos < s->len ? space_len(buf, s->len, s->pos, eof, &more) : 0;
+			if (more || (s->pos >= s->len && !eof))
+				return 0;
+			if (!l)
+				s->skip_space = 0;
+			s->pos += l;
+		}
 		if (b->n_specials && ((s->flags & CIRC_BPE_SPECIAL) || b->n_plain)) {
 			/* Searched once: a special cut by the end of the buffer starts
 			 * in its last special_max - 1 bytes, which wait for more. */
@@ -2000,7 +2042,7 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 			if (sp && !eof && at >= safe) /* a longer or earlier one may yet come */
 				sp = NULL;
 			if (sp) {
-				limit = at, seg_eof = 1;
+				limit = sp->lstrip ? trim_end(buf, s->pos, at) : at, seg_eof = 1;
 			} else {
 				s->spec_from = safe;
 				if (!eof)
@@ -2030,6 +2072,7 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 			return 0;
 		circ_ids_push(out, sp->id);
 		s->started = 1;
+		s->skip_space = sp->rstrip;
 		s->pos = at + sp->len;
 		s->seen = 0;
 	}
@@ -2061,7 +2104,7 @@ int circ_bpe_stream_finish(circ_bpe_stream *s, circ_ids *out, circ_error *e)
 {
 	int rc = stream_run(s, 1, out, e);
 	s->len = s->pos = s->seen_at = s->seen = s->spec_from = 0;
-	s->started = 0;
+	s->started = s->skip_space = 0;
 	return rc;
 }
 
@@ -2305,11 +2348,15 @@ int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags
 							at = i, sp = &b->specials[k];
 						break;
 					}
-		if (ref_encode_segment(b, s + pos, at - pos, pos == 0, out, e) < 0)
+		size_t seg_end = sp && sp->lstrip ? trim_end(s, pos, at) : at;
+		if (ref_encode_segment(b, s + pos, seg_end - pos, pos == 0, out, e) < 0)
 			return -1;
 		if (!sp)
 			return 0;
 		circ_ids_push(out, sp->id);
 		pos = at + sp->len;
+		for (int more, l;
+		     sp->rstrip && pos < n && (l = (int)space_len(s, n, pos, 1, &more));)
+			pos += (size_t)l;
 	}
 }

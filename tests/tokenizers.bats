@@ -92,6 +92,17 @@ same_as_hf() { # family, or a directory
 	[ "$output" = "$(jq -n '"a<s>a"' | node $JS/hf_encode.mjs "$T/first" --json /dev/stdin)" ]
 }
 
+@test "added tokens with lstrip and rstrip (Llama 3, Llama 2, Qwen 3 with the flags set): ids identical" {
+	for f in llama3 llama2 qwen3; do
+		need_js $f
+		mkdir "$T/$f"
+		jq -c '.added_tokens |= (to_entries | map(.value + (if .key % 3 == 0 then {lstrip: true}
+			elif .key % 3 == 1 then {rstrip: true} else {lstrip: true, rstrip: true} end)))' \
+			"$(dir_of $f)/tokenizer.json" >"$T/$f/tokenizer.json"
+		same_as_hf "$T/$f"
+	done
+}
+
 @test "special tokens are text without --special; added tokens that are not special never are" {
 	need_js llama3
 	run --separate-stderr circ-tokenize --vocab-dir "$(dir_of llama3)" --text <<<'<|begin_of_text|>'

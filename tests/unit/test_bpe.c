@@ -650,6 +650,58 @@ static void test_hf(const char *family, int sp)
 	circ_bpe_free(b);
 }
 
+/* Added tokens with lstrip and rstrip (SentencePiece style, white space of
+ * one and three bytes): streamed cut anywhere, whole and reference agree. */
+static void test_strip(void)
+{
+	char dir[] = "/tmp/circ-test-strip-XXXXXX", p[64];
+	circ_error e;
+	if (!mkdtemp(dir))
+		return;
+	snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+	write_file(p, "{\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{"
+		      "\"a\":0,\"<0x20>\":1,\"<0xE3>\":2,\"<0x80>\":3,\"b\":4,\"ab\":5},"
+		      "\"merges\":[\"a b\"]},\"pre_tokenizer\":null,\"added_tokens\":["
+		      "{\"id\":6,\"content\":\"<L>\",\"lstrip\":true,\"special\":true},"
+		      "{\"id\":7,\"content\":\"<R>\",\"rstrip\":true,\"special\":true},"
+		      "{\"id\":8,\"content\":\"<B>\",\"lstrip\":true,\"rstrip\":true}]}");
+	circ_bpe *b = circ_bpe_load_dir(dir, &e);
+	CHECK(b, "strip: %s", b ? "" : e.msg);
+	static const char *texts[] = {"ab <L> ab",
+				      "ab\xe3\x80\x80 <R>  \xe3\x80\x80"
+				      "ab",
+				      "<B>  <B> a  <L><R>  ", " <R>\xe3\x80", "a \xe3\x80\x80<L>"};
+	for (size_t t = 0; b && t < sizeof texts / sizeof *texts; t++) {
+		const char *text = texts[t];
+		size_t n = strlen(text);
+		circ_ids whole = {0}, ref = {0};
+		circ_bpe_encode(b, text, n, CIRC_BPE_SPECIAL, &whole, &e);
+		circ_bpe_encode_ref(b, text, n, CIRC_BPE_SPECIAL, &ref, &e);
+		CHECK(same(&whole, &ref), "strip: '%s': fast and reference differ", text);
+		for (size_t cut = 1; cut < n; cut++) {
+			circ_ids parts = {0};
+			circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
+			circ_bpe_stream_feed(st, text, cut, &parts, &e);
+			circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
+			circ_bpe_stream_finish(st, &parts, &e);
+			circ_bpe_stream_free(st);
+			CHECK(same(&whole, &parts), "strip: '%s' cut at %zu differs", text, cut);
+			circ_ids_free(&parts);
+		}
+		circ_ids_free(&whole);
+		circ_ids_free(&ref);
+	}
+	/* "ab <L> ab": the space before <L> goes, the one after stays */
+	circ_ids a = {0};
+	if (b && circ_bpe_encode(b, "ab <L> ab", 9, CIRC_BPE_SPECIAL, &a, &e) == 0)
+		CHECK(a.n == 4 && a.v[0] == 5 && a.v[1] == 6 && a.v[2] == 1 && a.v[3] == 5,
+		      "strip: 'ab <L> ab' gives %zu ids", a.n);
+	circ_ids_free(&a);
+	circ_bpe_free(b);
+	remove(p);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const char *r = getenv("CIRC_ROOT");
@@ -669,6 +721,7 @@ int main(void)
 	test_hf("llama3", 0);
 	test_hf("qwen3", 0);
 	test_hf("llama2", 1);
+	test_strip();
 	if (failures)
 		fprintf(stderr, "test_bpe: %d failure(s)\n", failures);
 	else
