@@ -1,5 +1,13 @@
 /*
- * bpe: GPT-2 byte-level BPE (see bpe.h for the exact rules).
+ * bpe: GPT-2 byte-level BPE and Hugging Face tokenizer.json BPE (see bpe.h
+ * for the exact rules).
+ *
+ * tokenizer.json adds to the GPT-2 machinery below: a hash of the
+ * vocabulary's text (vh_*: ignore_merges, SentencePiece characters), a
+ * second hand-written pattern scanner (pretok_llama3) with the same
+ * "need more input" contract, the normalizers (normalize), whose texts are
+ * encoded whole (encode_whole), and SentencePiece first symbols
+ * (sp_symbols) laid out as merge_long expects, tokens wider than a byte.
  *
  * Data layout. Token bytes live in one arena (tok_off/tok_len per id, len
  * -1 for ids the vocabulary skips). The merge list is an open-addressing
@@ -1628,6 +1636,29 @@ static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, i
 	return 1;
 }
 
+/* 's 't 're 've 'm 'll 'd at s[i] (an apostrophe), ASCII letters ORed
+ * with fold (0x20: either case). 1 and *end when one is there, 0 when more
+ * input is needed, -1 when none is. */
+static int contraction(const unsigned char *s, size_t n, size_t i, int eof, unsigned fold,
+		       size_t *end)
+{
+	if (i + 1 >= n)
+		return eof ? -1 : 0;
+	unsigned c1 = s[i + 1] | fold;
+	if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
+		*end = i + 2;
+		return 1;
+	}
+	if (c1 != 'r' && c1 != 'v' && c1 != 'l')
+		return -1;
+	if (i + 2 >= n)
+		return eof ? -1 : 0;
+	if ((s[i + 2] | fold) != (c1 == 'l' ? 'l' : 'e'))
+		return -1;
+	*end = i + 3;
+	return 1;
+}
+
 /* circ_bpe_pretok_next, resumable: *seen (0 the first time) is where the
  * last call on the same piece start stopped for want of input. Without it
  * a long word fed in chunks would be rescanned from its start each time. */
@@ -1638,25 +1669,9 @@ static int pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size
 	unsigned char c = s[i];
 
 	if (c == '\'') { /* 's 't 're 've 'm 'll 'd, lower case only */
-		if (i + 1 >= n) {
-			if (!eof)
-				return 0;
-		} else {
-			unsigned char c1 = s[i + 1];
-			if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
-				*end = i + 2;
-				return 1;
-			}
-			if (c1 == 'r' || c1 == 'v' || c1 == 'l') {
-				if (i + 2 >= n) {
-					if (!eof)
-						return 0;
-				} else if (s[i + 2] == (c1 == 'l' ? 'l' : 'e')) {
-					*end = i + 3;
-					return 1;
-				}
-			}
-		}
+		int r = contraction(s, n, i, eof, 0, end);
+		if (r >= 0)
+			return r;
 		return run_end(s, n, i, C_O, eof, end, seen, 0);
 	}
 	if (c == ' ') { /* " ?" before a letter, number or other run */
@@ -1723,25 +1738,9 @@ static int pretok_llama3(const unsigned char *s, size_t n, size_t i, int eof, si
 	int cls, l, ncls = 0, nl = 0;
 	unsigned char c = s[i];
 	if (c == '\'') {
-		if (i + 1 >= n) {
-			if (!eof)
-				return 0;
-		} else {
-			unsigned char c1 = s[i + 1] | 0x20;
-			if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
-				*end = i + 2;
-				return 1;
-			}
-			if (c1 == 'r' || c1 == 'v' || c1 == 'l') {
-				if (i + 2 >= n) {
-					if (!eof)
-						return 0;
-				} else if ((s[i + 2] | 0x20) == (c1 == 'l' ? 'l' : 'e')) {
-					*end = i + 3;
-					return 1;
-				}
-			}
-		}
+		int r = contraction(s, n, i, eof, 0x20, end);
+		if (r >= 0)
+			return r;
 	}
 	if (!(l = char_at(s, n, i, eof, &cls, 1)))
 		return 0;

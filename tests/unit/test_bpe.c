@@ -347,6 +347,23 @@ static int write_file(const char *path, const char *text)
 	return fclose(f);
 }
 
+/* Streaming text cut in two anywhere gives whole's ids. */
+static void cuts_same(circ_bpe *b, const char *text, const circ_ids *whole, const char *what)
+{
+	circ_error e;
+	size_t n = strlen(text);
+	for (size_t cut = 1; cut < n; cut++) {
+		circ_ids parts = {0};
+		circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
+		circ_bpe_stream_feed(st, text, cut, &parts, &e);
+		circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
+		circ_bpe_stream_finish(st, &parts, &e);
+		circ_bpe_stream_free(st);
+		CHECK(same(whole, &parts), "%s: '%s' cut at %zu differs", what, text, cut);
+		circ_ids_free(&parts);
+	}
+}
+
 /* A tiny byte-level vocabulary: bytes 'a' 'b' 'c' and ' ' (as "Ġ") only. */
 static void test_small_vocab(void)
 {
@@ -425,17 +442,7 @@ static void test_small_vocab(void)
 		circ_bpe_encode_ref(b, text, n, CIRC_BPE_SPECIAL, &ref, &e);
 		CHECK(same(&whole, &ref), "overlapping specials in '%s': fast and reference differ",
 		      text);
-		for (size_t cut = 1; cut < n; cut++) {
-			circ_ids parts = {0};
-			circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
-			circ_bpe_stream_feed(st, text, cut, &parts, &e);
-			circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
-			circ_bpe_stream_finish(st, &parts, &e);
-			circ_bpe_stream_free(st);
-			CHECK(same(&whole, &parts),
-			      "overlapping specials in '%s' cut at %zu differ", text, cut);
-			circ_ids_free(&parts);
-		}
+		cuts_same(b, text, &whole, "overlapping specials");
 		circ_ids_free(&whole);
 		circ_ids_free(&ref);
 	}
@@ -678,16 +685,7 @@ static void test_strip(void)
 		circ_bpe_encode(b, text, n, CIRC_BPE_SPECIAL, &whole, &e);
 		circ_bpe_encode_ref(b, text, n, CIRC_BPE_SPECIAL, &ref, &e);
 		CHECK(same(&whole, &ref), "strip: '%s': fast and reference differ", text);
-		for (size_t cut = 1; cut < n; cut++) {
-			circ_ids parts = {0};
-			circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
-			circ_bpe_stream_feed(st, text, cut, &parts, &e);
-			circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
-			circ_bpe_stream_finish(st, &parts, &e);
-			circ_bpe_stream_free(st);
-			CHECK(same(&whole, &parts), "strip: '%s' cut at %zu differs", text, cut);
-			circ_ids_free(&parts);
-		}
+		cuts_same(b, text, &whole, "strip");
 		circ_ids_free(&whole);
 		circ_ids_free(&ref);
 	}
