@@ -1,5 +1,5 @@
 /*
- * circ-tokenize: GPT-2 BPE for circ. Three modes:
+ * circ-tokenize: GPT-2 BPE and Hugging Face tokenizer.json BPE for circ. Three modes:
  *   dataset (default)  dataset JSON lines -> a "tokens" stream: clean and
  *                      corrupt ids, prediction position(s), answer and
  *                      wrong ids, with the task's metric in the header;
@@ -34,6 +34,7 @@ enum {
 	OPT_DECODE,
 	OPT_SPECIAL,
 	OPT_PREPEND_BOS,
+	OPT_NO_BOS,
 	OPT_TASK,
 	OPT_METRIC,
 	OPT_SKIP_MISALIGNED,
@@ -50,7 +51,10 @@ static const circ_opt opts[] = {
      "plain mode: text in, ids out (with --json: JSON strings in, arrays out)"},
     {"decode", OPT_DECODE, NULL, "ids in, text out (with --json: arrays in, JSON strings out)"},
     {"special", OPT_SPECIAL, NULL, "read <|endoftext|> in text as the special token"},
-    {"prepend-bos", OPT_PREPEND_BOS, NULL, "dataset: put <|endoftext|> first in clean and corrupt"},
+    {"prepend-bos", OPT_PREPEND_BOS, NULL,
+     "dataset: put the BOS first in clean and corrupt (tokenizer.json's, else <|endoftext|>)"},
+    {"no-bos", OPT_NO_BOS, NULL,
+     "dataset: no BOS first, even where tokenizer.json's post-processor adds one"},
     {"task", OPT_TASK, "NAME", "dataset: task name for the header (default: from the lines)"},
     {"metric", OPT_METRIC, "M",
      "dataset: logit_diff, prob_diff, logprob or kl (default: from the lines)"},
@@ -62,7 +66,7 @@ static const circ_opt opts[] = {
 static struct {
 	const char *vocab_dir, *model_dir, *task, *metric;
 	int64_t vocab_size; /* --vocab-size, 0 when not given */
-	int text, decode, special, bos, skip_misaligned, dataset_only;
+	int text, decode, special, bos, no_bos, skip_misaligned, dataset_only;
 } o;
 
 /* The tokenizer (NULL until some text needs it, in dataset mode), and the
@@ -94,12 +98,24 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_DECODE: o.decode = 1; return 0;
 	case OPT_SPECIAL: o.special = 1; return 0;
 	case OPT_PREPEND_BOS: o.bos = 1, o.dataset_only = 1; return 0;
+	case OPT_NO_BOS: o.no_bos = 1, o.dataset_only = 1; return 0;
 	case OPT_TASK: o.task = arg, o.dataset_only = 1; return 0;
 	case OPT_METRIC: o.metric = arg, o.dataset_only = 1; return 0;
 	case OPT_SKIP_MISALIGNED: o.skip_misaligned = 1, o.dataset_only = 1; return 0;
 	}
 	return -1;
 }
+
+/* The BOS: the token tokenizer.json's post-processor puts first, else
+ * <|endoftext|> (GPT-2's habit); -1 when there is neither. */
+static int32_t bos_id(void)
+{
+	if (!tok)
+		return -1;
+	return circ_bpe_bos(tok) >= 0 ? circ_bpe_bos(tok) : circ_bpe_eot(tok);
+}
+
+static int has_tokenizer(const char *dir);
 
 static int valid_metric(const char *m)
 {
@@ -246,17 +262,20 @@ static void decode_mode(circ_bpe *b, FILE *in, const char *name, int json)
 					word[k++] = (char)c;
 			word[k] = 0;
 			size_t l;
-			const unsigned char *p;
+			char *p;
 			int64_t id;
+			int32_t id32;
 			/* a word cut to fit is no id, whatever its first 31 bytes say */
 			if (len > k || circ_parse_i64(word, &id) < 0)
 				circ_dief("'%s': token %zu: '%s%s' is not an integer id", name,
 					  index, word, len > k ? "..." : "");
-			if (!(p = circ_bpe_token_bytes(
-				  b, id < INT32_MIN || id > INT32_MAX ? -1 : (int32_t)id, &l)))
+			id32 = id < INT32_MIN || id > INT32_MAX ? -1 : (int32_t)id;
+			/* one id at a time: decoding may rewrite a token (SentencePiece's ▁) */
+			if (!(p = circ_bpe_decode(b, &id32, 1, &l, &e)))
 				circ_dief("'%s': token %zu: id %lld is not in the vocabulary", name,
 					  index, (long long)id);
 			fwrite(p, 1, l, stdout);
+			free(p);
 			index++;
 		}
 		if (ferror(in))
@@ -477,7 +496,7 @@ static void agree(json_t *ex, const char *key, const char *opt, const char **val
  * misaligned and --skip-misaligned is on. */
 static int parse_example(json_t *ex, const char *metric, example *x)
 {
-	int32_t bos = tok ? circ_bpe_eot(tok) : -1;
+	int32_t bos = bos_id();
 	if (json_object_get(ex, "clean_ids") || json_object_get(ex, "corrupt_ids")) {
 		if (!json_object_get(ex, "clean_ids"))
 			LINE_FAIL("missing field 'clean_ids'");
@@ -589,18 +608,26 @@ static void dataset_mode(FILE *in, const char *name, circ_cli *cli, int argc, ch
 	size_t nex = 0, cap = 0, skipped = 0;
 	int uniform = 1;
 	ds_name = name;
+	const char *tdir = o.vocab_dir ? o.vocab_dir : o.model_dir;
+	if (!o.bos && !o.no_bos && tdir && has_tokenizer(tdir)) {
+		/* a tokenizer whose post-processor adds a BOS gets it, as in Hugging Face */
+		circ_error e;
+		if (!tok && !(tok = circ_bpe_load_dir(tdir, &e)))
+			circ_die(&e);
+		o.bos = circ_bpe_bos(tok) >= 0;
+	}
 	if (o.bos) {
 		circ_error e;
-		if (!tok && !(tok = circ_bpe_load_dir(o.model_dir, &e)))
+		if (!tok && !(tok = circ_bpe_load_dir(tdir, &e)))
 			circ_die(&e);
-		if (circ_bpe_eot(tok) < 0)
-			circ_dief("'%s': --prepend-bos: the vocabulary has no <|endoftext|>",
-				  o.vocab_dir ? o.vocab_dir : o.model_dir);
-		if (vsize && circ_bpe_eot(tok) >= vsize)
-			circ_dief(
-			    "--prepend-bos: <|endoftext|> (id %d) is not below the vocab size "
-			    "%lld (%s)",
-			    (int)circ_bpe_eot(tok), (long long)vsize, vsize_src);
+		if (bos_id() < 0)
+			circ_dief("'%s': --prepend-bos: the vocabulary has no BOS (no "
+				  "post-processor's token, no <|endoftext|>)",
+				  tdir);
+		if (vsize && bos_id() >= vsize)
+			circ_dief("--prepend-bos: the BOS (id %d) is not below the vocab size "
+				  "%lld (%s)",
+				  (int)bos_id(), (long long)vsize, vsize_src);
 	}
 
 	/* First pass over the lines: task and metric must agree. */
@@ -686,6 +713,7 @@ static void dataset_mode(FILE *in, const char *name, circ_cli *cli, int argc, ch
 	    CIRC_HDR(I64, "n_skipped", (int64_t)skipped),
 	    CIRC_HDR_IF(stamp, I64, "vocab_size", stamp),
 	    CIRC_HDR(BOOL, "prepend_bos", o.bos),
+	    CIRC_HDR_IF(o.bos, I64, "bos_id", (int64_t)bos_id()),
 	    CIRC_HDR_IF(uniform && nex, I64, "seq_len", nex ? (int64_t)ex[0].clean.n : 0),
 	};
 	if (circ_writer_header_fields(w, "tokens", argc, argv, NULL, 0, f, CIRC_HDR_N(f), &e) < 0)
@@ -790,8 +818,10 @@ int main(int argc, char **argv)
 		circ_usage_error("--special applies to text (--text and dataset mode), not to "
 				 "--decode");
 	if ((o.text || o.decode) && o.dataset_only)
-		circ_usage_error("--prepend-bos, --task, --metric, --vocab-size and "
+		circ_usage_error("--prepend-bos, --no-bos, --task, --metric, --vocab-size and "
 				 "--skip-misaligned apply to dataset mode only");
+	if (o.bos && o.no_bos)
+		circ_usage_error("--prepend-bos and --no-bos cannot be combined");
 	if ((o.text || o.decode) && strcmp(cli.output, "-"))
 		circ_usage_error("--output applies to dataset mode only (redirect stdout instead)");
 	if ((o.text || o.decode) &&

@@ -1,5 +1,13 @@
 /*
- * bpe: GPT-2 byte-level BPE (see bpe.h for the exact rules).
+ * bpe: GPT-2 byte-level BPE and Hugging Face tokenizer.json BPE (see bpe.h
+ * for the exact rules).
+ *
+ * tokenizer.json adds to the GPT-2 machinery below: a hash of the
+ * vocabulary's text (vh_*: ignore_merges, SentencePiece characters), a
+ * second hand-written pattern scanner (pretok_llama3) with the same
+ * "need more input" contract, the normalizers (normalize), whose texts are
+ * encoded whole (encode_whole), and SentencePiece first symbols
+ * (sp_symbols) laid out as merge_long expects, tokens wider than a byte.
  *
  * Data layout. Token bytes live in one arena (tok_off/tok_len per id, len
  * -1 for ids the vocabulary skips). The merge list is an open-addressing
@@ -55,7 +63,9 @@ typedef struct special {
 	char *text;
 	size_t len;
 	int32_t id;
-	int order; /* the order added: the first of a repeated text wins */
+	int order;	    /* the order added: the first of a repeated text wins */
+	int special;	    /* 1: matched only with CIRC_BPE_SPECIAL; 0: always (an added token) */
+	int lstrip, rstrip; /* white space before / after it is dropped */
 } special;
 
 typedef struct cache_slot {
@@ -63,7 +73,29 @@ typedef struct cache_slot {
 	uint32_t key_off, key_len, ids_off, n_ids;
 } cache_slot;
 
+/* What a tokenizer.json asks for beyond GPT-2 (see bpe.h). */
+enum { PRETOK_GPT2, PRETOK_LLAMA3, PRETOK_NONE };
+/* Metaspace's prepend_scheme */
+enum { META_ALWAYS = 1, META_FIRST, META_NEVER };
+
 struct circ_bpe {
+	int pretok;	   /* PRETOK_* */
+	int max_digits;	   /* PRETOK_LLAMA3: \p{N}{1,max_digits} */
+	int nfc;	   /* normalizer: NFC */
+	int sp;		   /* SentencePiece style: vocabulary text as is, ▁ for spaces */
+	int sp_prepend;	   /* normalizer: Prepend "▁" to each text between added tokens */
+	int sp_replace;	   /* normalizer: Replace " " by "▁" */
+	int meta;	   /* pre-tokenizer Metaspace: 0 none, else META_* */
+	int byte_fallback; /* characters without a token become <0xNN> tokens */
+	int ignore_merges; /* a piece that is a token is that token */
+	int32_t bos;	   /* the id TemplateProcessing puts first, or -1 */
+	int32_t unk;	   /* model.unk_token's id, or -1 */
+	int fuse_unk;	   /* a run of unknown tokens is one */
+	int n_plain;	   /* added tokens that are not special */
+	/* model vocabulary text -> id (ignore_merges, SentencePiece characters) */
+	uint64_t *vh_key; /* hash, 0 if free */
+	int32_t *vh_id;
+	size_t vh_mask;
 	int32_t n_ids;	  /* largest id + 1 */
 	int64_t *tok_off; /* (n_ids) offset into tok_bytes */
 	int32_t *tok_len; /* (n_ids) byte length, -1 for an unused id */
@@ -250,6 +282,8 @@ static circ_bpe *bpe_alloc(void)
 {
 	circ_bpe *b = circ_xcalloc(1, sizeof *b);
 	b->eot = -1;
+	b->bos = -1;
+	b->unk = -1;
 	for (int i = 0; i < 256; i++)
 		b->byte_id[i] = -1;
 	circ_bpe_set_cache(b, CACHE_DEFAULT);
@@ -270,9 +304,48 @@ static int64_t id_limit(size_t named)
 #define TOKEN_FMT	"'%.*s%s'"
 #define TOKEN_ARG(s, n) (int)((n) < 60 ? (n) : 60), (s), (n) > 60 ? "..." : ""
 
+/* The vocabulary hash: text -> id, for the model's vocabulary (not the
+ * added tokens, not the <0xNN> byte tokens), as tokenizers look tokens up. */
+static int32_t vh_get(const circ_bpe *b, const unsigned char *p, size_t n, uint64_t h)
+{
+	for (size_t i = (size_t)h & b->vh_mask; b->vh_key[i]; i = (i + 1) & b->vh_mask)
+		if (b->vh_key[i] == h) {
+			int32_t id = b->vh_id[i];
+			if ((size_t)b->tok_len[id] == n &&
+			    !memcmp(b->tok_bytes + b->tok_off[id], p, n))
+				return id;
+		}
+	return -1;
+}
+
+static void vh_put(circ_bpe *b, int32_t id)
+{
+	const unsigned char *p = b->tok_bytes + b->tok_off[id];
+	size_t n = (size_t)b->tok_len[id], i;
+	uint64_t h = hash_bytes(p, n);
+	if (vh_get(b, p, n, h) >= 0) /* the first keeps the text */
+		return;
+	for (i = (size_t)h & b->vh_mask; b->vh_key[i]; i = (i + 1) & b->vh_mask)
+		;
+	b->vh_key[i] = h;
+	b->vh_id[i] = id;
+}
+
+/* "<0xNN>": the byte, else -1. */
+static int fallback_byte(const char *s, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	const char *hi, *lo;
+	if (n != 6 || memcmp(s, "<0x", 3) || s[5] != '>' || !s[3] || !s[4] ||
+	    !(hi = strchr(hex, s[3])) || !(lo = strchr(hex, s[4])))
+		return -1;
+	return (int)(hi - hex) * 16 + (int)(lo - hex);
+}
+
 /* Fills the token table from a JSON object {token string: id}. Tokens that
  * are not byte-level (only possible among added tokens) keep their UTF-8
- * bytes. extra_max is the largest id among the n_added added tokens (or
+ * bytes; in SentencePiece style (b->sp) every token keeps its text but
+ * <0xNN>, which is its byte. extra_max is the largest id among the n_added added tokens (or
  * -1). */
 static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, size_t n_added,
 		      const char *name, circ_error *e)
@@ -309,15 +382,26 @@ static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, size_t n_ad
 	for (int32_t i = 0; i < b->n_ids; i++)
 		b->tok_len[i] = -1;
 	b->tok_bytes = circ_xmalloc(total + 1);
-	size_t off = 0;
+	size_t off = 0, cap = 16;
+	while (cap < 2 * json_object_size(vocab) + 2)
+		cap *= 2;
+	b->vh_mask = cap - 1;
+	b->vh_key = circ_xcalloc(cap, sizeof *b->vh_key);
+	b->vh_id = circ_xmalloc(cap * sizeof *b->vh_id);
 	json_object_foreach(vocab, key, val)
 	{
 		int32_t id = (int32_t)json_integer_value(val);
 		size_t klen = json_object_iter_key_len(json_object_key_to_iter(key));
+		int fb = b->sp ? fallback_byte(key, klen) : -1;
 		if (b->tok_len[id] >= 0)
 			return circ_errorf(e, "'%s': id %d is given to two tokens", name, (int)id);
-		long n = vocab_str_bytes(key, klen, b->tok_bytes + off);
-		if (n < 0) { /* not byte-level: keep the text */
+		long n = b->sp ? -1 : vocab_str_bytes(key, klen, b->tok_bytes + off);
+		if (fb >= 0) { /* a byte-fallback token decodes to its byte */
+			b->tok_bytes[off] = (unsigned char)fb;
+			n = 1;
+			if (b->byte_id[fb] < 0)
+				b->byte_id[fb] = id;
+		} else if (n < 0) { /* not byte-level: keep the text */
 			memcpy(b->tok_bytes + off, key, klen);
 			n = (long)klen;
 		} else if (n == 1 && b->byte_id[b->tok_bytes[off]] < 0) {
@@ -326,6 +410,8 @@ static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, size_t n_ad
 		b->tok_off[id] = (int64_t)off;
 		b->tok_len[id] = (int32_t)n;
 		off += (size_t)n;
+		if (fb < 0)
+			vh_put(b, id);
 	}
 	b->tok_used = off;
 	return 0;
@@ -392,7 +478,7 @@ static int add_merge(circ_bpe *b, json_t *vocab, const char *l, size_t ln, const
 }
 
 /* Adds a special token; duplicates are dropped by specials_done. */
-static void add_special(circ_bpe *b, const char *text, size_t len, int32_t id)
+static void add_special(circ_bpe *b, const char *text, size_t len, int32_t id, int is_special)
 {
 	if ((size_t)b->n_specials == b->specials_cap) {
 		b->specials_cap = b->specials_cap ? 2 * b->specials_cap : 16;
@@ -404,6 +490,8 @@ static void add_special(circ_bpe *b, const char *text, size_t len, int32_t id)
 	sp->text[len] = 0;
 	sp->len = len;
 	sp->id = id;
+	sp->special = is_special;
+	sp->lstrip = sp->rstrip = 0;
 	sp->order = b->n_specials++;
 }
 
@@ -433,6 +521,7 @@ static void specials_done(circ_bpe *b)
 			continue;
 		}
 		b->specials[k++] = *sp;
+		b->n_plain += !sp->special;
 		if (sp->len > b->special_max)
 			b->special_max = sp->len;
 		if (!strcmp(sp->text, "<|endoftext|>"))
@@ -543,7 +632,7 @@ circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, ci
 	}
 	json_t *eot = json_object_get(vocab, "<|endoftext|>");
 	if (eot)
-		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot));
+		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot), 1);
 	specials_done(b);
 	circ_sha256_init(&sha);
 	circ_sha256_update(&sha, vbuf, vlen);
@@ -561,21 +650,233 @@ fail:
 	return NULL;
 }
 
-/* 1 if the pre_tokenizer is GPT-2's ByteLevel (alone or in a Sequence). */
-static int is_byte_level(json_t *pt, int *prefix_space)
+/* ------------------------------------------------ tokenizer.json components */
+
+/* The pre-tokenizer patterns circ implements (as Llama 3 and Qwen 2/3 spell them). */
+#define LLAMA3_PATTERN                                                                             \
+	"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "                 \
+	"?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define QWEN_PATTERN                                                                               \
+	"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "                      \
+	"?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define SP_SPACE "\xe2\x96\x81" /* U+2581, SentencePiece's space */
+
+static const char *type_of(json_t *j)
 {
-	const char *type = json_string_value(json_object_get(pt, "type"));
-	if (!type)
+	const char *t = json_string_value(json_object_get(j, "type"));
+	return t ? t : "(none)";
+}
+
+static int is_str(json_t *j, const char *key, const char *want)
+{
+	const char *v = json_string_value(json_object_get(j, key));
+	return v && !strcmp(v, want);
+}
+
+/* The message for a component circ does not implement. */
+static int refuse(circ_error *e, const char *path, const char *where, const char *what,
+		  const char *supported)
+{
+	return circ_errorf(e, "'%s': %s: %s is not supported (supported: %s)", path, where, what,
+			   supported);
+}
+
+#define NORMALIZERS                                                                                \
+	"null, NFC, Prepend \"" SP_SPACE "\", Replace \" \" by \"" SP_SPACE                        \
+	"\", a Sequence of these"
+
+static int hf_normalizer(circ_bpe *b, json_t *n, const char *where, const char *path, circ_error *e)
+{
+	const char *t = type_of(n);
+	char sub[96];
+	if (!n || json_is_null(n))
 		return 0;
-	if (!strcmp(type, "ByteLevel")) {
-		*prefix_space = json_is_true(json_object_get(pt, "add_prefix_space"));
-		return 1;
+	if (!strcmp(t, "Sequence")) {
+		json_t *list = json_object_get(n, "normalizers");
+		if (!json_is_array(list))
+			return refuse(e, path, where, "a Sequence without \"normalizers\"",
+				      NORMALIZERS);
+		for (size_t i = 0; i < json_array_size(list); i++) {
+			snprintf(sub, sizeof sub, "%s.normalizers[%zu]", where, i);
+			if (hf_normalizer(b, json_array_get(list, i), sub, path, e) < 0)
+				return -1;
+		}
+		return 0;
 	}
-	if (!strcmp(type, "Sequence")) {
-		json_t *list = json_object_get(pt, "pretokenizers");
-		if (json_array_size(list) == 1)
-			return is_byte_level(json_array_get(list, 0), prefix_space);
+	if (!strcmp(t, "NFC"))
+		b->nfc = 1;
+	else if (!strcmp(t, "Prepend") && is_str(n, "prepend", SP_SPACE))
+		b->sp_prepend = 1;
+	else if (!strcmp(t, "Replace") && is_str(json_object_get(n, "pattern"), "String", " ") &&
+		 is_str(n, "content", SP_SPACE))
+		b->sp_replace = 1;
+	else {
+		char what[160];
+		snprintf(what, sizeof what, "type \"%.60s\" with these settings", t);
+		return refuse(e, path, where, what, NORMALIZERS);
 	}
+	return 0;
+}
+
+#define PRETOKENIZERS                                                                              \
+	"null; ByteLevel (add_prefix_space false); Metaspace (split false); a Sequence of Split "  \
+	"(Llama 3's or Qwen 2's "                                                                  \
+	"pattern, Isolated) and ByteLevel (use_regex false); Split on \" \" after a normalizer "   \
+	"that replaces spaces"
+
+static int hf_pretokenizer(circ_bpe *b, json_t *pt, const char *path, circ_error *e)
+{
+	const char *t = type_of(pt), *where = "pre_tokenizer";
+	char what[200];
+	b->pretok = PRETOK_NONE;
+	b->sp = 1;
+	if (!pt || json_is_null(pt))
+		return 0;
+	if (!strcmp(t, "ByteLevel")) {
+		if (json_is_true(json_object_get(pt, "add_prefix_space")))
+			return refuse(e, path, "pre_tokenizer.add_prefix_space", "true",
+				      "false, as GPT-2");
+		if (json_is_false(json_object_get(pt, "use_regex")))
+			return refuse(e, path, "pre_tokenizer.use_regex", "false alone",
+				      PRETOKENIZERS);
+		b->pretok = PRETOK_GPT2;
+		b->sp = 0;
+		return 0;
+	}
+	if (!strcmp(t, "Metaspace")) {
+		const char *ps = json_string_value(json_object_get(pt, "prepend_scheme"));
+		if (!is_str(pt, "replacement", SP_SPACE))
+			return refuse(e, path, "pre_tokenizer.replacement", "this replacement",
+				      "\"" SP_SPACE "\"");
+		if (!json_is_false(json_object_get(pt, "split")))
+			return refuse(e, path, "pre_tokenizer.split", "true (or absent)",
+				      "false: tokenizers.js, the reference, never splits");
+		if (!ps || !strcmp(ps, "always"))
+			b->meta = META_ALWAYS;
+		else if (!strcmp(ps, "first"))
+			b->meta = META_FIRST;
+		else if (!strcmp(ps, "never"))
+			b->meta = META_NEVER;
+		else
+			return refuse(e, path, "pre_tokenizer.prepend_scheme", "this scheme",
+				      "always, first, never");
+		return 0;
+	}
+	if (!strcmp(t, "Split") && is_str(json_object_get(pt, "pattern"), "String", " ") &&
+	    !json_is_true(json_object_get(pt, "invert")) && b->sp_replace)
+		return 0; /* no space is left to split on */
+	json_t *list = json_object_get(pt, "pretokenizers");
+	if (!strcmp(t, "Sequence") && json_array_size(list) == 1)
+		return hf_pretokenizer(b, json_array_get(list, 0), path, e);
+	if (!strcmp(t, "Sequence") && json_array_size(list) == 2) {
+		json_t *split = json_array_get(list, 0), *bl = json_array_get(list, 1);
+		const char *re =
+		    json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex"));
+		if (strcmp(type_of(split), "Split") || !re)
+			return refuse(e, path, "pre_tokenizer.pretokenizers[0]", "this component",
+				      PRETOKENIZERS);
+		if (!strcmp(re, LLAMA3_PATTERN))
+			b->max_digits = 3;
+		else if (!strcmp(re, QWEN_PATTERN))
+			b->max_digits = 1;
+		else {
+			snprintf(what, sizeof what, "the pattern '%.120s'", re);
+			return refuse(e, path, "pre_tokenizer.pretokenizers[0].pattern.Regex", what,
+				      "Llama 3's and Qwen 2's patterns, exactly");
+		}
+		if (!is_str(split, "behavior", "Isolated") ||
+		    json_is_true(json_object_get(split, "invert")))
+			return refuse(e, path, "pre_tokenizer.pretokenizers[0]",
+				      "a behavior other than Isolated, or invert",
+				      "Isolated, invert false");
+		if (strcmp(type_of(bl), "ByteLevel") ||
+		    json_is_true(json_object_get(bl, "add_prefix_space")) ||
+		    json_is_true(json_object_get(bl, "use_regex")))
+			return refuse(e, path, "pre_tokenizer.pretokenizers[1]", "this component",
+				      "ByteLevel with add_prefix_space and use_regex false");
+		b->pretok = PRETOK_LLAMA3;
+		b->sp = 0;
+		return 0;
+	}
+	snprintf(what, sizeof what, "type \"%.60s\" with these settings", t);
+	return refuse(e, path, where, what, PRETOKENIZERS);
+}
+
+#define POSTPROCESSORS                                                                             \
+	"null, ByteLevel, TemplateProcessing with at most one special token before $A and "        \
+	"none after, a Sequence of these"
+
+static int hf_postprocessor(circ_bpe *b, json_t *pp, const char *where, const char *path,
+			    circ_error *e)
+{
+	const char *t = type_of(pp);
+	char sub[96];
+	if (!pp || json_is_null(pp) || !strcmp(t, "ByteLevel"))
+		return 0;
+	if (!strcmp(t, "Sequence")) {
+		json_t *list = json_object_get(pp, "processors");
+		for (size_t i = 0; i < json_array_size(list); i++) {
+			snprintf(sub, sizeof sub, "%s.processors[%zu]", where, i);
+			if (hf_postprocessor(b, json_array_get(list, i), sub, path, e) < 0)
+				return -1;
+		}
+		return 0;
+	}
+	if (strcmp(t, "TemplateProcessing"))
+		return refuse(e, path, where, "this type", POSTPROCESSORS);
+	json_t *single = json_object_get(pp, "single");
+	size_t n = json_array_size(single), i;
+	snprintf(sub, sizeof sub, "%s.single", where);
+	for (i = 0; i < n && json_object_get(json_array_get(single, i), "SpecialToken"); i++)
+		;
+	if (i > 1 || i + 1 != n || !json_object_get(json_array_get(single, i), "Sequence"))
+		return refuse(e, path, sub, "this template", POSTPROCESSORS);
+	if (i == 1) {
+		const char *name = json_string_value(json_object_get(
+		    json_object_get(json_array_get(single, 0), "SpecialToken"), "id"));
+		json_t *ids = json_object_get(
+		    json_object_get(json_object_get(pp, "special_tokens"), name ? name : ""),
+		    "ids");
+		if (json_array_size(ids) != 1 || !json_is_integer(json_array_get(ids, 0)) ||
+		    json_integer_value(json_array_get(ids, 0)) < 0 ||
+		    json_integer_value(json_array_get(ids, 0)) > INT32_MAX)
+			return circ_errorf(e, "'%s': %s.special_tokens: no single id for '%s'",
+					   path, where, name ? name : "(none)");
+		b->bos = (int32_t)json_integer_value(json_array_get(ids, 0));
+	}
+	return 0;
+}
+
+/* Reads normalizer, pre_tokenizer, post_processor and the model's options. */
+static int hf_components(circ_bpe *b, json_t *root, const char *path, circ_error *e)
+{
+	json_t *model = json_object_get(root, "model"), *v;
+	if (hf_normalizer(b, json_object_get(root, "normalizer"), "normalizer", path, e) < 0 ||
+	    hf_pretokenizer(b, json_object_get(root, "pre_tokenizer"), path, e) < 0 ||
+	    hf_postprocessor(b, json_object_get(root, "post_processor"), "post_processor", path,
+			     e) < 0)
+		return -1;
+	if (b->meta && (b->nfc || b->sp_prepend || b->sp_replace))
+		return refuse(e, path, "normalizer", "a normalizer with Metaspace", "null");
+	if (b->nfc && (b->sp_prepend || b->sp_replace))
+		return refuse(e, path, "normalizer", "NFC with " SP_SPACE " replacement",
+			      NORMALIZERS);
+	if (!b->sp && (b->sp_prepend || b->sp_replace))
+		return refuse(e, path, "normalizer", "" SP_SPACE " replacement with ByteLevel",
+			      SP_SPACE " replacement without a ByteLevel pre-tokenizer");
+	if ((v = json_object_get(model, "dropout")) && !json_is_null(v))
+		return refuse(e, path, "model.dropout", "a value", "null");
+	static const char *const affix[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+	for (int k = 0; k < 2; k++)
+		if ((v = json_object_get(model, affix[k])) && !json_is_null(v) &&
+		    !(json_is_string(v) && !json_string_length(v))) {
+			char where[64];
+			snprintf(where, sizeof where, "model.%s", affix[k]);
+			return refuse(e, path, where, "a value", "null or \"\"");
+		}
+	b->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
+	b->ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
+	b->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
 	return 0;
 }
 
@@ -583,10 +884,9 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 {
 	size_t len;
 	char *buf = read_file(path, &len, e);
-	json_t *root = NULL, *model, *vocab, *merges, *added, *pt;
+	json_t *root = NULL, *model, *vocab, *merges, *added;
 	circ_bpe *b = NULL;
 	int32_t extra_max = -1;
-	int prefix_space = 0;
 	circ_sha256 sha;
 
 	if (!buf)
@@ -597,7 +897,6 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 	vocab = json_object_get(model, "vocab");
 	merges = json_object_get(model, "merges");
 	added = json_object_get(root, "added_tokens");
-	pt = json_object_get(root, "pre_tokenizer");
 	json_t *jtype = json_object_get(model, "type");
 	const char *type = json_string_value(jtype);
 	if (!json_is_object(model) || (jtype && (!type || strcmp(type, "BPE"))) ||
@@ -608,16 +907,9 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		    path);
 		goto fail;
 	}
-	if (!json_is_null(pt) && pt && !is_byte_level(pt, &prefix_space)) {
-		circ_errorf(e, "'%s': unsupported pre_tokenizer (only GPT-2's ByteLevel)", path);
+	b = bpe_alloc();
+	if (hf_components(b, root, path, e) < 0)
 		goto fail;
-	}
-	if (prefix_space) {
-		circ_errorf(
-		    e, "'%s': add_prefix_space is true; only GPT-2's setting (false) is supported",
-		    path);
-		goto fail;
-	}
 	if (added && !json_is_array(added)) {
 		circ_errorf(e, "'%s': added_tokens must be an array", path);
 		goto fail;
@@ -650,10 +942,31 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		}
 		if (json_integer_value(id) > extra_max)
 			extra_max = (int32_t)json_integer_value(id);
+		if (json_is_true(json_object_get(t, "single_word"))) {
+			circ_errorf(
+			    e,
+			    "'%s': added_tokens[%zu]: \"single_word\": true is not supported "
+			    "(only false: tokenizers.js, the reference, ignores it)",
+			    path, i);
+			goto fail;
+		}
+		json_t *norm = json_object_get(t, "normalized");
+		if ((b->nfc || b->sp_replace || b->sp_prepend) &&
+		    (json_is_true(norm) ||
+		     (!norm && !json_is_true(json_object_get(t, "special"))))) {
+			circ_errorf(
+			    e,
+			    "'%s': added_tokens[%zu]: \"normalized\" must be false with a "
+			    "normalizer (tokens matched in normalized text are not supported)",
+			    path, i);
+			goto fail;
+		}
 	}
-	b = bpe_alloc();
 	if (load_vocab(b, vocab, extra_max, json_array_size(added), path, e) < 0)
 		goto fail;
+	json_t *unk = json_object_get(model, "unk_token");
+	if (json_is_string(unk))
+		b->unk = vocab_get(vocab, json_string_value(unk), json_string_length(unk));
 	pair_table_alloc(b, json_array_size(merges));
 	for (size_t i = 0; i < json_array_size(merges); i++) {
 		json_t *m = json_array_get(merges, i);
@@ -712,13 +1025,21 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 			b->tok_len[id] = (int32_t)n;
 			used += n;
 		}
-		if (json_is_true(json_object_get(t, "special")))
-			add_special(b, json_string_value(text), n, id);
+		add_special(b, json_string_value(text), n, id,
+			    json_is_true(json_object_get(t, "special")));
+		b->specials[b->n_specials - 1].lstrip = json_is_true(json_object_get(t, "lstrip"));
+		b->specials[b->n_specials - 1].rstrip = json_is_true(json_object_get(t, "rstrip"));
 	}
 	b->tok_used = used;
+	if (b->bos >= b->n_ids || (b->bos >= 0 && b->tok_len[b->bos] < 0)) {
+		circ_errorf(
+		    e, "'%s': post_processor: the first token's id %d is not in the vocabulary",
+		    path, (int)b->bos);
+		goto fail;
+	}
 	json_t *eot = json_object_get(vocab, "<|endoftext|>");
 	if (eot)
-		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot));
+		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot), 1);
 	specials_done(b);
 	circ_sha256_init(&sha);
 	circ_sha256_update(&sha, buf, len);
@@ -749,14 +1070,14 @@ circ_bpe *circ_bpe_load_dir(const char *dir, circ_error *e)
 	snprintf(v, n, "%s/vocab.json", dir);
 	snprintf(m, n, "%s/merges.txt", dir);
 	snprintf(t, n, "%s/tokenizer.json", dir);
-	if (file_exists(v) || file_exists(m))
-		b = circ_bpe_load_files(v, m, e);
-	else if (file_exists(t))
+	if (file_exists(t)) /* it says more: normalizer, pre-tokenizer, added tokens, BOS */
 		b = circ_bpe_load_tokenizer_json(t, e);
+	else if (file_exists(v) || file_exists(m))
+		b = circ_bpe_load_files(v, m, e);
 	else
 		circ_errorf(e,
-			    "'%s': no tokenizer there (expected vocab.json and merges.txt, or "
-			    "tokenizer.json)",
+			    "'%s': no tokenizer there (expected tokenizer.json, or vocab.json and "
+			    "merges.txt)",
 			    dir);
 	free(v);
 	free(m);
@@ -770,6 +1091,8 @@ void circ_bpe_free(circ_bpe *b)
 		return;
 	free(b->tok_off);
 	free(b->tok_len);
+	free(b->vh_key);
+	free(b->vh_id);
 	free(b->tok_bytes);
 	free(b->pair_key);
 	free(b->pair_rank);
@@ -807,6 +1130,11 @@ const char *circ_bpe_digest(const circ_bpe *b)
 int32_t circ_bpe_eot(const circ_bpe *b)
 {
 	return b->eot;
+}
+
+int32_t circ_bpe_bos(const circ_bpe *b)
+{
+	return b->bos;
 }
 
 const unsigned char *circ_bpe_token_bytes(const circ_bpe *b, int32_t id, size_t *len)
@@ -991,8 +1319,10 @@ static size_t merge_long(circ_bpe *b, size_t n)
 		b->tree = circ_xrealloc(b->tree, b->tree_cap * sizeof *b->tree);
 	}
 	uint64_t *tree = b->tree;
-	for (size_t i = 0; i < n; i++)
-		rank[i] = i + 1 < n ? pair_lookup(b, sym[i], sym[i + 1], &unused) : NO_RANK;
+	for (size_t i = 0; i < n; i++) { /* tokens may start wider than a byte (SentencePiece) */
+		size_t j = sym[i] >= 0 ? i + (size_t)b->tok_len[sym[i]] : n;
+		rank[i] = j < n ? pair_lookup(b, sym[i], sym[j], &unused) : NO_RANK;
+	}
 	for (size_t k = 0; k < leaves; k++)
 		tree[leaves + k] =
 		    k < nb ? block_least(rank, k * BLOCK, (k + 1) * BLOCK < n ? (k + 1) * BLOCK : n)
@@ -1029,10 +1359,99 @@ static int missing_byte(unsigned char c, circ_error *e)
 	return circ_errorf(e, "byte 0x%02x has no token in the vocabulary", c);
 }
 
+/* Whether character p[0..l) falls back to its bytes' tokens: byte_fallback
+ * on and all of them there (else it is the unknown token, as in tokenizers). */
+static int has_bytes(const circ_bpe *b, const unsigned char *p, size_t l)
+{
+	if (!b->byte_fallback)
+		return 0;
+	for (size_t q = 0; q < l; q++)
+		if (b->byte_id[p[q]] < 0)
+			return 0;
+	return 1;
+}
+
+/* A character with neither a token nor byte tokens: the unknown token, or
+ * an error when there is none (never dropped, unlike tokenizers.js). */
+static int no_token(const circ_bpe *b, const unsigned char *p, size_t l, circ_error *e)
+{
+	if (b->unk >= 0)
+		return 0;
+	if (b->byte_fallback)
+		for (size_t q = 0; q < l; q++)
+			if (b->byte_id[p[q]] < 0)
+				return missing_byte(p[q], e);
+	return circ_errorf(e, "character '%.*s' has no token in the vocabulary", (int)l,
+			   (const char *)p);
+}
+
+/* SentencePiece style: the first symbols of p[0..n) are its characters'
+ * tokens, or the byte tokens of a character without one, or (UNK_SYM, which
+ * no merge joins) the unknown token. Into b->sym in merge_long's layout
+ * unless packed, packed (*k of them) when packed. Returns 1 when an unknown
+ * token needs the packed layout, 0, or -1 on error. */
+#define UNK_SYM(b) ((b)->n_ids)
+static int sp_symbols(circ_bpe *b, const unsigned char *p, size_t n, int packed, size_t *k,
+		      circ_error *e)
+{
+	size_t m = 0;
+	for (size_t i = 0; i < n;) {
+		utf8proc_int32_t cp;
+		utf8proc_ssize_t r = utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
+		size_t l = r > 0 ? (size_t)r : 1;
+		int32_t id = vh_get(b, p + i, l, hash_bytes(p + i, l));
+		if (id >= 0) {
+			if (packed) {
+				b->sym[m++] = id;
+			} else {
+				b->sym[i] = id;
+				for (size_t q = 1; q < l; q++)
+					b->sym[i + q] = -1;
+				if (l > 1)
+					b->sym[i + l - 1] = -(int32_t)i - 1;
+			}
+		} else if (has_bytes(b, p + i, l)) {
+			for (size_t q = 0; q < l; q++)
+				b->sym[packed ? m++ : i + q] = b->byte_id[p[i + q]];
+		} else {
+			if (no_token(b, p + i, l, e) < 0)
+				return -1;
+			if (!packed)
+				return 1;
+			b->sym[m++] = UNK_SYM(b);
+		}
+		i += l;
+	}
+	*k = m;
+	return 0;
+}
+
+/* UNK_SYM -> the unknown token's id, a run of them one with fuse_unk.
+ * Returns the new count. */
+static size_t unk_ids(const circ_bpe *b, int32_t *sym, size_t k)
+{
+	size_t j = 0;
+	if (!b->sp)
+		return k;
+	for (size_t i = 0; i < k; i++) {
+		if (sym[i] == UNK_SYM(b) && b->fuse_unk && j && sym[j - 1] == b->unk)
+			continue;
+		sym[j++] = sym[i] == UNK_SYM(b) ? b->unk : sym[i];
+	}
+	return j;
+}
+
 /* Appends the ids of one piece. */
 static int encode_piece(circ_bpe *b, const unsigned char *p, size_t n, circ_ids *out, circ_error *e)
 {
-	if (n == 1) {
+	if (b->ignore_merges) {
+		int32_t id = vh_get(b, p, n, hash_bytes(p, n));
+		if (id >= 0) {
+			circ_ids_push(out, id);
+			return 0;
+		}
+	}
+	if (n == 1 && !b->sp) {
 		if (b->byte_id[p[0]] < 0)
 			return missing_byte(p[0], e);
 		circ_ids_push(out, b->byte_id[p[0]]);
@@ -1052,11 +1471,20 @@ static int encode_piece(circ_bpe *b, const unsigned char *p, size_t n, circ_ids 
 		return circ_errorf(e, "a piece of %zu bytes without a break (at most %d)", n,
 				   PIECE_MAX);
 	scratch_reserve(b, n);
-	for (size_t i = 0; i < n; i++) {
-		if ((b->sym[i] = b->byte_id[p[i]]) < 0)
-			return missing_byte(p[i], e);
+	size_t k = n;
+	int packed = n <= SCAN_MAX, r;
+	if (b->sp) {
+		if ((r = sp_symbols(b, p, n, packed, &k, e)) == 1) /* unknown: scan */
+			r = sp_symbols(b, p, n, packed = 1, &k, e);
+		if (r < 0)
+			return -1;
+	} else {
+		for (size_t i = 0; i < n; i++)
+			if ((b->sym[i] = b->byte_id[p[i]]) < 0)
+				return missing_byte(p[i], e);
 	}
-	size_t k = n <= SCAN_MAX ? merge_scan(b, b->sym, b->rank, n) : merge_long(b, n);
+	k = packed ? merge_scan(b, b->sym, b->rank, k) : merge_long(b, n);
+	k = unk_ids(b, b->sym, k);
 	if (h)
 		cache_put(b, p, n, h, b->sym, k);
 	if (n > SCRATCH_KEEP) { /* a long word's scratch goes, its ranks before the ids grow */
@@ -1088,9 +1516,19 @@ static int js_space(int32_t c)
 	       c == 0x205F || c == 0x3000 || c == 0xFEFF;
 }
 
-static int cp_class(int32_t c)
+/* Unicode's White_Space: what \s means in the tokenizers' (Oniguruma)
+ * patterns, and in tokenizers.js's translation of them. */
+static int uni_space(int32_t c)
 {
-	if (js_space(c))
+	return (c >= 9 && c <= 13) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+	       (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+	       c == 0x205F || c == 0x3000;
+}
+
+/* uni: 0 for ECMAScript's \s (GPT-2, as js-tiktoken), 1 for White_Space. */
+static int cp_class(int32_t c, int uni)
+{
+	if (uni ? uni_space(c) : js_space(c))
 		return C_S;
 	switch (utf8proc_category(c)) {
 	case UTF8PROC_CATEGORY_LU:
@@ -1119,7 +1557,7 @@ static inline int ascii_class(unsigned c)
 /* Length (1..4) and class of the character at s[i], i < n. Returns 0 when
  * the bytes end inside a character that could still be valid and !eof.
  * An invalid byte is one character of class C_O. */
-static inline int char_at(const unsigned char *s, size_t n, size_t i, int eof, int *cls)
+static inline int char_at(const unsigned char *s, size_t n, size_t i, int eof, int *cls, int uni)
 {
 	unsigned c = s[i];
 	if (c < 0x80) {
@@ -1162,7 +1600,7 @@ static inline int char_at(const unsigned char *s, size_t n, size_t i, int eof, i
 		lo = 0x80, hi = 0xBF;
 		cp = (cp << 6) | (int32_t)(d & 0x3F);
 	}
-	*cls = cp_class(cp);
+	*cls = cp_class(cp, uni);
 	return need + 1;
 }
 
@@ -1170,7 +1608,7 @@ static inline int char_at(const unsigned char *s, size_t n, size_t i, int eof, i
  * needed), sets *seen to where it stopped: a character boundary up to which
  * the run is known, so the next call, with more input, starts there. */
 static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, int eof, size_t *end,
-			  size_t *seen)
+			  size_t *seen, int uni)
 {
 	int k, l;
 	if (*seen > i)
@@ -1182,7 +1620,7 @@ static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, i
 			i++;
 			continue;
 		}
-		if (!(l = char_at(s, n, i, eof, &k))) {
+		if (!(l = char_at(s, n, i, eof, &k, uni))) {
 			*seen = i;
 			return 0;
 		}
@@ -1198,6 +1636,29 @@ static inline int run_end(const unsigned char *s, size_t n, size_t i, int cls, i
 	return 1;
 }
 
+/* 's 't 're 've 'm 'll 'd at s[i] (an apostrophe), ASCII letters ORed
+ * with fold (0x20: either case). 1 and *end when one is there, 0 when more
+ * input is needed, -1 when none is. */
+static int contraction(const unsigned char *s, size_t n, size_t i, int eof, unsigned fold,
+		       size_t *end)
+{
+	if (i + 1 >= n)
+		return eof ? -1 : 0;
+	unsigned c1 = s[i + 1] | fold;
+	if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
+		*end = i + 2;
+		return 1;
+	}
+	if (c1 != 'r' && c1 != 'v' && c1 != 'l')
+		return -1;
+	if (i + 2 >= n)
+		return eof ? -1 : 0;
+	if ((s[i + 2] | fold) != (c1 == 'l' ? 'l' : 'e'))
+		return -1;
+	*end = i + 3;
+	return 1;
+}
+
 /* circ_bpe_pretok_next, resumable: *seen (0 the first time) is where the
  * last call on the same piece start stopped for want of input. Without it
  * a long word fed in chunks would be rescanned from its start each time. */
@@ -1208,26 +1669,10 @@ static int pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size
 	unsigned char c = s[i];
 
 	if (c == '\'') { /* 's 't 're 've 'm 'll 'd, lower case only */
-		if (i + 1 >= n) {
-			if (!eof)
-				return 0;
-		} else {
-			unsigned char c1 = s[i + 1];
-			if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
-				*end = i + 2;
-				return 1;
-			}
-			if (c1 == 'r' || c1 == 'v' || c1 == 'l') {
-				if (i + 2 >= n) {
-					if (!eof)
-						return 0;
-				} else if (s[i + 2] == (c1 == 'l' ? 'l' : 'e')) {
-					*end = i + 3;
-					return 1;
-				}
-			}
-		}
-		return run_end(s, n, i, C_O, eof, end, seen);
+		int r = contraction(s, n, i, eof, 0, end);
+		if (r >= 0)
+			return r;
+		return run_end(s, n, i, C_O, eof, end, seen, 0);
 	}
 	if (c == ' ') { /* " ?" before a letter, number or other run */
 		if (i + 1 >= n) {
@@ -1236,15 +1681,15 @@ static int pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size
 			*end = n;
 			return 1;
 		}
-		if (!(l = char_at(s, n, i + 1, eof, &cls)))
+		if (!(l = char_at(s, n, i + 1, eof, &cls, 0)))
 			return 0;
 		if (cls != C_S)
-			return run_end(s, n, i + 1, cls, eof, end, seen);
+			return run_end(s, n, i + 1, cls, eof, end, seen, 0);
 	} else {
-		if (!(l = char_at(s, n, i, eof, &cls)))
+		if (!(l = char_at(s, n, i, eof, &cls, 0)))
 			return 0;
 		if (cls != C_S)
-			return run_end(s, n, i, cls, eof, end, seen);
+			return run_end(s, n, i, cls, eof, end, seen, 0);
 	}
 	/* Whitespace: \s+(?!\S) keeps the last space for the next piece when a
 	 * non-space follows a run of two or more; \s+ takes a lone one. */
@@ -1256,7 +1701,7 @@ static int pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size
 		j = *seen;
 	}
 	while (j < n) {
-		if (!(l = char_at(s, n, j, eof, &cls))) {
+		if (!(l = char_at(s, n, j, eof, &cls, 0))) {
 			*seen = j;
 			return 0;
 		}
@@ -1277,6 +1722,206 @@ static int pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size
 	return 1;
 }
 
+/* Llama 3's and Qwen 2's pattern (max_digits 3 and 1), alternatives in order:
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N}{1,max_digits}
+ *   | ?[^\s\p{L}\p{N}]+[\r\n]* | \s*[\r\n]+ | \s+(?!\S) | \s+
+ * with \s White_Space and (?i:) ASCII case folding (as tokenizers.js
+ * translates them). Same contract as pretok_next. */
+static inline int is_crlf(unsigned char c)
+{
+	return c == '\r' || c == '\n';
+}
+
+static int pretok_llama3(const unsigned char *s, size_t n, size_t i, int eof, size_t *end,
+			 size_t *seen, int max_digits)
+{
+	int cls, l, ncls = 0, nl = 0;
+	unsigned char c = s[i];
+	if (c == '\'') {
+		int r = contraction(s, n, i, eof, 0x20, end);
+		if (r >= 0)
+			return r;
+	}
+	if (!(l = char_at(s, n, i, eof, &cls, 1)))
+		return 0;
+	if (cls == C_L)
+		return run_end(s, n, i, C_L, eof, end, seen, 1);
+	if (cls != C_N && !is_crlf(c)) { /* one character of prefix, then letters */
+		if (i + (size_t)l >= n) {
+			if (!eof)
+				return 0;
+		} else if (!(nl = char_at(s, n, i + (size_t)l, eof, &ncls, 1))) {
+			return 0;
+		} else if (ncls == C_L) {
+			return run_end(s, n, i + (size_t)l, C_L, eof, end, seen, 1);
+		}
+	}
+	if (cls == C_N) {
+		size_t j = i;
+		for (int k = 0; k < max_digits; k++) {
+			int kc, kl;
+			if (j >= n) {
+				if (!eof)
+					return 0;
+				break;
+			}
+			if (!(kl = char_at(s, n, j, eof, &kc, 1)))
+				return 0;
+			if (kc != C_N)
+				break;
+			j += (size_t)kl;
+		}
+		*end = j;
+		return 1;
+	}
+	if (cls == C_O || (c == ' ' && nl && ncls == C_O)) { /* " ?" other+ [\r\n]* */
+		size_t j;
+		if (!run_end(s, n, cls == C_O ? i : i + 1, C_O, eof, &j, seen, 1))
+			return 0;
+		while (j < n && is_crlf(s[j]))
+			j++;
+		if (j >= n && !eof)
+			return 0;
+		*end = j;
+		return 1;
+	}
+	/* Whitespace: \s*[\r\n]+ ends after the run's last CR or LF; else
+	 * \s+(?!\S) leaves the last space of two or more before a non-space. */
+	size_t j = i, last = i, crlf = 0;
+	int found = 0;
+	while (j < n) {
+		if (!(l = char_at(s, n, j, eof, &cls, 1)))
+			return 0;
+		if (cls != C_S)
+			break;
+		if (is_crlf(s[j]))
+			crlf = j, found = 1;
+		last = j;
+		j += (size_t)l;
+	}
+	if (j >= n && !eof)
+		return 0;
+	if (found)
+		*end = crlf + 1;
+	else if (j >= n)
+		*end = n;
+	else
+		*end = last > i ? last : j;
+	return 1;
+}
+
+/* The pre-tokenizer b uses. */
+static int pretok_any(const circ_bpe *b, const unsigned char *s, size_t n, size_t i, int eof,
+		      size_t *end, size_t *seen)
+{
+	if (b->pretok == PRETOK_LLAMA3)
+		return pretok_llama3(s, n, i, eof, end, seen, b->max_digits);
+	if (b->pretok == PRETOK_NONE) {
+		if (!eof)
+			return 0;
+		*end = n;
+		return 1;
+	}
+	return pretok_next(s, n, i, eof, end, seen);
+}
+
+/* The normalizer: text[0..n) -> a new buffer (*len bytes). */
+static int normalizes(const circ_bpe *b)
+{
+	return b->nfc || b->sp_prepend || b->sp_replace || b->meta;
+}
+
+/* The normalizer (and Metaspace): text[0..n) -> a new buffer (*len bytes).
+ * first: the text starts the input (Metaspace's prepend_scheme first). */
+static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, size_t n, int first,
+				size_t *len, circ_error *e)
+{
+	unsigned char *out;
+	if (b->nfc) { /* valid stretches composed; a byte that is not UTF-8 stays as it is */
+		size_t cap = n + 16, k = 0;
+		out = circ_xmalloc(cap);
+		for (size_t i = 0; i < n;) {
+			size_t j = i;
+			utf8proc_int32_t cp;
+			utf8proc_ssize_t l;
+			while (j < n &&
+			       (l = utf8proc_iterate(text + j, (utf8proc_ssize_t)(n - j), &cp)) > 0)
+				j += (size_t)l;
+			if (j > i) {
+				utf8proc_uint8_t *dst = NULL;
+				utf8proc_ssize_t r =
+				    utf8proc_map(text + i, (utf8proc_ssize_t)(j - i), &dst,
+						 UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+				if (r < 0) {
+					free(out);
+					circ_errorf(e, "NFC normalizer: %s", utf8proc_errmsg(r));
+					return NULL;
+				}
+				while (k + (size_t)r + 1 > cap)
+					cap *= 2;
+				out = circ_xrealloc(out, cap);
+				memcpy(out + k, dst, (size_t)r);
+				k += (size_t)r;
+				free(dst);
+			}
+			if (j < n) {
+				if (k + 1 > cap)
+					out = circ_xrealloc(out, cap *= 2);
+				out[k++] = text[j++];
+			}
+			i = j;
+		}
+		*len = k;
+		return out;
+	}
+	/* SentencePiece: Prepend "▁", Replace " " by "▁"; or Metaspace, which
+	 * prepends unless the text starts with one */
+	size_t spaces = 0, k = 0;
+	int meta_pre = b->meta == META_ALWAYS || (b->meta == META_FIRST && first);
+	for (size_t i = 0; i < n; i++)
+		spaces += text[i] == ' ';
+	out = circ_xmalloc(n + 2 * spaces + 4);
+	if (n && (b->sp_prepend ||
+		  (meta_pre && text[0] != ' ' && (n < 3 || memcmp(text, SP_SPACE, 3))))) {
+		memcpy(out, SP_SPACE, 3);
+		k = 3;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (text[i] == ' ' && (b->sp_replace || b->meta)) {
+			memcpy(out + k, SP_SPACE, 3);
+			k += 3;
+		} else {
+			out[k++] = text[i];
+		}
+	}
+	*len = k;
+	return out;
+}
+
+/* Normalizes, pre-tokenizes and encodes text[0..n) whole (a text between
+ * added tokens, for tokenizers with a normalizer or no pre-tokenizer). */
+static int encode_whole(circ_bpe *b, const unsigned char *text, size_t n, int first, circ_ids *out,
+			circ_error *e)
+{
+	size_t len = n, pos = 0, end, seen;
+	unsigned char *norm = NULL;
+	const unsigned char *t = text;
+	int rc = 0;
+	if (normalizes(b)) {
+		if (!(norm = normalize(b, text, n, first, &len, e)))
+			return -1;
+		t = norm;
+	}
+	while (rc == 0 && pos < len) {
+		seen = 0;
+		pretok_any(b, t, len, pos, 1, &end, &seen);
+		rc = encode_piece(b, t + pos, end - pos, out, e);
+		pos = end;
+	}
+	free(norm);
+	return rc;
+}
+
 int circ_bpe_pretok_next(const unsigned char *s, size_t n, size_t i, int eof, size_t *end)
 {
 	size_t seen = 0;
@@ -1292,6 +1937,8 @@ struct circ_bpe_stream {
 	size_t len, cap, pos;
 	size_t seen_at, seen; /* the piece at seen_at is scanned up to seen */
 	size_t spec_from;     /* no special token starts in [pos, spec_from) */
+	int started;	      /* something of this text is encoded (Metaspace's "first") */
+	int skip_space;	      /* the last added token was rstrip: white space after it goes */
 };
 
 circ_bpe_stream *circ_bpe_stream_new(circ_bpe *b, int flags)
@@ -1315,14 +1962,15 @@ void circ_bpe_stream_free(circ_bpe_stream *s)
  * whose byte starts a special: the cost grows with the text and the
  * longest special, not with the number of specials. */
 static const special *find_special(const circ_bpe *b, const unsigned char *s, size_t from, size_t n,
-				   size_t *at)
+				   int all, size_t *at)
 {
 	for (size_t p = from; p < n; p++) {
 		if (!b->special_first[s[p]])
 			continue;
 		int32_t node = 0, best = -1;
 		for (size_t q = p; q < n && (node = trie_step(b, node, s[q])) >= 0; q++)
-			if (b->trie_term[node] >= 0)
+			if (b->trie_term[node] >= 0 &&
+			    (all || !b->specials[b->trie_term[node]].special))
 				best = b->trie_term[node];
 		if (best >= 0) {
 			*at = p;
@@ -1331,6 +1979,36 @@ static const special *find_special(const circ_bpe *b, const unsigned char *s, si
 	}
 	*at = n;
 	return NULL;
+}
+
+/* The white space of an added token's lstrip and rstrip: tokenizers.js
+ * trims with String.prototype.trim, whose white space is ECMAScript's. */
+static size_t space_len(const unsigned char *s, size_t n, size_t i, int eof, int *need_more)
+{
+	utf8proc_int32_t cp;
+	utf8proc_ssize_t l = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
+	*need_more = 0;
+	if (l > 0)
+		return js_space(cp) ? (size_t)l : 0;
+	if (!eof && s[i] >= 0xC0 && n - i < 4) /* maybe a character cut by the buffer */
+		*need_more = 1;
+	return 0;
+}
+
+/* The end of s[from..to) without its trailing white space. */
+static size_t trim_end(const unsigned char *s, size_t from, size_t to)
+{
+	while (to > from) {
+		size_t st = to - 1;
+		int more;
+		while (st > from && to - st < 4 && (s[st] & 0xC0) == 0x80)
+			st--;
+		size_t l = space_len(s, to, st, 1, &more);
+		if (!l || st + l != to)
+			break;
+		to = st;
+	}
+	return to;
 }
 
 /* Tokenises what can be decided in s->buf[pos..len). */
@@ -1342,7 +2020,16 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 		size_t limit = s->len, at = s->len, end;
 		int seg_eof = eof;
 		const special *sp = NULL;
-		if ((s->flags & CIRC_BPE_SPECIAL) && b->n_specials) {
+		while (s->skip_space) { /* rstrip */
+			int more = 0;
+			size_t l = s->pos < s->len ? space_len(buf, s->len, s->pos, eof, &more) : 0;
+			if (more || (s->pos >= s->len && !eof))
+				return 0;
+			if (!l)
+				s->skip_space = 0;
+			s->pos += l;
+		}
+		if (b->n_specials && ((s->flags & CIRC_BPE_SPECIAL) || b->n_plain)) {
 			/* Searched once: a special cut by the end of the buffer starts
 			 * in its last special_max - 1 bytes, which wait for more. */
 			size_t from = s->spec_from > s->pos ? s->spec_from : s->pos;
@@ -1350,20 +2037,28 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 			size_t safe = s->len - from > b->special_max - 1
 					  ? s->len - (b->special_max - 1)
 					  : from;
-			sp = find_special(b, buf, from, s->len, &at);
+			sp = find_special(b, buf, from, s->len, s->flags & CIRC_BPE_SPECIAL, &at);
 			if (sp && !eof && at >= safe) /* a longer or earlier one may yet come */
 				sp = NULL;
 			if (sp) {
-				limit = at, seg_eof = 1;
+				limit = sp->lstrip ? trim_end(buf, s->pos, at) : at, seg_eof = 1;
 			} else {
 				s->spec_from = safe;
 				if (!eof)
 					limit = safe;
 			}
 		}
+		if (normalizes(b) || b->pretok == PRETOK_NONE) {
+			/* normalizers see a whole text between added tokens */
+			if (!seg_eof)
+				return 0;
+			if (encode_whole(b, buf + s->pos, limit - s->pos, !s->started, out, e) < 0)
+				return -1;
+			s->pos = limit;
+		}
 		while (s->pos < limit) {
 			size_t seen = s->seen_at == s->pos && s->seen <= limit ? s->seen : 0;
-			if (!pretok_next(buf, limit, s->pos, seg_eof, &end, &seen)) {
+			if (!pretok_any(b, buf, limit, s->pos, seg_eof, &end, &seen)) {
 				s->seen_at = s->pos, s->seen = seen;
 				return 0;
 			}
@@ -1375,6 +2070,8 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 		if (!sp)
 			return 0;
 		circ_ids_push(out, sp->id);
+		s->started = 1;
+		s->skip_space = sp->rstrip;
 		s->pos = at + sp->len;
 		s->seen = 0;
 	}
@@ -1406,6 +2103,7 @@ int circ_bpe_stream_finish(circ_bpe_stream *s, circ_ids *out, circ_error *e)
 {
 	int rc = stream_run(s, 1, out, e);
 	s->len = s->pos = s->seen_at = s->seen = s->spec_from = 0;
+	s->started = s->skip_space = 0;
 	return rc;
 }
 
@@ -1446,6 +2144,18 @@ char *circ_bpe_decode(const circ_bpe *b, const int32_t *ids, size_t n, size_t *l
 		memcpy(out + k, p, l);
 		k += l;
 	}
+	if (b->sp) { /* "▁" is a space */
+		size_t j = 0;
+		for (size_t i = 0; i < k; i++) {
+			if (i + 3 <= k && !memcmp(out + i, SP_SPACE, 3)) {
+				out[j++] = ' ';
+				i += 2;
+			} else {
+				out[j++] = out[i];
+			}
+		}
+		k = j;
+	}
 	out[k] = 0;
 	*len = k;
 	return out;
@@ -1460,7 +2170,7 @@ char *circ_bpe_decode(const circ_bpe *b, const int32_t *ids, size_t n, size_t *l
 
 static int ref_class(int32_t c)
 {
-	return c < 0 ? C_O : cp_class(c);
+	return c < 0 ? C_O : cp_class(c, 0);
 }
 
 static int ref_is(int32_t c, int cls)
@@ -1511,15 +2221,53 @@ static size_t ref_piece(const int32_t *cp, size_t n, size_t i)
 	return k - i; /* \s+ (never 0: the alternatives cover every class) */
 }
 
+/* The first symbols: byte tokens, or (SentencePiece) each character's
+ * token or its bytes' tokens. Returns their count, or -1. */
+static long ref_symbols(const circ_bpe *b, const unsigned char *p, size_t n, int32_t *sym,
+			circ_error *e)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n;) {
+		size_t l = 1;
+		int32_t id = -1;
+		if (b->sp) {
+			utf8proc_int32_t cp;
+			utf8proc_ssize_t r =
+			    utf8proc_iterate(p + i, (utf8proc_ssize_t)(n - i), &cp);
+			l = r > 0 ? (size_t)r : 1;
+			id = vh_get(b, p + i, l, hash_bytes(p + i, l));
+			if (id < 0 && !has_bytes(b, p + i, l)) {
+				if (no_token(b, p + i, l, e) < 0)
+					return -1;
+				id = UNK_SYM(b);
+			}
+		}
+		if (id >= 0)
+			sym[k++] = id;
+		else
+			for (size_t q = 0; q < l; q++)
+				if ((sym[k++] = b->byte_id[p[i + q]]) < 0)
+					return missing_byte(p[i + q], e);
+		i += l;
+	}
+	return (long)k;
+}
+
 static int ref_encode_bytes(const circ_bpe *b, const unsigned char *p, size_t n, circ_ids *out,
 			    circ_error *e)
 {
 	int32_t *sym = circ_xmalloc((n ? n : 1) * sizeof *sym), id = -1;
-	for (size_t i = 0; i < n; i++)
-		if ((sym[i] = b->byte_id[p[i]]) < 0) {
-			free(sym);
-			return missing_byte(p[i], e);
-		}
+	if (b->ignore_merges && (id = vh_get(b, p, n, hash_bytes(p, n))) >= 0) {
+		circ_ids_push(out, id);
+		free(sym);
+		return 0;
+	}
+	long k = ref_symbols(b, p, n, sym, e);
+	if (k < 0) {
+		free(sym);
+		return -1;
+	}
+	n = (size_t)k;
 	while (n > 1) {
 		int32_t best = NO_RANK;
 		size_t at = 0;
@@ -1536,15 +2284,29 @@ static int ref_encode_bytes(const circ_bpe *b, const unsigned char *p, size_t n,
 			sym[i] = sym[i + 1];
 		n--;
 	}
+	n = unk_ids(b, sym, n);
 	for (size_t i = 0; i < n; i++)
 		circ_ids_push(out, sym[i]);
 	free(sym);
 	return 0;
 }
 
-static int ref_encode_segment(const circ_bpe *b, const unsigned char *s, size_t n, circ_ids *out,
-			      circ_error *e)
+static int ref_encode_segment(const circ_bpe *b, const unsigned char *s, size_t n, int first,
+			      circ_ids *out, circ_error *e)
 {
+	if (b->pretok != PRETOK_GPT2) { /* normalized, then (no pre-tokenizer) one piece */
+		size_t len = n;
+		unsigned char *norm = NULL;
+		if (normalizes(b) && !(norm = normalize(b, s, n, first, &len, e)))
+			return -1;
+		if (b->pretok == PRETOK_NONE) {
+			int rc = ref_encode_bytes(b, norm ? norm : s, len, out, e);
+			free(norm);
+			return rc;
+		}
+		free(norm);
+		return circ_errorf(e, "the reference encoder has GPT-2's pre-tokenizer only");
+	}
 	int32_t *cp = circ_xmalloc((n ? n : 1) * sizeof *cp);
 	size_t *off = circ_xmalloc((n + 1) * sizeof *off), m = 0, i = 0;
 	int rc = 0;
@@ -1576,8 +2338,8 @@ int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags
 	for (;;) {
 		size_t at = n;
 		const special *sp = NULL;
-		if (flags & CIRC_BPE_SPECIAL) /* earliest, then longest */
-			for (int k = 0; k < b->n_specials; k++)
+		for (int k = 0; k < b->n_specials; k++) /* earliest, then longest */
+			if ((flags & CIRC_BPE_SPECIAL) || !b->specials[k].special)
 				for (size_t i = pos; i + b->specials[k].len <= n && i <= at; i++)
 					if (!memcmp(s + i, b->specials[k].text,
 						    b->specials[k].len)) {
@@ -1585,11 +2347,15 @@ int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags
 							at = i, sp = &b->specials[k];
 						break;
 					}
-		if (ref_encode_segment(b, s + pos, at - pos, out, e) < 0)
+		size_t seg_end = sp && sp->lstrip ? trim_end(s, pos, at) : at;
+		if (ref_encode_segment(b, s + pos, seg_end - pos, pos == 0, out, e) < 0)
 			return -1;
 		if (!sp)
 			return 0;
 		circ_ids_push(out, sp->id);
 		pos = at + sp->len;
+		for (int more, l;
+		     sp->rstrip && pos < n && (l = (int)space_len(s, n, pos, 1, &more));)
+			pos += (size_t)l;
 	}
 }

@@ -1,5 +1,7 @@
 /*
- * bpe: GPT-2's byte-level byte-pair encoding, exact.
+ * bpe: GPT-2's byte-level byte-pair encoding, exact; and Hugging Face
+ * tokenizer.json BPE as Llama 2, Llama 3, Llama 3.1, Qwen 3 and Gemma 3 ship
+ * it (below, after GPT-2's rules).
  *
  * Encoding is three steps, each as GPT-2 defines it:
  *  1. Pre-tokenisation splits the text into pieces with GPT-2's pattern
@@ -35,6 +37,29 @@
  * A circ_bpe is not thread-safe while encoding (the cache is shared): use
  * one per thread. Loading and decoding only read it.
  */
+/*
+ * tokenizer.json: encoding follows the Hugging Face tokenizers library (the
+ * tests compare with @huggingface/tokenizers, its JavaScript port):
+ *  0. Added tokens are found first (the earliest, then the longest): special
+ *     ones only with CIRC_BPE_SPECIAL, the others always; lstrip and rstrip
+ *     drop the ECMAScript white space before and after them.
+ *  1. Each text between them is normalized: NFC (Qwen), or Prepend "▁" and
+ *     Replace " " by "▁" (SentencePiece style: Llama 2, Gemma 3), and with
+ *     the Metaspace pre-tokenizer the same (prepend_scheme always, first,
+ *     never). Such texts are encoded whole: streaming waits for the next
+ *     added token or the end.
+ *  2. Pre-tokenization: GPT-2's pattern (ByteLevel), Llama 3's or Qwen 2's
+ *     pattern (Split, Isolated, then ByteLevel; \s is Unicode's White_Space,
+ *     contractions in either ASCII case), or none (the text is one piece).
+ *  3. Merges as in 3. above, over byte tokens (ByteLevel) or over characters
+ *     (SentencePiece style, vocabulary text as is) whose missing ones become
+ *     their <0xNN> byte tokens (byte_fallback) or unk_token (runs fused with
+ *     fuse_unk); with ignore_merges a piece that is a token is that token.
+ * TemplateProcessing's token before the text is the BOS (circ_bpe_bos);
+ * encoding never adds it. Decoding gives "▁" as a space and <0xNN> as its
+ * byte. circ_bpe_encode_ref covers GPT-2's pattern and tokenizers without
+ * a pre-tokenizer; it fails on Llama 3's pattern.
+ */
 #ifndef CIRC_BPE_H
 #define CIRC_BPE_H
 
@@ -58,8 +83,8 @@ enum {
 	CIRC_BPE_SPECIAL = 1 /* text "<|endoftext|>" (and other specials) -> its id */
 };
 
-/* Loads a Hugging Face tokenizer directory: vocab.json + merges.txt when
- * both are present, else tokenizer.json. Fails (NULL, message naming the
+/* Loads a Hugging Face tokenizer directory: tokenizer.json when it is
+ * there, else vocab.json + merges.txt. Fails (NULL, message naming the
  * file) when neither is there, a file cannot be read or parsed (repeated
  * JSON keys included), an id is negative or repeated, an id is far beyond
  * the number of tokens named (at least 2 x (vocabulary + added tokens) +
@@ -69,8 +94,9 @@ enum {
 circ_bpe *circ_bpe_load_dir(const char *dir, circ_error *e);
 /* Loads the two GPT-2 files given by path. Same failures. */
 circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, circ_error *e);
-/* Loads a tokenizer.json whose model is BPE with a ByteLevel
- * pre-tokenizer (add_prefix_space false). Other models fail. */
+/* Loads a tokenizer.json (see "tokenizer.json" above). Components circ
+ * does not implement fail, the message naming the file, the JSON path and
+ * what is supported. */
 circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e);
 /* Frees; NULL is a no-op. */
 void circ_bpe_free(circ_bpe *b);
@@ -84,6 +110,10 @@ int32_t circ_bpe_n_merges(const circ_bpe *b);
 const char *circ_bpe_digest(const circ_bpe *b);
 /* Id of <|endoftext|>, or -1 if the vocabulary has none. */
 int32_t circ_bpe_eot(const circ_bpe *b);
+/* The id the tokenizer puts before a text (TemplateProcessing's token
+ * before $A in tokenizer.json, e.g. Llama 3.1's <|begin_of_text|>), or -1
+ * when it puts none. Encoding never adds it: callers do. */
+int32_t circ_bpe_bos(const circ_bpe *b);
 /* The bytes of token id (raw bytes, not the byte-to-unicode form); NULL
  * for an id the vocabulary does not have. */
 const unsigned char *circ_bpe_token_bytes(const circ_bpe *b, int32_t id, size_t *len);

@@ -146,7 +146,7 @@ same_as_tiktoken() {
 @test "unreadable vocabulary: missing directory or file, malformed JSON (exit 1)" {
 	run --separate-stderr circ-tokenize --vocab-dir "$T/none" --text </dev/null
 	assert_failure 1
-	[[ "$stderr" == *"'$T/none': no tokenizer there (expected vocab.json and merges.txt, or tokenizer.json)"* ]]
+	[[ "$stderr" == *"'$T/none': no tokenizer there (expected tokenizer.json, or vocab.json and merges.txt)"* ]]
 	mkdir "$T/v"
 	cp $V/vocab.json "$T/v/"
 	run --separate-stderr circ-tokenize --vocab-dir "$T/v" --text </dev/null
@@ -369,7 +369,7 @@ print(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "ad
 	done
 	run --separate-stderr circ-tokenize --vocab-dir $V --text --vocab-size 10 </dev/null
 	assert_failure 2
-	[[ "$stderr" == *"--prepend-bos, --task, --metric, --vocab-size and --skip-misaligned apply to dataset mode only"* ]]
+	[[ "$stderr" == *"--prepend-bos, --no-bos, --task, --metric, --vocab-size and --skip-misaligned apply to dataset mode only"* ]]
 	run --separate-stderr circ-tokenize --vocab-dir $V --model-dir $V --text </dev/null
 	assert_failure 2
 	[[ "$stderr" == *"--vocab-dir and --model-dir: give one tokenizer directory"* ]]

@@ -8,6 +8,12 @@
 //   node gen_corpus.mjs sweep RANGES    every code point listed in RANGES (see
 //                                       tests/data/tokenizer/assigned-unicode14.ranges)
 //                                       in contexts that expose its class (L, N, space, other)
+//   node gen_corpus.mjs tricky N [TOKJSON]  N JSON-string lines of tricky text for the Hugging
+//                                       Face tokenizers (tests/tokenizers.bats): fixed cases,
+//                                       then random mixes of fragments (letters of many
+//                                       scripts, combining marks, digits, runs of spaces,
+//                                       tabs, CR and LF, code, emoji, CJK, contractions in
+//                                       any case), with TOKJSON's added tokens, whole and cut
 import { readFileSync } from "node:fs";
 
 let state = 12345n;
@@ -54,8 +60,48 @@ if (mode === "long") {
       out.push("a" + s + "1" + s + " " + s + s + "!" + s + "  " + s + "x\n");
     }
   }
+} else if (mode === "tricky") {
+  const n = Number(arg || 1000), tokjson = process.argv[4];
+  const added = tokjson ? JSON.parse(readFileSync(tokjson, "utf8")).added_tokens.map((t) => t.content) : [];
+  const fixed = [
+    "", " ", "  ", "\n", "\r\n", " \n ", "Hello world", " Hello", "hello  world", "a\n\nb",
+    "it's I'M you'Re they'VE we'd she'LL 'S 'x ''", "ſ K ﬁ ß ǅ", "12 123 1234 12345 ١٢٣٤ ½ Ⅻ ²",
+    "   leading and trailing   ", "\t\ttabs\t", "x\r\n\r\n  y", "line\n  \n\tz  \n",
+    "e\u0301 vs \u00e9, A\u030a vs \u00c5, \u1100\u1161\u11a8 vs \uac01, Ω Å",
+    "def f(x):\n    return x**2 + 1  # comment\n\tif (a&&b) { c[i] = {'k': \"v\"}; }",
+    "中文字符，日本語のテキスト。한국어 텍스트!", "😀👍🏽🇯🇵👨‍👩‍👧 emoji", "\u00a0nbsp\u0085nel\ufeffbom\u3000ideo\u2028ls",
+    "<|endoftext|> <s> </s> <bos> <eos> <|begin_of_text|> <|im_start|> <think> <0x0A> ▁ ▁▁",
+    "<|begin_of_text|", "<s", "<|im_start|>user\nhi<|im_end|>", "▁x ▁ y▁▁z", "ĠĠ Ċ ĉ",
+    "$$$ ... !!! ??? --- ***", "(hello) [world] {x}", "https://example.com/a?b=c&d=e#f",
+    "x".repeat(300), " ".repeat(70) + "x", "\n".repeat(40), "ab".repeat(200), "9".repeat(100),
+  ];
+  const frags = [
+    "the", "The", "THE", " of", "and", "ing", "ation", "über", "naïve", "café", "Ελληνικά",
+    "русский", "עברית", "العربية", "हिन्दी", "ไทย", "中", "文字", "日本", "カタカナ", "한국",
+    "😀", "👍🏽", "🇯🇵", "❤️", "e\u0301", "a\u0308", "\u0301", "0", "7", "42", "2024", "3.14",
+    "1,000", "٣", "½", " ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n", "\n ", "\u00a0",
+    "\u3000", "\u0085", "'s", "'T", "'re", "'VE", "'m", "'Ll", "'d", "'", "\"", ".", ",", "!",
+    "?", "...", "-", "--", "_", "(", ")", "{", "}", "[", "]", "<", ">", "/", "\\", "=", "==",
+    "+=", "->", "#", "@", "$", "%", "^", "&", "*", "~", "`", "|", ";", ":", "▁", "Ġ", "\x7f",
+    "\u200b", "\ufeff", "ﬁ", "ſ", "ǅ", "ß",
+  ];
+  for (const l of fixed) out.push(JSON.stringify(l) + "\n");
+  for (let i = 0; i < n; i++) {
+    let s = "";
+    const k = 1 + rand(24);
+    for (let j = 0; j < k; j++) {
+      const r = rand(20);
+      if (r === 0 && added.length) {
+        const t = added[rand(added.length)];
+        s += rand(4) === 0 ? t.slice(0, 1 + rand(Math.max(1, t.length - 1))) : t;
+      } else {
+        s += pick(frags);
+      }
+    }
+    out.push(JSON.stringify(s) + "\n");
+  }
 } else {
-  process.stderr.write("usage: gen_corpus.mjs long | words BYTES | sweep RANGES\n");
+  process.stderr.write("usage: gen_corpus.mjs long | words BYTES | sweep RANGES | tricky N [TOKJSON]\n");
   process.exit(2);
 }
 process.stdout.write(out.join(""));

