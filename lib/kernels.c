@@ -33,6 +33,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +168,7 @@ static void *pool_main(void *v)
 circ_pool *circ_pool_new(int nthreads)
 {
 	circ_pool *p = circ_xcalloc(1, sizeof *p);
+	sigset_t block, old;
 	int i;
 	p->n = nthreads < 1 ? 1 : nthreads;
 	pthread_mutex_init(&p->mu, NULL);
@@ -174,6 +176,17 @@ circ_pool *circ_pool_new(int nthreads)
 	pthread_cond_init(&p->done, NULL);
 	if (p->n > 1)
 		p->th = circ_xcalloc((size_t)p->n - 1, sizeof *p->th);
+	/* The workers inherit a mask without the termination signals, so those
+	 * reach the thread that made the pool: it blocks them around the making
+	 * and registering of a temporary output (util's atomic files), and a
+	 * signal taken by a worker in that window would leave the file behind.
+	 * Faults (SIGBUS on a truncated model) stay deliverable everywhere. */
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
 	for (i = 1; i < p->n; i++) {
 		pool_arg *a = circ_xmalloc(sizeof *a);
 		a->p = p;
@@ -184,6 +197,7 @@ circ_pool *circ_pool_new(int nthreads)
 			break;
 		}
 	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return p;
 }
 
