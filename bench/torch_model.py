@@ -30,27 +30,8 @@ import torch
 import torch.nn.functional as Fn
 
 
-def load(d):
-    cfg = json.load(open(d + "/config.json"))
-    with open(d + "/model.safetensors", "rb") as f:
-        buf = f.read()
-    (n,) = struct.unpack("<Q", buf[:8])
-    hdr = json.loads(buf[8:8 + n])
-    w = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        assert v["dtype"] == "F32"
-        b, e = v["data_offsets"]
-        a = np.frombuffer(buf, dtype="<f4", count=(e - b) // 4, offset=8 + n + b)
-        k = k[len("transformer."):] if k.startswith("transformer.") else k
-        w[k] = torch.from_numpy(a.copy()).view(v["shape"])
-    del buf
-    return cfg, w
-
-
 def load_mmap(d):
-    """As load(), but the tensors are views of a copy-on-write memory map of
+    """config.json and the weights as views of a copy-on-write memory map of
     model.safetensors (as the safetensors library loads a file): no read
     of the whole file into memory, no copy; pages are read as touched."""
     cfg = json.load(open(d + "/config.json"))
@@ -69,6 +50,12 @@ def load_mmap(d):
         k = k[len("transformer."):] if k.startswith("transformer.") else k
         w[k] = torch.from_numpy(a).view(v["shape"])
     return cfg, w
+
+
+def load(d):
+    """The weights as tensors of their own (copied out of the map)."""
+    cfg, w = load_mmap(d)
+    return cfg, {k: v.clone() for k, v in w.items()}
 
 
 def main():
