@@ -13,6 +13,8 @@
  *   2e-6 fwd, 1e-5 bwd; finite differences 1e-4 relative.
  */
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -662,6 +664,42 @@ static void test_pool(void)
 	test_pool_handoff();
 }
 
+/* Pool workers keep the termination signals blocked, so a SIGTERM reaches
+ * the thread that blocks it around making and registering a temporary
+ * output (a worker taking it in that window left the file behind). */
+typedef struct sig_check {
+	pthread_t main;
+	int on_workers, unblocked;
+} sig_check;
+
+static void sig_task(void *v, size_t b, size_t e)
+{
+	sig_check *c = v;
+	sigset_t cur;
+	static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+	(void)b, (void)e;
+	if (pthread_equal(pthread_self(), c->main))
+		return;
+	pthread_sigmask(SIG_BLOCK, NULL, &cur);
+	__atomic_add_fetch(&c->on_workers, 1, __ATOMIC_RELAXED);
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		if (!sigismember(&cur, sigs[i]))
+			__atomic_add_fetch(&c->unblocked, 1, __ATOMIC_RELAXED);
+}
+
+static void test_pool_signals(void)
+{
+	circ_pool *p = circ_pool_new(3);
+	sig_check c = {pthread_self(), 0, 0};
+	sigset_t cur;
+	for (int rep = 0; rep < 50 && c.on_workers == 0; rep++)
+		circ_pool_for(p, 64, sig_task, &c);
+	pthread_sigmask(SIG_BLOCK, NULL, &cur);
+	CHECK(c.on_workers > 0 && c.unblocked == 0);
+	CHECK(!sigismember(&cur, SIGTERM)); /* the caller's mask is as it was */
+	circ_pool_free(p);
+}
+
 int main(int argc, char **argv)
 {
 	circ_rng_seed(&rng, 42);
@@ -676,6 +714,7 @@ int main(int argc, char **argv)
 	test_layernorm_sum();
 	test_bias_bwd();
 	test_pool();
+	test_pool_signals();
 	if (failures) {
 		fprintf(stderr, "test_kernels%s: %d failures\n",
 			getenv("CIRC_NO_SIMD") ? " (scalar)" : "", failures);
