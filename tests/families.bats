@@ -51,6 +51,32 @@ sys.exit(1 if bad else 0)' "$1"
 	[ "$n" -ge 10 ]
 }
 
+@test "--describe: what it prints follows schemas/describe.schema.json (every family and a GPT-2)" {
+	{
+		for d in $(models) fixtures/induction-hand; do
+			circ-forward --model "$d" --describe
+		done
+	} >"$BATS_TEST_TMPDIR/describe.jsonl"
+	/usr/bin/python3 -c '
+import json, sys, jsonschema
+schema = json.load(open("schemas/describe.schema.json"))
+v = jsonschema.Draft202012Validator(schema)
+n = 0
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    errs = [e.message for e in v.iter_errors(d)]
+    assert not errs, (d["model_type"], errs)
+    assert list(d) == schema["required"], "key order"
+    n += 1
+assert n >= 11, n
+# the schema is not vacuous: a wrong value and a missing key fail it
+bad = dict(d, norm="batchnorm")
+assert list(v.iter_errors(bad))
+del bad["norm"]
+assert list(v.iter_errors(bad))
+' "$BATS_TEST_TMPDIR/describe.jsonl"
+}
+
 @test "--describe: the families are what their directories say" {
 	for d in $(models); do
 		t=$(circ-forward --model "$d" --describe | jq -r .model_type)
