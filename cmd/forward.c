@@ -37,7 +37,7 @@ enum {
 };
 
 static const circ_opt opts[] = {
-    {"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 directory (required)"},
+    {"model", OPT_MODEL, "DIR", "Hugging Face model directory (required)"},
     {"batch", OPT_BATCH, "N", "examples per forward pass (default 16)"},
     {"threads", OPT_THREADS, "N", "threads for the model"},
     {"top-k", OPT_TOP_K, "K", "most probable next tokens per example (default 5; 0: none)"},

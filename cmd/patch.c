@@ -198,10 +198,7 @@ static circ_graph *patch_graph(circ_session *s, circ_reader **inputs, int *ninpu
 		if (!cr)
 			circ_die(&e);
 		if (!strcmp(circ_reader_kind(cr), "records")) {
-			mg = circ_graph_new(c->n_layer, c->n_head, o.pc.level, &e);
-			if (!mg)
-				circ_die(&e);
-			mg->input = o.pc.conv;
+			mg = circ_cli_model_graph(s->m, o.pc.level, o.pc.conv);
 		}
 		if (!(*cc = circ_circuit_read(cr, mg, &e)))
 			circ_die(&e);
@@ -223,10 +220,7 @@ static circ_graph *patch_graph(circ_session *s, circ_reader **inputs, int *ninpu
 		g = (*sc)->g;
 		inputs[(*ninputs)++] = sr;
 	} else {
-		g = circ_graph_new(c->n_layer, c->n_head, o.pc.level, &e);
-		if (!g)
-			circ_die(&e);
-		g->input = o.pc.conv;
+		g = circ_cli_model_graph(s->m, o.pc.level, o.pc.conv);
 	}
 	if (g->n_layer != c->n_layer || g->n_head != c->n_head)
 		circ_dief("the graph (%d layers, %d heads) does not match the model in '%s'",

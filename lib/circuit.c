@@ -447,7 +447,7 @@ void circ_circuit_source_init(circ_circuit_source *s)
 
 static circ_graph *graph_copy(const circ_graph *g, circ_error *e)
 {
-	circ_graph *c = circ_graph_new(g->n_layer, g->n_head, g->level, e);
+	circ_graph *c = circ_graph_new_like(g, e);
 	if (c)
 		c->input = g->input;
 	return c;

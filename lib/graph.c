@@ -21,20 +21,22 @@
 
 /* ---- shape ---- */
 
-circ_graph *circ_graph_new(int n_layer, int n_head, circ_graph_level level, circ_error *e)
+circ_graph *circ_graph_new_desc(const circ_topo_desc *desc, circ_graph_level level, circ_error *e)
 {
-	circ_topo_desc d;
+	circ_topo_desc d = *desc;
 	circ_topology *t;
 	circ_graph *g;
-	circ_topo_desc_init(&d, n_layer, n_head);
 	d.level = level;
+	d.recv_kinds = 0;
 	t = circ_topology_new(&d, e);
 	if (!t)
 		return NULL;
 	g = circ_xcalloc(1, sizeof *g);
 	g->topo = t;
-	g->n_layer = n_layer;
-	g->n_head = n_head;
+	g->n_layer = d.n_layer;
+	g->n_head = d.n_head;
+	g->n_kv_head = t->d.n_kv_head;
+	g->block = d.block;
 	g->level = level;
 	g->input = CIRC_INPUT_EAPIG;
 	g->n_up = t->n_up;
@@ -50,6 +52,23 @@ circ_graph *circ_graph_new(int n_layer, int n_head, circ_graph_level level, circ
 	return g;
 }
 
+circ_graph *circ_graph_new(int n_layer, int n_head, circ_graph_level level, circ_error *e)
+{
+	circ_topo_desc d;
+	circ_topo_desc_init(&d, n_layer, n_head);
+	return circ_graph_new_desc(&d, level, e);
+}
+
+circ_graph *circ_graph_new_like(const circ_graph *g, circ_error *e)
+{
+	circ_graph *c = circ_graph_new_desc(&g->topo->d, g->level, e);
+	if (c) {
+		c->input = g->input;
+		memcpy(c->model_type, g->model_type, sizeof c->model_type);
+	}
+	return c;
+}
+
 void circ_graph_free(circ_graph *g)
 {
 	if (!g)
@@ -62,7 +81,7 @@ void circ_graph_free(circ_graph *g)
 int circ_graph_same(const circ_graph *a, const circ_graph *b)
 {
 	return a->n_layer == b->n_layer && a->n_head == b->n_head && a->level == b->level &&
-	       a->input == b->input;
+	       a->input == b->input && a->n_kv_head == b->n_kv_head && a->block == b->block;
 }
 
 /* ---- numbering: lib/topology's ---- */
@@ -391,13 +410,21 @@ const char *circ_graph_input_name(circ_input_conv conv)
 
 void circ_graph_pack(msgpack_packer *pk, const circ_graph *g)
 {
-	int acdc = g->input != CIRC_INPUT_EAPIG;
-	msgpack_pack_map(pk, 3 + acdc);
+	int acdc = g->input != CIRC_INPUT_EAPIG, par = g->block == CIRC_BLOCK_PARALLEL,
+	    kv = g->n_kv_head != g->n_head,
+	    mt = g->model_type[0] && strcmp(g->model_type, "gpt2") != 0;
+	msgpack_pack_map(pk, (uint32_t)(3 + acdc + par + kv + mt));
 	circ_pack_kv_i64(pk, "n_layer", g->n_layer);
 	circ_pack_kv_i64(pk, "n_head", g->n_head);
 	circ_pack_kv_str(pk, "level", circ_graph_level_name(g->level));
 	if (acdc)
 		circ_pack_kv_str(pk, "convention", circ_graph_input_name(g->input));
+	if (par)
+		circ_pack_kv_str(pk, "block", "parallel");
+	if (kv)
+		circ_pack_kv_i64(pk, "kv_heads", g->n_kv_head);
+	if (mt)
+		circ_pack_kv_str(pk, "model_type", g->model_type);
 }
 
 static int str_field(const msgpack_object *o, const char *key, char *buf, size_t n, circ_error *e)
@@ -419,6 +446,9 @@ circ_graph *circ_graph_from_obj(const msgpack_object *o, circ_error *e)
 	char buf[32];
 	circ_graph_level level = CIRC_LEVEL_EDGE;
 	circ_input_conv conv = CIRC_INPUT_EAPIG;
+	circ_topo_desc d;
+	int64_t kv;
+	char mt[32] = "";
 	if (o->type != MSGPACK_OBJECT_MAP) {
 		circ_errorf(e, "graph: expected a map, got %s", circ_obj_type_name(o));
 		return NULL;
@@ -449,10 +479,36 @@ circ_graph *circ_graph_from_obj(const msgpack_object *o, circ_error *e)
 			    (long long)nh);
 		goto fail;
 	}
-	circ_graph *g = circ_graph_new((int)nl, (int)nh, level, e);
+	circ_topo_desc_init(&d, (int)nl, (int)nh);
+	if (circ_rec_get(o, "block")) {
+		if (str_field(o, "block", buf, sizeof buf, e) < 0)
+			goto fail;
+		if (strcmp(buf, "sequential") && strcmp(buf, "parallel")) {
+			circ_errorf(e,
+				    "field 'block': expected \"sequential\" or \"parallel\", got "
+				    "\"%s\"",
+				    buf);
+			goto fail;
+		}
+		d.block = strcmp(buf, "parallel") ? CIRC_BLOCK_SEQUENTIAL : CIRC_BLOCK_PARALLEL;
+	}
+	if (circ_rec_get(o, "kv_heads")) {
+		if (circ_rec_i64(o, "kv_heads", &kv, e) < 0)
+			goto fail;
+		if (kv < 1 || kv > nh || nh % kv) {
+			circ_errorf(e, "field 'kv_heads': %lld does not divide n_head %lld",
+				    (long long)kv, (long long)nh);
+			goto fail;
+		}
+		d.n_kv_head = (int)kv;
+	}
+	if (circ_rec_get(o, "model_type") && str_field(o, "model_type", mt, sizeof mt, e) < 0)
+		goto fail;
+	circ_graph *g = circ_graph_new_desc(&d, level, e);
 	if (!g)
 		return NULL;
 	g->input = conv;
+	memcpy(g->model_type, mt, sizeof g->model_type);
 	return g;
 fail:
 	circ_error_prefix(e, "graph");

@@ -38,6 +38,11 @@
  * before the layer's first LayerNorm, and logits reads the final residual
  * before ln_f. The graph only records the convention; the model applies it.
  *
+ * Shapes beyond GPT-2's (circ(1), MODEL FAMILIES): parallel blocks (no
+ * a{l}.h{h}->m{l} edges) and grouped key/value receivers (k and v per
+ * key/value head, named after the group's first head); the header says so
+ * ("block", "kv_heads") and names the family ("model_type").
+ *
  * Layering: graph uses util, topology and stream (for the header map); patching, scoring
  * and pruning use graph.
  */
@@ -61,7 +66,13 @@ typedef enum circ_input_conv { CIRC_INPUT_EAPIG, CIRC_INPUT_ACDC } circ_input_co
 
 /* Dimension letters: L layers, H heads, U = n_up, R = n_recv, E = n_edges. */
 typedef struct circ_graph {
-	int n_layer, n_head; /* L, H */
+	int n_layer, n_head;   /* L, H */
+	int n_kv_head;	       /* key/value heads with k and v receivers of their own:
+				* n_head (the default), or fewer (grouped) */
+	circ_block_kind block; /* sequential, or parallel (GPT-NeoX: the MLP does
+				* not read its layer's heads) */
+	char model_type[32];   /* the family the graph was made for ("" or "gpt2":
+				* not written into headers) */
 	circ_graph_level level;
 	circ_input_conv input; /* convention; see above */
 	int n_up;	       /* U = 1 + L*(H+1) */
@@ -79,6 +90,11 @@ typedef struct circ_graph {
  * the EAP-IG input convention. NULL with a message if a dimension is out of
  * range (1 .. CIRC_GRAPH_MAX_*). Free with circ_graph_free. */
 circ_graph *circ_graph_new(int n_layer, int n_head, circ_graph_level level, circ_error *e);
+/* A graph of the shape topology description d has (layers, heads, key/value
+ * heads, sequential or parallel blocks) at the given level. */
+circ_graph *circ_graph_new_desc(const circ_topo_desc *d, circ_graph_level level, circ_error *e);
+/* A new graph of g's shape, level, convention and model_type. */
+circ_graph *circ_graph_new_like(const circ_graph *g, circ_error *e);
 void circ_graph_free(circ_graph *g); /* NULL is a no-op */
 /* 1 if a and b have the same shape, level and convention. */
 int circ_graph_same(const circ_graph *a, const circ_graph *b);
@@ -145,7 +161,9 @@ const char *circ_graph_level_name(circ_graph_level level);
 const char *circ_graph_input_name(circ_input_conv conv);
 /* Packs the header value {"n_layer","n_head","level"} (plus "convention"
  * only when it is not the default, so EAP-IG-convention headers keep the
- * agreed three keys). Packs exactly one object. */
+ * agreed three keys; "block": "parallel", "kv_heads" when grouped and
+ * "model_type" when not gpt2, likewise only when they say something).
+ * Packs exactly one object. */
 void circ_graph_pack(msgpack_packer *pk, const circ_graph *g);
 /* Builds the graph described by the map o (as circ_graph_pack writes it).
  * NULL with a message naming the bad field. */

@@ -45,6 +45,12 @@ int model_topology_make(circ_model *m, circ_error *e)
 {
 	circ_topo_desc d;
 	circ_topo_desc_init(&d, m->cfg.n_layer, m->cfg.n_head);
+	if (model_is_family(m)) {
+		d.block = m->cfg.parallel_residual ? CIRC_BLOCK_PARALLEL : CIRC_BLOCK_SEQUENTIAL;
+		d.n_kv_head = m->gqa_grouped ? circ_config_kv_heads(&m->cfg) : m->cfg.n_head;
+		m->topo = circ_topology_new(&d, e);
+		return m->topo ? 0 : -1;
+	}
 	m->topo = circ_topology_new(&d, e);
 	if (!m->topo)
 		return -1;
@@ -135,6 +141,12 @@ void circ_fwd_init(circ_fwd *f)
 static size_t run_layout(circ_run *r, char *base)
 {
 	size_t off = 0, rows = r->rows, C = (size_t)r->C, L = (size_t)r->L, S = 2 * L + 1;
+	size_t Q = (size_t)r->H * (size_t)r->D, stage_recv = 0;
+	int fam = model_is_family(r->m);
+	for (int s = 0; s < r->m->topo->n_stage; s++)
+		if (r->m->topo->stage[s].kind != CIRC_STAGE_FINAL &&
+		    (size_t)r->m->topo->stage[s].n_recv > stage_recv)
+			stage_recv = (size_t)r->m->topo->stage[s].n_recv;
 #define CARVE(field, type, count)                                                                  \
 	do {                                                                                       \
 		size_t bytes_ = ((size_t)(count) * sizeof(type) + 63) & ~(size_t)63;               \
@@ -146,10 +158,27 @@ static size_t run_layout(circ_run *r, char *base)
 	CARVE(resid, float, S *rows *C);
 	CARVE(mean, float, S *rows);
 	CARVE(rstd, float, S *rows);
-	CARVE(qkv, float, L *rows * 3 * C);
+	if (!fam) {
+		CARVE(qkv, float, L *rows * 3 * C);
+		CARVE(z, float, L *rows *C);
+		CARVE(fc, float, L *rows * r->F);
+	} else {
+		CARVE(fq, float, L *rows *Q);
+		CARVE(fk, float, L *rows *Q);
+		CARVE(fv, float, L *rows *Q);
+		CARVE(fqr, float, L *rows *Q);
+		CARVE(fkr, float, L *rows *Q);
+		CARVE(fz, float, L *rows *Q);
+		if (r->m->cfg.norm_place != CIRC_NORM_PRE) {
+			CARVE(fA, float, L *rows *C);
+			CARVE(fM, float, L *rows *C);
+		}
+		CARVE(fa, float, L *rows * r->F);
+		CARVE(fb, float, L *rows * r->F);
+		CARVE(f_s1, float, rows *C);
+		CARVE(f_s2, float, rows *Q);
+	}
 	CARVE(att, float, L *(size_t)r->max_b * r->H * r->max_t * r->max_t);
-	CARVE(z, float, L *rows *C);
-	CARVE(fc, float, L *rows * r->F);
 	CARVE(s_ln, float, rows *C);
 	CARVE(s_ln2, float, rows *C);
 	CARVE(s_gelu, float, rows * r->F);
@@ -169,11 +198,24 @@ static size_t run_layout(circ_run *r, char *base)
 	}
 	if (r->o.backward) {
 		CARVE(dresid, float, S *rows *C);
-		CARVE(drecv, float, (size_t)(r->o.keep_recv_grads ? r->R : 3 * r->H) * rows * C);
-		CARVE(d_qkv, float, rows * 3 * C);
-		CARVE(d_z, float, rows *C);
-		CARVE(d_fc, float, rows * r->F);
+		CARVE(drecv, float, (r->o.keep_recv_grads ? (size_t)r->R : stage_recv) * rows * C);
 		CARVE(d_ln, float, rows *C);
+		if (!fam) {
+			CARVE(d_qkv, float, rows * 3 * C);
+			CARVE(d_z, float, rows *C);
+			CARVE(d_fc, float, rows * r->F);
+		} else {
+			CARVE(f_dq, float, rows *Q);
+			CARVE(f_dk, float, rows *Q);
+			CARVE(f_dv, float, rows *Q);
+			CARVE(f_dz, float, rows *Q);
+			CARVE(f_dz2, float, rows *Q);
+			CARVE(f_dfull, float, rows *Q);
+			CARVE(f_dA, float, rows *C);
+			CARVE(f_da, float, rows * r->F);
+			CARVE(f_db, float, rows * r->F);
+			CARVE(f_dlog, float, rows * r->V);
+		}
 	}
 #undef CARVE
 	return off;
@@ -212,7 +254,7 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->L = c->n_layer;
 	r->H = c->n_head;
 	r->C = c->n_embd;
-	r->D = c->n_embd / c->n_head;
+	r->D = circ_config_head_dim(c);
 	r->F = c->n_inner;
 	r->V = c->vocab_size;
 	r->U = circ_model_n_up(m);

@@ -257,6 +257,10 @@ typedef struct circ_model circ_model;
 typedef struct circ_model_opts {
 	int allow_nonfinite; /* 1: accept NaN/Inf in weights (default 0: error) */
 	int copy;	     /* 1: copy weights into owned, writable memory (default 0) */
+	int gqa_grouped;     /* 1: grouped-query attention graphs have k and v
+			      * receivers per key/value head (shared by the heads
+			      * of its group); 0 (default): per query head, as
+			      * EAP-IG builds them on TransformerLens */
 } circ_model_opts;
 void circ_model_opts_default(circ_model_opts *o);
 
@@ -268,8 +272,9 @@ void circ_model_opts_default(circ_model_opts *o);
  * tensors, no NaN/Inf (unless allowed). o may be NULL (defaults). NULL with
  * a message naming the file and the tensor on any error. A directory of
  * another family (config.json's model_type) has its config and weights
- * checked (see circ_model_describe), then is refused: "model_type '<t>':
- * ... its forward is not implemented yet". */
+ * checked (see circ_model_describe) and bound (model_family.c: F32 in
+ * place, F16/BF16 converted; o->gqa_grouped picks its graph's k/v
+ * receivers). */
 circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_error *e);
 /* A model over weights the caller built (e.g. circ_weights_alloc then
  * filled): takes ownership of *w (its mem and layers; *w is zeroed). The

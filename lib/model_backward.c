@@ -37,18 +37,16 @@ static float *dresid_at(const circ_run *r, int s)
 	return r->dresid + (size_t)s * r->rows * r->C;
 }
 
-/* Buffer of receiver recv's gradient (keep: its own; else the stage's). */
-static float *recv_grad_buf(const circ_run *r, int recv)
+/* Buffer of receiver recv's gradient (keep: its own; else its place among
+ * its stage's receivers). */
+float *model_recv_grad_buf(const circ_run *r, int recv)
 {
 	int s = circ_recv_stage(r->m, recv);
-	if (s == 2 * r->L)
+	if (s == circ_topo_stage_final(r->m->topo))
 		return dresid_at(r, s);
 	if (r->o.keep_recv_grads)
 		return r->drecv + (size_t)recv * r->rows * r->C;
-	if (s & 1)
-		return r->drecv;
-	return r->drecv +
-	       (size_t)(recv - circ_recv_qkv(r->m, s / 2, 0, CIRC_RECV_Q)) * r->rows * r->C;
+	return r->drecv + (size_t)(recv - r->m->topo->stage[s].first_recv) * r->rows * r->C;
 }
 
 const float *circ_run_recv_grad(const circ_run *r, int recv)
@@ -57,7 +55,7 @@ const float *circ_run_recv_grad(const circ_run *r, int recv)
 		return NULL;
 	if (!r->o.keep_recv_grads && circ_recv_stage(r->m, recv) != r->bwd_stage)
 		return NULL;
-	return recv_grad_buf(r, recv);
+	return model_recv_grad_buf(r, recv);
 }
 
 const float *circ_run_node_grad(const circ_run *r, int node)
@@ -137,7 +135,7 @@ static void embed_grad(const circ_run *r, circ_weights *dw)
 		}
 }
 
-static int call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
+int model_call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
 {
 	r->bwd_stage = s;
 	if (b->hook && b->hook(b->hook_ctx, r, s, e) < 0)
@@ -154,15 +152,20 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 	int L = r->L, want_recv = r->o.keep_recv_grads || b->hook;
 	if (!r->o.backward)
 		return circ_errorf(e, "the run was made without a backward arena");
-	if (r->valid != 2 * L + 1)
+	if (!model_is_family(r->m) && r->valid != 2 * L + 1)
 		return circ_errorf(e, "no complete forward to differentiate");
 	if (r->read_none || !b->dlogits)
 		return circ_errorf(e, "the forward read no logits (or no dlogits given)");
+	circ_blas_threads(1);
+	r->bwd_stage = -1;
+	if (model_is_family(r->m)) {
+		if (r->valid != circ_topo_stage_final(r->m->topo) + 1)
+			return circ_errorf(e, "no complete forward to differentiate");
+		return model_family_backward(r, b, e);
+	}
 	if (dw && check_dweights(r, dw, e) < 0)
 		return -1;
-	circ_blas_threads(1);
 	n = bt(r);
-	r->bwd_stage = -1;
 
 	/* ln_f and the unembedding, at the read rows only */
 	{
@@ -190,7 +193,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			for (size_t c = 0; c < C; c++)
 				g[row * C + c] += tmp[i * C + c];
 		}
-		if (call_bhook(r, b, 2 * L, e) < 0)
+		if (model_call_bhook(r, b, 2 * L, e) < 0)
 			return -1;
 	}
 	for (int l = L - 1; l >= 0; l--) {
@@ -199,7 +202,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		{
 			int recv = circ_recv_mlp(r->m, l), s = 2 * l + 1;
 			const float *g = dresid_at(r, s + 1);
-			float *gm = dresid_at(r, s), *rg = recv_grad_buf(r, recv);
+			float *gm = dresid_at(r, s), *rg = model_recv_grad_buf(r, recv);
 			const float *fc = r->fc + (size_t)l * r->rows * F;
 			/* the receiver's input (residual + delta) is needed whole only
 			 * for the parameter gradients; otherwise it is summed on the fly */
@@ -233,7 +236,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 					   r->F, 1.0f, dl->fc_w, r->F);
 				ln_param_grad(r, dl->ln2_w, dl->ln2_b, r->d_ln, xin, mu, rs, n);
 			}
-			if (call_bhook(r, b, s, e) < 0)
+			if (model_call_bhook(r, b, s, e) < 0)
 				return -1;
 		}
 		/* attention */
@@ -296,8 +299,8 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 					for (int c = 0; c < 3; c++) {
 						int recv = circ_recv_qkv(r->m, l, h, c);
 						size_t col = (size_t)c * C + (size_t)h * D;
-						float *rg =
-						    want_recv ? recv_grad_buf(r, recv) : r->s_ln2;
+						float *rg = want_recv ? model_recv_grad_buf(r, recv)
+								      : r->s_ln2;
 						const float *add =
 						    r->delta_on[recv] ? r->delta[recv] : NULL;
 						const float *xin =
@@ -333,7 +336,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 							   dw->layers[l].attn_w + col, (int)C3);
 					}
 			}
-			if (call_bhook(r, b, s, e) < 0)
+			if (model_call_bhook(r, b, s, e) < 0)
 				return -1;
 		}
 	}

@@ -438,13 +438,18 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 		else
 			memset(r->tokens, 0, (size_t)f->B * f->T * sizeof(int32_t));
 		r->used_embed = f->input_embed != NULL;
-		embed(r, f);
+		if (model_is_family(r->m))
+			model_family_embed(r, f);
+		else
+			embed(r, f);
 	}
 	r->valid = s0;
 	for (int s = s0; s <= S; s++) {
 		if (call_hook(r, f, s, e) < 0)
 			return -1;
-		if (s == S)
+		if (model_is_family(r->m))
+			model_family_stage(r, s);
+		else if (s == S)
 			final_stage(r);
 		else if (s & 1)
 			mlp_stage(r, s / 2);
@@ -461,6 +466,8 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 	CIRC_ASSERT(dst != NULL && src != NULL);
 	if (dst->m != src->m && (dst->L != src->L || dst->H != src->H || dst->C != src->C))
 		return circ_errorf(e, "runs of different models");
+	if (model_is_family(src->m))
+		return circ_errorf(e, "copying a run's prefix is implemented for gpt2 only");
 	if (dst->o.keep_nodes != src->o.keep_nodes ||
 	    dst->o.acdc_convention != src->o.acdc_convention)
 		return circ_errorf(e, "runs with different options");

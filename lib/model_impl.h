@@ -31,9 +31,38 @@ typedef enum circ_delta_state {
 	CIRC_DELTA_SUM	   /* a sum of rows (dsum_*), formed where it is read */
 } circ_delta_state;
 
+/* One layer's parameters of a family other than GPT-2 (model_family.c):
+ * nn.Linear layout (out, in); NULL where the family has none. A plain MLP
+ * keeps fc in fc_*, its output projection in dn_*; a gated one gate, up,
+ * down. */
+typedef struct fam_layer {
+	const float *n1_w, *n1_b; /* (C) the norm before the attention */
+	const float *q_w, *q_b;	  /* (H*D, C), (H*D) */
+	const float *k_w, *k_b;	  /* (K*D, C) */
+	const float *v_w, *v_b;	  /* (K*D, C) */
+	const float *qn_w, *kn_w; /* q/k norms: (D), or (H*D) and (K*D) whole */
+	const float *o_w, *o_b;	  /* (C, H*D), (C) */
+	const float *pa_w;	  /* (C) the norm of the attention's output */
+	const float *n2_w, *n2_b; /* (C) the norm before the MLP */
+	const float *fc_w, *fc_b; /* (F, C) fc or gate */
+	const float *up_w, *up_b; /* (F, C) gated only */
+	const float *dn_w, *dn_b; /* (C, F) */
+	const float *pm_w;	  /* (C) the norm of the MLP's output */
+} fam_layer;
+
+typedef struct fam_weights {
+	const float *embed;		/* (V, C) */
+	const float *final_w, *final_b; /* (C) */
+	const float *lm_head;		/* (V, C); == embed when tied */
+	fam_layer *layers;		/* (L) */
+} fam_weights;
+
 struct circ_model {
 	circ_config cfg;
-	circ_weights w;
+	circ_weights w;	  /* GPT-2's; for other families only wte, lm_head, n_params */
+	fam_weights fw;	  /* the other families' */
+	circ_st_set *set; /* their checkpoint (one file or shards) */
+	int gqa_grouped;  /* k and v receivers per key/value head (circ_model_opts) */
 	char *dir;
 	circ_st *st;	    /* the mapped file, or NULL (in-memory model) */
 	char *config_bytes; /* config.json as read (for the digest) */
@@ -103,6 +132,17 @@ struct circ_run {
 	signed char *dsum_sign;	  /* (R) */
 	uint8_t *dsum_abs;	  /* (R) 1: the sum is the input itself, not a delta */
 
+	/* families other than GPT-2 (model_family.c); Q = H*D */
+	float *fq, *fk, *fv;   /* (L, rows, Q) q, k (per query head, after q/k norms)
+				* and v, before RoPE */
+	float *fqr, *fkr, *fz; /* (L, rows, Q) q, k after RoPE; the heads' z */
+	float *fA, *fM;	       /* (L, rows, C) attention and MLP outputs before
+				* their post norms */
+	float *fa, *fb;	       /* (L, rows, F) fc / gate and up pre-activations */
+	float *f_s1, *f_s2;    /* scratch (rows, C), (rows, Q) */
+	float *f_dq, *f_dk, *f_dv, *f_dz, *f_dz2, *f_dfull; /* (rows, Q) */
+	float *f_dA, *f_da, *f_db, *f_dlog;		    /* (rows, C), (rows, F) x2, (rows, V) */
+
 	/* per-thread scratch of the row-blocked q/k/v kernels (outside the
 	 * arena: sized by the thread count, which can change) */
 	float *s_blk; /* (blk_slots, QKV_BLOCK, C) */
@@ -117,6 +157,22 @@ int model_config_parse(const char *path, const char *text, size_t len, circ_conf
 char *model_join_path(const char *dir, const char *name);
 int model_is_dir(const char *p);
 char *model_config_text(const circ_config *c);
+
+/* ---- families other than GPT-2 (model_family.c) ---- */
+
+static inline int model_is_family(const circ_model *m)
+{
+	return m->cfg.model_type != CIRC_MODEL_GPT2;
+}
+/* Binds dir's checkpoint to m->fw (m->cfg read); -1 with a message. */
+int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
+		      const circ_model_opts *o, circ_error *e);
+void model_family_embed(circ_run *r, const circ_fwd *f);
+void model_family_stage(circ_run *r, int s); /* the stage after its hook */
+int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e);
+/* model_backward.c's, for model_family.c */
+int model_call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e);
+float *model_recv_grad_buf(const circ_run *r, int recv);
 
 /* ---- numbering (model.c) ---- */
 

@@ -150,6 +150,8 @@ const char *circ_model_dir(const circ_model *m)
 
 int circ_model_check_unchanged(const circ_model *m, circ_error *e)
 {
+	if (m->set)
+		return circ_st_set_check_unchanged(m->set, e);
 	return m->st ? circ_st_check_unchanged(m->st, e) : 0;
 }
 
@@ -158,6 +160,8 @@ void circ_model_free(circ_model *m)
 	if (!m)
 		return;
 	circ_st_close(m->st);
+	circ_st_set_close(m->set);
+	free(m->fw.layers);
 	circ_topology_free(m->topo);
 	free(m->own);
 	free(m->w.mem);
@@ -260,15 +264,13 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	if (!m->config_bytes ||
 	    model_config_parse(cfg_path, m->config_bytes, m->config_len, &m->cfg, e) < 0)
 		goto fail;
-	if (m->cfg.model_type != CIRC_MODEL_GPT2) {
-		/* its files are checked first, so a broken one is named as such */
-		if (family_check(dir, &m->cfg, cfg_path, e) == 0)
-			circ_errorf(e,
-				    "'%s': model_type '%s': circ reads this family's config and "
-				    "weights, but its forward is not implemented yet (circ runs "
-				    "gpt2; see circ-forward --describe)",
-				    cfg_path, circ_model_type_name(m->cfg.model_type));
-		goto fail;
+	if (model_is_family(m)) {
+		m->gqa_grouped = o->gqa_grouped;
+		if (model_family_open(m, dir, cfg_path, o, e) < 0 || model_topology_make(m, e) < 0)
+			goto fail;
+		free(cfg_path);
+		free(st_path);
+		return m;
 	}
 	m->st = circ_st_open(st_path, e);
 	if (!m->st)
@@ -550,6 +552,16 @@ typedef struct digest_entry {
 	char dir[3072], path[4096], key[512];
 } digest_entry;
 
+/* The model's one weights file, or NULL (in memory, or shards). */
+static const circ_st *model_single_st(const circ_model *m)
+{
+	if (m->st)
+		return m->st;
+	if (m->set && circ_st_set_files(m->set) == 1)
+		return circ_st_set_file(m->set, 0);
+	return NULL;
+}
+
 /* Fills d for m; -1 when there is no cache or the file changed too lately
  * for its identity to be trusted. */
 static int cache_entry(const circ_model *m, digest_entry *d)
@@ -559,7 +571,7 @@ static int cache_entry(const circ_model *m, digest_entry *d)
 	circ_sha256 s;
 	if (cache_dir(d->dir, sizeof d->dir) < 0)
 		return -1;
-	circ_st_identity(m->st, id, sizeof id, &age);
+	circ_st_identity(model_single_st(m), id, sizeof id, &age);
 	if (age < DIGEST_CACHE_MIN_AGE)
 		return -1;
 	circ_sha256_init(&s);
@@ -624,13 +636,21 @@ const char *circ_model_digest(circ_model *m, circ_error *e)
 	int cached;
 	if (m->have_digest)
 		return m->digest;
-	cached = m->st && cache_entry(m, &d) == 0;
+	cached = model_single_st(m) && cache_entry(m, &d) == 0;
 	if (cached && cache_get(&d, m->digest) == 0) {
 		m->have_digest = 1;
 		return m->digest;
 	}
 	circ_sha256_init(&s);
-	if (m->st) {
+	if (m->set) {
+		/* config.json, then each file of the set in order (shards by name) */
+		circ_sha256_update(&s, m->config_bytes, m->config_len);
+		for (int k = 0; k < circ_st_set_files(m->set); k++) {
+			size_t len;
+			const void *b = circ_st_bytes(circ_st_set_file(m->set, k), &len);
+			circ_sha256_update(&s, b, len);
+		}
+	} else if (m->st) {
 		size_t len;
 		const void *b = circ_st_bytes(m->st, &len);
 		circ_sha256_update(&s, m->config_bytes, m->config_len);

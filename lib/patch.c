@@ -208,6 +208,26 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 				   "layers, %d heads)",
 				   g->n_layer, g->n_head, c->n_layer, c->n_head),
 		       NULL;
+	{
+		const circ_topo_desc *md = &circ_model_topology(m)->d;
+		if (g->n_kv_head != md->n_kv_head || g->block != md->block)
+			return circ_errorf(
+				   e,
+				   "the graph (%d key/value heads with receivers, %s blocks) "
+				   "does not match the model as opened (%d, %s): a graph made "
+				   "with --gqa grouped needs the model opened with it too",
+				   g->n_kv_head,
+				   g->block == CIRC_BLOCK_PARALLEL ? "parallel" : "sequential",
+				   md->n_kv_head,
+				   md->block == CIRC_BLOCK_PARALLEL ? "parallel" : "sequential"),
+			       NULL;
+		if (g->level == CIRC_LEVEL_NODE && md->n_kv_head < md->n_head)
+			return circ_errorf(e,
+					   "node-level graphs of a model opened with grouped "
+					   "key/value receivers (--gqa grouped) are not supported: "
+					   "a head's k and v are shared with its group"),
+			       NULL;
+	}
 	p = circ_xcalloc(1, sizeof *p);
 	p->m = m;
 	p->g = g;

@@ -104,13 +104,82 @@ assert list(v.iter_errors(bad))
 	assert_output --partial -- "--describe"
 }
 
-@test "running a family without a forward is refused by name, exit 1" {
+# Exact and EAP scores of every edge (resample, logit_diff) against
+# tests/ref/family_recv.py (float64 PyTorch, each receiver reading its own
+# input; node outputs as circ(1) MODEL FAMILIES defines them): $1 the family,
+# $2 "grouped" or empty.
+scores_match_reference() {
+	local out="$T/ref-$1-$2" gqa=()
+	[ -n "$2" ] && gqa=(--gqa grouped)
+	/usr/bin/python3 tests/ref/family_recv.py scores "$FAM/$1" "$out" $2 >/dev/null
+	for m in exact eap; do
+		circ-score --model "$FAM/$1" "${gqa[@]}" --method "$m" --json "$out/tokens.jsonl" >"$out/$m.jsonl"
+		/usr/bin/python3 tests/ref/patch_ref.py compare "$out/ref.json" "$m" "$out/$m.jsonl" --atol 1e-4 --rtol 1e-4
+	done
+}
+
+@test "every family: exact and EAP scores of every edge match the PyTorch reference (1e-4)" {
+	need_cmd /usr/bin/python3
+	for d in $(models); do
+		scores_match_reference "$(basename "$d")" ""
+	done
+}
+
+@test "grouped-query attention, --gqa grouped: exact and EAP scores match the reference; fewer edges" {
+	need_cmd /usr/bin/python3
+	n=0
+	for d in $(models); do
+		f=$(basename "$d")
+		[ "$(jq -r .n_kv_head "$d/arch.json")" -lt "$(jq -r .n_head "$d/arch.json")" ] || continue
+		scores_match_reference "$f" grouped
+		a=$(wc -l <"$T/ref-$f-/eap.jsonl" 2>/dev/null || circ-score --model "$d" --json tests/data/tiny/tokens.jsonl | wc -l)
+		b=$(wc -l <"$T/ref-$f-grouped/eap.jsonl")
+		[ "$b" -lt "$a" ]
+		head -1 "$T/ref-$f-grouped/eap.jsonl" | jq -e --arg t "$f" '.graph.kv_heads >= 1 and .graph.model_type == ($t | sub("-tied"; ""))'
+		n=$((n + 1))
+	done
+	[ "$n" -ge 5 ]
+}
+
+# The count of edges of a graph by formula (circ(1), MODEL FAMILIES): per
+# layer l the q/k/v receivers (H + 2G) read 1 + l(H+1) nodes, the MLP that
+# plus its layer's H heads unless blocks are parallel; logits all.
+edge_count() {
+	python3 -c '
+import sys
+L, H, G, par = map(int, sys.argv[1:])
+e = 0
+for l in range(L):
+    nin = 1 + l * (H + 1)
+    e += (H + 2 * G) * nin + (nin if par else nin + H)
+print(e + 1 + L * (H + 1))' "$@"
+}
+
+@test "every family runs every tool: forward, every score method, prune, patch, render; headers name the family" {
 	for d in $(models); do
 		t=$(jq -r .model_type "$d/config.json")
-		run --separate-stderr -1 circ-forward --model "$d" tests/data/tiny/tokens.jsonl
-		[[ "$stderr" == *"model_type '$t'"*"forward is not implemented yet"* ]]
-		run --separate-stderr -1 circ-score --model "$d" tests/data/tiny/tokens.jsonl
-		[[ "$stderr" == *"model_type '$t'"*"forward is not implemented yet"* ]]
+		L=$(jq .n_layer "$d/arch.json")
+		H=$(jq .n_head "$d/arch.json")
+		par=$(jq 'if .parallel_residual then 1 else 0 end' "$d/arch.json")
+		run --separate-stderr circ-forward --model "$d" --json tests/data/tiny/tokens.jsonl
+		assert_success
+		[ "$(printf '%s\n' "$output" | grep -c '"metric"')" -ge 4 ]
+		for m in eap eap-ig eap-ig-activations exact; do
+			circ-score --model "$d" --method "$m" tests/data/tiny/tokens.jsonl >"$T/$m.zst"
+		done
+		circ cat "$T/eap.zst" >"$T/eap.jsonl"
+		head -1 "$T/eap.jsonl" | jq -e --arg t "$t" '.graph.model_type == $t'
+		if [ "$par" = 1 ]; then
+			head -1 "$T/eap.jsonl" | jq -e '.graph.block == "parallel"'
+			! grep -q '"a0.h0->m0"' "$T/eap.jsonl"
+		fi
+		[ "$(grep -c '^{"edge"' "$T/eap.jsonl")" -eq "$(edge_count "$L" "$H" "$H" "$par")" ]
+		circ-prune --top-n 10 "$T/eap.zst" >"$T/c.zst"
+		run --separate-stderr circ-patch --model "$d" --circuit "$T/c.zst" --json tests/data/tiny/tokens.jsonl
+		assert_success
+		circ-render --format dot "$T/c.zst" >/dev/null
+		circ-prune --acdc --model "$d" --tau 0.01 tests/data/tiny/tokens.jsonl >"$T/acdc.zst"
+		[ "$(circ cat "$T/acdc.zst" | head -1 | jq -r .graph.model_type)" = "$t" ]
 	done
 }
 
@@ -218,11 +287,13 @@ PY
 	assert_success
 }
 
-@test "tests/data/families is what tests/ref/families.py writes (float64 references, seeded)" {
+@test "tests/data/families is what tests/ref/families.py and family_recv.py write (float64 references, seeded)" {
 	/usr/bin/python3 tests/ref/families.py "$T/fam"
-	# the models byte for byte; the reference logits to 1e-5 (float64 sums
-	# may differ in their last bits from one CPU to another)
-	diff -r -x reference.safetensors -x hub-configs "$T/fam" "$FAM"
+	/usr/bin/python3 tests/ref/family_recv.py "$T/fam" >/dev/null
+	# the models byte for byte; the reference logits and receiver gradients
+	# to 1e-5 (float64 sums may differ in their last bits from one CPU to
+	# another)
+	diff -r -x reference.safetensors -x grads.safetensors -x hub-configs "$T/fam" "$FAM"
 	python3 - "$FAM" "$T/fam" <<'PY'
 import json, math, os, struct, sys
 def read(path):
@@ -250,6 +321,13 @@ for name in sorted(os.listdir(sys.argv[2])):
     assert ref["tokens"] == new["tokens"], name
     worst = max(abs(a - b) for a, b in zip(xs, new["logits"][2]))
     assert worst < 1e-5, (name, worst)
+    g, gn = (read(os.path.join(p, "grads.safetensors")) for p in (d, os.path.join(sys.argv[2], name)))
+    assert g.keys() == gn.keys() and "grads" in g, name
+    for k in g:
+        assert g[k][:2] == gn[k][:2], (name, k)
+        big = max(map(abs, g[k][2]))
+        worst = max(abs(a - b) for a, b in zip(g[k][2], gn[k][2]))
+        assert worst <= 1e-5 * max(big, 1), (name, k, worst)
 PY
 }
 

@@ -3,6 +3,7 @@
  */
 #include "patchopt.h"
 
+#include <stdio.h>
 #include <string.h>
 
 void circ_patch_cli_init(circ_patch_cli *pc)
@@ -51,6 +52,11 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 		pc->threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX);
 		return 0;
 	case CIRC_PO_ALLOW_NONFINITE: pc->allow_nonfinite = 1; return 0;
+	case CIRC_PO_GQA:
+		if (strcmp(arg, "grouped") && strcmp(arg, "ungrouped"))
+			circ_usage_error("unknown --gqa '%s' (ungrouped, grouped)", arg);
+		pc->gqa_grouped = !strcmp(arg, "grouped");
+		return 0;
 	}
 	return 1;
 }
@@ -100,13 +106,14 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
 	return NULL;
 }
 
-circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite)
+circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite, int gqa_grouped)
 {
 	circ_error e;
 	circ_model *m;
 	circ_model_opts mo;
 	circ_model_opts_default(&mo);
 	mo.allow_nonfinite = allow_nonfinite;
+	mo.gqa_grouped = gqa_grouped;
 	m = circ_model_open(dir, &mo, &e);
 	if (!m || !circ_model_digest(m, &e))
 		circ_die(&e);
@@ -115,19 +122,25 @@ circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite)
 
 circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
 {
-	circ_error e;
 	circ_model *m;
 	if (!pc->model)
 		circ_usage_error("--model DIR is required");
-	m = circ_cli_open_model(pc->model, pc->allow_nonfinite);
-	if (g) {
-		const circ_config *c = circ_model_config(m);
-		*g = circ_graph_new(c->n_layer, c->n_head, pc->level, &e);
-		if (!*g)
-			circ_die(&e);
-		(*g)->input = pc->conv;
-	}
+	m = circ_cli_open_model(pc->model, pc->allow_nonfinite, pc->gqa_grouped);
+	if (g)
+		*g = circ_cli_model_graph(m, pc->level, pc->conv);
 	return m;
+}
+
+circ_graph *circ_cli_model_graph(const circ_model *m, circ_graph_level level, circ_input_conv conv)
+{
+	circ_error e;
+	circ_graph *g = circ_graph_new_desc(&circ_model_topology(m)->d, level, &e);
+	if (!g)
+		circ_die(&e);
+	g->input = conv;
+	snprintf(g->model_type, sizeof g->model_type, "%s",
+		 circ_model_type_name(circ_model_config(m)->model_type));
+	return g;
 }
 
 void circ_patch_cli_metric(circ_patch_cli *pc, circ_reader *tokens)

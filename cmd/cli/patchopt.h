@@ -25,13 +25,14 @@ enum {
 	CIRC_PO_BATCH,
 	CIRC_PO_THREADS,
 	CIRC_PO_ALLOW_NONFINITE,
+	CIRC_PO_GQA,
 };
 
 /* The options' table entries, for a tool to list in its own table (the help
  * texts are the same in every tool). */
 /* clang-format off */
 #define CIRC_PATCH_OPT_MODEL \
-	{"model", CIRC_PO_MODEL, "DIR", "Hugging Face GPT-2 directory (config.json, model.safetensors)"}
+	{"model", CIRC_PO_MODEL, "DIR", "Hugging Face model directory (config.json, model.safetensors or shards)"}
 #define CIRC_PATCH_OPT_COMMON \
 	{"ablation", CIRC_PO_ABLATION, "A", "resample (default: the corrupted prompt), mean or zero"}, \
 	{"mean-ref", CIRC_PO_MEAN_REF, "FILE", \
@@ -45,7 +46,9 @@ enum {
 	{"batch", CIRC_PO_BATCH, "N", "examples per batch (default 16)"}, \
 	{"threads", CIRC_PO_THREADS, "N", "threads"}, \
 	{"allow-nonfinite", CIRC_PO_ALLOW_NONFINITE, NULL, \
-	 "let NaN or infinite weights, activations, metrics and scores through"}
+	 "let NaN or infinite weights, activations, metrics and scores through"}, \
+	{"gqa", CIRC_PO_GQA, "G", \
+	 "grouped-query attention: ungrouped (default: k, v receivers per query head) or grouped"}
 /* clang-format on */
 
 typedef struct circ_patch_cli {
@@ -60,6 +63,7 @@ typedef struct circ_patch_cli {
 	int batch, threads; /* threads 0: not given (circ_patch_cli_check sets it) */
 	int batch_set, ablation_set;
 	int allow_nonfinite; /* NaN/Inf weights, activations, metrics, scores let through */
+	int gqa_grouped;     /* --gqa grouped */
 } circ_patch_cli;
 
 void circ_patch_cli_init(circ_patch_cli *pc);
@@ -79,7 +83,11 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed);
 
 /* Opens the model in dir (--allow-nonfinite: allow_nonfinite) and digests
  * its weights; exits 1 with the message on error. */
-circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite);
+circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite, int gqa_grouped);
+/* The model's graph (its topology's shape: grouped or parallel blocks) at
+ * the level and convention given, named by its model_type; exits 1 on
+ * error. */
+circ_graph *circ_cli_model_graph(const circ_model *m, circ_graph_level level, circ_input_conv conv);
 /* Opens --model (required: usage error if missing) and builds its graph at
  * the chosen level and convention; exits 1 with the message on error. */
 circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g);

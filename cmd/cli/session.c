@@ -21,7 +21,7 @@ void circ_session_open_model(circ_session *s, const char *dir, int allow_nonfini
 {
 	circ_error e;
 	s->model_dir = dir;
-	s->m = circ_cli_open_model(dir, allow_nonfinite);
+	s->m = circ_cli_open_model(dir, allow_nonfinite, 0);
 	s->c = circ_model_config(s->m);
 	if (!(s->model_digest = circ_model_digest(s->m, &e)))
 		circ_die(&e);

@@ -1,0 +1,1061 @@
+/*
+ * model_family: the forward and backward of every family but GPT-2 (whose
+ * tuned path is model_forward.c / model_backward.c), on the same runs,
+ * stages, receivers, deltas and hooks: Llama, Mistral, Qwen 2 and 3, Gemma
+ * 1-3, OLMo 2 and GPT-NeoX, their differences read from circ_config.
+ *
+ * Loading: the family's tensor table (model_names.c) bound to the
+ * checkpoint (one file or shards) and pointed into fam_weights: F32 tensors
+ * in place, F16 and BF16 converted to f32 (once, at open); GPT-NeoX's fused
+ * query_key_value split into q, k and v (its rows are head-major: head h's
+ * q, k, v are adjacent D-row chunks).
+ *
+ * What a node outputs (as for GPT-2, model.h): the embedding node the token
+ * embedding times embed_scale (Gemma: sqrt(C)); a head z_h W_O[:, hD:(h+1)D]^T
+ * (no bias: o_proj's bias is a constant of the residual); an MLP its output,
+ * its biases included. Where a block's output goes through a norm of its own
+ * before the residual (Gemma 2 and 3: post_attention_layernorm and
+ * post_feedforward_layernorm; OLMo 2), a node's output is its share of the
+ * normed sum: for the attention, head h's output times the norm's scale of
+ * the layer's summed output in this run, rsqrt(mean(A^2) + eps) (offset + w),
+ * so that the heads' outputs sum to the normed attention output exactly and
+ * the residual stays the plain sum of node outputs that patching needs.
+ *
+ * Receivers: q, k and v of every query head (grouped-query attention
+ * ungrouped, as EAP-IG builds it on TransformerLens): the k (v) receiver of
+ * query head h reads its own input, normalises it and projects it with the
+ * k (v) weights of h's group. With a grouped topology (one k and v receiver
+ * per key/value head) the heads of a group share the receiver and its
+ * gradient is their sum. Receivers of a layer without deltas share one
+ * normed input and one projection. With q/k norms over the whole projection
+ * (OLMo 2) a receiver's head slice is taken after the norm of its own
+ * input's whole projection.
+ *
+ * Stages: sequential blocks as GPT-2 (2l attention, 2l+1 MLP, 2L final);
+ * parallel blocks (GPT-NeoX) one stage per layer whose q/k/v and MLP
+ * receivers read the same residual, then the final one.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "model_impl.h"
+#include "model_names.h"
+
+/* ================================================================ loading */
+
+static const float **role_slot(fam_weights *fw, model_role role, int l)
+{
+	fam_layer *y = l >= 0 ? &fw->layers[l] : NULL;
+	switch (role) {
+	case MODEL_W_EMBED: return &fw->embed;
+	case MODEL_W_FINAL_W: return &fw->final_w;
+	case MODEL_W_FINAL_B: return &fw->final_b;
+	case MODEL_W_LM_HEAD: return &fw->lm_head;
+	default: break;
+	}
+	if (!y)
+		return NULL;
+	switch (role) {
+	case MODEL_W_NORM1_W: return &y->n1_w;
+	case MODEL_W_NORM1_B: return &y->n1_b;
+	case MODEL_W_Q_W: return &y->q_w;
+	case MODEL_W_Q_B: return &y->q_b;
+	case MODEL_W_K_W: return &y->k_w;
+	case MODEL_W_K_B: return &y->k_b;
+	case MODEL_W_V_W: return &y->v_w;
+	case MODEL_W_V_B: return &y->v_b;
+	case MODEL_W_Q_NORM: return &y->qn_w;
+	case MODEL_W_K_NORM: return &y->kn_w;
+	case MODEL_W_O_W: return &y->o_w;
+	case MODEL_W_O_B: return &y->o_b;
+	case MODEL_W_POST_ATTN_W: return &y->pa_w;
+	case MODEL_W_NORM2_W: return &y->n2_w;
+	case MODEL_W_NORM2_B: return &y->n2_b;
+	case MODEL_W_FC_W:
+	case MODEL_W_GATE_W: return &y->fc_w;
+	case MODEL_W_FC_B:
+	case MODEL_W_GATE_B: return &y->fc_b;
+	case MODEL_W_UP_W: return &y->up_w;
+	case MODEL_W_UP_B: return &y->up_b;
+	case MODEL_W_FCPROJ_W:
+	case MODEL_W_DOWN_W: return &y->dn_w;
+	case MODEL_W_FCPROJ_B:
+	case MODEL_W_DOWN_B: return &y->dn_b;
+	case MODEL_W_POST_MLP_W: return &y->pm_w;
+	default: return NULL;
+	}
+}
+
+static size_t numel(const model_tensor *t)
+{
+	size_t n = 1;
+	for (int i = 0; i < t->ndim; i++)
+		n *= (size_t)t->shape[i];
+	return n;
+}
+
+static int finite_or_error(const char *file, const char *name, const float *p, size_t n,
+			   circ_error *e)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!isfinite(p[i]))
+			return circ_errorf(e, "'%s': tensor '%s': element %zu is %s", file, name, i,
+					   isnan(p[i]) ? "NaN" : "infinite");
+	return 0;
+}
+
+/* GPT-NeoX's fused (3*H*D, ...) rows, head-major q|k|v chunks of D rows, into
+ * q, k, v of (H*D, cols) each. */
+static void split_neox(float *q, float *k, float *v, const float *f, int H, int D, size_t cols)
+{
+	for (int h = 0; h < H; h++)
+		for (int j = 0; j < 3; j++) {
+			float *dst = (j == 0 ? q : j == 1 ? k : v) + (size_t)h * D * cols;
+			memcpy(dst, f + ((size_t)h * 3 + (size_t)j) * D * cols,
+			       (size_t)D * cols * sizeof(float));
+		}
+}
+
+int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
+		      const circ_model_opts *o, circ_error *e)
+{
+	const circ_config *c = &m->cfg;
+	model_tensor *tab = NULL;
+	const circ_st_tensor **found = NULL;
+	size_t own_n = 0;
+	float *p;
+	int n, H = c->n_head, D = circ_config_head_dim(c);
+	if (c->norm_place != CIRC_NORM_PRE && (!c->no_bias_o || c->parallel_residual))
+		return circ_errorf(e,
+				   "'%s': an attention output bias (or parallel blocks) with norms "
+				   "after the blocks is not supported",
+				   cfg_path);
+	m->set = circ_st_set_open(dir, e);
+	if (!m->set)
+		return -1;
+	n = model_names_bind(c, m->set, cfg_path, &tab, &found, e);
+	if (n < 0)
+		return -1;
+	for (int k = 0; k < n; k++)
+		if (found[k] &&
+		    (o->copy || found[k]->dtype != CIRC_F32 || !circ_st_aligned(found[k]) ||
+		     tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B))
+			own_n += numel(&tab[k]);
+	m->fw.layers = circ_xcalloc((size_t)c->n_layer, sizeof *m->fw.layers);
+	if (own_n)
+		m->own = circ_xalloc_aligned(own_n * sizeof(float));
+	p = m->own;
+	for (int k = 0; k < n; k++) {
+		const circ_st_tensor *t = found[k];
+		const char *file = NULL;
+		size_t cnt = numel(&tab[k]);
+		const float *data;
+		if (!t)
+			continue;
+		circ_st_set_find(m->set, t->name, &file);
+		if (o->copy || t->dtype != CIRC_F32 || !circ_st_aligned(t) ||
+		    tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B) {
+			circ_st_to_f32(p, t->data, t->dtype, cnt);
+			data = p;
+			p += cnt;
+		} else {
+			data = (const float *)t->data;
+		}
+		if (!o->allow_nonfinite &&
+		    finite_or_error(file ? file : dir, t->name, data, cnt, e) < 0)
+			goto fail;
+		if (tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B) {
+			/* split in place: a copy of the fused rows, then q | k | v */
+			size_t cols = tab[k].role == MODEL_W_QKV_W ? (size_t)c->n_embd : 1;
+			size_t part = (size_t)H * D * cols;
+			float *tmp = circ_xmalloc(cnt * sizeof(float));
+			float *dst = (float *)(uintptr_t)data;
+			fam_layer *y = &m->fw.layers[tab[k].layer];
+			memcpy(tmp, data, cnt * sizeof(float));
+			split_neox(dst, dst + part, dst + 2 * part, tmp, H, D, cols);
+			free(tmp);
+			if (cols > 1) {
+				y->q_w = dst;
+				y->k_w = dst + part;
+				y->v_w = dst + 2 * part;
+			} else {
+				y->q_b = dst;
+				y->k_b = dst + part;
+				y->v_b = dst + 2 * part;
+			}
+			continue;
+		}
+		{
+			const float **slot = role_slot(&m->fw, tab[k].role, tab[k].layer);
+			CIRC_ASSERT(slot != NULL);
+			*slot = data;
+		}
+	}
+	if (!m->fw.lm_head)
+		m->fw.lm_head = m->fw.embed;
+	/* what other modules read of the weights: the embeddings */
+	m->w.wte = (float *)(uintptr_t)m->fw.embed;
+	m->w.lm_head = (float *)(uintptr_t)m->fw.lm_head;
+	for (int k = 0; k < n; k++)
+		if (found[k])
+			m->w.n_params += numel(&tab[k]);
+	free(tab);
+	free(found);
+	return 0;
+fail:
+	free(tab);
+	free(found);
+	return -1;
+}
+
+/* ================================================================ pieces */
+
+static int fam_pre_norm(const circ_config *c)
+{
+	return c->norm_place != CIRC_NORM_POST;
+}
+
+static int fam_post_norm(const circ_config *c)
+{
+	return c->norm_place != CIRC_NORM_PRE;
+}
+
+/* One row's norm: out = norm(x) (kind from c; RMSNorm scale off + w; LayerNorm
+ * with bias b). out may be x. Statistics in double. */
+static void norm_row(const circ_config *c, int rms, float *out, const float *x, int n,
+		     const float *w, const float *b)
+{
+	double s = 0, mu = 0, eps = c->layer_norm_epsilon;
+	if (rms) {
+		float off = (float)c->norm_offset;
+		for (int i = 0; i < n; i++)
+			s += (double)x[i] * x[i];
+		float rs = (float)(1.0 / sqrt(s / n + eps));
+		for (int i = 0; i < n; i++)
+			out[i] = x[i] * rs * (off + w[i]);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		mu += x[i];
+	mu /= n;
+	for (int i = 0; i < n; i++)
+		s += ((double)x[i] - mu) * ((double)x[i] - mu);
+	float rs = (float)(1.0 / sqrt(s / n + eps)), m = (float)mu;
+	for (int i = 0; i < n; i++)
+		out[i] = (x[i] - m) * rs * w[i] + (b ? b[i] : 0.0f);
+}
+
+/* dx += d norm(x) / dx . dy for one row. */
+static void norm_row_bwd(const circ_config *c, int rms, float *dx, const float *dy, const float *x,
+			 int n, const float *w)
+{
+	double s = 0, mu = 0, eps = c->layer_norm_epsilon, a = 0, bsum = 0;
+	if (rms) {
+		double off = c->norm_offset;
+		for (int i = 0; i < n; i++)
+			s += (double)x[i] * x[i];
+		double rs = 1.0 / sqrt(s / n + eps);
+		for (int i = 0; i < n; i++)
+			a += (double)dy[i] * (off + w[i]) * x[i];
+		a /= n;
+		for (int i = 0; i < n; i++)
+			dx[i] += (float)(rs * ((double)dy[i] * (off + w[i]) - x[i] * rs * rs * a));
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		mu += x[i];
+	mu /= n;
+	for (int i = 0; i < n; i++)
+		s += ((double)x[i] - mu) * ((double)x[i] - mu);
+	double rs = 1.0 / sqrt(s / n + eps);
+	for (int i = 0; i < n; i++) {
+		double g = (double)dy[i] * w[i], xh = (x[i] - mu) * rs;
+		a += g;
+		bsum += g * xh;
+	}
+	a /= n;
+	bsum /= n;
+	for (int i = 0; i < n; i++) {
+		double g = (double)dy[i] * w[i], xh = (x[i] - mu) * rs;
+		dx[i] += (float)(rs * (g - a - xh * bsum));
+	}
+}
+
+/* The block norms: LayerNorm or RMSNorm as the config says. */
+typedef struct norm_task {
+	const circ_config *c;
+	int rms, n; /* row width */
+	float *out;
+	const float *x, *dy, *w, *b;
+	size_t ldo, ldx;
+} norm_task;
+
+static void norm_part(void *v, size_t b, size_t e)
+{
+	norm_task *t = v;
+	for (size_t i = b; i < e; i++)
+		norm_row(t->c, t->rms, t->out + i * t->ldo, t->x + i * t->ldx, t->n, t->w, t->b);
+}
+
+static void norm_bwd_part(void *v, size_t b, size_t e)
+{
+	norm_task *t = v;
+	for (size_t i = b; i < e; i++)
+		norm_row_bwd(t->c, t->rms, t->out + i * t->ldo, t->dy + i * t->ldo,
+			     t->x + i * t->ldx, t->n, t->w);
+}
+
+static void p_norm(const circ_run *r, int rms, float *out, size_t ldo, const float *x, size_t ldx,
+		   size_t rows, int n, const float *w, const float *b)
+{
+	norm_task t = {&r->m->cfg, rms, n, out, x, NULL, w, b, ldo, ldx};
+	circ_pool_for(r->pool, rows, norm_part, &t);
+}
+
+/* dx (rows, n; ld ldo, as dy) += the norm's backward. */
+static void p_norm_bwd(const circ_run *r, int rms, float *dx, const float *dy, size_t ldo,
+		       const float *x, size_t ldx, size_t rows, int n, const float *w)
+{
+	norm_task t = {&r->m->cfg, rms, n, dx, x, dy, w, NULL, ldo, ldx};
+	circ_pool_for(r->pool, rows, norm_bwd_part, &t);
+}
+
+static int block_rms(const circ_run *r)
+{
+	return r->m->cfg.norm == CIRC_NORM_RMSNORM;
+}
+
+static float act_f(circ_act a, float x)
+{
+	if (a == CIRC_ACT_SILU)
+		return x / (1.0f + expf(-x));
+	if (a == CIRC_ACT_GELU)
+		return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+	{
+		float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+		return 0.5f * x * (1.0f + tanhf(u));
+	}
+}
+
+static float act_df(circ_act a, float x)
+{
+	if (a == CIRC_ACT_SILU) {
+		float s = 1.0f / (1.0f + expf(-x));
+		return s * (1.0f + x * (1.0f - s));
+	}
+	if (a == CIRC_ACT_GELU)
+		return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
+		       x * 0.3989422804014327f * expf(-0.5f * x * x);
+	{
+		float u = 0.7978845608028654f * (x + 0.044715f * x * x * x), th = tanhf(u);
+		return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * 0.7978845608028654f *
+						(1.0f + 3.0f * 0.044715f * x * x);
+	}
+}
+
+/* y (rows, n) = x (rows, k) W^T (+ bias), W (n, k) as nn.Linear keeps it;
+ * ldx and ldy the row strides. */
+static void linear(const circ_run *r, float *y, int ldy, const float *x, int ldx, size_t rows,
+		   int n, int k, const float *W, int ldw, const float *bias)
+{
+	if (bias)
+		for (size_t i = 0; i < rows; i++)
+			memcpy(y + i * (size_t)ldy, bias, (size_t)n * sizeof(float));
+	model_gemm(r, 0, 1, (int)rows, n, k, x, ldx, W, ldw, bias ? 1.0f : 0.0f, y, ldy);
+}
+
+/* ---- RoPE ---- */
+
+/* inv_freq of the layer (rd/2 values), as transformers computes them. */
+static void rope_freqs(const circ_config *c, int local, double *f)
+{
+	int rd = circ_config_rotary_dim(c);
+	double theta = c->rope_theta;
+	circ_rope_scaling sc = c->rope_scaling;
+	if (local && c->rope_local_theta > 0) {
+		theta = c->rope_local_theta;
+		sc = CIRC_ROPE_DEFAULT;
+	}
+	for (int i = 0; i < rd / 2; i++) {
+		double v = 1.0 / pow(theta, (2.0 * i) / rd);
+		if (sc == CIRC_ROPE_LINEAR) {
+			v /= c->rope_factor;
+		} else if (sc == CIRC_ROPE_LLAMA3) {
+			double fac = c->rope_factor, lo = c->rope_low_freq_factor,
+			       hi = c->rope_high_freq_factor, old = c->rope_original_ctx;
+			double wl = 2 * M_PI / v, out = wl > old / lo ? v / fac : v;
+			if (wl >= old / hi && wl <= old / lo) {
+				double sm = (old / wl - lo) / (hi - lo);
+				out = (1 - sm) * out / fac + sm * out;
+			}
+			v = out;
+		}
+		f[i] = v;
+	}
+}
+
+/* x (D) at position t rotated in place (inverse: the transpose, for the
+ * backward). */
+static void rope_row(float *x, int rd, const double *f, int t, int inverse)
+{
+	int hd = rd / 2;
+	for (int i = 0; i < hd; i++) {
+		double a = t * f[i], cs = cos(a), sn = sin(a);
+		float x1 = x[i], x2 = x[i + hd];
+		if (inverse) {
+			x[i] = (float)(x1 * cs + x2 * sn);
+			x[i + hd] = (float)(x2 * cs - x1 * sn);
+		} else {
+			x[i] = (float)(x1 * cs - x2 * sn);
+			x[i + hd] = (float)(x2 * cs + x1 * sn);
+		}
+	}
+}
+
+/* ---- buffers of layer l ---- */
+
+static float *lay(const circ_run *r, float *base, int l, size_t width)
+{
+	return base + (size_t)l * r->rows * width;
+}
+
+static size_t fam_Q(const circ_run *r)
+{
+	return (size_t)r->H * (size_t)r->D;
+}
+
+/* ================================================================ attention */
+
+/* The projection of one receiver kind (0 q, 1 k, 2 v) for head h, from the
+ * normed input xn (rows, C), into dst (rows, D; ld Q). With a whole-
+ * projection q/k norm the full projection is made (into full) and normed. */
+static void proj_head(const circ_run *r, int l, int kind, int h, const float *xn, float *dst,
+		      float *full)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), D = (size_t)r->D, Q = fam_Q(r);
+	int per = r->H / circ_config_kv_heads(c), g = kind == 0 ? h : h / per;
+	int width = kind == 0 ? r->H * r->D : circ_config_kv_heads(c) * r->D;
+	const float *W = kind == 0 ? y->q_w : kind == 1 ? y->k_w : y->v_w;
+	const float *bias = kind == 0 ? y->q_b : kind == 1 ? y->k_b : y->v_b;
+	if (kind < 2 && c->qk_norm == CIRC_QK_NORM_WHOLE) {
+		linear(r, full, width, xn, r->C, n, width, r->C, W, r->C, bias);
+		p_norm(r, 1, full, (size_t)width, full, (size_t)width, n, width,
+		       kind == 0 ? y->qn_w : y->kn_w, NULL);
+		for (size_t i = 0; i < n; i++)
+			memcpy(dst + i * Q, full + i * (size_t)width + (size_t)g * D,
+			       D * sizeof(float));
+		return;
+	}
+	linear(r, dst, (int)Q, xn, r->C, n, r->D, r->C, W + (size_t)g * D * r->C, r->C,
+	       bias ? bias + (size_t)g * D : NULL);
+}
+
+/* Receiver of kind (0 q, 1 k, 2 v) of head h of layer l. */
+static int head_recv(const circ_run *r, int l, int h, int kind)
+{
+	return circ_recv_qkv(r->m, l, h, (circ_recv_kind)(CIRC_RECV_Q + kind));
+}
+
+typedef struct fattn_task {
+	const circ_run *r;
+	int l;
+	float *att, *z;
+	const float *q, *k, *v;
+	/* backward */
+	const float *dz;
+	float *dq, *dk, *dv;
+} fattn_task;
+
+static float attn_scale(const circ_config *c, int D)
+{
+	if (c->query_pre_attn_scalar > 0)
+		return (float)(1.0 / sqrt(c->query_pre_attn_scalar));
+	return (float)(1.0 / sqrt((double)D));
+}
+
+/* Can query i see key j in layer l? */
+static int sees(const circ_config *c, int l, int i, int j)
+{
+	if (j > i)
+		return 0;
+	if (c->sliding_window > 0 && c->local_layer[l] && i - j >= c->sliding_window)
+		return 0;
+	return 1;
+}
+
+/* Item bh = b * H + h: scores, softcap, mask, softmax, z = att v. */
+static void fattn_fwd_part(void *v, size_t b0, size_t e0)
+{
+	fattn_task *t = v;
+	const circ_run *r = t->r;
+	const circ_config *c = &r->m->cfg;
+	int T = r->T, H = r->H, D = r->D;
+	size_t Q = fam_Q(r);
+	float sc = attn_scale(c, D), cap = (float)c->attn_softcap;
+	for (size_t it = b0; it < e0; it++) {
+		int b = (int)(it / (size_t)H), h = (int)(it % (size_t)H);
+		float *A = t->att + it * (size_t)T * T;
+		for (int i = 0; i < T; i++) {
+			const float *qi = t->q + ((size_t)b * T + i) * Q + (size_t)h * D;
+			float mx = -INFINITY, sum = 0;
+			for (int j = 0; j < T; j++) {
+				float s = 0;
+				if (!sees(c, t->l, i, j)) {
+					A[(size_t)i * T + j] = -INFINITY;
+					continue;
+				}
+				const float *kj = t->k + ((size_t)b * T + j) * Q + (size_t)h * D;
+				for (int d = 0; d < D; d++)
+					s += qi[d] * kj[d];
+				s *= sc;
+				if (cap > 0)
+					s = cap * tanhf(s / cap);
+				A[(size_t)i * T + j] = s;
+				mx = s > mx ? s : mx;
+			}
+			for (int j = 0; j < T; j++) {
+				float p =
+				    sees(c, t->l, i, j) ? expf(A[(size_t)i * T + j] - mx) : 0.0f;
+				A[(size_t)i * T + j] = p;
+				sum += p;
+			}
+			for (int j = 0; j < T; j++)
+				A[(size_t)i * T + j] /= sum;
+			float *zi = t->z + ((size_t)b * T + i) * Q + (size_t)h * D;
+			memset(zi, 0, (size_t)D * sizeof(float));
+			for (int j = 0; j <= i; j++) {
+				float p = A[(size_t)i * T + j];
+				const float *vj = t->v + ((size_t)b * T + j) * Q + (size_t)h * D;
+				if (p == 0.0f)
+					continue;
+				for (int d = 0; d < D; d++)
+					zi[d] += p * vj[d];
+			}
+		}
+	}
+}
+
+static void fattn_bwd_part(void *v, size_t b0, size_t e0)
+{
+	fattn_task *t = v;
+	const circ_run *r = t->r;
+	const circ_config *c = &r->m->cfg;
+	int T = r->T, H = r->H, D = r->D;
+	size_t Q = fam_Q(r);
+	float sc = attn_scale(c, D), cap = (float)c->attn_softcap;
+	float *dp = circ_xmalloc((size_t)T * sizeof(float));
+	for (size_t it = b0; it < e0; it++) {
+		int b = (int)(it / (size_t)H), h = (int)(it % (size_t)H);
+		const float *A = t->att + it * (size_t)T * T;
+#define ROW(buf, j) ((buf) + ((size_t)b * T + (size_t)(j)) * Q + (size_t)h * D)
+		for (int i = 0; i < T; i++) {
+			const float *dzi = ROW(t->dz, i), *qi = ROW(t->q, i);
+			double dot = 0;
+			for (int j = 0; j <= i; j++) {
+				float p = A[(size_t)i * T + j], s = 0;
+				const float *vj = ROW(t->v, j);
+				float *dvj = ROW(t->dv, j);
+				for (int d = 0; d < D; d++) {
+					s += dzi[d] * vj[d];
+					dvj[d] += p * dzi[d];
+				}
+				dp[j] = s;
+				dot += (double)p * s;
+			}
+			for (int j = 0; j <= i; j++) {
+				float p = A[(size_t)i * T + j];
+				if (p == 0.0f)
+					continue;
+				float ds = p * (dp[j] - (float)dot);
+				if (cap > 0) {
+					/* the capped score, recomputed */
+					const float *kj = ROW(t->k, j);
+					float s = 0;
+					for (int d = 0; d < D; d++)
+						s += qi[d] * kj[d];
+					float th = tanhf(s * sc / cap);
+					ds *= 1.0f - th * th;
+				}
+				ds *= sc;
+				const float *kj = ROW(t->k, j);
+				float *dqi = ROW(t->dq, i), *dkj = ROW(t->dk, j);
+				for (int d = 0; d < D; d++) {
+					dqi[d] += ds * kj[d];
+					dkj[d] += ds * qi[d];
+				}
+			}
+		}
+#undef ROW
+	}
+	free(dp);
+}
+
+/* q/k norm per head and RoPE: from the projections (q, k of layer l) into
+ * the rotated qr, kr. */
+static void qk_finish(const circ_run *r, int l, const float *q, const float *k, float *qr,
+		      float *kr)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), Q = fam_Q(r);
+	int rd = circ_config_rotary_dim(c);
+	double *f;
+	memcpy(qr, q, n * Q * sizeof(float));
+	memcpy(kr, k, n * Q * sizeof(float));
+	if (c->qk_norm == CIRC_QK_NORM_HEAD) {
+		p_norm(r, 1, qr, (size_t)r->D, qr, (size_t)r->D, n * (size_t)r->H, r->D, y->qn_w,
+		       NULL);
+		p_norm(r, 1, kr, (size_t)r->D, kr, (size_t)r->D, n * (size_t)r->H, r->D, y->kn_w,
+		       NULL);
+	}
+	if (c->pos != CIRC_POS_ROTARY || rd == 0)
+		return;
+	f = circ_xmalloc(((size_t)rd / 2 + 1) * sizeof *f);
+	rope_freqs(c, c->local_layer[l], f);
+	for (size_t i = 0; i < n; i++) {
+		int t = (int)(i % (size_t)r->T);
+		for (int h = 0; h < r->H; h++) {
+			rope_row(qr + i * Q + (size_t)h * r->D, rd, f, t, 0);
+			rope_row(kr + i * Q + (size_t)h * r->D, rd, f, t, 0);
+		}
+	}
+	free(f);
+}
+
+/* Layer l's attention, reading residual x; writes the heads' node outputs
+ * and adds their sum (and o_proj's bias) to out (which starts as x). */
+static void fam_attn(circ_run *r, int l, const float *x, float *out)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
+	float *q = lay(r, r->fq, l, Q), *k = lay(r, r->fk, l, Q), *v = lay(r, r->fv, l, Q);
+	float *qr = lay(r, r->fqr, l, Q), *kr = lay(r, r->fkr, l, Q), *z = lay(r, r->fz, l, Q);
+	float *att = r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
+	int shared_done = 0;
+	for (int h = 0; h < r->H; h++)
+		for (int kind = 0; kind < 3; kind++) {
+			int recv = head_recv(r, l, h, kind);
+			const float *xn;
+			if (!r->delta_on[recv]) {
+				if (!shared_done) {
+					if (fam_pre_norm(c))
+						p_norm(r, block_rms(r), r->s_ln, C, x, C, n, r->C,
+						       y->n1_w, y->n1_b);
+					else
+						memcpy(r->s_ln, x, n * C * sizeof(float));
+					shared_done = 1;
+				}
+				xn = r->s_ln;
+			} else {
+				const float *xin = model_recv_input(r, recv, x, r->s_ln2);
+				if (fam_pre_norm(c))
+					p_norm(r, block_rms(r), r->f_s1, C, xin, C, n, r->C,
+					       y->n1_w, y->n1_b);
+				else
+					memcpy(r->f_s1, xin, n * C * sizeof(float));
+				xn = r->f_s1;
+			}
+			proj_head(r, l, kind, h, xn,
+				  (kind == 0   ? q
+				   : kind == 1 ? k
+					       : v) +
+				      h * D,
+				  r->f_s2);
+		}
+	qk_finish(r, l, q, k, qr, kr);
+	{
+		fattn_task t = {r, l, att, z, qr, kr, v, NULL, NULL, NULL, NULL};
+		circ_pool_for(r->pool, (size_t)r->B * (size_t)r->H, fattn_fwd_part, &t);
+	}
+	/* the heads' outputs; with a post norm, each scaled by the norm of
+	 * their sum */
+	{
+		float *A = fam_post_norm(c) ? lay(r, r->fA, l, C) : NULL;
+		if (A)
+			memset(A, 0, n * C * sizeof(float));
+		for (int h = 0; h < r->H; h++) {
+			float *o = r->node[circ_node_head(r->m, l, h)];
+			if (!o)
+				o = r->s_ln2;
+			model_gemm(r, 0, 1, (int)n, r->C, r->D, z + h * D, (int)Q, y->o_w + h * D,
+				   (int)Q, 0.0f, o, r->C);
+			if (A)
+				circ_vadd(A, o, n * C);
+			else
+				circ_vadd(out, o, n * C);
+		}
+		if (y->o_b)
+			for (size_t i = 0; i < n; i++)
+				circ_vadd(out + i * C, y->o_b, C);
+		if (A) {
+			/* scale_i = rsqrt(mean(A_i^2) + eps) (off + w): node_h *= scale */
+			double eps = c->layer_norm_epsilon;
+			for (size_t i = 0; i < n; i++) {
+				double s = 0;
+				for (size_t j = 0; j < C; j++)
+					s += (double)A[i * C + j] * A[i * C + j];
+				float rs = (float)(1.0 / sqrt(s / (double)C + eps));
+				for (int h = 0; h < r->H; h++) {
+					float *o = r->node[circ_node_head(r->m, l, h)];
+					if (!o)
+						continue;
+					for (size_t j = 0; j < C; j++)
+						o[i * C + j] *=
+						    rs * ((float)c->norm_offset + y->pa_w[j]);
+				}
+				for (size_t j = 0; j < C; j++)
+					out[i * C + j] += A[i * C + j] * rs *
+							  ((float)c->norm_offset + y->pa_w[j]);
+			}
+		}
+	}
+}
+
+/* Layer l's MLP reading residual x; its node output; adds it to out. */
+static void fam_mlp(circ_run *r, int l, const float *x, float *out)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), C = (size_t)r->C, F = (size_t)r->F;
+	int recv = circ_recv_mlp(r->m, l);
+	const float *xin = model_recv_input(r, recv, x, r->s_ln2);
+	float *fa = lay(r, r->fa, l, F), *fb = lay(r, r->fb, l, F);
+	float *o = r->node[circ_node_mlp(r->m, l)];
+	if (fam_pre_norm(c))
+		p_norm(r, block_rms(r), r->s_ln, C, xin, C, n, r->C, y->n2_w, y->n2_b);
+	else
+		memcpy(r->s_ln, xin, n * C * sizeof(float));
+	linear(r, fa, r->F, r->s_ln, r->C, n, r->F, r->C, y->fc_w, r->C, y->fc_b);
+	if (c->mlp == CIRC_MLP_GATED)
+		linear(r, fb, r->F, r->s_ln, r->C, n, r->F, r->C, y->up_w, r->C, y->up_b);
+	for (size_t i = 0; i < n * F; i++)
+		r->s_gelu[i] = act_f(c->act, fa[i]) * (c->mlp == CIRC_MLP_GATED ? fb[i] : 1.0f);
+	if (fam_post_norm(c)) {
+		float *M = lay(r, r->fM, l, C);
+		linear(r, M, r->C, r->s_gelu, r->F, n, r->C, r->F, y->dn_w, r->F, y->dn_b);
+		p_norm(r, 1, o, C, M, C, n, r->C, y->pm_w, NULL);
+	} else {
+		linear(r, o, r->C, r->s_gelu, r->F, n, r->C, r->F, y->dn_w, r->F, y->dn_b);
+	}
+	circ_vadd(out, o, n * C);
+}
+
+static void fam_embed(circ_run *r, const circ_fwd *f)
+{
+	const circ_config *c = &r->m->cfg;
+	size_t C = (size_t)r->C;
+	float *in = r->node[0], *x = resid_at(r, 0);
+	float sc = c->embed_scale > 0 ? (float)c->embed_scale : 1.0f;
+	for (size_t row = 0; row < bt(r); row++) {
+		if (f->input_embed) {
+			memcpy(in + row * C, f->input_embed + row * C, C * sizeof(float));
+		} else {
+			const float *e = r->m->fw.embed + (size_t)r->tokens[row] * C;
+			for (size_t j = 0; j < C; j++)
+				in[row * C + j] = e[j] * sc;
+		}
+	}
+	memcpy(x, in, bt(r) * C * sizeof(float));
+}
+
+/* The final norm at the read rows and the unembedding (soft-capped). */
+static void fam_final(circ_run *r, const float *x)
+{
+	const circ_config *c = &r->m->cfg;
+	int recv = circ_recv_logits(r->m);
+	size_t C = (size_t)r->C, N = (size_t)r->n_read, V = (size_t)r->V;
+	if (r->read_none)
+		return;
+	for (size_t i = 0; i < N; i++) {
+		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
+		float *dst = r->s_ln + i * C;
+		if (r->delta_on[recv] == CIRC_DELTA_SUM) {
+			model_form_sum(r, recv, x, dst, row, 1);
+			continue;
+		}
+		memcpy(dst, x + row * C, C * sizeof(float));
+		if (r->delta_on[recv] == CIRC_DELTA_STORED)
+			circ_vadd(dst, r->delta[recv] + row * C, C);
+	}
+	p_norm(r, block_rms(r), r->lnf, C, r->s_ln, C, N, r->C, r->m->fw.final_w, r->m->fw.final_b);
+	model_gemm(r, 0, 1, (int)N, r->V, r->C, r->lnf, r->C, r->m->fw.lm_head, r->C, 0.0f,
+		   r->logits, r->V);
+	if (c->final_softcap > 0) {
+		float cap = (float)c->final_softcap;
+		for (size_t i = 0; i < N * V; i++)
+			r->logits[i] = cap * tanhf(r->logits[i] / cap);
+	}
+}
+
+void model_family_embed(circ_run *r, const circ_fwd *f)
+{
+	fam_embed(r, f);
+}
+
+void model_family_stage(circ_run *r, int s)
+{
+	const circ_topology *t = r->m->topo;
+	const circ_topo_stage *st = &t->stage[s];
+	const float *x = resid_at(r, s);
+	float *out = resid_at(r, s + 1);
+	size_t nC = bt(r) * (size_t)r->C;
+	switch (st->kind) {
+	case CIRC_STAGE_FINAL: fam_final(r, x); return;
+	case CIRC_STAGE_ATTN:
+		memcpy(out, x, nC * sizeof(float));
+		fam_attn(r, st->layer, x, out);
+		return;
+	case CIRC_STAGE_MLP:
+		memcpy(out, x, nC * sizeof(float));
+		fam_mlp(r, st->layer, x, out);
+		return;
+	case CIRC_STAGE_BLOCK:
+		memcpy(out, x, nC * sizeof(float));
+		fam_attn(r, st->layer, x, out);
+		fam_mlp(r, st->layer, x, out);
+		return;
+	}
+}
+
+/* ================================================================ backward */
+
+static float *dres(const circ_run *r, int s)
+{
+	return r->dresid + (size_t)s * r->rows * r->C;
+}
+
+/* Backward of the final stage: dresid[s] from dlogits at the read rows. */
+static void fam_final_bwd(circ_run *r, int s, const float *dlogits)
+{
+	const circ_config *c = &r->m->cfg;
+	size_t C = (size_t)r->C, N = (size_t)r->n_read, V = (size_t)r->V, n = bt(r);
+	float *g = dres(r, s), *dl = r->f_dlog;
+	int recv = circ_recv_logits(r->m);
+	const float *x = resid_at(r, s);
+	memset(g, 0, n * C * sizeof(float));
+	memcpy(dl, dlogits, N * V * sizeof(float));
+	if (c->final_softcap > 0) {
+		float cap = (float)c->final_softcap;
+		for (size_t i = 0; i < N * V; i++) {
+			float th = r->logits[i] / cap;
+			dl[i] *= 1.0f - th * th;
+		}
+	}
+	model_gemm(r, 0, 0, (int)N, r->C, r->V, dl, r->V, r->m->fw.lm_head, r->C, 0.0f, r->d_ln,
+		   r->C);
+	/* the final norm's inputs at the read rows, rebuilt */
+	for (size_t i = 0; i < N; i++) {
+		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
+		float *dst = r->s_ln + i * C;
+		if (r->delta_on[recv] == CIRC_DELTA_SUM) {
+			model_form_sum(r, recv, x, dst, row, 1);
+			continue;
+		}
+		memcpy(dst, x + row * C, C * sizeof(float));
+		if (r->delta_on[recv] == CIRC_DELTA_STORED)
+			circ_vadd(dst, r->delta[recv] + row * C, C);
+	}
+	memset(r->s_ln2, 0, N * C * sizeof(float));
+	p_norm_bwd(r, block_rms(r), r->s_ln2, r->d_ln, C, r->s_ln, C, N, r->C, r->m->fw.final_w);
+	for (size_t i = 0; i < N; i++) {
+		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
+		circ_vadd(g + row * C, r->s_ln2 + i * C, C);
+	}
+}
+
+/* The MLP's backward: from g (the gradient of its output, as added to the
+ * residual) to its receiver's gradient (set, in rg) and added into gx. */
+static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, float *gx, float *rg)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), C = (size_t)r->C, F = (size_t)r->F;
+	int recv = circ_recv_mlp(r->m, l), gated = c->mlp == CIRC_MLP_GATED;
+	const float *fa = lay(r, r->fa, l, F), *fb = lay(r, r->fb, l, F), *dout = g;
+	const float *xin = model_recv_input(r, recv, x, r->s_ln2);
+	if (fam_post_norm(c)) {
+		memset(r->f_dA, 0, n * C * sizeof(float));
+		p_norm_bwd(r, 1, r->f_dA, g, C, lay(r, r->fM, l, C), C, n, r->C, y->pm_w);
+		dout = r->f_dA;
+	}
+	/* d(act product) = dout Wdn (Wdn: (C, F)) */
+	model_gemm(r, 0, 0, (int)n, r->F, r->C, dout, r->C, y->dn_w, r->F, 0.0f, r->f_da, r->F);
+	for (size_t i = 0; i < n * F; i++) {
+		float d = r->f_da[i];
+		if (gated) {
+			r->f_db[i] = d * act_f(c->act, fa[i]);
+			r->f_da[i] = d * fb[i] * act_df(c->act, fa[i]);
+		} else {
+			r->f_da[i] = d * act_df(c->act, fa[i]);
+		}
+	}
+	model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_da, r->F, y->fc_w, r->C, 0.0f, r->d_ln, r->C);
+	if (gated)
+		model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_db, r->F, y->up_w, r->C, 1.0f, r->d_ln,
+			   r->C);
+	memset(rg, 0, n * C * sizeof(float));
+	if (fam_pre_norm(c))
+		p_norm_bwd(r, block_rms(r), rg, r->d_ln, C, xin, C, n, r->C, y->n2_w);
+	else
+		memcpy(rg, r->d_ln, n * C * sizeof(float));
+	circ_vadd(gx, rg, n * C);
+}
+
+/* One receiver's gradient from the gradient dproj (rows, D; ld Q) of its
+ * head's slice of kind's projection: added into rg. */
+static void recv_bwd(circ_run *r, int l, int kind, int h, const float *xin, const float *dproj,
+		     float *rg)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
+	int K = circ_config_kv_heads(c), per = r->H / K, g = kind == 0 ? h : h / per;
+	int width = kind == 0 ? r->H * r->D : K * r->D;
+	const float *W = kind == 0 ? y->q_w : kind == 1 ? y->k_w : y->v_w;
+	const float *bias = kind == 0 ? y->q_b : kind == 1 ? y->k_b : y->v_b;
+	float *xn = r->f_s1;
+	if (fam_pre_norm(c))
+		p_norm(r, block_rms(r), xn, C, xin, C, n, r->C, y->n1_w, y->n1_b);
+	else
+		memcpy(xn, xin, n * C * sizeof(float));
+	if (kind < 2 && c->qk_norm == CIRC_QK_NORM_WHOLE) {
+		/* the whole projection of this input, its norm's backward with the
+		 * gradient in the head's slice only */
+		float *full = r->f_s2, *dfull = r->f_dfull;
+		linear(r, full, width, xn, r->C, n, width, r->C, W, r->C, bias);
+		memset(r->f_dz2, 0, n * (size_t)width * sizeof(float));
+		for (size_t i = 0; i < n; i++)
+			memcpy(r->f_dz2 + i * (size_t)width + (size_t)g * D, dproj + i * Q,
+			       D * sizeof(float));
+		memset(dfull, 0, n * (size_t)width * sizeof(float));
+		p_norm_bwd(r, 1, dfull, r->f_dz2, (size_t)width, full, (size_t)width, n, width,
+			   kind == 0 ? y->qn_w : y->kn_w);
+		model_gemm(r, 0, 0, (int)n, r->C, width, dfull, width, W, r->C, 0.0f, r->d_ln,
+			   r->C);
+	} else {
+		model_gemm(r, 0, 0, (int)n, r->C, r->D, dproj, (int)Q, W + (size_t)g * D * C, r->C,
+			   0.0f, r->d_ln, r->C);
+	}
+	if (fam_pre_norm(c))
+		p_norm_bwd(r, block_rms(r), rg, r->d_ln, C, xin, C, n, r->C, y->n1_w);
+	else
+		circ_vadd(rg, r->d_ln, n * C);
+}
+
+/* The attention's backward: from g (gradient of the residual after it) to
+ * its receivers' gradients and gx. */
+static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, float *gx,
+			 int want_recv)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
+	const float *dA = g;
+	float *q = lay(r, r->fq, l, Q), *k = lay(r, r->fk, l, Q);
+	float *dq = r->f_dq, *dk = r->f_dk, *dv = r->f_dv;
+	int rd = circ_config_rotary_dim(c);
+	(void)want_recv;
+	if (fam_post_norm(c)) {
+		memset(r->f_dA, 0, n * C * sizeof(float));
+		p_norm_bwd(r, 1, r->f_dA, g, C, lay(r, r->fA, l, C), C, n, r->C, y->pa_w);
+		dA = r->f_dA;
+	}
+	/* dz (n, Q) = dA (n, C) Wo (C, Q) */
+	model_gemm(r, 0, 0, (int)n, (int)Q, r->C, dA, r->C, y->o_w, (int)Q, 0.0f, r->f_dz, (int)Q);
+	memset(dq, 0, n * Q * sizeof(float));
+	memset(dk, 0, n * Q * sizeof(float));
+	memset(dv, 0, n * Q * sizeof(float));
+	{
+		fattn_task t = {r,
+				l,
+				r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t,
+				NULL,
+				lay(r, r->fqr, l, Q),
+				lay(r, r->fkr, l, Q),
+				lay(r, r->fv, l, Q),
+				r->f_dz,
+				dq,
+				dk,
+				dv};
+		circ_pool_for(r->pool, (size_t)r->B * (size_t)r->H, fattn_bwd_part, &t);
+	}
+	/* back through RoPE and the per-head q/k norms */
+	if (c->pos == CIRC_POS_ROTARY && rd > 0) {
+		double *f = circ_xmalloc(((size_t)rd / 2 + 1) * sizeof *f);
+		rope_freqs(c, c->local_layer[l], f);
+		for (size_t i = 0; i < n; i++) {
+			int t = (int)(i % (size_t)r->T);
+			for (int h = 0; h < r->H; h++) {
+				rope_row(dq + i * Q + (size_t)h * D, rd, f, t, 1);
+				rope_row(dk + i * Q + (size_t)h * D, rd, f, t, 1);
+			}
+		}
+		free(f);
+	}
+	if (c->qk_norm == CIRC_QK_NORM_HEAD) {
+		/* dq, dk are of the normed values; q, k hold the projections */
+		memcpy(r->f_dz2, dq, n * Q * sizeof(float));
+		memset(dq, 0, n * Q * sizeof(float));
+		p_norm_bwd(r, 1, dq, r->f_dz2, D, q, D, n * (size_t)r->H, r->D, y->qn_w);
+		memcpy(r->f_dz2, dk, n * Q * sizeof(float));
+		memset(dk, 0, n * Q * sizeof(float));
+		p_norm_bwd(r, 1, dk, r->f_dz2, D, k, D, n * (size_t)r->H, r->D, y->kn_w);
+	}
+	/* each receiver: zeroed once, then every head that reads it adds */
+	for (int h = 0; h < r->H; h++)
+		for (int kind = 0; kind < 3; kind++)
+			memset(model_recv_grad_buf(r, head_recv(r, l, h, kind)), 0,
+			       n * C * sizeof(float));
+	for (int h = 0; h < r->H; h++)
+		for (int kind = 0; kind < 3; kind++) {
+			int recv = head_recv(r, l, h, kind);
+			const float *xin = model_recv_input(r, recv, x, r->s_ln2);
+			const float *dp = (kind == 0 ? dq : kind == 1 ? dk : dv) + (size_t)h * D;
+			recv_bwd(r, l, kind, h, xin, dp, model_recv_grad_buf(r, recv));
+		}
+	/* gx += every distinct receiver's gradient */
+	for (int h = 0; h < r->H; h++)
+		for (int kind = 0; kind < 3; kind++) {
+			int recv = head_recv(r, l, h, kind), first = 1;
+			for (int h2 = 0; h2 < h && first; h2++)
+				first = head_recv(r, l, h2, kind) != recv;
+			if (first)
+				circ_vadd(gx, model_recv_grad_buf(r, recv), n * C);
+		}
+}
+
+int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e)
+{
+	const circ_topology *t = r->m->topo;
+	int S = circ_topo_stage_final(t);
+	size_t n = bt(r), C = (size_t)r->C;
+	if (b->dweights)
+		return circ_errorf(e,
+				   "parameter gradients of model_type '%s' are not implemented "
+				   "(circ trains gpt2)",
+				   circ_model_type_name(r->m->cfg.model_type));
+	fam_final_bwd(r, S, b->dlogits);
+	if (model_call_bhook(r, b, S, e) < 0)
+		return -1;
+	for (int s = S - 1; s >= 0; s--) {
+		const circ_topo_stage *st = &t->stage[s];
+		const float *x = resid_at(r, s), *g = dres(r, s + 1);
+		float *gx = dres(r, s);
+		memcpy(gx, g, n * C * sizeof(float));
+		if (st->kind == CIRC_STAGE_MLP || st->kind == CIRC_STAGE_BLOCK)
+			fam_mlp_bwd(r, st->layer, x, g, gx,
+				    model_recv_grad_buf(r, circ_recv_mlp(r->m, st->layer)));
+		if (st->kind == CIRC_STAGE_ATTN || st->kind == CIRC_STAGE_BLOCK)
+			fam_attn_bwd(r, st->layer, x, g, gx, 1);
+		if (model_call_bhook(r, b, s, e) < 0)
+			return -1;
+	}
+	r->have_bwd = 1;
+	return 0;
+}

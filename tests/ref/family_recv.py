@@ -1,0 +1,319 @@
+#!/usr/bin/python3
+"""Receiver gradients of the family test models (tests/data/families), from
+an independent float64 PyTorch forward in which every receiver reads its
+own input: the residual plus a delta of its own (zero), so that autograd's
+gradient at the delta is the receiver's gradient.
+
+    /usr/bin/python3 tests/ref/family_recv.py [DIR]   (default tests/data/families)
+    /usr/bin/python3 tests/ref/family_recv.py scores MODEL OUT [grouped]
+        exact and EAP scores of every edge (resample ablation, logit_diff)
+        on three random examples: OUT/tokens.jsonl and OUT/ref.json, which
+        tests/ref/patch_ref.py compare reads
+
+Receivers, numbered as circ's topology numbers them (lib/topology.h): per
+layer, for each query head h its q, k and v (grouped: the k and v of a
+key/value head on the first head of its group only), then the MLP's; the
+logits last. A q/k/v receiver's input goes through the block's norm and its
+own head's slice of the projection (k and v: the slice of h's group), the
+q/k norm (over the head, or over the whole projection of that input), and
+RoPE; the MLP's through its norm and the MLP. Parallel blocks (GPT-NeoX):
+the MLP reads the block's input.
+
+For each model directory it writes grads.safetensors: "tokens" I32 (1, T),
+"w" (T, V) the metric's weights (metric = sum w * logits over every
+position), "grads" (R, T, C), and, for grouped-query attention, "grads_grouped"
+(R', T, C) for the grouped topology. Seeded: the same file on every run.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import families as fam  # noqa: E402
+from stio import read_safetensors, write_safetensors  # noqa: E402
+
+torch.set_default_dtype(torch.float64)
+T = 8
+
+
+def weights(d):
+    """name -> float64 tensor of every file of d (one file or shards)."""
+    W = {}
+    for f in sorted(os.listdir(d)):
+        if f.startswith("model") and f.endswith(".safetensors"):
+            for k, v in read_safetensors(os.path.join(d, f), float64=True).items():
+                W[k] = torch.from_numpy(v.copy())
+    return W
+
+
+def receivers(a, grouped):
+    """[(layer, kind, head)] in circ's order; kind 'q', 'k', 'v', 'mlp', 'logits'."""
+    H, K = a["n_head"], a["n_kv_head"]
+    per = H // K if grouped else 1
+    out = []
+    for l in range(a["n_layer"]):
+        for h in range(H):
+            out.append((l, "q", h))
+            if h % per == 0:
+                out.append((l, "k", h))
+                out.append((l, "v", h))
+        out.append((l, "mlp", -1))
+    out.append((a["n_layer"], "logits", -1))
+    return out
+
+
+def node_names(a):
+    """Upstream nodes in circ's order: input, per layer its heads then its MLP."""
+    out = ["input"]
+    for l in range(a["n_layer"]):
+        out += ["a%d.h%d" % (l, h) for h in range(a["n_head"])] + ["m%d" % l]
+    return out
+
+
+def recv_name(r):
+    l, kind, h = r
+    return {"q": "a%d.h%d<q>", "k": "a%d.h%d<k>", "v": "a%d.h%d<v>"}[kind] % (l, h) \
+        if kind in "qkv" else ("m%d" % l if kind == "mlp" else "logits")
+
+
+def n_in(a, r):
+    """Upstream nodes feeding receiver r (a prefix of the node order)."""
+    l, kind, _ = r
+    H = a["n_head"]
+    if kind == "logits":
+        return 1 + a["n_layer"] * (H + 1)
+    if kind == "mlp" and not a["parallel_residual"]:
+        return 1 + l * (H + 1) + H
+    return 1 + l * (H + 1)
+
+
+def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, outs=None):
+    """Logits (T, V); receiver i's input is the residual + deltas[i] (None:
+    zero), plus ref[u] - outs[u] for each upstream u in patch[i]. outs, when
+    a list, receives the node outputs (the patched run's)."""
+    patch = patch or {}
+    outs = [None] * (1 + a["n_layer"] * (a["n_head"] + 1)) if outs is None else outs
+    while len(outs) < 1 + a["n_layer"] * (a["n_head"] + 1):
+        outs.append(None)
+    d, H, D, K = a["n_embd"], a["n_head"], a["head_dim"], a["n_kv_head"]
+    eps, off = a["norm_eps"], a["norm_offset"]
+    per = H // K
+    pos = torch.arange(len(tokens))
+    idx = {r: i for i, r in enumerate(recv)}
+    neox = a["model_type"] == "gpt_neox"
+
+    def norm(x, key):
+        if a["norm"] == "layernorm":
+            return fam.layernorm(x, W[key + ".weight"], W[key + ".bias"], eps)
+        return fam.rms(x, W[key + ".weight"], eps, off)
+
+    def inp(x, l, kind, h):
+        if grouped and kind in ("k", "v"):
+            h = h - h % per
+        i = idx[(l, kind, h)]
+        if deltas is not None:
+            x = x + deltas[i]
+        for u in patch.get(i, ()):
+            x = x + (ref[u] - outs[u])
+        return x
+
+    x = W[names["embed"]][tokens] * a["embed_scale"]
+    outs[0] = x
+    for l in range(a["n_layer"]):
+        p = names["layer"] % l
+        local = l in a["local_layers"]
+        if neox:
+            qkv_w = W[p + "attention.query_key_value.weight"].view(H, 3, D, d)
+            qkv_b = (W[p + "attention.query_key_value.bias"].view(H, 3, D)
+                     if a["bias_qkv"] else None)
+
+        def proj(xi, kind, h):
+            """Head h's D values of kind for input xi (T, d)."""
+            j = "qkv".index(kind)
+            if a["norm_placement"] != "post":
+                key = p + "input_layernorm"
+                xi = norm(xi, key)
+            if neox:
+                y = xi @ qkv_w[h, j].T
+                return y + qkv_b[h, j] if qkv_b is not None else y
+            Wm = W[p + "self_attn.%s_proj.weight" % kind]
+            b = W.get(p + "self_attn.%s_proj.bias" % kind) if a["bias_qkv"] else None
+            y = xi @ Wm.T + (b if b is not None else 0)
+            g = h if kind == "q" else h // per
+            if a["qk_norm"] == "whole" and kind != "v":
+                y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
+            y = y[:, g * D:(g + 1) * D]
+            if a["qk_norm"] == "per_head" and kind != "v":
+                y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
+            return y
+
+        theta, scaling = a["rope_theta"], a["rope_scaling"]
+        if local and a["rope_local_theta"]:
+            theta, scaling = a["rope_local_theta"], None
+        zs = []
+        for h in range(H):
+            q = fam.rope(proj(inp(x, l, "q", h), "q", h), pos, a["rotary_dim"], theta, scaling)
+            k = fam.rope(proj(inp(x, l, "k", h), "k", h), pos, a["rotary_dim"], theta, scaling)
+            v = proj(inp(x, l, "v", h), "v", h)
+            s = q @ k.T * a["attn_scale"]
+            if a["attn_softcap"]:
+                s = torch.tanh(s / a["attn_softcap"]) * a["attn_softcap"]
+            i, j = pos[:, None], pos[None, :]
+            ok = j <= i
+            if local and a["sliding_window"]:
+                ok = ok & (i - j < a["sliding_window"])
+            s = s.masked_fill(~ok, float("-inf"))
+            zs.append(torch.softmax(s, -1) @ v)
+        z = torch.cat(zs, -1)
+        ow = W[p + ("attention.dense" if neox else "self_attn.o_proj") + ".weight"]
+        ob = W.get(p + ("attention.dense" if neox else "self_attn.o_proj") + ".bias")
+        heads = [zs[h] @ ow[:, h * D:(h + 1) * D].T for h in range(H)]
+        attn = sum(heads) + (ob if a["bias_o"] else 0)
+        if a["norm_placement"] in ("pre_post", "post"):
+            # each head's share of the normed sum: its output times the
+            # norm's scale (there is no o_proj bias in these families)
+            scale = torch.rsqrt((attn * attn).mean(-1, keepdim=True) + eps) * \
+                (off + W[p + "post_attention_layernorm.weight"])
+            heads = [o * scale for o in heads]
+            attn = norm(attn, p + "post_attention_layernorm")
+        for h in range(H):
+            outs[1 + l * (H + 1) + h] = heads[h]
+        m_in = inp(x, l, "mlp", -1)  # parallel blocks: the block's input
+        if not a["parallel_residual"]:
+            x = x + attn
+            m_in = inp(x, l, "mlp", -1)
+        if neox:
+            h1 = norm(m_in, p + "post_attention_layernorm")
+            u = fam.act(a["activation"], h1 @ W[p + "mlp.dense_h_to_4h.weight"].T +
+                        W[p + "mlp.dense_h_to_4h.bias"])
+            mlp = u @ W[p + "mlp.dense_4h_to_h.weight"].T + W[p + "mlp.dense_4h_to_h.bias"]
+        else:
+            if a["norm_placement"] == "pre":
+                h1 = norm(m_in, p + "post_attention_layernorm")
+            elif a["norm_placement"] == "pre_post":
+                h1 = norm(m_in, p + "pre_feedforward_layernorm")
+            else:
+                h1 = m_in
+
+            def lin(t, key):
+                y = t @ W[p + key + ".weight"].T
+                return y + W[p + key + ".bias"] if a["bias_mlp"] else y
+            g = fam.act(a["activation"], lin(h1, "mlp.gate_proj"))
+            mlp = lin(g * lin(h1, "mlp.up_proj"), "mlp.down_proj")
+            if a["norm_placement"] in ("pre_post", "post"):
+                mlp = norm(mlp, p + "post_feedforward_layernorm")
+        outs[1 + l * (H + 1) + H] = mlp
+        if a["parallel_residual"]:
+            x = x + attn + mlp
+        else:
+            x = x + mlp
+    x = inp(x, a["n_layer"], "logits", -1)
+    x = norm(x, names["final_norm"])
+    logits = x @ W[names["embed"] if a["tied_embeddings"] else names["lm_head"]].T
+    if a["final_softcap"]:
+        logits = torch.tanh(logits / a["final_softcap"]) * a["final_softcap"]
+    return logits
+
+
+def grads(a, W, names, tokens, w, grouped):
+    recv = receivers(a, grouped)
+    deltas = [torch.zeros(len(tokens), a["n_embd"], requires_grad=True) for _ in recv]
+    m = (forward(a, W, names, tokens, recv, deltas, grouped) * w).sum()
+    m.backward()
+    return torch.stack([dl.grad for dl in deltas])
+
+
+def scores(d, out, grouped, n=3, T=7, seed=5):
+    """Exact and EAP scores (resample ablation, logit_diff) of every edge of
+    family model d on n random examples: writes out/tokens.jsonl and
+    out/ref.json (the layout tests/ref/patch_ref.py compare reads)."""
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    a = fam.arch_of(cfg)
+    names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
+    W = weights(d)
+    V = a["vocab_size"]
+    recv = receivers(a, grouped)
+    nodes = node_names(a)
+    edges = [(nodes[u] + "->" + recv_name(r), i, u) for i, r in enumerate(recv)
+             for u in range(n_in(a, r))]
+    g = torch.Generator().manual_seed(seed)
+    exs = []
+    for i in range(n):
+        clean = torch.randint(0, V, (T,), generator=g).tolist()
+        corrupt = list(clean)
+        for j in torch.randperm(T, generator=g)[: max(1, T // 3)].tolist():
+            corrupt[j] = int(torch.randint(0, V, (1,), generator=g))
+        ans, wrong = torch.randperm(V, generator=g)[:2].tolist()
+        exs.append({"id": i, "clean": clean, "corrupt": corrupt, "pos": T - 1,
+                    "answer": [ans], "wrong": [wrong]})
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "tokens.jsonl"), "w") as f:
+        f.write(json.dumps({"format": "circ", "version": 1, "kind": "tokens",
+                            "metric": "logit_diff"}) + "\n")
+        for ex in exs:
+            rec = dict(ex)
+            rec["clean"] = {"dtype": "i32", "shape": [T], "data": ex["clean"]}
+            rec["corrupt"] = {"dtype": "i32", "shape": [T], "data": ex["corrupt"]}
+            f.write(json.dumps(rec) + "\n")
+    exact = [0.0] * len(edges)
+    eap = [0.0] * len(edges)
+
+    def loss(lg, ex):  # -logit_diff at the last position
+        return -(lg[ex["pos"], ex["answer"][0]] - lg[ex["pos"], ex["wrong"][0]])
+    for ex in exs:
+        tc, tr = torch.tensor(ex["clean"]), torch.tensor(ex["corrupt"])
+        oc, orf = [], []
+        with torch.no_grad():
+            lc = forward(a, W, names, tc, recv, None, grouped, outs=oc)
+            forward(a, W, names, tr, recv, None, grouped, outs=orf)
+            base = loss(lc, ex).item()
+            for ei, (_, ri, u) in enumerate(edges):
+                lp = forward(a, W, names, tc, recv, None, grouped, patch={ri: [u]}, ref=orf)
+                exact[ei] += loss(lp, ex).item() - base
+        deltas = [torch.zeros(T, a["n_embd"], requires_grad=True) for _ in recv]
+        loss(forward(a, W, names, tc, recv, deltas, grouped), ex).backward()
+        for ei, (_, ri, u) in enumerate(edges):
+            eap[ei] += ((orf[u] - oc[u]) * deltas[ri].grad).sum().item()
+    ref = {"metric": "logit_diff", "n_edges": len(edges), "edges": [e[0] for e in edges],
+           "exact": [v / n for v in exact], "eap": [v / n for v in eap]}
+    json.dump(ref, open(os.path.join(out, "ref.json"), "w"))
+    print("%s: %d edges" % (d, len(edges)))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "scores":
+        # family_recv.py scores MODEL_DIR OUT_DIR [grouped]
+        scores(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "grouped")
+        return
+    root = sys.argv[1] if len(sys.argv) > 1 else "tests/data/families"
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if not os.path.exists(os.path.join(d, "config.json")):
+            continue
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        a = fam.arch_of(cfg)
+        names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
+        W = weights(d)
+        ref = read_safetensors(os.path.join(d, "reference.safetensors"))
+        tokens = torch.from_numpy(ref["tokens"][0, :T].astype("int64"))
+        # the plain reference forward and this one agree (deltas zero)
+        recv = receivers(a, False)
+        zero = [torch.zeros(T, a["n_embd"]) for _ in recv]
+        same = (forward(a, W, names, tokens, recv, zero, False) -
+                fam.forward(a, W, names, tokens)).abs().max().item()
+        assert same < 1e-9, (name, same)
+        g = torch.Generator().manual_seed(11)
+        w = torch.randn(T, a["vocab_size"], generator=g)
+        out = {"tokens": ref["tokens"][:1, :T].astype("int32"), "w": w,
+               "grads": grads(a, W, names, tokens, w, False)}
+        if a["n_kv_head"] < a["n_head"]:
+            out["grads_grouped"] = grads(a, W, names, tokens, w, True)
+        write_safetensors(os.path.join(d, "grads.safetensors"), out)
+        print("%s: %d receivers" % (name, out["grads"].shape[0]))
+
+
+if __name__ == "__main__":
+    main()
