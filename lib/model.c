@@ -177,6 +177,8 @@ static size_t run_layout(circ_run *r, char *base)
 		CARVE(fb, float, L *rows * r->F);
 		CARVE(f_s1, float, rows *C);
 		CARVE(f_s2, float, rows *Q);
+		if (r->m->fw.narrow_max)
+			CARVE(f_w, float, r->m->fw.narrow_max);
 	}
 	CARVE(att, float, L *(size_t)r->max_b * r->H * r->max_t * r->max_t);
 	CARVE(s_ln, float, rows *C);

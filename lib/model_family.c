@@ -46,14 +46,38 @@
 
 /* ================================================================ loading */
 
-static const float **role_slot(fam_weights *fw, model_role role, int l)
+/* Where a role's tensor goes: a matrix (kept narrow or f32) or a vector
+ * (f32); NULL for neither. */
+static fam_mat *mat_slot(fam_weights *fw, model_role role, int l)
 {
 	fam_layer *y = l >= 0 ? &fw->layers[l] : NULL;
 	switch (role) {
 	case MODEL_W_EMBED: return &fw->embed;
+	case MODEL_W_LM_HEAD: return &fw->lm_head;
+	default: break;
+	}
+	if (!y)
+		return NULL;
+	switch (role) {
+	case MODEL_W_Q_W: return &y->q_w;
+	case MODEL_W_K_W: return &y->k_w;
+	case MODEL_W_V_W: return &y->v_w;
+	case MODEL_W_O_W: return &y->o_w;
+	case MODEL_W_FC_W:
+	case MODEL_W_GATE_W: return &y->fc_w;
+	case MODEL_W_UP_W: return &y->up_w;
+	case MODEL_W_FCPROJ_W:
+	case MODEL_W_DOWN_W: return &y->dn_w;
+	default: return NULL;
+	}
+}
+
+static const float **vec_slot(fam_weights *fw, model_role role, int l)
+{
+	fam_layer *y = l >= 0 ? &fw->layers[l] : NULL;
+	switch (role) {
 	case MODEL_W_FINAL_W: return &fw->final_w;
 	case MODEL_W_FINAL_B: return &fw->final_b;
-	case MODEL_W_LM_HEAD: return &fw->lm_head;
 	default: break;
 	}
 	if (!y)
@@ -61,33 +85,27 @@ static const float **role_slot(fam_weights *fw, model_role role, int l)
 	switch (role) {
 	case MODEL_W_NORM1_W: return &y->n1_w;
 	case MODEL_W_NORM1_B: return &y->n1_b;
-	case MODEL_W_Q_W: return &y->q_w;
 	case MODEL_W_Q_B: return &y->q_b;
-	case MODEL_W_K_W: return &y->k_w;
 	case MODEL_W_K_B: return &y->k_b;
-	case MODEL_W_V_W: return &y->v_w;
 	case MODEL_W_V_B: return &y->v_b;
 	case MODEL_W_Q_NORM: return &y->qn_w;
 	case MODEL_W_K_NORM: return &y->kn_w;
-	case MODEL_W_O_W: return &y->o_w;
 	case MODEL_W_O_B: return &y->o_b;
 	case MODEL_W_POST_ATTN_W: return &y->pa_w;
 	case MODEL_W_NORM2_W: return &y->n2_w;
 	case MODEL_W_NORM2_B: return &y->n2_b;
-	case MODEL_W_FC_W:
-	case MODEL_W_GATE_W: return &y->fc_w;
 	case MODEL_W_FC_B:
 	case MODEL_W_GATE_B: return &y->fc_b;
-	case MODEL_W_UP_W: return &y->up_w;
 	case MODEL_W_UP_B: return &y->up_b;
-	case MODEL_W_FCPROJ_W:
-	case MODEL_W_DOWN_W: return &y->dn_w;
 	case MODEL_W_FCPROJ_B:
 	case MODEL_W_DOWN_B: return &y->dn_b;
 	case MODEL_W_POST_MLP_W: return &y->pm_w;
 	default: return NULL;
 	}
 }
+
+/* Rows the unembedding converts at a time (narrow vocabularies). */
+#define FAM_VOCAB_CHUNK 4096
 
 static size_t numel(const model_tensor *t)
 {
@@ -107,6 +125,21 @@ static int finite_or_error(const char *file, const char *name, const float *p, s
 	return 0;
 }
 
+/* The same for F16 or BF16 bits in place (exponent all ones). */
+static int finite_narrow_or_error(const char *file, const char *name, const void *p, circ_dtype dt,
+				  size_t n, circ_error *e)
+{
+	uint16_t mask = dt == CIRC_BF16 ? 0x7f80u : 0x7c00u;
+	for (size_t i = 0; i < n; i++) {
+		uint16_t b;
+		memcpy(&b, (const char *)p + 2 * i, 2);
+		if ((b & mask) == mask)
+			return circ_errorf(e, "'%s': tensor '%s': element %zu is %s", file, name, i,
+					   (b & (uint16_t) ~(mask | 0x8000u)) ? "NaN" : "infinite");
+	}
+	return 0;
+}
+
 /* GPT-NeoX's fused (3*H*D, ...) rows, head-major q|k|v chunks of D rows, into
  * q, k, v of (H*D, cols) each. */
 static void split_neox(float *q, float *k, float *v, const float *f, int H, int D, size_t cols)
@@ -117,6 +150,18 @@ static void split_neox(float *q, float *k, float *v, const float *f, int H, int 
 			memcpy(dst, f + ((size_t)h * 3 + (size_t)j) * D * cols,
 			       (size_t)D * cols * sizeof(float));
 		}
+}
+
+/* A matrix of the checkpoint in F16 or BF16 stays narrow (read where it
+ * is used) unless the caller wants owned copies. */
+static int keep_narrow(const model_tensor *tab, const circ_st_tensor *t, const circ_model_opts *o)
+{
+	fam_weights probe;
+	fam_layer pl;
+	memset(&probe, 0, sizeof probe);
+	probe.layers = &pl;
+	return t && !o->copy && (t->dtype == CIRC_F16 || t->dtype == CIRC_BF16) &&
+	       mat_slot(&probe, tab->role, tab->layer >= 0 ? 0 : -1) != NULL;
 }
 
 int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
@@ -139,25 +184,41 @@ int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 	n = model_names_bind(c, m->set, cfg_path, &tab, &found, e);
 	if (n < 0)
 		return -1;
-	for (int k = 0; k < n; k++)
-		if (found[k] &&
-		    (o->copy || found[k]->dtype != CIRC_F32 || !circ_st_aligned(found[k]) ||
-		     tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B))
+	for (int k = 0; k < n; k++) {
+		int fused = tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B;
+		if (found[k] && !keep_narrow(&tab[k], found[k], o) &&
+		    (o->copy || found[k]->dtype != CIRC_F32 || !circ_st_aligned(found[k]) || fused))
 			own_n += numel(&tab[k]);
+	}
 	m->fw.layers = circ_xcalloc((size_t)c->n_layer, sizeof *m->fw.layers);
 	if (own_n)
-		m->own = circ_xalloc_aligned(own_n * sizeof(float));
+		m->own = circ_xmalloc_aligned(own_n * sizeof(float));
 	p = m->own;
 	for (int k = 0; k < n; k++) {
 		const circ_st_tensor *t = found[k];
 		const char *file = NULL;
 		size_t cnt = numel(&tab[k]);
+		int fused = tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B;
 		const float *data;
 		if (!t)
 			continue;
 		circ_st_set_find(m->set, t->name, &file);
-		if (o->copy || t->dtype != CIRC_F32 || !circ_st_aligned(t) ||
-		    tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B) {
+		if (keep_narrow(&tab[k], t, o)) {
+			fam_mat *ms = mat_slot(&m->fw, tab[k].role, tab[k].layer);
+			size_t use = cnt;
+			if (!o->allow_nonfinite &&
+			    finite_narrow_or_error(file ? file : dir, t->name, t->data, t->dtype,
+						   cnt, e) < 0)
+				goto fail;
+			ms->p = t->data;
+			ms->dt = t->dtype;
+			if (tab[k].role == MODEL_W_EMBED || tab[k].role == MODEL_W_LM_HEAD)
+				use = (size_t)FAM_VOCAB_CHUNK * (size_t)c->n_embd;
+			if (use > m->fw.narrow_max)
+				m->fw.narrow_max = use;
+			continue;
+		}
+		if (o->copy || t->dtype != CIRC_F32 || !circ_st_aligned(t) || fused) {
 			circ_st_to_f32(p, t->data, t->dtype, cnt);
 			data = p;
 			p += cnt;
@@ -167,7 +228,7 @@ int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 		if (!o->allow_nonfinite &&
 		    finite_or_error(file ? file : dir, t->name, data, cnt, e) < 0)
 			goto fail;
-		if (tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B) {
+		if (fused) {
 			/* split in place: a copy of the fused rows, then q | k | v */
 			size_t cols = tab[k].role == MODEL_W_QKV_W ? (size_t)c->n_embd : 1;
 			size_t part = (size_t)H * D * cols;
@@ -178,9 +239,9 @@ int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 			split_neox(dst, dst + part, dst + 2 * part, tmp, H, D, cols);
 			free(tmp);
 			if (cols > 1) {
-				y->q_w = dst;
-				y->k_w = dst + part;
-				y->v_w = dst + 2 * part;
+				y->q_w = (fam_mat){dst, CIRC_F32};
+				y->k_w = (fam_mat){dst + part, CIRC_F32};
+				y->v_w = (fam_mat){dst + 2 * part, CIRC_F32};
 			} else {
 				y->q_b = dst;
 				y->k_b = dst + part;
@@ -189,16 +250,22 @@ int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 			continue;
 		}
 		{
-			const float **slot = role_slot(&m->fw, tab[k].role, tab[k].layer);
-			CIRC_ASSERT(slot != NULL);
-			*slot = data;
+			fam_mat *ms = mat_slot(&m->fw, tab[k].role, tab[k].layer);
+			const float **vs = vec_slot(&m->fw, tab[k].role, tab[k].layer);
+			CIRC_ASSERT(ms != NULL || vs != NULL);
+			if (ms)
+				*ms = (fam_mat){data, CIRC_F32};
+			else
+				*vs = data;
 		}
 	}
-	if (!m->fw.lm_head)
+	if (!m->fw.lm_head.p)
 		m->fw.lm_head = m->fw.embed;
-	/* what other modules read of the weights: the embeddings */
-	m->w.wte = (float *)(uintptr_t)m->fw.embed;
-	m->w.lm_head = (float *)(uintptr_t)m->fw.lm_head;
+	/* what other modules read of the weights: the embeddings, when f32 */
+	if (m->fw.embed.dt == CIRC_F32)
+		m->w.wte = (float *)(uintptr_t)m->fw.embed.p;
+	if (m->fw.lm_head.dt == CIRC_F32)
+		m->w.lm_head = (float *)(uintptr_t)m->fw.lm_head.p;
 	for (int k = 0; k < n; k++)
 		if (found[k])
 			m->w.n_params += numel(&tab[k]);
@@ -356,15 +423,28 @@ static float act_df(circ_act a, float x)
 	}
 }
 
-/* y (rows, n) = x (rows, k) W^T (+ bias), W (n, k) as nn.Linear keeps it;
- * ldx and ldy the row strides. */
-static void linear(const circ_run *r, float *y, int ldy, const float *x, int ldx, size_t rows,
-		   int n, int k, const float *W, int ldw, const float *bias)
+/* Rows [row0, row0 + nrows) of matrix a (cols wide) in f32: in place, or
+ * converted into the run's f_w (valid until the next call). */
+static const float *fam_rows(const circ_run *r, const fam_mat *a, size_t row0, size_t nrows,
+			     size_t cols)
 {
+	if (a->dt == CIRC_F32)
+		return (const float *)a->p + row0 * cols;
+	CIRC_ASSERT(nrows * cols <= r->m->fw.narrow_max);
+	circ_st_to_f32(r->f_w, (const char *)a->p + row0 * cols * 2, a->dt, nrows * cols);
+	return r->f_w;
+}
+
+/* y (rows, n) = x (rows, k) W[row0 .. row0 + n)^T (+ bias), W (., k) as
+ * nn.Linear keeps it; ldx and ldy the row strides. */
+static void linear(const circ_run *r, float *y, int ldy, const float *x, int ldx, size_t rows,
+		   int n, int k, const fam_mat *W, size_t row0, const float *bias)
+{
+	const float *w = fam_rows(r, W, row0, (size_t)n, (size_t)k);
 	if (bias)
 		for (size_t i = 0; i < rows; i++)
 			memcpy(y + i * (size_t)ldy, bias, (size_t)n * sizeof(float));
-	model_gemm(r, 0, 1, (int)rows, n, k, x, ldx, W, ldw, bias ? 1.0f : 0.0f, y, ldy);
+	model_gemm(r, 0, 1, (int)rows, n, k, x, ldx, w, k, bias ? 1.0f : 0.0f, y, ldy);
 }
 
 /* ---- RoPE ---- */
@@ -440,10 +520,10 @@ static void proj_head(const circ_run *r, int l, int kind, int h, const float *xn
 	size_t n = bt(r), D = (size_t)r->D, Q = fam_Q(r);
 	int per = r->H / circ_config_kv_heads(c), g = kind == 0 ? h : h / per;
 	int width = kind == 0 ? r->H * r->D : circ_config_kv_heads(c) * r->D;
-	const float *W = kind == 0 ? y->q_w : kind == 1 ? y->k_w : y->v_w;
+	const fam_mat *W = kind == 0 ? &y->q_w : kind == 1 ? &y->k_w : &y->v_w;
 	const float *bias = kind == 0 ? y->q_b : kind == 1 ? y->k_b : y->v_b;
 	if (kind < 2 && c->qk_norm == CIRC_QK_NORM_WHOLE) {
-		linear(r, full, width, xn, r->C, n, width, r->C, W, r->C, bias);
+		linear(r, full, width, xn, r->C, n, width, r->C, W, 0, bias);
 		p_norm(r, 1, full, (size_t)width, full, (size_t)width, n, width,
 		       kind == 0 ? y->qn_w : y->kn_w, NULL);
 		for (size_t i = 0; i < n; i++)
@@ -451,7 +531,7 @@ static void proj_head(const circ_run *r, int l, int kind, int h, const float *xn
 			       D * sizeof(float));
 		return;
 	}
-	linear(r, dst, (int)Q, xn, r->C, n, r->D, r->C, W + (size_t)g * D * r->C, r->C,
+	linear(r, dst, (int)Q, xn, r->C, n, r->D, r->C, W, (size_t)g * D,
 	       bias ? bias + (size_t)g * D : NULL);
 }
 
@@ -637,31 +717,59 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 	float *q = lay(r, r->fq, l, Q), *k = lay(r, r->fk, l, Q), *v = lay(r, r->fv, l, Q);
 	float *qr = lay(r, r->fqr, l, Q), *kr = lay(r, r->fkr, l, Q), *z = lay(r, r->fz, l, Q);
 	float *att = r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
-	int shared_done = 0;
+	int per = r->H / circ_config_kv_heads(c), shared[3] = {0, 0, 0};
+	for (int h = 0; h < r->H; h++)
+		for (int kind = 0; kind < 3; kind++)
+			shared[kind] |= !r->delta_on[head_recv(r, l, h, kind)];
+	/* receivers without a delta share one normed input and one projection
+	 * of each kind (q in place; k and v through f_s2, then each query
+	 * head's copy of its group's) */
+	if (shared[0] || shared[1] || shared[2]) {
+		if (fam_pre_norm(c))
+			p_norm(r, block_rms(r), r->s_ln, C, x, C, n, r->C, y->n1_w, y->n1_b);
+		else
+			memcpy(r->s_ln, x, n * C * sizeof(float));
+		for (int kind = 0; kind < 3; kind++) {
+			int width = kind == 0 ? (int)Q : circ_config_kv_heads(c) * r->D;
+			float *dst = kind == 0 ? q : r->f_s2, *buf = kind == 1 ? k : v;
+			if (!shared[kind])
+				continue;
+			linear(r, dst, width, r->s_ln, r->C, n, width, r->C,
+			       kind == 0   ? &y->q_w
+			       : kind == 1 ? &y->k_w
+					   : &y->v_w,
+			       0,
+			       kind == 0   ? y->q_b
+			       : kind == 1 ? y->k_b
+					   : y->v_b);
+			if (kind < 2 && c->qk_norm == CIRC_QK_NORM_WHOLE)
+				p_norm(r, 1, dst, (size_t)width, dst, (size_t)width, n, width,
+				       kind == 0 ? y->qn_w : y->kn_w, NULL);
+			if (kind == 0)
+				continue;
+			for (int h = 0; h < r->H; h++) {
+				if (r->delta_on[head_recv(r, l, h, kind)])
+					continue;
+				for (size_t i = 0; i < n; i++)
+					memcpy(buf + i * Q + (size_t)h * D,
+					       dst + i * (size_t)width + (size_t)(h / per) * D,
+					       D * sizeof(float));
+			}
+		}
+	}
 	for (int h = 0; h < r->H; h++)
 		for (int kind = 0; kind < 3; kind++) {
 			int recv = head_recv(r, l, h, kind);
-			const float *xn;
-			if (!r->delta_on[recv]) {
-				if (!shared_done) {
-					if (fam_pre_norm(c))
-						p_norm(r, block_rms(r), r->s_ln, C, x, C, n, r->C,
-						       y->n1_w, y->n1_b);
-					else
-						memcpy(r->s_ln, x, n * C * sizeof(float));
-					shared_done = 1;
-				}
-				xn = r->s_ln;
-			} else {
-				const float *xin = model_recv_input(r, recv, x, r->s_ln2);
-				if (fam_pre_norm(c))
-					p_norm(r, block_rms(r), r->f_s1, C, xin, C, n, r->C,
-					       y->n1_w, y->n1_b);
-				else
-					memcpy(r->f_s1, xin, n * C * sizeof(float));
-				xn = r->f_s1;
-			}
-			proj_head(r, l, kind, h, xn,
+			const float *xin;
+			if (!r->delta_on[recv])
+				continue;
+			xin = model_recv_input(r, recv, x, r->s_ln2);
+			if (fam_pre_norm(c))
+				p_norm(r, block_rms(r), r->f_s1, C, xin, C, n, r->C, y->n1_w,
+				       y->n1_b);
+			else
+				memcpy(r->f_s1, xin, n * C * sizeof(float));
+			proj_head(r, l, kind, h, r->f_s1,
 				  (kind == 0   ? q
 				   : kind == 1 ? k
 					       : v) +
@@ -677,13 +785,14 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 	 * their sum */
 	{
 		float *A = fam_post_norm(c) ? lay(r, r->fA, l, C) : NULL;
+		const float *wo = fam_rows(r, &y->o_w, 0, C, Q);
 		if (A)
 			memset(A, 0, n * C * sizeof(float));
 		for (int h = 0; h < r->H; h++) {
 			float *o = r->node[circ_node_head(r->m, l, h)];
 			if (!o)
 				o = r->s_ln2;
-			model_gemm(r, 0, 1, (int)n, r->C, r->D, z + h * D, (int)Q, y->o_w + h * D,
+			model_gemm(r, 0, 1, (int)n, r->C, r->D, z + h * D, (int)Q, wo + h * D,
 				   (int)Q, 0.0f, o, r->C);
 			if (A)
 				circ_vadd(A, o, n * C);
@@ -731,17 +840,17 @@ static void fam_mlp(circ_run *r, int l, const float *x, float *out)
 		p_norm(r, block_rms(r), r->s_ln, C, xin, C, n, r->C, y->n2_w, y->n2_b);
 	else
 		memcpy(r->s_ln, xin, n * C * sizeof(float));
-	linear(r, fa, r->F, r->s_ln, r->C, n, r->F, r->C, y->fc_w, r->C, y->fc_b);
+	linear(r, fa, r->F, r->s_ln, r->C, n, r->F, r->C, &y->fc_w, 0, y->fc_b);
 	if (c->mlp == CIRC_MLP_GATED)
-		linear(r, fb, r->F, r->s_ln, r->C, n, r->F, r->C, y->up_w, r->C, y->up_b);
+		linear(r, fb, r->F, r->s_ln, r->C, n, r->F, r->C, &y->up_w, 0, y->up_b);
 	for (size_t i = 0; i < n * F; i++)
 		r->s_gelu[i] = act_f(c->act, fa[i]) * (c->mlp == CIRC_MLP_GATED ? fb[i] : 1.0f);
 	if (fam_post_norm(c)) {
 		float *M = lay(r, r->fM, l, C);
-		linear(r, M, r->C, r->s_gelu, r->F, n, r->C, r->F, y->dn_w, r->F, y->dn_b);
+		linear(r, M, r->C, r->s_gelu, r->F, n, r->C, r->F, &y->dn_w, 0, y->dn_b);
 		p_norm(r, 1, o, C, M, C, n, r->C, y->pm_w, NULL);
 	} else {
-		linear(r, o, r->C, r->s_gelu, r->F, n, r->C, r->F, y->dn_w, r->F, y->dn_b);
+		linear(r, o, r->C, r->s_gelu, r->F, n, r->C, r->F, &y->dn_w, 0, y->dn_b);
 	}
 	circ_vadd(out, o, n * C);
 }
@@ -756,7 +865,7 @@ static void fam_embed(circ_run *r, const circ_fwd *f)
 		if (f->input_embed) {
 			memcpy(in + row * C, f->input_embed + row * C, C * sizeof(float));
 		} else {
-			const float *e = r->m->fw.embed + (size_t)r->tokens[row] * C;
+			const float *e = fam_rows(r, &r->m->fw.embed, (size_t)r->tokens[row], 1, C);
 			for (size_t j = 0; j < C; j++)
 				in[row * C + j] = e[j] * sc;
 		}
@@ -784,8 +893,15 @@ static void fam_final(circ_run *r, const float *x)
 			circ_vadd(dst, r->delta[recv] + row * C, C);
 	}
 	p_norm(r, block_rms(r), r->lnf, C, r->s_ln, C, N, r->C, r->m->fw.final_w, r->m->fw.final_b);
-	model_gemm(r, 0, 1, (int)N, r->V, r->C, r->lnf, r->C, r->m->fw.lm_head, r->C, 0.0f,
-		   r->logits, r->V);
+	{
+		const fam_mat *lm = &r->m->fw.lm_head;
+		size_t chunk = lm->dt == CIRC_F32 ? V : FAM_VOCAB_CHUNK;
+		for (size_t j0 = 0; j0 < V; j0 += chunk) {
+			size_t nj = V - j0 < chunk ? V - j0 : chunk;
+			model_gemm(r, 0, 1, (int)N, (int)nj, r->C, r->lnf, r->C,
+				   fam_rows(r, lm, j0, nj, C), r->C, 0.0f, r->logits + j0, r->V);
+		}
+	}
 	if (c->final_softcap > 0) {
 		float cap = (float)c->final_softcap;
 		for (size_t i = 0; i < N * V; i++)
@@ -847,8 +963,16 @@ static void fam_final_bwd(circ_run *r, int s, const float *dlogits)
 			dl[i] *= 1.0f - th * th;
 		}
 	}
-	model_gemm(r, 0, 0, (int)N, r->C, r->V, dl, r->V, r->m->fw.lm_head, r->C, 0.0f, r->d_ln,
-		   r->C);
+	{
+		const fam_mat *lm = &r->m->fw.lm_head;
+		size_t chunk = lm->dt == CIRC_F32 ? V : FAM_VOCAB_CHUNK;
+		for (size_t j0 = 0; j0 < V; j0 += chunk) {
+			size_t nj = V - j0 < chunk ? V - j0 : chunk;
+			model_gemm(r, 0, 0, (int)N, r->C, (int)nj, dl + j0, r->V,
+				   fam_rows(r, lm, j0, nj, C), r->C, j0 ? 1.0f : 0.0f, r->d_ln,
+				   r->C);
+		}
+	}
 	/* the final norm's inputs at the read rows, rebuilt */
 	for (size_t i = 0; i < N; i++) {
 		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
@@ -885,7 +1009,8 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 		dout = r->f_dA;
 	}
 	/* d(act product) = dout Wdn (Wdn: (C, F)) */
-	model_gemm(r, 0, 0, (int)n, r->F, r->C, dout, r->C, y->dn_w, r->F, 0.0f, r->f_da, r->F);
+	model_gemm(r, 0, 0, (int)n, r->F, r->C, dout, r->C, fam_rows(r, &y->dn_w, 0, C, F), r->F,
+		   0.0f, r->f_da, r->F);
 	for (size_t i = 0; i < n * F; i++) {
 		float d = r->f_da[i];
 		if (gated) {
@@ -895,10 +1020,11 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 			r->f_da[i] = d * act_df(c->act, fa[i]);
 		}
 	}
-	model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_da, r->F, y->fc_w, r->C, 0.0f, r->d_ln, r->C);
+	model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_da, r->F, fam_rows(r, &y->fc_w, 0, F, C), r->C,
+		   0.0f, r->d_ln, r->C);
 	if (gated)
-		model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_db, r->F, y->up_w, r->C, 1.0f, r->d_ln,
-			   r->C);
+		model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_db, r->F,
+			   fam_rows(r, &y->up_w, 0, F, C), r->C, 1.0f, r->d_ln, r->C);
 	memset(rg, 0, n * C * sizeof(float));
 	if (fam_pre_norm(c))
 		p_norm_bwd(r, block_rms(r), rg, r->d_ln, C, xin, C, n, r->C, y->n2_w);
@@ -917,7 +1043,7 @@ static void recv_bwd(circ_run *r, int l, int kind, int h, const float *xin, cons
 	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
 	int K = circ_config_kv_heads(c), per = r->H / K, g = kind == 0 ? h : h / per;
 	int width = kind == 0 ? r->H * r->D : K * r->D;
-	const float *W = kind == 0 ? y->q_w : kind == 1 ? y->k_w : y->v_w;
+	const fam_mat *W = kind == 0 ? &y->q_w : kind == 1 ? &y->k_w : &y->v_w;
 	const float *bias = kind == 0 ? y->q_b : kind == 1 ? y->k_b : y->v_b;
 	float *xn = r->f_s1;
 	if (fam_pre_norm(c))
@@ -928,7 +1054,7 @@ static void recv_bwd(circ_run *r, int l, int kind, int h, const float *xin, cons
 		/* the whole projection of this input, its norm's backward with the
 		 * gradient in the head's slice only */
 		float *full = r->f_s2, *dfull = r->f_dfull;
-		linear(r, full, width, xn, r->C, n, width, r->C, W, r->C, bias);
+		linear(r, full, width, xn, r->C, n, width, r->C, W, 0, bias);
 		memset(r->f_dz2, 0, n * (size_t)width * sizeof(float));
 		for (size_t i = 0; i < n; i++)
 			memcpy(r->f_dz2 + i * (size_t)width + (size_t)g * D, dproj + i * Q,
@@ -936,11 +1062,11 @@ static void recv_bwd(circ_run *r, int l, int kind, int h, const float *xin, cons
 		memset(dfull, 0, n * (size_t)width * sizeof(float));
 		p_norm_bwd(r, 1, dfull, r->f_dz2, (size_t)width, full, (size_t)width, n, width,
 			   kind == 0 ? y->qn_w : y->kn_w);
-		model_gemm(r, 0, 0, (int)n, r->C, width, dfull, width, W, r->C, 0.0f, r->d_ln,
-			   r->C);
+		model_gemm(r, 0, 0, (int)n, r->C, width, dfull, width,
+			   fam_rows(r, W, 0, (size_t)width, C), r->C, 0.0f, r->d_ln, r->C);
 	} else {
-		model_gemm(r, 0, 0, (int)n, r->C, r->D, dproj, (int)Q, W + (size_t)g * D * C, r->C,
-			   0.0f, r->d_ln, r->C);
+		model_gemm(r, 0, 0, (int)n, r->C, r->D, dproj, (int)Q,
+			   fam_rows(r, W, (size_t)g * D, D, C), r->C, 0.0f, r->d_ln, r->C);
 	}
 	if (fam_pre_norm(c))
 		p_norm_bwd(r, block_rms(r), rg, r->d_ln, C, xin, C, n, r->C, y->n1_w);
@@ -967,7 +1093,8 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, flo
 		dA = r->f_dA;
 	}
 	/* dz (n, Q) = dA (n, C) Wo (C, Q) */
-	model_gemm(r, 0, 0, (int)n, (int)Q, r->C, dA, r->C, y->o_w, (int)Q, 0.0f, r->f_dz, (int)Q);
+	model_gemm(r, 0, 0, (int)n, (int)Q, r->C, dA, r->C, fam_rows(r, &y->o_w, 0, C, Q), (int)Q,
+		   0.0f, r->f_dz, (int)Q);
 	memset(dq, 0, n * Q * sizeof(float));
 	memset(dk, 0, n * Q * sizeof(float));
 	memset(dv, 0, n * Q * sizeof(float));

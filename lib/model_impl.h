@@ -15,6 +15,7 @@
 
 #include "kernels.h"
 #include "model.h"
+#include "record.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -34,27 +35,38 @@ typedef enum circ_delta_state {
 /* One layer's parameters of a family other than GPT-2 (model_family.c):
  * nn.Linear layout (out, in); NULL where the family has none. A plain MLP
  * keeps fc in fc_*, its output projection in dn_*; a gated one gate, up,
- * down. */
+ * down. Vectors are f32 (converted at open); matrices may stay narrow. */
+/* A matrix of a family's checkpoint: f32, or kept narrow (F16, BF16) in the
+ * mapped file and converted where it is used (model_family.c, fam_rows). */
+typedef struct fam_mat {
+	const void *p; /* NULL: absent */
+	circ_dtype dt;
+} fam_mat;
+
 typedef struct fam_layer {
 	const float *n1_w, *n1_b; /* (C) the norm before the attention */
-	const float *q_w, *q_b;	  /* (H*D, C), (H*D) */
-	const float *k_w, *k_b;	  /* (K*D, C) */
-	const float *v_w, *v_b;	  /* (K*D, C) */
+	fam_mat q_w;		  /* (H*D, C) */
+	const float *q_b;	  /* (H*D) */
+	fam_mat k_w, v_w;	  /* (K*D, C) */
+	const float *k_b, *v_b;	  /* (K*D) */
 	const float *qn_w, *kn_w; /* q/k norms: (D), or (H*D) and (K*D) whole */
-	const float *o_w, *o_b;	  /* (C, H*D), (C) */
+	fam_mat o_w;		  /* (C, H*D) */
+	const float *o_b;	  /* (C) */
 	const float *pa_w;	  /* (C) the norm of the attention's output */
 	const float *n2_w, *n2_b; /* (C) the norm before the MLP */
-	const float *fc_w, *fc_b; /* (F, C) fc or gate */
-	const float *up_w, *up_b; /* (F, C) gated only */
-	const float *dn_w, *dn_b; /* (C, F) */
+	fam_mat fc_w, up_w;	  /* (F, C) fc or gate; up (gated only) */
+	const float *fc_b, *up_b; /* (F) */
+	fam_mat dn_w;		  /* (C, F) */
+	const float *dn_b;	  /* (C) */
 	const float *pm_w;	  /* (C) the norm of the MLP's output */
 } fam_layer;
 
 typedef struct fam_weights {
-	const float *embed;		/* (V, C) */
+	fam_mat embed;			/* (V, C) */
 	const float *final_w, *final_b; /* (C) */
-	const float *lm_head;		/* (V, C); == embed when tied */
+	fam_mat lm_head;		/* (V, C); == embed when tied */
 	fam_layer *layers;		/* (L) */
+	size_t narrow_max;		/* floats of the largest narrow use (0: all f32) */
 } fam_weights;
 
 struct circ_model {
@@ -142,6 +154,7 @@ struct circ_run {
 	float *f_s1, *f_s2;    /* scratch (rows, C), (rows, Q) */
 	float *f_dq, *f_dk, *f_dv, *f_dz, *f_dz2, *f_dfull; /* (rows, Q) */
 	float *f_dA, *f_da, *f_db, *f_dlog;		    /* (rows, C), (rows, F) x2, (rows, V) */
+	float *f_w; /* (fw.narrow_max) a narrow matrix (or its rows) in f32 */
 
 	/* per-thread scratch of the row-blocked q/k/v kernels (outside the
 	 * arena: sized by the thread count, which can change) */

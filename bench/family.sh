@@ -1,0 +1,84 @@
+#!/bin/sh
+# Model families (issue 16) as users run them: a released model's shape
+# with random BF16 weights (bench/family_model.py; default Llama-3.2-1B:
+# 16 layers, d 2048, 32 heads, 8 kv heads, MLP 8192, vocabulary 128256),
+# 32 prompts x 32 tokens, 2 threads:
+#   - circ-forward end to end beside the plain PyTorch forward
+#     (bench/torch_family.py, float32 on the same weights) end to end and
+#     inner loop; the logit differences checked against each other;
+#   - circ-score --method eap end to end: wall time and peak RSS.
+# Goals (issue 16): forward at least 1.15x PyTorch; EAP peak RSS at most
+# 6 GiB. A missed goal prints MISSED; a failed run or a disagreement exits 1.
+#
+# Environment:
+#   FAMILY_SHAPE    llama-1b (default), qwen-0.5b or llama-tiny
+#   FAMILY_DIR      model directory (default ${TMPDIR:-/tmp}/circ-bench-$FAMILY_SHAPE;
+#                   written when missing: 2.5 GB for llama-1b)
+#   FAMILY_N        prompts (32); FAMILY_T tokens each (32)
+#   FAMILY_THREADS  threads for both (2)
+set -u
+cd "$(dirname "$0")/.." || exit 1
+shape=${FAMILY_SHAPE:-llama-1b}
+dir=${FAMILY_DIR:-${TMPDIR:-/tmp}/circ-bench-$shape}
+n=${FAMILY_N:-32}
+T=${FAMILY_T:-32}
+th=${FAMILY_THREADS:-2}
+py=/usr/bin/python3
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+sh bench/whole.sh --cpu
+if [ ! -f "$dir/model.safetensors" ]; then
+	echo "writing $dir ($shape, BF16)"
+	$py bench/family_model.py "$dir" "$shape" BF16 || exit 1
+fi
+V=$(jq .vocab_size "$dir/config.json")
+$py - "$V" "$n" "$T" >"$tmp/tok.jsonl" <<'PY' || exit 1
+import json, random, sys
+V, n, T = map(int, sys.argv[1:])
+random.seed(1)
+print(json.dumps({"format": "circ", "version": 1, "kind": "tokens", "metric": "logit_diff"}))
+for i in range(n):
+    c = [random.randrange(V) for _ in range(T)]
+    r = list(c)
+    for j in random.sample(range(T), T // 4):
+        r[j] = random.randrange(V)
+    print(json.dumps({"id": i, "clean": {"dtype": "i32", "shape": [T], "data": c},
+                      "corrupt": {"dtype": "i32", "shape": [T], "data": r}, "pos": T - 1,
+                      "answer": [random.randrange(V)], "wrong": [random.randrange(V)]}))
+PY
+export OMP_NUM_THREADS=$th OPENBLAS_NUM_THREADS=$th OMP_WAIT_POLICY=PASSIVE
+export CIRC_CACHE_DIR="$tmp/cache"
+# warm the page cache and the digest cache
+bin/circ-forward --model "$dir" --describe >/dev/null || exit 1
+timed() { # label, command...: wall seconds and peak RSS (KB) into $tmp/$label
+	label=$1
+	shift
+	/usr/bin/time -f '%e %M' -o "$tmp/$label.time" "$@" >"$tmp/$label.out" 2>"$tmp/$label.err" || {
+		echo "FAILED: $label"
+		cat "$tmp/$label.err"
+		exit 1
+	}
+}
+timed circ-forward bin/circ-forward --model "$dir" --batch "$n" --threads "$th" --json "$tmp/tok.jsonl"
+timed torch $py bench/torch_family.py "$dir" "$tmp/tok.jsonl" "$n" "$th" "$tmp/torch.json"
+timed circ-eap bin/circ-score --model "$dir" --batch "$n" --threads "$th" "$tmp/tok.jsonl"
+$py - "$tmp" <<'PY' || exit 1
+import json, sys
+d = sys.argv[1]
+t = lambda k: [float(x) for x in open(f"{d}/{k}.time").read().split()]
+cf, tf, ce = t("circ-forward"), t("torch"), t("circ-eap")
+circ = [json.loads(l)["metric"] for l in open(f"{d}/circ-forward.out").read().splitlines()[1:]
+        if '"metric"' in l and "$end" not in l]
+ref = json.load(open(f"{d}/torch.json"))
+scale = max(abs(x) for x in ref["metric"]) or 1
+worst = max(abs(a - b) for a, b in zip(circ, ref["metric"])) / scale
+print(f"circ-forward {cf[0]:.2f} s ({cf[1] / 1024:.0f} MB)  PyTorch {tf[0]:.2f} s "
+      f"({tf[1] / 1024:.0f} MB; inner loop {ref['inner_s']:.2f} s)  ratio {tf[0] / cf[0]:.2f}"
+      f"  {'ok' if tf[0] / cf[0] >= 1.15 else 'MISSED'} (goal 1.15)")
+print(f"circ-score eap {ce[0]:.2f} s, peak RSS {ce[1] / 1048576:.2f} GiB  "
+      f"{'ok' if ce[1] <= 6 * 1048576 else 'MISSED'} (goal 6 GiB)")
+print(f"logit differences: max |circ - PyTorch| / max |PyTorch| {worst:.2e}")
+if worst > 1e-3:
+    print("DISAGREE")
+    sys.exit(1)
+PY

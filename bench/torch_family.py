@@ -1,0 +1,92 @@
+#!/usr/bin/python3
+"""The plain PyTorch forward a researcher would write for a Llama-style
+model directory (llama, mistral, qwen2: RMSNorm, RoPE with llama3 scaling,
+grouped-query attention, SwiGLU, tied or untied), float32, batched, for
+bench/family.sh: whole command (import, load, forward, output) timed from
+the shell, inner loop timed here.
+
+    torch_family.py MODEL TOKENS.jsonl N THREADS OUT.json
+
+Reads the first N clean prompts (equal lengths), writes {"metric": [...],
+"inner_s": seconds of the forward alone} with the logit difference at each
+prompt's position, for circ-forward's output to be checked against.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "ref"))
+import families as fam  # noqa: E402
+from stio import read_safetensors  # noqa: E402
+
+torch.set_default_dtype(torch.float32)  # families.py sets float64
+
+
+def main():
+    mdir, tokpath, n, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
+        int(sys.argv[4]), sys.argv[5]
+    torch.set_num_threads(threads)
+    cfg = json.load(open(os.path.join(mdir, "config.json")))
+    a = fam.arch_of(cfg)
+    assert a["norm_placement"] == "pre" and a["mlp"] == "gated" and not a["sliding_window"]
+    W = {k: torch.from_numpy(v) for k, v in
+         read_safetensors(os.path.join(mdir, "model.safetensors")).items()}
+    recs = [json.loads(l) for l in open(tokpath)][1:n + 1]
+    tok = torch.tensor([r["clean"]["data"] for r in recs])
+    B, T = tok.shape
+    H, K, D, C = a["n_head"], a["n_kv_head"], a["head_dim"], a["n_embd"]
+    eps = a["norm_eps"]
+    f = fam.inv_freq(a["rotary_dim"], a["rope_theta"], a["rope_scaling"]).float()
+    ang = torch.arange(T).float()[:, None] * f[None, :]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    mask = torch.full((T, T), float("-inf")).triu(1)
+    p = "model.layers.%d."
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    def rope(x):
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    def lin(x, key):
+        y = x @ W[key + ".weight"].T
+        b = W.get(key + ".bias")
+        return y + b if b is not None else y
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x = W["model.embed_tokens.weight"][tok]
+        for l in range(a["n_layer"]):
+            h = rms(x, W[p % l + "input_layernorm.weight"])
+            q = rope(lin(h, p % l + "self_attn.q_proj").view(B, T, H, D).transpose(1, 2))
+            k = rope(lin(h, p % l + "self_attn.k_proj").view(B, T, K, D).transpose(1, 2))
+            v = lin(h, p % l + "self_attn.v_proj").view(B, T, K, D).transpose(1, 2)
+            k = k.repeat_interleave(H // K, 1)
+            v = v.repeat_interleave(H // K, 1)
+            s = q @ k.transpose(-1, -2) / math.sqrt(D) + mask
+            z = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, T, H * D)
+            x = x + lin(z, p % l + "self_attn.o_proj")
+            h = rms(x, W[p % l + "post_attention_layernorm.weight"])
+            g = lin(h, p % l + "mlp.gate_proj")
+            x = x + lin(torch.nn.functional.silu(g) * lin(h, p % l + "mlp.up_proj"),
+                        p % l + "mlp.down_proj")
+        pos = torch.tensor([r["pos"] for r in recs])
+        xl = rms(x[torch.arange(B), pos], W["model.norm.weight"])
+        lm = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+        logits = xl @ lm.T
+    inner = time.perf_counter() - t0
+    ans = torch.tensor([r["answer"][0] for r in recs])
+    wrong = torch.tensor([r["wrong"][0] for r in recs])
+    md = (logits[torch.arange(B), ans] - logits[torch.arange(B), wrong]).tolist()
+    json.dump({"metric": md, "inner_s": inner, "B": B, "T": T}, open(out, "w"))
+    _ = np
+
+
+if __name__ == "__main__":
+    main()
