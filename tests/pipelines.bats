@@ -173,3 +173,33 @@ PY
 	[ -e "$data/tokens.circ.tmp.cccccc" ]
 	kill "$holder"
 }
+
+@test "the methods table: every method on a fixture, AUCs in [0,1], the CPU named" {
+	run make --no-print-directory -f pipelines/methods.mk RUNS="$RUNS" N=8 FIXTURES=induction-hand JOBS=2
+	assert_success
+	echo "$output"
+	assert_line "| fixture | method | ROC AUC | edges | faithfulness | CPR | CMD | time (s) |"
+	assert_output --partial "$(lscpu | sed -n 's/^Model name: *//p')"
+	rows=$(grep '^| induction-hand |' <<<"$output")
+	# every method the tools have, each once
+	want="exact eap eap-ig acdc acdc-reference"
+	circ-score --help | grep -qw cd-t && want="$want cd-t"
+	circ-prune --help | grep -q -- --edge-pruning && want="$want edge-pruning"
+	[ "$(awk -F' *[|] *' '{print $3}' <<<"$rows" | tr '\n' ' ')" = "$want " ]
+	# 8 columns; AUC and faithfulness numbers, AUC in [0,1]; CPR/CMD for score methods only
+	awk -F' *[|] *' 'NF != 10 { print "columns: " $0; exit 1 }
+		$4 !~ /^[0-9.]+$/ || $4 < 0 || $4 > 1 { print "auc: " $0; exit 1 }
+		$6 !~ /^-?[0-9.]+$/ { print "faithfulness: " $0; exit 1 }
+		$3 ~ /^acdc|edge-pruning/ && ($7 != "-" || $8 != "-") { print "curves: " $0; exit 1 }
+		$3 !~ /^acdc|edge-pruning/ && ($7 !~ /^[0-9.]+$/ || $8 !~ /^[0-9.]+$/) { print "curves: " $0; exit 1 }
+		$9 !~ /^[0-9.]+$/ { print "time: " $0; exit 1 }' <<<"$rows"
+	# the planted circuit is found: every method ranks it first here
+	[ "$(awk -F' *[|] *' '$4 != 1' <<<"$rows")" = "" ]
+	# a rerun reuses every cell
+	s=$(ls "$RUNS"/methods/n8-s0/induction-hand/exact/scores.circ)
+	before=$(stat -c %Y "$s")
+	sleep 1
+	run make --no-print-directory -f pipelines/methods.mk RUNS="$RUNS" N=8 FIXTURES=induction-hand
+	assert_success
+	[ "$(stat -c %Y "$s")" = "$before" ]
+}
