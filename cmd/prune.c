@@ -9,7 +9,8 @@
  * JSON file.
  *
  * ACDC (--acdc) is a mode of its own that drives patching instead of reading
- * scores; run_acdc below is the hook where it plugs in.
+ * scores, in circ's order or the reference implementation's (--acdc-order);
+ * run_acdc below is the hook where it plugs in.
  */
 #include <errno.h>
 #include <math.h>
@@ -376,47 +377,32 @@ typedef struct acdc_log {
 	int groups;	 /* 1: --group was given, each record names its group's size */
 } acdc_log;
 
-/* A whole-input test (reference order): {"receiver", before, after, change,
- * kept, "edges"}; a dropped receiver's edges score the test's change. */
-static int log_whole(acdc_log *lg, const circ_acdc_step *st, circ_error *e)
-{
-	char name[CIRC_NAME_MAX];
-	const circ_graph *g = lg->g;
-	if (!st->kept)
-		for (int64_t ed = g->recv_first[st->recv]; ed < g->recv_first[st->recv + 1]; ed++)
-			lg->change[ed] = st->after - st->before;
-	if (!lg->w)
-		return 0;
-	msgpack_packer *pk = circ_writer_packer(lg->w);
-	circ_graph_recv_name(g, st->recv, name, sizeof name);
-	msgpack_pack_map(pk, 6);
-	circ_pack_kv_str(pk, "receiver", name);
-	circ_pack_kv_f64(pk, "before", st->before);
-	circ_pack_kv_f64(pk, "after", st->after);
-	circ_pack_kv_f64(pk, "change", st->after - st->before);
-	circ_pack_str(pk, "kept");
-	if (st->kept)
-		msgpack_pack_true(pk);
-	else
-		msgpack_pack_false(pk);
-	circ_pack_kv_i64(pk, "edges", st->group);
-	return circ_writer_end_record(lg->w, e);
-}
-
+/* One record per test: {"edge", before, after, change, kept} (plus "group"
+ * with --group), or for a whole-input test of the reference order
+ * {"receiver", ..., "edges"}, whose receiver's edges, when dropped, score
+ * the test's change. */
 static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 {
 	acdc_log *lg = ctx;
+	const circ_graph *g = lg->g;
 	char name[CIRC_NAME_MAX];
-	if (st->recv >= 0)
-		return log_whole(lg, st, e);
-	lg->change[st->edge] = st->after - st->before;
-	lg->decided++;
+	int whole = st->recv >= 0, extra = whole || lg->groups;
+	if (!whole) {
+		lg->change[st->edge] = st->after - st->before;
+		lg->decided++;
+	} else if (!st->kept) {
+		for (int64_t ed = g->recv_first[st->recv]; ed < g->recv_first[st->recv + 1]; ed++)
+			lg->change[ed] = st->after - st->before;
+	}
 	if (!lg->w)
 		return 0;
 	msgpack_packer *pk = circ_writer_packer(lg->w);
-	circ_graph_edge_name(lg->g, st->edge, name, sizeof name);
-	msgpack_pack_map(pk, lg->groups ? 6 : 5);
-	circ_pack_kv_str(pk, "edge", name);
+	if (whole)
+		circ_graph_recv_name(g, st->recv, name, sizeof name);
+	else
+		circ_graph_edge_name(g, st->edge, name, sizeof name);
+	msgpack_pack_map(pk, 5 + extra);
+	circ_pack_kv_str(pk, whole ? "receiver" : "edge", name);
 	circ_pack_kv_f64(pk, "before", st->before);
 	circ_pack_kv_f64(pk, "after", st->after);
 	circ_pack_kv_f64(pk, "change", st->after - st->before);
@@ -425,8 +411,8 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 		msgpack_pack_true(pk);
 	else
 		msgpack_pack_false(pk);
-	if (lg->groups)
-		circ_pack_kv_i64(pk, "group", st->group);
+	if (extra)
+		circ_pack_kv_i64(pk, whole ? "edges" : "group", st->group);
 	return circ_writer_end_record(lg->w, e);
 }
 

@@ -264,48 +264,48 @@ static int run_reference(acdc_ctx *a, circ_error *e)
 	return rc;
 }
 
+/* circ's order (acdc.h): receivers by circ's numbering from the last down,
+ * each receiver's edges from the latest upstream node down, in groups of
+ * `group` (1: one by one). */
+static int run_circ(acdc_ctx *a, int64_t group, circ_error *e)
+{
+	const circ_graph *g = circ_patcher_graph(a->ps[0]);
+	for (int r = g->n_recv - 1; r >= 0; r--) {
+		int node, stage = circ_patcher_recv_stage(a->ps[0], r);
+		circ_graph_recv_info(g, r, NULL, &node);
+		if (!node_has_output(g, a->keep, node)) {
+			/* unreachable from the logits: its inputs cannot matter */
+			drop_recv(g, a->keep, r);
+			continue;
+		}
+		for (int64_t hi = g->recv_first[r + 1] - 1; hi >= g->recv_first[r]; hi -= group) {
+			int64_t lo =
+			    hi - group + 1 > g->recv_first[r] ? hi - group + 1 : g->recv_first[r];
+			if (decide(a, stage, lo, hi, e) < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
 int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep, circ_acdc_cb cb,
 		  void *ctx, int64_t *tests, circ_progress *pr, circ_error *e)
 {
 	const circ_graph *g = circ_patcher_graph(ps[0]);
 	int64_t group = o->group > 1 ? o->group : 1;
 	acdc_ctx a = {ps, n, o, keep, cb, ctx, tests, pr, 0};
+	int reference = o->order == CIRC_ACDC_ORDER_REFERENCE;
 	*tests = 0;
+	if (reference && g->level != CIRC_LEVEL_EDGE)
+		return circ_errorf(e, "the reference order needs an edge-level graph (its heads "
+				      "have q, k and v inputs)");
+	if (reference && group > 1)
+		return circ_errorf(e, "the reference order tests edges one by one (no groups)");
 	memset(keep, 1, (size_t)g->n_edges);
-	if (o->order == CIRC_ACDC_ORDER_REFERENCE) {
-		if (g->level != CIRC_LEVEL_EDGE)
-			return circ_errorf(e, "the reference order needs an edge-level graph "
-					      "(its heads have q, k and v inputs)");
-		if (group > 1)
-			return circ_errorf(e, "the reference order tests edges one by one "
-					      "(no groups)");
-	}
 	if (loss(ps, n, keep, g->topo->n_stage, &a.cur, e) < 0)
 		return -1;
-	if (o->order == CIRC_ACDC_ORDER_REFERENCE) {
-		if (run_reference(&a, e) < 0)
-			return -1;
-		circ_prune_dangling(g, keep);
-		return 0;
-	}
-	for (int r = g->n_recv - 1; r >= 0; r--) {
-		int node, stage = circ_patcher_recv_stage(ps[0], r);
-		circ_graph_recv_info(g, r, NULL, &node);
-		if (!node_has_output(g, keep, node)) {
-			/* unreachable from the logits: its inputs cannot matter */
-			for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
-				keep[ed] = 0;
-			continue;
-		}
-		/* incoming edges from the latest upstream node down, as ACDC
-		 * does; in groups of `group` (1: one by one) */
-		for (int64_t hi = g->recv_first[r + 1] - 1; hi >= g->recv_first[r]; hi -= group) {
-			int64_t lo =
-			    hi - group + 1 > g->recv_first[r] ? hi - group + 1 : g->recv_first[r];
-			if (decide(&a, stage, lo, hi, e) < 0)
-				return -1;
-		}
-	}
+	if ((reference ? run_reference(&a, e) : run_circ(&a, group, e)) < 0)
+		return -1;
 	circ_prune_dangling(g, keep);
 	return 0;
 }
