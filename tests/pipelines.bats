@@ -203,3 +203,33 @@ PY
 	assert_success
 	[ "$(stat -c %Y "$s")" = "$before" ]
 }
+
+@test "the methods table takes cd-t and edge-pruning in when the tools list them" {
+	# stand-ins until they land: a circ-score whose --help lists cd-t (scored
+	# as eap) and a circ-prune whose --help lists --edge-pruning (run as ACDC)
+	fb="$T/fakebin"
+	mkdir -p "$fb"
+	for b in "$ROOT"/bin/circ-*; do ln -s "$b" "$fb/"; done
+	rm "$fb/circ-score" "$fb/circ-prune"
+	cat >"$fb/circ-score" <<SH
+#!/bin/bash
+[ "\$1" = --help ] && { "$ROOT/bin/circ-score" --help | sed 's/or exact/exact or cd-t/'; exit; }
+exec "$ROOT/bin/circ-score" "\${@/#cd-t/eap}"
+SH
+	cat >"$fb/circ-prune" <<SH
+#!/bin/bash
+[ "\$1" = --help ] && { "$ROOT/bin/circ-prune" --help; echo "      --edge-pruning  Edge Pruning"; exit; }
+[ "\$1" = --edge-pruning ] && [ "\$2" = --target-edges ] && { shift 3; exec "$ROOT/bin/circ-prune" --acdc "\$@"; }
+exec "$ROOT/bin/circ-prune" "\$@"
+SH
+	chmod +x "$fb/circ-score" "$fb/circ-prune"
+	run make --no-print-directory -f pipelines/methods.mk RUNS="$RUNS" N=8 FIXTURES=induction-hand CIRCBIN="$fb/"
+	assert_success
+	assert_output --regexp '\| induction-hand \| cd-t \| 1 \| 4 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|'
+	assert_output --regexp '\| induction-hand \| edge-pruning \| 1 \| 4 \| [0-9.]+ \| - \| - \|'
+	# without them, neither row
+	run make --no-print-directory -f pipelines/methods.mk RUNS="$RUNS" N=8 FIXTURES=induction-hand
+	assert_success
+	refute_output --partial "cd-t"
+	refute_output --partial "edge-pruning"
+}
