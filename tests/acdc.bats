@@ -116,3 +116,20 @@ reference_run() {
 	# no decision was close to tau: float32 (circ) and float64 (reference) agree
 	jq -s -e 'map(.change - 0.01 | fabs) | min > 0.001' "$T/r.dec" >/dev/null
 }
+
+@test "acdc reference order: the reference's decisions with a task metric, zero ablation and |change|" {
+	tok=tests/data/tiny/tokens.jsonl
+	circ-cat --no-header $tok >"$T/tiny.jsonl"
+	for opts in "--metric logit_diff --tau 0.05" "--ablation zero --tau 0.03" "--abs-change --tau 0.01" \
+		"--metric logit_diff --abs-change --ablation zero --tau 0.05"; do
+		reference_run tests/data/tiny/model $tok r --convention acdc $opts
+		run /usr/bin/python3 $REF tests/data/tiny/model "$T/tiny.jsonl" "$T/r.dec" "$T/r.circ" $opts
+		echo "$opts: $output"
+		assert_success
+		# no decision within 1e-4 of tau (float32 against float64 cannot flip one)
+		abs=false
+		[[ "$opts" == *abs-change* ]] && abs=true
+		jq -s -e --argjson abs $abs --argjson tau "${opts##* }" \
+			'map((.change | if $abs then fabs else . end) - $tau | fabs) | min > 1e-4' "$T/r.dec" >/dev/null
+	done
+}

@@ -23,7 +23,8 @@ edge into the head's q (k, v) input.
 
   acdc_ref.py MODEL_DIR TOKENS.jsonl DECISIONS.jsonl CIRCUIT.jsonl
               [--tau T] [--indices normal|reverse] [--names normal|reverse]
-              [--convention acdc|eap-ig]
+              [--convention acdc|eap-ig] [--metric M] [--ablation resample|zero]
+              [--abs-change]
       TOKENS, DECISIONS and CIRCUIT are `circ-cat --no-header` outputs of the
       token stream, circ-prune's --log and its circuit. Exit 0 when circ made
       the same tests in the same order with the same decisions and kept the
@@ -165,8 +166,7 @@ def circ_name(M, child, pname, pidx):
     return f"{node(pname, pidx)}->{recv}"
 
 
-def run(M, exs, tau, indices, names, acdc_conv):
-    kind = "kl"
+def run(M, exs, tau, indices, names, acdc_conv, kind="kl", zero=False, abs_change=False):
     wpe = M.p["wpe.weight"]
     if acdc_conv:  # the input node is token plus position
         M.p = dict(M.p, **{"wpe.weight": torch.zeros_like(wpe)})
@@ -178,6 +178,8 @@ def run(M, exs, tau, indices, names, acdc_conv):
         for ex in exs:
             lc, _ = M.run(ex["clean"], input_embed=embed(ex["clean"]))
             _, orf = M.run(ex["corrupt"], input_embed=embed(ex["corrupt"]))
+            if zero:  # every node's reference output is 0
+                orf = [torch.zeros_like(o) for o in orf]
             pos = ex["pos"] if isinstance(ex["pos"], list) else [ex["pos"]]
             data.append((ex, orf, torch.stack([lc[t].log_softmax(-1) for t in pos])))
     def loss(G):
@@ -208,7 +210,8 @@ def run(M, exs, tau, indices, names, acdc_conv):
                     continue
                 e[1] = False
                 after = loss(G)
-                kept = not (after - cur < tau)
+                change = abs(after - cur) if abs_change else after - cur
+                kept = not (change < tau)
                 if kept:
                     e[1] = True
                 else:
@@ -230,6 +233,9 @@ def main():
     ap.add_argument("--indices", choices=["normal", "reverse"], default="normal")
     ap.add_argument("--names", choices=["normal", "reverse"], default="normal")
     ap.add_argument("--convention", choices=["acdc", "eap-ig"], default="acdc")
+    ap.add_argument("--metric", choices=["kl", "logit_diff", "prob_diff", "logprob"], default="kl")
+    ap.add_argument("--ablation", choices=["resample", "zero"], default="resample")
+    ap.add_argument("--abs-change", action="store_true")
     a = ap.parse_args()
     M = load_model(a.model)
     exs = []
@@ -237,7 +243,8 @@ def main():
         r = json.loads(line)
         r["clean"], r["corrupt"] = r["clean"]["data"], r["corrupt"]["data"]
         exs.append(r)
-    want, want_circ = run(M, exs, a.tau, a.indices, a.names, a.convention == "acdc")
+    want, want_circ = run(M, exs, a.tau, a.indices, a.names, a.convention == "acdc", a.metric,
+                          a.ablation == "zero", a.abs_change)
     got = [(r.get("edge") or r["receiver"], r["kept"]) for r in map(json.loads, open(a.decisions))]
     for i, (w, g) in enumerate(zip(want, got)):
         if w != g:
