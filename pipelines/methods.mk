@@ -92,7 +92,7 @@ $(D)/table.md: models pipelines/methods.mk
 	done; done; \
 	echo; \
 	echo "$(N) examples (seed $(SEED)) per fixture; acdc tau $(TAU), loss kl; eap-ig $(STEPS) steps;" \
-		"$(if $(THREADS),$(THREADS),default) threads; $$(lscpu | sed -n 's/^Model name: *//p')"; \
+		"$(if $(THREADS),$(THREADS),$${CIRC_THREADS:-$$(nproc)}) threads; $$(lscpu | sed -n 's/^Model name: *//p')"; \
 	} >"$$tmp"; atomic_commit
 
 # ---- one cell: FIXTURE and METHOD ----
