@@ -130,6 +130,12 @@ run: deps-run
 bench: deps all $(BENCH_BIN)
 	@B=$(B) bench/run.sh
 
+# Every discovery method on every hand-built fixture: a markdown table of ROC
+# AUC, faithfulness, CPR, CMD and time (pipelines/methods.mk).
+.PHONY: methods-table
+methods-table: all
+	@$(MAKE) --no-print-directory -f pipelines/methods.mk
+
 # ACDC at full scale (GPT-2 small shape, 100 prompts, every edge decided):
 # tens of minutes, so not part of make bench (bench/acdc_full.sh).
 bench-acdc-full: all $(BENCH_BIN)

@@ -9,7 +9,8 @@
  * JSON file.
  *
  * ACDC (--acdc) is a mode of its own that drives patching instead of reading
- * scores; run_acdc below is the hook where it plugs in.
+ * scores, in circ's order or the reference implementation's (--acdc-order);
+ * run_acdc below is the hook where it plugs in.
  */
 #include <errno.h>
 #include <math.h>
@@ -39,6 +40,9 @@ enum {
 	OPT_LOG,
 	OPT_GROUP,
 	OPT_PARTIAL,
+	OPT_ACDC_ORDER,
+	OPT_ACDC_INDICES,
+	OPT_ACDC_NAMES,
 };
 
 static const circ_opt opts[] = {
@@ -57,6 +61,13 @@ static const circ_opt opts[] = {
     {"group", OPT_GROUP, "G",
      "acdc, an approximation: test G edges at once, split groups at or above tau (default 1: "
      "exact)"},
+    {"acdc-order", OPT_ACDC_ORDER, "O",
+     "acdc: the order of the tests: circ (default) or reference (ArthurConmy/"
+     "Automatic-Circuit-Discovery's)"},
+    {"acdc-indices", OPT_ACDC_INDICES, "M",
+     "acdc reference order: its --indices-mode, normal (default) or reverse"},
+    {"acdc-names", OPT_ACDC_NAMES, "M",
+     "acdc reference order: its --names-mode, normal (default) or reverse"},
     CIRC_PATCH_OPT_MODEL,
     CIRC_PATCH_OPT_COMMON,
     {0},
@@ -79,7 +90,21 @@ static struct {
 	int tau_set, abs_change;
 	int group;    /* --group, 0 when not given */
 	int acdc_opt; /* a patching option was given */
+	/* acdc order: --acdc-order, --acdc-indices, --acdc-names */
+	circ_acdc_order order;
+	int indices_reverse, names_reverse;
+	const char *order_opt; /* the last of the three given, for usage errors */
+	const char *mode_opt;  /* the last of --acdc-indices and --acdc-names given */
 } o = {.tau = 0.01};
+
+/* "normal" or "reverse" for --acdc-indices and --acdc-names. */
+static int normal_reverse(const char *opt, const char *arg)
+{
+	if (!strcmp(arg, "normal") || !strcmp(arg, "reverse"))
+		return !strcmp(arg, "reverse");
+	circ_usage_error("option '--%s': '%s' is neither normal nor reverse", opt, arg);
+	return 0;
+}
 
 static void set_mode(mode_t_ m)
 {
@@ -125,6 +150,20 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ABS_CHANGE: o.abs_change = 1; return 0;
 	case OPT_LOG: o.log = arg; return 0;
 	case OPT_GROUP: o.group = (int)circ_opt_i64("group", arg, 1, 1 << 20); return 0;
+	case OPT_ACDC_ORDER:
+		if (circ_acdc_order_parse(arg, &o.order) < 0)
+			circ_usage_error(
+			    "option '--acdc-order': '%s' is neither circ nor reference", arg);
+		o.order_opt = "acdc-order";
+		return 0;
+	case OPT_ACDC_INDICES:
+		o.indices_reverse = normal_reverse("acdc-indices", arg);
+		o.order_opt = o.mode_opt = "acdc-indices";
+		return 0;
+	case OPT_ACDC_NAMES:
+		o.names_reverse = normal_reverse("acdc-names", arg);
+		o.order_opt = o.mode_opt = "acdc-names";
+		return 0;
 	}
 	if (circ_patch_cli_handle(&o.pc, key, arg) == 0) {
 		o.acdc_opt = 1;
@@ -338,18 +377,32 @@ typedef struct acdc_log {
 	int groups;	 /* 1: --group was given, each record names its group's size */
 } acdc_log;
 
+/* One record per test: {"edge", before, after, change, kept} (plus "group"
+ * with --group), or for a whole-input test of the reference order
+ * {"receiver", ..., "edges"}, whose receiver's edges, when dropped, score
+ * the test's change. */
 static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 {
 	acdc_log *lg = ctx;
+	const circ_graph *g = lg->g;
 	char name[CIRC_NAME_MAX];
-	lg->change[st->edge] = st->after - st->before;
-	lg->decided++;
+	int whole = st->recv >= 0, extra = whole || lg->groups;
+	if (!whole) {
+		lg->change[st->edge] = st->after - st->before;
+		lg->decided++;
+	} else if (!st->kept) {
+		for (int64_t ed = g->recv_first[st->recv]; ed < g->recv_first[st->recv + 1]; ed++)
+			lg->change[ed] = st->after - st->before;
+	}
 	if (!lg->w)
 		return 0;
 	msgpack_packer *pk = circ_writer_packer(lg->w);
-	circ_graph_edge_name(lg->g, st->edge, name, sizeof name);
-	msgpack_pack_map(pk, lg->groups ? 6 : 5);
-	circ_pack_kv_str(pk, "edge", name);
+	if (whole)
+		circ_graph_recv_name(g, st->recv, name, sizeof name);
+	else
+		circ_graph_edge_name(g, st->edge, name, sizeof name);
+	msgpack_pack_map(pk, 5 + extra);
+	circ_pack_kv_str(pk, whole ? "receiver" : "edge", name);
 	circ_pack_kv_f64(pk, "before", st->before);
 	circ_pack_kv_f64(pk, "after", st->after);
 	circ_pack_kv_f64(pk, "change", st->after - st->before);
@@ -358,8 +411,8 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 		msgpack_pack_true(pk);
 	else
 		msgpack_pack_false(pk);
-	if (lg->groups)
-		circ_pack_kv_i64(pk, "group", st->group);
+	if (extra)
+		circ_pack_kv_i64(pk, whole ? "edges" : "group", st->group);
 	return circ_writer_end_record(lg->w, e);
 }
 
@@ -407,6 +460,12 @@ static void open_log(const circ_cli *cli, int argc, char **argv, circ_session *s
 	    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
 	    CIRC_HDR(STR, "model_digest", s->model_digest),
 	    CIRC_HDR_IF(o.group > 0, I64, "group", o.group),
+	    CIRC_HDR_IF(o.order == CIRC_ACDC_ORDER_REFERENCE, STR, "order",
+			circ_acdc_order_name(o.order)),
+	    CIRC_HDR_IF(o.order == CIRC_ACDC_ORDER_REFERENCE, STR, "indices_mode",
+			o.indices_reverse ? "reverse" : "normal"),
+	    CIRC_HDR_IF(o.order == CIRC_ACDC_ORDER_REFERENCE, STR, "names_mode",
+			o.names_reverse ? "reverse" : "normal"),
 	};
 	lg->w = circ_writer_open(o.log, &lo, &e);
 	if (!lg->w)
@@ -421,7 +480,12 @@ static void open_log(const circ_cli *cli, int argc, char **argv, circ_session *s
 static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_t *keep)
 {
 	circ_error e;
-	circ_acdc_opts ao = {o.tau, o.abs_change, o.group};
+	circ_acdc_opts ao = {.tau = o.tau,
+			     .abs_change = o.abs_change,
+			     .group = o.group,
+			     .order = o.order,
+			     .indices_reverse = o.indices_reverse,
+			     .names_reverse = o.names_reverse};
 	circ_progress pr;
 	int64_t tests;
 	double t0, dt;
@@ -481,6 +545,13 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_usage_error("--acdc needs --model DIR");
 	if (o.signed_ || o.size)
 		circ_usage_error("--signed and sizes do not apply to --acdc");
+	if (o.mode_opt && o.order != CIRC_ACDC_ORDER_REFERENCE)
+		circ_usage_error("option '--%s' goes with --acdc-order reference", o.mode_opt);
+	if (o.order == CIRC_ACDC_ORDER_REFERENCE && o.group > 1)
+		circ_usage_error("--acdc-order reference tests edges one by one: no --group");
+	if (o.order == CIRC_ACDC_ORDER_REFERENCE && o.pc.level == CIRC_LEVEL_NODE)
+		circ_usage_error("--acdc-order reference needs --level edge (its heads have q, k "
+				 "and v inputs)");
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 1);
 	circ_session_tokens(&s, input);
@@ -546,6 +617,8 @@ static void check_selection_options(void)
 		circ_usage_error("option '--abs-change' goes with --acdc");
 	if (o.group)
 		circ_usage_error("option '--group' goes with --acdc");
+	if (o.order_opt)
+		circ_usage_error("option '--%s' goes with --acdc", o.order_opt);
 	if (o.mode == MODE_THRESHOLD && o.threshold < 0 && !o.signed_)
 		circ_usage_error("option '--threshold': '%g' is negative (|score| is compared; "
 				 "--signed for signed scores)",

@@ -1,5 +1,6 @@
 /*
- * acdc: greedy edge pruning by patching (see acdc.h).
+ * acdc: greedy edge pruning by patching (see acdc.h), in circ's order or in
+ * the reference implementation's.
  */
 #include "acdc.h"
 
@@ -84,6 +85,7 @@ static int decide(acdc_ctx *a, int stage, int64_t lo, int64_t hi, circ_error *e)
 	for (int64_t ed = hi; ed >= lo; ed--) {
 		circ_acdc_step st;
 		st.edge = ed;
+		st.recv = -1;
 		st.before = a->cur;
 		st.after = after;
 		st.kept = !dropped;
@@ -100,34 +102,210 @@ static int decide(acdc_ctx *a, int stage, int64_t lo, int64_t hi, circ_error *e)
 	return 0;
 }
 
+const char *circ_acdc_order_name(circ_acdc_order o)
+{
+	switch (o) {
+	case CIRC_ACDC_ORDER_CIRC: return "circ";
+	case CIRC_ACDC_ORDER_REFERENCE: return "reference";
+	}
+	return NULL;
+}
+
+int circ_acdc_order_parse(const char *s, circ_acdc_order *o)
+{
+	if (!strcmp(s, "circ"))
+		*o = CIRC_ACDC_ORDER_CIRC;
+	else if (!strcmp(s, "reference"))
+		*o = CIRC_ACDC_ORDER_REFERENCE;
+	else
+		return -1;
+	return 0;
+}
+
+/* ---- the reference implementation's order (acdc.h) ---- */
+
+static void drop_recv(const circ_graph *g, uint8_t *keep, int r)
+{
+	for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
+		keep[ed] = 0;
+}
+
+/* The reference's whole-input test of receiver r (its direct-computation
+ * edge into a head's q, k or v): every edge of r patched at once. *kept
+ * gets the decision; dropped, r's edges stay patched. */
+static int decide_whole(acdc_ctx *a, int stage, int r, int *kept, circ_error *e)
+{
+	const circ_graph *g = circ_patcher_graph(a->ps[0]);
+	circ_acdc_step st;
+	double change;
+	st.edge = -1;
+	st.recv = r;
+	st.before = a->cur;
+	st.group = (int)(g->recv_first[r + 1] - g->recv_first[r]);
+	drop_recv(g, a->keep, r);
+	if (loss(a->ps, a->n, a->keep, stage, &st.after, e) < 0)
+		return -1;
+	(*a->tests)++;
+	change = st.after - st.before;
+	*kept = st.kept = !((a->o->abs_change ? fabs(change) : change) < a->o->tau);
+	if (*kept)
+		for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
+			a->keep[ed] = 1;
+	else
+		a->cur = st.after;
+	if (a->cb && a->cb(a->cb_ctx, &st, e) < 0)
+		return -1;
+	if (a->pr && !*kept)
+		circ_progress_step(a->pr, st.group);
+	return 0;
+}
+
+/* Appends upstream node u to order (n) if the edge u->r exists. */
+static void push_up(const circ_graph *g, int r, int u, int64_t *order, int *n)
+{
+	int64_t ed = circ_graph_edge(g, r, u);
+	if (ed >= 0)
+		order[(*n)++] = ed;
+}
+
+/* The edges of receiver r in the reference's order into order (at least
+ * n_in(r) long); returns their number. Its upstream "names": the input,
+ * each layer's heads (one name) and each layer's MLP, the latest first
+ * (names_reverse: the input first); a layer's heads from the last down
+ * (indices_reverse: from head 0 up). */
+static int reference_edges(const circ_graph *g, const circ_acdc_opts *o, int r, int64_t *order)
+{
+	int n = 0, n_in = circ_graph_recv_n_in(g, r), L = g->n_layer, H = g->n_head;
+	/* names from the latest down: for l = L-1..0 the MLP, then the heads;
+	 * then the input. A name absent from r's inputs adds nothing. */
+	for (int i = 0; i < 2 * L + 1; i++) {
+		int k = o->names_reverse ? 2 * L - i : i; /* k-th name from the latest */
+		if (k == 2 * L) {
+			push_up(g, r, circ_graph_up_input(g), order, &n);
+			continue;
+		}
+		int l = L - 1 - k / 2;
+		if (k % 2 == 0) {
+			if (circ_graph_up_mlp(g, l) < n_in)
+				push_up(g, r, circ_graph_up_mlp(g, l), order, &n);
+			continue;
+		}
+		for (int j = 0; j < H; j++) {
+			int h = o->indices_reverse ? j : H - 1 - j;
+			if (circ_graph_up_head(g, l, h) < n_in)
+				push_up(g, r, circ_graph_up_head(g, l, h), order, &n);
+		}
+	}
+	return n;
+}
+
+/* Tests the edges of receiver r one by one in the reference's order. */
+static int decide_edges(acdc_ctx *a, int r, int64_t *order, circ_error *e)
+{
+	const circ_graph *g = circ_patcher_graph(a->ps[0]);
+	int stage = circ_patcher_recv_stage(a->ps[0], r);
+	int n = reference_edges(g, a->o, r, order);
+	for (int i = 0; i < n; i++)
+		if (decide(a, stage, order[i], order[i], e) < 0)
+			return -1;
+	return 0;
+}
+
+static const circ_recv_kind vkq[3] = {CIRC_RECV_V, CIRC_RECV_K, CIRC_RECV_Q};
+
+/* One layer in the reference's order (acdc.h). */
+static int reference_layer(acdc_ctx *a, int l, int64_t *order, circ_error *e)
+{
+	const circ_graph *g = circ_patcher_graph(a->ps[0]);
+	int H = g->n_head, r = circ_graph_recv_mlp(g, l);
+	uint8_t *alive = circ_xmalloc((size_t)H * 3); /* (H, 3) whole input kept */
+	int rc = -1;
+	if (!node_has_output(g, a->keep, circ_graph_up_mlp(g, l)))
+		drop_recv(g, a->keep, r);
+	else if (decide_edges(a, r, order, e) < 0)
+		goto out;
+	/* a head's outgoing edges are all decided now: its liveness is final */
+	for (int h = 0; h < H; h++) {
+		int live = node_has_output(g, a->keep, circ_graph_up_head(g, l, h));
+		for (int c = 0; c < 3; c++)
+			alive[h * 3 + c] = (uint8_t)live;
+	}
+	for (int c = 0; c < 3; c++)
+		for (int h = H - 1; h >= 0; h--) {
+			int kept;
+			r = circ_graph_recv_head(g, l, h, vkq[c]);
+			if (!alive[h * 3 + c]) {
+				drop_recv(g, a->keep, r);
+				continue;
+			}
+			if (decide_whole(a, circ_patcher_recv_stage(a->ps[0], r), r, &kept, e) < 0)
+				goto out;
+			alive[h * 3 + c] = (uint8_t)kept;
+		}
+	for (int c = 0; c < 3; c++)
+		for (int h = H - 1; h >= 0; h--)
+			if (alive[h * 3 + c] &&
+			    decide_edges(a, circ_graph_recv_head(g, l, h, vkq[c]), order, e) < 0)
+				goto out;
+	rc = 0;
+out:
+	free(alive);
+	return rc;
+}
+
+static int run_reference(acdc_ctx *a, circ_error *e)
+{
+	const circ_graph *g = circ_patcher_graph(a->ps[0]);
+	int64_t *order = circ_xmalloc((size_t)g->n_up * sizeof *order);
+	int rc = decide_edges(a, circ_graph_recv_logits(g), order, e);
+	for (int l = g->n_layer - 1; rc == 0 && l >= 0; l--)
+		rc = reference_layer(a, l, order, e);
+	free(order);
+	return rc;
+}
+
+/* circ's order (acdc.h): receivers by circ's numbering from the last down,
+ * each receiver's edges from the latest upstream node down, in groups of
+ * `group` (1: one by one). */
+static int run_circ(acdc_ctx *a, int64_t group, circ_error *e)
+{
+	const circ_graph *g = circ_patcher_graph(a->ps[0]);
+	for (int r = g->n_recv - 1; r >= 0; r--) {
+		int node, stage = circ_patcher_recv_stage(a->ps[0], r);
+		circ_graph_recv_info(g, r, NULL, &node);
+		if (!node_has_output(g, a->keep, node)) {
+			/* unreachable from the logits: its inputs cannot matter */
+			drop_recv(g, a->keep, r);
+			continue;
+		}
+		for (int64_t hi = g->recv_first[r + 1] - 1; hi >= g->recv_first[r]; hi -= group) {
+			int64_t lo =
+			    hi - group + 1 > g->recv_first[r] ? hi - group + 1 : g->recv_first[r];
+			if (decide(a, stage, lo, hi, e) < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
 int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep, circ_acdc_cb cb,
 		  void *ctx, int64_t *tests, circ_progress *pr, circ_error *e)
 {
 	const circ_graph *g = circ_patcher_graph(ps[0]);
 	int64_t group = o->group > 1 ? o->group : 1;
 	acdc_ctx a = {ps, n, o, keep, cb, ctx, tests, pr, 0};
+	int reference = o->order == CIRC_ACDC_ORDER_REFERENCE;
 	*tests = 0;
+	if (reference && g->level != CIRC_LEVEL_EDGE)
+		return circ_errorf(e, "the reference order needs an edge-level graph (its heads "
+				      "have q, k and v inputs)");
+	if (reference && group > 1)
+		return circ_errorf(e, "the reference order tests edges one by one (no groups)");
 	memset(keep, 1, (size_t)g->n_edges);
 	if (loss(ps, n, keep, g->topo->n_stage, &a.cur, e) < 0)
 		return -1;
-	for (int r = g->n_recv - 1; r >= 0; r--) {
-		int node, stage = circ_patcher_recv_stage(ps[0], r);
-		circ_graph_recv_info(g, r, NULL, &node);
-		if (!node_has_output(g, keep, node)) {
-			/* unreachable from the logits: its inputs cannot matter */
-			for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
-				keep[ed] = 0;
-			continue;
-		}
-		/* incoming edges from the latest upstream node down, as ACDC
-		 * does; in groups of `group` (1: one by one) */
-		for (int64_t hi = g->recv_first[r + 1] - 1; hi >= g->recv_first[r]; hi -= group) {
-			int64_t lo =
-			    hi - group + 1 > g->recv_first[r] ? hi - group + 1 : g->recv_first[r];
-			if (decide(&a, stage, lo, hi, e) < 0)
-				return -1;
-		}
-	}
+	if ((reference ? run_reference(&a, e) : run_circ(&a, group, e)) < 0)
+		return -1;
 	circ_prune_dangling(g, keep);
 	return 0;
 }

@@ -433,5 +433,6 @@ cp.add_argument("key")
 cp.add_argument("scores")
 cp.add_argument("--atol", type=float, default=2e-4)
 cp.add_argument("--rtol", type=float, default=1e-3)
-args = ap.parse_args()
-make(args) if args.cmd == "make" else compare(args)
+if __name__ == "__main__":  # tests/ref/acdc_ref.py imports Model and metric
+    args = ap.parse_args()
+    make(args) if args.cmd == "make" else compare(args)
