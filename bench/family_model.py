@@ -8,7 +8,8 @@ float64).
 SHAPE: llama-1b (Llama-3.2-1B: 16 layers, d 2048, 32 heads, 8 kv heads,
 MLP 8192, vocabulary 128256, tied), qwen-0.5b (Qwen2.5-0.5B: 24 layers,
 d 896, 14 heads, 2 kv heads, MLP 4864, vocabulary 151936, tied), or
-llama-tiny (4 layers, d 256: quick checks). DTYPE: BF16 (default), F16, F32.
+llama-tiny (4 layers, d 256: quick checks), llama-gpt2vocab (2 layers, d 64, GPT-2's
+vocabulary: with fixtures/gpt2-tokenizer it runs the task pipelines in the tests). DTYPE: BF16 (default), F16, F32.
 Weights: normal(0, 1/sqrt(fan_in)) matrices, embeddings normal(0, 0.5)
 scaled down, norms 1 + normal(0, 0.1), as tests/ref/families.py makes them.
 """
@@ -38,6 +39,12 @@ SHAPES = {
                   "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
                   "rope_theta": 1000000.0, "tie_word_embeddings": True, "hidden_act": "silu",
                   "use_sliding_window": False},
+    "llama-gpt2vocab": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2,
+                        "intermediate_size": 128, "vocab_size": 50257,
+                        "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+                        "rope_theta": 10000.0, "tie_word_embeddings": True,
+                        "hidden_act": "silu"},
     "llama-tiny": {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4,
                    "num_attention_heads": 8, "num_key_value_heads": 2,
                    "intermediate_size": 1024, "vocab_size": 8192,

@@ -98,6 +98,22 @@ PY
 	done
 }
 
+@test "the task pipelines run on a Llama-architecture model (BF16, grouped-query attention), ACDC too" {
+	need_cmd /usr/bin/python3
+	/usr/bin/python3 bench/family_model.py "$T/llama-random" llama-gpt2vocab BF16
+	cp fixtures/gpt2-tokenizer/vocab.json fixtures/gpt2-tokenizer/merges.txt "$T/llama-random/"
+	for task in ioi greater-than docstring; do
+		run make --no-print-directory -s -f pipelines/$task.mk MODEL="$T/llama-random" RUNS="$RUNS" N=6 METHOD=eap-ig report
+		assert_success
+		assert_output --partial "faithfulness"
+		circ cat "$RUNS/$task/llama-random/n6-s0/eap-ig-resample-steps5/scores.circ" | head -1 |
+			jq -e '.graph.model_type == "llama"'
+	done
+	run make --no-print-directory -s -f pipelines/induction.mk MODEL="$T/llama-random" RUNS="$RUNS" N=6 PRUNE=acdc TAU=0.01 report
+	assert_success
+	assert_output --partial "faithfulness"
+}
+
 @test "shards.sh fails when a stage fails: a cut token stream is never merged" {
 	pipe METHOD=eap scores >/dev/null
 	tok=$(ls "$RUNS"/induction/*/n16-s0/tokens.circ)
