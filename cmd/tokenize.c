@@ -436,8 +436,8 @@ static void get_answers(json_t *ex, const char *key, circ_ids *out)
 		circ_error e;
 		if (!json_is_string(s))
 			LINE_FAIL("field '%s' must be a string or an array of strings", key);
-		if (circ_bpe_encode(b, json_string_value(s), json_string_length(s),
-				    o.special ? CIRC_BPE_SPECIAL : 0, &ids, &e) < 0)
+		if (circ_bpe_encode_after(b, json_string_value(s), json_string_length(s),
+					  o.special ? CIRC_BPE_SPECIAL : 0, &ids, &e) < 0)
 			LINE_FAIL("field '%s': %s", key, e.msg);
 		if (ids.n != 1) {
 			char list[256] = "";

@@ -2116,12 +2116,38 @@ int circ_bpe_encode(circ_bpe *b, const char *text, size_t n, int flags, circ_ids
 	return stream_run(&s, 1, out, e);
 }
 
+int circ_bpe_encode_after(circ_bpe *b, const char *text, size_t n, int flags, circ_ids *out,
+			  circ_error *e)
+{
+	circ_ids pre = {0}, all = {0};
+	char *buf = circ_xmalloc(n + 1);
+	int rc = -1, cont = 0;
+	buf[0] = 'a';
+	memcpy(buf + 1, text, n);
+	if (circ_bpe_encode(b, "a", 1, flags, &pre, e) < 0 ||
+	    circ_bpe_encode(b, buf, n + 1, flags, &all, e) < 0)
+		goto out;
+	cont = all.n > pre.n && !memcmp(all.v, pre.v, pre.n * sizeof *pre.v);
+	if (cont) {
+		for (size_t i = pre.n; i < all.n; i++)
+			circ_ids_push(out, all.v[i]);
+		rc = 0;
+	} else {
+		rc = circ_bpe_encode(b, text, n, flags, out, e);
+	}
+out:
+	circ_ids_free(&pre);
+	circ_ids_free(&all);
+	free(buf);
+	return rc;
+}
+
 int32_t circ_bpe_single(circ_bpe *b, const char *text, size_t n)
 {
 	circ_ids ids = {0};
 	circ_error e;
 	int32_t id = -1;
-	if (circ_bpe_encode(b, text, n, 0, &ids, &e) == 0 && ids.n == 1)
+	if (circ_bpe_encode_after(b, text, n, 0, &ids, &e) == 0 && ids.n == 1)
 		id = ids.v[0];
 	circ_ids_free(&ids);
 	return id;

@@ -123,6 +123,12 @@ const unsigned char *circ_bpe_token_bytes(const circ_bpe *b, int32_t id, size_t 
  * piece is 2^31 bytes or longer. */
 int circ_bpe_encode(circ_bpe *b, const char *text, size_t n, int flags, circ_ids *out,
 		    circ_error *e);
+/* The ids text[0..n) takes when it follows other text (an answer after its
+ * prompt): those of "a" + text less those of "a" when they are a prefix
+ * (so SentencePiece's prepended "\u2581" is not counted twice: " Mary" is
+ * "\u2581Mary", not "\u2581" "\u2581Mary"), else those of text alone. */
+int circ_bpe_encode_after(circ_bpe *b, const char *text, size_t n, int flags, circ_ids *out,
+			  circ_error *e);
 /* The reference twin of circ_bpe_encode: same contract, slow and plain. */
 int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags, circ_ids *out,
 			circ_error *e);

@@ -162,3 +162,20 @@ same_as_hf() { # family, or a directory
 	circ-tokenize --vocab-dir "$d" --decode "$T/ids" >"$T/out.txt"
 	printf ' héllo 中 🧿ꙮ x' | cmp - "$T/out.txt"
 }
+
+@test "answers are tokenized as they follow the prompt: IOI and docstring datasets with every family's tokenizer equal @huggingface/tokenizers on prompt + answer" {
+	for f in llama2 llama3 qwen3 gemma3; do
+		need_js $f
+		local d
+		d=$(dir_of $f)
+		for task in ioi docstring; do
+			circ-dataset $task --n 6 --model-dir "$d" >"$T/ds.jsonl"
+			jq -c '.clean + .answer' "$T/ds.jsonl" >"$T/p.jsonl"
+			node $JS/hf_encode.mjs "$d" --json "$T/p.jsonl" >"$T/hf.txt"
+			circ-tokenize --vocab-dir "$d" --no-bos --json <"$T/ds.jsonl" | sed 1d |
+				jq -c 'select(.clean) | .clean.data + .answer' >"$T/circ.txt"
+			[ "$(wc -l <"$T/circ.txt")" -eq 6 ]
+			diff "$T/hf.txt" "$T/circ.txt"
+		done
+	done
+}
