@@ -642,8 +642,9 @@ static void select_circuit(const circ_reader *r, const circ_scores *s, uint8_t *
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc | --cd-t N) [scores]",
-			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
+	circ_cli cli = {
+	    "[options] (--top-n N | --threshold T | --greedy N | --acdc | --cd-t N) [scores]",
+	    "Select a circuit from scored edges, then drop dangling edges.", opts, 1};
 	circ_error e;
 	circ_circuit_source src;
 	circ_init("circ-prune");
