@@ -23,7 +23,7 @@ head -n $((N + 1)) "$d/m/tokens.jsonl" >"$d/tok.jsonl"
 # seconds of one run of "$@" (wall clock)
 secs() {
 	s=$(date +%s.%N)
-	"$@" >/dev/null
+	"$@" >/dev/null 2>&1
 	e=$(date +%s.%N)
 	awk -v s="$s" -v e="$e" 'BEGIN { printf "%.4f\n", e - s }'
 }

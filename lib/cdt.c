@@ -25,75 +25,84 @@ void circ_cdt_opts_default(circ_cdt_opts *o)
 	o->normalize = 1;
 }
 
-/* ---- the split rules (element-wise parts) ---- */
+/* ---- the split rules ----
+ * Every rule keeps rel + irrel equal to the whole activation, so only rel is
+ * carried: the whole activation rides along as one more set (index S, the
+ * model's own forward), and irrel is that minus rel wherever a rule needs it.
+ * A matrix product then costs S + 1 row sets, not 2 S. Arrays are (S + 1)
+ * row sets of `rows` rows of n; the last set is the total. */
 
-/* Adds bias b (n) to rows of (r, i) (m, n) in proportion to |r| and |i|;
- * where both are 0, to i. b NULL: no bias. */
-static void share_bias(float *r, float *i, size_t m, int n, const float *b)
+/* Adds bias b (n) to the pre-bias products x: to each set's rel in
+ * proportion to |rel| and |irrel| (= |total - rel|; where both are 0 it goes
+ * to irrel, that is nowhere), wholly to the total. b NULL: nothing. */
+static void share_bias(float *x, int S, size_t rows, int n, const float *b)
 {
+	size_t nn = rows * (size_t)n;
+	float *t = x + (size_t)S * nn;
 	if (!b)
 		return;
-	for (size_t row = 0; row < m; row++) {
-		float *pr = r + row * (size_t)n, *pi = i + row * (size_t)n;
-		for (int c = 0; c < n; c++) {
-			float ar = fabsf(pr[c]), ai = fabsf(pi[c]), tot = ar + ai;
-			if (tot > 0) {
-				pr[c] += b[c] * (ar / tot);
-				pi[c] += b[c] * (ai / tot);
-			} else
-				pi[c] += b[c];
+	for (int g = 0; g < S; g++) {
+		float *r = x + (size_t)g * nn;
+		for (size_t k = 0; k < nn; k++) {
+			float ar = fabsf(r[k]), ai = fabsf(t[k] - r[k]), tot = ar + ai;
+			if (tot > 0)
+				r[k] += b[k % (size_t)n] * (ar / tot);
+		}
+	}
+	for (size_t k = 0; k < nn; k++)
+		t[k] += b[k % (size_t)n];
+}
+
+/* The reference code's sign rule: where rel and irrel differ in sign, the
+ * larger in magnitude takes the sum (rel := total, or rel := 0). */
+static void normalize(float *x, int S, size_t nn)
+{
+	const float *t = x + (size_t)S * nn;
+	for (int g = 0; g < S; g++) {
+		float *r = x + (size_t)g * nn;
+		for (size_t k = 0; k < nn; k++) {
+			float i = t[k] - r[k];
+			if (r[k] * i < 0)
+				r[k] = fabsf(r[k]) >= fabsf(i) ? t[k] : 0;
 		}
 	}
 }
 
-/* The reference code's sign rule: where r and i differ in sign, the larger
- * in magnitude takes the sum. */
-static void normalize(float *r, float *i, size_t n)
+/* LayerNorm split: each part centred by its own mean, scaled by the whole
+ * row's rstd and w; the bias shared by |rel|, |irrel| of the input (to
+ * irrel where both are 0). y, x: (S + 1) sets of `rows` rows of C. */
+static void ln_split(float *y, const float *x, int S, size_t rows, int C, const float *w,
+		     const float *b, double eps)
 {
-	for (size_t k = 0; k < n; k++)
-		if (r[k] * i[k] < 0) {
-			if (fabsf(r[k]) >= fabsf(i[k])) {
-				r[k] += i[k];
-				i[k] = 0;
-			} else {
-				i[k] += r[k];
-				r[k] = 0;
+	size_t nn = rows * (size_t)C;
+	const float *xt = x + (size_t)S * nn;
+	float *yt = y + (size_t)S * nn;
+	for (size_t row = 0; row < rows; row++) {
+		const float *t = xt + row * (size_t)C;
+		double mt = 0, var = 0;
+		for (int c = 0; c < C; c++)
+			mt += t[c];
+		mt /= C;
+		for (int c = 0; c < C; c++)
+			var += (t[c] - mt) * (t[c] - mt);
+		float rstd = (float)(1.0 / sqrt(var / C + eps));
+		for (int g = 0; g < S; g++) {
+			const float *r = x + (size_t)g * nn + row * (size_t)C;
+			float *o = y + (size_t)g * nn + row * (size_t)C;
+			double mr = 0;
+			for (int c = 0; c < C; c++)
+				mr += r[c];
+			mr /= C;
+			for (int c = 0; c < C; c++) {
+				float ar = fabsf(r[c]), ai = fabsf(t[c] - r[c]), tot = ar + ai;
+				o[c] = (float)(r[c] - mr) * rstd * w[c];
+				if (b && tot > 0)
+					o[c] += b[c] * (ar / tot);
 			}
 		}
-}
-
-/* LayerNorm of rows (xr + xi) (m, C) split: each part centred by its own
- * mean, scaled by the whole row's rstd and w; the bias shared by |xr|, |xi|. */
-static void ln_split(float *yr, float *yi, const float *xr, const float *xi, size_t m, int C,
-		     const float *w, const float *b, double eps)
-{
-	for (size_t row = 0; row < m; row++) {
-		const float *r = xr + row * (size_t)C, *i = xi + row * (size_t)C;
-		float *or_ = yr + row * (size_t)C, *oi = yi + row * (size_t)C;
-		double mr = 0, mi = 0, var = 0;
-		for (int c = 0; c < C; c++) {
-			mr += r[c];
-			mi += i[c];
-		}
-		mr /= C;
-		mi /= C;
-		for (int c = 0; c < C; c++) {
-			double d = (double)r[c] + i[c] - mr - mi;
-			var += d * d;
-		}
-		float rstd = (float)(1.0 / sqrt(var / C + eps));
-		for (int c = 0; c < C; c++) {
-			float ar = fabsf(r[c]), ai = fabsf(i[c]), tot = ar + ai;
-			or_[c] = (float)(r[c] - mr) * rstd * w[c];
-			oi[c] = (float)(i[c] - mi) * rstd * w[c];
-			if (!b)
-				continue;
-			if (tot > 0) {
-				or_[c] += b[c] * (ar / tot);
-				oi[c] += b[c] * (ai / tot);
-			} else
-				oi[c] += b[c];
-		}
+		for (int c = 0; c < C; c++)
+			yt[row * (size_t)C + (size_t)c] =
+			    (float)(t[c] - mt) * rstd * w[c] + (b ? b[c] : 0);
 	}
 }
 
@@ -108,14 +117,35 @@ static float act_scalar(float x, circ_act a)
 	return (float)(0.5 * x * (1 + tanh(u)));
 }
 
-/* The paper's rule for the non-linearity, in place: i := act(i),
- * r := act(r + i) - act(i). */
-static void act_split(float *r, float *i, size_t n, circ_act a)
+/* act over n floats (out may be inp): circ's GELU kernels, SiLU here. */
+static void act_fwd(float *out, const float *inp, size_t n, circ_act a)
 {
-	for (size_t k = 0; k < n; k++) {
-		float ai = act_scalar(i[k], a);
-		r[k] = act_scalar(r[k] + i[k], a) - ai;
-		i[k] = ai;
+	if (a == CIRC_ACT_SILU)
+		for (size_t k = 0; k < n; k++)
+			out[k] = act_scalar(inp[k], a);
+	else
+		circ_gelu_fwd(out, inp, n, a == CIRC_ACT_GELU);
+}
+
+/* The paper's rule for the non-linearity, in place: irrel' = act(irrel),
+ * rel' = act(total) - act(irrel); the total becomes act(total). tmp: nn
+ * floats. */
+static void act_split(float *x, int S, size_t nn, circ_act a, float *tmp)
+{
+	float *t = x + (size_t)S * nn;
+	for (int g = 0; g < S; g++) {
+		float *r = x + (size_t)g * nn;
+		for (size_t k = 0; k < nn; k++)
+			tmp[k] = t[k] - r[k];
+		act_fwd(tmp, tmp, nn, a);
+		for (size_t k = 0; k < nn; k++)
+			r[k] = tmp[k];
+	}
+	act_fwd(t, t, nn, a);
+	for (int g = 0; g < S; g++) {
+		float *r = x + (size_t)g * nn;
+		for (size_t k = 0; k < nn; k++)
+			r[k] = t[k] - r[k];
 	}
 }
 
@@ -175,51 +205,59 @@ typedef struct cdt_state {
 	const circ_topology *t;
 	circ_pool *pool;
 	int S, B, T, C, H, D, F, U;
-	size_t BT, SBT;
+	size_t BT, SBT; /* SBT: (S + 1) * B * T rows, the total included */
 	const uint8_t *src, *whole;
 	int normalize;
-	float *xr, *xi;	    /* (S*BT, C) the residual */
-	float *lr, *li;	    /* (S*BT, C) LayerNorm outputs, then head outputs */
-	float *vr, *vi;	    /* (S*BT, C) values, then z */
-	float *hr, *hi;	    /* (S*BT, F) MLP hidden */
-	float *or_, *oi;    /* (S*BT, C) one node's output */
+	float *x;	    /* (S+1, BT, C) the residual's rel, then the total */
+	float *l;	    /* (S+1, BT, C) LayerNorm outputs, then z */
+	float *v;	    /* (S+1, BT, C) values */
+	float *h;	    /* (S+1, BT, F) MLP hidden */
+	float *o;	    /* (S+1, BT, C) one node's output */
+	float *irrel;	    /* (S, BT, C) irrel shown to the hook */
+	float *tmp;	    /* (BT, F) scratch */
 	circ_cdt_hook hook; /* may be NULL */
 	void *ctx;
 } cdt_state;
 
-static int show(cdt_state *st, circ_cdt_point what, int index, const float *r, const float *i,
-		circ_error *e)
+/* Shows rel of sets 0..S-1 of x (nn floats per set) and irrel = total -
+ * rel, made into buf. */
+static int show(cdt_state *st, circ_cdt_point what, int index, const float *x, size_t nn,
+		float *buf, circ_error *e)
 {
-	return st->hook ? st->hook(st->ctx, what, index, r, i, e) : 0;
+	const float *t = x + (size_t)st->S * nn;
+	if (!st->hook)
+		return 0;
+	for (int g = 0; g < st->S; g++)
+		for (size_t k = 0; k < nn; k++)
+			buf[(size_t)g * nn + k] = t[k] - x[(size_t)g * nn + k];
+	return st->hook(st->ctx, what, index, x, buf, e);
 }
 
-/* Node u's output (or_, oi) made wholly relevant in the sets it is a source
- * of; shown; added to the residual. */
+/* Node u's output (o) made wholly relevant in the sets it is a source of;
+ * shown; added to the residual. */
 static int emit_node(cdt_state *st, int u, circ_error *e)
 {
 	size_t btc = st->BT * (size_t)st->C;
+	const float *t = st->o + (size_t)st->S * btc;
 	for (int g = 0; g < st->S; g++)
-		if (st->src[(size_t)g * (size_t)st->U + (size_t)u]) {
-			float *r = st->or_ + (size_t)g * btc, *i = st->oi + (size_t)g * btc;
-			for (size_t k = 0; k < btc; k++) {
-				r[k] += i[k];
-				i[k] = 0;
-			}
-		}
-	if (show(st, CIRC_CDT_NODE, u, st->or_, st->oi, e) < 0)
+		if (st->src[(size_t)g * (size_t)st->U + (size_t)u])
+			memcpy(st->o + (size_t)g * btc, t, btc * sizeof(float));
+	if (show(st, CIRC_CDT_NODE, u, st->o, btc, st->irrel, e) < 0)
 		return -1;
-	circ_vadd(st->xr, st->or_, st->SBT * (size_t)st->C);
-	circ_vadd(st->xi, st->oi, st->SBT * (size_t)st->C);
+	circ_vadd(st->x, st->o, st->SBT * (size_t)st->C);
 	return 0;
 }
 
-/* A constant (n wide, per position or NULL) added to the residual: to rel in
- * the whole-model sets, else to irrel. cst is (B*T, C) when per_row, else (C). */
+/* A constant added to the residual: to rel in the whole-model sets and the
+ * total (in the others it is irrel: total - rel grows by it). cst is
+ * (B*T, C) when per_row, else (C). */
 static void add_constant(cdt_state *st, const float *cst, int per_row)
 {
 	size_t btc = st->BT * (size_t)st->C;
-	for (int g = 0; g < st->S; g++) {
-		float *x = (st->whole && st->whole[g] ? st->xr : st->xi) + (size_t)g * btc;
+	for (int g = 0; g <= st->S; g++) {
+		float *x = st->x + (size_t)g * btc;
+		if (g < st->S && !(st->whole && st->whole[g]))
+			continue;
 		for (size_t row = 0; row < st->BT; row++)
 			for (int c = 0; c < st->C; c++)
 				x[row * (size_t)st->C + (size_t)c] +=
@@ -233,42 +271,34 @@ static int attn_stage(cdt_state *st, int l, circ_error *e)
 	const float *att = circ_run_attn(st->r, l); /* (B, H, T, T) */
 	int C = st->C, D = st->D, T = st->T;
 	size_t SBT = st->SBT;
-	ln_split(st->lr, st->li, st->xr, st->xi, SBT, C, lw->ln1_w, lw->ln1_b,
-		 st->c->layer_norm_epsilon);
+	ln_split(st->l, st->x, st->S, st->BT, C, lw->ln1_w, lw->ln1_b, st->c->layer_norm_epsilon);
 	/* values: columns 2C..3C of attn_w */
-	gemm(st->pool, SBT, C, C, st->lr, C, lw->attn_w + 2 * C, 3 * C, st->vr, C);
-	gemm(st->pool, SBT, C, C, st->li, C, lw->attn_w + 2 * C, 3 * C, st->vi, C);
-	share_bias(st->vr, st->vi, SBT, C, lw->attn_b ? lw->attn_b + 2 * C : NULL);
-	/* z = A v per head, into lr/li (the LayerNorm outputs are done with) */
-	for (int part = 0; part < 2; part++) {
-		const float *v = part ? st->vi : st->vr;
-		float *z = part ? st->li : st->lr;
-		memset(z, 0, SBT * (size_t)C * sizeof *z);
-		for (int g = 0; g < st->S; g++)
-			for (int b = 0; b < st->B; b++) {
-				size_t base = ((size_t)g * st->B + (size_t)b) * (size_t)T;
-				for (int h = 0; h < st->H; h++)
-					for (int t = 0; t < T; t++) {
-						const float *a =
-						    att +
-						    (((size_t)b * st->H + (size_t)h) * T + t) *
-							(size_t)T;
-						float *zo = z + (base + (size_t)t) * (size_t)C +
-							    (size_t)h * (size_t)D;
-						for (int j = 0; j <= t; j++) {
-							const float *vv =
-							    v + (base + (size_t)j) * (size_t)C +
-							    (size_t)h * (size_t)D;
-							for (int d = 0; d < D; d++)
-								zo[d] += a[j] * vv[d];
-						}
+	gemm(st->pool, SBT, C, C, st->l, C, lw->attn_w + 2 * C, 3 * C, st->v, C);
+	share_bias(st->v, st->S, st->BT, C, lw->attn_b ? lw->attn_b + 2 * C : NULL);
+	/* z = A v per head, into l (the LayerNorm outputs are done with) */
+	memset(st->l, 0, SBT * (size_t)C * sizeof(float));
+	for (int g = 0; g <= st->S; g++)
+		for (int b = 0; b < st->B; b++) {
+			size_t base = ((size_t)g * st->B + (size_t)b) * (size_t)T;
+			for (int h = 0; h < st->H; h++)
+				for (int t = 0; t < T; t++) {
+					const float *a =
+					    att +
+					    (((size_t)b * st->H + (size_t)h) * T + t) * (size_t)T;
+					float *zo = st->l + (base + (size_t)t) * (size_t)C +
+						    (size_t)h * (size_t)D;
+					for (int j = 0; j <= t; j++) {
+						const float *vv = st->v +
+								  (base + (size_t)j) * (size_t)C +
+								  (size_t)h * (size_t)D;
+						for (int d = 0; d < D; d++)
+							zo[d] += a[j] * vv[d];
 					}
-			}
-	}
+				}
+		}
 	for (int h = 0; h < st->H; h++) {
 		const float *wo = lw->proj_w + (size_t)h * (size_t)D * (size_t)C;
-		gemm(st->pool, SBT, C, D, st->lr + (size_t)h * (size_t)D, C, wo, C, st->or_, C);
-		gemm(st->pool, SBT, C, D, st->li + (size_t)h * (size_t)D, C, wo, C, st->oi, C);
+		gemm(st->pool, SBT, C, D, st->l + (size_t)h * (size_t)D, C, wo, C, st->o, C);
 		if (emit_node(st, circ_topo_node_head(st->t, l, h), e) < 0)
 			return -1;
 	}
@@ -282,23 +312,20 @@ static int mlp_stage(cdt_state *st, int l, circ_error *e)
 	const circ_layer_weights *lw = &st->w->layers[l];
 	int C = st->C, F = st->F;
 	size_t SBT = st->SBT;
-	ln_split(st->lr, st->li, st->xr, st->xi, SBT, C, lw->ln2_w, lw->ln2_b,
-		 st->c->layer_norm_epsilon);
-	gemm(st->pool, SBT, F, C, st->lr, C, lw->fc_w, F, st->hr, F);
-	gemm(st->pool, SBT, F, C, st->li, C, lw->fc_w, F, st->hi, F);
-	share_bias(st->hr, st->hi, SBT, F, lw->fc_b);
+	ln_split(st->l, st->x, st->S, st->BT, C, lw->ln2_w, lw->ln2_b, st->c->layer_norm_epsilon);
+	gemm(st->pool, SBT, F, C, st->l, C, lw->fc_w, F, st->h, F);
+	share_bias(st->h, st->S, st->BT, F, lw->fc_b);
 	if (st->normalize)
-		normalize(st->hr, st->hi, SBT * (size_t)F);
-	act_split(st->hr, st->hi, SBT * (size_t)F, st->c->act);
-	gemm(st->pool, SBT, C, F, st->hr, F, lw->fcproj_w, C, st->or_, C);
-	gemm(st->pool, SBT, C, F, st->hi, F, lw->fcproj_w, C, st->oi, C);
-	share_bias(st->or_, st->oi, SBT, C, lw->fcproj_b);
+		normalize(st->h, st->S, st->BT * (size_t)F);
+	act_split(st->h, st->S, st->BT * (size_t)F, st->c->act, st->tmp);
+	gemm(st->pool, SBT, C, F, st->h, F, lw->fcproj_w, C, st->o, C);
+	share_bias(st->o, st->S, st->BT, C, lw->fcproj_b);
 	if (st->normalize)
-		normalize(st->or_, st->oi, SBT * (size_t)C);
+		normalize(st->o, st->S, st->BT * (size_t)C);
 	if (emit_node(st, circ_topo_node_mlp(st->t, l), e) < 0)
 		return -1;
 	if (st->normalize)
-		normalize(st->xr, st->xi, SBT * (size_t)C);
+		normalize(st->x, st->S, st->BT * (size_t)C);
 	return 0;
 }
 
@@ -307,31 +334,26 @@ static int final_stage(cdt_state *st, circ_error *e)
 {
 	int N, C = st->C, V = st->c->vocab_size;
 	const circ_read *reads = circ_run_reads(st->r, &N);
-	size_t SN = (size_t)st->S * (size_t)N;
-	float *gr = circ_xmalloc(SN * (size_t)C * sizeof *gr);
-	float *gi = circ_xmalloc(SN * (size_t)C * sizeof *gi);
-	float *yr = circ_xmalloc(SN * (size_t)C * sizeof *yr);
-	float *yi = circ_xmalloc(SN * (size_t)C * sizeof *yi);
-	float *zr = circ_xmalloc(SN * (size_t)V * sizeof *zr);
-	float *zi = circ_xmalloc(SN * (size_t)V * sizeof *zi);
+	size_t SN = (size_t)(st->S + 1) * (size_t)N;
+	float *gx = circ_xmalloc(SN * (size_t)C * sizeof *gx);
+	float *gy = circ_xmalloc(SN * (size_t)C * sizeof *gy);
+	float *z = circ_xmalloc(SN * (size_t)V * sizeof *z);
+	float *zi = st->hook ? circ_xmalloc((SN - (size_t)N) * (size_t)V * sizeof *zi) : NULL;
 	int rc;
-	for (int g = 0; g < st->S; g++)
+	for (int g = 0; g <= st->S; g++)
 		for (int n = 0; n < N; n++) {
 			size_t row = ((size_t)g * st->B + (size_t)reads[n].b) * (size_t)st->T +
 				     (size_t)reads[n].t;
-			size_t dst = ((size_t)g * (size_t)N + (size_t)n) * (size_t)C;
-			memcpy(gr + dst, st->xr + row * (size_t)C, (size_t)C * sizeof *gr);
-			memcpy(gi + dst, st->xi + row * (size_t)C, (size_t)C * sizeof *gi);
+			memcpy(gx + ((size_t)g * (size_t)N + (size_t)n) * (size_t)C,
+			       st->x + row * (size_t)C, (size_t)C * sizeof *gx);
 		}
-	ln_split(yr, yi, gr, gi, SN, C, st->w->lnf_w, st->w->lnf_b, st->c->layer_norm_epsilon);
-	gemm_t(st->pool, 1, SN, V, C, yr, C, st->w->lm_head, C, zr, V);
-	gemm_t(st->pool, 1, SN, V, C, yi, C, st->w->lm_head, C, zi, V);
-	rc = show(st, CIRC_CDT_LOGITS, 0, zr, zi, e);
-	free(gr);
-	free(gi);
-	free(yr);
-	free(yi);
-	free(zr);
+	ln_split(gy, gx, st->S, (size_t)N, C, st->w->lnf_w, st->w->lnf_b,
+		 st->c->layer_norm_epsilon);
+	gemm_t(st->pool, 1, SN, V, C, gy, C, st->w->lm_head, C, z, V);
+	rc = show(st, CIRC_CDT_LOGITS, 0, z, (size_t)N * (size_t)V, zi, e);
+	free(gx);
+	free(gy);
+	free(z);
 	free(zi);
 	return rc;
 }
@@ -359,7 +381,7 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 	cdt_state st = {0};
 	circ_cdt_opts def;
 	int s0, L, rc = 0;
-	size_t big;
+	size_t big, btc;
 	if (!o) {
 		circ_cdt_opts_default(&def);
 		o = &def;
@@ -386,24 +408,22 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 	st.F = st.c->n_inner;
 	st.U = circ_model_n_up(m);
 	st.BT = (size_t)st.B * (size_t)st.T;
-	st.SBT = (size_t)S * st.BT;
+	st.SBT = (size_t)(S + 1) * st.BT;
 	st.src = src;
 	st.whole = whole;
 	st.normalize = o->normalize;
 	st.hook = hook;
 	st.ctx = ctx;
 	L = st.c->n_layer;
+	btc = st.BT * (size_t)st.C;
 	big = st.SBT * (size_t)st.C;
-	st.xr = circ_xcalloc(big, sizeof(float));
-	st.xi = circ_xcalloc(big, sizeof(float));
-	st.lr = circ_xmalloc(big * sizeof(float));
-	st.li = circ_xmalloc(big * sizeof(float));
-	st.vr = circ_xmalloc(big * sizeof(float));
-	st.vi = circ_xmalloc(big * sizeof(float));
-	st.or_ = circ_xmalloc(big * sizeof(float));
-	st.oi = circ_xmalloc(big * sizeof(float));
-	st.hr = circ_xmalloc(st.SBT * (size_t)st.F * sizeof(float));
-	st.hi = circ_xmalloc(st.SBT * (size_t)st.F * sizeof(float));
+	st.x = circ_xcalloc(big, sizeof(float));
+	st.l = circ_xmalloc(big * sizeof(float));
+	st.v = circ_xmalloc(big * sizeof(float));
+	st.o = circ_xmalloc(big * sizeof(float));
+	st.h = circ_xmalloc(st.SBT * (size_t)st.F * sizeof(float));
+	st.irrel = circ_xmalloc((size_t)S * btc * sizeof(float));
+	st.tmp = circ_xmalloc(st.BT * (size_t)st.F * sizeof(float));
 	circ_blas_threads(1);
 
 	s0 = start_stage(&st);
@@ -411,26 +431,19 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 		/* the embedding: the input node's output, and the constants
 		 * (the positional embedding, convention permitting) */
 		const float *x0 = circ_run_node_out(r, 0), *res0 = circ_run_resid(r, 0);
-		size_t btc = st.BT * (size_t)st.C;
 		float *cst = circ_xmalloc(btc * sizeof *cst);
 		for (size_t k = 0; k < btc; k++)
 			cst[k] = res0[k] - x0[k];
-		for (int g = 0; g < S; g++) {
-			memset(st.or_ + (size_t)g * btc, 0, btc * sizeof(float));
-			memcpy(st.oi + (size_t)g * btc, x0, btc * sizeof(float));
-		}
+		memset(st.o, 0, (size_t)S * btc * sizeof(float));
+		memcpy(st.o + (size_t)S * btc, x0, btc * sizeof(float));
 		rc = emit_node(&st, 0, e);
 		add_constant(&st, cst, 1);
 		free(cst);
 		s0 = 0;
-	} else {
-		const float *res = circ_run_resid(r, s0);
-		size_t btc = st.BT * (size_t)st.C;
-		for (int g = 0; g < S; g++)
-			memcpy(st.xi + (size_t)g * btc, res, btc * sizeof(float));
-	}
+	} else
+		memcpy(st.x + (size_t)S * btc, circ_run_resid(r, s0), btc * sizeof(float));
 	for (int s = s0; rc == 0 && s <= 2 * L; s++) {
-		rc = show(&st, CIRC_CDT_RESID, s, st.xr, st.xi, e);
+		rc = show(&st, CIRC_CDT_RESID, s, st.x, btc, st.irrel, e);
 		if (rc < 0)
 			break;
 		if (s == 2 * L)
@@ -440,16 +453,13 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 		else
 			rc = mlp_stage(&st, s / 2, e);
 	}
-	free(st.xr);
-	free(st.xi);
-	free(st.lr);
-	free(st.li);
-	free(st.vr);
-	free(st.vi);
-	free(st.or_);
-	free(st.oi);
-	free(st.hr);
-	free(st.hi);
+	free(st.x);
+	free(st.l);
+	free(st.v);
+	free(st.o);
+	free(st.h);
+	free(st.irrel);
+	free(st.tmp);
 	return rc;
 }
 
