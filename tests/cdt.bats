@@ -8,13 +8,13 @@ load helper
 MODELS="induction-hand ioi-hand"
 PY=/usr/bin/python3
 
+# The task's 32 examples (seed 1) of each model, tokenized, and their cd-t scores.
 setup_file() {
-	local m
+	local m d="$BATS_FILE_TMPDIR"
 	for m in $MODELS; do
-		circ-fixture "$m" --examples 32 --seed 1 |
-			circ-tokenize --vocab-dir "fixtures/$m" >"$BATS_FILE_TMPDIR/$m.tok"
-		circ-score --model "fixtures/$m" --method cd-t -o "$BATS_FILE_TMPDIR/$m.scores" \
-			"$BATS_FILE_TMPDIR/$m.tok"
+		circ-fixture "$m" --examples 32 --seed 1 >"$d/$m.jsonl"
+		circ-tokenize --vocab-dir "fixtures/$m" -o "$d/$m.tok" "$d/$m.jsonl"
+		circ-score --model "fixtures/$m" --method cd-t -o "$d/$m.scores" "$d/$m.tok"
 	done
 }
 
@@ -75,9 +75,8 @@ EOF
 @test "cd-t: shards merge into the whole run's scores; threads give the same scores" {
 	m=ioi-hand
 	tok="$BATS_FILE_TMPDIR/$m.tok"
-	circ-fixture "$m" --examples 32 --seed 1 >"$T/all.jsonl"
-	head -16 "$T/all.jsonl" | circ-tokenize --vocab-dir "fixtures/$m" >"$T/a.jsonl"
-	tail -n +17 "$T/all.jsonl" | circ-tokenize --vocab-dir "fixtures/$m" >"$T/b.jsonl"
+	head -16 "$BATS_FILE_TMPDIR/$m.jsonl" | circ-tokenize --vocab-dir "fixtures/$m" >"$T/a.jsonl"
+	tail -n +17 "$BATS_FILE_TMPDIR/$m.jsonl" | circ-tokenize --vocab-dir "fixtures/$m" >"$T/b.jsonl"
 	circ-score --model "fixtures/$m" --method cd-t -o "$T/a.circ" "$T/a.jsonl"
 	circ-score --model "fixtures/$m" --method cd-t -o "$T/b.circ" "$T/b.jsonl"
 	circ-score --merge "$T/a.circ" "$T/b.circ" -o "$T/ab.circ"

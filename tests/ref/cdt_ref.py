@@ -35,13 +35,19 @@ from stio import write_safetensors  # noqa: E402
 torch.set_default_dtype(torch.float64)
 
 
-def share(r, i, b):
-    """Adds bias b to (r, i) in proportion to |r|, |i|; all to i where both are 0."""
+def fractions(r, i):
+    """Shares of a bias: |r|, |i| over their sum; all to i where both are 0."""
     ar, ai = r.abs(), i.abs()
     tot = ar + ai
     safe = torch.where(tot > 0, tot, torch.ones_like(tot))
     fr = torch.where(tot > 0, ar / safe, torch.zeros_like(tot))
     fi = torch.where(tot > 0, ai / safe, torch.ones_like(tot))
+    return fr, fi
+
+
+def share(r, i, b):
+    """Adds bias b to (r, i) in proportion to |r|, |i|."""
+    fr, fi = fractions(r, i)
     return r + b * fr, i + b * fi
 
 
@@ -53,11 +59,7 @@ def ln_split(r, i, w, b, eps):
     yr = (r - r.mean(-1, keepdim=True)) * rstd * w
     yi = (i - i.mean(-1, keepdim=True)) * rstd * w
     # the bias is shared by the input's magnitudes
-    ar, ai = r.abs(), i.abs()
-    tot = ar + ai
-    safe = torch.where(tot > 0, tot, torch.ones_like(tot))
-    fr = torch.where(tot > 0, ar / safe, torch.zeros_like(tot))
-    fi = torch.where(tot > 0, ai / safe, torch.ones_like(tot))
+    fr, fi = fractions(r, i)
     return yr + b * fr, yi + b * fi
 
 

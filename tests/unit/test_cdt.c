@@ -26,20 +26,6 @@
 #include "check.h"
 #include "safetensors.h"
 
-static circ_config small_config(int L, int H, int C, int V, int P)
-{
-	circ_config c = {0};
-	c.n_layer = L;
-	c.n_head = H;
-	c.n_embd = C;
-	c.vocab_size = V;
-	c.n_ctx = P;
-	c.n_inner = 4 * C;
-	c.layer_norm_epsilon = 1e-5;
-	c.act = CIRC_ACT_GELU_NEW;
-	return c;
-}
-
 static double maxabs(const float *x, size_t n)
 {
 	double m = 0;
@@ -413,7 +399,8 @@ int main(void)
 {
 	char dir[] = "/tmp/circ-test-cdt-XXXXXX";
 	char mdir[300];
-	circ_config c = small_config(2, 4, 32, 50, 16);
+	/* L 2, H 4, C 32, P 16, V 50, F 128 */
+	circ_config c = {2, 4, 32, 16, 50, 128, 1e-5, CIRC_ACT_GELU_NEW};
 	circ_error e;
 	circ_model *m;
 	int B = 3, T = 7;
