@@ -471,8 +471,8 @@ struct circ_cdt_scorer {
 	circ_cdt_opts o;
 	double *sum; /* (E) */
 	int64_t count;
-	float *grad;	 /* (R_graph, B, T, C) loss gradient per graph receiver */
-	size_t grad_bt;	 /* B*T the gradients were made for */
+	float *grad;	 /* (B, T, C) a node-level head's q + k + v gradients */
+	size_t grad_bt;	 /* B*T of the batch */
 	int *group_node; /* (S) the node of each set of the current pass */
 	int S;
 };
@@ -511,34 +511,35 @@ int64_t circ_cdt_scorer_count(const circ_cdt_scorer *sc)
 	return sc->count;
 }
 
-/* The model receivers a graph receiver stands for (q, k, v for a node-level
- * head): their gradients summed into out (B*T*C). */
-static int graph_recv_grad(circ_cdt_scorer *sc, int rg, float *out, size_t n, circ_error *e)
+/* The loss gradient at graph receiver rg's input (B*T*C): the model
+ * receiver's, or for a node-level head its q, k and v gradients summed into
+ * sc->grad. NULL with a message when the run kept no receiver gradients. */
+static const float *graph_recv_grad(circ_cdt_scorer *sc, int rg, circ_error *e)
 {
 	const circ_topo_recv *rv = &sc->g->topo->recv[rg];
 	circ_run *run = circ_patcher_run(sc->p);
 	const circ_model *m = circ_patcher_model(sc->p);
+	size_t n = sc->grad_bt * (size_t)circ_model_config(m)->n_embd;
 	int ids[3], k = 0;
-	switch (rv->kind) {
-	case CIRC_RECV_HEAD:
+	if (rv->kind == CIRC_RECV_HEAD)
 		for (int q = 0; q < 3; q++)
 			ids[k++] = circ_recv_qkv(m, rv->layer, rv->head, (circ_recv_kind)q);
-		break;
-	case CIRC_RECV_Q:
-	case CIRC_RECV_K:
-	case CIRC_RECV_V: ids[k++] = circ_recv_qkv(m, rv->layer, rv->head, rv->kind); break;
-	case CIRC_RECV_MLP: ids[k++] = circ_recv_mlp(m, rv->layer); break;
-	default: return 0;
-	}
-	memset(out, 0, n * sizeof *out);
-	for (int q = 0; q < k; q++) {
-		const float *gq = circ_run_recv_grad(run, ids[q]);
-		if (!gq)
-			return circ_errorf(e, "cd-t: no receiver gradients (the patcher must keep "
-					      "every receiver's gradient)");
-		circ_vadd(out, gq, n);
-	}
-	return 0;
+	else if (rv->kind == CIRC_RECV_MLP)
+		ids[k++] = circ_recv_mlp(m, rv->layer);
+	else
+		ids[k++] = circ_recv_qkv(m, rv->layer, rv->head, rv->kind);
+	for (int q = 0; q < k; q++)
+		if (!circ_run_recv_grad(run, ids[q])) {
+			circ_errorf(e, "cd-t: no receiver gradients (the patcher must keep every "
+				       "receiver's gradient)");
+			return NULL;
+		}
+	if (k == 1)
+		return circ_run_recv_grad(run, ids[0]);
+	memset(sc->grad, 0, n * sizeof *sc->grad);
+	for (int q = 0; q < k; q++)
+		circ_vadd(sc->grad, circ_run_recv_grad(run, ids[q]), n);
+	return sc->grad;
 }
 
 static int score_hook(void *ctx, circ_cdt_point what, int index, const float *rel,
@@ -555,7 +556,9 @@ static int score_hook(void *ctx, circ_cdt_point what, int index, const float *re
 		for (int rg = 0; rg < g->n_recv; rg++) {
 			if (t->recv[rg].stage != index || t->recv[rg].kind == CIRC_RECV_LOGITS)
 				continue;
-			const float *gr = sc->grad + (size_t)rg * btc;
+			const float *gr = graph_recv_grad(sc, rg, e);
+			if (!gr)
+				return -1;
 			for (int s = 0; s < sc->S; s++) {
 				int u = sc->group_node[s];
 				if (!g->mask[(size_t)rg * (size_t)U + (size_t)u])
@@ -584,7 +587,6 @@ static int score_hook(void *ctx, circ_cdt_point what, int index, const float *re
 			}
 		}
 	}
-	(void)e;
 	return 0;
 }
 
@@ -603,10 +605,8 @@ int circ_cdt_scorer_batch(circ_cdt_scorer *sc, circ_progress *pr, circ_error *e)
 		return circ_errorf(e, "cd-t: the patcher's run is not the clean run of its batch");
 	}
 	free(sc->grad);
-	sc->grad = circ_xmalloc((size_t)g->n_recv * btc * sizeof *sc->grad);
+	sc->grad = circ_xmalloc(btc * sizeof *sc->grad);
 	sc->grad_bt = bt;
-	for (int rg = 0; rg < g->n_recv && rc == 0; rg++)
-		rc = graph_recv_grad(sc, rg, sc->grad + (size_t)rg * btc, btc, e);
 	/* pass 0: the input node; pass l+1: layer l's heads and MLP */
 	for (int pass = 0; pass <= L && rc == 0; pass++) {
 		memset(src, 0, (size_t)(H + 1) * (size_t)U);
