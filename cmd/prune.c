@@ -9,7 +9,8 @@
  * JSON file.
  *
  * ACDC (--acdc) is a mode of its own that drives patching instead of reading
- * scores; run_acdc below is the hook where it plugs in.
+ * scores; run_acdc below is the hook where it plugs in. --cd-t N is CD-T's
+ * iterative construction over (cd-t) scores (lib/cdt's circ_cdt_select).
  */
 #include <errno.h>
 #include <math.h>

@@ -1,6 +1,7 @@
 /*
  * circ-score: one score per edge of the model's graph, for a task given as a
- * token stream: eap, eap-ig, eap-ig-activations or exact patching. Scores
+ * token stream: eap, eap-ig, eap-ig-activations, exact patching or CD-T
+ * (contextual decomposition, lib/cdt: its own block, score_cdt). Scores
  * are means over examples written with their sums and counts, so that
  * shards scored in parallel merge exactly (--merge).
  */
