@@ -33,7 +33,7 @@
  * the lowest stage any of them touches. Only rel is multiplied: the whole
  * activation rides along as one more set and irrel is it minus rel, so a
  * pass costs S + 1 row sets of products. Scoring every node of GPT-2 small
- * is L + 1 such passes per batch (bench/cdt.sh: about 60-100 forwards).
+ * is L + 1 such passes per batch (bench/cdt.sh: about 50-80 forwards).
  *
  * Scores (circ-score --method cd-t): for edge u->r, with the sources {u}:
  *   r = logits   loss(irrel logits) - loss(clean logits): how much the loss
