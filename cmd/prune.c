@@ -10,7 +10,8 @@
  *
  * ACDC (--acdc) is a mode of its own that drives patching instead of reading
  * scores, in circ's order or the reference implementation's (--acdc-order);
- * run_acdc below is the hook where it plugs in.
+ * run_acdc below is the hook where it plugs in. --cd-t N is CD-T's
+ * iterative construction over (cd-t) scores (lib/cdt's circ_cdt_select).
  */
 #include <errno.h>
 #include <math.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "acdc.h"
+#include "cdt.h"
 #include "circuit.h"
 #include "eval.h"
 #include "cli/patchopt.h"
@@ -43,6 +45,7 @@ enum {
 	OPT_ACDC_ORDER,
 	OPT_ACDC_INDICES,
 	OPT_ACDC_NAMES,
+	OPT_CDT,
 };
 
 static const circ_opt opts[] = {
@@ -50,6 +53,9 @@ static const circ_opt opts[] = {
     {"threshold", OPT_THRESHOLD, "T", "keep the edges whose |score| is at least T"},
     {"greedy", OPT_GREEDY, "N", "grow N edges greedily from logits (N may be a percentage)"},
     {"acdc", OPT_ACDC, NULL, "ACDC: patch edges one by one (input: a token stream; needs --model)"},
+    {"cd-t", OPT_CDT, "N",
+     "CD-T's construction: from logits backwards, add the N sources most relevant to the "
+     "current targets each round"},
     {"signed", OPT_SIGNED, NULL, "rank by the signed score instead of |score|"},
     {"partial", OPT_PARTIAL, NULL, "accept scores that leave edges out (those are never selected)"},
     {"truth", OPT_TRUTH, "FILE", "evaluate against a ground-truth circuit or edge list"},
@@ -73,9 +79,9 @@ static const circ_opt opts[] = {
     {0},
 };
 
-typedef enum { MODE_NONE, MODE_TOP_N, MODE_THRESHOLD, MODE_GREEDY, MODE_ACDC } mode_t_;
+typedef enum { MODE_NONE, MODE_TOP_N, MODE_THRESHOLD, MODE_GREEDY, MODE_ACDC, MODE_CDT } mode_t_;
 
-static const char *const mode_names[] = {"", "top-n", "threshold", "greedy", "acdc"};
+static const char *const mode_names[] = {"", "top-n", "threshold", "greedy", "acdc", "cd-t"};
 
 static struct {
 	mode_t_ mode;
@@ -133,6 +139,11 @@ static int handle(int key, const char *arg, void *ctx)
 			circ_usage_error("option '--threshold': '%s' is not finite", arg);
 		return 0;
 	case OPT_ACDC: set_mode(MODE_ACDC); return 0;
+	case OPT_CDT:
+		set_mode(MODE_CDT);
+		o.size = arg;
+		circ_opt_i64("cd-t", arg, 1, 1 << 20);
+		return 0;
 	case OPT_SIGNED: o.signed_ = 1; return 0;
 	case OPT_PARTIAL: o.partial = 1; return 0;
 	case OPT_TRUTH: o.truth = arg; return 0;
@@ -594,7 +605,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 static void check_common_options(const circ_cli *cli)
 {
 	if (o.mode == MODE_NONE)
-		circ_usage_error("choose a mode: --top-n, --threshold, --greedy or --acdc");
+		circ_usage_error("choose a mode: --top-n, --threshold, --greedy, --acdc or --cd-t");
 	if (o.report && !o.truth)
 		circ_usage_error("--report needs --truth");
 	if (o.log && circ_same_output(o.log, cli->output))
@@ -623,7 +634,7 @@ static void check_selection_options(void)
 		circ_usage_error("option '--threshold': '%g' is negative (|score| is compared; "
 				 "--signed for signed scores)",
 				 o.threshold);
-	if (o.size)
+	if (o.size && o.mode != MODE_CDT)
 		parse_size(mode_names[o.mode], o.size, -1);
 }
 
@@ -684,6 +695,10 @@ static void select_circuit(const circ_reader *r, const circ_scores *s, uint8_t *
 		src->threshold = o.threshold;
 		circ_select_threshold(g, s->score, o.threshold, o.signed_, keep);
 		break;
+	case MODE_CDT: /* CD-T's rounds over node relevance (lib/cdt.h) */
+		src->n = circ_opt_i64("cd-t", o.size, 1, 1 << 20);
+		rc = circ_cdt_select(g, s->score, (int)src->n, o.signed_, keep, &e) < 0 ? -1 : 0;
+		break;
 	default: abort();
 	}
 	if (rc < 0) {
@@ -701,8 +716,9 @@ static void select_circuit(const circ_reader *r, const circ_scores *s, uint8_t *
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc) [scores]",
-			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
+	circ_cli cli = {
+	    "[options] (--top-n N | --threshold T | --greedy N | --acdc | --cd-t N) [scores]",
+	    "Select a circuit from scored edges, then drop dangling edges.", opts, 1};
 	circ_error e;
 	circ_circuit_source src;
 	circ_init("circ-prune");

@@ -1,6 +1,7 @@
 /*
  * circ-score: one score per edge of the model's graph, for a task given as a
- * token stream: eap, eap-ig, eap-ig-activations or exact patching. Scores
+ * token stream: eap, eap-ig, eap-ig-activations, exact patching or CD-T
+ * (contextual decomposition, lib/cdt: its own block, score_cdt). Scores
  * are means over examples written with their sums and counts, so that
  * shards scored in parallel merge exactly (--merge).
  */
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "attrib.h"
+#include "cdt.h"
 #include "circuit.h"
 #include "cli/patchopt.h"
 #include "cli/progress.h"
@@ -24,7 +26,7 @@ enum {
 
 static const circ_opt opts[] = {
     CIRC_PATCH_OPT_MODEL,
-    {"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations or exact"},
+    {"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations, exact or cd-t"},
     {"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5)"},
     CIRC_PATCH_OPT_COMMON,
     {"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
@@ -37,15 +39,18 @@ static struct {
 	circ_patch_cli pc;
 	circ_attr_method method;
 	int steps, steps_set, method_set, list_edges, merge, acts;
+	int cdt; /* --method cd-t: contextual decomposition (lib/cdt), not an attrib method */
 } o = {.method = CIRC_ATTR_EAP, .steps = 5};
 
 static int handle(int key, const char *arg, void *ctx)
 {
 	switch (key) {
 	case OPT_METHOD:
-		if (circ_attr_parse(arg, &o.method) < 0)
+		o.cdt = !strcmp(arg, "cd-t");
+		if (!o.cdt && circ_attr_parse(arg, &o.method) < 0)
 			circ_usage_error(
-			    "unknown method '%s' (eap, eap-ig, eap-ig-activations, exact)", arg);
+			    "unknown method '%s' (eap, eap-ig, eap-ig-activations, exact, cd-t)",
+			    arg);
 		o.method_set = 1;
 		return 0;
 	case OPT_STEPS:
@@ -348,7 +353,7 @@ static void check_merge_options(void)
 static void check_acts_options(void)
 {
 	const char *bad = circ_patch_cli_given(&o.pc, (const int[]){CIRC_PO_MODEL, 0});
-	if (o.method != CIRC_ATTR_EAP)
+	if (o.method != CIRC_ATTR_EAP || o.cdt)
 		circ_usage_error("--acts gives eap scores only");
 	if (bad)
 		circ_usage_error("option '--%s' does not apply to --acts", bad);
@@ -411,6 +416,44 @@ static void write_output(circ_session *s, int argc, char **argv, const circ_attr
 	free(count);
 }
 
+/* --method cd-t: every edge's CD-T score (lib/cdt.h), one decomposition
+ * per layer of each batch over the clean run and its loss gradients. */
+static int score_cdt(circ_cli *cli, circ_session *s, int argc, char **argv, const char *dd)
+{
+	circ_error e;
+	circ_batch *b;
+	circ_cdt_scorer *sc;
+	int64_t *count;
+	const char *md;
+	circ_session_patcher(s, NULL, 1);
+	circ_session_means(s);
+	sc = circ_cdt_scorer_new(s->p, NULL);
+	while (circ_session_next(s, &b)) {
+		circ_session_load(s, b, 1);
+		if (circ_cdt_scorer_batch(sc, NULL, &e) < 0)
+			circ_session_die(s, &e);
+	}
+	if (circ_cdt_scorer_count(sc) == 0)
+		circ_dief("%s: no examples", circ_reader_name(s->r));
+	if (!(md = circ_model_digest(s->m, &e)))
+		circ_die(&e);
+	circ_session_output(s, cli);
+	{
+		scores_header h = {"cd-t", circ_metric_name(o.pc.metric), s->g, md,
+				   dd,	   circ_cdt_scorer_count(sc),	  NULL, 0};
+		write_header(s->w, argc, argv, &s->r, 1, &h);
+	}
+	count = circ_xmalloc((size_t)s->g->n_edges * sizeof *count);
+	for (int64_t ed = 0; ed < s->g->n_edges; ed++)
+		count[ed] = circ_cdt_scorer_count(sc);
+	write_scores(s->w, s->g, circ_cdt_scorer_sums(sc), count, &e);
+	free(count);
+	circ_cdt_scorer_free(sc);
+	circ_session_finish(s);
+	circ_session_free(s);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
@@ -456,6 +499,11 @@ int main(int argc, char **argv)
 	circ_session_tokens(&s, in);
 	circ_patch_cli_metric(&o.pc, s.r);
 	dd = dataset_digest(s.r, &dd_copy);
+	if (o.cdt) {
+		score_cdt(&cli, &s, argc, argv, dd);
+		free(dd_copy);
+		return 0;
+	}
 	circ_session_attrib_patcher(&s, o.method);
 	circ_session_means(&s);
 	a = circ_attrib_new(s.p, o.method, o.steps);

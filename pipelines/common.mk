@@ -33,6 +33,8 @@ MODEL_NAME := $(notdir $(abspath $(MODEL)))
 -include $(MODEL)/circ.mk
 N ?= 100
 SEED ?= 0
+# METHOD: eap, eap-ig, eap-ig-activations, exact or cd-t (cd-t ignores ABLATION);
+# PRUNE: top-n, threshold, greedy, acdc or cd-t (K sources per round)
 METHOD ?= eap-ig
 STEPS ?= 5
 ABLATION ?= resample

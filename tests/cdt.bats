@@ -1,0 +1,123 @@
+#!/usr/bin/env bats
+# CD-T (circ-score --method cd-t, circ-prune --cd-t): ground truth on the
+# hand-built fixtures (ROC AUC >= 0.95), the scores stream, node level,
+# shards, threads, the construction, and usage errors. The decomposition's
+# numbers are checked in tests/unit/test_cdt.c (invariants and PyTorch).
+load helper
+
+MODELS="induction-hand ioi-hand"
+PY=/usr/bin/python3
+
+# The task's 32 examples (seed 1) of each model, tokenized, and their cd-t scores.
+setup_file() {
+	local m d="$BATS_FILE_TMPDIR"
+	for m in $MODELS; do
+		circ-fixture "$m" --examples 32 --seed 1 >"$d/$m.jsonl"
+		circ-tokenize --vocab-dir "fixtures/$m" -o "$d/$m.tok" "$d/$m.jsonl"
+		circ-score --model "fixtures/$m" --method cd-t -o "$d/$m.scores" "$d/$m.tok"
+	done
+}
+
+header_field() {
+	circ-cat "$1" | head -1 | jq -r "$2"
+}
+
+ge() {
+	$PY -c "import sys; sys.exit(0 if float('$1') >= float('$2') else 1)"
+}
+
+# edge -> score lines of a scores stream, sorted
+scores_of() {
+	circ-cat --no-header "$1" | jq -r '"\(.edge) \(.score)"' | sort
+}
+
+@test "cd-t ranks the known circuit first on the hand-built fixtures (ROC AUC >= 0.95)" {
+	for m in $MODELS; do
+		for sg in "" --signed; do
+			circ-prune --top-n 1 $sg --truth "fixtures/$m/truth.jsonl" -o "$T/auc.circ" \
+				"$BATS_FILE_TMPDIR/$m.scores" 2>/dev/null
+			auc=$(header_field "$T/auc.circ" .eval.auc)
+			echo "$m cd-t ${sg:-|score|}: ROC AUC $auc"
+			ge "$auc" 0.95
+		done
+	done
+}
+
+@test "cd-t scores stream: header, every edge, means of sums" {
+	f="$BATS_FILE_TMPDIR/ioi-hand.scores"
+	[ "$(header_field "$f" .method)" = cd-t ]
+	[ "$(header_field "$f" .n_examples)" = 32 ]
+	[ "$(circ-cat --no-header "$f" | wc -l)" -eq "$(circ-score --model fixtures/ioi-hand --list-edges | wc -l)" ]
+	circ-cat --no-header "$f" | jq -e 'select(.count != 32 or ((.sum / .count) - .score | fabs) > 1e-12)' && false
+	# the logits edge of the circuit's last head carries the most relevance
+	top=$(circ-cat --no-header "$f" | jq -s -r 'max_by(.score) | .edge')
+	[[ "$top" == *"->logits" ]]
+}
+
+@test "cd-t: a node-level head score is the sum of its q, k and v scores" {
+	m=induction-hand
+	circ-score --model "fixtures/$m" --method cd-t --level node -o "$T/node.circ" "$BATS_FILE_TMPDIR/$m.tok"
+	scores_of "$T/node.circ" >"$T/node.txt"
+	scores_of "$BATS_FILE_TMPDIR/$m.scores" | sed 's/<[qkv]>//' |
+		awk '{ s[$1] += $2 } END { for (k in s) printf "%s %.12g\n", k, s[k] }' | sort >"$T/sum.txt"
+	awk '{ printf "%s %.12g\n", $1, $2 }' "$T/node.txt" | sort >"$T/node2.txt"
+	$PY - "$T/node2.txt" "$T/sum.txt" <<'EOF'
+import sys
+a = dict(l.split() for l in open(sys.argv[1]))
+b = dict(l.split() for l in open(sys.argv[2]))
+assert a.keys() == b.keys(), (len(a), len(b))
+for k in a:
+    x, y = float(a[k]), float(b[k])
+    assert abs(x - y) <= 1e-6 * (abs(y) + 1e-6), (k, x, y)
+EOF
+}
+
+@test "cd-t: shards merge into the whole run's scores; threads give the same scores" {
+	m=ioi-hand
+	tok="$BATS_FILE_TMPDIR/$m.tok"
+	head -16 "$BATS_FILE_TMPDIR/$m.jsonl" | circ-tokenize --vocab-dir "fixtures/$m" >"$T/a.jsonl"
+	tail -n +17 "$BATS_FILE_TMPDIR/$m.jsonl" | circ-tokenize --vocab-dir "fixtures/$m" >"$T/b.jsonl"
+	circ-score --model "fixtures/$m" --method cd-t -o "$T/a.circ" "$T/a.jsonl"
+	circ-score --model "fixtures/$m" --method cd-t -o "$T/b.circ" "$T/b.jsonl"
+	circ-score --merge "$T/a.circ" "$T/b.circ" -o "$T/ab.circ"
+	[ "$(header_field "$T/ab.circ" .n_examples)" = 32 ]
+	paste <(scores_of "$T/ab.circ") <(scores_of "$BATS_FILE_TMPDIR/$m.scores") |
+		awk '$1 != $3 || ($2 - $4 > 1e-9 * (1 + ($4 < 0 ? -$4 : $4))) || ($4 - $2 > 1e-9 * (1 + ($4 < 0 ? -$4 : $4))) { bad = 1 } END { exit bad }'
+	circ-score --model "fixtures/$m" --method cd-t --threads 1 -o "$T/t1.circ" "$tok"
+	circ-score --model "fixtures/$m" --method cd-t --threads 3 -o "$T/t3.circ" "$tok"
+	cmp <(circ-cat --no-header "$T/t1.circ") <(circ-cat --no-header "$T/t3.circ")
+}
+
+@test "prune --cd-t: the construction keeps the known circuit's edges" {
+	for m in $MODELS; do
+		run --separate-stderr circ-prune --cd-t 1 --truth "fixtures/$m/truth.jsonl" -o "$T/c.circ" \
+			"$BATS_FILE_TMPDIR/$m.scores"
+		assert_success
+		[ "$(header_field "$T/c.circ" .source.mode)" = cd-t ]
+		[ "$(header_field "$T/c.circ" .source.n)" = 1 ]
+		tp=$(header_field "$T/c.circ" .eval.tp)
+		fp=$(header_field "$T/c.circ" .eval.fp)
+		echo "$m prune --cd-t 1: tp $tp fp $fp"
+		[ "$tp" -eq "$(circ-fixture "$m" --truth | wc -l)" ]
+		# more sources per round: a larger circuit
+		circ-prune --cd-t 3 -o "$T/c3.circ" "$BATS_FILE_TMPDIR/$m.scores"
+		[ "$(circ-cat --no-header "$T/c3.circ" | wc -l)" -gt "$(circ-cat --no-header "$T/c.circ" | wc -l)" ]
+	done
+}
+
+@test "cd-t: usage errors exit 2" {
+	run --separate-stderr circ-score --model fixtures/ioi-hand --method cd-t --steps 3 "$BATS_FILE_TMPDIR/ioi-hand.tok"
+	assert_failure 2
+	[[ "$stderr" == *"--steps"* ]]
+	run --separate-stderr circ-score --acts --method cd-t /dev/null
+	assert_failure 2
+	[[ "$stderr" == *"eap scores only"* ]]
+	run --separate-stderr circ-score --model fixtures/ioi-hand --method cd-x /dev/null
+	assert_failure 2
+	[[ "$stderr" == *"cd-t"* ]]
+	run --separate-stderr circ-prune --cd-t 0 "$BATS_FILE_TMPDIR/ioi-hand.scores"
+	assert_failure 2
+	run --separate-stderr circ-prune --cd-t 1 --top-n 3 "$BATS_FILE_TMPDIR/ioi-hand.scores"
+	assert_failure 2
+	[[ "$stderr" == *"exclude each other"* ]]
+}
