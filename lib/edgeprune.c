@@ -1,0 +1,398 @@
+/*
+ * edgeprune: Edge Pruning's masked runs, their gradients and the training
+ * loop (see edgeprune.h).
+ *
+ * One masked forward runs on a patcher's main run (which then no longer
+ * holds the clean run: circ_patcher_dirty). Its forward hook sets, before
+ * each stage, each receiver's delta sum_u (1 - z_e) (ref_u - cur_u) from
+ * the current outputs of the run. Its backward hooks, from the logits
+ * down: after a stage, each of its receivers' gradients g_r gives
+ * d loss / d z_e = g_r . (cur_u - ref_u) for its edges and adds z_e g_r
+ * into the output gradient of each source u (acc, (U, B, T, C)); before a
+ * stage, the nodes it produces get their acc as output gradients. Every
+ * sum runs over u and r in increasing order: the gradients do not depend on
+ * the thread count beyond the model's own GEMMs.
+ */
+#include "edgeprune.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rng.h"
+
+struct circ_edgeprune {
+	circ_patcher *const *ps; /* (n) borrowed */
+	int n;
+	circ_ep_opts o;
+	const circ_model *m;
+	const circ_graph *g;
+	const circ_topology *t;	 /* the graph's */
+	const circ_topology *mt; /* the model's */
+	int U, C, V;
+	int64_t E;
+	circ_metric_kind metric;
+	/* the current masked pass */
+	circ_patcher *p;
+	const float *z; /* (E) */
+	double *dz;	/* (E) or NULL */
+	size_t btc;	/* B*T*C of the batch */
+	float *acc;	/* (U, B, T, C) node output gradients */
+	size_t acc_cap;
+	float *dlogits; /* (N, V) */
+	size_t dl_cap;
+	/* training state */
+	double *la;	       /* (E) log_alpha */
+	double *m1, *m2;       /* (E) Adam moments of log_alpha */
+	double lam[2];	       /* lambda1, lambda2 */
+	double lm1[2], lm2[2]; /* their Adam moments */
+	float *zs;	       /* (E) the step's sampled masks */
+	double *dzdla;	       /* (E) */
+	double *gz;	       /* (E) d loss / dz */
+};
+
+static double sigmoid(double x)
+{
+	return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x));
+}
+
+double circ_ep_hc_sample(double log_alpha, double u, double *dz)
+{
+	const double l = CIRC_EP_LEFT, r = CIRC_EP_RIGHT, beta = CIRC_EP_BETA;
+	double s = sigmoid((log(u) - log1p(-u) + log_alpha) / beta), sb = s * (r - l) + l;
+	if (dz)
+		*dz = sb > 0 && sb < 1 ? (r - l) * s * (1 - s) / beta : 0;
+	return sb <= 0 ? 0 : sb >= 1 ? 1 : sb;
+}
+
+double circ_ep_hc_l0(double log_alpha, double *dp)
+{
+	double p = sigmoid(log_alpha - CIRC_EP_BETA * log(-CIRC_EP_LEFT / CIRC_EP_RIGHT));
+	if (dp)
+		*dp = p * (1 - p);
+	return p;
+}
+
+double circ_ep_hc_det(double log_alpha)
+{
+	double sb = sigmoid(log_alpha) * (CIRC_EP_RIGHT - CIRC_EP_LEFT) + CIRC_EP_LEFT;
+	return sb <= 0 ? 0 : sb >= 1 ? 1 : sb;
+}
+
+void circ_ep_opts_default(circ_ep_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->sparsity = 0.9;
+	o->steps = 400;
+	o->warmup = 200;
+	o->lr = 0.1;
+	o->lr_lambda = 0.1;
+	o->init = 3;
+	o->seed = 1;
+}
+
+circ_edgeprune *circ_ep_new(circ_patcher *const *ps, int n, const circ_ep_opts *o, circ_error *e)
+{
+	circ_edgeprune *ep;
+	circ_rng rng;
+	if (n < 1)
+		return circ_errorf(e, "edge pruning needs at least one batch"), NULL;
+	/* the per-node output gradients (circ_bwd.out_hook) are GPT-2's only */
+	if (circ_model_config(circ_patcher_model(ps[0]))->model_type != CIRC_MODEL_GPT2)
+		return circ_errorf(e,
+				   "edge pruning: model_type '%s' is not supported yet (gpt2 only)",
+				   circ_model_type_name(
+				       circ_model_config(circ_patcher_model(ps[0]))->model_type)),
+		       NULL;
+	for (int k = 0; k < n; k++) {
+		const circ_patch_opts *po = circ_patcher_opts(ps[k]);
+		if (!po || !po->backward || po->diff_only || !circ_patcher_batch(ps[k]))
+			return circ_errorf(e,
+					   "edge pruning: batch %d: the patcher has no backward "
+					   "or no batch loaded",
+					   k),
+			       NULL;
+		if (circ_patcher_graph(ps[k]) != circ_patcher_graph(ps[0]) ||
+		    circ_patcher_model(ps[k]) != circ_patcher_model(ps[0]) ||
+		    po->metric != circ_patcher_opts(ps[0])->metric)
+			return circ_errorf(e,
+					   "edge pruning: batch %d: another model, graph or "
+					   "metric",
+					   k),
+			       NULL;
+	}
+	ep = circ_xcalloc(1, sizeof *ep);
+	ep->ps = ps;
+	ep->n = n;
+	ep->o = *o;
+	ep->m = circ_patcher_model(ps[0]);
+	ep->g = circ_patcher_graph(ps[0]);
+	ep->t = ep->g->topo;
+	ep->mt = circ_model_topology(ep->m);
+	ep->U = circ_model_n_up(ep->m);
+	ep->C = circ_model_config(ep->m)->n_embd;
+	ep->V = circ_model_config(ep->m)->vocab_size;
+	ep->E = ep->g->n_edges;
+	ep->metric = circ_patcher_opts(ps[0])->metric;
+	ep->la = circ_xmalloc((size_t)ep->E * sizeof *ep->la);
+	ep->m1 = circ_xcalloc((size_t)ep->E, sizeof *ep->m1);
+	ep->m2 = circ_xcalloc((size_t)ep->E, sizeof *ep->m2);
+	ep->zs = circ_xmalloc((size_t)ep->E * sizeof *ep->zs);
+	ep->dzdla = circ_xmalloc((size_t)ep->E * sizeof *ep->dzdla);
+	ep->gz = circ_xmalloc((size_t)ep->E * sizeof *ep->gz);
+	circ_rng_seed_stream(&rng, o->seed, 0);
+	for (int64_t i = 0; i < ep->E; i++)
+		ep->la[i] = o->init + 0.01 * circ_rng_normal(&rng);
+	return ep;
+}
+
+void circ_ep_free(circ_edgeprune *ep)
+{
+	if (!ep)
+		return;
+	free(ep->acc);
+	free(ep->dlogits);
+	free(ep->la);
+	free(ep->m1);
+	free(ep->m2);
+	free(ep->zs);
+	free(ep->dzdla);
+	free(ep->gz);
+	free(ep);
+}
+
+const double *circ_ep_log_alpha(const circ_edgeprune *ep)
+{
+	return ep->la;
+}
+
+/* The model receivers graph receiver r stands for (1, or a node-level
+ * head's 3) into mr; returns how many. */
+static int model_recvs(const circ_edgeprune *ep, int r, int *mr)
+{
+	const circ_topo_recv *rv = &ep->t->recv[r];
+	if (rv->kind == CIRC_RECV_HEAD) {
+		const circ_topo_node *nd = &ep->mt->node[rv->node];
+		for (int j = 0; j < nd->n_recv && j < 3; j++)
+			mr[j] = nd->first_recv + j;
+		return nd->n_recv < 3 ? nd->n_recv : 3;
+	}
+	mr[0] = circ_topo_map_recv(ep->t, r, ep->mt);
+	return 1;
+}
+
+/* Forward hook: the deltas of stage s's receivers. */
+static int fwd_hook(void *ctx, circ_run *run, int s, circ_error *e)
+{
+	circ_edgeprune *ep = ctx;
+	const circ_topo_stage *st = &ep->t->stage[s];
+	size_t n = ep->btc;
+	(void)e;
+	for (int r = st->first_recv; r < st->first_recv + st->n_recv; r++) {
+		int mr[3], nmr = model_recvs(ep, r, mr), n_in = circ_graph_recv_n_in(ep->g, r);
+		const float *z = ep->z + ep->g->recv_first[r];
+		float *d = NULL;
+		for (int u = 0; u < n_in; u++) {
+			const float *ref, *cur;
+			float w = 1.0f - z[u];
+			if (w == 0.0f)
+				continue;
+			if (!d)
+				d = circ_run_delta(run, mr[0]);
+			ref = circ_patcher_ref_out(ep->p, u);
+			cur = circ_run_node_out(run, u);
+			for (size_t i = 0; i < n; i++)
+				d[i] += w * (ref[i] - cur[i]);
+		}
+		for (int j = 1; d && j < nmr; j++)
+			memcpy(circ_run_delta_raw(run, mr[j]), d, n * sizeof(float));
+	}
+	return 0;
+}
+
+/* Backward hook, after stage s: the masks' gradients and the sources'
+ * output gradients from each receiver of the stage. */
+static int bwd_hook(void *ctx, circ_run *run, int s, circ_error *e)
+{
+	circ_edgeprune *ep = ctx;
+	const circ_topo_stage *st = &ep->mt->stage[s];
+	size_t n = ep->btc;
+	(void)e;
+	for (int mr = st->first_recv; mr < st->first_recv + st->n_recv; mr++) {
+		int r = circ_topo_map_recv(ep->mt, mr, ep->t),
+		    n_in = circ_graph_recv_n_in(ep->g, r);
+		const float *gr = circ_run_recv_grad(run, mr);
+		const float *z = ep->z + ep->g->recv_first[r];
+		CIRC_ASSERT(gr != NULL);
+		for (int u = 0; u < n_in; u++) {
+			if (ep->dz) {
+				const float *ref = circ_patcher_ref_out(ep->p, u),
+					    *cur = circ_run_node_out(run, u);
+				double dot = 0;
+				for (size_t i = 0; i < n; i++)
+					dot += (double)gr[i] * ((double)cur[i] - ref[i]);
+				ep->dz[ep->g->recv_first[r] + u] += dot;
+			}
+			/* the input node has no backward; a closed edge passes nothing */
+			if (u > 0 && z[u] != 0.0f) {
+				float *a = ep->acc + (size_t)u * n, w = z[u];
+				for (size_t i = 0; i < n; i++)
+					a[i] += w * gr[i];
+			}
+		}
+	}
+	return 0;
+}
+
+/* Output-gradient hook, before stage s: each node it produces gets its own. */
+static int out_hook(void *ctx, circ_run *run, int s, int nn, const float **ng, circ_error *e)
+{
+	circ_edgeprune *ep = ctx;
+	const circ_topo_stage *st = &ep->mt->stage[s];
+	(void)run;
+	(void)e;
+	CIRC_ASSERT(nn == st->n_node);
+	for (int j = 0; j < nn; j++)
+		ng[j] = ep->acc + (size_t)(st->first_node + j) * ep->btc;
+	return 0;
+}
+
+int circ_ep_loss_grad(circ_edgeprune *ep, int k, const float *z, double *loss, double *dz,
+		      circ_error *e)
+{
+	circ_patcher *p = ep->ps[k];
+	const circ_batch *b = circ_patcher_batch(p);
+	circ_run *run = circ_patcher_run(p);
+	circ_read *reads = circ_xmalloc((size_t)b->n_read * sizeof *reads);
+	size_t nl = (size_t)b->n_read * (size_t)ep->V;
+	double sign = circ_metric_higher_better(ep->metric) ? -1.0 : 1.0, sum = 0;
+	const float *logits;
+	circ_fwd f;
+	circ_bwd bw = {0};
+	int rc = -1;
+	ep->p = p;
+	ep->z = z;
+	ep->dz = dz;
+	ep->btc = (size_t)b->B * (size_t)b->T * (size_t)ep->C;
+	for (int i = 0; i < b->n_read; i++) {
+		reads[i].b = b->read_b[i];
+		reads[i].t = b->read_t[i];
+	}
+	circ_fwd_init(&f);
+	f.tokens = b->clean;
+	f.B = b->B;
+	f.T = b->T;
+	f.read = CIRC_READ_LIST;
+	f.n_read = b->n_read;
+	f.reads = reads;
+	f.hook = fwd_hook;
+	f.hook_ctx = ep;
+	circ_patcher_dirty(p);
+	if (circ_forward(run, &f, e) < 0)
+		goto out;
+	if (ep->dl_cap < nl) {
+		free(ep->dlogits);
+		ep->dl_cap = nl;
+		ep->dlogits = circ_xmalloc(nl * sizeof(float));
+	}
+	logits = circ_run_logits(run, NULL);
+	for (int bb = 0; bb < b->B; bb++)
+		sum +=
+		    sign * circ_batch_metric(ep->metric, b, bb, logits, circ_patcher_clean_logp(p),
+					     ep->V, dz ? ep->dlogits : NULL);
+	*loss = sum / b->B;
+	if (!isfinite(*loss)) {
+		circ_errorf(e, "edge pruning: the loss is not finite");
+		goto out;
+	}
+	if (!dz) {
+		rc = 0;
+		goto out;
+	}
+	for (size_t i = 0; i < nl; i++)
+		ep->dlogits[i] = (float)(sign / b->B * ep->dlogits[i]);
+	if (ep->acc_cap < (size_t)ep->U * ep->btc) {
+		free(ep->acc);
+		ep->acc_cap = (size_t)ep->U * ep->btc;
+		ep->acc = circ_xmalloc(ep->acc_cap * sizeof(float));
+	}
+	memset(ep->acc, 0, (size_t)ep->U * ep->btc * sizeof(float));
+	memset(dz, 0, (size_t)ep->E * sizeof *dz);
+	bw.dlogits = ep->dlogits;
+	bw.hook = bwd_hook;
+	bw.out_hook = out_hook;
+	bw.hook_ctx = ep;
+	rc = circ_backward(run, &bw, e);
+out:
+	free(reads);
+	return rc;
+}
+
+/* One Adam update of x by gradient g (AdamW: decay wd), moments m1, m2, at
+ * step t (from 1). */
+static double adam(double x, double g, double *m1, double *m2, int t, double lr, double wd)
+{
+	const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+	*m1 = b1 * *m1 + (1 - b1) * g;
+	*m2 = b2 * *m2 + (1 - b2) * g * g;
+	x -= lr * wd * x;
+	return x - lr * (*m1 / (1 - pow(b1, t))) / (sqrt(*m2 / (1 - pow(b2, t))) + eps);
+}
+
+/* The expected sparsity of log_alpha: 1 - mean P(z != 0). */
+static double expected_sparsity(const circ_edgeprune *ep)
+{
+	double d = 0;
+	for (int64_t i = 0; i < ep->E; i++)
+		d += circ_ep_hc_l0(ep->la[i], NULL);
+	return 1 - d / (double)ep->E;
+}
+
+int circ_ep_train(circ_edgeprune *ep, circ_ep_step_fn fn, void *ctx, circ_error *e)
+{
+	const circ_ep_opts *o = &ep->o;
+	circ_rng rng;
+	circ_rng_seed_stream(&rng, o->seed, 1);
+	for (int step = 1; step <= o->steps; step++) {
+		circ_ep_step st = {0};
+		double tgt = o->sparsity *
+			     (o->warmup > 0 && step < o->warmup ? (double)step / o->warmup : 1.0);
+		double es = expected_sparsity(ep), gap, coef;
+		for (int64_t i = 0; i < ep->E; i++) {
+			double u = circ_rng_uniform(&rng);
+			u = u < 1e-6 ? 1e-6 : u > 1 - 1e-6 ? 1 - 1e-6 : u;
+			ep->zs[i] = (float)circ_ep_hc_sample(ep->la[i], u, &ep->dzdla[i]);
+		}
+		if (circ_ep_loss_grad(ep, (step - 1) % ep->n, ep->zs, &st.loss, ep->gz, e) < 0) {
+			circ_error_prefix(e, "edge pruning: step %d", step);
+			return -1;
+		}
+		gap = es - tgt;
+		st.reg = ep->lam[0] * gap + ep->lam[1] * gap * gap;
+		/* d reg / d la_i = (lambda1 + 2 lambda2 gap) d es / d la_i, and
+		 * d es / d la_i = -P'(la_i) / E */
+		coef = -(ep->lam[0] + 2 * ep->lam[1] * gap) / (double)ep->E;
+		for (int64_t i = 0; i < ep->E; i++) {
+			double dp, g;
+			circ_ep_hc_l0(ep->la[i], &dp);
+			g = ep->gz[i] * ep->dzdla[i] + coef * dp;
+			ep->la[i] = adam(ep->la[i], g, &ep->m1[i], &ep->m2[i], step, o->lr,
+					 o->weight_decay);
+		}
+		/* the multipliers ascend: descend on -d reg / d lambda */
+		ep->lam[0] =
+		    adam(ep->lam[0], -gap, &ep->lm1[0], &ep->lm2[0], step, o->lr_lambda, 0);
+		ep->lam[1] =
+		    adam(ep->lam[1], -gap * gap, &ep->lm1[1], &ep->lm2[1], step, o->lr_lambda, 0);
+		st.step = step;
+		st.target = tgt;
+		st.sparsity = expected_sparsity(ep);
+		st.lambda1 = ep->lam[0];
+		st.lambda2 = ep->lam[1];
+		for (int64_t i = 0; i < ep->E; i++)
+			st.edges += ep->la[i] > 0;
+		if (fn && fn(ctx, &st, e) < 0)
+			return -1;
+	}
+	return 0;
+}
