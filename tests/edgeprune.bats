@@ -87,3 +87,12 @@ setup_file() {
 	assert_failure 1
 	[[ "$stderr" == *"expected 'tokens'"* ]]
 }
+
+@test "PRUNE=edge-pruning through the pipeline" {
+	run make --no-print-directory -f pipelines/induction.mk RUNS="$T/runs" N=16 PRUNE=edge-pruning EP_STEPS=30 report
+	assert_success
+	assert_output --partial "edge pruning (8 edges, 30 steps, loss kl)"
+	assert_output --partial "ROC AUC"
+	d=$(ls -d "$T"/runs/induction/*/n16-s0/edge-pruning-kl-n8-steps30-seed1-resample)
+	circ-cat "$d/training.circ" | tests/validate.py schemas/edge-pruning.schema.json
+}
