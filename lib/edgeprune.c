@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "rng.h"
 
 struct circ_edgeprune {
@@ -38,7 +39,14 @@ struct circ_edgeprune {
 	double *dz;	/* (E) or NULL */
 	size_t btc;	/* B*T*C of the batch */
 	float *acc;	/* (U, B, T, C) node output gradients */
-	size_t acc_cap;
+	float *diff;	/* (U, B, T, C) ref_u - cur_u of the masked run */
+	float *rows;	/* (max_nr, B, T, C) a stage's deltas, then its gradients */
+	float *part;	/* (blocks, max_nr, U) per-block shares of the masks' gradients */
+	float *wm;	/* (max_nr, U) a stage's 1 - z (forward) or z (backward) */
+	uint8_t *open;	/* (max_nr) the receiver has a mask below 1 */
+	size_t acc_cap, part_cap;
+	int max_nr;	/* most graph receivers of a stage */
+	int made;	/* diff holds the rows of nodes 0 .. made-1 of this forward */
 	float *dlogits; /* (N, V) */
 	size_t dl_cap;
 	/* training state */
@@ -134,6 +142,11 @@ circ_edgeprune *circ_ep_new(circ_patcher *const *ps, int n, const circ_ep_opts *
 	ep->V = circ_model_config(ep->m)->vocab_size;
 	ep->E = ep->g->n_edges;
 	ep->metric = circ_patcher_opts(ps[0])->metric;
+	for (int st = 0; st < ep->t->n_stage; st++)
+		if (ep->t->stage[st].n_recv > ep->max_nr)
+			ep->max_nr = ep->t->stage[st].n_recv;
+	ep->wm = circ_xcalloc((size_t)ep->max_nr * (size_t)ep->U, sizeof *ep->wm);
+	ep->open = circ_xcalloc((size_t)ep->max_nr, 1);
 	ep->la = circ_xmalloc((size_t)ep->E * sizeof *ep->la);
 	ep->m1 = circ_xcalloc((size_t)ep->E, sizeof *ep->m1);
 	ep->m2 = circ_xcalloc((size_t)ep->E, sizeof *ep->m2);
@@ -151,6 +164,11 @@ void circ_ep_free(circ_edgeprune *ep)
 	if (!ep)
 		return;
 	free(ep->acc);
+	free(ep->diff);
+	free(ep->rows);
+	free(ep->part);
+	free(ep->wm);
+	free(ep->open);
 	free(ep->dlogits);
 	free(ep->la);
 	free(ep->m1);
@@ -166,79 +184,163 @@ const double *circ_ep_log_alpha(const circ_edgeprune *ep)
 	return ep->la;
 }
 
-/* The model receivers graph receiver r stands for (1, or a node-level
- * head's 3) into mr; returns how many. */
+/* Columns of (B, T, C) per block of the mask GEMMs: fixed, so that the
+ * sums (the gradient's over blocks too) do not depend on the threads. */
+#define EP_BLOCK 4096
+
+static size_t n_blocks(const circ_edgeprune *ep)
+{
+	return (ep->btc + EP_BLOCK - 1) / EP_BLOCK;
+}
+
+/* Graph receiver r's model receivers (1, or a node-level head's 3) into
+ * mr; returns how many. */
 static int model_recvs(const circ_edgeprune *ep, int r, int *mr)
 {
 	const circ_topo_recv *rv = &ep->t->recv[r];
 	if (rv->kind == CIRC_RECV_HEAD) {
 		const circ_topo_node *nd = &ep->mt->node[rv->node];
-		for (int j = 0; j < nd->n_recv && j < 3; j++)
+		CIRC_ASSERT(nd->n_recv <= 3);
+		for (int j = 0; j < nd->n_recv; j++)
 			mr[j] = nd->first_recv + j;
-		return nd->n_recv < 3 ? nd->n_recv : 3;
+		return nd->n_recv;
 	}
 	mr[0] = circ_topo_map_recv(ep->t, r, ep->mt);
 	return 1;
 }
 
-/* Forward hook: the deltas of stage s's receivers. */
+/* What a block task of stage s works on. */
+typedef struct ep_task {
+	circ_edgeprune *ep;
+	circ_run *run;
+	int s, nr, n_in;
+	int u0; /* forward: diff rows u0 .. n_in-1 are to be made */
+} ep_task;
+
+/* The block's columns [c0, c0 + w). */
+static void block_cols(const circ_edgeprune *ep, size_t blk, size_t *c0, int *w)
+{
+	*c0 = blk * EP_BLOCK;
+	*w = (int)(ep->btc - *c0 < EP_BLOCK ? ep->btc - *c0 : EP_BLOCK);
+}
+
+/* Forward, per block: the new difference rows ref_u - cur_u, then
+ * delta (nr, cols) = W (nr, n_in) diff (n_in, cols). */
+static void fwd_part(void *ctx, size_t b0, size_t b1)
+{
+	const ep_task *t = ctx;
+	circ_edgeprune *ep = t->ep;
+	size_t n = ep->btc;
+	for (size_t blk = b0; blk < b1; blk++) {
+		size_t c0;
+		int w;
+		block_cols(ep, blk, &c0, &w);
+		for (int u = t->u0; u < t->n_in; u++) {
+			const float *ref = circ_patcher_ref_out(ep->p, u) + c0,
+				    *cur = circ_run_node_out(t->run, u) + c0;
+			float *d = ep->diff + (size_t)u * n + c0;
+			for (int i = 0; i < w; i++)
+				d[i] = ref[i] - cur[i];
+		}
+		if (t->nr)
+			circ_gemm(0, 0, t->nr, w, t->n_in, 1.0f, ep->wm, ep->U, ep->diff + c0,
+				  (int)n, 0.0f, ep->rows + c0, (int)n);
+	}
+}
+
+/* Forward hook: the deltas of stage s's receivers, sum_u (1 - z_e) diff_u. */
 static int fwd_hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_edgeprune *ep = ctx;
 	const circ_topo_stage *st = &ep->t->stage[s];
-	size_t n = ep->btc;
+	ep_task t = {ep, run, s, st->n_recv, s < ep->t->n_stage ? st->n_in : ep->U, ep->made};
+	int any = 0;
 	(void)e;
-	for (int r = st->first_recv; r < st->first_recv + st->n_recv; r++) {
-		int mr[3], nmr = model_recvs(ep, r, mr), n_in = circ_graph_recv_n_in(ep->g, r);
-		const float *z = ep->z + ep->g->recv_first[r];
-		float *d = NULL;
-		for (int u = 0; u < n_in; u++) {
-			const float *ref, *cur;
-			float w = 1.0f - z[u];
-			if (w == 0.0f)
-				continue;
-			if (!d)
-				d = circ_run_delta(run, mr[0]);
-			ref = circ_patcher_ref_out(ep->p, u);
-			cur = circ_run_node_out(run, u);
-			for (size_t i = 0; i < n; i++)
-				d[i] += w * (ref[i] - cur[i]);
+	if (s == 0)
+		t.u0 = 0;
+	for (int i = 0; i < t.nr; i++) {
+		const float *z = ep->z + ep->g->recv_first[st->first_recv + i];
+		ep->open[i] = 0;
+		for (int u = 0; u < t.n_in; u++) {
+			ep->wm[(size_t)i * ep->U + u] = 1.0f - z[u];
+			ep->open[i] |= z[u] != 1.0f;
 		}
-		for (int j = 1; d && j < nmr; j++)
-			memcpy(circ_run_delta_raw(run, mr[j]), d, n * sizeof(float));
+		any |= ep->open[i];
+	}
+	if (!any)
+		return 0;
+	circ_pool_for(circ_run_pool(run), n_blocks(ep), fwd_part, &t);
+	ep->made = t.n_in;
+	for (int i = 0; i < t.nr; i++) {
+		int mr[3], nmr;
+		if (!ep->open[i])
+			continue;
+		nmr = model_recvs(ep, st->first_recv + i, mr);
+		for (int j = 0; j < nmr; j++)
+			memcpy(circ_run_delta_raw(run, mr[j]), ep->rows + (size_t)i * ep->btc,
+			       ep->btc * sizeof(float));
 	}
 	return 0;
 }
 
-/* Backward hook, after stage s: the masks' gradients and the sources'
- * output gradients from each receiver of the stage. */
+/* Backward, per block: G (nr, cols) the graph receivers' input gradients
+ * (a node-level head's three summed), the block's share of G diff^T
+ * (nr, n_in) into its own slot, and acc (n_in, cols) += Z^T G. */
+static void bwd_part(void *ctx, size_t b0, size_t b1)
+{
+	const ep_task *t = ctx;
+	circ_edgeprune *ep = t->ep;
+	const circ_topo_stage *mst = &ep->mt->stage[t->s];
+	int r0 = ep->t->stage[t->s].first_recv;
+	size_t n = ep->btc;
+	for (size_t blk = b0; blk < b1; blk++) {
+		size_t c0;
+		int w;
+		block_cols(ep, blk, &c0, &w);
+		for (int i = 0; i < t->nr; i++)
+			memset(ep->rows + (size_t)i * n + c0, 0, (size_t)w * sizeof(float));
+		for (int mr = mst->first_recv; mr < mst->first_recv + mst->n_recv; mr++) {
+			const float *gr = circ_run_recv_grad(t->run, mr) + c0;
+			float *gd = ep->rows +
+				    (size_t)(circ_topo_map_recv(ep->mt, mr, ep->t) - r0) * n + c0;
+			for (int i = 0; i < w; i++)
+				gd[i] += gr[i];
+		}
+		if (ep->dz)
+			circ_gemm(0, 1, t->nr, t->n_in, w, 1.0f, ep->rows + c0, (int)n,
+				  ep->diff + c0, (int)n, 0.0f,
+				  ep->part + blk * (size_t)t->nr * (size_t)ep->U, ep->U);
+		circ_gemm(1, 0, t->n_in, w, t->nr, 1.0f, ep->wm, ep->U, ep->rows + c0, (int)n, 1.0f,
+			  ep->acc + c0, (int)n);
+	}
+}
+
+/* Backward hook, after stage s: the masks' gradients, d loss / d z_e =
+ * g_r . (cur_u - ref_u) = -(G diff^T)[r, u], and the sources' output
+ * gradients acc_u += z_e g_r. */
 static int bwd_hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_edgeprune *ep = ctx;
-	const circ_topo_stage *st = &ep->mt->stage[s];
-	size_t n = ep->btc;
+	const circ_topo_stage *st = &ep->t->stage[s];
+	ep_task t = {ep, run, s, st->n_recv, s < ep->t->n_stage ? st->n_in : ep->U, 0};
+	size_t nb = n_blocks(ep);
 	(void)e;
-	for (int mr = st->first_recv; mr < st->first_recv + st->n_recv; mr++) {
-		int r = circ_topo_map_recv(ep->mt, mr, ep->t),
-		    n_in = circ_graph_recv_n_in(ep->g, r);
-		const float *gr = circ_run_recv_grad(run, mr);
-		const float *z = ep->z + ep->g->recv_first[r];
-		CIRC_ASSERT(gr != NULL);
-		for (int u = 0; u < n_in; u++) {
-			if (ep->dz) {
-				const float *ref = circ_patcher_ref_out(ep->p, u),
-					    *cur = circ_run_node_out(run, u);
-				double dot = 0;
-				for (size_t i = 0; i < n; i++)
-					dot += (double)gr[i] * ((double)cur[i] - ref[i]);
-				ep->dz[ep->g->recv_first[r] + u] += dot;
-			}
-			/* the input node has no backward; a closed edge passes nothing */
-			if (u > 0 && z[u] != 0.0f) {
-				float *a = ep->acc + (size_t)u * n, w = z[u];
-				for (size_t i = 0; i < n; i++)
-					a[i] += w * gr[i];
-			}
+	for (int i = 0; i < t.nr; i++) {
+		const float *z = ep->z + ep->g->recv_first[st->first_recv + i];
+		for (int u = 0; u < t.n_in; u++)
+			ep->wm[(size_t)i * ep->U + u] = z[u];
+	}
+	circ_pool_for(circ_run_pool(run), nb, bwd_part, &t);
+	if (!ep->dz)
+		return 0;
+	for (int i = 0; i < t.nr; i++) {
+		double *dz = ep->dz + ep->g->recv_first[st->first_recv + i];
+		for (int u = 0; u < t.n_in; u++) {
+			double sum = 0;
+			for (size_t blk = 0; blk < nb; blk++)
+				sum +=
+				    ep->part[(blk * (size_t)t.nr + (size_t)i) * (size_t)ep->U + u];
+			dz[u] = -sum;
 		}
 	}
 	return 0;
@@ -255,6 +357,26 @@ static int out_hook(void *ctx, circ_run *run, int s, int nn, const float **ng, c
 	for (int j = 0; j < nn; j++)
 		ng[j] = ep->acc + (size_t)(st->first_node + j) * ep->btc;
 	return 0;
+}
+
+/* Grows the buffers sized by the batch. */
+static void ep_buffers(circ_edgeprune *ep)
+{
+	size_t n = ep->btc, nb = n_blocks(ep);
+	if (ep->acc_cap < (size_t)ep->U * n) {
+		free(ep->acc);
+		free(ep->diff);
+		free(ep->rows);
+		ep->acc_cap = (size_t)ep->U * n;
+		ep->acc = circ_xmalloc_aligned(ep->acc_cap * sizeof(float));
+		ep->diff = circ_xmalloc_aligned(ep->acc_cap * sizeof(float));
+		ep->rows = circ_xmalloc_aligned((size_t)ep->max_nr * n * sizeof(float));
+	}
+	if (ep->part_cap < nb) {
+		free(ep->part);
+		ep->part_cap = nb;
+		ep->part = circ_xmalloc(nb * (size_t)ep->max_nr * (size_t)ep->U * sizeof(float));
+	}
 }
 
 int circ_ep_loss_grad(circ_edgeprune *ep, int k, const float *z, double *loss, double *dz,
@@ -287,6 +409,8 @@ int circ_ep_loss_grad(circ_edgeprune *ep, int k, const float *z, double *loss, d
 	f.reads = reads;
 	f.hook = fwd_hook;
 	f.hook_ctx = ep;
+	ep_buffers(ep);
+	ep->made = 0;
 	circ_patcher_dirty(p);
 	if (circ_forward(run, &f, e) < 0)
 		goto out;
@@ -309,13 +433,13 @@ int circ_ep_loss_grad(circ_edgeprune *ep, int k, const float *z, double *loss, d
 		rc = 0;
 		goto out;
 	}
+	if (ep->made < ep->U) { /* the backward reads every difference row */
+		ep_task t = {ep, run, 0, 0, ep->U, ep->made};
+		circ_pool_for(circ_run_pool(run), n_blocks(ep), fwd_part, &t);
+		ep->made = ep->U;
+	}
 	for (size_t i = 0; i < nl; i++)
 		ep->dlogits[i] = (float)(sign / b->B * ep->dlogits[i]);
-	if (ep->acc_cap < (size_t)ep->U * ep->btc) {
-		free(ep->acc);
-		ep->acc_cap = (size_t)ep->U * ep->btc;
-		ep->acc = circ_xmalloc(ep->acc_cap * sizeof(float));
-	}
 	memset(ep->acc, 0, (size_t)ep->U * ep->btc * sizeof(float));
 	memset(dz, 0, (size_t)ep->E * sizeof *dz);
 	bw.dlogits = ep->dlogits;

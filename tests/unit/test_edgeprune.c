@@ -4,7 +4,8 @@
  *    differences (|error| < 1e-6);
  *  - masks all 1 give the clean run, all 0 the corrupted run;
  *  - d loss / d z against central finite differences of the loss (h = 1e-2,
- *    float runs: |error| <= 2e-3 max|dz| + 1e-5), at edge and node level;
+ *    float runs: |error| <= 2e-3 max|dz| + 1e-5), at edge and node level,
+ *    with random masks and with every mask 1;
  *  - d loss / d z and the loss against an independent PyTorch reference
  *    (tests/ref/edgeprune_ref.py, float64): |error| <= 1e-3 max|dz| + 1e-6,
  *    loss to 1e-4 relative (CIRC_SKIP_TORCH=1 skips it);
@@ -169,7 +170,8 @@ static float *random_z(int64_t E, uint64_t seed)
 	return z;
 }
 
-static void test_finite_diff(const circ_model *m, const circ_graph *g, circ_metric_kind k)
+/* ones: every mask 1 (the clean run, no delta set), else random masks. */
+static void test_finite_diff(const circ_model *m, const circ_graph *g, circ_metric_kind k, int ones)
 {
 	circ_error e;
 	setup s;
@@ -180,6 +182,8 @@ static void test_finite_diff(const circ_model *m, const circ_graph *g, circ_metr
 	if (make_setup(&s, m, g, k) < 0)
 		return;
 	z = random_z(s.E, 5);
+	for (int64_t i = 0; ones && i < s.E; i++)
+		z[i] = 1;
 	dz = circ_xmalloc((size_t)s.E * sizeof *dz);
 	CHECK_MSG(circ_ep_loss_grad(s.ep, 0, z, &loss, dz, &e) == 0, e);
 	for (int64_t i = 0; i < s.E; i++)
@@ -197,9 +201,9 @@ static void test_finite_diff(const circ_model *m, const circ_graph *g, circ_metr
 		worst = fmax(worst, fabs((lp - lm) / (2.0 * h) - dz[i]));
 	}
 	if (getenv("CIRC_TEST_VERBOSE") || !(worst <= 2e-3 * scale + 1e-5))
-		fprintf(stderr, "finite differences (%s, %s level): worst %g, max |dz| %g\n",
-			circ_metric_name(k), g->level == CIRC_LEVEL_EDGE ? "edge" : "node", worst,
-			scale);
+		fprintf(stderr, "finite differences (%s, %s level%s): worst %g, max |dz| %g\n",
+			circ_metric_name(k), g->level == CIRC_LEVEL_EDGE ? "edge" : "node",
+			ones ? ", z = 1" : "", worst, scale);
 	CHECK(worst <= 2e-3 * scale + 1e-5);
 	free(z);
 	free(dz);
@@ -353,9 +357,10 @@ int main(void)
 	}
 	test_hard_concrete();
 	test_ends(m, g);
-	test_finite_diff(m, g, CIRC_METRIC_LOGIT_DIFF);
-	test_finite_diff(m, g, CIRC_METRIC_KL);
-	test_finite_diff(m, gn, CIRC_METRIC_LOGIT_DIFF);
+	test_finite_diff(m, g, CIRC_METRIC_LOGIT_DIFF, 0);
+	test_finite_diff(m, g, CIRC_METRIC_LOGIT_DIFF, 1);
+	test_finite_diff(m, g, CIRC_METRIC_KL, 0);
+	test_finite_diff(m, gn, CIRC_METRIC_LOGIT_DIFF, 0);
 	test_torch(m, g, CIRC_METRIC_LOGIT_DIFF);
 	test_torch(m, g, CIRC_METRIC_KL);
 	test_train(m, g);
