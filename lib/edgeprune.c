@@ -9,9 +9,14 @@
  * down: after a stage, each of its receivers' gradients g_r gives
  * d loss / d z_e = g_r . (cur_u - ref_u) for its edges and adds z_e g_r
  * into the output gradient of each source u (acc, (U, B, T, C)); before a
- * stage, the nodes it produces get their acc as output gradients. Every
- * sum runs over u and r in increasing order: the gradients do not depend on
- * the thread count beyond the model's own GEMMs.
+ * stage, the nodes it produces get their acc as output gradients.
+ *
+ * Each stage's sums are GEMMs over the difference rows diff_u = ref_u -
+ * cur_u (U, B, T, C), made once per forward as the stages reach them: the
+ * deltas (receivers, BTC) = (1 - Z) diff, the masks' gradients -G diff^T
+ * and acc += Z^T G, G the receivers' gradients. They run over fixed blocks
+ * of EP_BLOCK columns split over the run's pool, the gradient's per-block
+ * shares summed in block order: the same bytes for every thread count.
  */
 #include "edgeprune.h"
 

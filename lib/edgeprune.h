@@ -36,8 +36,8 @@
  * batch; steps cycle over the batches.
  *
  * Determinism: the noise comes from circ_rng seeded by the seed; every sum
- * runs in a fixed order, so the result depends only on the inputs, the seed
- * and the thread count (which the model's GEMMs depend on).
+ * runs in a fixed order over fixed blocks (as the model's own), so the
+ * result depends only on the inputs and the seed, not on the threads.
  *
  * Layering: uses patch (the patchers: clean and reference runs, the
  * metric), model, graph and rng.

@@ -69,17 +69,16 @@ setup_file() {
 	done
 }
 
-@test "prune --edge-pruning is deterministic from the seed and thread count" {
-	local tok="$BATS_FILE_TMPDIR/induction-hand.tok"
-	for s in 1 1 2; do
-		circ-prune --edge-pruning --model fixtures/induction-hand --sparsity 0.8 --steps 30 \
-			--seed $s --threads 2 --json "$tok" 2>/dev/null | circ-cat --no-header >>"$T/s$s"
+@test "prune --edge-pruning is deterministic from the seed, whatever the thread count" {
+	local tok="$BATS_FILE_TMPDIR/ioi-hand.tok"
+	for run in "1 1" "1 2" "2 2"; do
+		set -- $run
+		circ-prune --edge-pruning --model fixtures/ioi-hand --sparsity 0.8 --steps 30 \
+			--seed $1 --threads $2 --json "$tok" 2>/dev/null | circ-cat --no-header >"$T/s$1-t$2"
 	done
-	# seed 1 twice: the same scores
-	n=$(wc -l <"$T/s1")
-	[ $((n % 2)) = 0 ]
-	diff <(head -n $((n / 2)) "$T/s1") <(tail -n $((n / 2)) "$T/s1")
-	! diff -q <(head -n $((n / 2)) "$T/s1") "$T/s2"
+	[ -s "$T/s1-t1" ]
+	diff "$T/s1-t1" "$T/s1-t2"
+	! diff -q "$T/s1-t2" "$T/s2-t2"
 }
 
 @test "prune --edge-pruning: a scores stream is no token stream" {
