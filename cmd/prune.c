@@ -50,6 +50,7 @@ enum {
 	OPT_LR,
 	OPT_LR_LAMBDA,
 	OPT_INIT,
+	OPT_NODE_SPARSITY,
 	OPT_SEED,
 };
 
@@ -81,6 +82,8 @@ static const circ_opt opts[] = {
     {"lr-lambda", OPT_LR_LAMBDA, "X",
      "edge-pruning: Adam step of the Lagrange multipliers (default 0.1)"},
     {"init", OPT_INIT, "X", "edge-pruning: initial log_alpha (default 3)"},
+    {"node-sparsity", OPT_NODE_SPARSITY, "S",
+     "edge-pruning: also a mask per node, trained to sparsity S in [0, 1)"},
     {"seed", OPT_SEED, "N", "edge-pruning: seed of the masks' noise (default 1)"},
     CIRC_PATCH_OPT_MODEL,
     CIRC_PATCH_OPT_COMMON,
@@ -131,7 +134,8 @@ static void set_mode(mode_t_ m)
 static int handle_ep(int key, const char *arg)
 {
 	static const char *const names[] = {"sparsity", "target-edges", "steps", "warmup",
-					    "lr",	"lr-lambda",	"init",	 "seed"};
+					    "lr",	"lr-lambda",	"init",	 "node-sparsity",
+					    "seed"};
 	if (key < OPT_SPARSITY || key > OPT_SEED)
 		return -1;
 	if (!o.ep_opt)
@@ -152,6 +156,10 @@ static int handle_ep(int key, const char *arg)
 	case OPT_LR: o.ep.lr = circ_opt_f64_in("lr", arg, 0, 1, 1e6, 0); break;
 	case OPT_LR_LAMBDA: o.ep.lr_lambda = circ_opt_f64_in("lr-lambda", arg, 0, 0, 1e6, 0); break;
 	case OPT_INIT: o.ep.init = circ_opt_f64_in("init", arg, -100, 0, 100, 0); break;
+	case OPT_NODE_SPARSITY:
+		o.ep.node_sparsity = circ_opt_f64_in("node-sparsity", arg, 0, 0, 1, 1);
+		o.ep.node_masks = 1;
+		break;
 	case OPT_SEED: o.ep.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
 	}
 	return 0;
@@ -603,16 +611,23 @@ static int ep_step(void *ctx, const circ_ep_step *st, circ_error *e)
 {
 	ep_log *lg = ctx;
 	lg->last = *st;
-	if (lg->every && (st->step % lg->every == 0 || st->step == lg->steps))
+	if (lg->every && (st->step % lg->every == 0 || st->step == lg->steps)) {
 		fprintf(stderr,
 			"%s: edge-pruning: step %d/%d: loss %.6g, sparsity %.4f (target %.4f), "
-			"lambda %.4g %.4g, %lld edges\n",
+			"lambda %.4g %.4g, %lld edges",
 			circ_progname, st->step, lg->steps, st->loss, st->sparsity, st->target,
 			st->lambda1, st->lambda2, (long long)st->edges);
+		if (o.ep.node_masks)
+			fprintf(stderr,
+				"; nodes: sparsity %.4f (target %.4f), lambda %.4g %.4g, %lld",
+				st->node_sparsity, st->node_target, st->lambda3, st->lambda4,
+				(long long)st->nodes);
+		fputc('\n', stderr);
+	}
 	if (!lg->w)
 		return 0;
 	msgpack_packer *pk = circ_writer_packer(lg->w);
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, o.ep.node_masks ? 13 : 8);
 	circ_pack_kv_i64(pk, "step", st->step);
 	circ_pack_kv_f64(pk, "loss", st->loss);
 	circ_pack_kv_f64(pk, "reg", st->reg);
@@ -621,6 +636,13 @@ static int ep_step(void *ctx, const circ_ep_step *st, circ_error *e)
 	circ_pack_kv_f64(pk, "lambda1", st->lambda1);
 	circ_pack_kv_f64(pk, "lambda2", st->lambda2);
 	circ_pack_kv_i64(pk, "edges", st->edges);
+	if (o.ep.node_masks) {
+		circ_pack_kv_f64(pk, "node_sparsity", st->node_sparsity);
+		circ_pack_kv_f64(pk, "node_target", st->node_target);
+		circ_pack_kv_f64(pk, "lambda3", st->lambda3);
+		circ_pack_kv_f64(pk, "lambda4", st->lambda4);
+		circ_pack_kv_i64(pk, "nodes", st->nodes);
+	}
 	return circ_writer_end_record(lg->w, e);
 }
 
@@ -643,6 +665,7 @@ static circ_writer *ep_open_log(const circ_cli *cli, int argc, char **argv, circ
 	    CIRC_HDR(F64, "lr_lambda", o.ep.lr_lambda),
 	    CIRC_HDR(F64, "init", o.ep.init),
 	    CIRC_HDR(I64, "seed", (int64_t)o.ep.seed),
+	    CIRC_HDR_IF(o.ep.node_masks, F64, "node_sparsity", o.ep.node_sparsity),
 	};
 	w = circ_writer_open(o.log, &lo, &e);
 	if (!w)
@@ -718,7 +741,8 @@ static int run_edge_pruning(circ_cli *cli, int argc, char **argv, const char *in
 	if (lg.w && circ_writer_close(lg.w, &e) < 0)
 		circ_die(&e);
 	keep = circ_xmalloc((size_t)E);
-	if (circ_select_topn(s.g, circ_ep_log_alpha(ep), n_keep, 1, keep, &e) < 0)
+	sc.score = (double *)circ_ep_scores(ep);
+	if (circ_select_topn(s.g, sc.score, n_keep, 1, keep, &e) < 0)
 		circ_die(&e);
 	circ_prune_dangling(s.g, keep);
 	fprintf(stderr,
@@ -727,7 +751,6 @@ static int run_edge_pruning(circ_cli *cli, int argc, char **argv, const char *in
 		circ_progname, o.ep.steps, circ_now() - t0, lg.last.loss, lg.last.sparsity,
 		o.ep.sparsity, (long long)circ_count_kept(s.g, keep));
 	sc.g = s.g;
-	sc.score = (double *)circ_ep_log_alpha(ep);
 	sc.model_digest = (char *)s.model_digest;
 	sc.method = "edge-pruning";
 	sc.metric = (char *)circ_metric_name(o.pc.metric);

@@ -27,6 +27,43 @@
 #include "kernels.h"
 #include "rng.h"
 
+/* A set of hard-concrete masks with its own sparsity target and
+ * multipliers: the edges', and optionally the nodes'. */
+typedef struct mask_group {
+	int64_t n;
+	double *la;	       /* (n) log_alpha */
+	double *m1, *m2;       /* (n) Adam moments of log_alpha */
+	double lam[2];	       /* lambda1, lambda2 */
+	double lm1[2], lm2[2]; /* their Adam moments */
+	float *z;	       /* (n) the step's sampled masks */
+	double *dzdla;	       /* (n) */
+	double *g;	       /* (n) d loss / dz */
+} mask_group;
+
+static void group_init(mask_group *m, int64_t n, double init, circ_rng *rng)
+{
+	memset(m, 0, sizeof *m);
+	m->n = n;
+	m->la = circ_xmalloc((size_t)n * sizeof *m->la);
+	m->m1 = circ_xcalloc((size_t)n, sizeof *m->m1);
+	m->m2 = circ_xcalloc((size_t)n, sizeof *m->m2);
+	m->z = circ_xmalloc((size_t)n * sizeof *m->z);
+	m->dzdla = circ_xmalloc((size_t)n * sizeof *m->dzdla);
+	m->g = circ_xmalloc((size_t)n * sizeof *m->g);
+	for (int64_t i = 0; i < n; i++)
+		m->la[i] = init + 0.01 * circ_rng_normal(rng);
+}
+
+static void group_free(mask_group *m)
+{
+	free(m->la);
+	free(m->m1);
+	free(m->m2);
+	free(m->z);
+	free(m->dzdla);
+	free(m->g);
+}
+
 struct circ_edgeprune {
 	circ_patcher *const *ps; /* (n) borrowed */
 	int n;
@@ -55,13 +92,11 @@ struct circ_edgeprune {
 	float *dlogits; /* (N, V) */
 	size_t dl_cap;
 	/* training state */
-	double *la;	       /* (E) log_alpha */
-	double *m1, *m2;       /* (E) Adam moments of log_alpha */
-	double lam[2];	       /* lambda1, lambda2 */
-	double lm1[2], lm2[2]; /* their Adam moments */
-	float *zs;	       /* (E) the step's sampled masks */
-	double *dzdla;	       /* (E) */
-	double *gz;	       /* (E) d loss / dz */
+	mask_group edges; /* one mask per edge */
+	mask_group nodes; /* with node masks: one per upstream node (input's stays 1) */
+	float *zeff;	  /* (E) with node masks: z_e z_u, the masks the run sees */
+	double *geff;	  /* (E) d loss / d zeff */
+	double *score;	  /* (E) what ranks the edges (circ_ep_scores) */
 };
 
 static double sigmoid(double x)
@@ -152,15 +187,14 @@ circ_edgeprune *circ_ep_new(circ_patcher *const *ps, int n, const circ_ep_opts *
 			ep->max_nr = ep->t->stage[st].n_recv;
 	ep->wm = circ_xcalloc((size_t)ep->max_nr * (size_t)ep->U, sizeof *ep->wm);
 	ep->open = circ_xcalloc((size_t)ep->max_nr, 1);
-	ep->la = circ_xmalloc((size_t)ep->E * sizeof *ep->la);
-	ep->m1 = circ_xcalloc((size_t)ep->E, sizeof *ep->m1);
-	ep->m2 = circ_xcalloc((size_t)ep->E, sizeof *ep->m2);
-	ep->zs = circ_xmalloc((size_t)ep->E * sizeof *ep->zs);
-	ep->dzdla = circ_xmalloc((size_t)ep->E * sizeof *ep->dzdla);
-	ep->gz = circ_xmalloc((size_t)ep->E * sizeof *ep->gz);
 	circ_rng_seed_stream(&rng, o->seed, 0);
-	for (int64_t i = 0; i < ep->E; i++)
-		ep->la[i] = o->init + 0.01 * circ_rng_normal(&rng);
+	group_init(&ep->edges, ep->E, o->init, &rng);
+	if (o->node_masks) {
+		group_init(&ep->nodes, ep->U, o->init, &rng);
+		ep->zeff = circ_xmalloc((size_t)ep->E * sizeof *ep->zeff);
+		ep->geff = circ_xmalloc((size_t)ep->E * sizeof *ep->geff);
+	}
+	ep->score = circ_xmalloc((size_t)ep->E * sizeof *ep->score);
 	return ep;
 }
 
@@ -175,18 +209,33 @@ void circ_ep_free(circ_edgeprune *ep)
 	free(ep->wm);
 	free(ep->open);
 	free(ep->dlogits);
-	free(ep->la);
-	free(ep->m1);
-	free(ep->m2);
-	free(ep->zs);
-	free(ep->dzdla);
-	free(ep->gz);
+	group_free(&ep->edges);
+	group_free(&ep->nodes);
+	free(ep->zeff);
+	free(ep->geff);
+	free(ep->score);
 	free(ep);
 }
 
 const double *circ_ep_log_alpha(const circ_edgeprune *ep)
 {
-	return ep->la;
+	return ep->edges.la;
+}
+
+const double *circ_ep_node_log_alpha(const circ_edgeprune *ep)
+{
+	return ep->o.node_masks ? ep->nodes.la : NULL;
+}
+
+const double *circ_ep_scores(circ_edgeprune *ep)
+{
+	for (int64_t i = 0; i < ep->E; i++) {
+		double la = ep->edges.la[i];
+		int u = ep->g->edge_up[i];
+		ep->score[i] =
+		    ep->o.node_masks && u > 0 && ep->nodes.la[u] < la ? ep->nodes.la[u] : la;
+	}
+	return ep->score;
 }
 
 /* Columns of (B, T, C) per block of the mask GEMMs: fixed, so that the
@@ -468,58 +517,104 @@ static double adam(double x, double g, double *m1, double *m2, int t, double lr,
 	return x - lr * (*m1 / (1 - pow(b1, t))) / (sqrt(*m2 / (1 - pow(b2, t))) + eps);
 }
 
-/* The expected sparsity of log_alpha: 1 - mean P(z != 0). */
-static double expected_sparsity(const circ_edgeprune *ep)
+/* The expected sparsity of the masks from `first` on: 1 - mean P(z != 0). */
+static double expected_sparsity(const mask_group *m, int64_t first)
 {
 	double d = 0;
-	for (int64_t i = 0; i < ep->E; i++)
-		d += circ_ep_hc_l0(ep->la[i], NULL);
-	return 1 - d / (double)ep->E;
+	for (int64_t i = first; i < m->n; i++)
+		d += circ_ep_hc_l0(m->la[i], NULL);
+	return 1 - d / (double)(m->n - first);
+}
+
+/* The step's masks of m from `first` on (those before stay 1). */
+static void group_sample(mask_group *m, int64_t first, circ_rng *rng)
+{
+	for (int64_t i = 0; i < first; i++) {
+		m->z[i] = 1;
+		m->dzdla[i] = 0;
+	}
+	for (int64_t i = first; i < m->n; i++) {
+		double u = circ_rng_uniform(rng);
+		u = u < 1e-6 ? 1e-6 : u > 1 - 1e-6 ? 1 - 1e-6 : u;
+		m->z[i] = (float)circ_ep_hc_sample(m->la[i], u, &m->dzdla[i]);
+	}
+}
+
+/* One step of m from `first` on, m->g holding d loss / dz: Adam on
+ * log_alpha against loss + lambda1 (s - t) + lambda2 (s - t)^2 (s the
+ * expected sparsity before the step), ascent of the multipliers. Returns
+ * the Lagrangian term. */
+static double group_step(mask_group *m, int64_t first, double tgt, int step, const circ_ep_opts *o)
+{
+	double gap = expected_sparsity(m, first) - tgt,
+	       reg = m->lam[0] * gap + m->lam[1] * gap * gap;
+	/* d reg / d la_i = (lambda1 + 2 lambda2 gap) d s / d la_i, and
+	 * d s / d la_i = -P'(la_i) / n */
+	double coef = -(m->lam[0] + 2 * m->lam[1] * gap) / (double)(m->n - first);
+	for (int64_t i = first; i < m->n; i++) {
+		double dp, g;
+		circ_ep_hc_l0(m->la[i], &dp);
+		g = m->g[i] * m->dzdla[i] + coef * dp;
+		m->la[i] = adam(m->la[i], g, &m->m1[i], &m->m2[i], step, o->lr, o->weight_decay);
+	}
+	/* the multipliers ascend: descend on -d reg / d lambda */
+	m->lam[0] = adam(m->lam[0], -gap, &m->lm1[0], &m->lm2[0], step, o->lr_lambda, 0);
+	m->lam[1] = adam(m->lam[1], -gap * gap, &m->lm1[1], &m->lm2[1], step, o->lr_lambda, 0);
+	return reg;
+}
+
+/* The target t at `step`: final * step / warmup during the warm-up. */
+static double target_at(const circ_ep_opts *o, double final, int step)
+{
+	return final * (o->warmup > 0 && step < o->warmup ? (double)step / o->warmup : 1.0);
 }
 
 int circ_ep_train(circ_edgeprune *ep, circ_ep_step_fn fn, void *ctx, circ_error *e)
 {
 	const circ_ep_opts *o = &ep->o;
+	mask_group *me = &ep->edges, *mn = &ep->nodes;
 	circ_rng rng;
 	circ_rng_seed_stream(&rng, o->seed, 1);
 	for (int step = 1; step <= o->steps; step++) {
 		circ_ep_step st = {0};
-		double tgt = o->sparsity *
-			     (o->warmup > 0 && step < o->warmup ? (double)step / o->warmup : 1.0);
-		double es = expected_sparsity(ep), gap, coef;
-		for (int64_t i = 0; i < ep->E; i++) {
-			double u = circ_rng_uniform(&rng);
-			u = u < 1e-6 ? 1e-6 : u > 1 - 1e-6 ? 1 - 1e-6 : u;
-			ep->zs[i] = (float)circ_ep_hc_sample(ep->la[i], u, &ep->dzdla[i]);
+		const float *z = me->z;
+		double *g = me->g;
+		group_sample(me, 0, &rng);
+		if (o->node_masks) {
+			/* the run sees z_e z_u; the input node has no mask */
+			group_sample(mn, 1, &rng);
+			for (int64_t i = 0; i < ep->E; i++)
+				ep->zeff[i] = me->z[i] * mn->z[ep->g->edge_up[i]];
+			z = ep->zeff;
+			g = ep->geff;
 		}
-		if (circ_ep_loss_grad(ep, (step - 1) % ep->n, ep->zs, &st.loss, ep->gz, e) < 0) {
+		if (circ_ep_loss_grad(ep, (step - 1) % ep->n, z, &st.loss, g, e) < 0) {
 			circ_error_prefix(e, "edge pruning: step %d", step);
 			return -1;
 		}
-		gap = es - tgt;
-		st.reg = ep->lam[0] * gap + ep->lam[1] * gap * gap;
-		/* d reg / d la_i = (lambda1 + 2 lambda2 gap) d es / d la_i, and
-		 * d es / d la_i = -P'(la_i) / E */
-		coef = -(ep->lam[0] + 2 * ep->lam[1] * gap) / (double)ep->E;
-		for (int64_t i = 0; i < ep->E; i++) {
-			double dp, g;
-			circ_ep_hc_l0(ep->la[i], &dp);
-			g = ep->gz[i] * ep->dzdla[i] + coef * dp;
-			ep->la[i] = adam(ep->la[i], g, &ep->m1[i], &ep->m2[i], step, o->lr,
-					 o->weight_decay);
+		if (o->node_masks) {
+			memset(mn->g, 0, (size_t)mn->n * sizeof *mn->g);
+			for (int64_t i = 0; i < ep->E; i++) {
+				int u = ep->g->edge_up[i];
+				me->g[i] = ep->geff[i] * mn->z[u];
+				mn->g[u] += ep->geff[i] * me->z[i];
+			}
+			st.node_target = target_at(o, o->node_sparsity, step);
+			st.reg += group_step(mn, 1, st.node_target, step, o);
+			st.node_sparsity = expected_sparsity(mn, 1);
+			st.lambda3 = mn->lam[0];
+			st.lambda4 = mn->lam[1];
+			for (int u = 1; u < ep->U; u++)
+				st.nodes += mn->la[u] > 0;
 		}
-		/* the multipliers ascend: descend on -d reg / d lambda */
-		ep->lam[0] =
-		    adam(ep->lam[0], -gap, &ep->lm1[0], &ep->lm2[0], step, o->lr_lambda, 0);
-		ep->lam[1] =
-		    adam(ep->lam[1], -gap * gap, &ep->lm1[1], &ep->lm2[1], step, o->lr_lambda, 0);
+		st.target = target_at(o, o->sparsity, step);
+		st.reg += group_step(me, 0, st.target, step, o);
 		st.step = step;
-		st.target = tgt;
-		st.sparsity = expected_sparsity(ep);
-		st.lambda1 = ep->lam[0];
-		st.lambda2 = ep->lam[1];
+		st.sparsity = expected_sparsity(me, 0);
+		st.lambda1 = me->lam[0];
+		st.lambda2 = me->lam[1];
 		for (int64_t i = 0; i < ep->E; i++)
-			st.edges += ep->la[i] > 0;
+			st.edges += me->la[i] > 0;
 		if (fn && fn(ctx, &st, e) < 0)
 			return -1;
 	}

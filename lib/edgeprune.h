@@ -35,6 +35,11 @@
  * log_alpha, 0 by default). One mask is sampled per step for the whole
  * batch; steps cycle over the batches.
  *
+ * Node masks (optional, as the paper's): a mask z_u per upstream node but
+ * the input, with its own target, multipliers (lambda3, lambda4) and the
+ * same schedule; the run then sees z_e z_u on the edge u->r, so a closed
+ * node closes all its outgoing edges.
+ *
  * Determinism: the noise comes from circ_rng seeded by the seed; every sum
  * runs in a fixed order over fixed blocks (as the model's own), so the
  * result depends only on the inputs and the seed, not on the threads.
@@ -73,6 +78,8 @@ typedef struct circ_ep_opts {
 	double init;	     /* log_alpha starts at init + 0.01 N(0, 1) */
 	double weight_decay; /* AdamW decay of log_alpha */
 	uint64_t seed;
+	int node_masks;	      /* 1: a mask per upstream node too (not the input) */
+	double node_sparsity; /* with node_masks: their final target sparsity */
 } circ_ep_opts;
 /* Defaults: sparsity 0.9, 400 steps, warm-up 200, lr 0.1, lr_lambda 0.1,
  * init 3, weight decay 0, seed 1. */
@@ -87,6 +94,9 @@ typedef struct circ_ep_step {
 	double target;	 /* the target at this step */
 	double lambda1, lambda2;
 	int64_t edges; /* edges with log_alpha > 0 (deterministic mask > 0.5) */
+	/* with node masks (else 0): the same for the nodes */
+	double node_sparsity, node_target, lambda3, lambda4;
+	int64_t nodes;
 } circ_ep_step;
 typedef int (*circ_ep_step_fn)(void *ctx, const circ_ep_step *st, circ_error *e);
 
@@ -111,5 +121,11 @@ int circ_ep_loss_grad(circ_edgeprune *ep, int k, const float *z, double *loss, d
 int circ_ep_train(circ_edgeprune *ep, circ_ep_step_fn fn, void *ctx, circ_error *e);
 /* The trained log_alpha (E), valid while ep lives. */
 const double *circ_ep_log_alpha(const circ_edgeprune *ep);
+/* With node masks, the nodes' log_alpha (U; the input's unused), else NULL. */
+const double *circ_ep_node_log_alpha(const circ_edgeprune *ep);
+/* The key that ranks the edges for the circuit (E, valid until the next
+ * call or free): log_alpha, or with node masks min(log_alpha_e,
+ * log_alpha_u) for an edge from node u (other than the input). */
+const double *circ_ep_scores(circ_edgeprune *ep);
 
 #endif

@@ -19,7 +19,7 @@ setup_file() {
 @test "prune --help lists the edge-pruning options" {
 	run --separate-stderr circ-prune --help
 	assert_success
-	for o in --edge-pruning --sparsity --target-edges --steps --warmup --lr --lr-lambda --init --seed; do
+	for o in --edge-pruning --sparsity --target-edges --steps --warmup --lr --lr-lambda --init --node-sparsity --seed; do
 		assert_output --partial -- "$o"
 	done
 }
@@ -67,6 +67,18 @@ setup_file() {
 		circ-cat "$T/$m.log" | tests/validate.py schemas/edge-pruning.schema.json
 		[ "$(circ-cat --no-header "$T/$m.log" | grep -c '"step"')" = 100 ]
 	done
+}
+
+@test "prune --edge-pruning --node-sparsity: node masks too, the circuit still found" {
+	local m=ioi-hand n
+	n=$(circ-cat --no-header "fixtures/$m/truth.jsonl" | wc -l)
+	circ-prune --edge-pruning --model "fixtures/$m" --target-edges "$n" --node-sparsity 0.5 \
+		--steps 100 --truth "fixtures/$m/truth.jsonl" --report "$T/r.json" --log "$T/log" \
+		-o "$T/c.circ" "$BATS_FILE_TMPDIR/$m.tok" 2>/dev/null
+	/usr/bin/python3 -c "import sys; sys.exit(0 if $(jq .auc "$T/r.json") >= 0.95 else 1)"
+	circ-cat "$T/log" | tests/validate.py schemas/edge-pruning.schema.json
+	[ "$(circ-cat "$T/log" | head -1 | jq .node_sparsity)" = 0.5 ]
+	circ-cat --no-header "$T/log" | tail -1 | jq -e '.nodes >= 1 and .node_target == 0.5'
 }
 
 @test "prune --edge-pruning is deterministic from the seed, whatever the thread count" {

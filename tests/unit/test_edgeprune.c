@@ -10,7 +10,8 @@
  *    (tests/ref/edgeprune_ref.py, float64): |error| <= 1e-3 max|dz| + 1e-6,
  *    loss to 1e-4 relative (CIRC_SKIP_TORCH=1 skips it);
  *  - training: the same seed gives the same log_alpha bytes, another seed
- *    others; the expected sparsity ends within 0.05 of the target.
+ *    others; the expected sparsity ends within 0.05 of the target (with node
+ *    masks too, both within 0.1 of theirs).
  */
 #include <jansson.h>
 #include <math.h>
@@ -292,7 +293,8 @@ static int count_step(void *ctx, const circ_ep_step *st, circ_error *e)
 }
 
 /* log_alpha after training with seed `seed` (allocated), the last step in *last. */
-static double *train(const circ_model *m, const circ_graph *g, uint64_t seed, circ_ep_step *last)
+static double *train(const circ_model *m, const circ_graph *g, uint64_t seed, int nodes,
+		     circ_ep_step *last)
 {
 	circ_error e;
 	circ_ep_opts o;
@@ -306,6 +308,8 @@ static double *train(const circ_model *m, const circ_graph *g, uint64_t seed, ci
 	o.steps = 120;
 	o.warmup = 60;
 	o.seed = seed;
+	o.node_masks = nodes;
+	o.node_sparsity = 0.6;
 	CHECK_MSG(p && circ_patcher_load(p, b, &e) == 0, e);
 	ep = circ_ep_new(&p, 1, &o, &e);
 	CHECK_MSG(ep && circ_ep_train(ep, count_step, last, &e) == 0, e);
@@ -321,8 +325,10 @@ static double *train(const circ_model *m, const circ_graph *g, uint64_t seed, ci
 
 static void test_train(const circ_model *m, const circ_graph *g)
 {
-	circ_ep_step a, b, c;
-	double *la = train(m, g, 3, &a), *lb = train(m, g, 3, &b), *lc = train(m, g, 4, &c);
+	circ_ep_step a, b, c, d;
+	double *la = train(m, g, 3, 0, &a), *lb = train(m, g, 3, 0, &b),
+	       *lc = train(m, g, 4, 0, &c);
+	double *ld = train(m, g, 3, 1, &d);
 	size_t n = (size_t)g->n_edges * sizeof(double);
 	CHECK(la && lb && lc);
 	if (la && lb && lc) {
@@ -333,6 +339,14 @@ static void test_train(const circ_model *m, const circ_graph *g)
 	if (getenv("CIRC_TEST_VERBOSE") || !(fabs(a.sparsity - 0.5) < 0.05))
 		fprintf(stderr, "training: expected sparsity %g, target 0.5\n", a.sparsity);
 	CHECK(fabs(a.sparsity - 0.5) < 0.05);
+	/* node masks: both targets met */
+	if (getenv("CIRC_TEST_VERBOSE") || !(fabs(d.node_sparsity - 0.6) < 0.1) ||
+	    !(fabs(d.sparsity - 0.5) < 0.1))
+		fprintf(stderr, "training with node masks: sparsity %g (0.5), nodes %g (0.6)\n",
+			d.sparsity, d.node_sparsity);
+	CHECK(ld && d.node_target == 0.6 && fabs(d.node_sparsity - 0.6) < 0.1);
+	CHECK(fabs(d.sparsity - 0.5) < 0.1);
+	free(ld);
 	free(la);
 	free(lb);
 	free(lc);
