@@ -721,6 +721,7 @@ static int run_edge_pruning(circ_cli *cli, int argc, char **argv, const char *in
 	if (!o.pc.metric_set)
 		o.pc.metric = CIRC_METRIC_KL;
 	circ_patch_cli_opts(&o.pc, s.m, 1, &po);
+	po.stage_grads = 1; /* the hooks read one stage's receiver gradients at a time */
 	if (o.pc.ablation == CIRC_ABL_MEAN) {
 		circ_session_patcher(&s, NULL, 0);
 		circ_session_means(&s);

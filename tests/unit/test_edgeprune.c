@@ -115,7 +115,8 @@ static int make_setup(setup *s, const circ_model *m, const circ_graph *g, circ_m
 {
 	circ_error e;
 	circ_ep_opts o;
-	circ_patch_opts po = {CIRC_ABL_RESAMPLE, 0, k, 1, 3, 6, 1};
+	/* one stage's receiver gradients at a time, as circ-prune runs it */
+	circ_patch_opts po = {CIRC_ABL_RESAMPLE, 0, k, 1, 3, 6, 1, 0, 1};
 	memset(s, 0, sizeof *s);
 	s->b = make_batch(3, 6, circ_model_config(m)->vocab_size, 11);
 	circ_ep_opts_default(&o);
