@@ -22,65 +22,9 @@
 #include "check.h"
 #include "edgeprune.h"
 #include "rng.h"
+#include "test_batch.h"
 
 static char dir[] = "/tmp/circ-test-edgeprune-XXXXXX";
-
-/* B examples of T tokens, read at T-1; every other token corrupted. */
-static circ_batch *make_batch(int B, int T, int V, uint64_t seed)
-{
-	circ_batch *b = circ_xcalloc(1, sizeof *b);
-	circ_rng r;
-	circ_rng_seed(&r, seed);
-	b->B = B;
-	b->T = T;
-	b->ex = circ_xcalloc((size_t)B, sizeof *b->ex);
-	b->clean = circ_xmalloc((size_t)B * T * 4);
-	b->corrupt = circ_xmalloc((size_t)B * T * 4);
-	b->row0 = circ_xmalloc((size_t)B * sizeof(int));
-	b->read_b = circ_xmalloc((size_t)B * 4);
-	b->read_t = circ_xmalloc((size_t)B * 4);
-	for (int i = 0; i < B; i++) {
-		circ_example *x = &b->ex[i];
-		x->id = i;
-		x->T = T;
-		x->clean = b->clean + (size_t)i * T;
-		x->corrupt = b->corrupt + (size_t)i * T;
-		for (int t = 0; t < T; t++) {
-			x->clean[t] = (int32_t)circ_rng_below(&r, (uint64_t)V);
-			x->corrupt[t] =
-			    t % 2 ? (int32_t)circ_rng_below(&r, (uint64_t)V) : x->clean[t];
-		}
-		x->npos = 1;
-		x->pos = circ_xmalloc(4);
-		x->pos[0] = T - 1;
-		x->nans = x->nwrong = 1;
-		x->ans = circ_xmalloc(4);
-		x->wrong = circ_xmalloc(4);
-		x->ans[0] = 3 + i;
-		x->wrong[0] = 7 + i;
-		b->row0[i] = i;
-		b->read_b[i] = i;
-		b->read_t[i] = T - 1;
-	}
-	b->n_read = B;
-	return b;
-}
-
-static void free_batch(circ_batch *b)
-{
-	for (int i = 0; i < b->B; i++) {
-		free(b->ex[i].pos);
-		free(b->ex[i].ans);
-		free(b->ex[i].wrong);
-	}
-	free(b->ex);
-	free(b->clean);
-	free(b->corrupt);
-	free(b->row0);
-	free(b->read_b);
-	free(b->read_t);
-	free(b);
-}
 
 static void test_hard_concrete(void)
 {
@@ -132,7 +76,7 @@ static void free_setup(setup *s)
 {
 	circ_ep_free(s->ep);
 	circ_patcher_free(s->p);
-	free_batch(s->b);
+	circ_batch_free(s->b);
 }
 
 static void test_ends(const circ_model *m, const circ_graph *g)
@@ -320,7 +264,7 @@ static double *train(const circ_model *m, const circ_graph *g, uint64_t seed, in
 	}
 	circ_ep_free(ep);
 	circ_patcher_free(p);
-	free_batch(b);
+	circ_batch_free(b);
 	return la;
 }
 
