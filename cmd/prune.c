@@ -746,11 +746,12 @@ static int run_edge_pruning(circ_cli *cli, int argc, char **argv, const char *in
 	if (circ_select_topn(s.g, sc.score, n_keep, 1, keep, &e) < 0)
 		circ_die(&e);
 	circ_prune_dangling(s.g, keep);
-	fprintf(stderr,
-		"%s: edge-pruning: %d steps in %.2fs, loss %.6g, expected sparsity %.4f (target "
-		"%.4f), %lld edges kept\n",
-		circ_progname, o.ep.steps, circ_now() - t0, lg.last.loss, lg.last.sparsity,
-		o.ep.sparsity, (long long)circ_count_kept(s.g, keep));
+	fprintf(stderr, "%s: edge-pruning: %d steps in %.2fs", circ_progname, o.ep.steps,
+		circ_now() - t0);
+	if (o.ep.steps > 0)
+		fprintf(stderr, ", loss %.6g, expected sparsity %.4f (target %.4f)", lg.last.loss,
+			lg.last.sparsity, o.ep.sparsity);
+	fprintf(stderr, ", %lld edges kept\n", (long long)circ_count_kept(s.g, keep));
 	sc.g = s.g;
 	sc.model_digest = (char *)s.model_digest;
 	sc.method = "edge-pruning";
