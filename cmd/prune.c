@@ -75,7 +75,7 @@ static const circ_opt opts[] = {
      "Edge Pruning: train hard-concrete edge masks (input: a token stream; needs --model)"},
     {"sparsity", OPT_SPARSITY, "S", "edge-pruning: target sparsity in [0, 1)"},
     {"target-edges", OPT_TARGET_EDGES, "N", "edge-pruning: target edge count (sparsity 1 - N/E)"},
-    {"steps", OPT_STEPS, "N", "edge-pruning: training steps (default 400)"},
+    {"steps", OPT_STEPS, "N", "edge-pruning: training steps (default 1000)"},
     {"warmup", OPT_WARMUP, "N",
      "edge-pruning: steps over which the target rises from 0 (default steps/2)"},
     {"lr", OPT_LR, "X", "edge-pruning: Adam step of the masks' log_alpha (default 0.1)"},

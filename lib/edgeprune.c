@@ -131,8 +131,8 @@ void circ_ep_opts_default(circ_ep_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->sparsity = 0.9;
-	o->steps = 400;
-	o->warmup = 200;
+	o->steps = 1000;
+	o->warmup = 500;
 	o->lr = 0.1;
 	o->lr_lambda = 0.1;
 	o->init = 3;

@@ -81,7 +81,7 @@ typedef struct circ_ep_opts {
 	int node_masks;	      /* 1: a mask per upstream node too (not the input) */
 	double node_sparsity; /* with node_masks: their final target sparsity */
 } circ_ep_opts;
-/* Defaults: sparsity 0.9, 400 steps, warm-up 200, lr 0.1, lr_lambda 0.1,
+/* Defaults: sparsity 0.9, 1000 steps, warm-up 500, lr 0.1, lr_lambda 0.1,
  * init 3, weight decay 0, seed 1. */
 void circ_ep_opts_default(circ_ep_opts *o);
 
