@@ -2,6 +2,9 @@
  * Unit tests for lib/edgeprune on a random model:
  *  - the hard-concrete sample and L0 probability against their finite
  *    differences (|error| < 1e-6);
+ *  - the model's out_hook: the residual gradient handed back gives the same
+ *    receiver gradients (1e-6 of the largest), a head's zeroed changes
+ *    those below it only;
  *  - masks all 1 give the clean run, all 0 the corrupted run;
  *  - d loss / d z against central finite differences of the loss (h = 1e-2,
  *    float runs: |error| <= 2e-3 max|dz| + 1e-5), at edge and node level,
@@ -230,6 +233,119 @@ static void test_torch(const circ_model *m, const circ_graph *g, circ_metric_kin
 	free_setup(&s);
 }
 
+/* The model's out_hook (circ_bwd): handing every node the residual
+ * gradient it would get anyway gives the same receiver gradients (per-head
+ * GEMMs in place of one: 1e-6 of the largest); handing head 0 of the last
+ * layer zeros takes its path out of the gradients of its layer's inputs and
+ * changes nothing above it. */
+typedef struct hook_ctx {
+	int mode;      /* 0: none, 1: residual copies, 2: as 1 with a0 of the last layer zero */
+	int L, H;      /* the model's shape */
+	float *bufs;   /* (H, B, T, C) */
+	float *zero;   /* (B, T, C) */
+	size_t n;      /* B*T*C */
+	float **grads; /* (R) receiver gradient copies */
+	const circ_model *m;
+} hook_ctx;
+
+static int keep_grads(void *ctx, circ_run *r, int s, circ_error *e)
+{
+	hook_ctx *h = ctx;
+	const circ_topo_stage *st = &circ_model_topology(h->m)->stage[s];
+	(void)e;
+	for (int mr = st->first_recv; mr < st->first_recv + st->n_recv; mr++)
+		memcpy(h->grads[mr], circ_run_recv_grad(r, mr), h->n * sizeof(float));
+	return 0;
+}
+
+static int give_grads(void *ctx, circ_run *r, int s, int nn, const float **ng, circ_error *e)
+{
+	hook_ctx *h = ctx;
+	(void)e;
+	for (int j = 0; j < nn; j++) {
+		float *b = h->bufs + (size_t)j * h->n;
+		memcpy(b, circ_run_resid_grad(r, s + 1), h->n * sizeof(float));
+		ng[j] = h->mode == 2 && s == 2 * (h->L - 1) && j == 0 ? h->zero : b;
+	}
+	return 0;
+}
+
+static void run_grads(const circ_model *m, circ_run *r, const circ_batch *b, hook_ctx *h)
+{
+	circ_error e;
+	circ_fwd f;
+	circ_bwd bw = {0};
+	int V = circ_model_config(m)->vocab_size;
+	float *dl = circ_xmalloc((size_t)b->B * V * sizeof(float));
+	circ_fwd_init(&f);
+	f.tokens = b->clean;
+	f.B = b->B;
+	f.T = b->T;
+	for (size_t i = 0; i < (size_t)b->B * V; i++)
+		dl[i] = (float)((i * 7919 % 101) / 101.0 - 0.5);
+	CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
+	bw.dlogits = dl;
+	bw.hook = keep_grads;
+	bw.hook_ctx = h;
+	bw.out_hook = h->mode ? give_grads : NULL;
+	CHECK_MSG(circ_backward(r, &bw, &e) == 0, e);
+	free(dl);
+}
+
+static void test_out_hook(const circ_model *m)
+{
+	const circ_config *c = circ_model_config(m);
+	circ_batch *b = make_batch(2, 5, c->vocab_size, 3);
+	circ_error e;
+	circ_run_opts ro;
+	circ_run *r;
+	hook_ctx h[3];
+	int R = circ_model_n_recv(m);
+	size_t n = (size_t)2 * 5 * (size_t)c->n_embd;
+	double scale = 0, same = 0, below = 0, above = 0;
+	circ_run_opts_default(&ro);
+	ro.backward = 1;
+	ro.keep_recv_grads = 0;
+	r = circ_run_new(m, 2, 5, &ro, &e);
+	CHECK_MSG(r != NULL, e);
+	for (int k = 0; k < 3 && r; k++) {
+		h[k] = (hook_ctx){k, c->n_layer, c->n_head, NULL, NULL, n, NULL, m};
+		h[k].bufs = circ_xmalloc((size_t)c->n_head * n * sizeof(float));
+		h[k].zero = circ_xcalloc(n, sizeof(float));
+		h[k].grads = circ_xcalloc((size_t)R, sizeof *h[k].grads);
+		for (int i = 0; i < R; i++)
+			h[k].grads[i] = circ_xmalloc(n * sizeof(float));
+		run_grads(m, r, b, &h[k]);
+	}
+	for (int i = 0; r && i < R; i++) {
+		int st = circ_recv_stage(m, i);
+		for (size_t j = 0; j < n; j++) {
+			double g0 = h[0].grads[i][j];
+			scale = fmax(scale, fabs(g0));
+			same = fmax(same, fabs(h[1].grads[i][j] - g0));
+			if (st >= 2 * (c->n_layer - 1) + 1)
+				above = fmax(above, fabs(h[2].grads[i][j] - g0));
+			else
+				below = fmax(below, fabs(h[2].grads[i][j] - g0));
+		}
+	}
+	if (getenv("CIRC_TEST_VERBOSE"))
+		fprintf(stderr,
+			"out_hook: residual copies %g, a head zeroed: above %g, below %g (of %g)\n",
+			same, above, below, scale);
+	CHECK(scale > 0 && same <= 1e-6 * scale);
+	CHECK(above == 0 && below > 1e-3 * scale);
+	for (int k = 0; k < 3 && r; k++) {
+		for (int i = 0; i < R; i++)
+			free(h[k].grads[i]);
+		free(h[k].grads);
+		free(h[k].bufs);
+		free(h[k].zero);
+	}
+	circ_run_free(r);
+	circ_batch_free(b);
+}
+
 static int count_step(void *ctx, const circ_ep_step *st, circ_error *e)
 {
 	(void)e;
@@ -315,6 +431,7 @@ int main(void)
 		return 1;
 	}
 	test_hard_concrete();
+	test_out_hook(m);
 	test_ends(m, g);
 	test_finite_diff(m, g, CIRC_METRIC_LOGIT_DIFF, 0);
 	test_finite_diff(m, g, CIRC_METRIC_LOGIT_DIFF, 1);
