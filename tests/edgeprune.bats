@@ -93,10 +93,14 @@ setup_file() {
 	! diff -q "$T/s1-t2" "$T/s2-t2"
 }
 
-@test "prune --edge-pruning: a scores stream is no token stream" {
+@test "prune --edge-pruning: a scores stream is no token stream; other families are refused" {
 	run --separate-stderr circ-prune --edge-pruning --model tests/data/tiny/model --sparsity 0.5 tests/data/prune/scores.jsonl
 	assert_failure 1
 	[[ "$stderr" == *"expected 'tokens'"* ]]
+	# the per-node output gradients are GPT-2's only so far
+	run --separate-stderr circ-prune --edge-pruning --model tests/data/families/llama --sparsity 0.5 --steps 2 tests/data/tiny/tokens.jsonl
+	assert_failure 1
+	[[ "$stderr" == *"model_type 'llama' is not supported yet (gpt2 only)"* ]]
 }
 
 @test "PRUNE=edge-pruning through the pipeline" {
