@@ -12,6 +12,7 @@
  * scores, in circ's order or the reference implementation's (--acdc-order);
  * run_acdc below is the hook where it plugs in. --cd-t N is CD-T's
  * iterative construction over (cd-t) scores (lib/cdt's circ_cdt_select).
+ * Edge Pruning (--edge-pruning, run_edge_pruning) trains edge masks.
  */
 #include <errno.h>
 #include <math.h>
@@ -24,6 +25,7 @@
 #include "acdc.h"
 #include "cdt.h"
 #include "circuit.h"
+#include "edgeprune.h"
 #include "eval.h"
 #include "cli/patchopt.h"
 #include "cli/progress.h"
@@ -46,6 +48,17 @@ enum {
 	OPT_ACDC_INDICES,
 	OPT_ACDC_NAMES,
 	OPT_CDT,
+	/* edge pruning */
+	OPT_EDGE_PRUNING,
+	OPT_SPARSITY,
+	OPT_TARGET_EDGES,
+	OPT_STEPS,
+	OPT_WARMUP,
+	OPT_LR,
+	OPT_LR_LAMBDA,
+	OPT_INIT,
+	OPT_NODE_SPARSITY,
+	OPT_SEED,
 };
 
 static const circ_opt opts[] = {
@@ -63,7 +76,8 @@ static const circ_opt opts[] = {
     {"tau", OPT_TAU, "T",
      "acdc: keep an edge when patching it raises the loss by tau or more (default 0.01)"},
     {"abs-change", OPT_ABS_CHANGE, NULL, "acdc: compare |change| with tau"},
-    {"log", OPT_LOG, "FILE", "acdc: write every decision to FILE (a decisions stream)"},
+    {"log", OPT_LOG, "FILE",
+     "acdc: write every decision to FILE (a decisions stream); edge-pruning: the training curve"},
     {"group", OPT_GROUP, "G",
      "acdc, an approximation: test G edges at once, split groups at or above tau (default 1: "
      "exact)"},
@@ -74,14 +88,37 @@ static const circ_opt opts[] = {
      "acdc reference order: its --indices-mode, normal (default) or reverse"},
     {"acdc-names", OPT_ACDC_NAMES, "M",
      "acdc reference order: its --names-mode, normal (default) or reverse"},
+    {"edge-pruning", OPT_EDGE_PRUNING, NULL,
+     "Edge Pruning: train hard-concrete edge masks (input: a token stream; needs --model)"},
+    {"sparsity", OPT_SPARSITY, "S", "edge-pruning: target sparsity in [0, 1)"},
+    {"target-edges", OPT_TARGET_EDGES, "N", "edge-pruning: target edge count (sparsity 1 - N/E)"},
+    {"steps", OPT_STEPS, "N", "edge-pruning: training steps (default 1000)"},
+    {"warmup", OPT_WARMUP, "N",
+     "edge-pruning: steps over which the target rises from 0 (default steps/2)"},
+    {"lr", OPT_LR, "X", "edge-pruning: Adam step of the masks' log_alpha (default 0.1)"},
+    {"lr-lambda", OPT_LR_LAMBDA, "X",
+     "edge-pruning: Adam step of the Lagrange multipliers (default 0.1)"},
+    {"init", OPT_INIT, "X", "edge-pruning: initial log_alpha (default 3)"},
+    {"node-sparsity", OPT_NODE_SPARSITY, "S",
+     "edge-pruning: also a mask per node, trained to sparsity S in [0, 1)"},
+    {"seed", OPT_SEED, "N", "edge-pruning: seed of the masks' noise (default 1)"},
     CIRC_PATCH_OPT_MODEL,
     CIRC_PATCH_OPT_COMMON,
     {0},
 };
 
-typedef enum { MODE_NONE, MODE_TOP_N, MODE_THRESHOLD, MODE_GREEDY, MODE_ACDC, MODE_CDT } mode_t_;
+typedef enum {
+	MODE_NONE,
+	MODE_TOP_N,
+	MODE_THRESHOLD,
+	MODE_GREEDY,
+	MODE_ACDC,
+	MODE_CDT,
+	MODE_EDGE_PRUNING
+} mode_t_;
 
-static const char *const mode_names[] = {"", "top-n", "threshold", "greedy", "acdc", "cd-t"};
+static const char *const mode_names[] = {"",	 "top-n", "threshold",	 "greedy",
+					 "acdc", "cd-t",  "edge-pruning"};
 
 static struct {
 	mode_t_ mode;
@@ -101,7 +138,12 @@ static struct {
 	int indices_reverse, names_reverse;
 	const char *order_opt; /* the last of the three given, for usage errors */
 	const char *mode_opt;  /* the last of --acdc-indices and --acdc-names given */
-} o = {.tau = 0.01};
+	/* edge pruning */
+	circ_ep_opts ep;
+	const char *ep_opt; /* the first edge-pruning option given, or NULL */
+	int sparsity_set, warmup_set;
+	int64_t target_edges; /* -1: not given */
+} o = {.tau = 0.01, .target_edges = -1};
 
 /* "normal" or "reverse" for --acdc-indices and --acdc-names. */
 static int normal_reverse(const char *opt, const char *arg)
@@ -118,6 +160,41 @@ static void set_mode(mode_t_ m)
 		circ_usage_error("--%s and --%s exclude each other", mode_names[o.mode],
 				 mode_names[m]);
 	o.mode = m;
+}
+
+/* Edge pruning's own options: 0 if key is one of them. */
+static int handle_ep(int key, const char *arg)
+{
+	static const char *const names[] = {"sparsity", "target-edges", "steps", "warmup",
+					    "lr",	"lr-lambda",	"init",	 "node-sparsity",
+					    "seed"};
+	if (key < OPT_SPARSITY || key > OPT_SEED)
+		return -1;
+	if (!o.ep_opt)
+		o.ep_opt = names[key - OPT_SPARSITY];
+	switch (key) {
+	case OPT_SPARSITY:
+		o.ep.sparsity = circ_opt_f64_in("sparsity", arg, 0, 0, 1, 1);
+		o.sparsity_set = 1;
+		break;
+	case OPT_TARGET_EDGES:
+		o.target_edges = circ_opt_i64("target-edges", arg, 0, INT32_MAX);
+		break;
+	case OPT_STEPS: o.ep.steps = (int)circ_opt_i64("steps", arg, 0, 1 << 24); break;
+	case OPT_WARMUP:
+		o.ep.warmup = (int)circ_opt_i64("warmup", arg, 0, 1 << 24);
+		o.warmup_set = 1;
+		break;
+	case OPT_LR: o.ep.lr = circ_opt_f64_in("lr", arg, 0, 1, 1e6, 0); break;
+	case OPT_LR_LAMBDA: o.ep.lr_lambda = circ_opt_f64_in("lr-lambda", arg, 0, 0, 1e6, 0); break;
+	case OPT_INIT: o.ep.init = circ_opt_f64_in("init", arg, -100, 0, 100, 0); break;
+	case OPT_NODE_SPARSITY:
+		o.ep.node_sparsity = circ_opt_f64_in("node-sparsity", arg, 0, 0, 1, 1);
+		o.ep.node_masks = 1;
+		break;
+	case OPT_SEED: o.ep.seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
+	}
+	return 0;
 }
 
 static int handle(int key, const char *arg, void *ctx)
@@ -175,7 +252,10 @@ static int handle(int key, const char *arg, void *ctx)
 		o.names_reverse = normal_reverse("acdc-names", arg);
 		o.order_opt = o.mode_opt = "acdc-names";
 		return 0;
+	case OPT_EDGE_PRUNING: set_mode(MODE_EDGE_PRUNING); return 0;
 	}
+	if (handle_ep(key, arg) == 0)
+		return 0;
 	if (circ_patch_cli_handle(&o.pc, key, arg) == 0) {
 		o.acdc_opt = 1;
 		return 0;
@@ -601,11 +681,191 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	return 0;
 }
 
+/* ---- Edge Pruning ---- */
+
+typedef struct ep_log {
+	circ_writer *w; /* --log: the training curve, or NULL */
+	int every;	/* a line on stderr every this many steps (0: none) */
+	int steps;
+	circ_ep_step last;
+} ep_log;
+
+static int ep_step(void *ctx, const circ_ep_step *st, circ_error *e)
+{
+	ep_log *lg = ctx;
+	lg->last = *st;
+	if (lg->every && (st->step % lg->every == 0 || st->step == lg->steps)) {
+		fprintf(stderr,
+			"%s: edge-pruning: step %d/%d: loss %.6g, sparsity %.4f (target %.4f), "
+			"lambda %.4g %.4g, %lld edges",
+			circ_progname, st->step, lg->steps, st->loss, st->sparsity, st->target,
+			st->lambda1, st->lambda2, (long long)st->edges);
+		if (o.ep.node_masks)
+			fprintf(stderr,
+				"; nodes: sparsity %.4f (target %.4f), lambda %.4g %.4g, %lld",
+				st->node_sparsity, st->node_target, st->lambda3, st->lambda4,
+				(long long)st->nodes);
+		fputc('\n', stderr);
+	}
+	if (!lg->w)
+		return 0;
+	msgpack_packer *pk = circ_writer_packer(lg->w);
+	msgpack_pack_map(pk, o.ep.node_masks ? 13 : 8);
+	circ_pack_kv_i64(pk, "step", st->step);
+	circ_pack_kv_f64(pk, "loss", st->loss);
+	circ_pack_kv_f64(pk, "reg", st->reg);
+	circ_pack_kv_f64(pk, "sparsity", st->sparsity);
+	circ_pack_kv_f64(pk, "target", st->target);
+	circ_pack_kv_f64(pk, "lambda1", st->lambda1);
+	circ_pack_kv_f64(pk, "lambda2", st->lambda2);
+	circ_pack_kv_i64(pk, "edges", st->edges);
+	if (o.ep.node_masks) {
+		circ_pack_kv_f64(pk, "node_sparsity", st->node_sparsity);
+		circ_pack_kv_f64(pk, "node_target", st->node_target);
+		circ_pack_kv_f64(pk, "lambda3", st->lambda3);
+		circ_pack_kv_f64(pk, "lambda4", st->lambda4);
+		circ_pack_kv_i64(pk, "nodes", st->nodes);
+	}
+	return circ_writer_end_record(lg->w, e);
+}
+
+/* --log: the training curve's stream, opened with its header. */
+static circ_writer *ep_open_log(const circ_cli *cli, int argc, char **argv, circ_session *s)
+{
+	circ_error e;
+	circ_writer_opts lo = cli->wopts;
+	circ_writer *w;
+	circ_hdr_field f[] = {
+	    CIRC_HDR_GRAPH(s->g),
+	    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+	    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
+	    CIRC_HDR(STR, "model_digest", s->model_digest),
+	    CIRC_HDR(F64, "sparsity", o.ep.sparsity),
+	    CIRC_HDR_IF(o.target_edges >= 0, I64, "target_edges", o.target_edges),
+	    CIRC_HDR(I64, "steps", o.ep.steps),
+	    CIRC_HDR(I64, "warmup", o.ep.warmup),
+	    CIRC_HDR(F64, "lr", o.ep.lr),
+	    CIRC_HDR(F64, "lr_lambda", o.ep.lr_lambda),
+	    CIRC_HDR(F64, "init", o.ep.init),
+	    CIRC_HDR(I64, "seed", (int64_t)o.ep.seed),
+	    CIRC_HDR_IF(o.ep.node_masks, F64, "node_sparsity", o.ep.node_sparsity),
+	};
+	w = circ_writer_open(o.log, &lo, &e);
+	if (!w)
+		circ_die(&e);
+	if (circ_writer_header_fields(w, "edge-pruning", argc, argv, &s->r, 1, f, CIRC_HDR_N(f),
+				      &e) < 0)
+		circ_die(&e);
+	return w;
+}
+
+/* Trains the masks over every batch of the token stream, then keeps the
+ * edges with the largest log_alpha: N = --target-edges, or (1 - S) E
+ * rounded; the circuit's scores are the log_alpha. */
+static int run_edge_pruning(circ_cli *cli, int argc, char **argv, const char *input)
+{
+	circ_session s = {0};
+	circ_error e;
+	circ_patcher **ps;
+	circ_patch_opts po;
+	circ_edgeprune *ep;
+	circ_scores sc = {0};
+	circ_circuit_source src;
+	ep_log lg = {0};
+	uint8_t *keep;
+	int64_t E, n_keep;
+	int n = 0;
+	double t0;
+
+	if (!o.pc.model)
+		circ_usage_error("--edge-pruning needs --model DIR");
+	if (o.signed_ || o.size || o.tau_set || o.abs_change || o.group)
+		circ_usage_error("--signed, sizes, --tau, --abs-change and --group do not apply "
+				 "to --edge-pruning");
+	if (o.sparsity_set == (o.target_edges >= 0))
+		circ_usage_error("--edge-pruning needs one of --sparsity S and --target-edges N");
+	if (!o.warmup_set)
+		o.ep.warmup = o.ep.steps / 2;
+	if (o.ep.warmup > o.ep.steps)
+		circ_usage_error("option '--warmup': %d is more than --steps %d", o.ep.warmup,
+				 o.ep.steps);
+	circ_patch_cli_check(&o.pc);
+	circ_session_model(&s, &o.pc, 1);
+	circ_session_tokens(&s, input);
+	E = s.g->n_edges;
+	if (o.target_edges > E)
+		circ_usage_error(
+		    "option '--target-edges': %lld is more than the graph's %lld edges",
+		    (long long)o.target_edges, (long long)E);
+	if (o.target_edges >= 0)
+		o.ep.sparsity = 1 - (double)o.target_edges / (double)E;
+	n_keep = o.target_edges >= 0 ? o.target_edges : llround((1 - o.ep.sparsity) * (double)E);
+	/* the loss is kl unless --metric names the task's metric (as ACDC) */
+	if (!o.pc.metric_set)
+		o.pc.metric = CIRC_METRIC_KL;
+	circ_patch_cli_opts(&o.pc, s.m, 1, &po);
+	po.stage_grads = 1; /* the hooks read one stage's receiver gradients at a time */
+	if (o.pc.ablation == CIRC_ABL_MEAN) {
+		circ_session_patcher(&s, NULL, 0);
+		circ_session_means(&s);
+	}
+	ps = acdc_patchers(&s, &po, &n);
+	if (o.log)
+		lg.w = ep_open_log(cli, argc, argv, &s);
+	lg.steps = o.ep.steps;
+	lg.every = isatty(2) ? (o.ep.steps >= 20 ? o.ep.steps / 20 : 1) : 0;
+	ep = circ_ep_new(ps, n, &o.ep, &e);
+	t0 = circ_now();
+	if (!ep || circ_ep_train(ep, ep_step, &lg, &e) < 0) {
+		circ_writer_abort(lg.w);
+		circ_error_prefix(&e, "%s", circ_reader_name(s.r));
+		circ_die(&e);
+	}
+	circ_session_finish(&s);
+	if (lg.w && circ_writer_close(lg.w, &e) < 0)
+		circ_die(&e);
+	keep = circ_xmalloc((size_t)E);
+	sc.score = (double *)circ_ep_scores(ep);
+	if (circ_select_topn(s.g, sc.score, n_keep, 1, keep, &e) < 0)
+		circ_die(&e);
+	circ_prune_dangling(s.g, keep);
+	fprintf(stderr, "%s: edge-pruning: %d steps in %.2fs", circ_progname, o.ep.steps,
+		circ_now() - t0);
+	if (o.ep.steps > 0)
+		fprintf(stderr, ", loss %.6g, expected sparsity %.4f (target %.4f)", lg.last.loss,
+			lg.last.sparsity, o.ep.sparsity);
+	fprintf(stderr, ", %lld edges kept\n", (long long)circ_count_kept(s.g, keep));
+	sc.g = s.g;
+	sc.model_digest = (char *)s.model_digest;
+	sc.method = "edge-pruning";
+	sc.metric = (char *)circ_metric_name(o.pc.metric);
+	circ_circuit_source_init(&src);
+	src.method = "edge-pruning";
+	src.mode = "edge-pruning";
+	src.n = n_keep;
+	src.signed_ = 1;
+	src.metric = circ_metric_name(o.pc.metric);
+	o.signed_ = 1; /* the evaluation ranks by log_alpha itself */
+	write_circuit(cli, argc, argv, s.r, &sc, keep, &src);
+	circ_ep_free(ep);
+	for (int i = 0; i < n; i++) {
+		circ_batch_free((circ_batch *)circ_patcher_batch(ps[i]));
+		circ_patcher_free(ps[i]);
+	}
+	free(ps);
+	free(keep);
+	circ_session_free(&s);
+	return 0;
+}
+
 /* The options every mode shares: a mode, and no two outputs on one file. */
 static void check_common_options(const circ_cli *cli)
 {
 	if (o.mode == MODE_NONE)
-		circ_usage_error("choose a mode: --top-n, --threshold, --greedy, --acdc or --cd-t");
+		circ_usage_error("choose a mode: --top-n, --threshold, --greedy, --acdc, --cd-t or "
+				 "--edge-pruning");
+	if (o.ep_opt && o.mode != MODE_EDGE_PRUNING)
+		circ_usage_error("option '--%s' goes with --edge-pruning", o.ep_opt);
 	if (o.report && !o.truth)
 		circ_usage_error("--report needs --truth");
 	if (o.log && circ_same_output(o.log, cli->output))
@@ -716,13 +976,15 @@ static void select_circuit(const circ_reader *r, const circ_scores *s, uint8_t *
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {
-	    "[options] (--top-n N | --threshold T | --greedy N | --acdc | --cd-t N) [scores]",
-	    "Select a circuit from scored edges, then drop dangling edges.", opts, 1};
+	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc | --cd-t N | "
+			"--edge-pruning) "
+			"[scores]",
+			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
 	circ_error e;
 	circ_circuit_source src;
 	circ_init("circ-prune");
 	circ_patch_cli_init(&o.pc);
+	circ_ep_opts_default(&o.ep);
 	int i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (argc - i > 1)
 		circ_usage_error("one input at most (got %d)", argc - i);
@@ -732,6 +994,11 @@ int main(int argc, char **argv)
 		if (o.partial)
 			circ_usage_error("option '--partial' goes with scores, not --acdc");
 		return run_acdc(&cli, argc, argv, input);
+	}
+	if (o.mode == MODE_EDGE_PRUNING) {
+		if (o.partial)
+			circ_usage_error("option '--partial' goes with scores, not --edge-pruning");
+		return run_edge_pruning(&cli, argc, argv, input);
 	}
 	check_selection_options();
 

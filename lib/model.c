@@ -340,6 +340,7 @@ void circ_run_free(circ_run *r)
 	free(r->delta);
 	free(r->dstat);
 	free(r->delta_on);
+	free(r->bwd_ng);
 	free(r->dsum_base);
 	free(r->dsum_terms);
 	free(r->dsum_k);

@@ -490,26 +490,40 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
  * gradients of that stage's receivers (circ_run_recv_grad) and of the
  * residual feeding it are final. Return 0, or -1 with a message to abort. */
 typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int stage, circ_error *e);
+/* Output-gradient hook: called before the backward of stage s < 2L with
+ * node_grad (n) all NULL, one slot per node the stage produces (its H heads
+ * for 2l, its MLP for 2l+1). Setting node_grad[j] to a (B, T, C) array makes
+ * it the gradient of node j's output in place of the residual gradient
+ * after the stage (which every node receives when its input is the plain
+ * residual): for a caller whose deltas weight a node's output per receiver
+ * (lib/edgeprune's masks), so that each node gets its own. The arrays must
+ * stay until the stage's backward is done. The residual gradients are
+ * unchanged (circ_run_node_grad does not see these). Return 0, or -1 with a
+ * message to abort. */
+typedef int (*circ_bwd_out_hook)(void *ctx, circ_run *r, int stage, int n, const float **node_grad,
+				 circ_error *e);
 
 typedef struct circ_bwd {
 	const float *dlogits; /* (N, V): d metric / d logits at the read rows of
 			       * the last forward (CIRC_READ_NONE: not allowed) */
 	circ_bwd_hook hook;   /* optional */
 	void *hook_ctx;
-	circ_weights *dweights; /* optional: parameter gradients are added (+=)
-				 * here; a circ_weights_alloc layout of the model's
-				 * config (an untied model needs its own lm_head
-				 * buffer). Deltas stay constants; a forward with
-				 * input_embed gives no token-row (wte) gradient
-				 * from the lookup, and with the ACDC convention no
-				 * wpe gradient either */
+	circ_weights *dweights;	    /* optional: parameter gradients are added (+=)
+				     * here; a circ_weights_alloc layout of the model's
+				     * config (an untied model needs its own lm_head
+				     * buffer). Deltas stay constants; a forward with
+				     * input_embed gives no token-row (wte) gradient
+				     * from the lookup, and with the ACDC convention no
+				     * wpe gradient either */
+	circ_bwd_out_hook out_hook; /* optional, with hook_ctx; gpt2 only, not with dweights */
 } circ_bwd;
 
 /* One backward pass from dlogits through the last forward of r (made with
  * backward enabled). Deltas are constants (the gradient does not flow
  * through them). Fills the receiver gradients and the residual gradients.
  * -1 with a message if the run has no backward arena, no forward was made,
- * the forward read no logits, or dweights does not fit the model. */
+ * the forward read no logits, dweights does not fit the model, or both
+ * dweights and out_hook are given. */
 int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e);
 
 /* Gradient of the metric with respect to receiver recv's input: (B, T, C)

@@ -143,6 +143,18 @@ int model_call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
 	return 0;
 }
 
+/* The output gradients of stage s's n nodes from b's out_hook into ng
+ * (NULL: the residual gradient). */
+static int call_out_hook(circ_run *r, const circ_bwd *b, int s, int n, const float **ng,
+			 circ_error *e)
+{
+	for (int j = 0; j < n; j++)
+		ng[j] = NULL;
+	if (b->out_hook && b->out_hook(b->hook_ctx, r, s, n, ng, e) < 0)
+		return -1;
+	return 0;
+}
+
 int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 {
 	const circ_weights *w = &r->m->w;
@@ -159,12 +171,21 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 	circ_blas_threads(1);
 	r->bwd_stage = -1;
 	if (model_is_family(r->m)) {
+		if (b->out_hook)
+			return circ_errorf(e,
+					   "per-node output gradients of model_type '%s' are not "
+					   "implemented (gpt2 only)",
+					   circ_model_type_name(r->m->cfg.model_type));
 		if (r->valid != circ_topo_stage_final(r->m->topo) + 1)
 			return circ_errorf(e, "no complete forward to differentiate");
 		return model_family_backward(r, b, e);
 	}
 	if (dw && check_dweights(r, dw, e) < 0)
 		return -1;
+	if (dw && b->out_hook)
+		return circ_errorf(e, "parameter gradients with per-node output gradients");
+	if (!r->bwd_ng)
+		r->bwd_ng = circ_xcalloc((size_t)r->H, sizeof *r->bwd_ng);
 	n = bt(r);
 
 	/* ln_f and the unembedding, at the read rows only */
@@ -201,7 +222,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		/* MLP */
 		{
 			int recv = circ_recv_mlp(r->m, l), s = 2 * l + 1;
-			const float *g = dresid_at(r, s + 1);
+			const float *g = dresid_at(r, s + 1), *gn;
 			float *gm = dresid_at(r, s), *rg = model_recv_grad_buf(r, recv);
 			const float *fc = r->fc + (size_t)l * r->rows * F;
 			/* the receiver's input (residual + delta) is needed whole only
@@ -210,8 +231,10 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 				    *add = r->delta_on[recv] ? r->delta[recv] : NULL;
 			const float *xin = dw ? model_recv_input(r, recv, xs, r->s_ln) : xs;
 			ew_task dg = {r, r->d_fc, fc, NULL, r->m->cfg.act == CIRC_ACT_GELU};
-			model_gemm(r, 0, 1, (int)n, r->F, r->C, g, r->C, lw->fcproj_w, r->C, 0.0f,
-				   r->d_fc, r->F);
+			if (call_out_hook(r, b, s, 1, &gn, e) < 0)
+				return -1;
+			model_gemm(r, 0, 1, (int)n, r->F, r->C, gn ? gn : g, r->C, lw->fcproj_w,
+				   r->C, 0.0f, r->d_fc, r->F);
 			model_p_elementwise(r, model_dgelu_part, &dg, n * F);
 			model_gemm(r, 0, 1, (int)n, r->C, r->F, r->d_fc, r->F, lw->fc_w, r->F, 0.0f,
 				   r->d_ln, r->C);
@@ -247,10 +270,22 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			const float *qkv = r->qkv + (size_t)l * r->rows * C3;
 			const float *att =
 			    r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
+			int own = 0;
 			for (int j = 0; j < 3 * r->H; j++)
 				npatched += r->delta_on[r0 + j];
-			model_gemm(r, 0, 1, (int)n, r->C, r->C, g, r->C, lw->proj_w, r->C, 0.0f,
-				   r->d_z, r->C);
+			if (call_out_hook(r, b, s, r->H, r->bwd_ng, e) < 0)
+				return -1;
+			for (int h = 0; h < r->H; h++)
+				own |= r->bwd_ng[h] != NULL;
+			if (!own)
+				model_gemm(r, 0, 1, (int)n, r->C, r->C, g, r->C, lw->proj_w, r->C,
+					   0.0f, r->d_z, r->C);
+			else /* each head's dz from its own output gradient */
+				for (int h = 0; h < r->H; h++)
+					model_gemm(r, 0, 1, (int)n, r->D, r->C,
+						   r->bwd_ng[h] ? r->bwd_ng[h] : g, r->C,
+						   lw->proj_w + (size_t)h * D * C, r->C, 0.0f,
+						   r->d_z + (size_t)h * D, r->C);
 			memset(r->d_qkv, 0, n * C3 * sizeof(float));
 			{
 				attn_task t = {r, NULL, NULL, r->d_qkv, qkv, r->d_z, att};

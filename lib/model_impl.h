@@ -103,8 +103,9 @@ struct circ_run {
 	int n_read;
 	int read_none;
 	int have_bwd;
-	int used_embed; /* the last full forward took input_embed, not a token lookup */
-	int bwd_stage;	/* stage reported to the backward hook (keep_recv_grads 0) */
+	int used_embed;	      /* the last full forward took input_embed, not a token lookup */
+	int bwd_stage;	      /* stage reported to the backward hook (keep_recv_grads 0) */
+	const float **bwd_ng; /* (H) a stage's node gradients from circ_bwd.out_hook */
 
 	/* the arena */
 	void *arena;

@@ -12,6 +12,12 @@
 #       <prune><K>/                                   circuit.circ faithfulness.circ
 #                                                     circuit.svg circuit.html report.txt
 #     acdc-<metric>-tau<TAU>-<ablation>/              circuit.circ decisions.circ ...
+#     edge-pruning-<metric>-n<K>-steps<EP_STEPS>-seed<EP_SEED>-<ablation>/
+#                                                     circuit.circ training.circ ...
+#
+# PRUNE=acdc and PRUNE=edge-pruning run the model themselves (no scores);
+# their loss is ACDC_METRIC (kl, or the task's metric); edge pruning trains
+# toward K edges (--target-edges K) for EP_STEPS steps from EP_SEED.
 #
 # Every target is written through a temporary of its recipe's own and
 # renamed into place (the tools' -o; pipelines/atomic.sh for what a shell
@@ -42,6 +48,8 @@ PRUNE ?= top-n
 K ?= 20
 TAU ?= 0.01
 ACDC_METRIC ?= kl
+EP_STEPS ?= 1000
+EP_SEED ?= 1
 BATCH ?= 16
 THREADS ?=
 RUNS ?= runs
@@ -61,8 +69,12 @@ ATOMIC := . pipelines/atomic.sh
 
 DATA := $(RUNS)/$(TASK)/$(MODEL_NAME)/n$(N)-s$(SEED)
 SDIR := $(DATA)/$(METHOD)-$(ABLATION)$(if $(filter eap-ig eap-ig-activations,$(METHOD)),-steps$(STEPS))
+# the prune modes that run the model instead of reading scores
+MODEL_PRUNE := $(filter acdc edge-pruning,$(PRUNE))
 ifeq ($(PRUNE),acdc)
 CDIR := $(DATA)/acdc-$(ACDC_METRIC)-tau$(TAU)-$(ABLATION)
+else ifeq ($(PRUNE),edge-pruning)
+CDIR := $(DATA)/edge-pruning-$(ACDC_METRIC)-n$(K)-steps$(EP_STEPS)-seed$(EP_SEED)-$(ABLATION)
 else
 CDIR := $(SDIR)/$(PRUNE)$(K)
 endif
@@ -107,6 +119,13 @@ $(CDIR)/circuit.circ: $(DATA)/tokens.circ $(MODEL_FILES) $(CIRCBIN)circ-prune
 	$(CIRCBIN)circ-prune --acdc $(COMMON) --tau $(TAU) --metric $(ACDC_METRIC) \
 		--log $(CDIR)/decisions.circ $(if $(TRUTH),--truth $(TRUTH) --report $(CDIR)/roc.json) -o $@ $<
 SCORES_FOR_RENDER :=
+else ifeq ($(PRUNE),edge-pruning)
+$(CDIR)/circuit.circ: $(DATA)/tokens.circ $(MODEL_FILES) $(CIRCBIN)circ-prune
+	@mkdir -p $(@D)
+	$(CIRCBIN)circ-prune --edge-pruning $(COMMON) --target-edges $(K) --steps $(EP_STEPS) \
+		--seed $(EP_SEED) --metric $(ACDC_METRIC) --log $(CDIR)/training.circ \
+		$(if $(TRUTH),--truth $(TRUTH) --report $(CDIR)/roc.json) -o $@ $<
+SCORES_FOR_RENDER :=
 else
 $(CDIR)/circuit.circ: $(SDIR)/scores.circ $(CIRCBIN)circ-prune
 	@mkdir -p $(@D)
@@ -129,14 +148,14 @@ $(CDIR)/circuit.txt: $(CDIR)/circuit.circ $(CIRCBIN)circ-render
 	$(CIRCBIN)circ-render --format text $(SCORES_FOR_RENDER) -o $@ $<
 
 REPORT_INPUTS := $(CDIR)/faithfulness.circ $(CDIR)/circuit.svg $(CDIR)/circuit.html $(CDIR)/circuit.txt
-ifneq ($(PRUNE),acdc)
+ifeq ($(MODEL_PRUNE),)
 REPORT_INPUTS += $(SDIR)/curve.circ $(SDIR)/curve-abs.circ $(SDIR)/curve.svg
 endif
 
 $(CDIR)/report.txt: $(REPORT_INPUTS) pipelines/report.sh
 	$(ATOMIC) $@; pipelines/report.sh "$(CIRCBIN)" "task $(TASK), model $(MODEL), $(N) examples, seed $(SEED)" \
-		"$(if $(filter acdc,$(PRUNE)),acdc (tau $(TAU), loss $(ACDC_METRIC)),$(METHOD) scores, $(PRUNE) $(K)), $(ABLATION) ablation" \
-		$(CDIR)/faithfulness.circ $(if $(filter acdc,$(PRUNE)),- -,$(SDIR)/curve.circ $(SDIR)/curve-abs.circ) \
+		"$(if $(filter acdc,$(PRUNE)),acdc (tau $(TAU), loss $(ACDC_METRIC)),$(if $(filter edge-pruning,$(PRUNE)),edge pruning ($(K) edges, $(EP_STEPS) steps, loss $(ACDC_METRIC)),$(METHOD) scores, $(PRUNE) $(K))), $(ABLATION) ablation" \
+		$(CDIR)/faithfulness.circ $(if $(MODEL_PRUNE),- -,$(SDIR)/curve.circ $(SDIR)/curve-abs.circ) \
 		$(if $(TRUTH),$(CDIR)/roc.json,-) $(CDIR)/circuit.svg $(CDIR)/circuit.html >"$$tmp"; \
 	atomic_commit
 
