@@ -16,10 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "dict.h"
 #include "kernels.h"
+#include "metric.h"
 #include "safetensors.h"
 
 void circ_dict_cfg_init(circ_dict_cfg *c)
@@ -578,10 +580,11 @@ static json_t *cfg_json(const circ_dict *d)
 
 int circ_dict_save(const circ_dict *d, const char *dir, const char *dtype, circ_error *e)
 {
-	circ_dtype dt = CIRC_F32;
-	if (dtype && circ_dtype_parse(dtype, strlen(dtype), &dt) < 0)
-		dt = CIRC_DTYPE_COUNT;
-	if (dt != CIRC_F32 && dt != CIRC_F16 && dt != CIRC_BF16)
+	circ_dtype dt = !dtype || !strcasecmp(dtype, "F32") ? CIRC_F32
+			: !strcasecmp(dtype, "F16")	    ? CIRC_F16
+			: !strcasecmp(dtype, "BF16")	    ? CIRC_BF16
+							    : CIRC_DTYPE_COUNT;
+	if (dt == CIRC_DTYPE_COUNT)
 		return circ_errorf(e, "dtype '%s': circ writes F32, F16 or BF16", dtype);
 	if (mkdir(dir, 0777) < 0 && errno != EEXIST)
 		return circ_errorf(e, "'%s': cannot create: %s", dir, strerror(errno));
@@ -1079,4 +1082,98 @@ int circ_dict_hook_read(const circ_dict *d, int in, const circ_run *r, float *ou
 	}
 	default: return circ_errorf(e, "hook '%s': cannot be read", d->cfg.hook_name);
 	}
+}
+
+/* ---- measuring ---- */
+
+void circ_dict_stats_init(circ_dict_stats *st, const circ_dict *d)
+{
+	memset(st, 0, sizeof *st);
+	st->d_sae = d->cfg.d_sae;
+	st->d_out = d->cfg.d_out;
+	st->sum = circ_xcalloc((size_t)st->d_out, sizeof *st->sum);
+	st->fire = circ_xcalloc((size_t)st->d_sae, sizeof *st->fire);
+}
+
+void circ_dict_stats_free(circ_dict_stats *st)
+{
+	free(st->sum);
+	free(st->fire);
+	st->sum = NULL;
+	st->fire = NULL;
+}
+
+void circ_dict_stats_add(circ_dict_stats *st, const float *target, const float *out, const float *f,
+			 int n)
+{
+	int O = st->d_out, S = st->d_sae;
+	for (int i = 0; i < n; i++) {
+		const float *t = target + (size_t)i * O, *o = out + (size_t)i * O;
+		const float *fi = f + (size_t)i * S;
+		for (int q = 0; q < O; q++) {
+			double dq = (double)o[q] - t[q];
+			st->sse += dq * dq;
+			st->sum_sq += (double)t[q] * t[q];
+			st->sum[q] += t[q];
+		}
+		for (int j = 0; j < S; j++)
+			if (fi[j] != 0) {
+				st->fire[j]++;
+				st->l0 += 1;
+			}
+	}
+	st->rows += n;
+}
+
+void circ_dict_stats_add_ce(circ_dict_stats *st, const float *clean, const float *spliced,
+			    const float *zero, const int32_t *next, int n, int V)
+{
+	float *logp = circ_xmalloc((size_t)V * sizeof *logp);
+	double *p = circ_xmalloc((size_t)V * sizeof *p);
+	for (int i = 0; i < n; i++) {
+		const float *c = clean + (size_t)i * V, *s = spliced + (size_t)i * V,
+			    *z = zero + (size_t)i * V;
+		st->ce_clean += circ_metric_lse(c, V) - c[next[i]];
+		st->ce_spliced += circ_metric_lse(s, V) - s[next[i]];
+		st->ce_zero += circ_metric_lse(z, V) - z[next[i]];
+		circ_metric_log_softmax_row(logp, c, V);
+		st->kl += circ_metric_kl(s, V, logp, 1, p, NULL);
+	}
+	st->ce_rows += n;
+	free(logp);
+	free(p);
+}
+
+void circ_dict_stats_summary(const circ_dict_stats *st, double dense_threshold,
+			     circ_dict_summary *out)
+{
+	memset(out, 0, sizeof *out);
+	double N = (double)st->rows, var = st->sum_sq;
+	out->rows = st->rows;
+	out->ce_rows = st->ce_rows;
+	for (int q = 0; q < st->d_out && N > 0; q++)
+		var -= st->sum[q] * st->sum[q] / N;
+	out->mse = N > 0 ? st->sse / (N * st->d_out) : NAN;
+	out->fvu = N > 0 ? st->sse / var : NAN;
+	out->l0 = N > 0 ? st->l0 / N : NAN;
+	int64_t dense = 0;
+	for (int j = 0; j < st->d_sae; j++) {
+		if (!st->fire[j]) {
+			out->n_dead++;
+			continue;
+		}
+		double dens = (double)st->fire[j] / N;
+		dense += dens > dense_threshold;
+		int b = (int)floor((log10(dens) - CIRC_DICT_HIST_LO) / CIRC_DICT_HIST_STEP);
+		b = b < 0 ? 0 : b >= CIRC_DICT_HIST_BINS ? CIRC_DICT_HIST_BINS - 1 : b;
+		out->hist[b]++;
+	}
+	out->dead_frac = (double)out->n_dead / st->d_sae;
+	out->dense_frac = (double)dense / st->d_sae;
+	double R = (double)st->ce_rows;
+	out->ce_clean = R > 0 ? st->ce_clean / R : NAN;
+	out->ce_spliced = R > 0 ? st->ce_spliced / R : NAN;
+	out->ce_zero = R > 0 ? st->ce_zero / R : NAN;
+	out->kl = R > 0 ? st->kl / R : NAN;
+	out->ce_loss_recovered = (out->ce_zero - out->ce_spliced) / (out->ce_zero - out->ce_clean);
 }

@@ -28,7 +28,8 @@
  * dictionary is checked against a model before use (circ_dict_check_model):
  * the hook must exist and its width be d_in (d_out for the output hook).
  *
- * Layering: dict uses util, record, safetensors, kernels, topology, model.
+ * Layering: dict uses util, record, safetensors, kernels, topology, model,
+ * metric.
  */
 #ifndef CIRC_DICT_H
 #define CIRC_DICT_H
@@ -204,5 +205,54 @@ void circ_dict_splice_set_zero(circ_dict_splice *s, int zero);
 /* The stage at which the hook acts (the first stage reading the replaced
  * activation). */
 int circ_dict_splice_stage(const circ_dict_splice *s);
+
+/* ---- measuring (dict.c) ----
+ * The numbers SAELens and SAEBench report, summed over batches: MSE (mean
+ * over rows and dimensions of (out - target)^2), fraction of variance
+ * unexplained (sum of squared errors over the target's total variance about
+ * its mean row), L0 (mean number of active features per row), dead
+ * (never active) and dense (active on more than dense_threshold of the
+ * rows) fractions, a histogram of log10 feature densities, and from the
+ * spliced forwards: mean next-token cross-entropy clean, spliced and with the
+ * activation zero-ablated, CE loss recovered (CE_zero - CE_spliced) /
+ * (CE_zero - CE_clean), and mean KL(clean || spliced) per position. */
+
+/* Histogram of log10(density) of the features that fire: bins of width 0.5
+ * from -8 (the first bin takes everything below) to 0. */
+#define CIRC_DICT_HIST_BINS 16
+#define CIRC_DICT_HIST_LO   (-8.0)
+#define CIRC_DICT_HIST_STEP 0.5
+
+typedef struct circ_dict_stats {
+	int d_sae, d_out;
+	int64_t rows;
+	double sse;				  /* sum of (out - target)^2 */
+	double sum_sq;				  /* sum of target^2 */
+	double *sum;				  /* (O) sum of target per dimension */
+	double l0;				  /* sum of active features per row */
+	int64_t *fire;				  /* (S) rows on which each feature is active */
+	double ce_clean, ce_spliced, ce_zero, kl; /* sums over ce_rows positions */
+	int64_t ce_rows;
+} circ_dict_stats;
+
+typedef struct circ_dict_summary {
+	int64_t rows, ce_rows;
+	double mse, fvu, l0, dead_frac, dense_frac;
+	double ce_clean, ce_spliced, ce_zero, ce_loss_recovered, kl;
+	int64_t n_dead;
+	int64_t hist[CIRC_DICT_HIST_BINS];
+} circ_dict_summary;
+
+void circ_dict_stats_init(circ_dict_stats *st, const circ_dict *d);
+void circ_dict_stats_free(circ_dict_stats *st);
+/* Adds n rows: target and out (N, O), features f (N, S). */
+void circ_dict_stats_add(circ_dict_stats *st, const float *target, const float *out, const float *f,
+			 int n);
+/* Adds n positions' logits (N, V) of the clean, spliced and zero-ablated
+ * runs with their next tokens (N). */
+void circ_dict_stats_add_ce(circ_dict_stats *st, const float *clean, const float *spliced,
+			    const float *zero, const int32_t *next, int n, int V);
+void circ_dict_stats_summary(const circ_dict_stats *st, double dense_threshold,
+			     circ_dict_summary *out);
 
 #endif

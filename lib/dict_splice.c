@@ -112,8 +112,15 @@ int circ_dict_splice_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 		memcpy(s->diff, tmp, (size_t)n * C * sizeof(float));
 	}
 	free(tmp);
+	/* hook_mlp_in is a copy of the residual that only the MLP reads:
+	 * replacing it changes that one receiver; the others read the stream. */
+	int first = t->stage[stage].first_recv, end = t->n_recv;
+	if (s->out.kind == CIRC_HOOK_MLP_IN && !d->cfg.transcoder) {
+		first = circ_topo_recv_mlp(t, s->out.layer);
+		end = first + 1;
+	}
 	const float *terms[1] = {s->diff};
-	for (int rc = t->stage[stage].first_recv; rc < t->n_recv; rc++)
+	for (int rc = first; rc < end; rc++)
 		if (circ_run_delta_sum(r, rc, NULL, CIRC_SIGN_PLUS, 1, terms) < 0)
 			return circ_errorf(e, "dictionary splice: receiver %d refused a delta", rc);
 	return 0;
