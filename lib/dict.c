@@ -488,6 +488,9 @@ circ_dict *circ_dict_load_transcoder_file(const char *path, int layer, const cha
 	c.d_out = (int)wd->shape[1];
 	c.skip = circ_st_find(f, "W_skip") != NULL;
 	c.arch = circ_st_find(f, thr) ? CIRC_DICT_JUMPRELU : CIRC_DICT_STANDARD;
+	/* circuit-tracer loads its models unfolded: the MLP's input is the
+	 * LayerNorm's output with its weight and bias */
+	c.fold_ln = strcmp(hook_in, "mlp.hook_in") != 0;
 	snprintf(c.hook_name, sizeof c.hook_name, "blocks.%d.%s", layer, hook_in);
 	snprintf(c.hook_out, sizeof c.hook_out, "blocks.%d.%s", layer, hook_out);
 	d = circ_dict_new(&c, e);

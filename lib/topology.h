@@ -243,7 +243,8 @@ void circ_sparse_acts_add_node(float *out, const circ_sparse_acts *a, int f, int
  *   ln2.hook_normalized  the MLP's LayerNorm output (sequential blocks)
  *   hook_mlp_in      the MLP block's input (= hook_resid_mid)
  * circuit-tracer's "mlp.hook_in" / "mlp.hook_out" read as
- * ln2.hook_normalized / hook_mlp_out. */
+ * ln2.hook_normalized / hook_mlp_out (lib/dict applies the LayerNorm's
+ * weight and bias to mlp.hook_in: circuit-tracer's models are unfolded). */
 typedef enum circ_hook_kind {
 	CIRC_HOOK_RESID_PRE,
 	CIRC_HOOK_RESID_MID,

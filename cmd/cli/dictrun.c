@@ -216,6 +216,56 @@ void circ_dictrun_forward(circ_session *s, const circ_cli *cli, const char *dir,
 	circ_dict_set_free(set);
 }
 
+/* One dictionary's features over a batch's rows, sparse (CSR). */
+typedef struct sparse_rows {
+	int64_t *row_ptr; /* (rows + 1) */
+	int32_t *feat;	  /* (nnz) */
+	float *act;	  /* (nnz) */
+} sparse_rows;
+
+static void to_sparse(sparse_rows *sr, const float *f, size_t rows, int S)
+{
+	size_t nnz = 0;
+	for (size_t i = 0; i < rows * S; i++)
+		nnz += f[i] != 0;
+	sr->row_ptr = circ_xrealloc(sr->row_ptr, (rows + 1) * sizeof *sr->row_ptr);
+	sr->feat = circ_xrealloc(sr->feat, (nnz + 1) * sizeof *sr->feat);
+	sr->act = circ_xrealloc(sr->act, (nnz + 1) * sizeof *sr->act);
+	nnz = 0;
+	for (size_t i = 0; i < rows; i++) {
+		sr->row_ptr[i] = (int64_t)nnz;
+		for (int j = 0; j < S; j++)
+			if (f[i * S + j] != 0) {
+				sr->feat[nnz] = j;
+				sr->act[nnz++] = f[i * S + j];
+			}
+	}
+	sr->row_ptr[rows] = (int64_t)nnz;
+}
+
+/* Example bb's record of dictionary k: its T rows of the batch's CSR. */
+static void pack_acts(circ_session *s, const circ_batch *b, int bb, int k, const sparse_rows *sr)
+{
+	circ_error e;
+	int T = b->T;
+	int64_t base = sr->row_ptr[(size_t)bb * T],
+		*rp = circ_xmalloc(((size_t)T + 1) * sizeof *rp);
+	for (int t = 0; t <= T; t++)
+		rp[t] = sr->row_ptr[(size_t)bb * T + t] - base;
+	int64_t sh_r = T + 1, sh_n = rp[T];
+	msgpack_packer *pk = circ_writer_packer(s->w);
+	msgpack_pack_map(pk, 6);
+	circ_pack_kv_i64(pk, "id", b->ex[bb].id);
+	circ_pack_kv_i64(pk, "dict", k);
+	circ_pack_kv_i64(pk, "T", T);
+	circ_pack_kv_tensor(pk, "row_ptr", CIRC_I64, 1, &sh_r, rp);
+	circ_pack_kv_tensor(pk, "feat", CIRC_I32, 1, &sh_n, sr->feat + base);
+	circ_pack_kv_tensor(pk, "act", CIRC_F32, 1, &sh_n, sr->act + base);
+	free(rp);
+	if (circ_writer_end_record(s->w, &e) < 0)
+		circ_die(&e);
+}
+
 void circ_dictrun_harvest(circ_session *s, const circ_cli *cli, const char *dir,
 			  circ_metric_kind metric, int batch, int threads, int argc, char **argv)
 {
@@ -227,67 +277,40 @@ void circ_dictrun_harvest(circ_session *s, const circ_cli *cli, const char *dir,
 	circ_session_batches(s, metric, batch, 1);
 	circ_run *run = NULL;
 	float *x = NULL, *f = NULL;
-	int64_t *row_ptr = NULL;
-	int32_t *feat = NULL;
-	float *act = NULL;
+	sparse_rows *sr = circ_xcalloc((size_t)n, sizeof *sr);
 	circ_batch *b;
 	while (circ_session_next(s, &b)) {
-		int B = b->B, T = b->T;
-		size_t rows = (size_t)B * T;
-		run = grow_run(s, run, &cap_t, batch, T, threads);
+		size_t rows = (size_t)b->B * b->T;
+		run = grow_run(s, run, &cap_t, batch, b->T, threads);
 		circ_fwd fw;
 		circ_fwd_init(&fw);
 		fw.tokens = b->clean;
-		fw.B = B;
-		fw.T = T;
+		fw.B = b->B;
+		fw.T = b->T;
 		fw.read = CIRC_READ_NONE;
 		forward_or_die(s, run, &fw);
-		row_ptr = circ_xrealloc(row_ptr, ((size_t)T + 1) * sizeof *row_ptr);
 		for (int k = 0; k < n; k++) {
 			const circ_dict *d = set->dict[k];
-			int I = d->cfg.d_in, S = d->cfg.d_sae;
-			x = circ_xrealloc(x, rows * I * sizeof *x);
-			f = circ_xrealloc(f, rows * S * sizeof *f);
+			x = circ_xrealloc(x, rows * d->cfg.d_in * sizeof *x);
+			f = circ_xrealloc(f, rows * d->cfg.d_sae * sizeof *f);
 			if (circ_dict_hook_read(d, 1, run, x, &e) < 0)
 				circ_session_die(s, &e);
 			circ_dict_encode(d, x, (int)rows, f);
-			for (int bb = 0; bb < B; bb++) {
-				const float *fb = f + (size_t)bb * T * S;
-				size_t nnz = 0;
-				for (size_t i = 0; i < (size_t)T * S; i++)
-					nnz += fb[i] != 0;
-				feat = circ_xrealloc(feat, (nnz + 1) * sizeof *feat);
-				act = circ_xrealloc(act, (nnz + 1) * sizeof *act);
-				nnz = 0;
-				for (int t = 0; t < T; t++) {
-					row_ptr[t] = (int64_t)nnz;
-					for (int j = 0; j < S; j++)
-						if (fb[(size_t)t * S + j] != 0) {
-							feat[nnz] = j;
-							act[nnz++] = fb[(size_t)t * S + j];
-						}
-				}
-				row_ptr[T] = (int64_t)nnz;
-				msgpack_packer *pk = circ_writer_packer(s->w);
-				int64_t sh_r = T + 1, sh_n = (int64_t)nnz;
-				msgpack_pack_map(pk, 6);
-				circ_pack_kv_i64(pk, "id", b->ex[bb].id);
-				circ_pack_kv_i64(pk, "dict", k);
-				circ_pack_kv_i64(pk, "T", T);
-				circ_pack_kv_tensor(pk, "row_ptr", CIRC_I64, 1, &sh_r, row_ptr);
-				circ_pack_kv_tensor(pk, "feat", CIRC_I32, 1, &sh_n, feat);
-				circ_pack_kv_tensor(pk, "act", CIRC_F32, 1, &sh_n, act);
-				if (circ_writer_end_record(s->w, &e) < 0)
-					circ_die(&e);
-			}
+			to_sparse(&sr[k], f, rows, d->cfg.d_sae);
 		}
+		for (int bb = 0; bb < b->B; bb++)
+			for (int k = 0; k < n; k++)
+				pack_acts(s, b, bb, k, &sr[k]);
 	}
 	circ_session_finish(s);
+	for (int k = 0; k < n; k++) {
+		free(sr[k].row_ptr);
+		free(sr[k].feat);
+		free(sr[k].act);
+	}
+	free(sr);
 	free(x);
 	free(f);
-	free(row_ptr);
-	free(feat);
-	free(act);
 	circ_run_free(run);
 	circ_dict_set_free(set);
 }
