@@ -168,19 +168,45 @@ static const char *type_of(const json_t *v)
 				    : "an object";
 }
 
-/* Integer key: 0, 1 if absent and not required, -1 on error. */
-static int get_int(json_t *o, const char *file, const char *key, int required, int *out,
-		   circ_error *e)
+/* The value of key in o, checked by is (a jansson type test) and named
+ * by want: 0 with *v set; 1 if absent (or null) and not required; -1 with
+ * "'<file>': key '<key>': ..." if required and absent, or of another type. */
+static int lookup(json_t *o, const char *file, const char *key, int required,
+		  int (*is)(const json_t *), const char *want, json_t **v, circ_error *e)
 {
-	json_t *v = json_object_get(o, key);
-	if (!v || (json_is_null(v) && !required)) {
+	*v = json_object_get(o, key);
+	if (!*v || (json_is_null(*v) && !required)) {
 		if (required)
 			return circ_errorf(e, "'%s': key '%s': missing", file, key);
 		return 1;
 	}
-	if (!json_is_integer(v))
-		return circ_errorf(e, "'%s': key '%s': expected an integer, got %s", file, key,
-				   type_of(v));
+	if (!is(*v))
+		return circ_errorf(e, "'%s': key '%s': expected %s, got %s", file, key, want,
+				   type_of(*v));
+	return 0;
+}
+
+static int is_integer(const json_t *v)
+{
+	return json_is_integer(v);
+}
+static int is_string(const json_t *v)
+{
+	return json_is_string(v);
+}
+static int is_boolean(const json_t *v)
+{
+	return json_is_boolean(v);
+}
+
+/* A positive integer key (at most 2^30). */
+static int get_int(json_t *o, const char *file, const char *key, int required, int *out,
+		   circ_error *e)
+{
+	json_t *v;
+	int r = lookup(o, file, key, required, is_integer, "an integer", &v, e);
+	if (r)
+		return r;
 	json_int_t x = json_integer_value(v);
 	if (x < 1 || x > (1 << 30))
 		return circ_errorf(e, "'%s': key '%s': %lld is out of range", file, key,
@@ -192,29 +218,21 @@ static int get_int(json_t *o, const char *file, const char *key, int required, i
 static int get_str(json_t *o, const char *file, const char *key, int required, const char **out,
 		   circ_error *e)
 {
-	json_t *v = json_object_get(o, key);
-	if (!v || (json_is_null(v) && !required)) {
-		if (required)
-			return circ_errorf(e, "'%s': key '%s': missing", file, key);
-		return 1;
-	}
-	if (!json_is_string(v))
-		return circ_errorf(e, "'%s': key '%s': expected a string, got %s", file, key,
-				   type_of(v));
-	*out = json_string_value(v);
-	return 0;
+	json_t *v;
+	int r = lookup(o, file, key, required, is_string, "a string", &v, e);
+	if (!r)
+		*out = json_string_value(v);
+	return r;
 }
 
+/* An optional boolean key (absent or null: *out unchanged, 1). */
 static int get_bool(json_t *o, const char *file, const char *key, int *out, circ_error *e)
 {
-	json_t *v = json_object_get(o, key);
-	if (!v || json_is_null(v))
-		return 1;
-	if (!json_is_boolean(v))
-		return circ_errorf(e, "'%s': key '%s': expected true or false, got %s", file, key,
-				   type_of(v));
-	*out = json_is_true(v);
-	return 0;
+	json_t *v;
+	int r = lookup(o, file, key, 0, is_boolean, "true or false", &v, e);
+	if (!r)
+		*out = json_is_true(v);
+	return r;
 }
 
 static int copy_name(char *dst, const char *src, const char *file, const char *key, circ_error *e)
@@ -234,7 +252,7 @@ static int parse_cfg(json_t *root, const char *file, circ_dict_cfg *c, circ_erro
 	json_t *meta = json_object_get(root, "metadata");
 	if (meta && !json_is_object(meta))
 		meta = NULL;
-	const char *arch;
+	const char *arch = NULL;
 	if (get_str(root, file, "architecture", 1, &arch, e) < 0)
 		return -1;
 	static const struct {
@@ -420,6 +438,19 @@ static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
 	return 0;
 }
 
+/* fill_weights, then d named by where it came from; NULL (d freed) on error. */
+static circ_dict *take_weights(circ_dict *d, const circ_st *f, const char *file,
+			       const char *const names[P_N], const int transpose[P_N],
+			       const char *from, circ_error *e)
+{
+	if (fill_weights(d, f, file, names, transpose, e) < 0) {
+		circ_dict_free(d);
+		return NULL;
+	}
+	d->path = circ_xstrdup(from);
+	return d;
+}
+
 static int read_scaler(circ_dict_cfg *c, const char *dir, circ_error *e)
 {
 	char *file = join(dir, "activation_scaler.json");
@@ -459,12 +490,12 @@ circ_dict *circ_dict_load(const char *dir, circ_error *e)
 	}
 	f = circ_st_open(wfile, e);
 	static const int no_transpose[P_N];
-	if (!f || fill_weights(d, f, wfile, param_names, no_transpose, e) < 0) {
+	if (!f) {
 		circ_dict_free(d);
 		d = NULL;
 		goto out;
 	}
-	d->path = circ_xstrdup(dir);
+	d = take_weights(d, f, wfile, param_names, no_transpose, dir, e);
 out:
 	circ_st_close(f);
 	json_decref(root);
@@ -517,12 +548,7 @@ circ_dict *circ_dict_load_transcoder_file(const char *path, int layer, const cha
 	const char *names[P_N] = {"W_enc",  "W_dec", "b_enc", "b_dec", thr,
 				  "b_gate", "b_mag", "r_mag", "W_skip"};
 	static const int transpose[P_N] = {[P_W_ENC] = 1};
-	if (fill_weights(d, f, path, names, transpose, e) < 0) {
-		circ_dict_free(d);
-		d = NULL;
-		goto out;
-	}
-	d->path = circ_xstrdup(path);
+	d = take_weights(d, f, path, names, transpose, path, e);
 out:
 	circ_st_close(f);
 	return d;
