@@ -839,6 +839,13 @@ int circ_dict_check_model(const circ_dict *d, const circ_model *m, circ_error *e
 	circ_hook h, ho;
 	if (circ_hook_parse(d->cfg.hook_name, &h, e) < 0 || circ_hook_check(t, &h, e) < 0)
 		return circ_error_prefix(e, "'%s': key 'hook_name'", path);
+	/* attn.hook_z and ln2's output are computed from GPT-2's weights */
+	if ((h.kind == CIRC_HOOK_ATTN_Z || h.kind == CIRC_HOOK_LN2_NORMALIZED) &&
+	    (mc->model_type != CIRC_MODEL_GPT2 || mc->norm != CIRC_NORM_LAYERNORM))
+		return circ_errorf(e,
+				   "'%s': key 'hook_name': %s is not implemented for model_type "
+				   "'%s' yet (GPT-2 only)",
+				   path, d->cfg.hook_name, circ_model_type_name(mc->model_type));
 	if (hook_width(mc, h.kind) != d->cfg.d_in)
 		return circ_errorf(e, "'%s': key 'd_in': %d does not match the model's %s width %d",
 				   path, d->cfg.d_in, d->cfg.hook_name, hook_width(mc, h.kind));
@@ -918,8 +925,9 @@ static void encoder_input(const circ_dict *d, const float *x, int n, float *xc)
 		}
 }
 
-/* Activation of one row from its pre-activation xc W_enc (S), in place. */
-static void activate_row(const circ_dict *d, float *f, int *idx)
+/* Activation of one row from its pre-activation xc W_enc (S), in place;
+ * idx (k) and pre (S) are TopK's scratch. */
+static void activate_row(const circ_dict *d, float *f, int *idx, float *pre)
 {
 	const circ_dict_cfg *c = &d->cfg;
 	int S = c->d_sae;
@@ -943,14 +951,11 @@ static void activate_row(const circ_dict *d, float *f, int *idx)
 			f[j] = gate > 0 && mag > 0 ? mag : 0;
 		}
 		break;
-	case CIRC_DICT_TOPK: {
-		float *pre = circ_xmalloc((size_t)S * sizeof *pre);
+	case CIRC_DICT_TOPK:
 		for (int j = 0; j < S; j++)
 			pre[j] = f[j] + d->b_enc[j];
 		topk_row(f, pre, S, c->k, idx);
-		free(pre);
 		break;
-	}
 	}
 }
 
@@ -963,10 +968,13 @@ void circ_dict_encode(const circ_dict *d, const float *x, int n, float *f)
 	encoder_input(d, x, n, xc);
 	circ_gemm(0, 0, n, c->d_sae, c->d_in, 1.0f, xc, c->d_in, d->W_enc, c->d_sae, 0.0f, f,
 		  c->d_sae);
-	int *idx = c->arch == CIRC_DICT_TOPK ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	int topk = c->arch == CIRC_DICT_TOPK;
+	int *idx = topk ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	float *pre = topk ? circ_xmalloc((size_t)c->d_sae * sizeof *pre) : NULL;
 	for (int i = 0; i < n; i++)
-		activate_row(d, f + (size_t)i * c->d_sae, idx);
+		activate_row(d, f + (size_t)i * c->d_sae, idx, pre);
 	free(idx);
+	free(pre);
 	free(xc);
 }
 
@@ -1008,7 +1016,9 @@ void circ_dict_encode_ref(const circ_dict *d, const float *x, int n, float *f)
 	int S = c->d_sae, I = c->d_in;
 	float *xc = circ_xmalloc((size_t)(n > 0 ? n : 1) * I * sizeof *xc);
 	encoder_input(d, x, n, xc);
-	int *idx = c->arch == CIRC_DICT_TOPK ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	int topk = c->arch == CIRC_DICT_TOPK;
+	int *idx = topk ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	float *pre = topk ? circ_xmalloc((size_t)S * sizeof *pre) : NULL;
 	for (int i = 0; i < n; i++) {
 		float *fi = f + (size_t)i * S;
 		for (int j = 0; j < S; j++) {
@@ -1017,9 +1027,10 @@ void circ_dict_encode_ref(const circ_dict *d, const float *x, int n, float *f)
 				acc += (double)xc[(size_t)i * I + p] * d->W_enc[(size_t)p * S + j];
 			fi[j] = (float)acc;
 		}
-		activate_row(d, fi, idx);
+		activate_row(d, fi, idx, pre);
 	}
 	free(idx);
+	free(pre);
 	free(xc);
 }
 
