@@ -839,6 +839,13 @@ int circ_dict_check_model(const circ_dict *d, const circ_model *m, circ_error *e
 	circ_hook h, ho;
 	if (circ_hook_parse(d->cfg.hook_name, &h, e) < 0 || circ_hook_check(t, &h, e) < 0)
 		return circ_error_prefix(e, "'%s': key 'hook_name'", path);
+	/* hook_attn_out is read as the residual's step over the attention,
+	 * which parallel blocks do not have */
+	if (h.kind == CIRC_HOOK_ATTN_OUT && t->d.block != CIRC_BLOCK_SEQUENTIAL)
+		return circ_errorf(e,
+				   "'%s': key 'hook_name': %s is not implemented for parallel "
+				   "blocks yet",
+				   path, d->cfg.hook_name);
 	/* attn.hook_z and ln2's output are computed from GPT-2's weights */
 	if ((h.kind == CIRC_HOOK_ATTN_Z || h.kind == CIRC_HOOK_LN2_NORMALIZED) &&
 	    (mc->model_type != CIRC_MODEL_GPT2 || mc->norm != CIRC_NORM_LAYERNORM))
