@@ -23,6 +23,7 @@
 #include "model.h"
 #include "cli/opt.h"
 #include "cli/session.h"
+#include "cli/dictrun.h"
 
 enum {
 	OPT_MODEL = 'm',
@@ -34,6 +35,7 @@ enum {
 	OPT_METRIC,
 	OPT_ALLOW_NONFINITE,
 	OPT_DESCRIBE,
+	OPT_DICT,
 };
 
 static const circ_opt opts[] = {
@@ -48,11 +50,13 @@ static const circ_opt opts[] = {
     {"allow-nonfinite", OPT_ALLOW_NONFINITE, NULL, "accept NaN or infinite weights"},
     {"describe", OPT_DESCRIBE, NULL,
      "print the model's architecture as read (JSON) after checking its weights, and exit"},
+    {"dict", OPT_DICT, "DIR",
+     "splice each dictionary (SAE, transcoder) of DIR in and report its measures (dict-eval)"},
     {0},
 };
 
 static struct {
-	const char *model;
+	const char *model, *dict;
 	int batch, threads, top_k, logits, corrupt, has_metric, allow_nonfinite, describe;
 	circ_metric_kind metric;
 } o = {.batch = 16, .threads = 0, .top_k = 5};
@@ -78,6 +82,7 @@ static int handle(int key, const char *arg, void *ctx)
 		return 0;
 	case OPT_ALLOW_NONFINITE: o.allow_nonfinite = 1; return 0;
 	case OPT_DESCRIBE: o.describe = 1; return 0;
+	case OPT_DICT: o.dict = arg; return 0;
 	}
 	return -1;
 }
@@ -258,6 +263,14 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	}
 	circ_session_check_vocab(&s);
+	if (o.dict) { /* dictionaries spliced in: their measures instead of results */
+		if (o.logits || o.corrupt)
+			circ_usage_error("--dict: --logits and --corrupt do not apply");
+		circ_dictrun_forward(&s, &cli, o.dict, o.metric, o.batch, o.threads, 0.1, argc,
+				     argv);
+		circ_session_free(&s);
+		return 0;
+	}
 	circ_run_opts_default(&rn.ro);
 	rn.ro.threads = o.threads;
 	rn.ro.keep_nodes = 0; /* only the output is needed */

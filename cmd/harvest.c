@@ -15,26 +15,32 @@
 #include "circuit.h"
 #include "cli/patchopt.h"
 #include "cli/session.h"
+#include "cli/dictrun.h"
 
 enum {
 	OPT_WHAT = CIRC_OPT_FIRST_TOOL,
+	OPT_DICT,
 };
 
 static const circ_opt opts[] = {
     CIRC_PATCH_OPT_MODEL,
     {"what", OPT_WHAT, "LIST", "tensors per example: ref,diff,grad (default all three)"},
+    {"dict", OPT_DICT, "DIR",
+     "instead: each dictionary's feature activations per example, sparse (dict-acts)"},
     CIRC_PATCH_OPT_COMMON,
     {0},
 };
 
 static struct {
 	circ_patch_cli pc;
+	const char *dict;
 	int want_ref, want_diff, want_grad;
 } o = {.want_ref = 1, .want_diff = 1, .want_grad = 1};
 
 static int handle(int key, const char *arg, void *ctx)
 {
 	switch (key) {
+	case OPT_DICT: o.dict = arg; return 0;
 	case OPT_WHAT: {
 		const char *s = arg;
 		o.want_ref = o.want_diff = o.want_grad = 0;
@@ -152,6 +158,25 @@ int main(int argc, char **argv)
 		circ_usage_error("--what: nothing to harvest");
 	if (o.pc.level != CIRC_LEVEL_EDGE)
 		circ_usage_error("a harvest keeps every receiver: --level node does not apply");
+	if (o.dict) { /* feature activations: a plain forward, no patching */
+		static const int allowed[] = {CIRC_PO_MODEL,	       CIRC_PO_METRIC,
+					      CIRC_PO_BATCH,	       CIRC_PO_THREADS,
+					      CIRC_PO_ALLOW_NONFINITE, 0};
+		const char *bad = circ_patch_cli_given(&o.pc, allowed);
+		if (bad)
+			circ_usage_error("--dict: --%s does not apply", bad);
+		circ_patch_cli_check(&o.pc);
+		if (!o.pc.model)
+			circ_usage_error("--model DIR is required");
+		circ_session_open_model(&s, o.pc.model, o.pc.allow_nonfinite);
+		circ_session_reader(&s, in);
+		circ_patch_cli_metric(&o.pc, s.r);
+		circ_session_check_vocab(&s);
+		circ_dictrun_harvest(&s, &cli, o.dict, o.pc.metric, o.pc.batch, o.pc.threads, argc,
+				     argv);
+		circ_session_free(&s);
+		return 0;
+	}
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 1);
 	g = s.g, md = s.model_digest, c = s.c;

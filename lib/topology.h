@@ -230,4 +230,54 @@ typedef struct circ_sparse_acts {
  * into out (n_rows, C). */
 void circ_sparse_acts_add_node(float *out, const circ_sparse_acts *a, int f, int C);
 
+/* ---- hook points (topology_hooks.c) ----
+ * TransformerLens's names of the activations a dictionary reads or writes,
+ * "blocks.<l>.<point>", the same for every family:
+ *   hook_resid_pre   residual before layer l (the input of its attention stage)
+ *   hook_resid_mid   residual after the attention (sequential blocks only)
+ *   hook_resid_post  residual after layer l (hook_resid_pre of l+1; before
+ *                    ln_f for the last layer)
+ *   hook_attn_out    the attention's output, its c_proj bias included
+ *   hook_mlp_out     the MLP's output (its node's output)
+ *   attn.hook_z      every head's attention-weighted values, (H*D) per row
+ *   ln2.hook_normalized  the MLP's LayerNorm output (sequential blocks)
+ *   hook_mlp_in      the MLP block's input (= hook_resid_mid)
+ * circuit-tracer's "mlp.hook_in" / "mlp.hook_out" read as
+ * ln2.hook_normalized / hook_mlp_out (lib/dict applies the LayerNorm's
+ * weight and bias to mlp.hook_in: circuit-tracer's models are unfolded). */
+typedef enum circ_hook_kind {
+	CIRC_HOOK_RESID_PRE,
+	CIRC_HOOK_RESID_MID,
+	CIRC_HOOK_RESID_POST,
+	CIRC_HOOK_ATTN_OUT,
+	CIRC_HOOK_MLP_OUT,
+	CIRC_HOOK_ATTN_Z,
+	CIRC_HOOK_LN2_NORMALIZED,
+	CIRC_HOOK_MLP_IN,
+	CIRC_HOOK_COUNT
+} circ_hook_kind;
+
+typedef struct circ_hook {
+	circ_hook_kind kind;
+	int layer;
+} circ_hook;
+
+/* The point's name after "blocks.<l>." ("hook_resid_pre"). */
+const char *circ_hook_point_name(circ_hook_kind k);
+/* A point's name (or a circuit-tracer alias) into *k; -1 if unknown. */
+int circ_hook_point_parse(const char *point, circ_hook_kind *k);
+/* Parses "blocks.<l>.<point>"; -1 with "hook '<name>': ..." if malformed
+ * or the point is unknown (the message lists the known points). */
+int circ_hook_parse(const char *name, circ_hook *h, circ_error *e);
+/* Writes "blocks.<l>.<point>" into out (n bytes). */
+void circ_hook_format(const circ_hook *h, char *out, size_t n);
+/* 0 if the hook exists in t (layer in range; resid_mid, ln2 and mlp_in
+ * need sequential blocks), else -1 with the problem. */
+int circ_hook_check(const circ_topology *t, const circ_hook *h, circ_error *e);
+/* The first stage whose input the hook's activation has fully formed
+ * (where a replacement of it starts to act): attention stage of l for
+ * resid_pre; the MLP stage of l for resid_mid, mlp_in, attn_out, attn.hook_z,
+ * ln2; the stage after the MLP of l for mlp_out and resid_post. */
+int circ_hook_stage(const circ_topology *t, const circ_hook *h);
+
 #endif
