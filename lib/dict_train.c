@@ -1445,3 +1445,198 @@ double circ_dtrain_recovery(const float *truth, int n, const float *learned, int
 	}
 	return n ? sum / n : 0;
 }
+
+/* ---- the dictionary trained ---- */
+
+void circ_dtrain_dict_cfg(const circ_dtrain *t, circ_dict_cfg *c)
+{
+	const circ_dtrain_opts *o = &t->o;
+	c->arch = o->arch == CIRC_DTRAIN_RELU	? CIRC_DICT_STANDARD
+		  : o->arch == CIRC_DTRAIN_TOPK ? CIRC_DICT_TOPK
+						: CIRC_DICT_JUMPRELU;
+	c->k = o->arch == CIRC_DTRAIN_TOPK ? o->k : 0;
+	c->d_in = o->d_in;
+	c->d_sae = o->d_sae;
+	c->d_out = o->d_out;
+	c->transcoder = o->transcoder;
+	c->apply_b_dec_to_input = !o->transcoder && o->apply_b_dec_to_input;
+}
+
+void circ_dtrain_to_dict(const circ_dtrain *t, circ_dict *d)
+{
+	circ_dtrain_export(t, d->W_enc, d->b_enc, d->W_dec, d->b_dec, d->threshold);
+}
+
+/* ---- activations from a model ---- */
+
+struct circ_dharvest {
+	const circ_model *m;
+	const circ_dict *d;
+	circ_run *run;
+	int seqs, T, I, O, w, stop;
+	int32_t *tokens;  /* (seqs, T) */
+	float *in, *out;  /* (seqs*T, I), (seqs*T, O): one forward's hooks */
+	float *pending;	  /* (seqs*T, w) rows not yet handed out */
+	size_t npend, at; /* rows pending; next one */
+	int64_t nseqs;	  /* sequences read */
+	int captured;
+	circ_dtokens_fn next;
+	void *next_ctx;
+	char meta[96];
+};
+
+circ_dharvest *circ_dharvest_new(const circ_model *m, const circ_dict *d, int seqs, int ctx_len,
+				 int threads, circ_dtokens_fn tokens, void *tokens_ctx,
+				 circ_error *e)
+{
+	const circ_topology *topo = circ_model_topology(m);
+	circ_hook hi, ho;
+	if (seqs < 1 || ctx_len < 1 || ctx_len > circ_model_config(m)->n_ctx)
+		return circ_errorf(e, "bad harvest sizes (%d sequences of %d tokens; context %d)",
+				   seqs, ctx_len, circ_model_config(m)->n_ctx),
+		       NULL;
+	if (circ_hook_parse(d->cfg.hook_name, &hi, e) < 0 ||
+	    (d->cfg.transcoder && circ_hook_parse(d->cfg.hook_out, &ho, e) < 0))
+		return NULL;
+	circ_run_opts ro;
+	circ_run_opts_default(&ro);
+	ro.threads = threads;
+	ro.keep_nodes = hi.kind == CIRC_HOOK_ATTN_Z; /* heads' outputs only for z */
+	circ_run *run = circ_run_new(m, seqs, ctx_len, &ro, e);
+	if (!run)
+		return NULL;
+	circ_dharvest *h = circ_xcalloc(1, sizeof *h);
+	h->m = m;
+	h->d = d;
+	h->run = run;
+	h->seqs = seqs;
+	h->T = ctx_len;
+	h->I = d->cfg.d_in;
+	h->O = d->cfg.transcoder ? d->cfg.d_out : 0;
+	h->w = h->I + h->O;
+	h->stop = circ_hook_stage(topo, &hi);
+	if (d->cfg.transcoder && circ_hook_stage(topo, &ho) > h->stop)
+		h->stop = circ_hook_stage(topo, &ho);
+	size_t N = (size_t)seqs * ctx_len;
+	h->tokens = circ_xmalloc(N * sizeof(int32_t));
+	h->in = circ_xmalloc_aligned(N * h->I * sizeof(float));
+	h->out = h->O ? circ_xmalloc_aligned(N * h->O * sizeof(float)) : NULL;
+	h->pending = circ_xmalloc_aligned(N * h->w * sizeof(float));
+	h->next = tokens;
+	h->next_ctx = tokens_ctx;
+	return h;
+}
+
+void circ_dharvest_free(circ_dharvest *h)
+{
+	if (!h)
+		return;
+	circ_run_free(h->run);
+	free(h->tokens);
+	free(h->in);
+	free(h->out);
+	free(h->pending);
+	free(h);
+}
+
+int circ_dharvest_width(const circ_dharvest *h)
+{
+	return h->w;
+}
+int64_t circ_dharvest_seqs(const circ_dharvest *h)
+{
+	return h->nseqs;
+}
+
+/* The forward hook: at the last stage the hooks need, reads them and stops
+ * the forward (the rest of the model is not needed). */
+static int harvest_hook(void *ctx, circ_run *r, int stage, circ_error *e)
+{
+	circ_dharvest *h = ctx;
+	if (stage < h->stop)
+		return 0;
+	if (circ_dict_hook_read(h->d, 1, r, h->in, e) < 0 ||
+	    (h->O && circ_dict_hook_read(h->d, 0, r, h->out, e) < 0))
+		return -1;
+	h->captured = 1;
+	return circ_errorf(e, "harvested"); /* stops the forward */
+}
+
+/* One forward over the next sequences into pending. */
+static int harvest_more(circ_dharvest *h, circ_error *e)
+{
+	int g = h->next(h->next_ctx, h->tokens, h->seqs, h->T, e);
+	if (g < 0)
+		return -1;
+	if (g == 0)
+		return circ_errorf(e, "corpus exhausted after %" PRId64 " sequences of %d tokens",
+				   h->nseqs, h->T);
+	h->nseqs += g;
+	circ_fwd f;
+	circ_fwd_init(&f);
+	f.tokens = h->tokens;
+	f.B = g;
+	f.T = h->T;
+	f.read = CIRC_READ_NONE;
+	f.hook = harvest_hook;
+	f.hook_ctx = h;
+	h->captured = 0;
+	if (circ_forward(h->run, &f, e) < 0 && !h->captured)
+		return -1;
+	if (!h->captured)
+		return circ_errorf(e, "the forward never reached stage %d", h->stop);
+	size_t N = (size_t)g * h->T;
+	for (size_t q = 0; q < N; q++) {
+		memcpy(h->pending + q * h->w, h->in + q * h->I, (size_t)h->I * sizeof(float));
+		if (h->O)
+			memcpy(h->pending + q * h->w + h->I, h->out + q * h->O,
+			       (size_t)h->O * sizeof(float));
+	}
+	h->npend = N;
+	h->at = 0;
+	return 0;
+}
+
+int circ_dharvest_fill(void *ctx, float *rows, size_t n, circ_error *e)
+{
+	circ_dharvest *h = ctx;
+	while (n > 0) {
+		if (h->at == h->npend && harvest_more(h, e) < 0)
+			return -1;
+		size_t take = h->npend - h->at < n ? h->npend - h->at : n;
+		memcpy(rows, h->pending + h->at * h->w, take * h->w * sizeof(float));
+		rows += take * h->w;
+		h->at += take;
+		n -= take;
+	}
+	return 0;
+}
+
+void circ_dharvest_state(circ_dharvest *h, circ_st_tensor *t, const char **meta)
+{
+	size_t left = h->npend - h->at;
+	*t = (circ_st_tensor){"dharvest.pending",
+			      CIRC_F32,
+			      2,
+			      {(int64_t)left, h->w},
+			      h->pending + h->at * h->w,
+			      left * h->w * sizeof(float)};
+	snprintf(h->meta, sizeof h->meta, "%" PRId64, h->nseqs);
+	meta[0] = "dharvest.seqs";
+	meta[1] = h->meta;
+}
+
+int circ_dharvest_restore(circ_dharvest *h, const circ_st *f, circ_error *e)
+{
+	const circ_st_tensor *t = circ_st_find(f, "dharvest.pending");
+	const char *s = circ_st_metadata(f, "dharvest.seqs");
+	size_t cap = (size_t)h->seqs * h->T;
+	if (!t || !s || t->dtype != CIRC_F32 || t->ndim != 2 || t->shape[1] != h->w ||
+	    (size_t)t->shape[0] > cap)
+		return circ_errorf(e, "'%s': bad harvest state in the checkpoint", circ_st_path(f));
+	memcpy(h->pending, t->data, t->nbytes);
+	h->npend = (size_t)t->shape[0];
+	h->at = 0;
+	h->nseqs = strtoll(s, NULL, 10);
+	return 0;
+}

@@ -50,7 +50,7 @@
  *
  * Dimension letters: B tokens in a batch, D = d_in, O = d_out, S = d_sae.
  *
- * Layering: dict uses util, rng, kernels, safetensors and model.
+ * Layering: dict uses util, rng, kernels, safetensors, topology and model.
  */
 #ifndef CIRC_DICT_TRAIN_H
 #define CIRC_DICT_TRAIN_H
@@ -58,6 +58,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dict.h"
 #include "model.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -233,46 +234,44 @@ int circ_dfix_fill(void *ctx, float *rows, size_t n, circ_error *e);
  * with any of the m learned rows (m, d). */
 double circ_dtrain_recovery(const float *truth, int n, const float *learned, int m, int d);
 
-/* ---- activations from a model ---- */
+/* ---- the dictionary trained ---- */
 
-/* A TransformerLens hook point circ can harvest. */
-typedef enum circ_dhook_kind {
-	CIRC_DHOOK_RESID_PRE,	   /* blocks.L.hook_resid_pre */
-	CIRC_DHOOK_RESID_MID,	   /* blocks.L.hook_resid_mid */
-	CIRC_DHOOK_RESID_POST,	   /* blocks.L.hook_resid_post */
-	CIRC_DHOOK_ATTN_OUT,	   /* blocks.L.hook_attn_out */
-	CIRC_DHOOK_MLP_IN,	   /* blocks.L.hook_mlp_in (the residual before ln2) */
-	CIRC_DHOOK_LN2_NORMALIZED, /* blocks.L.ln2.hook_normalized (no scale, no bias) */
-	CIRC_DHOOK_MLP_OUT	   /* blocks.L.hook_mlp_out */
-} circ_dhook_kind;
-typedef struct circ_dhook {
-	circ_dhook_kind kind;
-	int layer;
-} circ_dhook;
-/* Parses a hook name for model m's config: -1 with a message naming it (an
- * unknown hook, a layer out of range, a family whose layout lacks it). */
-int circ_dhook_parse(const char *name, const circ_config *c, circ_dhook *h, circ_error *e);
+/* The cfg.json side of the trained dictionary into c (after
+ * circ_dict_cfg_init; the caller names the hooks): relu -> "standard",
+ * topk -> "topk" with k, batchtopk and jumprelu -> "jumprelu" (batchtopk's
+ * threshold the same for every latent, as SAELens saves it),
+ * apply_b_dec_to_input, d_in, d_sae, d_out, transcoder. */
+void circ_dtrain_dict_cfg(const circ_dtrain *t, circ_dict_cfg *c);
+/* The parameters into d (made by circ_dict_new from that config). */
+void circ_dtrain_to_dict(const circ_dtrain *t, circ_dict *d);
+
+/* ---- activations from a model ---- */
 
 /* Token sequences for the harvester: fills tokens (B, T) with the next B
  * sequences of T tokens; returns the number given (< B only at the end of
  * the corpus: 0 then), -1 with a message. */
 typedef int (*circ_dtokens_fn)(void *ctx, int32_t *tokens, int B, int T, circ_error *e);
 
-/* Harvests rows [in hook | out hook] (out: transcoders; NULL for an SAE)
- * from forwards of m over seqs sequences of ctx_len tokens at a time; a
- * circ_dbuf_fill over it (circ_dharvest_fill). At the corpus's end it fails
- * with "corpus exhausted after N tokens". */
+/* Harvests rows [input hook | output hook] (the output only for a
+ * transcoder) of dictionary d's hooks (circ_dict_hook_read) from forwards
+ * of m over seqs sequences of ctx_len tokens at a time, each stopped after
+ * the last stage it needs; a circ_dbuf_fill over it (circ_dharvest_fill).
+ * d must have been checked against m (circ_dict_check_model); only its
+ * config is read. At the corpus's end a fill fails with "corpus exhausted
+ * after N sequences". */
 typedef struct circ_dharvest circ_dharvest;
-circ_dharvest *circ_dharvest_new(const circ_model *m, const circ_dhook *in, const circ_dhook *out,
-				 int seqs, int ctx_len, int threads, circ_dtokens_fn tokens,
-				 void *tokens_ctx, circ_error *e);
-void circ_dharvest_free(circ_dharvest *h);
+circ_dharvest *circ_dharvest_new(const circ_model *m, const circ_dict *d, int seqs, int ctx_len,
+				 int threads, circ_dtokens_fn tokens, void *tokens_ctx,
+				 circ_error *e);
+void circ_dharvest_free(circ_dharvest *h); /* NULL is a no-op */
 int circ_dharvest_fill(void *ctx, float *rows, size_t n, circ_error *e);
-int circ_dharvest_width(const circ_dharvest *h);
-/* Sequences read from the token source so far, and the rows harvested but
- * not yet handed out (for checkpoints: a resumed run skips the sequences and
- * restores the rows). */
+int circ_dharvest_width(const circ_dharvest *h); /* d_in (+ d_out) */
+/* Sequences read from the token source so far. */
 int64_t circ_dharvest_seqs(const circ_dharvest *h);
+/* The rows harvested and not yet handed out, as a checkpoint tensor and
+ * one metadata pair (meta[0..1]); restore puts them back (a resumed run first skips
+ * circ_dharvest_seqs of the checkpoint's sequences in its corpus: the
+ * restored count, read by the caller from metadata "dharvest.seqs"). */
 void circ_dharvest_state(circ_dharvest *h, circ_st_tensor *t, const char **meta);
 int circ_dharvest_restore(circ_dharvest *h, const circ_st *f, circ_error *e);
 
