@@ -359,6 +359,55 @@ double circ_dtrain_lr(const circ_dtrain_opts *o, int64_t s)
 	return lr;
 }
 
+/* ---- vector helpers ----
+ * Dot products and axpys over rows, in a fixed order of summation (two
+ * 8-wide partial sums, then the lanes in order, then the tail), so that the
+ * bits do not depend on the thread count; cloned for AVX2 where the
+ * compiler can (GCC's target_clones picks at load time). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+typedef float v8 __attribute__((vector_size(32)));
+
+#define LD8(v, p) memcpy(&(v), (p), sizeof(v))
+
+CLONES static float dot(const float *a, const float *b, int n)
+{
+	v8 s0 = {0}, s1 = {0};
+	int j = 0;
+	for (; j + 16 <= n; j += 16) {
+		v8 a0, b0, a1, b1;
+		LD8(a0, a + j);
+		LD8(b0, b + j);
+		LD8(a1, a + j + 8);
+		LD8(b1, b + j + 8);
+		s0 += a0 * b0;
+		s1 += a1 * b1;
+	}
+	s0 += s1;
+	float r = ((s0[0] + s0[1]) + (s0[2] + s0[3])) + ((s0[4] + s0[5]) + (s0[6] + s0[7]));
+	for (; j < n; j++)
+		r += a[j] * b[j];
+	return r;
+}
+
+/* y (n) += a x (n) */
+CLONES static void axpy(float *y, float a, const float *x, int n)
+{
+	int j = 0;
+	for (; j + 8 <= n; j += 8) {
+		v8 yv, xv;
+		LD8(yv, y + j);
+		LD8(xv, x + j);
+		yv += a * xv;
+		memcpy(y + j, &yv, sizeof yv);
+	}
+	for (; j < n; j++)
+		y[j] += a * x[j];
+}
+
 /* ---- pass 1: rows ---- */
 
 typedef struct step_ctx {
@@ -436,11 +485,13 @@ static int cmp_i32(const void *a, const void *b)
 static int topk_row(const float *row, const int32_t *idx, int n, int k, cand *heap, int32_t *out)
 {
 	int h = 0;
+	float thr = 0; /* a candidate must beat it: 0, then the heap's worst
+			* (a later index with an equal value ranks below) */
 	for (int q = 0; q < n; q++) {
 		int32_t i = idx ? idx[q] : q;
-		cand c = {row[i], i};
-		if (!(c.v > 0))
+		if (!(row[i] > thr))
 			continue;
+		cand c = {row[i], i};
 		if (h < k) {
 			/* sift up */
 			int j = h++;
@@ -451,9 +502,12 @@ static int topk_row(const float *row, const int32_t *idx, int n, int k, cand *he
 				heap[(j - 1) / 2] = tmp;
 				j = (j - 1) / 2;
 			}
-		} else if (worse(heap[0], c)) {
+			if (h == k)
+				thr = heap[0].v;
+		} else {
 			heap[0] = c;
 			sift_down(heap, h, 0);
+			thr = heap[0].v;
 		}
 	}
 	for (int j = 0; j < h; j++)
@@ -478,12 +532,8 @@ static void rows_decode(step_ctx *c, int b0, int b1)
 	} else
 		for (int b = b0; b < b1; b++) {
 			float *yh = t->yhat + (size_t)b * O;
-			for (int64_t q = t->rp[b]; q < t->rp[b + 1]; q++) {
-				const float *w = c->v.W_dec + (size_t)t->lat[q] * O;
-				float a = t->val[q];
-				for (int j = 0; j < O; j++)
-					yh[j] += a * w[j];
-			}
+			for (int64_t q = t->rp[b]; q < t->rp[b + 1]; q++)
+				axpy(yh, t->val[q], c->v.W_dec + (size_t)t->lat[q] * O, O);
 		}
 	for (int b = b0; b < b1; b++) {
 		const float *y = c->y ? c->y + (size_t)b * O : c->x + (size_t)b * t->D;
@@ -507,24 +557,16 @@ static void rows_sparse_grad(step_ctx *c, int b0, int b1)
 	int O = t->O;
 	for (int b = b0; b < b1; b++) {
 		const float *dy = t->dy + (size_t)b * O;
-		for (int64_t q = t->rp[b]; q < t->rp[b + 1]; q++) {
-			const float *w = c->v.W_dec + (size_t)t->lat[q] * O;
-			float s = 0;
-			for (int j = 0; j < O; j++)
-				s += dy[j] * w[j];
-			t->dp[q] = s;
-		}
+		for (int64_t q = t->rp[b]; q < t->rp[b + 1]; q++)
+			t->dp[q] = dot(dy, c->v.W_dec + (size_t)t->lat[q] * O, O);
 		t->row_aux[b] = 0;
 		if (t->ap[b + 1] == t->ap[b])
 			continue;
 		/* e = y - y_hat = -(B/2) dy; fit e_hat = sum a_i W_dec,i */
 		float *fit = t->dya + (size_t)b * O;
 		memset(fit, 0, (size_t)O * sizeof(float));
-		for (int64_t q = t->ap[b]; q < t->ap[b + 1]; q++) {
-			const float *w = c->v.W_dec + (size_t)t->lat[q] * O;
-			for (int j = 0; j < O; j++)
-				fit[j] += t->val[q] * w[j];
-		}
+		for (int64_t q = t->ap[b]; q < t->ap[b + 1]; q++)
+			axpy(fit, t->val[q], c->v.W_dec + (size_t)t->lat[q] * O, O);
 		double s = 0, cf = t->o.aux_coeff * c->aux_scale;
 		float half_b = 0.5f * (float)c->B, sc = (float)(2.0 * cf / c->B);
 		for (int j = 0; j < O; j++) {
@@ -533,13 +575,8 @@ static void rows_sparse_grad(step_ctx *c, int b0, int b1)
 			fit[j] = sc * d; /* now d loss / d e_hat */
 		}
 		t->row_aux[b] = cf * s;
-		for (int64_t q = t->ap[b]; q < t->ap[b + 1]; q++) {
-			const float *w = c->v.W_dec + (size_t)t->lat[q] * O;
-			float g = 0;
-			for (int j = 0; j < O; j++)
-				g += fit[j] * w[j];
-			t->dp[q] = g;
-		}
+		for (int64_t q = t->ap[b]; q < t->ap[b + 1]; q++)
+			t->dp[q] = dot(fit, c->v.W_dec + (size_t)t->lat[q] * O, O);
 	}
 }
 
@@ -657,11 +694,8 @@ static void p_lat_dense(step_ctx *c, int part, int lo, int hi)
 	float *add = t->theta + S; /* the L1 term's d / d f of each latent */
 	(void)part;
 	for (int i = lo; i < hi; i++) {
-		double nrm = 0;
 		const float *w = c->v.W_dec + (size_t)i * O;
-		for (int j = 0; j < O; j++)
-			nrm += (double)w[j] * w[j];
-		t->nrm[i] = sqrt(nrm);
+		t->nrm[i] = sqrt((double)dot(w, w, O));
 		add[i] = jump ? 0.0f : (float)(c->l1 * t->nrm[i] * invB);
 		dbe[i] = dth[i] = fsum[i] = cnt[i] = 0;
 	}
@@ -714,9 +748,7 @@ static void p_lat_gemm(step_ctx *c, int part, int lo, int hi)
 			double nrm = t->nrm[i], fs = t->acc[2 * (size_t)S + i];
 			if (nrm == 0)
 				continue;
-			float s = (float)(c->l1 * fs / c->B / nrm);
-			for (int j = 0; j < O; j++)
-				g[j] += s * w[j];
+			axpy(g, (float)(c->l1 * fs / c->B / nrm), w, O);
 		}
 }
 
@@ -762,16 +794,10 @@ static void p_project(step_ctx *c, int part, int lo, int hi)
 	for (int i = lo; i < hi; i++) {
 		const float *w = c->v.W_dec + (size_t)i * O;
 		float *g = c->gv.W_dec + (size_t)i * O;
-		double d = 0, nn = 0;
-		for (int j = 0; j < O; j++) {
-			d += (double)g[j] * w[j];
-			nn += (double)w[j] * w[j];
-		}
+		float nn = dot(w, w, O);
 		if (nn == 0)
 			continue;
-		float s = (float)(d / nn);
-		for (int j = 0; j < O; j++)
-			g[j] -= s * w[j];
+		axpy(g, -dot(g, w, O) / nn, w, O);
 	}
 }
 
@@ -782,12 +808,10 @@ static void p_renorm(step_ctx *c, int part, int lo, int hi)
 	(void)part;
 	for (int i = lo; i < hi; i++) {
 		float *w = c->v.W_dec + (size_t)i * O;
-		double nn = 0;
-		for (int j = 0; j < O; j++)
-			nn += (double)w[j] * w[j];
+		float nn = dot(w, w, O);
 		if (nn == 0)
 			continue;
-		float s = (float)(1.0 / sqrt(nn));
+		float s = (float)(1.0 / sqrt((double)nn));
 		for (int j = 0; j < O; j++)
 			w[j] *= s;
 	}
@@ -800,6 +824,17 @@ typedef struct adam_ctx {
 	double lr, bc1, bc2;
 } adam_ctx;
 
+/* AdamW on [0, n) of p, g, m, v: decay is 1 - lr * weight_decay (1: none). */
+CLONES static void adam_range(float *p, const float *g, float *m, float *v, size_t n, float b1,
+			      float b2, float eps, float step, float sb2, float decay)
+{
+	for (size_t q = 0; q < n; q++) {
+		float mq = m[q] = b1 * m[q] + (1 - b1) * g[q];
+		float vq = v[q] = b2 * v[q] + (1 - b2) * g[q] * g[q];
+		p[q] = p[q] * decay - step * mq / (sqrtf(vq) * sb2 + eps);
+	}
+}
+
 static void adam_body(void *ctx, size_t begin, size_t end)
 {
 	adam_ctx *a = ctx;
@@ -808,15 +843,14 @@ static void adam_body(void *ctx, size_t begin, size_t end)
 	float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
 	float step = (float)(a->lr / a->bc1), sb2 = (float)(1.0 / sqrt(a->bc2));
 	float decay = (float)(1.0 - a->lr * o->weight_decay);
-	for (size_t q = begin; q < end; q++) {
-		/* weight decay on W_enc and W_dec only */
-		int wd = q < t->off[1] || (q >= t->off[2] && q < t->off[3]);
-		float p = t->p[q], g = t->g[q];
-		if (wd && o->weight_decay != 0)
-			p *= decay;
-		float m = t->m[q] = b1 * t->m[q] + (1 - b1) * g;
-		float v = t->v[q] = b2 * t->v[q] + (1 - b2) * g * g;
-		t->p[q] = p - step * m / (sqrtf(v) * sb2 + eps);
+	/* regions: W_enc_t (decays), b_enc, W_dec (decays), b_dec and log_theta */
+	size_t cut[5] = {0, t->off[1], t->off[2], t->off[3], t->n};
+	for (int r = 0; r < 4; r++) {
+		size_t lo = cut[r] > begin ? cut[r] : begin,
+		       hi = cut[r + 1] < end ? cut[r + 1] : end;
+		if (lo < hi)
+			adam_range(t->p + lo, t->g + lo, t->m + lo, t->v + lo, hi - lo, b1, b2, eps,
+				   step, sb2, r % 2 == 0 ? decay : 1.0f);
 	}
 }
 
