@@ -674,6 +674,7 @@ enum {
 	DOPT_RESUME,
 	DOPT_FIXTURE,
 	DOPT_STOP_AFTER,
+	DOPT_NORMALIZE,
 	DOPT_N
 };
 
@@ -719,6 +720,9 @@ static const circ_opt dopts[] = {
     {"fixture", DOPT_FIXTURE, NULL,
      "train on the superposition fixture (64 known directions in 32 dimensions) instead of a "
      "model and print how well they are recovered"},
+    {"normalize", DOPT_NORMALIZE, NULL,
+     "scale activations so that their mean squared norm is d_in (SAELens's "
+     "expected_average_only_in, estimated on the first buffer; saved in the dictionary)"},
     {"stop-after", DOPT_STOP_AFTER, "N",
      "stop after step N (with --checkpoint: a run to --resume later; nothing else written)"},
     {0},
@@ -727,7 +731,7 @@ static const circ_opt dopts[] = {
 static struct {
 	const char *model, *hook, *hook_out, *out, *dtype, *checkpoint, *resume;
 	circ_dtrain_opts t;
-	int d_sae, ctx_len, seqs, log, every, fixture, transcoder;
+	int d_sae, ctx_len, seqs, log, every, fixture, transcoder, normalize;
 	int64_t buffer, stop_after;
 	const char *given[DOPT_N - CIRC_OPT_FIRST_TOOL + 1];
 } d = {.dtype = "F32", .ctx_len = 128, .seqs = 16, .every = 1000};
@@ -788,6 +792,7 @@ static int dhandle(int key, const char *arg, void *ctx)
 	case DOPT_EVERY: d.every = (int)circ_opt_i64("every", arg, 1, 1000000000); break;
 	case DOPT_RESUME: d.resume = arg; break;
 	case DOPT_FIXTURE: d.fixture = 1; break;
+	case DOPT_NORMALIZE: d.normalize = 1; break;
 	case DOPT_STOP_AFTER: d.stop_after = circ_opt_i64("stop-after", arg, 1, 1000000000); break;
 	default: return -1;
 	}
@@ -861,16 +866,20 @@ static void dict_progress(int64_t step, int64_t steps, const circ_dtrain_stats *
 		100 * st->dead_frac, tps, done ? "\n" : "\033[K");
 }
 
-/* Writes the checkpoint: trainer, buffer, harvester. */
-static void write_checkpoint(circ_dtrain *t, circ_dbuf *b, circ_dharvest *h)
+/* Writes the checkpoint: trainer, buffer, harvester, the scale. */
+static void write_checkpoint(circ_dtrain *t, circ_dbuf *b, circ_dharvest *h, double scale)
 {
 	circ_error e;
 	circ_st_tensor x[2];
-	const char *meta[6];
-	int n = 1, nm = 2;
+	const char *meta[8];
+	char sc[64];
+	int n = 1, nm = 3;
 	circ_dbuf_state(b, &x[0], meta);
+	snprintf(sc, sizeof sc, "%a", scale);
+	meta[4] = "train.scale";
+	meta[5] = sc;
 	if (h) {
-		circ_dharvest_state(h, &x[1], meta + 4);
+		circ_dharvest_state(h, &x[1], meta + 6);
 		n++, nm++;
 	}
 	if (circ_dtrain_save(t, d.checkpoint, n, x, nm, meta, &e) < 0)
@@ -1018,10 +1027,16 @@ static int dict_main(int argc, char **argv, int transcoder)
 			circ_die(&e);
 		buf = circ_dbuf_new(cap, w, d.t.seed, circ_dharvest_fill, h);
 	}
+	double scale = 1;
 	if (d.resume) {
 		circ_st *f = circ_st_open(d.resume, &e);
 		if (!f || circ_dtrain_restore(t, f, &e) < 0 || circ_dbuf_restore(buf, f, &e) < 0)
 			circ_die(&e);
+		const char *sc = circ_st_metadata(f, "train.scale");
+		scale = sc ? strtod(sc, NULL) : 0;
+		if (!(scale > 0) || (scale != 1) != d.normalize)
+			circ_dief("'%s': checkpoint made %s --normalize", d.resume,
+				  d.normalize ? "without" : "with");
 		if (fix) { /* the fixture's draws replayed */
 			int64_t n = circ_dbuf_rows_in(buf);
 			float *skip = circ_xmalloc((size_t)n * w * sizeof(float));
@@ -1044,6 +1059,24 @@ static int dict_main(int argc, char **argv, int transcoder)
 		circ_st_close(f);
 	}
 
+	if (d.normalize && !d.resume) {
+		/* SAELens's estimate: sqrt(d_in) / the mean norm of the input rows */
+		size_t n;
+		const float *all = circ_dbuf_peek(buf, &n, &e);
+		if (!all)
+			circ_die(&e);
+		double sum = 0;
+		for (size_t q = 0; q < n; q++) {
+			double nn = 0;
+			for (int j = 0; j < D; j++)
+				nn += (double)all[q * w + j] * all[q * w + j];
+			sum += sqrt(nn);
+		}
+		if (!(sum > 0))
+			circ_dief("--normalize: the activations are all zero");
+		scale = sqrt((double)D) / (sum / (double)n);
+	}
+
 	/* training */
 	float *rows = circ_xmalloc_aligned((size_t)d.t.batch * w * sizeof(float)),
 	      *x = circ_xmalloc_aligned((size_t)d.t.batch * D * sizeof(float)),
@@ -1062,6 +1095,12 @@ static int dict_main(int argc, char **argv, int transcoder)
 				memcpy(y + (size_t)q * O, rows + (size_t)q * w + D,
 				       (size_t)O * sizeof(float));
 		}
+		if (scale != 1) {
+			for (size_t q = 0; q < (size_t)d.t.batch * D; q++)
+				x[q] = (float)(x[q] * scale);
+			for (size_t q = 0; y && q < (size_t)d.t.batch * O; q++)
+				y[q] = (float)(y[q] * scale);
+		}
 		if (s == 0 && !transcoder)
 			circ_dtrain_init_b_dec(t, x, (size_t)d.t.batch);
 		if (circ_dtrain_step(t, x, y, d.t.batch, &st, &e) < 0)
@@ -1077,7 +1116,7 @@ static int dict_main(int argc, char **argv, int transcoder)
 		if (tty)
 			dict_progress(s + 1, d.t.steps, &st, tps, s + 1 == end);
 		if (d.checkpoint && ((s + 1) % d.every == 0 || s + 1 == end))
-			write_checkpoint(t, buf, h);
+			write_checkpoint(t, buf, h, scale);
 	}
 	if (m && circ_model_check_unchanged(m, &e) < 0)
 		circ_die(&e);
@@ -1094,6 +1133,10 @@ static int dict_main(int argc, char **argv, int transcoder)
 	}
 	if (end == d.t.steps) {
 		circ_dtrain_to_dict(t, dict);
+		if (scale != 1) {
+			dict->cfg.norm = CIRC_DICT_NORM_EXPECTED_AVERAGE;
+			dict->cfg.scale = scale;
+		}
 		if (circ_dict_save(dict, d.out, d.dtype, &e) < 0)
 			circ_die(&e);
 	}

@@ -1285,18 +1285,33 @@ static void dbuf_shuffle(circ_dbuf *b)
 	}
 }
 
+static int dbuf_first(circ_dbuf *b, circ_error *e)
+{
+	if (b->full)
+		return 0;
+	if (b->fill(b->ctx, b->rows, b->cap, e) < 0)
+		return -1;
+	b->rows_in += (int64_t)b->cap;
+	b->full = 1;
+	b->pos = 0;
+	dbuf_shuffle(b);
+	return 0;
+}
+
+const float *circ_dbuf_peek(circ_dbuf *b, size_t *n, circ_error *e)
+{
+	if (dbuf_first(b, e) < 0)
+		return NULL;
+	*n = b->cap;
+	return b->rows;
+}
+
 int circ_dbuf_next(circ_dbuf *b, float *out, size_t n, circ_error *e)
 {
 	size_t half = b->cap / 2;
 	CIRC_ASSERT(n <= half);
-	if (!b->full) {
-		if (b->fill(b->ctx, b->rows, b->cap, e) < 0)
-			return -1;
-		b->rows_in += (int64_t)b->cap;
-		b->full = 1;
-		b->pos = 0;
-		dbuf_shuffle(b);
-	}
+	if (dbuf_first(b, e) < 0)
+		return -1;
 	if (b->pos + n > half) {
 		/* refill the served front (rows [0, pos)), then mix everything */
 		if (b->pos > 0 && b->fill(b->ctx, b->rows, b->pos, e) < 0)

@@ -202,6 +202,9 @@ circ_dbuf *circ_dbuf_new(size_t cap, int width, uint64_t seed, circ_dbuf_fill fi
 void circ_dbuf_free(circ_dbuf *b); /* NULL is a no-op */
 /* The next n rows (n <= cap / 2) into out (n, width). */
 int circ_dbuf_next(circ_dbuf *b, float *out, size_t n, circ_error *e);
+/* The whole buffer (cap rows), filled first if it is new: for statistics
+ * of the data before training (the rows served are the same). */
+const float *circ_dbuf_peek(circ_dbuf *b, size_t *n, circ_error *e);
 /* The rows that the source has written so far. */
 int64_t circ_dbuf_rows_in(const circ_dbuf *b);
 /* The buffer's state as checkpoint tensors/metadata: fills t[0] ("dbuf.rows")

@@ -83,6 +83,24 @@ small=(--ctx-len 24 --seqs 4 --batch 128 --buffer 512 --d-sae 128 --threads 2)
 	[[ "$stderr" == *"checkpoint made with other options"* ]]
 }
 
+@test "--normalize: SAELens's expected_average_only_in with its factor; resumed alike" {
+	corpus "$T/ids" 30000
+	base=(sae --model $M --hook blocks.1.hook_resid_pre --arch relu --steps 12 "${small[@]}")
+	args=("${base[@]}" --normalize)
+	circ-train "${args[@]}" --out "$T/a" "$T/ids"
+	run jq -r .normalize_activations "$T/a/cfg.json"
+	assert_output expected_average_only_in
+	run jq -r '.scaling_factor > 0 and .scaling_factor != 1' "$T/a/activation_scaler.json"
+	assert_output true
+	circ-train "${args[@]}" --checkpoint "$T/ck" --stop-after 5 "$T/ids"
+	circ-train "${args[@]}" --resume "$T/ck" --out "$T/b" "$T/ids"
+	cmp "$T/a/sae_weights.safetensors" "$T/b/sae_weights.safetensors"
+	cmp "$T/a/activation_scaler.json" "$T/b/activation_scaler.json"
+	run --separate-stderr circ-train "${base[@]}" --resume "$T/ck" --out "$T/c" "$T/ids"
+	assert_failure 1
+	[[ "$stderr" == *"made with --normalize"* ]]
+}
+
 @test "bad input: ids outside the vocabulary, junk, a short corpus, a missing file" {
 	printf '1 2 3 999 4\n' >"$T/bad"
 	run --separate-stderr circ-train sae --model $M --steps 2 "${small[@]}" --out "$T/o" "$T/bad"
