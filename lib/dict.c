@@ -137,6 +137,16 @@ void circ_dict_free(circ_dict *d)
 	free(d);
 }
 
+const char *circ_dict_arch_name(const circ_dict *d)
+{
+	const circ_dict_cfg *c = &d->cfg;
+	if (!c->transcoder)
+		return arch_names[c->arch];
+	if (c->arch == CIRC_DICT_JUMPRELU)
+		return c->skip ? "jumprelu_skip_transcoder" : "jumprelu_transcoder";
+	return c->skip ? "skip_transcoder" : "transcoder";
+}
+
 /* ---- cfg.json ---- */
 
 static char *join(const char *dir, const char *name)
@@ -473,19 +483,25 @@ circ_dict *circ_dict_load_transcoder_file(const char *path, int layer, const cha
 	circ_dict_cfg_init(&c);
 	c.transcoder = 1;
 	c.apply_b_dec_to_input = 0;
-	const circ_st_tensor *we = circ_st_find(f, "W_enc"), *wd = circ_st_find(f, "W_dec");
+	const circ_st_tensor *we = circ_st_find(f, "W_enc"), *bd = circ_st_find(f, "b_dec");
 	const char *thr = circ_st_find(f, "activation_function.threshold")
 			      ? "activation_function.threshold"
 			      : "threshold";
 	circ_dict *d = NULL;
-	if (!we || we->ndim != 2 || !wd || wd->ndim != 2) {
-		circ_errorf(e, "'%s': tensor '%s': missing or not a matrix", path,
-			    !we || we->ndim != 2 ? "W_enc" : "W_dec");
+	/* the sizes from W_enc (S, I) and b_dec (O), as circuit-tracer reads them */
+	if (!we || we->ndim != 2 || !bd || bd->ndim != 1) {
+		circ_errorf(e, "'%s': tensor '%s': missing or not a %s", path,
+			    !we || we->ndim != 2 ? "W_enc" : "b_dec",
+			    !we || we->ndim != 2 ? "matrix" : "vector");
+		goto out;
+	}
+	if (we->shape[0] > (1 << 30) || we->shape[1] > (1 << 30) || bd->shape[0] > (1 << 30)) {
+		circ_errorf(e, "'%s': tensor 'W_enc': too large", path);
 		goto out;
 	}
 	c.d_sae = (int)we->shape[0];
 	c.d_in = (int)we->shape[1];
-	c.d_out = (int)wd->shape[1];
+	c.d_out = (int)bd->shape[0];
 	c.skip = circ_st_find(f, "W_skip") != NULL;
 	c.arch = circ_st_find(f, thr) ? CIRC_DICT_JUMPRELU : CIRC_DICT_STANDARD;
 	/* circuit-tracer loads its models unfolded: the MLP's input is the
@@ -526,14 +542,7 @@ static json_t *cfg_json(const circ_dict *d)
 {
 	const circ_dict_cfg *c = &d->cfg;
 	json_t *o = json_object();
-	const char *arch = arch_names[c->arch];
-	char tarch[48];
-	if (c->transcoder) {
-		snprintf(tarch, sizeof tarch, "%s%s",
-			 c->arch == CIRC_DICT_JUMPRELU ? "jumprelu_" : "",
-			 c->skip ? "skip_transcoder" : "transcoder");
-		arch = tarch;
-	}
+	const char *arch = circ_dict_arch_name(d);
 	circ_hook h = {0}, ho = {0};
 	circ_error e;
 	circ_hook_parse(c->hook_name, &h, &e);

@@ -102,6 +102,10 @@ typedef struct circ_dict {
  * and tests. NULL with a message naming the field. Free with circ_dict_free. */
 circ_dict *circ_dict_new(const circ_dict_cfg *c, circ_error *e);
 void circ_dict_free(circ_dict *d); /* NULL is a no-op */
+/* SAELens's name of d's architecture: "standard", "topk", "jumprelu",
+ * "gated", "transcoder", "skip_transcoder", "jumprelu_transcoder" or
+ * "jumprelu_skip_transcoder". */
+const char *circ_dict_arch_name(const circ_dict *d);
 
 /* Reads a SAELens directory: dir/cfg.json (architecture, d_in, d_sae,
  * hook_name or metadata.hook_name, apply_b_dec_to_input,

@@ -43,3 +43,4 @@ run_catalogue() { # file
 @test "catalogue: tools" { run_catalogue tools.cases; }
 @test "catalogue: files and pipelines" { run_catalogue files.cases; }
 @test "catalogue: tokenizer and model directories" { run_catalogue tokenizer.cases; }
+@test "catalogue: sparse dictionaries" { run_catalogue dict.cases; }

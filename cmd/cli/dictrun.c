@@ -65,12 +65,6 @@ static void pack_str_or_nil(msgpack_packer *pk, const char *k, const char *v)
 	}
 }
 
-static const char *arch_name(const circ_dict *d)
-{
-	static const char *const n[] = {"standard", "topk", "jumprelu", "gated"};
-	return n[d->cfg.arch];
-}
-
 static void write_eval(circ_session *s, int k, const circ_dict *d, const circ_dict_stats *st,
 		       double dense)
 {
@@ -81,7 +75,7 @@ static void write_eval(circ_session *s, int k, const circ_dict *d, const circ_di
 	msgpack_pack_map(pk, 22);
 	circ_pack_kv_i64(pk, "dict", k);
 	circ_pack_kv_str(pk, "path", d->path ? d->path : "");
-	circ_pack_kv_str(pk, "architecture", arch_name(d));
+	circ_pack_kv_str(pk, "architecture", circ_dict_arch_name(d));
 	circ_pack_str(pk, "transcoder");
 	if (d->cfg.transcoder)
 		msgpack_pack_true(pk);

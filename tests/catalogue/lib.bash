@@ -37,3 +37,14 @@ head_scores() { # n
 	circ-score --model "$TINY" --method eap --json "$TINYTOK" 2>/dev/null | head -n "$(($1 + 1))"
 	printf '{"$end":{"records":%d}}\n' "$1"
 }
+
+# dict: a small SAELens dictionary for the tiny model in directory $1
+# (tests/ref/dict_ref.py make; further arguments override), then jq
+# filter $2 applied to its cfg.json when given.
+tiny_dict() {
+	local d=$1 f=${2:-.}
+	shift $(($# < 2 ? $# : 2))
+	/usr/bin/python3 "$ROOT/tests/ref/dict_ref.py" make "$d" --arch standard \
+		--hook blocks.0.hook_resid_pre --d-in 24 --d-sae 32 "$@" &&
+		jq "$f" "$d/cfg.json" >"$d/cfg.new" && mv "$d/cfg.new" "$d/cfg.json"
+}

@@ -10,11 +10,11 @@ measures circ-forward --dict reports.
 Usage:
   dict_ref.py make DIR --arch A --hook H [--hook-out H] --d-in I --d-sae S
               [--d-out O] [--k K] [--skip] [--seed N] [--dtype F32|F16|BF16]
-              [--apply-b-dec 0|1] [--scale X] [--fold-ln 0|1]
+              [--apply-b-dec 0|1] [--scale X] [--fold-ln 0|1] [--identity]
       writes a SAELens directory (cfg.json, sae_weights.safetensors,
       activation_scaler.json with --scale) with random weights;
       A is standard, topk, jumprelu, gated, transcoder, skip_transcoder,
-      jumprelu_transcoder.
+      jumprelu_transcoder; --identity (standard, S = 2 I) reconstructs exactly.
   dict_ref.py make-ct DIR --layers L --d-in I --d-sae S [--jumprelu] [--skip]
               [--seed N] [--in-hook P] [--out-hook P]
       writes circuit-tracer per-layer transcoder files layer_<l>.safetensors
@@ -26,6 +26,12 @@ Usage:
   dict_ref.py eval MODEL DICTSET TOKENS.jsonl
       prints one JSON object per dictionary with the measures circ-forward
       --dict reports (dense threshold 0.1).
+  dict_ref.py compare-eval CIRC.jsonl REF.jsonl
+  dict_ref.py compare-harvest CIRC.jsonl REF.jsonl
+      compare circ's JSON lines (circ-forward --dict, circ-harvest --dict)
+      with this script's: every measure within 1e-4 relative (+1e-6
+      absolute), histograms and row counts equal; every activation within
+      1e-4 relative (+1e-5 absolute), the sparse structure well formed.
   dict_ref.py cfgcheck DIR
       checks DIR/cfg.json against SAELens's documented config keys and their
       JSON types; exits 1 naming the first key that differs.
@@ -101,7 +107,7 @@ def opts(argv, defaults):
 def make(d, argv):
     o = opts(argv, {"arch": "standard", "hook": None, "hook_out": None, "d_in": 0, "d_sae": 0,
                     "d_out": 0, "k": 0, "seed": 0, "dtype": "F32", "apply_b_dec": "1",
-                    "scale": None, "fold_ln": "1", "skip": False})
+                    "scale": None, "fold_ln": "1", "skip": False, "identity": False})
     I, S = int(o["d_in"]), int(o["d_sae"])
     arch = o["arch"]
     tc = "transcoder" in arch
@@ -122,6 +128,11 @@ def make(d, argv):
         t["r_mag"] = rs.normal(0, 0.2, S)
     if arch == "skip_transcoder":
         t["W_skip"] = rs.normal(0, 0.1 / math.sqrt(I), (O, I))
+    if o["identity"]:  # relu(x) - relu(-x) = x: an exact reconstruction
+        assert arch == "standard" and S == 2 * I
+        t["W_enc"] = np.concatenate([np.eye(I), -np.eye(I)], 1)
+        t["W_dec"] = np.concatenate([np.eye(I), -np.eye(I)], 0)
+        t["b_enc"], t["b_dec"] = np.zeros(S), np.zeros(I)
     os.makedirs(d, exist_ok=True)
     layer = int(re.match(r"blocks\.(\d+)\.", o["hook"]).group(1))
     cfg = {"architecture": arch, "d_in": I, "d_sae": S, "dtype": "float32", "device": "cpu",
@@ -392,6 +403,54 @@ def cfgcheck(d):
     print("ok")
 
 
+def compare_eval(cpath, rpath):
+    c = [json.loads(x) for x in open(cpath)][1:-1]
+    r = [json.loads(x) for x in open(rpath)]
+    if len(c) != len(r):
+        raise SystemExit("compare: %d records, want %d" % (len(c), len(r)))
+    worst = 0.0
+    for a, b in zip(c, r):
+        if a["rows"] != b["rows"] or a["density_hist"]["counts"] != b["density_hist"]:
+            raise SystemExit("compare: dict %d: rows or histogram differ: %s %s" % (
+                a["dict"], (a["rows"], a["density_hist"]["counts"]), (b["rows"], b["density_hist"])))
+        for k in ("mse", "fvu", "l0", "dead_frac", "dense_frac", "ce_clean", "ce_spliced",
+                  "ce_zero", "ce_loss_recovered", "kl"):
+            err = abs(a[k] - b[k])
+            worst = max(worst, err / (1e-6 + abs(b[k])))
+            if not err <= 1e-4 * abs(b[k]) + 1e-6:
+                raise SystemExit("compare: dict %d: %s %r, reference %r" % (a["dict"], k, a[k], b[k]))
+    print("ok: %d dictionaries, worst relative difference %.2g" % (len(c), worst))
+
+
+def compare_harvest(cpath, rpath):
+    c = [json.loads(x) for x in open(cpath)][1:-1]
+    r = [json.loads(x) for x in open(rpath)]
+    if len(c) != len(r):
+        raise SystemExit("compare: %d records, want %d" % (len(c), len(r)))
+    active = 0
+    for a, b in zip(c, r):
+        if (a["id"], a["dict"]) != (b["id"], b["dict"]):
+            raise SystemExit("compare: record order: %r, want %r" % ((a["id"], a["dict"]), (b["id"], b["dict"])))
+        T, f = a["T"], b["f"]
+        rp, ft, ac = a["row_ptr"]["data"], a["feat"]["data"], a["act"]["data"]
+        if len(f) != T or len(rp) != T + 1 or rp[0] != 0 or rp[-1] != len(ft) or len(ft) != len(ac):
+            raise SystemExit("compare: id %d dict %d: malformed rows" % (a["id"], a["dict"]))
+        dense = [[0.0] * len(f[0]) for _ in range(T)]
+        for t in range(T):
+            idx = ft[rp[t]:rp[t + 1]]
+            if idx != sorted(set(idx)):
+                raise SystemExit("compare: id %d: features not increasing" % a["id"])
+            for j, v in zip(idx, ac[rp[t]:rp[t + 1]]):
+                dense[t][j] = v
+        for t in range(T):
+            for j, want in enumerate(f[t]):
+                if not abs(dense[t][j] - want) <= 1e-4 * abs(want) + 1e-5:
+                    raise SystemExit("compare: id %d dict %d row %d feature %d: %r, reference %r" % (
+                        a["id"], a["dict"], t, j, dense[t][j], want))
+                active += want != 0
+    print("ok: %d records, %d active features" % (len(c), active))
+
+
 def main():
     a = sys.argv[1:]
     if len(a) >= 2 and a[0] == "make":
@@ -402,6 +461,10 @@ def main():
         harvest(*a[1:])
     elif len(a) == 4 and a[0] == "eval":
         evaluate(*a[1:])
+    elif len(a) == 3 and a[0] == "compare-eval":
+        compare_eval(a[1], a[2])
+    elif len(a) == 3 and a[0] == "compare-harvest":
+        compare_harvest(a[1], a[2])
     elif len(a) == 2 and a[0] == "cfgcheck":
         cfgcheck(a[1])
     else:

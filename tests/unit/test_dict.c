@@ -1,5 +1,7 @@
 /* test_dict: dictionaries written and read back bit-exact (every
- * architecture, F32; F16/BF16 equal to their rounding), encode/decode
+ * architecture, F32; F16/BF16 equal to their rounding; cfg.json checked
+ * against SAELens's keys and types by tests/ref/dict_ref.py cfgcheck when
+ * CIRC_ROOT is set, as make unit sets it), encode/decode
  * against the plain double-precision twins, TopK against a sort, the hook
  * names' table, and the reader's refusals (each naming file and key or
  * tensor). Numbers are compared with a stated tolerance: 1e-5 relative to
@@ -70,6 +72,17 @@ static void test_roundtrip(void)
 		char dir[256];
 		snprintf(dir, sizeof dir, "%s/d%zu", tmpdir, i);
 		CHECK_MSG(circ_dict_save(d, dir, NULL, &e) == 0, e);
+		/* cfg.json's keys and JSON types are SAELens's (tests/ref/dict_ref.py
+		 * holds the documented table) */
+		const char *root = getenv("CIRC_ROOT");
+		if (root) {
+			char cmd[1024];
+			snprintf(
+			    cmd, sizeof cmd,
+			    "/usr/bin/python3 '%s/tests/ref/dict_ref.py' cfgcheck '%s' >/dev/null",
+			    root, dir);
+			CHECK(system(cmd) == 0);
+		}
 		circ_dict *b = circ_dict_load(dir, &e);
 		CHECK_MSG(b, e);
 		if (!b)

@@ -1,0 +1,140 @@
+#!/usr/bin/env bats
+# Sparse dictionaries (lib/dict): circ-forward --dict and circ-harvest --dict
+# against tests/ref/dict_ref.py (PyTorch, float64, the activation replaced in
+# the forward rather than added as receiver deltas), every architecture,
+# hook point, weight dtype and normalization, SAELens and circuit-tracer
+# files. Tolerance: every measure within 1e-4 relative (+1e-6 absolute),
+# every activation within 1e-4 relative (+1e-5 absolute) (circ computes in
+# float32). Bad input is in tests/catalogue/dict.cases.
+load helper
+
+REF=tests/ref/dict_ref.py
+M=tests/data/tiny/model
+TOK=tests/data/tiny/tokens.jsonl
+
+mk() { # dir args...
+	/usr/bin/python3 "$REF" make "$@"
+}
+
+# The set of every architecture and hook point, in $T/set.
+make_set() {
+	local D="$T/set"
+	mk "$D/a_std" --arch standard --hook blocks.0.hook_resid_pre --d-in 24 --d-sae 64 --seed 1
+	mk "$D/b_topk" --arch topk --hook blocks.1.hook_resid_post --d-in 24 --d-sae 48 --k 6 --seed 2 --dtype F16
+	mk "$D/c_jump" --arch jumprelu --hook blocks.0.hook_attn_out --d-in 24 --d-sae 64 --seed 3 --dtype BF16 --apply-b-dec 0
+	mk "$D/d_gated" --arch gated --hook blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 4
+	mk "$D/e_z" --arch standard --hook blocks.1.attn.hook_z --d-in 24 --d-sae 64 --seed 5
+	mk "$D/f_mid" --arch standard --hook blocks.0.hook_resid_mid --d-in 24 --d-sae 64 --seed 6 --scale 0.5
+	mk "$D/g_mlpin" --arch standard --hook blocks.1.hook_mlp_in --d-in 24 --d-sae 64 --seed 7
+	mk "$D/h_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in 24 --d-sae 64 --seed 8
+	mk "$D/i_skip" --arch skip_transcoder --hook blocks.1.hook_resid_mid --hook-out blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 9
+	mk "$D/j_jtc" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 10 --fold-ln 0
+}
+
+check_eval() { # set [circ-forward options]
+	circ-forward --model $M --dict "$@" --json $TOK >"$T/c.jsonl"
+	/usr/bin/python3 "$REF" eval $M "$1" $TOK >"$T/r.jsonl"
+	run /usr/bin/python3 "$REF" compare-eval "$T/c.jsonl" "$T/r.jsonl"
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+check_harvest() { # set
+	circ-harvest --model $M --dict "$1" --json $TOK >"$T/c.jsonl"
+	/usr/bin/python3 "$REF" harvest $M "$1" $TOK >"$T/r.jsonl"
+	run /usr/bin/python3 "$REF" compare-harvest "$T/c.jsonl" "$T/r.jsonl"
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+@test "circ-forward --dict: every architecture and hook point against the reference (10 dictionaries)" {
+	make_set
+	check_eval "$T/set"
+	[ "$(grep -c '"dict"' "$T/c.jsonl")" -eq 10 ]
+}
+
+@test "circ-forward --dict: the measures do not depend on the batch size or the thread count" {
+	make_set
+	circ-forward --model $M --dict "$T/set" --batch 1 --threads 1 --json $TOK | tail -n +2 >"$T/a"
+	circ-forward --model $M --dict "$T/set" --batch 3 --threads 2 --json $TOK | tail -n +2 >"$T/b"
+	/usr/bin/python3 - "$T/a" "$T/b" <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 11
+for x, y in zip(a[:-1], b[:-1]):
+    for k, v in x.items():
+        if isinstance(v, float):
+            assert abs(v - y[k]) <= 1e-6 * abs(v) + 1e-9, (k, v, y[k])
+        else:
+            assert v == y[k], (k, v, y[k])
+PY
+}
+
+@test "circ-harvest --dict: feature activations of every architecture and hook point against the reference" {
+	make_set
+	check_harvest "$T/set"
+}
+
+@test "circuit-tracer transcoder files: JumpReLU with skip (default hooks) and ReLU on mlp.hook_in" {
+	/usr/bin/python3 "$REF" make-ct "$T/ct" --layers 2 --d-in 24 --d-sae 32 --jumprelu --skip --seed 3
+	check_eval "$T/ct"
+	check_harvest "$T/ct"
+	/usr/bin/python3 "$REF" make-ct "$T/ct2" --layers 2 --d-in 24 --d-sae 32 --seed 4 --in-hook mlp.hook_in --out-hook mlp.hook_out
+	check_eval "$T/ct2"
+	jq -e -s '.[2] | .dict == 1 and .hook_name == "blocks.1.mlp.hook_in" and .architecture == "transcoder"' "$T/c.jsonl"
+}
+
+@test "a dictionary that reconstructs exactly changes nothing: fvu 0, CE loss recovered 1, KL 0" {
+	mk "$T/id/a" --arch standard --hook blocks.0.hook_resid_mid --d-in 24 --d-sae 48 --identity --apply-b-dec 0
+	mk "$T/id/b" --arch standard --hook blocks.1.attn.hook_z --d-in 24 --d-sae 48 --identity
+	mk "$T/id/c" --arch standard --hook blocks.1.hook_mlp_in --d-in 24 --d-sae 48 --identity
+	circ-forward --model $M --dict "$T/id" --json $TOK >"$T/o"
+	run jq -e -s '.[1:-1] | length == 3 and all(.fvu == 0 and .mse == 0 and (.ce_spliced - .ce_clean | fabs) < 1e-9 and (.ce_loss_recovered - 1 | fabs) < 1e-9 and (.kl | fabs) < 1e-9)' "$T/o"
+	[ "$status" -eq 0 ]
+}
+
+@test "the shipped example set (tests/data/dict/tiny) matches the reference" {
+	check_eval tests/data/dict/tiny
+	check_harvest tests/data/dict/tiny
+}
+
+@test "the streams follow schemas/dict-eval.schema.json and dict-acts.schema.json (and a missing key fails them)" {
+	circ-forward --model $M --dict tests/data/dict/tiny --json $TOK >"$T/e"
+	/usr/bin/python3 tests/validate.py schemas/dict-eval.schema.json "$T/e"
+	circ-harvest --model $M --dict tests/data/dict/tiny --json $TOK >"$T/h"
+	/usr/bin/python3 tests/validate.py schemas/dict-acts.schema.json "$T/h"
+	sed '2s/"fvu":[^,]*,//' "$T/e" >"$T/e2"
+	run /usr/bin/python3 tests/validate.py schemas/dict-eval.schema.json "$T/e2"
+	[ "$status" -ne 0 ]
+	sed '2s/"row_ptr":/"rowptr":/' "$T/h" >"$T/h2"
+	run /usr/bin/python3 tests/validate.py schemas/dict-acts.schema.json "$T/h2"
+	[ "$status" -ne 0 ]
+}
+
+@test "binary output equals the JSON lines (circ cat)" {
+	circ-forward --model $M --dict tests/data/dict/tiny -o "$T/e.circ" $TOK
+	circ-forward --model $M --dict tests/data/dict/tiny --json $TOK | sed 1d >"$T/j"
+	circ cat --json "$T/e.circ" | sed 1d >"$T/k"
+	cmp "$T/j" "$T/k"
+}
+
+@test "--dict: options that do not apply are usage errors" {
+	run --separate-stderr -2 circ-forward --model $M --dict tests/data/dict/tiny --corrupt $TOK
+	[[ "$stderr" == *"--dict: --logits and --corrupt do not apply"* ]]
+	run --separate-stderr -2 circ-harvest --model $M --dict tests/data/dict/tiny --ablation mean $TOK
+	[[ "$stderr" == *"--dict: --ablation does not apply"* ]]
+	circ-forward --help | grep -q -- '--dict DIR'
+	circ-harvest --help | grep -q -- '--dict DIR'
+}
+
+@test "dict_ref.py cfgcheck (run by test_dict on what circ writes) fails on a missing key and a wrong type" {
+	mk "$T/d" --arch topk --k 4 --hook blocks.0.hook_resid_pre --d-in 24 --d-sae 32
+	/usr/bin/python3 "$REF" cfgcheck "$T/d"
+	jq '.d_in = "24"' "$T/d/cfg.json" >"$T/c" && cp "$T/c" "$T/d/cfg.json"
+	run /usr/bin/python3 "$REF" cfgcheck "$T/d"
+	[ "$status" -ne 0 ] && [[ "$output" == *"key 'd_in'"* ]]
+	jq 'del(.d_in) | del(.hook_layer)' "$T/d/cfg.json" >"$T/c" && cp "$T/c" "$T/d/cfg.json"
+	run /usr/bin/python3 "$REF" cfgcheck "$T/d"
+	[ "$status" -ne 0 ] && [[ "$output" == *"key 'd_in' missing"* ]]
+}
