@@ -4,10 +4,14 @@
  *
  * Usage: dict_train_bench ARCH D_IN D_SAE BATCH THREADS STEPS
  * One warm-up step, then STEPS timed steps on one fixed batch of normal(0,
- * 1) rows; prints "ARCH tokens_per_s wall_per_step_s".
+ * 1) rows; prints "ARCH tokens_per_s wall_per_step_s L0". ARCH relu-sparse
+ * is relu with b_enc started at -0.233, so that about 1% of the latents
+ * fire (a trained SAE's L0 of a few hundred) as bench/dict_train_torch.py
+ * does it too.
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "dict_train.h"
 
@@ -17,7 +21,8 @@ int main(int argc, char **argv)
 	circ_dtrain_arch a;
 	circ_error e;
 	circ_rng r;
-	if (argc != 7 || circ_dtrain_arch_parse(argv[1], &a) < 0) {
+	int sparse = argc == 7 && !strcmp(argv[1], "relu-sparse");
+	if (argc != 7 || (circ_dtrain_arch_parse(sparse ? "relu" : argv[1], &a) < 0)) {
 		fprintf(stderr, "usage: dict_train_bench ARCH D_IN D_SAE BATCH THREADS STEPS\n");
 		return 2;
 	}
@@ -32,6 +37,12 @@ int main(int argc, char **argv)
 	if (!t) {
 		fprintf(stderr, "dict_train_bench: %s\n", e.msg);
 		return 1;
+	}
+	if (sparse) {
+		circ_dtrain_view v;
+		circ_dtrain_views(t, circ_dtrain_params(t), &v);
+		for (int i = 0; i < o.d_sae; i++)
+			v.b_enc[i] = -0.233f;
 	}
 	size_t n = (size_t)o.batch * o.d_in;
 	float *x = circ_xmalloc_aligned(n * sizeof(float));
@@ -50,7 +61,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	double dt = (circ_now() - t0) / steps;
-	printf("%s %.1f %.4f\n", argv[1], o.batch / dt, dt);
+	printf("%s %.1f %.4f %.1f\n", argv[1], o.batch / dt, dt, st.l0);
 	free(x);
 	circ_dtrain_free(t);
 	return 0;

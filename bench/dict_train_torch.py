@@ -9,8 +9,11 @@ circ_dtrain_step (bench/dict_train.sh times both):
         circ's run); the decoder rows' gradient made orthogonal to them; Adam;
         rows renormalised
 
+  relu-sparse  relu with b_enc started at -0.233 (about 1% of the latents
+        fire, as in a trained SAE); the same dense step
+
 Usage: dict_train_torch.py ARCH D_IN D_SAE BATCH THREADS STEPS
-Prints "ARCH tokens_per_s wall_per_step_s" after one warm-up step.
+Prints "ARCH tokens_per_s wall_per_step_s L0" after one warm-up step.
 """
 import sys
 import time
@@ -19,19 +22,22 @@ import torch
 
 
 def main():
-    arch, D, S, B, threads, steps = sys.argv[1], *map(int, sys.argv[2:])
+    name, D, S, B, threads, steps = sys.argv[1], *map(int, sys.argv[2:])
+    arch = "relu" if name == "relu-sparse" else name
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     W_dec = torch.randn(S, D)
     W_dec *= (0.1 if arch == "relu" else 1.0) / W_dec.norm(dim=1, keepdim=True)
     W_dec.requires_grad_(True)
     W_enc = W_dec.detach().t().clone().requires_grad_(True)
-    b_enc = torch.zeros(S, requires_grad=True)
+    b_enc = torch.full((S,), -0.233 if name == "relu-sparse" else 0.0, requires_grad=True)
     b_dec = torch.zeros(D, requires_grad=True)
     params = [W_enc, b_enc, W_dec, b_dec]
     opt = torch.optim.Adam(params, lr=5e-5 if arch == "relu" else 4e-4)
     x = torch.randn(B, D)
     k = 32
+
+    l0 = [0.0]
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -41,6 +47,7 @@ def main():
         else:
             v, i = pre.topk(k, dim=-1)
             f = torch.zeros_like(pre).scatter(-1, i, torch.relu(v))
+        l0[0] = (f > 0).sum().item() / B
         recon = f @ W_dec + b_dec
         loss = ((recon - x) ** 2).sum(-1).mean()
         if arch == "relu":
@@ -61,7 +68,7 @@ def main():
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
-    print("%s %.1f %.4f" % (arch, B / dt, dt))
+    print("%s %.1f %.4f %.1f" % (name, B / dt, dt, l0[0]))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ void circ_dtrain_opts_default(circ_dtrain_opts *o, circ_dtrain_arch a)
 	o->bandwidth = 1e-3;
 	o->threshold_init = 1e-3;
 	o->dec_init_norm = a == CIRC_DTRAIN_RELU ? 0.1 : 1.0;
+	o->sparse_below = 0.05;
 	o->lr = a == CIRC_DTRAIN_RELU ? 5e-5 : 4e-4;
 	o->steps = 1000;
 	o->decay = a == CIRC_DTRAIN_RELU ? -1 : 0; /* -1: 20% of the steps */
@@ -115,9 +116,10 @@ struct circ_dtrain {
 	float *val;	  /* (cap) activation */
 	float *dp;	  /* (cap) d loss / d pre */
 	int64_t cap, nmain, naux;
-	int64_t *lp;	/* (S + 1) latent-major index: entries of latent i */
-	int64_t *order; /* (cap) entry ids by latent, rows ascending */
-	int32_t *dead;	/* (S) dead latents at the step's start */
+	int sparse_step; /* this step decodes from sparse rows */
+	int64_t *lp;	 /* (S + 1) latent-major index: entries of latent i */
+	int64_t *order;	 /* (cap) entry ids by latent, rows ascending */
+	int32_t *dead;	 /* (S) dead latents at the step's start */
 	int ndead;
 	double *lat_sum;      /* (S) per-latent sparsity terms */
 	double *acc;	      /* (4, S) dense per-latent sums: db_enc, d theta, sum f, count */
@@ -408,6 +410,19 @@ CLONES static void axpy(float *y, float a, const float *x, int n)
 		y[j] += a * x[j];
 }
 
+/* Room for n sparse entries (relu's sparse steps grow it). */
+static void reserve_entries(circ_dtrain *t, int64_t n)
+{
+	if (n <= t->cap)
+		return;
+	t->cap = n + n / 4;
+	t->lat = circ_xrealloc(t->lat, (size_t)t->cap * sizeof(int32_t));
+	t->erow = circ_xrealloc(t->erow, (size_t)t->cap * sizeof(int32_t));
+	t->val = circ_xrealloc(t->val, (size_t)t->cap * sizeof(float));
+	t->dp = circ_xrealloc(t->dp, (size_t)t->cap * sizeof(float));
+	t->order = circ_xrealloc(t->order, (size_t)t->cap * sizeof(int64_t));
+}
+
 /* ---- pass 1: rows ---- */
 
 typedef struct step_ctx {
@@ -525,7 +540,7 @@ static void rows_decode(step_ctx *c, int b0, int b1)
 	float sc = 2.0f / (float)c->B;
 	for (int b = b0; b < b1; b++)
 		memcpy(t->yhat + (size_t)b * O, c->v.b_dec, (size_t)O * sizeof(float));
-	if (!sparse_arch(t->o.arch)) {
+	if (!t->sparse_step) {
 		if (b1 > b0)
 			circ_gemm(0, 0, b1 - b0, O, S, 1.0f, t->f + (size_t)b0 * S, S, c->v.W_dec,
 				  O, 1.0f, t->yhat + (size_t)b0 * O, O);
@@ -559,6 +574,9 @@ static void rows_sparse_grad(step_ctx *c, int b0, int b1)
 		const float *dy = t->dy + (size_t)b * O;
 		for (int64_t q = t->rp[b]; q < t->rp[b + 1]; q++)
 			t->dp[q] = dot(dy, c->v.W_dec + (size_t)t->lat[q] * O, O);
+		if (t->o.arch == CIRC_DTRAIN_RELU) /* the L1 term: l1 ||W_dec,i|| / B */
+			for (int64_t q = t->rp[b]; q < t->rp[b + 1]; q++)
+				t->dp[q] += t->theta[(size_t)t->S + t->lat[q]];
 		t->row_aux[b] = 0;
 		if (t->ap[b + 1] == t->ap[b])
 			continue;
@@ -617,12 +635,48 @@ static void p_act_dense(step_ctx *c, int part, int lo, int hi)
 	(void)part;
 	for (int b = lo; b < hi; b++) {
 		float *pre = t->pre + b * S, *f = t->f + b * S;
+		int64_t n = 0;
 		if (t->o.arch == CIRC_DTRAIN_RELU)
-			for (size_t i = 0; i < S; i++)
+			for (size_t i = 0; i < S; i++) {
 				f[i] = pre[i] > 0 ? pre[i] : 0.0f;
+				n += f[i] > 0;
+			}
 		else
 			for (size_t i = 0; i < S; i++)
 				f[i] = pre[i] > t->theta[i] ? pre[i] : 0.0f;
+		t->rp[b + 1] = n;
+	}
+}
+
+/* Sparse rows of relu's activations: row b's entries at rp[b] (offsets
+ * already summed). */
+static void p_gather(step_ctx *c, int part, int lo, int hi)
+{
+	circ_dtrain *t = c->t;
+	size_t S = (size_t)t->S;
+	(void)part;
+	for (int b = lo; b < hi; b++) {
+		const float *f = t->f + b * S;
+		int64_t w = t->rp[b];
+		for (size_t i = 0; i < S; i++)
+			if (f[i] > 0) {
+				t->lat[w] = (int32_t)i;
+				t->val[w] = f[i];
+				t->erow[w] = b;
+				w++;
+			}
+	}
+}
+
+/* Decoder row norms and relu's L1 term per latent: nrm (S), theta + S (S). */
+static void p_norms(step_ctx *c, int part, int lo, int hi)
+{
+	circ_dtrain *t = c->t;
+	(void)part;
+	for (int i = lo; i < hi; i++) {
+		const float *w = c->v.W_dec + (size_t)i * t->O;
+		t->nrm[i] = sqrt((double)dot(w, w, t->O));
+		t->theta[(size_t)t->S + i] = (float)(c->l1 * t->nrm[i] / c->B);
 	}
 }
 
@@ -781,6 +835,17 @@ static void p_lat_sparse(step_ctx *c, int part, int lo, int hi)
 		}
 		c->gv.b_enc[i] = (float)dbe;
 		t->fired[i] = nmain > 0;
+		if (t->o.arch == CIRC_DTRAIN_RELU && nmain > 0) {
+			/* the L1 term: l1/B ||W_i|| sum_b f_bi, and its W_dec gradient */
+			double fs = 0;
+			for (int64_t q = t->lp[i]; q < t->lp[i + 1]; q++)
+				fs += t->val[t->order[q]];
+			t->lat_sum[i] = c->l1 * t->nrm[i] * fs / c->B;
+			if (t->nrm[i] > 0)
+				axpy(gd, (float)(c->l1 * fs / c->B / t->nrm[i]),
+				     c->v.W_dec + (size_t)i * O, O);
+		} else
+			t->lat_sum[i] = 0;
 	}
 }
 
@@ -981,8 +1046,39 @@ static int forward_backward(circ_dtrain *t, const float *x, const float *y, int 
 	run_pass(&c, B, p_pre);
 	double spars = 0, aux = 0;
 	int64_t active = 0;
+	t->sparse_step = sparse_arch(o->arch);
 	if (!sparse_arch(o->arch)) {
 		run_pass(&c, B, p_act_dense);
+		int64_t nnz = 0;
+		for (int b = 0; b < B; b++)
+			nnz += t->rp[b + 1];
+		t->sparse_step = o->arch == CIRC_DTRAIN_RELU &&
+				 (double)nnz < o->sparse_below * (double)B * (double)S;
+	}
+	if (t->sparse_step && o->arch == CIRC_DTRAIN_RELU) {
+		/* relu on sparse activations: the topk machinery, no AuxK */
+		int64_t nnz = 0;
+		for (int b = 0; b < B; b++) {
+			int64_t n = t->rp[b + 1];
+			t->rp[b] = nnz;
+			nnz += n;
+		}
+		t->rp[B] = nnz;
+		reserve_entries(t, nnz > 0 ? nnz : 1);
+		run_pass(&c, B, p_gather);
+		t->nmain = nnz;
+		t->naux = 0;
+		for (int b = 0; b <= B; b++)
+			t->ap[b] = nnz;
+		run_pass(&c, S, p_norms);
+		run_pass(&c, B, p_decode);
+		run_pass(&c, B, p_sparse_grad);
+		index_latents(t);
+		run_pass(&c, S, p_lat_sparse);
+		for (int i = 0; i < S; i++)
+			spars += t->lat_sum[i];
+		active = nnz;
+	} else if (!sparse_arch(o->arch)) {
 		run_pass(&c, B, p_decode);
 		run_pass(&c, B, p_df);
 		run_pass(&c, S, p_lat_dense);
@@ -1138,14 +1234,14 @@ static void fingerprint(const circ_dtrain_opts *o, char *s, size_t n)
 	snprintf(s, n,
 		 "arch=%s d_in=%d d_out=%d d_sae=%d transcoder=%d apply_b_dec=%d k=%d k_aux=%d "
 		 "aux=%a dead=%" PRId64 " l1=%a l1_warmup=%" PRId64 " l0=%a bw=%a theta=%a "
-		 "dec_norm=%a lr=%a min_lr=%a steps=%" PRId64 " warmup=%" PRId64 " decay=%" PRId64
-		 " b1=%a b2=%a eps=%a wd=%a clip=%a batch=%d threads=%d "
+		 "dec_norm=%a sparse_below=%a lr=%a min_lr=%a steps=%" PRId64 " warmup=%" PRId64
+		 " decay=%" PRId64 " b1=%a b2=%a eps=%a wd=%a clip=%a batch=%d threads=%d "
 		 "seed=%" PRIu64,
 		 circ_dtrain_arch_name(o->arch), o->d_in, o->d_out, o->d_sae, o->transcoder,
 		 o->apply_b_dec_to_input, o->k, o->k_aux, o->aux_coeff, o->dead_tokens, o->l1,
-		 o->l1_warmup, o->l0, o->bandwidth, o->threshold_init, o->dec_init_norm, o->lr,
-		 o->min_lr, o->steps, o->warmup, o->decay, o->beta1, o->beta2, o->eps,
-		 o->weight_decay, o->clip, o->batch, o->threads, o->seed);
+		 o->l1_warmup, o->l0, o->bandwidth, o->threshold_init, o->dec_init_norm,
+		 o->sparse_below, o->lr, o->min_lr, o->steps, o->warmup, o->decay, o->beta1,
+		 o->beta2, o->eps, o->weight_decay, o->clip, o->batch, o->threads, o->seed);
 }
 
 int circ_dtrain_save(const circ_dtrain *t, const char *path, int n, const circ_st_tensor *extra,

@@ -35,7 +35,9 @@
  * Speed: the encoder is one dense product split over the thread pool; TopK
  * and BatchTopK decode, and take every gradient, from their k active latents
  * per token (sparse rows, then a latent-major pass in a fixed order), never
- * a dense (B, d_sae) product. OpenBLAS runs single-threaded inside the pool's
+ * a dense (B, d_sae) product; so does relu on a batch whose activations are
+ * sparse enough (sparse_below: a trained SAE's L0 is a few hundred of tens of
+ * thousands), else it uses GEMMs. OpenBLAS runs single-threaded inside the pool's
  * parts: the same seed and thread count give the same bytes.
  *
  * Data: a shuffled buffer in memory (circ_dbuf) fed by a source callback; a
@@ -91,6 +93,10 @@ typedef struct circ_dtrain_opts {
 	double bandwidth;	  /* jumprelu: STE kernel width */
 	double threshold_init;	  /* jumprelu: initial theta */
 	double dec_init_norm;	  /* norm of the initial decoder rows */
+	double sparse_below;	  /* relu: a batch whose activations are denser than
+				   * this fraction goes the dense way (GEMMs), a
+				   * sparser one the sparse way (0: always dense,
+				   * 1: always sparse) */
 	double lr, min_lr;	  /* peak rate; final rate as a fraction of it */
 	int64_t steps, warmup, decay;
 	double beta1, beta2, eps, weight_decay, clip; /* clip <= 0: none */
@@ -102,7 +108,7 @@ typedef struct circ_dtrain_opts {
 /* Defaults for architecture a (dimensions left 0): k 32, k_aux d_in/2 at
  * circ_dtrain_new, aux 1/32, dead after 10M tokens, l1 5 with warm-up over
  * 5% of the steps, l0 1e-3 (scaled by nothing: set it), bandwidth 1e-3,
- * theta 1e-3, decoder rows of norm 0.1 (relu) or 1, lr 4e-4 (relu 5e-5),
+ * theta 1e-3, decoder rows of norm 0.1 (relu) or 1, sparse_below 0.05, lr 4e-4 (relu 5e-5),
  * min_lr 0, 1000 steps, no warm-up, decay over the last 20% (relu) or none,
  * betas 0.9/0.999, eps 1e-8, no weight decay, clip 1 (relu) or none, batch
  * 4096, 1 thread, seed 0. */

@@ -2,8 +2,8 @@
  * test_dict_train: dictionary training (lib/dict_train).
  *
  * 1. Finite differences: every parameter's gradient of each architecture's
- *    loss (SAE and transcoder), AuxK off (its residual is a constant by
- *    definition) and jumprelu's thresholds left out (their gradient is the
+ *    loss (SAE and transcoder; relu on its dense and its sparse path), AuxK off (its residual is a
+ * constant by definition) and jumprelu's thresholds left out (their gradient is the
  *    straight-through estimate, not the derivative): central differences
  *    with h = 1e-3 within 2e-3 of the largest gradient.
  * 2. Against PyTorch (tests/ref/dict_train_ref.py, float64, autograd over
@@ -31,13 +31,16 @@
 
 static char tmp[256];
 
+/* The architectures, and relu once more on its sparse path (index 4). */
 static const circ_dtrain_arch archs[] = {CIRC_DTRAIN_RELU, CIRC_DTRAIN_TOPK, CIRC_DTRAIN_BATCHTOPK,
-					 CIRC_DTRAIN_JUMPRELU};
+					 CIRC_DTRAIN_JUMPRELU, CIRC_DTRAIN_RELU};
+static const char *const arch_label[] = {"relu", "topk", "batchtopk", "jumprelu", "relu-sparse"};
 
 /* Small options for gradient checks. */
-static void small_opts(circ_dtrain_opts *o, circ_dtrain_arch a, int tc, int B)
+static void small_opts(circ_dtrain_opts *o, int ai, int tc, int B)
 {
-	circ_dtrain_opts_default(o, a);
+	circ_dtrain_opts_default(o, archs[ai]);
+	o->sparse_below = ai == 4 ? 1.0 : 0.0;
 	o->d_in = 6;
 	o->d_out = tc ? 5 : 6;
 	o->d_sae = 12;
@@ -70,13 +73,13 @@ static double loss_of(circ_dtrain *t, const float *x, const float *y, int B)
 
 static void test_finite_differences(void)
 {
-	for (int ai = 0; ai < 4; ai++)
+	for (int ai = 0; ai < 5; ai++)
 		for (int tc = 0; tc < 2; tc++) {
 			circ_dtrain_opts o;
 			circ_error e;
 			circ_rng r;
 			int B = 7;
-			small_opts(&o, archs[ai], tc, B);
+			small_opts(&o, ai, tc, B);
 			circ_dtrain *t = circ_dtrain_new(&o, &e);
 			CHECK_MSG(t != NULL, e);
 			circ_rng_seed(&r, 5 + (uint64_t)ai);
@@ -106,10 +109,10 @@ static void test_finite_differences(void)
 				p[i] = keep;
 				worst = fmax(worst, fabs((lp - lm) / (2 * h) - g[i]));
 			}
-			fprintf(stderr,
-				"test_dict_train: finite differences %-9s %s: worst %.2e of %.2e\n",
-				circ_dtrain_arch_name(archs[ai]), tc ? "transcoder" : "sae", worst,
-				gmax);
+			fprintf(
+			    stderr,
+			    "test_dict_train: finite differences %-11s %s: worst %.2e of %.2e\n",
+			    arch_label[ai], tc ? "transcoder" : "sae", worst, gmax);
 			CHECK(gmax > 0.1 && worst < 2e-3 * gmax);
 			free(g);
 			circ_dtrain_free(t);
@@ -122,6 +125,7 @@ enum { TB = 9, TSTEPS = 3 };
 
 typedef struct torch_case {
 	circ_dtrain_opts o;
+	const char *label;
 	circ_dtrain *t;
 	float x[TB * 6], y[TB * 5], xs[TSTEPS][TB * 6], ys[TSTEPS][TB * 5];
 	unsigned char dead[12];
@@ -284,10 +288,9 @@ static void torch_compare(torch_case *c, int idx)
 		pworst = fmax(pworst, worst_diff(ps[q].mine, r->data, ps[q].n, &am));
 	}
 	fprintf(stderr,
-		"test_dict_train: PyTorch %-9s %s: gradient worst %.2e of %.2e, after %d steps "
+		"test_dict_train: PyTorch %-11s %s: gradient worst %.2e of %.2e, after %d steps "
 		"%.2e\n",
-		circ_dtrain_arch_name(o->arch), o->transcoder ? "transcoder" : "sae", worst, gmax,
-		TSTEPS, pworst);
+		c->label, o->transcoder ? "transcoder" : "sae", worst, gmax, TSTEPS, pworst);
 	CHECK(gmax > 0.1 && worst < 1e-4 * gmax);
 	CHECK(pworst < 1e-4);
 	circ_st_close(f);
@@ -297,7 +300,7 @@ static void test_torch(void)
 {
 	const char *root = getenv("CIRC_ROOT");
 	char cases[300], cmd[1200];
-	torch_case *tc = calloc(8, sizeof *tc);
+	torch_case *tc = calloc(10, sizeof *tc);
 	if (getenv("CIRC_SKIP_TORCH")) {
 		fprintf(stderr,
 			"test_dict_train: CIRC_SKIP_TORCH set: PyTorch comparisons skipped\n");
@@ -312,8 +315,9 @@ static void test_torch(void)
 		return;
 	}
 	fprintf(js, "[\n");
-	for (int q = 0; q < 8; q++) {
-		small_opts(&tc[q].o, archs[q / 2], q % 2, TB);
+	for (int q = 0; q < 10; q++) {
+		small_opts(&tc[q].o, q / 2, q % 2, TB);
+		tc[q].label = arch_label[q / 2];
 		tc[q].o.aux_coeff = 0.5;
 		tc[q].o.threads = 2;
 		tc[q].o.lr = 1e-2;
@@ -336,9 +340,9 @@ static void test_torch(void)
 			cmd);
 		failures++;
 	} else
-		for (int q = 0; q < 8; q++)
+		for (int q = 0; q < 10; q++)
 			torch_compare(&tc[q], q);
-	for (int q = 0; q < 8; q++)
+	for (int q = 0; q < 10; q++)
 		circ_dtrain_free(tc[q].t);
 	free(tc);
 }
@@ -427,7 +431,7 @@ static void test_recovery(void)
 
 static void test_resume(void)
 {
-	for (int ai = 1; ai < 4; ai += 2) { /* a sparse and a dense architecture */
+	for (int ai = 0; ai < 4; ai += 1 + (ai == 1)) { /* relu, topk, jumprelu */
 		circ_dtrain_opts o;
 		circ_error e;
 		char ck[300];
