@@ -200,6 +200,23 @@ static int check_opts(const circ_dtrain_opts *o, circ_error *e)
 	return 0;
 }
 
+/* n random directions (normal draws, normalised) of norm `norm` in R^d:
+ * w (n, d). */
+static void random_dirs(circ_rng *r, float *w, int n, int d, double norm)
+{
+	for (int i = 0; i < n; i++) {
+		float *row = w + (size_t)i * d;
+		double nn = 0;
+		for (int j = 0; j < d; j++) {
+			row[j] = (float)circ_rng_normal(r);
+			nn += (double)row[j] * row[j];
+		}
+		double s = norm / sqrt(nn > 0 ? nn : 1);
+		for (int j = 0; j < d; j++)
+			row[j] = (float)(row[j] * s);
+	}
+}
+
 circ_dtrain *circ_dtrain_new(const circ_dtrain_opts *o, circ_error *e)
 {
 	if (check_opts(o, e) < 0)
@@ -267,31 +284,11 @@ circ_dtrain *circ_dtrain_new(const circ_dtrain_opts *o, circ_error *e)
 	circ_dtrain_view v;
 	circ_rng_seed_stream(&r, o->seed, 0);
 	circ_dtrain_views(t, t->p, &v);
-	for (int i = 0; i < S; i++) {
-		float *w = v.W_dec + (size_t)i * O;
-		double nn = 0;
-		for (int j = 0; j < O; j++) {
-			w[j] = (float)circ_rng_normal(&r);
-			nn += (double)w[j] * w[j];
-		}
-		double s = o->dec_init_norm / sqrt(nn > 0 ? nn : 1);
-		for (int j = 0; j < O; j++)
-			w[j] = (float)(w[j] * s);
-	}
+	random_dirs(&r, v.W_dec, S, O, o->dec_init_norm);
 	if (!o->transcoder)
 		memcpy(v.W_enc_t, v.W_dec, (size_t)S * D * sizeof(float));
 	else
-		for (int i = 0; i < S; i++) {
-			float *w = v.W_enc_t + (size_t)i * D;
-			double nn = 0;
-			for (int j = 0; j < D; j++) {
-				w[j] = (float)circ_rng_normal(&r);
-				nn += (double)w[j] * w[j];
-			}
-			double s = o->dec_init_norm / sqrt(nn > 0 ? nn : 1);
-			for (int j = 0; j < D; j++)
-				w[j] = (float)(w[j] * s);
-		}
+		random_dirs(&r, v.W_enc_t, S, D, o->dec_init_norm);
 	if (v.log_theta)
 		for (int i = 0; i < S; i++)
 			v.log_theta[i] = (float)log(o->threshold_init);
@@ -1470,19 +1467,6 @@ struct circ_dfix {
 	circ_rng r;
 };
 
-static void random_dirs(circ_rng *r, float *w, int n, int d)
-{
-	for (int i = 0; i < n; i++) {
-		double nn = 0;
-		for (int j = 0; j < d; j++) {
-			w[(size_t)i * d + j] = (float)circ_rng_normal(r);
-			nn += (double)w[(size_t)i * d + j] * w[(size_t)i * d + j];
-		}
-		for (int j = 0; j < d; j++)
-			w[(size_t)i * d + j] = (float)(w[(size_t)i * d + j] / sqrt(nn));
-	}
-}
-
 circ_dfix *circ_dfix_new(int d, int d_out, int n_feat, int n_corr, int n_anti, double p,
 			 uint64_t seed)
 {
@@ -1496,10 +1480,10 @@ circ_dfix *circ_dfix_new(int d, int d_out, int n_feat, int n_corr, int n_anti, d
 	f->p = p;
 	circ_rng_seed_stream(&f->r, seed, 2);
 	f->dirs = circ_xmalloc((size_t)n_feat * d * sizeof(float));
-	random_dirs(&f->r, f->dirs, n_feat, d);
+	random_dirs(&f->r, f->dirs, n_feat, d, 1.0);
 	if (d_out > 0) {
 		f->out_dirs = circ_xmalloc((size_t)n_feat * d_out * sizeof(float));
-		random_dirs(&f->r, f->out_dirs, n_feat, d_out);
+		random_dirs(&f->r, f->out_dirs, n_feat, d_out, 1.0);
 	}
 	f->a = circ_xmalloc((size_t)n_feat * sizeof(float));
 	return f;

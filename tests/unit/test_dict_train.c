@@ -216,6 +216,34 @@ static double worst_diff(const float *a, const float *b, size_t n, double *amax)
 	return w;
 }
 
+/* One of circ's tensors and the name of the reference's. */
+typedef struct named {
+	const char *name;
+	const float *mine;
+	size_t n;
+} named;
+
+/* The largest difference between each of circ's tensors and the
+ * reference's of the same name (a missing or misshapen one fails); *amax
+ * gets the largest reference value. */
+static double compare_named(const circ_st *f, const named *t, int n, double *amax)
+{
+	double worst = 0;
+	*amax = 0;
+	for (int q = 0; q < n; q++) {
+		if (!t[q].mine)
+			continue;
+		const circ_st_tensor *r = circ_st_find(f, t[q].name);
+		CHECK(r && r->nbytes == t[q].n * sizeof(float));
+		if (!r || r->nbytes != t[q].n * sizeof(float))
+			continue;
+		double am;
+		worst = fmax(worst, worst_diff(t[q].mine, r->data, t[q].n, &am));
+		*amax = fmax(*amax, am);
+	}
+	return worst;
+}
+
 static void torch_compare(torch_case *c, int idx)
 {
 	circ_error e;
@@ -237,27 +265,12 @@ static void torch_compare(torch_case *c, int idx)
 	for (int i = 0; i < S; i++)
 		for (int j = 0; j < D; j++)
 			gW_enc[j * S + i] = gv.W_enc_t[i * D + j];
-	struct {
-		const char *name;
-		const float *mine;
-		size_t n;
-	} gs[] = {{"grad.W_enc", gW_enc, (size_t)D * S},
-		  {"grad.b_enc", gv.b_enc, (size_t)S},
-		  {"grad.W_dec", gv.W_dec, (size_t)S * O},
-		  {"grad.b_dec", gv.b_dec, (size_t)O},
-		  {"grad.log_theta", gv.log_theta, (size_t)S}};
-	double gmax = 0, worst = 0;
-	for (int q = 0; q < 5; q++) {
-		if (!gs[q].mine)
-			continue;
-		const circ_st_tensor *r = circ_st_find(f, gs[q].name);
-		CHECK(r && r->nbytes == gs[q].n * sizeof(float));
-		if (!r || r->nbytes != gs[q].n * sizeof(float))
-			continue;
-		double am;
-		worst = fmax(worst, worst_diff(gs[q].mine, r->data, gs[q].n, &am));
-		gmax = fmax(gmax, am);
-	}
+	named gs[] = {{"grad.W_enc", gW_enc, (size_t)D * S},
+		      {"grad.b_enc", gv.b_enc, (size_t)S},
+		      {"grad.W_dec", gv.W_dec, (size_t)S * O},
+		      {"grad.b_dec", gv.b_dec, (size_t)O},
+		      {"grad.log_theta", gv.log_theta, (size_t)S}};
+	double gmax, worst = compare_named(f, gs, 5, &gmax);
 	/* three steps, nothing dead */
 	unsigned char none[12] = {0};
 	circ_dtrain_set_dead(c->t, none);
@@ -267,26 +280,12 @@ static void torch_compare(torch_case *c, int idx)
 			  e);
 	float W_enc[6 * 12], b_enc[12], W_dec[12 * 6], b_dec[6], lt[12];
 	export_all(c->t, W_enc, b_enc, W_dec, b_dec, lt);
-	struct {
-		const char *name;
-		const float *mine;
-		size_t n;
-	} ps[] = {{"final.W_enc", W_enc, (size_t)D * S},
-		  {"final.b_enc", b_enc, (size_t)S},
-		  {"final.W_dec", W_dec, (size_t)S * O},
-		  {"final.b_dec", b_dec, (size_t)O},
-		  {"final.log_theta", o->arch == CIRC_DTRAIN_JUMPRELU ? lt : NULL, (size_t)S}};
-	double pworst = 0;
-	for (int q = 0; q < 5; q++) {
-		if (!ps[q].mine)
-			continue;
-		const circ_st_tensor *r = circ_st_find(f, ps[q].name);
-		CHECK(r && r->nbytes == ps[q].n * sizeof(float));
-		if (!r || r->nbytes != ps[q].n * sizeof(float))
-			continue;
-		double am;
-		pworst = fmax(pworst, worst_diff(ps[q].mine, r->data, ps[q].n, &am));
-	}
+	named ps[] = {{"final.W_enc", W_enc, (size_t)D * S},
+		      {"final.b_enc", b_enc, (size_t)S},
+		      {"final.W_dec", W_dec, (size_t)S * O},
+		      {"final.b_dec", b_dec, (size_t)O},
+		      {"final.log_theta", o->arch == CIRC_DTRAIN_JUMPRELU ? lt : NULL, (size_t)S}};
+	double pmax, pworst = compare_named(f, ps, 5, &pmax);
 	fprintf(stderr,
 		"test_dict_train: PyTorch %-11s %s: gradient worst %.2e of %.2e, after %d steps "
 		"%.2e\n",
