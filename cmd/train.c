@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "batch.h"
 #include "bpe.h"
 #include "model.h"
 #include "cli/opt.h"
@@ -675,6 +676,7 @@ enum {
 	DOPT_FIXTURE,
 	DOPT_STOP_AFTER,
 	DOPT_NORMALIZE,
+	DOPT_TOKENS,
 	DOPT_N
 };
 
@@ -720,6 +722,9 @@ static const circ_opt dopts[] = {
     {"fixture", DOPT_FIXTURE, NULL,
      "train on the superposition fixture (64 known directions in 32 dimensions) instead of a "
      "model and print how well they are recovered"},
+    {"tokens", DOPT_TOKENS, NULL,
+     "the corpus is a token stream (circ-tokenize's dataset output): its examples' clean ids, "
+     "one after another"},
     {"normalize", DOPT_NORMALIZE, NULL,
      "scale activations so that their mean squared norm is d_in (SAELens's "
      "expected_average_only_in, estimated on the first buffer; saved in the dictionary)"},
@@ -731,7 +736,7 @@ static const circ_opt dopts[] = {
 static struct {
 	const char *model, *hook, *hook_out, *out, *dtype, *checkpoint, *resume;
 	circ_dtrain_opts t;
-	int d_sae, ctx_len, seqs, log, every, fixture, transcoder, normalize;
+	int d_sae, ctx_len, seqs, log, every, fixture, transcoder, normalize, tokens;
 	int64_t buffer, stop_after;
 	const char *given[DOPT_N - CIRC_OPT_FIRST_TOOL + 1];
 } d = {.dtype = "F32", .ctx_len = 128, .seqs = 16, .every = 1000};
@@ -793,6 +798,7 @@ static int dhandle(int key, const char *arg, void *ctx)
 	case DOPT_RESUME: d.resume = arg; break;
 	case DOPT_FIXTURE: d.fixture = 1; break;
 	case DOPT_NORMALIZE: d.normalize = 1; break;
+	case DOPT_TOKENS: d.tokens = 1; break;
 	case DOPT_STOP_AFTER: d.stop_after = circ_opt_i64("stop-after", arg, 1, 1000000000); break;
 	default: return -1;
 	}
@@ -805,19 +811,62 @@ static int dgiven(int key)
 	return d.given[key - CIRC_OPT_FIRST_TOOL] != NULL;
 }
 
-/* The corpus: token ids as text, cut into sequences of T. */
+/* The corpus: token ids as text, or a token stream's clean ids, cut into
+ * sequences of T. */
 typedef struct corpus {
 	FILE *f;
+	circ_reader *r;	 /* a token stream, else NULL */
+	int32_t *ids;	 /* the current record's ids */
+	size_t nids, at; /* how many; the next one */
 	const char *name;
 	int vocab;
-	int64_t ids;
+	int64_t n; /* ids read */
 } corpus;
+
+/* The next id of a token stream into *v: 1, 0 at its end, -1 on error. */
+static int stream_id(corpus *c, int32_t *v, circ_error *e)
+{
+	while (c->at == c->nids) {
+		const msgpack_object *rec;
+		circ_tensor t;
+		int rc = circ_reader_next(c->r, &rec, e);
+		if (rc <= 0)
+			return rc;
+		if (circ_rec_tensor(rec, "clean", &t, e) < 0)
+			return circ_reader_fail(c->r, e);
+		c->nids = (size_t)circ_tensor_numel(&t);
+		c->ids = circ_xrealloc(c->ids, (c->nids ? c->nids : 1) * sizeof *c->ids);
+		if (circ_tensor_copy_i32(&t, c->ids, e) < 0)
+			return circ_reader_fail(c->r, e);
+		c->at = 0;
+		for (size_t q = 0; q < c->nids; q++)
+			if (c->ids[q] < 0 || c->ids[q] >= c->vocab) {
+				circ_errorf(
+				    e,
+				    "field 'clean': id %d outside the model's vocabulary (%d ids)",
+				    (int)c->ids[q], c->vocab);
+				return circ_reader_fail(c->r, e);
+			}
+	}
+	*v = c->ids[c->at++];
+	return 1;
+}
 
 static int corpus_next(void *ctx, int32_t *tokens, int B, int T, circ_error *e)
 {
 	corpus *c = ctx;
 	int g = 0, t = 0;
-	while (g < B) {
+	while (c->r && g < B) {
+		int rc = stream_id(c, &tokens[(size_t)g * T + t], e);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		c->n++;
+		if (++t == T)
+			t = 0, g++;
+	}
+	while (!c->r && g < B) {
 		int ch;
 		while ((ch = getc(c->f)) != EOF && !(ch >= '0' && ch <= '9')) {
 			if (!(ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == ',' ||
@@ -826,7 +875,7 @@ static int corpus_next(void *ctx, int32_t *tokens, int B, int T, circ_error *e)
 						   "'%s': token %" PRId64
 						   ": unexpected '%c' (expected "
 						   "ids as circ-tokenize --text writes them)",
-						   c->name, c->ids, ch);
+						   c->name, c->n, ch);
 		}
 		if (ch == EOF)
 			break;
@@ -838,17 +887,17 @@ static int corpus_next(void *ctx, int32_t *tokens, int B, int T, circ_error *e)
 						   "'%s': token %" PRId64
 						   ": id outside the model's "
 						   "vocabulary (%d ids)",
-						   c->name, c->ids, c->vocab);
+						   c->name, c->n, c->vocab);
 			ch = getc(c->f);
 		}
 		if (ch != EOF)
 			ungetc(ch, c->f);
 		tokens[(size_t)g * T + t] = (int32_t)v;
-		c->ids++;
+		c->n++;
 		if (++t == T)
 			t = 0, g++;
 	}
-	if (ferror(c->f))
+	if (c->f && ferror(c->f))
 		return circ_errorf(e, "'%s': read error", c->name);
 	return g; /* a last partial sequence is dropped */
 }
@@ -943,6 +992,8 @@ static int dict_main(int argc, char **argv, int transcoder)
 		circ_usage_error("no output directory given (--out DIR)");
 	if (d.fixture && argc - i > 0)
 		circ_usage_error("--fixture takes no corpus");
+	if (d.fixture && d.tokens)
+		circ_usage_error("option '--tokens' needs --model");
 	if (argc - i > 1)
 		circ_usage_error("one corpus at most");
 	if (d.hook_out && !transcoder)
@@ -1018,10 +1069,13 @@ static int dict_main(int argc, char **argv, int transcoder)
 		buf = circ_dbuf_new(cap, w, d.t.seed, circ_dfix_fill, fix);
 	} else {
 		cp.name = argc - i == 1 ? argv[i] : "-";
-		cp.f = strcmp(cp.name, "-") ? fopen(cp.name, "r") : stdin;
-		if (!cp.f)
-			circ_dief("'%s': cannot open: %s", cp.name, strerror(errno));
 		cp.vocab = circ_model_config(m)->vocab_size;
+		if (d.tokens) {
+			if (!(cp.r = circ_reader_open(cp.name, "tokens", &e)) ||
+			    circ_batch_check_vocab(cp.r, d.model, &e) < 0)
+				circ_die(&e);
+		} else if (!(cp.f = strcmp(cp.name, "-") ? fopen(cp.name, "r") : stdin))
+			circ_dief("'%s': cannot open: %s", cp.name, strerror(errno));
 		if (!(h = circ_dharvest_new(m, dict, d.seqs, d.ctx_len, d.t.threads, corpus_next,
 					    &cp, &e)))
 			circ_die(&e);
@@ -1142,6 +1196,8 @@ static int dict_main(int argc, char **argv, int transcoder)
 	}
 	if (cp.f && cp.f != stdin)
 		fclose(cp.f);
+	circ_reader_free(cp.r);
+	free(cp.ids);
 	free(rows);
 	free(x);
 	free(y);

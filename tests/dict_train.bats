@@ -101,6 +101,22 @@ small=(--ctx-len 24 --seqs 4 --batch 128 --buffer 512 --d-sae 128 --threads 2)
 	[[ "$stderr" == *"made with --normalize"* ]]
 }
 
+@test "--tokens: a token stream's clean ids; another tokenizer's stream is refused" {
+	circ-dataset induction --n 300 --len 10 --vocab-lo 0 --vocab-hi 256 | circ-tokenize --model-dir $M >"$T/tok"
+	run --separate-stderr circ-train sae --model $M --tokens --steps 3 "${small[@]}" --out "$T/o" "$T/tok"
+	assert_success
+	[ -s "$T/o/sae_weights.safetensors" ]
+	circ-dataset induction --n 30 --len 10 --vocab-lo 0 --vocab-hi 256 | circ-tokenize --vocab-dir fixtures/gpt2-tokenizer >"$T/other"
+	run --separate-stderr circ-train sae --model $M --tokens --steps 3 "${small[@]}" --out "$T/p" "$T/other"
+	assert_failure 1
+	[[ "$stderr" == *"another tokenizer"* ]]
+	corpus "$T/ids" 100
+	run --separate-stderr circ-train sae --model $M --tokens --steps 3 "${small[@]}" --out "$T/p" "$T/ids"
+	assert_failure 1
+	run --separate-stderr circ-train sae --fixture --tokens --out "$T/p"
+	assert_failure 2
+}
+
 @test "bad input: ids outside the vocabulary, junk, a short corpus, a missing file" {
 	printf '1 2 3 999 4\n' >"$T/bad"
 	run --separate-stderr circ-train sae --model $M --steps 2 "${small[@]}" --out "$T/o" "$T/bad"
