@@ -168,19 +168,45 @@ static const char *type_of(const json_t *v)
 				    : "an object";
 }
 
-/* Integer key: 0, 1 if absent and not required, -1 on error. */
-static int get_int(json_t *o, const char *file, const char *key, int required, int *out,
-		   circ_error *e)
+/* The value of key in o, checked by is (a jansson type test) and named
+ * by want: 0 with *v set; 1 if absent (or null) and not required; -1 with
+ * "'<file>': key '<key>': ..." if required and absent, or of another type. */
+static int lookup(json_t *o, const char *file, const char *key, int required,
+		  int (*is)(const json_t *), const char *want, json_t **v, circ_error *e)
 {
-	json_t *v = json_object_get(o, key);
-	if (!v || (json_is_null(v) && !required)) {
+	*v = json_object_get(o, key);
+	if (!*v || (json_is_null(*v) && !required)) {
 		if (required)
 			return circ_errorf(e, "'%s': key '%s': missing", file, key);
 		return 1;
 	}
-	if (!json_is_integer(v))
-		return circ_errorf(e, "'%s': key '%s': expected an integer, got %s", file, key,
-				   type_of(v));
+	if (!is(*v))
+		return circ_errorf(e, "'%s': key '%s': expected %s, got %s", file, key, want,
+				   type_of(*v));
+	return 0;
+}
+
+static int is_integer(const json_t *v)
+{
+	return json_is_integer(v);
+}
+static int is_string(const json_t *v)
+{
+	return json_is_string(v);
+}
+static int is_boolean(const json_t *v)
+{
+	return json_is_boolean(v);
+}
+
+/* A positive integer key (at most 2^30). */
+static int get_int(json_t *o, const char *file, const char *key, int required, int *out,
+		   circ_error *e)
+{
+	json_t *v;
+	int r = lookup(o, file, key, required, is_integer, "an integer", &v, e);
+	if (r)
+		return r;
 	json_int_t x = json_integer_value(v);
 	if (x < 1 || x > (1 << 30))
 		return circ_errorf(e, "'%s': key '%s': %lld is out of range", file, key,
@@ -192,29 +218,21 @@ static int get_int(json_t *o, const char *file, const char *key, int required, i
 static int get_str(json_t *o, const char *file, const char *key, int required, const char **out,
 		   circ_error *e)
 {
-	json_t *v = json_object_get(o, key);
-	if (!v || (json_is_null(v) && !required)) {
-		if (required)
-			return circ_errorf(e, "'%s': key '%s': missing", file, key);
-		return 1;
-	}
-	if (!json_is_string(v))
-		return circ_errorf(e, "'%s': key '%s': expected a string, got %s", file, key,
-				   type_of(v));
-	*out = json_string_value(v);
-	return 0;
+	json_t *v;
+	int r = lookup(o, file, key, required, is_string, "a string", &v, e);
+	if (!r)
+		*out = json_string_value(v);
+	return r;
 }
 
+/* An optional boolean key (absent or null: *out unchanged, 1). */
 static int get_bool(json_t *o, const char *file, const char *key, int *out, circ_error *e)
 {
-	json_t *v = json_object_get(o, key);
-	if (!v || json_is_null(v))
-		return 1;
-	if (!json_is_boolean(v))
-		return circ_errorf(e, "'%s': key '%s': expected true or false, got %s", file, key,
-				   type_of(v));
-	*out = json_is_true(v);
-	return 0;
+	json_t *v;
+	int r = lookup(o, file, key, 0, is_boolean, "true or false", &v, e);
+	if (!r)
+		*out = json_is_true(v);
+	return r;
 }
 
 static int copy_name(char *dst, const char *src, const char *file, const char *key, circ_error *e)
@@ -234,7 +252,7 @@ static int parse_cfg(json_t *root, const char *file, circ_dict_cfg *c, circ_erro
 	json_t *meta = json_object_get(root, "metadata");
 	if (meta && !json_is_object(meta))
 		meta = NULL;
-	const char *arch;
+	const char *arch = NULL;
 	if (get_str(root, file, "architecture", 1, &arch, e) < 0)
 		return -1;
 	static const struct {
@@ -420,6 +438,19 @@ static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
 	return 0;
 }
 
+/* fill_weights, then d named by where it came from; NULL (d freed) on error. */
+static circ_dict *take_weights(circ_dict *d, const circ_st *f, const char *file,
+			       const char *const names[P_N], const int transpose[P_N],
+			       const char *from, circ_error *e)
+{
+	if (fill_weights(d, f, file, names, transpose, e) < 0) {
+		circ_dict_free(d);
+		return NULL;
+	}
+	d->path = circ_xstrdup(from);
+	return d;
+}
+
 static int read_scaler(circ_dict_cfg *c, const char *dir, circ_error *e)
 {
 	char *file = join(dir, "activation_scaler.json");
@@ -459,12 +490,12 @@ circ_dict *circ_dict_load(const char *dir, circ_error *e)
 	}
 	f = circ_st_open(wfile, e);
 	static const int no_transpose[P_N];
-	if (!f || fill_weights(d, f, wfile, param_names, no_transpose, e) < 0) {
+	if (!f) {
 		circ_dict_free(d);
 		d = NULL;
 		goto out;
 	}
-	d->path = circ_xstrdup(dir);
+	d = take_weights(d, f, wfile, param_names, no_transpose, dir, e);
 out:
 	circ_st_close(f);
 	json_decref(root);
@@ -517,12 +548,7 @@ circ_dict *circ_dict_load_transcoder_file(const char *path, int layer, const cha
 	const char *names[P_N] = {"W_enc",  "W_dec", "b_enc", "b_dec", thr,
 				  "b_gate", "b_mag", "r_mag", "W_skip"};
 	static const int transpose[P_N] = {[P_W_ENC] = 1};
-	if (fill_weights(d, f, path, names, transpose, e) < 0) {
-		circ_dict_free(d);
-		d = NULL;
-		goto out;
-	}
-	d->path = circ_xstrdup(path);
+	d = take_weights(d, f, path, names, transpose, path, e);
 out:
 	circ_st_close(f);
 	return d;
@@ -813,6 +839,13 @@ int circ_dict_check_model(const circ_dict *d, const circ_model *m, circ_error *e
 	circ_hook h, ho;
 	if (circ_hook_parse(d->cfg.hook_name, &h, e) < 0 || circ_hook_check(t, &h, e) < 0)
 		return circ_error_prefix(e, "'%s': key 'hook_name'", path);
+	/* attn.hook_z and ln2's output are computed from GPT-2's weights */
+	if ((h.kind == CIRC_HOOK_ATTN_Z || h.kind == CIRC_HOOK_LN2_NORMALIZED) &&
+	    (mc->model_type != CIRC_MODEL_GPT2 || mc->norm != CIRC_NORM_LAYERNORM))
+		return circ_errorf(e,
+				   "'%s': key 'hook_name': %s is not implemented for model_type "
+				   "'%s' yet (GPT-2 only)",
+				   path, d->cfg.hook_name, circ_model_type_name(mc->model_type));
 	if (hook_width(mc, h.kind) != d->cfg.d_in)
 		return circ_errorf(e, "'%s': key 'd_in': %d does not match the model's %s width %d",
 				   path, d->cfg.d_in, d->cfg.hook_name, hook_width(mc, h.kind));
@@ -892,8 +925,9 @@ static void encoder_input(const circ_dict *d, const float *x, int n, float *xc)
 		}
 }
 
-/* Activation of one row from its pre-activation xc W_enc (S), in place. */
-static void activate_row(const circ_dict *d, float *f, int *idx)
+/* Activation of one row from its pre-activation xc W_enc (S), in place;
+ * idx (k) and pre (S) are TopK's scratch. */
+static void activate_row(const circ_dict *d, float *f, int *idx, float *pre)
 {
 	const circ_dict_cfg *c = &d->cfg;
 	int S = c->d_sae;
@@ -917,14 +951,11 @@ static void activate_row(const circ_dict *d, float *f, int *idx)
 			f[j] = gate > 0 && mag > 0 ? mag : 0;
 		}
 		break;
-	case CIRC_DICT_TOPK: {
-		float *pre = circ_xmalloc((size_t)S * sizeof *pre);
+	case CIRC_DICT_TOPK:
 		for (int j = 0; j < S; j++)
 			pre[j] = f[j] + d->b_enc[j];
 		topk_row(f, pre, S, c->k, idx);
-		free(pre);
 		break;
-	}
 	}
 }
 
@@ -937,10 +968,13 @@ void circ_dict_encode(const circ_dict *d, const float *x, int n, float *f)
 	encoder_input(d, x, n, xc);
 	circ_gemm(0, 0, n, c->d_sae, c->d_in, 1.0f, xc, c->d_in, d->W_enc, c->d_sae, 0.0f, f,
 		  c->d_sae);
-	int *idx = c->arch == CIRC_DICT_TOPK ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	int topk = c->arch == CIRC_DICT_TOPK;
+	int *idx = topk ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	float *pre = topk ? circ_xmalloc((size_t)c->d_sae * sizeof *pre) : NULL;
 	for (int i = 0; i < n; i++)
-		activate_row(d, f + (size_t)i * c->d_sae, idx);
+		activate_row(d, f + (size_t)i * c->d_sae, idx, pre);
 	free(idx);
+	free(pre);
 	free(xc);
 }
 
@@ -982,7 +1016,9 @@ void circ_dict_encode_ref(const circ_dict *d, const float *x, int n, float *f)
 	int S = c->d_sae, I = c->d_in;
 	float *xc = circ_xmalloc((size_t)(n > 0 ? n : 1) * I * sizeof *xc);
 	encoder_input(d, x, n, xc);
-	int *idx = c->arch == CIRC_DICT_TOPK ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	int topk = c->arch == CIRC_DICT_TOPK;
+	int *idx = topk ? circ_xmalloc((size_t)c->k * sizeof *idx) : NULL;
+	float *pre = topk ? circ_xmalloc((size_t)S * sizeof *pre) : NULL;
 	for (int i = 0; i < n; i++) {
 		float *fi = f + (size_t)i * S;
 		for (int j = 0; j < S; j++) {
@@ -991,9 +1027,10 @@ void circ_dict_encode_ref(const circ_dict *d, const float *x, int n, float *f)
 				acc += (double)xc[(size_t)i * I + p] * d->W_enc[(size_t)p * S + j];
 			fi[j] = (float)acc;
 		}
-		activate_row(d, fi, idx);
+		activate_row(d, fi, idx, pre);
 	}
 	free(idx);
+	free(pre);
 	free(xc);
 }
 

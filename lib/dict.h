@@ -161,8 +161,8 @@ int circ_dict_check_model(const circ_dict *d, const circ_model *m, circ_error *e
 
 /* ---- encoding and decoding ---- */
 
-/* Feature activations f (N, S) of x (N, I), as the top of this file says.
- * threads <= 1: the calling thread. */
+/* Feature activations f (N, S) of x (N, I), as the top of this file says,
+ * on the calling thread (the encoder's product through circ_gemm). */
 void circ_dict_encode(const circ_dict *d, const float *x, int n, float *f);
 /* Reconstruction out (N, O) of f (N, S); x (N, I) is the input (read only
  * for W_skip; may be NULL without it). */

@@ -85,13 +85,24 @@ static void write_eval(circ_session *s, int k, const circ_dict *d, const circ_di
 	pack_str_or_nil(pk, "hook_name_out", d->cfg.hook_out);
 	circ_pack_kv_i64(pk, "d_in", d->cfg.d_in);
 	circ_pack_kv_i64(pk, "d_sae", d->cfg.d_sae);
+	const struct {
+		const char *k;
+		double v;
+	} nums[] = {{"mse", m.mse},
+		    {"fvu", m.fvu},
+		    {"l0", m.l0},
+		    {"dead_frac", m.dead_frac},
+		    {"dense_frac", m.dense_frac},
+		    {"ce_clean", m.ce_clean},
+		    {"ce_spliced", m.ce_spliced},
+		    {"ce_zero", m.ce_zero},
+		    {"ce_loss_recovered", m.ce_loss_recovered},
+		    {"kl", m.kl}};
 	circ_pack_kv_i64(pk, "rows", m.rows);
-	circ_pack_kv_f64(pk, "mse", m.mse);
-	circ_pack_kv_f64(pk, "fvu", m.fvu);
-	circ_pack_kv_f64(pk, "l0", m.l0);
-	circ_pack_kv_f64(pk, "dead_frac", m.dead_frac);
-	circ_pack_kv_f64(pk, "dense_frac", m.dense_frac);
+	circ_pack_kv_i64(pk, "ce_rows", m.ce_rows);
 	circ_pack_kv_i64(pk, "n_dead", m.n_dead);
+	for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+		circ_pack_kv_f64(pk, nums[i].k, nums[i].v);
 	circ_pack_str(pk, "density_hist");
 	msgpack_pack_map(pk, 3);
 	circ_pack_kv_f64(pk, "lo", CIRC_DICT_HIST_LO);
@@ -100,12 +111,6 @@ static void write_eval(circ_session *s, int k, const circ_dict *d, const circ_di
 	msgpack_pack_array(pk, CIRC_DICT_HIST_BINS);
 	for (int b = 0; b < CIRC_DICT_HIST_BINS; b++)
 		msgpack_pack_int64(pk, m.hist[b]);
-	circ_pack_kv_i64(pk, "ce_rows", m.ce_rows);
-	circ_pack_kv_f64(pk, "ce_clean", m.ce_clean);
-	circ_pack_kv_f64(pk, "ce_spliced", m.ce_spliced);
-	circ_pack_kv_f64(pk, "ce_zero", m.ce_zero);
-	circ_pack_kv_f64(pk, "ce_loss_recovered", m.ce_loss_recovered);
-	circ_pack_kv_f64(pk, "kl", m.kl);
 	if (circ_writer_end_record(s->w, &e) < 0)
 		circ_die(&e);
 }

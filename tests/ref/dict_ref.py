@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import struct
 import sys
 
 import numpy as np
@@ -48,7 +47,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpt2_ref import gelu, layer_norm, load_model  # noqa: E402
-from stio import read_safetensors  # noqa: E402
+from stio import read_safetensors, write_safetensors  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 
@@ -66,28 +65,6 @@ SAELENS_KEYS = {
 }
 TRANSCODER_KEYS = {"d_out": (int,), "hook_name_out": (str,), "hook_layer_out": (int,),
                    "hook_head_index_out": (int, type(None))}
-
-
-def write_st(path, tensors, dtype="F32"):
-    """safetensors with every tensor in dtype (F32, F16 or BF16)."""
-    header, blobs, off = {}, [], 0
-    for name, a in tensors.items():
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        if dtype == "F16":
-            b = a.astype("<f2").tobytes()
-        elif dtype == "BF16":
-            u = a.view(np.uint32).astype(np.uint64)
-            u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16  # round to nearest even
-            b = u.astype("<u2").tobytes()
-        else:
-            b = a.astype("<f4").tobytes()
-        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - (len(h) + 8) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def opts(argv, defaults):
@@ -151,7 +128,7 @@ def make(d, argv):
                     "hook_layer_out": int(re.match(r"blocks\.(\d+)\.", o["hook_out"]).group(1)),
                     "hook_head_index_out": None})
     json.dump(cfg, open(d + "/cfg.json", "w"), indent=1)
-    write_st(d + "/sae_weights.safetensors", t, o["dtype"])
+    write_safetensors(d + "/sae_weights.safetensors", t, o["dtype"])
     if o["scale"]:
         json.dump({"scaling_factor": float(o["scale"])}, open(d + "/activation_scaler.json", "w"))
 
@@ -170,7 +147,7 @@ def make_ct(d, argv):
             t["W_skip"] = rs.normal(0, 0.1 / math.sqrt(I), (I, I))
         if o["jumprelu"]:
             t["activation_function.threshold"] = rs.uniform(0, 0.3, S)
-        write_st("%s/layer_%d.safetensors" % (d, l), t)
+        write_safetensors("%s/layer_%d.safetensors" % (d, l), t)
     with open(d + "/config.yaml", "w") as f:
         f.write("model_kind: transcoder_set\n")
         if o["in_hook"]:
@@ -403,11 +380,17 @@ def cfgcheck(d):
     print("ok")
 
 
-def compare_eval(cpath, rpath):
+def load_pair(cpath, rpath):
+    """circ's records (header and end record dropped) and the reference's."""
     c = [json.loads(x) for x in open(cpath)][1:-1]
     r = [json.loads(x) for x in open(rpath)]
     if len(c) != len(r):
         raise SystemExit("compare: %d records, want %d" % (len(c), len(r)))
+    return c, r
+
+
+def compare_eval(cpath, rpath):
+    c, r = load_pair(cpath, rpath)
     worst = 0.0
     for a, b in zip(c, r):
         if a["rows"] != b["rows"] or a["density_hist"]["counts"] != b["density_hist"]:
@@ -423,10 +406,7 @@ def compare_eval(cpath, rpath):
 
 
 def compare_harvest(cpath, rpath):
-    c = [json.loads(x) for x in open(cpath)][1:-1]
-    r = [json.loads(x) for x in open(rpath)]
-    if len(c) != len(r):
-        raise SystemExit("compare: %d records, want %d" % (len(c), len(r)))
+    c, r = load_pair(cpath, rpath)
     active = 0
     for a, b in zip(c, r):
         if (a["id"], a["dict"]) != (b["id"], b["dict"]):

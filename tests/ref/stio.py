@@ -37,16 +37,23 @@ def read_safetensors(path, float64=False):
     return out
 
 
-def write_safetensors(path, tensors):
-    """Writes {name: array} (numpy arrays or torch tensors) as F32, or I32
-    for int32 arrays, in the given order, the header padded to 8 bytes."""
+def write_safetensors(path, tensors, float_dtype="F32"):
+    """Writes {name: array} (numpy arrays or torch tensors) as float_dtype
+    (F32, or F16 / BF16 rounded to nearest even), or I32 for int32 arrays,
+    in the given order, the header padded to 8 bytes."""
     header, blobs, off = {}, [], 0
     for name, a in tensors.items():
         if hasattr(a, "detach"):
             a = a.detach().to("cpu").double().numpy()
         a = np.asarray(a)
+        dt = float_dtype
         if a.dtype == np.int32:
             dt, b = "I32", a.astype("<i4").tobytes()
+        elif dt == "F16":
+            b = np.ascontiguousarray(a, dtype=np.float32).astype("<f2").tobytes()
+        elif dt == "BF16":
+            u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2").tobytes()
         else:
             dt, b = "F32", np.ascontiguousarray(a, dtype="<f4").tobytes()
         header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
