@@ -12,6 +12,7 @@
  * output is a function of the options and the thread count.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,9 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "batch.h"
 #include "bpe.h"
 #include "model.h"
 #include "cli/opt.h"
+#include "dict_train.h"
 #include "train.h"
 
 enum {
@@ -628,10 +631,591 @@ static void write_readme(int argc, char **argv, int threads_given, const circ_co
 	free(readme);
 }
 
+/* ---- circ-train sae / circ-train transcoder ----
+ * Sparse dictionaries (lib/dict_train): activations harvested from --model
+ * over a corpus of token ids (circ-tokenize --text's output: ids separated
+ * by spaces, commas or brackets, one document or many per line, read as one
+ * stream cut into --ctx-len sequences), or the superposition fixture
+ * (--fixture), through a shuffled buffer; the dictionary is written as a
+ * SAELens directory (lib/dict's writer). */
+
+enum {
+	DOPT_MODEL = CIRC_OPT_FIRST_TOOL,
+	DOPT_HOOK,
+	DOPT_HOOK_OUT,
+	DOPT_OUT,
+	DOPT_ARCH,
+	DOPT_D_SAE,
+	DOPT_K,
+	DOPT_K_AUX,
+	DOPT_AUX,
+	DOPT_DEAD,
+	DOPT_L1,
+	DOPT_L1_WARMUP,
+	DOPT_L0,
+	DOPT_BANDWIDTH,
+	DOPT_THRESHOLD,
+	DOPT_STEPS,
+	DOPT_BATCH,
+	DOPT_LR,
+	DOPT_MIN_LR,
+	DOPT_WARMUP,
+	DOPT_DECAY,
+	DOPT_WD,
+	DOPT_CLIP,
+	DOPT_BUFFER,
+	DOPT_CTX_LEN,
+	DOPT_SEQS,
+	DOPT_SEED,
+	DOPT_THREADS,
+	DOPT_DTYPE,
+	DOPT_LOG,
+	DOPT_CHECKPOINT,
+	DOPT_EVERY,
+	DOPT_RESUME,
+	DOPT_FIXTURE,
+	DOPT_STOP_AFTER,
+	DOPT_NORMALIZE,
+	DOPT_TOKENS,
+	DOPT_N
+};
+
+static const circ_opt dopts[] = {
+    {"model", DOPT_MODEL, "DIR", "harvest activations from the model in DIR"},
+    {"hook", DOPT_HOOK, "NAME",
+     "input hook point (default blocks.0.hook_resid_pre; transcoder blocks.0.ln2.hook_normalized)"},
+    {"hook-out", DOPT_HOOK_OUT, "NAME",
+     "transcoder: output hook point (default blocks.L.hook_mlp_out of --hook's layer)"},
+    {"out", DOPT_OUT, "DIR", "write the dictionary as a SAELens directory DIR"},
+    {"arch", DOPT_ARCH, "A", "relu, topk, batchtopk or jumprelu (default topk)"},
+    {"d-sae", DOPT_D_SAE, "S", "latents (default 8 x d_in)"},
+    {"k", DOPT_K, "K", "topk, batchtopk: active latents per token (default 32)"},
+    {"k-aux", DOPT_K_AUX, "K", "topk, batchtopk: AuxK latents, 0: off (default d_in/2)"},
+    {"aux-coeff", DOPT_AUX, "C", "topk, batchtopk: AuxK weight (default 1/32)"},
+    {"dead-tokens", DOPT_DEAD, "N",
+     "a latent that has not fired for N tokens is dead (default 10000000)"},
+    {"l1", DOPT_L1, "C", "relu: L1 coefficient (default 5)"},
+    {"l1-warmup", DOPT_L1_WARMUP, "N", "relu: steps of L1 warm-up (default steps/20)"},
+    {"l0", DOPT_L0, "C", "jumprelu: L0 coefficient (default 1e-3)"},
+    {"bandwidth", DOPT_BANDWIDTH, "E", "jumprelu: straight-through kernel width (default 1e-3)"},
+    {"threshold", DOPT_THRESHOLD, "T", "jumprelu: initial threshold (default 1e-3)"},
+    {"steps", DOPT_STEPS, "N", "optimisation steps (default 1000)"},
+    {"batch", DOPT_BATCH, "B", "tokens per step (default 4096)"},
+    {"lr", DOPT_LR, "LR", "peak learning rate (default 4e-4; relu 5e-5)"},
+    {"min-lr", DOPT_MIN_LR, "F", "final learning rate as a fraction of the peak (default 0)"},
+    {"warmup", DOPT_WARMUP, "N", "steps of linear learning-rate warm-up (default 0)"},
+    {"decay", DOPT_DECAY, "N", "steps of linear decay at the end (default: relu steps/5, else 0)"},
+    {"weight-decay", DOPT_WD, "WD", "AdamW weight decay of W_enc and W_dec (default 0)"},
+    {"clip", DOPT_CLIP, "G",
+     "clip the gradient's global norm to G; 0: off (default: relu 1, else 0)"},
+    {"buffer", DOPT_BUFFER, "N", "rows in the shuffled activation buffer (default 16 x batch)"},
+    {"ctx-len", DOPT_CTX_LEN, "T",
+     "tokens per harvested sequence (default 128, or n_ctx when shorter)"},
+    {"seqs", DOPT_SEQS, "N", "sequences per harvesting forward (default 16)"},
+    {"seed", DOPT_SEED, "S", "random seed, 0..2^63-1 (default 0)"},
+    {"threads", DOPT_THREADS, "N", "threads for the products and the model's forwards"},
+    {"dtype", DOPT_DTYPE, "T", "weights written as F32, F16 or BF16 (default F32)"},
+    {"log", DOPT_LOG, "N", "print MSE, L0, dead fraction and tokens/s every N steps on stderr"},
+    {"checkpoint", DOPT_CHECKPOINT, "FILE", "write the training state to FILE (see --every)"},
+    {"every", DOPT_EVERY, "N", "with --checkpoint: every N steps (default 1000) and at the end"},
+    {"resume", DOPT_RESUME, "FILE", "continue from checkpoint FILE (same options and corpus)"},
+    {"fixture", DOPT_FIXTURE, NULL,
+     "train on the superposition fixture (64 known directions in 32 dimensions) instead of a "
+     "model and print how well they are recovered"},
+    {"tokens", DOPT_TOKENS, NULL,
+     "the corpus is a token stream (circ-tokenize's dataset output): its examples' clean ids, "
+     "one after another"},
+    {"normalize", DOPT_NORMALIZE, NULL,
+     "scale activations so that their mean squared norm is d_in (SAELens's "
+     "expected_average_only_in, estimated on the first buffer; saved in the dictionary)"},
+    {"stop-after", DOPT_STOP_AFTER, "N",
+     "stop after step N (with --checkpoint: a run to --resume later; nothing else written)"},
+    {0},
+};
+
+static struct {
+	const char *model, *hook, *hook_out, *out, *dtype, *checkpoint, *resume;
+	circ_dtrain_opts t;
+	int d_sae, ctx_len, seqs, log, every, fixture, transcoder, normalize, tokens;
+	int64_t buffer, stop_after;
+	const char *given[DOPT_N - CIRC_OPT_FIRST_TOOL + 1];
+} d = {.dtype = "F32", .ctx_len = 128, .seqs = 16, .every = 1000};
+
+static int dhandle(int key, const char *arg, void *ctx)
+{
+	circ_dtrain_opts *t = &d.t;
+	(void)ctx;
+	switch (key) {
+	case DOPT_MODEL: d.model = arg; break;
+	case DOPT_HOOK: d.hook = arg; break;
+	case DOPT_HOOK_OUT: d.hook_out = arg; break;
+	case DOPT_OUT:
+		if (!*arg)
+			circ_usage_error("option '--out': empty output path");
+		d.out = arg;
+		break;
+	case DOPT_ARCH:
+		if (circ_dtrain_arch_parse(arg, &t->arch) < 0)
+			circ_usage_error("option '--arch': unknown architecture '%s' (relu, topk, "
+					 "batchtopk, jumprelu)",
+					 arg);
+		break;
+	case DOPT_D_SAE: d.d_sae = (int)circ_opt_i64("d-sae", arg, 1, 1 << 24); break;
+	case DOPT_K: t->k = (int)circ_opt_i64("k", arg, 1, 1 << 24); break;
+	case DOPT_K_AUX: t->k_aux = (int)circ_opt_i64("k-aux", arg, 0, 1 << 24); break;
+	case DOPT_AUX: t->aux_coeff = circ_opt_f64_in("aux-coeff", arg, 0, 0, 1e6, 0); break;
+	case DOPT_DEAD: t->dead_tokens = circ_opt_i64("dead-tokens", arg, 1, INT64_MAX / 2); break;
+	case DOPT_L1: t->l1 = circ_opt_f64_in("l1", arg, 0, 0, 1e9, 0); break;
+	case DOPT_L1_WARMUP: t->l1_warmup = circ_opt_i64("l1-warmup", arg, 0, INT64_MAX / 2); break;
+	case DOPT_L0: t->l0 = circ_opt_f64_in("l0", arg, 0, 0, 1e9, 0); break;
+	case DOPT_BANDWIDTH: t->bandwidth = circ_opt_f64_in("bandwidth", arg, 0, 1, 1e9, 0); break;
+	case DOPT_THRESHOLD:
+		t->threshold_init = circ_opt_f64_in("threshold", arg, 0, 1, 1e9, 0);
+		break;
+	case DOPT_STEPS: t->steps = circ_opt_i64("steps", arg, 1, 1000000000); break;
+	case DOPT_BATCH: t->batch = (int)circ_opt_i64("batch", arg, 1, 1 << 20); break;
+	case DOPT_LR: t->lr = circ_opt_f64_in("lr", arg, 0, 1, 1, 0); break;
+	case DOPT_MIN_LR: t->min_lr = circ_opt_f64_in("min-lr", arg, 0, 0, 1, 0); break;
+	case DOPT_WARMUP: t->warmup = circ_opt_i64("warmup", arg, 0, 1000000000); break;
+	case DOPT_DECAY: t->decay = circ_opt_i64("decay", arg, 0, 1000000000); break;
+	case DOPT_WD: t->weight_decay = circ_opt_f64_in("weight-decay", arg, 0, 0, 1, 0); break;
+	case DOPT_CLIP: t->clip = circ_opt_f64_in("clip", arg, 0, 0, 1e9, 0); break;
+	case DOPT_BUFFER: d.buffer = circ_opt_i64("buffer", arg, 2, INT64_MAX / 2); break;
+	case DOPT_CTX_LEN: d.ctx_len = (int)circ_opt_i64("ctx-len", arg, 1, 1 << 20); break;
+	case DOPT_SEQS: d.seqs = (int)circ_opt_i64("seqs", arg, 1, 1 << 16); break;
+	case DOPT_SEED: t->seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
+	case DOPT_THREADS:
+		t->threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX);
+		break;
+	case DOPT_DTYPE:
+		if (strcmp(arg, "F32") && strcmp(arg, "F16") && strcmp(arg, "BF16"))
+			circ_usage_error("option '--dtype': '%s' is not F32, F16 or BF16", arg);
+		d.dtype = arg;
+		break;
+	case DOPT_LOG: d.log = (int)circ_opt_i64("log", arg, 0, 1000000000); break;
+	case DOPT_CHECKPOINT: d.checkpoint = arg; break;
+	case DOPT_EVERY: d.every = (int)circ_opt_i64("every", arg, 1, 1000000000); break;
+	case DOPT_RESUME: d.resume = arg; break;
+	case DOPT_FIXTURE: d.fixture = 1; break;
+	case DOPT_NORMALIZE: d.normalize = 1; break;
+	case DOPT_TOKENS: d.tokens = 1; break;
+	case DOPT_STOP_AFTER: d.stop_after = circ_opt_i64("stop-after", arg, 1, 1000000000); break;
+	default: return -1;
+	}
+	d.given[key - CIRC_OPT_FIRST_TOOL] = "";
+	return 0;
+}
+
+static int dgiven(int key)
+{
+	return d.given[key - CIRC_OPT_FIRST_TOOL] != NULL;
+}
+
+/* The corpus: token ids as text, or a token stream's clean ids, cut into
+ * sequences of T. */
+typedef struct corpus {
+	FILE *f;
+	circ_reader *r;	 /* a token stream, else NULL */
+	int32_t *ids;	 /* the current record's ids */
+	size_t nids, at; /* how many; the next one */
+	const char *name;
+	int vocab;
+	int64_t n; /* ids read */
+} corpus;
+
+/* The next id of a token stream into *v: 1, 0 at its end, -1 on error. */
+static int stream_id(corpus *c, int32_t *v, circ_error *e)
+{
+	while (c->at == c->nids) {
+		const msgpack_object *rec;
+		circ_tensor t;
+		int rc = circ_reader_next(c->r, &rec, e);
+		if (rc <= 0)
+			return rc;
+		if (circ_rec_tensor(rec, "clean", &t, e) < 0)
+			return circ_reader_fail(c->r, e);
+		c->nids = (size_t)circ_tensor_numel(&t);
+		c->ids = circ_xrealloc(c->ids, (c->nids ? c->nids : 1) * sizeof *c->ids);
+		if (circ_tensor_copy_i32(&t, c->ids, e) < 0)
+			return circ_reader_fail(c->r, e);
+		c->at = 0;
+		for (size_t q = 0; q < c->nids; q++)
+			if (c->ids[q] < 0 || c->ids[q] >= c->vocab) {
+				circ_errorf(
+				    e,
+				    "field 'clean': id %d outside the model's vocabulary (%d ids)",
+				    (int)c->ids[q], c->vocab);
+				return circ_reader_fail(c->r, e);
+			}
+	}
+	*v = c->ids[c->at++];
+	return 1;
+}
+
+static int corpus_next(void *ctx, int32_t *tokens, int B, int T, circ_error *e)
+{
+	corpus *c = ctx;
+	int g = 0, t = 0;
+	while (c->r && g < B) {
+		int rc = stream_id(c, &tokens[(size_t)g * T + t], e);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			break;
+		c->n++;
+		if (++t == T)
+			t = 0, g++;
+	}
+	while (!c->r && g < B) {
+		int ch;
+		while ((ch = getc(c->f)) != EOF && !(ch >= '0' && ch <= '9')) {
+			if (!(ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == ',' ||
+			      ch == '[' || ch == ']'))
+				return circ_errorf(e,
+						   "'%s': token %" PRId64
+						   ": unexpected '%c' (expected "
+						   "ids as circ-tokenize --text writes them)",
+						   c->name, c->n, ch);
+		}
+		if (ch == EOF)
+			break;
+		int64_t v = 0;
+		while (ch >= '0' && ch <= '9') {
+			v = v * 10 + (ch - '0');
+			if (v >= c->vocab)
+				return circ_errorf(e,
+						   "'%s': token %" PRId64
+						   ": id outside the model's "
+						   "vocabulary (%d ids)",
+						   c->name, c->n, c->vocab);
+			ch = getc(c->f);
+		}
+		if (ch != EOF)
+			ungetc(ch, c->f);
+		tokens[(size_t)g * T + t] = (int32_t)v;
+		c->n++;
+		if (++t == T)
+			t = 0, g++;
+	}
+	if (c->f && ferror(c->f))
+		return circ_errorf(e, "'%s': read error", c->name);
+	return g; /* a last partial sequence is dropped */
+}
+
+static void dict_progress(int64_t step, int64_t steps, const circ_dtrain_stats *st, double tps,
+			  int done)
+{
+	static double last;
+	double now = circ_now();
+	if (!done && now - last < 0.2)
+		return;
+	last = now;
+	fprintf(stderr, "\r%s: step %lld/%lld  mse %.4g  L0 %.1f  dead %.1f%%  %.0f tokens/s%s",
+		circ_progname, (long long)step, (long long)steps, st->mse, st->l0,
+		100 * st->dead_frac, tps, done ? "\n" : "\033[K");
+}
+
+/* Writes the checkpoint: trainer, buffer, harvester, the scale. */
+static void write_checkpoint(circ_dtrain *t, circ_dbuf *b, circ_dharvest *h, double scale)
+{
+	circ_error e;
+	circ_st_tensor x[2];
+	const char *meta[8];
+	char sc[64];
+	int n = 1, nm = 3;
+	circ_dbuf_state(b, &x[0], meta);
+	snprintf(sc, sizeof sc, "%a", scale);
+	meta[4] = "train.scale";
+	meta[5] = sc;
+	if (h) {
+		circ_dharvest_state(h, &x[1], meta + 6);
+		n++, nm++;
+	}
+	if (circ_dtrain_save(t, d.checkpoint, n, x, nm, meta, &e) < 0)
+		circ_die(&e);
+}
+
+static int dict_main(int argc, char **argv, int transcoder)
+{
+	circ_cli cli = {transcoder ? "transcoder (--model DIR | --fixture) --out DIR [options] "
+				     "[corpus]"
+				   : "sae (--model DIR | --fixture) --out DIR [options] [corpus]",
+			transcoder ? "Train a transcoder (MLP input -> MLP output) on a model's "
+				     "activations or the superposition fixture."
+				   : "Train a sparse autoencoder on a model's activations or the "
+				     "superposition fixture.",
+			dopts, 0};
+	circ_error e;
+	circ_model *m = NULL;
+	circ_dfix *fix = NULL;
+	circ_dharvest *h = NULL;
+	corpus cp = {0};
+	int i;
+
+	d.transcoder = transcoder;
+	circ_dtrain_opts_default(&d.t, CIRC_DTRAIN_TOPK);
+	/* the defaults that depend on --arch are set after parsing */
+	i = circ_cli_parse(&cli, argc, argv, dhandle, NULL);
+	{
+		circ_dtrain_opts given = d.t, def;
+		circ_dtrain_opts_default(&def, given.arch);
+		d.t = def;
+#define KEEP(key, field)                                                                           \
+	if (dgiven(key))                                                                           \
+	d.t.field = given.field
+		KEEP(DOPT_K, k);
+		KEEP(DOPT_K_AUX, k_aux);
+		KEEP(DOPT_AUX, aux_coeff);
+		KEEP(DOPT_DEAD, dead_tokens);
+		KEEP(DOPT_L1, l1);
+		KEEP(DOPT_L1_WARMUP, l1_warmup);
+		KEEP(DOPT_L0, l0);
+		KEEP(DOPT_BANDWIDTH, bandwidth);
+		KEEP(DOPT_THRESHOLD, threshold_init);
+		KEEP(DOPT_STEPS, steps);
+		KEEP(DOPT_BATCH, batch);
+		KEEP(DOPT_LR, lr);
+		KEEP(DOPT_MIN_LR, min_lr);
+		KEEP(DOPT_WARMUP, warmup);
+		KEEP(DOPT_DECAY, decay);
+		KEEP(DOPT_WD, weight_decay);
+		KEEP(DOPT_CLIP, clip);
+		KEEP(DOPT_SEED, seed);
+		KEEP(DOPT_THREADS, threads);
+#undef KEEP
+	}
+	if (!dgiven(DOPT_THREADS))
+		d.t.threads = circ_threads_default();
+	if (!!d.model + d.fixture != 1)
+		circ_usage_error("give one of --model DIR and --fixture");
+	if (!d.out && !(d.stop_after && d.checkpoint))
+		circ_usage_error("no output directory given (--out DIR)");
+	if (d.fixture && argc - i > 0)
+		circ_usage_error("--fixture takes no corpus");
+	if (d.fixture && d.tokens)
+		circ_usage_error("option '--tokens' needs --model");
+	if (argc - i > 1)
+		circ_usage_error("one corpus at most");
+	if (d.hook_out && !transcoder)
+		circ_usage_error("option '--hook-out' applies to transcoders only");
+	if (d.t.warmup > d.t.steps)
+		circ_usage_error("option '--warmup': more than --steps");
+	if (dgiven(DOPT_EVERY) && !d.checkpoint)
+		circ_usage_error("option '--every' needs --checkpoint");
+	if (d.stop_after && !d.checkpoint)
+		circ_usage_error("option '--stop-after' needs --checkpoint");
+
+	/* the dictionary's shape and hooks */
+	circ_dict_cfg cfg;
+	circ_dict_cfg_init(&cfg);
+	snprintf(cfg.hook_name, sizeof cfg.hook_name, "%s",
+		 d.hook	      ? d.hook
+		 : transcoder ? "blocks.0.ln2.hook_normalized"
+			      : "blocks.0.hook_resid_pre");
+	if (transcoder) {
+		circ_hook hk;
+		if (circ_hook_parse(cfg.hook_name, &hk, &e) < 0)
+			circ_usage_error("option '--hook': %s", e.msg);
+		if (d.hook_out)
+			snprintf(cfg.hook_out, sizeof cfg.hook_out, "%s", d.hook_out);
+		else
+			snprintf(cfg.hook_out, sizeof cfg.hook_out, "blocks.%d.hook_mlp_out",
+				 hk.layer);
+	}
+	int D, O;
+	if (d.fixture) {
+		D = 32;
+		O = transcoder ? 40 : 32;
+	} else {
+		circ_model_opts mo;
+		circ_model_opts_default(&mo);
+		if (!(m = circ_model_open(d.model, &mo, &e)))
+			circ_die(&e);
+		D = O = circ_model_config(m)->n_embd;
+		if (!dgiven(DOPT_CTX_LEN) && d.ctx_len > circ_model_config(m)->n_ctx)
+			d.ctx_len = circ_model_config(m)->n_ctx;
+		if (d.ctx_len > circ_model_config(m)->n_ctx)
+			circ_usage_error(
+			    "option '--ctx-len': %d is longer than the model's context (%d)",
+			    d.ctx_len, circ_model_config(m)->n_ctx);
+	}
+	d.t.d_in = cfg.d_in = D;
+	d.t.d_out = cfg.d_out = O;
+	d.t.d_sae = cfg.d_sae = d.d_sae ? d.d_sae : 8 * D;
+	d.t.transcoder = cfg.transcoder = transcoder;
+	if ((d.t.arch == CIRC_DTRAIN_TOPK || d.t.arch == CIRC_DTRAIN_BATCHTOPK) &&
+	    d.t.k > d.t.d_sae)
+		circ_usage_error("option '--k': %d is more than the %d latents", d.t.k, d.t.d_sae);
+	circ_dtrain *t = circ_dtrain_new(&d.t, &e);
+	if (!t)
+		circ_usage_error("%s", e.msg);
+	circ_dtrain_dict_cfg(t, &cfg);
+	circ_dict *dict = circ_dict_new(&cfg, &e);
+	if (!dict)
+		circ_usage_error("%s", e.msg);
+	if (m && circ_dict_check_model(dict, m, &e) < 0)
+		circ_usage_error("%s", e.msg);
+
+	/* the data */
+	int w = D + (transcoder ? O : 0);
+	size_t cap = d.buffer ? (size_t)d.buffer : 16 * (size_t)d.t.batch;
+	if (cap < 2 * (size_t)d.t.batch)
+		circ_usage_error(
+		    "option '--buffer': %zu rows hold less than two batches (%d rows each)", cap,
+		    d.t.batch);
+	circ_dbuf *buf;
+	if (d.fixture) {
+		fix = circ_dfix_new(D, transcoder ? O : 0, 64, 8, 8, 0.04, d.t.seed);
+		buf = circ_dbuf_new(cap, w, d.t.seed, circ_dfix_fill, fix);
+	} else {
+		cp.name = argc - i == 1 ? argv[i] : "-";
+		cp.vocab = circ_model_config(m)->vocab_size;
+		if (d.tokens) {
+			if (!(cp.r = circ_reader_open(cp.name, "tokens", &e)) ||
+			    circ_batch_check_vocab(cp.r, d.model, &e) < 0)
+				circ_die(&e);
+		} else if (!(cp.f = strcmp(cp.name, "-") ? fopen(cp.name, "r") : stdin))
+			circ_dief("'%s': cannot open: %s", cp.name, strerror(errno));
+		if (!(h = circ_dharvest_new(m, dict, d.seqs, d.ctx_len, d.t.threads, corpus_next,
+					    &cp, &e)))
+			circ_die(&e);
+		buf = circ_dbuf_new(cap, w, d.t.seed, circ_dharvest_fill, h);
+	}
+	double scale = 1;
+	if (d.resume) {
+		circ_st *f = circ_st_open(d.resume, &e);
+		if (!f || circ_dtrain_restore(t, f, &e) < 0 || circ_dbuf_restore(buf, f, &e) < 0)
+			circ_die(&e);
+		const char *sc = circ_st_metadata(f, "train.scale");
+		scale = sc ? strtod(sc, NULL) : 0;
+		if (!(scale > 0) || (scale != 1) != d.normalize)
+			circ_dief("'%s': checkpoint made %s --normalize", d.resume,
+				  d.normalize ? "without" : "with");
+		if (fix) { /* the fixture's draws replayed */
+			int64_t n = circ_dbuf_rows_in(buf);
+			float *skip = circ_xmalloc((size_t)n * w * sizeof(float));
+			circ_dfix_fill(fix, skip, (size_t)n, &e);
+			free(skip);
+		} else {
+			const char *s = circ_st_metadata(f, "dharvest.seqs");
+			int64_t n = s ? strtoll(s, NULL, 10) : -1;
+			int32_t *tok = circ_xmalloc((size_t)d.ctx_len * sizeof *tok);
+			for (int64_t q = 0; q < n; q++)
+				if (corpus_next(&cp, tok, 1, d.ctx_len, &e) != 1)
+					circ_dief(
+					    "'%s': the corpus is shorter than when the checkpoint "
+					    "'%s' was written",
+					    cp.name, d.resume);
+			free(tok);
+			if (n < 0 || circ_dharvest_restore(h, f, &e) < 0)
+				circ_die(&e);
+		}
+		circ_st_close(f);
+	}
+
+	if (d.normalize && !d.resume) {
+		/* SAELens's estimate: sqrt(d_in) / the mean norm of the input rows */
+		size_t n;
+		const float *all = circ_dbuf_peek(buf, &n, &e);
+		if (!all)
+			circ_die(&e);
+		double sum = 0;
+		for (size_t q = 0; q < n; q++) {
+			double nn = 0;
+			for (int j = 0; j < D; j++)
+				nn += (double)all[q * w + j] * all[q * w + j];
+			sum += sqrt(nn);
+		}
+		if (!(sum > 0))
+			circ_dief("--normalize: the activations are all zero");
+		scale = sqrt((double)D) / (sum / (double)n);
+	}
+
+	/* training */
+	float *rows = circ_xmalloc_aligned((size_t)d.t.batch * w * sizeof(float)),
+	      *x = circ_xmalloc_aligned((size_t)d.t.batch * D * sizeof(float)),
+	      *y = transcoder ? circ_xmalloc_aligned((size_t)d.t.batch * O * sizeof(float)) : NULL;
+	circ_dtrain_stats st = {0};
+	int tty = isatty(2) && !getenv("CIRC_NO_PROGRESS");
+	double t0 = circ_now();
+	int64_t s0 = circ_dtrain_step_count(t),
+		end = d.stop_after && d.stop_after < d.t.steps ? d.stop_after : d.t.steps;
+	for (int64_t s = s0; s < end; s++) {
+		if (circ_dbuf_next(buf, rows, (size_t)d.t.batch, &e) < 0)
+			circ_die(&e);
+		for (int q = 0; q < d.t.batch; q++) {
+			memcpy(x + (size_t)q * D, rows + (size_t)q * w, (size_t)D * sizeof(float));
+			if (y)
+				memcpy(y + (size_t)q * O, rows + (size_t)q * w + D,
+				       (size_t)O * sizeof(float));
+		}
+		if (scale != 1) {
+			for (size_t q = 0; q < (size_t)d.t.batch * D; q++)
+				x[q] = (float)(x[q] * scale);
+			for (size_t q = 0; y && q < (size_t)d.t.batch * O; q++)
+				y[q] = (float)(y[q] * scale);
+		}
+		if (s == 0 && !transcoder)
+			circ_dtrain_init_b_dec(t, x, (size_t)d.t.batch);
+		if (circ_dtrain_step(t, x, y, d.t.batch, &st, &e) < 0)
+			circ_die(&e);
+		double tps = (double)(s + 1 - s0) * d.t.batch / (circ_now() - t0 + 1e-9);
+		if (d.log && (s + 1) % d.log == 0)
+			fprintf(
+			    stderr,
+			    "%s%s: step %lld mse %.6g fvu %.4f L0 %.2f dead %.4f aux %.4g lr %.3g "
+			    "%.0f tokens/s\n",
+			    tty ? "\r\033[K" : "", circ_progname, (long long)(s + 1), st.mse,
+			    st.fvu, st.l0, st.dead_frac, st.aux, st.lr, tps);
+		if (tty)
+			dict_progress(s + 1, d.t.steps, &st, tps, s + 1 == end);
+		if (d.checkpoint && ((s + 1) % d.every == 0 || s + 1 == end))
+			write_checkpoint(t, buf, h, scale);
+	}
+	if (m && circ_model_check_unchanged(m, &e) < 0)
+		circ_die(&e);
+	if (fix) {
+		circ_dtrain_view v;
+		circ_dtrain_views(t, circ_dtrain_params(t), &v);
+		fprintf(
+		    stderr,
+		    "%s: superposition fixture: mean max cosine of the 64 true directions with "
+		    "the decoder's rows %.4f\n",
+		    circ_progname,
+		    circ_dtrain_recovery(transcoder ? circ_dfix_out_dirs(fix) : circ_dfix_dirs(fix),
+					 64, v.W_dec, d.t.d_sae, O));
+	}
+	if (end == d.t.steps) {
+		circ_dtrain_to_dict(t, dict);
+		if (scale != 1) {
+			dict->cfg.norm = CIRC_DICT_NORM_EXPECTED_AVERAGE;
+			dict->cfg.scale = scale;
+		}
+		if (circ_dict_save(dict, d.out, d.dtype, &e) < 0)
+			circ_die(&e);
+	}
+	if (cp.f && cp.f != stdin)
+		fclose(cp.f);
+	circ_reader_free(cp.r);
+	free(cp.ids);
+	free(rows);
+	free(x);
+	free(y);
+	circ_dbuf_free(buf);
+	circ_dharvest_free(h);
+	circ_dfix_free(fix);
+	circ_dict_free(dict);
+	circ_dtrain_free(t);
+	circ_model_free(m);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"TASK --out DIR [options]   (TASK: induction, ioi, greater-than)\n"
-			"       circ-train --diagnose DIR [--len L] [--n N] [--seed S]",
+			"       circ-train --diagnose DIR [--len L] [--n N] [--seed S]\n"
+			"       circ-train sae|transcoder ... (sparse dictionaries: circ-train sae "
+			"--help)",
 			"Train a small GPT-2-architecture model on a synthetic task, or print "
 			"per-head attention diagnostics of a model.",
 			opts, 0};
@@ -643,6 +1227,8 @@ int main(int argc, char **argv)
 	int i, threads_given;
 
 	circ_init("circ-train");
+	if (argc > 1 && (!strcmp(argv[1], "sae") || !strcmp(argv[1], "transcoder")))
+		return dict_main(argc - 1, argv + 1, !strcmp(argv[1], "transcoder"));
 	circ_ttask_opts_default(&o.t);
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	threads_given = check_common_options();
