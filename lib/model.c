@@ -588,6 +588,24 @@ int circ_run_input_sum(circ_run *r, int recv, const float *base, circ_sign sign,
 }
 
 /* Input of a receiver into dst (residual + delta), or the residual itself. */
+void model_final_inputs(const circ_run *r, const float *x, float *dst)
+{
+	int recv = circ_recv_logits(r->m);
+	size_t C = (size_t)r->C;
+	for (int i = 0; i < r->n_read; i++) {
+		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
+		float *d = dst + (size_t)i * C;
+		if (r->delta_on[recv] == CIRC_DELTA_SUM) {
+			model_form_sum(r, recv, x, d, row, 1);
+			continue;
+		}
+		memcpy(d, x + row * C, C * sizeof(float));
+		if (r->delta_on[recv] == CIRC_DELTA_STORED)
+			for (size_t c = 0; c < C; c++)
+				d[c] += r->delta[recv][row * C + c];
+	}
+}
+
 const float *model_recv_input(const circ_run *r, int recv, const float *x, float *dst)
 {
 	size_t n = bt(r) * r->C;

@@ -46,62 +46,59 @@
 
 /* ================================================================ loading */
 
-/* Where a role's tensor goes: a matrix (kept narrow or f32) or a vector
- * (f32); NULL for neither. */
-static fam_mat *mat_slot(fam_weights *fw, model_role role, int l)
+/* Where a role's tensor goes: *mat (a matrix, kept narrow or f32) or *vec
+ * (a vector, f32); both NULL for neither. l < 0: model-wide roles only. */
+static void role_slot(fam_weights *fw, model_role role, int l, fam_mat **mat, const float ***vec)
 {
 	fam_layer *y = l >= 0 ? &fw->layers[l] : NULL;
+	*mat = NULL;
+	*vec = NULL;
 	switch (role) {
-	case MODEL_W_EMBED: return &fw->embed;
-	case MODEL_W_LM_HEAD: return &fw->lm_head;
+	case MODEL_W_EMBED: *mat = &fw->embed; return;
+	case MODEL_W_LM_HEAD: *mat = &fw->lm_head; return;
+	case MODEL_W_FINAL_W: *vec = &fw->final_w; return;
+	case MODEL_W_FINAL_B: *vec = &fw->final_b; return;
 	default: break;
 	}
 	if (!y)
-		return NULL;
+		return;
 	switch (role) {
-	case MODEL_W_Q_W: return &y->q_w;
-	case MODEL_W_K_W: return &y->k_w;
-	case MODEL_W_V_W: return &y->v_w;
-	case MODEL_W_O_W: return &y->o_w;
+	case MODEL_W_Q_W: *mat = &y->q_w; return;
+	case MODEL_W_K_W: *mat = &y->k_w; return;
+	case MODEL_W_V_W: *mat = &y->v_w; return;
+	case MODEL_W_O_W: *mat = &y->o_w; return;
 	case MODEL_W_FC_W:
-	case MODEL_W_GATE_W: return &y->fc_w;
-	case MODEL_W_UP_W: return &y->up_w;
+	case MODEL_W_GATE_W: *mat = &y->fc_w; return;
+	case MODEL_W_UP_W: *mat = &y->up_w; return;
 	case MODEL_W_FCPROJ_W:
-	case MODEL_W_DOWN_W: return &y->dn_w;
-	default: return NULL;
+	case MODEL_W_DOWN_W: *mat = &y->dn_w; return;
+	case MODEL_W_NORM1_W: *vec = &y->n1_w; return;
+	case MODEL_W_NORM1_B: *vec = &y->n1_b; return;
+	case MODEL_W_Q_B: *vec = &y->q_b; return;
+	case MODEL_W_K_B: *vec = &y->k_b; return;
+	case MODEL_W_V_B: *vec = &y->v_b; return;
+	case MODEL_W_Q_NORM: *vec = &y->qn_w; return;
+	case MODEL_W_K_NORM: *vec = &y->kn_w; return;
+	case MODEL_W_O_B: *vec = &y->o_b; return;
+	case MODEL_W_POST_ATTN_W: *vec = &y->pa_w; return;
+	case MODEL_W_NORM2_W: *vec = &y->n2_w; return;
+	case MODEL_W_NORM2_B: *vec = &y->n2_b; return;
+	case MODEL_W_FC_B:
+	case MODEL_W_GATE_B: *vec = &y->fc_b; return;
+	case MODEL_W_UP_B: *vec = &y->up_b; return;
+	case MODEL_W_FCPROJ_B:
+	case MODEL_W_DOWN_B: *vec = &y->dn_b; return;
+	case MODEL_W_POST_MLP_W: *vec = &y->pm_w; return;
+	default: return;
 	}
 }
 
-static const float **vec_slot(fam_weights *fw, model_role role, int l)
+static fam_mat *mat_slot(fam_weights *fw, model_role role, int l)
 {
-	fam_layer *y = l >= 0 ? &fw->layers[l] : NULL;
-	switch (role) {
-	case MODEL_W_FINAL_W: return &fw->final_w;
-	case MODEL_W_FINAL_B: return &fw->final_b;
-	default: break;
-	}
-	if (!y)
-		return NULL;
-	switch (role) {
-	case MODEL_W_NORM1_W: return &y->n1_w;
-	case MODEL_W_NORM1_B: return &y->n1_b;
-	case MODEL_W_Q_B: return &y->q_b;
-	case MODEL_W_K_B: return &y->k_b;
-	case MODEL_W_V_B: return &y->v_b;
-	case MODEL_W_Q_NORM: return &y->qn_w;
-	case MODEL_W_K_NORM: return &y->kn_w;
-	case MODEL_W_O_B: return &y->o_b;
-	case MODEL_W_POST_ATTN_W: return &y->pa_w;
-	case MODEL_W_NORM2_W: return &y->n2_w;
-	case MODEL_W_NORM2_B: return &y->n2_b;
-	case MODEL_W_FC_B:
-	case MODEL_W_GATE_B: return &y->fc_b;
-	case MODEL_W_UP_B: return &y->up_b;
-	case MODEL_W_FCPROJ_B:
-	case MODEL_W_DOWN_B: return &y->dn_b;
-	case MODEL_W_POST_MLP_W: return &y->pm_w;
-	default: return NULL;
-	}
+	fam_mat *m;
+	const float **v;
+	role_slot(fw, role, l, &m, &v);
+	return m;
 }
 
 /* Rows the unembedding converts at a time (narrow vocabularies). */
@@ -250,8 +247,9 @@ int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 			continue;
 		}
 		{
-			fam_mat *ms = mat_slot(&m->fw, tab[k].role, tab[k].layer);
-			const float **vs = vec_slot(&m->fw, tab[k].role, tab[k].layer);
+			fam_mat *ms;
+			const float **vs;
+			role_slot(&m->fw, tab[k].role, tab[k].layer, &ms, &vs);
 			CIRC_ASSERT(ms != NULL || vs != NULL);
 			if (ms)
 				*ms = (fam_mat){data, CIRC_F32};
@@ -877,21 +875,10 @@ static void fam_embed(circ_run *r, const circ_fwd *f)
 static void fam_final(circ_run *r, const float *x)
 {
 	const circ_config *c = &r->m->cfg;
-	int recv = circ_recv_logits(r->m);
 	size_t C = (size_t)r->C, N = (size_t)r->n_read, V = (size_t)r->V;
 	if (r->read_none)
 		return;
-	for (size_t i = 0; i < N; i++) {
-		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
-		float *dst = r->s_ln + i * C;
-		if (r->delta_on[recv] == CIRC_DELTA_SUM) {
-			model_form_sum(r, recv, x, dst, row, 1);
-			continue;
-		}
-		memcpy(dst, x + row * C, C * sizeof(float));
-		if (r->delta_on[recv] == CIRC_DELTA_STORED)
-			circ_vadd(dst, r->delta[recv] + row * C, C);
-	}
+	model_final_inputs(r, x, r->s_ln);
 	p_norm(r, block_rms(r), r->lnf, C, r->s_ln, C, N, r->C, r->m->fw.final_w, r->m->fw.final_b);
 	{
 		const fam_mat *lm = &r->m->fw.lm_head;
@@ -952,7 +939,6 @@ static void fam_final_bwd(circ_run *r, int s, const float *dlogits)
 	const circ_config *c = &r->m->cfg;
 	size_t C = (size_t)r->C, N = (size_t)r->n_read, V = (size_t)r->V, n = bt(r);
 	float *g = dres(r, s), *dl = r->f_dlog;
-	int recv = circ_recv_logits(r->m);
 	const float *x = resid_at(r, s);
 	memset(g, 0, n * C * sizeof(float));
 	memcpy(dl, dlogits, N * V * sizeof(float));
@@ -974,17 +960,7 @@ static void fam_final_bwd(circ_run *r, int s, const float *dlogits)
 		}
 	}
 	/* the final norm's inputs at the read rows, rebuilt */
-	for (size_t i = 0; i < N; i++) {
-		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
-		float *dst = r->s_ln + i * C;
-		if (r->delta_on[recv] == CIRC_DELTA_SUM) {
-			model_form_sum(r, recv, x, dst, row, 1);
-			continue;
-		}
-		memcpy(dst, x + row * C, C * sizeof(float));
-		if (r->delta_on[recv] == CIRC_DELTA_STORED)
-			circ_vadd(dst, r->delta[recv] + row * C, C);
-	}
+	model_final_inputs(r, x, r->s_ln);
 	memset(r->s_ln2, 0, N * C * sizeof(float));
 	p_norm_bwd(r, block_rms(r), r->s_ln2, r->d_ln, C, r->s_ln, C, N, r->C, r->m->fw.final_w);
 	for (size_t i = 0; i < N; i++) {

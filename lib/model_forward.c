@@ -318,24 +318,10 @@ static void head_part(void *v, size_t b, size_t e)
 static void final_stage(circ_run *r)
 {
 	const circ_weights *w = &r->m->w;
-	const float *x = resid_at(r, 2 * r->L);
-	int recv = circ_recv_logits(r->m);
-	const float *d = r->delta_on[recv] == CIRC_DELTA_STORED ? r->delta[recv] : NULL;
 	size_t C = (size_t)r->C, N = (size_t)r->n_read;
 	if (r->read_none)
 		return;
-	for (size_t i = 0; i < N; i++) {
-		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
-		float *dst = r->s_ln + i * C;
-		if (r->delta_on[recv] == CIRC_DELTA_SUM) {
-			model_form_sum(r, recv, x, dst, row, 1);
-			continue;
-		}
-		memcpy(dst, x + row * C, C * sizeof(float));
-		if (d)
-			for (size_t c = 0; c < C; c++)
-				dst[c] += d[row * C + c];
-	}
+	model_final_inputs(r, resid_at(r, 2 * r->L), r->s_ln);
 	model_p_layernorm(r, r->lnf, r->lnf_mean, r->lnf_rstd, r->s_ln, w->lnf_w, w->lnf_b, N);
 	if (!r->o.reference && N <= HEAD_FEW_ROWS && circ_gemm_bt_fast(r->C) &&
 	    (size_t)r->V * C * sizeof(float) >= HEAD_STREAM_BYTES) {

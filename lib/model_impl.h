@@ -244,6 +244,9 @@ void model_form_sum(const circ_run *r, int recv, const float *x, float *dst, siz
 		    size_t nrows);
 void model_p_form_sum(const circ_run *r, int recv, const float *x, float *dst);
 const float *model_recv_input(const circ_run *r, int recv, const float *x, float *dst);
+/* dst (n_read, C) = the logits receiver's input at the read rows (the final
+ * residual x plus its delta, or its sum). */
+void model_final_inputs(const circ_run *r, const float *x, float *dst);
 void model_p_layernorm(const circ_run *r, float *out, float *mean, float *rstd, const float *inp,
 		       const float *w, const float *b, size_t n);
 void model_p_layernorm_bwd(const circ_run *r, float *dinp, float *dacc, const float *dout,

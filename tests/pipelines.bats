@@ -199,8 +199,10 @@ PY
 	rows=$(grep '^| induction-hand |' <<<"$output")
 	# every method the tools have, each once
 	want="exact eap eap-ig acdc acdc-reference"
-	circ-score --help | grep -qw cd-t && want="$want cd-t"
-	circ-prune --help | grep -q -- --edge-pruning && want="$want edge-pruning"
+	# (the help read whole first: grep -q closing the pipe early would make a
+	# SIGPIPE of the tool and, under pipefail, a false negative)
+	grep -qw cd-t <<<"$(circ-score --help)" && want="$want cd-t"
+	grep -q -- --edge-pruning <<<"$(circ-prune --help)" && want="$want edge-pruning"
 	[ "$(awk -F' *[|] *' '{print $3}' <<<"$rows" | tr '\n' ' ')" = "$want " ]
 	# 8 columns; AUC and faithfulness numbers, AUC in [0,1]; CPR/CMD for score methods only
 	awk -F' *[|] *' 'NF != 10 { print "columns: " $0; exit 1 }
@@ -209,8 +211,9 @@ PY
 		$3 ~ /^acdc|edge-pruning/ && ($7 != "-" || $8 != "-") { print "curves: " $0; exit 1 }
 		$3 !~ /^acdc|edge-pruning/ && ($7 !~ /^[0-9.]+$/ || $8 !~ /^[0-9.]+$/) { print "curves: " $0; exit 1 }
 		$9 !~ /^[0-9.]+$/ { print "time: " $0; exit 1 }' <<<"$rows"
-	# the planted circuit is found: every method ranks it first here
-	[ "$(awk -F' *[|] *' '$4 != 1' <<<"$rows")" = "" ]
+	# the planted circuit is found: every method ranks it with ROC AUC >= 0.95
+	# (issue 19's bar; all but cd-t rank it first here)
+	[ "$(awk -F' *[|] *' '$4 < 0.95' <<<"$rows")" = "" ]
 	# a rerun reuses every cell
 	s=$(ls "$RUNS"/methods/n8-s0/induction-hand/exact/scores.circ)
 	before=$(stat -c %Y "$s")
@@ -220,32 +223,32 @@ PY
 	[ "$(stat -c %Y "$s")" = "$before" ]
 }
 
-@test "the methods table takes cd-t and edge-pruning in when the tools list them" {
-	# stand-ins until they land: a circ-score whose --help lists cd-t (scored
-	# as eap) and a circ-prune whose --help lists --edge-pruning (run as ACDC)
+@test "the methods table leaves cd-t and edge-pruning out when the tools do not list them" {
+	# stand-ins of tools without them: a circ-score whose --help does not list
+	# cd-t and a circ-prune whose --help does not list --edge-pruning
 	fb="$T/fakebin"
 	mkdir -p "$fb"
 	for b in "$ROOT"/bin/circ-*; do ln -s "$b" "$fb/"; done
 	rm "$fb/circ-score" "$fb/circ-prune"
 	cat >"$fb/circ-score" <<SH
 #!/bin/bash
-[ "\$1" = --help ] && { "$ROOT/bin/circ-score" --help | sed 's/or exact/exact or cd-t/'; exit; }
-exec "$ROOT/bin/circ-score" "\${@/#cd-t/eap}"
+[ "\$1" = --help ] && { "$ROOT/bin/circ-score" --help | sed 's/, cd-t//; s/cd-t//'; exit; }
+exec "$ROOT/bin/circ-score" "\$@"
 SH
 	cat >"$fb/circ-prune" <<SH
 #!/bin/bash
-[ "\$1" = --help ] && { "$ROOT/bin/circ-prune" --help; echo "      --edge-pruning  Edge Pruning"; exit; }
-[ "\$1" = --edge-pruning ] && [ "\$2" = --target-edges ] && { shift 3; exec "$ROOT/bin/circ-prune" --acdc "\$@"; }
+[ "\$1" = --help ] && { "$ROOT/bin/circ-prune" --help | grep -v -- '--edge-pruning'; exit; }
 exec "$ROOT/bin/circ-prune" "\$@"
 SH
 	chmod +x "$fb/circ-score" "$fb/circ-prune"
 	run make --no-print-directory -f pipelines/methods.mk RUNS="$RUNS" N=8 FIXTURES=induction-hand CIRCBIN="$fb/"
 	assert_success
-	assert_output --regexp '\| induction-hand \| cd-t \| 1 \| 4 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|'
-	assert_output --regexp '\| induction-hand \| edge-pruning \| 1 \| 4 \| [0-9.]+ \| - \| - \|'
-	# without them, neither row
+	refute_output --partial "| cd-t |"
+	refute_output --partial "| edge-pruning |"
+	assert_output --partial "| acdc-reference |"
+	# with the real tools, both rows
 	run make --no-print-directory -f pipelines/methods.mk RUNS="$RUNS" N=8 FIXTURES=induction-hand
 	assert_success
-	refute_output --partial "cd-t"
-	refute_output --partial "edge-pruning"
+	assert_output --regexp '\| induction-hand \| cd-t \| [0-9.]+ \| 4 \|'
+	assert_output --regexp '\| induction-hand \| edge-pruning \| 1 \| 4 \| [0-9.]+ \| - \| - \|'
 }

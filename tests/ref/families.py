@@ -263,6 +263,18 @@ def rope(x, pos, rot, theta, scaling):
     return torch.cat([xr * cos + rotated * sin, xp], -1)
 
 
+def capped_masked(a, s, pos, local):
+    """Scores s (.., T, T) soft-capped (attn_logit_softcapping) and masked:
+    causal, and within the sliding window on local layers."""
+    if a["attn_softcap"]:
+        s = torch.tanh(s / a["attn_softcap"]) * a["attn_softcap"]
+    i, j = pos[:, None], pos[None, :]
+    ok = j <= i
+    if local and a["sliding_window"]:
+        ok = ok & (i - j < a["sliding_window"])
+    return s.masked_fill(~ok, float("-inf"))
+
+
 def forward(a, W, names, tokens):
     """Logits (T, V) for one sequence. W: name -> float64 tensor."""
     T = len(tokens)
@@ -310,14 +322,7 @@ def forward(a, W, names, tokens):
             rep = H // k.shape[0]
             k = k.repeat_interleave(rep, 0)
             v = v.repeat_interleave(rep, 0)
-            s = q @ k.transpose(1, 2) * a["attn_scale"]
-            if a["attn_softcap"]:
-                s = torch.tanh(s / a["attn_softcap"]) * a["attn_softcap"]
-            i, j = pos[:, None], pos[None, :]
-            ok = j <= i
-            if local and a["sliding_window"]:
-                ok = ok & (i - j < a["sliding_window"])
-            s = s.masked_fill(~ok, float("-inf"))
+            s = capped_masked(a, q @ k.transpose(1, 2) * a["attn_scale"], pos, local)
             z = (torch.softmax(s, -1) @ v).transpose(0, 1).reshape(T, H * D)
             if a["model_type"] == "gpt_neox":
                 return lin(z, p + "attention.dense", a["bias_o"])

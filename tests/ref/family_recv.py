@@ -158,14 +158,7 @@ def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, ou
             q = fam.rope(proj(inp(x, l, "q", h), "q", h), pos, a["rotary_dim"], theta, scaling)
             k = fam.rope(proj(inp(x, l, "k", h), "k", h), pos, a["rotary_dim"], theta, scaling)
             v = proj(inp(x, l, "v", h), "v", h)
-            s = q @ k.T * a["attn_scale"]
-            if a["attn_softcap"]:
-                s = torch.tanh(s / a["attn_softcap"]) * a["attn_softcap"]
-            i, j = pos[:, None], pos[None, :]
-            ok = j <= i
-            if local and a["sliding_window"]:
-                ok = ok & (i - j < a["sliding_window"])
-            s = s.masked_fill(~ok, float("-inf"))
+            s = fam.capped_masked(a, q @ k.T * a["attn_scale"], pos, local)
             zs.append(torch.softmax(s, -1) @ v)
         z = torch.cat(zs, -1)
         ow = W[p + ("attention.dense" if neox else "self_attn.o_proj") + ".weight"]
