@@ -380,10 +380,12 @@ static int dashboard(const circ_cli *cli, const char *input)
 	}
 	const char **names = circ_xmalloc((size_t)set->n * sizeof *names);
 	const char **hooks = circ_xmalloc((size_t)set->n * sizeof *hooks);
+	const char **outs = circ_xmalloc((size_t)set->n * sizeof *outs);
 	float **dirs = circ_xmalloc((size_t)set->n * sizeof *dirs);
 	for (int k = 0; k < set->n; k++) {
 		names[k] = set->dict[k]->path;
 		hooks[k] = set->dict[k]->cfg.hook_name;
+		outs[k] = set->dict[k]->cfg.transcoder ? set->dict[k]->cfg.hook_out : NULL;
 		dirs[k] = dash_direction(set->dict[k], s.m);
 	}
 	circ_bpe *bpe = NULL;
@@ -404,6 +406,7 @@ static int dashboard(const circ_cli *cli, const char *input)
 			       .n_feats = nf,
 			       .dict_name = names,
 			       .dict_hook = hooks,
+			       .dict_out = outs,
 			       .direction = (const float *const *)dirs,
 			       .W_U = circ_model_weights(s.m)->lm_head,
 			       .V = c->vocab_size,
@@ -422,6 +425,7 @@ static int dashboard(const circ_cli *cli, const char *input)
 	free(dirs);
 	free(names);
 	free(hooks);
+	free(outs);
 	free(feats);
 	free(rp);
 	free(feat);

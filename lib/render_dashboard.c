@@ -440,6 +440,11 @@ static void put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, ci
 	put_json_str(f, s->dict_name ? s->dict_name[ft.dict] : NULL);
 	fputs(",\"hook\":", f);
 	put_json_str(f, s->dict_hook ? s->dict_hook[ft.dict] : NULL);
+	fputs(",\"hook_out\":", f);
+	if (s->dict_out && s->dict_out[ft.dict])
+		put_json_str(f, s->dict_out[ft.dict]);
+	else
+		fputs("null", f);
 	fprintf(f, ",\"feature\":%d,\"count\":%lld,\"positions\":%lld,\"density\":", ft.feat,
 		(long long)df->count, (long long)P);
 	put_f32(f, P ? (float)((double)df->count / (double)P) : 0.0f);
@@ -580,8 +585,8 @@ static const char *const page_script[] = {
     "feats.forEach(function (f) {",
     "  var s = h('section', 'feature');",
     "  s.id = 'f' + f.dict + '-' + f.feature;",
-    "  s.appendChild(h('h2', null, 'dictionary ' + f.dict + ' (' + f.hook + '), feature ' +",
-    "    f.feature));",
+    "  s.appendChild(h('h2', null, 'dictionary ' + f.dict + ' (' + f.hook +",
+    "    (f.hook_out ? ' -> ' + f.hook_out : '') + '), feature ' + f.feature));",
     "  s.appendChild(h('div', 'meta', 'active at ' + f.count + ' of ' + f.positions +",
     "    ' positions (density ' + num(f.density) + '), mean ' + num(f.mean) + ', max ' +",
     "    num(f.max)));",

@@ -78,6 +78,8 @@ typedef struct circ_dash_show {
 	int n_feats;
 	const char *const *dict_name;  /* (n_dict) e.g. the directory */
 	const char *const *dict_hook;  /* (n_dict) the input hook's name */
+	const char *const *dict_out;   /* (n_dict) a transcoder's output hook, else NULL;
+					* the array may be NULL */
 	const float *const *direction; /* (n_dict) each (S, C) decoder directions in the
 					* residual stream, or NULL: no logits */
 	const float *W_U;	       /* (V, C) unembedding rows */
