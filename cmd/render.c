@@ -304,7 +304,13 @@ static int dashboard(const circ_cli *cli, const char *input)
 			circ_dief(
 			    "%s: harvested from another model than '%s' (model_digest differs)",
 			    circ_reader_name(r), dash.model);
-		if (!td.s || strcmp(dd, td.s))
+		/* the token stream's own dataset_digest (a msgpack string), else its
+		 * header digest */
+		int same = td.type == CIRC_HDR_OBJ
+			       ? strlen(dd) == td.o->via.str.size &&
+				     !memcmp(dd, td.o->via.str.ptr, td.o->via.str.size)
+			       : td.s && !strcmp(dd, td.s);
+		if (!same)
 			circ_dief("%s: harvested from another token stream than '%s' "
 				  "(dataset_digest differs)",
 				  circ_reader_name(r), dash.tokens);

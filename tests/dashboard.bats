@@ -49,6 +49,22 @@ dash() { # circ-render --dashboard options...
 	assert_failure
 }
 
+@test "dashboard: token text from the model's tokenizer; attn.hook_z logits through W_O" {
+	local F=fixtures/induction-hand
+	circ-fixture induction-hand --examples 4 --seed 1 | circ-tokenize --vocab-dir $F >"$T/tok"
+	circ cat --json "$T/tok" >"$T/tok.jsonl"
+	$PY tests/ref/dict_ref.py make "$T/d" --arch standard --hook blocks.1.attn.hook_z --d-in 160 --d-sae 32 --seed 3
+	circ-harvest --model $F --dict "$T/d" -o "$T/a.circ" "$T/tok"
+	$PY tests/ref/dict_ref.py harvest $F "$T/d" "$T/tok.jsonl" >"$T/ref.jsonl"
+	circ-render --dashboard --model $F --dict "$T/d" --tokens "$T/tok" --format jsonl \
+		--n-features 32 --contexts 3 --window 4 --logits 6 "$T/a.circ" >"$T/c.jsonl"
+	run $PY tests/ref/dashboard_ref.py check "$T/c.jsonl" "$T/ref.jsonl" $F "$T/d" "$T/tok.jsonl" 32 3 4 6
+	echo "$output"
+	assert_success
+	# text, not ids: the vocabulary's " t" (id 28) reads as a space and t
+	jq -e -s '[.[].contexts[].text[]] | index(" t") != null' "$T/c.jsonl"
+}
+
 @test "dashboard: --features picks features, in the order given; lines follow the schema" {
 	harvest
 	dash --format jsonl --features 1:5,0:3,7 --bins 6 >"$T/c.jsonl"
