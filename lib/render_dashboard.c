@@ -13,8 +13,8 @@
  * Errors: writers check the stream once at the end (ferror).
  */
 #include "render_dashboard.h"
+#include "render_impl.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -483,33 +483,16 @@ static void put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, ci
 	putc('}', f);
 }
 
-static int check(FILE *f, circ_error *e)
-{
-	if (fflush(f) != 0 || ferror(f))
-		return circ_errorf(e, "write error: %s", strerror(errno ? errno : EIO));
-	return 0;
-}
-
 int circ_dash_write_jsonl(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_error *e)
 {
 	for (int i = 0; i < s->n_feats; i++) {
 		put_feature(f, d, s, s->feats[i]);
 		putc('\n', f);
 	}
-	return check(f, e);
+	return circ_render_check(f, e);
 }
 
 /* ---- HTML ---- */
-
-static const char *const page_head[] = {
-    "<!DOCTYPE html>",
-    "<html lang=\"en\">",
-    "<head>",
-    "<meta charset=\"utf-8\">",
-    "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-    "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
-    NULL,
-};
 
 static const char *const page_style[] = {
     "<style>",
@@ -620,36 +603,16 @@ static const char *const page_script[] = {
     NULL,
 };
 
-static void put_lines(FILE *f, const char *const *l)
-{
-	for (; *l; l++) {
-		fputs(*l, f);
-		putc('\n', f);
-	}
-}
-
-static void put_html(FILE *f, const char *s)
-{
-	for (; *s; s++)
-		switch (*s) {
-		case '<': fputs("&lt;", f); break;
-		case '>': fputs("&gt;", f); break;
-		case '&': fputs("&amp;", f); break;
-		case '"': fputs("&quot;", f); break;
-		default: putc(*s, f);
-		}
-}
-
 int circ_dash_write_html(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_error *e)
 {
 	const char *title = s->title ? s->title : "feature dashboards";
-	put_lines(f, page_head);
+	circ_render_put_lines(f, circ_render_html_head);
 	fputs("<title>", f);
-	put_html(f, title);
+	circ_render_put_xml(f, title);
 	fputs("</title>\n", f);
-	put_lines(f, page_style);
+	circ_render_put_lines(f, page_style);
 	fputs("<body>\n<h1>", f);
-	put_html(f, title);
+	circ_render_put_xml(f, title);
 	fputs("</h1>\n<p><span id=\"feature-count\">0</span> features; tokens coloured by the "
 	      "feature's activation (the maximum outlined); logits of the decoder direction "
 	      "through W_U.</p>\n<div id=\"features\"></div>\n",
@@ -660,7 +623,7 @@ int circ_dash_write_html(FILE *f, const circ_dash *d, const circ_dash_show *s, c
 		fputs(i + 1 < s->n_feats ? ",\n" : "\n", f);
 	}
 	fputs("]</script>\n", f);
-	put_lines(f, page_script);
+	circ_render_put_lines(f, page_script);
 	fputs("</body>\n</html>\n", f);
-	return check(f, e);
+	return circ_render_check(f, e);
 }

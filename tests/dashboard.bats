@@ -13,12 +13,6 @@ TOK=tests/data/tiny/tokens.jsonl
 DS=tests/data/dict/tiny
 PY=/usr/bin/python3
 
-need_chromium() {
-	[ -x /usr/bin/chromium ] && return 0
-	[ "${CI:-}" != true ] || fail "chromium is not installed in CI (make deps installs it)"
-	skip "chromium is not installed (make deps installs it)"
-}
-
 # The number of network requests a page made, from a Chromium net log.
 page_requests() {
 	run bash -c "grep -o '\"initiator\":\"[^\"]*\"' '$1' | grep -vc '\"not an origin\"'"
@@ -100,7 +94,7 @@ PY
 }
 
 @test "dashboard: the page draws every feature in headless Chromium and requests nothing" {
-	need_chromium
+	need_cmd /usr/bin/chromium chromium
 	harvest
 	dash -o "$T/a.html" --n-features 7
 	tests/browser/chromium.sh --log-net-log="$T/net.json" --dump-dom "file://$T/a.html" >"$T/dom.html"
