@@ -116,6 +116,23 @@ PY
 	[ "$output" -ge 1 ]
 }
 
+@test "dashboard: --help lists its options; write errors are reported; a failed run leaves no file" {
+	run --separate-stderr circ-render --help
+	assert_success
+	for o in --dashboard --model --dict --tokens --features --n-features --contexts --window \
+		--logits --bins; do
+		assert_output --partial -- "$o"
+	done
+	harvest
+	run --separate-stderr bash -c "circ-render --dashboard --model $M --dict $DS --tokens $TOK --format jsonl '$T/a.circ' >/dev/full"
+	assert_failure 1
+	[[ "$stderr" == *"'<stdout>': write error"* ]]
+	# a failed run leaves no output file (here: a dictionary set of another size)
+	run --separate-stderr circ-render --dashboard --model $M --dict $DS/l0_resid_pre --tokens $TOK -o "$T/x.html" "$T/a.circ"
+	assert_failure 1
+	[ ! -e "$T/x.html" ]
+}
+
 @test "dashboard: options are usage errors outside --dashboard or without its inputs" {
 	run --separate-stderr circ-render --format jsonl tests/data/render/circuit.jsonl
 	assert_failure 2
