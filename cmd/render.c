@@ -18,7 +18,10 @@
 #include <unistd.h>
 
 #include "cli/opt.h"
+#include "cli/session.h"
+#include "dict.h"
 #include "render.h"
+#include "render_dashboard.h"
 
 enum {
 	OPT_FORMAT = 'f',
@@ -31,10 +34,21 @@ enum {
 	OPT_LEGACY,
 	OPT_LIST_EDGES,
 	OPT_GRAPH,
+	OPT_DASHBOARD, /* feature dashboards (dashboard block below) */
+	OPT_MODEL,
+	OPT_DICT,
+	OPT_TOKENS,
+	OPT_FEATURES,
+	OPT_N_FEATURES,
+	OPT_CONTEXTS,
+	OPT_WINDOW,
+	OPT_LOGITS,
+	OPT_BINS,
 };
 
 static const circ_opt opts[] = {
-    {"format", OPT_FORMAT, "FMT", "text (default), dot, svg, json, html or curve-svg"},
+    {"format", OPT_FORMAT, "FMT",
+     "text (default), dot, svg, json, html or curve-svg; --dashboard: html (default) or jsonl"},
     {"output", OPT_OUT, "FILE", "write to FILE (atomically, via a temporary) instead of stdout"},
     {"scores", OPT_SCORES, "FILE", "scores stream giving every edge's score"},
     {"curve", OPT_CURVE, "FILE", "faithfulness curve stream (text summary, curve-svg)"},
@@ -44,11 +58,26 @@ static const circ_opt opts[] = {
     {"eap-ig-legacy", OPT_LEGACY, NULL, "json: EAP-IG's older layout (nodes as booleans)"},
     {"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
     {"graph", OPT_GRAPH, "L,H[,node]", "with --list-edges: the graph's shape instead of an input"},
+    {"dashboard", OPT_DASHBOARD, NULL,
+     "feature dashboards from a dict-acts stream (circ-harvest --dict) as the input"},
+    {"model", OPT_MODEL, "DIR", "--dashboard: the model (W_U; its tokenizer, if any, for text)"},
+    {"dict", OPT_DICT, "DIR", "--dashboard: the dictionaries the stream was harvested with"},
+    {"tokens", OPT_TOKENS, "FILE", "--dashboard: the token stream the stream was harvested from"},
+    {"features", OPT_FEATURES, "LIST",
+     "--dashboard: features to show, F or D:F (dictionary D) separated by commas"},
+    {"n-features", OPT_N_FEATURES, "N",
+     "--dashboard: without --features, the N most often active (default 20)"},
+    {"contexts", OPT_CONTEXTS, "K",
+     "--dashboard: top-activating examples per feature (default 10)"},
+    {"window", OPT_WINDOW, "W", "--dashboard: tokens shown each side of a maximum (default 8)"},
+    {"logits", OPT_LOGITS, "K", "--dashboard: promoted and suppressed tokens listed (default 10)"},
+    {"bins", OPT_BINS, "N", "--dashboard: activation histogram bins (default 20)"},
     {0},
 };
 
-typedef enum { F_TEXT, F_DOT, F_SVG, F_JSON, F_HTML, F_CURVE_SVG } format_t;
-static const char *const format_names[] = {"text", "dot", "svg", "json", "html", "curve-svg", NULL};
+typedef enum { F_TEXT, F_DOT, F_SVG, F_JSON, F_HTML, F_CURVE_SVG, F_JSONL } format_t;
+static const char *const format_names[] = {"text", "dot",	"svg",	 "json",
+					   "html", "curve-svg", "jsonl", NULL};
 
 static struct {
 	format_t format;
@@ -58,6 +87,363 @@ static struct {
 	const char *graph;
 	int format_set, top_set;
 } o = {F_TEXT, NULL, NULL, NULL, 10, 0, 0, -1, NULL, 0, 0};
+
+/* ---- --dashboard: feature dashboards of sparse dictionaries ----
+ * Reads a dict-acts stream (circ-harvest --dict) with the model, the
+ * dictionary set and the token stream it was harvested with (each checked
+ * against the stream's header), and writes lib/render_dashboard.c's page
+ * or JSON lines. */
+
+static struct {
+	int on;
+	const char *model, *dict, *tokens, *features;
+	int n_features;
+	circ_dash_opts d;
+	int set; /* a dashboard option was given */
+} dash = {.n_features = 20, .d = {10, 8, 20, 10}};
+
+static FILE *out_open(const char *path);
+static void out_fail(FILE *f, circ_error *e);
+static void out_close(FILE *f);
+
+static int dash_handle(int key, const char *arg)
+{
+	dash.set |= key != OPT_DASHBOARD;
+	switch (key) {
+	case OPT_DASHBOARD: dash.on = 1; return 0;
+	case OPT_MODEL: dash.model = arg; return 0;
+	case OPT_DICT: dash.dict = arg; return 0;
+	case OPT_TOKENS: dash.tokens = arg; return 0;
+	case OPT_FEATURES: dash.features = arg; return 0;
+	case OPT_N_FEATURES:
+		dash.n_features = (int)circ_opt_i64("n-features", arg, 1, 1000000);
+		return 0;
+	case OPT_CONTEXTS: dash.d.contexts = (int)circ_opt_i64("contexts", arg, 1, 10000); return 0;
+	case OPT_WINDOW: dash.d.window = (int)circ_opt_i64("window", arg, 0, 10000); return 0;
+	case OPT_LOGITS: dash.d.logits = (int)circ_opt_i64("logits", arg, 0, 10000); return 0;
+	case OPT_BINS: dash.d.bins = (int)circ_opt_i64("bins", arg, 1, 10000); return 0;
+	}
+	return -1;
+}
+
+/* --features: "F" (dictionary 0) or "D:F", comma-separated. */
+static int dash_parse_features(const circ_dict_set *set, circ_dash_feat **out)
+{
+	int n = 0;
+	const char *s = dash.features;
+	*out = NULL;
+	while (*s) {
+		char buf[64];
+		size_t len = strcspn(s, ",");
+		int64_t dk = 0, fj;
+		char *colon;
+		if (len == 0 || len >= sizeof buf)
+			circ_usage_error(
+			    "option '--features': '%s' is not F or D:F, comma-separated",
+			    dash.features);
+		memcpy(buf, s, len);
+		buf[len] = 0;
+		colon = strchr(buf, ':');
+		if (colon)
+			*colon = 0;
+		if ((colon && circ_parse_i64(buf, &dk) < 0) ||
+		    circ_parse_i64(colon ? colon + 1 : buf, &fj) < 0)
+			circ_usage_error("option '--features': '%.*s' is not F or D:F", (int)len,
+					 s);
+		if (dk < 0 || dk >= set->n)
+			circ_dief("option '--features': '%.*s': dictionary %lld is not in [0, %d)",
+				  (int)len, s, (long long)dk, set->n);
+		if (fj < 0 || fj >= set->dict[dk]->cfg.d_sae)
+			circ_dief("option '--features': '%.*s': feature %lld is not in [0, d_sae = "
+				  "%d)",
+				  (int)len, s, (long long)fj, set->dict[dk]->cfg.d_sae);
+		*out = circ_xrealloc(*out, (size_t)(n + 1) * sizeof **out);
+		(*out)[n].dict = (int)dk;
+		(*out)[n++].feat = (int)fj;
+		s += len + (s[len] == ',');
+	}
+	return n;
+}
+
+/* The example tokens of the token stream, by id. */
+typedef struct dash_example {
+	int64_t id;
+	int T;
+	int32_t *tok; /* (T) */
+} dash_example;
+
+static int dash_cmp_example(const void *a, const void *b)
+{
+	int64_t x = ((const dash_example *)a)->id, y = ((const dash_example *)b)->id;
+	return (x > y) - (x < y);
+}
+
+static dash_example *dash_read_tokens(circ_reader *r, int *n_out)
+{
+	circ_error e;
+	const msgpack_object *rec;
+	dash_example *ex = NULL;
+	int n = 0, rc;
+	while ((rc = circ_reader_next(r, &rec, &e)) > 0) {
+		circ_tensor t;
+		ex = circ_xrealloc(ex, (size_t)(n + 1) * sizeof *ex);
+		if (circ_rec_i64(rec, "id", &ex[n].id, &e) < 0 ||
+		    circ_rec_tensor(rec, "clean", &t, &e) < 0) {
+			circ_error_prefix(&e, "%s: record %lld", circ_reader_name(r),
+					  (long long)circ_reader_recno(r));
+			circ_die(&e);
+		}
+		ex[n].T = (int)circ_tensor_numel(&t);
+		ex[n].tok = circ_xmalloc(((size_t)ex[n].T + 1) * sizeof *ex[n].tok);
+		if (circ_tensor_copy_i32(&t, ex[n].tok, &e) < 0) {
+			circ_error_prefix(&e, "%s: record %lld: field 'clean'", circ_reader_name(r),
+					  (long long)circ_reader_recno(r));
+			circ_die(&e);
+		}
+		n++;
+	}
+	if (rc < 0)
+		circ_die(&e);
+	qsort(ex, (size_t)n, sizeof *ex, dash_cmp_example);
+	for (int i = 1; i < n; i++)
+		if (ex[i].id == ex[i - 1].id)
+			circ_dief("%s: example id %lld appears twice", circ_reader_name(r),
+				  (long long)ex[i].id);
+	*n_out = n;
+	return ex;
+}
+
+/* The decoder directions of dictionary d in the residual stream (S, C):
+ * W_dec's rows, through the heads' W_O for attn.hook_z; NULL when the
+ * output is not in the residual stream. */
+static float *dash_direction(const circ_dict *d, const circ_model *m)
+{
+	const circ_config *c = circ_model_config(m);
+	const circ_weights *w = circ_model_weights(m);
+	int S = d->cfg.d_sae, O = d->cfg.d_out, C = c->n_embd;
+	const char *hook = d->cfg.transcoder ? d->cfg.hook_out : d->cfg.hook_name;
+	circ_hook h;
+	circ_error e;
+	if (circ_hook_parse(hook, &h, &e) < 0)
+		return NULL;
+	float *dir = circ_xmalloc((size_t)S * C * sizeof *dir);
+	if (h.kind == CIRC_HOOK_ATTN_Z) { /* z (H*D) @ W_O (H*D, C) */
+		const float *wo = w->layers[h.layer].proj_w;
+		for (int j = 0; j < S; j++)
+			for (int q = 0; q < C; q++) {
+				double x = 0;
+				for (int i = 0; i < O; i++)
+					x += (double)d->W_dec[(size_t)j * O + i] *
+					     wo[(size_t)i * C + q];
+				dir[(size_t)j * C + q] = (float)x;
+			}
+		return dir;
+	}
+	if (O != C) {
+		free(dir);
+		return NULL;
+	}
+	memcpy(dir, d->W_dec, (size_t)S * C * sizeof *dir);
+	return dir;
+}
+
+/* A header string field of r, or dies naming it. */
+static char *dash_hdr_str(circ_reader *r, const char *key)
+{
+	circ_hdr_field f[] = {CIRC_HDR_NEED(STR, key)};
+	circ_error e;
+	if (circ_hdr_read(circ_reader_header(r), f, 1, &e) < 0) {
+		circ_error_prefix(&e, "%s", circ_reader_name(r));
+		circ_die(&e);
+	}
+	return circ_hdr_strdup(&f[0]);
+}
+
+static int dashboard(const circ_cli *cli, const char *input)
+{
+	circ_error e;
+	circ_session s = {0};
+	const msgpack_object *rec;
+	int rc, n_ex;
+	if (o.format_set && o.format != F_HTML && o.format != F_JSONL)
+		circ_usage_error("--dashboard writes --format html or jsonl");
+	if (o.scores || o.curve || o.top_set || o.d_model >= 0 || o.legacy || o.list_edges ||
+	    o.graph)
+		circ_usage_error("--dashboard takes --model, --dict, --tokens and the dashboard "
+				 "options (see --help)");
+	if (!dash.model || !dash.dict || !dash.tokens)
+		circ_usage_error("--dashboard needs --model DIR, --dict DIR and --tokens FILE");
+	if (dash.features && dash.n_features != 20)
+		circ_usage_error("--features and --n-features: give one");
+
+	circ_reader *r = circ_reader_open(input, "dict-acts", &e);
+	if (!r)
+		circ_die(&e);
+	circ_session_open_model(&s, dash.model, 0);
+	circ_session_tokens(&s, dash.tokens);
+	circ_dict_set *set = circ_dict_set_load(dash.dict, &e);
+	if (!set)
+		circ_die(&e);
+	for (int k = 0; k < set->n; k++)
+		if (circ_dict_check_model(set->dict[k], s.m, &e) < 0)
+			circ_die(&e);
+	{ /* the stream must come from this model, dictionary set and token stream */
+		circ_hdr_field f[] = {CIRC_HDR_NEED(I64, "n_dict")};
+		char *md = dash_hdr_str(r, "model_digest"), *dd = dash_hdr_str(r, "dataset_digest");
+		circ_hdr_field td = circ_hdr_dataset_digest(s.r);
+		if (circ_hdr_read(circ_reader_header(r), f, 1, &e) < 0) {
+			circ_error_prefix(&e, "%s", circ_reader_name(r));
+			circ_die(&e);
+		}
+		if (f[0].i != set->n)
+			circ_dief(
+			    "%s: the stream has %lld dictionaries, '%s' has %d (harvested with "
+			    "another --dict?)",
+			    circ_reader_name(r), (long long)f[0].i, dash.dict, set->n);
+		if (strcmp(md, s.model_digest))
+			circ_dief(
+			    "%s: harvested from another model than '%s' (model_digest differs)",
+			    circ_reader_name(r), dash.model);
+		/* the token stream's own dataset_digest (a msgpack string), else its
+		 * header digest */
+		int same = td.type == CIRC_HDR_OBJ
+			       ? strlen(dd) == td.o->via.str.size &&
+				     !memcmp(dd, td.o->via.str.ptr, td.o->via.str.size)
+			       : td.s && !strcmp(dd, td.s);
+		if (!same)
+			circ_dief("%s: harvested from another token stream than '%s' "
+				  "(dataset_digest differs)",
+				  circ_reader_name(r), dash.tokens);
+		free(md);
+		free(dd);
+	}
+	dash_example *ex = dash_read_tokens(s.r, &n_ex);
+
+	int *d_sae = circ_xmalloc((size_t)set->n * sizeof *d_sae);
+	for (int k = 0; k < set->n; k++)
+		d_sae[k] = set->dict[k]->cfg.d_sae;
+	circ_dash *d = circ_dash_new(set->n, d_sae, &dash.d);
+	int64_t *rp = NULL;
+	int32_t *feat = NULL;
+	float *act = NULL;
+	while ((rc = circ_reader_next(r, &rec, &e)) > 0) {
+		int64_t id, k, T;
+		circ_tensor tr, tf, ta;
+		if (circ_rec_i64(rec, "id", &id, &e) < 0 || circ_rec_i64(rec, "dict", &k, &e) < 0 ||
+		    circ_rec_i64(rec, "T", &T, &e) < 0 ||
+		    circ_rec_tensor(rec, "row_ptr", &tr, &e) < 0 ||
+		    circ_rec_tensor(rec, "feat", &tf, &e) < 0 ||
+		    circ_rec_tensor(rec, "act", &ta, &e) < 0)
+			goto bad;
+		dash_example key = {.id = id};
+		dash_example *x = bsearch(&key, ex, (size_t)n_ex, sizeof *ex, dash_cmp_example);
+		if (!x) {
+			circ_errorf(&e, "example %lld is not in '%s'", (long long)id, dash.tokens);
+			goto bad;
+		}
+		if (T != x->T || circ_tensor_numel(&tr) != T + 1) {
+			circ_errorf(&e,
+				    "example %lld: T = %lld, row_ptr has %lld entries, but '%s' "
+				    "gives it %d tokens",
+				    (long long)id, (long long)T, (long long)circ_tensor_numel(&tr),
+				    dash.tokens, x->T);
+			goto bad;
+		}
+		int64_t nnz = circ_tensor_numel(&tf);
+		if (circ_tensor_numel(&ta) != nnz) {
+			circ_errorf(&e, "fields 'feat' and 'act' differ in length");
+			goto bad;
+		}
+		rp = circ_xrealloc(rp, ((size_t)T + 1) * sizeof *rp);
+		feat = circ_xrealloc(feat, ((size_t)nnz + 1) * sizeof *feat);
+		act = circ_xrealloc(act, ((size_t)nnz + 1) * sizeof *act);
+		if (tr.dtype != CIRC_I64 || !tr.data) {
+			circ_errorf(&e, "field 'row_ptr': expected an i64 tensor");
+			goto bad;
+		}
+		memcpy(rp, tr.data, ((size_t)T + 1) * sizeof *rp);
+		if (circ_tensor_copy_i32(&tf, feat, &e) < 0 ||
+		    circ_tensor_copy_f32(&ta, act, &e) < 0 ||
+		    circ_dash_add(d, (int)(k < 0 || k > INT32_MAX ? -1 : k), id, x->tok, (int)T, rp,
+				  nnz, feat, act, &e) < 0)
+			goto bad;
+		continue;
+	bad:
+		circ_error_prefix(&e, "%s: record %lld", circ_reader_name(r),
+				  (long long)circ_reader_recno(r));
+		circ_die(&e);
+	}
+	if (rc < 0)
+		circ_die(&e);
+
+	circ_dash_feat *feats;
+	int nf;
+	if (dash.features)
+		nf = dash_parse_features(set, &feats);
+	else {
+		feats = circ_xmalloc((size_t)dash.n_features * sizeof *feats);
+		nf = circ_dash_top(d, dash.n_features, feats);
+	}
+	const char **names = circ_xmalloc((size_t)set->n * sizeof *names);
+	const char **hooks = circ_xmalloc((size_t)set->n * sizeof *hooks);
+	const char **outs = circ_xmalloc((size_t)set->n * sizeof *outs);
+	float **dirs = circ_xmalloc((size_t)set->n * sizeof *dirs);
+	for (int k = 0; k < set->n; k++) {
+		names[k] = set->dict[k]->path;
+		hooks[k] = set->dict[k]->cfg.hook_name;
+		outs[k] = set->dict[k]->cfg.transcoder ? set->dict[k]->cfg.hook_out : NULL;
+		dirs[k] = dash_direction(set->dict[k], s.m);
+	}
+	circ_bpe *bpe = NULL;
+	{ /* the model's tokenizer, when its directory has one */
+		char *tj = circ_xmalloc(strlen(dash.model) + 32),
+		     *vj = circ_xmalloc(strlen(dash.model) + 32);
+		sprintf(tj, "%s/tokenizer.json", dash.model);
+		sprintf(vj, "%s/vocab.json", dash.model);
+		if ((!access(tj, F_OK) || !access(vj, F_OK)) &&
+		    !(bpe = circ_bpe_load_dir(dash.model, &e)))
+			circ_die(&e);
+		free(tj);
+		free(vj);
+	}
+	const circ_config *c = circ_model_config(s.m);
+	circ_dash_show show = {.title = o.title,
+			       .feats = feats,
+			       .n_feats = nf,
+			       .dict_name = names,
+			       .dict_hook = hooks,
+			       .dict_out = outs,
+			       .direction = (const float *const *)dirs,
+			       .W_U = circ_model_weights(s.m)->lm_head,
+			       .V = c->vocab_size,
+			       .C = c->n_embd,
+			       .bpe = bpe};
+	FILE *f = out_open(cli->output);
+	if ((o.format == F_JSONL ? circ_dash_write_jsonl(f, d, &show, &e)
+				 : circ_dash_write_html(f, d, &show, &e)) < 0)
+		out_fail(f, &e);
+	out_close(f);
+	for (int k = 0; k < set->n; k++)
+		free(dirs[k]);
+	for (int i = 0; i < n_ex; i++)
+		free(ex[i].tok);
+	free(ex);
+	free(dirs);
+	free(names);
+	free(hooks);
+	free(outs);
+	free(feats);
+	free(rp);
+	free(feat);
+	free(act);
+	free(d_sae);
+	circ_bpe_free(bpe);
+	circ_dash_free(d);
+	circ_dict_set_free(set);
+	circ_reader_free(r);
+	circ_session_free(&s);
+	return 0;
+}
 
 static int handle(int key, const char *arg, void *ctx)
 {
@@ -72,7 +458,7 @@ static int handle(int key, const char *arg, void *ctx)
 			}
 		circ_usage_error(
 		    "option '--format': unknown format '%s' (text, dot, svg, json, html, "
-		    "curve-svg)",
+		    "curve-svg, jsonl)",
 		    arg);
 	case OPT_SCORES: o.scores = arg; return 0;
 	case OPT_CURVE: o.curve = arg; return 0;
@@ -86,7 +472,7 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
 	case OPT_GRAPH: o.graph = arg; return 0;
 	}
-	return -1;
+	return dash_handle(key, arg);
 }
 
 /* ---- output: stdout, or a temporary renamed into place ---- */
@@ -370,6 +756,12 @@ int main(int argc, char **argv)
 		circ_usage_error("--graph goes with --list-edges");
 	if (o.graph && i < argc)
 		circ_usage_error("--list-edges takes the graph from --graph or an input, not both");
+	if (dash.on)
+		return dashboard(&cli, input);
+	if (dash.set)
+		circ_usage_error("the dashboard options go with --dashboard");
+	if (o.format == F_JSONL)
+		circ_usage_error("--format jsonl goes with --dashboard");
 	check_options();
 	if (o.list_edges)
 		return list_edges(&cli, input);

@@ -13,6 +13,7 @@
  * any failed write on the way.
  */
 #include "render.h"
+#include "render_impl.h"
 
 #include <errno.h>
 #include <math.h>
@@ -762,5 +763,24 @@ int circ_render_curve_svg(FILE *f, const circ_curve *c, const char *title, circ_
 	fputs("</svg>\n", f);
 #undef PX
 #undef PY
+	return check(f, e);
+}
+
+/* ---- shared with the rest of the module (render_impl.h) ---- */
+
+const char *const *const circ_render_html_head = html_head;
+
+void circ_render_put_lines(FILE *f, const char *const *lines)
+{
+	put_lines(f, lines);
+}
+
+void circ_render_put_xml(FILE *f, const char *s)
+{
+	put_xml(f, s);
+}
+
+int circ_render_check(FILE *f, circ_error *e)
+{
 	return check(f, e);
 }
