@@ -9,6 +9,13 @@ gradient at the delta is the receiver's gradient.
         exact and EAP scores of every edge (resample ablation, logit_diff)
         on three random examples: OUT/tokens.jsonl and OUT/ref.json, which
         tests/ref/patch_ref.py compare reads
+    /usr/bin/python3 tests/ref/family_recv.py outgrad MODEL OUT [grouped]
+        receiver gradients when every node has its own output gradient
+        (circ_bwd.out_hook): OUT (safetensors) "tokens" I32 (1, T), "grads"
+        (R, T, C), receiver i of a stage holding the gradient at its input of
+        sum over the stage's nodes u of <g_u, out_u>, g_u[t, c] =
+        sin(0.37 u + 0.91 t + 0.13 c + 0.5) rounded to float32 (what
+        tests/unit/test_family_outgrad.c gives); the logits' row is zero
 
 Receivers, numbered as circ's topology numbers them (lib/topology.h): per
 layer, for each query head h its q, k and v (grouped: the k and v of a
@@ -276,10 +283,53 @@ def scores(d, out, grouped, n=3, T=7, seed=5):
     print("%s: %d edges" % (d, len(edges)))
 
 
+def node_grad(u, T, C):
+    """Node u's own output gradient (T, C) of the outgrad case."""
+    t = torch.arange(T, dtype=torch.float64)[:, None]
+    c = torch.arange(C, dtype=torch.float64)[None, :]
+    return torch.sin(0.37 * u + 0.91 * t + 0.13 * c + 0.5).float().double()
+
+
+def outgrad(d, out, grouped):
+    """Receiver gradients of family model d when each node's output has its
+    own gradient (see the module's docstring): written to out."""
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    a = fam.arch_of(cfg)
+    names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
+    W = weights(d)
+    ref = read_safetensors(os.path.join(d, "reference.safetensors"))
+    tokens = torch.from_numpy(ref["tokens"][0, :T].astype("int64"))
+    recv = receivers(a, grouped)
+    H, C = a["n_head"], a["n_embd"]
+    deltas = [torch.zeros(T, C, requires_grad=True) for _ in recv]
+    outs = []
+    forward(a, W, names, tokens, recv, deltas, grouped, outs=outs)
+    grads = torch.zeros(len(recv), T, C)
+    for l in range(a["n_layer"]):
+        u0 = 1 + l * (H + 1)
+        heads = ([i for i, r in enumerate(recv) if r[0] == l and r[1] != "mlp"],
+                 range(u0, u0 + H))
+        mlp = ([i for i, r in enumerate(recv) if r[0] == l and r[1] == "mlp"], [u0 + H])
+        stages = [(heads[0] + mlp[0], list(heads[1]) + mlp[1])] if a["parallel_residual"] \
+            else [heads, mlp]
+        for ri, us in stages:
+            s = sum((node_grad(u, T, C) * outs[u]).sum() for u in us)
+            gs = torch.autograd.grad(s, [deltas[i] for i in ri], retain_graph=True,
+                                     allow_unused=True)
+            for i, g in zip(ri, gs):
+                if g is not None:
+                    grads[i] = g
+    write_safetensors(out, {"tokens": ref["tokens"][:1, :T].astype("int32"), "grads": grads})
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "scores":
         # family_recv.py scores MODEL_DIR OUT_DIR [grouped]
         scores(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "grouped")
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "outgrad":
+        # family_recv.py outgrad MODEL_DIR OUT_FILE [grouped]
+        outgrad(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "grouped")
         return
     root = sys.argv[1] if len(sys.argv) > 1 else "tests/data/families"
     for name in sorted(os.listdir(root)):
