@@ -56,6 +56,20 @@ def weights(d):
     return W
 
 
+def load(d):
+    """The architecture (families.arch_of), tensor names and float64 weights
+    of family model d."""
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
+    return fam.arch_of(cfg), names, weights(d)
+
+
+def ref_tokens(d):
+    """d's reference.safetensors and its first sequence's T tokens."""
+    ref = read_safetensors(os.path.join(d, "reference.safetensors"))
+    return ref, torch.from_numpy(ref["tokens"][0, :T].astype("int64"))
+
+
 def receivers(a, grouped):
     """[(layer, kind, head)] in circ's order; kind 'q', 'k', 'v', 'mlp', 'logits'."""
     H, K = a["n_head"], a["n_kv_head"]
@@ -230,10 +244,7 @@ def scores(d, out, grouped, n=3, T=7, seed=5):
     """Exact and EAP scores (resample ablation, logit_diff) of every edge of
     family model d on n random examples: writes out/tokens.jsonl and
     out/ref.json (the layout tests/ref/patch_ref.py compare reads)."""
-    cfg = json.load(open(os.path.join(d, "config.json")))
-    a = fam.arch_of(cfg)
-    names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
-    W = weights(d)
+    a, names, W = load(d)
     V = a["vocab_size"]
     recv = receivers(a, grouped)
     nodes = node_names(a)
@@ -293,12 +304,8 @@ def node_grad(u, T, C):
 def outgrad(d, out, grouped):
     """Receiver gradients of family model d when each node's output has its
     own gradient (see the module's docstring): written to out."""
-    cfg = json.load(open(os.path.join(d, "config.json")))
-    a = fam.arch_of(cfg)
-    names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
-    W = weights(d)
-    ref = read_safetensors(os.path.join(d, "reference.safetensors"))
-    tokens = torch.from_numpy(ref["tokens"][0, :T].astype("int64"))
+    a, names, W = load(d)
+    ref, tokens = ref_tokens(d)
     recv = receivers(a, grouped)
     H, C = a["n_head"], a["n_embd"]
     deltas = [torch.zeros(T, C, requires_grad=True) for _ in recv]
@@ -336,12 +343,8 @@ def main():
         d = os.path.join(root, name)
         if not os.path.exists(os.path.join(d, "config.json")):
             continue
-        cfg = json.load(open(os.path.join(d, "config.json")))
-        a = fam.arch_of(cfg)
-        names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
-        W = weights(d)
-        ref = read_safetensors(os.path.join(d, "reference.safetensors"))
-        tokens = torch.from_numpy(ref["tokens"][0, :T].astype("int64"))
+        a, names, W = load(d)
+        ref, tokens = ref_tokens(d)
         # the plain reference forward and this one agree (deltas zero)
         recv = receivers(a, False)
         zero = [torch.zeros(T, a["n_embd"]) for _ in recv]
