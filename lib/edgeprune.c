@@ -9,7 +9,10 @@
  * down: after a stage, each of its receivers' gradients g_r gives
  * d loss / d z_e = g_r . (cur_u - ref_u) for its edges and adds z_e g_r
  * into the output gradient of each source u (acc, (U, B, T, C)); before a
- * stage, the nodes it produces get their acc as output gradients.
+ * stage, the nodes it produces get their acc as output gradients. Every
+ * family: a parallel block's stage (GPT-NeoX) holds its heads' and its
+ * MLP's receivers, which read the same nodes, and produces both (out_hook
+ * hands them in the stage's node order).
  *
  * Each stage's sums are GEMMs over the difference rows diff_u = ref_u -
  * cur_u (U, B, T, C), made once per forward as the stages reach them: the
@@ -145,13 +148,6 @@ circ_edgeprune *circ_ep_new(circ_patcher *const *ps, int n, const circ_ep_opts *
 	circ_rng rng;
 	if (n < 1)
 		return circ_errorf(e, "edge pruning needs at least one batch"), NULL;
-	/* the per-node output gradients (circ_bwd.out_hook) are GPT-2's only */
-	if (circ_model_config(circ_patcher_model(ps[0]))->model_type != CIRC_MODEL_GPT2)
-		return circ_errorf(e,
-				   "edge pruning: model_type '%s' is not supported yet (gpt2 only)",
-				   circ_model_type_name(
-				       circ_model_config(circ_patcher_model(ps[0]))->model_type)),
-		       NULL;
 	for (int k = 0; k < n; k++) {
 		const circ_patch_opts *po = circ_patcher_opts(ps[k]);
 		if (!po || !po->backward || po->diff_only || !circ_patcher_batch(ps[k]))

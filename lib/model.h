@@ -490,16 +490,23 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
  * gradients of that stage's receivers (circ_run_recv_grad) and of the
  * residual feeding it are final. Return 0, or -1 with a message to abort. */
 typedef int (*circ_bwd_hook)(void *ctx, circ_run *r, int stage, circ_error *e);
-/* Output-gradient hook: called before the backward of stage s < 2L with
- * node_grad (n) all NULL, one slot per node the stage produces (its H heads
- * for 2l, its MLP for 2l+1). Setting node_grad[j] to a (B, T, C) array makes
- * it the gradient of node j's output in place of the residual gradient
- * after the stage (which every node receives when its input is the plain
- * residual): for a caller whose deltas weight a node's output per receiver
- * (lib/edgeprune's masks), so that each node gets its own. The arrays must
- * stay until the stage's backward is done. The residual gradients are
- * unchanged (circ_run_node_grad does not see these). Return 0, or -1 with a
- * message to abort. */
+/* Output-gradient hook: called before the backward of every stage s but
+ * the final one with node_grad (n) all NULL, one slot per node the stage
+ * produces, in node order (topology.h: its H heads for an attention stage,
+ * its MLP for an MLP stage, the H heads then the MLP for a parallel block).
+ * Setting node_grad[j] to a (B, T, C) array makes it the gradient of node
+ * j's output in place of the residual gradient after the stage (which every
+ * node receives when its input is the plain residual): for a caller whose
+ * deltas weight a node's output per receiver (lib/edgeprune's masks), so
+ * that each node gets its own. A head's output is its share of the normed
+ * sum where the attention output has a norm of its own (model_family.c),
+ * so its gradient reaches its z through that norm's backward, every head's
+ * output gradient coupled by the norm's scale. The input node has no stage
+ * and nothing reads its output gradient: it gets no slot. The arrays must
+ * stay until the stage's backward is done. The residual gradients after the
+ * stage are unchanged (circ_run_node_grad does not see these); those before
+ * it add the receivers' gradients so made. Every model type; not with
+ * dweights. Return 0, or -1 with a message to abort. */
 typedef int (*circ_bwd_out_hook)(void *ctx, circ_run *r, int stage, int n, const float **node_grad,
 				 circ_error *e);
 
@@ -515,7 +522,7 @@ typedef struct circ_bwd {
 				     * input_embed gives no token-row (wte) gradient
 				     * from the lookup, and with the ACDC convention no
 				     * wpe gradient either */
-	circ_bwd_out_hook out_hook; /* optional, with hook_ctx; gpt2 only, not with dweights */
+	circ_bwd_out_hook out_hook; /* optional, with hook_ctx; not with dweights */
 } circ_bwd;
 
 /* One backward pass from dlogits through the last forward of r (made with

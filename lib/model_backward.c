@@ -145,8 +145,8 @@ int model_call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e)
 
 /* The output gradients of stage s's n nodes from b's out_hook into ng
  * (NULL: the residual gradient). */
-static int call_out_hook(circ_run *r, const circ_bwd *b, int s, int n, const float **ng,
-			 circ_error *e)
+int model_call_out_hook(circ_run *r, const circ_bwd *b, int s, int n, const float **ng,
+			circ_error *e)
 {
 	for (int j = 0; j < n; j++)
 		ng[j] = NULL;
@@ -170,12 +170,9 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		return circ_errorf(e, "the forward read no logits (or no dlogits given)");
 	circ_blas_threads(1);
 	r->bwd_stage = -1;
+	if (!r->bwd_ng) /* a stage's nodes: H heads, and a parallel block's MLP */
+		r->bwd_ng = circ_xcalloc((size_t)r->H + 1, sizeof *r->bwd_ng);
 	if (model_is_family(r->m)) {
-		if (b->out_hook)
-			return circ_errorf(e,
-					   "per-node output gradients of model_type '%s' are not "
-					   "implemented (gpt2 only)",
-					   circ_model_type_name(r->m->cfg.model_type));
 		if (r->valid != circ_topo_stage_final(r->m->topo) + 1)
 			return circ_errorf(e, "no complete forward to differentiate");
 		return model_family_backward(r, b, e);
@@ -184,8 +181,6 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		return -1;
 	if (dw && b->out_hook)
 		return circ_errorf(e, "parameter gradients with per-node output gradients");
-	if (!r->bwd_ng)
-		r->bwd_ng = circ_xcalloc((size_t)r->H, sizeof *r->bwd_ng);
 	n = bt(r);
 
 	/* ln_f and the unembedding, at the read rows only */
@@ -231,7 +226,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 				    *add = r->delta_on[recv] ? r->delta[recv] : NULL;
 			const float *xin = dw ? model_recv_input(r, recv, xs, r->s_ln) : xs;
 			ew_task dg = {r, r->d_fc, fc, NULL, r->m->cfg.act == CIRC_ACT_GELU};
-			if (call_out_hook(r, b, s, 1, &gn, e) < 0)
+			if (model_call_out_hook(r, b, s, 1, &gn, e) < 0)
 				return -1;
 			model_gemm(r, 0, 1, (int)n, r->F, r->C, gn ? gn : g, r->C, lw->fcproj_w,
 				   r->C, 0.0f, r->d_fc, r->F);
@@ -273,7 +268,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			int own = 0;
 			for (int j = 0; j < 3 * r->H; j++)
 				npatched += r->delta_on[r0 + j];
-			if (call_out_hook(r, b, s, r->H, r->bwd_ng, e) < 0)
+			if (model_call_out_hook(r, b, s, r->H, r->bwd_ng, e) < 0)
 				return -1;
 			for (int h = 0; h < r->H; h++)
 				own |= r->bwd_ng[h] != NULL;

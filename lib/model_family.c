@@ -34,6 +34,16 @@
  * Stages: sequential blocks as GPT-2 (2l attention, 2l+1 MLP, 2L final);
  * parallel blocks (GPT-NeoX) one stage per layer whose q/k/v and MLP
  * receivers read the same residual, then the final one.
+ *
+ * Per-node output gradients (circ_bwd.out_hook, model.h): the MLP's
+ * backward starts from its own gradient (through its post norm, if any);
+ * head h's dz from its own gradient G_h: dz_h = dO_h Wo_h (per-head GEMMs),
+ * dO_h = G_h without a post norm. With one, node_h = o_h rs(A) w' (o_h =
+ * z_h Wo_h^T, A = sum_k o_k, rs = rsqrt(mean(A^2) + eps), w' = off + w),
+ * so the loss reaches o_k through every head's output:
+ *   dO_k = rs w' . G_k - A (rs^3 / C) sum_h <G_h . w', o_h>
+ * row by row (attn_dz_own), which with every G_h equal to the residual
+ * gradient is the norm's backward that the plain path takes.
  */
 #include <math.h>
 #include <stdio.h>
@@ -1050,10 +1060,73 @@ static void recv_bwd(circ_run *r, int l, int kind, int h, const float *xin, cons
 		circ_vadd(rg, r->d_ln, n * C);
 }
 
-/* The attention's backward: from g (gradient of the residual after it) to
- * its receivers' gradients and gx. */
-static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, float *gx,
-			 int want_recv)
+/* dz (n, Q) of layer l's heads when some have their own output gradient
+ * (ng[h]; NULL: g, the residual gradient after the stage): head h's columns
+ * dO_h Wo_h, dO_h the gradient of the loss at its raw output o_h = z_h
+ * Wo_h^T. Without a post norm dO_h is its output gradient. With one (Gemma
+ * 2 and 3, OLMo 2), head h's node output is o_h * rs(A) w' (A = sum_k o_k,
+ * rs(A) = rsqrt(mean(A^2) + eps), w' = off + w, row by row), every head's
+ * output depending on every o_k through rs(A), so that
+ *   dO_k = rs w' . G_k - A (rs^3 / C) sum_h <G_h . w', o_h>
+ * (G_h head h's output gradient): its own path through the scale plus the
+ * scale's share. With every G_h = g this is the norm's backward of g. */
+static void attn_dz_own(circ_run *r, int l, const float *g, const float *const *ng)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
+	const float *wo = fam_rows(r, &y->o_w, 0, C, Q), *z = lay(r, r->fz, l, Q);
+	const float *A = lay(r, r->fA, l, C);
+	double *rs, *coef;
+	if (!fam_post_norm(c)) {
+		for (int h = 0; h < r->H; h++)
+			model_gemm(r, 0, 0, (int)n, r->D, r->C, ng[h] ? ng[h] : g, r->C,
+				   wo + (size_t)h * D, (int)Q, 0.0f, r->f_dz + (size_t)h * D,
+				   (int)Q);
+		return;
+	}
+	rs = circ_xcalloc(n, sizeof *rs);
+	coef = circ_xcalloc(n, sizeof *coef);
+	for (size_t i = 0; i < n; i++) {
+		double s = 0;
+		for (size_t j = 0; j < C; j++)
+			s += (double)A[i * C + j] * A[i * C + j];
+		rs[i] = 1.0 / sqrt(s / (double)C + c->layer_norm_epsilon);
+	}
+	/* coef_i = rs^3 / C sum_h <G_h . w', o_h>, o_h rebuilt in s_ln */
+	for (int h = 0; h < r->H; h++) {
+		const float *G = ng[h] ? ng[h] : g;
+		model_gemm(r, 0, 1, (int)n, r->C, r->D, z + (size_t)h * D, (int)Q,
+			   wo + (size_t)h * D, (int)Q, 0.0f, r->s_ln, r->C);
+		for (size_t i = 0; i < n; i++) {
+			double d = 0;
+			for (size_t j = 0; j < C; j++)
+				d += (double)G[i * C + j] * (c->norm_offset + y->pa_w[j]) *
+				     r->s_ln[i * C + j];
+			coef[i] += d;
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		coef[i] *= rs[i] * rs[i] * rs[i] / (double)C;
+	for (int h = 0; h < r->H; h++) {
+		const float *G = ng[h] ? ng[h] : g;
+		for (size_t i = 0; i < n; i++)
+			for (size_t j = 0; j < C; j++)
+				r->f_dA[i * C + j] =
+				    (float)(rs[i] * (c->norm_offset + y->pa_w[j]) * G[i * C + j] -
+					    A[i * C + j] * coef[i]);
+		model_gemm(r, 0, 0, (int)n, r->D, r->C, r->f_dA, r->C, wo + (size_t)h * D, (int)Q,
+			   0.0f, r->f_dz + (size_t)h * D, (int)Q);
+	}
+	free(rs);
+	free(coef);
+}
+
+/* The attention's backward: from g (gradient of the residual after it) or
+ * the heads' own output gradients (ng, NULL or (H) with NULL for g) to its
+ * receivers' gradients and gx. */
+static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, const float *const *ng,
+			 float *gx)
 {
 	const circ_config *c = &r->m->cfg;
 	const fam_layer *y = &r->m->fw.layers[l];
@@ -1061,16 +1134,21 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, flo
 	const float *dA = g;
 	float *q = lay(r, r->fq, l, Q), *k = lay(r, r->fk, l, Q);
 	float *dq = r->f_dq, *dk = r->f_dk, *dv = r->f_dv;
-	int rd = circ_config_rotary_dim(c);
-	(void)want_recv;
-	if (fam_post_norm(c)) {
-		memset(r->f_dA, 0, n * C * sizeof(float));
-		p_norm_bwd(r, 1, r->f_dA, g, C, lay(r, r->fA, l, C), C, n, r->C, y->pa_w);
-		dA = r->f_dA;
+	int rd = circ_config_rotary_dim(c), own = 0;
+	for (int h = 0; ng && h < r->H; h++)
+		own |= ng[h] != NULL;
+	if (own) {
+		attn_dz_own(r, l, g, ng);
+	} else {
+		if (fam_post_norm(c)) {
+			memset(r->f_dA, 0, n * C * sizeof(float));
+			p_norm_bwd(r, 1, r->f_dA, g, C, lay(r, r->fA, l, C), C, n, r->C, y->pa_w);
+			dA = r->f_dA;
+		}
+		/* dz (n, Q) = dA (n, C) Wo (C, Q) */
+		model_gemm(r, 0, 0, (int)n, (int)Q, r->C, dA, r->C, fam_rows(r, &y->o_w, 0, C, Q),
+			   (int)Q, 0.0f, r->f_dz, (int)Q);
 	}
-	/* dz (n, Q) = dA (n, C) Wo (C, Q) */
-	model_gemm(r, 0, 0, (int)n, (int)Q, r->C, dA, r->C, fam_rows(r, &y->o_w, 0, C, Q), (int)Q,
-		   0.0f, r->f_dz, (int)Q);
 	memset(dq, 0, n * Q * sizeof(float));
 	memset(dk, 0, n * Q * sizeof(float));
 	memset(dv, 0, n * Q * sizeof(float));
@@ -1149,13 +1227,18 @@ int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 	for (int s = S - 1; s >= 0; s--) {
 		const circ_topo_stage *st = &t->stage[s];
 		const float *x = resid_at(r, s), *g = dres(r, s + 1);
+		const float **ng = r->bwd_ng; /* heads first, then the MLP */
 		float *gx = dres(r, s);
+		if (model_call_out_hook(r, b, s, st->n_node, ng, e) < 0)
+			return -1;
 		memcpy(gx, g, n * C * sizeof(float));
-		if (st->kind == CIRC_STAGE_MLP || st->kind == CIRC_STAGE_BLOCK)
-			fam_mlp_bwd(r, st->layer, x, g, gx,
+		if (st->kind == CIRC_STAGE_MLP || st->kind == CIRC_STAGE_BLOCK) {
+			const float *gm = ng[st->n_node - 1];
+			fam_mlp_bwd(r, st->layer, x, gm ? gm : g, gx,
 				    model_recv_grad_buf(r, circ_recv_mlp(r->m, st->layer)));
+		}
 		if (st->kind == CIRC_STAGE_ATTN || st->kind == CIRC_STAGE_BLOCK)
-			fam_attn_bwd(r, st->layer, x, g, gx, 1);
+			fam_attn_bwd(r, st->layer, x, g, ng, gx);
 		if (model_call_bhook(r, b, s, e) < 0)
 			return -1;
 	}

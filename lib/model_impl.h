@@ -105,7 +105,7 @@ struct circ_run {
 	int have_bwd;
 	int used_embed;	      /* the last full forward took input_embed, not a token lookup */
 	int bwd_stage;	      /* stage reported to the backward hook (keep_recv_grads 0) */
-	const float **bwd_ng; /* (H) a stage's node gradients from circ_bwd.out_hook */
+	const float **bwd_ng; /* (H + 1) a stage's node gradients from circ_bwd.out_hook */
 
 	/* the arena */
 	void *arena;
@@ -186,6 +186,10 @@ void model_family_stage(circ_run *r, int s); /* the stage after its hook */
 int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e);
 /* model_backward.c's, for model_family.c */
 int model_call_bhook(circ_run *r, const circ_bwd *b, int s, circ_error *e);
+/* Stage s's n node output gradients from b's out_hook into ng (all NULL
+ * without one; NULL: the residual gradient after the stage). */
+int model_call_out_hook(circ_run *r, const circ_bwd *b, int s, int n, const float **ng,
+			circ_error *e);
 float *model_recv_grad_buf(const circ_run *r, int recv);
 
 /* ---- numbering (model.c) ---- */

@@ -93,14 +93,31 @@ setup_file() {
 	! diff -q "$T/s1-t2" "$T/s2-t2"
 }
 
-@test "prune --edge-pruning: a scores stream is no token stream; other families are refused" {
+@test "prune --edge-pruning: a scores stream is no token stream" {
 	run --separate-stderr circ-prune --edge-pruning --model tests/data/tiny/model --sparsity 0.5 tests/data/prune/scores.jsonl
 	assert_failure 1
 	[[ "$stderr" == *"expected 'tokens'"* ]]
-	# the per-node output gradients are GPT-2's only so far
-	run --separate-stderr circ-prune --edge-pruning --model tests/data/families/llama --sparsity 0.5 --steps 2 tests/data/tiny/tokens.jsonl
-	assert_failure 1
-	[[ "$stderr" == *"model_type 'llama' is not supported yet (gpt2 only)"* ]]
+}
+
+# The families' per-node output gradients (tests/unit/test_family_outgrad.c
+# checks them and the mask gradient against references): Llama, GPT-NeoX
+# (parallel blocks) and Gemma 2 (norms after the blocks) train a few steps,
+# the same bytes for 1 and 2 threads.
+@test "prune --edge-pruning runs on the families (llama, gpt_neox, gemma2)" {
+	local m
+	for m in llama gpt_neox gemma2; do
+		for th in 1 2; do
+			circ-prune --edge-pruning --model "tests/data/families/$m" --sparsity 0.5 \
+				--steps 6 --warmup 3 --threads $th --log "$T/$m.log" -o "$T/$m-$th.circ" \
+				tests/data/tiny/tokens.jsonl 2>"$T/err"
+			grep -q "edge-pruning: 6 steps in" "$T/err"
+		done
+		circ-cat "$T/$m-1.circ" | tests/validate.py schemas/circuit.schema.json
+		diff <(circ-cat --no-header "$T/$m-1.circ") <(circ-cat --no-header "$T/$m-2.circ")
+		circ-cat "$T/$m.log" | tests/validate.py schemas/edge-pruning.schema.json
+		[ "$(circ-cat --no-header "$T/$m.log" | grep -c '"step"')" = 6 ]
+		circ-cat --no-header "$T/$m.log" | jq -se 'map(select(.step)) | all(.loss | isfinite)'
+	done
 }
 
 @test "PRUNE=edge-pruning through the pipeline" {

@@ -9,6 +9,13 @@ gradient at the delta is the receiver's gradient.
         exact and EAP scores of every edge (resample ablation, logit_diff)
         on three random examples: OUT/tokens.jsonl and OUT/ref.json, which
         tests/ref/patch_ref.py compare reads
+    /usr/bin/python3 tests/ref/family_recv.py outgrad MODEL OUT [grouped]
+        receiver gradients when every node has its own output gradient
+        (circ_bwd.out_hook): OUT (safetensors) "tokens" I32 (1, T), "grads"
+        (R, T, C), receiver i of a stage holding the gradient at its input of
+        sum over the stage's nodes u of <g_u, out_u>, g_u[t, c] =
+        sin(0.37 u + 0.91 t + 0.13 c + 0.5) rounded to float32 (what
+        tests/unit/test_family_outgrad.c gives); the logits' row is zero
 
 Receivers, numbered as circ's topology numbers them (lib/topology.h): per
 layer, for each query head h its q, k and v (grouped: the k and v of a
@@ -47,6 +54,20 @@ def weights(d):
             for k, v in read_safetensors(os.path.join(d, f), float64=True).items():
                 W[k] = torch.from_numpy(v.copy())
     return W
+
+
+def load(d):
+    """The architecture (families.arch_of), tensor names and float64 weights
+    of family model d."""
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
+    return fam.arch_of(cfg), names, weights(d)
+
+
+def ref_tokens(d):
+    """d's reference.safetensors and its first sequence's T tokens."""
+    ref = read_safetensors(os.path.join(d, "reference.safetensors"))
+    return ref, torch.from_numpy(ref["tokens"][0, :T].astype("int64"))
 
 
 def receivers(a, grouped):
@@ -223,10 +244,7 @@ def scores(d, out, grouped, n=3, T=7, seed=5):
     """Exact and EAP scores (resample ablation, logit_diff) of every edge of
     family model d on n random examples: writes out/tokens.jsonl and
     out/ref.json (the layout tests/ref/patch_ref.py compare reads)."""
-    cfg = json.load(open(os.path.join(d, "config.json")))
-    a = fam.arch_of(cfg)
-    names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
-    W = weights(d)
+    a, names, W = load(d)
     V = a["vocab_size"]
     recv = receivers(a, grouped)
     nodes = node_names(a)
@@ -276,22 +294,57 @@ def scores(d, out, grouped, n=3, T=7, seed=5):
     print("%s: %d edges" % (d, len(edges)))
 
 
+def node_grad(u, T, C):
+    """Node u's own output gradient (T, C) of the outgrad case."""
+    t = torch.arange(T, dtype=torch.float64)[:, None]
+    c = torch.arange(C, dtype=torch.float64)[None, :]
+    return torch.sin(0.37 * u + 0.91 * t + 0.13 * c + 0.5).float().double()
+
+
+def outgrad(d, out, grouped):
+    """Receiver gradients of family model d when each node's output has its
+    own gradient (see the module's docstring): written to out."""
+    a, names, W = load(d)
+    ref, tokens = ref_tokens(d)
+    recv = receivers(a, grouped)
+    H, C = a["n_head"], a["n_embd"]
+    deltas = [torch.zeros(T, C, requires_grad=True) for _ in recv]
+    outs = []
+    forward(a, W, names, tokens, recv, deltas, grouped, outs=outs)
+    grads = torch.zeros(len(recv), T, C)
+    for l in range(a["n_layer"]):
+        u0 = 1 + l * (H + 1)
+        heads = ([i for i, r in enumerate(recv) if r[0] == l and r[1] != "mlp"],
+                 range(u0, u0 + H))
+        mlp = ([i for i, r in enumerate(recv) if r[0] == l and r[1] == "mlp"], [u0 + H])
+        stages = [(heads[0] + mlp[0], list(heads[1]) + mlp[1])] if a["parallel_residual"] \
+            else [heads, mlp]
+        for ri, us in stages:
+            s = sum((node_grad(u, T, C) * outs[u]).sum() for u in us)
+            gs = torch.autograd.grad(s, [deltas[i] for i in ri], retain_graph=True,
+                                     allow_unused=True)
+            for i, g in zip(ri, gs):
+                if g is not None:
+                    grads[i] = g
+    write_safetensors(out, {"tokens": ref["tokens"][:1, :T].astype("int32"), "grads": grads})
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "scores":
         # family_recv.py scores MODEL_DIR OUT_DIR [grouped]
         scores(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "grouped")
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "outgrad":
+        # family_recv.py outgrad MODEL_DIR OUT_FILE [grouped]
+        outgrad(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "grouped")
         return
     root = sys.argv[1] if len(sys.argv) > 1 else "tests/data/families"
     for name in sorted(os.listdir(root)):
         d = os.path.join(root, name)
         if not os.path.exists(os.path.join(d, "config.json")):
             continue
-        cfg = json.load(open(os.path.join(d, "config.json")))
-        a = fam.arch_of(cfg)
-        names = fam.HF_NAMES.get(cfg["model_type"], fam.HF_NAMES["default"])
-        W = weights(d)
-        ref = read_safetensors(os.path.join(d, "reference.safetensors"))
-        tokens = torch.from_numpy(ref["tokens"][0, :T].astype("int64"))
+        a, names, W = load(d)
+        ref, tokens = ref_tokens(d)
         # the plain reference forward and this one agree (deltas zero)
         recv = receivers(a, False)
         zero = [torch.zeros(T, a["n_embd"]) for _ in recv]
