@@ -236,6 +236,9 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 		p->o.max_b = 1;
 	if (p->o.max_t < 1 || p->o.max_t > c->n_ctx)
 		p->o.max_t = c->n_ctx;
+	/* a run's length limit (models of long contexts: Llama 3's 131072) */
+	if (p->o.max_t > CIRC_ATTN_MAX_T)
+		p->o.max_t = CIRC_ATTN_MAX_T;
 	p->t = g->topo;
 	p->mt = circ_model_topology(m);
 	/* the delta kernels read a receiver's keep bits as a prefix */

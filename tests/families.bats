@@ -356,3 +356,14 @@ describes_as() {
 	run --separate-stderr -1 circ-forward --model "$T/m" --describe
 	[[ "$stderr" == *"tensor 'model.layers.0.self_attn.k_proj.weight': shape [32, 64], expected [64, 64]"* ]]
 }
+
+@test "a model of a long context (Llama 3's 131072 positions) scores, prunes and harvests: runs take the prompts' length" {
+	rm -rf "$T/m"
+	cp -r "$FAM/llama" "$T/m"
+	jq '.max_position_embeddings = 131072' "$FAM/llama/config.json" >"$T/m/config.json"
+	run --separate-stderr circ-score --model "$T/m" --json tests/data/tiny/tokens.jsonl
+	assert_success
+	[ "$(grep -c '^{"edge"' <<<"$output")" -eq 110 ]
+	circ-prune --acdc --model "$T/m" --tau 0.01 tests/data/tiny/tokens.jsonl >/dev/null
+	circ-harvest --model "$T/m" tests/data/tiny/tokens.jsonl >/dev/null
+}

@@ -164,7 +164,7 @@ void circ_patch_cli_opts(const circ_patch_cli *pc, const circ_model *m, int back
 	po->metric = pc->metric;
 	po->threads = pc->threads;
 	po->max_b = pc->batch;
-	po->max_t = circ_model_config(m)->n_ctx;
+	po->max_t = circ_model_config(m)->n_ctx; /* circ_patcher_new caps it at a run's limit */
 	po->backward = backward;
 	po->allow_nonfinite = pc->allow_nonfinite;
 }
