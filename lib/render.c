@@ -203,11 +203,15 @@ int circ_render_json(FILE *f, const circ_render_in *in, circ_error *e)
 	if (g->level != CIRC_LEVEL_EDGE)
 		return circ_errorf(e, "EAP-IG's graph JSON has no node-level form (the circuit's "
 				      "graph is node-level)");
+	if (g->n_kv_head != g->n_head)
+		return circ_errorf(e,
+				   "EAP-IG's graph JSON has every head's own k and v inputs (the "
+				   "circuit's graph is grouped: --gqa grouped)");
 	uint8_t *node_in = circ_xmalloc((size_t)g->n_nodes);
 	circ_circuit_nodes(g, in->keep, node_in);
 	char name[CIRC_NAME_MAX];
-	fprintf(f, "{\"cfg\": {\"n_layers\": %d, \"n_heads\": %d, \"parallel_attn_mlp\": false",
-		g->n_layer, g->n_head);
+	fprintf(f, "{\"cfg\": {\"n_layers\": %d, \"n_heads\": %d, \"parallel_attn_mlp\": %s",
+		g->n_layer, g->n_head, g->block == CIRC_BLOCK_PARALLEL ? "true" : "false");
 	if (in->d_model >= 0 && !in->legacy)
 		fprintf(f, ", \"d_model\": %lld", (long long)in->d_model);
 	fputs("}, \"nodes\": {", f);
@@ -223,8 +227,8 @@ int circ_render_json(FILE *f, const circ_render_in *in, circ_error *e)
 	}
 	fputs("}, \"edges\": {", f);
 	/* EAP-IG's construction order: per layer, each residual-stream node to
-	 * every head's q, k, v; then each (now including the layer's heads) to
-	 * the MLP; finally each to logits. */
+	 * every head's q, k, v; then each (now including the layer's heads,
+	 * unless blocks are parallel) to the MLP; finally each to logits. */
 	int first = 1, H = g->n_head;
 	for (int l = 0; l < g->n_layer; l++) {
 		int below = circ_graph_recv_n_in(g, circ_graph_recv_head(g, l, 0, 0));
@@ -235,7 +239,8 @@ int circ_render_json(FILE *f, const circ_render_in *in, circ_error *e)
 					    f, in,
 					    circ_graph_edge(g, circ_graph_recv_head(g, l, h, c), u),
 					    &first);
-		for (int u = 0; u < below + H; u++)
+		int nm = circ_graph_recv_n_in(g, circ_graph_recv_mlp(g, l));
+		for (int u = 0; u < nm; u++)
 			json_edge(f, in, circ_graph_edge(g, circ_graph_recv_mlp(g, l), u), &first);
 	}
 	for (int u = 0; u < g->n_up; u++)

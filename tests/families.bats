@@ -367,3 +367,18 @@ describes_as() {
 	circ-prune --acdc --model "$T/m" --tau 0.01 tests/data/tiny/tokens.jsonl >/dev/null
 	circ-harvest --model "$T/m" tests/data/tiny/tokens.jsonl >/dev/null
 }
+
+@test "EAP-IG graph JSON of a family: parallel_attn_mlp for Pythia's blocks and no head->MLP edges within a layer; grouped graphs refused" {
+	circ-score --model "$FAM/gpt_neox" tests/data/tiny/tokens.jsonl >"$T/s"
+	circ-prune --top-n 5 "$T/s" >"$T/c" 2>/dev/null
+	circ-render --format json "$T/c" >"$T/g.json"
+	jq -e '.cfg.parallel_attn_mlp == true' "$T/g.json"
+	[ "$(jq '.edges | length' "$T/g.json")" -eq "$(circ cat "$T/s" | grep -c '^{"edge"')" ]
+	[ "$(jq '[.edges | keys[] | select(test("^a0[.]h[0-9]+->m0$"))] | length' "$T/g.json")" -eq 0 ]
+	circ-score --model "$FAM/llama" tests/data/tiny/tokens.jsonl | circ-prune --top-n 5 2>/dev/null |
+		circ-render --format json | jq -e '.cfg.parallel_attn_mlp == false'
+	circ-score --model "$FAM/llama" --gqa grouped tests/data/tiny/tokens.jsonl >"$T/s"
+	circ-prune --top-n 5 "$T/s" >"$T/c" 2>/dev/null
+	run --separate-stderr -1 circ-render --format json "$T/c"
+	[[ "$stderr" == *"the circuit's graph is grouped: --gqa grouped"* ]]
+}
