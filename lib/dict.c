@@ -773,7 +773,8 @@ circ_dict_set *circ_dict_set_load(const char *dir, circ_error *e)
 		names[nn++] = circ_xstrdup(de->d_name);
 	}
 	closedir(dp);
-	qsort(names, (size_t)nn, sizeof *names, name_cmp);
+	if (nn > 1)
+		qsort(names, (size_t)nn, sizeof *names, name_cmp);
 	char hin[CIRC_DICT_HOOK_MAX] = "hook_resid_mid", hout[CIRC_DICT_HOOK_MAX] = "hook_mlp_out";
 	char *yaml = join(dir, "config.yaml");
 	int rc = file_exists(yaml) ? read_yaml_hooks(yaml, hin, hout, sizeof hin, e) : 0;

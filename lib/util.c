@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -406,7 +407,7 @@ static void cleanup_atexit(void)
 	circ_cleanup_run();
 }
 
-static void cleanup_install(void)
+void circ_cleanup_install(void)
 {
 	static int done;
 	if (done)
@@ -424,7 +425,7 @@ static int cleanup_add(const char *path, int is_dir, circ_error *e)
 	size_t n = strlen(path);
 	if (n >= CLEANUP_PATH)
 		return circ_errorf(e, "'%s': path too long", path);
-	cleanup_install();
+	circ_cleanup_install();
 	for (int i = 0; i < CLEANUP_SLOTS; i++)
 		if (!cleanup[i].used) {
 			memcpy(cleanup[i].path, path, n + 1);
@@ -578,21 +579,42 @@ int circ_atomic_open(circ_atomic *a, const char *path, circ_error *e)
 	a->tmp = circ_xmalloc(n + 12);
 	memcpy(a->tmp, path, n);
 	memcpy(a->tmp + n, ".tmp.XXXXXX", 12);
-	{ /* no signal between the creation and the registration */
+	{ /* The name is registered for removal before the file is created: a
+	   * fatal signal delivered to another thread of the process (one that
+	   * does not block it) at any moment leaves nothing behind; removing
+	   * a name not yet created is harmless. The handlers are installed
+	   * first, so the default action never kills the process between. */
 		sigset_t block, old;
-		int err;
+		int err = EEXIST;
+		static const char set[] =
+		    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+		circ_cleanup_install();
 		sigemptyset(&block);
 		sigaddset(&block, SIGINT);
 		sigaddset(&block, SIGTERM);
 		sigaddset(&block, SIGHUP);
 		pthread_sigmask(SIG_BLOCK, &block, &old);
-		a->fd = mkostemp(a->tmp, O_CLOEXEC);
-		err = errno;
-		if (a->fd >= 0 && (a->slot = circ_cleanup_add(a->tmp, e)) < 0) {
-			close(a->fd);
-			unlink(a->tmp);
-			a->fd = -1;
-			err = 0;
+		for (int tries = 0; a->fd < 0 && err == EEXIST && tries < 1000; tries++) {
+			unsigned char rnd[6];
+			if (getrandom(rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd) {
+				uint64_t x = (uint64_t)getpid() * 0x9E3779B97F4A7C15u ^
+					     (uint64_t)time(NULL) ^ (uint64_t)tries << 40;
+				for (int i = 0; i < 6; i++, x >>= 8)
+					rnd[i] = (unsigned char)x;
+			}
+			for (int i = 0; i < 6; i++)
+				a->tmp[n + 5 + (size_t)i] = set[rnd[i] % (sizeof set - 1)];
+			if ((a->slot = circ_cleanup_add(a->tmp, e)) < 0) {
+				err = 0;
+				break;
+			}
+			a->fd =
+			    open(a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
+			err = errno;
+			if (a->fd < 0) {
+				circ_cleanup_remove(a->slot);
+				a->slot = -1;
+			}
 		}
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		if (a->fd < 0) {

@@ -170,6 +170,9 @@ int circ_write_text(const char *path, const char *text, circ_error *e);
  * ignored). Returns the slot, or -1 with a message when too many are
  * registered or the path is too long. */
 int circ_cleanup_add(const char *path, circ_error *e);
+/* Installs the handlers that remove registered files on SIGINT, SIGTERM,
+ * SIGHUP and SIGPIPE and at exit (once; circ_cleanup_add does it too). */
+void circ_cleanup_install(void);
 /* The same for a temporary directory: removed (rmdir, so only once empty)
  * after every registered file. */
 int circ_cleanup_add_dir(const char *path, circ_error *e);
