@@ -53,9 +53,11 @@ ATOMIC := . pipelines/atomic.sh
 ELAPSED = awk -v a="$$t0" -v b="$$(date +%s.%N)" 'BEGIN { printf "%.3f\n", b - a }'
 
 FIXTURES ?= $(shell $(CIRCBIN)circ-fixture --list | awk '{print $$1}')
-HAS_CDT := $(shell $(CIRCBIN)circ-score --help 2>/dev/null | grep -qw -- 'cd-t' && echo cd-t)
-HAS_EP := $(shell $(CIRCBIN)circ-prune --help 2>/dev/null | grep -q -- '--edge-pruning' && echo edge-pruning)
-HAS_REF := $(shell $(CIRCBIN)circ-prune --help 2>/dev/null | grep -q -- '--acdc-order' && echo acdc-reference)
+# each help read whole by make, then searched word by word (piped into grep -q,
+# a method went missing from the table now and then)
+HAS_CDT := $(if $(filter cd-t,$(shell $(CIRCBIN)circ-score --help 2>/dev/null)),cd-t)
+HAS_EP := $(if $(filter --edge-pruning,$(shell $(CIRCBIN)circ-prune --help 2>/dev/null)),edge-pruning)
+HAS_REF := $(if $(filter --acdc-order,$(shell $(CIRCBIN)circ-prune --help 2>/dev/null)),acdc-reference)
 METHODS ?= exact eap eap-ig acdc $(HAS_REF) $(HAS_CDT) $(HAS_EP)
 SCORE_METHODS := exact eap eap-ig eap-ig-activations cd-t
 
