@@ -147,6 +147,29 @@ const char *circ_dict_arch_name(const circ_dict *d)
 	return c->skip ? "skip_transcoder" : "transcoder";
 }
 
+void circ_dict_name(const circ_dict *d, char *out, size_t n)
+{
+	static const char *const short_names[CIRC_HOOK_COUNT] = {
+	    [CIRC_HOOK_RESID_PRE] = "resid_pre", [CIRC_HOOK_RESID_MID] = "resid_mid",
+	    [CIRC_HOOK_RESID_POST] = "resid",	 [CIRC_HOOK_ATTN_OUT] = "attn",
+	    [CIRC_HOOK_MLP_OUT] = "mlp",	 [CIRC_HOOK_ATTN_Z] = "z",
+	    [CIRC_HOOK_LN2_NORMALIZED] = "ln2_", [CIRC_HOOK_MLP_IN] = "mlp_in",
+	};
+	circ_hook h = {0};
+	circ_error e;
+	if (d->cfg.transcoder) {
+		if (circ_hook_parse(d->cfg.hook_out, &h, &e) < 0)
+			circ_hook_parse(d->cfg.hook_name, &h, &e);
+		snprintf(out, n, "tc%d", h.layer);
+		return;
+	}
+	if (circ_hook_parse(d->cfg.hook_name, &h, &e) < 0) {
+		snprintf(out, n, "dict");
+		return;
+	}
+	snprintf(out, n, "%s%d", short_names[h.kind], h.layer);
+}
+
 /* ---- cfg.json ---- */
 
 static char *join(const char *dir, const char *name)

@@ -107,6 +107,15 @@ void circ_dict_free(circ_dict *d); /* NULL is a no-op */
  * "jumprelu_skip_transcoder". */
 const char *circ_dict_arch_name(const circ_dict *d);
 
+/* The name of d in feature graphs (circ(1) FEATURE GRAPHS): its input
+ * hook's point and layer, "resid_pre3", "resid_mid3", "resid3"
+ * (hook_resid_post), "attn3" (hook_attn_out), "mlp3" (hook_mlp_out), "z3"
+ * (attn.hook_z), "ln2_3" (ln2.hook_normalized), "mlp_in3"; a transcoder is
+ * "tc<l>" with l the layer of its output hook. Its nodes are
+ * "<name>.f<i>" (feature i) and "<name>.err" (its error node), with
+ * "@<t>" for one token position. Written into out (n bytes, at least 16). */
+void circ_dict_name(const circ_dict *d, char *out, size_t n);
+
 /* Reads a SAELens directory: dir/cfg.json (architecture, d_in, d_sae,
  * hook_name or metadata.hook_name, apply_b_dec_to_input,
  * normalize_activations; k for topk, at the top or in activation_fn_kwargs;

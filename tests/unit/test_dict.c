@@ -219,6 +219,25 @@ static void test_hooks(void)
 	circ_topology_free(t);
 }
 
+static void test_names(void)
+{
+	char buf[32];
+	circ_dict *d = make(CIRC_DICT_STANDARD, 0, 0, 1);
+	circ_dict_name(d, buf, sizeof buf);
+	CHECK(!strcmp(buf, "resid_pre0"));
+	strcpy(d->cfg.hook_name, "blocks.7.hook_resid_post");
+	circ_dict_name(d, buf, sizeof buf);
+	CHECK(!strcmp(buf, "resid7"));
+	strcpy(d->cfg.hook_name, "blocks.2.attn.hook_z");
+	circ_dict_name(d, buf, sizeof buf);
+	CHECK(!strcmp(buf, "z2"));
+	circ_dict_free(d);
+	d = make(CIRC_DICT_STANDARD, 1, 0, 2);
+	circ_dict_name(d, buf, sizeof buf);
+	CHECK(!strcmp(buf, "tc1"));
+	circ_dict_free(d);
+}
+
 int main(void)
 {
 	if (!mkdtemp(tmpdir)) {
@@ -229,6 +248,7 @@ int main(void)
 	test_encode();
 	test_topk();
 	test_hooks();
+	test_names();
 	char cmd[300];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
