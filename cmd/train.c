@@ -664,6 +664,7 @@ enum {
 	DOPT_WD,
 	DOPT_CLIP,
 	DOPT_BUFFER,
+	DOPT_BUFFER_DIR,
 	DOPT_CTX_LEN,
 	DOPT_SEQS,
 	DOPT_SEED,
@@ -709,6 +710,9 @@ static const circ_opt dopts[] = {
     {"clip", DOPT_CLIP, "G",
      "clip the gradient's global norm to G; 0: off (default: relu 1, else 0)"},
     {"buffer", DOPT_BUFFER, "N", "rows in the shuffled activation buffer (default 16 x batch)"},
+    {"buffer-dir", DOPT_BUFFER_DIR, "DIR",
+     "keep the buffer in a file in DIR (made, unlinked and its space reserved at once) instead "
+     "of memory: for buffers larger than memory"},
     {"ctx-len", DOPT_CTX_LEN, "T",
      "tokens per harvested sequence (default 128, or n_ctx when shorter)"},
     {"seqs", DOPT_SEQS, "N", "sequences per harvesting forward (default 16)"},
@@ -738,6 +742,7 @@ static struct {
 	circ_dtrain_opts t;
 	int d_sae, ctx_len, seqs, log, every, fixture, transcoder, normalize, tokens;
 	int64_t buffer, stop_after;
+	const char *buffer_dir;
 	const char *given[DOPT_N - CIRC_OPT_FIRST_TOOL + 1];
 } d = {.dtype = "F32", .ctx_len = 128, .seqs = 16, .every = 1000};
 
@@ -781,6 +786,7 @@ static int dhandle(int key, const char *arg, void *ctx)
 	case DOPT_WD: t->weight_decay = circ_opt_f64_in("weight-decay", arg, 0, 0, 1, 0); break;
 	case DOPT_CLIP: t->clip = circ_opt_f64_in("clip", arg, 0, 0, 1e9, 0); break;
 	case DOPT_BUFFER: d.buffer = circ_opt_i64("buffer", arg, 2, INT64_MAX / 2); break;
+	case DOPT_BUFFER_DIR: d.buffer_dir = arg; break;
 	case DOPT_CTX_LEN: d.ctx_len = (int)circ_opt_i64("ctx-len", arg, 1, 1 << 20); break;
 	case DOPT_SEQS: d.seqs = (int)circ_opt_i64("seqs", arg, 1, 1 << 16); break;
 	case DOPT_SEED: t->seed = (uint64_t)circ_opt_i64("seed", arg, 0, INT64_MAX); break;
@@ -919,20 +925,32 @@ static void dict_progress(int64_t step, int64_t steps, const circ_dtrain_stats *
 static void write_checkpoint(circ_dtrain *t, circ_dbuf *b, circ_dharvest *h, double scale)
 {
 	circ_error e;
-	circ_st_tensor x[2];
+	circ_st_tensor x[3];
 	const char *meta[8];
 	char sc[64];
-	int n = 1, nm = 3;
+	int n = 2, nm = 3;
 	circ_dbuf_state(b, &x[0], meta);
 	snprintf(sc, sizeof sc, "%a", scale);
 	meta[4] = "train.scale";
 	meta[5] = sc;
 	if (h) {
-		circ_dharvest_state(h, &x[1], meta + 6);
+		circ_dharvest_state(h, &x[2], meta + 6);
 		n++, nm++;
 	}
 	if (circ_dtrain_save(t, d.checkpoint, n, x, nm, meta, &e) < 0)
 		circ_die(&e);
+}
+
+/* The shuffled buffer, in memory or in a file under --buffer-dir. */
+static circ_dbuf *make_buffer(size_t cap, int w, circ_dbuf_fill fill, void *ctx)
+{
+	if (!d.buffer_dir)
+		return circ_dbuf_new(cap, w, d.t.seed, fill, ctx);
+	circ_error e;
+	circ_dbuf *b = circ_dbuf_new_file(cap, w, d.t.seed, fill, ctx, d.buffer_dir, &e);
+	if (!b)
+		circ_dief("option '--buffer-dir': %s", e.msg);
+	return b;
 }
 
 static int dict_main(int argc, char **argv, int transcoder)
@@ -1066,7 +1084,7 @@ static int dict_main(int argc, char **argv, int transcoder)
 	circ_dbuf *buf;
 	if (d.fixture) {
 		fix = circ_dfix_new(D, transcoder ? O : 0, 64, 8, 8, 0.04, d.t.seed);
-		buf = circ_dbuf_new(cap, w, d.t.seed, circ_dfix_fill, fix);
+		buf = make_buffer(cap, w, circ_dfix_fill, fix);
 	} else {
 		cp.name = argc - i == 1 ? argv[i] : "-";
 		cp.vocab = circ_model_config(m)->vocab_size;
@@ -1079,7 +1097,7 @@ static int dict_main(int argc, char **argv, int transcoder)
 		if (!(h = circ_dharvest_new(m, dict, d.seqs, d.ctx_len, d.t.threads, corpus_next,
 					    &cp, &e)))
 			circ_die(&e);
-		buf = circ_dbuf_new(cap, w, d.t.seed, circ_dharvest_fill, h);
+		buf = make_buffer(cap, w, circ_dharvest_fill, h);
 	}
 	double scale = 1;
 	if (d.resume) {

@@ -20,11 +20,15 @@
  */
 #include "dict_train.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "kernels.h"
 
@@ -1322,13 +1326,23 @@ int circ_dtrain_restore(circ_dtrain *t, const circ_st *f, circ_error *e)
 	return 0;
 }
 
-/* ---- the shuffled buffer ---- */
+/* ---- the shuffled buffer ----
+ * The rows stay where they were written; a permutation of the slots is
+ * what is shuffled, and batches gather the rows of its next slots. A
+ * refill writes new rows into the slots served since the last one (in
+ * chunks of DBUF_CHUNK rows through a small staging area), so a buffer on
+ * disk is never moved about, only read at random and written back in the
+ * served slots. */
+
+#define DBUF_CHUNK 1024
 
 struct circ_dbuf {
-	size_t cap, pos; /* rows; next row served */
+	size_t cap, pos; /* rows; next slot served (index into perm) */
 	int w;
-	float *rows; /* (cap, w) */
-	float *tmp;  /* (w) */
+	float *rows;	/* (cap, w), in memory or a mapping of an unlinked file */
+	size_t map_len; /* bytes mapped (file buffer), else 0 */
+	int64_t *perm;	/* (cap) slot of each place in the served order */
+	float *stage;	/* (DBUF_CHUNK, w) */
 	circ_rng r;
 	circ_dbuf_fill fill;
 	void *ctx;
@@ -1337,17 +1351,68 @@ struct circ_dbuf {
 	char meta[2][96];
 };
 
-circ_dbuf *circ_dbuf_new(size_t cap, int width, uint64_t seed, circ_dbuf_fill fill, void *ctx)
+static circ_dbuf *dbuf_make(size_t cap, int width, uint64_t seed, circ_dbuf_fill fill, void *ctx)
 {
 	CIRC_ASSERT(cap >= 2 && width > 0);
 	circ_dbuf *b = circ_xcalloc(1, sizeof *b);
 	b->cap = cap;
 	b->w = width;
-	b->rows = circ_xmalloc_aligned(cap * (size_t)width * sizeof(float));
-	b->tmp = circ_xmalloc((size_t)width * sizeof(float));
+	b->perm = circ_xmalloc(cap * sizeof(int64_t));
+	for (size_t i = 0; i < cap; i++)
+		b->perm[i] = (int64_t)i;
+	b->stage = circ_xmalloc((size_t)DBUF_CHUNK * (size_t)width * sizeof(float));
 	circ_rng_seed_stream(&b->r, seed, 1);
 	b->fill = fill;
 	b->ctx = ctx;
+	return b;
+}
+
+circ_dbuf *circ_dbuf_new(size_t cap, int width, uint64_t seed, circ_dbuf_fill fill, void *ctx)
+{
+	circ_dbuf *b = dbuf_make(cap, width, seed, fill, ctx);
+	b->rows = circ_xmalloc_aligned(cap * (size_t)width * sizeof(float));
+	return b;
+}
+
+circ_dbuf *circ_dbuf_new_file(size_t cap, int width, uint64_t seed, circ_dbuf_fill fill, void *ctx,
+			      const char *dir, circ_error *e)
+{
+	if (cap > SIZE_MAX / sizeof(float) / (size_t)width ||
+	    cap * (size_t)width * sizeof(float) > (size_t)INT64_MAX) {
+		circ_errorf(e, "'%s': a buffer of %zu rows of %d floats is too large", dir, cap,
+			    width);
+		return NULL;
+	}
+	size_t len = cap * (size_t)width * sizeof(float);
+	size_t n = strlen(dir) + 32;
+	char *path = circ_xmalloc(n);
+	snprintf(path, n, "%s/circ-buffer.XXXXXX", dir);
+	int fd = mkstemp(path);
+	if (fd < 0) {
+		circ_errorf(e, "'%s': cannot make the buffer's file there: %s", dir,
+			    strerror(errno));
+		free(path);
+		return NULL;
+	}
+	/* unlinked at once: nothing is left behind, whatever ends the process */
+	unlink(path);
+	free(path);
+	int err = posix_fallocate(fd, 0, (off_t)len);
+	if (err) {
+		close(fd);
+		circ_errorf(e, "'%s': cannot reserve %zu bytes for the buffer: %s", dir, len,
+			    strerror(err));
+		return NULL;
+	}
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED) {
+		circ_errorf(e, "'%s': cannot map the buffer's file: %s", dir, strerror(errno));
+		return NULL;
+	}
+	circ_dbuf *b = dbuf_make(cap, width, seed, fill, ctx);
+	b->rows = p;
+	b->map_len = len;
 	return b;
 }
 
@@ -1355,8 +1420,12 @@ void circ_dbuf_free(circ_dbuf *b)
 {
 	if (!b)
 		return;
-	free(b->rows);
-	free(b->tmp);
+	if (b->map_len)
+		munmap(b->rows, b->map_len);
+	else
+		free(b->rows);
+	free(b->perm);
+	free(b->stage);
 	free(b);
 }
 
@@ -1367,14 +1436,11 @@ int64_t circ_dbuf_rows_in(const circ_dbuf *b)
 
 static void dbuf_shuffle(circ_dbuf *b)
 {
-	size_t rb = (size_t)b->w * sizeof(float);
 	for (size_t i = b->cap - 1; i > 0; i--) {
 		size_t j = (size_t)circ_rng_below(&b->r, i + 1);
-		if (j == i)
-			continue;
-		memcpy(b->tmp, b->rows + i * b->w, rb);
-		memcpy(b->rows + i * b->w, b->rows + j * b->w, rb);
-		memcpy(b->rows + j * b->w, b->tmp, rb);
+		int64_t t = b->perm[i];
+		b->perm[i] = b->perm[j];
+		b->perm[j] = t;
 	}
 }
 
@@ -1399,6 +1465,22 @@ const float *circ_dbuf_peek(circ_dbuf *b, size_t *n, circ_error *e)
 	return b->rows;
 }
 
+/* New rows into the slots perm[0 .. pos), in served order. */
+static int dbuf_refill(circ_dbuf *b, circ_error *e)
+{
+	size_t rb = (size_t)b->w * sizeof(float);
+	for (size_t i = 0; i < b->pos; i += DBUF_CHUNK) {
+		size_t n = b->pos - i < DBUF_CHUNK ? b->pos - i : DBUF_CHUNK;
+		if (b->fill(b->ctx, b->stage, n, e) < 0)
+			return -1;
+		for (size_t q = 0; q < n; q++)
+			memcpy(b->rows + (size_t)b->perm[i + q] * b->w, b->stage + q * b->w, rb);
+	}
+	b->rows_in += (int64_t)b->pos;
+	b->pos = 0;
+	return 0;
+}
+
 int circ_dbuf_next(circ_dbuf *b, float *out, size_t n, circ_error *e)
 {
 	size_t half = b->cap / 2;
@@ -1406,23 +1488,25 @@ int circ_dbuf_next(circ_dbuf *b, float *out, size_t n, circ_error *e)
 	if (dbuf_first(b, e) < 0)
 		return -1;
 	if (b->pos + n > half) {
-		/* refill the served front (rows [0, pos)), then mix everything */
-		if (b->pos > 0 && b->fill(b->ctx, b->rows, b->pos, e) < 0)
+		/* refill the served slots, then mix everything */
+		if (dbuf_refill(b, e) < 0)
 			return -1;
-		b->rows_in += (int64_t)b->pos;
-		b->pos = 0;
 		dbuf_shuffle(b);
 	}
-	memcpy(out, b->rows + b->pos * b->w, n * (size_t)b->w * sizeof(float));
+	size_t rb = (size_t)b->w * sizeof(float);
+	for (size_t q = 0; q < n; q++)
+		memcpy(out + q * b->w, b->rows + (size_t)b->perm[b->pos + q] * b->w, rb);
 	b->pos += n;
 	return 0;
 }
 
 void circ_dbuf_state(circ_dbuf *b, circ_st_tensor *t, const char **meta)
 {
-	*t = (circ_st_tensor){"dbuf.rows", CIRC_F32,
-			      2,	   {(int64_t)b->cap, b->w},
-			      b->rows,	   b->cap * (size_t)b->w * sizeof(float)};
+	t[0] = (circ_st_tensor){"dbuf.rows", CIRC_F32,
+				2,	     {(int64_t)b->cap, b->w},
+				b->rows,     b->cap * (size_t)b->w * sizeof(float)};
+	t[1] = (circ_st_tensor){"dbuf.perm",	   CIRC_I64, 1,
+				{(int64_t)b->cap}, b->perm,  b->cap * sizeof(int64_t)};
 	snprintf(b->meta[0], sizeof b->meta[0], "%zu %d %" PRId64, b->pos, b->full, b->rows_in);
 	snprintf(b->meta[1], sizeof b->meta[1],
 		 "%016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64, b->r.s[0], b->r.s[1],
@@ -1438,7 +1522,9 @@ int circ_dbuf_restore(circ_dbuf *b, const circ_st *f, circ_error *e)
 	const char *pos = circ_st_metadata(f, "dbuf.pos"), *rng = circ_st_metadata(f, "dbuf.rng");
 	const void *rows =
 	    ck_tensor(f, "dbuf.rows", CIRC_F32, b->cap * (size_t)b->w * sizeof(float), e);
-	if (!rows)
+	const int64_t *perm =
+	    rows ? ck_tensor(f, "dbuf.perm", CIRC_I64, b->cap * sizeof(int64_t), e) : NULL;
+	if (!perm)
 		return -1;
 	size_t p;
 	int full;
@@ -1449,7 +1535,21 @@ int circ_dbuf_restore(circ_dbuf *b, const circ_st *f, circ_error *e)
 		   &s[3]) != 4 ||
 	    p > b->cap)
 		return circ_errorf(e, "'%s': bad buffer state in the checkpoint", circ_st_path(f));
+	/* the permutation must be one: every slot once */
+	unsigned char *seen = circ_xcalloc(b->cap, 1);
+	int ok = 1;
+	for (size_t i = 0; i < b->cap && ok; i++) {
+		int64_t q = perm[i];
+		ok = q >= 0 && (size_t)q < b->cap && !seen[q];
+		if (ok)
+			seen[q] = 1;
+	}
+	free(seen);
+	if (!ok)
+		return circ_errorf(e, "'%s': tensor 'dbuf.perm': not a permutation of %zu slots",
+				   circ_st_path(f), b->cap);
 	memcpy(b->rows, rows, b->cap * (size_t)b->w * sizeof(float));
+	memcpy(b->perm, perm, b->cap * sizeof(int64_t));
 	b->pos = p;
 	b->full = full;
 	b->rows_in = in;

@@ -200,22 +200,32 @@ int circ_dtrain_restore(circ_dtrain *t, const circ_st *f, circ_error *e);
 typedef int (*circ_dbuf_fill)(void *ctx, float *rows, size_t n, circ_error *e);
 
 /* A buffer of cap rows of width floats, filled from fill and mixed by
- * Fisher-Yates from seed: batches are served from the front of a shuffled
- * buffer; when half of it is served, that half is refilled and the whole
- * buffer shuffled again (SAELens's mixing). cap >= 2. */
+ * Fisher-Yates from seed: batches are served in a shuffled order of its
+ * slots; when half of it is served, those slots are refilled and the
+ * order of all of them shuffled again (SAELens's mixing). Rows are never
+ * moved: the order is a permutation of slots, so a buffer larger than
+ * memory can live on disk. cap >= 2. */
 typedef struct circ_dbuf circ_dbuf;
 circ_dbuf *circ_dbuf_new(size_t cap, int width, uint64_t seed, circ_dbuf_fill fill, void *ctx);
+/* The same with its rows in a file in dir (made there, unlinked at once so
+ * that nothing is left behind, its space reserved up front and mapped):
+ * the kernel keeps in memory only the pages in use. NULL with "'<dir>':
+ * ..." when the file cannot be made, reserved (no space) or mapped. */
+circ_dbuf *circ_dbuf_new_file(size_t cap, int width, uint64_t seed, circ_dbuf_fill fill, void *ctx,
+			      const char *dir, circ_error *e);
 void circ_dbuf_free(circ_dbuf *b); /* NULL is a no-op */
 /* The next n rows (n <= cap / 2) into out (n, width). */
 int circ_dbuf_next(circ_dbuf *b, float *out, size_t n, circ_error *e);
-/* The whole buffer (cap rows), filled first if it is new: for statistics
- * of the data before training (the rows served are the same). */
+/* The whole buffer (cap rows, in slot order), filled first if it is new:
+ * for statistics of the data before training (the rows served are the
+ * same). */
 const float *circ_dbuf_peek(circ_dbuf *b, size_t *n, circ_error *e);
 /* The rows that the source has written so far. */
 int64_t circ_dbuf_rows_in(const circ_dbuf *b);
-/* The buffer's state as checkpoint tensors/metadata: fills t[0] ("dbuf.rows")
- * and meta[0..3] (two pairs; the strings live in the buffer until the next
- * call). Restore checks the sizes and puts the state back. */
+/* The buffer's state as checkpoint tensors/metadata: fills t[0..1]
+ * ("dbuf.rows", "dbuf.perm") and meta[0..3] (two pairs; the strings live in
+ * the buffer until the next call). Restore checks the sizes and that the
+ * order is a permutation, and puts the state back. */
 void circ_dbuf_state(circ_dbuf *b, circ_st_tensor *t, const char **meta);
 int circ_dbuf_restore(circ_dbuf *b, const circ_st *f, circ_error *e);
 

@@ -18,7 +18,7 @@ small=(--ctx-len 24 --seqs 4 --batch 128 --buffer 512 --d-sae 128 --threads 2)
 @test "sae --help lists the dictionary options and exits 0" {
 	run circ-train sae --help
 	assert_success
-	for f in --model --fixture --hook --arch --k --k-aux --l1 --l0 --bandwidth --buffer --checkpoint --resume; do
+	for f in --model --fixture --hook --arch --k --k-aux --l1 --l0 --bandwidth --buffer --buffer-dir --checkpoint --resume; do
 		[[ "$output" == *"$f"* ]] || { echo "no $f"; return 1; }
 	done
 	run circ-train --help
@@ -81,6 +81,23 @@ small=(--ctx-len 24 --seqs 4 --batch 128 --buffer 512 --d-sae 128 --threads 2)
 	run --separate-stderr circ-train "${args[@]/--k/--k-aux}" --resume "$T/ck" --out "$T/d" "$T/ids"
 	assert_failure 1
 	[[ "$stderr" == *"checkpoint made with other options"* ]]
+}
+
+@test "--buffer-dir: the buffer in a file on disk serves the same rows, leaves nothing behind, resumes" {
+	corpus "$T/ids" 30000
+	mkdir "$T/buf"
+	args=(sae --model $M --hook blocks.0.hook_mlp_out --arch topk --k 8 --steps 20 "${small[@]}")
+	circ-train "${args[@]}" --out "$T/a" "$T/ids"
+	circ-train "${args[@]}" --buffer-dir "$T/buf" --out "$T/b" "$T/ids"
+	cmp "$T/a/sae_weights.safetensors" "$T/b/sae_weights.safetensors"
+	[ -z "$(ls -A "$T/buf")" ]
+	circ-train "${args[@]}" --buffer-dir "$T/buf" --checkpoint "$T/ck" --every 4 --stop-after 9 "$T/ids"
+	circ-train "${args[@]}" --resume "$T/ck" --out "$T/c" "$T/ids"
+	cmp "$T/a/sae_weights.safetensors" "$T/c/sae_weights.safetensors"
+	run --separate-stderr circ-train "${args[@]}" --buffer-dir "$T/none" --out "$T/d" "$T/ids"
+	assert_failure 1
+	[[ "$stderr" == *"--buffer-dir"*"$T/none"* ]]
+	[ ! -e "$T/d" ]
 }
 
 @test "--normalize: SAELens's expected_average_only_in with its factor; resumed alike" {
