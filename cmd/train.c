@@ -643,6 +643,7 @@ enum {
 	DOPT_MODEL = CIRC_OPT_FIRST_TOOL,
 	DOPT_HOOK,
 	DOPT_HOOK_OUT,
+	DOPT_SKIP,
 	DOPT_OUT,
 	DOPT_ARCH,
 	DOPT_D_SAE,
@@ -687,6 +688,9 @@ static const circ_opt dopts[] = {
      "input hook point (default blocks.0.hook_resid_pre; transcoder blocks.0.ln2.hook_normalized)"},
     {"hook-out", DOPT_HOOK_OUT, "NAME",
      "transcoder: output hook point (default blocks.L.hook_mlp_out of --hook's layer)"},
+    {"skip", DOPT_SKIP, NULL,
+     "transcoder: learn a skip connection W_skip too (y += x W_skip^T; SAELens's "
+     "skip_transcoder)"},
     {"out", DOPT_OUT, "DIR", "write the dictionary as a SAELens directory DIR"},
     {"arch", DOPT_ARCH, "A", "relu, topk, batchtopk or jumprelu (default topk)"},
     {"d-sae", DOPT_D_SAE, "S", "latents (default 8 x d_in)"},
@@ -754,6 +758,7 @@ static int dhandle(int key, const char *arg, void *ctx)
 	case DOPT_MODEL: d.model = arg; break;
 	case DOPT_HOOK: d.hook = arg; break;
 	case DOPT_HOOK_OUT: d.hook_out = arg; break;
+	case DOPT_SKIP: d.t.skip = 1; break;
 	case DOPT_OUT:
 		if (!*arg)
 			circ_usage_error("option '--out': empty output path");
@@ -982,6 +987,7 @@ static int dict_main(int argc, char **argv, int transcoder)
 	if (dgiven(key))                                                                           \
 	d.t.field = given.field
 		KEEP(DOPT_K, k);
+		KEEP(DOPT_SKIP, skip);
 		KEEP(DOPT_K_AUX, k_aux);
 		KEEP(DOPT_AUX, aux_coeff);
 		KEEP(DOPT_DEAD, dead_tokens);
@@ -1016,6 +1022,8 @@ static int dict_main(int argc, char **argv, int transcoder)
 		circ_usage_error("one corpus at most");
 	if (d.hook_out && !transcoder)
 		circ_usage_error("option '--hook-out' applies to transcoders only");
+	if (d.t.skip && !transcoder)
+		circ_usage_error("option '--skip' applies to transcoders only");
 	if (d.t.warmup > d.t.steps)
 		circ_usage_error("option '--warmup': more than --steps");
 	if (dgiven(DOPT_EVERY) && !d.checkpoint)

@@ -95,7 +95,7 @@ struct circ_dtrain {
 	int D, O, S, kaux;
 	int64_t l1_warmup, decay;
 	size_t n;	/* parameters */
-	size_t off[5];	/* offsets of W_enc_t, b_enc, W_dec, b_dec, log_theta */
+	size_t off[6];	/* offsets of W_enc_t, b_enc, W_dec, b_dec, W_skip, log_theta */
 	float *p, *g;	/* (n) parameters, gradient */
 	float *m, *v;	/* (n) AdamW moments */
 	int64_t step;	/* steps taken */
@@ -164,7 +164,8 @@ void circ_dtrain_views(circ_dtrain *t, float *buf, circ_dtrain_view *v)
 	v->b_enc = buf + t->off[1];
 	v->W_dec = buf + t->off[2];
 	v->b_dec = buf + t->off[3];
-	v->log_theta = t->o.arch == CIRC_DTRAIN_JUMPRELU ? buf + t->off[4] : NULL;
+	v->W_skip = t->o.skip ? buf + t->off[4] : NULL;
+	v->log_theta = t->o.arch == CIRC_DTRAIN_JUMPRELU ? buf + t->off[5] : NULL;
 }
 
 void circ_dtrain_dead(const circ_dtrain *t, unsigned char *dead)
@@ -187,6 +188,8 @@ static int check_opts(const circ_dtrain_opts *o, circ_error *e)
 	if (!o->transcoder && o->d_out != o->d_in)
 		return circ_errorf(e, "an SAE's d_out (%d) must equal its d_in (%d)", o->d_out,
 				   o->d_in);
+	if (o->skip && !o->transcoder)
+		return circ_errorf(e, "a skip connection needs a transcoder");
 	if ((unsigned)o->arch >= CIRC_DTRAIN_ARCH_COUNT)
 		return circ_errorf(e, "unknown architecture %d", (int)o->arch);
 	if (sparse_arch(o->arch) && (o->k < 1 || o->k > o->d_sae))
@@ -243,7 +246,8 @@ circ_dtrain *circ_dtrain_new(const circ_dtrain_opts *o, circ_error *e)
 	t->off[2] = t->off[1] + (size_t)S;
 	t->off[3] = t->off[2] + (size_t)S * O;
 	t->off[4] = t->off[3] + (size_t)O;
-	t->n = t->off[4] + (o->arch == CIRC_DTRAIN_JUMPRELU ? (size_t)S : 0);
+	t->off[5] = t->off[4] + (o->skip ? (size_t)O * D : 0);
+	t->n = t->off[5] + (o->arch == CIRC_DTRAIN_JUMPRELU ? (size_t)S : 0);
 	t->p = circ_xalloc_aligned(t->n * sizeof(float));
 	t->g = circ_xalloc_aligned(t->n * sizeof(float));
 	t->m = circ_xalloc_aligned(t->n * sizeof(float));
@@ -541,6 +545,9 @@ static void rows_decode(step_ctx *c, int b0, int b1)
 	float sc = 2.0f / (float)c->B;
 	for (int b = b0; b < b1; b++)
 		memcpy(t->yhat + (size_t)b * O, c->v.b_dec, (size_t)O * sizeof(float));
+	if (c->v.W_skip && b1 > b0)
+		circ_gemm(0, 1, b1 - b0, O, t->D, 1.0f, c->x + (size_t)b0 * t->D, t->D, c->v.W_skip,
+			  t->D, 1.0f, t->yhat + (size_t)b0 * O, O);
 	if (!t->sparse_step) {
 		if (b1 > b0)
 			circ_gemm(0, 0, b1 - b0, O, S, 1.0f, t->f + (size_t)b0 * S, S, c->v.W_dec,
@@ -732,6 +739,16 @@ static void p_df(step_ctx *c, int part, int lo, int hi)
 	if (hi > lo)
 		circ_gemm(0, 1, hi - lo, t->S, t->O, 1.0f, t->dy + (size_t)lo * t->O, t->O,
 			  c->v.W_dec, t->O, 0.0f, t->df + (size_t)lo * t->S, t->S);
+}
+
+/* Rows [lo, hi) of W_skip's gradient: dy[:, lo:hi]^T x. */
+static void p_skip_grad(step_ctx *c, int part, int lo, int hi)
+{
+	circ_dtrain *t = c->t;
+	(void)part;
+	if (hi > lo)
+		circ_gemm(1, 0, hi - lo, t->D, c->B, 1.0f, t->dy + lo, t->O, c->x, t->D, 0.0f,
+			  c->gv.W_skip + (size_t)lo * t->D, t->D);
 }
 
 /* ---- pass 2: latents ---- */
@@ -1121,6 +1138,9 @@ static int forward_backward(circ_dtrain *t, const float *x, const float *y, int 
 			aux += t->row_aux[b];
 		aux /= B;
 	}
+	/* W_skip: dy^T x, rows split over the pool */
+	if (c.gv.W_skip)
+		run_pass(&c, t->O, p_skip_grad);
 	/* b_dec: output side sum_b dy; input side -W_enc_t^T db_enc */
 	for (int j = 0; j < t->O; j++)
 		c.gv.b_dec[j] = 0;
@@ -1233,14 +1253,15 @@ void circ_dtrain_export(const circ_dtrain *t, float *W_enc, float *b_enc, float 
 static void fingerprint(const circ_dtrain_opts *o, char *s, size_t n)
 {
 	snprintf(s, n,
-		 "arch=%s d_in=%d d_out=%d d_sae=%d transcoder=%d apply_b_dec=%d k=%d k_aux=%d "
+		 "arch=%s d_in=%d d_out=%d d_sae=%d transcoder=%d skip=%d apply_b_dec=%d k=%d "
+		 "k_aux=%d "
 		 "aux=%a dead=%" PRId64 " l1=%a l1_warmup=%" PRId64 " l0=%a bw=%a theta=%a "
 		 "dec_norm=%a sparse_below=%a lr=%a min_lr=%a steps=%" PRId64 " warmup=%" PRId64
 		 " decay=%" PRId64 " b1=%a b2=%a eps=%a wd=%a clip=%a batch=%d threads=%d "
 		 "seed=%" PRIu64,
 		 circ_dtrain_arch_name(o->arch), o->d_in, o->d_out, o->d_sae, o->transcoder,
-		 o->apply_b_dec_to_input, o->k, o->k_aux, o->aux_coeff, o->dead_tokens, o->l1,
-		 o->l1_warmup, o->l0, o->bandwidth, o->threshold_init, o->dec_init_norm,
+		 o->skip, o->apply_b_dec_to_input, o->k, o->k_aux, o->aux_coeff, o->dead_tokens,
+		 o->l1, o->l1_warmup, o->l0, o->bandwidth, o->threshold_init, o->dec_init_norm,
 		 o->sparse_below, o->lr, o->min_lr, o->steps, o->warmup, o->decay, o->beta1,
 		 o->beta2, o->eps, o->weight_decay, o->clip, o->batch, o->threads, o->seed);
 }
@@ -1688,12 +1709,17 @@ void circ_dtrain_dict_cfg(const circ_dtrain *t, circ_dict_cfg *c)
 	c->d_sae = o->d_sae;
 	c->d_out = o->d_out;
 	c->transcoder = o->transcoder;
+	c->skip = o->skip;
 	c->apply_b_dec_to_input = !o->transcoder && o->apply_b_dec_to_input;
 }
 
 void circ_dtrain_to_dict(const circ_dtrain *t, circ_dict *d)
 {
 	circ_dtrain_export(t, d->W_enc, d->b_enc, d->W_dec, d->b_dec, d->threshold);
+	circ_dtrain_view v;
+	circ_dtrain_views((circ_dtrain *)t, t->p, &v);
+	if (v.W_skip && d->W_skip) /* both (O, I) */
+		memcpy(d->W_skip, v.W_skip, (size_t)t->O * t->D * sizeof(float));
 }
 
 /* ---- activations from a model ---- */

@@ -23,8 +23,9 @@
  *              kernel of width `bandwidth` (Rajamanoharan et al. 2024),
  *              unit-norm decoder rows
  * where pre = (x - b_dec) W_enc + b_enc for an SAE with apply_b_dec_to_input
- * (else x W_enc + b_enc). Losses are means over the batch of per-token sums.
- * Unit-norm decoders get the gradient's component along each row removed
+ * (else x W_enc + b_enc). A transcoder may add a skip connection:
+ * y_hat += x W_skip^T (Paulo et al. 2025; SAELens's skip_transcoder). Losses are means over the
+ * batch of per-token sums. Unit-norm decoders get the gradient's component along each row removed
  * before the step and their rows renormalised after it.
  *
  * The optimiser is AdamW as torch.optim.AdamW (weight decay on W_enc and
@@ -82,6 +83,9 @@ typedef struct circ_dtrain_opts {
 	circ_dtrain_arch arch;
 	int d_in, d_out, d_sae;	  /* D, O (= D for an SAE), S */
 	int transcoder;		  /* 1: target y given separately (else y = x) */
+	int skip;		  /* transcoder only: a learned skip connection W_skip
+				   * (O, D): y_hat += x W_skip^T (SAELens's
+				   * skip_transcoder; starts at zero, no weight decay) */
 	int apply_b_dec_to_input; /* SAE only: pre = (x - b_dec) W_enc + b_enc */
 	int k;			  /* topk, batchtopk: active latents per token */
 	int k_aux;		  /* AuxK latents (0: off) */
@@ -142,6 +146,7 @@ typedef struct circ_dtrain_view {
 	float *b_enc;	  /* (S) */
 	float *W_dec;	  /* (S, O) */
 	float *b_dec;	  /* (O) */
+	float *W_skip;	  /* (O, D) with skip; NULL otherwise */
 	float *log_theta; /* (S) jumprelu; NULL otherwise */
 } circ_dtrain_view;
 size_t circ_dtrain_n_params(const circ_dtrain *t);
@@ -259,7 +264,7 @@ double circ_dtrain_recovery(const float *truth, int n, const float *learned, int
  * circ_dict_cfg_init; the caller names the hooks): relu -> "standard",
  * topk -> "topk" with k, batchtopk and jumprelu -> "jumprelu" (batchtopk's
  * threshold the same for every latent, as SAELens saves it),
- * apply_b_dec_to_input, d_in, d_sae, d_out, transcoder. */
+ * apply_b_dec_to_input, d_in, d_sae, d_out, transcoder, skip. */
 void circ_dtrain_dict_cfg(const circ_dtrain *t, circ_dict_cfg *c);
 /* The parameters into d (made by circ_dict_new from that config). */
 void circ_dtrain_to_dict(const circ_dtrain *t, circ_dict *d);

@@ -67,6 +67,29 @@ small=(--ctx-len 24 --seqs 4 --batch 128 --buffer 512 --d-sae 128 --threads 2)
 	assert_output "$(printf 'blocks.1.ln2.hook_normalized\nblocks.1.hook_mlp_out\njumprelu_transcoder')"
 }
 
+@test "--skip: a skip transcoder (W_skip learned, SAELens's skip_transcoder) that circ-forward --dict reads; SAEs refuse it" {
+	corpus "$T/ids" 30000
+	for a in topk jumprelu; do
+		circ-train transcoder --model $M --hook blocks.1.ln2.hook_normalized --arch $a --skip --steps 20 "${small[@]}" --out "$T/$a" "$T/ids"
+		run jq -r '.architecture' "$T/$a/cfg.json"
+		exp=skip_transcoder
+		[ $a = jumprelu ] && exp=jumprelu_skip_transcoder
+		assert_output $exp
+		# W_skip (d_out, d_in) was learned: not all zero
+		run /usr/bin/python3 -c "
+import sys; sys.path.insert(0, 'tests/ref'); import stio
+w = stio.read_safetensors('$T/$a/sae_weights.safetensors')['W_skip']
+print(w.shape, bool(abs(w).max() > 0))"
+		assert_output "(64, 64) True"
+		run bash -o pipefail -c "circ-dataset induction --n 4 --len 6 --vocab-lo 0 --vocab-hi 256 | circ-tokenize --model-dir $M | circ-forward --model $M --dict '$T/$a' --json | sed -n 2p | jq -r '.architecture, .fvu < 10'"
+		assert_success
+		assert_output "$(printf '%s\ntrue' $exp)"
+	done
+	run --separate-stderr circ-train sae --model $M --skip --steps 2 "${small[@]}" --out "$T/x" "$T/ids"
+	assert_failure 2
+	[[ "$stderr" == *"'--skip' applies to transcoders only"* ]]
+}
+
 @test "same options give the same bytes; a resumed run gives the uninterrupted run's bytes" {
 	corpus "$T/ids" 30000
 	args=(sae --model $M --hook blocks.0.hook_mlp_out --arch topk --k 8 --dead-tokens 500 --steps 30 "${small[@]}")

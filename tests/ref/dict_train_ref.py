@@ -25,7 +25,8 @@ Usage: dict_train_ref.py CASES.json. CASES.json is a list of objects
    "l1_steps": [K l1 values], "betas": [b1, b2], "eps", "weight_decay",
    "clip"}
 FILE (safetensors) holds W_enc (D, S), b_enc (S), W_dec (S, O), b_dec (O),
-log_theta (S, jumprelu), dead (S) (1.0 where dead), x (B, D), y (B, O)
+log_theta (S, jumprelu), W_skip (O, D: a transcoder with a skip
+connection, y_hat += x W_skip^T, no weight decay), dead (S) (1.0 where dead), x (B, D), y (B, O)
 (transcoders), and xs (K, B, D), ys (K, B, O) for the steps. OUT gets
 grad.<name> (the gradient at the given parameters on x, y), loss (1), and
 final.<name>: the parameters after K steps on xs[k], ys[k] of: loss,
@@ -96,6 +97,8 @@ def loss_fn(c, P, x, y, dead, l1):
         theta = torch.exp(P["log_theta"])
         f = JumpReLU.apply(pre, theta, c["bandwidth"])
     yhat = f @ P["W_dec"] + P["b_dec"]
+    if "W_skip" in P:
+        yhat = yhat + x @ P["W_skip"].T
     loss = ((yhat - target) ** 2).sum(-1).mean()
     if arch == "relu":
         loss = loss + l1 * (f * P["W_dec"].norm(dim=1)).sum(-1).mean()
@@ -119,6 +122,8 @@ def loss_fn(c, P, x, y, dead, l1):
 def run(c):
     T = read_safetensors(c["in"], float64=True)
     names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["log_theta"] if c["arch"] == "jumprelu" else [])
+    if "W_skip" in T:
+        names.append("W_skip")
     P = {n: torch.tensor(T[n], requires_grad=True) for n in names}
     dead = torch.tensor(T["dead"])
     y = torch.tensor(T["y"]) if c["transcoder"] else None

@@ -36,6 +36,9 @@ static const circ_dtrain_arch archs[] = {CIRC_DTRAIN_RELU, CIRC_DTRAIN_TOPK, CIR
 					 CIRC_DTRAIN_JUMPRELU, CIRC_DTRAIN_RELU};
 static const char *const arch_label[] = {"relu", "topk", "batchtopk", "jumprelu", "relu-sparse"};
 
+/* tc: 0 an SAE, 1 a transcoder, 2 a transcoder with a skip connection. */
+static const char *const kind_label[] = {"sae", "transcoder", "skip-transcoder"};
+
 /* Small options for gradient checks. */
 static void small_opts(circ_dtrain_opts *o, int ai, int tc, int B)
 {
@@ -44,7 +47,8 @@ static void small_opts(circ_dtrain_opts *o, int ai, int tc, int B)
 	o->d_in = 6;
 	o->d_out = tc ? 5 : 6;
 	o->d_sae = 12;
-	o->transcoder = tc;
+	o->transcoder = tc > 0;
+	o->skip = tc == 2;
 	o->batch = B;
 	o->k = 3;
 	o->k_aux = 4;
@@ -74,7 +78,7 @@ static double loss_of(circ_dtrain *t, const float *x, const float *y, int B)
 static void test_finite_differences(void)
 {
 	for (int ai = 0; ai < 5; ai++)
-		for (int tc = 0; tc < 2; tc++) {
+		for (int tc = 0; tc < 3; tc++) {
 			circ_dtrain_opts o;
 			circ_error e;
 			circ_rng r;
@@ -112,7 +116,7 @@ static void test_finite_differences(void)
 			fprintf(
 			    stderr,
 			    "test_dict_train: finite differences %-11s %s: worst %.2e of %.2e\n",
-			    arch_label[ai], tc ? "transcoder" : "sae", worst, gmax);
+			    arch_label[ai], kind_label[tc], worst, gmax);
 			CHECK(gmax > 0.1 && worst < 2e-3 * gmax);
 			free(g);
 			circ_dtrain_free(t);
@@ -132,13 +136,16 @@ typedef struct torch_case {
 } torch_case;
 
 static void export_all(circ_dtrain *t, float *W_enc, float *b_enc, float *W_dec, float *b_dec,
-		       float *lt)
+		       float *lt, float *W_skip)
 {
 	circ_dtrain_view v;
+	const circ_dtrain_opts *o = circ_dtrain_options(t);
 	circ_dtrain_export(t, W_enc, b_enc, W_dec, b_dec, NULL);
 	circ_dtrain_views(t, circ_dtrain_params(t), &v);
 	if (v.log_theta)
-		memcpy(lt, v.log_theta, (size_t)circ_dtrain_options(t)->d_sae * sizeof(float));
+		memcpy(lt, v.log_theta, (size_t)o->d_sae * sizeof(float));
+	if (v.W_skip)
+		memcpy(W_skip, v.W_skip, (size_t)o->d_out * o->d_in * sizeof(float));
 }
 
 static void torch_prepare(torch_case *c, int idx, FILE *js)
@@ -162,8 +169,8 @@ static void torch_prepare(torch_case *c, int idx, FILE *js)
 	}
 	for (int i = 0; i < S; i++)
 		c->dead[i] = i % 3 != 0;
-	float W_enc[6 * 12], b_enc[12], W_dec[12 * 6], b_dec[6], lt[12], dead[12];
-	export_all(c->t, W_enc, b_enc, W_dec, b_dec, lt);
+	float W_enc[6 * 12], b_enc[12], W_dec[12 * 6], b_dec[6], lt[12], dead[12], W_skip[5 * 6];
+	export_all(c->t, W_enc, b_enc, W_dec, b_dec, lt, W_skip);
 	for (int i = 0; i < S; i++)
 		dead[i] = c->dead[i];
 	circ_st_tensor ts[] = {
@@ -177,10 +184,13 @@ static void torch_prepare(torch_case *c, int idx, FILE *js)
 	    {"y", CIRC_F32, 2, {TB, O}, c->y, sizeof(float) * TB * O},
 	    {"ys", CIRC_F32, 3, {TSTEPS, TB, O}, c->ys, sizeof(float) * TSTEPS * TB * O},
 	    {"log_theta", CIRC_F32, 1, {S}, lt, sizeof(float) * S},
+	    {"W_skip", CIRC_F32, 2, {O, D}, W_skip, sizeof(float) * O * D},
 	};
 	int nt = o->transcoder ? 9 : 7;
 	if (o->arch == CIRC_DTRAIN_JUMPRELU)
 		ts[nt++] = ts[9];
+	if (o->skip)
+		ts[nt++] = ts[10];
 	snprintf(in, sizeof in, "%s/torch-in-%d.safetensors", tmp, idx);
 	snprintf(out, sizeof out, "%s/torch-out-%d.safetensors", tmp, idx);
 	CHECK_MSG(circ_st_write(in, nt, ts, 0, NULL, &e) == 0, e);
@@ -265,12 +275,11 @@ static void torch_compare(torch_case *c, int idx)
 	for (int i = 0; i < S; i++)
 		for (int j = 0; j < D; j++)
 			gW_enc[j * S + i] = gv.W_enc_t[i * D + j];
-	named gs[] = {{"grad.W_enc", gW_enc, (size_t)D * S},
-		      {"grad.b_enc", gv.b_enc, (size_t)S},
-		      {"grad.W_dec", gv.W_dec, (size_t)S * O},
-		      {"grad.b_dec", gv.b_dec, (size_t)O},
-		      {"grad.log_theta", gv.log_theta, (size_t)S}};
-	double gmax, worst = compare_named(f, gs, 5, &gmax);
+	named gs[] = {
+	    {"grad.W_enc", gW_enc, (size_t)D * S},	 {"grad.b_enc", gv.b_enc, (size_t)S},
+	    {"grad.W_dec", gv.W_dec, (size_t)S * O},	 {"grad.b_dec", gv.b_dec, (size_t)O},
+	    {"grad.log_theta", gv.log_theta, (size_t)S}, {"grad.W_skip", gv.W_skip, (size_t)O * D}};
+	double gmax, worst = compare_named(f, gs, 6, &gmax);
 	/* three steps, nothing dead */
 	unsigned char none[12] = {0};
 	circ_dtrain_set_dead(c->t, none);
@@ -278,18 +287,19 @@ static void torch_compare(torch_case *c, int idx)
 		CHECK_MSG(circ_dtrain_step(c->t, c->xs[k], o->transcoder ? c->ys[k] : NULL, TB,
 					   NULL, &e) == 0,
 			  e);
-	float W_enc[6 * 12], b_enc[12], W_dec[12 * 6], b_dec[6], lt[12];
-	export_all(c->t, W_enc, b_enc, W_dec, b_dec, lt);
+	float W_enc[6 * 12], b_enc[12], W_dec[12 * 6], b_dec[6], lt[12], W_skip[5 * 6];
+	export_all(c->t, W_enc, b_enc, W_dec, b_dec, lt, W_skip);
 	named ps[] = {{"final.W_enc", W_enc, (size_t)D * S},
 		      {"final.b_enc", b_enc, (size_t)S},
 		      {"final.W_dec", W_dec, (size_t)S * O},
 		      {"final.b_dec", b_dec, (size_t)O},
-		      {"final.log_theta", o->arch == CIRC_DTRAIN_JUMPRELU ? lt : NULL, (size_t)S}};
-	double pmax, pworst = compare_named(f, ps, 5, &pmax);
+		      {"final.log_theta", o->arch == CIRC_DTRAIN_JUMPRELU ? lt : NULL, (size_t)S},
+		      {"final.W_skip", o->skip ? W_skip : NULL, (size_t)O * D}};
+	double pmax, pworst = compare_named(f, ps, 6, &pmax);
 	fprintf(stderr,
 		"test_dict_train: PyTorch %-11s %s: gradient worst %.2e of %.2e, after %d steps "
 		"%.2e\n",
-		c->label, o->transcoder ? "transcoder" : "sae", worst, gmax, TSTEPS, pworst);
+		c->label, kind_label[o->transcoder + o->skip], worst, gmax, TSTEPS, pworst);
 	CHECK(gmax > 0.1 && worst < 1e-4 * gmax);
 	CHECK(pworst < 1e-4);
 	circ_st_close(f);
@@ -299,7 +309,8 @@ static void test_torch(void)
 {
 	const char *root = getenv("CIRC_ROOT");
 	char cases[300], cmd[1200];
-	torch_case *tc = calloc(10, sizeof *tc);
+	enum { NCASE = 15 };
+	torch_case *tc = calloc(NCASE, sizeof *tc);
 	if (getenv("CIRC_SKIP_TORCH")) {
 		fprintf(stderr,
 			"test_dict_train: CIRC_SKIP_TORCH set: PyTorch comparisons skipped\n");
@@ -314,9 +325,9 @@ static void test_torch(void)
 		return;
 	}
 	fprintf(js, "[\n");
-	for (int q = 0; q < 10; q++) {
-		small_opts(&tc[q].o, q / 2, q % 2, TB);
-		tc[q].label = arch_label[q / 2];
+	for (int q = 0; q < NCASE; q++) {
+		small_opts(&tc[q].o, q / 3, q % 3, TB);
+		tc[q].label = arch_label[q / 3];
 		tc[q].o.aux_coeff = 0.5;
 		tc[q].o.threads = 2;
 		tc[q].o.lr = 1e-2;
@@ -339,9 +350,9 @@ static void test_torch(void)
 			cmd);
 		failures++;
 	} else
-		for (int q = 0; q < 10; q++)
+		for (int q = 0; q < NCASE; q++)
 			torch_compare(&tc[q], q);
-	for (int q = 0; q < 10; q++)
+	for (int q = 0; q < NCASE; q++)
 		circ_dtrain_free(tc[q].t);
 	free(tc);
 }
