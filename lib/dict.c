@@ -305,6 +305,19 @@ static int parse_cfg(json_t *root, const char *file, circ_dict_cfg *c, circ_erro
 	c->arch = archs[a].arch;
 	c->transcoder = archs[a].transcoder;
 	c->skip = archs[a].skip;
+	/* SAELens 5 wrote TopK as architecture "standard" with activation_fn_str
+	 * "topk" (what a TopK transcoder still is): the activation decides */
+	const char *act = NULL;
+	if (get_str(root, file, "activation_fn_str", 0, &act, e) < 0)
+		return -1;
+	if (act && !strcmp(act, "topk") && c->arch == CIRC_DICT_STANDARD)
+		c->arch = CIRC_DICT_TOPK;
+	else if (act && strcmp(act, "relu") && strcmp(act, "topk"))
+		return circ_errorf(
+		    e,
+		    "'%s': key 'activation_fn_str': '%s' is not supported (circ reads "
+		    "relu and topk)",
+		    file, act);
 	if (get_int(root, file, "d_in", 1, &c->d_in, e) < 0 ||
 	    get_int(root, file, "d_sae", 1, &c->d_sae, e) < 0)
 		return -1;

@@ -66,7 +66,8 @@ static void test_roundtrip(void)
 		int tc, skip;
 	} cases[] = {{CIRC_DICT_STANDARD, 0, 0}, {CIRC_DICT_TOPK, 0, 0},
 		     {CIRC_DICT_JUMPRELU, 0, 0}, {CIRC_DICT_GATED, 0, 0},
-		     {CIRC_DICT_STANDARD, 1, 1}, {CIRC_DICT_JUMPRELU, 1, 0}};
+		     {CIRC_DICT_STANDARD, 1, 1}, {CIRC_DICT_JUMPRELU, 1, 0},
+		     {CIRC_DICT_TOPK, 1, 0},	 {CIRC_DICT_TOPK, 1, 1}};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		circ_dict *d = make(cases[i].a, cases[i].tc, cases[i].skip, 7 + i);
 		char dir[256];
