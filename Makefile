@@ -57,7 +57,7 @@ BENCH_SRC = $(sort $(wildcard bench/*.c))
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
 all: 
-.PHONY: fixtures check-sanitize all deps deps-run check unit bats run bench bench-acdc-full install uninstall clean format format-check fuzz fuzz-ci
+.PHONY: fixtures fixtures-dicts check-sanitize all deps deps-run check unit bats run bench bench-acdc-full install uninstall clean format format-check fuzz fuzz-ci
 .DELETE_ON_ERROR:
 .SECONDARY:
 # bin/ is a link to the flavour built last, so tests always run what was just built.
@@ -152,6 +152,20 @@ fixtures: all
 	bin/circ-train induction --out fixtures/induction-trained $(FIXTURE_TRAIN_induction) --threads 2
 	bin/circ-train ioi --out fixtures/ioi-trained --threads 2
 	bin/circ-train greater-than --out fixtures/greater-than-trained --threads 2
+	$(MAKE) fixtures-dicts
+
+# The dictionaries shipped with induction-trained (fixtures/README.md): a
+# TopK SAE on the residual before layer 1 and TopK transcoders for both MLPs,
+# trained on 90,000 induction sequences (2.16M tokens) of that model's recipe.
+DICT_CORPUS = $(B)/induction-dict-corpus.tok
+DICT_TRAIN = --model fixtures/induction-trained --tokens --arch topk --k 16 --d-sae 512 --ctx-len 24 --seqs 32 --batch 512 --buffer 8192 --steps 4000 --threads 2
+fixtures-dicts: all
+	mkdir -p fixtures/induction-trained/saes fixtures/induction-trained/transcoders
+	bin/circ-dataset induction --len 12 --vocab-lo 0 --vocab-hi 256 --n 90000 --seed 11 | bin/circ-tokenize --model-dir fixtures/induction-trained >$(DICT_CORPUS)
+	bin/circ-train sae $(DICT_TRAIN) --hook blocks.1.hook_resid_pre --out fixtures/induction-trained/saes/resid_pre1 $(DICT_CORPUS)
+	bin/circ-train transcoder $(DICT_TRAIN) --hook blocks.0.ln2.hook_normalized --out fixtures/induction-trained/transcoders/tc0 $(DICT_CORPUS)
+	bin/circ-train transcoder $(DICT_TRAIN) --hook blocks.1.ln2.hook_normalized --out fixtures/induction-trained/transcoders/tc1 $(DICT_CORPUS)
+	rm -f $(DICT_CORPUS)
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1

@@ -946,6 +946,27 @@ static void write_checkpoint(circ_dtrain *t, circ_dbuf *b, circ_dharvest *h, dou
 		circ_die(&e);
 }
 
+/* Fails before any training when --out's parent directory is missing (the
+ * dictionary's directory is made at the end, not its parents). */
+static void check_out_parent(const char *out)
+{
+	size_t n = strlen(out);
+	while (n > 1 && out[n - 1] == '/')
+		n--;
+	while (n > 0 && out[n - 1] != '/')
+		n--;
+	if (n == 0)
+		return; /* in the current directory */
+	char *parent = circ_xmalloc(n + 1);
+	memcpy(parent, out, n);
+	parent[n] = 0;
+	struct stat sb;
+	if (stat(parent, &sb) < 0 || !S_ISDIR(sb.st_mode))
+		circ_dief("'%s': cannot create: its parent directory '%s' does not exist", out,
+			  parent);
+	free(parent);
+}
+
 /* The shuffled buffer, in memory or in a file under --buffer-dir. */
 static circ_dbuf *make_buffer(size_t cap, int w, circ_dbuf_fill fill, void *ctx)
 {
@@ -1014,6 +1035,8 @@ static int dict_main(int argc, char **argv, int transcoder)
 		circ_usage_error("give one of --model DIR and --fixture");
 	if (!d.out && !(d.stop_after && d.checkpoint))
 		circ_usage_error("no output directory given (--out DIR)");
+	if (d.out)
+		check_out_parent(d.out);
 	if (d.fixture && argc - i > 0)
 		circ_usage_error("--fixture takes no corpus");
 	if (d.fixture && d.tokens)

@@ -99,6 +99,17 @@ PY
 	check_harvest tests/data/dict/tiny
 }
 
+@test "the dictionaries shipped with induction-trained (make fixtures-dicts) measure as fixtures/README.md says" {
+	F=fixtures/induction-trained
+	circ-dataset induction --len 12 --vocab-lo 0 --vocab-hi 256 --n 500 --seed 0 | circ-tokenize --model-dir $F >"$T/tok"
+	run bash -o pipefail -c "circ-forward --model $F --dict $F/saes --json <'$T/tok' | sed -n 2p | jq -r '[.architecture, .l0, (.fvu < 0.02), (.ce_loss_recovered > 0.93), (.kl < 0.05)] | @tsv'"
+	assert_success
+	assert_output "$(printf 'topk\t16\ttrue\ttrue\ttrue')"
+	run bash -o pipefail -c "circ-forward --model $F --dict $F/transcoders --json <'$T/tok' | sed -n '2,3p' | jq -r '[.hook_name_out, (.fvu < 0.01), (.ce_loss_recovered > 0.99), (.kl < 0.005)] | @tsv'"
+	assert_success
+	assert_output "$(printf 'blocks.0.hook_mlp_out\ttrue\ttrue\ttrue\nblocks.1.hook_mlp_out\ttrue\ttrue\ttrue')"
+}
+
 @test "the streams follow schemas/dict-eval.schema.json and dict-acts.schema.json (and a missing key fails them)" {
 	circ-forward --model $M --dict tests/data/dict/tiny --json $TOK >"$T/e"
 	/usr/bin/python3 tests/validate.py schemas/dict-eval.schema.json "$T/e"

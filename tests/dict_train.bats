@@ -209,4 +209,8 @@ print(w.shape, bool(abs(w).max() > 0))"
 	run --separate-stderr circ-train sae --fixture --steps 2 --batch 64 --d-sae 64 --out /proc/circ-no
 	assert_failure 1
 	[[ "$stderr" == *"/proc/circ-no"* ]]
+	# a missing parent is found before training, not after
+	run --separate-stderr circ-train sae --fixture --steps 100000 --batch 64 --d-sae 64 --out "$T/no/such/dir"
+	assert_failure 1
+	[[ "$stderr" == *"'$T/no/such/dir': cannot create: its parent directory '$T/no/such/' does not exist"* ]]
 }
