@@ -883,13 +883,6 @@ int circ_dict_check_model(const circ_dict *d, const circ_model *m, circ_error *e
 				   "'%s': key 'hook_name': %s is not implemented for parallel "
 				   "blocks yet",
 				   path, d->cfg.hook_name);
-	/* attn.hook_z and ln2's output are computed from GPT-2's weights */
-	if ((h.kind == CIRC_HOOK_ATTN_Z || h.kind == CIRC_HOOK_LN2_NORMALIZED) &&
-	    (mc->model_type != CIRC_MODEL_GPT2 || mc->norm != CIRC_NORM_LAYERNORM))
-		return circ_errorf(e,
-				   "'%s': key 'hook_name': %s is not implemented for model_type "
-				   "'%s' yet (GPT-2 only)",
-				   path, d->cfg.hook_name, circ_model_type_name(mc->model_type));
 	if (hook_width(mc, h.kind) != d->cfg.d_in)
 		return circ_errorf(e, "'%s': key 'd_in': %d does not match the model's %s width %d",
 				   path, d->cfg.d_in, d->cfg.hook_name, hook_width(mc, h.kind));
@@ -1127,25 +1120,15 @@ int circ_dict_hook_read(const circ_dict *d, int in, const circ_run *r, float *ou
 	case CIRC_HOOK_MLP_OUT:
 		memcpy(out, circ_run_node_out(r, circ_topo_node_mlp(t, l)), N * C * sizeof *out);
 		return 0;
-	case CIRC_HOOK_LN2_NORMALIZED: {
-		int fold = d->cfg.fold_ln;
-		float *w1 = NULL, *b0 = NULL;
-		if (fold) {
-			w1 = circ_xmalloc((size_t)C * sizeof *w1);
-			b0 = circ_xcalloc((size_t)C, sizeof *b0);
-			for (int i = 0; i < C; i++)
-				w1[i] = 1;
-		}
-		circ_layernorm_fwd(out, C, NULL, NULL, circ_run_resid(r, s_mlp), C,
-				   fold ? w1 : lw->ln2_w, fold ? b0 : lw->ln2_b, (int)N, C,
-				   (float)mc->layer_norm_epsilon);
-		free(w1);
-		free(b0);
-		return 0;
-	}
+	case CIRC_HOOK_LN2_NORMALIZED: return circ_run_mlp_input(r, l, !d->cfg.fold_ln, out, e);
 	case CIRC_HOOK_ATTN_Z: {
-		/* z = A v: values from ln_1 of the residual, weighted by the
-		 * attention probabilities the run kept. */
+		const float *fz = circ_run_attn_z(r, l);
+		if (fz) { /* the families' runs keep z */
+			memcpy(out, fz, N * (size_t)d->cfg.d_in * sizeof *out);
+			return 0;
+		}
+		/* GPT-2: z = A v, values from ln_1 of the residual, weighted by
+		 * the attention probabilities the run kept. */
 		int H = mc->n_head, D = circ_config_head_dim(mc), B = circ_run_b(r),
 		    T = circ_run_t(r);
 		float *ln = circ_xmalloc(N * C * sizeof *ln), *v = circ_xmalloc(N * C * sizeof *v);

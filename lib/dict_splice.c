@@ -51,6 +51,18 @@ circ_dict_splice *circ_dict_splice_new(const circ_dict *d, const circ_model *m, 
 		free(s);
 		return NULL;
 	}
+	const circ_config *mc = circ_model_config(m);
+	if (s->out.kind == CIRC_HOOK_ATTN_Z && mc->model_type != CIRC_MODEL_GPT2 &&
+	    mc->norm_place != CIRC_NORM_PRE) {
+		circ_errorf(e,
+			    "'%s': key 'hook_name': an SAE on %s cannot be spliced into %s (the "
+			    "attention's output has a norm of its own: a change of z is no sum "
+			    "of node outputs); encode it with circ-harvest --dict instead",
+			    d->path ? d->path : "<dictionary>", d->cfg.hook_name,
+			    circ_model_type_name(mc->model_type));
+		free(s);
+		return NULL;
+	}
 	s->stage = circ_hook_stage(t, &s->out);
 	if (circ_hook_stage(t, &s->in) > s->stage)
 		s->stage = circ_hook_stage(t, &s->in);
@@ -106,8 +118,10 @@ int circ_dict_splice_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 	for (size_t i = 0; i < (size_t)n * O; i++)
 		tmp[i] = (s->zero ? 0.0f : s->recon[i]) - s->target[i];
 	if (s->out.kind == CIRC_HOOK_ATTN_Z) {
-		const circ_layer_weights *lw = &circ_model_weights(s->m)->layers[s->out.layer];
-		circ_gemm(0, 0, n, C, O, 1.0f, tmp, O, lw->proj_w, C, 0.0f, s->diff, C);
+		if (circ_model_attn_proj(s->m, s->out.layer, tmp, n, s->diff, e) < 0) {
+			free(tmp);
+			return -1;
+		}
 	} else {
 		memcpy(s->diff, tmp, (size_t)n * C * sizeof(float));
 	}

@@ -433,6 +433,24 @@ const float *circ_run_resid(const circ_run *r, int stage);
 /* Attention probabilities of layer l: (B, H, T, T), row t over keys 0..t
  * (entries above the diagonal are 0). */
 const float *circ_run_attn(const circ_run *r, int layer);
+/* The input of layer l's MLP after its norm, as the last forward formed it
+ * from the residual before the MLP (deltas not included): (B*T, C) into
+ * out; weighted 0 leaves the norm's weight and bias out (TransformerLens's
+ * ln2.hook_normalized with fold_ln), 1 applies them (the MLP's real input;
+ * Gemma's RMSNorm scale is 1 + w). A family without a norm before the MLP
+ * (OLMo 2) gives the residual itself. Every family with sequential blocks;
+ * -1 with a message for parallel blocks or a layer out of range. */
+int circ_run_mlp_input(const circ_run *r, int layer, int weighted, float *out, circ_error *e);
+/* Layer l's heads' attention-weighted values z (B*T, H*D), head-major
+ * within a row, of the last forward: families other than GPT-2 keep them
+ * (NULL for GPT-2, whose runs do not: lib/dict computes them). */
+const float *circ_run_attn_z(const circ_run *r, int layer);
+/* out (n, C) = z (n, H*D) through layer l's output projection without its
+ * bias: what a change of z changes in the residual. -1 with a message where
+ * the attention's output has a norm of its own (Gemma 2/3, OLMo 2: a change
+ * of z is then no sum of node outputs). */
+int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, float *out,
+			 circ_error *e);
 /* Logits at the read rows: (N, V); *n_rows set when not NULL. */
 const float *circ_run_logits(const circ_run *r, int *n_rows);
 /* The read rows of the last forward: (N) pairs. */

@@ -1245,3 +1245,84 @@ int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 	r->have_bwd = 1;
 	return 0;
 }
+
+/* ================================================================ hook points */
+
+int circ_run_mlp_input(const circ_run *r, int layer, int weighted, float *out, circ_error *e)
+{
+	const circ_model *m = r->m;
+	const circ_config *c = &m->cfg;
+	size_t C = (size_t)r->C, n = bt(r);
+	if (layer < 0 || layer >= r->L)
+		return circ_errorf(e, "MLP input of layer %d: the model has %d layers", layer,
+				   r->L);
+	if (m->topo->d.block != CIRC_BLOCK_SEQUENTIAL)
+		return circ_errorf(e, "MLP input of layer %d: the blocks are parallel", layer);
+	const float *x = circ_run_resid(r, circ_topo_stage_mlp(m->topo, layer));
+	const float *w, *b;
+	if (c->model_type == CIRC_MODEL_GPT2) {
+		w = m->w.layers[layer].ln2_w;
+		b = m->w.layers[layer].ln2_b;
+	} else if (!fam_pre_norm(c)) {
+		memcpy(out, x, n * C * sizeof(float));
+		return 0;
+	} else {
+		w = m->fw.layers[layer].n2_w;
+		b = m->fw.layers[layer].n2_b;
+	}
+	float *ones = NULL;
+	if (!weighted) {
+		/* scale 1 (the RMSNorm's offset taken off), no bias */
+		ones = circ_xmalloc(C * sizeof *ones);
+		for (size_t i = 0; i < C; i++)
+			ones[i] = block_rms(r) ? (float)(1.0 - c->norm_offset) : 1.0f;
+		w = ones;
+		b = NULL;
+	}
+	float *zero = NULL;
+	if (!block_rms(r) && !b) /* LayerNorm wants a bias */
+		b = zero = circ_xcalloc(C, sizeof *zero);
+	p_norm(r, block_rms(r), out, C, x, C, n, r->C, w, b);
+	free(ones);
+	free(zero);
+	return 0;
+}
+
+const float *circ_run_attn_z(const circ_run *r, int layer)
+{
+	if (r->m->cfg.model_type == CIRC_MODEL_GPT2 || layer < 0 || layer >= r->L)
+		return NULL;
+	return lay(r, r->fz, layer, fam_Q(r));
+}
+
+int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, float *out,
+			 circ_error *e)
+{
+	const circ_config *c = &m->cfg;
+	int C = c->n_embd;
+	if (layer < 0 || layer >= c->n_layer)
+		return circ_errorf(e, "attention output of layer %d: the model has %d layers",
+				   layer, c->n_layer);
+	if (c->model_type == CIRC_MODEL_GPT2) { /* Conv1D: (H*D, C) */
+		circ_gemm(0, 0, n, C, C, 1.0f, z, C, m->w.layers[layer].proj_w, C, 0.0f, out, C);
+		return 0;
+	}
+	const fam_layer *y = &m->fw.layers[layer];
+	if (y->pa_w)
+		return circ_errorf(
+		    e,
+		    "attention output of layer %d: it has a norm of its own (%s), so "
+		    "a change of z is no sum of node outputs",
+		    layer, circ_model_type_name(c->model_type));
+	int Q = c->n_head * circ_config_head_dim(c);
+	const float *w = y->o_w.p;
+	float *conv = NULL;
+	if (y->o_w.dt != CIRC_F32) {
+		conv = circ_xmalloc((size_t)C * Q * sizeof *conv);
+		circ_st_to_f32(conv, y->o_w.p, y->o_w.dt, (size_t)C * Q);
+		w = conv;
+	}
+	circ_gemm(0, 1, n, C, Q, 1.0f, z, Q, w, Q, 0.0f, out, C);
+	free(conv);
+	return 0;
+}

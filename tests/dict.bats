@@ -53,6 +53,44 @@ check_harvest() { # set
 	[ "$(grep -c '"dict"' "$T/c.jsonl")" -eq 10 ]
 }
 
+@test "every model family: dictionaries at every hook point (attn.hook_z, ln2.hook_normalized folded or not, ...) against the reference" {
+	for d in tests/data/families/*/; do
+		d=${d%/}
+		[ -f "$d/config.json" ] || continue
+		t=$(jq -r .model_type "$d/config.json")
+		C=$(jq .hidden_size "$d/config.json")
+		Q=$(jq '.num_attention_heads * (.head_dim // (.hidden_size / .num_attention_heads))' "$d/config.json")
+		par=$(jq -r '.use_parallel_residual // false' "$d/config.json")
+		post=0
+		case $t in gemma2 | gemma3_text | olmo2) post=1 ;; esac
+		S="$T/$t-$(basename "$d")"
+		mk "$S/eval/a_pre" --arch topk --hook blocks.0.hook_resid_pre --d-in $C --d-sae 48 --k 6 --seed 1
+		mk "$S/eval/b_post" --arch standard --hook blocks.1.hook_resid_post --d-in $C --d-sae 64 --seed 2 --dtype BF16
+		mk "$S/eval/c_mlp" --arch jumprelu --hook blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 3
+		mk "$S/harvest/z" --arch standard --hook blocks.1.attn.hook_z --d-in $Q --d-sae 64 --seed 4
+		mk "$S/harvest/pre" --arch topk --hook blocks.0.hook_resid_pre --d-in $C --d-sae 48 --k 6 --seed 1
+		if [ "$post" = 0 ]; then
+			mk "$S/eval/d_z" --arch standard --hook blocks.1.attn.hook_z --d-in $Q --d-sae 64 --seed 4
+		fi
+		if [ "$par" != true ]; then
+			mk "$S/eval/e_attn" --arch standard --hook blocks.1.hook_attn_out --d-in $C --d-sae 64 --seed 5
+			mk "$S/eval/f_mid" --arch standard --hook blocks.0.hook_resid_mid --d-in $C --d-sae 64 --seed 6
+			mk "$S/eval/g_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 7
+			mk "$S/eval/h_tcw" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 8 --fold-ln 0
+			mk "$S/eval/i_skip" --arch skip_transcoder --hook blocks.1.hook_mlp_in --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 9
+			mk "$S/harvest/ln2" --arch standard --hook blocks.1.ln2.hook_normalized --d-in $C --d-sae 64 --seed 10
+		fi
+		M=$d check_eval "$S/eval"
+		M=$d check_harvest "$S/harvest"
+		if [ "$post" = 1 ]; then # a z SAE is harvested, not spliced, where the attention has a norm of its own
+			mk "$S/z" --arch standard --hook blocks.1.attn.hook_z --d-in $Q --d-sae 64 --seed 4
+			run --separate-stderr circ-forward --model "$d" --dict "$S/z" --json $TOK
+			assert_failure
+			[[ "$stderr" == *"cannot be spliced into $t"* ]]
+		fi
+	done
+}
+
 @test "circ-forward --dict: the measures do not depend on the batch size or the thread count" {
 	make_set
 	circ-forward --model $M --dict "$T/set" --batch 1 --threads 1 --json $TOK | tail -n +2 >"$T/a"

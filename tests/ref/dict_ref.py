@@ -3,7 +3,8 @@
 
 Written from SAELens's and circuit-tracer's published formulas, not from
 their code (neither is installed): the architectures' encode and decode, a
-GPT-2 forward with TransformerLens-style hook points in which an activation
+GPT-2 forward (and every other family through tests/ref/families.py) with
+TransformerLens-style hook points in which an activation
 is *replaced* (an independent route from circ's receiver deltas), and the
 measures circ-forward --dict reports.
 
@@ -46,7 +47,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpt2_ref import gelu, layer_norm, load_model  # noqa: E402
+import families  # noqa: E402
+import family_recv  # noqa: E402
+from gpt2_ref import gelu, layer_norm, load_model as load_gpt2  # noqa: E402
 from stio import read_safetensors, write_safetensors  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
@@ -246,9 +249,28 @@ def load_set(d):
 ALIAS = {"mlp.hook_in": "ln2.hook_normalized_w", "mlp.hook_out": "hook_mlp_out"}
 
 
+def load_model(d):
+    """GPT-2 (gpt2_ref's weights) or another family (tests/ref/families.py's
+    forward, with the same hook points)."""
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    if cfg.get("model_type", "gpt2") == "gpt2":
+        return load_gpt2(d)
+    return ("family",) + family_recv.load(d)
+
+
 def forward(model, tok, replace=None):
     """Logits (T, V) and {hook: activation} of one sequence; replace(name, act)
     may return a replacement for any hook's activation."""
+    if model[0] == "family":
+        cache = {}
+
+        def fhook(name, a):
+            cache[name] = a
+            r = replace(name, a) if replace else None
+            return a if r is None else r
+
+        _, a, names, W = model
+        return families.forward(a, W, names, tok, fhook), cache
     cfg, w = model
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
     D = C // H

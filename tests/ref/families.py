@@ -275,9 +275,15 @@ def capped_masked(a, s, pos, local):
     return s.masked_fill(~ok, float("-inf"))
 
 
-def forward(a, W, names, tokens):
-    """Logits (T, V) for one sequence. W: name -> float64 tensor."""
+def forward(a, W, names, tokens, hook=None):
+    """Logits (T, V) for one sequence. W: name -> float64 tensor.
+    hook(name, x), when given, sees every TransformerLens hook point
+    ("blocks.L.hook_resid_pre", ...; tests/ref/dict_ref.py) and returns x or
+    its replacement."""
     T = len(tokens)
+    if hook is None:
+        def hook(name, x):
+            return x
     d, H, D, K = a["n_embd"], a["n_head"], a["head_dim"], a["n_kv_head"]
     eps, off = a["norm_eps"], a["norm_offset"]
     pos = torch.arange(T)
@@ -294,6 +300,7 @@ def forward(a, W, names, tokens):
     x = W[names["embed"]][tokens] * a["embed_scale"]
     for l in range(a["n_layer"]):
         p = names["layer"] % l
+        b = "blocks.%d." % l
         local = l in a["local_layers"]
 
         def attn(h):
@@ -324,9 +331,21 @@ def forward(a, W, names, tokens):
             v = v.repeat_interleave(rep, 0)
             s = capped_masked(a, q @ k.transpose(1, 2) * a["attn_scale"], pos, local)
             z = (torch.softmax(s, -1) @ v).transpose(0, 1).reshape(T, H * D)
+            z = hook(b + "attn.hook_z", z)
             if a["model_type"] == "gpt_neox":
                 return lin(z, p + "attention.dense", a["bias_o"])
             return lin(z, p + "self_attn.o_proj", a["bias_o"])
+
+        def ln2(x, key):
+            """The MLP's norm, with its hook points: without (fold_ln) and
+            with the norm's weight."""
+            if a["norm"] == "layernorm":
+                hook(b + "ln2.hook_normalized", layernorm(x, torch.ones_like(W[key + ".weight"]),
+                                                          torch.zeros_like(W[key + ".bias"]), eps))
+            else:
+                hook(b + "ln2.hook_normalized", rms(x, torch.full_like(W[key + ".weight"], 1 - off),
+                                                    eps, off))
+            return hook(b + "ln2.hook_normalized_w", norm(x, key))
 
         def mlp(h):
             if a["model_type"] == "gpt_neox":
@@ -336,23 +355,36 @@ def forward(a, W, names, tokens):
             return lin(g * lin(h, p + "mlp.up_proj", a["bias_mlp"]), p + "mlp.down_proj",
                        a["bias_mlp"])
 
+        x = hook(b + "hook_resid_pre", x)
+        if a["model_type"] == "gpt_neox" and a["parallel_residual"]:
+            ln1, ln2n = p + "input_layernorm", p + "post_attention_layernorm"
+            mo = hook(b + "hook_mlp_out", mlp(norm(x, ln2n)))
+            x = hook(b + "hook_resid_post", x + attn(norm(x, ln1)) + mo)
+            continue
         if a["model_type"] == "gpt_neox":
-            ln1, ln2 = p + "input_layernorm", p + "post_attention_layernorm"
-            if a["parallel_residual"]:
-                x = x + attn(norm(x, ln1)) + mlp(norm(x, ln2))
-            else:
-                x = x + attn(norm(x, ln1))
-                x = x + mlp(norm(x, ln2))
-        elif a["norm_placement"] == "pre":
-            x = x + attn(norm(x, p + "input_layernorm"))
-            x = x + mlp(norm(x, p + "post_attention_layernorm"))
+            n1, n2 = p + "input_layernorm", p + "post_attention_layernorm"
         elif a["norm_placement"] == "pre_post":
-            x = x + norm(attn(norm(x, p + "input_layernorm")), p + "post_attention_layernorm")
-            x = x + norm(mlp(norm(x, p + "pre_feedforward_layernorm")),
-                         p + "post_feedforward_layernorm")
+            n1, n2 = p + "input_layernorm", p + "pre_feedforward_layernorm"
+        else:
+            n1, n2 = p + "input_layernorm", p + "post_attention_layernorm"
+        if a["norm_placement"] == "pre" or a["model_type"] == "gpt_neox":
+            ao = attn(norm(x, n1))
+        elif a["norm_placement"] == "pre_post":
+            ao = norm(attn(norm(x, n1)), p + "post_attention_layernorm")
         else:  # post (olmo2)
-            x = x + norm(attn(x), p + "post_attention_layernorm")
-            x = x + norm(mlp(x), p + "post_feedforward_layernorm")
+            ao = norm(attn(x), p + "post_attention_layernorm")
+        ao = hook(b + "hook_attn_out", ao)
+        x = hook(b + "hook_resid_mid", x + ao)
+        x_in = hook(b + "hook_mlp_in", x)
+        if a["norm_placement"] == "pre" or a["model_type"] == "gpt_neox":
+            mo = mlp(ln2(x_in, n2))
+        elif a["norm_placement"] == "pre_post":
+            mo = norm(mlp(ln2(x_in, n2)), p + "post_feedforward_layernorm")
+        else:  # post (olmo2): the MLP reads the residual itself
+            hook(b + "ln2.hook_normalized", x_in)
+            mo = norm(mlp(hook(b + "ln2.hook_normalized_w", x_in)), p + "post_feedforward_layernorm")
+        mo = hook(b + "hook_mlp_out", mo)
+        x = hook(b + "hook_resid_post", x + mo)
     x = norm(x, names["final_norm"])
     logits = x @ W[names["lm_head"] if not a["tied_embeddings"] else names["embed"]].T
     if a["final_softcap"]:
