@@ -61,7 +61,9 @@ timed() { # label, command...: wall seconds and peak RSS (KB) into $tmp/$label
 }
 timed circ-forward bin/circ-forward --model "$dir" --batch "$n" --threads "$th" --json "$tmp/tok.jsonl"
 timed torch $py bench/torch_family.py "$dir" "$tmp/tok.jsonl" "$n" "$th" "$tmp/torch.json"
-timed circ-eap bin/circ-score --model "$dir" --batch "$n" --threads "$th" "$tmp/tok.jsonl"
+# the command a user runs: default batch (16) and --max-memory (3G), which
+# cuts the batches of a 1B model to a few examples
+timed circ-eap bin/circ-score --model "$dir" --threads "$th" "$tmp/tok.jsonl"
 $py - "$tmp" <<'PY' || exit 1
 import json, sys
 d = sys.argv[1]

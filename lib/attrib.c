@@ -161,6 +161,22 @@ static void fit_batch(circ_attrib *a, int all)
 	}
 }
 
+size_t circ_attrib_bytes_for(circ_attr_method m, const circ_patcher *p, int B, int T)
+{
+	const circ_model *mod = circ_patcher_model(p);
+	const circ_config *c = circ_model_config(mod);
+	size_t tc = (size_t)T * (size_t)c->n_embd, btc = (size_t)B * tc;
+	size_t U = (size_t)circ_model_n_up(mod), R = (size_t)circ_model_n_recv(mod);
+	size_t Rs = (size_t)stage_max_recv(circ_model_topology(mod)), f = 0;
+	if (m == CIRC_ATTR_EXACT)
+		return 0;
+	f += (size_t)B * (size_t)c->vocab_size; /* dlogits (last positions) */
+	f += (size_t)B * U * Rs + Rs * tc;	/* a stage's products, gathered gradients */
+	if (m == CIRC_ATTR_EAP_IG || m == CIRC_ATTR_EAP_IG_ACT)
+		f += btc + R * btc; /* the interpolated input, the summed gradients */
+	return f * sizeof(float);
+}
+
 void circ_attrib_free(circ_attrib *a)
 {
 	if (!a)

@@ -303,6 +303,8 @@ struct circ_batch_reader {
 	int vocab, n_ctx, max_b;
 	circ_example pending;
 	int has_pending, eof;
+	circ_batch_fit_fn fit;
+	void *fit_ctx;
 	int64_t count;
 	circ_batch b;
 };
@@ -378,7 +380,8 @@ int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **out, circ_error *
 				return circ_reader_fail(bt->r, e);
 			bt->count++;
 		}
-		if (b->B > 0 && ex.T != b->T) {
+		if (b->B > 0 &&
+		    (ex.T != b->T || (bt->fit && !bt->fit(bt->fit_ctx, b->B + 1, ex.T)))) {
 			bt->pending = ex;
 			bt->has_pending = 1;
 			break;
@@ -408,6 +411,12 @@ int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **out, circ_error *
 		}
 	*out = b;
 	return 1;
+}
+
+void circ_batch_reader_set_fit(circ_batch_reader *bt, circ_batch_fit_fn fit, void *ctx)
+{
+	bt->fit = fit;
+	bt->fit_ctx = ctx;
 }
 
 int64_t circ_batch_reader_count(const circ_batch_reader *bt)

@@ -223,6 +223,32 @@ static size_t run_layout(circ_run *r, char *base)
 	return off;
 }
 
+size_t circ_run_bytes_for(const circ_model *m, int B, int T, const circ_run_opts *o)
+{
+	const circ_config *c = &m->cfg;
+	circ_run r;
+	memset(&r, 0, sizeof r);
+	r.m = m;
+	if (o)
+		r.o = *o;
+	else
+		circ_run_opts_default(&r.o);
+	r.L = c->n_layer;
+	r.H = c->n_head;
+	r.C = c->n_embd;
+	r.D = circ_config_head_dim(c);
+	r.F = c->n_inner;
+	r.V = c->vocab_size;
+	r.U = circ_model_n_up(m);
+	r.R = circ_model_n_recv(m);
+	r.max_b = B < 1 ? 1 : B;
+	r.max_t = (T + 15) & ~15;
+	if (r.max_t > c->n_ctx)
+		r.max_t = c->n_ctx;
+	r.rows = (size_t)r.max_b * (size_t)r.max_t;
+	return run_layout(&r, NULL); /* counts only: writes no field of r */
+}
+
 circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run_opts *o,
 		       circ_error *e)
 {

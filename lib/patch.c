@@ -1045,6 +1045,20 @@ size_t circ_patcher_bytes(const circ_patcher *p)
 	return circ_run_arena_bytes(p->main) + f * sizeof(float);
 }
 
+size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T)
+{
+	circ_run_opts ro;
+	circ_run_opts_default(&ro);
+	ro.keep_nodes = 1;
+	ro.backward = p->o.backward;
+	ro.keep_recv_grads = !p->o.stage_grads;
+	size_t n = (size_t)B * (size_t)T * (size_t)p->C, U = (size_t)p->U, S = (size_t)p->S;
+	size_t f = U * n;			     /* ref_out */
+	f += p->o.diff_only ? 2 * n : U * n + S * n; /* clean_out, ref_in / clean_res */
+	f += (size_t)B * (size_t)p->V;		     /* the reference logits (last positions) */
+	return circ_run_bytes_for(p->m, B, T, &ro) + f * sizeof(float);
+}
+
 const float *circ_patcher_clean_logp(const circ_patcher *p)
 {
 	return p->clean_logp;

@@ -191,6 +191,42 @@ compare() { # dir method key [circ-score options]
 	cmp "$T/1.circ" "$T/2.circ"
 }
 
+@test "--max-memory cuts batches (one example each under 1K) and changes no score" {
+	for m in eap eap-ig exact; do
+		circ-score --model "$D/kl/model" --method $m --json "$D/kl/tokens.jsonl" >"$T/a.jsonl"
+		circ-score --model "$D/kl/model" --method $m --json --max-memory 1K "$D/kl/tokens.jsonl" >"$T/b.jsonl"
+		/usr/bin/python3 - "$T/a.jsonl" "$T/b.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
+sa = {r["edge"]: r["score"] for r in a[1:] if "edge" in r}
+sb = {r["edge"]: r["score"] for r in b[1:] if "edge" in r}
+assert sa.keys() == sb.keys() and len(sa) > 0
+top = max(abs(v) for v in sa.values())
+worst = max(abs(sa[k] - sb[k]) for k in sa)
+assert worst <= 1e-6 * top, worst
+PY
+	done
+	for mm in 0 1K 3G 2048M 1GiB; do
+		run --separate-stderr circ-score --model "$D/kl/model" --method eap --max-memory $mm -o "$T/o.circ" "$D/kl/tokens.jsonl"
+		assert_success
+	done
+	# on a wider model, the cut batches hold a fraction of the memory (peak
+	# RSS), with the same scores bit for bit
+	circ-fixture --random --vocab-dir fixtures/induction-trained --out "$T/m" --layers 4 --heads 8 --embd 256 --ctx 128
+	circ-dataset induction --len 60 --vocab-lo 0 --vocab-hi 256 --n 16 | circ-tokenize --model-dir "$T/m" >"$T/tok"
+	for mm in 0 16M; do
+		/usr/bin/time -f %M -o "$T/rss-$mm" circ-score --model "$T/m" --max-memory $mm --json "$T/tok" | tail -n +2 >"$T/s-$mm"
+	done
+	cmp "$T/s-0" "$T/s-16M"
+	echo "peak RSS $(cat "$T/rss-0") KB without a limit, $(cat "$T/rss-16M") KB under 16M"
+	[ "$(cat "$T/rss-16M")" -lt $(($(cat "$T/rss-0") / 3)) ]
+	for bad in -1 1X 1.5G '' G; do
+		run --separate-stderr circ-score --model "$D/kl/model" --method eap --max-memory "$bad" "$D/kl/tokens.jsonl"
+		assert_failure 2
+		[[ "$stderr" == *"'--max-memory'"*"is not a size"* ]]
+	done
+}
+
 @test "bad input: an edge that is not in the graph" {
 	echo '{"edge":"a5.h0->logits"}' >"$T/e.jsonl"
 	run --separate-stderr circ-patch --model "$D/ld/model" --edges "$T/e.jsonl" "$D/ld/tokens.jsonl"

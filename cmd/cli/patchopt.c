@@ -3,7 +3,10 @@
  */
 #include "patchopt.h"
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void circ_patch_cli_init(circ_patch_cli *pc)
@@ -15,6 +18,50 @@ void circ_patch_cli_init(circ_patch_cli *pc)
 	pc->conv = CIRC_INPUT_EAPIG;
 	pc->batch = 16;
 	pc->threads = 0;
+	pc->max_memory = (int64_t)3 << 30;
+}
+
+/* A size in bytes: digits, then an optional K, M, G or T (powers of 1024),
+ * optionally followed by "B" or "iB". */
+static int64_t parse_size(const char *opt, const char *arg)
+{
+	char *end;
+	errno = 0;
+	if (!*arg || *arg == '-' || *arg == ' ')
+		circ_usage_error("option '--%s': '%s' is not a size (e.g. 3G, 512M, 0)", opt, arg);
+	unsigned long long v = strtoull(arg, &end, 10);
+	int shift = 0;
+	if (end == arg)
+		circ_usage_error("option '--%s': '%s' is not a size (e.g. 3G, 512M, 0)", opt, arg);
+	switch (*end) {
+	case 'K':
+	case 'k':
+		shift = 10;
+		end++;
+		break;
+	case 'M':
+	case 'm':
+		shift = 20;
+		end++;
+		break;
+	case 'G':
+	case 'g':
+		shift = 30;
+		end++;
+		break;
+	case 'T':
+	case 't':
+		shift = 40;
+		end++;
+		break;
+	}
+	if (shift && !strcmp(end, "iB"))
+		end += 2;
+	else if (*end == 'B')
+		end++;
+	if (*end || errno || v > ((unsigned long long)INT64_MAX >> shift))
+		circ_usage_error("option '--%s': '%s' is not a size (e.g. 3G, 512M, 0)", opt, arg);
+	return (int64_t)(v << shift);
 }
 
 int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
@@ -52,6 +99,7 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 		pc->threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX);
 		return 0;
 	case CIRC_PO_ALLOW_NONFINITE: pc->allow_nonfinite = 1; return 0;
+	case CIRC_PO_MAX_MEMORY: pc->max_memory = parse_size("max-memory", arg); return 0;
 	case CIRC_PO_GQA:
 		if (strcmp(arg, "grouped") && strcmp(arg, "ungrouped"))
 			circ_usage_error("unknown --gqa '%s' (ungrouped, grouped)", arg);

@@ -26,6 +26,7 @@ enum {
 	CIRC_PO_THREADS,
 	CIRC_PO_ALLOW_NONFINITE,
 	CIRC_PO_GQA,
+	CIRC_PO_MAX_MEMORY,
 };
 
 /* The options' table entries, for a tool to list in its own table (the help
@@ -44,6 +45,9 @@ enum {
 	{"convention", CIRC_PO_CONVENTION, "C", \
 	 "eap-ig (default: input is the token embedding) or acdc"}, \
 	{"batch", CIRC_PO_BATCH, "N", "examples per batch (default 16)"}, \
+	{"max-memory", CIRC_PO_MAX_MEMORY, "SIZE", \
+	 "cut batches so that their activations stay under SIZE bytes (K, M, G suffixes; " \
+	 "default 3G; 0: no limit)"}, \
 	{"threads", CIRC_PO_THREADS, "N", "threads"}, \
 	{"allow-nonfinite", CIRC_PO_ALLOW_NONFINITE, NULL, \
 	 "let NaN or infinite weights, activations, metrics and scores through"}, \
@@ -64,6 +68,7 @@ typedef struct circ_patch_cli {
 	int batch_set, ablation_set;
 	int allow_nonfinite; /* NaN/Inf weights, activations, metrics, scores let through */
 	int gqa_grouped;     /* --gqa grouped */
+	int64_t max_memory;  /* --max-memory: bytes of a batch's activations; 0: no limit */
 } circ_patch_cli;
 
 void circ_patch_cli_init(circ_patch_cli *pc);

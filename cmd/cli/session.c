@@ -60,6 +60,18 @@ static void make_patcher(circ_session *s, circ_graph *g, int backward, int metho
 	s->p = circ_patcher_new(s->m, g ? g : s->g, &po, &e);
 	if (!s->p)
 		circ_die(&e);
+	s->attr_method = method;
+}
+
+/* --max-memory: a batch fits when the patcher's (and the accumulator's)
+ * estimate for it stays under the budget. */
+static int batch_fits(void *ctx, int B, int T)
+{
+	const circ_session *s = ctx;
+	size_t bytes = circ_patcher_bytes_for(s->p, B, T);
+	if (s->attr_method >= 0)
+		bytes += circ_attrib_bytes_for((circ_attr_method)s->attr_method, s->p, B, T);
+	return bytes <= (size_t)s->pc->max_memory;
 }
 
 void circ_session_patcher(circ_session *s, circ_graph *g, int backward)
@@ -88,6 +100,8 @@ void circ_session_output(circ_session *s, const circ_cli *cli)
 void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch, int progress)
 {
 	s->bt = circ_batch_reader_new(s->r, metric, s->c->vocab_size, s->c->n_ctx, batch);
+	if (s->p && s->pc && s->pc->max_memory > 0)
+		circ_batch_reader_set_fit(s->bt, batch_fits, s);
 	if (progress && !s->pr.what) {
 		circ_cli_progress(&s->pr, "examples", 0);
 		s->count_batches = 1;

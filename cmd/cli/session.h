@@ -33,6 +33,7 @@ typedef struct circ_session {
 	circ_progress pr;	  /* "examples" counted by batch, unless the tool starts it */
 	int count_batches;	  /* circ_session_next counts batches in pr */
 	circ_batch *last;	  /* the batch handed out last (counted at the next call) */
+	int attr_method;	  /* circ_session_attrib_patcher's method, or -1 */
 } circ_session;
 
 /* Opens pc's model (a missing --model is a usage error) and, with_graph, its

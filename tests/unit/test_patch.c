@@ -235,6 +235,17 @@ static double *scores_with(const circ_model *m, const circ_graph *g, const circ_
 	CHECK(circ_attrib_batch(a, NULL, &e) == 0);
 	memcpy(out, circ_attrib_sums(a), (size_t)g->n_edges * sizeof *out);
 	*bytes = circ_patcher_bytes(p) + circ_attrib_bytes(a);
+	/* the estimates that choose batch sizes (--max-memory) are near what
+	 * the patcher and accumulator hold after the batch (within 0.8-1.5:
+	 * the estimate counts the last positions' logits, not every read row,
+	 * and no per-edge sums; and it rounds T up to 16 as a run does when its
+	 * limit allows, which this patcher's, made for T, does not) */
+	double est = (double)(circ_patcher_bytes_for(p, b->B, b->T) +
+			      circ_attrib_bytes_for(meth, p, b->B, b->T)),
+	       held = (double)*bytes, round = (double)((b->T + 15) & ~15) / b->T;
+	CHECK(est >= 0.8 * held && est <= 1.5 * round * held);
+	if (!(est >= 0.8 * held && est <= 1.5 * round * held))
+		fprintf(stderr, "estimate %.0f, held %.0f\n", est, held);
 	circ_attrib_free(a);
 	circ_patcher_free(p);
 	return out;
