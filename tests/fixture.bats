@@ -355,3 +355,33 @@ PYEOF
 	run --separate-stderr $PY tests/ref/planted_features_ref.py "$T/bad"
 	assert_failure 1
 }
+
+@test "pipelines/sva.mk: fixture, dataset, tokens, dictionaries (given and trained) and their check" {
+	RUNS=$T/runs
+	pipe() { make --no-print-directory -s -f pipelines/sva.mk RUNS="$RUNS" "$@"; }
+	run pipe dict-eval check-fixture
+	assert_success
+	assert_output --partial "ok"
+	D=$RUNS/sva/planted-features/n64-s0
+	[ "$(circ-cat --no-header "$D/tokens.circ" | wc -l)" -eq 64 ]
+	circ-cat --no-header "$D/dicts/dict-eval.circ" | jq -e -s 'length == 7 and all(.fvu < 1e-6)'
+	# a rerun does nothing
+	run make --no-print-directory -f pipelines/sva.mk RUNS="$RUNS" dict-eval
+	assert_output --partial "Nothing to be done"
+	# SAEs trained here, one per hook of Marks et al.'s set, named as circ names them
+	pipe DICTS=train SAE_N=2048 SAE_ARGS="--arch topk --k 2 --d-sae 64 --steps 30 --batch 128" dict-eval
+	[ "$(ls -d "$D"/dicts-trained-*/ | wc -l)" -eq 1 ]
+	[ "$(ls "$D"/dicts-trained-*/ | tr '\n' ' ')" = "attn0 attn1 mlp0 mlp1 resid0 resid1 resid_pre0 " ]
+	circ-cat --no-header "$D"/trained-*/dict-eval.circ | jq -e -s 'length == 7'
+	# the feature-circuit stages: the commands (circ-score --method feature-ig
+	# --dict, circ-prune against the feature truth, mean-ablation curves)
+	run pipe -n report
+	assert_success
+	assert_output --partial "circ-score --model $RUNS/fixtures/planted-features --method feature-ig --dict $RUNS/fixtures/planted-features/dicts --steps 10 --node-threshold 0"
+	assert_output --partial "circ-prune --top-n 10 --truth $RUNS/fixtures/planted-features/truth-features.jsonl"
+	assert_output --partial "--ablation mean --curve"
+	# another model: circ-dataset sva with its tokenizer, SAEs trained on it
+	circ-fixture --random --vocab-dir fixtures/gpt2-tokenizer --out "$T/g2"
+	pipe MODEL="$T/g2" N=8 TEMPLATE=across-pp SAE_N=1024 SAE_ARGS="--arch topk --k 2 --steps 20 --batch 64" dict-eval
+	jq -e -s 'length == 8 and all(.meta.template == "across-pp")' "$RUNS/sva/g2/n8-s0-across-pp/dataset.jsonl"
+}
