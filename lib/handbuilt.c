@@ -768,6 +768,33 @@ static int build_ioi(circ_config *c, circ_weights *w, circ_hb_info *info, circ_e
 	return 0;
 }
 
+/* Emits one token-level example (dataset JSON lines with ids): clean and
+ * corrupt (T ids each), the read position, answer and wrong ids, metric
+ * logit_diff; meta is taken over. */
+static int emit_ids_example(const char *task, const int32_t *clean, const int32_t *corrupt, int T,
+			    int32_t answer, int32_t wrong, json_t *meta, circ_task_emit emit,
+			    void *ctx, circ_error *e)
+{
+	json_t *ex = json_object(), *jc = json_array(), *jx = json_array();
+	for (int t = 0; t < T; t++) {
+		json_array_append_new(jc, json_integer(clean[t]));
+		json_array_append_new(jx, json_integer(corrupt[t]));
+	}
+	json_object_set_new(ex, "task", json_string(task));
+	json_object_set_new(ex, "clean_ids", jc);
+	json_object_set_new(ex, "corrupt_ids", jx);
+	json_object_set_new(ex, "pos", json_integer(T - 1));
+	json_object_set_new(ex, "answer_ids", json_integer(answer));
+	json_object_set_new(ex, "wrong_ids", json_integer(wrong));
+	json_object_set_new(ex, "metric", json_string("logit_diff"));
+	json_object_set_new(ex, "meta", meta);
+	char *line = json_dumps(ex, JSON_COMPACT);
+	int rc = emit(line, strlen(line), ctx, e);
+	free(line);
+	json_decref(ex);
+	return rc;
+}
+
 /* ioi-hand's examples: BOS, 14 tokens with three names at random
  * positions p1 < p2 < p3 (IO and S at p1, p2 in random order, S again at
  * p3) among random fillers, END. Corrupt: the name at p3 becomes a third
@@ -800,25 +827,9 @@ static int examples_ioi(int64_t n, uint64_t seed, circ_task_emit emit, void *ctx
 		clean[1 + p[2]] = (int32_t)nm[1];
 		memcpy(corrupt, clean, (size_t)T * sizeof *clean);
 		corrupt[1 + p[2]] = (int32_t)nm[2];
-		json_t *ex = json_object(), *jc = json_array(), *jx = json_array();
-		for (int t = 0; t < T; t++) {
-			json_array_append_new(jc, json_integer(clean[t]));
-			json_array_append_new(jx, json_integer(corrupt[t]));
-		}
-		json_object_set_new(ex, "task", json_string("ioi-hand"));
-		json_object_set_new(ex, "clean_ids", jc);
-		json_object_set_new(ex, "corrupt_ids", jx);
-		json_object_set_new(ex, "pos", json_integer(T - 1));
-		json_object_set_new(ex, "answer_ids", json_integer((json_int_t)nm[0]));
-		json_object_set_new(ex, "wrong_ids", json_integer((json_int_t)nm[1]));
-		json_object_set_new(ex, "metric", json_string("logit_diff"));
-		json_object_set_new(ex, "meta",
-				    json_pack("{s:s}", "order", io_first ? "ABB" : "BAB"));
-		char *line = json_dumps(ex, JSON_COMPACT);
-		int rc = emit(line, strlen(line), ctx, e);
-		free(line);
-		json_decref(ex);
-		if (rc < 0)
+		if (emit_ids_example("ioi-hand", clean, corrupt, T, (int32_t)nm[0], (int32_t)nm[1],
+				     json_pack("{s:s}", "order", io_first ? "ABB" : "BAB"), emit,
+				     ctx, e) < 0)
 			return -1;
 	}
 	return 0;
@@ -1214,26 +1225,11 @@ static int examples_planted(int64_t n, uint64_t seed, circ_task_emit emit, void 
 		clean[PF_T - 1] = PF_TOK_END;
 		memcpy(corrupt, clean, sizeof clean);
 		corrupt[PF_SUBJ_POS] = (int32_t)lem[0] + (pl ? 0 : PF_TOK_PL0);
-		json_t *ex = json_object(), *jc = json_array(), *jx = json_array();
-		for (int t = 0; t < PF_T; t++) {
-			json_array_append_new(jc, json_integer(clean[t]));
-			json_array_append_new(jx, json_integer(corrupt[t]));
-		}
-		json_object_set_new(ex, "task", json_string("planted-features"));
-		json_object_set_new(ex, "clean_ids", jc);
-		json_object_set_new(ex, "corrupt_ids", jx);
-		json_object_set_new(ex, "pos", json_integer(PF_T - 1));
-		json_object_set_new(ex, "answer_ids", json_integer(pl ? PF_TOK_ARE : PF_TOK_IS));
-		json_object_set_new(ex, "wrong_ids", json_integer(pl ? PF_TOK_IS : PF_TOK_ARE));
-		json_object_set_new(ex, "metric", json_string("logit_diff"));
-		json_object_set_new(ex, "meta",
-				    json_pack("{s:s,s:s}", "number", pl ? "plural" : "singular",
-					      "attractor", attr_pl ? "plural" : "singular"));
-		char *line = json_dumps(ex, JSON_COMPACT);
-		int rc = emit(line, strlen(line), ctx, e);
-		free(line);
-		json_decref(ex);
-		if (rc < 0)
+		if (emit_ids_example("planted-features", clean, corrupt, PF_T,
+				     pl ? PF_TOK_ARE : PF_TOK_IS, pl ? PF_TOK_IS : PF_TOK_ARE,
+				     json_pack("{s:s,s:s}", "number", pl ? "plural" : "singular",
+					       "attractor", attr_pl ? "plural" : "singular"),
+				     emit, ctx, e) < 0)
 			return -1;
 	}
 	return 0;
@@ -2008,7 +2004,15 @@ static int spec_planted(FILE *f, const circ_hb_info *info, const char *digest)
 	fprintf(f, "\nSilent there:");
 	for (int i = 0; i < info->n_silent; i++)
 		fprintf(f, " `%s`", info->silent[i]);
-	fprintf(f, ".\n\ntests/ref/planted_features_ref.py checks all of this in float64 PyTorch, "
+	fprintf(f, ".\n\n"
+		   "Faithfulness: mean ablation must take each feature's mean at each position, "
+		   "as Marks\n"
+		   "et al. do; `end`, `bos`, `pos1` and `pos4` are then unchanged, and the truth "
+		   "alone keeps\n"
+		   "the behaviour. A mean over positions as well would move `pos1` and with it "
+		   "a0.h0's\n"
+		   "attention.\n\n"
+		   "tests/ref/planted_features_ref.py checks all of this in float64 PyTorch, "
 		   "from the files alone.\n");
 	return ferror(f) ? -1 : 0;
 }

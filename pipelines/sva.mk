@@ -29,13 +29,14 @@
 #     dicts-trained-<digest>/                            (DICTS=train: the SAEs)
 #     <dicts>/dict-eval.circ                             reconstruction (circ-forward --dict)
 #     <dicts>/<METHOD>-steps<STEPS>-nt<NODE_THRESHOLD>/  scores.circ curve.circ curve.svg
-#       top-n<K>/                                        circuit.circ roc.json circuit.svg
-#                                                        circuit.html report.txt
+#       top-n<K>[-nt<PRUNE_NODE_THRESHOLD>]/             circuit.circ roc.json faithfulness.circ
+#                                                        report.txt circuit.svg circuit.html
 #
-# Tools: scores come from circ-score --method feature-atp|feature-ig --dict
-# (lib/fcircuit); the circuit, curves and pictures from circ-prune, circ-patch
-# and circ-render on the feature graph those scores describe (circ(1),
-# FEATURE GRAPHS).
+# Tools (lib/fcircuit): scores from circ-score --method feature-atp|feature-ig
+# --dict, the circuit from circ-prune on those scores (ROC AUC against the
+# truth's feature edges), faithfulness, completeness and curves from
+# circ-patch --dict (the nodes outside the circuit mean-ablated at each
+# position); `make ... render` draws the curve and the circuit (circ-render).
 
 FIXTURE ?= $(if $(filter undefined,$(origin MODEL)),planted-features)
 FIXTURE := $(FIXTURE)
@@ -51,6 +52,7 @@ METHOD ?= feature-ig
 STEPS ?= 10
 NODE_THRESHOLD ?= 0
 K ?= 10
+PRUNE_NODE_THRESHOLD ?=
 BATCH ?= 16
 THREADS ?=
 TRUTH ?= $(if $(FIXTURE),$(MODEL)/truth-features.jsonl,$(wildcard $(MODEL)/truth-features.jsonl))
@@ -82,11 +84,11 @@ DSTAMP := $(DDIR)
 endif
 EDIR := $(DATA)/$(DICT_NAME)
 SDIR := $(EDIR)/$(METHOD)-steps$(STEPS)-nt$(NODE_THRESHOLD)
-CDIR := $(SDIR)/top-n$(K)
+CDIR := $(SDIR)/top-n$(K)$(if $(PRUNE_NODE_THRESHOLD),-nt$(PRUNE_NODE_THRESHOLD))
 MODEL_FILES := $(MODEL)/config.json $(MODEL)/model.safetensors
 RUN := --model $(MODEL)$(if $(THREADS), --threads $(THREADS))
 
-.PHONY: all model dicts dict-eval scores circuit curve report check-fixture clean-run
+.PHONY: all model dicts dict-eval scores circuit curve report render check-fixture clean-run
 all: report
 model: $(MODEL_FILES)
 dicts: $(DSTAMP)
@@ -96,6 +98,7 @@ circuit: $(CDIR)/circuit.circ
 curve: $(SDIR)/curve.circ
 report: $(CDIR)/report.txt
 	@cat $<
+render: $(SDIR)/curve.svg $(CDIR)/circuit.svg $(CDIR)/circuit.html
 
 # ---- the model: the fixture, built here; or the given directory
 ifneq ($(FIXTURE),)
@@ -153,21 +156,26 @@ $(SDIR)/scores.circ: $(DSTAMP) $(DATA)/tokens.circ $(EDIR)/dict-eval.circ
 	@mkdir -p $(@D)
 	$(CIRCBIN)circ-score $(RUN) --method $(METHOD) --dict $(DDIR) --steps $(STEPS) --node-threshold $(NODE_THRESHOLD) --batch $(BATCH) -o $@ $(DATA)/tokens.circ
 
-# ---- the circuit: the top K feature edges; ROC AUC over the feature edges
+# ---- the circuit: the nodes above PRUNE_NODE_THRESHOLD (none: every node),
+# then the top K edges between them (circ-prune(1), Feature graphs); ROC AUC
+# over every edge of the feature graph against the truth
 $(CDIR)/circuit.circ: $(SDIR)/scores.circ
 	@mkdir -p $(@D)
-	$(CIRCBIN)circ-prune --top-n $(K) $(if $(TRUTH),--truth $(TRUTH) --report $(CDIR)/roc.json) -o $@ $<
+	$(CIRCBIN)circ-prune --top-n $(K) $(if $(PRUNE_NODE_THRESHOLD),--node-threshold $(PRUNE_NODE_THRESHOLD)) $(if $(TRUTH),--truth $(TRUTH) --report $(CDIR)/roc.json) -o $@ $<
 
-# ---- faithfulness: the metric with the features outside the top n
-# mean-ablated, n along the score ranking (Marks et al.'s curves)
+# ---- Marks et al.'s evaluation (circ-patch --dict): the nodes outside the
+# circuit mean-ablated at each position; faithfulness and completeness of
+# the circuit, and the curve over node fractions of the score ranking
+$(CDIR)/faithfulness.circ: $(CDIR)/circuit.circ $(DATA)/tokens.circ
+	$(CIRCBIN)circ-patch $(RUN) --dict $(DDIR) --circuit $< -o $@ $(DATA)/tokens.circ
+
 $(SDIR)/curve.circ: $(SDIR)/scores.circ $(DATA)/tokens.circ
-	$(CIRCBIN)circ-patch $(RUN) --dict $(DDIR) --ablation mean --curve $< -o $@ $(DATA)/tokens.circ
+	$(CIRCBIN)circ-patch $(RUN) --dict $(DDIR) --curve $< -o $@ $(DATA)/tokens.circ
 
+# ---- pictures (render): the curve, and the circuit when circ-render draws
+# feature graphs
 $(SDIR)/curve.svg: $(SDIR)/curve.circ
 	$(CIRCBIN)circ-render --format curve-svg --curve $< --title "sva: faithfulness by circuit size ($(METHOD))" -o $@
-
-$(CDIR)/faithfulness.circ: $(CDIR)/circuit.circ $(DATA)/tokens.circ
-	$(CIRCBIN)circ-patch $(RUN) --dict $(DDIR) --ablation mean --circuit $< -o $@ $(DATA)/tokens.circ
 
 $(CDIR)/circuit.svg: $(CDIR)/circuit.circ $(SDIR)/scores.circ
 	$(CIRCBIN)circ-render --format svg --scores $(SDIR)/scores.circ --title "sva feature circuit ($(METHOD), top $(K))" -o $@ $<
@@ -175,12 +183,20 @@ $(CDIR)/circuit.svg: $(CDIR)/circuit.circ $(SDIR)/scores.circ
 $(CDIR)/circuit.html: $(CDIR)/circuit.circ $(SDIR)/scores.circ
 	$(CIRCBIN)circ-render --format html --scores $(SDIR)/scores.circ --title "sva feature circuit ($(METHOD), top $(K))" -o $@ $<
 
-$(CDIR)/report.txt: $(CDIR)/faithfulness.circ $(SDIR)/curve.circ $(SDIR)/curve.svg $(CDIR)/circuit.svg $(CDIR)/circuit.html pipelines/report.sh
-	$(ATOMIC) $@; pipelines/report.sh "$(CIRCBIN)" "task sva, model $(MODEL), dictionaries $(DDIR), $(N) examples, seed $(SEED)" \
-		"$(METHOD) scores (steps $(STEPS), node threshold $(NODE_THRESHOLD)), top-n $(K), mean ablation" \
-		$(CDIR)/faithfulness.circ - - $(if $(TRUTH),$(CDIR)/roc.json,-) \
-		$(CDIR)/circuit.svg $(CDIR)/circuit.html >"$$tmp"; \
-	atomic_commit
+# ---- the report: the settings, the dictionaries' reconstruction, the
+# circuit's size, faithfulness and completeness, the ROC AUC against the
+# truth, the curve; jq -e fails on anything missing (never "null")
+ROC_LINE = jq -er '"against the truth: ROC AUC \(.auc) (\(.n_truth) true edges), TPR \(.tpr), FPR \(.fpr)"' $(CDIR)/roc.json;
+$(CDIR)/report.txt: $(EDIR)/dict-eval.circ $(CDIR)/circuit.circ $(CDIR)/faithfulness.circ $(SDIR)/curve.circ
+	$(ATOMIC) $@; { \
+	echo "task sva, model $(MODEL), dictionaries $(DDIR), $(N) examples, seed $(SEED)"; \
+	echo "$(METHOD) scores (steps $(STEPS), node threshold $(NODE_THRESHOLD)), top-n $(K) edges$(if $(PRUNE_NODE_THRESHOLD), between nodes above $(PRUNE_NODE_THRESHOLD)), mean ablation per position"; \
+	$(CIRCBIN)circ-cat --no-header $(EDIR)/dict-eval.circ | jq -ers 'map(select(.fvu != null)) | "dictionaries: \(length), worst FVU \(map(.fvu) | max)"'; \
+	$(CIRCBIN)circ-cat --no-header $(CDIR)/circuit.circ | jq -ers '"circuit: \(map(select(.node)) | length) nodes, \(map(select(.edge)) | length) edges"'; \
+	$(CIRCBIN)circ-cat --no-header $(CDIR)/faithfulness.circ | jq -ers 'map(select(.faithfulness != null)) | last | "faithfulness \(.faithfulness), completeness \(.completeness) (\(.n_nodes) nodes)"'; \
+	$(if $(TRUTH),$(ROC_LINE)) \
+	$(CIRCBIN)circ-cat --no-header $(SDIR)/curve.circ | jq -ers '"curve (fraction of nodes: faithfulness): " + (map(select(.faithfulness != null) | "\(.fraction): \(.faithfulness * 1000 | round / 1000)") | join(", "))'; \
+	} >"$$tmp"; atomic_commit
 
 .PRECIOUS: $(DATA)/dataset.jsonl $(DATA)/tokens.circ $(DATA)/sae-corpus-n$(SAE_N).circ $(EDIR)/dict-eval.circ $(SDIR)/scores.circ \
 	$(SDIR)/curve.circ $(SDIR)/curve.svg $(CDIR)/circuit.circ $(CDIR)/faithfulness.circ \

@@ -374,12 +374,13 @@ PYEOF
 	[ "$(ls "$D"/dicts-trained-*/ | tr '\n' ' ')" = "attn0 attn1 mlp0 mlp1 resid0 resid1 resid_pre0 " ]
 	circ-cat --no-header "$D"/trained-*/dict-eval.circ | jq -e -s 'length == 7'
 	# the feature-circuit stages: the commands (circ-score --method feature-ig
-	# --dict, circ-prune against the feature truth, mean-ablation curves)
+	# --dict, circ-prune against the feature truth, circ-patch --dict)
 	run pipe -n report
 	assert_success
 	assert_output --partial "circ-score --model $RUNS/fixtures/planted-features --method feature-ig --dict $RUNS/fixtures/planted-features/dicts --steps 10 --node-threshold 0"
-	assert_output --partial "circ-prune --top-n 10 --truth $RUNS/fixtures/planted-features/truth-features.jsonl"
-	assert_output --partial "--ablation mean --curve"
+	assert_output --partial "circ-prune --top-n 10  --truth $RUNS/fixtures/planted-features/truth-features.jsonl"
+	assert_output --partial "circ-patch --model $RUNS/fixtures/planted-features --dict $RUNS/fixtures/planted-features/dicts --circuit"
+	assert_output --partial "--dict $RUNS/fixtures/planted-features/dicts --curve"
 	# another model: circ-dataset sva with its tokenizer, SAEs trained on it
 	circ-fixture --random --vocab-dir fixtures/gpt2-tokenizer --out "$T/g2"
 	pipe MODEL="$T/g2" N=8 TEMPLATE=across-pp SAE_N=1024 SAE_ARGS="--arch topk --k 2 --steps 20 --batch 64" dict-eval
