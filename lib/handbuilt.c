@@ -1956,7 +1956,7 @@ static int spec_planted(FILE *f, const circ_hb_info *info, const char *digest)
 	    "  are the `verb_sg` and `verb_pl` directions (tied), so the logit difference is\n"
 	    "  about +-%g.\n\n",
 	    PF_LEX, s->cos_max, s->s_pos, s->s_bos, s->a_gain, s->a_thr, s->cos_max, s->g_gain,
-	    s->g_bias, s->lambda, 2 * s->lambda);
+	    s->g_bias, s->lambda, s->lambda);
 	fprintf(
 	    f,
 	    "## Dictionaries\n\n"
@@ -2012,6 +2012,20 @@ static int spec_planted(FILE *f, const circ_hb_info *info, const char *digest)
 		   "the behaviour. A mean over positions as well would move `pos1` and with it "
 		   "a0.h0's\n"
 		   "attention.\n\n"
+		   "Linearised edges (Marks et al.'s, atp or ig: the Jacobian at the clean "
+		   "run): where the\n"
+		   "corruption turns a feature on, the feature it feeds is below its threshold "
+		   "in the\n"
+		   "clean run, so the linearisation sends that change into the downstream "
+		   "error node\n"
+		   "instead. Half the examples turn each number on, so `mlp1.f0->resid1.err` "
+		   "scores as\n"
+		   "`mlp1.f0->resid1.f32` does (and the plural's the same; with ig's mean "
+		   "gradients the\n"
+		   "edges into attn0.err and resid0.err from the number features score too): "
+		   "an artefact\n"
+		   "of the method that this fixture shows, not a path (the error nodes are "
+		   "near 0).\n\n"
 		   "tests/ref/planted_features_ref.py checks all of this in float64 PyTorch, "
 		   "from the files alone.\n");
 	return ferror(f) ? -1 : 0;
