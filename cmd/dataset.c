@@ -1,6 +1,6 @@
 /*
  * circ-dataset: writes a task dataset (IOI, greater-than, induction,
- * docstring) as dataset JSON lines on stdout, the input of circ-tokenize.
+ * docstring, subject-verb agreement) as dataset JSON lines on stdout, the input of circ-tokenize.
  * The recipes live in lib/tasks; this file parses options, loads the
  * vocabulary when one is given, and writes the lines, checking the final
  * close of stdout.
@@ -24,6 +24,7 @@ enum {
 	OPT_LEN,
 	OPT_VOCAB_LO,
 	OPT_VOCAB_HI,
+	OPT_TEMPLATE,
 };
 
 static const circ_opt opts[] = {
@@ -41,6 +42,8 @@ static const circ_opt opts[] = {
     {"len", OPT_LEN, "L", "induction: length of the repeated sequence (default 16)"},
     {"vocab-lo", OPT_VOCAB_LO, "ID", "induction: smallest id drawn (default 1000)"},
     {"vocab-hi", OPT_VOCAB_HI, "ID", "induction: ids drawn are below this (default 20000)"},
+    {"template", OPT_TEMPLATE, "T",
+     "sva: simple, within-rc, across-rc, across-pp or all (default: all, in turn)"},
     {0},
 };
 
@@ -48,8 +51,8 @@ static struct {
 	circ_task_opts t;
 	const char *vocab_dir;
 	int vocab_key;						      /* the option that gave it */
-	const char *only_for[OPT_VOCAB_HI - CIRC_OPT_FIRST_TOOL + 1]; /* task an option needs */
-	const char *given[OPT_VOCAB_HI - CIRC_OPT_FIRST_TOOL + 1];    /* its name, when given */
+	const char *only_for[OPT_TEMPLATE - CIRC_OPT_FIRST_TOOL + 1]; /* task an option needs */
+	const char *given[OPT_TEMPLATE - CIRC_OPT_FIRST_TOOL + 1];    /* its name, when given */
 } o;
 
 static int handle(int key, const char *arg, void *ctx)
@@ -95,6 +98,7 @@ static int handle(int key, const char *arg, void *ctx)
 		t->ind_vocab_hi = (int32_t)circ_opt_i64("vocab-hi", arg, 1, INT32_MAX);
 		name = "vocab-hi", task = "induction";
 		break;
+	case OPT_TEMPLATE: t->sva_template = arg, name = "template", task = "sva"; break;
 	default: return -1;
 	}
 	if (name) {
@@ -113,7 +117,7 @@ static int emit_line(const char *line, size_t len, void *ctx, circ_error *e)
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"TASK [options]   (TASK: ioi, greater-than, induction, docstring)",
+	circ_cli cli = {"TASK [options]   (TASK: ioi, greater-than, induction, docstring, sva)",
 			"Write a task dataset as JSON lines (the input of circ-tokenize).", opts,
 			0};
 	circ_error e;
@@ -123,14 +127,14 @@ int main(int argc, char **argv)
 	circ_task_opts_default(&o.t);
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
 	if (argc - i != 1)
-		circ_usage_error(argc - i
-				     ? "expected one task, got %d arguments"
-				     : "no task given (ioi, greater-than, induction or docstring)",
-				 argc - i);
+		circ_usage_error(
+		    argc - i ? "expected one task, got %d arguments"
+			     : "no task given (ioi, greater-than, induction, docstring or sva)",
+		    argc - i);
 	o.t.task = argv[i];
 	if (!circ_task_metric(o.t.task))
 		circ_usage_error(
-		    "unknown task '%s' (expected ioi, greater-than, induction or docstring)",
+		    "unknown task '%s' (expected ioi, greater-than, induction, docstring or sva)",
 		    o.t.task);
 	for (size_t k = 0; k < sizeof o.given / sizeof *o.given; k++)
 		if (o.given[k] && strcmp(o.only_for[k], o.t.task))
@@ -140,6 +144,12 @@ int main(int argc, char **argv)
 	    strcmp(o.t.ioi_order, "abba"))
 		circ_usage_error("option '--order': '%s' is not mixed, baba or abba",
 				 o.t.ioi_order);
+	if (o.t.sva_template && strcmp(o.t.sva_template, "all") &&
+	    strcmp(o.t.sva_template, "simple") && strcmp(o.t.sva_template, "within-rc") &&
+	    strcmp(o.t.sva_template, "across-rc") && strcmp(o.t.sva_template, "across-pp"))
+		circ_usage_error("option '--template': '%s' is not simple, within-rc, across-rc, "
+				 "across-pp or all",
+				 o.t.sva_template);
 	/* Ranges the options (with the defaults they leave) make empty. */
 	circ_task_opts def;
 	char why[64] = "";

@@ -1,6 +1,7 @@
 /*
  * circ-fixture: writes a hand-built model (lib/handbuilt) as a Hugging Face
- * GPT-2 directory with its ground-truth circuit and specification. The
+ * GPT-2 directory with its ground-truth circuit and specification (a
+ * feature fixture also with its SAE dictionaries and feature-level truth). The
  * output is a pure function of the model's name: rerunning gives the same
  * bytes, which is how the committed fixtures are checked.
  */
@@ -30,7 +31,8 @@ enum {
 static const circ_opt opts[] = {
     {"out", OPT_OUT, "DIR", "write the model directory DIR (created if missing)"},
     {"list", OPT_LIST, NULL, "list the hand-built models with a summary and exit"},
-    {"truth", OPT_TRUTH, NULL, "print the ground-truth edges, one a line, and exit"},
+    {"truth", OPT_TRUTH, NULL,
+     "print the ground-truth edges (a feature fixture: feature edges), one a line, and exit"},
     {"examples", OPT_EXAMPLES, "N",
      "write N examples of the model's task as dataset JSON lines (for circ-tokenize)"},
     {"seed", OPT_SEED, "S", "with --examples: random seed, 0..2^63-1 (default 1)"},
@@ -177,8 +179,9 @@ int main(int argc, char **argv)
 	circ_hb_info info;
 	circ_config c;
 	circ_weights w;
-	int i, n, modes;
+	int i, n, nf, modes, feature = 0;
 	const char *const *names = circ_hb_names(&n);
+	const char *const *fnames = circ_hb_feature_names(&nf);
 
 	circ_init("circ-fixture");
 	i = circ_cli_parse(&cli, argc, argv, handle, NULL);
@@ -199,11 +202,12 @@ int main(int argc, char **argv)
 	if (o.list) {
 		if (argc - i != 0)
 			circ_usage_error("--list takes no model name");
-		for (int k = 0; k < n; k++) {
-			if (circ_hb_build(names[k], &c, &w, &info, &e) < 0)
+		for (int k = 0; k < n + nf; k++) {
+			const char *nm = k < n ? names[k] : fnames[k - n];
+			if (circ_hb_build(nm, &c, &w, &info, &e) < 0)
 				circ_die(&e);
 			circ_weights_free(&w);
-			printf("%-16s %s\n", names[k], info.summary);
+			printf("%-16s %s\n", nm, info.summary);
 		}
 		close_stdout();
 		return 0;
@@ -223,7 +227,9 @@ int main(int argc, char **argv)
 		int known = 0;
 		for (int k = 0; k < n; k++)
 			known |= !strcmp(names[k], argv[i]);
-		if (!known)
+		for (int k = 0; k < nf; k++)
+			feature |= !strcmp(fnames[k], argv[i]);
+		if (!known && !feature)
 			circ_usage_error("unknown model '%s' (see --list)", argv[i]);
 	}
 	if (o.out) {
@@ -250,8 +256,9 @@ int main(int argc, char **argv)
 	if (circ_hb_build(argv[i], &c, &w, &info, &e) < 0)
 		circ_die(&e);
 	circ_weights_free(&w);
-	for (int k = 0; k < info.n_truth; k++)
-		printf("%s\n", info.truth[k]);
+	/* a feature fixture's truth is its feature edges */
+	for (int k = 0; k < (feature ? info.n_feature_truth : info.n_truth); k++)
+		printf("%s\n", feature ? info.feature_truth[k] : info.truth[k]);
 	close_stdout();
 	return 0;
 }

@@ -26,6 +26,7 @@
 
 #include <jansson.h>
 
+#include "dict.h"
 #include "graph.h"
 #include "rng.h"
 
@@ -767,6 +768,33 @@ static int build_ioi(circ_config *c, circ_weights *w, circ_hb_info *info, circ_e
 	return 0;
 }
 
+/* Emits one token-level example (dataset JSON lines with ids): clean and
+ * corrupt (T ids each), the read position, answer and wrong ids, metric
+ * logit_diff; meta is taken over. */
+static int emit_ids_example(const char *task, const int32_t *clean, const int32_t *corrupt, int T,
+			    int32_t answer, int32_t wrong, json_t *meta, circ_task_emit emit,
+			    void *ctx, circ_error *e)
+{
+	json_t *ex = json_object(), *jc = json_array(), *jx = json_array();
+	for (int t = 0; t < T; t++) {
+		json_array_append_new(jc, json_integer(clean[t]));
+		json_array_append_new(jx, json_integer(corrupt[t]));
+	}
+	json_object_set_new(ex, "task", json_string(task));
+	json_object_set_new(ex, "clean_ids", jc);
+	json_object_set_new(ex, "corrupt_ids", jx);
+	json_object_set_new(ex, "pos", json_integer(T - 1));
+	json_object_set_new(ex, "answer_ids", json_integer(answer));
+	json_object_set_new(ex, "wrong_ids", json_integer(wrong));
+	json_object_set_new(ex, "metric", json_string("logit_diff"));
+	json_object_set_new(ex, "meta", meta);
+	char *line = json_dumps(ex, JSON_COMPACT);
+	int rc = emit(line, strlen(line), ctx, e);
+	free(line);
+	json_decref(ex);
+	return rc;
+}
+
 /* ioi-hand's examples: BOS, 14 tokens with three names at random
  * positions p1 < p2 < p3 (IO and S at p1, p2 in random order, S again at
  * p3) among random fillers, END. Corrupt: the name at p3 becomes a third
@@ -799,25 +827,9 @@ static int examples_ioi(int64_t n, uint64_t seed, circ_task_emit emit, void *ctx
 		clean[1 + p[2]] = (int32_t)nm[1];
 		memcpy(corrupt, clean, (size_t)T * sizeof *clean);
 		corrupt[1 + p[2]] = (int32_t)nm[2];
-		json_t *ex = json_object(), *jc = json_array(), *jx = json_array();
-		for (int t = 0; t < T; t++) {
-			json_array_append_new(jc, json_integer(clean[t]));
-			json_array_append_new(jx, json_integer(corrupt[t]));
-		}
-		json_object_set_new(ex, "task", json_string("ioi-hand"));
-		json_object_set_new(ex, "clean_ids", jc);
-		json_object_set_new(ex, "corrupt_ids", jx);
-		json_object_set_new(ex, "pos", json_integer(T - 1));
-		json_object_set_new(ex, "answer_ids", json_integer((json_int_t)nm[0]));
-		json_object_set_new(ex, "wrong_ids", json_integer((json_int_t)nm[1]));
-		json_object_set_new(ex, "metric", json_string("logit_diff"));
-		json_object_set_new(ex, "meta",
-				    json_pack("{s:s}", "order", io_first ? "ABB" : "BAB"));
-		char *line = json_dumps(ex, JSON_COMPACT);
-		int rc = emit(line, strlen(line), ctx, e);
-		free(line);
-		json_decref(ex);
-		if (rc < 0)
+		if (emit_ids_example("ioi-hand", clean, corrupt, T, (int32_t)nm[0], (int32_t)nm[1],
+				     json_pack("{s:s}", "order", io_first ? "ABB" : "BAB"), emit,
+				     ctx, e) < 0)
 			return -1;
 	}
 	return 0;
@@ -839,6 +851,439 @@ static int examples_induction(int64_t n, uint64_t seed, circ_task_emit emit, voi
 	return circ_task_generate(&o, emit, ctx, e);
 }
 
+/* ================================================================ planted-features */
+
+/* A feature-level fixture: subject-verb agreement computed from features
+ * in superposition, with SAE dictionaries whose decoder rows are the planted
+ * directions (handbuilt.h, circ-fixture(1)).
+ *
+ * Every feature is a unit direction of the residual stream that sums to zero
+ * (so no sink entry is ever needed): the 20 token-identity features (8 noun
+ * lemmas, 12 fillers) share the 10 dimensions of LEX with |cos| <= 0.45
+ * (they are never active at the same position); every other feature has a
+ * pair of dimensions of its own ((e_a - e_b) / sqrt 2), so features that are
+ * active together are orthogonal. */
+
+enum {
+	PF_LEMMAS = 8,
+	PF_FILLERS = 12,
+	/* feature ids (global: a dictionary's features are a range of them) */
+	PF_LEMMA0 = 0,
+	PF_FILL0 = PF_LEMMA0 + PF_LEMMAS,
+	PF_SG = PF_FILL0 + PF_FILLERS,
+	PF_PL,
+	PF_END,
+	PF_BOS,
+	PF_POS1,
+	PF_POS4,
+	PF_SUBJ_SG,
+	PF_SUBJ_PL,
+	PF_ATTR_SG,
+	PF_ATTR_PL,
+	PF_ANIM,
+	PF_SUBJ_ANIM,
+	PF_VERB_SG,
+	PF_VERB_PL,
+	PF_NF,
+	/* token ids: 0..7 singular nouns, 8..15 plural, 16..27 fillers */
+	PF_TOK_PL0 = PF_LEMMAS,
+	PF_TOK_FILL0 = 2 * PF_LEMMAS,
+	PF_TOK_END = PF_TOK_FILL0 + PF_FILLERS,
+	PF_TOK_IS,
+	PF_TOK_ARE,
+	PF_TOK_BOS,
+	PF_V,
+	/* sequence: BOS, subject, 2 fillers, attractor, 2 fillers, END */
+	PF_T = 8,
+	PF_SUBJ_POS = 1,
+	PF_ATTR_POS = 4,
+	PF_C = 48,
+	PF_LEX = 10,   /* dimensions 0..9 */
+	PF_ANIMATE = 5 /* lemmas 0..4 are animate */
+};
+
+static const char *const pf_feature_names[PF_NF] = {
+    "lemma0",  "lemma1",  "lemma2",  "lemma3",	     "lemma4",	 "lemma5",   "lemma6",
+    "lemma7",  "filler0", "filler1", "filler2",	     "filler3",	 "filler4",  "filler5",
+    "filler6", "filler7", "filler8", "filler9",	     "filler10", "filler11", "sg",
+    "pl",      "end",	  "bos",     "pos1",	     "pos4",	 "subj_sg",  "subj_pl",
+    "attr_sg", "attr_pl", "animate", "subj_animate", "verb_sg",	 "verb_pl",
+};
+
+/* The dictionaries: name (circ_dict_name), hook, first feature, count. */
+static const struct pf_dict {
+	const char *name, *hook;
+	int first, n;
+} pf_dicts[] = {
+    {"resid_pre0", "blocks.0.hook_resid_pre", 0, PF_SUBJ_SG},
+    {"attn0", "blocks.0.hook_attn_out", PF_SUBJ_SG, 4},
+    {"mlp0", "blocks.0.hook_mlp_out", PF_ANIM, 1},
+    {"resid0", "blocks.0.hook_resid_post", 0, PF_ANIM + 1},
+    {"attn1", "blocks.1.hook_attn_out", PF_SUBJ_ANIM, 1},
+    {"mlp1", "blocks.1.hook_mlp_out", PF_VERB_SG, 2},
+    {"resid1", "blocks.1.hook_resid_post", 0, PF_NF},
+};
+#define PF_NDICTS ((int)(sizeof pf_dicts / sizeof pf_dicts[0]))
+
+static const char *const vocab_pf_tok[PF_V] = {
+    "A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "P",
+    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", ".", "s", "r", "<|endoftext|>",
+};
+static const hb_vocab vocab_pf = {PF_V, vocab_pf_tok, 0, NULL};
+
+/* The scales: attention scores (logits after 1/sqrt(D)), MLP input gains. */
+typedef struct pf_spec {
+	int L, H, F;
+	double K;      /* constant pair */
+	double s_pos;  /* END's score for the key it looks for (pos1, pos4) */
+	double s_bos;  /* every query's score for BOS (the default) */
+	double a_gain; /* mlp0: lemma detector gain and threshold */
+	double a_thr;
+	double g_gain; /* mlp1: AND gate gain and bias */
+	double g_bias;
+	double lambda; /* logit per unit of verb_sg / verb_pl */
+	double cos_max;
+	double theta; /* SAE JumpReLU threshold */
+	uint64_t seed;
+} pf_spec;
+
+static const pf_spec planted_spec = {
+    .L = 2,
+    .H = 2,
+    .F = 8,
+    .K = 40.0,
+    .s_pos = 20.0,
+    .s_bos = 10.0,
+    .a_gain = 24.0,
+    .a_thr = 0.75,
+    .g_gain = 12.0,
+    .g_bias = 1.5,
+    .lambda = 4.0,
+    .cos_max = 0.45,
+    .theta = 0.5,
+    .seed = 18,
+};
+
+/* The directions (PF_NF, C), unit and zero-sum; deterministic. The LEX
+ * ones are drawn (Irwin-Hall normals, centred, normalised) and redrawn
+ * until every |cos| with the earlier ones is at most cos_max. -1 if that
+ * takes too long (a spec that cannot be met). */
+static int pf_directions(double (*dir)[PF_C])
+{
+	const pf_spec *s = &planted_spec;
+	circ_rng r;
+	int block = PF_LEX; /* next free pair of dimensions */
+	memset(dir, 0, sizeof(double) * PF_NF * PF_C);
+	circ_rng_seed(&r, s->seed);
+	for (int f = 0; f < PF_LEMMAS + PF_FILLERS; f++) {
+		int tries = 0, ok = 0;
+		while (!ok) {
+			double m = 0, n = 0;
+			if (++tries > 100000)
+				return -1;
+			for (int i = 0; i < PF_LEX; i++)
+				m += dir[f][i] = gauss(&r);
+			for (int i = 0; i < PF_LEX; i++) {
+				dir[f][i] -= m / PF_LEX;
+				n += dir[f][i] * dir[f][i];
+			}
+			n = sqrt(n);
+			for (int i = 0; i < PF_LEX; i++)
+				dir[f][i] /= n;
+			ok = 1;
+			for (int g = 0; g < f && ok; g++) {
+				double c = 0;
+				for (int i = 0; i < PF_LEX; i++)
+					c += dir[f][i] * dir[g][i];
+				ok = fabs(c) <= s->cos_max;
+			}
+		}
+	}
+	for (int f = PF_SG; f < PF_NF; f++) {
+		dir[f][block] = 1 / sqrt(2.0);
+		dir[f][block + 1] = -1 / sqrt(2.0);
+		block += 2;
+	}
+	return 0;
+}
+
+/* The dimension blocks (for the layout table): LEX, then one per group. */
+static void pf_blocks(hb *b)
+{
+	add_block(b, "LEX", PF_LEX,
+		  "8 noun lemmas and 12 fillers in superposition (|cos| <= 0.45; wte)");
+	add_block(b, "NUM", 4, "sg, pl (wte of nouns); read by the value of a0.h0 and a0.h1");
+	add_block(b, "TOKS", 4, "end, bos (wte); read by queries and keys, and by m1");
+	add_block(b, "POS", 4, "pos1, pos4 (wpe at positions 1 and 4); read by keys");
+	add_block(b, "SUBJ", 4, "subj_sg, subj_pl: written by a0.h0 at END, read by m1");
+	add_block(b, "ATTR", 4, "attr_sg, attr_pl: written by a0.h1 at END, read by nobody");
+	add_block(b, "ANIM", 4, "animate (m0, at animate nouns), subj_animate (a1.h0, at END)");
+	add_block(b, "OUT", 4,
+		  "verb_sg, verb_pl: written by m1 at END, read by ln_f (wte of s, r)");
+}
+
+/* Reads direction u into head dimension d of part (q, k or v): x . u. */
+static void rd_dir(hb *b, int l, int h, int part, const double *u, int d, double gain)
+{
+	for (int i = 0; i < b->C; i++)
+		if (u[i] != 0)
+			rd(b, l, h, part, i, d, gain * u[i]);
+}
+
+static void wr_dir(hb *b, int l, int h, int d, const double *u, double gain)
+{
+	for (int i = 0; i < b->C; i++)
+		if (u[i] != 0)
+			wr(b, l, h, d, i, gain * u[i]);
+}
+
+/* A head that, at END, attends to the key carrying feature `key` (BOS
+ * otherwise) and copies features in[0..n) into out[0..n). */
+static void pf_mover(hb *b, double (*dir)[PF_C], int l, int h, int key, const int *in,
+		     const int *out, int n)
+{
+	const pf_spec *s = &planted_spec;
+	double sq = sqrt((double)b->D);
+	rd_dir(b, l, h, PQ, dir[PF_END], 0, s->s_pos * sq);
+	rd_dir(b, l, h, PK, dir[key], 0, 1.0);
+	rd(b, l, h, PQ, b->ca, 1, s->s_bos * sq / s->K);
+	rd_dir(b, l, h, PK, dir[PF_BOS], 1, 1.0);
+	for (int i = 0; i < n; i++) {
+		rd_dir(b, l, h, PV, dir[in[i]], 2 + i, 1.0);
+		wr_dir(b, l, h, 2 + i, dir[out[i]], 1.0);
+	}
+}
+
+/* A feature edge of the truth: "<dict>.f<i>-><dict>.f<j>" or "->logits". */
+static void pf_edge(hb *b, int du, int fu, int dd, int fd)
+{
+	circ_hb_info *in = b->info;
+	char *e;
+	if (in->n_feature_truth >= CIRC_HB_MAX_EDGES) {
+		b->ok = 0;
+		return;
+	}
+	e = in->feature_truth[in->n_feature_truth++];
+	if (dd < 0)
+		snprintf(e, 64, "%s.f%d->logits", pf_dicts[du].name, fu - pf_dicts[du].first);
+	else
+		snprintf(e, 64, "%s.f%d->%s.f%d", pf_dicts[du].name, fu - pf_dicts[du].first,
+			 pf_dicts[dd].name, fd - pf_dicts[dd].first);
+}
+
+static int build_planted(circ_config *c, circ_weights *w, circ_hb_info *info, circ_error *e)
+{
+	const pf_spec *s = &planted_spec;
+	double dir[PF_NF][PF_C];
+	hb b;
+	enum { D_PRE, D_ATTN0, D_MLP0, D_RESID0, D_ATTN1, D_MLP1, D_RESID1 };
+
+	memset(c, 0, sizeof *c);
+	c->n_layer = s->L;
+	c->n_head = s->H;
+	c->n_embd = PF_C;
+	c->n_ctx = PF_T;
+	c->vocab_size = PF_V;
+	c->n_inner = s->F;
+	c->layer_norm_epsilon = 1e-5;
+	c->act = CIRC_ACT_GELU_NEW;
+	if (circ_config_check(c, e) < 0)
+		return -1;
+	if (pf_directions(dir) < 0)
+		return circ_errorf(e, "planted-features: no directions within the cosine bound");
+	hb_init(&b, c, w, info, s->seed, s->K);
+	pf_blocks(&b);
+	if (hb_reserve(&b) < 0 || b.D < 4 || b.F < PF_ANIMATE)
+		return hb_fail(&b, "planted-features", e);
+
+	/* embeddings: a token is the sum of its features; IS and ARE (never
+	 * inputs) are the verb directions, which the tied unembedding reads */
+	for (int v = 0; v < PF_V; v++) {
+		float *row = w->wte + (size_t)v * (size_t)b.C;
+		int f1 = -1, f2 = -1;
+		if (v < PF_TOK_FILL0)
+			f1 = PF_LEMMA0 + v % PF_LEMMAS, f2 = v < PF_TOK_PL0 ? PF_SG : PF_PL;
+		else if (v < PF_TOK_END)
+			f1 = PF_FILL0 + v - PF_TOK_FILL0;
+		else
+			f1 = v == PF_TOK_END   ? PF_END
+			     : v == PF_TOK_IS  ? PF_VERB_SG
+			     : v == PF_TOK_ARE ? PF_VERB_PL
+					       : PF_BOS;
+		for (int i = 0; i < b.C; i++)
+			row[i] = (float)(dir[f1][i] + (f2 >= 0 ? dir[f2][i] : 0));
+	}
+	for (int i = 0; i < b.C; i++) {
+		w->wpe[(size_t)PF_SUBJ_POS * (size_t)b.C + (size_t)i] += (float)dir[PF_POS1][i];
+		w->wpe[(size_t)PF_ATTR_POS * (size_t)b.C + (size_t)i] += (float)dir[PF_POS4][i];
+	}
+
+	/* layer 0: the subject-number mover and the attractor-number mover */
+	{
+		const int in[2] = {PF_SG, PF_PL}, subj[2] = {PF_SUBJ_SG, PF_SUBJ_PL},
+			  attr[2] = {PF_ATTR_SG, PF_ATTR_PL};
+		pf_mover(&b, dir, 0, 0, PF_POS1, in, subj, 2);
+		pf_mover(&b, dir, 0, 1, PF_POS4, in, attr, 2);
+		role(&b, "subject-number mover", 0, 0);
+		role(&b, "attractor-number mover (distractor)", 0, 1);
+	}
+	/* m0: one unit per animate lemma, writing `animate` (a distractor) */
+	for (int k = 0; k < PF_ANIMATE; k++) {
+		circ_layer_weights *lw = &w->layers[0];
+		for (int i = 0; i < b.C; i++) {
+			lw->fc_w[(size_t)i * (size_t)b.F + (size_t)k] =
+			    (float)(s->a_gain * dir[PF_LEMMA0 + k][i]);
+			lw->fcproj_w[(size_t)k * (size_t)b.C + (size_t)i] =
+			    (float)(dir[PF_ANIM][i] / (s->a_gain * (1 - s->a_thr)));
+		}
+		lw->fc_b[k] = (float)(-s->a_gain * s->a_thr);
+	}
+	/* layer 1: the animacy mover (a distractor); a1.h1 is idle */
+	{
+		const int in[1] = {PF_ANIM}, out[1] = {PF_SUBJ_ANIM};
+		pf_mover(&b, dir, 1, 0, PF_POS1, in, out, 1);
+		role(&b, "animacy mover (distractor)", 1, 0);
+	}
+	/* m1: verb_sg = AND(subj_sg, end), verb_pl = AND(subj_pl, end) */
+	for (int k = 0; k < 2; k++) {
+		circ_layer_weights *lw = &w->layers[1];
+		int subj = k ? PF_SUBJ_PL : PF_SUBJ_SG, verb = k ? PF_VERB_PL : PF_VERB_SG;
+		for (int i = 0; i < b.C; i++) {
+			lw->fc_w[(size_t)i * (size_t)b.F + (size_t)k] =
+			    (float)(s->g_gain * (dir[subj][i] + dir[PF_END][i]));
+			lw->fcproj_w[(size_t)k * (size_t)b.C + (size_t)i] =
+			    (float)(dir[verb][i] / (s->g_gain * (2 - s->g_bias)));
+		}
+		lw->fc_b[k] = (float)(-s->g_gain * s->g_bias);
+	}
+	/* unembedding: ln_f keeps OUT, gain lambda */
+	for (int i = 0; i < b.C; i++)
+		if (dir[PF_VERB_SG][i] != 0 || dir[PF_VERB_PL][i] != 0)
+			w->lnf_w[i] = (float)(b.sigma * s->lambda);
+
+	/* component-level truth (graph names) */
+	wire(&b, -1, -1, "a0.h0<v>", 1);
+	wire(&b, 0, 0, "m1", 1);
+	wire(&b, 1, -1, "logits", 1);
+	wire(&b, -1, -1, "a0.h0<q>", 0);
+	wire(&b, -1, -1, "a0.h0<k>", 0);
+	wire(&b, -1, -1, "m1", 0);
+	/* feature-level truth: the number's path, singular and plural */
+	for (int k = 0; k < 2; k++) {
+		int num = PF_SG + k, subj = PF_SUBJ_SG + k, verb = PF_VERB_SG + k;
+		pf_edge(&b, D_PRE, num, D_ATTN0, subj);
+		pf_edge(&b, D_ATTN0, subj, D_RESID0, subj);
+		pf_edge(&b, D_RESID0, subj, D_MLP1, verb);
+		pf_edge(&b, D_MLP1, verb, D_RESID1, verb);
+		pf_edge(&b, D_RESID1, verb, -1, 0);
+	}
+	{
+		static const int nodes[][2] = {
+		    {D_PRE, PF_SG},	    {D_PRE, PF_PL},	    {D_ATTN0, PF_SUBJ_SG},
+		    {D_ATTN0, PF_SUBJ_PL},  {D_RESID0, PF_SUBJ_SG}, {D_RESID0, PF_SUBJ_PL},
+		    {D_MLP1, PF_VERB_SG},   {D_MLP1, PF_VERB_PL},   {D_RESID1, PF_VERB_SG},
+		    {D_RESID1, PF_VERB_PL},
+		};
+		for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++)
+			snprintf(info->feature_nodes[info->n_feature_nodes++], 48, "%s.f%d",
+				 pf_dicts[nodes[k][0]].name,
+				 nodes[k][1] - pf_dicts[nodes[k][0]].first);
+	}
+	if (hb_finish(&b, "planted-features", e) < 0)
+		return -1;
+	info->summary = "subject-verb agreement from features in superposition, with SAEs "
+			"(feature-level truth), 2 layers x 2 heads";
+	return 0;
+}
+
+/* planted-features' examples: BOS, subject noun, 2 fillers, attractor noun
+ * (another lemma), 2 fillers, END. The clean subject is singular for even
+ * i, plural for odd i; the corruption flips its number. Per example: the
+ * subject's lemma below(8), the attractor's lemma below(8) until it
+ * differs, its number below(2), then the 4 fillers below(12). Answer `s`
+ * (IS) for a singular subject, `r` (ARE) for a plural one; metric
+ * logit_diff at END. */
+static int examples_planted(int64_t n, uint64_t seed, circ_task_emit emit, void *ctx, circ_error *e)
+{
+	circ_rng r;
+	circ_rng_seed(&r, seed);
+	for (int64_t i = 0; i < n; i++) {
+		int32_t clean[PF_T], corrupt[PF_T];
+		int pl = (int)(i % 2);
+		size_t lem[2];
+		lem[0] = (size_t)circ_rng_below(&r, PF_LEMMAS);
+		do
+			lem[1] = (size_t)circ_rng_below(&r, PF_LEMMAS);
+		while (lem[1] == lem[0]);
+		int attr_pl = (int)circ_rng_below(&r, 2);
+		clean[0] = PF_TOK_BOS;
+		clean[PF_SUBJ_POS] = (int32_t)lem[0] + (pl ? PF_TOK_PL0 : 0);
+		clean[PF_ATTR_POS] = (int32_t)lem[1] + (attr_pl ? PF_TOK_PL0 : 0);
+		for (int t = 2; t < PF_T - 1; t++)
+			if (t != PF_ATTR_POS)
+				clean[t] = PF_TOK_FILL0 + (int32_t)circ_rng_below(&r, PF_FILLERS);
+		clean[PF_T - 1] = PF_TOK_END;
+		memcpy(corrupt, clean, sizeof clean);
+		corrupt[PF_SUBJ_POS] = (int32_t)lem[0] + (pl ? 0 : PF_TOK_PL0);
+		if (emit_ids_example("planted-features", clean, corrupt, PF_T,
+				     pl ? PF_TOK_ARE : PF_TOK_IS, pl ? PF_TOK_IS : PF_TOK_ARE,
+				     json_pack("{s:s,s:s}", "number", pl ? "plural" : "singular",
+					       "attractor", attr_pl ? "plural" : "singular"),
+				     emit, ctx, e) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Writes planted-features' dictionaries under dir/dicts/<name>: JumpReLU
+ * SAEs whose decoder rows and encoder columns are the planted directions,
+ * thresholds theta, b_enc 0, b_dec the constant pair at resid hooks. */
+static int write_planted_dicts(const char *dir, circ_error *e)
+{
+	const pf_spec *s = &planted_spec;
+	double d[PF_NF][PF_C];
+	char path[4096];
+	if (pf_directions(d) < 0)
+		return circ_errorf(e, "planted-features: no directions within the cosine bound");
+	snprintf(path, sizeof path, "%s/dicts", dir);
+	if (mkdir(path, 0777) < 0 && errno != EEXIST)
+		return circ_errorf(e, "'%s': cannot create: %s", path, strerror(errno));
+	for (int k = 0; k < PF_NDICTS; k++) {
+		const struct pf_dict *pd = &pf_dicts[k];
+		circ_dict_cfg cfg;
+		circ_dict *sae;
+		int rc;
+		circ_dict_cfg_init(&cfg);
+		cfg.arch = CIRC_DICT_JUMPRELU;
+		cfg.d_in = cfg.d_out = PF_C;
+		cfg.d_sae = pd->n;
+		cfg.apply_b_dec_to_input = 1;
+		snprintf(cfg.hook_name, sizeof cfg.hook_name, "%s", pd->hook);
+		snprintf(cfg.model_name, sizeof cfg.model_name, "planted-features");
+		if (!(sae = circ_dict_new(&cfg, e)))
+			return -1;
+		memset(sae->mem, 0, sae->n_params * sizeof(float));
+		for (int j = 0; j < pd->n; j++) {
+			for (int i = 0; i < PF_C; i++) {
+				float v = (float)d[pd->first + j][i];
+				sae->W_dec[(size_t)j * PF_C + (size_t)i] = v;
+				sae->W_enc[(size_t)i * (size_t)pd->n + (size_t)j] = v;
+			}
+			sae->threshold[j] = (float)s->theta;
+		}
+		if (strstr(pd->hook, "resid")) { /* the constant pair (hb_reserve's dims) */
+			sae->b_dec[PF_LEX + 2 * (PF_NF - PF_SG)] = (float)s->K;
+			sae->b_dec[PF_LEX + 2 * (PF_NF - PF_SG) + 1] = (float)-s->K;
+		}
+		snprintf(path, sizeof path, "%s/dicts/%s", dir, pd->name);
+		rc = circ_dict_save(sae, path, "F32", e);
+		circ_dict_free(sae);
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
 /* ================================================================ registry */
 
 typedef struct hb_model {
@@ -847,22 +1292,33 @@ typedef struct hb_model {
 	int (*examples)(int64_t n, uint64_t seed, circ_task_emit emit, void *ctx, circ_error *e);
 	const hb_vocab *vocab;
 	int (*spec)(FILE *f, const circ_hb_info *info, const char *digest);
+	int (*dicts)(const char *dir, circ_error *e); /* feature fixtures: the SAEs */
 } hb_model;
 
 static int spec_induction(FILE *f, const circ_hb_info *info, const char *digest);
 static int spec_ioi(FILE *f, const circ_hb_info *info, const char *digest);
+static int spec_planted(FILE *f, const circ_hb_info *info, const char *digest);
 
 static const hb_model models[] = {
-    {"induction-hand", build_induction, examples_induction, &vocab32, spec_induction},
-    {"ioi-hand", build_ioi, examples_ioi, &vocab_ioi, spec_ioi},
+    {"induction-hand", build_induction, examples_induction, &vocab32, spec_induction, NULL},
+    {"ioi-hand", build_ioi, examples_ioi, &vocab_ioi, spec_ioi, NULL},
+    {"planted-features", build_planted, examples_planted, &vocab_pf, spec_planted,
+     write_planted_dicts},
 };
 static const char *const model_names[] = {"induction-hand", "ioi-hand"};
+static const char *const feature_names[] = {"planted-features"};
 #define N_MODELS ((int)(sizeof models / sizeof models[0]))
 
 const char *const *circ_hb_names(int *n)
 {
-	*n = N_MODELS;
+	*n = (int)(sizeof model_names / sizeof *model_names);
 	return model_names;
+}
+
+const char *const *circ_hb_feature_names(int *n)
+{
+	*n = (int)(sizeof feature_names / sizeof *feature_names);
+	return feature_names;
 }
 
 static const hb_model *find_model(const char *name, circ_error *e)
@@ -1012,6 +1468,39 @@ static int write_truth(FILE *f, void *ctx, circ_error *e)
 	return 0;
 }
 
+/* truth-features.jsonl and truth-nodes.jsonl: headerless JSON lines, one
+ * {"edge": ...} or {"node": ...} each (the lists of a feature fixture). */
+static int write_ftruth(FILE *f, void *ctx, circ_error *e)
+{
+	const circ_hb_info *in = ((truth_ctx *)ctx)->info;
+	for (int i = 0; i < in->n_feature_truth; i++)
+		fprintf(f, "{\"edge\":\"%s\"}\n", in->feature_truth[i]);
+	return 0;
+}
+
+static int write_fnodes(FILE *f, void *ctx, circ_error *e)
+{
+	const circ_hb_info *in = ((truth_ctx *)ctx)->info;
+	for (int i = 0; i < in->n_feature_nodes; i++)
+		fprintf(f, "{\"node\":\"%s\"}\n", in->feature_nodes[i]);
+	return 0;
+}
+
+static int emit_file(const char *line, size_t len, void *ctx, circ_error *e)
+{
+	FILE *f = ctx;
+	if (fwrite(line, 1, len, f) != len || fputc('\n', f) == EOF)
+		return circ_errorf(e, "write error");
+	return 0;
+}
+
+/* dataset.jsonl: 64 examples of the task, seed 1 (circ-fixture NAME
+ * --examples 64 --seed 1). */
+static int write_dataset(FILE *f, void *ctx, circ_error *e)
+{
+	return circ_hb_examples(((truth_ctx *)ctx)->name, 64, 1, emit_file, f, e);
+}
+
 static int write_spec_cb(FILE *f, void *ctx, circ_error *e)
 {
 	truth_ctx *t = ctx;
@@ -1073,6 +1562,11 @@ int circ_hb_write_dir(const char *name, const char *dir, circ_error *e)
 	    write_file(dir, "merges.txt", write_merges, (void *)hm->vocab, e) < 0 ||
 	    write_file(dir, "truth.jsonl", write_truth, &t, e) < 0 ||
 	    write_file(dir, "SPEC.md", write_spec_cb, &t, e) < 0)
+		goto out;
+	if (hm->dicts && (hm->dicts(dir, e) < 0 ||
+			  write_file(dir, "truth-features.jsonl", write_ftruth, &t, e) < 0 ||
+			  write_file(dir, "truth-nodes.jsonl", write_fnodes, &t, e) < 0 ||
+			  write_file(dir, "dataset.jsonl", write_dataset, &t, e) < 0))
 		goto out;
 	rc = 0;
 out:
@@ -1367,5 +1861,172 @@ static int spec_ioi(FILE *f, const circ_hb_info *info, const char *digest)
 	    "  mover's value (it copies A, which is not corrupted; its exact effect is small and\n"
 	    "  negative, because the little attention left on p3 copies B in the clean run).\n",
 	    dt, dt, si, si, si, nm, nm, nm);
+	return ferror(f) ? -1 : 0;
+}
+
+static int spec_planted(FILE *f, const circ_hb_info *info, const char *digest)
+{
+	const pf_spec *s = &planted_spec;
+	circ_config c = {s->L, s->H, PF_C, PF_T, PF_V, s->F, 1e-5, CIRC_ACT_GELU_NEW};
+	fprintf(
+	    f,
+	    "# planted-features: subject-verb agreement from planted features\n\n"
+	    "A GPT-2 whose weights are written from a specification so that it does a token-level\n"
+	    "subject-verb agreement task through known *features*: unit directions of the "
+	    "residual\n"
+	    "stream, some in superposition, which its heads and MLPs read and write. The SAE\n"
+	    "dictionaries in `dicts/` have exactly these directions as their features, so the\n"
+	    "true features are the dictionaries' features and the ground truth is a set of\n"
+	    "feature edges (`truth-features.jsonl`), as sparse feature circuits (Marks et al.\n"
+	    "2024) define them.\n\n");
+	spec_common(f, info, &c, digest);
+	fprintf(
+	    f,
+	    "Also here: `dicts/<name>/` (SAELens directories: cfg.json, sae_weights.safetensors),\n"
+	    "`truth-features.jsonl` and `truth-nodes.jsonl` (headerless JSON lines, one "
+	    "`{\"edge\"}` or\n"
+	    "`{\"node\"}` each), `dataset.jsonl` (64 examples of the task, seed 1, for "
+	    "circ-tokenize).\n"
+	    "No vector here needs the SINK: every feature direction sums to zero by itself.\n\n"
+	    "## Task\n\n"
+	    "Vocabulary: ids 0..7 singular nouns (`A`..`H`, lemmas 0..7), 8..15 the plurals of "
+	    "the\n"
+	    "same lemmas (`I`..`P`), 16..27 fillers (`a`..`l`), 28 END (`.`), 29 IS (`s`), 30 ARE\n"
+	    "(`r`), 31 BOS. A prompt is BOS, the subject (position 1), two fillers, an attractor\n"
+	    "noun of another lemma and either number (position 4), two fillers, END (position 7).\n"
+	    "At END the model predicts IS after a singular subject and ARE after a plural one,\n"
+	    "whatever the attractor. Corruption: the subject in the other number. Metric\n"
+	    "logit_diff (answer minus the other verb), which for one token each is the difference\n"
+	    "of their log-probabilities. Clean subjects alternate singular, plural.\n\n"
+	    "## Features\n\n"
+	    "| id | feature | direction | active |\n|---|---|---|---|\n"
+	    "| 0..7 | lemma0..lemma7 | LEX, drawn | at the nouns of that lemma |\n"
+	    "| 8..19 | filler0..filler11 | LEX, drawn | at the fillers |\n");
+	for (int k = PF_SG; k < PF_NF; k++) {
+		static const char *const when[] = {
+		    "at singular nouns",
+		    "at plural nouns",
+		    "at END",
+		    "at BOS",
+		    "at position 1 (wpe)",
+		    "at position 4 (wpe)",
+		    "at END, after a singular subject (a0.h0)",
+		    "at END, after a plural subject (a0.h0)",
+		    "at END, after a singular attractor (a0.h1)",
+		    "at END, after a plural attractor (a0.h1)",
+		    "at animate nouns, lemmas 0..4 (m0)",
+		    "at END, after an animate subject (a1.h0)",
+		    "at END, after a singular subject (m1)",
+		    "at END, after a plural subject (m1)",
+		};
+		int d0 = PF_LEX + 2 * (k - PF_SG);
+		fprintf(f, "| %d | %s | (e%d - e%d) / sqrt 2 | %s |\n", k, pf_feature_names[k], d0,
+			d0 + 1, when[k - PF_SG]);
+	}
+	fprintf(
+	    f,
+	    "\nThe 20 LEX directions are drawn in LEX's %d dimensions (Irwin-Hall normals, "
+	    "centred,\n"
+	    "normalised; redrawn until every |cos| with an earlier one is at most %g): 20 "
+	    "features in\n"
+	    "9 effective dimensions, in superposition. They are never active at the same "
+	    "position.\n"
+	    "Every other feature has two dimensions of its own, so the features that are active\n"
+	    "together at a position are orthogonal. A token's embedding is the sum of its "
+	    "features\n"
+	    "(a noun: its lemma plus sg or pl); wpe adds pos1 and pos4 and the constant pair.\n\n"
+	    "## Mechanism\n\n"
+	    "Scores are attention logits after the 1/sqrt(D) scaling.\n\n"
+	    "- **a0.h0, subject-number mover.** Query reads `end` (score %g against a key reading\n"
+	    "  `pos1`), and every query reads CONST against a key reading `bos` (score %g): at "
+	    "END\n"
+	    "  it attends to the subject, elsewhere to BOS (whose value is 0). Value reads `sg`\n"
+	    "  and `pl` into two head dimensions; output writes them as `subj_sg`, `subj_pl`.\n"
+	    "- **a0.h1, attractor-number mover (distractor).** The same with `pos4`: writes\n"
+	    "  `attr_sg`, `attr_pl` at END. Nothing reads them.\n"
+	    "- **m0 (distractor).** One unit per animate lemma k = 0..4: GELU(%g (x . lemma_k - "
+	    "%g)),\n"
+	    "  which interference (|cos| <= %g) cannot open; writes `animate`.\n"
+	    "- **a1.h0, animacy mover (distractor).** As a0.h0, copying `animate` at the subject\n"
+	    "  into `subj_animate` at END. Nothing reads it. a1.h1 is idle (all weights 0).\n"
+	    "- **m1, agreement.** Two units, AND gates: GELU(%g (x . subj_sg + x . end - %g)) "
+	    "writes\n"
+	    "  `verb_sg` (1 when both are 1, 0 when either is 0), and the same for the plural.\n"
+	    "- **Unembedding.** ln_f keeps the OUT block with gain %g; IS's and ARE's embeddings\n"
+	    "  are the `verb_sg` and `verb_pl` directions (tied), so the logit difference is\n"
+	    "  about +-%g.\n\n",
+	    PF_LEX, s->cos_max, s->s_pos, s->s_bos, s->a_gain, s->a_thr, s->cos_max, s->g_gain,
+	    s->g_bias, s->lambda, s->lambda);
+	fprintf(
+	    f,
+	    "## Dictionaries\n\n"
+	    "JumpReLU SAEs (SAELens format), threshold %g, b_enc 0, encoder = decoder = the\n"
+	    "features' directions, b_dec the constant pair (+K, -K) at residual hooks and 0\n"
+	    "elsewhere (apply_b_dec_to_input). A feature's activation is x . direction when that\n"
+	    "exceeds %g: exact for the active features (the others at a position are orthogonal\n"
+	    "to them), 0 for the inactive ones (interference at most %g), so the reconstruction\n"
+	    "is the activation up to the attention's leak onto non-BOS keys (about e^-%g) and\n"
+	    "float rounding: the error nodes are near 0.\n\n"
+	    "| dictionary | hook | features (ids above) |\n|---|---|---|\n",
+	    s->theta, s->theta, s->cos_max, s->s_bos);
+	for (int k = 0; k < PF_NDICTS; k++)
+		fprintf(f, "| %s | %s | %d..%d (%s.f0 is id %d) |\n", pf_dicts[k].name,
+			pf_dicts[k].hook, pf_dicts[k].first, pf_dicts[k].first + pf_dicts[k].n - 1,
+			pf_dicts[k].name, pf_dicts[k].first);
+	fprintf(
+	    f,
+	    "\n## Ground truth\n\n"
+	    "Feature edges, in the edge set of sparse feature circuits (resid<l-1> -> attn<l>,\n"
+	    "mlp<l>, resid<l>; attn<l> -> mlp<l>, resid<l>; mlp<l> -> resid<l>; the last resid\n"
+	    "-> logits; resid_pre0 plays resid<-1>), positions summed: the path of the subject's\n"
+	    "number, along which the corruption changes the values carried "
+	    "(`truth-features.jsonl`):\n\n");
+	for (int i = 0; i < info->n_feature_truth; i++)
+		fprintf(f, "- `%s`\n", info->feature_truth[i]);
+	fprintf(f, "\nIts nodes (`truth-nodes.jsonl`):");
+	for (int i = 0; i < info->n_feature_nodes; i++)
+		fprintf(f, " `%s`", info->feature_nodes[i]);
+	fprintf(
+	    f,
+	    ".\n\n"
+	    "Part of the mechanism but silent (the same in clean and corrupted runs, so no\n"
+	    "patching or attribution method sees them): `end` and `pos1` into a0.h0's query and\n"
+	    "key (resid_pre0.f%d, resid_pre0.f%d -> attn0.f0, attn0.f1) and `end` into m1's gates\n"
+	    "(resid0.f%d -> mlp1.f0, mlp1.f1). The sg and pl features of resid0 and resid1 do\n"
+	    "change (they carry the subject's own number at position 1) but nothing reads them\n"
+	    "there: they are the changed features off the circuit. The distractors (attr_*,\n"
+	    "animate, subj_animate) never change.\n\n"
+	    "`truth.jsonl` is the same mechanism at the level of heads and MLPs (circ's graph\n"
+	    "names), for the component-level tools:\n\n",
+	    PF_END, PF_POS1, PF_END);
+	for (int i = 0; i < info->n_truth; i++)
+		fprintf(f, "- `%s`\n", info->truth[i]);
+	fprintf(f, "\nSilent there:");
+	for (int i = 0; i < info->n_silent; i++)
+		fprintf(f, " `%s`", info->silent[i]);
+	fprintf(f, ".\n\n"
+		   "Faithfulness: mean ablation must take each feature's mean at each position, "
+		   "as Marks\n"
+		   "et al. do; `end`, `bos`, `pos1` and `pos4` are then unchanged, and the truth "
+		   "alone keeps\n"
+		   "the behaviour. A mean over positions as well would move `pos1` and with it "
+		   "a0.h0's\n"
+		   "attention.\n\n"
+		   "Linearised edges (Marks et al.'s, atp or ig: the Jacobian at the clean "
+		   "run): where the\n"
+		   "corruption turns a feature on, the feature it feeds is below its threshold "
+		   "in the\n"
+		   "clean run, so the linearisation sends that change into the downstream "
+		   "error node\n"
+		   "instead. Half the examples turn each number on, so `mlp1.f0->resid1.err` "
+		   "scores as\n"
+		   "`mlp1.f0->resid1.f32` does (and the plural's the same; with ig's mean "
+		   "gradients the\n"
+		   "edges into attn0.err and resid0.err from the number features score too): "
+		   "an artefact\n"
+		   "of the method that this fixture shows, not a path (the error nodes are "
+		   "near 0).\n\n"
+		   "tests/ref/planted_features_ref.py checks all of this in float64 PyTorch, "
+		   "from the files alone.\n");
 	return ferror(f) ? -1 : 0;
 }

