@@ -3,7 +3,12 @@
  * of a batch, edge scores from it, and the paper's circuit construction.
  *
  * Dimension letters: S source sets, B sequences, T tokens, C = n_embd, H
- * heads, D = C/H, F = n_inner, V vocabulary, N read rows, U upstream nodes.
+ * heads, D the head width (C/H for GPT-2), K key/value heads, Q = H*D,
+ * F = n_inner, V vocabulary, N read rows, U upstream nodes.
+ *
+ * GPT-2 goes through attn_stage / mlp_stage / final_stage (Conv1D weights);
+ * every other family through fam_stage (model_family.c's weights, read
+ * from model_impl.h), stage by stage of the model's topology.
  * Every decomposed activation is a pair of (S*B*T, width) matrices, rel and
  * irrel, set-major, so that one matrix product serves every set at once.
  *
@@ -194,8 +199,9 @@ static int check_model(const circ_config *c, circ_error *e)
 	    (c->head_dim && c->head_dim * c->n_head != c->n_embd) ||
 	    (c->embed_scale != 0 && c->embed_scale != 1))
 		return circ_errorf(e,
-				   "cd-t: model_type '%s': only GPT-2-shaped models are decomposed "
-				   "(LayerNorm before each block, learned positions, a plain MLP)",
+				   "cd-t: model_type '%s' with another architecture: a gpt2 model "
+				   "must be GPT-2-shaped (LayerNorm before each block, learned "
+				   "positions, a plain MLP)",
 				   circ_model_type_name(c->model_type));
 	return 0;
 }
