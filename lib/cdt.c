@@ -347,6 +347,19 @@ static int mlp_stage(cdt_state *st, int l, circ_error *e)
 	return 0;
 }
 
+/* gx ((S+1) sets of N rows of C) = the residual's rows at the read rows. */
+static void gather_reads(const cdt_state *st, float *gx, const circ_read *reads, int N)
+{
+	size_t C = (size_t)st->C;
+	for (int g = 0; g <= st->S; g++)
+		for (int n = 0; n < N; n++) {
+			size_t row = ((size_t)g * st->B + (size_t)reads[n].b) * (size_t)st->T +
+				     (size_t)reads[n].t;
+			memcpy(gx + ((size_t)g * (size_t)N + (size_t)n) * C, st->x + row * C,
+			       C * sizeof *gx);
+		}
+}
+
 /* ln_f and the unembedding at the read rows. */
 static int final_stage(cdt_state *st, circ_error *e)
 {
@@ -358,13 +371,7 @@ static int final_stage(cdt_state *st, circ_error *e)
 	float *z = circ_xmalloc(SN * (size_t)V * sizeof *z);
 	float *zi = st->hook ? circ_xmalloc((SN - (size_t)N) * (size_t)V * sizeof *zi) : NULL;
 	int rc;
-	for (int g = 0; g <= st->S; g++)
-		for (int n = 0; n < N; n++) {
-			size_t row = ((size_t)g * st->B + (size_t)reads[n].b) * (size_t)st->T +
-				     (size_t)reads[n].t;
-			memcpy(gx + ((size_t)g * (size_t)N + (size_t)n) * (size_t)C,
-			       st->x + row * (size_t)C, (size_t)C * sizeof *gx);
-		}
+	gather_reads(st, gx, reads, N);
 	ln_split(gy, gx, st->S, (size_t)N, C, st->w->lnf_w, st->w->lnf_b,
 		 st->c->layer_norm_epsilon);
 	gemm_t(st->pool, 1, SN, V, C, gy, C, st->w->lm_head, C, z, V);
@@ -593,13 +600,7 @@ static int fam_final_stage(cdt_state *st, circ_error *e)
 	float *zi = st->hook ? circ_xmalloc((SN - (size_t)N) * (size_t)V * sizeof *zi) : NULL;
 	double cap = st->c->final_softcap;
 	int rc;
-	for (int g = 0; g <= st->S; g++)
-		for (int n = 0; n < N; n++) {
-			size_t row = ((size_t)g * st->B + (size_t)reads[n].b) * (size_t)st->T +
-				     (size_t)reads[n].t;
-			memcpy(gx + ((size_t)g * (size_t)N + (size_t)n) * (size_t)C,
-			       st->x + row * (size_t)C, (size_t)C * sizeof *gx);
-		}
+	gather_reads(st, gx, reads, N);
 	fam_norm(st, gy, gx, (size_t)N, st->fw->final_w, st->fw->final_b);
 	for (size_t j0 = 0; j0 < (size_t)V; j0 += chunk) {
 		size_t nj = (size_t)V - j0 < chunk ? (size_t)V - j0 : chunk;

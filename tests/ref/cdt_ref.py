@@ -77,6 +77,16 @@ def normalize(r, i):
     return r2, i2
 
 
+def mlp_out(xr, xi, mr, mi, rel, norm):
+    """The MLP's output (mr, mi) (the sign rule, then made relevant where it
+    is a source by rel) added to the residual (xr, xi) (the sign rule)."""
+    if norm:
+        mr, mi = normalize(mr, mi)
+    mr, mi = rel(mr, mi)
+    xr, xi = xr + mr, xi + mi
+    return normalize(xr, xi) if norm else (xr, xi)
+
+
 def run(case):
     cfg, w = load_model(case["model"])
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
@@ -139,13 +149,8 @@ def run(case):
         ai = gelu(hi, act)
         hr, hi = gelu(hr + hi, act) - ai, ai
         mr, mi = lin_split(hr, hi, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"])
-        if norm:
-            mr, mi = normalize(mr, mi)
-        mr, mi = to_rel(mr, mi, node)
+        xr, xi = mlp_out(xr, xi, mr, mi, lambda r, i, n=node: to_rel(r, i, n), norm)
         node += 1
-        xr, xi = xr + mr, xi + mi
-        if norm:
-            xr, xi = normalize(xr, xi)
     resid_r.append(xr)
     resid_i.append(xi)
     reads = torch.tensor(case["reads"], dtype=torch.int64)
@@ -175,42 +180,20 @@ def run(case):
 # attention and the MLP read the same input.
 
 
-def fam_attn_probs(a, W, p, l, xn):
-    """(H, T, T) attention weights of layer l (prefix p) for the normed
-    whole input xn (T, d), as family_recv.py's forward makes them."""
+def fam_attn_probs(a, W, p, l, x):
+    """(H, T, T) attention weights of layer l (prefix p) for the whole input
+    x (T, d) of its stage, made as family_recv.py's forward makes them."""
     import families as fam
-    T = xn.shape[0]
-    d, H, D, K = a["n_embd"], a["n_head"], a["head_dim"], a["n_kv_head"]
-    eps, off, per = a["norm_eps"], a["norm_offset"], H // K
-    pos = torch.arange(T)
-    neox = a["model_type"] == "gpt_neox"
+    import family_recv as fr
+    pos = torch.arange(x.shape[0])
     local = l in a["local_layers"]
-
-    def proj(kind, h):
-        j = "qkv".index(kind)
-        if neox:
-            y = xn @ W[p + "attention.query_key_value.weight"].view(H, 3, D, d)[h, j].T
-            if a["bias_qkv"]:
-                y = y + W[p + "attention.query_key_value.bias"].view(H, 3, D)[h, j]
-            return y
-        y = xn @ W[p + "self_attn.%s_proj.weight" % kind].T
-        if a["bias_qkv"]:
-            y = y + W[p + "self_attn.%s_proj.bias" % kind]
-        g = h if kind == "q" else h // per
-        if a["qk_norm"] == "whole":
-            y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
-        y = y[:, g * D:(g + 1) * D]
-        if a["qk_norm"] == "per_head":
-            y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
-        return y
-
     theta, scaling = a["rope_theta"], a["rope_scaling"]
     if local and a["rope_local_theta"]:
         theta, scaling = a["rope_local_theta"], None
     out = []
-    for h in range(H):
-        q = fam.rope(proj("q", h), pos, a["rotary_dim"], theta, scaling)
-        k = fam.rope(proj("k", h), pos, a["rotary_dim"], theta, scaling)
+    for h in range(a["n_head"]):
+        q = fam.rope(fr.head_proj(a, W, p, x, "q", h), pos, a["rotary_dim"], theta, scaling)
+        k = fam.rope(fr.head_proj(a, W, p, x, "k", h), pos, a["rotary_dim"], theta, scaling)
         out.append(torch.softmax(fam.capped_masked(a, q @ k.T * a["attn_scale"], pos, local), -1))
     return torch.stack(out)
 
@@ -259,7 +242,7 @@ def fam_decompose(a, W, names, tokens, src, whole, norm):
             lr, li = norm_split(xr, xi, p + "input_layernorm")
         else:
             lr, li = xr, xi
-        probs = fam_attn_probs(a, W, p, l, (lr + li)[0])
+        probs = fam_attn_probs(a, W, p, l, (xr + xi)[0])
         if neox:
             Wv = W[p + "attention.query_key_value.weight"].view(H, 3, D, d)[:, 2].reshape(H * D, d)
             bv = (W[p + "attention.query_key_value.bias"].view(H, 3, D)[:, 2].reshape(H * D)
@@ -318,13 +301,8 @@ def fam_decompose(a, W, names, tokens, src, whole, norm):
             if place != "pre":
                 s = scale_of(mr + mi, W[p + "post_feedforward_layernorm.weight"])
                 mr, mi = mr * s, mi * s
-        if norm:
-            mr, mi = normalize(mr, mi)
-        mr, mi = to_rel(mr, mi, node)
+        xr, xi = mlp_out(xr, xi, mr, mi, lambda r, i, n=node: to_rel(r, i, n), norm)
         node += 1
-        xr, xi = xr + mr, xi + mi
-        if norm:
-            xr, xi = normalize(xr, xi)
     resid_r.append(xr)
     resid_i.append(xi)
     yr, yi = norm_split(xr, xi, names["final_norm"])

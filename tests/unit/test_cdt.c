@@ -10,7 +10,8 @@
  *    max |C - torch| <= 2e-4 * max(max |torch rel|, max |torch irrel|) per
  *    tensor and set (float32 against
  *    float64 through a few layers; the attention weights are the float32
- *    run's here and recomputed in float64 there);
+ *    run's here and recomputed in float64 there); every model of
+ *    tests/data/families (issue 16) within 2e-5;
  *  - edge scores: an edge into logits under logit_diff is the relevant
  *    logit difference (the paper's node relevance); circ_cdt_select on a
  *    hand-made score vector.
@@ -314,7 +315,8 @@ static void test_torch(const circ_model *m, const char *dir, const char *tmp, in
 			    "test_cdt: %s vs PyTorch (acdc %d, normalize %d): max |C - torch| / "
 			    "scale %.3g\n",
 			    circ_model_type_name(c->model_type), acdc, norm, rc.worst);
-			CHECK(rc.worst <= 2e-4);
+			/* GPT-2's bound as before; the families measured <= 1.3e-6 */
+			CHECK(rc.worst <= (c->model_type == CIRC_MODEL_GPT2 ? 2e-4 : 2e-5));
 			circ_st_close(g);
 		}
 	}
