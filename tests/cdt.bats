@@ -164,6 +164,26 @@ fam_models() {
 	done
 }
 
+@test "families, node level: a head's score is the sum of its q, k and v scores (parallel blocks, grouped-query attention)" {
+	for f in gpt_neox llama; do
+		circ-score --model "$FAM/$f" --method cd-t --json tests/data/tiny/tokens.jsonl >"$T/e.jsonl"
+		circ-score --model "$FAM/$f" --method cd-t --level node --json tests/data/tiny/tokens.jsonl >"$T/n.jsonl"
+		$PY - "$T/e.jsonl" "$T/n.jsonl" <<'EOF'
+import json, re, sys
+def load(p):
+    return {json.loads(l)["edge"]: json.loads(l)["score"] for l in open(p) if l.startswith('{"edge"')}
+e, n = load(sys.argv[1]), load(sys.argv[2])
+s = {}
+for k, v in e.items():
+    k = re.sub(r"<[qkv]>", "", k)
+    s[k] = s.get(k, 0.0) + v
+assert n.keys() == s.keys(), (len(n), len(s))
+worst = max(abs(n[k] - s[k]) for k in n)
+assert worst <= 1e-6 * max(abs(v) for v in s.values()), worst
+EOF
+	done
+}
+
 @test "grouped-query attention, --gqa grouped: a group's k (v) edge scores the sum of its heads' k (v) edges" {
 	f=llama
 	circ-score --model "$FAM/$f" --method cd-t --json tests/data/tiny/tokens.jsonl >"$T/u.jsonl"
