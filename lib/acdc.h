@@ -31,6 +31,13 @@
  * --names-mode and --indices-mode "normal" and "reverse" (its "random" is
  * Python's shuffle and is not reproduced). The MLP's input is no direct-
  * computation edge there (a placeholder), so MLPs have no whole-input test.
+ * Every family runs in that order. Parallel blocks (GPT-NeoX): the
+ * reference's graph also gives a layer's heads edges into that layer's MLP
+ * input (blocks.l.hook_mlp_in), which a parallel block's MLP does not read
+ * (testing one there adds the head's corrupted minus clean output to an
+ * input that never held it); circ's graph has no such edges, and its order
+ * is the reference's with those tests left out (tests/ref/acdc_ref.py
+ * --parallel).
  *
  * Every test is one patched forward of the whole dataset from the
  * receiver's stage up: the stages below are the clean run, reused (see

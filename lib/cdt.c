@@ -3,7 +3,12 @@
  * of a batch, edge scores from it, and the paper's circuit construction.
  *
  * Dimension letters: S source sets, B sequences, T tokens, C = n_embd, H
- * heads, D = C/H, F = n_inner, V vocabulary, N read rows, U upstream nodes.
+ * heads, D the head width (C/H for GPT-2), K key/value heads, Q = H*D,
+ * F = n_inner, V vocabulary, N read rows, U upstream nodes.
+ *
+ * GPT-2 goes through attn_stage / mlp_stage / final_stage (Conv1D weights);
+ * every other family through fam_stage (model_family.c's weights, read
+ * from model_impl.h), stage by stage of the model's topology.
  * Every decomposed activation is a pair of (S*B*T, width) matrices, rel and
  * irrel, set-major, so that one matrix product serves every set at once.
  *
@@ -19,6 +24,8 @@
 
 #include "circuit.h"
 #include "kernels.h"
+#include "model_impl.h"
+#include "safetensors.h"
 
 void circ_cdt_opts_default(circ_cdt_opts *o)
 {
@@ -192,8 +199,9 @@ static int check_model(const circ_config *c, circ_error *e)
 	    (c->head_dim && c->head_dim * c->n_head != c->n_embd) ||
 	    (c->embed_scale != 0 && c->embed_scale != 1))
 		return circ_errorf(e,
-				   "cd-t: model_type '%s': only GPT-2-shaped models are decomposed "
-				   "(LayerNorm before each block, learned positions, a plain MLP)",
+				   "cd-t: model_type '%s' with another architecture: a gpt2 model "
+				   "must be GPT-2-shaped (LayerNorm before each block, learned "
+				   "positions, a plain MLP)",
 				   circ_model_type_name(c->model_type));
 	return 0;
 }
@@ -217,6 +225,16 @@ typedef struct cdt_state {
 	float *tmp;	    /* (BT, F) scratch */
 	circ_cdt_hook hook; /* may be NULL */
 	void *ctx;
+	/* families other than GPT-2 (fam_*): their weights, D = head_dim,
+	 * K key/value heads, Q = H*D */
+	const fam_weights *fw;
+	int K, Q;
+	float *z;    /* (S+1, BT, Q) the heads' z */
+	float *u;    /* (S+1, BT, F) a gated MLP's up projection */
+	float *x0;   /* (S+1, BT, C) a parallel block's input */
+	float *rs;   /* (BT) a post norm's scale */
+	float *wbuf; /* a narrow matrix in f32 */
+	size_t wcap; /* floats of wbuf */
 } cdt_state;
 
 /* Shows rel of sets 0..S-1 of x (nn floats per set) and irrel = total -
@@ -329,6 +347,19 @@ static int mlp_stage(cdt_state *st, int l, circ_error *e)
 	return 0;
 }
 
+/* gx ((S+1) sets of N rows of C) = the residual's rows at the read rows. */
+static void gather_reads(const cdt_state *st, float *gx, const circ_read *reads, int N)
+{
+	size_t C = (size_t)st->C;
+	for (int g = 0; g <= st->S; g++)
+		for (int n = 0; n < N; n++) {
+			size_t row = ((size_t)g * st->B + (size_t)reads[n].b) * (size_t)st->T +
+				     (size_t)reads[n].t;
+			memcpy(gx + ((size_t)g * (size_t)N + (size_t)n) * C, st->x + row * C,
+			       C * sizeof *gx);
+		}
+}
+
 /* ln_f and the unembedding at the read rows. */
 static int final_stage(cdt_state *st, circ_error *e)
 {
@@ -340,13 +371,7 @@ static int final_stage(cdt_state *st, circ_error *e)
 	float *z = circ_xmalloc(SN * (size_t)V * sizeof *z);
 	float *zi = st->hook ? circ_xmalloc((SN - (size_t)N) * (size_t)V * sizeof *zi) : NULL;
 	int rc;
-	for (int g = 0; g <= st->S; g++)
-		for (int n = 0; n < N; n++) {
-			size_t row = ((size_t)g * st->B + (size_t)reads[n].b) * (size_t)st->T +
-				     (size_t)reads[n].t;
-			memcpy(gx + ((size_t)g * (size_t)N + (size_t)n) * (size_t)C,
-			       st->x + row * (size_t)C, (size_t)C * sizeof *gx);
-		}
+	gather_reads(st, gx, reads, N);
 	ln_split(gy, gx, st->S, (size_t)N, C, st->w->lnf_w, st->w->lnf_b,
 		 st->c->layer_norm_epsilon);
 	gemm_t(st->pool, 1, SN, V, C, gy, C, st->w->lm_head, C, z, V);
@@ -355,6 +380,274 @@ static int final_stage(cdt_state *st, circ_error *e)
 	free(gy);
 	free(z);
 	free(zi);
+	return rc;
+}
+
+/* ---- families other than GPT-2 (lib/model_family.c's forward) ----
+ * The same rules on the families' pieces (cdt.h): weights in nn.Linear
+ * layout (out, in), matrices perhaps narrow (F16, BF16: converted here). */
+
+/* Rows [row0, row0 + n) of matrix a (cols wide) in f32: in place, or
+ * converted into st->wbuf (valid until the next call). */
+static const float *fam_f32(cdt_state *st, const fam_mat *a, size_t row0, size_t n, size_t cols)
+{
+	if (a->dt == CIRC_F32)
+		return (const float *)a->p + row0 * cols;
+	if (n * cols > st->wcap) {
+		free(st->wbuf);
+		st->wcap = n * cols;
+		st->wbuf = circ_xmalloc(st->wcap * sizeof(float));
+	}
+	circ_st_to_f32(st->wbuf, (const char *)a->p + row0 * cols * 2, a->dt, n * cols);
+	return st->wbuf;
+}
+
+/* y (S+1 sets of BT rows of n) = x (ld ldx) W^T, W (n, k); bias shared. */
+static void fam_linear(cdt_state *st, float *y, const float *x, int ldx, int n, int k,
+		       const fam_mat *W, const float *bias)
+{
+	const float *w = fam_f32(st, W, 0, (size_t)n, (size_t)k);
+	gemm_t(st->pool, 1, st->SBT, n, k, x, ldx, w, k, y, n);
+	share_bias(y, st->S, st->BT, n, bias);
+}
+
+/* RMSNorm split: each part times the whole row's rsqrt(mean(x^2) + eps)
+ * and (offset + w); no bias. y, x: (S + 1) sets of `rows` rows of C. */
+static void rms_split(float *y, const float *x, int S, size_t rows, int C, const float *w,
+		      double off, double eps)
+{
+	size_t nn = rows * (size_t)C;
+	for (size_t row = 0; row < rows; row++) {
+		const float *t = x + (size_t)S * nn + row * (size_t)C;
+		double s = 0;
+		for (int c = 0; c < C; c++)
+			s += (double)t[c] * t[c];
+		float rs = (float)(1.0 / sqrt(s / C + eps));
+		for (int g = 0; g <= S; g++) {
+			const float *r = x + (size_t)g * nn + row * (size_t)C;
+			float *o = y + (size_t)g * nn + row * (size_t)C;
+			for (int c = 0; c < C; c++)
+				o[c] = r[c] * rs * ((float)off + w[c]);
+		}
+	}
+}
+
+/* The family's block or final norm (LayerNorm or RMSNorm) split. */
+static void fam_norm(const cdt_state *st, float *y, const float *x, size_t rows, const float *w,
+		     const float *b)
+{
+	if (st->c->norm == CIRC_NORM_LAYERNORM)
+		ln_split(y, x, st->S, rows, st->C, w, b, st->c->layer_norm_epsilon);
+	else
+		rms_split(y, x, st->S, rows, st->C, w, st->c->norm_offset,
+			  st->c->layer_norm_epsilon);
+}
+
+/* A norm after a block (Gemma 2 and 3, OLMo 2), whose output the block's
+ * nodes share: every set of x (S+1, BT, C) times st->rs[row] (the
+ * scale of the whole block output, made by post_scale_of) and (off + w). */
+static void post_scale(const cdt_state *st, float *x, const float *w)
+{
+	size_t nn = st->BT * (size_t)st->C;
+	float off = (float)st->c->norm_offset;
+	for (int g = 0; g <= st->S; g++)
+		for (size_t row = 0; row < st->BT; row++) {
+			float *o = x + (size_t)g * nn + row * (size_t)st->C;
+			for (int c = 0; c < st->C; c++)
+				o[c] *= st->rs[row] * (off + w[c]);
+		}
+}
+
+/* st->rs (BT) = rsqrt(mean(a^2) + eps) of each row of a (BT, C). */
+static void post_scale_of(cdt_state *st, const float *a)
+{
+	for (size_t row = 0; row < st->BT; row++) {
+		double s = 0;
+		for (int c = 0; c < st->C; c++)
+			s += (double)a[row * (size_t)st->C + (size_t)c] *
+			     a[row * (size_t)st->C + (size_t)c];
+		st->rs[row] = (float)(1.0 / sqrt(s / st->C + st->c->layer_norm_epsilon));
+	}
+}
+
+/* The gated MLP's product rule, in place in a (the gate's pre-activation):
+ * irrel' = act(irrel_a) * irrel_u, rel' = act(a) u - irrel', so that rel'
+ * holds act's relevant part times u, and both cross terms. tmp: nn. */
+static void gate_split(float *a, const float *u, int S, size_t nn, circ_act act, float *tmp)
+{
+	float *at = a + (size_t)S * nn;
+	const float *ut = u + (size_t)S * nn;
+	for (int g = 0; g < S; g++) {
+		float *r = a + (size_t)g * nn;
+		const float *ur = u + (size_t)g * nn;
+		for (size_t k = 0; k < nn; k++)
+			tmp[k] = at[k] - r[k];
+		act_fwd(tmp, tmp, nn, act);
+		for (size_t k = 0; k < nn; k++)
+			r[k] = tmp[k] * (ut[k] - ur[k]);
+	}
+	act_fwd(at, at, nn, act);
+	for (size_t k = 0; k < nn; k++)
+		at[k] *= ut[k];
+	for (int g = 0; g < S; g++) {
+		float *r = a + (size_t)g * nn;
+		for (size_t k = 0; k < nn; k++)
+			r[k] = at[k] - r[k];
+	}
+}
+
+/* Layer l's attention reading xin ((S+1, BT, C), the stage's residual);
+ * its heads emitted into st->x. */
+static int fam_attn_stage(cdt_state *st, int l, const float *xin, circ_error *e)
+{
+	const fam_layer *y = &st->fw->layers[l];
+	const float *att = circ_run_attn(st->r, l), *xn = xin, *wo;
+	int C = st->C, D = st->D, T = st->T, H = st->H, Q = st->Q, KD = st->K * st->D;
+	int per = st->H / st->K;
+	size_t btc = st->BT * (size_t)C;
+	if (st->c->norm_place != CIRC_NORM_POST) {
+		fam_norm(st, st->l, xin, st->BT, y->n1_w, y->n1_b);
+		xn = st->l;
+	}
+	fam_linear(st, st->v, xn, C, KD, C, &y->v_w, y->v_b);
+	memset(st->z, 0, st->SBT * (size_t)Q * sizeof(float));
+	for (int g = 0; g <= st->S; g++)
+		for (int b = 0; b < st->B; b++) {
+			size_t base = ((size_t)g * st->B + (size_t)b) * (size_t)T;
+			for (int h = 0; h < H; h++)
+				for (int t = 0; t < T; t++) {
+					const float *a =
+					    att + (((size_t)b * H + (size_t)h) * T + t) * (size_t)T;
+					float *zo = st->z + (base + (size_t)t) * (size_t)Q +
+						    (size_t)h * (size_t)D;
+					for (int j = 0; j <= t; j++) {
+						const float *vv = st->v +
+								  (base + (size_t)j) * (size_t)KD +
+								  (size_t)(h / per) * (size_t)D;
+						if (a[j] == 0.0f)
+							continue;
+						for (int d = 0; d < D; d++)
+							zo[d] += a[j] * vv[d];
+					}
+				}
+		}
+	wo = fam_f32(st, &y->o_w, 0, (size_t)C, (size_t)Q); /* (C, Q) */
+	if (st->c->norm_place != CIRC_NORM_PRE) {
+		/* the scale of the whole attention output, from the total */
+		float *a = st->o + (size_t)st->S * btc;
+		gemm_t(st->pool, 1, st->BT, C, Q, st->z + (size_t)st->S * st->BT * (size_t)Q, Q, wo,
+		       Q, a, C);
+		post_scale_of(st, a);
+	}
+	for (int h = 0; h < H; h++) {
+		gemm_t(st->pool, 1, st->SBT, C, D, st->z + (size_t)h * (size_t)D, Q,
+		       wo + (size_t)h * (size_t)D, Q, st->o, C);
+		if (st->c->norm_place != CIRC_NORM_PRE)
+			post_scale(st, st->o, y->pa_w);
+		if (emit_node(st, circ_topo_node_head(st->t, l, h), e) < 0)
+			return -1;
+	}
+	if (y->o_b)
+		add_constant(st, y->o_b, 0);
+	return 0;
+}
+
+/* Layer l's MLP reading xin; its node emitted into st->x. */
+static int fam_mlp_stage(cdt_state *st, int l, const float *xin, circ_error *e)
+{
+	const fam_layer *y = &st->fw->layers[l];
+	const float *xn = xin;
+	int C = st->C, F = st->F, gated = st->c->mlp == CIRC_MLP_GATED;
+	size_t nf = st->BT * (size_t)F, btc = st->BT * (size_t)C;
+	if (st->c->norm_place != CIRC_NORM_POST) {
+		fam_norm(st, st->l, xin, st->BT, y->n2_w, y->n2_b);
+		xn = st->l;
+	}
+	fam_linear(st, st->h, xn, C, F, C, &y->fc_w, y->fc_b);
+	if (gated)
+		fam_linear(st, st->u, xn, C, F, C, &y->up_w, y->up_b);
+	if (st->normalize) {
+		normalize(st->h, st->S, nf);
+		if (gated)
+			normalize(st->u, st->S, nf);
+	}
+	if (gated)
+		gate_split(st->h, st->u, st->S, nf, st->c->act, st->tmp);
+	else
+		act_split(st->h, st->S, nf, st->c->act, st->tmp);
+	fam_linear(st, st->o, st->h, F, C, F, &y->dn_w, y->dn_b);
+	if (st->c->norm_place != CIRC_NORM_PRE) {
+		post_scale_of(st, st->o + (size_t)st->S * btc);
+		post_scale(st, st->o, y->pm_w);
+	}
+	if (st->normalize)
+		normalize(st->o, st->S, btc);
+	return emit_node(st, circ_topo_node_mlp(st->t, l), e);
+}
+
+/* The final norm at the read rows, the unembedding (by chunks of the
+ * vocabulary) and the logits' soft cap, by the activation's rule. */
+static int fam_final_stage(cdt_state *st, circ_error *e)
+{
+	int N, C = st->C, V = st->c->vocab_size;
+	const circ_read *reads = circ_run_reads(st->r, &N);
+	size_t SN = (size_t)(st->S + 1) * (size_t)N, NV = (size_t)N * (size_t)V;
+	const fam_mat *lm = &st->fw->lm_head;
+	size_t chunk = lm->dt == CIRC_F32 ? (size_t)V : 4096;
+	float *gx = circ_xmalloc(SN * (size_t)C * sizeof *gx);
+	float *gy = circ_xmalloc(SN * (size_t)C * sizeof *gy);
+	float *z = circ_xmalloc(SN * (size_t)V * sizeof *z);
+	float *zi = st->hook ? circ_xmalloc((SN - (size_t)N) * (size_t)V * sizeof *zi) : NULL;
+	double cap = st->c->final_softcap;
+	int rc;
+	gather_reads(st, gx, reads, N);
+	fam_norm(st, gy, gx, (size_t)N, st->fw->final_w, st->fw->final_b);
+	for (size_t j0 = 0; j0 < (size_t)V; j0 += chunk) {
+		size_t nj = (size_t)V - j0 < chunk ? (size_t)V - j0 : chunk;
+		gemm_t(st->pool, 1, SN, (int)nj, C, gy, C, fam_f32(st, lm, j0, nj, (size_t)C), C,
+		       z + j0, V);
+	}
+	if (cap > 0) {
+		/* irrel' = cap tanh(irrel / cap), rel' = the capped total - irrel' */
+		float *zt = z + (size_t)st->S * NV, fc = (float)cap;
+		for (size_t k = 0; k < NV; k++) {
+			float ct = fc * tanhf(zt[k] / fc);
+			for (int g = 0; g < st->S; g++) {
+				float *zr = z + (size_t)g * NV + k;
+				*zr = ct - fc * tanhf((zt[k] - *zr) / fc);
+			}
+			zt[k] = ct;
+		}
+	}
+	rc = show(st, CIRC_CDT_LOGITS, 0, z, NV, zi, e);
+	free(gx);
+	free(gy);
+	free(z);
+	free(zi);
+	return rc;
+}
+
+/* Stage s of a family: attention, MLP, both from the same input (parallel
+ * blocks), or the final one; the sign rule after each layer. */
+static int fam_stage(cdt_state *st, int s, circ_error *e)
+{
+	const circ_topo_stage *ts = &st->t->stage[s];
+	size_t n = st->SBT * (size_t)st->C;
+	int rc;
+	switch (ts->kind) {
+	case CIRC_STAGE_FINAL: return fam_final_stage(st, e);
+	case CIRC_STAGE_ATTN: return fam_attn_stage(st, ts->layer, st->x, e);
+	case CIRC_STAGE_MLP: rc = fam_mlp_stage(st, ts->layer, st->x, e); break;
+	case CIRC_STAGE_BLOCK:
+		memcpy(st->x0, st->x, n * sizeof(float));
+		rc = fam_attn_stage(st, ts->layer, st->x0, e);
+		if (rc == 0)
+			rc = fam_mlp_stage(st, ts->layer, st->x0, e);
+		break;
+	default: return circ_errorf(e, "cd-t: stage %d: unknown kind", s);
+	}
+	if (rc == 0 && st->normalize)
+		normalize(st->x, st->S, st->BT * (size_t)st->C);
 	return rc;
 }
 
@@ -380,14 +673,15 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 	const circ_model *m = circ_run_model(r);
 	cdt_state st = {0};
 	circ_cdt_opts def;
-	int s0, L, rc = 0;
-	size_t big, btc;
+	int s0, fam, rc = 0;
+	size_t big, btc, vw;
 	if (!o) {
 		circ_cdt_opts_default(&def);
 		o = &def;
 	}
 	st.c = circ_model_config(m);
-	if (check_model(st.c, e) < 0)
+	fam = st.c->model_type != CIRC_MODEL_GPT2;
+	if (!fam && check_model(st.c, e) < 0)
 		return -1;
 	if (circ_run_b(r) == 0)
 		return circ_errorf(e, "cd-t: the run has no forward");
@@ -397,6 +691,7 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 		return circ_errorf(e, "cd-t: no source sets");
 	st.r = r;
 	st.w = circ_model_weights(m);
+	st.fw = fam ? &m->fw : NULL;
 	st.t = circ_model_topology(m);
 	st.pool = circ_run_pool(r);
 	st.S = S;
@@ -404,7 +699,9 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 	st.T = circ_run_t(r);
 	st.C = st.c->n_embd;
 	st.H = st.c->n_head;
-	st.D = st.C / st.H;
+	st.D = circ_config_head_dim(st.c);
+	st.K = circ_config_kv_heads(st.c);
+	st.Q = st.H * st.D;
 	st.F = st.c->n_inner;
 	st.U = circ_model_n_up(m);
 	st.BT = (size_t)st.B * (size_t)st.T;
@@ -414,16 +711,24 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 	st.normalize = o->normalize;
 	st.hook = hook;
 	st.ctx = ctx;
-	L = st.c->n_layer;
 	btc = st.BT * (size_t)st.C;
 	big = st.SBT * (size_t)st.C;
+	vw = (size_t)(st.K * st.D > st.C ? st.K * st.D : st.C);
 	st.x = circ_xcalloc(big, sizeof(float));
 	st.l = circ_xmalloc(big * sizeof(float));
-	st.v = circ_xmalloc(big * sizeof(float));
+	st.v = circ_xmalloc(st.SBT * vw * sizeof(float));
 	st.o = circ_xmalloc(big * sizeof(float));
 	st.h = circ_xmalloc(st.SBT * (size_t)st.F * sizeof(float));
 	st.irrel = circ_xmalloc((size_t)S * btc * sizeof(float));
 	st.tmp = circ_xmalloc(st.BT * (size_t)st.F * sizeof(float));
+	if (fam) {
+		st.z = circ_xmalloc(st.SBT * (size_t)st.Q * sizeof(float));
+		st.rs = circ_xmalloc(st.BT * sizeof(float));
+		if (st.c->mlp == CIRC_MLP_GATED)
+			st.u = circ_xmalloc(st.SBT * (size_t)st.F * sizeof(float));
+		if (st.c->parallel_residual)
+			st.x0 = circ_xmalloc(big * sizeof(float));
+	}
 	circ_blas_threads(1);
 
 	s0 = start_stage(&st);
@@ -442,16 +747,19 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 		s0 = 0;
 	} else
 		memcpy(st.x + (size_t)S * btc, circ_run_resid(r, s0), btc * sizeof(float));
-	for (int s = s0; rc == 0 && s <= 2 * L; s++) {
+	for (int s = s0; rc == 0 && s < st.t->n_stage; s++) {
+		circ_stage_kind k = st.t->stage[s].kind;
 		rc = show(&st, CIRC_CDT_RESID, s, st.x, btc, st.irrel, e);
 		if (rc < 0)
 			break;
-		if (s == 2 * L)
+		if (fam)
+			rc = fam_stage(&st, s, e);
+		else if (k == CIRC_STAGE_FINAL)
 			rc = final_stage(&st, e);
-		else if (s % 2 == 0)
-			rc = attn_stage(&st, s / 2, e);
+		else if (k == CIRC_STAGE_ATTN)
+			rc = attn_stage(&st, st.t->stage[s].layer, e);
 		else
-			rc = mlp_stage(&st, s / 2, e);
+			rc = mlp_stage(&st, st.t->stage[s].layer, e);
 	}
 	free(st.x);
 	free(st.l);
@@ -460,6 +768,11 @@ int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 	free(st.h);
 	free(st.irrel);
 	free(st.tmp);
+	free(st.z);
+	free(st.u);
+	free(st.x0);
+	free(st.rs);
+	free(st.wbuf);
 	return rc;
 }
 

@@ -20,6 +20,41 @@
  *                and mixed by them, so relevance flows through v only;
  *   GELU         irrel' = act(irrel), rel' = act(rel + irrel) - act(irrel);
  *   unembedding  linear (no bias).
+ * Every family circ runs (model_family.c) is decomposed by the same rules,
+ * extended where the families differ:
+ *   RMSNorm      each part times the whole row's rsqrt(mean(x^2) + eps) and
+ *                (offset + w) (Gemma's 1 + w); no centring, no bias: the
+ *                split passes through exactly. GPT-NeoX's LayerNorm as above;
+ *   embedding    the input node's output is the scaled token embedding
+ *                (Gemma: times sqrt(C)); rotary models add no constant;
+ *   q, k         q/k norms (Qwen 3, Gemma 3, OLMo 2), RoPE, the attention
+ *                scale, soft-capping of the scores (Gemma 2) and sliding
+ *                windows only make the attention weights, which are the
+ *                clean run's constants: nothing of them is decomposed;
+ *   values       grouped-query attention: query head h mixes the values of
+ *                its key/value group (h / (H/K)), decomposed once per group;
+ *   norms after  Gemma 2 and 3 (post_attention_layernorm,
+ *   a block      post_feedforward_layernorm), OLMo 2: a node's output is
+ *                its share of the normed sum (model_family.c), so each part
+ *                of a head's (or the MLP's) output is scaled by the norm's
+ *                scale of the whole block output, rsqrt(mean(A^2) + eps)
+ *                (offset + w), a constant like LayerNorm's std; OLMo 2 has
+ *                no norm before the blocks: they read the residual's parts;
+ *   gated MLP    SwiGLU / GeGLU, h = act(gate) * up, both projections
+ *                decomposed (biases shared, the sign rule on each); the
+ *                product by the rule the activation follows, with the
+ *                cross terms relevant (as CD for LSTMs splits gate products,
+ *                Murdoch et al. 2018): irrel' = act(irrel_gate) * irrel_up,
+ *                rel' = act(gate) * up - irrel', that is act's relevant part
+ *                times up plus act(irrel_gate) times up's relevant part;
+ *   logit cap    (Gemma 2) cap * tanh(z / cap) by the activation's rule:
+ *                irrel' = cap tanh(irrel / cap), rel' = the capped whole -
+ *                irrel';
+ *   parallel     GPT-NeoX: the attention and the MLP of a layer read the
+ *   blocks       same residual's parts (one stage), the sign rule after the
+ *                block; the attention output bias is a constant.
+ * With every node a source, every rule gives rel = the activation (act(0) =
+ * 0, tanh(0) = 0), and with none rel = 0 exactly.
  * A source node's own output becomes wholly relevant where it is made
  * (rel := rel + irrel, irrel := 0). With `normalize`, the reference code's
  * sign rule is applied after the MLP's first linear map, after the MLP and
@@ -53,7 +88,8 @@
  * round adds the n sources most relevant to the current targets (summed
  * scores of a source's edges into a target), which become the next targets.
  *
- * Layering: uses patch (and so model, graph, batch) and circuit.
+ * Layering: uses patch (and so model, graph, batch) and circuit; reads the
+ * families' weights (fam_weights) from model_impl.h.
  */
 #ifndef CIRC_CDT_H
 #define CIRC_CDT_H
@@ -85,8 +121,9 @@ typedef int (*circ_cdt_hook)(void *ctx, circ_cdt_point what, int index, const fl
  * relevant part is the model's activations. Stages below the lowest one a
  * set touches are not shown (their rel is 0). The model must be GPT-2
  * shaped (LayerNorm before each block, learned positions, a plain MLP, no
- * parallel residual, no logit softcap): -1 with a message otherwise, or on
- * a run without a forward, logits or node outputs. */
+ * parallel residual, no logit softcap) or of another family (every one
+ * circ runs, by the rules above): -1 with a message otherwise, or on a run
+ * without a forward, logits or node outputs. */
 int circ_cdt_run(circ_run *r, int S, const uint8_t *src, const uint8_t *whole,
 		 const circ_cdt_opts *o, circ_cdt_hook hook, void *ctx, circ_error *e);
 

@@ -133,3 +133,36 @@ reference_run() {
 			'map((.change | if $abs then fabs else . end) - $tau | fabs) | min > 1e-4' "$T/r.dec" >/dev/null
 	done
 }
+
+@test "acdc reference order on every model family: the reference's tests and decisions; parallel blocks as circ's graph has them" {
+	tok=tests/data/tiny/tokens.jsonl
+	circ-cat --no-header $tok >"$T/tiny.jsonl"
+	n=0
+	for d in tests/data/families/*/; do
+		[ -e "$d/config.json" ] || continue
+		reference_run "$d" $tok r --tau 0.005 --acdc-names reverse
+		run /usr/bin/python3 $REF "$d" "$T/tiny.jsonl" "$T/r.dec" "$T/r.circ" --tau 0.005 --names reverse
+		echo "$(basename "$d"): $output"
+		assert_success
+		# no decision within 2e-5 of tau (float32 against float64 cannot flip one)
+		jq -s -e 'map(.change - 0.005 | fabs) | min > 2e-5' "$T/r.dec" >/dev/null
+		n=$((n + 1))
+	done
+	[ "$n" -ge 10 ]
+	# GPT-NeoX's parallel blocks: the reference's own graph (TLACDCCorrespondence)
+	# gives a layer's heads edges into that layer's MLP input, which a parallel
+	# block's MLP does not read; removing one puts the head's corrupted minus
+	# clean output into the MLP's input. circ has no such edges: both indices
+	# modes agree with the reference order over circ's graph, and the reference's
+	# graph tests (here: keeps) an edge that is not in the computation.
+	d=tests/data/families/gpt_neox
+	for idx in normal reverse; do
+		reference_run $d $tok r --tau 0.002 --acdc-indices $idx
+		run /usr/bin/python3 $REF $d "$T/tiny.jsonl" "$T/r.dec" "$T/r.circ" --tau 0.002 --indices $idx
+		assert_success
+		jq -s -e 'map(.change - 0.002 | fabs) | min > 2e-5' "$T/r.dec" >/dev/null
+		run /usr/bin/python3 $REF $d "$T/tiny.jsonl" "$T/r.dec" "$T/r.circ" --tau 0.002 --indices $idx --parallel reference
+		assert_failure 1
+		assert_output --regexp "FAIL: test 12: reference order a1\.h[03]->m1 kept=True, circ m0->m1"
+	done
+}

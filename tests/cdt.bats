@@ -121,3 +121,95 @@ EOF
 	assert_failure 2
 	[[ "$stderr" == *"exclude each other"* ]]
 }
+
+# ---- every model family (issue 16's tests/data/families) ----
+
+FAM=tests/data/families
+
+fam_models() {
+	for d in "$FAM"/*/; do
+		[ -e "$d/config.json" ] && basename "$d"
+	done
+}
+
+@test "every family: cd-t scores of every edge match the float64 PyTorch reference (1e-5 of the largest)" {
+	need_cmd /usr/bin/python3
+	n=0
+	for f in $(fam_models); do
+		$PY tests/ref/cdt_ref.py scores "$FAM/$f" tests/data/tiny/tokens.jsonl "$T/$f.ref.json"
+		circ-score --model "$FAM/$f" --method cd-t --json tests/data/tiny/tokens.jsonl >"$T/$f.jsonl"
+		echo -n "$f: "
+		$PY tests/ref/patch_ref.py compare "$T/$f.ref.json" cd-t "$T/$f.jsonl" --atol 1e-5 --rtol 0
+		n=$((n + 1))
+	done
+	[ "$n" -ge 10 ]
+}
+
+@test "every family: circ-score --method cd-t and circ-prune --cd-t end to end; the circuit patches" {
+	for f in $(fam_models); do
+		d="$FAM/$f"
+		t=$(jq -r .model_type "$d/config.json")
+		circ-score --model "$d" --method cd-t -o "$T/s.circ" tests/data/tiny/tokens.jsonl
+		[ "$(header_field "$T/s.circ" .method)" = cd-t ]
+		[ "$(header_field "$T/s.circ" .graph.model_type)" = "$t" ]
+		[ "$(circ-cat --no-header "$T/s.circ" | wc -l)" -eq "$(circ-score --model "$d" --list-edges | wc -l)" ]
+		# finite scores, not all zero
+		circ-cat --no-header "$T/s.circ" | jq -e 'select(.score | isnan or isinfinite)' && false
+		circ-cat --no-header "$T/s.circ" | jq -s -e 'map(.score | fabs) | max > 0'
+		circ-prune --cd-t 2 -o "$T/c.circ" "$T/s.circ"
+		[ "$(header_field "$T/c.circ" .source.mode)" = cd-t ]
+		[ "$(circ-cat --no-header "$T/c.circ" | wc -l)" -gt 0 ]
+		run --separate-stderr circ-patch --model "$d" --circuit "$T/c.circ" --json tests/data/tiny/tokens.jsonl
+		assert_success
+	done
+}
+
+@test "families, node level: a head's score is the sum of its q, k and v scores (parallel blocks, grouped-query attention)" {
+	for f in gpt_neox llama; do
+		circ-score --model "$FAM/$f" --method cd-t --json tests/data/tiny/tokens.jsonl >"$T/e.jsonl"
+		circ-score --model "$FAM/$f" --method cd-t --level node --json tests/data/tiny/tokens.jsonl >"$T/n.jsonl"
+		$PY - "$T/e.jsonl" "$T/n.jsonl" <<'EOF'
+import json, re, sys
+def load(p):
+    return {json.loads(l)["edge"]: json.loads(l)["score"] for l in open(p) if l.startswith('{"edge"')}
+e, n = load(sys.argv[1]), load(sys.argv[2])
+s = {}
+for k, v in e.items():
+    k = re.sub(r"<[qkv]>", "", k)
+    s[k] = s.get(k, 0.0) + v
+assert n.keys() == s.keys(), (len(n), len(s))
+worst = max(abs(n[k] - s[k]) for k in n)
+assert worst <= 1e-6 * max(abs(v) for v in s.values()), worst
+EOF
+	done
+}
+
+@test "grouped-query attention, --gqa grouped: a group's k (v) edge scores the sum of its heads' k (v) edges" {
+	f=llama
+	circ-score --model "$FAM/$f" --method cd-t --json tests/data/tiny/tokens.jsonl >"$T/u.jsonl"
+	circ-score --model "$FAM/$f" --gqa grouped --method cd-t --json tests/data/tiny/tokens.jsonl >"$T/g.jsonl"
+	H=$(jq .n_head "$FAM/$f/arch.json")
+	K=$(jq .n_kv_head "$FAM/$f/arch.json")
+	[ "$K" -lt "$H" ]
+	$PY - "$T/u.jsonl" "$T/g.jsonl" "$H" "$K" <<'EOF'
+import json, re, sys
+def load(p):
+    return {json.loads(l)["edge"]: json.loads(l)["score"] for l in open(p) if l.startswith('{"edge"')}
+u, g = load(sys.argv[1]), load(sys.argv[2])
+per = int(sys.argv[3]) // int(sys.argv[4])
+assert len(g) < len(u), (len(g), len(u))
+scale = max(abs(v) for v in u.values())
+worst, n = 0.0, 0
+for e, v in g.items():
+    m = re.match(r"(.*)->a(\d+)\.h(\d+)<([kv])>$", e)
+    if m:
+        s, l, h, k = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        want = sum(u["%s->a%d.h%d<%s>" % (s, l, j, k)] for j in range(h, h + per))
+        n += 1
+    else:
+        want = u[e]
+    worst = max(worst, abs(v - want))
+print("grouped vs summed: %d group edges, max diff %.3g (largest |score| %.3g)" % (n, worst, scale))
+assert n > 0 and worst <= 1e-6 * scale
+EOF
+}

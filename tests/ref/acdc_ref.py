@@ -30,6 +30,18 @@ edge into the head's q (k, v) input.
       the same tests in the same order with the same decisions and kept the
       same edges (after dropping dangling edges on both sides); 1 otherwise,
       naming the first difference.
+      MODEL_DIR may be a family model (tests/data/families, issue 16); its
+      forwards are then tests/ref/family_recv.py's (float64, each receiver
+      reading its own input, patched as patch_ref.py patches).
+      --parallel absent|reference (parallel blocks, GPT-NeoX): the
+      reference's graph gives every layer's heads an edge into that layer's
+      MLP input (blocks.l.hook_mlp_in) whatever the block; in a parallel
+      block the MLP reads the block's input, so those edges do not exist in
+      the computation. "absent" (circ's graph, the default): they are not
+      there and not tested. "reference": they are, as the reference has
+      them: removing one adds the head's corrupted minus clean output to the
+      MLP's input, which never held it (the reference's receiver hook does
+      exactly this).
 """
 import argparse
 import json
@@ -57,13 +69,53 @@ def load_model(d):
     return M
 
 
+class FamModel:
+    """A family model (tests/data/families) with patch_ref.Model's face:
+    L, H, recvs(), node_name(u), run(tokens, patch, ref) -> (logits, outs),
+    on tests/ref/family_recv.py's forward."""
+
+    def __init__(self, d):
+        import family_recv as fr
+        self.fr = fr
+        self.a, self.names, self.W = fr.load(d)
+        self.L, self.H = self.a["n_layer"], self.a["n_head"]
+        self.parallel = bool(self.a["parallel_residual"])
+        self.recv = fr.receivers(self.a, False)
+        self.nodes = fr.node_names(self.a)
+
+    def recvs(self):
+        out = []
+        for r in self.recv:
+            l, kind, h = r
+            qkv = kind in ("q", "k", "v")
+            out.append((self.fr.recv_name(r), self.fr.n_in(self.a, r), "qkv" if qkv else kind, l,
+                        h if qkv else None, "qkv".index(kind) if qkv else None))
+        return out
+
+    def node_name(self, u):
+        return self.nodes[u]
+
+    def run(self, tokens, patch=None, ref=None, input_embed=None):
+        assert input_embed is None
+        by = {}
+        for ri, u in sorted(patch or ()):
+            by.setdefault(ri, []).append(u)
+        outs = []
+        lg = self.fr.forward(self.a, self.W, self.names, torch.tensor(tokens), self.recv, None,
+                             False, patch=by, ref=ref, outs=outs)
+        return lg, outs
+
+
 class Graph:
     """The reference's correspondence: nodes (hook name, index) and edges
     child -> {parent hook name -> {parent index -> [type, present]}}, both in
     insertion order."""
 
-    def __init__(self, L, H):
+    def __init__(self, L, H, skip_own_mlp=False):
+        """skip_own_mlp: no edge from a layer's heads to its own MLP input
+        (parallel blocks as circ's graph has them)."""
         self.edges = OrderedDict()
+        self.own_mlp = not skip_own_mlp
         self.nodes = OrderedDict()  # hook name -> [indices]
         out = (f"blocks.{L - 1}.hook_resid_post", None)
         self.output = out
@@ -82,7 +134,8 @@ class Graph:
                 res = (f"blocks.{l}.attn.hook_result", h)
                 self.node(res)
                 for r in readers:
-                    self.edge(res, r, ADD)
+                    if not (skip_own_mlp and r == mlp_in):
+                        self.edge(res, r, ADD)
                 for c in "qkv":
                     x, xin = (f"blocks.{l}.attn.hook_{c}", h), (f"blocks.{l}.hook_{c}_input", h)
                     self.node(x)
@@ -145,6 +198,10 @@ def patched(M, G):
                 continue
         elif kind == "mlp":
             reader = (f"blocks.{l}.hook_mlp_in", None)
+            # parallel blocks in the reference's graph: its own layer's
+            # heads, which the MLP does not read, patched all the same
+            own = range(n_in, n_in + M.H) if getattr(M, "parallel", False) and G.own_mlp else ()
+            out |= {(ri, u) for u in own if not G.has(reader, writer(M, u))}
         else:
             reader = G.output
         out |= {(ri, u) for u in range(n_in) if not G.has(reader, writer(M, u))}
@@ -166,13 +223,19 @@ def circ_name(M, child, pname, pidx):
     return f"{node(pname, pidx)}->{recv}"
 
 
-def run(M, exs, tau, indices, names, acdc_conv, kind="kl", zero=False, abs_change=False):
-    wpe = M.p["wpe.weight"]
+def run(M, exs, tau, indices, names, acdc_conv, kind="kl", zero=False, abs_change=False,
+        parallel="absent"):
+    fam = isinstance(M, FamModel)
+    if fam:
+        acdc_conv = False  # rotary: no positional embedding, one convention
+    else:
+        wpe = M.p["wpe.weight"]
     if acdc_conv:  # the input node is token plus position
         M.p = dict(M.p, **{"wpe.weight": torch.zeros_like(wpe)})
     def embed(toks):
-        x = M.p["wte.weight"][toks]
-        return x + wpe[: len(toks)] if acdc_conv else None
+        if not acdc_conv:
+            return None
+        return M.p["wte.weight"][toks] + wpe[: len(toks)]
     data = []
     with torch.no_grad():
         for ex in exs:
@@ -189,7 +252,7 @@ def run(M, exs, tau, indices, names, acdc_conv, kind="kl", zero=False, abs_chang
                 lg, _ = M.run(ex["clean"], patch=pset, ref=orf, input_embed=embed(ex["clean"]))
                 tot += loss_of(kind, metric(kind, lg, ex, clp).item())
         return tot / len(data)
-    G = Graph(M.L, M.H)
+    G = Graph(M.L, M.H, skip_own_mlp=getattr(M, "parallel", False) and parallel == "absent")
     cur, tests = loss(G), []
     for k, n in enumerate(G.visit):
         if k > 0 and n != G.embed and not G.connected(n):
@@ -236,15 +299,17 @@ def main():
     ap.add_argument("--metric", choices=["kl", "logit_diff", "prob_diff", "logprob"], default="kl")
     ap.add_argument("--ablation", choices=["resample", "zero"], default="resample")
     ap.add_argument("--abs-change", action="store_true")
+    ap.add_argument("--parallel", choices=["absent", "reference"], default="absent")
     a = ap.parse_args()
-    M = load_model(a.model)
+    mt = json.load(open(a.model + "/config.json")).get("model_type", "gpt2")
+    M = load_model(a.model) if mt == "gpt2" else FamModel(a.model)
     exs = []
     for line in open(a.tokens):
         r = json.loads(line)
         r["clean"], r["corrupt"] = r["clean"]["data"], r["corrupt"]["data"]
         exs.append(r)
     want, want_circ = run(M, exs, a.tau, a.indices, a.names, a.convention == "acdc", a.metric,
-                          a.ablation == "zero", a.abs_change)
+                          a.ablation == "zero", a.abs_change, a.parallel)
     got = [(r.get("edge") or r["receiver"], r["kept"]) for r in map(json.loads, open(a.decisions))]
     for i, (w, g) in enumerate(zip(want, got)):
         if w != g:

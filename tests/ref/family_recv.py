@@ -111,6 +111,36 @@ def n_in(a, r):
     return 1 + l * (H + 1)
 
 
+def head_proj(a, W, p, xi, kind, h):
+    """Head h's D values of kind ('q', 'k', 'v') for input xi (T, d) of the
+    layer of prefix p: the block's norm (none with norms after the blocks),
+    its slice of the projection (k and v: its group's), the q/k norm."""
+    d, H, D, K = a["n_embd"], a["n_head"], a["head_dim"], a["n_kv_head"]
+    eps, off, per = a["norm_eps"], a["norm_offset"], H // K
+    j = "qkv".index(kind)
+    if a["norm_placement"] != "post":
+        key = p + "input_layernorm"
+        if a["norm"] == "layernorm":
+            xi = fam.layernorm(xi, W[key + ".weight"], W[key + ".bias"], eps)
+        else:
+            xi = fam.rms(xi, W[key + ".weight"], eps, off)
+    if a["model_type"] == "gpt_neox":
+        y = xi @ W[p + "attention.query_key_value.weight"].view(H, 3, D, d)[h, j].T
+        if a["bias_qkv"]:
+            y = y + W[p + "attention.query_key_value.bias"].view(H, 3, D)[h, j]
+        return y
+    Wm = W[p + "self_attn.%s_proj.weight" % kind]
+    b = W.get(p + "self_attn.%s_proj.bias" % kind) if a["bias_qkv"] else None
+    y = xi @ Wm.T + (b if b is not None else 0)
+    g = h if kind == "q" else h // per
+    if a["qk_norm"] == "whole" and kind != "v":
+        y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
+    y = y[:, g * D:(g + 1) * D]
+    if a["qk_norm"] == "per_head" and kind != "v":
+        y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
+    return y
+
+
 def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, outs=None):
     """Logits (T, V); receiver i's input is the residual + deltas[i] (None:
     zero), plus ref[u] - outs[u] for each upstream u in patch[i]. outs, when
@@ -146,30 +176,9 @@ def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, ou
     for l in range(a["n_layer"]):
         p = names["layer"] % l
         local = l in a["local_layers"]
-        if neox:
-            qkv_w = W[p + "attention.query_key_value.weight"].view(H, 3, D, d)
-            qkv_b = (W[p + "attention.query_key_value.bias"].view(H, 3, D)
-                     if a["bias_qkv"] else None)
 
         def proj(xi, kind, h):
-            """Head h's D values of kind for input xi (T, d)."""
-            j = "qkv".index(kind)
-            if a["norm_placement"] != "post":
-                key = p + "input_layernorm"
-                xi = norm(xi, key)
-            if neox:
-                y = xi @ qkv_w[h, j].T
-                return y + qkv_b[h, j] if qkv_b is not None else y
-            Wm = W[p + "self_attn.%s_proj.weight" % kind]
-            b = W.get(p + "self_attn.%s_proj.bias" % kind) if a["bias_qkv"] else None
-            y = xi @ Wm.T + (b if b is not None else 0)
-            g = h if kind == "q" else h // per
-            if a["qk_norm"] == "whole" and kind != "v":
-                y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
-            y = y[:, g * D:(g + 1) * D]
-            if a["qk_norm"] == "per_head" and kind != "v":
-                y = fam.rms(y, W[p + "self_attn.%s_norm.weight" % kind], eps, off)
-            return y
+            return head_proj(a, W, p, xi, kind, h)
 
         theta, scaling = a["rope_theta"], a["rope_scaling"]
         if local and a["rope_local_theta"]:

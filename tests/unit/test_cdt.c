@@ -10,16 +10,19 @@
  *    max |C - torch| <= 2e-4 * max(max |torch rel|, max |torch irrel|) per
  *    tensor and set (float32 against
  *    float64 through a few layers; the attention weights are the float32
- *    run's here and recomputed in float64 there);
+ *    run's here and recomputed in float64 there); every model of
+ *    tests/data/families (issue 16) within 2e-5;
  *  - edge scores: an edge into logits under logit_diff is the relevant
  *    logit difference (the paper's node relevance); circ_cdt_select on a
  *    hand-made score vector.
  * Set CIRC_SKIP_TORCH=1 to skip the PyTorch part.
  */
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "attrib.h"
 #include "cdt.h"
@@ -104,7 +107,7 @@ static void test_invariants(const circ_model *m, int acdc, const int32_t *tok, i
 {
 	circ_error e;
 	const circ_config *c = circ_model_config(m);
-	int U = circ_model_n_up(m), L = c->n_layer;
+	int U = circ_model_n_up(m);
 	circ_run_opts ro;
 	circ_run_opts_default(&ro);
 	ro.acdc_convention = acdc;
@@ -115,20 +118,28 @@ static void test_invariants(const circ_model *m, int acdc, const int32_t *tok, i
 	forward(r, tok, B, T);
 	for (int norm = 0; norm < 2; norm++) {
 		circ_cdt_opts o = {norm};
-		/* every node alone, a mixed set, the empty set */
-		int S = U + 2;
+		/* every node alone, a mixed set, three random sets, the empty set */
+		int S = U + 5;
+		uint64_t rs = 17;
 		uint8_t *src = circ_xcalloc((size_t)S * (size_t)U, 1);
 		for (int u = 0; u < U; u++)
 			src[(size_t)u * (size_t)U + (size_t)u] = 1;
 		src[(size_t)U * (size_t)U + 1] = src[(size_t)U * (size_t)U + (size_t)(U - 1)] = 1;
+		for (int g = U + 1; g < U + 4; g++)
+			for (int u = 0; u < U; u++) {
+				rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+				src[(size_t)g * (size_t)U + (size_t)u] = (rs >> 33) % 3 == 0;
+			}
 		inv_ctx ic = {r, S, 0, S - 1, (size_t)B * T * c->n_embd, (size_t)B * c->vocab_size};
 		CHECK_MSG(circ_cdt_run(r, S, src, NULL, &o, inv_hook, &ic, &e) == 0, e);
-		fprintf(stderr,
-			"test_cdt: acdc %d normalize %d: max |rel + irrel - full| / scale %.3g\n",
-			acdc, norm, ic.worst_sum);
+		fprintf(
+		    stderr,
+		    "test_cdt: %s acdc %d normalize %d: max |rel + irrel - full| / scale %.3g\n",
+		    circ_model_type_name(c->model_type), acdc, norm, ic.worst_sum);
 		CHECK(ic.worst_sum < 1e-5);
 		CHECK(ic.worst_empty == 0); /* no source: rel exactly 0 */
-		CHECK(ic.seen_resid == 2 * L + 1 && ic.seen_nodes == U && ic.seen_logits == 1);
+		CHECK(ic.seen_resid == circ_model_topology(m)->n_stage && ic.seen_nodes == U &&
+		      ic.seen_logits == 1);
 
 		/* the whole model: rel = the activations, irrel = 0 */
 		uint8_t whole = 1;
@@ -299,11 +310,13 @@ static void test_torch(const circ_model *m, const char *dir, const char *tmp, in
 				      0};
 			circ_cdt_opts o = {norm};
 			CHECK_MSG(circ_cdt_run(r, S, src, whole, &o, ref_hook, &rc, &e) == 0, e);
-			fprintf(stderr,
-				"test_cdt: vs PyTorch (acdc %d, normalize %d): max |C - torch| / "
-				"scale %.3g\n",
-				acdc, norm, rc.worst);
-			CHECK(rc.worst <= 2e-4);
+			fprintf(
+			    stderr,
+			    "test_cdt: %s vs PyTorch (acdc %d, normalize %d): max |C - torch| / "
+			    "scale %.3g\n",
+			    circ_model_type_name(c->model_type), acdc, norm, rc.worst);
+			/* GPT-2's bound as before; the families measured <= 1.3e-6 */
+			CHECK(rc.worst <= (c->model_type == CIRC_MODEL_GPT2 ? 2e-4 : 2e-5));
 			circ_st_close(g);
 		}
 	}
@@ -395,6 +408,53 @@ static void test_scores(const circ_model *m, const int32_t *tok, int B, int T)
 	circ_graph_free(g);
 }
 
+/* Every model of tests/data/families (issue 16): the invariants with
+ * random source sets, batching and the decomposition against the family
+ * reference of tests/ref/cdt_ref.py. */
+static void test_families(const char *tmp)
+{
+	const char *root = getenv("CIRC_ROOT");
+	char fam[400];
+	DIR *dd;
+	struct dirent *de;
+	int n = 0;
+	snprintf(fam, sizeof fam, "%s/tests/data/families", root ? root : ".");
+	dd = opendir(fam);
+	CHECK(dd != NULL);
+	if (!dd)
+		return;
+	while ((de = readdir(dd))) {
+		char dir[700], cfg[800];
+		circ_error e;
+		circ_model *m;
+		int B = 2, T = 6;
+		int32_t tok[12];
+		uint64_t s = 9;
+		snprintf(dir, sizeof dir, "%s/%s", fam, de->d_name);
+		snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+		if (de->d_name[0] == '.' || access(cfg, R_OK) != 0)
+			continue;
+		m = circ_model_open(dir, NULL, &e);
+		CHECK_MSG(m, e);
+		if (!m)
+			continue;
+		for (int k = 0; k < B * T; k++) {
+			s = s * 6364136223846793005ull + 1442695040888963407ull;
+			tok[k] = (int32_t)((s >> 33) % (uint64_t)circ_model_config(m)->vocab_size);
+		}
+		fprintf(stderr, "test_cdt: family %s\n", de->d_name);
+		test_invariants(m, 0, tok, B, T);
+		test_batching(m, tok, B, T);
+		if (!getenv("CIRC_SKIP_TORCH"))
+			for (int norm = 0; norm < 2; norm++)
+				test_torch(m, dir, tmp, 0, norm, tok, B, T);
+		circ_model_free(m);
+		n++;
+	}
+	closedir(dd);
+	CHECK(n >= 10);
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/circ-test-cdt-XXXXXX";
@@ -429,6 +489,7 @@ int main(void)
 			for (int norm = 0; norm < 2; norm++)
 				test_torch(m, mdir, dir, acdc, norm, tok, B, T);
 	circ_model_free(m);
+	test_families(dir);
 	{
 		char cmd[400];
 		snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
