@@ -12,6 +12,7 @@
 #include "attrib.h"
 #include "cdt.h"
 #include "circuit.h"
+#include "fcircuit.h"
 #include "cli/patchopt.h"
 #include "cli/progress.h"
 #include "cli/session.h"
@@ -22,12 +23,21 @@ enum {
 	OPT_LIST_EDGES,
 	OPT_MERGE,
 	OPT_ACTS,
+	OPT_DICT,
+	OPT_NODE_THRESHOLD,
+	OPT_NODES_ONLY,
 };
 
 static const circ_opt opts[] = {
     CIRC_PATCH_OPT_MODEL,
-    {"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations, exact or cd-t"},
-    {"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5)"},
+    {"method", OPT_METHOD, "M",
+     "eap (default), eap-ig, eap-ig-activations, exact, cd-t; feature-atp or feature-ig with "
+     "--dict"},
+    {"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5; feature-ig 10)"},
+    {"dict", OPT_DICT, "DIR", "feature circuits: the SAEs (a set, circ_dict_set_load) to score"},
+    {"node-threshold", OPT_NODE_THRESHOLD, "X",
+     "feature circuits: edges into nodes whose |mean effect| in a batch is >= X (default 0)"},
+    {"nodes-only", OPT_NODES_ONLY, NULL, "feature circuits: node effects only, no edges"},
     CIRC_PATCH_OPT_COMMON,
     {"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
     {"merge", OPT_MERGE, NULL, "merge score streams (shards) given as files or concatenated"},
@@ -40,6 +50,12 @@ static struct {
 	circ_attr_method method;
 	int steps, steps_set, method_set, list_edges, merge, acts;
 	int cdt; /* --method cd-t: contextual decomposition (lib/cdt), not an attrib method */
+	/* feature circuits (lib/fcircuit): --method feature-atp|feature-ig */
+	int feature;
+	circ_fc_method fmethod;
+	const char *dict;
+	double node_threshold;
+	int nodes_only;
 } o = {.method = CIRC_ATTR_EAP, .steps = 5};
 
 static int handle(int key, const char *arg, void *ctx)
@@ -47,10 +63,11 @@ static int handle(int key, const char *arg, void *ctx)
 	switch (key) {
 	case OPT_METHOD:
 		o.cdt = !strcmp(arg, "cd-t");
-		if (!o.cdt && circ_attr_parse(arg, &o.method) < 0)
-			circ_usage_error(
-			    "unknown method '%s' (eap, eap-ig, eap-ig-activations, exact, cd-t)",
-			    arg);
+		o.feature = circ_fc_method_parse(arg, &o.fmethod) == 0;
+		if (!o.cdt && !o.feature && circ_attr_parse(arg, &o.method) < 0)
+			circ_usage_error("unknown method '%s' (eap, eap-ig, eap-ig-activations, "
+					 "exact, cd-t, feature-atp, feature-ig)",
+					 arg);
 		o.method_set = 1;
 		return 0;
 	case OPT_STEPS:
@@ -60,6 +77,11 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
 	case OPT_MERGE: o.merge = 1; return 0;
 	case OPT_ACTS: o.acts = 1; return 0;
+	case OPT_DICT: o.dict = arg; return 0;
+	case OPT_NODE_THRESHOLD:
+		o.node_threshold = circ_opt_f64_in("node-threshold", arg, 0, 0, 1e300, 0);
+		return 0;
+	case OPT_NODES_ONLY: o.nodes_only = 1; return 0;
 	}
 	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
@@ -416,6 +438,148 @@ static void write_output(circ_session *s, int argc, char **argv, const circ_attr
 	free(count);
 }
 
+/* ---- feature circuits (--method feature-atp|feature-ig --dict DIR) ----
+ * lib/fcircuit's node and edge effects, written as a scores stream whose
+ * header graph is a feature graph (schemas/graph.schema.json,
+ * $defs.feature_graph): node records ({"node", ...}) then edge records. */
+
+/* The header's graph of a feature scorer. */
+static void pack_feature_graph(msgpack_packer *pk, const void *ctx)
+{
+	const circ_fc *fc = ctx;
+	const circ_fc_slot *s0 = circ_fc_slot_get(fc, 0);
+	int n = circ_fc_n_slots(fc), nd = n - !s0->d;
+	msgpack_pack_map(pk, 4);
+	circ_pack_kv_str(pk, "type", "feature");
+	circ_pack_kv_str(pk, "positions", "summed");
+	circ_pack_kv_str(pk, "input", s0->d ? "dictionary" : "node");
+	circ_pack_str(pk, "dictionaries");
+	msgpack_pack_array(pk, (size_t)nd);
+	for (int k = 0; k < n; k++) {
+		const circ_fc_slot *s = circ_fc_slot_get(fc, k);
+		char dg[72];
+		if (!s->d)
+			continue;
+		circ_fc_dict_digest(s->d, dg);
+		msgpack_pack_map(pk, 5);
+		circ_pack_kv_str(pk, "name", s->name);
+		circ_pack_kv_str(pk, "hook", s->d->cfg.hook_name);
+		circ_pack_kv_i64(pk, "d_sae", s->S);
+		circ_pack_kv_str(pk, "architecture", circ_dict_arch_name(s->d));
+		circ_pack_kv_str(pk, "digest", dg);
+	}
+}
+
+typedef struct fc_out {
+	circ_writer *w;
+	const circ_fc *fc;
+	int64_t count;
+	circ_error e;
+} fc_out;
+
+static int fc_record(fc_out *out, const char *key, const char *name, double sum)
+{
+	msgpack_packer *pk = circ_writer_packer(out->w);
+	if (!isfinite(sum) && !o.pc.allow_nonfinite) {
+		circ_writer_abort(out->w);
+		circ_dief("%s '%s': score is %s (non-finite numbers in the run; --allow-nonfinite "
+			  "writes it)",
+			  key, name, isnan(sum) ? "nan" : "infinite");
+	}
+	msgpack_pack_map(pk, 4);
+	circ_pack_kv_str(pk, key, name);
+	circ_pack_kv_f64(pk, "score", sum / (double)out->count);
+	circ_pack_kv_f64(pk, "sum", sum);
+	circ_pack_kv_i64(pk, "count", out->count);
+	return circ_writer_end_record(out->w, &out->e) < 0 ? -1 : 0;
+}
+
+static int fc_edge(void *ctx, int up_slot, int up, int down_slot, int down, double sum)
+{
+	fc_out *out = ctx;
+	char a[64], b[64], name[160];
+	circ_fc_node_name(out->fc, up_slot, up, a, sizeof a);
+	circ_fc_node_name(out->fc, down_slot, down, b, sizeof b);
+	snprintf(name, sizeof name, "%s->%s", a, b);
+	return fc_record(out, "edge", name, sum);
+}
+
+static int score_features(circ_cli *cli, int argc, char **argv, const char *in)
+{
+	circ_session s = {0};
+	circ_error e;
+	circ_dict_set *set;
+	circ_fc_opts fo;
+	circ_fc *fc;
+	circ_batch *b;
+	const char *dd;
+	char *dd_copy = NULL;
+	fc_out out = {0};
+	circ_patch_cli_check(&o.pc);
+	circ_session_model(&s, &o.pc, 0);
+	if (!(set = circ_dict_set_load(o.dict, &e)))
+		circ_dief("--dict: %s", e.msg);
+	circ_session_tokens(&s, in);
+	circ_patch_cli_metric(&o.pc, s.r);
+	dd = dataset_digest(s.r, &dd_copy);
+	circ_fc_opts_default(&fo);
+	fo.method = o.fmethod;
+	if (o.steps_set)
+		fo.steps = o.steps;
+	fo.edges = !o.nodes_only;
+	fo.node_threshold = o.node_threshold;
+	fo.threads = o.pc.threads;
+	fo.metric = o.pc.metric;
+	if (!(fc = circ_fc_new(s.m, set, &fo, o.pc.batch, s.c->n_ctx, &e)))
+		circ_dief("--dict: %s", e.msg);
+	while (circ_session_next(&s, &b))
+		if (circ_fc_batch(fc, b, &e) < 0)
+			circ_session_die(&s, &e);
+	if (circ_fc_count(fc) == 0)
+		circ_dief("%s: no examples", circ_reader_name(s.r));
+	circ_session_output(&s, cli);
+	{
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "method", circ_fc_method_name(fo.method)),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR_FN("graph", pack_feature_graph, fc),
+		    CIRC_HDR(STR, "model_digest", s.model_digest),
+		    CIRC_HDR(STR, "dataset_digest", dd),
+		    CIRC_HDR(I64, "n_examples", circ_fc_count(fc)),
+		    CIRC_HDR(I64, "steps", fo.method == CIRC_FC_IG ? fo.steps : 0),
+		    CIRC_HDR(STR, "sign", CIRC_SCORES_SIGN),
+		};
+		if (circ_writer_header_fields(s.w, "scores", argc, argv, &s.r, 1, f, CIRC_HDR_N(f),
+					      &e) < 0)
+			circ_die(&e);
+	}
+	out.w = s.w;
+	out.fc = fc;
+	out.count = circ_fc_count(fc);
+	for (int k = 0; k < circ_fc_n_slots(fc); k++) {
+		const circ_fc_slot *sl = circ_fc_slot_get(fc, k);
+		const double *ns = circ_fc_node_sums(fc, k);
+		for (int i = 0; i <= sl->S; i++) {
+			char name[64];
+			circ_fc_node_name(fc, k, i, name, sizeof name);
+			if (fc_record(&out, "node", name, ns[i]) < 0) {
+				circ_writer_abort(s.w);
+				circ_die(&out.e);
+			}
+		}
+	}
+	if (circ_fc_edges(fc, fc_edge, &out) < 0) {
+		circ_writer_abort(s.w);
+		circ_die(&out.e);
+	}
+	circ_session_finish(&s);
+	circ_fc_free(fc);
+	circ_dict_set_free(set);
+	free(dd_copy);
+	circ_session_free(&s);
+	return 0;
+}
+
 /* --method cd-t: every edge's CD-T score (lib/cdt.h), one decomposition
  * per layer of each batch over the clean run and its loss gradients. */
 static int score_cdt(circ_cli *cli, circ_session *s, int argc, char **argv, const char *dd)
@@ -480,12 +644,28 @@ int main(int argc, char **argv)
 		circ_usage_error("one token stream at most");
 	if (argc - i == 1)
 		in = argv[i];
-	if (o.steps_set && o.method != CIRC_ATTR_EAP_IG && o.method != CIRC_ATTR_EAP_IG_ACT)
+	if (o.steps_set && !(o.feature && o.fmethod == CIRC_FC_IG) &&
+	    o.method != CIRC_ATTR_EAP_IG && o.method != CIRC_ATTR_EAP_IG_ACT)
 		circ_usage_error(
 		    "option '--steps' goes with --method eap-ig or eap-ig-activations");
 	if (o.acts) {
 		check_acts_options();
 		return score_acts(&cli, argc, argv, in);
+	}
+	if (o.feature != !!o.dict)
+		circ_usage_error(o.dict ? "--dict goes with --method feature-atp or feature-ig"
+					: "--method feature-atp and feature-ig need --dict DIR");
+	if (!o.feature && (o.node_threshold > 0 || o.nodes_only))
+		circ_usage_error("options '--node-threshold' and '--nodes-only' go with --method "
+				 "feature-atp or feature-ig");
+	if (o.feature) {
+		const char *bad = circ_patch_cli_given(
+		    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_METRIC, CIRC_PO_BATCH,
+					 CIRC_PO_THREADS, CIRC_PO_ALLOW_NONFINITE, 0});
+		if (bad || o.list_edges)
+			circ_usage_error("option '--%s' does not apply to feature circuits",
+					 bad ? bad : "list-edges");
+		return score_features(&cli, argc, argv, in);
 	}
 	if (o.list_edges)
 		check_list_edges_options(argc - i);
