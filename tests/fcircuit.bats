@@ -1,0 +1,149 @@
+#!/usr/bin/env bats
+# Sparse feature circuits (lib/fcircuit, issue 18): circ-score --method
+# feature-atp|feature-ig --dict against tests/ref/fcircuit_ref.py (PyTorch,
+# float64, activations replaced by leaf features and errors, autograd for
+# every gradient and Jacobian). Tolerance: every node and edge sum within
+# 1e-5 of the largest |value| of its kind (circ computes in float32;
+# measured agreement is about 1e-6). Then the stream against the schemas,
+# thresholds, and bad input.
+load helper
+
+REF=tests/ref/fcircuit_ref.py
+DREF=tests/ref/dict_ref.py
+M=tests/data/tiny/model
+TOK=tests/data/tiny/tokens.jsonl
+
+# Marks et al.'s full set on the 2-layer tiny model: resid_pre0 (embed),
+# attn, mlp and resid_post of each layer.
+full_set() {
+	local i=0
+	for h in blocks.0.hook_resid_pre blocks.0.hook_attn_out blocks.0.hook_mlp_out \
+		blocks.0.hook_resid_post blocks.1.hook_attn_out blocks.1.hook_mlp_out \
+		blocks.1.hook_resid_post; do
+		i=$((i + 1))
+		/usr/bin/python3 $DREF make "$T/set/d$i" --arch standard --hook $h --d-in 24 --d-sae 16 --seed $i
+	done
+}
+
+# A subset without the embedding dictionary (the input node) and without
+# attn0, mlp1's... : every architecture, a scaled one.
+sub_set() {
+	/usr/bin/python3 $DREF make "$T/sub/a" --arch topk --k 4 --hook blocks.0.hook_mlp_out --d-in 24 --d-sae 12 --seed 11
+	/usr/bin/python3 $DREF make "$T/sub/b" --arch jumprelu --hook blocks.0.hook_resid_post --d-in 24 --d-sae 12 --seed 12 --apply-b-dec 0
+	/usr/bin/python3 $DREF make "$T/sub/c" --arch gated --hook blocks.1.hook_attn_out --d-in 24 --d-sae 12 --seed 13 --scale 0.5
+	/usr/bin/python3 $DREF make "$T/sub/d" --arch standard --hook blocks.1.hook_mlp_out --d-in 24 --d-sae 12 --seed 14
+}
+
+check() { # set ref-options -- circ-score options
+	local set=$1
+	shift
+	local ro=()
+	while [ "$1" != -- ]; do
+		ro+=("$1")
+		shift
+	done
+	shift
+	circ-score --model $M --dict "$set" "$@" --json $TOK >"$T/c.jsonl"
+	/usr/bin/python3 $REF $M "$set" $TOK "${ro[@]}" >"$T/r.jsonl"
+	run /usr/bin/python3 $REF compare "$T/c.jsonl" "$T/r.jsonl" --rtol 1e-5
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+@test "feature-atp: node and edge effects of the full set (embed, attn, mlp, resid) against the reference" {
+	full_set
+	check "$T/set" -- --method feature-atp
+	# 7 dictionaries of 16 features and an error node each
+	[ "$(grep -c '"node":' "$T/c.jsonl")" -eq 119 ]
+	grep -q '"edge":"resid_pre0.f[0-9]*->attn0.f' "$T/c.jsonl"
+	grep -q '"edge":"resid0.err->resid1.f' "$T/c.jsonl"
+	grep -q '"edge":"resid1.f[0-9]*->logits"' "$T/c.jsonl"
+	# no edge outside the pattern: attn0 -> attn1 (resid0 lies between)
+	! grep -q '"edge":"attn0[^>]*->attn1' "$T/c.jsonl"
+	! grep -q '"edge":"mlp0[^>]*->logits' "$T/c.jsonl"
+}
+
+@test "feature-ig (10 steps by default): the full set against the reference" {
+	full_set
+	check "$T/set" --ig 10 -- --method feature-ig
+	jq -e -s '.[0].steps == 10 and .[0].method == "feature-ig"' "$T/c.jsonl"
+}
+
+@test "a subset of every architecture, no embedding dictionary (the input node): atp and ig against the reference" {
+	sub_set
+	check "$T/sub" -- --method feature-atp
+	grep -q '"node":"input"' "$T/c.jsonl"
+	grep -q '"edge":"input->mlp0.f' "$T/c.jsonl"
+	# attn1 has no resid dictionary between it and resid0, mlp1 reads attn1 and resid0
+	grep -q '"edge":"resid0.f[0-9]*->mlp1.f' "$T/c.jsonl"
+	grep -q '"edge":"attn1.err->mlp1.err"' "$T/c.jsonl"
+	# the sink reads the last resid and every dictionary after it
+	grep -q '"edge":"attn1.f[0-9]*->logits"' "$T/c.jsonl"
+	check "$T/sub" --ig 3 -- --method feature-ig --steps 3
+}
+
+@test "feature scores do not depend on the batch size or the thread count" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp --batch 1 --threads 1 --json $TOK | tail -n +2 >"$T/a"
+	circ-score --model $M --dict "$T/sub" --method feature-atp --batch 4 --threads 2 --json $TOK | tail -n +2 >"$T/b"
+	/usr/bin/python3 - "$T/a" "$T/b" <<'PY'
+import json, sys
+def rd(p):
+    return {(r.get("node") or r.get("edge")): r["sum"] for r in map(json.loads, open(p)) if "sum" in r}
+a, b = rd(sys.argv[1]), rd(sys.argv[2])
+scale = max(abs(v) for v in a.values())
+for k in set(a) | set(b):
+    assert abs(a.get(k, 0) - b.get(k, 0)) <= 1e-5 * scale, (k, a.get(k), b.get(k))
+PY
+}
+
+@test "the feature scores stream validates against the schemas; its graph lists the dictionaries" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/s.circ" $TOK
+	circ-cat "$T/s.circ" | tests/validate.py schemas/scores.schema.json
+	circ-cat "$T/s.circ" | head -1 | jq -e '.graph.type == "feature" and .graph.positions == "summed" and .graph.input == "node" and ([.graph.dictionaries[].name] == ["mlp0", "resid0", "attn1", "mlp1"]) and (.graph.dictionaries[2].architecture == "gated") and (.graph.dictionaries[0].digest | startswith("sha256:"))'
+}
+
+@test "--node-threshold: edges only into nodes whose |batch mean effect| reaches it; --nodes-only writes no edges" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp --batch 4 --node-threshold 0.5 --json $TOK >"$T/c.jsonl"
+	/usr/bin/python3 - "$T/c.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])][1:]
+node = {r["node"]: r["score"] for r in recs if "node" in r}
+downs = {r["edge"].split("->")[1] for r in recs if "edge" in r}
+assert downs, "no edges"
+for d in downs - {"logits"}:
+    assert abs(node[d]) >= 0.5, (d, node[d])   # one batch: the batch mean is the score
+assert any(abs(v) < 0.5 for v in node.values())
+PY
+	circ-score --model $M --dict "$T/sub" --method feature-atp --nodes-only --json $TOK >"$T/n.jsonl"
+	! grep -q '"edge"' "$T/n.jsonl"
+	[ "$(grep -c '"node":' "$T/n.jsonl")" -eq 53 ]
+}
+
+@test "feature circuits refuse bad input: missing dictionary, mismatched width, transcoder, unsupported hook, a hook twice, bad options" {
+	sub_set
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/none" $TOK
+	[[ "$stderr" == *"circ-score: --dict: "*"$T/none"* ]]
+	/usr/bin/python3 $DREF make "$T/w" --arch standard --hook blocks.0.hook_mlp_out --d-in 16 --d-sae 8 --seed 1
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/w" $TOK
+	[[ "$stderr" == *"key 'd_in': 16 does not match"* ]]
+	/usr/bin/python3 $DREF make "$T/tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in 24 --d-sae 8 --seed 1
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/tc" $TOK
+	[[ "$stderr" == *"a transcoder"*"feature circuits take SAEs"* ]]
+	/usr/bin/python3 $DREF make "$T/mid" --arch standard --hook blocks.0.hook_resid_mid --d-in 24 --d-sae 8 --seed 1
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/mid" $TOK
+	[[ "$stderr" == *"key 'hook_name': blocks.0.hook_resid_mid is not a feature-circuit point"* ]]
+	cp -r "$T/sub/a" "$T/sub/a2"
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/sub" $TOK
+	[[ "$stderr" == *"a second dictionary at blocks.0.hook_mlp_out"* ]]
+	run --separate-stderr -2 circ-score --model $M --method feature-atp $TOK
+	[[ "$stderr" == *"need --dict DIR"* ]]
+	run --separate-stderr -2 circ-score --model $M --dict "$T/sub" $TOK
+	[[ "$stderr" == *"--dict goes with --method feature-atp or feature-ig"* ]]
+	run --separate-stderr -2 circ-score --model $M --method feature-atp --dict "$T/w" --ablation mean $TOK
+	[[ "$stderr" == *"option '--ablation' does not apply to feature circuits"* ]]
+	run --separate-stderr -2 circ-score --model $M --node-threshold 1 $TOK
+	[[ "$stderr" == *"go with --method feature-atp or feature-ig"* ]]
+}
