@@ -116,14 +116,20 @@ static int pair_index(const circ_fc *fc, int up, int down)
 	return -1;
 }
 
-/* The nearest resid slot strictly before slot k (there is always one: the
- * bottom); k == n means the sink. */
-static int resid_below(const circ_fc *fc, int k)
+/* The nearest resid slot strictly before slot k of sl (there is always
+ * one: the bottom); k == n means the sink. U -> D is an edge iff
+ * slot_below(D) <= U < D. */
+static int slot_below(const circ_fc_slot *sl, int k)
 {
 	for (int j = k - 1; j >= 0; j--)
-		if (fc->slot[j].resid)
+		if (sl[j].resid)
 			return j;
 	return 0;
+}
+
+static int resid_below(const circ_fc *fc, int k)
+{
+	return slot_below(fc->slot, k);
 }
 
 circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_fc_opts *o,
@@ -716,4 +722,194 @@ void circ_fc_dict_digest(const circ_dict *d, char out[72])
 	circ_sha256_update(&h, buf, (size_t)n);
 	circ_sha256_update(&h, d->mem, d->n_params * sizeof(float));
 	circ_sha256_final_hex(&h, out);
+}
+
+/* ---- feature graphs read back ---- */
+
+int circ_fgraph_is_feature(const msgpack_object *hdr)
+{
+	const msgpack_object *g = hdr ? circ_rec_get(hdr, "graph") : NULL;
+	const msgpack_object *t =
+	    g && g->type == MSGPACK_OBJECT_MAP ? circ_rec_get(g, "type") : NULL;
+	return t && circ_obj_str_eq(t, "feature");
+}
+
+void circ_fgraph_free(circ_fgraph *g)
+{
+	if (!g)
+		return;
+	free(g->slot);
+	free(g);
+}
+
+/* "resid3" / "attn0" / "mlp2" / "resid_pre0" into a slot's hook; -1 if not one. */
+static int parse_dict_name(const char *s, size_t n, circ_fc_slot *sl)
+{
+	static const struct {
+		const char *p;
+		circ_hook_kind k;
+	} kinds[] = {{"resid_pre", CIRC_HOOK_RESID_PRE},
+		     {"attn", CIRC_HOOK_ATTN_OUT},
+		     {"mlp", CIRC_HOOK_MLP_OUT},
+		     {"resid", CIRC_HOOK_RESID_POST}};
+	for (size_t j = 0; j < sizeof kinds / sizeof kinds[0]; j++) {
+		size_t lp = strlen(kinds[j].p);
+		long layer = 0;
+		size_t i = lp;
+		if (n <= lp || strncmp(s, kinds[j].p, lp) || (s[i] == '0' && n > i + 1))
+			continue;
+		for (; i < n && s[i] >= '0' && s[i] <= '9' && layer < 100000; i++)
+			layer = layer * 10 + (s[i] - '0');
+		if (i != n)
+			continue;
+		if (kinds[j].k == CIRC_HOOK_RESID_PRE && layer != 0)
+			return -1;
+		sl->hook.kind = kinds[j].k;
+		sl->hook.layer = (int)layer;
+		sl->resid = kinds[j].k == CIRC_HOOK_RESID_PRE || kinds[j].k == CIRC_HOOK_RESID_POST;
+		/* forward order: resid_pre0 first, then per layer attn, mlp, resid */
+		sl->stage = kinds[j].k == CIRC_HOOK_RESID_PRE ? -1 : (int)layer * 4 + (int)j;
+		snprintf(sl->name, sizeof sl->name, "%.*s", (int)n, s);
+		return 0;
+	}
+	return -1;
+}
+
+static int cmp_fslot(const void *a, const void *b)
+{
+	return ((const circ_fc_slot *)a)->stage - ((const circ_fc_slot *)b)->stage;
+}
+
+circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e)
+{
+	const msgpack_object *g = circ_rec_get(hdr, "graph"), *ds, *in;
+	circ_fgraph *fg;
+	int input;
+	if (!circ_fgraph_is_feature(hdr))
+		return circ_errorf(e, "header: field 'graph': not a feature graph"), NULL;
+	ds = circ_rec_get(g, "dictionaries");
+	in = circ_rec_get(g, "input");
+	if (!ds || ds->type != MSGPACK_OBJECT_ARRAY || ds->via.array.size < 1 ||
+	    ds->via.array.size > 4096)
+		return circ_errorf(e, "header: field 'graph': 'dictionaries' must be a non-empty "
+				      "array"),
+		       NULL;
+	input = !in || circ_obj_str_eq(in, "node");
+	fg = circ_xcalloc(1, sizeof *fg);
+	fg->n = (int)ds->via.array.size + input;
+	fg->slot = circ_xcalloc((size_t)fg->n, sizeof *fg->slot);
+	for (int i = 0; i < (int)ds->via.array.size; i++) {
+		const msgpack_object *d = &ds->via.array.ptr[i];
+		const char *name;
+		size_t nl;
+		int64_t S;
+		circ_fc_slot *sl = &fg->slot[i];
+		if (d->type != MSGPACK_OBJECT_MAP || circ_rec_str(d, "name", &name, &nl, e) < 0 ||
+		    circ_rec_i64(d, "d_sae", &S, e) < 0 || S < 1 || S > (1 << 26) ||
+		    parse_dict_name(name, nl, sl) < 0) {
+			circ_errorf(e,
+				    "header: field 'graph': dictionary %d: needs a name "
+				    "(resid_pre0, attn<l>, mlp<l>, resid<l>) and d_sae",
+				    i);
+			circ_fgraph_free(fg);
+			return NULL;
+		}
+		sl->S = (int)S;
+	}
+	if (input) {
+		circ_fc_slot *sl = &fg->slot[fg->n - 1];
+		snprintf(sl->name, sizeof sl->name, "input");
+		sl->hook.kind = CIRC_HOOK_RESID_PRE;
+		sl->resid = 1;
+		sl->stage = -2;
+	}
+	qsort(fg->slot, (size_t)fg->n, sizeof *fg->slot, cmp_fslot);
+	for (int k = 0; k < fg->n; k++) {
+		if (k && fg->slot[k].stage == fg->slot[k - 1].stage) {
+			circ_errorf(e, "header: field 'graph': dictionary '%s' twice",
+				    fg->slot[k].name);
+			circ_fgraph_free(fg);
+			return NULL;
+		}
+		fg->n_nodes += fg->slot[k].S + 1;
+	}
+	for (int dn = 1; dn <= fg->n; dn++) {
+		int64_t nd = dn == fg->n ? 1 : fg->slot[dn].S + 1;
+		for (int up = slot_below(fg->slot, dn); up < dn; up++)
+			fg->n_edges += nd * (fg->slot[up].S + 1);
+	}
+	return fg;
+}
+
+int circ_fgraph_node(const circ_fgraph *g, const char *name, size_t n, int *k, int *i,
+		     circ_error *e)
+{
+	size_t dot = 0;
+	if (n == 6 && !strncmp(name, "logits", 6)) {
+		*k = g->n;
+		*i = 0;
+		return 0;
+	}
+	while (dot < n && name[dot] != '.')
+		dot++;
+	for (int j = 0; j < g->n; j++) {
+		const circ_fc_slot *s = &g->slot[j];
+		if (strlen(s->name) != dot || strncmp(s->name, name, dot))
+			continue;
+		if (!strcmp(s->name, "input")) {
+			if (dot != n)
+				break;
+			*k = j;
+			*i = 0;
+			return 0;
+		}
+		if (n - dot == 4 && !strncmp(name + dot, ".err", 4)) {
+			*k = j;
+			*i = s->S;
+			return 0;
+		}
+		if (n - dot >= 3 && !strncmp(name + dot, ".f", 2)) {
+			long v = 0;
+			size_t p = dot + 2;
+			if (name[p] == '0' && p + 1 < n)
+				break;
+			for (; p < n && name[p] >= '0' && name[p] <= '9' && v <= s->S; p++)
+				v = v * 10 + (name[p] - '0');
+			if (p != n)
+				break;
+			if (v >= s->S)
+				return circ_errorf(e, "node '%.*s': feature %ld of %d", (int)n,
+						   name, v, s->S);
+			*k = j;
+			*i = (int)v;
+			return 0;
+		}
+		break;
+	}
+	return circ_errorf(e,
+			   "node '%.*s': not a node of this feature graph (<dict>.f<i>, "
+			   "<dict>.err, input, logits, with the graph's dictionaries)",
+			   (int)n, name);
+}
+
+int circ_fgraph_edge(const circ_fgraph *g, const char *name, size_t n, int *uk, int *ui, int *dk,
+		     int *di, circ_error *e)
+{
+	size_t a = 0;
+	while (a + 1 < n && !(name[a] == '-' && name[a + 1] == '>'))
+		a++;
+	if (a + 1 >= n)
+		return circ_errorf(e, "edge '%.*s': no '->'", (int)n, name);
+	if (circ_fgraph_node(g, name, a, uk, ui, e) < 0 ||
+	    circ_fgraph_node(g, name + a + 2, n - a - 2, dk, di, e) < 0) {
+		circ_error_prefix(e, "edge '%.*s'", (int)n, name);
+		return -1;
+	}
+	if (!(*uk < *dk && *uk >= slot_below(g->slot, *dk)))
+		return circ_errorf(e,
+				   "edge '%.*s': not an edge of the feature graph (an upstream "
+				   "dictionary feeds the next ones up to the next resid "
+				   "dictionary)",
+				   (int)n, name);
+	return 0;
 }

@@ -65,6 +65,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <msgpack.h>
+
 #include "batch.h"
 #include "dict.h"
 #include "model.h"
@@ -130,6 +132,31 @@ void circ_fc_node_name(const circ_fc *fc, int k, int i, char *out, size_t n);
  * returns it. */
 typedef int (*circ_fc_edge_fn)(void *ctx, int up_slot, int up, int down_slot, int down, double sum);
 int circ_fc_edges(const circ_fc *fc, circ_fc_edge_fn fn, void *ctx);
+
+/* ---- feature graphs read back (circ-prune, circ-patch) ----
+ * The graph of a feature scores or circuit stream, from its header's
+ * "graph" ({"type": "feature", "dictionaries": [{"name", "d_sae", ...}],
+ * "input": "dictionary" | "node"}): its node sets in forward order, the
+ * same edge pattern as circ_fc. */
+typedef struct circ_fgraph {
+	int n;		    /* node sets (input first when "input" is "node") */
+	circ_fc_slot *slot; /* (n): name, S, resid, hook (layer, kind); d is NULL */
+	int64_t n_nodes;    /* every node but logits */
+	int64_t n_edges;    /* every edge of the pattern, logits' included */
+} circ_fgraph;
+/* 1 if hdr's "graph" says "type": "feature". */
+int circ_fgraph_is_feature(const msgpack_object *hdr);
+/* NULL with "header: field 'graph': ..." naming the problem. */
+circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e);
+void circ_fgraph_free(circ_fgraph *g); /* NULL is a no-op */
+/* Node name (n bytes, no "@<t>") into *k (n for logits) and *i; -1 with
+ * "node '<name>': ..." if it does not parse or is not in g. */
+int circ_fgraph_node(const circ_fgraph *g, const char *name, size_t n, int *k, int *i,
+		     circ_error *e);
+/* Edge name "<up>-><down>" into its nodes; -1 with "edge '<name>': ..."
+ * if a node is bad or the pair is not an edge of the pattern. */
+int circ_fgraph_edge(const circ_fgraph *g, const char *name, size_t n, int *uk, int *ui, int *dk,
+		     int *di, circ_error *e);
 
 /* "sha256:<hex>" of a dictionary as loaded: its architecture name, hook,
  * sizes and f32 parameters (the same files give the same digest). */

@@ -59,8 +59,8 @@ check() { # set ref-options -- circ-score options
 	grep -q '"edge":"resid0.err->resid1.f' "$T/c.jsonl"
 	grep -q '"edge":"resid1.f[0-9]*->logits"' "$T/c.jsonl"
 	# no edge outside the pattern: attn0 -> attn1 (resid0 lies between)
-	! grep -q '"edge":"attn0[^>]*->attn1' "$T/c.jsonl"
-	! grep -q '"edge":"mlp0[^>]*->logits' "$T/c.jsonl"
+	run grep -c -e '"edge":"attn0[^>]*->attn1' -e '"edge":"mlp0[^>]*->logits' "$T/c.jsonl"
+	[ "$output" = 0 ]
 }
 
 @test "feature-ig (10 steps by default): the full set against the reference" {
@@ -118,7 +118,8 @@ for d in downs - {"logits"}:
 assert any(abs(v) < 0.5 for v in node.values())
 PY
 	circ-score --model $M --dict "$T/sub" --method feature-atp --nodes-only --json $TOK >"$T/n.jsonl"
-	! grep -q '"edge"' "$T/n.jsonl"
+	run grep -c '"edge"' "$T/n.jsonl"
+	[ "$output" = 0 ]
 	[ "$(grep -c '"node":' "$T/n.jsonl")" -eq 53 ]
 }
 
@@ -146,4 +147,66 @@ PY
 	[[ "$stderr" == *"option '--ablation' does not apply to feature circuits"* ]]
 	run --separate-stderr -2 circ-score --model $M --node-threshold 1 $TOK
 	[[ "$stderr" == *"go with --method feature-atp or feature-ig"* ]]
+}
+
+@test "circ-prune on feature scores: node and edge thresholds (Marks et al.), top-n, --truth AUC over every edge of the graph" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/s.circ" $TOK
+	circ-prune --threshold 0.5 --node-threshold 0.3 -o "$T/c.circ" "$T/s.circ"
+	circ-cat "$T/c.circ" | tests/validate.py schemas/circuit.schema.json
+	circ-cat "$T/s.circ" >"$T/s.jsonl"
+	circ-cat "$T/c.circ" >"$T/c.jsonl"
+	/usr/bin/python3 - "$T/s.jsonl" "$T/c.jsonl" <<'PY'
+import json, sys
+s = [json.loads(l) for l in open(sys.argv[1])][1:]
+c = [json.loads(l) for l in open(sys.argv[2])]
+assert c[0]["n_edges_total"] == 741 and c[0]["source"]["node_threshold"] == 0.3
+node = {r["node"]: r["score"] for r in s if "node" in r}
+keep_n = {n for n, v in node.items() if abs(v) >= 0.3} | {"logits"}
+want_e = {r["edge"] for r in s if "edge" in r and abs(r["score"]) >= 0.5
+          and all(x in keep_n for x in r["edge"].split("->"))}
+got_n = {r["node"] for r in c[1:] if "node" in r}
+got_e = {r["edge"] for r in c[1:] if "edge" in r}
+assert got_n == keep_n - {"logits"}, (got_n, keep_n)
+assert got_e == want_e and want_e, (got_e, want_e)
+PY
+	# top-n: the n largest |score| edges; without --node-threshold the nodes are their ends
+	circ-prune --top-n 5 --json "$T/s.circ" >"$T/t.jsonl"
+	[ "$(grep -c '"edge"' "$T/t.jsonl")" -eq 5 ]
+	# truth: the three strongest edges and one edge without a record (score 0)
+	jq -c 'select(.edge) | {edge, a: (.score | fabs)}' "$T/s.jsonl" | sort -t: -k3 -g | tail -3 | jq -c '{edge}' >"$T/truth.jsonl"
+	# an edge of the graph without a record (its sum is 0)
+	miss=$(/usr/bin/python3 -c '
+import json, sys
+have = {json.loads(l).get("edge") for l in open(sys.argv[1])}
+print(next(e for e in ("resid0.f%d->attn1.f%d" % (i, j) for i in range(12) for j in range(12)) if e not in have))' "$T/s.jsonl")
+	[ -n "$miss" ]
+	echo "{\"edge\": \"$miss\"}" >>"$T/truth.jsonl"
+	circ-prune --top-n 3 --truth "$T/truth.jsonl" --json "$T/s.circ" | head -1 >"$T/h.json"
+	# the unscored true edge ties with the unlisted negatives at 0
+	/usr/bin/python3 - "$T/s.jsonl" "$T/h.json" <<'PY'
+import json, sys
+s = [json.loads(l) for l in open(sys.argv[1])][1:]
+ev = json.load(open(sys.argv[2]))["eval"]
+sc = sorted(abs(r["score"]) for r in s if "edge" in r)
+top = sc[-3:]
+neg = [v for v in sc[:-3]] + [0.0] * (741 - len(sc) - 1)
+wins = 0
+for p in top + [0.0]:
+    wins += sum(1 for n in neg if n < p) + 0.5 * sum(1 for n in neg if n == p)
+auc = wins / (4 * len(neg))
+assert ev["n_truth"] == 4 and ev["tp"] == 3 and ev["fn"] == 1 and ev["fp"] == 0, ev
+assert abs(ev["auc"] - auc) < 1e-12, (ev["auc"], auc)
+PY
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "attn1.f3->resid0.f2"}') "$T/s.circ"
+	[[ "$stderr" == *"edge 'attn1.f3->resid0.f2': not an edge of the feature graph"* ]]
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp0.f99->resid0.f2"}') "$T/s.circ"
+	[[ "$stderr" == *"node 'mlp0.f99': feature 99 of 12"* ]]
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp7.f1->resid0.f2"}') "$T/s.circ"
+	[[ "$stderr" == *"node 'mlp7.f1': not a node of this feature graph"* ]]
+	run --separate-stderr -2 circ-prune --greedy 3 "$T/s.circ"
+	[[ "$stderr" == *"feature graphs take --top-n or --threshold"* ]]
+	circ-score --model $M --method eap -o "$T/eap.circ" $TOK
+	run --separate-stderr -2 circ-prune --top-n 3 --node-threshold 1 "$T/eap.circ"
+	[[ "$stderr" == *"'--node-threshold' goes with feature graphs"* ]]
 }
