@@ -93,6 +93,11 @@ struct circ_fc {
 	uint8_t *hold;	 /* (stages) 1: that stage's node output is held */
 	float *ig_delta; /* (N, C) the interpolation's delta */
 	int ig_stage;	 /* stage at which ig_delta is set */
+	/* ablation */
+	double **mean_f, **mean_e; /* (n) of (S), (O): sums, then means */
+	int64_t mean_rows;
+	uint8_t *const *abl_keep; /* the forward's keep masks */
+	float *acc;		  /* (N, C) deltas set so far in the forward */
 };
 
 static int hook_order(const circ_fc_slot *s)
@@ -285,6 +290,13 @@ void circ_fc_free(circ_fc *fc)
 	free(fc->tmp);
 	free(fc->ig_delta);
 	free(fc->hold);
+	free(fc->acc);
+	for (int k = 0; fc->mean_f && k < fc->n; k++) {
+		free(fc->mean_f[k]);
+		free(fc->mean_e[k]);
+	}
+	free(fc->mean_f);
+	free(fc->mean_e);
 	circ_run_free(fc->run);
 	free(fc);
 }
@@ -722,6 +734,142 @@ void circ_fc_dict_digest(const circ_dict *d, char out[72])
 	circ_sha256_update(&h, buf, (size_t)n);
 	circ_sha256_update(&h, d->mem, d->n_params * sizeof(float));
 	circ_sha256_final_hex(&h, out);
+}
+
+/* ---- ablation ---- */
+
+static int batch_rows_check(const circ_fc *fc, const circ_batch *b, circ_error *e)
+{
+	if (b->B * b->T > fc->max_rows)
+		return circ_errorf(e, "feature circuits: a batch of %d rows, made for %d",
+				   b->B * b->T, fc->max_rows);
+	return 0;
+}
+
+int circ_fc_means_add(circ_fc *fc, const circ_batch *b, circ_error *e)
+{
+	int N = b->B * b->T;
+	if (batch_rows_check(fc, b, e) < 0 || forward(fc, b, b->clean, NULL, e) < 0)
+		return -1;
+	if (!fc->mean_f) {
+		fc->mean_f = circ_xcalloc((size_t)fc->n, sizeof *fc->mean_f);
+		fc->mean_e = circ_xcalloc((size_t)fc->n, sizeof *fc->mean_e);
+		for (int k = 0; k < fc->n; k++) {
+			fc->mean_f[k] = circ_xcalloc((size_t)fc->slot[k].S + 1, sizeof(double));
+			fc->mean_e[k] = circ_xcalloc((size_t)fc->slot[k].O, sizeof(double));
+		}
+	}
+	for (int k = 0; k < fc->n; k++) {
+		const circ_fc_slot *s = &fc->slot[k];
+		float *x = circ_xmalloc_aligned((size_t)N * s->O * sizeof(float));
+		float *f = circ_xmalloc_aligned((size_t)N * (s->S ? s->S : 1) * sizeof(float));
+		float *er = circ_xmalloc_aligned((size_t)N * s->O * sizeof(float));
+		if (read_act(s, fc->run, x, e) < 0) {
+			free(x);
+			free(f);
+			free(er);
+			return -1;
+		}
+		split(s, x, N, f, er);
+		for (int t = 0; t < N; t++) {
+			for (int i = 0; i < s->S; i++)
+				fc->mean_f[k][i] += f[(size_t)t * s->S + i];
+			for (int i = 0; i < s->O; i++)
+				fc->mean_e[k][i] += er[(size_t)t * s->O + i];
+		}
+		free(x);
+		free(f);
+		free(er);
+	}
+	fc->mean_rows += N;
+	return 0;
+}
+
+/* The forward hook of an ablated run: at each slot's stage (several slots
+ * may share one: mlp before resid), the activation as the earlier
+ * ablations left it, split, the nodes not kept set to their means, and
+ * the difference passed to every later receiver. */
+static int ablate_hook(void *ctx, circ_run *r, int stage, circ_error *e)
+{
+	circ_fc *fc = ctx;
+	int N = circ_run_b(r) * circ_run_t(r), C = fc->C;
+	double inv = 1.0 / (double)fc->mean_rows;
+	for (int k = 0; k < fc->n; k++) {
+		const circ_fc_slot *s = &fc->slot[k];
+		const uint8_t *keep = fc->abl_keep[k];
+		float *x, *f, *er, *d;
+		if (s->stage != stage)
+			continue;
+		x = circ_xmalloc_aligned((size_t)N * C * sizeof(float));
+		f = circ_xmalloc_aligned((size_t)N * (s->S ? s->S : 1) * sizeof(float));
+		er = circ_xmalloc_aligned((size_t)N * C * sizeof(float));
+		d = circ_xmalloc_aligned((size_t)N * C * sizeof(float));
+		if (read_act(s, r, x, e) < 0) {
+			free(x);
+			free(f);
+			free(er);
+			free(d);
+			return -1;
+		}
+		/* the residual holds no deltas: add those set before (attn_out is a
+		 * difference of residuals and mlp_out a node output: both as they are) */
+		if (s->resid)
+			for (size_t i = 0; i < (size_t)N * C; i++)
+				x[i] += fc->acc[i];
+		split(s, x, N, f, er);
+		for (int t = 0; t < N; t++) {
+			for (int i = 0; i < s->S; i++)
+				if (!keep[i])
+					f[(size_t)t * s->S + i] = (float)(fc->mean_f[k][i] * inv);
+			if (!keep[s->S])
+				for (int i = 0; i < C; i++)
+					er[(size_t)t * C + i] = (float)(fc->mean_e[k][i] * inv);
+		}
+		/* x' = decode(f') + e'; the delta x' - x */
+		if (s->d)
+			circ_dict_decode(s->d, f, x, N, d);
+		else
+			memset(d, 0, (size_t)N * C * sizeof(float));
+		for (size_t i = 0; i < (size_t)N * C; i++) {
+			d[i] += er[i] - x[i];
+			fc->acc[i] += d[i];
+		}
+		for (int rc = fc->t->stage[stage].first_recv; rc < fc->t->n_recv; rc++) {
+			float *dl = circ_run_delta(r, rc);
+			for (size_t i = 0; i < (size_t)N * C; i++)
+				dl[i] += d[i];
+		}
+		free(x);
+		free(f);
+		free(er);
+		free(d);
+	}
+	return 0;
+}
+
+int circ_fc_ablate(circ_fc *fc, const circ_batch *b, uint8_t *const *keep, double *metric_sum,
+		   circ_error *e)
+{
+	const float *logits;
+	double sum = 0;
+	if (batch_rows_check(fc, b, e) < 0)
+		return -1;
+	if (keep && !fc->mean_rows)
+		return circ_errorf(e, "feature circuits: ablation without means");
+	fc->abl_keep = keep;
+	free(fc->acc);
+	fc->acc = circ_xcalloc((size_t)b->B * b->T * fc->C, sizeof(float));
+	if (forward(fc, b, b->clean, keep ? ablate_hook : NULL, e) < 0)
+		return -1;
+	logits = circ_run_logits(fc->run, NULL);
+	if (fc->o.metric == CIRC_METRIC_KL && !keep) {
+		fc->clean_logp = grow(fc->clean_logp, (size_t)b->n_read * fc->V);
+		circ_metric_log_softmax(fc->clean_logp, logits, b->n_read, fc->V);
+	}
+	for (int bb = 0; bb < b->B; bb++)
+		sum += circ_batch_metric(fc->o.metric, b, bb, logits, fc->clean_logp, fc->V, NULL);
+	*metric_sum = sum;
+	return 0;
 }
 
 /* ---- feature graphs read back ---- */

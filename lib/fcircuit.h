@@ -133,6 +133,21 @@ void circ_fc_node_name(const circ_fc *fc, int k, int i, char *out, size_t n);
 typedef int (*circ_fc_edge_fn)(void *ctx, int up_slot, int up, int down_slot, int down, double sum);
 int circ_fc_edges(const circ_fc *fc, circ_fc_edge_fn fn, void *ctx);
 
+/* ---- ablation: faithfulness and completeness (circ-patch) ----
+ * Marks et al.'s run_with_ablations: in one clean forward every dictionary
+ * in turn (forward order) splits its activation, as the ablations before it
+ * left it, into features and error, puts the mean in place of each node
+ * not kept, and passes decode(f') + e' on; means are over every position
+ * of the examples given to circ_fc_means_add (the dataset's clean prompts). */
+
+/* Adds the clean activations' features and errors of batch b to the means. */
+int circ_fc_means_add(circ_fc *fc, const circ_batch *b, circ_error *e);
+/* Sum over b's examples of the metric (not the loss) with the nodes whose
+ * keep[k][i] is 0 mean-ablated (keep NULL: the model itself, nothing
+ * ablated). -1 with a message (no means added, a run error). */
+int circ_fc_ablate(circ_fc *fc, const circ_batch *b, uint8_t *const *keep, double *metric_sum,
+		   circ_error *e);
+
 /* ---- feature graphs read back (circ-prune, circ-patch) ----
  * The graph of a feature scores or circuit stream, from its header's
  * "graph" ({"type": "feature", "dictionaries": [{"name", "d_sae", ...}],

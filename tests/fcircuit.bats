@@ -210,3 +210,49 @@ PY
 	run --separate-stderr -2 circ-prune --top-n 3 --node-threshold 1 "$T/eap.circ"
 	[[ "$stderr" == *"'--node-threshold' goes with feature graphs"* ]]
 }
+
+@test "circ-patch --dict: faithfulness and completeness by mean ablation against the reference; every node gives the model back, none the all-ablated metric" {
+	full_set
+	circ-score --model $M --dict "$T/set" --method feature-atp -o "$T/s.circ" $TOK
+	# a circuit in the middle, every node, no node
+	circ-prune --threshold 0.3 --node-threshold 0.2 -o "$T/mid.circ" "$T/s.circ"
+	circ-prune --threshold 0 --node-threshold 0 -o "$T/all.circ" "$T/s.circ"
+	circ-cat "$T/mid.circ" >"$T/mid.jsonl"
+	circ-cat "$T/all.circ" >"$T/all.jsonl"
+	[ "$(grep -c '"node":' "$T/all.jsonl")" -eq 119 ]
+	for c in mid all; do
+		circ-patch --model $M --dict "$T/set" --circuit "$T/$c.circ" -o "$T/p$c.circ" $TOK
+		circ-cat "$T/p$c.circ" | tests/validate.py schemas/curve.schema.json
+		circ-cat "$T/p$c.circ" >"$T/p$c.jsonl"
+		/usr/bin/python3 $REF ablate $M "$T/set" $TOK "$T/$c.jsonl" >"$T/r$c.json"
+	done
+	/usr/bin/python3 - "$T" <<'PY'
+import json, sys
+T = sys.argv[1]
+for c in ("mid", "all"):
+    lines = [json.loads(l) for l in open("%s/p%s.jsonl" % (T, c))]
+    h, rec = lines[0], lines[1]
+    r = json.load(open("%s/r%s.json" % (T, c)))
+    close = lambda a, b: abs(a - b) <= 1e-5 * (abs(b) + 1)
+    assert close(h["metric_model"], r["metric_model"]), (h, r)
+    assert close(h["metric_empty"], r["metric_empty"]), (h, r)
+    assert close(rec["metric"], r["metric_circuit"]), (rec, r)
+    den = r["metric_model"] - r["metric_empty"]
+    assert abs(rec["faithfulness"] - (r["metric_circuit"] - r["metric_empty"]) / den) < 1e-4
+    assert abs(rec["completeness"] - (r["metric_complement"] - r["metric_empty"]) / den) < 1e-4
+    if c == "all":  # exactness: features + error = the activation
+        assert abs(rec["faithfulness"] - 1) < 1e-5 and abs(rec["completeness"]) < 1e-5, rec
+PY
+	# the curve: fraction 1 keeps every node (f = 1), 0 none (f = 0)
+	circ-patch --model $M --dict "$T/set" --curve "$T/s.circ" --fractions 0,0.1,1 --json $TOK >"$T/curve.jsonl"
+	jq -e -s '.[1].n_nodes == 0 and .[1].faithfulness == 0 and .[3].n_nodes == 119 and ((.[3].faithfulness - 1) | fabs) < 1e-5 and .[2].n_nodes == 11' "$T/curve.jsonl"
+	# a dictionary set other than the scores'
+	sub_set
+	run --separate-stderr -1 circ-patch --model $M --dict "$T/sub" --curve "$T/s.circ" $TOK
+	[[ "$stderr" == *"made with 7 node sets, --dict gives 5"* ]]
+	/usr/bin/python3 $DREF make "$T/set/d7" --arch standard --hook blocks.1.hook_resid_post --d-in 24 --d-sae 16 --seed 99
+	run --separate-stderr -1 circ-patch --model $M --dict "$T/set" --curve "$T/s.circ" $TOK
+	[[ "$stderr" == *"dictionary 'resid1' is not the one of --dict (digest differs)"* ]]
+	run --separate-stderr -2 circ-patch --model $M --dict "$T/set" --curve "$T/s.circ" --ablation zero $TOK
+	[[ "$stderr" == *"option '--ablation' does not apply to feature circuits"* ]]
+}

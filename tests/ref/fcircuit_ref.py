@@ -24,6 +24,13 @@ Usage:
   fcircuit_ref.py MODEL DICTSET TOKENS.jsonl [--ig STEPS] [--nodes-only]
       prints {"node": name, "sum": s} and {"edge": name, "sum": s} lines
       (sums over examples, positions summed).
+  fcircuit_ref.py ablate MODEL DICTSET TOKENS.jsonl CIRCUIT.jsonl
+      Marks et al.'s run_with_ablations with mean ablation: the nodes of the
+      circuit's {"node"} records kept, every other node (features, errors,
+      input) set to its mean over every clean position, each dictionary in
+      forward order splitting the activation the earlier ones left; prints
+      {"metric_model", "metric_empty", "metric_circuit", "metric_complement"}
+      (means over examples of logit_diff).
   fcircuit_ref.py compare CIRC.jsonl REF.jsonl [--rtol R]
       every node and edge of either within rtol (default 1e-3) of the
       reference, relative to the largest |value| of its kind (+ 1e-9);
@@ -201,6 +208,53 @@ def main_ref(argv):
         print(json.dumps({"edge": k, "sum": v}))
 
 
+def main_ablate(argv):
+    model = load_model(argv[0])
+    sl = slots_of(argv[1])
+    exs = [json.loads(l) for l in open(argv[2])]
+    exs = [x for x in exs if "clean" in x]
+    keep = set()
+    for line in open(argv[3]):
+        r = json.loads(line)
+        if "node" in r:
+            keep.add(r["node"])
+    # means over every clean position
+    sums = [[0, 0] for _ in sl]
+    rows = 0
+    for ex in exs:
+        _, cache = forward(model, torch.tensor(ex["clean"]["data"]))
+        for k, s in enumerate(sl):
+            x = cache[s.hook]
+            f = s.enc(x)
+            sums[k][0] = sums[k][0] + f.sum(0)
+            sums[k][1] = sums[k][1] + (x - s.dec(f, x)).sum(0)
+        rows += len(ex["clean"]["data"])
+    means = [(a / rows, b / rows) for a, b in sums]
+
+    def metric(ex, kept):
+        def repl(name, x):
+            for k, s in enumerate(sl):
+                if s.hook != name or kept is None:
+                    continue
+                f = s.enc(x)
+                e = x - s.dec(f, x)
+                for i in range(s.S):
+                    if s.node(i) not in kept:
+                        f[:, i] = means[k][0][i]
+                if s.node(s.S) not in kept:
+                    e = means[k][1].expand_as(e)
+                return s.dec(f, x) + e
+            return None
+        logits, _ = forward(model, torch.tensor(ex["clean"]["data"]), repl)
+        return -float(loss_of(logits, ex))
+    every = {s.node(i) for s in sl for i in range(s.S + 1)}
+    out = {}
+    for key, kept in (("metric_model", None), ("metric_empty", set()),
+                      ("metric_circuit", keep), ("metric_complement", every - keep)):
+        out[key] = sum(metric(ex, kept) for ex in exs) / len(exs)
+    print(json.dumps(out))
+
+
 def main_compare(argv):
     rtol = float(argv[argv.index("--rtol") + 1]) if "--rtol" in argv else 1e-3
 
@@ -235,5 +289,7 @@ def main_compare(argv):
 if __name__ == "__main__":
     if sys.argv[1] == "compare":
         main_compare(sys.argv[2:])
+    elif sys.argv[1] == "ablate":
+        main_ablate(sys.argv[2:])
     else:
         main_ref(sys.argv[1:])
