@@ -94,7 +94,9 @@ struct circ_fc {
 	float *ig_delta; /* (N, C) the interpolation's delta */
 	int ig_stage;	 /* stage at which ig_delta is set */
 	/* ablation */
-	double **mean_f, **mean_e; /* (n) of (S), (O): sums, then means */
+	double **mean_f, **mean_e; /* (n) of (P, S), (P, O): sums per position */
+	int64_t *mean_count;	   /* (P) examples summed at each position */
+	int mean_p;		   /* P: the longest example so far */
 	int64_t mean_rows;
 	uint8_t *const *abl_keep; /* the forward's keep masks */
 	float *acc;		  /* (N, C) deltas set so far in the forward */
@@ -297,6 +299,7 @@ void circ_fc_free(circ_fc *fc)
 	}
 	free(fc->mean_f);
 	free(fc->mean_e);
+	free(fc->mean_count);
 	circ_run_free(fc->run);
 	free(fc);
 }
@@ -754,10 +757,19 @@ int circ_fc_means_add(circ_fc *fc, const circ_batch *b, circ_error *e)
 	if (!fc->mean_f) {
 		fc->mean_f = circ_xcalloc((size_t)fc->n, sizeof *fc->mean_f);
 		fc->mean_e = circ_xcalloc((size_t)fc->n, sizeof *fc->mean_e);
+	}
+	if (b->T > fc->mean_p) { /* grown, the new positions zero */
+		size_t P0 = (size_t)fc->mean_p, P = (size_t)b->T;
+		fc->mean_count = circ_xrealloc(fc->mean_count, P * sizeof *fc->mean_count);
+		memset(fc->mean_count + P0, 0, (P - P0) * sizeof *fc->mean_count);
 		for (int k = 0; k < fc->n; k++) {
-			fc->mean_f[k] = circ_xcalloc((size_t)fc->slot[k].S + 1, sizeof(double));
-			fc->mean_e[k] = circ_xcalloc((size_t)fc->slot[k].O, sizeof(double));
+			size_t S = (size_t)fc->slot[k].S, O = (size_t)fc->slot[k].O;
+			fc->mean_f[k] = circ_xrealloc(fc->mean_f[k], (P * S + 1) * sizeof(double));
+			fc->mean_e[k] = circ_xrealloc(fc->mean_e[k], P * O * sizeof(double));
+			memset(fc->mean_f[k] + P0 * S, 0, ((P - P0) * S + 1) * sizeof(double));
+			memset(fc->mean_e[k] + P0 * O, 0, (P - P0) * O * sizeof(double));
 		}
+		fc->mean_p = b->T;
 	}
 	for (int k = 0; k < fc->n; k++) {
 		const circ_fc_slot *s = &fc->slot[k];
@@ -771,16 +783,19 @@ int circ_fc_means_add(circ_fc *fc, const circ_batch *b, circ_error *e)
 			return -1;
 		}
 		split(s, x, N, f, er);
-		for (int t = 0; t < N; t++) {
+		for (int row = 0; row < N; row++) {
+			size_t t = (size_t)(row % b->T);
 			for (int i = 0; i < s->S; i++)
-				fc->mean_f[k][i] += f[(size_t)t * s->S + i];
+				fc->mean_f[k][t * s->S + i] += f[(size_t)row * s->S + i];
 			for (int i = 0; i < s->O; i++)
-				fc->mean_e[k][i] += er[(size_t)t * s->O + i];
+				fc->mean_e[k][t * s->O + i] += er[(size_t)row * s->O + i];
 		}
 		free(x);
 		free(f);
 		free(er);
 	}
+	for (int t = 0; t < b->T; t++)
+		fc->mean_count[t] += b->B;
 	fc->mean_rows += N;
 	return 0;
 }
@@ -793,7 +808,6 @@ static int ablate_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 {
 	circ_fc *fc = ctx;
 	int N = circ_run_b(r) * circ_run_t(r), C = fc->C;
-	double inv = 1.0 / (double)fc->mean_rows;
 	for (int k = 0; k < fc->n; k++) {
 		const circ_fc_slot *s = &fc->slot[k];
 		const uint8_t *keep = fc->abl_keep[k];
@@ -817,13 +831,17 @@ static int ablate_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 			for (size_t i = 0; i < (size_t)N * C; i++)
 				x[i] += fc->acc[i];
 		split(s, x, N, f, er);
-		for (int t = 0; t < N; t++) {
+		for (int row = 0; row < N; row++) {
+			int t = row % circ_run_t(r);
+			double inv = 1.0 / (double)fc->mean_count[t];
 			for (int i = 0; i < s->S; i++)
 				if (!keep[i])
-					f[(size_t)t * s->S + i] = (float)(fc->mean_f[k][i] * inv);
+					f[(size_t)row * s->S + i] =
+					    (float)(fc->mean_f[k][(size_t)t * s->S + i] * inv);
 			if (!keep[s->S])
 				for (int i = 0; i < C; i++)
-					er[(size_t)t * C + i] = (float)(fc->mean_e[k][i] * inv);
+					er[(size_t)row * C + i] =
+					    (float)(fc->mean_e[k][(size_t)t * C + i] * inv);
 		}
 		/* x' = decode(f') + e'; the delta x' - x */
 		if (s->d)
@@ -856,6 +874,9 @@ int circ_fc_ablate(circ_fc *fc, const circ_batch *b, uint8_t *const *keep, doubl
 		return -1;
 	if (keep && !fc->mean_rows)
 		return circ_errorf(e, "feature circuits: ablation without means");
+	if (keep && b->T > fc->mean_p)
+		return circ_errorf(e, "feature circuits: no means at positions past %d",
+				   fc->mean_p);
 	fc->abl_keep = keep;
 	free(fc->acc);
 	fc->acc = circ_xcalloc((size_t)b->B * b->T * fc->C, sizeof(float));

@@ -137,8 +137,10 @@ int circ_fc_edges(const circ_fc *fc, circ_fc_edge_fn fn, void *ctx);
  * Marks et al.'s run_with_ablations: in one clean forward every dictionary
  * in turn (forward order) splits its activation, as the ablations before it
  * left it, into features and error, puts the mean in place of each node
- * not kept, and passes decode(f') + e' on; means are over every position
- * of the examples given to circ_fc_means_add (the dataset's clean prompts). */
+ * not kept, and passes decode(f') + e' on; the mean at position t is over
+ * the examples given to circ_fc_means_add that reach t (their clean
+ * prompts), as Marks et al.'s mean ablation averages over the batch per
+ * position. */
 
 /* Adds the clean activations' features and errors of batch b to the means. */
 int circ_fc_means_add(circ_fc *fc, const circ_batch *b, circ_error *e);

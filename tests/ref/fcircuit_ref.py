@@ -27,7 +27,8 @@ Usage:
   fcircuit_ref.py ablate MODEL DICTSET TOKENS.jsonl CIRCUIT.jsonl
       Marks et al.'s run_with_ablations with mean ablation: the nodes of the
       circuit's {"node"} records kept, every other node (features, errors,
-      input) set to its mean over every clean position, each dictionary in
+      input) set to its mean at its position over the clean prompts that
+      reach it, each dictionary in
       forward order splitting the activation the earlier ones left; prints
       {"metric_model", "metric_empty", "metric_circuit", "metric_complement"}
       (means over examples of logit_diff).
@@ -218,18 +219,21 @@ def main_ablate(argv):
         r = json.loads(line)
         if "node" in r:
             keep.add(r["node"])
-    # means over every clean position
+    # means per position over the examples that reach it
+    P = max(len(ex["clean"]["data"]) for ex in exs)
     sums = [[0, 0] for _ in sl]
-    rows = 0
+    cnt = torch.zeros(P, 1)
     for ex in exs:
         _, cache = forward(model, torch.tensor(ex["clean"]["data"]))
+        T = len(ex["clean"]["data"])
         for k, s in enumerate(sl):
             x = cache[s.hook]
             f = s.enc(x)
-            sums[k][0] = sums[k][0] + f.sum(0)
-            sums[k][1] = sums[k][1] + (x - s.dec(f, x)).sum(0)
-        rows += len(ex["clean"]["data"])
-    means = [(a / rows, b / rows) for a, b in sums]
+            pad = lambda a: torch.cat([a, torch.zeros(P - T, a.shape[1])])
+            sums[k][0] = sums[k][0] + pad(f)
+            sums[k][1] = sums[k][1] + pad(x - s.dec(f, x))
+        cnt[:T] += 1
+    means = [(a / cnt.clamp(min=1), b / cnt.clamp(min=1)) for a, b in sums]
 
     def metric(ex, kept):
         def repl(name, x):
@@ -238,11 +242,12 @@ def main_ablate(argv):
                     continue
                 f = s.enc(x)
                 e = x - s.dec(f, x)
+                T = x.shape[0]
                 for i in range(s.S):
                     if s.node(i) not in kept:
-                        f[:, i] = means[k][0][i]
+                        f[:, i] = means[k][0][:T, i]
                 if s.node(s.S) not in kept:
-                    e = means[k][1].expand_as(e)
+                    e = means[k][1][:T]
                 return s.dec(f, x) + e
             return None
         logits, _ = forward(model, torch.tensor(ex["clean"]["data"]), repl)
