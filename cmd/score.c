@@ -13,6 +13,7 @@
 #include "cdt.h"
 #include "circuit.h"
 #include "fcircuit.h"
+#include "json.h"
 #include "cli/patchopt.h"
 #include "cli/progress.h"
 #include "cli/session.h"
@@ -152,6 +153,9 @@ static int same_str(const char *a, const char *b)
 	return (!a && !b) || (a && b && !strcmp(a, b));
 }
 
+static int merge_features(circ_cli *cli, int argc, char **argv, int nfiles, char **files,
+			  circ_reader *first);
+
 static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 {
 	circ_error e;
@@ -163,6 +167,11 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 		rs[f] = circ_reader_open(files[f], "scores", &e);
 		if (!rs[f])
 			circ_die(&e);
+		if (f == 0 && circ_fgraph_is_feature(circ_reader_header(rs[0]))) {
+			circ_reader *r0 = rs[0];
+			free(rs);
+			return merge_features(cli, argc, argv, nfiles, files, r0);
+		}
 		/* identical headers: the same shard twice, its counts would double */
 		for (int g = 0; g < f; g++)
 			if (!strcmp(circ_reader_header_digest(rs[f]),
@@ -577,6 +586,178 @@ static int score_features(circ_cli *cli, int argc, char **argv, const char *in)
 	circ_dict_set_free(set);
 	free(dd_copy);
 	circ_session_free(&s);
+	return 0;
+}
+
+/* --merge of feature scores: every shard's graph (dictionaries and their
+ * digests), method, metric, model and steps the same; each node's and
+ * edge's sums added, its count the examples of every shard (a shard writes
+ * no record for an edge whose sum is 0, and every record's count is its
+ * n_examples). */
+typedef struct fmrec {
+	int64_t key[4]; /* canonical order: nodes (slot, i), then edges (down, up) */
+	char *name;
+	int edge;
+	double sum;
+} fmrec;
+
+static int cmp_fmrec(const void *a, const void *b)
+{
+	const fmrec *x = a, *y = b;
+	for (int i = 0; i < 4; i++)
+		if (x->key[i] != y->key[i])
+			return x->key[i] < y->key[i] ? -1 : 1;
+	return 0;
+}
+
+static int merge_features(circ_cli *cli, int argc, char **argv, int nfiles, char **files,
+			  circ_reader *first)
+{
+	circ_error e;
+	circ_reader **rs = circ_xcalloc((size_t)nfiles, sizeof *rs);
+	circ_fgraph *g = NULL;
+	fmrec *rec = NULL;
+	int64_t n = 0, cap = 0, nex = 0, steps = 0;
+	char *method = NULL, *metric = NULL, *md = NULL, *dd = NULL, *graph0 = NULL;
+	circ_writer *w;
+	fc_out out = {0};
+	rs[0] = first;
+	for (int f = 0; f < nfiles; f++) {
+		const msgpack_object *hdr, *r;
+		char *gj;
+		int k;
+		if (!rs[f] && !(rs[f] = circ_reader_open(files[f], "scores", &e)))
+			circ_die(&e);
+		hdr = circ_reader_header(rs[f]);
+		for (int h = 0; h < f; h++)
+			if (!strcmp(circ_reader_header_digest(rs[f]),
+				    circ_reader_header_digest(rs[h])))
+				circ_dief(
+				    "%s: record 0: the same header as %s: the same shard twice "
+				    "would count its examples twice",
+				    circ_reader_name(rs[f]), circ_reader_name(rs[h]));
+		circ_hdr_field hf[] = {
+		    CIRC_HDR_NEED(STR, "method"),	CIRC_HDR_NEED(STR, "metric"),
+		    CIRC_HDR_NEED(STR, "model_digest"), CIRC_HDR_MAY(STR, "dataset_digest"),
+		    CIRC_HDR_NEED(I64, "n_examples"),	CIRC_HDR_MAY(I64, "steps"),
+		};
+		if (!circ_fgraph_is_feature(hdr))
+			circ_dief("%s: not feature scores (the first shard's are)",
+				  circ_reader_name(rs[f]));
+		if (circ_hdr_read(hdr, hf, CIRC_HDR_N(hf), &e) < 0) {
+			circ_reader_fail(rs[f], &e);
+			circ_die(&e);
+		}
+		{
+			size_t len = 0, cap2 = 0;
+			gj = NULL;
+			if (circ_json_from_msgpack(circ_rec_get(hdr, "graph"), &gj, &len, &cap2,
+						   &e) < 0)
+				circ_dief("%s: header: field 'graph': %s", circ_reader_name(rs[f]),
+					  e.msg);
+		}
+		if (f == 0) {
+			if (!(g = circ_fgraph_from_header(hdr, &e))) {
+				circ_reader_fail(rs[f], &e);
+				circ_die(&e);
+			}
+			method = circ_hdr_strdup(&hf[0]);
+			metric = circ_hdr_strdup(&hf[1]);
+			md = circ_hdr_strdup(&hf[2]);
+			dd = circ_hdr_strdup(&hf[3]);
+			steps = hf[5].skip ? 0 : hf[5].i;
+			graph0 = gj;
+		} else {
+			char *m1 = circ_hdr_strdup(&hf[0]), *m2 = circ_hdr_strdup(&hf[1]),
+			     *m3 = circ_hdr_strdup(&hf[2]);
+			int same = !strcmp(gj, graph0) && !strcmp(m1, method) &&
+				   !strcmp(m2, metric) && !strcmp(m3, md) &&
+				   (hf[5].skip ? 0 : hf[5].i) == steps;
+			free(m1);
+			free(m2);
+			free(m3);
+			free(gj);
+			if (!same)
+				circ_dief(
+				    "%s: scores of another feature graph, method, metric, model "
+				    "or number of steps than %s",
+				    circ_reader_name(rs[f]), circ_reader_name(rs[0]));
+		}
+		if (circ_count_add(&nex, hf[4].i, &e) < 0)
+			circ_dief("%s: header: field 'n_examples': %s", circ_reader_name(rs[f]),
+				  e.msg);
+		while ((k = circ_reader_next(rs[f], &r, &e)) > 0) {
+			const char *name;
+			size_t nl;
+			int uk, ui, dk, di, edge = circ_rec_get(r, "edge") != NULL;
+			double sum;
+			if (circ_rec_str(r, edge ? "edge" : "node", &name, &nl, &e) < 0 ||
+			    (edge ? circ_fgraph_edge(g, name, nl, &uk, &ui, &dk, &di, &e)
+				  : circ_fgraph_node(g, name, nl, &dk, &di, &e)) < 0 ||
+			    circ_rec_f64(r, "sum", &sum, &e) < 0) {
+				circ_reader_fail(rs[f], &e);
+				circ_die(&e);
+			}
+			if (n == cap) {
+				cap = cap ? 2 * cap : 1024;
+				rec = circ_xrealloc(rec, (size_t)cap * sizeof *rec);
+			}
+			rec[n] =
+			    (fmrec){{edge, dk, di, edge ? uk : 0}, circ_xmalloc(nl + 1), edge, sum};
+			rec[n].key[3] = edge ? (int64_t)uk << 32 | (uint32_t)ui : 0;
+			memcpy(rec[n].name, name, nl);
+			rec[n].name[nl] = 0;
+			n++;
+		}
+		if (k < 0)
+			circ_die(&e);
+	}
+	qsort(rec, (size_t)n, sizeof *rec, cmp_fmrec);
+	w = circ_writer_open(cli->output, &cli->wopts, &e);
+	if (!w)
+		circ_die(&e);
+	{
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "method", method),
+		    CIRC_HDR(STR, "metric", metric),
+		    CIRC_HDR(OBJ, "graph", circ_rec_get(circ_reader_header(rs[0]), "graph")),
+		    CIRC_HDR(STR, "model_digest", md),
+		    CIRC_HDR(STR, "dataset_digest", dd ? dd : ""),
+		    CIRC_HDR(I64, "n_examples", nex),
+		    CIRC_HDR(I64, "steps", steps),
+		    CIRC_HDR(STR, "sign", CIRC_SCORES_SIGN),
+		};
+		if (circ_writer_header_fields(w, "scores", argc, argv, rs, nfiles, f, CIRC_HDR_N(f),
+					      &e) < 0)
+			circ_die(&e);
+	}
+	out.w = w;
+	out.count = nex;
+	for (int64_t i = 0; i < n;) {
+		int64_t j = i + 1;
+		double sum = rec[i].sum;
+		while (j < n && !cmp_fmrec(&rec[i], &rec[j]))
+			sum += rec[j++].sum;
+		if (fc_record(&out, rec[i].edge ? "edge" : "node", rec[i].name, sum) < 0) {
+			circ_writer_abort(w);
+			circ_die(&out.e);
+		}
+		i = j;
+	}
+	if (circ_writer_close(w, &e) < 0)
+		circ_die(&e);
+	for (int64_t i = 0; i < n; i++)
+		free(rec[i].name);
+	for (int f = 0; f < nfiles; f++)
+		circ_reader_free(rs[f]);
+	free(rs);
+	free(rec);
+	free(method);
+	free(metric);
+	free(md);
+	free(dd);
+	free(graph0);
+	circ_fgraph_free(g);
 	return 0;
 }
 

@@ -256,3 +256,40 @@ PY
 	run --separate-stderr -2 circ-patch --model $M --dict "$T/set" --curve "$T/s.circ" --ablation zero $TOK
 	[[ "$stderr" == *"option '--ablation' does not apply to feature circuits"* ]]
 }
+
+@test "feature scores of shards merge (--merge) into the scores of the whole dataset" {
+	sub_set
+	head -3 $TOK >"$T/a.jsonl"
+	{ head -1 $TOK; tail -n +4 $TOK; } >"$T/b.jsonl"
+	sed -i 's/"n_examples":[0-9]*,//' "$T/a.jsonl" "$T/b.jsonl"
+	for x in a b; do
+		circ-score --model $M --dict "$T/sub" --method feature-ig --steps 2 -o "$T/$x.circ" "$T/$x.jsonl"
+	done
+	circ-score --merge -o "$T/m.circ" "$T/a.circ" "$T/b.circ"
+	circ-score --model $M --dict "$T/sub" --method feature-ig --steps 2 -o "$T/w.circ" $TOK
+	circ-cat "$T/m.circ" | tests/validate.py schemas/scores.schema.json
+	circ-cat "$T/m.circ" >"$T/m.jsonl"
+	circ-cat "$T/w.circ" >"$T/w.jsonl"
+	/usr/bin/python3 - "$T/m.jsonl" "$T/w.jsonl" <<'PY'
+import json, sys
+def rd(p):
+    l = [json.loads(x) for x in open(p)]
+    return l[0], [(r.get("node") or r.get("edge"), r["sum"], r["count"]) for r in l[1:] if "sum" in r]
+hm, m = rd(sys.argv[1])
+hw, w = rd(sys.argv[2])
+assert hm["n_examples"] == hw["n_examples"] == 4 and hm["graph"] == hw["graph"] and hm["steps"] == 2
+dm, dw = {k: v for k, v, c in m}, {k: v for k, v, c in w}
+assert all(c == 4 for k, v, c in m)
+scale = max(abs(v) for v in dw.values())
+for k in set(dm) | set(dw):
+    assert abs(dm.get(k, 0) - dw.get(k, 0)) <= 1e-6 * scale, (k, dm.get(k), dw.get(k))
+# the same canonical order (nodes, then edges by downstream node)
+order = [k for k, v, c in w]
+assert [k for k in [k for k, v, c in m] if k in dw] == [k for k in order if k in dm]
+PY
+	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/c.circ" "$T/a.jsonl"
+	run --separate-stderr -1 circ-score --merge "$T/a.circ" "$T/c.circ"
+	[[ "$stderr" == *"scores of another feature graph, method, metric, model or number of steps"* ]]
+	run --separate-stderr -1 circ-score --merge "$T/a.circ" "$T/a.circ"
+	[[ "$stderr" == *"the same shard twice"* ]]
+}
