@@ -374,6 +374,28 @@ static int read_act(const circ_fc_slot *s, const circ_run *r, float *out, circ_e
 	return 0;
 }
 
+static double dict_scale(const circ_dict *d);
+
+/* circ_dict_decode of an SAE (no W_skip here): its sparse loop when few
+ * features are active, else one GEMM (random dictionaries, half of whose
+ * features fire, would take the sparse loop many times longer). */
+static void decode(const circ_dict *d, const float *f, const float *x, int N, float *out)
+{
+	size_t nf = (size_t)N * (size_t)d->cfg.d_sae, on = 0;
+	int O = d->cfg.d_out;
+	float inv = (float)(1.0 / dict_scale(d));
+	for (size_t i = 0; i < nf; i++)
+		on += f[i] != 0;
+	if (on * 20 < nf || d->cfg.skip) {
+		circ_dict_decode(d, f, x, N, out);
+		return;
+	}
+	circ_gemm(0, 0, N, O, d->cfg.d_sae, inv, f, d->cfg.d_sae, d->W_dec, O, 0.0f, out, O);
+	for (int t = 0; t < N; t++)
+		for (int q = 0; q < O; q++)
+			out[(size_t)t * O + q] += d->b_dec[q] * inv;
+}
+
 /* Features f (N, S) and error err (N, O) of x (N, O). */
 static void split(const circ_fc_slot *s, const float *x, int N, float *f, float *err)
 {
@@ -383,7 +405,7 @@ static void split(const circ_fc_slot *s, const float *x, int N, float *f, float 
 		return;
 	}
 	circ_dict_encode(s->d, x, N, f);
-	circ_dict_decode(s->d, f, x, N, err);
+	decode(s->d, f, x, N, err);
 	for (size_t i = 0; i < n; i++)
 		err[i] = x[i] - err[i];
 }
@@ -845,7 +867,7 @@ static int ablate_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 		}
 		/* x' = decode(f') + e'; the delta x' - x */
 		if (s->d)
-			circ_dict_decode(s->d, f, x, N, d);
+			decode(s->d, f, x, N, d);
 		else
 			memset(d, 0, (size_t)N * C * sizeof(float));
 		for (size_t i = 0; i < (size_t)N * C; i++) {

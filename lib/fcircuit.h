@@ -54,7 +54,8 @@
  * effect over the batch| is at least the node threshold (a feature never
  * active in the batch's clean run has zero edges into it and is skipped),
  * plus one for the sink; a forward and a backward per dictionary and step
- * for ig node effects.
+ * for ig node effects, with every later receiver patched (circ's
+ * per-receiver path: about 3x a plain pass on GPT-2 small).
  *
  * Layering: fcircuit uses util, kernels, topology, model, metric, batch,
  * dict.
