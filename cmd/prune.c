@@ -407,6 +407,21 @@ static void write_report(const evaluation *ev, int64_t n_kept)
 		circ_die(&e);
 }
 
+/* The digest of --truth (read by tr): a headerless edge list has only a
+ * generic header, so it is named by its bytes, which only a regular file
+ * can give twice (a pipe or FIFO, read once, is named by its header's
+ * digest, as stdin is). */
+static void truth_file_digest(const circ_reader *tr, char out[72])
+{
+	circ_error e;
+	struct stat tst;
+	int again = strcmp(o.truth, "-") && stat(o.truth, &tst) == 0 && S_ISREG(tst.st_mode);
+	if (again && circ_sha256_file(o.truth, out, &e) < 0)
+		circ_die(&e);
+	if (!again)
+		snprintf(out, 72, "%s", circ_reader_header_digest(tr));
+}
+
 /* Evaluates keep against --truth (if given) and writes the circuit stream
  * (and --report). s supplies the graph, the scores ranking the edges for the
  * AUC, and the model digest; r is the input recorded in the header. */
@@ -432,17 +447,7 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 				  "(model_digest differs)",
 				  o.truth, circ_reader_name(r));
 		evaluate(s, circ_reader_name(r), keep, t->keep, &ev);
-		/* A headerless edge list has only a generic header: name it by its bytes,
-		 * which only a regular file can give twice (a pipe or FIFO, read once,
-		 * is named by its header's digest, as stdin is). */
-		struct stat tst;
-		int again =
-		    strcmp(o.truth, "-") && stat(o.truth, &tst) == 0 && S_ISREG(tst.st_mode);
-		if (again && circ_sha256_file(o.truth, truth_digest, &e) < 0)
-			circ_die(&e);
-		if (!again)
-			snprintf(truth_digest, sizeof truth_digest, "%s",
-				 circ_reader_header_digest(tr));
+		truth_file_digest(tr, truth_digest);
 		circ_circuit_free(t);
 	}
 
@@ -1189,7 +1194,6 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 				  circ_reader_name(r), ed[i].name);
 	if (o.truth) {
 		const msgpack_object *tre;
-		struct stat tst;
 		tr = circ_reader_open(o.truth, NULL, &e);
 		if (!tr)
 			circ_die(&e);
@@ -1229,13 +1233,7 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 		for (int64_t i = n + 1; i < n + n_truth_extra; i++)
 			if (!strcmp(ed[i].name, ed[i - 1].name))
 				ed[i].truth = 2; /* a duplicate: ignored */
-		int again =
-		    strcmp(o.truth, "-") && stat(o.truth, &tst) == 0 && S_ISREG(tst.st_mode);
-		if (again && circ_sha256_file(o.truth, truth_digest, &e) < 0)
-			circ_die(&e);
-		if (!again)
-			snprintf(truth_digest, sizeof truth_digest, "%s",
-				 circ_reader_header_digest(tr));
+		truth_file_digest(tr, truth_digest);
 		ev.digest = truth_digest;
 	}
 	/* nodes, then edges between kept nodes */

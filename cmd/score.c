@@ -156,6 +156,17 @@ static int same_str(const char *a, const char *b)
 static int merge_features(circ_cli *cli, int argc, char **argv, int nfiles, char **files,
 			  circ_reader *first);
 
+/* Shard f's header is not one of shards 0..f-1's: the same shard twice
+ * would count its examples twice. */
+static void check_shard_twice(circ_reader *const *rs, int f)
+{
+	for (int g = 0; g < f; g++)
+		if (!strcmp(circ_reader_header_digest(rs[f]), circ_reader_header_digest(rs[g])))
+			circ_dief("%s: record 0: the same header as %s: the same shard twice would "
+				  "count its examples twice",
+				  circ_reader_name(rs[f]), circ_reader_name(rs[g]));
+}
+
 static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 {
 	circ_error e;
@@ -173,13 +184,7 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 			return merge_features(cli, argc, argv, nfiles, files, r0);
 		}
 		/* identical headers: the same shard twice, its counts would double */
-		for (int g = 0; g < f; g++)
-			if (!strcmp(circ_reader_header_digest(rs[f]),
-				    circ_reader_header_digest(rs[g])))
-				circ_dief(
-				    "%s: record 0: the same header as %s: the same shard twice "
-				    "would count its examples twice",
-				    circ_reader_name(rs[f]), circ_reader_name(rs[g]));
+		check_shard_twice(rs, f);
 		if (!(s = circ_scores_read(rs[f], &e)))
 			circ_die(&e);
 		if (!acc) {
@@ -629,13 +634,7 @@ static int merge_features(circ_cli *cli, int argc, char **argv, int nfiles, char
 		if (!rs[f] && !(rs[f] = circ_reader_open(files[f], "scores", &e)))
 			circ_die(&e);
 		hdr = circ_reader_header(rs[f]);
-		for (int h = 0; h < f; h++)
-			if (!strcmp(circ_reader_header_digest(rs[f]),
-				    circ_reader_header_digest(rs[h])))
-				circ_dief(
-				    "%s: record 0: the same header as %s: the same shard twice "
-				    "would count its examples twice",
-				    circ_reader_name(rs[f]), circ_reader_name(rs[h]));
+		check_shard_twice(rs, f);
 		circ_hdr_field hf[] = {
 		    CIRC_HDR_NEED(STR, "method"),	CIRC_HDR_NEED(STR, "metric"),
 		    CIRC_HDR_NEED(STR, "model_digest"), CIRC_HDR_MAY(STR, "dataset_digest"),
