@@ -32,8 +32,8 @@ enum {
 static const circ_opt opts[] = {
     CIRC_PATCH_OPT_MODEL,
     {"method", OPT_METHOD, "M",
-     "eap (default), eap-ig, eap-ig-activations, exact, cd-t; feature-atp or feature-ig with "
-     "--dict"},
+     "eap (default), eap-ig, eap-ig-activations, exact or cd-t (with --dict: feature-atp or "
+     "feature-ig)"},
     {"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5; feature-ig 10)"},
     {"dict", OPT_DICT, "DIR", "feature circuits: the SAEs (a set, circ_dict_set_load) to score"},
     {"node-threshold", OPT_NODE_THRESHOLD, "X",
