@@ -1332,8 +1332,12 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 			circ_dief("'%s': %s", o.report, strerror(errno));
 		fprintf(f, "{\"n_truth\":%lld,\"auc\":", (long long)ev.n_truth);
 		json_num(f, ev.auc);
-		fprintf(f, ",\"tp\":%lld,\"fp\":%lld,\"fn\":%lld}\n", (long long)ev.tp,
-			(long long)ev.fp, (long long)ev.fn);
+		fprintf(f, ",\"tpr\":");
+		json_num(f, ev.tp + ev.fn ? (double)ev.tp / (double)(ev.tp + ev.fn) : NAN);
+		fprintf(f, ",\"fpr\":");
+		json_num(f, ev.fp + ev.tn ? (double)ev.fp / (double)(ev.fp + ev.tn) : NAN);
+		fprintf(f, ",\"tp\":%lld,\"fp\":%lld,\"fn\":%lld,\"tn\":%lld}\n", (long long)ev.tp,
+			(long long)ev.fp, (long long)ev.fn, (long long)ev.tn);
 		if (fclose(f) != 0)
 			circ_dief("'%s': write error", o.report);
 	}
