@@ -13,6 +13,7 @@
 
 #include "circuit.h"
 #include "eval.h"
+#include "fcircuit.h"
 #include "cli/patchopt.h"
 #include "cli/session.h"
 
@@ -23,6 +24,7 @@ enum {
 	OPT_CURVE,
 	OPT_ABSOLUTE,
 	OPT_FRACTIONS,
+	OPT_DICT, /* feature circuits */
 };
 
 static const circ_opt opts[] = {
@@ -35,6 +37,9 @@ static const circ_opt opts[] = {
      "faithfulness curve of top-ranked circuits from a scores stream"},
     {"absolute", OPT_ABSOLUTE, NULL, "with --curve: rank edges by |score| (as for CMD)"},
     {"fractions", OPT_FRACTIONS, "LIST", "with --curve: circuit sizes as fractions of all edges"},
+    {"dict", OPT_DICT, "DIR",
+     "feature circuits: the SAEs of the feature scores (--curve) or circuit (--circuit); "
+     "nodes outside are mean-ablated"},
     CIRC_PATCH_OPT_COMMON,
     {0},
 };
@@ -43,6 +48,7 @@ static struct {
 	circ_patch_cli pc;
 	const char *circuit, *edges, *nodes, *curve, *fractions;
 	int absolute;
+	const char *dict; /* feature circuits */
 } o;
 
 static int handle(int key, const char *arg, void *ctx)
@@ -54,6 +60,7 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_CURVE: o.curve = arg; return 0;
 	case OPT_ABSOLUTE: o.absolute = 1; return 0;
 	case OPT_FRACTIONS: o.fractions = arg; return 0;
+	case OPT_DICT: o.dict = arg; return 0;
 	}
 	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
@@ -446,6 +453,259 @@ static void finish(circ_session *s, const job *jb, const totals *t)
 		write_summary(s->w, jb, t, mm, m0);
 }
 
+/* ---- feature circuits (--dict): Marks et al.'s faithfulness and
+ * completeness. The nodes outside the circuit (features, error nodes,
+ * input) are mean-ablated, means over every position of the token stream's
+ * clean prompts (lib/fcircuit: circ_fc_ablate); f(C) = (m(C) - m(empty)) /
+ * (m(model) - m(empty)), completeness f of the complement (the circuit's
+ * nodes ablated, the rest kept). --curve: circuits of the top-ranked nodes
+ * of a feature scores stream, at fractions of every node; --circuit: the
+ * node records of a feature circuit (circ-prune). */
+
+static uint8_t **fkeep_new(const circ_fgraph *g, int val)
+{
+	uint8_t **k = circ_xcalloc((size_t)g->n, sizeof *k);
+	for (int j = 0; j < g->n; j++) {
+		k[j] = circ_xmalloc((size_t)g->slot[j].S + 1);
+		memset(k[j], val, (size_t)g->slot[j].S + 1);
+	}
+	return k;
+}
+
+static void fkeep_free(const circ_fgraph *g, uint8_t **k)
+{
+	for (int j = 0; k && j < g->n; j++)
+		free(k[j]);
+	free(k);
+}
+
+typedef struct fnode {
+	int k, i;
+	double score;
+} fnode;
+
+static int cmp_fnode(const void *a, const void *b)
+{
+	double x = ((const fnode *)a)->score, y = ((const fnode *)b)->score;
+	if (o.absolute)
+		x = fabs(x), y = fabs(y);
+	return (x < y) - (x > y);
+}
+
+/* The scorer's dictionaries must be the stream's: names, sizes and digests. */
+static void fcheck_dicts(const circ_fc *fc, const circ_fgraph *g, const msgpack_object *hdr,
+			 const char *name)
+{
+	const msgpack_object *ds = circ_rec_get(circ_rec_get(hdr, "graph"), "dictionaries");
+	if (circ_fc_n_slots(fc) != g->n)
+		circ_dief("%s: made with %d node sets, --dict gives %d", name, g->n,
+			  circ_fc_n_slots(fc));
+	for (int k = 0; k < g->n; k++) {
+		const circ_fc_slot *s = circ_fc_slot_get(fc, k);
+		char dg[72];
+		if (strcmp(s->name, g->slot[k].name) || s->S != g->slot[k].S)
+			circ_dief("%s: node set %d is %s (%d features), --dict gives %s (%d)", name,
+				  k, g->slot[k].name, g->slot[k].S, s->name, s->S);
+		if (!s->d)
+			continue;
+		circ_fc_dict_digest(s->d, dg);
+		for (uint32_t j = 0; j < ds->via.array.size; j++) {
+			const msgpack_object *d = &ds->via.array.ptr[j];
+			if (circ_obj_str_eq(circ_rec_get(d, "name"), s->name) &&
+			    !circ_obj_str_eq(circ_rec_get(d, "digest"), dg))
+				circ_dief("%s: dictionary '%s' is not the one of --dict (digest "
+					  "differs)",
+					  name, s->name);
+		}
+	}
+}
+
+static int patch_features(circ_cli *cli, int argc, char **argv, const char *in)
+{
+	circ_session s = {0};
+	circ_error e;
+	const char *src = o.curve ? o.curve : o.circuit;
+	circ_reader *r = circ_reader_open(src, o.curve ? "scores" : "circuit", &e), *inputs[2];
+	const msgpack_object *hdr, *rec;
+	circ_fgraph *g;
+	circ_dict_set *set;
+	circ_fc_opts fo;
+	circ_fc *fc;
+	circ_batch *b, **all = NULL;
+	int nb = 0, k, npts;
+	fnode *nodes;
+	int64_t nn = 0;
+	double fr[MAX_FRACTIONS], m_model = 0, m_empty = 0, *m_c, *m_cc;
+	uint8_t **keep_c = NULL;
+	if (!r)
+		circ_die(&e);
+	hdr = circ_reader_header(r);
+	if (!(g = circ_fgraph_from_header(hdr, &e))) {
+		circ_reader_fail(r, &e);
+		circ_die(&e);
+	}
+	nodes = circ_xcalloc((size_t)g->n_nodes, sizeof *nodes);
+	if (o.circuit)
+		keep_c = fkeep_new(g, 0);
+	while ((k = circ_reader_next(r, &rec, &e)) > 0) {
+		const char *name;
+		size_t nl;
+		int sk = -1, si;
+		if (!circ_rec_get(rec, "node"))
+			continue;
+		if (circ_rec_str(rec, "node", &name, &nl, &e) < 0 ||
+		    circ_fgraph_node(g, name, nl, &sk, &si, &e) < 0 || sk == g->n) {
+			if (sk == g->n)
+				circ_errorf(&e, "node 'logits' has no activation to ablate");
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		if (o.circuit) {
+			keep_c[sk][si] = 1;
+			continue;
+		}
+		if (nn == g->n_nodes)
+			circ_dief("%s: more node records than nodes", circ_reader_name(r));
+		nodes[nn].k = sk;
+		nodes[nn].i = si;
+		if (circ_rec_f64(rec, "score", &nodes[nn].score, &e) < 0) {
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		nn++;
+	}
+	if (k < 0)
+		circ_die(&e);
+	if (o.curve && nn == 0)
+		circ_dief("%s: no node records (scores made with --nodes-only or without?)",
+			  circ_reader_name(r));
+	qsort(nodes, (size_t)nn, sizeof *nodes, cmp_fnode);
+	npts = o.circuit ? 1 : o.fractions ? parse_fractions(o.fractions, fr) : 10;
+	if (o.curve && !o.fractions)
+		memcpy(fr, default_fractions, sizeof default_fractions);
+
+	circ_session_model(&s, &o.pc, 0);
+	if (!(set = circ_dict_set_load(o.dict, &e)))
+		circ_dief("--dict: %s", e.msg);
+	circ_session_tokens(&s, in);
+	circ_patch_cli_metric(&o.pc, s.r);
+	circ_fc_opts_default(&fo);
+	fo.threads = o.pc.threads;
+	fo.metric = o.pc.metric;
+	fo.edges = 0;
+	if (!(fc = circ_fc_new(s.m, set, &fo, o.pc.batch, s.c->n_ctx, &e)))
+		circ_dief("--dict: %s", e.msg);
+	fcheck_dicts(fc, g, hdr, circ_reader_name(r));
+	/* every batch twice: the means first */
+	while (circ_session_next(&s, &b)) {
+		all = circ_xrealloc(all, (size_t)(nb + 1) * sizeof *all);
+		all[nb++] = circ_batch_clone(b);
+		if (circ_fc_means_add(fc, b, &e) < 0)
+			circ_session_die(&s, &e);
+	}
+	if (!nb)
+		circ_dief("%s: no examples", circ_reader_name(s.r));
+	m_c = circ_xcalloc((size_t)npts, sizeof *m_c);
+	m_cc = circ_xcalloc((size_t)npts, sizeof *m_cc);
+	{
+		uint8_t **none = fkeep_new(g, 0), **kc = fkeep_new(g, 0), **kcc = fkeep_new(g, 1);
+		int64_t nex = 0;
+		for (int bi = 0; bi < nb; bi++) {
+			double v;
+			nex += all[bi]->B;
+			if (circ_fc_ablate(fc, all[bi], NULL, &v, &e) < 0)
+				circ_session_die(&s, &e);
+			m_model += v;
+			if (circ_fc_ablate(fc, all[bi], none, &v, &e) < 0)
+				circ_session_die(&s, &e);
+			m_empty += v;
+			for (int p = 0; p < npts; p++) {
+				int64_t take =
+				    o.circuit ? 0 : (int64_t)floor(fr[p] * (double)g->n_nodes);
+				for (int j = 0; j < g->n; j++) {
+					memset(kc[j], 0, (size_t)g->slot[j].S + 1);
+					memset(kcc[j], 1, (size_t)g->slot[j].S + 1);
+					if (o.circuit)
+						for (int i = 0; i <= g->slot[j].S; i++)
+							kc[j][i] = keep_c[j][i],
+							kcc[j][i] = !keep_c[j][i];
+				}
+				for (int64_t q = 0; q < take && q < nn; q++)
+					kc[nodes[q].k][nodes[q].i] = 1,
+					kcc[nodes[q].k][nodes[q].i] = 0;
+				if (circ_fc_ablate(fc, all[bi], kc, &v, &e) < 0)
+					circ_session_die(&s, &e);
+				m_c[p] += v;
+				if (circ_fc_ablate(fc, all[bi], kcc, &v, &e) < 0)
+					circ_session_die(&s, &e);
+				m_cc[p] += v;
+			}
+		}
+		m_model /= (double)nex;
+		m_empty /= (double)nex;
+		for (int p = 0; p < npts; p++)
+			m_c[p] /= (double)nex, m_cc[p] /= (double)nex;
+		fkeep_free(g, none);
+		fkeep_free(g, kc);
+		fkeep_free(g, kcc);
+	}
+	circ_session_output(&s, cli);
+	inputs[0] = r;
+	inputs[1] = s.r;
+	{
+		circ_hdr_field f[] = {
+		    CIRC_HDR(OBJ, "graph", circ_rec_get(hdr, "graph")),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR(BOOL, "absolute", o.absolute),
+		    CIRC_HDR(STR, "model_digest", s.model_digest),
+		    CIRC_HDR(STR, "ablation", "mean"),
+		    CIRC_HDR(F64, "metric_model", m_model),
+		    CIRC_HDR(F64, "metric_empty", m_empty),
+		};
+		if (circ_writer_header_fields(s.w, "curve", argc, argv, inputs, 2, f, CIRC_HDR_N(f),
+					      &e) < 0)
+			circ_die(&e);
+	}
+	for (int p = 0; p < npts; p++) {
+		msgpack_packer *pk = circ_writer_packer(s.w);
+		double den = m_model - m_empty;
+		int64_t n_in = 0;
+		if (o.circuit)
+			for (int j = 0; j < g->n; j++)
+				for (int i = 0; i <= g->slot[j].S; i++)
+					n_in += keep_c[j][i];
+		else
+			n_in = (int64_t)floor(fr[p] * (double)g->n_nodes) < nn
+				   ? (int64_t)floor(fr[p] * (double)g->n_nodes)
+				   : nn;
+		msgpack_pack_map(pk, 5);
+		circ_pack_kv_f64(pk, "fraction",
+				 o.circuit ? (double)n_in / (double)g->n_nodes : fr[p]);
+		circ_pack_kv_i64(pk, "n_nodes", n_in);
+		circ_pack_kv_f64(pk, "faithfulness", pos_nan((m_c[p] - m_empty) / den + 0.0));
+		circ_pack_kv_f64(pk, "completeness", pos_nan((m_cc[p] - m_empty) / den + 0.0));
+		circ_pack_kv_f64(pk, "metric", m_c[p]);
+		if (circ_writer_end_record(s.w, &e) < 0) {
+			circ_writer_abort(s.w);
+			circ_die(&e);
+		}
+	}
+	circ_session_finish(&s);
+	for (int bi = 0; bi < nb; bi++)
+		circ_batch_free(all[bi]);
+	free(all);
+	free(m_c);
+	free(m_cc);
+	free(nodes);
+	fkeep_free(g, keep_c);
+	circ_fc_free(fc);
+	circ_dict_set_free(set);
+	circ_fgraph_free(g);
+	circ_reader_free(r);
+	circ_session_free(&s);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {
@@ -469,6 +729,18 @@ int main(int argc, char **argv)
 	circ_init("circ-patch");
 	circ_patch_cli_init(&o.pc);
 	in = check_options(argc, argv, circ_cli_parse(&cli, argc, argv, handle, NULL));
+	if (o.dict) {
+		const char *bad = circ_patch_cli_given(
+		    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_METRIC, CIRC_PO_BATCH,
+					 CIRC_PO_THREADS, CIRC_PO_ALLOW_NONFINITE, 0});
+		if (bad || o.edges || o.nodes)
+			circ_usage_error(
+			    "option '--%s' does not apply to feature circuits (--dict)",
+			    bad	      ? bad
+			    : o.edges ? "edges"
+				      : "nodes");
+		return patch_features(&cli, argc, argv, in);
+	}
 	circ_session_model(&s, &o.pc, 0);
 	g = patch_graph(&s, inputs, &ninputs, &cc, &sc);
 	circ_session_tokens(&s, in);

@@ -27,6 +27,7 @@
 #include "circuit.h"
 #include "edgeprune.h"
 #include "eval.h"
+#include "fcircuit.h"
 #include "cli/patchopt.h"
 #include "cli/progress.h"
 #include "cli/session.h"
@@ -59,6 +60,7 @@ enum {
 	OPT_INIT,
 	OPT_NODE_SPARSITY,
 	OPT_SEED,
+	OPT_NODE_THRESHOLD, /* feature graphs */
 };
 
 static const circ_opt opts[] = {
@@ -70,6 +72,9 @@ static const circ_opt opts[] = {
      "CD-T's construction: from logits backwards, add the N sources most relevant to the "
      "current targets each round"},
     {"signed", OPT_SIGNED, NULL, "rank by the signed score instead of |score|"},
+    {"node-threshold", OPT_NODE_THRESHOLD, "X",
+     "feature graphs: keep the nodes whose |score| is at least X, and edges between them "
+     "(--threshold is then the edge threshold)"},
     {"partial", OPT_PARTIAL, NULL, "accept scores that leave edges out (those are never selected)"},
     {"truth", OPT_TRUTH, "FILE", "evaluate against a ground-truth circuit or edge list"},
     {"report", OPT_REPORT, "FILE", "with --truth: also write the evaluation as JSON to FILE"},
@@ -126,6 +131,7 @@ static struct {
 	double threshold;
 	int signed_, partial;
 	const char *truth, *report;
+	double node_threshold; /* feature graphs; < 0: not given */
 	/* acdc */
 	circ_patch_cli pc;
 	const char *log;
@@ -143,7 +149,7 @@ static struct {
 	const char *ep_opt; /* the first edge-pruning option given, or NULL */
 	int sparsity_set, warmup_set;
 	int64_t target_edges; /* -1: not given */
-} o = {.tau = 0.01, .target_edges = -1};
+} o = {.tau = 0.01, .target_edges = -1, .node_threshold = -1};
 
 /* "normal" or "reverse" for --acdc-indices and --acdc-names. */
 static int normal_reverse(const char *opt, const char *arg)
@@ -224,6 +230,9 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_SIGNED: o.signed_ = 1; return 0;
 	case OPT_PARTIAL: o.partial = 1; return 0;
 	case OPT_TRUTH: o.truth = arg; return 0;
+	case OPT_NODE_THRESHOLD:
+		o.node_threshold = circ_opt_f64_in("node-threshold", arg, 0, 0, 1e300, 0);
+		return 0;
 	case OPT_REPORT: o.report = arg; return 0;
 	case OPT_TAU:
 		o.tau = circ_opt_f64("tau", arg);
@@ -398,6 +407,21 @@ static void write_report(const evaluation *ev, int64_t n_kept)
 		circ_die(&e);
 }
 
+/* The digest of --truth (read by tr): a headerless edge list has only a
+ * generic header, so it is named by its bytes, which only a regular file
+ * can give twice (a pipe or FIFO, read once, is named by its header's
+ * digest, as stdin is). */
+static void truth_file_digest(const circ_reader *tr, char out[72])
+{
+	circ_error e;
+	struct stat tst;
+	int again = strcmp(o.truth, "-") && stat(o.truth, &tst) == 0 && S_ISREG(tst.st_mode);
+	if (again && circ_sha256_file(o.truth, out, &e) < 0)
+		circ_die(&e);
+	if (!again)
+		snprintf(out, 72, "%s", circ_reader_header_digest(tr));
+}
+
 /* Evaluates keep against --truth (if given) and writes the circuit stream
  * (and --report). s supplies the graph, the scores ranking the edges for the
  * AUC, and the model digest; r is the input recorded in the header. */
@@ -423,17 +447,7 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 				  "(model_digest differs)",
 				  o.truth, circ_reader_name(r));
 		evaluate(s, circ_reader_name(r), keep, t->keep, &ev);
-		/* A headerless edge list has only a generic header: name it by its bytes,
-		 * which only a regular file can give twice (a pipe or FIFO, read once,
-		 * is named by its header's digest, as stdin is). */
-		struct stat tst;
-		int again =
-		    strcmp(o.truth, "-") && stat(o.truth, &tst) == 0 && S_ISREG(tst.st_mode);
-		if (again && circ_sha256_file(o.truth, truth_digest, &e) < 0)
-			circ_die(&e);
-		if (!again)
-			snprintf(truth_digest, sizeof truth_digest, "%s",
-				 circ_reader_header_digest(tr));
+		truth_file_digest(tr, truth_digest);
 		circ_circuit_free(t);
 	}
 
@@ -974,6 +988,379 @@ static void select_circuit(const circ_reader *r, const circ_scores *s, uint8_t *
 			circ_progname, (long long)selected);
 }
 
+/* ---- feature graphs (scores of circ-score --method feature-atp|feature-ig) ----
+ * Marks et al.'s selection: the nodes whose |score| is at least
+ * --node-threshold, the edges between kept nodes whose |score| is at least
+ * --threshold (or the --top-n best of them). Without --node-threshold the
+ * circuit's nodes are the endpoints of its edges. No dangling-edge removal
+ * (Marks et al. keep every node above the threshold). --truth: ROC AUC of
+ * the ranking key over every edge of the graph (edges without a record
+ * score 0), and the confusion counts of the kept edges. */
+
+typedef struct fedge {
+	char *name;
+	int uk, ui, dk, di;
+	double score;
+	uint8_t truth, keep;
+} fedge;
+
+static int cmp_fedge_name(const void *a, const void *b)
+{
+	return strcmp(((const fedge *)a)->name, ((const fedge *)b)->name);
+}
+
+static double fkey(double score)
+{
+	return o.signed_ ? score : fabs(score);
+}
+
+static int cmp_fedge_key(const void *a, const void *b)
+{
+	double x = fkey((*(const fedge *const *)a)->score),
+	       y = fkey((*(const fedge *const *)b)->score);
+	return (x < y) - (x > y);
+}
+
+/* A record's score: sum / count when it has them, else "score". */
+static int rec_score(const msgpack_object *rec, double *v, circ_error *e)
+{
+	const msgpack_object *sum = circ_rec_get(rec, "sum"), *cnt = circ_rec_get(rec, "count");
+	const msgpack_object *sc = circ_rec_get(rec, "score");
+	const msgpack_object *x = sum && cnt ? sum : sc;
+	if (!x || (x->type != MSGPACK_OBJECT_FLOAT64 && x->type != MSGPACK_OBJECT_FLOAT32 &&
+		   x->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+		   x->type != MSGPACK_OBJECT_NEGATIVE_INTEGER))
+		return circ_errorf(e, "field 'score': missing or not a number");
+	*v = x->type == MSGPACK_OBJECT_POSITIVE_INTEGER	  ? (double)x->via.u64
+	     : x->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (double)x->via.i64
+							  : x->via.f64;
+	if (x == sum) {
+		if (cnt->type != MSGPACK_OBJECT_POSITIVE_INTEGER || cnt->via.u64 == 0)
+			return circ_errorf(e, "field 'count': not a positive integer");
+		*v /= (double)cnt->via.u64;
+	}
+	return 0;
+}
+
+/* AUC (Mann-Whitney, ties one half) of by_key (n, in decreasing key) with
+ * n0 more negatives at key 0: the edges without a record. */
+static double feature_auc(fedge **by_key, int64_t n, int64_t n0, int64_t *npos_out)
+{
+	int64_t npos = 0, nneg = n0, neg_below = 0;
+	double wins = 0;
+	int zeros_done = 0;
+	for (int64_t i = 0; i < n; i++)
+		npos += by_key[i]->truth, nneg += !by_key[i]->truth;
+	*npos_out = npos;
+	if (!npos || !nneg)
+		return NAN;
+	/* from the lowest key up: each positive beats the negatives below it */
+	for (int64_t j = n; j > 0 || !zeros_done;) {
+		double k = j > 0 ? fkey(by_key[j - 1]->score) : INFINITY;
+		int64_t p = 0, q = 0, i = j;
+		if (!zeros_done && k >= 0.0) { /* the implicit zeros' group comes first */
+			while (i > 0 && fkey(by_key[i - 1]->score) == 0.0)
+				p += by_key[i - 1]->truth, q += !by_key[i - 1]->truth, i--;
+			q += n0;
+			zeros_done = 1;
+		} else {
+			while (i > 0 && fkey(by_key[i - 1]->score) == k)
+				p += by_key[i - 1]->truth, q += !by_key[i - 1]->truth, i--;
+		}
+		wins += (double)p * ((double)neg_below + 0.5 * (double)q);
+		neg_below += q;
+		j = i;
+	}
+	return wins / ((double)npos * (double)nneg);
+}
+
+static void pack_fsource(msgpack_packer *pk, const void *ctx)
+{
+	const char *const *kv = ctx; /* method, metric */
+	int nfield = 3 + (kv[0] != NULL) + (kv[1] != NULL) + (o.node_threshold >= 0);
+	msgpack_pack_map(pk, (size_t)nfield);
+	if (kv[0])
+		circ_pack_kv_str(pk, "method", kv[0]);
+	if (kv[1])
+		circ_pack_kv_str(pk, "metric", kv[1]);
+	circ_pack_kv_str(pk, "mode", mode_names[o.mode]);
+	if (o.mode == MODE_TOP_N)
+		circ_pack_kv_i64(pk, "n", parse_size("top-n", o.size, 1 << 30));
+	else
+		circ_pack_kv_f64(pk, "threshold", o.threshold);
+	if (o.node_threshold >= 0)
+		circ_pack_kv_f64(pk, "node_threshold", o.node_threshold);
+	circ_pack_str(pk, "signed");
+	if (o.signed_)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+}
+
+typedef struct fevalp {
+	const char *digest;
+	int64_t n_truth, tp, fp, fn, tn;
+	double auc;
+} fevalp;
+
+static void pack_feval(msgpack_packer *pk, const void *ctx)
+{
+	const fevalp *v = ctx;
+	msgpack_pack_map(pk, 9);
+	circ_pack_kv_str(pk, "truth", v->digest);
+	circ_pack_kv_i64(pk, "n_truth", v->n_truth);
+	pack_f64_or_nil(pk, "auc", v->auc);
+	pack_f64_or_nil(pk, "tpr", v->tp + v->fn ? (double)v->tp / (double)(v->tp + v->fn) : NAN);
+	pack_f64_or_nil(pk, "fpr", v->fp + v->tn ? (double)v->fp / (double)(v->fp + v->tn) : NAN);
+	circ_pack_kv_i64(pk, "tp", v->tp);
+	circ_pack_kv_i64(pk, "fp", v->fp);
+	circ_pack_kv_i64(pk, "fn", v->fn);
+	circ_pack_kv_i64(pk, "tn", v->tn);
+}
+
+static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
+{
+	circ_error e;
+	const msgpack_object *hdr = circ_reader_header(r), *rec;
+	circ_fgraph *g = circ_fgraph_from_header(hdr, &e);
+	double **node;
+	uint8_t **nkeep;
+	fedge *ed = NULL, **by_key;
+	int64_t n = 0, cap = 0, nrec = 0, n_truth_extra = 0;
+	int k;
+	char *method = NULL, *metric = NULL, *md = NULL;
+	circ_reader *tr = NULL;
+	fevalp ev = {"", 0, 0, 0, 0, 0, NAN};
+	char truth_digest[72] = "";
+	if (!g) {
+		circ_reader_fail(r, &e);
+		circ_die(&e);
+	}
+	{
+		circ_hdr_field hf[] = {CIRC_HDR_MAY(STR, "method"), CIRC_HDR_MAY(STR, "metric"),
+				       CIRC_HDR_MAY(STR, "model_digest")};
+		if (circ_hdr_read(hdr, hf, CIRC_HDR_N(hf), &e) < 0) {
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		method = circ_hdr_strdup(&hf[0]);
+		metric = circ_hdr_strdup(&hf[1]);
+		md = circ_hdr_strdup(&hf[2]);
+	}
+	node = circ_xcalloc((size_t)g->n + 1, sizeof *node);
+	nkeep = circ_xcalloc((size_t)g->n + 1, sizeof *nkeep);
+	for (int j = 0; j <= g->n; j++) {
+		int S = j == g->n ? 0 : g->slot[j].S;
+		node[j] = circ_xcalloc((size_t)S + 1, sizeof **node);
+		nkeep[j] = circ_xcalloc((size_t)S + 1, 1);
+	}
+	while ((k = circ_reader_next(r, &rec, &e)) > 0) {
+		const char *name;
+		size_t nl;
+		double v;
+		int uk, ui, dk, di;
+		nrec++;
+		if (circ_rec_get(rec, "node")) {
+			if (circ_rec_str(rec, "node", &name, &nl, &e) < 0 ||
+			    circ_fgraph_node(g, name, nl, &uk, &ui, &e) < 0 ||
+			    rec_score(rec, &v, &e) < 0) {
+				circ_reader_fail(r, &e);
+				circ_die(&e);
+			}
+			node[uk][ui] = v;
+			continue;
+		}
+		if (circ_rec_str(rec, "edge", &name, &nl, &e) < 0 ||
+		    circ_fgraph_edge(g, name, nl, &uk, &ui, &dk, &di, &e) < 0 ||
+		    rec_score(rec, &v, &e) < 0) {
+			circ_reader_fail(r, &e);
+			circ_die(&e);
+		}
+		if (n == cap) {
+			cap = cap ? 2 * cap : 1024;
+			ed = circ_xrealloc(ed, (size_t)cap * sizeof *ed);
+		}
+		ed[n] = (fedge){circ_xmalloc(nl + 1), uk, ui, dk, di, v, 0, 0};
+		memcpy(ed[n].name, name, nl);
+		ed[n].name[nl] = 0;
+		n++;
+	}
+	if (k < 0)
+		circ_die(&e);
+	qsort(ed, (size_t)n, sizeof *ed, cmp_fedge_name);
+	for (int64_t i = 1; i < n; i++)
+		if (!strcmp(ed[i].name, ed[i - 1].name))
+			circ_dief("%s: edge '%s' twice (merge shards with circ-score --merge)",
+				  circ_reader_name(r), ed[i].name);
+	if (o.truth) {
+		const msgpack_object *tre;
+		tr = circ_reader_open(o.truth, NULL, &e);
+		if (!tr)
+			circ_die(&e);
+		while ((k = circ_reader_next(tr, &tre, &e)) > 0) {
+			const char *name;
+			size_t nl;
+			int uk, ui, dk, di;
+			fedge key, *hit;
+			if (circ_rec_str(tre, "edge", &name, &nl, &e) < 0 ||
+			    circ_fgraph_edge(g, name, nl, &uk, &ui, &dk, &di, &e) < 0) {
+				circ_reader_fail(tr, &e);
+				circ_die(&e);
+			}
+			key.name = circ_xmalloc(nl + 1);
+			memcpy(key.name, name, nl);
+			key.name[nl] = 0;
+			hit = bsearch(&key, ed, (size_t)n, sizeof *ed, cmp_fedge_name);
+			if (hit)
+				ev.n_truth += !hit->truth, hit->truth = 1;
+			else {
+				/* a true edge without a record: score 0; kept apart */
+				if (n + n_truth_extra == cap) {
+					cap = cap ? 2 * cap : 1024;
+					ed = circ_xrealloc(ed, (size_t)cap * sizeof *ed);
+				}
+				ed[n + n_truth_extra++] =
+				    (fedge){key.name, uk, ui, dk, di, 0.0, 1, 0};
+				ev.n_truth++;
+				continue;
+			}
+			free(key.name);
+		}
+		if (k < 0)
+			circ_die(&e);
+		/* a true edge listed twice without a record counts once */
+		qsort(ed + n, (size_t)n_truth_extra, sizeof *ed, cmp_fedge_name);
+		for (int64_t i = n + 1; i < n + n_truth_extra; i++)
+			if (!strcmp(ed[i].name, ed[i - 1].name))
+				ed[i].truth = 2; /* a duplicate: ignored */
+		truth_file_digest(tr, truth_digest);
+		ev.digest = truth_digest;
+	}
+	/* nodes, then edges between kept nodes */
+	for (int j = 0; j <= g->n; j++) {
+		int S = j == g->n ? 0 : g->slot[j].S;
+		for (int i = 0; i <= S; i++)
+			nkeep[j][i] = j == g->n || o.node_threshold < 0 ||
+				      fkey(node[j][i]) >= o.node_threshold;
+	}
+	by_key = circ_xmalloc((size_t)(n + n_truth_extra + 1) * sizeof *by_key);
+	{
+		int64_t m = 0, want = o.mode == MODE_TOP_N ? parse_size("top-n", o.size, n) : -1;
+		for (int64_t i = 0; i < n; i++)
+			if (nkeep[ed[i].uk][ed[i].ui] && nkeep[ed[i].dk][ed[i].di])
+				by_key[m++] = &ed[i];
+		qsort(by_key, (size_t)m, sizeof *by_key, cmp_fedge_key);
+		for (int64_t i = 0; i < m; i++)
+			by_key[i]->keep =
+			    want >= 0 ? i < want : fkey(by_key[i]->score) >= o.threshold;
+	}
+	if (o.node_threshold < 0) { /* nodes: the kept edges' ends */
+		for (int j = 0; j < g->n; j++)
+			memset(nkeep[j], 0, (size_t)g->slot[j].S + 1);
+		for (int64_t i = 0; i < n; i++)
+			if (ed[i].keep)
+				nkeep[ed[i].uk][ed[i].ui] = nkeep[ed[i].dk][ed[i].di] = 1;
+	}
+	if (o.truth) {
+		int64_t m = 0, npos;
+		for (int64_t i = 0; i < n + n_truth_extra; i++)
+			if (ed[i].truth != 2)
+				by_key[m++] = &ed[i];
+		qsort(by_key, (size_t)m, sizeof *by_key, cmp_fedge_key);
+		ev.auc = feature_auc(by_key, m, g->n_edges - m, &npos);
+		for (int64_t i = 0; i < n; i++) {
+			ev.tp += ed[i].keep && ed[i].truth;
+			ev.fp += ed[i].keep && !ed[i].truth;
+		}
+		ev.fn = npos - ev.tp;
+		ev.tn = g->n_edges - ev.tp - ev.fp - ev.fn;
+	}
+	{
+		circ_writer *w = circ_writer_open(cli->output, &cli->wopts, &e);
+		circ_reader *inputs[2] = {r, tr};
+		const char *kv[2] = {method, metric};
+		if (!w)
+			circ_die(&e);
+		circ_hdr_field f[] = {
+		    CIRC_HDR(OBJ, "graph", circ_rec_get(hdr, "graph")),
+		    CIRC_HDR_FN("source", pack_fsource, kv),
+		    CIRC_HDR_IF(md != NULL, STR, "model_digest", md),
+		    CIRC_HDR(I64, "n_edges_total", g->n_edges),
+		    CIRC_HDR_FN_IF(o.truth != NULL, "eval", pack_feval, &ev),
+		};
+		if (circ_writer_header_fields(w, "circuit", argc, argv, inputs, tr ? 2 : 1, f,
+					      CIRC_HDR_N(f), &e) < 0)
+			circ_die(&e);
+		for (int j = 0; j < g->n; j++)
+			for (int i = 0; i <= g->slot[j].S; i++) {
+				char name[80];
+				msgpack_packer *pk = circ_writer_packer(w);
+				if (!nkeep[j][i])
+					continue;
+				if (!strcmp(g->slot[j].name, "input"))
+					snprintf(name, sizeof name, "input");
+				else if (i == g->slot[j].S)
+					snprintf(name, sizeof name, "%s.err", g->slot[j].name);
+				else
+					snprintf(name, sizeof name, "%s.f%d", g->slot[j].name, i);
+				msgpack_pack_map(pk, 2);
+				circ_pack_kv_str(pk, "node", name);
+				circ_pack_kv_f64(pk, "score", node[j][i]);
+				if (circ_writer_end_record(w, &e) < 0) {
+					circ_writer_abort(w);
+					circ_die(&e);
+				}
+			}
+		for (int64_t i = 0; i < n; i++) {
+			msgpack_packer *pk = circ_writer_packer(w);
+			if (!ed[i].keep)
+				continue;
+			msgpack_pack_map(pk, 2);
+			circ_pack_kv_str(pk, "edge", ed[i].name);
+			circ_pack_kv_f64(pk, "score", ed[i].score);
+			if (circ_writer_end_record(w, &e) < 0) {
+				circ_writer_abort(w);
+				circ_die(&e);
+			}
+		}
+		if (circ_writer_close(w, &e) < 0)
+			circ_die(&e);
+	}
+	if (o.report) {
+		FILE *f = fopen(o.report, "w");
+		if (!f)
+			circ_dief("'%s': %s", o.report, strerror(errno));
+		fprintf(f, "{\"n_truth\":%lld,\"auc\":", (long long)ev.n_truth);
+		json_num(f, ev.auc);
+		fprintf(f, ",\"tpr\":");
+		json_num(f, ev.tp + ev.fn ? (double)ev.tp / (double)(ev.tp + ev.fn) : NAN);
+		fprintf(f, ",\"fpr\":");
+		json_num(f, ev.fp + ev.tn ? (double)ev.fp / (double)(ev.fp + ev.tn) : NAN);
+		fprintf(f, ",\"tp\":%lld,\"fp\":%lld,\"fn\":%lld,\"tn\":%lld}\n", (long long)ev.tp,
+			(long long)ev.fp, (long long)ev.fn, (long long)ev.tn);
+		if (fclose(f) != 0)
+			circ_dief("'%s': write error", o.report);
+	}
+	(void)nrec;
+	for (int64_t i = 0; i < n + n_truth_extra; i++)
+		free(ed[i].name);
+	for (int j = 0; j <= g->n; j++) {
+		free(node[j]);
+		free(nkeep[j]);
+	}
+	free(node);
+	free(nkeep);
+	free(ed);
+	free(by_key);
+	free(method);
+	free(metric);
+	free(md);
+	circ_reader_free(tr);
+	circ_reader_free(r);
+	circ_fgraph_free(g);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc | --cd-t N | "
@@ -1005,6 +1392,14 @@ int main(int argc, char **argv)
 	circ_reader *r = circ_reader_open(input, "scores", &e);
 	if (!r)
 		circ_die(&e);
+	if (circ_fgraph_is_feature(circ_reader_header(r))) {
+		if (o.mode != MODE_TOP_N && o.mode != MODE_THRESHOLD)
+			circ_usage_error("feature graphs take --top-n or --threshold (the edge "
+					 "threshold), with --node-threshold");
+		return prune_features(&cli, argc, argv, r);
+	}
+	if (o.node_threshold >= 0)
+		circ_usage_error("option '--node-threshold' goes with feature graphs");
 	circ_scores *s = read_scores(r);
 	uint8_t *keep = circ_xmalloc((size_t)s->g->n_edges);
 	select_circuit(r, s, keep, &src);

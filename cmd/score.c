@@ -12,6 +12,8 @@
 #include "attrib.h"
 #include "cdt.h"
 #include "circuit.h"
+#include "fcircuit.h"
+#include "json.h"
 #include "cli/patchopt.h"
 #include "cli/progress.h"
 #include "cli/session.h"
@@ -22,12 +24,21 @@ enum {
 	OPT_LIST_EDGES,
 	OPT_MERGE,
 	OPT_ACTS,
+	OPT_DICT,
+	OPT_NODE_THRESHOLD,
+	OPT_NODES_ONLY,
 };
 
 static const circ_opt opts[] = {
     CIRC_PATCH_OPT_MODEL,
-    {"method", OPT_METHOD, "M", "eap (default), eap-ig, eap-ig-activations, exact or cd-t"},
-    {"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5)"},
+    {"method", OPT_METHOD, "M",
+     "eap (default), eap-ig, eap-ig-activations, exact or cd-t (with --dict: feature-atp or "
+     "feature-ig)"},
+    {"steps", OPT_STEPS, "N", "integrated-gradient steps (default 5; feature-ig 10)"},
+    {"dict", OPT_DICT, "DIR", "feature circuits: the SAEs (a set, circ_dict_set_load) to score"},
+    {"node-threshold", OPT_NODE_THRESHOLD, "X",
+     "feature circuits: edges into nodes whose |mean effect| in a batch is >= X (default 0)"},
+    {"nodes-only", OPT_NODES_ONLY, NULL, "feature circuits: node effects only, no edges"},
     CIRC_PATCH_OPT_COMMON,
     {"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
     {"merge", OPT_MERGE, NULL, "merge score streams (shards) given as files or concatenated"},
@@ -40,6 +51,12 @@ static struct {
 	circ_attr_method method;
 	int steps, steps_set, method_set, list_edges, merge, acts;
 	int cdt; /* --method cd-t: contextual decomposition (lib/cdt), not an attrib method */
+	/* feature circuits (lib/fcircuit): --method feature-atp|feature-ig */
+	int feature;
+	circ_fc_method fmethod;
+	const char *dict;
+	double node_threshold;
+	int nodes_only;
 } o = {.method = CIRC_ATTR_EAP, .steps = 5};
 
 static int handle(int key, const char *arg, void *ctx)
@@ -47,10 +64,11 @@ static int handle(int key, const char *arg, void *ctx)
 	switch (key) {
 	case OPT_METHOD:
 		o.cdt = !strcmp(arg, "cd-t");
-		if (!o.cdt && circ_attr_parse(arg, &o.method) < 0)
-			circ_usage_error(
-			    "unknown method '%s' (eap, eap-ig, eap-ig-activations, exact, cd-t)",
-			    arg);
+		o.feature = circ_fc_method_parse(arg, &o.fmethod) == 0;
+		if (!o.cdt && !o.feature && circ_attr_parse(arg, &o.method) < 0)
+			circ_usage_error("unknown method '%s' (eap, eap-ig, eap-ig-activations, "
+					 "exact, cd-t, feature-atp, feature-ig)",
+					 arg);
 		o.method_set = 1;
 		return 0;
 	case OPT_STEPS:
@@ -60,6 +78,11 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_LIST_EDGES: o.list_edges = 1; return 0;
 	case OPT_MERGE: o.merge = 1; return 0;
 	case OPT_ACTS: o.acts = 1; return 0;
+	case OPT_DICT: o.dict = arg; return 0;
+	case OPT_NODE_THRESHOLD:
+		o.node_threshold = circ_opt_f64_in("node-threshold", arg, 0, 0, 1e300, 0);
+		return 0;
+	case OPT_NODES_ONLY: o.nodes_only = 1; return 0;
 	}
 	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
@@ -130,6 +153,20 @@ static int same_str(const char *a, const char *b)
 	return (!a && !b) || (a && b && !strcmp(a, b));
 }
 
+static int merge_features(circ_cli *cli, int argc, char **argv, int nfiles, char **files,
+			  circ_reader *first);
+
+/* Shard f's header is not one of shards 0..f-1's: the same shard twice
+ * would count its examples twice. */
+static void check_shard_twice(circ_reader *const *rs, int f)
+{
+	for (int g = 0; g < f; g++)
+		if (!strcmp(circ_reader_header_digest(rs[f]), circ_reader_header_digest(rs[g])))
+			circ_dief("%s: record 0: the same header as %s: the same shard twice would "
+				  "count its examples twice",
+				  circ_reader_name(rs[f]), circ_reader_name(rs[g]));
+}
+
 static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 {
 	circ_error e;
@@ -141,14 +178,13 @@ static int merge(circ_cli *cli, int argc, char **argv, int nfiles, char **files)
 		rs[f] = circ_reader_open(files[f], "scores", &e);
 		if (!rs[f])
 			circ_die(&e);
+		if (f == 0 && circ_fgraph_is_feature(circ_reader_header(rs[0]))) {
+			circ_reader *r0 = rs[0];
+			free(rs);
+			return merge_features(cli, argc, argv, nfiles, files, r0);
+		}
 		/* identical headers: the same shard twice, its counts would double */
-		for (int g = 0; g < f; g++)
-			if (!strcmp(circ_reader_header_digest(rs[f]),
-				    circ_reader_header_digest(rs[g])))
-				circ_dief(
-				    "%s: record 0: the same header as %s: the same shard twice "
-				    "would count its examples twice",
-				    circ_reader_name(rs[f]), circ_reader_name(rs[g]));
+		check_shard_twice(rs, f);
 		if (!(s = circ_scores_read(rs[f], &e)))
 			circ_die(&e);
 		if (!acc) {
@@ -416,6 +452,314 @@ static void write_output(circ_session *s, int argc, char **argv, const circ_attr
 	free(count);
 }
 
+/* ---- feature circuits (--method feature-atp|feature-ig --dict DIR) ----
+ * lib/fcircuit's node and edge effects, written as a scores stream whose
+ * header graph is a feature graph (schemas/graph.schema.json,
+ * $defs.feature_graph): node records ({"node", ...}) then edge records. */
+
+/* The header's graph of a feature scorer. */
+static void pack_feature_graph(msgpack_packer *pk, const void *ctx)
+{
+	const circ_fc *fc = ctx;
+	const circ_fc_slot *s0 = circ_fc_slot_get(fc, 0);
+	int n = circ_fc_n_slots(fc), nd = n - !s0->d;
+	msgpack_pack_map(pk, 4);
+	circ_pack_kv_str(pk, "type", "feature");
+	circ_pack_kv_str(pk, "positions", "summed");
+	circ_pack_kv_str(pk, "input", s0->d ? "dictionary" : "node");
+	circ_pack_str(pk, "dictionaries");
+	msgpack_pack_array(pk, (size_t)nd);
+	for (int k = 0; k < n; k++) {
+		const circ_fc_slot *s = circ_fc_slot_get(fc, k);
+		char dg[72];
+		if (!s->d)
+			continue;
+		circ_fc_dict_digest(s->d, dg);
+		msgpack_pack_map(pk, 5);
+		circ_pack_kv_str(pk, "name", s->name);
+		circ_pack_kv_str(pk, "hook", s->d->cfg.hook_name);
+		circ_pack_kv_i64(pk, "d_sae", s->S);
+		circ_pack_kv_str(pk, "architecture", circ_dict_arch_name(s->d));
+		circ_pack_kv_str(pk, "digest", dg);
+	}
+}
+
+typedef struct fc_out {
+	circ_writer *w;
+	const circ_fc *fc;
+	int64_t count;
+	circ_error e;
+} fc_out;
+
+static int fc_record(fc_out *out, const char *key, const char *name, double sum)
+{
+	msgpack_packer *pk = circ_writer_packer(out->w);
+	if (!isfinite(sum) && !o.pc.allow_nonfinite) {
+		circ_writer_abort(out->w);
+		circ_dief("%s '%s': score is %s (non-finite numbers in the run; --allow-nonfinite "
+			  "writes it)",
+			  key, name, isnan(sum) ? "nan" : "infinite");
+	}
+	msgpack_pack_map(pk, 4);
+	circ_pack_kv_str(pk, key, name);
+	circ_pack_kv_f64(pk, "score", sum / (double)out->count);
+	circ_pack_kv_f64(pk, "sum", sum);
+	circ_pack_kv_i64(pk, "count", out->count);
+	return circ_writer_end_record(out->w, &out->e) < 0 ? -1 : 0;
+}
+
+static int fc_edge(void *ctx, int up_slot, int up, int down_slot, int down, double sum)
+{
+	fc_out *out = ctx;
+	char a[64], b[64], name[160];
+	circ_fc_node_name(out->fc, up_slot, up, a, sizeof a);
+	circ_fc_node_name(out->fc, down_slot, down, b, sizeof b);
+	snprintf(name, sizeof name, "%s->%s", a, b);
+	return fc_record(out, "edge", name, sum);
+}
+
+static int score_features(circ_cli *cli, int argc, char **argv, const char *in)
+{
+	circ_session s = {0};
+	circ_error e;
+	circ_dict_set *set;
+	circ_fc_opts fo;
+	circ_fc *fc;
+	circ_batch *b;
+	const char *dd;
+	char *dd_copy = NULL;
+	fc_out out = {0};
+	circ_patch_cli_check(&o.pc);
+	circ_session_model(&s, &o.pc, 0);
+	if (!(set = circ_dict_set_load(o.dict, &e)))
+		circ_dief("--dict: %s", e.msg);
+	circ_session_tokens(&s, in);
+	circ_patch_cli_metric(&o.pc, s.r);
+	dd = dataset_digest(s.r, &dd_copy);
+	circ_fc_opts_default(&fo);
+	fo.method = o.fmethod;
+	if (o.steps_set)
+		fo.steps = o.steps;
+	fo.edges = !o.nodes_only;
+	fo.node_threshold = o.node_threshold;
+	fo.threads = o.pc.threads;
+	fo.metric = o.pc.metric;
+	if (!(fc = circ_fc_new(s.m, set, &fo, o.pc.batch, s.c->n_ctx, &e)))
+		circ_dief("--dict: %s", e.msg);
+	while (circ_session_next(&s, &b))
+		if (circ_fc_batch(fc, b, &e) < 0)
+			circ_session_die(&s, &e);
+	if (circ_fc_count(fc) == 0)
+		circ_dief("%s: no examples", circ_reader_name(s.r));
+	circ_session_output(&s, cli);
+	{
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "method", circ_fc_method_name(fo.method)),
+		    CIRC_HDR(STR, "metric", circ_metric_name(o.pc.metric)),
+		    CIRC_HDR_FN("graph", pack_feature_graph, fc),
+		    CIRC_HDR(STR, "model_digest", s.model_digest),
+		    CIRC_HDR(STR, "dataset_digest", dd),
+		    CIRC_HDR(I64, "n_examples", circ_fc_count(fc)),
+		    CIRC_HDR(I64, "steps", fo.method == CIRC_FC_IG ? fo.steps : 0),
+		    CIRC_HDR(STR, "sign", CIRC_SCORES_SIGN),
+		};
+		if (circ_writer_header_fields(s.w, "scores", argc, argv, &s.r, 1, f, CIRC_HDR_N(f),
+					      &e) < 0)
+			circ_die(&e);
+	}
+	out.w = s.w;
+	out.fc = fc;
+	out.count = circ_fc_count(fc);
+	for (int k = 0; k < circ_fc_n_slots(fc); k++) {
+		const circ_fc_slot *sl = circ_fc_slot_get(fc, k);
+		const double *ns = circ_fc_node_sums(fc, k);
+		for (int i = 0; i <= sl->S; i++) {
+			char name[64];
+			circ_fc_node_name(fc, k, i, name, sizeof name);
+			if (fc_record(&out, "node", name, ns[i]) < 0) {
+				circ_writer_abort(s.w);
+				circ_die(&out.e);
+			}
+		}
+	}
+	if (circ_fc_edges(fc, fc_edge, &out) < 0) {
+		circ_writer_abort(s.w);
+		circ_die(&out.e);
+	}
+	circ_session_finish(&s);
+	circ_fc_free(fc);
+	circ_dict_set_free(set);
+	free(dd_copy);
+	circ_session_free(&s);
+	return 0;
+}
+
+/* --merge of feature scores: every shard's graph (dictionaries and their
+ * digests), method, metric, model and steps the same; each node's and
+ * edge's sums added, its count the examples of every shard (a shard writes
+ * no record for an edge whose sum is 0, and every record's count is its
+ * n_examples). */
+typedef struct fmrec {
+	int64_t key[4]; /* canonical order: nodes (slot, i), then edges (down, up) */
+	char *name;
+	int edge;
+	double sum;
+} fmrec;
+
+static int cmp_fmrec(const void *a, const void *b)
+{
+	const fmrec *x = a, *y = b;
+	for (int i = 0; i < 4; i++)
+		if (x->key[i] != y->key[i])
+			return x->key[i] < y->key[i] ? -1 : 1;
+	return 0;
+}
+
+static int merge_features(circ_cli *cli, int argc, char **argv, int nfiles, char **files,
+			  circ_reader *first)
+{
+	circ_error e;
+	circ_reader **rs = circ_xcalloc((size_t)nfiles, sizeof *rs);
+	circ_fgraph *g = NULL;
+	fmrec *rec = NULL;
+	int64_t n = 0, cap = 0, nex = 0, steps = 0;
+	char *method = NULL, *metric = NULL, *md = NULL, *dd = NULL, *graph0 = NULL;
+	circ_writer *w;
+	fc_out out = {0};
+	rs[0] = first;
+	for (int f = 0; f < nfiles; f++) {
+		const msgpack_object *hdr, *r;
+		char *gj;
+		int k;
+		if (!rs[f] && !(rs[f] = circ_reader_open(files[f], "scores", &e)))
+			circ_die(&e);
+		hdr = circ_reader_header(rs[f]);
+		check_shard_twice(rs, f);
+		circ_hdr_field hf[] = {
+		    CIRC_HDR_NEED(STR, "method"),	CIRC_HDR_NEED(STR, "metric"),
+		    CIRC_HDR_NEED(STR, "model_digest"), CIRC_HDR_MAY(STR, "dataset_digest"),
+		    CIRC_HDR_NEED(I64, "n_examples"),	CIRC_HDR_MAY(I64, "steps"),
+		};
+		if (!circ_fgraph_is_feature(hdr))
+			circ_dief("%s: not feature scores (the first shard's are)",
+				  circ_reader_name(rs[f]));
+		if (circ_hdr_read(hdr, hf, CIRC_HDR_N(hf), &e) < 0) {
+			circ_reader_fail(rs[f], &e);
+			circ_die(&e);
+		}
+		{
+			size_t len = 0, cap2 = 0;
+			gj = NULL;
+			if (circ_json_from_msgpack(circ_rec_get(hdr, "graph"), &gj, &len, &cap2,
+						   &e) < 0)
+				circ_dief("%s: header: field 'graph': %s", circ_reader_name(rs[f]),
+					  e.msg);
+		}
+		if (f == 0) {
+			if (!(g = circ_fgraph_from_header(hdr, &e))) {
+				circ_reader_fail(rs[f], &e);
+				circ_die(&e);
+			}
+			method = circ_hdr_strdup(&hf[0]);
+			metric = circ_hdr_strdup(&hf[1]);
+			md = circ_hdr_strdup(&hf[2]);
+			dd = circ_hdr_strdup(&hf[3]);
+			steps = hf[5].skip ? 0 : hf[5].i;
+			graph0 = gj;
+		} else {
+			char *m1 = circ_hdr_strdup(&hf[0]), *m2 = circ_hdr_strdup(&hf[1]),
+			     *m3 = circ_hdr_strdup(&hf[2]);
+			int same = !strcmp(gj, graph0) && !strcmp(m1, method) &&
+				   !strcmp(m2, metric) && !strcmp(m3, md) &&
+				   (hf[5].skip ? 0 : hf[5].i) == steps;
+			free(m1);
+			free(m2);
+			free(m3);
+			free(gj);
+			if (!same)
+				circ_dief(
+				    "%s: scores of another feature graph, method, metric, model "
+				    "or number of steps than %s",
+				    circ_reader_name(rs[f]), circ_reader_name(rs[0]));
+		}
+		if (circ_count_add(&nex, hf[4].i, &e) < 0)
+			circ_dief("%s: header: field 'n_examples': %s", circ_reader_name(rs[f]),
+				  e.msg);
+		while ((k = circ_reader_next(rs[f], &r, &e)) > 0) {
+			const char *name;
+			size_t nl;
+			int uk, ui, dk, di, edge = circ_rec_get(r, "edge") != NULL;
+			double sum;
+			if (circ_rec_str(r, edge ? "edge" : "node", &name, &nl, &e) < 0 ||
+			    (edge ? circ_fgraph_edge(g, name, nl, &uk, &ui, &dk, &di, &e)
+				  : circ_fgraph_node(g, name, nl, &dk, &di, &e)) < 0 ||
+			    circ_rec_f64(r, "sum", &sum, &e) < 0) {
+				circ_reader_fail(rs[f], &e);
+				circ_die(&e);
+			}
+			if (n == cap) {
+				cap = cap ? 2 * cap : 1024;
+				rec = circ_xrealloc(rec, (size_t)cap * sizeof *rec);
+			}
+			rec[n] =
+			    (fmrec){{edge, dk, di, edge ? uk : 0}, circ_xmalloc(nl + 1), edge, sum};
+			rec[n].key[3] = edge ? (int64_t)uk << 32 | (uint32_t)ui : 0;
+			memcpy(rec[n].name, name, nl);
+			rec[n].name[nl] = 0;
+			n++;
+		}
+		if (k < 0)
+			circ_die(&e);
+	}
+	qsort(rec, (size_t)n, sizeof *rec, cmp_fmrec);
+	w = circ_writer_open(cli->output, &cli->wopts, &e);
+	if (!w)
+		circ_die(&e);
+	{
+		circ_hdr_field f[] = {
+		    CIRC_HDR(STR, "method", method),
+		    CIRC_HDR(STR, "metric", metric),
+		    CIRC_HDR(OBJ, "graph", circ_rec_get(circ_reader_header(rs[0]), "graph")),
+		    CIRC_HDR(STR, "model_digest", md),
+		    CIRC_HDR(STR, "dataset_digest", dd ? dd : ""),
+		    CIRC_HDR(I64, "n_examples", nex),
+		    CIRC_HDR(I64, "steps", steps),
+		    CIRC_HDR(STR, "sign", CIRC_SCORES_SIGN),
+		};
+		if (circ_writer_header_fields(w, "scores", argc, argv, rs, nfiles, f, CIRC_HDR_N(f),
+					      &e) < 0)
+			circ_die(&e);
+	}
+	out.w = w;
+	out.count = nex;
+	for (int64_t i = 0; i < n;) {
+		int64_t j = i + 1;
+		double sum = rec[i].sum;
+		while (j < n && !cmp_fmrec(&rec[i], &rec[j]))
+			sum += rec[j++].sum;
+		if (fc_record(&out, rec[i].edge ? "edge" : "node", rec[i].name, sum) < 0) {
+			circ_writer_abort(w);
+			circ_die(&out.e);
+		}
+		i = j;
+	}
+	if (circ_writer_close(w, &e) < 0)
+		circ_die(&e);
+	for (int64_t i = 0; i < n; i++)
+		free(rec[i].name);
+	for (int f = 0; f < nfiles; f++)
+		circ_reader_free(rs[f]);
+	free(rs);
+	free(rec);
+	free(method);
+	free(metric);
+	free(md);
+	free(dd);
+	free(graph0);
+	circ_fgraph_free(g);
+	return 0;
+}
+
 /* --method cd-t: every edge's CD-T score (lib/cdt.h), one decomposition
  * per layer of each batch over the clean run and its loss gradients. */
 static int score_cdt(circ_cli *cli, circ_session *s, int argc, char **argv, const char *dd)
@@ -480,12 +824,28 @@ int main(int argc, char **argv)
 		circ_usage_error("one token stream at most");
 	if (argc - i == 1)
 		in = argv[i];
-	if (o.steps_set && o.method != CIRC_ATTR_EAP_IG && o.method != CIRC_ATTR_EAP_IG_ACT)
+	if (o.steps_set && !(o.feature && o.fmethod == CIRC_FC_IG) &&
+	    o.method != CIRC_ATTR_EAP_IG && o.method != CIRC_ATTR_EAP_IG_ACT)
 		circ_usage_error(
 		    "option '--steps' goes with --method eap-ig or eap-ig-activations");
 	if (o.acts) {
 		check_acts_options();
 		return score_acts(&cli, argc, argv, in);
+	}
+	if (o.feature != !!o.dict)
+		circ_usage_error(o.dict ? "--dict goes with --method feature-atp or feature-ig"
+					: "--method feature-atp and feature-ig need --dict DIR");
+	if (!o.feature && (o.node_threshold > 0 || o.nodes_only))
+		circ_usage_error("options '--node-threshold' and '--nodes-only' go with --method "
+				 "feature-atp or feature-ig");
+	if (o.feature) {
+		const char *bad = circ_patch_cli_given(
+		    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_METRIC, CIRC_PO_BATCH,
+					 CIRC_PO_THREADS, CIRC_PO_ALLOW_NONFINITE, 0});
+		if (bad || o.list_edges)
+			circ_usage_error("option '--%s' does not apply to feature circuits",
+					 bad ? bad : "list-edges");
+		return score_features(&cli, argc, argv, in);
 	}
 	if (o.list_edges)
 		check_list_edges_options(argc - i);

@@ -1,0 +1,296 @@
+#!/usr/bin/env bats
+# Sparse feature circuits (lib/fcircuit, issue 18): circ-score --method
+# feature-atp|feature-ig --dict against tests/ref/fcircuit_ref.py (PyTorch,
+# float64, activations replaced by leaf features and errors, autograd for
+# every gradient and Jacobian). Tolerance: every node and edge sum within
+# 1e-5 of the largest |value| of its kind (circ computes in float32;
+# measured agreement is about 1e-6). Then the stream against the schemas,
+# thresholds, and bad input.
+load helper
+
+REF=tests/ref/fcircuit_ref.py
+DREF=tests/ref/dict_ref.py
+M=tests/data/tiny/model
+TOK=tests/data/tiny/tokens.jsonl
+
+# Marks et al.'s full set on the 2-layer tiny model: resid_pre0 (embed),
+# attn, mlp and resid_post of each layer.
+full_set() {
+	local i=0
+	for h in blocks.0.hook_resid_pre blocks.0.hook_attn_out blocks.0.hook_mlp_out \
+		blocks.0.hook_resid_post blocks.1.hook_attn_out blocks.1.hook_mlp_out \
+		blocks.1.hook_resid_post; do
+		i=$((i + 1))
+		/usr/bin/python3 $DREF make "$T/set/d$i" --arch standard --hook $h --d-in 24 --d-sae 16 --seed $i
+	done
+}
+
+# A subset without the embedding dictionary (the input node) and without
+# attn0, mlp1's... : every architecture, a scaled one.
+sub_set() {
+	/usr/bin/python3 $DREF make "$T/sub/a" --arch topk --k 4 --hook blocks.0.hook_mlp_out --d-in 24 --d-sae 12 --seed 11
+	/usr/bin/python3 $DREF make "$T/sub/b" --arch jumprelu --hook blocks.0.hook_resid_post --d-in 24 --d-sae 12 --seed 12 --apply-b-dec 0
+	/usr/bin/python3 $DREF make "$T/sub/c" --arch gated --hook blocks.1.hook_attn_out --d-in 24 --d-sae 12 --seed 13 --scale 0.5
+	/usr/bin/python3 $DREF make "$T/sub/d" --arch standard --hook blocks.1.hook_mlp_out --d-in 24 --d-sae 12 --seed 14
+}
+
+check() { # set ref-options -- circ-score options
+	local set=$1
+	shift
+	local ro=()
+	while [ "$1" != -- ]; do
+		ro+=("$1")
+		shift
+	done
+	shift
+	circ-score --model $M --dict "$set" "$@" --json $TOK >"$T/c.jsonl"
+	/usr/bin/python3 $REF $M "$set" $TOK "${ro[@]}" >"$T/r.jsonl"
+	run /usr/bin/python3 $REF compare "$T/c.jsonl" "$T/r.jsonl" --rtol 1e-5
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+@test "feature-atp: node and edge effects of the full set (embed, attn, mlp, resid) against the reference" {
+	full_set
+	check "$T/set" -- --method feature-atp
+	# 7 dictionaries of 16 features and an error node each
+	[ "$(grep -c '"node":' "$T/c.jsonl")" -eq 119 ]
+	grep -q '"edge":"resid_pre0.f[0-9]*->attn0.f' "$T/c.jsonl"
+	grep -q '"edge":"resid0.err->resid1.f' "$T/c.jsonl"
+	grep -q '"edge":"resid1.f[0-9]*->logits"' "$T/c.jsonl"
+	# no edge outside the pattern: attn0 -> attn1 (resid0 lies between)
+	run grep -c -e '"edge":"attn0[^>]*->attn1' -e '"edge":"mlp0[^>]*->logits' "$T/c.jsonl"
+	[ "$output" = 0 ]
+}
+
+@test "feature-ig (10 steps by default): the full set against the reference" {
+	full_set
+	check "$T/set" --ig 10 -- --method feature-ig
+	jq -e -s '.[0].steps == 10 and .[0].method == "feature-ig"' "$T/c.jsonl"
+}
+
+@test "a subset of every architecture, no embedding dictionary (the input node): atp and ig against the reference" {
+	sub_set
+	check "$T/sub" -- --method feature-atp
+	grep -q '"node":"input"' "$T/c.jsonl"
+	grep -q '"edge":"input->mlp0.f' "$T/c.jsonl"
+	# attn1 has no resid dictionary between it and resid0, mlp1 reads attn1 and resid0
+	grep -q '"edge":"resid0.f[0-9]*->mlp1.f' "$T/c.jsonl"
+	grep -q '"edge":"attn1.err->mlp1.err"' "$T/c.jsonl"
+	# the sink reads the last resid and every dictionary after it
+	grep -q '"edge":"attn1.f[0-9]*->logits"' "$T/c.jsonl"
+	check "$T/sub" --ig 3 -- --method feature-ig --steps 3
+}
+
+@test "feature scores do not depend on the batch size or the thread count" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp --batch 1 --threads 1 --json $TOK | tail -n +2 >"$T/a"
+	circ-score --model $M --dict "$T/sub" --method feature-atp --batch 4 --threads 2 --json $TOK | tail -n +2 >"$T/b"
+	/usr/bin/python3 - "$T/a" "$T/b" <<'PY'
+import json, sys
+def rd(p):
+    return {(r.get("node") or r.get("edge")): r["sum"] for r in map(json.loads, open(p)) if "sum" in r}
+a, b = rd(sys.argv[1]), rd(sys.argv[2])
+scale = max(abs(v) for v in a.values())
+for k in set(a) | set(b):
+    assert abs(a.get(k, 0) - b.get(k, 0)) <= 1e-5 * scale, (k, a.get(k), b.get(k))
+PY
+}
+
+@test "the feature scores stream validates against the schemas; its graph lists the dictionaries" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/s.circ" $TOK
+	circ-cat "$T/s.circ" | tests/validate.py schemas/scores.schema.json
+	circ-cat "$T/s.circ" | head -1 | jq -e '.graph.type == "feature" and .graph.positions == "summed" and .graph.input == "node" and ([.graph.dictionaries[].name] == ["mlp0", "resid0", "attn1", "mlp1"]) and (.graph.dictionaries[2].architecture == "gated") and (.graph.dictionaries[0].digest | startswith("sha256:"))'
+}
+
+@test "--node-threshold: edges only into nodes whose |batch mean effect| reaches it; --nodes-only writes no edges" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp --batch 4 --node-threshold 0.5 --json $TOK >"$T/c.jsonl"
+	/usr/bin/python3 - "$T/c.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])][1:]
+node = {r["node"]: r["score"] for r in recs if "node" in r}
+downs = {r["edge"].split("->")[1] for r in recs if "edge" in r}
+assert downs, "no edges"
+for d in downs - {"logits"}:
+    assert abs(node[d]) >= 0.5, (d, node[d])   # one batch: the batch mean is the score
+assert any(abs(v) < 0.5 for v in node.values())
+PY
+	circ-score --model $M --dict "$T/sub" --method feature-atp --nodes-only --json $TOK >"$T/n.jsonl"
+	run grep -c '"edge"' "$T/n.jsonl"
+	[ "$output" = 0 ]
+	[ "$(grep -c '"node":' "$T/n.jsonl")" -eq 53 ]
+}
+
+@test "feature circuits refuse bad input: missing dictionary, mismatched width, transcoder, unsupported hook, a hook twice, bad options" {
+	sub_set
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/none" $TOK
+	[[ "$stderr" == *"circ-score: --dict: "*"$T/none"* ]]
+	/usr/bin/python3 $DREF make "$T/w" --arch standard --hook blocks.0.hook_mlp_out --d-in 16 --d-sae 8 --seed 1
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/w" $TOK
+	[[ "$stderr" == *"key 'd_in': 16 does not match"* ]]
+	/usr/bin/python3 $DREF make "$T/tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in 24 --d-sae 8 --seed 1
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/tc" $TOK
+	[[ "$stderr" == *"a transcoder"*"feature circuits take SAEs"* ]]
+	/usr/bin/python3 $DREF make "$T/mid" --arch standard --hook blocks.0.hook_resid_mid --d-in 24 --d-sae 8 --seed 1
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/mid" $TOK
+	[[ "$stderr" == *"key 'hook_name': blocks.0.hook_resid_mid is not a feature-circuit point"* ]]
+	cp -r "$T/sub/a" "$T/sub/a2"
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/sub" $TOK
+	[[ "$stderr" == *"a second dictionary at blocks.0.hook_mlp_out"* ]]
+	run --separate-stderr -2 circ-score --model $M --method feature-atp $TOK
+	[[ "$stderr" == *"need --dict DIR"* ]]
+	run --separate-stderr -2 circ-score --model $M --dict "$T/sub" $TOK
+	[[ "$stderr" == *"--dict goes with --method feature-atp or feature-ig"* ]]
+	run --separate-stderr -2 circ-score --model $M --method feature-atp --dict "$T/w" --ablation mean $TOK
+	[[ "$stderr" == *"option '--ablation' does not apply to feature circuits"* ]]
+	run --separate-stderr -2 circ-score --model $M --node-threshold 1 $TOK
+	[[ "$stderr" == *"go with --method feature-atp or feature-ig"* ]]
+}
+
+@test "circ-prune on feature scores: node and edge thresholds (Marks et al.), top-n, --truth AUC over every edge of the graph" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/s.circ" $TOK
+	circ-prune --threshold 0.5 --node-threshold 0.3 -o "$T/c.circ" "$T/s.circ"
+	circ-cat "$T/c.circ" | tests/validate.py schemas/circuit.schema.json
+	circ-cat "$T/s.circ" >"$T/s.jsonl"
+	circ-cat "$T/c.circ" >"$T/c.jsonl"
+	/usr/bin/python3 - "$T/s.jsonl" "$T/c.jsonl" <<'PY'
+import json, sys
+s = [json.loads(l) for l in open(sys.argv[1])][1:]
+c = [json.loads(l) for l in open(sys.argv[2])]
+assert c[0]["n_edges_total"] == 741 and c[0]["source"]["node_threshold"] == 0.3
+node = {r["node"]: r["score"] for r in s if "node" in r}
+keep_n = {n for n, v in node.items() if abs(v) >= 0.3} | {"logits"}
+want_e = {r["edge"] for r in s if "edge" in r and abs(r["score"]) >= 0.5
+          and all(x in keep_n for x in r["edge"].split("->"))}
+got_n = {r["node"] for r in c[1:] if "node" in r}
+got_e = {r["edge"] for r in c[1:] if "edge" in r}
+assert got_n == keep_n - {"logits"}, (got_n, keep_n)
+assert got_e == want_e and want_e, (got_e, want_e)
+PY
+	# top-n: the n largest |score| edges; without --node-threshold the nodes are their ends
+	circ-prune --top-n 5 --json "$T/s.circ" >"$T/t.jsonl"
+	[ "$(grep -c '"edge"' "$T/t.jsonl")" -eq 5 ]
+	# truth: the three strongest edges and one edge without a record (score 0)
+	jq -c 'select(.edge) | {edge, a: (.score | fabs)}' "$T/s.jsonl" | sort -t: -k3 -g | tail -3 | jq -c '{edge}' >"$T/truth.jsonl"
+	# an edge of the graph without a record (its sum is 0)
+	miss=$(/usr/bin/python3 -c '
+import json, sys
+have = {json.loads(l).get("edge") for l in open(sys.argv[1])}
+print(next(e for e in ("resid0.f%d->attn1.f%d" % (i, j) for i in range(12) for j in range(12)) if e not in have))' "$T/s.jsonl")
+	[ -n "$miss" ]
+	echo "{\"edge\": \"$miss\"}" >>"$T/truth.jsonl"
+	circ-prune --top-n 3 --truth "$T/truth.jsonl" --report "$T/rep.json" --json "$T/s.circ" | head -1 >"$T/h.json"
+	jq -e '.n_truth == 4 and .tp == 3 and .fn == 1 and .fp == 0 and .tpr == 0.75 and .fpr == 0 and .tn == 741 - 4' "$T/rep.json"
+	# the unscored true edge ties with the unlisted negatives at 0
+	/usr/bin/python3 - "$T/s.jsonl" "$T/h.json" <<'PY'
+import json, sys
+s = [json.loads(l) for l in open(sys.argv[1])][1:]
+ev = json.load(open(sys.argv[2]))["eval"]
+sc = sorted(abs(r["score"]) for r in s if "edge" in r)
+top = sc[-3:]
+neg = [v for v in sc[:-3]] + [0.0] * (741 - len(sc) - 1)
+wins = 0
+for p in top + [0.0]:
+    wins += sum(1 for n in neg if n < p) + 0.5 * sum(1 for n in neg if n == p)
+auc = wins / (4 * len(neg))
+assert ev["n_truth"] == 4 and ev["tp"] == 3 and ev["fn"] == 1 and ev["fp"] == 0, ev
+assert abs(ev["auc"] - auc) < 1e-12, (ev["auc"], auc)
+PY
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "attn1.f3->resid0.f2"}') "$T/s.circ"
+	[[ "$stderr" == *"edge 'attn1.f3->resid0.f2': not an edge of the feature graph"* ]]
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp0.f99->resid0.f2"}') "$T/s.circ"
+	[[ "$stderr" == *"node 'mlp0.f99': feature 99 of 12"* ]]
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp7.f1->resid0.f2"}') "$T/s.circ"
+	[[ "$stderr" == *"node 'mlp7.f1': not a node of this feature graph"* ]]
+	run --separate-stderr -2 circ-prune --greedy 3 "$T/s.circ"
+	[[ "$stderr" == *"feature graphs take --top-n or --threshold"* ]]
+	circ-score --model $M --method eap -o "$T/eap.circ" $TOK
+	run --separate-stderr -2 circ-prune --top-n 3 --node-threshold 1 "$T/eap.circ"
+	[[ "$stderr" == *"'--node-threshold' goes with feature graphs"* ]]
+}
+
+@test "circ-patch --dict: faithfulness and completeness by mean ablation against the reference; every node gives the model back, none the all-ablated metric" {
+	full_set
+	circ-score --model $M --dict "$T/set" --method feature-atp -o "$T/s.circ" $TOK
+	# a circuit in the middle, every node, no node
+	circ-prune --threshold 0.3 --node-threshold 0.2 -o "$T/mid.circ" "$T/s.circ"
+	circ-prune --threshold 0 --node-threshold 0 -o "$T/all.circ" "$T/s.circ"
+	circ-cat "$T/mid.circ" >"$T/mid.jsonl"
+	circ-cat "$T/all.circ" >"$T/all.jsonl"
+	[ "$(grep -c '"node":' "$T/all.jsonl")" -eq 119 ]
+	for c in mid all; do
+		circ-patch --model $M --dict "$T/set" --circuit "$T/$c.circ" -o "$T/p$c.circ" $TOK
+		circ-cat "$T/p$c.circ" | tests/validate.py schemas/curve.schema.json
+		circ-cat "$T/p$c.circ" >"$T/p$c.jsonl"
+		/usr/bin/python3 $REF ablate $M "$T/set" $TOK "$T/$c.jsonl" >"$T/r$c.json"
+	done
+	/usr/bin/python3 - "$T" <<'PY'
+import json, sys
+T = sys.argv[1]
+for c in ("mid", "all"):
+    lines = [json.loads(l) for l in open("%s/p%s.jsonl" % (T, c))]
+    h, rec = lines[0], lines[1]
+    r = json.load(open("%s/r%s.json" % (T, c)))
+    close = lambda a, b: abs(a - b) <= 1e-5 * (abs(b) + 1)
+    assert close(h["metric_model"], r["metric_model"]), (h, r)
+    assert close(h["metric_empty"], r["metric_empty"]), (h, r)
+    assert close(rec["metric"], r["metric_circuit"]), (rec, r)
+    den = r["metric_model"] - r["metric_empty"]
+    assert abs(rec["faithfulness"] - (r["metric_circuit"] - r["metric_empty"]) / den) < 1e-4
+    assert abs(rec["completeness"] - (r["metric_complement"] - r["metric_empty"]) / den) < 1e-4
+    if c == "all":  # exactness: features + error = the activation
+        assert abs(rec["faithfulness"] - 1) < 1e-5 and abs(rec["completeness"]) < 1e-5, rec
+PY
+	# the curve: fraction 1 keeps every node (f = 1), 0 none (f = 0)
+	circ-patch --model $M --dict "$T/set" --curve "$T/s.circ" --fractions 0,0.1,1 --json $TOK >"$T/curve.jsonl"
+	jq -e -s '.[1].n_nodes == 0 and .[1].faithfulness == 0 and .[3].n_nodes == 119 and ((.[3].faithfulness - 1) | fabs) < 1e-5 and .[2].n_nodes == 11' "$T/curve.jsonl"
+	# a dictionary set other than the scores'
+	sub_set
+	run --separate-stderr -1 circ-patch --model $M --dict "$T/sub" --curve "$T/s.circ" $TOK
+	[[ "$stderr" == *"made with 7 node sets, --dict gives 5"* ]]
+	/usr/bin/python3 $DREF make "$T/set/d7" --arch standard --hook blocks.1.hook_resid_post --d-in 24 --d-sae 16 --seed 99
+	run --separate-stderr -1 circ-patch --model $M --dict "$T/set" --curve "$T/s.circ" $TOK
+	[[ "$stderr" == *"dictionary 'resid1' is not the one of --dict (digest differs)"* ]]
+	run --separate-stderr -2 circ-patch --model $M --dict "$T/set" --curve "$T/s.circ" --ablation zero $TOK
+	[[ "$stderr" == *"option '--ablation' does not apply to feature circuits"* ]]
+}
+
+@test "feature scores of shards merge (--merge) into the scores of the whole dataset" {
+	sub_set
+	head -3 $TOK >"$T/a.jsonl"
+	{ head -1 $TOK; tail -n +4 $TOK; } >"$T/b.jsonl"
+	sed -i 's/"n_examples":[0-9]*,//' "$T/a.jsonl" "$T/b.jsonl"
+	for x in a b; do
+		circ-score --model $M --dict "$T/sub" --method feature-ig --steps 2 -o "$T/$x.circ" "$T/$x.jsonl"
+	done
+	circ-score --merge -o "$T/m.circ" "$T/a.circ" "$T/b.circ"
+	circ-score --model $M --dict "$T/sub" --method feature-ig --steps 2 -o "$T/w.circ" $TOK
+	circ-cat "$T/m.circ" | tests/validate.py schemas/scores.schema.json
+	circ-cat "$T/m.circ" >"$T/m.jsonl"
+	circ-cat "$T/w.circ" >"$T/w.jsonl"
+	/usr/bin/python3 - "$T/m.jsonl" "$T/w.jsonl" <<'PY'
+import json, sys
+def rd(p):
+    l = [json.loads(x) for x in open(p)]
+    return l[0], [(r.get("node") or r.get("edge"), r["sum"], r["count"]) for r in l[1:] if "sum" in r]
+hm, m = rd(sys.argv[1])
+hw, w = rd(sys.argv[2])
+assert hm["n_examples"] == hw["n_examples"] == 4 and hm["graph"] == hw["graph"] and hm["steps"] == 2
+dm, dw = {k: v for k, v, c in m}, {k: v for k, v, c in w}
+assert all(c == 4 for k, v, c in m)
+scale = max(abs(v) for v in dw.values())
+for k in set(dm) | set(dw):
+    assert abs(dm.get(k, 0) - dw.get(k, 0)) <= 1e-6 * scale, (k, dm.get(k), dw.get(k))
+# the same canonical order (nodes, then edges by downstream node)
+order = [k for k, v, c in w]
+assert [k for k in [k for k, v, c in m] if k in dw] == [k for k in order if k in dm]
+PY
+	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/c.circ" "$T/a.jsonl"
+	run --separate-stderr -1 circ-score --merge "$T/a.circ" "$T/c.circ"
+	[[ "$stderr" == *"scores of another feature graph, method, metric, model or number of steps"* ]]
+	run --separate-stderr -1 circ-score --merge "$T/a.circ" "$T/a.circ"
+	[[ "$stderr" == *"the same shard twice"* ]]
+}
