@@ -318,6 +318,35 @@ int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
 int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed, const char *dtype,
 			    circ_error *e);
 
+/* ---- flat parameters of the other families ----
+ * A model of a family other than GPT-2 has its tensors in one flat order:
+ * the checkpoint's tensors as the family's table lists them (the embedding
+ * first, then layer by layer, the final norm, an untied lm_head last), each
+ * row-major in its Hugging Face shape (nn.Linear: (out, in)). Parameter
+ * gradients (circ_bwd.dparams) use it, and a model opened with copy holds
+ * its weights in it (circ_model_params). */
+
+typedef struct circ_param_info {
+	const char *name; /* the Hugging Face name ("model.layers.0.self_attn.q_proj.weight") */
+	size_t offset;	  /* in floats from the start of the order */
+	size_t count;
+	int ndim;
+	int64_t shape[2];
+	int layer;    /* -1: model-wide */
+	int matrix;   /* 1: an embedding or a projection weight; 0: a norm weight
+		       * or a bias */
+	int out_proj; /* 1: o_proj or down_proj (scaled at initialisation) */
+} circ_param_info;
+/* Tensors of the flat order: 0 for GPT-2 (which uses circ_weights). */
+int circ_model_n_param_tensors(const circ_model *m);
+/* Tensor i (0 <= i < circ_model_n_param_tensors) into *out; the name lives
+ * as long as the model. */
+void circ_model_param_info(const circ_model *m, int i, circ_param_info *out);
+/* The model's writable parameters in the flat order ((n_params) floats):
+ * a family model opened with copy; NULL otherwise. Writing them changes
+ * the model (its digest is not recomputed). */
+float *circ_model_params(circ_model *m);
+
 /* ---- numbering (lib/topology's; arguments checked with CIRC_ASSERT) ---- */
 
 /* The model's edge-level topology (nodes, receivers, stages); lives as long
@@ -541,6 +570,13 @@ typedef struct circ_bwd {
 				     * from the lookup, and with the ACDC convention no
 				     * wpe gradient either */
 	circ_bwd_out_hook out_hook; /* optional, with hook_ctx; not with dweights */
+	float *dparams;		    /* optional, families other than GPT-2: parameter
+				     * gradients are added (+=) here, (n_params) floats
+				     * in the model's flat parameter order
+				     * (circ_model_param_info). Pre-norm families
+				     * without q/k norms or a fused q/k/v (llama,
+				     * mistral, qwen2, gemma) with f32 weights;
+				     * deltas are constants as for dweights */
 } circ_bwd;
 
 /* One backward pass from dlogits through the last forward of r (made with

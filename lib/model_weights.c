@@ -162,6 +162,7 @@ void circ_model_free(circ_model *m)
 	circ_st_close(m->st);
 	circ_st_set_close(m->set);
 	free(m->fw.layers);
+	free(m->fp);
 	circ_topology_free(m->topo);
 	free(m->own);
 	free(m->w.mem);
