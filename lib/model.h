@@ -282,6 +282,12 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
  * config.json text circ_config_write would write and the safetensors bytes
  * circ_model_save would write. */
 circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e);
+/* A model of c's family (not GPT-2: circ_model_new) with zeroed f32
+ * parameters in the flat order (circ_model_params), to be filled, say by
+ * lib/train's initialisation. Its digest hashes the config.json and the
+ * model.safetensors circ_model_save would write. NULL with a message if c
+ * is bad. */
+circ_model *circ_model_new_family(const circ_config *c, circ_error *e);
 void circ_model_free(circ_model *m); /* NULL is a no-op */
 
 const circ_config *circ_model_config(const circ_model *m);
@@ -307,7 +313,10 @@ const char *circ_model_digest(circ_model *m, circ_error *e);
 
 /* Writes dir/config.json and dir/model.safetensors (F32, names with the
  * "transformer." prefix, Conv1D layout, no lm_head: tied) for m. dir is
- * created if missing. -1 with a message on error. */
+ * created if missing. A family model that holds its parameters in the flat
+ * order (circ_model_params) is written with its Hugging Face names in that
+ * order, F32, and its config.json as read (or circ_config_write's: llama).
+ * -1 with a message on error. */
 int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
 /* Writes a model with random weights: a deterministic function of c and
  * seed (circ_rng): normal(0, 0.02) matrices and embeddings, c_proj matrices

@@ -1525,6 +1525,53 @@ int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, 
 
 /* ================================================================ flat parameters */
 
+int model_family_new(circ_model *m, circ_error *e)
+{
+	const circ_config *c = &m->cfg;
+	model_tensor *tab = NULL;
+	int n = model_names_list(c, &tab);
+	size_t total = 0;
+	if (n < 0)
+		return circ_errorf(e, "no tensor table for model_type '%s'",
+				   circ_model_type_name(c->model_type));
+	m->fw.layers = circ_xcalloc((size_t)c->n_layer, sizeof *m->fw.layers);
+	m->fp = circ_xcalloc((size_t)n, sizeof *m->fp);
+	for (int k = 0; k < n; k++) {
+		fam_param *q = &m->fp[m->n_fp];
+		if (tab[k].optional || tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B)
+			continue; /* a tied model's copy; GPT-NeoX's fused rows: not made here */
+		snprintf(q->name, sizeof q->name, "%s", tab[k].name);
+		q->role = (int)tab[k].role;
+		q->layer = tab[k].layer;
+		q->ndim = tab[k].ndim;
+		q->shape[0] = tab[k].shape[0];
+		q->shape[1] = tab[k].shape[1];
+		q->off = total;
+		q->count = numel(&tab[k]);
+		total += q->count;
+		m->n_fp++;
+	}
+	free(tab);
+	m->own = circ_xmalloc_aligned((total ? total : 1) * sizeof(float));
+	memset(m->own, 0, (total ? total : 1) * sizeof(float));
+	for (int i = 0; i < m->n_fp; i++) {
+		fam_mat *ms;
+		const float **vs;
+		role_slot(&m->fw, (model_role)m->fp[i].role, m->fp[i].layer, &ms, &vs);
+		if (ms)
+			*ms = (fam_mat){m->own + m->fp[i].off, CIRC_F32};
+		else if (vs)
+			*vs = m->own + m->fp[i].off;
+	}
+	if (!m->fw.lm_head.p)
+		m->fw.lm_head = m->fw.embed;
+	m->w.wte = (float *)(uintptr_t)m->fw.embed.p;
+	m->w.lm_head = (float *)(uintptr_t)m->fw.lm_head.p;
+	m->w.n_params = total;
+	m->fp_own = 1;
+	return 0;
+}
+
 int circ_model_n_param_tensors(const circ_model *m)
 {
 	return m->n_fp;

@@ -197,6 +197,9 @@ static inline int model_is_family(const circ_model *m)
 /* Binds dir's checkpoint to m->fw (m->cfg read); -1 with a message. */
 int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 		      const circ_model_opts *o, circ_error *e);
+/* An in-memory model of m->cfg's family: zeroed f32 parameters in the flat
+ * order in m->own, bound to m->fw; -1 with a message. */
+int model_family_new(circ_model *m, circ_error *e);
 void model_family_embed(circ_run *r, const circ_fwd *f);
 void model_family_stage(circ_run *r, int s); /* the stage after its hook */
 int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e);
