@@ -338,16 +338,29 @@ static void norm_row(const circ_config *c, int rms, float *out, const float *x, 
 		out[i] = (x[i] - m) * rs * w[i] + (b ? b[i] : 0.0f);
 }
 
+/* 1 / sqrt(var + eps) of a row (var: mean of squares for RMSNorm, about
+ * the mean *mu otherwise; *mu 0 for RMSNorm), in double. */
+static double row_rstd(const float *x, int n, int rms, double eps, double *mu)
+{
+	double s = 0, m = 0;
+	if (!rms) {
+		for (int i = 0; i < n; i++)
+			m += x[i];
+		m /= n;
+	}
+	for (int i = 0; i < n; i++)
+		s += ((double)x[i] - m) * ((double)x[i] - m);
+	*mu = m;
+	return 1.0 / sqrt(s / n + eps);
+}
+
 /* dx += d norm(x) / dx . dy for one row. */
 static void norm_row_bwd(const circ_config *c, int rms, float *dx, const float *dy, const float *x,
 			 int n, const float *w)
 {
-	double s = 0, mu = 0, eps = c->layer_norm_epsilon, a = 0, bsum = 0;
+	double mu, a = 0, bsum = 0, rs = row_rstd(x, n, rms, c->layer_norm_epsilon, &mu);
 	if (rms) {
 		double off = c->norm_offset;
-		for (int i = 0; i < n; i++)
-			s += (double)x[i] * x[i];
-		double rs = 1.0 / sqrt(s / n + eps);
 		for (int i = 0; i < n; i++)
 			a += (double)dy[i] * (off + w[i]) * x[i];
 		a /= n;
@@ -355,12 +368,6 @@ static void norm_row_bwd(const circ_config *c, int rms, float *dx, const float *
 			dx[i] += (float)(rs * ((double)dy[i] * (off + w[i]) - x[i] * rs * rs * a));
 		return;
 	}
-	for (int i = 0; i < n; i++)
-		mu += x[i];
-	mu /= n;
-	for (int i = 0; i < n; i++)
-		s += ((double)x[i] - mu) * ((double)x[i] - mu);
-	double rs = 1.0 / sqrt(s / n + eps);
 	for (int i = 0; i < n; i++) {
 		double g = (double)dy[i] * w[i], xh = (x[i] - mu) * rs;
 		a += g;
@@ -994,15 +1001,7 @@ static void grad_norm(const circ_run *r, int rms, const float *dw, const float *
 	double *acc = circ_xcalloc((size_t)n, sizeof *acc), eps = r->m->cfg.layer_norm_epsilon;
 	for (size_t i = 0; i < rows; i++) {
 		const float *xi = x + i * ldx, *gi = dy + i * ldy;
-		double s = 0, mu = 0;
-		if (!rms) {
-			for (int j = 0; j < n; j++)
-				mu += xi[j];
-			mu /= n;
-		}
-		for (int j = 0; j < n; j++)
-			s += ((double)xi[j] - mu) * ((double)xi[j] - mu);
-		double rs = 1.0 / sqrt(s / n + eps);
+		double mu, rs = row_rstd(xi, n, rms, eps, &mu);
 		for (int j = 0; j < n; j++)
 			acc[j] += (double)gi[j] * (((double)xi[j] - mu) * rs);
 	}

@@ -323,6 +323,29 @@ static void grads_of(fd_setup *s, circ_weights *g)
 
 #define FD_EPS 0.03125 /* 2^-5: smaller steps drown in float rounding noise */
 
+/* d loss / d *p by a fourth-order central difference of step FD_EPS (the
+ * steps as taken in float; *p restored). */
+static double fd4(float *p, double (*loss)(void *), void *ctx)
+{
+	float keep = *p;
+	double f[4], x[4] = {2, 1, -1, -2};
+	for (int q = 0; q < 4; q++) {
+		*p = (float)(keep + x[q] * FD_EPS);
+		x[q] = (double)*p - keep; /* the step taken, in float */
+		f[q] = loss(ctx);
+	}
+	*p = keep;
+	/* steps are exact multiples up to float rounding of keep + step, which
+	 * the average below absorbs */
+	double h = (x[0] - x[3] + 2 * (x[1] - x[2])) / 8;
+	return (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h);
+}
+
+static double loss_of_v(void *s)
+{
+	return loss_of(s);
+}
+
 static void fd_check(const fd_case *fc)
 {
 	fd_setup s;
@@ -349,19 +372,7 @@ static void fd_check(const fd_case *fc)
 		for (int j = 0; j < samples; j++) {
 			size_t idx =
 			    gt[k].n < 12 ? (size_t)j : (size_t)circ_rng_below(&rng, gt[k].n);
-			float keep = pt[k].p[idx];
-			double f[4], x[4] = {2, 1, -1, -2};
-			for (int q = 0; q < 4; q++) {
-				pt[k].p[idx] = (float)(keep + x[q] * FD_EPS);
-				x[q] = (double)pt[k].p[idx] - keep; /* the step taken, in float */
-				f[q] = loss_of(&s);
-			}
-			pt[k].p[idx] = keep;
-			/* fourth-order central difference (steps are exact multiples up to
-			 * float rounding of keep + step, which the average below absorbs) */
-			double h = (x[0] - x[3] + 2 * (x[1] - x[2])) / 8;
-			double fd = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h),
-			       an = gt[k].p[idx];
+			double fd = fd4(&pt[k].p[idx], loss_of_v, &s), an = gt[k].p[idx];
 			double err = fabs(fd - an) / (fabs(fd) + 0.02 * gmax + 1e-4 * gall);
 			worst = fmax(worst, err);
 			checked++;
@@ -879,6 +890,11 @@ static double fam_loss(fam_case *fc)
 				NULL);
 }
 
+static double fam_loss_v(void *fc)
+{
+	return fam_loss(fc);
+}
+
 static void fam_setup(fam_case *fc, int reference, uint64_t seed)
 {
 	circ_error e = {{0}};
@@ -963,17 +979,7 @@ static void fam_fd(const char *name)
 			gmax = fmax(gmax, fabs(fc.grad[pi.offset + i]));
 		for (int j = 0; j < 6; j++) {
 			size_t idx = pi.offset + (size_t)circ_rng_below(&rng, pi.count);
-			float keep = p[idx];
-			double f[4], x[4] = {2, 1, -1, -2};
-			for (int q = 0; q < 4; q++) {
-				p[idx] = (float)(keep + x[q] * FD_EPS);
-				x[q] = (double)p[idx] - keep;
-				f[q] = fam_loss(&fc);
-			}
-			p[idx] = keep;
-			double h = (x[0] - x[3] + 2 * (x[1] - x[2])) / 8;
-			double fd = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h),
-			       an = fc.grad[idx];
+			double fd = fd4(&p[idx], fam_loss_v, &fc), an = fc.grad[idx];
 			double err = fabs(fd - an) / (fabs(fd) + 0.02 * gmax + 1e-4 * gall);
 			worst = fmax(worst, err);
 			checked++;
