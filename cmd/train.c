@@ -58,6 +58,7 @@ enum {
 	OPT_DIAGNOSE,
 	OPT_ARCH,
 	OPT_KV_HEADS,
+	OPT_ATTN_BIAS,
 	OPT_N,
 };
 
@@ -98,6 +99,8 @@ static const circ_opt opts[] = {
     {"arch", OPT_ARCH, "A", "architecture of the model: gpt2 or llama (default gpt2)"},
     {"kv-heads", OPT_KV_HEADS, "K",
      "llama: key/value heads (grouped-query attention), dividing --heads (default: --heads)"},
+    {"attn-bias", OPT_ATTN_BIAS, NULL,
+     "llama: biases on q, k, v and o (attention_bias), q and k's drawn normal(0, 0.02)"},
     {"n", OPT_N, "N", "--diagnose: number of random sequences (default 64)"},
     {0},
 };
@@ -106,7 +109,7 @@ static struct {
 	const char *out, *diagnose;
 	uint64_t seed;
 	int steps, batch, warmup, layers, heads, embd, inner, ctx, threads, log, n;
-	int llama, kv_heads;
+	int llama, kv_heads, attn_bias;
 	double lr, min_lr, wd, clip;
 	circ_ttask_opts t;
 	int given_vlo, given_vhi, given_len;
@@ -211,6 +214,7 @@ static int handle(int key, const char *arg, void *ctx)
 		o.llama = !strcmp(arg, "llama");
 		break;
 	case OPT_KV_HEADS: o.kv_heads = (int)circ_opt_i64("kv-heads", arg, 1, 64); break;
+	case OPT_ATTN_BIAS: o.attn_bias = 1; break;
 	default: return -1;
 	}
 	o.given[key - CIRC_OPT_FIRST_TOOL] = opt_name(key);
@@ -421,8 +425,9 @@ static void check_training_options(int nargs, char **args)
 	if (o.embd % o.heads)
 		circ_usage_error("option '--embd': %d is not a multiple of --heads %d", o.embd,
 				 o.heads);
-	if (o.kv_heads && !o.llama)
-		circ_usage_error("option '--kv-heads' applies to --arch llama only");
+	if ((o.kv_heads || o.attn_bias) && !o.llama)
+		circ_usage_error(
+		    "options '--kv-heads' and '--attn-bias' apply to --arch llama only");
 	if (o.kv_heads && o.heads % o.kv_heads)
 		circ_usage_error("option '--kv-heads': %d does not divide --heads %d", o.kv_heads,
 				 o.heads);
@@ -479,7 +484,8 @@ static void model_config(circ_config *c, const circ_bpe *bpe, const circ_ttask *
 		c->rope_theta = 10000;
 		c->mlp = CIRC_MLP_GATED;
 		c->act = CIRC_ACT_SILU;
-		c->no_bias_qkv = c->no_bias_o = c->no_bias_mlp = 1;
+		c->no_bias_qkv = c->no_bias_o = !o.attn_bias;
+		c->no_bias_mlp = 1;
 	}
 	if (c->n_ctx < circ_ttask_max_len(task)) {
 		remove_tmp();

@@ -282,7 +282,8 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
  * config.json text circ_config_write would write and the safetensors bytes
  * circ_model_save would write. */
 circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e);
-/* A model of c's family (not GPT-2: circ_model_new) with zeroed f32
+/* A model of c's family (not GPT-2: circ_model_new; not GPT-NeoX, whose
+ * checkpoint fuses q, k and v) with zeroed f32
  * parameters in the flat order (circ_model_params), to be filled, say by
  * lib/train's initialisation. Its digest hashes the config.json and the
  * model.safetensors circ_model_save would write. NULL with a message if c

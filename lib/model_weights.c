@@ -386,8 +386,10 @@ circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e)
 circ_model *circ_model_new_family(const circ_config *c, circ_error *e)
 {
 	circ_model *m;
-	if (c->model_type == CIRC_MODEL_GPT2) {
-		circ_errorf(e, "a gpt2 model is made with circ_model_new");
+	if (c->model_type == CIRC_MODEL_GPT2 || c->model_type == CIRC_MODEL_GPT_NEOX) {
+		circ_errorf(e, "a %s model is not made in memory by circ_model_new_family%s",
+			    circ_model_type_name(c->model_type),
+			    c->model_type == CIRC_MODEL_GPT2 ? " (circ_model_new makes it)" : "");
 		return NULL;
 	}
 	if (circ_config_check(c, e) < 0)

@@ -120,6 +120,8 @@ void circ_train_init_family(circ_model *m, uint64_t seed)
 				v = (float)((pi.out_proj ? proj_sd : 0.02) * circ_rng_normal(&rng));
 			else if (nl > 7 && !strcmp(pi.name + nl - 7, ".weight"))
 				v = (float)(1.0 - c->norm_offset); /* a norm's scale of 1 */
+			else if (strstr(pi.name, "q_proj.bias") || strstr(pi.name, "k_proj.bias"))
+				v = (float)(0.02 * circ_rng_normal(&rng));
 			p[pi.offset + i] = v;
 		}
 	}
