@@ -171,6 +171,19 @@ static int keep_narrow(const model_tensor *tab, const circ_st_tensor *t, const c
 	       mat_slot(&probe, tab->role, tab->layer >= 0 ? 0 : -1) != NULL;
 }
 
+/* q: table entry t at offset off of the flat order. */
+static void fam_param_set(fam_param *q, const model_tensor *t, size_t off)
+{
+	snprintf(q->name, sizeof q->name, "%s", t->name);
+	q->role = (int)t->role;
+	q->layer = t->layer;
+	q->ndim = t->ndim;
+	q->shape[0] = t->shape[0];
+	q->shape[1] = t->shape[1];
+	q->off = off;
+	q->count = numel(t);
+}
+
 int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 		      const circ_model_opts *o, circ_error *e)
 {
@@ -280,14 +293,7 @@ int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 		fam_param *q = &m->fp[m->n_fp];
 		if (!found[k])
 			continue;
-		snprintf(q->name, sizeof q->name, "%s", tab[k].name);
-		q->role = (int)tab[k].role;
-		q->layer = tab[k].layer;
-		q->ndim = tab[k].ndim;
-		q->shape[0] = tab[k].shape[0];
-		q->shape[1] = tab[k].shape[1];
-		q->off = m->w.n_params;
-		q->count = numel(&tab[k]);
+		fam_param_set(q, &tab[k], m->w.n_params);
 		m->fp_own &= tab[k].role != MODEL_W_QKV_W && tab[k].role != MODEL_W_QKV_B;
 		m->w.n_params += q->count;
 		m->n_fp++;
@@ -1539,14 +1545,7 @@ int model_family_new(circ_model *m, circ_error *e)
 		fam_param *q = &m->fp[m->n_fp];
 		if (tab[k].optional || tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B)
 			continue; /* a tied model's copy; GPT-NeoX's fused rows: not made here */
-		snprintf(q->name, sizeof q->name, "%s", tab[k].name);
-		q->role = (int)tab[k].role;
-		q->layer = tab[k].layer;
-		q->ndim = tab[k].ndim;
-		q->shape[0] = tab[k].shape[0];
-		q->shape[1] = tab[k].shape[1];
-		q->off = total;
-		q->count = numel(&tab[k]);
+		fam_param_set(q, &tab[k], total);
 		total += q->count;
 		m->n_fp++;
 	}
