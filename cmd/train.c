@@ -645,9 +645,8 @@ static void write_readme(int argc, char **argv, int threads_given, const circ_mo
 	char arch[160] = "", *readme;
 	if (o.llama)
 		snprintf(arch, sizeof arch,
-			 "Llama (RMSNorm, RoPE base 10000, SwiGLU, no biases), %d key/value "
-			 "heads, ",
-			 c->n_kv_head);
+			 "Llama (RMSNorm, RoPE base 10000, SwiGLU, %s), %d key/value heads, ",
+			 o.attn_bias ? "biases on q, k, v and o" : "no biases", c->n_kv_head);
 	else
 		n_params = circ_config_n_params(c);
 	size_t rl = 0, rc = 16384;
@@ -665,15 +664,16 @@ static void write_readme(int argc, char **argv, int threads_given, const circ_mo
 	    "\n\nThe weights are a function of the options and the thread count.\n\n"
 	    "- architecture: %s%d layers, %d heads, n_embd %d, n_inner %d, n_ctx %d, "
 	    "vocabulary %d (byte-level BPE: 256 bytes, %d merges, <|endoftext|>), %zu "
-	    "parameters, lm_head tied to the token embedding\n"
+	    "parameters, lm_head tied to %s\n"
 	    "- training: %d steps of %d sequences, AdamW (betas 0.9, 0.999, eps 1e-8, "
 	    "weight decay %g on matrices and embeddings), peak learning rate %g, %d warm-up "
 	    "steps, cosine decay to %g of the peak, gradient norm clipped at %g, seed %llu\n"
 	    "- evaluation on %lld examples (`circ-dataset %s --seed 0 --model-dir DIR%s`): %s\n"
 	    "\nPer-head attention diagnostics: `circ-train --diagnose DIR`.\n",
 	    arch, c->n_layer, c->n_head, c->n_embd, c->n_inner, c->n_ctx, c->vocab_size,
-	    (int)circ_bpe_n_merges(bpe), n_params, o.steps, o.batch, o.wd, o.lr, o.warmup, o.min_lr,
-	    o.clip, (unsigned long long)o.seed, (long long)ev->n, o.t.task, dsargs, res);
+	    (int)circ_bpe_n_merges(bpe), n_params, o.llama ? "embed_tokens" : "wte", o.steps,
+	    o.batch, o.wd, o.lr, o.warmup, o.min_lr, o.clip, (unsigned long long)o.seed,
+	    (long long)ev->n, o.t.task, dsargs, res);
 	if (!strcmp(o.t.task, "induction"))
 		rl = readme_insert_data(readme, rl, rc);
 	if (circ_write_text_file(tmpdir, "README.md", readme, &e) < 0)
