@@ -1,5 +1,5 @@
 /*
- * circ-train: trains a small GPT-2-architecture model on one of circ's
+ * circ-train: trains a small GPT-2- or Llama-architecture model on one of circ's
  * synthetic tasks (induction, ioi, greater-than) and writes it as a Hugging
  * Face directory that every circ tool reads: config.json, model.safetensors,
  * vocab.json, merges.txt, plus circ.mk (the pipelines' dataset settings for
@@ -56,6 +56,9 @@ enum {
 	OPT_VOCAB_LO,
 	OPT_VOCAB_HI,
 	OPT_DIAGNOSE,
+	OPT_ARCH,
+	OPT_KV_HEADS,
+	OPT_ATTN_BIAS,
 	OPT_N,
 };
 
@@ -93,6 +96,11 @@ static const circ_opt opts[] = {
      "induction and --diagnose: ids drawn are below this (default 256; --diagnose: V)"},
     {"diagnose", OPT_DIAGNOSE, "DIR",
      "print per-head previous-token, induction and duplicate-token scores of DIR"},
+    {"arch", OPT_ARCH, "A", "architecture of the model: gpt2 or llama (default gpt2)"},
+    {"kv-heads", OPT_KV_HEADS, "K",
+     "llama: key/value heads (grouped-query attention), dividing --heads (default: --heads)"},
+    {"attn-bias", OPT_ATTN_BIAS, NULL,
+     "llama: biases on q, k, v and o (attention_bias), q and k's drawn normal(0, 0.02)"},
     {"n", OPT_N, "N", "--diagnose: number of random sequences (default 64)"},
     {0},
 };
@@ -101,6 +109,7 @@ static struct {
 	const char *out, *diagnose;
 	uint64_t seed;
 	int steps, batch, warmup, layers, heads, embd, inner, ctx, threads, log, n;
+	int llama, kv_heads, attn_bias;
 	double lr, min_lr, wd, clip;
 	circ_ttask_opts t;
 	int given_vlo, given_vhi, given_len;
@@ -199,6 +208,13 @@ static int handle(int key, const char *arg, void *ctx)
 		break;
 	case OPT_DIAGNOSE: o.diagnose = arg; break;
 	case OPT_N: o.n = (int)circ_opt_i64("n", arg, 1, 100000); break;
+	case OPT_ARCH:
+		if (strcmp(arg, "gpt2") && strcmp(arg, "llama"))
+			circ_usage_error("option '--arch': '%s' is not gpt2 or llama", arg);
+		o.llama = !strcmp(arg, "llama");
+		break;
+	case OPT_KV_HEADS: o.kv_heads = (int)circ_opt_i64("kv-heads", arg, 1, 64); break;
+	case OPT_ATTN_BIAS: o.attn_bias = 1; break;
 	default: return -1;
 	}
 	o.given[key - CIRC_OPT_FIRST_TOOL] = opt_name(key);
@@ -409,6 +425,15 @@ static void check_training_options(int nargs, char **args)
 	if (o.embd % o.heads)
 		circ_usage_error("option '--embd': %d is not a multiple of --heads %d", o.embd,
 				 o.heads);
+	if ((o.kv_heads || o.attn_bias) && !o.llama)
+		circ_usage_error(
+		    "options '--kv-heads' and '--attn-bias' apply to --arch llama only");
+	if (o.kv_heads && o.heads % o.kv_heads)
+		circ_usage_error("option '--kv-heads': %d does not divide --heads %d", o.kv_heads,
+				 o.heads);
+	if (o.llama && (o.embd / o.heads) % 2)
+		circ_usage_error("option '--embd': the head width %d is odd (RoPE rotates pairs)",
+				 o.embd / o.heads);
 	/* --steps and --lr are range-checked where parsed (a given value is
 	 * never taken for "not given") */
 	if (!o.given[OPT_STEPS - CIRC_OPT_FIRST_TOOL])
@@ -451,6 +476,17 @@ static void model_config(circ_config *c, const circ_bpe *bpe, const circ_ttask *
 	c->n_ctx = o.ctx ? o.ctx : circ_ttask_max_len(task);
 	c->layer_norm_epsilon = 1e-5;
 	c->act = CIRC_ACT_GELU_NEW;
+	if (o.llama) { /* Llama: RMSNorm, RoPE, SwiGLU, no biases, tied */
+		c->model_type = CIRC_MODEL_LLAMA;
+		c->n_kv_head = o.kv_heads ? o.kv_heads : o.heads;
+		c->norm = CIRC_NORM_RMSNORM;
+		c->pos = CIRC_POS_ROTARY;
+		c->rope_theta = 10000;
+		c->mlp = CIRC_MLP_GATED;
+		c->act = CIRC_ACT_SILU;
+		c->no_bias_qkv = c->no_bias_o = !o.attn_bias;
+		c->no_bias_mlp = 1;
+	}
 	if (c->n_ctx < circ_ttask_max_len(task)) {
 		remove_tmp();
 		circ_usage_error("option '--ctx': %d is shorter than the task's sequences (%d)",
@@ -466,6 +502,12 @@ static circ_model *new_model(circ_config *c, const circ_bpe *bpe, const circ_tta
 	circ_weights w;
 	circ_model *m;
 	model_config(c, bpe, task);
+	if (o.llama) {
+		if (!(m = circ_model_new_family(c, &e)))
+			die_clean(&e);
+		circ_train_init_family(m, o.seed);
+		return m;
+	}
 	circ_weights_alloc(&w, c);
 	circ_train_init_weights(&w, c, o.seed);
 	if (!(m = circ_model_new(c, &w, &e)))
@@ -593,18 +635,26 @@ static size_t readme_insert_data(char *readme, size_t rl, size_t rc)
 
 /* README.md: the command that reproduces the model, its settings and the
  * evaluation (res, over ev->n examples). */
-static void write_readme(int argc, char **argv, int threads_given, const circ_config *c,
+static void write_readme(int argc, char **argv, int threads_given, const circ_model *m,
 			 const circ_bpe *bpe, const circ_ttask_eval *ev, const char *dsargs,
 			 const char *res)
 {
 	circ_error e;
-	char *readme;
+	const circ_config *c = circ_model_config(m);
+	size_t n_params = circ_model_weights(m)->n_params;
+	char arch[160] = "", *readme;
+	if (o.llama)
+		snprintf(arch, sizeof arch,
+			 "Llama (RMSNorm, RoPE base 10000, SwiGLU, %s), %d key/value heads, ",
+			 o.attn_bias ? "biases on q, k, v and o" : "no biases", c->n_kv_head);
+	else
+		n_params = circ_config_n_params(c);
 	size_t rl = 0, rc = 16384;
 	readme = circ_xmalloc(rc);
 	rl += (size_t)snprintf(readme + rl, rc - rl,
-			       "# A GPT-2-architecture model trained by circ-train on %s\n\n"
+			       "# A %s-architecture model trained by circ-train on %s\n\n"
 			       "Reproduce it, from the repository root:\n\n    circ-train",
-			       o.t.task);
+			       o.llama ? "Llama" : "GPT-2", o.t.task);
 	for (int k = 1; k < argc && rl < rc - 512; k++)
 		rl += (size_t)snprintf(readme + rl, rc - rl, " %s", argv[k]);
 	if (!threads_given) /* the weights depend on it: the command names it */
@@ -612,18 +662,18 @@ static void write_readme(int argc, char **argv, int threads_given, const circ_co
 	rl += (size_t)snprintf(
 	    readme + rl, rc - rl,
 	    "\n\nThe weights are a function of the options and the thread count.\n\n"
-	    "- architecture: %d layers, %d heads, n_embd %d, n_inner %d, n_ctx %d, "
+	    "- architecture: %s%d layers, %d heads, n_embd %d, n_inner %d, n_ctx %d, "
 	    "vocabulary %d (byte-level BPE: 256 bytes, %d merges, <|endoftext|>), %zu "
-	    "parameters, lm_head tied to wte\n"
+	    "parameters, lm_head tied to %s\n"
 	    "- training: %d steps of %d sequences, AdamW (betas 0.9, 0.999, eps 1e-8, "
 	    "weight decay %g on matrices and embeddings), peak learning rate %g, %d warm-up "
 	    "steps, cosine decay to %g of the peak, gradient norm clipped at %g, seed %llu\n"
 	    "- evaluation on %lld examples (`circ-dataset %s --seed 0 --model-dir DIR%s`): %s\n"
 	    "\nPer-head attention diagnostics: `circ-train --diagnose DIR`.\n",
-	    c->n_layer, c->n_head, c->n_embd, c->n_inner, c->n_ctx, c->vocab_size,
-	    (int)circ_bpe_n_merges(bpe), circ_config_n_params(c), o.steps, o.batch, o.wd, o.lr,
-	    o.warmup, o.min_lr, o.clip, (unsigned long long)o.seed, (long long)ev->n, o.t.task,
-	    dsargs, res);
+	    arch, c->n_layer, c->n_head, c->n_embd, c->n_inner, c->n_ctx, c->vocab_size,
+	    (int)circ_bpe_n_merges(bpe), n_params, o.llama ? "embed_tokens" : "wte", o.steps,
+	    o.batch, o.wd, o.lr, o.warmup, o.min_lr, o.clip, (unsigned long long)o.seed,
+	    (long long)ev->n, o.t.task, dsargs, res);
 	if (!strcmp(o.t.task, "induction"))
 		rl = readme_insert_data(readme, rl, rc);
 	if (circ_write_text_file(tmpdir, "README.md", readme, &e) < 0)
@@ -1261,13 +1311,14 @@ static int dict_main(int argc, char **argv, int transcoder)
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {"TASK --out DIR [options]   (TASK: induction, ioi, greater-than)\n"
-			"       circ-train --diagnose DIR [--len L] [--n N] [--seed S]\n"
-			"       circ-train sae|transcoder ... (sparse dictionaries: circ-train sae "
-			"--help)",
-			"Train a small GPT-2-architecture model on a synthetic task, or print "
-			"per-head attention diagnostics of a model.",
-			opts, 0};
+	circ_cli cli = {
+	    "TASK --out DIR [options]   (TASK: induction, ioi, greater-than)\n"
+	    "       circ-train --diagnose DIR [--len L] [--n N] [--seed S]\n"
+	    "       circ-train sae|transcoder ... (sparse dictionaries: circ-train sae "
+	    "--help)",
+	    "Train a small GPT-2- or Llama-architecture model on a synthetic task, or print "
+	    "per-head attention diagnostics of a model.",
+	    opts, 0};
 	circ_error e;
 	circ_config c;
 	circ_tbatch b = {0};
@@ -1316,7 +1367,7 @@ int main(int argc, char **argv)
 	if (circ_model_save(m, tmpdir, &e) < 0)
 		die_clean(&e);
 	write_circ_mk(dsargs, sizeof dsargs);
-	write_readme(argc, argv, threads_given, &c, bpe, &ev, dsargs, res);
+	write_readme(argc, argv, threads_given, m, bpe, &ev, dsargs, res);
 	if (move_into_place(tmpdir, o.out, &e) < 0)
 		die_clean(&e);
 	unregister_tmp();

@@ -282,6 +282,13 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
  * config.json text circ_config_write would write and the safetensors bytes
  * circ_model_save would write. */
 circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e);
+/* A model of c's family (not GPT-2: circ_model_new; not GPT-NeoX, whose
+ * checkpoint fuses q, k and v) with zeroed f32
+ * parameters in the flat order (circ_model_params), to be filled, say by
+ * lib/train's initialisation. Its digest hashes the config.json and the
+ * model.safetensors circ_model_save would write. NULL with a message if c
+ * is bad. */
+circ_model *circ_model_new_family(const circ_config *c, circ_error *e);
 void circ_model_free(circ_model *m); /* NULL is a no-op */
 
 const circ_config *circ_model_config(const circ_model *m);
@@ -307,7 +314,10 @@ const char *circ_model_digest(circ_model *m, circ_error *e);
 
 /* Writes dir/config.json and dir/model.safetensors (F32, names with the
  * "transformer." prefix, Conv1D layout, no lm_head: tied) for m. dir is
- * created if missing. -1 with a message on error. */
+ * created if missing. A family model that holds its parameters in the flat
+ * order (circ_model_params) is written with its Hugging Face names in that
+ * order, F32, and its config.json as read (or circ_config_write's: llama).
+ * -1 with a message on error. */
 int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
 /* Writes a model with random weights: a deterministic function of c and
  * seed (circ_rng): normal(0, 0.02) matrices and embeddings, c_proj matrices
@@ -317,6 +327,35 @@ int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
  * fixtures. -1 with a message on error. */
 int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed, const char *dtype,
 			    circ_error *e);
+
+/* ---- flat parameters of the other families ----
+ * A model of a family other than GPT-2 has its tensors in one flat order:
+ * the checkpoint's tensors as the family's table lists them (the embedding
+ * first, then layer by layer, the final norm, an untied lm_head last), each
+ * row-major in its Hugging Face shape (nn.Linear: (out, in)). Parameter
+ * gradients (circ_bwd.dparams) use it, and a model opened with copy holds
+ * its weights in it (circ_model_params). */
+
+typedef struct circ_param_info {
+	const char *name; /* the Hugging Face name ("model.layers.0.self_attn.q_proj.weight") */
+	size_t offset;	  /* in floats from the start of the order */
+	size_t count;
+	int ndim;
+	int64_t shape[2];
+	int layer;    /* -1: model-wide */
+	int matrix;   /* 1: an embedding or a projection weight; 0: a norm weight
+		       * or a bias */
+	int out_proj; /* 1: o_proj or down_proj (scaled at initialisation) */
+} circ_param_info;
+/* Tensors of the flat order: 0 for GPT-2 (which uses circ_weights). */
+int circ_model_n_param_tensors(const circ_model *m);
+/* Tensor i (0 <= i < circ_model_n_param_tensors) into *out; the name lives
+ * as long as the model. */
+void circ_model_param_info(const circ_model *m, int i, circ_param_info *out);
+/* The model's writable parameters in the flat order ((n_params) floats):
+ * a family model opened with copy; NULL otherwise. Writing them changes
+ * the model (its digest is not recomputed). */
+float *circ_model_params(circ_model *m);
 
 /* ---- numbering (lib/topology's; arguments checked with CIRC_ASSERT) ---- */
 
@@ -546,6 +585,13 @@ typedef struct circ_bwd {
 				     * from the lookup, and with the ACDC convention no
 				     * wpe gradient either */
 	circ_bwd_out_hook out_hook; /* optional, with hook_ctx; not with dweights */
+	float *dparams;		    /* optional, families other than GPT-2: parameter
+				     * gradients are added (+=) here, (n_params) floats
+				     * in the model's flat parameter order
+				     * (circ_model_param_info). Pre-norm families
+				     * without q/k norms or a fused q/k/v (llama,
+				     * mistral, qwen2, gemma) with f32 weights;
+				     * deltas are constants as for dweights */
 } circ_bwd;
 
 /* One backward pass from dlogits through the last forward of r (made with

@@ -177,6 +177,8 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			return circ_errorf(e, "no complete forward to differentiate");
 		return model_family_backward(r, b, e);
 	}
+	if (b->dparams)
+		return circ_errorf(e, "parameter gradients of gpt2 go to dweights, not dparams");
 	if (dw && check_dweights(r, dw, e) < 0)
 		return -1;
 	if (dw && b->out_hook)

@@ -787,11 +787,38 @@ char *circ_config_describe(const circ_config *c, int tied)
 }
 
 /* The config.json text circ writes (deterministic: fixed key order). */
+/* A Llama config.json's keys (what circ-train writes): the Hugging Face
+ * names, default RoPE. */
+static void llama_keys(json_t *o, const circ_config *c)
+{
+	json_object_set_new(o, "model_type", json_string("llama"));
+	json_object_set_new(o, "architectures", json_pack("[s]", "LlamaForCausalLM"));
+	json_object_set_new(o, "hidden_size", json_integer(c->n_embd));
+	json_object_set_new(o, "intermediate_size", json_integer(c->n_inner));
+	json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layer));
+	json_object_set_new(o, "num_attention_heads", json_integer(c->n_head));
+	json_object_set_new(o, "num_key_value_heads", json_integer(circ_config_kv_heads(c)));
+	json_object_set_new(o, "head_dim", json_integer(circ_config_head_dim(c)));
+	json_object_set_new(o, "max_position_embeddings", json_integer(c->n_ctx));
+	json_object_set_new(o, "vocab_size", json_integer(c->vocab_size));
+	json_object_set_new(o, "hidden_act", json_string(circ_act_name(c->act)));
+	json_object_set_new(o, "rms_norm_eps", json_real(c->layer_norm_epsilon));
+	json_object_set_new(o, "rope_theta", json_real(c->rope_theta));
+	json_object_set_new(o, "attention_bias", json_boolean(!c->no_bias_qkv));
+	json_object_set_new(o, "mlp_bias", json_boolean(!c->no_bias_mlp));
+	json_object_set_new(o, "tie_word_embeddings", json_boolean(!c->untied));
+	json_object_set_new(o, "torch_dtype", json_string("float32"));
+}
+
 char *model_config_text(const circ_config *c)
 {
 	json_t *o = json_object();
 	char *s;
 	int prec;
+	if (c->model_type == CIRC_MODEL_LLAMA) {
+		llama_keys(o, c);
+		goto dump;
+	}
 	json_object_set_new(o, "model_type", json_string("gpt2"));
 	json_object_set_new(o, "architectures", json_pack("[s]", "GPT2LMHeadModel"));
 	json_object_set_new(o, "n_layer", json_integer(c->n_layer));
@@ -805,6 +832,7 @@ char *model_config_text(const circ_config *c)
 	json_object_set_new(o, "activation_function", json_string(circ_act_name(c->act)));
 	json_object_set_new(o, "layer_norm_epsilon", json_real(c->layer_norm_epsilon));
 	json_object_set_new(o, "tie_word_embeddings", json_true());
+dump:
 	/* the shortest precision that reads back exactly: "1e-05", not 1.0000000000000001e-05 */
 	for (prec = 1; prec < 17; prec++) {
 		char b[64];
@@ -836,8 +864,19 @@ int circ_config_write(const char *path, const circ_config *c, circ_error *e)
 	int rc;
 	if (circ_config_check(c, e) < 0)
 		return -1;
-	if (c->model_type != CIRC_MODEL_GPT2)
-		return circ_errorf(e, "'%s': writing a %s config is not implemented (gpt2 only)",
+	if (c->model_type == CIRC_MODEL_LLAMA &&
+	    (c->norm != CIRC_NORM_RMSNORM || c->pos != CIRC_POS_ROTARY ||
+	     c->mlp != CIRC_MLP_GATED || c->rope_scaling != CIRC_ROPE_DEFAULT ||
+	     c->no_bias_qkv != c->no_bias_o || c->sliding_window || c->norm_offset != 0 ||
+	     c->norm_place != CIRC_NORM_PRE || c->qk_norm != CIRC_QK_NORM_NONE))
+		return circ_errorf(e,
+				   "'%s': the config is not a plain llama (RMSNorm, default "
+				   "RoPE, gated MLP)",
+				   path);
+	if (c->model_type != CIRC_MODEL_GPT2 && c->model_type != CIRC_MODEL_LLAMA)
+		return circ_errorf(e,
+				   "'%s': writing a %s config is not implemented (gpt2 and llama "
+				   "only)",
 				   path, circ_model_type_name(c->model_type));
 	t = model_config_text(c);
 	rc = circ_write_text(path, t, e);

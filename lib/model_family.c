@@ -171,6 +171,19 @@ static int keep_narrow(const model_tensor *tab, const circ_st_tensor *t, const c
 	       mat_slot(&probe, tab->role, tab->layer >= 0 ? 0 : -1) != NULL;
 }
 
+/* q: table entry t at offset off of the flat order. */
+static void fam_param_set(fam_param *q, const model_tensor *t, size_t off)
+{
+	snprintf(q->name, sizeof q->name, "%s", t->name);
+	q->role = (int)t->role;
+	q->layer = t->layer;
+	q->ndim = t->ndim;
+	q->shape[0] = t->shape[0];
+	q->shape[1] = t->shape[1];
+	q->off = off;
+	q->count = numel(t);
+}
+
 int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 		      const circ_model_opts *o, circ_error *e)
 {
@@ -274,9 +287,17 @@ int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 		m->w.wte = (float *)(uintptr_t)m->fw.embed.p;
 	if (m->fw.lm_head.dt == CIRC_F32)
 		m->w.lm_head = (float *)(uintptr_t)m->fw.lm_head.p;
-	for (int k = 0; k < n; k++)
-		if (found[k])
-			m->w.n_params += numel(&tab[k]);
+	m->fp = circ_xcalloc((size_t)n, sizeof *m->fp);
+	m->fp_own = o->copy;
+	for (int k = 0; k < n; k++) {
+		fam_param *q = &m->fp[m->n_fp];
+		if (!found[k])
+			continue;
+		fam_param_set(q, &tab[k], m->w.n_params);
+		m->fp_own &= tab[k].role != MODEL_W_QKV_W && tab[k].role != MODEL_W_QKV_B;
+		m->w.n_params += q->count;
+		m->n_fp++;
+	}
 	free(tab);
 	free(found);
 	return 0;
@@ -323,16 +344,29 @@ static void norm_row(const circ_config *c, int rms, float *out, const float *x, 
 		out[i] = (x[i] - m) * rs * w[i] + (b ? b[i] : 0.0f);
 }
 
+/* 1 / sqrt(var + eps) of a row (var: mean of squares for RMSNorm, about
+ * the mean *mu otherwise; *mu 0 for RMSNorm), in double. */
+static double row_rstd(const float *x, int n, int rms, double eps, double *mu)
+{
+	double s = 0, m = 0;
+	if (!rms) {
+		for (int i = 0; i < n; i++)
+			m += x[i];
+		m /= n;
+	}
+	for (int i = 0; i < n; i++)
+		s += ((double)x[i] - m) * ((double)x[i] - m);
+	*mu = m;
+	return 1.0 / sqrt(s / n + eps);
+}
+
 /* dx += d norm(x) / dx . dy for one row. */
 static void norm_row_bwd(const circ_config *c, int rms, float *dx, const float *dy, const float *x,
 			 int n, const float *w)
 {
-	double s = 0, mu = 0, eps = c->layer_norm_epsilon, a = 0, bsum = 0;
+	double mu, a = 0, bsum = 0, rs = row_rstd(x, n, rms, c->layer_norm_epsilon, &mu);
 	if (rms) {
 		double off = c->norm_offset;
-		for (int i = 0; i < n; i++)
-			s += (double)x[i] * x[i];
-		double rs = 1.0 / sqrt(s / n + eps);
 		for (int i = 0; i < n; i++)
 			a += (double)dy[i] * (off + w[i]) * x[i];
 		a /= n;
@@ -340,12 +374,6 @@ static void norm_row_bwd(const circ_config *c, int rms, float *dx, const float *
 			dx[i] += (float)(rs * ((double)dy[i] * (off + w[i]) - x[i] * rs * rs * a));
 		return;
 	}
-	for (int i = 0; i < n; i++)
-		mu += x[i];
-	mu /= n;
-	for (int i = 0; i < n; i++)
-		s += ((double)x[i] - mu) * ((double)x[i] - mu);
-	double rs = 1.0 / sqrt(s / n + eps);
 	for (int i = 0; i < n; i++) {
 		double g = (double)dy[i] * w[i], xh = (x[i] - mu) * rs;
 		a += g;
@@ -938,6 +966,118 @@ void model_family_stage(circ_run *r, int s)
 
 /* ================================================================ backward */
 
+/* ---- parameter gradients (circ_bwd.dparams) ----
+ * Bound like the weights (role_slot over the flat order), written through
+ * wr(). Each is a sum over rows in a fixed order (the GEMMs split only
+ * over output blocks), so the same threads give the same bytes. */
+
+static float *wr(const void *p)
+{
+	return (float *)(uintptr_t)p;
+}
+
+/* dW (out, in) += dy^T x: dy (rows, out; ld ldy), x (rows, in; ld ldx). */
+static void grad_w(const circ_run *r, const void *dW, int out, int in, const float *dy, int ldy,
+		   const float *x, int ldx, size_t rows)
+{
+	if (dW)
+		model_gemm(r, 1, 0, out, in, (int)rows, dy, ldy, x, ldx, 1.0f, wr(dW), in);
+}
+
+/* db (n) += the column sums of dy (rows, n; ld ldy), in double. */
+static void grad_b(const float *db, const float *dy, size_t ldy, size_t rows, int n)
+{
+	if (!db)
+		return;
+	for (int j = 0; j < n; j++) {
+		double s = 0;
+		for (size_t i = 0; i < rows; i++)
+			s += dy[i * ldy + (size_t)j];
+		wr(db)[j] += (float)s;
+	}
+}
+
+/* A norm's parameters: dw += sum_rows dy . xhat (xhat: the input
+ * normalised, before scale and bias), db += sum_rows dy (LayerNorm); dy the
+ * gradient at the norm's output. The scale's offset (Gemma) does not
+ * change d out / d w. */
+static void grad_norm(const circ_run *r, int rms, const float *dw, const float *db, const float *dy,
+		      size_t ldy, const float *x, size_t ldx, size_t rows, int n)
+{
+	double *acc = circ_xcalloc((size_t)n, sizeof *acc), eps = r->m->cfg.layer_norm_epsilon;
+	for (size_t i = 0; i < rows; i++) {
+		const float *xi = x + i * ldx, *gi = dy + i * ldy;
+		double mu, rs = row_rstd(xi, n, rms, eps, &mu);
+		for (int j = 0; j < n; j++)
+			acc[j] += (double)gi[j] * (((double)xi[j] - mu) * rs);
+	}
+	for (int j = 0; j < n; j++)
+		wr(dw)[j] += (float)acc[j];
+	free(acc);
+	if (!rms)
+		grad_b(db, dy, ldy, rows, n);
+}
+
+/* What dparams needs: a family whose parameter gradients are implemented,
+ * f32 weights, no out_hook, and a buffer of the model's size (the caller's
+ * promise: it is (n_params) floats). */
+static int grads_check(const circ_run *r, const circ_bwd *b, circ_error *e)
+{
+	const circ_config *c = &r->m->cfg;
+	const char *why = NULL;
+	if (c->norm_place != CIRC_NORM_PRE)
+		why = "norms after the blocks";
+	else if (c->qk_norm != CIRC_QK_NORM_NONE)
+		why = "q/k norms";
+	else if (c->model_type == CIRC_MODEL_GPT_NEOX)
+		why = "a fused query_key_value";
+	else if (r->m->fw.narrow_max)
+		why = "F16/BF16 weights (open the model with copy, or use F32)";
+	else if (b->out_hook)
+		why = "per-node output gradients (out_hook)";
+	if (why)
+		return circ_errorf(e,
+				   "parameter gradients of model_type '%s' are not implemented "
+				   "with %s (circ trains gpt2 and pre-norm families without q/k "
+				   "norms: llama, mistral, qwen2, gemma)",
+				   circ_model_type_name(c->model_type), why);
+	return 0;
+}
+
+/* gw: dparams bound to the model's roles (lm_head == embed when tied). */
+static void grads_bind(const circ_model *m, float *dp, fam_weights *gw)
+{
+	memset(gw, 0, sizeof *gw);
+	gw->layers = circ_xcalloc((size_t)m->cfg.n_layer, sizeof *gw->layers);
+	for (int i = 0; i < m->n_fp; i++) {
+		const fam_param *q = &m->fp[i];
+		fam_mat *ms;
+		const float **vs;
+		role_slot(gw, (model_role)q->role, q->layer, &ms, &vs);
+		if (ms)
+			*ms = (fam_mat){dp + q->off, CIRC_F32};
+		else if (vs)
+			*vs = dp + q->off;
+	}
+	if (!gw->lm_head.p)
+		gw->lm_head = gw->embed;
+}
+
+/* The embedding's gradient from the residual gradient at stage 0. */
+static void grads_embed(const circ_run *r)
+{
+	size_t C = (size_t)r->C, n = bt(r);
+	float sc = r->m->cfg.embed_scale > 0 ? (float)r->m->cfg.embed_scale : 1.0f;
+	const float *g = r->dresid;
+	if (r->used_embed)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		float *d = wr(r->gw->embed.p) + (size_t)r->tokens[i] * C;
+		for (size_t j = 0; j < C; j++)
+			d[j] += sc * g[i * C + j];
+	}
+}
+
 static float *dres(const circ_run *r, int s)
 {
 	return r->dresid + (size_t)s * r->rows * r->C;
@@ -971,6 +1111,13 @@ static void fam_final_bwd(circ_run *r, int s, const float *dlogits)
 	}
 	/* the final norm's inputs at the read rows, rebuilt */
 	model_final_inputs(r, x, r->s_ln);
+	if (r->gw) {
+		const fam_weights *w = &r->m->fw;
+		p_norm(r, block_rms(r), r->f_s1, C, r->s_ln, C, N, r->C, w->final_w, w->final_b);
+		grad_w(r, r->gw->lm_head.p, r->V, r->C, dl, r->V, r->f_s1, r->C, N);
+		grad_norm(r, block_rms(r), r->gw->final_w, r->gw->final_b, r->d_ln, C, r->s_ln, C,
+			  N, r->C);
+	}
 	memset(r->s_ln2, 0, N * C * sizeof(float));
 	p_norm_bwd(r, block_rms(r), r->s_ln2, r->d_ln, C, r->s_ln, C, N, r->C, r->m->fw.final_w);
 	for (size_t i = 0; i < N; i++) {
@@ -994,6 +1141,12 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 		p_norm_bwd(r, 1, r->f_dA, g, C, lay(r, r->fM, l, C), C, n, r->C, y->pm_w);
 		dout = r->f_dA;
 	}
+	if (r->gw) { /* down: the activations (rebuilt in f_db) against dout */
+		for (size_t i = 0; i < n * F; i++)
+			r->f_db[i] = gated ? act_f(c->act, fa[i]) * fb[i] : act_f(c->act, fa[i]);
+		grad_w(r, r->gw->layers[l].dn_w.p, r->C, r->F, dout, r->C, r->f_db, r->F, n);
+		grad_b(r->gw->layers[l].dn_b, dout, C, n, r->C);
+	}
 	/* d(act product) = dout Wdn (Wdn: (C, F)) */
 	model_gemm(r, 0, 0, (int)n, r->F, r->C, dout, r->C, fam_rows(r, &y->dn_w, 0, C, F), r->F,
 		   0.0f, r->f_da, r->F);
@@ -1011,6 +1164,17 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 	if (gated)
 		model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_db, r->F,
 			   fam_rows(r, &y->up_w, 0, F, C), r->C, 1.0f, r->d_ln, r->C);
+	if (r->gw) { /* gate (fc) and up against the normed input */
+		fam_layer *gl = &r->gw->layers[l];
+		p_norm(r, block_rms(r), r->f_s1, C, xin, C, n, r->C, y->n2_w, y->n2_b);
+		grad_w(r, gl->fc_w.p, r->F, r->C, r->f_da, r->F, r->f_s1, r->C, n);
+		grad_b(gl->fc_b, r->f_da, F, n, r->F);
+		if (gated) {
+			grad_w(r, gl->up_w.p, r->F, r->C, r->f_db, r->F, r->f_s1, r->C, n);
+			grad_b(gl->up_b, r->f_db, F, n, r->F);
+		}
+		grad_norm(r, block_rms(r), gl->n2_w, gl->n2_b, r->d_ln, C, xin, C, n, r->C);
+	}
 	memset(rg, 0, n * C * sizeof(float));
 	if (fam_pre_norm(c))
 		p_norm_bwd(r, block_rms(r), rg, r->d_ln, C, xin, C, n, r->C, y->n2_w);
@@ -1053,6 +1217,15 @@ static void recv_bwd(circ_run *r, int l, int kind, int h, const float *xin, cons
 	} else {
 		model_gemm(r, 0, 0, (int)n, r->C, r->D, dproj, (int)Q,
 			   fam_rows(r, W, (size_t)g * D, D, C), r->C, 0.0f, r->d_ln, r->C);
+	}
+	if (r->gw) { /* the rows of h's group against this receiver's normed input */
+		fam_layer *gl = &r->gw->layers[l];
+		const fam_mat *gW = kind == 0 ? &gl->q_w : kind == 1 ? &gl->k_w : &gl->v_w;
+		const float *gb = kind == 0 ? gl->q_b : kind == 1 ? gl->k_b : gl->v_b;
+		grad_w(r, (const float *)gW->p + (size_t)g * D * C, r->D, r->C, dproj, (int)Q, xn,
+		       r->C, n);
+		grad_b(gb ? gb + (size_t)g * D : NULL, dproj, Q, n, r->D);
+		grad_norm(r, block_rms(r), gl->n1_w, gl->n1_b, r->d_ln, C, xin, C, n, r->C);
 	}
 	if (fam_pre_norm(c))
 		p_norm_bwd(r, block_rms(r), rg, r->d_ln, C, xin, C, n, r->C, y->n1_w);
@@ -1149,6 +1322,11 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, con
 		model_gemm(r, 0, 0, (int)n, (int)Q, r->C, dA, r->C, fam_rows(r, &y->o_w, 0, C, Q),
 			   (int)Q, 0.0f, r->f_dz, (int)Q);
 	}
+	if (r->gw) { /* o_proj: dA against the heads' z */
+		grad_w(r, r->gw->layers[l].o_w.p, r->C, (int)Q, dA, r->C, lay(r, r->fz, l, Q),
+		       (int)Q, n);
+		grad_b(r->gw->layers[l].o_b, dA, C, n, r->C);
+	}
 	memset(dq, 0, n * Q * sizeof(float));
 	memset(dk, 0, n * Q * sizeof(float));
 	memset(dv, 0, n * Q * sizeof(float));
@@ -1211,16 +1389,40 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, con
 		}
 }
 
+static int fam_backward_stages(circ_run *r, const circ_bwd *b, int S, circ_error *e);
+
 int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 {
-	const circ_topology *t = r->m->topo;
-	int S = circ_topo_stage_final(t);
-	size_t n = bt(r), C = (size_t)r->C;
+	int S = circ_topo_stage_final(r->m->topo);
+	fam_weights gw;
+	int rc = -1;
 	if (b->dweights)
 		return circ_errorf(e,
-				   "parameter gradients of model_type '%s' are not implemented "
-				   "(circ trains gpt2)",
+				   "parameter gradients of model_type '%s' go to dparams (the "
+				   "flat order), not dweights (GPT-2's layout)",
 				   circ_model_type_name(r->m->cfg.model_type));
+	if (b->dparams) {
+		if (grads_check(r, b, e) < 0)
+			return -1;
+		grads_bind(r->m, b->dparams, &gw);
+		r->gw = &gw;
+	}
+	rc = fam_backward_stages(r, b, S, e);
+	if (rc == 0 && r->gw)
+		grads_embed(r);
+	if (r->gw)
+		free(gw.layers);
+	r->gw = NULL;
+	if (rc == 0)
+		r->have_bwd = 1;
+	return rc;
+}
+
+/* The stages of the backward, final to first. */
+static int fam_backward_stages(circ_run *r, const circ_bwd *b, int S, circ_error *e)
+{
+	const circ_topology *t = r->m->topo;
+	size_t n = bt(r), C = (size_t)r->C;
 	fam_final_bwd(r, S, b->dlogits);
 	if (model_call_bhook(r, b, S, e) < 0)
 		return -1;
@@ -1242,7 +1444,6 @@ int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		if (model_call_bhook(r, b, s, e) < 0)
 			return -1;
 	}
-	r->have_bwd = 1;
 	return 0;
 }
 
@@ -1325,4 +1526,73 @@ int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, 
 	circ_gemm(0, 1, n, C, Q, 1.0f, z, Q, w, Q, 0.0f, out, C);
 	free(conv);
 	return 0;
+}
+
+/* ================================================================ flat parameters */
+
+int model_family_new(circ_model *m, circ_error *e)
+{
+	const circ_config *c = &m->cfg;
+	model_tensor *tab = NULL;
+	int n = model_names_list(c, &tab);
+	size_t total = 0;
+	if (n < 0)
+		return circ_errorf(e, "no tensor table for model_type '%s'",
+				   circ_model_type_name(c->model_type));
+	m->fw.layers = circ_xcalloc((size_t)c->n_layer, sizeof *m->fw.layers);
+	m->fp = circ_xcalloc((size_t)n, sizeof *m->fp);
+	for (int k = 0; k < n; k++) {
+		fam_param *q = &m->fp[m->n_fp];
+		if (tab[k].optional || tab[k].role == MODEL_W_QKV_W || tab[k].role == MODEL_W_QKV_B)
+			continue; /* a tied model's copy; GPT-NeoX's fused rows: not made here */
+		fam_param_set(q, &tab[k], total);
+		total += q->count;
+		m->n_fp++;
+	}
+	free(tab);
+	m->own = circ_xmalloc_aligned((total ? total : 1) * sizeof(float));
+	memset(m->own, 0, (total ? total : 1) * sizeof(float));
+	for (int i = 0; i < m->n_fp; i++) {
+		fam_mat *ms;
+		const float **vs;
+		role_slot(&m->fw, (model_role)m->fp[i].role, m->fp[i].layer, &ms, &vs);
+		if (ms)
+			*ms = (fam_mat){m->own + m->fp[i].off, CIRC_F32};
+		else if (vs)
+			*vs = m->own + m->fp[i].off;
+	}
+	if (!m->fw.lm_head.p)
+		m->fw.lm_head = m->fw.embed;
+	m->w.wte = (float *)(uintptr_t)m->fw.embed.p;
+	m->w.lm_head = (float *)(uintptr_t)m->fw.lm_head.p;
+	m->w.n_params = total;
+	m->fp_own = 1;
+	return 0;
+}
+
+int circ_model_n_param_tensors(const circ_model *m)
+{
+	return m->n_fp;
+}
+
+void circ_model_param_info(const circ_model *m, int i, circ_param_info *out)
+{
+	const fam_param *q;
+	CIRC_ASSERT(i >= 0 && i < m->n_fp);
+	q = &m->fp[i];
+	out->name = q->name;
+	out->offset = q->off;
+	out->count = q->count;
+	out->ndim = q->ndim;
+	out->shape[0] = q->shape[0];
+	out->shape[1] = q->shape[1];
+	out->layer = q->layer;
+	out->matrix = q->ndim == 2;
+	out->out_proj =
+	    q->role == MODEL_W_O_W || q->role == MODEL_W_DOWN_W || q->role == MODEL_W_FCPROJ_W;
+}
+
+float *circ_model_params(circ_model *m)
+{
+	return m->fp_own && m->n_fp ? m->own : NULL;
 }

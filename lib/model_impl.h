@@ -70,10 +70,24 @@ typedef struct fam_weights {
 	size_t narrow_max;		/* floats of the largest narrow use (0: all f32) */
 } fam_weights;
 
+/* One tensor of a family's flat parameter order (circ_model_param_info):
+ * what model_family_open bound, in the table's order. */
+typedef struct fam_param {
+	char name[128];
+	int role;  /* a model_role (model_names.h) */
+	int layer; /* -1: model-wide */
+	int ndim;
+	int64_t shape[2];
+	size_t off, count; /* floats */
+} fam_param;
+
 struct circ_model {
 	circ_config cfg;
-	circ_weights w;	  /* GPT-2's; for other families only wte, lm_head, n_params */
-	fam_weights fw;	  /* the other families' */
+	circ_weights w; /* GPT-2's; for other families only wte, lm_head, n_params */
+	fam_weights fw; /* the other families' */
+	fam_param *fp;	/* (n_fp) their tensors in the flat parameter order */
+	int n_fp;
+	int fp_own;	  /* 1: m->own holds every tensor in that order, f32 */
 	circ_st_set *set; /* their checkpoint (one file or shards) */
 	int gqa_grouped;  /* k and v receivers per key/value head (circ_model_opts) */
 	char *dir;
@@ -156,7 +170,9 @@ struct circ_run {
 	float *f_s1, *f_s2;    /* scratch (rows, C), (rows, Q) */
 	float *f_dq, *f_dk, *f_dv, *f_dz, *f_dz2, *f_dfull; /* (rows, Q) */
 	float *f_dA, *f_da, *f_db, *f_dlog;		    /* (rows, C), (rows, F) x2, (rows, V) */
-	float *f_w; /* (fw.narrow_max) a narrow matrix (or its rows) in f32 */
+	float *f_w;	 /* (fw.narrow_max) a narrow matrix (or its rows) in f32 */
+	fam_weights *gw; /* the backward's parameter gradients (circ_bwd.dparams)
+			  * bound as the weights are, or NULL */
 
 	/* per-thread scratch of the row-blocked q/k/v kernels (outside the
 	 * arena: sized by the thread count, which can change) */
@@ -182,6 +198,9 @@ static inline int model_is_family(const circ_model *m)
 /* Binds dir's checkpoint to m->fw (m->cfg read); -1 with a message. */
 int model_family_open(circ_model *m, const char *dir, const char *cfg_path,
 		      const circ_model_opts *o, circ_error *e);
+/* An in-memory model of m->cfg's family: zeroed f32 parameters in the flat
+ * order in m->own, bound to m->fw; -1 with a message. */
+int model_family_new(circ_model *m, circ_error *e);
 void model_family_embed(circ_run *r, const circ_fwd *f);
 void model_family_stage(circ_run *r, int s); /* the stage after its hook */
 int model_family_backward(circ_run *r, const circ_bwd *b, circ_error *e);

@@ -162,6 +162,7 @@ void circ_model_free(circ_model *m)
 	circ_st_close(m->st);
 	circ_st_set_close(m->set);
 	free(m->fw.layers);
+	free(m->fp);
 	circ_topology_free(m->topo);
 	free(m->own);
 	free(m->w.mem);
@@ -382,6 +383,90 @@ circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e)
 	return m;
 }
 
+circ_model *circ_model_new_family(const circ_config *c, circ_error *e)
+{
+	circ_model *m;
+	if (c->model_type == CIRC_MODEL_GPT2 || c->model_type == CIRC_MODEL_GPT_NEOX) {
+		circ_errorf(e, "a %s model is not made in memory by circ_model_new_family%s",
+			    circ_model_type_name(c->model_type),
+			    c->model_type == CIRC_MODEL_GPT2 ? " (circ_model_new makes it)" : "");
+		return NULL;
+	}
+	if (circ_config_check(c, e) < 0)
+		return NULL;
+	m = circ_xcalloc(1, sizeof *m);
+	m->cfg = *c;
+	if (model_family_new(m, e) < 0 || model_topology_make(m, e) < 0) {
+		circ_model_free(m);
+		return NULL;
+	}
+	return m;
+}
+
+/* A family model's tensors in the flat order, F32 from its own parameters
+ * (names point into m); -1 if it does not hold them. */
+static int family_tensors(const circ_model *m, circ_st_tensor **out, circ_error *e)
+{
+	float *p = circ_model_params((circ_model *)(uintptr_t)m);
+	int n = circ_model_n_param_tensors(m);
+	if (!p)
+		return circ_errorf(e,
+				   "the %s model does not hold its weights in memory (open it "
+				   "with copy)",
+				   circ_model_type_name(m->cfg.model_type));
+	*out = circ_xcalloc((size_t)n, sizeof **out);
+	for (int i = 0; i < n; i++) {
+		circ_param_info pi;
+		circ_st_tensor *t = &(*out)[i];
+		circ_model_param_info(m, i, &pi);
+		t->name = pi.name;
+		t->dtype = CIRC_F32;
+		t->ndim = pi.ndim;
+		t->shape[0] = pi.shape[0];
+		t->shape[1] = pi.shape[1];
+		t->data = p + pi.offset;
+		t->nbytes = pi.count * sizeof(float);
+	}
+	return n;
+}
+
+/* config.json's text of a family model: as read, or made (llama). */
+static char *family_config_text(const circ_model *m)
+{
+	if (m->config_bytes) {
+		char *t = circ_xmalloc(m->config_len + 1);
+		memcpy(t, m->config_bytes, m->config_len);
+		t[m->config_len] = 0;
+		return t;
+	}
+	return model_config_text(&m->cfg);
+}
+
+static int save_family(const circ_model *m, const char *dir, circ_error *e)
+{
+	circ_st_tensor *t = NULL;
+	const char *meta[] = {"format", "pt"};
+	char *cfgp, *stp, *text;
+	int n, rc = -1;
+	if ((n = family_tensors(m, &t, e)) < 0)
+		return -1;
+	if (mkdir(dir, 0777) < 0 && errno != EEXIST) {
+		free(t);
+		return circ_errorf(e, "'%s': cannot create directory: %s", dir, strerror(errno));
+	}
+	cfgp = model_join_path(dir, "config.json");
+	stp = model_join_path(dir, "model.safetensors");
+	text = m->config_bytes ? family_config_text(m) : NULL;
+	if ((text ? circ_write_text(cfgp, text, e) : circ_config_write(cfgp, &m->cfg, e)) == 0 &&
+	    circ_st_write(stp, n, t, 1, meta, e) == 0)
+		rc = 0;
+	free(text);
+	free(cfgp);
+	free(stp);
+	free(t);
+	return rc;
+}
+
 /* Tensors to write for a model: names with the "transformer." prefix, data
  * as f32 or converted into bufs (freed by the caller). */
 static int save_tensors(const circ_config *c, const circ_weights *w, const char *dtype,
@@ -478,6 +563,8 @@ static int save_dir(const char *dir, const circ_config *c, const circ_weights *w
 
 int circ_model_save(const circ_model *m, const char *dir, circ_error *e)
 {
+	if (model_is_family(m))
+		return save_family(m, dir, e);
 	return save_dir(dir, &m->cfg, &m->w, "F32", e);
 }
 
@@ -655,6 +742,18 @@ const char *circ_model_digest(circ_model *m, circ_error *e)
 		const void *b = circ_st_bytes(m->st, &len);
 		circ_sha256_update(&s, m->config_bytes, m->config_len);
 		circ_sha256_update(&s, b, len);
+	} else if (model_is_family(m)) {
+		char *t = family_config_text(m);
+		circ_st_tensor *ts = NULL;
+		const char *meta[] = {"format", "pt"};
+		int n = family_tensors(m, &ts, e);
+		circ_sha256_update(&s, t, strlen(t));
+		free(t);
+		if (n < 0 || circ_st_serialize(n, ts, 1, meta, sha_sink, &s, e) < 0) {
+			free(ts);
+			return NULL;
+		}
+		free(ts);
 	} else {
 		char *t = model_config_text(&m->cfg), **names = NULL;
 		circ_st_tensor *ts = NULL;

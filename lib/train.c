@@ -101,6 +101,32 @@ void circ_train_init_weights(circ_weights *w, const circ_config *c, uint64_t see
 	each_tensor(w, c, init_tensor, &ic);
 }
 
+void circ_train_init_family(circ_model *m, uint64_t seed)
+{
+	const circ_config *c = circ_model_config(m);
+	float *p = circ_model_params(m);
+	circ_rng rng;
+	double proj_sd = 0.02 / sqrt(2.0 * c->n_layer);
+	CIRC_ASSERT(p != NULL);
+	circ_rng_seed_stream(&rng, seed, 0x696e6974); /* "init" */
+	for (int k = 0; k < circ_model_n_param_tensors(m); k++) {
+		circ_param_info pi;
+		size_t nl;
+		circ_model_param_info(m, k, &pi);
+		nl = strlen(pi.name);
+		for (size_t i = 0; i < pi.count; i++) {
+			float v = 0.0f;
+			if (pi.matrix)
+				v = (float)((pi.out_proj ? proj_sd : 0.02) * circ_rng_normal(&rng));
+			else if (nl > 7 && !strcmp(pi.name + nl - 7, ".weight"))
+				v = (float)(1.0 - c->norm_offset); /* a norm's scale of 1 */
+			else if (strstr(pi.name, "q_proj.bias") || strstr(pi.name, "k_proj.bias"))
+				v = (float)(0.02 * circ_rng_normal(&rng));
+			p[pi.offset + i] = v;
+		}
+	}
+}
+
 typedef struct mask_ctx {
 	const float *base;
 	unsigned char *mask;
@@ -248,7 +274,9 @@ void circ_tbatch_free(circ_tbatch *b)
 struct circ_trainer {
 	circ_model *m;
 	circ_run *run;
-	circ_weights g; /* gradients, circ_weights_alloc layout */
+	circ_weights g; /* gradients, circ_weights_alloc layout (GPT-2) */
+	float *gflat;	/* (n) gradients in the flat order (other families), or NULL */
+	float *gmem;	/* g.mem or gflat */
 	float *params;	/* the model's buffer (n) */
 	size_t n;
 	circ_adamw *opt;
@@ -289,8 +317,19 @@ circ_trainer *circ_trainer_new(circ_model *m, int max_b, int max_t, const circ_t
 	else
 		circ_train_opts_default(&t->o);
 	t->m = m;
-	circ_weights_alloc(&t->g, c);
-	if (!same_layout(w, &t->g)) {
+	if (c->model_type != CIRC_MODEL_GPT2) {
+		if (!circ_model_params(m)) {
+			circ_errorf(e,
+				    "the %s model's weights are not one writable f32 buffer "
+				    "(open it with copy, or make it with circ_model_new_family)",
+				    circ_model_type_name(c->model_type));
+			circ_trainer_free(t);
+			return NULL;
+		}
+	} else {
+		circ_weights_alloc(&t->g, c);
+	}
+	if (c->model_type == CIRC_MODEL_GPT2 && !same_layout(w, &t->g)) {
 		circ_errorf(e, "the model's weights are not one writable buffer in the "
 			       "circ_weights_alloc layout with a tied lm_head (build it with "
 			       "circ_model_new)");
@@ -306,12 +345,24 @@ circ_trainer *circ_trainer_new(circ_model *m, int max_b, int max_t, const circ_t
 		circ_trainer_free(t);
 		return NULL;
 	}
-	t->params = w->mem;
+	t->params = c->model_type == CIRC_MODEL_GPT2 ? w->mem : circ_model_params(m);
 	t->n = w->n_params;
 	t->V = c->vocab_size;
 	t->max_b = max_b;
 	t->max_t = max_t;
-	mask = circ_train_decay_mask(c);
+	if (c->model_type == CIRC_MODEL_GPT2) {
+		mask = circ_train_decay_mask(c);
+		t->gmem = t->g.mem;
+	} else {
+		mask = circ_xcalloc(t->n ? t->n : 1, 1);
+		for (int k = 0; k < circ_model_n_param_tensors(m); k++) {
+			circ_param_info pi;
+			circ_model_param_info(m, k, &pi);
+			memset(mask + pi.offset, pi.matrix, pi.count);
+		}
+		t->gflat = circ_xcalloc(t->n ? t->n : 1, sizeof *t->gflat);
+		t->gmem = t->gflat;
+	}
 	t->opt = circ_adamw_new(t->n, mask, &t->o.adam);
 	free(mask);
 	t->dlogits = circ_xmalloc((size_t)max_b * max_t * t->V * sizeof *t->dlogits);
@@ -325,6 +376,7 @@ void circ_trainer_free(circ_trainer *t)
 		return;
 	circ_run_free(t->run);
 	circ_weights_free(&t->g);
+	free(t->gflat);
 	circ_adamw_free(t->opt);
 	free(t->dlogits);
 	free(t->row_loss);
@@ -334,6 +386,11 @@ void circ_trainer_free(circ_trainer *t)
 const circ_weights *circ_trainer_grads(const circ_trainer *t)
 {
 	return &t->g;
+}
+
+const float *circ_trainer_grad_flat(const circ_trainer *t)
+{
+	return t->gmem;
 }
 
 static int check_batch(const circ_trainer *t, const circ_tbatch *b, circ_error *e)
@@ -375,9 +432,12 @@ int circ_trainer_grad(circ_trainer *t, const circ_tbatch *b, double *loss, circ_
 		return -1;
 	l = circ_metric_xent(circ_run_logits(t->run, NULL), b->N, t->V, b->targets, t->dlogits,
 			     NULL);
-	memset(t->g.mem, 0, t->n * sizeof *t->g.mem);
+	memset(t->gmem, 0, t->n * sizeof *t->gmem);
 	bw.dlogits = t->dlogits;
-	bw.dweights = &t->g;
+	if (t->gflat)
+		bw.dparams = t->gflat;
+	else
+		bw.dweights = &t->g;
 	if (circ_backward(t->run, &bw, e) < 0)
 		return -1;
 	if (loss)
@@ -391,13 +451,13 @@ int circ_trainer_step(circ_trainer *t, const circ_tbatch *b, double lr, double *
 	double norm;
 	if (circ_trainer_grad(t, b, loss, e) < 0)
 		return -1;
-	norm = circ_clip_grad_norm(t->g.mem, t->n, t->o.clip);
+	norm = circ_clip_grad_norm(t->gmem, t->n, t->o.clip);
 	if (!isfinite(norm))
 		return circ_errorf(e,
 				   "step %lld: the gradient is not finite (lower the learning "
 				   "rate)",
 				   (long long)circ_adamw_steps(t->opt) + 1);
-	circ_adamw_step(t->opt, t->params, t->g.mem, lr);
+	circ_adamw_step(t->opt, t->params, t->gmem, lr);
 	if (grad_norm)
 		*grad_norm = norm;
 	return 0;

@@ -1,5 +1,5 @@
 /*
- * train: training small GPT-2-architecture models on circ's synthetic tasks,
+ * train: training small GPT-2- and Llama-architecture models on circ's synthetic tasks,
  * so that circ can ship models whose behaviour is known (issue 7).
  *
  * Pieces, from the bottom up:
@@ -46,6 +46,14 @@
  * each layer normal(0, 0.02 / sqrt(2L)), LayerNorm weights 1, biases 0.
  * A pure function of c and seed. */
 void circ_train_init_weights(circ_weights *w, const circ_config *c, uint64_t seed);
+
+/* The same for a model of another family made by circ_model_new_family
+ * (or opened with copy): every matrix and the embeddings normal(0, 0.02),
+ * o_proj and down_proj normal(0, 0.02 / sqrt(2L)), norm scales 1 (Gemma's
+ * 1 + w: w = 0), q and k biases normal(0, 0.02) (so that a score of
+ * position alone, b_q . RoPE(d) b_k, is there from the start), other biases
+ * 0, drawn in the flat order (circ_model_params). */
+void circ_train_init_family(circ_model *m, uint64_t seed);
 
 /* A new (n_params) array: 1 for parameters that get weight decay (the
  * embeddings and every matrix), 0 for biases and LayerNorm parameters, in
@@ -110,9 +118,12 @@ typedef struct circ_trainer circ_trainer;
 
 /* A trainer that updates m's weights in place. m must own one writable
  * parameter buffer in the circ_weights_alloc layout (a model made by
- * circ_model_new). Batches may have up to max_b sequences of up to max_t
- * tokens. NULL with a message if m is not such a model or the sizes are
- * bad. The trainer must be freed before m. */
+ * circ_model_new), or, for another family, hold its weights in the flat
+ * order (circ_model_params: circ_model_new_family, or opened with copy;
+ * a family whose parameter gradients are implemented, circ_bwd.dparams);
+ * there weight decay applies to every 2-D tensor. Batches may have up to max_b sequences of up to
+ * max_t tokens. NULL with a message if m is not such a model or the sizes are bad. The trainer must
+ * be freed before m. */
 circ_trainer *circ_trainer_new(circ_model *m, int max_b, int max_t, const circ_train_opts *o,
 			       circ_error *e);
 void circ_trainer_free(circ_trainer *t); /* NULL is a no-op */
@@ -129,6 +140,9 @@ int circ_trainer_step(circ_trainer *t, const circ_tbatch *b, double lr, double *
  * circ_trainer_grads, and *loss. */
 int circ_trainer_grad(circ_trainer *t, const circ_tbatch *b, double *loss, circ_error *e);
 const circ_weights *circ_trainer_grads(const circ_trainer *t);
+/* The gradient buffer as one (n_params) array: the circ_weights_alloc
+ * layout (GPT-2) or the flat order (other families). */
+const float *circ_trainer_grad_flat(const circ_trainer *t);
 
 /* Forward only: per-row losses (N) and, when logits_out is not NULL, a
  * pointer to the logits rows (N, V) (valid until the next call). */
