@@ -227,7 +227,7 @@ int circ_trace_prune_run(const circ_trace_graph *g, double node_threshold, doubl
 	qsort_r(ord, (size_t)n, sizeof *ord, cmp_idx_desc, p->influence);
 	for (int i = 0; i < n; i++) {
 		cum += p->influence[ord[i]];
-		p->cumulative[ord[i]] = tot > 0 ? cum / tot : 0;
+		p->cumulative[ord[i]] = tot > 0 ? fmin(cum / tot, 1.0) : 0;
 	}
 	free(ord);
 	free(wgt);

@@ -1,0 +1,141 @@
+#!/usr/bin/env bats
+# circ-trace: attribution graphs against tests/ref/trace_ref.py (PyTorch,
+# float64, one autograd.grad per target through the replacement model with
+# detached patterns and LayerNorm scales). Tolerance: activations,
+# pre-activations, biases and edge weights within 1e-4 relative to the
+# largest of the target's |pre|, |bias| and |weights| (circ computes in
+# float32); kept nodes equal, kept edges equal but for at most 0.5% lying
+# within 1e-3 of the edge threshold; influence within 1e-3.
+load helper
+
+REF=tests/ref/trace_ref.py
+IDS=3,17,5,9,22,41,7
+
+# A 3-layer random GPT-2 in $T/m and transcoders for layers 0 and 2 (every
+# input hook kind; layer 1 has none) in $T/set.
+make_case() {
+	/usr/bin/python3 $REF make-model "$T/m" --layers 3 --embd 32 --heads 4 --vocab 50 --ctx 16 --seed 1
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/set/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 32 --d-sae 96 --seed 2
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/set/c" --arch jumprelu_transcoder --hook blocks.2.hook_resid_mid \
+		--hook-out blocks.2.hook_mlp_out --d-in 32 --d-sae 96 --seed 4
+}
+
+compare() { # set [options]
+	local set=$1
+	shift
+	circ-trace --model "$T/m" --dict "$set" --tokens $IDS --all-edges --json "$@" >"$T/c.jsonl"
+	/usr/bin/python3 $REF graph "$T/m" "$set" $IDS "$@" >"$T/r.json"
+	run /usr/bin/python3 $REF compare "$T/c.jsonl" "$T/r.json"
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+@test "circ-trace: adjacency, biases and pruning equal the reference (a layer without transcoder)" {
+	make_case
+	compare "$T/set"
+	# layer 1 has no transcoder: no tc1 features, its error nodes carry the MLP
+	! grep -q '"node":"tc1.f' "$T/c.jsonl"
+	grep -q '"node":"tc1.err@0"' "$T/c.jsonl"
+}
+
+@test "circ-trace: every transcoder input hook, fold_ln off, other thresholds and logit counts" {
+	make_case
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/set/b" --arch transcoder --hook blocks.1.ln2.hook_normalized \
+		--hook-out blocks.1.hook_mlp_out --d-in 32 --d-sae 64 --seed 3 --fold-ln 0
+	compare "$T/set" --max-logits 4 --logit-prob 0.5 --node-threshold 0.6 --edge-threshold 0.9
+}
+
+@test "circ-trace: circuit-tracer layer files against the reference" {
+	/usr/bin/python3 $REF make-model "$T/m" --layers 2 --embd 32 --heads 2 --vocab 50 --ctx 16 --seed 5
+	/usr/bin/python3 tests/ref/dict_ref.py make-ct "$T/ct" --layers 2 --d-in 32 --d-sae 80 --jumprelu --seed 6
+	compare "$T/ct"
+}
+
+@test "circ-trace: the stream validates, incoming edges plus bias give each pre-activation" {
+	make_case
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS -o "$T/g.circ"
+	circ-cat "$T/g.circ" | tests/validate.py schemas/attribution-graph.schema.json
+	circ-cat "$T/g.circ" | /usr/bin/python3 -c '
+import json, sys
+h = json.loads(sys.stdin.readline())
+assert h["check_rel"] < 1e-4, h["check_rel"]
+recs = [json.loads(l) for l in sys.stdin if not l.startswith("{\"$end")]
+edges = [r for r in recs if "edge" in r]
+assert edges and all(e["keep"] for e in edges)
+kept = {r["index"] for r in recs if "node" in r and r["keep"]}
+assert all(e["source"] in kept and e["target"] in kept for e in edges)
+'
+}
+
+@test "circ-trace --graph-json: circuit-tracer's graph file fields" {
+	make_case
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --graph-json "$T/g.json" --slug s1 --scan tiny >/dev/null
+	/usr/bin/python3 - "$T/g.json" <<'PY'
+import json, sys
+g = json.load(open(sys.argv[1]))
+assert set(g) == {"metadata", "qParams", "nodes", "links"}
+m = g["metadata"]
+assert m["slug"] == "s1" and m["scan"] == "tiny" and len(m["prompt_tokens"]) == 7
+assert set(g["qParams"]) == {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
+keys = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit",
+        "run_idx", "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}
+ids = set()
+for n in g["nodes"]:
+    assert set(n) == keys, n
+    ids.add(n["node_id"])
+types = {n["feature_type"] for n in g["nodes"]}
+assert {"embedding", "logit", "cross layer transcoder"} <= types, types
+assert sum(n["is_target_logit"] for n in g["nodes"]) == 1
+assert sum(n["feature_type"] == "embedding" for n in g["nodes"]) == 7
+for l in g["links"]:
+    assert set(l) == {"source", "target", "weight"} and l["source"] in ids and l["target"] in ids
+assert g["links"]
+PY
+}
+
+@test "circ-trace: bad input is refused with a message" {
+	make_case
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens ""
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"empty prompt"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"longer than the model's context (16)"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,50
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"outside the vocabulary"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,x
+	[ "$status" -eq 2 ]
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/bad/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 24 --d-sae 32 --seed 2
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/bad" --tokens 1,2
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"d_in"* ]]
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/sae/a" --arch standard --hook blocks.0.hook_resid_pre \
+		--d-in 32 --d-sae 32 --seed 2
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/sae" --tokens 1,2
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"not a transcoder"* ]]
+	run --separate-stderr circ-trace --dict "$T/set" --tokens 1,2
+	[ "$status" -eq 2 ]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,2 --node-threshold 2
+	[ "$status" -eq 2 ]
+}
+
+@test "circ-trace: the prompt from a token stream (--example)" {
+	make_case
+	printf '{"format":"circ","version":1,"kind":"tokens","metric":"logit_diff"}\n{"id":0,"clean":{"dtype":"i32","shape":[3],"data":[1,2,3]},"pos":2,"answer":[4],"wrong":[5]}\n{"id":1,"clean":{"dtype":"i32","shape":[7],"data":[3,17,5,9,22,41,7]},"pos":6,"answer":[4],"wrong":[5]}\n' >"$T/tok.jsonl"
+	circ-trace --model "$T/m" --dict "$T/set" --example 1 --json "$T/tok.jsonl" | head -1 | grep -q '"tokens":\[3,17,5,9,22,41,7\]'
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --example 5 "$T/tok.jsonl"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"no example 5"* ]]
+}
+
+@test "circ-trace --help and a bad flag" {
+	run circ-trace --help
+	[ "$status" -eq 0 ]
+	[[ "$output" == *"--graph-json"* ]]
+	run circ-trace --no-such-flag
+	[ "$status" -eq 2 ]
+}
