@@ -147,13 +147,121 @@ typedef struct state {
 	const circ_weights *w;
 	const circ_dict *const *tc;
 	int L, H, C, D, T;
-	float *s1, *s2, *sf; /* (L, T), (L, T), (T): frozen 1/sigma of ln_1, ln_2, ln_f */
-	float *att;	     /* (L, H, T, T) frozen patterns */
-	float *src;	     /* (n_feat + n_err + T, C): each source's output vector */
-	float *seed;	     /* (n_feat + n_logit, C): each target's gradient seed */
-	int *feat_off;	     /* (L * T + 1): first feature node of (layer, position) */
+	float *s1, *s2, *sf;  /* (L, T), (L, T), (T): frozen 1/sigma of ln_1, ln_2, ln_f */
+	float *att;	      /* (L, H, T, T) frozen patterns */
+	float *src;	      /* (n_feat + n_err + T, C): each source's output vector */
+	float *seed;	      /* (n_feat + n_logit, C): each target's gradient seed */
+	int *feat_off;	      /* (L * T + 1): first feature node of (layer, position) */
+	float **acts, **errs; /* (L) (T, S) activations, (T, C) error nodes */
+	float **xin;	      /* (L) (T, C) transcoders' inputs (NULL without one) */
+	int *kinds;	      /* (L) IN_* of each layer's transcoder */
+	float *lnf;	      /* (C) ln_f's output at the last position */
 	circ_trace_graph *g;
 } state;
+
+static void state_free(state *st)
+{
+	for (int l = 0; st->acts && l < st->L; l++) {
+		free(st->acts[l]);
+		free(st->errs[l]);
+		free(st->xin[l]);
+	}
+	free(st->acts);
+	free(st->errs);
+	free(st->xin);
+	free(st->kinds);
+	free(st->lnf);
+	free(st->s1);
+	free(st->s2);
+	free(st->sf);
+	free(st->att);
+	free(st->src);
+	free(st->seed);
+	free(st->feat_off);
+}
+
+/* Checks the prompt and runs it: the frozen patterns and scales, the
+ * transcoders' inputs, activations and error nodes, ln_f's output at the
+ * last position, into st (whose c, w, tc, L, H, C, D, T are set). */
+static int freeze(state *st, const circ_model *m, const int32_t *tokens, int threads, circ_error *e)
+{
+	const circ_config *c = st->c;
+	int L = st->L, H = st->H, C = st->C, T = st->T;
+	if (c->model_type != CIRC_MODEL_GPT2)
+		return circ_errorf(e, "attribution graphs are implemented for GPT-2 models only");
+	if (T < 1)
+		return circ_errorf(e,
+				   "empty prompt: an attribution graph needs at least one token");
+	if (T > c->n_ctx)
+		return circ_errorf(e, "prompt of %d tokens is longer than the model's context (%d)",
+				   T, c->n_ctx);
+	for (int t = 0; t < T; t++)
+		if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+			return circ_errorf(e,
+					   "token %d at position %d is outside the vocabulary (%d)",
+					   tokens[t], t, c->vocab_size);
+	circ_run_opts ro;
+	circ_run_opts_default(&ro);
+	ro.threads = threads;
+	circ_run *r = circ_run_new(m, 1, T, &ro, e);
+	if (!r)
+		return -1;
+	circ_fwd f = {.tokens = tokens, .B = 1, .T = T, .read = CIRC_READ_NONE};
+	if (circ_forward(r, &f, e) < 0) {
+		circ_run_free(r);
+		return -1;
+	}
+	circ_blas_threads(threads);
+	const circ_topology *top = circ_model_topology(m);
+	const circ_weights *w = st->w;
+	double eps = c->layer_norm_epsilon;
+	st->s1 = circ_xmalloc((size_t)L * T * sizeof *st->s1);
+	st->s2 = circ_xmalloc((size_t)L * T * sizeof *st->s2);
+	st->sf = circ_xmalloc((size_t)T * sizeof *st->sf);
+	st->att = circ_xmalloc((size_t)L * H * T * T * sizeof *st->att);
+	st->kinds = circ_xmalloc((size_t)L * sizeof *st->kinds);
+	st->acts = circ_xcalloc((size_t)L, sizeof *st->acts);
+	st->errs = circ_xcalloc((size_t)L, sizeof *st->errs);
+	st->xin = circ_xcalloc((size_t)L, sizeof *st->xin);
+	for (int l = 0; l < L; l++) {
+		const circ_dict *d = st->tc[l];
+		inv_sigma(st->s1 + l * T, circ_run_resid(r, circ_topo_stage_attn(top, l)), T, C,
+			  eps);
+		inv_sigma(st->s2 + l * T, circ_run_resid(r, circ_topo_stage_mlp(top, l)), T, C,
+			  eps);
+		memcpy(st->att + (size_t)l * H * T * T, circ_run_attn(r, l),
+		       (size_t)H * T * T * sizeof *st->att);
+		st->kinds[l] = d ? in_kind(d) : IN_RESID;
+		const float *mo = circ_run_node_out(r, circ_topo_node_mlp(top, l));
+		float *err = st->errs[l] = circ_xmalloc((size_t)T * C * sizeof *err);
+		if (!d) {
+			memcpy(err, mo, (size_t)T * C * sizeof *err);
+			continue;
+		}
+		st->xin[l] = circ_xmalloc((size_t)T * C * sizeof *st->xin[l]);
+		if (circ_dict_hook_read(d, 1, r, st->xin[l], e) < 0) {
+			circ_run_free(r);
+			return -1;
+		}
+		st->acts[l] = circ_xmalloc((size_t)T * d->cfg.d_sae * sizeof *st->acts[l]);
+		circ_dict_encode(d, st->xin[l], T, st->acts[l]);
+		circ_dict_decode(d, st->acts[l], st->xin[l], T, err);
+		for (size_t i = 0; i < (size_t)T * C; i++)
+			err[i] = mo[i] - err[i];
+	}
+	const float *x = circ_run_resid(r, circ_topo_stage_final(top));
+	inv_sigma(st->sf, x, T, C, eps);
+	x += (size_t)(T - 1) * C;
+	st->lnf = circ_xmalloc((size_t)C * sizeof *st->lnf);
+	double mu = 0;
+	for (int i = 0; i < C; i++)
+		mu += x[i];
+	mu /= C;
+	for (int i = 0; i < C; i++)
+		st->lnf[i] = (float)((x[i] - mu) * st->sf[T - 1]) * w->lnf_w[i] + w->lnf_b[i];
+	circ_run_free(r);
+	return 0;
+}
 
 /* The seed of target i: d pre / d residual at its injection point, for the
  * frozen norm in front of it: s * center(w (.) u) (or u for a raw read). */
@@ -351,104 +459,30 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 				   circ_error *e)
 {
 	const circ_config *c = circ_model_config(m);
-	if (c->model_type != CIRC_MODEL_GPT2) {
-		circ_errorf(e, "attribution graphs are implemented for GPT-2 models only");
-		return NULL;
-	}
-	if (T < 1) {
-		circ_errorf(e, "empty prompt: an attribution graph needs at least one token");
-		return NULL;
-	}
-	if (T > c->n_ctx) {
-		circ_errorf(e, "prompt of %d tokens is longer than the model's context (%d)", T,
-			    c->n_ctx);
-		return NULL;
-	}
-	for (int t = 0; t < T; t++)
-		if (tokens[t] < 0 || tokens[t] >= c->vocab_size) {
-			circ_errorf(e, "token %d at position %d is outside the vocabulary (%d)",
-				    tokens[t], t, c->vocab_size);
-			return NULL;
-		}
 	int L = c->n_layer, H = c->n_head, C = c->n_embd, D = circ_config_head_dim(c),
 	    V = c->vocab_size;
-	int threads = o->threads > 0 ? o->threads : 1;
-	circ_run_opts ro;
-	circ_run_opts_default(&ro);
-	ro.threads = threads;
-	circ_run *r = circ_run_new(m, 1, T, &ro, e);
-	if (!r)
-		return NULL;
-	circ_fwd f = {.tokens = tokens, .B = 1, .T = T, .read = CIRC_READ_NONE};
-	if (circ_forward(r, &f, e) < 0) {
-		circ_run_free(r);
-		return NULL;
-	}
-	circ_blas_threads(threads);
-	const circ_topology *top = circ_model_topology(m);
 	const circ_weights *w = circ_model_weights(m);
-	double eps = c->layer_norm_epsilon;
 	state st = {.c = c, .w = w, .tc = tc, .L = L, .H = H, .C = C, .D = D, .T = T};
-	st.s1 = circ_xmalloc((size_t)L * T * sizeof *st.s1);
-	st.s2 = circ_xmalloc((size_t)L * T * sizeof *st.s2);
-	st.sf = circ_xmalloc((size_t)T * sizeof *st.sf);
-	st.att = circ_xmalloc((size_t)L * H * T * T * sizeof *st.att);
-	int kinds[CIRC_CONFIG_MAX_LAYER];
-	for (int l = 0; l < L; l++) {
-		inv_sigma(st.s1 + l * T, circ_run_resid(r, circ_topo_stage_attn(top, l)), T, C,
-			  eps);
-		inv_sigma(st.s2 + l * T, circ_run_resid(r, circ_topo_stage_mlp(top, l)), T, C, eps);
-		memcpy(st.att + (size_t)l * H * T * T, circ_run_attn(r, l),
-		       (size_t)H * T * T * sizeof *st.att);
-		kinds[l] = tc[l] ? in_kind(tc[l]) : IN_RESID;
+	if (freeze(&st, m, tokens, o->threads > 0 ? o->threads : 1, e) < 0) {
+		state_free(&st);
+		return NULL;
 	}
-	const float *rfin = circ_run_resid(r, circ_topo_stage_final(top));
-	inv_sigma(st.sf, rfin, T, C, eps);
+	int *kinds = st.kinds;
+	float **acts = st.acts, **errs = st.errs, **xin = st.xin, *lnf = st.lnf;
 
-	/* features: activations per layer, then the node list */
-	float **acts = circ_xcalloc((size_t)L, sizeof *acts);
-	float **errs = circ_xcalloc((size_t)L, sizeof *errs);
-	float **xin = circ_xcalloc((size_t)L, sizeof *xin);
+	/* the features' node ranges per (layer, position) */
 	st.feat_off = circ_xmalloc(((size_t)L * T + 1) * sizeof *st.feat_off);
 	int nf = 0;
-	for (int l = 0; l < L; l++) {
-		const float *mo = circ_run_node_out(r, circ_topo_node_mlp(top, l));
-		errs[l] = circ_xmalloc((size_t)T * C * sizeof *errs[l]);
-		const circ_dict *d = tc[l];
-		if (!d) {
-			memcpy(errs[l], mo, (size_t)T * C * sizeof *errs[l]);
-			for (int t = 0; t < T; t++)
-				st.feat_off[l * T + t] = nf;
-			continue;
-		}
-		int S = d->cfg.d_sae;
-		xin[l] = circ_xmalloc((size_t)T * C * sizeof *xin[l]);
-		if (circ_dict_hook_read(d, 1, r, xin[l], e) < 0)
-			goto fail;
-		acts[l] = circ_xmalloc((size_t)T * S * sizeof *acts[l]);
-		circ_dict_encode(d, xin[l], T, acts[l]);
-		circ_dict_decode(d, acts[l], xin[l], T, errs[l]);
-		for (size_t i = 0; i < (size_t)T * C; i++)
-			errs[l][i] = mo[i] - errs[l][i];
+	for (int l = 0; l < L; l++)
 		for (int t = 0; t < T; t++) {
 			st.feat_off[l * T + t] = nf;
+			int S = tc[l] ? tc[l]->cfg.d_sae : 0;
 			for (int j = 0; j < S; j++)
 				nf += acts[l][(size_t)t * S + j] != 0.0f;
 		}
-	}
 	st.feat_off[L * T] = nf;
 
 	/* logits at the last position, demeaned */
-	float *lnf = circ_xmalloc((size_t)C * sizeof *lnf);
-	{
-		const float *x = rfin + (size_t)(T - 1) * C;
-		double mu = 0;
-		for (int i = 0; i < C; i++)
-			mu += x[i];
-		mu /= C;
-		for (int i = 0; i < C; i++)
-			lnf[i] = (float)((x[i] - mu) * st.sf[T - 1]) * w->lnf_w[i] + w->lnf_b[i];
-	}
 	double *logit = circ_xmalloc((size_t)V * sizeof *logit);
 	double lmax = -INFINITY, lsum = 0, zsum = 0;
 	for (int v = 0; v < V; v++) {
@@ -577,8 +611,6 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		}
 		free(mean);
 	}
-	circ_run_free(r);
-	r = NULL;
 	constant_bias(&st, kinds, ufin);
 
 	/* the sweeps */
@@ -609,39 +641,8 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	free(top_id);
 	free(top_p);
 	free(logit);
-	free(lnf);
-	for (int l = 0; l < L; l++) {
-		free(acts[l]);
-		free(errs[l]);
-		free(xin[l]);
-	}
-	free(acts);
-	free(errs);
-	free(xin);
-	free(st.s1);
-	free(st.s2);
-	free(st.sf);
-	free(st.att);
-	free(st.src);
-	free(st.seed);
-	free(st.feat_off);
+	state_free(&st);
 	return g;
-fail:
-	for (int l = 0; l < L; l++) {
-		free(acts[l]);
-		free(errs[l]);
-		free(xin[l]);
-	}
-	free(acts);
-	free(errs);
-	free(xin);
-	free(st.s1);
-	free(st.s2);
-	free(st.sf);
-	free(st.att);
-	free(st.feat_off);
-	circ_run_free(r);
-	return NULL;
 }
 
 double circ_trace_check(const circ_trace_graph *g, double *rel)
