@@ -16,6 +16,7 @@
 #include "batch.h"
 #include "bpe.h"
 #include "dict.h"
+#include "metric.h"
 #include "model.h"
 #include "trace.h"
 #include "cli/opt.h"
@@ -37,6 +38,10 @@ enum {
 	OPT_BATCH,
 	OPT_THREADS,
 	OPT_ALLOW_NONFINITE,
+	OPT_INTERVENE,
+	OPT_ANSWER,
+	OPT_WRONG,
+	OPT_TOP_K,
 };
 
 static const circ_opt opts[] = {
@@ -62,18 +67,30 @@ static const circ_opt opts[] = {
     {"batch", OPT_BATCH, "N", "targets per backward sweep (default 256)"},
     {"threads", OPT_THREADS, "N", "threads for the model and the GEMMs"},
     {"allow-nonfinite", OPT_ALLOW_NONFINITE, NULL, "accept NaN or infinite weights"},
+    {"intervene", OPT_INTERVENE, "SPEC",
+     "instead of the graph: set (tc3.f17@5=0) or scale (tc3.f17@5*2) a feature, repeatable; "
+     "writes the new top logits"},
+    {"answer", OPT_ANSWER, "ID",
+     "with --intervene: the answer token (metric: its logit minus --wrong's)"},
+    {"wrong", OPT_WRONG, "ID", "with --intervene: the wrong token"},
+    {"top-k", OPT_TOP_K, "K", "with --intervene: top tokens written (default 10)"},
     {0},
 };
 
 static struct {
 	const char *model, *dict, *tokens, *graph_json, *slug, *scan;
 	int example, max_logits, all_edges, batch, threads, allow_nonfinite;
+	int n_iv, answer, wrong, top_k;
+	const char *iv[256];
 	double logit_prob, node_th, edge_th;
 } o = {.max_logits = 10,
        .logit_prob = 0.95,
        .node_th = 0.8,
        .edge_th = 0.98,
        .batch = 256,
+       .answer = -1,
+       .wrong = -1,
+       .top_k = 10,
        .slug = "circ-trace"};
 
 static int handle(int key, const char *arg, void *ctx)
@@ -105,6 +122,14 @@ static int handle(int key, const char *arg, void *ctx)
 		o.threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX);
 		return 0;
 	case OPT_ALLOW_NONFINITE: o.allow_nonfinite = 1; return 0;
+	case OPT_INTERVENE:
+		if (o.n_iv == 256)
+			circ_usage_error("--intervene: at most 256");
+		o.iv[o.n_iv++] = arg;
+		return 0;
+	case OPT_ANSWER: o.answer = (int)circ_opt_i64("answer", arg, 0, INT32_MAX); return 0;
+	case OPT_WRONG: o.wrong = (int)circ_opt_i64("wrong", arg, 0, INT32_MAX); return 0;
+	case OPT_TOP_K: o.top_k = (int)circ_opt_i64("top-k", arg, 1, 1000); return 0;
 	}
 	return -1;
 }
@@ -408,6 +433,80 @@ static void write_graph_json(const circ_trace_graph *g, const circ_trace_prune *
 	free(txt);
 }
 
+static void pack_top(msgpack_packer *pk, const char *key, const float *lg, int V)
+{
+	int k = o.top_k < V ? o.top_k : V;
+	int32_t *ids = circ_xmalloc((size_t)k * sizeof *ids);
+	double *pr = circ_xmalloc((size_t)k * sizeof *pr);
+	k = circ_metric_topk(lg, V, k, ids, pr);
+	circ_pack_str(pk, key);
+	msgpack_pack_array(pk, (size_t)k);
+	for (int i = 0; i < k; i++) {
+		msgpack_pack_map(pk, 3);
+		circ_pack_kv_i64(pk, "token", ids[i]);
+		circ_pack_kv_f64(pk, "logit", lg[ids[i]]);
+		circ_pack_kv_f64(pk, "p", pr[i]);
+	}
+	free(ids);
+	free(pr);
+}
+
+static void pack_specs(msgpack_packer *pk, const void *ctx)
+{
+	(void)ctx;
+	msgpack_pack_array(pk, (size_t)o.n_iv);
+	for (int k = 0; k < o.n_iv; k++)
+		circ_pack_str(pk, o.iv[k]);
+}
+
+/* --intervene: the logits without and with the interventions. */
+static void intervene(circ_session *s, const circ_dict **tc, const int32_t *tokens, int T, int argc,
+		      char **argv, const circ_cli *cli)
+{
+	circ_error e;
+	int V = s->c->vocab_size, metric = o.answer >= 0 && o.wrong >= 0;
+	if ((o.answer >= 0) != (o.wrong >= 0))
+		circ_usage_error("--answer and --wrong go together");
+	if (metric && (o.answer >= V || o.wrong >= V))
+		circ_dief("--answer/--wrong: token outside the vocabulary (%d)", V);
+	circ_trace_iv *iv = circ_xmalloc((size_t)o.n_iv * sizeof *iv);
+	for (int k = 0; k < o.n_iv; k++)
+		if (circ_trace_iv_parse(o.iv[k], &iv[k], &e) < 0)
+			circ_die(&e);
+	float *clean = circ_xmalloc((size_t)V * sizeof *clean),
+	      *lg = circ_xmalloc((size_t)V * sizeof *lg);
+	if (circ_trace_intervene(s->m, tc, tokens, T, NULL, 0, o.threads, clean, &e) < 0 ||
+	    circ_trace_intervene(s->m, tc, tokens, T, iv, o.n_iv, o.threads, lg, &e) < 0)
+		circ_die(&e);
+	circ_session_output(s, cli);
+	circ_trace_graph tg = {.T = T, .tokens = (int32_t *)tokens};
+	circ_hdr_field f[] = {
+	    CIRC_HDR(STR, "model_digest", s->model_digest),
+	    CIRC_HDR(STR, "dict_dir", o.dict),
+	    CIRC_HDR_FN("tokens", pack_tokens, &tg),
+	    CIRC_HDR_FN("interventions", pack_specs, NULL),
+	    CIRC_HDR_IF(metric, I64, "answer", o.answer),
+	    CIRC_HDR_IF(metric, I64, "wrong", o.wrong),
+	};
+	if (circ_writer_header_fields(s->w, "trace-intervention", argc, argv, NULL, 0, f,
+				      CIRC_HDR_N(f), &e) < 0)
+		die_w(s->w, &e);
+	msgpack_packer *pk = circ_writer_packer(s->w);
+	msgpack_pack_map(pk, 2 + 2 * metric);
+	pack_top(pk, "clean_top", clean, V);
+	pack_top(pk, "top", lg, V);
+	if (metric) {
+		circ_pack_kv_f64(pk, "clean_metric", (double)clean[o.answer] - clean[o.wrong]);
+		circ_pack_kv_f64(pk, "metric", (double)lg[o.answer] - lg[o.wrong]);
+	}
+	if (circ_writer_end_record(s->w, &e) < 0)
+		die_w(s->w, &e);
+	circ_session_finish(s);
+	free(iv);
+	free(clean);
+	free(lg);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR --dict DIR [--tokens IDS | tokens] [options]",
@@ -440,6 +539,14 @@ int main(int argc, char **argv)
 	const circ_dict **tc = circ_xcalloc((size_t)L, sizeof *tc);
 	if (circ_trace_layers(s.m, set, tc, &e) < 0)
 		circ_die(&e);
+	if (o.n_iv) {
+		intervene(&s, tc, tokens, T, argc, argv, &cli);
+		free(tc);
+		circ_dict_set_free(set);
+		free(tokens);
+		circ_session_free(&s);
+		return 0;
+	}
 	circ_trace_opts to;
 	circ_trace_opts_default(&to);
 	to.max_n_logits = o.max_logits;

@@ -278,9 +278,58 @@ static void norm_seed(float *v, const float *u, const float *wln, float s, int C
 
 /* The forward of the constants alone (positional embeddings, biases) through
  * the frozen model: each target's bias. */
-static void constant_bias(state *st, const int *kinds, const float *ufin)
+/* c (T, C) += the frozen attention of layer l applied to c: ln_1 with the
+ * frozen 1/sigma, values, the frozen patterns, W_O and its bias. ln, v, z:
+ * (T, C) scratch. */
+static void frozen_attn(const state *st, int l, float *c, float *ln, float *v, float *z)
 {
-	int L = st->L, H = st->H, C = st->C, D = st->D, T = st->T;
+	int H = st->H, C = st->C, D = st->D, T = st->T;
+	const circ_layer_weights *lw = &st->w->layers[l];
+	for (int t = 0; t < T; t++) {
+		float *x = ln + (size_t)t * C;
+		memcpy(x, c + (size_t)t * C, C * sizeof *x);
+		center(x, C);
+		for (int i = 0; i < C; i++)
+			x[i] = x[i] * st->s1[l * T + t] * lw->ln1_w[i] + lw->ln1_b[i];
+	}
+	circ_gemm(0, 0, T, C, C, 1.0f, ln, C, lw->attn_w + 2 * C, 3 * C, 0.0f, v, C);
+	for (int t = 0; t < T; t++)
+		for (int i = 0; i < C; i++)
+			v[(size_t)t * C + i] += lw->attn_b[2 * C + i];
+	memset(z, 0, (size_t)T * C * sizeof *z);
+	for (int h = 0; h < H; h++)
+		for (int t = 0; t < T; t++) {
+			const float *a = st->att + (((size_t)l * H + h) * T + t) * T;
+			for (int u = 0; u <= t; u++)
+				for (int i = 0; i < D; i++)
+					z[(size_t)t * C + h * D + i] +=
+					    a[u] * v[(size_t)u * C + h * D + i];
+		}
+	circ_gemm(0, 0, T, C, C, 1.0f, z, C, lw->proj_w, C, 1.0f, c, C);
+	for (int t = 0; t < T; t++)
+		for (int i = 0; i < C; i++)
+			c[(size_t)t * C + i] += lw->proj_b[i];
+}
+
+/* x (C) <- what layer l's transcoder reads of the residual r (C). */
+static void tc_input(const state *st, int l, int t, const float *r, float *x)
+{
+	const circ_layer_weights *lw = &st->w->layers[l];
+	int C = st->C;
+	memcpy(x, r, C * sizeof *x);
+	if (st->kinds[l] == IN_RESID)
+		return;
+	center(x, C);
+	for (int i = 0; i < C; i++)
+		x[i] *= st->s2[l * st->T + t];
+	if (st->kinds[l] == IN_NORM_WB)
+		for (int i = 0; i < C; i++)
+			x[i] = x[i] * lw->ln2_w[i] + lw->ln2_b[i];
+}
+
+static void constant_bias(state *st, const float *ufin)
+{
+	int L = st->L, C = st->C, T = st->T;
 	const circ_weights *w = st->w;
 	circ_trace_graph *g = st->g;
 	float *c = circ_xmalloc((size_t)T * C * sizeof *c);
@@ -289,47 +338,14 @@ static void constant_bias(state *st, const int *kinds, const float *ufin)
 	float *z = circ_xmalloc((size_t)T * C * sizeof *z);
 	memcpy(c, w->wpe, (size_t)T * C * sizeof *c);
 	for (int l = 0; l < L; l++) {
-		const circ_layer_weights *lw = &w->layers[l];
-		for (int t = 0; t < T; t++) {
-			float *x = ln + (size_t)t * C;
-			memcpy(x, c + (size_t)t * C, C * sizeof *x);
-			center(x, C);
-			for (int i = 0; i < C; i++)
-				x[i] = x[i] * st->s1[l * T + t] * lw->ln1_w[i] + lw->ln1_b[i];
-		}
-		circ_gemm(0, 0, T, C, C, 1.0f, ln, C, lw->attn_w + 2 * C, 3 * C, 0.0f, v, C);
-		for (int t = 0; t < T; t++)
-			for (int i = 0; i < C; i++)
-				v[(size_t)t * C + i] += lw->attn_b[2 * C + i];
-		memset(z, 0, (size_t)T * C * sizeof *z);
-		for (int h = 0; h < H; h++)
-			for (int t = 0; t < T; t++) {
-				const float *a = st->att + (((size_t)l * H + h) * T + t) * T;
-				for (int u = 0; u <= t; u++)
-					for (int i = 0; i < D; i++)
-						z[(size_t)t * C + h * D + i] +=
-						    a[u] * v[(size_t)u * C + h * D + i];
-			}
-		/* c += z W_O + b_O: c is now the MLP's input residual */
-		circ_gemm(0, 0, T, C, C, 1.0f, z, C, lw->proj_w, C, 1.0f, c, C);
-		for (int t = 0; t < T; t++)
-			for (int i = 0; i < C; i++)
-				c[(size_t)t * C + i] += lw->proj_b[i];
+		frozen_attn(st, l, c, ln, v, z);
 		const circ_dict *d = st->tc[l];
 		if (!d)
 			continue;
 		float scale = (float)d->cfg.scale;
 		for (int t = 0; t < T; t++) {
 			float *x = ln + (size_t)t * C;
-			memcpy(x, c + (size_t)t * C, C * sizeof *x);
-			if (kinds[l] != IN_RESID) {
-				center(x, C);
-				for (int i = 0; i < C; i++)
-					x[i] *= st->s2[l * T + t];
-			}
-			if (kinds[l] == IN_NORM_WB)
-				for (int i = 0; i < C; i++)
-					x[i] = x[i] * lw->ln2_w[i] + lw->ln2_b[i];
+			tc_input(st, l, t, c + (size_t)t * C, x);
 			for (int j = st->feat_off[l * T + t]; j < st->feat_off[l * T + t + 1];
 			     j++) {
 				int f = g->nodes[j].feature, S = d->cfg.d_sae;
@@ -611,7 +627,7 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		}
 		free(mean);
 	}
-	constant_bias(&st, kinds, ufin);
+	constant_bias(&st, ufin);
 
 	/* the sweeps */
 	g->adj = circ_xcalloc((size_t)g->n * g->n, sizeof *g->adj);
@@ -664,4 +680,109 @@ double circ_trace_check(const circ_trace_graph *g, double *rel)
 	if (rel)
 		*rel = wrel;
 	return worst;
+}
+
+/* ---- interventions ---- */
+
+int circ_trace_iv_parse(const char *s, circ_trace_iv *iv, circ_error *e)
+{
+	int l, f, t, n = 0;
+	char op;
+	if (sscanf(s, "tc%d.f%d@%d%c%n", &l, &f, &t, &op, &n) != 4 || (op != '=' && op != '*') ||
+	    l < 0 || f < 0 || t < 0)
+		return circ_errorf(e,
+				   "intervention '%s': expected tc<layer>.f<feature>@<pos>=VALUE "
+				   "or ...*FACTOR",
+				   s);
+	char *end;
+	const char *num = s + n;
+	double v = strtod(num, &end);
+	if (end == num || *end || !isfinite(v))
+		return circ_errorf(e, "intervention '%s': '%s' is not a finite number", s, num);
+	iv->layer = l;
+	iv->feature = f;
+	iv->pos = t;
+	iv->scale = op == '*';
+	iv->value = v;
+	return 0;
+}
+
+int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const int32_t *tokens,
+			 int T, const circ_trace_iv *iv, int n_iv, int threads, float *logits,
+			 circ_error *e)
+{
+	const circ_config *c = circ_model_config(m);
+	int L = c->n_layer, C = c->n_embd, V = c->vocab_size;
+	for (int k = 0; k < n_iv; k++) {
+		const circ_trace_iv *q = &iv[k];
+		if (q->layer >= L || !tc[q->layer])
+			return circ_errorf(
+			    e, "unknown feature 'tc%d.f%d@%d': layer %d has no transcoder",
+			    q->layer, q->feature, q->pos, q->layer);
+		if (q->feature >= tc[q->layer]->cfg.d_sae)
+			return circ_errorf(e,
+					   "unknown feature 'tc%d.f%d@%d': the transcoder has %d "
+					   "features",
+					   q->layer, q->feature, q->pos, tc[q->layer]->cfg.d_sae);
+		if (q->pos >= T)
+			return circ_errorf(
+			    e,
+			    "feature 'tc%d.f%d@%d': position %d is beyond the prompt "
+			    "(%d tokens)",
+			    q->layer, q->feature, q->pos, q->pos, T);
+	}
+	const circ_weights *w = circ_model_weights(m);
+	state st = {.c = c,
+		    .w = w,
+		    .tc = tc,
+		    .L = L,
+		    .H = c->n_head,
+		    .C = C,
+		    .D = circ_config_head_dim(c),
+		    .T = T};
+	if (freeze(&st, m, tokens, threads > 0 ? threads : 1, e) < 0) {
+		state_free(&st);
+		return -1;
+	}
+	size_t TC = (size_t)T * C;
+	float *x = circ_xmalloc(TC * sizeof *x), *ln = circ_xmalloc(TC * sizeof *ln),
+	      *v = circ_xmalloc(TC * sizeof *v), *z = circ_xmalloc(TC * sizeof *z);
+	for (int t = 0; t < T; t++)
+		for (int i = 0; i < C; i++)
+			x[(size_t)t * C + i] =
+			    w->wte[(size_t)tokens[t] * C + i] + w->wpe[(size_t)t * C + i];
+	for (int l = 0; l < L; l++) {
+		frozen_attn(&st, l, x, ln, v, z);
+		const circ_dict *d = tc[l];
+		if (d) {
+			int S = d->cfg.d_sae;
+			float *f = circ_xmalloc((size_t)T * S * sizeof *f);
+			for (int t = 0; t < T; t++)
+				tc_input(&st, l, t, x + (size_t)t * C, ln + (size_t)t * C);
+			circ_dict_encode(d, ln, T, f);
+			for (int k = 0; k < n_iv; k++)
+				if (iv[k].layer == l) {
+					float *a = f + (size_t)iv[k].pos * S + iv[k].feature;
+					*a = (float)(iv[k].scale ? *a * iv[k].value : iv[k].value);
+				}
+			circ_dict_decode(d, f, ln, T, v);
+			free(f);
+			for (size_t i = 0; i < TC; i++)
+				x[i] += v[i];
+		}
+		for (size_t i = 0; i < TC; i++)
+			x[i] += st.errs[l][i];
+	}
+	float *r = x + (size_t)(T - 1) * C;
+	center(r, C);
+	for (int i = 0; i < C; i++)
+		r[i] = r[i] * st.sf[T - 1] * w->lnf_w[i] + w->lnf_b[i];
+	for (int k = 0; k < V; k++)
+		logits[k] = (float)dot(r, w->lm_head + (size_t)k * C, C);
+	free(x);
+	free(ln);
+	free(v);
+	free(z);
+	state_free(&st);
+	return 0;
 }

@@ -133,4 +133,27 @@ int circ_trace_prune_run(const circ_trace_graph *g, double node_threshold, doubl
 			 circ_trace_prune *p, circ_error *e);
 void circ_trace_prune_free(circ_trace_prune *p);
 
+/* ---- interventions ----
+ * The local replacement model of the prompt (error nodes, attention
+ * patterns and LayerNorm scales frozen at their values on the prompt, as in
+ * the graph) run again with some features set or scaled at a position:
+ * every later feature is recomputed through its transcoder's activation
+ * function (an intervened feature keeps its given value), the MLPs'
+ * outputs are the transcoders' outputs plus the frozen errors. With no
+ * intervention the logits are the model's. */
+typedef struct circ_trace_iv {
+	int layer, feature, pos;
+	int scale; /* 1: multiply the activation by value; 0: set it to value */
+	double value;
+} circ_trace_iv;
+/* Parses "tc3.f17@5=0" (set) or "tc3.f17@5*2" (scale). -1 with a message. */
+int circ_trace_iv_parse(const char *s, circ_trace_iv *iv, circ_error *e);
+/* logits (V): the last position's logits with the n_iv interventions iv.
+ * -1 with "unknown feature 'tc3.f17@5': ..." when a layer has no
+ * transcoder, a feature is beyond d_sae or a position beyond the prompt,
+ * or on the prompt's errors (as circ_trace_build). */
+int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const int32_t *tokens,
+			 int T, const circ_trace_iv *iv, int n_iv, int threads, float *logits,
+			 circ_error *e);
+
 #endif

@@ -20,6 +20,9 @@ Usage:
       prints the graph as JSON: nodes (kind, layer, feature, pos, act, pre,
       bias, influence, keep), adj (rows: targets, columns: sources), edge
       keep mask as a list of [target, source] pairs.
+  trace_ref.py intervene MODEL DICTSET IDS SPEC...
+      prints {"clean": logits, "logits": logits} of the last position, the
+      replacement model re-run with each SPEC (tc<l>.f<i>@<t>=V or *F).
   trace_ref.py compare CIRC.jsonl REF.json [--tol X]
       compares circ-trace --all-edges --json output with the reference:
       the node list (kinds, layers, features, positions) equal; every
@@ -32,6 +35,7 @@ Usage:
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -106,7 +110,8 @@ def hook_kind(d):
     raise SystemExit("transcoder input hook %s not supported" % d.hook_in)
 
 
-def build(model_dir, set_dir, ids, max_logits, logit_prob):
+def clean_run(model_dir, set_dir, ids):
+    """The prompt's forward: frozen patterns and scales, activations, errors."""
     cfg, w = load_model(model_dir)
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
     D = C // H
@@ -120,7 +125,6 @@ def build(model_dir, set_dir, ids, max_logits, logit_prob):
     def p(l, k):
         return w["h.%d.%s" % (l, k)]
 
-    # the clean forward: frozen patterns and scales, activations, errors
     x = w["wte.weight"][tok] + w["wpe.weight"][:T]
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
     frozen = []
@@ -151,6 +155,61 @@ def build(model_dir, set_dir, ids, max_logits, logit_prob):
         x = x + mo
     sf = inv_sigma(x, eps)
     logits = (centered(x) * sf * w["ln_f.weight"] + w["ln_f.bias"]) @ w["lm_head.weight"].T
+    return dict(cfg=cfg, w=w, p=p, L=L, H=H, C=C, D=D, T=T, tok=tok, tcs=tcs, frozen=frozen,
+                acts=acts, errs=errs, sf=sf, logits=logits)
+
+
+def frozen_attn(r, l, x):
+    """x plus layer l's attention with the frozen pattern and ln_1 scale."""
+    p, C, H, D, T = r["p"], r["C"], r["H"], r["D"], r["T"]
+    s1, A, _ = r["frozen"][l]
+    h = centered(x) * s1 * p(l, "ln_1.weight") + p(l, "ln_1.bias")
+    v = (h @ p(l, "attn.c_attn.weight")[:, 2 * C:] + p(l, "attn.c_attn.bias")[2 * C:])
+    v = v.view(T, H, D).transpose(0, 1)
+    return x + (A @ v).transpose(0, 1).reshape(T, C) @ p(l, "attn.c_proj.weight") + p(l, "attn.c_proj.bias")
+
+
+def tc_input(r, l, x):
+    p, d = r["p"], r["tcs"][l]
+    nrm = centered(x) * r["frozen"][l][2]
+    return {"resid": x, "norm": nrm,
+            "norm_wb": nrm * p(l, "ln_2.weight") + p(l, "ln_2.bias")}[hook_kind(d)]
+
+
+def final_logits(r, x):
+    w = r["w"]
+    return (centered(x[-1]) * r["sf"][-1] * w["ln_f.weight"] + w["ln_f.bias"]) @ w["lm_head.weight"].T
+
+
+def intervene(argv):
+    """The replacement model re-run with features set (=) or scaled (*):
+    errors, patterns and scales frozen, later features recomputed."""
+    model, dset, ids = argv[:3]
+    ivs = []
+    for spec in argv[3:]:
+        m = re.fullmatch(r"tc(\d+)\.f(\d+)@(\d+)([=*])(.+)", spec)
+        ivs.append((int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4), float(m.group(5))))
+    r = clean_run(model, dset, [int(i) for i in ids.split(",")])
+    w, T = r["w"], r["T"]
+    x = w["wte.weight"][r["tok"]] + w["wpe.weight"][:T]
+    for l in range(r["L"]):
+        x = frozen_attn(r, l, x)
+        d = r["tcs"][l]
+        if d is not None:
+            xin = tc_input(r, l, x)
+            f = d.encode(xin)
+            for (il, fi, t, op, v) in ivs:
+                if il == l:
+                    f[t, fi] = f[t, fi] * v if op == "*" else v
+            x = x + d.decode(f, xin)
+        x = x + r["errs"][l]
+    json.dump({"clean": r["logits"][-1].tolist(), "logits": final_logits(r, x).tolist()}, sys.stdout)
+
+
+def build(model_dir, set_dir, ids, max_logits, logit_prob):
+    r = clean_run(model_dir, set_dir, ids)
+    w, p, L, T, tcs, acts, errs, tok = (r[k] for k in ("w", "p", "L", "T", "tcs", "acts", "errs", "tok"))
+    logits = r["logits"]
     probs = torch.softmax(logits[-1], -1)
     top_p, top_i = torch.topk(probs, min(max_logits, probs.shape[0]))
     cum = torch.cumsum(top_p, 0)
@@ -162,22 +221,15 @@ def build(model_dir, set_dir, ids, max_logits, logit_prob):
         x = emb + w["wpe.weight"][:T]
         pres = []
         for l in range(L):
-            s1, A, s2 = frozen[l]
-            h = centered(x) * s1 * p(l, "ln_1.weight") + p(l, "ln_1.bias")
-            v = (h @ p(l, "attn.c_attn.weight")[:, 2 * C:] + p(l, "attn.c_attn.bias")[2 * C:])
-            v = v.view(T, H, D).transpose(0, 1)
-            x = x + (A @ v).transpose(0, 1).reshape(T, C) @ p(l, "attn.c_proj.weight") + p(l, "attn.c_proj.bias")
+            x = frozen_attn(r, l, x)
             d = tcs[l]
             if d is None:
                 pres.append(None)
                 x = x + es[l]
                 continue
-            nrm = centered(x) * s2
-            xin = {"resid": x, "norm": nrm,
-                   "norm_wb": nrm * p(l, "ln_2.weight") + p(l, "ln_2.bias")}[hook_kind(d)]
-            pres.append((xin * d.scale) @ d.w["W_enc"] + d.w["b_enc"])
+            pres.append((tc_input(r, l, x) * d.scale) @ d.w["W_enc"] + d.w["b_enc"])
             x = x + (fs[l] @ d.w["W_dec"] + d.w["b_dec"]) / d.scale + es[l]
-        lg = (centered(x[-1]) * sf[-1] * w["ln_f.weight"] + w["ln_f.bias"]) @ w["lm_head.weight"].T
+        lg = final_logits(r, x)
         return pres, lg - lg.mean()
 
     emb = w["wte.weight"][tok].clone().requires_grad_(True)
@@ -363,6 +415,8 @@ def main():
         make_model(argv[0], argv[1:])
     elif cmd == "graph":
         graph(argv)
+    elif cmd == "intervene":
+        intervene(argv)
     elif cmd == "compare":
         compare(argv)
     else:
