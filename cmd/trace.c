@@ -18,6 +18,7 @@
 #include "dict.h"
 #include "metric.h"
 #include "model.h"
+#include "safetensors.h"
 #include "trace.h"
 #include "cli/opt.h"
 #include "cli/session.h"
@@ -42,6 +43,7 @@ enum {
 	OPT_ANSWER,
 	OPT_WRONG,
 	OPT_TOP_K,
+	OPT_ADJACENCY,
 };
 
 static const circ_opt opts[] = {
@@ -61,6 +63,8 @@ static const circ_opt opts[] = {
     {"all-edges", OPT_ALL_EDGES, NULL, "write every non-zero edge, not only the kept ones"},
     {"graph-json", OPT_GRAPH_JSON, "FILE",
      "also write the circuit-tracer / Neuronpedia graph JSON of the pruned graph"},
+    {"adjacency", OPT_ADJACENCY, "FILE",
+     "also write the dense adjacency matrix and the node table as safetensors"},
     {"slug", OPT_SLUG, "NAME", "the graph JSON's metadata.slug (default circ-trace)"},
     {"scan", OPT_SCAN, "NAME",
      "the graph JSON's metadata.scan (default: the model's directory name)"},
@@ -78,7 +82,7 @@ static const circ_opt opts[] = {
 };
 
 static struct {
-	const char *model, *dict, *tokens, *graph_json, *slug, *scan;
+	const char *model, *dict, *tokens, *graph_json, *slug, *scan, *adjacency;
 	int example, max_logits, all_edges, batch, threads, allow_nonfinite;
 	int n_iv, answer, wrong, top_k;
 	const char *iv[256];
@@ -116,6 +120,7 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ALL_EDGES: o.all_edges = 1; return 0;
 	case OPT_GRAPH_JSON: o.graph_json = arg; return 0;
 	case OPT_SLUG: o.slug = arg; return 0;
+	case OPT_ADJACENCY: o.adjacency = arg; return 0;
 	case OPT_SCAN: o.scan = arg; return 0;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 1 << 20); return 0;
 	case OPT_THREADS:
@@ -507,6 +512,37 @@ static void intervene(circ_session *s, const circ_dict **tc, const int32_t *toke
 	free(lg);
 }
 
+/* --adjacency: adjacency (n, n) F32 as circuit-tracer's adjacency_matrix
+ * (rows targets, columns sources), and per node its kind (0 feature, 1
+ * error, 2 input, 3 logit), layer, feature or token id, position and
+ * activation (probability for logits). */
+static void write_adjacency(const circ_trace_graph *g)
+{
+	circ_error e;
+	int n = g->n;
+	int32_t *iv = circ_xmalloc((size_t)n * 4 * sizeof *iv);
+	float *act = circ_xmalloc((size_t)n * sizeof *act);
+	for (int i = 0; i < n; i++) {
+		iv[i] = (int32_t)g->nodes[i].kind;
+		iv[n + i] = g->nodes[i].layer;
+		iv[2 * n + i] = g->nodes[i].feature;
+		iv[3 * n + i] = g->nodes[i].pos;
+		act[i] = (float)g->nodes[i].act;
+	}
+	circ_st_tensor t[6] = {
+	    {"adjacency", CIRC_F32, 2, {n, n}, g->adj, (size_t)n * n * sizeof(float)},
+	    {"node_kind", CIRC_I32, 1, {n}, iv, (size_t)n * sizeof *iv},
+	    {"node_layer", CIRC_I32, 1, {n}, iv + n, (size_t)n * sizeof *iv},
+	    {"node_feature", CIRC_I32, 1, {n}, iv + 2 * n, (size_t)n * sizeof *iv},
+	    {"node_pos", CIRC_I32, 1, {n}, iv + 3 * n, (size_t)n * sizeof *iv},
+	    {"activation", CIRC_F32, 1, {n}, act, (size_t)n * sizeof *act},
+	};
+	if (circ_st_write(o.adjacency, 6, t, 0, NULL, &e) < 0)
+		circ_die(&e);
+	free(iv);
+	free(act);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR --dict DIR [--tokens IDS | tokens] [options]",
@@ -557,6 +593,8 @@ int main(int argc, char **argv)
 	if (!g)
 		circ_die(&e);
 	double rel, chk = circ_trace_check(g, &rel);
+	if (o.adjacency)
+		write_adjacency(g);
 	circ_trace_prune p;
 	if (circ_trace_prune_run(g, o.node_th, o.edge_th, &p, &e) < 0)
 		circ_die(&e);

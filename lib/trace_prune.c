@@ -78,23 +78,58 @@ static int cmp_desc(const void *a, const void *b)
 }
 
 /* circuit-tracer's find_threshold over n scores of which only the np
- * positive ones are given (sorted in place, descending): the score at the
- * first index whose cumulative share reaches th (0 when that index falls
- * among the zeros). */
+ * positive ones are given (reordered): the score at the first index, in
+ * descending order, whose cumulative share reaches th (0 when that index
+ * falls among the zeros). Linear time: the scores are bucketed by binary
+ * exponent, and only the bucket where the share is reached is sorted. */
 static double find_threshold(double *pos, size_t np, size_t n, double th)
 {
-	qsort(pos, np, sizeof *pos, cmp_desc);
-	double tot = 0;
-	for (size_t i = 0; i < np; i++)
-		tot += pos[i];
-	double cum = 0;
+	enum { NB = 2200, OFF = 1100 };
+	double *bsum = circ_xcalloc(NB, sizeof *bsum), tot = 0;
 	for (size_t i = 0; i < np; i++) {
-		cum += pos[i];
-		if (cum / tot >= th)
-			return pos[i];
+		int ex;
+		frexp(pos[i], &ex);
+		int k = ex + OFF < 0 ? 0 : ex + OFF >= NB ? NB - 1 : ex + OFF;
+		bsum[k] += pos[i];
+		tot += pos[i];
 	}
-	/* not reached (rounding at th = 1): the last score, zeros included */
-	return np < n || !np ? 0 : pos[np - 1];
+	double cum = 0, res = np < n || !np ? 0 : -1;
+	int kb = -1;
+	for (int k = NB - 1; k >= 0; k--) {
+		if (bsum[k] > 0 && (cum + bsum[k]) / tot >= th) {
+			kb = k;
+			break;
+		}
+		cum += bsum[k];
+	}
+	size_t m = 0;
+	if (kb >= 0) {
+		for (size_t i = 0; i < np; i++) {
+			int ex;
+			frexp(pos[i], &ex);
+			int k = ex + OFF < 0 ? 0 : ex + OFF >= NB ? NB - 1 : ex + OFF;
+			if (k == kb)
+				pos[m++] = pos[i];
+		}
+		qsort(pos, m, sizeof *pos, cmp_desc);
+		for (size_t i = 0; i < m; i++) {
+			cum += pos[i];
+			if (cum / tot >= th) {
+				res = pos[i];
+				break;
+			}
+		}
+		/* rounding at th = 1: the smallest positive score */
+		if (res < 0)
+			res = pos[m - 1];
+	}
+	if (res < 0) { /* not reached and no zeros: the smallest score */
+		res = INFINITY;
+		for (size_t i = 0; i < np; i++)
+			res = fmin(res, pos[i]);
+	}
+	free(bsum);
+	return res;
 }
 
 void circ_trace_prune_free(circ_trace_prune *p)
@@ -192,30 +227,33 @@ int circ_trace_prune_run(const circ_trace_graph *g, double node_threshold, doubl
 	/* drop features and errors without outgoing edges, features without
 	 * incoming ones, until nothing changes */
 	int nsrc = n - nl - nt;
-	unsigned char *old = circ_xmalloc((size_t)n);
+	unsigned char *old = circ_xmalloc((size_t)n), *out = circ_xmalloc((size_t)n);
 	for (int round = 0;; round++) {
 		memcpy(old, p->node_keep, (size_t)n);
-		if (round > 0)
-			for (int i = 0; i < n; i++)
-				for (int j = 0; j < n; j++)
-					if (!p->node_keep[i] || !p->node_keep[j])
-						p->edge_keep[(size_t)i * n + j] = 0;
-		for (int j = 0; j < nsrc; j++) {
-			int out = 0;
-			for (int i = 0; i < n && !out; i++)
-				out = p->edge_keep[(size_t)i * n + j];
-			p->node_keep[j] &= out;
-		}
-		for (int i = 0; i < nf; i++) {
+		memset(out, 0, (size_t)n);
+		for (int i = 0; i < n; i++) {
+			unsigned char *row = p->edge_keep + (size_t)i * n;
+			if (round > 0 && !p->node_keep[i]) {
+				memset(row, 0, (size_t)n);
+				continue;
+			}
 			int in = 0;
-			for (int j = 0; j < n && !in; j++)
-				in = p->edge_keep[(size_t)i * n + j];
-			p->node_keep[i] &= in;
+			for (int j = 0; j < n; j++) {
+				if (round > 0)
+					row[j] &= p->node_keep[j];
+				out[j] |= row[j];
+				in |= row[j];
+			}
+			if (i < nf)
+				p->node_keep[i] &= in;
 		}
+		for (int j = 0; j < nsrc; j++)
+			p->node_keep[j] &= out[j];
 		if (!memcmp(old, p->node_keep, (size_t)n))
 			break;
 	}
 	free(old);
+	free(out);
 
 	/* cumulative share of influence, descending */
 	int *ord = circ_xmalloc((size_t)n * sizeof *ord);

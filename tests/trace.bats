@@ -39,6 +39,31 @@ compare() { # set [options]
 	grep -q '"node":"tc1.err@0"' "$T/c.jsonl"
 }
 
+@test "circ-trace --adjacency: the dense matrix and node table equal the stream's" {
+	make_case
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --adjacency "$T/a.safetensors" >"$T/c.jsonl"
+	/usr/bin/python3 - "$T/c.jsonl" "$T/a.safetensors" <<'PY'
+import json, sys
+sys.path.insert(0, "tests/ref")
+import numpy as np
+from stio import read_safetensors
+lines = [json.loads(l) for l in open(sys.argv[1])]
+t = read_safetensors(sys.argv[2])
+a = t["adjacency"]
+n = lines[0]["n_nodes"]
+assert a.shape == (n, n)
+b = np.zeros((n, n), np.float32)
+for r in lines[1:]:
+    if "edge" in r:
+        b[r["target"], r["source"]] = r["weight"]
+assert np.array_equal(a, b)
+kinds = ["feature", "error", "input", "logit"]
+nodes = [r for r in lines[1:] if "node" in r]
+assert [kinds[k] for k in t["node_kind"]] == [r["kind"] for r in nodes]
+assert list(t["node_pos"]) == [r["pos"] for r in nodes]
+PY
+}
+
 @test "circ-trace: every transcoder input hook, fold_ln off, other thresholds and logit counts" {
 	make_case
 	/usr/bin/python3 tests/ref/dict_ref.py make "$T/set/b" --arch transcoder --hook blocks.1.ln2.hook_normalized \
