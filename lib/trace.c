@@ -387,8 +387,9 @@ static void read_edges(circ_trace_graph *g, const int *tgt, int K, const float *
 }
 
 /* One batch of targets tgt (K node indices, features ascending then logits):
- * the sweep of trace.h. Buffers gb, y, dv (T * K * C) and tmp. */
-static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *dv, float *tmp)
+ * the sweep of trace.h. Buffers gb, y, dv, z (T * K * C) and tmp. */
+static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *dv, float *z,
+		  float *tmp)
 {
 	circ_trace_graph *g = st->g;
 	int L = st->L, H = st->H, C = st->C, D = st->D, T = st->T;
@@ -429,26 +430,23 @@ static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *
 					gr[i] += sd[i];
 			}
 		}
-		/* attention, frozen: g += LN1^T W_V^T A^T W_O^T g */
+		/* attention, frozen: g += LN1^T W_V^T A^T W_O^T g. y = g W_O^T,
+		 * regrouped by head (z[h] (tb, K * D)) so that the pattern's
+		 * transpose mixes positions in one product per head
+		 * (dv[h] = A_h^T z[h]), regrouped back, then y = dv W_V^T */
 		int rows = tb * K;
+		size_t hs = (size_t)rows * D;
 		circ_gemm(0, 1, rows, C, C, 1.0f, gb, C, lw->proj_w, C, 0.0f, y, C);
-		memset(dv, 0, (size_t)rows * C * sizeof *dv);
+		for (size_t q = 0; q < (size_t)rows; q++)
+			for (int h = 0; h < H; h++)
+				memcpy(z + h * hs + q * D, y + q * C + h * D, D * sizeof *z);
 		for (int h = 0; h < H; h++)
-			for (int t = 0; t < tb; t++) {
-				const float *a = st->att + (((size_t)l * H + h) * T + t) * T;
-				const float *ys = y + (size_t)t * KC + h * D;
-				for (int u = 0; u <= t; u++) {
-					float au = a[u];
-					if (au == 0.0f)
-						continue;
-					float *ds = dv + (size_t)u * KC + h * D;
-					for (int k = 0; k < K; k++)
-						for (int i = 0; i < D; i++)
-							ds[(size_t)k * C + i] +=
-							    au * ys[(size_t)k * C + i];
-				}
-			}
-		circ_gemm(0, 1, rows, C, C, 1.0f, dv, C, lw->attn_w + 2 * C, 3 * C, 0.0f, y, C);
+			circ_gemm(1, 0, tb, K * D, tb, 1.0f, st->att + ((size_t)l * H + h) * T * T,
+				  T, z + h * hs, K * D, 0.0f, dv + h * hs, K * D);
+		for (size_t q = 0; q < (size_t)rows; q++)
+			for (int h = 0; h < H; h++)
+				memcpy(z + q * C + h * D, dv + h * hs + q * D, D * sizeof *z);
+		circ_gemm(0, 1, rows, C, C, 1.0f, z, C, lw->attn_w + 2 * C, 3 * C, 0.0f, y, C);
 		for (int t = 0; t < tb; t++)
 			for (int k = 0; k < K; k++) {
 				float *yr = y + (size_t)t * KC + (size_t)k * C;
@@ -635,7 +633,7 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	int *tgt = circ_xmalloc((size_t)B * sizeof *tgt);
 	size_t buf = (size_t)T * B * C;
 	float *gb = circ_xmalloc(buf * sizeof *gb), *y = circ_xmalloc(buf * sizeof *y),
-	      *dv = circ_xmalloc(buf * sizeof *dv);
+	      *dv = circ_xmalloc(buf * sizeof *dv), *z = circ_xmalloc(buf * sizeof *z);
 	int maxsrc = 1;
 	for (int q = 0; q < L * T; q++)
 		if (st.feat_off[q + 1] - st.feat_off[q] > maxsrc)
@@ -646,12 +644,13 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		int K = ntg - s < B ? ntg - s : B;
 		for (int k = 0; k < K; k++)
 			tgt[k] = s + k < nf ? s + k : g->n - nl + (s + k - nf);
-		sweep(&st, tgt, K, gb, y, dv, tmp);
+		sweep(&st, tgt, K, gb, y, dv, z, tmp);
 	}
 	free(tgt);
 	free(gb);
 	free(y);
 	free(dv);
+	free(z);
 	free(tmp);
 	free(ufin);
 	free(top_id);
