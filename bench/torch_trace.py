@@ -123,7 +123,8 @@ def make(d, seed):
         W_enc = torch.randn(S, C, generator=g) / math.sqrt(C)
         b_enc = torch.zeros(S)
         pre = mids[l] @ W_enc.T + b_enc
-        th = torch.topk(pre.flatten(), 50 * len(PROMPT) + 1).values[-1]
+        top = torch.topk(pre.flatten(), 50 * len(PROMPT) + 1).values
+        th = (top[-1] + top[-2]) / 2  # between the 800th and 801st: no ties
         write_safetensors("%s/tc/layer_%d.safetensors" % (d, l), {
             "W_enc": W_enc.numpy(), "W_dec": (0.02 * torch.randn(S, C, generator=g)).numpy(),
             "b_enc": b_enc.numpy(), "b_dec": (0.02 * torch.randn(C, generator=g)).numpy(),
@@ -197,7 +198,8 @@ def run(d, threads, batch, out):
         if ids:
             bb = torch.tensor([b for b, _ in ids])
             val = val + (xfin[bb] * ubar[[i for _, i in ids]]).sum()
-        grads = torch.autograd.grad(val, [emb] + outs, retain_graph=True)
+        grads = torch.autograd.grad(val, [emb] + outs, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros(B, T, C) if g is None else g for g in grads]
         rows = torch.tensor([i if k == "f" else n - nl + i for k, i in chunk])
         K = len(chunk)
         with torch.no_grad():
