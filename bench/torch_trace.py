@@ -18,7 +18,8 @@ Usage:
       per position).
   torch_trace.py run DIR THREADS BATCH [OUT.npy]
       the graph of the bench prompt; prints "torch SECONDS PEAK_RSS_MB
-      N_NODES N_FEATURES" (seconds end to end: loading included) and saves
+      N_NODES N_FEATURES CPU_SECONDS" (seconds end to end: loading
+      included; CPU: user + system of the process) and saves
       the adjacency matrix to OUT.npy.
   torch_trace.py compare CIRC.safetensors OUT.npy
       the node tables and adjacency matrices agree: every entry within 1e-3
@@ -213,8 +214,8 @@ def run(d, threads, batch, out):
             adj[rows, nf + L * T:nf + L * T + T] = (grads[0][:K] * emb0).sum(-1)
     secs = time.perf_counter() - t0
     del bidx
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("torch %.3f %.0f %d %d" % (secs, rss, n, nf))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    print("torch %.3f %.0f %d %d %.3f" % (secs, ru.ru_maxrss / 1024, n, nf, ru.ru_utime + ru.ru_stime))
     if out:
         np.save(out, adj.numpy())
         np.save(out + ".nodes.npy", feats.numpy())

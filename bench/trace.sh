@@ -9,7 +9,8 @@
 # end to end (loading the model and transcoders included; circ's time is
 # the whole process, its stream written to /dev/null with pruning; torch's
 # from its first load to the last edge, without the interpreter's start),
-# with peak RSS. Goal: circ at least 2x faster on 2 threads.
+# with peak RSS and CPU time (user + system: steadier than wall time on a
+# shared machine). Goal: circ at least 2x faster on 2 threads.
 # Environment: THREADS (default 2, for circ, OpenBLAS and torch alike),
 # ROUNDS (default 1; each keeps its best), TRACE_BATCH (targets per
 # backward batch for both, default 256), TRACE_DIR (keep the 2.2 GB of
@@ -40,7 +41,7 @@ $PY bench/torch_trace.py compare "$d/c.safetensors" "$d/t.npy"
 cat "$d/t.1" >"$d/t"
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
-	/usr/bin/time -f "circ %e %M" -a -o "$d/c" "$B/bin/circ-trace" --model "$d/model" --dict "$d/tc" \
+	/usr/bin/time -f "circ %e %M %U %S" -a -o "$d/c" "$B/bin/circ-trace" --model "$d/model" --dict "$d/tc" \
 		--tokens $IDS --threads "$THREADS" --batch "$BATCH" -o /dev/null
 	[ "$r" -eq 1 ] || $PY bench/torch_trace.py run "$d" "$THREADS" "$BATCH" >>"$d/t"
 	r=$((r + 1))
@@ -48,11 +49,11 @@ done
 awk -v cf="$d/c" -v tf="$d/t" '
 BEGIN {
 	c = 1e30; t = 1e30
-	while ((getline l < cf) > 0) { split(l, a, " "); if (a[2] < c) { c = a[2]; crss = a[3] / 1024 } }
-	while ((getline l < tf) > 0) { split(l, a, " "); if (a[2] < t) { t = a[2]; trss = a[3]; nn = a[4]; nf = a[5] } }
+	while ((getline l < cf) > 0) { split(l, a, " "); if (a[2] < c) { c = a[2]; crss = a[3] / 1024; ccpu = a[4] + a[5] } }
+	while ((getline l < tf) > 0) { split(l, a, " "); if (a[2] < t) { t = a[2]; trss = a[3]; nn = a[4]; nf = a[5]; tcpu = a[6] } }
 	printf "  nodes %d (features %d)\n", nn, nf
-	printf "  circ-trace  %8.1f s  peak RSS %6.0f MB\n", c, crss
-	printf "  torch       %8.1f s  peak RSS %6.0f MB\n", t, trss
+	printf "  circ-trace  %8.1f s  (CPU %7.1f s)  peak RSS %6.0f MB\n", c, ccpu, crss
+	printf "  torch       %8.1f s  (CPU %7.1f s)  peak RSS %6.0f MB\n", t, tcpu, trss
 	r = t / c
-	printf "  ratio %.2f  >= 2 %s\n", r, (r >= 2 ? "ok" : "MISSED")
+	printf "  ratio %.2f (CPU time %.2f)  >= 2 %s\n", r, tcpu / ccpu, (r >= 2 ? "ok" : "MISSED")
 }'

@@ -388,8 +388,7 @@ static void read_edges(circ_trace_graph *g, const int *tgt, int K, const float *
 
 /* One batch of targets tgt (K node indices, features ascending then logits):
  * the sweep of trace.h. Buffers gb, y, dv, z (T * K * C) and tmp. */
-static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *dv, float *z,
-		  float *tmp)
+static void sweep(state *st, int *tgt, int K, float *gb, float *y, float *dv, float *z, float *tmp)
 {
 	circ_trace_graph *g = st->g;
 	int L = st->L, H = st->H, C = st->C, D = st->D, T = st->T;
@@ -401,6 +400,23 @@ static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *
 		top = lay > top ? lay : top;
 		tb = nd->pos + 1 > tb ? nd->pos + 1 : tb;
 	}
+	/* causality: targets by descending position, so that the rows still
+	 * live at position t (targets at t or later) are the first nt[t] */
+	int *nt = circ_xcalloc((size_t)T + 1, sizeof *nt),
+	    *ord = circ_xmalloc((size_t)K * sizeof *ord);
+	for (int k = 0; k < K; k++)
+		nt[g->nodes[tgt[k]].pos]++;
+	for (int t = T - 1; t > 0; t--)
+		nt[t - 1] += nt[t];
+	for (int k = K - 1; k >= 0; k--) /* stable: nt[p + 1] .. nt[p] - 1 hold position p */
+		ord[--nt[g->nodes[tgt[k]].pos]] = tgt[k];
+	memcpy(tgt, ord, (size_t)K * sizeof *tgt);
+	for (int t = 0; t < T; t++)
+		nt[t] = 0;
+	for (int k = 0; k < K; k++)
+		for (int t = 0; t <= g->nodes[tgt[k]].pos; t++)
+			nt[t]++;
+	free(ord);
 	size_t KC = (size_t)K * C;
 	memset(gb, 0, (size_t)tb * KC * sizeof *gb);
 	for (int k = 0; k < K; k++)
@@ -415,10 +431,11 @@ static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *
 			for (int t = 0; t < tb; t++) {
 				const float *gt = gb + (size_t)t * KC;
 				int a = st->feat_off[l * T + t], b = st->feat_off[l * T + t + 1];
-				read_edges(g, tgt, K, gt, C, st->src + (size_t)a * C, a, b - a,
+				read_edges(g, tgt, nt[t], gt, C, st->src + (size_t)a * C, a, b - a,
 					   tmp);
 				int ei = first_err + l * T + t;
-				read_edges(g, tgt, K, gt, C, st->src + (size_t)ei * C, ei, 1, tmp);
+				read_edges(g, tgt, nt[t], gt, C, st->src + (size_t)ei * C, ei, 1,
+					   tmp);
 			}
 		/* the MLP input: this layer's feature targets start here */
 		for (int k = 0; k < K; k++) {
@@ -436,7 +453,12 @@ static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *
 		 * (dv[h] = A_h^T z[h]), regrouped back, then y = dv W_V^T */
 		int rows = tb * K;
 		size_t hs = (size_t)rows * D;
-		circ_gemm(0, 1, rows, C, C, 1.0f, gb, C, lw->proj_w, C, 0.0f, y, C);
+		for (int t = 0; t < tb; t++) {
+			circ_gemm(0, 1, nt[t], C, C, 1.0f, gb + t * KC, C, lw->proj_w, C, 0.0f,
+				  y + t * KC, C);
+			memset(y + t * KC + (size_t)nt[t] * C, 0,
+			       (size_t)(K - nt[t]) * C * sizeof *y);
+		}
 		for (size_t q = 0; q < (size_t)rows; q++)
 			for (int h = 0; h < H; h++)
 				memcpy(z + h * hs + q * D, y + q * C + h * D, D * sizeof *z);
@@ -446,9 +468,11 @@ static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *
 		for (size_t q = 0; q < (size_t)rows; q++)
 			for (int h = 0; h < H; h++)
 				memcpy(z + q * C + h * D, dv + h * hs + q * D, D * sizeof *z);
-		circ_gemm(0, 1, rows, C, C, 1.0f, z, C, lw->attn_w + 2 * C, 3 * C, 0.0f, y, C);
 		for (int t = 0; t < tb; t++)
-			for (int k = 0; k < K; k++) {
+			circ_gemm(0, 1, nt[t], C, C, 1.0f, z + t * KC, C, lw->attn_w + 2 * C, 3 * C,
+				  0.0f, y + t * KC, C);
+		for (int t = 0; t < tb; t++)
+			for (int k = 0; k < nt[t]; k++) {
 				float *yr = y + (size_t)t * KC + (size_t)k * C;
 				float *gr = gb + (size_t)t * KC + (size_t)k * C;
 				for (int i = 0; i < C; i++)
@@ -463,9 +487,10 @@ static void sweep(state *st, const int *tgt, int K, float *gb, float *y, float *
 	int first_in = g->n_feat + g->n_err;
 	for (int t = 0; t < tb; t++) {
 		int ii = first_in + t;
-		read_edges(g, tgt, K, gb + (size_t)t * KC, C,
+		read_edges(g, tgt, nt[t], gb + (size_t)t * KC, C,
 			   st->src + (size_t)(g->n_feat + g->n_err + t) * C, ii, 1, tmp);
 	}
+	free(nt);
 }
 
 circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *tc,
