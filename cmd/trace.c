@@ -430,7 +430,9 @@ static void write_graph_json(const circ_trace_graph *g, const circ_trace_prune *
 	circ_atomic a;
 	FILE *f = NULL;
 	if (circ_atomic_open(&a, o.graph_json, &e) < 0 || !(f = circ_atomic_file(&a, &e)) ||
-	    fputs(txt, f) < 0 || fputc('\n', f) < 0 || circ_atomic_commit(&a, &e) < 0) {
+	    ((fputs(txt, f) < 0 || fputc('\n', f) < 0) &&
+	     circ_errorf(&e, "'%s': write error", o.graph_json) < 0) ||
+	    circ_atomic_commit(&a, &e) < 0) {
 		free(txt);
 		circ_atomic_abort(&a);
 		circ_die(&e);
