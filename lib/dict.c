@@ -449,9 +449,13 @@ static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
 		} else {
 			float *tmp = circ_xmalloc(n * sizeof(float));
 			circ_st_to_f32(tmp, t->data, t->dtype, n);
-			for (int64_t i = 0; i < r; i++)
-				for (int64_t j = 0; j < k; j++)
-					dst[i * k + j] = tmp[j * r + i];
+			/* in 32 x 32 tiles: a plain loop reads tmp a cache line per
+			 * element (circ-trace loads 12 transcoders of 24,576 features) */
+			for (int64_t i0 = 0; i0 < r; i0 += 32)
+				for (int64_t j0 = 0; j0 < k; j0 += 32)
+					for (int64_t i = i0; i < r && i < i0 + 32; i++)
+						for (int64_t j = j0; j < k && j < j0 + 32; j++)
+							dst[i * k + j] = tmp[j * r + i];
 			free(tmp);
 		}
 		if (!all_finite(dst, n))

@@ -44,3 +44,4 @@ run_catalogue() { # file
 @test "catalogue: files and pipelines" { run_catalogue files.cases; }
 @test "catalogue: tokenizer and model directories" { run_catalogue tokenizer.cases; }
 @test "catalogue: sparse dictionaries" { run_catalogue dict.cases; }
+@test "catalogue: attribution graphs" { run_catalogue trace.cases; }

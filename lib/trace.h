@@ -1,0 +1,159 @@
+/*
+ * trace: attribution graphs of one prompt (Ameisen et al. 2025, the
+ * circuit-tracer library) on a GPT-2 whose MLPs are replaced by
+ * transcoders.
+ *
+ * The replacement model: each layer's MLP output is its transcoder's output
+ * (sum of active features times their decoder rows, plus b_dec) plus an
+ * error node (the true MLP output minus the transcoder's output, a constant
+ * vector per position); a layer with no transcoder has no features and its
+ * error node is its MLP's whole output. The attention patterns and every
+ * LayerNorm's scale 1/sigma (per row) are frozen at their values on the
+ * prompt. Then every active feature's pre-activation and every target logit
+ * (the logit minus the mean logit over the vocabulary, as circuit-tracer
+ * demeans its logit targets) is a linear function of the nodes' outputs plus
+ * a constant (the bias: positional embeddings, attention and LN biases,
+ * b_dec, b_enc propagated through the frozen model).
+ *
+ * Nodes, in circuit-tracer's order: active features (activation != 0)
+ * sorted by (layer, position, feature), error nodes (layer-major,
+ * L * T of them), token embeddings (T; the input node outputs wte[token],
+ * the positional embedding is a constant), logits (descending
+ * probability: the most probable up to max_n_logits, until their summed
+ * probability reaches desired_logit_prob). The adjacency matrix A (n, n)
+ * holds in A[target * n + source] the direct effect act_s * (d pre_t /
+ * d out_s) through the residual stream and the attention heads' OV paths
+ * (frozen patterns: nothing through q or k; nothing through another
+ * feature or MLP). Rows of sources that are not targets (errors, tokens)
+ * are zero, as are logits' columns.
+ *
+ * Computation: targets are taken in batches; each batch's gradient rows
+ * (B_k, T, C) are seeded at their residual point (a feature of layer l at
+ * the input of layer l's MLP, a logit at the final residual) and swept
+ * down the layers with GEMMs (W_O^T, the frozen patterns, W_V^T, the frozen
+ * LN), reading the edges of each layer's sources on the way. Causal: a
+ * batch only covers positions up to its last target's.
+ *
+ * Dimension letters: L layers, H heads, C width, D head width, T prompt
+ * positions, S features of a transcoder, n nodes.
+ *
+ * Layering: trace uses util, kernels, topology, model, dict.
+ */
+#ifndef CIRC_TRACE_H
+#define CIRC_TRACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dict.h"
+#include "model.h"
+#include "util.h"
+
+typedef enum circ_tnode_kind {
+	CIRC_TNODE_FEATURE,
+	CIRC_TNODE_ERROR,
+	CIRC_TNODE_INPUT,
+	CIRC_TNODE_LOGIT
+} circ_tnode_kind;
+
+typedef struct circ_tnode {
+	circ_tnode_kind kind;
+	int layer;   /* feature, error: the transcoder's (MLP's) layer; else -1 */
+	int feature; /* feature: its index; logit and input: the token id; error: -1 */
+	int pos;     /* position (logits: T-1) */
+	double act;  /* feature: activation; logit: probability; else 0 */
+	double pre;  /* targets: the value its incoming edges sum to with bias:
+		      * the pre-activation (feature), the demeaned logit */
+	double bias; /* targets: the constant term (see the top of this file) */
+} circ_tnode;
+
+typedef struct circ_trace_opts {
+	int max_n_logits;	   /* most logit nodes (default 10) */
+	double desired_logit_prob; /* logits until this cumulative probability (0.95) */
+	int batch;		   /* targets per backward sweep (default 256) */
+	int threads;		   /* threads for the model and the GEMMs (<= 0: 1) */
+} circ_trace_opts;
+void circ_trace_opts_default(circ_trace_opts *o);
+
+typedef struct circ_trace_graph {
+	int T;		 /* prompt length */
+	int L;		 /* layers */
+	int32_t *tokens; /* (T) */
+	int n, n_feat, n_err, n_input, n_logit;
+	circ_tnode *nodes; /* (n) in the order above */
+	float *adj;	   /* (n, n): adj[target * n + source] */
+} circ_trace_graph;
+void circ_trace_graph_free(circ_trace_graph *g); /* NULL is a no-op */
+
+/* The transcoder writing each layer's MLP output: tc (L) out, NULL where
+ * none. Every dictionary of set must be a transcoder reading its layer's
+ * MLP input (hook_resid_mid, hook_mlp_in or ln2.hook_normalized) and
+ * writing hook_mlp_out, with no W_skip, a ReLU, JumpReLU or TopK
+ * activation, one per layer, checked against m. -1 with a message naming
+ * the dictionary otherwise. */
+int circ_trace_layers(const circ_model *m, const circ_dict_set *set, const circ_dict **tc,
+		      circ_error *e);
+
+/* The attribution graph of tokens (T, 1 <= T <= n_ctx) on m (GPT-2) with
+ * transcoders tc (L, from circ_trace_layers). NULL with a message on bad
+ * input (empty prompt, too long, token out of range, another family). */
+circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *tc,
+				   const int32_t *tokens, int T, const circ_trace_opts *o,
+				   circ_error *e);
+
+/* The largest |sum_s adj[t, s] + bias_t - pre_t| over target rows t, and
+ * (rel) the same divided by max(1, |pre_t|). */
+double circ_trace_check(const circ_trace_graph *g, double *rel);
+
+/* Node name as circ(1) FEATURE GRAPHS writes it: "tc3.f17@5",
+ * "tc3.err@5", "input@5", "logit.<id>". */
+void circ_trace_node_name(const circ_tnode *nd, char *out, size_t n);
+
+/* ---- pruning, as circuit-tracer's prune_graph ----
+ * A' = |A| with rows normalised to sum 1 (rows summing to less than 1e-10
+ * divided by 1e-10); logit weights w = the logits' probabilities; node
+ * influence = w (A' + A'^2 + ...) (the power series, run until it
+ * vanishes: the graph is acyclic); nodes are kept down to the influence at
+ * which the sorted cumulative share reaches node_threshold (tokens and
+ * logits always); then the matrix restricted to kept nodes, normalised
+ * again, gives edge scores A'' * (w + w (A'' + A''^2 + ...))[target]; edges
+ * kept down to edge_threshold's share; features and errors without a kept
+ * outgoing edge, and features without a kept incoming one, dropped, until
+ * nothing changes. */
+typedef struct circ_trace_prune {
+	unsigned char *node_keep; /* (n) */
+	unsigned char *edge_keep; /* (n, n) like adj */
+	double *influence;	  /* (n) node influence */
+	double *cumulative;	  /* (n) cumulative share of influence in descending
+				   * order (circuit-tracer's "influence" field) */
+} circ_trace_prune;
+/* -1 with a message if a threshold is outside [0, 1] or the influence
+ * series does not vanish within n + 1 steps. */
+int circ_trace_prune_run(const circ_trace_graph *g, double node_threshold, double edge_threshold,
+			 circ_trace_prune *p, circ_error *e);
+void circ_trace_prune_free(circ_trace_prune *p);
+
+/* ---- interventions ----
+ * The local replacement model of the prompt (error nodes, attention
+ * patterns and LayerNorm scales frozen at their values on the prompt, as in
+ * the graph) run again with some features set or scaled at a position:
+ * every later feature is recomputed through its transcoder's activation
+ * function (an intervened feature keeps its given value), the MLPs'
+ * outputs are the transcoders' outputs plus the frozen errors. With no
+ * intervention the logits are the model's. */
+typedef struct circ_trace_iv {
+	int layer, feature, pos;
+	int scale; /* 1: multiply the activation by value; 0: set it to value */
+	double value;
+} circ_trace_iv;
+/* Parses "tc3.f17@5=0" (set) or "tc3.f17@5*2" (scale). -1 with a message. */
+int circ_trace_iv_parse(const char *s, circ_trace_iv *iv, circ_error *e);
+/* logits (V): the last position's logits with the n_iv interventions iv.
+ * -1 with "unknown feature 'tc3.f17@5': ..." when a layer has no
+ * transcoder, a feature is beyond d_sae or a position beyond the prompt,
+ * or on the prompt's errors (as circ_trace_build). */
+int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const int32_t *tokens,
+			 int T, const circ_trace_iv *iv, int n_iv, int threads, float *logits,
+			 circ_error *e);
+
+#endif

@@ -1,0 +1,217 @@
+#!/usr/bin/env bats
+# circ-trace: attribution graphs against tests/ref/trace_ref.py (PyTorch,
+# float64, one autograd.grad per target through the replacement model with
+# detached patterns and LayerNorm scales). Tolerance: activations,
+# pre-activations, biases and edge weights within 1e-4 relative to the
+# largest of the target's |pre|, |bias| and |weights| (circ computes in
+# float32); kept nodes equal, kept edges equal but for at most 0.5% lying
+# within 1e-3 of the edge threshold; influence within 1e-3.
+load helper
+
+REF=tests/ref/trace_ref.py
+IDS=3,17,5,9,22,41,7
+
+# A 3-layer random GPT-2 in $T/m and transcoders for layers 0 and 2 (every
+# input hook kind; layer 1 has none) in $T/set.
+make_case() {
+	/usr/bin/python3 $REF make-model "$T/m" --layers 3 --embd 32 --heads 4 --vocab 50 --ctx 16 --seed 1
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/set/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 32 --d-sae 96 --seed 2
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/set/c" --arch jumprelu_transcoder --hook blocks.2.hook_resid_mid \
+		--hook-out blocks.2.hook_mlp_out --d-in 32 --d-sae 96 --seed 4
+}
+
+compare() { # set [options]
+	local set=$1
+	shift
+	circ-trace --model "$T/m" --dict "$set" --tokens $IDS --all-edges --json "$@" >"$T/c.jsonl"
+	/usr/bin/python3 $REF graph "$T/m" "$set" $IDS "$@" >"$T/r.json"
+	run /usr/bin/python3 $REF compare "$T/c.jsonl" "$T/r.json"
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+@test "circ-trace: adjacency, biases and pruning equal the reference (a layer without transcoder)" {
+	make_case
+	compare "$T/set"
+	# layer 1 has no transcoder: no tc1 features, its error nodes carry the MLP
+	! grep -q '"node":"tc1.f' "$T/c.jsonl"
+	grep -q '"node":"tc1.err@0"' "$T/c.jsonl"
+}
+
+@test "circ-trace --adjacency: the dense matrix and node table equal the stream's" {
+	make_case
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --adjacency "$T/a.safetensors" >"$T/c.jsonl"
+	/usr/bin/python3 - "$T/c.jsonl" "$T/a.safetensors" <<'PY'
+import json, sys
+sys.path.insert(0, "tests/ref")
+import numpy as np
+from stio import read_safetensors
+lines = [json.loads(l) for l in open(sys.argv[1])]
+t = read_safetensors(sys.argv[2])
+a = t["adjacency"]
+n = lines[0]["n_nodes"]
+assert a.shape == (n, n)
+b = np.zeros((n, n), np.float32)
+for r in lines[1:]:
+    if "edge" in r:
+        b[r["target"], r["source"]] = r["weight"]
+assert np.array_equal(a, b)
+kinds = ["feature", "error", "input", "logit"]
+nodes = [r for r in lines[1:] if "node" in r]
+assert [kinds[k] for k in t["node_kind"]] == [r["kind"] for r in nodes]
+assert list(t["node_pos"]) == [r["pos"] for r in nodes]
+PY
+}
+
+@test "circ-trace: every transcoder input hook, fold_ln off, other thresholds and logit counts" {
+	make_case
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/set/b" --arch transcoder --hook blocks.1.ln2.hook_normalized \
+		--hook-out blocks.1.hook_mlp_out --d-in 32 --d-sae 64 --seed 3 --fold-ln 0
+	compare "$T/set" --max-logits 4 --logit-prob 0.5 --node-threshold 0.6 --edge-threshold 0.9
+}
+
+@test "circ-trace: circuit-tracer layer files against the reference" {
+	/usr/bin/python3 $REF make-model "$T/m" --layers 2 --embd 32 --heads 2 --vocab 50 --ctx 16 --seed 5
+	/usr/bin/python3 tests/ref/dict_ref.py make-ct "$T/ct" --layers 2 --d-in 32 --d-sae 80 --jumprelu --seed 6
+	compare "$T/ct"
+}
+
+@test "circ-trace: the stream validates, incoming edges plus bias give each pre-activation" {
+	make_case
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS -o "$T/g.circ"
+	circ-cat "$T/g.circ" | tests/validate.py schemas/attribution-graph.schema.json
+	circ-cat "$T/g.circ" | /usr/bin/python3 -c '
+import json, sys
+h = json.loads(sys.stdin.readline())
+assert h["check_rel"] < 1e-4, h["check_rel"]
+recs = [json.loads(l) for l in sys.stdin if not l.startswith("{\"$end")]
+edges = [r for r in recs if "edge" in r]
+assert edges and all(e["keep"] for e in edges)
+kept = {r["index"] for r in recs if "node" in r and r["keep"]}
+assert all(e["source"] in kept and e["target"] in kept for e in edges)
+'
+}
+
+@test "circ-trace --graph-json: circuit-tracer's graph file fields" {
+	make_case
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --graph-json "$T/g.json" --slug s1 --scan tiny >/dev/null
+	/usr/bin/python3 - "$T/g.json" <<'PY'
+import json, sys
+g = json.load(open(sys.argv[1]))
+assert set(g) == {"metadata", "qParams", "nodes", "links"}
+m = g["metadata"]
+assert m["slug"] == "s1" and m["scan"] == "tiny" and len(m["prompt_tokens"]) == 7
+assert set(g["qParams"]) == {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
+keys = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit",
+        "run_idx", "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}
+ids = set()
+for n in g["nodes"]:
+    assert set(n) == keys, n
+    ids.add(n["node_id"])
+types = {n["feature_type"] for n in g["nodes"]}
+assert {"embedding", "logit", "cross layer transcoder"} <= types, types
+assert sum(n["is_target_logit"] for n in g["nodes"]) == 1
+assert sum(n["feature_type"] == "embedding" for n in g["nodes"]) == 7
+for l in g["links"]:
+    assert set(l) == {"source", "target", "weight"} and l["source"] in ids and l["target"] in ids
+assert g["links"]
+PY
+}
+
+@test "circ-trace: bad input is refused with a message" {
+	make_case
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens ""
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"empty prompt"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"longer than the model's context (16)"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,50
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"outside the vocabulary"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,x
+	[ "$status" -eq 2 ]
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/bad/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 24 --d-sae 32 --seed 2
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/bad" --tokens 1,2
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"d_in"* ]]
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/sae/a" --arch standard --hook blocks.0.hook_resid_pre \
+		--d-in 32 --d-sae 32 --seed 2
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/sae" --tokens 1,2
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"not a transcoder"* ]]
+	run --separate-stderr circ-trace --dict "$T/set" --tokens 1,2
+	[ "$status" -eq 2 ]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens 1,2 --node-threshold 2
+	[ "$status" -eq 2 ]
+}
+
+@test "circ-trace: the prompt from a token stream (--example)" {
+	make_case
+	printf '{"format":"circ","version":1,"kind":"tokens","metric":"logit_diff"}\n{"id":0,"clean":{"dtype":"i32","shape":[3],"data":[1,2,3]},"pos":2,"answer":[4],"wrong":[5]}\n{"id":1,"clean":{"dtype":"i32","shape":[7],"data":[3,17,5,9,22,41,7]},"pos":6,"answer":[4],"wrong":[5]}\n' >"$T/tok.jsonl"
+	circ-trace --model "$T/m" --dict "$T/set" --example 1 --json "$T/tok.jsonl" | head -1 | grep -q '"tokens":\[3,17,5,9,22,41,7\]'
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --example 5 "$T/tok.jsonl"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"no example 5"* ]]
+}
+
+@test "circ-trace --help and a bad flag" {
+	run circ-trace --help
+	[ "$status" -eq 0 ]
+	[[ "$output" == *"--graph-json"* ]]
+	run circ-trace --no-such-flag
+	[ "$status" -eq 2 ]
+}
+
+@test "circ-trace --intervene: new logits and metric equal the reference's re-run" {
+	make_case
+	# the layer-0 feature at position 2 with the largest activation, and one at layer 2
+	f0=$(circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json |
+		/usr/bin/python3 -c '
+import json, sys
+ns = [json.loads(l) for l in sys.stdin if "\"node\"" in l]
+a = max((n for n in ns if n["kind"] == "feature" and n["layer"] == 0 and n["pos"] == 2), key=lambda n: n["activation"])
+b = max((n for n in ns if n["kind"] == "feature" and n["layer"] == 2 and n["pos"] == 6), key=lambda n: n["activation"])
+print(a["node"], b["node"])')
+set -- $f0
+circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "$1=0" --intervene "$2*3" \
+	--intervene "tc0.f5@6=1.5" --answer 4 --wrong 9 --top-k 50 --json >"$T/i.jsonl"
+tests/validate.py schemas/trace-intervention.schema.json "$T/i.jsonl"
+/usr/bin/python3 $REF intervene "$T/m" "$T/set" $IDS "$1=0" "$2*3" "tc0.f5@6=1.5" >"$T/ri.json"
+/usr/bin/python3 - "$T/i.jsonl" "$T/ri.json" <<'PY'
+import json, math, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+rec, ref = lines[1], json.load(open(sys.argv[2]))
+for key, rk in (("top", "logits"), ("clean_top", "clean")):
+    lg = ref[rk]
+    assert len(rec[key]) == 50
+    z = sum(math.exp(v - max(lg)) for v in lg)
+    for t in rec[key]:
+        assert abs(t["logit"] - lg[t["token"]]) < 1e-4 * max(1, abs(lg[t["token"]])), (key, t)
+        assert abs(t["p"] - math.exp(lg[t["token"]] - max(lg)) / z) < 1e-5, (key, t)
+assert abs(rec["metric"] - (ref["logits"][4] - ref["logits"][9])) < 1e-4
+assert abs(rec["clean_metric"] - (ref["clean"][4] - ref["clean"][9])) < 1e-4
+# the interventions change the output
+assert max(abs(a - b) for a, b in zip(ref["logits"], ref["clean"])) > 1e-3
+PY
+	# scaling by 1 changes nothing
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "$1*1" --json |
+		/usr/bin/python3 -c '
+import json, sys
+r = [json.loads(l) for l in sys.stdin][1]
+assert all(abs(a["logit"] - b["logit"]) < 1e-5 and a["token"] == b["token"] for a, b in zip(r["top"], r["clean_top"]))'
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "tc1.f3@2=0"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"unknown feature 'tc1.f3@2': layer 1 has no transcoder"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "tc0.f96@2=0"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"has 96 features"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "tc0.f1@7=0"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"beyond the prompt"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "tc0.f1@2=x"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"not a finite number"* ]]
+}
