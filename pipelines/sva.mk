@@ -154,7 +154,7 @@ $(EDIR)/dict-eval.circ: $(DSTAMP) $(DATA)/tokens.circ
 # ---- node and edge scores over the dictionaries' features and error nodes
 $(SDIR)/scores.circ: $(DSTAMP) $(DATA)/tokens.circ $(EDIR)/dict-eval.circ
 	@mkdir -p $(@D)
-	$(CIRCBIN)circ-score $(RUN) --method $(METHOD) --dict $(DDIR) --steps $(STEPS) --node-threshold $(NODE_THRESHOLD) --batch $(BATCH) -o $@ $(DATA)/tokens.circ
+	$(CIRCBIN)circ-score $(RUN) --method $(METHOD) --dict $(DDIR) $(if $(filter feature-ig,$(METHOD)),--steps $(STEPS)) --node-threshold $(NODE_THRESHOLD) --batch $(BATCH) -o $@ $(DATA)/tokens.circ
 
 # ---- the circuit: the nodes above PRUNE_NODE_THRESHOLD (none: every node),
 # then the top K edges between them (circ-prune(1), Feature graphs); ROC AUC
