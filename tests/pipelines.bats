@@ -88,6 +88,16 @@ PY
 	awk -v a="$auc" 'BEGIN { exit !(a >= 0.95) }'
 }
 
+@test "the sva pipeline recovers the planted feature circuit (feature-ig and feature-atp: AUC >= 0.95, faithfulness >= 0.9)" {
+	for m in feature-ig feature-atp; do
+		run make --no-print-directory -s -f pipelines/sva.mk RUNS="$RUNS" METHOD=$m report
+		assert_success
+		d=$(echo "$RUNS"/sva/planted-features/n64-s0/dicts/$m-*/top-n10)
+		jq -e '.auc >= 0.95' "$d/roc.json"
+		circ-cat --no-header "$d/faithfulness.circ" | jq -es 'map(select(.faithfulness != null)) | last | .faithfulness >= 0.9'
+	done
+}
+
 @test "ioi, greater-than and docstring pipelines run on GPT-2's tokenizer" {
 	circ-fixture --random --vocab-dir fixtures/gpt2-tokenizer --out "$T/gpt2-random"
 	for task in ioi greater-than docstring; do
