@@ -43,6 +43,21 @@ scores_of() {
 	done
 }
 
+@test "the planted-features fixture's component truth: cd-t, Edge Pruning, ACDC and exact recover it (ROC AUC >= 0.95)" {
+	circ-fixture planted-features --out "$T/pf"
+	circ-tokenize --vocab-dir "$T/pf" -o "$T/pf.tok" "$T/pf/dataset.jsonl"
+	for m in cd-t exact; do
+		circ-score --model "$T/pf" --method $m -o "$T/$m.circ" "$T/pf.tok"
+		circ-prune --top-n 5 --truth "$T/pf/truth.jsonl" --report "$T/$m.json" -o "$T/c.circ" "$T/$m.circ"
+	done
+	circ-prune --edge-pruning --model "$T/pf" --target-edges 5 --truth "$T/pf/truth.jsonl" --report "$T/ep.json" -o "$T/c.circ" "$T/pf.tok"
+	circ-prune --acdc --model "$T/pf" --tau 0.01 --truth "$T/pf/truth.jsonl" --report "$T/acdc.json" -o "$T/c.circ" "$T/pf.tok"
+	for m in cd-t exact ep acdc; do
+		echo "$m $(jq -c '{auc, tpr, fpr}' "$T/$m.json")"
+		jq -e '.auc >= 0.95' "$T/$m.json"
+	done
+}
+
 @test "cd-t scores stream: header, every edge, means of sums" {
 	f="$BATS_FILE_TMPDIR/ioi-hand.scores"
 	[ "$(header_field "$f" .method)" = cd-t ]
