@@ -327,6 +327,11 @@ static void test_progress(void)
 
 int main(void)
 {
+	/* default dispositions, whatever the test inherited (nohup ignores
+	 * SIGHUP, and an ignored signal stays ignored: test_cleanup checks both) */
+	int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		signal(sigs[i], SIG_DFL);
 	snprintf(dir, sizeof dir, "/tmp/circ-test-util.XXXXXX");
 	if (!mkdtemp(dir))
 		return 1;
