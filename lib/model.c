@@ -223,24 +223,34 @@ static size_t run_layout(circ_run *r, char *base)
 	return off;
 }
 
+/* The model's shape and the options, what run_layout reads besides the
+ * batch. */
+static void run_shape(circ_run *r, const circ_model *m, const circ_run_opts *o)
+{
+	const circ_config *c = &m->cfg;
+	r->m = m;
+	r->o = *o;
+	r->L = c->n_layer;
+	r->H = c->n_head;
+	r->C = c->n_embd;
+	r->D = circ_config_head_dim(c);
+	r->F = c->n_inner;
+	r->V = c->vocab_size;
+	r->U = circ_model_n_up(m);
+	r->R = circ_model_n_recv(m);
+}
+
 size_t circ_run_bytes_for(const circ_model *m, int B, int T, const circ_run_opts *o)
 {
 	const circ_config *c = &m->cfg;
 	circ_run r;
+	circ_run_opts defo;
+	if (!o) {
+		circ_run_opts_default(&defo);
+		o = &defo;
+	}
 	memset(&r, 0, sizeof r);
-	r.m = m;
-	if (o)
-		r.o = *o;
-	else
-		circ_run_opts_default(&r.o);
-	r.L = c->n_layer;
-	r.H = c->n_head;
-	r.C = c->n_embd;
-	r.D = circ_config_head_dim(c);
-	r.F = c->n_inner;
-	r.V = c->vocab_size;
-	r.U = circ_model_n_up(m);
-	r.R = circ_model_n_recv(m);
+	run_shape(&r, m, o);
 	r.max_b = B < 1 ? 1 : B;
 	r.max_t = (T + 15) & ~15;
 	if (r.max_t > c->n_ctx)
@@ -277,16 +287,7 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 		return NULL;
 	}
 	r = circ_xcalloc(1, sizeof *r);
-	r->m = m;
-	r->o = *o;
-	r->L = c->n_layer;
-	r->H = c->n_head;
-	r->C = c->n_embd;
-	r->D = circ_config_head_dim(c);
-	r->F = c->n_inner;
-	r->V = c->vocab_size;
-	r->U = circ_model_n_up(m);
-	r->R = circ_model_n_recv(m);
+	run_shape(r, m, o);
 	r->lim_b = max_b;
 	r->lim_t = max_t;
 	r->threads = o->threads < 1 ? 1 : o->threads;
