@@ -453,11 +453,14 @@ static void rows_pre(step_ctx *c, int b0, int b1)
 				o[(size_t)b * D + j] = xc[(size_t)b * D + j] - c->v.b_dec[j];
 		xc = o;
 	}
+	/* dense architectures add b_enc in p_act_dense, in the same sweep as
+	 * the activation (one pass over the (B, S) block fewer) */
 	float *pre = t->pre + (size_t)b0 * S;
-	for (int b = 0; b < n; b++)
+	int dense = !sparse_arch(t->o.arch);
+	for (int b = 0; b < n && !dense; b++)
 		memcpy(pre + (size_t)b * S, c->v.b_enc, (size_t)S * sizeof(float));
 	if (n > 0)
-		circ_gemm(0, 1, n, S, D, 1.0f, xc, D, c->v.W_enc_t, D, 1.0f, pre, S);
+		circ_gemm(0, 1, n, S, D, 1.0f, xc, D, c->v.W_enc_t, D, dense ? 0.0f : 1.0f, pre, S);
 }
 
 /* x_c row b (x itself where nothing is subtracted). */
@@ -635,6 +638,19 @@ static void p_pre(step_ctx *c, int part, int lo, int hi)
 	rows_pre(c, lo, hi);
 }
 
+/* f = relu(f + b) in place over a row of n, returning how many are
+ * positive. */
+CLONES static int64_t relu_row(float *f, const float *b, size_t n)
+{
+	int64_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		float u = f[i] + b[i];
+		f[i] = u > 0 ? u : 0.0f;
+		k += u > 0;
+	}
+	return k;
+}
+
 /* Dense activations of rows [lo, hi). */
 static void p_act_dense(step_ctx *c, int part, int lo, int hi)
 {
@@ -644,14 +660,13 @@ static void p_act_dense(step_ctx *c, int part, int lo, int hi)
 	for (int b = lo; b < hi; b++) {
 		float *pre = t->pre + b * S, *f = t->f + b * S;
 		int64_t n = 0;
-		if (t->o.arch == CIRC_DTRAIN_RELU)
-			for (size_t i = 0; i < S; i++) {
-				f[i] = pre[i] > 0 ? pre[i] : 0.0f;
-				n += f[i] > 0;
-			}
+		if (t->o.arch == CIRC_DTRAIN_RELU) /* f is pre */
+			n = relu_row(f, c->v.b_enc, S);
 		else
-			for (size_t i = 0; i < S; i++)
+			for (size_t i = 0; i < S; i++) {
+				pre[i] += c->v.b_enc[i];
 				f[i] = pre[i] > t->theta[i] ? pre[i] : 0.0f;
+			}
 		t->rp[b + 1] = n;
 	}
 }
@@ -753,6 +768,21 @@ static void p_skip_grad(step_ctx *c, int part, int lo, int hi)
 
 /* ---- pass 2: latents ---- */
 
+/* One row's relu latents: d loss / d f -> d loss / d pre in place, and
+ * the per-latent sums (the same operations, in the same order, as the
+ * general loop of p_lat_dense, so the bits are the same). */
+CLONES static void relu_lat_row(const float *f, float *df, const float *add, double *dbe,
+				double *fsum, double *cnt, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int on = f[i] > 0;
+		df[i] = on ? df[i] + add[i] : 0.0f;
+		fsum[i] += on ? f[i] : 0.0f;
+		cnt[i] += on;
+		dbe[i] += df[i];
+	}
+}
+
 /* Dense latents [lo, hi): d loss / d f -> d loss / d pre in place, the
  * sparsity term's value, theta's and b_enc's gradients, firing; rows in
  * order (row-major sweeps, one accumulator per latent). */
@@ -771,7 +801,10 @@ static void p_lat_dense(step_ctx *c, int part, int lo, int hi)
 		add[i] = jump ? 0.0f : (float)(c->l1 * t->nrm[i] * invB);
 		dbe[i] = dth[i] = fsum[i] = cnt[i] = 0;
 	}
-	for (int b = 0; b < c->B; b++) {
+	for (int b = 0; b < c->B && !jump; b++)
+		relu_lat_row(t->f + (size_t)b * S + lo, t->df + (size_t)b * S + lo, add + lo,
+			     dbe + lo, fsum + lo, cnt + lo, hi - lo);
+	for (int b = 0; b < c->B && jump; b++) {
 		const float *pre = t->pre + (size_t)b * S, *f = t->f + (size_t)b * S;
 		float *df = t->df + (size_t)b * S;
 		for (int i = lo; i < hi; i++) {
@@ -905,15 +938,51 @@ static void p_renorm(step_ctx *c, int part, int lo, int hi)
 typedef struct adam_ctx {
 	circ_dtrain *t;
 	double lr, bc1, bc2;
+	float gs; /* the gradient's scale (clipping) */
 } adam_ctx;
+
+/* The gradient's squared norm in fixed chunks of NORM_CHUNK, each summed in
+ * order into part[chunk] (so the total does not depend on the thread
+ * count); the caller sums the parts in order. */
+#define NORM_CHUNK ((size_t)1 << 16)
+typedef struct norm_ctx {
+	const float *g;
+	size_t n;
+	double *part;
+} norm_ctx;
+
+CLONES static double sumsq(const float *g, size_t n)
+{
+	double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	size_t q = 0;
+	for (; q + 4 <= n; q += 4) {
+		s0 += (double)g[q] * g[q];
+		s1 += (double)g[q + 1] * g[q + 1];
+		s2 += (double)g[q + 2] * g[q + 2];
+		s3 += (double)g[q + 3] * g[q + 3];
+	}
+	for (; q < n; q++)
+		s0 += (double)g[q] * g[q];
+	return (s0 + s1) + (s2 + s3);
+}
+
+static void norm_body(void *ctx, size_t begin, size_t end)
+{
+	norm_ctx *a = ctx;
+	for (size_t ch = begin; ch < end; ch++) {
+		size_t lo = ch * NORM_CHUNK, hi = lo + NORM_CHUNK < a->n ? lo + NORM_CHUNK : a->n;
+		a->part[ch] = sumsq(a->g + lo, hi - lo);
+	}
+}
 
 /* AdamW on [0, n) of p, g, m, v: decay is 1 - lr * weight_decay (1: none). */
 CLONES static void adam_range(float *p, const float *g, float *m, float *v, size_t n, float b1,
-			      float b2, float eps, float step, float sb2, float decay)
+			      float b2, float eps, float step, float sb2, float decay, float gs)
 {
 	for (size_t q = 0; q < n; q++) {
-		float mq = m[q] = b1 * m[q] + (1 - b1) * g[q];
-		float vq = v[q] = b2 * v[q] + (1 - b2) * g[q] * g[q];
+		float gq = g[q] * gs;
+		float mq = m[q] = b1 * m[q] + (1 - b1) * gq;
+		float vq = v[q] = b2 * v[q] + (1 - b2) * gq * gq;
 		p[q] = p[q] * decay - step * mq / (sqrtf(vq) * sb2 + eps);
 	}
 }
@@ -933,7 +1002,7 @@ static void adam_body(void *ctx, size_t begin, size_t end)
 		       hi = cut[r + 1] < end ? cut[r + 1] : end;
 		if (lo < hi)
 			adam_range(t->p + lo, t->g + lo, t->m + lo, t->v + lo, hi - lo, b1, b2, eps,
-				   step, sb2, r % 2 == 0 ? decay : 1.0f);
+				   step, sb2, r % 2 == 0 ? decay : 1.0f, a->gs);
 	}
 }
 
@@ -1204,20 +1273,22 @@ int circ_dtrain_step(circ_dtrain *t, const float *x, const float *y, int B, circ
 	circ_dtrain_views(t, t->g, &c.gv);
 	if (unit_decoder(o->arch))
 		run_pass(&c, t->S, p_project);
+	float gs = 1.0f;
 	if (o->clip > 0) {
+		size_t nch = (t->n + NORM_CHUNK - 1) / NORM_CHUNK;
+		norm_ctx nc = {t->g, t->n, circ_xmalloc(nch * sizeof(double))};
+		circ_pool_for(t->pool, nch, norm_body, &nc);
 		double nn = 0;
-		for (size_t q = 0; q < t->n; q++)
-			nn += (double)t->g[q] * t->g[q];
+		for (size_t ch = 0; ch < nch; ch++)
+			nn += nc.part[ch];
+		free(nc.part);
 		nn = sqrt(nn);
-		if (nn > o->clip) {
-			float s = (float)(o->clip / (nn + 1e-6));
-			for (size_t q = 0; q < t->n; q++)
-				t->g[q] *= s;
-		}
+		if (nn > o->clip)
+			gs = (float)(o->clip / (nn + 1e-6));
 	}
 	t->step++;
 	adam_ctx a = {t, circ_dtrain_lr(o, t->step - 1), 1 - pow(o->beta1, (double)t->step),
-		      1 - pow(o->beta2, (double)t->step)};
+		      1 - pow(o->beta2, (double)t->step), gs};
 	circ_pool_for(t->pool, t->n, adam_body, &a);
 	if (unit_decoder(o->arch))
 		run_pass(&c, t->S, p_renorm);
