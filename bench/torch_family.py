@@ -8,8 +8,10 @@ the shell, inner loop timed here.
     torch_family.py MODEL TOKENS.jsonl N THREADS OUT.json
 
 Reads the first N clean prompts (equal lengths), writes {"metric": [...],
-"inner_s": seconds of the forward alone} with the logit difference at each
-prompt's position, for circ-forward's output to be checked against.
+"inner_s": seconds of the forward alone, "fwd2_bwd1_s": seconds of the
+corrupted forward, the clean forward and one backward of the summed metric
+(the least work of any EAP)} with the logit difference at each prompt's
+position, for circ-forward's output to be checked against.
 """
 import json
 import math
@@ -59,9 +61,16 @@ def main():
         b = W.get(key + ".bias")
         return y + b if b is not None else y
 
-    t0 = time.perf_counter()
-    with torch.no_grad():
+    pos = torch.tensor([r["pos"] for r in recs])
+    ans = torch.tensor([r["answer"][0] for r in recs])
+    wrong = torch.tensor([r["wrong"][0] for r in recs])
+    lm = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+
+    def forward(tok, grad):
         x = W["model.embed_tokens.weight"][tok]
+        if grad:
+            x.requires_grad_(True)
+        x0 = x
         for l in range(a["n_layer"]):
             h = rms(x, W[p % l + "input_layernorm.weight"])
             q = rope(lin(h, p % l + "self_attn.q_proj").view(B, T, H, D).transpose(1, 2))
@@ -76,15 +85,25 @@ def main():
             g = lin(h, p % l + "mlp.gate_proj")
             x = x + lin(torch.nn.functional.silu(g) * lin(h, p % l + "mlp.up_proj"),
                         p % l + "mlp.down_proj")
-        pos = torch.tensor([r["pos"] for r in recs])
         xl = rms(x[torch.arange(B), pos], W["model.norm.weight"])
-        lm = W.get("lm_head.weight", W["model.embed_tokens.weight"])
-        logits = xl @ lm.T
+        return xl @ lm.T, x0
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits, _ = forward(tok, False)
     inner = time.perf_counter() - t0
-    ans = torch.tensor([r["answer"][0] for r in recs])
-    wrong = torch.tensor([r["wrong"][0] for r in recs])
     md = (logits[torch.arange(B), ans] - logits[torch.arange(B), wrong]).tolist()
-    json.dump({"metric": md, "inner_s": inner, "B": B, "T": T}, open(out, "w"))
+    # the least work any EAP needs: the corrupted forward, the clean forward
+    # with a graph, one backward of the summed metric
+    cor = torch.tensor([r["corrupt"]["data"] for r in recs])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        forward(cor, False)
+    lg, x0 = forward(tok, True)
+    (lg[torch.arange(B), ans] - lg[torch.arange(B), wrong]).sum().backward()
+    twofb = time.perf_counter() - t0
+    json.dump({"metric": md, "inner_s": inner, "fwd2_bwd1_s": twofb, "B": B, "T": T},
+              open(out, "w"))
     _ = np
 
 
