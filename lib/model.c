@@ -870,6 +870,40 @@ static void gemm_run(const circ_run *r, gemm_task *t)
 	circ_pool_for(r->pool, (size_t)P, gemm_part, t);
 }
 
+void model_unembed_bwd(const circ_run *r, const float *dl, size_t n, size_t V, size_t C,
+		       model_rows_fn rows, void *ctx, size_t chunk, float *d)
+{
+	size_t nnz = 0;
+	for (size_t q = 0; q < n * V; q++)
+		nnz += dl[q] != 0;
+	memset(d, 0, n * C * sizeof(float));
+	if (nnz * 16 > n * V) {
+		for (size_t j0 = 0; j0 < V; j0 += chunk) {
+			size_t nj = V - j0 < chunk ? V - j0 : chunk;
+			model_gemm(r, 0, 0, (int)n, (int)C, (int)nj, dl + j0, (int)V,
+				   rows(ctx, j0, nj), (int)C, 1.0f, d, (int)C);
+		}
+		return;
+	}
+	/* the columns with a non-zero entry, ascending */
+	unsigned char *on = circ_xcalloc(V, 1);
+	for (size_t q = 0; q < n * V; q++)
+		if (dl[q] != 0)
+			on[q % V] = 1;
+	for (size_t j = 0; j < V; j++) {
+		if (!on[j])
+			continue;
+		const float *w = rows(ctx, j, 1);
+		for (size_t i = 0; i < n; i++) {
+			float a = dl[i * V + j];
+			if (a != 0)
+				for (size_t c = 0; c < C; c++)
+					d[i * C + c] += a * w[c];
+		}
+	}
+	free(on);
+}
+
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc)
 {

@@ -155,6 +155,18 @@ int model_call_out_hook(circ_run *r, const circ_bwd *b, int s, int n, const floa
 	return 0;
 }
 
+/* The float32 unembedding as model_unembed_bwd's row source. */
+typedef struct lm_src {
+	const float *w; /* (V, C) */
+	size_t C;
+} lm_src;
+static const float *lm_rows(void *ctx, size_t j0, size_t nj)
+{
+	const lm_src *s = ctx;
+	(void)nj;
+	return s->w + j0 * s->C;
+}
+
 int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 {
 	const circ_weights *w = &r->m->w;
@@ -191,8 +203,9 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 		const float *d = circ_run_get_delta(r, circ_recv_logits(r->m));
 		const float *x = resid_at(r, 2 * L);
 		memset(g, 0, n * C * sizeof(float));
-		model_gemm(r, 0, 0, (int)N, r->C, r->V, b->dlogits, r->V, w->lm_head, r->C, 0.0f,
-			   r->d_ln, r->C);
+		lm_src src = {w->lm_head, C};
+		model_unembed_bwd(r, b->dlogits, N, (size_t)r->V, C, lm_rows, &src, (size_t)r->V,
+				  r->d_ln);
 		for (size_t i = 0; i < N; i++) {
 			size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
 			for (size_t c = 0; c < C; c++)

@@ -1083,6 +1083,19 @@ static float *dres(const circ_run *r, int s)
 	return r->dresid + (size_t)s * r->rows * r->C;
 }
 
+/* The unembedding as model_unembed_bwd's row source (narrow rows
+ * converted). */
+typedef struct lm_src {
+	const circ_run *r;
+	const fam_mat *lm;
+	size_t C;
+} lm_src;
+static const float *lm_rows(void *ctx, size_t j0, size_t nj)
+{
+	const lm_src *s = ctx;
+	return fam_rows(s->r, s->lm, j0, nj, s->C);
+}
+
 /* Backward of the final stage: dresid[s] from dlogits at the read rows. */
 static void fam_final_bwd(circ_run *r, int s, const float *dlogits)
 {
@@ -1101,13 +1114,9 @@ static void fam_final_bwd(circ_run *r, int s, const float *dlogits)
 	}
 	{
 		const fam_mat *lm = &r->m->fw.lm_head;
-		size_t chunk = lm->dt == CIRC_F32 ? V : FAM_VOCAB_CHUNK;
-		for (size_t j0 = 0; j0 < V; j0 += chunk) {
-			size_t nj = V - j0 < chunk ? V - j0 : chunk;
-			model_gemm(r, 0, 0, (int)N, r->C, (int)nj, dl + j0, r->V,
-				   fam_rows(r, lm, j0, nj, C), r->C, j0 ? 1.0f : 0.0f, r->d_ln,
-				   r->C);
-		}
+		lm_src src = {r, lm, C};
+		model_unembed_bwd(r, dl, N, V, C, lm_rows, &src,
+				  lm->dt == CIRC_F32 ? V : FAM_VOCAB_CHUNK, r->d_ln);
 	}
 	/* the final norm's inputs at the read rows, rebuilt */
 	model_final_inputs(r, x, r->s_ln);

@@ -286,6 +286,16 @@ void model_p_sum(const circ_run *r, float *out, const float *a, const float *con
 		 const float *bias, size_t n);
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc);
+/* d (n, C) = dl (n, V) W (V, C) for the unembedding's backward, W's rows
+ * j0.. j0+nj-1 given as float32 by rows(ctx, j0, nj) (valid until the next
+ * call). Where dl is sparse (a logit difference touches two columns per
+ * row) each row of d sums its non-zero terms in ascending column order, one
+ * W row at a time, and W is read only at those rows; otherwise products
+ * over chunks of `chunk` rows. Either way a row of d does not depend on
+ * the other rows. */
+typedef const float *(*model_rows_fn)(void *ctx, size_t j0, size_t nj);
+void model_unembed_bwd(const circ_run *r, const float *dl, size_t n, size_t V, size_t C,
+		       model_rows_fn rows, void *ctx, size_t chunk, float *d);
 /* What model_gemm_epi does to each block of its product (see model.c). */
 typedef struct model_epi {
 	const float *bias; /* (n) c starts as the bias (required) */
