@@ -13,7 +13,7 @@
 # backward of the metric, the least work of any EAP). A missed goal prints MISSED; a failed run or a disagreement exits 1.
 #
 # Environment:
-#   FAMILY_SHAPE    llama-1b (default), qwen-0.5b or llama-tiny
+#   FAMILY_SHAPE    llama-1b (default), llama-3b, qwen-0.5b or llama-tiny
 #   FAMILY_DIR      model directory (default ${TMPDIR:-/tmp}/circ-bench-$FAMILY_SHAPE;
 #                   written when missing: 2.5 GB for llama-1b)
 #   FAMILY_N        prompts (32); FAMILY_T tokens each (32)

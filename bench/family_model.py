@@ -6,7 +6,8 @@ float64).
     /usr/bin/python3 bench/family_model.py OUT SHAPE [DTYPE] [SEED]
 
 SHAPE: llama-1b (Llama-3.2-1B: 16 layers, d 2048, 32 heads, 8 kv heads,
-MLP 8192, vocabulary 128256, tied), qwen-0.5b (Qwen2.5-0.5B: 24 layers,
+MLP 8192, vocabulary 128256, tied), llama-3b (Llama-3.2-3B: 28 layers,
+d 3072, 24 heads, 8 kv heads, head_dim 128, MLP 8192, tied), qwen-0.5b (Qwen2.5-0.5B: 24 layers,
 d 896, 14 heads, 2 kv heads, MLP 4864, vocabulary 151936, tied), or
 llama-tiny (4 layers, d 256: quick checks), llama-gpt2vocab (2 layers, d 64, GPT-2's
 vocabulary: with fixtures/gpt2-tokenizer it runs the task pipelines in the tests). DTYPE: BF16 (default), F16, F32.
@@ -27,6 +28,14 @@ import families as fam  # noqa: E402
 SHAPES = {
     "llama-1b": {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+                 "intermediate_size": 8192, "vocab_size": 128256,
+                 "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+                 "rope_theta": 500000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+                 "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 8192}},
+    "llama-3b": {"model_type": "llama", "hidden_size": 3072, "num_hidden_layers": 28,
+                 "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128,
                  "intermediate_size": 8192, "vocab_size": 128256,
                  "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
                  "rope_theta": 500000.0, "tie_word_embeddings": True, "hidden_act": "silu",
