@@ -190,3 +190,59 @@ page_requests() {
 	run circ-render --help
 	[[ "$output" == *"--dashboards-from"* ]]
 }
+
+# The graph JSON of circ-trace's tiny random case (tests/trace.bats) and of
+# the trained induction model (token text of lone bytes) against the schema
+# and the viewers' reads.
+graph_json_ok() { # file
+	/usr/bin/python3 - "$1" <<'PY'
+import json, sys, jsonschema
+s = json.load(open("schemas/graph-json.schema.json"))
+jsonschema.validate(json.load(open(sys.argv[1])), s, cls=jsonschema.Draft202012Validator)
+PY
+	node tests/browser/graph_json_check.mjs "$1"
+}
+
+@test "graph JSON: circ-trace --graph-json has every field circuit-tracer's and Neuronpedia's viewers read" {
+	need_cmd node nodejs
+	/usr/bin/python3 tests/ref/trace_ref.py make-model "$T/m" --layers 3 --embd 32 --heads 4 --vocab 50 --ctx 16 --seed 1
+	/usr/bin/python3 $DREF make "$T/tc/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 32 --d-sae 96 --seed 2
+	/usr/bin/python3 $DREF make "$T/tc/c" --arch jumprelu_transcoder --hook blocks.2.hook_resid_mid \
+		--hook-out blocks.2.hook_mlp_out --d-in 32 --d-sae 96 --seed 4
+	circ-trace --model "$T/m" --dict "$T/tc" --tokens 3,17,5,9,22,41,7 --graph-json "$T/r.json" --slug r --scan rnd >/dev/null
+	graph_json_ok "$T/r.json"
+	# the trained model: bytes that are not UTF-8 alone read as U+FFFD, one token each
+	circ-trace --model $IT --dict $IT/transcoders --tokens 153,191,26,106,187,153,191,26 --node-threshold 0.95 \
+		--graph-json "$T/g.json" --slug ind --scan induction-trained >/dev/null
+	graph_json_ok "$T/g.json"
+	jq -e '(.metadata.prompt_tokens | length) == 8 and .metadata.prompt_tokens[0] == "\ufffd"' "$T/g.json"
+	jq -e '[.nodes[] | select(.feature_type == "logit") | .clerp | test("^Output")] | all' "$T/g.json"
+}
+
+@test "graph JSON: the checker and the schema fail on what the viewers would misread" {
+	need_cmd node nodejs
+	circ-trace --model $IT --dict $IT/transcoders --tokens 153,191,26,106,187,153,191,26 --node-threshold 0.95 \
+		--graph-json "$T/g.json" >/dev/null
+	graph_json_ok "$T/g.json"
+	mutate() { # name jq-filter expected-message
+		jq "$2" "$T/g.json" >"$T/$1.json"
+		run node tests/browser/graph_json_check.mjs "$T/$1.json"
+		assert_failure 1
+		assert_output --partial "$3"
+	}
+	mutate clerp '(.nodes[] | select(.feature_type == "logit") | .clerp) |= "x"' "does not give token_prob"
+	mutate link '.links[0].target = "9_9_9"' "is not a node_id"
+	mutate cantor '(.nodes[] | select(.feature_type == "cross layer transcoder") | .feature) |= . + 1' "Cantor"
+	mutate layer '(.nodes[] | select(.feature_type != "embedding") | .layer) |= tonumber' "layer: a string"
+	mutate dup '.nodes += [.nodes[0]]' "appears twice"
+	mutate ctx '(.nodes[] | select(.feature_type == "embedding") | .ctx_idx) |= . + 8' "an index into metadata.prompt_tokens"
+	mutate target '(.nodes[] | select(.feature_type == "logit") | .is_target_logit) |= false' "0 target logits"
+	mutate nl '.metadata.prompt_tokens[0] = "a\nb"' "process_token"
+	mutate low '[.nodes[] | select(.feature_type == "logit" or .layer == "E" or .layer == "0")] as $n |
+		.nodes = $n | .links = [.links[] | select(.source as $s | .target as $t | [$n[].node_id] | index($s) and index($t))]' "No layer found"
+	# the schema: a missing clerp
+	jq 'del(.nodes[0].clerp)' "$T/g.json" >"$T/noclerp.json"
+	run /usr/bin/python3 -c 'import json, sys, jsonschema; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open("schemas/graph-json.schema.json")), cls=jsonschema.Draft202012Validator)' "$T/noclerp.json"
+	assert_failure
+}
