@@ -562,8 +562,8 @@ static int fg_add(fg_build *b, const char *s, size_t n, circ_fg_kind kind, int p
 	m->name[n] = 0;
 	m->feat = -1;
 	m->layer = -1;
-	b->nodes[b->n] = (circ_fg_node){
-	    .kind = kind, .pos = pos, .value = NAN, .influence = NAN, .dash = -1};
+	b->nodes[b->n] =
+	    (circ_fg_node){.kind = kind, .pos = pos, .value = NAN, .influence = NAN, .dash = -1};
 	return b->n++;
 }
 
@@ -623,10 +623,10 @@ static int fg_fnode(fg_build *b, const circ_fgraph *g, const char *s, size_t n, 
 	}
 	if (circ_fgraph_node(g, s, base, &k, &i, e) < 0)
 		return -1;
-	circ_fg_kind kind = k == g->n			     ? CIRC_FG_LOGIT
+	circ_fg_kind kind = k == g->n				? CIRC_FG_LOGIT
 			    : !strcmp(g->slot[k].name, "input") ? CIRC_FG_TOKEN
-			    : i == g->slot[k].S		     ? CIRC_FG_ERROR
-							     : CIRC_FG_FEATURE;
+			    : i == g->slot[k].S			? CIRC_FG_ERROR
+								: CIRC_FG_FEATURE;
 	int x = fg_add(b, s, n, kind, (int)pos);
 	b->nodes[x].row = k;
 	b->meta[x].feat = i;
@@ -717,9 +717,10 @@ static void fg_read_trace(circ_reader *r, fg_build *b, const circ_bpe *bpe)
 	b->T = (int)tok->size;
 	b->tokens = circ_xcalloc((size_t)b->T + 1, sizeof *b->tokens);
 	for (int t = 0; t < b->T; t++)
-		b->tokens[t] = fg_token_text(bpe, tok->ptr[t].type == MSGPACK_OBJECT_POSITIVE_INTEGER
-						      ? (int32_t)tok->ptr[t].via.u64
-						      : -1);
+		b->tokens[t] =
+		    fg_token_text(bpe, tok->ptr[t].type == MSGPACK_OBJECT_POSITIVE_INTEGER
+					   ? (int32_t)tok->ptr[t].via.u64
+					   : -1);
 	int *map = circ_xmalloc((size_t)n_nodes * sizeof *map);
 	for (int64_t i = 0; i < n_nodes; i++)
 		map[i] = -1;
@@ -740,7 +741,8 @@ static void fg_read_trace(circ_reader *r, fg_build *b, const circ_bpe *bpe)
 			    circ_rec_f64(rec, "influence", &inf, &e) < 0 ||
 			    (circ_rec_get(rec, "feature") &&
 			     circ_rec_i64(rec, "feature", &feat, &e) < 0) ||
-			    (circ_rec_get(rec, "token") && circ_rec_i64(rec, "token", &token, &e) < 0) ||
+			    (circ_rec_get(rec, "token") &&
+			     circ_rec_i64(rec, "token", &token, &e) < 0) ||
 			    (circ_rec_get(rec, "activation") &&
 			     circ_rec_f64(rec, "activation", &v, &e) < 0) ||
 			    (circ_rec_get(rec, "prob") && circ_rec_f64(rec, "prob", &v, &e) < 0))
@@ -751,8 +753,8 @@ static void fg_read_trace(circ_reader *r, fg_build *b, const circ_bpe *bpe)
 				k++;
 			if (k == 4 || index < 0 || index >= n_nodes || layer < -1 ||
 			    layer > 100000 || pos < 0 || pos > INT32_MAX) {
-				circ_errorf(&e, "node '%.*s': bad kind, index, layer or pos", (int)n,
-					    s);
+				circ_errorf(&e, "node '%.*s': bad kind, index, layer or pos",
+					    (int)n, s);
 				fg_die(r, &e);
 			}
 			if (layer + 1 > L)
@@ -771,7 +773,8 @@ static void fg_read_trace(circ_reader *r, fg_build *b, const circ_bpe *bpe)
 			b->meta[x].layer = (int)layer;
 			b->meta[x].feat = k == CIRC_FG_FEATURE ? (int)feat : INT32_MAX;
 			if (k == CIRC_FG_FEATURE)
-				snprintf(b->meta[x].dict, sizeof b->meta[x].dict, "tc%d", (int)layer);
+				snprintf(b->meta[x].dict, sizeof b->meta[x].dict, "tc%d",
+					 (int)layer);
 			if (token >= 0)
 				b->meta[x].text = fg_token_text(bpe, (int32_t)token);
 		} else if (circ_rec_get(rec, "edge")) {
@@ -927,7 +930,8 @@ static int fgraph_page(const circ_cli *cli, circ_reader *r, int trace)
 		const msgpack_object *h = circ_reader_header(r);
 		const char *ms;
 		size_t ml;
-		if (circ_rec_get(h, "model_digest") && circ_rec_str(h, "model_digest", &ms, &ml, &e) == 0 &&
+		if (circ_rec_get(h, "model_digest") &&
+		    circ_rec_str(h, "model_digest", &ms, &ml, &e) == 0 &&
 		    (strlen(s.model_digest) != ml || memcmp(ms, s.model_digest, ml)))
 			circ_dief("%s: made from another model than '%s' (model_digest differs)",
 				  circ_reader_name(r), dash.model);
@@ -945,7 +949,7 @@ static int fgraph_page(const circ_cli *cli, circ_reader *r, int trace)
 	circ_bpe_free(bpe);
 	fg_sort(&b);
 	if (set) { /* the graph's features, each once, by dictionary and index */
-		char (*names)[32] = circ_xmalloc((size_t)set->n * sizeof *names);
+		char(*names)[32] = circ_xmalloc((size_t)set->n * sizeof *names);
 		for (int k = 0; k < set->n; k++)
 			circ_dict_name(set->dict[k], names[k], sizeof names[k]);
 		int *dk = circ_xmalloc(((size_t)b.n + 1) * sizeof *dk);
@@ -977,8 +981,8 @@ static int fgraph_page(const circ_cli *cli, circ_reader *r, int trace)
 		for (int i = 0; i < b.n; i++)
 			if (dk[i] >= 0) {
 				circ_dash_feat key = {dk[i], b.meta[i].feat};
-				circ_dash_feat *at = bsearch(&key, feats, (size_t)nf, sizeof *feats,
-							     fg_cmp_feat);
+				circ_dash_feat *at =
+				    bsearch(&key, feats, (size_t)nf, sizeof *feats, fg_cmp_feat);
 				b.nodes[i].dash = (int)(at - feats);
 			}
 		int *d_sae = circ_xmalloc((size_t)set->n * sizeof *d_sae);
@@ -1006,7 +1010,9 @@ static int fgraph_page(const circ_cli *cli, circ_reader *r, int trace)
 	    trace ? "Attribution graph (circ-trace): its kept nodes and edges; node values are "
 		    "activations (logits: probabilities)."
 		  : "Feature circuit: node values are node scores, edge weights edge scores.";
-	circ_fg g = {.title = o.title ? o.title : trace ? "attribution graph" : "feature circuit",
+	circ_fg g = {.title = o.title ? o.title
+			      : trace ? "attribution graph"
+				      : "feature circuit",
 		     .caption = caption,
 		     .value_name = trace ? "activation" : "score",
 		     .rows = (const char *const *)b.rows,
@@ -1383,8 +1389,9 @@ int main(int argc, char **argv)
 			return fgraph_page(&cli, r, trace);
 	}
 	if (dashboards_from)
-		circ_usage_error("--dashboards-from goes with a feature graph (a feature circuit or "
-				 "circ-trace's stream)");
+		circ_usage_error(
+		    "--dashboards-from goes with a feature graph (a feature circuit or "
+		    "circ-trace's stream)");
 	circ_scores *s = read_scores();
 	circ_circuit *c = read_circuit(r, s);
 	circ_curve *cv = NULL;

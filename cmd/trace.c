@@ -303,11 +303,11 @@ static char *ct_text(const char *s, int token)
 	while (*s) {
 		utf8proc_int32_t c;
 		utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s, -1, &c);
-		const char *r = k < 1 ? "\xef\xbf\xbd"
+		const char *r = k < 1		     ? "\xef\xbf\xbd"
 				: token && c == '\n' ? "\xe2\x8f\x8e"
 				: token && c == '\t' ? "\xe2\x86\x92"
 				: token && c == '\r' ? "\xe2\x86\xb5"
-						      : NULL;
+						     : NULL;
 		if (k < 1)
 			k = 1;
 		if (r) {

@@ -431,8 +431,7 @@ static void put_logits(FILE *f, const circ_dash_show *s, const float *dir, int n
 	free(l);
 }
 
-void circ_dash_put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s,
-			   circ_dash_feat ft)
+void circ_dash_put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_dash_feat ft)
 {
 	const dash_feat *df = &d->feat[ft.dict][ft.feat];
 	int64_t P = d->positions[ft.dict];

@@ -95,7 +95,8 @@ static const char *const page_script[] = {
     "  var d = Math.abs(edges[a][2] || 0) - Math.abs(edges[b][2] || 0);",
     "  return d || a - b;",
     "});",
-    "var inE = nodes.map(function () { return []; }), outE = nodes.map(function () { return []; });",
+    "var inE = nodes.map(function () { return []; }), outE = nodes.map(function () { return []; "
+    "});",
     "var paths = [];",
     "order.forEach(function (k) {",
     "  var e = edges[k], s = e[0], d = e[1], w = e[2] || 0;",
@@ -129,7 +130,8 @@ static const char *const page_script[] = {
     "  if (n.value !== null) s += G.value_name + ' ' + num(n.value) + '\\n';",
     "  if (n.influence !== null) s += 'influence ' + num(n.influence) + '\\n';",
     "  if (inE[i].length) s += 'in (' + inE[i].length + '):\\n' + strongest(inE[i], 0) + '\\n';",
-    "  if (outE[i].length) s += 'out (' + outE[i].length + '):\\n' + strongest(outE[i], 1) + '\\n';",
+    "  if (outE[i].length) s += 'out (' + outE[i].length + '):\\n' + strongest(outE[i], 1) + "
+    "'\\n';",
     "  return s;",
     "}",
     "function highlight(i, on) {",
@@ -139,7 +141,8 @@ static const char *const page_script[] = {
     "  info.textContent = describe(i);",
     "}",
     "function click(i) {",
-    "  if (selected >= 0) { shapes[selected].classList.remove('sel'); highlight(selected, false); }",
+    "  if (selected >= 0) { shapes[selected].classList.remove('sel'); highlight(selected, false); "
+    "}",
     "  selected = i; shapes[i].classList.add('sel'); highlight(i, true); show(i);",
     "  var n = nodes[i];",
     "  while (dash.firstChild) dash.removeChild(dash.firstChild);",
@@ -163,7 +166,8 @@ static const char *const page_script[] = {
     "  g.setAttribute('class', 'node ' + n.kind);",
     "  g.setAttribute('data-node', n.name);",
     "  var ti = el('title', {});",
-    "  ti.textContent = n.name + (n.value !== null ? ' ' + G.value_name + ' ' + num(n.value) : '');",
+    "  ti.textContent = n.name + (n.value !== null ? ' ' + G.value_name + ' ' + num(n.value) : "
+    "'');",
     "  g.appendChild(ti);",
     "  g.addEventListener('mouseenter', function () { highlight(i, true); show(i); });",
     "  g.addEventListener('mouseleave', function () {",
@@ -266,12 +270,12 @@ static int check_graph(const circ_fg *g, circ_error *e)
 		if (n->kind < CIRC_FG_FEATURE || n->kind > CIRC_FG_LOGIT)
 			return circ_errorf(e, "node '%s': unknown kind", n->name);
 		if (n->dash < -1 || n->dash >= (g->d ? g->n_dash : 0))
-			return circ_errorf(e, "node '%s': dashboard %d is not in the page",
-					   n->name, n->dash);
+			return circ_errorf(e, "node '%s': dashboard %d is not in the page", n->name,
+					   n->dash);
 	}
 	for (int64_t k = 0; k < g->n_edges; k++)
-		if (g->edges[k].src < 0 || g->edges[k].src >= g->n_nodes ||
-		    g->edges[k].dst < 0 || g->edges[k].dst >= g->n_nodes)
+		if (g->edges[k].src < 0 || g->edges[k].src >= g->n_nodes || g->edges[k].dst < 0 ||
+		    g->edges[k].dst >= g->n_nodes)
 			return circ_errorf(e, "edge %lld: a node index is not in [0, %d)",
 					   (long long)k, g->n_nodes);
 	return 0;

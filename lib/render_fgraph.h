@@ -34,14 +34,14 @@ typedef enum circ_fg_kind {
 } circ_fg_kind;
 
 typedef struct circ_fg_node {
-	const char *name;  /* circ's node name (circ(1), FEATURE GRAPHS) */
+	const char *name; /* circ's node name (circ(1), FEATURE GRAPHS) */
 	circ_fg_kind kind;
-	int row;	   /* index into circ_fg.rows: 0 at the bottom */
-	int pos;	   /* token position, -1 when the node has none */
-	double value;	   /* the graph's value_name (NaN: none) */
-	double influence;  /* attribution graphs: cumulative influence (NaN: none) */
-	const char *text;  /* more to show (a token's text); may be NULL */
-	int dash;	   /* index of its dashboard in circ_fg.dash_feats, or -1 */
+	int row;	  /* index into circ_fg.rows: 0 at the bottom */
+	int pos;	  /* token position, -1 when the node has none */
+	double value;	  /* the graph's value_name (NaN: none) */
+	double influence; /* attribution graphs: cumulative influence (NaN: none) */
+	const char *text; /* more to show (a token's text); may be NULL */
+	int dash;	  /* index of its dashboard in circ_fg.dash_feats, or -1 */
 } circ_fg_node;
 
 typedef struct circ_fg_edge {
@@ -50,16 +50,16 @@ typedef struct circ_fg_edge {
 } circ_fg_edge;
 
 typedef struct circ_fg {
-	const char *title;	    /* may be NULL */
-	const char *caption;	    /* one line under the title; may be NULL */
-	const char *value_name;	    /* what node values are: "score", "activation" */
-	const char *const *rows;    /* (n_rows) row labels, bottom-up */
+	const char *title;	 /* may be NULL */
+	const char *caption;	 /* one line under the title; may be NULL */
+	const char *value_name;	 /* what node values are: "score", "activation" */
+	const char *const *rows; /* (n_rows) row labels, bottom-up */
 	int n_rows;
-	const char *const *tokens;  /* (T) position labels (token text), or NULL */
+	const char *const *tokens; /* (T) position labels (token text), or NULL */
 	int T;
-	const circ_fg_node *nodes;  /* (n_nodes) */
+	const circ_fg_node *nodes; /* (n_nodes) */
 	int n_nodes;
-	const circ_fg_edge *edges;  /* (n_edges) */
+	const circ_fg_edge *edges; /* (n_edges) */
 	int64_t n_edges;
 	/* dashboards: NULL d for none; otherwise the features d accumulated,
 	 * described by show (its feats and n_feats are ignored) */

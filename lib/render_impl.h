@@ -1,8 +1,8 @@
 /*
  * render_impl: what render.c and render_dashboard.c share with the rest of
- * the render module (render_dashboard.c, render_fgraph.c): the HTML page's head (charset and a content
- * security policy that forbids network access), escaping and the final
- * stream check. Not a public interface.
+ * the render module (render_dashboard.c, render_fgraph.c): the HTML page's head (charset and a
+ * content security policy that forbids network access), escaping and the final stream check. Not a
+ * public interface.
  */
 #ifndef CIRC_RENDER_IMPL_H
 #define CIRC_RENDER_IMPL_H
@@ -33,7 +33,6 @@ extern const char *const circ_dash_css[];
 extern const char *const circ_dash_script[];
 /* One feature's JSON object, as a line of circ_dash_write_jsonl (no
  * newline). */
-void circ_dash_put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s,
-			   circ_dash_feat ft);
+void circ_dash_put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_dash_feat ft);
 
 #endif
