@@ -493,11 +493,6 @@ int circ_dash_write_jsonl(FILE *f, const circ_dash *d, const circ_dash_show *s, 
 
 /* ---- HTML ---- */
 
-static const char *const page_style[] = {
-    "<style>",
-    NULL,
-};
-
 const char *const circ_dash_css[] = {
     "body { font: 14px Helvetica, Arial, sans-serif; margin: 16px; color: #222; "
     "background: #fff; }",
@@ -515,12 +510,6 @@ const char *const circ_dash_css[] = {
     "table.logits .pos { color: #1a5fb4; }",
     "table.logits .neg { color: #c01c28; }",
     "svg.hist rect { fill: #e66100; }",
-    NULL,
-};
-
-static const char *const page_style_end[] = {
-    "</style>",
-    "</head>",
     NULL,
 };
 
@@ -618,19 +607,24 @@ static const char *const page_script[] = {
     NULL,
 };
 
-int circ_dash_write_html(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_error *e)
+void circ_dash_page_start(FILE *f, const char *title, const char *const *css)
 {
-	const char *title = s->title ? s->title : "feature dashboards";
 	circ_render_put_lines(f, circ_render_html_head);
 	fputs("<title>", f);
 	circ_render_put_xml(f, title);
-	fputs("</title>\n", f);
-	circ_render_put_lines(f, page_style);
+	fputs("</title>\n<style>\n", f);
+	if (css)
+		circ_render_put_lines(f, css);
 	circ_render_put_lines(f, circ_dash_css);
-	circ_render_put_lines(f, page_style_end);
-	fputs("<body>\n<h1>", f);
+	fputs("</style>\n</head>\n<body>\n<h1>", f);
 	circ_render_put_xml(f, title);
-	fputs("</h1>\n<p><span id=\"feature-count\">0</span> features; tokens coloured by the "
+	fputs("</h1>\n", f);
+}
+
+int circ_dash_write_html(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_error *e)
+{
+	circ_dash_page_start(f, s->title ? s->title : "feature dashboards", NULL);
+	fputs("<p><span id=\"feature-count\">0</span> features; tokens coloured by the "
 	      "feature's activation (the maximum outlined); logits of the decoder direction "
 	      "through W_U.</p>\n<div id=\"features\"></div>\n",
 	      f);

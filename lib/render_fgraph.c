@@ -12,7 +12,6 @@
 static const char *const kind_names[] = {"feature", "error", "token", "logit"};
 
 static const char *const page_style[] = {
-    "<style>",
     "#layout { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }",
     "#graph-box { overflow: auto; max-width: 100%; border: 1px solid #ccc; }",
     "#side { flex: 1 1 420px; min-width: 320px; }",
@@ -28,12 +27,6 @@ static const char *const page_style[] = {
     "svg#graph .node.token { fill: #2ec27e; }",
     "svg#graph .node.logit { fill: #9141ac; }",
     ".legend span { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; }",
-    NULL,
-};
-
-static const char *const page_style_end[] = {
-    "</style>",
-    "</head>",
     NULL,
 };
 
@@ -285,17 +278,7 @@ int circ_render_fgraph_html(FILE *f, const circ_fg *g, circ_error *e)
 {
 	if (check_graph(g, e) < 0)
 		return -1;
-	const char *title = g->title ? g->title : "feature graph";
-	circ_render_put_lines(f, circ_render_html_head);
-	fputs("<title>", f);
-	circ_render_put_xml(f, title);
-	fputs("</title>\n", f);
-	circ_render_put_lines(f, page_style);
-	circ_render_put_lines(f, circ_dash_css);
-	circ_render_put_lines(f, page_style_end);
-	fputs("<body>\n<h1>", f);
-	circ_render_put_xml(f, title);
-	fputs("</h1>\n", f);
+	circ_dash_page_start(f, g->title ? g->title : "feature graph", page_style);
 	if (g->caption) {
 		fputs("<p>", f);
 		circ_render_put_xml(f, g->caption);

@@ -31,6 +31,9 @@ int circ_render_check(FILE *f, circ_error *e);
  * NULL-terminated. */
 extern const char *const circ_dash_css[];
 extern const char *const circ_dash_script[];
+/* A page's start: head, title, a style block of css (CSS rules, may be
+ * NULL) and circ_dash_css, the body's h1 (the title). */
+void circ_dash_page_start(FILE *f, const char *title, const char *const *css);
 /* One feature's JSON object, as a line of circ_dash_write_jsonl (no
  * newline). */
 void circ_dash_put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_dash_feat ft);
