@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "batch.h"
 #include "bpe.h"
@@ -291,6 +292,37 @@ static char **token_strings(const circ_trace_graph *g, const char *dir)
 	return s;
 }
 
+/* Text as circuit-tracer writes it (JSON needs valid UTF-8: jansson drops
+ * other strings): invalid UTF-8 as U+FFFD (as tokenizer.decode does a
+ * lone byte); for a token, newline, tab and carriage return as its
+ * frontend/utils.py process_token shows them. */
+static char *ct_text(const char *s, int token)
+{
+	size_t n = strlen(s), o_ = 0;
+	char *out = circ_xmalloc(3 * n + 1);
+	while (*s) {
+		utf8proc_int32_t c;
+		utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s, -1, &c);
+		const char *r = k < 1		     ? "\xef\xbf\xbd"
+				: token && c == '\n' ? "\xe2\x8f\x8e"
+				: token && c == '\t' ? "\xe2\x86\x92"
+				: token && c == '\r' ? "\xe2\x86\xb5"
+						     : NULL;
+		if (k < 1)
+			k = 1;
+		if (r) {
+			memcpy(out + o_, r, 3);
+			o_ += 3;
+		} else {
+			memcpy(out + o_, s, (size_t)k);
+			o_ += (size_t)k;
+		}
+		s += k;
+	}
+	out[o_] = 0;
+	return out;
+}
+
 /* circuit-tracer's node_id and friends (frontend/graph_models.py). */
 static json_t *ct_node(const circ_trace_graph *g, int i, const circ_trace_prune *p, char **tok)
 {
@@ -371,10 +403,17 @@ static void write_graph_json(const circ_trace_graph *g, const circ_trace_prune *
 	for (int t = 0; t < g->T; t++)
 		plen += strlen(tok[t]);
 	char *prompt = circ_xcalloc(plen + 1, 1);
+	char **ptok = circ_xcalloc((size_t)(g->T + g->n_logit), sizeof *ptok);
+	for (int t = 0; t < g->T + g->n_logit; t++)
+		ptok[t] = ct_text(tok[t], 1);
 	for (int t = 0; t < g->T; t++) {
-		json_array_append_new(pt, json_string(tok[t]));
+		json_array_append_new(pt, json_string(ptok[t]));
 		strcat(prompt, tok[t]);
 	}
+	char *raw = prompt;
+	prompt = ct_text(raw, 0);
+	free(raw);
+	tok = ptok;
 	json_object_set_new(meta, "slug", json_string(o.slug));
 	json_object_set_new(meta, "scan", json_string(scan));
 	json_object_set_new(meta, "transcoder_list", json_array());
@@ -419,6 +458,9 @@ static void write_graph_json(const circ_trace_graph *g, const circ_trace_prune *
 			json_array_append_new(nodes, ct_node(g, i, p, tok));
 	}
 	free(used);
+	for (int t = 0; t < g->T + g->n_logit; t++)
+		free(ptok[t]);
+	free(ptok);
 	json_object_set_new(root, "metadata", meta);
 	json_object_set_new(root, "qParams", q);
 	json_object_set_new(root, "nodes", nodes);

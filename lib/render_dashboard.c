@@ -309,7 +309,7 @@ static void put_json_bytes(FILE *f, const unsigned char *s, size_t n)
 	putc('"', f);
 }
 
-static void put_json_str(FILE *f, const char *s)
+void circ_render_put_json_str(FILE *f, const char *s)
 {
 	put_json_bytes(f, (const unsigned char *)(s ? s : ""), s ? strlen(s) : 0);
 }
@@ -329,7 +329,7 @@ static void put_token(FILE *f, const circ_bpe *bpe, int32_t id)
 		}
 	}
 	snprintf(buf, sizeof buf, "%d", (int)id);
-	put_json_str(f, buf);
+	circ_render_put_json_str(f, buf);
 }
 
 static int cmp_float(const void *a, const void *b)
@@ -431,18 +431,17 @@ static void put_logits(FILE *f, const circ_dash_show *s, const float *dir, int n
 	free(l);
 }
 
-/* One feature's JSON object (no newline). */
-static void put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_dash_feat ft)
+void circ_dash_put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_dash_feat ft)
 {
 	const dash_feat *df = &d->feat[ft.dict][ft.feat];
 	int64_t P = d->positions[ft.dict];
 	fprintf(f, "{\"dict\":%d,\"dict_name\":", ft.dict);
-	put_json_str(f, s->dict_name ? s->dict_name[ft.dict] : NULL);
+	circ_render_put_json_str(f, s->dict_name ? s->dict_name[ft.dict] : NULL);
 	fputs(",\"hook\":", f);
-	put_json_str(f, s->dict_hook ? s->dict_hook[ft.dict] : NULL);
+	circ_render_put_json_str(f, s->dict_hook ? s->dict_hook[ft.dict] : NULL);
 	fputs(",\"hook_out\":", f);
 	if (s->dict_out && s->dict_out[ft.dict])
-		put_json_str(f, s->dict_out[ft.dict]);
+		circ_render_put_json_str(f, s->dict_out[ft.dict]);
 	else
 		fputs("null", f);
 	fprintf(f, ",\"feature\":%d,\"count\":%lld,\"positions\":%lld,\"density\":", ft.feat,
@@ -486,7 +485,7 @@ static void put_feature(FILE *f, const circ_dash *d, const circ_dash_show *s, ci
 int circ_dash_write_jsonl(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_error *e)
 {
 	for (int i = 0; i < s->n_feats; i++) {
-		put_feature(f, d, s, s->feats[i]);
+		circ_dash_put_feature(f, d, s, s->feats[i]);
 		putc('\n', f);
 	}
 	return circ_render_check(f, e);
@@ -494,8 +493,7 @@ int circ_dash_write_jsonl(FILE *f, const circ_dash *d, const circ_dash_show *s, 
 
 /* ---- HTML ---- */
 
-static const char *const page_style[] = {
-    "<style>",
+const char *const circ_dash_css[] = {
     "body { font: 14px Helvetica, Arial, sans-serif; margin: 16px; color: #222; "
     "background: #fff; }",
     "h1 { font-size: 18px; margin: 0 0 8px; }",
@@ -512,18 +510,14 @@ static const char *const page_style[] = {
     "table.logits .pos { color: #1a5fb4; }",
     "table.logits .neg { color: #c01c28; }",
     "svg.hist rect { fill: #e66100; }",
-    "</style>",
-    "</head>",
     NULL,
 };
 
-static const char *const page_script[] = {
-    "<script>",
-    "(function () {",
+/* circDash(f): one feature's section element (a dashboard-data object). */
+const char *const circ_dash_script[] = {
+    "var circDash = (function () {",
     "'use strict';",
-    "var feats = JSON.parse(document.getElementById('dashboard-data').textContent);",
     "var NS = 'http://www.w3.org/2000/svg';",
-    "var root = document.getElementById('features');",
     "function h(tag, cls, text) {",
     "  var x = document.createElement(tag);",
     "  if (cls) x.className = cls;",
@@ -565,7 +559,7 @@ static const char *const page_script[] = {
     "  });",
     "  return t;",
     "}",
-    "feats.forEach(function (f) {",
+    "return function (f) {",
     "  var s = h('section', 'feature');",
     "  s.id = 'f' + f.dict + '-' + f.feature;",
     "  s.appendChild(h('h2', null, 'dictionary ' + f.dict + ' (' + f.hook +",
@@ -594,8 +588,18 @@ static const char *const page_script[] = {
     "  cols.appendChild(logits('promoted', f.promoted, 'pos'));",
     "  cols.appendChild(logits('suppressed', f.suppressed, 'neg'));",
     "  s.appendChild(cols);",
-    "  root.appendChild(s);",
-    "});",
+    "  return s;",
+    "};",
+    "})();",
+    NULL,
+};
+
+static const char *const page_script[] = {
+    "(function () {",
+    "'use strict';",
+    "var feats = JSON.parse(document.getElementById('dashboard-data').textContent);",
+    "var root = document.getElementById('features');",
+    "feats.forEach(function (f) { root.appendChild(circDash(f)); });",
     "document.getElementById('feature-count').textContent = String(feats.length);",
     "document.body.setAttribute('data-ready', '1');",
     "})();",
@@ -603,26 +607,34 @@ static const char *const page_script[] = {
     NULL,
 };
 
-int circ_dash_write_html(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_error *e)
+void circ_dash_page_start(FILE *f, const char *title, const char *const *css)
 {
-	const char *title = s->title ? s->title : "feature dashboards";
 	circ_render_put_lines(f, circ_render_html_head);
 	fputs("<title>", f);
 	circ_render_put_xml(f, title);
-	fputs("</title>\n", f);
-	circ_render_put_lines(f, page_style);
-	fputs("<body>\n<h1>", f);
+	fputs("</title>\n<style>\n", f);
+	if (css)
+		circ_render_put_lines(f, css);
+	circ_render_put_lines(f, circ_dash_css);
+	fputs("</style>\n</head>\n<body>\n<h1>", f);
 	circ_render_put_xml(f, title);
-	fputs("</h1>\n<p><span id=\"feature-count\">0</span> features; tokens coloured by the "
+	fputs("</h1>\n", f);
+}
+
+int circ_dash_write_html(FILE *f, const circ_dash *d, const circ_dash_show *s, circ_error *e)
+{
+	circ_dash_page_start(f, s->title ? s->title : "feature dashboards", NULL);
+	fputs("<p><span id=\"feature-count\">0</span> features; tokens coloured by the "
 	      "feature's activation (the maximum outlined); logits of the decoder direction "
 	      "through W_U.</p>\n<div id=\"features\"></div>\n",
 	      f);
 	fputs("<script type=\"application/json\" id=\"dashboard-data\">[\n", f);
 	for (int i = 0; i < s->n_feats; i++) {
-		put_feature(f, d, s, s->feats[i]);
+		circ_dash_put_feature(f, d, s, s->feats[i]);
 		fputs(i + 1 < s->n_feats ? ",\n" : "\n", f);
 	}
-	fputs("]</script>\n", f);
+	fputs("]</script>\n<script>\n", f);
+	circ_render_put_lines(f, circ_dash_script);
 	circ_render_put_lines(f, page_script);
 	fputs("</body>\n</html>\n", f);
 	return circ_render_check(f, e);

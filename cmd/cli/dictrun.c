@@ -242,40 +242,26 @@ static void to_sparse(sparse_rows *sr, const float *f, size_t rows, int S)
 	sr->row_ptr[rows] = (int64_t)nnz;
 }
 
-/* Example bb's record of dictionary k: its T rows of the batch's CSR. */
-static void pack_acts(circ_session *s, const circ_batch *b, int bb, int k, const sparse_rows *sr)
+/* Example bb's rows of dictionary k: its T rows of the batch's CSR, with
+ * row_ptr counted from the example's first row. */
+static void example_rows(const circ_batch *b, int bb, const sparse_rows *sr, int64_t *rp,
+			 int64_t *base)
 {
-	circ_error e;
 	int T = b->T;
-	int64_t base = sr->row_ptr[(size_t)bb * T],
-		*rp = circ_xmalloc(((size_t)T + 1) * sizeof *rp);
+	*base = sr->row_ptr[(size_t)bb * T];
 	for (int t = 0; t <= T; t++)
-		rp[t] = sr->row_ptr[(size_t)bb * T + t] - base;
-	int64_t sh_r = T + 1, sh_n = rp[T];
-	msgpack_packer *pk = circ_writer_packer(s->w);
-	msgpack_pack_map(pk, 6);
-	circ_pack_kv_i64(pk, "id", b->ex[bb].id);
-	circ_pack_kv_i64(pk, "dict", k);
-	circ_pack_kv_i64(pk, "T", T);
-	circ_pack_kv_tensor(pk, "row_ptr", CIRC_I64, 1, &sh_r, rp);
-	circ_pack_kv_tensor(pk, "feat", CIRC_I32, 1, &sh_n, sr->feat + base);
-	circ_pack_kv_tensor(pk, "act", CIRC_F32, 1, &sh_n, sr->act + base);
-	free(rp);
-	if (circ_writer_end_record(s->w, &e) < 0)
-		circ_die(&e);
+		rp[t] = sr->row_ptr[(size_t)bb * T + t] - *base;
 }
 
-void circ_dictrun_harvest(circ_session *s, const circ_cli *cli, const char *dir,
-			  circ_metric_kind metric, int batch, int threads, int argc, char **argv)
+void circ_dictrun_each(circ_session *s, const circ_dict_set *set, circ_metric_kind metric,
+		       int batch, int threads, circ_dictrun_fn fn, void *ctx)
 {
 	circ_error e;
-	circ_dict_set *set = load_set(s, dir, 0);
 	int n = set->n, cap_t = 0;
-	circ_session_output(s, cli);
-	write_header(s, "dict-acts", dir, n, argc, argv);
 	circ_session_batches(s, metric, batch, 1);
 	circ_run *run = NULL;
 	float *x = NULL, *f = NULL;
+	int64_t *rp = NULL;
 	sparse_rows *sr = circ_xcalloc((size_t)n, sizeof *sr);
 	circ_batch *b;
 	while (circ_session_next(s, &b)) {
@@ -297,19 +283,53 @@ void circ_dictrun_harvest(circ_session *s, const circ_cli *cli, const char *dir,
 			circ_dict_encode(d, x, (int)rows, f);
 			to_sparse(&sr[k], f, rows, d->cfg.d_sae);
 		}
+		rp = circ_xrealloc(rp, ((size_t)b->T + 1) * sizeof *rp);
 		for (int bb = 0; bb < b->B; bb++)
-			for (int k = 0; k < n; k++)
-				pack_acts(s, b, bb, k, &sr[k]);
+			for (int k = 0; k < n; k++) {
+				int64_t base;
+				example_rows(b, bb, &sr[k], rp, &base);
+				fn(ctx, b, bb, k, rp, sr[k].feat + base, sr[k].act + base);
+			}
 	}
-	circ_session_finish(s);
 	for (int k = 0; k < n; k++) {
 		free(sr[k].row_ptr);
 		free(sr[k].feat);
 		free(sr[k].act);
 	}
 	free(sr);
+	free(rp);
 	free(x);
 	free(f);
 	circ_run_free(run);
+}
+
+/* circ_dictrun_each's callback for circ-harvest: one dict-acts record. */
+static void pack_acts(void *ctx, const circ_batch *b, int bb, int k, const int64_t *rp,
+		      const int32_t *feat, const float *act)
+{
+	circ_session *s = ctx;
+	circ_error e;
+	int T = b->T;
+	int64_t sh_r = T + 1, sh_n = rp[T];
+	msgpack_packer *pk = circ_writer_packer(s->w);
+	msgpack_pack_map(pk, 6);
+	circ_pack_kv_i64(pk, "id", b->ex[bb].id);
+	circ_pack_kv_i64(pk, "dict", k);
+	circ_pack_kv_i64(pk, "T", T);
+	circ_pack_kv_tensor(pk, "row_ptr", CIRC_I64, 1, &sh_r, rp);
+	circ_pack_kv_tensor(pk, "feat", CIRC_I32, 1, &sh_n, feat);
+	circ_pack_kv_tensor(pk, "act", CIRC_F32, 1, &sh_n, act);
+	if (circ_writer_end_record(s->w, &e) < 0)
+		circ_die(&e);
+}
+
+void circ_dictrun_harvest(circ_session *s, const circ_cli *cli, const char *dir,
+			  circ_metric_kind metric, int batch, int threads, int argc, char **argv)
+{
+	circ_dict_set *set = load_set(s, dir, 0);
+	circ_session_output(s, cli);
+	write_header(s, "dict-acts", dir, set->n, argc, argv);
+	circ_dictrun_each(s, set, metric, batch, threads, pack_acts, s);
+	circ_session_finish(s);
 	circ_dict_set_free(set);
 }
