@@ -204,11 +204,10 @@ static void run_paths(circ_session *s, circ_tc_prompt *p, const int32_t *tok, in
 	circ_error e;
 	circ_tc_elem tgt;
 	double act;
-	if (circ_tc_parse_node(o.paths, 1, &tgt, &e) < 0 || tgt.kind != CIRC_TCE_FEATURE) {
-		if (tgt.kind != CIRC_TCE_FEATURE)
-			circ_errorf(&e, "--paths '%s': the target must be a feature", o.paths);
-		circ_die(&e);
-	}
+	if (circ_tc_parse_node(o.paths, 1, &tgt, &e) < 0)
+		circ_usage_error("--paths: %s", e.msg);
+	if (tgt.kind != CIRC_TCE_FEATURE)
+		circ_usage_error("--paths '%s': the target must be a feature", o.paths);
 	if (circ_tc_activation(p, &tgt, &act, &e) < 0)
 		circ_die(&e);
 	circ_tc_path *ps;
@@ -268,9 +267,9 @@ static void run_routes(circ_session *s, circ_tc_prompt *p, const int32_t *tok, i
 	circ_tc_elem src, tgt;
 	if (circ_tc_parse_node(up, 1, &src, &e) < 0 ||
 	    circ_tc_parse_node(arrow + 2, 1, &tgt, &e) < 0)
-		circ_die(&e);
+		circ_usage_error("--routes: %s", e.msg);
 	if (tgt.kind != CIRC_TCE_FEATURE)
-		circ_dief("--routes '%s': the downstream node must be a feature", o.routes);
+		circ_usage_error("--routes '%s': the downstream node must be a feature", o.routes);
 	circ_tc_elem *hops;
 	int *nh, n;
 	double *attr;
@@ -305,7 +304,9 @@ static void run_routes(circ_session *s, circ_tc_prompt *p, const int32_t *tok, i
 		total += attr[r];
 	}
 	msgpack_packer *pk = circ_writer_packer(s->w);
-	msgpack_pack_map(pk, 4);
+	msgpack_pack_map(pk, 5);
+	circ_pack_str(pk, "summary");
+	msgpack_pack_true(pk);
 	circ_pack_kv_str(pk, "source", a);
 	circ_pack_kv_str(pk, "target", b);
 	circ_pack_kv_i64(pk, "n_routes", n);
@@ -323,7 +324,7 @@ static void run_connections(circ_session *s, const circ_dict **tc, int argc, cha
 	circ_error e;
 	circ_tc_elem x;
 	if (circ_tc_parse_node(o.conn, 0, &x, &e) < 0)
-		circ_die(&e);
+		circ_usage_error("--connections: %s", e.msg);
 	circ_tc_conn *cs;
 	int n;
 	if (circ_tc_connections(s->m, tc, &x, o.top, 1, o.threads, &cs, &n, &e) < 0)
