@@ -131,23 +131,23 @@ paths() { # set target beam depth [abs]
 	[ "$status" -eq 2 ]
 }
 
+# refused STATUS MESSAGE ARGS...: circ-paths on $T/m and $T/set exits with
+# STATUS and says MESSAGE
+refused() {
+	local st=$1 msg=$2
+	shift 2
+	run --separate-stderr circ-paths --model "$T/m" --dict "$T/set" "$@"
+	[ "$status" -eq "$st" ] && [[ "$stderr" == *"$msg"* ]] || { echo "$*: status $status: $stderr"; return 1; }
+}
+
 @test "circ-paths: bad input is refused with a message" {
 	make_case
 	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json >"$T/g.jsonl"
 	tgt=$(active 2 5 | head -1)
-	p() { run --separate-stderr circ-paths --model "$T/m" --dict "$T/set" "$@"; }
-	p --tokens $IDS --paths tc2.x5@3
-	[ "$status" -eq 2 ]
-	[[ "$stderr" == *"node 'tc2.x5@3': expected tc<layer>.f<feature>@<pos>"* ]]
-	p --tokens $IDS --paths tc1.f3@2
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"unknown feature 'tc1.f3@2': layer 1 has no transcoder"* ]]
-	p --tokens $IDS --paths tc0.f96@2
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"the transcoder has 96 features"* ]]
-	p --tokens $IDS --paths tc0.f1@7
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"position 7 is beyond the prompt (7 tokens)"* ]]
+	refused 2 "node 'tc2.x5@3': expected tc<layer>.f<feature>@<pos>" --tokens $IDS --paths tc2.x5@3
+	refused 1 "unknown feature 'tc1.f3@2': layer 1 has no transcoder" --tokens $IDS --paths tc1.f3@2
+	refused 1 "the transcoder has 96 features" --tokens $IDS --paths tc0.f96@2
+	refused 1 "position 7 is beyond the prompt (7 tokens)" --tokens $IDS --paths tc0.f1@7
 	inactive() { # the first feature of layer $1 not active at position $2
 		jq -r 'select(.kind == "feature") | .node' "$T/g.jsonl" >"$T/act"
 		for i in $(seq 0 95); do
@@ -155,42 +155,20 @@ paths() { # set target beam depth [abs]
 		done
 	}
 	off=$(inactive 2 5)
-	p --tokens $IDS --paths "$off"
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"target feature '$off' is not active on the prompt (activation 0)"* ]]
+	refused 1 "target feature '$off' is not active on the prompt (activation 0)" --tokens $IDS --paths "$off"
 	off=$(inactive 0 3)
-	p --tokens $IDS --routes "$off->$tgt"
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"source feature '$off' is not active"* ]]
-	p --tokens $IDS --routes "$tgt->tc0.f1@2"
-	[ "$status" -eq 1 ]
-	p --tokens $IDS --routes "input@6->$tgt"
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"is not upstream of"* ]]
-	p --tokens $IDS --routes "input@2"
-	[ "$status" -eq 2 ]
-	p --tokens $IDS --routes "input@2->$tgt" --max-routes 3
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"more than 3 routes"* ]]
+	refused 1 "source feature '$off' is not active" --tokens $IDS --routes "$off->$tgt"
+	refused 1 "is not upstream of" --tokens $IDS --routes "input@6->$tgt"
+	refused 2 "expected UP->DOWN" --tokens $IDS --routes "input@2"
+	refused 1 "more than 3 routes" --tokens $IDS --routes "input@2->$tgt" --max-routes 3
 	for bad in "--beam 0" "--beam 1001" "--depth 0" "--depth 33" "--beam x" "--top 0"; do
-		p --tokens $IDS --paths "$tgt" $bad
-		[ "$status" -eq 2 ] || { echo "$bad: $status"; return 1; }
-		[[ "$stderr" == *"option '${bad%% *}'"* ]] || { echo "$bad: $stderr"; return 1; }
+		refused 2 "option '${bad%% *}'" --tokens $IDS --paths "$tgt" $bad
 	done
-	p --paths "$tgt"
-	[ "$status" -eq 2 ]
-	[[ "$stderr" == *"needs the prompt: --tokens IDS"* ]]
-	p --tokens $IDS --paths "$tgt" --connections tc0.f1
-	[ "$status" -eq 2 ]
-	[[ "$stderr" == *"give one of --paths, --routes and --connections"* ]]
-	p --connections tc0.f1@2
-	[ "$status" -eq 2 ]
-	p --connections tc1.f1
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"layer 1 has no transcoder"* ]]
-	p --tokens 1,50 --paths "$tgt"
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"outside the vocabulary"* ]]
+	refused 2 "needs the prompt: --tokens IDS" --paths "$tgt"
+	refused 2 "give one of --paths, --routes and --connections" --tokens $IDS --paths "$tgt" --connections tc0.f1
+	refused 2 "expected tc<layer>.f<feature>" --connections tc0.f1@2
+	refused 1 "layer 1 has no transcoder" --connections tc1.f1
+	refused 1 "outside the vocabulary" --tokens 1,50 --paths "$tgt"
 	# GPT-2 only: another family is refused by name
 	/usr/bin/python3 tests/ref/dict_ref.py make "$T/ll/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
 		--hook-out blocks.0.hook_mlp_out --d-in 64 --d-sae 32 --seed 2
