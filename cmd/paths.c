@@ -109,12 +109,17 @@ static int32_t *parse_ids(const char *s, int *T)
 	return t;
 }
 
+typedef struct prompt_ids {
+	const int32_t *ids;
+	int T;
+} prompt_ids;
+
 static void pack_tokens(msgpack_packer *pk, const void *ctx)
 {
-	const int32_t *t = ctx;
-	msgpack_pack_array(pk, (size_t)t[-1]);
-	for (int i = 0; i < t[-1]; i++)
-		msgpack_pack_int64(pk, t[i]);
+	const prompt_ids *t = ctx;
+	msgpack_pack_array(pk, (size_t)t->T);
+	for (int i = 0; i < t->T; i++)
+		msgpack_pack_int64(pk, t->ids[i]);
 }
 
 static const char *elem_kind(circ_tce_kind k)
@@ -173,7 +178,7 @@ static void end_rec(circ_session *s)
 	}
 }
 
-static void header(circ_session *s, const char *mode, const char *target, const int32_t *tok,
+static void header(circ_session *s, const char *mode, const char *target, const prompt_ids *tok,
 		   double act, int argc, char **argv, const circ_cli *cli)
 {
 	circ_error e;
@@ -198,8 +203,8 @@ static void header(circ_session *s, const char *mode, const char *target, const 
 	}
 }
 
-static void run_paths(circ_session *s, circ_tc_prompt *p, const int32_t *tok, int argc, char **argv,
-		      const circ_cli *cli)
+static void run_paths(circ_session *s, circ_tc_prompt *p, const prompt_ids *tok, int argc,
+		      char **argv, const circ_cli *cli)
 {
 	circ_error e;
 	circ_tc_elem tgt;
@@ -253,7 +258,7 @@ static void run_paths(circ_session *s, circ_tc_prompt *p, const int32_t *tok, in
 	circ_tc_paths_free(ps, n);
 }
 
-static void run_routes(circ_session *s, circ_tc_prompt *p, const int32_t *tok, int argc,
+static void run_routes(circ_session *s, circ_tc_prompt *p, const prompt_ids *tok, int argc,
 		       char **argv, const circ_cli *cli)
 {
 	circ_error e;
@@ -390,22 +395,18 @@ int main(int argc, char **argv)
 	if (o.conn) {
 		run_connections(&s, tc, argc, argv, &cli);
 	} else {
-		int T;
-		int32_t *ids = parse_ids(o.tokens, &T);
-		/* the header's token list reads its length from the slot before */
-		int32_t *tok = circ_xmalloc((size_t)(T + 1) * sizeof *tok);
-		tok[0] = T;
-		memcpy(tok + 1, ids, (size_t)T * sizeof *ids);
-		free(ids);
-		circ_tc_prompt *p = circ_tc_prompt_new(s.m, tc, tok + 1, T, o.threads, &e);
+		prompt_ids tok;
+		int32_t *ids = parse_ids(o.tokens, &tok.T);
+		tok.ids = ids;
+		circ_tc_prompt *p = circ_tc_prompt_new(s.m, tc, ids, tok.T, o.threads, &e);
 		if (!p)
 			circ_die(&e);
 		if (o.paths)
-			run_paths(&s, p, tok + 1, argc, argv, &cli);
+			run_paths(&s, p, &tok, argc, argv, &cli);
 		else
-			run_routes(&s, p, tok + 1, argc, argv, &cli);
+			run_routes(&s, p, &tok, argc, argv, &cli);
 		circ_tc_prompt_free(p);
-		free(tok);
+		free(ids);
 	}
 	circ_session_finish(&s);
 	free(tc);
