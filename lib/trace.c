@@ -810,3 +810,64 @@ int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const 
 	state_free(&st);
 	return 0;
 }
+
+/* ---- the frozen prompt, for lib/tcircuit ---- */
+
+circ_trace_frozen *circ_trace_freeze(const circ_model *m, const circ_dict *const *tc,
+				     const int32_t *tokens, int T, int threads, circ_error *e)
+{
+	const circ_config *c = circ_model_config(m);
+	state st = {.c = c,
+		    .w = circ_model_weights(m),
+		    .tc = tc,
+		    .L = c->n_layer,
+		    .H = c->n_head,
+		    .C = c->n_embd,
+		    .D = circ_config_head_dim(c),
+		    .T = T};
+	if (freeze(&st, m, tokens, threads > 0 ? threads : 1, e) < 0) {
+		state_free(&st);
+		return NULL;
+	}
+	circ_trace_frozen *f = circ_xcalloc(1, sizeof *f);
+	*f = (circ_trace_frozen){.L = st.L,
+				 .H = st.H,
+				 .C = st.C,
+				 .D = st.D,
+				 .T = T,
+				 .s1 = st.s1,
+				 .s2 = st.s2,
+				 .sf = st.sf,
+				 .att = st.att,
+				 .acts = st.acts,
+				 .errs = st.errs,
+				 .in_kind = st.kinds};
+	for (int l = 0; l < st.L; l++)
+		free(st.xin[l]);
+	free(st.xin);
+	free(st.lnf);
+	return f;
+}
+
+void circ_trace_frozen_free(circ_trace_frozen *f)
+{
+	if (!f)
+		return;
+	for (int l = 0; l < f->L; l++) {
+		free(f->acts[l]);
+		free(f->errs[l]);
+	}
+	free(f->acts);
+	free(f->errs);
+	free(f->in_kind);
+	free(f->s1);
+	free(f->s2);
+	free(f->sf);
+	free(f->att);
+	free(f);
+}
+
+int circ_trace_in_kind(const circ_dict *d)
+{
+	return in_kind(d);
+}

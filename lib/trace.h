@@ -156,4 +156,26 @@ int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const 
 			 int T, const circ_trace_iv *iv, int n_iv, int threads, float *logits,
 			 circ_error *e);
 
+/* ---- the frozen prompt, for lib/tcircuit ----
+ * What circ_trace_build freezes, for other analyses of the same replacement
+ * model: the LayerNorm scales, the attention patterns, each transcoder's
+ * activations and each layer's error node. */
+typedef struct circ_trace_frozen {
+	int L, H, C, D, T;
+	float *s1, *s2, *sf; /* (L, T), (L, T), (T): frozen 1/sigma of ln_1, ln_2, ln_f */
+	float *att;	     /* (L, H, T, T) frozen patterns [l][h][dst][src] */
+	float **acts;	     /* (L) (T, S) activations, NULL for a layer without transcoder */
+	float **errs;	     /* (L) (T, C) error nodes (a layer without transcoder: its MLP) */
+	int *in_kind;	     /* (L) how the transcoder reads the residual r: 0 r itself,
+			      * 1 (r - mean) / sigma, 2 that times ln_2's weight plus its bias */
+} circ_trace_frozen;
+/* The prompt tokens (T) run on m with transcoders tc (circ_trace_layers).
+ * NULL with a message on bad input, as circ_trace_build. */
+circ_trace_frozen *circ_trace_freeze(const circ_model *m, const circ_dict *const *tc,
+				     const int32_t *tokens, int T, int threads, circ_error *e);
+void circ_trace_frozen_free(circ_trace_frozen *f); /* NULL is a no-op */
+/* How the transcoder d reads the residual (in_kind above); -1 for a
+ * dictionary circ_trace_layers refuses. */
+int circ_trace_in_kind(const circ_dict *d);
+
 #endif
