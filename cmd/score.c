@@ -473,9 +473,11 @@ static void pack_feature_graph(msgpack_packer *pk, const void *ctx)
 	const circ_fc *fc = ctx;
 	const circ_fc_slot *s0 = circ_fc_slot_get(fc, 0);
 	int n = circ_fc_n_slots(fc), nd = n - !s0->d;
-	int P = circ_fc_positions(fc);
-	msgpack_pack_map(pk, P ? 5 : 4);
+	int P = circ_fc_positions(fc), par = circ_fc_parallel(fc);
+	msgpack_pack_map(pk, 4 + (P > 0) + par);
 	circ_pack_kv_str(pk, "type", "feature");
+	if (par)
+		circ_pack_kv_str(pk, "blocks", "parallel");
 	circ_pack_kv_str(pk, "positions", P ? "kept" : "summed");
 	if (P)
 		circ_pack_kv_i64(pk, "n_positions", P);

@@ -84,7 +84,8 @@ struct circ_fc {
 	int npair;
 	fc_pair *pair;
 	int64_t count;
-	int P; /* positions kept: the examples' length (0: summed, or not yet known) */
+	int P;	      /* positions kept: the examples' length (0: summed, or not yet known) */
+	int parallel; /* parallel blocks (attention and MLP read one residual) */
 	circ_run *run;
 	int max_rows;
 	float *dlogits, *clean_logp, *seed, *zero, *tmp; /* scratch */
@@ -108,7 +109,9 @@ static void alloc_sums(circ_fc *fc);
 
 static int hook_order(const circ_fc_slot *s)
 {
-	int k = s->hook.kind == CIRC_HOOK_RESID_POST  ? 2
+	/* within a stage (parallel blocks form attn_out and mlp_out at one) */
+	int k = s->hook.kind == CIRC_HOOK_RESID_POST  ? 3
+		: s->hook.kind == CIRC_HOOK_MLP_OUT   ? 2
 		: s->hook.kind == CIRC_HOOK_RESID_PRE ? 0
 						      : 1;
 	return s->stage * 4 + k;
@@ -143,11 +146,14 @@ static int resid_below(const circ_fc *fc, int k)
 	return slot_below(fc->slot, k);
 }
 
-int circ_fc_route_crosses(const circ_fc_slot *sl, int n, int up, int dn)
+int circ_fc_route_crosses(const circ_fc_slot *sl, int parallel, int up, int dn)
 {
 	int a = sl[up].hook.kind == CIRC_HOOK_RESID_PRE ? 0 : sl[up].hook.layer + 1;
-	(void)n;
-	for (int l = a; l <= sl[dn].hook.layer; l++) {
+	int z = sl[dn].hook.layer;
+	/* a parallel block's MLP reads the residual before its attention */
+	if (parallel && sl[dn].hook.kind == CIRC_HOOK_MLP_OUT)
+		z--;
+	for (int l = a; l <= z; l++) {
 		int held = 0;
 		for (int j = up + 1; j < dn && !held; j++)
 			held = sl[j].hook.kind == CIRC_HOOK_ATTN_OUT && sl[j].hook.layer == l;
@@ -190,12 +196,6 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 	const circ_topology *t = circ_model_topology(m);
 	circ_run_opts ro;
 	int have_embed = 0;
-	if (c->model_type != CIRC_MODEL_GPT2 || c->parallel_residual)
-		return circ_errorf(e,
-				   "feature circuits are implemented for GPT-2 models only "
-				   "(this one is %s)",
-				   circ_model_type_name(c->model_type)),
-		       NULL;
 	if (!set || set->n < 1)
 		return circ_errorf(e, "no dictionary given"), NULL;
 	for (int i = 0; i < set->n; i++) {
@@ -232,6 +232,7 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 	fc->C = c->n_embd;
 	fc->V = c->vocab_size;
 	fc->L = c->n_layer;
+	fc->parallel = t->d.block == CIRC_BLOCK_PARALLEL;
 	fc->n = set->n + !have_embed;
 	fc->slot = circ_xcalloc((size_t)fc->n, sizeof *fc->slot);
 	for (int i = 0, k = 0; i < set->n; i++, k++) {
@@ -394,6 +395,11 @@ const double *circ_fc_node_sums(const circ_fc *fc, int k)
 	return fc->nsum[k];
 }
 
+int circ_fc_parallel(const circ_fc *fc)
+{
+	return fc->parallel;
+}
+
 int circ_fc_positions(const circ_fc *fc)
 {
 	return fc->P;
@@ -537,23 +543,30 @@ static int out_hook(void *ctx, circ_run *r, int stage, int n, const float **ng, 
 {
 	circ_fc *fc = ctx;
 	(void)e;
-	if (fc->hold[stage])
-		for (int j = 0; j < n; j++)
+	/* hold: bit 1 the stage's heads, bit 2 its MLP (a parallel block has
+	 * both: its H heads, then the MLP) */
+	for (int j = 0; j < n; j++) {
+		int mlp = fc->t->stage[stage].kind == CIRC_STAGE_MLP ||
+			  (fc->t->stage[stage].kind == CIRC_STAGE_BLOCK && j == n - 1);
+		if (fc->hold[stage] & (mlp ? 2 : 1))
 			ng[j] = fc->zero;
+	}
 	if (fc->seed_slot < 0)
 		return 0;
 	const circ_fc_slot *s = &fc->slot[fc->seed_slot];
 	const circ_topo_stage *ts = &fc->t->stage[stage];
 	size_t N = (size_t)circ_run_b(r) * (size_t)circ_run_t(r) * (size_t)fc->C;
-	if (s->hook.kind == CIRC_HOOK_ATTN_OUT && ts->kind == CIRC_STAGE_ATTN &&
-	    ts->layer == s->hook.layer) {
-		for (int j = 0; j < n; j++)
-			ng[j] = fc->seed; /* attn_out is the sum of the heads (and a bias) */
-	} else if (s->hook.kind == CIRC_HOOK_MLP_OUT && ts->kind == CIRC_STAGE_MLP &&
-		   ts->layer == s->hook.layer) {
-		ng[0] = fc->seed;
-	} else if (s->hook.kind == CIRC_HOOK_RESID_POST && ts->kind == CIRC_STAGE_MLP &&
-		   ts->layer == s->hook.layer) {
+	int block = ts->kind == CIRC_STAGE_BLOCK;
+	if (ts->layer != s->hook.layer)
+		return 0;
+	if (s->hook.kind == CIRC_HOOK_ATTN_OUT && (ts->kind == CIRC_STAGE_ATTN || block)) {
+		/* attn_out is the sum of the heads' outputs (and a bias); with a
+		 * norm of its own, of their shares of the normed sum (model.h) */
+		for (int j = 0; j < n - block; j++)
+			ng[j] = fc->seed;
+	} else if (s->hook.kind == CIRC_HOOK_MLP_OUT && (ts->kind == CIRC_STAGE_MLP || block)) {
+		ng[n - 1] = fc->seed;
+	} else if (s->hook.kind == CIRC_HOOK_RESID_POST && (ts->kind == CIRC_STAGE_MLP || block)) {
 		/* the residual gradient after this MLP: not read yet (model.h) */
 		float *g = (float *)circ_run_resid_grad(r, stage + 1);
 		for (size_t i = 0; i < N; i++)
@@ -677,9 +690,9 @@ static void set_holds(circ_fc *fc, int lo, int dn)
 	for (int j = lo + 1; j < dn; j++) {
 		const circ_fc_slot *s = &fc->slot[j];
 		if (s->hook.kind == CIRC_HOOK_ATTN_OUT)
-			fc->hold[circ_topo_stage_attn(fc->t, s->hook.layer)] = 1;
+			fc->hold[circ_topo_stage_attn(fc->t, s->hook.layer)] |= 1;
 		else if (s->hook.kind == CIRC_HOOK_MLP_OUT)
-			fc->hold[circ_topo_stage_mlp(fc->t, s->hook.layer)] = 1;
+			fc->hold[circ_topo_stage_mlp(fc->t, s->hook.layer)] |= 2;
 	}
 }
 
@@ -697,7 +710,7 @@ static int batch_edges(circ_fc *fc, const circ_batch *b, circ_error *e)
 		 * per downstream position (its upstream positions s <= t);
 		 * otherwise every position in one (row t feeds row t only) */
 		for (int up = lo; up < dn && fc->P; up++)
-			cross |= circ_fc_route_crosses(fc->slot, fc->n, up, dn);
+			cross |= circ_fc_route_crosses(fc->slot, fc->parallel, up, dn);
 		for (int d = 0; d <= s->S; d++)
 			for (int tt = 0; tt < (cross ? T : 1); tt++) {
 				int any = 0;
@@ -1132,6 +1145,8 @@ circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e)
 		       NULL;
 	fg = circ_xcalloc(1, sizeof *fg);
 	fg->P = P;
+	fg->parallel =
+	    circ_rec_get(g, "blocks") && circ_obj_str_eq(circ_rec_get(g, "blocks"), "parallel");
 	fg->n = (int)ds->via.array.size + input;
 	fg->slot = circ_xcalloc((size_t)fg->n, sizeof *fg->slot);
 	for (int i = 0; i < (int)ds->via.array.size; i++) {
@@ -1176,7 +1191,7 @@ circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e)
 		for (int up = slot_below(fg->slot, dn); up < dn; up++) {
 			int64_t np =
 			    !P ? 1
-			    : dn == fg->n || !circ_fc_route_crosses(fg->slot, fg->n, up, dn)
+			    : dn == fg->n || !circ_fc_route_crosses(fg->slot, fg->parallel, up, dn)
 				? P
 				: (int64_t)P * (P + 1) / 2;
 			fg->n_edges += np * nd * (fg->slot[up].S + 1);
@@ -1312,7 +1327,7 @@ int circ_fgraph_edge(const circ_fgraph *g, const char *name, size_t n, int *uk, 
 					   "position feeds itself and, through attention, later "
 					   "ones)",
 					   (int)n, name);
-		if (s < t && !circ_fc_route_crosses(g->slot, g->n, *uk, *dk))
+		if (s < t && !circ_fc_route_crosses(g->slot, g->parallel, *uk, *dk))
 			return circ_errorf(e,
 					   "edge '%.*s': not an edge of the feature graph (no "
 					   "attention layer on this route: one position to "

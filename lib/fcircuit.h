@@ -66,6 +66,13 @@
  * for ig node effects, with every later receiver patched (circ's
  * per-receiver path: about 3x a plain pass on GPT-2 small).
  *
+ * Families: every family circ reads (GPT-2, llama, mistral, qwen2/3,
+ * gemma 1/2/3, olmo2, gpt_neox): a dictionary's gradient is the residual
+ * gradient at its stage, seeds and holds are node output gradients (a head's
+ * output is its share of a normed attention output where the family has
+ * such a norm: model.h); parallel blocks (gpt_neox) have no hook_attn_out
+ * (lib/dict refuses it) and their MLP reads the residual before the
+ * attention of its block.
  * Layering: fcircuit uses util, kernels, topology, model, metric, batch,
  * dict.
  */
@@ -115,7 +122,7 @@ typedef struct circ_fc_slot {
 
 typedef struct circ_fc circ_fc;
 
-/* A scorer of model m (GPT-2 blocks) with the dictionaries of set (not
+/* A scorer of model m (any family) with the dictionaries of set (not
  * owned; each checked against m and with a supported hook point: resid_pre
  * of layer 0, attn_out, mlp_out or resid_post; SAEs only; at most one a
  * point), for batches of up to max_b x max_t tokens. NULL with a message
@@ -180,6 +187,7 @@ int circ_fc_ablate(circ_fc *fc, const circ_batch *b, uint8_t *const *keep, doubl
 typedef struct circ_fgraph {
 	int n;		    /* node sets (input first when "input" is "node") */
 	int P;		    /* "positions": "kept": "n_positions"; 0 when "summed" */
+	int parallel;	    /* "blocks": "parallel" */
 	circ_fc_slot *slot; /* (n): name, S, resid, hook (layer, kind); d is NULL */
 	int64_t n_nodes;    /* every node but logits */
 	int64_t n_edges;    /* every edge of the pattern, logits' included */
@@ -205,10 +213,15 @@ int circ_fgraph_node(const circ_fgraph *g, const char *name, size_t n, int *k, i
 int circ_fgraph_edge(const circ_fgraph *g, const char *name, size_t n, int *uk, int *ui, int *dk,
 		     int *di, circ_error *e);
 
-/* 1 if the route from node set up to node set dn < n of sl (forward order) passes through an
+/* 1 if the route from node set up to node set dn < n of sl (forward order;
+ * parallel: the model's blocks are parallel) passes through an
  * attention layer that no node set strictly between them holds: then up@s feeds dn@t for every s <=
  * t; else (only MLPs, norms and the residual stream) s == t. */
-int circ_fc_route_crosses(const circ_fc_slot *sl, int n, int up, int dn);
+int circ_fc_route_crosses(const circ_fc_slot *sl, int parallel, int up, int dn);
+/* 1 if the scorer's model has parallel blocks (GPT-NeoX's
+ * use_parallel_residual: the MLP reads the residual before the attention;
+ * the header's graph then says "blocks": "parallel"). */
+int circ_fc_parallel(const circ_fc *fc);
 
 /* "sha256:<hex>" of a dictionary as loaded: its architecture name, hook,
  * sizes and f32 parameters (the same files give the same digest). */

@@ -34,7 +34,7 @@ sub_set() {
 	/usr/bin/python3 $DREF make "$T/sub/d" --arch standard --hook blocks.1.hook_mlp_out --d-in 24 --d-sae 12 --seed 14
 }
 
-check() { # set ref-options -- circ-score options
+check() { # set ref-options -- circ-score options (model $M)
 	local set=$1
 	shift
 	local ro=()
@@ -426,4 +426,42 @@ PY
 	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/sum.circ" $TOK
 	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "resid0.f3@1->mlp1.f2@1"}') "$T/sum.circ"
 	[[ "$stderr" == *"node 'resid0.f3@1': positions are summed in this graph (no '@<t>')"* ]]
+}
+
+# ---- every model family (tests/data/families, tests/ref/families.py) ----
+
+@test "every model family: feature-atp against the reference; feature-ig with positions kept on gpt_neox (parallel), gemma2, llama" {
+	for d in tests/data/families/*/; do
+		d=${d%/}
+		[ -f "$d/config.json" ] || continue
+		f=$(basename "$d")
+		C=$(jq .hidden_size "$d/config.json")
+		L=$(jq .num_hidden_layers "$d/config.json")
+		par=$(jq -r '.use_parallel_residual // false' "$d/config.json")
+		# embed, and per layer of the first two (the others run through)
+		# attn (not in parallel blocks: circ reads no hook_attn_out there), mlp, resid
+		hooks="blocks.0.hook_resid_pre"
+		for l in 0 1; do
+			[ "$par" = true ] || hooks="$hooks blocks.$l.hook_attn_out"
+			hooks="$hooks blocks.$l.hook_mlp_out blocks.$l.hook_resid_post"
+		done
+		i=0
+		for h in $hooks; do
+			i=$((i + 1))
+			/usr/bin/python3 $DREF make "$T/$f/d$i" --arch standard --hook $h --d-in $C --d-sae 8 --seed $i
+		done
+		echo "# $f ($L layers, parallel $par)"
+		M=$d check "$T/$f" -- --method feature-atp
+		# ig with positions kept where the blocks differ most from GPT-2's:
+		# parallel (gpt_neox), norms after attention and MLP (gemma2), and llama
+		case $f in gpt_neox | gemma2 | llama) ;; *) continue ;; esac
+		M=$d check "$T/$f" --positions keep --ig 2 -- --method feature-ig --steps 2 --positions keep
+		if [ "$par" = true ]; then
+			head -1 "$T/c.jsonl" | jq -e '.graph.blocks == "parallel"'
+			# a parallel block's MLP reads the residual before the attention:
+			# resid_pre0 -> mlp0 joins one position to itself
+			run grep -c -e '"edge":"resid_pre0\.[a-z0-9]*@0->mlp0\.[a-z0-9]*@[1-6]"' "$T/c.jsonl"
+			[ "$output" = 0 ]
+		fi
+	done
 }

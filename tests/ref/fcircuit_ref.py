@@ -52,8 +52,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dict_ref import forward, load_set  # noqa: E402
-from gpt2_ref import load_model  # noqa: E402
+from dict_ref import forward, load_model, load_set  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 
