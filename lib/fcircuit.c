@@ -96,6 +96,9 @@ struct circ_fc {
 	uint8_t *tmask;	 /* (T) positions seeded in the edge backward */
 	float *ig_delta; /* (N, C) the interpolation's delta */
 	int ig_stage;	 /* stage at which ig_delta is set */
+	int stop_stage;	 /* the backward stops below this stage (its residual
+			  * gradient final; nothing lower is read) */
+	int stopped;	 /* the backward was stopped there */
 	/* ablation */
 	double **mean_f, **mean_e; /* (n) of (P, S), (P, O): sums per position */
 	int64_t *mean_count;	   /* (P) examples summed at each position */
@@ -489,8 +492,8 @@ static void split(const circ_fc_slot *s, const float *x, int N, float *f, float 
 		err[i] = x[i] - err[i];
 }
 
-static int forward(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fwd_hook hook,
-		   circ_error *e)
+static int forward_from(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fwd_hook hook,
+			int start, circ_error *e)
 {
 	circ_fwd f;
 	circ_read *reads = circ_xmalloc((size_t)b->n_read * sizeof *reads);
@@ -507,9 +510,16 @@ static int forward(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fw
 	f.reads = reads;
 	f.hook = hook;
 	f.hook_ctx = fc;
+	f.start_stage = start;
 	int rc = circ_forward(fc->run, &f, e);
 	free(reads);
 	return rc;
+}
+
+static int forward(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fwd_hook hook,
+		   circ_error *e)
+{
+	return forward_from(fc, b, tok, hook, 0, e);
 }
 
 /* dlogits of the loss (-metric for task metrics) at the last forward. */
@@ -542,7 +552,10 @@ static int ig_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 static int out_hook(void *ctx, circ_run *r, int stage, int n, const float **ng, circ_error *e)
 {
 	circ_fc *fc = ctx;
-	(void)e;
+	if (stage < fc->stop_stage) { /* every gradient wanted is final */
+		fc->stopped = 1;
+		return circ_errorf(e, "stopped");
+	}
 	/* hold: bit 1 the stage's heads, bit 2 its MLP (a parallel block has
 	 * both: its H heads, then the MLP) */
 	for (int j = 0; j < n; j++) {
@@ -575,14 +588,20 @@ static int out_hook(void *ctx, circ_run *r, int stage, int n, const float **ng, 
 	return 0;
 }
 
-static int backward(circ_fc *fc, int seed_slot, circ_error *e)
+/* A backward seeded at seed_slot (-1: from dlogits), down to the stage of
+ * slot low (-1: every stage): the stages below it are not run. */
+static int backward(circ_fc *fc, int seed_slot, int low, circ_error *e)
 {
 	circ_bwd bw = {0};
+	int rc;
 	fc->seed_slot = seed_slot;
+	fc->stop_stage = low < 0 ? 0 : fc->slot[low].stage;
+	fc->stopped = 0;
 	bw.dlogits = fc->dlogits;
 	bw.out_hook = out_hook;
 	bw.hook_ctx = fc;
-	return circ_backward(fc->run, &bw, e);
+	rc = circ_backward(fc->run, &bw, e);
+	return rc < 0 && fc->stopped ? 0 : rc;
 }
 
 /* Adds sum_rows a[row, i] * b[row, i] per column i (n cols) into out,
@@ -740,7 +759,7 @@ static int batch_edges(circ_fc *fc, const circ_batch *b, circ_error *e)
 						memset(fc->seed + (size_t)r * C, 0,
 						       C * sizeof(float));
 				memset(fc->dlogits, 0, nd * sizeof(float));
-				if (backward(fc, dn, e) < 0)
+				if (backward(fc, dn, lo, e) < 0)
 					return -1;
 				for (int up = lo; up < dn; up++)
 					add_edges(fc, up, dn, d, cross ? tt : -1, N, T);
@@ -756,7 +775,7 @@ static int batch_edges(circ_fc *fc, const circ_batch *b, circ_error *e)
 		if (lo < last) {
 			set_holds(fc, lo, dn);
 			loss_grad(fc, b);
-			if (backward(fc, -1, e) < 0)
+			if (backward(fc, -1, lo, e) < 0)
 				return -1;
 			memset(fc->tmask, 1, (size_t)b->T);
 			for (int up = lo; up < last; up++)
@@ -829,27 +848,31 @@ int circ_fc_batch(circ_fc *fc, const circ_batch *b, circ_error *e)
 	}
 	circ_metric_log_softmax(fc->clean_logp, circ_run_logits(fc->run, NULL), b->n_read, fc->V);
 	memset(fc->hold, 0, (size_t)fc->t->n_stage);
-	if (fc->o.method == CIRC_FC_ATP) {
-		loss_grad(fc, b);
-		if (backward(fc, -1, e) < 0)
-			return -1;
-		for (int k = 0; k < fc->n; k++)
-			memcpy(fc->st[k].g, circ_run_resid_grad(fc->run, fc->slot[k].stage),
-			       (size_t)N * C * sizeof(float));
-	} else {
+	/* the clean gradients: atp's, and ig's step 0 (alpha 0 is the clean run) */
+	loss_grad(fc, b);
+	if (backward(fc, -1, -1, e) < 0)
+		return -1;
+	for (int k = 0; k < fc->n; k++)
+		memcpy(fc->st[k].g, circ_run_resid_grad(fc->run, fc->slot[k].stage),
+		       (size_t)N * C * sizeof(float));
+	if (fc->o.method == CIRC_FC_IG) {
 		int steps = fc->o.steps;
-		for (int k = 0; k < fc->n; k++) {
+		/* last slot first: each forward resumes at its slot's stage from
+		 * the clean state below it, which no later slot's forward changed;
+		 * its backward stops there */
+		for (int k = fc->n - 1; k >= 0; k--) {
 			fc_state *st = &fc->st[k];
 			fc->ig_stage = fc->slot[k].stage;
-			for (int step = 0; step < steps; step++) {
+			for (int step = 1; step < steps; step++) {
 				float a = (float)step / (float)steps;
 				const float *g;
 				for (size_t i = 0; i < (size_t)N * C; i++)
 					fc->ig_delta[i] = a * (st->xp[i] - st->xc[i]);
-				if (forward(fc, b, b->clean, ig_hook, e) < 0)
+				if (forward_from(fc, b, b->clean, ig_hook, fc->slot[k].stage, e) <
+				    0)
 					return -1;
 				loss_grad(fc, b);
-				if (backward(fc, -1, e) < 0)
+				if (backward(fc, -1, k, e) < 0)
 					return -1;
 				g = circ_run_resid_grad(fc->run, fc->slot[k].stage);
 				for (size_t i = 0; i < (size_t)N * C; i++)

@@ -62,9 +62,12 @@
  * Cost: one backward pass per batch for every downstream node whose |mean
  * effect over the batch| is at least the node threshold (a feature never
  * active in the batch's clean run has zero edges into it and is skipped),
- * plus one for the sink; a forward and a backward per dictionary and step
- * for ig node effects, with every later receiver patched (circ's
- * per-receiver path: about 3x a plain pass on GPT-2 small).
+ * plus one for the sink, each stopped below the lowest upstream
+ * dictionary's stage; for ig node effects a clean forward and backward
+ * (atp's, and every dictionary's step 0), then per dictionary (last first)
+ * and step 1 .. steps-1 a forward resumed at its stage from the clean state
+ * below it, with every later receiver patched (circ's per-receiver path),
+ * and a backward stopped at its stage.
  *
  * Families: every family circ reads (GPT-2, llama, mistral, qwen2/3,
  * gemma 1/2/3, olmo2, gpt_neox): a dictionary's gradient is the residual

@@ -149,6 +149,12 @@ PY
 	[[ "$stderr" == *"go with --method feature-atp or feature-ig"* ]]
 }
 
+# circ-prune --truth with one edge is refused with a message containing $3.
+truth_refused() { # scores edge message
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo "{\"edge\": \"$2\"}") "$1"
+	[[ "$stderr" == *"$3"* ]]
+}
+
 @test "circ-prune on feature scores: node and edge thresholds (Marks et al.), top-n, --truth AUC over every edge of the graph" {
 	sub_set
 	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/s.circ" $TOK
@@ -202,12 +208,9 @@ auc = wins / (4 * len(neg))
 assert ev["n_truth"] == 4 and ev["tp"] == 3 and ev["fn"] == 1 and ev["fp"] == 0, ev
 assert abs(ev["auc"] - auc) < 1e-12, (ev["auc"], auc)
 PY
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "attn1.f3->resid0.f2"}') "$T/s.circ"
-	[[ "$stderr" == *"edge 'attn1.f3->resid0.f2': not an edge of the feature graph"* ]]
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp0.f99->resid0.f2"}') "$T/s.circ"
-	[[ "$stderr" == *"node 'mlp0.f99': feature 99 of 12"* ]]
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp7.f1->resid0.f2"}') "$T/s.circ"
-	[[ "$stderr" == *"node 'mlp7.f1': not a node of this feature graph"* ]]
+	truth_refused "$T/s.circ" "attn1.f3->resid0.f2" "edge 'attn1.f3->resid0.f2': not an edge of the feature graph"
+	truth_refused "$T/s.circ" "mlp0.f99->resid0.f2" "node 'mlp0.f99': feature 99 of 12"
+	truth_refused "$T/s.circ" "mlp7.f1->resid0.f2" "node 'mlp7.f1': not a node of this feature graph"
 	run --separate-stderr -2 circ-prune --greedy 3 "$T/s.circ"
 	[[ "$stderr" == *"feature graphs take --top-n or --threshold"* ]]
 	circ-score --model $M --method eap -o "$T/eap.circ" $TOK
@@ -399,14 +402,10 @@ print(next(e for e in ("resid0.f%d@%d->attn1.f%d@6" % (i, s, j) for s in range(7
 	echo "{\"edge\": \"$miss\"}" >>"$T/truth.jsonl"
 	circ-prune --top-n 2 --truth "$T/truth.jsonl" --report "$T/rep.json" --json "$T/s.circ" >"$T/p.jsonl"
 	jq -e '.n_truth == 3 and .tp == 2 and .fn == 1 and .tn == 9282 - 3' "$T/rep.json"
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "resid0.f3@4->attn1.f2@2"}') "$T/s.circ"
-	[[ "$stderr" == *"edge 'resid0.f3@4->attn1.f2@2': not an edge of the feature graph (a position feeds itself and, through attention, later ones)"* ]]
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "resid0.f3@1->mlp1.f2@2"}') "$T/s.circ"
-	[[ "$stderr" == *"no attention layer on this route: one position to itself"* ]]
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "resid0.f3->mlp1.f2"}') "$T/s.circ"
-	[[ "$stderr" == *"node 'resid0.f3': positions are kept in this graph"* ]]
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "resid0.f3@7->mlp1.f2@7"}') "$T/s.circ"
-	[[ "$stderr" == *"node 'resid0.f3@7': position 7 of 7"* ]]
+	truth_refused "$T/s.circ" "resid0.f3@4->attn1.f2@2" "edge 'resid0.f3@4->attn1.f2@2': not an edge of the feature graph (a position feeds itself and, through attention, later ones)"
+	truth_refused "$T/s.circ" "resid0.f3@1->mlp1.f2@2" "no attention layer on this route: one position to itself"
+	truth_refused "$T/s.circ" "resid0.f3->mlp1.f2" "node 'resid0.f3': positions are kept in this graph"
+	truth_refused "$T/s.circ" "resid0.f3@7->mlp1.f2@7" "node 'resid0.f3@7': position 7 of 7"
 	# faithfulness and completeness with per-position mean ablation
 	circ-patch --model $M --dict "$T/sub" --circuit "$T/c.circ" --json $TOK >"$T/p.jsonl"
 	/usr/bin/python3 $REF ablate $M "$T/sub" $TOK "$T/c.jsonl" --positions keep >"$T/r.json"
@@ -424,8 +423,7 @@ assert 0 < rec["n_nodes"] < 371, rec
 PY
 	# a summed graph's node names are refused on a kept graph's scores (and back)
 	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/sum.circ" $TOK
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "resid0.f3@1->mlp1.f2@1"}') "$T/sum.circ"
-	[[ "$stderr" == *"node 'resid0.f3@1': positions are summed in this graph (no '@<t>')"* ]]
+	truth_refused "$T/sum.circ" "resid0.f3@1->mlp1.f2@1" "node 'resid0.f3@1': positions are summed in this graph (no '@<t>')"
 }
 
 # ---- every model family (tests/data/families, tests/ref/families.py) ----
