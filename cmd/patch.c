@@ -466,8 +466,8 @@ static uint8_t **fkeep_new(const circ_fgraph *g, int val)
 {
 	uint8_t **k = circ_xcalloc((size_t)g->n, sizeof *k);
 	for (int j = 0; j < g->n; j++) {
-		k[j] = circ_xmalloc((size_t)g->slot[j].S + 1);
-		memset(k[j], val, (size_t)g->slot[j].S + 1);
+		k[j] = circ_xmalloc((size_t)circ_fgraph_slot_nodes(g, j));
+		memset(k[j], val, (size_t)circ_fgraph_slot_nodes(g, j));
 	}
 	return k;
 }
@@ -593,6 +593,7 @@ static int patch_features(circ_cli *cli, int argc, char **argv, const char *in)
 	fo.threads = o.pc.threads;
 	fo.metric = o.pc.metric;
 	fo.edges = 0;
+	fo.keep_positions = g->P > 0;
 	if (!(fc = circ_fc_new(s.m, set, &fo, o.pc.batch, s.c->n_ctx, &e)))
 		circ_dief("--dict: %s", e.msg);
 	fcheck_dicts(fc, g, hdr, circ_reader_name(r));
@@ -605,6 +606,9 @@ static int patch_features(circ_cli *cli, int argc, char **argv, const char *in)
 	}
 	if (!nb)
 		circ_dief("%s: no examples", circ_reader_name(s.r));
+	if (circ_fc_positions(fc) != g->P)
+		circ_dief("%s: a graph of %d positions, the examples have %d tokens",
+			  circ_reader_name(r), g->P, circ_fc_positions(fc));
 	m_c = circ_xcalloc((size_t)npts, sizeof *m_c);
 	m_cc = circ_xcalloc((size_t)npts, sizeof *m_cc);
 	{
@@ -623,10 +627,11 @@ static int patch_features(circ_cli *cli, int argc, char **argv, const char *in)
 				int64_t take =
 				    o.circuit ? 0 : (int64_t)floor(fr[p] * (double)g->n_nodes);
 				for (int j = 0; j < g->n; j++) {
-					memset(kc[j], 0, (size_t)g->slot[j].S + 1);
-					memset(kcc[j], 1, (size_t)g->slot[j].S + 1);
+					memset(kc[j], 0, (size_t)circ_fgraph_slot_nodes(g, j));
+					memset(kcc[j], 1, (size_t)circ_fgraph_slot_nodes(g, j));
 					if (o.circuit)
-						for (int i = 0; i <= g->slot[j].S; i++)
+						for (int i = 0; i < circ_fgraph_slot_nodes(g, j);
+						     i++)
 							kc[j][i] = keep_c[j][i],
 							kcc[j][i] = !keep_c[j][i];
 				}
@@ -672,7 +677,7 @@ static int patch_features(circ_cli *cli, int argc, char **argv, const char *in)
 		int64_t n_in = 0;
 		if (o.circuit)
 			for (int j = 0; j < g->n; j++)
-				for (int i = 0; i <= g->slot[j].S; i++)
+				for (int i = 0; i < circ_fgraph_slot_nodes(g, j); i++)
 					n_in += keep_c[j][i];
 		else
 			n_in = (int64_t)floor(fr[p] * (double)g->n_nodes) < nn

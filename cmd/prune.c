@@ -1150,9 +1150,9 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 	node = circ_xcalloc((size_t)g->n + 1, sizeof *node);
 	nkeep = circ_xcalloc((size_t)g->n + 1, sizeof *nkeep);
 	for (int j = 0; j <= g->n; j++) {
-		int S = j == g->n ? 0 : g->slot[j].S;
-		node[j] = circ_xcalloc((size_t)S + 1, sizeof **node);
-		nkeep[j] = circ_xcalloc((size_t)S + 1, 1);
+		size_t nn = (size_t)circ_fgraph_slot_nodes(g, j);
+		node[j] = circ_xcalloc(nn, sizeof **node);
+		nkeep[j] = circ_xcalloc(nn, 1);
 	}
 	while ((k = circ_reader_next(r, &rec, &e)) > 0) {
 		const char *name;
@@ -1238,8 +1238,7 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 	}
 	/* nodes, then edges between kept nodes */
 	for (int j = 0; j <= g->n; j++) {
-		int S = j == g->n ? 0 : g->slot[j].S;
-		for (int i = 0; i <= S; i++)
+		for (int64_t i = 0; i < circ_fgraph_slot_nodes(g, j); i++)
 			nkeep[j][i] = j == g->n || o.node_threshold < 0 ||
 				      fkey(node[j][i]) >= o.node_threshold;
 	}
@@ -1256,7 +1255,7 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 	}
 	if (o.node_threshold < 0) { /* nodes: the kept edges' ends */
 		for (int j = 0; j < g->n; j++)
-			memset(nkeep[j], 0, (size_t)g->slot[j].S + 1);
+			memset(nkeep[j], 0, (size_t)circ_fgraph_slot_nodes(g, j));
 		for (int64_t i = 0; i < n; i++)
 			if (ed[i].keep)
 				nkeep[ed[i].uk][ed[i].ui] = nkeep[ed[i].dk][ed[i].di] = 1;
@@ -1292,17 +1291,12 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 					      CIRC_HDR_N(f), &e) < 0)
 			circ_die(&e);
 		for (int j = 0; j < g->n; j++)
-			for (int i = 0; i <= g->slot[j].S; i++) {
+			for (int i = 0; i < circ_fgraph_slot_nodes(g, j); i++) {
 				char name[80];
 				msgpack_packer *pk = circ_writer_packer(w);
 				if (!nkeep[j][i])
 					continue;
-				if (!strcmp(g->slot[j].name, "input"))
-					snprintf(name, sizeof name, "input");
-				else if (i == g->slot[j].S)
-					snprintf(name, sizeof name, "%s.err", g->slot[j].name);
-				else
-					snprintf(name, sizeof name, "%s.f%d", g->slot[j].name, i);
+				circ_fgraph_node_name(g, j, i, name, sizeof name);
 				msgpack_pack_map(pk, 2);
 				circ_pack_kv_str(pk, "node", name);
 				circ_pack_kv_f64(pk, "score", node[j][i]);

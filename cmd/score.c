@@ -27,6 +27,7 @@ enum {
 	OPT_DICT,
 	OPT_NODE_THRESHOLD,
 	OPT_NODES_ONLY,
+	OPT_POSITIONS,
 };
 
 static const circ_opt opts[] = {
@@ -39,6 +40,9 @@ static const circ_opt opts[] = {
     {"node-threshold", OPT_NODE_THRESHOLD, "X",
      "feature circuits: edges into nodes whose |mean effect| in a batch is >= X (default 0)"},
     {"nodes-only", OPT_NODES_ONLY, NULL, "feature circuits: node effects only, no edges"},
+    {"positions", OPT_POSITIONS, "sum|keep",
+     "feature circuits: nodes summed over token positions (default) or one per position "
+     "(<node>@<t>; examples of one length)"},
     CIRC_PATCH_OPT_COMMON,
     {"list-edges", OPT_LIST_EDGES, NULL, "print the graph's edge names, one a line, and exit"},
     {"merge", OPT_MERGE, NULL, "merge score streams (shards) given as files or concatenated"},
@@ -56,7 +60,7 @@ static struct {
 	circ_fc_method fmethod;
 	const char *dict;
 	double node_threshold;
-	int nodes_only;
+	int nodes_only, keep_positions, positions_set;
 } o = {.method = CIRC_ATTR_EAP, .steps = 5};
 
 static int handle(int key, const char *arg, void *ctx)
@@ -83,6 +87,12 @@ static int handle(int key, const char *arg, void *ctx)
 		o.node_threshold = circ_opt_f64_in("node-threshold", arg, 0, 0, 1e300, 0);
 		return 0;
 	case OPT_NODES_ONLY: o.nodes_only = 1; return 0;
+	case OPT_POSITIONS:
+		if (strcmp(arg, "sum") && strcmp(arg, "keep"))
+			circ_usage_error("--positions: '%s' is not sum or keep", arg);
+		o.keep_positions = !strcmp(arg, "keep");
+		o.positions_set = 1;
+		return 0;
 	}
 	return circ_patch_cli_handle(&o.pc, key, arg) ? -1 : 0;
 }
@@ -463,9 +473,14 @@ static void pack_feature_graph(msgpack_packer *pk, const void *ctx)
 	const circ_fc *fc = ctx;
 	const circ_fc_slot *s0 = circ_fc_slot_get(fc, 0);
 	int n = circ_fc_n_slots(fc), nd = n - !s0->d;
-	msgpack_pack_map(pk, 4);
+	int P = circ_fc_positions(fc), par = circ_fc_parallel(fc);
+	msgpack_pack_map(pk, 4 + (P > 0) + par);
 	circ_pack_kv_str(pk, "type", "feature");
-	circ_pack_kv_str(pk, "positions", "summed");
+	if (par)
+		circ_pack_kv_str(pk, "blocks", "parallel");
+	circ_pack_kv_str(pk, "positions", P ? "kept" : "summed");
+	if (P)
+		circ_pack_kv_i64(pk, "n_positions", P);
 	circ_pack_kv_str(pk, "input", s0->d ? "dictionary" : "node");
 	circ_pack_str(pk, "dictionaries");
 	msgpack_pack_array(pk, (size_t)nd);
@@ -544,6 +559,7 @@ static int score_features(circ_cli *cli, int argc, char **argv, const char *in)
 	fo.node_threshold = o.node_threshold;
 	fo.threads = o.pc.threads;
 	fo.metric = o.pc.metric;
+	fo.keep_positions = o.keep_positions;
 	if (!(fc = circ_fc_new(s.m, set, &fo, o.pc.batch, s.c->n_ctx, &e)))
 		circ_dief("--dict: %s", e.msg);
 	while (circ_session_next(&s, &b))
@@ -571,9 +587,8 @@ static int score_features(circ_cli *cli, int argc, char **argv, const char *in)
 	out.fc = fc;
 	out.count = circ_fc_count(fc);
 	for (int k = 0; k < circ_fc_n_slots(fc); k++) {
-		const circ_fc_slot *sl = circ_fc_slot_get(fc, k);
 		const double *ns = circ_fc_node_sums(fc, k);
-		for (int i = 0; i <= sl->S; i++) {
+		for (int i = 0; i < circ_fc_slot_nodes(fc, k); i++) {
 			char name[64];
 			circ_fc_node_name(fc, k, i, name, sizeof name);
 			if (fc_record(&out, "node", name, ns[i]) < 0) {
@@ -835,9 +850,9 @@ int main(int argc, char **argv)
 	if (o.feature != !!o.dict)
 		circ_usage_error(o.dict ? "--dict goes with --method feature-atp or feature-ig"
 					: "--method feature-atp and feature-ig need --dict DIR");
-	if (!o.feature && (o.node_threshold > 0 || o.nodes_only))
-		circ_usage_error("options '--node-threshold' and '--nodes-only' go with --method "
-				 "feature-atp or feature-ig");
+	if (!o.feature && (o.node_threshold > 0 || o.nodes_only || o.positions_set))
+		circ_usage_error("options '--node-threshold', '--nodes-only' and '--positions' go "
+				 "with --method feature-atp or feature-ig");
 	if (o.feature) {
 		const char *bad = circ_patch_cli_given(
 		    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_METRIC, CIRC_PO_BATCH,

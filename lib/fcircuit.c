@@ -84,6 +84,8 @@ struct circ_fc {
 	int npair;
 	fc_pair *pair;
 	int64_t count;
+	int P;	      /* positions kept: the examples' length (0: summed, or not yet known) */
+	int parallel; /* parallel blocks (attention and MLP read one residual) */
 	circ_run *run;
 	int max_rows;
 	float *dlogits, *clean_logp, *seed, *zero, *tmp; /* scratch */
@@ -91,8 +93,12 @@ struct circ_fc {
 	/* the current backward's plan */
 	int seed_slot;	 /* -1: none (the sink's backward) */
 	uint8_t *hold;	 /* (stages) 1: that stage's node output is held */
+	uint8_t *tmask;	 /* (T) positions seeded in the edge backward */
 	float *ig_delta; /* (N, C) the interpolation's delta */
 	int ig_stage;	 /* stage at which ig_delta is set */
+	int stop_stage;	 /* the backward stops below this stage (its residual
+			  * gradient final; nothing lower is read) */
+	int stopped;	 /* the backward was stopped there */
 	/* ablation */
 	double **mean_f, **mean_e; /* (n) of (P, S), (P, O): sums per position */
 	int64_t *mean_count;	   /* (P) examples summed at each position */
@@ -102,9 +108,13 @@ struct circ_fc {
 	float *acc;		  /* (N, C) deltas set so far in the forward */
 };
 
+static void alloc_sums(circ_fc *fc);
+
 static int hook_order(const circ_fc_slot *s)
 {
-	int k = s->hook.kind == CIRC_HOOK_RESID_POST  ? 2
+	/* within a stage (parallel blocks form attn_out and mlp_out at one) */
+	int k = s->hook.kind == CIRC_HOOK_RESID_POST  ? 3
+		: s->hook.kind == CIRC_HOOK_MLP_OUT   ? 2
 		: s->hook.kind == CIRC_HOOK_RESID_PRE ? 0
 						      : 1;
 	return s->stage * 4 + k;
@@ -139,6 +149,49 @@ static int resid_below(const circ_fc *fc, int k)
 	return slot_below(fc->slot, k);
 }
 
+int circ_fc_route_crosses(const circ_fc_slot *sl, int parallel, int up, int dn)
+{
+	int a = sl[up].hook.kind == CIRC_HOOK_RESID_PRE ? 0 : sl[up].hook.layer + 1;
+	int z = sl[dn].hook.layer;
+	/* a parallel block's MLP reads the residual before its attention */
+	if (parallel && sl[dn].hook.kind == CIRC_HOOK_MLP_OUT)
+		z--;
+	for (int l = a; l <= z; l++) {
+		int held = 0;
+		for (int j = up + 1; j < dn && !held; j++)
+			held = sl[j].hook.kind == CIRC_HOOK_ATTN_OUT && sl[j].hook.layer == l;
+		if (!held)
+			return 1;
+	}
+	return 0;
+}
+
+/* Nodes of a node set of S features with P positions kept (0: summed). */
+static int64_t set_nodes(int S, int P)
+{
+	return (int64_t)(S + 1) * (P ? P : 1);
+}
+
+/* Name of node i of a node set (NULL: the sink). */
+static void node_name(const circ_fc_slot *s, int P, int i, char *out, size_t n)
+{
+	int t, j, w;
+	if (!s) {
+		snprintf(out, n, "logits");
+		return;
+	}
+	t = P ? i / (s->S + 1) : 0;
+	j = P ? i % (s->S + 1) : i;
+	if (!strcmp(s->name, "input"))
+		w = snprintf(out, n, "input");
+	else if (j == s->S)
+		w = snprintf(out, n, "%s.err", s->name);
+	else
+		w = snprintf(out, n, "%s.f%d", s->name, j);
+	if (P && w >= 0 && (size_t)w < n)
+		snprintf(out + w, n - (size_t)w, "@%d", t);
+}
+
 circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_fc_opts *o,
 		     int max_b, int max_t, circ_error *e)
 {
@@ -146,12 +199,6 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 	const circ_topology *t = circ_model_topology(m);
 	circ_run_opts ro;
 	int have_embed = 0;
-	if (c->model_type != CIRC_MODEL_GPT2 || c->parallel_residual)
-		return circ_errorf(e,
-				   "feature circuits are implemented for GPT-2 models only "
-				   "(this one is %s)",
-				   circ_model_type_name(c->model_type)),
-		       NULL;
 	if (!set || set->n < 1)
 		return circ_errorf(e, "no dictionary given"), NULL;
 	for (int i = 0; i < set->n; i++) {
@@ -188,6 +235,7 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 	fc->C = c->n_embd;
 	fc->V = c->vocab_size;
 	fc->L = c->n_layer;
+	fc->parallel = t->d.block == CIRC_BLOCK_PARALLEL;
 	fc->n = set->n + !have_embed;
 	fc->slot = circ_xcalloc((size_t)fc->n, sizeof *fc->slot);
 	for (int i = 0, k = 0; i < set->n; i++, k++) {
@@ -222,20 +270,16 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 		}
 	fc->nsum = circ_xcalloc((size_t)fc->n, sizeof *fc->nsum);
 	fc->st = circ_xcalloc((size_t)fc->n, sizeof *fc->st);
-	for (int k = 0; k < fc->n; k++)
-		fc->nsum[k] = circ_xcalloc((size_t)fc->slot[k].S + 1, sizeof(double));
 	/* the pairs: U -> D with no resid slot strictly between; the sink n */
 	fc->pair = circ_xcalloc((size_t)(fc->n + 1) * (size_t)fc->n, sizeof *fc->pair);
-	for (int dn = 1; dn <= fc->n; dn++) {
-		int lo = resid_below(fc, dn);
-		int nd = dn == fc->n ? 1 : fc->slot[dn].S + 1;
-		for (int up = lo; up < dn; up++) {
+	for (int dn = 1; dn <= fc->n; dn++)
+		for (int up = resid_below(fc, dn); up < dn; up++) {
 			fc_pair *p = &fc->pair[fc->npair++];
 			p->up = up;
 			p->down = dn;
-			p->row = circ_xcalloc((size_t)nd, sizeof *p->row);
 		}
-	}
+	if (!o->keep_positions)
+		alloc_sums(fc);
 	circ_run_opts_default(&ro);
 	ro.threads = o->threads;
 	ro.backward = 1;
@@ -249,6 +293,39 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 	fc->hold = circ_xcalloc((size_t)t->n_stage, 1);
 	fc->ig_stage = -1;
 	return fc;
+}
+
+int64_t circ_fc_slot_nodes(const circ_fc *fc, int k)
+{
+	return k == fc->n ? 1 : set_nodes(fc->slot[k].S, fc->P);
+}
+
+/* The node and edge sums, once the positions are known. */
+static void alloc_sums(circ_fc *fc)
+{
+	for (int k = 0; k < fc->n; k++)
+		fc->nsum[k] = circ_xcalloc((size_t)circ_fc_slot_nodes(fc, k), sizeof(double));
+	for (int p = 0; p < fc->npair; p++)
+		fc->pair[p].row = circ_xcalloc((size_t)circ_fc_slot_nodes(fc, fc->pair[p].down),
+					       sizeof *fc->pair[p].row);
+}
+
+/* Positions kept: the first batch (or means) sets P, the others must match. */
+static int positions_check(circ_fc *fc, const circ_batch *b, circ_error *e)
+{
+	if (!fc->o.keep_positions)
+		return 0;
+	if (!fc->P) {
+		fc->P = b->T;
+		alloc_sums(fc);
+		return 0;
+	}
+	if (b->T != fc->P)
+		return circ_errorf(e,
+				   "example %lld: %d tokens, the first example %d (positions "
+				   "kept: every example must have the same length)",
+				   (long long)b->ex[0].id, b->T, fc->P);
+	return 0;
 }
 
 static void state_free(fc_state *s)
@@ -276,8 +353,7 @@ void circ_fc_free(circ_fc *fc)
 	}
 	for (int p = 0; p < fc->npair; p++) {
 		fc_pair *q = &fc->pair[p];
-		int nd = q->down == fc->n ? 1 : fc->slot[q->down].S + 1;
-		for (int d = 0; d < nd; d++)
+		for (int64_t d = 0; q->row && d < circ_fc_slot_nodes(fc, q->down); d++)
 			free(q->row[d]);
 		free(q->row);
 	}
@@ -292,6 +368,7 @@ void circ_fc_free(circ_fc *fc)
 	free(fc->tmp);
 	free(fc->ig_delta);
 	free(fc->hold);
+	free(fc->tmask);
 	free(fc->acc);
 	for (int k = 0; fc->mean_f && k < fc->n; k++) {
 		free(fc->mean_f[k]);
@@ -321,29 +398,34 @@ const double *circ_fc_node_sums(const circ_fc *fc, int k)
 	return fc->nsum[k];
 }
 
+int circ_fc_parallel(const circ_fc *fc)
+{
+	return fc->parallel;
+}
+
+int circ_fc_positions(const circ_fc *fc)
+{
+	return fc->P;
+}
+
 void circ_fc_node_name(const circ_fc *fc, int k, int i, char *out, size_t n)
 {
-	if (k == fc->n)
-		snprintf(out, n, "logits");
-	else if (!fc->slot[k].d)
-		snprintf(out, n, "input");
-	else if (i == fc->slot[k].S)
-		snprintf(out, n, "%s.err", fc->slot[k].name);
-	else
-		snprintf(out, n, "%s.f%d", fc->slot[k].name, i);
+	node_name(k == fc->n ? NULL : &fc->slot[k], fc->P, i, out, n);
 }
 
 int circ_fc_edges(const circ_fc *fc, circ_fc_edge_fn fn, void *ctx)
 {
+	if (!fc->pair || (fc->npair && !fc->pair[0].row))
+		return 0;
 	for (int dn = 1; dn <= fc->n; dn++) {
-		int nd = dn == fc->n ? 1 : fc->slot[dn].S + 1;
+		int nd = (int)circ_fc_slot_nodes(fc, dn);
 		for (int d = 0; d < nd; d++)
 			for (int up = 0; up < dn; up++) {
 				int p = pair_index(fc, up, dn), rc;
 				const double *row = p < 0 ? NULL : fc->pair[p].row[d];
 				if (!row)
 					continue;
-				for (int u = 0; u <= fc->slot[up].S; u++)
+				for (int u = 0; u < circ_fc_slot_nodes(fc, up); u++)
 					if (row[u] != 0.0 && (rc = fn(ctx, up, u, dn, d, row[u])))
 						return rc;
 			}
@@ -410,8 +492,8 @@ static void split(const circ_fc_slot *s, const float *x, int N, float *f, float 
 		err[i] = x[i] - err[i];
 }
 
-static int forward(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fwd_hook hook,
-		   circ_error *e)
+static int forward_from(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fwd_hook hook,
+			int start, circ_error *e)
 {
 	circ_fwd f;
 	circ_read *reads = circ_xmalloc((size_t)b->n_read * sizeof *reads);
@@ -428,9 +510,16 @@ static int forward(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fw
 	f.reads = reads;
 	f.hook = hook;
 	f.hook_ctx = fc;
+	f.start_stage = start;
 	int rc = circ_forward(fc->run, &f, e);
 	free(reads);
 	return rc;
+}
+
+static int forward(circ_fc *fc, const circ_batch *b, const int32_t *tok, circ_fwd_hook hook,
+		   circ_error *e)
+{
+	return forward_from(fc, b, tok, hook, 0, e);
 }
 
 /* dlogits of the loss (-metric for task metrics) at the last forward. */
@@ -463,24 +552,34 @@ static int ig_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 static int out_hook(void *ctx, circ_run *r, int stage, int n, const float **ng, circ_error *e)
 {
 	circ_fc *fc = ctx;
-	(void)e;
-	if (fc->hold[stage])
-		for (int j = 0; j < n; j++)
+	if (stage < fc->stop_stage) { /* every gradient wanted is final */
+		fc->stopped = 1;
+		return circ_errorf(e, "stopped");
+	}
+	/* hold: bit 1 the stage's heads, bit 2 its MLP (a parallel block has
+	 * both: its H heads, then the MLP) */
+	for (int j = 0; j < n; j++) {
+		int mlp = fc->t->stage[stage].kind == CIRC_STAGE_MLP ||
+			  (fc->t->stage[stage].kind == CIRC_STAGE_BLOCK && j == n - 1);
+		if (fc->hold[stage] & (mlp ? 2 : 1))
 			ng[j] = fc->zero;
+	}
 	if (fc->seed_slot < 0)
 		return 0;
 	const circ_fc_slot *s = &fc->slot[fc->seed_slot];
 	const circ_topo_stage *ts = &fc->t->stage[stage];
 	size_t N = (size_t)circ_run_b(r) * (size_t)circ_run_t(r) * (size_t)fc->C;
-	if (s->hook.kind == CIRC_HOOK_ATTN_OUT && ts->kind == CIRC_STAGE_ATTN &&
-	    ts->layer == s->hook.layer) {
-		for (int j = 0; j < n; j++)
-			ng[j] = fc->seed; /* attn_out is the sum of the heads (and a bias) */
-	} else if (s->hook.kind == CIRC_HOOK_MLP_OUT && ts->kind == CIRC_STAGE_MLP &&
-		   ts->layer == s->hook.layer) {
-		ng[0] = fc->seed;
-	} else if (s->hook.kind == CIRC_HOOK_RESID_POST && ts->kind == CIRC_STAGE_MLP &&
-		   ts->layer == s->hook.layer) {
+	int block = ts->kind == CIRC_STAGE_BLOCK;
+	if (ts->layer != s->hook.layer)
+		return 0;
+	if (s->hook.kind == CIRC_HOOK_ATTN_OUT && (ts->kind == CIRC_STAGE_ATTN || block)) {
+		/* attn_out is the sum of the heads' outputs (and a bias); with a
+		 * norm of its own, of their shares of the normed sum (model.h) */
+		for (int j = 0; j < n - block; j++)
+			ng[j] = fc->seed;
+	} else if (s->hook.kind == CIRC_HOOK_MLP_OUT && (ts->kind == CIRC_STAGE_MLP || block)) {
+		ng[n - 1] = fc->seed;
+	} else if (s->hook.kind == CIRC_HOOK_RESID_POST && (ts->kind == CIRC_STAGE_MLP || block)) {
 		/* the residual gradient after this MLP: not read yet (model.h) */
 		float *g = (float *)circ_run_resid_grad(r, stage + 1);
 		for (size_t i = 0; i < N; i++)
@@ -489,14 +588,20 @@ static int out_hook(void *ctx, circ_run *r, int stage, int n, const float **ng, 
 	return 0;
 }
 
-static int backward(circ_fc *fc, int seed_slot, circ_error *e)
+/* A backward seeded at seed_slot (-1: from dlogits), down to the stage of
+ * slot low (-1: every stage): the stages below it are not run. */
+static int backward(circ_fc *fc, int seed_slot, int low, circ_error *e)
 {
 	circ_bwd bw = {0};
+	int rc;
 	fc->seed_slot = seed_slot;
+	fc->stop_stage = low < 0 ? 0 : fc->slot[low].stage;
+	fc->stopped = 0;
 	bw.dlogits = fc->dlogits;
 	bw.out_hook = out_hook;
 	bw.hook_ctx = fc;
-	return circ_backward(fc->run, &bw, e);
+	rc = circ_backward(fc->run, &bw, e);
+	return rc < 0 && fc->stopped ? 0 : rc;
 }
 
 /* Adds sum_rows a[row, i] * b[row, i] per column i (n cols) into out,
@@ -525,21 +630,46 @@ static void feature_grad(const circ_fc_slot *s, const float *g, int N, float *gf
 		  0.0f, gf, s->S);
 }
 
-/* Edge sums from slot up's deltas with its gradient in the run now. */
-static void add_edges(circ_fc *fc, int up, int dn, int d, int N)
+/* The edge sums into downstream node d of pair p, made when first used. */
+static double *edge_row(circ_fc *fc, int p, int64_t d)
+{
+	fc_pair *q = &fc->pair[p];
+	if (!q->row[d])
+		q->row[d] = circ_xcalloc((size_t)circ_fc_slot_nodes(fc, q->up), sizeof(double));
+	return q->row[d];
+}
+
+/* Edge sums from slot up's deltas with its gradient in the run now, into
+ * downstream feature d (the sink: 0) of slot dn. Positions kept: the
+ * downstream position is tdown when the backward was seeded there alone,
+ * else (tdown < 0) each row's own; rows whose downstream position is not
+ * in fc->tmask were not seeded. */
+static void add_edges(circ_fc *fc, int up, int dn, int d, int tdown, int N, int T)
 {
 	const circ_fc_slot *s = &fc->slot[up];
 	fc_state *st = &fc->st[up];
-	int p = pair_index(fc, up, dn);
+	int p = pair_index(fc, up, dn), S = s->S, O = s->O;
+	int Sd1 = dn == fc->n ? 0 : fc->slot[dn].S + 1;
 	const float *g = circ_run_resid_grad(fc->run, s->stage);
-	double *row = fc->pair[p].row[d];
-	if (!row)
-		row = fc->pair[p].row[d] = circ_xcalloc((size_t)s->S + 1, sizeof *row);
-	if (s->S) {
+	if (S)
 		feature_grad(s, g, N, fc->tmp);
-		col_dots(row, st->df, fc->tmp, N, s->S);
+	if (!fc->P) {
+		double *row = edge_row(fc, p, d);
+		if (S)
+			col_dots(row, st->df, fc->tmp, N, S);
+		row[S] += dot_rows(st->de, g, (size_t)N * O);
+		return;
 	}
-	row[s->S] += dot_rows(st->de, g, (size_t)N * s->O);
+	for (int r = 0; r < N; r++) {
+		int t = r % T, td = tdown >= 0 ? tdown : t;
+		double *row;
+		if (!fc->tmask[td] || t > td)
+			continue;
+		row = edge_row(fc, p, (int64_t)td * Sd1 + d) + (size_t)t * (S + 1);
+		if (S)
+			col_dots(row, st->df + (size_t)r * S, fc->tmp + (size_t)r * S, 1, S);
+		row[S] += dot_rows(st->de + (size_t)r * O, g + (size_t)r * O, (size_t)O);
+	}
 }
 
 /* The seed of downstream node d of slot k: d a_d / d y weighted by its
@@ -579,59 +709,77 @@ static void set_holds(circ_fc *fc, int lo, int dn)
 	for (int j = lo + 1; j < dn; j++) {
 		const circ_fc_slot *s = &fc->slot[j];
 		if (s->hook.kind == CIRC_HOOK_ATTN_OUT)
-			fc->hold[circ_topo_stage_attn(fc->t, s->hook.layer)] = 1;
+			fc->hold[circ_topo_stage_attn(fc->t, s->hook.layer)] |= 1;
 		else if (s->hook.kind == CIRC_HOOK_MLP_OUT)
-			fc->hold[circ_topo_stage_mlp(fc->t, s->hook.layer)] = 1;
+			fc->hold[circ_topo_stage_mlp(fc->t, s->hook.layer)] |= 2;
 	}
 }
 
 static int batch_edges(circ_fc *fc, const circ_batch *b, circ_error *e)
 {
 	int N = b->B * b->T;
-	size_t nd = (size_t)b->n_read * (size_t)fc->V;
+	size_t nd = (size_t)b->n_read * (size_t)fc->V, C = (size_t)fc->C;
 	if (fc->o.method == CIRC_FC_IG && forward(fc, b, b->clean, NULL, e) < 0)
 		return -1;
 	for (int dn = 1; dn < fc->n; dn++) {
 		const circ_fc_slot *s = &fc->slot[dn];
-		int lo = resid_below(fc, dn);
+		int lo = resid_below(fc, dn), cross = 0, T = b->T;
 		set_holds(fc, lo, dn);
-		for (int d = 0; d <= s->S; d++) {
-			double eff = fc->st[dn].batch[d] / b->B;
-			if (fabs(eff) < fc->o.node_threshold)
-				continue;
-			if (d < s->S) { /* never active: d a_d / d y is zero */
-				int on = 0;
-				for (int t = 0; t < N && !on; t++)
-					on = fc->st[dn].fc[(size_t)t * s->S + d] > 0;
-				if (!on)
+		/* positions kept and an attention layer on the route: one backward
+		 * per downstream position (its upstream positions s <= t);
+		 * otherwise every position in one (row t feeds row t only) */
+		for (int up = lo; up < dn && fc->P; up++)
+			cross |= circ_fc_route_crosses(fc->slot, fc->parallel, up, dn);
+		for (int d = 0; d <= s->S; d++)
+			for (int tt = 0; tt < (cross ? T : 1); tt++) {
+				int any = 0;
+				for (int t = 0; t < (fc->P ? T : 1); t++) {
+					int on = !cross || t == tt;
+					double eff =
+					    fc->st[dn].batch[(size_t)t * (s->S + 1) + d] / b->B;
+					if (fabs(eff) < fc->o.node_threshold)
+						on = 0;
+					if (on &&
+					    d < s->S) { /* never active: d a_d / d y is zero */
+						int act = 0;
+						for (int r = 0; r < N && !act; r++)
+							act =
+							    (!fc->P || r % T == t) &&
+							    fc->st[dn].fc[(size_t)r * s->S + d] > 0;
+						on = act;
+					}
+					fc->tmask[t] = (uint8_t)on;
+					any |= on;
+				}
+				if (!any)
 					continue;
+				make_seed(fc, dn, d, N);
+				for (int r = 0; r < N && fc->P; r++)
+					if (!fc->tmask[r % T])
+						memset(fc->seed + (size_t)r * C, 0,
+						       C * sizeof(float));
+				memset(fc->dlogits, 0, nd * sizeof(float));
+				if (backward(fc, dn, lo, e) < 0)
+					return -1;
+				for (int up = lo; up < dn; up++)
+					add_edges(fc, up, dn, d, cross ? tt : -1, N, T);
 			}
-			make_seed(fc, dn, d, N);
-			memset(fc->dlogits, 0, nd * sizeof(float));
-			if (backward(fc, dn, e) < 0)
-				return -1;
-			for (int up = lo; up < dn; up++)
-				add_edges(fc, up, dn, d, N);
-		}
 	}
 	/* the sink: the last slot's node effects; the others by the clean
 	 * gradient with the later slots held */
 	{
 		int dn = fc->n, lo = resid_below(fc, dn), last = fc->n - 1;
-		int p = pair_index(fc, last, dn);
-		double *row = fc->pair[p].row[0];
-		if (!row)
-			row = fc->pair[p].row[0] =
-			    circ_xcalloc((size_t)fc->slot[last].S + 1, sizeof *row);
-		for (int i = 0; i <= fc->slot[last].S; i++)
+		double *row = edge_row(fc, pair_index(fc, last, dn), 0);
+		for (int64_t i = 0; i < circ_fc_slot_nodes(fc, last); i++)
 			row[i] += fc->st[last].batch[i];
 		if (lo < last) {
 			set_holds(fc, lo, dn);
 			loss_grad(fc, b);
-			if (backward(fc, -1, e) < 0)
+			if (backward(fc, -1, lo, e) < 0)
 				return -1;
+			memset(fc->tmask, 1, (size_t)b->T);
 			for (int up = lo; up < last; up++)
-				add_edges(fc, up, dn, 0, N);
+				add_edges(fc, up, dn, 0, -1, N, b->T);
 		}
 	}
 	memset(fc->hold, 0, (size_t)fc->t->n_stage);
@@ -645,6 +793,8 @@ int circ_fc_batch(circ_fc *fc, const circ_batch *b, circ_error *e)
 	if (N > fc->max_rows)
 		return circ_errorf(e, "feature circuits: a batch of %d rows, made for %d", N,
 				   fc->max_rows);
+	if (positions_check(fc, b, e) < 0)
+		return -1;
 	/* scratch, sized for this batch */
 	{
 		size_t maxs = 1;
@@ -658,6 +808,8 @@ int circ_fc_batch(circ_fc *fc, const circ_batch *b, circ_error *e)
 		free(fc->zero);
 		fc->zero = circ_xcalloc((size_t)N * C, sizeof(float));
 		fc->ig_delta = grow(fc->ig_delta, (size_t)N * C);
+		free(fc->tmask);
+		fc->tmask = circ_xcalloc((size_t)T, 1);
 	}
 	for (int k = 0; k < fc->n; k++) {
 		const circ_fc_slot *s = &fc->slot[k];
@@ -671,7 +823,7 @@ int circ_fc_batch(circ_fc *fc, const circ_batch *b, circ_error *e)
 		st->de = circ_xmalloc_aligned(no * sizeof(float));
 		st->g = circ_xcalloc(no, sizeof(float));
 		st->gf = circ_xcalloc(nf, sizeof(float));
-		st->batch = circ_xcalloc((size_t)s->S + 1, sizeof(double));
+		st->batch = circ_xcalloc((size_t)circ_fc_slot_nodes(fc, k), sizeof(double));
 	}
 	/* corrupt, then clean */
 	if (forward(fc, b, b->corrupt, NULL, e) < 0)
@@ -696,27 +848,31 @@ int circ_fc_batch(circ_fc *fc, const circ_batch *b, circ_error *e)
 	}
 	circ_metric_log_softmax(fc->clean_logp, circ_run_logits(fc->run, NULL), b->n_read, fc->V);
 	memset(fc->hold, 0, (size_t)fc->t->n_stage);
-	if (fc->o.method == CIRC_FC_ATP) {
-		loss_grad(fc, b);
-		if (backward(fc, -1, e) < 0)
-			return -1;
-		for (int k = 0; k < fc->n; k++)
-			memcpy(fc->st[k].g, circ_run_resid_grad(fc->run, fc->slot[k].stage),
-			       (size_t)N * C * sizeof(float));
-	} else {
+	/* the clean gradients: atp's, and ig's step 0 (alpha 0 is the clean run) */
+	loss_grad(fc, b);
+	if (backward(fc, -1, -1, e) < 0)
+		return -1;
+	for (int k = 0; k < fc->n; k++)
+		memcpy(fc->st[k].g, circ_run_resid_grad(fc->run, fc->slot[k].stage),
+		       (size_t)N * C * sizeof(float));
+	if (fc->o.method == CIRC_FC_IG) {
 		int steps = fc->o.steps;
-		for (int k = 0; k < fc->n; k++) {
+		/* last slot first: each forward resumes at its slot's stage from
+		 * the clean state below it, which no later slot's forward changed;
+		 * its backward stops there */
+		for (int k = fc->n - 1; k >= 0; k--) {
 			fc_state *st = &fc->st[k];
 			fc->ig_stage = fc->slot[k].stage;
-			for (int step = 0; step < steps; step++) {
+			for (int step = 1; step < steps; step++) {
 				float a = (float)step / (float)steps;
 				const float *g;
 				for (size_t i = 0; i < (size_t)N * C; i++)
 					fc->ig_delta[i] = a * (st->xp[i] - st->xc[i]);
-				if (forward(fc, b, b->clean, ig_hook, e) < 0)
+				if (forward_from(fc, b, b->clean, ig_hook, fc->slot[k].stage, e) <
+				    0)
 					return -1;
 				loss_grad(fc, b);
-				if (backward(fc, -1, e) < 0)
+				if (backward(fc, -1, k, e) < 0)
 					return -1;
 				g = circ_run_resid_grad(fc->run, fc->slot[k].stage);
 				for (size_t i = 0; i < (size_t)N * C; i++)
@@ -734,13 +890,23 @@ int circ_fc_batch(circ_fc *fc, const circ_batch *b, circ_error *e)
 		feature_grad(s, st->g, N, st->gf);
 		for (int bb = 0; bb < b->B; bb++) {
 			size_t r0 = (size_t)bb * T;
-			if (s->S)
-				col_dots(st->batch, st->df + r0 * s->S, st->gf + r0 * s->S, T,
-					 s->S);
-			st->batch[s->S] +=
-			    dot_rows(st->de + r0 * s->O, st->g + r0 * s->O, (size_t)T * s->O);
+			if (!fc->P) {
+				if (s->S)
+					col_dots(st->batch, st->df + r0 * s->S, st->gf + r0 * s->S,
+						 T, s->S);
+				st->batch[s->S] += dot_rows(st->de + r0 * s->O, st->g + r0 * s->O,
+							    (size_t)T * s->O);
+				continue;
+			}
+			for (size_t r = r0; r < r0 + (size_t)T; r++) {
+				double *nb = st->batch + (r - r0) * (size_t)(s->S + 1);
+				if (s->S)
+					col_dots(nb, st->df + r * s->S, st->gf + r * s->S, 1, s->S);
+				nb[s->S] +=
+				    dot_rows(st->de + r * s->O, st->g + r * s->O, (size_t)s->O);
+			}
 		}
-		for (int i = 0; i <= s->S; i++)
+		for (int64_t i = 0; i < circ_fc_slot_nodes(fc, k); i++)
 			fc->nsum[k][i] += st->batch[i];
 	}
 	if (fc->o.edges && batch_edges(fc, b, e) < 0)
@@ -774,7 +940,8 @@ static int batch_rows_check(const circ_fc *fc, const circ_batch *b, circ_error *
 int circ_fc_means_add(circ_fc *fc, const circ_batch *b, circ_error *e)
 {
 	int N = b->B * b->T;
-	if (batch_rows_check(fc, b, e) < 0 || forward(fc, b, b->clean, NULL, e) < 0)
+	if (batch_rows_check(fc, b, e) < 0 || positions_check(fc, b, e) < 0 ||
+	    forward(fc, b, b->clean, NULL, e) < 0)
 		return -1;
 	if (!fc->mean_f) {
 		fc->mean_f = circ_xcalloc((size_t)fc->n, sizeof *fc->mean_f);
@@ -856,11 +1023,12 @@ static int ablate_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 		for (int row = 0; row < N; row++) {
 			int t = row % circ_run_t(r);
 			double inv = 1.0 / (double)fc->mean_count[t];
+			const uint8_t *kt = keep + (fc->P ? (size_t)t * (s->S + 1) : 0);
 			for (int i = 0; i < s->S; i++)
-				if (!keep[i])
+				if (!kt[i])
 					f[(size_t)row * s->S + i] =
 					    (float)(fc->mean_f[k][(size_t)t * s->S + i] * inv);
-			if (!keep[s->S])
+			if (!kt[s->S])
 				for (int i = 0; i < C; i++)
 					er[(size_t)row * C + i] =
 					    (float)(fc->mean_e[k][(size_t)t * C + i] * inv);
@@ -892,7 +1060,7 @@ int circ_fc_ablate(circ_fc *fc, const circ_batch *b, uint8_t *const *keep, doubl
 {
 	const float *logits;
 	double sum = 0;
-	if (batch_rows_check(fc, b, e) < 0)
+	if (batch_rows_check(fc, b, e) < 0 || positions_check(fc, b, e) < 0)
 		return -1;
 	if (keep && !fc->mean_rows)
 		return circ_errorf(e, "feature circuits: ablation without means");
@@ -973,9 +1141,9 @@ static int cmp_fslot(const void *a, const void *b)
 
 circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e)
 {
-	const msgpack_object *g = circ_rec_get(hdr, "graph"), *ds, *in;
+	const msgpack_object *g = circ_rec_get(hdr, "graph"), *ds, *in, *pos;
 	circ_fgraph *fg;
-	int input;
+	int input, P = 0;
 	if (!circ_fgraph_is_feature(hdr))
 		return circ_errorf(e, "header: field 'graph': not a feature graph"), NULL;
 	ds = circ_rec_get(g, "dictionaries");
@@ -986,7 +1154,22 @@ circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e)
 				      "array"),
 		       NULL;
 	input = !in || circ_obj_str_eq(in, "node");
+	pos = circ_rec_get(g, "positions");
+	if (pos && circ_obj_str_eq(pos, "kept")) {
+		int64_t v;
+		if (circ_rec_i64(g, "n_positions", &v, e) < 0 || v < 1 || v > (1 << 20))
+			return circ_errorf(e, "header: field 'graph': positions kept needs "
+					      "'n_positions' (1 or more)"),
+			       NULL;
+		P = (int)v;
+	} else if (pos && !circ_obj_str_eq(pos, "summed"))
+		return circ_errorf(e, "header: field 'graph': 'positions' must be \"summed\" or "
+				      "\"kept\""),
+		       NULL;
 	fg = circ_xcalloc(1, sizeof *fg);
+	fg->P = P;
+	fg->parallel =
+	    circ_rec_get(g, "blocks") && circ_obj_str_eq(circ_rec_get(g, "blocks"), "parallel");
 	fg->n = (int)ds->via.array.size + input;
 	fg->slot = circ_xcalloc((size_t)fg->n, sizeof *fg->slot);
 	for (int i = 0; i < (int)ds->via.array.size; i++) {
@@ -1022,18 +1205,75 @@ circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e)
 			circ_fgraph_free(fg);
 			return NULL;
 		}
-		fg->n_nodes += fg->slot[k].S + 1;
+		fg->n_nodes += circ_fgraph_slot_nodes(fg, k);
 	}
+	/* positions kept: P pairs of positions on a local route, P (P + 1) / 2
+	 * through attention, P into the sink */
 	for (int dn = 1; dn <= fg->n; dn++) {
 		int64_t nd = dn == fg->n ? 1 : fg->slot[dn].S + 1;
-		for (int up = slot_below(fg->slot, dn); up < dn; up++)
-			fg->n_edges += nd * (fg->slot[up].S + 1);
+		for (int up = slot_below(fg->slot, dn); up < dn; up++) {
+			int64_t np =
+			    !P ? 1
+			    : dn == fg->n || !circ_fc_route_crosses(fg->slot, fg->parallel, up, dn)
+				? P
+				: (int64_t)P * (P + 1) / 2;
+			fg->n_edges += np * nd * (fg->slot[up].S + 1);
+		}
 	}
 	return fg;
 }
 
+int64_t circ_fgraph_slot_nodes(const circ_fgraph *g, int k)
+{
+	return k == g->n ? 1 : set_nodes(g->slot[k].S, g->P);
+}
+
+void circ_fgraph_node_name(const circ_fgraph *g, int k, int i, char *out, size_t n)
+{
+	node_name(k == g->n ? NULL : &g->slot[k], g->P, i, out, n);
+}
+
+static int fgraph_node_at(const circ_fgraph *g, const char *name, size_t n, int *k, int *i,
+			  circ_error *e);
+
 int circ_fgraph_node(const circ_fgraph *g, const char *name, size_t n, int *k, int *i,
 		     circ_error *e)
+{
+	size_t at = n;
+	long t = 0;
+	while (at > 0 && name[at - 1] != '@')
+		at--;
+	if (!at) { /* no "@" */
+		if (g->P && !(n == 6 && !strncmp(name, "logits", 6)))
+			return circ_errorf(e,
+					   "node '%.*s': positions are kept in this graph: "
+					   "'<node>@<t>'",
+					   (int)n, name);
+		return fgraph_node_at(g, name, n, k, i, e);
+	}
+	if (!g->P)
+		return circ_errorf(e, "node '%.*s': positions are summed in this graph (no '@<t>')",
+				   (int)n, name);
+	if (at == n || (name[at] == '0' && at + 1 < n))
+		return circ_errorf(e, "node '%.*s': '@' takes a position", (int)n, name);
+	for (size_t p = at; p < n; p++) {
+		if (name[p] < '0' || name[p] > '9' || t > g->P)
+			return circ_errorf(e, "node '%.*s': '@' takes a position", (int)n, name);
+		t = t * 10 + (name[p] - '0');
+	}
+	if (t >= g->P)
+		return circ_errorf(e, "node '%.*s': position %ld of %d", (int)n, name, t, g->P);
+	if (fgraph_node_at(g, name, at - 1, k, i, e) < 0)
+		return -1;
+	if (*k == g->n)
+		return circ_errorf(e, "node '%.*s': logits has no position", (int)n, name);
+	*i += (int)t * (g->slot[*k].S + 1);
+	return 0;
+}
+
+/* A node name without "@<t>". */
+static int fgraph_node_at(const circ_fgraph *g, const char *name, size_t n, int *k, int *i,
+			  circ_error *e)
 {
 	size_t dot = 0;
 	if (n == 6 && !strncmp(name, "logits", 6)) {
@@ -1102,5 +1342,20 @@ int circ_fgraph_edge(const circ_fgraph *g, const char *name, size_t n, int *uk, 
 				   "dictionary feeds the next ones up to the next resid "
 				   "dictionary)",
 				   (int)n, name);
+	if (g->P && *dk < g->n) {
+		int s = *ui / (g->slot[*uk].S + 1), t = *di / (g->slot[*dk].S + 1);
+		if (s > t)
+			return circ_errorf(e,
+					   "edge '%.*s': not an edge of the feature graph (a "
+					   "position feeds itself and, through attention, later "
+					   "ones)",
+					   (int)n, name);
+		if (s < t && !circ_fc_route_crosses(g->slot, g->parallel, *uk, *dk))
+			return circ_errorf(e,
+					   "edge '%.*s': not an edge of the feature graph (no "
+					   "attention layer on this route: one position to "
+					   "itself)",
+					   (int)n, name);
+	}
 	return 0;
 }

@@ -50,13 +50,32 @@
  * dictionary its edge is its node effect (as Marks et al. take
  * effects[resid_last]); from the others the clean loss gradient with the
  * later dictionaries held, times the delta.
+ * Positions kept (keep_positions; Marks et al.'s aggregation "none", for
+ * templatic data: every example of one length P): node (t, i) is the term
+ * of position t alone, and the edge u@s -> d@t the term of d at t
+ * differentiated with respect to u at s; s = t unless the route from U to
+ * D passes through an attention layer no dictionary between them holds
+ * (circ_fc_route_crosses), then every s <= t. Summed over positions they
+ * are the summed graph's nodes and edges. A downstream node on a crossing
+ * route costs one backward per position (seeded there alone); on a local
+ * route one backward serves every position.
  * Cost: one backward pass per batch for every downstream node whose |mean
  * effect over the batch| is at least the node threshold (a feature never
  * active in the batch's clean run has zero edges into it and is skipped),
- * plus one for the sink; a forward and a backward per dictionary and step
- * for ig node effects, with every later receiver patched (circ's
- * per-receiver path: about 3x a plain pass on GPT-2 small).
+ * plus one for the sink, each stopped below the lowest upstream
+ * dictionary's stage; for ig node effects a clean forward and backward
+ * (atp's, and every dictionary's step 0), then per dictionary (last first)
+ * and step 1 .. steps-1 a forward resumed at its stage from the clean state
+ * below it, with every later receiver patched (circ's per-receiver path),
+ * and a backward stopped at its stage.
  *
+ * Families: every family circ reads (GPT-2, llama, mistral, qwen2/3,
+ * gemma 1/2/3, olmo2, gpt_neox): a dictionary's gradient is the residual
+ * gradient at its stage, seeds and holds are node output gradients (a head's
+ * output is its share of a normed attention output where the family has
+ * such a norm: model.h); parallel blocks (gpt_neox) have no hook_attn_out
+ * (lib/dict refuses it) and their MLP reads the residual before the
+ * attention of its block.
  * Layering: fcircuit uses util, kernels, topology, model, metric, batch,
  * dict.
  */
@@ -88,6 +107,8 @@ typedef struct circ_fc_opts {
 	double node_threshold; /* edges into nodes whose |batch mean effect| >= this (0) */
 	int threads;	       /* of the run (default 1) */
 	circ_metric_kind metric;
+	int keep_positions; /* 1: nodes per token position (Marks et al.'s aggregation
+			     * "none"); 0 (default): summed over positions */
 } circ_fc_opts;
 void circ_fc_opts_default(circ_fc_opts *o);
 
@@ -104,7 +125,7 @@ typedef struct circ_fc_slot {
 
 typedef struct circ_fc circ_fc;
 
-/* A scorer of model m (GPT-2 blocks) with the dictionaries of set (not
+/* A scorer of model m (any family) with the dictionaries of set (not
  * owned; each checked against m and with a supported hook point: resid_pre
  * of layer 0, attn_out, mlp_out or resid_post; SAEs only; at most one a
  * point), for batches of up to max_b x max_t tokens. NULL with a message
@@ -121,11 +142,17 @@ int64_t circ_fc_count(const circ_fc *fc); /* examples added */
  * first); the sink logits is not one of them. */
 int circ_fc_n_slots(const circ_fc *fc);
 const circ_fc_slot *circ_fc_slot_get(const circ_fc *fc, int k);
-/* Sums over examples of the node effects of slot k: (S + 1), the error (or
- * input) node last. */
+/* Positions kept: P, the examples' length (set by the first batch); 0 when
+ * positions are summed (or no batch yet). */
+int circ_fc_positions(const circ_fc *fc);
+/* Nodes of slot k: S + 1 summed, P (S + 1) kept (node t (S + 1) + i is
+ * feature i, or the error when i == S, at position t); 1 for the sink. */
+int64_t circ_fc_slot_nodes(const circ_fc *fc, int k);
+/* Sums over examples of the node effects of slot k: circ_fc_slot_nodes
+ * entries, per position the error (or input) node last. */
 const double *circ_fc_node_sums(const circ_fc *fc, int k);
-/* Name of node i of slot k ("resid3.f17", "resid3.err", "input"); slot
- * n_slots is the sink "logits". */
+/* Name of node i of slot k ("resid3.f17", "resid3.err", "input", with
+ * "@<t>" when positions are kept); slot n_slots is the sink "logits". */
 void circ_fc_node_name(const circ_fc *fc, int k, int i, char *out, size_t n);
 /* Calls fn for every edge with a non-zero sum, downstream slot by slot
  * (logits last), then downstream node, upstream slot and node: the slots
@@ -143,6 +170,10 @@ int circ_fc_edges(const circ_fc *fc, circ_fc_edge_fn fn, void *ctx);
  * prompts), as Marks et al.'s mean ablation averages over the batch per
  * position. */
 
+/* Positions kept: keep[k] has circ_fc_slot_nodes entries and a node is
+ * ablated at its own position only; every batch's examples must have the
+ * length of the first (means included). */
+
 /* Adds the clean activations' features and errors of batch b to the means. */
 int circ_fc_means_add(circ_fc *fc, const circ_batch *b, circ_error *e);
 /* Sum over b's examples of the metric (not the loss) with the nodes whose
@@ -158,6 +189,8 @@ int circ_fc_ablate(circ_fc *fc, const circ_batch *b, uint8_t *const *keep, doubl
  * same edge pattern as circ_fc. */
 typedef struct circ_fgraph {
 	int n;		    /* node sets (input first when "input" is "node") */
+	int P;		    /* "positions": "kept": "n_positions"; 0 when "summed" */
+	int parallel;	    /* "blocks": "parallel" */
 	circ_fc_slot *slot; /* (n): name, S, resid, hook (layer, kind); d is NULL */
 	int64_t n_nodes;    /* every node but logits */
 	int64_t n_edges;    /* every edge of the pattern, logits' included */
@@ -167,14 +200,31 @@ int circ_fgraph_is_feature(const msgpack_object *hdr);
 /* NULL with "header: field 'graph': ..." naming the problem. */
 circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e);
 void circ_fgraph_free(circ_fgraph *g); /* NULL is a no-op */
-/* Node name (n bytes, no "@<t>") into *k (n for logits) and *i; -1 with
- * "node '<name>': ..." if it does not parse or is not in g. */
+/* Nodes of node set k (as circ_fc_slot_nodes). */
+int64_t circ_fgraph_slot_nodes(const circ_fgraph *g, int k);
+/* Name of node i of node set k (k == n: "logits"), as circ_fc_node_name. */
+void circ_fgraph_node_name(const circ_fgraph *g, int k, int i, char *out, size_t n);
+/* Node name (n bytes; "@<t>" exactly when positions are kept, but never on
+ * logits) into *k (n for logits) and *i (t (S + 1) + feature when kept); -1
+ * with "node '<name>': ..." if it does not parse or is not in g. */
 int circ_fgraph_node(const circ_fgraph *g, const char *name, size_t n, int *k, int *i,
 		     circ_error *e);
 /* Edge name "<up>-><down>" into its nodes; -1 with "edge '<name>': ..."
- * if a node is bad or the pair is not an edge of the pattern. */
+ * if a node is bad or the pair is not an edge of the pattern (positions
+ * kept: up@s -> down@t needs s <= t, and s == t unless an attention layer
+ * the edge's route passes through is not held: circ_fc_route_crosses). */
 int circ_fgraph_edge(const circ_fgraph *g, const char *name, size_t n, int *uk, int *ui, int *dk,
 		     int *di, circ_error *e);
+
+/* 1 if the route from node set up to node set dn < n of sl (forward order;
+ * parallel: the model's blocks are parallel) passes through an
+ * attention layer that no node set strictly between them holds: then up@s feeds dn@t for every s <=
+ * t; else (only MLPs, norms and the residual stream) s == t. */
+int circ_fc_route_crosses(const circ_fc_slot *sl, int parallel, int up, int dn);
+/* 1 if the scorer's model has parallel blocks (GPT-NeoX's
+ * use_parallel_residual: the MLP reads the residual before the attention;
+ * the header's graph then says "blocks": "parallel"). */
+int circ_fc_parallel(const circ_fc *fc);
 
 /* "sha256:<hex>" of a dictionary as loaded: its architecture name, hook,
  * sizes and f32 parameters (the same files give the same digest). */

@@ -34,7 +34,7 @@ sub_set() {
 	/usr/bin/python3 $DREF make "$T/sub/d" --arch standard --hook blocks.1.hook_mlp_out --d-in 24 --d-sae 12 --seed 14
 }
 
-check() { # set ref-options -- circ-score options
+check() { # set ref-options -- circ-score options (model $M)
 	local set=$1
 	shift
 	local ro=()
@@ -149,6 +149,12 @@ PY
 	[[ "$stderr" == *"go with --method feature-atp or feature-ig"* ]]
 }
 
+# circ-prune --truth with one edge is refused with a message containing $3.
+truth_refused() { # scores edge message
+	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo "{\"edge\": \"$2\"}") "$1"
+	[[ "$stderr" == *"$3"* ]]
+}
+
 @test "circ-prune on feature scores: node and edge thresholds (Marks et al.), top-n, --truth AUC over every edge of the graph" {
 	sub_set
 	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/s.circ" $TOK
@@ -202,12 +208,9 @@ auc = wins / (4 * len(neg))
 assert ev["n_truth"] == 4 and ev["tp"] == 3 and ev["fn"] == 1 and ev["fp"] == 0, ev
 assert abs(ev["auc"] - auc) < 1e-12, (ev["auc"], auc)
 PY
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "attn1.f3->resid0.f2"}') "$T/s.circ"
-	[[ "$stderr" == *"edge 'attn1.f3->resid0.f2': not an edge of the feature graph"* ]]
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp0.f99->resid0.f2"}') "$T/s.circ"
-	[[ "$stderr" == *"node 'mlp0.f99': feature 99 of 12"* ]]
-	run --separate-stderr -1 circ-prune --top-n 3 --truth <(echo '{"edge": "mlp7.f1->resid0.f2"}') "$T/s.circ"
-	[[ "$stderr" == *"node 'mlp7.f1': not a node of this feature graph"* ]]
+	truth_refused "$T/s.circ" "attn1.f3->resid0.f2" "edge 'attn1.f3->resid0.f2': not an edge of the feature graph"
+	truth_refused "$T/s.circ" "mlp0.f99->resid0.f2" "node 'mlp0.f99': feature 99 of 12"
+	truth_refused "$T/s.circ" "mlp7.f1->resid0.f2" "node 'mlp7.f1': not a node of this feature graph"
 	run --separate-stderr -2 circ-prune --greedy 3 "$T/s.circ"
 	[[ "$stderr" == *"feature graphs take --top-n or --threshold"* ]]
 	circ-score --model $M --method eap -o "$T/eap.circ" $TOK
@@ -296,4 +299,167 @@ PY
 	[[ "$stderr" == *"scores of another feature graph, method, metric, model or number of steps"* ]]
 	run --separate-stderr -1 circ-score --merge "$T/a.circ" "$T/a.circ"
 	[[ "$stderr" == *"the same shard twice"* ]]
+}
+
+# ---- positions kept (--positions keep: Marks et al.'s aggregation "none") ----
+
+@test "--positions keep: every node and edge per position against the reference (atp, full set and subset; ig)" {
+	full_set
+	check "$T/set" --positions keep -- --method feature-atp --positions keep
+	# 7 dictionaries x 17 nodes x 7 positions
+	[ "$(grep -c '"node":' "$T/c.jsonl")" -eq 833 ]
+	head -1 "$T/c.jsonl" | jq -e '.graph.positions == "kept" and .graph.n_positions == 7'
+	# through attention, earlier positions feed later ones; never the reverse
+	grep -q '"edge":"resid_pre0.[a-z0-9]*@1->attn0.[a-z0-9]*@4"' "$T/c.jsonl"
+	run grep -c -e '"edge":"[^"]*@[4-6]->[^"]*@[0-3]"' "$T/c.jsonl"
+	[ "$output" = 0 ]
+	# resid0 -> resid1 with attn1 and mlp1 held: one position to itself (the
+	# last, read one: resid1 reaches the logits at no other)
+	run grep -c -e '"edge":"resid0\.[a-z0-9]*@[0-5]->resid1\.' "$T/c.jsonl"
+	[ "$output" = 0 ]
+	grep -q '"edge":"resid0\.[a-z0-9]*@6->resid1\.[a-z0-9]*@6"' "$T/c.jsonl"
+	sub_set
+	check "$T/sub" --positions keep -- --method feature-atp --positions keep
+	# no attn0 dictionary: input -> mlp0 crosses positions through attention 0
+	grep -q '"edge":"input@1->mlp0.[a-z0-9]*@4"' "$T/c.jsonl"
+	check "$T/sub" --positions keep --ig 3 -- --method feature-ig --steps 3 --positions keep
+}
+
+# Sums of a kept graph over its positions, by name without "@<t>".
+sum_positions() {
+	/usr/bin/python3 - "$1" "$2" <<'PY'
+import json, re, sys
+def rd(p, strip):
+    out = {}
+    for r in map(json.loads, open(p)):
+        k = r.get("node") or r.get("edge")
+        if k and "sum" in r:
+            k = re.sub(r"@[0-9]+", "", k) if strip else k
+            out[k] = out.get(k, 0.0) + r["sum"]
+    return out
+kept, summed = rd(sys.argv[1], True), rd(sys.argv[2], False)
+scale = {e: max(abs(v) for k, v in summed.items() if ("->" in k) == e) for e in (True, False)}
+bad = 0
+for k in set(kept) | set(summed):
+    s = scale["->" in k]
+    if abs(kept.get(k, 0) - summed.get(k, 0)) > 1e-5 * s:
+        print(k, kept.get(k), summed.get(k)); bad += 1
+print(len(kept), "compared")
+sys.exit(1 if bad else 0)
+PY
+}
+
+@test "--positions keep summed over positions gives the summed graph (atp and ig)" {
+	full_set
+	for m in feature-atp "feature-ig --steps 3"; do
+		circ-score --model $M --dict "$T/set" --method $m --positions keep --json $TOK >"$T/k.jsonl"
+		circ-score --model $M --dict "$T/set" --method $m --json $TOK >"$T/s.jsonl"
+		sum_positions "$T/k.jsonl" "$T/s.jsonl"
+	done
+	# the check fails on a changed graph: one per-position edge's sum off by 1
+	/usr/bin/python3 - "$T/k.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+e = next(r for r in recs if "@" in r.get("edge", ""))
+e["sum"] += 1
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in recs))
+PY
+	run sum_positions "$T/k.jsonl" "$T/s.jsonl"
+	[ "$status" -ne 0 ]
+}
+
+@test "--positions keep: examples of unequal length are refused by id; the stream validates" {
+	sub_set
+	{ cat $TOK; echo '{"id": 9, "clean": [1, 2, 3], "corrupt": [1, 2, 4], "pos": 2, "answer": [5], "wrong": [6]}'; } | sed 's/"n_examples":[0-9]*,//' >"$T/u.jsonl"
+	run --separate-stderr -1 circ-score --model $M --dict "$T/sub" --method feature-atp --positions keep $T/u.jsonl
+	[[ "$stderr" == *"example 9: 3 tokens, the first example 7 (positions kept: every example must have the same length)"* ]]
+	run --separate-stderr -2 circ-score --model $M --dict "$T/sub" --method feature-atp --positions some $TOK
+	[[ "$stderr" == *"--positions: 'some' is not sum or keep"* ]]
+	run --separate-stderr -2 circ-score --model $M --positions keep $TOK
+	[[ "$stderr" == *"'--positions' go"*"with --method feature-atp or feature-ig"* ]]
+	circ-score --model $M --dict "$T/sub" --method feature-atp --positions keep -o "$T/s.circ" $TOK
+	circ-cat "$T/s.circ" | tests/validate.py schemas/scores.schema.json
+}
+
+@test "--positions keep: circ-prune (thresholds, --truth over every per-position edge) and circ-patch --dict against the reference" {
+	sub_set
+	circ-score --model $M --dict "$T/sub" --method feature-atp --positions keep -o "$T/s.circ" $TOK
+	circ-prune --threshold 0.05 --node-threshold 0.05 -o "$T/c.circ" "$T/s.circ"
+	circ-cat "$T/c.circ" | tests/validate.py schemas/circuit.schema.json
+	circ-cat "$T/c.circ" >"$T/c.jsonl"
+	circ-cat "$T/s.circ" >"$T/s.jsonl"
+	# every edge of the pattern: input -> mlp0, input -> resid0 and resid0 -> attn1
+	# cross positions (28 pairs of 7), the others one position (7), logits 7:
+	# 28*13 + 28*13 + 28*169 + 7*13*13 (mlp0->resid0) + 2*7*169 (-> mlp1) + 7*39
+	jq -e '.n_edges_total == 364 + 364 + 4732 + 1183 + 2366 + 273' "$T/c.jsonl" | head -1 | grep -q true
+	grep -q '"node":"[a-z0-9_.]*@[0-9]"' "$T/c.jsonl"
+	# truth: two scored per-position edges and an unscored one
+	jq -c 'select(.edge) | {edge, a: (.score | fabs)}' "$T/s.jsonl" | sort -t: -k3 -g | tail -2 | jq -c '{edge}' >"$T/truth.jsonl"
+	miss=$(/usr/bin/python3 -c '
+import json, sys
+have = {json.loads(l).get("edge") for l in open(sys.argv[1])}
+print(next(e for e in ("resid0.f%d@%d->attn1.f%d@6" % (i, s, j) for s in range(7) for i in range(12) for j in range(12)) if e not in have))' "$T/s.jsonl")
+	echo "{\"edge\": \"$miss\"}" >>"$T/truth.jsonl"
+	circ-prune --top-n 2 --truth "$T/truth.jsonl" --report "$T/rep.json" --json "$T/s.circ" >"$T/p.jsonl"
+	jq -e '.n_truth == 3 and .tp == 2 and .fn == 1 and .tn == 9282 - 3' "$T/rep.json"
+	truth_refused "$T/s.circ" "resid0.f3@4->attn1.f2@2" "edge 'resid0.f3@4->attn1.f2@2': not an edge of the feature graph (a position feeds itself and, through attention, later ones)"
+	truth_refused "$T/s.circ" "resid0.f3@1->mlp1.f2@2" "no attention layer on this route: one position to itself"
+	truth_refused "$T/s.circ" "resid0.f3->mlp1.f2" "node 'resid0.f3': positions are kept in this graph"
+	truth_refused "$T/s.circ" "resid0.f3@7->mlp1.f2@7" "node 'resid0.f3@7': position 7 of 7"
+	# faithfulness and completeness with per-position mean ablation
+	circ-patch --model $M --dict "$T/sub" --circuit "$T/c.circ" --json $TOK >"$T/p.jsonl"
+	/usr/bin/python3 $REF ablate $M "$T/sub" $TOK "$T/c.jsonl" --positions keep >"$T/r.json"
+	/usr/bin/python3 - "$T/p.jsonl" "$T/r.json" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+h, rec = lines[0], lines[1]
+r = json.load(open(sys.argv[2]))
+close = lambda a, b: abs(a - b) <= 1e-5 * (abs(b) + 1)
+assert close(h["metric_model"], r["metric_model"]) and close(h["metric_empty"], r["metric_empty"]), (h, r)
+assert close(rec["metric"], r["metric_circuit"]), (rec, r)
+den = r["metric_model"] - r["metric_empty"]
+assert abs(rec["completeness"] - (r["metric_complement"] - r["metric_empty"]) / den) < 1e-4
+assert 0 < rec["n_nodes"] < 371, rec
+PY
+	# a summed graph's node names are refused on a kept graph's scores (and back)
+	circ-score --model $M --dict "$T/sub" --method feature-atp -o "$T/sum.circ" $TOK
+	truth_refused "$T/sum.circ" "resid0.f3@1->mlp1.f2@1" "node 'resid0.f3@1': positions are summed in this graph (no '@<t>')"
+}
+
+# ---- every model family (tests/data/families, tests/ref/families.py) ----
+
+@test "every model family: feature-atp against the reference; feature-ig with positions kept on gpt_neox (parallel), gemma2, llama" {
+	for d in tests/data/families/*/; do
+		d=${d%/}
+		[ -f "$d/config.json" ] || continue
+		f=$(basename "$d")
+		C=$(jq .hidden_size "$d/config.json")
+		L=$(jq .num_hidden_layers "$d/config.json")
+		par=$(jq -r '.use_parallel_residual // false' "$d/config.json")
+		# embed, and per layer of the first two (the others run through)
+		# attn (not in parallel blocks: circ reads no hook_attn_out there), mlp, resid
+		hooks="blocks.0.hook_resid_pre"
+		for l in 0 1; do
+			[ "$par" = true ] || hooks="$hooks blocks.$l.hook_attn_out"
+			hooks="$hooks blocks.$l.hook_mlp_out blocks.$l.hook_resid_post"
+		done
+		i=0
+		for h in $hooks; do
+			i=$((i + 1))
+			/usr/bin/python3 $DREF make "$T/$f/d$i" --arch standard --hook $h --d-in $C --d-sae 8 --seed $i
+		done
+		echo "# $f ($L layers, parallel $par)"
+		M=$d check "$T/$f" -- --method feature-atp
+		# ig with positions kept where the blocks differ most from GPT-2's:
+		# parallel (gpt_neox), norms after attention and MLP (gemma2), and llama
+		case $f in gpt_neox | gemma2 | llama) ;; *) continue ;; esac
+		M=$d check "$T/$f" --positions keep --ig 2 -- --method feature-ig --steps 2 --positions keep
+		if [ "$par" = true ]; then
+			head -1 "$T/c.jsonl" | jq -e '.graph.blocks == "parallel"'
+			# a parallel block's MLP reads the residual before the attention:
+			# resid_pre0 -> mlp0 joins one position to itself
+			run grep -c -e '"edge":"resid_pre0\.[a-z0-9]*@0->mlp0\.[a-z0-9]*@[1-6]"' "$T/c.jsonl"
+			[ "$output" = 0 ]
+		fi
+	done
 }

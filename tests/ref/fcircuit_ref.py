@@ -19,19 +19,27 @@ uses receiver deltas, residual gradients and seeded backward passes.
       leaves, times U's deltas, summed.
   sink: the last dictionary's node effects; the others' clean gradient
       with the later dictionaries held.
+  --positions keep (Marks et al.'s aggregation "none"): one node per
+      feature and position ("resid0.f3@5"); the edge into a downstream
+      node at position t is differentiated from that position's term
+      alone, the upstream position s kept apart: every (s, t) is written,
+      those the model cannot join (s > t, or s != t on a route without
+      attention) come out 0 from autograd itself.
 
 Usage:
   fcircuit_ref.py MODEL DICTSET TOKENS.jsonl [--ig STEPS] [--nodes-only]
+                 [--positions keep]
       prints {"node": name, "sum": s} and {"edge": name, "sum": s} lines
-      (sums over examples, positions summed).
-  fcircuit_ref.py ablate MODEL DICTSET TOKENS.jsonl CIRCUIT.jsonl
+      (sums over examples, positions summed unless kept).
+  fcircuit_ref.py ablate MODEL DICTSET TOKENS.jsonl CIRCUIT.jsonl [--positions keep]
       Marks et al.'s run_with_ablations with mean ablation: the nodes of the
       circuit's {"node"} records kept, every other node (features, errors,
       input) set to its mean at its position over the clean prompts that
       reach it, each dictionary in
       forward order splitting the activation the earlier ones left; prints
       {"metric_model", "metric_empty", "metric_circuit", "metric_complement"}
-      (means over examples of logit_diff).
+      (means over examples of logit_diff). With --positions keep the circuit's
+      nodes are '<node>@<t>' and each is kept at its own position only.
   fcircuit_ref.py compare CIRC.jsonl REF.jsonl [--rtol R]
       every node and edge of either within rtol (default 1e-3) of the
       reference, relative to the largest |value| of its kind (+ 1e-9);
@@ -44,8 +52,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dict_ref import forward, load_set  # noqa: E402
-from gpt2_ref import load_model  # noqa: E402
+from dict_ref import forward, load_model, load_set  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 
@@ -107,7 +114,7 @@ def run(model, tok, ex, repl):
     return loss_of(logits, ex)
 
 
-def example(model, sl, ex, ig, nodes_only, nodes, edges):
+def example(model, sl, ex, ig, nodes_only, nodes, edges, keep=False):
     clean = torch.tensor(ex["clean"]["data"])
     corrupt = torch.tensor(ex["corrupt"]["data"])
     _, cc = forward(model, clean)
@@ -137,10 +144,18 @@ def example(model, sl, ex, ig, nodes_only, nodes, edges):
             ge = ge + g[1]
         gf, ge = gf / len(alphas), ge / len(alphas)
         left.append((gf, ge))
-        eff = list((st[k]["df"] * gf).sum(0)) + [(st[k]["de"] * ge).sum()]
-        for i, v in enumerate(eff):
-            nodes[s.node(i)] = nodes.get(s.node(i), 0.0) + float(v)
+        if keep:  # (T, S + 1): per position
+            eff = torch.cat([st[k]["df"] * gf, (st[k]["de"] * ge).sum(-1, keepdim=True)], 1)
+            names = [s.node(i) + "@%d" % t for t in range(eff.shape[0])
+                     for i in range(s.S + 1)]
+            eff = list(eff.reshape(-1))
+        else:
+            eff = list((st[k]["df"] * gf).sum(0)) + [(st[k]["de"] * ge).sum()]
+            names = [s.node(i) for i in range(s.S + 1)]
+        for n, v in zip(names, eff):
+            nodes[n] = nodes.get(n, 0.0) + float(v)
         st[k]["eff"] = eff
+        st[k]["names"] = names
     if nodes_only:
         return
 
@@ -153,9 +168,13 @@ def example(model, sl, ex, ig, nodes_only, nodes, edges):
         g = torch.autograd.grad(val, [f, e], retain_graph=True, allow_unused=True)
         gfu = g[0] if g[0] is not None else torch.zeros_like(f)
         geu = g[1] if g[1] is not None else torch.zeros_like(e)
-        vals = list((st[up]["df"] * gfu).sum(0)) + [(st[up]["de"] * geu).sum()]
-        for u, v in enumerate(vals):
-            add("%s->%s" % (sl[up].node(u), dname), v)
+        if keep:
+            vals = torch.cat([st[up]["df"] * gfu,
+                              (st[up]["de"] * geu).sum(-1, keepdim=True)], 1).reshape(-1)
+        else:
+            vals = list((st[up]["df"] * gfu).sum(0)) + [(st[up]["de"] * geu).sum()]
+        for n, v in zip(st[up]["names"], vals):
+            add("%s->%s" % (n, dname), v)
 
     for dn in range(1, len(sl)):
         D = sl[dn]
@@ -177,12 +196,22 @@ def example(model, sl, ex, ig, nodes_only, nodes, edges):
             yres = y - D.dec(g, y)
             gf, ge = left[dn]
             for d in range(D.S):
-                upstream_edges(dn, up, f, e, (gf[:, d] * g[:, d]).sum(), D.node(d))
-            upstream_edges(dn, up, f, e, (ge * yres).sum(), D.node(D.S))
+                a = gf[:, d] * g[:, d]
+                if keep:
+                    for t in range(a.shape[0]):
+                        upstream_edges(dn, up, f, e, a[t], D.node(d) + "@%d" % t)
+                else:
+                    upstream_edges(dn, up, f, e, a.sum(), D.node(d))
+            a = (ge * yres).sum(-1)
+            if keep:
+                for t in range(a.shape[0]):
+                    upstream_edges(dn, up, f, e, a[t], D.node(D.S) + "@%d" % t)
+            else:
+                upstream_edges(dn, up, f, e, a.sum(), D.node(D.S))
     # sink
     last, lo = len(sl) - 1, resid_below(sl, len(sl))
-    for i, v in enumerate(st[last]["eff"]):
-        add("%s->logits" % sl[last].node(i), v)
+    for n, v in zip(st[last]["names"], st[last]["eff"]):
+        add("%s->logits" % n, v)
     for up in range(lo, last):
         f, e = leaves(sl[up], 0.0, up)
         repl = {sl[up].hook: lambda x, f=f, e=e, s=sl[up]: s.dec(f, x) + e}
@@ -197,12 +226,13 @@ def main_ref(argv):
     sl = slots_of(argv[1])
     ig = int(argv[argv.index("--ig") + 1]) if "--ig" in argv else 0
     nodes_only = "--nodes-only" in argv
+    keep = "--positions" in argv and argv[argv.index("--positions") + 1] == "keep"
     nodes, edges = {}, {}
     for line in open(argv[2]):
         ex = json.loads(line)
         if "clean" not in ex:
             continue
-        example(model, sl, ex, ig, nodes_only, nodes, edges)
+        example(model, sl, ex, ig, nodes_only, nodes, edges, keep)
     for k, v in nodes.items():
         print(json.dumps({"node": k, "sum": v}))
     for k, v in edges.items():
@@ -215,6 +245,7 @@ def main_ablate(argv):
     exs = [json.loads(l) for l in open(argv[2])]
     exs = [x for x in exs if "clean" in x]
     keep = set()
+    per_pos = "--positions" in argv and argv[argv.index("--positions") + 1] == "keep"
     for line in open(argv[3]):
         r = json.loads(line)
         if "node" in r:
@@ -243,16 +274,21 @@ def main_ablate(argv):
                 f = s.enc(x)
                 e = x - s.dec(f, x)
                 T = x.shape[0]
-                for i in range(s.S):
-                    if s.node(i) not in kept:
-                        f[:, i] = means[k][0][:T, i]
-                if s.node(s.S) not in kept:
-                    e = means[k][1][:T]
+                e = e.clone()
+                for t in range(T):
+                    at = "@%d" % t if per_pos else ""
+                    for i in range(s.S):
+                        if s.node(i) + at not in kept:
+                            f[t, i] = means[k][0][t, i]
+                    if s.node(s.S) + at not in kept:
+                        e[t] = means[k][1][t]
                 return s.dec(f, x) + e
             return None
         logits, _ = forward(model, torch.tensor(ex["clean"]["data"]), repl)
         return -float(loss_of(logits, ex))
-    every = {s.node(i) for s in sl for i in range(s.S + 1)}
+    P = max(len(ex["clean"]["data"]) for ex in exs)
+    every = {s.node(i) + ("@%d" % t if per_pos else "") for s in sl for i in range(s.S + 1)
+             for t in range(P if per_pos else 1)}
     out = {}
     for key, kept in (("metric_model", None), ("metric_empty", set()),
                       ("metric_circuit", keep), ("metric_complement", every - keep)):
