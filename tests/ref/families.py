@@ -358,7 +358,8 @@ def forward(a, W, names, tokens, hook=None):
         x = hook(b + "hook_resid_pre", x)
         if a["model_type"] == "gpt_neox" and a["parallel_residual"]:
             ln1, ln2n = p + "input_layernorm", p + "post_attention_layernorm"
-            mo = hook(b + "hook_mlp_out", mlp(norm(x, ln2n)))
+            x_in = hook(b + "hook_mlp_in", x)  # the MLP reads the block's input
+            mo = hook(b + "hook_mlp_out", mlp(ln2(x_in, ln2n)))
             x = hook(b + "hook_resid_post", x + attn(norm(x, ln1)) + mo)
             continue
         if a["model_type"] == "gpt_neox":
