@@ -237,6 +237,33 @@ static void vrows(const void *p, circ_dtype dt, size_t row0, size_t n, int C, fl
 		circ_st_to_f32(out, (const char *)p + row0 * C * 2, dt, n * C);
 }
 
+/* The logits of the final norm's output x (C): raw (V) before the soft cap
+ * and, when mean is given, mean (C) += the unembedding's rows' mean. The
+ * unembedding is read by chunks of rows (converted where narrow). */
+static void unembed(const void *p, circ_dtype dt, int V, int C, const float *x, double *raw,
+		    double *mean)
+{
+	size_t chunk = 4096;
+	float *rows = circ_xmalloc(chunk * C * sizeof *rows);
+	for (size_t v0 = 0; v0 < (size_t)V; v0 += chunk) {
+		size_t nv = (size_t)V - v0 < chunk ? (size_t)V - v0 : chunk;
+		vrows(p, dt, v0, nv, C, rows);
+		for (size_t j = 0; j < nv; j++) {
+			const float *u = rows + j * C;
+			raw[v0 + j] = dot(x, u, C);
+			for (int i = 0; mean && i < C; i++)
+				mean[i] += (double)u[i] / V;
+		}
+	}
+	free(rows);
+}
+
+/* cap tanh(z / cap), or z without a cap. */
+static double capped(double z, double cap)
+{
+	return cap > 0 ? cap * tanh(z / cap) : z;
+}
+
 /* The model's pieces into st (whose c, tc, T are set). */
 static void bind_model(state *st, const circ_model *m)
 {
@@ -753,26 +780,11 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	       *raw = circ_xmalloc((size_t)V * sizeof *raw);
 	double *mean = circ_xcalloc((size_t)C, sizeof *mean);
 	double lmax = -INFINITY, lsum = 0, zsum = 0;
-	{
-		size_t chunk = 4096;
-		float *rows = circ_xmalloc(chunk * C * sizeof *rows);
-		for (size_t v0 = 0; v0 < (size_t)V; v0 += chunk) {
-			size_t nv = (size_t)V - v0 < chunk ? (size_t)V - v0 : chunk;
-			vrows(st.unemb, st.unemb_dt, v0, nv, C, rows);
-			for (size_t j = 0; j < nv; j++) {
-				const float *u = rows + j * C;
-				double z = dot(lnf, u, C);
-				lsum += z;
-				raw[v0 + j] = z;
-				logit[v0 + j] = st.cap > 0 ? st.cap * tanh(z / st.cap) : z;
-				lmax = logit[v0 + j] > lmax ? logit[v0 + j] : lmax;
-				for (int i = 0; i < C; i++)
-					mean[i] += u[i];
-			}
-		}
-		free(rows);
-		for (int i = 0; i < C; i++)
-			mean[i] /= V;
+	unembed(st.unemb, st.unemb_dt, V, C, lnf, raw, mean);
+	for (int v = 0; v < V; v++) {
+		lsum += raw[v];
+		logit[v] = capped(raw[v], st.cap);
+		lmax = logit[v] > lmax ? logit[v] : lmax;
 	}
 	for (int v = 0; v < V; v++)
 		zsum += exp(logit[v] - lmax);
@@ -1051,17 +1063,11 @@ int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const 
 	replacement(&st, x, iv_mlp, &ctx);
 	float *r = x + (size_t)(T - 1) * C;
 	norm_fwd(&st, r, r, st.sf[T - 1], st.fin_w, st.fin_b);
-	size_t chunk = 4096;
-	float *rows = circ_xmalloc(chunk * C * sizeof *rows);
-	for (size_t v0 = 0; v0 < (size_t)V; v0 += chunk) {
-		size_t nv = (size_t)V - v0 < chunk ? (size_t)V - v0 : chunk;
-		vrows(st.unemb, st.unemb_dt, v0, nv, C, rows);
-		for (size_t j = 0; j < nv; j++) {
-			double z = dot(r, rows + j * C, C);
-			logits[v0 + j] = (float)(st.cap > 0 ? st.cap * tanh(z / st.cap) : z);
-		}
-	}
-	free(rows);
+	double *raw = circ_xmalloc((size_t)V * sizeof *raw);
+	unembed(st.unemb, st.unemb_dt, V, C, r, raw, NULL);
+	for (int v = 0; v < V; v++)
+		logits[v] = (float)capped(raw[v], st.cap);
+	free(raw);
 	free(x);
 	state_free(&st);
 	return 0;

@@ -202,12 +202,7 @@ class Model:
         par = a["model_type"] == "gpt_neox" and a["parallel_residual"]
         for l in range(self.L):
             p = names["layer"] % l
-            if a["model_type"] == "gpt_neox":
-                n1, n2 = p + "input_layernorm", p + "post_attention_layernorm"
-            elif a["norm_placement"] == "pre_post":
-                n1, n2 = p + "input_layernorm", p + "pre_feedforward_layernorm"
-            else:
-                n1, n2 = p + "input_layernorm", p + "post_attention_layernorm"
+            n1, n2 = fam.block_norms(a, p)
             pre = a["norm_placement"] != "post" or a["model_type"] == "gpt_neox"
             x_attn_in = x
             ao = self.attn(l, self.norm(x, ("n1", l), n1) if pre else x)
@@ -274,12 +269,8 @@ def intervene(argv):
 
 def build(model_dir, set_dir, ids, max_logits, logit_prob):
     r = Model(model_dir, set_dir, ids)
-    L, T, tcs, acts, errs = r.L, r.T, r.tcs, r.acts, r.errs
-    probs = torch.softmax(r.logits[-1], -1)
-    top_p, top_i = torch.topk(probs, min(max_logits, probs.shape[0]))
-    cum = torch.cumsum(top_p, 0)
-    cut = int((cum < logit_prob).sum()) + 1
-    top_p, top_i = top_p[:cut], top_i[:cut]
+    L, tcs, acts, errs = r.L, r.tcs, r.acts, r.errs
+    top_i, top_p = trace_ref.top_logits(r.logits[-1], max_logits, logit_prob)
 
     def replacement(emb, fs, es):
         pres = [None] * L
@@ -294,66 +285,16 @@ def build(model_dir, set_dir, ids, max_logits, logit_prob):
         lg = r.run(repl, emb)[-1]
         return pres, lg - lg.mean()
 
-    e0 = r.W[r.names["embed"]][r.tok] * r.a["embed_scale"]
-    emb = e0.clone().requires_grad_(True)
-    fs = [(torch.zeros(T, 1) if f is None else f.clone()).requires_grad_(True) for f in acts]
-    es = [e.clone().requires_grad_(True) for e in errs]
-    pres, dl = replacement(emb, fs, es)
-    with torch.no_grad():
-        zpres, zdl = replacement(torch.zeros_like(emb), [torch.zeros_like(f) for f in fs],
-                                 [torch.zeros_like(e) for e in es])
-    feats = []
-    for l in range(L):
-        if acts[l] is not None:
-            for t, f in torch.nonzero(acts[l]).tolist():
-                feats.append((l, t, f))
     # the clean pre-activations, independently of the replacement model
     cpre = [None if tcs[l] is None else
             (r.xin[l] * tcs[l].scale) @ tcs[l].w["W_enc"] + tcs[l].w["b_enc"] for l in range(L)]
-    for l, t, f in feats:
-        assert abs(float(cpre[l][t, f] - pres[l][t, f])) < 1e-9 * max(1, abs(float(cpre[l][t, f])))
-    nodes = [{"kind": "feature", "layer": l, "feature": f, "pos": t,
-              "act": float(acts[l][t, f]), "pre": float(pres[l][t, f]),
-              "bias": float(zpres[l][t, f])} for l, t, f in feats]
-    nodes += [{"kind": "error", "layer": l, "feature": -1, "pos": t, "act": 0.0}
-              for l in range(L) for t in range(T)]
-    nodes += [{"kind": "input", "layer": -1, "feature": ids[t], "pos": t, "act": 0.0}
-              for t in range(T)]
-    nodes += [{"kind": "logit", "layer": -1, "feature": int(i), "pos": T - 1, "act": float(pp),
-               "pre": float(dl[i]), "bias": float(zdl[i])} for i, pp in zip(top_i, top_p)]
-    n, nf = len(nodes), len(feats)
-    adj = torch.zeros(n, n)
-    targets = [pres[l][t, f] for l, t, f in feats] + [dl[i] for i in top_i]
-    for row_i, y in enumerate(targets):
-        row = row_i if row_i < nf else n - len(top_i) + (row_i - nf)
-        g = torch.autograd.grad(y, [emb] + fs + es, retain_graph=True, allow_unused=True)
-        ge, gf, gerr = g[0], g[1:1 + L], g[1 + L:]
-        for j, (l, t, f) in enumerate(feats):
-            if gf[l] is not None:
-                adj[row, j] = gf[l][t, f] * acts[l][t, f]
-        for l in range(L):
-            if gerr[l] is not None:
-                adj[row, nf + l * T:nf + (l + 1) * T] = (gerr[l] * errs[l]).sum(-1)
-        if ge is not None:
-            adj[row, nf + L * T:nf + L * T + T] = (ge * e0).sum(-1)
-    return nodes, adj, len(top_i), T, nf
-
-
-def graph(argv):
-    model, dset, ids = argv[:3]
-    o = trace_ref.opts(argv[3:], {"max_logits": "10", "logit_prob": "0.95",
-                                  "node_threshold": "0.8", "edge_threshold": "0.98"})
-    nodes, adj, nl, T, nf = build(model, dset, [int(i) for i in ids.split(",")],
-                                  int(o["max_logits"]), float(o["logit_prob"]))
-    probs = torch.tensor([nd["act"] for nd in nodes[len(nodes) - nl:]])
-    keep, ek, cum, sc, eth = trace_ref.prune(adj, nl, T, nf, probs, float(o["node_threshold"]),
-                                             float(o["edge_threshold"]))
-    for i, nd in enumerate(nodes):
-        nd["keep"] = bool(keep[i])
-        nd["influence"] = float(cum[i])
-    near = ((sc - eth).abs() <= 1e-3 * eth).nonzero().tolist()
-    json.dump({"nodes": nodes, "adj": adj.tolist(), "edge_keep": ek.nonzero().tolist(),
-               "near_threshold": near}, sys.stdout)
+    e0 = r.W[r.names["embed"]][r.tok] * r.a["embed_scale"]
+    out = trace_ref.assemble(replacement, e0, acts, errs, ids, top_i, top_p)
+    for nd in out[0]:
+        if nd["kind"] == "feature":
+            c = float(cpre[nd["layer"]][nd["pos"], nd["feature"]])
+            assert abs(c - nd["pre"]) < 1e-9 * max(1, abs(c)), (nd, c)
+    return out
 
 
 def compare_adj(argv):
@@ -395,11 +336,11 @@ def main():
     if cmd in ("graph", "intervene") and is_gpt2(argv[0]):
         return trace_ref.main()
     if cmd == "graph":
-        graph(argv)
+        trace_ref.graph(argv, build)
     elif cmd == "intervene":
         intervene(argv)
-    elif cmd == "compare":
-        trace_ref.compare(argv)
+    elif cmd in ("compare", "check-intervene", "strongest"):
+        trace_ref.main()
     elif cmd == "compare-adj":
         compare_adj(argv)
     else:
