@@ -1,8 +1,8 @@
 /*
- * circ-trace: the attribution graph of one prompt (lib/trace) on a GPT-2
- * model whose MLPs are replaced by transcoders: every active feature, error
- * node, token and top logit, the direct effects between them, pruned by
- * indirect influence as circuit-tracer prunes. Writes a circ stream (kind
+ * circ-trace: the attribution graph of one prompt (lib/trace) on a model of
+ * any family circ reads whose MLPs are replaced by transcoders: every
+ * active feature, error node, token and top logit, the direct effects
+ * between them, pruned by indirect influence as circuit-tracer prunes. Writes a circ stream (kind
  * "attribution-graph") and, with --graph-json, the graph JSON that
  * circuit-tracer's frontend and Neuronpedia's graph viewer read.
  */
@@ -48,7 +48,7 @@ enum {
 };
 
 static const circ_opt opts[] = {
-    {"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 model directory (required)"},
+    {"model", OPT_MODEL, "DIR", "Hugging Face model directory, any family circ reads (required)"},
     {"dict", OPT_DICT, "DIR",
      "transcoder set replacing the MLPs (SAELens directories or circuit-tracer files; required)"},
     {"tokens", OPT_TOKENS, "IDS", "the prompt as comma-separated token ids (else a token stream)"},
@@ -654,6 +654,7 @@ int main(int argc, char **argv)
 	circ_session_output(&s, &cli);
 	circ_hdr_field f[] = {
 	    CIRC_HDR(STR, "model_digest", s.model_digest),
+	    CIRC_HDR(STR, "model_type", circ_model_type_name(s.c->model_type)),
 	    CIRC_HDR(STR, "dict_dir", o.dict),
 	    CIRC_HDR_FN("dicts", pack_dicts, &hc),
 	    CIRC_HDR_FN("tokens", pack_tokens, g),

@@ -482,8 +482,8 @@ const float *circ_run_attn(const circ_run *r, int layer);
  * out; weighted 0 leaves the norm's weight and bias out (TransformerLens's
  * ln2.hook_normalized with fold_ln), 1 applies them (the MLP's real input;
  * Gemma's RMSNorm scale is 1 + w). A family without a norm before the MLP
- * (OLMo 2) gives the residual itself. Every family with sequential blocks;
- * -1 with a message for parallel blocks or a layer out of range. */
+ * (OLMo 2) gives the residual itself; parallel blocks (GPT-NeoX) norm the
+ * block's input. -1 with a message for a layer out of range. */
 int circ_run_mlp_input(const circ_run *r, int layer, int weighted, float *out, circ_error *e);
 /* Layer l's heads' attention-weighted values z (B*T, H*D), head-major
  * within a row, of the last forward: families other than GPT-2 keep them

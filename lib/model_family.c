@@ -1466,8 +1466,7 @@ int circ_run_mlp_input(const circ_run *r, int layer, int weighted, float *out, c
 	if (layer < 0 || layer >= r->L)
 		return circ_errorf(e, "MLP input of layer %d: the model has %d layers", layer,
 				   r->L);
-	if (m->topo->d.block != CIRC_BLOCK_SEQUENTIAL)
-		return circ_errorf(e, "MLP input of layer %d: the blocks are parallel", layer);
+	/* the MLP's stage: after the attention, or the parallel block's input */
 	const float *x = circ_run_resid(r, circ_topo_stage_mlp(m->topo, layer));
 	const float *w, *b;
 	if (c->model_type == CIRC_MODEL_GPT2) {

@@ -4,7 +4,8 @@
  * model_config.c, model_weights.c, model.c (runs: arena, accessors,
  * receiver deltas, the pool-parallel kernel wrappers), model_forward.c and
  * model_backward.c call. Not a public header: only lib/model*.c include it,
- * and lib/cdt.c, which decomposes the families' forward (fam_weights).
+ * and lib/cdt.c, which decomposes the families' forward, and lib/trace.c,
+ * which freezes it (fam_weights).
  * Dimension letters as in model.h.
  */
 #ifndef CIRC_MODEL_IMPL_H

@@ -271,13 +271,16 @@ int circ_hook_point_parse(const char *point, circ_hook_kind *k);
 int circ_hook_parse(const char *name, circ_hook *h, circ_error *e);
 /* Writes "blocks.<l>.<point>" into out (n bytes). */
 void circ_hook_format(const circ_hook *h, char *out, size_t n);
-/* 0 if the hook exists in t (layer in range; resid_mid, ln2 and mlp_in
- * need sequential blocks), else -1 with the problem. */
+/* 0 if the hook exists in t (layer in range; resid_mid needs sequential
+ * blocks: with parallel ones, mlp_in and ln2 read the block's input), else
+ * -1 with the problem. */
 int circ_hook_check(const circ_topology *t, const circ_hook *h, circ_error *e);
 /* The first stage whose input the hook's activation has fully formed
  * (where a replacement of it starts to act): attention stage of l for
  * resid_pre; the MLP stage of l for resid_mid, mlp_in, attn_out, attn.hook_z,
- * ln2; the stage after the MLP of l for mlp_out and resid_post. */
+ * ln2 (parallel blocks: the block's stage for mlp_in and ln2, the stage
+ * after it for attn_out and attn.hook_z); the stage after the MLP of l for
+ * mlp_out and resid_post. */
 int circ_hook_stage(const circ_topology *t, const circ_hook *h);
 
 #endif

@@ -81,9 +81,9 @@ int circ_hook_check(const circ_topology *t, const circ_hook *h, circ_error *e)
 	if (h->layer < 0 || h->layer >= t->d.n_layer)
 		return circ_errorf(e, "hook '%s' is not in the model: layer %d of %d", name,
 				   h->layer, t->d.n_layer);
-	int seq_only = h->kind == CIRC_HOOK_RESID_MID || h->kind == CIRC_HOOK_LN2_NORMALIZED ||
-		       h->kind == CIRC_HOOK_MLP_IN;
-	if (seq_only && t->d.block != CIRC_BLOCK_SEQUENTIAL)
+	/* parallel blocks have no residual between the attention and the MLP;
+	 * the MLP's input (and its norm) is the block's input */
+	if (h->kind == CIRC_HOOK_RESID_MID && t->d.block != CIRC_BLOCK_SEQUENTIAL)
 		return circ_errorf(e, "hook '%s' is not in the model: its blocks are parallel",
 				   name);
 	return 0;
@@ -93,9 +93,9 @@ int circ_hook_stage(const circ_topology *t, const circ_hook *h)
 {
 	switch (h->kind) {
 	case CIRC_HOOK_RESID_PRE: return circ_topo_stage_attn(t, h->layer);
-	case CIRC_HOOK_RESID_MID:
 	case CIRC_HOOK_MLP_IN:
-	case CIRC_HOOK_LN2_NORMALIZED:
+	case CIRC_HOOK_LN2_NORMALIZED: return circ_topo_stage_mlp(t, h->layer);
+	case CIRC_HOOK_RESID_MID:
 	case CIRC_HOOK_ATTN_OUT:
 	case CIRC_HOOK_ATTN_Z:
 		return t->d.block == CIRC_BLOCK_SEQUENTIAL ? circ_topo_stage_mlp(t, h->layer)

@@ -4,7 +4,11 @@
  * (circ_forward on one sequence): it gives the residuals, the attention
  * patterns and the MLP outputs from which the frozen scales, the feature
  * activations and the error nodes are taken; everything after that is the
- * linear replacement model, here.
+ * linear replacement model, here. Every family is held in one form (tlayer:
+ * a norm before the attention, values, output projection, a norm after it,
+ * a norm before the MLP), GPT-2's Conv1D matrices and the families'
+ * nn.Linear ones alike (tmat); the families' narrow matrices are converted
+ * once.
  */
 #include "trace.h"
 
@@ -14,11 +18,13 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "model_impl.h"
 #include "topology.h"
 
 /* How a transcoder reads the residual r at its MLP's input: x = r
- * (resid_mid, hook_mlp_in), x = (r - mean) / sigma (ln2.hook_normalized
- * with fold_ln), or that times ln_2's weight plus its bias (fold_ln 0). */
+ * (resid_mid, hook_mlp_in; ln2.hook_normalized of a family without a norm
+ * before the MLP), the norm without its weight (ln2.hook_normalized with
+ * fold_ln), or with its weight (and LayerNorm's bias; fold_ln 0). */
 enum { IN_RESID, IN_NORM, IN_NORM_WB };
 
 void circ_trace_opts_default(circ_trace_opts *o)
@@ -51,7 +57,7 @@ void circ_trace_node_name(const circ_tnode *nd, char *out, size_t n)
 	}
 }
 
-static int in_kind(const circ_dict *d)
+static int in_kind(const circ_config *c, const circ_dict *d)
 {
 	circ_hook h;
 	circ_error e;
@@ -59,8 +65,11 @@ static int in_kind(const circ_dict *d)
 		return -1;
 	if (h.kind == CIRC_HOOK_RESID_MID || h.kind == CIRC_HOOK_MLP_IN)
 		return IN_RESID;
-	if (h.kind == CIRC_HOOK_LN2_NORMALIZED)
+	if (h.kind == CIRC_HOOK_LN2_NORMALIZED) {
+		if (c->model_type != CIRC_MODEL_GPT2 && c->norm_place == CIRC_NORM_POST)
+			return IN_RESID;
 		return d->cfg.fold_ln ? IN_NORM : IN_NORM_WB;
+	}
 	return -1;
 }
 
@@ -68,11 +77,6 @@ int circ_trace_layers(const circ_model *m, const circ_dict_set *set, const circ_
 		      circ_error *e)
 {
 	const circ_config *c = circ_model_config(m);
-	if (c->model_type != CIRC_MODEL_GPT2)
-		return circ_errorf(e,
-				   "attribution graphs are implemented for GPT-2 models only, "
-				   "not model_type '%s'",
-				   circ_model_type_name(c->model_type));
 	for (int l = 0; l < c->n_layer; l++)
 		tc[l] = NULL;
 	for (int i = 0; i < set->n; i++) {
@@ -82,7 +86,7 @@ int circ_trace_layers(const circ_model *m, const circ_dict_set *set, const circ_
 			return -1;
 		circ_hook ho;
 		if (!d->cfg.transcoder || circ_hook_parse(d->cfg.hook_out, &ho, e) < 0 ||
-		    ho.kind != CIRC_HOOK_MLP_OUT || in_kind(d) < 0)
+		    ho.kind != CIRC_HOOK_MLP_OUT || in_kind(c, d) < 0)
 			return circ_errorf(
 			    e,
 			    "'%s': not a transcoder from an MLP's input to its output "
@@ -126,36 +130,65 @@ static double dot(const float *a, const float *b, int n)
 	return s;
 }
 
-/* 1/sigma of each row of x (T, C). */
-static void inv_sigma(float *s, const float *x, int T, int C, double eps)
+/* A matrix as the linear map x (in) -> x W (out): GPT-2's Conv1D (in, out)
+ * rows (nn 0) or nn.Linear's (out, in) (nn 1); ld its row stride. */
+typedef struct tmat {
+	const float *p;
+	int ld, nn;
+} tmat;
+
+/* y (m, out; ldy) = x (m, in; ldx) W, or with bwd dx (m, in) = dy (m, out) W^T:
+ * then x is dy (ldx) and y is dx (ldy). beta as circ_gemm's. */
+static void tlin(const tmat *W, int bwd, int m, int nin, int nout, const float *x, int ldx,
+		 float *y, int ldy, float beta)
 {
-	for (int t = 0; t < T; t++) {
-		const float *r = x + (size_t)t * C;
-		double mu = 0, v = 0;
-		for (int i = 0; i < C; i++)
-			mu += r[i];
-		mu /= C;
-		for (int i = 0; i < C; i++)
-			v += (r[i] - mu) * (r[i] - mu);
-		s[t] = (float)(1.0 / sqrt(v / C + eps));
-	}
+	if (m <= 0)
+		return;
+	if (!bwd)
+		circ_gemm(0, W->nn, m, nout, nin, 1.0f, x, ldx, W->p, W->ld, beta, y, ldy);
+	else
+		circ_gemm(0, !W->nn, m, nin, nout, 1.0f, x, ldx, W->p, W->ld, beta, y, ldy);
 }
 
-/* Everything the sweep needs, from the prompt's forward. */
+/* One layer's frozen linear pieces, every family in one form. */
+typedef struct tlayer {
+	const float *n1_w, *n1_b; /* the norm before the attention (w NULL: none, OLMo 2) */
+	tmat v;			  /* values: C -> K*D */
+	const float *v_b;	  /* (K*D) or NULL */
+	tmat o;			  /* the heads' output: H*D -> C */
+	const float *o_b;	  /* (C) or NULL */
+	const float *pa_w;	  /* the RMSNorm after the attention (Gemma 2, 3, OLMo 2) */
+	const float *n2_w, *n2_b; /* the norm before the MLP (w NULL: none) */
+} tlayer;
+
+/* Everything the sweep needs, from the model and the prompt's forward. */
 typedef struct state {
 	const circ_config *c;
-	const circ_weights *w;
 	const circ_dict *const *tc;
-	int L, H, C, D, T;
-	float *s1, *s2, *sf;  /* (L, T), (L, T), (T): frozen 1/sigma of ln_1, ln_2, ln_f */
-	float *att;	      /* (L, H, T, T) frozen patterns */
-	float *src;	      /* (n_feat + n_err + T, C): each source's output vector */
-	float *seed;	      /* (n_feat + n_logit, C): each target's gradient seed */
-	int *feat_off;	      /* (L * T + 1): first feature node of (layer, position) */
-	float **acts, **errs; /* (L) (T, S) activations, (T, C) error nodes */
-	float **xin;	      /* (L) (T, C) transcoders' inputs (NULL without one) */
-	int *kinds;	      /* (L) IN_* of each layer's transcoder */
-	float *lnf;	      /* (C) ln_f's output at the last position */
+	int L, H, K, C, D, Q, T, V;
+	int rms, parallel; /* RMSNorm; GPT-NeoX's parallel blocks */
+	float off;	   /* RMSNorm's scale offset (Gemma: 1) */
+	double eps, cap;   /* norms' epsilon; final logit soft cap (0: none) */
+	tlayer *lay;	   /* (L) */
+	float **own;	   /* (2 L) f32 copies of narrow matrices (or NULL) */
+	const void *emb;   /* (V, C) token embeddings, times escale */
+	circ_dtype emb_dt;
+	float escale;
+	const float *wpe;  /* (n_ctx, C) GPT-2's positions, or NULL */
+	const void *unemb; /* (V, C) */
+	circ_dtype unemb_dt;
+	const float *fin_w, *fin_b;
+	float *s1, *ra, *s2, *sf; /* (L, T) x3, (T): frozen scales (1/sigma or 1/rms) of
+				   * the norm before the attention, after it, before
+				   * the MLP, the final norm */
+	float *att;		  /* (L, H, T, T) frozen patterns */
+	float *src;		  /* (n_feat + n_err + T, C): each source's output vector */
+	float *seed;		  /* (n_feat + n_logit, C): each target's gradient seed */
+	int *feat_off;		  /* (L * T + 1): first feature node of (layer, position) */
+	float **acts, **errs;	  /* (L) (T, S) activations, (T, C) error nodes */
+	float **xin;		  /* (L) (T, C) transcoders' inputs (NULL without one) */
+	int *kinds;		  /* (L) IN_* of each layer's transcoder */
+	float *lnf;		  /* (C) the final norm's output at the last position */
 	circ_trace_graph *g;
 } state;
 
@@ -166,12 +199,17 @@ static void state_free(state *st)
 		free(st->errs[l]);
 		free(st->xin[l]);
 	}
+	for (int i = 0; st->own && i < 2 * st->L; i++)
+		free(st->own[i]);
+	free(st->own);
+	free(st->lay);
 	free(st->acts);
 	free(st->errs);
 	free(st->xin);
 	free(st->kinds);
 	free(st->lnf);
 	free(st->s1);
+	free(st->ra);
 	free(st->s2);
 	free(st->sf);
 	free(st->att);
@@ -180,15 +218,178 @@ static void state_free(state *st)
 	free(st->feat_off);
 }
 
+/* A family's matrix (rows, cols) as f32: in place, or a copy in *own. */
+static const float *f32_of(const fam_mat *a, size_t rows, size_t cols, float **own)
+{
+	if (a->dt == CIRC_F32)
+		return a->p;
+	*own = circ_xmalloc(rows * cols * sizeof **own);
+	circ_st_to_f32(*own, a->p, a->dt, rows * cols);
+	return *own;
+}
+
+/* Rows [row0, row0 + n) of a (V, C) matrix of dtype dt as f32 into out. */
+static void vrows(const void *p, circ_dtype dt, size_t row0, size_t n, int C, float *out)
+{
+	if (dt == CIRC_F32)
+		memcpy(out, (const float *)p + row0 * C, n * C * sizeof *out);
+	else
+		circ_st_to_f32(out, (const char *)p + row0 * C * 2, dt, n * C);
+}
+
+/* The logits of the final norm's output x (C): raw (V) before the soft cap
+ * and, when mean is given, mean (C) += the unembedding's rows' mean. The
+ * unembedding is read by chunks of rows (converted where narrow). */
+static void unembed(const void *p, circ_dtype dt, int V, int C, const float *x, double *raw,
+		    double *mean)
+{
+	size_t chunk = 4096;
+	float *rows = circ_xmalloc(chunk * C * sizeof *rows);
+	for (size_t v0 = 0; v0 < (size_t)V; v0 += chunk) {
+		size_t nv = (size_t)V - v0 < chunk ? (size_t)V - v0 : chunk;
+		vrows(p, dt, v0, nv, C, rows);
+		for (size_t j = 0; j < nv; j++) {
+			const float *u = rows + j * C;
+			raw[v0 + j] = dot(x, u, C);
+			for (int i = 0; mean && i < C; i++)
+				mean[i] += (double)u[i] / V;
+		}
+	}
+	free(rows);
+}
+
+/* cap tanh(z / cap), or z without a cap. */
+static double capped(double z, double cap)
+{
+	return cap > 0 ? cap * tanh(z / cap) : z;
+}
+
+/* The model's pieces into st (whose c, tc, T are set). */
+static void bind_model(state *st, const circ_model *m)
+{
+	const circ_config *c = st->c;
+	int L = st->L = c->n_layer, C = st->C = c->n_embd;
+	st->H = c->n_head;
+	st->K = circ_config_kv_heads(c);
+	st->D = circ_config_head_dim(c);
+	st->Q = st->H * st->D;
+	st->V = c->vocab_size;
+	st->eps = c->layer_norm_epsilon;
+	st->lay = circ_xcalloc((size_t)L, sizeof *st->lay);
+	st->own = circ_xcalloc((size_t)2 * L, sizeof *st->own);
+	if (c->model_type == CIRC_MODEL_GPT2) {
+		const circ_weights *w = circ_model_weights(m);
+		for (int l = 0; l < L; l++) {
+			const circ_layer_weights *lw = &w->layers[l];
+			tlayer *y = &st->lay[l];
+			y->n1_w = lw->ln1_w;
+			y->n1_b = lw->ln1_b;
+			y->v = (tmat){lw->attn_w + 2 * C, 3 * C, 0};
+			y->v_b = lw->attn_b + 2 * C;
+			y->o = (tmat){lw->proj_w, C, 0};
+			y->o_b = lw->proj_b;
+			y->n2_w = lw->ln2_w;
+			y->n2_b = lw->ln2_b;
+		}
+		st->emb = w->wte;
+		st->emb_dt = CIRC_F32;
+		st->escale = 1.0f;
+		st->wpe = w->wpe;
+		st->unemb = w->lm_head;
+		st->unemb_dt = CIRC_F32;
+		st->fin_w = w->lnf_w;
+		st->fin_b = w->lnf_b;
+		return;
+	}
+	const fam_weights *fw = &m->fw;
+	int KD = st->K * st->D, pre = c->norm_place != CIRC_NORM_POST;
+	st->rms = c->norm == CIRC_NORM_RMSNORM;
+	st->parallel = c->parallel_residual;
+	st->off = (float)c->norm_offset;
+	st->cap = c->final_softcap;
+	for (int l = 0; l < L; l++) {
+		const fam_layer *f = &fw->layers[l];
+		tlayer *y = &st->lay[l];
+		y->n1_w = pre ? f->n1_w : NULL;
+		y->n1_b = pre ? f->n1_b : NULL;
+		y->v = (tmat){f32_of(&f->v_w, (size_t)KD, (size_t)C, &st->own[2 * l]), C, 1};
+		y->v_b = f->v_b;
+		y->o = (tmat){f32_of(&f->o_w, (size_t)C, (size_t)st->Q, &st->own[2 * l + 1]), st->Q,
+			      1};
+		y->o_b = f->o_b;
+		y->pa_w = c->norm_place != CIRC_NORM_PRE ? f->pa_w : NULL;
+		y->n2_w = pre ? f->n2_w : NULL;
+		y->n2_b = pre ? f->n2_b : NULL;
+	}
+	st->emb = fw->embed.p;
+	st->emb_dt = fw->embed.dt;
+	st->escale = c->embed_scale > 0 ? (float)c->embed_scale : 1.0f;
+	st->unemb = fw->lm_head.p;
+	st->unemb_dt = fw->lm_head.dt;
+	st->fin_w = fw->final_w;
+	st->fin_b = fw->final_b;
+}
+
+/* The frozen scale of each row of x (T, C): 1/sigma (LayerNorm) or 1/rms. */
+static void inv_scale(float *s, const float *x, int T, int C, int rms, double eps)
+{
+	for (int t = 0; t < T; t++) {
+		const float *r = x + (size_t)t * C;
+		double mu = 0, v = 0;
+		if (!rms) {
+			for (int i = 0; i < C; i++)
+				mu += r[i];
+			mu /= C;
+		}
+		for (int i = 0; i < C; i++)
+			v += (r[i] - mu) * (r[i] - mu);
+		s[t] = (float)(1.0 / sqrt(v / C + eps));
+	}
+}
+
+/* The weight a norm multiplies by: w (LayerNorm), off + w (RMSNorm); 1
+ * without w. */
+static float nw(const state *st, const float *w, int i)
+{
+	return w ? (st->rms ? st->off + w[i] : w[i]) : 1.0f;
+}
+
+/* y (C) = the frozen norm of x with scale s: LayerNorm (x - mean) s w + b,
+ * RMSNorm x s (off + w); y may be x. */
+static void norm_fwd(const state *st, float *y, const float *x, float s, const float *w,
+		     const float *b)
+{
+	int C = st->C;
+	if (y != x)
+		memcpy(y, x, C * sizeof *y);
+	if (!st->rms)
+		center(y, C);
+	for (int i = 0; i < C; i++)
+		y[i] = y[i] * s * nw(st, w, i) + (b ? b[i] : 0.0f);
+}
+
+/* y (C) = its transpose applied to g: s center(w g) (LayerNorm), s (off +
+ * w) g (RMSNorm); y may be g. */
+static void norm_bwd(const state *st, float *y, const float *g, float s, const float *w)
+{
+	int C = st->C;
+	for (int i = 0; i < C; i++)
+		y[i] = g[i] * nw(st, w, i);
+	if (!st->rms)
+		center(y, C);
+	for (int i = 0; i < C; i++)
+		y[i] *= s;
+}
+
 /* Checks the prompt and runs it: the frozen patterns and scales, the
- * transcoders' inputs, activations and error nodes, ln_f's output at the
- * last position, into st (whose c, w, tc, L, H, C, D, T are set). */
+ * transcoders' inputs, activations and error nodes, the final norm's output
+ * at the last position, into st (whose c, tc, T are set). */
 static int freeze(state *st, const circ_model *m, const int32_t *tokens, int threads, circ_error *e)
 {
 	const circ_config *c = st->c;
-	int L = st->L, H = st->H, C = st->C, T = st->T;
-	if (c->model_type != CIRC_MODEL_GPT2)
-		return circ_errorf(e, "attribution graphs are implemented for GPT-2 models only");
+	int T = st->T;
+	bind_model(st, m);
+	int L = st->L, H = st->H, C = st->C;
 	if (T < 1)
 		return circ_errorf(e,
 				   "empty prompt: an attribution graph needs at least one token");
@@ -213,10 +414,10 @@ static int freeze(state *st, const circ_model *m, const int32_t *tokens, int thr
 	}
 	circ_blas_threads(threads);
 	const circ_topology *top = circ_model_topology(m);
-	const circ_weights *w = st->w;
-	double eps = c->layer_norm_epsilon;
-	st->s1 = circ_xmalloc((size_t)L * T * sizeof *st->s1);
-	st->s2 = circ_xmalloc((size_t)L * T * sizeof *st->s2);
+	size_t TC = (size_t)T * C;
+	st->s1 = circ_xcalloc((size_t)L * T, sizeof *st->s1);
+	st->ra = circ_xcalloc((size_t)L * T, sizeof *st->ra);
+	st->s2 = circ_xcalloc((size_t)L * T, sizeof *st->s2);
 	st->sf = circ_xmalloc((size_t)T * sizeof *st->sf);
 	st->att = circ_xmalloc((size_t)L * H * T * T * sizeof *st->att);
 	st->kinds = circ_xmalloc((size_t)L * sizeof *st->kinds);
@@ -225,20 +426,29 @@ static int freeze(state *st, const circ_model *m, const int32_t *tokens, int thr
 	st->xin = circ_xcalloc((size_t)L, sizeof *st->xin);
 	for (int l = 0; l < L; l++) {
 		const circ_dict *d = st->tc[l];
-		inv_sigma(st->s1 + l * T, circ_run_resid(r, circ_topo_stage_attn(top, l)), T, C,
-			  eps);
-		inv_sigma(st->s2 + l * T, circ_run_resid(r, circ_topo_stage_mlp(top, l)), T, C,
-			  eps);
+		const tlayer *y = &st->lay[l];
+		if (y->n1_w)
+			inv_scale(st->s1 + l * T, circ_run_resid(r, circ_topo_stage_attn(top, l)),
+				  T, C, st->rms, st->eps);
+		if (y->n2_w)
+			inv_scale(st->s2 + l * T, circ_run_resid(r, circ_topo_stage_mlp(top, l)), T,
+				  C, st->rms, st->eps);
+		if (y->pa_w) { /* the attention's output before its norm, from z */
+			float *a = circ_xmalloc(TC * sizeof *a);
+			tlin(&y->o, 0, T, st->Q, C, circ_run_attn_z(r, l), st->Q, a, C, 0.0f);
+			inv_scale(st->ra + l * T, a, T, C, 1, st->eps);
+			free(a);
+		}
 		memcpy(st->att + (size_t)l * H * T * T, circ_run_attn(r, l),
 		       (size_t)H * T * T * sizeof *st->att);
-		st->kinds[l] = d ? in_kind(d) : IN_RESID;
+		st->kinds[l] = d ? in_kind(c, d) : IN_RESID;
 		const float *mo = circ_run_node_out(r, circ_topo_node_mlp(top, l));
-		float *err = st->errs[l] = circ_xmalloc((size_t)T * C * sizeof *err);
+		float *err = st->errs[l] = circ_xmalloc(TC * sizeof *err);
 		if (!d) {
-			memcpy(err, mo, (size_t)T * C * sizeof *err);
+			memcpy(err, mo, TC * sizeof *err);
 			continue;
 		}
-		st->xin[l] = circ_xmalloc((size_t)T * C * sizeof *st->xin[l]);
+		st->xin[l] = circ_xmalloc(TC * sizeof *st->xin[l]);
 		if (circ_dict_hook_read(d, 1, r, st->xin[l], e) < 0) {
 			circ_run_free(r);
 			return -1;
@@ -246,130 +456,146 @@ static int freeze(state *st, const circ_model *m, const int32_t *tokens, int thr
 		st->acts[l] = circ_xmalloc((size_t)T * d->cfg.d_sae * sizeof *st->acts[l]);
 		circ_dict_encode(d, st->xin[l], T, st->acts[l]);
 		circ_dict_decode(d, st->acts[l], st->xin[l], T, err);
-		for (size_t i = 0; i < (size_t)T * C; i++)
+		for (size_t i = 0; i < TC; i++)
 			err[i] = mo[i] - err[i];
 	}
 	const float *x = circ_run_resid(r, circ_topo_stage_final(top));
-	inv_sigma(st->sf, x, T, C, eps);
-	x += (size_t)(T - 1) * C;
+	inv_scale(st->sf, x, T, C, st->rms, st->eps);
 	st->lnf = circ_xmalloc((size_t)C * sizeof *st->lnf);
-	double mu = 0;
-	for (int i = 0; i < C; i++)
-		mu += x[i];
-	mu /= C;
-	for (int i = 0; i < C; i++)
-		st->lnf[i] = (float)((x[i] - mu) * st->sf[T - 1]) * w->lnf_w[i] + w->lnf_b[i];
+	norm_fwd(st, st->lnf, x + (size_t)(T - 1) * C, st->sf[T - 1], st->fin_w, st->fin_b);
 	circ_run_free(r);
 	return 0;
 }
 
-/* The seed of target i: d pre / d residual at its injection point, for the
- * frozen norm in front of it: s * center(w (.) u) (or u for a raw read). */
-static void norm_seed(float *v, const float *u, const float *wln, float s, int C, int kind)
+/* The seed of a target: d pre / d residual at its injection point, for the
+ * frozen norm in front of it (u for a raw read). */
+static void seed_of(const state *st, float *v, const float *u, const float *w, float s, int kind)
 {
-	for (int i = 0; i < C; i++)
-		v[i] = u[i] * (wln ? wln[i] : 1.0f);
 	if (kind == IN_RESID)
-		return;
-	center(v, C);
-	for (int i = 0; i < C; i++)
-		v[i] *= s;
-}
-
-/* The forward of the constants alone (positional embeddings, biases) through
- * the frozen model: each target's bias. */
-/* c (T, C) += the frozen attention of layer l applied to c: ln_1 with the
- * frozen 1/sigma, values, the frozen patterns, W_O and its bias. ln, v, z:
- * (T, C) scratch. */
-static void frozen_attn(const state *st, int l, float *c, float *ln, float *v, float *z)
-{
-	int H = st->H, C = st->C, D = st->D, T = st->T;
-	const circ_layer_weights *lw = &st->w->layers[l];
-	for (int t = 0; t < T; t++) {
-		float *x = ln + (size_t)t * C;
-		memcpy(x, c + (size_t)t * C, C * sizeof *x);
-		center(x, C);
-		for (int i = 0; i < C; i++)
-			x[i] = x[i] * st->s1[l * T + t] * lw->ln1_w[i] + lw->ln1_b[i];
-	}
-	circ_gemm(0, 0, T, C, C, 1.0f, ln, C, lw->attn_w + 2 * C, 3 * C, 0.0f, v, C);
-	for (int t = 0; t < T; t++)
-		for (int i = 0; i < C; i++)
-			v[(size_t)t * C + i] += lw->attn_b[2 * C + i];
-	memset(z, 0, (size_t)T * C * sizeof *z);
-	for (int h = 0; h < H; h++)
-		for (int t = 0; t < T; t++) {
-			const float *a = st->att + (((size_t)l * H + h) * T + t) * T;
-			for (int u = 0; u <= t; u++)
-				for (int i = 0; i < D; i++)
-					z[(size_t)t * C + h * D + i] +=
-					    a[u] * v[(size_t)u * C + h * D + i];
-		}
-	circ_gemm(0, 0, T, C, C, 1.0f, z, C, lw->proj_w, C, 1.0f, c, C);
-	for (int t = 0; t < T; t++)
-		for (int i = 0; i < C; i++)
-			c[(size_t)t * C + i] += lw->proj_b[i];
+		memcpy(v, u, st->C * sizeof *v);
+	else
+		norm_bwd(st, v, u, s, kind == IN_NORM_WB ? w : NULL);
 }
 
 /* x (C) <- what layer l's transcoder reads of the residual r (C). */
 static void tc_input(const state *st, int l, int t, const float *r, float *x)
 {
-	const circ_layer_weights *lw = &st->w->layers[l];
-	int C = st->C;
-	memcpy(x, r, C * sizeof *x);
-	if (st->kinds[l] == IN_RESID)
-		return;
-	center(x, C);
-	for (int i = 0; i < C; i++)
-		x[i] *= st->s2[l * st->T + t];
-	if (st->kinds[l] == IN_NORM_WB)
-		for (int i = 0; i < C; i++)
-			x[i] = x[i] * lw->ln2_w[i] + lw->ln2_b[i];
+	const tlayer *y = &st->lay[l];
+	int k = st->kinds[l];
+	if (k == IN_RESID)
+		memcpy(x, r, st->C * sizeof *x);
+	else
+		norm_fwd(st, x, r, st->s2[l * st->T + t], k == IN_NORM_WB ? y->n2_w : NULL,
+			 k == IN_NORM_WB ? y->n2_b : NULL);
 }
 
+/* The replacement model's forward (frozen norms and patterns) from x (T, C),
+ * the embedding, to x the final residual: mlp(ctx, l, in, out) writes layer
+ * l's MLP output (T, C) for its input residual (the layer's input with
+ * parallel blocks, else the residual after the attention). */
+typedef void (*mlp_fn)(void *ctx, int l, const float *in, float *out);
+
+static void replacement(const state *st, float *x, mlp_fn mlp, void *ctx)
+{
+	int T = st->T, C = st->C, H = st->H, D = st->D, KD = st->K * st->D, Q = st->Q;
+	int per = st->H / st->K;
+	size_t TC = (size_t)T * C;
+	float *ln = circ_xmalloc(TC * sizeof *ln), *v = circ_xmalloc((size_t)T * KD * sizeof *v),
+	      *z = circ_xmalloc((size_t)T * Q * sizeof *z), *o = circ_xmalloc(TC * sizeof *o),
+	      *mo = circ_xmalloc(TC * sizeof *mo);
+	for (int l = 0; l < st->L; l++) {
+		const tlayer *y = &st->lay[l];
+		if (st->parallel)
+			mlp(ctx, l, x, mo);
+		for (int t = 0; t < T; t++) {
+			float *r = ln + (size_t)t * C;
+			if (y->n1_w)
+				norm_fwd(st, r, x + (size_t)t * C, st->s1[l * T + t], y->n1_w,
+					 y->n1_b);
+			else
+				memcpy(r, x + (size_t)t * C, C * sizeof *r);
+		}
+		tlin(&y->v, 0, T, C, KD, ln, C, v, KD, 0.0f);
+		if (y->v_b)
+			for (int t = 0; t < T; t++)
+				for (int i = 0; i < KD; i++)
+					v[(size_t)t * KD + i] += y->v_b[i];
+		memset(z, 0, (size_t)T * Q * sizeof *z);
+		for (int h = 0; h < H; h++)
+			for (int t = 0; t < T; t++) {
+				const float *a = st->att + (((size_t)l * H + h) * T + t) * T;
+				float *zo = z + (size_t)t * Q + (size_t)h * D;
+				for (int u = 0; u <= t; u++) {
+					const float *vu =
+					    v + (size_t)u * KD + (size_t)(h / per) * D;
+					for (int i = 0; i < D; i++)
+						zo[i] += a[u] * vu[i];
+				}
+			}
+		tlin(&y->o, 0, T, Q, C, z, Q, o, C, 0.0f);
+		for (int t = 0; t < T; t++)
+			for (int i = 0; i < C; i++) {
+				float a = o[(size_t)t * C + i];
+				if (y->pa_w)
+					a *= st->ra[l * T + t] * (st->off + y->pa_w[i]);
+				x[(size_t)t * C + i] += a + (y->o_b ? y->o_b[i] : 0.0f);
+			}
+		if (!st->parallel)
+			mlp(ctx, l, x, mo);
+		for (size_t i = 0; i < TC; i++)
+			x[i] += mo[i];
+	}
+	free(ln);
+	free(v);
+	free(z);
+	free(o);
+	free(mo);
+}
+
+/* The constants' MLP step: each active feature's bias from its
+ * transcoder's input, and b_dec as the output. */
+static void bias_mlp(void *ctx, int l, const float *in, float *out)
+{
+	state *st = ctx;
+	int C = st->C, T = st->T;
+	const circ_dict *d = st->tc[l];
+	memset(out, 0, (size_t)T * C * sizeof *out);
+	if (!d)
+		return;
+	float scale = (float)d->cfg.scale;
+	float *x = circ_xmalloc((size_t)C * sizeof *x);
+	for (int t = 0; t < T; t++) {
+		tc_input(st, l, t, in + (size_t)t * C, x);
+		for (int j = st->feat_off[l * T + t]; j < st->feat_off[l * T + t + 1]; j++) {
+			int f = st->g->nodes[j].feature, S = d->cfg.d_sae;
+			double s = 0;
+			for (int i = 0; i < C; i++)
+				s += (double)x[i] * d->W_enc[(size_t)i * S + f];
+			st->g->nodes[j].bias = scale * s + d->b_enc[f];
+		}
+		for (int i = 0; i < C; i++)
+			out[(size_t)t * C + i] = d->b_dec[i] / scale;
+	}
+	free(x);
+}
+
+/* The forward of the constants alone (positional embeddings, biases)
+ * through the frozen model: each target's bias. ufin (n_logit, C): the
+ * logits' demeaned unembedding rows. */
 static void constant_bias(state *st, const float *ufin)
 {
-	int L = st->L, C = st->C, T = st->T;
-	const circ_weights *w = st->w;
+	int C = st->C, T = st->T;
 	circ_trace_graph *g = st->g;
-	float *c = circ_xmalloc((size_t)T * C * sizeof *c);
-	float *ln = circ_xmalloc((size_t)T * C * sizeof *ln);
-	float *v = circ_xmalloc((size_t)T * C * sizeof *v);
-	float *z = circ_xmalloc((size_t)T * C * sizeof *z);
-	memcpy(c, w->wpe, (size_t)T * C * sizeof *c);
-	for (int l = 0; l < L; l++) {
-		frozen_attn(st, l, c, ln, v, z);
-		const circ_dict *d = st->tc[l];
-		if (!d)
-			continue;
-		float scale = (float)d->cfg.scale;
-		for (int t = 0; t < T; t++) {
-			float *x = ln + (size_t)t * C;
-			tc_input(st, l, t, c + (size_t)t * C, x);
-			for (int j = st->feat_off[l * T + t]; j < st->feat_off[l * T + t + 1];
-			     j++) {
-				int f = g->nodes[j].feature, S = d->cfg.d_sae;
-				double s = 0;
-				for (int i = 0; i < C; i++)
-					s += (double)x[i] * d->W_enc[(size_t)i * S + f];
-				g->nodes[j].bias = scale * s + d->b_enc[f];
-			}
-			for (int i = 0; i < C; i++)
-				c[(size_t)t * C + i] += d->b_dec[i] / scale;
-		}
-	}
-	float *x = ln + (size_t)(T - 1) * C;
-	memcpy(x, c + (size_t)(T - 1) * C, C * sizeof *x);
-	center(x, C);
-	for (int i = 0; i < C; i++)
-		x[i] = x[i] * st->sf[T - 1] * w->lnf_w[i] + w->lnf_b[i];
+	float *c = circ_xcalloc((size_t)T * C, sizeof *c);
+	if (st->wpe)
+		memcpy(c, st->wpe, (size_t)T * C * sizeof *c);
+	replacement(st, c, bias_mlp, st);
+	float *x = c + (size_t)(T - 1) * C;
+	norm_fwd(st, x, x, st->sf[T - 1], st->fin_w, st->fin_b);
 	int first = g->n - g->n_logit;
 	for (int k = 0; k < g->n_logit; k++)
 		g->nodes[first + k].bias = dot(x, ufin + (size_t)k * C, C);
 	free(c);
-	free(ln);
-	free(v);
-	free(z);
 }
 
 /* Reads the edges from sources (rows of src, node indices idx0 + j for
@@ -378,7 +604,7 @@ static void constant_bias(state *st, const float *ufin)
 static void read_edges(circ_trace_graph *g, const int *tgt, int K, const float *gt, int C,
 		       const float *src, int idx0, int ns, float *tmp)
 {
-	if (ns <= 0)
+	if (ns <= 0 || K <= 0)
 		return;
 	circ_gemm(0, 1, K, ns, C, 1.0f, gt, C, src, C, 0.0f, tmp, ns);
 	for (int k = 0; k < K; k++)
@@ -386,12 +612,82 @@ static void read_edges(circ_trace_graph *g, const int *tgt, int K, const float *
 		       (size_t)ns * sizeof *tmp);
 }
 
+/* Adds the seeds of the batch's feature targets of layer l to their rows
+ * of gb (the gradient at layer l's MLP input). */
+static void add_seeds(const state *st, const int *tgt, int K, int l, float *gb)
+{
+	size_t KC = (size_t)K * st->C;
+	for (int k = 0; k < K; k++) {
+		const circ_tnode *nd = &st->g->nodes[tgt[k]];
+		if (nd->kind == CIRC_TNODE_FEATURE && nd->layer == l) {
+			float *gr = gb + (size_t)nd->pos * KC + (size_t)k * st->C;
+			const float *sd = st->seed + (size_t)tgt[k] * st->C;
+			for (int i = 0; i < st->C; i++)
+				gr[i] += sd[i];
+		}
+	}
+}
+
+/* gb (rows of positions t < tb, nt[t] of them live) += the frozen
+ * attention of layer l transposed: norm_1^T W_V^T A^T W_O^T post^T gb.
+ * dz = (post^T gb) W_O^T is regrouped by head (hz[h] (tb, K * D)) so that
+ * the pattern's transpose mixes positions in one product per head, summed
+ * over each key/value group (dv[g] = sum A_h^T hz[h]), regrouped back, then
+ * times W_V^T. a, b: scratch (tb * K * max(C, H*D)). */
+static void attn_bwd(const state *st, int l, int K, int tb, const int *nt, float *gb, float *a,
+		     float *b)
+{
+	const tlayer *y = &st->lay[l];
+	int C = st->C, D = st->D, H = st->H, Q = st->Q, KD = st->K * st->D, T = st->T;
+	int per = H / st->K;
+	size_t KC = (size_t)K * C, rows = (size_t)tb * K, hs = rows * D;
+	const float *g = gb;
+	if (y->pa_w) { /* b = post^T gb */
+		for (int t = 0; t < tb; t++)
+			for (int k = 0; k < nt[t]; k++) {
+				const float *gr = gb + t * KC + (size_t)k * C;
+				float *br = b + t * KC + (size_t)k * C;
+				float s = st->ra[l * T + t];
+				for (int i = 0; i < C; i++)
+					br[i] = gr[i] * s * (st->off + y->pa_w[i]);
+			}
+		g = b;
+	}
+	for (int t = 0; t < tb; t++) { /* a = dz (rows, Q) */
+		float *at = a + (size_t)t * K * Q;
+		tlin(&y->o, 1, nt[t], Q, C, g + t * KC, C, at, Q, 0.0f);
+		memset(at + (size_t)nt[t] * Q, 0, (size_t)(K - nt[t]) * Q * sizeof *a);
+	}
+	for (size_t q = 0; q < rows; q++) /* b = hz */
+		for (int h = 0; h < H; h++)
+			memcpy(b + h * hs + q * D, a + q * Q + (size_t)h * D, D * sizeof *b);
+	for (int h = 0; h < H; h++) /* a = dv by group */
+		circ_gemm(1, 0, tb, K * D, tb, 1.0f, st->att + ((size_t)l * H + h) * T * T, T,
+			  b + h * hs, K * D, h % per ? 1.0f : 0.0f, a + (size_t)(h / per) * hs,
+			  K * D);
+	for (size_t q = 0; q < rows; q++) /* b = dv (rows, KD) */
+		for (int kv = 0; kv < st->K; kv++)
+			memcpy(b + q * KD + (size_t)kv * D, a + kv * hs + q * D, D * sizeof *b);
+	for (int t = 0; t < tb; t++) /* a = dv W_V^T (rows, C) */
+		tlin(&y->v, 1, nt[t], C, KD, b + (size_t)t * K * KD, KD, a + t * KC, C, 0.0f);
+	for (int t = 0; t < tb; t++)
+		for (int k = 0; k < nt[t]; k++) {
+			float *ar = a + t * KC + (size_t)k * C;
+			float *gr = gb + t * KC + (size_t)k * C;
+			if (y->n1_w)
+				norm_bwd(st, ar, ar, st->s1[l * T + t], y->n1_w);
+			for (int i = 0; i < C; i++)
+				gr[i] += ar[i];
+		}
+}
+
 /* One batch of targets tgt (K node indices, features ascending then logits):
- * the sweep of trace.h. Buffers gb, y, dv, z (T * K * C) and tmp. */
-static void sweep(state *st, int *tgt, int K, float *gb, float *y, float *dv, float *z, float *tmp)
+ * the sweep of trace.h. Buffers gb (T * K * C), a, b (T * K * max(C, H*D))
+ * and tmp. */
+static void sweep(state *st, int *tgt, int K, float *gb, float *a, float *b, float *tmp)
 {
 	circ_trace_graph *g = st->g;
-	int L = st->L, H = st->H, C = st->C, D = st->D, T = st->T;
+	int L = st->L, C = st->C, T = st->T;
 	int first_logit = g->n - g->n_logit, first_err = g->n_feat;
 	int top = -1, tb = 0;
 	for (int k = 0; k < K; k++) {
@@ -425,71 +721,30 @@ static void sweep(state *st, int *tgt, int K, float *gb, float *y, float *dv, fl
 			       st->seed + (size_t)(tgt[k] - first_logit + g->n_feat) * C,
 			       C * sizeof *gb);
 	for (int l = (top < L ? top : L - 1); l >= 0; l--) {
-		const circ_layer_weights *lw = &st->w->layers[l];
 		/* gb: the gradient at layer l's output; its sources' edges */
 		if (top > l)
 			for (int t = 0; t < tb; t++) {
 				const float *gt = gb + (size_t)t * KC;
-				int a = st->feat_off[l * T + t], b = st->feat_off[l * T + t + 1];
-				read_edges(g, tgt, nt[t], gt, C, st->src + (size_t)a * C, a, b - a,
-					   tmp);
+				int fa = st->feat_off[l * T + t], fb = st->feat_off[l * T + t + 1];
+				read_edges(g, tgt, nt[t], gt, C, st->src + (size_t)fa * C, fa,
+					   fb - fa, tmp);
 				int ei = first_err + l * T + t;
 				read_edges(g, tgt, nt[t], gt, C, st->src + (size_t)ei * C, ei, 1,
 					   tmp);
 			}
-		/* the MLP input: this layer's feature targets start here */
-		for (int k = 0; k < K; k++) {
-			const circ_tnode *nd = &g->nodes[tgt[k]];
-			if (nd->kind == CIRC_TNODE_FEATURE && nd->layer == l) {
-				float *gr = gb + (size_t)nd->pos * KC + (size_t)k * C;
-				const float *sd = st->seed + (size_t)tgt[k] * C;
-				for (int i = 0; i < C; i++)
-					gr[i] += sd[i];
-			}
-		}
-		/* attention, frozen: g += LN1^T W_V^T A^T W_O^T g. y = g W_O^T,
-		 * regrouped by head (z[h] (tb, K * D)) so that the pattern's
-		 * transpose mixes positions in one product per head
-		 * (dv[h] = A_h^T z[h]), regrouped back, then y = dv W_V^T */
-		int rows = tb * K;
-		size_t hs = (size_t)rows * D;
-		for (int t = 0; t < tb; t++) {
-			circ_gemm(0, 1, nt[t], C, C, 1.0f, gb + t * KC, C, lw->proj_w, C, 0.0f,
-				  y + t * KC, C);
-			memset(y + t * KC + (size_t)nt[t] * C, 0,
-			       (size_t)(K - nt[t]) * C * sizeof *y);
-		}
-		for (size_t q = 0; q < (size_t)rows; q++)
-			for (int h = 0; h < H; h++)
-				memcpy(z + h * hs + q * D, y + q * C + h * D, D * sizeof *z);
-		for (int h = 0; h < H; h++)
-			circ_gemm(1, 0, tb, K * D, tb, 1.0f, st->att + ((size_t)l * H + h) * T * T,
-				  T, z + h * hs, K * D, 0.0f, dv + h * hs, K * D);
-		for (size_t q = 0; q < (size_t)rows; q++)
-			for (int h = 0; h < H; h++)
-				memcpy(z + q * C + h * D, dv + h * hs + q * D, D * sizeof *z);
-		for (int t = 0; t < tb; t++)
-			circ_gemm(0, 1, nt[t], C, C, 1.0f, z + t * KC, C, lw->attn_w + 2 * C, 3 * C,
-				  0.0f, y + t * KC, C);
-		for (int t = 0; t < tb; t++)
-			for (int k = 0; k < nt[t]; k++) {
-				float *yr = y + (size_t)t * KC + (size_t)k * C;
-				float *gr = gb + (size_t)t * KC + (size_t)k * C;
-				for (int i = 0; i < C; i++)
-					yr[i] *= lw->ln1_w[i];
-				center(yr, C);
-				float s = st->s1[l * T + t];
-				for (int i = 0; i < C; i++)
-					gr[i] += s * yr[i];
-			}
+		/* the MLP's input: this layer's feature targets start there,
+		 * after the attention, or at the layer's input (parallel) */
+		if (!st->parallel)
+			add_seeds(st, tgt, K, l, gb);
+		attn_bwd(st, l, K, tb, nt, gb, a, b);
+		if (st->parallel)
+			add_seeds(st, tgt, K, l, gb);
 	}
 	/* the token embeddings */
 	int first_in = g->n_feat + g->n_err;
-	for (int t = 0; t < tb; t++) {
-		int ii = first_in + t;
+	for (int t = 0; t < tb; t++)
 		read_edges(g, tgt, nt[t], gb + (size_t)t * KC, C,
-			   st->src + (size_t)(g->n_feat + g->n_err + t) * C, ii, 1, tmp);
-	}
+			   st->src + (size_t)(first_in + t) * C, first_in + t, 1, tmp);
 	free(nt);
 }
 
@@ -498,16 +753,14 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 				   circ_error *e)
 {
 	const circ_config *c = circ_model_config(m);
-	int L = c->n_layer, H = c->n_head, C = c->n_embd, D = circ_config_head_dim(c),
-	    V = c->vocab_size;
-	const circ_weights *w = circ_model_weights(m);
-	state st = {.c = c, .w = w, .tc = tc, .L = L, .H = H, .C = C, .D = D, .T = T};
+	state st = {.c = c, .tc = tc, .T = T};
 	if (freeze(&st, m, tokens, o->threads > 0 ? o->threads : 1, e) < 0) {
 		state_free(&st);
 		return NULL;
 	}
+	int L = st.L, C = st.C, V = st.V;
 	int *kinds = st.kinds;
-	float **acts = st.acts, **errs = st.errs, **xin = st.xin, *lnf = st.lnf;
+	float **acts = st.acts, **xin = st.xin, *lnf = st.lnf;
 
 	/* the features' node ranges per (layer, position) */
 	st.feat_off = circ_xmalloc(((size_t)L * T + 1) * sizeof *st.feat_off);
@@ -521,13 +774,17 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		}
 	st.feat_off[L * T] = nf;
 
-	/* logits at the last position, demeaned */
-	double *logit = circ_xmalloc((size_t)V * sizeof *logit);
+	/* logits at the last position: the targets are the logits before the
+	 * soft cap, demeaned; probabilities from the model's (capped) logits */
+	double *logit = circ_xmalloc((size_t)V * sizeof *logit),
+	       *raw = circ_xmalloc((size_t)V * sizeof *raw);
+	double *mean = circ_xcalloc((size_t)C, sizeof *mean);
 	double lmax = -INFINITY, lsum = 0, zsum = 0;
+	unembed(st.unemb, st.unemb_dt, V, C, lnf, raw, mean);
 	for (int v = 0; v < V; v++) {
-		logit[v] = dot(lnf, w->lm_head + (size_t)v * C, C);
+		lsum += raw[v];
+		logit[v] = capped(raw[v], st.cap);
 		lmax = logit[v] > lmax ? logit[v] : lmax;
-		lsum += logit[v];
 	}
 	for (int v = 0; v < V; v++)
 		zsum += exp(logit[v] - lmax);
@@ -578,13 +835,13 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	st.src = circ_xmalloc(nsrc * C * sizeof *st.src);
 	st.seed = circ_xmalloc(ntgt * C * sizeof *st.seed);
 	int j = 0;
+	float *u = circ_xmalloc((size_t)C * sizeof *u);
 	for (int l = 0; l < L; l++) {
 		const circ_dict *d = tc[l];
 		if (!d)
 			continue;
 		int S = d->cfg.d_sae;
 		float scale = (float)d->cfg.scale;
-		float *u = circ_xmalloc((size_t)C * sizeof *u);
 		for (int t = 0; t < T; t++)
 			for (int q = 0; q < S; q++) {
 				float a = acts[l][(size_t)t * S + q];
@@ -604,12 +861,10 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 				for (int i = 0; i < C; i++)
 					st.src[(size_t)j * C + i] =
 					    a * d->W_dec[(size_t)q * C + i] / scale;
-				norm_seed(st.seed + (size_t)j * C, u,
-					  kinds[l] == IN_NORM_WB ? w->layers[l].ln2_w : NULL,
-					  st.s2[l * T + t], C, kinds[l]);
+				seed_of(&st, st.seed + (size_t)j * C, u, st.lay[l].n2_w,
+					st.s2[l * T + t], kinds[l]);
 				j++;
 			}
-		free(u);
 	}
 	for (int l = 0; l < L; l++)
 		for (int t = 0; t < T; t++, j++) {
@@ -618,7 +873,8 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 			nd->layer = l;
 			nd->feature = -1;
 			nd->pos = t;
-			memcpy(st.src + (size_t)j * C, errs[l] + (size_t)t * C, C * sizeof *st.src);
+			memcpy(st.src + (size_t)j * C, st.errs[l] + (size_t)t * C,
+			       C * sizeof *st.src);
 		}
 	for (int t = 0; t < T; t++, j++) {
 		circ_tnode *nd = &g->nodes[j];
@@ -626,39 +882,38 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		nd->layer = -1;
 		nd->feature = tokens[t];
 		nd->pos = t;
-		memcpy(st.src + (size_t)j * C, w->wte + (size_t)tokens[t] * C, C * sizeof *st.src);
+		float *s = st.src + (size_t)j * C;
+		vrows(st.emb, st.emb_dt, (size_t)tokens[t], 1, C, s);
+		for (int i = 0; i < C; i++)
+			s[i] *= st.escale;
 	}
 	float *ufin = circ_xmalloc((size_t)(nl ? nl : 1) * C * sizeof *ufin);
-	{
-		double *mean = circ_xcalloc((size_t)C, sizeof *mean);
-		for (int v = 0; v < V; v++)
-			for (int i = 0; i < C; i++)
-				mean[i] += w->lm_head[(size_t)v * C + i];
-		for (int k = 0; k < nl; k++, j++) {
-			circ_tnode *nd = &g->nodes[j];
-			nd->kind = CIRC_TNODE_LOGIT;
-			nd->layer = -1;
-			nd->feature = top_id[k];
-			nd->pos = T - 1;
-			nd->act = top_p[k];
-			nd->pre = logit[top_id[k]] - lsum / V;
-			float *u = ufin + (size_t)k * C;
-			for (int i = 0; i < C; i++)
-				u[i] = (float)(w->lm_head[(size_t)top_id[k] * C + i] - mean[i] / V);
-			norm_seed(st.seed + (size_t)(nf + k) * C, u, w->lnf_w, st.sf[T - 1], C,
-				  IN_NORM);
-		}
-		free(mean);
+	for (int k = 0; k < nl; k++, j++) {
+		circ_tnode *nd = &g->nodes[j];
+		nd->kind = CIRC_TNODE_LOGIT;
+		nd->layer = -1;
+		nd->feature = top_id[k];
+		nd->pos = T - 1;
+		nd->act = top_p[k];
+		float *uk = ufin + (size_t)k * C;
+		vrows(st.unemb, st.unemb_dt, (size_t)top_id[k], 1, C, uk);
+		for (int i = 0; i < C; i++)
+			uk[i] = (float)(uk[i] - mean[i]);
+		nd->pre = raw[top_id[k]] - lsum / V;
+		seed_of(&st, st.seed + (size_t)(nf + k) * C, uk, st.fin_w, st.sf[T - 1],
+			IN_NORM_WB);
 	}
+	free(u);
+	free(mean);
 	constant_bias(&st, ufin);
 
 	/* the sweeps */
 	g->adj = circ_xcalloc((size_t)g->n * g->n, sizeof *g->adj);
 	int B = o->batch > 0 ? o->batch : 256;
 	int *tgt = circ_xmalloc((size_t)B * sizeof *tgt);
-	size_t buf = (size_t)T * B * C;
-	float *gb = circ_xmalloc(buf * sizeof *gb), *y = circ_xmalloc(buf * sizeof *y),
-	      *dv = circ_xmalloc(buf * sizeof *dv), *z = circ_xmalloc(buf * sizeof *z);
+	size_t wd = (size_t)(C > st.Q ? C : st.Q), buf = (size_t)T * B * wd;
+	float *gb = circ_xmalloc((size_t)T * B * C * sizeof *gb),
+	      *ba = circ_xmalloc(buf * sizeof *ba), *bb = circ_xmalloc(buf * sizeof *bb);
 	int maxsrc = 1;
 	for (int q = 0; q < L * T; q++)
 		if (st.feat_off[q + 1] - st.feat_off[q] > maxsrc)
@@ -669,18 +924,18 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		int K = ntg - s < B ? ntg - s : B;
 		for (int k = 0; k < K; k++)
 			tgt[k] = s + k < nf ? s + k : g->n - nl + (s + k - nf);
-		sweep(&st, tgt, K, gb, y, dv, z, tmp);
+		sweep(&st, tgt, K, gb, ba, bb, tmp);
 	}
 	free(tgt);
 	free(gb);
-	free(y);
-	free(dv);
-	free(z);
+	free(ba);
+	free(bb);
 	free(tmp);
 	free(ufin);
 	free(top_id);
 	free(top_p);
 	free(logit);
+	free(raw);
 	state_free(&st);
 	return g;
 }
@@ -731,6 +986,43 @@ int circ_trace_iv_parse(const char *s, circ_trace_iv *iv, circ_error *e)
 	return 0;
 }
 
+/* The interventions' MLP step: the transcoder's features recomputed from
+ * its input, the interventions of the layer applied, decoded, plus the
+ * frozen error. */
+typedef struct iv_ctx {
+	const state *st;
+	const circ_trace_iv *iv;
+	int n_iv;
+} iv_ctx;
+
+static void iv_mlp(void *ctx, int l, const float *in, float *out)
+{
+	const iv_ctx *q = ctx;
+	const state *st = q->st;
+	int T = st->T, C = st->C;
+	size_t TC = (size_t)T * C;
+	const circ_dict *d = st->tc[l];
+	memset(out, 0, TC * sizeof *out);
+	if (d) {
+		int S = d->cfg.d_sae;
+		float *x = circ_xmalloc(TC * sizeof *x),
+		      *f = circ_xmalloc((size_t)T * S * sizeof *f);
+		for (int t = 0; t < T; t++)
+			tc_input(st, l, t, in + (size_t)t * C, x + (size_t)t * C);
+		circ_dict_encode(d, x, T, f);
+		for (int k = 0; k < q->n_iv; k++)
+			if (q->iv[k].layer == l) {
+				float *a = f + (size_t)q->iv[k].pos * S + q->iv[k].feature;
+				*a = (float)(q->iv[k].scale ? *a * q->iv[k].value : q->iv[k].value);
+			}
+		circ_dict_decode(d, f, x, T, out);
+		free(f);
+		free(x);
+	}
+	for (size_t i = 0; i < TC; i++)
+		out[i] += st->errs[l][i];
+}
+
 int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const int32_t *tokens,
 			 int T, const circ_trace_iv *iv, int n_iv, int threads, float *logits,
 			 circ_error *e)
@@ -755,58 +1047,28 @@ int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const 
 			    "(%d tokens)",
 			    q->layer, q->feature, q->pos, q->pos, T);
 	}
-	const circ_weights *w = circ_model_weights(m);
-	state st = {.c = c,
-		    .w = w,
-		    .tc = tc,
-		    .L = L,
-		    .H = c->n_head,
-		    .C = C,
-		    .D = circ_config_head_dim(c),
-		    .T = T};
+	state st = {.c = c, .tc = tc, .T = T};
 	if (freeze(&st, m, tokens, threads > 0 ? threads : 1, e) < 0) {
 		state_free(&st);
 		return -1;
 	}
-	size_t TC = (size_t)T * C;
-	float *x = circ_xmalloc(TC * sizeof *x), *ln = circ_xmalloc(TC * sizeof *ln),
-	      *v = circ_xmalloc(TC * sizeof *v), *z = circ_xmalloc(TC * sizeof *z);
-	for (int t = 0; t < T; t++)
+	float *x = circ_xmalloc((size_t)T * C * sizeof *x);
+	for (int t = 0; t < T; t++) {
+		float *r = x + (size_t)t * C;
+		vrows(st.emb, st.emb_dt, (size_t)tokens[t], 1, C, r);
 		for (int i = 0; i < C; i++)
-			x[(size_t)t * C + i] =
-			    w->wte[(size_t)tokens[t] * C + i] + w->wpe[(size_t)t * C + i];
-	for (int l = 0; l < L; l++) {
-		frozen_attn(&st, l, x, ln, v, z);
-		const circ_dict *d = tc[l];
-		if (d) {
-			int S = d->cfg.d_sae;
-			float *f = circ_xmalloc((size_t)T * S * sizeof *f);
-			for (int t = 0; t < T; t++)
-				tc_input(&st, l, t, x + (size_t)t * C, ln + (size_t)t * C);
-			circ_dict_encode(d, ln, T, f);
-			for (int k = 0; k < n_iv; k++)
-				if (iv[k].layer == l) {
-					float *a = f + (size_t)iv[k].pos * S + iv[k].feature;
-					*a = (float)(iv[k].scale ? *a * iv[k].value : iv[k].value);
-				}
-			circ_dict_decode(d, f, ln, T, v);
-			free(f);
-			for (size_t i = 0; i < TC; i++)
-				x[i] += v[i];
-		}
-		for (size_t i = 0; i < TC; i++)
-			x[i] += st.errs[l][i];
+			r[i] = r[i] * st.escale + (st.wpe ? st.wpe[(size_t)t * C + i] : 0.0f);
 	}
+	iv_ctx ctx = {&st, iv, n_iv};
+	replacement(&st, x, iv_mlp, &ctx);
 	float *r = x + (size_t)(T - 1) * C;
-	center(r, C);
-	for (int i = 0; i < C; i++)
-		r[i] = r[i] * st.sf[T - 1] * w->lnf_w[i] + w->lnf_b[i];
-	for (int k = 0; k < V; k++)
-		logits[k] = (float)dot(r, w->lm_head + (size_t)k * C, C);
+	norm_fwd(&st, r, r, st.sf[T - 1], st.fin_w, st.fin_b);
+	double *raw = circ_xmalloc((size_t)V * sizeof *raw);
+	unembed(st.unemb, st.unemb_dt, V, C, r, raw, NULL);
+	for (int v = 0; v < V; v++)
+		logits[v] = (float)capped(raw[v], st.cap);
+	free(raw);
 	free(x);
-	free(ln);
-	free(v);
-	free(z);
 	state_free(&st);
 	return 0;
 }

@@ -1,24 +1,32 @@
 /*
  * trace: attribution graphs of one prompt (Ameisen et al. 2025, the
- * circuit-tracer library) on a GPT-2 whose MLPs are replaced by
- * transcoders.
+ * circuit-tracer library) on a model of any family circ reads whose MLPs are
+ * replaced by transcoders.
  *
- * The replacement model: each layer's MLP output is its transcoder's output
+ * The replacement model: each layer's MLP output (hook_mlp_out: after the
+ * post-MLP norm of Gemma 2, 3 and OLMo 2, as TransformerLens and
+ * circuit-tracer's Gemma 2 transcoders have it) is its transcoder's output
  * (sum of active features times their decoder rows, plus b_dec) plus an
  * error node (the true MLP output minus the transcoder's output, a constant
- * vector per position); a layer with no transcoder has no features and its
- * error node is its MLP's whole output. The attention patterns and every
- * LayerNorm's scale 1/sigma (per row) are frozen at their values on the
- * prompt. Then every active feature's pre-activation and every target logit
- * (the logit minus the mean logit over the vocabulary, as circuit-tracer
- * demeans its logit targets) is a linear function of the nodes' outputs plus
- * a constant (the bias: positional embeddings, attention and LN biases,
- * b_dec, b_enc propagated through the frozen model).
+ * vector per position), added to the residual as it is; a layer with no
+ * transcoder has no features and its error node is its MLP's whole output.
+ * The attention patterns and every norm's scale (LayerNorm's 1/sigma,
+ * RMSNorm's 1/rms, per row; the norms before the blocks, after the
+ * attention, before the unembedding) are frozen at their values on the
+ * prompt. Then every active feature's pre-activation and every target
+ * logit (the logit before a final soft cap, minus the mean such logit over
+ * the vocabulary, as circuit-tracer demeans its logit targets) is a linear
+ * function of the nodes' outputs plus a constant (the bias: positional
+ * embeddings, attention and norm biases, b_dec, b_enc propagated through
+ * the frozen model). Grouped-query attention: a query head moves its
+ * key/value group's values. Parallel blocks (GPT-NeoX): the MLP, so the
+ * transcoder, reads the layer's input.
  *
  * Nodes, in circuit-tracer's order: active features (activation != 0)
  * sorted by (layer, position, feature), error nodes (layer-major,
- * L * T of them), token embeddings (T; the input node outputs wte[token],
- * the positional embedding is a constant), logits (descending
+ * L * T of them), token embeddings (T; the input node outputs the token's
+ * embedding times the family's embedding scale; GPT-2's positional
+ * embedding is a constant), logits (descending
  * probability: the most probable up to max_n_logits, until their summed
  * probability reaches desired_logit_prob). The adjacency matrix A (n, n)
  * holds in A[target * n + source] the direct effect act_s * (d pre_t /
@@ -30,14 +38,18 @@
  * Computation: targets are taken in batches; each batch's gradient rows
  * (B_k, T, C) are seeded at their residual point (a feature of layer l at
  * the input of layer l's MLP, a logit at the final residual) and swept
- * down the layers with GEMMs (W_O^T, the frozen patterns, W_V^T, the frozen
- * LN), reading the edges of each layer's sources on the way. Causal: a
+ * down the layers with GEMMs (the frozen norm after the attention, W_O^T,
+ * the frozen patterns, W_V^T, the frozen norm before it), reading the edges
+ * of each layer's sources on the way (parallel blocks: a layer's feature
+ * targets are seeded after its attention's step, at the layer's input;
+ * sequential ones before it, at the MLP's input). Causal: a
  * batch only covers positions up to its last target's.
  *
  * Dimension letters: L layers, H heads, C width, D head width, T prompt
  * positions, S features of a transcoder, n nodes.
  *
- * Layering: trace uses util, kernels, topology, model, dict.
+ * Layering: trace uses util, kernels, topology, model (and model_impl.h's
+ * family weights, as cdt does), dict.
  */
 #ifndef CIRC_TRACE_H
 #define CIRC_TRACE_H
@@ -94,9 +106,9 @@ void circ_trace_graph_free(circ_trace_graph *g); /* NULL is a no-op */
 int circ_trace_layers(const circ_model *m, const circ_dict_set *set, const circ_dict **tc,
 		      circ_error *e);
 
-/* The attribution graph of tokens (T, 1 <= T <= n_ctx) on m (GPT-2) with
- * transcoders tc (L, from circ_trace_layers). NULL with a message on bad
- * input (empty prompt, too long, token out of range, another family). */
+/* The attribution graph of tokens (T, 1 <= T <= n_ctx) on m (any family)
+ * with transcoders tc (L, from circ_trace_layers). NULL with a message on
+ * bad input (empty prompt, too long, token out of range). */
 circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *tc,
 				   const int32_t *tokens, int T, const circ_trace_opts *o,
 				   circ_error *e);
@@ -135,12 +147,13 @@ void circ_trace_prune_free(circ_trace_prune *p);
 
 /* ---- interventions ----
  * The local replacement model of the prompt (error nodes, attention
- * patterns and LayerNorm scales frozen at their values on the prompt, as in
+ * patterns and norm scales frozen at their values on the prompt, as in
  * the graph) run again with some features set or scaled at a position:
  * every later feature is recomputed through its transcoder's activation
  * function (an intervened feature keeps its given value), the MLPs'
  * outputs are the transcoders' outputs plus the frozen errors. With no
- * intervention the logits are the model's. */
+ * intervention the logits are the model's (soft-capped where the model
+ * caps them). */
 typedef struct circ_trace_iv {
 	int layer, feature, pos;
 	int scale; /* 1: multiply the activation by value; 0: set it to value */

@@ -75,11 +75,13 @@ check_harvest() { # set
 		if [ "$par" != true ]; then
 			mk "$S/eval/e_attn" --arch standard --hook blocks.1.hook_attn_out --d-in $C --d-sae 64 --seed 5
 			mk "$S/eval/f_mid" --arch standard --hook blocks.0.hook_resid_mid --d-in $C --d-sae 64 --seed 6
-			mk "$S/eval/g_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 7
-			mk "$S/eval/h_tcw" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 8 --fold-ln 0
-			mk "$S/eval/i_skip" --arch skip_transcoder --hook blocks.1.hook_mlp_in --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 9
-			mk "$S/harvest/ln2" --arch standard --hook blocks.1.ln2.hook_normalized --d-in $C --d-sae 64 --seed 10
+		else # parallel blocks: an SAE on the MLP's input (the block's input) changes only the MLP
+			mk "$S/eval/f_min" --arch standard --hook blocks.0.hook_mlp_in --d-in $C --d-sae 64 --seed 6
 		fi
+		mk "$S/eval/g_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 7
+		mk "$S/eval/h_tcw" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 8 --fold-ln 0
+		mk "$S/eval/i_skip" --arch skip_transcoder --hook blocks.1.hook_mlp_in --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 9
+		mk "$S/harvest/ln2" --arch standard --hook blocks.1.ln2.hook_normalized --d-in $C --d-sae 64 --seed 10
 		M=$d check_eval "$S/eval"
 		M=$d check_harvest "$S/harvest"
 		if [ "$post" = 1 ]; then # a z SAE is harvested, not spliced, where the attention has a norm of its own

@@ -275,6 +275,14 @@ def capped_masked(a, s, pos, local):
     return s.masked_fill(~ok, float("-inf"))
 
 
+def block_norms(a, p):
+    """The tensor names (prefix p) of the norms before a layer's attention
+    and before its MLP."""
+    if a["norm_placement"] == "pre_post" and a["model_type"] != "gpt_neox":
+        return p + "input_layernorm", p + "pre_feedforward_layernorm"
+    return p + "input_layernorm", p + "post_attention_layernorm"
+
+
 def forward(a, W, names, tokens, hook=None):
     """Logits (T, V) for one sequence. W: name -> float64 tensor.
     hook(name, x), when given, sees every TransformerLens hook point
@@ -358,15 +366,11 @@ def forward(a, W, names, tokens, hook=None):
         x = hook(b + "hook_resid_pre", x)
         if a["model_type"] == "gpt_neox" and a["parallel_residual"]:
             ln1, ln2n = p + "input_layernorm", p + "post_attention_layernorm"
-            mo = hook(b + "hook_mlp_out", mlp(norm(x, ln2n)))
+            x_in = hook(b + "hook_mlp_in", x)  # the MLP reads the block's input
+            mo = hook(b + "hook_mlp_out", mlp(ln2(x_in, ln2n)))
             x = hook(b + "hook_resid_post", x + attn(norm(x, ln1)) + mo)
             continue
-        if a["model_type"] == "gpt_neox":
-            n1, n2 = p + "input_layernorm", p + "post_attention_layernorm"
-        elif a["norm_placement"] == "pre_post":
-            n1, n2 = p + "input_layernorm", p + "pre_feedforward_layernorm"
-        else:
-            n1, n2 = p + "input_layernorm", p + "post_attention_layernorm"
+        n1, n2 = block_norms(a, p)
         if a["norm_placement"] == "pre" or a["model_type"] == "gpt_neox":
             ao = attn(norm(x, n1))
         elif a["norm_placement"] == "pre_post":

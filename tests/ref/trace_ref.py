@@ -23,6 +23,14 @@ Usage:
   trace_ref.py intervene MODEL DICTSET IDS SPEC...
       prints {"clean": logits, "logits": logits} of the last position, the
       replacement model re-run with each SPEC (tc<l>.f<i>@<t>=V or *F).
+  trace_ref.py strongest LAYER@POS... < CIRC.jsonl
+      the most active feature at each layer and position of circ-trace's
+      --json output, by name.
+  trace_ref.py check-intervene CIRC.jsonl REF.json K ANSWER WRONG
+      checks circ-trace --intervene --top-k K --answer ANSWER --wrong WRONG
+      --json output against intervene's: logits within 1e-4 (relative above
+      1), probabilities within 1e-5, the metric within 1e-4, and the
+      interventions change the logits.
   trace_ref.py compare CIRC.jsonl REF.json [--tol X]
       compares circ-trace --all-edges --json output with the reference:
       the node list (kinds, layers, features, positions) equal; every
@@ -206,33 +214,23 @@ def intervene(argv):
     json.dump({"clean": r["logits"][-1].tolist(), "logits": final_logits(r, x).tolist()}, sys.stdout)
 
 
-def build(model_dir, set_dir, ids, max_logits, logit_prob):
-    r = clean_run(model_dir, set_dir, ids)
-    w, p, L, T, tcs, acts, errs, tok = (r[k] for k in ("w", "p", "L", "T", "tcs", "acts", "errs", "tok"))
-    logits = r["logits"]
-    probs = torch.softmax(logits[-1], -1)
+def top_logits(logits, max_logits, logit_prob):
+    """circuit-tracer's logit targets: the most probable, until their summed
+    probability reaches logit_prob (at most max_logits): ids, probabilities."""
+    probs = torch.softmax(logits, -1)
     top_p, top_i = torch.topk(probs, min(max_logits, probs.shape[0]))
-    cum = torch.cumsum(top_p, 0)
-    cut = int((cum < logit_prob).sum()) + 1
-    top_p, top_i = top_p[:cut], top_i[:cut]
+    cut = int((torch.cumsum(top_p, 0) < logit_prob).sum()) + 1
+    return top_i[:cut], top_p[:cut]
 
-    # the replacement model as a function of its leaves
-    def replacement(emb, fs, es):
-        x = emb + w["wpe.weight"][:T]
-        pres = []
-        for l in range(L):
-            x = frozen_attn(r, l, x)
-            d = tcs[l]
-            if d is None:
-                pres.append(None)
-                x = x + es[l]
-                continue
-            pres.append((tc_input(r, l, x) * d.scale) @ d.w["W_enc"] + d.w["b_enc"])
-            x = x + (fs[l] @ d.w["W_dec"] + d.w["b_dec"]) / d.scale + es[l]
-        lg = final_logits(r, x)
-        return pres, lg - lg.mean()
 
-    emb = w["wte.weight"][tok].clone().requires_grad_(True)
+def assemble(replacement, e0, acts, errs, ids, top_i, top_p):
+    """The graph of a replacement model given as replacement(emb, fs, es) ->
+    (per-layer pre-activations or None, demeaned logits), whose leaves are
+    the token embeddings e0 (T, C), each layer's activations (None: no
+    transcoder) and errors: the node list and the adjacency, one
+    autograd.grad per target; biases from the model with every leaf zero."""
+    L, T = len(acts), len(ids)
+    emb = e0.clone().requires_grad_(True)
     fs = [(torch.zeros(T, 1) if a is None else a.clone()).requires_grad_(True) for a in acts]
     es = [e.clone().requires_grad_(True) for e in errs]
     pres, dl = replacement(emb, fs, es)
@@ -268,8 +266,32 @@ def build(model_dir, set_dir, ids, max_logits, logit_prob):
             if gerr[l] is not None:
                 adj[row, nf + l * T:nf + (l + 1) * T] = (gerr[l] * errs[l]).sum(-1)
         if ge is not None:
-            adj[row, nf + L * T:nf + L * T + T] = (ge * emb.detach()).sum(-1)
+            adj[row, nf + L * T:nf + L * T + T] = (ge * e0).sum(-1)
     return nodes, adj, len(top_i), T, nf
+
+
+def build(model_dir, set_dir, ids, max_logits, logit_prob):
+    r = clean_run(model_dir, set_dir, ids)
+    w, p, L, T, tcs, acts, errs, tok = (r[k] for k in ("w", "p", "L", "T", "tcs", "acts", "errs", "tok"))
+    top_i, top_p = top_logits(r["logits"][-1], max_logits, logit_prob)
+
+    # the replacement model as a function of its leaves
+    def replacement(emb, fs, es):
+        x = emb + w["wpe.weight"][:T]
+        pres = []
+        for l in range(L):
+            x = frozen_attn(r, l, x)
+            d = tcs[l]
+            if d is None:
+                pres.append(None)
+                x = x + es[l]
+                continue
+            pres.append((tc_input(r, l, x) * d.scale) @ d.w["W_enc"] + d.w["b_enc"])
+            x = x + (fs[l] @ d.w["W_dec"] + d.w["b_dec"]) / d.scale + es[l]
+        lg = final_logits(r, x)
+        return pres, lg - lg.mean()
+
+    return assemble(replacement, w["wte.weight"][tok], acts, errs, ids, top_i, top_p)
 
 
 # ---- pruning, from circuit-tracer's documented algorithm ----
@@ -326,12 +348,13 @@ def prune(adj, n_logit, n_tok, nf, probs, node_th, edge_th):
     return keep, ek & keep[:, None] & keep[None, :], cum, sc, eth
 
 
-def graph(argv):
+def graph(argv, build_fn=None):
+    """Prints the graph (build_fn: a family's build, default GPT-2's)."""
     model, dset, ids = argv[:3]
     o = opts(argv[3:], {"max_logits": "10", "logit_prob": "0.95", "node_threshold": "0.8",
                         "edge_threshold": "0.98"})
-    nodes, adj, nl, T, nf = build(model, dset, [int(i) for i in ids.split(",")],
-                                  int(o["max_logits"]), float(o["logit_prob"]))
+    nodes, adj, nl, T, nf = (build_fn or build)(model, dset, [int(i) for i in ids.split(",")],
+                                                int(o["max_logits"]), float(o["logit_prob"]))
     probs = torch.tensor([nd["act"] for nd in nodes[len(nodes) - nl:]])
     keep, ek, cum, sc, eth = prune(adj, nl, T, nf, probs, float(o["node_threshold"]),
                                    float(o["edge_threshold"]))
@@ -409,6 +432,38 @@ def compare(argv):
         sys.exit(1)
 
 
+def strongest(argv):
+    """Prints, for each LAYER@POS, the name of the most active feature there
+    in circ-trace's JSON lines (standard input)."""
+    ns = [json.loads(l) for l in sys.stdin if '"node"' in l]
+    out = []
+    for spec in argv:
+        l, t = (int(v) for v in spec.split("@"))
+        out.append(max((n for n in ns if n["kind"] == "feature" and n["layer"] == l
+                        and n["pos"] == t), key=lambda n: n["activation"])["node"])
+    print(" ".join(out))
+
+
+def check_intervene(argv):
+    """circ-trace --intervene's record against this script's intervene
+    output: K top tokens before and after, logits within 1e-4 (relative
+    above 1) and probabilities within 1e-5, the metric logit[ANSWER] -
+    logit[WRONG] within 1e-4, and the interventions change the logits."""
+    lines = [json.loads(l) for l in open(argv[0])]
+    rec, ref = lines[1], json.load(open(argv[1]))
+    k, ans, wrong = (int(v) for v in argv[2:5])
+    for key, rk in (("top", "logits"), ("clean_top", "clean")):
+        lg = ref[rk]
+        assert len(rec[key]) == k
+        z = sum(math.exp(v - max(lg)) for v in lg)
+        for t in rec[key]:
+            assert abs(t["logit"] - lg[t["token"]]) < 1e-4 * max(1, abs(lg[t["token"]])), (key, t)
+            assert abs(t["p"] - math.exp(lg[t["token"]] - max(lg)) / z) < 1e-5, (key, t)
+    assert abs(rec["metric"] - (ref["logits"][ans] - ref["logits"][wrong])) < 1e-4
+    assert abs(rec["clean_metric"] - (ref["clean"][ans] - ref["clean"][wrong])) < 1e-4
+    assert max(abs(a - b) for a, b in zip(ref["logits"], ref["clean"])) > 1e-3
+
+
 def main():
     cmd, argv = sys.argv[1], sys.argv[2:]
     if cmd == "make-model":
@@ -419,6 +474,10 @@ def main():
         intervene(argv)
     elif cmd == "compare":
         compare(argv)
+    elif cmd == "strongest":
+        strongest(argv)
+    elif cmd == "check-intervene":
+        check_intervene(argv)
     else:
         raise SystemExit(__doc__)
 
