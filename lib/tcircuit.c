@@ -236,6 +236,11 @@ int circ_tc_connections(const circ_model *m, const circ_dict *const *tc, const c
 			circ_error *e)
 {
 	const circ_config *cf = circ_model_config(m);
+	if (cf->model_type != CIRC_MODEL_GPT2)
+		return circ_errorf(e,
+				   "transcoder paths are implemented for GPT-2 models only, not "
+				   "model_type '%s'",
+				   circ_model_type_name(cf->model_type));
 	const circ_weights *w = circ_model_weights(m);
 	int L = cf->n_layer, H = cf->n_head, C = cf->n_embd, D = circ_config_head_dim(cf);
 	if (x->kind != CIRC_TCE_FEATURE || x->layer >= L || !tc[x->layer])

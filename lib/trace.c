@@ -65,8 +65,8 @@ static int in_kind(const circ_config *c, const circ_dict *d)
 		return -1;
 	if (h.kind == CIRC_HOOK_RESID_MID || h.kind == CIRC_HOOK_MLP_IN)
 		return IN_RESID;
-	if (h.kind == CIRC_HOOK_LN2_NORMALIZED) {
-		if (c->model_type != CIRC_MODEL_GPT2 && c->norm_place == CIRC_NORM_POST)
+	if (h.kind == CIRC_HOOK_LN2_NORMALIZED) { /* c NULL: GPT-2 */
+		if (c && c->model_type != CIRC_MODEL_GPT2 && c->norm_place == CIRC_NORM_POST)
 			return IN_RESID;
 		return d->cfg.fold_ln ? IN_NORM : IN_NORM_WB;
 	}
@@ -1079,14 +1079,14 @@ circ_trace_frozen *circ_trace_freeze(const circ_model *m, const circ_dict *const
 				     const int32_t *tokens, int T, int threads, circ_error *e)
 {
 	const circ_config *c = circ_model_config(m);
-	state st = {.c = c,
-		    .w = circ_model_weights(m),
-		    .tc = tc,
-		    .L = c->n_layer,
-		    .H = c->n_head,
-		    .C = c->n_embd,
-		    .D = circ_config_head_dim(c),
-		    .T = T};
+	state st = {.c = c, .tc = tc, .T = T};
+	if (c->model_type != CIRC_MODEL_GPT2) {
+		circ_errorf(
+		    e,
+		    "transcoder paths are implemented for GPT-2 models only, not model_type '%s'",
+		    circ_model_type_name(c->model_type));
+		return NULL;
+	}
 	if (freeze(&st, m, tokens, threads > 0 ? threads : 1, e) < 0) {
 		state_free(&st);
 		return NULL;
@@ -1104,10 +1104,12 @@ circ_trace_frozen *circ_trace_freeze(const circ_model *m, const circ_dict *const
 				 .acts = st.acts,
 				 .errs = st.errs,
 				 .in_kind = st.kinds};
-	for (int l = 0; l < st.L; l++)
+	for (int l = 0; st.xin && l < st.L; l++)
 		free(st.xin[l]);
-	free(st.xin);
-	free(st.lnf);
+	st.s1 = st.s2 = st.sf = st.att = NULL; /* now f's */
+	st.acts = st.errs = NULL;
+	st.kinds = NULL;
+	state_free(&st);
 	return f;
 }
 
@@ -1131,5 +1133,5 @@ void circ_trace_frozen_free(circ_trace_frozen *f)
 
 int circ_trace_in_kind(const circ_dict *d)
 {
-	return in_kind(d);
+	return in_kind(NULL, d);
 }
