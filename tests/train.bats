@@ -160,6 +160,12 @@ print(' '.join(sorted(k for k in h if '.layers.0.' in k or 'layers' not in k)))"
 	run --separate-stderr circ-train induction --out "$T/x" --arch llama --heads 4 --embd 12
 	assert_failure 2
 	[[ "$stderr" == *"odd"* ]]
+	run --separate-stderr circ-train induction --out "$T/x" --arch llama --qk-bias-sd 1
+	assert_failure 2
+	[[ "$stderr" == *"'--qk-bias-sd' applies to --arch llama --attn-bias only"* ]]
+	run --separate-stderr circ-train induction --out "$T/x" --arch llama --attn-bias --qk-bias-sd -1
+	assert_failure 2
+	[[ "$stderr" == *"'--qk-bias-sd'"* ]]
 	[ ! -e "$T/x" ]
 }
 
@@ -270,8 +276,9 @@ fixture_metric() { # DIR TASK -> "mean accuracy" from circ-forward
 
 
 # A Llama trained by circ-train runs the induction pipeline end to end (EAP
-# and ACDC), as the shipped GPT-2 fixtures do. (A shipped Llama fixture with
-# the induction circuit is still to come: see fixtures/README.md.)
+# and ACDC), as the shipped GPT-2 fixtures do. (The shipped Llama fixture with
+# the induction circuit, fixtures/induction-llama, is checked in
+# tests/llama_fixture.bats.)
 @test "the induction pipeline runs on a Llama trained by circ-train (EAP, ACDC)" {
 	circ-train induction --out "$T/llama" "${tiny[@]}" --seq-len 16 --chunks 2 --len 6 --arch llama --heads 4 --kv-heads 2 --embd 32 2>/dev/null
 	R="$T/runs"
