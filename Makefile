@@ -146,10 +146,12 @@ bench-acdc-full: all $(BENCH_BIN)
 # commands that made them (bytes depend on the thread count and the CPU's
 # OpenBLAS kernels; the evaluation in each README.md agrees to a few digits).
 FIXTURE_TRAIN_induction = --steps 6000 --lr 3e-3 --inner 64 --min-rep 2 --max-rep 2 --focus 3500
+FIXTURE_TRAIN_induction_llama = --arch llama --kv-heads 2 --attn-bias --qk-bias-sd 1 $(FIXTURE_TRAIN_induction) --seed 1
 fixtures: all
 	bin/circ-fixture induction-hand --out fixtures/induction-hand
 	bin/circ-fixture ioi-hand --out fixtures/ioi-hand
 	bin/circ-train induction --out fixtures/induction-trained $(FIXTURE_TRAIN_induction) --threads 2
+	bin/circ-train induction --out fixtures/induction-llama $(FIXTURE_TRAIN_induction_llama) --threads 2
 	bin/circ-train ioi --out fixtures/ioi-trained --threads 2
 	bin/circ-train greater-than --out fixtures/greater-than-trained --threads 2
 	$(MAKE) fixtures-dicts

@@ -59,6 +59,7 @@ enum {
 	OPT_ARCH,
 	OPT_KV_HEADS,
 	OPT_ATTN_BIAS,
+	OPT_QK_BIAS_SD,
 	OPT_N,
 };
 
@@ -100,7 +101,9 @@ static const circ_opt opts[] = {
     {"kv-heads", OPT_KV_HEADS, "K",
      "llama: key/value heads (grouped-query attention), dividing --heads (default: --heads)"},
     {"attn-bias", OPT_ATTN_BIAS, NULL,
-     "llama: biases on q, k, v and o (attention_bias), q and k's drawn normal(0, 0.02)"},
+     "llama: biases on q, k, v and o (attention_bias), q and k's drawn normal(0, --qk-bias-sd)"},
+    {"qk-bias-sd", OPT_QK_BIAS_SD, "SD",
+     "llama with --attn-bias: standard deviation of q and k's initial biases (default 0.02)"},
     {"n", OPT_N, "N", "--diagnose: number of random sequences (default 64)"},
     {0},
 };
@@ -110,7 +113,7 @@ static struct {
 	uint64_t seed;
 	int steps, batch, warmup, layers, heads, embd, inner, ctx, threads, log, n;
 	int llama, kv_heads, attn_bias;
-	double lr, min_lr, wd, clip;
+	double lr, min_lr, wd, clip, qk_bias_sd;
 	circ_ttask_opts t;
 	int given_vlo, given_vhi, given_len;
 	const char *task_only[OPT_N - CIRC_OPT_FIRST_TOOL + 1];
@@ -126,7 +129,8 @@ static struct {
        .lr = -1,
        .min_lr = 0.1,
        .wd = 0.01,
-       .clip = 1.0};
+       .clip = 1.0,
+       .qk_bias_sd = 0.02};
 
 static const char *opt_name(int key)
 {
@@ -215,6 +219,7 @@ static int handle(int key, const char *arg, void *ctx)
 		break;
 	case OPT_KV_HEADS: o.kv_heads = (int)circ_opt_i64("kv-heads", arg, 1, 64); break;
 	case OPT_ATTN_BIAS: o.attn_bias = 1; break;
+	case OPT_QK_BIAS_SD: o.qk_bias_sd = circ_opt_f64_in("qk-bias-sd", arg, 0, 0, 100, 1); break;
 	default: return -1;
 	}
 	o.given[key - CIRC_OPT_FIRST_TOOL] = opt_name(key);
@@ -428,6 +433,8 @@ static void check_training_options(int nargs, char **args)
 	if ((o.kv_heads || o.attn_bias) && !o.llama)
 		circ_usage_error(
 		    "options '--kv-heads' and '--attn-bias' apply to --arch llama only");
+	if (o.given[OPT_QK_BIAS_SD - CIRC_OPT_FIRST_TOOL] && !o.attn_bias)
+		circ_usage_error("option '--qk-bias-sd' applies to --arch llama --attn-bias only");
 	if (o.kv_heads && o.heads % o.kv_heads)
 		circ_usage_error("option '--kv-heads': %d does not divide --heads %d", o.kv_heads,
 				 o.heads);
@@ -505,7 +512,7 @@ static circ_model *new_model(circ_config *c, const circ_bpe *bpe, const circ_tta
 	if (o.llama) {
 		if (!(m = circ_model_new_family(c, &e)))
 			die_clean(&e);
-		circ_train_init_family(m, o.seed);
+		circ_train_init_family(m, o.seed, o.qk_bias_sd);
 		return m;
 	}
 	circ_weights_alloc(&w, c);

@@ -101,7 +101,7 @@ void circ_train_init_weights(circ_weights *w, const circ_config *c, uint64_t see
 	each_tensor(w, c, init_tensor, &ic);
 }
 
-void circ_train_init_family(circ_model *m, uint64_t seed)
+void circ_train_init_family(circ_model *m, uint64_t seed, double qk_bias_sd)
 {
 	const circ_config *c = circ_model_config(m);
 	float *p = circ_model_params(m);
@@ -121,7 +121,7 @@ void circ_train_init_family(circ_model *m, uint64_t seed)
 			else if (nl > 7 && !strcmp(pi.name + nl - 7, ".weight"))
 				v = (float)(1.0 - c->norm_offset); /* a norm's scale of 1 */
 			else if (strstr(pi.name, "q_proj.bias") || strstr(pi.name, "k_proj.bias"))
-				v = (float)(0.02 * circ_rng_normal(&rng));
+				v = (float)(qk_bias_sd * circ_rng_normal(&rng));
 			p[pi.offset + i] = v;
 		}
 	}

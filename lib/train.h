@@ -50,10 +50,12 @@ void circ_train_init_weights(circ_weights *w, const circ_config *c, uint64_t see
 /* The same for a model of another family made by circ_model_new_family
  * (or opened with copy): every matrix and the embeddings normal(0, 0.02),
  * o_proj and down_proj normal(0, 0.02 / sqrt(2L)), norm scales 1 (Gemma's
- * 1 + w: w = 0), q and k biases normal(0, 0.02) (so that a score of
- * position alone, b_q . RoPE(d) b_k, is there from the start), other biases
- * 0, drawn in the flat order (circ_model_params). */
-void circ_train_init_family(circ_model *m, uint64_t seed);
+ * 1 + w: w = 0), q and k biases normal(0, qk_bias_sd) (so that a score of
+ * position alone, b_q . RoPE(d) b_k, is there from the start; 0.02 as the
+ * matrices, or larger: with 1 a small Llama grows the induction circuit,
+ * fixtures/README.md), other biases 0, drawn in the flat order
+ * (circ_model_params). */
+void circ_train_init_family(circ_model *m, uint64_t seed, double qk_bias_sd);
 
 /* A new (n_params) array: 1 for parameters that get weight decay (the
  * embeddings and every matrix), 0 for biases and LayerNorm parameters, in

@@ -147,6 +147,33 @@ print(' '.join(sorted(k for k in h if '.layers.0.' in k or 'layers' not in k)))"
 	assert_success
 }
 
+# --qk-bias-sd sets the spread of the initial q and k biases (one step at a
+# learning rate of 1e-9 leaves them as drawn): about 1 with 1, about 0.02 by
+# default; the other biases start at 0.
+@test "--arch llama --attn-bias --qk-bias-sd: the initial q and k biases' standard deviation" {
+	args=(--steps 1 --lr 1e-9 --batch 4 --eval 8 --seq-len 16 --chunks 2 --len 6 --arch llama --heads 4 --kv-heads 2 --embd 32 --attn-bias)
+	circ-train induction --out "$T/d" "${args[@]}" 2>/dev/null
+	circ-train induction --out "$T/w" "${args[@]}" --qk-bias-sd 1 2>/dev/null
+	for m in d w; do
+		/usr/bin/python3 -c "
+import json, struct, sys, math
+b = open(sys.argv[1], 'rb').read(); n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n]); h.pop('__metadata__', None)
+def vals(k):
+    s, e = h[k]['data_offsets']
+    return struct.unpack('<%df' % ((e - s) // 4), b[8 + n + s:8 + n + e])
+def sd(x): return math.sqrt(sum(v * v for v in x) / len(x))
+qk = [v for l in (0, 1) for t in ('q', 'k') for v in vals('model.layers.%d.self_attn.%s_proj.bias' % (l, t))]
+vo = [v for l in (0, 1) for t in ('v', 'o') for v in vals('model.layers.%d.self_attn.%s_proj.bias' % (l, t))]
+print('%.4f %.6f' % (sd(qk), max(abs(v) for v in vo)))" "$T/$m/model.safetensors" >"$T/$m.sd"
+	done
+	echo "default: $(cat "$T/d.sd"); --qk-bias-sd 1: $(cat "$T/w.sd")"
+	read -r d dvo <"$T/d.sd"
+	read -r w wvo <"$T/w.sd"
+	awk -v d="$d" -v w="$w" -v a="$dvo" -v b="$wvo" \
+		'BEGIN { exit !(d > 0.015 && d < 0.025 && w > 0.8 && w < 1.2 && a < 1e-6 && b < 1e-6) }'
+}
+
 @test "--arch and --kv-heads usage errors exit 2" {
 	run --separate-stderr circ-train induction --out "$T/x" --arch gpt3
 	assert_failure 2
@@ -160,6 +187,12 @@ print(' '.join(sorted(k for k in h if '.layers.0.' in k or 'layers' not in k)))"
 	run --separate-stderr circ-train induction --out "$T/x" --arch llama --heads 4 --embd 12
 	assert_failure 2
 	[[ "$stderr" == *"odd"* ]]
+	run --separate-stderr circ-train induction --out "$T/x" --arch llama --qk-bias-sd 1
+	assert_failure 2
+	[[ "$stderr" == *"'--qk-bias-sd' applies to --arch llama --attn-bias only"* ]]
+	run --separate-stderr circ-train induction --out "$T/x" --arch llama --attn-bias --qk-bias-sd -1
+	assert_failure 2
+	[[ "$stderr" == *"'--qk-bias-sd'"* ]]
 	[ ! -e "$T/x" ]
 }
 
@@ -270,8 +303,9 @@ fixture_metric() { # DIR TASK -> "mean accuracy" from circ-forward
 
 
 # A Llama trained by circ-train runs the induction pipeline end to end (EAP
-# and ACDC), as the shipped GPT-2 fixtures do. (A shipped Llama fixture with
-# the induction circuit is still to come: see fixtures/README.md.)
+# and ACDC), as the shipped GPT-2 fixtures do. (The shipped Llama fixture with
+# the induction circuit, fixtures/induction-llama, is checked in
+# tests/llama_fixture.bats.)
 @test "the induction pipeline runs on a Llama trained by circ-train (EAP, ACDC)" {
 	circ-train induction --out "$T/llama" "${tiny[@]}" --seq-len 16 --chunks 2 --len 6 --arch llama --heads 4 --kv-heads 2 --embd 32 2>/dev/null
 	R="$T/runs"

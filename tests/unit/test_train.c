@@ -1161,7 +1161,7 @@ static void test_llama_roundtrip(void)
 	CHECK_MSG(m, e);
 	if (!m)
 		return;
-	circ_train_init_family(m, 5);
+	circ_train_init_family(m, 5, 0.02);
 	circ_train_opts_default(&to);
 	to.threads = 2;
 	circ_trainer *tr = circ_trainer_new(m, B, T, &to, &e);
