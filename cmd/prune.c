@@ -1118,6 +1118,97 @@ static void pack_feval(msgpack_packer *pk, const void *ctx)
 	circ_pack_kv_i64(pk, "tn", v->tn);
 }
 
+/* Edge order for the greedy frontier: by downstream node. */
+static int cmp_fedge_down(const void *a, const void *b)
+{
+	const fedge *x = *(const fedge *const *)a, *y = *(const fedge *const *)b;
+	if (x->dk != y->dk)
+		return (x->dk > y->dk) - (x->dk < y->dk);
+	if (x->di != y->di)
+		return (x->di > y->di) - (x->di < y->di);
+	return (x > y) - (x < y);
+}
+
+/* Heap order: the larger key first, then the lower edge (name order). */
+static int fheap_before(const fedge *x, const fedge *y)
+{
+	double a = fkey(x->score), b = fkey(y->score);
+	return a > b || (a == b && x < y);
+}
+
+static void fheap_push(fedge **h, int64_t *n, fedge *x)
+{
+	int64_t i = (*n)++;
+	while (i > 0 && fheap_before(x, h[(i - 1) / 2])) {
+		h[i] = h[(i - 1) / 2];
+		i = (i - 1) / 2;
+	}
+	h[i] = x;
+}
+
+static fedge *fheap_pop(fedge **h, int64_t *n)
+{
+	fedge *top = h[0], *x = h[--*n];
+	int64_t i = 0;
+	for (;;) {
+		int64_t c = 2 * i + 1;
+		if (c >= *n)
+			break;
+		if (c + 1 < *n && fheap_before(h[c + 1], h[c]))
+			c++;
+		if (!fheap_before(h[c], x))
+			break;
+		h[i] = h[c];
+		i = c;
+	}
+	if (*n > 0)
+		h[i] = x;
+	return top;
+}
+
+/* --greedy on a feature graph: grow `want` edges from logits, as for
+ * component graphs: the candidates are the edges (among cand, each with
+ * both ends allowed) into a node already reached, logits first; the best
+ * candidate is kept and its upstream node, when new, adds its own incoming
+ * edges. Dies if the candidates run out before `want`. */
+static void feature_greedy(circ_fgraph *g, fedge **cand, int64_t m, int64_t want, uint8_t **reach)
+{
+	fedge **h = circ_xmalloc((size_t)(m + 1) * sizeof *h);
+	int64_t nh = 0, got = 0;
+	qsort(cand, (size_t)m, sizeof *cand, cmp_fedge_down);
+	for (int j = 0; j <= g->n; j++)
+		memset(reach[j], 0, (size_t)circ_fgraph_slot_nodes(g, j));
+#define PUSH_INTO(K, I)                                                                            \
+	do {                                                                                       \
+		int64_t lo = 0, hi = m;                                                            \
+		while (lo < hi) { /* the first edge into (K, I) */                                 \
+			int64_t mid = lo + (hi - lo) / 2;                                          \
+			if (cand[mid]->dk < (K) || (cand[mid]->dk == (K) && cand[mid]->di < (I)))  \
+				lo = mid + 1;                                                      \
+			else                                                                       \
+				hi = mid;                                                          \
+		}                                                                                  \
+		for (; lo < m && cand[lo]->dk == (K) && cand[lo]->di == (I); lo++)                 \
+			fheap_push(h, &nh, cand[lo]);                                              \
+	} while (0)
+	reach[g->n][0] = 1;
+	PUSH_INTO(g->n, 0);
+	while (got < want && nh > 0) {
+		fedge *x = fheap_pop(h, &nh);
+		x->keep = 1;
+		got++;
+		if (!reach[x->uk][x->ui]) {
+			reach[x->uk][x->ui] = 1;
+			PUSH_INTO(x->uk, x->ui);
+		}
+	}
+#undef PUSH_INTO
+	free(h);
+	if (got < want)
+		circ_dief("--greedy %lld: only %lld edges reach the logits through scored edges",
+			  (long long)want, (long long)got);
+}
+
 static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 {
 	circ_error e;
@@ -1244,14 +1335,26 @@ static int prune_features(circ_cli *cli, int argc, char **argv, circ_reader *r)
 	}
 	by_key = circ_xmalloc((size_t)(n + n_truth_extra + 1) * sizeof *by_key);
 	{
-		int64_t m = 0, want = o.mode == MODE_TOP_N ? parse_size("top-n", o.size, n) : -1;
+		int64_t m = 0, want = o.mode == MODE_TOP_N    ? parse_size("top-n", o.size, n)
+				      : o.mode == MODE_GREEDY ? parse_size("greedy", o.size, n)
+							      : -1;
 		for (int64_t i = 0; i < n; i++)
 			if (nkeep[ed[i].uk][ed[i].ui] && nkeep[ed[i].dk][ed[i].di])
 				by_key[m++] = &ed[i];
-		qsort(by_key, (size_t)m, sizeof *by_key, cmp_fedge_key);
-		for (int64_t i = 0; i < m; i++)
-			by_key[i]->keep =
-			    want >= 0 ? i < want : fkey(by_key[i]->score) >= o.threshold;
+		if (o.mode == MODE_GREEDY) {
+			uint8_t **reach = circ_xcalloc((size_t)g->n + 1, sizeof *reach);
+			for (int j = 0; j <= g->n; j++)
+				reach[j] = circ_xcalloc((size_t)circ_fgraph_slot_nodes(g, j), 1);
+			feature_greedy(g, by_key, m, want, reach);
+			for (int j = 0; j <= g->n; j++)
+				free(reach[j]);
+			free(reach);
+		} else {
+			qsort(by_key, (size_t)m, sizeof *by_key, cmp_fedge_key);
+			for (int64_t i = 0; i < m; i++)
+				by_key[i]->keep =
+				    want >= 0 ? i < want : fkey(by_key[i]->score) >= o.threshold;
+		}
 	}
 	if (o.node_threshold < 0) { /* nodes: the kept edges' ends */
 		for (int j = 0; j < g->n; j++)
@@ -1387,9 +1490,9 @@ int main(int argc, char **argv)
 	if (!r)
 		circ_die(&e);
 	if (circ_fgraph_is_feature(circ_reader_header(r))) {
-		if (o.mode != MODE_TOP_N && o.mode != MODE_THRESHOLD)
-			circ_usage_error("feature graphs take --top-n or --threshold (the edge "
-					 "threshold), with --node-threshold");
+		if (o.mode != MODE_TOP_N && o.mode != MODE_THRESHOLD && o.mode != MODE_GREEDY)
+			circ_usage_error("feature graphs take --top-n, --threshold (the edge "
+					 "threshold) or --greedy, with --node-threshold");
 		return prune_features(&cli, argc, argv, r);
 	}
 	if (o.node_threshold >= 0)

@@ -211,11 +211,55 @@ PY
 	truth_refused "$T/s.circ" "attn1.f3->resid0.f2" "edge 'attn1.f3->resid0.f2': not an edge of the feature graph"
 	truth_refused "$T/s.circ" "mlp0.f99->resid0.f2" "node 'mlp0.f99': feature 99 of 12"
 	truth_refused "$T/s.circ" "mlp7.f1->resid0.f2" "node 'mlp7.f1': not a node of this feature graph"
-	run --separate-stderr -2 circ-prune --greedy 3 "$T/s.circ"
-	[[ "$stderr" == *"feature graphs take --top-n or --threshold"* ]]
+	run --separate-stderr -2 circ-prune --cd-t 3 "$T/s.circ"
+	[[ "$stderr" == *"feature graphs take --top-n, --threshold"* ]]
 	circ-score --model $M --method eap -o "$T/eap.circ" $TOK
 	run --separate-stderr -2 circ-prune --top-n 3 --node-threshold 1 "$T/eap.circ"
 	[[ "$stderr" == *"'--node-threshold' goes with feature graphs"* ]]
+}
+
+greedy_ref() { # scores.jsonl circuit.jsonl N [node-threshold]: circ-prune --greedy against a plain re-implementation
+	/usr/bin/python3 - "$@" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])][1:]
+got = [json.loads(l) for l in open(sys.argv[2])][1:]
+n, nt = int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else None
+val = lambda r: r["sum"] / r["count"] if "sum" in r and "count" in r else r["score"]
+node = {r["node"]: val(r) for r in recs if "node" in r}
+ok = lambda x: nt is None or x == "logits" or abs(node.get(x, 0.0)) >= nt
+edges = sorted((r["edge"], val(r)) for r in recs if "edge" in r)
+edges = [(nm, v) for nm, v in edges if all(ok(x) for x in nm.split("->"))]
+reach, kept = {"logits"}, []
+while len(kept) < n:
+    cand = [(-abs(v), nm) for nm, v in edges if nm.split("->")[1] in reach and nm not in kept]
+    assert cand, "ran out"
+    _, nm = min(cand)
+    kept.append(nm)
+    reach.add(nm.split("->")[0])
+mine = sorted(r["edge"] for r in got if "edge" in r)
+assert mine == sorted(kept), (mine, sorted(kept))
+print(len(kept), "edges as the reference")
+PY
+}
+
+@test "circ-prune --greedy on feature graphs (summed and per position, with --node-threshold) grows from logits as a plain re-implementation" {
+	full_set
+	circ-score --model $M --dict "$T/set" --method feature-atp -o "$T/s.circ" $TOK
+	circ-cat "$T/s.circ" >"$T/s.jsonl"
+	for n in 1 7 40; do
+		circ-prune --greedy $n --json -o "$T/g.jsonl" "$T/s.circ"
+		greedy_ref "$T/s.jsonl" "$T/g.jsonl" $n
+	done
+	circ-prune --greedy 12 --node-threshold 0.05 --json -o "$T/g.jsonl" "$T/s.circ"
+	greedy_ref "$T/s.jsonl" "$T/g.jsonl" 12 0.05
+	circ-score --model $M --dict "$T/set" --method feature-atp --positions keep -o "$T/p.circ" $TOK
+	circ-cat "$T/p.circ" >"$T/p.jsonl"
+	circ-prune --greedy 25 --json -o "$T/g.jsonl" "$T/p.circ"
+	greedy_ref "$T/p.jsonl" "$T/g.jsonl" 25
+	# more than the edges that reach the logits
+	run --separate-stderr circ-prune --greedy 100000000 "$T/s.circ"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"edges reach the logits"* ]]
 }
 
 @test "circ-patch --dict: faithfulness and completeness by mean ablation against the reference; every node gives the model back, none the all-ablated metric" {
