@@ -13,12 +13,14 @@
  * run instead; for the kl metric that is the only useful choice, and the
  * clean run provides the reference distribution.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "batch.h"
+#include "dict.h"
 #include "metric.h"
 #include "model.h"
 #include "cli/opt.h"
@@ -36,6 +38,7 @@ enum {
 	OPT_ALLOW_NONFINITE,
 	OPT_DESCRIBE,
 	OPT_DICT,
+	OPT_INTERVENE,
 };
 
 static const circ_opt opts[] = {
@@ -52,11 +55,16 @@ static const circ_opt opts[] = {
      "print the model's architecture as read (JSON) after checking its weights, and exit"},
     {"dict", OPT_DICT, "DIR",
      "splice each dictionary (SAE, transcoder) of DIR in and report its measures (dict-eval)"},
+    {"intervene", OPT_INTERVENE, "SPEC",
+     "with --dict: set (resid3.f17@5=0) or scale (resid3.f17@5*2) a feature at a position of "
+     "every prompt, the dictionary's error kept, and write the results; repeatable"},
     {0},
 };
 
 static struct {
 	const char *model, *dict;
+	const char *iv[64]; /* --intervene specs */
+	int n_iv;
 	int batch, threads, top_k, logits, corrupt, has_metric, allow_nonfinite, describe;
 	circ_metric_kind metric;
 } o = {.batch = 16, .threads = 0, .top_k = 5};
@@ -83,6 +91,12 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ALLOW_NONFINITE: o.allow_nonfinite = 1; return 0;
 	case OPT_DESCRIBE: o.describe = 1; return 0;
 	case OPT_DICT: o.dict = arg; return 0;
+	case OPT_INTERVENE:
+		if (o.n_iv == (int)(sizeof o.iv / sizeof *o.iv))
+			circ_usage_error("--intervene: at most %d",
+					 (int)(sizeof o.iv / sizeof *o.iv));
+		o.iv[o.n_iv++] = arg;
+		return 0;
 	}
 	return -1;
 }
@@ -128,7 +142,59 @@ typedef struct runner {
 	int run_t;	   /* the run's T */
 	circ_read *reads;  /* (n_read) */
 	float *clean_logp; /* (rows, V) the kl metric's clean log-probabilities */
+	/* --intervene: the dictionary edited, its splicer (for the run's size) */
+	circ_dict_set *set;
+	const circ_dict *dict;
+	circ_dict_splice *splice;
+	circ_dict_edit edits[64];
+	int n_edits;
 } runner;
+
+/* --intervene's specs into rn's edits on one dictionary of rn->set:
+ * NAME=VALUE or NAME*FACTOR, NAME = <dict>.f<i>@<t> (circ(1), FEATURE
+ * GRAPHS). */
+static void parse_interventions(runner *rn)
+{
+	for (int q = 0; q < o.n_iv; q++) {
+		const char *sp = o.iv[q], *dot = strstr(sp, ".f"), *at = strchr(sp, '@');
+		const char *op = at ? at + strcspn(at, "=*") : NULL;
+		char name[64], *end;
+		const circ_dict *hit = NULL;
+		circ_dict_edit *x = &rn->edits[rn->n_edits];
+		if (!dot || !at || at < dot || !op || !*op || (size_t)(dot - sp) >= sizeof name)
+			circ_usage_error("--intervene '%s': expected <dict>.f<feature>@<pos>=VALUE "
+					 "or *FACTOR",
+					 sp);
+		for (int k = 0; k < rn->set->n; k++) {
+			circ_dict_name(rn->set->dict[k], name, sizeof name);
+			if (strlen(name) == (size_t)(dot - sp) &&
+			    !memcmp(name, sp, (size_t)(dot - sp)))
+				hit = rn->set->dict[k];
+		}
+		if (!hit)
+			circ_dief("--intervene '%s': no dictionary named '%.*s' in '%s'", sp,
+				  (int)(dot - sp), sp, o.dict);
+		if (rn->dict && hit != rn->dict)
+			circ_dief("--intervene '%s': the edits of one run go to one dictionary",
+				  sp);
+		rn->dict = hit;
+		errno = 0;
+		long fi = strtol(dot + 2, &end, 10), pos;
+		if (end != at || fi < 0 || errno)
+			circ_usage_error("--intervene '%s': bad feature number", sp);
+		if (fi >= hit->cfg.d_sae)
+			circ_dief("--intervene '%s': feature %ld of %d", sp, fi,
+				  (int)hit->cfg.d_sae);
+		pos = strtol(at + 1, &end, 10);
+		if (end != op || pos < 0 || pos > 1 << 20 || errno)
+			circ_usage_error("--intervene '%s': bad position", sp);
+		double v = strtod(op + 1, &end);
+		if (end == op + 1 || *end || !isfinite(v))
+			circ_usage_error("--intervene '%s': bad value", sp);
+		*x = (circ_dict_edit){(int)pos, (int)fi, *op == '*', (float)v};
+		rn->n_edits++;
+	}
+}
 
 /* Sums over the examples written. */
 typedef struct totals {
@@ -150,6 +216,13 @@ static const float *forward_batch(circ_session *s, runner *rn, const circ_batch 
 		rn->run = circ_run_new(s->m, o.batch, rn->run_t, &rn->ro, &e);
 		if (!rn->run)
 			circ_die(&e);
+		if (rn->dict) {
+			circ_dict_splice_free(rn->splice);
+			rn->splice = circ_dict_splice_new(rn->dict, s->m, o.batch * rn->run_t, &e);
+			if (!rn->splice)
+				circ_die(&e);
+			circ_dict_splice_set_edits(rn->splice, rn->edits, rn->n_edits);
+		}
 	}
 	rn->reads = circ_xrealloc(rn->reads, (size_t)b->n_read * sizeof *rn->reads);
 	for (int q = 0; q < b->n_read; q++)
@@ -172,7 +245,12 @@ static const float *forward_batch(circ_session *s, runner *rn, const circ_batch 
 		circ_metric_log_softmax(rn->clean_logp, logits, rows, V);
 	}
 	f.tokens = o.corrupt ? b->corrupt : b->clean;
-	if ((o.metric != CIRC_METRIC_KL || o.corrupt) && circ_forward(rn->run, &f, &e) < 0) {
+	if (rn->splice) { /* the interventions (after kl's clean distribution) */
+		f.hook = circ_dict_splice_hook;
+		f.hook_ctx = rn->splice;
+	}
+	if ((o.metric != CIRC_METRIC_KL || o.corrupt || rn->splice) &&
+	    circ_forward(rn->run, &f, &e) < 0) {
 		circ_error_prefix(&e, "%s", circ_reader_name(s->r));
 		circ_die(&e);
 	}
@@ -240,6 +318,8 @@ int main(int argc, char **argv)
 		in = argv[i];
 	if (!o.model)
 		circ_usage_error("--model DIR is required");
+	if (o.n_iv && !o.dict)
+		circ_usage_error("--intervene needs --dict DIR");
 	if (o.describe) {
 		char *d = circ_model_describe(o.model, &e);
 		if (!d)
@@ -263,7 +343,14 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	}
 	circ_session_check_vocab(&s);
-	if (o.dict) { /* dictionaries spliced in: their measures instead of results */
+	if (o.dict && o.n_iv) { /* interventions: results of the edited model */
+		rn.set = circ_dict_set_load(o.dict, &e);
+		if (!rn.set)
+			circ_die(&e);
+		parse_interventions(&rn);
+		if (circ_dict_check_model(rn.dict, s.m, &e) < 0)
+			circ_die(&e);
+	} else if (o.dict) { /* dictionaries spliced in: their measures instead of results */
 		if (o.logits || o.corrupt)
 			circ_usage_error("--dict: --logits and --corrupt do not apply");
 		circ_dictrun_forward(&s, &cli, o.dict, o.metric, o.batch, o.threads, 0.1, argc,
@@ -273,7 +360,7 @@ int main(int argc, char **argv)
 	}
 	circ_run_opts_default(&rn.ro);
 	rn.ro.threads = o.threads;
-	rn.ro.keep_nodes = 0; /* only the output is needed */
+	rn.ro.keep_nodes = rn.dict != NULL; /* the splicer reads node outputs */
 	circ_session_output(&s, &cli);
 	write_header(&s, argc, argv);
 
@@ -290,6 +377,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: 0 examples\n", circ_progname);
 	free(rn.reads);
 	free(rn.clean_logp);
+	circ_dict_splice_free(rn.splice);
+	circ_dict_set_free(rn.set);
 	circ_run_free(rn.run);
 	circ_session_free(&s);
 	return 0;

@@ -218,6 +218,17 @@ void circ_dict_splice_set_zero(circ_dict_splice *s, int zero);
 /* The stage at which the hook acts (the first stage reading the replaced
  * activation). */
 int circ_dict_splice_stage(const circ_dict_splice *s);
+/* Interventions instead of the replacement: at token position pos of every
+ * example, feature `feature` is set to value (scale 0) or multiplied by it
+ * (scale 1); the activation becomes target + decode(f') - decode(f), so the
+ * dictionary's error is kept and no edit gives the model back exactly.
+ * Edits are applied in order. The splicer keeps the pointer (n 0: none,
+ * the replacement again). */
+typedef struct circ_dict_edit {
+	int pos, feature, scale;
+	float value;
+} circ_dict_edit;
+void circ_dict_splice_set_edits(circ_dict_splice *s, const circ_dict_edit *ed, int n);
 
 /* ---- measuring (dict.c) ----
  * The numbers SAELens and SAEBench report, summed over batches: MSE (mean

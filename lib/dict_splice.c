@@ -21,6 +21,8 @@ struct circ_dict_splice {
 	int stage;	   /* where the hook acts */
 	int max_rows;
 	int zero;
+	const circ_dict_edit *edits; /* (n_edits): interventions instead */
+	int n_edits;
 	int n;	       /* rows of the last forward */
 	float *x;      /* (N, I) input activation */
 	float *f;      /* (N, S) feature activations */
@@ -93,6 +95,40 @@ void circ_dict_splice_set_zero(circ_dict_splice *s, int zero)
 	s->zero = zero;
 }
 
+void circ_dict_splice_set_edits(circ_dict_splice *s, const circ_dict_edit *ed, int n)
+{
+	s->edits = n > 0 ? ed : NULL;
+	s->n_edits = n > 0 ? n : 0;
+}
+
+/* tmp (n, O) := decode(f with the edits) - decode(f): the interventions'
+ * change of the activation. */
+static int edit_diff(circ_dict_splice *s, int T, int n, float *tmp, circ_error *e)
+{
+	const circ_dict *d = s->d;
+	size_t S = (size_t)d->cfg.d_sae, O = (size_t)d->cfg.d_out;
+	float *f2 = circ_xmalloc_aligned((size_t)n * S * sizeof(float));
+	memcpy(f2, s->f, (size_t)n * S * sizeof(float));
+	for (int q = 0; q < s->n_edits; q++) {
+		const circ_dict_edit *x = &s->edits[q];
+		if (x->pos >= T) {
+			free(f2);
+			return circ_errorf(
+			    e, "intervention at position %d: the prompts have %d tokens", x->pos,
+			    T);
+		}
+		for (int row = x->pos; row < n; row += T) {
+			float *v = f2 + (size_t)row * S + x->feature;
+			*v = x->scale ? *v * x->value : x->value;
+		}
+	}
+	circ_dict_decode(s->d, f2, s->x, n, tmp);
+	for (size_t i = 0; i < (size_t)n * O; i++)
+		tmp[i] -= s->recon[i];
+	free(f2);
+	return 0;
+}
+
 int circ_dict_splice_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 {
 	circ_dict_splice *s = ctx;
@@ -115,8 +151,14 @@ int circ_dict_splice_hook(void *ctx, circ_run *r, int stage, circ_error *e)
 	circ_dict_decode(d, s->f, s->x, n, s->recon);
 	/* The difference of the replaced activation, in the residual's space. */
 	float *tmp = circ_xmalloc_aligned((size_t)n * O * sizeof(float));
-	for (size_t i = 0; i < (size_t)n * O; i++)
-		tmp[i] = (s->zero ? 0.0f : s->recon[i]) - s->target[i];
+	if (s->edits) {
+		if (edit_diff(s, circ_run_t(r), n, tmp, e) < 0) {
+			free(tmp);
+			return -1;
+		}
+	} else
+		for (size_t i = 0; i < (size_t)n * O; i++)
+			tmp[i] = (s->zero ? 0.0f : s->recon[i]) - s->target[i];
 	if (s->out.kind == CIRC_HOOK_ATTN_Z) {
 		if (circ_model_attn_proj(s->m, s->out.layer, tmp, n, s->diff, e) < 0) {
 			free(tmp);

@@ -383,6 +383,37 @@ def evaluate(model_dir, set_dir, tokens):
             "ce_loss_recovered": (cz - cs) / (cz - cc), "kl": kl / ce_rows}))
 
 
+def intervene(model_dir, set_dir, tokens, specs):
+    """circ-forward --dict --intervene's reference: each example's logit
+    difference with the edits (<dict index>:<feature>@<pos>=V or *F) applied
+    to one dictionary's features at every prompt, its error kept."""
+    model, ds = load_model(model_dir), load_set(set_dir)
+    edits = []
+    for sp in specs:
+        m = re.match(r"(\d+):(\d+)@(\d+)([=*])(.+)$", sp)
+        edits.append((int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4), float(m.group(5))))
+    d = ds[edits[0][0]]
+    for line in open(tokens):
+        rec = json.loads(line)
+        if "clean" not in rec:
+            continue
+        tok = torch.tensor(rec["clean"]["data"])
+        _, cache = forward(model, tok)
+        x = cache[hook_key(d, d.hook_in)]
+        target = cache[hook_key(d, d.hook_out)]
+        f = d.encode(x)
+        f2 = f.clone()
+        for _, i, t, op, v in edits:
+            f2[t, i] = f2[t, i] * v if op == "*" else v
+        out = target + d.decode(f2, x) - d.decode(f, x)
+        key = hook_key(d, d.hook_out)
+        lg, _ = forward(model, tok, lambda n, a: out if n == key else None)
+        row = lg[rec["pos"]]
+        md = sum(row[a] for a in rec["answer"]) / len(rec["answer"]) - \
+            sum(row[w] for w in rec["wrong"]) / len(rec["wrong"])
+        print(json.dumps({"id": rec["id"], "metric": float(md)}))
+
+
 def cfgcheck(d):
     cfg = json.load(open(d + "/cfg.json"))
     want = dict(SAELENS_KEYS)
@@ -467,6 +498,8 @@ def main():
         compare_eval(a[1], a[2])
     elif len(a) == 3 and a[0] == "compare-harvest":
         compare_harvest(a[1], a[2])
+    elif len(a) >= 5 and a[0] == "intervene":
+        intervene(a[1], a[2], a[3], a[4:])
     elif len(a) == 2 and a[0] == "cfgcheck":
         cfgcheck(a[1])
     else:
