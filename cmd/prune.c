@@ -1166,43 +1166,43 @@ static fedge *fheap_pop(fedge **h, int64_t *n)
 	return top;
 }
 
+/* Pushes the edges of cand (m, sorted by downstream node) into (k, i). */
+static void fheap_push_into(fedge **cand, int64_t m, int k, int i, fedge **h, int64_t *nh)
+{
+	int64_t lo = 0, hi = m;
+	while (lo < hi) { /* the first edge into (k, i) */
+		int64_t mid = lo + (hi - lo) / 2;
+		if (cand[mid]->dk < k || (cand[mid]->dk == k && cand[mid]->di < i))
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (; lo < m && cand[lo]->dk == k && cand[lo]->di == i; lo++)
+		fheap_push(h, nh, cand[lo]);
+}
+
 /* --greedy on a feature graph: grow `want` edges from logits, as for
  * component graphs: the candidates are the edges (among cand, each with
  * both ends allowed) into a node already reached, logits first; the best
  * candidate is kept and its upstream node, when new, adds its own incoming
- * edges. Dies if the candidates run out before `want`. */
+ * edges. reach (zeroed) marks the nodes reached. Dies if the candidates
+ * run out before `want`. */
 static void feature_greedy(circ_fgraph *g, fedge **cand, int64_t m, int64_t want, uint8_t **reach)
 {
 	fedge **h = circ_xmalloc((size_t)(m + 1) * sizeof *h);
 	int64_t nh = 0, got = 0;
 	qsort(cand, (size_t)m, sizeof *cand, cmp_fedge_down);
-	for (int j = 0; j <= g->n; j++)
-		memset(reach[j], 0, (size_t)circ_fgraph_slot_nodes(g, j));
-#define PUSH_INTO(K, I)                                                                            \
-	do {                                                                                       \
-		int64_t lo = 0, hi = m;                                                            \
-		while (lo < hi) { /* the first edge into (K, I) */                                 \
-			int64_t mid = lo + (hi - lo) / 2;                                          \
-			if (cand[mid]->dk < (K) || (cand[mid]->dk == (K) && cand[mid]->di < (I)))  \
-				lo = mid + 1;                                                      \
-			else                                                                       \
-				hi = mid;                                                          \
-		}                                                                                  \
-		for (; lo < m && cand[lo]->dk == (K) && cand[lo]->di == (I); lo++)                 \
-			fheap_push(h, &nh, cand[lo]);                                              \
-	} while (0)
 	reach[g->n][0] = 1;
-	PUSH_INTO(g->n, 0);
+	fheap_push_into(cand, m, g->n, 0, h, &nh);
 	while (got < want && nh > 0) {
 		fedge *x = fheap_pop(h, &nh);
 		x->keep = 1;
 		got++;
 		if (!reach[x->uk][x->ui]) {
 			reach[x->uk][x->ui] = 1;
-			PUSH_INTO(x->uk, x->ui);
+			fheap_push_into(cand, m, x->uk, x->ui, h, &nh);
 		}
 	}
-#undef PUSH_INTO
 	free(h);
 	if (got < want)
 		circ_dief("--greedy %lld: only %lld edges reach the logits through scored edges",
