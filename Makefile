@@ -30,6 +30,13 @@ ARCHFLAGS =
 endif
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread -Ilib $(ARCHFLAGS) $(WARN) $(CFLAGS)
 LDLIBS = -lmsgpackc -lzstd -ljansson -lutf8proc -lopenblas -lpthread -lm
+# oneDNN (libdnnl-dev) for --compute bf16: built in where its header is;
+# without it the option is refused at run time (CIRC_DNNL=0 leaves it out).
+CIRC_DNNL ?= $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),1,0)
+ifeq ($(CIRC_DNNL),1)
+ALL_CFLAGS += -DCIRC_HAVE_DNNL
+LDLIBS += -ldnnl -lgomp
+endif
 
 # Each sanitizer set gets its own build directory, so switching never mixes objects.
 ifdef SANITIZE

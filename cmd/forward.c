@@ -39,6 +39,7 @@ enum {
 	OPT_DESCRIBE,
 	OPT_DICT,
 	OPT_INTERVENE,
+	OPT_COMPUTE,
 };
 
 static const circ_opt opts[] = {
@@ -58,6 +59,7 @@ static const circ_opt opts[] = {
     {"intervene", OPT_INTERVENE, "SPEC",
      "with --dict: set (resid3.f17@5=0) or scale (resid3.f17@5*2) a feature at a position of "
      "every prompt, the dictionary's error kept, and write the results; repeatable"},
+    {"compute", OPT_COMPUTE, "T", CIRC_OPT_COMPUTE_HELP},
     {0},
 };
 
@@ -67,6 +69,7 @@ static struct {
 	int n_iv;
 	int batch, threads, top_k, logits, corrupt, has_metric, allow_nonfinite, describe;
 	circ_metric_kind metric;
+	circ_compute compute;
 } o = {.batch = 16, .threads = 0, .top_k = 5};
 
 static int handle(int key, const char *arg, void *ctx)
@@ -91,6 +94,7 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ALLOW_NONFINITE: o.allow_nonfinite = 1; return 0;
 	case OPT_DESCRIBE: o.describe = 1; return 0;
 	case OPT_DICT: o.dict = arg; return 0;
+	case OPT_COMPUTE: o.compute = circ_cli_compute_parse(arg); return 0;
 	case OPT_INTERVENE:
 		if (o.n_iv == (int)(sizeof o.iv / sizeof *o.iv))
 			circ_usage_error("--intervene: at most %d",
@@ -335,6 +339,7 @@ int main(int argc, char **argv)
 	if (!o.threads)
 		o.threads = circ_threads_default();
 
+	s.compute = o.compute;
 	circ_session_open_model(&s, o.model, o.allow_nonfinite);
 	circ_session_reader(&s, in);
 	if (!o.has_metric &&

@@ -159,15 +159,20 @@ int main(int argc, char **argv)
 	if (o.pc.level != CIRC_LEVEL_EDGE)
 		circ_usage_error("a harvest keeps every receiver: --level node does not apply");
 	if (o.dict) { /* feature activations: a plain forward, no patching */
-		static const int allowed[] = {CIRC_PO_MODEL,	       CIRC_PO_METRIC,
-					      CIRC_PO_BATCH,	       CIRC_PO_THREADS,
-					      CIRC_PO_ALLOW_NONFINITE, 0};
+		static const int allowed[] = {CIRC_PO_MODEL,
+					      CIRC_PO_METRIC,
+					      CIRC_PO_BATCH,
+					      CIRC_PO_THREADS,
+					      CIRC_PO_ALLOW_NONFINITE,
+					      CIRC_PO_COMPUTE,
+					      0};
 		const char *bad = circ_patch_cli_given(&o.pc, allowed);
 		if (bad)
 			circ_usage_error("--dict: --%s does not apply", bad);
 		circ_patch_cli_check(&o.pc);
 		if (!o.pc.model)
 			circ_usage_error("--model DIR is required");
+		s.compute = o.pc.compute;
 		circ_session_open_model(&s, o.pc.model, o.pc.allow_nonfinite);
 		circ_session_reader(&s, in);
 		circ_patch_cli_metric(&o.pc, s.r);

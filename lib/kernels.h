@@ -26,6 +26,9 @@
 #define CIRC_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
 
 /* ---- thread pool ---- */
 
@@ -90,6 +93,27 @@ void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float
 void circ_gemm_bt_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 		      float *c, int ldc);
 int circ_gemm_bt_fast(int k);
+
+/* ---- bf16 matrix multiply (kernels_bf16.c, through oneDNN) ---- */
+
+/* 0 when circ_gemm_bf16 can run here: circ built with oneDNN, and a CPU
+ * with AVX512-BF16 or AMX-BF16 as oneDNN sees it (ONEDNN_MAX_CPU_ISA can
+ * lower that); -1 with a message naming what is missing (e may be NULL). */
+int circ_bf16_check(circ_error *e);
+/* What oneDNN's bf16 products run on here ("AMX-BF16", "AVX512-BF16", ...). */
+const char *circ_bf16_isa(void);
+/* dst = src rounded to bf16 as circ_f32_to_bf16 rounds (safetensors.h: to
+ * nearest even, NaN stays NaN), vectorised where the CPU has AVX-512. */
+void circ_round_bf16(uint16_t *dst, const float *src, size_t n);
+/* c (m, n) = bf16(a) (m, k) op(b) + beta c on the calling thread: a f32
+ * (lda >= k) rounded to bf16, b bf16 ((k, n), or with tb (n, k)), products
+ * summed in f32. For a given shape and strides the result is a function of
+ * the inputs. Needs circ_bf16_check() == 0 (asserts). */
+void circ_gemm_bf16(int tb, int m, int n, int k, const float *a, int lda, const uint16_t *b,
+		    int ldb, float beta, float *c, int ldc);
+/* The twin: the same roundings, sums in double. */
+void circ_gemm_bf16_ref(int tb, int m, int n, int k, const float *a, int lda, const uint16_t *b,
+			int ldb, float beta, float *c, int ldc);
 
 /* ---- LayerNorm over the last dimension ---- */
 

@@ -809,7 +809,8 @@ typedef struct gemm_task {
 	const float *a, *b;
 	float beta;
 	float *c;
-	model_epi ep; /* what each part does with its block besides the GEMM */
+	model_epi ep;	    /* what each part does with its block besides the GEMM */
+	const uint16_t *bw; /* b's bf16 twin (bf16 compute, ta 0), or NULL */
 } gemm_task;
 
 #define GEMM_SPLIT_MIN (1 << 20) /* m * n * k below which one thread does it */
@@ -825,10 +826,15 @@ static void gemm_block(const gemm_task *t, int i0, int i1, int j0, int j1)
 	if (ep->bias)
 		for (int i = i0; i < i1; i++)
 			memcpy(c + (size_t)(i - i0) * ldc, ep->bias + j0, w * sizeof(float));
-	circ_gemm(t->ta, t->tb, i1 - i0, j1 - j0, t->k, 1.0f,
-		  t->ta ? t->a + i0 : t->a + (size_t)i0 * t->lda, t->lda,
-		  t->tb ? t->b + (size_t)j0 * t->ldb : t->b + j0, t->ldb, ep->bias ? 1.0f : t->beta,
-		  c, t->ldc);
+	if (t->bw)
+		circ_gemm_bf16(t->tb, i1 - i0, j1 - j0, t->k, t->a + (size_t)i0 * t->lda, t->lda,
+			       t->tb ? t->bw + (size_t)j0 * t->ldb : t->bw + j0, t->ldb,
+			       ep->bias ? 1.0f : t->beta, c, t->ldc);
+	else
+		circ_gemm(t->ta, t->tb, i1 - i0, j1 - j0, t->k, 1.0f,
+			  t->ta ? t->a + i0 : t->a + (size_t)i0 * t->lda, t->lda,
+			  t->tb ? t->b + (size_t)j0 * t->ldb : t->b + j0, t->ldb,
+			  ep->bias ? 1.0f : t->beta, c, t->ldc);
 	for (int i = i0; i < i1; i++) {
 		const float *ci = c + (size_t)(i - i0) * ldc;
 		size_t o = (size_t)i * ldc + j0;
@@ -911,7 +917,17 @@ void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const fl
 		circ_gemm_ref(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
 		return;
 	}
-	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, 1, 0, a, b, beta, c, {0}};
+	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, 1, 0, a, b, beta, c, {0}, NULL};
+	if (model_bf16_on(r) && !ta)
+		t.bw = model_bf16_find(r->m, b);
+	gemm_run(r, &t);
+}
+
+void model_gemm_bw(const circ_run *r, int tb, int m, int n, int k, const float *a, int lda,
+		   const uint16_t *bw, int ldb, float beta, float *c, int ldc)
+{
+	gemm_task t = {0, tb, m, n, k, lda, ldb, ldc, 1, 0, a, NULL, beta, c, {0}, bw};
+	CIRC_ASSERT(bw != NULL);
 	gemm_run(r, &t);
 }
 
@@ -939,7 +955,9 @@ void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int 
 		}
 		return;
 	}
-	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, *ep};
+	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, *ep, NULL};
+	if (model_bf16_on(r))
+		t.bw = model_bf16_find(r->m, b);
 	gemm_run(r, &t);
 }
 
@@ -948,8 +966,11 @@ void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int 
 void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
 		    int ldb, float *c, int ldc)
 {
+	const uint16_t *bw = model_bf16_on(r) ? model_bf16_find(r->m, b) : NULL;
 	if (r->o.reference)
 		circ_gemm_ref(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+	else if (bw)
+		circ_gemm_bf16(0, m, n, k, a, lda, bw, ldb, 1.0f, c, ldc);
 	else
 		circ_gemm_acc(m, n, k, a, lda, b, ldb, c, ldc);
 }

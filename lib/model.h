@@ -328,6 +328,22 @@ int circ_model_save(const circ_model *m, const char *dir, circ_error *e);
 int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed, const char *dtype,
 			    circ_error *e);
 
+/* How a model's runs multiply by its weight matrices. F32 (the default):
+ * in f32, exact as documented everywhere. BF16: the matrices get bf16 twins
+ * (made once here: F32 and F16 rounded to nearest even, a checkpoint's BF16
+ * used as it is), each product's activations are rounded to bf16 as it
+ * runs, and the products are summed in f32 into f32 outputs, through
+ * oneDNN (AMX-BF16 or AVX512-BF16). Everything else stays f32: embeddings,
+ * norms, attention scores, activations, residual sums, the products of two
+ * activations (the backward's weight gradients) and runs with reference
+ * kernels. Applies to every run of m, made before or after; writes to the
+ * weights after the call are not seen by the twins. -1 with a message when
+ * bf16 cannot run here (circ_bf16_check: no oneDNN, or a CPU without
+ * AVX512-BF16 or AMX-BF16). */
+typedef enum circ_compute { CIRC_COMPUTE_F32, CIRC_COMPUTE_BF16 } circ_compute;
+int circ_model_set_compute(circ_model *m, circ_compute c, circ_error *e);
+circ_compute circ_model_compute(const circ_model *m);
+
 /* ---- flat parameters of the other families ----
  * A model of a family other than GPT-2 has its tensors in one flat order:
  * the checkpoint's tensors as the family's table lists them (the embedding

@@ -471,16 +471,33 @@ static const float *fam_rows(const circ_run *r, const fam_mat *a, size_t row0, s
 	return r->f_w;
 }
 
+/* y (rows, n) = x (rows, k) W[row0 .. row0 + n)^T + beta y, W (., k) as
+ * nn.Linear keeps it; ldx and ldy the row strides. With bf16 compute, W's
+ * rows are its bf16 twin, found from their own address (a BF16 checkpoint's
+ * used in place, never converted to f32). */
+static void gemm_rows(const circ_run *r, int rows, int n, int k, const float *x, int ldx,
+		      const fam_mat *W, size_t row0, float beta, float *y, int ldy)
+{
+	if (model_bf16_on(r)) {
+		size_t esz = W->dt == CIRC_F32 ? sizeof(float) : 2;
+		const uint16_t *bw =
+		    model_bf16_find(r->m, (const char *)W->p + row0 * (size_t)k * esz);
+		model_gemm_bw(r, 1, rows, n, k, x, ldx, bw, k, beta, y, ldy);
+		return;
+	}
+	model_gemm(r, 0, 1, rows, n, k, x, ldx, fam_rows(r, W, row0, (size_t)n, (size_t)k), k, beta,
+		   y, ldy);
+}
+
 /* y (rows, n) = x (rows, k) W[row0 .. row0 + n)^T (+ bias), W (., k) as
  * nn.Linear keeps it; ldx and ldy the row strides. */
 static void linear(const circ_run *r, float *y, int ldy, const float *x, int ldx, size_t rows,
 		   int n, int k, const fam_mat *W, size_t row0, const float *bias)
 {
-	const float *w = fam_rows(r, W, row0, (size_t)n, (size_t)k);
 	if (bias)
 		for (size_t i = 0; i < rows; i++)
 			memcpy(y + i * (size_t)ldy, bias, (size_t)n * sizeof(float));
-	model_gemm(r, 0, 1, (int)rows, n, k, x, ldx, w, k, bias ? 1.0f : 0.0f, y, ldy);
+	gemm_rows(r, (int)rows, n, k, x, ldx, W, row0, bias ? 1.0f : 0.0f, y, ldy);
 }
 
 /* ---- RoPE ---- */
@@ -920,11 +937,11 @@ static void fam_final(circ_run *r, const float *x)
 	p_norm(r, block_rms(r), r->lnf, C, r->s_ln, C, N, r->C, r->m->fw.final_w, r->m->fw.final_b);
 	{
 		const fam_mat *lm = &r->m->fw.lm_head;
-		size_t chunk = lm->dt == CIRC_F32 ? V : FAM_VOCAB_CHUNK;
+		size_t chunk = lm->dt == CIRC_F32 || model_bf16_on(r) ? V : FAM_VOCAB_CHUNK;
 		for (size_t j0 = 0; j0 < V; j0 += chunk) {
 			size_t nj = V - j0 < chunk ? V - j0 : chunk;
-			model_gemm(r, 0, 1, (int)N, (int)nj, r->C, r->lnf, r->C,
-				   fam_rows(r, lm, j0, nj, C), r->C, 0.0f, r->logits + j0, r->V);
+			gemm_rows(r, (int)N, (int)nj, r->C, r->lnf, r->C, lm, j0, 0.0f,
+				  r->logits + j0, r->V);
 		}
 	}
 	if (c->final_softcap > 0) {

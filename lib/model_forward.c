@@ -232,7 +232,7 @@ static void attn_stage(circ_run *r, int l)
 	int r0 = circ_recv_qkv(r->m, l, 0, CIRC_RECV_Q), npatched = 0;
 	for (int j = 0; j < 3 * r->H; j++)
 		npatched += r->delta_on[r0 + j] != 0;
-	if (npatched == 0 && (r->o.reference || !circ_gemm_acc_fast((int)C3))) {
+	if (npatched == 0 && (r->o.reference || model_bf16_on(r) || !circ_gemm_acc_fast((int)C3))) {
 		model_p_layernorm(r, r->s_ln, r->mean + (size_t)2 * l * r->rows,
 				  r->rstd + (size_t)2 * l * r->rows, x, lw->ln1_w, lw->ln1_b, n);
 		bias_rows(qkv, lw->attn_b, n, C3, C3);
@@ -250,7 +250,7 @@ static void attn_stage(circ_run *r, int l)
 		attn_task t = {r, z, att, NULL, qkv, NULL, NULL};
 		circ_pool_for(r->pool, (size_t)r->B, model_attn_fwd_part, &t);
 	}
-	if (r->o.keep_nodes && !r->o.reference) {
+	if (r->o.keep_nodes && !r->o.reference && !model_bf16_on(r)) {
 		proj_task t = {r, l, z, x};
 		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), proj_slot, &t);
 	} else if (r->o.keep_nodes) {
@@ -323,7 +323,7 @@ static void final_stage(circ_run *r)
 		return;
 	model_final_inputs(r, resid_at(r, 2 * r->L), r->s_ln);
 	model_p_layernorm(r, r->lnf, r->lnf_mean, r->lnf_rstd, r->s_ln, w->lnf_w, w->lnf_b, N);
-	if (!r->o.reference && N <= HEAD_FEW_ROWS && circ_gemm_bt_fast(r->C) &&
+	if (!r->o.reference && !model_bf16_on(r) && N <= HEAD_FEW_ROWS && circ_gemm_bt_fast(r->C) &&
 	    (size_t)r->V * C * sizeof(float) >= HEAD_STREAM_BYTES) {
 		head_task t = {r, (int)N};
 		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), head_part, &t);

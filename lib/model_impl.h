@@ -82,6 +82,15 @@ typedef struct fam_param {
 	size_t off, count; /* floats */
 } fam_param;
 
+/* bf16 twins of the weight matrices (model_bf16.c): spans sorted by their
+ * source address. */
+typedef struct model_bf16_span model_bf16_span;
+typedef struct model_bf16 {
+	model_bf16_span *span; /* (n) */
+	int n;
+	uint16_t *own; /* the converted twins (F32, F16 sources) */
+} model_bf16;
+
 struct circ_model {
 	circ_config cfg;
 	circ_weights w; /* GPT-2's; for other families only wte, lm_head, n_params */
@@ -99,6 +108,7 @@ struct circ_model {
 	char digest[72];
 	int have_digest;
 	circ_topology *topo; /* edge level, made from cfg (model_topology_make) */
+	model_bf16 *bf16;    /* NULL: f32 compute (circ_model_set_compute) */
 };
 
 struct circ_run {
@@ -181,6 +191,13 @@ struct circ_run {
 	int blk_slots;
 };
 
+/* 1 when r's products with weights go to bf16 (the model's compute, and not
+ * the reference kernels). */
+static inline int model_bf16_on(const circ_run *r)
+{
+	return r->m->bf16 && !r->o.reference;
+}
+
 /* ---- config (model_config.c), for the weights ---- */
 
 char *model_read_file(const char *path, size_t *len, circ_error *e);
@@ -213,6 +230,12 @@ int model_call_out_hook(circ_run *r, const circ_bwd *b, int s, int n, const floa
 			circ_error *e);
 float *model_recv_grad_buf(const circ_run *r, int recv);
 
+/* ---- bf16 compute (model_bf16.c) ---- */
+
+void model_bf16_free(model_bf16 *b); /* NULL is a no-op */
+/* The bf16 twin of the weight element at p, or NULL when p is not inside a
+ * registered matrix (or the model computes in f32). */
+const uint16_t *model_bf16_find(const circ_model *m, const void *p);
 /* ---- numbering (model.c) ---- */
 
 /* Makes m->topo from m->cfg: -1 with a message if it cannot be made. */
@@ -285,8 +308,15 @@ void model_attn_fwd_part(void *v, size_t b, size_t e);
 void model_attn_bwd_part(void *v, size_t b, size_t e);
 void model_p_sum(const circ_run *r, float *out, const float *a, const float *const *src, int k,
 		 const float *bias, size_t n);
+/* c (m, n) = op(a) op(b) + beta c over the run's pool (reference kernels
+ * with o.reference). With bf16 compute (model_bf16_on) a product whose b
+ * lies in a weight matrix (model_bf16_find) and whose a is not transposed
+ * runs in bf16 (circ_gemm_bf16), as do model_gemm_epi's and model_gemm_acc's. */
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc);
+/* model_gemm with b given as its bf16 twin bw (model_bf16_find), ta 0. */
+void model_gemm_bw(const circ_run *r, int tb, int m, int n, int k, const float *a, int lda,
+		   const uint16_t *bw, int ldb, float beta, float *c, int ldc);
 /* d (n, C) = dl (n, V) W (V, C) for the unembedding's backward, W's rows
  * j0.. j0+nj-1 given as float32 by rows(ctx, j0, nj) (valid until the next
  * call). Where dl is sparse (a logit difference touches two columns per

@@ -164,6 +164,7 @@ void circ_model_free(circ_model *m)
 	free(m->fw.layers);
 	free(m->fp);
 	circ_topology_free(m->topo);
+	model_bf16_free(m->bf16);
 	free(m->own);
 	free(m->w.mem);
 	free(m->w.layers);

@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 # What building and running need (`scripts/deps.sh run`, for `make run`) ...
-RUN_PKGS="build-essential pkg-config libmsgpack-dev libzstd-dev zstd libjansson-dev
+RUN_PKGS="build-essential pkg-config libmsgpack-dev libzstd-dev zstd libjansson-dev libdnnl-dev
 libutf8proc-dev libopenblas-dev parallel jq graphviz"
 # ... and what the tests and benchmarks add (the default, for `make check`).
 TEST_PKGS="bats bats-support bats-assert python3 python3-torch python3-numpy

@@ -105,8 +105,25 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 			circ_usage_error("unknown --gqa '%s' (ungrouped, grouped)", arg);
 		pc->gqa_grouped = !strcmp(arg, "grouped");
 		return 0;
+	case CIRC_PO_COMPUTE: pc->compute = circ_cli_compute_parse(arg); return 0;
 	}
 	return 1;
+}
+
+circ_compute circ_cli_compute_parse(const char *arg)
+{
+	if (!strcmp(arg, "f32"))
+		return CIRC_COMPUTE_F32;
+	if (!strcmp(arg, "bf16"))
+		return CIRC_COMPUTE_BF16;
+	circ_usage_error("unknown --compute '%s' (f32, bf16)", arg);
+}
+
+void circ_cli_model_compute(circ_model *m, circ_compute c)
+{
+	circ_error e;
+	if (circ_model_set_compute(m, c, &e) < 0)
+		circ_die(&e);
 }
 
 void circ_patch_cli_check(circ_patch_cli *pc)
@@ -174,6 +191,7 @@ circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
 	if (!pc->model)
 		circ_usage_error("--model DIR is required");
 	m = circ_cli_open_model(pc->model, pc->allow_nonfinite, pc->gqa_grouped);
+	circ_cli_model_compute(m, pc->compute);
 	if (g)
 		*g = circ_cli_model_graph(m, pc->level, pc->conv);
 	return m;

@@ -27,11 +27,16 @@ enum {
 	CIRC_PO_ALLOW_NONFINITE,
 	CIRC_PO_GQA,
 	CIRC_PO_MAX_MEMORY,
+	CIRC_PO_COMPUTE,
 };
 
 /* The options' table entries, for a tool to list in its own table (the help
  * texts are the same in every tool). */
 /* clang-format off */
+/* --compute's help, for circ-forward's table too */
+#define CIRC_OPT_COMPUTE_HELP \
+	"f32 (default, exact) or bf16: products with the weight matrices in bfloat16 through " \
+	"oneDNN (AMX-BF16 or AVX512-BF16), summed in f32; refused on a CPU without them"
 #define CIRC_PATCH_OPT_MODEL \
 	{"model", CIRC_PO_MODEL, "DIR", "Hugging Face model directory (config.json, model.safetensors or shards)"}
 #define CIRC_PATCH_OPT_COMMON \
@@ -52,7 +57,8 @@ enum {
 	{"allow-nonfinite", CIRC_PO_ALLOW_NONFINITE, NULL, \
 	 "let NaN or infinite weights, activations, metrics and scores through"}, \
 	{"gqa", CIRC_PO_GQA, "G", \
-	 "grouped-query attention: ungrouped (default: k, v receivers per query head) or grouped"}
+	 "grouped-query attention: ungrouped (default: k, v receivers per query head) or grouped"}, \
+	{"compute", CIRC_PO_COMPUTE, "T", CIRC_OPT_COMPUTE_HELP}
 /* clang-format on */
 
 typedef struct circ_patch_cli {
@@ -66,9 +72,10 @@ typedef struct circ_patch_cli {
 	circ_input_conv conv;
 	int batch, threads; /* threads 0: not given (circ_patch_cli_check sets it) */
 	int batch_set, ablation_set;
-	int allow_nonfinite; /* NaN/Inf weights, activations, metrics, scores let through */
-	int gqa_grouped;     /* --gqa grouped */
-	int64_t max_memory;  /* --max-memory: bytes of a batch's activations; 0: no limit */
+	int allow_nonfinite;  /* NaN/Inf weights, activations, metrics, scores let through */
+	int gqa_grouped;      /* --gqa grouped */
+	int64_t max_memory;   /* --max-memory: bytes of a batch's activations; 0: no limit */
+	circ_compute compute; /* --compute */
 } circ_patch_cli;
 
 void circ_patch_cli_init(circ_patch_cli *pc);
@@ -89,6 +96,11 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed);
 /* Opens the model in dir (--allow-nonfinite: allow_nonfinite) and digests
  * its weights; exits 1 with the message on error. */
 circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite, int gqa_grouped);
+/* --compute's argument (f32, bf16); a usage error (exit 2) otherwise. */
+circ_compute circ_cli_compute_parse(const char *arg);
+/* Sets m's compute (circ_model_set_compute); exits 1 with the message (a CPU
+ * without bf16 instructions, circ built without oneDNN) on error. */
+void circ_cli_model_compute(circ_model *m, circ_compute c);
 /* The model's graph (its topology's shape: grouped or parallel blocks) at
  * the level and convention given, named by its model_type; exits 1 on
  * error. */

@@ -22,6 +22,7 @@ void circ_session_open_model(circ_session *s, const char *dir, int allow_nonfini
 	circ_error e;
 	s->model_dir = dir;
 	s->m = circ_cli_open_model(dir, allow_nonfinite, 0);
+	circ_cli_model_compute(s->m, s->compute);
 	s->c = circ_model_config(s->m);
 	if (!(s->model_digest = circ_model_digest(s->m, &e)))
 		circ_die(&e);

@@ -34,15 +34,16 @@ typedef struct circ_session {
 	int count_batches;	  /* circ_session_next counts batches in pr */
 	circ_batch *last;	  /* the batch handed out last (counted at the next call) */
 	int attr_method;	  /* circ_session_attrib_patcher's method, or -1 */
+	circ_compute compute;	  /* set before circ_session_open_model (--compute) */
 } circ_session;
 
 /* Opens pc's model (a missing --model is a usage error) and, with_graph, its
  * graph; digests the weights. */
 void circ_session_model(circ_session *s, circ_patch_cli *pc, int with_graph);
 /* For a tool without the patching options (circ-forward): opens the model
- * in dir (--allow-nonfinite: allow_nonfinite) without a graph and digests
- * its weights; s->pc stays NULL, so the batches come from
- * circ_session_batches. */
+ * in dir (--allow-nonfinite: allow_nonfinite) without a graph, digests
+ * its weights and sets s->compute; s->pc stays NULL, so the batches come
+ * from circ_session_batches. */
 void circ_session_open_model(circ_session *s, const char *dir, int allow_nonfinite);
 /* Opens the token stream input ("-": standard input) and checks its
  * vocabulary against the model's (circ_session_reader, then
