@@ -176,6 +176,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "model_bench: %s\n", e.msg);
 		return 1;
 	}
+	/* BENCH_COMPUTE=bf16: the weights' products in bf16 (--compute bf16) */
+	if (getenv("BENCH_COMPUTE") && !strcmp(getenv("BENCH_COMPUTE"), "bf16") &&
+	    circ_model_set_compute(m, CIRC_COMPUTE_BF16, &e) < 0) {
+		fprintf(stderr, "model_bench: %s\n", e.msg);
+		return 1;
+	}
 	c = circ_model_config(m);
 	int L = c->n_layer, C = c->n_embd, F = c->n_inner, V = c->vocab_size;
 	double n = (double)B * T;

@@ -1,0 +1,86 @@
+#!/usr/bin/env bats
+# --compute bf16 (the weights' products in bfloat16 through oneDNN): its
+# agreement with f32 on the fixtures (logits within 3% of each prompt's
+# largest |logit|: measured at most 1.3%, gemma2's soft-capped logits;
+# EAP scores' rank correlation at least 0.99 and the same top 20 edges:
+# measured 0.997-0.99995, 20 of 20), the f32 default unchanged byte for
+# byte, and the refusal on a CPU without bf16 instructions (oneDNN held to
+# AVX2 by ONEDNN_MAX_CPU_ISA).
+load helper
+
+TOK=tests/data/tiny/tokens.jsonl
+
+# Skips where this CPU cannot run bf16 (the refusal is tested below).
+need_bf16() {
+	circ-forward --model tests/data/tiny/model --compute bf16 "$TOK" >/dev/null 2>&1 ||
+		skip "this CPU (or build) has no bf16 compute: $(circ-forward --model tests/data/tiny/model --compute bf16 "$TOK" 2>&1 >/dev/null | tail -1)"
+}
+
+logits_close() { # model: f32 and bf16 logits, max |diff| / max |f32 logit| per prompt
+	circ-forward --model "$1" --logits --top-k 0 --json "$TOK" | circ-cat --no-header >"$T/f32.jsonl"
+	circ-forward --model "$1" --compute bf16 --logits --top-k 0 --json "$TOK" |
+		circ-cat --no-header >"$T/bf16.jsonl"
+	paste -d '\n' "$T/f32.jsonl" "$T/bf16.jsonl" | jq -s -e '
+		length == 8 and
+		([range(0; length; 2) as $i | .[$i] as $a | .[$i + 1] as $b |
+		  ($a.logits.data | map(fabs) | max) as $s |
+		  ([$a.logits.data, $b.logits.data] | transpose | map(.[0] - .[1] | fabs) | max) < 0.03 * $s and
+		  (($a.metric - $b.metric) | fabs) < 0.03 * $s and
+		  ([$a.logits.data, $b.logits.data] | transpose | map(.[0] - .[1] | fabs) | max) > 0]
+		 | all)'
+}
+
+@test "--compute takes f32 or bf16; anything else is a usage error" {
+	run --separate-stderr -2 circ-forward --model tests/data/tiny/model --compute f16 "$TOK"
+	[[ "$stderr" == "circ-forward: unknown --compute 'f16' (f32, bf16)"* ]]
+	run --separate-stderr -2 circ-score --model tests/data/tiny/model --compute x "$TOK"
+	[[ "$stderr" == "circ-score: unknown --compute 'x' (f32, bf16)"* ]]
+}
+
+@test "a CPU without bf16 instructions is refused, naming what is missing" {
+	for tool in circ-forward circ-score; do
+		run --separate-stderr -1 env ONEDNN_MAX_CPU_ISA=AVX2 $tool --model tests/data/tiny/model --compute bf16 "$TOK"
+		[[ "$stderr" == "$tool: bf16 compute needs a CPU with AVX512-BF16 or AMX-BF16; oneDNN sees AVX2 here (limited by ONEDNN_MAX_CPU_ISA)" ]]
+		[ -z "$output" ]
+	done
+	# f32 does not need them
+	ONEDNN_MAX_CPU_ISA=AVX2 circ-forward --model tests/data/tiny/model --compute f32 "$TOK" >/dev/null
+}
+
+@test "--compute f32 is the default, byte for byte" {
+	circ-forward --model tests/data/tiny/model --logits "$TOK" >"$T/a"
+	circ-forward --model tests/data/tiny/model --logits --compute f32 "$TOK" >"$T/b"
+	circ-score --model tests/data/families/llama --method eap "$TOK" | circ-cat --no-header >"$T/c"
+	circ-score --model tests/data/families/llama --method eap --compute f32 "$TOK" | circ-cat --no-header >"$T/d"
+	cmp <(circ-cat --no-header "$T/a") <(circ-cat --no-header "$T/b")
+	cmp "$T/c" "$T/d"
+}
+
+@test "bf16 logits agree with f32 on GPT-2 and every family" {
+	need_bf16
+	for d in tests/data/tiny/model fixtures/ioi-trained fixtures/induction-llama tests/data/families/*/; do
+		[ -f "$d/config.json" ] || continue
+		logits_close "$d" || fail "$d: bf16 logits differ from f32 by more than 3%"
+	done
+}
+
+@test "bf16 EAP scores rank the edges as f32's do" {
+	need_bf16
+	for d in tests/data/tiny/model fixtures/ioi-trained tests/data/families/llama tests/data/families/gemma2; do
+		circ-score --model "$d" --method eap --json "$TOK" >"$T/f32.jsonl"
+		circ-score --model "$d" --method eap --compute bf16 --json "$TOK" >"$T/bf16.jsonl"
+		/usr/bin/python3 tests/ref/compare_scores.py "$T/f32.jsonl" "$T/bf16.jsonl" 20 >"$T/cmp.json"
+		jq -e '.spearman > 0.99 and .overlap == 20 and .spearman < 1' "$T/cmp.json" ||
+			fail "$d: $(cat "$T/cmp.json")"
+	done
+}
+
+@test "bf16 runs the patching tools (ACDC, faithfulness, harvest)" {
+	need_bf16
+	circ-prune --acdc --model tests/data/tiny/model --tau 0.01 --compute bf16 "$TOK" >"$T/acdc.zst"
+	circ-cat "$T/acdc.zst" | tail -1 | jq -e '."$end".records > 0'
+	circ-patch --model tests/data/tiny/model --circuit "$T/acdc.zst" --compute bf16 --json "$TOK" |
+		tail -n +2 | head -1 | jq -e 'has("faithfulness")'
+	circ-harvest --model tests/data/tiny/model --compute bf16 "$TOK" | circ-cat | tail -1 |
+		jq -e '."$end".records == 4'
+}
