@@ -8,7 +8,7 @@ export B=${B:-build/release}
 bench/whole.sh --cpu
 status=0
 # whole first: whole commands as users run them; then the inner loops
-for b in whole stream tokenize model attrib acdc family cdt dict_train trace; do
+for b in whole stream tokenize model bf16 attrib acdc family cdt dict_train trace; do
 	if [ -x "bench/$b.sh" ]; then
 		echo "== $b"
 		"bench/$b.sh" || status=1

@@ -15,11 +15,14 @@ given thread count for both PyTorch and its BLAS:
              EAP-IG do), the MLP inputs and the final residual, via
              retain_grad, from a logprob metric at the last position;
              parameters do not require gradients.
+With BENCH_BF16=1 it first times both forwards under torch.autocast("cpu",
+bfloat16) too (fwd_full_bf16, fwd_last_bf16; BENCH_ONLY_BF16=1: only those).
 Prints "name wall_min wall_median cpu_min" lines (seconds; cpu is the
 process's CPU time) and "rss_kb N".
 """
 import json
 import math
+import os
 import resource
 import struct
 import sys
@@ -136,6 +139,12 @@ def main():
         ts.sort()
         print("%s %.6f %.6f %.6f" % (name, ts[0], ts[len(ts) // 2], min(cs)), flush=True)
 
+    if os.environ.get("BENCH_BF16") == "1":  # PyTorch's own bf16 on the CPU
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            timeit("fwd_full_bf16", lambda: forward(False))
+            timeit("fwd_last_bf16", lambda: forward(True))
+        if os.environ.get("BENCH_ONLY_BF16") == "1":
+            return
     with torch.no_grad():
         timeit("fwd_full", lambda: forward(False))
         timeit("fwd_last", lambda: forward(True))

@@ -233,10 +233,8 @@ static const prim *prim_get(int tb, int m, int n, int k, int lda, int ldb, int l
 typedef struct slot {
 	int busy; /* atomic */
 	dnnl_stream_t st;
-	void *scratch;
-	size_t scratch_bytes;
-	uint16_t *a;
-	size_t a_len;
+	void *scratch, *a, *b, *c; /* oneDNN's scratchpad; a, b (bf16), c (f32) */
+	size_t scratch_bytes, a_len, b_len, c_len;
 } slot;
 static slot slots[SLOTS];
 
@@ -274,34 +272,35 @@ static int mem(dnnl_memory_t *x, int r, int c, dnnl_data_type_t dt, int64_t s0, 
 	       dnnl_memory_create(x, &d, engine, (void *)p) == dnnl_success;
 }
 
-void circ_gemm_bf16(int tb, int m, int n, int k, const float *a, int lda, const uint16_t *b,
-		    int ldb, float beta, float *c, int ldc)
+/* oneDNN 2.6 picks its kernel, and with it the order of each element's
+ * sums, from the shape: its AMX kernel (brg) for a contiguous a and b, a
+ * jitted GEMM (gemm:jit, a third as fast) for a strided or transposed b,
+ * another kernel for fewer than 16 rows, and within brg a blocking of k
+ * that follows m and n when k is large (measured: at k 3072 the bits of a
+ * row change with the rows and columns it is computed with; at k <= 768
+ * they do not). So every call here is the same kind of call: k in slices
+ * of at most KC, summed into c one after the other (beta first); a's slice
+ * and b's slice contiguous (b packed, transposed where tb, when it is not
+ * already a plain (kc, n) block); at least MIN_M rows (zero rows added);
+ * c contiguous. A row of c then has the same bits whichever rows and
+ * columns share its product (tests/unit/test_bf16.c checks this), so the
+ * result does not depend on how model.c splits a product over threads,
+ * nor on whether a patched forward computes a receiver's columns alone. */
+#define KC    768
+#define MIN_M 16
+
+/* One oneDNN product c (m, n) = a (m, kc) b (kc, n) + beta c, all
+ * contiguous; 0 on success. */
+static int run_prim(slot *s, int m, int n, int kc, const uint16_t *a, const uint16_t *b, float beta,
+		    float *c)
 {
-	const prim *q;
-	slot *s;
 	dnnl_memory_t ma = NULL, mb = NULL, mc = NULL, ms = NULL;
+	const prim *q = prim_get(0, m, n, kc, kc, n, n, beta);
 	int ok;
-	if (m <= 0 || n <= 0)
-		return;
-	CIRC_ASSERT(circ_bf16_check(NULL) == 0);
-	q = prim_get(tb, m, n, k, k, ldb, ldc, beta);
 	CIRC_ASSERT(q != NULL); /* oneDNN has a bf16 matmul for every plain shape */
-	s = slot_take();
-	omp_set_num_threads(1);
-	if (!s->st)
-		CIRC_ASSERT(dnnl_stream_create(&s->st, engine, dnnl_stream_default_flags) ==
-			    dnnl_success);
-	{
-		void *pa = s->a;
-		grow(&pa, &s->a_len, (size_t)m * k * sizeof(uint16_t) + 64);
-		s->a = pa;
-	}
 	grow(&s->scratch, &s->scratch_bytes, q->scratch + 64);
-	for (int i = 0; i < m; i++)
-		circ_round_bf16(s->a + (size_t)i * k, a + (size_t)i * lda, (size_t)k);
-	ok = mem(&ma, m, k, dnnl_bf16, k, 1, s->a) &&
-	     mem(&mb, k, n, dnnl_bf16, tb ? 1 : ldb, tb ? ldb : 1, b) &&
-	     mem(&mc, m, n, dnnl_f32, ldc, 1, c);
+	ok = mem(&ma, m, kc, dnnl_bf16, kc, 1, a) && mem(&mb, kc, n, dnnl_bf16, n, 1, b) &&
+	     mem(&mc, m, n, dnnl_f32, n, 1, c);
 	if (ok && q->scratch)
 		ok = dnnl_memory_create(&ms, &q->smd, engine, s->scratch) == dnnl_success;
 	if (ok) {
@@ -316,6 +315,67 @@ void circ_gemm_bf16(int tb, int m, int n, int k, const float *a, int lda, const 
 	dnnl_memory_destroy(mb);
 	dnnl_memory_destroy(mc);
 	dnnl_memory_destroy(ms);
+	return ok ? 0 : -1;
+}
+
+void circ_gemm_bf16(int tb, int m, int n, int k, const float *a, int lda, const uint16_t *b,
+		    int ldb, float beta, float *c, int ldc)
+{
+	slot *s;
+	int mp = m < MIN_M ? MIN_M : m, ok = 1, packed = tb || ldb != n, own_c;
+	float *cc;
+	if (m <= 0 || n <= 0)
+		return;
+	if (k <= 0) {
+		for (int i = 0; i < m; i++)
+			for (int j = 0; j < n; j++)
+				c[(size_t)i * ldc + j] =
+				    beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
+		return;
+	}
+	CIRC_ASSERT(circ_bf16_check(NULL) == 0);
+	s = slot_take();
+	omp_set_num_threads(1);
+	if (!s->st)
+		CIRC_ASSERT(dnnl_stream_create(&s->st, engine, dnnl_stream_default_flags) ==
+			    dnnl_success);
+	grow(&s->a, &s->a_len, (size_t)mp * KC * sizeof(uint16_t) + 64);
+	if (packed)
+		grow(&s->b, &s->b_len, (size_t)KC * n * sizeof(uint16_t) + 64);
+	own_c = mp != m || ldc != n;
+	if (own_c) {
+		grow(&s->c, &s->c_len, (size_t)mp * n * sizeof(float) + 64);
+		cc = s->c;
+		for (int i = 0; i < mp; i++) /* the rows beta reads; padding rows zero */
+			if (i < m && beta != 0)
+				memcpy(cc + (size_t)i * n, c + (size_t)i * ldc,
+				       (size_t)n * sizeof *cc);
+			else
+				memset(cc + (size_t)i * n, 0, (size_t)n * sizeof *cc);
+	} else {
+		cc = c;
+	}
+	for (int p0 = 0; ok && p0 < k; p0 += KC) {
+		int kc = k - p0 < KC ? k - p0 : KC;
+		uint16_t *sa = s->a, *sb = s->b;
+		const uint16_t *bp = b + (size_t)p0 * ldb;
+		for (int i = 0; i < m; i++)
+			circ_round_bf16(sa + (size_t)i * kc, a + (size_t)i * lda + p0, (size_t)kc);
+		if (p0 == 0 && mp > m)
+			memset(sa + (size_t)m * kc, 0, (size_t)(mp - m) * kc * sizeof *sa);
+		if (tb) /* b (n, k): its columns p0.. transposed into (kc, n) */
+			for (int j = 0; j < n; j++)
+				for (int p = 0; p < kc; p++)
+					sb[(size_t)p * n + j] = b[(size_t)j * ldb + p0 + p];
+		else if (packed)
+			for (int p = 0; p < kc; p++)
+				memcpy(sb + (size_t)p * n, bp + (size_t)p * ldb,
+				       (size_t)n * sizeof *sb);
+		ok = run_prim(s, mp, n, kc, sa, packed ? sb : bp, p0 ? 1.0f : beta, cc) == 0;
+	}
+	if (own_c)
+		for (int i = 0; i < m; i++)
+			memcpy(c + (size_t)i * ldc, cc + (size_t)i * n, (size_t)n * sizeof *cc);
 	slot_give(s);
 	CIRC_ASSERT(ok);
 }

@@ -910,6 +910,21 @@ void model_unembed_bwd(const circ_run *r, const float *dl, size_t n, size_t V, s
 	free(on);
 }
 
+/* With bf16 compute: t's b as its bf16 twin where it has one (b read with
+ * the source's row stride: every weight block the forward passes is). */
+static void bf16_b(const circ_run *r, gemm_task *t)
+{
+	int ld, trans;
+	const uint16_t *bw = model_bf16_find(r->m, t->b, &ld, &trans);
+	if (!bw)
+		return;
+	t->bw = bw;
+	if (trans) {
+		t->tb = !t->tb;
+		t->ldb = ld;
+	}
+}
+
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc)
 {
@@ -919,15 +934,17 @@ void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const fl
 	}
 	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, 1, 0, a, b, beta, c, {0}, NULL};
 	if (model_bf16_on(r) && !ta)
-		t.bw = model_bf16_find(r->m, b);
+		bf16_b(r, &t);
 	gemm_run(r, &t);
 }
 
-void model_gemm_bw(const circ_run *r, int tb, int m, int n, int k, const float *a, int lda,
-		   const uint16_t *bw, int ldb, float beta, float *c, int ldc)
+void model_gemm_w(const circ_run *r, int m, int n, int k, const float *a, int lda, const void *w,
+		  int ldb, float beta, float *c, int ldc)
 {
-	gemm_task t = {0, tb, m, n, k, lda, ldb, ldc, 1, 0, a, NULL, beta, c, {0}, bw};
-	CIRC_ASSERT(bw != NULL);
+	gemm_task t = {0, 1, m, n, k, lda, ldb, ldc, 1, 0, a, w, beta, c, {0}, NULL};
+	CIRC_ASSERT(model_bf16_on(r));
+	bf16_b(r, &t);
+	CIRC_ASSERT(t.bw != NULL); /* every weight matrix has a twin */
 	gemm_run(r, &t);
 }
 
@@ -957,7 +974,7 @@ void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int 
 	}
 	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, *ep, NULL};
 	if (model_bf16_on(r))
-		t.bw = model_bf16_find(r->m, b);
+		bf16_b(r, &t);
 	gemm_run(r, &t);
 }
 
@@ -966,11 +983,13 @@ void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int 
 void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int lda, const float *b,
 		    int ldb, float *c, int ldc)
 {
-	const uint16_t *bw = model_bf16_on(r) ? model_bf16_find(r->m, b) : NULL;
+	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, {0}, NULL};
+	if (model_bf16_on(r))
+		bf16_b(r, &t);
 	if (r->o.reference)
 		circ_gemm_ref(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
-	else if (bw)
-		circ_gemm_bf16(0, m, n, k, a, lda, bw, ldb, 1.0f, c, ldc);
+	else if (t.bw)
+		circ_gemm_bf16(t.tb, m, n, k, a, lda, t.bw, t.ldb, 1.0f, c, ldc);
 	else
 		circ_gemm_acc(m, n, k, a, lda, b, ldb, c, ldc);
 }

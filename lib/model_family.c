@@ -480,9 +480,8 @@ static void gemm_rows(const circ_run *r, int rows, int n, int k, const float *x,
 {
 	if (model_bf16_on(r)) {
 		size_t esz = W->dt == CIRC_F32 ? sizeof(float) : 2;
-		const uint16_t *bw =
-		    model_bf16_find(r->m, (const char *)W->p + row0 * (size_t)k * esz);
-		model_gemm_bw(r, 1, rows, n, k, x, ldx, bw, k, beta, y, ldy);
+		model_gemm_w(r, rows, n, k, x, ldx, (const char *)W->p + row0 * (size_t)k * esz, k,
+			     beta, y, ldy);
 		return;
 	}
 	model_gemm(r, 0, 1, rows, n, k, x, ldx, fam_rows(r, W, row0, (size_t)n, (size_t)k), k, beta,

@@ -234,8 +234,11 @@ float *model_recv_grad_buf(const circ_run *r, int recv);
 
 void model_bf16_free(model_bf16 *b); /* NULL is a no-op */
 /* The bf16 twin of the weight element at p, or NULL when p is not inside a
- * registered matrix (or the model computes in f32). */
-const uint16_t *model_bf16_find(const circ_model *m, const void *p);
+ * registered matrix (or the model computes in f32). The twin's row stride
+ * into *ld; *trans 1 when the twin is the source's transpose (the source's
+ * rows are its columns: a product then flips its tb). A block of the
+ * source read with the source's own row stride is a block of the twin. */
+const uint16_t *model_bf16_find(const circ_model *m, const void *p, int *ld, int *trans);
 /* ---- numbering (model.c) ---- */
 
 /* Makes m->topo from m->cfg: -1 with a message if it cannot be made. */
@@ -314,9 +317,11 @@ void model_p_sum(const circ_run *r, float *out, const float *a, const float *con
  * runs in bf16 (circ_gemm_bf16), as do model_gemm_epi's and model_gemm_acc's. */
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc);
-/* model_gemm with b given as its bf16 twin bw (model_bf16_find), ta 0. */
-void model_gemm_bw(const circ_run *r, int tb, int m, int n, int k, const float *a, int lda,
-		   const uint16_t *bw, int ldb, float beta, float *c, int ldc);
+/* With bf16 compute: c (m, n) = a w^T + beta c, w (n, k; ldb apart) a block
+ * of a weight matrix of any dtype (a BF16 checkpoint's included) given by
+ * its address, multiplied through its bf16 twin. */
+void model_gemm_w(const circ_run *r, int m, int n, int k, const float *a, int lda, const void *w,
+		  int ldb, float beta, float *c, int ldc);
 /* d (n, C) = dl (n, V) W (V, C) for the unembedding's backward, W's rows
  * j0.. j0+nj-1 given as float32 by rows(ctx, j0, nj) (valid until the next
  * call). Where dl is sparse (a logit difference touches two columns per
