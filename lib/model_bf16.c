@@ -139,12 +139,20 @@ static void convert(model_bf16 *b)
 						nr * s->cols);
 				continue;
 			}
-			rows_f32(s, r0, nr, buf);
-			circ_round_bf16(s->trans ? rb : o + r0 * s->cols, buf, nr * s->cols);
-			if (s->trans) /* rb (nr, cols) into column r0.. of o (cols, rows) */
+			const uint16_t *src = rb;
+			if (s->esz == 2) /* BF16: its bits as they are */
+				src = (const uint16_t *)(const void *)s->src + r0 * s->cols;
+			else {
+				rows_f32(s, r0, nr, buf);
+				circ_round_bf16(s->trans ? rb : o + r0 * s->cols, buf,
+						nr * s->cols);
+			}
+			if (s->trans) /* src (nr, cols) into column r0.. of o (cols, rows) */
 				for (size_t c = 0; c < s->cols; c++)
 					for (size_t r = 0; r < nr; r++)
-						o[c * s->rows + r0 + r] = rb[r * s->cols + c];
+						o[c * s->rows + r0 + r] = src[r * s->cols + c];
+			else if (s->esz == 2)
+				memcpy(o + r0 * s->cols, src, nr * s->cols * sizeof *o);
 		}
 		s->bf = o;
 		o += s->rows * s->cols;

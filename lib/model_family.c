@@ -473,8 +473,8 @@ static const float *fam_rows(const circ_run *r, const fam_mat *a, size_t row0, s
 
 /* y (rows, n) = x (rows, k) W[row0 .. row0 + n)^T + beta y, W (., k) as
  * nn.Linear keeps it; ldx and ldy the row strides. With bf16 compute, W's
- * rows are its bf16 twin, found from their own address (a BF16 checkpoint's
- * used in place, never converted to f32). */
+ * rows are read from its bf16 twin, found from their own address (a narrow
+ * checkpoint's never converted to f32 here). */
 static void gemm_rows(const circ_run *r, int rows, int n, int k, const float *x, int ldx,
 		      const fam_mat *W, size_t row0, float beta, float *y, int ldy)
 {
