@@ -107,8 +107,9 @@ const char *circ_bf16_isa(void);
 void circ_round_bf16(uint16_t *dst, const float *src, size_t n);
 /* c (m, n) = bf16(a) (m, k) op(b) + beta c on the calling thread: a f32
  * (lda >= k) rounded to bf16, b bf16 ((k, n), or with tb (n, k)), products
- * summed in f32. For a given shape and strides the result is a function of
- * the inputs. Needs circ_bf16_check() == 0 (asserts). */
+ * summed in f32. A row of c has the same bits whichever rows and columns
+ * it is computed with (see kernels_bf16.c). Needs circ_bf16_check() == 0
+ * (asserts). */
 void circ_gemm_bf16(int tb, int m, int n, int k, const float *a, int lda, const uint16_t *b,
 		    int ldb, float beta, float *c, int ldc);
 /* The twin: the same roundings, sums in double. */

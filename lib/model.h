@@ -330,10 +330,12 @@ int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed
 
 /* How a model's runs multiply by its weight matrices. F32 (the default):
  * in f32, exact as documented everywhere. BF16: the matrices get bf16 twins
- * (made once here: F32 and F16 rounded to nearest even, a checkpoint's BF16
- * used as it is), each product's activations are rounded to bf16 as it
- * runs, and the products are summed in f32 into f32 outputs, through
- * oneDNN (AMX-BF16 or AVX512-BF16). Everything else stays f32: embeddings,
+ * (made once here, 2 bytes a parameter: F32 and F16 rounded to nearest
+ * even, a checkpoint's BF16 bits kept; nn.Linear matrices transposed), each
+ * product's activations are rounded to bf16 as it runs, and the products
+ * are summed in f32 into f32 outputs, through oneDNN (AMX-BF16 or
+ * AVX512-BF16), the same bits for every thread count and for a patched
+ * receiver's columns computed alone (kernels.h, circ_gemm_bf16). Everything else stays f32: embeddings,
  * norms, attention scores, activations, residual sums, the products of two
  * activations (the backward's weight gradients) and runs with reference
  * kernels. Applies to every run of m, made before or after; writes to the

@@ -1,5 +1,6 @@
 #!/usr/bin/env bats
-# --compute bf16 (the weights' products in bfloat16 through oneDNN): its
+# --compute bf16 (the weights' products in bfloat16 through oneDNN): GPT-2's
+# logits against PyTorch doing the same roundings in float64; its
 # agreement with f32 on the fixtures (logits within 3% of each prompt's
 # largest |logit|: measured at most 1.3%, gemma2's soft-capped logits;
 # EAP scores' rank correlation at least 0.99 and the same top 20 edges:
@@ -54,6 +55,25 @@ logits_close() { # model: f32 and bf16 logits, max |diff| / max |f32 logit| per 
 	circ-score --model tests/data/families/llama --method eap --compute f32 "$TOK" | circ-cat --no-header >"$T/d"
 	cmp <(circ-cat --no-header "$T/a") <(circ-cat --no-header "$T/b")
 	cmp "$T/c" "$T/d"
+}
+
+@test "bf16 logits match PyTorch's bf16 arithmetic (tests/ref/gpt2_ref.py logits-bf16)" {
+	need_bf16
+	# the reference rounds each weight product's activations and weights to
+	# bf16 and sums in float64: within 1e-5 of the largest |logit| (measured
+	# 6e-8), where f32 itself is 0.7% away
+	for d in tests/data/tiny/model fixtures/ioi-trained; do
+		/usr/bin/python3 tests/ref/gpt2_ref.py logits-bf16 "$d" "$TOK" >"$T/ref.jsonl"
+		circ-forward --model "$d" --compute bf16 --logits --top-k 0 --json "$TOK" |
+			circ-cat --no-header >"$T/got.jsonl"
+		paste -d '\n' "$T/got.jsonl" "$T/ref.jsonl" | jq -s -e '
+			length == 8 and
+			([range(0; length; 2) as $i | .[$i] as $g | .[$i + 1] as $r |
+			  ($r.logits | flatten) as $z |
+			  ($g.id == $r.id) and
+			  ([$g.logits.data, $z] | transpose | map(.[0] - .[1] | fabs) | max) < 1e-5 * ($z | map(fabs) | max)]
+			 | all)' || fail "$d: bf16 logits differ from the reference"
+	done
 }
 
 @test "bf16 logits agree with f32 on GPT-2 and every family" {

@@ -255,8 +255,17 @@ def run_metrics(case):
         "nbad": nbad, "values": vals, "grads": grads})
 
 
-def print_logits(d, tokens_path):
+def bf16(t):
+    """t rounded to bfloat16 (to nearest even), back in float64."""
+    return t.to(torch.bfloat16).to(torch.float64)
+
+
+def print_logits(d, tokens_path, low=False):
+    """low: circ-forward --compute bf16's arithmetic: each product with a
+    weight matrix takes the activations and the weights rounded to bf16
+    (the sums in float64 here), everything else as in float64."""
     cfg, w = load_model(d)
+    mm = (lambda x, W: bf16(x) @ bf16(W)) if low else (lambda x, W: x @ W)
     L, H, C = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
     D = C // H
     eps = cfg.get("layer_norm_epsilon", 1e-5)
@@ -271,24 +280,24 @@ def print_logits(d, tokens_path):
         for l in range(L):
             p = "h.%d." % l
             h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps)
-            q, k, v = (h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]).split(C, -1)
+            q, k, v = (mm(h, w[p + "attn.c_attn.weight"]) + w[p + "attn.c_attn.bias"]).split(C, -1)
             q, k, v = (t.view(T, H, D).transpose(0, 1) for t in (q, k, v))
             s = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
             z = (torch.softmax(s, -1) @ v).transpose(0, 1).reshape(T, C)
-            x = x + z @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+            x = x + mm(z, w[p + "attn.c_proj.weight"]) + w[p + "attn.c_proj.bias"]
             h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
-            x = x + gelu(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"], act) @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
-        logits = layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], eps) @ w["lm_head.weight"].T
+            x = x + mm(gelu(mm(h, w[p + "mlp.c_fc.weight"]) + w[p + "mlp.c_fc.bias"], act), w[p + "mlp.c_proj.weight"]) + w[p + "mlp.c_proj.bias"]
+        logits = mm(layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], eps), w["lm_head.weight"].T)
         pos = rec["pos"] if isinstance(rec["pos"], list) else [rec["pos"]]
         print(json.dumps({"id": rec["id"], "logits": [logits[i].tolist() for i in pos]}))
 
 
 def main():
-    if len(sys.argv) == 4 and sys.argv[1] == "logits":
-        print_logits(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 4 and sys.argv[1] in ("logits", "logits-bf16"):
+        print_logits(sys.argv[2], sys.argv[3], sys.argv[1] == "logits-bf16")
         return
     if len(sys.argv) != 2:
-        raise SystemExit("usage: gpt2_ref.py CASES.json | gpt2_ref.py logits DIR TOKENS.jsonl")
+        raise SystemExit("usage: gpt2_ref.py CASES.json | gpt2_ref.py logits|logits-bf16 DIR TOKENS.jsonl")
     torch.manual_seed(0)
     for case in json.load(open(sys.argv[1])):
         if "metrics" in case:
