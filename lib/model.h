@@ -335,13 +335,14 @@ int circ_model_write_random(const char *dir, const circ_config *c, uint64_t seed
  * product's activations are rounded to bf16 as it runs, and the products
  * are summed in f32 into f32 outputs, through oneDNN (AMX-BF16 or
  * AVX512-BF16), the same bits for every thread count and for a patched
- * receiver's columns computed alone (kernels.h, circ_gemm_bf16). Everything else stays f32: embeddings,
- * norms, attention scores, activations, residual sums, the products of two
- * activations (the backward's weight gradients) and runs with reference
- * kernels. Applies to every run of m, made before or after; writes to the
- * weights after the call are not seen by the twins. -1 with a message when
- * bf16 cannot run here (circ_bf16_check: no oneDNN, or a CPU without
- * AVX512-BF16 or AMX-BF16). */
+ * receiver's columns computed alone (kernels.h, circ_gemm_bf16).
+ * Everything else stays f32: embeddings, norms, attention scores,
+ * activations, residual sums, the products of two activations (the
+ * backward's weight gradients) and runs with reference kernels. Applies to
+ * every run of m, made before or after; writes to the weights after the
+ * call are not seen by the twins. -1 with a message when bf16 cannot run
+ * here (circ_bf16_check: no oneDNN, or a CPU without AVX512-BF16 or
+ * AMX-BF16). */
 typedef enum circ_compute { CIRC_COMPUTE_F32, CIRC_COMPUTE_BF16 } circ_compute;
 int circ_model_set_compute(circ_model *m, circ_compute c, circ_error *e);
 circ_compute circ_model_compute(const circ_model *m);
