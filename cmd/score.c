@@ -855,8 +855,9 @@ int main(int argc, char **argv)
 				 "with --method feature-atp or feature-ig");
 	if (o.feature) {
 		const char *bad = circ_patch_cli_given(
-		    &o.pc, (const int[]){CIRC_PO_MODEL, CIRC_PO_METRIC, CIRC_PO_BATCH,
-					 CIRC_PO_THREADS, CIRC_PO_ALLOW_NONFINITE, 0});
+		    &o.pc,
+		    (const int[]){CIRC_PO_MODEL, CIRC_PO_METRIC, CIRC_PO_BATCH, CIRC_PO_THREADS,
+				  CIRC_PO_ALLOW_NONFINITE, CIRC_PO_COMPUTE, 0});
 		if (bad || o.list_edges)
 			circ_usage_error("option '--%s' does not apply to feature circuits",
 					 bad ? bad : "list-edges");

@@ -36,6 +36,9 @@ logits_close() { # model: f32 and bf16 logits, max |diff| / max |f32 logit| per 
 	[[ "$stderr" == "circ-forward: unknown --compute 'f16' (f32, bf16)"* ]]
 	run --separate-stderr -2 circ-score --model tests/data/tiny/model --compute x "$TOK"
 	[[ "$stderr" == "circ-score: unknown --compute 'x' (f32, bf16)"* ]]
+	# modes that run no model refuse it
+	run --separate-stderr -2 circ-score --list-edges --model tests/data/tiny/model --compute bf16
+	[[ "$stderr" == "circ-score: option '--compute' does not apply to --list-edges"* ]]
 }
 
 @test "a CPU without bf16 instructions is refused, naming what is missing" {

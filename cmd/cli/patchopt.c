@@ -105,7 +105,10 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 			circ_usage_error("unknown --gqa '%s' (ungrouped, grouped)", arg);
 		pc->gqa_grouped = !strcmp(arg, "grouped");
 		return 0;
-	case CIRC_PO_COMPUTE: pc->compute = circ_cli_compute_parse(arg); return 0;
+	case CIRC_PO_COMPUTE:
+		pc->compute = circ_cli_compute_parse(arg);
+		pc->compute_set = 1;
+		return 0;
 	}
 	return 1;
 }
@@ -148,7 +151,7 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
 	    {CIRC_PO_MEAN_REF, "mean-ref"},	{CIRC_PO_PER_POSITION, "per-position"},
 	    {CIRC_PO_METRIC, "metric"},		{CIRC_PO_LEVEL, "level"},
 	    {CIRC_PO_CONVENTION, "convention"}, {CIRC_PO_BATCH, "batch"},
-	    {CIRC_PO_THREADS, "threads"},
+	    {CIRC_PO_THREADS, "threads"},	{CIRC_PO_COMPUTE, "compute"},
 	};
 	for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
 		int given = 0, ok = 0;
@@ -162,6 +165,7 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
 		case CIRC_PO_CONVENTION: given = pc->conv_set; break;
 		case CIRC_PO_BATCH: given = pc->batch_set; break;
 		case CIRC_PO_THREADS: given = pc->threads != 0; break;
+		case CIRC_PO_COMPUTE: given = pc->compute_set; break;
 		}
 		for (const int *a = allowed; a && *a; a++)
 			ok |= *a == opts[i].key;

@@ -76,6 +76,7 @@ typedef struct circ_patch_cli {
 	int gqa_grouped;      /* --gqa grouped */
 	int64_t max_memory;   /* --max-memory: bytes of a batch's activations; 0: no limit */
 	circ_compute compute; /* --compute */
+	int compute_set;
 } circ_patch_cli;
 
 void circ_patch_cli_init(circ_patch_cli *pc);
