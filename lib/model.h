@@ -495,6 +495,16 @@ const float *circ_run_attn_z(const circ_run *r, int layer);
  * of z is then no sum of node outputs). */
 int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, float *out,
 			 circ_error *e);
+/* 1 when every head's node output is its z times its slice of the output
+ * projection (a family without a norm after attention), so that the
+ * difference of two runs' head outputs can be made from their z's
+ * (circ_run_head_outputs); 0 for GPT-2 and where a norm follows. */
+int circ_model_heads_from_z(const circ_model *m);
+/* dst[h] (B*T, C) = z_h (B*T, D; rows H*D apart, head-major as
+ * circ_run_attn_z gives them) times head h's slice of layer l's output
+ * projection, for the run's current batch: the heads' node outputs of that
+ * z. Only where circ_model_heads_from_z. */
+void circ_run_head_outputs(const circ_run *r, int layer, const float *z, float *const *dst);
 /* Logits at the read rows: (N, V); *n_rows set when not NULL. */
 const float *circ_run_logits(const circ_run *r, int *n_rows);
 /* The read rows of the last forward: (N) pairs. */

@@ -113,6 +113,9 @@ struct circ_patcher {
 	int rref_ok;	   /* rref holds R for the batch and references loaded */
 	float *ref_out;	   /* (U, B, T, C); diff_only: ref - clean */
 	float *ref_in;	   /* diff_only: the input node's reference output (B, T, C) */
+	int zdiff;	   /* diff_only where heads' outputs come from z: the run keeps
+			      none; ref_z holds the reference run's z */
+	float *ref_z;	   /* zdiff: (L, B*T, H*D) */
 	float *ref_logits; /* the reference run's logits at the read rows (N, V) */
 	size_t ref_logits_cap;
 	double *mean_sum; /* (U, Tm, C) or (U, C) */
@@ -258,7 +261,11 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	circ_run_opts_default(&ro);
 	ro.threads = o->threads;
 	ro.acdc_convention = g->input == CIRC_INPUT_ACDC;
-	ro.keep_nodes = 1;
+	/* attribution alone on a model whose heads' outputs are z times their
+	 * slice of the output projection: the run keeps no head's output, the
+	 * differences are made from the two runs' z (make_diffs) */
+	p->zdiff = p->o.diff_only && circ_model_heads_from_z(m);
+	ro.keep_nodes = !p->zdiff;
 	ro.backward = o->backward;
 	ro.keep_recv_grads = !p->o.stage_grads;
 	/* one run: the reference forward of a load runs on it before the
@@ -295,6 +302,7 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->clean_out);
 	free(p->ref_out);
 	free(p->ref_in);
+	free(p->ref_z);
 	free(p->ref_logits);
 	free(p->mean_sum);
 	free(p->mean);
@@ -336,8 +344,11 @@ static void fwd_setup(circ_patcher *p, circ_fwd *f, const circ_batch *b, const i
 static void copy_nodes(const circ_patcher *p, circ_run *r, float *dst, const circ_batch *b)
 {
 	size_t n = (size_t)b->B * (size_t)b->T * (size_t)p->C;
-	for (int u = 0; u < p->U; u++)
-		memcpy(dst + (size_t)u * n, circ_run_node_out(r, u), n * sizeof(float));
+	for (int u = 0; u < p->U; u++) {
+		const float *o = circ_run_node_out(r, u);
+		if (o) /* zdiff: heads' outputs are not kept */
+			memcpy(dst + (size_t)u * n, o, n * sizeof(float));
+	}
 }
 
 /* A batch fits the buffers the patcher was made for: at most max_b x max_t
@@ -460,6 +471,13 @@ static int ref_forward(circ_patcher *p, const circ_batch *b, size_t n, circ_erro
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
 	copy_nodes(p, p->main, p->ref_out, b);
+	if (p->zdiff) {
+		size_t nq = n / (size_t)p->C * (size_t)circ_model_config(p->m)->n_head *
+			    (size_t)circ_config_head_dim(circ_model_config(p->m));
+		for (int l = 0; l < circ_model_config(p->m)->n_layer; l++)
+			memcpy(p->ref_z + (size_t)l * nq, circ_run_attn_z(p->main, l),
+			       nq * sizeof(float));
+	}
 	if (p->o.diff_only)
 		memcpy(p->ref_in, p->ref_out, n * sizeof(float));
 	logits = circ_run_logits(p->main, &rows);
@@ -473,6 +491,14 @@ static int ref_forward(circ_patcher *p, const circ_batch *b, size_t n, circ_erro
 	return 0;
 }
 
+/* zdiff: the floats of ref_z for a batch of n = B*T*C floats per node. */
+static size_t zdiff_floats(const circ_patcher *p, size_t n)
+{
+	const circ_config *c = circ_model_config(p->m);
+	return n / (size_t)p->C * (size_t)c->n_layer * (size_t)c->n_head *
+	       (size_t)circ_config_head_dim(c);
+}
+
 /* Buffers for a batch of n = B*T*C floats per node, grown only. */
 static void fit_outputs(circ_patcher *p, size_t n)
 {
@@ -481,6 +507,8 @@ static void fit_outputs(circ_patcher *p, size_t n)
 	free(p->clean_out);
 	free(p->ref_out);
 	free(p->ref_in);
+	free(p->ref_z);
+	p->ref_z = NULL;
 	free(p->clean_res);
 	free(p->rref);
 	p->rref = NULL;
@@ -488,6 +516,8 @@ static void fit_outputs(circ_patcher *p, size_t n)
 	free_cbase(p);
 	p->out_cap = (size_t)p->U * n;
 	p->ref_out = circ_xmalloc_aligned(p->out_cap * sizeof(float));
+	if (p->zdiff)
+		p->ref_z = circ_xmalloc_aligned(zdiff_floats(p, n) * sizeof(float));
 	if (p->o.diff_only) {
 		p->clean_out = circ_xmalloc_aligned(n * sizeof(float));
 		p->ref_in = circ_xmalloc_aligned(n * sizeof(float));
@@ -504,8 +534,29 @@ static void make_diffs(circ_patcher *p, size_t n)
 	for (int u = 0; u < p->U; u++) {
 		float *d = p->ref_out + (size_t)u * n;
 		const float *c = circ_run_node_out(p->main, u);
+		if (!c) /* zdiff: a head, below */
+			continue;
 		for (size_t i = 0; i < n; i++)
 			d[i] = d[i] - c[i];
+	}
+	if (p->zdiff) {
+		/* a head's difference is (z_ref - z_clean)_h times its slice of
+		 * the output projection: ref_z becomes the difference of z, then
+		 * each head's row block is made from it */
+		const circ_config *c = circ_model_config(p->m);
+		int H = c->n_head;
+		size_t nq = zdiff_floats(p, n) / (size_t)c->n_layer;
+		float **dst = circ_xmalloc((size_t)H * sizeof *dst);
+		for (int l = 0; l < c->n_layer; l++) {
+			float *zd = p->ref_z + (size_t)l * nq;
+			const float *zc = circ_run_attn_z(p->main, l);
+			for (size_t i = 0; i < nq; i++)
+				zd[i] -= zc[i];
+			for (int h = 0; h < H; h++)
+				dst[h] = p->ref_out + (size_t)circ_node_head(p->m, l, h) * n;
+			circ_run_head_outputs(p->main, l, zd, dst);
+		}
+		free(dst);
 	}
 	memcpy(p->clean_out, circ_run_node_out(p->main, 0), n * sizeof(float));
 }
@@ -1038,6 +1089,7 @@ size_t circ_patcher_bytes(const circ_patcher *p)
 	f += p->ref_out ? p->out_cap : 0;
 	f += p->clean_out ? (p->o.diff_only ? n : p->out_cap) : 0;
 	f += p->ref_in ? n : 0;
+	f += p->ref_z ? zdiff_floats(p, n) : 0;
 	f += p->clean_res ? (size_t)p->S * n : 0;
 	f += p->rref ? (size_t)p->S * n : 0;
 	f += p->diff ? p->diff_cap : 0;
@@ -1049,12 +1101,13 @@ size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T)
 {
 	circ_run_opts ro;
 	circ_run_opts_default(&ro);
-	ro.keep_nodes = 1;
+	ro.keep_nodes = !p->zdiff;
 	ro.backward = p->o.backward;
 	ro.keep_recv_grads = !p->o.stage_grads;
 	size_t n = (size_t)B * (size_t)T * (size_t)p->C, U = (size_t)p->U, S = (size_t)p->S;
 	size_t f = U * n;			     /* ref_out */
 	f += p->o.diff_only ? 2 * n : U * n + S * n; /* clean_out, ref_in / clean_res */
+	f += p->zdiff ? zdiff_floats(p, n) : 0;	     /* ref_z */
 	f += (size_t)B * (size_t)p->V;		     /* the reference logits (last positions) */
 	return circ_run_bytes_for(p->m, B, T, &ro) + f * sizeof(float);
 }
