@@ -582,6 +582,30 @@ static int gen_ioi(const circ_task_opts *o, circ_rng *r, circ_task_emit emit, vo
 
 enum { GT_DIGIT = 1, GT_CHUNK3 };
 
+/* Emits one greater-than example (taking answers and wrong); split, if not
+ * NULL, goes into meta. */
+static int gt_emit(const char *noun, int year, const char *split, const char *clean,
+		   const char *corrupt, json_t *answers, json_t *wrong, circ_task_emit emit,
+		   void *ctx, circ_error *e)
+{
+	json_t *meta = json_object();
+	json_object_set_new(meta, "noun", json_string(noun));
+	json_object_set_new(meta, "year", json_integer(year));
+	json_object_set_new(meta, "century", json_integer(year / 100));
+	json_object_set_new(meta, "yy", json_integer(year % 100));
+	if (split)
+		json_object_set_new(meta, "split", json_string(split));
+	json_t *ex = json_object();
+	json_object_set_new(ex, "task", json_string("greater-than"));
+	json_object_set_new(ex, "clean", json_string(clean));
+	json_object_set_new(ex, "corrupt", json_string(corrupt));
+	json_object_set_new(ex, "answer", answers);
+	json_object_set_new(ex, "wrong", wrong);
+	json_object_set_new(ex, "metric", json_string("prob_diff"));
+	json_object_set_new(ex, "meta", meta);
+	return emit_obj(ex, emit, ctx, e);
+}
+
 /* The ids of text as it follows other text. */
 static int gt_ids(circ_bpe *b, const char *text, circ_ids *ids, circ_error *e)
 {
@@ -718,22 +742,8 @@ static int gen_greater_than_split(const circ_task_opts *o, circ_rng *r, circ_tas
 			if (d != t)
 				json_array_append_new(d > t ? answers : wrong, json_string(ans));
 		}
-		json_t *meta = json_object();
-		json_object_set_new(meta, "noun", json_string(noun));
-		json_object_set_new(meta, "year", json_integer(year));
-		json_object_set_new(meta, "century", json_integer(cc));
-		json_object_set_new(meta, "yy", json_integer(yy));
-		json_object_set_new(meta, "split",
-				    json_string(mode == GT_DIGIT ? "single-digit" : "three-digit"));
-		json_t *ex = json_object();
-		json_object_set_new(ex, "task", json_string("greater-than"));
-		json_object_set_new(ex, "clean", json_string(clean));
-		json_object_set_new(ex, "corrupt", json_string(corrupt));
-		json_object_set_new(ex, "answer", answers);
-		json_object_set_new(ex, "wrong", wrong);
-		json_object_set_new(ex, "metric", json_string("prob_diff"));
-		json_object_set_new(ex, "meta", meta);
-		if (emit_obj(ex, emit, ctx, e) < 0)
+		if (gt_emit(noun, year, mode == GT_DIGIT ? "single-digit" : "three-digit", clean,
+			    corrupt, answers, wrong, emit, ctx, e) < 0)
 			return -1;
 	}
 	return 0;
@@ -798,20 +808,7 @@ static int gen_greater_than(const circ_task_opts *o, circ_rng *r, circ_task_emit
 			snprintf(buf, sizeof buf, "%02d", y);
 			json_array_append_new(y > yy ? ans : wrong, json_string(buf));
 		}
-		json_t *meta = json_object();
-		json_object_set_new(meta, "noun", json_string(noun));
-		json_object_set_new(meta, "year", json_integer(year));
-		json_object_set_new(meta, "century", json_integer(cc));
-		json_object_set_new(meta, "yy", json_integer(yy));
-		json_t *ex = json_object();
-		json_object_set_new(ex, "task", json_string("greater-than"));
-		json_object_set_new(ex, "clean", json_string(clean));
-		json_object_set_new(ex, "corrupt", json_string(corrupt));
-		json_object_set_new(ex, "answer", ans);
-		json_object_set_new(ex, "wrong", wrong);
-		json_object_set_new(ex, "metric", json_string("prob_diff"));
-		json_object_set_new(ex, "meta", meta);
-		if (emit_obj(ex, emit, ctx, e) < 0)
+		if (gt_emit(noun, year, NULL, clean, corrupt, ans, wrong, emit, ctx, e) < 0)
 			return -1;
 	}
 	return 0;
