@@ -125,6 +125,23 @@ scores_match_reference() {
 	done
 }
 
+# circ(1) MODEL FAMILIES' account of the two head-node definitions with
+# norms after the blocks, in float64 (tests/ref/family_recv.py postnorm):
+# circ's shares and EAP-IG's/MIB's raw head outputs agree on the input and
+# MLP edges and on a whole layer's heads; single head edges differ; EAP of
+# shares converges to their exact patching, EAP-IG's raw-difference EAP does
+# not converge to its own, the post norm's Jacobian makes it converge.
+# (circ's exact and EAP scores are the shares': the test above.)
+@test "norms after the blocks (gemma2): circ's head nodes against EAP-IG's and MIB's, in float64" {
+	need_cmd /usr/bin/python3
+	/usr/bin/python3 tests/ref/family_recv.py postnorm "$FAM/gemma2" >"$T/postnorm.json"
+	jq -e '.layer_patch_gap < 1e-9 and .["1.0"].exact_share_vs_raw_others < 1e-9
+		and .["1.0"].exact_share_vs_raw_heads > 0.05
+		and .["0.01"].eap_share_vs_exact_share < 0.02
+		and .["0.01"].eap_lin_vs_exact_raw < 0.02
+		and .["0.01"].eap_eapig_vs_exact_raw > 0.2' "$T/postnorm.json"
+}
+
 @test "grouped-query attention, --gqa grouped: exact and EAP scores match the reference; fewer edges" {
 	need_cmd /usr/bin/python3
 	n=0
