@@ -5,10 +5,16 @@ own input: the residual plus a delta of its own (zero), so that autograd's
 gradient at the delta is the receiver's gradient.
 
     /usr/bin/python3 tests/ref/family_recv.py [DIR]   (default tests/data/families)
-    /usr/bin/python3 tests/ref/family_recv.py scores MODEL OUT [grouped]
+    /usr/bin/python3 tests/ref/family_recv.py scores MODEL OUT [grouped] [raw]
         exact and EAP scores of every edge (resample ablation, logit_diff)
         on three random examples: OUT/tokens.jsonl and OUT/ref.json, which
         tests/ref/patch_ref.py compare reads
+    /usr/bin/python3 tests/ref/family_recv.py circuit MODEL TOKENS EDGES [grouped] [raw]
+        logit_diff of each example with the edges of EDGES ({"edge": name}
+        lines) patched: what circ-patch --edges computes (metric_circuit)
+    /usr/bin/python3 tests/ref/family_recv.py postnorm MODEL
+        circ's head nodes (shares of the post-attention norm's output)
+        against EAP-IG's and MIB's (raw, the norm on the receiver's side)
     /usr/bin/python3 tests/ref/family_recv.py outgrad MODEL OUT [grouped]
         receiver gradients when every node has its own output gradient
         (circ_bwd.out_hook): OUT (safetensors) "tokens" I32 (1, T), "grads"
@@ -268,10 +274,20 @@ def grads(a, W, names, tokens, w, grouped):
     return torch.stack([dl.grad for dl in deltas])
 
 
-def scores(d, out, grouped, n=3, T=7, seed=5):
+def post_jvp(a, W, names, l, A, v):
+    """The Jacobian of layer l's norm after attention at A, applied to v."""
+    key = names["layer"] % l + "post_attention_layernorm.weight"
+    return torch.autograd.functional.jvp(
+        lambda t: fam.rms(t, W[key], a["norm_eps"], a["norm_offset"]), A, v)[1]
+
+
+def scores(d, out, grouped, n=3, T=7, seed=5, raw=False):
     """Exact and EAP scores (resample ablation, logit_diff) of every edge of
     family model d on n random examples: writes out/tokens.jsonl and
-    out/ref.json (the layout tests/ref/patch_ref.py compare reads)."""
+    out/ref.json (the layout tests/ref/patch_ref.py compare reads). raw:
+    raw head nodes (forward's raw_heads; circ's --head-nodes raw), a head
+    edge's EAP taking the norm's Jacobian at the clean sum times its raw
+    difference."""
     a, names, W = load(d)
     V = a["vocab_size"]
     recv = receivers(a, grouped)
@@ -306,20 +322,62 @@ def scores(d, out, grouped, n=3, T=7, seed=5):
         tc, tr = torch.tensor(ex["clean"]), torch.tensor(ex["corrupt"])
         oc, orf = [], []
         with torch.no_grad():
-            lc = forward(a, W, names, tc, recv, None, grouped, outs=oc)
-            forward(a, W, names, tr, recv, None, grouped, outs=orf)
+            lc = forward(a, W, names, tc, recv, None, grouped, outs=oc, raw_heads=raw)
+            forward(a, W, names, tr, recv, None, grouped, outs=orf, raw_heads=raw)
             base = loss(lc, ex).item()
             for ei, (_, ri, u) in enumerate(edges):
-                lp = forward(a, W, names, tc, recv, None, grouped, patch={ri: [u]}, ref=orf)
+                lp = forward(a, W, names, tc, recv, None, grouped, patch={ri: [u]}, ref=orf,
+                             raw_heads=raw)
                 exact[ei] += loss(lp, ex).item() - base
         deltas = [torch.zeros(T, a["n_embd"], requires_grad=True) for _ in recv]
         loss(forward(a, W, names, tc, recv, deltas, grouped), ex).backward()
+        H = a["n_head"]
+        diff = [orf[u] - oc[u] for u in range(len(oc))]
+        if raw:
+            for l in range(a["n_layer"]):
+                hs = range(1 + l * (H + 1), 1 + l * (H + 1) + H)
+                A = sum(oc[u] for u in hs)
+                for u in hs:
+                    diff[u] = post_jvp(a, W, names, l, A, diff[u])
         for ei, (_, ri, u) in enumerate(edges):
-            eap[ei] += ((orf[u] - oc[u]) * deltas[ri].grad).sum().item()
+            eap[ei] += (diff[u] * deltas[ri].grad).sum().item()
     ref = {"metric": "logit_diff", "n_edges": len(edges), "edges": [e[0] for e in edges],
            "exact": [v / n for v in exact], "eap": [v / n for v in eap]}
     json.dump(ref, open(os.path.join(out, "ref.json"), "w"))
     print("%s: %d edges" % (d, len(edges)))
+
+
+def circuit(d, tokens, edges, grouped, raw):
+    """logit_diff of each example of token stream `tokens` (JSON lines, as
+    scores writes it) with the edges named in `edges` (JSON lines of
+    {"edge": name}) patched to the corrupted run's outputs, the others
+    kept: one forward in which every receiver reads its own input."""
+    a, names, W = load(d)
+    recv = receivers(a, grouped)
+    nodes = node_names(a)
+    index = {nodes[u] + "->" + recv_name(r): (i, u) for i, r in enumerate(recv)
+             for u in range(n_in(a, r))}
+    patch = {}
+    for line in open(edges):
+        rec = json.loads(line)
+        if "edge" in rec:
+            i, u = index[rec["edge"]]
+            patch.setdefault(i, []).append(u)
+    out = []
+    for line in open(tokens):
+        ex = json.loads(line)
+        if "clean" not in ex:
+            continue
+        tc = torch.tensor(ex["clean"]["data"])
+        tr = torch.tensor(ex["corrupt"]["data"])
+        with torch.no_grad():
+            orf = []
+            forward(a, W, names, tr, recv, None, grouped, outs=orf, raw_heads=raw)
+            lg = forward(a, W, names, tc, recv, None, grouped, patch=patch, ref=orf,
+                         raw_heads=raw)
+        p = ex["pos"]
+        out.append((lg[p, ex["answer"][0]] - lg[p, ex["wrong"][0]]).item())
+    return out
 
 
 def postnorm(d, n=2, T=7, seed=5, epss=(1.0, 0.01)):
@@ -463,8 +521,13 @@ def outgrad(d, out, grouped):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "scores":
-        # family_recv.py scores MODEL_DIR OUT_DIR [grouped]
-        scores(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "grouped")
+        # family_recv.py scores MODEL_DIR OUT_DIR [grouped] [raw]
+        scores(sys.argv[2], sys.argv[3], "grouped" in sys.argv[4:], raw="raw" in sys.argv[4:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "circuit":
+        # family_recv.py circuit MODEL_DIR TOKENS EDGES [grouped] [raw]
+        print(json.dumps(circuit(sys.argv[2], sys.argv[3], sys.argv[4], "grouped" in sys.argv[5:],
+                                 "raw" in sys.argv[5:])))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "postnorm":
         # family_recv.py postnorm MODEL_DIR: the two head-node definitions
