@@ -20,6 +20,9 @@
  * the layer's summed output in this run, rsqrt(mean(A^2) + eps) (offset + w),
  * so that the heads' outputs sum to the normed attention output exactly and
  * the residual stays the plain sum of node outputs that patching needs.
+ * With raw head nodes (circ_model_opts.raw_heads: EAP-IG's and MIB's) a
+ * head outputs o_h itself and lib/patch applies the norm on the receiver's
+ * side (circ_model_post_attn_norm).
  *
  * Receivers: q, k and v of every query head (grouped-query attention
  * ungrouped, as EAP-IG builds it on TransformerLens): the k (v) receiver of

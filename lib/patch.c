@@ -1190,6 +1190,7 @@ size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T)
 	size_t f = U * n;			     /* ref_out */
 	f += p->o.diff_only ? 2 * n : U * n + S * n; /* clean_out, ref_in / clean_res */
 	f += (size_t)B * (size_t)p->V;		     /* the reference logits (last positions) */
+	f += p->g->raw_heads ? 4 * n : 0;	     /* raw_buf */
 	return circ_run_bytes_for(p->m, B, T, &ro) + f * sizeof(float);
 }
 
