@@ -409,11 +409,19 @@ void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const fl
 	circ_topology_free(own);
 }
 
-/* (U, B, T, C) ref - clean, when the patcher keeps both outputs. */
+/* (U, B, T, C) ref - clean, when the patcher keeps both outputs. With raw
+ * head nodes (circ_topo_desc.raw_heads) a head's edge moves its receiver's
+ * input by N_l(A_l + ref_h - clean_h) - N_l(A_l) (lib/patch.c), whose
+ * first-order term is the norm's Jacobian at the clean sum A_l times ref_h
+ * - clean_h: that is a head's row, so that EAP is the first-order term of
+ * exact patching as with shares (EAP-IG's attribute.py leaves the Jacobian
+ * out). EAP-IG takes the same rows, the Jacobian at the clean run. */
 static void make_diff(circ_attrib *a)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
+	const circ_model *m = circ_patcher_model(a->p);
 	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
+	float *A, *y;
 	if (!a->own_diff)
 		return;
 	for (int u = 0; u < a->U; u++) {
@@ -423,6 +431,22 @@ static void make_diff(circ_attrib *a)
 		for (size_t i = 0; i < btc; i++)
 			d[i] = r[i] - c[i];
 	}
+	if (!circ_patcher_graph(a->p)->raw_heads)
+		return;
+	A = circ_xmalloc(2 * btc * sizeof *A);
+	y = A + btc;
+	for (int l = 0; l < a->mt->d.n_layer; l++) {
+		int h0 = circ_topo_node_head(a->mt, l, 0);
+		memset(A, 0, btc * sizeof *A);
+		for (int h = 0; h < a->mt->d.n_head; h++)
+			circ_vadd(A, circ_patcher_clean_out(a->p, h0 + h), btc);
+		for (int h = 0; h < a->mt->d.n_head; h++) {
+			float *d = a->own_diff + (size_t)(h0 + h) * btc;
+			circ_model_post_attn_jvp(m, l, y, A, d, btc / (size_t)a->C);
+			memcpy(d, y, btc * sizeof *d);
+		}
+	}
+	free(A);
 }
 
 /* Backward hook of EAP: the scores of the stage whose receivers'

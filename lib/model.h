@@ -261,6 +261,9 @@ typedef struct circ_model_opts {
 			      * receivers per key/value head (shared by the heads
 			      * of its group); 0 (default): per query head, as
 			      * EAP-IG builds them on TransformerLens */
+	int raw_heads;	     /* 1: a head's node output is its own, before the
+			      * norm after attention (circ_topo_desc.raw_heads;
+			      * families with such a norm only) */
 } circ_model_opts;
 void circ_model_opts_default(circ_model_opts *o);
 
@@ -472,6 +475,13 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e);
 /* Output of upstream node u: (B, T, C), row-major for the current B, T.
  * NULL for heads when the run does not keep node outputs. */
 const float *circ_run_node_out(const circ_run *r, int node);
+/* Families with a norm after attention (raw head nodes, circ_model_opts):
+ * out = N_l(x), layer l's post-attention norm of `rows` rows of n_embd, as
+ * the forward computes it (out may not overlap x); and out = J v, the
+ * norm's Jacobian at a applied to v. */
+void circ_model_post_attn_norm(const circ_model *m, int l, float *out, const float *x, size_t rows);
+void circ_model_post_attn_jvp(const circ_model *m, int l, float *out, const float *a,
+			      const float *v, size_t rows);
 /* Residual s (input of stage s, without any delta): (B, T, C). */
 const float *circ_run_resid(const circ_run *r, int stage);
 /* Attention probabilities of layer l: (B, H, T, T), row t over keys 0..t

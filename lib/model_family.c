@@ -20,6 +20,9 @@
  * the layer's summed output in this run, rsqrt(mean(A^2) + eps) (offset + w),
  * so that the heads' outputs sum to the normed attention output exactly and
  * the residual stays the plain sum of node outputs that patching needs.
+ * With raw head nodes (circ_model_opts.raw_heads: EAP-IG's and MIB's) a
+ * head outputs o_h itself and lib/patch applies the norm on the receiver's
+ * side (circ_model_post_attn_norm).
  *
  * Receivers: q, k and v of every query head (grouped-query attention
  * ungrouped, as EAP-IG builds it on TransformerLens): the k (v) receiver of
@@ -999,7 +1002,7 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 				for (size_t j = 0; j < C; j++)
 					s += (double)A[i * C + j] * A[i * C + j];
 				float rs = (float)(1.0 / sqrt(s / (double)C + eps));
-				for (int h = 0; h < r->H; h++) {
+				for (int h = 0; h < r->H && !r->m->raw_heads; h++) {
 					float *o = r->node[circ_node_head(r->m, l, h)];
 					if (!o)
 						continue;
@@ -1012,6 +1015,47 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 							  ((float)c->norm_offset + y->pa_w[j]);
 			}
 		}
+	}
+}
+
+/* Raw head nodes (circ_model_opts.raw_heads): the norm after layer l's
+ * attention, N(x) = x rsqrt(mean(x^2) + eps) (off + w), row by row, as the
+ * forward computes it; and its Jacobian at a applied to v, J v = (off + w)
+ * (rs v - a rs^3 mean(a v)). Statistics in double. */
+void circ_model_post_attn_norm(const circ_model *m, int l, float *out, const float *x, size_t rows)
+{
+	const circ_config *c = &m->cfg;
+	const float *w = m->fw.layers[l].pa_w;
+	size_t C = (size_t)c->n_embd;
+	CIRC_ASSERT(model_is_family(m) && c->norm_place != CIRC_NORM_PRE);
+	for (size_t i = 0; i < rows; i++) {
+		double s = 0;
+		for (size_t j = 0; j < C; j++)
+			s += (double)x[i * C + j] * x[i * C + j];
+		float rs = (float)(1.0 / sqrt(s / (double)C + c->layer_norm_epsilon));
+		for (size_t j = 0; j < C; j++)
+			out[i * C + j] = x[i * C + j] * rs * ((float)c->norm_offset + w[j]);
+	}
+}
+
+void circ_model_post_attn_jvp(const circ_model *m, int l, float *out, const float *a,
+			      const float *v, size_t rows)
+{
+	const circ_config *c = &m->cfg;
+	const float *w = m->fw.layers[l].pa_w;
+	size_t C = (size_t)c->n_embd;
+	CIRC_ASSERT(model_is_family(m) && c->norm_place != CIRC_NORM_PRE);
+	for (size_t i = 0; i < rows; i++) {
+		double s = 0, av = 0;
+		for (size_t j = 0; j < C; j++) {
+			s += (double)a[i * C + j] * a[i * C + j];
+			av += (double)a[i * C + j] * v[i * C + j];
+		}
+		double rs = 1.0 / sqrt(s / (double)C + c->layer_norm_epsilon),
+		       k = rs * rs * rs * av / (double)C;
+		for (size_t j = 0; j < C; j++)
+			out[i * C + j] = (float)((rs * v[i * C + j] - k * a[i * C + j]) *
+						 (c->norm_offset + w[j]));
 	}
 }
 

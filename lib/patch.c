@@ -155,6 +155,8 @@ struct circ_patcher {
 	int *c_start;	 /* (n_recv) the start stage it was made for */
 	uint8_t *c_keep; /* (n_edges) the keep bits below c_start it was made for */
 	unsigned gen;	 /* bumped whenever R or the clean rows change (>= 1 once loaded) */
+	float *raw_buf;	 /* raw head nodes: (4, B, T, C) scratch of raw_recv */
+	size_t raw_cap;	 /* floats allocated in raw_buf */
 };
 
 /* The references or the clean run changed: R and the stored difference
@@ -224,6 +226,14 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 				   md->n_kv_head,
 				   md->block == CIRC_BLOCK_PARALLEL ? "parallel" : "sequential"),
 			       NULL;
+		if (g->raw_heads != md->raw_heads)
+			return circ_errorf(e,
+					   "the graph's heads output %s the norm after attention, "
+					   "the model's as opened %s it: a graph made with "
+					   "--head-nodes raw needs the model opened with it too",
+					   g->raw_heads ? "before" : "their share of",
+					   md->raw_heads ? "before" : "their share of"),
+			       NULL;
 		if (g->level == CIRC_LEVEL_NODE && md->n_kv_head < md->n_head)
 			return circ_errorf(e,
 					   "node-level graphs of a model opened with grouped "
@@ -254,7 +264,8 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	p->C = c->n_embd;
 	p->V = c->vocab_size;
 	p->U = circ_model_n_up(m);
-	if (p->o.ablation != CIRC_ABL_RESAMPLE)
+	/* raw head nodes: patching reads both outputs (raw_stage) */
+	if (p->o.ablation != CIRC_ABL_RESAMPLE || g->raw_heads)
 		p->o.diff_only = 0;
 	if (!p->o.backward)
 		p->o.stage_grads = 0;
@@ -320,6 +331,7 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->clean_res);
 	free(p->rref);
 	free(p->diff);
+	free(p->raw_buf);
 	free(p->dkind);
 	free(p->dfwd);
 	free_cbase(p);
@@ -958,6 +970,109 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int s)
 	}
 }
 
+/* ---- raw head nodes ----
+ *
+ * With the heads' own outputs as nodes (circ_topo_desc.raw_heads: EAP-IG's
+ * and MIB's definition), the residual is no sum of node outputs: layer l's
+ * heads reach it through the norm after attention, N_l(A_l), A_l the sum of
+ * their outputs. A receiver with patched edges reads, as EAP-IG's
+ * evaluate_graph rebuilds it, the residual plus ref_u - cur_u for each
+ * patched edge out of the input or an MLP, plus N_l(A_l + S_l) - N_l(A_l)
+ * for each layer l with patched heads, S_l the sum of their ref_h - cur_h
+ * (cur: the current run's outputs; the clean ones below the start stage).
+ * Edges out of one layer's heads into one receiver act together, so the
+ * linear kernel of circuit_stage (complements, cached bases) does not
+ * apply: each receiver's delta is summed here from its patched edges. */
+
+static const float *raw_cur(const circ_patcher *p, const circ_run *run, int u, size_t n)
+{
+	return u < stage_n_in(p, p->start) ? p->clean_out + (size_t)u * n
+					   : circ_run_node_out(run, u);
+}
+
+/* Adds receiver r's patched edges (pat: 1 for a patched upstream node,
+ * n_in of them) to the deltas of its model receivers. */
+static void raw_recv(circ_patcher *p, circ_run *run, int r, const uint8_t *pat, int n_in)
+{
+	size_t n = (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C, rows = n / (size_t)p->C;
+	int mr[3], nmr = model_recvs(p, r, mr), any = 0;
+	float *dst, *S, *A, *y0, *y1;
+	for (int u = 0; u < n_in; u++)
+		any |= pat[u];
+	if (!any)
+		return;
+	if (p->raw_cap < 4 * n) {
+		free(p->raw_buf);
+		p->raw_cap = 4 * n;
+		p->raw_buf = circ_xmalloc(p->raw_cap * sizeof(float));
+	}
+	S = p->raw_buf;
+	A = S + n;
+	y0 = A + n;
+	y1 = y0 + n;
+	dst = circ_run_delta(run, mr[0]);
+	for (int u = 0; u < n_in; u++) {
+		const float *ref = p->ref_out + (size_t)u * n, *cur;
+		if (!pat[u] || p->t->node[u].kind == CIRC_NODE_HEAD)
+			continue; /* heads: with their layer, below */
+		cur = raw_cur(p, run, u, n);
+		for (size_t i = 0; i < n; i++)
+			dst[i] += ref[i] - cur[i];
+	}
+	for (int l = 0; l < p->g->n_layer; l++) {
+		int h0 = -1, np = 0;
+		for (int u = 0; u < n_in; u++)
+			if (p->t->node[u].kind == CIRC_NODE_HEAD && p->t->node[u].layer == l) {
+				h0 = h0 < 0 ? u : h0;
+				np += pat[u];
+			}
+		if (!np)
+			continue;
+		memset(S, 0, n * sizeof *S);
+		memset(A, 0, n * sizeof *A);
+		for (int h = 0; h < p->g->n_head; h++) {
+			const float *cur = raw_cur(p, run, h0 + h, n),
+				    *ref = p->ref_out + (size_t)(h0 + h) * n;
+			circ_vadd(A, cur, n);
+			if (pat[h0 + h])
+				for (size_t i = 0; i < n; i++)
+					S[i] += ref[i] - cur[i];
+		}
+		circ_model_post_attn_norm(p->m, l, y0, A, rows);
+		circ_vadd(S, A, n);
+		circ_model_post_attn_norm(p->m, l, y1, S, rows);
+		for (size_t i = 0; i < n; i++)
+			dst[i] += y1[i] - y0[i];
+	}
+	for (int j = 1; j < nmr; j++)
+		memcpy(circ_run_delta_raw(run, mr[j]), dst, n * sizeof(float));
+}
+
+/* Sets the deltas of stage s's receivers (edge or circuit mode). */
+static void raw_stage(circ_patcher *p, circ_run *run, int s)
+{
+	const circ_graph *g = p->g;
+	int r0 = p->t->stage[s].first_recv, nr = p->t->stage[s].n_recv;
+	uint8_t *pat = p->need; /* (U) free between stages */
+	for (int r = r0; r < r0 + nr; r++) {
+		int n_in = circ_graph_recv_n_in(g, r), node;
+		memset(pat, 0, (size_t)p->U);
+		if (p->mode == MODE_EDGE) {
+			if (g->edge_recv[p->edge] != r)
+				continue;
+			pat[p->edge - g->recv_first[r]] = 1;
+		} else {
+			const uint8_t *keep = p->keep + g->recv_first[r];
+			circ_graph_recv_info(g, r, NULL, &node);
+			if (!p->alive[node])
+				continue;
+			for (int u = 0; u < n_in; u++)
+				pat[u] = !keep[u];
+		}
+		raw_recv(p, run, r, pat, n_in);
+	}
+}
+
 static int hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_patcher *p = ctx;
@@ -965,6 +1080,10 @@ static int hook(void *ctx, circ_run *run, int s, circ_error *e)
 	int mr[3], nmr;
 	float *d;
 	(void)e;
+	if (g->raw_heads) {
+		raw_stage(p, run, s);
+		return 0;
+	}
 	if (p->mode == MODE_EDGE) {
 		int r = g->edge_recv[p->edge];
 		if (circ_patcher_recv_stage(p, r) == s) {
@@ -1004,16 +1123,31 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 
 /* p->alive for the circuit p->keep: from the logits down, a node lives if
  * one of its kept edges feeds a receiver of a live node. Receivers are
- * numbered in topological order, so one pass from the last one suffices. */
+ * numbered in topological order, so one pass from the last one suffices.
+ * With a norm after attention and heads outputting their shares of it,
+ * every head's share scales with the norm of their sum: a layer's heads
+ * live together (its receivers, the last first, come after every
+ * receiver that reads the layer's heads). */
 static void mark_alive(circ_patcher *p)
 {
 	const circ_graph *g = p->g;
+	int shares = circ_model_config(p->m)->norm_place != CIRC_NORM_PRE && !g->raw_heads,
+	    joined = g->n_layer;
 	memset(p->alive, 0, (size_t)p->U);
 	p->alive[p->U] = 1;
 	for (int r = g->n_recv - 1; r >= 0; r--) {
 		int node, n_in = circ_graph_recv_n_in(g, r);
 		const uint8_t *keep = p->keep + g->recv_first[r];
 		circ_graph_recv_info(g, r, NULL, &node);
+		if (shares && p->t->node[node].kind == CIRC_NODE_HEAD &&
+		    p->t->node[node].layer < joined) {
+			int l = joined = p->t->node[node].layer,
+			    h0 = circ_topo_node_head(p->t, l, 0), any = 0;
+			for (int h = 0; h < g->n_head; h++)
+				any |= p->alive[h0 + h];
+			for (int h = 0; h < g->n_head; h++)
+				p->alive[h0 + h] = (uint8_t)any;
+		}
 		if (p->alive[node])
 			for (int u = 0; u < n_in; u++)
 				p->alive[u] |= keep[u] != 0;
@@ -1109,6 +1243,7 @@ size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T)
 	f += p->o.diff_only ? 2 * n : U * n + S * n; /* clean_out, ref_in / clean_res */
 	f += p->zdiff ? zdiff_floats(p, n) : 0;	     /* ref_z */
 	f += (size_t)B * (size_t)p->V;		     /* the reference logits (last positions) */
+	f += p->g->raw_heads ? 4 * n : 0;	     /* raw_buf */
 	return circ_run_bytes_for(p->m, B, T, &ro) + f * sizeof(float);
 }
 
