@@ -115,6 +115,13 @@ static int emit_line(const char *line, size_t len, void *ctx, circ_error *e)
 	return 0;
 }
 
+/* What the generator dropped or changed for the vocabulary, to stderr. */
+static void print_note(const char *msg, void *ctx)
+{
+	(void)ctx;
+	fprintf(stderr, "circ-dataset: note: %s\n", msg);
+}
+
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"TASK [options]   (TASK: ioi, greater-than, induction, docstring, sva)",
@@ -178,6 +185,7 @@ int main(int argc, char **argv)
 	}
 	if (o.vocab_dir && !(o.t.bpe = circ_bpe_load_dir(o.vocab_dir, &e)))
 		circ_die(&e);
+	o.t.note = print_note;
 	static char obuf[1 << 16];
 	setvbuf(stdout, obuf, _IOFBF, sizeof obuf);
 	if (circ_task_generate(&o.t, emit_line, NULL, &e) < 0)

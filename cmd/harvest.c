@@ -182,6 +182,7 @@ int main(int argc, char **argv)
 		circ_session_free(&s);
 		return 0;
 	}
+	circ_patch_cli_no_raw(&o.pc, "circ-harvest");
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 1);
 	g = s.g, md = s.model_digest, c = s.c;

@@ -803,6 +803,7 @@ static int run_edge_pruning(circ_cli *cli, int argc, char **argv, const char *in
 	if (o.ep.warmup > o.ep.steps)
 		circ_usage_error("option '--warmup': %d is more than --steps %d", o.ep.warmup,
 				 o.ep.steps);
+	circ_patch_cli_no_raw(&o.pc, "--edge-pruning");
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 1);
 	circ_session_tokens(&s, input);

@@ -865,6 +865,9 @@ int main(int argc, char **argv)
 	}
 	if (o.list_edges)
 		check_list_edges_options(argc - i);
+	if (o.cdt || o.method == CIRC_ATTR_EAP_IG_ACT)
+		circ_patch_cli_no_raw(&o.pc,
+				      o.cdt ? "--method cd-t" : "--method eap-ig-activations");
 	circ_patch_cli_check(&o.pc);
 	circ_session_model(&s, &o.pc, 1);
 	if (o.list_edges) {

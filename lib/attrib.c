@@ -62,6 +62,7 @@ struct circ_attrib {
 	int64_t count;
 	const circ_topology *mt; /* the model's (edge level) */
 	int U, R, C, V;
+	int own_dot;	     /* stage products by circ_gemm_bt_long (not GPT-2's) */
 	int max_recv;	     /* most model receivers of one stage (Rs) */
 	int *gr;	     /* (R) graph receiver of each model receiver */
 	const float **grads; /* (R) the gradients scored (a stage's, or gacc) */
@@ -111,6 +112,8 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 	a->V = c->vocab_size;
 	a->U = circ_model_n_up(m);
 	a->R = circ_model_n_recv(m);
+	/* GPT-2's scores keep OpenBLAS's bits (its pinned results) */
+	a->own_dot = c->model_type != CIRC_MODEL_GPT2;
 	a->sum = circ_xcalloc((size_t)circ_patcher_graph(p)->n_edges, sizeof(double));
 	if (method != CIRC_ATTR_EXACT) {
 		a->gr = circ_xmalloc((size_t)a->R * sizeof *a->gr);
@@ -236,6 +239,7 @@ typedef struct score_in {
 	const float *const *grads;
 	float *gcopy, *S;
 	circ_pool *pool;
+	int own_dot;
 } score_in;
 
 /* One stage's products, example by example: S_b (m, n) = A_b B_b^T, with
@@ -243,11 +247,16 @@ typedef struct score_in {
 typedef struct prod_task {
 	const float *a, *g;
 	float *S;
-	int m, n, k, lda, ldb;
+	int m, n, k, lda, ldb, own_dot;
 } prod_task;
 
 static void prod_one(const prod_task *t, size_t bb, const float *gb, int ldb)
 {
+	if (t->own_dot) {
+		circ_gemm_bt_long(t->m, t->n, t->k, t->a + bb * (size_t)t->k, t->lda, gb, ldb,
+				  t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
+		return;
+	}
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->m, t->n, t->k, 1.0f,
 		    t->a + bb * (size_t)t->k, t->lda, gb, ldb, 0.0f,
 		    t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
@@ -290,8 +299,15 @@ static void stage_scores(const score_in *in, int s, double scale, int u_lo, int 
 	for (int j = 1; j < nr && strided; j++)
 		if (in->grads[mr0 + j] != g0 + (size_t)j * step)
 			strided = 0;
-	t = (prod_task){
-	    in->diff + (size_t)lo * btc, g0, in->S, hi - lo, nr, (int)tc, (int)btc, (int)step};
+	t = (prod_task){in->diff + (size_t)lo * btc,
+			g0,
+			in->S,
+			hi - lo,
+			nr,
+			(int)tc,
+			(int)btc,
+			(int)step,
+			in->own_dot};
 	if (strided && in->pool) {
 		circ_pool_for(in->pool, (size_t)in->B, prod_part, &t);
 	} else if (strided) {
@@ -329,12 +345,13 @@ static const float *diff_rows(const circ_attrib *a)
 static score_in score_input(circ_attrib *a)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
-	score_in in = {a->sum,	 circ_patcher_graph(a->p),
-		       a->mt,	 a->gr,
-		       a->C,	 b->B,
-		       b->T,	 diff_rows(a),
-		       a->grads, a->gcopy,
-		       a->S,	 circ_run_pool(circ_patcher_run(a->p))};
+	score_in in = {a->sum,	  circ_patcher_graph(a->p),
+		       a->mt,	  a->gr,
+		       a->C,	  b->B,
+		       b->T,	  diff_rows(a),
+		       a->grads,  a->gcopy,
+		       a->S,	  circ_run_pool(circ_patcher_run(a->p)),
+		       a->own_dot};
 	return in;
 }
 
@@ -381,7 +398,7 @@ void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const fl
 		grads[r] = grad + (size_t)r * tc;
 	map_recvs(gr, g, mt);
 	{
-		score_in in = {sum, g, mt, gr, d_model, 1, T, diff, grads, gcopy, S, NULL};
+		score_in in = {sum, g, mt, gr, d_model, 1, T, diff, grads, gcopy, S, NULL, 0};
 		for (int s = 0; s < mt->n_stage; s++)
 			stage_scores(&in, s, 1.0, 0, U);
 	}
@@ -392,11 +409,19 @@ void circ_eap_add(double *sum, const circ_graph *g, int d_model, int T, const fl
 	circ_topology_free(own);
 }
 
-/* (U, B, T, C) ref - clean, when the patcher keeps both outputs. */
+/* (U, B, T, C) ref - clean, when the patcher keeps both outputs. With raw
+ * head nodes (circ_topo_desc.raw_heads) a head's edge moves its receiver's
+ * input by N_l(A_l + ref_h - clean_h) - N_l(A_l) (lib/patch.c), whose
+ * first-order term is the norm's Jacobian at the clean sum A_l times ref_h
+ * - clean_h: that is a head's row, so that EAP is the first-order term of
+ * exact patching as with shares (EAP-IG's attribute.py leaves the Jacobian
+ * out). EAP-IG takes the same rows, the Jacobian at the clean run. */
 static void make_diff(circ_attrib *a)
 {
 	const circ_batch *b = circ_patcher_batch(a->p);
+	const circ_model *m = circ_patcher_model(a->p);
 	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
+	float *A, *y;
 	if (!a->own_diff)
 		return;
 	for (int u = 0; u < a->U; u++) {
@@ -406,6 +431,22 @@ static void make_diff(circ_attrib *a)
 		for (size_t i = 0; i < btc; i++)
 			d[i] = r[i] - c[i];
 	}
+	if (!circ_patcher_graph(a->p)->raw_heads)
+		return;
+	A = circ_xmalloc(2 * btc * sizeof *A);
+	y = A + btc;
+	for (int l = 0; l < a->mt->d.n_layer; l++) {
+		int h0 = circ_topo_node_head(a->mt, l, 0);
+		memset(A, 0, btc * sizeof *A);
+		for (int h = 0; h < a->mt->d.n_head; h++)
+			circ_vadd(A, circ_patcher_clean_out(a->p, h0 + h), btc);
+		for (int h = 0; h < a->mt->d.n_head; h++) {
+			float *d = a->own_diff + (size_t)(h0 + h) * btc;
+			circ_model_post_attn_jvp(m, l, y, A, d, btc / (size_t)a->C);
+			memcpy(d, y, btc * sizeof *d);
+		}
+	}
+	free(A);
 }
 
 /* Backward hook of EAP: the scores of the stage whose receivers'

@@ -66,7 +66,27 @@ typedef struct special {
 	int order;	    /* the order added: the first of a repeated text wins */
 	int special;	    /* 1: matched only with CIRC_BPE_SPECIAL; 0: always (an added token) */
 	int lstrip, rstrip; /* white space before / after it is dropped */
+	int single_word;    /* matched only where no word character touches it */
 } special;
+
+/* A set of added tokens and their trie, so finding them costs the same
+ * however many there are: edges in an open-addressing table keyed
+ * node << 8 | byte. A tokenizer.json with a normalizer has two, as Hugging
+ * Face tokenizers does: tokens matched in the raw text ("normalized":
+ * false) and tokens matched, by their normalized text, in the normalized
+ * texts between those. */
+typedef struct added_set {
+	special *v;
+	int n;
+	size_t cap;
+	int n_plain;		  /* tokens that are not special */
+	size_t max;		  /* longest text */
+	unsigned char first[256]; /* 1 for a byte some text starts with */
+	uint64_t *trie_key;	  /* EMPTY_KEY if free */
+	int32_t *trie_next;
+	int32_t *trie_term; /* (nodes) the token ending at a node, or -1 */
+	size_t trie_mask;
+} added_set;
 
 typedef struct cache_slot {
 	uint64_t hash; /* 0 = empty (hashes are forced non-zero) */
@@ -91,7 +111,6 @@ struct circ_bpe {
 	int32_t bos;	   /* the id TemplateProcessing puts first, or -1 */
 	int32_t unk;	   /* model.unk_token's id, or -1 */
 	int fuse_unk;	   /* a run of unknown tokens is one */
-	int n_plain;	   /* added tokens that are not special */
 	/* model vocabulary text -> id (ignore_merges, SentencePiece characters) */
 	uint64_t *vh_key; /* hash, 0 if free */
 	int32_t *vh_id;
@@ -107,17 +126,8 @@ struct circ_bpe {
 	uint64_t *pair_key; /* left << 32 | right, EMPTY_KEY if free */
 	int32_t *pair_rank;
 	int32_t *pair_id;
-	special *specials;
-	int n_specials;
-	size_t specials_cap;
-	size_t special_max; /* longest special's length */
-	/* The specials as a trie, so finding them costs the same however many
-	 * there are: edges in an open-addressing table keyed node << 8 | byte. */
-	unsigned char special_first[256]; /* 1 for a byte some special starts with */
-	uint64_t *trie_key;		  /* EMPTY_KEY if free */
-	int32_t *trie_next;
-	int32_t *trie_term; /* (nodes) the special ending at a node, or -1 */
-	size_t trie_mask;
+	added_set raw;	/* added tokens matched in the text as it comes */
+	added_set norm; /* added tokens matched in normalized text (see added_set) */
 	int32_t eot;
 	char digest[72];
 	/* piece cache */
@@ -477,22 +487,33 @@ static int add_merge(circ_bpe *b, json_t *vocab, const char *l, size_t ln, const
 	return 0;
 }
 
-/* Adds a special token; duplicates are dropped by specials_done. */
-static void add_special(circ_bpe *b, const char *text, size_t len, int32_t id, int is_special)
+static int has_normalizer(const circ_bpe *b);
+static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, size_t n, int first,
+				size_t *len, circ_error *e);
+
+/* Adds an added token to set (its text copied); duplicates are dropped by
+ * set_done. Returns it, for the caller's flags. */
+static special *set_add(added_set *set, const char *text, size_t len, int32_t id, int is_special)
 {
-	if ((size_t)b->n_specials == b->specials_cap) {
-		b->specials_cap = b->specials_cap ? 2 * b->specials_cap : 16;
-		b->specials = circ_xrealloc(b->specials, b->specials_cap * sizeof *b->specials);
+	if ((size_t)set->n == set->cap) {
+		set->cap = set->cap ? 2 * set->cap : 16;
+		set->v = circ_xrealloc(set->v, set->cap * sizeof *set->v);
 	}
-	special *sp = &b->specials[b->n_specials];
+	special *sp = &set->v[set->n];
+	memset(sp, 0, sizeof *sp);
 	sp->text = circ_xmalloc(len + 1);
 	memcpy(sp->text, text, len);
 	sp->text[len] = 0;
 	sp->len = len;
 	sp->id = id;
 	sp->special = is_special;
-	sp->lstrip = sp->rstrip = 0;
-	sp->order = b->n_specials++;
+	sp->order = set->n++;
+	return sp;
+}
+
+static void add_special(circ_bpe *b, const char *text, size_t len, int32_t id, int is_special)
+{
+	set_add(&b->raw, text, len, id, is_special);
 }
 
 static int special_cmp(const void *x, const void *y)
@@ -504,73 +525,91 @@ static int special_cmp(const void *x, const void *y)
 	return d ? d : a->order < c->order ? -1 : a->order > c->order;
 }
 
-/* Sorts the specials and keeps the first of each text (n log n: a file
- * with many added tokens must not load in quadratic time); finds the
- * longest and <|endoftext|>. */
-static void specials_done(circ_bpe *b)
+/* Sorts the set and keeps the first of each text (n log n: a file with
+ * many added tokens must not load in quadratic time); finds the longest;
+ * builds the trie. */
+static void set_done(added_set *set)
 {
 	int k = 0;
-	if (!b->n_specials)
+	if (!set->n)
 		return;
-	qsort(b->specials, (size_t)b->n_specials, sizeof *b->specials, special_cmp);
-	for (int i = 0; i < b->n_specials; i++) {
-		special *sp = &b->specials[i];
-		if (k && sp->len == b->specials[k - 1].len &&
-		    !memcmp(sp->text, b->specials[k - 1].text, sp->len)) {
+	qsort(set->v, (size_t)set->n, sizeof *set->v, special_cmp);
+	for (int i = 0; i < set->n; i++) {
+		special *sp = &set->v[i];
+		if (k && sp->len == set->v[k - 1].len &&
+		    !memcmp(sp->text, set->v[k - 1].text, sp->len)) {
 			free(sp->text);
 			continue;
 		}
-		b->specials[k++] = *sp;
-		b->n_plain += !sp->special;
-		if (sp->len > b->special_max)
-			b->special_max = sp->len;
-		if (!strcmp(sp->text, "<|endoftext|>"))
-			b->eot = sp->id;
+		set->v[k++] = *sp;
+		set->n_plain += !sp->special;
+		if (sp->len > set->max)
+			set->max = sp->len;
 	}
-	b->n_specials = k;
-	/* the trie: at most one node per byte of the specials, plus the root */
+	set->n = k;
+	/* the trie: at most one node per byte of the texts, plus the root */
 	size_t bytes = 0, cap = 16;
 	for (int i = 0; i < k; i++)
-		bytes += b->specials[i].len;
+		bytes += set->v[i].len;
 	while (cap < 2 * bytes + 2)
 		cap *= 2;
-	b->trie_mask = cap - 1;
-	b->trie_key = circ_xmalloc(cap * sizeof *b->trie_key);
-	b->trie_next = circ_xmalloc(cap * sizeof *b->trie_next);
-	b->trie_term = circ_xmalloc((bytes + 1) * sizeof *b->trie_term);
+	set->trie_mask = cap - 1;
+	set->trie_key = circ_xmalloc(cap * sizeof *set->trie_key);
+	set->trie_next = circ_xmalloc(cap * sizeof *set->trie_next);
+	set->trie_term = circ_xmalloc((bytes + 1) * sizeof *set->trie_term);
 	for (size_t i = 0; i < cap; i++)
-		b->trie_key[i] = EMPTY_KEY;
-	b->trie_term[0] = -1;
+		set->trie_key[i] = EMPTY_KEY;
+	set->trie_term[0] = -1;
 	int32_t nodes = 1;
 	for (int i = 0; i < k; i++) {
-		const special *sp = &b->specials[i];
+		const special *sp = &set->v[i];
 		int32_t node = 0;
-		b->special_first[(unsigned char)sp->text[0]] = 1;
+		set->first[(unsigned char)sp->text[0]] = 1;
 		for (size_t j = 0; j < sp->len; j++) {
 			uint64_t key = (uint64_t)node << 8 | (unsigned char)sp->text[j];
-			size_t h = (size_t)mix64(key) & b->trie_mask;
-			while (b->trie_key[h] != EMPTY_KEY && b->trie_key[h] != key)
-				h = (h + 1) & b->trie_mask;
-			if (b->trie_key[h] == EMPTY_KEY) {
-				b->trie_key[h] = key;
-				b->trie_next[h] = nodes;
-				b->trie_term[nodes++] = -1;
+			size_t h = (size_t)mix64(key) & set->trie_mask;
+			while (set->trie_key[h] != EMPTY_KEY && set->trie_key[h] != key)
+				h = (h + 1) & set->trie_mask;
+			if (set->trie_key[h] == EMPTY_KEY) {
+				set->trie_key[h] = key;
+				set->trie_next[h] = nodes;
+				set->trie_term[nodes++] = -1;
 			}
-			node = b->trie_next[h];
+			node = set->trie_next[h];
 		}
-		b->trie_term[node] = i;
+		set->trie_term[node] = i;
 	}
 }
 
+static void set_free(added_set *set)
+{
+	for (int i = 0; i < set->n; i++)
+		free(set->v[i].text);
+	free(set->v);
+	free(set->trie_key);
+	free(set->trie_next);
+	free(set->trie_term);
+}
+
+/* The raw set done, and <|endoftext|>'s id found. */
+static void specials_done(circ_bpe *b)
+{
+	set_done(&b->raw);
+	set_done(&b->norm);
+	for (int i = 0; i < b->raw.n; i++)
+		if (!strcmp(b->raw.v[i].text, "<|endoftext|>"))
+			b->eot = b->raw.v[i].id;
+}
+
 /* The trie node after node on byte c, or -1. */
-static inline int32_t trie_step(const circ_bpe *b, int32_t node, unsigned char c)
+static inline int32_t trie_step(const added_set *set, int32_t node, unsigned char c)
 {
 	uint64_t key = (uint64_t)node << 8 | c;
-	size_t h = (size_t)mix64(key) & b->trie_mask;
-	while (b->trie_key[h] != EMPTY_KEY) {
-		if (b->trie_key[h] == key)
-			return b->trie_next[h];
-		h = (h + 1) & b->trie_mask;
+	size_t h = (size_t)mix64(key) & set->trie_mask;
+	while (set->trie_key[h] != EMPTY_KEY) {
+		if (set->trie_key[h] == key)
+			return set->trie_next[h];
+		h = (h + 1) & set->trie_mask;
 	}
 	return -1;
 }
@@ -942,25 +981,6 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		}
 		if (json_integer_value(id) > extra_max)
 			extra_max = (int32_t)json_integer_value(id);
-		if (json_is_true(json_object_get(t, "single_word"))) {
-			circ_errorf(
-			    e,
-			    "'%s': added_tokens[%zu]: \"single_word\": true is not supported "
-			    "(only false: tokenizers.js, the reference, ignores it)",
-			    path, i);
-			goto fail;
-		}
-		json_t *norm = json_object_get(t, "normalized");
-		if ((b->nfc || b->sp_replace || b->sp_prepend) &&
-		    (json_is_true(norm) ||
-		     (!norm && !json_is_true(json_object_get(t, "special"))))) {
-			circ_errorf(
-			    e,
-			    "'%s': added_tokens[%zu]: \"normalized\" must be false with a "
-			    "normalizer (tokens matched in normalized text are not supported)",
-			    path, i);
-			goto fail;
-		}
 	}
 	if (load_vocab(b, vocab, extra_max, json_array_size(added), path, e) < 0)
 		goto fail;
@@ -1025,10 +1045,30 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 			b->tok_len[id] = (int32_t)n;
 			used += n;
 		}
-		add_special(b, json_string_value(text), n, id,
-			    json_is_true(json_object_get(t, "special")));
-		b->specials[b->n_specials - 1].lstrip = json_is_true(json_object_get(t, "lstrip"));
-		b->specials[b->n_specials - 1].rstrip = json_is_true(json_object_get(t, "rstrip"));
+		/* "normalized" defaults to !special (as both libraries read it);
+		 * without a normalizer one pass finds every token, as
+		 * tokenizers.js does (see bpe.h for where Hugging Face differs) */
+		int is_special = json_is_true(json_object_get(t, "special"));
+		json_t *norm = json_object_get(t, "normalized");
+		special *sp;
+		if (has_normalizer(b) && (norm ? json_is_true(norm) : !is_special)) {
+			size_t nl;
+			unsigned char *nt = normalize(
+			    b, (const unsigned char *)json_string_value(text), n, 1, &nl, e);
+			if (!nt)
+				goto fail;
+			if (!nl) { /* e.g. a token the normalizer removes: never matched */
+				free(nt);
+				continue;
+			}
+			sp = set_add(&b->norm, (const char *)nt, nl, id, is_special);
+			free(nt);
+		} else {
+			sp = set_add(&b->raw, json_string_value(text), n, id, is_special);
+		}
+		sp->lstrip = json_is_true(json_object_get(t, "lstrip"));
+		sp->rstrip = json_is_true(json_object_get(t, "rstrip"));
+		sp->single_word = json_is_true(json_object_get(t, "single_word"));
 	}
 	b->tok_used = used;
 	if (b->bos >= b->n_ids || (b->bos >= 0 && b->tok_len[b->bos] < 0)) {
@@ -1097,12 +1137,8 @@ void circ_bpe_free(circ_bpe *b)
 	free(b->pair_key);
 	free(b->pair_rank);
 	free(b->pair_id);
-	for (int i = 0; i < b->n_specials; i++)
-		free(b->specials[i].text);
-	free(b->specials);
-	free(b->trie_key);
-	free(b->trie_next);
-	free(b->trie_term);
+	set_free(&b->raw);
+	set_free(&b->norm);
 	free(b->cache);
 	free(b->ckeys);
 	free(b->cids);
@@ -1825,7 +1861,13 @@ static int pretok_any(const circ_bpe *b, const unsigned char *s, size_t n, size_
 	return pretok_next(s, n, i, eof, end, seen);
 }
 
-/* The normalizer: text[0..n) -> a new buffer (*len bytes). */
+/* A normalizer proper (Metaspace is a pre-tokenizer, folded into normalize). */
+static int has_normalizer(const circ_bpe *b)
+{
+	return b->nfc || b->sp_prepend || b->sp_replace;
+}
+
+/* Texts are normalized (or Metaspace'd) before pre-tokenization. */
 static int normalizes(const circ_bpe *b)
 {
 	return b->nfc || b->sp_prepend || b->sp_replace || b->meta;
@@ -1898,26 +1940,170 @@ static unsigned char *normalize(const circ_bpe *b, const unsigned char *text, si
 	return out;
 }
 
-/* Normalizes, pre-tokenizes and encodes text[0..n) whole (a text between
- * added tokens, for tokenizers with a normalizer or no pre-tokenizer). */
-static int encode_whole(circ_bpe *b, const unsigned char *text, size_t n, int first, circ_ids *out,
-			circ_error *e)
+/* First added token of set in s[from..n) (the earliest, then the longest,
+ * as Aho-Corasick's leftmost-longest search; special ones only with all):
+ * its index in *at and the token. A walk down the trie at each position
+ * whose byte starts a token: the cost grows with the text and the longest
+ * token, not with the number of tokens. */
+static const special *set_find(const added_set *set, const unsigned char *s, size_t from, size_t n,
+			       int all, size_t *at)
 {
-	size_t len = n, pos = 0, end, seen;
+	for (size_t p = from; set->n && p < n; p++) {
+		if (!set->first[s[p]])
+			continue;
+		int32_t node = 0, best = -1;
+		for (size_t q = p; q < n && (node = trie_step(set, node, s[q])) >= 0; q++)
+			if (set->trie_term[node] >= 0 &&
+			    (all || !set->v[set->trie_term[node]].special))
+				best = set->trie_term[node];
+		if (best >= 0) {
+			*at = p;
+			return &set->v[best];
+		}
+	}
+	*at = n;
+	return NULL;
+}
+
+/* The white space of an added token's lstrip and rstrip: Hugging Face
+ * tokenizers' \s, Unicode's White_Space (tokenizers.js trims
+ * ECMAScript's, which has U+FEFF and lacks U+0085). */
+static size_t space_len(const unsigned char *s, size_t n, size_t i, int eof, int *need_more)
+{
+	utf8proc_int32_t cp;
+	utf8proc_ssize_t l = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
+	*need_more = 0;
+	if (l > 0)
+		return uni_space(cp) ? (size_t)l : 0;
+	if (!eof && s[i] >= 0xC0 && n - i < 4) /* maybe a character cut by the buffer */
+		*need_more = 1;
+	return 0;
+}
+
+/* The start of the character that ends at s[to] (from <= it < to). */
+static size_t char_start(const unsigned char *s, size_t from, size_t to)
+{
+	size_t st = to - 1;
+	while (st > from && to - st < 4 && (s[st] & 0xC0) == 0x80)
+		st--;
+	return st;
+}
+
+/* The end of s[from..to) without its trailing white space. */
+static size_t trim_end(const unsigned char *s, size_t from, size_t to)
+{
+	while (to > from) {
+		size_t st = char_start(s, from, to);
+		int more;
+		size_t l = space_len(s, to, st, 1, &more);
+		if (!l || st + l != to)
+			break;
+		to = st;
+	}
+	return to;
+}
+
+/* Regex \w as Hugging Face's single_word reads it (Rust regex, Unicode):
+ * Alphabetic (letters, Nl, Other_Alphabetic: marks and the circled and
+ * squared letters), marks, decimal digits, connector punctuation, the
+ * joiners. A byte that is not UTF-8 is no word character. */
+static int word_char(int32_t c)
+{
+	if (c < 0x80)
+		return (unsigned)((c | 32) - 'a') < 26 || (unsigned)(c - '0') < 10 || c == '_';
+	if (c == 0x200C || c == 0x200D || (c >= 0x24B6 && c <= 0x24E9) ||
+	    (c >= 0x1F130 && c <= 0x1F149) || (c >= 0x1F150 && c <= 0x1F169) ||
+	    (c >= 0x1F170 && c <= 0x1F189))
+		return 1;
+	switch (utf8proc_category(c)) {
+	case UTF8PROC_CATEGORY_LU:
+	case UTF8PROC_CATEGORY_LL:
+	case UTF8PROC_CATEGORY_LT:
+	case UTF8PROC_CATEGORY_LM:
+	case UTF8PROC_CATEGORY_LO:
+	case UTF8PROC_CATEGORY_NL:
+	case UTF8PROC_CATEGORY_MN:
+	case UTF8PROC_CATEGORY_MC:
+	case UTF8PROC_CATEGORY_ME:
+	case UTF8PROC_CATEGORY_ND:
+	case UTF8PROC_CATEGORY_PC: return 1;
+	default: return 0;
+	}
+}
+
+/* single_word: 1 if no word character touches s[at..end) (base..n is the
+ * text, the bytes before base are not), 0 if one does, -1 if the character
+ * after it is past the buffer and !eof. */
+static int single_ok(const unsigned char *s, size_t base, size_t n, size_t at, size_t end, int eof)
+{
+	utf8proc_int32_t cp;
+	utf8proc_ssize_t l;
+	if (at > base) {
+		size_t st = char_start(s, base, at);
+		l = utf8proc_iterate(s + st, (utf8proc_ssize_t)(at - st), &cp);
+		if (l > 0 && st + (size_t)l == at && word_char(cp))
+			return 0;
+	}
+	if (end == n)
+		return eof ? 1 : -1;
+	l = utf8proc_iterate(s + end, (utf8proc_ssize_t)(n - end), &cp);
+	if (l <= 0 && !eof && s[end] >= 0xC0 && n - end < 4)
+		return -1;
+	return !(l > 0 && word_char(cp));
+}
+
+/* Pre-tokenizes and encodes t[0..n), a whole text. */
+static int encode_text(circ_bpe *b, const unsigned char *t, size_t n, circ_ids *out, circ_error *e)
+{
+	size_t pos = 0, end, seen;
+	int rc = 0;
+	while (rc == 0 && pos < n) {
+		seen = 0;
+		pretok_any(b, t, n, pos, 1, &end, &seen);
+		rc = encode_piece(b, t + pos, end - pos, out, e);
+		pos = end;
+	}
+	return rc;
+}
+
+/* Normalizes, pre-tokenizes and encodes text[0..n) whole (a text between
+ * added tokens, for tokenizers with a normalizer or no pre-tokenizer). The
+ * added tokens matched in normalized text are found as Hugging Face's
+ * find_matches finds them: leftmost-longest, a token that fails
+ * single_word skipped (the search goes on after it), lstrip taking the
+ * white space before it back to the previous token's end, rstrip the white
+ * space after it (a token the search then finds inside that white space is
+ * still taken, and the next text starts after it: Hugging Face's offsets). */
+static int encode_whole(circ_bpe *b, const unsigned char *text, size_t n, int first, int all,
+			circ_ids *out, circ_error *e)
+{
+	size_t len = n, done = 0, from = 0, at;
 	unsigned char *norm = NULL;
 	const unsigned char *t = text;
+	const special *sp;
 	int rc = 0;
 	if (normalizes(b)) {
 		if (!(norm = normalize(b, text, n, first, &len, e)))
 			return -1;
 		t = norm;
 	}
-	while (rc == 0 && pos < len) {
-		seen = 0;
-		pretok_any(b, t, len, pos, 1, &end, &seen);
-		rc = encode_piece(b, t + pos, end - pos, out, e);
-		pos = end;
+	while (rc == 0 && (sp = set_find(&b->norm, t, from, len, all, &at))) {
+		size_t start = at, stop = at + sp->len;
+		int more;
+		from = stop;
+		if (sp->single_word && !single_ok(t, 0, len, start, stop, 1))
+			continue;
+		if (sp->lstrip && (start = trim_end(t, 0, start)) < done)
+			start = done;
+		for (size_t l; sp->rstrip && stop < len && (l = space_len(t, len, stop, 1, &more));)
+			stop += l;
+		if (done < start)
+			rc = encode_text(b, t + done, start - done, out, e);
+		circ_ids_push(out, sp->id);
+		done = stop;
 	}
+	if (rc == 0 && done < len)
+		rc = encode_text(b, t + done, len - done, out, e);
 	free(norm);
 	return rc;
 }
@@ -1957,60 +2143,6 @@ void circ_bpe_stream_free(circ_bpe_stream *s)
 	free(s);
 }
 
-/* First special token in s[from..n) (the earliest, then the longest): its
- * index in *at and the special. A walk down the trie at each position
- * whose byte starts a special: the cost grows with the text and the
- * longest special, not with the number of specials. */
-static const special *find_special(const circ_bpe *b, const unsigned char *s, size_t from, size_t n,
-				   int all, size_t *at)
-{
-	for (size_t p = from; p < n; p++) {
-		if (!b->special_first[s[p]])
-			continue;
-		int32_t node = 0, best = -1;
-		for (size_t q = p; q < n && (node = trie_step(b, node, s[q])) >= 0; q++)
-			if (b->trie_term[node] >= 0 &&
-			    (all || !b->specials[b->trie_term[node]].special))
-				best = b->trie_term[node];
-		if (best >= 0) {
-			*at = p;
-			return &b->specials[best];
-		}
-	}
-	*at = n;
-	return NULL;
-}
-
-/* The white space of an added token's lstrip and rstrip: tokenizers.js
- * trims with String.prototype.trim, whose white space is ECMAScript's. */
-static size_t space_len(const unsigned char *s, size_t n, size_t i, int eof, int *need_more)
-{
-	utf8proc_int32_t cp;
-	utf8proc_ssize_t l = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
-	*need_more = 0;
-	if (l > 0)
-		return js_space(cp) ? (size_t)l : 0;
-	if (!eof && s[i] >= 0xC0 && n - i < 4) /* maybe a character cut by the buffer */
-		*need_more = 1;
-	return 0;
-}
-
-/* The end of s[from..to) without its trailing white space. */
-static size_t trim_end(const unsigned char *s, size_t from, size_t to)
-{
-	while (to > from) {
-		size_t st = to - 1;
-		int more;
-		while (st > from && to - st < 4 && (s[st] & 0xC0) == 0x80)
-			st--;
-		size_t l = space_len(s, to, st, 1, &more);
-		if (!l || st + l != to)
-			break;
-		to = st;
-	}
-	return to;
-}
-
 /* Tokenises what can be decided in s->buf[pos..len). */
 static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 {
@@ -2029,17 +2161,35 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 				s->skip_space = 0;
 			s->pos += l;
 		}
-		if (b->n_specials && ((s->flags & CIRC_BPE_SPECIAL) || b->n_plain)) {
-			/* Searched once: a special cut by the end of the buffer starts
-			 * in its last special_max - 1 bytes, which wait for more. */
+		int all = s->flags & CIRC_BPE_SPECIAL;
+		if (b->raw.n && (all || b->raw.n_plain)) {
+			/* Searched once: a token cut by the end of the buffer starts in
+			 * its last raw.max - 1 bytes, which wait for more. */
 			size_t from = s->spec_from > s->pos ? s->spec_from : s->pos;
-			/* no special starting before safe can end past the buffer */
-			size_t safe = s->len - from > b->special_max - 1
-					  ? s->len - (b->special_max - 1)
-					  : from;
-			sp = find_special(b, buf, from, s->len, s->flags & CIRC_BPE_SPECIAL, &at);
-			if (sp && !eof && at >= safe) /* a longer or earlier one may yet come */
+			/* no token starting before safe can end past the buffer */
+			size_t safe =
+			    s->len - from > b->raw.max - 1 ? s->len - (b->raw.max - 1) : from;
+			for (;;) {
+				sp = set_find(&b->raw, buf, from, s->len, all, &at);
+				if (sp && !eof &&
+				    at >= safe) /* a longer or earlier one may yet come */
+					sp = NULL;
+				if (!sp || !sp->single_word)
+					break;
+				int ok = single_ok(buf, 0, s->len, at, at + sp->len, eof);
+				if (ok > 0)
+					break;
+				if (ok < 0) { /* the character after it is to come */
+					sp = NULL;
+					safe = at;
+					break;
+				}
+				/* not a single word: text, and the search goes on after it */
+				from = at + sp->len;
+				if (safe < from)
+					safe = from;
 				sp = NULL;
+			}
 			if (sp) {
 				limit = sp->lstrip ? trim_end(buf, s->pos, at) : at, seg_eof = 1;
 			} else {
@@ -2052,7 +2202,8 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 			/* normalizers see a whole text between added tokens */
 			if (!seg_eof)
 				return 0;
-			if (encode_whole(b, buf + s->pos, limit - s->pos, !s->started, out, e) < 0)
+			if (encode_whole(b, buf + s->pos, limit - s->pos, !s->started, all, out,
+					 e) < 0)
 				return -1;
 			s->pos = limit;
 		}
@@ -2080,13 +2231,14 @@ static int stream_run(circ_bpe_stream *s, int eof, circ_ids *out, circ_error *e)
 int circ_bpe_stream_feed(circ_bpe_stream *s, const char *data, size_t n, circ_ids *out,
 			 circ_error *e)
 {
-	if (s->pos) { /* drop what is done */
-		memmove(s->buf, s->buf + s->pos, s->len - s->pos);
-		s->len -= s->pos;
-		s->seen_at = s->seen_at >= s->pos ? s->seen_at - s->pos : 0;
-		s->seen = s->seen >= s->pos ? s->seen - s->pos : 0;
-		s->spec_from = s->spec_from >= s->pos ? s->spec_from - s->pos : 0;
-		s->pos = 0;
+	if (s->pos > 4) { /* drop what is done but its last character (single_word reads it) */
+		size_t drop = s->pos - 4;
+		memmove(s->buf, s->buf + drop, s->len - drop);
+		s->len -= drop;
+		s->seen_at = s->seen_at >= drop ? s->seen_at - drop : 0;
+		s->seen = s->seen >= drop ? s->seen - drop : 0;
+		s->spec_from = s->spec_from >= drop ? s->spec_from - drop : 0;
+		s->pos -= drop;
 	}
 	if (s->len + n > s->cap) {
 		s->cap = s->cap ? s->cap : 65536;
@@ -2364,13 +2516,12 @@ int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags
 	for (;;) {
 		size_t at = n;
 		const special *sp = NULL;
-		for (int k = 0; k < b->n_specials; k++) /* earliest, then longest */
-			if ((flags & CIRC_BPE_SPECIAL) || !b->specials[k].special)
-				for (size_t i = pos; i + b->specials[k].len <= n && i <= at; i++)
-					if (!memcmp(s + i, b->specials[k].text,
-						    b->specials[k].len)) {
-						if (i < at || b->specials[k].len > sp->len)
-							at = i, sp = &b->specials[k];
+		for (int k = 0; k < b->raw.n; k++) /* earliest, then longest */
+			if ((flags & CIRC_BPE_SPECIAL) || !b->raw.v[k].special)
+				for (size_t i = pos; i + b->raw.v[k].len <= n && i <= at; i++)
+					if (!memcmp(s + i, b->raw.v[k].text, b->raw.v[k].len)) {
+						if (i < at || b->raw.v[k].len > sp->len)
+							at = i, sp = &b->raw.v[k];
 						break;
 					}
 		size_t seg_end = sp && sp->lstrip ? trim_end(s, pos, at) : at;

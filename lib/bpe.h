@@ -42,7 +42,12 @@
  * tests compare with @huggingface/tokenizers, its JavaScript port):
  *  0. Added tokens are found first (the earliest, then the longest): special
  *     ones only with CIRC_BPE_SPECIAL, the others always; lstrip and rstrip
- *     drop the ECMAScript white space before and after them.
+ *     take the White_Space before and after them, single_word drops a match
+ *     a word character touches (Hugging Face's added_vocabulary.rs; not
+ *     tokenizers.js, which trims ECMAScript's white space and ignores
+ *     single_word). With a normalizer, tokens with "normalized" true are
+ *     found in step 1's output instead, within each text, by their
+ *     normalized text (GPT-NeoX's runs of spaces).
  *  1. Each text between them is normalized: NFC (Qwen), or Prepend "▁" and
  *     Replace " " by "▁" (SentencePiece style: Llama 2, Gemma 3), and with
  *     the Metaspace pre-tokenizer the same (prepend_scheme always, first,
@@ -58,7 +63,8 @@
  * TemplateProcessing's token before the text is the BOS (circ_bpe_bos);
  * encoding never adds it. Decoding gives "▁" as a space and <0xNN> as its
  * byte. circ_bpe_encode_ref covers GPT-2's pattern and tokenizers without
- * a pre-tokenizer; it fails on Llama 3's pattern.
+ * a pre-tokenizer; it fails on Llama 3's pattern, and knows neither
+ * single_word nor tokens matched in normalized text.
  */
 #ifndef CIRC_BPE_H
 #define CIRC_BPE_H

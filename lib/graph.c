@@ -37,6 +37,7 @@ circ_graph *circ_graph_new_desc(const circ_topo_desc *desc, circ_graph_level lev
 	g->n_head = d.n_head;
 	g->n_kv_head = t->d.n_kv_head;
 	g->block = d.block;
+	g->raw_heads = d.raw_heads;
 	g->level = level;
 	g->input = CIRC_INPUT_EAPIG;
 	g->n_up = t->n_up;
@@ -81,7 +82,8 @@ void circ_graph_free(circ_graph *g)
 int circ_graph_same(const circ_graph *a, const circ_graph *b)
 {
 	return a->n_layer == b->n_layer && a->n_head == b->n_head && a->level == b->level &&
-	       a->input == b->input && a->n_kv_head == b->n_kv_head && a->block == b->block;
+	       a->input == b->input && a->n_kv_head == b->n_kv_head && a->block == b->block &&
+	       a->raw_heads == b->raw_heads;
 }
 
 /* ---- numbering: lib/topology's ---- */
@@ -411,9 +413,9 @@ const char *circ_graph_input_name(circ_input_conv conv)
 void circ_graph_pack(msgpack_packer *pk, const circ_graph *g)
 {
 	int acdc = g->input != CIRC_INPUT_EAPIG, par = g->block == CIRC_BLOCK_PARALLEL,
-	    kv = g->n_kv_head != g->n_head,
+	    kv = g->n_kv_head != g->n_head, raw = g->raw_heads != 0,
 	    mt = g->model_type[0] && strcmp(g->model_type, "gpt2") != 0;
-	msgpack_pack_map(pk, (uint32_t)(3 + acdc + par + kv + mt));
+	msgpack_pack_map(pk, (uint32_t)(3 + acdc + par + kv + raw + mt));
 	circ_pack_kv_i64(pk, "n_layer", g->n_layer);
 	circ_pack_kv_i64(pk, "n_head", g->n_head);
 	circ_pack_kv_str(pk, "level", circ_graph_level_name(g->level));
@@ -423,6 +425,8 @@ void circ_graph_pack(msgpack_packer *pk, const circ_graph *g)
 		circ_pack_kv_str(pk, "block", "parallel");
 	if (kv)
 		circ_pack_kv_i64(pk, "kv_heads", g->n_kv_head);
+	if (raw)
+		circ_pack_kv_str(pk, "head_nodes", "raw");
 	if (mt)
 		circ_pack_kv_str(pk, "model_type", g->model_type);
 }
@@ -501,6 +505,17 @@ circ_graph *circ_graph_from_obj(const msgpack_object *o, circ_error *e)
 			goto fail;
 		}
 		d.n_kv_head = (int)kv;
+	}
+	if (circ_rec_get(o, "head_nodes")) {
+		if (str_field(o, "head_nodes", buf, sizeof buf, e) < 0)
+			goto fail;
+		if (strcmp(buf, "share") && strcmp(buf, "raw")) {
+			circ_errorf(e,
+				    "field 'head_nodes': expected \"share\" or \"raw\", got \"%s\"",
+				    buf);
+			goto fail;
+		}
+		d.raw_heads = !strcmp(buf, "raw");
 	}
 	if (circ_rec_get(o, "model_type") && str_field(o, "model_type", mt, sizeof mt, e) < 0)
 		goto fail;

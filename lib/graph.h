@@ -71,6 +71,9 @@ typedef struct circ_graph {
 				* n_head (the default), or fewer (grouped) */
 	circ_block_kind block; /* sequential, or parallel (GPT-NeoX: the MLP does
 				* not read its layer's heads) */
+	int raw_heads;	       /* heads output before the norm after attention
+				* (circ_topo_desc.raw_heads; header "head_nodes":
+				* "raw") */
 	char model_type[32];   /* the family the graph was made for ("" or "gpt2":
 				* not written into headers) */
 	circ_graph_level level;

@@ -474,6 +474,71 @@ DOT_TILE(2, 1)
 DOT_TILE(1, 1)
 #undef DOT_TILE
 
+/* circ_gemm_bt_long's tiles: R rows of a against S of b over one chunk of
+ * p, the lanes' sums added into c (first chunk: c set). */
+#define DOTC_TILE(R, S)                                                                            \
+	AVX512 static void dotc_tile_##R##x##S(int k, const float *a, int lda, const float *b,     \
+					       int ldb, float *c, int ldc, int first)              \
+	{                                                                                          \
+		__m512 acc[R][S];                                                                  \
+		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+		    _Pragma("GCC unroll 8") for (int s = 0; s < S; s++) acc[r][s] =                \
+			_mm512_setzero_ps();                                                       \
+		for (int p = 0; p < k; p += 16) {                                                  \
+			__m512 av[R];                                                              \
+			_Pragma("GCC unroll 8") for (int r = 0; r < R; r++) av[r] =                \
+			    _mm512_loadu_ps(a + (size_t)r * lda + p);                              \
+			_Pragma("GCC unroll 8") for (int s = 0; s < S; s++)                        \
+			{                                                                          \
+				__m512 bv = _mm512_loadu_ps(b + (size_t)s * ldb + p);              \
+				_Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[r][s] =    \
+				    _mm512_fmadd_ps(av[r], bv, acc[r][s]);                         \
+			}                                                                          \
+		}                                                                                  \
+		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+		    _Pragma("GCC unroll 8") for (int s = 0; s < S; s++)                            \
+		{                                                                                  \
+			float v = _mm512_reduce_add_ps(acc[r][s]);                                 \
+			float *cp = c + (size_t)r * ldc + s;                                       \
+			*cp = first ? v : *cp + v;                                                 \
+		}                                                                                  \
+	}
+DOTC_TILE(4, 6)
+DOTC_TILE(1, 6)
+DOTC_TILE(4, 1)
+DOTC_TILE(1, 1)
+#undef DOTC_TILE
+
+/* Chunks of p of BT_LONG_KC: b's rows of a chunk stay in L2 while a's rows
+ * pass them four at a time (from L1), so a streams from memory once. */
+#define BT_LONG_KC 2048
+AVX512 static void gemm_bt_long_avx512(int m, int n, int k, const float *a, int lda, const float *b,
+				       int ldb, float *c, int ldc)
+{
+	for (int p0 = 0; p0 < k; p0 += BT_LONG_KC) {
+		int kc = k - p0 < BT_LONG_KC ? k - p0 : BT_LONG_KC, first = p0 == 0, i = 0;
+		const float *ap = a + p0, *bp = b + p0;
+		for (; i + 4 <= m; i += 4) {
+			int j = 0;
+			for (; j + 6 <= n; j += 6)
+				dotc_tile_4x6(kc, ap + (size_t)i * lda, lda, bp + (size_t)j * ldb,
+					      ldb, c + (size_t)i * ldc + j, ldc, first);
+			for (; j < n; j++)
+				dotc_tile_4x1(kc, ap + (size_t)i * lda, lda, bp + (size_t)j * ldb,
+					      ldb, c + (size_t)i * ldc + j, ldc, first);
+		}
+		for (; i < m; i++) {
+			int j = 0;
+			for (; j + 6 <= n; j += 6)
+				dotc_tile_1x6(kc, ap + (size_t)i * lda, lda, bp + (size_t)j * ldb,
+					      ldb, c + (size_t)i * ldc + j, ldc, first);
+			for (; j < n; j++)
+				dotc_tile_1x1(kc, ap + (size_t)i * lda, lda, bp + (size_t)j * ldb,
+					      ldb, c + (size_t)i * ldc + j, ldc, first);
+		}
+	}
+}
+
 AVX512 static void gemm_bt_avx512(int m, int n, int k, const float *a, int lda, const float *b,
 				  int ldb, float *c, int ldc)
 {
@@ -540,6 +605,20 @@ void circ_gemm_bt_set(int m, int n, int k, const float *a, int lda, const float 
 #if CIRC_X86
 	if (circ_gemm_bt_fast(k)) {
 		gemm_bt_avx512(m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
+#endif
+	circ_gemm(0, 1, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void circ_gemm_bt_long(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		       float *c, int ldc)
+{
+	if (m <= 0 || n <= 0)
+		return;
+#if CIRC_X86
+	if (circ_gemm_bt_fast(k)) {
+		gemm_bt_long_avx512(m, n, k, a, lda, b, ldb, c, ldc);
 		return;
 	}
 #endif

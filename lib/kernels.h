@@ -93,6 +93,15 @@ void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float
 void circ_gemm_bt_set(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 		      float *c, int ldc);
 int circ_gemm_bt_fast(int k);
+/* circ_gemm_bt_set for long rows (k in the tens of thousands: one prompt's
+ * activations) and few rows of b: p in chunks of 2048, each element the
+ * sum over the chunks in order of the chunk's dot product (16 lanes, then
+ * the lanes in a fixed order), so its bits depend on neither m, n nor the
+ * tile it falls in; a streams from memory once while the chunk of b stays
+ * in cache, with no packing. Where circ_gemm_bt_fast(k) says so, else
+ * circ_gemm. */
+void circ_gemm_bt_long(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		       float *c, int ldc);
 
 /* ---- bf16 matrix multiply (kernels_bf16.c, through oneDNN) ---- */
 

@@ -48,6 +48,7 @@ int model_topology_make(circ_model *m, circ_error *e)
 	if (model_is_family(m)) {
 		d.block = m->cfg.parallel_residual ? CIRC_BLOCK_PARALLEL : CIRC_BLOCK_SEQUENTIAL;
 		d.n_kv_head = m->gqa_grouped ? circ_config_kv_heads(&m->cfg) : m->cfg.n_head;
+		d.raw_heads = m->raw_heads;
 		m->topo = circ_topology_new(&d, e);
 		return m->topo ? 0 : -1;
 	}

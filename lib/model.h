@@ -261,6 +261,9 @@ typedef struct circ_model_opts {
 			      * receivers per key/value head (shared by the heads
 			      * of its group); 0 (default): per query head, as
 			      * EAP-IG builds them on TransformerLens */
+	int raw_heads;	     /* 1: a head's node output is its own, before the
+			      * norm after attention (circ_topo_desc.raw_heads;
+			      * families with such a norm only) */
 } circ_model_opts;
 void circ_model_opts_default(circ_model_opts *o);
 
@@ -491,6 +494,13 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e);
 /* Output of upstream node u: (B, T, C), row-major for the current B, T.
  * NULL for heads when the run does not keep node outputs. */
 const float *circ_run_node_out(const circ_run *r, int node);
+/* Families with a norm after attention (raw head nodes, circ_model_opts):
+ * out = N_l(x), layer l's post-attention norm of `rows` rows of n_embd, as
+ * the forward computes it (out may not overlap x); and out = J v, the
+ * norm's Jacobian at a applied to v. */
+void circ_model_post_attn_norm(const circ_model *m, int l, float *out, const float *x, size_t rows);
+void circ_model_post_attn_jvp(const circ_model *m, int l, float *out, const float *a,
+			      const float *v, size_t rows);
 /* Residual s (input of stage s, without any delta): (B, T, C). */
 const float *circ_run_resid(const circ_run *r, int stage);
 /* Attention probabilities of layer l: (B, H, T, T), row t over keys 0..t
@@ -514,6 +524,16 @@ const float *circ_run_attn_z(const circ_run *r, int layer);
  * of z is then no sum of node outputs). */
 int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, float *out,
 			 circ_error *e);
+/* 1 when every head's node output is its z times its slice of the output
+ * projection (a family without a norm after attention), so that the
+ * difference of two runs' head outputs can be made from their z's
+ * (circ_run_head_outputs); 0 for GPT-2 and where a norm follows. */
+int circ_model_heads_from_z(const circ_model *m);
+/* dst[h] (B*T, C) = z_h (B*T, D; rows H*D apart, head-major as
+ * circ_run_attn_z gives them) times head h's slice of layer l's output
+ * projection, for the run's current batch: the heads' node outputs of that
+ * z. Only where circ_model_heads_from_z. */
+void circ_run_head_outputs(const circ_run *r, int layer, const float *z, float *const *dst);
 /* Logits at the read rows: (N, V); *n_rows set when not NULL. */
 const float *circ_run_logits(const circ_run *r, int *n_rows);
 /* The read rows of the last forward: (N) pairs. */

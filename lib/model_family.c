@@ -20,6 +20,9 @@
  * the layer's summed output in this run, rsqrt(mean(A^2) + eps) (offset + w),
  * so that the heads' outputs sum to the normed attention output exactly and
  * the residual stays the plain sum of node outputs that patching needs.
+ * With raw head nodes (circ_model_opts.raw_heads: EAP-IG's and MIB's) a
+ * head outputs o_h itself and lib/patch applies the norm on the receiver's
+ * side (circ_model_post_attn_norm).
  *
  * Receivers: q, k and v of every query head (grouped-query attention
  * ungrouped, as EAP-IG builds it on TransformerLens): the k (v) receiver of
@@ -431,6 +434,137 @@ static int block_rms(const circ_run *r)
 	return r->m->cfg.norm == CIRC_NORM_RMSNORM;
 }
 
+/* ---- the receivers' norm backward with statistics made once ----
+ * Every receiver of a stage reads the same input (when none has a delta),
+ * so its norm's statistics are made once per stage (p_stats) and each
+ * receiver's gradient is one pass over its rows (p_normb): in place over
+ * the projection's gradient, and added into the residual's gradient in the
+ * same pass. Sums in two 8-wide partial sums, then the lanes in order, so
+ * the bits do not depend on the thread count. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+typedef float v8f __attribute__((vector_size(32)));
+
+static float lanes8(v8f s)
+{
+	return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* dx = g (set) or dx += g, and acc += g (acc may be NULL), g = d norm(x)/dx
+ * . dy for one row with its mean mu (0 for RMSNorm) and 1/sqrt(var + eps)
+ * rs; RMSNorm scales by off + w. dx may be dy. */
+CLONES static void normb_row(float *dx, float *acc, const float *dy, const float *x, const float *w,
+			     float off, float mu, float rs, int rms, int n, int set)
+{
+	v8f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+	float a, b;
+	int j = 0;
+	if (rms) {
+		for (; j + 16 <= n; j += 16) {
+			v8f d0, d1, w0, w1, x0, x1;
+			memcpy(&d0, dy + j, 32);
+			memcpy(&d1, dy + j + 8, 32);
+			memcpy(&w0, w + j, 32);
+			memcpy(&w1, w + j + 8, 32);
+			memcpy(&x0, x + j, 32);
+			memcpy(&x1, x + j + 8, 32);
+			a0 += d0 * (off + w0) * x0;
+			a1 += d1 * (off + w1) * x1;
+		}
+		a = lanes8(a0 + a1);
+		for (; j < n; j++)
+			a += dy[j] * (off + w[j]) * x[j];
+		/* g = rs (dy w' - x rs^2 a / n) */
+		float k = rs * rs * a / (float)n;
+		for (j = 0; j < n; j++) {
+			float g = rs * (dy[j] * (off + w[j]) - x[j] * k);
+			dx[j] = set ? g : dx[j] + g;
+			if (acc)
+				acc[j] += g;
+		}
+		return;
+	}
+	for (; j + 16 <= n; j += 16) {
+		v8f d0, d1, w0, w1, x0, x1;
+		memcpy(&d0, dy + j, 32);
+		memcpy(&d1, dy + j + 8, 32);
+		memcpy(&w0, w + j, 32);
+		memcpy(&w1, w + j + 8, 32);
+		memcpy(&x0, x + j, 32);
+		memcpy(&x1, x + j + 8, 32);
+		d0 *= w0;
+		d1 *= w1;
+		a0 += d0;
+		a1 += d1;
+		b0 += d0 * ((x0 - mu) * rs);
+		b1 += d1 * ((x1 - mu) * rs);
+	}
+	a = lanes8(a0 + a1);
+	b = lanes8(b0 + b1);
+	for (; j < n; j++) {
+		float g = dy[j] * w[j];
+		a += g;
+		b += g * ((x[j] - mu) * rs);
+	}
+	a /= (float)n;
+	b /= (float)n;
+	for (j = 0; j < n; j++) {
+		float g = rs * (dy[j] * w[j] - a - (x[j] - mu) * rs * b);
+		dx[j] = set ? g : dx[j] + g;
+		if (acc)
+			acc[j] += g;
+	}
+}
+
+typedef struct normb_task {
+	const circ_config *c;
+	int rms, n, set;
+	float *dx, *acc, *mu, *rs;
+	const float *dy, *x, *w;
+} normb_task;
+
+static void stats_part(void *v, size_t b, size_t e)
+{
+	normb_task *t = v;
+	for (size_t i = b; i < e; i++) {
+		double mu, rs = row_rstd(t->x + i * (size_t)t->n, t->n, t->rms,
+					 t->c->layer_norm_epsilon, &mu);
+		t->mu[i] = (float)mu;
+		t->rs[i] = (float)rs;
+	}
+}
+
+static void normb_part(void *v, size_t b, size_t e)
+{
+	normb_task *t = v;
+	size_t n = (size_t)t->n;
+	for (size_t i = b; i < e; i++)
+		normb_row(t->dx + i * n, t->acc ? t->acc + i * n : NULL, t->dy + i * n,
+			  t->x + i * n, t->w, (float)t->c->norm_offset, t->mu[i], t->rs[i], t->rms,
+			  t->n, t->set);
+}
+
+/* The block norm's statistics of x (rows, C) into the run's mean and rstd
+ * (the families use them as scratch). */
+static void p_stats(const circ_run *r, const float *x, size_t rows)
+{
+	normb_task t = {&r->m->cfg, block_rms(r), r->C, 0, NULL, NULL,
+			r->mean,    r->rstd,	  NULL, x, NULL};
+	circ_pool_for(r->pool, rows, stats_part, &t);
+}
+
+/* dx (rows, C) = or += the block norm's backward of dy at x with p_stats's
+ * statistics; acc += the same (NULL: not). */
+static void p_normb(const circ_run *r, float *dx, float *acc, const float *dy, const float *x,
+		    size_t rows, const float *w, int set)
+{
+	normb_task t = {&r->m->cfg, block_rms(r), r->C, set, dx, acc, r->mean, r->rstd, dy, x, w};
+	circ_pool_for(r->pool, rows, normb_part, &t);
+}
+
 static float act_f(circ_act a, float x)
 {
 	if (a == CIRC_ACT_SILU)
@@ -459,6 +593,19 @@ static float act_df(circ_act a, float x)
 	}
 }
 
+/* Narrow weights to f32, split over the pool. */
+typedef struct conv_task {
+	float *out;
+	const char *src;
+	circ_dtype dt;
+} conv_task;
+
+static void conv_part(void *ctx, size_t b, size_t e)
+{
+	const conv_task *t = ctx;
+	circ_st_to_f32(t->out + b, t->src + 2 * b, t->dt, e - b);
+}
+
 /* Rows [row0, row0 + nrows) of matrix a (cols wide) in f32: in place, or
  * converted into the run's f_w (valid until the next call). */
 static const float *fam_rows(const circ_run *r, const fam_mat *a, size_t row0, size_t nrows,
@@ -467,7 +614,10 @@ static const float *fam_rows(const circ_run *r, const fam_mat *a, size_t row0, s
 	if (a->dt == CIRC_F32)
 		return (const float *)a->p + row0 * cols;
 	CIRC_ASSERT(nrows * cols <= r->m->fw.narrow_max);
-	circ_st_to_f32(r->f_w, (const char *)a->p + row0 * cols * 2, a->dt, nrows * cols);
+	{
+		conv_task t = {r->f_w, (const char *)a->p + row0 * cols * 2, a->dt};
+		circ_pool_for(r->pool, nrows * cols, conv_part, &t);
+	}
 	return r->f_w;
 }
 
@@ -840,16 +990,22 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 		const float *wo = fam_rows(r, &y->o_w, 0, C, Q);
 		if (A)
 			memset(A, 0, n * C * sizeof(float));
-		for (int h = 0; h < r->H; h++) {
-			float *o = r->node[circ_node_head(r->m, l, h)];
-			if (!o)
-				o = r->s_ln2;
-			model_gemm(r, 0, 1, (int)n, r->C, r->D, z + h * D, (int)Q, wo + h * D,
-				   (int)Q, 0.0f, o, r->C);
-			if (A)
-				circ_vadd(A, o, n * C);
-			else
-				circ_vadd(out, o, n * C);
+		if (!A && !r->node[circ_node_head(r->m, l, 0)]) {
+			/* no head's output kept: their sum in one product */
+			model_gemm(r, 0, 1, (int)n, r->C, (int)Q, z, (int)Q, wo, (int)Q, 1.0f, out,
+				   r->C);
+		} else {
+			for (int h = 0; h < r->H; h++) {
+				float *o = r->node[circ_node_head(r->m, l, h)];
+				if (!o)
+					o = r->s_ln2;
+				model_gemm(r, 0, 1, (int)n, r->C, r->D, z + h * D, (int)Q,
+					   wo + h * D, (int)Q, 0.0f, o, r->C);
+				if (A)
+					circ_vadd(A, o, n * C);
+				else
+					circ_vadd(out, o, n * C);
+			}
 		}
 		if (y->o_b)
 			for (size_t i = 0; i < n; i++)
@@ -862,7 +1018,7 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 				for (size_t j = 0; j < C; j++)
 					s += (double)A[i * C + j] * A[i * C + j];
 				float rs = (float)(1.0 / sqrt(s / (double)C + eps));
-				for (int h = 0; h < r->H; h++) {
+				for (int h = 0; h < r->H && !r->m->raw_heads; h++) {
 					float *o = r->node[circ_node_head(r->m, l, h)];
 					if (!o)
 						continue;
@@ -875,6 +1031,47 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 							  ((float)c->norm_offset + y->pa_w[j]);
 			}
 		}
+	}
+}
+
+/* Raw head nodes (circ_model_opts.raw_heads): the norm after layer l's
+ * attention, N(x) = x rsqrt(mean(x^2) + eps) (off + w), row by row, as the
+ * forward computes it; and its Jacobian at a applied to v, J v = (off + w)
+ * (rs v - a rs^3 mean(a v)). Statistics in double. */
+void circ_model_post_attn_norm(const circ_model *m, int l, float *out, const float *x, size_t rows)
+{
+	const circ_config *c = &m->cfg;
+	const float *w = m->fw.layers[l].pa_w;
+	size_t C = (size_t)c->n_embd;
+	CIRC_ASSERT(model_is_family(m) && c->norm_place != CIRC_NORM_PRE);
+	for (size_t i = 0; i < rows; i++) {
+		double s = 0;
+		for (size_t j = 0; j < C; j++)
+			s += (double)x[i * C + j] * x[i * C + j];
+		float rs = (float)(1.0 / sqrt(s / (double)C + c->layer_norm_epsilon));
+		for (size_t j = 0; j < C; j++)
+			out[i * C + j] = x[i * C + j] * rs * ((float)c->norm_offset + w[j]);
+	}
+}
+
+void circ_model_post_attn_jvp(const circ_model *m, int l, float *out, const float *a,
+			      const float *v, size_t rows)
+{
+	const circ_config *c = &m->cfg;
+	const float *w = m->fw.layers[l].pa_w;
+	size_t C = (size_t)c->n_embd;
+	CIRC_ASSERT(model_is_family(m) && c->norm_place != CIRC_NORM_PRE);
+	for (size_t i = 0; i < rows; i++) {
+		double s = 0, av = 0;
+		for (size_t j = 0; j < C; j++) {
+			s += (double)a[i * C + j] * a[i * C + j];
+			av += (double)a[i * C + j] * v[i * C + j];
+		}
+		double rs = 1.0 / sqrt(s / (double)C + c->layer_norm_epsilon),
+		       k = rs * rs * rs * av / (double)C;
+		for (size_t j = 0; j < C; j++)
+			out[i * C + j] = (float)((rs * v[i * C + j] - k * a[i * C + j]) *
+						 (c->norm_offset + w[j]));
 	}
 }
 
@@ -1200,12 +1397,13 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 		}
 		grad_norm(r, block_rms(r), gl->n2_w, gl->n2_b, r->d_ln, C, xin, C, n, r->C);
 	}
-	memset(rg, 0, n * C * sizeof(float));
-	if (fam_pre_norm(c))
-		p_norm_bwd(r, block_rms(r), rg, r->d_ln, C, xin, C, n, r->C, y->n2_w);
-	else
+	if (fam_pre_norm(c)) {
+		p_stats(r, xin, n);
+		p_normb(r, rg, gx, r->d_ln, xin, n, y->n2_w, 1);
+	} else {
 		memcpy(rg, r->d_ln, n * C * sizeof(float));
-	circ_vadd(gx, rg, n * C);
+		circ_vadd(gx, rg, n * C);
+	}
 }
 
 /* One receiver's gradient from the gradient dproj (rows, D; ld Q) of its
@@ -1323,6 +1521,54 @@ static void attn_dz_own(circ_run *r, int l, const float *g, const float *const *
 /* The attention's backward: from g (gradient of the residual after it) or
  * the heads' own output gradients (ng, NULL or (H) with NULL for g) to its
  * receivers' gradients and gx. */
+/* Layer l's q, k and v receivers' gradients from f_dq, f_dk, f_dv when all
+ * read the residual x itself (no delta), without parameter gradients or a
+ * whole-projection q/k norm: each kind's weights made f32 once, each head's
+ * slice of the projection's gradient multiplied into its receiver's buffer
+ * (heads sharing a receiver add), then the norm's backward in place, added
+ * to gx in the same pass. Returns 0 (nothing done) otherwise. */
+static int attn_recv_shared(circ_run *r, int l, const float *x, float *gx)
+{
+	const circ_config *c = &r->m->cfg;
+	const fam_layer *y = &r->m->fw.layers[l];
+	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
+	int K = circ_config_kv_heads(c), per = r->H / K, pre = fam_pre_norm(c);
+	if (r->gw || c->qk_norm == CIRC_QK_NORM_WHOLE)
+		return 0;
+	for (int h = 0; h < r->H; h++)
+		for (int kind = 0; kind < 3; kind++)
+			if (r->delta_on[head_recv(r, l, h, kind)])
+				return 0;
+	if (pre)
+		p_stats(r, x, n);
+	for (int kind = 0; kind < 3; kind++) {
+		const fam_mat *W = kind == 0 ? &y->q_w : kind == 1 ? &y->k_w : &y->v_w;
+		const float *dp = kind == 0 ? r->f_dq : kind == 1 ? r->f_dk : r->f_dv;
+		const float *w = fam_rows(r, W, 0, (size_t)(kind == 0 ? r->H : K) * D, C);
+		for (int h = 0; h < r->H; h++) {
+			int recv = head_recv(r, l, h, kind), g = kind == 0 ? h : h / per, first = 1;
+			for (int h2 = 0; h2 < h && first; h2++)
+				first = head_recv(r, l, h2, kind) != recv;
+			model_gemm(r, 0, 0, (int)n, r->C, r->D, dp + (size_t)h * D, (int)Q,
+				   w + (size_t)g * D * C, r->C, first ? 0.0f : 1.0f,
+				   model_recv_grad_buf(r, recv), r->C);
+		}
+		for (int h = 0; h < r->H; h++) {
+			int recv = head_recv(r, l, h, kind), first = 1;
+			float *rg = model_recv_grad_buf(r, recv);
+			for (int h2 = 0; h2 < h && first; h2++)
+				first = head_recv(r, l, h2, kind) != recv;
+			if (!first)
+				continue;
+			if (pre)
+				p_normb(r, rg, gx, rg, x, n, y->n1_w, 1);
+			else
+				circ_vadd(gx, rg, n * C);
+		}
+	}
+	return 1;
+}
+
 static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, const float *const *ng,
 			 float *gx)
 {
@@ -1391,6 +1637,8 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, con
 		memset(dk, 0, n * Q * sizeof(float));
 		p_norm_bwd(r, 1, dk, r->f_dz2, D, k, D, n * (size_t)r->H, r->D, y->kn_w);
 	}
+	if (attn_recv_shared(r, l, x, gx))
+		return;
 	/* each receiver: zeroed once, then every head that reads it adds */
 	for (int h = 0; h < r->H; h++)
 		for (int kind = 0; kind < 3; kind++)
@@ -1518,6 +1766,27 @@ const float *circ_run_attn_z(const circ_run *r, int layer)
 	if (r->m->cfg.model_type == CIRC_MODEL_GPT2 || layer < 0 || layer >= r->L)
 		return NULL;
 	return lay(r, r->fz, layer, fam_Q(r));
+}
+
+int circ_model_heads_from_z(const circ_model *m)
+{
+	if (m->cfg.model_type == CIRC_MODEL_GPT2)
+		return 0;
+	for (int l = 0; l < m->cfg.n_layer; l++)
+		if (m->fw.layers[l].pa_w)
+			return 0;
+	return 1;
+}
+
+void circ_run_head_outputs(const circ_run *r, int layer, const float *z, float *const *dst)
+{
+	size_t C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
+	const float *wo;
+	CIRC_ASSERT(circ_model_heads_from_z(r->m) && layer >= 0 && layer < r->L);
+	wo = fam_rows(r, &r->m->fw.layers[layer].o_w, 0, C, Q);
+	for (int h = 0; h < r->H; h++)
+		model_gemm(r, 0, 1, (int)bt(r), r->C, r->D, z + (size_t)h * D, (int)Q,
+			   wo + (size_t)h * D, (int)Q, 0.0f, dst[h], r->C);
 }
 
 int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, float *out,

@@ -100,6 +100,7 @@ struct circ_model {
 	int fp_own;	  /* 1: m->own holds every tensor in that order, f32 */
 	circ_st_set *set; /* their checkpoint (one file or shards) */
 	int gqa_grouped;  /* k and v receivers per key/value head (circ_model_opts) */
+	int raw_heads;	  /* heads output before the norm after attention */
 	char *dir;
 	circ_st *st;	    /* the mapped file, or NULL (in-memory model) */
 	char *config_bytes; /* config.json as read (for the digest) */

@@ -266,8 +266,14 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	if (!m->config_bytes ||
 	    model_config_parse(cfg_path, m->config_bytes, m->config_len, &m->cfg, e) < 0)
 		goto fail;
+	if (o->raw_heads && (!model_is_family(m) || m->cfg.norm_place == CIRC_NORM_PRE)) {
+		circ_errorf(e, "%s: raw head nodes: model_type %s has no norm after attention",
+			    cfg_path, circ_model_type_name(m->cfg.model_type));
+		goto fail;
+	}
 	if (model_is_family(m)) {
 		m->gqa_grouped = o->gqa_grouped;
+		m->raw_heads = o->raw_heads;
 		if (model_family_open(m, dir, cfg_path, o, e) < 0 || model_topology_make(m, e) < 0)
 			goto fail;
 		free(cfg_path);

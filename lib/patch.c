@@ -113,6 +113,9 @@ struct circ_patcher {
 	int rref_ok;	   /* rref holds R for the batch and references loaded */
 	float *ref_out;	   /* (U, B, T, C); diff_only: ref - clean */
 	float *ref_in;	   /* diff_only: the input node's reference output (B, T, C) */
+	int zdiff;	   /* diff_only where heads' outputs come from z: the run keeps
+			      none; ref_z holds the reference run's z */
+	float *ref_z;	   /* zdiff: (L, B*T, H*D) */
 	float *ref_logits; /* the reference run's logits at the read rows (N, V) */
 	size_t ref_logits_cap;
 	double *mean_sum; /* (U, Tm, C) or (U, C) */
@@ -152,6 +155,8 @@ struct circ_patcher {
 	int *c_start;	 /* (n_recv) the start stage it was made for */
 	uint8_t *c_keep; /* (n_edges) the keep bits below c_start it was made for */
 	unsigned gen;	 /* bumped whenever R or the clean rows change (>= 1 once loaded) */
+	float *raw_buf;	 /* raw head nodes: (4, B, T, C) scratch of raw_recv */
+	size_t raw_cap;	 /* floats allocated in raw_buf */
 };
 
 /* The references or the clean run changed: R and the stored difference
@@ -221,6 +226,14 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 				   md->n_kv_head,
 				   md->block == CIRC_BLOCK_PARALLEL ? "parallel" : "sequential"),
 			       NULL;
+		if (g->raw_heads != md->raw_heads)
+			return circ_errorf(e,
+					   "the graph's heads output %s the norm after attention, "
+					   "the model's as opened %s it: a graph made with "
+					   "--head-nodes raw needs the model opened with it too",
+					   g->raw_heads ? "before" : "their share of",
+					   md->raw_heads ? "before" : "their share of"),
+			       NULL;
 		if (g->level == CIRC_LEVEL_NODE && md->n_kv_head < md->n_head)
 			return circ_errorf(e,
 					   "node-level graphs of a model opened with grouped "
@@ -251,14 +264,19 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	p->C = c->n_embd;
 	p->V = c->vocab_size;
 	p->U = circ_model_n_up(m);
-	if (p->o.ablation != CIRC_ABL_RESAMPLE)
+	/* raw head nodes: patching reads both outputs (raw_stage) */
+	if (p->o.ablation != CIRC_ABL_RESAMPLE || g->raw_heads)
 		p->o.diff_only = 0;
 	if (!p->o.backward)
 		p->o.stage_grads = 0;
 	circ_run_opts_default(&ro);
 	ro.threads = o->threads;
 	ro.acdc_convention = g->input == CIRC_INPUT_ACDC;
-	ro.keep_nodes = 1;
+	/* attribution alone on a model whose heads' outputs are z times their
+	 * slice of the output projection: the run keeps no head's output, the
+	 * differences are made from the two runs' z (make_diffs) */
+	p->zdiff = p->o.diff_only && circ_model_heads_from_z(m);
+	ro.keep_nodes = !p->zdiff;
 	ro.backward = o->backward;
 	ro.keep_recv_grads = !p->o.stage_grads;
 	/* one run: the reference forward of a load runs on it before the
@@ -295,6 +313,7 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->clean_out);
 	free(p->ref_out);
 	free(p->ref_in);
+	free(p->ref_z);
 	free(p->ref_logits);
 	free(p->mean_sum);
 	free(p->mean);
@@ -312,6 +331,7 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->clean_res);
 	free(p->rref);
 	free(p->diff);
+	free(p->raw_buf);
 	free(p->dkind);
 	free(p->dfwd);
 	free_cbase(p);
@@ -336,8 +356,11 @@ static void fwd_setup(circ_patcher *p, circ_fwd *f, const circ_batch *b, const i
 static void copy_nodes(const circ_patcher *p, circ_run *r, float *dst, const circ_batch *b)
 {
 	size_t n = (size_t)b->B * (size_t)b->T * (size_t)p->C;
-	for (int u = 0; u < p->U; u++)
-		memcpy(dst + (size_t)u * n, circ_run_node_out(r, u), n * sizeof(float));
+	for (int u = 0; u < p->U; u++) {
+		const float *o = circ_run_node_out(r, u);
+		if (o) /* zdiff: heads' outputs are not kept */
+			memcpy(dst + (size_t)u * n, o, n * sizeof(float));
+	}
 }
 
 /* A batch fits the buffers the patcher was made for: at most max_b x max_t
@@ -460,6 +483,13 @@ static int ref_forward(circ_patcher *p, const circ_batch *b, size_t n, circ_erro
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
 	copy_nodes(p, p->main, p->ref_out, b);
+	if (p->zdiff) {
+		size_t nq = n / (size_t)p->C * (size_t)circ_model_config(p->m)->n_head *
+			    (size_t)circ_config_head_dim(circ_model_config(p->m));
+		for (int l = 0; l < circ_model_config(p->m)->n_layer; l++)
+			memcpy(p->ref_z + (size_t)l * nq, circ_run_attn_z(p->main, l),
+			       nq * sizeof(float));
+	}
 	if (p->o.diff_only)
 		memcpy(p->ref_in, p->ref_out, n * sizeof(float));
 	logits = circ_run_logits(p->main, &rows);
@@ -473,6 +503,14 @@ static int ref_forward(circ_patcher *p, const circ_batch *b, size_t n, circ_erro
 	return 0;
 }
 
+/* zdiff: the floats of ref_z for a batch of n = B*T*C floats per node. */
+static size_t zdiff_floats(const circ_patcher *p, size_t n)
+{
+	const circ_config *c = circ_model_config(p->m);
+	return n / (size_t)p->C * (size_t)c->n_layer * (size_t)c->n_head *
+	       (size_t)circ_config_head_dim(c);
+}
+
 /* Buffers for a batch of n = B*T*C floats per node, grown only. */
 static void fit_outputs(circ_patcher *p, size_t n)
 {
@@ -481,6 +519,8 @@ static void fit_outputs(circ_patcher *p, size_t n)
 	free(p->clean_out);
 	free(p->ref_out);
 	free(p->ref_in);
+	free(p->ref_z);
+	p->ref_z = NULL;
 	free(p->clean_res);
 	free(p->rref);
 	p->rref = NULL;
@@ -488,6 +528,8 @@ static void fit_outputs(circ_patcher *p, size_t n)
 	free_cbase(p);
 	p->out_cap = (size_t)p->U * n;
 	p->ref_out = circ_xmalloc_aligned(p->out_cap * sizeof(float));
+	if (p->zdiff)
+		p->ref_z = circ_xmalloc_aligned(zdiff_floats(p, n) * sizeof(float));
 	if (p->o.diff_only) {
 		p->clean_out = circ_xmalloc_aligned(n * sizeof(float));
 		p->ref_in = circ_xmalloc_aligned(n * sizeof(float));
@@ -504,8 +546,29 @@ static void make_diffs(circ_patcher *p, size_t n)
 	for (int u = 0; u < p->U; u++) {
 		float *d = p->ref_out + (size_t)u * n;
 		const float *c = circ_run_node_out(p->main, u);
+		if (!c) /* zdiff: a head, below */
+			continue;
 		for (size_t i = 0; i < n; i++)
 			d[i] = d[i] - c[i];
+	}
+	if (p->zdiff) {
+		/* a head's difference is (z_ref - z_clean)_h times its slice of
+		 * the output projection: ref_z becomes the difference of z, then
+		 * each head's row block is made from it */
+		const circ_config *c = circ_model_config(p->m);
+		int H = c->n_head;
+		size_t nq = zdiff_floats(p, n) / (size_t)c->n_layer;
+		float **dst = circ_xmalloc((size_t)H * sizeof *dst);
+		for (int l = 0; l < c->n_layer; l++) {
+			float *zd = p->ref_z + (size_t)l * nq;
+			const float *zc = circ_run_attn_z(p->main, l);
+			for (size_t i = 0; i < nq; i++)
+				zd[i] -= zc[i];
+			for (int h = 0; h < H; h++)
+				dst[h] = p->ref_out + (size_t)circ_node_head(p->m, l, h) * n;
+			circ_run_head_outputs(p->main, l, zd, dst);
+		}
+		free(dst);
 	}
 	memcpy(p->clean_out, circ_run_node_out(p->main, 0), n * sizeof(float));
 }
@@ -907,6 +970,109 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int s)
 	}
 }
 
+/* ---- raw head nodes ----
+ *
+ * With the heads' own outputs as nodes (circ_topo_desc.raw_heads: EAP-IG's
+ * and MIB's definition), the residual is no sum of node outputs: layer l's
+ * heads reach it through the norm after attention, N_l(A_l), A_l the sum of
+ * their outputs. A receiver with patched edges reads, as EAP-IG's
+ * evaluate_graph rebuilds it, the residual plus ref_u - cur_u for each
+ * patched edge out of the input or an MLP, plus N_l(A_l + S_l) - N_l(A_l)
+ * for each layer l with patched heads, S_l the sum of their ref_h - cur_h
+ * (cur: the current run's outputs; the clean ones below the start stage).
+ * Edges out of one layer's heads into one receiver act together, so the
+ * linear kernel of circuit_stage (complements, cached bases) does not
+ * apply: each receiver's delta is summed here from its patched edges. */
+
+static const float *raw_cur(const circ_patcher *p, const circ_run *run, int u, size_t n)
+{
+	return u < stage_n_in(p, p->start) ? p->clean_out + (size_t)u * n
+					   : circ_run_node_out(run, u);
+}
+
+/* Adds receiver r's patched edges (pat: 1 for a patched upstream node,
+ * n_in of them) to the deltas of its model receivers. */
+static void raw_recv(circ_patcher *p, circ_run *run, int r, const uint8_t *pat, int n_in)
+{
+	size_t n = (size_t)p->b->B * (size_t)p->b->T * (size_t)p->C, rows = n / (size_t)p->C;
+	int mr[3], nmr = model_recvs(p, r, mr), any = 0;
+	float *dst, *S, *A, *y0, *y1;
+	for (int u = 0; u < n_in; u++)
+		any |= pat[u];
+	if (!any)
+		return;
+	if (p->raw_cap < 4 * n) {
+		free(p->raw_buf);
+		p->raw_cap = 4 * n;
+		p->raw_buf = circ_xmalloc(p->raw_cap * sizeof(float));
+	}
+	S = p->raw_buf;
+	A = S + n;
+	y0 = A + n;
+	y1 = y0 + n;
+	dst = circ_run_delta(run, mr[0]);
+	for (int u = 0; u < n_in; u++) {
+		const float *ref = p->ref_out + (size_t)u * n, *cur;
+		if (!pat[u] || p->t->node[u].kind == CIRC_NODE_HEAD)
+			continue; /* heads: with their layer, below */
+		cur = raw_cur(p, run, u, n);
+		for (size_t i = 0; i < n; i++)
+			dst[i] += ref[i] - cur[i];
+	}
+	for (int l = 0; l < p->g->n_layer; l++) {
+		int h0 = -1, np = 0;
+		for (int u = 0; u < n_in; u++)
+			if (p->t->node[u].kind == CIRC_NODE_HEAD && p->t->node[u].layer == l) {
+				h0 = h0 < 0 ? u : h0;
+				np += pat[u];
+			}
+		if (!np)
+			continue;
+		memset(S, 0, n * sizeof *S);
+		memset(A, 0, n * sizeof *A);
+		for (int h = 0; h < p->g->n_head; h++) {
+			const float *cur = raw_cur(p, run, h0 + h, n),
+				    *ref = p->ref_out + (size_t)(h0 + h) * n;
+			circ_vadd(A, cur, n);
+			if (pat[h0 + h])
+				for (size_t i = 0; i < n; i++)
+					S[i] += ref[i] - cur[i];
+		}
+		circ_model_post_attn_norm(p->m, l, y0, A, rows);
+		circ_vadd(S, A, n);
+		circ_model_post_attn_norm(p->m, l, y1, S, rows);
+		for (size_t i = 0; i < n; i++)
+			dst[i] += y1[i] - y0[i];
+	}
+	for (int j = 1; j < nmr; j++)
+		memcpy(circ_run_delta_raw(run, mr[j]), dst, n * sizeof(float));
+}
+
+/* Sets the deltas of stage s's receivers (edge or circuit mode). */
+static void raw_stage(circ_patcher *p, circ_run *run, int s)
+{
+	const circ_graph *g = p->g;
+	int r0 = p->t->stage[s].first_recv, nr = p->t->stage[s].n_recv;
+	uint8_t *pat = p->need; /* (U) free between stages */
+	for (int r = r0; r < r0 + nr; r++) {
+		int n_in = circ_graph_recv_n_in(g, r), node;
+		memset(pat, 0, (size_t)p->U);
+		if (p->mode == MODE_EDGE) {
+			if (g->edge_recv[p->edge] != r)
+				continue;
+			pat[p->edge - g->recv_first[r]] = 1;
+		} else {
+			const uint8_t *keep = p->keep + g->recv_first[r];
+			circ_graph_recv_info(g, r, NULL, &node);
+			if (!p->alive[node])
+				continue;
+			for (int u = 0; u < n_in; u++)
+				pat[u] = !keep[u];
+		}
+		raw_recv(p, run, r, pat, n_in);
+	}
+}
+
 static int hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_patcher *p = ctx;
@@ -914,6 +1080,10 @@ static int hook(void *ctx, circ_run *run, int s, circ_error *e)
 	int mr[3], nmr;
 	float *d;
 	(void)e;
+	if (g->raw_heads) {
+		raw_stage(p, run, s);
+		return 0;
+	}
 	if (p->mode == MODE_EDGE) {
 		int r = g->edge_recv[p->edge];
 		if (circ_patcher_recv_stage(p, r) == s) {
@@ -953,16 +1123,31 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 
 /* p->alive for the circuit p->keep: from the logits down, a node lives if
  * one of its kept edges feeds a receiver of a live node. Receivers are
- * numbered in topological order, so one pass from the last one suffices. */
+ * numbered in topological order, so one pass from the last one suffices.
+ * With a norm after attention and heads outputting their shares of it,
+ * every head's share scales with the norm of their sum: a layer's heads
+ * live together (its receivers, the last first, come after every
+ * receiver that reads the layer's heads). */
 static void mark_alive(circ_patcher *p)
 {
 	const circ_graph *g = p->g;
+	int shares = circ_model_config(p->m)->norm_place != CIRC_NORM_PRE && !g->raw_heads,
+	    joined = g->n_layer;
 	memset(p->alive, 0, (size_t)p->U);
 	p->alive[p->U] = 1;
 	for (int r = g->n_recv - 1; r >= 0; r--) {
 		int node, n_in = circ_graph_recv_n_in(g, r);
 		const uint8_t *keep = p->keep + g->recv_first[r];
 		circ_graph_recv_info(g, r, NULL, &node);
+		if (shares && p->t->node[node].kind == CIRC_NODE_HEAD &&
+		    p->t->node[node].layer < joined) {
+			int l = joined = p->t->node[node].layer,
+			    h0 = circ_topo_node_head(p->t, l, 0), any = 0;
+			for (int h = 0; h < g->n_head; h++)
+				any |= p->alive[h0 + h];
+			for (int h = 0; h < g->n_head; h++)
+				p->alive[h0 + h] = (uint8_t)any;
+		}
 		if (p->alive[node])
 			for (int u = 0; u < n_in; u++)
 				p->alive[u] |= keep[u] != 0;
@@ -1038,6 +1223,7 @@ size_t circ_patcher_bytes(const circ_patcher *p)
 	f += p->ref_out ? p->out_cap : 0;
 	f += p->clean_out ? (p->o.diff_only ? n : p->out_cap) : 0;
 	f += p->ref_in ? n : 0;
+	f += p->ref_z ? zdiff_floats(p, n) : 0;
 	f += p->clean_res ? (size_t)p->S * n : 0;
 	f += p->rref ? (size_t)p->S * n : 0;
 	f += p->diff ? p->diff_cap : 0;
@@ -1049,13 +1235,15 @@ size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T)
 {
 	circ_run_opts ro;
 	circ_run_opts_default(&ro);
-	ro.keep_nodes = 1;
+	ro.keep_nodes = !p->zdiff;
 	ro.backward = p->o.backward;
 	ro.keep_recv_grads = !p->o.stage_grads;
 	size_t n = (size_t)B * (size_t)T * (size_t)p->C, U = (size_t)p->U, S = (size_t)p->S;
 	size_t f = U * n;			     /* ref_out */
 	f += p->o.diff_only ? 2 * n : U * n + S * n; /* clean_out, ref_in / clean_res */
+	f += p->zdiff ? zdiff_floats(p, n) : 0;	     /* ref_z */
 	f += (size_t)B * (size_t)p->V;		     /* the reference logits (last positions) */
+	f += p->g->raw_heads ? 4 * n : 0;	     /* raw_buf */
 	return circ_run_bytes_for(p->m, B, T, &ro) + f * sizeof(float);
 }
 

@@ -12,6 +12,8 @@
  */
 #include "tasks.h"
 
+#include <stdarg.h>
+
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,19 +338,61 @@ const char *circ_task_metric(const char *task)
 
 /* ---- shared helpers ---- */
 
+/* Tells o->note, if any, printf-style. */
+static void note(const circ_task_opts *o, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	if (!o->note)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	o->note(msg, o->note_ctx);
+}
+
+/* Notes the entries of a list dropped because they are not single tokens. */
+static void note_dropped(const circ_task_opts *o, const char *what, size_t n, size_t kept,
+			 const char *names)
+{
+	if (o->bpe && kept < n)
+		note(o,
+		     "%s: dropped %zu of %zu, not one token after a space in this vocabulary: %s",
+		     what, n - kept, n, names);
+}
+
+/* Appends ", s" (or "s") to a bounded list of names; "..." once full. */
+static void names_add(char *names, size_t cap, const char *s)
+{
+	size_t l = strlen(names);
+	if (l + strlen(s) + 8 >= cap) {
+		if (l + 4 < cap && (l < 3 || strcmp(names + l - 3, "...")))
+			strcat(names, l ? ", ..." : "...");
+		return;
+	}
+	if (l)
+		strcat(names, ", ");
+	strcat(names, s);
+}
+
 /* The entries of list whose " entry" is a single token (all of them when
- * there is no vocabulary). Returns the count; *out is a new array. */
-static size_t single_token_entries(circ_bpe *b, const char *const *list, size_t n,
-				   const char ***out)
+ * there is no vocabulary); the others are noted as dropped from what.
+ * Returns the count; *out is a new array. */
+static size_t single_token_entries(const circ_task_opts *o, const char *what,
+				   const char *const *list, size_t n, const char ***out)
 {
 	const char **keep = circ_xmalloc((n ? n : 1) * sizeof *keep);
 	size_t k = 0;
+	char names[400] = "";
 	for (size_t i = 0; i < n; i++) {
 		char buf[256];
 		int len = snprintf(buf, sizeof buf, " %s", list[i]);
-		if (!b || circ_bpe_single(b, buf, (size_t)len) >= 0)
+		if (!o->bpe || circ_bpe_single(o->bpe, buf, (size_t)len) >= 0)
 			keep[k++] = list[i];
+		else
+			names_add(names, sizeof names, list[i]);
 	}
+	note_dropped(o, what, n, k, names);
 	*out = keep;
 	return k;
 }
@@ -465,7 +509,7 @@ static int gen_ioi(const circ_task_opts *o, circ_rng *r, circ_task_emit emit, vo
 	if (o->ioi_templates)
 		k = (size_t)o->ioi_templates;
 	const char **names;
-	size_t nn = single_token_entries(o->bpe, ioi_names, COUNT(ioi_names), &names);
+	size_t nn = single_token_entries(o, "ioi names", ioi_names, COUNT(ioi_names), &names);
 	if (nn < 5) {
 		free(names);
 		return circ_errorf(
@@ -524,6 +568,187 @@ static int gen_ioi(const circ_task_opts *o, circ_rng *r, circ_task_emit emit, vo
  * dropped. Per example: year = below(#valid years) (in order of century,
  * then YY), noun = below(#nouns). */
 
+/* ---- greater-than where numbers are split otherwise (see circ-dataset(1)) ----
+ * Tokenizers that write " CCYY" as single digits (Llama 2, Gemma, Qwen 2/3)
+ * or as a three-digit chunk and a digit (Llama 3) cannot state the task
+ * with a two-digit answer. The prompt stops where the tokenizer itself puts
+ * the boundary before the tens digit of the end year: after " CC" (single
+ * digits) or after " " (three-digit chunks, " " being a token of its own
+ * before digits); the answer is that next token, the tens digit d (or the
+ * chunk "CCd"). d above the start year's tens digit t makes the end year
+ * greater whatever follows, d below makes it smaller, d = t decides
+ * nothing and is in neither set; so t runs over 1..8. Every prompt with
+ * every noun, and each answer after it, is checked to encode so. */
+
+enum { GT_DIGIT = 1, GT_CHUNK3 };
+
+/* Emits one greater-than example (taking answers and wrong); split, if not
+ * NULL, goes into meta. */
+static int gt_emit(const char *noun, int year, const char *split, const char *clean,
+		   const char *corrupt, json_t *answers, json_t *wrong, circ_task_emit emit,
+		   void *ctx, circ_error *e)
+{
+	json_t *meta = json_object();
+	json_object_set_new(meta, "noun", json_string(noun));
+	json_object_set_new(meta, "year", json_integer(year));
+	json_object_set_new(meta, "century", json_integer(year / 100));
+	json_object_set_new(meta, "yy", json_integer(year % 100));
+	if (split)
+		json_object_set_new(meta, "split", json_string(split));
+	json_t *ex = json_object();
+	json_object_set_new(ex, "task", json_string("greater-than"));
+	json_object_set_new(ex, "clean", json_string(clean));
+	json_object_set_new(ex, "corrupt", json_string(corrupt));
+	json_object_set_new(ex, "answer", answers);
+	json_object_set_new(ex, "wrong", wrong);
+	json_object_set_new(ex, "metric", json_string("prob_diff"));
+	json_object_set_new(ex, "meta", meta);
+	return emit_obj(ex, emit, ctx, e);
+}
+
+/* The ids of text as it follows other text. */
+static int gt_ids(circ_bpe *b, const char *text, circ_ids *ids, circ_error *e)
+{
+	ids->n = 0;
+	return circ_bpe_encode_after(b, text, strlen(text), 0, ids, e);
+}
+
+/* 1 if " CCYY" is written the mode's way (its last tokens). */
+static int gt_year_ok(circ_bpe *b, int mode, int year, const int32_t digit[10], circ_error *e)
+{
+	char buf[32];
+	circ_ids ids = {0};
+	int ok = 0;
+	snprintf(buf, sizeof buf, " %04d", year);
+	if (gt_ids(b, buf, &ids, e) == 0) {
+		int c[4] = {year / 1000, year / 100 % 10, year / 10 % 10, year % 10};
+		if (mode == GT_DIGIT) {
+			ok = ids.n >= 4;
+			for (int k = 0; ok && k < 4; k++)
+				ok = ids.v[ids.n - 4 + k] == digit[c[k]];
+		} else {
+			snprintf(buf, sizeof buf, "%03d", year / 10);
+			ok = ids.n >= 2 && ids.v[ids.n - 1] == digit[c[3]] &&
+			     ids.v[ids.n - 2] == circ_bpe_single(b, buf, 3);
+		}
+	}
+	circ_ids_free(&ids);
+	return ok;
+}
+
+/* The prompt and the answer string for tens digit d. */
+static void gt_prompt(char *out, size_t cap, int mode, const char *noun, int year)
+{
+	if (mode == GT_DIGIT)
+		snprintf(out, cap, "The %s lasted from the year %d to the year %d", noun, year,
+			 year / 100);
+	else
+		snprintf(out, cap, "The %s lasted from the year %d to the year ", noun, year);
+}
+
+static void gt_answer(char *out, size_t cap, int mode, int cc, int d)
+{
+	if (mode == GT_DIGIT)
+		snprintf(out, cap, "%d", d);
+	else
+		snprintf(out, cap, "%d%d", cc, d);
+}
+
+/* 1 if, with every noun, century cc's prompt is followed by each answer as
+ * one more token. */
+static int gt_century_ok(circ_bpe *b, int mode, int cc, circ_error *e)
+{
+	circ_ids p = {0}, q = {0};
+	int ok = 1;
+	for (size_t i = 0; ok && i < COUNT(gt_nouns); i++) {
+		char prompt[256], full[300], ans[16];
+		gt_prompt(prompt, sizeof prompt, mode, gt_nouns[i], cc * 100 + 50);
+		p.n = 0;
+		ok = circ_bpe_encode(b, prompt, strlen(prompt), 0, &p, e) == 0;
+		for (int d = 0; ok && d < 10; d++) {
+			gt_answer(ans, sizeof ans, mode, cc, d);
+			snprintf(full, sizeof full, "%s%s", prompt, ans);
+			q.n = 0;
+			ok = circ_bpe_encode(b, full, strlen(full), 0, &q, e) == 0 &&
+			     q.n == p.n + 1 && !memcmp(q.v, p.v, p.n * sizeof *p.v) &&
+			     q.v[p.n] == circ_bpe_single(b, ans, strlen(ans));
+		}
+	}
+	circ_ids_free(&p);
+	circ_ids_free(&q);
+	return ok;
+}
+
+static int gen_greater_than_split(const circ_task_opts *o, circ_rng *r, circ_task_emit emit,
+				  void *ctx, circ_error *e)
+{
+	circ_bpe *b = o->bpe;
+	int32_t digit[10];
+	int years[100 * 90], ny = 0, mode = 0;
+	char buf[256];
+	for (int d = 0; d < 10; d++) {
+		snprintf(buf, sizeof buf, "%d", d);
+		digit[d] = circ_bpe_single(b, buf, 1);
+	}
+	for (int m = GT_DIGIT; m <= GT_CHUNK3 && !ny; m++)
+		for (int cc = o->gt_century_lo; cc <= o->gt_century_hi; cc++) {
+			if (!gt_year_ok(b, m, cc * 100 + 1, digit, e) ||
+			    !gt_century_ok(b, m, cc, e))
+				continue;
+			for (int yy = 10; yy < 90; yy++)
+				if (gt_year_ok(b, m, cc * 100 + yy, digit, e))
+					years[ny++] = cc * 100 + yy, mode = m;
+		}
+	if (!ny) {
+		circ_ids ids = {0};
+		char toks[400] = "";
+		snprintf(buf, sizeof buf, " %d50", o->gt_century_lo);
+		if (gt_ids(b, buf, &ids, e) < 0)
+			snprintf(toks, sizeof toks, "nothing (%.300s)", e->msg);
+		else
+			for (size_t i = 0; i < ids.n; i++) {
+				size_t l;
+				const unsigned char *t = circ_bpe_token_bytes(b, ids.v[i], &l);
+				char one[64];
+				snprintf(one, sizeof one, "'%.*s'", (int)(l < 40 ? l : 40),
+					 t ? (const char *)t : "?");
+				names_add(toks, sizeof toks, one);
+			}
+		circ_ids_free(&ids);
+		return circ_errorf(e,
+				   "greater-than cannot be stated for this tokenizer: it writes "
+				   "'%s' as %s, not as ' CC' 'YY' (GPT-2), single digits, or a "
+				   "three-digit chunk and a digit, in centuries %d..%d",
+				   buf, toks, o->gt_century_lo, o->gt_century_hi);
+	}
+	note(o,
+	     "greater-than: this tokenizer writes years as %s, so the prompt ends before the "
+	     "end year's tens digit (%s) and the answers are %s above the start year's tens "
+	     "digit, the wrong answers those below it (the equal one in neither set); years "
+	     "with tens digit 0 or 9 are not drawn",
+	     mode == GT_DIGIT ? "single digits" : "a three-digit chunk and a digit",
+	     mode == GT_DIGIT ? "after ' CC'" : "after ' '",
+	     mode == GT_DIGIT ? "the digits" : "the chunks 'CCd' with d");
+	for (int64_t i = 0; i < o->n; i++) {
+		int year = years[circ_rng_below(r, (uint64_t)ny)];
+		const char *noun = gt_nouns[circ_rng_below(r, COUNT(gt_nouns))];
+		int cc = year / 100, yy = year % 100, t = yy / 10;
+		char clean[256], corrupt[256], ans[16];
+		gt_prompt(clean, sizeof clean, mode, noun, year);
+		gt_prompt(corrupt, sizeof corrupt, mode, noun, cc * 100 + 1);
+		json_t *answers = json_array(), *wrong = json_array();
+		for (int d = 0; d < 10; d++) {
+			gt_answer(ans, sizeof ans, mode, cc, d);
+			if (d != t)
+				json_array_append_new(d > t ? answers : wrong, json_string(ans));
+		}
+		if (gt_emit(noun, year, mode == GT_DIGIT ? "single-digit" : "three-digit", clean,
+			    corrupt, answers, wrong, emit, ctx, e) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static int gen_greater_than(const circ_task_opts *o, circ_rng *r, circ_task_emit emit, void *ctx,
 			    circ_error *e)
 {
@@ -541,8 +766,8 @@ static int gen_greater_than(const circ_task_opts *o, circ_rng *r, circ_task_emit
 		snprintf(buf, sizeof buf, "%02d", yy);
 		yy_id[yy] = circ_bpe_single(b, buf, 2);
 	}
-	if (yy_id[1] < 0)
-		return circ_errorf(e, "'01' is not a single token in this vocabulary");
+	if (yy_id[1] < 0) /* not GPT-2's way with numbers */
+		return gen_greater_than_split(o, r, emit, ctx, e);
 	for (int cc = o->gt_century_lo; cc <= o->gt_century_hi; cc++) {
 		int valid[100], nv = 0;
 		snprintf(buf, sizeof buf, " %d", cc);
@@ -566,8 +791,7 @@ static int gen_greater_than(const circ_task_opts *o, circ_rng *r, circ_task_emit
 			years[ny++] = cc * 100 + valid[v];
 	}
 	if (!ny)
-		return circ_errorf(e, "no valid year in centuries %d..%d for this vocabulary",
-				   o->gt_century_lo, o->gt_century_hi);
+		return gen_greater_than_split(o, r, emit, ctx, e);
 	for (int64_t i = 0; i < o->n; i++) {
 		int year = years[circ_rng_below(r, (uint64_t)ny)];
 		const char *noun = gt_nouns[circ_rng_below(r, COUNT(gt_nouns))];
@@ -584,20 +808,7 @@ static int gen_greater_than(const circ_task_opts *o, circ_rng *r, circ_task_emit
 			snprintf(buf, sizeof buf, "%02d", y);
 			json_array_append_new(y > yy ? ans : wrong, json_string(buf));
 		}
-		json_t *meta = json_object();
-		json_object_set_new(meta, "noun", json_string(noun));
-		json_object_set_new(meta, "year", json_integer(year));
-		json_object_set_new(meta, "century", json_integer(cc));
-		json_object_set_new(meta, "yy", json_integer(yy));
-		json_t *ex = json_object();
-		json_object_set_new(ex, "task", json_string("greater-than"));
-		json_object_set_new(ex, "clean", json_string(clean));
-		json_object_set_new(ex, "corrupt", json_string(corrupt));
-		json_object_set_new(ex, "answer", ans);
-		json_object_set_new(ex, "wrong", wrong);
-		json_object_set_new(ex, "metric", json_string("prob_diff"));
-		json_object_set_new(ex, "meta", meta);
-		if (emit_obj(ex, emit, ctx, e) < 0)
+		if (gt_emit(noun, year, NULL, clean, corrupt, ans, wrong, emit, ctx, e) < 0)
 			return -1;
 	}
 	return 0;
@@ -730,8 +941,8 @@ static int gen_docstring(const circ_task_opts *o, circ_rng *r, circ_task_emit em
 			 circ_error *e)
 {
 	const char **names, **nouns;
-	size_t nn = single_token_entries(o->bpe, ds_names, COUNT(ds_names), &names);
-	size_t nw = single_token_entries(o->bpe, ds_nouns, COUNT(ds_nouns), &nouns);
+	size_t nn = single_token_entries(o, "docstring names", ds_names, COUNT(ds_names), &names);
+	size_t nw = single_token_entries(o, "docstring nouns", ds_nouns, COUNT(ds_nouns), &nouns);
 	int rc = 0;
 	if (nn < 15 || nw < 3) {
 		free(names);
@@ -811,19 +1022,25 @@ static int gen_docstring(const circ_task_opts *o, circ_rng *r, circ_task_emit em
  * across-rc: V = below(#rc verbs); last, the answer verb below(#verbs). */
 
 /* The pairs of list whose " sg" and " pl" are each one token (all of them
- * without a vocabulary). Returns the count; *out is a new array. */
-static size_t single_token_pairs(circ_bpe *b, const sva_pair *list, size_t n, const sva_pair **out)
+ * without a vocabulary); the others are noted as dropped from what.
+ * Returns the count; *out is a new array. */
+static size_t single_token_pairs(const circ_task_opts *o, const char *what, const sva_pair *list,
+				 size_t n, const sva_pair **out)
 {
 	sva_pair *keep = circ_xmalloc((n ? n : 1) * sizeof *keep);
 	size_t k = 0;
+	char names[400] = "";
 	for (size_t i = 0; i < n; i++) {
 		char s1[256], s2[256];
 		int l1 = snprintf(s1, sizeof s1, " %s", list[i].sg);
 		int l2 = snprintf(s2, sizeof s2, " %s", list[i].pl);
-		if (!b || (circ_bpe_single(b, s1, (size_t)l1) >= 0 &&
-			   circ_bpe_single(b, s2, (size_t)l2) >= 0))
+		if (!o->bpe || (circ_bpe_single(o->bpe, s1, (size_t)l1) >= 0 &&
+				circ_bpe_single(o->bpe, s2, (size_t)l2) >= 0))
 			keep[k++] = list[i];
+		else
+			names_add(names, sizeof names, list[i].sg);
 	}
+	note_dropped(o, what, n, k, names);
 	*out = keep;
 	return k;
 }
@@ -851,11 +1068,14 @@ static int gen_sva(const circ_task_opts *o, circ_rng *r, circ_task_emit emit, vo
 				   "across-rc, across-pp or all)",
 				   o->sva_template);
 	const sva_pair *subj, *rcn, *ppn, *verbs, *rcv;
-	size_t ns = single_token_pairs(o->bpe, sva_subjects, COUNT(sva_subjects), &subj);
-	size_t nr = single_token_pairs(o->bpe, sva_rc_nouns, COUNT(sva_rc_nouns), &rcn);
-	size_t np = single_token_pairs(o->bpe, sva_pp_nouns, COUNT(sva_pp_nouns), &ppn);
-	size_t nv = single_token_pairs(o->bpe, sva_verbs, COUNT(sva_verbs), &verbs);
-	size_t nrv = single_token_pairs(o->bpe, sva_rc_verbs, COUNT(sva_rc_verbs), &rcv);
+	size_t ns = single_token_pairs(o, "sva subjects", sva_subjects, COUNT(sva_subjects), &subj);
+	size_t nr = single_token_pairs(o, "sva relative-clause nouns", sva_rc_nouns,
+				       COUNT(sva_rc_nouns), &rcn);
+	size_t np = single_token_pairs(o, "sva prepositional-phrase nouns", sva_pp_nouns,
+				       COUNT(sva_pp_nouns), &ppn);
+	size_t nv = single_token_pairs(o, "sva verbs", sva_verbs, COUNT(sva_verbs), &verbs);
+	size_t nrv = single_token_pairs(o, "sva relative-clause verbs", sva_rc_verbs,
+					COUNT(sva_rc_verbs), &rcv);
 	const char *preps[COUNT(sva_preps)];
 	size_t nprep = 0;
 	for (size_t k = 0; k < COUNT(sva_preps); k++) {

@@ -46,6 +46,11 @@ typedef struct circ_task_opts {
 	/* sva */
 	const char *sva_template; /* "simple", "within-rc", "across-rc", "across-pp" or
 				   * "all" (default, NULL: all) */
+	/* Told what the generator dropped or changed for the vocabulary (list
+	 * entries that are not single tokens, the greater-than variant), one
+	 * message a call; NULL: not told. */
+	void (*note)(const char *msg, void *note_ctx);
+	void *note_ctx;
 } circ_task_opts;
 
 /* Fills the defaults above (task NULL, n 100, seed 0). */
@@ -57,7 +62,8 @@ typedef int (*circ_task_emit)(const char *line, size_t len, void *ctx, circ_erro
 
 /* Generates o->n examples of o->task. Fails on an unknown task or order,
  * options out of range, too few single-token list entries for the
- * vocabulary, greater-than without a vocabulary or with no valid year, an
+ * vocabulary, greater-than without a vocabulary or with no valid year (or
+ * a tokenizer that writes numbers in none of the ways it knows), an
  * SVA pair that tokenizes to different lengths (clean vs corrupt), or when
  * emit fails. */
 int circ_task_generate(const circ_task_opts *o, circ_task_emit emit, void *ctx, circ_error *e);

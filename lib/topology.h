@@ -130,6 +130,10 @@ typedef struct circ_topo_desc {
 	unsigned recv_kinds; /* CIRC_RECV_BIT set of the receivers that exist;
 			      * 0: all of the level's (q, k, v or head; mlp;
 			      * logits) */
+	int raw_heads;	     /* with a norm after attention: 1 if a head's
+			      * output is its own, before that norm (EAP-IG's
+			      * and MIB's nodes), 0 (default) its share of the
+			      * normed sum (circ(1), MODEL FAMILIES) */
 } circ_topo_desc;
 
 /* A description with the defaults: GPT-2, G = H, sequential, edge level. */

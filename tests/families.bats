@@ -125,6 +125,84 @@ scores_match_reference() {
 	done
 }
 
+# circ(1) MODEL FAMILIES' account of the two head-node definitions with
+# norms after the blocks, in float64 (tests/ref/family_recv.py postnorm):
+# circ's shares and EAP-IG's/MIB's raw head outputs agree on the input and
+# MLP edges and on a whole layer's heads; single head edges differ; EAP of
+# shares converges to their exact patching, EAP-IG's raw-difference EAP does
+# not converge to its own, the post norm's Jacobian makes it converge.
+# (circ's exact and EAP scores are the shares': the test above.)
+@test "norms after the blocks (gemma2): circ's head nodes against EAP-IG's and MIB's, in float64" {
+	need_cmd /usr/bin/python3
+	/usr/bin/python3 tests/ref/family_recv.py postnorm "$FAM/gemma2" >"$T/postnorm.json"
+	jq -e '.layer_patch_gap < 1e-9 and .["1.0"].exact_share_vs_raw_others < 1e-9
+		and .["1.0"].exact_share_vs_raw_heads > 0.05
+		and .["0.01"].eap_share_vs_exact_share < 0.02
+		and .["0.01"].eap_lin_vs_exact_raw < 0.02
+		and .["0.01"].eap_eapig_vs_exact_raw > 0.2' "$T/postnorm.json"
+}
+
+# --head-nodes raw: a head outputs o_h, the norm after attention applied on
+# the receiver's side (tests/ref/family_recv.py forward's raw_heads, as
+# EAP-IG's evaluate_graph rebuilds a receiver's input): exact and EAP scores
+# of every edge (EAP: the norm's Jacobian at the clean sum times the raw
+# difference), and a circuit with 40% of the edges patched (several heads of
+# a layer into one receiver among them), against the float64 reference; the
+# circuit with shares (the default) too: a head whose every edge is patched
+# still scales its layer's other shares through the norm (lib/patch.c,
+# mark_alive: a layer's heads live together).
+@test "--head-nodes raw (gemma2, gemma3_text, olmo2): exact and EAP scores and circuits match the float64 reference" {
+	need_cmd /usr/bin/python3
+	for f in gemma2 gemma3_text olmo2; do
+		local out="$T/raw-$f"
+		/usr/bin/python3 tests/ref/family_recv.py scores "$FAM/$f" "$out" raw >/dev/null
+		for m in exact eap; do
+			circ-score --model "$FAM/$f" --head-nodes raw --method "$m" --json "$out/tokens.jsonl" >"$out/$m.jsonl"
+			/usr/bin/python3 tests/ref/patch_ref.py compare "$out/ref.json" "$m" "$out/$m.jsonl" --atol 1e-4 --rtol 1e-4
+		done
+		head -1 "$out/eap.jsonl" | jq -e '.graph.head_nodes == "raw"'
+		/usr/bin/python3 -c '
+import json, random, sys
+edges = json.load(open(sys.argv[1]))["edges"]
+print(json.dumps({"format": "circ", "version": 1, "kind": "edges"}))
+for e in random.Random(3).sample(edges, int(0.4 * len(edges))):
+    print(json.dumps({"edge": e}))' "$out/ref.json" >"$out/edges.jsonl"
+		for nodes in raw share; do
+			circ-patch --model "$FAM/$f" --head-nodes "$nodes" --edges "$out/edges.jsonl" --json "$out/tokens.jsonl" >"$out/patch-$nodes.jsonl"
+			/usr/bin/python3 tests/ref/family_recv.py circuit "$FAM/$f" "$out/tokens.jsonl" "$out/edges.jsonl" "$nodes" >"$out/want-$nodes.json"
+			jq -s -e --slurpfile want "$out/want-$nodes.json" \
+			    '[.[] | select(.id != null) | .metric_circuit] as $got | ($got | length) == ($want[0] | length)
+			     and ([range($got | length) | ($got[.] - $want[0][.]) | fabs] | max) < 1e-4' "$out/patch-$nodes.jsonl"
+		done
+		# the two definitions give other circuits' metrics
+		! cmp -s "$out/want-raw.json" "$out/want-share.json"
+	done
+}
+
+@test "--head-nodes raw: refused where it does not apply, and a graph of one definition with a model of the other" {
+	local tok="$T/tok.jsonl"
+	/usr/bin/python3 tests/ref/family_recv.py scores "$FAM/gemma2" "$T/ref" raw >/dev/null
+	tok="$T/ref/tokens.jsonl"
+	run --separate-stderr circ-score --model "$FAM/llama" --head-nodes raw "$tok"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"raw head nodes: model_type llama has no norm after attention"* ]]
+	run --separate-stderr circ-score --model "$FAM/gemma2" --head-nodes rawish "$tok"
+	[ "$status" -eq 2 ]
+	for m in cd-t eap-ig-activations; do
+		run --separate-stderr circ-score --model "$FAM/gemma2" --head-nodes raw --method "$m" "$tok"
+		[ "$status" -eq 2 ]
+		[[ "$stderr" == *"--head-nodes raw does not apply to --method $m"* ]]
+	done
+	run --separate-stderr circ-harvest --model "$FAM/gemma2" --head-nodes raw "$tok"
+	[ "$status" -eq 2 ]
+	run --separate-stderr circ-prune --edge-pruning --model "$FAM/gemma2" --head-nodes raw --sparsity 0.5 "$tok"
+	[ "$status" -eq 2 ]
+	circ-score --model "$FAM/gemma2" --head-nodes raw "$tok" >"$T/raw.circ"
+	run --separate-stderr circ-patch --model "$FAM/gemma2" --curve "$T/raw.circ" "$tok"
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"needs the model opened with it too"* ]]
+}
+
 @test "grouped-query attention, --gqa grouped: exact and EAP scores match the reference; fewer edges" {
 	need_cmd /usr/bin/python3
 	n=0

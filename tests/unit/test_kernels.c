@@ -162,20 +162,34 @@ static void test_gemm_acc(void)
 	CHECK(!circ_gemm_acc_fast(10) && !circ_gemm_acc_fast(0));
 }
 
+typedef void (*bt_fn)(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+		      float *c, int ldc);
+
+static void gemm_bt_check(bt_fn f, int m, int n, int k);
+
 static void gemm_bt_case(int m, int n, int k)
+{
+	gemm_bt_check(circ_gemm_bt_set, m, n, k);
+}
+
+static void gemm_bt_long_case(int m, int n, int k)
+{
+	gemm_bt_check(circ_gemm_bt_long, m, n, k);
+}
+
+static void gemm_bt_check(bt_fn f, int m, int n, int k)
 {
 	int lda = k + 3, ldb = k + 5, ldc = n + 2;
 	float *a = randv((size_t)m * lda, 1), *b = randv((size_t)n * ldb, 1);
 	float *c1 = circ_xcalloc((size_t)m * ldc, sizeof *c1),
 	      *c2 = circ_xcalloc((size_t)m * ldc, sizeof *c2),
 	      *c3 = circ_xcalloc((size_t)m * ldc, sizeof *c3);
-	circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c1, ldc);
+	f(m, n, k, a, lda, b, ldb, c1, ldc);
 	circ_gemm_ref(0, 1, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
 	CHECK(close_to("gemm_bt", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
 	/* the last row and the last column alone: the same bits */
-	circ_gemm_bt_set(1, n, k, a + (size_t)(m - 1) * lda, lda, b, ldb,
-			 c3 + (size_t)(m - 1) * ldc, ldc);
-	circ_gemm_bt_set(m, 1, k, a, lda, b + (size_t)(n - 1) * ldb, ldb, c3 + n - 1, ldc);
+	f(1, n, k, a + (size_t)(m - 1) * lda, lda, b, ldb, c3 + (size_t)(m - 1) * ldc, ldc);
+	f(m, 1, k, a, lda, b + (size_t)(n - 1) * ldb, ldb, c3 + n - 1, ldc);
 	if (circ_gemm_bt_fast(k)) {
 		CHECK(!memcmp(c3 + (size_t)(m - 1) * ldc, c1 + (size_t)(m - 1) * ldc,
 			      (size_t)n * sizeof *c1));
@@ -193,6 +207,14 @@ static void test_gemm_bt(void)
 	int ms[] = {1, 2, 3, 32, 33}, ns[] = {1, 7, 8, 9, 100}, ks[] = {16, 160, 768, 10};
 	FOR_SHAPES(gemm_bt_case, ms, ns, ks);
 	CHECK(!circ_gemm_bt_fast(10) && !circ_gemm_bt_fast(0));
+}
+
+/* circ_gemm_bt_long likewise, around its 4 x 6 tiles and its chunks of
+ * 2048 (rows of one chunk, of several and of a partial last one). */
+static void test_gemm_bt_long(void)
+{
+	int ms[] = {1, 3, 4, 5, 9}, ns[] = {1, 5, 6, 7, 13}, ks[] = {16, 2048, 4112, 10};
+	FOR_SHAPES(gemm_bt_long_case, ms, ns, ks);
 }
 
 static void test_layernorm(void)
@@ -706,6 +728,7 @@ int main(int argc, char **argv)
 	test_gemm();
 	test_gemm_acc();
 	test_gemm_bt();
+	test_gemm_bt_long();
 	test_layernorm();
 	test_gelu();
 	test_exp();

@@ -217,6 +217,36 @@ static float bf16_twin(float f)
 	return (float)ldexp(r, ex - 8);
 }
 
+/* circ_st_to_f32's bulk paths (vector where the CPU has them) against the
+ * scalar conversions, every 16-bit pattern, from an odd byte offset and
+ * with a tail shorter than a vector. */
+static void test_bulk_narrow(void)
+{
+	size_t n = 65536 + 7;
+	unsigned char *raw = malloc(2 * n + 1);
+	float *out = malloc(n * sizeof(float));
+	for (int k = 0; k < 2; k++) {
+		circ_dtype dt = k ? CIRC_BF16 : CIRC_F16;
+		int bad = 0;
+		for (size_t i = 0; i < n; i++) {
+			raw[1 + 2 * i] = (unsigned char)(i & 0xff);
+			raw[2 + 2 * i] = (unsigned char)((i >> 8) & 0xff);
+		}
+		circ_st_to_f32(out, raw + 1, dt, n);
+		for (size_t i = 0; i < n && !bad; i++) {
+			uint16_t h = (uint16_t)i;
+			float want = k ? circ_bf16_to_f32(h) : circ_f16_to_f32(h);
+			bad = isnan(want) ? !isnan(out[i]) : memcmp(&want, &out[i], 4) != 0;
+			if (bad)
+				fprintf(stderr, "%s %04x: %g, want %g\n", k ? "bf16" : "f16", h,
+					out[i], want);
+		}
+		CHECK(!bad);
+	}
+	free(raw);
+	free(out);
+}
+
 static void test_half(void)
 {
 	circ_rng rng;
@@ -425,6 +455,7 @@ int main(void)
 	test_roundtrip();
 	test_errors();
 	test_half();
+	test_bulk_narrow();
 	test_sets();
 	{
 		char cmd[300];
