@@ -442,40 +442,9 @@ AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a
  * multiply-adds), the lanes then added in a fixed order; so an element's
  * bits depend on neither the tile it falls in nor m or n. Tiles of 2 rows
  * of a and 8 of b: the 8 rows of b stay in L1 while every pair of a's
- * rows passes them, so b streams from memory once. k a multiple of 16. */
-#define DOT_TILE(R, S)                                                                             \
-	AVX512 static void dot_tile_##R##x##S(int k, const float *a, int lda, const float *b,      \
-					      int ldb, float *c, int ldc)                          \
-	{                                                                                          \
-		__m512 acc[R][S];                                                                  \
-		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
-		    _Pragma("GCC unroll 8") for (int s = 0; s < S; s++) acc[r][s] =                \
-			_mm512_setzero_ps();                                                       \
-		for (int p = 0; p < k; p += 16) {                                                  \
-			__m512 av[R];                                                              \
-			_Pragma("GCC unroll 8") for (int r = 0; r < R; r++) av[r] =                \
-			    _mm512_loadu_ps(a + (size_t)r * lda + p);                              \
-			_Pragma("GCC unroll 8") for (int s = 0; s < S; s++)                        \
-			{                                                                          \
-				__m512 bv = _mm512_loadu_ps(b + (size_t)s * ldb + p);              \
-				_Pragma("GCC unroll 8") for (int r = 0; r < R;                     \
-							     r++) /* acc[r][s] += a[r][p..]        \
-								     b[s][p..] */                  \
-				    acc[r][s] = _mm512_fmadd_ps(av[r], bv, acc[r][s]);             \
-			}                                                                          \
-		}                                                                                  \
-		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
-		    _Pragma("GCC unroll 8") for (int s = 0; s < S; s++) c[(size_t)r * ldc + s] =   \
-			_mm512_reduce_add_ps(acc[r][s]);                                           \
-	}
-DOT_TILE(2, 8)
-DOT_TILE(1, 8)
-DOT_TILE(2, 1)
-DOT_TILE(1, 1)
-#undef DOT_TILE
-
-/* circ_gemm_bt_long's tiles: R rows of a against S of b over one chunk of
- * p, the lanes' sums added into c (first chunk: c set). */
+ * rows passes them, so b streams from memory once. k a multiple of 16.
+ * The tiles: R rows of a against S of b over k (circ_gemm_bt_long: one
+ * chunk of p), the lanes' sums set into c (first) or added to it. */
 #define DOTC_TILE(R, S)                                                                            \
 	AVX512 static void dotc_tile_##R##x##S(int k, const float *a, int lda, const float *b,     \
 					       int ldb, float *c, int ldc, int first)              \
@@ -506,6 +475,9 @@ DOT_TILE(1, 1)
 DOTC_TILE(4, 6)
 DOTC_TILE(1, 6)
 DOTC_TILE(4, 1)
+DOTC_TILE(2, 8)
+DOTC_TILE(1, 8)
+DOTC_TILE(2, 1)
 DOTC_TILE(1, 1)
 #undef DOTC_TILE
 
@@ -546,20 +518,20 @@ AVX512 static void gemm_bt_avx512(int m, int n, int k, const float *a, int lda, 
 	for (; j + 8 <= n; j += 8) {
 		int i = 0;
 		for (; i + 2 <= m; i += 2)
-			dot_tile_2x8(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
-				     c + (size_t)i * ldc + j, ldc);
+			dotc_tile_2x8(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				      c + (size_t)i * ldc + j, ldc, 1);
 		if (i < m)
-			dot_tile_1x8(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
-				     c + (size_t)i * ldc + j, ldc);
+			dotc_tile_1x8(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				      c + (size_t)i * ldc + j, ldc, 1);
 	}
 	for (; j < n; j++) {
 		int i = 0;
 		for (; i + 2 <= m; i += 2)
-			dot_tile_2x1(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
-				     c + (size_t)i * ldc + j, ldc);
+			dotc_tile_2x1(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				      c + (size_t)i * ldc + j, ldc, 1);
 		if (i < m)
-			dot_tile_1x1(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
-				     c + (size_t)i * ldc + j, ldc);
+			dotc_tile_1x1(k, a + (size_t)i * lda, lda, b + (size_t)j * ldb, ldb,
+				      c + (size_t)i * ldc + j, ldc, 1);
 	}
 }
 #endif
