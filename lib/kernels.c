@@ -1522,11 +1522,19 @@ static void axpy_s(float *y, float a, const float *x, int n)
 
 void circ_attn_fwd(float *z, float *att, const float *qkv, int B, int T, int C, int H)
 {
+	circ_attn_fwd_heads(z, att, qkv, B, T, C, H, NULL);
+}
+
+void circ_attn_fwd_heads(float *z, float *att, const float *qkv, int B, int T, int C, int H,
+			 const unsigned char *skip)
+{
 	int D = C / H, b, h, t, s;
 	float scale = 1.0f / sqrtf((float)D);
 	size_t C3 = (size_t)3 * C;
 	for (b = 0; b < B; b++)
 		for (h = 0; h < H; h++) {
+			if (skip && skip[h])
+				continue;
 			const float *base = qkv + (size_t)b * T * C3;
 			float *A = att + ((size_t)b * H + h) * T * T;
 			for (t = 0; t < T; t++) {

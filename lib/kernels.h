@@ -210,6 +210,10 @@ void circ_gelu_bwd_inplace(float *d, const float *inp, size_t n, int exact);
  * att (B, H, T, T): softmax(q k^T / sqrt(D)) over keys 0..t, zero above the
  * diagonal. z (B, T, C): att @ v, head h at columns h*D. */
 void circ_attn_fwd(float *z, float *att, const float *qkv, int B, int T, int C, int H);
+/* The same for the heads h with !skip[h] (skip NULL: every head); the
+ * others' z columns and att rows are left as they are. */
+void circ_attn_fwd_heads(float *z, float *att, const float *qkv, int B, int T, int C, int H,
+			 const unsigned char *skip);
 void circ_attn_fwd_ref(float *z, float *att, const float *qkv, int B, int T, int C, int H);
 /* dqkv (B, T, 3C) += gradient through the attention given dz (B, T, C),
  * with att from the forward. T <= CIRC_ATTN_MAX_T. */

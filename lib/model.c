@@ -295,6 +295,7 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->node = circ_xcalloc((size_t)r->U, sizeof *r->node);
 	r->delta = circ_xcalloc((size_t)r->R, sizeof *r->delta);
 	r->delta_on = circ_xcalloc((size_t)r->R, 1);
+	r->qkv_keep = circ_xcalloc((size_t)r->R, 1);
 	r->dstat = circ_xcalloc((size_t)r->R, sizeof *r->dstat);
 	r->dsum_base = circ_xcalloc((size_t)r->R, sizeof *r->dsum_base);
 	r->dsum_terms = circ_xcalloc((size_t)r->R * (size_t)r->U, sizeof *r->dsum_terms);
@@ -369,6 +370,7 @@ void circ_run_free(circ_run *r)
 	free(r->dstat);
 	free(r->delta_on);
 	free(r->bwd_ng);
+	free(r->qkv_keep);
 	free(r->dsum_base);
 	free(r->dsum_terms);
 	free(r->dsum_k);
@@ -615,10 +617,34 @@ int circ_run_input_sum(circ_run *r, int recv, const float *base, circ_sign sign,
 	return set_sum(r, recv, base, sign, k, terms, 1);
 }
 
+int circ_run_keep_qkv(circ_run *r, int recv)
+{
+	circ_recv_kind k;
+	if (recv < 0 || recv >= r->R || model_is_family(r->m) || r->o.reference || r->o.backward ||
+	    !r->o.keep_nodes || !circ_gemm_acc_fast(r->D) || r->in_fwd < 0 || r->in_fwd != r->s0 ||
+	    r->s0_prev != r->s0 || circ_recv_stage(r->m, recv) != r->in_fwd)
+		return -1;
+	k = r->m->topo->recv[recv].kind;
+	if (k != CIRC_RECV_Q && k != CIRC_RECV_K && k != CIRC_RECV_V)
+		return -1;
+	r->qkv_keep[recv] = 1;
+	r->delta_on[recv] = CIRC_DELTA_NONE;
+	return 0;
+}
+
+unsigned long circ_run_serial(const circ_run *r)
+{
+	return r->serial;
+}
+
 /* Input of a receiver into dst (residual + delta), or the residual itself. */
 void model_final_inputs(const circ_run *r, const float *x, float *dst)
 {
-	int recv = circ_recv_logits(r->m);
+	model_read_inputs(r, circ_recv_logits(r->m), x, dst);
+}
+
+void model_read_inputs(const circ_run *r, int recv, const float *x, float *dst)
+{
 	size_t C = (size_t)r->C;
 	for (int i = 0; i < r->n_read; i++) {
 		size_t row = (size_t)r->reads[i].b * r->T + (size_t)r->reads[i].t;
@@ -756,9 +782,13 @@ void model_attn_fwd_part(void *v, size_t b, size_t e)
 	attn_task *t = v;
 	const circ_run *r = t->r;
 	size_t T = (size_t)r->T, C = (size_t)r->C;
-	(r->o.reference ? circ_attn_fwd_ref
-			: circ_attn_fwd)(t->z + b * T * C, t->att + b * r->H * T * T,
-					 t->qkv + b * T * 3 * C, (int)(e - b), r->T, r->C, r->H);
+	if (r->o.reference)
+		circ_attn_fwd_ref(t->z + b * T * C, t->att + b * r->H * T * T,
+				  t->qkv + b * T * 3 * C, (int)(e - b), r->T, r->C, r->H);
+	else
+		circ_attn_fwd_heads(t->z + b * T * C, t->att + b * r->H * T * T,
+				    t->qkv + b * T * 3 * C, (int)(e - b), r->T, r->C, r->H,
+				    t->skip);
 }
 
 void model_attn_bwd_part(void *v, size_t b, size_t e)

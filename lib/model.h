@@ -479,6 +479,13 @@ typedef struct circ_fwd {
 			  * must already hold the state below s for the same
 			  * tokens, B and T (a previous forward on this run, or
 			  * circ_run_copy_prefix from another run) */
+	int reads_only;	 /* 1: the last layer's MLP is computed at the read
+			  * rows alone (the logits are the same bytes): its
+			  * output and the final residual at the other rows
+			  * are left as they were, and the run can then
+			  * resume at stage 2L-1 at the latest.
+			  * GPT-2 runs not made for the backward; ignored
+			  * otherwise */
 } circ_fwd;
 /* Zeroed fwd with read = CIRC_READ_LAST. */
 void circ_fwd_init(circ_fwd *f);
@@ -573,6 +580,19 @@ int circ_run_delta_sum(circ_run *r, int recv, const float *base, circ_sign sign,
  * circ_run_delta_sum; stored, the delta is the input less the residual. */
 int circ_run_input_sum(circ_run *r, int recv, const float *base, circ_sign sign, int k,
 		       const float *const *terms);
+/* From the hook of the stage the forward started at, when the previous
+ * forward on this run started there too: q/k/v receiver recv's projection
+ * (its D columns), as that forward left it, is what this one would make
+ * (the caller knows the receiver's input is the same bytes): it is kept,
+ * not computed, any delta of the receiver dropped; a head whose q, k and v
+ * are all kept keeps its attention and output (they are added into the
+ * residual as computed ones are). -1, and nothing kept, where that does
+ * not hold or the run cannot (families, reference kernels, runs made for
+ * the backward or without node outputs). */
+int circ_run_keep_qkv(circ_run *r, int recv);
+/* A number that changes with every forward on the run: a caller that
+ * knows the previous forward was its own (circ_run_keep_qkv) compares it. */
+unsigned long circ_run_serial(const circ_run *r);
 /* The delta of a receiver in this forward, or NULL if it has none (or it
  * was given as a sum and not stored). */
 const float *circ_run_get_delta(const circ_run *r, int recv);

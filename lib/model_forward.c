@@ -2,7 +2,10 @@
  * model_forward: the decomposed forward (see model.h, "runs", and model.c
  * for the run's buffers and receiver deltas): stages in order, the hook
  * before each, per-head node outputs, the q/k/v receivers with deltas in
- * row blocks, and resuming at a stage (circ_run_copy_prefix).
+ * row blocks, and resuming at a stage (circ_run_copy_prefix). For the
+ * patcher: projections kept from the previous forward (circ_run_keep_qkv:
+ * their columns, and a head whose q, k and v are all kept, left as they
+ * are) and the last MLP at the read rows alone (circ_fwd.reads_only).
  */
 #include <math.h>
 #include <stdio.h>
@@ -74,10 +77,10 @@ static void embed(circ_run *r, const circ_fwd *f)
 
 typedef struct qkv_task {
 	circ_run *r;
-	int l, npatched;
-	size_t n, nblk, rb; /* n rows in blocks of rb (the last may be shorter) */
-	const float *x;	    /* (n, C) the layer's residual */
-	float *qkv;	    /* (n, 3C) output */
+	int l, npatched, nkept; /* receivers with a delta, and kept ones (none has both) */
+	size_t n, nblk, rb;	/* n rows in blocks of rb (the last may be shorter) */
+	const float *x;		/* (n, C) the layer's residual */
+	float *qkv;		/* (n, 3C) output */
 } qkv_task;
 
 /* Scratch of thread slot k: (QKV_BLOCK_CLEAN, C). */
@@ -121,15 +124,21 @@ static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
 	float eps = (float)r->m->cfg.layer_norm_epsilon;
 	const float *x = t->x + i0 * C;
 	float *q = t->qkv + i0 * C3;
-	bias_rows(q, lw->attn_b, m, C3, C3);
-	if (t->npatched < K) {
+	if (!t->nkept)
+		bias_rows(q, lw->attn_b, m, C3, C3);
+	else /* the kept columns stay as they are */
+		for (int k = 0; k < K; k++)
+			if (!r->qkv_keep[qkv_recv_of_col(r, t->l, k)])
+				bias_rows(q + (size_t)k * D, lw->attn_b + (size_t)k * D, m, D, C3);
+	if (t->npatched + t->nkept < K) {
 		size_t so = (size_t)2 * t->l * r->rows + i0;
 		(r->o.reference ? circ_layernorm_fwd_ref : circ_layernorm_fwd)(
 		    buf, r->C, r->mean + so, r->rstd + so, x, r->C, lw->ln1_w, lw->ln1_b, (int)m,
 		    r->C, eps);
 		for (int k = 0; k < K;) {
 			int k1 = k;
-			while (k1 < K && !r->delta_on[qkv_recv_of_col(r, t->l, k1)])
+			while (k1 < K && !r->delta_on[qkv_recv_of_col(r, t->l, k1)] &&
+			       !r->qkv_keep[qkv_recv_of_col(r, t->l, k1)])
 				k1++;
 			if (k1 > k)
 				model_gemm_acc(r, (int)m, (k1 - k) * r->D, r->C, buf, r->C,
@@ -140,7 +149,7 @@ static void qkv_fwd_block(qkv_task *t, float *buf, size_t i0, size_t m)
 	}
 	for (int k = 0; k < K; k++) {
 		int recv = qkv_recv_of_col(r, t->l, k);
-		if (!r->delta_on[recv])
+		if (!r->delta_on[recv] || r->qkv_keep[recv])
 			continue;
 		if (r->delta_on[recv] == CIRC_DELTA_SUM) {
 			/* the input formed row by row (in L1), normalised in place */
@@ -190,7 +199,8 @@ static void qkv_slot(void *v, size_t b, size_t e)
 typedef struct proj_task {
 	circ_run *r;
 	int l;
-	const float *z, *x; /* (n, C) the heads' outputs side by side; the residual */
+	const float *z, *x;	   /* (n, C) the heads' outputs side by side; the residual */
+	const unsigned char *skip; /* (H) heads whose output is kept, or NULL */
 } proj_task;
 
 static void proj_slot(void *v, size_t b, size_t e)
@@ -213,10 +223,18 @@ static void proj_slot(void *v, size_t b, size_t e)
 				circ_vsum(res + i * C + j, t->x + i * C + j, lw->proj_b + j, NULL,
 					  0, jb);
 			for (int h = 0; h < r->H; h++) /* res += out_h, head by head */
-				circ_gemm_set_add(
-				    (int)(i1 - i0), (int)jb, r->D, t->z + i0 * C + (size_t)h * D,
-				    r->C, lw->proj_w + (size_t)h * D * C + j, r->C,
-				    out[h] + i0 * C + j, r->C, res + i0 * C + j, r->C);
+				if (t->skip && t->skip[h])
+					for (size_t i = i0; i < i1; i++) {
+						const float *o = out[h] + i * C + j;
+						circ_vsum(res + i * C + j, res + i * C + j, NULL,
+							  &o, 1, jb);
+					}
+				else
+					circ_gemm_set_add((int)(i1 - i0), (int)jb, r->D,
+							  t->z + i0 * C + (size_t)h * D, r->C,
+							  lw->proj_w + (size_t)h * D * C + j, r->C,
+							  out[h] + i0 * C + j, r->C,
+							  res + i0 * C + j, r->C);
 		}
 	}
 }
@@ -229,10 +247,19 @@ static void attn_stage(circ_run *r, int l)
 	float *qkv = r->qkv + (size_t)l * r->rows * C3;
 	float *att = r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
 	float *z = r->z + (size_t)l * r->rows * C;
-	int r0 = circ_recv_qkv(r->m, l, 0, CIRC_RECV_Q), npatched = 0;
-	for (int j = 0; j < 3 * r->H; j++)
-		npatched += r->delta_on[r0 + j] != 0;
-	if (npatched == 0 && (r->o.reference || model_bf16_on(r) || !circ_gemm_acc_fast((int)C3))) {
+	int npatched = 0, nkept = 0;
+	unsigned char skip[MAX_HEAD];
+	for (int h = 0; h < r->H; h++) {
+		int kept = 0;
+		for (int c = 0; c < 3; c++) {
+			int recv = circ_recv_qkv(r->m, l, h, (circ_recv_kind)(CIRC_RECV_Q + c));
+			kept += r->qkv_keep[recv];
+			npatched += r->delta_on[recv] != 0 && !r->qkv_keep[recv];
+		}
+		nkept += kept;
+		skip[h] = kept == 3;
+	}
+	if (npatched == 0 && nkept == 0 && (r->o.reference || model_bf16_on(r) || !circ_gemm_acc_fast((int)C3))) {
 		model_p_layernorm(r, r->s_ln, r->mean + (size_t)2 * l * r->rows,
 				  r->rstd + (size_t)2 * l * r->rows, x, lw->ln1_w, lw->ln1_b, n);
 		bias_rows(qkv, lw->attn_b, n, C3, C3);
@@ -240,18 +267,19 @@ static void attn_stage(circ_run *r, int l)
 			   qkv, (int)C3);
 	} else {
 		qkv_task t;
-		qkv_task_init(r, &t, l, n, npatched ? QKV_BLOCK : QKV_BLOCK_CLEAN);
+		qkv_task_init(r, &t, l, n, npatched || nkept ? QKV_BLOCK : QKV_BLOCK_CLEAN);
 		t.npatched = npatched;
+		t.nkept = nkept;
 		t.x = x;
 		t.qkv = qkv;
 		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), qkv_slot, &t);
 	}
 	{
-		attn_task t = {r, z, att, NULL, qkv, NULL, NULL};
+		attn_task t = {r, z, att, NULL, qkv, NULL, NULL, nkept ? skip : NULL};
 		circ_pool_for(r->pool, (size_t)r->B, model_attn_fwd_part, &t);
 	}
 	if (r->o.keep_nodes && !r->o.reference && !model_bf16_on(r)) {
-		proj_task t = {r, l, z, x};
+		proj_task t = {r, l, z, x, nkept ? skip : NULL};
 		circ_pool_for(r->pool, (size_t)circ_pool_threads(r->pool), proj_slot, &t);
 	} else if (r->o.keep_nodes) {
 		const float *src[MAX_HEAD];
@@ -286,6 +314,40 @@ static void mlp_stage(circ_run *r, int l)
 	model_gemm_epi(r, (int)n, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, fc, r->F, &fc_ep);
 	model_gemm_epi(r, (int)n, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, out, r->C,
 		       &proj_ep);
+}
+
+/* The last layer's MLP at the read rows alone (circ_fwd.reads_only): only
+ * the logits read what it writes, and only there. The rows are gathered
+ * (the receiver's input, the residual), run through the stage as
+ * mlp_stage runs them (row by row the same operations: a row's GEMM
+ * results do not depend on the other rows), and the node's output and the
+ * final residual scattered back; the other rows keep what they held. */
+static size_t read_row(const circ_run *r, size_t i)
+{
+	return (size_t)r->reads[i].b * (size_t)r->T + (size_t)r->reads[i].t;
+}
+
+static void mlp_stage_reads(circ_run *r, int l)
+{
+	const circ_layer_weights *lw = &r->m->w.layers[l];
+	const float *x = resid_at(r, 2 * l + 1);
+	size_t N = (size_t)r->n_read, C = (size_t)r->C, so = (size_t)(2 * l + 1) * r->rows;
+	float *fc = r->fc + (size_t)l * r->rows * r->F, *out = r->node[circ_node_mlp(r->m, l)];
+	float *xr = r->s_ln2, *o = r->s_ln, *res = r->lnf, *res2 = resid_at(r, 2 * l + 2);
+	model_read_inputs(r, circ_recv_mlp(r->m, l), x, r->s_ln);
+	model_p_layernorm(r, r->s_ln, r->mean + so, r->rstd + so, r->s_ln, lw->ln2_w, lw->ln2_b, N);
+	model_epi fc_ep = {lw->fc_b, r->s_gelu, r->m->cfg.act == CIRC_ACT_GELU, NULL, NULL};
+	model_epi proj_ep = {lw->fcproj_b, NULL, 0, res, xr};
+	model_gemm_epi(r, (int)N, r->F, r->C, r->s_ln, r->C, lw->fc_w, r->F, fc, r->F, &fc_ep);
+	for (size_t i = 0; i < N; i++)
+		memcpy(xr + i * C, x + read_row(r, i) * C, C * sizeof(float));
+	model_gemm_epi(r, (int)N, r->C, r->F, r->s_gelu, r->F, lw->fcproj_w, r->C, o, r->C,
+		       &proj_ep);
+	for (size_t i = 0; i < N; i++) {
+		size_t row = read_row(r, i);
+		memcpy(out + row * C, o + i * C, C * sizeof(float));
+		memcpy(res2 + row * C, res + i * C, C * sizeof(float));
+	}
 }
 
 /* ---- logits of a few positions ----
@@ -374,7 +436,7 @@ static int set_reads(circ_run *r, const circ_fwd *f, circ_error *e)
 
 int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 {
-	int s0, S;
+	int s0, S, reads_only;
 	CIRC_ASSERT(r != NULL && f != NULL);
 	s0 = f->start_stage;
 	S = circ_topo_stage_final(r->m->topo);
@@ -412,6 +474,13 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 		return -1;
 	circ_blas_threads(1);
 	r->have_bwd = 0;
+	r->serial++;
+	r->s0_prev = r->s0;
+	r->s0 = s0;
+	memset(r->qkv_keep, 0, (size_t)r->R);
+	/* the last MLP at the read rows: worth it where they are fewer */
+	reads_only = f->reads_only && !model_is_family(r->m) && !r->o.backward && !r->read_none &&
+		     (size_t)r->n_read < (size_t)f->B * (size_t)f->T;
 	for (int recv = 0; recv < r->R; recv++)
 		if (circ_recv_stage(r->m, recv) >= s0)
 			r->delta_on[recv] = CIRC_DELTA_NONE;
@@ -437,12 +506,16 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 			model_family_stage(r, s);
 		else if (s == S)
 			final_stage(r);
+		else if (s & 1 && reads_only && s == S - 1)
+			mlp_stage_reads(r, s / 2);
 		else if (s & 1)
 			mlp_stage(r, s / 2);
 		else
 			attn_stage(r, s / 2);
 		r->valid = s + 1;
 	}
+	if (reads_only && s0 < S)
+		r->valid = S - 1; /* the last MLP's other rows are stale */
 	return 0;
 }
 

@@ -163,6 +163,10 @@ struct circ_run {
 	/* receiver deltas */
 	float **delta;		 /* (R) each (rows, C), allocated when stored */
 	unsigned char *delta_on; /* (R) a circ_delta_state */
+	unsigned char *qkv_keep; /* (R) q/k/v receivers whose projection the
+				  * forward keeps (circ_run_keep_qkv) */
+	int s0, s0_prev;	 /* the start stages of the last two forwards */
+	unsigned long serial;	 /* forwards run so far (circ_run_serial) */
 	/* deltas given as sums (circ_run_delta_sum): base + sign * sum of the
 	 * terms, formed where the receiver's input is read */
 	float **dstat;		  /* (R) LayerNorm mean and rstd (2, rows) of each input */
@@ -286,6 +290,7 @@ typedef struct attn_task {
 	const circ_run *r;
 	float *z, *att, *dqkv;
 	const float *qkv, *dz, *catt;
+	const unsigned char *skip; /* forward: (H) heads left as they are, or NULL */
 } attn_task;
 
 /* Lays the arena out for batches of B x T if it is smaller (what it held
@@ -299,6 +304,9 @@ const float *model_recv_input(const circ_run *r, int recv, const float *x, float
 /* dst (n_read, C) = the logits receiver's input at the read rows (the final
  * residual x plus its delta, or its sum). */
 void model_final_inputs(const circ_run *r, const float *x, float *dst);
+/* dst (n_read, C) = receiver recv's input (x its residual) at the read rows,
+ * formed as model_recv_input forms every row. */
+void model_read_inputs(const circ_run *r, int recv, const float *x, float *dst);
 void model_p_layernorm(const circ_run *r, float *out, float *mean, float *rstd, const float *inp,
 		       const float *w, const float *b, size_t n);
 void model_p_layernorm_bwd(const circ_run *r, float *dinp, float *dacc, const float *dout,

@@ -58,7 +58,19 @@
  *  - sums where they are read: a receiver's input is handed to the run as
  *    rows (R(s) minus the kept rows, or the residual plus the patched
  *    ones), which forms it next to the receiver's LayerNorm, row by row in
- *    blocks for q/k/v, so no delta is written out and read back.
+ *    blocks for q/k/v, so no delta is written out and read back;
+ *  - kept projections: a q/k/v receiver of the start stage whose keep bits
+ *    and liveness are those of the run's previous forward, when that was
+ *    this patcher's circuit forward from the same stage (and R and the
+ *    clean rows have not changed since), reads the same bytes as then: its
+ *    projection is kept (circ_run_keep_qkv), so ACDC's tests of one
+ *    receiver's edges compute that receiver's columns and its head alone
+ *    at their stage, and form no other receiver's input there;
+ *  - rows read: the metric reads the logits at the read rows alone, so
+ *    the last layer's MLP is computed there alone (circ_fwd.reads_only).
+ * Both shortcuts give the same bytes as computing everything (the
+ * patcher option plain turns them off; test_patch compares whole ACDC
+ * runs).
  * The sums are made in one fixed order of u, so results do not depend on
  * the number of threads.
  *
@@ -157,6 +169,14 @@ struct circ_patcher {
 	unsigned gen;	 /* bumped whenever R or the clean rows change (>= 1 once loaded) */
 	float *raw_buf;	 /* raw head nodes: (4, B, T, C) scratch of raw_recv */
 	size_t raw_cap;	 /* floats allocated in raw_buf */
+	/* kept projections (see the top of this file): the last circuit
+	 * forward, if it was the run's last forward */
+	unsigned long k_serial; /* the run's serial after it (0: none) */
+	int k_start;		/* its start stage */
+	unsigned k_gen;		/* gen then */
+	uint8_t *k_keep;	/* (n_edges) its circuit */
+	uint8_t *k_alive;	/* (U + 1) its live nodes */
+	int k_ok;		/* the forward in progress may keep projections */
 };
 
 /* The references or the clean run changed: R and the stored difference
@@ -296,6 +316,8 @@ circ_patcher *circ_patcher_new(const circ_model *m, const circ_graph *g, const c
 	p->c_gen = circ_xcalloc((size_t)g->n_recv, sizeof *p->c_gen);
 	p->c_start = circ_xcalloc((size_t)g->n_recv, sizeof *p->c_start);
 	p->c_keep = circ_xcalloc((size_t)g->n_edges, 1);
+	p->k_keep = circ_xcalloc((size_t)g->n_edges, 1);
+	p->k_alive = circ_xcalloc((size_t)p->U + 1, 1);
 	p->reads = circ_xcalloc((size_t)p->o.max_b * (size_t)p->o.max_t, sizeof *p->reads);
 	p->m_clean = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
 	p->m_ref = circ_xcalloc((size_t)p->o.max_b, sizeof(double));
@@ -339,6 +361,8 @@ void circ_patcher_free(circ_patcher *p)
 	free(p->c_gen);
 	free(p->c_start);
 	free(p->c_keep);
+	free(p->k_keep);
+	free(p->k_alive);
 	free(p);
 }
 
@@ -874,6 +898,25 @@ static void rows_made(circ_patcher *p, int nrows)
 	}
 }
 
+/* Graph receiver r of the start stage, whose input is the same bytes as in
+ * the run's previous forward (the same keep bits, the same liveness, the
+ * same clean rows below): its projections are kept (circ_run_keep_qkv).
+ * 1 if they are, 0 if it must be computed. */
+static int keep_recv(circ_patcher *p, circ_run *run, int s, int r, int node)
+{
+	const circ_graph *g = p->g;
+	int mr[3], n = 0;
+	if (!p->k_ok || s != p->start || p->alive[node] != p->k_alive[node] ||
+	    memcmp(p->keep + g->recv_first[r], p->k_keep + g->recv_first[r],
+		   (size_t)circ_graph_recv_n_in(g, r)) != 0)
+		return 0;
+	n = model_recvs(p, r, mr);
+	for (int j = 0; j < n; j++)
+		if (circ_run_keep_qkv(run, mr[j]) < 0)
+			return 0;
+	return 1;
+}
+
 /* Sets the deltas of the receivers of stage s for the circuit p->keep. */
 static void circuit_stage(circ_patcher *p, circ_run *run, int s)
 {
@@ -897,7 +940,7 @@ static void circuit_stage(circ_patcher *p, circ_run *run, int s)
 		recv_plan *pl = &p->plan[nplan];
 		int *term = p->terms + (size_t)nplan * (size_t)p->U;
 		circ_graph_recv_info(g, r, NULL, &node);
-		if (!p->alive[node])
+		if (keep_recv(p, run, s, r, node) || !p->alive[node])
 			continue;
 		for (int u = 0; u < n_in; u++)
 			npatched += !keep[u];
@@ -1103,6 +1146,8 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 	fwd_setup(p, &f, b, b->clean);
 	f.hook = hook;
 	f.hook_ctx = p;
+	/* the metric reads the logits alone: the last MLP only at their rows */
+	f.reads_only = !p->o.plain;
 	if (stage > p->clean_below)
 		stage = p->clean_below;
 	if (stage < 0)
@@ -1115,8 +1160,21 @@ static int patched_forward(circ_patcher *p, int stage, double *out, circ_error *
 	f.start_stage = stage;
 	p->start = stage;
 	p->fwd_id++;
+	/* the run's last forward was this patcher's circuit forward from the
+	 * same stage, over the same rows: what did not change can be kept */
+	p->k_ok = p->mode == MODE_CIRCUIT && !p->o.plain && p->k_serial != 0 &&
+		  p->k_serial == circ_run_serial(p->main) && p->k_start == stage &&
+		  p->k_gen == p->gen;
+	p->k_serial = 0;
 	if (circ_forward(p->main, &f, e) < 0)
 		return -1;
+	if (p->mode == MODE_CIRCUIT) {
+		p->k_serial = circ_run_serial(p->main);
+		p->k_start = stage;
+		p->k_gen = p->gen;
+		memcpy(p->k_keep, p->keep, (size_t)p->g->n_edges);
+		memcpy(p->k_alive, p->alive, (size_t)p->U + 1);
+	}
 	p->clean_below = stage;
 	return read_metric(p, circ_run_logits(p->main, NULL), "patched", out, e);
 }

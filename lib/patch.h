@@ -51,6 +51,13 @@ typedef struct circ_patch_opts {
 			      * (circ_patcher_eval*, circ_patcher_scale_ref), and
 			      * circ_patcher_clean_out/ref_out give the input node
 			      * only. Ignored for the other ablations */
+	int plain;	     /* 1: patched forwards compute all they once did:
+			      * the last layer's MLP at every row, not only
+			      * where the metric reads (circ_fwd.reads_only),
+			      * and every projection of the start stage, none
+			      * kept from the previous forward
+			      * (circ_run_keep_qkv). The same numbers: for
+			      * tests that compare the two */
 } circ_patch_opts;
 
 typedef struct circ_patcher circ_patcher;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acdc.h"
 #include "attrib.h"
 #include "rng.h"
 #include "test_batch.h"
@@ -167,6 +168,117 @@ static void test_patcher_cache(circ_model *m, const circ_graph *g, const circ_ba
 	CHECK(worst == 0);
 	free(keep);
 	circ_patcher_free(p);
+}
+
+/* The steps of an ACDC run, for comparing runs byte for byte. */
+typedef struct steps {
+	circ_acdc_step *s;
+	int n, cap;
+} steps;
+
+static int record_step(void *ctx, const circ_acdc_step *st, circ_error *e)
+{
+	steps *t = ctx;
+	(void)e;
+	if (t->n == t->cap) {
+		t->cap = t->cap ? 2 * t->cap : 256;
+		t->s = circ_xrealloc(t->s, (size_t)t->cap * sizeof *t->s);
+	}
+	t->s[t->n++] = *st;
+	return 0;
+}
+
+/* Patched forwards take two shortcuts: the last layer's MLP at the read
+ * rows alone (circ_fwd.reads_only), and the start stage's projections
+ * whose input did not change since the previous forward kept
+ * (circ_run_keep_qkv). Whole ACDC runs (circ's order, groups, the
+ * reference's order; resample and zero ablation; reads at one position
+ * and at two per example) make the same tests with the same bytes as a
+ * patcher that computes everything (plain), and so do single edges. The
+ * model's head width is a multiple of 16, where projections can be kept. */
+static void test_shortcuts(const char *dir)
+{
+	circ_config c = {3, 2, 32, 16, 50, 128, 1e-5, CIRC_ACT_GELU_NEW};
+	circ_error e;
+	circ_model *m;
+	circ_graph *g;
+	circ_batch *b = make_batch(3, 8, c.vocab_size, 17);
+	int n = 0, differ = 0;
+	double out[8], want[8];
+	if (circ_model_write_random(dir, &c, 9, "F32", &e) < 0 ||
+	    !(m = circ_model_open(dir, NULL, &e)) ||
+	    !(g = circ_graph_new(c.n_layer, c.n_head, CIRC_LEVEL_EDGE, &e))) {
+		fprintf(stderr, "%s\n", e.msg);
+		exit(1);
+	}
+	for (int pass = 0; pass < 4; pass++) {
+		circ_patch_opts po = {pass == 2 ? CIRC_ABL_ZERO : CIRC_ABL_RESAMPLE,
+				      0,
+				      pass ? CIRC_METRIC_KL : CIRC_METRIC_LOGIT_DIFF,
+				      2,
+				      b->B,
+				      b->T,
+				      0};
+		circ_acdc_opts ao = {0};
+		circ_patcher *p[2];
+		steps st[2] = {{0}};
+		uint8_t *keep[2];
+		int64_t tests[2];
+		if (pass == 1) { /* every example read at two positions */
+			b->read_b = circ_xrealloc(b->read_b, (size_t)b->B * 2 * sizeof *b->read_b);
+			b->read_t = circ_xrealloc(b->read_t, (size_t)b->B * 2 * sizeof *b->read_t);
+			for (int i = 0; i < b->B; i++) {
+				circ_example *x = &b->ex[i];
+				x->pos = circ_xrealloc(x->pos, 2 * sizeof *x->pos);
+				x->pos[1] = 2 + i;
+				x->npos = 2;
+				b->row0[i] = 2 * i;
+				for (int j = 0; j < 2; j++) {
+					b->read_b[2 * i + j] = i;
+					b->read_t[2 * i + j] = x->pos[j];
+				}
+			}
+			b->n_read = 2 * b->B;
+		}
+		/* every edge kept, those of negative change dropped, a few more */
+		ao.tau = pass == 0 ? -1e30 : pass == 2 ? 1e-6 : 0;
+		ao.group = pass == 3 ? 4 : 1;
+		ao.order = pass == 2 ? CIRC_ACDC_ORDER_REFERENCE : CIRC_ACDC_ORDER_CIRC;
+		for (int k = 0; k < 2; k++) {
+			po.plain = k;
+			p[k] = circ_patcher_new(m, g, &po, &e);
+			keep[k] = circ_xmalloc((size_t)g->n_edges);
+			CHECK(p[k] && circ_patcher_load(p[k], b, &e) == 0);
+			CHECK(circ_acdc_run(&p[k], 1, &ao, keep[k], record_step, &st[k], &tests[k],
+					    NULL, &e) == 0);
+		}
+		CHECK(st[0].n == st[1].n && st[0].n > 0 && tests[0] == tests[1]);
+		for (int i = 0; i < st[0].n && i < st[1].n; i++) {
+			const circ_acdc_step *a = &st[0].s[i], *w = &st[1].s[i];
+			differ += a->edge != w->edge || a->kept != w->kept ||
+				  memcmp(&a->after, &w->after, sizeof a->after) != 0 ||
+				  memcmp(&a->before, &w->before, sizeof a->before) != 0;
+		}
+		CHECK(memcmp(keep[0], keep[1], (size_t)g->n_edges) == 0);
+		n += st[0].n;
+		for (int64_t ed = 0; pass == 0 && ed < g->n_edges; ed += 7) {
+			CHECK(circ_patcher_eval_edge(p[0], ed, out, &e) == 0);
+			CHECK(circ_patcher_eval_edge(p[1], ed, want, &e) == 0);
+			differ += memcmp(out, want, (size_t)b->B * sizeof *out) != 0;
+			n++;
+		}
+		for (int k = 0; k < 2; k++) {
+			circ_patcher_free(p[k]);
+			free(keep[k]);
+			free(st[k].s);
+		}
+	}
+	fprintf(stderr, "test_patch: %d ACDC steps and edges with shortcuts vs plain: %d differ\n",
+		n, differ);
+	CHECK(differ == 0);
+	circ_batch_free(b);
+	circ_graph_free(g);
+	circ_model_free(m);
 }
 
 /* Zero and mean ablation (issue 13, item 20): after a load the patcher
@@ -357,6 +469,11 @@ int main(void)
 
 	test_patcher_state(m, g, b, c.n_layer);
 	test_patcher_cache(m, g, b);
+	{
+		char sub[64];
+		snprintf(sub, sizeof sub, "%s/d16", dir);
+		test_shortcuts(sub);
+	}
 	test_constant_refs(m, g, b);
 	test_attrib_memory(m, g, b);
 
