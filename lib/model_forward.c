@@ -259,7 +259,8 @@ static void attn_stage(circ_run *r, int l)
 		nkept += kept;
 		skip[h] = kept == 3;
 	}
-	if (npatched == 0 && nkept == 0 && (r->o.reference || model_bf16_on(r) || !circ_gemm_acc_fast((int)C3))) {
+	if (npatched == 0 && nkept == 0 &&
+	    (r->o.reference || model_bf16_on(r) || !circ_gemm_acc_fast((int)C3))) {
 		model_p_layernorm(r, r->s_ln, r->mean + (size_t)2 * l * r->rows,
 				  r->rstd + (size_t)2 * l * r->rows, x, lw->ln1_w, lw->ln1_b, n);
 		bias_rows(qkv, lw->attn_b, n, C3, C3);
