@@ -19,14 +19,17 @@
  * GELU, vsum) have a third build, lane for lane the AVX2 one, so the bits
  * do not depend on which runs.
  *
- * Two matrix kernels of circ's own, in AVX-512: circ_gemm_acc (c += a b,
+ * Matrix kernels of circ's own, in AVX-512: circ_gemm_acc (c += a b,
  * and circ_gemm_set, c = a b) for column blocks a multiple of 16 wide (6
  * rows x 64 columns of accumulators, b packed in L1-sized panels), where
  * OpenBLAS's blocking loses a third on narrow blocks such as one head's 64
  * columns of W_QKV or a head's K = 64 output projection; and
  * circ_gemm_bt_set (c = a b^T) for a few rows against a large matrix (the
  * last positions' logits), which reads the matrix once instead of packing
- * it. Everything else goes to OpenBLAS.
+ * it; and circ_gemm_w16, circ_gemm_acc's sums against 16-bit weights (bf16
+ * or half) converted as its panels are packed, so a narrow checkpoint is
+ * never copied to f32 whole (and its conversion and OpenBLAS's packing are
+ * one pass). Everything else goes to OpenBLAS.
  */
 #include "kernels.h"
 
@@ -433,6 +436,161 @@ AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a
 			}
 		}
 }
+
+/* 16-bit weights (bf16 or IEEE half) multiplied in f32 without a whole
+ * converted copy: each panel of gemm_acc_avx512 (GEMM_W16_KC values of p,
+ * 64 columns) is converted from the weights as it is packed, so the
+ * weights are read once per column block in their own width, and the
+ * conversion is exact (a bf16 is the top half of its f32; vcvtph2ps is
+ * exact for every half, subnormals included). */
+#define GEMM_W16_KC 128
+
+AVX512 static inline __m512 w16_load(const uint16_t *p, int bf16)
+{
+	__m256i h = _mm256_loadu_si256((const __m256i *)p);
+	if (bf16)
+		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+	return _mm512_cvtph_ps(h);
+}
+
+/* 16 values of p (from p0) of a row, the missing ones (past kc) as 0. */
+AVX512 static inline __m512 w16_load_part(const uint16_t *p, int len, int bf16)
+{
+	uint16_t tmp[16] = {0};
+	if (len >= 16)
+		return w16_load(p, bf16);
+	if (len > 0)
+		memcpy(tmp, p, (size_t)len * sizeof *p);
+	return w16_load(tmp, bf16);
+}
+
+/* r[c] becomes column c of the 16 x 16 block whose rows were r[0..15]. */
+AVX512 static inline void transpose16(__m512 r[16])
+{
+	__m512 t[16];
+	for (int i = 0; i < 8; i++) {
+		t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+		t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+	}
+	/* r[4i + q], 128-bit lane L: rows 4i .. 4i+3 of column 4L + q */
+	for (int i = 0; i < 4; i++) {
+		__m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]),
+			c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+		r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+		r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+		r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+		r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+	}
+	/* t[8i + q]: lanes (rows 8i.., column q), (8i.., 8+q), (8i+4.., q),
+	 * (8i+4.., 8+q); t[8i + 4 + q] the same for columns 4+q and 12+q */
+	for (int i = 0; i < 2; i++)
+		for (int q = 0; q < 4; q++) {
+			t[8 * i + q] = _mm512_shuffle_f32x4(r[8 * i + q], r[8 * i + 4 + q], 0x88);
+			t[8 * i + 4 + q] =
+			    _mm512_shuffle_f32x4(r[8 * i + q], r[8 * i + 4 + q], 0xdd);
+		}
+	for (int j = 0; j < 4; j++) {
+		r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+		r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+		r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+		r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+	}
+}
+
+/* panel (kc rounded up to 16 rows of 64) = columns j .. j+nw-1 of op(w)
+ * for p0 .. p0+kc-1, in f32, 0 past nw and kc. tb: w is (n, k) (row j
+ * holds p contiguous: 16 x 16 blocks transposed), else (k, n). */
+AVX512 static void w16_pack(float *panel, int tb, const uint16_t *w, int ldw, int j, int nw, int p0,
+			    int kc, int bf16)
+{
+	int kr = (kc + 15) & ~15;
+	if (tb) {
+		for (int jb = 0; jb < 64; jb += 16)
+			for (int pb = 0; pb < kr; pb += 16) {
+				__m512 v[16];
+				for (int i = 0; i < 16; i++)
+					v[i] = jb + i < nw
+						   ? w16_load_part(w + (size_t)(j + jb + i) * ldw +
+								       p0 + pb,
+								   kc - pb, bf16)
+						   : _mm512_setzero_ps();
+				transpose16(v);
+				for (int q = 0; q < 16; q++)
+					_mm512_store_ps(panel + (size_t)(pb + q) * 64 + jb, v[q]);
+			}
+		return;
+	}
+	for (int p = 0; p < kr; p++) {
+		const uint16_t *row = w + (size_t)(p0 + p) * ldw + j;
+		for (int jb = 0; jb < 64; jb += 16)
+			_mm512_store_ps(panel + (size_t)p * 64 + jb,
+					p < kc ? w16_load_part(row + jb, nw - jb, bf16)
+					       : _mm512_setzero_ps());
+	}
+}
+
+/* Columns 0 .. nw-1 (nw <= 64) of c += a (m rows, kc values, lda apart)
+ * panel, from 0 where zero. A block narrower than 64 columns goes through
+ * a tile (its extra columns multiply the panel's zeros and are dropped). */
+AVX512 static void w16_block(int zero, int m, int kc, const float *a, int lda, const float *panel,
+			     float *c, int ldc, int nw)
+{
+	_Alignas(64) float tile[6 * 64];
+	if (nw == 64) {
+		acc_rows_x64(m, zero, kc, a, lda, panel, 64, c, ldc, NULL, 0);
+		return;
+	}
+	for (int i0 = 0; i0 < m; i0 += 6) {
+		int mi = m - i0 < 6 ? m - i0 : 6;
+		float *ci = c + (size_t)i0 * ldc;
+		if (!zero)
+			for (int i = 0; i < mi; i++)
+				memcpy(tile + i * 64, ci + (size_t)i * ldc,
+				       (size_t)nw * sizeof(float));
+		acc_rows_x64(mi, zero, kc, a + (size_t)i0 * lda, lda, panel, 64, tile, 64, NULL, 0);
+		for (int i = 0; i < mi; i++)
+			memcpy(ci + (size_t)i * ldc, tile + i * 64, (size_t)nw * sizeof(float));
+	}
+}
+
+/* c (m, n) = a op(w) (+ c unless zero), the sums as gemm_acc_avx512's.
+ * Columns in groups of up to GEMM_W16_GROUP panels (in L2), rows in
+ * chunks of GEMM_W16_MC: for each chunk of p the group's panels are
+ * packed, then each row chunk of a is copied together (kc wide, in L2)
+ * and passes every panel, so a streams from memory once per group, not
+ * once per 64 columns. */
+#define GEMM_W16_GROUP 8
+#define GEMM_W16_MC    144
+AVX512 static void gemm_w16_avx512(int tb, int zero, int m, int n, int k, const float *a, int lda,
+				   const uint16_t *w, int ldw, int bf16, float *c, int ldc)
+{
+	_Alignas(64) float panel[GEMM_W16_GROUP][GEMM_W16_KC * 64];
+	_Alignas(64) float ap[GEMM_W16_MC * GEMM_W16_KC];
+	for (int j0 = 0; j0 < n; j0 += 64 * GEMM_W16_GROUP)
+		for (int p0 = 0; p0 < k; p0 += GEMM_W16_KC) {
+			int kc = k - p0 < GEMM_W16_KC ? k - p0 : GEMM_W16_KC, z = zero && p0 == 0;
+			int ng = (n - j0 + 63) / 64;
+			if (ng > GEMM_W16_GROUP)
+				ng = GEMM_W16_GROUP;
+			for (int g = 0; g < ng; g++) {
+				int j = j0 + 64 * g;
+				w16_pack(panel[g], tb, w, ldw, j, n - j < 64 ? n - j : 64, p0, kc,
+					 bf16);
+			}
+			for (int i0 = 0; i0 < m; i0 += GEMM_W16_MC) {
+				int mi = m - i0 < GEMM_W16_MC ? m - i0 : GEMM_W16_MC;
+				for (int i = 0; i < mi; i++)
+					memcpy(ap + (size_t)i * kc, a + (size_t)(i0 + i) * lda + p0,
+					       (size_t)kc * sizeof(float));
+				for (int g = 0; g < ng; g++) {
+					int j = j0 + 64 * g;
+					w16_block(z, mi, kc, ap, kc, panel[g],
+						  c + (size_t)i0 * ldc + j, ldc,
+						  n - j < 64 ? n - j : 64);
+				}
+			}
+		}
+}
 #endif
 
 #if CIRC_X86
@@ -626,6 +784,32 @@ void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float
 	for (int i = 0; i < m; i++) /* res += c */
 		circ_vsum(res + (size_t)i * ldr, res + (size_t)i * ldr, c + (size_t)i * ldc, NULL,
 			  0, (size_t)n);
+}
+
+int circ_gemm_w16_fast(void)
+{
+	return use_avx512();
+}
+
+void circ_gemm_w16(int tb, int m, int n, int k, const float *a, int lda, const uint16_t *w, int ldw,
+		   int bf16, float beta, float *c, int ldc)
+{
+	CIRC_ASSERT(beta == 0.0f || beta == 1.0f);
+	if (m <= 0 || n <= 0)
+		return;
+	if (k <= 0) {
+		if (beta == 0.0f)
+			for (int i = 0; i < m; i++)
+				memset(c + (size_t)i * ldc, 0, (size_t)n * sizeof(float));
+		return;
+	}
+#if CIRC_X86
+	if (circ_gemm_w16_fast()) {
+		gemm_w16_avx512(tb, beta == 0.0f, m, n, k, a, lda, w, ldw, bf16, c, ldc);
+		return;
+	}
+#endif
+	CIRC_ASSERT(!"circ_gemm_w16 without AVX-512");
 }
 
 /* ================================================================ SIMD helpers */

@@ -103,6 +103,17 @@ int circ_gemm_bt_fast(int k);
 void circ_gemm_bt_long(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 		       float *c, int ldc);
 
+/* c (m, n) = a (m, k) op(w) + beta c (beta 0 or 1), w 16-bit: bf16
+ * (bf16 != 0) or IEEE half, converted to f32 exactly as it is packed (no
+ * converted copy of w); op(w) = w (k, n), or with tb w^T, w (n, k); ldw
+ * w's row stride. Each element is c's old value (or 0) plus the products
+ * in order of k with fused multiply-adds, as circ_gemm_acc sums, so it does
+ * not depend on m, n or the block it falls in. On the calling thread; only
+ * where circ_gemm_w16_fast() (AVX-512). */
+void circ_gemm_w16(int tb, int m, int n, int k, const float *a, int lda, const uint16_t *w, int ldw,
+		   int bf16, float beta, float *c, int ldc);
+int circ_gemm_w16_fast(void);
+
 /* ---- bf16 matrix multiply (kernels_bf16.c, through oneDNN) ---- */
 
 /* 0 when circ_gemm_bf16 can run here: circ built with oneDNN, and a CPU

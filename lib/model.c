@@ -840,8 +840,10 @@ typedef struct gemm_task {
 	const float *a, *b;
 	float beta;
 	float *c;
-	model_epi ep;	    /* what each part does with its block besides the GEMM */
-	const uint16_t *bw; /* b's bf16 twin (bf16 compute, ta 0), or NULL */
+	model_epi ep;	     /* what each part does with its block besides the GEMM */
+	const uint16_t *bw;  /* b's bf16 twin (bf16 compute, ta 0), or NULL */
+	const uint16_t *w16; /* b as 16-bit weights (model_gemm_w16), or NULL */
+	int w16_bf16;
 } gemm_task;
 
 #define GEMM_SPLIT_MIN (1 << 20) /* m * n * k below which one thread does it */
@@ -857,7 +859,11 @@ static void gemm_block(const gemm_task *t, int i0, int i1, int j0, int j1)
 	if (ep->bias)
 		for (int i = i0; i < i1; i++)
 			memcpy(c + (size_t)(i - i0) * ldc, ep->bias + j0, w * sizeof(float));
-	if (t->bw)
+	if (t->w16)
+		circ_gemm_w16(t->tb, i1 - i0, j1 - j0, t->k, t->a + (size_t)i0 * t->lda, t->lda,
+			      t->tb ? t->w16 + (size_t)j0 * t->ldb : t->w16 + j0, t->ldb,
+			      t->w16_bf16, ep->bias ? 1.0f : t->beta, c, t->ldc);
+	else if (t->bw)
 		circ_gemm_bf16(t->tb, i1 - i0, j1 - j0, t->k, t->a + (size_t)i0 * t->lda, t->lda,
 			       t->tb ? t->bw + (size_t)j0 * t->ldb : t->bw + j0, t->ldb,
 			       ep->bias ? 1.0f : t->beta, c, t->ldc);
@@ -976,6 +982,14 @@ void model_gemm_w(const circ_run *r, int m, int n, int k, const float *a, int ld
 	CIRC_ASSERT(model_bf16_on(r));
 	bf16_b(r, &t);
 	CIRC_ASSERT(t.bw != NULL); /* every weight matrix has a twin */
+	gemm_run(r, &t);
+}
+
+void model_gemm_w16(const circ_run *r, int tb, int m, int n, int k, const float *a, int lda,
+		    const uint16_t *w, int ldw, int bf16, float beta, float *c, int ldc)
+{
+	gemm_task t = {0, tb, m, n, k, lda, ldw, ldc, 1, 0, a, NULL, beta, c, {0}, NULL, w, bf16};
+	CIRC_ASSERT(!r->o.reference && circ_gemm_w16_fast());
 	gemm_run(r, &t);
 }
 

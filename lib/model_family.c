@@ -621,6 +621,29 @@ static const float *fam_rows(const circ_run *r, const fam_mat *a, size_t row0, s
 	return r->f_w;
 }
 
+/* c (m, n) = a op(W') + beta c, W' the block of W (ldw columns) from row
+ * row0, column col0: (k, n), or with tb (n, k). Narrow weights are
+ * multiplied as they are (circ_gemm_w16: converted panel by panel as they
+ * are packed) where the CPU allows, else converted into f_w first. */
+static void fam_gemm(const circ_run *r, int tb, int m, int n, int k, const float *a, int lda,
+		     const fam_mat *W, size_t row0, size_t col0, int ldw, float beta, float *c,
+		     int ldc)
+{
+	size_t off = row0 * (size_t)ldw + col0;
+	if (W->dt == CIRC_F32) {
+		model_gemm(r, 0, tb, m, n, k, a, lda, (const float *)W->p + off, ldw, beta, c, ldc);
+		return;
+	}
+	if (!r->o.reference && !model_bf16_on(r) && circ_gemm_w16_fast()) {
+		model_gemm_w16(r, tb, m, n, k, a, lda, (const uint16_t *)W->p + off, ldw,
+			       W->dt == CIRC_BF16, beta, c, ldc);
+		return;
+	}
+	model_gemm(r, 0, tb, m, n, k, a, lda,
+		   fam_rows(r, W, row0, (size_t)(tb ? n : k), (size_t)ldw) + col0, ldw, beta, c,
+		   ldc);
+}
+
 /* y (rows, n) = x (rows, k) W[row0 .. row0 + n)^T + beta y, W (., k) as
  * nn.Linear keeps it; ldx and ldy the row strides. With bf16 compute, W's
  * rows are read from its bf16 twin, found from their own address (a narrow
@@ -634,8 +657,7 @@ static void gemm_rows(const circ_run *r, int rows, int n, int k, const float *x,
 			     beta, y, ldy);
 		return;
 	}
-	model_gemm(r, 0, 1, rows, n, k, x, ldx, fam_rows(r, W, row0, (size_t)n, (size_t)k), k, beta,
-		   y, ldy);
+	fam_gemm(r, 1, rows, n, k, x, ldx, W, row0, 0, k, beta, y, ldy);
 }
 
 /* y (rows, n) = x (rows, k) W[row0 .. row0 + n)^T (+ bias), W (., k) as
@@ -987,20 +1009,19 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 	 * their sum */
 	{
 		float *A = fam_post_norm(c) ? lay(r, r->fA, l, C) : NULL;
-		const float *wo = fam_rows(r, &y->o_w, 0, C, Q);
 		if (A)
 			memset(A, 0, n * C * sizeof(float));
 		if (!A && !r->node[circ_node_head(r->m, l, 0)]) {
 			/* no head's output kept: their sum in one product */
-			model_gemm(r, 0, 1, (int)n, r->C, (int)Q, z, (int)Q, wo, (int)Q, 1.0f, out,
-				   r->C);
+			fam_gemm(r, 1, (int)n, r->C, (int)Q, z, (int)Q, &y->o_w, 0, 0, (int)Q, 1.0f,
+				 out, r->C);
 		} else {
 			for (int h = 0; h < r->H; h++) {
 				float *o = r->node[circ_node_head(r->m, l, h)];
 				if (!o)
 					o = r->s_ln2;
-				model_gemm(r, 0, 1, (int)n, r->C, r->D, z + h * D, (int)Q,
-					   wo + h * D, (int)Q, 0.0f, o, r->C);
+				fam_gemm(r, 1, (int)n, r->C, r->D, z + h * D, (int)Q, &y->o_w, 0,
+					 h * D, (int)Q, 0.0f, o, r->C);
 				if (A)
 					circ_vadd(A, o, n * C);
 				else
@@ -1370,8 +1391,7 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 		grad_b(r->gw->layers[l].dn_b, dout, C, n, r->C);
 	}
 	/* d(act product) = dout Wdn (Wdn: (C, F)) */
-	model_gemm(r, 0, 0, (int)n, r->F, r->C, dout, r->C, fam_rows(r, &y->dn_w, 0, C, F), r->F,
-		   0.0f, r->f_da, r->F);
+	fam_gemm(r, 0, (int)n, r->F, r->C, dout, r->C, &y->dn_w, 0, 0, r->F, 0.0f, r->f_da, r->F);
 	for (size_t i = 0; i < n * F; i++) {
 		float d = r->f_da[i];
 		if (gated) {
@@ -1381,11 +1401,11 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 			r->f_da[i] = d * act_df(c->act, fa[i]);
 		}
 	}
-	model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_da, r->F, fam_rows(r, &y->fc_w, 0, F, C), r->C,
-		   0.0f, r->d_ln, r->C);
+	fam_gemm(r, 0, (int)n, r->C, r->F, r->f_da, r->F, &y->fc_w, 0, 0, r->C, 0.0f, r->d_ln,
+		 r->C);
 	if (gated)
-		model_gemm(r, 0, 0, (int)n, r->C, r->F, r->f_db, r->F,
-			   fam_rows(r, &y->up_w, 0, F, C), r->C, 1.0f, r->d_ln, r->C);
+		fam_gemm(r, 0, (int)n, r->C, r->F, r->f_db, r->F, &y->up_w, 0, 0, r->C, 1.0f,
+			 r->d_ln, r->C);
 	if (r->gw) { /* gate (fc) and up against the normed input */
 		fam_layer *gl = &r->gw->layers[l];
 		p_norm(r, block_rms(r), r->f_s1, C, xin, C, n, r->C, y->n2_w, y->n2_b);
@@ -1435,11 +1455,11 @@ static void recv_bwd(circ_run *r, int l, int kind, int h, const float *xin, cons
 		memset(dfull, 0, n * (size_t)width * sizeof(float));
 		p_norm_bwd(r, 1, dfull, r->f_dz2, (size_t)width, full, (size_t)width, n, width,
 			   kind == 0 ? y->qn_w : y->kn_w);
-		model_gemm(r, 0, 0, (int)n, r->C, width, dfull, width,
-			   fam_rows(r, W, 0, (size_t)width, C), r->C, 0.0f, r->d_ln, r->C);
+		fam_gemm(r, 0, (int)n, r->C, width, dfull, width, W, 0, 0, r->C, 0.0f, r->d_ln,
+			 r->C);
 	} else {
-		model_gemm(r, 0, 0, (int)n, r->C, r->D, dproj, (int)Q,
-			   fam_rows(r, W, (size_t)g * D, D, C), r->C, 0.0f, r->d_ln, r->C);
+		fam_gemm(r, 0, (int)n, r->C, r->D, dproj, (int)Q, W, (size_t)g * D, 0, r->C, 0.0f,
+			 r->d_ln, r->C);
 	}
 	if (r->gw) { /* the rows of h's group against this receiver's normed input */
 		fam_layer *gl = &r->gw->layers[l];
@@ -1544,14 +1564,13 @@ static int attn_recv_shared(circ_run *r, int l, const float *x, float *gx)
 	for (int kind = 0; kind < 3; kind++) {
 		const fam_mat *W = kind == 0 ? &y->q_w : kind == 1 ? &y->k_w : &y->v_w;
 		const float *dp = kind == 0 ? r->f_dq : kind == 1 ? r->f_dk : r->f_dv;
-		const float *w = fam_rows(r, W, 0, (size_t)(kind == 0 ? r->H : K) * D, C);
 		for (int h = 0; h < r->H; h++) {
 			int recv = head_recv(r, l, h, kind), g = kind == 0 ? h : h / per, first = 1;
 			for (int h2 = 0; h2 < h && first; h2++)
 				first = head_recv(r, l, h2, kind) != recv;
-			model_gemm(r, 0, 0, (int)n, r->C, r->D, dp + (size_t)h * D, (int)Q,
-				   w + (size_t)g * D * C, r->C, first ? 0.0f : 1.0f,
-				   model_recv_grad_buf(r, recv), r->C);
+			fam_gemm(r, 0, (int)n, r->C, r->D, dp + (size_t)h * D, (int)Q, W,
+				 (size_t)g * D, 0, r->C, first ? 0.0f : 1.0f,
+				 model_recv_grad_buf(r, recv), r->C);
 		}
 		for (int h = 0; h < r->H; h++) {
 			int recv = head_recv(r, l, h, kind), first = 1;
@@ -1590,8 +1609,8 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, con
 			dA = r->f_dA;
 		}
 		/* dz (n, Q) = dA (n, C) Wo (C, Q) */
-		model_gemm(r, 0, 0, (int)n, (int)Q, r->C, dA, r->C, fam_rows(r, &y->o_w, 0, C, Q),
-			   (int)Q, 0.0f, r->f_dz, (int)Q);
+		fam_gemm(r, 0, (int)n, (int)Q, r->C, dA, r->C, &y->o_w, 0, 0, (int)Q, 0.0f, r->f_dz,
+			 (int)Q);
 	}
 	if (r->gw) { /* o_proj: dA against the heads' z */
 		grad_w(r, r->gw->layers[l].o_w.p, r->C, (int)Q, dA, r->C, lay(r, r->fz, l, Q),
@@ -1780,13 +1799,11 @@ int circ_model_heads_from_z(const circ_model *m)
 
 void circ_run_head_outputs(const circ_run *r, int layer, const float *z, float *const *dst)
 {
-	size_t C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
-	const float *wo;
+	size_t D = (size_t)r->D, Q = fam_Q(r);
 	CIRC_ASSERT(circ_model_heads_from_z(r->m) && layer >= 0 && layer < r->L);
-	wo = fam_rows(r, &r->m->fw.layers[layer].o_w, 0, C, Q);
 	for (int h = 0; h < r->H; h++)
-		model_gemm(r, 0, 1, (int)bt(r), r->C, r->D, z + (size_t)h * D, (int)Q,
-			   wo + (size_t)h * D, (int)Q, 0.0f, dst[h], r->C);
+		fam_gemm(r, 1, (int)bt(r), r->C, r->D, z + (size_t)h * D, (int)Q,
+			 &r->m->fw.layers[layer].o_w, 0, (size_t)h * D, (int)Q, 0.0f, dst[h], r->C);
 }
 
 int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, float *out,

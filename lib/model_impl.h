@@ -331,6 +331,12 @@ void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const fl
  * its address, multiplied through its bf16 twin. */
 void model_gemm_w(const circ_run *r, int m, int n, int k, const float *a, int lda, const void *w,
 		  int ldb, float beta, float *c, int ldc);
+/* c (m, n) = a op(w) + beta c (beta 0 or 1) over the run's pool, w a block
+ * of a 16-bit weight matrix (bf16, else IEEE half; (k, n), or with tb (n,
+ * k); ldw apart) converted as circ_gemm_w16 packs it, with no f32 copy.
+ * Only where circ_gemm_w16_fast() and not o.reference. */
+void model_gemm_w16(const circ_run *r, int tb, int m, int n, int k, const float *a, int lda,
+		    const uint16_t *w, int ldw, int bf16, float beta, float *c, int ldc);
 /* d (n, C) = dl (n, V) W (V, C) for the unembedding's backward, W's rows
  * j0.. j0+nj-1 given as float32 by rows(ctx, j0, nj) (valid until the next
  * call). Where dl is sparse (a logit difference touches two columns per

@@ -23,6 +23,7 @@
 
 #include "kernels.h"
 #include "rng.h"
+#include "safetensors.h"
 #include "util.h"
 #include "check.h"
 
@@ -215,6 +216,72 @@ static void test_gemm_bt_long(void)
 {
 	int ms[] = {1, 3, 4, 5, 9}, ns[] = {1, 5, 6, 7, 13}, ks[] = {16, 2048, 4112, 10};
 	FOR_SHAPES(gemm_bt_long_case, ms, ns, ks);
+}
+
+/* circ_gemm_w16 (c = a op(w) + beta c, w bf16 or half) against the
+ * reference on the weights converted to f32, with and without w's
+ * transpose, around its 6-row tiles, 64-column blocks (and narrower last
+ * blocks) and 128-deep panels (and depths not a multiple of 16); every
+ * element's bits must not depend on the rows and columns computed with it,
+ * and beta 1 adds onto c. */
+static void gemm_w16_case(int tb, int bf16, int m, int n, int k)
+{
+	int lda = k + 3, ldw = (tb ? k : n) + 5, ldc = n + 2, rows = tb ? n : k;
+	size_t nc = (size_t)m * ldc;
+	float *a = randv((size_t)m * lda, 1), *wf = randv((size_t)rows * ldw, 1);
+	uint16_t *w = circ_xmalloc((size_t)rows * ldw * sizeof *w);
+	float *c0 = randv(nc, 1), *c1 = copyv(c0, nc), *c2 = copyv(c0, nc), *c3 = copyv(c0, nc);
+	for (size_t i = 0; i < (size_t)rows * ldw; i++) {
+		w[i] = bf16 ? circ_f32_to_bf16(wf[i]) : circ_f32_to_f16(wf[i]);
+		wf[i] = bf16 ? circ_bf16_to_f32(w[i]) : circ_f16_to_f32(w[i]);
+	}
+	circ_gemm_w16(tb, m, n, k, a, lda, w, ldw, bf16, 0.0f, c1, ldc);
+	circ_gemm_ref(0, tb, m, n, k, 1, a, lda, wf, ldw, 0, c2, ldc);
+	CHECK(close_to("gemm_w16", c1, c2, nc, 2e-6 * sqrt(k), 1));
+	/* the last row alone, and the last column alone (a block of one) */
+	circ_gemm_w16(tb, 1, n, k, a + (size_t)(m - 1) * lda, lda, w, ldw, bf16, 0.0f,
+		      c3 + (size_t)(m - 1) * ldc, ldc);
+	circ_gemm_w16(tb, m, 1, k, a, lda, tb ? w + (size_t)(n - 1) * ldw : w + n - 1, ldw, bf16,
+		      0.0f, c3 + n - 1, ldc);
+	CHECK(!memcmp(c3 + (size_t)(m - 1) * ldc, c1 + (size_t)(m - 1) * ldc,
+		      (size_t)n * sizeof *c1));
+	for (int i = 0; i < m; i++)
+		CHECK(c3[(size_t)i * ldc + n - 1] == c1[(size_t)i * ldc + n - 1]);
+	/* beta 1 adds onto c's old values (c2, c3 start again from c0) */
+	memcpy(c2, c0, nc * sizeof *c2);
+	memcpy(c3, c0, nc * sizeof *c3);
+	circ_gemm_w16(tb, m, n, k, a, lda, w, ldw, bf16, 1.0f, c3, ldc);
+	circ_gemm_ref(0, tb, m, n, k, 1, a, lda, wf, ldw, 1, c2, ldc);
+	CHECK(close_to("gemm_w16 beta 1", c3, c2, nc, 2e-6 * sqrt(k), 1));
+	free(a), free(wf), free(w), free(c0), free(c1), free(c2), free(c3);
+}
+
+static void gemm_w16_t_bf16(int m, int n, int k)
+{
+	gemm_w16_case(1, 1, m, n, k);
+}
+static void gemm_w16_t_f16(int m, int n, int k)
+{
+	gemm_w16_case(1, 0, m, n, k);
+}
+static void gemm_w16_n_bf16(int m, int n, int k)
+{
+	gemm_w16_case(0, 1, m, n, k);
+}
+static void gemm_w16_n_f16(int m, int n, int k)
+{
+	gemm_w16_case(0, 0, m, n, k);
+}
+
+static void test_gemm_w16(void)
+{
+	int ms[] = {1, 5, 6, 7, 33}, ns[] = {1, 15, 16, 64, 70, 130}, ks[] = {1, 16, 17, 128, 300};
+	if (!circ_gemm_w16_fast())
+		return;
+	FOR_SHAPES(gemm_w16_t_bf16, ms, ns, ks);
+	FOR_SHAPES(gemm_w16_t_f16, ms, ns, ks);
+	FOR_SHAPES(gemm_w16_n_bf16, ms, ns, ks);
+	FOR_SHAPES(gemm_w16_n_f16, ms, ns, ks);
 }
 
 static void test_layernorm(void)
@@ -729,6 +796,7 @@ int main(int argc, char **argv)
 	test_gemm_acc();
 	test_gemm_bt();
 	test_gemm_bt_long();
+	test_gemm_w16();
 	test_layernorm();
 	test_gelu();
 	test_exp();
