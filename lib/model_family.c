@@ -453,6 +453,24 @@ static float lanes8(v8f s)
 	return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
+/* dx = g (set) or dx += g, and acc += g (acc may be NULL), 8 lanes. */
+static inline __attribute__((always_inline)) void normb_put(float *dx, float *acc, v8f g, int set)
+{
+	v8f o;
+	if (set) {
+		memcpy(dx, &g, 32);
+	} else {
+		memcpy(&o, dx, 32);
+		o += g;
+		memcpy(dx, &o, 32);
+	}
+	if (acc) {
+		memcpy(&o, acc, 32);
+		o += g;
+		memcpy(acc, &o, 32);
+	}
+}
+
 /* dx = g (set) or dx += g, and acc += g (acc may be NULL), g = d norm(x)/dx
  * . dy for one row with its mean mu (0 for RMSNorm) and 1/sqrt(var + eps)
  * rs; RMSNorm scales by off + w. dx may be dy. */
@@ -479,7 +497,15 @@ CLONES static void normb_row(float *dx, float *acc, const float *dy, const float
 			a += dy[j] * (off + w[j]) * x[j];
 		/* g = rs (dy w' - x rs^2 a / n) */
 		float k = rs * rs * a / (float)n;
-		for (j = 0; j < n; j++) {
+		for (j = 0; j + 8 <= n; j += 8) {
+			v8f d, w0, x0, g;
+			memcpy(&d, dy + j, 32);
+			memcpy(&w0, w + j, 32);
+			memcpy(&x0, x + j, 32);
+			g = rs * (d * (off + w0) - x0 * k);
+			normb_put(dx + j, acc ? acc + j : NULL, g, set);
+		}
+		for (; j < n; j++) {
 			float g = rs * (dy[j] * (off + w[j]) - x[j] * k);
 			dx[j] = set ? g : dx[j] + g;
 			if (acc)
@@ -511,7 +537,15 @@ CLONES static void normb_row(float *dx, float *acc, const float *dy, const float
 	}
 	a /= (float)n;
 	b /= (float)n;
-	for (j = 0; j < n; j++) {
+	for (j = 0; j + 8 <= n; j += 8) {
+		v8f d, w0, x0, g;
+		memcpy(&d, dy + j, 32);
+		memcpy(&w0, w + j, 32);
+		memcpy(&x0, x + j, 32);
+		g = rs * (d * w0 - a - (x0 - mu) * rs * b);
+		normb_put(dx + j, acc ? acc + j : NULL, g, set);
+	}
+	for (; j < n; j++) {
 		float g = rs * (dy[j] * w[j] - a - (x[j] - mu) * rs * b);
 		dx[j] = set ? g : dx[j] + g;
 		if (acc)
