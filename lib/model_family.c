@@ -135,19 +135,52 @@ static int finite_or_error(const char *file, const char *name, const float *p, s
 	return 0;
 }
 
+typedef uint16_t v16u __attribute__((vector_size(32)));
+
+/* The index of the first element of p[0 .. n) whose exponent bits (mask)
+ * are all ones, or n: blocks of 1024 tested 16 lanes at a time, the first
+ * block with one searched element by element. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static size_t
+first_nonfinite16(const unsigned char *p, size_t n, uint16_t mask)
+{
+	size_t i = 0;
+	for (; i + 1024 <= n; i += 1024) {
+		v16u bad = {0};
+		for (size_t j = 0; j < 1024; j += 16) {
+			v16u v;
+			memcpy(&v, p + 2 * (i + j), 32);
+			bad |= (v16u)((v & mask) == mask);
+		}
+		int any = 0;
+		for (int l = 0; l < 16; l++)
+			any |= bad[l] != 0;
+		if (any)
+			break;
+	}
+	for (; i < n; i++) {
+		uint16_t b;
+		memcpy(&b, p + 2 * i, 2);
+		if ((b & mask) == mask)
+			return i;
+	}
+	return n;
+}
+
 /* The same for F16 or BF16 bits in place (exponent all ones). */
 static int finite_narrow_or_error(const char *file, const char *name, const void *p, circ_dtype dt,
 				  size_t n, circ_error *e)
 {
 	uint16_t mask = dt == CIRC_BF16 ? 0x7f80u : 0x7c00u;
-	for (size_t i = 0; i < n; i++) {
-		uint16_t b;
-		memcpy(&b, (const char *)p + 2 * i, 2);
-		if ((b & mask) == mask)
-			return circ_errorf(e, "'%s': tensor '%s': element %zu is %s", file, name, i,
-					   (b & (uint16_t) ~(mask | 0x8000u)) ? "NaN" : "infinite");
-	}
-	return 0;
+	size_t i = first_nonfinite16(p, n, mask);
+	uint16_t b;
+	if (i == n)
+		return 0;
+	memcpy(&b, (const char *)p + 2 * i, 2);
+	return circ_errorf(e, "'%s': tensor '%s': element %zu is %s", file, name, i,
+			   (b & (uint16_t) ~(mask | 0x8000u)) ? "NaN" : "infinite");
 }
 
 /* GPT-NeoX's fused (3*H*D, ...) rows, head-major q|k|v chunks of D rows, into

@@ -460,3 +460,37 @@ describes_as() {
 	run --separate-stderr -1 circ-render --format json "$T/c"
 	[[ "$stderr" == *"the circuit's graph is grouped: --gqa grouped"* ]]
 }
+
+@test "a non-finite narrow weight is named by tensor and element (BF16 and F16, in and after the first 1024)" {
+	forward_m() {
+		printf '{"clean": [1, 2, 3], "corrupt": [1, 2, 4], "pos": 2, "answer": [5], "wrong": [6]}\n' |
+			circ-forward --model "$T/m" --json
+	}
+	poison() { # family, tensor, element, 16-bit value
+		rm -rf "$T/m" && mkdir "$T/m" && cp "$FAM/$1/config.json" "$T/m/"
+		python3 - "$FAM/$1/model.safetensors" "$T/m/model.safetensors" "$2" "$3" "$4" <<'PY'
+import json, struct, sys
+src, dst, name, i, v = sys.argv[1:]
+b = bytearray(open(src, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+at = 8 + n + json.loads(b[8:8 + n])[name]["data_offsets"][0] + 2 * int(i)
+b[at:at + 2] = struct.pack("<H", int(v, 16))
+open(dst, "wb").write(b)
+PY
+	}
+	poison qwen3 model.embed_tokens.weight 15000 7fc1
+	run --separate-stderr -1 forward_m
+	[[ "$stderr" == *"tensor 'model.embed_tokens.weight': element 15000 is NaN"* ]]
+	poison qwen3 lm_head.weight 3 ff80
+	run --separate-stderr -1 forward_m
+	[[ "$stderr" == *"tensor 'lm_head.weight': element 3 is infinite"* ]]
+	poison gpt_neox gpt_neox.embed_in.weight 19199 7c00
+	run --separate-stderr -1 forward_m
+	[[ "$stderr" == *"tensor 'gpt_neox.embed_in.weight': element 19199 is infinite"* ]]
+	poison gpt_neox embed_out.weight 1024 7e00
+	run --separate-stderr -1 forward_m
+	[[ "$stderr" == *"tensor 'embed_out.weight': element 1024 is NaN"* ]]
+	# the largest finite values are finite
+	poison qwen3 model.embed_tokens.weight 2000 7f7f
+	run -0 forward_m
+}
