@@ -501,19 +501,24 @@ AVX512 static inline void transpose16(__m512 r[16])
  * for p0 .. p0+kc-1, in f32, 0 past nw and kc. tb: w is (n, k) (row j
  * holds p contiguous: 16 x 16 blocks transposed), else (k, n). */
 AVX512 static void w16_pack(float *panel, int tb, const uint16_t *w, int ldw, int j, int nw, int p0,
-			    int kc, int bf16)
+			    int kc, int k, int bf16)
 {
-	int kr = (kc + 15) & ~15;
+	int kr = (kc + 15) & ~15, pn = p0 + GEMM_W16_KC;
 	if (tb) {
 		for (int jb = 0; jb < 64; jb += 16)
 			for (int pb = 0; pb < kr; pb += 16) {
 				__m512 v[16];
-				for (int i = 0; i < 16; i++)
-					v[i] = jb + i < nw
-						   ? w16_load_part(w + (size_t)(j + jb + i) * ldw +
-								       p0 + pb,
-								   kc - pb, bf16)
-						   : _mm512_setzero_ps();
+				for (int i = 0; i < 16; i++) {
+					const uint16_t *row = w + (size_t)(j + jb + i) * ldw;
+					if (jb + i >= nw) {
+						v[i] = _mm512_setzero_ps();
+						continue;
+					}
+					/* the next chunk's line, into L2 while this one is used */
+					if (pn + pb < k && pb % 32 == 0)
+						_mm_prefetch((const char *)(row + pn + pb), _MM_HINT_T1);
+					v[i] = w16_load_part(row + p0 + pb, kc - pb, bf16);
+				}
 				transpose16(v);
 				for (int q = 0; q < 16; q++)
 					_mm512_store_ps(panel + (size_t)(pb + q) * 64 + jb, v[q]);
@@ -522,6 +527,10 @@ AVX512 static void w16_pack(float *panel, int tb, const uint16_t *w, int ldw, in
 	}
 	for (int p = 0; p < kr; p++) {
 		const uint16_t *row = w + (size_t)(p0 + p) * ldw + j;
+		if (p < kc && pn + p < k)
+			for (int jb = 0; jb < nw; jb += 32)
+				_mm_prefetch((const char *)(row + (size_t)GEMM_W16_KC * ldw + jb),
+					     _MM_HINT_T1);
 		for (int jb = 0; jb < 64; jb += 16)
 			_mm512_store_ps(panel + (size_t)p * 64 + jb,
 					p < kc ? w16_load_part(row + jb, nw - jb, bf16)
@@ -574,8 +583,7 @@ AVX512 static void gemm_w16_avx512(int tb, int zero, int m, int n, int k, const 
 				ng = GEMM_W16_GROUP;
 			for (int g = 0; g < ng; g++) {
 				int j = j0 + 64 * g;
-				w16_pack(panel[g], tb, w, ldw, j, n - j < 64 ? n - j : 64, p0, kc,
-					 bf16);
+				w16_pack(panel[g], tb, w, ldw, j, n - j < 64 ? n - j : 64, p0, kc, k, bf16);
 			}
 			for (int i0 = 0; i0 < m; i0 += GEMM_W16_MC) {
 				int mi = m - i0 < GEMM_W16_MC ? m - i0 : GEMM_W16_MC;
