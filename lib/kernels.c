@@ -516,7 +516,8 @@ AVX512 static void w16_pack(float *panel, int tb, const uint16_t *w, int ldw, in
 					}
 					/* the next chunk's line, into L2 while this one is used */
 					if (pn + pb < k && pb % 32 == 0)
-						_mm_prefetch((const char *)(row + pn + pb), _MM_HINT_T1);
+						_mm_prefetch((const char *)(row + pn + pb),
+							     _MM_HINT_T1);
 					v[i] = w16_load_part(row + p0 + pb, kc - pb, bf16);
 				}
 				transpose16(v);
@@ -583,7 +584,8 @@ AVX512 static void gemm_w16_avx512(int tb, int zero, int m, int n, int k, const 
 				ng = GEMM_W16_GROUP;
 			for (int g = 0; g < ng; g++) {
 				int j = j0 + 64 * g;
-				w16_pack(panel[g], tb, w, ldw, j, n - j < 64 ? n - j : 64, p0, kc, k, bf16);
+				w16_pack(panel[g], tb, w, ldw, j, n - j < 64 ? n - j : 64, p0, kc,
+					 k, bf16);
 			}
 			for (int i0 = 0; i0 < m; i0 += GEMM_W16_MC) {
 				int mi = m - i0 < GEMM_W16_MC ? m - i0 : GEMM_W16_MC;

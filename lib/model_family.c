@@ -1164,6 +1164,38 @@ void circ_model_post_attn_jvp(const circ_model *m, int l, float *out, const floa
 }
 
 /* Layer l's MLP reading residual x; its node output; adds it to out. */
+/* The MLP's activation over the pool, element by element (the same bits
+ * for any split): forward out = act(fa) (* fb where gated); backward, from
+ * out = d (the gradient of the product): db = d act(fa) where gated, and
+ * out = d (fb) act'(fa). */
+typedef struct act_task {
+	circ_act act;
+	int gated;
+	float *out, *db;
+	const float *fa, *fb;
+} act_task;
+
+static void act_fwd_part(void *v, size_t b, size_t e)
+{
+	const act_task *t = v;
+	for (size_t i = b; i < e; i++)
+		t->out[i] = act_f(t->act, t->fa[i]) * (t->gated ? t->fb[i] : 1.0f);
+}
+
+static void act_bwd_part(void *v, size_t b, size_t e)
+{
+	const act_task *t = v;
+	for (size_t i = b; i < e; i++) {
+		float d = t->out[i];
+		if (t->gated) {
+			t->db[i] = d * act_f(t->act, t->fa[i]);
+			t->out[i] = d * t->fb[i] * act_df(t->act, t->fa[i]);
+		} else {
+			t->out[i] = d * act_df(t->act, t->fa[i]);
+		}
+	}
+}
+
 static void fam_mlp(circ_run *r, int l, const float *x, float *out)
 {
 	const circ_config *c = &r->m->cfg;
@@ -1180,8 +1212,10 @@ static void fam_mlp(circ_run *r, int l, const float *x, float *out)
 	linear(r, fa, r->F, r->s_ln, r->C, n, r->F, r->C, &y->fc_w, 0, y->fc_b);
 	if (c->mlp == CIRC_MLP_GATED)
 		linear(r, fb, r->F, r->s_ln, r->C, n, r->F, r->C, &y->up_w, 0, y->up_b);
-	for (size_t i = 0; i < n * F; i++)
-		r->s_gelu[i] = act_f(c->act, fa[i]) * (c->mlp == CIRC_MLP_GATED ? fb[i] : 1.0f);
+	{
+		act_task t = {c->act, c->mlp == CIRC_MLP_GATED, r->s_gelu, NULL, fa, fb};
+		circ_pool_for(r->pool, n * F, act_fwd_part, &t);
+	}
 	if (fam_post_norm(c)) {
 		float *M = lay(r, r->fM, l, C);
 		linear(r, M, r->C, r->s_gelu, r->F, n, r->C, r->F, &y->dn_w, 0, y->dn_b);
@@ -1459,14 +1493,9 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 	}
 	/* d(act product) = dout Wdn (Wdn: (C, F)) */
 	fam_gemm(r, 0, (int)n, r->F, r->C, dout, r->C, &y->dn_w, 0, 0, r->F, 0.0f, r->f_da, r->F);
-	for (size_t i = 0; i < n * F; i++) {
-		float d = r->f_da[i];
-		if (gated) {
-			r->f_db[i] = d * act_f(c->act, fa[i]);
-			r->f_da[i] = d * fb[i] * act_df(c->act, fa[i]);
-		} else {
-			r->f_da[i] = d * act_df(c->act, fa[i]);
-		}
+	{
+		act_task t = {c->act, gated, r->f_da, r->f_db, fa, fb};
+		circ_pool_for(r->pool, n * F, act_bwd_part, &t);
 	}
 	fam_gemm(r, 0, (int)n, r->C, r->F, r->f_da, r->F, &y->fc_w, 0, 0, r->C, 0.0f, r->d_ln,
 		 r->C);
