@@ -62,7 +62,7 @@ struct circ_attrib {
 	int64_t count;
 	const circ_topology *mt; /* the model's (edge level) */
 	int U, R, C, V;
-	int own_dot;	     /* stage products by circ_gemm_bt_long (not GPT-2's) */
+	int own_dot;	     /* stage products by circ_gemm_bt_bcast (not GPT-2's) */
 	int max_recv;	     /* most model receivers of one stage (Rs) */
 	int *gr;	     /* (R) graph receiver of each model receiver */
 	const float **grads; /* (R) the gradients scored (a stage's, or gacc) */
@@ -253,8 +253,8 @@ typedef struct prod_task {
 static void prod_one(const prod_task *t, size_t bb, const float *gb, int ldb)
 {
 	if (t->own_dot) {
-		circ_gemm_bt_long(t->m, t->n, t->k, t->a + bb * (size_t)t->k, t->lda, gb, ldb,
-				  t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
+		circ_gemm_bt_bcast(t->m, t->n, t->k, t->a + bb * (size_t)t->k, t->lda, gb, ldb,
+				   t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
 		return;
 	}
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->m, t->n, t->k, 1.0f,
