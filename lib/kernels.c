@@ -1724,11 +1724,13 @@ AVX512 static void bc_transpose16(float *panel, int ldp, const float *b, int ldb
 
 /* c (R, 16 V; the last vector's columns masked by last) = (first ? 0 : c)
  * + a (R, kc) panel (kc, 16 V), each element's chunk sum from 0 in order
- * of p; pf: the next tile's rows (R, lda apart), prefetched. */
+ * of p; pf: the next tile's rows (R, lda apart), prefetched. With b1, also
+ * lanes (R, 16) += a's rows against b1 (kc) in 16 lanes (dotc_tile's sums,
+ * carried over the chunks), from the rows while they are in L1. */
 #define BC_TILE(R, V)                                                                              \
 	AVX512 static void bc_tile_##R##x##V(int kc, const float *a, int lda, const float *panel,  \
 					     float *c, int ldc, __mmask16 last, int first,         \
-					     const float *pf)                                      \
+					     const float *pf, const float *b1, float *lanes)       \
 	{                                                                                          \
 		__m512 acc[R][V];                                                                  \
 		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
@@ -1737,6 +1739,14 @@ AVX512 static void bc_transpose16(float *panel, int ldp, const float *b, int ldb
 		for (int p0 = 0; p0 < kc; p0 += 16) {                                              \
 			_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                        \
 			    _mm_prefetch((const char *)(pf + (size_t)r * lda + p0), _MM_HINT_T0);  \
+			if (b1) {                                                                  \
+				__m512 bv = _mm512_loadu_ps(b1 + p0);                              \
+				_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                \
+				    _mm512_storeu_ps(                                              \
+					lanes + 16 * r,                                            \
+					_mm512_fmadd_ps(_mm512_loadu_ps(a + (size_t)r * lda + p0), \
+							bv, _mm512_loadu_ps(lanes + 16 * r)));     \
+			}                                                                          \
 			for (int p = p0; p < p0 + 16; p++) {                                       \
 				const float *pp = panel + (size_t)p * (16 * V);                    \
 				__m512 bv[V];                                                      \
@@ -1775,16 +1785,24 @@ BC_TILE(4, 6)
 BC_TILE(1, 6)
 #undef BC_TILE
 
+AVX512 static float lanes_sum(const float *lanes)
+{
+	return _mm512_reduce_add_ps(_mm512_loadu_ps(lanes));
+}
+
 typedef void (*bc_tile_fn)(int kc, const float *a, int lda, const float *panel, float *c, int ldc,
-			   __mmask16 last, int first, const float *pf);
+			   __mmask16 last, int first, const float *pf, const float *b1,
+			   float *lanes);
 /* By V - 1: the tile of bc_rows[V - 1] rows, and the one of a single row. */
 static const bc_tile_fn bc_tiles[BC_VMAX][2] = {
     {bc_tile_8x1, bc_tile_1x1}, {bc_tile_8x2, bc_tile_1x2}, {bc_tile_8x3, bc_tile_1x3},
     {bc_tile_6x4, bc_tile_1x4}, {bc_tile_4x5, bc_tile_1x5}, {bc_tile_4x6, bc_tile_1x6}};
 static const int bc_rows[BC_VMAX] = {8, 8, 8, 6, 4, 4};
 
+/* lanes (m, 16) of the dots against b1 (NULL: none) with the first panel. */
 AVX512 static void gemm_bt_bcast_avx512(int m, int n, int k, const float *a, int lda,
-					const float *b, int ldb, float *c, int ldc)
+					const float *b, int ldb, float *c, int ldc, const float *b1,
+					float *lanes)
 {
 	_Alignas(64) float panel[BC_KC * 16 * BC_VMAX];
 	for (int j0 = 0; j0 < n; j0 += 16 * BC_VMAX) {
@@ -1810,7 +1828,8 @@ AVX512 static void gemm_bt_bcast_avx512(int m, int n, int k, const float *a, int
 							       : a + p0 + (p0 + kc < k ? kc : 0);
 				bc_tiles[V - 1][!big](kc, a + (size_t)i * lda + p0, lda, panel,
 						      c + (size_t)i * ldc + j0, ldc, last, p0 == 0,
-						      pf);
+						      pf, b1 && j0 == 0 ? b1 + p0 : NULL,
+						      lanes + (size_t)i * 16);
 				for (int e = l + per < nl ? l + per : nl; l < e; l++)
 					_mm_prefetch(
 					    (const char *)(b +
@@ -1834,9 +1853,28 @@ void circ_gemm_bt_bcast(int m, int n, int k, const float *a, int lda, const floa
 		if (n == 1) /* a matrix-vector product: circ_gemm_bt_set's dots */
 			gemm_bt_avx512(m, n, k, a, lda, b, ldb, c, ldc);
 		else
-			gemm_bt_bcast_avx512(m, n, k, a, lda, b, ldb, c, ldc);
+			gemm_bt_bcast_avx512(m, n, k, a, lda, b, ldb, c, ldc, NULL, NULL);
 		return;
 	}
 #endif
 	circ_gemm(0, 1, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void circ_gemm_bt_bcast_dot(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+			    float *c, int ldc, const float *b1, float *c1)
+{
+	if (m <= 0)
+		return;
+#if CIRC_X86
+	if (n > 1 && circ_gemm_bt_fast(k)) {
+		float *lanes = circ_xcalloc((size_t)m * 16, sizeof *lanes);
+		gemm_bt_bcast_avx512(m, n, k, a, lda, b, ldb, c, ldc, b1, lanes);
+		for (int i = 0; i < m; i++) /* as dotc_tile reduces its lanes */
+			c1[i] = lanes_sum(lanes + (size_t)i * 16);
+		free(lanes);
+		return;
+	}
+#endif
+	circ_gemm_bt_bcast(m, n, k, a, lda, b, ldb, c, ldc);
+	circ_gemm_bt_bcast(m, 1, k, a, lda, b1, k, c1, 1);
 }

@@ -112,6 +112,12 @@ void circ_gemm_bt_long(int m, int n, int k, const float *a, int lda, const float
  * says so, else circ_gemm. */
 void circ_gemm_bt_bcast(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 			float *c, int ldc);
+/* circ_gemm_bt_bcast, and c1 (m) = a b1 (b1: k values) in the same pass
+ * over a, with the bits of circ_gemm_bt_bcast(m, 1, ...) (a stage's
+ * products and the single receiver of the stage above, which reads the
+ * same rows). */
+void circ_gemm_bt_bcast_dot(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+			    float *c, int ldc, const float *b1, float *c1);
 
 /* ---- bf16 matrix multiply (kernels_bf16.c, through oneDNN) ---- */
 

@@ -222,7 +222,8 @@ static void test_gemm_bt_long(void)
  * column counts around its 16-wide vectors and 96-wide panels (and n = 1,
  * the matrix-vector product), depths around its chunks of 64. An
  * element's bits must not depend on the rows or (for n > 1) the columns
- * computed with it; n = 1 gives circ_gemm_bt_set's bits. */
+ * computed with it; n = 1 gives circ_gemm_bt_set's bits. circ_gemm_bt_bcast_dot
+ * gives the bits of its two products made apart. */
 static void gemm_bt_bcast_case(int m, int n, int k)
 {
 	int lda = k + 3, ldb = k + 5, ldc = n + 2, n2 = n > 2 ? 2 : n;
@@ -247,6 +248,17 @@ static void gemm_bt_bcast_case(int m, int n, int k)
 			circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c3, ldc);
 			CHECK(!memcmp(c3, c1, (size_t)m * ldc * sizeof *c1));
 		}
+	}
+	/* with a single row b1 in the same pass: each product's bits alone */
+	{
+		float *b1 = randv((size_t)k, 3), *d1 = circ_xmalloc((size_t)m * sizeof *d1),
+		      *d2 = circ_xmalloc((size_t)m * sizeof *d2);
+		memset(c3, 0, (size_t)m * ldc * sizeof *c3);
+		circ_gemm_bt_bcast_dot(m, n, k, a, lda, b, ldb, c3, ldc, b1, d1);
+		circ_gemm_bt_bcast(m, 1, k, a, lda, b1, k, d2, 1);
+		CHECK(!memcmp(c3, c1, (size_t)m * ldc * sizeof *c1));
+		CHECK(!memcmp(d1, d2, (size_t)m * sizeof *d1));
+		free(b1), free(d1), free(d2);
 	}
 	free(a), free(b), free(c1), free(c2), free(c3);
 }
