@@ -1846,14 +1846,15 @@ AVX512 static void gemm_bt_bcast_avx512(int m, int n, int k, const float *a, int
 void circ_gemm_bt_bcast(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 			float *c, int ldc)
 {
+	if (n == 1) { /* a matrix-vector product: circ_gemm_bt_set's dots */
+		circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
 	if (m <= 0 || n <= 0)
 		return;
 #if CIRC_X86
 	if (circ_gemm_bt_fast(k)) {
-		if (n == 1) /* a matrix-vector product: circ_gemm_bt_set's dots */
-			gemm_bt_avx512(m, n, k, a, lda, b, ldb, c, ldc);
-		else
-			gemm_bt_bcast_avx512(m, n, k, a, lda, b, ldb, c, ldc, NULL, NULL);
+		gemm_bt_bcast_avx512(m, n, k, a, lda, b, ldb, c, ldc, NULL, NULL);
 		return;
 	}
 #endif
