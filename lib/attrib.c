@@ -62,7 +62,7 @@ struct circ_attrib {
 	int64_t count;
 	const circ_topology *mt; /* the model's (edge level) */
 	int U, R, C, V;
-	int own_dot;	     /* stage products by circ_gemm_bt_long (not GPT-2's) */
+	int own_dot;	     /* stage products by circ_gemm_bt_bcast (not GPT-2's) */
 	int max_recv;	     /* most model receivers of one stage (Rs) */
 	int *gr;	     /* (R) graph receiver of each model receiver */
 	const float **grads; /* (R) the gradients scored (a stage's, or gacc) */
@@ -72,6 +72,12 @@ struct circ_attrib {
 	float *gcopy;	     /* (Rs, T*C) gradients gathered when not evenly strided */
 	float *dlogits;	     /* (N, V) */
 	float *x;	     /* (B, T, C) interpolated input / activation delta (IG) */
+	/* EAP with own_dot: a single receiver's stage held back by the hook
+	 * until the stage below, whose rows it reads, so that one pass over
+	 * them scores both (see eap_hook) */
+	int held;				 /* the stage held, or -1 */
+	float *gheld;				 /* (B, T, C) its receiver's gradient */
+	float *S1;				 /* (B, U) its products */
 	size_t cap_btc, cap_tc, cap_rows, cap_b; /* B*T*C, T*C, N and B the buffers hold */
 	/* eap-ig-activations hook state */
 	int unit_stage;
@@ -114,6 +120,7 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 	a->R = circ_model_n_recv(m);
 	/* GPT-2's scores keep OpenBLAS's bits (its pinned results) */
 	a->own_dot = c->model_type != CIRC_MODEL_GPT2;
+	a->held = -1;
 	a->sum = circ_xcalloc((size_t)circ_patcher_graph(p)->n_edges, sizeof(double));
 	if (method != CIRC_ATTR_EXACT) {
 		a->gr = circ_xmalloc((size_t)a->R * sizeof *a->gr);
@@ -121,6 +128,12 @@ circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps
 		map_recvs(a->gr, circ_patcher_graph(p), a->mt);
 	}
 	return a;
+}
+
+/* 1 where eap_hook holds single-receiver stages back (gheld, S1). */
+static int hold_stages(circ_attr_method m, int own_dot)
+{
+	return m == CIRC_ATTR_EAP && own_dot;
 }
 
 /* Sizes the per-batch buffers for the batch loaded in the patcher: only
@@ -144,6 +157,10 @@ static void fit_batch(circ_attrib *a, int all)
 		free(a->own_diff);
 		free(a->x);
 		free(a->gacc);
+		free(a->gheld);
+		a->gheld = hold_stages(a->method, a->own_dot)
+			       ? circ_xmalloc_aligned(btc * sizeof(float))
+			       : NULL;
 		a->own_diff = circ_patcher_diff(a->p, 0)
 				  ? NULL
 				  : circ_xmalloc_aligned((size_t)a->U * btc * sizeof(float));
@@ -153,8 +170,12 @@ static void fit_batch(circ_attrib *a, int all)
 	}
 	if ((size_t)b->B > a->cap_b) {
 		free(a->S);
+		free(a->S1);
 		a->S =
 		    circ_xmalloc((size_t)b->B * (size_t)a->U * (size_t)a->max_recv * sizeof(float));
+		a->S1 = hold_stages(a->method, a->own_dot)
+			    ? circ_xmalloc((size_t)b->B * (size_t)a->U * sizeof(float))
+			    : NULL;
 		a->cap_b = (size_t)b->B;
 	}
 	if (tc > a->cap_tc) {
@@ -177,6 +198,8 @@ size_t circ_attrib_bytes_for(circ_attr_method m, const circ_patcher *p, int B, i
 	f += (size_t)B * U * Rs + Rs * tc;	/* a stage's products, gathered gradients */
 	if (m == CIRC_ATTR_EAP_IG || m == CIRC_ATTR_EAP_IG_ACT)
 		f += btc + R * btc; /* the interpolated input, the summed gradients */
+	if (hold_stages(m, c->model_type != CIRC_MODEL_GPT2))
+		f += btc + (size_t)B * U; /* a held stage's gradient and products */
 	return f * sizeof(float);
 }
 
@@ -188,6 +211,8 @@ void circ_attrib_free(circ_attrib *a)
 	free(a->own_diff);
 	free(a->gacc);
 	free(a->S);
+	free(a->S1);
+	free(a->gheld);
 	free(a->gr);
 	free(a->grads);
 	free(a->gcopy);
@@ -203,6 +228,8 @@ size_t circ_attrib_bytes(const circ_attrib *a)
 	f += a->own_diff ? (size_t)a->U * a->cap_btc : 0;
 	f += a->x ? a->cap_btc : 0;
 	f += a->gacc ? (size_t)a->R * a->cap_btc : 0;
+	f += a->gheld ? a->cap_btc : 0;
+	f += a->S1 ? a->cap_b * (size_t)a->U : 0;
 	f += a->gcopy ? (size_t)a->max_recv * a->cap_tc : 0;
 	f += a->cap_rows * (size_t)a->V;
 	return n + f * sizeof(float);
@@ -243,18 +270,34 @@ typedef struct score_in {
 } score_in;
 
 /* One stage's products, example by example: S_b (m, n) = A_b B_b^T, with
- * A_b = a + b*tc (m rows lda apart) and B_b = g + b*tc (n rows ldb apart). */
+ * A_b = a + b*tc (m rows lda apart) and B_b = g + b*tc (n rows ldb apart).
+ * With g1 (own_dot only), those of a held single-receiver stage too:
+ * S1_b (m1) = A_b's first m1 rows times g1 + b*tc, the first m in the
+ * same pass (m1 >= m). */
 typedef struct prod_task {
 	const float *a, *g;
 	float *S;
 	int m, n, k, lda, ldb, own_dot;
+	const float *g1;
+	float *S1;
+	int m1;
 } prod_task;
 
 static void prod_one(const prod_task *t, size_t bb, const float *gb, int ldb)
 {
+	const float *ab = t->a + bb * (size_t)t->k;
+	if (t->g1) {
+		const float *g1b = t->g1 + bb * (size_t)t->k;
+		float *S1b = t->S1 + bb * (size_t)t->m1;
+		circ_gemm_bt_bcast_dot(t->m, t->n, t->k, ab, t->lda, gb, ldb,
+				       t->S + bb * (size_t)t->m * (size_t)t->n, t->n, g1b, S1b);
+		circ_gemm_bt_bcast(t->m1 - t->m, 1, t->k, ab + (size_t)t->m * (size_t)t->lda,
+				   t->lda, g1b, t->k, S1b + t->m, 1);
+		return;
+	}
 	if (t->own_dot) {
-		circ_gemm_bt_long(t->m, t->n, t->k, t->a + bb * (size_t)t->k, t->lda, gb, ldb,
-				  t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
+		circ_gemm_bt_bcast(t->m, t->n, t->k, ab, t->lda, gb, ldb,
+				   t->S + bb * (size_t)t->m * (size_t)t->n, t->n);
 		return;
 	}
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->m, t->n, t->k, 1.0f,
@@ -277,18 +320,42 @@ static void prod_part(void *ctx, size_t b0, size_t b1)
  * order of the stages, adds the same numbers to each sum in the same
  * order; the products are the same however the examples are split over
  * threads. */
-static void stage_scores(const score_in *in, int s, double scale, int u_lo, int u_hi)
+/* sum[edge(u -> r)] += scale * S_b[u - lo][j] for stage s's receivers
+ * (model receiver first_recv + j), example after example; S (B, hi - lo,
+ * n_recv). */
+static void stage_sums(const score_in *in, int s, double scale, int lo, int hi, const float *S)
+{
+	const circ_topo_stage *st = &in->mt->stage[s];
+	int mr0 = st->first_recv, nr = st->n_recv;
+	for (int bb = 0; bb < in->B; bb++) {
+		const float *Sb = S + (size_t)bb * (size_t)(hi - lo) * (size_t)nr;
+		for (int u = lo; u < hi; u++) {
+			const float *Su = Sb + (size_t)(u - lo) * nr;
+			for (int j = 0; j < nr;) {
+				int r = in->gr[mr0 + j];
+				double acc = Su[j++];
+				while (j < nr && in->gr[mr0 + j] == r)
+					acc += Su[j++];
+				in->sum[in->g->recv_first[r] + u] += scale * acc;
+			}
+		}
+	}
+}
+
+/* Stage s's products over nodes [lo, hi) into in->S (and, with g1, those
+ * of the held stage s1 over [lo, hi1) into S1: see prod_task); 0, or -1
+ * when the receivers' gradients are not evenly strided and g1 was given
+ * (nothing done). */
+static int stage_products(const score_in *in, int s, int lo, int hi, const float *g1, float *S1,
+			  int hi1)
 {
 	const circ_topo_stage *st = &in->mt->stage[s];
 	size_t tc = (size_t)in->T * (size_t)in->C, btc = (size_t)in->B * tc;
-	int mr0 = st->first_recv, nr = st->n_recv, lo = u_lo,
-	    hi = u_hi < st->n_in ? u_hi : st->n_in;
+	int mr0 = st->first_recv, nr = st->n_recv;
 	const float *g0 = in->grads[mr0];
 	uintptr_t step = (uintptr_t)tc;
 	int strided = 1;
 	prod_task t;
-	if (lo >= hi || nr == 0)
-		return;
 	/* the A rows (one per node) lie btc apart */
 	CIRC_ASSERT(btc <= INT_MAX);
 	/* the receivers' gradients evenly spaced: one strided matrix */
@@ -299,6 +366,8 @@ static void stage_scores(const score_in *in, int s, double scale, int u_lo, int 
 	for (int j = 1; j < nr && strided; j++)
 		if (in->grads[mr0 + j] != g0 + (size_t)j * step)
 			strided = 0;
+	if (g1 && !strided)
+		return -1;
 	t = (prod_task){in->diff + (size_t)lo * btc,
 			g0,
 			in->S,
@@ -307,7 +376,10 @@ static void stage_scores(const score_in *in, int s, double scale, int u_lo, int 
 			(int)tc,
 			(int)btc,
 			(int)step,
-			in->own_dot};
+			in->own_dot,
+			g1,
+			S1,
+			hi1 - lo};
 	if (strided && in->pool) {
 		circ_pool_for(in->pool, (size_t)in->B, prod_part, &t);
 	} else if (strided) {
@@ -321,19 +393,17 @@ static void stage_scores(const score_in *in, int s, double scale, int u_lo, int 
 			prod_one(&t, (size_t)bb, in->gcopy, (int)tc);
 		}
 	}
-	for (int bb = 0; bb < in->B; bb++) {
-		const float *Sb = in->S + (size_t)bb * (size_t)(hi - lo) * (size_t)nr;
-		for (int u = lo; u < hi; u++) {
-			const float *Su = Sb + (size_t)(u - lo) * nr;
-			for (int j = 0; j < nr;) {
-				int r = in->gr[mr0 + j];
-				double acc = Su[j++];
-				while (j < nr && in->gr[mr0 + j] == r)
-					acc += Su[j++];
-				in->sum[in->g->recv_first[r] + u] += scale * acc;
-			}
-		}
-	}
+	return 0;
+}
+
+static void stage_scores(const score_in *in, int s, double scale, int u_lo, int u_hi)
+{
+	const circ_topo_stage *st = &in->mt->stage[s];
+	int lo = u_lo, hi = u_hi < st->n_in ? u_hi : st->n_in;
+	if (lo >= hi || st->n_recv == 0)
+		return;
+	stage_products(in, s, lo, hi, NULL, NULL, 0);
+	stage_sums(in, s, scale, lo, hi, in->S);
 }
 
 /* The difference rows of the loaded batch (U, B, T, C). */
@@ -449,17 +519,53 @@ static void make_diff(circ_attrib *a)
 	free(A);
 }
 
+/* The held stage's scores alone (its gradient in gheld). */
+static void score_held(circ_attrib *a)
+{
+	score_in in;
+	if (a->held < 0)
+		return;
+	a->grads[a->mt->stage[a->held].first_recv] = a->gheld;
+	in = score_input(a);
+	stage_scores(&in, a->held, 1.0, 0, a->U);
+	a->held = -1;
+}
+
 /* Backward hook of EAP: the scores of the stage whose receivers'
- * gradients the run holds now (so that the run need keep one stage's). */
+ * gradients the run holds now (so that the run need keep one stage's).
+ * With own_dot, a stage of one receiver (an MLP) whose rows are those of
+ * the stage below (its attention) and more is held back: its gradient is
+ * copied and both are scored in one pass over the rows they share, the
+ * rows streaming from memory once, not twice (the held stage's products
+ * a matrix-vector product, memory bound). The scores are the same bits
+ * as stage by stage: each product's bits do not depend on the other
+ * (circ_gemm_bt_bcast_dot), and each edge's sum gets the same additions. */
 static int eap_hook(void *ctx, circ_run *run, int s, circ_error *e)
 {
 	circ_attrib *a = ctx;
 	const circ_topo_stage *st = &a->mt->stage[s];
+	const circ_batch *b = circ_patcher_batch(a->p);
+	size_t btc = (size_t)b->B * (size_t)b->T * (size_t)a->C;
 	score_in in;
 	(void)e;
 	for (int mr = st->first_recv; mr < st->first_recv + st->n_recv; mr++)
 		a->grads[mr] = circ_run_recv_grad(run, mr);
 	in = score_input(a);
+	if (a->held >= 0 && a->held == s + 1 && st->n_in > 0 &&
+	    stage_products(&in, s, 0, st->n_in, a->gheld, a->S1, a->mt->stage[s + 1].n_in) == 0) {
+		stage_sums(&in, s, 1.0, 0, st->n_in, a->S);
+		a->grads[a->mt->stage[s + 1].first_recv] = a->gheld;
+		stage_sums(&in, s + 1, 1.0, 0, a->mt->stage[s + 1].n_in, a->S1);
+		a->held = -1;
+		return 0;
+	}
+	score_held(a);
+	if (a->gheld && s > 0 && st->n_recv == 1 && a->mt->stage[s - 1].n_recv > 1 &&
+	    a->mt->stage[s - 1].n_in <= st->n_in) {
+		memcpy(a->gheld, a->grads[st->first_recv], btc * sizeof(float));
+		a->held = s;
+		return 0;
+	}
 	stage_scores(&in, s, 1.0, 0, a->U);
 	return 0;
 }
@@ -671,6 +777,9 @@ int circ_attrib_batch(circ_attrib *a, circ_progress *pr, circ_error *e)
 		}
 		/* scored stage by stage as the backward makes the gradients */
 		rc = backward_from_metric(a, eap_hook, e);
+		if (rc == 0)
+			score_held(a); /* a stage left held, had the hooks stopped */
+		a->held = -1;
 		break;
 	case CIRC_ATTR_EAP_IG:
 		make_diff(a);

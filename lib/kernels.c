@@ -1871,3 +1871,205 @@ void circ_attn_bwd_ref(float *dqkv, const float *dz, const float *qkv, const flo
 		}
 	free(datt);
 }
+
+/* ---- circ_gemm_bt_bcast: c = a b^T for long rows, by broadcasts ----
+ *
+ * circ_gemm_bt_long's tiles reduce 16 lanes per element and chunk, and
+ * their rows leave L1. Here b's rows are packed per chunk of BC_KC values of
+ * p into a panel (BC_KC, W) of columns (W = 16 V, V <= 6 vectors: 24 KiB at
+ * most, in L1, transposed with 16 x 16 shuffles), and R rows of a pass it:
+ * acc[r][v] += a[r][p] broadcast * panel[p][16 v ..], no lane ever reduced.
+ * Each element is the sum, chunk after chunk in order, of its chunk's sum
+ * (fused multiply-adds in order of p, from 0): the same bits for every tile,
+ * m and column panel. The next tile's rows of a are prefetched. */
+#define BC_KC	64
+#define BC_VMAX 6
+
+#if CIRC_X86
+/* panel (16 rows p, 16 columns j) = rows (16 rows j of b, 16 values of p)
+ * transposed; rows j >= nr are taken as zero. */
+AVX512 static void bc_transpose16(float *panel, int ldp, const float *b, int ldb, int nr)
+{
+	__m512 r[16], t[16];
+	for (int i = 0; i < 16; i++)
+		r[i] = i < nr ? _mm512_loadu_ps(b + (size_t)i * ldb) : _mm512_setzero_ps();
+	for (int i = 0; i < 16; i += 2) {
+		t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+		t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+	}
+	/* r[4 i + e], lane L: rows 4 i .. 4 i + 3 of column 4 L + e */
+	for (int i = 0; i < 16; i += 4) {
+		r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+		r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+		r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+		r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+	}
+	for (int e = 0; e < 4; e++) {
+		__m512 v0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88),
+		       w0 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88),
+		       v1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xDD),
+		       w1 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xDD);
+		_mm512_store_ps(panel + (size_t)e * ldp, _mm512_shuffle_f32x4(v0, w0, 0x88));
+		_mm512_store_ps(panel + (size_t)(8 + e) * ldp, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+		_mm512_store_ps(panel + (size_t)(4 + e) * ldp, _mm512_shuffle_f32x4(v1, w1, 0x88));
+		_mm512_store_ps(panel + (size_t)(12 + e) * ldp, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+	}
+}
+
+/* c (R, 16 V; the last vector's columns masked by last) = (first ? 0 : c)
+ * + a (R, kc) panel (kc, 16 V), each element's chunk sum from 0 in order
+ * of p; pf: the next tile's rows (R, lda apart), prefetched. With b1, also
+ * lanes (R, 16) += a's rows against b1 (kc) in 16 lanes (dotc_tile's sums,
+ * carried over the chunks), from the rows while they are in L1. */
+#define BC_TILE(R, V)                                                                              \
+	AVX512 static void bc_tile_##R##x##V(int kc, const float *a, int lda, const float *panel,  \
+					     float *c, int ldc, __mmask16 last, int first,         \
+					     const float *pf, const float *b1, float *lanes)       \
+	{                                                                                          \
+		__m512 acc[R][V];                                                                  \
+		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+		    _Pragma("GCC unroll 8") for (int v = 0; v < V; v++) acc[r][v] =                \
+			_mm512_setzero_ps();                                                       \
+		for (int p0 = 0; p0 < kc; p0 += 16) {                                              \
+			_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                        \
+			    _mm_prefetch((const char *)(pf + (size_t)r * lda + p0), _MM_HINT_T0);  \
+			if (b1) {                                                                  \
+				__m512 bv = _mm512_loadu_ps(b1 + p0);                              \
+				_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                \
+				    _mm512_storeu_ps(                                              \
+					lanes + 16 * r,                                            \
+					_mm512_fmadd_ps(_mm512_loadu_ps(a + (size_t)r * lda + p0), \
+							bv, _mm512_loadu_ps(lanes + 16 * r)));     \
+			}                                                                          \
+			for (int p = p0; p < p0 + 16; p++) {                                       \
+				const float *pp = panel + (size_t)p * (16 * V);                    \
+				__m512 bv[V];                                                      \
+				_Pragma("GCC unroll 8") for (int v = 0; v < V; v++) bv[v] =        \
+				    _mm512_load_ps(pp + 16 * v);                                   \
+				_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                \
+				{                                                                  \
+					__m512 x = _mm512_set1_ps(a[(size_t)r * lda + p]);         \
+					_Pragma("GCC unroll 8") for (int v = 0; v < V; v++)        \
+					    acc[r][v] = _mm512_fmadd_ps(x, bv[v], acc[r][v]);      \
+				}                                                                  \
+			}                                                                          \
+		}                                                                                  \
+		_Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                \
+		    _Pragma("GCC unroll 8") for (int v = 0; v < V; v++)                            \
+		{                                                                                  \
+			float *cp = c + (size_t)r * ldc + 16 * v;                                  \
+			__mmask16 mk = v == V - 1 ? last : 0xFFFF;                                 \
+			__m512 s = first                                                           \
+				       ? acc[r][v]                                                 \
+				       : _mm512_add_ps(_mm512_maskz_loadu_ps(mk, cp), acc[r][v]);  \
+			_mm512_mask_storeu_ps(cp, mk, s);                                          \
+		}                                                                                  \
+	}
+BC_TILE(8, 1)
+BC_TILE(1, 1)
+BC_TILE(8, 2)
+BC_TILE(1, 2)
+BC_TILE(8, 3)
+BC_TILE(1, 3)
+BC_TILE(6, 4)
+BC_TILE(1, 4)
+BC_TILE(4, 5)
+BC_TILE(1, 5)
+BC_TILE(4, 6)
+BC_TILE(1, 6)
+#undef BC_TILE
+
+AVX512 static float lanes_sum(const float *lanes)
+{
+	return _mm512_reduce_add_ps(_mm512_loadu_ps(lanes));
+}
+
+typedef void (*bc_tile_fn)(int kc, const float *a, int lda, const float *panel, float *c, int ldc,
+			   __mmask16 last, int first, const float *pf, const float *b1,
+			   float *lanes);
+/* By V - 1: the tile of bc_rows[V - 1] rows, and the one of a single row. */
+static const bc_tile_fn bc_tiles[BC_VMAX][2] = {
+    {bc_tile_8x1, bc_tile_1x1}, {bc_tile_8x2, bc_tile_1x2}, {bc_tile_8x3, bc_tile_1x3},
+    {bc_tile_6x4, bc_tile_1x4}, {bc_tile_4x5, bc_tile_1x5}, {bc_tile_4x6, bc_tile_1x6}};
+static const int bc_rows[BC_VMAX] = {8, 8, 8, 6, 4, 4};
+
+/* lanes (m, 16) of the dots against b1 (NULL: none) with the first panel. */
+AVX512 static void gemm_bt_bcast_avx512(int m, int n, int k, const float *a, int lda,
+					const float *b, int ldb, float *c, int ldc, const float *b1,
+					float *lanes)
+{
+	_Alignas(64) float panel[BC_KC * 16 * BC_VMAX];
+	for (int j0 = 0; j0 < n; j0 += 16 * BC_VMAX) {
+		int nw = n - j0 < 16 * BC_VMAX ? n - j0 : 16 * BC_VMAX, V = (nw + 15) / 16,
+		    R = bc_rows[V - 1];
+		__mmask16 last = (__mmask16)(0xFFFFu >> (16 * V - nw));
+		for (int p0 = 0; p0 < k; p0 += BC_KC) {
+			int kc = k - p0 < BC_KC ? k - p0 : BC_KC;
+			for (int v = 0; v < V; v++)
+				for (int p = 0; p < kc; p += 16)
+					bc_transpose16(panel + (size_t)p * (16 * V) + 16 * v,
+						       16 * V,
+						       b + (size_t)(j0 + 16 * v) * ldb + p0 + p,
+						       ldb, nw - 16 * v);
+			/* the next chunk's lines of b (nw rows of kc / 16), to L2 a share
+			 * after each tile, so that its packing does not wait on memory */
+			int nl = p0 + kc < k ? nw * (BC_KC / 16) : 0, ntile = m / R + m % R,
+			    per = (nl + ntile - 1) / ntile, l = 0;
+			for (int i = 0; i < m;) {
+				int big = i + R <= m, rows = big ? R : 1;
+				/* the next tile's rows: further down, or the next chunk's first */
+				const float *pf = i + rows < m ? a + (size_t)(i + rows) * lda + p0
+							       : a + p0 + (p0 + kc < k ? kc : 0);
+				bc_tiles[V - 1][!big](kc, a + (size_t)i * lda + p0, lda, panel,
+						      c + (size_t)i * ldc + j0, ldc, last, p0 == 0,
+						      pf, b1 && j0 == 0 ? b1 + p0 : NULL,
+						      lanes + (size_t)i * 16);
+				for (int e = l + per < nl ? l + per : nl; l < e; l++)
+					_mm_prefetch(
+					    (const char *)(b +
+							   (size_t)(j0 + l / (BC_KC / 16)) * ldb +
+							   p0 + BC_KC + 16 * (l % (BC_KC / 16))),
+					    _MM_HINT_T1);
+				i += rows;
+			}
+		}
+	}
+}
+#endif
+
+void circ_gemm_bt_bcast(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+			float *c, int ldc)
+{
+	if (n == 1) { /* a matrix-vector product: circ_gemm_bt_set's dots */
+		circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
+	if (m <= 0 || n <= 0)
+		return;
+#if CIRC_X86
+	if (circ_gemm_bt_fast(k)) {
+		gemm_bt_bcast_avx512(m, n, k, a, lda, b, ldb, c, ldc, NULL, NULL);
+		return;
+	}
+#endif
+	circ_gemm(0, 1, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+void circ_gemm_bt_bcast_dot(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+			    float *c, int ldc, const float *b1, float *c1)
+{
+	if (m <= 0)
+		return;
+#if CIRC_X86
+	if (n > 1 && circ_gemm_bt_fast(k)) {
+		float *lanes = circ_xcalloc((size_t)m * 16, sizeof *lanes);
+		gemm_bt_bcast_avx512(m, n, k, a, lda, b, ldb, c, ldc, b1, lanes);
+		for (int i = 0; i < m; i++) /* as dotc_tile reduces its lanes */
+			c1[i] = lanes_sum(lanes + (size_t)i * 16);
+		free(lanes);
+		return;
+	}
+#endif
+	circ_gemm_bt_bcast(m, n, k, a, lda, b, ldb, c, ldc);
+	circ_gemm_bt_bcast(m, 1, k, a, lda, b1, k, c1, 1);
+}

@@ -102,6 +102,22 @@ int circ_gemm_bt_fast(int k);
  * circ_gemm. */
 void circ_gemm_bt_long(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 		       float *c, int ldc);
+/* circ_gemm_bt_long's product by another kernel, for long rows and many
+ * rows of a (one prompt's node outputs against a stage's receiver
+ * gradients): b packed per chunk of 64 values of p, its columns against
+ * broadcasts of a. Each element is the sum over the chunks in order of
+ * the chunk's sum in order of p (fused multiply-adds from 0), so its bits
+ * depend on neither m nor n nor the tile it falls in; n = 1, a matrix-vector
+ * product, takes circ_gemm_bt_set's dot products. Where circ_gemm_bt_fast(k)
+ * says so, else circ_gemm. */
+void circ_gemm_bt_bcast(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+			float *c, int ldc);
+/* circ_gemm_bt_bcast, and c1 (m) = a b1 (b1: k values) in the same pass
+ * over a, with the bits of circ_gemm_bt_bcast(m, 1, ...) (a stage's
+ * products and the single receiver of the stage above, which reads the
+ * same rows). */
+void circ_gemm_bt_bcast_dot(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+			    float *c, int ldc, const float *b1, float *c1);
 
 /* c (m, n) = a (m, k) op(w) + beta c (beta 0 or 1), w 16-bit: bf16
  * (bf16 != 0) or IEEE half, converted to f32 exactly as it is packed (no

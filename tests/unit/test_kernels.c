@@ -148,6 +148,59 @@ static void gemm_acc_case(int m, int n, int k)
 	free(a), free(b), free(c1), free(c2), free(c3), free(c4), free(c5);
 }
 
+/* circ_gemm_bt_bcast (c = a b^T by broadcasts) against the reference,
+ * over row counts around its tiles (4, 6 and 8 rows, and single rows),
+ * column counts around its 16-wide vectors and 96-wide panels (and n = 1,
+ * the matrix-vector product), depths around its chunks of 64. An
+ * element's bits must not depend on the rows or (for n > 1) the columns
+ * computed with it; n = 1 gives circ_gemm_bt_set's bits. circ_gemm_bt_bcast_dot
+ * gives the bits of its two products made apart. */
+static void gemm_bt_bcast_case(int m, int n, int k)
+{
+	int lda = k + 3, ldb = k + 5, ldc = n + 2, n2 = n > 2 ? 2 : n;
+	float *a = randv((size_t)m * lda, 1), *b = randv((size_t)n * ldb, 1);
+	float *c1 = circ_xcalloc((size_t)m * ldc, sizeof *c1),
+	      *c2 = circ_xcalloc((size_t)m * ldc, sizeof *c2),
+	      *c3 = circ_xcalloc((size_t)m * ldc, sizeof *c3);
+	circ_gemm_bt_bcast(m, n, k, a, lda, b, ldb, c1, ldc);
+	circ_gemm_ref(0, 1, m, n, k, 1, a, lda, b, ldb, 0, c2, ldc);
+	CHECK(close_to("gemm_bt_bcast", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+	/* the last row alone, the last rows from the second, and the last n2
+	 * columns alone: the same bits */
+	circ_gemm_bt_bcast(1, n, k, a + (size_t)(m - 1) * lda, lda, b, ldb,
+			   c3 + (size_t)(m - 1) * ldc, ldc);
+	if (m > 1)
+		circ_gemm_bt_bcast(m - 1, n, k, a + lda, lda, b, ldb, c3 + ldc, ldc);
+	circ_gemm_bt_bcast(1, n2, k, a, lda, b + (size_t)(n - n2) * ldb, ldb, c3 + n - n2, ldc);
+	if (circ_gemm_bt_fast(k)) {
+		CHECK(!memcmp(c3 + ldc, c1 + ldc, ((size_t)(m - 1) * ldc) * sizeof *c1));
+		CHECK(!memcmp(c3 + n - n2, c1 + n - n2, (size_t)n2 * sizeof *c1));
+		if (n == 1) {
+			circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c3, ldc);
+			CHECK(!memcmp(c3, c1, (size_t)m * ldc * sizeof *c1));
+		}
+	}
+	/* with a single row b1 in the same pass: each product's bits alone */
+	{
+		float *b1 = randv((size_t)k, 3), *d1 = circ_xmalloc((size_t)m * sizeof *d1),
+		      *d2 = circ_xmalloc((size_t)m * sizeof *d2);
+		memset(c3, 0, (size_t)m * ldc * sizeof *c3);
+		circ_gemm_bt_bcast_dot(m, n, k, a, lda, b, ldb, c3, ldc, b1, d1);
+		circ_gemm_bt_bcast(m, 1, k, a, lda, b1, k, d2, 1);
+		CHECK(!memcmp(c3, c1, (size_t)m * ldc * sizeof *c1));
+		CHECK(!memcmp(d1, d2, (size_t)m * sizeof *d1));
+		free(b1), free(d1), free(d2);
+	}
+	free(a), free(b), free(c1), free(c2), free(c3);
+}
+
+static void test_gemm_bt_bcast(void)
+{
+	int ms[] = {1, 3, 4, 5, 7, 8, 9, 13, 33},
+	    ns[] = {1, 2, 15, 16, 17, 48, 64, 80, 95, 96, 97, 200}, ks[] = {16, 64, 80, 4112, 10};
+	FOR_SHAPES(gemm_bt_bcast_case, ms, ns, ks);
+}
+
 /* circ_gemm_acc (c += a b) against the reference, over row counts around
  * the kernel's 6-row blocks (and its 4-, 2- and 1-row tails, and the row
  * count from which it packs b), depths around its 128-deep blocks, and
@@ -793,6 +846,7 @@ int main(int argc, char **argv)
 {
 	circ_rng_seed(&rng, 42);
 	test_gemm();
+	test_gemm_bt_bcast();
 	test_gemm_acc();
 	test_gemm_bt();
 	test_gemm_bt_long();
