@@ -50,7 +50,7 @@ kept_of() {
 # One row of the fixtures table: fixture $1, group $2 (0: exact), model $3,
 # tokens $4, from $d/g$2.log, $d/g$2.circ and circ-prune's stderr in $d/err.
 row() {
-	tests=$(sed -n 's/.*acdc: \([0-9]*\) edge tests.*/\1/p; s/.*decided by \([0-9]*\) group tests.*/\1/p' "$d/err")
+	tests=$(sed -n 's/.*acdc: \([0-9]*\) edge tests.*/\1/p; s/.*decided by \([0-9]*\) \(group \)*tests.*/\1/p' "$d/err")
 	edges=$(circ-cat --no-header "$d/g$2.log" | wc -l)
 	kept=$(circ-cat --no-header "$d/g$2.circ" | wc -l)
 	kept_of "$d/g$2.log" >"$d/k$2"
@@ -58,15 +58,32 @@ row() {
 	faith=$(circ-patch --model "$3" --circuit "$d/g$2.circ" -o /dev/null "$4" 2>&1 |
 	    sed -n 's/.*faithfulness \([-0-9.e]*\).*/\1/p')
 	auc=$(circ-cat "$d/g$2.circ" | head -1 | jq -r '.eval.auc // "-"')
-	printf "  %-21s %-6s %6s %6s %6s %7s %8.4f %8s\n" "$1" "$([ "$2" = 0 ] && echo exact || echo "$2")" \
+	printf "  %-21s %-7s %6s %6s %6s %7s %8.4f %8s\n" "$1" "$([ "$2" = 0 ] && echo exact || echo "$2")" \
 	    "$tests" "$edges" "$kept" "$differ" "$faith" "$auc"
+}
+
+# The options of configuration $1 of the fixtures table: 0 exact, gG --group
+# G, sF --screen F, sF+gG both.
+opt_of() {
+	case $1 in
+	0) ;;
+	s*+g*)
+		f=${1%+g*}
+		echo "--screen ${f#s} --group ${1#*+g}"
+		;;
+	s*) echo "--screen ${1#s}" ;;
+	g*) echo "--group ${1#g}" ;;
+	*) echo "--group $1" ;;
+	esac
 }
 
 fixtures() {
 	groups=${ACDC_GROUPS:-"4 16 64"}
+	screens=${ACDC_SCREENS:-"0.5 1 4 1+g16"}
+	configs="0 $(for g in $groups; do printf "g%s " "$g"; done)$(for f in $screens; do printf "s%s " "$f"; done)"
 	ftau=${ACDC_FIXTURE_TAU:-0.01}
-	printf "acdc --group G against exact ACDC on the fixtures (32 examples, seed 1; tau %s, kl)\n" "$ftau"
-	printf "  %-21s %-6s %6s %6s %6s %7s %8s %8s\n" fixture G tests edges kept differ faithful auc
+	printf "acdc --group G (gG) and --screen F (sF) against exact ACDC on the fixtures (32 examples, seed 1; tau %s, kl)\n" "$ftau"
+	printf "  %-21s %-7s %6s %6s %6s %7s %8s %8s\n" fixture config tests edges kept differ faithful auc
 	for m in induction-hand ioi-hand ioi-trained induction-trained greater-than-trained; do
 		case $m in
 		*-hand) circ-fixture "$m" --examples 32 --seed 1 >"$d/$m.jsonl" ;;
@@ -85,9 +102,8 @@ fixtures() {
 			"$ACDC_OLD" --acdc --model "fixtures/$m" --tau "$ftau" --log "$d/old.log" -o "$d/old.circ" \
 			    "$d/$m.tok" 2>/dev/null
 		fi
-		for g in 0 $groups; do
-			opt=
-			[ "$g" = 0 ] || opt="--group $g"
+		for g in $configs; do
+			opt=$(opt_of "$g")
 			# shellcheck disable=SC2086
 			circ-prune --acdc --model "fixtures/$m" --tau "$ftau" $opt $truth --log "$d/g$g.log" \
 			    -o "$d/g$g.circ" "$d/$m.tok" 2>"$d/err"
@@ -113,9 +129,8 @@ fixtures() {
 	rtau=$(circ-cat --no-header "$d/t.log" | jq -s -r \
 	    '[.[] | select((.edge | endswith("->logits")) and (.edge | startswith("input") | not)) | .change] | min / 2')
 	printf "  %s at tau %s (half the least change of a head or MLP into logits):\n" "$m" "$rtau"
-	for g in 0 $groups; do
-		opt=
-		[ "$g" = 0 ] || opt="--group $g"
+	for g in $configs; do
+		opt=$(opt_of "$g")
 		# shellcheck disable=SC2086
 		circ-prune --acdc --model "$d/$m" --tau "$rtau" $opt --log "$d/g$g.log" -o "$d/g$g.circ" \
 		    "$d/$m.tok" 2>"$d/err"
