@@ -301,8 +301,8 @@ static int decide_groups(acdc_ctx *a, int stage, const int64_t *list, int64_t n,
 	return 0;
 }
 
-/* Receiver r under the screen (acdc.h): the edges below the bound
- * together first, then the others. */
+/* Receiver r under the screen (acdc.h): the edges at or above the bound,
+ * then those below it together. */
 static int decide_screened(acdc_ctx *a, int r, int stage, int64_t group, int64_t *below,
 			   int64_t *rest, circ_error *e)
 {
@@ -315,18 +315,18 @@ static int decide_screened(acdc_ctx *a, int r, int stage, int64_t group, int64_t
 		else
 			rest[nr++] = ed;
 	}
-	if (nb > 0) {
-		screen_sort(a->o->screen_attr, below, nb);
-		if (decide(a, stage, below, nb, 1, e) < 0)
-			return -1;
-	}
-	return decide_groups(a, stage, rest, nr, group, e);
+	if (decide_groups(a, stage, rest, nr, group, e) < 0)
+		return -1;
+	if (nb == 0)
+		return 0;
+	screen_sort(a->o->screen_attr, below, nb);
+	return decide(a, stage, below, nb, 1, e);
 }
 
 /* circ's order (acdc.h): receivers by circ's numbering from the last down,
  * each receiver's edges from the latest upstream node down, in groups of
  * `group` (1: one by one); with the screen, its edges below the bound
- * first. */
+ * last, together. */
 static int run_circ(acdc_ctx *a, int64_t group, circ_error *e)
 {
 	const circ_graph *g = circ_patcher_graph(a->ps[0]);
