@@ -141,7 +141,8 @@ fixtures() {
 
 full() {
 	N=${ACDC_N:-100}
-	G=${ACDC_GROUP:-64}
+	G=${ACDC_GROUP:-1}
+	S=${ACDC_SCREEN:-1}
 	GOAL=${ACDC_GOAL:-1800}
 	$bin make "$d/m" >/dev/null
 	if [ "$N" -lt 100 ]; then
@@ -160,6 +161,7 @@ full() {
 	fi
 	opt=
 	[ "$G" -gt 1 ] && opt="--group $G"
+	[ "$S" != 0 ] && opt="$opt --screen $S"
 	out=${ACDC_OUT:-$d}
 	mkdir -p "$out"
 	# shellcheck disable=SC2086
@@ -170,19 +172,20 @@ full() {
 	user=$(sed -n 's/.*User time (seconds): //p' "$out/time.txt")
 	sys=$(sed -n 's/.*System time (seconds): //p' "$out/time.txt")
 	rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/time.txt")
-	line=$(grep 'circ-prune: acdc:' "$out/time.txt")
+	line=$(sed -n 's/^circ-prune: acdc:/acdc:/p' "$out/time.txt")
 	decided=$(circ-cat --no-header "$out/decisions.circ" | wc -l)
 	kept=$(circ-cat --no-header "$out/circuit.circ" | wc -l)
 	total=$(circ-cat "$out/circuit.circ" | head -1 | jq -r .n_edges_total)
 	printf "acdc full scale   CPU: %s, %d threads; load average before: %s\n" "$(cpu)" "$THREADS" "$LOAD0"
 	printf "  GPT-2 small shape (random weights), %d prompts x 16 tokens, kl, resample, tau %s (%s)\n" "$N" "$tau" "$taunote"
-	if [ "$G" -gt 1 ]; then
-		printf "  --group %d: an APPROXIMATION of ACDC (see man circ-prune); --group 1 / ACDC_GROUP=1 is exact\n" "$G"
+	if [ "$G" -gt 1 ] || [ "$S" != 0 ]; then
+		printf "  %s: an APPROXIMATION of ACDC (see man circ-prune); ACDC_SCREEN=0 ACDC_GROUP=1 is exact\n" "${opt# }"
 	else
 		printf "  exact ACDC\n"
 	fi
-	printf "  %s\n" "${line#circ-prune: }"
+	printf "%s\n" "$line" | sed 's/^/  /'
 	printf "  edges decided by a test %d of %d; circuit %s edges\n" "$decided" "$total" "$kept"
+	printf "  load average after: %s\n" "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf "  whole command: wall %.0f s, user %s s, sys %s s, peak RSS %.2f GB\n" "$wall" "$user" "$sys" "$(echo "$rss" | awk '{ print $1 / 1048576 }')"
 	printf "  goal: all %d edges decided in under %d s on 2 cores: %s\n" "$total" "$GOAL" \
 	    "$([ "$decided" -eq "$total" ] && awk -v w="$wall" -v g="$GOAL" 'BEGIN { exit !(w < g) }' && echo ok || echo MISSED)"

@@ -89,8 +89,8 @@ static const circ_opt opts[] = {
      "acdc, an approximation: test G edges at once, split groups at or above tau (default 1: "
      "exact)"},
     {"screen", OPT_SCREEN, "F",
-     "acdc, an approximation: edges whose attribution is below F*tau are tested together "
-     "first, per receiver (default: off, exact)"},
+     "acdc, an approximation: drop the edges whose |attribution| is below F*tau untested, "
+     "then test the others (default: off, exact)"},
     {"screen-method", OPT_SCREEN_METHOD, "M",
      "acdc --screen: the attribution, eap-ig (default, 5 steps) or eap"},
     {"acdc-order", OPT_ACDC_ORDER, "O",

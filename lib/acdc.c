@@ -62,9 +62,8 @@ typedef struct acdc_ctx {
  * patched together: dropped when their joint change is below tau, kept
  * when n == 1 and it is not, else split in two halves, eds[n/2..n-1]
  * first. With one edge this is ACDC's own edge test. Decisions are
- * reported from eds[n-1] down; `screened` marks them (the screen's tests). */
-static int decide(acdc_ctx *a, int stage, const int64_t *eds, int64_t n, int screened,
-		  circ_error *e)
+ * reported from eds[n-1] down. */
+static int decide(acdc_ctx *a, int stage, const int64_t *eds, int64_t n, circ_error *e)
 {
 	const circ_acdc_opts *o = a->o;
 	double after, change;
@@ -80,9 +79,9 @@ static int decide(acdc_ctx *a, int stage, const int64_t *eds, int64_t n, int scr
 		int64_t mid = n / 2;
 		for (int64_t i = 0; i < n; i++)
 			a->keep[eds[i]] = 1;
-		if (decide(a, stage, eds + mid, n - mid, screened, e) < 0)
+		if (decide(a, stage, eds + mid, n - mid, e) < 0)
 			return -1;
-		return decide(a, stage, eds, mid, screened, e);
+		return decide(a, stage, eds, mid, e);
 	}
 	for (int64_t i = n - 1; i >= 0; i--) {
 		circ_acdc_step st;
@@ -92,7 +91,7 @@ static int decide(acdc_ctx *a, int stage, const int64_t *eds, int64_t n, int scr
 		st.after = after;
 		st.kept = !dropped;
 		st.group = (int)n;
-		st.screened = screened;
+		st.screened = 0;
 		if (st.kept)
 			a->keep[eds[i]] = 1;
 		if (a->cb && a->cb(a->cb_ctx, &st, e) < 0)
@@ -210,7 +209,7 @@ static int decide_edges(acdc_ctx *a, int r, int64_t *order, circ_error *e)
 	int stage = circ_patcher_recv_stage(a->ps[0], r);
 	int n = reference_edges(g, a->o, r, order);
 	for (int i = 0; i < n; i++)
-		if (decide(a, stage, &order[i], 1, 0, e) < 0)
+		if (decide(a, stage, &order[i], 1, e) < 0)
 			return -1;
 	return 0;
 }
@@ -268,26 +267,6 @@ static int run_reference(acdc_ctx *a, circ_error *e)
 	return rc;
 }
 
-/* 1 if edge x comes before edge y in the screen's order of the edges below
- * its bound: the larger |attribution| first (the later half, tested first,
- * holds the smaller ones), then the lower edge. */
-static int screen_before(const double *attr, int64_t x, int64_t y)
-{
-	double ax = fabs(attr[x]), ay = fabs(attr[y]);
-	return ax != ay ? ax > ay : x < y;
-}
-
-/* Sorts list (n, a receiver's edges: short) into the screen's order. */
-static void screen_sort(const double *attr, int64_t *list, int64_t n)
-{
-	for (int64_t i = 1; i < n; i++) {
-		int64_t x = list[i], j = i;
-		for (; j > 0 && screen_before(attr, x, list[j - 1]); j--)
-			list[j] = list[j - 1];
-		list[j] = x;
-	}
-}
-
 /* Decides the n edges of list (ACDC's order: the last first) in groups of
  * `group` (1: one by one). */
 static int decide_groups(acdc_ctx *a, int stage, const int64_t *list, int64_t n, int64_t group,
@@ -295,58 +274,70 @@ static int decide_groups(acdc_ctx *a, int stage, const int64_t *list, int64_t n,
 {
 	for (int64_t hi = n - 1; hi >= 0; hi -= group) {
 		int64_t lo = hi - group + 1 > 0 ? hi - group + 1 : 0;
-		if (decide(a, stage, list + lo, hi - lo + 1, 0, e) < 0)
+		if (decide(a, stage, list + lo, hi - lo + 1, e) < 0)
 			return -1;
 	}
 	return 0;
 }
 
-/* Receiver r under the screen (acdc.h): the edges at or above the bound,
- * then those below it together. */
-static int decide_screened(acdc_ctx *a, int r, int stage, int64_t group, int64_t *below,
-			   int64_t *rest, circ_error *e)
+/* The screen (acdc.h): drops the edges below the bound into receivers
+ * lo..hi-1 at once, measured by one forward, and reports them from the
+ * last down. */
+static int drop_screened(acdc_ctx *a, int lo, int hi, circ_error *e)
 {
 	const circ_graph *g = circ_patcher_graph(a->ps[0]);
-	double bound = a->o->screen * a->o->tau;
-	int64_t nb = 0, nr = 0;
-	for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++) {
-		if (fabs(a->o->screen_attr[ed]) < bound)
-			below[nb++] = ed;
-		else
-			rest[nr++] = ed;
-	}
-	if (decide_groups(a, stage, rest, nr, group, e) < 0)
-		return -1;
+	const double *attr = a->o->screen_attr;
+	double bound = a->o->screen * a->o->tau, after;
+	int64_t nb = 0;
+	int stage = g->topo->n_stage;
+	for (int r = lo; r < hi; r++)
+		for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
+			if (fabs(attr[ed]) < bound) {
+				a->keep[ed] = 0;
+				nb++;
+				if (circ_patcher_recv_stage(a->ps[0], r) < stage)
+					stage = circ_patcher_recv_stage(a->ps[0], r);
+			}
 	if (nb == 0)
 		return 0;
-	screen_sort(a->o->screen_attr, below, nb);
-	return decide(a, stage, below, nb, 1, e);
+	if (loss(a->ps, a->n, a->keep, stage, &after, e) < 0)
+		return -1;
+	(*a->tests)++;
+	for (int64_t ed = g->recv_first[hi] - 1; ed >= g->recv_first[lo]; ed--) {
+		circ_acdc_step st = {ed, -1, a->cur, after, 0, (int)nb, 1};
+		if (fabs(attr[ed]) < bound && a->cb && a->cb(a->cb_ctx, &st, e) < 0)
+			return -1;
+	}
+	a->cur = after;
+	if (a->pr)
+		circ_progress_step(a->pr, nb);
+	return 0;
 }
 
 /* circ's order (acdc.h): receivers by circ's numbering from the last down,
  * each receiver's edges from the latest upstream node down, in groups of
- * `group` (1: one by one); with the screen, its edges below the bound
- * last, together. */
+ * `group` (1: one by one); with the screen, only those at or above its
+ * bound, the others dropped first. */
 static int run_circ(acdc_ctx *a, int64_t group, circ_error *e)
 {
 	const circ_graph *g = circ_patcher_graph(a->ps[0]);
-	int64_t *list = circ_xmalloc(2 * (size_t)g->n_up * sizeof *list);
-	int rc = 0;
+	const double *attr = a->o->screen_attr;
+	int screen = attr && a->o->screen > 0;
+	double bound = a->o->screen * a->o->tau;
+	int64_t *list = circ_xmalloc((size_t)g->n_up * sizeof *list);
+	int rc = screen ? drop_screened(a, 0, g->n_recv, e) : 0;
 	for (int r = g->n_recv - 1; rc == 0 && r >= 0; r--) {
 		int node, stage = circ_patcher_recv_stage(a->ps[0], r);
-		int64_t n = g->recv_first[r + 1] - g->recv_first[r];
+		int64_t n = 0;
 		circ_graph_recv_info(g, r, NULL, &node);
 		if (!node_has_output(g, a->keep, node)) {
 			/* unreachable from the logits: its inputs cannot matter */
 			drop_recv(g, a->keep, r);
 			continue;
 		}
-		if (a->o->screen_attr && a->o->screen > 0) {
-			rc = decide_screened(a, r, stage, group, list, list + g->n_up, e);
-			continue;
-		}
-		for (int64_t i = 0; i < n; i++)
-			list[i] = g->recv_first[r] + i;
+		for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
+			if (!screen || fabs(attr[ed]) >= bound)
+				list[n++] = ed;
 		rc = decide_groups(a, stage, list, n, group, e);
 	}
 	free(list);

@@ -73,13 +73,13 @@ typedef struct circ_acdc_opts {
 	int group;
 	/* The attribution screen, an approximation (off by default): with
 	 * screen_attr (E, each edge's attribution to the loss, e.g. EAP-IG's
-	 * mean score) and screen > 0, a receiver's edges whose |screen_attr|
-	 * is at or above screen * tau are tested first, as without the screen
-	 * (one by one, or in groups of `group` taken in ACDC's order among
-	 * them); then the edges below the bound are patched together in one
-	 * test: dropped all at once when their joint change is below tau,
-	 * otherwise split in halves as groups are (the smaller attributions
-	 * first), down to single edges. Circ's order only. */
+	 * mean score) and screen > 0, every edge whose |screen_attr| is below
+	 * screen * tau is dropped without a test of its own before ACDC
+	 * starts (one forward measures the circuit without them, reported as
+	 * one decision per edge, screened); ACDC then tests the other edges
+	 * as without the screen (one by one, or in groups of `group` taken in
+	 * ACDC's order among a receiver's remaining edges). Circ's order
+	 * only. */
 	const double *screen_attr;
 	double screen;
 	circ_acdc_order order; /* default CIRC_ACDC_ORDER_CIRC (0) */
