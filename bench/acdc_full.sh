@@ -55,11 +55,13 @@ row() {
 	kept=$(circ-cat --no-header "$d/g$2.circ" | wc -l)
 	kept_of "$d/g$2.log" >"$d/k$2"
 	differ=$(diff "$d/k0" "$d/k$2" | sed -n 's/^[<>] \([^ ]*\) .*/\1/p' | sort -u | wc -l)
+	circ-cat --no-header "$d/g$2.circ" | jq -r .edge | sort >"$d/c$2"
+	cdiff=$(comm -3 "$d/c0" "$d/c$2" | wc -l)
 	faith=$(circ-patch --model "$3" --circuit "$d/g$2.circ" -o /dev/null "$4" 2>&1 |
 	    sed -n 's/.*faithfulness \([-0-9.e]*\).*/\1/p')
 	auc=$(circ-cat "$d/g$2.circ" | head -1 | jq -r '.eval.auc // "-"')
-	printf "  %-21s %-7s %6s %6s %6s %7s %8.4f %8s\n" "$1" "$([ "$2" = 0 ] && echo exact || echo "$2")" \
-	    "$tests" "$edges" "$kept" "$differ" "$faith" "$auc"
+	printf "  %-21s %-7s %6s %6s %6s %7s %6s %8.4f %8s\n" "$1" "$([ "$2" = 0 ] && echo exact || echo "$2")" \
+	    "$tests" "$edges" "$kept" "$differ" "$cdiff" "$faith" "$auc"
 }
 
 # The options of configuration $1 of the fixtures table: 0 exact, gG --group
@@ -83,7 +85,7 @@ fixtures() {
 	configs="0 $(for g in $groups; do printf "g%s " "$g"; done)$(for f in $screens; do printf "s%s " "$f"; done)"
 	ftau=${ACDC_FIXTURE_TAU:-0.01}
 	printf "acdc --group G (gG) and --screen F (sF) against exact ACDC on the fixtures (32 examples, seed 1; tau %s, kl)\n" "$ftau"
-	printf "  %-21s %-7s %6s %6s %6s %7s %8s %8s\n" fixture config tests edges kept differ faithful auc
+	printf "  %-21s %-7s %6s %6s %6s %7s %6s %8s %8s\n" fixture config tests edges kept differ cdiff faithful auc
 	for m in induction-hand ioi-hand ioi-trained induction-trained greater-than-trained; do
 		case $m in
 		*-hand) circ-fixture "$m" --examples 32 --seed 1 >"$d/$m.jsonl" ;;
@@ -136,7 +138,8 @@ fixtures() {
 		    "$d/$m.tok" 2>"$d/err"
 		row "$m" "$g" "$d/$m" "$d/$m.tok"
 	done
-	printf "  differ: edges whose decision (or whether it was tested) is not exact ACDC's\n"
+	printf "  differ: edges whose decision (or whether it was decided) is not exact ACDC's;\n"
+	printf "  cdiff: edges in one circuit and not the other (after dangling edges are pruned)\n"
 }
 
 full() {
