@@ -11,23 +11,30 @@
 # (attrib_bench acdc-tau): ACDC then keeps every edge into logits, every node
 # reaches the logits, and every edge is tested.
 #
-# First measurement (Intel Xeon, AVX-512, 2 threads, machine shared, load
-# 6-10; killed at 52 min for lack of time, so the total is EXTRAPOLATED):
-# tau 2.29e-6, --group 64: 1,631 tests decided the ~18,700 edges of logits
-# and layers 11-8 in 22.4 CPU-min (peak RSS 6.6 GB); at 3.8 CPU-s per full
-# forward of 100 prompts (layer 8's tests), the rest costs 34-93 CPU-min
-# (tests per edge or per receiver as in layer 8): 28-58 min on 2 idle
-# cores, against about 6.6 h for exact ACDC (12,570 full forwards' worth).
+# Measured end to end, 2026-12-06 (Intel(R) Xeon(R) Processor, AVX-512,
+# 2 threads, nice -n 5, machine shared with other jobs: load average 5.0 on
+# average over the run, 3.4-7.5; the command got 70% of one core on
+# average): --screen 1 (an approximation, eap-ig, below), tau 2.29e-6:
+# the attribution took 80 s; 31,657 edges were screened (one forward) and
+# 816 tested one by one (817 tests), 32,473 of 32,491 edges decided (18
+# into receivers left unreachable), 422 kept. Whole command: wall 3455 s
+# (57.6 min, over the 30-minute goal on this loaded machine), user 2407 s,
+# sys 26 s, peak RSS 4.33 GB. On 2 idle cores the 2433 CPU-s would take
+# about 20-25 min (NOT measured). Exact ACDC at this size: about 12,600
+# full forwards' worth, 5-6 h. An earlier partial run with --group 64
+# (killed at 52 min) extrapolated to 28-58 min.
 #
 #   bench/acdc_full.sh            the full-scale run (make bench-acdc-full)
 #   bench/acdc_full.sh fixtures   --group G against exact ACDC on the fixtures
 #
 # Environment: THREADS (default 2), ACDC_N (prompts, default 100),
-# ACDC_GROUP (--group; default 64, an approximation: 1 is exact ACDC, hours
-# at this size), ACDC_TAU (default: half the least single-edge change into
+# ACDC_GROUP (--group; default 1), ACDC_SCREEN (--screen; default 1, an
+# approximation: ACDC_SCREEN=0 ACDC_GROUP=1 is exact ACDC, hours at this
+# size), ACDC_TAU (default: half the least single-edge change into
 # logits), ACDC_GOAL (seconds, default 1800), ACDC_OUT (keep the run's
 # circuit, log and time in this directory), ACDC_GROUPS (fixtures: the G
-# compared, default "4 16 64"), ACDC_FIXTURE_TAU (fixtures: default 0.01),
+# compared, default "4 16 64"), ACDC_SCREENS (fixtures: the F compared,
+# "F+gG" with --group G, default "0.5 1 4 1+g16"), ACDC_FIXTURE_TAU (fixtures: default 0.01),
 # ACDC_OLD (fixtures: another circ-prune whose
 # default decisions must equal this one's, e.g. main's build).
 set -eu
