@@ -11,23 +11,30 @@
 # (attrib_bench acdc-tau): ACDC then keeps every edge into logits, every node
 # reaches the logits, and every edge is tested.
 #
-# First measurement (Intel Xeon, AVX-512, 2 threads, machine shared, load
-# 6-10; killed at 52 min for lack of time, so the total is EXTRAPOLATED):
-# tau 2.29e-6, --group 64: 1,631 tests decided the ~18,700 edges of logits
-# and layers 11-8 in 22.4 CPU-min (peak RSS 6.6 GB); at 3.8 CPU-s per full
-# forward of 100 prompts (layer 8's tests), the rest costs 34-93 CPU-min
-# (tests per edge or per receiver as in layer 8): 28-58 min on 2 idle
-# cores, against about 6.6 h for exact ACDC (12,570 full forwards' worth).
+# Measured end to end, 2026-12-06 (Intel(R) Xeon(R) Processor, AVX-512,
+# 2 threads, nice -n 5, machine shared with other jobs: load average 5.0 on
+# average over the run, 3.4-7.5; the command got 70% of one core on
+# average): --screen 1 (an approximation, eap-ig, below), tau 2.29e-6:
+# the attribution took 80 s; 31,657 edges were screened (one forward) and
+# 816 tested one by one (817 tests), 32,473 of 32,491 edges decided (18
+# into receivers left unreachable), 422 kept. Whole command: wall 3455 s
+# (57.6 min, over the 30-minute goal on this loaded machine), user 2407 s,
+# sys 26 s, peak RSS 4.33 GB. On 2 idle cores the 2433 CPU-s would take
+# about 20-25 min (NOT measured). Exact ACDC at this size: about 12,600
+# full forwards' worth, 5-6 h. An earlier partial run with --group 64
+# (killed at 52 min) extrapolated to 28-58 min.
 #
 #   bench/acdc_full.sh            the full-scale run (make bench-acdc-full)
 #   bench/acdc_full.sh fixtures   --group G against exact ACDC on the fixtures
 #
 # Environment: THREADS (default 2), ACDC_N (prompts, default 100),
-# ACDC_GROUP (--group; default 64, an approximation: 1 is exact ACDC, hours
-# at this size), ACDC_TAU (default: half the least single-edge change into
+# ACDC_GROUP (--group; default 1), ACDC_SCREEN (--screen; default 1, an
+# approximation: ACDC_SCREEN=0 ACDC_GROUP=1 is exact ACDC, hours at this
+# size), ACDC_TAU (default: half the least single-edge change into
 # logits), ACDC_GOAL (seconds, default 1800), ACDC_OUT (keep the run's
 # circuit, log and time in this directory), ACDC_GROUPS (fixtures: the G
-# compared, default "4 16 64"), ACDC_FIXTURE_TAU (fixtures: default 0.01),
+# compared, default "4 16 64"), ACDC_SCREENS (fixtures: the F compared,
+# "F+gG" with --group G, default "0.5 1 4 1+g16"), ACDC_FIXTURE_TAU (fixtures: default 0.01),
 # ACDC_OLD (fixtures: another circ-prune whose
 # default decisions must equal this one's, e.g. main's build).
 set -eu
@@ -50,23 +57,42 @@ kept_of() {
 # One row of the fixtures table: fixture $1, group $2 (0: exact), model $3,
 # tokens $4, from $d/g$2.log, $d/g$2.circ and circ-prune's stderr in $d/err.
 row() {
-	tests=$(sed -n 's/.*acdc: \([0-9]*\) edge tests.*/\1/p; s/.*decided by \([0-9]*\) group tests.*/\1/p' "$d/err")
+	tests=$(sed -n 's/.*acdc: \([0-9]*\) edge tests.*/\1/p; s/.*decided by \([0-9]*\) \(group \)*tests.*/\1/p' "$d/err")
 	edges=$(circ-cat --no-header "$d/g$2.log" | wc -l)
 	kept=$(circ-cat --no-header "$d/g$2.circ" | wc -l)
 	kept_of "$d/g$2.log" >"$d/k$2"
 	differ=$(diff "$d/k0" "$d/k$2" | sed -n 's/^[<>] \([^ ]*\) .*/\1/p' | sort -u | wc -l)
+	circ-cat --no-header "$d/g$2.circ" | jq -r .edge | sort >"$d/c$2"
+	cdiff=$(comm -3 "$d/c0" "$d/c$2" | wc -l)
 	faith=$(circ-patch --model "$3" --circuit "$d/g$2.circ" -o /dev/null "$4" 2>&1 |
 	    sed -n 's/.*faithfulness \([-0-9.e]*\).*/\1/p')
 	auc=$(circ-cat "$d/g$2.circ" | head -1 | jq -r '.eval.auc // "-"')
-	printf "  %-21s %-6s %6s %6s %6s %7s %8.4f %8s\n" "$1" "$([ "$2" = 0 ] && echo exact || echo "$2")" \
-	    "$tests" "$edges" "$kept" "$differ" "$faith" "$auc"
+	printf "  %-21s %-7s %6s %6s %6s %7s %6s %8.4f %8s\n" "$1" "$([ "$2" = 0 ] && echo exact || echo "$2")" \
+	    "$tests" "$edges" "$kept" "$differ" "$cdiff" "$faith" "$auc"
+}
+
+# The options of configuration $1 of the fixtures table: 0 exact, gG --group
+# G, sF --screen F, sF+gG both.
+opt_of() {
+	case $1 in
+	0) ;;
+	s*+g*)
+		f=${1%+g*}
+		echo "--screen ${f#s} --group ${1#*+g}"
+		;;
+	s*) echo "--screen ${1#s}" ;;
+	g*) echo "--group ${1#g}" ;;
+	*) echo "--group $1" ;;
+	esac
 }
 
 fixtures() {
 	groups=${ACDC_GROUPS:-"4 16 64"}
+	screens=${ACDC_SCREENS:-"0.5 1 4 1+g16"}
+	configs="0 $(for g in $groups; do printf "g%s " "$g"; done)$(for f in $screens; do printf "s%s " "$f"; done)"
 	ftau=${ACDC_FIXTURE_TAU:-0.01}
-	printf "acdc --group G against exact ACDC on the fixtures (32 examples, seed 1; tau %s, kl)\n" "$ftau"
-	printf "  %-21s %-6s %6s %6s %6s %7s %8s %8s\n" fixture G tests edges kept differ faithful auc
+	printf "acdc --group G (gG) and --screen F (sF) against exact ACDC on the fixtures (32 examples, seed 1; tau %s, kl)\n" "$ftau"
+	printf "  %-21s %-7s %6s %6s %6s %7s %6s %8s %8s\n" fixture config tests edges kept differ cdiff faithful auc
 	for m in induction-hand ioi-hand ioi-trained induction-trained greater-than-trained; do
 		case $m in
 		*-hand) circ-fixture "$m" --examples 32 --seed 1 >"$d/$m.jsonl" ;;
@@ -85,9 +111,8 @@ fixtures() {
 			"$ACDC_OLD" --acdc --model "fixtures/$m" --tau "$ftau" --log "$d/old.log" -o "$d/old.circ" \
 			    "$d/$m.tok" 2>/dev/null
 		fi
-		for g in 0 $groups; do
-			opt=
-			[ "$g" = 0 ] || opt="--group $g"
+		for g in $configs; do
+			opt=$(opt_of "$g")
 			# shellcheck disable=SC2086
 			circ-prune --acdc --model "fixtures/$m" --tau "$ftau" $opt $truth --log "$d/g$g.log" \
 			    -o "$d/g$g.circ" "$d/$m.tok" 2>"$d/err"
@@ -113,20 +138,21 @@ fixtures() {
 	rtau=$(circ-cat --no-header "$d/t.log" | jq -s -r \
 	    '[.[] | select((.edge | endswith("->logits")) and (.edge | startswith("input") | not)) | .change] | min / 2')
 	printf "  %s at tau %s (half the least change of a head or MLP into logits):\n" "$m" "$rtau"
-	for g in 0 $groups; do
-		opt=
-		[ "$g" = 0 ] || opt="--group $g"
+	for g in $configs; do
+		opt=$(opt_of "$g")
 		# shellcheck disable=SC2086
 		circ-prune --acdc --model "$d/$m" --tau "$rtau" $opt --log "$d/g$g.log" -o "$d/g$g.circ" \
 		    "$d/$m.tok" 2>"$d/err"
 		row "$m" "$g" "$d/$m" "$d/$m.tok"
 	done
-	printf "  differ: edges whose decision (or whether it was tested) is not exact ACDC's\n"
+	printf "  differ: edges whose decision (or whether it was decided) is not exact ACDC's;\n"
+	printf "  cdiff: edges in one circuit and not the other (after dangling edges are pruned)\n"
 }
 
 full() {
 	N=${ACDC_N:-100}
-	G=${ACDC_GROUP:-64}
+	G=${ACDC_GROUP:-1}
+	S=${ACDC_SCREEN:-1}
 	GOAL=${ACDC_GOAL:-1800}
 	$bin make "$d/m" >/dev/null
 	if [ "$N" -lt 100 ]; then
@@ -145,6 +171,7 @@ full() {
 	fi
 	opt=
 	[ "$G" -gt 1 ] && opt="--group $G"
+	[ "$S" != 0 ] && opt="$opt --screen $S"
 	out=${ACDC_OUT:-$d}
 	mkdir -p "$out"
 	# shellcheck disable=SC2086
@@ -155,19 +182,20 @@ full() {
 	user=$(sed -n 's/.*User time (seconds): //p' "$out/time.txt")
 	sys=$(sed -n 's/.*System time (seconds): //p' "$out/time.txt")
 	rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/time.txt")
-	line=$(grep 'circ-prune: acdc:' "$out/time.txt")
+	line=$(sed -n 's/^circ-prune: acdc:/acdc:/p' "$out/time.txt")
 	decided=$(circ-cat --no-header "$out/decisions.circ" | wc -l)
 	kept=$(circ-cat --no-header "$out/circuit.circ" | wc -l)
 	total=$(circ-cat "$out/circuit.circ" | head -1 | jq -r .n_edges_total)
 	printf "acdc full scale   CPU: %s, %d threads; load average before: %s\n" "$(cpu)" "$THREADS" "$LOAD0"
 	printf "  GPT-2 small shape (random weights), %d prompts x 16 tokens, kl, resample, tau %s (%s)\n" "$N" "$tau" "$taunote"
-	if [ "$G" -gt 1 ]; then
-		printf "  --group %d: an APPROXIMATION of ACDC (see man circ-prune); --group 1 / ACDC_GROUP=1 is exact\n" "$G"
+	if [ "$G" -gt 1 ] || [ "$S" != 0 ]; then
+		printf "  %s: an APPROXIMATION of ACDC (see man circ-prune); ACDC_SCREEN=0 ACDC_GROUP=1 is exact\n" "${opt# }"
 	else
 		printf "  exact ACDC\n"
 	fi
-	printf "  %s\n" "${line#circ-prune: }"
+	printf "%s\n" "$line" | sed 's/^/  /'
 	printf "  edges decided by a test %d of %d; circuit %s edges\n" "$decided" "$total" "$kept"
+	printf "  load average after: %s\n" "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf "  whole command: wall %.0f s, user %s s, sys %s s, peak RSS %.2f GB\n" "$wall" "$user" "$sys" "$(echo "$rss" | awk '{ print $1 / 1048576 }')"
 	printf "  goal: all %d edges decided in under %d s on 2 cores: %s\n" "$total" "$GOAL" \
 	    "$([ "$decided" -eq "$total" ] && awk -v w="$wall" -v g="$GOAL" 'BEGIN { exit !(w < g) }' && echo ok || echo MISSED)"

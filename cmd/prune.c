@@ -44,6 +44,8 @@ enum {
 	OPT_ABS_CHANGE,
 	OPT_LOG,
 	OPT_GROUP,
+	OPT_SCREEN,
+	OPT_SCREEN_METHOD,
 	OPT_PARTIAL,
 	OPT_ACDC_ORDER,
 	OPT_ACDC_INDICES,
@@ -86,6 +88,11 @@ static const circ_opt opts[] = {
     {"group", OPT_GROUP, "G",
      "acdc, an approximation: test G edges at once, split groups at or above tau (default 1: "
      "exact)"},
+    {"screen", OPT_SCREEN, "F",
+     "acdc, an approximation: drop the edges whose |attribution| is below F*tau untested, "
+     "then test the others (default: off, exact)"},
+    {"screen-method", OPT_SCREEN_METHOD, "M",
+     "acdc --screen: the attribution, eap-ig (default, 5 steps) or eap"},
     {"acdc-order", OPT_ACDC_ORDER, "O",
      "acdc: the order of the tests: circ (default) or reference (ArthurConmy/"
      "Automatic-Circuit-Discovery's)"},
@@ -137,7 +144,10 @@ static struct {
 	const char *log;
 	double tau;
 	int tau_set, abs_change;
-	int group;    /* --group, 0 when not given */
+	int group;		   /* --group, 0 when not given */
+	double screen;		   /* --screen F, 0 when not given */
+	circ_attr_method screen_m; /* --screen-method */
+	int screen_m_set;
 	int acdc_opt; /* a patching option was given */
 	/* acdc order: --acdc-order, --acdc-indices, --acdc-names */
 	circ_acdc_order order;
@@ -149,7 +159,7 @@ static struct {
 	const char *ep_opt; /* the first edge-pruning option given, or NULL */
 	int sparsity_set, warmup_set;
 	int64_t target_edges; /* -1: not given */
-} o = {.tau = 0.01, .target_edges = -1, .node_threshold = -1};
+} o = {.tau = 0.01, .target_edges = -1, .node_threshold = -1, .screen_m = CIRC_ATTR_EAP_IG};
 
 /* "normal" or "reverse" for --acdc-indices and --acdc-names. */
 static int normal_reverse(const char *opt, const char *arg)
@@ -247,6 +257,20 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ABS_CHANGE: o.abs_change = 1; return 0;
 	case OPT_LOG: o.log = arg; return 0;
 	case OPT_GROUP: o.group = (int)circ_opt_i64("group", arg, 1, 1 << 20); return 0;
+	case OPT_SCREEN:
+		o.screen = circ_opt_f64("screen", arg);
+		if (!(o.screen > 0) || !isfinite(o.screen))
+			circ_usage_error("option '--screen': '%s' is not a positive number (edges "
+					 "whose |attribution| is below F*tau are screened)",
+					 arg);
+		return 0;
+	case OPT_SCREEN_METHOD:
+		if (circ_attr_parse(arg, &o.screen_m) < 0 ||
+		    (o.screen_m != CIRC_ATTR_EAP && o.screen_m != CIRC_ATTR_EAP_IG))
+			circ_usage_error("option '--screen-method': '%s' is neither eap-ig nor eap",
+					 arg);
+		o.screen_m_set = 1;
+		return 0;
 	case OPT_ACDC_ORDER:
 		if (circ_acdc_order_parse(arg, &o.order) < 0)
 			circ_usage_error(
@@ -477,13 +501,16 @@ static void write_circuit(circ_cli *cli, int argc, char **argv, circ_reader *r,
 typedef struct acdc_log {
 	circ_writer *w;
 	const circ_graph *g;
-	double *change;	 /* (E) NaN for edges never tested */
-	int64_t decided; /* edges decided by a test */
-	int groups;	 /* 1: --group was given, each record names its group's size */
+	double *change;	    /* (E) NaN for edges never tested */
+	int64_t decided;    /* edges decided by a test */
+	int groups;	    /* 1: --group was given, each record names its group's size */
+	const double *attr; /* --screen: each edge's attribution (E), or NULL */
+	int64_t screened;   /* edges below the screen's bound */
 } acdc_log;
 
 /* One record per test: {"edge", before, after, change, kept} (plus "group"
- * with --group), or for a whole-input test of the reference order
+ * with --group or --screen, and with --screen "screened" and "attribution"), or for a whole-input
+ * test of the reference order
  * {"receiver", ..., "edges"}, whose receiver's edges, when dropped, score
  * the test's change. */
 static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
@@ -495,6 +522,7 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 	if (!whole) {
 		lg->change[st->edge] = st->after - st->before;
 		lg->decided++;
+		lg->screened += st->screened;
 	} else if (!st->kept) {
 		for (int64_t ed = g->recv_first[st->recv]; ed < g->recv_first[st->recv + 1]; ed++)
 			lg->change[ed] = st->after - st->before;
@@ -506,7 +534,7 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 		circ_graph_recv_name(g, st->recv, name, sizeof name);
 	else
 		circ_graph_edge_name(g, st->edge, name, sizeof name);
-	msgpack_pack_map(pk, 5 + extra);
+	msgpack_pack_map(pk, 5 + extra + (lg->attr ? 2 : 0));
 	circ_pack_kv_str(pk, whole ? "receiver" : "edge", name);
 	circ_pack_kv_f64(pk, "before", st->before);
 	circ_pack_kv_f64(pk, "after", st->after);
@@ -518,6 +546,14 @@ static int log_step(void *ctx, const circ_acdc_step *st, circ_error *e)
 		msgpack_pack_false(pk);
 	if (extra)
 		circ_pack_kv_i64(pk, whole ? "edges" : "group", st->group);
+	if (lg->attr) {
+		circ_pack_str(pk, "screened");
+		if (st->screened)
+			msgpack_pack_true(pk);
+		else
+			msgpack_pack_false(pk);
+		circ_pack_kv_f64(pk, "attribution", lg->attr[st->edge]);
+	}
 	return circ_writer_end_record(lg->w, e);
 }
 
@@ -553,6 +589,44 @@ static circ_patcher **acdc_patchers(circ_session *s, circ_patch_opts *po, int *n
 	return ps;
 }
 
+/* --screen: each edge's attribution to ACDC's loss (kl, or -metric), the
+ * mean over the examples of the n patchers' batches, by --screen-method on
+ * a patcher of its own (freed before the tests). */
+static double *screen_attr(circ_session *s, circ_patcher **ps, int n)
+{
+	circ_error e;
+	circ_patch_opts po;
+	circ_patcher *p;
+	circ_attrib *a;
+	const double *sums;
+	double *attr, sign = circ_metric_higher_better(o.pc.metric) ? -1 : 1, t0 = circ_now();
+	circ_patch_cli_opts(&o.pc, s->m, 1, &po);
+	circ_attrib_patch_opts(o.screen_m, &po);
+	po.max_b = po.max_t = 1;
+	for (int i = 0; i < n; i++) {
+		const circ_batch *b = circ_patcher_batch(ps[i]);
+		po.max_b = b->B > po.max_b ? b->B : po.max_b;
+		po.max_t = b->T > po.max_t ? b->T : po.max_t;
+	}
+	p = circ_patcher_new(s->m, s->g, &po, &e);
+	if (!p || (o.pc.ablation == CIRC_ABL_MEAN && circ_patcher_mean_copy(p, ps[0], &e) < 0))
+		circ_die(&e);
+	a = circ_attrib_new(p, o.screen_m, 5);
+	for (int i = 0; i < n; i++)
+		if (circ_patcher_load(p, circ_patcher_batch(ps[i]), &e) < 0 ||
+		    circ_attrib_batch(a, NULL, &e) < 0)
+			circ_session_die(s, &e);
+	sums = circ_attrib_sums(a);
+	attr = circ_xmalloc((size_t)s->g->n_edges * sizeof *attr);
+	for (int64_t ed = 0; ed < s->g->n_edges; ed++)
+		attr[ed] = sign * sums[ed] / (double)circ_attrib_count(a);
+	fprintf(stderr, "%s: acdc: screen: %s attribution of %lld edges in %.2fs\n", circ_progname,
+		circ_attr_name(o.screen_m), (long long)s->g->n_edges, circ_now() - t0);
+	circ_attrib_free(a);
+	circ_patcher_free(p);
+	return attr;
+}
+
 /* --log: the decisions stream, opened with its header (lg->w). */
 static void open_log(const circ_cli *cli, int argc, char **argv, circ_session *s, acdc_log *lg)
 {
@@ -565,6 +639,8 @@ static void open_log(const circ_cli *cli, int argc, char **argv, circ_session *s
 	    CIRC_HDR(STR, "ablation", circ_ablation_name(o.pc.ablation)),
 	    CIRC_HDR(STR, "model_digest", s->model_digest),
 	    CIRC_HDR_IF(o.group > 0, I64, "group", o.group),
+	    CIRC_HDR_IF(o.screen > 0, F64, "screen", o.screen),
+	    CIRC_HDR_IF(o.screen > 0, STR, "screen_method", circ_attr_name(o.screen_m)),
 	    CIRC_HDR_IF(o.order == CIRC_ACDC_ORDER_REFERENCE, STR, "order",
 			circ_acdc_order_name(o.order)),
 	    CIRC_HDR_IF(o.order == CIRC_ACDC_ORDER_REFERENCE, STR, "indices_mode",
@@ -588,6 +664,8 @@ static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_
 	circ_acdc_opts ao = {.tau = o.tau,
 			     .abs_change = o.abs_change,
 			     .group = o.group,
+			     .screen_attr = lg->attr,
+			     .screen = o.screen,
 			     .order = o.order,
 			     .indices_reverse = o.indices_reverse,
 			     .names_reverse = o.names_reverse};
@@ -603,7 +681,14 @@ static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_
 	}
 	circ_progress_end(&pr);
 	dt = circ_now() - t0;
-	if (o.group)
+	if (o.screen)
+		fprintf(stderr,
+			"%s: acdc: %lld edges decided by %lld tests in %.2fs (%.1f edges/s), "
+			"%lld edges below the screen (%g*tau), %lld edges kept\n",
+			circ_progname, (long long)lg->decided, (long long)tests, dt,
+			dt > 0 ? (double)lg->decided / dt : 0.0, (long long)lg->screened, o.screen,
+			(long long)circ_count_kept(s->g, keep));
+	else if (o.group)
 		fprintf(stderr,
 			"%s: acdc: %lld edges decided by %lld group tests of up to %d in %.2fs "
 			"(%.1f edges/s), %lld edges kept\n",
@@ -654,6 +739,10 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 		circ_usage_error("option '--%s' goes with --acdc-order reference", o.mode_opt);
 	if (o.order == CIRC_ACDC_ORDER_REFERENCE && o.group > 1)
 		circ_usage_error("--acdc-order reference tests edges one by one: no --group");
+	if (o.order == CIRC_ACDC_ORDER_REFERENCE && o.screen)
+		circ_usage_error("--acdc-order reference tests every edge: no --screen");
+	if (o.screen_m_set && !o.screen)
+		circ_usage_error("option '--screen-method' goes with --screen F");
 	if (o.order == CIRC_ACDC_ORDER_REFERENCE && o.pc.level == CIRC_LEVEL_NODE)
 		circ_usage_error("--acdc-order reference needs --level edge (its heads have q, k "
 				 "and v inputs)");
@@ -672,7 +761,9 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	}
 	ps = acdc_patchers(&s, &po, &n);
 	lg.g = s.g;
-	lg.groups = o.group > 0;
+	lg.groups = o.group > 0 || o.screen > 0;
+	if (o.screen)
+		lg.attr = screen_attr(&s, ps, n);
 	lg.change = circ_xmalloc((size_t)s.g->n_edges * sizeof(double));
 	for (int64_t ed = 0; ed < s.g->n_edges; ed++)
 		lg.change[ed] = NAN;
@@ -691,6 +782,7 @@ static int run_acdc(circ_cli *cli, int argc, char **argv, const char *input)
 	free(ps);
 	free(keep);
 	free(lg.change);
+	free((double *)lg.attr);
 	circ_session_free(&s);
 	return 0;
 }
@@ -793,9 +885,11 @@ static int run_edge_pruning(circ_cli *cli, int argc, char **argv, const char *in
 
 	if (!o.pc.model)
 		circ_usage_error("--edge-pruning needs --model DIR");
-	if (o.signed_ || o.size || o.tau_set || o.abs_change || o.group)
-		circ_usage_error("--signed, sizes, --tau, --abs-change and --group do not apply "
-				 "to --edge-pruning");
+	if (o.signed_ || o.size || o.tau_set || o.abs_change || o.group || o.screen ||
+	    o.screen_m_set)
+		circ_usage_error(
+		    "--signed, sizes, --tau, --abs-change, --group and --screen do not "
+		    "apply to --edge-pruning");
 	if (o.sparsity_set == (o.target_edges >= 0))
 		circ_usage_error("--edge-pruning needs one of --sparsity S and --target-edges N");
 	if (!o.warmup_set)
@@ -903,6 +997,9 @@ static void check_selection_options(void)
 		circ_usage_error("option '--abs-change' goes with --acdc");
 	if (o.group)
 		circ_usage_error("option '--group' goes with --acdc");
+	if (o.screen || o.screen_m_set)
+		circ_usage_error("option '--%s' goes with --acdc",
+				 o.screen ? "screen" : "screen-method");
 	if (o.order_opt)
 		circ_usage_error("option '--%s' goes with --acdc", o.order_opt);
 	if (o.mode == MODE_THRESHOLD && o.threshold < 0 && !o.signed_)

@@ -58,47 +58,49 @@ typedef struct acdc_ctx {
 	double cur; /* loss of the current circuit */
 } acdc_ctx;
 
-/* Decides edges lo..hi of one receiver (of stage `stage`), patched
- * together: dropped when their joint change is below tau, kept when hi ==
- * lo and it is not, else split in two halves, the later edges first. With
- * hi == lo this is ACDC's own edge test. */
-static int decide(acdc_ctx *a, int stage, int64_t lo, int64_t hi, circ_error *e)
+/* Decides the n edges eds[0..n-1] of one receiver (of stage `stage`),
+ * patched together: dropped when their joint change is below tau, kept
+ * when n == 1 and it is not, else split in two halves, eds[n/2..n-1]
+ * first. With one edge this is ACDC's own edge test. Decisions are
+ * reported from eds[n-1] down. */
+static int decide(acdc_ctx *a, int stage, const int64_t *eds, int64_t n, circ_error *e)
 {
 	const circ_acdc_opts *o = a->o;
 	double after, change;
 	int dropped;
-	for (int64_t ed = lo; ed <= hi; ed++)
-		a->keep[ed] = 0;
+	for (int64_t i = 0; i < n; i++)
+		a->keep[eds[i]] = 0;
 	if (loss(a->ps, a->n, a->keep, stage, &after, e) < 0)
 		return -1;
 	(*a->tests)++;
 	change = after - a->cur;
 	dropped = (o->abs_change ? fabs(change) : change) < o->tau;
-	if (!dropped && hi > lo) {
-		int64_t mid = lo + (hi - lo + 1) / 2;
-		for (int64_t ed = lo; ed <= hi; ed++)
-			a->keep[ed] = 1;
-		if (decide(a, stage, mid, hi, e) < 0)
+	if (!dropped && n > 1) {
+		int64_t mid = n / 2;
+		for (int64_t i = 0; i < n; i++)
+			a->keep[eds[i]] = 1;
+		if (decide(a, stage, eds + mid, n - mid, e) < 0)
 			return -1;
-		return decide(a, stage, lo, mid - 1, e);
+		return decide(a, stage, eds, mid, e);
 	}
-	for (int64_t ed = hi; ed >= lo; ed--) {
+	for (int64_t i = n - 1; i >= 0; i--) {
 		circ_acdc_step st;
-		st.edge = ed;
+		st.edge = eds[i];
 		st.recv = -1;
 		st.before = a->cur;
 		st.after = after;
 		st.kept = !dropped;
-		st.group = (int)(hi - lo + 1);
+		st.group = (int)n;
+		st.screened = 0;
 		if (st.kept)
-			a->keep[ed] = 1;
+			a->keep[eds[i]] = 1;
 		if (a->cb && a->cb(a->cb_ctx, &st, e) < 0)
 			return -1;
 	}
 	if (dropped)
 		a->cur = after;
 	if (a->pr)
-		circ_progress_step(a->pr, hi - lo + 1);
+		circ_progress_step(a->pr, n);
 	return 0;
 }
 
@@ -142,6 +144,7 @@ static int decide_whole(acdc_ctx *a, int stage, int r, int *kept, circ_error *e)
 	st.recv = r;
 	st.before = a->cur;
 	st.group = (int)(g->recv_first[r + 1] - g->recv_first[r]);
+	st.screened = 0;
 	drop_recv(g, a->keep, r);
 	if (loss(a->ps, a->n, a->keep, stage, &st.after, e) < 0)
 		return -1;
@@ -206,7 +209,7 @@ static int decide_edges(acdc_ctx *a, int r, int64_t *order, circ_error *e)
 	int stage = circ_patcher_recv_stage(a->ps[0], r);
 	int n = reference_edges(g, a->o, r, order);
 	for (int i = 0; i < n; i++)
-		if (decide(a, stage, order[i], order[i], e) < 0)
+		if (decide(a, stage, &order[i], 1, e) < 0)
 			return -1;
 	return 0;
 }
@@ -264,28 +267,81 @@ static int run_reference(acdc_ctx *a, circ_error *e)
 	return rc;
 }
 
+/* Decides the n edges of list (ACDC's order: the last first) in groups of
+ * `group` (1: one by one). */
+static int decide_groups(acdc_ctx *a, int stage, const int64_t *list, int64_t n, int64_t group,
+			 circ_error *e)
+{
+	for (int64_t hi = n - 1; hi >= 0; hi -= group) {
+		int64_t lo = hi - group + 1 > 0 ? hi - group + 1 : 0;
+		if (decide(a, stage, list + lo, hi - lo + 1, e) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The screen (acdc.h): drops the edges below the bound into receivers
+ * lo..hi-1 at once, measured by one forward, and reports them from the
+ * last down. */
+static int drop_screened(acdc_ctx *a, int lo, int hi, circ_error *e)
+{
+	const circ_graph *g = circ_patcher_graph(a->ps[0]);
+	const double *attr = a->o->screen_attr;
+	double bound = a->o->screen * a->o->tau, after;
+	int64_t nb = 0;
+	int stage = g->topo->n_stage;
+	for (int r = lo; r < hi; r++)
+		for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
+			if (fabs(attr[ed]) < bound) {
+				a->keep[ed] = 0;
+				nb++;
+				if (circ_patcher_recv_stage(a->ps[0], r) < stage)
+					stage = circ_patcher_recv_stage(a->ps[0], r);
+			}
+	if (nb == 0)
+		return 0;
+	if (loss(a->ps, a->n, a->keep, stage, &after, e) < 0)
+		return -1;
+	(*a->tests)++;
+	for (int64_t ed = g->recv_first[hi] - 1; ed >= g->recv_first[lo]; ed--) {
+		circ_acdc_step st = {ed, -1, a->cur, after, 0, (int)nb, 1};
+		if (fabs(attr[ed]) < bound && a->cb && a->cb(a->cb_ctx, &st, e) < 0)
+			return -1;
+	}
+	a->cur = after;
+	if (a->pr)
+		circ_progress_step(a->pr, nb);
+	return 0;
+}
+
 /* circ's order (acdc.h): receivers by circ's numbering from the last down,
  * each receiver's edges from the latest upstream node down, in groups of
- * `group` (1: one by one). */
+ * `group` (1: one by one); with the screen, only those at or above its
+ * bound, the others dropped first. */
 static int run_circ(acdc_ctx *a, int64_t group, circ_error *e)
 {
 	const circ_graph *g = circ_patcher_graph(a->ps[0]);
-	for (int r = g->n_recv - 1; r >= 0; r--) {
+	const double *attr = a->o->screen_attr;
+	int screen = attr && a->o->screen > 0;
+	double bound = a->o->screen * a->o->tau;
+	int64_t *list = circ_xmalloc((size_t)g->n_up * sizeof *list);
+	int rc = screen ? drop_screened(a, 0, g->n_recv, e) : 0;
+	for (int r = g->n_recv - 1; rc == 0 && r >= 0; r--) {
 		int node, stage = circ_patcher_recv_stage(a->ps[0], r);
+		int64_t n = 0;
 		circ_graph_recv_info(g, r, NULL, &node);
 		if (!node_has_output(g, a->keep, node)) {
 			/* unreachable from the logits: its inputs cannot matter */
 			drop_recv(g, a->keep, r);
 			continue;
 		}
-		for (int64_t hi = g->recv_first[r + 1] - 1; hi >= g->recv_first[r]; hi -= group) {
-			int64_t lo =
-			    hi - group + 1 > g->recv_first[r] ? hi - group + 1 : g->recv_first[r];
-			if (decide(a, stage, lo, hi, e) < 0)
-				return -1;
-		}
+		for (int64_t ed = g->recv_first[r]; ed < g->recv_first[r + 1]; ed++)
+			if (!screen || fabs(attr[ed]) >= bound)
+				list[n++] = ed;
+		rc = decide_groups(a, stage, list, n, group, e);
 	}
-	return 0;
+	free(list);
+	return rc;
 }
 
 int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep, circ_acdc_cb cb,
@@ -301,6 +357,8 @@ int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *ke
 				      "have q, k and v inputs)");
 	if (reference && group > 1)
 		return circ_errorf(e, "the reference order tests edges one by one (no groups)");
+	if (reference && o->screen_attr && o->screen > 0)
+		return circ_errorf(e, "the reference order tests every edge (no screen)");
 	memset(keep, 1, (size_t)g->n_edges);
 	if (loss(ps, n, keep, g->topo->n_stage, &a.cur, e) < 0)
 		return -1;

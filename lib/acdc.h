@@ -71,6 +71,17 @@ typedef struct circ_acdc_opts {
 	 * decisions may differ. It pays when most edges are dropped, as in
 	 * real circuits: about one test per group plus log2(G) per kept edge. */
 	int group;
+	/* The attribution screen, an approximation (off by default): with
+	 * screen_attr (E, each edge's attribution to the loss, e.g. EAP-IG's
+	 * mean score) and screen > 0, every edge whose |screen_attr| is below
+	 * screen * tau is dropped without a test of its own before ACDC
+	 * starts (one forward measures the circuit without them, reported as
+	 * one decision per edge, screened); ACDC then tests the other edges
+	 * as without the screen (one by one, or in groups of `group` taken in
+	 * ACDC's order among a receiver's remaining edges). Circ's order
+	 * only. */
+	const double *screen_attr;
+	double screen;
 	circ_acdc_order order; /* default CIRC_ACDC_ORDER_CIRC (0) */
 	/* reference order only: its --indices-mode and --names-mode reverse
 	 * (0: its "normal"); see above */
@@ -86,7 +97,8 @@ typedef struct circ_acdc_step {
 	int recv;
 	double before, after; /* loss of the current circuit, and with the edge patched */
 	int kept;
-	int group; /* edges patched together in the test that decided it (1: alone) */
+	int group;    /* edges patched together in the test that decided it (1: alone) */
+	int screened; /* 1: below the screen's bound, decided in its tests */
 } circ_acdc_step;
 
 typedef int (*circ_acdc_cb)(void *ctx, const circ_acdc_step *s, circ_error *e);
@@ -96,8 +108,8 @@ typedef int (*circ_acdc_cb)(void *ctx, const circ_acdc_step *s, circ_error *e);
  * every decision, in the order of the edges decided (with groups, every
  * edge of a group dropped at once, from the latest upstream node down).
  * The reference order works on an edge-level graph only, without groups
- * (group 0 or 1): -1 with a message otherwise. *tests counts patched forwards of the dataset (with
- * groups, fewer than the edges decided). -1 with a message on error. */
+ * (group 0 or 1) and without a screen: -1 with a message otherwise. *tests counts patched forwards
+ * of the dataset (with groups, fewer than the edges decided). -1 with a message on error. */
 int circ_acdc_run(circ_patcher **ps, int n, const circ_acdc_opts *o, uint8_t *keep, circ_acdc_cb cb,
 		  void *ctx, int64_t *tests, circ_progress *pr, circ_error *e);
 

@@ -113,6 +113,101 @@ decisions() {
 	done
 }
 
+@test "prune --acdc --screen: usage errors" {
+	acdc_tokens ioi-hand
+	tok="$T/ioi-hand.tok"
+	for f in 0 -1 nan inf x; do
+		run --separate-stderr circ-prune --acdc --model fixtures/ioi-hand --screen "$f" "$tok"
+		assert_failure 2
+		[[ "$stderr" == *"option '--screen'"* ]]
+	done
+	run --separate-stderr circ-prune --acdc --model fixtures/ioi-hand --screen 1 --screen-method exact "$tok"
+	assert_failure 2
+	[[ "$stderr" == *"option '--screen-method': 'exact' is neither eap-ig nor eap"* ]]
+	run --separate-stderr circ-prune --acdc --model fixtures/ioi-hand --screen-method eap "$tok"
+	assert_failure 2
+	[[ "$stderr" == *"option '--screen-method' goes with --screen F"* ]]
+	run --separate-stderr circ-prune --acdc --model fixtures/ioi-hand --screen 1 --acdc-order reference "$tok"
+	assert_failure 2
+	[[ "$stderr" == *"no --screen"* ]]
+	run --separate-stderr circ-prune --top-n 3 --screen 1 $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"option '--screen' goes with --acdc"* ]]
+	run --separate-stderr circ-prune --top-n 3 --screen-method eap $D/scores.jsonl
+	assert_failure 2
+	[[ "$stderr" == *"option '--screen-method' goes with --acdc"* ]]
+	run --separate-stderr circ-prune --edge-pruning --model fixtures/ioi-hand --sparsity 0.5 --screen 1 "$tok"
+	assert_failure 2
+	[[ "$stderr" == *"--screen do not apply to --edge-pruning"* ]]
+}
+
+@test "prune --acdc without --screen: decisions and circuits byte-identical to before the screen" {
+	# goldens from the build before --screen (tests/data/prune/acdc-*.jsonl)
+	for m in induction-hand ioi-hand; do
+		acdc_tokens $m
+		for g in 0 8; do
+			opt=
+			[ $g = 0 ] || opt="--group $g"
+			circ-prune --acdc --model fixtures/$m $opt --log "$T/d.log" --json "$T/$m.tok" \
+				>"$T/c.jsonl" 2>/dev/null
+			circ-cat --no-header "$T/d.log" | cmp - $D/acdc-$m-g$g-decisions.jsonl
+			circ-cat --no-header "$T/c.jsonl" | cmp - $D/acdc-$m-g$g-circuit.jsonl
+		done
+	done
+}
+
+@test "prune --acdc --screen F: log records; edges below F*tau dropped untested in one forward; fewer tests" {
+	for m in induction-hand ioi-hand; do
+		acdc_tokens $m
+		circ-prune --acdc --model fixtures/$m --log "$T/exact.log" "$T/$m.tok" -o /dev/null 2>"$T/exact.err"
+		circ-prune --acdc --model fixtures/$m --screen 1 --log "$T/s.log" "$T/$m.tok" -o /dev/null 2>"$T/s.err"
+		circ-cat "$T/s.log" | tests/validate.py schemas/decisions.schema.json
+		circ-cat "$T/s.log" | head -1 | jq -e '.screen == 1 and .screen_method == "eap-ig"' >/dev/null
+		circ-cat "$T/exact.log" | head -1 | jq -e 'has("screen") | not' >/dev/null
+		circ-cat --no-header "$T/exact.log" | jq -e 'has("screened") or has("attribution") | not' >/dev/null
+		# every edge decided once, with its attribution; the screened ones first, below
+		# the bound (tau 0.01), all dropped by one forward (one before, after and group:
+		# their number); the others at or above it, tested alone, kept at or above tau
+		circ-cat --no-header "$T/s.log" | jq -s -e \
+			'(map(.edge) | length == (unique | length)) and
+			 (map(select(.screened)) as $s | ($s | length) > 1 and
+			  ($s | map([.before, .after, .group]) | unique | length) == 1 and
+			  $s[0].group == ($s | length) and all($s[]; (.attribution | fabs) < 0.01 and (.kept | not))) and
+			 (map(.screened) | . == sort_by(. | not)) and
+			 all(.[]; (.attribution | type) == "number") and
+			 all(.[] | select(.screened | not); (.attribution | fabs) >= 0.01 and .group == 1 and
+			     (if .kept then .change >= 0.01 else .change < 0.01 end))' >/dev/null
+		n=$(circ-cat --no-header "$T/s.log" | jq -s 'map(select(.screened)) | length')
+		grep -q "acdc: screen: eap-ig attribution of" "$T/s.err"
+		read -r dec tests below < <(sed -n 's/.*acdc: \([0-9]*\) edges decided by \([0-9]*\) tests.*, \([0-9]*\) edges below the screen (1\*tau).*/\1 \2 \3/p' "$T/s.err")
+		[ "$below" = "$n" ]
+		# one forward for the screened edges, one per other edge
+		[ "$tests" = $((dec - n + 1)) ]
+		exact=$(circ-cat --no-header "$T/exact.log" | wc -l)
+		[ "$tests" -lt "$exact" ]
+	done
+	# eap: the attribution of kl on the clean run is zero (its gradient vanishes
+	# there), so every edge is screened
+	circ-prune --acdc --model fixtures/ioi-hand --screen 1 --screen-method eap --log "$T/e.log" \
+		"$T/ioi-hand.tok" -o /dev/null 2>/dev/null
+	circ-cat "$T/e.log" | head -1 | jq -e '.screen_method == "eap"' >/dev/null
+	circ-cat --no-header "$T/e.log" | jq -s -e 'all(.[]; .screened) and length == 262' >/dev/null
+}
+
+@test "prune --acdc --screen keeps the known circuit of the hand-built fixtures" {
+	for m in induction-hand ioi-hand; do
+		acdc_tokens $m
+		circ-prune --acdc --model fixtures/$m --json "$T/$m.tok" >"$T/exact.jsonl" 2>/dev/null
+		for f in 0.5 1 4; do
+			circ-prune --acdc --model fixtures/$m --screen $f --truth fixtures/$m/truth.jsonl \
+				--json "$T/$m.tok" >"$T/s.jsonl" 2>/dev/null
+			# the planted circuit exactly, and exact ACDC's circuit
+			circ-cat "$T/s.jsonl" | head -1 | jq -e '.eval.auc == 1 and .eval.fp == 0 and .eval.fn == 0' >/dev/null
+			diff <(circ-cat --no-header "$T/exact.jsonl" | jq -r .edge) <(circ-cat --no-header "$T/s.jsonl" | jq -r .edge)
+		done
+	done
+}
+
 @test "prune: golden circuits for top-n, greedy and signed threshold" {
 	circ-prune --json --top-n 8 $D/scores.jsonl | circ-cat --no-header | cmp - $D/golden-top8.jsonl
 	circ-prune --json --greedy 6 $D/scores.jsonl | circ-cat --no-header | cmp - $D/golden-greedy6.jsonl
