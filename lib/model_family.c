@@ -770,20 +770,49 @@ static void rope_freqs(const circ_config *c, int local, double *f)
 
 /* x (D) at position t rotated in place (inverse: the transpose, for the
  * backward). */
-static void rope_row(float *x, int rd, const double *f, int t, int inverse)
+static void rope_row(float *x, int rd, const double *cs, const double *sn, int inverse)
 {
 	int hd = rd / 2;
 	for (int i = 0; i < hd; i++) {
-		double a = t * f[i], cs = cos(a), sn = sin(a);
 		float x1 = x[i], x2 = x[i + hd];
 		if (inverse) {
-			x[i] = (float)(x1 * cs + x2 * sn);
-			x[i + hd] = (float)(x2 * cs - x1 * sn);
+			x[i] = (float)(x1 * cs[i] + x2 * sn[i]);
+			x[i + hd] = (float)(x2 * cs[i] - x1 * sn[i]);
 		} else {
-			x[i] = (float)(x1 * cs - x2 * sn);
-			x[i + hd] = (float)(x2 * cs + x1 * sn);
+			x[i] = (float)(x1 * cs[i] - x2 * sn[i]);
+			x[i + hd] = (float)(x2 * cs[i] + x1 * sn[i]);
 		}
 	}
+}
+
+/* q and k rows (n of them, heads D apart in rows Q wide) rotated, or
+ * rotated back (inverse), for layer l: cos and sin of t * inv_freq made
+ * once per position (T x rd/2), not per row and head. */
+static void rope_rows(const circ_run *r, int l, float *q, float *k, size_t n, size_t Q, int inverse)
+{
+	const circ_config *c = &r->m->cfg;
+	int rd = circ_config_rotary_dim(c), hd = rd / 2, T = r->T;
+	double *f = circ_xmalloc(((size_t)hd + 1) * sizeof *f);
+	double *cs = circ_xmalloc((size_t)T * (size_t)(hd + 1) * 2 * sizeof *cs), *sn;
+	sn = cs + (size_t)T * (size_t)(hd + 1);
+	rope_freqs(c, c->local_layer[l], f);
+	for (int t = 0; t < T; t++)
+		for (int i = 0; i < hd; i++) {
+			double a = t * f[i];
+			cs[(size_t)t * (size_t)hd + (size_t)i] = cos(a);
+			sn[(size_t)t * (size_t)hd + (size_t)i] = sin(a);
+		}
+	for (size_t i = 0; i < n; i++) {
+		size_t t = i % (size_t)T;
+		for (int h = 0; h < r->H; h++) {
+			rope_row(q + i * Q + (size_t)h * r->D, rd, cs + t * (size_t)hd,
+				 sn + t * (size_t)hd, inverse);
+			rope_row(k + i * Q + (size_t)h * r->D, rd, cs + t * (size_t)hd,
+				 sn + t * (size_t)hd, inverse);
+		}
+	}
+	free(f);
+	free(cs);
 }
 
 /* ---- buffers of layer l ---- */
@@ -975,7 +1004,6 @@ static void qk_finish(const circ_run *r, int l, const float *q, const float *k, 
 	const fam_layer *y = &r->m->fw.layers[l];
 	size_t n = bt(r), Q = fam_Q(r);
 	int rd = circ_config_rotary_dim(c);
-	double *f;
 	memcpy(qr, q, n * Q * sizeof(float));
 	memcpy(kr, k, n * Q * sizeof(float));
 	if (c->qk_norm == CIRC_QK_NORM_HEAD) {
@@ -986,16 +1014,7 @@ static void qk_finish(const circ_run *r, int l, const float *q, const float *k, 
 	}
 	if (c->pos != CIRC_POS_ROTARY || rd == 0)
 		return;
-	f = circ_xmalloc(((size_t)rd / 2 + 1) * sizeof *f);
-	rope_freqs(c, c->local_layer[l], f);
-	for (size_t i = 0; i < n; i++) {
-		int t = (int)(i % (size_t)r->T);
-		for (int h = 0; h < r->H; h++) {
-			rope_row(qr + i * Q + (size_t)h * r->D, rd, f, t, 0);
-			rope_row(kr + i * Q + (size_t)h * r->D, rd, f, t, 0);
-		}
-	}
-	free(f);
+	rope_rows(r, l, qr, kr, n, Q, 0);
 }
 
 /* Layer l's attention, reading residual x; writes the heads' node outputs
@@ -1175,23 +1194,64 @@ typedef struct act_task {
 	const float *fa, *fb;
 } act_task;
 
+/* SiLU's e^-x for fa[b .. b+len) into tmp, by circ_vexp (relative error
+ * below 2e-7; libm's expf one element at a time was 3% of a 1B EAP). */
+#define ACT_CHUNK 256
+static void silu_exp(float *tmp, const float *fa, size_t len)
+{
+	for (size_t j = 0; j < len; j++)
+		tmp[j] = -fa[j];
+	circ_vexp(tmp, tmp, len);
+}
+
 static void act_fwd_part(void *v, size_t b, size_t e)
 {
 	const act_task *t = v;
-	for (size_t i = b; i < e; i++)
-		t->out[i] = act_f(t->act, t->fa[i]) * (t->gated ? t->fb[i] : 1.0f);
+	float tmp[ACT_CHUNK];
+	if (t->act != CIRC_ACT_SILU) {
+		for (size_t i = b; i < e; i++)
+			t->out[i] = act_f(t->act, t->fa[i]) * (t->gated ? t->fb[i] : 1.0f);
+		return;
+	}
+	for (size_t i0 = b; i0 < e; i0 += ACT_CHUNK) {
+		size_t len = e - i0 < ACT_CHUNK ? e - i0 : ACT_CHUNK;
+		silu_exp(tmp, t->fa + i0, len);
+		for (size_t j = 0; j < len; j++) {
+			size_t i = i0 + j;
+			t->out[i] = t->fa[i] / (1.0f + tmp[j]) * (t->gated ? t->fb[i] : 1.0f);
+		}
+	}
 }
 
 static void act_bwd_part(void *v, size_t b, size_t e)
 {
 	const act_task *t = v;
-	for (size_t i = b; i < e; i++) {
-		float d = t->out[i];
-		if (t->gated) {
-			t->db[i] = d * act_f(t->act, t->fa[i]);
-			t->out[i] = d * t->fb[i] * act_df(t->act, t->fa[i]);
-		} else {
-			t->out[i] = d * act_df(t->act, t->fa[i]);
+	float tmp[ACT_CHUNK];
+	if (t->act != CIRC_ACT_SILU) {
+		for (size_t i = b; i < e; i++) {
+			float d = t->out[i];
+			if (t->gated) {
+				t->db[i] = d * act_f(t->act, t->fa[i]);
+				t->out[i] = d * t->fb[i] * act_df(t->act, t->fa[i]);
+			} else {
+				t->out[i] = d * act_df(t->act, t->fa[i]);
+			}
+		}
+		return;
+	}
+	for (size_t i0 = b; i0 < e; i0 += ACT_CHUNK) {
+		size_t len = e - i0 < ACT_CHUNK ? e - i0 : ACT_CHUNK;
+		silu_exp(tmp, t->fa + i0, len);
+		for (size_t j = 0; j < len; j++) {
+			size_t i = i0 + j;
+			float x = t->fa[i], d = t->out[i], s = 1.0f / (1.0f + tmp[j]);
+			float df = s * (1.0f + x * (1.0f - s));
+			if (t->gated) {
+				t->db[i] = d * (x / (1.0f + tmp[j]));
+				t->out[i] = d * t->fb[i] * df;
+			} else {
+				t->out[i] = d * df;
+			}
 		}
 	}
 }
@@ -1485,9 +1545,9 @@ static void fam_mlp_bwd(circ_run *r, int l, const float *x, const float *g, floa
 		p_norm_bwd(r, 1, r->f_dA, g, C, lay(r, r->fM, l, C), C, n, r->C, y->pm_w);
 		dout = r->f_dA;
 	}
-	if (r->gw) { /* down: the activations (rebuilt in f_db) against dout */
-		for (size_t i = 0; i < n * F; i++)
-			r->f_db[i] = gated ? act_f(c->act, fa[i]) * fb[i] : act_f(c->act, fa[i]);
+	if (r->gw) { /* down: the activations (rebuilt in f_db, as the forward made them) */
+		act_task t = {c->act, gated, r->f_db, NULL, fa, fb};
+		circ_pool_for(r->pool, n * F, act_fwd_part, &t);
 		grad_w(r, r->gw->layers[l].dn_w.p, r->C, r->F, dout, r->C, r->f_db, r->F, n);
 		grad_b(r->gw->layers[l].dn_b, dout, C, n, r->C);
 	}
@@ -1731,18 +1791,8 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, con
 		circ_pool_for(r->pool, (size_t)r->B * (size_t)r->H, fattn_bwd_part, &t);
 	}
 	/* back through RoPE and the per-head q/k norms */
-	if (c->pos == CIRC_POS_ROTARY && rd > 0) {
-		double *f = circ_xmalloc(((size_t)rd / 2 + 1) * sizeof *f);
-		rope_freqs(c, c->local_layer[l], f);
-		for (size_t i = 0; i < n; i++) {
-			int t = (int)(i % (size_t)r->T);
-			for (int h = 0; h < r->H; h++) {
-				rope_row(dq + i * Q + (size_t)h * D, rd, f, t, 1);
-				rope_row(dk + i * Q + (size_t)h * D, rd, f, t, 1);
-			}
-		}
-		free(f);
-	}
+	if (c->pos == CIRC_POS_ROTARY && rd > 0)
+		rope_rows(r, l, dq, dk, n, Q, 1);
 	if (c->qk_norm == CIRC_QK_NORM_HEAD) {
 		/* dq, dk are of the normed values; q, k hold the projections */
 		memcpy(r->f_dz2, dq, n * Q * sizeof(float));
