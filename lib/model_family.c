@@ -1182,7 +1182,6 @@ void circ_model_post_attn_jvp(const circ_model *m, int l, float *out, const floa
 	}
 }
 
-/* Layer l's MLP reading residual x; its node output; adds it to out. */
 /* The MLP's activation over the pool, element by element (the same bits
  * for any split): forward out = act(fa) (* fb where gated); backward, from
  * out = d (the gradient of the product): db = d act(fa) where gated, and
@@ -1194,68 +1193,64 @@ typedef struct act_task {
 	const float *fa, *fb;
 } act_task;
 
-/* SiLU's e^-x for fa[b .. b+len) into tmp, by circ_vexp (relative error
- * below 2e-7; libm's expf one element at a time was 3% of a 1B EAP). */
+/* f = act(fa), and df = act'(fa) where df is given, for fa[0 .. len),
+ * len <= ACT_CHUNK. SiLU's e^-x by circ_vexp (relative error below 2e-7;
+ * libm's expf one element at a time was 3% of a 1B EAP). */
 #define ACT_CHUNK 256
-static void silu_exp(float *tmp, const float *fa, size_t len)
+static void act_chunk(circ_act act, const float *fa, size_t len, float *f, float *df)
 {
+	if (act != CIRC_ACT_SILU) {
+		for (size_t j = 0; j < len; j++) {
+			f[j] = act_f(act, fa[j]);
+			if (df)
+				df[j] = act_df(act, fa[j]);
+		}
+		return;
+	}
 	for (size_t j = 0; j < len; j++)
-		tmp[j] = -fa[j];
-	circ_vexp(tmp, tmp, len);
+		f[j] = -fa[j];
+	circ_vexp(f, f, len);
+	for (size_t j = 0; j < len; j++) {
+		float e = f[j], s = 1.0f / (1.0f + e);
+		f[j] = fa[j] / (1.0f + e);
+		if (df)
+			df[j] = s * (1.0f + fa[j] * (1.0f - s));
+	}
 }
 
 static void act_fwd_part(void *v, size_t b, size_t e)
 {
 	const act_task *t = v;
-	float tmp[ACT_CHUNK];
-	if (t->act != CIRC_ACT_SILU) {
-		for (size_t i = b; i < e; i++)
-			t->out[i] = act_f(t->act, t->fa[i]) * (t->gated ? t->fb[i] : 1.0f);
-		return;
-	}
+	float f[ACT_CHUNK];
 	for (size_t i0 = b; i0 < e; i0 += ACT_CHUNK) {
 		size_t len = e - i0 < ACT_CHUNK ? e - i0 : ACT_CHUNK;
-		silu_exp(tmp, t->fa + i0, len);
-		for (size_t j = 0; j < len; j++) {
-			size_t i = i0 + j;
-			t->out[i] = t->fa[i] / (1.0f + tmp[j]) * (t->gated ? t->fb[i] : 1.0f);
-		}
+		act_chunk(t->act, t->fa + i0, len, f, NULL);
+		for (size_t j = 0; j < len; j++)
+			t->out[i0 + j] = f[j] * (t->gated ? t->fb[i0 + j] : 1.0f);
 	}
 }
 
 static void act_bwd_part(void *v, size_t b, size_t e)
 {
 	const act_task *t = v;
-	float tmp[ACT_CHUNK];
-	if (t->act != CIRC_ACT_SILU) {
-		for (size_t i = b; i < e; i++) {
-			float d = t->out[i];
-			if (t->gated) {
-				t->db[i] = d * act_f(t->act, t->fa[i]);
-				t->out[i] = d * t->fb[i] * act_df(t->act, t->fa[i]);
-			} else {
-				t->out[i] = d * act_df(t->act, t->fa[i]);
-			}
-		}
-		return;
-	}
+	float f[ACT_CHUNK], df[ACT_CHUNK];
 	for (size_t i0 = b; i0 < e; i0 += ACT_CHUNK) {
 		size_t len = e - i0 < ACT_CHUNK ? e - i0 : ACT_CHUNK;
-		silu_exp(tmp, t->fa + i0, len);
+		act_chunk(t->act, t->fa + i0, len, f, df);
 		for (size_t j = 0; j < len; j++) {
 			size_t i = i0 + j;
-			float x = t->fa[i], d = t->out[i], s = 1.0f / (1.0f + tmp[j]);
-			float df = s * (1.0f + x * (1.0f - s));
+			float d = t->out[i];
 			if (t->gated) {
-				t->db[i] = d * (x / (1.0f + tmp[j]));
-				t->out[i] = d * t->fb[i] * df;
+				t->db[i] = d * f[j];
+				t->out[i] = d * t->fb[i] * df[j];
 			} else {
-				t->out[i] = d * df;
+				t->out[i] = d * df[j];
 			}
 		}
 	}
 }
 
+/* Layer l's MLP reading residual x; its node output; adds it to out. */
 static void fam_mlp(circ_run *r, int l, const float *x, float *out)
 {
 	const circ_config *c = &r->m->cfg;
