@@ -14,6 +14,9 @@
 # is reported. PyTorch runs with OMP_WAIT_POLICY=PASSIVE: with the default
 # (spinning) policy its OpenMP threads fight OpenBLAS's for the cores and it
 # is about 1.4x slower at 2 threads; we compare against its better setting.
+# The goals are measured on the forward circ-forward runs, which keeps no
+# per-head outputs (PyTorch's forward makes none either); the patching
+# tools' forward, which keeps every head's output, is shown below them.
 # Environment: BENCH_THREADS (thread counts, default "2"; e.g. "2 1"),
 # BENCH_REPS (5), BENCH_ROUNDS (2), CIRC_BENCH_MODEL (where the random model
 # is cached, default ${TMPDIR:-/tmp}/circ-bench-gpt2-random; 500 MB).
@@ -72,15 +75,18 @@ BEGIN {
 	sg = gf["sgemm"] / c["sgemm"]
 	printf "model  GPT-2-small shape, random weights, 32 prompts x 16 tokens, %d thread(s), best of %d x %d\n", th, reps, rounds
 	printf "  %-42s %9s %9s %7s %7s  %s\n", "", "circ", "PyTorch", "ratio", "cpu", "goal"
-	row("forward, full logits", "fwd_full", "fwd_full", 1.15)
-	row("forward, last position (vs torch full)", "fwd_last", "fwd_full", 1.5)
+	# the goals: the forward circ-forward runs (no per-head outputs kept)
+	row("forward, full logits", "fwd_full_fused", "fwd_full", 1.15)
+	row("forward, last position (vs torch full)", "fwd_last_fused", "fwd_full", 1.5)
+	row("forward, last position (vs torch last)", "fwd_last_fused", "fwd_last", 1.15)
 	row("forward + backward to all receivers", "fwd_bwd", "fwd_bwd", 1.3)
-	row("forward, last position (vs torch last)", "fwd_last", "fwd_last", 1.15)
-	row("forward, full, no per-head outputs", "fwd_full_fused", "fwd_full", "")
 	row("fwd + bwd, node gradients only", "fwd_bwd_nodes", "fwd_bwd", "")
+	printf "  the patching tools'"'"' forward (every head'"'"'s output kept for patching):\n"
+	row("  full logits", "fwd_full", "fwd_full", "")
+	row("  last position (vs torch last)", "fwd_last", "fwd_last", "")
 	printf "  (ratio: PyTorch time / circ time, wall clock; cpu: the same with CPU time, 1 thread only)\n"
-	printf "  GFLOP/s, forward with full logits (%.1f GFLOP): circ %.1f (%.0f%% of sgemm), PyTorch %.1f (%.0f%% of sgemm);\n", gf["fwd_full"], gf["fwd_full"] / c["fwd_full"], 100 * gf["fwd_full"] / c["fwd_full"] / sg, gf["fwd_full"] / t["fwd_full"], 100 * gf["fwd_full"] / t["fwd_full"] / sg
-	pc = 100 * gf["fwd_full"] / c["fwd_full"] / sg
+	pc = 100 * gf["fwd_full_fused"] / c["fwd_full_fused"] / sg
+	printf "  GFLOP/s, forward with full logits (%.1f GFLOP): circ %.1f (%.0f%% of sgemm; with per-head outputs %.0f%%), PyTorch %.1f (%.0f%% of sgemm);\n", gf["fwd_full_fused"], gf["fwd_full_fused"] / c["fwd_full_fused"], pc, 100 * gf["fwd_full"] / c["fwd_full"] / sg, gf["fwd_full"] / t["fwd_full"], 100 * gf["fwd_full"] / t["fwd_full"] / sg
 	printf "    plain sgemm of the same shapes %.1f GFLOP/s; goal: circ >= 85%% of sgemm%s\n", sg, (pc >= 85 ? " ok" : " MISSED")
 	printf "  GFLOP/s, forward + backward (%.1f GFLOP): circ %.1f (%.0f%% of sgemm), PyTorch %.1f\n", gf["fwd_bwd"], gf["fwd_bwd"] / c["fwd_bwd"], 100 * gf["fwd_bwd"] / c["fwd_bwd"] / sg, gf["fwd_bwd"] / t["fwd_bwd"]
 	printf "  peak RSS: circ %.0f MiB (the largest run: forward + backward keeping every receiver gradient), PyTorch %.0f MiB\n", crss / 1024, trss / 1024

@@ -15,8 +15,10 @@
  * Measurements (B prompts of T tokens, default 32 x 16):
  *   fwd_full        forward, logits at every position (keep_nodes 1: every
  *                   head's output kept, as patching needs)
- *   fwd_full_fused  the same without per-head outputs (keep_nodes 0)
- *   fwd_last        forward, logits at the last position only
+ *   fwd_last        forward, logits at the last position only (keep_nodes 1)
+ *   fwd_full_fused  forward, full logits, without per-head outputs
+ *                   (keep_nodes 0: the forward circ-forward runs)
+ *   fwd_last_fused  the same with logits at the last position only
  *   fwd_bwd         forward (last position) + backward to every receiver
  *                   (q, k, v of each head, each MLP, logits) and node,
  *                   starting from a logprob metric's gradient
@@ -242,6 +244,9 @@ int main(int argc, char **argv)
 		j.f.read = CIRC_READ_ALL;
 		if (!only || strstr(only, "fwd_full_fused,"))
 			time_job("fwd_full_fused", &j, reps, (fwd_body + head_full) / 1e9);
+		j.f.read = CIRC_READ_LAST;
+		if (!only || strstr(only, "fwd_last_fused,"))
+			time_job("fwd_last_fused", &j, reps, (fwd_body + head_last) / 1e9);
 		circ_run_free(r);
 		ro.keep_nodes = 1;
 	}

@@ -672,6 +672,7 @@ static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_
 	circ_progress pr;
 	int64_t tests;
 	double t0, dt;
+	char unreach[96] = "";
 	circ_cli_progress(&pr, "edge tests", s->g->n_edges);
 	t0 = circ_now();
 	if (circ_acdc_run(ps, n, &ao, keep, log_step, lg, &tests, &pr, &e) < 0) {
@@ -681,25 +682,32 @@ static void acdc(circ_session *s, circ_patcher **ps, int n, acdc_log *lg, uint8_
 	}
 	circ_progress_end(&pr);
 	dt = circ_now() - t0;
+	/* circ's order logs every edge it decides; the rest went with a
+	 * receiver whose node no longer reaches the logits (ACDC's rule: its
+	 * inputs cannot matter), untested */
+	if (ao.order != CIRC_ACDC_ORDER_REFERENCE)
+		snprintf(unreach, sizeof unreach,
+			 ", %lld edges dropped untested with a receiver left unreachable",
+			 (long long)(s->g->n_edges - lg->decided));
 	if (o.screen)
 		fprintf(stderr,
 			"%s: acdc: %lld edges decided by %lld tests in %.2fs (%.1f edges/s), "
-			"%lld edges below the screen (%g*tau), %lld edges kept\n",
+			"%lld edges below the screen (%g*tau), %lld edges kept%s\n",
 			circ_progname, (long long)lg->decided, (long long)tests, dt,
 			dt > 0 ? (double)lg->decided / dt : 0.0, (long long)lg->screened, o.screen,
-			(long long)circ_count_kept(s->g, keep));
+			(long long)circ_count_kept(s->g, keep), unreach);
 	else if (o.group)
 		fprintf(stderr,
 			"%s: acdc: %lld edges decided by %lld group tests of up to %d in %.2fs "
-			"(%.1f edges/s), %lld edges kept\n",
+			"(%.1f edges/s), %lld edges kept%s\n",
 			circ_progname, (long long)lg->decided, (long long)tests, o.group, dt,
 			dt > 0 ? (double)lg->decided / dt : 0.0,
-			(long long)circ_count_kept(s->g, keep));
+			(long long)circ_count_kept(s->g, keep), unreach);
 	else
 		fprintf(stderr,
-			"%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept\n",
+			"%s: acdc: %lld edge tests in %.2fs (%.1f edges/s), %lld edges kept%s\n",
 			circ_progname, (long long)tests, dt, dt > 0 ? (double)tests / dt : 0.0,
-			(long long)circ_count_kept(s->g, keep));
+			(long long)circ_count_kept(s->g, keep), unreach);
 }
 
 /* The circuit stream of ACDC's selection, its scores the logged changes. */

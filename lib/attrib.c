@@ -185,7 +185,7 @@ static void fit_batch(circ_attrib *a, int all)
 	}
 }
 
-size_t circ_attrib_bytes_for(circ_attr_method m, const circ_patcher *p, int B, int T)
+size_t circ_attrib_bytes_for(circ_attr_method m, const circ_patcher *p, int B, int T, int n_read)
 {
 	const circ_model *mod = circ_patcher_model(p);
 	const circ_config *c = circ_model_config(mod);
@@ -194,8 +194,8 @@ size_t circ_attrib_bytes_for(circ_attr_method m, const circ_patcher *p, int B, i
 	size_t Rs = (size_t)stage_max_recv(circ_model_topology(mod)), f = 0;
 	if (m == CIRC_ATTR_EXACT)
 		return 0;
-	f += (size_t)B * (size_t)c->vocab_size; /* dlogits (last positions) */
-	f += (size_t)B * U * Rs + Rs * tc;	/* a stage's products, gathered gradients */
+	f += (size_t)n_read * (size_t)c->vocab_size; /* dlogits (read rows) */
+	f += (size_t)B * U * Rs + Rs * tc;	     /* a stage's products, gathered gradients */
 	if (m == CIRC_ATTR_EAP_IG || m == CIRC_ATTR_EAP_IG_ACT)
 		f += btc + R * btc; /* the interpolated input, the summed gradients */
 	if (hold_stages(m, c->model_type != CIRC_MODEL_GPT2))

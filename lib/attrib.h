@@ -51,9 +51,10 @@ int64_t circ_attrib_count(const circ_attrib *a);
  * memory by the shape). */
 size_t circ_attrib_bytes(const circ_attrib *a);
 /* The bytes an accumulator of method m over patcher p would hold for a
- * batch of B sequences of T tokens (its own buffers, the patcher's not
- * included): an estimate for choosing batch sizes. */
-size_t circ_attrib_bytes_for(circ_attr_method m, const circ_patcher *p, int B, int T);
+ * batch of B sequences of T tokens reading n_read positions (its own
+ * buffers, the patcher's not included): an estimate for choosing batch
+ * sizes. */
+size_t circ_attrib_bytes_for(circ_attr_method m, const circ_patcher *p, int B, int T, int n_read);
 /* Options for a patcher that only feeds an accumulator of method m (backward
  * for the gradient methods, receiver gradients one stage at a time, and
  * only ref - clean kept per node), on top of o's. */

@@ -380,13 +380,14 @@ int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **out, circ_error *
 				return circ_reader_fail(bt->r, e);
 			bt->count++;
 		}
-		if (b->B > 0 &&
-		    (ex.T != b->T || (bt->fit && !bt->fit(bt->fit_ctx, b->B + 1, ex.T)))) {
+		if (b->B > 0 && (ex.T != b->T || (bt->fit && !bt->fit(bt->fit_ctx, b->B + 1, ex.T,
+								      b->n_read + ex.npos)))) {
 			bt->pending = ex;
 			bt->has_pending = 1;
 			break;
 		}
 		b->T = ex.T;
+		b->n_read += ex.npos; /* counted again below, with the rows */
 		b->ex[b->B++] = ex;
 		if (b->B == bt->max_b)
 			break;

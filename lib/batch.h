@@ -77,10 +77,11 @@ circ_batch_reader *circ_batch_reader_new(circ_reader *r, circ_metric_kind metric
  * naming the file and record. */
 int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **b, circ_error *e);
 int64_t circ_batch_reader_count(const circ_batch_reader *bt); /* examples read so far */
-/* A limit on batches beyond max_b: fit(ctx, B, T) says whether a batch of B
- * examples of T tokens may be formed (one example always may); a batch ends
- * before the example that would make it not fit. For memory budgets. */
-typedef int (*circ_batch_fit_fn)(void *ctx, int B, int T);
+/* A limit on batches beyond max_b: fit(ctx, B, T, n_read) says whether a
+ * batch of B examples of T tokens reading n_read positions in all may be
+ * formed (one example always may); a batch ends before the example that
+ * would make it not fit. For memory budgets. */
+typedef int (*circ_batch_fit_fn)(void *ctx, int B, int T, int n_read);
 void circ_batch_reader_set_fit(circ_batch_reader *bt, circ_batch_fit_fn fit, void *ctx);
 void circ_batch_reader_free(circ_batch_reader *bt);
 

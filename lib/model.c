@@ -241,7 +241,7 @@ static void run_shape(circ_run *r, const circ_model *m, const circ_run_opts *o)
 	r->R = circ_model_n_recv(m);
 }
 
-size_t circ_run_bytes_for(const circ_model *m, int B, int T, const circ_run_opts *o)
+size_t circ_run_bytes_for(const circ_model *m, int B, int T, int n_read, const circ_run_opts *o)
 {
 	const circ_config *c = &m->cfg;
 	circ_run r;
@@ -257,7 +257,15 @@ size_t circ_run_bytes_for(const circ_model *m, int B, int T, const circ_run_opts
 	if (r.max_t > c->n_ctx)
 		r.max_t = c->n_ctx;
 	r.rows = (size_t)r.max_b * (size_t)r.max_t;
-	return run_layout(&r, NULL); /* counts only: writes no field of r */
+	{
+		size_t bytes = run_layout(&r, NULL); /* counts only: writes no field of r */
+		size_t nr = n_read < 0 ? 0 : (size_t)n_read < r.rows ? (size_t)n_read : r.rows;
+		/* the logits, and the family backward's dlogits, are written
+		 * at the read rows only */
+		size_t per =
+		    (model_is_family(m) && o->backward ? 2 : 1) * (size_t)r.V * sizeof(float);
+		return bytes - (r.rows - nr) * per;
+	}
 }
 
 circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run_opts *o,

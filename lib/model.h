@@ -428,11 +428,13 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 		       circ_error *e);
 void circ_run_free(circ_run *r); /* NULL is a no-op */
 size_t circ_run_arena_bytes(const circ_run *r);
-/* The arena a run of m with options o (NULL: defaults) would hold for a
- * batch of B sequences of T tokens (T rounded up as a forward rounds it), as
- * circ_run_arena_bytes would report it: to choose batch sizes before any
- * memory is touched. */
-size_t circ_run_bytes_for(const circ_model *m, int B, int T, const circ_run_opts *o);
+/* The part of the arena a run of m with options o (NULL: defaults) would
+ * touch for a batch of B sequences of T tokens (T rounded up as a forward
+ * rounds it) whose forward reads n_read positions: circ_run_arena_bytes's
+ * size less the logits (and, backward, their gradients) of the rows not
+ * read, pages that are mapped but never touched and cost nothing. To choose
+ * batch sizes before any memory is touched. */
+size_t circ_run_bytes_for(const circ_model *m, int B, int T, int n_read, const circ_run_opts *o);
 const circ_model *circ_run_model(const circ_run *r);
 /* The run's thread pool, for work between its stages (a hook's): one set of
  * threads for both. Valid until circ_run_set_threads or circ_run_free. */

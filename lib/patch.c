@@ -1289,7 +1289,7 @@ size_t circ_patcher_bytes(const circ_patcher *p)
 	return circ_run_arena_bytes(p->main) + f * sizeof(float);
 }
 
-size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T)
+size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T, int n_read)
 {
 	circ_run_opts ro;
 	circ_run_opts_default(&ro);
@@ -1300,9 +1300,9 @@ size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T)
 	size_t f = U * n;			     /* ref_out */
 	f += p->o.diff_only ? 2 * n : U * n + S * n; /* clean_out, ref_in / clean_res */
 	f += p->zdiff ? zdiff_floats(p, n) : 0;	     /* ref_z */
-	f += (size_t)B * (size_t)p->V;		     /* the reference logits (last positions) */
+	f += (size_t)n_read * (size_t)p->V;	     /* the reference logits (read rows) */
 	f += p->g->raw_heads ? 4 * n : 0;	     /* raw_buf */
-	return circ_run_bytes_for(p->m, B, T, &ro) + f * sizeof(float);
+	return circ_run_bytes_for(p->m, B, T, n_read, &ro) + f * sizeof(float);
 }
 
 const float *circ_patcher_clean_logp(const circ_patcher *p)

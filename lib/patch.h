@@ -118,10 +118,10 @@ const float *circ_patcher_diff(const circ_patcher *p, int node);
 /* Bytes of the buffers the patcher holds now (its run's arena included):
  * for tests that bound memory by the shape. */
 size_t circ_patcher_bytes(const circ_patcher *p);
-/* The bytes it would hold (its run's arena included) for a batch of B
- * sequences of T tokens: an estimate, from the same sizes, for choosing
- * batch sizes before anything is allocated. */
-size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T);
+/* The bytes it would hold and touch (its run's arena included) for a batch
+ * of B sequences of T tokens reading n_read positions: an estimate, from
+ * the same sizes, for choosing batch sizes before anything is allocated. */
+size_t circ_patcher_bytes_for(const circ_patcher *p, int B, int T, int n_read);
 /* Clean log-probabilities at the read rows (N, V), kl only (else NULL). */
 const float *circ_patcher_clean_logp(const circ_patcher *p);
 /* Marks the main run as no longer holding the clean prefix (call after

@@ -66,12 +66,13 @@ static void make_patcher(circ_session *s, circ_graph *g, int backward, int metho
 
 /* --max-memory: a batch fits when the patcher's (and the accumulator's)
  * estimate for it stays under the budget. */
-static int batch_fits(void *ctx, int B, int T)
+static int batch_fits(void *ctx, int B, int T, int n_read)
 {
 	const circ_session *s = ctx;
-	size_t bytes = circ_patcher_bytes_for(s->p, B, T);
+	size_t bytes = circ_patcher_bytes_for(s->p, B, T, n_read);
 	if (s->attr_method >= 0)
-		bytes += circ_attrib_bytes_for((circ_attr_method)s->attr_method, s->p, B, T);
+		bytes +=
+		    circ_attrib_bytes_for((circ_attr_method)s->attr_method, s->p, B, T, n_read);
 	return bytes <= (size_t)s->pc->max_memory;
 }
 

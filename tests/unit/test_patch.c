@@ -352,8 +352,8 @@ static double *scores_with(const circ_model *m, const circ_graph *g, const circ_
 	 * the estimate counts the last positions' logits, not every read row,
 	 * and no per-edge sums; and it rounds T up to 16 as a run does when its
 	 * limit allows, which this patcher's, made for T, does not) */
-	double est = (double)(circ_patcher_bytes_for(p, b->B, b->T) +
-			      circ_attrib_bytes_for(meth, p, b->B, b->T)),
+	double est = (double)(circ_patcher_bytes_for(p, b->B, b->T, b->n_read) +
+			      circ_attrib_bytes_for(meth, p, b->B, b->T, b->n_read)),
 	       held = (double)*bytes, round = (double)((b->T + 15) & ~15) / b->T;
 	CHECK(est >= 0.8 * held && est <= 1.5 * round * held);
 	if (!(est >= 0.8 * held && est <= 1.5 * round * held))
@@ -407,6 +407,16 @@ static void test_attrib_memory(const circ_model *m, const circ_graph *g, const c
 	ro.backward = 1;
 	ro.keep_recv_grads = 0;
 	arena0 = arena_after_forward(m, b, &ro);
+	{
+		/* the estimate counts the logits of the read rows only: each row
+		 * not read is V floats less (the arena maps them, untouched) */
+		size_t rows = (size_t)b->B * (size_t)((b->T + 15) & ~15), V = (size_t)c->vocab_size;
+		size_t all = circ_run_bytes_for(m, b->B, b->T, (int)rows, &ro),
+		       one = circ_run_bytes_for(m, b->B, b->T, 1, &ro);
+		CHECK(all == arena0 || b->T % 16 != 0);
+		CHECK(all - one == (rows - 1) * V * sizeof(float));
+		CHECK(circ_run_bytes_for(m, b->B, b->T, (int)rows + 5, &ro) == all);
+	}
 	ro.keep_recv_grads = 1;
 	arena_all = arena_after_forward(m, b, &ro);
 	for (size_t i = 0; i < sizeof meths / sizeof *meths; i++) {
