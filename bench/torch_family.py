@@ -5,39 +5,68 @@ grouped-query attention, SwiGLU, tied or untied), float32, batched, for
 bench/family.sh: whole command (import, load, forward, output) timed from
 the shell, inner loop timed here.
 
-    torch_family.py MODEL TOKENS.jsonl N THREADS OUT.json
+    torch_family.py MODEL TOKENS.jsonl N THREADS OUT.json [forward]
 
 Reads the first N clean prompts (equal lengths), writes {"metric": [...],
 "inner_s": seconds of the forward alone, "fwd2_bwd1_s": seconds of the
 corrupted forward, the clean forward and one backward of the summed metric
 (the least work of any EAP)} with the logit difference at each prompt's
-position, for circ-forward's output to be checked against.
+position, for circ-forward's output to be checked against. With "forward"
+it stops after the forward (no fwd2_bwd1_s): the whole command a user runs
+for logits. The weights are read as a PyTorch user would at best: the file
+mapped, each tensor a view of it (torch.frombuffer) converted to float32 by
+PyTorch.
 """
 import json
 import math
+import mmap
 import os
+import struct
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "ref"))
 import families as fam  # noqa: E402
-from stio import read_safetensors  # noqa: E402
 
 torch.set_default_dtype(torch.float32)  # families.py sets float64
+
+
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+SIZES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+
+
+def load(path):
+    """{name: float32 tensor} of a safetensors file, mapped, not read."""
+    f = open(path, "rb")
+    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    (n,) = struct.unpack("<Q", mm[:8])
+    header = json.loads(mm[8:8 + n])
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a read-only buffer: never written
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            b, e = info["data_offsets"]
+            dt = DTYPES[info["dtype"]]
+            t = torch.frombuffer(mm, dtype=dt, count=(e - b) // SIZES[dt], offset=8 + n + b)
+            out[name] = t.reshape(info["shape"]).float()
+    return out
 
 
 def main():
     mdir, tokpath, n, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
         int(sys.argv[4]), sys.argv[5]
+    fwd_only = sys.argv[6:] == ["forward"]
     torch.set_num_threads(threads)
     cfg = json.load(open(os.path.join(mdir, "config.json")))
     a = fam.arch_of(cfg)
     assert a["norm_placement"] == "pre" and a["mlp"] == "gated" and not a["sliding_window"]
-    W = {k: torch.from_numpy(v) for k, v in
-         read_safetensors(os.path.join(mdir, "model.safetensors")).items()}
+    W = load(os.path.join(mdir, "model.safetensors"))
     recs = [json.loads(l) for l in open(tokpath)][1:n + 1]
     tok = torch.tensor([r["clean"]["data"] for r in recs])
     B, T = tok.shape
@@ -93,6 +122,9 @@ def main():
         logits, _ = forward(tok, False)
     inner = time.perf_counter() - t0
     md = (logits[torch.arange(B), ans] - logits[torch.arange(B), wrong]).tolist()
+    if fwd_only:
+        json.dump({"metric": md, "inner_s": inner, "B": B, "T": T}, open(out, "w"))
+        return
     # the least work any EAP needs: the corrupted forward, the clean forward
     # with a graph, one backward of the summed metric
     cor = torch.tensor([r["corrupt"]["data"] for r in recs])
