@@ -159,7 +159,7 @@ decisions() {
 @test "prune --acdc --screen F: log records; edges below F*tau dropped untested in one forward; fewer tests" {
 	for m in induction-hand ioi-hand; do
 		acdc_tokens $m
-		circ-prune --acdc --model fixtures/$m --log "$T/exact.log" "$T/$m.tok" -o /dev/null 2>"$T/exact.err"
+		circ-prune --acdc --model fixtures/$m --log "$T/exact.log" "$T/$m.tok" -o "$T/exact.circ" 2>"$T/exact.err"
 		circ-prune --acdc --model fixtures/$m --screen 1 --log "$T/s.log" "$T/$m.tok" -o /dev/null 2>"$T/s.err"
 		circ-cat "$T/s.log" | tests/validate.py schemas/decisions.schema.json
 		circ-cat "$T/s.log" | head -1 | jq -e '.screen == 1 and .screen_method == "eap-ig"' >/dev/null
@@ -185,6 +185,15 @@ decisions() {
 		[ "$tests" = $((dec - n + 1)) ]
 		exact=$(circ-cat --no-header "$T/exact.log" | wc -l)
 		[ "$tests" -lt "$exact" ]
+		# the edges not logged went untested with a receiver that no longer reaches
+		# the logits (exact ACDC drops most of the hand-built models' that way)
+		total=$(circ-cat "$T/exact.circ" | head -1 | jq .n_edges_total)
+		for run in exact s; do
+			logged=$(circ-cat --no-header "$T/$run.log" | wc -l)
+			unreach=$(sed -n 's/.*, \([0-9]*\) edges dropped untested with a receiver left unreachable$/\1/p' "$T/$run.err")
+			[ $((logged + unreach)) -eq "$total" ]
+			[ "$run" = s ] || [ "$unreach" -gt 0 ]
+		done
 	done
 	# eap: the attribution of kl on the clean run is zero (its gradient vanishes
 	# there), so every edge is screened

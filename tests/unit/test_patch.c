@@ -349,9 +349,10 @@ static double *scores_with(const circ_model *m, const circ_graph *g, const circ_
 	*bytes = circ_patcher_bytes(p) + circ_attrib_bytes(a);
 	/* the estimates that choose batch sizes (--max-memory) are near what
 	 * the patcher and accumulator hold after the batch (within 0.8-1.5:
-	 * the estimate counts the last positions' logits, not every read row,
-	 * and no per-edge sums; and it rounds T up to 16 as a run does when its
-	 * limit allows, which this patcher's, made for T, does not) */
+	 * the estimate counts the logits of the read rows only, which the
+	 * arena maps for every row, and no per-edge sums; and it rounds T up
+	 * to 16 as a run does when its limit allows, which this patcher's,
+	 * made for T, does not) */
 	double est = (double)(circ_patcher_bytes_for(p, b->B, b->T, b->n_read) +
 			      circ_attrib_bytes_for(meth, p, b->B, b->T, b->n_read)),
 	       held = (double)*bytes, round = (double)((b->T + 15) & ~15) / b->T;
