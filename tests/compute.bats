@@ -63,8 +63,14 @@ logits_close() { # model: f32 and bf16 logits, max |diff| / max |f32 logit| per 
 @test "bf16 logits match PyTorch's bf16 arithmetic (tests/ref/gpt2_ref.py logits-bf16)" {
 	need_bf16
 	# the reference rounds each weight product's activations and weights to
-	# bf16 and sums in float64: within 1e-5 of the largest |logit| (measured
-	# 6e-8), where f32 itself is 0.7% away
+	# bf16 and sums in float64: an example's logits within 1e-5 of its
+	# largest |logit| (measured 5e-8), where f32 itself is 0.16-0.7% away. An
+	# activation whose f32 value lies within an f32 rounding of a bf16 tie
+	# rounds the other way in one of the two (circ sums in f32, in oneDNN's
+	# order for the CPU's instructions), which moves that example's logits by
+	# up to about 1e-4 of the largest (seen on Zen 4's AVX512-BF16: 3.4e-5,
+	# one example of four): so at least half the examples within 1e-5 (f32:
+	# none) and every one within 1e-3
 	for d in tests/data/tiny/model fixtures/ioi-trained; do
 		/usr/bin/python3 tests/ref/gpt2_ref.py logits-bf16 "$d" "$TOK" >"$T/ref.jsonl"
 		circ-forward --model "$d" --compute bf16 --logits --top-k 0 --json "$TOK" |
@@ -73,9 +79,10 @@ logits_close() { # model: f32 and bf16 logits, max |diff| / max |f32 logit| per 
 			length == 8 and
 			([range(0; length; 2) as $i | .[$i] as $g | .[$i + 1] as $r |
 			  ($r.logits | flatten) as $z |
-			  ($g.id == $r.id) and
-			  ([$g.logits.data, $z] | transpose | map(.[0] - .[1] | fabs) | max) < 1e-5 * ($z | map(fabs) | max)]
-			 | all)' || fail "$d: bf16 logits differ from the reference"
+			  if $g.id != $r.id then 1 else
+			  ([$g.logits.data, $z] | transpose | map(.[0] - .[1] | fabs) | max) / ($z | map(fabs) | max) end]
+			 | all(.[]; . < 1e-3) and (map(select(. < 1e-5)) | length) * 2 >= length)' ||
+			fail "$d: bf16 logits differ from the reference"
 	done
 }
 
