@@ -387,7 +387,7 @@ int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **out, circ_error *
 			break;
 		}
 		b->T = ex.T;
-		b->n_read += ex.npos; /* counted again below, with the rows */
+		b->n_read += ex.npos;
 		b->ex[b->B++] = ex;
 		if (b->B == bt->max_b)
 			break;
@@ -396,12 +396,11 @@ int circ_batch_reader_next(circ_batch_reader *bt, circ_batch **out, circ_error *
 		return 0;
 	b->clean = circ_xrealloc(b->clean, (size_t)b->B * (size_t)b->T * sizeof *b->clean);
 	b->corrupt = circ_xrealloc(b->corrupt, (size_t)b->B * (size_t)b->T * sizeof *b->corrupt);
-	b->n_read = 0;
-	for (int i = 0; i < b->B; i++) {
+	for (int i = 0, row = 0; i < b->B; i++) {
 		memcpy(b->clean + (size_t)i * b->T, b->ex[i].clean, (size_t)b->T * 4);
 		memcpy(b->corrupt + (size_t)i * b->T, b->ex[i].corrupt, (size_t)b->T * 4);
-		b->row0[i] = b->n_read;
-		b->n_read += b->ex[i].npos;
+		b->row0[i] = row;
+		row += b->ex[i].npos;
 	}
 	b->read_b = circ_xrealloc(b->read_b, (size_t)b->n_read * sizeof *b->read_b);
 	b->read_t = circ_xrealloc(b->read_t, (size_t)b->n_read * sizeof *b->read_t);
