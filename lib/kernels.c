@@ -317,6 +317,23 @@ void circ_gemm_ref(int ta, int tb, int m, int n, int k, float alpha, const float
  * old value plus a[i][0] b[0][j], a[i][1] b[1][j], ... added in order of p
  * with fused multiply-adds, so a row's result does not depend on m or on
  * which rows share a block. */
+/* op(b)'s rows p0 .. p0+kc-1 of columns j0 .. j0+w-1 into panel (kc, 64). */
+static void panel_fill(float *panel, int tb, int p0, int kc, int j0, int w, const float *b, int ldb)
+{
+	if (w < 64)
+		memset(panel, 0, (size_t)kc * 64 * sizeof(float));
+	if (!tb)
+		for (int p = 0; p < kc; p++)
+			memcpy(panel + (size_t)p * 64, b + (size_t)(p0 + p) * ldb + j0,
+			       (size_t)w * sizeof(float));
+	else
+		for (int j = 0; j < w; j++) {
+			const float *row = b + (size_t)(j0 + j) * ldb + p0;
+			for (int p = 0; p < kc; p++)
+				panel[(size_t)p * 64 + j] = row[p];
+		}
+}
+
 #if CIRC_X86
 #define AVX512 __attribute__((target("avx512f")))
 
@@ -435,6 +452,65 @@ AVX512 static void gemm_acc_avx512(int zero, int m, int n, int k, const float *a
 				    ri, _mm512_add_ps(_mm512_loadu_ps(ri), _mm512_loadu_ps(ci)));
 			}
 		}
+}
+
+/* Panel kernels: c (m, n) = a op(b) (+ c unless zero) with op(b) in
+ * panels of 64 columns, kc rows at a time; each element the sum in order
+ * of k started from c's value (or 0), so the bits are gemm_acc_avx512's and
+ * do not depend on m, n, KC or how a product is cut into calls. A panel
+ * of w < 64 columns (zero-padded) goes through a tile of rows. */
+#define GEMM_PK_KC   128
+#define GEMM_PK_TILE 48
+
+AVX512 static void panel_rows(int zero, int m, int w, int kc, const float *a, int lda,
+			      const float *panel, float *c, int ldc)
+{
+	_Alignas(64) float tile[GEMM_PK_TILE * 64];
+	if (w == 64) {
+		acc_rows_x64(m, zero, kc, a, lda, panel, 64, c, ldc, NULL, 0);
+		return;
+	}
+	for (int i0 = 0; i0 < m; i0 += GEMM_PK_TILE) {
+		int mi = m - i0 < GEMM_PK_TILE ? m - i0 : GEMM_PK_TILE;
+		if (!zero)
+			for (int i = 0; i < mi; i++)
+				memcpy(tile + (size_t)i * 64, c + (size_t)(i0 + i) * ldc,
+				       (size_t)w * sizeof(float));
+		acc_rows_x64(mi, zero, kc, a + (size_t)i0 * lda, lda, panel, 64, tile, 64, NULL, 0);
+		for (int i = 0; i < mi; i++)
+			memcpy(c + (size_t)(i0 + i) * ldc, tile + (size_t)i * 64,
+			       (size_t)w * sizeof(float));
+	}
+}
+
+/* From b pre-packed (circ_gemm_pack): the panels are read where they lie. */
+AVX512 static void gemm_pk_avx512(int zero, int m, int n, int k, const float *a, int lda,
+				  const float *pk, size_t pks, float *c, int ldc)
+{
+	for (int j = 0; j < n; j += 64) {
+		const float *panel = pk + (size_t)(j / 64) * pks;
+		int w = n - j < 64 ? n - j : 64;
+		for (int p0 = 0; p0 < k; p0 += GEMM_PK_KC) {
+			int kc = k - p0 < GEMM_PK_KC ? k - p0 : GEMM_PK_KC;
+			panel_rows(zero && p0 == 0, m, w, kc, a + p0, lda, panel + (size_t)p0 * 64,
+				   c + j, ldc);
+		}
+	}
+}
+
+/* From b as it lies: each panel block copied (tb 1: transposed) first. */
+AVX512 static void gemm_pn_avx512(int zero, int tb, int m, int n, int k, const float *a, int lda,
+				  const float *b, int ldb, float *c, int ldc)
+{
+	_Alignas(64) float panel[GEMM_PK_KC * 64];
+	for (int j = 0; j < n; j += 64) {
+		int w = n - j < 64 ? n - j : 64;
+		for (int p0 = 0; p0 < k; p0 += GEMM_PK_KC) {
+			int kc = k - p0 < GEMM_PK_KC ? k - p0 : GEMM_PK_KC;
+			panel_fill(panel, tb, p0, kc, j, w, b, ldb);
+			panel_rows(zero && p0 == 0, m, w, kc, a + p0, lda, panel, c + j, ldc);
+		}
+	}
 }
 
 /* 16-bit weights (bf16 or IEEE half) multiplied in f32 without a whole
@@ -730,6 +806,67 @@ void circ_gemm_acc(int m, int n, int k, const float *a, int lda, const float *b,
 	}
 #endif
 	circ_gemm(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
+}
+
+size_t circ_gemm_pack_floats(int k, int n)
+{
+	return (size_t)((n + 63) / 64) * 64 * (size_t)k;
+}
+
+void circ_gemm_pack(float *pk, int tb, int k, int n, const float *b, int ldb)
+{
+	size_t pks = (size_t)k * 64;
+	for (int j0 = 0; j0 < n; j0 += 64)
+		panel_fill(pk + (size_t)(j0 / 64) * pks, tb, 0, k, j0, n - j0 < 64 ? n - j0 : 64, b,
+			   ldb);
+}
+
+int circ_gemm_pk_fast(void)
+{
+	return use_avx512();
+}
+
+/* 1 if c = a op(b) (+ c unless zero) has nothing to multiply (and c is
+ * done: zeroed for k 0 where zero). */
+static int gemm_empty(int zero, int m, int n, int k, float *c, int ldc)
+{
+	if (m <= 0 || n <= 0)
+		return 1;
+	if (k > 0)
+		return 0;
+	if (zero)
+		for (int i = 0; i < m; i++)
+			memset(c + (size_t)i * ldc, 0, (size_t)n * sizeof(float));
+	return 1;
+}
+
+void circ_gemm_pk(int zero, int m, int n, int k, const float *a, int lda, const float *pk,
+		  size_t pks, float *c, int ldc)
+{
+	if (gemm_empty(zero, m, n, k, c, ldc))
+		return;
+#if CIRC_X86
+	if (use_avx512()) {
+		gemm_pk_avx512(zero, m, n, k, a, lda, pk, pks, c, ldc);
+		return;
+	}
+#endif
+	(void)a, (void)lda, (void)pk, (void)pks;
+	CIRC_ASSERT(!"circ_gemm_pk without AVX-512");
+}
+
+void circ_gemm_pn(int zero, int tb, int m, int n, int k, const float *a, int lda, const float *b,
+		  int ldb, float *c, int ldc)
+{
+	if (gemm_empty(zero, m, n, k, c, ldc))
+		return;
+#if CIRC_X86
+	if (use_avx512()) {
+		gemm_pn_avx512(zero, tb, m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
+#endif
+	circ_gemm(0, tb, m, n, k, 1.0f, a, lda, b, ldb, zero ? 0.0f : 1.0f, c, ldc);
 }
 
 int circ_gemm_bt_fast(int k)

@@ -85,6 +85,27 @@ void circ_gemm_set(int m, int n, int k, const float *a, int lda, const float *b,
 void circ_gemm_set_add(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 		       float *c, int ldc, float *res, int ldr);
 
+/* b packed for circ_gemm_pk: op(b) (k, n; b itself for tb 0, else b is
+ * (n, k)) in panels of 64 columns, panel j0/64 holding op(b)'s rows of its
+ * columns j0 .. j0+63 one after another (k * 64 floats), the last panel
+ * padded with zeros. circ_gemm_pack_floats is the size in floats. */
+size_t circ_gemm_pack_floats(int k, int n);
+void circ_gemm_pack(float *pk, int tb, int k, int n, const float *b, int ldb);
+/* c (m, n) = a (m, k) op(b) (+ c unless zero) on the calling thread, op(b)
+ * from its panels (pk: the panel of c's first column, which must be a
+ * panel's first; pks: floats from one panel to the next, at least k * 64),
+ * each element the sum in order of k with fused multiply-adds started from
+ * c's value (or 0): circ_gemm_acc's and circ_gemm_set's bits, for any m,
+ * n and cut into calls. Only where circ_gemm_pk_fast() (AVX-512). */
+int circ_gemm_pk_fast(void);
+void circ_gemm_pk(int zero, int m, int n, int k, const float *a, int lda, const float *pk,
+		  size_t pks, float *c, int ldc);
+/* circ_gemm_pk's sums with op(b) read as it lies (each block of it copied
+ * into a panel first, as circ_gemm_pack would lay it out): the same bits
+ * as circ_gemm_pk over circ_gemm_pack(b). Without AVX-512, circ_gemm. */
+void circ_gemm_pn(int zero, int tb, int m, int n, int k, const float *a, int lda, const float *b,
+		  int ldb, float *c, int ldc);
+
 /* c (m, n) = a (m, k) b (n, k)^T, on the calling thread, for few rows of
  * a and many of b (a few positions' logits against the vocabulary): circ's
  * own kernel where circ_gemm_bt_fast(k) says so (AVX-512 and k a multiple

@@ -852,6 +852,9 @@ typedef struct gemm_task {
 	const uint16_t *bw;  /* b's bf16 twin (bf16 compute, ta 0), or NULL */
 	const uint16_t *w16; /* b as 16-bit weights (model_gemm_w16), or NULL */
 	int w16_bf16;
+	int panel;	 /* 1: circ's panel kernels (b is a packed-weights matrix) */
+	const float *pk; /* its panels (packed), or NULL: read as it lies */
+	size_t pks;
 } gemm_task;
 
 #define GEMM_SPLIT_MIN (1 << 20) /* m * n * k below which one thread does it */
@@ -871,6 +874,14 @@ static void gemm_block(const gemm_task *t, int i0, int i1, int j0, int j1)
 		circ_gemm_w16(t->tb, i1 - i0, j1 - j0, t->k, t->a + (size_t)i0 * t->lda, t->lda,
 			      t->tb ? t->w16 + (size_t)j0 * t->ldb : t->w16 + j0, t->ldb,
 			      t->w16_bf16, ep->bias ? 1.0f : t->beta, c, t->ldc);
+	else if (t->panel && t->pk)
+		circ_gemm_pk(!ep->bias && t->beta == 0.0f, i1 - i0, j1 - j0, t->k,
+			     t->a + (size_t)i0 * t->lda, t->lda, t->pk + (size_t)(j0 / 64) * t->pks,
+			     t->pks, c, t->ldc);
+	else if (t->panel)
+		circ_gemm_pn(!ep->bias && t->beta == 0.0f, t->tb, i1 - i0, j1 - j0, t->k,
+			     t->a + (size_t)i0 * t->lda, t->lda,
+			     t->tb ? t->b + (size_t)j0 * t->ldb : t->b + j0, t->ldb, c, t->ldc);
 	else if (t->bw)
 		circ_gemm_bf16(t->tb, i1 - i0, j1 - j0, t->k, t->a + (size_t)i0 * t->lda, t->lda,
 			       t->tb ? t->bw + (size_t)j0 * t->ldb : t->bw + j0, t->ldb,
@@ -894,11 +905,11 @@ static void gemm_part(void *v, size_t p0, size_t p1)
 {
 	const gemm_task *t = v;
 	int len = t->by_cols ? t->n : t->m;
+	size_t g = t->pk && t->by_cols ? 63 : 15; /* packed: whole panels */
 	for (size_t q = p0; q < p1; q++) {
-		int i0 = (int)(((size_t)len * q / (size_t)t->P) & ~(size_t)15);
-		int i1 = q + 1 == (size_t)t->P
-			     ? len
-			     : (int)(((size_t)len * (q + 1) / (size_t)t->P) & ~(size_t)15);
+		int i0 = (int)(((size_t)len * q / (size_t)t->P) & ~g);
+		int i1 = q + 1 == (size_t)t->P ? len
+					       : (int)(((size_t)len * (q + 1) / (size_t)t->P) & ~g);
 		if (i1 <= i0)
 			continue;
 		if (t->by_cols)
@@ -970,6 +981,19 @@ static void bf16_b(const circ_run *r, gemm_task *t)
 	}
 }
 
+/* With f32 compute: a product with a packed-weights matrix goes to the
+ * panel kernels (model_pk.c), from its panels once it is packed. */
+static void panel_b(const circ_run *r, gemm_task *t)
+{
+	size_t col0;
+	model_pk_slot *s = model_pk_find(r->m, t->b, t->tb, t->ldb, t->k, t->n, &col0);
+	if (!s)
+		return;
+	t->panel = 1;
+	if (model_pk_use(r, s))
+		t->pk = model_pk_panels(s, col0, t->n, &t->pks);
+}
+
 void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const float *a, int lda,
 		const float *b, int ldb, float beta, float *c, int ldc)
 {
@@ -980,6 +1004,8 @@ void model_gemm(const circ_run *r, int ta, int tb, int m, int n, int k, const fl
 	gemm_task t = {ta, tb, m, n, k, lda, ldb, ldc, 1, 0, a, b, beta, c, {0}, NULL};
 	if (model_bf16_on(r) && !ta)
 		bf16_b(r, &t);
+	else if (!ta && (beta == 0.0f || beta == 1.0f))
+		panel_b(r, &t);
 	gemm_run(r, &t);
 }
 
@@ -1028,6 +1054,8 @@ void model_gemm_epi(const circ_run *r, int m, int n, int k, const float *a, int 
 	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, *ep, NULL};
 	if (model_bf16_on(r))
 		bf16_b(r, &t);
+	else
+		panel_b(r, &t);
 	gemm_run(r, &t);
 }
 
@@ -1039,10 +1067,17 @@ void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int 
 	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, {0}, NULL};
 	if (model_bf16_on(r))
 		bf16_b(r, &t);
+	size_t col0, pks;
+	const model_pk_slot *s;
+	const float *pk;
 	if (r->o.reference)
 		circ_gemm_ref(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
 	else if (t.bw)
 		circ_gemm_bf16(t.tb, m, n, k, a, lda, t.bw, t.ldb, 1.0f, c, ldc);
-	else
+	else if (!(s = model_pk_find(r->m, b, 0, ldb, k, n, &col0)))
 		circ_gemm_acc(m, n, k, a, lda, b, ldb, c, ldc);
+	else if ((pk = model_pk_panels(s, col0, n, &pks)))
+		circ_gemm_pk(0, m, n, k, a, lda, pk, pks, c, ldc);
+	else
+		circ_gemm_pn(0, 0, m, n, k, a, lda, b, ldb, c, ldc);
 }

@@ -293,6 +293,14 @@ circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e)
  * is bad. */
 circ_model *circ_model_new_family(const circ_config *c, circ_error *e);
 void circ_model_free(circ_model *m); /* NULL is a no-op */
+/* Bytes of packed weights the model holds now. Where the CPU has AVX-512,
+ * a GPT-2 model's f32 forward multiplies by its weight matrices with circ's
+ * panel kernels; a model opened from its file (without copy) lays each
+ * matrix out in the kernels' panels once, on its second forward (the
+ * unembedding on its first full-logit forward), and gives the mapped
+ * file's pages of it back, so the process holds one copy. Packed or not,
+ * the results are the same bits. */
+size_t circ_model_packed_bytes(const circ_model *m);
 
 const circ_config *circ_model_config(const circ_model *m);
 const circ_weights *circ_model_weights(const circ_model *m);

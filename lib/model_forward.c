@@ -268,6 +268,13 @@ static void attn_stage(circ_run *r, int l)
 			   qkv, (int)C3);
 	} else {
 		qkv_task t;
+		size_t col0;
+		model_pk_slot *s =
+		    r->o.reference || model_bf16_on(r)
+			? NULL
+			: model_pk_find(r->m, lw->attn_w, 0, (int)C3, r->C, (int)C3, &col0);
+		if (s) /* the column blocks below read its panels */
+			model_pk_use(r, s);
 		qkv_task_init(r, &t, l, n, npatched || nkept ? QKV_BLOCK : QKV_BLOCK_CLEAN);
 		t.npatched = npatched;
 		t.nkept = nkept;

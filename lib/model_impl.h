@@ -91,6 +91,10 @@ typedef struct model_bf16 {
 	uint16_t *own; /* the converted twins (F32, F16 sources) */
 } model_bf16;
 
+/* Packed weights of GPT-2's f32 forward products (model_pk.c). */
+typedef struct model_pk model_pk;
+typedef struct model_pk_slot model_pk_slot;
+
 struct circ_model {
 	circ_config cfg;
 	circ_weights w; /* GPT-2's; for other families only wte, lm_head, n_params */
@@ -110,6 +114,7 @@ struct circ_model {
 	int have_digest;
 	circ_topology *topo; /* edge level, made from cfg (model_topology_make) */
 	model_bf16 *bf16;    /* NULL: f32 compute (circ_model_set_compute) */
+	model_pk *pk;	     /* packed weights (model_pk.c), or NULL */
 };
 
 struct circ_run {
@@ -238,6 +243,30 @@ float *model_recv_grad_buf(const circ_run *r, int recv);
 /* ---- bf16 compute (model_bf16.c) ---- */
 
 void model_bf16_free(model_bf16 *b); /* NULL is a no-op */
+
+/* ---- packed weights (model_pk.c) ---- */
+/* Sets m->pk up for a GPT-2 model where circ_gemm_pk_fast() (else leaves
+ * it NULL): its forward's products go to the panel kernels, and the
+ * matrices are packed when can_pack (weights that never change: mapped or
+ * converted from the file). */
+void model_pk_init(circ_model *m, int can_pack);
+void model_pk_free(model_pk *p); /* NULL is a no-op */
+/* The slot of the weight matrix op(b) (k, n) is a block of columns of
+ * (tb 0: b is a column of the matrix's first row, *col0 set to it; tb 1:
+ * the whole matrix), or NULL: products with it go to the panel kernels. */
+model_pk_slot *model_pk_find(const circ_model *m, const float *b, int tb, int ldb, int k, int n,
+			     size_t *col0);
+/* Counts one forward's use of the matrix (on the forward's own thread) and
+ * packs it when due; returns its panels or NULL (not packed yet). */
+const float *model_pk_use(const circ_run *r, model_pk_slot *s);
+/* The panels of columns col0 .. col0+n-1 (pks: floats between panels), or
+ * NULL where not packed or not cut at a panel. */
+const float *model_pk_panels(const model_pk_slot *s, size_t col0, int n, size_t *pks);
+/* c (rows, n) = a b on the calling thread with the forward's kernel when b
+ * (k, n; rows ldb apart) is columns of a packed-weights matrix: 1 if done,
+ * 0 if not such a matrix (the caller multiplies). */
+int model_pk_gemm(const circ_model *m, int rows, int n, int k, const float *a, int lda,
+		  const float *b, int ldb, float *c, int ldc);
 /* The bf16 twin of the weight element at p, or NULL when p is not inside a
  * registered matrix (or the model computes in f32). The twin's row stride
  * into *ld; *trans 1 when the twin is the source's transpose (the source's

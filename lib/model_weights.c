@@ -165,6 +165,7 @@ void circ_model_free(circ_model *m)
 	free(m->fp);
 	circ_topology_free(m->topo);
 	model_bf16_free(m->bf16);
+	model_pk_free(m->pk);
 	free(m->own);
 	free(m->w.mem);
 	free(m->w.layers);
@@ -352,6 +353,7 @@ circ_model *circ_model_open(const char *dir, const circ_model_opts *o, circ_erro
 	if (!found[lm_idx])
 		m->w.lm_head = m->w.wte;
 	m->w.n_params = circ_config_n_params(&m->cfg);
+	model_pk_init(m, !o->copy); /* owned copies are the caller's to change */
 	if (model_topology_make(m, e) < 0)
 		goto fail;
 	free(tab);
@@ -383,6 +385,7 @@ circ_model *circ_model_new(const circ_config *c, circ_weights *w, circ_error *e)
 	if (!m->w.lm_head)
 		m->w.lm_head = m->w.wte;
 	memset(w, 0, sizeof *w);
+	model_pk_init(m, 0); /* the caller may change the weights: never packed */
 	if (model_topology_make(m, e) < 0) {
 		circ_model_free(m);
 		return NULL;

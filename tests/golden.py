@@ -5,6 +5,8 @@
                                left out: it records paths and arguments) and every
                                report of a run directory into GOLD, with the CPU
   golden.py check RUNS GOLD    compare a run directory against GOLD
+  golden.py same GOT WANT      two JSON-lines files: the same records, numbers
+                               within the tolerance below, everything else exact
 
 On the CPU (and OPENBLAS_CORETYPE) the golden files were made on, every file
 must be byte-identical: a refactoring changes nothing. On another CPU,
@@ -74,8 +76,23 @@ def close_text(a, b):
     return True
 
 
+def same(got, want):
+    la, lb = open(want).read().splitlines(), open(got).read().splitlines()
+    if len(la) != len(lb):
+        print("golden: %s: %d records, want %d (%s)" % (got, len(lb), len(la), want))
+        return 1
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if not close(json.loads(x), json.loads(y)):
+            print("golden: %s: record %d differs from %s:\n  want %s\n  got  %s" %
+                  (got, i + 1, want, x, y))
+            return 1
+    return 0
+
+
 def main():
     mode, runs, gold = sys.argv[1:4]
+    if mode == "same":
+        return same(runs, gold)
     got = collect(runs)
     if mode == "save":
         os.makedirs(gold, exist_ok=True)

@@ -141,8 +141,13 @@ decisions() {
 	[[ "$stderr" == *"--screen do not apply to --edge-pruning"* ]]
 }
 
-@test "prune --acdc without --screen: decisions and circuits byte-identical to before the screen" {
-	# goldens from the build before --screen (tests/data/prune/acdc-*.jsonl)
+@test "prune --acdc without --screen: decisions and circuits as before the screen" {
+	# goldens from the build before --screen (tests/data/prune/acdc-*.jsonl):
+	# the same tests in the same order, the same decisions and circuits,
+	# every number within 1e-5 relative (tests/golden.py same; they were
+	# byte-identical until the forward's products moved to circ's panel
+	# kernels, which round differently from OpenBLAS's: at most 5.4e-7
+	# relative, on these fixtures, on an AMD EPYC)
 	for m in induction-hand ioi-hand; do
 		acdc_tokens $m
 		for g in 0 8; do
@@ -150,8 +155,10 @@ decisions() {
 			[ $g = 0 ] || opt="--group $g"
 			circ-prune --acdc --model fixtures/$m $opt --log "$T/d.log" --json "$T/$m.tok" \
 				>"$T/c.jsonl" 2>/dev/null
-			circ-cat --no-header "$T/d.log" | cmp - $D/acdc-$m-g$g-decisions.jsonl
-			circ-cat --no-header "$T/c.jsonl" | cmp - $D/acdc-$m-g$g-circuit.jsonl
+			circ-cat --no-header "$T/d.log" >"$T/d.jsonl"
+			circ-cat --no-header "$T/c.jsonl" >"$T/c2.jsonl"
+			/usr/bin/python3 tests/golden.py same "$T/d.jsonl" $D/acdc-$m-g$g-decisions.jsonl
+			/usr/bin/python3 tests/golden.py same "$T/c2.jsonl" $D/acdc-$m-g$g-circuit.jsonl
 		done
 	done
 }

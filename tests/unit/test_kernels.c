@@ -216,6 +216,70 @@ static void test_gemm_acc(void)
 	CHECK(!circ_gemm_acc_fast(10) && !circ_gemm_acc_fast(0));
 }
 
+/* The panel kernels: circ_gemm_pn (op(b) as it lies, tb 0 and 1) and
+ * circ_gemm_pk (from circ_gemm_pack's panels) against the reference, with
+ * c set (zero) and accumulated; the two bit for bit alike, alike again
+ * when the columns are cut at a panel into two calls or the rows into two,
+ * and (n a multiple of 16) the bits of circ_gemm_set and circ_gemm_acc,
+ * over row counts around the 6-row tiles and 48-row tail tiles, widths
+ * around the 64-wide panels (a zero-padded last panel) and depths around
+ * the 128-deep blocks. */
+static void gemm_panel_case(int m, int n, int k)
+{
+	for (int tb = 0; tb < 2; tb++)
+		for (int zero = 0; zero < 2; zero++) {
+			int lda = k + 3, ldb = tb ? k + 5 : n + 5, ldc = n + 2, nb = tb ? n : k;
+			float *a = randv((size_t)m * lda, 1), *b = randv((size_t)nb * ldb, 1);
+			float *c0 = randv((size_t)m * ldc, 1), *c1 = copyv(c0, (size_t)m * ldc),
+			      *c2 = copyv(c0, (size_t)m * ldc), *c3 = copyv(c0, (size_t)m * ldc);
+			float *pk = circ_xmalloc_aligned(circ_gemm_pack_floats(k, n) * sizeof *pk);
+			size_t pks = (size_t)k * 64;
+			int j = n > 64 ? 64 * ((n / 2 + 63) / 64) : 0, i = m / 2;
+			circ_gemm_pn(zero, tb, m, n, k, a, lda, b, ldb, c1, ldc);
+			circ_gemm_ref(0, tb, m, n, k, 1, a, lda, b, ldb, zero ? 0.0f : 1.0f, c2,
+				      ldc);
+			CHECK(close_to("gemm_pn", c1, c2, (size_t)m * ldc, 2e-6 * sqrt(k), 1));
+			if (circ_gemm_pk_fast()) {
+				circ_gemm_pack(pk, tb, k, n, b, ldb);
+				memcpy(c2, c0, (size_t)m * ldc * sizeof *c2);
+				circ_gemm_pk(zero, m, n, k, a, lda, pk, pks, c2, ldc);
+				CHECK(!memcmp(c1, c2, (size_t)m * ldc * sizeof *c1));
+				/* cut at a panel and between rows: the same bits */
+				if (j > 0 && j < n) {
+					circ_gemm_pk(zero, m, j, k, a, lda, pk, pks, c3, ldc);
+					circ_gemm_pk(zero, m, n - j, k, a, lda,
+						     pk + (size_t)(j / 64) * pks, pks, c3 + j, ldc);
+				} else {
+					circ_gemm_pk(zero, i, n, k, a, lda, pk, pks, c3, ldc);
+					circ_gemm_pk(zero, m - i, n, k, a + (size_t)i * lda, lda,
+						     pk, pks, c3 + (size_t)i * ldc, ldc);
+				}
+				CHECK(!memcmp(c1, c3, (size_t)m * ldc * sizeof *c1));
+				memcpy(c3, c0, (size_t)m * ldc * sizeof *c3);
+				circ_gemm_pn(zero, tb, i, n, k, a, lda, b, ldb, c3, ldc);
+				circ_gemm_pn(zero, tb, m - i, n, k, a + (size_t)i * lda, lda, b,
+					     ldb, c3 + (size_t)i * ldc, ldc);
+				CHECK(!memcmp(c1, c3, (size_t)m * ldc * sizeof *c1));
+				if (!tb && circ_gemm_acc_fast(n)) {
+					memcpy(c3, c0, (size_t)m * ldc * sizeof *c3);
+					if (zero)
+						circ_gemm_set(m, n, k, a, lda, b, ldb, c3, ldc);
+					else
+						circ_gemm_acc(m, n, k, a, lda, b, ldb, c3, ldc);
+					CHECK(!memcmp(c1, c3, (size_t)m * ldc * sizeof *c1));
+				}
+			}
+			free(a), free(b), free(c0), free(c1), free(c2), free(c3), free(pk);
+		}
+}
+
+static void test_gemm_panel(void)
+{
+	int ms[] = {1, 5, 6, 7, 13, 48, 49, 100}, ns[] = {1, 16, 17, 63, 64, 65, 130, 200},
+	    ks[] = {1, 7, 128, 129, 300};
+	FOR_SHAPES(gemm_panel_case, ms, ns, ks);
+}
+
 typedef void (*bt_fn)(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 		      float *c, int ldc);
 
@@ -848,6 +912,7 @@ int main(int argc, char **argv)
 	test_gemm();
 	test_gemm_bt_bcast();
 	test_gemm_acc();
+	test_gemm_panel();
 	test_gemm_bt();
 	test_gemm_bt_long();
 	test_gemm_w16();

@@ -1487,6 +1487,72 @@ static void test_loading(void)
 	free(scratch);
 }
 
+/* Packed weights (circ_model_packed_bytes) change no bit: full-logit
+ * forwards of a model opened from its file (the unembedding packed on the
+ * first, the layers on the second) at 1, 2 and 3 threads, three each,
+ * give the bytes of the same model opened with copy (never packed) at 1
+ * thread. Widths that are not whole 64-column panels (3C = 288, V = 1000)
+ * and 36 rows (tiles of 6 and a tail). */
+static void test_packed(void)
+{
+	circ_config c = small_config(2, 3, 96, 1000, 16);
+	circ_error e = {{0}};
+	enum { B = 4, T = 9, V = 1000 };
+	int32_t clean[B * T], corrupt[B * T];
+	circ_rng rng;
+	circ_model_opts mo;
+	circ_model *m = random_model_pair("packed", &c, 5, 6, &rng, B * T, V, clean, corrupt);
+	circ_model *mc;
+	size_t nl = (size_t)B * T * V;
+	float *want = circ_xmalloc(nl * sizeof *want);
+	if (!m)
+		return;
+	circ_model_free(m);
+	circ_model_opts_default(&mo);
+	mo.copy = 1;
+	mc = circ_model_open(path2(tmp, "packed"), &mo, &e);
+	CHECK_MSG(mc, e);
+	if (!mc)
+		return;
+	for (int th = 0; th <= 3; th++) {
+		circ_run_opts ro;
+		circ_fwd f;
+		circ_run *r;
+		circ_model *mm = th ? circ_model_open(path2(tmp, "packed"), NULL, &e) : mc;
+		CHECK_MSG(mm, e);
+		if (!mm)
+			break;
+		circ_run_opts_default(&ro);
+		ro.threads = th ? th : 1;
+		ro.keep_nodes = 0;
+		r = circ_run_new(mm, B, T, &ro, &e);
+		CHECK_MSG(r, e);
+		fwd_all_rows(&f, B, T);
+		f.tokens = clean;
+		for (int rep = 0; rep < (th ? 3 : 1) && r; rep++) {
+			CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
+			if (!th)
+				memcpy(want, circ_run_logits(r, NULL), nl * sizeof *want);
+			else if (memcmp(want, circ_run_logits(r, NULL), nl * sizeof *want)) {
+				fprintf(stderr,
+					"packed: threads %d, forward %d: not the bytes of "
+					"the model opened with copy\n",
+					th, rep + 1);
+				failures++;
+			}
+		}
+		if (th && circ_gemm_pk_fast())
+			CHECK(circ_model_packed_bytes(mm) > 0);
+		else
+			CHECK(circ_model_packed_bytes(mm) == 0);
+		circ_run_free(r);
+		if (th)
+			circ_model_free(mm);
+	}
+	circ_model_free(mc);
+	free(want);
+}
+
 int main(void)
 {
 	snprintf(tmp, sizeof tmp, "/tmp/circ-test-model-XXXXXX");
@@ -1499,6 +1565,7 @@ int main(void)
 	test_delta_sum();
 	test_patched_threads(4, 32);
 	test_patched_threads(2, 128);
+	test_packed();
 	test_fd();
 	test_reference();
 	if (!failures) {
