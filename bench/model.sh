@@ -17,6 +17,9 @@
 # The goals are measured on the forward circ-forward runs, which keeps no
 # per-head outputs (PyTorch's forward makes none either); the patching
 # tools' forward, which keeps every head's output, is shown below them.
+# circ's forwards are those of a long command: the weights packed for its
+# panel kernels from the first forward (model_bench sets CIRC_PACK_AT=1; a
+# command packs them after 16 forwards; the same bits either way).
 # Environment: BENCH_THREADS (thread counts, default "2"; e.g. "2 1"),
 # BENCH_REPS (5), BENCH_ROUNDS (2), CIRC_BENCH_MODEL (where the random model
 # is cached, default ${TMPDIR:-/tmp}/circ-bench-gpt2-random; 500 MB).

@@ -12,6 +12,11 @@
  * after every measured run and reported as the best over all of them (so it
  * saw the same machine), and "rss_kb <peak RSS>".
  *
+ * GPT-2's f32 weights are packed for circ's panel kernels from the first
+ * forward (CIRC_PACK_AT=1 unless set; a command packs after 16 forwards),
+ * so the forwards below are those of a long command; the results are the
+ * same bits either way.
+ *
  * Measurements (B prompts of T tokens, default 32 x 16):
  *   fwd_full        forward, logits at every position (keep_nodes 1: every
  *                   head's output kept, as patching needs)
@@ -169,6 +174,9 @@ int main(int argc, char **argv)
 	}
 	threads = atoi(argv[2]);
 	reps = atoi(argv[3]);
+	/* the forward of a long command (ACDC, many batches): the weights
+	 * packed from the first forward on, not after 16 (circ(1)) */
+	setenv("CIRC_PACK_AT", getenv("CIRC_PACK_AT") ? getenv("CIRC_PACK_AT") : "1", 1);
 	if (argc >= 6) {
 		B = atoi(argv[4]);
 		T = atoi(argv[5]);

@@ -296,10 +296,9 @@ void circ_model_free(circ_model *m); /* NULL is a no-op */
 /* Bytes of packed weights the model holds now. Where the CPU has AVX-512,
  * a GPT-2 model's f32 forward multiplies by its weight matrices with circ's
  * panel kernels; a model opened from its file (without copy) lays each
- * matrix out in the kernels' panels once, on its second forward (the
- * unembedding on its first full-logit forward), and gives the mapped
- * file's pages of it back, so the process holds one copy. Packed or not,
- * the results are the same bits. */
+ * matrix out in the kernels' panels once, on the 16th forward that
+ * multiplies by it (CIRC_PACK_AT; 0: never), and gives the mapped file's
+ * pages of it back, so the process holds one copy. Packed or not, the results are the same bits. */
 size_t circ_model_packed_bytes(const circ_model *m);
 
 const circ_config *circ_model_config(const circ_model *m);

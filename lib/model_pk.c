@@ -7,10 +7,15 @@
  * W_out and the unembedding) goes to the panel kernels where they run
  * (AVX-512), packed or not: the two give the same bits, so when a matrix
  * is packed is a question of time and memory only, never of results. A
- * layer matrix is packed on its second use (a command that runs one
- * forward pays nothing; every later forward reads the panels), the
- * unembedding on its first (its transposed blocks cost as much to copy
- * per call as to pack once). Packing runs over the pool.
+ * matrix is packed when a forward multiplies by it for the PACK_AT-th
+ * time (CIRC_PACK_AT, default 16; 0: never): packing costs a few forwards'
+ * worth of the gain (the copy, the first touch of its memory, and a
+ * backward's touching the mapped pages again), so commands of a few
+ * forwards (one batch of EAP: 4 uses, EAP-IG over 16 prompts: 7, the
+ * curve: 11) never pay it, and long ones (ACDC's top layers after 16
+ * tests, many batches) read the panels from then on (single-threaded at
+ * GPT-2-small shapes on a Zen 4: 105-112 GFLOP/s from the panels, 97-106
+ * copying blocks, OpenBLAS 92-104). Packing runs over the pool.
  *
  * Memory: the panels are a second copy of the matrices (340 MB for
  * GPT-2 small's layers, 154 MB for its unembedding). Where the matrix
@@ -22,6 +27,8 @@
  * never an in-memory model that training writes.
  */
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -30,6 +37,8 @@
 #include "kernels.h"
 #include "model_impl.h"
 #include "util.h"
+
+#define PACK_AT 16
 
 struct model_pk_slot {
 	const float *src; /* the matrix as it lies */
@@ -43,9 +52,26 @@ struct model_pk {
 	model_pk_slot *s; /* (n) */
 	int n;
 	int can_pack;
+	int pack_at;		  /* uses at which a matrix is packed */
 	const unsigned char *map; /* the mapped file (pages given back), or NULL */
 	size_t map_len;
 };
+
+/* CIRC_PACK_AT, else PACK_AT; a value that is not a count is said once. */
+static int pack_at(void)
+{
+	static int warned;
+	const char *v = getenv("CIRC_PACK_AT");
+	int64_t n;
+	if (!v || !*v)
+		return PACK_AT;
+	if (circ_parse_i64(v, &n) == 0 && n >= 0 && n <= 1000000000)
+		return (int)n;
+	if (!warned++)
+		fprintf(stderr, "circ: CIRC_PACK_AT='%s' is not a count of forwards: using %d\n", v,
+			PACK_AT);
+	return PACK_AT;
+}
 
 void model_pk_init(circ_model *m, int can_pack)
 {
@@ -55,7 +81,8 @@ void model_pk_init(circ_model *m, int can_pack)
 	if (model_is_family(m) || !circ_gemm_pk_fast())
 		return;
 	p = circ_xcalloc(1, sizeof *p);
-	p->can_pack = can_pack;
+	p->pack_at = pack_at();
+	p->can_pack = can_pack && p->pack_at > 0;
 	pthread_mutex_init(&p->mu, NULL);
 	p->s = circ_xcalloc((size_t)4 * c->n_layer + 1, sizeof *p->s);
 	for (int l = 0; l < c->n_layer; l++) {
@@ -150,7 +177,7 @@ const float *model_pk_use(const circ_run *r, model_pk_slot *s)
 		return NULL;
 	pthread_mutex_lock(&p->mu);
 	s->uses++;
-	if (!s->pk && (s->tb || s->uses >= 2)) {
+	if (!s->pk && s->uses >= p->pack_at) {
 		pack_task t = {s, (size_t)(s->n + 63) / 64};
 		size_t bytes = circ_gemm_pack_floats(s->k, s->n) * sizeof(float);
 		s->pk = circ_xmalloc_aligned(bytes);

@@ -930,7 +930,10 @@ static void test_patched_threads(int H, int C)
 			 * forward's row blocks */
 			if (th == 0)
 				b.dweights = &dw;
-			for (int rep = 0; rep < 2; rep++) {
+			/* five forwards: the weights are packed on the fourth use
+			 * (the model is shared by the thread counts), which must
+			 * change no byte */
+			for (int rep = 0; rep < 5; rep++) {
 				char what[96];
 				CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
 				CHECK_MSG(circ_backward(r, &b, &e) == 0, e);
@@ -943,14 +946,14 @@ static void test_patched_threads(int H, int C)
 						       per * sizeof(float));
 					break;
 				}
-				if (rep == 1) {
+				if (rep >= 1) {
 					CHECK(!memcmp(first_l, circ_run_logits(r, NULL),
 						      nl * sizeof(float)));
 					for (int k = 0; k < R; k++)
 						CHECK(!memcmp(first_g + (size_t)k * per,
 							      circ_run_recv_grad(r, k),
 							      per * sizeof(float)));
-					break;
+					continue;
 				}
 				snprintf(what, sizeof what, "patched (%s), %d threads: logits",
 					 some ? "some" : "all", th);
@@ -962,7 +965,7 @@ static void test_patched_threads(int H, int C)
 					cmp(what, circ_run_recv_grad(r, k),
 					    want_g + (size_t)k * per, per, 2e-5, 1e-6);
 				}
-				/* the second repeat compares bytes with the first */
+				/* the repeats compare bytes with the first */
 				memcpy(first_l, circ_run_logits(r, NULL), nl * sizeof(float));
 				for (int k = 0; k < R; k++)
 					memcpy(first_g + (size_t)k * per, circ_run_recv_grad(r, k),
@@ -975,6 +978,8 @@ static void test_patched_threads(int H, int C)
 		free(first_l);
 		free(first_g);
 	}
+	if (circ_gemm_pk_fast()) /* the repeats above ran packed too */
+		CHECK(circ_model_packed_bytes(m) > 0);
 	free(ref);
 	free(dl);
 	circ_weights_free(&dw);
@@ -1488,11 +1493,11 @@ static void test_loading(void)
 }
 
 /* Packed weights (circ_model_packed_bytes) change no bit: full-logit
- * forwards of a model opened from its file (the unembedding packed on the
- * first, the layers on the second) at 1, 2 and 3 threads, three each,
- * give the bytes of the same model opened with copy (never packed) at 1
- * thread. Widths that are not whole 64-column panels (3C = 288, V = 1000)
- * and 36 rows (tiles of 6 and a tail). */
+ * forwards of a model opened from its file (packed on the fourth: main
+ * sets CIRC_PACK_AT=4) at 1, 2 and 3 threads, five each, and at 2 threads
+ * with CIRC_PACK_AT=0 (never packed), give the bytes of the same model
+ * opened with copy (never packed) at 1 thread. Widths that are not whole 64-column panels (3C =
+ * 288, V = 1000) and 36 rows (tiles of 6 and a tail). */
 static void test_packed(void)
 {
 	circ_config c = small_config(2, 3, 96, 1000, 16);
@@ -1514,22 +1519,27 @@ static void test_packed(void)
 	CHECK_MSG(mc, e);
 	if (!mc)
 		return;
-	for (int th = 0; th <= 3; th++) {
+	for (int th = 0; th <= 4; th++) {
 		circ_run_opts ro;
 		circ_fwd f;
 		circ_run *r;
-		circ_model *mm = th ? circ_model_open(path2(tmp, "packed"), NULL, &e) : mc;
+		circ_model *mm;
+		if (th == 4)
+			setenv("CIRC_PACK_AT", "0", 1);
+		mm = th ? circ_model_open(path2(tmp, "packed"), NULL, &e) : mc;
+		if (th == 4)
+			setenv("CIRC_PACK_AT", "4", 1);
 		CHECK_MSG(mm, e);
 		if (!mm)
 			break;
 		circ_run_opts_default(&ro);
-		ro.threads = th ? th : 1;
+		ro.threads = th == 4 ? 2 : th ? th : 1;
 		ro.keep_nodes = 0;
 		r = circ_run_new(mm, B, T, &ro, &e);
 		CHECK_MSG(r, e);
 		fwd_all_rows(&f, B, T);
 		f.tokens = clean;
-		for (int rep = 0; rep < (th ? 3 : 1) && r; rep++) {
+		for (int rep = 0; rep < (th ? 5 : 1) && r; rep++) {
 			CHECK_MSG(circ_forward(r, &f, &e) == 0, e);
 			if (!th)
 				memcpy(want, circ_run_logits(r, NULL), nl * sizeof *want);
@@ -1541,7 +1551,7 @@ static void test_packed(void)
 				failures++;
 			}
 		}
-		if (th && circ_gemm_pk_fast())
+		if (th && th < 4 && circ_gemm_pk_fast())
 			CHECK(circ_model_packed_bytes(mm) > 0);
 		else
 			CHECK(circ_model_packed_bytes(mm) == 0);
@@ -1555,6 +1565,9 @@ static void test_packed(void)
 
 int main(void)
 {
+	/* packed weights from the fourth forward, so the tests' few forwards
+	 * run both ways (test_packed, test_patched_threads) */
+	setenv("CIRC_PACK_AT", "4", 1);
 	snprintf(tmp, sizeof tmp, "/tmp/circ-test-model-XXXXXX");
 	if (!mkdtemp(tmp)) {
 		perror("mkdtemp");
