@@ -27,7 +27,6 @@
  * never an in-memory model that training writes.
  */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -57,19 +56,14 @@ struct model_pk {
 	size_t map_len;
 };
 
-/* CIRC_PACK_AT, else PACK_AT; a value that is not a count is said once. */
+/* CIRC_PACK_AT, else PACK_AT (also for a value that is not a count: the
+ * tools refuse those before they open a model, cmd/cli/opt.c). */
 static int pack_at(void)
 {
-	static int warned;
 	const char *v = getenv("CIRC_PACK_AT");
 	int64_t n;
-	if (!v || !*v)
-		return PACK_AT;
-	if (circ_parse_i64(v, &n) == 0 && n >= 0 && n <= 1000000000)
+	if (v && *v && circ_parse_i64(v, &n) == 0 && n >= 0 && n <= 1000000000)
 		return (int)n;
-	if (!warned++)
-		fprintf(stderr, "circ: CIRC_PACK_AT='%s' is not a count of forwards: using %d\n", v,
-			PACK_AT);
 	return PACK_AT;
 }
 

@@ -180,6 +180,25 @@ usage_error() {
 	CIRC_THREADS=2 circ-forward --model $TINY --threads 1 $TOK >/dev/null
 }
 
+@test "CIRC_PACK_AT: checked by every model tool; any value gives the same bytes" {
+	for v in -1 abc 1000000001 1.5; do
+		CIRC_PACK_AT=$v usage_error "CIRC_PACK_AT: '$v' is not an integer in 0..1000000000" circ-forward --model $TINY $TOK
+	done
+	CIRC_PACK_AT=x usage_error "CIRC_PACK_AT: 'x'" circ-score --model $TINY $TOK
+	CIRC_PACK_AT=x usage_error "CIRC_PACK_AT: 'x'" circ-prune --acdc --model $TINY $TOK
+	# packed from the first forward, never, and the default: the same bytes
+	M=fixtures/induction-hand
+	circ-fixture induction-hand --examples 24 --seed 4 | circ-tokenize --vocab-dir $M -o "$T/tok.circ"
+	for v in 1 0 16; do
+		CIRC_PACK_AT=$v circ-score --model $M --method eap-ig --steps 3 --batch 4 "$T/tok.circ" | circ-cat --no-header >"$T/s$v.jsonl"
+		CIRC_PACK_AT=$v circ-forward --model $M --logits --batch 4 "$T/tok.circ" | circ-cat --no-header >"$T/f$v.jsonl"
+	done
+	cmp "$T/s1.jsonl" "$T/s0.jsonl"
+	cmp "$T/s1.jsonl" "$T/s16.jsonl"
+	cmp "$T/f1.jsonl" "$T/f0.jsonl"
+	cmp "$T/f1.jsonl" "$T/f16.jsonl"
+}
+
 @test "threads: the default, CIRC_THREADS and --threads give the same bytes" {
 	M=fixtures/induction-hand
 	circ-fixture induction-hand --examples 16 --seed 3 | circ-tokenize --vocab-dir $M -o "$T/tok.circ"

@@ -84,6 +84,18 @@ int circ_threads_default(void)
 	return n;
 }
 
+/* CIRC_PACK_AT (circ(1)): lib/ uses its default for a value that is not
+ * a count; the tools refuse it, as they refuse a bad CIRC_THREADS. */
+static void pack_at_check(void)
+{
+	const char *env = getenv("CIRC_PACK_AT");
+	int64_t v;
+	if (env && *env && (circ_parse_i64(env, &v) < 0 || v < 0 || v > 1000000000))
+		circ_usage_error("CIRC_PACK_AT: '%s' is not an integer in 0..1000000000 (the "
+				 "forwards after which weights are packed; 0: never)",
+				 env);
+}
+
 static void help_table(const circ_opt *o, FILE *f)
 {
 	for (; o && o->name; o++) {
@@ -253,5 +265,6 @@ int circ_cli_parse(circ_cli *cli, int argc, char **argv,
 	}
 	free(lo);
 	free(so);
+	pack_at_check();
 	return optind;
 }
