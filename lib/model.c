@@ -1067,17 +1067,10 @@ void model_gemm_acc(const circ_run *r, int m, int n, int k, const float *a, int 
 	gemm_task t = {0, 0, m, n, k, lda, ldb, ldc, 1, 0, a, b, 1.0f, c, {0}, NULL};
 	if (model_bf16_on(r))
 		bf16_b(r, &t);
-	size_t col0, pks;
-	const model_pk_slot *s;
-	const float *pk;
 	if (r->o.reference)
 		circ_gemm_ref(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 1.0f, c, ldc);
 	else if (t.bw)
 		circ_gemm_bf16(t.tb, m, n, k, a, lda, t.bw, t.ldb, 1.0f, c, ldc);
-	else if (!(s = model_pk_find(r->m, b, 0, ldb, k, n, &col0)))
+	else if (!model_pk_gemm(r->m, 0, m, n, k, a, lda, b, ldb, c, ldc))
 		circ_gemm_acc(m, n, k, a, lda, b, ldb, c, ldc);
-	else if ((pk = model_pk_panels(s, col0, n, &pks)))
-		circ_gemm_pk(0, m, n, k, a, lda, pk, pks, c, ldc);
-	else
-		circ_gemm_pn(0, 0, m, n, k, a, lda, b, ldb, c, ldc);
 }

@@ -1957,7 +1957,7 @@ int circ_model_attn_proj(const circ_model *m, int layer, const float *z, int n, 
 				   layer, c->n_layer);
 	if (c->model_type == CIRC_MODEL_GPT2) { /* Conv1D: (H*D, C) */
 		/* the forward's kernel, so its bits */
-		if (!model_pk_gemm(m, n, C, C, z, C, m->w.layers[layer].proj_w, C, out, C))
+		if (!model_pk_gemm(m, 1, n, C, C, z, C, m->w.layers[layer].proj_w, C, out, C))
 			circ_gemm(0, 0, n, C, C, 1.0f, z, C, m->w.layers[layer].proj_w, C, 0.0f,
 				  out, C);
 		return 0;

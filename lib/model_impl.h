@@ -262,10 +262,11 @@ const float *model_pk_use(const circ_run *r, model_pk_slot *s);
 /* The panels of columns col0 .. col0+n-1 (pks: floats between panels), or
  * NULL where not packed or not cut at a panel. */
 const float *model_pk_panels(const model_pk_slot *s, size_t col0, int n, size_t *pks);
-/* c (rows, n) = a b on the calling thread with the forward's kernel when b
- * (k, n; rows ldb apart) is columns of a packed-weights matrix: 1 if done,
- * 0 if not such a matrix (the caller multiplies). */
-int model_pk_gemm(const circ_model *m, int rows, int n, int k, const float *a, int lda,
+/* c (rows, n) = a b (+ c unless zero) on the calling thread with the
+ * forward's kernel when b (k, n; rows ldb apart) is columns of a
+ * packed-weights matrix, from its panels once packed: 1 if done, 0 if not
+ * such a matrix (the caller multiplies). */
+int model_pk_gemm(const circ_model *m, int zero, int rows, int n, int k, const float *a, int lda,
 		  const float *b, int ldb, float *c, int ldc);
 /* The bf16 twin of the weight element at p, or NULL when p is not inside a
  * registered matrix (or the model computes in f32). The twin's row stride

@@ -187,7 +187,7 @@ const float *model_pk_use(const circ_run *r, model_pk_slot *s)
 	return pk;
 }
 
-int model_pk_gemm(const circ_model *m, int rows, int n, int k, const float *a, int lda,
+int model_pk_gemm(const circ_model *m, int zero, int rows, int n, int k, const float *a, int lda,
 		  const float *b, int ldb, float *c, int ldc)
 {
 	size_t col0, pks;
@@ -196,9 +196,9 @@ int model_pk_gemm(const circ_model *m, int rows, int n, int k, const float *a, i
 	if (!s)
 		return 0;
 	if ((pk = model_pk_panels(s, col0, n, &pks)))
-		circ_gemm_pk(1, rows, n, k, a, lda, pk, pks, c, ldc);
+		circ_gemm_pk(zero, rows, n, k, a, lda, pk, pks, c, ldc);
 	else
-		circ_gemm_pn(1, 0, rows, n, k, a, lda, b, ldb, c, ldc);
+		circ_gemm_pn(zero, 0, rows, n, k, a, lda, b, ldb, c, ldc);
 	return 1;
 }
 
