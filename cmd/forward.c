@@ -366,6 +366,9 @@ int main(int argc, char **argv)
 	circ_run_opts_default(&rn.ro);
 	rn.ro.threads = o.threads;
 	rn.ro.keep_nodes = rn.dict != NULL; /* the splicer reads node outputs */
+	/* without a splicer nothing reads a layer's activations after the
+	 * layer: one layer's buffers, not every layer's (memory, first touch) */
+	rn.ro.one_layer = rn.dict == NULL;
 	circ_session_output(&s, &cli);
 	write_header(&s, argc, argv);
 

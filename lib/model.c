@@ -143,6 +143,8 @@ static size_t run_layout(circ_run *r, char *base)
 {
 	size_t off = 0, rows = r->rows, C = (size_t)r->C, L = (size_t)r->L, S = 2 * L + 1;
 	size_t Q = (size_t)r->H * (size_t)r->D, stage_recv = 0;
+	/* per-layer activations: every layer's, or one layer's (one_layer) */
+	size_t LL = r->o.one_layer ? 1 : L;
 	int fam = model_is_family(r->m);
 	for (int s = 0; s < r->m->topo->n_stage; s++)
 		if (r->m->topo->stage[s].kind != CIRC_STAGE_FINAL &&
@@ -160,28 +162,28 @@ static size_t run_layout(circ_run *r, char *base)
 	CARVE(mean, float, S *rows);
 	CARVE(rstd, float, S *rows);
 	if (!fam) {
-		CARVE(qkv, float, L *rows * 3 * C);
-		CARVE(z, float, L *rows *C);
-		CARVE(fc, float, L *rows * r->F);
+		CARVE(qkv, float, LL *rows * 3 * C);
+		CARVE(z, float, LL *rows *C);
+		CARVE(fc, float, LL *rows * r->F);
 	} else {
-		CARVE(fq, float, L *rows *Q);
-		CARVE(fk, float, L *rows *Q);
-		CARVE(fv, float, L *rows *Q);
-		CARVE(fqr, float, L *rows *Q);
-		CARVE(fkr, float, L *rows *Q);
-		CARVE(fz, float, L *rows *Q);
+		CARVE(fq, float, LL *rows *Q);
+		CARVE(fk, float, LL *rows *Q);
+		CARVE(fv, float, LL *rows *Q);
+		CARVE(fqr, float, LL *rows *Q);
+		CARVE(fkr, float, LL *rows *Q);
+		CARVE(fz, float, LL *rows *Q);
 		if (r->m->cfg.norm_place != CIRC_NORM_PRE) {
-			CARVE(fA, float, L *rows *C);
-			CARVE(fM, float, L *rows *C);
+			CARVE(fA, float, LL *rows *C);
+			CARVE(fM, float, LL *rows *C);
 		}
-		CARVE(fa, float, L *rows * r->F);
-		CARVE(fb, float, L *rows * r->F);
+		CARVE(fa, float, LL *rows * r->F);
+		CARVE(fb, float, LL *rows * r->F);
 		CARVE(f_s1, float, rows *C);
 		CARVE(f_s2, float, rows *Q);
 		if (r->m->fw.narrow_max)
 			CARVE(f_w, float, r->m->fw.narrow_max);
 	}
-	CARVE(att, float, L *(size_t)r->max_b * r->H * r->max_t * r->max_t);
+	CARVE(att, float, LL *(size_t)r->max_b * r->H * r->max_t * r->max_t);
 	CARVE(s_ln, float, rows *C);
 	CARVE(s_ln2, float, rows *C);
 	CARVE(s_gelu, float, rows * r->F);
@@ -293,6 +295,10 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	}
 	if ((size_t)max_b * (size_t)max_t > (size_t)1 << 26) {
 		circ_errorf(e, "batch %d x %d is too large", max_b, max_t);
+		return NULL;
+	}
+	if (o->one_layer && o->backward) {
+		circ_errorf(e, "a run that keeps one layer's activations has no backward");
 		return NULL;
 	}
 	r = circ_xcalloc(1, sizeof *r);
@@ -443,9 +449,9 @@ const float *circ_run_resid(const circ_run *r, int stage)
 
 const float *circ_run_attn(const circ_run *r, int layer)
 {
-	if (layer < 0 || layer >= r->L)
+	if (layer < 0 || layer >= r->L || r->o.one_layer)
 		return NULL;
-	return r->att + (size_t)layer * r->max_b * r->H * r->max_t * r->max_t;
+	return model_att(r, layer);
 }
 
 const float *circ_run_logits(const circ_run *r, int *n_rows)
@@ -629,8 +635,8 @@ int circ_run_keep_qkv(circ_run *r, int recv)
 {
 	circ_recv_kind k;
 	if (recv < 0 || recv >= r->R || model_is_family(r->m) || r->o.reference || r->o.backward ||
-	    !r->o.keep_nodes || !circ_gemm_acc_fast(r->D) || r->in_fwd < 0 || r->in_fwd != r->s0 ||
-	    r->s0_prev != r->s0 || circ_recv_stage(r->m, recv) != r->in_fwd)
+	    r->o.one_layer || !r->o.keep_nodes || !circ_gemm_acc_fast(r->D) || r->in_fwd < 0 ||
+	    r->in_fwd != r->s0 || r->s0_prev != r->s0 || circ_recv_stage(r->m, recv) != r->in_fwd)
 		return -1;
 	k = r->m->topo->recv[recv].kind;
 	if (k != CIRC_RECV_Q && k != CIRC_RECV_K && k != CIRC_RECV_V)

@@ -423,6 +423,15 @@ typedef struct circ_run_opts {
 			      * stage's, visible to the backward hook */
 	int reference;	     /* 1: use the reference kernels (double
 			      * accumulation, slow): for tests */
+	int one_layer;	     /* 1: the per-layer activations (q, k, v,
+			      * attention patterns, z, the MLP's
+			      * pre-activations) live in one layer's buffers
+			      * that each layer overwrites: for forwards whose
+			      * caller reads only the logits, the residual
+			      * stream and node outputs (circ-forward). No
+			      * backward (circ_run_new refuses both),
+			      * circ_run_attn and circ_run_attn_z return NULL,
+			      * circ_run_keep_qkv refuses. Default 0 */
 } circ_run_opts;
 void circ_run_opts_default(circ_run_opts *o);
 

@@ -819,7 +819,7 @@ static void rope_rows(const circ_run *r, int l, float *q, float *k, size_t n, si
 
 static float *lay(const circ_run *r, float *base, int l, size_t width)
 {
-	return base + (size_t)l * r->rows * width;
+	return base + model_lslot(r, l) * r->rows * width;
 }
 
 static size_t fam_Q(const circ_run *r)
@@ -1026,7 +1026,7 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 	size_t n = bt(r), C = (size_t)r->C, D = (size_t)r->D, Q = fam_Q(r);
 	float *q = lay(r, r->fq, l, Q), *k = lay(r, r->fk, l, Q), *v = lay(r, r->fv, l, Q);
 	float *qr = lay(r, r->fqr, l, Q), *kr = lay(r, r->fkr, l, Q), *z = lay(r, r->fz, l, Q);
-	float *att = r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
+	float *att = model_att(r, l);
 	int per = r->H / circ_config_kv_heads(c), shared[3] = {0, 0, 0};
 	for (int h = 0; h < r->H; h++)
 		for (int kind = 0; kind < 3; kind++)
@@ -1774,7 +1774,7 @@ static void fam_attn_bwd(circ_run *r, int l, const float *x, const float *g, con
 	{
 		fattn_task t = {r,
 				l,
-				r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t,
+				model_att(r, l),
 				NULL,
 				lay(r, r->fqr, l, Q),
 				lay(r, r->fkr, l, Q),
@@ -1923,7 +1923,7 @@ int circ_run_mlp_input(const circ_run *r, int layer, int weighted, float *out, c
 
 const float *circ_run_attn_z(const circ_run *r, int layer)
 {
-	if (r->m->cfg.model_type == CIRC_MODEL_GPT2 || layer < 0 || layer >= r->L)
+	if (r->m->cfg.model_type == CIRC_MODEL_GPT2 || layer < 0 || layer >= r->L || r->o.one_layer)
 		return NULL;
 	return lay(r, r->fz, layer, fam_Q(r));
 }

@@ -244,9 +244,9 @@ static void attn_stage(circ_run *r, int l)
 	const circ_layer_weights *lw = &r->m->w.layers[l];
 	const float *x = resid_at(r, 2 * l);
 	size_t n = bt(r), C = (size_t)r->C, C3 = 3 * C, D = (size_t)r->D;
-	float *qkv = r->qkv + (size_t)l * r->rows * C3;
-	float *att = r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
-	float *z = r->z + (size_t)l * r->rows * C;
+	float *qkv = r->qkv + model_lslot(r, l) * r->rows * C3;
+	float *att = model_att(r, l);
+	float *z = r->z + model_lslot(r, l) * r->rows * C;
 	int npatched = 0, nkept = 0;
 	unsigned char skip[MAX_HEAD];
 	for (int h = 0; h < r->H; h++) {
@@ -311,7 +311,7 @@ static void mlp_stage(circ_run *r, int l)
 	const circ_layer_weights *lw = &r->m->w.layers[l];
 	const float *x = resid_at(r, 2 * l + 1), *xin;
 	size_t n = bt(r), F = (size_t)r->F;
-	float *fc = r->fc + (size_t)l * r->rows * F;
+	float *fc = r->fc + model_lslot(r, l) * r->rows * F;
 	float *out = r->node[circ_node_mlp(r->m, l)];
 	int recv = circ_recv_mlp(r->m, l);
 	xin = model_recv_input(r, recv, x, r->s_ln);
@@ -340,7 +340,8 @@ static void mlp_stage_reads(circ_run *r, int l)
 	const circ_layer_weights *lw = &r->m->w.layers[l];
 	const float *x = resid_at(r, 2 * l + 1);
 	size_t N = (size_t)r->n_read, C = (size_t)r->C, so = (size_t)(2 * l + 1) * r->rows;
-	float *fc = r->fc + (size_t)l * r->rows * r->F, *out = r->node[circ_node_mlp(r->m, l)];
+	float *fc = r->fc + model_lslot(r, l) * r->rows * r->F,
+	      *out = r->node[circ_node_mlp(r->m, l)];
 	float *xr = r->s_ln2, *o = r->s_ln, *res = r->lnf, *res2 = resid_at(r, 2 * l + 2);
 	model_read_inputs(r, circ_recv_mlp(r->m, l), x, r->s_ln);
 	model_p_layernorm(r, r->s_ln, r->mean + so, r->rstd + so, r->s_ln, lw->ln2_w, lw->ln2_b, N);
@@ -536,7 +537,8 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 	if (model_is_family(src->m))
 		return circ_errorf(e, "copying a run's prefix is implemented for gpt2 only");
 	if (dst->o.keep_nodes != src->o.keep_nodes ||
-	    dst->o.acdc_convention != src->o.acdc_convention)
+	    dst->o.acdc_convention != src->o.acdc_convention ||
+	    dst->o.one_layer != src->o.one_layer)
 		return circ_errorf(e, "runs with different options");
 	if (stage < 0 || stage > 2 * src->L)
 		return circ_errorf(e, "stage %d is out of range (0-%d)", stage, 2 * src->L);
@@ -562,7 +564,8 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 		int l = s / 2;
 		memcpy(dst->mean + dso, src->mean + so, n * sizeof(float));
 		memcpy(dst->rstd + dso, src->rstd + so, n * sizeof(float));
-		if (s & 1) {
+		if (src->o.one_layer) { /* no layer's activations are kept */
+		} else if (s & 1) {
 			memcpy(dst->fc + (size_t)l * dst->rows * dst->F,
 			       src->fc + (size_t)l * src->rows * src->F,
 			       n * src->F * sizeof(float));

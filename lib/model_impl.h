@@ -201,6 +201,19 @@ struct circ_run {
 	int blk_slots;
 };
 
+/* Where layer l's activations are in the per-layer buffers: l's own, or
+ * the one layer's (circ_run_opts.one_layer). */
+static inline size_t model_lslot(const circ_run *r, int l)
+{
+	return r->o.one_layer ? 0 : (size_t)l;
+}
+/* Layer l's attention probabilities (B, H, T, T) packed for the current T. */
+static inline float *model_att(const circ_run *r, int l)
+{
+	return r->att + model_lslot(r, l) * (size_t)r->max_b * (size_t)r->H * (size_t)r->max_t *
+			    (size_t)r->max_t;
+}
+
 /* 1 when r's products with weights go to bf16 (the model's compute, and not
  * the reference kernels). */
 static inline int model_bf16_on(const circ_run *r)

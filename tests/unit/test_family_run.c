@@ -25,6 +25,7 @@
 #include "topology.h"
 #include "util.h"
 #include "check.h"
+#include "test_one_layer.h"
 
 static char root[4096];
 
@@ -191,6 +192,7 @@ static void check_family(const char *name)
 			failures++;
 		}
 		circ_run_free(r);
+		check_one_layer(name, m, tok, S, T);
 		check_sums(m, tok, S < 2 ? S : 2, T);
 		check_grads(dir, m, "grads");
 		if (circ_config_kv_heads(circ_model_config(m)) < circ_model_config(m)->n_head) {

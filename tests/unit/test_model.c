@@ -46,6 +46,7 @@
 #include "safetensors.h"
 #include "util.h"
 #include "check.h"
+#include "test_one_layer.h"
 
 static char tmp[256];
 
@@ -1551,6 +1552,8 @@ static void test_packed(void)
 				failures++;
 			}
 		}
+		if (th == 1)
+			check_one_layer("gpt2", mm, clean, B, T);
 		if (th && th < 4 && circ_gemm_pk_fast())
 			CHECK(circ_model_packed_bytes(mm) > 0);
 		else
