@@ -1828,6 +1828,10 @@ circ_dharvest *circ_dharvest_new(const circ_model *m, const circ_dict *d, int se
 	circ_run_opts_default(&ro);
 	ro.threads = threads;
 	ro.keep_nodes = hi.kind == CIRC_HOOK_ATTN_Z; /* heads' outputs only for z */
+	/* the hooks are read from the hook of their stage, where the layer's
+	 * attention is the last run: one layer's activations, not every
+	 * layer's up to the hook */
+	ro.one_layer = 1;
 	circ_run *run = circ_run_new(m, seqs, ctx_len, &ro, e);
 	if (!run)
 		return NULL;

@@ -318,6 +318,7 @@ circ_run *circ_run_new(const circ_model *m, int max_b, int max_t, const circ_run
 	r->dsum_abs = circ_xcalloc((size_t)r->R, sizeof *r->dsum_abs);
 	r->pool = circ_pool_new(r->threads);
 	r->valid = -1;
+	r->att_layer = -1;
 	r->in_fwd = -1;
 	return r;
 }
@@ -369,6 +370,7 @@ int model_run_fit(circ_run *r, int B, int T, circ_error *e)
 	run_layout(r, r->arena);
 	free_deltas(r);
 	r->valid = -1;
+	r->att_layer = -1;
 	r->have_bwd = 0;
 	return 0;
 }
@@ -449,7 +451,7 @@ const float *circ_run_resid(const circ_run *r, int stage)
 
 const float *circ_run_attn(const circ_run *r, int layer)
 {
-	if (layer < 0 || layer >= r->L || r->o.one_layer)
+	if (layer < 0 || layer >= r->L || (r->o.one_layer && layer != r->att_layer))
 		return NULL;
 	return model_att(r, layer);
 }

@@ -430,8 +430,10 @@ typedef struct circ_run_opts {
 			      * caller reads only the logits, the residual
 			      * stream and node outputs (circ-forward). No
 			      * backward (circ_run_new refuses both),
-			      * circ_run_attn and circ_run_attn_z return NULL,
-			      * circ_run_keep_qkv refuses. Default 0 */
+			      * circ_run_attn and circ_run_attn_z return NULL
+			      * but for the layer whose attention ran last (a
+			      * hook after it reads it), circ_run_keep_qkv
+			      * refuses. Default 0 */
 } circ_run_opts;
 void circ_run_opts_default(circ_run_opts *o);
 

@@ -1028,6 +1028,7 @@ static void fam_attn(circ_run *r, int l, const float *x, float *out)
 	float *qr = lay(r, r->fqr, l, Q), *kr = lay(r, r->fkr, l, Q), *z = lay(r, r->fz, l, Q);
 	float *att = model_att(r, l);
 	int per = r->H / circ_config_kv_heads(c), shared[3] = {0, 0, 0};
+	r->att_layer = l;
 	for (int h = 0; h < r->H; h++)
 		for (int kind = 0; kind < 3; kind++)
 			shared[kind] |= !r->delta_on[head_recv(r, l, h, kind)];
@@ -1923,7 +1924,8 @@ int circ_run_mlp_input(const circ_run *r, int layer, int weighted, float *out, c
 
 const float *circ_run_attn_z(const circ_run *r, int layer)
 {
-	if (r->m->cfg.model_type == CIRC_MODEL_GPT2 || layer < 0 || layer >= r->L || r->o.one_layer)
+	if (r->m->cfg.model_type == CIRC_MODEL_GPT2 || layer < 0 || layer >= r->L ||
+	    (r->o.one_layer && layer != r->att_layer))
 		return NULL;
 	return lay(r, r->fz, layer, fam_Q(r));
 }

@@ -248,6 +248,7 @@ static void attn_stage(circ_run *r, int l)
 	float *att = model_att(r, l);
 	float *z = r->z + model_lslot(r, l) * r->rows * C;
 	int npatched = 0, nkept = 0;
+	r->att_layer = l;
 	unsigned char skip[MAX_HEAD];
 	for (int h = 0; h < r->H; h++) {
 		int kept = 0;
@@ -487,6 +488,8 @@ int circ_forward(circ_run *r, const circ_fwd *f, circ_error *e)
 	r->s0_prev = r->s0;
 	r->s0 = s0;
 	memset(r->qkv_keep, 0, (size_t)r->R);
+	if (r->att_layer >= 0 && circ_topo_stage_attn(r->m->topo, r->att_layer) >= s0)
+		r->att_layer = -1; /* its layer is run again (one_layer's slot) */
 	/* the last MLP at the read rows: worth it where they are fewer */
 	reads_only = f->reads_only && !model_is_family(r->m) && !r->o.backward && !r->read_none &&
 		     (size_t)r->n_read < (size_t)f->B * (size_t)f->T;
@@ -600,5 +603,6 @@ int circ_run_copy_prefix(circ_run *dst, const circ_run *src, int stage, circ_err
 		}
 	}
 	dst->valid = stage;
+	dst->att_layer = -1; /* one_layer: nothing copied */
 	return 0;
 }

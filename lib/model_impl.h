@@ -130,8 +130,10 @@ struct circ_run {
 
 	/* state of the last forward */
 	int B, T;
-	int valid;  /* stages 0..valid-1 hold this batch's activations; -1: nothing */
-	int in_fwd; /* the stage the hook is running for, or -1 */
+	int valid;     /* stages 0..valid-1 hold this batch's activations; -1: nothing */
+	int att_layer; /* one_layer: the layer whose attention activations the
+			* per-layer buffers hold (-1: none) */
+	int in_fwd;    /* the stage the hook is running for, or -1 */
 	int n_read;
 	int read_none;
 	int have_bwd;

@@ -18,6 +18,11 @@
  * 4. Determinism and resume: two runs give the same bytes; a run saved
  *    half-way and resumed in a new trainer and buffer gives the same bytes
  *    as the uninterrupted run.
+ * 5. Harvesting: the rows circ_dharvest hands out (forwards stopped at the
+ *    hooks' stage, one layer's activations kept) are the bytes
+ *    circ_dict_hook_read gives after a full forward of a run that keeps
+ *    every layer's, at every hook point, on GPT-2 and on families
+ *    (tests/data/families).
  * Set CIRC_SKIP_TORCH=1 to skip part 2 on a machine without python3-torch.
  */
 #include <math.h>
@@ -27,7 +32,9 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "dict.h"
 #include "dict_train.h"
+#include "model.h"
 
 static char tmp[256];
 
@@ -549,6 +556,130 @@ static void test_buffer_file(void)
 	      strstr(e.msg, "'/nonexistent-dir'") && strstr(e.msg, "buffer"));
 }
 
+/* Token source of the harvest test: B sequences of T ids below V, from
+ * a fixed sequence. */
+typedef struct htok {
+	int V, given, limit;
+} htok;
+
+static int htok_next(void *ctx, int32_t *tokens, int B, int T, circ_error *e)
+{
+	htok *h = ctx;
+	(void)e;
+	if (h->given >= h->limit)
+		return 0;
+	for (int i = 0; i < B * T; i++)
+		tokens[i] = (int32_t)(((size_t)(h->given * T + i) * 7919u + 13u) % (size_t)h->V);
+	h->given += B;
+	return B;
+}
+
+static void harvest_case(circ_model *m, const char *label, const char *hook, int d_in)
+{
+	enum { B = 3, T = 9 };
+	circ_error e;
+	circ_dict_cfg c;
+	circ_dict *d;
+	circ_dharvest *h;
+	htok src = {circ_model_config(m)->vocab_size, 0, B};
+	int32_t tok[B * T];
+	size_t n = (size_t)B * T * d_in;
+	float *got = malloc(n * sizeof *got), *want = malloc(n * sizeof *want);
+	circ_dict_cfg_init(&c);
+	c.arch = CIRC_DICT_STANDARD;
+	c.d_in = d_in;
+	c.d_sae = 8;
+	c.d_out = d_in;
+	c.apply_b_dec_to_input = 1;
+	snprintf(c.hook_name, sizeof c.hook_name, "%s", hook);
+	d = circ_dict_new(&c, &e);
+	CHECK_MSG(d, e);
+	if (!d || circ_dict_check_model(d, m, &e) < 0) {
+		fprintf(stderr, "harvest %s %s: %s\n", label, hook, e.msg);
+		failures++;
+		goto out;
+	}
+	h = circ_dharvest_new(m, d, B, T, 2, htok_next, &src, &e);
+	CHECK_MSG(h, e);
+	if (h) {
+		CHECK_MSG(circ_dharvest_fill(h, got, (size_t)B * T, &e) == 0, e);
+		circ_dharvest_free(h);
+	}
+	{
+		htok again = {src.V, 0, B};
+		circ_run_opts ro;
+		circ_run *r;
+		circ_fwd f;
+		circ_run_opts_default(&ro);
+		/* as the harvester's run, but every layer's activations kept */
+		ro.keep_nodes = strstr(hook, "hook_z") != NULL;
+		r = circ_run_new(m, B, T, &ro, &e);
+		CHECK_MSG(r, e);
+		htok_next(&again, tok, B, T, &e);
+		circ_fwd_init(&f);
+		f.tokens = tok;
+		f.B = B;
+		f.T = T;
+		CHECK_MSG(r && circ_forward(r, &f, &e) == 0, e);
+		CHECK_MSG(r && circ_dict_hook_read(d, 1, r, want, &e) == 0, e);
+		circ_run_free(r);
+	}
+	if (memcmp(got, want, n * sizeof *got)) {
+		fprintf(stderr, "harvest %s %s: rows differ from a full run's\n", label, hook);
+		failures++;
+	}
+out:
+	circ_dict_free(d);
+	free(got);
+	free(want);
+}
+
+static void test_harvest(void)
+{
+	static const char *const fams[] = {"gpt2", "llama", "qwen3", "gemma2", "gpt_neox", "olmo2"};
+	static const char *const hooks[] = {
+	    "blocks.1.hook_resid_pre",	    "blocks.1.hook_resid_mid", "blocks.0.hook_resid_post",
+	    "blocks.1.hook_attn_out",	    "blocks.1.hook_mlp_out",   "blocks.1.attn.hook_z",
+	    "blocks.1.ln2.hook_normalized", "blocks.0.attn.hook_z"};
+	/* parallel blocks (GPT-NeoX) have no resid_mid and no attn_out yet */
+	const char *root = getenv("CIRC_ROOT");
+	for (size_t i = 0; i < sizeof fams / sizeof *fams; i++) {
+		char dir[4400];
+		circ_error e;
+		circ_model *m;
+		if (!strcmp(fams[i], "gpt2")) {
+			circ_config c = {0};
+			c.n_layer = 2;
+			c.n_head = 3;
+			c.n_embd = 48;
+			c.n_inner = 192;
+			c.vocab_size = 300;
+			c.n_ctx = 32;
+			c.layer_norm_epsilon = 1e-5;
+			c.act = CIRC_ACT_GELU_NEW;
+			snprintf(dir, sizeof dir, "%s/gpt2-harvest", tmp);
+			CHECK_MSG(circ_model_write_random(dir, &c, 11, "F32", &e) == 0, e);
+		} else {
+			snprintf(dir, sizeof dir, "%s/tests/data/families/%s", root ? root : ".",
+				 fams[i]);
+		}
+		m = circ_model_open(dir, NULL, &e);
+		CHECK_MSG(m, e);
+		if (!m)
+			continue;
+		const circ_config *mc = circ_model_config(m);
+		for (size_t k = 0; k < sizeof hooks / sizeof *hooks; k++) {
+			int z = strstr(hooks[k], "hook_z") != NULL;
+			if (!strcmp(fams[i], "gpt_neox") &&
+			    (strstr(hooks[k], "resid_mid") || strstr(hooks[k], "attn_out")))
+				continue;
+			harvest_case(m, fams[i], hooks[k],
+				     z ? mc->n_head * circ_config_head_dim(mc) : mc->n_embd);
+		}
+		circ_model_free(m);
+	}
+}
+
 int main(void)
 {
 	snprintf(tmp, sizeof tmp, "/tmp/circ-test-dict-train-%ld", (long)getpid());
@@ -561,6 +692,7 @@ int main(void)
 	test_recovery();
 	test_resume();
 	test_buffer_file();
+	test_harvest();
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
 	if (system(cmd) != 0)
 		failures++;
