@@ -19,6 +19,7 @@
 #                   written when missing: 2.5 GB for llama-1b)
 #   FAMILY_N        prompts (32); FAMILY_T tokens each (32)
 #   FAMILY_THREADS  threads for both (2)
+#   FAMILY_REPS     forwards of each side, alternated, the best kept (2)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 shape=${FAMILY_SHAPE:-llama-1b}
@@ -26,6 +27,8 @@ dir=${FAMILY_DIR:-${TMPDIR:-/tmp}/circ-bench-$shape}
 n=${FAMILY_N:-32}
 T=${FAMILY_T:-32}
 th=${FAMILY_THREADS:-2}
+reps=${FAMILY_REPS:-2}
+case $reps in '' | *[!0-9]* | 0) echo "FAMILY_REPS: not a positive integer: $reps" >&2; exit 2 ;; esac
 py=/usr/bin/python3
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
@@ -64,21 +67,29 @@ timed() { # label, command...: wall seconds and peak RSS (KB) into $tmp/$label
 		exit 1
 	}
 }
-timed circ-forward bin/circ-forward --model "$dir" --batch "$n" --threads "$th" --json "$tmp/tok.jsonl"
-timed torch-forward $py bench/torch_family.py "$dir" "$tmp/tok.jsonl" "$n" "$th" "$tmp/torch-forward.json" forward
+# the forwards alternated, the best of each kept (this VM's wall times
+# drift by 10-20% between minutes)
+r=1
+while [ "$r" -le "$reps" ]; do
+	timed circ-forward-$r bin/circ-forward --model "$dir" --batch "$n" --threads "$th" --json "$tmp/tok.jsonl"
+	timed torch-forward-$r $py bench/torch_family.py "$dir" "$tmp/tok.jsonl" "$n" "$th" "$tmp/torch-forward-$r.json" forward
+	r=$((r + 1))
+done
 timed torch $py bench/torch_family.py "$dir" "$tmp/tok.jsonl" "$n" "$th" "$tmp/torch.json"
 # the command a user runs: default batch (16) and --max-memory (3G), which
 # cuts the batches of a 1B model to a few examples
 timed circ-eap bin/circ-score --model "$dir" --threads "$th" "$tmp/tok.jsonl"
-$py - "$tmp" <<'PY' || exit 1
+$py - "$tmp" "$reps" <<'PY' || exit 1
 import json, sys
-d = sys.argv[1]
+d, reps = sys.argv[1], int(sys.argv[2])
 t = lambda k: [float(x) for x in open(f"{d}/{k}.time").read().split()]
-cf, tf, ce = t("circ-forward"), t("torch-forward"), t("circ-eap")
-circ = [json.loads(l)["metric"] for l in open(f"{d}/circ-forward.out").read().splitlines()[1:]
+best = lambda k: min((t(f"{k}-{r}") for r in range(1, reps + 1)), key=lambda v: v[0])
+cf, tf, ce = best("circ-forward"), best("torch-forward"), t("circ-eap")
+circ = [json.loads(l)["metric"] for l in open(f"{d}/circ-forward-1.out").read().splitlines()[1:]
         if '"metric"' in l and "$end" not in l]
 ref = json.load(open(f"{d}/torch.json"))
-fref = json.load(open(f"{d}/torch-forward.json"))
+fref = min((json.load(open(f"{d}/torch-forward-{r}.json")) for r in range(1, reps + 1)),
+           key=lambda v: v["inner_s"])
 scale = max(abs(x) for x in ref["metric"]) or 1
 worst = max(abs(a - b) for a, b in zip(circ, ref["metric"])) / scale
 print(f"circ-forward {cf[0]:.2f} s ({cf[1] / 1024:.0f} MB)  PyTorch's forward {tf[0]:.2f} s "
