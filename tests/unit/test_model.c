@@ -1274,6 +1274,25 @@ static void ed_dup(circ_st_tensor *t, int *n, void *s)
 	++*n;
 }
 
+/* In a model of n_embd 64 and vocabulary 50 (tensors past 1024 elements):
+ * wte's element 3000 infinite, c_fc's weight's element 1024 NaN. */
+static void ed_late(circ_st_tensor *t, int *n, void *s, const char *name, size_t at, float v)
+{
+	int i = find_t(t, *n, name);
+	float *copy = s;
+	memcpy(copy, t[i].data, t[i].nbytes);
+	copy[at] = v;
+	t[i].data = copy;
+}
+static void ed_inf_wte(circ_st_tensor *t, int *n, void *s)
+{
+	ed_late(t, n, s, "transformer.wte.weight", 3000, -INFINITY);
+}
+static void ed_nan_fc(circ_st_tensor *t, int *n, void *s)
+{
+	ed_late(t, n, s, "transformer.h.0.mlp.c_fc.weight", 1024, NAN);
+}
+
 static void ed_nan(circ_st_tensor *t, int *n, void *s)
 {
 	int i = find_t(t, *n, "transformer.h.1.mlp.c_fc.bias");
@@ -1411,6 +1430,21 @@ static void test_loading(void)
 	snprintf(d, sizeof d, "%s/t6", tmp);
 	rewrite(base, d, ed_nan, scratch);
 	expect_open_fail(d, "tensor 'transformer.h.1.mlp.c_fc.bias'", "element 5 is NaN");
+	{ /* past the first 1024 elements, in the middle of a block and at one's start */
+		circ_config cw = small_config(1, 2, 64, 50, 5);
+		char wide[300], dw[300];
+		float *big = circ_xcalloc(65536, sizeof *big);
+		snprintf(wide, sizeof wide, "%s/wide", tmp);
+		CHECK_MSG(circ_model_write_random(wide, &cw, 2, "F32", &e) == 0, e);
+		snprintf(dw, sizeof dw, "%s/t6a", tmp);
+		rewrite(wide, dw, ed_inf_wte, big);
+		expect_open_fail(dw, "tensor 'transformer.wte.weight'", "element 3000 is infinite");
+		snprintf(dw, sizeof dw, "%s/t6b", tmp);
+		rewrite(wide, dw, ed_nan_fc, big);
+		expect_open_fail(dw, "tensor 'transformer.h.0.mlp.c_fc.weight'",
+				 "element 1024 is NaN");
+		free(big);
+	}
 	{
 		circ_model_opts mo;
 		circ_model_opts_default(&mo);
