@@ -234,7 +234,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			int recv = circ_recv_mlp(r->m, l), s = 2 * l + 1;
 			const float *g = dresid_at(r, s + 1), *gn;
 			float *gm = dresid_at(r, s), *rg = model_recv_grad_buf(r, recv);
-			const float *fc = r->fc + (size_t)l * r->rows * F;
+			const float *fc = r->fc + model_lslot(r, l) * r->rows * F;
 			/* the receiver's input (residual + delta) is needed whole only
 			 * for the parameter gradients; otherwise it is summed on the fly */
 			const float *xs = resid_at(r, s),
@@ -277,9 +277,8 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 			int s = 2 * l, r0 = circ_recv_qkv(r->m, l, 0, CIRC_RECV_Q), npatched = 0;
 			const float *g = dresid_at(r, s + 1), *x = resid_at(r, s);
 			float *gx = dresid_at(r, s);
-			const float *qkv = r->qkv + (size_t)l * r->rows * C3;
-			const float *att =
-			    r->att + (size_t)l * r->max_b * r->H * r->max_t * r->max_t;
+			const float *qkv = r->qkv + model_lslot(r, l) * r->rows * C3;
+			const float *att = model_att(r, l);
 			int own = 0;
 			for (int j = 0; j < 3 * r->H; j++)
 				npatched += r->delta_on[r0 + j];
@@ -306,7 +305,7 @@ int circ_backward(circ_run *r, const circ_bwd *b, circ_error *e)
 				   * delta (their shared ln_1 output is rebuilt into d_z, free now)
 				   */
 				circ_layer_weights *dl = &dw->layers[l];
-				const float *z = r->z + (size_t)l * r->rows * C;
+				const float *z = r->z + model_lslot(r, l) * r->rows * C;
 				bias_grad(r, dl->proj_b, g, n, r->C, r->C);
 				model_gemm(r, 1, 0, r->C, r->C, (int)n, z, r->C, g, r->C, 1.0f,
 					   dl->proj_w, r->C);

@@ -1274,8 +1274,9 @@ static void ed_dup(circ_st_tensor *t, int *n, void *s)
 	++*n;
 }
 
-/* In a model of n_embd 64 and vocabulary 50 (tensors past 1024 elements):
- * wte's element 3000 infinite, c_fc's weight's element 1024 NaN. */
+/* Element `at` of tensor `name` set to v (a copy in s). In a model of
+ * n_embd 64 and vocabulary 50 (tensors past 1024 elements): wte's element
+ * 3000 infinite, c_fc's weight's element 1024 NaN. */
 static void ed_late(circ_st_tensor *t, int *n, void *s, const char *name, size_t at, float v)
 {
 	int i = find_t(t, *n, name);
@@ -1295,11 +1296,7 @@ static void ed_nan_fc(circ_st_tensor *t, int *n, void *s)
 
 static void ed_nan(circ_st_tensor *t, int *n, void *s)
 {
-	int i = find_t(t, *n, "transformer.h.1.mlp.c_fc.bias");
-	float *copy = s;
-	memcpy(copy, t[i].data, t[i].nbytes);
-	copy[5] = NAN;
-	t[i].data = copy;
+	ed_late(t, n, s, "transformer.h.1.mlp.c_fc.bias", 5, NAN);
 }
 
 /* Strip the prefix from half of the names, add the mask buffers and an
