@@ -204,10 +204,13 @@ clean:
 #   config            config.json reading
 #   vocab             vocab.json and merges.txt
 #   tokenizer_json    tokenizer.json
+#   records           circ's record streams as the tools read them: scores,
+#                     circuits, curves, tokens (by the header's kind)
+#   dict              a dictionary's cfg.json (SAELens's format)
 # The library is built once with -fsanitize=fuzzer-no-link,address,undefined.
 # `make fuzz [FUZZ_TARGET=name]` runs one target until stopped (FUZZ_SECONDS=N
 # to bound it); new inputs are kept in build/fuzz/new-<name>.
-FUZZ_TARGETS = stream jsonl safetensors config vocab tokenizer_json
+FUZZ_TARGETS = stream jsonl safetensors config vocab tokenizer_json records dict
 FUZZ_TARGET ?= stream
 FUZZ_SECONDS ?= 0
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -Ilib $(ARCHFLAGS) -g -O1 -fno-omit-frame-pointer
@@ -221,6 +224,8 @@ FUZZ_MAXLEN_safetensors = 8192
 FUZZ_MAXLEN_config = 2048
 FUZZ_MAXLEN_vocab = 16384
 FUZZ_MAXLEN_tokenizer_json = 16384
+FUZZ_MAXLEN_records = 8192
+FUZZ_MAXLEN_dict = 4096
 build/fuzz/lib/%.o: lib/%.c
 	@mkdir -p $(@D)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -MMD -MP -c $< -o $@
@@ -236,7 +241,7 @@ fuzz: build/fuzz/fuzz_$(FUZZ_TARGET)
 		$(if $(filter-out 0,$(FUZZ_SECONDS)),-max_total_time=$(FUZZ_SECONDS)) \
 		build/fuzz/new-$(FUZZ_TARGET) tests/fuzz/corpus-$(FUZZ_TARGET)
 # A bounded run for CI: each target replays its committed corpus and then
-# searches for FUZZ_CI_SECONDS_<name> seconds (about 80 s in all). Each log
+# searches for FUZZ_CI_SECONDS_<name> seconds (about 105 s in all). Each log
 # goes to a file, not through a pipe, so a crash fails the target (and CI)
 # with its report shown; a crashing input is left in build/fuzz/ as crash-*.
 FUZZ_CI_SECONDS_stream = 18
@@ -245,6 +250,8 @@ FUZZ_CI_SECONDS_safetensors = 12
 FUZZ_CI_SECONDS_config = 10
 FUZZ_CI_SECONDS_vocab = 13
 FUZZ_CI_SECONDS_tokenizer_json = 13
+FUZZ_CI_SECONDS_records = 14
+FUZZ_CI_SECONDS_dict = 10
 fuzz-ci: $(FUZZ_BINS)
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		case $$t in \
@@ -254,6 +261,8 @@ fuzz-ci: $(FUZZ_BINS)
 		config) max=$(FUZZ_MAXLEN_config) secs=$(FUZZ_CI_SECONDS_config) ;; \
 		vocab) max=$(FUZZ_MAXLEN_vocab) secs=$(FUZZ_CI_SECONDS_vocab) ;; \
 		tokenizer_json) max=$(FUZZ_MAXLEN_tokenizer_json) secs=$(FUZZ_CI_SECONDS_tokenizer_json) ;; \
+		records) max=$(FUZZ_MAXLEN_records) secs=$(FUZZ_CI_SECONDS_records) ;; \
+		dict) max=$(FUZZ_MAXLEN_dict) secs=$(FUZZ_CI_SECONDS_dict) ;; \
 		*) max=4096 secs=10 ;; \
 		esac; \
 		mkdir -p build/fuzz/new-$$t; \

@@ -612,6 +612,39 @@ static void do_acdc(circ_model *m, int threads, int reps, int N)
 	circ_graph_free(g);
 }
 
+/* (2b) acdc-loop: REPS tests of one kind (or, kind -1, unpatched forwards)
+ * at stage s, for a profiler (perf record -- attrib_bench acdc-loop ...). */
+static void do_acdc_loop(circ_model *m, int threads, int reps, int N, int s, int kind)
+{
+	const circ_config *c = circ_model_config(m);
+	circ_error e;
+	circ_graph *g = circ_graph_new(c->n_layer, c->n_head, CIRC_LEVEL_EDGE, &e);
+	circ_batch *b;
+	circ_patcher *p;
+	double *out = circ_xmalloc((size_t)N * sizeof *out), t;
+	uint8_t *keep;
+	if (!g)
+		die("acdc-loop", &e);
+	if (s < 0 || s > 2 * c->n_layer || kind < -1 || kind >= NK) {
+		fprintf(stderr, "attrib_bench: acdc-loop STAGE in 0..%d, KIND in -1..%d\n",
+			2 * c->n_layer, NK - 1);
+		exit(2);
+	}
+	p = one_batch_patcher(m, g, threads, N, &b);
+	keep = circ_xmalloc((size_t)g->n_edges);
+	memset(keep, 1, (size_t)g->n_edges);
+	if (kind >= 0)
+		acdc_mask(g, p, s, kind, keep, g->recv_first[recv_at_stage(g, s)]);
+	time_eval(p, keep, s, -1, 1, out);
+	t = time_eval(p, keep, s, -1, reps, out);
+	printf("acdc_loop %d %s %.6f\n", s, kind < 0 ? "forward" : kname[kind], t);
+	free(out);
+	free(keep);
+	circ_patcher_free(p);
+	circ_batch_free(b);
+	circ_graph_free(g);
+}
+
 /* (3) acdc-tau: single-edge KL changes of the top receivers (ACDC's first
  * tests, made from the whole graph, where the loss is 0). ACDC tests the
  * edges into logits from the whole graph but for the input's, which comes
@@ -676,7 +709,8 @@ int main(int argc, char **argv)
 	if (argc < 6) {
 		fprintf(stderr, "usage: attrib_bench make DIR\n"
 				"       attrib_bench base|eap|exact|acdc|acdc-tau MODEL THREADS REPS N "
-				"[SCORES]\n");
+				"[SCORES]\n"
+				"       attrib_bench acdc-loop MODEL THREADS REPS N STAGE KIND\n");
 		return 2;
 	}
 	threads = atoi(argv[3]);
@@ -697,6 +731,8 @@ int main(int argc, char **argv)
 		do_exact(m, threads, reps, N);
 	else if (!strcmp(argv[1], "acdc"))
 		do_acdc(m, threads, reps, N);
+	else if (!strcmp(argv[1], "acdc-loop") && argc == 8)
+		do_acdc_loop(m, threads, reps, N, atoi(argv[6]), atoi(argv[7]));
 	else if (!strcmp(argv[1], "acdc-tau"))
 		do_acdc_tau(m, threads, N);
 	else {

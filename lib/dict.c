@@ -405,16 +405,19 @@ static int all_finite(const float *x, size_t n)
 	return 1;
 }
 
-/* Fills d's parameters from the tensors of f (named by names[p], NULL for
- * "not in this format"), transposing those marked in transpose. Any tensor
- * of the file not taken is an error. */
-static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
-			const char *const names[P_N], const int transpose[P_N], circ_error *e)
+/* The tensors of f (named by names[p], NULL for "not in this format") hold
+ * every parameter of a dictionary configured as c, in a dtype circ reads,
+ * with the shape c gives (the two dimensions swapped for those marked in
+ * transpose), and nothing else. Checked before the parameters' memory is
+ * allocated, so that a cfg.json whose sizes the file does not back is an
+ * error naming them, not an allocation of its size. */
+static int check_weights(const circ_dict_cfg *c, const circ_st *f, const char *file,
+			 const char *const names[P_N], const int transpose[P_N], circ_error *e)
 {
 	int taken = 0;
 	for (int p = 0; p < P_N; p++) {
 		int64_t r, k;
-		if (!param_shape(&d->cfg, p, &r, &k))
+		if (!param_shape(c, p, &r, &k))
 			continue;
 		const circ_st_tensor *t = circ_st_find(f, names[p]);
 		if (!t)
@@ -441,6 +444,33 @@ static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
 			return circ_errorf(e, "'%s': tensor '%s': shape %s, expected %s", file,
 					   names[p], got, w);
 		}
+	}
+	if (taken != circ_st_count(f))
+		for (int i = 0; i < circ_st_count(f); i++) {
+			const char *nm = circ_st_at(f, i)->name;
+			int known = 0;
+			for (int p = 0; p < P_N; p++) {
+				int64_t r, k;
+				known |= param_shape(c, p, &r, &k) && !strcmp(nm, names[p]);
+			}
+			if (!known)
+				return circ_errorf(e, "'%s': tensor '%s': not a tensor of a %s%s",
+						   file, nm, arch_names[c->arch],
+						   c->transcoder ? " transcoder" : " SAE");
+		}
+	return 0;
+}
+
+/* Fills d's parameters from the tensors of f, checked by check_weights,
+ * transposing those marked in transpose. */
+static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
+			const char *const names[P_N], const int transpose[P_N], circ_error *e)
+{
+	for (int p = 0; p < P_N; p++) {
+		int64_t r, k;
+		if (!param_shape(&d->cfg, p, &r, &k))
+			continue;
+		const circ_st_tensor *t = circ_st_find(f, names[p]);
 		d->dtype = t->dtype;
 		size_t n = (size_t)r * (size_t)(k ? k : 1);
 		float *dst = *param_ptr(d, p);
@@ -462,27 +492,23 @@ static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
 			return circ_errorf(e, "'%s': tensor '%s': holds NaN or infinity", file,
 					   names[p]);
 	}
-	if (taken != circ_st_count(f))
-		for (int i = 0; i < circ_st_count(f); i++) {
-			const char *nm = circ_st_at(f, i)->name;
-			int known = 0;
-			for (int p = 0; p < P_N; p++) {
-				int64_t r, k;
-				known |= param_shape(&d->cfg, p, &r, &k) && !strcmp(nm, names[p]);
-			}
-			if (!known)
-				return circ_errorf(e, "'%s': tensor '%s': not a tensor of a %s%s",
-						   file, nm, arch_names[d->cfg.arch],
-						   d->cfg.transcoder ? " transcoder" : " SAE");
-		}
 	return 0;
 }
 
-/* fill_weights, then d named by where it came from; NULL (d freed) on error. */
-static circ_dict *take_weights(circ_dict *d, const circ_st *f, const char *file,
-			       const char *const names[P_N], const int transpose[P_N],
-			       const char *from, circ_error *e)
+/* A dictionary configured as c with its parameters from f (the file
+ * `file`), named by where it came from; NULL on error, the configuration's
+ * errors prefixed with cfgname. */
+static circ_dict *take_weights(const circ_dict_cfg *c, const char *cfgname, const circ_st *f,
+			       const char *file, const char *const names[P_N],
+			       const int transpose[P_N], const char *from, circ_error *e)
 {
+	circ_dict *d;
+	if (check_cfg(c, e) < 0) {
+		circ_error_prefix(e, "'%s'", cfgname);
+		return NULL;
+	}
+	if (check_weights(c, f, file, names, transpose, e) < 0 || !(d = circ_dict_new(c, e)))
+		return NULL;
 	if (fill_weights(d, f, file, names, transpose, e) < 0) {
 		circ_dict_free(d);
 		return NULL;
@@ -514,6 +540,7 @@ static int read_scaler(circ_dict_cfg *c, const char *dir, circ_error *e)
 
 circ_dict *circ_dict_load(const char *dir, circ_error *e)
 {
+	static const int no_transpose[P_N];
 	char *cfgfile = join(dir, "cfg.json"), *wfile = join(dir, "sae_weights.safetensors");
 	circ_dict *d = NULL;
 	circ_st *f = NULL;
@@ -523,19 +550,12 @@ circ_dict *circ_dict_load(const char *dir, circ_error *e)
 		goto out;
 	if (c.norm == CIRC_DICT_NORM_EXPECTED_AVERAGE && read_scaler(&c, dir, e) < 0)
 		goto out;
-	d = circ_dict_new(&c, e);
-	if (!d) {
+	if (check_cfg(&c, e) < 0) { /* before the weights: the cfg's errors first */
 		circ_error_prefix(e, "'%s'", cfgfile);
 		goto out;
 	}
-	f = circ_st_open(wfile, e);
-	static const int no_transpose[P_N];
-	if (!f) {
-		circ_dict_free(d);
-		d = NULL;
-		goto out;
-	}
-	d = take_weights(d, f, wfile, param_names, no_transpose, dir, e);
+	if ((f = circ_st_open(wfile, e)))
+		d = take_weights(&c, cfgfile, f, wfile, param_names, no_transpose, dir, e);
 out:
 	circ_st_close(f);
 	json_decref(root);
@@ -580,15 +600,10 @@ circ_dict *circ_dict_load_transcoder_file(const char *path, int layer, const cha
 	c.fold_ln = strcmp(hook_in, "mlp.hook_in") != 0;
 	snprintf(c.hook_name, sizeof c.hook_name, "blocks.%d.%s", layer, hook_in);
 	snprintf(c.hook_out, sizeof c.hook_out, "blocks.%d.%s", layer, hook_out);
-	d = circ_dict_new(&c, e);
-	if (!d) {
-		circ_error_prefix(e, "'%s'", path);
-		goto out;
-	}
 	const char *names[P_N] = {"W_enc",  "W_dec", "b_enc", "b_dec", thr,
 				  "b_gate", "b_mag", "r_mag", "W_skip"};
 	static const int transpose[P_N] = {[P_W_ENC] = 1};
-	d = take_weights(d, f, path, names, transpose, path, e);
+	d = take_weights(&c, path, f, path, names, transpose, path, e);
 out:
 	circ_st_close(f);
 	return d;

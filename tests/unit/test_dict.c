@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "check.h"
 #include "dict.h"
 #include "rng.h"
@@ -220,6 +222,102 @@ static void test_hooks(void)
 	circ_topology_free(t);
 }
 
+/* Saves a standard SAE in dir with cfg.json's key set to v (NULL: removed). */
+static void save_with(const char *dir, const char *key, json_t *v)
+{
+	circ_error e;
+	char path[300];
+	circ_dict *d = make(CIRC_DICT_STANDARD, 0, 0, 3);
+	CHECK_MSG(circ_dict_save(d, dir, NULL, &e) == 0, e);
+	circ_dict_free(d);
+	snprintf(path, sizeof path, "%s/cfg.json", dir);
+	json_t *root = json_load_file(path, 0, NULL);
+	CHECK(root != NULL);
+	if (!root)
+		return;
+	if (v)
+		json_object_set_new(root, key, v);
+	else
+		json_object_del(root, key);
+	CHECK(json_dump_file(root, path, JSON_INDENT(1)) == 0);
+	json_decref(root);
+}
+
+/* circ_dict_load on dir fails with a message that contains each of want
+ * (NULL-terminated). */
+static void expect_refused(const char *dir, const char *const *want)
+{
+	circ_error e;
+	circ_dict *d = circ_dict_load(dir, &e);
+	CHECK(d == NULL);
+	circ_dict_free(d);
+	for (; d == NULL && *want; want++)
+		if (!strstr(e.msg, *want)) {
+			fprintf(stderr, "test_dict: '%s' lacks '%s'\n", e.msg, *want);
+			CHECK(strstr(e.msg, *want) != NULL);
+		}
+}
+
+/* The reader's refusals, each naming the file and the key or tensor. The
+ * sizes are checked against the weights before the parameters' memory is
+ * allocated: a cfg.json claiming 16,777,216 features of 1,024 (128 GiB of
+ * parameters) over a 12 x 40 file is refused by shape, not by allocating. */
+static void test_refusals(void)
+{
+	char dir[256];
+	snprintf(dir, sizeof dir, "%s/bad", tmpdir);
+	save_with(dir, "d_sae", json_integer(1 << 24));
+	json_t *root = NULL;
+	{
+		char path[300];
+		snprintf(path, sizeof path, "%s/cfg.json", dir);
+		root = json_load_file(path, 0, NULL);
+		json_object_set_new(root, "d_in", json_integer(1024));
+		CHECK(json_dump_file(root, path, 0) == 0);
+		json_decref(root);
+	}
+	expect_refused(dir,
+		       (const char *const[]){"sae_weights.safetensors", "tensor 'W_enc'",
+					     "shape [12, 40], expected [1024, 16777216]", NULL});
+	save_with(dir, "d_sae", json_integer(41));
+	expect_refused(dir, (const char *const[]){"tensor 'W_enc'", "expected [12, 41]", NULL});
+	save_with(dir, "d_in", json_string("12"));
+	expect_refused(dir, (const char *const[]){"cfg.json", "'d_in'", "a string", NULL});
+	save_with(dir, "d_sae", NULL);
+	expect_refused(dir, (const char *const[]){"cfg.json", "'d_sae'", NULL});
+	save_with(dir, "d_sae", json_integer(0));
+	expect_refused(dir, (const char *const[]){"cfg.json", "'d_sae'", "out of range", NULL});
+	/* a JumpReLU needs a threshold the file lacks */
+	save_with(dir, "architecture", json_string("jumprelu"));
+	expect_refused(dir, (const char *const[]){"sae_weights.safetensors",
+						  "tensor 'threshold': missing", NULL});
+	/* and a standard SAE takes no threshold */
+	{
+		circ_error e;
+		circ_dict *d = make(CIRC_DICT_JUMPRELU, 0, 0, 4);
+		char path[300];
+		CHECK_MSG(circ_dict_save(d, dir, NULL, &e) == 0, e);
+		circ_dict_free(d);
+		snprintf(path, sizeof path, "%s/cfg.json", dir);
+		root = json_load_file(path, 0, NULL);
+		json_object_set_new(root, "architecture", json_string("standard"));
+		CHECK(json_dump_file(root, path, 0) == 0);
+		json_decref(root);
+		expect_refused(dir, (const char *const[]){"tensor 'threshold'",
+							  "not a tensor of a standard SAE", NULL});
+	}
+	/* a weight that is not finite */
+	{
+		circ_error e;
+		circ_dict *d = make(CIRC_DICT_STANDARD, 0, 0, 5);
+		d->W_dec[7] = NAN;
+		CHECK_MSG(circ_dict_save(d, dir, NULL, &e) == 0, e);
+		circ_dict_free(d);
+		expect_refused(dir, (const char *const[]){"sae_weights.safetensors",
+							  "tensor 'W_dec': holds NaN", NULL});
+	}
+}
+
 static void test_names(void)
 {
 	char buf[32];
@@ -250,6 +348,7 @@ int main(void)
 	test_topk();
 	test_hooks();
 	test_names();
+	test_refusals();
 	char cmd[300];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
