@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -2013,12 +2014,18 @@ void circ_attn_bwd_ref(float *dqkv, const float *dz, const float *qkv, const flo
  *
  * circ_gemm_bt_long's tiles reduce 16 lanes per element and chunk, and
  * their rows leave L1. Here b's rows are packed per chunk of BC_KC values of
- * p into a panel (BC_KC, W) of columns (W = 16 V, V <= 6 vectors: 24 KiB at
- * most, in L1, transposed with 16 x 16 shuffles), and R rows of a pass it:
+ * p into a panel (BC_KC, W) of columns (W = 16 V vectors, transposed with
+ * 16 x 16 shuffles), and R rows of a pass it:
  * acc[r][v] += a[r][p] broadcast * panel[p][16 v ..], no lane ever reduced.
- * Each element is the sum, chunk after chunk in order, of its chunk's sum
- * (fused multiply-adds in order of p, from 0): the same bits for every tile,
- * m and column panel. The next tile's rows of a are prefetched. */
+ * The panel stays in L1 beside the rows of a streaming through: V is at
+ * most what keeps it within half of the L1 data cache (bc_vmax: 16 KiB, V
+ * 4, on Zen 4's 32 KiB; 24 KiB, V 6, on Sapphire Rapids' 48 KiB). On Zen 4
+ * 96 columns as 64 + 32 ran at 91-94 GFLOP/s a core where one 24 KiB panel
+ * of 96 ran at 80 (the rows of a read twice, from memory at 65,536-long
+ * rows, cost less than the panel's misses). Each element is the sum, chunk
+ * after chunk in order, of its chunk's sum (fused multiply-adds in order of
+ * p, from 0): the same bits for every tile, V, m and column panel. The next
+ * tile's rows of a are prefetched. */
 #define BC_KC	64
 #define BC_VMAX 6
 
@@ -2130,14 +2137,37 @@ static const bc_tile_fn bc_tiles[BC_VMAX][2] = {
     {bc_tile_6x4, bc_tile_1x4}, {bc_tile_4x5, bc_tile_1x5}, {bc_tile_4x6, bc_tile_1x6}};
 static const int bc_rows[BC_VMAX] = {8, 8, 8, 6, 4, 4};
 
+/* The most vectors of a panel: BC_KC x 16 V floats within half of the L1
+ * data cache (4 when the size is unknown), at most BC_VMAX. */
+static int bc_vmax_set;
+
+void circ_gemm_bt_bcast_set_vmax(int v)
+{
+	bc_vmax_set = v < 0 ? 0 : v > BC_VMAX ? BC_VMAX : v;
+}
+
+static int bc_vmax(void)
+{
+	static int vmax;
+	if (bc_vmax_set)
+		return bc_vmax_set;
+	if (!vmax) {
+		long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+		int v = l1 > 0 ? (int)(l1 / 2 / (BC_KC * 16 * (long)sizeof(float))) : 4;
+		vmax = v < 1 ? 1 : v > BC_VMAX ? BC_VMAX : v;
+	}
+	return vmax;
+}
+
 /* lanes (m, 16) of the dots against b1 (NULL: none) with the first panel. */
 AVX512 static void gemm_bt_bcast_avx512(int m, int n, int k, const float *a, int lda,
 					const float *b, int ldb, float *c, int ldc, const float *b1,
 					float *lanes)
 {
 	_Alignas(64) float panel[BC_KC * 16 * BC_VMAX];
-	for (int j0 = 0; j0 < n; j0 += 16 * BC_VMAX) {
-		int nw = n - j0 < 16 * BC_VMAX ? n - j0 : 16 * BC_VMAX, V = (nw + 15) / 16,
+	int vmax = bc_vmax();
+	for (int j0 = 0; j0 < n; j0 += 16 * vmax) {
+		int nw = n - j0 < 16 * vmax ? n - j0 : 16 * vmax, V = (nw + 15) / 16,
 		    R = bc_rows[V - 1];
 		__mmask16 last = (__mmask16)(0xFFFFu >> (16 * V - nw));
 		for (int p0 = 0; p0 < k; p0 += BC_KC) {

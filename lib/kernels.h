@@ -139,6 +139,10 @@ void circ_gemm_bt_bcast(int m, int n, int k, const float *a, int lda, const floa
  * same rows). */
 void circ_gemm_bt_bcast_dot(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
 			    float *c, int ldc, const float *b1, float *c1);
+/* The widest column panel of circ_gemm_bt_bcast, in vectors of 16 (1-6;
+ * 0 restores the default, from the L1 data cache's size): for tests, which
+ * check that the bits do not depend on it. */
+void circ_gemm_bt_bcast_set_vmax(int v);
 
 /* c (m, n) = a (m, k) op(w) + beta c (beta 0 or 1), w 16-bit: bf16
  * (bf16 != 0) or IEEE half, converted to f32 exactly as it is packed (no

@@ -153,8 +153,8 @@ static void gemm_acc_case(int m, int n, int k)
  * column counts around its 16-wide vectors and 96-wide panels (and n = 1,
  * the matrix-vector product), depths around its chunks of 64. An
  * element's bits must not depend on the rows or (for n > 1) the columns
- * computed with it; n = 1 gives circ_gemm_bt_set's bits. circ_gemm_bt_bcast_dot
- * gives the bits of its two products made apart. */
+ * computed with it, nor on the widest panel (1-6 vectors); n = 1 gives circ_gemm_bt_set's bits.
+ * circ_gemm_bt_bcast_dot gives the bits of its two products made apart. */
 static void gemm_bt_bcast_case(int m, int n, int k)
 {
 	int lda = k + 3, ldb = k + 5, ldc = n + 2, n2 = n > 2 ? 2 : n;
@@ -175,6 +175,14 @@ static void gemm_bt_bcast_case(int m, int n, int k)
 	if (circ_gemm_bt_fast(k)) {
 		CHECK(!memcmp(c3 + ldc, c1 + ldc, ((size_t)(m - 1) * ldc) * sizeof *c1));
 		CHECK(!memcmp(c3 + n - n2, c1 + n - n2, (size_t)n2 * sizeof *c1));
+		/* every panel width (the default depends on the L1 cache) */
+		for (int v = 1; v <= 6; v++) {
+			memset(c3, 0, (size_t)m * ldc * sizeof *c3);
+			circ_gemm_bt_bcast_set_vmax(v);
+			circ_gemm_bt_bcast(m, n, k, a, lda, b, ldb, c3, ldc);
+			circ_gemm_bt_bcast_set_vmax(0);
+			CHECK(!memcmp(c3, c1, (size_t)m * ldc * sizeof *c1));
+		}
 		if (n == 1) {
 			circ_gemm_bt_set(m, n, k, a, lda, b, ldb, c3, ldc);
 			CHECK(!memcmp(c3, c1, (size_t)m * ldc * sizeof *c1));
