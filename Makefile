@@ -207,13 +207,14 @@ clean:
 #   records           circ's record streams as the tools read them: scores,
 #                     circuits, curves, tokens (by the header's kind)
 #   dict              a dictionary's cfg.json (SAELens's format)
-# The library is built once with -fsanitize=fuzzer-no-link,address,undefined.
+# The library is built once with -fsanitize=fuzzer-no-link,address,undefined
+# (undefined behaviour stops the run, as in the sanitized tests).
 # `make fuzz [FUZZ_TARGET=name]` runs one target until stopped (FUZZ_SECONDS=N
 # to bound it); new inputs are kept in build/fuzz/new-<name>.
 FUZZ_TARGETS = stream jsonl safetensors config vocab tokenizer_json records dict
 FUZZ_TARGET ?= stream
 FUZZ_SECONDS ?= 0
-FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -Ilib $(ARCHFLAGS) -g -O1 -fno-omit-frame-pointer
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -Ilib $(ARCHFLAGS) -g -O1 -fno-omit-frame-pointer -fno-sanitize-recover=all
 FUZZ_SAN = address,undefined
 FUZZ_LIB_OBJ = $(LIB_SRC:lib/%.c=build/fuzz/lib/%.o)
 FUZZ_BINS = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)

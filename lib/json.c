@@ -190,7 +190,8 @@ static void put_str(sbuf *b, const char *s, size_t n)
 			put(b, esc, 6);
 		}
 	}
-	put(b, s + start, n - start);
+	if (n > start) /* s may be NULL for "" (msgpack's empty str) */
+		put(b, s + start, n - start);
 	put(b, "\"", 1);
 }
 

@@ -403,7 +403,8 @@ static int next_msgpack(circ_reader *r, const msgpack_object **o, circ_error *e)
  * (jansson would stop at it, and it is no whitespace). */
 static int jscan(circ_reader *r, circ_error *e)
 {
-	const unsigned char *p = (const unsigned char *)r->line + r->line_off;
+	/* no buffer before the first read (NULL + 0 is undefined) */
+	const unsigned char *p = r->line ? (const unsigned char *)r->line + r->line_off : NULL;
 	size_t n = r->line_len - r->line_off, i;
 	for (i = r->js_n; i < n; i++) {
 		unsigned c = p[i];
