@@ -38,15 +38,17 @@ dicts() {
 	! cmp -s "$T/mutant-5-0.jsonl.kept" $TOK
 }
 
-@test "mutated tokens: circ-forward, circ-score (eap-ig, feature-atp), circ-prune --acdc" {
+@test "mutated tokens: circ-forward, circ-score (eap-ig, feature-atp), circ-harvest, circ-prune (ACDC, CD-T)" {
 	dicts
 	$MUT 21 60 $TOK "$T" -- circ-forward --model $M -o "$T/o" @
 	$MUT 22 60 $TOK "$T" -- circ-score --model $M --method eap-ig -o "$T/o" @
 	$MUT 23 40 $TOK "$T" -- circ-score --model $M --dict "$T/set" --method feature-atp -o "$T/o" @
 	$MUT 24 40 $TOK "$T" -- circ-prune --acdc --model $M --tau 0.01 -o "$T/o" @
+	$MUT 25 40 $TOK "$T" -- circ-harvest --model $M --dict "$T/set" -o "$T/o" @
+	$MUT 26 30 $TOK "$T" -- circ-prune --cd-t 10 --model $M -o "$T/o" @
 }
 
-@test "mutated scores and circuits: circ-prune, circ-render (text, DOT, JSON), circ-patch" {
+@test "mutated scores, circuits and curves: circ-prune, circ-render (text, DOT, JSON, SVG), circ-patch (circuits, curves)" {
 	circ-score --model $M -o "$T/s.circ" $TOK
 	circ-cat "$T/s.circ" >"$T/s.jsonl"
 	circ-prune --top-n 10 --json -o "$T/c.jsonl" "$T/s.circ" 2>/dev/null
@@ -55,6 +57,7 @@ dicts() {
 	$MUT 33 60 "$T/c.jsonl" "$T" -- circ-render --format dot -o "$T/o" @
 	$MUT 34 40 "$T/c.jsonl" "$T" -- circ-render --format json -o "$T/o" @
 	$MUT 35 60 "$T/c.jsonl" "$T" -- circ-patch --model $M --circuit @ -o "$T/o" $TOK
+	$MUT 38 40 "$T/s.jsonl" "$T" -- circ-patch --model $M --curve @ -o "$T/o" $TOK
 	$MUT 36 40 tests/data/prune/curve.jsonl "$T" -- circ-render --format curve-svg -o "$T/o" @
 	$MUT 37 40 tests/data/prune/curve.jsonl "$T" -- circ-render --curve @ -o "$T/o" "$T/c.jsonl"
 }
