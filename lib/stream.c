@@ -1338,6 +1338,10 @@ int circ_hdr_read(const msgpack_object *hdr, circ_hdr_field *f, int nf, circ_err
 			break;
 		}
 		case CIRC_HDR_OBJ:
+			if (o->type != MSGPACK_OBJECT_MAP)
+				r = circ_errorf(e, "field '%s': expected a map, got %s", f[i].key,
+						circ_obj_type_name(o));
+			break;
 		case CIRC_HDR_PACK: break;
 		}
 		if (r < 0)

@@ -160,8 +160,8 @@ typedef struct circ_hdr_field {
 		.key = (k), .type = CIRC_HDR_PACK, .skip = !(c), .pack = (fn), .ctx = (x)          \
 	}
 #define CIRC_HDR_FN(k, fn, x) CIRC_HDR_FN_IF(1, k, fn, x)
-/* Reader fields of type T (STR, I64, F64, BOOL, OBJ): required, or
- * optional (skip set when absent). */
+/* Reader fields of type T (STR, I64, F64, BOOL, OBJ: a map, as o):
+ * required, or optional (skip set when absent). */
 #define CIRC_HDR_READ(T, k, opt)                                                                   \
 	{                                                                                          \
 		.key = (k), .type = CIRC_HDR_##T, .optional = (opt)                                \

@@ -324,6 +324,22 @@ static void test_circuit_stream(void)
 	CHECK(!c && strstr(e.msg, "differs from the expected"));
 	circ_reader_free(r);
 
+	/* a header whose "source" is no map is refused, not read as absent */
+	{
+		char *q =
+		    write_file("badsource.jsonl",
+			       "{\"format\":\"circ\",\"version\":1,\"kind\":\"circuit\",\"graph\":"
+			       "{\"n_layer\":3,\"n_head\":3},\"source\":1e300}\n"
+			       "{\"edge\":\"m2->logits\"}\n{\"$end\":{\"records\":1}}\n");
+		r = circ_reader_open(q, NULL, &e);
+		CHECK(r != NULL);
+		c = r ? circ_circuit_read(r, other, &e) : NULL;
+		CHECK(!c && strstr(e.msg, "field 'source': expected a map, got"));
+		circ_circuit_free(c);
+		circ_reader_free(r);
+		free(q);
+	}
+
 	/* a headerless edge list takes the expected graph */
 	char *p = write_file("truth.jsonl",
 			     "{\"edge\":\"input->a0.h1<v>\"}\n{\"edge\":\"m2->logits\"}\n");
