@@ -1141,9 +1141,14 @@ static int rec_score(const msgpack_object *rec, double *v, circ_error *e)
 	     : x->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (double)x->via.i64
 							  : x->via.f64;
 	if (x == sum) {
-		if (cnt->type != MSGPACK_OBJECT_POSITIVE_INTEGER || cnt->via.u64 == 0)
+		double s = *v, t;
+		if (cnt->type != MSGPACK_OBJECT_POSITIVE_INTEGER || cnt->via.u64 == 0 ||
+		    cnt->via.u64 > INT64_MAX)
 			return circ_errorf(e, "field 'count': not a positive integer");
 		*v /= (double)cnt->via.u64;
+		if (sc && (circ_rec_f64(rec, "score", &t, e) < 0 ||
+			   circ_score_mismatch(t, s, (int64_t)cnt->via.u64, e)))
+			return -1;
 	}
 	return 0;
 }

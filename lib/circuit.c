@@ -309,6 +309,16 @@ static int add_part_examples(void *ctx, const msgpack_object *hdr, int64_t nrec,
 	return 0;
 }
 
+int circ_score_mismatch(double score, double sum, int64_t count, circ_error *e)
+{
+	double mean = sum / (double)count;
+	if (fabs(score - mean) <= 1e-9 * fmax(fabs(score), fabs(mean)))
+		return 0;
+	circ_errorf(e, "field 'score': %.17g is not sum / count (%.17g / %lld = %.17g)", score, sum,
+		    (long long)count, mean);
+	return 1;
+}
+
 circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 {
 	const msgpack_object *h = circ_reader_header(r), *rec;
@@ -367,6 +377,8 @@ circ_scores *circ_scores_read(circ_reader *r, circ_error *e)
 		}
 		if (has_sc) {
 			if (circ_rec_f64(rec, "score", &sc, e) < 0)
+				goto fail_rec;
+			if (has_sum && cnt > 0 && circ_score_mismatch(sc, sum, cnt, e))
 				goto fail_rec;
 		} else if (has_sum && cnt > 0) {
 			sc = sum / (double)cnt;

@@ -84,6 +84,11 @@ typedef struct circ_scores {
  * the sum over the parts' headers (-1 if one lacks it). Messages start
  * with the reader's name and record number. NULL on error. */
 circ_scores *circ_scores_read(circ_reader *r, circ_error *e);
+/* A record with "score", "sum" and "count" (count > 0) must have score =
+ * sum / count (as circ writes it; within 1e-9 relative, for other
+ * writers): 1 with "field 'score': X is not sum / count (...)" if not. The
+ * scores readers use one where a merge of shards uses the other. */
+int circ_score_mismatch(double score, double sum, int64_t count, circ_error *e);
 /* *acc += v for counts (both >= 0); -1 with "count %lld + %lld overflows"
  * instead of a wrapped, negative count (merged shards). */
 int circ_count_add(int64_t *acc, int64_t v, circ_error *e);

@@ -62,17 +62,27 @@ dicts() {
 	$MUT 37 40 tests/data/prune/curve.jsonl "$T" -- circ-render --curve @ -o "$T/o" "$T/c.jsonl"
 }
 
-@test "mutated feature graphs and activations: circ-render's pages and dashboards" {
+@test "mutated feature graphs and activations: circ-render's pages and dashboards; a score that is not sum / count" {
 	dicts
 	circ-score --model $M --dict "$T/set" --method feature-atp -o "$T/fs.circ" $TOK
 	circ-prune --top-n 15 --json -o "$T/fc.jsonl" "$T/fs.circ"
 	circ-cat "$T/fs.circ" >"$T/fs.jsonl"
+	circ-score --model $M -o "$T/s.circ" $TOK
+	circ-cat "$T/s.circ" >"$T/s.jsonl"
 	circ-trace --model $IT --dict $IT/transcoders --tokens 153,191,26,106,187,153,191,26 \
 		-o "$T/g.circ" --slug ind
 	circ-cat "$T/g.circ" >"$T/g.jsonl"
 	circ-harvest --model $M --dict "$T/set" --json -o "$T/acts.jsonl" $TOK
 	$MUT 41 60 "$T/fc.jsonl" "$T" -- circ-render --format html -o "$T/o" @
 	$MUT 42 40 "$T/fs.jsonl" "$T" -- circ-prune --top-n 10 -o "$T/o" @
+	# a record whose score is not its sum / count (the readers use one where
+	# merged shards use the other): refused, naming the record
+	jq -c 'if .sum then .score = .score * 2 else . end' "$T/fs.jsonl" >"$T/bad.jsonl"
+	run --separate-stderr circ-prune --top-n 10 -o "$T/o" "$T/bad.jsonl"
+	[ "$status" -eq 1 ] && [[ "$stderr" == *"record 1: field 'score': "*" is not sum / count ("* ]]
+	jq -c 'if .sum then .score = .score * 2 else . end' "$T/s.jsonl" >"$T/bad.jsonl"
+	run --separate-stderr circ-prune --top-n 10 -o "$T/o" "$T/bad.jsonl"
+	[ "$status" -eq 1 ] && [[ "$stderr" == *"record 1: field 'score': "*" is not sum / count ("* ]]
 	$MUT 43 60 "$T/g.jsonl" "$T" -- circ-render --format html -o "$T/o" @
 	$MUT 44 60 "$T/acts.jsonl" "$T" -- circ-render --dashboard --model $M --dict "$T/set" \
 		--tokens $TOK --format jsonl -o "$T/o" @

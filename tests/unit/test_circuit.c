@@ -340,6 +340,34 @@ static void test_circuit_stream(void)
 		free(q);
 	}
 
+	/* a scores record's score must be its sum / count (one is read alone,
+	 * the other merged) */
+	{
+		const char *hdr = "{\"format\":\"circ\",\"version\":1,\"kind\":\"scores\","
+				  "\"graph\":{\"n_layer\":3,\"n_head\":3}}\n";
+		const char *recs[2] = {"{\"edge\":\"m2->logits\",\"score\":0.25,\"sum\":1.0,"
+				       "\"count\":4}\n",
+				       "{\"edge\":\"m2->logits\",\"score\":0.5,\"sum\":1.0,"
+				       "\"count\":4}\n"};
+		for (int bad = 0; bad < 2; bad++) {
+			char text[512];
+			snprintf(text, sizeof text, "%s%s", hdr, recs[bad]);
+			char *q = write_file("mismatch.jsonl", text);
+			r = circ_reader_open(q, NULL, &e);
+			circ_scores *sc2 = r ? circ_scores_read(r, &e) : NULL;
+			if (bad)
+				CHECK(!sc2 && strstr(e.msg, "record 1") &&
+				      strstr(e.msg,
+					     "field 'score': 0.5 is not sum / count (1 / 4 = "
+					     "0.25)"));
+			else
+				CHECK(sc2 && sc2->score[edge_of(sc2->g, "m2->logits")] == 0.25);
+			circ_scores_free(sc2);
+			circ_reader_free(r);
+			free(q);
+		}
+	}
+
 	/* a headerless edge list takes the expected graph */
 	char *p = write_file("truth.jsonl",
 			     "{\"edge\":\"input->a0.h1<v>\"}\n{\"edge\":\"m2->logits\"}\n");
