@@ -495,18 +495,13 @@ static int fill_weights(circ_dict *d, const circ_st *f, const char *file,
 	return 0;
 }
 
-/* A dictionary configured as c with its parameters from f (the file
- * `file`), named by where it came from; NULL on error, the configuration's
- * errors prefixed with cfgname. */
-static circ_dict *take_weights(const circ_dict_cfg *c, const char *cfgname, const circ_st *f,
-			       const char *file, const char *const names[P_N],
-			       const int transpose[P_N], const char *from, circ_error *e)
+/* A dictionary configured as c (check_cfg passed) with its parameters from
+ * f (the file `file`), named by where it came from; NULL on error. */
+static circ_dict *take_weights(const circ_dict_cfg *c, const circ_st *f, const char *file,
+			       const char *const names[P_N], const int transpose[P_N],
+			       const char *from, circ_error *e)
 {
 	circ_dict *d;
-	if (check_cfg(c, e) < 0) {
-		circ_error_prefix(e, "'%s'", cfgname);
-		return NULL;
-	}
 	if (check_weights(c, f, file, names, transpose, e) < 0 || !(d = circ_dict_new(c, e)))
 		return NULL;
 	if (fill_weights(d, f, file, names, transpose, e) < 0) {
@@ -555,7 +550,7 @@ circ_dict *circ_dict_load(const char *dir, circ_error *e)
 		goto out;
 	}
 	if ((f = circ_st_open(wfile, e)))
-		d = take_weights(&c, cfgfile, f, wfile, param_names, no_transpose, dir, e);
+		d = take_weights(&c, f, wfile, param_names, no_transpose, dir, e);
 out:
 	circ_st_close(f);
 	json_decref(root);
@@ -603,7 +598,11 @@ circ_dict *circ_dict_load_transcoder_file(const char *path, int layer, const cha
 	const char *names[P_N] = {"W_enc",  "W_dec", "b_enc", "b_dec", thr,
 				  "b_gate", "b_mag", "r_mag", "W_skip"};
 	static const int transpose[P_N] = {[P_W_ENC] = 1};
-	d = take_weights(&c, path, f, path, names, transpose, path, e);
+	if (check_cfg(&c, e) < 0) {
+		circ_error_prefix(e, "'%s'", path);
+		goto out;
+	}
+	d = take_weights(&c, f, path, names, transpose, path, e);
 out:
 	circ_st_close(f);
 	return d;

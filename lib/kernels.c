@@ -2137,15 +2137,15 @@ static const bc_tile_fn bc_tiles[BC_VMAX][2] = {
     {bc_tile_6x4, bc_tile_1x4}, {bc_tile_4x5, bc_tile_1x5}, {bc_tile_4x6, bc_tile_1x6}};
 static const int bc_rows[BC_VMAX] = {8, 8, 8, 6, 4, 4};
 
-/* The most vectors of a panel: BC_KC x 16 V floats within half of the L1
- * data cache (4 when the size is unknown), at most BC_VMAX. */
-static int bc_vmax_set;
+static int bc_vmax_set; /* a test's choice (circ_gemm_bt_bcast_set_vmax), or 0 */
 
 void circ_gemm_bt_bcast_set_vmax(int v)
 {
 	bc_vmax_set = v < 0 ? 0 : v > BC_VMAX ? BC_VMAX : v;
 }
 
+/* The most vectors of a panel: BC_KC x 16 V floats within half of the L1
+ * data cache (4 when the size is unknown), at most BC_VMAX. */
 static int bc_vmax(void)
 {
 	static int vmax;
