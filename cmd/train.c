@@ -586,8 +586,9 @@ static void describe_eval(const circ_ttask_eval *ev, char *res, size_t n)
 			 ev->metric, ev->acc_pair, ev->acc_top1);
 }
 
-/* circ.mk: the pipelines' dataset settings; dsargs (n bytes) gets the
- * dataset options the README names too. */
+/* circ.mk: the pipelines' dataset settings, for the model's own task only
+ * (pipelines/common.mk: MODEL_TASK); dsargs (n bytes) gets the dataset
+ * options the README names too. */
 static void write_circ_mk(char *dsargs, size_t n)
 {
 	circ_error e;
@@ -598,16 +599,23 @@ static void write_circ_mk(char *dsargs, size_t n)
 		snprintf(
 		    mk, sizeof mk,
 		    "# Pipeline settings for this model (written by circ-train): the induction\n"
-		    "# recipe over the ids it was trained on.\n"
-		    "DATASET_ARGS ?=%s\n",
+		    "# recipe over the ids it was trained on. Other tasks run with their\n"
+		    "# defaults.\n"
+		    "MODEL_TASK := induction\n"
+		    "ifeq ($(TASK),induction)\n"
+		    "DATASET_ARGS ?=%s\n"
+		    "endif\n",
 		    dsargs);
 	} else
 		snprintf(
 		    mk, sizeof mk,
 		    "# Pipeline settings for this model (written by circ-train): circ-dataset's\n"
 		    "# %s recipe restricted to this vocabulary (--model-dir) needs no options.\n"
-		    "DATASET_ARGS ?=\n",
-		    o.t.task);
+		    "MODEL_TASK := %s\n"
+		    "ifeq ($(TASK),%s)\n"
+		    "DATASET_ARGS ?=\n"
+		    "endif\n",
+		    o.t.task, o.t.task, o.t.task);
 	if (circ_write_text_file(tmpdir, "circ.mk", mk, &e) < 0)
 		die_clean(&e);
 }

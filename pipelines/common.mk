@@ -28,9 +28,13 @@
 # a failed recipe (no .DELETE_ON_ERROR: it would delete the target that a
 # parallel run just completed), not on an interrupt (.PRECIOUS).
 #
-# Per-model defaults (DATASET_ARGS, DATASET_CMD, K, TRUTH, ...) come from
+# Per-model defaults (DATASET_ARGS, DATASET_CMD, K, ...) come from
 # pipelines/models/<model directory name>.mk for the shipped fixtures, or from
-# circ.mk inside a model directory; settings on the command line win.
+# circ.mk inside a model directory; settings on the command line win. Those
+# files name the task their settings are for (MODEL_TASK) and set them only
+# when TASK is that task: another task runs on the model with the defaults,
+# and the model's known circuit (truth.jsonl), being another task's, is not
+# scored against (TRUTH=file on the command line still is).
 
 TASK ?= induction
 MODEL ?= fixtures/induction-hand
@@ -54,7 +58,8 @@ BATCH ?= 16
 THREADS ?=
 RUNS ?= runs
 DATASET_ARGS ?=
-TRUTH ?= $(wildcard $(MODEL)/truth.jsonl)
+MODEL_TASK ?=
+TRUTH ?= $(if $(filter-out $(TASK),$(MODEL_TASK)),,$(wildcard $(MODEL)/truth.jsonl))
 
 
 # Tools: the build tree's when there is one, else those on PATH.
@@ -150,6 +155,19 @@ $(CDIR)/circuit.txt: $(CDIR)/circuit.circ $(CIRCBIN)circ-render
 REPORT_INPUTS := $(CDIR)/faithfulness.circ $(CDIR)/circuit.svg $(CDIR)/circuit.html $(CDIR)/circuit.txt
 ifeq ($(MODEL_PRUNE),)
 REPORT_INPUTS += $(SDIR)/curve.circ $(SDIR)/curve-abs.circ $(SDIR)/curve.svg
+endif
+# With TRUTH the prune step writes roc.json beside the circuit. A circuit made
+# by a run without TRUTH has none, and is not remade for a setting that is not
+# part of its directory's name: the report says so instead of leaving it out.
+ifneq ($(TRUTH),)
+ifneq ($(wildcard $(CDIR)/circuit.circ),)
+ifeq ($(wildcard $(CDIR)/roc.json),)
+.PHONY: no-roc
+$(CDIR)/report.txt: no-roc
+no-roc:
+	@echo "pipeline: $(CDIR)/circuit.circ was made without TRUTH (no roc.json); remove $(CDIR) to prune again against $(TRUTH)" >&2; exit 1
+endif
+endif
 endif
 
 $(CDIR)/report.txt: $(REPORT_INPUTS) pipelines/report.sh

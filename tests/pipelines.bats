@@ -108,6 +108,42 @@ PY
 	done
 }
 
+@test "a model's own settings and known circuit apply to its own task only (MODEL_TASK)" {
+	# a GPT-2-tokenizer model with circ-train's induction settings and a known
+	# circuit that is no IOI circuit (not even of its graph: reading it fails)
+	circ-fixture --random --vocab-dir fixtures/gpt2-tokenizer --out "$T/m"
+	cp fixtures/induction-trained/circ.mk fixtures/induction-hand/truth.jsonl "$T/m/"
+	run make --no-print-directory -s -f pipelines/ioi.mk MODEL="$T/m" RUNS="$RUNS" N=6 METHOD=eap report
+	assert_success
+	assert_output --partial "faithfulness"
+	refute_output --partial "known circuit"
+	head -1 "$RUNS/ioi/m/n6-s0/dataset.jsonl" | jq -e '.task == "ioi"'
+	# its own task: the settings apply (ids below 256), and so does the truth
+	run make --no-print-directory -s -f pipelines/induction.mk MODEL="$T/m" RUNS="$RUNS" N=6 METHOD=eap scores
+	assert_success
+	jq -se 'map(.clean_ids | max) | max < 256' "$RUNS/induction/m/n6-s0/dataset.jsonl"
+	run make --no-print-directory -s -f pipelines/induction.mk MODEL="$T/m" RUNS="$RUNS" N=6 METHOD=eap report
+	assert_failure
+	assert_output --partial "truth.jsonl"
+	# the hand-built IOI model under the induction task: induction's data, the
+	# default K, no ROC against the IOI circuit; TRUTH on the command line is scored
+	run make --no-print-directory -s -f pipelines/induction.mk MODEL=fixtures/ioi-hand RUNS="$RUNS" N=8 \
+		DATASET_ARGS="--len 6 --vocab-lo 4 --vocab-hi 30" METHOD=eap report
+	assert_success
+	assert_output --partial "top-n 20"
+	refute_output --partial "known circuit"
+	head -1 "$RUNS/induction/ioi-hand/n8-s0/dataset.jsonl" | jq -e '.task == "induction"'
+	run make --no-print-directory -s -f pipelines/induction.mk MODEL=fixtures/ioi-hand RUNS="$RUNS" N=8 \
+		DATASET_ARGS="--len 6 --vocab-lo 4 --vocab-hi 30" METHOD=eap TRUTH=fixtures/ioi-hand/truth.jsonl report
+	assert_failure
+	assert_output --partial "was made without TRUTH (no roc.json); remove $RUNS/induction/ioi-hand/n8-s0/eap-resample/top-n20 to prune again"
+	rm -r "$RUNS"/induction/ioi-hand/n8-s0/eap-resample/top-n20
+	run make --no-print-directory -s -f pipelines/induction.mk MODEL=fixtures/ioi-hand RUNS="$RUNS" N=8 \
+		DATASET_ARGS="--len 6 --vocab-lo 4 --vocab-hi 30" METHOD=eap TRUTH=fixtures/ioi-hand/truth.jsonl report
+	assert_success
+	assert_output --partial "against the known circuit"
+}
+
 @test "the task pipelines run on a Llama-architecture model (BF16, grouped-query attention), ACDC too" {
 	need_cmd /usr/bin/python3
 	/usr/bin/python3 bench/family_model.py "$T/llama-random" llama-gpt2vocab BF16

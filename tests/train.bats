@@ -24,6 +24,11 @@ tiny=(--steps 4 --batch 4 --layers 1 --heads 2 --embd 16 --eval 8)
 	run grep -c . "$T/m/merges.txt"
 	assert_output 1
 	grep -q 'DATASET_ARGS ?= --len 6 --vocab-lo 0 --vocab-hi 256' "$T/m/circ.mk"
+	# for its own task only (pipelines/common.mk), as the shipped fixtures' are
+	for f in "$T/m" fixtures/induction-trained fixtures/induction-llama; do
+		grep -qx 'MODEL_TASK := induction' "$f/circ.mk"
+		grep -qx 'ifeq ($(TASK),induction)' "$f/circ.mk"
+	done
 	# the pipeline's dataset step: circ-dataset with the model's settings, then circ-tokenize
 	args=$(sed -n 's/^DATASET_ARGS ?= //p' "$T/m/circ.mk")
 	run bash -o pipefail -c "circ-dataset induction --n 3 --model-dir '$T/m' $args | circ-tokenize --model-dir '$T/m' | circ-cat --no-header | wc -l"
