@@ -12,22 +12,25 @@
 #include "cli/opt.h"
 
 static const char *const tools[][2] = {
-    {"tokenize", "text and task datasets to token streams (GPT-2 BPE)"},
-    {"dataset", "generate task datasets (IOI, greater-than, induction, docstring)"},
-    {"forward", "run the model: metric, top-k, logits per example"},
-    {"harvest", "clean and reference activations and gradients per example"},
-    {"patch", "run with edges or nodes patched; faithfulness of a circuit"},
-    {"score", "score every edge (eap, eap-ig, exact)"},
-    {"prune", "scores to circuits (top-n, threshold, greedy, ACDC)"},
-    {"render", "circuits to DOT, SVG, graph JSON, HTML, text"},
+    {"dataset", "task datasets (IOI, greater-than, induction, docstring, sva)"},
+    {"tokenize", "text and datasets to token streams (GPT-2 BPE, tokenizer.json)"},
+    {"forward", "run the model: metric, top-k, logits; dictionaries' quality"},
+    {"harvest", "activations and gradients per example; dictionary activations"},
+    {"score", "score edges (exact, eap, eap-ig, cd-t) or features (--dict)"},
+    {"prune", "circuits: top-n, threshold, greedy; ACDC, CD-T, Edge Pruning"},
+    {"patch", "run with edges or features patched; faithfulness, curves"},
+    {"trace", "attribution graph of one prompt through transcoders"},
+    {"paths", "transcoder circuits: top paths, routes, input-invariant connections"},
+    {"render", "circuits, curves and graphs to DOT, SVG, JSON, HTML, text"},
     {"cat", "print any stream as JSON lines; JSON lines back to a stream"},
     {"fixture", "write hand-built models with known circuits (ground truth)"},
-    {"train", "train small GPT-2 models on synthetic tasks"},
+    {"train", "train small GPT-2 or Llama models on tasks; SAEs and transcoders"},
 };
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: circ <tool> [args...]\n       circ --help | --version\n\ntools:\n");
+	fprintf(f, "usage: circ <tool> [args...]\n       circ --help | --version\n       circ help "
+		   "[<tool>]\n\ntools:\n");
 	for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++)
 		fprintf(f, "  %-10s %s\n", tools[i][0], tools[i][1]);
 	fprintf(f, "\n'circ <tool> --help' and 'man circ-<tool>' describe each tool.\n");
@@ -42,7 +45,14 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+	/* circ help <tool>: circ <tool> --help, as git help does for its own */
+	if (!strcmp(argv[1], "help") && argc == 3) {
+		static char help[] = "--help";
+		argv[1] = argv[2];
+		argv[2] = help;
+	} else if (!strcmp(argv[1], "help") && argc > 3)
+		circ_usage_error("help takes one tool");
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
 		usage(stdout);
 		if (ferror(stdout) | fclose(stdout))
 			circ_dief("'<stdout>': write error: %s", strerror(errno ? errno : EIO));

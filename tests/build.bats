@@ -20,6 +20,29 @@ load helper
 	[ -z "$(ls -A "$T/root/opt/circ/bin")" ]
 }
 
+@test "circ --help and circ(1) list every tool, and circ runs each" {
+	run bin/circ --help
+	assert_success
+	tools=$output
+	page=$(sed 's/\\-/-/g; s/\\f[BIRP]//g' man/circ.1)
+	for b in bin/circ-*; do
+		t=${b#bin/circ-}
+		grep -q "^  $t " <<<"$tools" || { echo "circ --help lacks $t"; return 1; }
+		grep -qw -- "$t" <<<"$(grep -A3 '^Tools:' <<<"$page")" || { echo "circ(1) lacks $t"; return 1; }
+		bin/circ "$t" --version | grep -q "^circ-$t "
+	done
+	run bin/circ help score
+	assert_success
+	[[ "$output" == "usage: circ-score "* ]]
+	run bin/circ help
+	assert_success
+	[[ "$output" == "usage: circ <tool>"* ]]
+	run bin/circ help nosuch
+	[ "$status" -eq 2 ]
+	# and nothing that is not a tool
+	[ "$(grep -c '^  [a-z]' <<<"$tools")" -eq "$(ls bin/circ-* | wc -l)" ]
+}
+
 @test "every tool answers --help and --version, and a bad flag exits 2" {
 	for b in bin/circ-*; do
 		run --separate-stderr "$b" --help
