@@ -134,7 +134,8 @@ static void pack_example(circ_session *s, const circ_batch *b, int bb, float *di
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
-			"Reference outputs, output differences and receiver gradients per example.",
+			"Reference outputs, output differences and receiver gradients per example "
+			"(with --dict: dictionary activations).",
 			opts, 1};
 	circ_session s = {0};
 	circ_error e;

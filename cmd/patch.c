@@ -716,8 +716,8 @@ int main(int argc, char **argv)
 	circ_cli cli = {
 	    "--model DIR (--circuit FILE | --edges FILE | --nodes LIST | --curve SCORES) "
 	    "[options] [tokens]",
-	    "Run the model with edges patched; report faithfulness (f) per example and "
-	    "overall, or a faithfulness curve.",
+	    "Run the model with edges (or, with --dict, features) patched; report "
+	    "faithfulness (f) per example and overall, or a faithfulness curve.",
 	    opts, 1};
 	circ_session s = {0};
 	circ_graph *g;

@@ -1574,7 +1574,9 @@ int main(int argc, char **argv)
 	circ_cli cli = {"[options] (--top-n N | --threshold T | --greedy N | --acdc | --cd-t N | "
 			"--edge-pruning) "
 			"[scores]",
-			"Select a circuit from scored edges, then drop dangling edges.", opts, 1};
+			"Select a circuit from scored edges, or find one with the model (ACDC, "
+			"CD-T, Edge Pruning); dangling edges are dropped.",
+			opts, 1};
 	circ_error e;
 	circ_circuit_source src;
 	circ_init("circ-prune");

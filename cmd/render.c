@@ -1342,8 +1342,8 @@ static int render(FILE *f, const circ_render_in *in, circ_error *e)
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"[options] [circuit]",
-			"Draw or summarise a circuit (DOT, SVG, EAP-IG JSON, text, HTML), or plot "
-			"a faithfulness curve.",
+			"Draw or summarise a circuit (DOT, SVG, EAP-IG JSON, text, HTML), a "
+			"feature circuit or attribution graph, or plot a faithfulness curve.",
 			opts, 0};
 	circ_error e;
 	circ_init("circ-render");

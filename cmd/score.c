@@ -816,7 +816,8 @@ static int score_cdt(circ_cli *cli, circ_session *s, int argc, char **argv, cons
 int main(int argc, char **argv)
 {
 	circ_cli cli = {"--model DIR [options] [tokens]",
-			"Score every edge of the model's graph for the task in a token stream.",
+			"Score every edge of the model's graph (or, with --dict, of its feature "
+			"graph) for the task in a token stream.",
 			opts, 1};
 	circ_session s = {0};
 	circ_error e;

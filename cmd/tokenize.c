@@ -795,10 +795,10 @@ static void find_vocab_size(void)
 
 int main(int argc, char **argv)
 {
-	circ_cli cli = {
-	    "[--vocab-dir DIR | --model-dir DIR] [options] [file]",
-	    "Tokenize a dataset of prompt pairs (or plain text) with GPT-2 byte-level BPE.", opts,
-	    1};
+	circ_cli cli = {"[--vocab-dir DIR | --model-dir DIR] [options] [file]",
+			"Tokenize a dataset of prompt pairs (or plain text) with GPT-2's BPE or a "
+			"tokenizer.json (Llama, Qwen, Gemma, Mistral, Pythia, OLMo).",
+			opts, 1};
 	circ_writer_opts wdef;
 	circ_error e;
 	const char *name;
