@@ -888,7 +888,8 @@ int main(int argc, char **argv)
 	circ_session_means(&s);
 	a = circ_attrib_new(s.p, o.method, o.steps);
 	if (o.method == CIRC_ATTR_EXACT) /* counted by the edge, inside the batch */
-		circ_cli_progress(&s.pr, "edges", 0);
+		circ_cli_progress(&s.pr, "edges x examples",
+				  circ_session_n_examples(&s) * circ_patcher_graph(s.p)->n_edges);
 	while (circ_session_next(&s, &b)) {
 		circ_session_load(&s, b, 0);
 		if (circ_attrib_batch(a, &s.pr, &e) < 0)

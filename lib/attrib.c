@@ -731,8 +731,8 @@ static int batch_exact(circ_attrib *a, circ_progress *pr, circ_error *e)
 			}
 			for (int bb = 0; bb < b->B; bb++)
 				a->sum[ed] += sign * (out[bb] - m0[bb]);
-			if (pr)
-				circ_progress_step(pr, 1);
+			if (pr) /* one edge patched in B examples */
+				circ_progress_step(pr, b->B);
 		}
 	free(out);
 	return 0;

@@ -42,7 +42,8 @@ typedef struct circ_attrib circ_attrib;
  * made with backward for the gradient methods). steps: IG steps (>= 1). */
 circ_attrib *circ_attrib_new(circ_patcher *p, circ_attr_method method, int steps);
 void circ_attrib_free(circ_attrib *a);
-/* Adds the scores of the batch loaded in the patcher. progress may be NULL. */
+/* Adds the scores of the batch loaded in the patcher. progress (may be NULL)
+ * steps by the batch's examples for each edge of the exact method. */
 int circ_attrib_batch(circ_attrib *a, circ_progress *progress, circ_error *e);
 /* Per-edge sums over examples (E) and the number of examples. */
 const double *circ_attrib_sums(const circ_attrib *a);

@@ -222,3 +222,28 @@ usage_error() {
 	tail -n +2 <<<"$output" | jq -c '{edge}' >"$T/b3"
 	jq -c '{edge}' "$T/b4" | diff - "$T/b3"
 }
+
+@test "progress on a terminal: out of the header's n_examples, then erased; never off one, nor with CIRC_NO_PROGRESS" {
+	need_cmd script
+	unset CIRC_NO_PROGRESS # (helper.bash sets it for every other test)
+	jq -c 'if .kind == "tokens" then . + {n_examples: 4} else . end' $TOK >"$T/tok.jsonl"
+	script -qec "circ-score --model $TINY --batch 1 -o '$T/s.circ' '$T/tok.jsonl'" /dev/null >"$T/tty"
+	grep -q 'circ-score: examples 0/4 (0%)' "$T/tty"
+	grep -q 'circ-score: examples 4/4 (100%)' "$T/tty"
+	[ "$(tail -c 4 "$T/tty" | od -An -c | tr -d ' ')" = '\r033[K' ] # erased at the end
+	# a header without n_examples: the count alone, with the time taken
+	script -qec "circ-score --model $TINY --batch 1 -o '$T/s.circ' $TOK" /dev/null >"$T/tty"
+	grep -Eq 'circ-score: examples [0-9]+, [0-9]+s' "$T/tty"
+	# the exact method: every edge patched in every example
+	script -qec "circ-score --model $TINY --method exact -o '$T/s.circ' '$T/tok.jsonl'" /dev/null >"$T/tty"
+	n=$(circ-score --model $TINY --method exact "$T/tok.jsonl" | circ-cat --no-header | grep -c '"edge"')
+	grep -q "circ-score: edges x examples $((4 * n))/$((4 * n)) (100%)" "$T/tty"
+	# ACDC counts its edge tests out of the graph's edges
+	script -qec "circ-prune --acdc --model $TINY --tau 0.01 -o '$T/c.circ' '$T/tok.jsonl'" /dev/null >"$T/tty"
+	grep -Eq 'circ-prune: edge tests [0-9]+/[0-9]+ \([0-9]+%\)' "$T/tty"
+	CIRC_NO_PROGRESS=1 script -qec "circ-score --model $TINY --batch 1 -o '$T/s.circ' '$T/tok.jsonl'" /dev/null >"$T/tty"
+	! grep -q 'examples' "$T/tty"
+	run --separate-stderr circ-score --model $TINY --batch 1 -o "$T/s.circ" "$T/tok.jsonl"
+	assert_success
+	[ -z "$stderr" ]
+}

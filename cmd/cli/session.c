@@ -99,13 +99,23 @@ void circ_session_output(circ_session *s, const circ_cli *cli)
 		circ_die(&e);
 }
 
+int64_t circ_session_n_examples(const circ_session *s)
+{
+	const msgpack_object *h = circ_reader_header(s->r);
+	const msgpack_object *v = h ? circ_rec_get(h, "n_examples") : NULL;
+	if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= INT64_MAX)
+		return (int64_t)v->via.u64;
+	return 0;
+}
+
 void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch, int progress)
 {
 	s->bt = circ_batch_reader_new(s->r, metric, s->c->vocab_size, s->c->n_ctx, batch);
 	if (s->p && s->pc && s->pc->max_memory > 0)
 		circ_batch_reader_set_fit(s->bt, batch_fits, s);
 	if (progress && !s->pr.what) {
-		circ_cli_progress(&s->pr, "examples", 0);
+		/* out of the total the header declares, if it does */
+		circ_cli_progress(&s->pr, "examples", circ_session_n_examples(s));
 		s->count_batches = 1;
 	}
 }

@@ -69,6 +69,8 @@ void circ_session_output(circ_session *s, const circ_cli *cli);
  * "examples" (circ-prune --acdc reads its batches without one);
  * circ_session_next does it with the patching options' when no tool did. */
 void circ_session_batches(circ_session *s, circ_metric_kind metric, int batch, int progress);
+/* The examples the token stream's header declares (n_examples), or 0. */
+int64_t circ_session_n_examples(const circ_session *s);
 /* The next batch of the token stream into *b (1), or 0 at its end (the
  * progress then ends). Unless the tool started s->pr itself, progress counts
  * "examples" (each batch when the next one is asked for). */
