@@ -945,13 +945,28 @@ static int corpus_next(void *ctx, int32_t *tokens, int B, int T, circ_error *e)
 	while (!c->r && g < B) {
 		int ch;
 		while ((ch = getc(c->f)) != EOF && !(ch >= '0' && ch <= '9')) {
-			if (!(ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == ',' ||
-			      ch == '[' || ch == ']'))
+			if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == ',' ||
+			    ch == '[' || ch == ']')
+				continue;
+			/* a stream's first byte: zstd's magic, a msgpack map, JSON */
+			if (c->n == 0 && (ch == 0x28 || (ch >= 0x80 && ch <= 0x8f) || ch == 0xde ||
+					  ch == 0xdf || ch == '{'))
+				return circ_errorf(
+				    e,
+				    "'%s': a circ stream or JSON lines, not token ids "
+				    "as text: give --tokens to read a token stream",
+				    c->name);
+			if (ch > ' ' && ch < 0x7f)
 				return circ_errorf(e,
 						   "'%s': token %" PRId64
 						   ": unexpected '%c' (expected "
 						   "ids as circ-tokenize --text writes them)",
 						   c->name, c->n, ch);
+			return circ_errorf(e,
+					   "'%s': token %" PRId64
+					   ": unexpected byte 0x%02x (expected "
+					   "ids as circ-tokenize --text writes them)",
+					   c->name, c->n, ch);
 		}
 		if (ch == EOF)
 			break;
@@ -1033,6 +1048,33 @@ static void check_out_parent(const char *out)
 }
 
 /* The shuffled buffer, in memory or in a file under --buffer-dir. */
+/* The harvest's fill, its errors named by the corpus (the end of the
+ * corpus is found there, where the corpus's name is not known). */
+typedef struct corpus_fill_ctx {
+	circ_dharvest *h;
+	const char *name;
+	int64_t need; /* tokens a run takes: the buffer, then every batch */
+} corpus_fill_ctx;
+
+static int corpus_fill(void *ctx, float *rows, size_t n, circ_error *e)
+{
+	corpus_fill_ctx *c = ctx;
+	if (circ_dharvest_fill(c->h, rows, n, e) == 0)
+		return 0;
+	if (!strncmp(e->msg, "corpus exhausted", 16)) {
+		char msg[sizeof e->msg + 128];
+		snprintf(msg, sizeof msg,
+			 "%s; the run takes about %" PRId64
+			 " tokens (--buffer rows, then --steps x "
+			 "--batch)",
+			 e->msg, c->need);
+		circ_errorf(e, "%s", msg);
+	}
+	if (e->msg[0] != '\'')
+		circ_error_prefix(e, "'%s'", c->name);
+	return -1;
+}
+
 static circ_dbuf *make_buffer(size_t cap, int w, circ_dbuf_fill fill, void *ctx)
 {
 	if (!d.buffer_dir)
@@ -1059,6 +1101,7 @@ static int dict_main(int argc, char **argv, int transcoder)
 	circ_dfix *fix = NULL;
 	circ_dharvest *h = NULL;
 	corpus cp = {0};
+	corpus_fill_ctx cfill;
 	int i;
 
 	d.transcoder = transcoder;
@@ -1190,10 +1233,15 @@ static int dict_main(int argc, char **argv, int transcoder)
 				circ_die(&e);
 		} else if (!(cp.f = strcmp(cp.name, "-") ? fopen(cp.name, "r") : stdin))
 			circ_dief("'%s': cannot open: %s", cp.name, strerror(errno));
+		if (!strcmp(cp.name, "-")) /* named as the stream reader names it */
+			cp.name = "<stdin>";
 		if (!(h = circ_dharvest_new(m, dict, d.seqs, d.ctx_len, d.t.threads, corpus_next,
 					    &cp, &e)))
 			circ_die(&e);
-		buf = make_buffer(cap, w, circ_dharvest_fill, h);
+		cfill.h = h;
+		cfill.name = cp.name;
+		cfill.need = (int64_t)cap + (int64_t)d.t.steps * d.t.batch;
+		buf = make_buffer(cap, w, corpus_fill, &cfill);
 	}
 	double scale = 1;
 	if (d.resume) {

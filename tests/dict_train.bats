@@ -166,10 +166,21 @@ print(w.shape, bool(abs(w).max() > 0))"
 	run --separate-stderr circ-train sae --model $M --steps 2 "${small[@]}" --out "$T/o" "$T/junk"
 	assert_failure 1
 	[[ "$stderr" == *"unexpected 'x'"* ]]
+	printf '1 2 \001 4\n' >"$T/junk"
+	run --separate-stderr circ-train sae --model $M --steps 2 "${small[@]}" --out "$T/o" - <"$T/junk"
+	assert_failure 1
+	[[ "$stderr" == *"'<stdin>': token 2: unexpected byte 0x01"* ]]
+	# a token stream without --tokens: said so, not read as junk text
+	circ-cat --to-msgpack -o "$T/stream.circ" tests/data/tiny/tokens.jsonl
+	for f in tests/data/tiny/tokens.jsonl "$T/stream.circ"; do
+		run --separate-stderr circ-train sae --model $M --steps 2 "${small[@]}" --out "$T/o" "$f"
+		assert_failure 1
+		[[ "$stderr" == *"a circ stream or JSON lines, not token ids as text: give --tokens"* ]]
+	done
 	corpus "$T/short" 500
 	run --separate-stderr circ-train sae --model $M --steps 2 "${small[@]}" --out "$T/o" "$T/short"
 	assert_failure 1
-	[[ "$stderr" == *"corpus exhausted after 20 sequences of 24 tokens"* ]]
+	[[ "$stderr" == *"'$T/short': corpus exhausted after 20 sequences of 24 tokens; the run takes about "*" tokens (--buffer rows, then --steps x --batch)"* ]]
 	run --separate-stderr circ-train sae --model $M --steps 2 "${small[@]}" --out "$T/o" "$T/none"
 	assert_failure 1
 	[[ "$stderr" == *"'$T/none': cannot open"* ]]
