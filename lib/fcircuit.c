@@ -166,6 +166,18 @@ int circ_fc_route_crosses(const circ_fc_slot *sl, int parallel, int up, int dn)
 	return 0;
 }
 
+/* blocks.L.hook_resid_pre for L > 0 is the residual blocks.(L-1).hook_resid_post
+ * is: the same tensor, so the same place in the graph (SAELens's residual
+ * SAEs are at hook_resid_pre of every layer); the dictionary keeps its own
+ * hook and name (resid_pre<L>). Layer 0's is the embedding. */
+static void resid_pre_as_post(circ_hook *h)
+{
+	if (h->kind == CIRC_HOOK_RESID_PRE && h->layer > 0) {
+		h->kind = CIRC_HOOK_RESID_POST;
+		h->layer--;
+	}
+}
+
 /* Nodes of a node set of S features with P positions kept (0: summed). */
 static int64_t set_nodes(int S, int P)
 {
@@ -216,15 +228,14 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 		if (circ_hook_parse(d->cfg.hook_name, &h, e) < 0)
 			return NULL;
 		if (!(h.kind == CIRC_HOOK_ATTN_OUT || h.kind == CIRC_HOOK_MLP_OUT ||
-		      h.kind == CIRC_HOOK_RESID_POST ||
-		      (h.kind == CIRC_HOOK_RESID_PRE && h.layer == 0)))
+		      h.kind == CIRC_HOOK_RESID_POST || h.kind == CIRC_HOOK_RESID_PRE))
 			return circ_errorf(e,
 					   "'%s': key 'hook_name': %s is not a feature-circuit "
-					   "point (blocks.0.hook_resid_pre, hook_attn_out, "
-					   "hook_mlp_out, hook_resid_post)",
+					   "point (hook_resid_pre, hook_attn_out, hook_mlp_out, "
+					   "hook_resid_post)",
 					   path, d->cfg.hook_name),
 			       NULL;
-		have_embed |= h.kind == CIRC_HOOK_RESID_PRE;
+		have_embed |= h.kind == CIRC_HOOK_RESID_PRE && h.layer == 0;
 	}
 	circ_fc *fc = circ_xcalloc(1, sizeof *fc);
 	fc->m = m;
@@ -242,6 +253,7 @@ circ_fc *circ_fc_new(const circ_model *m, const circ_dict_set *set, const circ_f
 		circ_fc_slot *s = &fc->slot[k];
 		s->d = set->dict[i];
 		circ_hook_parse(s->d->cfg.hook_name, &s->hook, e);
+		resid_pre_as_post(&s->hook);
 		circ_dict_name(s->d, s->name, sizeof s->name);
 		s->S = s->d->cfg.d_sae;
 		s->O = s->d->cfg.d_in;
@@ -1121,13 +1133,15 @@ static int parse_dict_name(const char *s, size_t n, circ_fc_slot *sl)
 			layer = layer * 10 + (s[i] - '0');
 		if (i != n)
 			continue;
-		if (kinds[j].k == CIRC_HOOK_RESID_PRE && layer != 0)
-			return -1;
 		sl->hook.kind = kinds[j].k;
 		sl->hook.layer = (int)layer;
+		resid_pre_as_post(&sl->hook);
 		sl->resid = kinds[j].k == CIRC_HOOK_RESID_PRE || kinds[j].k == CIRC_HOOK_RESID_POST;
-		/* forward order: resid_pre0 first, then per layer attn, mlp, resid */
-		sl->stage = kinds[j].k == CIRC_HOOK_RESID_PRE ? -1 : (int)layer * 4 + (int)j;
+		/* forward order: resid_pre0 first, then per layer attn, mlp, resid
+		 * (resid_pre<l> is resid<l-1>) */
+		sl->stage = sl->hook.kind == CIRC_HOOK_RESID_PRE    ? -1
+			    : sl->hook.kind == CIRC_HOOK_RESID_POST ? sl->hook.layer * 4 + 3
+								    : (int)layer * 4 + (int)j;
 		snprintf(sl->name, sizeof sl->name, "%.*s", (int)n, s);
 		return 0;
 	}
@@ -1183,7 +1197,7 @@ circ_fgraph *circ_fgraph_from_header(const msgpack_object *hdr, circ_error *e)
 		    parse_dict_name(name, nl, sl) < 0) {
 			circ_errorf(e,
 				    "header: field 'graph': dictionary %d: needs a name "
-				    "(resid_pre0, attn<l>, mlp<l>, resid<l>) and d_sae",
+				    "(resid_pre<l>, attn<l>, mlp<l>, resid<l>) and d_sae",
 				    i);
 			circ_fgraph_free(fg);
 			return NULL;

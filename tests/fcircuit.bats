@@ -123,6 +123,45 @@ PY
 	[ "$(grep -c '"node":' "$T/n.jsonl")" -eq 53 ]
 }
 
+@test "residual SAEs at hook_resid_pre of every layer (SAELens's layout): against the reference, and the same as at the resid_post before" {
+	for l in 0 1; do
+		/usr/bin/python3 $DREF make "$T/pre/r$l" --arch topk --k 4 --hook blocks.$l.hook_resid_pre --d-in 24 --d-sae 12 --seed $((20 + l))
+	done
+	/usr/bin/python3 $DREF make "$T/pre/a1" --arch standard --hook blocks.1.hook_attn_out --d-in 24 --d-sae 12 --seed 22
+	check "$T/pre" -- --method feature-atp
+	grep -q '"edge":"resid_pre0.f[0-9]*->resid_pre1.f' "$T/c.jsonl"
+	grep -q '"edge":"resid_pre1.err->attn1.f' "$T/c.jsonl"
+	grep -q '"edge":"resid_pre1.f[0-9]*->logits"' "$T/c.jsonl"
+	check "$T/pre" --ig 3 -- --method feature-ig --steps 3
+	check "$T/pre" --positions keep -- --method feature-atp --positions keep
+	# blocks.1.hook_resid_pre is blocks.0.hook_resid_post: the same scores, named resid0
+	cp -r "$T/pre" "$T/post"
+	jq '.hook_name = "blocks.0.hook_resid_post"' "$T/pre/r1/cfg.json" >"$T/post/r1/cfg.json"
+	circ-score --model $M --dict "$T/pre" --method feature-atp --json $TOK | circ-cat --no-header | sed 's/resid_pre1/resid0/g' >"$T/a"
+	circ-score --model $M --dict "$T/post" --method feature-atp --json $TOK | circ-cat --no-header >"$T/b"
+	cmp "$T/a" "$T/b"
+	# one place, two dictionaries: refused
+	cp -r "$T/post/r1" "$T/pre/r1b"
+	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/pre" $TOK
+	[[ "$stderr" == *"a second dictionary at blocks."* ]]
+	rm -r "$T/pre/r1b"
+	# the graph's names read back: prune, render, and patch against the reference
+	circ-score --model $M --dict "$T/pre" --method feature-atp -o "$T/s.circ" $TOK
+	circ-prune --threshold 0.3 --node-threshold 0.2 -o "$T/c.circ" "$T/s.circ"
+	circ-cat "$T/c.circ" >"$T/c.jsonl"
+	grep -q '"node":"resid_pre1' "$T/c.jsonl"
+	circ-render --format html "$T/c.circ" | grep -q 'resid_pre1'
+	circ-patch --model $M --dict "$T/pre" --circuit "$T/c.circ" --json $TOK >"$T/p.jsonl"
+	/usr/bin/python3 $REF ablate $M "$T/pre" $TOK "$T/c.jsonl" >"$T/r.json"
+	/usr/bin/python3 - "$T" <<'PY'
+import json, sys
+T = sys.argv[1]
+rec = [json.loads(l) for l in open(T + "/p.jsonl")][1]
+r = json.load(open(T + "/r.json"))
+assert abs(rec["metric"] - r["metric_circuit"]) <= 1e-5 * (abs(r["metric_circuit"]) + 1), (rec, r)
+PY
+}
+
 @test "feature circuits refuse bad input: missing dictionary, mismatched width, transcoder, unsupported hook, a hook twice, bad options" {
 	sub_set
 	run --separate-stderr -1 circ-score --model $M --method feature-atp --dict "$T/none" $TOK

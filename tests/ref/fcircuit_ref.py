@@ -86,7 +86,7 @@ class Slot:
 def slots_of(set_dir):
     ds = load_set(set_dir)
     sl = [Slot(d, d.hook_in) for d in ds]
-    if not any(s.point == "hook_resid_pre" for s in sl):
+    if not any(s.point == "hook_resid_pre" and s.layer == 0 for s in sl):
         sl.append(Slot(None, "blocks.0.hook_resid_pre"))
     return sorted(sl, key=lambda s: s.key)
 

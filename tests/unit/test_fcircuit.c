@@ -118,7 +118,7 @@ static void test_graph(void)
 	msgpack_zone_destroy(&z);
 	msgpack_sbuffer_destroy(&sb);
 	free((void *)h);
-	const char *bad[] = {"resid_pre3"};
+	const char *bad[] = {"resid_pre03"};
 	h = header(&z, &sb, "dictionary", 1, bad, S2);
 	CHECK(!circ_fgraph_from_header(h, &e) && strstr(e.msg, "dictionary 0"));
 	msgpack_zone_destroy(&z);
@@ -173,7 +173,7 @@ static void test_refusals(void)
 		const char *want;
 	} cases[] = {
 	    {"blocks.0.hook_resid_mid", 0, "is not a feature-circuit point"},
-	    {"blocks.1.hook_resid_pre", 0, "is not a feature-circuit point"},
+	    {"blocks.1.hook_mlp_in", 0, "is not a feature-circuit point"},
 	    {"blocks.0.ln2.hook_normalized", 1, "a transcoder"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
