@@ -618,6 +618,15 @@ int model_config_parse(const char *path, const char *text, size_t len, circ_conf
 	}
 	v = json_object_get(root, "n_inner");
 	if (!v || json_is_null(v)) {
+		/* as cfg_int bounds every size */
+		if (c->n_embd > (1 << 30) / 4) {
+			circ_errorf(
+			    e,
+			    "'%s': key 'n_embd': %d is out of range (n_inner, absent, would "
+			    "be 4 x n_embd)",
+			    path, c->n_embd);
+			goto out;
+		}
 		c->n_inner = 4 * c->n_embd;
 	} else if (cfg_int(root, path, "n_inner", 1, &c->n_inner, e) < 0) {
 		goto out;
