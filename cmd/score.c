@@ -887,9 +887,11 @@ int main(int argc, char **argv)
 	circ_session_attrib_patcher(&s, o.method);
 	circ_session_means(&s);
 	a = circ_attrib_new(s.p, o.method, o.steps);
-	if (o.method == CIRC_ATTR_EXACT) /* counted by the edge, inside the batch */
-		circ_cli_progress(&s.pr, "edges x examples",
-				  circ_session_n_examples(&s) * circ_patcher_graph(s.p)->n_edges);
+	if (o.method == CIRC_ATTR_EXACT) { /* counted by the edge, inside the batch */
+		int64_t n = circ_session_n_examples(&s), ne = circ_patcher_graph(s.p)->n_edges;
+		/* a header's count past any real one is checked at the end */
+		circ_cli_progress(&s.pr, "edges x examples", n <= INT64_MAX / ne ? n * ne : 0);
+	}
 	while (circ_session_next(&s, &b)) {
 		circ_session_load(&s, b, 0);
 		if (circ_attrib_batch(a, &s.pr, &e) < 0)

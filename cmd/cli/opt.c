@@ -3,6 +3,7 @@
  * shared by every tool (0 ok, 1 data or runtime error, 2 usage error).
  */
 #include "opt.h"
+#include "progress.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -135,6 +136,7 @@ void circ_cli_help(const circ_cli *cli, FILE *f)
 void circ_usage_error(const char *fmt, ...)
 {
 	va_list ap;
+	circ_cli_progress_erase();
 	fprintf(stderr, "%s: ", circ_progname);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
@@ -145,6 +147,7 @@ void circ_usage_error(const char *fmt, ...)
 
 void circ_die(const circ_error *e)
 {
+	circ_cli_progress_erase();
 	fprintf(stderr, "%s: %s\n", circ_progname, e->msg);
 	exit(1);
 }
@@ -152,6 +155,7 @@ void circ_die(const circ_error *e)
 void circ_dief(const char *fmt, ...)
 {
 	va_list ap;
+	circ_cli_progress_erase();
 	fprintf(stderr, "%s: ", circ_progname);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);

@@ -53,6 +53,13 @@ static void draw(const circ_progress *p, int end, void *ctx)
 			(long long)p->done, hms(a, sizeof a, el));
 }
 
+void circ_cli_progress_erase(void)
+{
+	if (last_drawn > 0)
+		fprintf(stderr, "\r\033[K");
+	last_drawn = 0;
+}
+
 void circ_cli_progress(circ_progress *p, const char *what, int64_t total)
 {
 	int on = isatty(STDERR_FILENO) && !getenv("CIRC_NO_PROGRESS");

@@ -16,5 +16,8 @@
 /* Starts p counting what (total 0: unknown), drawn as above. A tool draws
  * one progress line at a time (the drawer's state is the process's). */
 void circ_cli_progress(circ_progress *p, const char *what, int64_t total);
+/* Erases the line if it is drawn, so that a message starts on a clean line
+ * (the next step draws it again); the tools' messages call it. */
+void circ_cli_progress_erase(void);
 
 #endif
