@@ -1047,7 +1047,6 @@ static void check_out_parent(const char *out)
 	free(parent);
 }
 
-/* The shuffled buffer, in memory or in a file under --buffer-dir. */
 /* The harvest's fill, its errors named by the corpus (the end of the
  * corpus is found there, where the corpus's name is not known). */
 typedef struct corpus_fill_ctx {
@@ -1075,6 +1074,7 @@ static int corpus_fill(void *ctx, float *rows, size_t n, circ_error *e)
 	return -1;
 }
 
+/* The shuffled buffer, in memory or in a file under --buffer-dir. */
 static circ_dbuf *make_buffer(size_t cap, int w, circ_dbuf_fill fill, void *ctx)
 {
 	if (!d.buffer_dir)

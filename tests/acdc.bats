@@ -92,7 +92,7 @@ reference_run() {
 		for idx in normal reverse; do
 			reference_run fixtures/$m "$T/$m.tok" r --convention acdc --acdc-indices $idx
 			diff "$T/c.edges" <(jq -r .edge "$T/r.circ")
-			! diff -q <(circ-cat --no-header "$T/c.log" | jq -r .edge) <(jq -r '.edge // .receiver' "$T/r.dec") >/dev/null
+			run ! diff -q <(circ-cat --no-header "$T/c.log" | jq -r .edge) <(jq -r '.edge // .receiver' "$T/r.dec") >/dev/null
 		done
 		# and it is the planted circuit (ROC AUC 1 against the truth, whose
 		# graph has circ's default convention)

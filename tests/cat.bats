@@ -239,7 +239,7 @@ many_records() {
 	# a wrong frame checksum (its last 4 bytes): zstd drops the last block with
 	# it, so the records before that block are shown and the next one is named
 	printf '\1\2\3\4' | dd of="$T/c.circ" bs=1 seek=$((size - 4)) conv=notrunc status=none
-	! cmp -s "$T/a.circ" "$T/c.circ"
+	run ! cmp -s "$T/a.circ" "$T/c.circ"
 	run --separate-stderr circ-cat "$T/c.circ"
 	assert_failure 1
 	n=${#lines[@]}

@@ -86,7 +86,7 @@ PY
 	cmp "$T/a.html" "$T/b.html"
 	grep -q "Content-Security-Policy\" content=\"default-src 'none'" "$T/a.html"
 	grep -q '<title>tiny &lt;dict&gt;</title>' "$T/a.html"
-	! grep -Eq '(src|href)=' "$T/a.html"
+	run ! grep -Eq '(src|href)=' "$T/a.html"
 	[ "$(grep -Eo 'https?://[^"'"'"' ]*' "$T/a.html" | sort -u)" = "http://www.w3.org/2000/svg" ]
 	# its data block is the JSON lines
 	dash --format jsonl --title 'tiny <dict>' >"$T/c.jsonl"

@@ -214,7 +214,7 @@ PY
 	# the edit moves the metric (the check above can fail)
 	circ-forward --model $M --json $TOK | jq -c 'select(.id != null) | .metric' >"$T/plain"
 	jq -c 'select(.id != null) | .metric' "$T/iv.jsonl" >"$T/edited"
-	! cmp -s "$T/plain" "$T/edited"
+	run ! cmp -s "$T/plain" "$T/edited"
 	# scaling by 1 keeps the error and every feature: the model's own metric
 	circ-forward --model $M --dict tests/data/dict/tiny --intervene 'tc1.f7@6*1' --json $TOK |
 		jq -c 'select(.id != null) | .metric' >"$T/same"

@@ -175,7 +175,7 @@ for e in random.Random(3).sample(edges, int(0.4 * len(edges))):
 			     and ([range($got | length) | ($got[.] - $want[0][.]) | fabs] | max) < 1e-4' "$out/patch-$nodes.jsonl"
 		done
 		# the two definitions give other circuits' metrics
-		! cmp -s "$out/want-raw.json" "$out/want-share.json"
+		run ! cmp -s "$out/want-raw.json" "$out/want-share.json"
 	done
 }
 
@@ -249,7 +249,7 @@ print(e + 1 + L * (H + 1))' "$@"
 		head -1 "$T/eap.jsonl" | jq -e --arg t "$t" '.graph.model_type == $t'
 		if [ "$par" = 1 ]; then
 			head -1 "$T/eap.jsonl" | jq -e '.graph.block == "parallel"'
-			! grep -q '"a0.h0->m0"' "$T/eap.jsonl"
+			run ! grep -q '"a0.h0->m0"' "$T/eap.jsonl"
 		fi
 		[ "$(grep -c '^{"edge"' "$T/eap.jsonl")" -eq "$(edge_count "$L" "$H" "$H" "$par")" ]
 		circ-prune --top-n 10 "$T/eap.zst" >"$T/c.zst"

@@ -78,7 +78,7 @@ page_requests() {
 	# clicking an error node shows no dashboard
 	browse "$T/a.html" "#click=resid0.err"
 	grep -q 'data-clicked="resid0.err"' "$T/dom.html"
-	! grep -q '<section class="feature"' "$T/dom.html"
+	run ! grep -q '<section class="feature"' "$T/dom.html"
 	grep -q 'resid0.err is not a feature: no dashboard.' "$T/dom.html"
 	# no console message, no request
 	[ ! -s "$T/console.log" ]
@@ -94,7 +94,7 @@ page_requests() {
 	fcircuit
 	circ-render --format html -o "$T/a.html" "$T/c.circ"
 	browse "$T/a.html" "#click=resid0.f999"
-	! grep -q 'data-clicked=' "$T/dom.html"
+	run ! grep -q 'data-clicked=' "$T/dom.html"
 	grep -q '<span id="dash-count">0</span>' "$T/dom.html"
 }
 
@@ -150,7 +150,7 @@ page_requests() {
 	# from standard input too
 	circ-render --format html --model $M --dict "$T/set" --dashboards-from $TOK <"$T/c.circ" | cmp - "$T/a.html"
 	grep -q "Content-Security-Policy\" content=\"default-src 'none'" "$T/a.html"
-	! grep -Eq '(src|href)=' "$T/a.html"
+	run ! grep -Eq '(src|href)=' "$T/a.html"
 	[ "$(grep -Eo 'https?://[^"'"'"' ]*' "$T/a.html" | sort -u)" = "http://www.w3.org/2000/svg" ]
 	# a scores stream (every edge) renders too
 	circ-render --format html -o "$T/s.html" "$T/s.circ"

@@ -35,7 +35,7 @@ dicts() {
 	mkdir "$T/b"
 	$MUT 5 4 $TOK "$T/b" -- sh -c 'cp "$0" "$0.kept"; exit 0' @
 	for i in 0 1 2 3; do cmp "$T/mutant-5-$i.jsonl.kept" "$T/b/mutant-5-$i.jsonl.kept"; done
-	! cmp -s "$T/mutant-5-0.jsonl.kept" $TOK
+	run ! cmp -s "$T/mutant-5-0.jsonl.kept" $TOK
 }
 
 @test "mutated tokens: circ-forward, circ-score (eap-ig, feature-atp), circ-harvest, circ-prune (ACDC, CD-T)" {

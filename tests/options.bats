@@ -243,10 +243,11 @@ usage_error() {
 	grep -Eq 'circ-prune: edge tests [0-9]+/[0-9]+ \([0-9]+%\)' "$T/tty"
 	# an error starts on a clean line: the progress line is erased first
 	jq -c 'if .kind == "tokens" then . + {n_examples: 9} else . end' $TOK >"$T/nine.jsonl"
-	! script -qec "circ-score --model $TINY --method exact -o '$T/s.circ' '$T/nine.jsonl'" /dev/null >"$T/tty"
-	grep -qF $'\r\033[Kcirc-score: \''"$T/nine.jsonl"$'\': record 4: the header declares 9 examples' "$T/tty"
+	run script -qec "circ-score --model $TINY --method exact -o '$T/s.circ' '$T/nine.jsonl'" /dev/null
+	[ "$status" -eq 1 ]
+	grep -qF $'\r\033[Kcirc-score: \''"$T/nine.jsonl"$'\': record 4: the header declares 9 examples' <<<"$output"
 	CIRC_NO_PROGRESS=1 script -qec "circ-score --model $TINY --batch 1 -o '$T/s.circ' '$T/tok.jsonl'" /dev/null >"$T/tty"
-	! grep -q 'examples' "$T/tty"
+	[ "$(grep -c 'examples' "$T/tty")" -eq 0 ]
 	run --separate-stderr circ-score --model $TINY --batch 1 -o "$T/s.circ" "$T/tok.jsonl"
 	assert_success
 	[ -z "$stderr" ]

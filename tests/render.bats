@@ -57,7 +57,7 @@ page_edge_count() {
 	grep -q '^edges: 8 of 46 (17.39%)$' "$T/t.txt"
 	grep -q '^source: eap-ig, top-n 8 (|score|)$' "$T/t.txt"
 	grep -q '^   3  input->a0.h1<q>          -1.5359$' "$T/t.txt"
-	! grep -q '^   4 ' "$T/t.txt"
+	run ! grep -q '^   4 ' "$T/t.txt"
 }
 
 @test "render: DOT golden, accepted by Graphviz" {
@@ -132,7 +132,7 @@ EOF
 	circ-render -f html --title 'tiny <circuit>' -o "$T/c.html" $R/circuit.jsonl
 	grep -q "Content-Security-Policy\" content=\"default-src 'none'" "$T/c.html"
 	grep -q '<title>tiny &lt;circuit&gt;</title>' "$T/c.html"
-	! grep -Eq '(src|href)=' "$T/c.html"
+	run ! grep -Eq '(src|href)=' "$T/c.html"
 	# the only URL is the SVG namespace
 	[ "$(grep -Eo 'https?://[^"'"'"' ]*' "$T/c.html" | sort -u)" = "http://www.w3.org/2000/svg" ]
 	[ "$(grep -c '"name": "' "$T/c.html")" = 13 ] # 5 nodes + 8 edges
@@ -204,7 +204,7 @@ EOF
 	[ "$(sort -u "$T/e.txt" | wc -l)" = 32491 ]
 	grep -qx 'a0.h1->a2.h3<q>' "$T/e.txt"
 	grep -qx 'a0.h1->m0' "$T/e.txt"
-	! grep -q 'a12' "$T/e.txt"
+	run ! grep -q 'a12' "$T/e.txt"
 	[ "$(circ-render --list-edges --graph 12,12,node | wc -l)" = 11611 ]
 	# from a stream's header: the fixture's records are in canonical order
 	circ-render --list-edges $D/scores.jsonl | cmp - <(circ-cat --no-header $D/scores.jsonl | jq -r .edge)

@@ -35,7 +35,7 @@ compare() { # set [options]
 	make_case
 	compare "$T/set"
 	# layer 1 has no transcoder: no tc1 features, its error nodes carry the MLP
-	! grep -q '"node":"tc1.f' "$T/c.jsonl"
+	run ! grep -q '"node":"tc1.f' "$T/c.jsonl"
 	grep -q '"node":"tc1.err@0"' "$T/c.jsonl"
 }
 

@@ -71,7 +71,7 @@ check_family() { # family [circ-trace and reference options]
 @test "circ-trace, Llama (GQA, llama3 RoPE, BF16, untied) and Llama tied with biases (a layer without transcoder)" {
 	check_family llama
 	check_family llama-tied
-	! grep -q '"node":"tc0.f' "$T/llama-tied.jsonl"
+	run ! grep -q '"node":"tc0.f' "$T/llama-tied.jsonl"
 	grep -q '"node":"tc0.err@0"' "$T/llama-tied.jsonl"
 }
 

@@ -44,7 +44,7 @@ tiny=(--steps 4 --batch 4 --layers 1 --heads 2 --embd 16 --eval 8)
 	circ-train induction --out "$T/c" "${tiny[@]}" --seq-len 16 --chunks 2 --len 6 --seed 4 2>/dev/null
 	cmp "$T/a/model.safetensors" "$T/b/model.safetensors"
 	diff <(sed "s#$T/a#DIR#" "$T/a/README.md") <(sed "s#$T/b#DIR#" "$T/b/README.md")
-	! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
+	run ! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
 }
 
 @test "induction: --copies and --focus change the data, deterministically" {
@@ -53,8 +53,8 @@ tiny=(--steps 4 --batch 4 --layers 1 --heads 2 --embd 16 --eval 8)
 	circ-train induction --out "$T/b" "${args[@]}" --copies 3 2>/dev/null
 	circ-train induction --out "$T/c" "${args[@]}" --focus 2 2>/dev/null
 	circ-train induction --out "$T/d" "${args[@]}" --focus 2 2>/dev/null
-	! cmp -s "$T/a/model.safetensors" "$T/b/model.safetensors"
-	! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
+	run ! cmp -s "$T/a/model.safetensors" "$T/b/model.safetensors"
+	run ! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
 	cmp "$T/c/model.safetensors" "$T/d/model.safetensors"
 	grep -q -- '--focus 2' "$T/c/README.md"
 	grep -q '2 chunks of 2 distinct ids, each 2 times' "$T/c/README.md"
@@ -113,7 +113,7 @@ tiny=(--steps 4 --batch 4 --layers 1 --heads 2 --embd 16 --eval 8)
 	mkdir -p "$T/m"
 	echo old >"$T/m/README.md"
 	circ-train induction --out "$T/m" "${tiny[@]}" --seq-len 16 --chunks 2 --len 6 2>/dev/null
-	! grep -q '^old$' "$T/m/README.md"
+	run ! grep -q '^old$' "$T/m/README.md"
 	run --separate-stderr circ-train induction --out "$T/n" "${tiny[@]}" --seq-len 16 --chunks 2 --len 6 --ctx 8
 	assert_failure 2
 	[ ! -e "$T/n" ]
@@ -130,7 +130,7 @@ tiny=(--steps 4 --batch 4 --layers 1 --heads 2 --embd 16 --eval 8)
 	circ-train induction --out "$T/b" "${args[@]}" --seed 3 2>/dev/null
 	circ-train induction --out "$T/c" "${args[@]}" --seed 4 2>/dev/null
 	cmp "$T/a/model.safetensors" "$T/b/model.safetensors"
-	! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
+	run ! cmp -s "$T/a/model.safetensors" "$T/c/model.safetensors"
 	run jq -r '.model_type, .num_key_value_heads, .num_attention_heads, .hidden_size, .tie_word_embeddings, .torch_dtype' "$T/a/config.json"
 	assert_output "$(printf 'llama\n2\n4\n32\ntrue\nfloat32')"
 	run circ-forward --describe --model "$T/a"

@@ -4,9 +4,10 @@
  *   "\r<prog>: <what> <done>/<total> (<pct>%), <elapsed>, about <left> left"
  * (the time left from the pace so far, once a step is done and a second has
  * passed; "<done>, <elapsed>" when the total is unknown), drawn when the
- * count starts, redrawn at most five times a second and erased at the end, so that the tool's own
- * messages start on a clean line. Only when stderr is a terminal and
- * CIRC_NO_PROGRESS is unset: a log file or a pipe never sees it.
+ * count starts, redrawn at most five times a second, and erased at the end
+ * and before a message (circ_cli_progress_erase), so that messages start on
+ * a clean line. Only when stderr is a terminal and CIRC_NO_PROGRESS is
+ * unset: a log file or a pipe never sees it.
  */
 #ifndef CIRC_CLI_PROGRESS_H
 #define CIRC_CLI_PROGRESS_H
