@@ -1,6 +1,7 @@
 /*
  * circ-paths: transcoder circuits as Dunefsky et al. (2024) find them
- * (lib/tcircuit) on a GPT-2 whose MLPs are replaced by transcoders: the
+ * (lib/tcircuit) on a model of any family whose MLPs are replaced by
+ * transcoders: the
  * greedy (beam) search for the computational paths into one feature of one
  * prompt (--paths), every route between two nodes of a prompt with its
  * attribution (--routes), and a feature's input-invariant connections
@@ -35,7 +36,7 @@ enum {
 };
 
 static const circ_opt opts[] = {
-    {"model", OPT_MODEL, "DIR", "Hugging Face GPT-2 model directory (required)"},
+    {"model", OPT_MODEL, "DIR", "Hugging Face model directory, any family (required)"},
     {"dict", OPT_DICT, "DIR",
      "transcoder set replacing the MLPs (SAELens directories or circuit-tracer files; required)"},
     {"tokens", OPT_TOKENS, "IDS", "the prompt as comma-separated token ids (--paths, --routes)"},
@@ -186,6 +187,7 @@ static void header(circ_session *s, const char *mode, const char *target, const 
 	circ_session_output(s, cli);
 	circ_hdr_field f[] = {
 	    CIRC_HDR(STR, "model_digest", s->model_digest),
+	    CIRC_HDR(STR, "model_type", circ_model_type_name(s->c->model_type)),
 	    CIRC_HDR(STR, "dict_dir", o.dict),
 	    CIRC_HDR(STR, "mode", mode),
 	    CIRC_HDR(STR, "target", target),

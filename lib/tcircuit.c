@@ -1,6 +1,7 @@
 /*
  * tcircuit: transcoder circuits (see tcircuit.h for the definitions). The
- * prompt's frozen quantities come from circ_trace_freeze; the residual
+ * prompt's frozen quantities and every family's layers in one linear form
+ * come from circ_trace_freeze (circ_trace_form without a prompt); the residual
  * stream is rebuilt from them in double (embeddings, frozen attention,
  * transcoder outputs plus error nodes), for the heads' value vectors. Path
  * and route vectors are double; the connections' products over whole
@@ -14,14 +15,14 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "safetensors.h"
 
 struct circ_tc_prompt {
-	const circ_weights *w;
 	const circ_dict **tc; /* (L) */
 	circ_trace_frozen *f;
 	int L, H, C, D, T;
 	int32_t *tokens; /* (T) */
-	double *val;	 /* (L, T, C) value vectors (b_V included), head h at h*D */
+	double *val;	 /* (L, T, K*D) value vectors (the bias included), kv head k at k*D */
 };
 
 int circ_tc_parse_node(const char *s, int want_pos, circ_tc_elem *x, circ_error *e)
@@ -101,44 +102,147 @@ static double dot_dd(const double *a, const double *b, int n)
 	return s;
 }
 
-/* g (C) = s R enc_i: what feature i of transcoder d (layer weights lw,
- * input kind) reads of the residual, times s (the frozen 1/sigma of ln_2,
- * or 1 for the input-invariant connections). */
-static void enc_read(double *g, const circ_dict *d, const circ_layer_weights *lw, int kind, int i,
-		     double s, int C)
+/* The weight a norm multiplies by: w (LayerNorm), off + w (RMSNorm); 1
+ * without w. */
+static double nwt(const circ_trace_frozen *f, const float *w, int i)
 {
-	int S = d->cfg.d_sae;
+	return w ? (f->rms ? f->off + w[i] : w[i]) : 1.0;
+}
+
+/* g <- the frozen norm (weight w, scale s, no bias) applied to g:
+ * s w (.) P g (LayerNorm), s (off + w) (.) g (RMSNorm). */
+static void norm_fwd(const circ_trace_frozen *f, double *g, const float *w, double s)
+{
+	if (!f->rms)
+		center_d(g, f->C);
+	for (int i = 0; i < f->C; i++)
+		g[i] *= s * nwt(f, w, i);
+}
+
+/* g <- its transpose applied to g: s P (w (.) g), s (off + w) (.) g. */
+static void norm_back(const circ_trace_frozen *f, double *g, const float *w, double s)
+{
+	for (int i = 0; i < f->C; i++)
+		g[i] *= nwt(f, w, i);
+	if (!f->rms)
+		center_d(g, f->C);
+	for (int i = 0; i < f->C; i++)
+		g[i] *= s;
+}
+
+/* y (n) += x (m) W over W's inputs [i0, i0 + m) and outputs [j0, j0 + n). */
+static void tm_fwd(const circ_tmat *W, int i0, int m, int j0, int n, const double *x, double *y)
+{
+	if (W->nn) {
+		for (int j = 0; j < n; j++)
+			y[j] += dot_df(x, W->p + (size_t)(j0 + j) * W->ld + i0, m);
+		return;
+	}
+	for (int i = 0; i < m; i++) {
+		const float *r = W->p + (size_t)(i0 + i) * W->ld + j0;
+		for (int j = 0; j < n; j++)
+			y[j] += x[i] * r[j];
+	}
+}
+
+/* x (m) = W y (n): the transpose, over the same ranges. */
+static void tm_back(const circ_tmat *W, int i0, int m, int j0, int n, const double *y, double *x)
+{
+	if (!W->nn) {
+		for (int i = 0; i < m; i++)
+			x[i] = dot_df(y, W->p + (size_t)(i0 + i) * W->ld + j0, n);
+		return;
+	}
+	for (int i = 0; i < m; i++)
+		x[i] = 0;
+	for (int j = 0; j < n; j++) {
+		const float *r = W->p + (size_t)(j0 + j) * W->ld + i0;
+		for (int i = 0; i < m; i++)
+			x[i] += y[j] * r[i];
+	}
+}
+
+/* The key/value head that query head h reads. */
+static int kv_of(const circ_trace_frozen *f, int h)
+{
+	return h / (f->H / f->K);
+}
+
+/* The last layer whose heads feed a point of layer c: its MLP's input (mid;
+ * with parallel blocks that is the layer's input) or its attention's. */
+static int head_max(const circ_trace_frozen *f, int c, int mid)
+{
+	return mid && !f->parallel ? c : c - 1;
+}
+
+/* v (C) = token tok's embedding (times the family's scale). tmp: (C). */
+static void emb_row(const circ_trace_frozen *f, int tok, double *v, float *tmp)
+{
+	int C = f->C;
+	if (f->emb_dt == CIRC_F32)
+		memcpy(tmp, (const float *)f->emb + (size_t)tok * C, (size_t)C * sizeof *tmp);
+	else
+		circ_st_to_f32(tmp, (const char *)f->emb + (size_t)tok * C * 2, f->emb_dt,
+			       (size_t)C);
+	for (int i = 0; i < C; i++)
+		v[i] = (double)tmp[i] * f->escale;
+}
+
+/* g (C) = s R^T enc_i: what feature i of transcoder d (layer l) reads of
+ * the residual, pulled back through its input's norm, frozen at scale s
+ * (1 for the input-invariant connections). */
+static void enc_read(double *g, const circ_trace_frozen *f, const circ_dict *d, int l, int i,
+		     double s)
+{
+	int S = d->cfg.d_sae, C = f->C, kind = f->in_kind[l];
 	for (int c = 0; c < C; c++)
 		g[c] = (double)d->W_enc[(size_t)c * S + i] * d->cfg.scale;
-	if (kind == 0)
-		return;
-	if (kind == 2)
-		for (int c = 0; c < C; c++)
-			g[c] *= lw->ln2_w[c];
-	center_d(g, C);
-	for (int c = 0; c < C; c++)
-		g[c] *= s;
+	if (kind != 0)
+		norm_back(f, g, kind == 2 ? f->lay[l].n2_w : NULL, s);
 }
 
-/* o (D) = W_O^h g: head h's output direction read by g (C). */
-static void wo_read(double *o, const circ_layer_weights *lw, int h, const double *g, int C, int D)
+/* o (D) = W_O^h^T (the norm after the attention)^T g: head (a, h)'s output
+ * direction read by g (C) at its destination, where that norm's frozen
+ * scale is sa (1 without a prompt). tmp: (C) scratch. */
+static void wo_read(const circ_trace_frozen *f, int a, int h, const double *g, double sa, double *o,
+		    double *tmp)
 {
-	for (int d = 0; d < D; d++)
-		o[d] = dot_df(g, lw->proj_w + (size_t)(h * D + d) * C, C);
-}
-
-/* r (C) = N W_V^h o: the residual direction at a head's source that its
- * value reads for output direction o (D), before the scalars A s1. */
-static void wv_back(double *r, const circ_layer_weights *lw, int h, const double *o, int C, int D)
-{
-	for (int i = 0; i < C; i++) {
-		const float *wv = lw->attn_w + (size_t)i * 3 * C + 2 * C + h * D;
-		double s = 0;
-		for (int d = 0; d < D; d++)
-			s += (double)wv[d] * o[d];
-		r[i] = s * lw->ln1_w[i];
+	const circ_trace_layer *y = &f->lay[a];
+	int C = f->C, D = f->D;
+	if (y->pa_w) {
+		for (int i = 0; i < C; i++)
+			tmp[i] = g[i] * sa * nwt(f, y->pa_w, i);
+		g = tmp;
 	}
-	center_d(r, C);
+	tm_back(&y->o, h * D, D, 0, C, g, o);
+}
+
+/* r (C) = N^T W_V^h o: the residual direction at head (a, h)'s source that
+ * its value reads for output direction o (D), through the norm before the
+ * attention frozen at scale s1 (1 without a prompt). */
+static void wv_back(const circ_trace_frozen *f, int a, int h, const double *o, double s1, double *r)
+{
+	const circ_trace_layer *y = &f->lay[a];
+	tm_back(&y->v, 0, f->C, kv_of(f, h) * f->D, f->D, o, r);
+	if (y->n1_w)
+		norm_back(f, r, y->n1_w, s1);
+}
+
+/* g (C) <- head (a, h)'s OV circuit applied to g forward, every frozen
+ * scale left out: N, W_V^h, W_O^h, the norm after the attention's weight.
+ * o: (D), tmp: (C) scratch. */
+static void ov_fwd(const circ_trace_frozen *f, int a, int h, double *g, double *o, double *tmp)
+{
+	const circ_trace_layer *y = &f->lay[a];
+	int C = f->C, D = f->D;
+	if (y->n1_w)
+		norm_fwd(f, g, y->n1_w, 1.0);
+	memset(o, 0, (size_t)D * sizeof *o);
+	tm_fwd(&y->v, 0, C, kv_of(f, h) * D, D, g, o);
+	memset(tmp, 0, (size_t)C * sizeof *tmp);
+	tm_fwd(&y->o, h * D, D, 0, C, o, tmp);
+	for (int i = 0; i < C; i++)
+		g[i] = tmp[i] * (y->pa_w ? nwt(f, y->pa_w, i) : 1.0);
 }
 
 /* ---- input-invariant connections ---- */
@@ -208,14 +312,22 @@ static void routes_add(routeset *r, const double *v, int C, int a, int h)
 	r->ah[r->n++] = h;
 }
 
-/* Offers every (row of W (N, C) times scl, route) product among rows whose
- * route layer is above min_a (-1: every route): other = mk(row). */
-static void offer_products(keeper *k, const float *W, int N, int C, double scl, const routeset *r,
-			   int min_a, int upstream, circ_tc_elem proto, float *tmp, int chunk)
+/* Offers every (row of W (N, C), of dtype dt, times scl; route) product
+ * among routes whose layer is above min_a (-1: every route): other =
+ * proto with index the row. rows: (chunk, C) scratch for narrow W. */
+static void offer_products(keeper *k, const void *W, circ_dtype dt, int N, int C, double scl,
+			   const routeset *r, int min_a, int upstream, circ_tc_elem proto,
+			   float *tmp, float *rows, int chunk)
 {
 	for (int r0 = 0; r0 < N; r0 += chunk) {
 		int nr = N - r0 < chunk ? N - r0 : chunk;
-		circ_gemm(0, 1, nr, r->n, C, 1.0f, W + (size_t)r0 * C, C, r->v, C, 0.0f, tmp, r->n);
+		const float *wr = (const float *)W + (size_t)r0 * C;
+		if (dt != CIRC_F32) {
+			circ_st_to_f32(rows, (const char *)W + (size_t)r0 * C * 2, dt,
+				       (size_t)nr * C);
+			wr = rows;
+		}
+		circ_gemm(0, 1, nr, r->n, C, 1.0f, wr, C, r->v, C, 0.0f, tmp, r->n);
 		for (int j = 0; j < nr; j++)
 			for (int q = 0; q < r->n; q++) {
 				if (r->al[q] >= 0 && r->al[q] <= min_a)
@@ -236,12 +348,6 @@ int circ_tc_connections(const circ_model *m, const circ_dict *const *tc, const c
 			circ_error *e)
 {
 	const circ_config *cf = circ_model_config(m);
-	if (cf->model_type != CIRC_MODEL_GPT2)
-		return circ_errorf(e,
-				   "transcoder paths are implemented for GPT-2 models only, not "
-				   "model_type '%s'",
-				   circ_model_type_name(cf->model_type));
-	const circ_weights *w = circ_model_weights(m);
 	int L = cf->n_layer, H = cf->n_head, C = cf->n_embd, D = circ_config_head_dim(cf);
 	if (x->kind != CIRC_TCE_FEATURE || x->layer >= L || !tc[x->layer])
 		return circ_errorf(e, "unknown feature 'tc%d.f%d': layer %d has no transcoder",
@@ -253,7 +359,8 @@ int circ_tc_connections(const circ_model *m, const circ_dict *const *tc, const c
 	if (top < 1)
 		return circ_errorf(e, "connections: top must be at least 1, not %d", top);
 	circ_blas_threads(threads > 0 ? threads : 1);
-	int l = x->layer;
+	circ_trace_frozen *f = circ_trace_form(m, tc);
+	int l = x->layer, Dm = D > C ? D : C;
 	keeper up = {.c = circ_xmalloc((size_t)top * sizeof *up.c),
 		     .seq = circ_xmalloc((size_t)top * sizeof *up.seq),
 		     .cap = top};
@@ -264,69 +371,50 @@ int circ_tc_connections(const circ_model *m, const circ_dict *const *tc, const c
 		       .al = circ_xmalloc((size_t)(1 + L * H) * sizeof *rs.al),
 		       .ah = circ_xmalloc((size_t)(1 + L * H) * sizeof *rs.ah)};
 	double *g = circ_xmalloc((size_t)C * sizeof *g), *r = circ_xmalloc((size_t)C * sizeof *r),
-	       *o = circ_xmalloc((size_t)C * sizeof *o), *q = circ_xmalloc((size_t)C * sizeof *q);
+	       *o = circ_xmalloc((size_t)Dm * sizeof *o), *q = circ_xmalloc((size_t)C * sizeof *q),
+	       *tmpc = circ_xmalloc((size_t)C * sizeof *tmpc);
 	int chunk = 4096;
 	float *tmp = circ_xmalloc((size_t)chunk * (1 + L * H) * sizeof *tmp);
+	float *rows = f->emb_dt != CIRC_F32 ? circ_xmalloc((size_t)chunk * C * sizeof *rows) : NULL;
 
-	/* upstream: g = R enc_x, through head (a, h <= l): N W_OV^h g */
-	enc_read(g, dx, &w->layers[l], circ_trace_in_kind(dx), x->index, 1.0, C);
+	/* upstream: g = R^T enc_x, through head (a, h), a up to the last layer
+	 * whose heads feed x: N^T W_V^h W_O^h^T g */
+	enc_read(g, f, dx, l, x->index, 1.0);
 	routes_add(&rs, g, C, -1, -1);
-	for (int a = 0; a <= l; a++)
+	for (int a = 0; a <= head_max(f, l, 1); a++)
 		for (int h = 0; h < H; h++) {
-			wo_read(o, &w->layers[a], h, g, C, D);
-			wv_back(r, &w->layers[a], h, o, C, D);
+			wo_read(f, a, h, g, 1.0, o, tmpc);
+			wv_back(f, a, h, o, 1.0, r);
 			routes_add(&rs, r, C, a, h);
 		}
 	for (int lp = 0; lp < l; lp++)
 		if (tc[lp])
-			offer_products(
-			    &up, tc[lp]->W_dec, tc[lp]->cfg.d_sae, C, 1.0 / tc[lp]->cfg.scale, &rs,
-			    lp, 1, (circ_tc_elem){CIRC_TCE_FEATURE, lp, 0, -1, -1, 0}, tmp, chunk);
+			offer_products(&up, tc[lp]->W_dec, CIRC_F32, tc[lp]->cfg.d_sae, C,
+				       1.0 / tc[lp]->cfg.scale, &rs, lp, 1,
+				       (circ_tc_elem){CIRC_TCE_FEATURE, lp, 0, -1, -1, 0}, tmp,
+				       NULL, chunk);
 	if (with_tokens)
-		offer_products(&up, w->wte, cf->vocab_size, C, 1.0, &rs, -1, 1,
-			       (circ_tc_elem){CIRC_TCE_INPUT, -1, 0, -1, -1, 0}, tmp, chunk);
+		offer_products(&up, f->emb, f->emb_dt, cf->vocab_size, C, f->escale, &rs, -1, 1,
+			       (circ_tc_elem){CIRC_TCE_INPUT, -1, 0, -1, -1, 0}, tmp, rows, chunk);
 
-	/* downstream: dec_x, and through head (a > l, h): (w1 (.) P dec_x) W_V^h W_O^h;
-	 * read by layer l2's R (symmetric: R^T v = w2 (.) P v) */
-	const circ_layer_weights *lw;
+	/* downstream: dec_x, and through head (a, h) of the layers after x's up
+	 * to the last feeding l2: the OV circuit forward; read by layer l2's
+	 * transcoder through its input's norm */
 	for (int l2 = l + 1; l2 < L; l2++) {
 		if (!tc[l2])
 			continue;
-		int kind = circ_trace_in_kind(tc[l2]);
+		int kind = f->in_kind[l2];
 		rs.n = 0;
-		for (int a = l; a <= l2; a++)
+		for (int a = l; a <= head_max(f, l2, 1); a++)
 			for (int h = (a == l ? -1 : 0); h < (a == l ? 0 : H); h++) {
 				for (int i = 0; i < C; i++)
 					g[i] = (double)dx->W_dec[(size_t)x->index * C + i] /
 					       dx->cfg.scale;
-				if (h >= 0) {
-					lw = &w->layers[a];
-					center_d(g, C);
-					for (int i = 0; i < C; i++)
-						g[i] *= lw->ln1_w[i];
-					for (int d = 0; d < D; d++) {
-						double s = 0;
-						for (int i = 0; i < C; i++)
-							s += g[i] * lw->attn_w[(size_t)i * 3 * C +
-									       2 * C + h * D + d];
-						o[d] = s;
-					}
-					for (int i = 0; i < C; i++) {
-						double s = 0;
-						for (int d = 0; d < D; d++)
-							s +=
-							    o[d] *
-							    lw->proj_w[(size_t)(h * D + d) * C + i];
-						g[i] = s;
-					}
-				}
+				if (h >= 0)
+					ov_fwd(f, a, h, g, o, tmpc);
 				memcpy(q, g, (size_t)C * sizeof *q);
-				if (kind != 0) {
-					center_d(q, C);
-					if (kind == 2)
-						for (int i = 0; i < C; i++)
-							q[i] *= w->layers[l2].ln2_w[i];
-				}
+				if (kind != 0)
+					norm_fwd(f, q, kind == 2 ? f->lay[l2].n2_w : NULL, 1.0);
 				routes_add(&rs, q, C, h >= 0 ? a : -1, h);
 			}
 		/* products with W_enc (C, S): columns, so transpose through tmp rows */
@@ -365,7 +453,10 @@ int circ_tc_connections(const circ_model *m, const circ_dict *const *tc, const c
 	free(r);
 	free(o);
 	free(q);
+	free(tmpc);
 	free(tmp);
+	free(rows);
+	circ_trace_frozen_free(f);
 	return 0;
 }
 
@@ -377,58 +468,62 @@ circ_tc_prompt *circ_tc_prompt_new(const circ_model *m, const circ_dict *const *
 	circ_trace_frozen *f = circ_trace_freeze(m, tc, tokens, T, threads, e);
 	if (!f)
 		return NULL;
-	const circ_weights *w = circ_model_weights(m);
-	int L = f->L, H = f->H, C = f->C, D = f->D;
+	int L = f->L, H = f->H, C = f->C, D = f->D, KD = f->K * f->D, Q = H * D;
 	circ_tc_prompt *p = circ_xcalloc(1, sizeof *p);
-	*p = (circ_tc_prompt){.w = w, .f = f, .L = L, .H = H, .C = C, .D = D, .T = T};
+	*p = (circ_tc_prompt){.f = f, .L = L, .H = H, .C = C, .D = D, .T = T};
 	p->tc = circ_xmalloc((size_t)L * sizeof *p->tc);
 	memcpy(p->tc, tc, (size_t)L * sizeof *p->tc);
 	p->tokens = circ_xmalloc((size_t)T * sizeof *p->tokens);
 	memcpy(p->tokens, tokens, (size_t)T * sizeof *tokens);
-	p->val = circ_xmalloc((size_t)L * T * C * sizeof *p->val);
+	/* the residual rebuilt in double from what the prompt froze: each
+	 * layer's attention (frozen norms and patterns) and MLP output (the
+	 * transcoder's output plus the error node), for the value vectors */
+	p->val = circ_xmalloc((size_t)L * T * KD * sizeof *p->val);
 	size_t TC = (size_t)T * C;
-	double *x = circ_xmalloc(TC * sizeof *x), *ln = circ_xmalloc(TC * sizeof *ln),
-	       *z = circ_xmalloc(TC * sizeof *z);
-	for (int t = 0; t < T; t++)
-		for (int i = 0; i < C; i++)
-			x[(size_t)t * C + i] =
-			    (double)w->wte[(size_t)tokens[t] * C + i] + w->wpe[(size_t)t * C + i];
+	double *x = circ_xmalloc(TC * sizeof *x), *h1 = circ_xmalloc((size_t)C * sizeof *h1),
+	       *z = circ_xmalloc((size_t)T * Q * sizeof *z), *ao = circ_xmalloc(TC * sizeof *ao);
+	float *tmp = circ_xmalloc((size_t)C * sizeof *tmp);
+	for (int t = 0; t < T; t++) {
+		emb_row(f, tokens[t], x + (size_t)t * C, tmp);
+		for (int i = 0; f->wpe && i < C; i++)
+			x[(size_t)t * C + i] += f->wpe[(size_t)t * C + i];
+	}
 	for (int l = 0; l < L; l++) {
-		const circ_layer_weights *lw = &w->layers[l];
-		double *val = p->val + (size_t)l * TC;
+		const circ_trace_layer *y = &f->lay[l];
+		double *val = p->val + (size_t)l * T * KD;
 		for (int t = 0; t < T; t++) {
-			double *h = ln + (size_t)t * C;
-			memcpy(h, x + (size_t)t * C, (size_t)C * sizeof *h);
-			center_d(h, C);
-			for (int i = 0; i < C; i++)
-				h[i] = h[i] * f->s1[l * T + t] * lw->ln1_w[i] + lw->ln1_b[i];
-			double *v = val + (size_t)t * C;
-			for (int j = 0; j < C; j++)
-				v[j] = lw->attn_b[2 * C + j];
-			for (int i = 0; i < C; i++) {
-				const float *wr = lw->attn_w + (size_t)i * 3 * C + 2 * C;
-				for (int j = 0; j < C; j++)
-					v[j] += h[i] * wr[j];
+			memcpy(h1, x + (size_t)t * C, (size_t)C * sizeof *h1);
+			if (y->n1_w) {
+				norm_fwd(f, h1, y->n1_w, f->s1[l * T + t]);
+				for (int i = 0; y->n1_b && i < C; i++)
+					h1[i] += y->n1_b[i];
 			}
+			double *v = val + (size_t)t * KD;
+			for (int j = 0; j < KD; j++)
+				v[j] = y->v_b ? y->v_b[j] : 0.0;
+			tm_fwd(&y->v, 0, C, 0, KD, h1, v);
 		}
-		memset(z, 0, TC * sizeof *z);
-		for (int h = 0; h < H; h++)
+		memset(z, 0, (size_t)T * Q * sizeof *z);
+		for (int h = 0; h < H; h++) {
+			int k = kv_of(f, h);
 			for (int t = 0; t < T; t++) {
 				const float *a = f->att + (((size_t)l * H + h) * T + t) * T;
 				for (int u = 0; u <= t; u++)
 					for (int d = 0; d < D; d++)
-						z[(size_t)t * C + h * D + d] +=
-						    a[u] * val[(size_t)u * C + h * D + d];
+						z[(size_t)t * Q + h * D + d] +=
+						    a[u] * val[(size_t)u * KD + k * D + d];
 			}
+		}
+		const circ_dict *d = tc[l];
 		for (int t = 0; t < T; t++) {
-			double *xr = x + (size_t)t * C;
-			for (int i = 0; i < C; i++) {
-				double s = lw->proj_b[i];
-				for (int k = 0; k < C; k++)
-					s += z[(size_t)t * C + k] * lw->proj_w[(size_t)k * C + i];
-				xr[i] += s + f->errs[l][(size_t)t * C + i];
-			}
-			const circ_dict *d = tc[l];
+			double *xr = x + (size_t)t * C, *ar = ao + (size_t)t * C;
+			for (int i = 0; i < C; i++)
+				ar[i] = y->o_b ? y->o_b[i] : 0.0;
+			tm_fwd(&y->o, 0, Q, 0, C, z + (size_t)t * Q, ar);
+			for (int i = 0; y->pa_w && i < C; i++)
+				ar[i] *= f->ra[l * T + t] * nwt(f, y->pa_w, i);
+			for (int i = 0; i < C; i++)
+				xr[i] += ar[i] + f->errs[l][(size_t)t * C + i];
 			if (!d)
 				continue;
 			int S = d->cfg.d_sae;
@@ -444,8 +539,10 @@ circ_tc_prompt *circ_tc_prompt_new(const circ_model *m, const circ_dict *const *
 		}
 	}
 	free(x);
-	free(ln);
+	free(h1);
 	free(z);
+	free(ao);
+	free(tmp);
 	return p;
 }
 
@@ -514,30 +611,30 @@ static int check_active(const circ_tc_prompt *p, const circ_tc_elem *x, const ch
 	return 0;
 }
 
-/* The target gradient of active feature x: s2 R enc_x at its position. */
+/* The target gradient of active feature x: s2 R^T enc_x at its position. */
 static void target_grad(const circ_tc_prompt *p, const circ_tc_elem *x, double *g)
 {
-	const circ_dict *d = p->tc[x->layer];
-	enc_read(g, d, &p->w->layers[x->layer], p->f->in_kind[x->layer], x->index,
-		 p->f->s2[x->layer * p->T + x->pos], p->C);
+	enc_read(g, p->f, p->tc[x->layer], x->layer, x->index, p->f->s2[x->layer * p->T + x->pos]);
 }
 
-/* g2 = A[a][h][q][r] s1[a][r] N W_OV^h g: g (at layer a's output, position
- * q) pulled back to head (a, h)'s input at source r. o: (D) scratch. */
+/* g2 = A[a][h][q][r] N^T W_V^h W_O^h^T Pa^T g: g (at layer a's output,
+ * position q) pulled back to head (a, h)'s input at source r, through the
+ * frozen norms (Pa the one after the attention, at q; N before it, at r).
+ * o: (D), tmp: (C) scratch. */
 static void head_back(const circ_tc_prompt *p, int a, int h, int q, int r, const double *g,
-		      double *g2, double *o)
+		      double *g2, double *o, double *tmp)
 {
-	const circ_layer_weights *lw = &p->w->layers[a];
+	const circ_trace_frozen *f = p->f;
 	int T = p->T, C = p->C;
-	wo_read(o, lw, h, g, C, p->D);
-	wv_back(g2, lw, h, o, C, p->D);
-	double s =
-	    (double)p->f->att[(((size_t)a * p->H + h) * T + q) * T + r] * p->f->s1[a * T + r];
+	wo_read(f, a, h, g, f->ra[a * T + q], o, tmp);
+	wv_back(f, a, h, o, f->s1[a * T + r], g2);
+	double s = f->att[(((size_t)a * p->H + h) * T + q) * T + r];
 	for (int i = 0; i < C; i++)
 		g2[i] *= s;
 }
 
-/* The source vector of node x: act dec (feature), the error, wte[token]. */
+/* The source vector of node x: act dec (feature), the error, the token's
+ * embedding. */
 static void source_vec(const circ_tc_prompt *p, const circ_tc_elem *x, double *v)
 {
 	int C = p->C;
@@ -550,8 +647,9 @@ static void source_vec(const circ_tc_prompt *p, const circ_tc_elem *x, double *v
 		for (int i = 0; i < C; i++)
 			v[i] = p->f->errs[x->layer][(size_t)x->pos * C + i];
 	} else {
-		for (int i = 0; i < C; i++)
-			v[i] = p->w->wte[(size_t)p->tokens[x->pos] * C + i];
+		float *tmp = circ_xmalloc((size_t)C * sizeof *tmp);
+		emb_row(p->f, p->tokens[x->pos], v, tmp);
+		free(tmp);
 	}
 }
 
@@ -593,17 +691,20 @@ static void routes_rec(rctx *rc, const double *g, int c, int mid, int u, int dep
 		rc->nh[rc->n] = depth;
 		rc->attr[rc->n++] = dot_dd(rc->sv, g, C);
 	}
-	int amax = mid ? c : c - 1;
-	double *g2 = circ_xmalloc((size_t)C * sizeof *g2), *o = circ_xmalloc((size_t)C * sizeof *o);
+	int amax = head_max(p->f, c, mid), Dm = p->D > C ? p->D : C;
+	double *g2 = circ_xmalloc((size_t)C * sizeof *g2),
+	       *o = circ_xmalloc((size_t)Dm * sizeof *o),
+	       *tmp = circ_xmalloc((size_t)C * sizeof *tmp);
 	for (int a = sl + 1; a <= amax; a++)
 		for (int h = 0; h < p->H; h++)
 			for (int r = rc->src->pos; r <= u; r++) {
-				head_back(p, a, h, u, r, g, g2, o);
+				head_back(p, a, h, u, r, g, g2, o, tmp);
 				rc->stack[depth] = (circ_tc_elem){CIRC_TCE_HEAD, a, h, r, u, 0};
 				routes_rec(rc, g2, a, 0, r, depth + 1);
 			}
 	free(g2);
 	free(o);
+	free(tmp);
 }
 
 int circ_tc_routes(const circ_tc_prompt *p, const circ_tc_elem *src, const circ_tc_elem *tgt,
@@ -672,8 +773,9 @@ static int cand_cmp(const void *a_, const void *b_)
 static void contributors(const circ_tc_prompt *p, const bpath *bp, int pi, int by_abs, cand **cs,
 			 long *n, long *cap, long *seq)
 {
-	int C = p->C, T = p->T, t = bp->pos;
-	double *o = circ_xmalloc((size_t)C * sizeof *o);
+	int C = p->C, T = p->T, t = bp->pos, Dm = p->D > C ? p->D : C;
+	double *o = circ_xmalloc((size_t)Dm * sizeof *o),
+	       *tmp = circ_xmalloc((size_t)C * sizeof *tmp);
 #define PUSH(E, A)                                                                                 \
 	do {                                                                                       \
 		if (*n == *cap) {                                                                  \
@@ -706,23 +808,24 @@ static void contributors(const circ_tc_prompt *p, const bpath *bp, int pi, int b
 			s += bp->g[i] * p->f->errs[l][(size_t)t * C + i];
 		PUSH(((circ_tc_elem){CIRC_TCE_ERROR, l, -1, t, t, 0}), s);
 	}
-	int amax = bp->mid ? bp->c : bp->c - 1;
+	int amax = head_max(p->f, bp->c, bp->mid), KD = p->f->K * p->D;
 	for (int a = 0; a <= amax; a++)
 		for (int h = 0; h < p->H; h++) {
-			wo_read(o, &p->w->layers[a], h, bp->g, C, p->D);
+			wo_read(p->f, a, h, bp->g, p->f->ra[a * T + t], o, tmp);
 			for (int r = 0; r <= t; r++) {
-				const double *v = p->val + ((size_t)a * T + r) * C + h * p->D;
+				const double *v =
+				    p->val + ((size_t)a * T + r) * KD + kv_of(p->f, h) * p->D;
 				double s = dot_dd(v, o, p->D) *
 					   p->f->att[(((size_t)a * p->H + h) * T + t) * T + r];
 				PUSH(((circ_tc_elem){CIRC_TCE_HEAD, a, h, r, t, 0}), s);
 			}
 		}
-	double s = 0;
-	for (int i = 0; i < C; i++)
-		s += bp->g[i] * p->w->wte[(size_t)p->tokens[t] * C + i];
+	source_vec(p, &(circ_tc_elem){CIRC_TCE_INPUT, -1, -1, t, t, 0}, tmp);
+	double s = dot_dd(bp->g, tmp, C);
 	PUSH(((circ_tc_elem){CIRC_TCE_INPUT, -1, p->tokens[t], t, t, 0}), s);
 #undef PUSH
 	free(o);
+	free(tmp);
 }
 
 /* The new path: parent's elements and x; its gradient when x is a feature
@@ -747,10 +850,13 @@ static void extend(const circ_tc_prompt *p, const bpath *par, const circ_tc_elem
 		np->mid = 1;
 		np->pos = x->pos;
 	} else if (x->kind == CIRC_TCE_HEAD) {
-		double *o = circ_xmalloc((size_t)C * sizeof *o);
+		int Dm = p->D > C ? p->D : C;
+		double *o = circ_xmalloc((size_t)Dm * sizeof *o),
+		       *tmp = circ_xmalloc((size_t)C * sizeof *tmp);
 		np->g = circ_xmalloc((size_t)C * sizeof *np->g);
-		head_back(p, x->layer, x->index, x->dst, x->pos, par->g, np->g, o);
+		head_back(p, x->layer, x->index, x->dst, x->pos, par->g, np->g, o, tmp);
 		free(o);
+		free(tmp);
 		np->c = x->layer;
 		np->mid = 0;
 		np->pos = x->pos;

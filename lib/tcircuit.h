@@ -1,29 +1,36 @@
 /*
  * tcircuit: transcoder circuits as Dunefsky, Chlenski and Nanda (2024)
- * define them, on the replacement model of lib/trace (a GPT-2 whose MLPs are
- * transcoders; for one prompt, the attention patterns and LayerNorm scales
- * frozen at their values on it).
+ * define them, on the replacement model of lib/trace (a model of any family
+ * whose MLPs are transcoders; for one prompt, the attention patterns and
+ * every norm's scale frozen at their values on it).
  *
  * Notation. enc_i = scale * W_enc[:, i] (C) is feature i's encoder column
  * (what its pre-activation reads), dec_j = W_dec[j] / scale (C) its decoder
- * row (what one unit of its activation writes), P the centering projection
- * (I - 11^T / C), w1, w2 the weights of ln_1, ln_2 and W_OV^h = W_V^h W_O^h
- * (C, C) head h's OV circuit. A transcoder reading the raw residual has
- * R = I; one reading ln_2's normalised output has R = P (fold_ln) or
- * R = P diag(w2) (ln_2 applied with its weight); a head reads through
- * N = P diag(w1).
+ * row (what one unit of its activation writes). A norm without its scale
+ * is P diag(w) (LayerNorm; P the centering projection I - 11^T / C) or
+ * diag(off + w) (RMSNorm). W_OV^h = W_V^k(h) W_O^h is head h's OV circuit
+ * (k(h) its key/value head), followed where the family has one (Gemma 2,
+ * 3, OLMo 2) by the RMSNorm after the attention (weight in W_OV, scale
+ * frozen at the destination). A transcoder reading the raw residual has
+ * R = I; one reading the norm before the MLP has R = that norm without
+ * its weight (fold_ln) or with it; a head reads through N, the norm before
+ * the attention (I without one: OLMo 2). Parallel blocks (GPT-NeoX): a
+ * layer's transcoder reads the layer's input, so no head of its layer
+ * feeds it.
  *
  * Input-invariant connections (no prompt): from feature j of layer l' to
  * feature i of layer l > l' through the residual stream dec_j . R enc_i,
  * through head h of layer a (l' < a <= l) dec_j . N W_OV^h R enc_i; from
- * token v the same with wte[v] for dec_j (any a <= l). The prompt's
- * 1/sigma scales are left out; its attributions multiply them back in.
+ * token v the same with its embedding (times the family's scale) for
+ * dec_j (any a <= l). The prompt's norm scales are left out; its
+ * attributions multiply them back in.
  *
  * Input-dependent attributions (one prompt): a source s (feature j at
- * position p: act_j dec_j; error node: its vector; token: wte[token]) to a
+ * position p: act_j dec_j; error node: its vector; token: its embedding) to a
  * target feature i at position t through a route (a chain of heads
  * (a_1, h_1, p -> q_1), (a_2, h_2, q_1 -> q_2), ..., (a_k, h_k, q_{k-1}
- * -> t), layers increasing and above the source's, or none: the residual
+ * -> t), layers increasing, above the source's and up to the last feeding
+ * the target, or none: the residual
  * stream, only when p == t) is the source's vector dotted with the target's
  * gradient pulled back along the route: g = s2[l][t] R enc_i, and through
  * each head, from its destination q to its source r, g <- A[a][h][q][r]
@@ -34,20 +41,20 @@
  * upstream end is a node (feature, error, token) or a head hop. A path's
  * attribution is its upstream element's contribution to the target along
  * the path: a feature's act_j dec_j . g, an error's e . g, a token's
- * wte . g, a head hop's A[q][r] value_r^h W_O^h . g (value_r^h: the
+ * embedding . g, a head hop's A[q][r] value_r^h W_O^h . g (value_r^h: the
  * head's value vector at its source on the prompt, biases included), with
  * g the gradient pulled back along the rest of the path; the target's own
  * is its activation. Search: from the target, every path whose upstream end
  * is a feature or a head hop is extended by its k best contributors
  * (active features of earlier layers at the same position, error nodes of
  * earlier layers there, heads of earlier layers (the same layer for a
- * feature) from any source position up to it, the token there); of all
+ * feature, but with parallel blocks) from any source position up to it, the token there); of all
  * extensions the k best paths are kept; repeat to the depth.
  *
  * Dimension letters: L layers, H heads, C width, D head width, T positions,
  * S features of a transcoder, V vocabulary.
  *
- * Layering: tcircuit uses util, kernels, model, dict, trace.
+ * Layering: tcircuit uses util, safetensors, kernels, model, dict, trace.
  */
 #ifndef CIRC_TCIRCUIT_H
 #define CIRC_TCIRCUIT_H

@@ -130,12 +130,7 @@ static double dot(const float *a, const float *b, int n)
 	return s;
 }
 
-/* A matrix as the linear map x (in) -> x W (out): GPT-2's Conv1D (in, out)
- * rows (nn 0) or nn.Linear's (out, in) (nn 1); ld its row stride. */
-typedef struct tmat {
-	const float *p;
-	int ld, nn;
-} tmat;
+typedef circ_tmat tmat; /* see trace.h */
 
 /* y (m, out; ldy) = x (m, in; ldx) W, or with bwd dx (m, in) = dy (m, out) W^T:
  * then x is dy (ldx) and y is dx (ldy). beta as circ_gemm's. */
@@ -150,16 +145,7 @@ static void tlin(const tmat *W, int bwd, int m, int nin, int nout, const float *
 		circ_gemm(0, !W->nn, m, nin, nout, 1.0f, x, ldx, W->p, W->ld, beta, y, ldy);
 }
 
-/* One layer's frozen linear pieces, every family in one form. */
-typedef struct tlayer {
-	const float *n1_w, *n1_b; /* the norm before the attention (w NULL: none, OLMo 2) */
-	tmat v;			  /* values: C -> K*D */
-	const float *v_b;	  /* (K*D) or NULL */
-	tmat o;			  /* the heads' output: H*D -> C */
-	const float *o_b;	  /* (C) or NULL */
-	const float *pa_w;	  /* the RMSNorm after the attention (Gemma 2, 3, OLMo 2) */
-	const float *n2_w, *n2_b; /* the norm before the MLP (w NULL: none) */
-} tlayer;
+typedef circ_trace_layer tlayer; /* one layer's linear pieces (trace.h) */
 
 /* Everything the sweep needs, from the model and the prompt's forward. */
 typedef struct state {
@@ -1075,42 +1061,64 @@ int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const 
 
 /* ---- the frozen prompt, for lib/tcircuit ---- */
 
+/* st's model form (and, with a prompt, what it froze) moved into a new
+ * frozen struct; st keeps what it still owns. */
+static circ_trace_frozen *frozen_of(state *st)
+{
+	circ_trace_frozen *f = circ_xcalloc(1, sizeof *f);
+	*f = (circ_trace_frozen){.L = st->L,
+				 .H = st->H,
+				 .K = st->K,
+				 .C = st->C,
+				 .D = st->D,
+				 .T = st->T,
+				 .rms = st->rms,
+				 .parallel = st->parallel,
+				 .off = st->off,
+				 .lay = st->lay,
+				 .emb = st->emb,
+				 .emb_dt = st->emb_dt,
+				 .escale = st->escale,
+				 .wpe = st->wpe,
+				 .s1 = st->s1,
+				 .ra = st->ra,
+				 .s2 = st->s2,
+				 .sf = st->sf,
+				 .att = st->att,
+				 .acts = st->acts,
+				 .errs = st->errs,
+				 .in_kind = st->kinds,
+				 .own = st->own};
+	for (int l = 0; st->xin && l < st->L; l++)
+		free(st->xin[l]);
+	st->lay = NULL;
+	st->own = NULL;
+	st->s1 = st->ra = st->s2 = st->sf = st->att = NULL;
+	st->acts = st->errs = NULL;
+	st->kinds = NULL;
+	state_free(st);
+	return f;
+}
+
 circ_trace_frozen *circ_trace_freeze(const circ_model *m, const circ_dict *const *tc,
 				     const int32_t *tokens, int T, int threads, circ_error *e)
 {
-	const circ_config *c = circ_model_config(m);
-	state st = {.c = c, .tc = tc, .T = T};
-	if (c->model_type != CIRC_MODEL_GPT2) {
-		circ_errorf(
-		    e,
-		    "transcoder paths are implemented for GPT-2 models only, not model_type '%s'",
-		    circ_model_type_name(c->model_type));
-		return NULL;
-	}
+	state st = {.c = circ_model_config(m), .tc = tc, .T = T};
 	if (freeze(&st, m, tokens, threads > 0 ? threads : 1, e) < 0) {
 		state_free(&st);
 		return NULL;
 	}
-	circ_trace_frozen *f = circ_xcalloc(1, sizeof *f);
-	*f = (circ_trace_frozen){.L = st.L,
-				 .H = st.H,
-				 .C = st.C,
-				 .D = st.D,
-				 .T = T,
-				 .s1 = st.s1,
-				 .s2 = st.s2,
-				 .sf = st.sf,
-				 .att = st.att,
-				 .acts = st.acts,
-				 .errs = st.errs,
-				 .in_kind = st.kinds};
-	for (int l = 0; st.xin && l < st.L; l++)
-		free(st.xin[l]);
-	st.s1 = st.s2 = st.sf = st.att = NULL; /* now f's */
-	st.acts = st.errs = NULL;
-	st.kinds = NULL;
-	state_free(&st);
-	return f;
+	return frozen_of(&st);
+}
+
+circ_trace_frozen *circ_trace_form(const circ_model *m, const circ_dict *const *tc)
+{
+	state st = {.c = circ_model_config(m), .tc = tc};
+	bind_model(&st, m);
+	st.kinds = circ_xmalloc((size_t)st.L * sizeof *st.kinds);
+	for (int l = 0; l < st.L; l++)
+		st.kinds[l] = tc[l] ? in_kind(st.c, tc[l]) : IN_RESID;
+	return frozen_of(&st);
 }
 
 void circ_trace_frozen_free(circ_trace_frozen *f)
@@ -1118,20 +1126,22 @@ void circ_trace_frozen_free(circ_trace_frozen *f)
 	if (!f)
 		return;
 	for (int l = 0; l < f->L; l++) {
-		free(f->acts[l]);
-		free(f->errs[l]);
+		if (f->acts)
+			free(f->acts[l]);
+		if (f->errs)
+			free(f->errs[l]);
 	}
+	for (int i = 0; f->own && i < 2 * f->L; i++)
+		free(f->own[i]);
+	free(f->own);
+	free(f->lay);
 	free(f->acts);
 	free(f->errs);
 	free(f->in_kind);
 	free(f->s1);
+	free(f->ra);
 	free(f->s2);
 	free(f->sf);
 	free(f->att);
 	free(f);
-}
-
-int circ_trace_in_kind(const circ_dict *d)
-{
-	return in_kind(NULL, d);
 }

@@ -59,6 +59,7 @@
 
 #include "dict.h"
 #include "model.h"
+#include "record.h"
 #include "util.h"
 
 typedef enum circ_tnode_kind {
@@ -171,24 +172,60 @@ int circ_trace_intervene(const circ_model *m, const circ_dict *const *tc, const 
 
 /* ---- the frozen prompt, for lib/tcircuit ----
  * What circ_trace_build freezes, for other analyses of the same replacement
- * model: the LayerNorm scales, the attention patterns, each transcoder's
- * activations and each layer's error node. */
+ * model: every family's layers in one linear form, the norm scales, the
+ * attention patterns, each transcoder's activations and each layer's
+ * error node. */
+
+/* A matrix as the linear map x (in) -> x W (out): GPT-2's Conv1D (in, out)
+ * rows (nn 0) or nn.Linear's (out, in) (nn 1); ld its row stride. Element
+ * (in i, out j): nn ? p[j * ld + i] : p[i * ld + j]. */
+typedef struct circ_tmat {
+	const float *p;
+	int ld, nn;
+} circ_tmat;
+
+/* One layer's linear pieces. The norms are the family's (LayerNorm
+ * (x - mean) s w + b, RMSNorm x s (off + w)) with s frozen; pa_w is always
+ * an RMSNorm's. */
+typedef struct circ_trace_layer {
+	const float *n1_w, *n1_b; /* the norm before the attention (w NULL: none, OLMo 2) */
+	circ_tmat v;		  /* values: C -> K*D (key/value head k at k*D) */
+	const float *v_b;	  /* (K*D) or NULL */
+	circ_tmat o;		  /* the heads' output: H*D -> C */
+	const float *o_b;	  /* (C) or NULL */
+	const float *pa_w;	  /* the RMSNorm after the attention (Gemma 2, 3, OLMo 2) */
+	const float *n2_w, *n2_b; /* the norm before the MLP (w NULL: none) */
+} circ_trace_layer;
+
 typedef struct circ_trace_frozen {
-	int L, H, C, D, T;
-	float *s1, *s2, *sf; /* (L, T), (L, T), (T): frozen 1/sigma of ln_1, ln_2, ln_f */
-	float *att;	     /* (L, H, T, T) frozen patterns [l][h][dst][src] */
-	float **acts;	     /* (L) (T, S) activations, NULL for a layer without transcoder */
-	float **errs;	     /* (L) (T, C) error nodes (a layer without transcoder: its MLP) */
-	int *in_kind;	     /* (L) how the transcoder reads the residual r: 0 r itself,
-			      * 1 (r - mean) / sigma, 2 that times ln_2's weight plus its bias */
+	int L, H, K, C, D, T;	  /* K key/value heads; query head h reads group h / (H / K) */
+	int rms;		  /* RMSNorm (else LayerNorm) */
+	int parallel;		  /* GPT-NeoX's parallel blocks: the MLP reads the layer's input */
+	float off;		  /* RMSNorm's weight offset (Gemma: 1) */
+	circ_trace_layer *lay;	  /* (L) */
+	const void *emb;	  /* (V, C) token embeddings, of dtype emb_dt */
+	circ_dtype emb_dt;	  /* (times escale; GPT-2's positions are wpe) */
+	float escale;		  /* the family's embedding scale (1 but Gemma) */
+	const float *wpe;	  /* (n_ctx, C) GPT-2's positional embedding, or NULL */
+	float *s1, *ra, *s2, *sf; /* (L, T) x3, (T): frozen scales (1/sigma or 1/rms)
+				   * of the norm before the attention, after it, before
+				   * the MLP, the final norm (NULL with T 0) */
+	float *att;		  /* (L, H, T, T) frozen patterns [l][h][dst][src] */
+	float **acts;		  /* (L) (T, S) activations, NULL for a layer without transcoder */
+	float **errs;		  /* (L) (T, C) error nodes (a layer without transcoder: its MLP) */
+	int *in_kind;		  /* (L) how the transcoder reads the residual r: 0 r itself,
+				   * 1 the norm before the MLP without its weight (and bias),
+				   * 2 with them */
+	float **own;		  /* (2 L) f32 copies of narrow matrices (or NULL) */
 } circ_trace_frozen;
-/* The prompt tokens (T) run on m with transcoders tc (circ_trace_layers).
- * NULL with a message on bad input, as circ_trace_build. */
+/* The prompt tokens (T) run on m (any family) with transcoders tc
+ * (circ_trace_layers). NULL with a message on bad input, as
+ * circ_trace_build. */
 circ_trace_frozen *circ_trace_freeze(const circ_model *m, const circ_dict *const *tc,
 				     const int32_t *tokens, int T, int threads, circ_error *e);
+/* The model's form alone (T 0: no prompt, nothing frozen; in_kind set), for
+ * input-invariant analyses. */
+circ_trace_frozen *circ_trace_form(const circ_model *m, const circ_dict *const *tc);
 void circ_trace_frozen_free(circ_trace_frozen *f); /* NULL is a no-op */
-/* How the transcoder d reads the residual (in_kind above); -1 for a
- * dictionary circ_trace_layers refuses. */
-int circ_trace_in_kind(const circ_dict *d);
 
 #endif

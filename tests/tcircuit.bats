@@ -10,6 +10,7 @@
 # routes of opposite signs cancel: an edge of 0.002 made of routes of 0.17
 # is as exact as float32 sums of 0.17 are).
 load helper
+load tcircuit_common
 
 REF=tests/ref/tcircuit_ref.py
 IDS=3,17,5,9,22,41,7
@@ -35,25 +36,8 @@ active() {
 		sort -gr | cut -f2
 }
 
-routes() { # set up down
-	circ-paths --model "$T/m" --dict "$1" --tokens $IDS --routes "$2->$3" --json >"$T/c.jsonl"
-	tests/validate.py schemas/transcoder-paths.schema.json "$T/c.jsonl"
-	/usr/bin/python3 $REF routes "$T/m" "$1" $IDS "$2" "$3" >"$T/r.json"
-	run /usr/bin/python3 $REF compare-routes "$T/c.jsonl" "$T/r.json"
-	echo "$output"
-	[ "$status" -eq 0 ]
-}
-
-paths() { # set target beam depth [abs]
-	local a=()
-	[ "${5:-}" = abs ] && a=(--abs)
-	circ-paths --model "$T/m" --dict "$1" --tokens $IDS --paths "$2" --beam "$3" --depth "$4" "${a[@]}" --json >"$T/c.jsonl"
-	tests/validate.py schemas/transcoder-paths.schema.json "$T/c.jsonl"
-	/usr/bin/python3 $REF paths "$T/m" "$1" $IDS "$2" "$3" "$4" ${5:-} >"$T/r.json"
-	run /usr/bin/python3 $REF compare-paths "$T/c.jsonl" "$T/r.json"
-	echo "$output"
-	[ "$status" -eq 0 ]
-}
+routes() { tc_routes "$T/m" "$@"; }     # set up down
+paths() { tc_paths "$T/m" "$@"; }       # set target beam depth [abs]
 
 @test "circ-paths --routes: every route's attribution equals the reference, their sum the direct effect" {
 	make_case
@@ -73,15 +57,8 @@ paths() { # set target beam depth [abs]
 	make_case
 	for set in "$T/set" "$T/full"; do
 		circ-trace --model "$T/m" --dict "$set" --tokens $IDS --all-edges --json >"$T/g.jsonl"
-		tgt=$(active 2 4 | head -1)
-		jq -r --arg t "$tgt" 'select(.edge and (.edge | endswith("->" + $t))) | [.edge, .weight] | @tsv' "$T/g.jsonl" >"$T/edges"
-		[ "$(wc -l <"$T/edges")" -gt 20 ]
 		# every 7th edge into the target (features, errors and tokens of every layer)
-		awk 'NR % 7 == 1' "$T/edges" | while IFS=$'\t' read -r edge w; do
-			circ-paths --model "$T/m" --dict "$set" --tokens $IDS --routes "$edge" --json |
-				jq -e -s --argjson w "$w" '([.[] | select(.route) | .attribution | fabs] | max // 0) as $r | map(select(.summary))[0] | ((.total - $w) | fabs) <= 1e-5 * ([($w | fabs), $r, 1e-3] | max)' >/dev/null ||
-				{ echo "$edge: routes do not sum to $w"; return 1; }
-		done
+		tc_edge_sums "$T/m" "$set" "$(active 2 4 | head -1)" 7
 	done
 }
 
@@ -171,12 +148,6 @@ refused() {
 	refused 2 "expected tc<layer>.f<feature>" --connections tc0.f1@2
 	refused 1 "layer 1 has no transcoder" --connections tc1.f1
 	refused 1 "outside the vocabulary" --tokens 1,50 --paths "$tgt"
-	# GPT-2 only: another family is refused by name
-	/usr/bin/python3 tests/ref/dict_ref.py make "$T/ll/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
-		--hook-out blocks.0.hook_mlp_out --d-in 64 --d-sae 32 --seed 2
-	run --separate-stderr circ-paths --model tests/data/families/llama --dict "$T/ll" --connections tc0.f1
-	[ "$status" -eq 1 ]
-	[[ "$stderr" == *"GPT-2 models only, not model_type 'llama'"* ]]
 }
 
 @test "circ-paths: output to /dev/full fails" {

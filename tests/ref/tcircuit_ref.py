@@ -11,7 +11,14 @@ attention patterns and LayerNorm scales from trace_ref.py's clean run:
   the target read:          y -> R(y) . enc_i, R(y) = y | (P y) s2 | (P y) s2 w2
   a feature on a path:      y -> (R_j(y) . enc_j) dec_j   (linear in the path)
 with P the centering, enc_i = scale W_enc[:, i], dec_j = W_dec[j] / scale.
-The input-invariant connections leave out A, s1 and s2. The direct effect
+On the other families (tests/ref/families.py, through
+trace_family_ref.py's frozen clean run) the same, with the family's norms
+(RMSNorm y s (offset + w), no centering), its key/value head per query head,
+its embedding scale, the RMSNorm after the attention (Gemma 2, 3, OLMo 2:
+y -> y s_pa[q] (offset + w_pa), at the destination), no norm before the
+attention (OLMo 2), and parallel blocks (GPT-NeoX: a layer's MLP, so its
+transcoder, reads the layer's input: no head of its own layer feeds it).
+The input-invariant connections leave out A, s1, s2 and s_pa. The direct effect
 (circ-trace's edge) is d pre_target / d eps for eps times the source vector
 added at its point, every MLP output frozen: an autograd derivative.
 
@@ -44,7 +51,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trace_ref import centered, clean_run, frozen_attn, hook_kind  # noqa: E402
 from dict_ref import load_set  # noqa: E402
-from gpt2_ref import load_model  # noqa: E402
+import trace_family_ref as tfr  # noqa: E402
+import families as fam  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 
@@ -123,13 +131,16 @@ class Prompt:
         d = self.tcs[l]
         return d.w["W_dec"][j] / d.scale
 
+    def embed(self, v):
+        return self.w["wte.weight"][v]
+
     def source(self, e):
         k, l, i, t = e[:4]
         if k == "feature":
             return float(self.acts[l][t, i]) * self.dec(l, i)
         if k == "error":
             return self.errs[l][t]
-        return self.w["wte.weight"][self.ids[t]]
+        return self.embed(self.ids[t])
 
     def through(self, y, chain, tgt):
         """y pushed through chain (elements upstream first, after the source)
@@ -166,8 +177,134 @@ class Prompt:
         return float(torch.autograd.grad(pre, eps)[0])
 
 
+class FamPrompt:
+    """Prompt's interface above for a model of another family."""
+
+    def __init__(self, model, dset, ids):
+        hin = {}
+
+        class M(tfr.Model):
+            def attn(self2, l, h):  # records the attention's (normed) input
+                if self2.frozen is None:
+                    hin[l] = h.detach()
+                return super().attn(l, h)
+
+        self.m = m = M(model, dset, ids)
+        a = self.a = m.a
+        self.W, self.hin, self.ids = m.W, hin, ids
+        self.L, self.T, self.C = m.L, m.T, a["n_embd"]
+        self.H, self.D, self.K = a["n_head"], a["head_dim"], a["n_kv_head"]
+        self.tcs, self.acts, self.errs = m.tcs, m.acts, m.errs
+        self.neox = a["model_type"] == "gpt_neox"
+        self.par = self.neox and a["parallel_residual"]
+        self.rms = a["norm"] != "layernorm"
+        self.has_pa = not self.neox and a["norm_placement"] != "pre"
+        self.has_n1 = a["norm_placement"] != "post" or self.neox
+        self.mo = [m.errs[l] if d is None else m.errs[l] + d.decode(m.acts[l], m.xin[l])
+                   for l, d in enumerate(m.tcs)]
+
+    def pfx(self, l):
+        return self.m.names["layer"] % l
+
+    def nweight(self, name):
+        w = self.W[name + ".weight"]
+        return self.a["norm_offset"] + w if self.rms else w
+
+    def fz(self, key, t):
+        return self.m.frozen[key][t, 0]
+
+    def wv(self, a, h):
+        """Rows of head h's value map (D, C) and its bias (D)."""
+        p, D = self.pfx(a), self.D
+        if self.neox:
+            sl = slice(h * 3 * D + 2 * D, h * 3 * D + 3 * D)
+            k = p + "attention.query_key_value"
+        else:
+            g = h // (self.H // self.K)
+            sl = slice(g * D, (g + 1) * D)
+            k = p + "self_attn.v_proj"
+        b = self.W[k + ".bias"][sl] if self.a["bias_qkv"] else torch.zeros(D)
+        return self.W[k + ".weight"][sl], b
+
+    def wo(self, a, h):
+        """Head h's columns of the output map (C, D)."""
+        k = self.pfx(a) + ("attention.dense" if self.neox else "self_attn.o_proj")
+        return self.W[k + ".weight"][:, h * self.D:(h + 1) * self.D]
+
+    def head_out(self, a, h, q, r, y, frozen=True):
+        """y (C) at head (a, h)'s source r, through its OV to destination q."""
+        z = y
+        if self.has_n1:
+            n1 = fam.block_norms(self.a, self.pfx(a))[0]
+            z = (z if self.rms else centered(z)) * self.nweight(n1)
+            if frozen:
+                z = z * self.fz(("n1", a), r)
+        if frozen:
+            z = z * self.m.frozen[("A", a)][h, q, r]
+        o = self.wo(a, h) @ (self.wv(a, h)[0] @ z)
+        return self.pa(a, q, o, frozen)
+
+    def pa(self, a, q, o, frozen=True):
+        if not self.has_pa:
+            return o
+        o = o * self.nweight(self.pfx(a) + "post_attention_layernorm")
+        return o * self.fz(("pa", a), q) if frozen else o
+
+    def head_full(self, a, h, q, r):
+        """The head's whole output at q from source r on the prompt."""
+        v, b = self.wv(a, h)
+        o = self.m.frozen[("A", a)][h, q, r] * (self.wo(a, h) @ (v @ self.hin[a][r] + b))
+        return self.pa(a, q, o)
+
+    def read(self, l, i, t, y, frozen=True):
+        """Feature i of layer l reading y (C) at position t: R(y) . enc_i."""
+        d = self.tcs[l]
+        kind = tfr.hook_kind(self.a, d)
+        if kind != "resid":
+            y = y if self.rms else centered(y)
+            if frozen:
+                y = y * self.fz(("n2", l), t)
+            if kind == "norm_wb":
+                y = y * self.nweight(fam.block_norms(self.a, self.pfx(l))[1])
+        return float(y @ d.w["W_enc"][:, i] * d.scale)
+
+    def embed(self, v):
+        return self.W[self.m.names["embed"]][v] * self.a["embed_scale"]
+
+    dec, source, through = Prompt.dec, Prompt.source, Prompt.through
+
+    def edge(self, src, tgt):
+        """circ-trace's direct effect: autograd through the frozen model
+        (trace_family_ref's replacement run, every MLP output frozen)."""
+        eps = torch.zeros(1, requires_grad=True)
+        k, sl, _, sp = src
+        inj = torch.nn.functional.one_hot(torch.tensor(sp), self.T)[:, None] * eps * self.source(src)
+        emb = self.embed(torch.tensor(self.ids)) + (inj if k == "input" else 0)
+        pre = []
+
+        def repl(l, xin):
+            if l == tgt[1]:
+                d = self.tcs[l]
+                pre.append((xin[tgt[3]] * d.scale) @ d.w["W_enc"][:, tgt[2]])
+            return self.mo[l] + (inj if l == sl else 0)
+
+        self.m.run(repl, emb)
+        return float(torch.autograd.grad(pre[0], eps)[0])
+
+
+def is_gpt2(model_dir):
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    return cfg.get("model_type", "gpt2") == "gpt2"
+
+
+def prompt(model, dset, ids):
+    P = Prompt(model, dset, ids) if is_gpt2(model) else FamPrompt(model, dset, ids)
+    P.par = getattr(P, "par", False)
+    return P
+
+
 def routes(argv):
-    P = Prompt(argv[0], argv[1], [int(i) for i in argv[2].split(",")])
+    P = prompt(argv[0], argv[1], [int(i) for i in argv[2].split(",")])
     src, tgt = parse_node(argv[3]), parse_node(argv[4])
     out = {}
     v = P.source(src)
@@ -179,7 +316,7 @@ def routes(argv):
         if pos == tgt[3]:
             key = ",".join(name(e) for e in chain) or "resid"
             out[key] = P.through(v, chain, tgt)
-        for a in range(layer_min + 1, tgt[1] + 1):
+        for a in range(layer_min + 1, tgt[1] + 1 - P.par):
             for h in range(P.H):
                 for q in range(pos, tgt[3] + 1):
                     rec(chain + [("head", a, h, pos, q)], a, q)
@@ -198,7 +335,7 @@ def contributors(P, up, c, mid, t):
                 out.append(("feature", l, j, t, t))
     for l in range(c):
         out.append(("error", l, -1, t, t))
-    for a in range(c + 1 if mid else c):
+    for a in range(c + 1 if mid and not P.par else c):
         for h in range(P.H):
             for r in range(t + 1):
                 out.append(("head", a, h, r, t))
@@ -210,12 +347,12 @@ def value(P, e):
     if e[0] == "head":
         return P.head_full(e[1], e[2], e[4], e[3])
     if e[0] == "input":
-        return P.w["wte.weight"][e[2]]
+        return P.embed(e[2])
     return P.source(e)
 
 
 def paths(argv):
-    P = Prompt(argv[0], argv[1], [int(i) for i in argv[2].split(",")])
+    P = prompt(argv[0], argv[1], [int(i) for i in argv[2].split(",")])
     tgt = parse_node(argv[3])
     beam, depth = int(argv[4]), int(argv[5])
     by_abs = len(argv) > 6 and argv[6] == "abs"
@@ -253,8 +390,8 @@ def paths(argv):
 
 
 def connections(argv):
-    cfg, _ = load_model(argv[0])
-    P = Prompt(argv[0], argv[1], [0])  # weights only; nothing frozen is used
+    vocab = json.load(open(os.path.join(argv[0], "config.json")))["vocab_size"]
+    P = prompt(argv[0], argv[1], [0])  # weights only; nothing frozen is used
     m = re.fullmatch(r"tc(\d+)\.f(\d+)", argv[2])
     l, i = int(m.group(1)), int(m.group(2))
     out = {}
@@ -273,14 +410,14 @@ def connections(argv):
             y = P.dec(lp, j)
             src = "tc%d.f%d" % (lp, j)
             out["%s->%s|resid" % (src, me)] = rd(l, i, y)
-            for a in range(lp + 1, l + 1):
+            for a in range(lp + 1, l + 1 - P.par):
                 for h in range(P.H):
                     out["%s->%s|L%dH%d" % (src, me, a, h)] = rd(l, i, ov(a, h, y))
-    for v in range(cfg["vocab_size"]):
-        y = P.w["wte.weight"][v]
+    for v in range(vocab):
+        y = P.embed(v)
         src = "input.%d" % v
         out["%s->%s|resid" % (src, me)] = rd(l, i, y)
-        for a in range(l + 1):
+        for a in range(l + 1 - P.par):
             for h in range(P.H):
                 out["%s->%s|L%dH%d" % (src, me, a, h)] = rd(l, i, ov(a, h, y))
     y0 = P.dec(l, i)
@@ -290,7 +427,7 @@ def connections(argv):
         for i2 in range(P.tcs[l2].w["W_enc"].shape[1]):
             dst = "tc%d.f%d" % (l2, i2)
             out["%s->%s|resid" % (me, dst)] = rd(l2, i2, y0)
-            for a in range(l + 1, l2 + 1):
+            for a in range(l + 1, l2 + 1 - P.par):
                 for h in range(P.H):
                     out["%s->%s|L%dH%d" % (me, dst, a, h)] = rd(l2, i2, ov(a, h, y0))
     json.dump(out, sys.stdout)
@@ -311,7 +448,7 @@ def compare_routes(argv):
     tot = [r for r in c if "total" in r][0]
     big = max([abs(x) for x in ref["routes"].values()] + [abs(ref["edge"]), 1e-12])
     assert set(rts) == set(ref["routes"]), (sorted(set(rts) ^ set(ref["routes"]))[:5])
-    worst = max(abs(rts[k] - ref["routes"][k]) for k in rts) / big
+    worst = max([abs(rts[k] - ref["routes"][k]) for k in rts] + [0]) / big
     assert worst <= tol, "route attribution off by %g of the largest" % worst
     assert tot["n_routes"] == len(rts)
     d_ref = abs(ref["total"] - ref["edge"]) / big
