@@ -6,7 +6,7 @@
 #   make run       the main job: a full circuit discovery on a shipped fixture model
 #   make bench     speed side by side with PyTorch / zstd / js-tiktoken
 #   make fixtures  rebuild the shipped fixture models in place
-#   make install   PREFIX=/usr/local DESTDIR=
+#   make install   PREFIX=/usr/local DESTDIR= (tools, man pages, share/circ/pipelines)
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -180,10 +180,16 @@ install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 755 $(BINS) $(DESTDIR)$(BINDIR)/
 	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -d $(DESTDIR)$(DATADIR)/pipelines/models
+	install -m 644 pipelines/*.mk $(DESTDIR)$(DATADIR)/pipelines/
+	install -m 755 pipelines/*.sh $(DESTDIR)$(DATADIR)/pipelines/
+	install -m 644 pipelines/models/*.mk $(DESTDIR)$(DATADIR)/pipelines/models/
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(BINS)))
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(wildcard man/*.1)))
+	rm -rf $(DESTDIR)$(DATADIR)/pipelines
+	-rmdir $(DESTDIR)$(DATADIR) 2>/dev/null
 
 FORMAT_SRC = $(wildcard lib/*.[ch] cmd/*.c cmd/cli/*.[ch] tests/unit/*.[ch])
 format:

@@ -36,10 +36,13 @@
 # and the model's known circuit (truth.jsonl), being another task's, is not
 # scored against (TRUTH=file on the command line still is).
 
+# where these files are (the source tree's pipelines/, or an installed
+# share/circ/pipelines/): they run from any directory
+PIPELINES := $(dir $(lastword $(MAKEFILE_LIST)))
 TASK ?= induction
 MODEL ?= fixtures/induction-hand
 MODEL_NAME := $(notdir $(abspath $(MODEL)))
--include pipelines/models/$(MODEL_NAME).mk
+-include $(PIPELINES)models/$(MODEL_NAME).mk
 -include $(MODEL)/circ.mk
 N ?= 100
 SEED ?= 0
@@ -62,14 +65,13 @@ MODEL_TASK ?=
 TRUTH ?= $(if $(filter-out $(TASK),$(MODEL_TASK)),,$(wildcard $(MODEL)/truth.jsonl))
 
 
-# Tools: the build tree's when there is one, else those on PATH.
-CIRCBIN ?= $(if $(wildcard bin/circ),bin/,)
+include $(PIPELINES)tools.mk
 TOOLS = $(addprefix $(CIRCBIN)circ-,dataset tokenize score prune patch render)
 
 SHELL = /bin/bash
 .SHELLFLAGS = -o pipefail -ec
 .SECONDARY:
-ATOMIC := . pipelines/atomic.sh
+ATOMIC := . $(PIPELINES)atomic.sh
 .SUFFIXES:
 
 DATA := $(RUNS)/$(TASK)/$(MODEL_NAME)/n$(N)-s$(SEED)
@@ -170,8 +172,8 @@ endif
 endif
 endif
 
-$(CDIR)/report.txt: $(REPORT_INPUTS) pipelines/report.sh
-	$(ATOMIC) $@; pipelines/report.sh "$(CIRCBIN)" "task $(TASK), model $(MODEL), $(N) examples, seed $(SEED)" \
+$(CDIR)/report.txt: $(REPORT_INPUTS) $(PIPELINES)report.sh
+	$(ATOMIC) $@; $(PIPELINES)report.sh "$(CIRCBIN)" "task $(TASK), model $(MODEL), $(N) examples, seed $(SEED)" \
 		"$(if $(filter acdc,$(PRUNE)),acdc (tau $(TAU), loss $(ACDC_METRIC)),$(if $(filter edge-pruning,$(PRUNE)),edge pruning ($(K) edges, $(EP_STEPS) steps, loss $(ACDC_METRIC)),$(METHOD) scores, $(PRUNE) $(K))), $(ABLATION) ablation" \
 		$(CDIR)/faithfulness.circ $(if $(MODEL_PRUNE),- -,$(SDIR)/curve.circ $(SDIR)/curve-abs.circ) \
 		$(if $(TRUTH),$(CDIR)/roc.json,-) $(CDIR)/circuit.svg $(CDIR)/circuit.html >"$$tmp"; \

@@ -7,6 +7,7 @@
 # and the same circuit found by ACDC.
 #
 # Settings are those of pipelines/common.mk; MODEL=... runs another model.
+PIPELINES := $(dir $(lastword $(MAKEFILE_LIST)))
 MODEL ?= fixtures/induction-hand
 METHOD ?= eap-ig
 N ?= 64
@@ -14,5 +15,5 @@ SEED ?= 0
 
 .PHONY: run
 run:
-	@$(MAKE) --no-print-directory -s -f pipelines/induction.mk MODEL=$(MODEL) METHOD=$(METHOD) N=$(N) SEED=$(SEED) report
-	@$(MAKE) --no-print-directory -s -f pipelines/induction.mk MODEL=$(MODEL) PRUNE=acdc N=$(N) SEED=$(SEED) report
+	@$(MAKE) --no-print-directory -s -f $(PIPELINES)induction.mk MODEL=$(MODEL) METHOD=$(METHOD) N=$(N) SEED=$(SEED) report
+	@$(MAKE) --no-print-directory -s -f $(PIPELINES)induction.mk MODEL=$(MODEL) PRUNE=acdc N=$(N) SEED=$(SEED) report

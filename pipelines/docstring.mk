@@ -2,4 +2,4 @@
 #   make -f pipelines/docstring.mk MODEL=dir METHOD=eap-ig N=100 SEED=0
 # See pipelines/common.mk for every setting and the run directory layout.
 TASK := docstring
-include pipelines/common.mk
+include $(dir $(lastword $(MAKEFILE_LIST)))common.mk

@@ -34,6 +34,8 @@
 # Settings: FIXTURES, METHODS, N (examples, default 32), SEED, STEPS (eap-ig),
 # TAU (acdc), THREADS, RUNS, JOBS.
 
+# where these files are: they run from any directory
+PIPELINES := $(dir $(lastword $(MAKEFILE_LIST)))
 N ?= 32
 SEED ?= 0
 STEPS ?= 5
@@ -42,13 +44,13 @@ BATCH ?= 16
 THREADS ?=
 RUNS ?= runs
 JOBS ?= 1
-CIRCBIN ?= $(if $(wildcard bin/circ),bin/,)
+include $(PIPELINES)tools.mk
 
 SHELL = /bin/bash
 .SHELLFLAGS = -o pipefail -ec
 .SECONDARY:
 .SUFFIXES:
-ATOMIC := . pipelines/atomic.sh
+ATOMIC := . $(PIPELINES)atomic.sh
 # seconds since $$t0 (set by t0=$$(date +%s.%N))
 ELAPSED = awk -v a="$$t0" -v b="$$(date +%s.%N)" 'BEGIN { printf "%.3f\n", b - a }'
 
@@ -81,10 +83,10 @@ ROW = def r: if type == "number" then . * 1000 | round / 1000 | tostring else "-
 # every cell by GNU parallel, then the table; the settings go to every cell
 CELL_VARS = N=$(N) SEED=$(SEED) STEPS=$(STEPS) TAU=$(TAU) BATCH=$(BATCH) RUNS=$(RUNS) \
 	CIRCBIN=$(CIRCBIN) $(if $(THREADS),THREADS=$(THREADS))
-$(D)/table.md: models pipelines/methods.mk
+$(D)/table.md: models $(PIPELINES)methods.mk
 	@: "$${SHELL:=/bin/sh}"; export SHELL; \
 	parallel --jobs $(JOBS) --halt now,fail=1 --line-buffer \
-		$(MAKE) --no-print-directory -s -f pipelines/methods.mk $(CELL_VARS) \
+		$(MAKE) --no-print-directory -s -f $(PIPELINES)methods.mk $(CELL_VARS) \
 		FIXTURE={1} METHOD={2} cell ::: $(FIXTURES) ::: $(METHODS)
 	@$(ATOMIC) $@; { \
 	echo "| fixture | method | ROC AUC | edges | faithfulness | CPR | CMD | time (s) |"; \

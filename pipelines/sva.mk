@@ -38,6 +38,8 @@
 # circ-patch --dict (the nodes outside the circuit mean-ablated at each
 # position); `make ... render` draws the curve and the circuit (circ-render).
 
+# where these files are: they run from any directory
+PIPELINES := $(dir $(lastword $(MAKEFILE_LIST)))
 FIXTURE ?= $(if $(filter undefined,$(origin MODEL)),planted-features)
 FIXTURE := $(FIXTURE)
 RUNS ?= runs
@@ -63,12 +65,12 @@ SAE_CORPUS ?= $(DATA)/sae-corpus-n$(SAE_N).circ
 SAE_N ?= 16384
 SAE_ARGS ?= --arch topk --k 4 --steps 250 --batch 256
 
-CIRCBIN ?= $(if $(wildcard bin/circ),bin/,)
+include $(PIPELINES)tools.mk
 SHELL = /bin/bash
 .SHELLFLAGS = -o pipefail -ec
 .SECONDARY:
 .SUFFIXES:
-ATOMIC := . pipelines/atomic.sh
+ATOMIC := . $(PIPELINES)atomic.sh
 
 DATA := $(RUNS)/sva/$(MODEL_NAME)/n$(N)-s$(SEED)$(if $(FIXTURE),,-$(TEMPLATE))
 ifeq ($(DICTS),train)

@@ -18,6 +18,32 @@ load helper
 	run make -s uninstall DESTDIR="$T/root" PREFIX=/opt/circ
 	assert_success
 	[ -z "$(ls -A "$T/root/opt/circ/bin")" ]
+	[ ! -e "$T/root/opt/circ/share/circ" ]
+}
+
+@test "the installed pipelines run from any directory with the installed tools" {
+	make -s install DESTDIR="$T/root" PREFIX=/opt/circ
+	P="$T/root/opt/circ/share/circ/pipelines"
+	[ -f "$P/ioi.mk" ] && [ -f "$P/common.mk" ] && [ -x "$P/report.sh" ] && [ -x "$P/sweep.sh" ]
+	[ -f "$P/models/induction-hand.mk" ]
+	mkdir "$T/m" && cp -r fixtures/induction-hand "$T/m/"
+	mkdir "$T/work"
+	cd "$T/work"
+	# only the installed tools: no bin/ here, the build tree off PATH
+	PATH="$T/root/opt/circ/bin:/usr/bin:/bin" run make --no-print-directory -s -f "$P/induction.mk" \
+		MODEL="$T/m/induction-hand" N=8 METHOD=eap report
+	assert_success
+	[[ "$output" == *"ROC AUC"* ]]
+	# the installed models/induction-hand.mk applied (K 8, its dataset settings)
+	[ -f runs/induction/induction-hand/n8-s0/eap-resample/top-n8/circuit.svg ]
+	# no tools here or on PATH: said before anything runs
+	PATH=/usr/bin:/bin run make --no-print-directory -s -f "$P/ioi.mk" MODEL="$T/m/induction-hand" N=8 report
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"no circ tools: build them here (make) or put the installed ones on PATH"* ]]
+	# a sweep through the installed sweep.sh finds its pipelines
+	PATH="$T/root/opt/circ/bin:/usr/bin:/bin" run "$P/sweep.sh" -m "eap exact" -- MODEL="$T/m/induction-hand" N=8
+	assert_success
+	[ -f runs/induction/induction-hand/n8-s0/exact-resample/top-n8/report.txt ]
 }
 
 @test "circ --help and circ(1) list every tool, and circ runs each" {
