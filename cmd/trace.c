@@ -38,6 +38,7 @@ enum {
 	OPT_SLUG,
 	OPT_SCAN,
 	OPT_BATCH,
+	OPT_MAX_FEATURE_NODES,
 	OPT_THREADS,
 	OPT_ALLOW_NONFINITE,
 	OPT_INTERVENE,
@@ -70,6 +71,9 @@ static const circ_opt opts[] = {
     {"scan", OPT_SCAN, "NAME",
      "the graph JSON's metadata.scan (default: the model's directory name)"},
     {"batch", OPT_BATCH, "N", "targets per backward sweep (default 256)"},
+    {"max-feature-nodes", OPT_MAX_FEATURE_NODES, "N",
+     "keep the N most influential active features (circuit-tracer's max_feature_nodes; "
+     "default: every one)"},
     {"threads", OPT_THREADS, "N", "threads for the model and the GEMMs"},
     {"allow-nonfinite", OPT_ALLOW_NONFINITE, NULL, "accept NaN or infinite weights"},
     {"intervene", OPT_INTERVENE, "SPEC",
@@ -84,7 +88,7 @@ static const circ_opt opts[] = {
 
 static struct {
 	const char *model, *dict, *tokens, *graph_json, *slug, *scan, *adjacency;
-	int example, max_logits, all_edges, batch, threads, allow_nonfinite;
+	int example, max_logits, all_edges, batch, max_feat, threads, allow_nonfinite;
 	int n_iv, answer, wrong, top_k;
 	const char *iv[256];
 	double logit_prob, node_th, edge_th;
@@ -124,6 +128,9 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ADJACENCY: o.adjacency = arg; return 0;
 	case OPT_SCAN: o.scan = arg; return 0;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 1 << 20); return 0;
+	case OPT_MAX_FEATURE_NODES:
+		o.max_feat = (int)circ_opt_i64("max-feature-nodes", arg, 1, 1 << 30);
+		return 0;
 	case OPT_THREADS:
 		o.threads = (int)circ_opt_i64("threads", arg, 1, CIRC_THREADS_MAX);
 		return 0;
@@ -632,6 +639,7 @@ int main(int argc, char **argv)
 	to.max_n_logits = o.max_logits;
 	to.desired_logit_prob = o.logit_prob;
 	to.batch = o.batch;
+	to.max_feature_nodes = o.max_feat;
 	to.threads = o.threads;
 	circ_trace_graph *g = circ_trace_build(s.m, tc, tokens, T, &to, &e);
 	if (!g)
@@ -660,6 +668,8 @@ int main(int argc, char **argv)
 	    CIRC_HDR_FN("tokens", pack_tokens, g),
 	    CIRC_HDR(I64, "n_nodes", g->n),
 	    CIRC_HDR(I64, "n_features", g->n_feat),
+	    CIRC_HDR(I64, "n_active_features", g->n_active),
+	    CIRC_HDR(I64, "max_feature_nodes", o.max_feat),
 	    CIRC_HDR(I64, "n_errors", g->n_err),
 	    CIRC_HDR(I64, "n_inputs", g->n_input),
 	    CIRC_HDR(I64, "n_logits", g->n_logit),
@@ -681,7 +691,8 @@ int main(int argc, char **argv)
 		int tgt = nd->kind == CIRC_TNODE_FEATURE || nd->kind == CIRC_TNODE_LOGIT;
 		pk = circ_writer_packer(s.w);
 		circ_trace_node_name(nd, name, sizeof name);
-		msgpack_pack_map(pk, 9 + 2 * tgt);
+		int drop = tgt && g->n_active > g->n_feat;
+		msgpack_pack_map(pk, 9 + 2 * tgt + drop);
 		circ_pack_kv_str(pk, "node", name);
 		circ_pack_kv_i64(pk, "index", k);
 		circ_pack_kv_str(pk, "kind", kind_name(nd->kind));
@@ -700,6 +711,8 @@ int main(int argc, char **argv)
 			circ_pack_kv_f64(pk, "pre", nd->pre);
 			circ_pack_kv_f64(pk, "bias", nd->bias);
 		}
+		if (drop)
+			circ_pack_kv_f64(pk, "dropped", nd->dropped);
 		if (circ_writer_end_record(s.w, &e) < 0)
 			die_w(s.w, &e);
 	}

@@ -32,6 +32,7 @@ void circ_trace_opts_default(circ_trace_opts *o)
 	o->max_n_logits = 10;
 	o->desired_logit_prob = 0.95;
 	o->batch = 256;
+	o->max_feature_nodes = 0;
 	o->threads = 1;
 }
 
@@ -170,6 +171,8 @@ typedef struct state {
 	float *att;		  /* (L, H, T, T) frozen patterns */
 	float *src;		  /* (n_feat + n_err + T, C): each source's output vector */
 	float *seed;		  /* (n_feat + n_logit, C): each target's gradient seed */
+	float *rows;		  /* the targets' edge rows (row i: rows + i * n) */
+	int *row_of;		  /* (n) each target node's row in rows */
 	int *feat_off;		  /* (L * T + 1): first feature node of (layer, position) */
 	float **acts, **errs;	  /* (L) (T, S) activations, (T, C) error nodes */
 	float **xin;		  /* (L) (T, C) transcoders' inputs (NULL without one) */
@@ -587,15 +590,15 @@ static void constant_bias(state *st, const float *ufin)
 /* Reads the edges from sources (rows of src, node indices idx0 + j for
  * j < ns) into the batch's target rows: adj[tgt[k], idx0 + j] =
  * g_t[k] . src[j] (g_t: (K, C)). tmp: (K, ns) scratch. */
-static void read_edges(circ_trace_graph *g, const int *tgt, int K, const float *gt, int C,
+static void read_edges(const state *st, const int *tgt, int K, const float *gt, int C,
 		       const float *src, int idx0, int ns, float *tmp)
 {
 	if (ns <= 0 || K <= 0)
 		return;
 	circ_gemm(0, 1, K, ns, C, 1.0f, gt, C, src, C, 0.0f, tmp, ns);
 	for (int k = 0; k < K; k++)
-		memcpy(g->adj + (size_t)tgt[k] * g->n + idx0, tmp + (size_t)k * ns,
-		       (size_t)ns * sizeof *tmp);
+		memcpy(st->rows + (size_t)st->row_of[tgt[k]] * st->g->n + idx0,
+		       tmp + (size_t)k * ns, (size_t)ns * sizeof *tmp);
 }
 
 /* Adds the seeds of the batch's feature targets of layer l to their rows
@@ -712,10 +715,10 @@ static void sweep(state *st, int *tgt, int K, float *gb, float *a, float *b, flo
 			for (int t = 0; t < tb; t++) {
 				const float *gt = gb + (size_t)t * KC;
 				int fa = st->feat_off[l * T + t], fb = st->feat_off[l * T + t + 1];
-				read_edges(g, tgt, nt[t], gt, C, st->src + (size_t)fa * C, fa,
+				read_edges(st, tgt, nt[t], gt, C, st->src + (size_t)fa * C, fa,
 					   fb - fa, tmp);
 				int ei = first_err + l * T + t;
-				read_edges(g, tgt, nt[t], gt, C, st->src + (size_t)ei * C, ei, 1,
+				read_edges(st, tgt, nt[t], gt, C, st->src + (size_t)ei * C, ei, 1,
 					   tmp);
 			}
 		/* the MLP's input: this layer's feature targets start there,
@@ -729,9 +732,156 @@ static void sweep(state *st, int *tgt, int K, float *gb, float *a, float *b, flo
 	/* the token embeddings */
 	int first_in = g->n_feat + g->n_err;
 	for (int t = 0; t < tb; t++)
-		read_edges(g, tgt, nt[t], gb + (size_t)t * KC, C,
+		read_edges(st, tgt, nt[t], gb + (size_t)t * KC, C,
 			   st->src + (size_t)(first_in + t) * C, first_in + t, 1, tmp);
 	free(nt);
+}
+
+/* Influence of every node on the logits from the rows computed so far
+ * (rows 0..nr-1 of st->rows, row r that of node node_of[r]), as
+ * circuit-tracer's compute_partial_influences: |rows| normalised to sum 1
+ * (at least 1e-8), then from the logits' probabilities, infl += p A'
+ * until p vanishes (the graph is acyclic: within nr + 1 steps). */
+static void partial_influence(const state *st, int nr, const int *node_of, double *infl)
+{
+	const circ_trace_graph *g = st->g;
+	int n = g->n;
+	double *p = circ_xcalloc((size_t)n, sizeof *p), *q = circ_xmalloc((size_t)n * sizeof *q),
+	       *rs = circ_xmalloc((size_t)(nr ? nr : 1) * sizeof *rs);
+	for (int r = 0; r < nr; r++) {
+		const float *row = st->rows + (size_t)r * n;
+		double s = 0;
+		for (int j = 0; j < n; j++)
+			s += fabs(row[j]);
+		rs[r] = s > 1e-8 ? s : 1e-8;
+	}
+	memset(infl, 0, (size_t)n * sizeof *infl);
+	for (int k = 0; k < g->n_logit; k++)
+		p[n - g->n_logit + k] = g->nodes[n - g->n_logit + k].act;
+	for (int it = 0; it <= nr; it++) {
+		memset(q, 0, (size_t)n * sizeof *q);
+		int any = 0;
+		for (int r = 0; r < nr; r++) {
+			double w = p[node_of[r]] / rs[r];
+			if (w == 0)
+				continue;
+			const float *row = st->rows + (size_t)r * n;
+			for (int j = 0; j < n; j++)
+				q[j] += w * fabs(row[j]);
+		}
+		for (int j = 0; j < n; j++) {
+			any |= q[j] != 0;
+			infl[j] += q[j];
+		}
+		memcpy(p, q, (size_t)n * sizeof *p);
+		if (!any)
+			break;
+	}
+	free(p);
+	free(q);
+	free(rs);
+}
+
+typedef struct ranked {
+	double infl;
+	int node;
+} ranked;
+
+static int ranked_cmp(const void *a_, const void *b_)
+{
+	const ranked *a = a_, *b = b_;
+	if (a->infl != b->infl)
+		return a->infl > b->infl ? -1 : 1;
+	return (a->node > b->node) - (a->node < b->node);
+}
+
+/* The sweeps for the M most influential features (M < n_feat), as
+ * circuit-tracer's attribute with max_feature_nodes: the logits' rows, then
+ * repeatedly the features ranked by their influence on the rows so far
+ * (descending, ties by node order), up to 4 batches of the unvisited best
+ * at a time. Then the graph keeps only the visited features: their rows
+ * and columns, in node order; what the features left out gave each target
+ * goes to its node's dropped. */
+static void select_features(state *st, int M, int B, int *tgt, float *gb, float *ba, float *bb,
+			    float *tmp)
+{
+	circ_trace_graph *g = st->g;
+	int n = g->n, nf = g->n_feat, nl = g->n_logit;
+	int R = M + nl;
+	st->rows = circ_xcalloc((size_t)R * n, sizeof *st->rows);
+	int *node_of = circ_xmalloc((size_t)R * sizeof *node_of);
+	unsigned char *seen = circ_xcalloc((size_t)nf, 1);
+	double *infl = circ_xmalloc((size_t)n * sizeof *infl);
+	ranked *rk = circ_xmalloc((size_t)nf * sizeof *rk);
+	int nr = 0;
+	for (int k0 = 0; k0 < nl; k0 += B) {
+		int K = nl - k0 < B ? nl - k0 : B;
+		for (int k = 0; k < K; k++) {
+			tgt[k] = n - nl + k0 + k;
+			st->row_of[tgt[k]] = nr;
+			node_of[nr++] = tgt[k];
+		}
+		sweep(st, tgt, K, gb, ba, bb, tmp);
+	}
+	int nv = 0;
+	while (nv < M) {
+		partial_influence(st, nr, node_of, infl);
+		for (int i = 0; i < nf; i++)
+			rk[i] = (ranked){infl[i], i};
+		qsort(rk, (size_t)nf, sizeof *rk, ranked_cmp);
+		int want = 4 * B < M - nv ? 4 * B : M - nv, got = 0;
+		int *queue = circ_xmalloc((size_t)want * sizeof *queue);
+		for (int i = 0; i < nf && got < want; i++)
+			if (!seen[rk[i].node])
+				queue[got++] = rk[i].node;
+		for (int q0 = 0; q0 < got; q0 += B) {
+			int K = got - q0 < B ? got - q0 : B;
+			for (int k = 0; k < K; k++) {
+				tgt[k] = queue[q0 + k];
+				seen[tgt[k]] = 1;
+				st->row_of[tgt[k]] = nr;
+				node_of[nr++] = tgt[k];
+			}
+			sweep(st, tgt, K, gb, ba, bb, tmp);
+		}
+		nv += got;
+		free(queue);
+	}
+	/* the graph of the visited features */
+	int *col = circ_xmalloc((size_t)n * sizeof *col), n2 = 0;
+	for (int i = 0; i < n; i++)
+		col[i] = i >= nf || seen[i] ? n2++ : -1;
+	circ_tnode *nodes = circ_xmalloc((size_t)n2 * sizeof *nodes);
+	float *adj = circ_xcalloc((size_t)n2 * n2, sizeof *adj);
+	for (int i = 0; i < n; i++) {
+		if (col[i] < 0)
+			continue;
+		circ_tnode *nd = &nodes[col[i]];
+		*nd = g->nodes[i];
+		if (i >= nf && i < n - nl)
+			continue;
+		const float *row = st->rows + (size_t)st->row_of[i] * n;
+		float *out = adj + (size_t)col[i] * n2;
+		for (int j = 0; j < n; j++) {
+			if (col[j] >= 0)
+				out[col[j]] = row[j];
+			else
+				nd->dropped += row[j];
+		}
+	}
+	free(g->nodes);
+	g->nodes = nodes;
+	g->adj = adj;
+	g->n_active = nf;
+	g->n_feat = M;
+	g->n = n2;
+	free(st->rows);
+	st->rows = NULL;
+	free(col);
+	free(node_of);
+	free(seen);
+	free(infl);
+	free(rk);
 }
 
 circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *tc,
@@ -815,6 +965,7 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	g->n_err = L * T;
 	g->n_input = T;
 	g->n_logit = nl;
+	g->n_active = nf;
 	g->n = nf + L * T + T + nl;
 	g->nodes = circ_xcalloc((size_t)g->n, sizeof *g->nodes);
 	size_t nsrc = (size_t)nf + (size_t)L * T + T, ntgt = (size_t)nf + nl;
@@ -893,9 +1044,10 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	free(mean);
 	constant_bias(&st, ufin);
 
-	/* the sweeps */
-	g->adj = circ_xcalloc((size_t)g->n * g->n, sizeof *g->adj);
+	/* the sweeps: every feature, or the most influential (circuit-tracer's
+	 * max_feature_nodes) */
 	int B = o->batch > 0 ? o->batch : 256;
+	int M = o->max_feature_nodes > 0 && o->max_feature_nodes < nf ? o->max_feature_nodes : nf;
 	int *tgt = circ_xmalloc((size_t)B * sizeof *tgt);
 	size_t wd = (size_t)(C > st.Q ? C : st.Q), buf = (size_t)T * B * wd;
 	float *gb = circ_xmalloc((size_t)T * B * C * sizeof *gb),
@@ -905,18 +1057,27 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		if (st.feat_off[q + 1] - st.feat_off[q] > maxsrc)
 			maxsrc = st.feat_off[q + 1] - st.feat_off[q];
 	float *tmp = circ_xmalloc((size_t)B * maxsrc * sizeof *tmp);
-	int ntg = nf + nl;
-	for (int s = 0; s < ntg; s += B) {
-		int K = ntg - s < B ? ntg - s : B;
-		for (int k = 0; k < K; k++)
-			tgt[k] = s + k < nf ? s + k : g->n - nl + (s + k - nf);
-		sweep(&st, tgt, K, gb, ba, bb, tmp);
+	st.row_of = circ_xmalloc((size_t)g->n * sizeof *st.row_of);
+	if (M == nf) {
+		g->adj = st.rows = circ_xcalloc((size_t)g->n * g->n, sizeof *g->adj);
+		for (int i = 0; i < g->n; i++)
+			st.row_of[i] = i;
+		int ntg = nf + nl;
+		for (int s = 0; s < ntg; s += B) {
+			int K = ntg - s < B ? ntg - s : B;
+			for (int k = 0; k < K; k++)
+				tgt[k] = s + k < nf ? s + k : g->n - nl + (s + k - nf);
+			sweep(&st, tgt, K, gb, ba, bb, tmp);
+		}
+	} else {
+		select_features(&st, M, B, tgt, gb, ba, bb, tmp);
 	}
 	free(tgt);
 	free(gb);
 	free(ba);
 	free(bb);
 	free(tmp);
+	free(st.row_of);
 	free(ufin);
 	free(top_id);
 	free(top_p);
@@ -933,7 +1094,7 @@ double circ_trace_check(const circ_trace_graph *g, double *rel)
 		const circ_tnode *nd = &g->nodes[i];
 		if (nd->kind != CIRC_TNODE_FEATURE && nd->kind != CIRC_TNODE_LOGIT)
 			continue;
-		double s = nd->bias;
+		double s = nd->bias + nd->dropped;
 		const float *row = g->adj + (size_t)i * g->n;
 		for (int j = 0; j < g->n; j++)
 			s += row[j];

@@ -71,19 +71,23 @@ typedef enum circ_tnode_kind {
 
 typedef struct circ_tnode {
 	circ_tnode_kind kind;
-	int layer;   /* feature, error: the transcoder's (MLP's) layer; else -1 */
-	int feature; /* feature: its index; logit and input: the token id; error: -1 */
-	int pos;     /* position (logits: T-1) */
-	double act;  /* feature: activation; logit: probability; else 0 */
-	double pre;  /* targets: the value its incoming edges sum to with bias:
-		      * the pre-activation (feature), the demeaned logit */
-	double bias; /* targets: the constant term (see the top of this file) */
+	int layer;	/* feature, error: the transcoder's (MLP's) layer; else -1 */
+	int feature;	/* feature: its index; logit and input: the token id; error: -1 */
+	int pos;	/* position (logits: T-1) */
+	double act;	/* feature: activation; logit: probability; else 0 */
+	double pre;	/* targets: the value its incoming edges sum to with bias:
+			 * the pre-activation (feature), the demeaned logit */
+	double bias;	/* targets: the constant term (see the top of this file) */
+	double dropped; /* targets: the sum of the edges from the active features
+			 * left out by max_feature_nodes (0 with every feature) */
 } circ_tnode;
 
 typedef struct circ_trace_opts {
 	int max_n_logits;	   /* most logit nodes (default 10) */
 	double desired_logit_prob; /* logits until this cumulative probability (0.95) */
 	int batch;		   /* targets per backward sweep (default 256) */
+	int max_feature_nodes;	   /* the most feature nodes (<= 0: every active feature);
+				    * chosen by influence as circuit-tracer's attribute */
 	int threads;		   /* threads for the model and the GEMMs (<= 0: 1) */
 } circ_trace_opts;
 void circ_trace_opts_default(circ_trace_opts *o);
@@ -93,6 +97,8 @@ typedef struct circ_trace_graph {
 	int L;		 /* layers */
 	int32_t *tokens; /* (T) */
 	int n, n_feat, n_err, n_input, n_logit;
+	int n_active;	   /* active features on the prompt (n_feat unless some were
+			    * left out by max_feature_nodes) */
 	circ_tnode *nodes; /* (n) in the order above */
 	float *adj;	   /* (n, n): adj[target * n + source] */
 } circ_trace_graph;

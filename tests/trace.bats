@@ -39,6 +39,39 @@ compare() { # set [options]
 	grep -q '"node":"tc1.err@0"' "$T/c.jsonl"
 }
 
+@test "circ-trace --max-feature-nodes: the most influential features, chosen as circuit-tracer chooses them, equal the reference's" {
+	make_case
+	n=$(circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --json | head -1 | jq -r .n_active_features)
+	[ "$n" -gt 300 ]
+	# several rounds of ranking (4 batches each), one round, a budget that
+	# ends inside a batch
+	compare "$T/set" --max-feature-nodes 100 --batch 16
+	head -1 "$T/c.jsonl" | jq -e --argjson n "$n" '.n_features == 100 and .n_active_features == $n and .max_feature_nodes == 100 and .check_rel < 1e-4'
+	tests/validate.py schemas/attribution-graph.schema.json "$T/c.jsonl"
+	# what the left-out features gave is on each target (edges + bias +
+	# dropped = pre, checked by compare): some target lost something
+	jq -e -s '[.[1:-1][] | select(.dropped)] | length > 0 and any(.[]; .dropped != 0)' "$T/c.jsonl"
+	compare "$T/set" --max-feature-nodes 37 --batch 5
+	compare "$T/set" --max-feature-nodes $((n - 1)) --batch 64
+	# a budget of every active feature (or more) is the whole graph, byte for byte
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json | tail -n +2 >"$T/all"
+	for k in "$n" $((n + 50)); do
+		circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --max-feature-nodes "$k" | tail -n +2 | cmp - "$T/all"
+	done
+	# a family: Gemma 2 (trace_family_ref.py runs the same selection)
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/g2/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 64 --d-sae 48 --seed 11 >/dev/null
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/g2/d" --arch jumprelu_transcoder --hook blocks.3.hook_mlp_in \
+		--hook-out blocks.3.hook_mlp_out --d-in 64 --d-sae 48 --seed 14 >/dev/null
+	F=tests/data/families/gemma2
+	circ-trace --model $F --dict "$T/g2" --tokens $IDS --all-edges --json --max-feature-nodes 40 --batch 8 >"$T/c.jsonl"
+	/usr/bin/python3 tests/ref/trace_family_ref.py graph $F "$T/g2" $IDS --max-feature-nodes 40 --batch 8 >"$T/r.json"
+	/usr/bin/python3 tests/ref/trace_family_ref.py compare "$T/c.jsonl" "$T/r.json"
+	refused() { run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS "$@"; [ "$status" -eq 2 ]; [[ "$stderr" == *"option '--max-feature-nodes'"* ]]; }
+	refused --max-feature-nodes 0
+	refused --max-feature-nodes x
+}
+
 @test "circ-trace --adjacency: the dense matrix and node table equal the stream's" {
 	make_case
 	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --adjacency "$T/a.safetensors" >"$T/c.jsonl"

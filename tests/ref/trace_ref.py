@@ -348,13 +348,56 @@ def prune(adj, n_logit, n_tok, nf, probs, node_th, edge_th):
     return keep, ek & keep[:, None] & keep[None, :], cum, sc, eth
 
 
+def select(nodes, adj, nl, nf, m, batch):
+    """circuit-tracer's max_feature_nodes, from its documented algorithm:
+    the logits' rows first; then, until m features are visited, rank the
+    features by their influence computed from the rows visited so far
+    (|row| normalised to sum 1, at least 1e-8; from the logits'
+    probabilities, repeatedly p <- p A' summed until it vanishes;
+    descending, ties by node order) and visit the best unvisited, up to
+    4 batches at a time. The graph keeps the visited features; a target's
+    edges from the others are summed into its "dropped"."""
+    n = len(nodes)
+    rows = list(range(n - nl, n))  # node of each visited row, in order
+    seen = set()
+    probs = torch.tensor([nd["act"] for nd in nodes[n - nl:]])
+    while len(seen) < m:
+        a = adj[rows].abs()
+        a = a / a.sum(1, keepdim=True).clamp(min=1e-8)
+        p = torch.zeros(n)
+        p[n - nl:] = probs
+        infl = torch.zeros(n)
+        while True:
+            p = p[rows] @ a
+            if not p.any():
+                break
+            infl += p
+        order = sorted(range(nf), key=lambda i: (-float(infl[i]), i))
+        want = min(4 * batch, m - len(seen))
+        got = [i for i in order if i not in seen][:want]
+        seen.update(got)
+        rows += got
+    keep = [i for i in range(n) if i >= nf or i in seen]
+    drop = [i for i in range(nf) if i not in seen]
+    out = []
+    for i in keep:
+        nd = dict(nodes[i])
+        if "pre" in nd:
+            nd["dropped"] = float(adj[i, drop].sum())
+        out.append(nd)
+    return out, adj[keep][:, keep], len(seen)
+
+
 def graph(argv, build_fn=None):
     """Prints the graph (build_fn: a family's build, default GPT-2's)."""
     model, dset, ids = argv[:3]
     o = opts(argv[3:], {"max_logits": "10", "logit_prob": "0.95", "node_threshold": "0.8",
-                        "edge_threshold": "0.98"})
+                        "edge_threshold": "0.98", "max_feature_nodes": "0", "batch": "256"})
     nodes, adj, nl, T, nf = (build_fn or build)(model, dset, [int(i) for i in ids.split(",")],
                                                 int(o["max_logits"]), float(o["logit_prob"]))
+    m = int(o["max_feature_nodes"])
+    if 0 < m < nf:
+        nodes, adj, nf = select(nodes, adj, nl, nf, m, int(o["batch"]))
     probs = torch.tensor([nd["act"] for nd in nodes[len(nodes) - nl:]])
     keep, ek, cum, sc, eth = prune(adj, nl, T, nf, probs, float(o["node_threshold"]),
                                    float(o["edge_threshold"]))
@@ -388,7 +431,7 @@ def compare(argv):
         a = c.get("activation", c.get("prob"))
         if abs(a - r["act"]) > tol * max(1, abs(r["act"])):
             bad.append("node %s: activation %g vs %g" % (c["node"], a, r["act"]))
-        for k in ("pre", "bias"):
+        for k in ("pre", "bias", "dropped"):
             if k in r and abs(c[k] - r[k]) > tol * max(1, abs(r["pre"])):
                 bad.append("node %s: %s %g vs %g" % (c["node"], k, c[k], r[k]))
     cadj = torch.zeros(n, n)
@@ -407,7 +450,7 @@ def compare(argv):
     for name, adj, nodes in (("circ", cadj, cn), ("reference", radj, rn)):
         for i, nd in enumerate(nodes):
             if "pre" in nd:
-                s = float(adj[i].sum()) + nd["bias"]
+                s = float(adj[i].sum()) + nd["bias"] + nd.get("dropped", 0.0)
                 if abs(s - nd["pre"]) > tol * max(1, abs(nd["pre"])):
                     bad.append("%s: node %d: edges + bias %g != pre %g" % (name, i, s, nd["pre"]))
     kc = [c["keep"] for c in cn]
