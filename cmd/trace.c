@@ -22,6 +22,7 @@
 #include "safetensors.h"
 #include "trace.h"
 #include "cli/opt.h"
+#include "cli/progress.h"
 #include "cli/session.h"
 
 enum {
@@ -641,9 +642,12 @@ int main(int argc, char **argv)
 	to.batch = o.batch;
 	to.max_feature_nodes = o.max_feat;
 	to.threads = o.threads;
+	circ_cli_progress(&s.pr, "targets", 0);
+	to.progress = &s.pr;
 	circ_trace_graph *g = circ_trace_build(s.m, tc, tokens, T, &to, &e);
 	if (!g)
 		circ_die(&e);
+	circ_progress_end(&s.pr);
 	double rel, chk = circ_trace_check(g, &rel);
 	if (o.adjacency)
 		write_adjacency(g);

@@ -33,6 +33,7 @@ void circ_trace_opts_default(circ_trace_opts *o)
 	o->desired_logit_prob = 0.95;
 	o->batch = 256;
 	o->max_feature_nodes = 0;
+	o->progress = NULL;
 	o->threads = 1;
 }
 
@@ -803,7 +804,7 @@ static int ranked_cmp(const void *a_, const void *b_)
  * and columns, in node order; what the features left out gave each target
  * goes to its node's dropped. */
 static void select_features(state *st, int M, int B, int *tgt, float *gb, float *ba, float *bb,
-			    float *tmp)
+			    float *tmp, circ_progress *pr)
 {
 	circ_trace_graph *g = st->g;
 	int n = g->n, nf = g->n_feat, nl = g->n_logit;
@@ -822,6 +823,7 @@ static void select_features(state *st, int M, int B, int *tgt, float *gb, float 
 			node_of[nr++] = tgt[k];
 		}
 		sweep(st, tgt, K, gb, ba, bb, tmp);
+		circ_progress_step(pr, K);
 	}
 	int nv = 0;
 	while (nv < M) {
@@ -843,6 +845,7 @@ static void select_features(state *st, int M, int B, int *tgt, float *gb, float 
 				node_of[nr++] = tgt[k];
 			}
 			sweep(st, tgt, K, gb, ba, bb, tmp);
+			circ_progress_step(pr, K);
 		}
 		nv += got;
 		free(queue);
@@ -1058,6 +1061,8 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 			maxsrc = st.feat_off[q + 1] - st.feat_off[q];
 	float *tmp = circ_xmalloc((size_t)B * maxsrc * sizeof *tmp);
 	st.row_of = circ_xmalloc((size_t)g->n * sizeof *st.row_of);
+	if (o->progress)
+		o->progress->total = M + nl;
 	if (M == nf) {
 		g->adj = st.rows = circ_xcalloc((size_t)g->n * g->n, sizeof *g->adj);
 		for (int i = 0; i < g->n; i++)
@@ -1068,9 +1073,10 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 			for (int k = 0; k < K; k++)
 				tgt[k] = s + k < nf ? s + k : g->n - nl + (s + k - nf);
 			sweep(&st, tgt, K, gb, ba, bb, tmp);
+			circ_progress_step(o->progress, K);
 		}
 	} else {
-		select_features(&st, M, B, tgt, gb, ba, bb, tmp);
+		select_features(&st, M, B, tgt, gb, ba, bb, tmp, o->progress);
 	}
 	free(tgt);
 	free(gb);

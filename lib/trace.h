@@ -89,6 +89,8 @@ typedef struct circ_trace_opts {
 	int max_feature_nodes;	   /* the most feature nodes (<= 0: every active feature);
 				    * chosen by influence as circuit-tracer's attribute */
 	int threads;		   /* threads for the model and the GEMMs (<= 0: 1) */
+	circ_progress *progress;   /* counts the targets computed, its total set when
+				    * known (NULL: none) */
 } circ_trace_opts;
 void circ_trace_opts_default(circ_trace_opts *o);
 

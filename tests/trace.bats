@@ -72,6 +72,22 @@ compare() { # set [options]
 	refused --max-feature-nodes x
 }
 
+@test "circ-trace: progress on a terminal counts the targets (features and logits) swept" {
+	need_cmd script
+	unset CIRC_NO_PROGRESS # (helper.bash sets it for every other test)
+	make_case
+	n=$(circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --json | head -1 | jq '.n_features + .n_logits')
+	script -qec "circ-trace --model '$T/m' --dict '$T/set' --tokens $IDS --batch 64 -o '$T/g.circ'" /dev/null >"$T/tty"
+	grep -q "circ-trace: targets $n/$n (100%)" "$T/tty"
+	[ "$(tail -c 4 "$T/tty" | od -An -c | tr -d ' ')" = '\r033[K' ] # erased at the end
+	nl=$(circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --json | head -1 | jq '.n_logits')
+	script -qec "circ-trace --model '$T/m' --dict '$T/set' --tokens $IDS --batch 16 --max-feature-nodes 50 -o '$T/g.circ'" /dev/null >"$T/tty"
+	grep -q "circ-trace: targets $((50 + nl))/$((50 + nl)) (100%)" "$T/tty"
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS -o "$T/g.circ"
+	assert_success
+	[ -z "$stderr" ]
+}
+
 @test "circ-trace --adjacency: the dense matrix and node table equal the stream's" {
 	make_case
 	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --adjacency "$T/a.safetensors" >"$T/c.jsonl"
