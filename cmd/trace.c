@@ -40,6 +40,7 @@ enum {
 	OPT_SCAN,
 	OPT_BATCH,
 	OPT_MAX_FEATURE_NODES,
+	OPT_LOGIT_TOKENS,
 	OPT_THREADS,
 	OPT_ALLOW_NONFINITE,
 	OPT_INTERVENE,
@@ -72,6 +73,8 @@ static const circ_opt opts[] = {
     {"scan", OPT_SCAN, "NAME",
      "the graph JSON's metadata.scan (default: the model's directory name)"},
     {"batch", OPT_BATCH, "N", "targets per backward sweep (default 256)"},
+    {"logit-tokens", OPT_LOGIT_TOKENS, "IDS",
+     "the logit targets: these tokens (comma-separated ids), not the most probable"},
     {"max-feature-nodes", OPT_MAX_FEATURE_NODES, "N",
      "keep the N most influential active features (circuit-tracer's max_feature_nodes; "
      "default: every one)"},
@@ -88,8 +91,9 @@ static const circ_opt opts[] = {
 };
 
 static struct {
-	const char *model, *dict, *tokens, *graph_json, *slug, *scan, *adjacency;
+	const char *model, *dict, *tokens, *graph_json, *slug, *scan, *adjacency, *logit_tokens;
 	int example, max_logits, all_edges, batch, max_feat, threads, allow_nonfinite;
+	int by_prob; /* --max-logits or --logit-prob given */
 	int n_iv, answer, wrong, top_k;
 	const char *iv[256];
 	double logit_prob, node_th, edge_th;
@@ -113,9 +117,11 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_EXAMPLE: o.example = (int)circ_opt_i64("example", arg, 0, 1 << 30); return 0;
 	case OPT_MAX_LOGITS:
 		o.max_logits = (int)circ_opt_i64("max-logits", arg, 1, 1 << 20);
+		o.by_prob = 1;
 		return 0;
 	case OPT_LOGIT_PROB:
 		o.logit_prob = circ_opt_f64_in("logit-prob", arg, 0, 0, 1, 0);
+		o.by_prob = 1;
 		return 0;
 	case OPT_NODE_THRESHOLD:
 		o.node_th = circ_opt_f64_in("node-threshold", arg, 0, 0, 1, 0);
@@ -129,6 +135,7 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_ADJACENCY: o.adjacency = arg; return 0;
 	case OPT_SCAN: o.scan = arg; return 0;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 1 << 20); return 0;
+	case OPT_LOGIT_TOKENS: o.logit_tokens = arg; return 0;
 	case OPT_MAX_FEATURE_NODES:
 		o.max_feat = (int)circ_opt_i64("max-feature-nodes", arg, 1, 1 << 30);
 		return 0;
@@ -148,8 +155,8 @@ static int handle(int key, const char *arg, void *ctx)
 	return -1;
 }
 
-/* --tokens "1,2,3" */
-static int32_t *parse_tokens(const char *s, int *T)
+/* --tokens "1,2,3" (and --logit-tokens: opt names the option) */
+static int32_t *parse_tokens(const char *s, const char *opt, int *T)
 {
 	int cap = 16, n = 0;
 	int32_t *t = circ_xmalloc((size_t)cap * sizeof *t);
@@ -159,7 +166,7 @@ static int32_t *parse_tokens(const char *s, int *T)
 		errno = 0;
 		long v = strtol(p, &end, 10);
 		if (end == p || errno || v < 0 || v > INT32_MAX)
-			circ_usage_error("--tokens: '%s': expected comma-separated token ids", s);
+			circ_usage_error("--%s: '%s': expected comma-separated token ids", opt, s);
 		if (n == cap)
 			t = circ_xrealloc(t, (size_t)(cap *= 2) * sizeof *t);
 		t[n++] = (int32_t)v;
@@ -167,7 +174,7 @@ static int32_t *parse_tokens(const char *s, int *T)
 		if (*p == ',')
 			p++;
 		else if (*p)
-			circ_usage_error("--tokens: '%s': expected comma-separated token ids", s);
+			circ_usage_error("--%s: '%s': expected comma-separated token ids", opt, s);
 	}
 	*T = n;
 	return t;
@@ -618,7 +625,7 @@ int main(int argc, char **argv)
 		o.threads = circ_threads_default();
 	circ_session_open_model(&s, o.model, o.allow_nonfinite);
 	int T = 0;
-	int32_t *tokens = o.tokens ? parse_tokens(o.tokens, &T)
+	int32_t *tokens = o.tokens ? parse_tokens(o.tokens, "tokens", &T)
 				   : stream_tokens(&s, argc - i == 1 ? argv[i] : "-", &T);
 	circ_dict_set *set = circ_dict_set_load(o.dict, &e);
 	if (!set)
@@ -641,6 +648,16 @@ int main(int argc, char **argv)
 	to.desired_logit_prob = o.logit_prob;
 	to.batch = o.batch;
 	to.max_feature_nodes = o.max_feat;
+	int32_t *lids = NULL;
+	if (o.logit_tokens) {
+		if (o.by_prob)
+			circ_usage_error("--logit-tokens names the logit targets: --max-logits and "
+					 "--logit-prob choose them by probability");
+		lids = parse_tokens(o.logit_tokens, "logit-tokens", &to.n_logit_ids);
+		if (!to.n_logit_ids)
+			circ_usage_error("--logit-tokens: '': expected comma-separated token ids");
+	}
+	to.logit_ids = lids;
 	to.threads = o.threads;
 	circ_cli_progress(&s.pr, "targets", 0);
 	to.progress = &s.pr;
@@ -648,6 +665,7 @@ int main(int argc, char **argv)
 	if (!g)
 		circ_die(&e);
 	circ_progress_end(&s.pr);
+	free(lids);
 	double rel, chk = circ_trace_check(g, &rel);
 	if (o.adjacency)
 		write_adjacency(g);
@@ -678,6 +696,7 @@ int main(int argc, char **argv)
 	    CIRC_HDR(I64, "n_inputs", g->n_input),
 	    CIRC_HDR(I64, "n_logits", g->n_logit),
 	    CIRC_HDR(I64, "max_n_logits", o.max_logits),
+	    CIRC_HDR_IF(o.logit_tokens != NULL, STR, "logit_tokens", o.logit_tokens),
 	    CIRC_HDR(F64, "desired_logit_prob", o.logit_prob),
 	    CIRC_HDR(F64, "node_threshold", o.node_th),
 	    CIRC_HDR(F64, "edge_threshold", o.edge_th),

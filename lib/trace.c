@@ -33,6 +33,8 @@ void circ_trace_opts_default(circ_trace_opts *o)
 	o->desired_logit_prob = 0.95;
 	o->batch = 256;
 	o->max_feature_nodes = 0;
+	o->logit_ids = NULL;
+	o->n_logit_ids = 0;
 	o->progress = NULL;
 	o->threads = 1;
 }
@@ -927,7 +929,27 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	}
 	for (int v = 0; v < V; v++)
 		zsum += exp(logit[v] - lmax);
+	for (int k = 0; k < o->n_logit_ids; k++) {
+		int32_t v = o->logit_ids[k];
+		int dup = 0;
+		for (int q = 0; q < k; q++)
+			dup |= o->logit_ids[q] == v;
+		if (v < 0 || v >= V || dup) {
+			circ_errorf(e,
+				    v < 0 || v >= V
+					? "logit target %d is outside the vocabulary (%d)"
+					: "logit target %d is given twice",
+				    (int)v, V);
+			free(logit);
+			free(raw);
+			free(mean);
+			state_free(&st);
+			return NULL;
+		}
+	}
 	int nmax = o->max_n_logits < V ? o->max_n_logits : V;
+	if (o->n_logit_ids > 0)
+		nmax = o->n_logit_ids;
 	if (nmax < 1)
 		nmax = 1;
 	int *top_id = circ_xmalloc((size_t)nmax * sizeof *top_id);
@@ -936,7 +958,9 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	double cum = 0;
 	for (int k = 0; k < nmax; k++) {
 		int best = -1;
-		for (int v = 0; v < V; v++) {
+		if (o->n_logit_ids > 0)
+			best = o->logit_ids[k];
+		for (int v = 0; v < V && o->n_logit_ids == 0; v++) {
 			int taken = 0;
 			for (int j = 0; j < k; j++)
 				taken |= top_id[j] == v;
@@ -946,15 +970,16 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		top_id[k] = best;
 		top_p[k] = exp(logit[best] - lmax) / zsum;
 	}
-	/* circuit-tracer: searchsorted(cumsum(top_p), p) + 1 logits */
-	for (nl = 0; nl < nmax; nl++) {
+	/* circuit-tracer: searchsorted(cumsum(top_p), p) + 1 logits (all the
+	 * given ones) */
+	for (nl = 0; nl < nmax && o->n_logit_ids == 0; nl++) {
 		cum += top_p[nl];
 		if (cum >= o->desired_logit_prob) {
 			nl++;
 			break;
 		}
 	}
-	if (nl > nmax)
+	if (nl > nmax || o->n_logit_ids > 0)
 		nl = nmax;
 
 	/* the node list */

@@ -86,11 +86,14 @@ typedef struct circ_trace_opts {
 	int max_n_logits;	   /* most logit nodes (default 10) */
 	double desired_logit_prob; /* logits until this cumulative probability (0.95) */
 	int batch;		   /* targets per backward sweep (default 256) */
-	int max_feature_nodes;	   /* the most feature nodes (<= 0: every active feature);
-				    * chosen by influence as circuit-tracer's attribute */
-	int threads;		   /* threads for the model and the GEMMs (<= 0: 1) */
-	circ_progress *progress;   /* counts the targets computed, its total set when
-				    * known (NULL: none) */
+	const int32_t *logit_ids;  /* n_logit_ids > 0: the logit targets, these tokens (in
+				    * this order) instead of the most probable */
+	int n_logit_ids;
+	int max_feature_nodes;	 /* the most feature nodes (<= 0: every active feature);
+				  * chosen by influence as circuit-tracer's attribute */
+	int threads;		 /* threads for the model and the GEMMs (<= 0: 1) */
+	circ_progress *progress; /* counts the targets computed, its total set when
+				  * known (NULL: none) */
 } circ_trace_opts;
 void circ_trace_opts_default(circ_trace_opts *o);
 

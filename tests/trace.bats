@@ -72,6 +72,32 @@ compare() { # set [options]
 	refused --max-feature-nodes x
 }
 
+@test "circ-trace --logit-tokens: the given tokens' logits as the targets, weighted by their probabilities, equal the reference's" {
+	make_case
+	# unlikely tokens too, in the order given
+	compare "$T/set" --logit-tokens 7,0,49,13
+	jq -r 'select(.kind == "logit") | .token' "$T/c.jsonl" | paste -sd, | grep -qx '7,0,49,13'
+	head -1 "$T/c.jsonl" | jq -e '.n_logits == 4 and .logit_tokens == "7,0,49,13" and .check_rel < 1e-4'
+	compare "$T/set" --logit-tokens 21 --max-feature-nodes 60 --batch 16
+	# Gemma 2: the targets before the final soft cap, probabilities after it
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/g2/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 64 --d-sae 48 --seed 11 >/dev/null
+	F=tests/data/families/gemma2
+	circ-trace --model $F --dict "$T/g2" --tokens $IDS --all-edges --json --logit-tokens 5,299,17 >"$T/c.jsonl"
+	/usr/bin/python3 tests/ref/trace_family_ref.py graph $F "$T/g2" $IDS --logit-tokens 5,299,17 >"$T/r.json"
+	/usr/bin/python3 tests/ref/trace_family_ref.py compare "$T/c.jsonl" "$T/r.json"
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --logit-tokens 7,50
+	[ "$status" -eq 1 ] && [[ "$stderr" == *"logit target 50 is outside the vocabulary (50)"* ]]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --logit-tokens 7,3,7
+	[ "$status" -eq 1 ] && [[ "$stderr" == *"logit target 7 is given twice"* ]]
+	for bad in "--max-logits 3" "--logit-prob 0.5"; do
+		run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --logit-tokens 7 $bad
+		[ "$status" -eq 2 ] && [[ "$stderr" == *"--logit-tokens names the logit targets"* ]]
+	done
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --logit-tokens 7,x
+	[ "$status" -eq 2 ] && [[ "$stderr" == *"--logit-tokens: '7,x': expected comma-separated token ids"* ]]
+}
+
 @test "circ-trace: progress on a terminal counts the targets (features and logits) swept" {
 	need_cmd script
 	unset CIRC_NO_PROGRESS # (helper.bash sets it for every other test)

@@ -214,10 +214,17 @@ def intervene(argv):
     json.dump({"clean": r["logits"][-1].tolist(), "logits": final_logits(r, x).tolist()}, sys.stdout)
 
 
+LOGIT_TOKENS = None  # graph --logit-tokens: the targets given by id
+
+
 def top_logits(logits, max_logits, logit_prob):
     """circuit-tracer's logit targets: the most probable, until their summed
-    probability reaches logit_prob (at most max_logits): ids, probabilities."""
+    probability reaches logit_prob (at most max_logits), or the tokens
+    given (LOGIT_TOKENS, in their order): ids, probabilities."""
     probs = torch.softmax(logits, -1)
+    if LOGIT_TOKENS is not None:
+        i = torch.tensor(LOGIT_TOKENS)
+        return i, probs[i]
     top_p, top_i = torch.topk(probs, min(max_logits, probs.shape[0]))
     cut = int((torch.cumsum(top_p, 0) < logit_prob).sum()) + 1
     return top_i[:cut], top_p[:cut]
@@ -392,7 +399,11 @@ def graph(argv, build_fn=None):
     """Prints the graph (build_fn: a family's build, default GPT-2's)."""
     model, dset, ids = argv[:3]
     o = opts(argv[3:], {"max_logits": "10", "logit_prob": "0.95", "node_threshold": "0.8",
-                        "edge_threshold": "0.98", "max_feature_nodes": "0", "batch": "256"})
+                        "edge_threshold": "0.98", "max_feature_nodes": "0", "batch": "256",
+                        "logit_tokens": ""})
+    global LOGIT_TOKENS
+    if o["logit_tokens"]:
+        LOGIT_TOKENS = [int(t) for t in o["logit_tokens"].split(",")]
     nodes, adj, nl, T, nf = (build_fn or build)(model, dset, [int(i) for i in ids.split(",")],
                                                 int(o["max_logits"]), float(o["logit_prob"]))
     m = int(o["max_feature_nodes"])
