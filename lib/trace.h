@@ -23,12 +23,14 @@
  * transcoder, reads the layer's input.
  *
  * Nodes, in circuit-tracer's order: active features (activation != 0)
- * sorted by (layer, position, feature), error nodes (layer-major,
+ * sorted by (layer, position, feature; with max_feature_nodes only the
+ * most influential, see circ_trace_opts), error nodes (layer-major,
  * L * T of them), token embeddings (T; the input node outputs the token's
  * embedding times the family's embedding scale; GPT-2's positional
  * embedding is a constant), logits (descending
  * probability: the most probable up to max_n_logits, until their summed
- * probability reaches desired_logit_prob). The adjacency matrix A (n, n)
+ * probability reaches desired_logit_prob; or the tokens given, in their
+ * order). The adjacency matrix A (n, n)
  * holds in A[target * n + source] the direct effect act_s * (d pre_t /
  * d out_s) through the residual stream and the attention heads' OV paths
  * (frozen patterns: nothing through q or k; nothing through another
