@@ -621,6 +621,20 @@ int main(int argc, char **argv)
 		circ_usage_error("--dict DIR is required");
 	if (o.tokens && argc - i == 1)
 		circ_usage_error("--tokens and a token stream: give one");
+	if (o.n_iv) {
+		const char *g = o.graph_json	 ? "graph-json"
+				: o.adjacency	 ? "adjacency"
+				: o.all_edges	 ? "all-edges"
+				: o.max_feat	 ? "max-feature-nodes"
+				: o.logit_tokens ? "logit-tokens"
+						 : NULL;
+		if (g)
+			circ_usage_error("--intervene writes new logits, not a graph: --%s "
+					 "applies to the graph",
+					 g);
+	} else if (o.answer >= 0 || o.wrong >= 0) {
+		circ_usage_error("--answer and --wrong go with --intervene");
+	}
 	if (!o.threads)
 		o.threads = circ_threads_default();
 	circ_session_open_model(&s, o.model, o.allow_nonfinite);

@@ -269,4 +269,14 @@ assert all(abs(a["logit"] - b["logit"]) < 1e-5 and a["token"] == b["token"] for 
 	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "tc0.f1@2=x"
 	[ "$status" -eq 1 ]
 	[[ "$stderr" == *"not a finite number"* ]]
+	# the graph's options do not apply to an intervention, nor its metric to a graph
+	for g in "graph-json $T/g.json" "adjacency $T/a.st" all-edges "max-feature-nodes 5" "logit-tokens 3"; do
+		run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "tc0.f1@2=0" --$g
+		[ "$status" -eq 2 ]
+		[[ "$stderr" == *"--intervene writes new logits, not a graph: --${g%% *} applies to the graph"* ]]
+	done
+	[ ! -e "$T/g.json" ] && [ ! -e "$T/a.st" ]
+	run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --answer 4 --wrong 9
+	[ "$status" -eq 2 ]
+	[[ "$stderr" == *"--answer and --wrong go with --intervene"* ]]
 }
