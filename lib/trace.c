@@ -741,23 +741,17 @@ static void sweep(state *st, int *tgt, int K, float *gb, float *a, float *b, flo
 }
 
 /* Influence of every node on the logits from the rows computed so far
- * (rows 0..nr-1 of st->rows, row r that of node node_of[r]), as
- * circuit-tracer's compute_partial_influences: |rows| normalised to sum 1
- * (at least 1e-8), then from the logits' probabilities, infl += p A'
- * until p vanishes (the graph is acyclic: within nr + 1 steps). */
-static void partial_influence(const state *st, int nr, const int *node_of, double *infl)
+ * (rows 0..nr-1 of st->rows, row r that of node node_of[r], its |row| sum
+ * rs[r]), as circuit-tracer's compute_partial_influences: |rows|
+ * normalised to sum 1 (at least 1e-8), then from the logits'
+ * probabilities, infl += p A' until p vanishes (the graph is acyclic:
+ * within nr + 1 steps). */
+static void partial_influence(const state *st, int nr, const int *node_of, const double *rs,
+			      double *infl)
 {
 	const circ_trace_graph *g = st->g;
 	int n = g->n;
-	double *p = circ_xcalloc((size_t)n, sizeof *p), *q = circ_xmalloc((size_t)n * sizeof *q),
-	       *rs = circ_xmalloc((size_t)(nr ? nr : 1) * sizeof *rs);
-	for (int r = 0; r < nr; r++) {
-		const float *row = st->rows + (size_t)r * n;
-		double s = 0;
-		for (int j = 0; j < n; j++)
-			s += fabs(row[j]);
-		rs[r] = s > 1e-8 ? s : 1e-8;
-	}
+	double *p = circ_xcalloc((size_t)n, sizeof *p), *q = circ_xmalloc((size_t)n * sizeof *q);
 	memset(infl, 0, (size_t)n * sizeof *infl);
 	for (int k = 0; k < g->n_logit; k++)
 		p[n - g->n_logit + k] = g->nodes[n - g->n_logit + k].act;
@@ -782,7 +776,6 @@ static void partial_influence(const state *st, int nr, const int *node_of, doubl
 	}
 	free(p);
 	free(q);
-	free(rs);
 }
 
 typedef struct ranked {
@@ -813,6 +806,7 @@ static void select_features(state *st, int M, int B, int *tgt, float *gb, float 
 	int R = M + nl;
 	st->rows = circ_xcalloc((size_t)R * n, sizeof *st->rows);
 	int *node_of = circ_xmalloc((size_t)R * sizeof *node_of);
+	double *rs = circ_xmalloc((size_t)R * sizeof *rs); /* each row's |row| sum */
 	unsigned char *seen = circ_xcalloc((size_t)nf, 1);
 	double *infl = circ_xmalloc((size_t)n * sizeof *infl);
 	ranked *rk = circ_xmalloc((size_t)nf * sizeof *rk);
@@ -827,9 +821,16 @@ static void select_features(state *st, int M, int B, int *tgt, float *gb, float 
 		sweep(st, tgt, K, gb, ba, bb, tmp);
 		circ_progress_step(pr, K);
 	}
-	int nv = 0;
+	int nv = 0, nsum = 0;
 	while (nv < M) {
-		partial_influence(st, nr, node_of, infl);
+		for (; nsum < nr; nsum++) { /* the rows new since the last ranking */
+			const float *row = st->rows + (size_t)nsum * n;
+			double a = 0;
+			for (int j = 0; j < n; j++)
+				a += fabs(row[j]);
+			rs[nsum] = a > 1e-8 ? a : 1e-8;
+		}
+		partial_influence(st, nr, node_of, rs, infl);
 		for (int i = 0; i < nf; i++)
 			rk[i] = (ranked){infl[i], i};
 		qsort(rk, (size_t)nf, sizeof *rk, ranked_cmp);
@@ -884,6 +885,7 @@ static void select_features(state *st, int M, int B, int *tgt, float *gb, float 
 	st->rows = NULL;
 	free(col);
 	free(node_of);
+	free(rs);
 	free(seen);
 	free(infl);
 	free(rk);
@@ -894,6 +896,19 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 				   circ_error *e)
 {
 	const circ_config *c = circ_model_config(m);
+	for (int k = 0; k < o->n_logit_ids; k++) { /* before the prompt's run */
+		int32_t v = o->logit_ids[k];
+		if (v < 0 || v >= c->vocab_size) {
+			circ_errorf(e, "logit target %d is outside the vocabulary (%d)", (int)v,
+				    c->vocab_size);
+			return NULL;
+		}
+		for (int q = 0; q < k; q++)
+			if (o->logit_ids[q] == v) {
+				circ_errorf(e, "logit target %d is given twice", (int)v);
+				return NULL;
+			}
+	}
 	state st = {.c = c, .tc = tc, .T = T};
 	if (freeze(&st, m, tokens, o->threads > 0 ? o->threads : 1, e) < 0) {
 		state_free(&st);
@@ -929,37 +944,14 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	}
 	for (int v = 0; v < V; v++)
 		zsum += exp(logit[v] - lmax);
-	for (int k = 0; k < o->n_logit_ids; k++) {
-		int32_t v = o->logit_ids[k];
-		int dup = 0;
-		for (int q = 0; q < k; q++)
-			dup |= o->logit_ids[q] == v;
-		if (v < 0 || v >= V || dup) {
-			circ_errorf(e,
-				    v < 0 || v >= V
-					? "logit target %d is outside the vocabulary (%d)"
-					: "logit target %d is given twice",
-				    (int)v, V);
-			free(logit);
-			free(raw);
-			free(mean);
-			state_free(&st);
-			return NULL;
-		}
-	}
-	int nmax = o->max_n_logits < V ? o->max_n_logits : V;
-	if (o->n_logit_ids > 0)
-		nmax = o->n_logit_ids;
+	int nmax = o->n_logit_ids > 0 ? o->n_logit_ids : o->max_n_logits < V ? o->max_n_logits : V;
 	if (nmax < 1)
 		nmax = 1;
 	int *top_id = circ_xmalloc((size_t)nmax * sizeof *top_id);
 	double *top_p = circ_xmalloc((size_t)nmax * sizeof *top_p);
-	int nl = 0;
-	double cum = 0;
+	int nl = nmax; /* the given tokens: all of them */
 	for (int k = 0; k < nmax; k++) {
-		int best = -1;
-		if (o->n_logit_ids > 0)
-			best = o->logit_ids[k];
+		int best = o->n_logit_ids > 0 ? o->logit_ids[k] : -1;
 		for (int v = 0; v < V && o->n_logit_ids == 0; v++) {
 			int taken = 0;
 			for (int j = 0; j < k; j++)
@@ -970,17 +962,19 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		top_id[k] = best;
 		top_p[k] = exp(logit[best] - lmax) / zsum;
 	}
-	/* circuit-tracer: searchsorted(cumsum(top_p), p) + 1 logits (all the
-	 * given ones) */
-	for (nl = 0; nl < nmax && o->n_logit_ids == 0; nl++) {
-		cum += top_p[nl];
-		if (cum >= o->desired_logit_prob) {
-			nl++;
-			break;
+	/* circuit-tracer: searchsorted(cumsum(top_p), p) + 1 logits */
+	if (o->n_logit_ids == 0) {
+		double cum = 0;
+		for (nl = 0; nl < nmax; nl++) {
+			cum += top_p[nl];
+			if (cum >= o->desired_logit_prob) {
+				nl++;
+				break;
+			}
 		}
+		if (nl > nmax)
+			nl = nmax;
 	}
-	if (nl > nmax || o->n_logit_ids > 0)
-		nl = nmax;
 
 	/* the node list */
 	circ_trace_graph *g = circ_xcalloc(1, sizeof *g);
