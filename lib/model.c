@@ -850,7 +850,13 @@ void model_p_sum(const circ_run *r, float *out, const float *a, const float *con
  * each part: one set of threads for the whole forward, which sleep when
  * idle (OpenBLAS's own threads spin between calls, taking the core from
  * the pool's work on a machine with few cores). C is cut along its longer
- * side into one part per thread, in multiples of 16 columns or rows. */
+ * side into one part per thread, in multiples of 16 columns or rows; for
+ * OpenBLAS into GEMM_PARTS parts whatever the thread count, shared out
+ * among the threads: OpenBLAS's kernels for some cores (Haswell's, which
+ * OPENBLAS_CORETYPE=Haswell picks on a Zen 5) sum an element in an order
+ * that depends on where its block starts, so cutting by the thread count
+ * made the bits depend on it. circ's own kernels sum every element in one
+ * order wherever the cut falls. */
 typedef struct gemm_task {
 	int ta, tb, m, n, k, lda, ldb, ldc, P, by_cols;
 	const float *a, *b;
@@ -866,6 +872,7 @@ typedef struct gemm_task {
 } gemm_task;
 
 #define GEMM_SPLIT_MIN (1 << 20) /* m * n * k below which one thread does it */
+#define GEMM_PARTS     6	 /* OpenBLAS's parts: 1, 2, 3 or 6 threads share them evenly */
 
 /* Rows i0 .. i1-1, columns j0 .. j1-1 of the product: the bias, the GEMM,
  * the activation, the residual sum, so each block is still in this core's
@@ -930,14 +937,15 @@ static void gemm_part(void *v, size_t p0, size_t p1)
 static void gemm_run(const circ_run *r, gemm_task *t)
 {
 	int P = circ_pool_threads(r->pool);
-	if (P == 1 || circ_pool_inside() || (double)t->m * t->n * t->k < GEMM_SPLIT_MIN ||
-	    (t->m < 32 && t->n < 32)) {
+	int blas = !t->w16 && !t->panel && !t->bw;
+	if ((P == 1 && !blas) || circ_pool_inside() ||
+	    (double)t->m * t->n * t->k < GEMM_SPLIT_MIN || (t->m < 32 && t->n < 32)) {
 		gemm_block(t, 0, t->m, 0, t->n);
 		return;
 	}
-	t->P = P;
+	t->P = blas ? GEMM_PARTS : P;
 	t->by_cols = t->n >= t->m;
-	circ_pool_for(r->pool, (size_t)P, gemm_part, t);
+	circ_pool_for(r->pool, (size_t)t->P, gemm_part, t);
 }
 
 void model_unembed_bwd(const circ_run *r, const float *dl, size_t n, size_t V, size_t C,
