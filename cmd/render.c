@@ -687,19 +687,6 @@ static void fg_read_fcircuit(circ_reader *r, fg_build *b)
 	circ_fgraph_free(g);
 }
 
-/* Token text of id (the tokenizer's, else the id). */
-static char *fg_token_text(const circ_bpe *bpe, int32_t id)
-{
-	circ_error e;
-	size_t len;
-	char *d = bpe ? circ_bpe_decode(bpe, &id, 1, &len, &e) : NULL;
-	if (!d) {
-		d = circ_xmalloc(16);
-		snprintf(d, 16, "%d", (int)id);
-	}
-	return d;
-}
-
 static void fg_read_trace(circ_reader *r, fg_build *b, const circ_bpe *bpe)
 {
 	circ_error e;
@@ -718,9 +705,9 @@ static void fg_read_trace(circ_reader *r, fg_build *b, const circ_bpe *bpe)
 	b->tokens = circ_xcalloc((size_t)b->T + 1, sizeof *b->tokens);
 	for (int t = 0; t < b->T; t++)
 		b->tokens[t] =
-		    fg_token_text(bpe, tok->ptr[t].type == MSGPACK_OBJECT_POSITIVE_INTEGER
-					   ? (int32_t)tok->ptr[t].via.u64
-					   : -1);
+		    circ_bpe_token_text(bpe, tok->ptr[t].type == MSGPACK_OBJECT_POSITIVE_INTEGER
+						 ? (int32_t)tok->ptr[t].via.u64
+						 : -1);
 	int *map = circ_xmalloc((size_t)n_nodes * sizeof *map);
 	for (int64_t i = 0; i < n_nodes; i++)
 		map[i] = -1;
@@ -776,7 +763,7 @@ static void fg_read_trace(circ_reader *r, fg_build *b, const circ_bpe *bpe)
 				snprintf(b->meta[x].dict, sizeof b->meta[x].dict, "tc%d",
 					 (int)layer);
 			if (token >= 0)
-				b->meta[x].text = fg_token_text(bpe, (int32_t)token);
+				b->meta[x].text = circ_bpe_token_text(bpe, (int32_t)token);
 		} else if (circ_rec_get(rec, "edge")) {
 			int64_t src, dst;
 			double w;

@@ -6,6 +6,7 @@
  * "attribution-graph") and, with --graph-json, the graph JSON that
  * circuit-tracer's frontend and Neuronpedia's graph viewer read.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -41,6 +42,7 @@ enum {
 	OPT_BATCH,
 	OPT_MAX_FEATURE_NODES,
 	OPT_LOGIT_TOKENS,
+	OPT_LOGIT_DIFF,
 	OPT_THREADS,
 	OPT_ALLOW_NONFINITE,
 	OPT_INTERVENE,
@@ -75,6 +77,9 @@ static const circ_opt opts[] = {
     {"batch", OPT_BATCH, "N", "targets per backward sweep (default 256)"},
     {"logit-tokens", OPT_LOGIT_TOKENS, "IDS",
      "the logit targets: these tokens (comma-separated ids), not the most probable"},
+    {"logit-diff", OPT_LOGIT_DIFF, "A:B,...",
+     "the logit targets: these logit differences (logit[A] - logit[B], token ids), each "
+     "weighted 1"},
     {"max-feature-nodes", OPT_MAX_FEATURE_NODES, "N",
      "keep the N most influential active features (circuit-tracer's max_feature_nodes; "
      "default: every one)"},
@@ -91,10 +96,12 @@ static const circ_opt opts[] = {
 };
 
 static struct {
-	const char *model, *dict, *tokens, *graph_json, *slug, *scan, *adjacency, *logit_tokens;
+	const char *model, *dict, *tokens, *graph_json, *slug, *scan, *adjacency, *logit_tokens,
+	    *logit_diff;
 	int example, max_logits, all_edges, batch, max_feat, threads, allow_nonfinite;
 	int by_prob; /* --max-logits or --logit-prob given */
 	int n_iv, answer, wrong, top_k;
+	int vocab; /* the model's vocabulary: graph JSON's virtual ids of differences */
 	const char *iv[256];
 	double logit_prob, node_th, edge_th;
 } o = {.max_logits = 10,
@@ -136,6 +143,7 @@ static int handle(int key, const char *arg, void *ctx)
 	case OPT_SCAN: o.scan = arg; return 0;
 	case OPT_BATCH: o.batch = (int)circ_opt_i64("batch", arg, 1, 1 << 20); return 0;
 	case OPT_LOGIT_TOKENS: o.logit_tokens = arg; return 0;
+	case OPT_LOGIT_DIFF: o.logit_diff = arg; return 0;
 	case OPT_MAX_FEATURE_NODES:
 		o.max_feat = (int)circ_opt_i64("max-feature-nodes", arg, 1, 1 << 30);
 		return 0;
@@ -177,6 +185,34 @@ static int32_t *parse_tokens(const char *s, const char *opt, int *T)
 			circ_usage_error("--%s: '%s': expected comma-separated token ids", opt, s);
 	}
 	*T = n;
+	return t;
+}
+
+/* --logit-diff "5:7,9:2": pairs (a, b), 2 * n ids */
+static int32_t *parse_diffs(const char *s, int *n)
+{
+	int cap = 8, k = 0;
+	int32_t *t = circ_xmalloc((size_t)cap * 2 * sizeof *t);
+	const char *p = s;
+	do {
+		for (int h = 0; h < 2; h++) {
+			char *end;
+			errno = 0;
+			long v = strtol(p, &end, 10);
+			if (end == p || !isdigit((unsigned char)*p) || errno || v > INT32_MAX ||
+			    (h == 0 && *end != ':') || (h == 1 && *end && *end != ',') ||
+			    (h == 1 && *end == ',' && !end[1]))
+				circ_usage_error("--logit-diff: '%s': expected A:B pairs of token "
+						 "ids, comma-separated",
+						 s);
+			if (k == cap)
+				t = circ_xrealloc(t, (size_t)(cap *= 2) * 2 * sizeof *t);
+			t[2 * k + h] = (int32_t)v;
+			p = end + (*end != 0);
+		}
+		k++;
+	} while (*p);
+	*n = k;
 	return t;
 }
 
@@ -295,11 +331,16 @@ static char **token_strings(const circ_trace_graph *g, const char *dir)
 	for (int i = 0; i < n; i++) {
 		int32_t id =
 		    i < g->T ? g->tokens[i] : g->nodes[g->n - g->n_logit + (i - g->T)].feature;
-		size_t len;
-		char *d = b ? circ_bpe_decode(b, &id, 1, &len, &e) : NULL;
-		if (!d) {
-			d = circ_xmalloc(16);
-			snprintf(d, 16, "%d", id);
+		char *d = circ_bpe_token_text(b, id);
+		const circ_tnode *nd = i < g->T ? NULL : &g->nodes[g->n - g->n_logit + (i - g->T)];
+		if (nd && nd->minus >= 0) { /* a difference: A" - "B inside the clerp's quotes */
+			char *m = circ_bpe_token_text(b, nd->minus);
+			size_t n2 = strlen(d) + strlen(m) + 8;
+			char *dm = circ_xmalloc(n2);
+			snprintf(dm, n2, "%s\" - \"%s", d, m);
+			free(d);
+			free(m);
+			d = dm;
 		}
 		s[i] = d;
 	}
@@ -371,10 +412,12 @@ static json_t *ct_node(const circ_trace_graph *g, int i, const circ_trace_prune 
 		type = "embedding";
 		break;
 	case CIRC_TNODE_LOGIT: {
-		snprintf(id, sizeof id, "%d_%d_%d", g->L + 1, nd->feature, nd->pos);
-		snprintf(js, sizeof js, "L_%d-%d", nd->feature, nd->pos);
+		/* a difference: circuit-tracer's virtual index of a custom target */
+		int v = nd->minus >= 0 ? o.vocab + i - (g->n - g->n_logit) : nd->feature;
+		snprintf(id, sizeof id, "%d_%d_%d", g->L + 1, v, nd->pos);
+		snprintf(js, sizeof js, "L_%d-%d", v, nd->pos);
 		snprintf(layer, sizeof layer, "%d", g->L + 1);
-		feature = nd->feature;
+		feature = v;
 		type = "logit";
 		target = i == g->n - g->n_logit;
 		prob = nd->act;
@@ -579,24 +622,26 @@ static void write_adjacency(const circ_trace_graph *g)
 {
 	circ_error e;
 	int n = g->n;
-	int32_t *iv = circ_xmalloc((size_t)n * 4 * sizeof *iv);
+	int32_t *iv = circ_xmalloc((size_t)n * 5 * sizeof *iv);
 	float *act = circ_xmalloc((size_t)n * sizeof *act);
 	for (int i = 0; i < n; i++) {
 		iv[i] = (int32_t)g->nodes[i].kind;
 		iv[n + i] = g->nodes[i].layer;
 		iv[2 * n + i] = g->nodes[i].feature;
 		iv[3 * n + i] = g->nodes[i].pos;
+		iv[4 * n + i] = g->nodes[i].minus;
 		act[i] = (float)g->nodes[i].act;
 	}
-	circ_st_tensor t[6] = {
+	circ_st_tensor t[7] = {
 	    {"adjacency", CIRC_F32, 2, {n, n}, g->adj, (size_t)n * n * sizeof(float)},
 	    {"node_kind", CIRC_I32, 1, {n}, iv, (size_t)n * sizeof *iv},
 	    {"node_layer", CIRC_I32, 1, {n}, iv + n, (size_t)n * sizeof *iv},
 	    {"node_feature", CIRC_I32, 1, {n}, iv + 2 * n, (size_t)n * sizeof *iv},
 	    {"node_pos", CIRC_I32, 1, {n}, iv + 3 * n, (size_t)n * sizeof *iv},
+	    {"node_minus", CIRC_I32, 1, {n}, iv + 4 * n, (size_t)n * sizeof *iv},
 	    {"activation", CIRC_F32, 1, {n}, act, (size_t)n * sizeof *act},
 	};
-	if (circ_st_write(o.adjacency, 6, t, 0, NULL, &e) < 0)
+	if (circ_st_write(o.adjacency, 7, t, 0, NULL, &e) < 0)
 		circ_die(&e);
 	free(iv);
 	free(act);
@@ -627,6 +672,7 @@ int main(int argc, char **argv)
 				: o.all_edges	 ? "all-edges"
 				: o.max_feat	 ? "max-feature-nodes"
 				: o.logit_tokens ? "logit-tokens"
+				: o.logit_diff	 ? "logit-diff"
 						 : NULL;
 		if (g)
 			circ_usage_error("--intervene writes new logits, not a graph: --%s "
@@ -672,6 +718,18 @@ int main(int argc, char **argv)
 			circ_usage_error("--logit-tokens: '': expected comma-separated token ids");
 	}
 	to.logit_ids = lids;
+	int32_t *ldiff = NULL;
+	if (o.logit_diff) {
+		if (o.logit_tokens)
+			circ_usage_error("--logit-diff and --logit-tokens both name the logit "
+					 "targets: give one");
+		if (o.by_prob)
+			circ_usage_error("--logit-diff names the logit targets: --max-logits and "
+					 "--logit-prob choose them by probability");
+		ldiff = parse_diffs(o.logit_diff, &to.n_logit_diffs);
+	}
+	to.logit_diffs = ldiff;
+	o.vocab = s.c->vocab_size;
 	to.threads = o.threads;
 	circ_cli_progress(&s.pr, "targets", 0);
 	to.progress = &s.pr;
@@ -680,6 +738,7 @@ int main(int argc, char **argv)
 		circ_die(&e);
 	circ_progress_end(&s.pr);
 	free(lids);
+	free(ldiff);
 	double rel, chk = circ_trace_check(g, &rel);
 	if (o.adjacency)
 		write_adjacency(g);
@@ -711,6 +770,7 @@ int main(int argc, char **argv)
 	    CIRC_HDR(I64, "n_logits", g->n_logit),
 	    CIRC_HDR(I64, "max_n_logits", o.max_logits),
 	    CIRC_HDR_IF(o.logit_tokens != NULL, STR, "logit_tokens", o.logit_tokens),
+	    CIRC_HDR_IF(o.logit_diff != NULL, STR, "logit_diffs", o.logit_diff),
 	    CIRC_HDR(F64, "desired_logit_prob", o.logit_prob),
 	    CIRC_HDR(F64, "node_threshold", o.node_th),
 	    CIRC_HDR(F64, "edge_threshold", o.edge_th),
@@ -728,16 +788,22 @@ int main(int argc, char **argv)
 		int tgt = nd->kind == CIRC_TNODE_FEATURE || nd->kind == CIRC_TNODE_LOGIT;
 		pk = circ_writer_packer(s.w);
 		circ_trace_node_name(nd, name, sizeof name);
-		int drop = tgt && g->n_active > g->n_feat;
-		msgpack_pack_map(pk, 9 + 2 * tgt + drop);
+		int drop = tgt && g->n_active > g->n_feat, diff = nd->minus >= 0;
+		msgpack_pack_map(pk, 9 + 2 * tgt + drop + diff);
 		circ_pack_kv_str(pk, "node", name);
 		circ_pack_kv_i64(pk, "index", k);
 		circ_pack_kv_str(pk, "kind", kind_name(nd->kind));
 		circ_pack_kv_i64(pk, "layer", nd->layer);
 		circ_pack_kv_i64(pk, nd->kind == CIRC_TNODE_FEATURE ? "feature" : "token",
 				 nd->kind == CIRC_TNODE_ERROR ? -1 : nd->feature);
+		if (diff)
+			circ_pack_kv_i64(pk, "minus", nd->minus);
 		circ_pack_kv_i64(pk, "pos", nd->pos);
-		circ_pack_kv_f64(pk, nd->kind == CIRC_TNODE_LOGIT ? "prob" : "activation", nd->act);
+		circ_pack_kv_f64(pk,
+				 diff				? "target_weight"
+				 : nd->kind == CIRC_TNODE_LOGIT ? "prob"
+								: "activation",
+				 nd->act);
 		circ_pack_kv_f64(pk, "influence", p.cumulative[k]);
 		circ_pack_str(pk, "keep");
 		if (p.node_keep[k])

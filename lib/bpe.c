@@ -2536,3 +2536,15 @@ int circ_bpe_encode_ref(const circ_bpe *b, const char *text, size_t n, int flags
 			pos += (size_t)l;
 	}
 }
+
+char *circ_bpe_token_text(const circ_bpe *b, int32_t id)
+{
+	circ_error e;
+	size_t len;
+	char *d = b ? circ_bpe_decode(b, &id, 1, &len, &e) : NULL;
+	if (!d) {
+		d = circ_xmalloc(16);
+		snprintf(d, 16, "%d", (int)id);
+	}
+	return d;
+}

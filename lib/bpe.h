@@ -145,6 +145,9 @@ int32_t circ_bpe_single(circ_bpe *b, const char *text, size_t n);
  * convenience; the bytes may contain NUL and need not be valid UTF-8).
  * Fails on an id the vocabulary does not have, naming its index. */
 char *circ_bpe_decode(const circ_bpe *b, const int32_t *ids, size_t n, size_t *len, circ_error *e);
+/* One token's text for display in a new heap string: b's decoding of id,
+ * or the id in decimal when b is NULL or has no such id. */
+char *circ_bpe_token_text(const circ_bpe *b, int32_t id);
 
 /* Streaming encoder: feed text in chunks of any size (cut anywhere, even
  * inside a UTF-8 character or a special token); ids are appended to out as

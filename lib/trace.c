@@ -35,6 +35,8 @@ void circ_trace_opts_default(circ_trace_opts *o)
 	o->max_feature_nodes = 0;
 	o->logit_ids = NULL;
 	o->n_logit_ids = 0;
+	o->logit_diffs = NULL;
+	o->n_logit_diffs = 0;
 	o->progress = NULL;
 	o->threads = 1;
 }
@@ -57,7 +59,12 @@ void circ_trace_node_name(const circ_tnode *nd, char *out, size_t n)
 		break;
 	case CIRC_TNODE_ERROR: snprintf(out, n, "tc%d.err@%d", nd->layer, nd->pos); break;
 	case CIRC_TNODE_INPUT: snprintf(out, n, "input@%d", nd->pos); break;
-	case CIRC_TNODE_LOGIT: snprintf(out, n, "logit.%d", nd->feature); break;
+	case CIRC_TNODE_LOGIT:
+		if (nd->minus >= 0)
+			snprintf(out, n, "logit.%d-%d", nd->feature, nd->minus);
+		else
+			snprintf(out, n, "logit.%d", nd->feature);
+		break;
 	}
 }
 
@@ -909,6 +916,30 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 				return NULL;
 			}
 	}
+	for (int k = 0; k < o->n_logit_diffs; k++) {
+		int32_t a = o->logit_diffs[2 * k], b = o->logit_diffs[2 * k + 1];
+		if (a < 0 || a >= c->vocab_size || b < 0 || b >= c->vocab_size) {
+			circ_errorf(
+			    e, "logit difference %d:%d: token %d is outside the vocabulary (%d)",
+			    (int)a, (int)b, (int)(a < 0 || a >= c->vocab_size ? a : b),
+			    c->vocab_size);
+			return NULL;
+		}
+		if (a == b) {
+			circ_errorf(e, "logit difference %d:%d is zero", (int)a, (int)b);
+			return NULL;
+		}
+		for (int q = 0; q < k; q++)
+			if (o->logit_diffs[2 * q] == a && o->logit_diffs[2 * q + 1] == b) {
+				circ_errorf(e, "logit difference %d:%d is given twice", (int)a,
+					    (int)b);
+				return NULL;
+			}
+	}
+	if (o->n_logit_diffs > 0 && o->n_logit_ids > 0) {
+		circ_errorf(e, "logit targets: tokens or differences, not both");
+		return NULL;
+	}
 	state st = {.c = c, .tc = tc, .T = T};
 	if (freeze(&st, m, tokens, o->threads > 0 ? o->threads : 1, e) < 0) {
 		state_free(&st);
@@ -944,13 +975,21 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	}
 	for (int v = 0; v < V; v++)
 		zsum += exp(logit[v] - lmax);
-	int nmax = o->n_logit_ids > 0 ? o->n_logit_ids : o->max_n_logits < V ? o->max_n_logits : V;
+	int ndiff = o->n_logit_diffs > 0 ? o->n_logit_diffs : 0;
+	int nmax = ndiff		 ? ndiff
+		   : o->n_logit_ids > 0	 ? o->n_logit_ids
+		   : o->max_n_logits < V ? o->max_n_logits
+					 : V;
 	if (nmax < 1)
 		nmax = 1;
 	int *top_id = circ_xmalloc((size_t)nmax * sizeof *top_id);
 	double *top_p = circ_xmalloc((size_t)nmax * sizeof *top_p);
-	int nl = nmax; /* the given tokens: all of them */
-	for (int k = 0; k < nmax; k++) {
+	int nl = nmax; /* the given tokens or differences: all of them */
+	for (int k = 0; k < nmax && ndiff; k++) {
+		top_id[k] = o->logit_diffs[2 * k];
+		top_p[k] = 1.0;
+	}
+	for (int k = 0; k < nmax && !ndiff; k++) {
 		int best = o->n_logit_ids > 0 ? o->logit_ids[k] : -1;
 		for (int v = 0; v < V && o->n_logit_ids == 0; v++) {
 			int taken = 0;
@@ -963,7 +1002,7 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		top_p[k] = exp(logit[best] - lmax) / zsum;
 	}
 	/* circuit-tracer: searchsorted(cumsum(top_p), p) + 1 logits */
-	if (o->n_logit_ids == 0) {
+	if (o->n_logit_ids == 0 && !ndiff) {
 		double cum = 0;
 		for (nl = 0; nl < nmax; nl++) {
 			cum += top_p[nl];
@@ -990,6 +1029,8 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 	g->n_active = nf;
 	g->n = nf + L * T + T + nl;
 	g->nodes = circ_xcalloc((size_t)g->n, sizeof *g->nodes);
+	for (int i = 0; i < g->n; i++)
+		g->nodes[i].minus = -1;
 	size_t nsrc = (size_t)nf + (size_t)L * T + T, ntgt = (size_t)nf + nl;
 	st.src = circ_xmalloc(nsrc * C * sizeof *st.src);
 	st.seed = circ_xmalloc(ntgt * C * sizeof *st.seed);
@@ -1056,9 +1097,18 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 		nd->act = top_p[k];
 		float *uk = ufin + (size_t)k * C;
 		vrows(st.unemb, st.unemb_dt, (size_t)top_id[k], 1, C, uk);
-		for (int i = 0; i < C; i++)
-			uk[i] = (float)(uk[i] - mean[i]);
-		nd->pre = raw[top_id[k]] - lsum / V;
+		if (ndiff) { /* u_a - u_b: the mean cancels */
+			int b = o->logit_diffs[2 * k + 1];
+			vrows(st.unemb, st.unemb_dt, (size_t)b, 1, C, u);
+			for (int i = 0; i < C; i++)
+				uk[i] -= u[i];
+			nd->minus = b;
+			nd->pre = raw[top_id[k]] - raw[b];
+		} else {
+			for (int i = 0; i < C; i++)
+				uk[i] = (float)(uk[i] - mean[i]);
+			nd->pre = raw[top_id[k]] - lsum / V;
+		}
 		seed_of(&st, st.seed + (size_t)(nf + k) * C, uk, st.fin_w, st.sf[T - 1],
 			IN_NORM_WB);
 	}

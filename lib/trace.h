@@ -30,7 +30,9 @@
  * embedding is a constant), logits (descending
  * probability: the most probable up to max_n_logits, until their summed
  * probability reaches desired_logit_prob; or the tokens given, in their
- * order). The adjacency matrix A (n, n)
+ * order; or the logit differences given, in their order: circuit-tracer's
+ * custom targets with the vector u_a - u_b, in which the mean cancels).
+ * The adjacency matrix A (n, n)
  * holds in A[target * n + source] the direct effect act_s * (d pre_t /
  * d out_s) through the residual stream and the attention heads' OV paths
  * (frozen patterns: nothing through q or k; nothing through another
@@ -75,10 +77,14 @@ typedef struct circ_tnode {
 	circ_tnode_kind kind;
 	int layer;	/* feature, error: the transcoder's (MLP's) layer; else -1 */
 	int feature;	/* feature: its index; logit and input: the token id; error: -1 */
+	int minus;	/* a logit difference: the token whose logit is subtracted;
+			 * else -1 */
 	int pos;	/* position (logits: T-1) */
-	double act;	/* feature: activation; logit: probability; else 0 */
+	double act;	/* feature: activation; logit: probability (a logit
+			 * difference: its weight); else 0 */
 	double pre;	/* targets: the value its incoming edges sum to with bias:
-			 * the pre-activation (feature), the demeaned logit */
+			 * the pre-activation (feature), the demeaned logit (a
+			 * logit difference: logit[feature] - logit[minus]) */
 	double bias;	/* targets: the constant term (see the top of this file) */
 	double dropped; /* targets: the sum of the edges from the active features
 			 * left out by max_feature_nodes (0 with every feature) */
@@ -91,6 +97,10 @@ typedef struct circ_trace_opts {
 	const int32_t *logit_ids;  /* n_logit_ids > 0: the logit targets, these tokens (in
 				    * this order) instead of the most probable */
 	int n_logit_ids;
+	const int32_t *logit_diffs; /* n_logit_diffs > 0: the logit targets are these
+				     * differences, pairs (a, b): logit[a] - logit[b]
+				     * (before a soft cap), each weighted 1 */
+	int n_logit_diffs;
 	int max_feature_nodes;	 /* the most feature nodes (<= 0: every active feature);
 				  * chosen by influence as circuit-tracer's attribute */
 	int threads;		 /* threads for the model and the GEMMs (<= 0: 1) */
@@ -132,7 +142,8 @@ circ_trace_graph *circ_trace_build(const circ_model *m, const circ_dict *const *
 double circ_trace_check(const circ_trace_graph *g, double *rel);
 
 /* Node name as circ(1) FEATURE GRAPHS writes it: "tc3.f17@5",
- * "tc3.err@5", "input@5", "logit.<id>". */
+ * "tc3.err@5", "input@5", "logit.<id>", "logit.<a>-<b>" (a logit
+ * difference). */
 void circ_trace_node_name(const circ_tnode *nd, char *out, size_t n);
 
 /* ---- pruning, as circuit-tracer's prune_graph ----

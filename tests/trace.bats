@@ -72,6 +72,59 @@ compare() { # set [options]
 	refused --max-feature-nodes x
 }
 
+@test "circ-trace --logit-diff: logit differences as the targets equal the reference's and the differences of the single logits' rows" {
+	make_case
+	compare "$T/set" --logit-diff 7:13,0:49
+	head -1 "$T/c.jsonl" | jq -e '.n_logits == 2 and .logit_diffs == "7:13,0:49" and .check_rel < 1e-4'
+	jq -e -s '[.[] | select(.kind == "logit")] | map([.node, .token, .minus, .target_weight]) ==
+		[["logit.7-13", 7, 13, 1], ["logit.0-49", 0, 49, 1]]' "$T/c.jsonl"
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --json --logit-diff 7:13,0:49 >"$T/p.jsonl"
+	tests/validate.py schemas/attribution-graph.schema.json "$T/p.jsonl"
+	cp "$T/c.jsonl" "$T/d.jsonl"
+	# linear: each edge into logit.7-13 is the edge into logit.7 minus the
+	# one into logit.13; its pre the clean logit difference (no soft cap)
+	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --logit-tokens 7,13 >"$T/s.jsonl"
+	jq -e -n --slurpfile d "$T/d.jsonl" --slurpfile s "$T/s.jsonl" '
+		def w(f; t): [f[] | select(.edge) | select(.edge | endswith("->" + t)) | {key: (.edge | split("->")[0]), value: .weight}] | from_entries;
+		(w($d; "logit.7-13")) as $dw | (w($s; "logit.7")) as $a | (w($s; "logit.13")) as $b |
+		($dw | length) > 20 and
+		([($a + $b) | keys[] | (($dw[.] // 0) - (($a[.] // 0) - ($b[.] // 0))) | fabs] | max) < 1e-4 *
+			([$dw[] | fabs] | max)'
+	m=$(circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene tc0.f1@0*1 --answer 7 --wrong 13 --json | sed -n 2p | jq .clean_metric)
+	jq -e -s --argjson m "$m" '[.[] | select(.node == "logit.7-13")][0].pre - $m | fabs < 1e-4' "$T/d.jsonl"
+	compare "$T/set" --logit-diff 21:3 --max-feature-nodes 60 --batch 16
+	# Gemma 2: the difference before the final soft cap
+	/usr/bin/python3 tests/ref/dict_ref.py make "$T/g2/a" --arch transcoder --hook blocks.0.ln2.hook_normalized \
+		--hook-out blocks.0.hook_mlp_out --d-in 64 --d-sae 48 --seed 11 >/dev/null
+	F=tests/data/families/gemma2
+	circ-trace --model $F --dict "$T/g2" --tokens $IDS --all-edges --json --logit-diff 5:299 --graph-json "$T/g.json" >"$T/c.jsonl"
+	/usr/bin/python3 tests/ref/trace_family_ref.py graph $F "$T/g2" $IDS --logit-diff 5:299 >"$T/r.json"
+	/usr/bin/python3 tests/ref/trace_family_ref.py compare "$T/c.jsonl" "$T/r.json"
+	# the graph JSON names it as circuit-tracer names a custom target: a
+	# virtual index after the vocabulary
+	V=$(jq .vocab_size $F/config.json)
+	L=$(jq .num_hidden_layers $F/config.json)
+	jq -e --argjson v "$V" --argjson l "$L" '[.nodes[] | select(.feature_type == "logit")] |
+		length == 1 and .[0].feature == $v and .[0].node_id == "\($l + 1)_\($v)_6" and .[0].is_target_logit and
+		(.[0].clerp | test("^Output \".*\" - \".*\" \\(p=1.000\\)$"))' "$T/g.json"
+	bad() { # status, message, options
+		local st=$1 msg=$2
+		shift 2
+		run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS "$@"
+		echo "$stderr"
+		[ "$status" -eq "$st" ] && [[ "$stderr" == *"$msg"* ]]
+	}
+	bad 1 "logit difference 7:50: token 50 is outside the vocabulary (50)" --logit-diff 7:50
+	bad 1 "logit difference 7:7 is zero" --logit-diff 7:7
+	bad 1 "logit difference 7:3 is given twice" --logit-diff 7:3,1:2,7:3
+	for s in 7 7:3, 7-3 :3 7:x 7:3:1 "" 7:-3; do
+		bad 2 "--logit-diff: '$s': expected A:B pairs of token ids, comma-separated" --logit-diff "$s"
+	done
+	bad 2 "--logit-diff and --logit-tokens both name the logit targets" --logit-diff 7:3 --logit-tokens 7
+	bad 2 "--logit-diff names the logit targets: --max-logits and --logit-prob" --logit-diff 7:3 --max-logits 2
+	bad 2 "--intervene writes new logits, not a graph: --logit-diff" --logit-diff 7:3 --intervene tc0.f1@0=0
+}
+
 @test "circ-trace --logit-tokens: the given tokens' logits as the targets, weighted by their probabilities, equal the reference's" {
 	make_case
 	# unlikely tokens too, in the order given
@@ -270,7 +323,7 @@ assert all(abs(a["logit"] - b["logit"]) < 1e-5 and a["token"] == b["token"] for 
 	[ "$status" -eq 1 ]
 	[[ "$stderr" == *"not a finite number"* ]]
 	# the graph's options do not apply to an intervention, nor its metric to a graph
-	for g in "graph-json $T/g.json" "adjacency $T/a.st" all-edges "max-feature-nodes 5" "logit-tokens 3"; do
+	for g in "graph-json $T/g.json" "adjacency $T/a.st" all-edges "max-feature-nodes 5" "logit-tokens 3" "logit-diff 3:4"; do
 		run --separate-stderr circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --intervene "tc0.f1@2=0" --$g
 		[ "$status" -eq 2 ]
 		[[ "$stderr" == *"--intervene writes new logits, not a graph: --${g%% *} applies to the graph"* ]]

@@ -16,7 +16,8 @@ Usage:
                [--seed N] [--std X]
       writes a random GPT-2 (config.json, model.safetensors).
   trace_ref.py graph MODEL DICTSET IDS [--max-logits N] [--logit-prob P]
-               [--node-threshold X] [--edge-threshold X]
+               [--node-threshold X] [--edge-threshold X] [--logit-tokens IDS]
+               [--logit-diff A:B,...] [--max-feature-nodes N --batch K]
       prints the graph as JSON: nodes (kind, layer, feature, pos, act, pre,
       bias, influence, keep), adj (rows: targets, columns: sources), edge
       keep mask as a list of [target, source] pairs.
@@ -215,6 +216,7 @@ def intervene(argv):
 
 
 LOGIT_TOKENS = None  # graph --logit-tokens: the targets given by id
+LOGIT_DIFFS = None  # graph --logit-diff: the targets logit[a] - logit[b], pairs (a, b)
 
 
 def top_logits(logits, max_logits, logit_prob):
@@ -222,6 +224,8 @@ def top_logits(logits, max_logits, logit_prob):
     probability reaches logit_prob (at most max_logits), or the tokens
     given (LOGIT_TOKENS, in their order): ids, probabilities."""
     probs = torch.softmax(logits, -1)
+    if LOGIT_DIFFS is not None:  # circuit-tracer's custom targets, weight 1
+        return list(LOGIT_DIFFS), torch.ones(len(LOGIT_DIFFS), dtype=probs.dtype)
     if LOGIT_TOKENS is not None:
         i = torch.tensor(LOGIT_TOKENS)
         return i, probs[i]
@@ -257,11 +261,16 @@ def assemble(replacement, e0, acts, errs, ids, top_i, top_p):
               for l in range(L) for t in range(T)]
     nodes += [{"kind": "input", "layer": -1, "feature": ids[t], "pos": t, "act": 0.0}
               for t in range(T)]
-    nodes += [{"kind": "logit", "layer": -1, "feature": int(i), "pos": T - 1, "act": float(pp),
-               "pre": float(dl[i]), "bias": float(zdl[i])} for i, pp in zip(top_i, top_p)]
+    def value(v, i):  # a target's value in the logits v: a logit or a difference
+        return v[i[0]] - v[i[1]] if isinstance(i, tuple) else v[i]
+
+    nodes += [{"kind": "logit", "layer": -1, "pos": T - 1, "act": float(pp),
+               "pre": float(value(dl, i)), "bias": float(value(zdl, i)),
+               **({"feature": i[0], "minus": i[1]} if isinstance(i, tuple) else {"feature": int(i)})}
+              for i, pp in zip(top_i, top_p)]
     n, nf = len(nodes), len(feats)
     adj = torch.zeros(n, n)
-    targets = [pres[l][t, f] for l, t, f in feats] + [dl[i] for i in top_i]
+    targets = [pres[l][t, f] for l, t, f in feats] + [value(dl, i) for i in top_i]
     for r, y in enumerate(targets):
         row = r if r < nf else n - len(top_i) + (r - nf)
         g = torch.autograd.grad(y, [emb] + fs + es, retain_graph=True, allow_unused=True)
@@ -400,10 +409,12 @@ def graph(argv, build_fn=None):
     model, dset, ids = argv[:3]
     o = opts(argv[3:], {"max_logits": "10", "logit_prob": "0.95", "node_threshold": "0.8",
                         "edge_threshold": "0.98", "max_feature_nodes": "0", "batch": "256",
-                        "logit_tokens": ""})
-    global LOGIT_TOKENS
+                        "logit_tokens": "", "logit_diff": ""})
+    global LOGIT_TOKENS, LOGIT_DIFFS
     if o["logit_tokens"]:
         LOGIT_TOKENS = [int(t) for t in o["logit_tokens"].split(",")]
+    if o["logit_diff"]:
+        LOGIT_DIFFS = [tuple(int(t) for t in p.split(":")) for p in o["logit_diff"].split(",")]
     nodes, adj, nl, T, nf = (build_fn or build)(model, dset, [int(i) for i in ids.split(",")],
                                                 int(o["max_logits"]), float(o["logit_prob"]))
     m = int(o["max_feature_nodes"])
@@ -436,10 +447,11 @@ def compare(argv):
     n = len(rn)
     for i, (c, r) in enumerate(zip(cn, rn)):
         same = (c["kind"] == r["kind"] and c["layer"] == r["layer"] and c["pos"] == r["pos"]
-                and c.get("feature", c.get("token")) == r["feature"])
+                and c.get("feature", c.get("token")) == r["feature"]
+                and c.get("minus", -1) == r.get("minus", -1))
         if not same:
             raise SystemExit("node %d: circ %s, reference %s" % (i, c, r))
-        a = c.get("activation", c.get("prob"))
+        a = c.get("activation", c.get("prob", c.get("target_weight")))
         if abs(a - r["act"]) > tol * max(1, abs(r["act"])):
             bad.append("node %s: activation %g vs %g" % (c["node"], a, r["act"]))
         for k in ("pre", "bias", "dropped"):
