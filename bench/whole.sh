@@ -65,7 +65,17 @@ cpu() {
 	for f in avx2 fma avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 avx_vnni amx_tile amx_bf16 amx_int8; do
 		case " $flags " in *" $f "*) ext="$ext $f" ;; esac
 	done
-	echo "cpu: ${model:-unknown}, $(nproc) cores usable ($(grep -c '^processor' /proc/cpuinfo) listed)"
+	fam=$(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -1)
+	mod=$(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -1)
+	# the microarchitectures this project has run on (a VM may name only the vendor)
+	case "$(sed -n 's/^vendor_id[[:space:]]*: //p' /proc/cpuinfo | head -1) $fam $mod" in
+	"AuthenticAMD 25 17") arch=", Zen 4" ;;
+	"AuthenticAMD 26 "*) arch=", Zen 5" ;;
+	"GenuineIntel 6 143") arch=", Sapphire Rapids" ;;
+	"GenuineIntel 6 207") arch=", Emerald Rapids" ;;
+	*) arch="" ;;
+	esac
+	echo "cpu: ${model:-unknown} (family ${fam:-?} model ${mod:-?}$arch), $(nproc) cores usable ($(grep -c '^processor' /proc/cpuinfo) listed)"
 	echo "  vector/matrix extensions:${ext:- none of avx2 avx512 amx}"
 	echo "  OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE-(unset)}"
 }
