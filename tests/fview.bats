@@ -218,6 +218,12 @@ PY
 	graph_json_ok "$T/g.json"
 	jq -e '(.metadata.prompt_tokens | length) == 8 and .metadata.prompt_tokens[0] == "\ufffd"' "$T/g.json"
 	jq -e '[.nodes[] | select(.feature_type == "logit") | .clerp | test("^Output")] | all' "$T/g.json"
+	# a logit difference: circuit-tracer's custom target, its index past the vocabulary
+	circ-trace --model $IT --dict $IT/transcoders --tokens 153,191,26,106,187,153,191,26 --node-threshold 0.95 \
+		--logit-diff 106:187 --graph-json "$T/d.json" >/dev/null
+	graph_json_ok "$T/d.json"
+	jq -e --argjson v "$(jq .vocab_size $IT/config.json)" '[.nodes[] | select(.feature_type == "logit")] |
+		length == 1 and .[0].feature == $v and .[0].is_target_logit and (.[0].clerp | test("^Output \".+\" - \".+\" \\(p=1.000\\)$"))' "$T/d.json"
 }
 
 @test "graph JSON: the checker and the schema fail on what the viewers would misread" {
