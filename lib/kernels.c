@@ -280,8 +280,9 @@ void circ_blas_threads(int n)
 
 /* ================================================================ gemm */
 
-void circ_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
-	       const float *b, int ldb, float beta, float *c, int ldc)
+/* OpenBLAS's sgemm (circ_gemm's products that circ's kernels do not take). */
+static void blas_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+		      const float *b, int ldb, float beta, float *c, int ldc)
 {
 	if (m <= 0 || n <= 0)
 		return;
@@ -854,6 +855,25 @@ void circ_gemm_pk(int zero, int m, int n, int k, const float *a, int lda, const 
 #endif
 	(void)a, (void)lda, (void)pk, (void)pks;
 	CIRC_ASSERT(!"circ_gemm_pk without AVX-512");
+}
+
+/* c = a op(b) + beta c: with AVX-512, alpha 1, beta 0 or 1 and a as it lies,
+ * circ's panel kernel (each element summed in order of k, wherever it sits
+ * in the product); else OpenBLAS, whose kernels for some cores sum an
+ * element in an order that depends on its place in the call (Haswell's,
+ * which OPENBLAS_CORETYPE=Haswell picks on a Zen 5: a row's bits then
+ * depended on the batch it came in and on the thread count). */
+void circ_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+	       const float *b, int ldb, float beta, float *c, int ldc)
+{
+#if CIRC_X86
+	if (!ta && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && use_avx512()) {
+		if (!gemm_empty(beta == 0.0f, m, n, k, c, ldc))
+			gemm_pn_avx512(beta == 0.0f, tb, m, n, k, a, lda, b, ldb, c, ldc);
+		return;
+	}
+#endif
+	blas_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void circ_gemm_pn(int zero, int tb, int m, int n, int k, const float *a, int lda, const float *b,

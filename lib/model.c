@@ -851,12 +851,12 @@ void model_p_sum(const circ_run *r, float *out, const float *a, const float *con
  * idle (OpenBLAS's own threads spin between calls, taking the core from
  * the pool's work on a machine with few cores). C is cut along its longer
  * side into one part per thread, in multiples of 16 columns or rows; for
- * OpenBLAS into GEMM_PARTS parts whatever the thread count, shared out
- * among the threads: OpenBLAS's kernels for some cores (Haswell's, which
- * OPENBLAS_CORETYPE=Haswell picks on a Zen 5) sum an element in an order
- * that depends on where its block starts, so cutting by the thread count
- * made the bits depend on it. circ's own kernels sum every element in one
- * order wherever the cut falls. */
+ * OpenBLAS (circ_gemm without AVX-512, or with a transposed a) into
+ * GEMM_PARTS parts whatever the thread count, shared out among the
+ * threads: OpenBLAS's kernels for some cores (Haswell's) sum an element in
+ * an order that depends on where its block starts, so cutting by the
+ * thread count made the bits depend on it. circ's own kernels sum every
+ * element in one order wherever the cut falls. */
 typedef struct gemm_task {
 	int ta, tb, m, n, k, lda, ldb, ldc, P, by_cols;
 	const float *a, *b;
@@ -937,7 +937,7 @@ static void gemm_part(void *v, size_t p0, size_t p1)
 static void gemm_run(const circ_run *r, gemm_task *t)
 {
 	int P = circ_pool_threads(r->pool);
-	int blas = !t->w16 && !t->panel && !t->bw;
+	int blas = !t->w16 && !t->panel && !t->bw && (t->ta || !circ_gemm_pk_fast());
 	if ((P == 1 && !blas) || circ_pool_inside() ||
 	    (double)t->m * t->n * t->k < GEMM_SPLIT_MIN || (t->m < 32 && t->n < 32)) {
 		gemm_block(t, 0, t->m, 0, t->n);
