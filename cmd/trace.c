@@ -329,10 +329,8 @@ static char **token_strings(const circ_trace_graph *g, const char *dir)
 	int n = g->T + g->n_logit;
 	char **s = circ_xcalloc((size_t)n, sizeof *s);
 	for (int i = 0; i < n; i++) {
-		int32_t id =
-		    i < g->T ? g->tokens[i] : g->nodes[g->n - g->n_logit + (i - g->T)].feature;
-		char *d = circ_bpe_token_text(b, id);
 		const circ_tnode *nd = i < g->T ? NULL : &g->nodes[g->n - g->n_logit + (i - g->T)];
+		char *d = circ_bpe_token_text(b, nd ? nd->feature : g->tokens[i]);
 		if (nd && nd->minus >= 0) { /* a difference: A" - "B inside the clerp's quotes */
 			char *m = circ_bpe_token_text(b, nd->minus);
 			size_t n2 = strlen(d) + strlen(m) + 8;

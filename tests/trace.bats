@@ -169,8 +169,9 @@ compare() { # set [options]
 
 @test "circ-trace --adjacency: the dense matrix and node table equal the stream's" {
 	make_case
-	circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --adjacency "$T/a.safetensors" >"$T/c.jsonl"
-	/usr/bin/python3 - "$T/c.jsonl" "$T/a.safetensors" <<'PY'
+	for lt in "--max-logits 10" "--logit-diff 7:13,0:49"; do
+		circ-trace --model "$T/m" --dict "$T/set" --tokens $IDS --all-edges --json --adjacency "$T/a.safetensors" $lt >"$T/c.jsonl"
+		/usr/bin/python3 - "$T/c.jsonl" "$T/a.safetensors" <<'PY'
 import json, sys
 sys.path.insert(0, "tests/ref")
 import numpy as np
@@ -189,7 +190,11 @@ kinds = ["feature", "error", "input", "logit"]
 nodes = [r for r in lines[1:] if "node" in r]
 assert [kinds[k] for k in t["node_kind"]] == [r["kind"] for r in nodes]
 assert list(t["node_pos"]) == [r["pos"] for r in nodes]
+assert list(t["node_feature"]) == [r.get("feature", r.get("token")) for r in nodes]
+assert list(t["node_minus"]) == [r.get("minus", -1) for r in nodes]
 PY
+	done
+	jq -e -s '[.[] | select(.minus)] | length == 2' "$T/c.jsonl"
 }
 
 @test "circ-trace: every transcoder input hook, fold_ln off, other thresholds and logit counts" {
