@@ -1437,6 +1437,26 @@ AVX2 static inline float hsum8x4(__m256 s0, __m256 s1, __m256 s2, __m256 s3)
 	return hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
 
+/* The variance sums of a LayerNorm row o of mean m from element i on
+ * (fewer than 32 left) into s0 and s1, then 1 / sqrt(variance + eps). */
+AVX2 static float var_rstd_avx2(const float *o, float m, int i, int C, __m256 s0, __m256 s1,
+				__m256 s2, __m256 s3, float eps)
+{
+	__m256 m8 = _mm256_set1_ps(m);
+	for (; i + 8 <= C; i += 8) {
+		__m256 d = _mm256_sub_ps(_mm256_loadu_ps(o + i), m8);
+		s0 = _mm256_fmadd_ps(d, d, s0);
+	}
+	if (i < C) { /* padded lanes stay 0 so they add nothing */
+		float buf[8] = {0};
+		for (int j = 0; j < C - i; j++)
+			buf[j] = o[i + j] - m;
+		__m256 d = _mm256_loadu_ps(buf);
+		s1 = _mm256_fmadd_ps(d, d, s1);
+	}
+	return 1.0f / sqrtf(hsum8x4(s0, s1, s2, s3) / (float)C + eps);
+}
+
 /* The rest of a LayerNorm row o whose mean m is known: the variance, then
  * o = (o - m) r w + b in place. Four accumulators, so the sums do not wait
  * on one add chain. */
@@ -1456,18 +1476,7 @@ AVX2 static void layernorm_finish_avx2(float *o, float *mean, float *rstd, float
 		s2 = _mm256_fmadd_ps(d2, d2, s2);
 		s3 = _mm256_fmadd_ps(d3, d3, s3);
 	}
-	for (; i + 8 <= C; i += 8) {
-		__m256 d = _mm256_sub_ps(_mm256_loadu_ps(o + i), m8);
-		s0 = _mm256_fmadd_ps(d, d, s0);
-	}
-	if (i < C) { /* padded lanes stay 0 so they add nothing */
-		float buf[8] = {0};
-		for (int j = 0; j < C - i; j++)
-			buf[j] = o[i + j] - m;
-		__m256 d = _mm256_loadu_ps(buf);
-		s1 = _mm256_fmadd_ps(d, d, s1);
-	}
-	r = 1.0f / sqrtf(hsum8x4(s0, s1, s2, s3) / (float)C + eps);
+	r = var_rstd_avx2(o, m, i, C, s0, s1, s2, s3, eps);
 	r8 = _mm256_set1_ps(r);
 	for (i = 0; i + 8 <= C; i += 8) { /* o = (o - m) r w + b */
 		__m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(o + i), m8), r8);
@@ -1497,6 +1506,36 @@ AVX2 static inline __m256 sum8(const float *x, const float *b, const float *cons
 	for (int j = 0; j < k; j++)
 		v = _mm256_add_ps(v, _mm256_xor_ps(_mm256_loadu_ps(src[j] + off + i), sg));
 	return v;
+}
+
+/* The sums of a LayerNorm row from element i on (fewer than 32 left): 8
+ * at a time into accumulator (i / 8) mod 4, then the tail through a
+ * padded buffer whose lanes past C stay 0. */
+AVX2 static void sum_row_tail_avx2(float *o, __m256 *s, const float *x, const float *b,
+				   const float *const *src, int k, size_t off, int neg, int i,
+				   int C, int store)
+{
+	__m256 sg = _mm256_set1_ps(neg ? -0.0f : 0.0f);
+	for (; i + 8 <= C; i += 8) {
+		__m256 v = sum8(x, b, src, k, off, sg, i);
+		if (store)
+			_mm256_storeu_ps(o + i, v);
+		s[(i / 8) & 3] = _mm256_add_ps(s[(i / 8) & 3], v);
+	}
+	if (i < C) { /* the tail through a padded buffer: lanes past C stay 0 */
+		float t[8] = {0};
+		for (int c = i; c < C; c++) {
+			float v = x[c];
+			if (b)
+				v += b[c];
+			for (int j = 0; j < k; j++)
+				v += neg ? -src[j][off + (size_t)c] : src[j][off + (size_t)c];
+			t[c - i] = v;
+		}
+		if (store)
+			memcpy(o + i, t, (size_t)(C - i) * sizeof *t);
+		s[(i / 8) & 3] = _mm256_add_ps(s[(i / 8) & 3], _mm256_loadu_ps(t));
+	}
 }
 
 /* One LayerNorm row of x + b +- the src rows (k of them, each read from
@@ -1529,28 +1568,93 @@ AVX2 static void layernorm_sum_row_avx2(float *o, float *mean, float *rstd, cons
 		s[2] = _mm256_add_ps(s[2], v2);
 		s[3] = _mm256_add_ps(s[3], v3);
 	}
-	for (; i + 8 <= C; i += 8) {
-		__m256 v = sum8(x, b, src, k, off, sg, i);
-		if (store)
-			_mm256_storeu_ps(o + i, v);
-		s[(i / 8) & 3] = _mm256_add_ps(s[(i / 8) & 3], v);
-	}
-	if (i < C) { /* the tail through a padded buffer: lanes past C stay 0 */
-		float t[8] = {0};
-		for (int c = i; c < C; c++) {
-			float v = x[c];
-			if (b)
-				v += b[c];
-			for (int j = 0; j < k; j++)
-				v += neg ? -src[j][off + (size_t)c] : src[j][off + (size_t)c];
-			t[c - i] = v;
-		}
-		if (store)
-			memcpy(o + i, t, (size_t)(C - i) * sizeof *t);
-		s[(i / 8) & 3] = _mm256_add_ps(s[(i / 8) & 3], _mm256_loadu_ps(t));
-	}
+	sum_row_tail_avx2(o, s, x, b, src, k, off, neg, i, C, store);
 	layernorm_finish_avx2(o, mean, rstd, hsum8x4(s[0], s[1], s[2], s[3]) / (float)C, w, bias, C,
 			      eps);
+}
+
+/* The same LayerNorm row with 16-lane vectors where the CPU has AVX-512:
+ * accumulator pair (0, 1) lies in the low and high halves of one 16-lane
+ * register and (2, 3) in another, so every element goes into the same
+ * accumulator lane, in the same order, as in layernorm_sum_row_avx2, and
+ * the bytes are the same (the tails, shorter than 32, go as there). */
+#define AVX512LN __attribute__((target("avx512f,avx2,fma")))
+
+AVX512LN static inline __m512 sum16(const float *x, const float *b, const float *const *src, int k,
+				    size_t off, __m512 sg, int i)
+{
+	__m512 v = _mm512_loadu_ps(x + i);
+	if (b)
+		v = _mm512_add_ps(v, _mm512_loadu_ps(b + i));
+	for (int j = 0; j < k; j++)
+		v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_xor_si512(
+					 _mm512_castps_si512(_mm512_loadu_ps(src[j] + off + i)),
+					 _mm512_castps_si512(sg))));
+	return v;
+}
+
+AVX512LN static void layernorm_finish_avx512(float *o, float *mean, float *rstd, float m,
+					     const float *w, const float *b, int C, float eps)
+{
+	__m512 s01 = _mm512_setzero_ps(), s23 = s01, m16 = _mm512_set1_ps(m), r16;
+	__m256 s0, s1, s2, s3;
+	float r;
+	int i = 0;
+	for (; i + 32 <= C; i += 32) { /* v += (o[i] - m)^2 */
+		__m512 d01 = _mm512_sub_ps(_mm512_loadu_ps(o + i), m16);
+		__m512 d23 = _mm512_sub_ps(_mm512_loadu_ps(o + i + 16), m16);
+		s01 = _mm512_fmadd_ps(d01, d01, s01);
+		s23 = _mm512_fmadd_ps(d23, d23, s23);
+	}
+	s0 = _mm512_castps512_ps256(s01);
+	s1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s01), 1));
+	s2 = _mm512_castps512_ps256(s23);
+	s3 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s23), 1));
+	r = var_rstd_avx2(o, m, i, C, s0, s1, s2, s3, eps);
+	r16 = _mm512_set1_ps(r);
+	for (i = 0; i + 16 <= C; i += 16) { /* o = (o - m) r w + b */
+		__m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(o + i), m16), r16);
+		_mm512_storeu_ps(
+		    o + i, _mm512_fmadd_ps(d, _mm512_loadu_ps(w + i), _mm512_loadu_ps(b + i)));
+	}
+	if (i < C) {
+		__mmask16 km = (__mmask16)((1u << (C - i)) - 1);
+		__m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, o + i), m16), r16);
+		_mm512_mask_storeu_ps(o + i, km,
+				      _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(km, w + i),
+						      _mm512_maskz_loadu_ps(km, b + i)));
+	}
+	if (mean)
+		*mean = m;
+	if (rstd)
+		*rstd = r;
+}
+
+AVX512LN static void layernorm_sum_row_avx512(float *o, float *mean, float *rstd, const float *x,
+					      const float *b, const float *const *src, int k,
+					      size_t off, int neg, const float *w,
+					      const float *bias, int C, float eps)
+{
+	__m512 s01 = _mm512_setzero_ps(), s23 = s01, sg16 = _mm512_set1_ps(neg ? -0.0f : 0.0f);
+	__m256 s[4];
+	int i = 0, store = k || b || o != x;
+	for (; i + 32 <= C; i += 32) { /* o[i] = the sum; s += o[i] */
+		__m512 v01 = sum16(x, b, src, k, off, sg16, i),
+		       v23 = sum16(x, b, src, k, off, sg16, i + 16);
+		if (store) {
+			_mm512_storeu_ps(o + i, v01);
+			_mm512_storeu_ps(o + i + 16, v23);
+		}
+		s01 = _mm512_add_ps(s01, v01);
+		s23 = _mm512_add_ps(s23, v23);
+	}
+	s[0] = _mm512_castps512_ps256(s01);
+	s[1] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s01), 1));
+	s[2] = _mm512_castps512_ps256(s23);
+	s[3] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s23), 1));
+	sum_row_tail_avx2(o, s, x, b, src, k, off, neg, i, C, store);
+	layernorm_finish_avx512(o, mean, rstd, hsum8x4(s[0], s[1], s[2], s[3]) / (float)C, w, bias,
+				C, eps);
 }
 
 /* x[i..i+8) (+ add[i..i+8) when add is not NULL): a receiver's input read
@@ -1659,6 +1763,11 @@ void circ_layernorm_fwd_sum(float *out, int ldo, float *mean, float *rstd, const
 		      *rs = rstd ? rstd + n : NULL;
 		const float *xr = x + at, *br = base ? base + at : NULL;
 #if CIRC_X86
+		if (use_avx512()) {
+			layernorm_sum_row_avx512(o, mn, rs, xr, br, terms, k, at, neg, w, b, C,
+						 eps);
+			continue;
+		}
 		if (use_avx2()) {
 			layernorm_sum_row_avx2(o, mn, rs, xr, br, terms, k, at, neg, w, b, C, eps);
 			continue;
