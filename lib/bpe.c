@@ -352,37 +352,525 @@ static int fallback_byte(const char *s, size_t n)
 	return (int)(hi - hex) * 16 + (int)(lo - hex);
 }
 
-/* Fills the token table from a JSON object {token string: id}. Tokens that
+/* ------------------------------------------ vocabulary and merges as read
+ *
+ * A vocabulary is read into a vtab (its entries in file order, and a hash
+ * of their text) and the merges are read through an msrc, from either of
+ * two readers: jansson's tree of the whole file (the reference, and the
+ * reader of every file the fast one gives up on), or the fast reader
+ * below, which reads model.vocab and model.merges straight from the bytes
+ * and leaves jansson the rest of the file with those two blanked. Both
+ * give the same entries in the same order, so the tables built from them
+ * are the same. */
+
+typedef struct vent {
+	const char *key; /* the token's text (not NUL-terminated) */
+	size_t len;
+	int64_t id; /* -1: not a non-negative integer */
+} vent;
+
+/* The hash of the entries: each slot holds what a lookup compares, so
+ * that one costs a slot and the text (two cache misses on a vocabulary of
+ * 262,144 tokens, where the three lookups of each of half a million merges
+ * are most of the load). */
+typedef struct vslot {
+	uint64_t hash;	 /* 0 if free (hashes are non-zero) */
+	const char *key; /* the entry's */
+	uint32_t len, k; /* k: the entry */
+} vslot;
+
+typedef struct vtab {
+	vent *v;
+	size_t n;
+	vslot *slot;
+	size_t mask;
+} vtab;
+
+static void vtab_free(vtab *t)
+{
+	free(t->v);
+	free(t->slot);
+	memset(t, 0, sizeof *t);
+}
+
+/* The entry of text s, or -1. */
+static int64_t vtab_find(const vtab *t, const char *s, size_t n, uint64_t h)
+{
+	if (!t->slot)
+		return -1;
+	for (size_t i = (size_t)h & t->mask; t->slot[i].hash; i = (i + 1) & t->mask) {
+		const vslot *v = &t->slot[i];
+		if (v->hash == h && v->len == n && !memcmp(v->key, s, n))
+			return (int64_t)v->k;
+	}
+	return -1;
+}
+
+/* Hashes the entries; -1 if a text is there twice (the JSON readers
+ * refuse repeated keys before this) or one is 4 GB long. */
+static int vtab_index(vtab *t)
+{
+	size_t cap = 16;
+	while (cap < 2 * t->n + 2)
+		cap *= 2;
+	t->mask = cap - 1;
+	t->slot = circ_xcalloc(cap, sizeof *t->slot);
+	for (size_t k = 0; k < t->n; k++) {
+		const vent *v = &t->v[k];
+		uint64_t h = hash_bytes((const unsigned char *)v->key, v->len);
+		size_t i;
+		if (v->len >= UINT32_MAX || vtab_find(t, v->key, v->len, h) >= 0)
+			return -1;
+		for (i = (size_t)h & t->mask; t->slot[i].hash; i = (i + 1) & t->mask)
+			;
+		t->slot[i] = (vslot){h, v->key, (uint32_t)v->len, (uint32_t)k};
+	}
+	return 0;
+}
+
+/* Looks a vocabulary string up; -1 if absent. */
+static int32_t vocab_get(const vtab *t, const char *s, size_t n)
+{
+	int64_t k = vtab_find(t, s, n, hash_bytes((const unsigned char *)s, n));
+	return k < 0 ? -1 : (int32_t)t->v[k].id;
+}
+
+/* The entries of a JSON object of token -> id (jansson keeps the file's
+ * order); -1 with more than UINT32_MAX - 1 of them. */
+static int vtab_from_json(vtab *t, json_t *vocab)
+{
+	const char *key;
+	json_t *val;
+	size_t k = 0;
+	memset(t, 0, sizeof *t);
+	if (json_object_size(vocab) >= UINT32_MAX)
+		return -1;
+	t->n = json_object_size(vocab);
+	t->v = circ_xmalloc((t->n ? t->n : 1) * sizeof *t->v);
+	json_object_foreach(vocab, key, val)
+	{
+		vent *v = &t->v[k++];
+		v->key = key;
+		v->len = json_object_iter_key_len(json_object_key_to_iter(key));
+		v->id = json_is_integer(val) && json_integer_value(val) >= 0
+			    ? (int64_t)json_integer_value(val)
+			    : -1;
+	}
+	return vtab_index(t);
+}
+
+/* Where a merge is, for messages: formatted only when one is given. */
+typedef struct merge_at {
+	const char *file;
+	int line; /* 1: line n of merges.txt; 0: tokenizer.json's merges[n] */
+	size_t n;
+} merge_at;
+
+static void merge_where(char *buf, size_t len, const merge_at *at)
+{
+	if (at->line)
+		snprintf(buf, len, "'%s': line %zu", at->file, at->n);
+	else
+		snprintf(buf, len, "'%s': merges[%zu]", at->file, at->n);
+}
+
+/* Merges as read: a JSON array ("left right" strings or [left, right]
+ * pairs), or the fast reader's pairs. */
+typedef struct ment {
+	const char *l, *r;
+	size_t ln, rn;
+} ment;
+
+typedef struct msrc {
+	json_t *json; /* the array, or NULL */
+	const ment *v;
+	size_t n;
+} msrc;
+
+static size_t msrc_size(const msrc *m)
+{
+	return m->json ? json_array_size(m->json) : m->n;
+}
+
+/* Merge i's two parts; -1 with the message when it is malformed. */
+static int msrc_get(const msrc *m, size_t i, const char **l, size_t *ln, const char **r, size_t *rn,
+		    const merge_at *at, circ_error *e)
+{
+	json_t *j;
+	char where[1100];
+	if (!m->json) {
+		*l = m->v[i].l, *ln = m->v[i].ln, *r = m->v[i].r, *rn = m->v[i].rn;
+		return 0;
+	}
+	j = json_array_get(m->json, i);
+	if (json_is_string(j)) { /* "left right" */
+		const char *s = json_string_value(j), *sp = strchr(s, ' ');
+		if (!sp || sp == s || !sp[1] || strchr(sp + 1, ' ')) {
+			merge_where(where, sizeof where, at);
+			return circ_errorf(e, "%s: expected two tokens separated by one space",
+					   where);
+		}
+		*l = s, *ln = (size_t)(sp - s), *r = sp + 1, *rn = strlen(sp + 1);
+		return 0;
+	}
+	if (json_array_size(j) == 2 && json_is_string(json_array_get(j, 0)) &&
+	    json_is_string(json_array_get(j, 1))) { /* ["left", "right"] */
+		*l = json_string_value(json_array_get(j, 0));
+		*ln = json_string_length(json_array_get(j, 0));
+		*r = json_string_value(json_array_get(j, 1));
+		*rn = json_string_length(json_array_get(j, 1));
+		return 0;
+	}
+	merge_where(where, sizeof where, at);
+	return circ_errorf(e, "%s: expected \"left right\" or [left, right]", where);
+}
+
+/* ---- the fast reader
+ *
+ * Strict where it reads: it accepts a subset of what jansson accepts
+ * (RFC 8259 JSON, strings valid UTF-8 without U+0000, integers that fit),
+ * and gives up (-1, no message) on anything else, which then goes to
+ * jansson's reader for its verdict and message. Strings without escapes
+ * are read where they lie; the others are decoded into an arena as long as
+ * the part read (no decoded string is longer than its JSON). */
+
+typedef struct jrd {
+	const unsigned char *p, *end;
+	char *arena; /* at least end - p bytes */
+	size_t used;
+} jrd;
+
+static void jr_ws(jrd *r)
+{
+	while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t'))
+		r->p++;
+}
+
+/* Length of the UTF-8 character at p (strict: no overlongs, no
+ * surrogates, nothing past U+10FFFF), 0 if invalid. */
+static size_t jr_utf8(const unsigned char *p, const unsigned char *end)
+{
+	unsigned c = p[0], lo = 0x80, hi = 0xBF;
+	size_t n;
+	if (c >= 0xC2 && c <= 0xDF)
+		n = 2;
+	else if (c >= 0xE0 && c <= 0xEF)
+		n = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+	else if (c >= 0xF0 && c <= 0xF4)
+		n = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+	else
+		return 0;
+	if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if (p[i] < 0x80 || p[i] > 0xBF)
+			return 0;
+	return n;
+}
+
+static int jr_hex4(const unsigned char *p, const unsigned char *end, unsigned *v)
+{
+	*v = 0;
+	if (end - p < 4)
+		return -1;
+	for (int i = 0; i < 4; i++) {
+		int c = p[i], d = c >= '0' && c <= '9'	 ? c - '0'
+				  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+				  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+							 : -1;
+		if (d < 0)
+			return -1;
+		*v = *v << 4 | (unsigned)d;
+	}
+	return 0;
+}
+
+/* The string at r->p. */
+static int jr_str(jrd *r, const char **s, size_t *n)
+{
+	const unsigned char *p = r->p, *q, *end = r->end;
+	char *o, *o0;
+	size_t k;
+	if (p >= end || *p != '"')
+		return -1;
+	q = ++p;
+	while (p < end && *p != '"' && *p != '\\') {
+		if (*p < 0x20)
+			return -1;
+		if (*p < 0x80)
+			p++;
+		else if ((k = jr_utf8(p, end)))
+			p += k;
+		else
+			return -1;
+	}
+	if (p >= end)
+		return -1;
+	if (*p == '"') {
+		*s = (const char *)q, *n = (size_t)(p - q);
+		r->p = p + 1;
+		return 0;
+	}
+	o = o0 = r->arena + r->used; /* escapes: decode */
+	memcpy(o, q, (size_t)(p - q));
+	o += p - q;
+	while (p < end && *p != '"') {
+		unsigned cp, lo;
+		if (*p < 0x20)
+			return -1;
+		if (*p >= 0x80) {
+			if (!(k = jr_utf8(p, end)))
+				return -1;
+			memcpy(o, p, k);
+			o += k, p += k;
+			continue;
+		}
+		if (*p != '\\') {
+			*o++ = (char)*p++;
+			continue;
+		}
+		if (++p >= end)
+			return -1;
+		switch (*p++) {
+		case '"': *o++ = '"'; continue;
+		case '\\': *o++ = '\\'; continue;
+		case '/': *o++ = '/'; continue;
+		case 'b': *o++ = '\b'; continue;
+		case 'f': *o++ = '\f'; continue;
+		case 'n': *o++ = '\n'; continue;
+		case 'r': *o++ = '\r'; continue;
+		case 't': *o++ = '\t'; continue;
+		case 'u': break;
+		default: return -1;
+		}
+		if (jr_hex4(p, end, &cp) < 0 || cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+			return -1;
+		p += 4;
+		if (cp >= 0xD800 && cp <= 0xDBFF) { /* a surrogate pair */
+			if (end - p < 6 || p[0] != '\\' || p[1] != 'u' ||
+			    jr_hex4(p + 2, end, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF)
+				return -1;
+			p += 6;
+			cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+		}
+		if (cp < 0x80) {
+			*o++ = (char)cp;
+		} else if (cp < 0x800) {
+			*o++ = (char)(0xC0 | cp >> 6);
+			*o++ = (char)(0x80 | (cp & 0x3F));
+		} else if (cp < 0x10000) {
+			*o++ = (char)(0xE0 | cp >> 12);
+			*o++ = (char)(0x80 | (cp >> 6 & 0x3F));
+			*o++ = (char)(0x80 | (cp & 0x3F));
+		} else {
+			*o++ = (char)(0xF0 | cp >> 18);
+			*o++ = (char)(0x80 | (cp >> 12 & 0x3F));
+			*o++ = (char)(0x80 | (cp >> 6 & 0x3F));
+			*o++ = (char)(0x80 | (cp & 0x3F));
+		}
+	}
+	if (p >= end)
+		return -1;
+	*s = o0, *n = (size_t)(o - o0);
+	r->used += *n;
+	r->p = p + 1;
+	return 0;
+}
+
+/* A non-negative integer of at most 18 digits (no fraction, exponent or
+ * leading zero). */
+static int jr_uint(jrd *r, int64_t *v)
+{
+	const unsigned char *p = r->p;
+	int64_t x = 0;
+	int d = 0;
+	while (p < r->end && *p >= '0' && *p <= '9') {
+		if (++d > 18)
+			return -1;
+		x = x * 10 + (*p++ - '0');
+	}
+	if (!d || (d > 1 && *r->p == '0') || (p < r->end && (*p == '.' || *p == 'e' || *p == 'E')))
+		return -1;
+	*v = x;
+	r->p = p;
+	return 0;
+}
+
+/* The punctuation c after white space. */
+static int jr_is(jrd *r, unsigned char c)
+{
+	jr_ws(r);
+	if (r->p < r->end && *r->p == c) {
+		r->p++;
+		return 1;
+	}
+	return 0;
+}
+
+/* {"text": id, ...} at r->p into t (entries, not yet indexed). */
+static int jr_vocab(jrd *r, vtab *t)
+{
+	size_t cap = 1024;
+	memset(t, 0, sizeof *t);
+	if (!jr_is(r, '{'))
+		return -1;
+	t->v = circ_xmalloc(cap * sizeof *t->v);
+	if (jr_is(r, '}'))
+		return 0;
+	do {
+		vent *v;
+		if (t->n == cap) {
+			cap *= 2;
+			t->v = circ_xrealloc(t->v, cap * sizeof *t->v);
+		}
+		if (t->n + 1 >= UINT32_MAX)
+			return -1;
+		v = &t->v[t->n++];
+		jr_ws(r);
+		if (jr_str(r, &v->key, &v->len) < 0 || !jr_is(r, ':'))
+			return -1;
+		jr_ws(r);
+		if (jr_uint(r, &v->id) < 0)
+			return -1;
+	} while (jr_is(r, ','));
+	return jr_is(r, '}') ? 0 : -1;
+}
+
+/* ["left right", ...] or [["left", "right"], ...] at r->p. */
+static int jr_merges(jrd *r, ment **out, size_t *n)
+{
+	size_t cap = 1024;
+	ment *v = circ_xmalloc(cap * sizeof *v);
+	*out = v;
+	*n = 0;
+	if (!jr_is(r, '['))
+		return -1;
+	if (jr_is(r, ']'))
+		return 0;
+	do {
+		ment *m;
+		if (*n == cap) {
+			cap *= 2;
+			*out = v = circ_xrealloc(v, cap * sizeof *v);
+		}
+		m = &v[(*n)++];
+		jr_ws(r);
+		if (r->p < r->end && *r->p == '"') {
+			const char *s, *sp;
+			size_t len;
+			if (jr_str(r, &s, &len) < 0 || !(sp = memchr(s, ' ', len)) || sp == s ||
+			    sp == s + len - 1 || memchr(sp + 1, ' ', (size_t)(s + len - sp - 1)))
+				return -1; /* jansson's reader names the merge */
+			m->l = s, m->ln = (size_t)(sp - s), m->r = sp + 1;
+			m->rn = (size_t)(s + len - sp - 1);
+		} else {
+			if (!jr_is(r, '['))
+				return -1;
+			jr_ws(r);
+			if (jr_str(r, &m->l, &m->ln) < 0 || !jr_is(r, ','))
+				return -1;
+			jr_ws(r);
+			if (jr_str(r, &m->r, &m->rn) < 0 || !jr_is(r, ']'))
+				return -1;
+		}
+	} while (jr_is(r, ','));
+	return jr_is(r, ']') ? 0 : -1;
+}
+
+/* Skips the value at r->p: loosely (jansson reads every byte skipped
+ * here), but it knows strings, so it finds the end of a valid value. */
+static int jr_skip(jrd *r)
+{
+	int depth = 0;
+	jr_ws(r);
+	if (r->p >= r->end)
+		return -1;
+	if (*r->p != '"' && *r->p != '{' && *r->p != '[') { /* a number or a literal */
+		const unsigned char *p0 = r->p;
+		while (r->p < r->end && *r->p && !strchr(",}] \t\r\n", *r->p))
+			r->p++;
+		return r->p > p0 ? 0 : -1;
+	}
+	do {
+		unsigned char c;
+		if (r->p >= r->end)
+			return -1;
+		c = *r->p++;
+		if (c == '"') {
+			while (r->p < r->end && *r->p != '"')
+				r->p += *r->p == '\\' ? 2 : 1;
+			if (r->p >= r->end)
+				return -1;
+			r->p++;
+		} else if (c == '{' || c == '[') {
+			depth++;
+		} else if (c == '}' || c == ']') {
+			depth--;
+		}
+	} while (depth > 0);
+	return 0;
+}
+
+/* The object at r->p: the values of keys[0..nk) (nk <= 8) read by fn,
+ * the others skipped. -1 if it is no object, a key is there twice or fn
+ * fails. */
+typedef int (*jr_value_fn)(jrd *r, int key, void *ctx);
+
+static int jr_object(jrd *r, const char *const *keys, int nk, jr_value_fn fn, void *ctx)
+{
+	unsigned seen = 0;
+	if (!jr_is(r, '{'))
+		return -1;
+	if (jr_is(r, '}'))
+		return 0;
+	do {
+		const char *s;
+		size_t n;
+		int k = 0;
+		jr_ws(r);
+		if (jr_str(r, &s, &n) < 0 || !jr_is(r, ':'))
+			return -1;
+		jr_ws(r);
+		while (k < nk && (strlen(keys[k]) != n || memcmp(keys[k], s, n)))
+			k++;
+		if (k < nk) {
+			if (seen >> k & 1 || fn(r, k, ctx) < 0)
+				return -1;
+			seen |= 1u << k;
+		} else if (jr_skip(r) < 0) {
+			return -1;
+		}
+	} while (jr_is(r, ','));
+	return jr_is(r, '}') ? 0 : -1;
+}
+
+/* Fills the token table from the vocabulary {token string: id}. Tokens that
  * are not byte-level (only possible among added tokens) keep their UTF-8
  * bytes; in SentencePiece style (b->sp) every token keeps its text but
  * <0xNN>, which is its byte. extra_max is the largest id among the n_added added tokens (or
  * -1). */
-static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, size_t n_added,
+static int load_vocab(circ_bpe *b, const vtab *t, int32_t extra_max, size_t n_added,
 		      const char *name, circ_error *e)
 {
-	const char *key;
-	json_t *val;
-	int64_t max_id = extra_max, limit = id_limit(json_object_size(vocab) + n_added);
+	int64_t max_id = extra_max, limit = id_limit(t->n + n_added);
 	size_t total = 0;
 
-	json_object_foreach(vocab, key, val)
-	{
-		json_int_t id;
-		size_t klen = json_object_iter_key_len(json_object_key_to_iter(key));
-		if (!json_is_integer(val) || (id = json_integer_value(val)) < 0)
+	for (size_t k = 0; k < t->n; k++) {
+		const vent *v = &t->v[k];
+		if (v->id < 0)
 			return circ_errorf(
 			    e, "'%s': token " TOKEN_FMT ": id must be a non-negative integer", name,
-			    TOKEN_ARG(key, klen));
-		if (id >= limit)
+			    TOKEN_ARG(v->key, v->len));
+		if (v->id >= limit)
 			return circ_errorf(e,
 					   "'%s': token " TOKEN_FMT
 					   ": id %lld is far beyond the %zu "
 					   "tokens given (ids must be below %lld)",
-					   name, TOKEN_ARG(key, klen), (long long)id,
-					   json_object_size(vocab) + n_added, (long long)limit);
-		if (id > max_id)
-			max_id = id;
-		total += klen;
+					   name, TOKEN_ARG(v->key, v->len), (long long)v->id,
+					   t->n + n_added, (long long)limit);
+		if (v->id > max_id)
+			max_id = v->id;
+		total += v->len;
 	}
 	if (max_id < 0)
 		return circ_errorf(e, "'%s': empty vocabulary", name);
@@ -393,15 +881,15 @@ static int load_vocab(circ_bpe *b, json_t *vocab, int32_t extra_max, size_t n_ad
 		b->tok_len[i] = -1;
 	b->tok_bytes = circ_xmalloc(total + 1);
 	size_t off = 0, cap = 16;
-	while (cap < 2 * json_object_size(vocab) + 2)
+	while (cap < 2 * t->n + 2)
 		cap *= 2;
 	b->vh_mask = cap - 1;
 	b->vh_key = circ_xcalloc(cap, sizeof *b->vh_key);
 	b->vh_id = circ_xmalloc(cap * sizeof *b->vh_id);
-	json_object_foreach(vocab, key, val)
-	{
-		int32_t id = (int32_t)json_integer_value(val);
-		size_t klen = json_object_iter_key_len(json_object_key_to_iter(key));
+	for (size_t k = 0; k < t->n; k++) {
+		const char *key = t->v[k].key;
+		int32_t id = (int32_t)t->v[k].id;
+		size_t klen = t->v[k].len;
 		int fb = b->sp ? fallback_byte(key, klen) : -1;
 		if (b->tok_len[id] >= 0)
 			return circ_errorf(e, "'%s': id %d is given to two tokens", name, (int)id);
@@ -440,25 +928,22 @@ static void pair_table_alloc(circ_bpe *b, size_t n)
 		b->pair_key[i] = EMPTY_KEY;
 }
 
-/* Looks a vocabulary string up; -1 if absent. */
-static int32_t vocab_get(json_t *vocab, const char *s, size_t n)
-{
-	json_t *v = json_object_getn(vocab, s, n);
-	return v ? (int32_t)json_integer_value(v) : -1;
-}
-
-/* Adds merge number rank: left and right (vocabulary strings). where names
+/* Adds merge number rank: left and right (vocabulary strings). at names
  * the merge for messages ("'merges.txt': line 7"). */
-static int add_merge(circ_bpe *b, json_t *vocab, const char *l, size_t ln, const char *r, size_t rn,
-		     const char *where, circ_error *e)
+static int add_merge(circ_bpe *b, const vtab *vocab, const char *l, size_t ln, const char *r,
+		     size_t rn, const merge_at *at, circ_error *e)
 {
-	char stackbuf[512], *cat = ln + rn < sizeof stackbuf ? stackbuf : circ_xmalloc(ln + rn + 1);
+	char stackbuf[512], *cat = ln + rn < sizeof stackbuf ? stackbuf : circ_xmalloc(ln + rn + 1),
+			    where[1100];
 	int32_t a = vocab_get(vocab, l, ln), c = vocab_get(vocab, r, rn), m;
 	int rc = 0;
 	memcpy(cat, l, ln);
 	memcpy(cat + ln, r, rn);
 	cat[ln + rn] = 0;
 	m = vocab_get(vocab, cat, ln + rn);
+	if (a < 0 || c < 0 || m < 0 || b->tok_len[a] < 0 || b->tok_len[c] < 0 ||
+	    b->tok_len[m] != b->tok_len[a] + b->tok_len[c])
+		merge_where(where, sizeof where, at);
 	if (a < 0)
 		rc = circ_errorf(e, "%s: '%.*s %.*s': '%.*s' is not in the vocabulary", where,
 				 (int)ln, l, (int)rn, r, (int)ln, l);
@@ -623,23 +1108,53 @@ static json_t *parse_json(const char *buf, size_t len, const char *name, circ_er
 	return j;
 }
 
+/* vocab.json's object read by the fast reader (0), else -1 and jansson
+ * reads it. */
+static int vocab_fast(const char *buf, size_t len, vtab *t, char **arena)
+{
+	jrd r = {(const unsigned char *)buf, (const unsigned char *)buf + len, NULL, 0};
+	*arena = r.arena = circ_xmalloc(len + 1);
+	if (jr_vocab(&r, t) < 0)
+		return -1;
+	jr_ws(&r);
+	return r.p == r.end ? vtab_index(t) : -1;
+}
+
 circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, circ_error *e)
 {
+	return circ_bpe_load_files_with(vocab_json, merges_txt, CIRC_BPE_READ_ANY, e);
+}
+
+circ_bpe *circ_bpe_load_files_with(const char *vocab_json, const char *merges_txt,
+				   circ_bpe_reader reader, circ_error *e)
+{
 	size_t vlen, mlen;
-	char *vbuf = NULL, *mbuf = NULL;
+	char *vbuf = NULL, *mbuf = NULL, *arena = NULL;
 	json_t *vocab = NULL;
+	vtab vt = {0};
 	circ_bpe *b = bpe_alloc();
 	circ_sha256 sha;
 
 	if (!(vbuf = read_file(vocab_json, &vlen, e)) || !(mbuf = read_file(merges_txt, &mlen, e)))
 		goto fail;
-	if (!(vocab = parse_json(vbuf, vlen, vocab_json, e)))
-		goto fail;
-	if (!json_is_object(vocab)) {
-		circ_errorf(e, "'%s': expected a JSON object of token -> id", vocab_json);
-		goto fail;
+	if (reader == CIRC_BPE_READ_JANSSON || vocab_fast(vbuf, vlen, &vt, &arena) < 0) {
+		vtab_free(&vt);
+		if (reader == CIRC_BPE_READ_FAST) {
+			circ_errorf(e, "'%s': beyond the fast reader", vocab_json);
+			goto fail;
+		}
+		if (!(vocab = parse_json(vbuf, vlen, vocab_json, e)))
+			goto fail;
+		if (!json_is_object(vocab)) {
+			circ_errorf(e, "'%s': expected a JSON object of token -> id", vocab_json);
+			goto fail;
+		}
+		if (vtab_from_json(&vt, vocab) < 0) {
+			circ_errorf(e, "'%s': more tokens than circ reads", vocab_json);
+			goto fail;
+		}
 	}
-	if (load_vocab(b, vocab, -1, 0, vocab_json, e) < 0)
+	if (load_vocab(b, &vt, -1, 0, vocab_json, e) < 0)
 		goto fail;
 
 	/* merges.txt: an optional "#version" line, then "left right" lines. */
@@ -654,7 +1169,8 @@ circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, ci
 		if (n && p[n - 1] == '\r')
 			n--;
 		if (!(line == 1 && n >= 8 && !memcmp(p, "#version", 8)) && n > 0) {
-			char *sp = memchr(p, ' ', n), where[1100];
+			char *sp = memchr(p, ' ', n);
+			merge_at at = {merges_txt, 1, (size_t)line};
 			if (!sp || sp == p || sp == p + n - 1 ||
 			    memchr(sp + 1, ' ', (size_t)(p + n - sp - 1))) {
 				circ_errorf(
@@ -662,27 +1178,30 @@ circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, ci
 				    merges_txt, line);
 				goto fail;
 			}
-			snprintf(where, sizeof where, "'%s': line %ld", merges_txt, line);
-			if (add_merge(b, vocab, p, (size_t)(sp - p), sp + 1,
-				      (size_t)(p + n - sp - 1), where, e) < 0)
+			if (add_merge(b, &vt, p, (size_t)(sp - p), sp + 1, (size_t)(p + n - sp - 1),
+				      &at, e) < 0)
 				goto fail;
 		}
 		p = eol + (nl ? 1 : 0);
 	}
-	json_t *eot = json_object_get(vocab, "<|endoftext|>");
-	if (eot)
-		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot), 1);
+	int32_t eot = vocab_get(&vt, "<|endoftext|>", 13);
+	if (eot >= 0)
+		add_special(b, "<|endoftext|>", 13, eot, 1);
 	specials_done(b);
 	circ_sha256_init(&sha);
 	circ_sha256_update(&sha, vbuf, vlen);
 	circ_sha256_update(&sha, mbuf, mlen);
 	circ_sha256_final_hex(&sha, b->digest);
+	vtab_free(&vt);
 	json_decref(vocab);
+	free(arena);
 	free(vbuf);
 	free(mbuf);
 	return b;
 fail:
+	vtab_free(&vt);
 	json_decref(vocab);
+	free(arena);
 	free(vbuf);
 	free(mbuf);
 	circ_bpe_free(b);
@@ -919,19 +1438,80 @@ static int hf_components(circ_bpe *b, json_t *root, const char *path, circ_error
 	return 0;
 }
 
-circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
+/* tokenizer.json as the fast reader reads it: model.vocab and
+ * model.merges, and where they lie. */
+typedef struct tj_parts {
+	vtab *t;
+	ment **mv;
+	size_t *nm;
+	const unsigned char *span[2][2]; /* vocab's and merges' first and end bytes */
+} tj_parts;
+
+static int tj_model_value(jrd *r, int key, void *ctx)
 {
-	size_t len;
-	char *buf = read_file(path, &len, e);
-	json_t *root = NULL, *model, *vocab, *merges, *added;
+	tj_parts *tp = ctx;
+	int rc;
+	tp->span[key][0] = r->p;
+	rc = key == 0 ? (jr_vocab(r, tp->t) < 0 || vtab_index(tp->t) < 0 ? -1 : 0)
+		      : jr_merges(r, tp->mv, tp->nm);
+	tp->span[key][1] = r->p;
+	return rc;
+}
+
+static int tj_root_value(jrd *r, int key, void *ctx)
+{
+	static const char *const mk[] = {"vocab", "merges"};
+	(void)key;
+	return jr_object(r, mk, 2, tj_model_value, ctx);
+}
+
+/* tokenizer.json's model.vocab and model.merges read by the fast reader
+ * (into t, *mv, *nm), and the rest of the file (*rest, *rest_len) for
+ * jansson: the file with those two values written {} and [] (their line
+ * breaks kept, so that line numbers hold). -1 where the fast reader gives
+ * up: jansson then reads the whole file. */
+static int tj_fast(const char *buf, size_t len, vtab *t, ment **mv, size_t *nm, char **arena,
+		   char **rest, size_t *rest_len)
+{
+	static const char *const top[] = {"model"};
+	const unsigned char *u = (const unsigned char *)buf;
+	jrd r = {u, u + len, NULL, 0};
+	tj_parts tp = {t, mv, nm, {{NULL, NULL}, {NULL, NULL}}};
+	char *o;
+	int first;
+	*arena = r.arena = circ_xmalloc(len + 1);
+	if (jr_object(&r, top, 1, tj_root_value, &tp) < 0 || !tp.span[0][0] || !tp.span[1][0])
+		return -1;
+	*rest = o = circ_xmalloc(len + 1);
+	first = tp.span[0][0] > tp.span[1][0];
+	for (int k = 0; k < 2; k++) { /* in file order */
+		const unsigned char *s0 = tp.span[first ^ k][0], *s1 = tp.span[first ^ k][1],
+				    *from = k ? tp.span[first][1] : u;
+		memcpy(o, from, (size_t)(s0 - from));
+		o += s0 - from;
+		*o++ = first ^ k ? '[' : '{';
+		for (const unsigned char *c = s0; c < s1; c++)
+			if (*c == '\n')
+				*o++ = '\n';
+		*o++ = first ^ k ? ']' : '}';
+	}
+	memcpy(o, tp.span[!first][1], (size_t)(u + len - tp.span[!first][1]));
+	o += u + len - tp.span[!first][1];
+	*rest_len = (size_t)(o - *rest);
+	return 0;
+}
+
+/* The tokenizer from root (jansson's tree, whole or with vocab and merges
+ * blanked) and the vocabulary and merges (read from the tree when vt has
+ * no entries and ms no array). */
+static circ_bpe *tj_build(const char *path, const char *buf, size_t len, json_t *root, vtab *vt,
+			  msrc *ms, circ_error *e)
+{
+	json_t *model, *vocab, *merges, *added;
 	circ_bpe *b = NULL;
 	int32_t extra_max = -1;
 	circ_sha256 sha;
 
-	if (!buf)
-		return NULL;
-	if (!(root = parse_json(buf, len, path, e)))
-		goto fail;
 	model = json_object_get(root, "model");
 	vocab = json_object_get(model, "vocab");
 	merges = json_object_get(model, "merges");
@@ -946,6 +1526,12 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		    path);
 		goto fail;
 	}
+	if (!vt->v && vtab_from_json(vt, vocab) < 0) {
+		circ_errorf(e, "'%s': model.vocab: more tokens than circ reads", path);
+		goto fail;
+	}
+	if (!ms->v)
+		ms->json = merges;
 	b = bpe_alloc();
 	if (hf_components(b, root, path, e) < 0)
 		goto fail;
@@ -953,7 +1539,7 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		circ_errorf(e, "'%s': added_tokens must be an array", path);
 		goto fail;
 	}
-	int64_t limit = id_limit(json_object_size(vocab) + json_array_size(added));
+	int64_t limit = id_limit(vt->n + json_array_size(added));
 	for (size_t i = 0; i < json_array_size(added); i++) {
 		json_t *t = json_array_get(added, i), *id = json_object_get(t, "id"),
 		       *text = json_object_get(t, "content");
@@ -967,8 +1553,7 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 				    "'%s': added_tokens[%zu]: id %lld is far beyond the %zu tokens "
 				    "given (ids must be below %lld)",
 				    path, i, (long long)json_integer_value(id),
-				    json_object_size(vocab) + json_array_size(added),
-				    (long long)limit);
+				    vt->n + json_array_size(added), (long long)limit);
 			goto fail;
 		}
 		if (!json_string_length(text) ||
@@ -982,37 +1567,18 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		if (json_integer_value(id) > extra_max)
 			extra_max = (int32_t)json_integer_value(id);
 	}
-	if (load_vocab(b, vocab, extra_max, json_array_size(added), path, e) < 0)
+	if (load_vocab(b, vt, extra_max, json_array_size(added), path, e) < 0)
 		goto fail;
 	json_t *unk = json_object_get(model, "unk_token");
 	if (json_is_string(unk))
-		b->unk = vocab_get(vocab, json_string_value(unk), json_string_length(unk));
-	pair_table_alloc(b, json_array_size(merges));
-	for (size_t i = 0; i < json_array_size(merges); i++) {
-		json_t *m = json_array_get(merges, i);
-		const char *l, *r;
-		size_t ln, rn;
-		char where[1100];
-		snprintf(where, sizeof where, "'%s': merges[%zu]", path, i);
-		if (json_is_string(m)) { /* "left right" */
-			const char *s = json_string_value(m), *sp = strchr(s, ' ');
-			if (!sp || sp == s || !sp[1] || strchr(sp + 1, ' ')) {
-				circ_errorf(e, "%s: expected two tokens separated by one space",
-					    where);
-				goto fail;
-			}
-			l = s, ln = (size_t)(sp - s), r = sp + 1, rn = strlen(sp + 1);
-		} else if (json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
-			   json_is_string(json_array_get(m, 1))) { /* ["left", "right"] */
-			l = json_string_value(json_array_get(m, 0));
-			ln = json_string_length(json_array_get(m, 0));
-			r = json_string_value(json_array_get(m, 1));
-			rn = json_string_length(json_array_get(m, 1));
-		} else {
-			circ_errorf(e, "%s: expected \"left right\" or [left, right]", where);
-			goto fail;
-		}
-		if (add_merge(b, vocab, l, ln, r, rn, where, e) < 0)
+		b->unk = vocab_get(vt, json_string_value(unk), json_string_length(unk));
+	pair_table_alloc(b, msrc_size(ms));
+	for (size_t i = 0; i < msrc_size(ms); i++) {
+		const char *l = NULL, *r = NULL;
+		size_t ln = 0, rn = 0;
+		merge_at at = {path, 0, i};
+		if (msrc_get(ms, i, &l, &ln, &r, &rn, &at, e) < 0 ||
+		    add_merge(b, vt, l, ln, r, rn, &at, e) < 0)
 			goto fail;
 	}
 	/* Added tokens the vocabulary lacks: their text is their bytes. One
@@ -1077,21 +1643,61 @@ circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
 		    path, (int)b->bos);
 		goto fail;
 	}
-	json_t *eot = json_object_get(vocab, "<|endoftext|>");
-	if (eot)
-		add_special(b, "<|endoftext|>", 13, (int32_t)json_integer_value(eot), 1);
+	int32_t eot = vocab_get(vt, "<|endoftext|>", 13);
+	if (eot >= 0)
+		add_special(b, "<|endoftext|>", 13, eot, 1);
 	specials_done(b);
 	circ_sha256_init(&sha);
 	circ_sha256_update(&sha, buf, len);
 	circ_sha256_final_hex(&sha, b->digest);
-	json_decref(root);
-	free(buf);
 	return b;
 fail:
-	json_decref(root);
-	free(buf);
 	circ_bpe_free(b);
 	return NULL;
+}
+
+circ_bpe *circ_bpe_load_tokenizer_json_with(const char *path, circ_bpe_reader reader, circ_error *e)
+{
+	size_t len, rest_len, nm = 0;
+	char *buf = read_file(path, &len, e), *arena = NULL, *rest = NULL;
+	json_t *root = NULL;
+	circ_bpe *b = NULL;
+	vtab vt = {0};
+	ment *mv = NULL;
+	msrc ms = {0};
+	circ_error ignored;
+
+	if (!buf)
+		return NULL;
+	if (reader != CIRC_BPE_READ_JANSSON &&
+	    tj_fast(buf, len, &vt, &mv, &nm, &arena, &rest, &rest_len) == 0 &&
+	    (root = parse_json(rest, rest_len, path, &ignored))) {
+		ms.v = mv, ms.n = nm;
+		b = tj_build(path, buf, len, root, &vt, &ms,
+			     reader == CIRC_BPE_READ_FAST ? e : &ignored);
+	} else if (reader == CIRC_BPE_READ_FAST) {
+		circ_errorf(e, "'%s': beyond the fast reader", path);
+	}
+	json_decref(root);
+	vtab_free(&vt);
+	free(mv);
+	free(arena);
+	free(rest);
+	root = NULL;
+	if (!b && reader != CIRC_BPE_READ_FAST) { /* jansson's tree, and its verdict */
+		ms = (msrc){0};
+		if ((root = parse_json(buf, len, path, e)))
+			b = tj_build(path, buf, len, root, &vt, &ms, e);
+		json_decref(root);
+		vtab_free(&vt);
+	}
+	free(buf);
+	return b;
+}
+
+circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e)
+{
+	return circ_bpe_load_tokenizer_json_with(path, CIRC_BPE_READ_ANY, e);
 }
 
 /* By name only: opening a FIFO to see would wait for a writer (read_file
@@ -1146,6 +1752,74 @@ void circ_bpe_free(circ_bpe *b)
 	free(b->rank);
 	free(b->tree);
 	free(b);
+}
+
+static int set_same(const added_set *a, const added_set *b)
+{
+	if (a->n != b->n || a->n_plain != b->n_plain || a->max != b->max ||
+	    memcmp(a->first, b->first, sizeof a->first))
+		return 0;
+	for (int i = 0; i < a->n; i++) {
+		const special *x = &a->v[i], *y = &b->v[i];
+		if (x->len != y->len || memcmp(x->text, y->text, x->len) || x->id != y->id ||
+		    x->special != y->special || x->lstrip != y->lstrip || x->rstrip != y->rstrip ||
+		    x->single_word != y->single_word)
+			return 0;
+	}
+	return 1;
+}
+
+int circ_bpe_same(const circ_bpe *a, const circ_bpe *b, char *why, size_t why_len)
+{
+	const char *what = NULL;
+	char buf[128];
+	if (a->pretok != b->pretok || a->max_digits != b->max_digits || a->nfc != b->nfc ||
+	    a->sp != b->sp || a->sp_prepend != b->sp_prepend || a->sp_replace != b->sp_replace ||
+	    a->meta != b->meta || a->byte_fallback != b->byte_fallback ||
+	    a->ignore_merges != b->ignore_merges || a->bos != b->bos || a->unk != b->unk ||
+	    a->fuse_unk != b->fuse_unk || a->eot != b->eot)
+		what = "components or special ids";
+	else if (strcmp(a->digest, b->digest))
+		what = "digest";
+	else if (a->n_ids != b->n_ids || a->tok_used != b->tok_used ||
+		 memcmp(a->byte_id, b->byte_id, sizeof a->byte_id))
+		what = "vocabulary size or byte tokens";
+	else if (a->n_merges != b->n_merges || a->pair_mask != b->pair_mask)
+		what = "number of merges";
+	else if (!set_same(&a->raw, &b->raw) || !set_same(&a->norm, &b->norm))
+		what = "added tokens";
+	for (int32_t id = 0; !what && id < a->n_ids; id++)
+		if (a->tok_len[id] != b->tok_len[id] ||
+		    (a->tok_len[id] > 0 &&
+		     memcmp(a->tok_bytes + a->tok_off[id], b->tok_bytes + b->tok_off[id],
+			    (size_t)a->tok_len[id]))) {
+			snprintf(buf, sizeof buf, "token %d", (int)id);
+			what = buf;
+		} else if (a->tok_len[id] >= 0) { /* the text lookup */
+			const unsigned char *p = a->tok_bytes + a->tok_off[id];
+			size_t n = (size_t)a->tok_len[id];
+			uint64_t h = hash_bytes(p, n);
+			if (vh_get(a, p, n, h) != vh_get(b, p, n, h)) {
+				snprintf(buf, sizeof buf, "vocabulary text of token %d", (int)id);
+				what = buf;
+			}
+		}
+	for (size_t i = 0; !what && i <= a->pair_mask; i++) {
+		uint64_t k = a->pair_key[i];
+		size_t j;
+		if (k == EMPTY_KEY)
+			continue;
+		j = pair_find(b, k);
+		if (b->pair_key[j] != k || b->pair_rank[j] != a->pair_rank[i] ||
+		    b->pair_id[j] != a->pair_id[i]) {
+			snprintf(buf, sizeof buf, "merge of %d and %d", (int)(k >> 32),
+				 (int)(k & 0xffffffff));
+			what = buf;
+		}
+	}
+	if (what && why)
+		snprintf(why, why_len, "%s", what);
+	return !what;
 }
 
 int32_t circ_bpe_vocab_size(const circ_bpe *b)

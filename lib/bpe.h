@@ -104,6 +104,23 @@ circ_bpe *circ_bpe_load_files(const char *vocab_json, const char *merges_txt, ci
  * does not implement fail, the message naming the file, the JSON path and
  * what is supported. */
 circ_bpe *circ_bpe_load_tokenizer_json(const char *path, circ_error *e);
+/* Which reader parses model.vocab and model.merges (and vocab.json):
+ * ANY, the default, reads them straight from the bytes (a strict reader of
+ * the JSON those parts hold, no tree built) and leaves the rest of the
+ * file to jansson; where it gives up (anything it does not read, every
+ * malformed file) jansson reads the whole file, and its messages are the
+ * ones given. JANSSON is jansson alone, the reference; FAST the fast
+ * reader alone, failing where it gives up (for tests). The tokenizers
+ * loaded are the same (circ_bpe_same). */
+typedef enum { CIRC_BPE_READ_ANY, CIRC_BPE_READ_JANSSON, CIRC_BPE_READ_FAST } circ_bpe_reader;
+circ_bpe *circ_bpe_load_tokenizer_json_with(const char *path, circ_bpe_reader reader,
+					    circ_error *e);
+circ_bpe *circ_bpe_load_files_with(const char *vocab_json, const char *merges_txt,
+				   circ_bpe_reader reader, circ_error *e);
+/* 1 if a and b hold the same tokenizer: components, vocabulary, merges,
+ * added tokens, digest. Otherwise 0 and what differs first in why (may be
+ * NULL). */
+int circ_bpe_same(const circ_bpe *a, const circ_bpe *b, char *why, size_t why_len);
 /* Frees; NULL is a no-op. */
 void circ_bpe_free(circ_bpe *b);
 

@@ -3,6 +3,8 @@
  * vocab.json, a NUL byte, then merges.txt (without a NUL, all of it is
  * vocab.json and merges.txt is empty). A loaded tokenizer encodes and
  * decodes a short text, so that what the loader let through is used.
+ * Differential, as fuzz_tokenizer_json: the default reader of vocab.json
+ * against jansson alone.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const uint8_t *nul = memchr(data, 0, size);
 	size_t nv = nul ? (size_t)(nul - data) : size;
 	char vpath[64], mpath[64];
-	circ_error e;
+	circ_error e, e2;
 	circ_bpe *b;
 	int vfd = fuzz_file(data, nv, vpath, sizeof vpath), mfd;
 	if (vfd < 0)
@@ -28,6 +30,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	}
 	b = circ_bpe_load_files(vpath, mpath, &e);
+	fuzz_same_bpe(b, circ_bpe_load_files_with(vpath, mpath, CIRC_BPE_READ_JANSSON, &e2), &e,
+		      &e2);
 	if (b)
 		fuzz_use_bpe(b);
 	close(mfd);

