@@ -32,6 +32,12 @@
 # (24.3 min: under the 30-minute goal), user 2733 s, sys 13 s, peak RSS
 # 4.33 GB.
 #
+# Measured end to end, 2026-12-07 (AMD EPYC, Zen 5, AVX-512,
+# OPENBLAS_CORETYPE=Haswell, 2 threads, idle but for a few compiles):
+# --screen 1, tau 2.29e-6: the attribution took 25 s; the same 817 tests,
+# 32,473 edges decided, 18 dropped untested, 422 kept. Whole command: wall
+# 1156 s (19.3 min: under the goal), user 1768 s, sys 28 s, peak RSS 4.62 GB.
+#
 #   bench/acdc_full.sh            the full-scale run (make bench-acdc-full)
 #   bench/acdc_full.sh fixtures   --group G against exact ACDC on the fixtures
 #
