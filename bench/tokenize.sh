@@ -13,7 +13,7 @@
 # encoding time is its end-to-end time less that of loading the tokenizer
 # alone (also printed), the reference's is encode() only after a warm-up.
 #   bench/tokenize.sh [MEGABYTES]    (default 8; HF_MB default 8: with less, the
-#   load (up to 2 s for Gemma 3) dwarfs the encoding and total - load is noise)
+#   load (about 1 s for Gemma 3) dwarfs the encoding and total - load is noise)
 set -eu
 cd "$(dirname "$0")/.."
 B=${B:-build/release}
