@@ -101,8 +101,13 @@ $(B)/bench/%: $(B)/bench/%.o $(B)/libcirc.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 
-unit: all $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "unit: $$t"; CIRC_ROOT=$(CURDIR) $$t; done
+# Each unit test is a target of its own, so that `make -j unit` runs them side
+# by side (check does, with each test's output kept together).
+UNIT_RUN = $(UNIT_BIN:%=%.run)
+.PHONY: $(UNIT_RUN)
+$(UNIT_RUN): %.run: % | all
+	@echo "unit: $*"; CIRC_ROOT=$(CURDIR) $*
+unit: $(UNIT_RUN)
 
 BATS_FILES = $(sort $(wildcard tests/*.bats))
 BATS_JOBS ?= 2
@@ -110,15 +115,19 @@ bats: all
 	bats $(if $(filter-out 1,$(BATS_JOBS)),--jobs $(BATS_JOBS)) $(BATS_FILES)
 
 # With CI=true (as .ci/run sets), check also reruns everything sanitized.
+# Builds and unit tests run JOBS at a time (every core), each test's output
+# together (-O); Bats runs BATS_JOBS files' tests at a time.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+PAR = -j$(or $(strip $(JOBS)),1) -Otarget
 check: deps
-	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory $(PAR) all
+	@$(MAKE) --no-print-directory $(PAR) unit
 	@$(MAKE) --no-print-directory bats
 ifeq ($(CI),true)
 ifndef SANITIZE
 	@$(MAKE) --no-print-directory format-check
 	@$(MAKE) --no-print-directory check-sanitize
-	@$(MAKE) --no-print-directory fuzz-ci
+	@$(MAKE) --no-print-directory $(PAR) fuzz-ci
 	@$(MAKE) --no-print-directory all
 endif
 endif
@@ -127,7 +136,8 @@ endif
 # with memory still allocated (as git's die() does), so Bats runs them with
 # leak detection off, and every other ASan/UBSan check on.
 check-sanitize:
-	@$(MAKE) --no-print-directory SANITIZE=address,undefined all unit
+	@$(MAKE) --no-print-directory $(PAR) SANITIZE=address,undefined all
+	@$(MAKE) --no-print-directory $(PAR) SANITIZE=address,undefined unit
 	@ASAN_OPTIONS=detect_leaks=0 $(MAKE) --no-print-directory SANITIZE=address,undefined bats
 
 run: deps-run
@@ -248,7 +258,8 @@ fuzz: build/fuzz/fuzz_$(FUZZ_TARGET)
 		$(if $(filter-out 0,$(FUZZ_SECONDS)),-max_total_time=$(FUZZ_SECONDS)) \
 		build/fuzz/new-$(FUZZ_TARGET) tests/fuzz/corpus-$(FUZZ_TARGET)
 # A bounded run for CI: each target replays its committed corpus and then
-# searches for FUZZ_CI_SECONDS_<name> seconds (about 105 s in all). Each log
+# searches for FUZZ_CI_SECONDS_<name> seconds (104 s in all; 52 s on two
+# cores, as check runs it). Each log
 # goes to a file, not through a pipe, so a crash fails the target (and CI)
 # with its report shown; a crashing input is left in build/fuzz/ as crash-*.
 FUZZ_CI_SECONDS_stream = 18
@@ -259,25 +270,17 @@ FUZZ_CI_SECONDS_vocab = 13
 FUZZ_CI_SECONDS_tokenizer_json = 13
 FUZZ_CI_SECONDS_records = 14
 FUZZ_CI_SECONDS_dict = 10
-fuzz-ci: $(FUZZ_BINS)
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		case $$t in \
-		stream) max=$(FUZZ_MAXLEN_stream) secs=$(FUZZ_CI_SECONDS_stream) ;; \
-		jsonl) max=$(FUZZ_MAXLEN_jsonl) secs=$(FUZZ_CI_SECONDS_jsonl) ;; \
-		safetensors) max=$(FUZZ_MAXLEN_safetensors) secs=$(FUZZ_CI_SECONDS_safetensors) ;; \
-		config) max=$(FUZZ_MAXLEN_config) secs=$(FUZZ_CI_SECONDS_config) ;; \
-		vocab) max=$(FUZZ_MAXLEN_vocab) secs=$(FUZZ_CI_SECONDS_vocab) ;; \
-		tokenizer_json) max=$(FUZZ_MAXLEN_tokenizer_json) secs=$(FUZZ_CI_SECONDS_tokenizer_json) ;; \
-		records) max=$(FUZZ_MAXLEN_records) secs=$(FUZZ_CI_SECONDS_records) ;; \
-		dict) max=$(FUZZ_MAXLEN_dict) secs=$(FUZZ_CI_SECONDS_dict) ;; \
-		*) max=4096 secs=10 ;; \
-		esac; \
-		mkdir -p build/fuzz/new-$$t; \
-		if build/fuzz/fuzz_$$t -max_len=$$max -max_total_time=$$secs -timeout=10 \
-			-rss_limit_mb=2048 -artifact_prefix=build/fuzz/ -print_final_stats=1 \
-			build/fuzz/new-$$t tests/fuzz/corpus-$$t >build/fuzz/$$t.log 2>&1; then \
-			echo "fuzz $$t: $$(grep -o 'stat::number_of_executed_units: *[0-9]*' build/fuzz/$$t.log | grep -o '[0-9]*$$') runs in $$secs s, no crash"; \
-		else \
-			echo "fuzz $$t: FAILED (build/fuzz/$$t.log):"; tail -n 60 build/fuzz/$$t.log; exit 1; \
-		fi; \
-	done
+# One target per fuzzer, so that `make -j fuzz-ci` (check's) runs them side by side.
+FUZZ_CI = $(FUZZ_TARGETS:%=fuzz-ci-%)
+.PHONY: $(FUZZ_CI)
+fuzz-ci: $(FUZZ_CI)
+$(FUZZ_CI): fuzz-ci-%: build/fuzz/fuzz_%
+	@mkdir -p build/fuzz/new-$*
+	@if build/fuzz/fuzz_$* -max_len=$(or $(FUZZ_MAXLEN_$*),4096) \
+		-max_total_time=$(or $(FUZZ_CI_SECONDS_$*),10) -timeout=10 \
+		-rss_limit_mb=2048 -artifact_prefix=build/fuzz/ -print_final_stats=1 \
+		build/fuzz/new-$* tests/fuzz/corpus-$* >build/fuzz/$*.log 2>&1; then \
+		echo "fuzz $*: $$(grep -o 'stat::number_of_executed_units: *[0-9]*' build/fuzz/$*.log | grep -o '[0-9]*$$') runs in $(or $(FUZZ_CI_SECONDS_$*),10) s, no crash"; \
+	else \
+		echo "fuzz $*: FAILED (build/fuzz/$*.log):"; tail -n 60 build/fuzz/$*.log; exit 1; \
+	fi

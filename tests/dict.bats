@@ -16,19 +16,30 @@ mk() { # dir args...
 	/usr/bin/python3 "$REF" make "$@"
 }
 
+# mk, queued in $T/mk.list until mk_all makes them all in one process.
+mkq() { # dir args...
+	printf '%q ' "$@" >>"$T/mk.list"
+	echo >>"$T/mk.list"
+}
+mk_all() {
+	/usr/bin/python3 "$REF" make-many "$T/mk.list"
+	rm -f "$T/mk.list"
+}
+
 # The set of every architecture and hook point, in $T/set.
 make_set() {
 	local D="$T/set"
-	mk "$D/a_std" --arch standard --hook blocks.0.hook_resid_pre --d-in 24 --d-sae 64 --seed 1
-	mk "$D/b_topk" --arch topk --hook blocks.1.hook_resid_post --d-in 24 --d-sae 48 --k 6 --seed 2 --dtype F16
-	mk "$D/c_jump" --arch jumprelu --hook blocks.0.hook_attn_out --d-in 24 --d-sae 64 --seed 3 --dtype BF16 --apply-b-dec 0
-	mk "$D/d_gated" --arch gated --hook blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 4
-	mk "$D/e_z" --arch standard --hook blocks.1.attn.hook_z --d-in 24 --d-sae 64 --seed 5
-	mk "$D/f_mid" --arch standard --hook blocks.0.hook_resid_mid --d-in 24 --d-sae 64 --seed 6 --scale 0.5
-	mk "$D/g_mlpin" --arch standard --hook blocks.1.hook_mlp_in --d-in 24 --d-sae 64 --seed 7
-	mk "$D/h_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in 24 --d-sae 64 --seed 8
-	mk "$D/i_skip" --arch skip_transcoder --hook blocks.1.hook_resid_mid --hook-out blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 9
-	mk "$D/j_jtc" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 10 --fold-ln 0
+	mkq "$D/a_std" --arch standard --hook blocks.0.hook_resid_pre --d-in 24 --d-sae 64 --seed 1
+	mkq "$D/b_topk" --arch topk --hook blocks.1.hook_resid_post --d-in 24 --d-sae 48 --k 6 --seed 2 --dtype F16
+	mkq "$D/c_jump" --arch jumprelu --hook blocks.0.hook_attn_out --d-in 24 --d-sae 64 --seed 3 --dtype BF16 --apply-b-dec 0
+	mkq "$D/d_gated" --arch gated --hook blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 4
+	mkq "$D/e_z" --arch standard --hook blocks.1.attn.hook_z --d-in 24 --d-sae 64 --seed 5
+	mkq "$D/f_mid" --arch standard --hook blocks.0.hook_resid_mid --d-in 24 --d-sae 64 --seed 6 --scale 0.5
+	mkq "$D/g_mlpin" --arch standard --hook blocks.1.hook_mlp_in --d-in 24 --d-sae 64 --seed 7
+	mkq "$D/h_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in 24 --d-sae 64 --seed 8
+	mkq "$D/i_skip" --arch skip_transcoder --hook blocks.1.hook_resid_mid --hook-out blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 9
+	mkq "$D/j_jtc" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in 24 --d-sae 64 --seed 10 --fold-ln 0
+	mk_all
 }
 
 check_eval() { # set [circ-forward options]
@@ -64,24 +75,25 @@ check_harvest() { # set
 		post=0
 		case $t in gemma2 | gemma3_text | olmo2) post=1 ;; esac
 		S="$T/$t-$(basename "$d")"
-		mk "$S/eval/a_pre" --arch topk --hook blocks.0.hook_resid_pre --d-in $C --d-sae 48 --k 6 --seed 1
-		mk "$S/eval/b_post" --arch standard --hook blocks.1.hook_resid_post --d-in $C --d-sae 64 --seed 2 --dtype BF16
-		mk "$S/eval/c_mlp" --arch jumprelu --hook blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 3
-		mk "$S/harvest/z" --arch standard --hook blocks.1.attn.hook_z --d-in $Q --d-sae 64 --seed 4
-		mk "$S/harvest/pre" --arch topk --hook blocks.0.hook_resid_pre --d-in $C --d-sae 48 --k 6 --seed 1
+		mkq "$S/eval/a_pre" --arch topk --hook blocks.0.hook_resid_pre --d-in $C --d-sae 48 --k 6 --seed 1
+		mkq "$S/eval/b_post" --arch standard --hook blocks.1.hook_resid_post --d-in $C --d-sae 64 --seed 2 --dtype BF16
+		mkq "$S/eval/c_mlp" --arch jumprelu --hook blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 3
+		mkq "$S/harvest/z" --arch standard --hook blocks.1.attn.hook_z --d-in $Q --d-sae 64 --seed 4
+		mkq "$S/harvest/pre" --arch topk --hook blocks.0.hook_resid_pre --d-in $C --d-sae 48 --k 6 --seed 1
 		if [ "$post" = 0 ]; then
-			mk "$S/eval/d_z" --arch standard --hook blocks.1.attn.hook_z --d-in $Q --d-sae 64 --seed 4
+			mkq "$S/eval/d_z" --arch standard --hook blocks.1.attn.hook_z --d-in $Q --d-sae 64 --seed 4
 		fi
 		if [ "$par" != true ]; then
-			mk "$S/eval/e_attn" --arch standard --hook blocks.1.hook_attn_out --d-in $C --d-sae 64 --seed 5
-			mk "$S/eval/f_mid" --arch standard --hook blocks.0.hook_resid_mid --d-in $C --d-sae 64 --seed 6
+			mkq "$S/eval/e_attn" --arch standard --hook blocks.1.hook_attn_out --d-in $C --d-sae 64 --seed 5
+			mkq "$S/eval/f_mid" --arch standard --hook blocks.0.hook_resid_mid --d-in $C --d-sae 64 --seed 6
 		else # parallel blocks: an SAE on the MLP's input (the block's input) changes only the MLP
-			mk "$S/eval/f_min" --arch standard --hook blocks.0.hook_mlp_in --d-in $C --d-sae 64 --seed 6
+			mkq "$S/eval/f_min" --arch standard --hook blocks.0.hook_mlp_in --d-in $C --d-sae 64 --seed 6
 		fi
-		mk "$S/eval/g_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 7
-		mk "$S/eval/h_tcw" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 8 --fold-ln 0
-		mk "$S/eval/i_skip" --arch skip_transcoder --hook blocks.1.hook_mlp_in --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 9
-		mk "$S/harvest/ln2" --arch standard --hook blocks.1.ln2.hook_normalized --d-in $C --d-sae 64 --seed 10
+		mkq "$S/eval/g_tc" --arch transcoder --hook blocks.0.ln2.hook_normalized --hook-out blocks.0.hook_mlp_out --d-in $C --d-sae 64 --seed 7
+		mkq "$S/eval/h_tcw" --arch jumprelu_transcoder --hook blocks.1.ln2.hook_normalized --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 8 --fold-ln 0
+		mkq "$S/eval/i_skip" --arch skip_transcoder --hook blocks.1.hook_mlp_in --hook-out blocks.1.hook_mlp_out --d-in $C --d-sae 64 --seed 9
+		mkq "$S/harvest/ln2" --arch standard --hook blocks.1.ln2.hook_normalized --d-in $C --d-sae 64 --seed 10
+		mk_all
 		M=$d check_eval "$S/eval"
 		M=$d check_harvest "$S/harvest"
 		if [ "$post" = 1 ]; then # a z SAE is harvested, not spliced, where the attention has a norm of its own

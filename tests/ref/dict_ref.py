@@ -16,6 +16,9 @@ Usage:
       activation_scaler.json with --scale) with random weights;
       A is standard, topk, jumprelu, gated, transcoder, skip_transcoder,
       jumprelu_transcoder; --identity (standard, S = 2 I) reconstructs exactly.
+  dict_ref.py make-many FILE
+      make, once per line of FILE ("DIR options...", words as a shell splits
+      them), in one process.
   dict_ref.py make-ct DIR --layers L --d-in I --d-sae S [--jumprelu] [--skip]
               [--seed N] [--in-hook P] [--out-hook P]
       writes circuit-tracer per-layer transcoder files layer_<l>.safetensors
@@ -41,18 +44,29 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import families  # noqa: E402
-import family_recv  # noqa: E402
-from gpt2_ref import gelu, layer_norm, load_model as load_gpt2  # noqa: E402
 from stio import read_safetensors, write_safetensors  # noqa: E402
 
-torch.set_default_dtype(torch.float64)
+
+def load_torch():
+    """Imports PyTorch and the model references (2-3 s): only the
+    subcommands that compute (harvest, eval, intervene) need them, so that
+    making a dictionary or comparing outputs costs a fraction of that."""
+    global torch, families, family_recv, gelu, layer_norm, load_gpt2
+    import torch
+    import families
+    import family_recv
+    from gpt2_ref import gelu, layer_norm, load_model as load_gpt2
+    torch.set_default_dtype(torch.float64)
+
+
+if __name__ != "__main__":  # imported by the other references: they compute
+    load_torch()
 
 # SAELens's saved SAE config (SAE.save_model's cfg.json, the flat keys that
 # 5.x writes and 6.x reads): key -> JSON types allowed.
@@ -488,17 +502,25 @@ def main():
     a = sys.argv[1:]
     if len(a) >= 2 and a[0] == "make":
         make(a[1], a[2:])
+    elif len(a) == 2 and a[0] == "make-many":
+        for line in open(a[1]):
+            w = shlex.split(line)
+            if w:
+                make(w[0], w[1:])
     elif len(a) >= 2 and a[0] == "make-ct":
         make_ct(a[1], a[2:])
     elif len(a) == 4 and a[0] == "harvest":
+        load_torch()
         harvest(*a[1:])
     elif len(a) == 4 and a[0] == "eval":
+        load_torch()
         evaluate(*a[1:])
     elif len(a) == 3 and a[0] == "compare-eval":
         compare_eval(a[1], a[2])
     elif len(a) == 3 and a[0] == "compare-harvest":
         compare_harvest(a[1], a[2])
     elif len(a) >= 5 and a[0] == "intervene":
+        load_torch()
         intervene(a[1], a[2], a[3], a[4:])
     elif len(a) == 2 and a[0] == "cfgcheck":
         cfgcheck(a[1])

@@ -49,12 +49,15 @@ import json
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dict_ref import forward, load_model, load_set  # noqa: E402
 
-torch.set_default_dtype(torch.float64)
+# compare reads JSON alone: it need not pay PyTorch's 2-3 s import
+if sys.argv[1:2] != ["compare"]:
+    import torch
+
+    from dict_ref import forward, load_model, load_set  # noqa: E402
+
+    torch.set_default_dtype(torch.float64)
 
 ORDER = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
 SHORT = {"hook_resid_pre": "resid_pre", "hook_attn_out": "attn", "hook_mlp_out": "mlp",

@@ -16,11 +16,14 @@ Nothing here comes from circ's C code.
       compares a `circ cat` of a scores stream with the reference
 """
 import json, math, sys, argparse
-import torch
 
 from stio import write_safetensors
 
-torch.set_default_dtype(torch.float64)
+# compare reads JSON alone: it need not pay PyTorch's 2-3 s import
+if __name__ != "__main__" or sys.argv[1:2] != ["compare"]:
+    import torch
+
+    torch.set_default_dtype(torch.float64)
 
 
 class Model:
