@@ -53,20 +53,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stio import read_safetensors, write_safetensors  # noqa: E402
 
 
-def load_torch():
-    """Imports PyTorch and the model references (2-3 s): only the
-    subcommands that compute (harvest, eval, intervene) need them, so that
-    making a dictionary or comparing outputs costs a fraction of that."""
-    global torch, families, family_recv, gelu, layer_norm, load_gpt2
+# making, comparing and checking files need no PyTorch: they do not pay its
+# 2-3 s import (the other references import this module to compute)
+if __name__ != "__main__" or sys.argv[1:2] not in (
+        ["make"], ["make-many"], ["make-ct"], ["compare-eval"], ["compare-harvest"], ["cfgcheck"]):
     import torch
-    import families
-    import family_recv
-    from gpt2_ref import gelu, layer_norm, load_model as load_gpt2
+
+    import families  # noqa: E402
+    import family_recv  # noqa: E402
+    from gpt2_ref import gelu, layer_norm, load_model as load_gpt2  # noqa: E402
+
     torch.set_default_dtype(torch.float64)
-
-
-if __name__ != "__main__":  # imported by the other references: they compute
-    load_torch()
 
 # SAELens's saved SAE config (SAE.save_model's cfg.json, the flat keys that
 # 5.x writes and 6.x reads): key -> JSON types allowed.
@@ -510,17 +507,14 @@ def main():
     elif len(a) >= 2 and a[0] == "make-ct":
         make_ct(a[1], a[2:])
     elif len(a) == 4 and a[0] == "harvest":
-        load_torch()
         harvest(*a[1:])
     elif len(a) == 4 and a[0] == "eval":
-        load_torch()
         evaluate(*a[1:])
     elif len(a) == 3 and a[0] == "compare-eval":
         compare_eval(a[1], a[2])
     elif len(a) == 3 and a[0] == "compare-harvest":
         compare_harvest(a[1], a[2])
     elif len(a) >= 5 and a[0] == "intervene":
-        load_torch()
         intervene(a[1], a[2], a[3], a[4:])
     elif len(a) == 2 and a[0] == "cfgcheck":
         cfgcheck(a[1])

@@ -52,7 +52,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # compare reads JSON alone: it need not pay PyTorch's 2-3 s import
-if sys.argv[1:2] != ["compare"]:
+if __name__ != "__main__" or sys.argv[1:2] != ["compare"]:
     import torch
 
     from dict_ref import forward, load_model, load_set  # noqa: E402
